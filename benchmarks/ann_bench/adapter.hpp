@@ -1,0 +1,84 @@
+#pragma once
+/// \file
+/// The one interface every measured index implements — shoal's and each peer library's — so that a
+/// single timing loop (runner.hpp) measures them all. Adding an index means adding one adapter: for
+/// shoal an entry in shoal_adapters.cpp, for a peer a case in its peer_<library>.cpp.
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+#include "params.hpp"
+#include "shoal/core/neighbors.hpp"
+#include "shoal/core/types.hpp"
+
+namespace shoal::bench {
+
+/// What to build: the index-factory spec (`Flat`, later `HNSW32`, `IVF1024,PQ32x4fs`, ...), the metric
+/// and the build knobs.
+struct index_request {
+  std::string spec;
+  shoal::metric metric = shoal::metric::l2;
+  param_list build_params;
+};
+
+/// One index of one library, built one way.
+///
+/// Call order: `set_search_params` (any number of times, also before `build`, to validate every sweep
+/// point early), `build` once, then per sweep point `set_search_params` followed by concurrent `search`
+/// calls. Search settings never change while searches run.
+class index_adapter {
+ public:
+  index_adapter() = default;
+  index_adapter(const index_adapter&) = delete;
+  index_adapter& operator=(const index_adapter&) = delete;
+  virtual ~index_adapter() = default;
+
+  /// The library column: "shoal", "hnswlib", "faiss".
+  [[nodiscard]] virtual std::string_view library() const noexcept = 0;
+  /// The index column: the spec for shoal, the peer's own class name for peers (`IndexFlatL2`, ...).
+  [[nodiscard]] virtual std::string description() const = 0;
+
+  /// Validates and stores the search knobs of one sweep point. Throws `config_error` for an unknown name
+  /// or a bad value; needs no built index.
+  virtual void set_search_params(const param_list& params) = 0;
+
+  /// Builds the index over `base` (ids are row numbers 0..rows-1). The caller times it and runs it
+  /// inside a oneTBB arena of the requested thread count, after `use_threads` with that count.
+  virtual void build(matrix_view<const float> base) = 0;
+
+  /// Called on each thread that is about to build or search: one call may use `threads` threads (1 for
+  /// single-query workers). For libraries with their own thread pools (FAISS: OpenMP); oneTBB-based code
+  /// is bounded by the runner's arena instead.
+  virtual void use_threads(std::size_t threads) const { static_cast<void>(threads); }
+
+  /// k nearest neighbours of every row of `queries` into `out` (`out.rows == queries.rows`, k = `out.k`),
+  /// nearest first, ids = base row numbers, unfilled slots `no_id`. Runs concurrently on the runner's
+  /// workers; a call may itself use the threads of the arena it runs in.
+  virtual void search(matrix_view<const float> queries, neighbors_view out) const = 0;
+
+  /// Bytes the built index occupies; each adapter documents how it counts (peers: an estimate).
+  [[nodiscard]] virtual std::size_t memory_bytes() const = 0;
+};
+
+/// shoal's index for `request.spec`. Throws `config_error` for an unknown spec (listing the known ones)
+/// or an unknown build parameter.
+[[nodiscard]] std::unique_ptr<index_adapter> make_shoal_adapter(const index_request& request);
+
+/// A library measured beside shoal, found at configure time.
+struct peer_library {
+  std::string_view name;
+  /// An adapter for `request`, or `config_error` saying why this peer cannot serve it.
+  std::unique_ptr<index_adapter> (*make)(const index_request& request);
+};
+
+/// The peers compiled into this binary (possibly none).
+[[nodiscard]] std::span<const peer_library> peer_libraries();
+
+// Defined by peer_<library>.cpp, which are compiled only when the library is found.
+[[nodiscard]] std::unique_ptr<index_adapter> make_hnswlib_adapter(const index_request& request);
+[[nodiscard]] std::unique_ptr<index_adapter> make_faiss_adapter(const index_request& request);
+
+}  // namespace shoal::bench

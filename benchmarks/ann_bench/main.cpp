@@ -1,0 +1,116 @@
+// shoal-ann-bench: an ann-benchmarks-style recall/QPS sweep of one shoal index, with hnswlib and FAISS
+// measured beside it by the same timing loop (--peers). `shoal-ann-bench --help` lists the options.
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "adapter.hpp"
+#include "dataset.hpp"
+#include "options.hpp"
+#include "report.hpp"
+#include "runner.hpp"
+#include "shoal/distance/distance.hpp"
+
+namespace shoal::bench {
+namespace {
+
+/// Validates every sweep point against `index` before anything is built or read.
+void check_sweep(index_adapter& index, const std::vector<param_list>& points) {
+  for (const param_list& point : points) index.set_search_params(point);
+}
+
+/// shoal's adapter (a bad spec or parameter ends the run) and, with --peers, every peer that can serve
+/// the same spec and parameters (the others are skipped with a note).
+std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, const std::vector<param_list>& points) {
+  const index_request request{o.index, o.metric, o.build_params};
+  std::vector<std::unique_ptr<index_adapter>> adapters;
+  adapters.push_back(make_shoal_adapter(request));
+  check_sweep(*adapters.back(), points);
+  if (!o.peers) return adapters;
+  if (peer_libraries().empty()) std::cerr << "shoal-ann-bench: note: no peer library was found at configure time\n";
+  for (const peer_library& peer : peer_libraries()) {
+    try {
+      auto adapter = peer.make(request);
+      check_sweep(*adapter, points);
+      adapters.push_back(std::move(adapter));
+    } catch (const config_error& e) {
+      std::cerr << "shoal-ann-bench: note: skipping peer " << peer.name << ": " << e.what() << '\n';
+    }
+  }
+  return adapters;
+}
+
+void print_header(const options& o, const dataset& d) {
+  std::cerr << "shoal-ann-bench: base " << o.base.string() << " (" << d.base.rows << " x " << d.base.dim
+            << "), queries " << o.query.string() << " (" << d.queries.rows << " x " << d.queries.dim << ")\n"
+            << "shoal-ann-bench: metric " << metric_name(o.metric) << ", k " << o.k << ", simd " << simd_level_name()
+            << ", threads " << o.threads << ", " << (o.batch ? "batch" : "single-query") << " mode, min-time "
+            << o.min_time_s << " s\n";
+}
+
+int run(const options& o) {
+  const std::vector<param_list> points = sweep_points(o.sweeps);
+  std::vector<std::unique_ptr<index_adapter>> adapters = make_adapters(o, points);
+
+  std::ofstream csv;
+  if (!o.csv.empty()) {
+    csv.open(o.csv);
+    if (!csv) throw std::runtime_error("cannot open --csv file " + o.csv.string());
+  }
+  dataset d = load_vectors(o);
+  print_header(o, d);
+  load_truth(d, o);
+
+  const run_settings settings{o.k, o.threads, o.batch, o.min_time_s};
+  std::vector<result_row> rows;
+  std::cout << csv_header << std::endl;
+  if (csv) csv << csv_header << std::endl;
+  for (std::unique_ptr<index_adapter>& index : adapters) {
+    const double build_s = timed_build(*index, d.base, o.threads);
+    for (const param_list& point : points) {
+      index->set_search_params(point);
+      const sweep_result r = measure(*index, d.queries, d.truth, settings);
+      rows.push_back({std::string(index->library()), index->description(), format_params(point), build_s,
+                      index->memory_bytes(), r.recall, r.qps, r.p50_ms, r.p99_ms, o.threads});
+      std::cout << csv_line(rows.back()) << std::endl;
+      if (csv) csv << csv_line(rows.back()) << std::endl;
+    }
+    index.reset();  // free its memory before the next library builds
+  }
+  if (csv && !csv.flush()) throw std::runtime_error("cannot write --csv file " + o.csv.string());
+
+  if (!o.plot.empty()) {
+    const std::string title = d.name + " (" + std::to_string(d.base.rows) + " x " + std::to_string(d.base.dim) + ", " +
+                              metric_name(o.metric) + "): recall@" + std::to_string(o.k) + " vs QPS, " +
+                              std::to_string(o.threads) + (o.threads == 1 ? " thread" : " threads") +
+                              (o.batch ? ", batch" : ", single-query");
+    write_plot(o.plot, rows, title);
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace shoal::bench
+
+int main(int argc, char** argv) {
+  using namespace shoal::bench;
+  try {
+    const options o = parse_options(std::span<const char* const>(argv + 1, static_cast<std::size_t>(argc - 1)));
+    if (o.help) {
+      print_usage(std::cout);
+      return 0;
+    }
+    return run(o);
+  } catch (const usage_error& e) {
+    std::cerr << "shoal-ann-bench: " << e.what() << " (see --help)\n";
+    return 2;
+  } catch (const config_error& e) {
+    std::cerr << "shoal-ann-bench: " << e.what() << '\n';
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "shoal-ann-bench: error: " << e.what() << '\n';
+    return 1;
+  }
+}

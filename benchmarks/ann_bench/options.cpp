@@ -1,0 +1,144 @@
+#include "options.hpp"
+
+#include <algorithm>
+#include <charconv>
+#include <ostream>
+#include <string_view>
+
+#include "shoal/core/error.hpp"
+
+namespace shoal::bench {
+namespace {
+
+/// The whole of `text` as a number of type T, or `usage_error` naming `option`.
+template <class T>
+T parse_number(std::string_view text, std::string_view option) {
+  T value{};
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc{} || end != text.data() + text.size())
+    throw usage_error(std::string(option) + ": '" + std::string(text) + "' is not a valid number");
+  return value;
+}
+
+std::size_t parse_count(std::string_view text, std::string_view option, std::size_t min) {
+  const auto value = parse_number<std::size_t>(text, option);
+  if (value < min) throw usage_error(std::string(option) + " must be at least " + std::to_string(min));
+  return value;
+}
+
+/// One option: its name, its value's placeholder (empty for a flag), its help line, and what it sets.
+struct option_spec {
+  std::string_view name;
+  std::string_view value_name;
+  std::string_view help;
+  void (*apply)(options& o, std::string_view value);
+};
+
+constexpr option_spec specs[] = {
+    {"--base", "FILE", "base vectors (.fvecs, .bvecs, .npy); ids are row numbers (required)",
+     [](options& o, std::string_view v) { o.base = v; }},
+    {"--query", "FILE", "query vectors (.fvecs, .bvecs, .npy) (required)",
+     [](options& o, std::string_view v) { o.query = v; }},
+    {"--gt", "FILE", "ground-truth ids (.ivecs, .npy), >= k per query; default: computed exactly",
+     [](options& o, std::string_view v) { o.gt = v; }},
+    {"--metric", "l2|ip|cos", "distance (default l2); cos normalises base and queries",
+     [](options& o, std::string_view v) {
+       try {
+         o.metric = shoal::parse_metric(v);
+       } catch (const shoal::error&) {
+         throw usage_error("--metric: unknown metric '" + std::string(v) + "' (expected l2, ip or cos)");
+       }
+     }},
+    {"--k", "N", "neighbours per query (default 10)",
+     [](options& o, std::string_view v) { o.k = parse_count(v, "--k", 1); }},
+    {"--index", "SPEC", "index-factory spec, e.g. Flat (required)",
+     [](options& o, std::string_view v) { o.index = v; }},
+    {"--build-param", "NAME=V", "build knob of the index (repeatable)",
+     [](options& o, std::string_view v) { o.build_params.push_back(parse_param(v, "--build-param")); }},
+    {"--sweep", "NAME=v1,v2,...", "search knob values, one row each (repeatable: Cartesian product)",
+     [](options& o, std::string_view v) { o.sweeps.push_back(parse_sweep(v)); }},
+    {"--threads", "N", "single-query workers, or the batch's thread count (default 1)",
+     [](options& o, std::string_view v) { o.threads = parse_count(v, "--threads", 1); }},
+    {"--batch", "", "search all queries in one call (latency columns: per batch)",
+     [](options& o, std::string_view) { o.batch = true; }},
+    {"--csv", "FILE", "also write the rows to FILE", [](options& o, std::string_view v) { o.csv = v; }},
+    {"--plot", "FILE.png", "recall vs QPS plot (needs gnuplot)", [](options& o, std::string_view v) { o.plot = v; }},
+    {"--peers", "", "also measure hnswlib / FAISS where built in",
+     [](options& o, std::string_view) { o.peers = true; }},
+    {"--min-time", "SECONDS", "minimum measuring time per sweep point (default 1.0)",
+     [](options& o, std::string_view v) {
+       o.min_time_s = parse_number<double>(v, "--min-time");
+       if (!(o.min_time_s >= 0.0 && o.min_time_s <= 1e6)) throw usage_error("--min-time must be in [0, 1e6]");
+     }},
+    {"--max-base", "N", "use only the first N base vectors (default: all)",
+     [](options& o, std::string_view v) { o.max_base = parse_count(v, "--max-base", 1); }},
+    {"--max-query", "N", "use only the first N queries (default: all)",
+     [](options& o, std::string_view v) { o.max_query = parse_count(v, "--max-query", 1); }},
+    {"--help", "", "print this help and exit", [](options& o, std::string_view) { o.help = true; }},
+};
+
+void check_unique(const std::vector<std::string>& names, std::string_view option) {
+  for (std::size_t i = 0; i < names.size(); ++i)
+    if (std::find(names.begin(), names.begin() + static_cast<std::ptrdiff_t>(i), names[i]) !=
+        names.begin() + static_cast<std::ptrdiff_t>(i))
+      throw usage_error(std::string(option) + ": parameter '" + names[i] + "' given twice");
+}
+
+}  // namespace
+
+options parse_options(std::span<const char* const> args) {
+  options o;
+  for (std::size_t i = 0; i < args.size(); ++i) {
+    std::string_view arg = args[i];
+    if (arg == "-h") arg = "--help";
+    // --name=value and --name value are both accepted.
+    const std::size_t eq = arg.find('=');
+    const std::string_view name = arg.substr(0, eq);
+    const auto spec =
+        std::find_if(std::begin(specs), std::end(specs), [&](const option_spec& s) { return s.name == name; });
+    if (spec == std::end(specs)) throw usage_error("unknown option '" + std::string(arg) + "'");
+    if (spec->value_name.empty()) {
+      if (eq != std::string_view::npos) throw usage_error(std::string(name) + " takes no value");
+      spec->apply(o, {});
+    } else if (eq != std::string_view::npos) {
+      spec->apply(o, arg.substr(eq + 1));
+    } else {
+      if (i + 1 == args.size())
+        throw usage_error(std::string(name) + " needs a value (" + std::string(spec->value_name) + ")");
+      spec->apply(o, args[++i]);
+    }
+  }
+  if (o.help) return o;
+  if (o.base.empty()) throw usage_error("missing required option --base");
+  if (o.query.empty()) throw usage_error("missing required option --query");
+  if (o.index.empty()) throw usage_error("missing required option --index");
+
+  std::vector<std::string> names;
+  for (const param& p : o.build_params) names.push_back(p.name);
+  check_unique(names, "--build-param");
+  names.clear();
+  for (const sweep_axis& axis : o.sweeps) names.push_back(axis.name);
+  check_unique(names, "--sweep");
+  return o;
+}
+
+void print_usage(std::ostream& out) {
+  out << "usage: shoal-ann-bench --base B --query Q [--gt G.ivecs] --metric l2|ip|cos --k 10 --index SPEC\n"
+         "                       [--build-param NAME=V ...] [--sweep NAME=v1,v2,...] [--threads N] [--batch]\n"
+         "                       [--csv FILE] [--plot FILE.png] [--peers] [--min-time SECONDS]\n"
+         "                       [--max-base N] [--max-query N]\n\n"
+         "Builds the index, then per sweep point searches the queries (one per call and thread, or one batch\n"
+         "with --batch) for at least --min-time seconds and prints one CSV row:\n"
+         "  library,index,search_params,build_s,index_bytes,recall,qps,p50_ms,p99_ms,threads\n\n"
+         "options:\n";
+  for (const option_spec& s : specs) {
+    std::string left(s.name);
+    if (!s.value_name.empty()) append_item(left, s.value_name, " ");
+    left.resize(std::max<std::size_t>(left.size() + 2, 30), ' ');
+    out << "  " << left << s.help << '\n';
+  }
+  out << "\nexit status: 0 success, 1 a failure while reading or running, 2 a bad command line\n"
+         "(unknown option, index spec or parameter; ground truth that does not fit the queries or k).\n";
+}
+
+}  // namespace shoal::bench

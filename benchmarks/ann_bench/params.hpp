@@ -1,0 +1,56 @@
+#pragma once
+/// \file
+/// Named index parameters of shoal-ann-bench: build knobs (`--build-param NAME=V`) and the search knobs
+/// of each sweep point (`--sweep NAME=v1,v2,...`). Values stay strings until an adapter parses them, so
+/// every index (shoal's or a peer's) decides for itself which names and values it accepts.
+
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace shoal::bench {
+
+/// A configuration that cannot be served: an unknown index spec, parameter name or value. For shoal it
+/// ends the run with exit code 2; a peer that throws it is skipped with a note on stderr.
+class config_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// One `NAME=VALUE` setting.
+struct param {
+  std::string name;
+  std::string value;
+};
+/// Settings in command-line order.
+using param_list = std::vector<param>;
+
+/// One axis of the sweep: `--sweep NAME=v1,v2,...`.
+struct sweep_axis {
+  std::string name;
+  std::vector<std::string> values;
+};
+
+/// Parses `NAME=VALUE` (both non-empty); throws `config_error` naming `option`.
+[[nodiscard]] param parse_param(std::string_view text, std::string_view option);
+/// Parses `NAME=v1,v2,...` (no empty value); throws `config_error`.
+[[nodiscard]] sweep_axis parse_sweep(std::string_view text);
+
+/// The sweep points: the Cartesian product of the axes, first axis outermost. Without axes, one point
+/// with no parameters.
+[[nodiscard]] std::vector<param_list> sweep_points(std::span<const sweep_axis> axes);
+
+/// The search_params column: `ef=64`, `nprobe=8;refine=4`, or `-` when empty.
+[[nodiscard]] std::string format_params(const param_list& params);
+
+/// Appends `item` to the `separator`-separated `list`.
+void append_item(std::string& list, std::string_view item, std::string_view separator);
+
+/// Throws `config_error` ("unknown <kind> parameter 'x' for index <index> (known: a, b)") unless every
+/// name in `params` is in `known`. `kind` is "build" or "search".
+void check_param_names(const param_list& params, std::span<const std::string_view> known, std::string_view kind,
+                       std::string_view index);
+
+}  // namespace shoal::bench

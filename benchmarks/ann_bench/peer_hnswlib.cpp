@@ -1,0 +1,90 @@
+// hnswlib peer (header-only; compiled with shoal's flags unless SHOAL_BENCH_HNSWLIB_COMPILE_OPTIONS
+// says otherwise). The spec picks the algorithm: `Flat` -> BruteforceSearch; HNSW specs will map to
+// HierarchicalNSW here, with `ef` as its search knob.
+#include <hnswlib/hnswlib.h>
+
+#include <algorithm>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include <tbb/parallel_for.h>
+
+#include "adapter.hpp"
+#include "peer_support.hpp"
+
+namespace shoal::bench {
+namespace {
+
+/// An hnswlib space for a shoal metric: L2Space (squared L2) or InnerProductSpace (1 − ⟨a,b⟩, over unit
+/// vectors under cosine).
+std::unique_ptr<hnswlib::SpaceInterface<float>> make_space(shoal::metric m, std::size_t dim) {
+  if (m == shoal::metric::l2) return std::make_unique<hnswlib::L2Space>(dim);
+  return std::make_unique<hnswlib::InnerProductSpace>(dim);
+}
+
+/// hnswlib's distance in shoal's convention: L2 and cosine (1 − ⟨a,b⟩) agree, inner product is −⟨a,b⟩.
+float to_shoal_distance(shoal::metric m, float d) noexcept { return m == shoal::metric::inner_product ? d - 1.0f : d; }
+
+class hnswlib_adapter final : public index_adapter {
+ public:
+  explicit hnswlib_adapter(const index_request& request) : metric_(request.metric) {
+    if (request.spec != "Flat") throw config_error("hnswlib has no counterpart of index spec '" + request.spec + "'");
+    check_param_names(request.build_params, {}, "build", "BruteforceSearch");
+  }
+
+  [[nodiscard]] std::string_view library() const noexcept override { return "hnswlib"; }
+  [[nodiscard]] std::string description() const override { return "BruteforceSearch"; }
+
+  void set_search_params(const param_list& params) override {
+    check_param_names(params, {}, "search", "BruteforceSearch");
+  }
+
+  void build(matrix_view<const float> base) override {
+    const peer_rows rows(base, metric_);
+    space_ = make_space(metric_, base.dim);
+    auto index = std::make_unique<hnswlib::BruteforceSearch<float>>(space_.get(), base.rows);
+    for (std::size_t i = 0; i < base.rows; ++i) index->addPoint(rows.view().row(i), i);
+    index_ = std::move(index);
+  }
+
+  // Batches (--batch) run one searchKnn per query over the arena's threads, as hnswlib's own Python
+  // knn_query does with its thread pool.
+  void search(matrix_view<const float> queries, neighbors_view out) const override {
+    const peer_rows rows(queries, metric_);
+    tbb::parallel_for(std::size_t{0}, queries.rows,
+                      [&](std::size_t r) { search_one(rows.view().row(r), out.slice(r, 1)); });
+  }
+
+  /// Per stored vector: the vector and its 8-byte label (one malloc'd block), plus the label → slot
+  /// map: a 32-byte node per entry (libstdc++: next pointer + key + value, rounded by malloc) and an
+  /// 8-byte bucket pointer per bucket.
+  [[nodiscard]] std::size_t memory_bytes() const override {
+    return index_->maxelements_ * index_->size_per_element_ + index_->dict_external_to_internal.size() * 32 +
+           index_->dict_external_to_internal.bucket_count() * sizeof(void*);
+  }
+
+ private:
+  // searchKnn returns a max-heap (farthest on top): pop it into the row back to front.
+  void search_one(const float* query, neighbors_view out) const {
+    auto heap = index_->searchKnn(query, out.k);
+    std::fill(out.ids, out.ids + out.k, no_id);
+    std::fill(out.distances, out.distances + out.k, no_distance);
+    for (std::size_t j = heap.size(); j-- > 0; heap.pop()) {
+      out.ids[j] = heap.top().second;
+      out.distances[j] = to_shoal_distance(metric_, heap.top().first);
+    }
+  }
+
+  shoal::metric metric_;
+  std::unique_ptr<hnswlib::SpaceInterface<float>> space_;  // outlives index_, which points into it
+  std::unique_ptr<hnswlib::BruteforceSearch<float>> index_;
+};
+
+}  // namespace
+
+std::unique_ptr<index_adapter> make_hnswlib_adapter(const index_request& request) {
+  return std::make_unique<hnswlib_adapter>(request);
+}
+
+}  // namespace shoal::bench

@@ -1,0 +1,25 @@
+#pragma once
+/// \file
+/// Machine ceilings, one implementation per ISA (ceiling_avx2.cpp, ceiling_avx512.cpp, each compiled
+/// with its own flags from ceiling-inl.hpp). Only tables of plain function pointers leave those files,
+/// and callers must check `shoal::simd_level_available` before calling through one.
+
+#include <cstddef>
+
+namespace shoal::bench {
+
+struct ceiling_functions {
+  /// Σ data[0..n) with several independent accumulators of aligned loads: streaming read bandwidth.
+  /// `data` must be 64-byte aligned.
+  float (*read_sum)(const float* data, std::size_t n) noexcept;
+  /// `iterations` rounds of independent FMA chains in registers (no memory traffic); returns their sum
+  /// so that the chains stay live.
+  float (*fma_chains)(std::size_t iterations, float seed) noexcept;
+  /// Flops of one round of fma_chains (2 per lane and chain).
+  std::size_t fma_flops_per_iteration;
+};
+
+extern const ceiling_functions avx2_ceilings;
+extern const ceiling_functions avx512_ceilings;
+
+}  // namespace shoal::bench

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# shoal's quick start, on a fresh Debian 12 machine (as root, or with sudo):
+#   cmake/quickstart.sh demo [BASE QUERY [GT]] [--metric l2|ip|cos] [--k K]   build and run the demo
+#   cmake/quickstart.sh test                                                 build and run the full test suite
+# Each installs the Debian packages it is missing, configures the `release` preset (build/) and builds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=${1:-}
+[[ $mode == demo || $mode == test ]] || { sed -n '2,5p' "$0" >&2; exit 2; }
+shift
+
+packages=(build-essential cmake ninja-build pkg-config libeigen3-dev libxsimd-dev libtbb-dev)
+# The test suite also builds the benchmarks against their peers, so that they never rot.
+[[ $mode == test ]] && packages+=(catch2 libbenchmark-dev libhnswlib-dev libfaiss-dev gnuplot-nox)
+missing=()
+for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if ((${#missing[@]})); then
+  echo "quickstart: installing ${missing[*]}" >&2
+  sudo=""; ((EUID == 0)) || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+jobs=$(nproc)
+if [[ $mode == demo ]]; then
+  cmake --preset release -DSHOAL_BUILD_TESTS=OFF -DSHOAL_BUILD_BENCHMARKS=OFF >/dev/null
+  cmake --build build --target shoal-demo -j "$jobs"
+  exec build/examples/shoal-demo "$@"
+fi
+
+cmake --preset release -DSHOAL_BUILD_TESTS=ON -DSHOAL_BUILD_BENCHMARKS=ON -DSHOAL_BUILD_EXAMPLES=ON
+cmake --build build -j "$jobs"
+ctest --test-dir build --output-on-failure -j "$jobs"
+# Once more on the scalar reference kernels (the package check does not depend on the level).
+SHOAL_SIMD=scalar ctest --test-dir build --output-on-failure -j "$jobs" -LE package

@@ -1,0 +1,26 @@
+#pragma once
+/// \file
+/// shoal::cuda — the optional GPU component. This header has no CUDA in it: callers compile it with any
+/// C++ compiler and link `shoal::cuda`. For now it proves that the toolchain compiles, links and runs
+/// device code; the IVF coarse-pass and batched exact-search kernels build on it.
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "shoal/core/types.hpp"
+
+namespace shoal::cuda {
+
+/// Number of CUDA devices usable by this process; 0 when there is no driver or no device (never throws).
+[[nodiscard]] int device_count() noexcept;
+
+/// Name and compute capability of device `index`, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
+/// Throws `shoal::error` (`errc::unsupported`) if there is no such device.
+[[nodiscard]] std::string device_name(int index = 0);
+
+/// Squared L2 distances from `query` (x.dim floats) to every row of `x`, computed on device 0.
+/// Throws `shoal::error`: `errc::unsupported` without a device, `errc::io_error` on a CUDA failure.
+[[nodiscard]] std::vector<float> l2sqr_one_to_many(const float* query, matrix_view<const float> x);
+
+}  // namespace shoal::cuda

@@ -1,0 +1,44 @@
+#pragma once
+/// \file
+/// Per-call search parameters. Nothing that tunes a search is stored in an index, so concurrent searches
+/// with different settings never race (the FAISS `nprobe`-on-the-index pitfall, faiss#2204).
+
+#include <memory>
+#include <type_traits>
+#include <utility>
+
+#include "shoal/core/types.hpp"
+
+namespace shoal {
+
+/// Non-owning reference to a predicate `bool(vector_id)` that says which ids a search may return.
+/// Cheap to copy (two pointers); the referenced callable must outlive the search call. An empty filter
+/// accepts every id. The predicate may be called concurrently from the threads of one batched search.
+class id_filter {
+ public:
+  id_filter() = default;
+  template <class F>
+  requires(!std::is_same_v<std::remove_cvref_t<F>, id_filter> && std::is_invocable_r_v<bool, const F&, vector_id>)
+      id_filter(const F& predicate)
+  noexcept  // NOLINT(google-explicit-constructor): filters read naturally inline
+      : object_(std::addressof(predicate)), call_([](const void* object, vector_id id) {
+          return static_cast<bool>((*static_cast<const F*>(object))(id));
+        }) {}
+
+  [[nodiscard]] explicit operator bool() const noexcept { return call_ != nullptr; }
+  /// True when `id` may be returned (always true for an empty filter).
+  [[nodiscard]] bool accepts(vector_id id) const { return call_ == nullptr || call_(object_, id); }
+
+ private:
+  const void* object_ = nullptr;
+  bool (*call_)(const void*, vector_id) = nullptr;
+};
+
+/// Settings of one search call. Index-specific knobs (`ef`, `nprobe`, ...) join this struct as the
+/// indexes that read them land; an index ignores the knobs it has no use for.
+struct search_params {
+  /// Only ids the filter accepts are returned; rows stay k long while enough ids pass.
+  id_filter filter{};
+};
+
+}  // namespace shoal

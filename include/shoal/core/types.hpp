@@ -1,0 +1,110 @@
+#pragma once
+/// \file
+/// Vocabulary types: ids, metrics, non-owning matrix views and owning row-major matrices.
+
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <memory>
+#include <new>
+#include <span>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+namespace shoal {
+
+/// External vector id: 64 bits, chosen by the user. Indexes map ids to dense internal slots.
+/// (Not named `id_t`: that would collide with POSIX `::id_t` for anyone `using namespace shoal`.)
+using vector_id = std::uint64_t;
+
+/// Sentinel id that fills result slots when fewer than k neighbours exist (or pass the filter).
+inline constexpr vector_id no_id = std::numeric_limits<vector_id>::max();
+
+/// Similarity measure. Every index reports a *distance* where smaller means closer, so results of any
+/// metric sort and merge the same way:
+///  - `l2`: squared Euclidean distance ‖q − x‖²;
+///  - `inner_product`: the negated inner product −⟨q, x⟩ (maximum inner product search);
+///  - `cosine`: 1 − cos(q, x). Vectors are normalised once when added and queries once per search,
+///    after which cosine is an inner product on unit vectors. Zero vectors have no direction and are
+///    rejected with `errc::invalid_argument`.
+enum class metric { l2, inner_product, cosine };
+
+/// "l2", "inner_product" or "cosine".
+[[nodiscard]] const char* metric_name(metric m) noexcept;
+
+/// Parses "l2" / "L2", "ip" / "inner_product", "cos" / "cosine"; throws `shoal::error` otherwise.
+[[nodiscard]] metric parse_metric(std::string_view name);
+
+/// Non-owning view of a row-major matrix: `rows` vectors of `dim` elements, row i at `data + i * stride`
+/// (stride in elements, ≥ dim). `matrix_view<const float>` is how vectors enter every shoal API.
+template <class T>
+struct matrix_view {
+  T* data = nullptr;
+  std::size_t rows = 0;
+  std::size_t dim = 0;
+  std::size_t stride = 0;
+
+  constexpr matrix_view() = default;
+  constexpr matrix_view(T* data_, std::size_t rows_, std::size_t dim_) noexcept
+      : data(data_), rows(rows_), dim(dim_), stride(dim_) {}
+  constexpr matrix_view(T* data_, std::size_t rows_, std::size_t dim_, std::size_t stride_) noexcept
+      : data(data_), rows(rows_), dim(dim_), stride(stride_) {}
+  /// A view of mutable data converts to a view of const data.
+  template <class U>
+  requires(std::is_same_v<const U, T> && !std::is_same_v<U, T>) constexpr matrix_view(
+      const matrix_view<U>& other) noexcept  // NOLINT(google-explicit-constructor)
+      : data(other.data), rows(other.rows), dim(other.dim), stride(other.stride) {}
+
+  [[nodiscard]] constexpr T* row(std::size_t i) const noexcept { return data + i * stride; }
+  [[nodiscard]] constexpr std::span<T> row_span(std::size_t i) const noexcept { return {row(i), dim}; }
+  /// Rows [first, first + count) as a view.
+  [[nodiscard]] constexpr matrix_view slice(std::size_t first, std::size_t count) const noexcept {
+    return {row(first), count, dim, stride};
+  }
+  [[nodiscard]] constexpr bool empty() const noexcept { return rows == 0; }
+};
+
+/// Allocator aligning every block to `Align` bytes, so that SIMD loads of vector storage never split a
+/// cache line at row 0 and memory-mapped layouts match in-memory ones.
+template <class T, std::size_t Align = 64>
+struct aligned_allocator {
+  using value_type = T;
+  template <class U>
+  struct rebind {
+    using other = aligned_allocator<U, Align>;
+  };
+  aligned_allocator() = default;
+  template <class U>
+  constexpr aligned_allocator(const aligned_allocator<U, Align>& /*other*/) noexcept {}  // NOLINT
+  [[nodiscard]] T* allocate(std::size_t n) {
+    return static_cast<T*>(::operator new (n * sizeof(T), std::align_val_t{Align}));
+  }
+  void deallocate(T* p, std::size_t /*n*/) noexcept { ::operator delete (p, std::align_val_t{Align}); }
+  template <class U>
+  constexpr bool operator==(const aligned_allocator<U, Align>& /*other*/) const noexcept {
+    return true;
+  }
+};
+
+template <class T>
+using aligned_vector = std::vector<T, aligned_allocator<T>>;
+
+/// Owning dense row-major matrix (stride == dim), 64-byte aligned; what the file readers return.
+template <class T>
+struct matrix {
+  aligned_vector<T> values;
+  std::size_t rows = 0;
+  std::size_t dim = 0;
+
+  matrix() = default;
+  matrix(std::size_t rows_, std::size_t dim_) : values(rows_ * dim_), rows(rows_), dim(dim_) {}
+
+  [[nodiscard]] T* row(std::size_t i) noexcept { return values.data() + i * dim; }
+  [[nodiscard]] const T* row(std::size_t i) const noexcept { return values.data() + i * dim; }
+  [[nodiscard]] matrix_view<const T> view() const noexcept { return {values.data(), rows, dim, dim}; }
+  [[nodiscard]] matrix_view<T> mutable_view() noexcept { return {values.data(), rows, dim, dim}; }
+  operator matrix_view<const T>() const noexcept { return view(); }  // NOLINT(google-explicit-constructor)
+};
+
+}  // namespace shoal

@@ -1,0 +1,84 @@
+#pragma once
+/// \file
+/// Distance kernels and their run-time SIMD dispatch.
+///
+/// Every kernel exists at three levels: a portable scalar reference, AVX2+FMA and AVX-512
+/// (F/BW/DQ/VL). The level is chosen once per process from CPUID — the best the CPU and OS support —
+/// unless the environment variable `SHOAL_SIMD=scalar|avx2|avx512` names one (an unavailable or unknown
+/// name is an error, reported by the first call that needs the level). The free functions below use the
+/// active level; `kernels(level)` returns the table of one level, which tests and benchmarks use to run
+/// every level side by side.
+///
+/// All kernels are `noexcept`, thread-safe and take unaligned pointers. Float kernels accumulate in
+/// float32 with a fixed order per level, so a given level returns bit-identical results for the same
+/// inputs whether called pairwise or one-to-many; integer kernels are exact at every level.
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "shoal/core/types.hpp"
+
+namespace shoal {
+
+/// Instruction-set level of the kernels.
+enum class simd_level { scalar, avx2, avx512 };
+
+/// "scalar", "avx2" or "avx512".
+[[nodiscard]] const char* simd_level_name(simd_level level) noexcept;
+/// Name of the level in use (see `active_simd_level`).
+[[nodiscard]] const char* simd_level_name();
+/// The level this process runs: the best available, or `SHOAL_SIMD`. Throws `shoal::error`
+/// (`errc::unsupported` / `errc::invalid_argument`) when `SHOAL_SIMD` names a level the CPU lacks or no level.
+[[nodiscard]] simd_level active_simd_level();
+/// Whether this CPU (and OS) can run `level`.
+[[nodiscard]] bool simd_level_available(simd_level level) noexcept;
+/// Every level this CPU can run, scalar first.
+[[nodiscard]] std::vector<simd_level> available_simd_levels();
+
+/// Function table of one SIMD level. Shapes:
+///  - pair: `f(a, b, dim)`;
+///  - one-to-many: `f(q, x, n, dim, stride, out)`: out[i] = f(q, x + i * stride) for i < n;
+///  - `inner_product_many`: `c[i * ldc + j] = ⟨a_i, b_j⟩` for i < na, j < nb (a blocked GEMM, a·bᵀ);
+///  - `squared_norms`: out[i] = ‖x_i‖².
+/// `cosine_distance` is 1 − ⟨a,b⟩ / (‖a‖‖b‖), and 1 when either vector is zero.
+struct distance_kernels {
+  simd_level level;
+  float (*l2sqr)(const float* a, const float* b, std::size_t dim) noexcept;
+  float (*inner_product)(const float* a, const float* b, std::size_t dim) noexcept;
+  float (*cosine_distance)(const float* a, const float* b, std::size_t dim) noexcept;
+  void (*l2sqr_one_to_many)(const float* q, const float* x, std::size_t n, std::size_t dim, std::size_t stride,
+                            float* out) noexcept;
+  void (*inner_product_one_to_many)(const float* q, const float* x, std::size_t n, std::size_t dim, std::size_t stride,
+                                    float* out) noexcept;
+  void (*cosine_distance_one_to_many)(const float* q, const float* x, std::size_t n, std::size_t dim,
+                                      std::size_t stride, float* out) noexcept;
+  void (*squared_norms)(const float* x, std::size_t n, std::size_t dim, std::size_t stride, float* out) noexcept;
+  void (*inner_product_many)(const float* a, std::size_t na, std::size_t lda, const float* b, std::size_t nb,
+                             std::size_t ldb, std::size_t dim, float* c, std::size_t ldc) noexcept;
+  std::uint32_t (*l2sqr_u8)(const std::uint8_t* a, const std::uint8_t* b, std::size_t dim) noexcept;
+  std::int32_t (*inner_product_u8)(const std::uint8_t* a, const std::uint8_t* b, std::size_t dim) noexcept;
+  std::uint32_t (*l2sqr_i8)(const std::int8_t* a, const std::int8_t* b, std::size_t dim) noexcept;
+  std::int32_t (*inner_product_i8)(const std::int8_t* a, const std::int8_t* b, std::size_t dim) noexcept;
+};
+
+/// The table of `level`; throws `shoal::error` (`errc::unsupported`) if the CPU cannot run it.
+[[nodiscard]] const distance_kernels& kernels(simd_level level);
+/// The table of the active level (resolved once, then a pointer load).
+[[nodiscard]] const distance_kernels& active_kernels();
+
+/// Pairwise kernels at the active level.
+[[nodiscard]] float l2sqr(const float* a, const float* b, std::size_t dim);
+[[nodiscard]] float inner_product(const float* a, const float* b, std::size_t dim);
+[[nodiscard]] float cosine_distance(const float* a, const float* b, std::size_t dim);
+
+/// `metric`'s distance (see `shoal::metric`) between two vectors at the active level. For cosine it
+/// normalises on the fly, so it needs no pre-normalised inputs.
+[[nodiscard]] float distance(metric m, const float* a, const float* b, std::size_t dim);
+
+/// Many-to-many distances: out[i * ldo + j] = distance(m, a_i, b_j), computed blockwise through the
+/// GEMM kernel (‖a‖² − 2⟨a,b⟩ + ‖b‖² for L2). Rounding therefore differs slightly from the pairwise
+/// kernels. Throws `shoal::error` if the dims differ or `ldo < b.rows`.
+void distances_many(metric m, matrix_view<const float> a, matrix_view<const float> b, float* out, std::size_t ldo);
+
+}  // namespace shoal

@@ -1,0 +1,54 @@
+#pragma once
+/// \file
+/// Evaluation: recall against ground truth, exact ground truth, and seeded synthetic data that is
+/// identical on every platform and standard library (splitmix64, no `std::*_distribution`).
+
+#include <cstddef>
+#include <cstdint>
+
+#include "shoal/core/neighbors.hpp"
+#include "shoal/core/types.hpp"
+
+namespace shoal {
+
+/// Recall@k as ann-benchmarks defines it: |returned top-k ∩ true top-k| / k, averaged over queries.
+/// `truth` holds per query at least k true ids, nearest first (e.g. an `.ivecs` ground-truth file).
+/// Throws `shoal::error` if k is 0, exceeds `result.k()` or `truth.dim`, or the row counts differ.
+[[nodiscard]] double recall_at_k(const neighbors& result, matrix_view<const std::int32_t> truth, std::size_t k);
+/// The same with ids in a `neighbors` (e.g. from `ground_truth`).
+[[nodiscard]] double recall_at_k(const neighbors& result, const neighbors& truth, std::size_t k);
+
+/// Exact k nearest neighbours of `queries` among `base` (ids = row numbers), via the flat index.
+[[nodiscard]] neighbors ground_truth(matrix_view<const float> base, matrix_view<const float> queries, std::size_t k,
+                                     metric m);
+
+/// splitmix64: tiny, fast, and the same sequence everywhere.
+class splitmix64 {
+ public:
+  explicit constexpr splitmix64(std::uint64_t seed) noexcept : state_(seed) {}
+  constexpr std::uint64_t next() noexcept {
+    std::uint64_t z = (state_ += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+  }
+  /// Uniform in [0, 1) with 24 bits of precision.
+  constexpr float uniform() noexcept { return static_cast<float>(next() >> 40) * 0x1.0p-24f; }
+  /// Standard normal (Box–Muller).
+  float normal() noexcept;
+  /// Uniform integer in [0, n), n > 0.
+  constexpr std::uint64_t below(std::uint64_t n) noexcept { return next() % n; }
+
+ private:
+  std::uint64_t state_;
+};
+
+/// `rows` vectors of `dim` drawn around `clusters` Gaussian centres (centres ~ N(0, 1) per component,
+/// points = centre + `spread` · N(0, 1)): the shape of real embeddings, where ANN structure matters.
+/// Same seed → same matrix, everywhere.
+[[nodiscard]] matrix<float> make_clustered(std::size_t rows, std::size_t dim, std::size_t clusters, std::uint64_t seed,
+                                           float spread = 0.35f);
+/// `rows` x `dim` values uniform in [−1, 1).
+[[nodiscard]] matrix<float> make_uniform(std::size_t rows, std::size_t dim, std::uint64_t seed);
+
+}  // namespace shoal

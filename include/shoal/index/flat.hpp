@@ -1,0 +1,86 @@
+#pragma once
+/// \file
+/// Exact (brute-force) index: the ground truth every approximate index is measured against, and the
+/// fastest choice for small collections.
+
+#include <cstddef>
+#include <span>
+#include <unordered_map>
+
+#include "shoal/core/neighbors.hpp"
+#include "shoal/core/params.hpp"
+#include "shoal/core/types.hpp"
+
+namespace shoal {
+
+/// Stores full-precision vectors with their ids and answers k-NN and range queries exactly.
+///
+/// Two search paths, chosen per call by batch size:
+///  - fewer than `gemm_min_batch` queries: each query streams the stored vectors once through the
+///    one-to-many SIMD kernel into a bounded heap;
+///  - larger batches: blocks of queries meet blocks of vectors in a GEMM (‖x‖² − 2q·x, plus ‖q‖²) whose
+///    best `k + rescore_slack` candidates per query are then re-scored with the direct kernel.
+/// Both paths therefore report the same distances (those of the pairwise kernel at the active SIMD
+/// level), sorted by (distance, id), ties to the smaller id.
+///
+/// Cosine: vectors are normalised when added and queries when searched; distances are 1 − ⟨q̂, x̂⟩.
+///
+/// Thread safety: `const` members may run concurrently; `add` / `remove` need exclusive access (the
+/// sharded collection provides it). Batched searches run in parallel on the caller's oneTBB arena.
+class flat_index {
+ public:
+  /// Queries per call from which the GEMM path is used.
+  static constexpr std::size_t gemm_min_batch = 16;
+  /// Extra GEMM candidates per query re-scored exactly, absorbing the GEMM form's rounding.
+  static constexpr std::size_t rescore_slack = 32;
+
+  /// An empty index of `dim`-dimensional vectors. Throws `shoal::error` if dim == 0.
+  explicit flat_index(std::size_t dim, metric m = metric::l2);
+
+  [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
+  [[nodiscard]] shoal::metric metric() const noexcept { return metric_; }
+  [[nodiscard]] std::size_t size() const noexcept { return ids_.size(); }
+  /// Bytes held by vectors, norms, ids and the id map.
+  [[nodiscard]] std::size_t memory_bytes() const noexcept;
+
+  /// Adds `vectors.rows` vectors under `ids` (one each). All or nothing: throws `shoal::error` — and
+  /// changes nothing — on a dimension mismatch, a count mismatch, NaN/Inf, a zero vector under cosine,
+  /// or an id already present (in the index or twice in `ids`).
+  void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
+
+  /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.
+  void remove(vector_id id);
+  /// Whether `id` is stored.
+  [[nodiscard]] bool contains(vector_id id) const noexcept { return slot_of_.contains(id); }
+  /// The stored vector of `id` (normalised under cosine); throws if unknown. Invalidated by add/remove.
+  [[nodiscard]] std::span<const float> vector(vector_id id) const;
+
+  /// k nearest neighbours of each query into `out` (`out.rows == queries.rows`, k = `out.k` ≥ 1).
+  /// Throws `shoal::error` on a dimension mismatch, NaN/Inf or zero (cosine) queries, k == 0, or a row
+  /// count mismatch.
+  void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const;
+  /// Allocating convenience form of `search`.
+  [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
+                                 const search_params& params = {}) const;
+
+  /// Every stored vector with distance < `radius` from each query, nearest first. Same errors as search.
+  [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,
+                                          const search_params& params = {}) const;
+
+ private:
+  struct query_block;
+  [[nodiscard]] query_block prepare(matrix_view<const float> queries) const;
+  void search_streaming(const float* query, neighbors_view out_row, const search_params& params) const;
+  void search_gemm(matrix_view<const float> queries, neighbors_view out, const search_params& params) const;
+  void scan(const float* query, std::size_t first, std::size_t count, float* out) const noexcept;
+  [[nodiscard]] float finish(float raw) const noexcept;
+
+  std::size_t dim_;
+  shoal::metric metric_;
+  aligned_vector<float> vectors_;  // size() rows of dim_, row-major
+  aligned_vector<float> norms_;    // ‖x‖² per row, for the GEMM path (L2)
+  aligned_vector<vector_id> ids_;  // id of each row
+  std::unordered_map<vector_id, std::size_t> slot_of_;
+};
+
+}  // namespace shoal

@@ -1,0 +1,163 @@
+// Run-time selection of the kernel level. Compiled with baseline flags: nothing here may execute an
+// instruction the CPU lacks. The choice is made lazily on first use (never in a static initialiser).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <string_view>
+
+#include "shoal/core/error.hpp"
+#include "shoal/distance/distance.hpp"
+
+namespace shoal {
+namespace detail {
+namespace scalar {
+const distance_kernels& table() noexcept;
+}
+#ifdef SHOAL_HAVE_X86_KERNELS
+namespace avx2 {
+const distance_kernels& table() noexcept;
+}
+namespace avx512 {
+const distance_kernels& table() noexcept;
+}
+#endif
+
+namespace {
+
+simd_level best_available_level() noexcept {
+  simd_level best = simd_level::scalar;
+  for (const simd_level level : {simd_level::avx2, simd_level::avx512})
+    if (simd_level_available(level)) best = level;
+  return best;
+}
+
+simd_level resolve_level() {
+  const char* requested = std::getenv("SHOAL_SIMD");
+  if (requested == nullptr || *requested == '\0') return best_available_level();
+  const std::string_view name(requested);
+  for (const simd_level level : {simd_level::scalar, simd_level::avx2, simd_level::avx512}) {
+    if (name != simd_level_name(level)) continue;
+    SHOAL_CHECK_CODE(
+        simd_level_available(level), errc::unsupported, "SHOAL_SIMD=", name,
+        " requested, but this CPU cannot run it (best available: ", simd_level_name(best_available_level()), ")");
+    return level;
+  }
+  SHOAL_CHECK(false, "SHOAL_SIMD=", name, " is not a SIMD level (use scalar, avx2 or avx512)");
+  return simd_level::scalar;  // unreachable
+}
+
+}  // namespace
+}  // namespace detail
+
+const char* simd_level_name(simd_level level) noexcept {
+  switch (level) {
+    case simd_level::scalar:
+      return "scalar";
+    case simd_level::avx2:
+      return "avx2";
+    case simd_level::avx512:
+      return "avx512";
+  }
+  return "unknown";
+}
+
+const char* simd_level_name() { return simd_level_name(active_simd_level()); }
+
+bool simd_level_available(simd_level level) noexcept {
+  switch (level) {
+    case simd_level::scalar:
+      return true;
+#ifdef SHOAL_HAVE_X86_KERNELS
+    // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
+    case simd_level::avx2:
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case simd_level::avx512:
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+#else
+    default:
+      return false;
+#endif
+  }
+  return false;
+}
+
+std::vector<simd_level> available_simd_levels() {
+  std::vector<simd_level> levels;
+  for (const simd_level level : {simd_level::scalar, simd_level::avx2, simd_level::avx512})
+    if (simd_level_available(level)) levels.push_back(level);
+  return levels;
+}
+
+simd_level active_simd_level() { return active_kernels().level; }
+
+const distance_kernels& kernels(simd_level level) {
+  SHOAL_CHECK_CODE(simd_level_available(level), errc::unsupported, "SIMD level ", simd_level_name(level),
+                   " is not available on this CPU");
+  switch (level) {
+#ifdef SHOAL_HAVE_X86_KERNELS
+    case simd_level::avx2:
+      return detail::avx2::table();
+    case simd_level::avx512:
+      return detail::avx512::table();
+#endif
+    default:
+      return detail::scalar::table();
+  }
+}
+
+const distance_kernels& active_kernels() {
+  static const distance_kernels& table = kernels(detail::resolve_level());
+  return table;
+}
+
+float l2sqr(const float* a, const float* b, std::size_t dim) { return active_kernels().l2sqr(a, b, dim); }
+float inner_product(const float* a, const float* b, std::size_t dim) {
+  return active_kernels().inner_product(a, b, dim);
+}
+float cosine_distance(const float* a, const float* b, std::size_t dim) {
+  return active_kernels().cosine_distance(a, b, dim);
+}
+
+float distance(metric m, const float* a, const float* b, std::size_t dim) {
+  const distance_kernels& k = active_kernels();
+  switch (m) {
+    case metric::l2:
+      return k.l2sqr(a, b, dim);
+    case metric::inner_product:
+      return -k.inner_product(a, b, dim);
+    case metric::cosine:
+      return k.cosine_distance(a, b, dim);
+  }
+  return 0.0f;
+}
+
+void distances_many(metric m, matrix_view<const float> a, matrix_view<const float> b, float* out, std::size_t ldo) {
+  SHOAL_CHECK_CODE(a.dim == b.dim, errc::dimension_mismatch, "distances_many: dimensions differ (", a.dim, " vs ",
+                   b.dim, ")");
+  SHOAL_CHECK(ldo >= b.rows, "distances_many: output stride ", ldo, " is smaller than the ", b.rows, " columns");
+  const distance_kernels& k = active_kernels();
+  k.inner_product_many(a.data, a.rows, a.stride, b.data, b.rows, b.stride, a.dim, out, ldo);
+  if (m == metric::inner_product) {
+    for (std::size_t i = 0; i < a.rows; ++i)
+      for (std::size_t j = 0; j < b.rows; ++j) out[i * ldo + j] = -out[i * ldo + j];
+    return;
+  }
+  std::vector<float> na(a.rows), nb(b.rows);
+  k.squared_norms(a.data, a.rows, a.dim, a.stride, na.data());
+  k.squared_norms(b.data, b.rows, b.dim, b.stride, nb.data());
+  for (std::size_t i = 0; i < a.rows; ++i) {
+    float* row = out + i * ldo;
+    for (std::size_t j = 0; j < b.rows; ++j) {
+      if (m == metric::l2) {
+        row[j] = std::max(0.0f, na[i] + nb[j] - 2.0f * row[j]);  // clamp the GEMM form's cancellation
+      } else {
+        const float denom = std::sqrt(na[i] * nb[j]);
+        row[j] = denom > 0.0f ? 1.0f - row[j] / denom : 1.0f;
+      }
+    }
+  }
+}
+
+}  // namespace shoal

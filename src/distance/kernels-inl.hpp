@@ -1,0 +1,183 @@
+// Distance kernels, written once and compiled once per SIMD level.
+//
+// Deliberately not include-guarded: each of scalar.cpp, avx2.cpp and avx512.cpp defines
+//   SHOAL_KERNEL_NS      the namespace (under shoal::detail) that holds this level's code, and
+//   SHOAL_KERNEL_ARCH    the xsimd architecture (absent for the scalar reference),
+// then includes this file with its own ISA flags. Everything here lives in that per-level namespace, so
+// no function compiled with AVX-512 flags shares a symbol with one the linker could pick for an AVX2 or
+// scalar caller. Eigen, used for the GEMM, is renamed per level for the same reason (its templates would
+// otherwise be merged across levels). Only the `distance_kernels` table of plain function pointers
+// leaves the file; no SIMD type crosses a file boundary.
+//
+// Accumulation order: pairwise and one-to-many forms share `dot_like`, so for one level they return
+// bit-identical results; different levels sum in different orders (tests compare them with a
+// double-precision reference and a tolerance). Integer kernels are exact everywhere.
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+
+#include "shoal/distance/distance.hpp"
+
+#ifdef SHOAL_KERNEL_ARCH
+#include <xsimd/xsimd.hpp>
+#define Eigen SHOAL_KERNEL_EIGEN_NS  // NOLINT: see above, one Eigen per level
+#include <Eigen/Core>
+#endif
+
+namespace shoal::detail::SHOAL_KERNEL_NS {
+namespace {
+
+#ifdef SHOAL_KERNEL_ARCH
+/// Lanes of one SIMD register of the level.
+struct lanes {
+  using batch = xsimd::batch<float, SHOAL_KERNEL_ARCH>;
+  static constexpr std::size_t width = batch::size;
+  static batch zero() noexcept { return batch(0.0f); }
+  static batch load(const float* p) noexcept { return batch::load_unaligned(p); }
+  static batch fma(batch a, batch b, batch c) noexcept { return xsimd::fma(a, b, c); }
+  static float sum(batch b) noexcept { return xsimd::hadd(b); }
+};
+#else
+/// The scalar reference: one lane, multiply then add (no FMA instruction at the baseline ISA).
+struct lanes {
+  using batch = float;
+  static constexpr std::size_t width = 1;
+  static batch zero() noexcept { return 0.0f; }
+  static batch load(const float* p) noexcept { return *p; }
+  static batch fma(batch a, batch b, batch c) noexcept { return a * b + c; }
+  static float sum(batch b) noexcept { return b; }
+};
+#endif
+
+using batch = lanes::batch;
+constexpr std::size_t W = lanes::width;
+
+/// Squared difference term: acc += (a − b)².
+struct l2_term {
+  static batch step(batch a, batch b, batch acc) noexcept {
+    const batch d = a - b;
+    return lanes::fma(d, d, acc);
+  }
+  static float step1(float a, float b, float acc) noexcept { return (a - b) * (a - b) + acc; }
+};
+
+/// Product term: acc += a · b.
+struct ip_term {
+  static batch step(batch a, batch b, batch acc) noexcept { return lanes::fma(a, b, acc); }
+  static float step1(float a, float b, float acc) noexcept { return a * b + acc; }
+};
+
+/// Σ term(a_i, b_i) with four independent accumulators (to hide FMA latency), then one register at a
+/// time, then a scalar tail. The single definition of the accumulation order for float kernels.
+template <class Term>
+inline float dot_like(const float* a, const float* b, std::size_t dim) noexcept {
+  batch acc0 = lanes::zero(), acc1 = lanes::zero(), acc2 = lanes::zero(), acc3 = lanes::zero();
+  std::size_t i = 0;
+  for (; i + 4 * W <= dim; i += 4 * W) {
+    acc0 = Term::step(lanes::load(a + i), lanes::load(b + i), acc0);
+    acc1 = Term::step(lanes::load(a + i + W), lanes::load(b + i + W), acc1);
+    acc2 = Term::step(lanes::load(a + i + 2 * W), lanes::load(b + i + 2 * W), acc2);
+    acc3 = Term::step(lanes::load(a + i + 3 * W), lanes::load(b + i + 3 * W), acc3);
+  }
+  for (; i + W <= dim; i += W) acc0 = Term::step(lanes::load(a + i), lanes::load(b + i), acc0);
+  float tail = 0.0f;
+  for (; i < dim; ++i) tail = Term::step1(a[i], b[i], tail);
+  return lanes::sum((acc0 + acc1) + (acc2 + acc3)) + tail;
+}
+
+float l2sqr(const float* a, const float* b, std::size_t dim) noexcept { return dot_like<l2_term>(a, b, dim); }
+
+float inner_product(const float* a, const float* b, std::size_t dim) noexcept { return dot_like<ip_term>(a, b, dim); }
+
+/// 1 − ⟨a,b⟩/(‖a‖‖b‖) from one pass over both vectors.
+float cosine_distance(const float* a, const float* b, std::size_t dim) noexcept {
+  batch ab = lanes::zero(), aa = lanes::zero(), bb = lanes::zero();
+  std::size_t i = 0;
+  for (; i + W <= dim; i += W) {
+    const batch x = lanes::load(a + i);
+    const batch y = lanes::load(b + i);
+    ab = lanes::fma(x, y, ab);
+    aa = lanes::fma(x, x, aa);
+    bb = lanes::fma(y, y, bb);
+  }
+  float s_ab = lanes::sum(ab), s_aa = lanes::sum(aa), s_bb = lanes::sum(bb);
+  for (; i < dim; ++i) {
+    s_ab += a[i] * b[i];
+    s_aa += a[i] * a[i];
+    s_bb += b[i] * b[i];
+  }
+  if (s_aa <= 0.0f || s_bb <= 0.0f) return 1.0f;
+  return 1.0f - s_ab / std::sqrt(s_aa * s_bb);
+}
+
+template <float (*Pair)(const float*, const float*, std::size_t) noexcept>
+void one_to_many(const float* q, const float* x, std::size_t n, std::size_t dim, std::size_t stride,
+                 float* out) noexcept {
+  for (std::size_t i = 0; i < n; ++i) out[i] = Pair(q, x + i * stride, dim);
+}
+
+void squared_norms(const float* x, std::size_t n, std::size_t dim, std::size_t stride, float* out) noexcept {
+  for (std::size_t i = 0; i < n; ++i) out[i] = dot_like<ip_term>(x + i * stride, x + i * stride, dim);
+}
+
+void inner_product_many(const float* a, std::size_t na, std::size_t lda, const float* b, std::size_t nb,
+                        std::size_t ldb, std::size_t dim, float* c, std::size_t ldc) noexcept {
+#ifdef SHOAL_KERNEL_ARCH
+  // Eigen's GEMM packs panels into cache-sized blocks and runs a register-blocked FMA micro-kernel.
+  using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  using stride = Eigen::OuterStride<>;
+  const Eigen::Map<const row_major, 0, stride> ma(a, static_cast<Eigen::Index>(na), static_cast<Eigen::Index>(dim),
+                                                  stride(static_cast<Eigen::Index>(lda)));
+  const Eigen::Map<const row_major, 0, stride> mb(b, static_cast<Eigen::Index>(nb), static_cast<Eigen::Index>(dim),
+                                                  stride(static_cast<Eigen::Index>(ldb)));
+  Eigen::Map<row_major, 0, stride> mc(c, static_cast<Eigen::Index>(na), static_cast<Eigen::Index>(nb),
+                                      stride(static_cast<Eigen::Index>(ldc)));
+  mc.noalias() = ma * mb.transpose();
+#else
+  for (std::size_t i = 0; i < na; ++i)
+    for (std::size_t j = 0; j < nb; ++j) c[i * ldc + j] = inner_product(a + i * lda, b + j * ldb, dim);
+#endif
+}
+
+// Integer kernels: exact sums, written as plain loops that the compiler vectorises with this file's ISA
+// flags (widening multiply-adds); the products of 8-bit values fit int32 for any dim below 2^16.
+template <class T>
+std::uint32_t l2sqr_int(const T* a, const T* b, std::size_t dim) noexcept {
+  std::uint32_t acc = 0;
+  for (std::size_t i = 0; i < dim; ++i) {
+    const std::int32_t d = static_cast<std::int32_t>(a[i]) - static_cast<std::int32_t>(b[i]);
+    acc += static_cast<std::uint32_t>(d * d);
+  }
+  return acc;
+}
+
+template <class T>
+std::int32_t inner_product_int(const T* a, const T* b, std::size_t dim) noexcept {
+  std::int32_t acc = 0;
+  for (std::size_t i = 0; i < dim; ++i) acc += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(b[i]);
+  return acc;
+}
+
+}  // namespace
+
+const distance_kernels& table() noexcept {
+  static constexpr distance_kernels k{
+      .level = SHOAL_KERNEL_LEVEL,
+      .l2sqr = l2sqr,
+      .inner_product = inner_product,
+      .cosine_distance = cosine_distance,
+      .l2sqr_one_to_many = one_to_many<l2sqr>,
+      .inner_product_one_to_many = one_to_many<inner_product>,
+      .cosine_distance_one_to_many = one_to_many<cosine_distance>,
+      .squared_norms = squared_norms,
+      .inner_product_many = inner_product_many,
+      .l2sqr_u8 = l2sqr_int<std::uint8_t>,
+      .inner_product_u8 = inner_product_int<std::uint8_t>,
+      .l2sqr_i8 = l2sqr_int<std::int8_t>,
+      .inner_product_i8 = inner_product_int<std::int8_t>,
+  };
+  return k;
+}
+
+}  // namespace shoal::detail::SHOAL_KERNEL_NS

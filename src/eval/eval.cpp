@@ -1,0 +1,92 @@
+#include "shoal/eval/eval.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <vector>
+
+#include "shoal/core/error.hpp"
+#include "shoal/index/flat.hpp"
+
+namespace shoal {
+namespace {
+
+/// Σ over queries of |first k of `got` ∩ first k of `want`| / k, averaged.
+template <class Want>
+double mean_overlap(const neighbors& result, std::size_t rows, std::size_t k, Want want) {
+  if (rows == 0) return 1.0;
+  double total = 0.0;
+  std::vector<vector_id> truth(k);
+  for (std::size_t r = 0; r < rows; ++r) {
+    for (std::size_t j = 0; j < k; ++j) truth[j] = want(r, j);
+    std::sort(truth.begin(), truth.end());
+    std::size_t hits = 0;
+    for (std::size_t j = 0; j < k; ++j) {
+      const vector_id id = result.id(r, j);
+      if (id != no_id && std::binary_search(truth.begin(), truth.end(), id)) ++hits;
+    }
+    total += static_cast<double>(hits) / static_cast<double>(k);
+  }
+  return total / static_cast<double>(rows);
+}
+
+void check_recall_args(const neighbors& result, std::size_t truth_rows, std::size_t truth_k, std::size_t k) {
+  SHOAL_CHECK(k > 0, "recall_at_k: k must be at least 1");
+  SHOAL_CHECK(k <= result.k(), "recall_at_k: k = ", k, " exceeds the ", result.k(), " results per query");
+  SHOAL_CHECK(k <= truth_k, "recall_at_k: k = ", k, " exceeds the ", truth_k, " ground-truth ids per query");
+  SHOAL_CHECK(truth_rows == result.rows(), "recall_at_k: ", result.rows(), " result rows but ", truth_rows,
+              " ground-truth rows");
+}
+
+}  // namespace
+
+double recall_at_k(const neighbors& result, matrix_view<const std::int32_t> truth, std::size_t k) {
+  check_recall_args(result, truth.rows, truth.dim, k);
+  return mean_overlap(result, truth.rows, k, [&](std::size_t r, std::size_t j) {
+    const std::int32_t id = truth.row(r)[j];
+    return id < 0 ? no_id : static_cast<vector_id>(id);
+  });
+}
+
+double recall_at_k(const neighbors& result, const neighbors& truth, std::size_t k) {
+  check_recall_args(result, truth.rows(), truth.k(), k);
+  return mean_overlap(result, truth.rows(), k, [&](std::size_t r, std::size_t j) { return truth.id(r, j); });
+}
+
+neighbors ground_truth(matrix_view<const float> base, matrix_view<const float> queries, std::size_t k, metric m) {
+  flat_index index(base.dim, m);
+  std::vector<vector_id> ids(base.rows);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  index.add(base, ids);
+  return index.search(queries, k);
+}
+
+float splitmix64::normal() noexcept {
+  // Box–Muller; u1 in (0, 1] keeps the logarithm finite.
+  const float u1 = 1.0f - uniform();
+  const float u2 = uniform();
+  return std::sqrt(-2.0f * std::log(u1)) * std::cos(6.2831853071795864769f * u2);
+}
+
+matrix<float> make_clustered(std::size_t rows, std::size_t dim, std::size_t clusters, std::uint64_t seed,
+                             float spread) {
+  SHOAL_CHECK(clusters > 0, "make_clustered: clusters must be at least 1");
+  splitmix64 rng(seed);
+  matrix<float> centres(clusters, dim);
+  for (float& v : centres.values) v = rng.normal();
+  matrix<float> out(rows, dim);
+  for (std::size_t i = 0; i < rows; ++i) {
+    const float* c = centres.row(rng.below(clusters));
+    for (std::size_t j = 0; j < dim; ++j) out.row(i)[j] = c[j] + spread * rng.normal();
+  }
+  return out;
+}
+
+matrix<float> make_uniform(std::size_t rows, std::size_t dim, std::uint64_t seed) {
+  splitmix64 rng(seed);
+  matrix<float> out(rows, dim);
+  for (float& v : out.values) v = 2.0f * rng.uniform() - 1.0f;
+  return out;
+}
+
+}  // namespace shoal

@@ -1,0 +1,235 @@
+#include "shoal/index/flat.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <optional>
+#include <unordered_set>
+
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+
+#include "shoal/core/checks.hpp"
+#include "shoal/core/error.hpp"
+#include "shoal/core/topk.hpp"
+#include "shoal/distance/distance.hpp"
+
+namespace shoal {
+namespace {
+
+/// Vectors per chunk of the streaming scan: distances land in a stack buffer that stays in L1.
+constexpr std::size_t scan_chunk = 256;
+/// GEMM tile: up to 256 queries meet 512 stored vectors at a time. Tall query blocks amortise streaming
+/// each block of vectors from memory (and Eigen's packing of it) over more FMAs; the 512 KiB distance
+/// tile still fits in L2. Measured on Zen 4: 64-query blocks reach 58% of the FMA peak, 256 reach 74%.
+constexpr std::size_t gemm_queries = 256;
+constexpr std::size_t gemm_vectors = 512;
+
+}  // namespace
+
+/// Queries as searched: the caller's view, or a normalised copy under cosine.
+struct flat_index::query_block {
+  std::optional<matrix<float>> normalized;
+  matrix_view<const float> view;
+};
+
+flat_index::flat_index(std::size_t dim, shoal::metric m) : dim_(dim), metric_(m) {
+  SHOAL_CHECK(dim > 0, "flat_index: dimension must be at least 1");
+  (void)active_kernels();  // surface a bad SHOAL_SIMD here rather than in the first search
+}
+
+std::size_t flat_index::memory_bytes() const noexcept {
+  // unordered_map: one bucket pointer per bucket, a node (next pointer, key, value) per entry.
+  const std::size_t map_bytes = slot_of_.bucket_count() * sizeof(void*) +
+                                slot_of_.size() * (sizeof(void*) + sizeof(vector_id) + sizeof(std::size_t));
+  return vectors_.capacity() * sizeof(float) + norms_.capacity() * sizeof(float) + ids_.capacity() * sizeof(vector_id) +
+         map_bytes;
+}
+
+void flat_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
+  detail::check_vectors(vectors, dim_, "flat_index::add: vector");
+  SHOAL_CHECK(ids.size() == vectors.rows, "flat_index::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
+  {
+    std::unordered_set<vector_id> batch;
+    batch.reserve(ids.size());
+    for (const vector_id id : ids) {
+      SHOAL_CHECK_CODE(!slot_of_.contains(id), errc::duplicate_id, "flat_index::add: id ", id, " is already stored");
+      SHOAL_CHECK_CODE(batch.insert(id).second, errc::duplicate_id, "flat_index::add: id ", id,
+                       " appears twice in one batch");
+    }
+  }
+  std::optional<matrix<float>> normalized;
+  if (metric_ == metric::cosine) {
+    normalized = detail::normalized_copy(vectors, "flat_index::add: vector");
+    vectors = normalized->view();
+  }
+  const std::size_t first = size();
+  vectors_.resize((first + vectors.rows) * dim_);
+  for (std::size_t i = 0; i < vectors.rows; ++i)
+    std::copy_n(vectors.row(i), dim_, vectors_.data() + (first + i) * dim_);
+  norms_.resize(first + vectors.rows);
+  active_kernels().squared_norms(vectors_.data() + first * dim_, vectors.rows, dim_, dim_, norms_.data() + first);
+  ids_.insert(ids_.end(), ids.begin(), ids.end());
+  for (std::size_t i = 0; i < ids.size(); ++i) slot_of_.emplace(ids[i], first + i);
+}
+
+void flat_index::remove(vector_id id) {
+  const auto it = slot_of_.find(id);
+  SHOAL_CHECK_CODE(it != slot_of_.end(), errc::not_found, "flat_index::remove: id ", id, " is not stored");
+  // Move the last row into the freed slot: storage stays dense and removal is O(dim).
+  const std::size_t slot = it->second;
+  const std::size_t last = size() - 1;
+  slot_of_.erase(it);
+  if (slot != last) {
+    std::copy_n(vectors_.data() + last * dim_, dim_, vectors_.data() + slot * dim_);
+    norms_[slot] = norms_[last];
+    ids_[slot] = ids_[last];
+    slot_of_[ids_[slot]] = slot;
+  }
+  vectors_.resize(last * dim_);
+  norms_.resize(last);
+  ids_.resize(last);
+}
+
+std::span<const float> flat_index::vector(vector_id id) const {
+  const auto it = slot_of_.find(id);
+  SHOAL_CHECK_CODE(it != slot_of_.end(), errc::not_found, "flat_index::vector: id ", id, " is not stored");
+  return {vectors_.data() + it->second * dim_, dim_};
+}
+
+flat_index::query_block flat_index::prepare(matrix_view<const float> queries) const {
+  detail::check_vectors(queries, dim_, "flat_index::search: query");
+  query_block block;
+  block.view = queries;
+  if (metric_ == metric::cosine) {
+    block.normalized = detail::normalized_copy(queries, "flat_index::search: query");
+    block.view = block.normalized->view();
+  }
+  return block;
+}
+
+/// Distances from `query` to rows [first, first + count), in the metric's smaller-is-closer form.
+void flat_index::scan(const float* query, std::size_t first, std::size_t count, float* out) const noexcept {
+  const distance_kernels& k = active_kernels();
+  const float* x = vectors_.data() + first * dim_;
+  if (metric_ == metric::l2) {
+    k.l2sqr_one_to_many(query, x, count, dim_, dim_, out);
+    return;
+  }
+  k.inner_product_one_to_many(query, x, count, dim_, dim_, out);
+  for (std::size_t i = 0; i < count; ++i) out[i] = finish(out[i]);
+}
+
+/// Maps an inner product to the metric's distance (−ip, or 1 − ip on unit vectors).
+float flat_index::finish(float raw) const noexcept { return metric_ == metric::cosine ? 1.0f - raw : -raw; }
+
+void flat_index::search_streaming(const float* query, neighbors_view out_row, const search_params& params) const {
+  topk_heap heap(out_row.k);
+  std::array<float, scan_chunk> dist{};
+  for (std::size_t first = 0; first < size(); first += scan_chunk) {
+    const std::size_t count = std::min(scan_chunk, size() - first);
+    scan(query, first, count, dist.data());
+    for (std::size_t i = 0; i < count; ++i) {
+      if (dist[i] > heap.worst()) continue;
+      const vector_id id = ids_[first + i];
+      if (params.filter.accepts(id)) heap.push(dist[i], id);
+    }
+  }
+  heap.write_sorted(out_row.row_ids(0), out_row.row_distances(0));
+}
+
+void flat_index::search_gemm(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
+  const distance_kernels& k = active_kernels();
+  const std::size_t nq = queries.rows;
+  const std::size_t keep = out.k + rescore_slack;
+  std::vector<float> tile(nq * gemm_vectors);
+  std::vector<topk_heap> heaps(nq, topk_heap(keep));
+  for (std::size_t first = 0; first < size(); first += gemm_vectors) {
+    const std::size_t count = std::min(gemm_vectors, size() - first);
+    k.inner_product_many(queries.data, nq, queries.stride, vectors_.data() + first * dim_, count, dim_, dim_,
+                         tile.data(), gemm_vectors);
+    for (std::size_t q = 0; q < nq; ++q) {
+      topk_heap& heap = heaps[q];
+      const float* ip = tile.data() + q * gemm_vectors;
+      for (std::size_t i = 0; i < count; ++i) {
+        // Rank by ‖x‖² − 2q·x under L2 (‖q‖² is constant per query) and by −q·x otherwise.
+        const float d = metric_ == metric::l2 ? norms_[first + i] - 2.0f * ip[i] : -ip[i];
+        if (d > heap.worst()) continue;
+        const vector_id id = ids_[first + i];
+        if (params.filter.accepts(id)) heap.push(d, id);
+      }
+    }
+  }
+  // Re-score the survivors with the pairwise kernel so that both paths agree to the bit.
+  for (std::size_t q = 0; q < nq; ++q) {
+    topk_heap exact(out.k);
+    for (const scored_id& c : heaps[q].take_sorted()) {
+      const float* x = vectors_.data() + slot_of_.at(c.id) * dim_;
+      const float d =
+          metric_ == metric::l2 ? k.l2sqr(queries.row(q), x, dim_) : finish(k.inner_product(queries.row(q), x, dim_));
+      exact.push(d, c.id);
+    }
+    exact.write_sorted(out.row_ids(q), out.row_distances(q));
+  }
+}
+
+void flat_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
+  SHOAL_CHECK(out.k > 0, "flat_index::search: k must be at least 1");
+  SHOAL_CHECK(out.rows == queries.rows, "flat_index::search: result buffer has ", out.rows, " rows for ", queries.rows,
+              " queries");
+  SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, "flat_index::search: null result buffer");
+  const query_block block = prepare(queries);
+  const matrix_view<const float> q = block.view;
+  if (q.rows < gemm_min_batch) {
+    tbb::parallel_for(std::size_t{0}, q.rows,
+                      [&](std::size_t i) { search_streaming(q.row(i), out.slice(i, 1), params); });
+    return;
+  }
+  // Blocks as tall as possible while every worker of the arena still gets one.
+  const auto workers = static_cast<std::size_t>(tbb::this_task_arena::max_concurrency());
+  const std::size_t rows_per_task = std::clamp((q.rows + workers - 1) / workers, gemm_min_batch, gemm_queries);
+  const std::size_t blocks = (q.rows + rows_per_task - 1) / rows_per_task;
+  tbb::parallel_for(std::size_t{0}, blocks, [&](std::size_t b) {
+    const std::size_t first = b * rows_per_task;
+    const std::size_t count = std::min(rows_per_task, q.rows - first);
+    search_gemm(q.slice(first, count), out.slice(first, count), params);
+  });
+}
+
+neighbors flat_index::search(matrix_view<const float> queries, std::size_t k, const search_params& params) const {
+  SHOAL_CHECK(k > 0, "flat_index::search: k must be at least 1");
+  neighbors result(queries.rows, k);
+  search(queries, result.view(), params);
+  return result;
+}
+
+range_result flat_index::range_search(matrix_view<const float> queries, float radius,
+                                      const search_params& params) const {
+  SHOAL_CHECK(!std::isnan(radius), "flat_index::range_search: radius is NaN");
+  const query_block block = prepare(queries);
+  const matrix_view<const float> q = block.view;
+  std::vector<std::vector<scored_id>> hits(q.rows);
+  tbb::parallel_for(std::size_t{0}, q.rows, [&](std::size_t r) {
+    std::array<float, scan_chunk> dist{};
+    for (std::size_t first = 0; first < size(); first += scan_chunk) {
+      const std::size_t count = std::min(scan_chunk, size() - first);
+      scan(q.row(r), first, count, dist.data());
+      for (std::size_t i = 0; i < count; ++i)
+        if (dist[i] < radius && params.filter.accepts(ids_[first + i])) hits[r].push_back({dist[i], ids_[first + i]});
+    }
+    std::sort(hits[r].begin(), hits[r].end());
+  });
+  range_result result;
+  result.offsets.reserve(q.rows + 1);
+  for (const auto& row : hits) {
+    for (const scored_id& h : row) {
+      result.ids.push_back(h.id);
+      result.distances.push_back(h.distance);
+    }
+    result.offsets.push_back(result.ids.size());
+  }
+  return result;
+}
+
+}  // namespace shoal

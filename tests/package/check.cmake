@@ -1,0 +1,21 @@
+# ctest driver: install the build tree into a fresh prefix, move the prefix (the package must be
+# relocatable), build tests/package against it with find_package(shoal), run the consumer.
+# Inputs: BUILD_DIR SOURCE_DIR WORK_DIR CONFIG GENERATOR WITH_CUDA
+function(run)
+  execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+  message("${out}")
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "failed (${rc}): ${ARGN}")
+  endif()
+endfunction()
+
+file(REMOVE_RECURSE "${WORK_DIR}")
+run(${CMAKE_COMMAND} --install "${BUILD_DIR}" --prefix "${WORK_DIR}/staging" --config "${CONFIG}")
+file(RENAME "${WORK_DIR}/staging" "${WORK_DIR}/moved")
+if(NOT EXISTS "${WORK_DIR}/moved/lib/cmake/shoal/shoalConfigVersion.cmake")
+  message(FATAL_ERROR "the install has no shoalConfigVersion.cmake")
+endif()
+run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build" -G "${GENERATOR}" -DCMAKE_BUILD_TYPE=${CONFIG}
+    "-DCMAKE_PREFIX_PATH=${WORK_DIR}/moved" -DWITH_CUDA=${WITH_CUDA})
+run(${CMAKE_COMMAND} --build "${WORK_DIR}/build" --config "${CONFIG}")
+run("${WORK_DIR}/build/consumer")

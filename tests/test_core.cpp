@@ -1,0 +1,90 @@
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "shoal/core/error.hpp"
+#include "shoal/core/neighbors.hpp"
+#include "shoal/core/params.hpp"
+#include "shoal/core/topk.hpp"
+#include "shoal/core/types.hpp"
+#include "test_support.hpp"
+
+using namespace shoal;
+using shoal::test::fails_with;
+
+TEST_CASE("SHOAL_CHECK throws shoal::error with code and formatted message", "[core]") {
+  int evaluated = 0;
+  auto message_part = [&] {
+    ++evaluated;
+    return 42;
+  };
+  REQUIRE_NOTHROW([&] { SHOAL_CHECK(true, "never built ", message_part()); }());
+  CHECK(evaluated == 0);  // the message is only built on failure
+  REQUIRE_THROWS_MATCHES([&] { SHOAL_CHECK(1 + 1 == 3, "value ", message_part(), " is odd"); }(), shoal::error,
+                         fails_with(errc::invalid_argument, "shoal: value 42 is odd"));
+  REQUIRE_THROWS_MATCHES([] { SHOAL_CHECK_CODE(false, errc::not_found, "id ", 7, " missing"); }(), shoal::error,
+                         fails_with(errc::not_found, "id 7 missing"));
+  CHECK(std::string(errc_name(errc::corrupt_file)) == "corrupt_file");
+  CHECK(std::string(errc_name(errc::dimension_mismatch)) == "dimension_mismatch");
+}
+
+TEST_CASE("metric names round-trip and unknown names are rejected", "[core]") {
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) CHECK(parse_metric(metric_name(m)) == m);
+  CHECK(parse_metric("ip") == metric::inner_product);
+  CHECK(parse_metric("cos") == metric::cosine);
+  REQUIRE_THROWS_MATCHES(parse_metric("hamming"), shoal::error, fails_with(errc::invalid_argument, "hamming"));
+}
+
+TEST_CASE("matrix_view addresses strided rows and converts to const", "[core]") {
+  std::vector<float> data(5 * 4);
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<float>(i);
+  const matrix_view<float> v(data.data(), 5, 3, 4);
+  const matrix_view<const float> cv = v;
+  CHECK(cv.row(2)[0] == 8.0f);
+  CHECK(cv.row_span(4).size() == 3);
+  const auto s = cv.slice(1, 2);
+  CHECK(s.rows == 2);
+  CHECK(s.row(1)[2] == 10.0f);
+  matrix<float> m(3, 5);
+  CHECK(reinterpret_cast<std::uintptr_t>(m.values.data()) % 64 == 0);
+  CHECK(m.view().stride == 5);
+}
+
+TEST_CASE("neighbors start as the sentinel", "[core]") {
+  const neighbors n(2, 3);
+  for (std::size_t r = 0; r < 2; ++r)
+    for (std::size_t j = 0; j < 3; ++j) {
+      CHECK(n.id(r, j) == no_id);
+      CHECK(n.distance(r, j) == no_distance);
+    }
+}
+
+TEST_CASE("topk_heap keeps the k smallest by (distance, id)", "[core]") {
+  topk_heap heap(3);
+  CHECK(heap.worst() == no_distance);
+  heap.push(5.0f, 1);
+  heap.push(1.0f, 9);
+  heap.push(1.0f, 4);
+  heap.push(1.0f, 2);  // ties at 1.0 resolve to the smaller ids: 2 and 4 stay, 9 leaves
+  heap.push(0.5f, 100);
+  CHECK(heap.worst() == 1.0f);
+  std::vector<vector_id> ids(4);
+  std::vector<float> dist(4);
+  heap.write_sorted(ids, dist);
+  CHECK(ids == std::vector<vector_id>{100, 2, 4, no_id});
+  CHECK(dist == std::vector<float>{0.5f, 1.0f, 1.0f, no_distance});
+  CHECK(heap.size() == 0);
+}
+
+TEST_CASE("id_filter wraps any predicate and an empty filter accepts all", "[core]") {
+  const id_filter none;
+  CHECK_FALSE(static_cast<bool>(none));
+  CHECK(none.accepts(123));
+  const auto even = [](vector_id id) { return id % 2 == 0; };
+  const id_filter f = even;
+  CHECK(static_cast<bool>(f));
+  CHECK(f.accepts(4));
+  CHECK_FALSE(f.accepts(5));
+}

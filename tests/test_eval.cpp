@@ -1,0 +1,79 @@
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "shoal/eval/eval.hpp"
+#include "test_support.hpp"
+
+using namespace shoal;
+using shoal::test::fails_with;
+
+namespace {
+
+/// A neighbors result holding the given rows of ids.
+neighbors result_of(const std::vector<std::vector<vector_id>>& rows) {
+  neighbors n(rows.size(), rows.front().size());
+  for (std::size_t r = 0; r < rows.size(); ++r)
+    for (std::size_t j = 0; j < rows[r].size(); ++j) n.view().row_ids(r)[j] = rows[r][j];
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("recall_at_k counts the overlap of the first k ids per query", "[eval]") {
+  const std::vector<std::int32_t> truth = {0, 1, 2, 3,  //
+                                           4, 5, 6, 7};
+  const matrix_view<const std::int32_t> gt(truth.data(), 2, 4);
+  const neighbors got = result_of({{2, 9, 0, 1}, {7, 6, 5, no_id}});
+  CHECK(recall_at_k(got, gt, 1) == Approx(0.0));                      // 2 ∉ {0}, 7 ∉ {4}
+  CHECK(recall_at_k(got, gt, 3) == Approx((2.0 / 3 + 2.0 / 3) / 2));  // {2,0} of {0,1,2}; {6,5} of {4,5,6}
+  CHECK(recall_at_k(got, gt, 4) == Approx((3.0 / 4 + 3.0 / 4) / 2));
+  CHECK(recall_at_k(got, result_of({{0, 1, 2, 3}, {4, 5, 6, 7}}), 4) == Approx(0.75));
+  REQUIRE_THROWS_MATCHES(recall_at_k(got, gt, 0), shoal::error, fails_with(errc::invalid_argument, "at least 1"));
+  REQUIRE_THROWS_MATCHES(recall_at_k(got, gt, 5), shoal::error, fails_with(errc::invalid_argument, "exceeds"));
+  REQUIRE_THROWS_MATCHES(recall_at_k(got, matrix_view<const std::int32_t>(truth.data(), 1, 4), 2), shoal::error,
+                         fails_with(errc::invalid_argument, "2 result rows but 1 ground-truth rows"));
+}
+
+TEST_CASE("ground truth of the data itself is the data", "[eval]") {
+  const matrix<float> base = make_clustered(300, 24, 5, 3);
+  const neighbors gt = ground_truth(base.view(), base.view().slice(0, 40), 5, metric::l2);
+  for (std::size_t q = 0; q < 40; ++q) {
+    CHECK(gt.id(q, 0) == q);
+    CHECK(gt.distance(q, 0) == 0.0f);
+    CHECK(gt.distance(q, 1) >= gt.distance(q, 0));
+  }
+  CHECK(recall_at_k(gt, gt, 5) == 1.0);
+}
+
+TEST_CASE("splitmix64 is the reference generator and the data is reproducible", "[eval]") {
+  splitmix64 rng(0);
+  CHECK(rng.next() == 0xE220A8397B1DCDAFULL);  // published first output for seed 0
+  CHECK(rng.next() == 0x6E789E6AA1B965F4ULL);
+  const matrix<float> a = make_clustered(100, 16, 4, 42);
+  const matrix<float> b = make_clustered(100, 16, 4, 42);
+  const matrix<float> c = make_clustered(100, 16, 4, 43);
+  CHECK(a.values == b.values);
+  CHECK(a.values != c.values);
+  double sum = 0, sum_sq = 0;
+  splitmix64 normal(9);
+  constexpr int n = 200000;
+  for (int i = 0; i < n; ++i) {
+    const double x = normal.normal();
+    sum += x;
+    sum_sq += x * x;
+  }
+  CHECK(std::abs(sum / n) < 0.01);
+  CHECK(std::abs(sum_sq / n - 1.0) < 0.01);
+}
+
+TEST_CASE("clustered data has near neighbours inside its cluster", "[eval]") {
+  // With spread 0.35 around N(0,1) centres in 32-d, the nearest other point shares the centre: its
+  // distance is far below the typical distance between centres.
+  const matrix<float> base = make_clustered(400, 32, 10, 5);
+  const neighbors nn = ground_truth(base.view(), base.view().slice(0, 50), 2, metric::l2);
+  for (std::size_t q = 0; q < 50; ++q) CHECK(nn.distance(q, 1) < 0.5f * 2.0f * 32.0f);
+  REQUIRE_THROWS_MATCHES(make_clustered(1, 2, 0, 1), shoal::error, fails_with(errc::invalid_argument, "clusters"));
+}

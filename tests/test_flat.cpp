@@ -1,0 +1,199 @@
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "shoal/eval/eval.hpp"
+#include "shoal/index/flat.hpp"
+#include "test_support.hpp"
+
+using namespace shoal;
+using shoal::test::brute_force;
+using shoal::test::fails_with;
+
+namespace {
+
+constexpr std::size_t dim = 37;
+
+/// Clustered base whose last rows duplicate earlier ones under other ids (exact distance ties), with
+/// scattered 64-bit ids; queries include stored vectors (distance-0 ties).
+struct fixture {
+  matrix<float> base;
+  std::vector<vector_id> ids;
+  matrix<float> queries;
+
+  fixture(std::size_t n, std::size_t nq, std::uint64_t seed) : base(make_clustered(n, dim, 8, seed)), ids(n) {
+    for (std::size_t i = n - n / 10; i < n; ++i) std::copy_n(base.row(i - n / 2), dim, base.row(i));
+    splitmix64 rng(seed + 1);
+    for (vector_id& id : ids) id = rng.next() >> 1;
+    const matrix<float> fresh = make_clustered(nq, dim, 8, seed);  // same centres, other points
+    queries = matrix<float>(nq, dim);
+    for (std::size_t q = 0; q < nq; ++q)
+      std::copy_n(q % 4 == 0 ? base.row(q * 7 % n) : fresh.row(q), dim, queries.row(q));
+  }
+
+  [[nodiscard]] flat_index build(metric m) const {
+    flat_index index(dim, m);
+    index.add(base.view(), ids);
+    return index;
+  }
+};
+
+/// The reference's first k, padded with the sentinel, restricted to ids `keep` accepts.
+template <class Keep>
+void check_matches_reference(const fixture& f, metric m, const neighbors& got, std::size_t k, Keep keep) {
+  for (std::size_t q = 0; q < got.rows(); ++q) {
+    std::vector<scored_id> want = brute_force(f.base.view(), f.ids, f.queries.row(q), m);
+    std::erase_if(want, [&](const scored_id& s) { return !keep(s.id); });
+    for (std::size_t j = 0; j < k; ++j) {
+      CAPTURE(q, j);
+      REQUIRE(got.id(q, j) == (j < want.size() ? want[j].id : no_id));
+      REQUIRE(got.distance(q, j) == (j < want.size() ? want[j].distance : no_distance));
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("flat search equals the reference brute force, both paths, every metric", "[flat]") {
+  const fixture f(1500, 80, 7);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    const flat_index index = f.build(m);
+    for (const std::size_t k : {1, 10, 50}) {
+      CAPTURE(metric_name(m), k);
+      // 5 queries take the streaming path, 80 the GEMM path.
+      const neighbors few = index.search(f.queries.view().slice(0, 5), k);
+      const neighbors many = index.search(f.queries.view(), k);
+      check_matches_reference(f, m, few, k, [](vector_id) { return true; });
+      check_matches_reference(f, m, many, k, [](vector_id) { return true; });
+    }
+  }
+}
+
+TEST_CASE("flat search pads with the sentinel when fewer than k vectors exist", "[flat]") {
+  const fixture f(6, 20, 3);
+  const flat_index index = f.build(metric::l2);
+  const neighbors result = index.search(f.queries.view(), 10);
+  for (std::size_t q = 0; q < 20; ++q) {
+    for (std::size_t j = 0; j < 6; ++j) CHECK(result.id(q, j) != no_id);
+    for (std::size_t j = 6; j < 10; ++j) {
+      CHECK(result.id(q, j) == no_id);
+      CHECK(result.distance(q, j) == no_distance);
+    }
+  }
+  const flat_index empty(dim);
+  const neighbors none = empty.search(f.queries.view().slice(0, 2), 3);
+  CHECK(std::all_of(none.ids().begin(), none.ids().end(), [](vector_id id) { return id == no_id; }));
+}
+
+TEST_CASE("flat search applies the per-call filter and stays k long", "[flat]") {
+  const fixture f(1200, 40, 11);
+  const flat_index index = f.build(metric::l2);
+  const auto odd = [](vector_id id) { return id % 2 == 1; };
+  search_params params;
+  params.filter = odd;
+  check_matches_reference(f, metric::l2, index.search(f.queries.view(), 10, params), 10, odd);
+  check_matches_reference(f, metric::l2, index.search(f.queries.view().slice(0, 3), 10, params), 10, odd);
+  // A filter that passes only three ids leaves the rest of the row as the sentinel.
+  const std::vector<vector_id> few = {f.ids[5], f.ids[50], f.ids[500]};
+  const auto only_few = [&](vector_id id) { return std::find(few.begin(), few.end(), id) != few.end(); };
+  params.filter = only_few;
+  check_matches_reference(f, metric::l2, index.search(f.queries.view(), 10, params), 10, only_few);
+}
+
+TEST_CASE("flat remove deletes for good and re-add works", "[flat]") {
+  fixture f(900, 30, 5);
+  flat_index index = f.build(metric::inner_product);
+  std::vector<vector_id> removed;
+  for (std::size_t i = 0; i < f.ids.size(); i += 3) {
+    index.remove(f.ids[i]);
+    removed.push_back(f.ids[i]);
+  }
+  CHECK(index.size() == f.ids.size() - removed.size());
+  for (const vector_id id : removed) CHECK_FALSE(index.contains(id));
+  const auto kept = [&](vector_id id) { return std::find(removed.begin(), removed.end(), id) == removed.end(); };
+  check_matches_reference(f, metric::inner_product, index.search(f.queries.view(), 10), 10, kept);
+  REQUIRE_THROWS_MATCHES(index.remove(removed.front()), shoal::error, fails_with(errc::not_found, "is not stored"));
+  // Put everything back: results equal a fresh build again.
+  for (std::size_t i = 0; i < f.ids.size(); i += 3) index.add({f.base.row(i), 1, dim}, std::span(&f.ids[i], 1));
+  check_matches_reference(f, metric::inner_product, index.search(f.queries.view(), 10), 10,
+                          [](vector_id) { return true; });
+  const auto stored = index.vector(f.ids[4]);
+  CHECK(std::equal(stored.begin(), stored.end(), f.base.row(4)));
+}
+
+TEST_CASE("flat range search returns exactly the vectors within the radius", "[flat]") {
+  const fixture f(700, 25, 13);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    const flat_index index = f.build(m);
+    // A radius around the 20th neighbour's distance, so each query has a non-trivial answer.
+    const float radius = brute_force(f.base.view(), f.ids, f.queries.row(1), m)[20].distance;
+    const range_result r = index.range_search(f.queries.view(), radius);
+    REQUIRE(r.rows() == 25);
+    for (std::size_t q = 0; q < 25; ++q) {
+      std::vector<scored_id> want = brute_force(f.base.view(), f.ids, f.queries.row(q), m);
+      std::erase_if(want, [&](const scored_id& s) { return !(s.distance < radius); });
+      REQUIRE(r.row_ids(q).size() == want.size());
+      for (std::size_t j = 0; j < want.size(); ++j) {
+        CHECK(r.row_ids(q)[j] == want[j].id);
+        CHECK(r.row_distances(q)[j] == want[j].distance);
+      }
+    }
+  }
+}
+
+TEST_CASE("concurrent searches agree with a single-threaded search", "[flat]") {
+  const fixture f(2000, 64, 17);
+  const flat_index index = f.build(metric::l2);
+  const neighbors expected = index.search(f.queries.view(), 10);
+  std::vector<neighbors> got(4);
+  std::vector<std::thread> threads;
+  for (std::size_t t = 0; t < got.size(); ++t)
+    threads.emplace_back([&, t] { got[t] = index.search(f.queries.view().slice(0, t % 2 == 0 ? 64 : 7), 10); });
+  for (std::thread& t : threads) t.join();
+  for (std::size_t t = 0; t < got.size(); ++t)
+    for (std::size_t q = 0; q < got[t].rows(); ++q)
+      for (std::size_t j = 0; j < 10; ++j) CHECK(got[t].id(q, j) == expected.id(q, j));
+}
+
+TEST_CASE("flat index rejects bad input with clear errors and changes nothing", "[flat]") {
+  const fixture f(50, 4, 19);
+  flat_index index = f.build(metric::cosine);
+  const matrix<float> wrong_dim = make_uniform(2, dim + 1, 1);
+  REQUIRE_THROWS_MATCHES(flat_index(0), shoal::error, fails_with(errc::invalid_argument, "dimension"));
+  REQUIRE_THROWS_MATCHES(index.add(wrong_dim.view(), std::vector<vector_id>{1, 2}), shoal::error,
+                         fails_with(errc::dimension_mismatch, "has dimension 38, expected 37"));
+  REQUIRE_THROWS_MATCHES(index.search(wrong_dim.view(), 3), shoal::error,
+                         fails_with(errc::dimension_mismatch, "query has dimension 38"));
+  matrix<float> bad = make_uniform(3, dim, 2);
+  bad.row(2)[5] = std::numeric_limits<float>::quiet_NaN();
+  REQUIRE_THROWS_MATCHES(index.add(bad.view(), std::vector<vector_id>{1001, 1002, 1003}), shoal::error,
+                         fails_with(errc::non_finite, "row 2 has a non-finite value"));
+  bad.row(2)[5] = std::numeric_limits<float>::infinity();
+  REQUIRE_THROWS_MATCHES(index.search(bad.view(), 3), shoal::error, fails_with(errc::non_finite, "component 5"));
+  REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), 0), shoal::error, fails_with(errc::invalid_argument, "k must"));
+  const matrix<float> good = make_uniform(2, dim, 3);
+  REQUIRE_THROWS_MATCHES(index.add(good.view(), std::vector<vector_id>{5}), shoal::error,
+                         fails_with(errc::invalid_argument, "2 vectors but 1 ids"));
+  REQUIRE_THROWS_MATCHES(index.add(good.view(), std::vector<vector_id>{f.ids[3], 99}), shoal::error,
+                         fails_with(errc::duplicate_id, "already stored"));
+  REQUIRE_THROWS_MATCHES(index.add(good.view(), std::vector<vector_id>{99, 99}), shoal::error,
+                         fails_with(errc::duplicate_id, "twice"));
+  const matrix<float> zero(1, dim);
+  REQUIRE_THROWS_MATCHES(index.add(zero.view(), std::vector<vector_id>{77}), shoal::error,
+                         fails_with(errc::invalid_argument, "zero"));
+  REQUIRE_THROWS_MATCHES(index.range_search(f.queries.view(), std::nanf("")), shoal::error,
+                         fails_with(errc::invalid_argument, "NaN"));
+  neighbors out(3, 5);
+  REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), out.view()), shoal::error,
+                         fails_with(errc::invalid_argument, "3 rows for 4 queries"));
+  REQUIRE_THROWS_MATCHES(index.vector(12345), shoal::error, fails_with(errc::not_found, "12345"));
+  CHECK(index.size() == 50);  // every failed add left the index as it was
+  CHECK_FALSE(index.contains(99));
+  CHECK(index.memory_bytes() >= 50 * dim * sizeof(float));
+}

@@ -1,0 +1,208 @@
+// Every kernel at every SIMD level this CPU has, against a double-precision reference, over odd and
+// even dimensions and misaligned pointers.
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "shoal/distance/distance.hpp"
+#include "shoal/eval/eval.hpp"
+#include "test_support.hpp"
+
+using namespace shoal;
+using shoal::test::fails_with;
+
+namespace {
+
+const std::vector<std::size_t> dims = {1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 128, 784, 960};
+constexpr double eps = std::numeric_limits<float>::epsilon();
+
+struct reference {
+  double l2 = 0, ip = 0, aa = 0, bb = 0, abs_l2 = 0, abs_ip = 0;
+};
+
+reference reference_of(const float* a, const float* b, std::size_t d) {
+  reference r;
+  for (std::size_t i = 0; i < d; ++i) {
+    const double x = a[i], y = b[i];
+    r.l2 += (x - y) * (x - y);
+    r.ip += x * y;
+    r.abs_ip += std::abs(x * y);
+    r.aa += x * x;
+    r.bb += y * y;
+  }
+  r.abs_l2 = r.l2;
+  return r;
+}
+
+/// Float summation of d terms in any order stays within d·ε·Σ|terms| (plus the per-term rounding).
+double bound(std::size_t d, double abs_sum) { return 2.0 * (static_cast<double>(d) + 2.0) * eps * abs_sum + 1e-30; }
+
+/// Two vectors of `d` values starting `offset` floats into their buffers (offset 1 or 3 misaligns them).
+struct pair_data {
+  std::vector<float> a, b;
+  pair_data(std::size_t d, std::size_t offset, std::uint64_t seed) : a(d + offset), b(d + offset) {
+    splitmix64 rng(seed);
+    for (std::size_t i = 0; i < d + offset; ++i) {
+      a[i] = rng.normal();
+      b[i] = rng.normal();
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("dispatch reports the active level and honours SHOAL_SIMD", "[kernel]") {
+  const auto levels = available_simd_levels();
+  REQUIRE(!levels.empty());
+  CHECK(levels.front() == simd_level::scalar);
+  const std::string active = simd_level_name();
+  if (const char* requested = std::getenv("SHOAL_SIMD"); requested != nullptr && *requested != '\0') {
+    CHECK(active == requested);
+  } else {
+    CHECK(active_simd_level() == levels.back());  // the best level by default
+  }
+  for (const simd_level level : {simd_level::scalar, simd_level::avx2, simd_level::avx512}) {
+    if (simd_level_available(level)) {
+      CHECK(kernels(level).level == level);
+    } else {
+      REQUIRE_THROWS_MATCHES(kernels(level), shoal::error, fails_with(errc::unsupported, simd_level_name(level)));
+    }
+  }
+}
+
+TEST_CASE("float pair kernels match the double reference at every level", "[kernel]") {
+  for (const simd_level level : available_simd_levels()) {
+    const distance_kernels& k = kernels(level);
+    for (const std::size_t d : dims) {
+      for (const std::size_t offset : {0, 1, 3}) {
+        CAPTURE(simd_level_name(level), d, offset);
+        const pair_data v(d, offset, d * 31 + offset);
+        const float* a = v.a.data() + offset;
+        const float* b = v.b.data() + offset;
+        const reference r = reference_of(a, b, d);
+        CHECK(std::abs(k.l2sqr(a, b, d) - r.l2) <= bound(d, r.abs_l2));
+        CHECK(std::abs(k.inner_product(a, b, d) - r.ip) <= bound(d, r.abs_ip));
+        const double cos_ref = 1.0 - r.ip / std::sqrt(r.aa * r.bb);
+        CHECK(std::abs(k.cosine_distance(a, b, d) - cos_ref) <=
+              4.0 * bound(d, r.abs_ip) / std::sqrt(r.aa * r.bb) + 4 * eps);
+      }
+    }
+  }
+}
+
+TEST_CASE("one-to-many kernels equal the pair kernels bit for bit", "[kernel]") {
+  constexpr std::size_t n = 11;
+  for (const simd_level level : available_simd_levels()) {
+    const distance_kernels& k = kernels(level);
+    for (const std::size_t d : dims) {
+      CAPTURE(simd_level_name(level), d);
+      const std::size_t stride = d + 5;  // rows not multiples of the vector width apart
+      const matrix<float> x = make_uniform(n, stride, d);
+      const pair_data q(d, 1, d + 7);
+      const float* query = q.a.data() + 1;
+      std::vector<float> l2(n), ip(n), cs(n), norms(n);
+      k.l2sqr_one_to_many(query, x.values.data(), n, d, stride, l2.data());
+      k.inner_product_one_to_many(query, x.values.data(), n, d, stride, ip.data());
+      k.cosine_distance_one_to_many(query, x.values.data(), n, d, stride, cs.data());
+      k.squared_norms(x.values.data(), n, d, stride, norms.data());
+      for (std::size_t i = 0; i < n; ++i) {
+        const float* row = x.values.data() + i * stride;
+        CHECK(l2[i] == k.l2sqr(query, row, d));
+        CHECK(ip[i] == k.inner_product(query, row, d));
+        CHECK(cs[i] == k.cosine_distance(query, row, d));
+        CHECK(norms[i] == k.inner_product(row, row, d));
+      }
+    }
+  }
+}
+
+TEST_CASE("cosine distance of a zero vector is 1", "[kernel]") {
+  const std::vector<float> zero(33, 0.0f), one(33, 1.0f);
+  for (const simd_level level : available_simd_levels()) {
+    CAPTURE(simd_level_name(level));
+    CHECK(kernels(level).cosine_distance(zero.data(), one.data(), 33) == 1.0f);
+  }
+}
+
+TEST_CASE("GEMM kernel matches the double reference with strides and odd shapes", "[kernel]") {
+  struct shape {
+    std::size_t na, nb, d;
+  };
+  for (const simd_level level : available_simd_levels()) {
+    const distance_kernels& k = kernels(level);
+    for (const shape s : {shape{1, 1, 1}, shape{3, 5, 7}, shape{7, 13, 33}, shape{70, 33, 100}, shape{65, 130, 784}}) {
+      CAPTURE(simd_level_name(level), s.na, s.nb, s.d);
+      const std::size_t lda = s.d + 3, ldb = s.d + 1, ldc = s.nb + 2;
+      const matrix<float> a = make_uniform(s.na, lda, s.d);
+      const matrix<float> b = make_uniform(s.nb, ldb, s.d + 1);
+      std::vector<float> c(s.na * ldc, -7.0f);
+      k.inner_product_many(a.values.data(), s.na, lda, b.values.data(), s.nb, ldb, s.d, c.data(), ldc);
+      for (std::size_t i = 0; i < s.na; ++i) {
+        for (std::size_t j = 0; j < s.nb; ++j) {
+          const reference r = reference_of(a.row(i), b.row(j), s.d);
+          CHECK(std::abs(c[i * ldc + j] - r.ip) <= bound(s.d, r.abs_ip));
+        }
+        for (std::size_t j = s.nb; j < ldc; ++j) CHECK(c[i * ldc + j] == -7.0f);  // padding untouched
+      }
+    }
+  }
+}
+
+TEST_CASE("integer kernels are exact at every level", "[kernel]") {
+  for (const simd_level level : available_simd_levels()) {
+    const distance_kernels& k = kernels(level);
+    for (const std::size_t d : dims) {
+      for (const std::size_t offset : {0, 1}) {
+        CAPTURE(simd_level_name(level), d, offset);
+        splitmix64 rng(d + offset);
+        std::vector<std::uint8_t> ua(d + offset), ub(d + offset);
+        std::vector<std::int8_t> sa(d + offset), sb(d + offset);
+        for (std::size_t i = 0; i < d + offset; ++i) {
+          // Include the extremes: 0/255 and −128/127 stress the widening arithmetic.
+          ua[i] = static_cast<std::uint8_t>(i % 5 == 0 ? 255 : rng.below(256));
+          ub[i] = static_cast<std::uint8_t>(i % 7 == 0 ? 0 : rng.below(256));
+          sa[i] = static_cast<std::int8_t>(i % 5 == 0 ? -128 : static_cast<int>(rng.below(256)) - 128);
+          sb[i] = static_cast<std::int8_t>(i % 7 == 0 ? 127 : static_cast<int>(rng.below(256)) - 128);
+        }
+        std::int64_t l2u = 0, ipu = 0, l2s = 0, ips = 0;
+        for (std::size_t i = offset; i < d + offset; ++i) {
+          l2u += (std::int64_t{ua[i]} - ub[i]) * (std::int64_t{ua[i]} - ub[i]);
+          ipu += std::int64_t{ua[i]} * ub[i];
+          l2s += (std::int64_t{sa[i]} - sb[i]) * (std::int64_t{sa[i]} - sb[i]);
+          ips += std::int64_t{sa[i]} * sb[i];
+        }
+        CHECK(k.l2sqr_u8(ua.data() + offset, ub.data() + offset, d) == l2u);
+        CHECK(k.inner_product_u8(ua.data() + offset, ub.data() + offset, d) == ipu);
+        CHECK(k.l2sqr_i8(sa.data() + offset, sb.data() + offset, d) == l2s);
+        CHECK(k.inner_product_i8(sa.data() + offset, sb.data() + offset, d) == ips);
+      }
+    }
+  }
+}
+
+TEST_CASE("distances_many agrees with the pairwise distance for every metric", "[kernel]") {
+  const matrix<float> a = make_clustered(40, 31, 4, 1);
+  const matrix<float> b = make_clustered(50, 31, 4, 2);
+  std::vector<float> out(40 * 52);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    distances_many(m, a.view(), b.view(), out.data(), 52);
+    for (std::size_t i = 0; i < 40; ++i)
+      for (std::size_t j = 0; j < 50; ++j) {
+        const float expected = distance(m, a.row(i), b.row(j), 31);
+        const reference r = reference_of(a.row(i), b.row(j), 31);
+        // The GEMM form loses up to ε·(‖a‖² + ‖b‖²) to cancellation.
+        CHECK(std::abs(out[i * 52 + j] - expected) <= 64 * eps * (r.aa + r.bb + 1.0));
+      }
+  }
+  REQUIRE_THROWS_MATCHES(distances_many(metric::l2, a.view(), make_uniform(2, 30, 1).view(), out.data(), 52),
+                         shoal::error, fails_with(errc::dimension_mismatch, "31 vs 30"));
+  REQUIRE_THROWS_MATCHES(distances_many(metric::l2, a.view(), b.view(), out.data(), 49), shoal::error,
+                         fails_with(errc::invalid_argument, "output stride"));
+}
