@@ -11,6 +11,9 @@ endif()
 if(SHOAL_SANITIZE)
   add_compile_options(-fsanitize=${SHOAL_SANITIZE} -fno-omit-frame-pointer -g)
   add_link_options(-fsanitize=${SHOAL_SANITIZE})
+  if(SHOAL_SANITIZE MATCHES "thread")
+    add_compile_definitions(SHOAL_TSAN=1)  # see src/core/parallel.hpp
+  endif()
 endif()
 
 # shoal_kernel_isa_flags(<target> <file> <AVX2|AVX512> ...)
@@ -30,7 +33,7 @@ function(shoal_kernel_isa_flags target)
       if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
         # GCC 12 flags _mm512_undefined_* inside its own intrinsics when Eigen's AVX-512 packets inline
         # (a known false positive); keep the rest of -Wall on for this file.
-        list(APPEND flags -Wno-maybe-uninitialized)
+        list(APPEND flags -Wno-maybe-uninitialized -Wno-uninitialized)
       endif()
     else()
       message(FATAL_ERROR "shoal_kernel_isa_flags: unknown ISA '${isa}'")

@@ -306,6 +306,20 @@ TEST_CASE("npy headers of format 2.0 and 3.0, in any key order and spacing", "[i
   CHECK(as_vector(read_npy(dir / "b.npy")) == std::vector<float>{5.0f, 255.0f});
 }
 
+TEST_CASE("npy int64 ids (numpy's default integer) read when every value fits 32 bits", "[io]") {
+  const temp_dir dir;
+  const std::vector<std::int64_t> ids = {0, 59999, -1, 2147483647};
+  write_bytes(dir / "gt.npy", npy_file(1, "{'descr': '<i8', 'fortran_order': False, 'shape': (2, 2), }", raw(ids)));
+  CHECK(as_vector(read_npy_ids(dir / "gt.npy")) == std::vector<std::int32_t>{0, 59999, -1, 2147483647});
+  CHECK(as_vector(read_ids(dir / "gt.npy")) == std::vector<std::int32_t>{0, 59999, -1, 2147483647});
+  // As vectors, int64 would lose digits in float32: refused rather than rounded.
+  REQUIRE_THROWS_MATCHES(read_npy(dir / "gt.npy"), shoal::error, fails_with(errc::unsupported, "int64"));
+  const std::vector<std::int64_t> big = {1, std::int64_t{1} << 40};
+  write_bytes(dir / "big.npy", npy_file(1, "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }", raw(big)));
+  REQUIRE_THROWS_MATCHES(read_npy_ids(dir / "big.npy"), shoal::error,
+                         fails_with(errc::unsupported, "id 1099511627776 at row 1 does not fit 32 bits"));
+}
+
 TEST_CASE("npy rejects valid but unsupported arrays as unsupported", "[io]") {
   const temp_dir dir;
   const std::string data = raw(std::vector<float>{1, 2, 3, 4, 5, 6});
@@ -319,7 +333,7 @@ TEST_CASE("npy rejects valid but unsupported arrays as unsupported", "[io]") {
   rejects("{'descr': '>f4', 'fortran_order': False, 'shape': (2, 3), }", "big-endian dtype '>f4'");
   rejects("{'descr': '|f4', 'fortran_order': False, 'shape': (2, 3), }", "no byte order");
   rejects("{'descr': '<f8', 'fortran_order': False, 'shape': (3,), }", "unsupported dtype '<f8'");
-  rejects("{'descr': '<i8', 'fortran_order': False, 'shape': (3,), }", "unsupported dtype '<i8'");
+  rejects("{'descr': '<u8', 'fortran_order': False, 'shape': (3,), }", "unsupported dtype '<u8'");
   rejects("{'descr': [('a', '<f4')], 'fortran_order': False, 'shape': (6,), }", "structured");
   rejects("{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 3), }", "3 dimensions");
   rejects("{'descr': '<f4', 'fortran_order': False, 'shape': (), }", "0 dimensions");

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <limits>
 #include <bit>
 #include <cstddef>
 #include <cstdint>
@@ -63,11 +64,12 @@ struct dtype_info {
   std::string_view descr;  // as written, little-endian or byte-order free
   std::size_t itemsize;
 };
-constexpr std::array<dtype_info, 5> dtypes{{{npy_dtype::float32, "<f4", 4},
+constexpr std::array<dtype_info, 6> dtypes{{{npy_dtype::float32, "<f4", 4},
                                             {npy_dtype::float16, "<f2", 2},
                                             {npy_dtype::int8, "|i1", 1},
                                             {npy_dtype::uint8, "|u1", 1},
-                                            {npy_dtype::int32, "<i4", 4}}};
+                                            {npy_dtype::int32, "<i4", 4},
+                                            {npy_dtype::int64, "<i8", 8}}};
 
 const dtype_info& info_of(npy_dtype dtype) noexcept {
   return *std::find_if(dtypes.begin(), dtypes.end(), [&](const dtype_info& d) { return d.dtype == dtype; });
@@ -83,7 +85,7 @@ npy_dtype parse_descr(const std::string& name, const std::string& descr) {
     return d.descr.substr(1) == type;
   });
   SHOAL_CHECK_CODE(known != dtypes.end(), errc::unsupported, name, ": unsupported dtype '", descr,
-                   "' (supported: <f4, <f2, |i1, |u1, <i4)");
+                   "' (supported: <f4, <f2, |i1, |u1, <i4, <i8)");
   if (known->itemsize > 1) {
     SHOAL_CHECK_CODE(order != '>', errc::unsupported, name, ": big-endian dtype '", descr,
                      "' is not supported (convert with astype('<", type, "'))");
@@ -362,7 +364,11 @@ matrix<Out> read_npy_as(const fs::path& path, std::size_t max_rows) {
   constexpr bool want_float = std::is_same_v<Out, float>;
   if constexpr (!want_float) {
     SHOAL_CHECK_CODE(h.dtype != npy_dtype::float32 && h.dtype != npy_dtype::float16, errc::unsupported, file.name(),
-                     ": ids must be integers (<i4, |i1 or |u1), the file holds '", info_of(h.dtype).descr, "'");
+                     ": ids must be integers (<i4, <i8, |i1 or |u1), the file holds '", info_of(h.dtype).descr, "'");
+  } else {
+    // int64 values as float32 would lose digits silently; vectors come as floats or 8-bit integers.
+    SHOAL_CHECK_CODE(h.dtype != npy_dtype::int64, errc::unsupported, file.name(),
+                     ": int64 ('<i8') data can be read as ids, not as vectors");
   }
   const std::size_t rows = max_rows == 0 ? h.rows : std::min(h.rows, max_rows);
   matrix<Out> out(rows, h.dim);
@@ -384,6 +390,19 @@ matrix<Out> read_npy_as(const fs::path& path, std::size_t max_rows) {
       break;
     case npy_dtype::int32:
       detail::read_values<std::int32_t>(file, at, count, dst);
+      break;
+    case npy_dtype::int64:  // numpy's default integer: ground truth often comes this way
+      if constexpr (!want_float) {
+        std::vector<std::int64_t> wide(count);
+        detail::read_values<std::int64_t>(file, at, count, wide.data());
+        for (std::size_t i = 0; i < count; ++i) {
+          SHOAL_CHECK_CODE(wide[i] >= std::numeric_limits<std::int32_t>::min() &&
+                               wide[i] <= std::numeric_limits<std::int32_t>::max(),
+                           errc::unsupported, file.name(), ": id ", wide[i], " at row ", i / h.dim,
+                           " does not fit 32 bits");
+          dst[i] = static_cast<std::int32_t>(wide[i]);
+        }
+      }
       break;
   }
   return out;

@@ -4,7 +4,7 @@
 ///  - texmex `.fvecs` / `.ivecs` / `.bvecs`: per vector a little-endian int32 dimension, then that many
 ///    float32 / int32 / uint8 values; every vector of a file must have the same dimension;
 ///  - NumPy `.npy` (format versions 1.0, 2.0 and 3.0): 2-D (or 1-D, read as n rows of dimension 1) C-order arrays of
-///    float32, float16, int8, uint8 (and int32 for id arrays), little-endian.
+///    float32, float16, int8, uint8 (and int32 / int64 for id arrays), little-endian.
 ///
 /// Every reader validates what it reads: an unreadable, empty, truncated or malformed file, a dimension
 /// that changes between rows, an unsupported dtype, Fortran order or big-endian data raise
@@ -32,12 +32,13 @@ void write_ivecs(const std::filesystem::path& path, matrix_view<const std::int32
 void write_bvecs(const std::filesystem::path& path, matrix_view<const std::uint8_t> data);
 
 /// Element type of an `.npy` array.
-enum class npy_dtype { float32, float16, int8, uint8, int32 };
+enum class npy_dtype { float32, float16, int8, uint8, int32, int64 };
 
 /// Reads a `.npy` array of any supported dtype and converts it to float32 (float16 exactly, integers by
 /// value). At most `max_rows` rows (all when 0).
 [[nodiscard]] matrix<float> read_npy(const std::filesystem::path& path, std::size_t max_rows = 0);
-/// Reads a `.npy` array of int32 or int8/uint8 values as int32 (ground-truth ids).
+/// Reads a `.npy` array of int32, int64 (each value must fit 32 bits) or int8/uint8 values as int32
+/// (ground-truth ids).
 [[nodiscard]] matrix<std::int32_t> read_npy_ids(const std::filesystem::path& path, std::size_t max_rows = 0);
 /// The dtype and shape stored in a `.npy` header (rows, dim; dim is 1 for a 1-D array).
 struct npy_header {
