@@ -1,6 +1,11 @@
 // Out-of-line pieces of core/: error plumbing and metric names.
 
+#include <new>
 #include <string>
+
+#ifdef __linux__
+#include <sys/mman.h>
+#endif
 
 #include "shoal/core/error.hpp"
 #include "shoal/core/types.hpp"
@@ -27,6 +32,27 @@ const char* errc_name(errc code) noexcept {
       return "unsupported";
   }
   return "unknown";
+}
+
+namespace {
+constexpr std::size_t huge_page = std::size_t{2} << 20;
+constexpr std::size_t alignment_for(std::size_t bytes) noexcept {
+  return bytes >= detail::huge_page_threshold ? huge_page : 64;
+}
+}  // namespace
+
+void* detail::allocate_aligned(std::size_t bytes) {
+  const std::size_t align = alignment_for(bytes);
+  void* p = ::operator new(bytes, std::align_val_t{align});
+#ifdef MADV_HUGEPAGE
+  // Advice only: without transparent huge pages the call fails harmlessly and 4 KiB pages serve.
+  if (align == huge_page) (void)::madvise(p, bytes / huge_page * huge_page, MADV_HUGEPAGE);
+#endif
+  return p;
+}
+
+void detail::deallocate_aligned(void* p, std::size_t bytes) noexcept {
+  ::operator delete(p, std::align_val_t{alignment_for(bytes)});
 }
 
 void detail::throw_error(errc code, const std::string& message) { throw error(code, "shoal: " + message); }
