@@ -2,6 +2,7 @@
 // Helpers shared by the test files: error matchers and a reference brute-force search.
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -11,6 +12,7 @@
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
 #include "shoal/distance/distance.hpp"
+#include "shoal/eval/eval.hpp"
 
 namespace shoal::test {
 
@@ -52,6 +54,34 @@ inline std::vector<scored_id> brute_force(matrix_view<const float> base, const s
   }
   std::sort(all.begin(), all.end());
   return all;
+}
+
+/// The add / search / range_search input errors every index reports alike. `index` is a cosine index
+/// that stores `stored` but not the ids 99 and 77; `queries` has 4 rows of the index's dimension. Each
+/// rejected add must leave the index unchanged.
+template <class Index>
+void check_common_input_errors(Index& index, matrix_view<const float> queries, vector_id stored) {
+  const std::size_t dim = queries.dim;
+  const std::size_t size = index.size();
+  const matrix<float> good = make_uniform(2, dim, 3);
+  REQUIRE_THROWS_MATCHES(index.add(good.view(), std::vector<vector_id>{5}), shoal::error,
+                         fails_with(errc::invalid_argument, "2 vectors but 1 ids"));
+  REQUIRE_THROWS_MATCHES(index.add(good.view(), std::vector<vector_id>{stored, 99}), shoal::error,
+                         fails_with(errc::duplicate_id, "already stored"));
+  REQUIRE_THROWS_MATCHES(index.add(good.view(), std::vector<vector_id>{99, 99}), shoal::error,
+                         fails_with(errc::duplicate_id, "twice"));
+  const matrix<float> zero(1, dim);
+  REQUIRE_THROWS_MATCHES(index.add(zero.view(), std::vector<vector_id>{77}), shoal::error,
+                         fails_with(errc::invalid_argument, "zero"));
+  REQUIRE_THROWS_MATCHES(index.search(queries, 0), shoal::error, fails_with(errc::invalid_argument, "k must"));
+  REQUIRE_THROWS_MATCHES(index.range_search(queries, std::nanf("")), shoal::error,
+                         fails_with(errc::invalid_argument, "NaN"));
+  neighbors out(3, 5);
+  REQUIRE_THROWS_MATCHES(index.search(queries, out.view()), shoal::error,
+                         fails_with(errc::invalid_argument, "3 rows for 4 queries"));
+  CHECK(index.size() == size);
+  CHECK_FALSE(index.contains(99));
+  CHECK_FALSE(index.contains(77));
 }
 
 }  // namespace shoal::test

@@ -1,6 +1,7 @@
 #include "params.hpp"
 
 #include <algorithm>
+#include <charconv>
 
 namespace shoal::bench {
 
@@ -54,6 +55,38 @@ std::string format_params(const param_list& params) {
   return text;
 }
 
+std::optional<std::size_t> ivf_flat_nlist(std::string_view spec) {
+  constexpr std::string_view prefix = "IVF";
+  constexpr std::string_view suffix = ",Flat";
+  if (spec.size() <= prefix.size() + suffix.size() || !spec.starts_with(prefix) || !spec.ends_with(suffix)) return {};
+  const std::string_view digits = spec.substr(prefix.size(), spec.size() - prefix.size() - suffix.size());
+  std::size_t nlist = 0;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), nlist);
+  if (ec != std::errc{} || end != digits.data() + digits.size() || nlist == 0) return {};
+  return nlist;
+}
+
+std::optional<std::size_t> hnsw_m(std::string_view spec) {
+  constexpr std::string_view prefix = "HNSW";
+  if (spec.size() <= prefix.size() || !spec.starts_with(prefix)) return {};
+  const std::string_view digits = spec.substr(prefix.size());
+  std::size_t m = 0;
+  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), m);
+  if (ec != std::errc{} || end != digits.data() + digits.size() || m == 0) return {};
+  return m;
+}
+
+std::size_t parse_positive(const param& p, std::string_view index) {
+  std::size_t value = 0;
+  const char* first = p.value.data();
+  const char* last = first + p.value.size();
+  const auto [end, ec] = std::from_chars(first, last, value);
+  if (ec != std::errc{} || end != last || value == 0 || value >= (std::size_t{1} << 31))
+    throw config_error("parameter " + p.name + "=" + p.value + " of index " + std::string(index) +
+                       " must be a positive integer");
+  return value;
+}
+
 void check_param_names(const param_list& params, std::span<const std::string_view> known, std::string_view kind,
                        std::string_view index) {
   for (const param& p : params) {
@@ -63,6 +96,14 @@ void check_param_names(const param_list& params, std::span<const std::string_vie
     throw config_error("unknown " + std::string(kind) + " parameter '" + p.name + "' for index " + std::string(index) +
                        " (known: " + (names.empty() ? "none" : names) + ")");
   }
+}
+
+std::size_t single_knob(const param_list& params, std::string_view name, std::size_t fallback, std::string_view kind,
+                        std::string_view index) {
+  check_param_names(params, std::span(&name, 1), kind, index);
+  std::size_t value = fallback;
+  for (const param& p : params) value = parse_positive(p, index);
+  return value;
 }
 
 }  // namespace shoal::bench

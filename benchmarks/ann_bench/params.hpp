@@ -4,6 +4,8 @@
 /// of each sweep point (`--sweep NAME=v1,v2,...`). Values stay strings until an adapter parses them, so
 /// every index (shoal's or a peer's) decides for itself which names and values it accepts.
 
+#include <cstddef>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -48,9 +50,23 @@ struct sweep_axis {
 /// Appends `item` to the `separator`-separated `list`.
 void append_item(std::string& list, std::string_view item, std::string_view separator);
 
+/// nlist of an `IVF<nlist>,Flat` spec (e.g. 1024 for `IVF1024,Flat`), or nothing for any other spec.
+[[nodiscard]] std::optional<std::size_t> ivf_flat_nlist(std::string_view spec);
+
+/// M of an `HNSW<M>` spec (e.g. 32 for `HNSW32`), or nothing for any other spec.
+[[nodiscard]] std::optional<std::size_t> hnsw_m(std::string_view spec);
+
+/// `p.value` as an integer in [1, 2^31); throws `config_error` naming the parameter and `index` otherwise.
+[[nodiscard]] std::size_t parse_positive(const param& p, std::string_view index);
+
 /// Throws `config_error` ("unknown <kind> parameter 'x' for index <index> (known: a, b)") unless every
 /// name in `params` is in `known`. `kind` is "build" or "search".
 void check_param_names(const param_list& params, std::span<const std::string_view> known, std::string_view kind,
                        std::string_view index);
+
+/// The value of the one knob `name` that `params` may set (a positive integer), or `fallback` when it
+/// is absent; throws `config_error` for any other name or a bad value. `kind` is "build" or "search".
+[[nodiscard]] std::size_t single_knob(const param_list& params, std::string_view name, std::size_t fallback,
+                                      std::string_view kind, std::string_view index);
 
 }  // namespace shoal::bench

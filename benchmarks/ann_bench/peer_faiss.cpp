@@ -1,7 +1,11 @@
 // FAISS peer (Debian libfaiss-dev). The spec maps to FAISS's own index: `Flat` -> IndexFlatL2 /
-// IndexFlatIP (cosine: inner product over unit vectors). FAISS threads with OpenMP, so each thread that
+// IndexFlatIP (cosine: inner product over unit vectors); `IVF<nlist>,Flat` -> IndexIVFFlat over a flat
+// quantizer of the same metric, with the same build knob (`iterations`, FAISS's `cp.niter`, default 10)
+// and search knob (`nprobe`, passed per call in SearchParametersIVF). FAISS threads with OpenMP, so each thread that
 // calls it sets its OpenMP thread count (`use_threads`); single-query mode calls search with n = 1.
 #include <faiss/IndexFlat.h>
+#include <faiss/IndexHNSW.h>
+#include <faiss/IndexIVFFlat.h>
 #include <omp.h>
 
 #include <memory>
@@ -19,6 +23,13 @@ using faiss_id = faiss::Index::idx_t;
 // FAISS writes its int64 labels straight into shoal's uint64 id buffers: a signed/unsigned pair may
 // alias, and FAISS's −1 ("no result") reads as shoal::no_id.
 static_assert(std::is_same_v<std::make_unsigned_t<faiss_id>, vector_id>);
+
+/// FAISS reports similarities for inner product; shoal's distances are −⟨q,x⟩ and 1 − cos.
+void to_shoal_distances(shoal::metric m, neighbors_view out) noexcept {
+  if (m == shoal::metric::l2) return;
+  const float offset = m == shoal::metric::cosine ? 1.0f : 0.0f;
+  for (std::size_t i = 0; i < out.rows * out.k; ++i) out.distances[i] = offset - out.distances[i];
+}
 
 class faiss_flat_adapter final : public index_adapter {
  public:
@@ -51,10 +62,7 @@ class faiss_flat_adapter final : public index_adapter {
     SHOAL_CHECK(rows.view().stride == queries.dim, "faiss peer: query rows must be contiguous");
     index_->search(static_cast<faiss_id>(queries.rows), rows.view().data, static_cast<faiss_id>(out.k), out.distances,
                    reinterpret_cast<faiss_id*>(out.ids));
-    // FAISS reports similarities for inner product; shoal's distances are −⟨q,x⟩ and 1 − cos.
-    if (metric_ == shoal::metric::l2) return;
-    const float offset = metric_ == shoal::metric::cosine ? 1.0f : 0.0f;
-    for (std::size_t i = 0; i < out.rows * out.k; ++i) out.distances[i] = offset - out.distances[i];
+    to_shoal_distances(metric_, out);
   }
 
   /// The stored codes (n · d floats); the index object itself is negligible.
@@ -65,9 +73,127 @@ class faiss_flat_adapter final : public index_adapter {
   std::unique_ptr<faiss::IndexFlat> index_;
 };
 
+class faiss_ivf_flat_adapter final : public index_adapter {
+ public:
+  explicit faiss_ivf_flat_adapter(const index_request& request)
+      : metric_(request.metric), nlist_(ivf_flat_nlist(request.spec).value()) {
+    iterations_ = single_knob(request.build_params, "iterations", iterations_, "build", description());
+  }
+
+  [[nodiscard]] std::string_view library() const noexcept override { return "faiss"; }
+  [[nodiscard]] std::string description() const override { return "IndexIVFFlat"; }
+
+  void set_search_params(const param_list& params) override {
+    nprobe_ = single_knob(params, "nprobe", 1, "search", description());
+  }
+
+  void build(matrix_view<const float> base) override {
+    const peer_rows rows(base, metric_);
+    SHOAL_CHECK(rows.view().stride == base.dim, "faiss peer: base rows must be contiguous");
+    const auto dim = static_cast<faiss_id>(base.dim);
+    const bool l2 = metric_ == shoal::metric::l2;
+    quantizer_ = l2 ? std::unique_ptr<faiss::IndexFlat>(std::make_unique<faiss::IndexFlatL2>(dim))
+                    : std::make_unique<faiss::IndexFlatIP>(dim);
+    index_ = std::make_unique<faiss::IndexIVFFlat>(quantizer_.get(), dim, nlist_,
+                                                   l2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT);
+    index_->cp.niter = static_cast<int>(iterations_);
+    index_->train(static_cast<faiss_id>(base.rows), rows.view().data);
+    index_->add(static_cast<faiss_id>(base.rows), rows.view().data);
+  }
+
+  void use_threads(std::size_t threads) const override { omp_set_num_threads(static_cast<int>(threads)); }
+
+  void search(matrix_view<const float> queries, neighbors_view out) const override {
+    const peer_rows rows(queries, metric_);
+    SHOAL_CHECK(rows.view().stride == queries.dim, "faiss peer: query rows must be contiguous");
+    faiss::SearchParametersIVF params;
+    params.nprobe = nprobe_;
+    index_->search(static_cast<faiss_id>(queries.rows), rows.view().data, static_cast<faiss_id>(out.k), out.distances,
+                   reinterpret_cast<faiss_id*>(out.ids), &params);
+    to_shoal_distances(metric_, out);
+  }
+
+  /// Centroids plus the lists' codes (d floats) and ids (8 bytes) per vector.
+  [[nodiscard]] std::size_t memory_bytes() const override {
+    return quantizer_->codes.size() + index_->ntotal * (index_->code_size + sizeof(faiss_id));
+  }
+
+ private:
+  shoal::metric metric_;
+  std::size_t nlist_;
+  std::size_t iterations_ = 10;
+  std::size_t nprobe_ = 1;
+  std::unique_ptr<faiss::IndexFlat> quantizer_;  // outlives index_, which points to it
+  std::unique_ptr<faiss::IndexIVFFlat> index_;
+};
+
+/// `HNSW<M>` -> IndexHNSWFlat with the same M (FAISS also keeps 2·M links on layer 0), build knob
+/// `ef_construction` (default 200 here, FAISS's own is 40), search knob `ef` (efSearch, per call in
+/// SearchParametersHNSW; FAISS's default 16). FAISS seeds its level generator itself (no `seed`).
+class faiss_hnsw_adapter final : public index_adapter {
+ public:
+  explicit faiss_hnsw_adapter(const index_request& request)
+      : metric_(request.metric), m_(hnsw_m(request.spec).value()) {
+    static constexpr std::string_view names[] = {"ef_construction", "seed"};
+    check_param_names(request.build_params, names, "build", description());
+    for (const param& p : request.build_params)
+      if (p.name == "ef_construction") ef_construction_ = parse_positive(p, description());
+  }
+
+  [[nodiscard]] std::string_view library() const noexcept override { return "faiss"; }
+  [[nodiscard]] std::string description() const override { return "IndexHNSWFlat"; }
+
+  void set_search_params(const param_list& params) override {
+    ef_ = single_knob(params, "ef", 16, "search", description());
+    // Debian's FAISS does not apply SearchParametersHNSW::efSearch in every search path; the runner
+    // never changes settings while searches run, so setting the index's own value too is safe.
+    if (index_) index_->hnsw.efSearch = static_cast<int>(ef_);
+  }
+
+  void build(matrix_view<const float> base) override {
+    const peer_rows rows(base, metric_);
+    SHOAL_CHECK(rows.view().stride == base.dim, "faiss peer: base rows must be contiguous");
+    index_ = std::make_unique<faiss::IndexHNSWFlat>(
+        static_cast<int>(base.dim), static_cast<int>(m_),
+        metric_ == shoal::metric::l2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT);
+    index_->hnsw.efConstruction = static_cast<int>(ef_construction_);
+    index_->add(static_cast<faiss_id>(base.rows), rows.view().data);
+    index_->hnsw.efSearch = static_cast<int>(ef_);
+  }
+
+  void use_threads(std::size_t threads) const override { omp_set_num_threads(static_cast<int>(threads)); }
+
+  void search(matrix_view<const float> queries, neighbors_view out) const override {
+    const peer_rows rows(queries, metric_);
+    SHOAL_CHECK(rows.view().stride == queries.dim, "faiss peer: query rows must be contiguous");
+    faiss::SearchParametersHNSW params;
+    params.efSearch = static_cast<int>(ef_);
+    index_->search(static_cast<faiss_id>(queries.rows), rows.view().data, static_cast<faiss_id>(out.k), out.distances,
+                   reinterpret_cast<faiss_id*>(out.ids), &params);
+    to_shoal_distances(metric_, out);
+  }
+
+  /// Vectors (d floats each), the neighbour table (4 bytes per slot over every level), offsets and levels.
+  [[nodiscard]] std::size_t memory_bytes() const override {
+    const faiss::HNSW& h = index_->hnsw;
+    return static_cast<std::size_t>(index_->ntotal) * index_->d * sizeof(float) +
+           h.neighbors.size() * sizeof(faiss::HNSW::storage_idx_t) + h.offsets.size() * sizeof(std::size_t) +
+           h.levels.size() * sizeof(int);
+  }
+
+ private:
+  shoal::metric metric_;
+  std::size_t m_;
+  std::size_t ef_construction_ = 200;
+  std::size_t ef_ = 16;
+  std::unique_ptr<faiss::IndexHNSWFlat> index_;
+};
+
 }  // namespace
 
 std::unique_ptr<index_adapter> make_faiss_adapter(const index_request& request) {
+  if (hnsw_m(request.spec)) return std::make_unique<faiss_hnsw_adapter>(request);
+  if (ivf_flat_nlist(request.spec)) return std::make_unique<faiss_ivf_flat_adapter>(request);
   return std::make_unique<faiss_flat_adapter>(request);
 }
 

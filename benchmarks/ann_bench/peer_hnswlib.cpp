@@ -1,6 +1,7 @@
 // hnswlib peer (header-only; compiled with shoal's flags unless SHOAL_BENCH_HNSWLIB_COMPILE_OPTIONS
-// says otherwise). The spec picks the algorithm: `Flat` -> BruteforceSearch; HNSW specs will map to
-// HierarchicalNSW here, with `ef` as its search knob.
+// says otherwise). The spec picks the algorithm: `Flat` -> BruteforceSearch; `HNSW<M>` ->
+// HierarchicalNSW with the same M, build knobs `ef_construction` (default 200) and `seed`, and search
+// knob `ef` (hnswlib's default 10 when not given; raised to k by hnswlib itself).
 #include <hnswlib/hnswlib.h>
 
 #include <algorithm>
@@ -81,9 +82,72 @@ class hnswlib_adapter final : public index_adapter {
   std::unique_ptr<hnswlib::BruteforceSearch<float>> index_;
 };
 
+class hnswlib_hnsw_adapter final : public index_adapter {
+ public:
+  explicit hnswlib_hnsw_adapter(const index_request& request)
+      : metric_(request.metric), m_(hnsw_m(request.spec).value()) {
+    static constexpr std::string_view names[] = {"ef_construction", "seed"};
+    check_param_names(request.build_params, names, "build", description());
+    for (const param& p : request.build_params)
+      (p.name == "seed" ? seed_ : ef_construction_) = parse_positive(p, description());
+  }
+
+  [[nodiscard]] std::string_view library() const noexcept override { return "hnswlib"; }
+  [[nodiscard]] std::string description() const override { return "HierarchicalNSW"; }
+
+  // hnswlib keeps ef in the index; the runner never changes it while searches run.
+  void set_search_params(const param_list& params) override {
+    ef_ = single_knob(params, "ef", 10, "search", description());
+    if (index_) index_->setEf(ef_);
+  }
+
+  // addPoint is thread-safe: insert in parallel over the runner's arena, as hnswlib's Python binding does.
+  void build(matrix_view<const float> base) override {
+    const peer_rows rows(base, metric_);
+    space_ = make_space(metric_, base.dim);
+    index_ = std::make_unique<hnswlib::HierarchicalNSW<float>>(space_.get(), base.rows, m_, ef_construction_, seed_);
+    tbb::parallel_for(std::size_t{0}, base.rows, [&](std::size_t i) { index_->addPoint(rows.view().row(i), i); });
+    index_->setEf(ef_);
+  }
+
+  void search(matrix_view<const float> queries, neighbors_view out) const override {
+    const peer_rows rows(queries, metric_);
+    tbb::parallel_for(std::size_t{0}, queries.rows, [&](std::size_t r) {
+      auto heap = index_->searchKnn(rows.view().row(r), out.k);
+      const neighbors_view row = out.slice(r, 1);
+      std::fill(row.ids, row.ids + row.k, no_id);
+      std::fill(row.distances, row.distances + row.k, no_distance);
+      for (std::size_t j = heap.size(); j-- > 0; heap.pop()) {
+        row.ids[j] = heap.top().second;
+        row.distances[j] = to_shoal_distance(metric_, heap.top().first);
+      }
+    });
+  }
+
+  /// Level-0 block (vector, links, label) per element, upper-layer link blocks per level, and the label
+  /// map (as for BruteforceSearch).
+  [[nodiscard]] std::size_t memory_bytes() const override {
+    std::size_t upper = 0;
+    for (const int level : index_->element_levels_)
+      upper += static_cast<std::size_t>(level) * index_->size_links_per_element_;
+    return index_->max_elements_ * index_->size_data_per_element_ + upper + index_->label_lookup_.size() * 32 +
+           index_->label_lookup_.bucket_count() * sizeof(void*);
+  }
+
+ private:
+  shoal::metric metric_;
+  std::size_t m_;
+  std::size_t ef_construction_ = 200;
+  std::size_t seed_ = 100;
+  std::size_t ef_ = 10;
+  std::unique_ptr<hnswlib::SpaceInterface<float>> space_;  // outlives index_, which points into it
+  std::unique_ptr<hnswlib::HierarchicalNSW<float>> index_;
+};
+
 }  // namespace
 
 std::unique_ptr<index_adapter> make_hnswlib_adapter(const index_request& request) {
+  if (hnsw_m(request.spec)) return std::make_unique<hnswlib_hnsw_adapter>(request);
   return std::make_unique<hnswlib_adapter>(request);
 }
 

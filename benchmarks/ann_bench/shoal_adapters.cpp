@@ -6,42 +6,109 @@
 
 #include "adapter.hpp"
 #include "shoal/index/flat.hpp"
+#include "shoal/index/hnsw.hpp"
+#include "shoal/index/ivf_flat.hpp"
 
 namespace shoal::bench {
 namespace {
 
-/// `Flat`: exact search, no build or search knobs.
-class flat_adapter final : public index_adapter {
+/// What every shoal adapter shares: the spec, the metric, the per-call search parameters and the index,
+/// built over ids 0..n-1. `Index` must offer search(queries, out, params) and memory_bytes().
+template <class Index>
+class shoal_adapter : public index_adapter {
  public:
-  explicit flat_adapter(const index_request& request) : spec_(request.spec), metric_(request.metric) {
-    check_param_names(request.build_params, {}, "build", spec_);
+  explicit shoal_adapter(const index_request& request) : spec_(request.spec), metric_(request.metric) {}
+
+  [[nodiscard]] std::string_view library() const noexcept final { return "shoal"; }
+  [[nodiscard]] std::string description() const final { return spec_; }
+
+  // One query runs on the calling thread; batched searches parallelise over queries on the runner's arena.
+  void search(matrix_view<const float> queries, neighbors_view out) const final {
+    index_->search(queries, out, params_);
   }
 
-  [[nodiscard]] std::string_view library() const noexcept override { return "shoal"; }
-  [[nodiscard]] std::string description() const override { return spec_; }
+  /// What the index itself counts (vectors, links or lists, ids, the id map).
+  [[nodiscard]] std::size_t memory_bytes() const final { return index_->memory_bytes(); }
+
+ protected:
+  /// Ids 0..rows-1, the row numbers the ground truth refers to.
+  [[nodiscard]] static std::vector<vector_id> row_ids(matrix_view<const float> base) {
+    std::vector<vector_id> ids(base.rows);
+    std::iota(ids.begin(), ids.end(), vector_id{0});
+    return ids;
+  }
+
+  std::string spec_;
+  shoal::metric metric_;
+  shoal::search_params params_{};
+  std::optional<Index> index_;
+};
+
+/// `Flat`: exact search, no build or search knobs.
+class flat_adapter final : public shoal_adapter<flat_index> {
+ public:
+  explicit flat_adapter(const index_request& request) : shoal_adapter(request) {
+    check_param_names(request.build_params, {}, "build", spec_);
+  }
 
   void set_search_params(const param_list& params) override { check_param_names(params, {}, "search", spec_); }
 
   void build(matrix_view<const float> base) override {
-    std::vector<vector_id> ids(base.rows);
-    std::iota(ids.begin(), ids.end(), vector_id{0});
     index_.emplace(base.dim, metric_);
-    index_->add(base, ids);
+    index_->add(base, row_ids(base));
+  }
+};
+
+/// `IVF<nlist>,Flat`: build knob `iterations` (k-means, default 10 as in FAISS's IVF), search knob
+/// `nprobe` (default `ivf_flat_index::default_nprobe`).
+class ivf_flat_adapter final : public shoal_adapter<ivf_flat_index> {
+ public:
+  explicit ivf_flat_adapter(const index_request& request)
+      : shoal_adapter(request), nlist_(ivf_flat_nlist(request.spec).value()) {
+    train_.iterations = single_knob(request.build_params, "iterations", train_.iterations, "build", spec_);
   }
 
-  // One query runs on the calling thread: flat_index::search parallelises over queries only.
-  void search(matrix_view<const float> queries, neighbors_view out) const override {
-    index_->search(queries, out, params_);
+  void set_search_params(const param_list& params) override {
+    params_ = {};
+    params_.nprobe = single_knob(params, "nprobe", 0, "search", spec_);
   }
 
-  /// Vectors, norms, ids and the id map, as flat_index counts them.
-  [[nodiscard]] std::size_t memory_bytes() const override { return index_->memory_bytes(); }
+  void build(matrix_view<const float> base) override {
+    index_.emplace(base.dim, metric_, nlist_);
+    index_->train(base, train_);
+    index_->add(base, row_ids(base));
+  }
 
  private:
-  std::string spec_;
-  shoal::metric metric_;
-  shoal::search_params params_{};
-  std::optional<flat_index> index_;
+  std::size_t nlist_;
+  ivf_train_params train_{};
+};
+
+/// `HNSW<M>`: build knobs `ef_construction` (default 200) and `seed`, search knob `ef` (default
+/// `hnsw_index::default_ef`, raised to k).
+class hnsw_adapter final : public shoal_adapter<hnsw_index> {
+ public:
+  explicit hnsw_adapter(const index_request& request) : shoal_adapter(request) {
+    static constexpr std::string_view names[] = {"ef_construction", "seed"};
+    check_param_names(request.build_params, names, "build", spec_);
+    build_.M = hnsw_m(request.spec).value();
+    for (const param& p : request.build_params)
+      (p.name == "seed" ? build_.seed : build_.ef_construction) = parse_positive(p, spec_);
+  }
+
+  void set_search_params(const param_list& params) override {
+    params_ = {};
+    params_.ef = single_knob(params, "ef", 0, "search", spec_);
+  }
+
+  // Inserts in parallel on the runner's arena.
+  void build(matrix_view<const float> base) override {
+    index_.emplace(base.dim, metric_, build_);
+    index_->add(base, row_ids(base));
+  }
+
+ private:
+  hnsw_params build_{};
 };
 
 /// One family of index specs.
@@ -58,6 +125,8 @@ std::unique_ptr<index_adapter> make(const index_request& request) {
 
 constexpr index_family families[] = {
     {"Flat", [](std::string_view spec) { return spec == "Flat"; }, make<flat_adapter>},
+    {"IVF<nlist>,Flat", [](std::string_view spec) { return ivf_flat_nlist(spec).has_value(); }, make<ivf_flat_adapter>},
+    {"HNSW<M>", [](std::string_view spec) { return hnsw_m(spec).has_value(); }, make<hnsw_adapter>},
 };
 
 }  // namespace

@@ -10,5 +10,6 @@
 #include "shoal/distance/distance.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
+#include "shoal/index/hnsw.hpp"
 #include "shoal/io/vecs.hpp"
 #include "shoal/version.hpp"

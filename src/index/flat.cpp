@@ -1,15 +1,12 @@
 #include "shoal/index/flat.hpp"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <optional>
 #include <unordered_set>
 
-#include <tbb/blocked_range.h>
-#include <tbb/parallel_for.h>
-#include <tbb/task_arena.h>
-
+#include "core/parallel.hpp"
+#include "index/scan.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
@@ -18,8 +15,6 @@
 namespace shoal {
 namespace {
 
-/// Vectors per chunk of the streaming scan: distances land in a stack buffer that stays in L1.
-constexpr std::size_t scan_chunk = 256;
 /// GEMM tile: up to 256 queries meet 512 stored vectors at a time. Tall query blocks amortise streaming
 /// each block of vectors from memory (and Eigen's packing of it) over more FMAs; the 512 KiB distance
 /// tile still fits in L2. Measured on Zen 4: 64-query blocks reach 58% of the FMA peak, 256 reach 74%.
@@ -109,33 +104,10 @@ flat_index::query_block flat_index::prepare(matrix_view<const float> queries) co
   return block;
 }
 
-/// Distances from `query` to rows [first, first + count), in the metric's smaller-is-closer form.
-void flat_index::scan(const float* query, std::size_t first, std::size_t count, float* out) const noexcept {
-  const distance_kernels& k = active_kernels();
-  const float* x = vectors_.data() + first * dim_;
-  if (metric_ == metric::l2) {
-    k.l2sqr_one_to_many(query, x, count, dim_, dim_, out);
-    return;
-  }
-  k.inner_product_one_to_many(query, x, count, dim_, dim_, out);
-  for (std::size_t i = 0; i < count; ++i) out[i] = finish(out[i]);
-}
-
-/// Maps an inner product to the metric's distance (−ip, or 1 − ip on unit vectors).
-float flat_index::finish(float raw) const noexcept { return metric_ == metric::cosine ? 1.0f - raw : -raw; }
-
 void flat_index::search_streaming(const float* query, neighbors_view out_row, const search_params& params) const {
   topk_heap heap(out_row.k);
-  std::array<float, scan_chunk> dist{};
-  for (std::size_t first = 0; first < size(); first += scan_chunk) {
-    const std::size_t count = std::min(scan_chunk, size() - first);
-    scan(query, first, count, dist.data());
-    for (std::size_t i = 0; i < count; ++i) {
-      if (dist[i] > heap.worst()) continue;
-      const vector_id id = ids_[first + i];
-      if (params.filter.accepts(id)) heap.push(dist[i], id);
-    }
-  }
+  detail::scan_into_heap(active_kernels(), metric_, query, vectors_.data(), ids_.data(), size(), dim_, params.filter,
+                         heap);
   heap.write_sorted(out_row.row_ids(0), out_row.row_distances(0));
 }
 
@@ -166,9 +138,7 @@ void flat_index::search_gemm(matrix_view<const float> queries, neighbors_view ou
     topk_heap exact(out.k);
     for (const scored_id& c : heaps[q].take_sorted()) {
       const float* x = vectors_.data() + slot_of_.at(c.id) * dim_;
-      const float d =
-          metric_ == metric::l2 ? k.l2sqr(queries.row(q), x, dim_) : finish(k.inner_product(queries.row(q), x, dim_));
-      exact.push(d, c.id);
+      exact.push(detail::pair_distance(k, metric_, queries.row(q), x, dim_), c.id);
     }
     exact.write_sorted(out.row_ids(q), out.row_distances(q));
   }
@@ -182,15 +152,14 @@ void flat_index::search(matrix_view<const float> queries, neighbors_view out, co
   const query_block block = prepare(queries);
   const matrix_view<const float> q = block.view;
   if (q.rows < gemm_min_batch) {
-    tbb::parallel_for(std::size_t{0}, q.rows,
-                      [&](std::size_t i) { search_streaming(q.row(i), out.slice(i, 1), params); });
+    detail::parallel_for(q.rows, [&](std::size_t i) { search_streaming(q.row(i), out.slice(i, 1), params); });
     return;
   }
   // Blocks as tall as possible while every worker of the arena still gets one.
-  const auto workers = static_cast<std::size_t>(tbb::this_task_arena::max_concurrency());
+  const auto workers = detail::parallelism();
   const std::size_t rows_per_task = std::clamp((q.rows + workers - 1) / workers, gemm_min_batch, gemm_queries);
   const std::size_t blocks = (q.rows + rows_per_task - 1) / rows_per_task;
-  tbb::parallel_for(std::size_t{0}, blocks, [&](std::size_t b) {
+  detail::parallel_for(blocks, [&](std::size_t b) {
     const std::size_t first = b * rows_per_task;
     const std::size_t count = std::min(rows_per_task, q.rows - first);
     search_gemm(q.slice(first, count), out.slice(first, count), params);
@@ -210,26 +179,12 @@ range_result flat_index::range_search(matrix_view<const float> queries, float ra
   const query_block block = prepare(queries);
   const matrix_view<const float> q = block.view;
   std::vector<std::vector<scored_id>> hits(q.rows);
-  tbb::parallel_for(std::size_t{0}, q.rows, [&](std::size_t r) {
-    std::array<float, scan_chunk> dist{};
-    for (std::size_t first = 0; first < size(); first += scan_chunk) {
-      const std::size_t count = std::min(scan_chunk, size() - first);
-      scan(q.row(r), first, count, dist.data());
-      for (std::size_t i = 0; i < count; ++i)
-        if (dist[i] < radius && params.filter.accepts(ids_[first + i])) hits[r].push_back({dist[i], ids_[first + i]});
-    }
+  detail::parallel_for(q.rows, [&](std::size_t r) {
+    detail::scan_into_range(active_kernels(), metric_, q.row(r), vectors_.data(), ids_.data(), size(), dim_, radius,
+                            params.filter, hits[r]);
     std::sort(hits[r].begin(), hits[r].end());
   });
-  range_result result;
-  result.offsets.reserve(q.rows + 1);
-  for (const auto& row : hits) {
-    for (const scored_id& h : row) {
-      result.ids.push_back(h.id);
-      result.distances.push_back(h.distance);
-    }
-    result.offsets.push_back(result.ids.size());
-  }
-  return result;
+  return detail::gather_range(hits);
 }
 
 }  // namespace shoal

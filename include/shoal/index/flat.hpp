@@ -72,8 +72,6 @@ class flat_index {
   [[nodiscard]] query_block prepare(matrix_view<const float> queries) const;
   void search_streaming(const float* query, neighbors_view out_row, const search_params& params) const;
   void search_gemm(matrix_view<const float> queries, neighbors_view out, const search_params& params) const;
-  void scan(const float* query, std::size_t first, std::size_t count, float* out) const noexcept;
-  [[nodiscard]] float finish(float raw) const noexcept;
 
   std::size_t dim_;
   shoal::metric metric_;

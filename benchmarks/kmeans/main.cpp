@@ -1,0 +1,78 @@
+// shoal-kmeans-bench: times shoal's k-means against FAISS's Clustering (when built in) on the same data,
+// k, iterations, subsampling cap and thread count, and prints the final objective of each.
+//
+//   shoal-kmeans-bench BASE K ITERATIONS [THREADS] [MAX_BASE]
+//
+// Both run random initialisation (FAISS's only one) with at most 256 points per centroid. FAISS threads
+// with OpenMP (omp_set_num_threads), shoal on a oneTBB arena of the same size.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <string>
+
+#include <tbb/task_arena.h>
+
+#include "shoal/cluster/kmeans.hpp"
+#include "shoal/distance/distance.hpp"
+#include "shoal/io/vecs.hpp"
+
+#ifdef SHOAL_BENCH_HAVE_FAISS
+#include <faiss/Clustering.h>
+#include <faiss/IndexFlat.h>
+#include <omp.h>
+#endif
+
+namespace {
+
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 4) {
+    std::fprintf(stderr, "usage: shoal-kmeans-bench BASE K ITERATIONS [THREADS] [MAX_BASE]\n");
+    return 2;
+  }
+  try {
+    const std::size_t k = std::stoul(argv[2]);
+    const std::size_t iterations = std::stoul(argv[3]);
+    const int threads = argc > 4 ? std::stoi(argv[4]) : 1;
+    const std::size_t max_base = argc > 5 ? std::stoul(argv[5]) : 0;
+    const shoal::matrix<float> base = shoal::io::read_vectors(argv[1], max_base);
+    std::printf("library,k,iterations,points,dim,threads,simd,seconds,objective\n");
+
+    shoal::kmeans_params params;
+    params.k = k;
+    params.iterations = iterations;
+    params.init = shoal::kmeans_init::random;
+    params.max_points_per_centroid = 256;
+    shoal::kmeans_result result;
+    const auto start = std::chrono::steady_clock::now();
+    tbb::task_arena(threads).execute([&] { result = shoal::kmeans(base.view(), params); });
+    std::printf("shoal,%zu,%zu,%zu,%zu,%d,%s,%.3f,%.6g\n", k, iterations, result.training_points, base.dim, threads,
+                shoal::simd_level_name(), seconds_since(start), result.objective.back());
+
+#ifdef SHOAL_BENCH_HAVE_FAISS
+    omp_set_num_threads(threads);
+    faiss::ClusteringParameters cp;
+    cp.niter = static_cast<int>(iterations);
+    cp.max_points_per_centroid = 256;
+    faiss::Clustering clustering(static_cast<int>(base.dim), static_cast<int>(k), cp);
+    faiss::IndexFlatL2 assigner(static_cast<faiss::Index::idx_t>(base.dim));
+    const auto faiss_start = std::chrono::steady_clock::now();
+    clustering.train(static_cast<faiss::Index::idx_t>(base.rows), base.values.data(), assigner);
+    const double faiss_seconds = seconds_since(faiss_start);
+    // FAISS records the objective of each iteration's assignment, as shoal does.
+    std::printf("faiss,%zu,%zu,%zu,%zu,%d,-,%.3f,%.6g\n", k, iterations, std::min(base.rows, k * std::size_t{256}),
+                base.dim, threads, faiss_seconds, static_cast<double>(clustering.iteration_stats.back().obj));
+#endif
+    return 0;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shoal-kmeans-bench: %s\n", e.what());
+    return 1;
+  }
+}

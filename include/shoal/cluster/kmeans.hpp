@@ -1,0 +1,84 @@
+#pragma once
+/// \file
+/// k-means clustering (Lloyd's algorithm) and nearest-centroid assignment: the coarse quantizer of the
+/// IVF indexes and the codebook trainer of the product quantizers.
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "shoal/core/types.hpp"
+
+namespace shoal {
+
+/// How the first centroids are chosen.
+enum class kmeans_init {
+  kmeans_plus_plus,  ///< D² sampling (Arthur & Vassilvitskii): better starts, costs one extra pass per centroid
+  random,            ///< k distinct training points drawn uniformly (what FAISS does)
+};
+
+/// Settings of one k-means run.
+struct kmeans_params {
+  /// Number of centroids, 1 ≤ k ≤ number of (subsampled) training points.
+  std::size_t k = 0;
+  /// Lloyd iterations (assignment + update), at least 1.
+  std::size_t iterations = 25;
+  /// Seeds subsampling, initialisation and empty-cluster repair: same seed and data → same centroids,
+  /// whatever the number of threads.
+  std::uint64_t seed = 1234;
+  kmeans_init init = kmeans_init::kmeans_plus_plus;
+  /// Training uses at most `k * max_points_per_centroid` points, drawn uniformly without replacement
+  /// (FAISS's default, 256, loses nothing measurable); 0 uses every point.
+  std::size_t max_points_per_centroid = 256;
+  /// Spherical k-means for inner-product / cosine data: points are assigned by largest ⟨x, c⟩ and every
+  /// centroid is scaled to unit norm after each update.
+  bool spherical = false;
+};
+
+/// Outcome of `kmeans`.
+struct kmeans_result {
+  /// k x dim centroids (unit rows when spherical).
+  matrix<float> centroids;
+  /// Σ ‖x − c(x)‖² over the training points at the assignment step of each iteration, in double
+  /// precision; non-increasing except right after an empty-cluster repair.
+  std::vector<double> objective;
+  /// Number of points actually trained on (after subsampling).
+  std::size_t training_points = 0;
+  /// How many times an empty cluster was repaired by splitting the largest one, over all iterations.
+  std::size_t empty_cluster_repairs = 0;
+};
+
+/// Clusters the rows of `points` into `params.k` groups.
+///
+/// Each iteration assigns every point to its nearest centroid through the dispatched GEMM kernel
+/// (argmin ‖c‖² − 2⟨x, c⟩, or argmax ⟨x, c⟩ when spherical), in parallel over fixed blocks of points on
+/// the caller's oneTBB arena; then recomputes each centroid as the mean of its points, summed in point
+/// order in double precision, so the result does not depend on the thread count. An empty cluster takes
+/// half of the largest one: it gets a copy of that centroid, and both are nudged apart by a tiny
+/// seeded perturbation (as in FAISS).
+///
+/// Throws `shoal::error` if k = 0, k exceeds the training points, iterations = 0, `points` has dim 0 or
+/// a NaN/Inf value.
+[[nodiscard]] kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& params);
+
+/// Nearest centroids of each point: point i's `count` nearest are `labels[i * count + j]`, j < count,
+/// nearest first (ties to the smaller centroid index), at `distances[i * count + j]`.
+struct centroid_assignment {
+  std::vector<std::uint32_t> labels;
+  std::vector<float> distances;
+  std::size_t count = 0;
+};
+
+/// The `count` nearest of `centroids` to each row of `points`, through the dispatched GEMM kernel (in
+/// blocks of 256 points; a block of fewer than 8, such as a single query, through the one-to-many
+/// inner-product kernel, which skips the GEMM's packing of the centroids).
+///  - `metric::l2`: ranks by ‖c‖² − 2⟨x, c⟩ and reports ‖x − c‖² computed as ‖x‖² + ‖c‖² − 2⟨x, c⟩
+///    (clamped at 0), so distances round slightly differently from the pairwise kernel;
+///  - `metric::inner_product`: ranks by and reports −⟨x, c⟩;
+///  - `metric::cosine`: reports 1 − ⟨x, c⟩ and expects unit rows on both sides (it does not normalise).
+/// Parallel over blocks of points on the caller's oneTBB arena. Throws `shoal::error` if `centroids` is
+/// empty, the dims differ, `count` is 0 or exceeds the centroids, or an input holds NaN/Inf.
+[[nodiscard]] centroid_assignment assign(matrix_view<const float> points, matrix_view<const float> centroids,
+                                         metric m = metric::l2, std::size_t count = 1);
+
+}  // namespace shoal

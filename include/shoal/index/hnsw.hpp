@@ -1,0 +1,122 @@
+#pragma once
+/// \file
+/// HNSW graph index (Malkov & Yashunin, "Efficient and robust approximate nearest neighbor search using
+/// Hierarchical Navigable Small World graphs"): a multi-layer proximity graph searched greedily from the
+/// top layer down, with parallel insertion, real deletes and upserts.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "shoal/core/neighbors.hpp"
+#include "shoal/core/params.hpp"
+#include "shoal/core/types.hpp"
+
+namespace shoal {
+
+/// Build parameters of an `hnsw_index`.
+struct hnsw_params {
+  /// Links per node on the upper layers; the bottom layer keeps up to 2·M. Larger M: better recall at
+  /// a given ef and more robust graphs on hard data, at more memory (8·M bytes per node) and slower
+  /// builds. 16 suits most embeddings; 32–48 for high-dimensional or high-recall work. Range [2, 256].
+  std::size_t M = 16;
+  /// Candidate list size while inserting: larger builds better graphs, more slowly. At least 1 (values
+  /// below M are raised to M internally).
+  std::size_t ef_construction = 200;
+  /// Seed of the level generator. Levels depend only on the seed and the insertion sequence number,
+  /// so a single-threaded build (e.g. inside `tbb::task_arena(1)`) is fully reproducible.
+  std::uint64_t seed = 0x5eed;
+};
+
+/// Hierarchical navigable small-world graph over full-precision float vectors.
+///
+/// Layout: nodes live in 32-bit slots of fixed-size chunks (1024 nodes) that never move, found through
+/// a directory that doubles as it grows, so the index grows without a declared capacity and without
+/// relocating vectors under readers. Each chunk holds the vectors (rows padded to 64 bytes), the
+/// bottom-layer link lists (a count followed by 2·M slots) and per-node metadata; upper-layer links are a
+/// separate allocation per node, taken only by the ~1/M of nodes that have upper layers. Removed slots
+/// are reused by later adds; chunks are not returned to the allocator before the index is destroyed.
+///
+/// Distances follow the library convention (smaller is closer; `l2` ‖q − x‖², `inner_product` −⟨q, x⟩,
+/// `cosine` 1 − cos on vectors normalised when added); results are sorted by (distance, id) and padded
+/// with `no_id` / `no_distance`.
+///
+/// Thread safety: every member may be called concurrently from any number of threads.
+///  - `add` and the searches share a reader-writer lock in shared mode (taken once per call, not per
+///    node): they run concurrently, synchronised per node by a spinlock that guards the node's link
+///    lists (held only while a list is copied or rewritten, never two at a time).
+///  - `remove` and `upsert` take that lock exclusively: they wait for running adds and searches and
+///    block new ones while they re-link the removed node's neighbourhood. That exclusion is the grace
+///    period that makes slot reuse safe — no search can still hold a reference to a slot that a later
+///    add overwrites.
+/// `add` runs its insertions in parallel on the caller's oneTBB arena; batched searches parallelise over
+/// queries the same way.
+class hnsw_index {
+ public:
+  /// Default bottom-layer candidate list size when `search_params::ef` is 0 (raised to k if smaller).
+  static constexpr std::size_t default_ef = 64;
+
+  /// An empty index of `dim`-dimensional vectors. Throws `shoal::error` if dim == 0, M is outside
+  /// [2, 256] or ef_construction == 0.
+  explicit hnsw_index(std::size_t dim, metric m = metric::l2, const hnsw_params& params = {});
+  ~hnsw_index();
+  hnsw_index(hnsw_index&& other) noexcept;
+  hnsw_index& operator=(hnsw_index&& other) noexcept;
+  hnsw_index(const hnsw_index&) = delete;
+  hnsw_index& operator=(const hnsw_index&) = delete;
+  // A moved-from index may only be destroyed or assigned to.
+
+  [[nodiscard]] std::size_t dim() const noexcept;
+  [[nodiscard]] shoal::metric metric() const noexcept;
+  [[nodiscard]] const hnsw_params& params() const noexcept;
+  /// Number of stored vectors.
+  [[nodiscard]] std::size_t size() const noexcept;
+  /// Bytes held by vectors, links, node metadata, the id map and the free list.
+  [[nodiscard]] std::size_t memory_bytes() const;
+
+  /// Inserts `vectors.rows` vectors under `ids`, in parallel. All or nothing: throws `shoal::error` —
+  /// and changes nothing — on a dimension mismatch, a count mismatch, NaN/Inf, a zero vector under
+  /// cosine, or an id already present (in the index, twice in `ids`, or being added concurrently).
+  /// Slots freed by `remove` are reused first. Ids become searchable as their insertion completes.
+  void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
+
+  /// Removes `id` for good: the node is unlinked, every neighbour that pointed at it is re-linked with
+  /// the selection heuristic over the union of its own and the removed node's neighbours, its slot is
+  /// recycled and its upper-layer links freed; a new entry point is chosen if it was the entry.
+  /// Throws `shoal::error` (`errc::not_found`) if `id` is not stored.
+  void remove(vector_id id);
+
+  /// Stores `vector` (one row) under `id`, replacing the vector stored there if any; atomic with respect
+  /// to every other call (searches see the old vector or the new one, never neither). Throws like `add`
+  /// (the index is unchanged when it throws).
+  void upsert(matrix_view<const float> vector, vector_id id);
+
+  /// Whether `id` is stored.
+  [[nodiscard]] bool contains(vector_id id) const;
+  /// A copy of the vector stored under `id` (normalised under cosine); throws `errc::not_found`.
+  [[nodiscard]] std::vector<float> vector(vector_id id) const;
+
+  /// Approximate k nearest neighbours of each query into `out` (`out.rows == queries.rows`, k = `out.k`
+  /// ≥ 1), with `params.ef` (0: max(k, default_ef)). With a filter, rejected nodes are traversed but not
+  /// returned, and the search runs on until ef accepted candidates are found, so rows stay k long while
+  /// k reachable ids pass. Throws `shoal::error` on a dimension mismatch, NaN/Inf or zero (cosine)
+  /// queries, k == 0, or a row count mismatch.
+  void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const;
+  /// Allocating convenience form of `search`.
+  [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
+                                 const search_params& params = {}) const;
+
+  /// Stored vectors with distance < `radius` from each query, nearest first (approximate: the bottom
+  /// layer is explored from the ef best candidates for as long as the frontier is within the radius).
+  /// Same errors as `search`, plus a NaN radius.
+  [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,
+                                          const search_params& params = {}) const;
+
+ private:
+  struct impl;
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace shoal

@@ -1,0 +1,133 @@
+#pragma once
+/// \file
+/// IVF-Flat: an inverted-file index over full-precision vectors (FAISS's `IVF<nlist>,Flat`). k-means
+/// partitions the space into `nlist` cells; a search scans only the `nprobe` cells nearest each query.
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "shoal/cluster/kmeans.hpp"
+#include "shoal/core/neighbors.hpp"
+#include "shoal/core/params.hpp"
+#include "shoal/core/types.hpp"
+
+namespace shoal {
+
+/// How an IVF index trains its coarse quantizer (k-means with k = nlist).
+struct ivf_train_params {
+  /// Lloyd iterations (FAISS's IVF trains 10 too: coarse centroids need no tight convergence).
+  std::size_t iterations = 10;
+  /// Seeds subsampling, initialisation and empty-cluster repair: same seed and data → same centroids.
+  std::uint64_t seed = 1234;
+  /// Random initialisation, as FAISS: k-means++ costs an extra pass over the sample per centroid, which
+  /// at nlist in the thousands outweighs the iterations themselves.
+  kmeans_init init = kmeans_init::random;
+  /// At most `nlist * max_points_per_centroid` training vectors are used (0: all of them).
+  std::size_t max_points_per_centroid = 256;
+};
+
+/// Inverted-file index over full-precision vectors.
+///
+/// Layout: `nlist` centroids (spherical k-means, unit norm, under inner product and cosine); one
+/// inverted list per centroid holding its vectors contiguously (64-byte aligned) with their ids; an
+/// id → (list, slot) map for `remove`, which moves a list's last entry into the freed slot.
+///
+/// Search: a coarse pass ranks the centroids for a whole batch of queries through the GEMM kernel
+/// (‖c‖² − 2⟨q, c⟩ under L2, −⟨q, c⟩ otherwise) and keeps the `nprobe` best per query (ties to the
+/// smaller list); then each query scans its lists with the one-to-many kernels into a bounded heap.
+/// Distances are those of `flat_index` (same kernels, same cosine normalisation), so with
+/// nprobe = nlist the results equal the flat index's, ids and distances, sorted by (distance, id) and
+/// padded with `no_id` / `no_distance`. `search_params::nprobe` = 0 means `default_nprobe`; values above
+/// nlist scan every list.
+///
+/// Thread safety: after `train`, every other member may be called concurrently from any number of
+/// threads. Each list has a reader-writer lock: scans hold it shared, `add` and `remove` exclusively
+/// for the moment they change that list; the id map has its own lock, which `add` and `remove` hold
+/// exclusively (so duplicate checks and the map stay consistent) and searches never take. A search
+/// running alongside an `add` sees each new vector either entirely or not at all, and may see part of
+/// the batch. `train` needs exclusive access. Batched searches parallelise over queries on the caller's
+/// oneTBB arena.
+class ivf_flat_index {
+ public:
+  /// Lists scanned per query when `search_params::nprobe` is 0 (FAISS's default).
+  static constexpr std::size_t default_nprobe = 1;
+
+  /// An untrained, empty index. Throws `shoal::error` if dim = 0 or nlist = 0.
+  ivf_flat_index(std::size_t dim, metric m, std::size_t nlist);
+  ~ivf_flat_index();
+  ivf_flat_index(ivf_flat_index&&) noexcept;
+  ivf_flat_index& operator=(ivf_flat_index&&) noexcept;
+  ivf_flat_index(const ivf_flat_index&) = delete;
+  ivf_flat_index& operator=(const ivf_flat_index&) = delete;
+
+  [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
+  [[nodiscard]] shoal::metric metric() const noexcept { return metric_; }
+  [[nodiscard]] std::size_t nlist() const noexcept { return nlist_; }
+  [[nodiscard]] bool is_trained() const noexcept { return centroids_.rows != 0; }
+  /// The nlist x dim centroids (empty until trained).
+  [[nodiscard]] matrix_view<const float> centroids() const noexcept { return centroids_.view(); }
+  /// Number of stored vectors.
+  [[nodiscard]] std::size_t size() const noexcept { return size_.load(std::memory_order_acquire); }
+  /// Number of vectors in each list.
+  [[nodiscard]] std::vector<std::size_t> list_sizes() const;
+  /// Bytes held by centroids, lists (vectors and ids) and the id map.
+  [[nodiscard]] std::size_t memory_bytes() const;
+
+  /// Learns the nlist centroids from `vectors` by k-means (spherical under inner product and cosine;
+  /// cosine normalises the training vectors first). Throws `shoal::error` if the index already holds
+  /// vectors, on a dimension mismatch, NaN/Inf, a zero vector under cosine, or fewer training vectors
+  /// than nlist. Needs exclusive access.
+  void train(matrix_view<const float> vectors, const ivf_train_params& params = {});
+
+  /// Adds `vectors.rows` vectors under `ids`, each to the list of its nearest centroid. All or nothing:
+  /// throws `shoal::error` — and changes nothing — if the index is not trained (`errc::invalid_argument`,
+  /// "not trained"), on a dimension mismatch, a count mismatch, NaN/Inf, a zero vector under cosine, or
+  /// an id already present (in the index or twice in `ids`).
+  void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
+
+  /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.
+  void remove(vector_id id);
+  /// Whether `id` is stored.
+  [[nodiscard]] bool contains(vector_id id) const;
+
+  /// k nearest neighbours of each query among the vectors of its `params.nprobe` nearest lists, into
+  /// `out` (`out.rows == queries.rows`, k = `out.k` ≥ 1). Throws `shoal::error` if the index is not
+  /// trained, on a dimension mismatch, NaN/Inf or zero (cosine) queries, k = 0, or a row count mismatch.
+  void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const;
+  /// Allocating convenience form of `search`.
+  [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
+                                 const search_params& params = {}) const;
+
+  /// Every vector of each query's `params.nprobe` nearest lists with distance < `radius`, nearest
+  /// first. Same errors as search, and a NaN radius.
+  [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,
+                                          const search_params& params = {}) const;
+
+ private:
+  struct list;
+  struct location {
+    std::size_t list;
+    std::size_t slot;
+  };
+  struct prepared;
+  [[nodiscard]] prepared prepare(matrix_view<const float> queries, const search_params& params, const char* what) const;
+
+  std::size_t dim_;
+  shoal::metric metric_;
+  std::size_t nlist_;
+  matrix<float> centroids_;
+  std::vector<float> centroid_norms_;  // ‖c‖² per centroid, for the L2 coarse pass
+  std::vector<std::unique_ptr<list>> lists_;
+  // id → where it is stored; guarded by map_mutex_ (held behind a pointer so the index stays movable).
+  std::unordered_map<vector_id, location> where_;
+  std::unique_ptr<std::shared_mutex> map_mutex_;
+  std::atomic<std::size_t> size_{0};
+};
+
+}  // namespace shoal

@@ -1,0 +1,310 @@
+#include "shoal/cluster/kmeans.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <optional>
+
+#include "cluster/assign.hpp"
+#include "core/parallel.hpp"
+#include "shoal/core/checks.hpp"
+#include "shoal/core/error.hpp"
+#include "shoal/core/topk.hpp"
+#include "shoal/distance/distance.hpp"
+#include "shoal/eval/eval.hpp"
+
+namespace shoal {
+namespace {
+
+/// GEMM tile of the assignment: 256 points meet up to 512 centroids at a time (a 512 KiB tile, as in the
+/// flat index). Point blocks are fixed by index, never by thread count, so each point's distances come
+/// out of the same GEMM shape whatever the arena — the root of k-means' thread-count independence.
+constexpr std::size_t block_points = 256;
+constexpr std::size_t block_centroids = 512;
+/// Blocks of fewer points (single queries of the IVF coarse pass) take the one-to-many kernel instead:
+/// the GEMM would repack every centroid tile for a handful of rows, which costs more than it saves.
+constexpr std::size_t gemm_min_points = 8;
+/// Points per task of the k-means++ distance update.
+constexpr std::size_t seeding_block = 4096;
+/// Relative size of the nudge that separates a split centroid from its twin (FAISS uses 1/1024).
+constexpr float split_epsilon = 1.0f / 1024.0f;
+
+/// Uniform double in [0, 1) with 53 bits.
+double uniform_double(splitmix64& rng) noexcept { return static_cast<double>(rng.next() >> 11) * 0x1.0p-53; }
+
+/// The first `m` entries of a seeded Fisher–Yates shuffle of [0, n).
+std::vector<std::size_t> draw_without_replacement(std::size_t n, std::size_t m, splitmix64& rng) {
+  std::vector<std::size_t> order(n);
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  for (std::size_t i = 0; i < m; ++i) std::swap(order[i], order[i + rng.below(n - i)]);
+  order.resize(m);
+  return order;
+}
+
+void copy_row(const float* from, std::size_t dim, float* to) noexcept { std::copy_n(from, dim, to); }
+
+/// Scales `c` to unit norm; a zero row stays zero (it has no direction to keep).
+void normalize(float* c, std::size_t dim) noexcept {
+  double sum = 0.0;
+  for (std::size_t j = 0; j < dim; ++j) sum += static_cast<double>(c[j]) * c[j];
+  if (sum <= 0.0) return;
+  const auto scale = static_cast<float>(1.0 / std::sqrt(sum));
+  for (std::size_t j = 0; j < dim; ++j) c[j] *= scale;
+}
+
+/// k-means++ seeding: each next centroid is a point drawn with probability ∝ its squared distance to
+/// the nearest centroid so far. The running minima are updated in parallel (each point on its own), the
+/// draw is sequential in point order, so the choice does not depend on the thread count.
+void seed_plus_plus(matrix_view<const float> x, matrix<float>& centroids, splitmix64& rng) {
+  const distance_kernels& kern = active_kernels();
+  const std::size_t n = x.rows;
+  const std::size_t dim = x.dim;
+  std::vector<float> nearest(n, std::numeric_limits<float>::infinity());
+  std::size_t chosen = rng.below(n);
+  for (std::size_t c = 0; c < centroids.rows; ++c) {
+    copy_row(x.row(chosen), dim, centroids.row(c));
+    if (c + 1 == centroids.rows) break;
+    const float* centre = centroids.row(c);
+    detail::parallel_for((n + seeding_block - 1) / seeding_block, [&](std::size_t b) {
+      const std::size_t first = b * seeding_block;
+      const std::size_t count = std::min(seeding_block, n - first);
+      std::vector<float> d(count);
+      kern.l2sqr_one_to_many(centre, x.row(first), count, dim, x.stride, d.data());
+      for (std::size_t i = 0; i < count; ++i) nearest[first + i] = std::min(nearest[first + i], d[i]);
+    });
+    double total = 0.0;
+    for (const float d : nearest) total += d;
+    if (!(total > 0.0)) {  // every point coincides with a centroid: any point will do
+      chosen = rng.below(n);
+      continue;
+    }
+    const double target = uniform_double(rng) * total;
+    double running = 0.0;
+    chosen = n - 1;
+    for (std::size_t i = 0; i < n; ++i) {
+      running += nearest[i];
+      if (running > target && nearest[i] > 0.0f) {
+        chosen = i;
+        break;
+      }
+    }
+  }
+}
+
+/// Empty cluster `empty` takes half of the largest cluster (ties to the smaller index): a copy of its
+/// centroid, the two nudged apart in opposite directions by a seeded sign per component.
+void split_largest(matrix<float>& centroids, std::vector<std::size_t>& sizes, std::size_t empty, bool spherical,
+                   splitmix64& rng) {
+  const std::size_t dim = centroids.dim;
+  const auto largest =
+      static_cast<std::size_t>(std::distance(sizes.begin(), std::max_element(sizes.begin(), sizes.end())));
+  float* from = centroids.row(largest);
+  float* to = centroids.row(empty);
+  // A relative nudge like FAISS's, plus a floor so that zero components (or a zero centroid) split too.
+  double mean_abs = 0.0;
+  for (std::size_t j = 0; j < dim; ++j) mean_abs += std::abs(from[j]);
+  const float floor = static_cast<float>(mean_abs / static_cast<double>(dim)) * 1e-3f + 1e-7f;
+  for (std::size_t j = 0; j < dim; ++j) {
+    const float sign = (rng.next() & 1U) != 0U ? 1.0f : -1.0f;
+    const float delta = sign * split_epsilon * (std::abs(from[j]) + floor);
+    to[j] = from[j] + delta;
+    from[j] -= delta;
+  }
+  if (spherical) {
+    normalize(from, dim);
+    normalize(to, dim);
+  }
+  sizes[empty] = sizes[largest] / 2;
+  sizes[largest] -= sizes[empty];
+}
+
+}  // namespace
+
+namespace detail {
+
+void assign_nearest(matrix_view<const float> points, matrix_view<const float> centroids, const float* centroid_norms,
+                    metric m, std::size_t count, std::uint32_t* labels, float* distances) {
+  const distance_kernels& kern = active_kernels();
+  const std::size_t n = points.rows;
+  const std::size_t nc = centroids.rows;
+  const std::size_t tile_cols = std::min(block_centroids, nc);
+  const bool l2 = m == metric::l2;
+  detail::parallel_for((n + block_points - 1) / block_points, [&](std::size_t b) {
+    const std::size_t first = b * block_points;
+    const std::size_t rows = std::min(block_points, n - first);
+    const matrix_view<const float> block = points.slice(first, rows);
+    std::vector<float> tile(rows * tile_cols);
+    // count == 1 (k-means, IVF add) keeps a running best per point; larger counts (the IVF coarse pass)
+    // keep a bounded heap per point. Both order by (score, centroid index).
+    std::vector<float> best(count == 1 ? rows : 0, std::numeric_limits<float>::infinity());
+    std::vector<std::uint32_t> best_label(count == 1 ? rows : 0, 0);
+    std::vector<topk_heap> heaps(count == 1 ? 0 : rows, topk_heap(count));
+    for (std::size_t c0 = 0; c0 < nc; c0 += tile_cols) {
+      const std::size_t cols = std::min(tile_cols, nc - c0);
+      if (rows >= gemm_min_points) {
+        kern.inner_product_many(block.data, rows, block.stride, centroids.row(c0), cols, centroids.stride, points.dim,
+                                tile.data(), tile_cols);
+      } else {
+        for (std::size_t i = 0; i < rows; ++i)
+          kern.inner_product_one_to_many(block.row(i), centroids.row(c0), cols, points.dim, centroids.stride,
+                                         tile.data() + i * tile_cols);
+      }
+      for (std::size_t i = 0; i < rows; ++i) {
+        const float* ip = tile.data() + i * tile_cols;
+        if (count == 1) {
+          for (std::size_t j = 0; j < cols; ++j) {
+            const float score = l2 ? centroid_norms[c0 + j] - 2.0f * ip[j] : -ip[j];
+            if (score < best[i]) {
+              best[i] = score;
+              best_label[i] = static_cast<std::uint32_t>(c0 + j);
+            }
+          }
+        } else {
+          topk_heap& heap = heaps[i];
+          for (std::size_t j = 0; j < cols; ++j) {
+            const float score = l2 ? centroid_norms[c0 + j] - 2.0f * ip[j] : -ip[j];
+            if (score <= heap.worst()) heap.push(score, c0 + j);
+          }
+        }
+      }
+    }
+    std::vector<float> point_norms(l2 ? rows : 0);
+    if (l2) kern.squared_norms(block.data, rows, block.dim, block.stride, point_norms.data());
+    // Scores become the metric's distances: ‖x‖² + (‖c‖² − 2⟨x,c⟩), −⟨x,c⟩, or 1 − ⟨x,c⟩.
+    const auto finish = [&](std::size_t i, float score) {
+      if (l2) return std::max(0.0f, point_norms[i] + score);
+      return m == metric::cosine ? 1.0f + score : score;
+    };
+    for (std::size_t i = 0; i < rows; ++i) {
+      std::uint32_t* out_labels = labels + (first + i) * count;
+      float* out_distances = distances + (first + i) * count;
+      if (count == 1) {
+        out_labels[0] = best_label[i];
+        out_distances[0] = finish(i, best[i]);
+        continue;
+      }
+      const std::vector<scored_id> sorted = heaps[i].take_sorted();
+      for (std::size_t j = 0; j < count; ++j) {
+        out_labels[j] = static_cast<std::uint32_t>(sorted[j].id);
+        out_distances[j] = finish(i, sorted[j].distance);
+      }
+    }
+  });
+}
+
+}  // namespace detail
+
+centroid_assignment assign(matrix_view<const float> points, matrix_view<const float> centroids, metric m,
+                           std::size_t count) {
+  SHOAL_CHECK(centroids.rows > 0, "assign: no centroids");
+  SHOAL_CHECK(count > 0 && count <= centroids.rows, "assign: count ", count, " must be in [1, ", centroids.rows, "]");
+  SHOAL_CHECK(centroids.rows <= std::numeric_limits<std::uint32_t>::max(), "assign: too many centroids");
+  detail::check_vectors(centroids, centroids.dim, "assign: centroid");
+  detail::check_vectors(points, centroids.dim, "assign: point");
+  std::vector<float> norms(centroids.rows);
+  active_kernels().squared_norms(centroids.data, centroids.rows, centroids.dim, centroids.stride, norms.data());
+  centroid_assignment out;
+  out.count = count;
+  out.labels.resize(points.rows * count);
+  out.distances.resize(points.rows * count);
+  detail::assign_nearest(points, centroids, norms.data(), m, count, out.labels.data(), out.distances.data());
+  return out;
+}
+
+kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& params) {
+  SHOAL_CHECK(params.k > 0, "kmeans: k must be at least 1");
+  SHOAL_CHECK(params.iterations > 0, "kmeans: iterations must be at least 1");
+  SHOAL_CHECK(points.dim > 0, "kmeans: dimension must be at least 1");
+  SHOAL_CHECK(params.k <= std::numeric_limits<std::uint32_t>::max(), "kmeans: k = ", params.k, " is too large");
+  detail::check_vectors(points, points.dim, "kmeans: point");
+  SHOAL_CHECK(params.k <= points.rows, "kmeans: k = ", params.k, " exceeds the ", points.rows, " training points");
+
+  const distance_kernels& kern = active_kernels();
+  const std::size_t dim = points.dim;
+  const std::size_t k = params.k;
+  splitmix64 rng(params.seed);
+
+  // Subsample: a uniform draw without replacement, kept in point order for locality.
+  std::optional<matrix<float>> sample;
+  matrix_view<const float> x = points;
+  if (params.max_points_per_centroid > 0 && points.rows / params.max_points_per_centroid >= k &&
+      points.rows > k * params.max_points_per_centroid) {
+    std::vector<std::size_t> pick = draw_without_replacement(points.rows, k * params.max_points_per_centroid, rng);
+    std::sort(pick.begin(), pick.end());
+    sample.emplace(pick.size(), dim);
+    for (std::size_t i = 0; i < pick.size(); ++i) copy_row(points.row(pick[i]), dim, sample->row(i));
+    x = sample->view();
+  }
+  const std::size_t n = x.rows;
+
+  kmeans_result result;
+  result.training_points = n;
+  result.centroids = matrix<float>(k, dim);
+  matrix<float>& centroids = result.centroids;
+  if (params.init == kmeans_init::random) {
+    const std::vector<std::size_t> pick = draw_without_replacement(n, k, rng);
+    for (std::size_t c = 0; c < k; ++c) copy_row(x.row(pick[c]), dim, centroids.row(c));
+  } else {
+    seed_plus_plus(x, centroids, rng);
+  }
+  if (params.spherical)
+    for (std::size_t c = 0; c < k; ++c) normalize(centroids.row(c), dim);
+
+  std::vector<float> point_norms(n);
+  kern.squared_norms(x.data, n, dim, x.stride, point_norms.data());
+  std::vector<float> centroid_norms(k);
+  std::vector<std::uint32_t> labels(n);
+  std::vector<float> distances(n);
+  std::vector<std::size_t> sizes(k);
+  std::vector<std::size_t> offsets(k + 1);
+  std::vector<std::size_t> members(n);
+  const metric rank_by = params.spherical ? metric::inner_product : metric::l2;
+  result.objective.reserve(params.iterations);
+
+  for (std::size_t it = 0; it < params.iterations; ++it) {
+    kern.squared_norms(centroids.values.data(), k, dim, dim, centroid_norms.data());
+    detail::assign_nearest(x, centroids.view(), centroid_norms.data(), rank_by, 1, labels.data(), distances.data());
+
+    // Objective and cluster sizes, summed in point order.
+    double objective = 0.0;
+    std::fill(sizes.begin(), sizes.end(), std::size_t{0});
+    for (std::size_t i = 0; i < n; ++i) {
+      const std::uint32_t l = labels[i];
+      ++sizes[l];
+      // Spherical ranking reported −⟨x,c⟩; turn it into ‖x − c‖² = ‖x‖² + ‖c‖² − 2⟨x,c⟩ as well.
+      objective += params.spherical
+                       ? std::max(0.0, static_cast<double>(point_norms[i]) + centroid_norms[l] + 2.0 * distances[i])
+                       : static_cast<double>(distances[i]);
+    }
+    result.objective.push_back(objective);
+
+    // Members of each cluster in point order (a counting sort), then each mean in parallel over clusters.
+    offsets[0] = 0;
+    for (std::size_t c = 0; c < k; ++c) offsets[c + 1] = offsets[c] + sizes[c];
+    {
+      std::vector<std::size_t> next(offsets.begin(), offsets.end() - 1);
+      for (std::size_t i = 0; i < n; ++i) members[next[labels[i]]++] = i;
+    }
+    detail::parallel_for(k, [&](std::size_t c) {
+      if (sizes[c] == 0) return;
+      std::vector<double> sum(dim, 0.0);
+      for (std::size_t m = offsets[c]; m < offsets[c + 1]; ++m) {
+        const float* row = x.row(members[m]);
+        for (std::size_t j = 0; j < dim; ++j) sum[j] += row[j];
+      }
+      const double inv = 1.0 / static_cast<double>(sizes[c]);
+      float* centroid = centroids.row(c);
+      for (std::size_t j = 0; j < dim; ++j) centroid[j] = static_cast<float>(sum[j] * inv);
+      if (params.spherical) normalize(centroid, dim);
+    });
+    for (std::size_t c = 0; c < k; ++c) {
+      if (sizes[c] != 0) continue;
+      split_largest(centroids, sizes, c, params.spherical, rng);
+      ++result.empty_cluster_repairs;
+    }
+  }
+  return result;
+}
+
+}  // namespace shoal

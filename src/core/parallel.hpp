@@ -1,0 +1,38 @@
+#pragma once
+// The library's one doorway to oneTBB for data-parallel loops (internal; TBB stays out of public headers).
+//
+// Under ThreadSanitizer (SHOAL_SANITIZE=thread defines SHOAL_TSAN) the loops run serially on the calling
+// thread: Debian's libtbb is not instrumented, so TSan cannot see the synchronisation that hands a TBB
+// task between workers and drowns real reports in false ones. What TSan must check — shoal's own
+// shared state under concurrent calls from many user threads — is unaffected; the bodies of these loops
+// only ever write disjoint outputs.
+
+#include <cstddef>
+
+#ifndef SHOAL_TSAN
+#include <tbb/parallel_for.h>
+#include <tbb/task_arena.h>
+#endif
+
+namespace shoal::detail {
+
+/// Calls `body(i)` for i in [0, n), in parallel on the caller's oneTBB arena.
+template <class Body>
+void parallel_for(std::size_t n, const Body& body) {
+#ifdef SHOAL_TSAN
+  for (std::size_t i = 0; i < n; ++i) body(i);
+#else
+  tbb::parallel_for(std::size_t{0}, n, body);
+#endif
+}
+
+/// Threads a parallel loop may use right now (the current arena's concurrency; 1 under SHOAL_TSAN).
+inline std::size_t parallelism() {
+#ifdef SHOAL_TSAN
+  return 1;
+#else
+  return static_cast<std::size_t>(tbb::this_task_arena::max_concurrency());
+#endif
+}
+
+}  // namespace shoal::detail

@@ -1,0 +1,723 @@
+#include "shoal/index/hnsw.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "core/parallel.hpp"
+#include "index/scan.hpp"
+#include "shoal/core/checks.hpp"
+#include "shoal/core/error.hpp"
+#include "shoal/core/topk.hpp"
+#include "shoal/distance/distance.hpp"
+#include "shoal/eval/eval.hpp"
+
+namespace shoal {
+namespace {
+
+using slot_t = std::uint32_t;
+constexpr slot_t no_slot = std::numeric_limits<slot_t>::max();
+/// Nodes per chunk: 2^10, so that the unused tail of the last chunk stays small beside the index.
+constexpr std::size_t chunk_shift = 10;
+constexpr std::size_t chunk_nodes = std::size_t{1} << chunk_shift;
+constexpr std::uint64_t empty_entry = std::numeric_limits<std::uint64_t>::max();
+constexpr std::size_t max_level = 63;
+
+/// Test-and-test-and-set lock, one byte per node: link lists are held for a few hundred nanoseconds, far
+/// below what a futex-based mutex costs to park and wake.
+class spinlock {
+ public:
+  void lock() noexcept {
+    for (unsigned spins = 0; flag_.exchange(true, std::memory_order_acquire);)
+      while (flag_.load(std::memory_order_relaxed))
+        if (++spins > 64) std::this_thread::yield();
+  }
+  void unlock() noexcept { flag_.store(false, std::memory_order_release); }
+
+ private:
+  std::atomic<bool> flag_{false};
+};
+
+/// Per-node state. `level`, `id` and `upper` are written before `live` is stored (release) and read only
+/// after it is loaded (acquire), or under the exclusive structure lock.
+struct node_meta {
+  spinlock lock;                  // guards the node's link lists on every layer
+  std::atomic<bool> live{false};  // false: free slot, or written but not yet published
+  std::uint8_t level = 0;
+  vector_id id = no_id;
+  std::unique_ptr<slot_t[]> upper;  // layers 1..level, each a count then M slots
+};
+
+struct chunk {
+  std::unique_ptr<node_meta[]> meta;
+  aligned_vector<float> vectors;  // rows padded to 64 bytes
+  std::vector<slot_t> links0;     // per node: count, then 2M slots
+};
+
+/// A candidate node, ordered by (distance, slot).
+struct cand {
+  float distance;
+  slot_t slot;
+  friend bool operator<(const cand& a, const cand& b) noexcept {
+    return a.distance < b.distance || (a.distance == b.distance && a.slot < b.slot);
+  }
+  friend bool operator>(const cand& a, const cand& b) noexcept { return b < a; }
+};
+
+/// One search's private scratch: a visited set cleared in O(1) by bumping an epoch, and a buffer that
+/// a link list is copied into so that the node lock is not held while distances are computed.
+struct scratch {
+  std::vector<std::uint32_t> tags;
+  std::uint32_t epoch = 0;
+  std::vector<slot_t> links;
+  struct pending_node {
+    slot_t slot;
+    const node_meta* meta;
+    const float* vector;
+  };
+  std::vector<pending_node> pending;  // unvisited neighbours, their metadata and vectors prefetched
+  std::vector<cand> frontier;         // min-heap
+  std::vector<cand> best;             // max-heap
+
+  void reset(std::size_t slots, std::size_t max_links) {
+    if (++epoch == 0) {
+      std::fill(tags.begin(), tags.end(), 0u);
+      epoch = 1;
+    }
+    if (tags.size() < slots) tags.resize(slots, 0u);
+    links.resize(max_links);
+    pending.resize(max_links);
+  }
+  /// Marks `s` visited; true if it already was.
+  bool visit(slot_t s) {
+    if (s >= tags.size()) tags.resize(std::max<std::size_t>(std::size_t{s} + 1, tags.size() * 2), 0u);
+    if (tags[s] == epoch) return true;
+    tags[s] = epoch;
+    return false;
+  }
+};
+
+[[nodiscard]] std::uint64_t pack_entry(slot_t slot, std::size_t level) noexcept {
+  return std::uint64_t{slot} | (std::uint64_t{level} << 32);
+}
+
+}  // namespace
+
+struct hnsw_index::impl {
+  std::size_t dim;
+  shoal::metric metric;
+  hnsw_params build;
+  const distance_kernels* kern;
+  std::size_t stride;      // floats per stored row
+  std::size_t max_links0;  // 2M
+  std::size_t max_links;   // M
+  double level_mult;
+
+  // Chunk directory: `directory` points at the current table of chunk pointers. Growing it publishes a
+  // copy twice as long; earlier tables stay alive (in `tables`, a few bytes per 1024 nodes) because a
+  // reader may still hold one. Chunks themselves never move.
+  std::atomic<std::atomic<chunk*>*> directory{nullptr};
+  std::size_t directory_size = 0;                              // under slots_mutex
+  std::vector<std::unique_ptr<std::atomic<chunk*>[]>> tables;  // under slots_mutex
+  std::vector<std::unique_ptr<chunk>> owned_chunks;            // under slots_mutex
+  std::atomic<slot_t> slot_count{0};                           // slots ever handed out
+  std::atomic<std::size_t> live_count{0};
+  std::atomic<std::uint64_t> sequence{0};  // insertion sequence number, the level generator's input
+  std::atomic<std::uint64_t> entry{empty_entry};
+
+  mutable std::shared_mutex structure;  // shared: add, searches; exclusive: remove, upsert
+  std::mutex entry_mutex;               // serialises entry-point changes during adds
+  mutable std::mutex slots_mutex;       // free list and chunk allocation
+  std::vector<slot_t> free_slots;
+  mutable std::mutex ids_mutex;
+  std::unordered_map<vector_id, slot_t> slot_of;
+  mutable std::mutex pool_mutex;
+  mutable std::vector<std::unique_ptr<scratch>> scratch_pool;
+
+  impl(std::size_t d, shoal::metric m, const hnsw_params& p)
+      : dim(d),
+        metric(m),
+        build(p),
+        kern(&active_kernels()),
+        stride((d + 15) / 16 * 16),
+        max_links0(2 * p.M),
+        max_links(p.M),
+        level_mult(1.0 / std::log(static_cast<double>(p.M))) {}
+
+  // ------------------------------------------------------------------------------------------- storage
+  [[nodiscard]] static std::pair<std::size_t, std::size_t> locate(slot_t s) noexcept {
+    return {std::size_t{s} >> chunk_shift, std::size_t{s} & (chunk_nodes - 1)};
+  }
+  [[nodiscard]] chunk& chunk_of(std::size_t c) const noexcept {
+    return *directory.load(std::memory_order_acquire)[c].load(std::memory_order_acquire);
+  }
+  [[nodiscard]] node_meta& meta(slot_t s) const noexcept {
+    const auto [c, off] = locate(s);
+    return chunk_of(c).meta[off];
+  }
+  [[nodiscard]] float* vec(slot_t s) const noexcept {
+    const auto [c, off] = locate(s);
+    return chunk_of(c).vectors.data() + off * stride;
+  }
+  /// Link list of `s` on `level`: [0] is the count, then the slots. Read or write only under the node lock
+  /// (or the exclusive structure lock).
+  [[nodiscard]] slot_t* links(slot_t s, std::size_t level) const noexcept {
+    if (level == 0) {
+      const auto [c, off] = locate(s);
+      return chunk_of(c).links0.data() + off * (max_links0 + 1);
+    }
+    return meta(s).upper.get() + (level - 1) * (max_links + 1);
+  }
+  [[nodiscard]] std::size_t capacity(std::size_t level) const noexcept { return level == 0 ? max_links0 : max_links; }
+
+  /// Whether a slot reached through a link may be read on `level`: it holds a published node that has
+  /// that layer. Stale links (to a slot freed and not yet repaired away, or reused by a lower node) fail.
+  [[nodiscard]] bool usable(slot_t s, std::size_t level) const noexcept {
+    const node_meta& m = meta(s);
+    return m.live.load(std::memory_order_acquire) && m.level >= level;
+  }
+
+  /// A free slot with its chunk allocated. Caller holds slots_mutex.
+  [[nodiscard]] slot_t allocate_slot() {
+    if (!free_slots.empty()) {
+      const slot_t s = free_slots.back();
+      free_slots.pop_back();
+      return s;
+    }
+    const slot_t s = slot_count.load(std::memory_order_relaxed);
+    SHOAL_CHECK_CODE(s != no_slot, errc::unsupported, "hnsw_index::add: more than 2^32 - 1 nodes");
+    const std::size_t c = locate(s).first;
+    if (c == owned_chunks.size()) {
+      if (c == directory_size) {
+        const std::size_t grown = std::max<std::size_t>(16, 2 * directory_size);
+        auto table = std::make_unique<std::atomic<chunk*>[]>(grown);
+        for (std::size_t i = 0; i < grown; ++i)
+          table[i].store(i < c ? owned_chunks[i].get() : nullptr, std::memory_order_relaxed);
+        directory.store(table.get(), std::memory_order_release);
+        tables.push_back(std::move(table));
+        directory_size = grown;
+      }
+      auto fresh = std::make_unique<chunk>();
+      fresh->meta = std::make_unique<node_meta[]>(chunk_nodes);
+      fresh->vectors.assign(chunk_nodes * stride, 0.0f);
+      fresh->links0.assign(chunk_nodes * (max_links0 + 1), 0);
+      directory.load(std::memory_order_relaxed)[c].store(fresh.get(), std::memory_order_release);
+      owned_chunks.push_back(std::move(fresh));
+    }
+    slot_count.store(s + 1, std::memory_order_release);
+    return s;
+  }
+
+  // ----------------------------------------------------------------------------------------- distances
+  [[nodiscard]] float distance(const float* a, const float* b) const noexcept {
+    if (metric == shoal::metric::l2) return kern->l2sqr(a, b, dim);
+    return detail::distance_from_inner_product(metric, kern->inner_product(a, b, dim));
+  }
+
+  [[nodiscard]] std::size_t level_of(std::uint64_t seq) const noexcept {
+    splitmix64 rng(build.seed ^ (seq * 0xD1B54A32D192ED03ULL));
+    const double u = (static_cast<double>(rng.next() >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]
+    return std::min(max_level, static_cast<std::size_t>(-std::log(u) * level_mult));
+  }
+
+  // ----------------------------------------------------------------------------------------- scratch
+  [[nodiscard]] std::unique_ptr<scratch> acquire() const {
+    std::unique_ptr<scratch> s;
+    {
+      const std::lock_guard lock(pool_mutex);
+      if (!scratch_pool.empty()) {
+        s = std::move(scratch_pool.back());
+        scratch_pool.pop_back();
+      }
+    }
+    if (!s) s = std::make_unique<scratch>();
+    s->reset(slot_count.load(std::memory_order_acquire), max_links0);
+    return s;
+  }
+  void release(std::unique_ptr<scratch> s) const {
+    const std::lock_guard lock(pool_mutex);
+    scratch_pool.push_back(std::move(s));
+  }
+
+  /// Copies the link list of `s` on `level` into `buf` under the node lock; returns the count.
+  std::size_t copy_links(slot_t s, std::size_t level, slot_t* buf) const noexcept {
+    node_meta& m = meta(s);
+    const std::lock_guard lock(m.lock);
+    const slot_t* list = links(s, level);
+    const std::size_t n = list[0];
+    std::copy_n(list + 1, n, buf);
+    return n;
+  }
+
+  // ------------------------------------------------------------------------------------------- search
+  /// Greedy descent from `cur` through layers top..stop+1, one best node per layer.
+  [[nodiscard]] cand descend(const float* q, cand cur, std::size_t top, std::size_t stop, scratch& s) const noexcept {
+    for (std::size_t level = top; level > stop; --level) {
+      for (bool changed = true; changed;) {
+        changed = false;
+        const std::size_t n = copy_links(cur.slot, level, s.links.data());
+        for (std::size_t i = 0; i < n; ++i) {
+          const slot_t x = s.links[i];
+          if (!usable(x, level)) continue;
+          const float d = distance(q, vec(x));
+          if (cand{d, x} < cur) {
+            cur = {d, x};
+            changed = true;
+          }
+        }
+      }
+    }
+    return cur;
+  }
+
+  /// Best-first search of one layer from `entries`: returns up to `ef` nodes that `accept` passes, in no
+  /// particular order. Rejected nodes are still traversed. With `hits`, every accepted node evaluated
+  /// within `radius` is appended to it too, and exploration continues while the frontier is inside it.
+  template <class Accept>
+  std::vector<cand> search_layer(const float* q, std::span<const cand> entries, std::size_t ef, std::size_t level,
+                                 scratch& s, const Accept& accept, float radius = -no_distance,
+                                 std::vector<cand>* hits = nullptr) const {
+    std::vector<cand>& frontier = s.frontier;
+    std::vector<cand>& best = s.best;
+    frontier.clear();
+    best.clear();
+    const auto explore = [&](cand c) {
+      frontier.push_back(c);
+      std::push_heap(frontier.begin(), frontier.end(), std::greater<>{});
+    };
+    const auto offer = [&](cand c) {
+      if (!accept(c.slot)) return;
+      if (hits != nullptr && c.distance < radius) hits->push_back(c);
+      best.push_back(c);
+      std::push_heap(best.begin(), best.end());
+      if (best.size() > ef) {
+        std::pop_heap(best.begin(), best.end());
+        best.pop_back();
+      }
+    };
+    for (const cand& e : entries) {
+      if (s.visit(e.slot)) continue;
+      explore(e);
+      offer(e);
+    }
+    while (!frontier.empty()) {
+      const cand c = frontier.front();
+      const float worst = best.size() >= ef ? best.front().distance : no_distance;
+      if (c.distance > worst && !(c.distance < radius)) break;
+      std::pop_heap(frontier.begin(), frontier.end(), std::greater<>{});
+      frontier.pop_back();
+      // Two passes: first prefetch the metadata and vector of every unvisited neighbour, then check
+      // and score them, so that their cache misses overlap instead of queueing one after another.
+      const std::size_t n = copy_links(c.slot, level, s.links.data());
+      std::size_t m = 0;
+      for (std::size_t i = 0; i < n; ++i) {
+        const slot_t x = s.links[i];
+        if (s.visit(x)) continue;
+        const auto [c_index, off] = locate(x);
+        const chunk& ch = chunk_of(c_index);
+        const scratch::pending_node p{x, &ch.meta[off], ch.vectors.data() + off * stride};
+        __builtin_prefetch(p.meta);
+        __builtin_prefetch(p.vector);
+        s.pending[m++] = p;
+      }
+      for (std::size_t j = 0; j < m; ++j) {
+        const scratch::pending_node& p = s.pending[j];
+        if (!p.meta->live.load(std::memory_order_acquire) || p.meta->level < level) continue;
+        const cand next{distance(q, p.vector), p.slot};
+        const float bound = best.size() >= ef ? best.front().distance : no_distance;
+        if (next.distance < bound || next.distance < radius) explore(next);
+        if (next.distance < bound || hits != nullptr) offer(next);
+      }
+    }
+    return {best.begin(), best.end()};
+  }
+
+  /// The diversity heuristic of the HNSW paper (Algorithm 4, as in hnswlib): walk the candidates nearest
+  /// first and keep one only if it is closer to the base node than to every node kept so far, so that
+  /// links spread over directions instead of piling into the nearest cluster. With `keep_pruned`, free
+  /// slots left after the walk are filled with the nearest rejected candidates (the paper's
+  /// keepPrunedConnections): repairs after a delete use it, because a pruned list that shrinks there can
+  /// leave the removed node's other neighbours without any in-link.
+  [[nodiscard]] std::vector<cand> select(std::vector<cand> candidates, std::size_t limit,
+                                         bool keep_pruned = false) const {
+    std::sort(candidates.begin(), candidates.end());
+    std::vector<cand> kept;
+    std::vector<cand> pruned;
+    kept.reserve(limit);
+    for (const cand& c : candidates) {
+      if (kept.size() >= limit) break;
+      const float* cv = vec(c.slot);
+      const bool diverse =
+          std::none_of(kept.begin(), kept.end(), [&](const cand& k) { return distance(cv, vec(k.slot)) < c.distance; });
+      if (diverse)
+        kept.push_back(c);
+      else if (keep_pruned)
+        pruned.push_back(c);
+    }
+    for (std::size_t i = 0; i < pruned.size() && kept.size() < limit; ++i) kept.push_back(pruned[i]);
+    return kept;
+  }
+
+  static void write_links(slot_t* list, const std::vector<cand>& kept) noexcept {
+    list[0] = static_cast<slot_t>(kept.size());
+    for (std::size_t i = 0; i < kept.size(); ++i) list[i + 1] = kept[i].slot;
+  }
+
+  /// Adds the link n → q on `level` (distance d), pruning n's list with the heuristic when it is full.
+  void link_back(slot_t n, slot_t q, float d, std::size_t level) {
+    node_meta& m = meta(n);
+    const std::lock_guard lock(m.lock);
+    slot_t* list = links(n, level);
+    const std::size_t count = list[0];
+    if (std::find(list + 1, list + 1 + count, q) != list + 1 + count) return;
+    if (count < capacity(level)) {
+      list[count + 1] = q;
+      list[0] = static_cast<slot_t>(count + 1);
+      return;
+    }
+    std::vector<cand> pool{{d, q}};
+    const float* nv = vec(n);
+    for (std::size_t i = 0; i < count; ++i)
+      if (usable(list[i + 1], level)) pool.push_back({distance(nv, vec(list[i + 1])), list[i + 1]});
+    write_links(list, select(std::move(pool), capacity(level)));
+  }
+
+  /// Links the published node `q` into the graph.
+  void insert(slot_t q, scratch& s) {
+    const std::size_t level = meta(q).level;
+    const float* qv = vec(q);
+    std::uint64_t ep = entry.load(std::memory_order_acquire);
+    if (ep == empty_entry) {
+      const std::lock_guard lock(entry_mutex);
+      ep = entry.load(std::memory_order_acquire);
+      if (ep == empty_entry) {
+        entry.store(pack_entry(q, level), std::memory_order_release);
+        return;
+      }
+    }
+    const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
+    const auto ep_level = static_cast<std::size_t>(ep >> 32);
+    cand cur{distance(qv, vec(ep_slot)), ep_slot};
+    if (ep_level > level) cur = descend(qv, cur, ep_level, level, s);
+    std::vector<cand> entries{cur};
+    const auto not_self = [q](slot_t x) { return x != q; };
+    for (std::size_t l = std::min(level, ep_level) + 1; l-- > 0;) {
+      s.reset(slot_count.load(std::memory_order_acquire), max_links0);
+      std::vector<cand> found = search_layer(qv, entries, build.ef_construction, l, s, not_self);
+      const std::vector<cand> kept = select(found, max_links);
+      {
+        node_meta& m = meta(q);
+        const std::lock_guard lock(m.lock);
+        write_links(links(q, l), kept);
+      }
+      for (const cand& k : kept) link_back(k.slot, q, k.distance, l);
+      if (!found.empty()) entries = std::move(found);
+    }
+    if (level > ep_level) {
+      const std::lock_guard lock(entry_mutex);
+      if (level > static_cast<std::size_t>(entry.load(std::memory_order_relaxed) >> 32))
+        entry.store(pack_entry(q, level), std::memory_order_release);
+    }
+  }
+
+  /// Writes node data into slot `q` and publishes it (not yet linked).
+  void write_node(slot_t q, const float* v, vector_id id, std::uint64_t seq) {
+    node_meta& m = meta(q);
+    const std::size_t level = level_of(seq);
+    std::copy_n(v, dim, vec(q));
+    m.level = static_cast<std::uint8_t>(level);
+    m.id = id;
+    m.upper.reset();
+    if (level > 0) m.upper = std::make_unique<slot_t[]>(level * (max_links + 1));
+    links(q, 0)[0] = 0;
+    m.live.store(true, std::memory_order_release);
+  }
+
+  /// Unlinks and frees slot r. Caller holds the structure lock exclusively (no other thread touches the graph).
+  void remove_slot(slot_t r) {
+    node_meta& rm = meta(r);
+    const std::size_t top = rm.level;
+    rm.live.store(false, std::memory_order_release);
+    for (std::size_t l = 0; l <= top; ++l) {
+      const slot_t* rl = links(r, l);
+      std::vector<slot_t> out(rl + 1, rl + 1 + rl[0]);
+      std::erase_if(out, [&](slot_t x) { return !usable(x, l); });
+      // Nodes linking to r: links are nearly symmetric, so r's neighbours and theirs hold nearly all of
+      // them. A link this misses stays behind stale; searches skip it, and the next prune drops it.
+      std::vector<slot_t> sources = out;
+      for (const slot_t n : out) {
+        const slot_t* nl = links(n, l);
+        sources.insert(sources.end(), nl + 1, nl + 1 + nl[0]);
+      }
+      std::sort(sources.begin(), sources.end());
+      sources.erase(std::unique(sources.begin(), sources.end()), sources.end());
+      for (const slot_t u : sources) {
+        if (u == r || !usable(u, l)) continue;
+        slot_t* ul = links(u, l);
+        if (std::find(ul + 1, ul + 1 + ul[0], r) == ul + 1 + ul[0]) continue;
+        std::vector<cand> pool;
+        const float* uv = vec(u);
+        const auto offer = [&](slot_t x) {
+          if (x == u || x == r || !usable(x, l)) return;
+          if (std::any_of(pool.begin(), pool.end(), [&](const cand& c) { return c.slot == x; })) return;
+          pool.push_back({distance(uv, vec(x)), x});
+        };
+        for (std::size_t i = 0; i < ul[0]; ++i) offer(ul[i + 1]);
+        for (const slot_t x : out) offer(x);
+        write_links(ul, select(std::move(pool), capacity(l), true));
+      }
+    }
+    rm.upper.reset();
+    rm.id = no_id;
+    links(r, 0)[0] = 0;
+    {
+      const std::lock_guard lock(slots_mutex);
+      free_slots.push_back(r);
+    }
+    live_count.fetch_sub(1, std::memory_order_relaxed);
+    if (static_cast<slot_t>(entry.load(std::memory_order_relaxed) & 0xffffffffu) == r) choose_entry();
+  }
+
+  /// The live node with the highest level (the smallest slot among equals) becomes the entry point.
+  void choose_entry() {
+    std::uint64_t best = empty_entry;
+    std::size_t best_level = 0;
+    const slot_t n = slot_count.load(std::memory_order_relaxed);
+    for (slot_t s = 0; s < n; ++s) {
+      const node_meta& m = meta(s);
+      if (!m.live.load(std::memory_order_relaxed)) continue;
+      if (best == empty_entry || m.level > best_level) {
+        best = pack_entry(s, m.level);
+        best_level = m.level;
+      }
+    }
+    entry.store(best, std::memory_order_release);
+  }
+
+  /// Reserves `ids` (all or nothing) and takes a slot for each. Throws on duplicates.
+  [[nodiscard]] std::vector<slot_t> reserve(std::span<const vector_id> ids, const char* what) {
+    const std::lock_guard lock(ids_mutex);
+    {
+      std::unordered_set<vector_id> batch;
+      batch.reserve(ids.size());
+      for (const vector_id id : ids) {
+        SHOAL_CHECK_CODE(!slot_of.contains(id), errc::duplicate_id, what, ": id ", id, " is already stored");
+        SHOAL_CHECK_CODE(batch.insert(id).second, errc::duplicate_id, what, ": id ", id, " appears twice in one batch");
+      }
+    }
+    std::vector<slot_t> slots(ids.size());
+    {
+      const std::lock_guard slots_lock(slots_mutex);
+      for (slot_t& s : slots) s = allocate_slot();
+    }
+    for (std::size_t i = 0; i < ids.size(); ++i) slot_of.emplace(ids[i], slots[i]);
+    return slots;
+  }
+
+  /// k nearest accepted nodes of one (prepared) query, written as ids into one result row.
+  void search_one(const float* q, neighbors_view row, std::size_t ef, const search_params& params) const {
+    topk_heap heap(row.k);
+    const std::uint64_t ep = entry.load(std::memory_order_acquire);
+    if (ep != empty_entry) {
+      std::unique_ptr<scratch> s = acquire();
+      const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
+      const cand start = descend(q, {distance(q, vec(ep_slot)), ep_slot}, static_cast<std::size_t>(ep >> 32), 0, *s);
+      const auto accept = [&](slot_t x) { return params.filter.accepts(meta(x).id); };
+      for (const cand& c : search_layer(q, std::span(&start, 1), ef, 0, *s, accept))
+        heap.push(c.distance, meta(c.slot).id);
+      release(std::move(s));
+    }
+    heap.write_sorted(row.row_ids(0), row.row_distances(0));
+  }
+
+  /// Queries as searched: validated, and normalised under cosine.
+  [[nodiscard]] std::optional<matrix<float>> prepare(matrix_view<const float>& queries) const {
+    detail::check_vectors(queries, dim, "hnsw_index::search: query");
+    if (metric != shoal::metric::cosine) return std::nullopt;
+    matrix<float> normalized = detail::normalized_copy(queries, "hnsw_index::search: query");
+    queries = normalized.view();
+    return normalized;
+  }
+};
+
+hnsw_index::hnsw_index(std::size_t dim, shoal::metric m, const hnsw_params& params) {
+  SHOAL_CHECK(dim > 0, "hnsw_index: dimension must be at least 1");
+  SHOAL_CHECK(params.M >= 2 && params.M <= 256, "hnsw_index: M must be in [2, 256], got ", params.M);
+  SHOAL_CHECK(params.ef_construction > 0, "hnsw_index: ef_construction must be at least 1");
+  hnsw_params p = params;
+  p.ef_construction = std::max(p.ef_construction, p.M);
+  impl_ = std::make_unique<impl>(dim, m, p);
+}
+
+hnsw_index::~hnsw_index() = default;
+hnsw_index::hnsw_index(hnsw_index&& other) noexcept = default;
+hnsw_index& hnsw_index::operator=(hnsw_index&& other) noexcept = default;
+
+std::size_t hnsw_index::dim() const noexcept { return impl_->dim; }
+shoal::metric hnsw_index::metric() const noexcept { return impl_->metric; }
+const hnsw_params& hnsw_index::params() const noexcept { return impl_->build; }
+std::size_t hnsw_index::size() const noexcept { return impl_->live_count.load(std::memory_order_relaxed); }
+
+std::size_t hnsw_index::memory_bytes() const {
+  const impl& x = *impl_;
+  const std::shared_lock structure(x.structure);
+  std::size_t bytes = 0;
+  const slot_t n = x.slot_count.load(std::memory_order_acquire);
+  {
+    const std::lock_guard lock(x.slots_mutex);  // owned_chunks, tables
+    for (const auto& c : x.owned_chunks)
+      bytes += chunk_nodes * sizeof(node_meta) + c->vectors.capacity() * sizeof(float) +
+               c->links0.capacity() * sizeof(slot_t);
+    for (std::size_t t = 0, entries = x.directory_size; t < x.tables.size(); ++t, entries /= 2)
+      bytes += entries * sizeof(std::atomic<chunk*>);
+    bytes += x.free_slots.capacity() * sizeof(slot_t);
+  }
+  for (slot_t s = 0; s < n; ++s) {
+    const node_meta& m = x.meta(s);
+    if (m.live.load(std::memory_order_acquire)) bytes += std::size_t{m.level} * (x.max_links + 1) * sizeof(slot_t);
+  }
+  const std::lock_guard lock(x.ids_mutex);
+  return bytes + x.slot_of.bucket_count() * sizeof(void*) +
+         x.slot_of.size() * (sizeof(void*) + sizeof(vector_id) + sizeof(slot_t));
+}
+
+void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
+  impl& x = *impl_;
+  detail::check_vectors(vectors, x.dim, "hnsw_index::add: vector");
+  SHOAL_CHECK(ids.size() == vectors.rows, "hnsw_index::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
+  std::optional<matrix<float>> normalized;
+  if (x.metric == shoal::metric::cosine) {
+    normalized = detail::normalized_copy(vectors, "hnsw_index::add: vector");
+    vectors = normalized->view();
+  }
+  if (vectors.rows == 0) return;
+  const std::shared_lock structure(x.structure);
+  const std::vector<slot_t> slots = x.reserve(ids, "hnsw_index::add");
+  const std::uint64_t first_seq = x.sequence.fetch_add(ids.size(), std::memory_order_relaxed);
+  detail::parallel_for(ids.size(), [&](std::size_t i) {
+    x.write_node(slots[i], vectors.row(i), ids[i], first_seq + i);
+    std::unique_ptr<scratch> s = x.acquire();
+    x.insert(slots[i], *s);
+    x.release(std::move(s));
+    x.live_count.fetch_add(1, std::memory_order_relaxed);
+  });
+}
+
+void hnsw_index::remove(vector_id id) {
+  impl& x = *impl_;
+  const std::unique_lock structure(x.structure);
+  slot_t slot = no_slot;
+  {
+    const std::lock_guard lock(x.ids_mutex);
+    const auto it = x.slot_of.find(id);
+    SHOAL_CHECK_CODE(it != x.slot_of.end(), errc::not_found, "hnsw_index::remove: id ", id, " is not stored");
+    slot = it->second;
+    x.slot_of.erase(it);
+  }
+  x.remove_slot(slot);
+}
+
+void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
+  impl& x = *impl_;
+  detail::check_vectors(vector, x.dim, "hnsw_index::upsert: vector");
+  SHOAL_CHECK(vector.rows == 1, "hnsw_index::upsert: expected one vector, got ", vector.rows);
+  std::optional<matrix<float>> normalized;
+  if (x.metric == shoal::metric::cosine) {
+    normalized = detail::normalized_copy(vector, "hnsw_index::upsert: vector");
+    vector = normalized->view();
+  }
+  const std::unique_lock structure(x.structure);
+  {
+    const std::lock_guard lock(x.ids_mutex);
+    const auto it = x.slot_of.find(id);
+    if (it != x.slot_of.end()) {
+      const slot_t old = it->second;
+      x.slot_of.erase(it);
+      x.remove_slot(old);
+    }
+  }
+  const std::vector<slot_t> slots = x.reserve(std::span(&id, 1), "hnsw_index::upsert");
+  x.write_node(slots[0], vector.row(0), id, x.sequence.fetch_add(1, std::memory_order_relaxed));
+  std::unique_ptr<scratch> s = x.acquire();
+  x.insert(slots[0], *s);
+  x.release(std::move(s));
+  x.live_count.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool hnsw_index::contains(vector_id id) const {
+  const impl& x = *impl_;
+  const std::lock_guard lock(x.ids_mutex);
+  const auto it = x.slot_of.find(id);
+  return it != x.slot_of.end() && x.meta(it->second).live.load(std::memory_order_acquire);
+}
+
+std::vector<float> hnsw_index::vector(vector_id id) const {
+  const impl& x = *impl_;
+  const std::shared_lock structure(x.structure);
+  slot_t slot = no_slot;
+  {
+    const std::lock_guard lock(x.ids_mutex);
+    const auto it = x.slot_of.find(id);
+    if (it != x.slot_of.end()) slot = it->second;
+  }
+  SHOAL_CHECK_CODE(slot != no_slot && x.meta(slot).live.load(std::memory_order_acquire), errc::not_found,
+                   "hnsw_index::vector: id ", id, " is not stored");
+  const float* v = x.vec(slot);
+  return {v, v + x.dim};
+}
+
+void hnsw_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
+  const impl& x = *impl_;
+  SHOAL_CHECK(out.k > 0, "hnsw_index::search: k must be at least 1");
+  SHOAL_CHECK(out.rows == queries.rows, "hnsw_index::search: result buffer has ", out.rows, " rows for ", queries.rows,
+              " queries");
+  SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, "hnsw_index::search: null result buffer");
+  const std::optional<matrix<float>> normalized = x.prepare(queries);
+  const std::size_t ef = std::max(out.k, params.ef == 0 ? default_ef : params.ef);
+  const std::shared_lock structure(x.structure);
+  detail::parallel_for(queries.rows, [&](std::size_t i) { x.search_one(queries.row(i), out.slice(i, 1), ef, params); });
+}
+
+neighbors hnsw_index::search(matrix_view<const float> queries, std::size_t k, const search_params& params) const {
+  SHOAL_CHECK(k > 0, "hnsw_index::search: k must be at least 1");
+  neighbors result(queries.rows, k);
+  search(queries, result.view(), params);
+  return result;
+}
+
+range_result hnsw_index::range_search(matrix_view<const float> queries, float radius,
+                                      const search_params& params) const {
+  const impl& x = *impl_;
+  SHOAL_CHECK(!std::isnan(radius), "hnsw_index::range_search: radius is NaN");
+  const std::optional<matrix<float>> normalized = x.prepare(queries);
+  const std::size_t ef = params.ef == 0 ? default_ef : params.ef;
+  std::vector<std::vector<scored_id>> rows(queries.rows);
+  {
+    const std::shared_lock structure(x.structure);
+    detail::parallel_for(queries.rows, [&](std::size_t r) {
+      const std::uint64_t ep = x.entry.load(std::memory_order_acquire);
+      if (ep == empty_entry) return;
+      const float* q = queries.row(r);
+      std::unique_ptr<scratch> s = x.acquire();
+      const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
+      const cand start =
+          x.descend(q, {x.distance(q, x.vec(ep_slot)), ep_slot}, static_cast<std::size_t>(ep >> 32), 0, *s);
+      const auto accept = [&](slot_t n) { return params.filter.accepts(x.meta(n).id); };
+      std::vector<cand> hits;
+      (void)x.search_layer(q, std::span(&start, 1), ef, 0, *s, accept, radius, &hits);
+      x.release(std::move(s));
+      for (const cand& h : hits) rows[r].push_back({h.distance, x.meta(h.slot).id});
+      std::sort(rows[r].begin(), rows[r].end());
+    });
+  }
+  return detail::gather_range(rows);
+}
+
+}  // namespace shoal

@@ -1,0 +1,54 @@
+#pragma once
+// Internal: the inverted lists of the IVF family. A list holds, per entry, a fixed-length code
+// (`code_len` elements of `Code`: the full vector for IVF-Flat, sub-quantizer codes for IVF-PQ) and the
+// entry's id, both contiguous and 64-byte aligned, guarded by its own reader-writer lock. Removal moves
+// the last entry into the freed slot, so lists stay dense and scans never meet holes.
+
+#include <algorithm>
+#include <cstddef>
+#include <shared_mutex>
+#include <vector>
+
+#include "shoal/core/types.hpp"
+
+namespace shoal::detail {
+
+template <class Code>
+struct inverted_list {
+  /// Shared by scans, exclusive for appends and removals of this list.
+  mutable std::shared_mutex mutex;
+  aligned_vector<Code> codes;  // size() entries of code_len elements, entry-major
+  aligned_vector<vector_id> ids;
+
+  [[nodiscard]] std::size_t size() const noexcept { return ids.size(); }
+
+  /// Appends one entry; returns its slot. The caller holds `mutex` exclusively.
+  std::size_t append(const Code* code, std::size_t code_len, vector_id id) {
+    const std::size_t slot = ids.size();
+    codes.insert(codes.end(), code, code + code_len);
+    ids.push_back(id);
+    return slot;
+  }
+
+  /// Removes the entry at `slot` by moving the last entry into it; returns the id that now occupies
+  /// `slot`, or `no_id` when the removed entry was the last. The caller holds `mutex` exclusively.
+  vector_id erase_swap(std::size_t slot, std::size_t code_len) {
+    const std::size_t last = ids.size() - 1;
+    vector_id moved = no_id;
+    if (slot != last) {
+      std::copy_n(codes.data() + last * code_len, code_len, codes.data() + slot * code_len);
+      ids[slot] = ids[last];
+      moved = ids[slot];
+    }
+    codes.resize(last * code_len);
+    ids.pop_back();
+    return moved;
+  }
+
+  /// Bytes of storage held (capacity, not size). The caller holds `mutex` in either mode.
+  [[nodiscard]] std::size_t bytes() const noexcept {
+    return codes.capacity() * sizeof(Code) + ids.capacity() * sizeof(vector_id);
+  }
+};
+
+}  // namespace shoal::detail

@@ -1,0 +1,248 @@
+#include "shoal/index/ivf_flat.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <unordered_set>
+
+#include "cluster/assign.hpp"
+#include "core/parallel.hpp"
+#include "index/inverted_lists.hpp"
+#include "index/scan.hpp"
+#include "shoal/core/checks.hpp"
+#include "shoal/core/error.hpp"
+#include "shoal/core/topk.hpp"
+#include "shoal/distance/distance.hpp"
+
+namespace shoal {
+
+/// An IVF-Flat list: full vectors (dim floats per entry) and ids.
+struct ivf_flat_index::list : detail::inverted_list<float> {};
+
+/// Queries as searched (a normalised copy under cosine) and their probed lists, nprobe per query.
+struct ivf_flat_index::prepared {
+  std::optional<matrix<float>> normalized;
+  matrix_view<const float> view;
+  std::size_t nprobe = 0;
+  std::vector<std::uint32_t> probes;
+};
+
+ivf_flat_index::ivf_flat_index(std::size_t dim, shoal::metric m, std::size_t nlist)
+    : dim_(dim), metric_(m), nlist_(nlist), map_mutex_(std::make_unique<std::shared_mutex>()) {
+  SHOAL_CHECK(dim > 0, "ivf_flat_index: dimension must be at least 1");
+  SHOAL_CHECK(nlist > 0, "ivf_flat_index: nlist must be at least 1");
+  SHOAL_CHECK(nlist <= std::numeric_limits<std::uint32_t>::max(), "ivf_flat_index: nlist ", nlist, " is too large");
+  (void)active_kernels();  // surface a bad SHOAL_SIMD here rather than in the first search
+  lists_.reserve(nlist);
+  for (std::size_t l = 0; l < nlist; ++l) lists_.push_back(std::make_unique<list>());
+}
+
+ivf_flat_index::~ivf_flat_index() = default;
+
+ivf_flat_index::ivf_flat_index(ivf_flat_index&& other) noexcept
+    : dim_(other.dim_),
+      metric_(other.metric_),
+      nlist_(other.nlist_),
+      centroids_(std::move(other.centroids_)),
+      centroid_norms_(std::move(other.centroid_norms_)),
+      lists_(std::move(other.lists_)),
+      where_(std::move(other.where_)),
+      map_mutex_(std::move(other.map_mutex_)),
+      size_(other.size_.exchange(0)) {}
+
+ivf_flat_index& ivf_flat_index::operator=(ivf_flat_index&& other) noexcept {
+  if (this != &other) {
+    dim_ = other.dim_;
+    metric_ = other.metric_;
+    nlist_ = other.nlist_;
+    centroids_ = std::move(other.centroids_);
+    centroid_norms_ = std::move(other.centroid_norms_);
+    lists_ = std::move(other.lists_);
+    where_ = std::move(other.where_);
+    map_mutex_ = std::move(other.map_mutex_);
+    size_.store(other.size_.exchange(0));
+  }
+  return *this;
+}
+
+std::vector<std::size_t> ivf_flat_index::list_sizes() const {
+  std::vector<std::size_t> sizes;
+  sizes.reserve(lists_.size());
+  for (const auto& l : lists_) {
+    const std::shared_lock lock(l->mutex);
+    sizes.push_back(l->size());
+  }
+  return sizes;
+}
+
+std::size_t ivf_flat_index::memory_bytes() const {
+  std::size_t bytes = centroids_.values.capacity() * sizeof(float) + centroid_norms_.capacity() * sizeof(float) +
+                      lists_.capacity() * sizeof(void*);
+  for (const auto& l : lists_) {
+    const std::shared_lock lock(l->mutex);
+    bytes += sizeof(list) + l->bytes();
+  }
+  // unordered_map: one bucket pointer per bucket, a node (next pointer, key, value) per entry.
+  const std::shared_lock lock(*map_mutex_);
+  return bytes + where_.bucket_count() * sizeof(void*) +
+         where_.size() * (sizeof(void*) + sizeof(vector_id) + sizeof(location));
+}
+
+void ivf_flat_index::train(matrix_view<const float> vectors, const ivf_train_params& params) {
+  SHOAL_CHECK(size() == 0, "ivf_flat_index::train: the index already holds ", size(), " vectors; train before adding");
+  detail::check_vectors(vectors, dim_, "ivf_flat_index::train: vector");
+  SHOAL_CHECK(vectors.rows >= nlist_, "ivf_flat_index::train: nlist = ", nlist_, " exceeds the ", vectors.rows,
+              " training vectors");
+  std::optional<matrix<float>> normalized;
+  if (metric_ == metric::cosine) {
+    normalized = detail::normalized_copy(vectors, "ivf_flat_index::train: vector");
+    vectors = normalized->view();
+  }
+  kmeans_params kp;
+  kp.k = nlist_;
+  kp.iterations = params.iterations;
+  kp.seed = params.seed;
+  kp.init = params.init;
+  kp.max_points_per_centroid = params.max_points_per_centroid;
+  kp.spherical = metric_ != metric::l2;
+  kmeans_result trained = kmeans(vectors, kp);
+  centroids_ = std::move(trained.centroids);
+  centroid_norms_.resize(nlist_);
+  active_kernels().squared_norms(centroids_.values.data(), nlist_, dim_, dim_, centroid_norms_.data());
+}
+
+void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
+  SHOAL_CHECK(is_trained(), "ivf_flat_index::add: the index is not trained");
+  detail::check_vectors(vectors, dim_, "ivf_flat_index::add: vector");
+  SHOAL_CHECK(ids.size() == vectors.rows, "ivf_flat_index::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
+  {
+    std::unordered_set<vector_id> batch;
+    batch.reserve(ids.size());
+    for (const vector_id id : ids)
+      SHOAL_CHECK_CODE(batch.insert(id).second, errc::duplicate_id, "ivf_flat_index::add: id ", id,
+                       " appears twice in one batch");
+  }
+  std::optional<matrix<float>> normalized;
+  if (metric_ == metric::cosine) {
+    normalized = detail::normalized_copy(vectors, "ivf_flat_index::add: vector");
+    vectors = normalized->view();
+  }
+  // The coarse assignment runs before any lock is taken: it only reads the immutable centroids.
+  const std::size_t n = vectors.rows;
+  std::vector<std::uint32_t> label(n);
+  std::vector<float> unused(n);
+  detail::assign_nearest(vectors, centroids_.view(), centroid_norms_.data(), metric_, 1, label.data(), unused.data());
+  // Group the batch by list (a counting sort, stable in batch order) so each list is locked once.
+  std::vector<std::size_t> offsets(nlist_ + 1, 0);
+  for (const std::uint32_t l : label) ++offsets[l + 1];
+  for (std::size_t l = 0; l < nlist_; ++l) offsets[l + 1] += offsets[l];
+  std::vector<std::size_t> order(n);
+  {
+    std::vector<std::size_t> next(offsets.begin(), offsets.end() - 1);
+    for (std::size_t i = 0; i < n; ++i) order[next[label[i]]++] = i;
+  }
+
+  const std::unique_lock map_lock(*map_mutex_);
+  for (const vector_id id : ids)
+    SHOAL_CHECK_CODE(!where_.contains(id), errc::duplicate_id, "ivf_flat_index::add: id ", id, " is already stored");
+  where_.reserve(where_.size() + n);
+  for (std::size_t l = 0; l < nlist_; ++l) {
+    if (offsets[l] == offsets[l + 1]) continue;
+    list& target = *lists_[l];
+    const std::unique_lock list_lock(target.mutex);
+    target.codes.reserve(target.codes.size() + (offsets[l + 1] - offsets[l]) * dim_);
+    for (std::size_t m = offsets[l]; m < offsets[l + 1]; ++m) {
+      const std::size_t i = order[m];
+      const std::size_t slot = target.append(vectors.row(i), dim_, ids[i]);
+      where_.emplace(ids[i], location{l, slot});
+    }
+  }
+  size_.fetch_add(n, std::memory_order_release);
+}
+
+void ivf_flat_index::remove(vector_id id) {
+  const std::unique_lock map_lock(*map_mutex_);
+  const auto it = where_.find(id);
+  SHOAL_CHECK_CODE(it != where_.end(), errc::not_found, "ivf_flat_index::remove: id ", id, " is not stored");
+  const location at = it->second;
+  where_.erase(it);
+  list& target = *lists_[at.list];
+  vector_id moved = no_id;
+  {
+    const std::unique_lock list_lock(target.mutex);
+    moved = target.erase_swap(at.slot, dim_);
+  }
+  if (moved != no_id) where_.at(moved).slot = at.slot;
+  size_.fetch_sub(1, std::memory_order_release);
+}
+
+bool ivf_flat_index::contains(vector_id id) const {
+  const std::shared_lock lock(*map_mutex_);
+  return where_.contains(id);
+}
+
+ivf_flat_index::prepared ivf_flat_index::prepare(matrix_view<const float> queries, const search_params& params,
+                                                 const char* what) const {
+  SHOAL_CHECK(is_trained(), what, ": the index is not trained");
+  detail::check_vectors(queries, dim_, what);
+  prepared p;
+  p.view = queries;
+  if (metric_ == metric::cosine) {
+    p.normalized = detail::normalized_copy(queries, what);
+    p.view = p.normalized->view();
+  }
+  p.nprobe = std::min(params.nprobe == 0 ? default_nprobe : params.nprobe, nlist_);
+  p.probes.resize(queries.rows * p.nprobe);
+  std::vector<float> unused(p.probes.size());
+  detail::assign_nearest(p.view, centroids_.view(), centroid_norms_.data(), metric_, p.nprobe, p.probes.data(),
+                         unused.data());
+  return p;
+}
+
+void ivf_flat_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
+  SHOAL_CHECK(out.k > 0, "ivf_flat_index::search: k must be at least 1");
+  SHOAL_CHECK(out.rows == queries.rows, "ivf_flat_index::search: result buffer has ", out.rows, " rows for ",
+              queries.rows, " queries");
+  SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, "ivf_flat_index::search: null result buffer");
+  const prepared p = prepare(queries, params, "ivf_flat_index::search: query");
+  const distance_kernels& k = active_kernels();
+  detail::parallel_for(p.view.rows, [&](std::size_t q) {
+    topk_heap heap(out.k);
+    for (std::size_t j = 0; j < p.nprobe; ++j) {
+      const list& l = *lists_[p.probes[q * p.nprobe + j]];
+      const std::shared_lock lock(l.mutex);
+      detail::scan_into_heap(k, metric_, p.view.row(q), l.codes.data(), l.ids.data(), l.size(), dim_, params.filter,
+                             heap);
+    }
+    heap.write_sorted(out.row_ids(q), out.row_distances(q));
+  });
+}
+
+neighbors ivf_flat_index::search(matrix_view<const float> queries, std::size_t k, const search_params& params) const {
+  SHOAL_CHECK(k > 0, "ivf_flat_index::search: k must be at least 1");
+  neighbors result(queries.rows, k);
+  search(queries, result.view(), params);
+  return result;
+}
+
+range_result ivf_flat_index::range_search(matrix_view<const float> queries, float radius,
+                                          const search_params& params) const {
+  SHOAL_CHECK(!std::isnan(radius), "ivf_flat_index::range_search: radius is NaN");
+  const prepared p = prepare(queries, params, "ivf_flat_index::range_search: query");
+  const distance_kernels& k = active_kernels();
+  std::vector<std::vector<scored_id>> hits(p.view.rows);
+  detail::parallel_for(p.view.rows, [&](std::size_t q) {
+    for (std::size_t j = 0; j < p.nprobe; ++j) {
+      const list& l = *lists_[p.probes[q * p.nprobe + j]];
+      const std::shared_lock lock(l.mutex);
+      detail::scan_into_range(k, metric_, p.view.row(q), l.codes.data(), l.ids.data(), l.size(), dim_, radius,
+                              params.filter, hits[q]);
+    }
+    std::sort(hits[q].begin(), hits[q].end());
+  });
+  return detail::gather_range(hits);
+}
+
+}  // namespace shoal

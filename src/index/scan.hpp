@@ -1,0 +1,89 @@
+#pragma once
+// Internal: the exact scan shared by the flat and IVF-Flat indexes — distances from one query to a run
+// of stored full-precision rows, and their selection into a bounded heap or a range result. Both
+// indexes going through these functions is what makes IVF-Flat at nprobe = nlist report exactly the flat
+// index's distances.
+
+#include <algorithm>
+#include <array>
+#include <cstddef>
+#include <vector>
+
+#include "shoal/core/neighbors.hpp"
+#include "shoal/core/params.hpp"
+#include "shoal/core/topk.hpp"
+#include "shoal/core/types.hpp"
+#include "shoal/distance/distance.hpp"
+
+namespace shoal::detail {
+
+/// Rows per chunk of a scan: distances land in a stack buffer that stays in L1.
+inline constexpr std::size_t scan_chunk = 256;
+
+/// Maps an inner product to `m`'s distance: −ip, or 1 − ip on unit vectors (cosine).
+[[nodiscard]] inline float distance_from_inner_product(metric m, float ip) noexcept {
+  return m == metric::cosine ? 1.0f - ip : -ip;
+}
+
+/// Distances (smaller is closer) from `query` to the `count` rows at `x` (row stride `stride`), through
+/// the one-to-many kernel. Under cosine both sides must already be unit vectors.
+inline void scan_distances(const distance_kernels& k, metric m, const float* query, const float* x, std::size_t count,
+                           std::size_t dim, std::size_t stride, float* out) noexcept {
+  if (m == metric::l2) {
+    k.l2sqr_one_to_many(query, x, count, dim, stride, out);
+    return;
+  }
+  k.inner_product_one_to_many(query, x, count, dim, stride, out);
+  for (std::size_t i = 0; i < count; ++i) out[i] = distance_from_inner_product(m, out[i]);
+}
+
+/// The same distance for one row, through the pairwise kernel (bit-identical to `scan_distances`).
+[[nodiscard]] inline float pair_distance(const distance_kernels& k, metric m, const float* query, const float* x,
+                                         std::size_t dim) noexcept {
+  return m == metric::l2 ? k.l2sqr(query, x, dim) : distance_from_inner_product(m, k.inner_product(query, x, dim));
+}
+
+/// Offers the `count` dense rows at `x` (ids `ids`) to `heap`, skipping ids `filter` rejects.
+inline void scan_into_heap(const distance_kernels& k, metric m, const float* query, const float* x,
+                           const vector_id* ids, std::size_t count, std::size_t dim, const id_filter& filter,
+                           topk_heap& heap) {
+  std::array<float, scan_chunk> dist{};
+  for (std::size_t first = 0; first < count; first += scan_chunk) {
+    const std::size_t n = std::min(scan_chunk, count - first);
+    scan_distances(k, m, query, x + first * dim, n, dim, dim, dist.data());
+    for (std::size_t i = 0; i < n; ++i) {
+      if (dist[i] > heap.worst()) continue;
+      const vector_id id = ids[first + i];
+      if (filter.accepts(id)) heap.push(dist[i], id);
+    }
+  }
+}
+
+/// Appends to `hits` every dense row at `x` closer than `radius` whose id `filter` accepts (unsorted).
+inline void scan_into_range(const distance_kernels& k, metric m, const float* query, const float* x,
+                            const vector_id* ids, std::size_t count, std::size_t dim, float radius,
+                            const id_filter& filter, std::vector<scored_id>& hits) {
+  std::array<float, scan_chunk> dist{};
+  for (std::size_t first = 0; first < count; first += scan_chunk) {
+    const std::size_t n = std::min(scan_chunk, count - first);
+    scan_distances(k, m, query, x + first * dim, n, dim, dim, dist.data());
+    for (std::size_t i = 0; i < n; ++i)
+      if (dist[i] < radius && filter.accepts(ids[first + i])) hits.push_back({dist[i], ids[first + i]});
+  }
+}
+
+/// Concatenates per-query hits, each already sorted by (distance, id), into a range result.
+[[nodiscard]] inline range_result gather_range(const std::vector<std::vector<scored_id>>& hits) {
+  range_result result;
+  result.offsets.reserve(hits.size() + 1);
+  for (const auto& row : hits) {
+    for (const scored_id& h : row) {
+      result.ids.push_back(h.id);
+      result.distances.push_back(h.distance);
+    }
+    result.offsets.push_back(result.ids.size());
+  }
+  return result;
+}
+
+}  // namespace shoal::detail

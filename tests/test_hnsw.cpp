@@ -1,0 +1,338 @@
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <thread>
+#include <unordered_set>
+#include <vector>
+
+#include <tbb/task_arena.h>
+#include <catch2/catch.hpp>
+
+#include "shoal/eval/eval.hpp"
+#include "shoal/index/flat.hpp"
+#include "shoal/index/hnsw.hpp"
+#include "test_support.hpp"
+
+using namespace shoal;
+using shoal::test::brute_force;
+using shoal::test::fails_with;
+
+namespace {
+
+constexpr std::size_t dim = 64;
+constexpr std::size_t k = 10;
+/// The ef at which the recall tests require recall@10 ≥ 0.95. Measured on this data (M = 16,
+/// ef_construction = 200): 0.9925–0.9985 over the three metrics at ef = 32, 0.96–0.97 at ef = 16.
+constexpr std::size_t test_ef = 32;
+
+/// Clustered base (40 overlapping clusters, spread 1.0; ids = row numbers, so ground truth from `shoal::ground_truth`
+/// applies directly) and queries drawn from the same clusters.
+struct fixture {
+  matrix<float> base;
+  matrix<float> queries;
+  std::vector<vector_id> ids;
+
+  fixture(std::size_t n, std::size_t nq, std::uint64_t seed) : base(n, dim), queries(nq, dim), ids(n) {
+    const matrix<float> all = make_clustered(n + nq, dim, 40, seed, 1.0f);
+    std::copy_n(all.row(0), n * dim, base.row(0));
+    std::copy_n(all.row(n), nq * dim, queries.row(0));
+    std::iota(ids.begin(), ids.end(), vector_id{0});
+  }
+
+  [[nodiscard]] hnsw_index build(metric m, const hnsw_params& p = {}) const {
+    hnsw_index index(dim, m, p);
+    index.add(base.view(), ids);
+    return index;
+  }
+};
+
+[[nodiscard]] search_params with_ef(std::size_t ef) {
+  search_params p;
+  p.ef = ef;
+  return p;
+}
+
+/// Recall@k of `got` against brute force over the base rows that `keep` accepts.
+template <class Keep>
+[[nodiscard]] double filtered_recall(const fixture& f, metric m, const neighbors& got, Keep keep) {
+  std::size_t hits = 0;
+  for (std::size_t q = 0; q < got.rows(); ++q) {
+    std::vector<scored_id> want = brute_force(f.base.view(), f.ids, f.queries.row(q), m);
+    std::erase_if(want, [&](const scored_id& s) { return !keep(s.id); });
+    for (std::size_t j = 0; j < k && j < want.size(); ++j)
+      hits += std::count(got.row_ids(q).begin(), got.row_ids(q).end(), want[j].id) > 0 ? 1 : 0;
+  }
+  return static_cast<double>(hits) / static_cast<double>(got.rows() * k);
+}
+
+}  // namespace
+
+TEST_CASE("hnsw recall@10 against brute force, every metric", "[hnsw]") {
+  const fixture f(6000, 200, 21);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    const hnsw_index index = f.build(m);
+    REQUIRE(index.size() == 6000);
+    const neighbors truth = ground_truth(f.base.view(), f.queries.view(), k, m);
+    const neighbors got = index.search(f.queries.view(), k, with_ef(test_ef));
+    const double recall = recall_at_k(got, truth, k);
+    INFO("recall@10 at ef=" << test_ef << ": " << recall);
+    CHECK(recall >= 0.95);
+    CHECK(recall_at_k(index.search(f.queries.view(), k), truth, k) >= 0.95);  // default ef, 64
+    // Rows are sorted by (distance, id) and report the metric's distance.
+    for (std::size_t q = 0; q < got.rows(); ++q) {
+      for (std::size_t j = 1; j < k; ++j) CHECK(got.distance(q, j - 1) <= got.distance(q, j));
+      const float want = distance(m, f.queries.row(q), f.base.row(got.id(q, 0)), dim);
+      CHECK(got.distance(q, 0) == Approx(want).margin(1e-4));
+    }
+  }
+}
+
+TEST_CASE("hnsw build is deterministic for a seed when single-threaded", "[hnsw]") {
+  const fixture f(2000, 50, 5);
+  tbb::task_arena one(1);
+  const auto run = [&](std::uint64_t seed) {
+    hnsw_params p;
+    p.seed = seed;
+    p.ef_construction = 64;
+    return one.execute([&] {
+      const hnsw_index index = f.build(metric::l2, p);
+      return index.search(f.queries.view(), k, with_ef(20));
+    });
+  };
+  const neighbors a = run(7);
+  const neighbors b = run(7);
+  CHECK(a.ids() == b.ids());
+  CHECK(a.distances() == b.distances());
+}
+
+TEST_CASE("hnsw small and empty indexes pad with the sentinel", "[hnsw]") {
+  const fixture f(6, 4, 3);
+  const hnsw_index empty(dim);
+  const neighbors none = empty.search(f.queries.view(), 3);
+  CHECK(std::all_of(none.ids().begin(), none.ids().end(), [](vector_id id) { return id == no_id; }));
+  CHECK(empty.range_search(f.queries.view(), 1e9f).ids.empty());
+  const hnsw_index index = f.build(metric::l2);
+  const neighbors got = index.search(f.queries.view(), 10);
+  for (std::size_t q = 0; q < 4; ++q) {
+    std::vector<vector_id> row(got.row_ids(q).begin(), got.row_ids(q).begin() + 6);
+    std::sort(row.begin(), row.end());
+    CHECK(row == f.ids);  // all six found
+    for (std::size_t j = 6; j < 10; ++j) {
+      CHECK(got.id(q, j) == no_id);
+      CHECK(got.distance(q, j) == no_distance);
+    }
+  }
+}
+
+TEST_CASE("hnsw recall after deleting 30% and re-adding stays within 0.01 of a fresh build", "[hnsw]") {
+  const fixture f(5000, 200, 33);
+  const neighbors truth = ground_truth(f.base.view(), f.queries.view(), k, metric::l2);
+  hnsw_index index = f.build(metric::l2);
+  const double fresh = recall_at_k(index.search(f.queries.view(), k, with_ef(test_ef)), truth, k);
+  const std::size_t bytes_before = index.memory_bytes();
+
+  std::vector<std::size_t> removed;
+  splitmix64 rng(99);
+  for (std::size_t i = 0; i < f.ids.size(); ++i)
+    if (rng.uniform() < 0.3f) removed.push_back(i);
+  for (const std::size_t i : removed) index.remove(f.ids[i]);
+  REQUIRE(index.size() == f.ids.size() - removed.size());
+  const std::unordered_set<vector_id> gone(removed.begin(), removed.end());
+  for (const std::size_t i : removed) CHECK_FALSE(index.contains(f.ids[i]));
+
+  // While they are gone: no removed id comes back, and recall over the survivors holds.
+  const auto alive = [&](vector_id id) { return !gone.contains(id); };
+  const neighbors during = index.search(f.queries.view(), k, with_ef(test_ef));
+  for (const vector_id id : during.ids()) CHECK(alive(id));
+  const double partial = filtered_recall(f, metric::l2, during, alive);
+  INFO("fresh " << fresh << ", after deletes " << partial);
+  CHECK(partial >= 0.95);
+
+  // Re-add them (in parallel): freed slots are reused, so memory stays put, and recall matches.
+  matrix<float> again(removed.size(), dim);
+  std::vector<vector_id> again_ids;
+  for (std::size_t r = 0; r < removed.size(); ++r) {
+    std::copy_n(f.base.row(removed[r]), dim, again.row(r));
+    again_ids.push_back(f.ids[removed[r]]);
+  }
+  index.add(again.view(), again_ids);
+  REQUIRE(index.size() == f.ids.size());
+  const double readded = recall_at_k(index.search(f.queries.view(), k, with_ef(test_ef)), truth, k);
+  INFO("after re-adding " << readded);
+  CHECK(readded >= fresh - 0.01);
+  CHECK(index.memory_bytes() <= bytes_before + bytes_before / 20);
+}
+
+TEST_CASE("hnsw filtered search stays k long and returns only accepted ids", "[hnsw]") {
+  const fixture f(5000, 100, 41);
+  const hnsw_index index = f.build(metric::l2);
+  const auto third = [](vector_id id) { return id % 3 == 0; };
+  search_params p = with_ef(test_ef);
+  p.filter = third;
+  const neighbors got = index.search(f.queries.view(), k, p);
+  for (const vector_id id : got.ids()) {
+    REQUIRE(id != no_id);
+    CHECK(third(id));
+  }
+  const double recall = filtered_recall(f, metric::l2, got, third);
+  INFO("filtered recall " << recall);
+  CHECK(recall >= 0.95);
+
+  // Only three ids pass: the search runs on until it has found them all, then pads.
+  const std::vector<vector_id> few = {7, 1500, 4999};
+  const auto only_few = [&](vector_id id) { return std::find(few.begin(), few.end(), id) != few.end(); };
+  p.filter = only_few;
+  const neighbors sparse = index.search(f.queries.view().slice(0, 5), k, p);
+  for (std::size_t q = 0; q < 5; ++q) {
+    std::vector<vector_id> row(sparse.row_ids(q).begin(), sparse.row_ids(q).begin() + 3);
+    std::sort(row.begin(), row.end());
+    CHECK(row == few);
+    for (std::size_t j = 3; j < k; ++j) CHECK(sparse.id(q, j) == no_id);
+  }
+}
+
+TEST_CASE("hnsw range search finds the vectors within the radius", "[hnsw]") {
+  const fixture f(4000, 40, 51);
+  for (const metric m : {metric::l2, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    const hnsw_index index = f.build(m);
+    flat_index exact(dim, m);
+    exact.add(f.base.view(), f.ids);
+    const float radius = brute_force(f.base.view(), f.ids, f.queries.row(0), m)[30].distance;
+    const range_result want = exact.range_search(f.queries.view(), radius);
+    const range_result got = index.range_search(f.queries.view(), radius, with_ef(test_ef));
+    REQUIRE(got.rows() == want.rows());
+    std::size_t found = 0;
+    for (std::size_t q = 0; q < got.rows(); ++q) {
+      const auto ids = got.row_ids(q);
+      const auto dist = got.row_distances(q);
+      CHECK(std::is_sorted(dist.begin(), dist.end()));
+      CHECK(std::all_of(dist.begin(), dist.end(), [&](float d) { return d < radius; }));
+      CHECK(std::unordered_set<vector_id>(ids.begin(), ids.end()).size() == ids.size());
+      for (const vector_id id : want.row_ids(q)) found += std::count(ids.begin(), ids.end(), id) > 0 ? 1 : 0;
+    }
+    const double recall = static_cast<double>(found) / static_cast<double>(want.ids.size());
+    INFO("range recall " << recall << " over " << want.ids.size() << " true hits");
+    CHECK(recall >= 0.95);
+  }
+}
+
+TEST_CASE("hnsw upsert replaces a vector under the same id", "[hnsw]") {
+  const fixture f(1500, 10, 61);
+  hnsw_index index = f.build(metric::cosine);
+  const vector_id target = 123;
+  index.upsert({f.queries.row(0), 1, dim}, target);  // replace
+  index.upsert({f.queries.row(1), 1, dim}, 5000);    // insert
+  CHECK(index.size() == 1501);
+  const neighbors got = index.search(f.queries.view().slice(0, 2), 1);
+  CHECK(got.id(0, 0) == target);
+  CHECK(got.distance(0, 0) == Approx(0.0f).margin(1e-5));
+  CHECK(got.id(1, 0) == 5000);
+  // The old vector of 123 is no longer found at distance 0.
+  const neighbors old = index.search({f.base.row(123), 1, dim}, 1);
+  CHECK(old.id(0, 0) != target);
+  const std::vector<float> stored = index.vector(target);
+  const float norm = std::sqrt(std::inner_product(f.queries.row(0), f.queries.row(0) + dim, f.queries.row(0), 0.0f));
+  CHECK(stored[3] == Approx(f.queries.row(0)[3] / norm));
+}
+
+TEST_CASE("hnsw concurrent add, remove, upsert and search", "[hnsw]") {
+  // Small enough for ThreadSanitizer (which runs this suite in the tsan build).
+  constexpr std::size_t d = 16;
+  constexpr std::size_t n = 1200;
+  const matrix<float> data = make_clustered(2 * n, d, 10, 71);
+  std::vector<vector_id> first(n);
+  std::iota(first.begin(), first.end(), vector_id{0});
+  hnsw_params p;
+  p.M = 8;
+  p.ef_construction = 40;
+  hnsw_index index(d, metric::l2, p);
+  index.add(data.view().slice(0, n), first);
+
+  std::atomic<bool> bad_result{false};
+  std::vector<std::thread> threads;
+  // Two adders of fresh ids [n, 2n), in batches.
+  for (std::size_t t = 0; t < 2; ++t)
+    threads.emplace_back([&, t] {
+      for (std::size_t b = n + t * (n / 2); b < n + (t + 1) * (n / 2); b += 50) {
+        std::vector<vector_id> ids(50);
+        std::iota(ids.begin(), ids.end(), vector_id{b});
+        index.add(data.view().slice(b, 50), ids);
+      }
+    });
+  // A remover of the first half of the initial ids, and an upserter of the second quarter.
+  threads.emplace_back([&] {
+    for (vector_id id = 0; id < n / 2; id += 2) index.remove(id);
+  });
+  threads.emplace_back([&] {
+    for (vector_id id = n / 2; id < 3 * n / 4; id += 3) index.upsert(data.view().slice(2 * n - 1 - id, 1), id);
+  });
+  // Two searchers checking that every result is a valid id.
+  for (std::size_t t = 0; t < 2; ++t)
+    threads.emplace_back([&, t] {
+      for (std::size_t r = 0; r < 60; ++r) {
+        search_params sp = with_ef(32);
+        const auto even = [](vector_id id) { return id % 2 == 0; };
+        if (r % 2 == 1) sp.filter = even;
+        const neighbors got = index.search(data.view().slice((r * 37 + t) % (2 * n), 4), 5, sp);
+        for (const vector_id id : got.ids())
+          if (id != no_id && (id >= 2 * n || (r % 2 == 1 && id % 2 != 0))) bad_result = true;
+        if (r % 10 == 0) (void)index.range_search(data.view().slice(r, 1), 5.0f);
+      }
+    });
+  for (std::thread& t : threads) t.join();
+  CHECK_FALSE(bad_result);
+
+  // The final state: 2n ids minus the removed ones, each searchable, none of the removed ones.
+  const std::size_t removed = n / 4;
+  REQUIRE(index.size() == 2 * n - removed);
+  for (vector_id id = 0; id < n / 2; id += 2) CHECK_FALSE(index.contains(id));
+  std::size_t self_found = 0;
+  std::size_t probes = 0;
+  for (vector_id id = 1; id < 2 * n; id += 7) {
+    if (id < n / 2 && id % 2 == 0) continue;
+    const std::vector<float> v = index.vector(id);
+    const neighbors got = index.search({v.data(), 1, d}, 1);
+    self_found += got.id(0, 0) == id || got.distance(0, 0) == 0.0f ? 1 : 0;
+    ++probes;
+  }
+  CHECK(static_cast<double>(self_found) >= 0.98 * static_cast<double>(probes));
+}
+
+TEST_CASE("hnsw rejects bad input with clear errors and changes nothing", "[hnsw]") {
+  const fixture f(50, 4, 19);
+  hnsw_index index = f.build(metric::cosine);
+  REQUIRE_THROWS_MATCHES(hnsw_index(0), shoal::error, fails_with(errc::invalid_argument, "dimension"));
+  hnsw_params p;
+  p.M = 1;
+  REQUIRE_THROWS_MATCHES(hnsw_index(dim, metric::l2, p), shoal::error, fails_with(errc::invalid_argument, "M must"));
+  p.M = 1000;
+  REQUIRE_THROWS_MATCHES(hnsw_index(dim, metric::l2, p), shoal::error, fails_with(errc::invalid_argument, "M must"));
+  p.M = 16;
+  p.ef_construction = 0;
+  REQUIRE_THROWS_MATCHES(hnsw_index(dim, metric::l2, p), shoal::error,
+                         fails_with(errc::invalid_argument, "ef_construction"));
+  const matrix<float> wrong_dim = make_uniform(2, dim + 1, 1);
+  REQUIRE_THROWS_MATCHES(index.add(wrong_dim.view(), std::vector<vector_id>{1001, 1002}), shoal::error,
+                         fails_with(errc::dimension_mismatch, "has dimension 65, expected 64"));
+  REQUIRE_THROWS_MATCHES(index.search(wrong_dim.view(), 3), shoal::error,
+                         fails_with(errc::dimension_mismatch, "query has dimension 65"));
+  matrix<float> bad = make_uniform(3, dim, 2);
+  bad.row(2)[5] = std::numeric_limits<float>::quiet_NaN();
+  REQUIRE_THROWS_MATCHES(index.add(bad.view(), std::vector<vector_id>{1001, 1002, 1003}), shoal::error,
+                         fails_with(errc::non_finite, "row 2 has a non-finite value"));
+  REQUIRE_THROWS_MATCHES(index.upsert(bad.view().slice(2, 1), 1), shoal::error, fails_with(errc::non_finite));
+  REQUIRE_THROWS_MATCHES(index.search(bad.view(), 3), shoal::error, fails_with(errc::non_finite, "component 5"));
+  shoal::test::check_common_input_errors(index, f.queries.view(), 3);  // k = 0, duplicates, zero, ...
+  const matrix<float> good = make_uniform(2, dim, 3);
+  REQUIRE_THROWS_MATCHES(index.upsert(good.view(), 99), shoal::error, fails_with(errc::invalid_argument, "one vector"));
+  REQUIRE_THROWS_MATCHES(index.remove(12345), shoal::error, fails_with(errc::not_found, "12345 is not stored"));
+  REQUIRE_THROWS_MATCHES(index.vector(12345), shoal::error, fails_with(errc::not_found, "12345"));
+  CHECK(index.size() == 50);  // every failed call left the index as it was
+  CHECK(index.memory_bytes() >= 50 * dim * sizeof(float));
+  index.add(good.view(), std::vector<vector_id>{99, 100});  // the ids the failed adds named are free
+  CHECK(index.size() == 52);
+}

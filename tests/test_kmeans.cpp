@@ -1,0 +1,216 @@
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <vector>
+
+#include <tbb/task_arena.h>
+#include <catch2/catch.hpp>
+
+#include "shoal/cluster/kmeans.hpp"
+#include "shoal/eval/eval.hpp"
+#include "test_support.hpp"
+
+using namespace shoal;
+using shoal::test::fails_with;
+
+namespace {
+
+/// make_clustered's points with the centre each was drawn around: the same draws in the same order
+/// (checked against make_clustered itself, so a change of the generator fails loudly here).
+struct planted {
+  matrix<float> points;
+  std::vector<std::size_t> label;
+
+  planted(std::size_t n, std::size_t dim, std::size_t clusters, std::uint64_t seed, float spread = 0.35f)
+      : points(make_clustered(n, dim, clusters, seed, spread)), label(n) {
+    splitmix64 rng(seed);
+    std::vector<float> centres(clusters * dim);
+    for (float& c : centres) c = rng.normal();
+    bool same = true;
+    for (std::size_t i = 0; i < n; ++i) {
+      label[i] = rng.below(clusters);
+      for (std::size_t j = 0; j < dim; ++j)
+        same &= points.row(i)[j] == centres[label[i] * dim + j] + spread * rng.normal();
+    }
+    REQUIRE(same);  // the replay reproduced make_clustered
+  }
+};
+
+/// Fraction of points whose k-means cluster's majority planted label is their own.
+double purity(const planted& data, const centroid_assignment& a, std::size_t k) {
+  std::vector<std::map<std::size_t, std::size_t>> votes(k);
+  for (std::size_t i = 0; i < data.label.size(); ++i) ++votes[a.labels[i]][data.label[i]];
+  std::size_t agree = 0;
+  for (const auto& v : votes) {
+    std::size_t best = 0;
+    for (const auto& [label, count] : v) best = std::max(best, count);
+    agree += best;
+  }
+  return static_cast<double>(agree) / static_cast<double>(data.label.size());
+}
+
+bool non_increasing(const std::vector<double>& objective) {
+  for (std::size_t i = 1; i < objective.size(); ++i)
+    if (objective[i] > objective[i - 1] * (1.0 + 1e-6)) return false;
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("k-means recovers planted clusters with a non-increasing objective", "[kmeans]") {
+  constexpr std::size_t n = 3000, dim = 16, clusters = 10;
+  const planted data(n, dim, clusters, 42, 0.15f);
+  // The objective of the planted partition (each point to the mean of its own cluster).
+  double planted_objective = 0.0;
+  {
+    std::vector<double> sum(clusters * dim, 0.0);
+    std::vector<double> count(clusters, 0.0);
+    for (std::size_t i = 0; i < n; ++i) {
+      count[data.label[i]] += 1.0;
+      for (std::size_t j = 0; j < dim; ++j) sum[data.label[i] * dim + j] += data.points.row(i)[j];
+    }
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = 0; j < dim; ++j) {
+        const double d = data.points.row(i)[j] - sum[data.label[i] * dim + j] / count[data.label[i]];
+        planted_objective += d * d;
+      }
+  }
+  for (const kmeans_init init : {kmeans_init::kmeans_plus_plus, kmeans_init::random}) {
+    CAPTURE(init == kmeans_init::random);
+    kmeans_params params;
+    params.k = clusters;
+    params.iterations = 20;
+    params.init = init;
+    params.seed = 2;
+    params.max_points_per_centroid = 0;  // all 3000 points
+    const kmeans_result r = kmeans(data.points.view(), params);
+    REQUIRE(r.centroids.rows == clusters);
+    REQUIRE(r.centroids.dim == dim);
+    REQUIRE(r.objective.size() == 20);
+    CHECK(r.training_points == n);
+    CHECK(r.empty_cluster_repairs == 0);
+    CHECK(non_increasing(r.objective));
+    CHECK(r.objective.back() < r.objective.front());
+    const centroid_assignment a = assign(data.points.view(), r.centroids.view());
+    const double p = purity(data, a, clusters);
+    CAPTURE(p, r.objective.back(), planted_objective);
+    if (init == kmeans_init::kmeans_plus_plus) {
+      // Well-separated clusters and k-means++ seeding: the planted partition, found exactly.
+      CHECK(p == 1.0);
+      CHECK(r.objective.back() == Approx(planted_objective).epsilon(1e-4));
+    } else {
+      // Random seeding can leave two centroids in one cluster (a local optimum Lloyd cannot leave).
+      CHECK(p >= 0.7);
+    }
+  }
+}
+
+TEST_CASE("k-means is deterministic for a seed, whatever the thread count", "[kmeans]") {
+  const matrix<float> points = make_clustered(2000, 24, 20, 5);
+  kmeans_params params;
+  params.k = 30;
+  params.iterations = 8;
+  params.seed = 11;
+  params.max_points_per_centroid = 50;  // subsampling takes part too
+  const kmeans_result a = kmeans(points.view(), params);
+  CHECK(a.training_points == 1500);
+  kmeans_result b;
+  tbb::task_arena(1).execute([&] { b = kmeans(points.view(), params); });
+  CHECK(a.centroids.values == b.centroids.values);
+  CHECK(a.objective == b.objective);
+  params.seed = 12;
+  const kmeans_result c = kmeans(points.view(), params);
+  CHECK(a.centroids.values != c.centroids.values);
+}
+
+TEST_CASE("k-means repairs empty clusters by splitting the largest", "[kmeans]") {
+  // Eight well-separated locations, each repeated 32 times: random initialisation all but surely picks
+  // two copies of one location, whose twin centroids leave a cluster empty until it is repaired.
+  constexpr std::size_t locations = 8, copies = 32, dim = 5;
+  matrix<float> points(locations * copies, dim);
+  for (std::size_t i = 0; i < points.rows; ++i)
+    for (std::size_t j = 0; j < dim; ++j)
+      points.row(i)[j] = j == (i % locations) % dim ? 10.0f * static_cast<float>(1 + i % locations) : 0.0f;
+  kmeans_params params;
+  params.k = locations;
+  params.iterations = 15;
+  params.init = kmeans_init::random;
+  params.seed = 7;
+  const kmeans_result r = kmeans(points.view(), params);
+  CHECK(r.empty_cluster_repairs > 0);
+  // Repaired: every location has a centroid of its own, which sits on it.
+  const centroid_assignment a = assign(points.view(), r.centroids.view());
+  std::vector<std::size_t> sizes(locations);
+  for (const std::uint32_t l : a.labels) ++sizes[l];
+  CHECK(std::all_of(sizes.begin(), sizes.end(), [](std::size_t s) { return s == copies; }));
+  CHECK(r.objective.back() <= 1e-3);
+  CHECK(r.objective.front() > 100.0);
+}
+
+TEST_CASE("spherical k-means keeps unit centroids", "[kmeans]") {
+  const matrix<float> points = make_clustered(1500, 20, 10, 9);
+  kmeans_params params;
+  params.k = 10;
+  params.iterations = 10;
+  params.spherical = true;
+  const kmeans_result r = kmeans(points.view(), params);
+  for (std::size_t c = 0; c < r.centroids.rows; ++c) {
+    double norm = 0.0;
+    for (std::size_t j = 0; j < r.centroids.dim; ++j) norm += double{r.centroids.row(c)[j]} * r.centroids.row(c)[j];
+    CHECK(std::sqrt(norm) == Approx(1.0).epsilon(1e-5));
+  }
+  if (r.empty_cluster_repairs == 0) CHECK(non_increasing(r.objective));
+}
+
+TEST_CASE("assign returns the nearest centroids in order", "[kmeans]") {
+  const matrix<float> points = make_uniform(300, 13, 1);
+  const matrix<float> centroids = make_uniform(40, 13, 2);
+  for (const metric m : {metric::l2, metric::inner_product}) {
+    CAPTURE(metric_name(m));
+    const centroid_assignment a = assign(points.view(), centroids.view(), m, 5);
+    REQUIRE(a.count == 5);
+    REQUIRE(a.labels.size() == 300 * 5);
+    for (std::size_t i = 0; i < points.rows; ++i) {
+      std::vector<scored_id> all;
+      for (std::size_t c = 0; c < centroids.rows; ++c)
+        all.push_back({distance(m, points.row(i), centroids.row(c), 13), c});
+      std::sort(all.begin(), all.end());
+      for (std::size_t j = 0; j < 5; ++j) {
+        CAPTURE(i, j);
+        // The GEMM form rounds differently from the pairwise kernel: compare distances, not ranks.
+        CHECK(a.distances[i * 5 + j] == Approx(all[j].distance).margin(1e-4));
+        if (j > 0) CHECK(a.distances[i * 5 + j - 1] <= a.distances[i * 5 + j]);
+      }
+    }
+    // A batch of three takes the one-to-many path: same centroids, distances within rounding.
+    const centroid_assignment few = assign(points.view().slice(0, 3), centroids.view(), m, 5);
+    for (std::size_t i = 0; i < 3 * 5; ++i) {
+      CHECK(few.labels[i] == a.labels[i]);
+      CHECK(few.distances[i] == Approx(a.distances[i]).margin(1e-4));
+    }
+  }
+}
+
+TEST_CASE("k-means and assign reject bad input", "[kmeans]") {
+  const matrix<float> points = make_uniform(20, 4, 3);
+  kmeans_params params;
+  REQUIRE_THROWS_MATCHES(kmeans(points.view(), params), shoal::error, fails_with(errc::invalid_argument, "k must"));
+  params.k = 21;
+  REQUIRE_THROWS_MATCHES(kmeans(points.view(), params), shoal::error,
+                         fails_with(errc::invalid_argument, "exceeds the 20 training points"));
+  params.k = 3;
+  params.iterations = 0;
+  REQUIRE_THROWS_MATCHES(kmeans(points.view(), params), shoal::error, fails_with(errc::invalid_argument, "iterations"));
+  params.iterations = 5;
+  matrix<float> bad = points;
+  bad.row(7)[2] = std::numeric_limits<float>::quiet_NaN();
+  REQUIRE_THROWS_MATCHES(kmeans(bad.view(), params), shoal::error, fails_with(errc::non_finite, "row 7"));
+  const matrix<float> centroids = make_uniform(3, 5, 4);
+  REQUIRE_THROWS_MATCHES(assign(points.view(), centroids.view()), shoal::error,
+                         fails_with(errc::dimension_mismatch, "has dimension 4, expected 5"));
+  const matrix<float> good = make_uniform(3, 4, 4);
+  REQUIRE_THROWS_MATCHES(assign(points.view(), good.view(), metric::l2, 4), shoal::error,
+                         fails_with(errc::invalid_argument, "count 4"));
+  REQUIRE_THROWS_MATCHES(assign(bad.view(), good.view()), shoal::error, fails_with(errc::non_finite, "row 7"));
+}
