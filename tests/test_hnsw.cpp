@@ -90,6 +90,50 @@ TEST_CASE("hnsw recall@10 against brute force, every metric", "[hnsw]") {
   }
 }
 
+TEST_CASE("hnsw SQ8 traversal keeps recall and returns exact distances", "[hnsw]") {
+  const fixture f(6000, 200, 23);
+  hnsw_params p;
+  p.codes = hnsw_codes::sq8;
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    const hnsw_index full = f.build(m);
+    const hnsw_index coded = f.build(m, p);
+    CHECK(coded.memory_bytes() > full.memory_bytes());  // codes come on top of the full vectors
+    const neighbors truth = ground_truth(f.base.view(), f.queries.view(), k, m);
+    const double full_recall = recall_at_k(full.search(f.queries.view(), k, with_ef(test_ef)), truth, k);
+    const neighbors got = coded.search(f.queries.view(), k, with_ef(test_ef));
+    const double recall = recall_at_k(got, truth, k);
+    INFO("recall@10 at ef=" << test_ef << ": SQ8 " << recall << ", full " << full_recall);
+    CHECK(recall >= 0.95);
+    CHECK(recall >= full_recall - 0.02);
+    // Re-ranked: the distances are the exact ones, sorted.
+    for (std::size_t q = 0; q < got.rows(); ++q) {
+      for (std::size_t j = 1; j < k; ++j) CHECK(got.distance(q, j - 1) <= got.distance(q, j));
+      for (std::size_t j = 0; j < k; ++j)
+        CHECK(got.distance(q, j) == Approx(distance(m, f.queries.row(q), f.base.row(got.id(q, j)), dim)).margin(1e-4));
+    }
+  }
+}
+
+TEST_CASE("hnsw SQ8 ranges come from train or the first add, and clamp later outliers", "[hnsw]") {
+  const fixture f(3000, 100, 29);
+  hnsw_params p;
+  p.codes = hnsw_codes::sq8;
+  hnsw_index index(dim, metric::l2, p);
+  index.train(f.base.view().slice(0, 500));
+  index.add(f.base.view(), f.ids);
+  REQUIRE_THROWS_MATCHES(index.train(f.base.view()), shoal::error, fails_with(errc::invalid_argument, "already holds"));
+  // A vector far outside the trained ranges is still stored exactly and found by its own query.
+  matrix<float> far(1, dim);
+  for (std::size_t j = 0; j < dim; ++j) far.row(0)[j] = 1000.0f;
+  index.add(far.view(), std::vector<vector_id>{999999});
+  const neighbors got = index.search(far.view(), 1, with_ef(32));
+  CHECK(got.id(0, 0) == 999999);
+  CHECK(got.distance(0, 0) == 0.0f);
+  const neighbors truth = ground_truth(f.base.view(), f.queries.view(), k, metric::l2);
+  CHECK(recall_at_k(index.search(f.queries.view(), k, with_ef(test_ef)), truth, k) >= 0.95);
+}
+
 TEST_CASE("hnsw build is deterministic for a seed when single-threaded", "[hnsw]") {
   const fixture f(2000, 50, 5);
   tbb::task_arena one(1);

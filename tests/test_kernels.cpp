@@ -96,7 +96,7 @@ TEST_CASE("float pair kernels match the double reference at every level", "[kern
   }
 }
 
-TEST_CASE("one-to-many kernels equal the pair kernels bit for bit", "[kernel]") {
+TEST_CASE("one-to-many and gather kernels equal the pair kernels bit for bit", "[kernel]") {
   constexpr std::size_t n = 11;
   for (const simd_level level : available_simd_levels()) {
     const distance_kernels& k = kernels(level);
@@ -111,6 +111,16 @@ TEST_CASE("one-to-many kernels equal the pair kernels bit for bit", "[kernel]") 
       k.inner_product_one_to_many(query, x.values.data(), n, d, stride, ip.data());
       k.cosine_distance_one_to_many(query, x.values.data(), n, d, stride, cs.data());
       k.squared_norms(x.values.data(), n, d, stride, norms.data());
+      // The gather forms, over the rows in a scrambled order.
+      std::vector<const float*> rows(n);
+      for (std::size_t i = 0; i < n; ++i) rows[i] = x.values.data() + (i * 7 % n) * stride;
+      std::vector<float> l2g(n), ipg(n);
+      k.l2sqr_gather(query, rows.data(), n, d, l2g.data());
+      k.inner_product_gather(query, rows.data(), n, d, ipg.data());
+      for (std::size_t i = 0; i < n; ++i) {
+        CHECK(l2g[i] == k.l2sqr(query, rows[i], d));
+        CHECK(ipg[i] == k.inner_product(query, rows[i], d));
+      }
       for (std::size_t i = 0; i < n; ++i) {
         const float* row = x.values.data() + i * stride;
         CHECK(l2[i] == k.l2sqr(query, row, d));
@@ -149,6 +159,40 @@ TEST_CASE("GEMM kernel matches the double reference with strides and odd shapes"
           CHECK(std::abs(c[i * ldc + j] - r.ip) <= bound(s.d, r.abs_ip));
         }
         for (std::size_t j = s.nb; j < ldc; ++j) CHECK(c[i * ldc + j] == -7.0f);  // padding untouched
+      }
+    }
+  }
+}
+
+TEST_CASE("float x uint8 code kernels match the double reference, gather form bit for bit", "[kernel]") {
+  for (const simd_level level : available_simd_levels()) {
+    const distance_kernels& k = kernels(level);
+    for (const std::size_t d : dims) {
+      for (const std::size_t offset : {0, 1, 3}) {
+        CAPTURE(simd_level_name(level), d, offset);
+        const pair_data v(d, offset, d * 17 + offset);
+        const float* a = v.a.data() + offset;
+        constexpr std::size_t n = 5;
+        std::vector<std::vector<std::uint8_t>> codes(n, std::vector<std::uint8_t>(d + offset));
+        std::vector<const std::uint8_t*> rows(n);
+        std::vector<float> gathered(n);
+        splitmix64 rng(d + 7 * offset);
+        for (std::size_t r = 0; r < n; ++r) {
+          for (std::uint8_t& c : codes[r]) c = static_cast<std::uint8_t>(rng.below(256));
+          codes[r][offset] = 255;  // the widening must treat codes as unsigned
+          rows[r] = codes[r].data() + offset;
+        }
+        k.dot_u8_gather(a, rows.data(), n, d, gathered.data());
+        for (std::size_t r = 0; r < n; ++r) {
+          double ref = 0, abs_ref = 0;
+          for (std::size_t i = 0; i < d; ++i) {
+            ref += double{a[i]} * rows[r][i];
+            abs_ref += std::abs(double{a[i]} * rows[r][i]);
+          }
+          const float got = k.dot_u8(a, rows[r], d);
+          CHECK(std::abs(got - ref) <= bound(d, abs_ref));
+          CHECK(gathered[r] == got);
+        }
       }
     }
   }

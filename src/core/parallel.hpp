@@ -16,12 +16,17 @@
 
 namespace shoal::detail {
 
-/// Calls `body(i)` for i in [0, n), in parallel on the caller's oneTBB arena.
+/// Calls `body(i)` for i in [0, n), in parallel on the caller's oneTBB arena. A single item runs
+/// directly on the calling thread: one-query searches skip the task machinery altogether.
 template <class Body>
 void parallel_for(std::size_t n, const Body& body) {
 #ifdef SHOAL_TSAN
   for (std::size_t i = 0; i < n; ++i) body(i);
 #else
+  if (n == 1) {
+    body(std::size_t{0});
+    return;
+  }
   tbb::parallel_for(std::size_t{0}, n, body);
 #endif
 }

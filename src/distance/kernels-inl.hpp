@@ -13,9 +13,14 @@
 // bit-identical results; different levels sum in different orders (tests compare them with a
 // double-precision reference and a tolerance). Integer kernels are exact everywhere.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include "shoal/distance/distance.hpp"
 
@@ -117,6 +122,70 @@ void one_to_many(const float* q, const float* x, std::size_t n, std::size_t dim,
   for (std::size_t i = 0; i < n; ++i) out[i] = Pair(q, x + i * stride, dim);
 }
 
+/// Prefetches every line of `bytes` bytes at `p` (into L1).
+inline void prefetch_row(const void* p, std::size_t bytes) noexcept {
+  const char* row = static_cast<const char*>(p);
+  for (std::size_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b);
+}
+
+/// How many rows ahead of the one being scored the gather kernels prefetch. Two keeps a 784-float row
+/// (49 lines) in flight while another is scored without overflowing the L1 miss buffers; measured on
+/// fashion-mnist HNSW traversal, 0 → 2 saves about 8% of the query time, more gains nothing.
+constexpr std::size_t gather_ahead = 2;
+
+/// out[i] = score(q, rows[i]) over rows scattered in memory, each prefetched whole `gather_ahead` rows
+/// before it is scored.
+template <class Row, class Score>
+void gather_rows(const Row* const* rows, std::size_t n, std::size_t row_bytes, float* out,
+                 const Score& score) noexcept {
+  for (std::size_t i = 0; i < std::min(gather_ahead, n); ++i) prefetch_row(rows[i], row_bytes);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (i + gather_ahead < n) prefetch_row(rows[i + gather_ahead], row_bytes);
+    out[i] = score(rows[i]);
+  }
+}
+
+template <float (*Pair)(const float*, const float*, std::size_t) noexcept>
+void gather(const float* q, const float* const* xs, std::size_t n, std::size_t dim, float* out) noexcept {
+  gather_rows(xs, n, dim * sizeof(float), out, [&](const float* x) { return Pair(q, x, dim); });
+}
+
+/// Σ a_j · c_j over uint8 codes, widened to float (8 or 16 lanes at a time).
+float dot_u8(const float* a, const std::uint8_t* c, std::size_t dim) noexcept {
+  std::size_t i = 0;
+  float tail = 0.0f;
+#if defined(__AVX512F__)
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps();
+  for (; i + 32 <= dim; i += 32) {
+    const __m512 c0 =
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i))));
+    const __m512 c1 =
+        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i + 16))));
+    acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), c0, acc0);
+    acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(a + i + 16), c1, acc1);
+  }
+  tail = _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1));
+#elif defined(__AVX2__)
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (; i + 16 <= dim; i += 16) {
+    const __m256 c0 =
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + i))));
+    const __m256 c1 =
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + i + 8))));
+    acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), c0, acc0);
+    acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), c1, acc1);
+  }
+  tail = xsimd::hadd(xsimd::batch<float, xsimd::avx2>(_mm256_add_ps(acc0, acc1)));
+#endif
+  for (; i < dim; ++i) tail += a[i] * static_cast<float>(c[i]);
+  return tail;
+}
+
+void dot_u8_gather(const float* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
+                   float* out) noexcept {
+  gather_rows(codes, n, dim, out, [&](const std::uint8_t* c) { return dot_u8(a, c, dim); });
+}
+
 void squared_norms(const float* x, std::size_t n, std::size_t dim, std::size_t stride, float* out) noexcept {
   for (std::size_t i = 0; i < n; ++i) out[i] = dot_like<ip_term>(x + i * stride, x + i * stride, dim);
 }
@@ -170,6 +239,10 @@ const distance_kernels& table() noexcept {
       .l2sqr_one_to_many = one_to_many<l2sqr>,
       .inner_product_one_to_many = one_to_many<inner_product>,
       .cosine_distance_one_to_many = one_to_many<cosine_distance>,
+      .l2sqr_gather = gather<l2sqr>,
+      .inner_product_gather = gather<inner_product>,
+      .dot_u8 = dot_u8,
+      .dot_u8_gather = dot_u8_gather,
       .squared_norms = squared_norms,
       .inner_product_many = inner_product_many,
       .l2sqr_u8 = l2sqr_int<std::uint8_t>,

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <mutex>
 #include <optional>
@@ -45,21 +46,40 @@ class spinlock {
   std::atomic<bool> flag_{false};
 };
 
-/// Per-node state. `level`, `id` and `upper` are written before `live` is stored (release) and read only
-/// after it is loaded (acquire), or under the exclusive structure lock.
-struct node_meta {
-  spinlock lock;                  // guards the node's link lists on every layer
-  std::atomic<bool> live{false};  // false: free slot, or written but not yet published
-  std::uint8_t level = 0;
-  vector_id id = no_id;
-  std::unique_ptr<slot_t[]> upper;  // layers 1..level, each a count then M slots
+/// 1024 nodes, as parallel arrays so that traversal touches only what it reads: the state byte of every
+/// neighbour (an array that stays in cache), the vectors it scores and the link lists it expands.
+/// `state` is 0 for a free slot (or one written but not yet published) and level + 1 for a live node;
+/// `ids` and `upper` are written before `state` is stored (release) and read only after it is loaded
+/// (acquire), or under the exclusive structure lock.
+struct chunk {
+  std::unique_ptr<std::atomic<std::uint8_t>[]> state;
+  std::unique_ptr<spinlock[]> locks;  // serialise writers of a node's link lists (readers take none)
+  std::unique_ptr<vector_id[]> ids;
+  std::unique_ptr<std::unique_ptr<slot_t[]>[]> upper;  // layers 1..level, each a count then M slots
+  aligned_vector<float> vectors;                       // rows padded to 64 bytes
+  std::vector<slot_t> links0;                          // per node: count, then 2M slots
+  aligned_vector<std::uint8_t> codes;                  // SQ8 traversal only: per node a float term, then dim codes
 };
 
-struct chunk {
-  std::unique_ptr<node_meta[]> meta;
-  aligned_vector<float> vectors;  // rows padded to 64 bytes
-  std::vector<slot_t> links0;     // per node: count, then 2M slots
+/// One query as traversal scores it: full-precision distances from `q`, or — when `coeffs` is set —
+/// SQ8 estimates `offset + term(x) + Σ coeffs_j · code_j(x)` (see `hnsw_index::impl::prepare_codes`).
+struct query_ctx {
+  const float* q;
+  const float* coeffs = nullptr;
+  float offset = 0.0f;
 };
+
+/// Link lists are read without locks: every entry is stored and loaded atomically (relaxed; plain moves
+/// on x86), and the count is stored last with release. A reader racing a rewrite may see a mix of old and
+/// new entries, each of them a slot that was linked at some point, and checks every slot's state before
+/// using it — so a racing read costs at most a slightly different path, never a wrong result.
+[[nodiscard]] inline slot_t load_link(const slot_t& entry,
+                                      std::memory_order order = std::memory_order_relaxed) noexcept {
+  return std::atomic_ref<slot_t>(const_cast<slot_t&>(entry)).load(order);
+}
+inline void store_link(slot_t& entry, slot_t value, std::memory_order order = std::memory_order_relaxed) noexcept {
+  std::atomic_ref<slot_t>(entry).store(value, order);
+}
 
 /// A candidate node, ordered by (distance, slot).
 struct cand {
@@ -71,20 +91,19 @@ struct cand {
   friend bool operator>(const cand& a, const cand& b) noexcept { return b < a; }
 };
 
-/// One search's private scratch: a visited set cleared in O(1) by bumping an epoch, and a buffer that
-/// a link list is copied into so that the node lock is not held while distances are computed.
+/// One search's private scratch: a visited set cleared in O(1) by bumping an epoch, a buffer that a
+/// link list is copied into, and the neighbours about to be scored in one gather-kernel call.
 struct scratch {
   std::vector<std::uint32_t> tags;
   std::uint32_t epoch = 0;
   std::vector<slot_t> links;
-  struct pending_node {
-    slot_t slot;
-    const node_meta* meta;
-    const float* vector;
-  };
-  std::vector<pending_node> pending;  // unvisited neighbours, their metadata and vectors prefetched
-  std::vector<cand> frontier;         // min-heap
-  std::vector<cand> best;             // max-heap
+  std::vector<slot_t> pending;                     // usable neighbours to score
+  std::vector<const float*> pending_rows;          // their vectors
+  std::vector<const std::uint8_t*> pending_codes;  // or their SQ8 codes
+  std::vector<float> pending_distances;
+  std::vector<float> coeffs;   // SQ8 query coefficients
+  std::vector<cand> frontier;  // min-heap
+  std::vector<cand> best;      // max-heap
 
   void reset(std::size_t slots, std::size_t max_links) {
     if (++epoch == 0) {
@@ -94,6 +113,9 @@ struct scratch {
     if (tags.size() < slots) tags.resize(slots, 0u);
     links.resize(max_links);
     pending.resize(max_links);
+    pending_rows.resize(max_links);
+    pending_codes.resize(max_links);
+    pending_distances.resize(max_links);
   }
   /// Marks `s` visited; true if it already was.
   bool visit(slot_t s) {
@@ -115,9 +137,10 @@ struct hnsw_index::impl {
   shoal::metric metric;
   hnsw_params build;
   const distance_kernels* kern;
-  std::size_t stride;      // floats per stored row
-  std::size_t max_links0;  // 2M
-  std::size_t max_links;   // M
+  std::size_t stride;       // floats per stored row
+  std::size_t code_stride;  // bytes per SQ8 row (0 without SQ8 traversal): float term, codes, padding
+  std::size_t max_links0;   // 2M
+  std::size_t max_links;    // M
   double level_mult;
 
   // Chunk directory: `directory` points at the current table of chunk pointers. Growing it publishes a
@@ -136,6 +159,10 @@ struct hnsw_index::impl {
   std::mutex entry_mutex;               // serialises entry-point changes during adds
   mutable std::mutex slots_mutex;       // free list and chunk allocation
   std::vector<slot_t> free_slots;
+  // SQ8 traversal: per-dimension ranges, set once (train, or the first add) and read-only after.
+  std::vector<float> sq_min, sq_step;
+  std::atomic<bool> sq_ready{false};
+  std::mutex sq_mutex;
   mutable std::mutex ids_mutex;
   std::unordered_map<vector_id, slot_t> slot_of;
   mutable std::mutex pool_mutex;
@@ -147,6 +174,7 @@ struct hnsw_index::impl {
         build(p),
         kern(&active_kernels()),
         stride((d + 15) / 16 * 16),
+        code_stride(p.codes == hnsw_codes::sq8 ? (d + sizeof(float) + 63) / 64 * 64 : 0),
         max_links0(2 * p.M),
         max_links(p.M),
         level_mult(1.0 / std::log(static_cast<double>(p.M))) {}
@@ -158,30 +186,46 @@ struct hnsw_index::impl {
   [[nodiscard]] chunk& chunk_of(std::size_t c) const noexcept {
     return *directory.load(std::memory_order_acquire)[c].load(std::memory_order_acquire);
   }
-  [[nodiscard]] node_meta& meta(slot_t s) const noexcept {
+  [[nodiscard]] std::atomic<std::uint8_t>& state(slot_t s) const noexcept {
     const auto [c, off] = locate(s);
-    return chunk_of(c).meta[off];
+    return chunk_of(c).state[off];
+  }
+  [[nodiscard]] spinlock& lock_of(slot_t s) const noexcept {
+    const auto [c, off] = locate(s);
+    return chunk_of(c).locks[off];
+  }
+  [[nodiscard]] vector_id& id_of(slot_t s) const noexcept {
+    const auto [c, off] = locate(s);
+    return chunk_of(c).ids[off];
+  }
+  [[nodiscard]] std::unique_ptr<slot_t[]>& upper_of(slot_t s) const noexcept {
+    const auto [c, off] = locate(s);
+    return chunk_of(c).upper[off];
+  }
+  /// Level of a live node (0 for a free slot).
+  [[nodiscard]] std::size_t level_of_slot(slot_t s) const noexcept {
+    const std::uint8_t st = state(s).load(std::memory_order_acquire);
+    return st == 0 ? 0 : st - 1u;
   }
   [[nodiscard]] float* vec(slot_t s) const noexcept {
     const auto [c, off] = locate(s);
     return chunk_of(c).vectors.data() + off * stride;
   }
-  /// Link list of `s` on `level`: [0] is the count, then the slots. Read or write only under the node lock
-  /// (or the exclusive structure lock).
+  /// Link list of `s` on `level`: [0] is the count, then the slots. Written under the node lock (or the
+  /// exclusive structure lock) with `store_link`; read with `load_link` (see there).
   [[nodiscard]] slot_t* links(slot_t s, std::size_t level) const noexcept {
     if (level == 0) {
       const auto [c, off] = locate(s);
       return chunk_of(c).links0.data() + off * (max_links0 + 1);
     }
-    return meta(s).upper.get() + (level - 1) * (max_links + 1);
+    return upper_of(s).get() + (level - 1) * (max_links + 1);
   }
   [[nodiscard]] std::size_t capacity(std::size_t level) const noexcept { return level == 0 ? max_links0 : max_links; }
 
   /// Whether a slot reached through a link may be read on `level`: it holds a published node that has
   /// that layer. Stale links (to a slot freed and not yet repaired away, or reused by a lower node) fail.
   [[nodiscard]] bool usable(slot_t s, std::size_t level) const noexcept {
-    const node_meta& m = meta(s);
-    return m.live.load(std::memory_order_acquire) && m.level >= level;
+    return state(s).load(std::memory_order_acquire) > level;
   }
 
   /// A free slot with its chunk allocated. Caller holds slots_mutex.
@@ -205,8 +249,12 @@ struct hnsw_index::impl {
         directory_size = grown;
       }
       auto fresh = std::make_unique<chunk>();
-      fresh->meta = std::make_unique<node_meta[]>(chunk_nodes);
+      fresh->state = std::make_unique<std::atomic<std::uint8_t>[]>(chunk_nodes);
+      fresh->locks = std::make_unique<spinlock[]>(chunk_nodes);
+      fresh->ids = std::make_unique<vector_id[]>(chunk_nodes);
+      fresh->upper = std::make_unique<std::unique_ptr<slot_t[]>[]>(chunk_nodes);
       fresh->vectors.assign(chunk_nodes * stride, 0.0f);
+      fresh->codes.assign(chunk_nodes * code_stride, 0);
       fresh->links0.assign(chunk_nodes * (max_links0 + 1), 0);
       directory.load(std::memory_order_relaxed)[c].store(fresh.get(), std::memory_order_release);
       owned_chunks.push_back(std::move(fresh));
@@ -246,29 +294,148 @@ struct hnsw_index::impl {
     scratch_pool.push_back(std::move(s));
   }
 
-  /// Copies the link list of `s` on `level` into `buf` under the node lock; returns the count.
+  /// Copies the link list of `s` on `level` into `buf` (no lock: see `load_link`); returns the count.
   std::size_t copy_links(slot_t s, std::size_t level, slot_t* buf) const noexcept {
-    node_meta& m = meta(s);
-    const std::lock_guard lock(m.lock);
     const slot_t* list = links(s, level);
-    const std::size_t n = list[0];
-    std::copy_n(list + 1, n, buf);
+    const std::size_t n = std::min<std::size_t>(load_link(list[0], std::memory_order_acquire), capacity(level));
+    for (std::size_t i = 0; i < n; ++i) buf[i] = load_link(list[i + 1]);
     return n;
+  }
+
+  /// Distances from `q` to the first `m` pending rows, in one gather-kernel call (the metric's
+  /// distance, as `distance` computes it).
+  void score_pending(const query_ctx& ctx, std::size_t m, scratch& s) const noexcept {
+    float* out = s.pending_distances.data();
+    if (ctx.coeffs != nullptr) {
+      kern->dot_u8_gather(ctx.coeffs, s.pending_codes.data(), m, dim, out);
+      for (std::size_t j = 0; j < m; ++j) out[j] += ctx.offset + code_term(s.pending_codes[j]);
+      return;
+    }
+    exact_distances(ctx.q, s.pending_rows.data(), m, out);
+  }
+
+  /// The metric's distances from `q` to `n` stored rows, through the gather kernels.
+  void exact_distances(const float* q, const float* const* rows, std::size_t n, float* out) const noexcept {
+    if (metric == shoal::metric::l2) {
+      kern->l2sqr_gather(q, rows, n, dim, out);
+      return;
+    }
+    kern->inner_product_gather(q, rows, n, dim, out);
+    for (std::size_t j = 0; j < n; ++j) out[j] = detail::distance_from_inner_product(metric, out[j]);
+  }
+
+  // ------------------------------------------------------------------------------------- SQ8 codes
+  /// Learns the per-dimension code ranges from `sample` (its min and max in each dimension). Caller
+  /// holds sq_mutex; publishes with sq_ready.
+  void train_codes(matrix_view<const float> sample) {
+    std::vector<float> lo(dim, std::numeric_limits<float>::max()), hi(dim, std::numeric_limits<float>::lowest());
+    for (std::size_t i = 0; i < sample.rows; ++i)
+      for (std::size_t j = 0; j < dim; ++j) {
+        lo[j] = std::min(lo[j], sample.row(i)[j]);
+        hi[j] = std::max(hi[j], sample.row(i)[j]);
+      }
+    sq_min = lo;
+    sq_step.resize(dim);
+    for (std::size_t j = 0; j < dim; ++j) sq_step[j] = hi[j] > lo[j] ? (hi[j] - lo[j]) / 255.0f : 1.0f;
+    sq_ready.store(true, std::memory_order_release);
+  }
+  /// With SQ8 traversal and no ranges yet, learns them from `batch` (the first add's vectors).
+  void ensure_codes(matrix_view<const float> batch) {
+    if (code_stride == 0 || sq_ready.load(std::memory_order_acquire)) return;
+    const std::lock_guard lock(sq_mutex);
+    if (!sq_ready.load(std::memory_order_relaxed)) train_codes(batch);
+  }
+  [[nodiscard]] std::uint8_t* codes(slot_t x) const noexcept {
+    const auto [c, off] = locate(x);
+    return chunk_of(c).codes.data() + off * code_stride + sizeof(float);
+  }
+  /// The per-node constant of the SQ8 estimate, stored just before the codes.
+  [[nodiscard]] static float code_term(const std::uint8_t* c) noexcept {
+    float t = 0.0f;
+    std::memcpy(&t, c - sizeof(float), sizeof(float));
+    return t;
+  }
+  /// Writes the SQ8 codes (clamped to the trained ranges) and the term of slot q's vector.
+  void encode(slot_t q) const noexcept {
+    const float* v = vec(q);
+    std::uint8_t* c = codes(q);
+    float term = 0.0f;
+    for (std::size_t j = 0; j < dim; ++j) {
+      const float level = std::round((v[j] - sq_min[j]) / sq_step[j]);
+      c[j] = static_cast<std::uint8_t>(std::clamp(level, 0.0f, 255.0f));
+      const float r = static_cast<float>(c[j]) * sq_step[j];
+      term += r * r;
+    }
+    if (metric != shoal::metric::l2) term = 0.0f;
+    std::memcpy(c - sizeof(float), &term, sizeof(float));
+  }
+  /// The SQ8 form of query `q` (coefficients in `s.coeffs`). With x̂ = min + step ⊙ code:
+  /// L2: ‖q − x̂‖² = ‖u‖² + Σ (step_j code_j)² − 2 Σ u_j step_j code_j, u = q − min;
+  /// inner product: −⟨q, x̂⟩ = −⟨q, min⟩ − Σ q_j step_j code_j (cosine adds 1).
+  [[nodiscard]] query_ctx prepare_codes(const float* q, scratch& s) const {
+    s.coeffs.resize(dim);
+    float offset = 0.0f;
+    for (std::size_t j = 0; j < dim; ++j) {
+      if (metric == shoal::metric::l2) {
+        const float u = q[j] - sq_min[j];
+        s.coeffs[j] = -2.0f * u * sq_step[j];
+        offset += u * u;
+      } else {
+        s.coeffs[j] = -q[j] * sq_step[j];
+        offset -= q[j] * sq_min[j];
+      }
+    }
+    if (metric == shoal::metric::cosine) offset += 1.0f;
+    return {q, s.coeffs.data(), offset};
+  }
+
+  /// The score of one node, as `score_pending` computes it.
+  [[nodiscard]] float score(const query_ctx& ctx, slot_t x) const noexcept {
+    if (ctx.coeffs == nullptr) return distance(ctx.q, vec(x));
+    const std::uint8_t* c = codes(x);
+    return ctx.offset + code_term(c) + kern->dot_u8(ctx.coeffs, c, dim);
+  }
+
+  /// Collects the neighbours of `from` on `level` that are usable there (and, with `visited`, not yet
+  /// visited, marking them) into the pending buffers, the first line of each vector prefetched; then
+  /// scores them. Returns how many.
+  std::size_t expand(const query_ctx& ctx, slot_t from, std::size_t level, scratch& s, bool visited) const noexcept {
+    const std::size_t n = copy_links(from, level, s.links.data());
+    std::size_t m = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      const slot_t x = s.links[i];
+      if (visited && s.visit(x)) continue;
+      const auto [c_index, off] = locate(x);
+      const chunk& ch = chunk_of(c_index);
+      if (ch.state[off].load(std::memory_order_acquire) <= level) continue;
+      if (ctx.coeffs != nullptr) {
+        const std::uint8_t* row = ch.codes.data() + off * code_stride + sizeof(float);
+        __builtin_prefetch(row);
+        s.pending_codes[m] = row;
+      } else {
+        const float* row = ch.vectors.data() + off * stride;
+        __builtin_prefetch(row);
+        s.pending_rows[m] = row;
+      }
+      s.pending[m] = x;
+      ++m;
+    }
+    score_pending(ctx, m, s);
+    return m;
   }
 
   // ------------------------------------------------------------------------------------------- search
   /// Greedy descent from `cur` through layers top..stop+1, one best node per layer.
-  [[nodiscard]] cand descend(const float* q, cand cur, std::size_t top, std::size_t stop, scratch& s) const noexcept {
+  [[nodiscard]] cand descend(const query_ctx& q, cand cur, std::size_t top, std::size_t stop,
+                             scratch& s) const noexcept {
     for (std::size_t level = top; level > stop; --level) {
       for (bool changed = true; changed;) {
         changed = false;
-        const std::size_t n = copy_links(cur.slot, level, s.links.data());
-        for (std::size_t i = 0; i < n; ++i) {
-          const slot_t x = s.links[i];
-          if (!usable(x, level)) continue;
-          const float d = distance(q, vec(x));
-          if (cand{d, x} < cur) {
-            cur = {d, x};
+        const std::size_t m = expand(q, cur.slot, level, s, false);
+        for (std::size_t j = 0; j < m; ++j) {
+          const cand next{s.pending_distances[j], s.pending[j]};
+          if (next < cur) {
+            cur = next;
             changed = true;
           }
         }
@@ -281,7 +448,7 @@ struct hnsw_index::impl {
   /// particular order. Rejected nodes are still traversed. With `hits`, every accepted node evaluated
   /// within `radius` is appended to it too, and exploration continues while the frontier is inside it.
   template <class Accept>
-  std::vector<cand> search_layer(const float* q, std::span<const cand> entries, std::size_t ef, std::size_t level,
+  std::vector<cand> search_layer(const query_ctx& q, std::span<const cand> entries, std::size_t ef, std::size_t level,
                                  scratch& s, const Accept& accept, float radius = -no_distance,
                                  std::vector<cand>* hits = nullptr) const {
     std::vector<cand>& frontier = s.frontier;
@@ -313,24 +480,9 @@ struct hnsw_index::impl {
       if (c.distance > worst && !(c.distance < radius)) break;
       std::pop_heap(frontier.begin(), frontier.end(), std::greater<>{});
       frontier.pop_back();
-      // Two passes: first prefetch the metadata and vector of every unvisited neighbour, then check
-      // and score them, so that their cache misses overlap instead of queueing one after another.
-      const std::size_t n = copy_links(c.slot, level, s.links.data());
-      std::size_t m = 0;
-      for (std::size_t i = 0; i < n; ++i) {
-        const slot_t x = s.links[i];
-        if (s.visit(x)) continue;
-        const auto [c_index, off] = locate(x);
-        const chunk& ch = chunk_of(c_index);
-        const scratch::pending_node p{x, &ch.meta[off], ch.vectors.data() + off * stride};
-        __builtin_prefetch(p.meta);
-        __builtin_prefetch(p.vector);
-        s.pending[m++] = p;
-      }
+      const std::size_t m = expand(q, c.slot, level, s, true);
       for (std::size_t j = 0; j < m; ++j) {
-        const scratch::pending_node& p = s.pending[j];
-        if (!p.meta->live.load(std::memory_order_acquire) || p.meta->level < level) continue;
-        const cand next{distance(q, p.vector), p.slot};
+        const cand next{s.pending_distances[j], s.pending[j]};
         const float bound = best.size() >= ef ? best.front().distance : no_distance;
         if (next.distance < bound || next.distance < radius) explore(next);
         if (next.distance < bound || hits != nullptr) offer(next);
@@ -366,20 +518,19 @@ struct hnsw_index::impl {
   }
 
   static void write_links(slot_t* list, const std::vector<cand>& kept) noexcept {
-    list[0] = static_cast<slot_t>(kept.size());
-    for (std::size_t i = 0; i < kept.size(); ++i) list[i + 1] = kept[i].slot;
+    for (std::size_t i = 0; i < kept.size(); ++i) store_link(list[i + 1], kept[i].slot);
+    store_link(list[0], static_cast<slot_t>(kept.size()), std::memory_order_release);
   }
 
   /// Adds the link n → q on `level` (distance d), pruning n's list with the heuristic when it is full.
   void link_back(slot_t n, slot_t q, float d, std::size_t level) {
-    node_meta& m = meta(n);
-    const std::lock_guard lock(m.lock);
+    const std::lock_guard lock(lock_of(n));
     slot_t* list = links(n, level);
     const std::size_t count = list[0];
     if (std::find(list + 1, list + 1 + count, q) != list + 1 + count) return;
     if (count < capacity(level)) {
-      list[count + 1] = q;
-      list[0] = static_cast<slot_t>(count + 1);
+      store_link(list[count + 1], q);
+      store_link(list[0], static_cast<slot_t>(count + 1), std::memory_order_release);
       return;
     }
     std::vector<cand> pool{{d, q}};
@@ -391,7 +542,7 @@ struct hnsw_index::impl {
 
   /// Links the published node `q` into the graph.
   void insert(slot_t q, scratch& s) {
-    const std::size_t level = meta(q).level;
+    const std::size_t level = level_of_slot(q);
     const float* qv = vec(q);
     std::uint64_t ep = entry.load(std::memory_order_acquire);
     if (ep == empty_entry) {
@@ -404,17 +555,17 @@ struct hnsw_index::impl {
     }
     const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
     const auto ep_level = static_cast<std::size_t>(ep >> 32);
+    const query_ctx ctx{qv};
     cand cur{distance(qv, vec(ep_slot)), ep_slot};
-    if (ep_level > level) cur = descend(qv, cur, ep_level, level, s);
+    if (ep_level > level) cur = descend(ctx, cur, ep_level, level, s);
     std::vector<cand> entries{cur};
     const auto not_self = [q](slot_t x) { return x != q; };
     for (std::size_t l = std::min(level, ep_level) + 1; l-- > 0;) {
       s.reset(slot_count.load(std::memory_order_acquire), max_links0);
-      std::vector<cand> found = search_layer(qv, entries, build.ef_construction, l, s, not_self);
+      std::vector<cand> found = search_layer(ctx, entries, build.ef_construction, l, s, not_self);
       const std::vector<cand> kept = select(found, max_links);
       {
-        node_meta& m = meta(q);
-        const std::lock_guard lock(m.lock);
+        const std::lock_guard lock(lock_of(q));
         write_links(links(q, l), kept);
       }
       for (const cand& k : kept) link_back(k.slot, q, k.distance, l);
@@ -429,22 +580,21 @@ struct hnsw_index::impl {
 
   /// Writes node data into slot `q` and publishes it (not yet linked).
   void write_node(slot_t q, const float* v, vector_id id, std::uint64_t seq) {
-    node_meta& m = meta(q);
     const std::size_t level = level_of(seq);
     std::copy_n(v, dim, vec(q));
-    m.level = static_cast<std::uint8_t>(level);
-    m.id = id;
-    m.upper.reset();
-    if (level > 0) m.upper = std::make_unique<slot_t[]>(level * (max_links + 1));
-    links(q, 0)[0] = 0;
-    m.live.store(true, std::memory_order_release);
+    id_of(q) = id;
+    std::unique_ptr<slot_t[]>& upper = upper_of(q);
+    upper.reset();
+    if (level > 0) upper = std::make_unique<slot_t[]>(level * (max_links + 1));
+    store_link(links(q, 0)[0], 0);
+    if (code_stride != 0) encode(q);
+    state(q).store(static_cast<std::uint8_t>(level + 1), std::memory_order_release);
   }
 
   /// Unlinks and frees slot r. Caller holds the structure lock exclusively (no other thread touches the graph).
   void remove_slot(slot_t r) {
-    node_meta& rm = meta(r);
-    const std::size_t top = rm.level;
-    rm.live.store(false, std::memory_order_release);
+    const std::size_t top = level_of_slot(r);
+    state(r).store(0, std::memory_order_release);
     for (std::size_t l = 0; l <= top; ++l) {
       const slot_t* rl = links(r, l);
       std::vector<slot_t> out(rl + 1, rl + 1 + rl[0]);
@@ -474,9 +624,9 @@ struct hnsw_index::impl {
         write_links(ul, select(std::move(pool), capacity(l), true));
       }
     }
-    rm.upper.reset();
-    rm.id = no_id;
-    links(r, 0)[0] = 0;
+    upper_of(r).reset();
+    id_of(r) = no_id;
+    store_link(links(r, 0)[0], 0);
     {
       const std::lock_guard lock(slots_mutex);
       free_slots.push_back(r);
@@ -491,11 +641,11 @@ struct hnsw_index::impl {
     std::size_t best_level = 0;
     const slot_t n = slot_count.load(std::memory_order_relaxed);
     for (slot_t s = 0; s < n; ++s) {
-      const node_meta& m = meta(s);
-      if (!m.live.load(std::memory_order_relaxed)) continue;
-      if (best == empty_entry || m.level > best_level) {
-        best = pack_entry(s, m.level);
-        best_level = m.level;
+      const std::uint8_t st = state(s).load(std::memory_order_relaxed);
+      if (st == 0) continue;
+      if (best == empty_entry || st - 1u > best_level) {
+        best = pack_entry(s, st - 1u);
+        best_level = st - 1u;
       }
     }
     entry.store(best, std::memory_order_release);
@@ -521,20 +671,43 @@ struct hnsw_index::impl {
     return slots;
   }
 
-  /// k nearest accepted nodes of one (prepared) query, written as ids into one result row.
+  /// k nearest accepted nodes of one (prepared) query, written as ids into one result row. With SQ8
+  /// traversal the ef candidates are re-ranked by their exact distances.
   void search_one(const float* q, neighbors_view row, std::size_t ef, const search_params& params) const {
     topk_heap heap(row.k);
-    const std::uint64_t ep = entry.load(std::memory_order_acquire);
-    if (ep != empty_entry) {
-      std::unique_ptr<scratch> s = acquire();
-      const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
-      const cand start = descend(q, {distance(q, vec(ep_slot)), ep_slot}, static_cast<std::size_t>(ep >> 32), 0, *s);
-      const auto accept = [&](slot_t x) { return params.filter.accepts(meta(x).id); };
-      for (const cand& c : search_layer(q, std::span(&start, 1), ef, 0, *s, accept))
-        heap.push(c.distance, meta(c.slot).id);
-      release(std::move(s));
+    const bool coded = code_stride != 0;
+    std::vector<cand> found = search_bottom(q, ef, params.filter, coded);
+    if (coded) {
+      std::vector<const float*> rows(found.size());
+      for (std::size_t i = 0; i < found.size(); ++i) rows[i] = vec(found[i].slot);
+      std::vector<float> exact(found.size());
+      exact_distances(q, rows.data(), rows.size(), exact.data());
+      for (std::size_t i = 0; i < found.size(); ++i) found[i].distance = exact[i];
     }
+    for (const cand& c : found) heap.push(c.distance, id_of(c.slot));
     heap.write_sorted(row.row_ids(0), row.row_distances(0));
+  }
+
+  /// Descends from the entry point and returns the `ef` best nodes of the bottom layer that `filter`
+  /// accepts (with `hits`, also every accepted node evaluated within `radius`: see `search_layer`).
+  /// Without a filter the acceptance test compiles away.
+  /// `coded`: traverse with SQ8 estimates (the candidates' distances are then estimates too).
+  [[nodiscard]] std::vector<cand> search_bottom(const float* query, std::size_t ef, const id_filter& filter, bool coded,
+                                                float radius = -no_distance, std::vector<cand>* hits = nullptr) const {
+    const std::uint64_t ep = entry.load(std::memory_order_acquire);
+    if (ep == empty_entry) return {};
+    std::unique_ptr<scratch> s = acquire();
+    const query_ctx q = coded ? prepare_codes(query, *s) : query_ctx{query};
+    const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
+    const cand start = descend(q, {score(q, ep_slot), ep_slot}, static_cast<std::size_t>(ep >> 32), 0, *s);
+    const std::span entries(&start, 1);
+    std::vector<cand> found =
+        filter ? search_layer(
+                     q, entries, ef, 0, *s, [&](slot_t x) { return filter.accepts(id_of(x)); }, radius, hits)
+               : search_layer(
+                     q, entries, ef, 0, *s, [](slot_t) { return true; }, radius, hits);
+    release(std::move(s));
+    return found;
   }
 
   /// Queries as searched: validated, and normalised under cosine.
@@ -573,15 +746,15 @@ std::size_t hnsw_index::memory_bytes() const {
   {
     const std::lock_guard lock(x.slots_mutex);  // owned_chunks, tables
     for (const auto& c : x.owned_chunks)
-      bytes += chunk_nodes * sizeof(node_meta) + c->vectors.capacity() * sizeof(float) +
-               c->links0.capacity() * sizeof(slot_t);
+      bytes += chunk_nodes *
+                   (sizeof(std::uint8_t) + sizeof(spinlock) + sizeof(vector_id) + sizeof(std::unique_ptr<slot_t[]>)) +
+               c->vectors.capacity() * sizeof(float) + c->codes.capacity() + c->links0.capacity() * sizeof(slot_t);
     for (std::size_t t = 0, entries = x.directory_size; t < x.tables.size(); ++t, entries /= 2)
       bytes += entries * sizeof(std::atomic<chunk*>);
     bytes += x.free_slots.capacity() * sizeof(slot_t);
   }
   for (slot_t s = 0; s < n; ++s) {
-    const node_meta& m = x.meta(s);
-    if (m.live.load(std::memory_order_acquire)) bytes += std::size_t{m.level} * (x.max_links + 1) * sizeof(slot_t);
+    bytes += x.level_of_slot(s) * (x.max_links + 1) * sizeof(slot_t);
   }
   const std::lock_guard lock(x.ids_mutex);
   return bytes + x.slot_of.bucket_count() * sizeof(void*) +
@@ -599,6 +772,7 @@ void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id
   }
   if (vectors.rows == 0) return;
   const std::shared_lock structure(x.structure);
+  x.ensure_codes(vectors);
   const std::vector<slot_t> slots = x.reserve(ids, "hnsw_index::add");
   const std::uint64_t first_seq = x.sequence.fetch_add(ids.size(), std::memory_order_relaxed);
   detail::parallel_for(ids.size(), [&](std::size_t i) {
@@ -608,6 +782,23 @@ void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id
     x.release(std::move(s));
     x.live_count.fetch_add(1, std::memory_order_relaxed);
   });
+}
+
+void hnsw_index::train(matrix_view<const float> sample) {
+  impl& x = *impl_;
+  detail::check_vectors(sample, x.dim, "hnsw_index::train: vector");
+  if (x.code_stride == 0) return;
+  SHOAL_CHECK(sample.rows > 0, "hnsw_index::train: empty sample");
+  std::optional<matrix<float>> normalized;
+  if (x.metric == shoal::metric::cosine) {
+    normalized = detail::normalized_copy(sample, "hnsw_index::train: vector");
+    sample = normalized->view();
+  }
+  const std::unique_lock structure(x.structure);
+  SHOAL_CHECK(x.live_count.load(std::memory_order_relaxed) == 0 && x.slot_count.load(std::memory_order_relaxed) == 0,
+              "hnsw_index::train: the index already holds vectors encoded with other ranges");
+  const std::lock_guard lock(x.sq_mutex);
+  x.train_codes(sample);
 }
 
 void hnsw_index::remove(vector_id id) {
@@ -643,6 +834,7 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
       x.remove_slot(old);
     }
   }
+  x.ensure_codes(vector);
   const std::vector<slot_t> slots = x.reserve(std::span(&id, 1), "hnsw_index::upsert");
   x.write_node(slots[0], vector.row(0), id, x.sequence.fetch_add(1, std::memory_order_relaxed));
   std::unique_ptr<scratch> s = x.acquire();
@@ -655,7 +847,7 @@ bool hnsw_index::contains(vector_id id) const {
   const impl& x = *impl_;
   const std::lock_guard lock(x.ids_mutex);
   const auto it = x.slot_of.find(id);
-  return it != x.slot_of.end() && x.meta(it->second).live.load(std::memory_order_acquire);
+  return it != x.slot_of.end() && x.state(it->second).load(std::memory_order_acquire) != 0;
 }
 
 std::vector<float> hnsw_index::vector(vector_id id) const {
@@ -667,7 +859,7 @@ std::vector<float> hnsw_index::vector(vector_id id) const {
     const auto it = x.slot_of.find(id);
     if (it != x.slot_of.end()) slot = it->second;
   }
-  SHOAL_CHECK_CODE(slot != no_slot && x.meta(slot).live.load(std::memory_order_acquire), errc::not_found,
+  SHOAL_CHECK_CODE(slot != no_slot && x.state(slot).load(std::memory_order_acquire) != 0, errc::not_found,
                    "hnsw_index::vector: id ", id, " is not stored");
   const float* v = x.vec(slot);
   return {v, v + x.dim};
@@ -702,18 +894,9 @@ range_result hnsw_index::range_search(matrix_view<const float> queries, float ra
   {
     const std::shared_lock structure(x.structure);
     detail::parallel_for(queries.rows, [&](std::size_t r) {
-      const std::uint64_t ep = x.entry.load(std::memory_order_acquire);
-      if (ep == empty_entry) return;
-      const float* q = queries.row(r);
-      std::unique_ptr<scratch> s = x.acquire();
-      const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
-      const cand start =
-          x.descend(q, {x.distance(q, x.vec(ep_slot)), ep_slot}, static_cast<std::size_t>(ep >> 32), 0, *s);
-      const auto accept = [&](slot_t n) { return params.filter.accepts(x.meta(n).id); };
       std::vector<cand> hits;
-      (void)x.search_layer(q, std::span(&start, 1), ef, 0, *s, accept, radius, &hits);
-      x.release(std::move(s));
-      for (const cand& h : hits) rows[r].push_back({h.distance, x.meta(h.slot).id});
+      (void)x.search_bottom(queries.row(r), ef, params.filter, false, radius, &hits);
+      for (const cand& h : hits) rows[r].push_back({h.distance, x.id_of(h.slot)});
       std::sort(rows[r].begin(), rows[r].end());
     });
   }

@@ -53,6 +53,16 @@ struct distance_kernels {
                                     float* out) noexcept;
   void (*cosine_distance_one_to_many)(const float* q, const float* x, std::size_t n, std::size_t dim,
                                       std::size_t stride, float* out) noexcept;
+  /// out[i] = pair(q, xs[i]) for vectors scattered in memory (graph neighbours), bit-identical to the pair
+  /// kernel; each vector is prefetched whole a couple of rows before it is scored.
+  void (*l2sqr_gather)(const float* q, const float* const* xs, std::size_t n, std::size_t dim, float* out) noexcept;
+  void (*inner_product_gather)(const float* q, const float* const* xs, std::size_t n, std::size_t dim,
+                               float* out) noexcept;
+  /// Σ a_j · c_j of a float vector and uint8 codes (the inner loop of scalar-quantized distances; the
+  /// float accumulation order differs between levels, as for the float kernels), and its gather form.
+  float (*dot_u8)(const float* a, const std::uint8_t* c, std::size_t dim) noexcept;
+  void (*dot_u8_gather)(const float* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
+                        float* out) noexcept;
   void (*squared_norms)(const float* x, std::size_t n, std::size_t dim, std::size_t stride, float* out) noexcept;
   void (*inner_product_many)(const float* a, std::size_t na, std::size_t lda, const float* b, std::size_t nb,
                              std::size_t ldb, std::size_t dim, float* c, std::size_t ldc) noexcept;

@@ -16,6 +16,17 @@
 
 namespace shoal {
 
+/// What graph traversal scores nodes with.
+enum class hnsw_codes : std::uint8_t {
+  /// The full-precision vectors (factory `HNSW<M>`).
+  none,
+  /// 8-bit scalar codes, one per dimension over its trained [min, max] (factory `HNSW<M>,SQ8`): a
+  /// quarter of the bytes per visited node; the ef candidates are then re-ranked with exact distances
+  /// from the full vectors, which the index keeps (for building and re-ranking). Costs dim + 4 bytes
+  /// per vector (rounded up to 64) on top of the full-precision index.
+  sq8,
+};
+
 /// Build parameters of an `hnsw_index`.
 struct hnsw_params {
   /// Links per node on the upper layers; the bottom layer keeps up to 2·M. Larger M: better recall at
@@ -28,6 +39,8 @@ struct hnsw_params {
   /// Seed of the level generator. Levels depend only on the seed and the insertion sequence number,
   /// so a single-threaded build (e.g. inside `tbb::task_arena(1)`) is fully reproducible.
   std::uint64_t seed = 0x5eed;
+  /// Compressed traversal (see `hnsw_codes`). The graph itself is always built from exact distances.
+  hnsw_codes codes = hnsw_codes::none;
 };
 
 /// Hierarchical navigable small-world graph over full-precision float vectors.
@@ -81,6 +94,12 @@ class hnsw_index {
   /// cosine, or an id already present (in the index, twice in `ids`, or being added concurrently).
   /// Slots freed by `remove` are reused first. Ids become searchable as their insertion completes.
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
+
+  /// With SQ8 traversal: learns the per-dimension code ranges (min and max) from `sample`. Without
+  /// a call, the first `add` learns them from its own vectors; later values outside the ranges are
+  /// clamped. Throws `shoal::error` if the index already holds vectors (their codes would disagree),
+  /// or on bad vectors. Does nothing for full-precision traversal.
+  void train(matrix_view<const float> sample);
 
   /// Removes `id` for good: the node is unlinked, every neighbour that pointed at it is re-linked with
   /// the selection heuristic over the union of its own and the removed node's neighbours, its slot is
