@@ -7,6 +7,9 @@
 #include <unordered_set>
 #include <vector>
 
+#include <fstream>
+#include <iterator>
+
 #include <tbb/task_arena.h>
 #include <catch2/catch.hpp>
 
@@ -18,6 +21,7 @@
 using namespace shoal;
 using shoal::test::brute_force;
 using shoal::test::fails_with;
+using shoal::test::scratch_dir;
 
 namespace {
 
@@ -379,4 +383,111 @@ TEST_CASE("hnsw rejects bad input with clear errors and changes nothing", "[hnsw
   CHECK(index.memory_bytes() >= 50 * dim * sizeof(float));
   index.add(good.view(), std::vector<vector_id>{99, 100});  // the ids the failed adds named are free
   CHECK(index.size() == 52);
+}
+
+TEST_CASE("hnsw save and load reproduce every search, copied or memory-mapped", "[hnsw][persist]") {
+  const fixture f(3000, 100, 41);
+  const scratch_dir dir("shoal-hnsw");
+  for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8}) {
+    for (const metric m : {metric::l2, metric::cosine}) {
+      CAPTURE(static_cast<int>(codes), metric_name(m));
+      hnsw_params p;
+      p.codes = codes;
+      p.M = 12;
+      p.ef_construction = 80;
+      hnsw_index index = f.build(m, p);
+      for (vector_id id = 0; id < 300; id += 3) index.remove(id);  // free slots and repaired links
+      const std::string path = dir / "graph.shoal";
+      index.save(path);
+      const search_params sp = with_ef(40);
+      const neighbors want = index.search(f.queries.view(), k, sp);
+      const range_result want_range = index.range_search(f.queries.view(), want.distance(0, 5), sp);
+      for (const bool mmap : {false, true}) {
+        CAPTURE(mmap);
+        load_options options;
+        options.mmap = mmap;
+        hnsw_index loaded = hnsw_index::load(path, options);
+        CHECK(loaded.is_mapped() == mmap);
+        CHECK(loaded.size() == index.size());
+        CHECK(loaded.params().M == 12);
+        CHECK(loaded.params().codes == codes);
+        const neighbors got = loaded.search(f.queries.view(), k, sp);
+        CHECK(got.ids() == want.ids());
+        CHECK(got.distances() == want.distances());
+        const range_result range = loaded.range_search(f.queries.view(), want.distance(0, 5), sp);
+        CHECK(range.ids == want_range.ids);
+        CHECK_FALSE(loaded.contains(3));
+        CHECK(loaded.contains(4));
+        if (mmap) {
+          REQUIRE_THROWS_MATCHES(loaded.add(f.base.view().slice(0, 1), std::vector<vector_id>{0}), shoal::error,
+                                 fails_with(errc::unsupported, "read-only"));
+          REQUIRE_THROWS_MATCHES(loaded.remove(4), shoal::error, fails_with(errc::unsupported, "read-only"));
+        } else {
+          // A copied index goes on growing and shrinking: freed slots are reused, ids re-added.
+          std::vector<vector_id> back;
+          for (vector_id id = 0; id < 300; id += 3) back.push_back(id);
+          matrix<float> rows(back.size(), dim);
+          for (std::size_t i = 0; i < back.size(); ++i) std::copy_n(f.base.row(back[i]), dim, rows.row(i));
+          loaded.add(rows.view(), back);
+          loaded.remove(4);
+          CHECK(loaded.size() == index.size() + back.size() - 1);
+          const neighbors truth = ground_truth(f.base.view(), f.queries.view(), k, m);
+          const neighbors after = loaded.search(f.queries.view(), k, sp);
+          std::size_t hits = 0;
+          for (std::size_t q = 0; q < after.rows(); ++q)
+            for (const vector_id id : truth.row_ids(q))
+              if (id != 4) hits += std::count(after.row_ids(q).begin(), after.row_ids(q).end(), id) > 0 ? 1 : 0;
+          CHECK(static_cast<double>(hits) >=
+                0.95 * static_cast<double>(after.rows() * k) - static_cast<double>(after.rows()));
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("hnsw load refuses damaged files and files of other indexes", "[hnsw][persist]") {
+  const fixture f(1500, 10, 43);
+  const scratch_dir dir("shoal-hnsw");
+  hnsw_params p;
+  p.M = 8;
+  p.ef_construction = 40;
+  const hnsw_index index = f.build(metric::l2, p);
+  const std::string path = dir / "graph.shoal";
+  index.save(path);
+  std::ifstream in(path, std::ios::binary);
+  const std::vector<char> good{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  const auto write = [&](const std::vector<char>& bytes) {
+    std::ofstream out(dir / "bad.shoal", std::ios::binary | std::ios::trunc);
+    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  };
+  // Truncated anywhere: refused, whatever the verification level.
+  load_options none;
+  none.verify = verify_level::none;
+  for (std::size_t cut = 0; cut < good.size(); cut += good.size() / 97 + 1) {
+    CAPTURE(cut);
+    write(std::vector<char>(good.begin(), good.begin() + static_cast<std::ptrdiff_t>(cut)));
+    CHECK_THROWS_AS(hnsw_index::load(dir / "bad.shoal", none), shoal::error);
+  }
+  // Bytes flipped anywhere: full verification refuses the file; without verification it either
+  // refuses it (structure and link checks) or loads something that searches without crashing.
+  splitmix64 rng(5);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<char> bad = good;
+    const std::size_t at = rng.below(bad.size());
+    bad[at] = static_cast<char>(bad[at] ^ static_cast<char>(1 + rng.below(255)));
+    write(bad);
+    CAPTURE(at);
+    CHECK_THROWS_AS(hnsw_index::load(dir / "bad.shoal"), shoal::error);
+    try {
+      const hnsw_index loaded = hnsw_index::load(dir / "bad.shoal", none);
+      (void)loaded.search(f.queries.view(), 5, with_ef(20));
+    } catch (const shoal::error&) {
+    }
+  }
+  // Another index kind.
+  flat_index flat(dim);
+  flat.add(f.base.view(), f.ids);
+  flat.save(dir / "flat.shoal");
+  REQUIRE_THROWS_MATCHES(hnsw_index::load(dir / "flat.shoal"), shoal::error,
+                         fails_with(errc::invalid_argument, "flat"));
 }

@@ -25,21 +25,8 @@ constexpr std::size_t probe = 4;
 
 /// Clustered base (more natural clusters than lists) with scattered 64-bit ids; queries from the same
 /// distribution, every fourth a stored vector.
-struct fixture {
-  matrix<float> base;
-  std::vector<vector_id> ids;
-  matrix<float> queries;
-
-  fixture(std::size_t n, std::size_t nq, std::uint64_t seed) : base(make_clustered(n, dim, 64, seed, 1.0f)), ids(n) {
-    splitmix64 rng(seed + 1);
-    for (vector_id& id : ids) id = rng.next() >> 1;
-    queries = matrix<float>(nq, dim);
-    for (std::size_t q = 0; q < nq; ++q) {
-      const float* near = base.row(rng.below(n));
-      const float noise = q % 4 == 0 ? 0.0f : 1.0f;  // a fresh point of the same cluster, or a stored one
-      for (std::size_t j = 0; j < dim; ++j) queries.row(q)[j] = near[j] + noise * rng.normal();
-    }
-  }
+struct fixture : test::clustered_set {
+  fixture(std::size_t n, std::size_t nq, std::uint64_t seed) : clustered_set(n, nq, dim, 64, seed, 1.0f, 4) {}
 
   [[nodiscard]] ivf_flat_index build(metric m) const {
     ivf_flat_index index(dim, m, nlist);
@@ -257,4 +244,21 @@ TEST_CASE("ivf rejects bad parameters and input", "[ivf]") {
   REQUIRE_THROWS_MATCHES(index.search(bad.view(), 3), shoal::error, fails_with(errc::non_finite, "component 1"));
   shoal::test::check_common_input_errors(index, f.queries.view(), f.ids[3]);
   CHECK(index.size() == 100);  // every failed add left the index as it was
+}
+
+TEST_CASE("ivf_flat_index: queries whose centroid scores overflow still probe nprobe lists", "[ivf]") {
+  // Finite but huge components make the coarse pass's inner products overflow (inf − inf = NaN); such
+  // scores rank last instead of leaving the probe list short.
+  const fixture f(400, 1, 71);
+  const ivf_flat_index index = f.build(metric::l2);
+  matrix<float> huge(2, dim);
+  for (std::size_t j = 0; j < dim; ++j) {
+    huge.row(0)[j] = (j % 2 == 0 ? 3e38f : -3e38f);
+    huge.row(1)[j] = (j % 3 == 0 ? 3e38f : -3e38f);
+  }
+  for (const std::size_t nprobe : {std::size_t{1}, std::size_t{4}, nlist}) {
+    const neighbors r = index.search(huge.view(), 3, with_nprobe(nprobe));
+    CHECK(r.rows() == 2);
+    (void)index.range_search(huge.view(), 1.0f, with_nprobe(nprobe));
+  }
 }

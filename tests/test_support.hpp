@@ -1,9 +1,14 @@
 #pragma once
 // Helpers shared by the test files: error matchers and a reference brute-force search.
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -33,6 +38,51 @@ class error_matcher : public Catch::MatcherBase<shoal::error> {
 };
 
 inline error_matcher fails_with(errc code, std::string fragment = "") { return {code, std::move(fragment)}; }
+
+/// Clustered base (`clusters` clusters, spread 1) with scattered 63-bit ids, and queries near stored
+/// vectors: each query is a random stored vector plus `noise` times a standard normal per component,
+/// except every `exact_every`-th query (0: none), which is the stored vector itself.
+struct clustered_set {
+  matrix<float> base;
+  std::vector<vector_id> ids;
+  matrix<float> queries;
+
+  clustered_set(std::size_t n, std::size_t nq, std::size_t dim, std::size_t clusters, std::uint64_t seed, float noise,
+                std::size_t exact_every = 0)
+      : base(make_clustered(n, dim, clusters, seed, 1.0f)), ids(n), queries(nq, dim) {
+    splitmix64 rng(seed + 1);
+    for (vector_id& id : ids) id = rng.next() >> 1;
+    for (std::size_t q = 0; q < nq; ++q) {
+      const float* near = base.row(rng.below(n));
+      const float scale = exact_every != 0 && q % exact_every == 0 ? 0.0f : noise;
+      for (std::size_t j = 0; j < dim; ++j) queries.row(q)[j] = near[j] + scale * rng.normal();
+    }
+  }
+};
+
+/// A fresh directory under the system's temporary directory, removed with its content at scope exit.
+class scratch_dir {
+ public:
+  explicit scratch_dir(std::string_view tag = "shoal-test") {
+    static int counter = 0;
+    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    path_ = std::filesystem::temp_directory_path() / (std::string(tag) + "-" + std::to_string(::getpid()) + "-" +
+                                                      std::to_string(counter++) + "-" + std::to_string(now));
+    std::filesystem::create_directories(path_);
+  }
+  scratch_dir(const scratch_dir&) = delete;
+  scratch_dir& operator=(const scratch_dir&) = delete;
+  ~scratch_dir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+  }
+  /// `name` inside the directory, as a string (what the save/load APIs take).
+  [[nodiscard]] std::string operator/(std::string_view name) const { return (path_ / name).string(); }
+  [[nodiscard]] const std::filesystem::path& path() const noexcept { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
 
 /// Every (distance, id) of `base` for `query`, computed pairwise with the active kernels the way the
 /// flat index defines its distances (cosine on normalised copies), sorted by (distance, id).

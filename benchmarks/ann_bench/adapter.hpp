@@ -61,6 +61,19 @@ class index_adapter {
 
   /// Bytes the built index occupies; each adapter documents how it counts (peers: an estimate).
   [[nodiscard]] virtual std::size_t memory_bytes() const = 0;
+
+  /// --save: writes the built index to `path`. Throws `config_error` where the index cannot be saved.
+  virtual void save(const std::string& path) const {
+    static_cast<void>(path);
+    throw config_error("--save: " + description() + " (" + std::string(library()) + ") cannot be saved");
+  }
+  /// --load: replaces `build` — reads the index from `path` (memory-mapped with `mmap`). Throws
+  /// `config_error` where the index cannot be loaded; shoal::error when the file is bad.
+  virtual void load(const std::string& path, bool mmap) {
+    static_cast<void>(path);
+    static_cast<void>(mmap);
+    throw config_error("--load: " + description() + " (" + std::string(library()) + ") cannot be loaded");
+  }
 };
 
 /// shoal's index for `request.spec`. Throws `config_error` for an unknown spec (listing the known ones)

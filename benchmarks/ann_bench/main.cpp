@@ -1,5 +1,6 @@
 // shoal-ann-bench: an ann-benchmarks-style recall/QPS sweep of one shoal index, with hnswlib and FAISS
 // measured beside it by the same timing loop (--peers). `shoal-ann-bench --help` lists the options.
+#include <algorithm>
 #include <fstream>
 #include <iostream>
 #include <memory>
@@ -30,7 +31,13 @@ std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, cons
   check_sweep(*adapters.back(), points);
   if (!o.peers) return adapters;
   if (peer_libraries().empty()) std::cerr << "shoal-ann-bench: note: no peer library was found at configure time\n";
+  for (const std::string& name : o.peer_names)
+    if (std::none_of(peer_libraries().begin(), peer_libraries().end(),
+                     [&](const peer_library& peer) { return peer.name == name; }))
+      throw config_error("--peer " + name + ": no such peer library in this build");
   for (const peer_library& peer : peer_libraries()) {
+    if (!o.peer_names.empty() && std::find(o.peer_names.begin(), o.peer_names.end(), peer.name) == o.peer_names.end())
+      continue;
     try {
       auto adapter = peer.make(request);
       check_sweep(*adapter, points);
@@ -68,7 +75,11 @@ int run(const options& o) {
   std::cout << csv_header << std::endl;
   if (csv) csv << csv_header << std::endl;
   for (std::unique_ptr<index_adapter>& index : adapters) {
-    const double build_s = timed_build(*index, d.base, o.threads);
+    // --load / --save apply to shoal's index; peers are always built.
+    const bool shoal_index = index->library() == "shoal";
+    const double build_s = shoal_index && !o.load.empty() ? timed_load(*index, o.load.string(), o.mmap)
+                                                          : timed_build(*index, d.base, o.threads);
+    if (shoal_index && !o.save.empty()) index->save(o.save.string());
     for (const param_list& point : points) {
       index->set_search_params(point);
       const sweep_result r = measure(*index, d.queries, d.truth, settings);

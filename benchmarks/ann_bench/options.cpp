@@ -65,6 +65,11 @@ constexpr option_spec specs[] = {
     {"--plot", "FILE.png", "recall vs QPS plot (needs gnuplot)", [](options& o, std::string_view v) { o.plot = v; }},
     {"--peers", "", "also measure hnswlib / FAISS where built in",
      [](options& o, std::string_view) { o.peers = true; }},
+    {"--peer", "NAME", "measure only this peer (hnswlib, faiss; repeatable; implies --peers)",
+     [](options& o, std::string_view v) {
+       o.peers = true;
+       o.peer_names.emplace_back(v);
+     }},
     {"--min-time", "SECONDS", "minimum measuring time per sweep point (default 1.0)",
      [](options& o, std::string_view v) {
        o.min_time_s = parse_number<double>(v, "--min-time");
@@ -74,6 +79,11 @@ constexpr option_spec specs[] = {
      [](options& o, std::string_view v) { o.max_base = parse_count(v, "--max-base", 1); }},
     {"--max-query", "N", "use only the first N queries (default: all)",
      [](options& o, std::string_view v) { o.max_query = parse_count(v, "--max-query", 1); }},
+    {"--save", "FILE", "write the built shoal index to FILE", [](options& o, std::string_view v) { o.save = v; }},
+    {"--load", "FILE", "load the shoal index from FILE instead of building it (build_s: load time)",
+     [](options& o, std::string_view v) { o.load = v; }},
+    {"--mmap", "", "with --load: memory-map the file, search it in place",
+     [](options& o, std::string_view) { o.mmap = true; }},
     {"--help", "", "print this help and exit", [](options& o, std::string_view) { o.help = true; }},
 };
 
@@ -112,6 +122,7 @@ options parse_options(std::span<const char* const> args) {
   if (o.base.empty()) throw usage_error("missing required option --base");
   if (o.query.empty()) throw usage_error("missing required option --query");
   if (o.index.empty()) throw usage_error("missing required option --index");
+  if (o.mmap && o.load.empty()) throw usage_error("--mmap needs --load");
 
   std::vector<std::string> names;
   for (const param& p : o.build_params) names.push_back(p.name);
@@ -125,8 +136,8 @@ options parse_options(std::span<const char* const> args) {
 void print_usage(std::ostream& out) {
   out << "usage: shoal-ann-bench --base B --query Q [--gt G.ivecs] --metric l2|ip|cos --k 10 --index SPEC\n"
          "                       [--build-param NAME=V ...] [--sweep NAME=v1,v2,...] [--threads N] [--batch]\n"
-         "                       [--csv FILE] [--plot FILE.png] [--peers] [--min-time SECONDS]\n"
-         "                       [--max-base N] [--max-query N]\n\n"
+         "                       [--csv FILE] [--plot FILE.png] [--peers] [--peer NAME] [--min-time SECONDS]\n"
+         "                       [--max-base N] [--max-query N] [--save FILE] [--load FILE [--mmap]]\n\n"
          "Builds the index, then per sweep point searches the queries (one per call and thread, or one batch\n"
          "with --batch) for at least --min-time seconds and prints one CSV row:\n"
          "  library,index,search_params,build_s,index_bytes,recall,qps,p50_ms,p99_ms,threads\n\n"

@@ -34,9 +34,14 @@ struct options {
   std::filesystem::path csv;
   std::filesystem::path plot;
   bool peers = false;
+  std::vector<std::string> peer_names;  // --peer: only these peers (empty: every peer)
   double min_time_s = 1.0;
   std::size_t max_base = 0;   ///< rows of the base file to use, 0: all
   std::size_t max_query = 0;  ///< rows of the query file to use, 0: all
+
+  std::filesystem::path save;  ///< --save: write the built shoal index here
+  std::filesystem::path load;  ///< --load: read the shoal index from here instead of building it
+  bool mmap = false;           ///< --mmap: memory-map the --load file
   bool help = false;
 };
 

@@ -66,6 +66,47 @@ std::optional<std::size_t> ivf_flat_nlist(std::string_view spec) {
   return nlist;
 }
 
+namespace {
+/// A positive decimal integer at the start of `text`, consumed; nothing if there is none.
+std::optional<std::size_t> take_count(std::string_view& text) {
+  std::size_t value = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (ec != std::errc{} || value == 0) return {};
+  text.remove_prefix(static_cast<std::size_t>(end - text.data()));
+  return value;
+}
+}  // namespace
+
+std::optional<ivf_pq_spec> ivf_pq(std::string_view spec) {
+  ivf_pq_spec out;
+  if (spec.starts_with("OPQ")) {
+    spec.remove_prefix(3);
+    const auto opq = take_count(spec);
+    if (!opq || !spec.starts_with(",")) return {};
+    spec.remove_prefix(1);
+    out.opq = *opq;
+  }
+  if (!spec.starts_with("IVF")) return {};
+  spec.remove_prefix(3);
+  const auto nlist = take_count(spec);
+  if (!nlist || !spec.starts_with(",PQ")) return {};
+  spec.remove_prefix(3);
+  const auto m = take_count(spec);
+  if (!m) return {};
+  out.nlist = *nlist;
+  out.m = *m;
+  if (spec.starts_with("x4fs")) {
+    out.fast_scan = true;
+    spec.remove_prefix(4);
+  }
+  if (spec == ",Refine(Flat)") {
+    out.refine = true;
+    spec = {};
+  }
+  if (!spec.empty()) return {};
+  return out;
+}
+
 std::optional<std::size_t> hnsw_m(std::string_view spec) {
   constexpr std::string_view prefix = "HNSW";
   if (spec.size() <= prefix.size() || !spec.starts_with(prefix)) return {};
@@ -74,6 +115,15 @@ std::optional<std::size_t> hnsw_m(std::string_view spec) {
   const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), m);
   if (ec != std::errc{} || end != digits.data() + digits.size() || m == 0) return {};
   return m;
+}
+
+std::optional<hnsw_spec> parse_hnsw_spec(std::string_view spec) {
+  constexpr std::string_view sq8 = ",SQ8";
+  const bool coded = spec.ends_with(sq8);
+  if (coded) spec.remove_suffix(sq8.size());
+  const std::optional<std::size_t> m = hnsw_m(spec);
+  if (!m) return {};
+  return hnsw_spec{*m, coded};
 }
 
 std::size_t parse_positive(const param& p, std::string_view index) {

@@ -53,8 +53,27 @@ void append_item(std::string& list, std::string_view item, std::string_view sepa
 /// nlist of an `IVF<nlist>,Flat` spec (e.g. 1024 for `IVF1024,Flat`), or nothing for any other spec.
 [[nodiscard]] std::optional<std::size_t> ivf_flat_nlist(std::string_view spec);
 
+/// The parts of an `IVF<nlist>,PQ<m>[x4fs][,Refine(Flat)]` spec.
+struct ivf_pq_spec {
+  std::size_t nlist = 0;
+  std::size_t m = 0;
+  bool fast_scan = false;  ///< `x4fs`: 4-bit codes scanned by the fast-scan kernel (else 8-bit codes)
+  bool refine = false;     ///< `,Refine(Flat)`: full vectors kept for an exact re-rank
+  std::size_t opq = 0;     ///< `OPQ<m>,` in front: an OPQ rotation for m sub-spaces (0: none)
+};
+/// The parts of an `[OPQ<m>,]IVF<nlist>,PQ<m>[x4fs][,Refine(Flat)]` spec (e.g.
+/// `IVF980,PQ392x4fs,Refine(Flat)`), or nothing for any other spec.
+[[nodiscard]] std::optional<ivf_pq_spec> ivf_pq(std::string_view spec);
+
 /// M of an `HNSW<M>` spec (e.g. 32 for `HNSW32`), or nothing for any other spec.
 [[nodiscard]] std::optional<std::size_t> hnsw_m(std::string_view spec);
+
+/// An `HNSW<M>` or `HNSW<M>,SQ8` spec: M and whether traversal uses SQ8 codes.
+struct hnsw_spec {
+  std::size_t m;
+  bool sq8;
+};
+[[nodiscard]] std::optional<hnsw_spec> parse_hnsw_spec(std::string_view spec);
 
 /// `p.value` as an integer in [1, 2^31); throws `config_error` naming the parameter and `index` otherwise.
 [[nodiscard]] std::size_t parse_positive(const param& p, std::string_view index);

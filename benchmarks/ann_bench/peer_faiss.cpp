@@ -6,6 +6,11 @@
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexIVFPQ.h>
+#include <faiss/IndexIVFPQFastScan.h>
+#include <faiss/IndexPreTransform.h>
+#include <faiss/IndexRefine.h>
+#include <faiss/VectorTransform.h>
 #include <omp.h>
 
 #include <memory>
@@ -127,6 +132,103 @@ class faiss_ivf_flat_adapter final : public index_adapter {
   std::unique_ptr<faiss::IndexIVFFlat> index_;
 };
 
+/// `IVF<nlist>,PQ<m>` -> IndexIVFPQ (8-bit codes), `IVF<nlist>,PQ<m>x4fs` -> IndexIVFPQFastScan (4-bit,
+/// blocks of 32), each with residual encoding over a flat quantizer; `OPQ<m>,` in front puts an OPQMatrix
+/// before it (IndexPreTransform); `,Refine(Flat)` wraps the result in an IndexRefineFlat. Build knob `iterations` (coarse k-means); search knobs `nprobe` and `refine`
+/// (IndexRefine's k_factor). Debian's FAISS 1.7.3 does not read SearchParametersIVF in every fast-scan
+/// and refine path, so the knobs are set on the indexes (the runner never changes settings while
+/// searches run).
+class faiss_ivf_pq_adapter final : public index_adapter {
+ public:
+  explicit faiss_ivf_pq_adapter(const index_request& request)
+      : metric_(request.metric), spec_(ivf_pq(request.spec).value()) {
+    iterations_ = single_knob(request.build_params, "iterations", iterations_, "build", description());
+  }
+
+  [[nodiscard]] std::string_view library() const noexcept override { return "faiss"; }
+  [[nodiscard]] std::string description() const override {
+    std::string name = spec_.fast_scan ? "IndexIVFPQFastScan" : "IndexIVFPQ";
+    if (spec_.opq != 0) name = "OPQMatrix+" + name;
+    return spec_.refine ? name + "+IndexRefineFlat" : name;
+  }
+
+  void set_search_params(const param_list& params) override {
+    static constexpr std::string_view names[] = {"nprobe", "refine"};
+    check_param_names(params, names, "search", description());
+    nprobe_ = 1;
+    k_factor_ = 1;
+    for (const param& p : params) (p.name == "nprobe" ? nprobe_ : k_factor_) = parse_positive(p, description());
+    apply();
+  }
+
+  void build(matrix_view<const float> base) override {
+    const peer_rows rows(base, metric_);
+    SHOAL_CHECK(rows.view().stride == base.dim, "faiss peer: base rows must be contiguous");
+    const auto dim = static_cast<faiss_id>(base.dim);
+    const bool l2 = metric_ == shoal::metric::l2;
+    const faiss::MetricType mt = l2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
+    quantizer_ = l2 ? std::unique_ptr<faiss::IndexFlat>(std::make_unique<faiss::IndexFlatL2>(dim))
+                    : std::make_unique<faiss::IndexFlatIP>(dim);
+    if (spec_.fast_scan)
+      ivf_ = std::make_unique<faiss::IndexIVFPQFastScan>(quantizer_.get(), dim, spec_.nlist, spec_.m, 4, mt);
+    else
+      ivf_ = std::make_unique<faiss::IndexIVFPQ>(quantizer_.get(), dim, spec_.nlist, spec_.m, 8, mt);
+    ivf_->cp.niter = static_cast<int>(iterations_);
+    faiss::Index* top = ivf_.get();
+    if (spec_.opq != 0) {
+      opq_ = std::make_unique<faiss::OPQMatrix>(static_cast<int>(base.dim), static_cast<int>(spec_.opq));
+      pretransform_ = std::make_unique<faiss::IndexPreTransform>(opq_.get(), ivf_.get());  // owns neither
+      top = pretransform_.get();
+    }
+    if (spec_.refine) {
+      refine_ = std::make_unique<faiss::IndexRefineFlat>(top);
+      top = refine_.get();
+    }
+    top->train(static_cast<faiss_id>(base.rows), rows.view().data);
+    top->add(static_cast<faiss_id>(base.rows), rows.view().data);
+    apply();
+  }
+
+  void use_threads(std::size_t threads) const override { omp_set_num_threads(static_cast<int>(threads)); }
+
+  void search(matrix_view<const float> queries, neighbors_view out) const override {
+    const peer_rows rows(queries, metric_);
+    SHOAL_CHECK(rows.view().stride == queries.dim, "faiss peer: query rows must be contiguous");
+    const faiss::Index* top = refine_                    ? static_cast<const faiss::Index*>(refine_.get())
+                              : pretransform_ != nullptr ? static_cast<const faiss::Index*>(pretransform_.get())
+                                                         : ivf_.get();
+    top->search(static_cast<faiss_id>(queries.rows), rows.view().data, static_cast<faiss_id>(out.k), out.distances,
+                reinterpret_cast<faiss_id*>(out.ids));
+    to_shoal_distances(metric_, out);
+  }
+
+  /// Centroids, codes and ids per vector, plus the full vectors of the refine stage.
+  [[nodiscard]] std::size_t memory_bytes() const override {
+    std::size_t bytes =
+        quantizer_->codes.size() + static_cast<std::size_t>(ivf_->ntotal) * (ivf_->code_size + sizeof(faiss_id));
+    if (refine_) bytes += static_cast<std::size_t>(ivf_->ntotal) * ivf_->d * sizeof(float);
+    return bytes;
+  }
+
+ private:
+  void apply() {
+    if (!ivf_) return;
+    ivf_->nprobe = nprobe_;
+    if (refine_) refine_->k_factor = static_cast<float>(k_factor_);
+  }
+
+  shoal::metric metric_;
+  ivf_pq_spec spec_;
+  std::size_t iterations_ = 10;
+  std::size_t nprobe_ = 1;
+  std::size_t k_factor_ = 1;
+  std::unique_ptr<faiss::IndexFlat> quantizer_;  // outlives ivf_, which points to it
+  std::unique_ptr<faiss::IndexIVF> ivf_;         // ivf_ and opq_ outlive pretransform_ and refine_, which point to them
+  std::unique_ptr<faiss::OPQMatrix> opq_;
+  std::unique_ptr<faiss::IndexPreTransform> pretransform_;
+  std::unique_ptr<faiss::IndexRefineFlat> refine_;
+};
+
 /// `HNSW<M>` -> IndexHNSWFlat with the same M (FAISS also keeps 2·M links on layer 0), build knob
 /// `ef_construction` (default 200 here, FAISS's own is 40), search knob `ef` (efSearch, per call in
 /// SearchParametersHNSW; FAISS's default 16). FAISS seeds its level generator itself (no `seed`).
@@ -194,6 +296,7 @@ class faiss_hnsw_adapter final : public index_adapter {
 std::unique_ptr<index_adapter> make_faiss_adapter(const index_request& request) {
   if (hnsw_m(request.spec)) return std::make_unique<faiss_hnsw_adapter>(request);
   if (ivf_flat_nlist(request.spec)) return std::make_unique<faiss_ivf_flat_adapter>(request);
+  if (ivf_pq(request.spec)) return std::make_unique<faiss_ivf_pq_adapter>(request);
   return std::make_unique<faiss_flat_adapter>(request);
 }
 

@@ -3,6 +3,7 @@
 // HierarchicalNSW with the same M, build knobs `ef_construction` (default 200) and `seed`, and search
 // knob `ef` (hnswlib's default 10 when not given; raised to k by hnswlib itself).
 #include <hnswlib/hnswlib.h>
+#include <mutex>
 
 #include <algorithm>
 #include <memory>
@@ -124,14 +125,18 @@ class hnswlib_hnsw_adapter final : public index_adapter {
     });
   }
 
-  /// Level-0 block (vector, links, label) per element, upper-layer link blocks per level, and the label
-  /// map (as for BruteforceSearch).
+  /// Level-0 block (vector, links, label) per element, upper-layer link blocks per level, the label map
+  /// (as for BruteforceSearch), and the per-element bookkeeping arrays hnswlib allocates beside them: a
+  /// std::mutex, a level (int) and an upper-links pointer per element, plus its fixed table of 65536
+  /// update mutexes. Visited sets (per search thread, in both libraries) are not counted.
   [[nodiscard]] std::size_t memory_bytes() const override {
     std::size_t upper = 0;
     for (const int level : index_->element_levels_)
       upper += static_cast<std::size_t>(level) * index_->size_links_per_element_;
-    return index_->max_elements_ * index_->size_data_per_element_ + upper + index_->label_lookup_.size() * 32 +
-           index_->label_lookup_.bucket_count() * sizeof(void*);
+    const std::size_t bookkeeping = index_->max_elements_ * (sizeof(std::mutex) + sizeof(int) + sizeof(char*)) +
+                                    index_->link_list_update_locks_.size() * sizeof(std::mutex);
+    return index_->max_elements_ * index_->size_data_per_element_ + upper + bookkeeping +
+           index_->label_lookup_.size() * 32 + index_->label_lookup_.bucket_count() * sizeof(void*);
   }
 
  private:

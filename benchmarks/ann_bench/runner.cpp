@@ -116,6 +116,12 @@ double timed_build(index_adapter& index, matrix_view<const float> base, std::siz
   return seconds_since(start);
 }
 
+double timed_load(index_adapter& index, const std::string& path, bool mmap) {
+  const auto start = clock_type::now();
+  index.load(path, mmap);
+  return seconds_since(start);
+}
+
 sweep_result measure(const index_adapter& index, matrix_view<const float> queries,
                      matrix_view<const std::int32_t> truth, const run_settings& settings) {
   const std::size_t warm_rows = std::min<std::size_t>(100, queries.rows);

@@ -5,9 +5,11 @@
 #include <vector>
 
 #include "adapter.hpp"
+#include "shoal/index/any_index.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/hnsw.hpp"
 #include "shoal/index/ivf_flat.hpp"
+#include "shoal/index/ivf_pq.hpp"
 
 namespace shoal::bench {
 namespace {
@@ -29,6 +31,26 @@ class shoal_adapter : public index_adapter {
 
   /// What the index itself counts (vectors, links or lists, ids, the id map).
   [[nodiscard]] std::size_t memory_bytes() const final { return index_->memory_bytes(); }
+
+  void save(const std::string& path) const final {
+    if constexpr (requires(const Index& i) { i.save(path); })
+      index_->save(path);
+    else
+      index_adapter::save(path);
+  }
+
+  void load(const std::string& path, bool mmap) final {
+    if constexpr (requires { Index::load(path, load_options{}); }) {
+      index_.emplace(Index::load(path, {.mmap = mmap}));
+      if constexpr (requires(const Index& i) { describe(i); })
+        if (describe(*index_) != spec_)
+          throw config_error("--load: " + path + " holds " + describe(*index_) + ", not " + spec_);
+      if (index_->metric() != metric_)
+        throw config_error("--load: " + path + " holds an index of metric " + metric_name(index_->metric()));
+    } else {
+      index_adapter::load(path, mmap);
+    }
+  }
 
  protected:
   /// Ids 0..rows-1, the row numbers the ground truth refers to.
@@ -84,14 +106,56 @@ class ivf_flat_adapter final : public shoal_adapter<ivf_flat_index> {
   ivf_train_params train_{};
 };
 
-/// `HNSW<M>`: build knobs `ef_construction` (default 200) and `seed`, search knob `ef` (default
+/// `IVF<nlist>,PQ<m>` (8-bit codes) and `IVF<nlist>,PQ<m>x4fs` (4-bit fast-scan), optionally with
+/// `OPQ<m>,` in front (same m) and `,Refine(Flat)` (full vectors kept for re-ranking): build knob `iterations` (coarse
+/// k-means, default 10), search knobs `nprobe` (default `ivf_pq_index::default_nprobe`) and `refine` (re-rank the best
+/// k · refine by exact distance; only with `,Refine(Flat)`, default 0 = none).
+class ivf_pq_adapter final : public shoal_adapter<ivf_pq_index> {
+ public:
+  explicit ivf_pq_adapter(const index_request& request)
+      : shoal_adapter(request), spec_parts_(ivf_pq(request.spec).value()) {
+    train_.coarse.iterations =
+        single_knob(request.build_params, "iterations", train_.coarse.iterations, "build", spec_);
+    if (spec_parts_.opq != 0 && spec_parts_.opq != spec_parts_.m)
+      throw config_error("index " + spec_ + ": OPQ<m> must use the PQ's m");
+  }
+
+  void set_search_params(const param_list& params) override {
+    static constexpr std::string_view names[] = {"nprobe", "refine"};
+    check_param_names(params, names, "search", spec_);
+    params_ = {};
+    for (const param& p : params)
+      (p.name == "nprobe" ? params_.nprobe : params_.refine_factor) = parse_positive(p, spec_);
+    if (params_.refine_factor > 0 && !spec_parts_.refine)
+      throw config_error("search parameter refine of index " + spec_ + " needs the ,Refine(Flat) suffix");
+  }
+
+  void build(matrix_view<const float> base) override {
+    index_.emplace(base.dim, metric_,
+                   ivf_pq_params{.nlist = spec_parts_.nlist,
+                                 .m = spec_parts_.m,
+                                 .nbits = spec_parts_.fast_scan ? std::size_t{4} : std::size_t{8},
+                                 .refine = spec_parts_.refine,
+                                 .opq = spec_parts_.opq != 0});
+    index_->train(base, train_);
+    index_->add(base, row_ids(base));
+  }
+
+ private:
+  ivf_pq_spec spec_parts_;
+  ivf_pq_train_params train_{};
+};
+
+/// `HNSW<M>` and `HNSW<M>,SQ8` (SQ8 traversal, exact re-rank): build knobs `ef_construction` (default 200) and `seed`, search knob `ef` (default
 /// `hnsw_index::default_ef`, raised to k).
 class hnsw_adapter final : public shoal_adapter<hnsw_index> {
  public:
   explicit hnsw_adapter(const index_request& request) : shoal_adapter(request) {
     static constexpr std::string_view names[] = {"ef_construction", "seed"};
     check_param_names(request.build_params, names, "build", spec_);
-    build_.M = hnsw_m(request.spec).value();
+    const hnsw_spec spec = parse_hnsw_spec(request.spec).value();
+    build_.M = spec.m;
+    build_.codes = spec.sq8 ? hnsw_codes::sq8 : hnsw_codes::none;
     for (const param& p : request.build_params)
       (p.name == "seed" ? build_.seed : build_.ef_construction) = parse_positive(p, spec_);
   }
@@ -126,7 +190,9 @@ std::unique_ptr<index_adapter> make(const index_request& request) {
 constexpr index_family families[] = {
     {"Flat", [](std::string_view spec) { return spec == "Flat"; }, make<flat_adapter>},
     {"IVF<nlist>,Flat", [](std::string_view spec) { return ivf_flat_nlist(spec).has_value(); }, make<ivf_flat_adapter>},
-    {"HNSW<M>", [](std::string_view spec) { return hnsw_m(spec).has_value(); }, make<hnsw_adapter>},
+    {"[OPQ<m>,]IVF<nlist>,PQ<m>[x4fs][,Refine(Flat)]", [](std::string_view spec) { return ivf_pq(spec).has_value(); },
+     make<ivf_pq_adapter>},
+    {"HNSW<M>[,SQ8]", [](std::string_view spec) { return parse_hnsw_spec(spec).has_value(); }, make<hnsw_adapter>},
 };
 
 }  // namespace

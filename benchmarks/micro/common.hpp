@@ -21,5 +21,7 @@ void register_kernel_benchmarks();
 void register_flat_benchmarks();
 /// Machine ceilings: streaming read bandwidth and peak FMA rate (ceilings.cpp).
 void register_ceiling_benchmarks();
+/// The PQ scan kernels, 4-bit fast-scan and 8-bit ADC, at every SIMD level (pq_scan.cpp).
+void register_pq_benchmarks();
 
 }  // namespace shoal::bench

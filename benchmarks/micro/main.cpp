@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   shoal::bench::register_kernel_benchmarks();
   shoal::bench::register_flat_benchmarks();
   shoal::bench::register_ceiling_benchmarks();
+  shoal::bench::register_pq_benchmarks();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

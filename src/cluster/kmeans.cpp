@@ -163,7 +163,10 @@ void assign_nearest(matrix_view<const float> points, matrix_view<const float> ce
         } else {
           topk_heap& heap = heaps[i];
           for (std::size_t j = 0; j < cols; ++j) {
-            const float score = l2 ? centroid_norms[c0 + j] - 2.0f * ip[j] : -ip[j];
+            float score = l2 ? centroid_norms[c0 + j] - 2.0f * ip[j] : -ip[j];
+            // Overflowing inputs can make a score NaN, which no comparison admits; ranked last instead,
+            // the heap still fills with `count` entries, which the caller reads back.
+            if (std::isnan(score)) score = std::numeric_limits<float>::infinity();
             if (score <= heap.worst()) heap.push(score, c0 + j);
           }
         }

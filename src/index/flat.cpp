@@ -7,6 +7,7 @@
 
 #include "core/parallel.hpp"
 #include "index/scan.hpp"
+#include "io/format.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
@@ -38,11 +39,18 @@ std::size_t flat_index::memory_bytes() const noexcept {
   // unordered_map: one bucket pointer per bucket, a node (next pointer, key, value) per entry.
   const std::size_t map_bytes = slot_of_.bucket_count() * sizeof(void*) +
                                 slot_of_.size() * (sizeof(void*) + sizeof(vector_id) + sizeof(std::size_t));
+  if (mapping_) return map_bytes;
   return vectors_.capacity() * sizeof(float) + norms_.capacity() * sizeof(float) + ids_.capacity() * sizeof(vector_id) +
          map_bytes;
 }
 
+void flat_index::check_mutable(const char* what) const {
+  SHOAL_CHECK_CODE(mapping_ == nullptr, errc::unsupported, what,
+                   ": the index was loaded with mmap and is read-only (load it without mmap to modify it)");
+}
+
 void flat_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
+  check_mutable("flat_index::add");
   detail::check_vectors(vectors, dim_, "flat_index::add: vector");
   SHOAL_CHECK(ids.size() == vectors.rows, "flat_index::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
   {
@@ -70,6 +78,7 @@ void flat_index::add(matrix_view<const float> vectors, std::span<const vector_id
 }
 
 void flat_index::remove(vector_id id) {
+  check_mutable("flat_index::remove");
   const auto it = slot_of_.find(id);
   SHOAL_CHECK_CODE(it != slot_of_.end(), errc::not_found, "flat_index::remove: id ", id, " is not stored");
   // Move the last row into the freed slot: storage stays dense and removal is O(dim).
@@ -90,7 +99,7 @@ void flat_index::remove(vector_id id) {
 std::span<const float> flat_index::vector(vector_id id) const {
   const auto it = slot_of_.find(id);
   SHOAL_CHECK_CODE(it != slot_of_.end(), errc::not_found, "flat_index::vector: id ", id, " is not stored");
-  return {vectors_.data() + it->second * dim_, dim_};
+  return {vector_data() + it->second * dim_, dim_};
 }
 
 flat_index::query_block flat_index::prepare(matrix_view<const float> queries) const {
@@ -106,8 +115,7 @@ flat_index::query_block flat_index::prepare(matrix_view<const float> queries) co
 
 void flat_index::search_streaming(const float* query, neighbors_view out_row, const search_params& params) const {
   topk_heap heap(out_row.k);
-  detail::scan_into_heap(active_kernels(), metric_, query, vectors_.data(), ids_.data(), size(), dim_, params.filter,
-                         heap);
+  detail::scan_into_heap(active_kernels(), metric_, query, vector_data(), id_data(), size(), dim_, params.filter, heap);
   heap.write_sorted(out_row.row_ids(0), out_row.row_distances(0));
 }
 
@@ -119,16 +127,16 @@ void flat_index::search_gemm(matrix_view<const float> queries, neighbors_view ou
   std::vector<topk_heap> heaps(nq, topk_heap(keep));
   for (std::size_t first = 0; first < size(); first += gemm_vectors) {
     const std::size_t count = std::min(gemm_vectors, size() - first);
-    k.inner_product_many(queries.data, nq, queries.stride, vectors_.data() + first * dim_, count, dim_, dim_,
-                         tile.data(), gemm_vectors);
+    k.inner_product_many(queries.data, nq, queries.stride, vector_data() + first * dim_, count, dim_, dim_, tile.data(),
+                         gemm_vectors);
     for (std::size_t q = 0; q < nq; ++q) {
       topk_heap& heap = heaps[q];
       const float* ip = tile.data() + q * gemm_vectors;
       for (std::size_t i = 0; i < count; ++i) {
         // Rank by ‖x‖² − 2q·x under L2 (‖q‖² is constant per query) and by −q·x otherwise.
-        const float d = metric_ == metric::l2 ? norms_[first + i] - 2.0f * ip[i] : -ip[i];
+        const float d = metric_ == metric::l2 ? norm_data()[first + i] - 2.0f * ip[i] : -ip[i];
         if (d > heap.worst()) continue;
-        const vector_id id = ids_[first + i];
+        const vector_id id = id_data()[first + i];
         if (params.filter.accepts(id)) heap.push(d, id);
       }
     }
@@ -137,7 +145,7 @@ void flat_index::search_gemm(matrix_view<const float> queries, neighbors_view ou
   for (std::size_t q = 0; q < nq; ++q) {
     topk_heap exact(out.k);
     for (const scored_id& c : heaps[q].take_sorted()) {
-      const float* x = vectors_.data() + slot_of_.at(c.id) * dim_;
+      const float* x = vector_data() + slot_of_.at(c.id) * dim_;
       exact.push(detail::pair_distance(k, metric_, queries.row(q), x, dim_), c.id);
     }
     exact.write_sorted(out.row_ids(q), out.row_distances(q));
@@ -180,11 +188,57 @@ range_result flat_index::range_search(matrix_view<const float> queries, float ra
   const matrix_view<const float> q = block.view;
   std::vector<std::vector<scored_id>> hits(q.rows);
   detail::parallel_for(q.rows, [&](std::size_t r) {
-    detail::scan_into_range(active_kernels(), metric_, q.row(r), vectors_.data(), ids_.data(), size(), dim_, radius,
+    detail::scan_into_range(active_kernels(), metric_, q.row(r), vector_data(), id_data(), size(), dim_, radius,
                             params.filter, hits[r]);
     std::sort(hits[r].begin(), hits[r].end());
   });
   return detail::gather_range(hits);
+}
+
+// ------------------------------------------------------------------------------------------ persistence
+namespace {
+constexpr std::uint32_t tag_vectors = io::detail::make_tag("VECS");
+constexpr std::uint32_t tag_norms = io::detail::make_tag("NORM");
+constexpr std::uint32_t tag_ids = io::detail::make_tag("IDS ");
+}  // namespace
+
+void flat_index::save(const std::string& path) const {
+  const std::size_t n = size();
+  io::detail::index_file_writer out(path, {index_kind::flat, metric_, dim_, n});
+  out.begin_section(tag_vectors);
+  out.append(std::span<const float>(vector_data(), n * dim_));
+  out.begin_section(tag_norms);
+  out.append(std::span<const float>(norm_data(), n));
+  out.begin_section(tag_ids);
+  out.append(std::span<const vector_id>(id_data(), n));
+  out.commit();
+}
+
+flat_index flat_index::load(const std::string& path, const load_options& options) {
+  const io::detail::index_file_reader in(path, options);
+  in.expect_kind(index_kind::flat, "flat_index::load");
+  in.check_known({tag_vectors, tag_norms, tag_ids});
+  const io::detail::index_header& h = in.header();
+  const auto n = static_cast<std::size_t>(h.count);
+  const std::size_t values = io::detail::checked_mul(h.count, h.dim, in.name(), "vector count x dimension");
+  flat_index index(static_cast<std::size_t>(h.dim), h.metric);
+  if (in.mapped()) {
+    index.mapped_vectors_ = in.map<float>(tag_vectors, values).data();
+    index.mapped_norms_ = in.map<float>(tag_norms, n).data();
+    index.mapped_ids_ = in.map<vector_id>(tag_ids, n).data();
+    index.mapped_size_ = n;
+    index.mapping_ = in.mapping();
+  } else {
+    index.vectors_ = in.read_vector<float>(tag_vectors, values);
+    index.norms_ = in.read_vector<float>(tag_norms, n);
+    index.ids_ = in.read_vector<vector_id>(tag_ids, n);
+  }
+  const vector_id* ids = index.id_data();
+  index.slot_of_.reserve(n);
+  for (std::size_t i = 0; i < n; ++i)
+    SHOAL_CHECK_CODE(index.slot_of_.emplace(ids[i], i).second, errc::corrupt_file, in.name(), ": id ", ids[i],
+                     " is stored twice");
+  return index;
 }
 
 }  // namespace shoal

@@ -14,6 +14,7 @@
 
 #include "core/parallel.hpp"
 #include "index/scan.hpp"
+#include "io/format.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
@@ -56,9 +57,14 @@ struct chunk {
   std::unique_ptr<spinlock[]> locks;  // serialise writers of a node's link lists (readers take none)
   std::unique_ptr<vector_id[]> ids;
   std::unique_ptr<std::unique_ptr<slot_t[]>[]> upper;  // layers 1..level, each a count then M slots
-  aligned_vector<float> vectors;                       // rows padded to 64 bytes
-  std::vector<slot_t> links0;                          // per node: count, then 2M slots
-  aligned_vector<std::uint8_t> codes;                  // SQ8 traversal only: per node a float term, then dim codes
+  // The bulk arrays, searched through the pointers below: owned (`*_store`), or — in an index loaded
+  // with mmap, which is read-only — inside the file mapping.
+  float* vectors = nullptr;       // rows padded to 64 bytes
+  slot_t* links0 = nullptr;       // per node: count, then 2M slots
+  std::uint8_t* codes = nullptr;  // SQ8 traversal only: per node a float term, then dim codes
+  aligned_vector<float> vectors_store;
+  aligned_vector<slot_t> links0_store;
+  aligned_vector<std::uint8_t> codes_store;
 };
 
 /// One query as traversal scores it: full-precision distances from `q`, or — when `coeffs` is set —
@@ -163,6 +169,13 @@ struct hnsw_index::impl {
   std::vector<float> sq_min, sq_step;
   std::atomic<bool> sq_ready{false};
   std::mutex sq_mutex;
+  // Set by a memory-mapped load: the bulk arrays live in the mapping, kept alive here; read-only.
+  std::shared_ptr<const io::detail::file_mapping> mapping;
+
+  void check_mutable(const char* what) const {
+    SHOAL_CHECK_CODE(mapping == nullptr, errc::unsupported, what,
+                     ": the index was loaded with mmap and is read-only (load it without mmap to modify it)");
+  }
   mutable std::mutex ids_mutex;
   std::unordered_map<vector_id, slot_t> slot_of;
   mutable std::mutex pool_mutex;
@@ -209,14 +222,14 @@ struct hnsw_index::impl {
   }
   [[nodiscard]] float* vec(slot_t s) const noexcept {
     const auto [c, off] = locate(s);
-    return chunk_of(c).vectors.data() + off * stride;
+    return chunk_of(c).vectors + off * stride;
   }
   /// Link list of `s` on `level`: [0] is the count, then the slots. Written under the node lock (or the
   /// exclusive structure lock) with `store_link`; read with `load_link` (see there).
   [[nodiscard]] slot_t* links(slot_t s, std::size_t level) const noexcept {
     if (level == 0) {
       const auto [c, off] = locate(s);
-      return chunk_of(c).links0.data() + off * (max_links0 + 1);
+      return chunk_of(c).links0 + off * (max_links0 + 1);
     }
     return upper_of(s).get() + (level - 1) * (max_links + 1);
   }
@@ -237,30 +250,40 @@ struct hnsw_index::impl {
     }
     const slot_t s = slot_count.load(std::memory_order_relaxed);
     SHOAL_CHECK_CODE(s != no_slot, errc::unsupported, "hnsw_index::add: more than 2^32 - 1 nodes");
-    const std::size_t c = locate(s).first;
-    if (c == owned_chunks.size()) {
-      if (c == directory_size) {
-        const std::size_t grown = std::max<std::size_t>(16, 2 * directory_size);
-        auto table = std::make_unique<std::atomic<chunk*>[]>(grown);
-        for (std::size_t i = 0; i < grown; ++i)
-          table[i].store(i < c ? owned_chunks[i].get() : nullptr, std::memory_order_relaxed);
-        directory.store(table.get(), std::memory_order_release);
-        tables.push_back(std::move(table));
-        directory_size = grown;
-      }
-      auto fresh = std::make_unique<chunk>();
-      fresh->state = std::make_unique<std::atomic<std::uint8_t>[]>(chunk_nodes);
-      fresh->locks = std::make_unique<spinlock[]>(chunk_nodes);
-      fresh->ids = std::make_unique<vector_id[]>(chunk_nodes);
-      fresh->upper = std::make_unique<std::unique_ptr<slot_t[]>[]>(chunk_nodes);
-      fresh->vectors.assign(chunk_nodes * stride, 0.0f);
-      fresh->codes.assign(chunk_nodes * code_stride, 0);
-      fresh->links0.assign(chunk_nodes * (max_links0 + 1), 0);
-      directory.load(std::memory_order_relaxed)[c].store(fresh.get(), std::memory_order_release);
-      owned_chunks.push_back(std::move(fresh));
+    if (locate(s).first == owned_chunks.size()) {
+      chunk& fresh = add_chunk();
+      fresh.vectors_store.assign(chunk_nodes * stride, 0.0f);
+      fresh.codes_store.assign(chunk_nodes * code_stride, 0);
+      fresh.links0_store.assign(chunk_nodes * (max_links0 + 1), 0);
+      fresh.vectors = fresh.vectors_store.data();
+      fresh.codes = fresh.codes_store.data();
+      fresh.links0 = fresh.links0_store.data();
     }
     slot_count.store(s + 1, std::memory_order_release);
     return s;
+  }
+
+  /// Appends a chunk with its per-node arrays (the bulk arrays are the caller's to set before any of
+  /// its slots is handed out), growing the directory when it is full. Caller holds slots_mutex.
+  chunk& add_chunk() {
+    const std::size_t c = owned_chunks.size();
+    if (c == directory_size) {
+      const std::size_t grown = std::max<std::size_t>(16, 2 * directory_size);
+      auto table = std::make_unique<std::atomic<chunk*>[]>(grown);
+      for (std::size_t i = 0; i < grown; ++i)
+        table[i].store(i < c ? owned_chunks[i].get() : nullptr, std::memory_order_relaxed);
+      directory.store(table.get(), std::memory_order_release);
+      tables.push_back(std::move(table));
+      directory_size = grown;
+    }
+    auto fresh = std::make_unique<chunk>();
+    fresh->state = std::make_unique<std::atomic<std::uint8_t>[]>(chunk_nodes);
+    fresh->locks = std::make_unique<spinlock[]>(chunk_nodes);
+    fresh->ids = std::make_unique<vector_id[]>(chunk_nodes);
+    fresh->upper = std::make_unique<std::unique_ptr<slot_t[]>[]>(chunk_nodes);
+    directory.load(std::memory_order_relaxed)[c].store(fresh.get(), std::memory_order_release);
+    owned_chunks.push_back(std::move(fresh));
+    return *owned_chunks.back();
   }
 
   // ----------------------------------------------------------------------------------------- distances
@@ -347,7 +370,7 @@ struct hnsw_index::impl {
   }
   [[nodiscard]] std::uint8_t* codes(slot_t x) const noexcept {
     const auto [c, off] = locate(x);
-    return chunk_of(c).codes.data() + off * code_stride + sizeof(float);
+    return chunk_of(c).codes + off * code_stride + sizeof(float);
   }
   /// The per-node constant of the SQ8 estimate, stored just before the codes.
   [[nodiscard]] static float code_term(const std::uint8_t* c) noexcept {
@@ -409,11 +432,11 @@ struct hnsw_index::impl {
       const chunk& ch = chunk_of(c_index);
       if (ch.state[off].load(std::memory_order_acquire) <= level) continue;
       if (ctx.coeffs != nullptr) {
-        const std::uint8_t* row = ch.codes.data() + off * code_stride + sizeof(float);
+        const std::uint8_t* row = ch.codes + off * code_stride + sizeof(float);
         __builtin_prefetch(row);
         s.pending_codes[m] = row;
       } else {
-        const float* row = ch.vectors.data() + off * stride;
+        const float* row = ch.vectors + off * stride;
         __builtin_prefetch(row);
         s.pending_rows[m] = row;
       }
@@ -748,7 +771,8 @@ std::size_t hnsw_index::memory_bytes() const {
     for (const auto& c : x.owned_chunks)
       bytes += chunk_nodes *
                    (sizeof(std::uint8_t) + sizeof(spinlock) + sizeof(vector_id) + sizeof(std::unique_ptr<slot_t[]>)) +
-               c->vectors.capacity() * sizeof(float) + c->codes.capacity() + c->links0.capacity() * sizeof(slot_t);
+               c->vectors_store.capacity() * sizeof(float) + c->codes_store.capacity() +
+               c->links0_store.capacity() * sizeof(slot_t);
     for (std::size_t t = 0, entries = x.directory_size; t < x.tables.size(); ++t, entries /= 2)
       bytes += entries * sizeof(std::atomic<chunk*>);
     bytes += x.free_slots.capacity() * sizeof(slot_t);
@@ -763,6 +787,7 @@ std::size_t hnsw_index::memory_bytes() const {
 
 void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
   impl& x = *impl_;
+  x.check_mutable("hnsw_index::add");
   detail::check_vectors(vectors, x.dim, "hnsw_index::add: vector");
   SHOAL_CHECK(ids.size() == vectors.rows, "hnsw_index::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
   std::optional<matrix<float>> normalized;
@@ -786,6 +811,7 @@ void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id
 
 void hnsw_index::train(matrix_view<const float> sample) {
   impl& x = *impl_;
+  x.check_mutable("hnsw_index::train");
   detail::check_vectors(sample, x.dim, "hnsw_index::train: vector");
   if (x.code_stride == 0) return;
   SHOAL_CHECK(sample.rows > 0, "hnsw_index::train: empty sample");
@@ -803,6 +829,7 @@ void hnsw_index::train(matrix_view<const float> sample) {
 
 void hnsw_index::remove(vector_id id) {
   impl& x = *impl_;
+  x.check_mutable("hnsw_index::remove");
   const std::unique_lock structure(x.structure);
   slot_t slot = no_slot;
   {
@@ -817,6 +844,7 @@ void hnsw_index::remove(vector_id id) {
 
 void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
   impl& x = *impl_;
+  x.check_mutable("hnsw_index::upsert");
   detail::check_vectors(vector, x.dim, "hnsw_index::upsert: vector");
   SHOAL_CHECK(vector.rows == 1, "hnsw_index::upsert: expected one vector, got ", vector.rows);
   std::optional<matrix<float>> normalized;
@@ -901,6 +929,217 @@ range_result hnsw_index::range_search(matrix_view<const float> queries, float ra
     });
   }
   return detail::gather_range(rows);
+}
+
+// ------------------------------------------------------------------------------------------- persistence
+namespace {
+
+constexpr std::uint32_t tag_params = io::detail::make_tag("HPAR");
+constexpr std::uint32_t tag_vectors = io::detail::make_tag("HVEC");
+constexpr std::uint32_t tag_links0 = io::detail::make_tag("HLK0");
+constexpr std::uint32_t tag_codes = io::detail::make_tag("HCOD");
+constexpr std::uint32_t tag_state = io::detail::make_tag("HSTA");
+constexpr std::uint32_t tag_ids = io::detail::make_tag("HIDS");
+constexpr std::uint32_t tag_upper = io::detail::make_tag("HUPL");
+constexpr std::uint32_t tag_ranges = io::detail::make_tag("HSQR");
+
+/// The HPAR section: fixed-width little-endian fields (docs/format.md).
+struct hnsw_file_params {
+  std::uint64_t m;
+  std::uint64_t ef_construction;
+  std::uint64_t seed;
+  std::uint32_t codes;  // hnsw_codes
+  std::uint32_t chunk_nodes;
+  std::uint64_t stride;       // floats per vector row
+  std::uint64_t code_stride;  // bytes per code row (0: no codes)
+  std::uint64_t slots;        // slots ever handed out
+  std::uint64_t chunks;
+  std::uint64_t sequence;
+  std::uint64_t entry;  // slot | level << 32, or all ones when empty
+};
+static_assert(sizeof(hnsw_file_params) == 80 && std::is_trivially_copyable_v<hnsw_file_params>);
+
+}  // namespace
+
+bool hnsw_index::is_mapped() const noexcept { return impl_->mapping != nullptr; }
+
+void hnsw_index::save(const std::string& path) const {
+  const impl& x = *impl_;
+  const std::unique_lock structure(x.structure);
+  const std::size_t slots = x.slot_count.load(std::memory_order_relaxed);
+  const std::size_t chunks = x.owned_chunks.size();
+  io::detail::index_file_writer out(path, {index_kind::hnsw, x.metric, x.dim, x.live_count.load()});
+  out.begin_section(tag_params);
+  out.append_value(hnsw_file_params{x.build.M, x.build.ef_construction, x.build.seed,
+                                    static_cast<std::uint32_t>(x.build.codes), static_cast<std::uint32_t>(chunk_nodes),
+                                    x.stride, x.code_stride, slots, chunks, x.sequence.load(), x.entry.load()});
+  // Whole chunks, so that a mapped chunk is one contiguous run of the file.
+  out.begin_section(tag_vectors);
+  for (const auto& c : x.owned_chunks) out.append(std::span<const float>(c->vectors, chunk_nodes * x.stride));
+  out.begin_section(tag_links0);
+  for (const auto& c : x.owned_chunks) out.append(std::span<const slot_t>(c->links0, chunk_nodes * (x.max_links0 + 1)));
+  if (x.code_stride != 0) {
+    out.begin_section(tag_codes);
+    for (const auto& c : x.owned_chunks)
+      out.append(std::span<const std::uint8_t>(c->codes, chunk_nodes * x.code_stride));
+    out.begin_section(tag_ranges);
+    out.append(std::span<const float>(x.sq_min));
+    out.append(std::span<const float>(x.sq_step));
+  }
+  std::vector<std::uint8_t> state(slots);
+  std::vector<vector_id> ids(slots);
+  std::vector<slot_t> upper;
+  for (std::size_t s = 0; s < slots; ++s) {
+    const auto slot = static_cast<slot_t>(s);
+    state[s] = x.state(slot).load(std::memory_order_relaxed);
+    ids[s] = x.id_of(slot);
+    if (state[s] > 1) {
+      const slot_t* u = x.upper_of(slot).get();
+      upper.insert(upper.end(), u, u + std::size_t{state[s] - 1u} * (x.max_links + 1));
+    }
+  }
+  out.begin_section(tag_state);
+  out.append(std::span<const std::uint8_t>(state));
+  out.begin_section(tag_ids);
+  out.append(std::span<const vector_id>(ids));
+  out.begin_section(tag_upper);
+  out.append(std::span<const slot_t>(upper));
+  out.commit();
+}
+
+hnsw_index hnsw_index::load(const std::string& path, const load_options& options) {
+  const io::detail::index_file_reader in(path, options);
+  in.expect_kind(index_kind::hnsw, "hnsw_index::load");
+  in.check_known({tag_params, tag_vectors, tag_links0, tag_codes, tag_state, tag_ids, tag_upper, tag_ranges});
+  const io::detail::index_header& h = in.header();
+  const std::string& name = in.name();
+  hnsw_file_params fp{};
+  in.read(tag_params, &fp, 1);
+  const auto corrupt = [&](bool ok, const char* what) {
+    SHOAL_CHECK_CODE(ok, errc::corrupt_file, name, ": hnsw ", what);
+  };
+  corrupt(h.dim > 0 && h.dim < (std::uint64_t{1} << 24), "dimension out of range");
+  corrupt(fp.m >= 2 && fp.m <= 256 && fp.ef_construction > 0, "parameters out of range");
+  corrupt(fp.codes <= static_cast<std::uint32_t>(hnsw_codes::sq8), "unknown code type");
+  corrupt(fp.chunk_nodes == chunk_nodes, "chunk size differs from this library's");
+  corrupt(fp.slots < no_slot && fp.chunks == (fp.slots + chunk_nodes - 1) / chunk_nodes,
+          "slot count and chunk count disagree");
+  hnsw_params params;
+  params.M = static_cast<std::size_t>(fp.m);
+  params.ef_construction = static_cast<std::size_t>(fp.ef_construction);
+  params.seed = fp.seed;
+  params.codes = static_cast<hnsw_codes>(fp.codes);
+  hnsw_index index(static_cast<std::size_t>(h.dim), h.metric, params);
+  impl& x = *index.impl_;
+  corrupt(fp.stride == x.stride && fp.code_stride == x.code_stride, "row strides differ from the dimension's");
+  const auto slots = static_cast<std::size_t>(fp.slots);
+  const auto chunks = static_cast<std::size_t>(fp.chunks);
+  const std::size_t link_row = x.max_links0 + 1;
+  const std::size_t vec_values = io::detail::checked_mul(fp.chunks, chunk_nodes * x.stride, name, "vector rows");
+  const std::size_t link_values = io::detail::checked_mul(fp.chunks, chunk_nodes * link_row, name, "link rows");
+  const std::size_t code_bytes = io::detail::checked_mul(fp.chunks, chunk_nodes * x.code_stride, name, "code rows");
+
+  // Bulk arrays: spans of the mapping, or read chunk by chunk into owned storage.
+  const float* mapped_vectors = nullptr;
+  const slot_t* mapped_links = nullptr;
+  const std::uint8_t* mapped_codes = nullptr;
+  if (in.mapped()) {
+    mapped_vectors = in.map<float>(tag_vectors, vec_values).data();
+    mapped_links = in.map<slot_t>(tag_links0, link_values).data();
+    if (x.code_stride != 0) mapped_codes = in.map<std::uint8_t>(tag_codes, code_bytes).data();
+    x.mapping = in.mapping();
+  } else {
+    corrupt(in.section_size(tag_vectors) == vec_values * sizeof(float), "vector section has the wrong size");
+    corrupt(in.section_size(tag_links0) == link_values * sizeof(slot_t), "link section has the wrong size");
+    if (x.code_stride != 0) corrupt(in.section_size(tag_codes) == code_bytes, "code section has the wrong size");
+  }
+  std::vector<std::uint8_t> state(slots);
+  std::vector<vector_id> ids(slots);
+  in.read(tag_state, state.data(), slots);
+  in.read(tag_ids, ids.data(), slots);
+  if (x.code_stride != 0) {
+    std::vector<float> ranges(2 * x.dim);
+    in.read(tag_ranges, ranges.data(), ranges.size());
+    x.sq_min.assign(ranges.begin(), ranges.begin() + static_cast<std::ptrdiff_t>(x.dim));
+    x.sq_step.assign(ranges.begin() + static_cast<std::ptrdiff_t>(x.dim), ranges.end());
+    corrupt(std::all_of(x.sq_step.begin(), x.sq_step.end(), [](float v) { return v > 0.0f && std::isfinite(v); }) &&
+                std::all_of(x.sq_min.begin(), x.sq_min.end(), [](float v) { return std::isfinite(v); }),
+            "SQ8 ranges are not finite and positive");
+    x.sq_ready.store(true, std::memory_order_release);
+  }
+  std::size_t upper_values = 0;
+  for (const std::uint8_t st : state) {
+    corrupt(st <= max_level + 1, "node level out of range");
+    if (st > 1) upper_values += std::size_t{st - 1u} * (x.max_links + 1);
+  }
+  std::vector<slot_t> upper(upper_values);
+  in.read(tag_upper, upper.data(), upper_values);
+
+  {
+    const std::lock_guard lock(x.slots_mutex);
+    for (std::size_t c = 0; c < chunks; ++c) {
+      chunk& ch = x.add_chunk();
+      if (in.mapped()) {
+        // Never written: every mutator refuses a mapped index.
+        ch.vectors = const_cast<float*>(mapped_vectors + c * chunk_nodes * x.stride);
+        ch.links0 = const_cast<slot_t*>(mapped_links + c * chunk_nodes * link_row);
+        if (x.code_stride != 0) ch.codes = const_cast<std::uint8_t*>(mapped_codes + c * chunk_nodes * x.code_stride);
+        continue;
+      }
+      ch.vectors_store.resize(chunk_nodes * x.stride);
+      ch.links0_store.resize(chunk_nodes * link_row);
+      ch.codes_store.resize(chunk_nodes * x.code_stride);
+      in.read_range(tag_vectors, c * chunk_nodes * x.stride * sizeof(float), ch.vectors_store.data(),
+                    ch.vectors_store.size() * sizeof(float));
+      in.read_range(tag_links0, c * chunk_nodes * link_row * sizeof(slot_t), ch.links0_store.data(),
+                    ch.links0_store.size() * sizeof(slot_t));
+      if (x.code_stride != 0)
+        in.read_range(tag_codes, c * chunk_nodes * x.code_stride, ch.codes_store.data(), ch.codes_store.size());
+      ch.vectors = ch.vectors_store.data();
+      ch.links0 = ch.links0_store.data();
+      ch.codes = ch.codes_store.data();
+    }
+    x.slot_count.store(static_cast<slot_t>(slots), std::memory_order_relaxed);
+  }
+
+  // Per-node arrays, and every link checked to stay inside the slots.
+  const auto links_ok = [&](const slot_t* list, std::size_t capacity) {
+    if (list[0] > capacity) return false;
+    return std::all_of(list + 1, list + 1 + list[0], [&](slot_t v) { return v < slots; });
+  };
+  std::size_t live = 0;
+  const slot_t* next_upper = upper.data();
+  for (std::size_t s = 0; s < slots; ++s) {
+    const auto slot = static_cast<slot_t>(s);
+    corrupt(links_ok(x.links(slot, 0), x.max_links0), "bottom-layer link list out of range");
+    if (state[s] == 0) {
+      x.free_slots.push_back(slot);
+      continue;
+    }
+    ++live;
+    x.id_of(slot) = ids[s];
+    SHOAL_CHECK_CODE(x.slot_of.emplace(ids[s], slot).second, errc::corrupt_file, name, ": id ", ids[s],
+                     " is stored twice");
+    if (state[s] > 1) {
+      const std::size_t values = std::size_t{state[s] - 1u} * (x.max_links + 1);
+      auto& u = x.upper_of(slot);
+      u = std::make_unique<slot_t[]>(values);
+      std::copy_n(next_upper, values, u.get());
+      next_upper += values;
+      for (std::size_t l = 1; l < state[s]; ++l)
+        corrupt(links_ok(x.links(slot, l), x.max_links), "upper link list out of range");
+    }
+    x.state(slot).store(state[s], std::memory_order_relaxed);
+  }
+  corrupt(live == h.count, "live node count disagrees with the header");
+  const std::uint64_t entry = fp.entry;
+  const bool entry_ok = live == 0 ? entry == empty_entry
+                                  : (entry & 0xffffffffu) < slots && state[entry & 0xffffffffu] == (entry >> 32) + 1;
+  corrupt(entry_ok, "entry point is not a live node of its level");
+  x.entry.store(entry, std::memory_order_release);
+  x.live_count.store(live, std::memory_order_relaxed);
+  x.sequence.store(fp.sequence, std::memory_order_relaxed);
+  return index;
 }
 
 }  // namespace shoal

@@ -11,6 +11,7 @@
 #include "core/parallel.hpp"
 #include "index/inverted_lists.hpp"
 #include "index/scan.hpp"
+#include "io/format.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
@@ -18,8 +19,18 @@
 
 namespace shoal {
 
-/// An IVF-Flat list: full vectors (dim floats per entry) and ids.
-struct ivf_flat_index::list : detail::inverted_list<float> {};
+/// An IVF-Flat list: full vectors (dim floats per entry) and ids, owned — or, after a memory-mapped load,
+/// inside the mapping (`codes` and `ids` then stay empty).
+struct ivf_flat_index::list : detail::inverted_list<float> {
+  bool mapped = false;
+  const float* mapped_rows = nullptr;
+  const vector_id* mapped_ids = nullptr;
+  std::size_t mapped_count = 0;
+
+  [[nodiscard]] std::size_t count() const noexcept { return mapped ? mapped_count : size(); }
+  [[nodiscard]] const float* rows() const noexcept { return mapped ? mapped_rows : codes.data(); }
+  [[nodiscard]] const vector_id* row_ids() const noexcept { return mapped ? mapped_ids : ids.data(); }
+};
 
 /// Queries as searched (a normalised copy under cosine) and their probed lists, nprobe per query.
 struct ivf_flat_index::prepared {
@@ -50,7 +61,8 @@ ivf_flat_index::ivf_flat_index(ivf_flat_index&& other) noexcept
       lists_(std::move(other.lists_)),
       where_(std::move(other.where_)),
       map_mutex_(std::move(other.map_mutex_)),
-      size_(other.size_.exchange(0)) {}
+      size_(other.size_.exchange(0)),
+      mapping_(std::move(other.mapping_)) {}
 
 ivf_flat_index& ivf_flat_index::operator=(ivf_flat_index&& other) noexcept {
   if (this != &other) {
@@ -63,6 +75,7 @@ ivf_flat_index& ivf_flat_index::operator=(ivf_flat_index&& other) noexcept {
     where_ = std::move(other.where_);
     map_mutex_ = std::move(other.map_mutex_);
     size_.store(other.size_.exchange(0));
+    mapping_ = std::move(other.mapping_);
   }
   return *this;
 }
@@ -72,7 +85,7 @@ std::vector<std::size_t> ivf_flat_index::list_sizes() const {
   sizes.reserve(lists_.size());
   for (const auto& l : lists_) {
     const std::shared_lock lock(l->mutex);
-    sizes.push_back(l->size());
+    sizes.push_back(l->count());
   }
   return sizes;
 }
@@ -90,7 +103,13 @@ std::size_t ivf_flat_index::memory_bytes() const {
          where_.size() * (sizeof(void*) + sizeof(vector_id) + sizeof(location));
 }
 
+void ivf_flat_index::check_mutable(const char* what) const {
+  SHOAL_CHECK_CODE(mapping_ == nullptr, errc::unsupported, what,
+                   ": the index was loaded with mmap and is read-only (load it without mmap to modify it)");
+}
+
 void ivf_flat_index::train(matrix_view<const float> vectors, const ivf_train_params& params) {
+  check_mutable("ivf_flat_index::train");
   SHOAL_CHECK(size() == 0, "ivf_flat_index::train: the index already holds ", size(), " vectors; train before adding");
   detail::check_vectors(vectors, dim_, "ivf_flat_index::train: vector");
   SHOAL_CHECK(vectors.rows >= nlist_, "ivf_flat_index::train: nlist = ", nlist_, " exceeds the ", vectors.rows,
@@ -114,6 +133,7 @@ void ivf_flat_index::train(matrix_view<const float> vectors, const ivf_train_par
 }
 
 void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
+  check_mutable("ivf_flat_index::add");
   SHOAL_CHECK(is_trained(), "ivf_flat_index::add: the index is not trained");
   detail::check_vectors(vectors, dim_, "ivf_flat_index::add: vector");
   SHOAL_CHECK(ids.size() == vectors.rows, "ivf_flat_index::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
@@ -163,6 +183,7 @@ void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vecto
 }
 
 void ivf_flat_index::remove(vector_id id) {
+  check_mutable("ivf_flat_index::remove");
   const std::unique_lock map_lock(*map_mutex_);
   const auto it = where_.find(id);
   SHOAL_CHECK_CODE(it != where_.end(), errc::not_found, "ivf_flat_index::remove: id ", id, " is not stored");
@@ -213,8 +234,7 @@ void ivf_flat_index::search(matrix_view<const float> queries, neighbors_view out
     for (std::size_t j = 0; j < p.nprobe; ++j) {
       const list& l = *lists_[p.probes[q * p.nprobe + j]];
       const std::shared_lock lock(l.mutex);
-      detail::scan_into_heap(k, metric_, p.view.row(q), l.codes.data(), l.ids.data(), l.size(), dim_, params.filter,
-                             heap);
+      detail::scan_into_heap(k, metric_, p.view.row(q), l.rows(), l.row_ids(), l.count(), dim_, params.filter, heap);
     }
     heap.write_sorted(out.row_ids(q), out.row_distances(q));
   });
@@ -237,12 +257,137 @@ range_result ivf_flat_index::range_search(matrix_view<const float> queries, floa
     for (std::size_t j = 0; j < p.nprobe; ++j) {
       const list& l = *lists_[p.probes[q * p.nprobe + j]];
       const std::shared_lock lock(l.mutex);
-      detail::scan_into_range(k, metric_, p.view.row(q), l.codes.data(), l.ids.data(), l.size(), dim_, radius,
-                              params.filter, hits[q]);
+      detail::scan_into_range(k, metric_, p.view.row(q), l.rows(), l.row_ids(), l.count(), dim_, radius, params.filter,
+                              hits[q]);
     }
     std::sort(hits[q].begin(), hits[q].end());
   });
   return detail::gather_range(hits);
+}
+
+// ------------------------------------------------------------------------------------------ persistence
+namespace {
+constexpr std::uint32_t tag_params = io::detail::make_tag("IVFP");
+constexpr std::uint32_t tag_centroids = io::detail::make_tag("CENT");
+constexpr std::uint32_t tag_list_sizes = io::detail::make_tag("LSIZ");
+constexpr std::uint32_t tag_list_rows = io::detail::make_tag("LVEC");
+constexpr std::uint32_t tag_list_ids = io::detail::make_tag("LIDS");
+
+/// Bytes list rows take in LVEC: each list starts 64-byte aligned, as in memory.
+std::uint64_t padded_list_bytes(std::uint64_t rows, std::uint64_t dim, const std::string& file) {
+  return io::detail::align_up(io::detail::checked_mul(rows, dim * sizeof(float), file, "list size"),
+                              io::detail::section_alignment);
+}
+}  // namespace
+
+void ivf_flat_index::save(const std::string& path) const {
+  // The map lock in shared mode keeps add and remove (which take it exclusively before touching any
+  // list) out until the file is written: the lists are referenced, not copied.
+  const std::shared_lock map_lock(*map_mutex_);
+  io::detail::index_file_writer out(path, {index_kind::ivf_flat, metric_, dim_, size()});
+  out.begin_section(tag_params);
+  out.append_value(std::uint64_t{nlist_});
+  out.begin_section(tag_centroids);
+  out.append(std::span<const float>(centroids_.values.data(), centroids_.values.size()));
+  out.begin_section(tag_list_sizes);
+  for (const auto& l : lists_) out.append_value(std::uint64_t{l->count()});
+  out.begin_section(tag_list_rows);
+  for (const auto& l : lists_) {
+    const std::size_t bytes = l->count() * dim_ * sizeof(float);
+    out.append(l->rows(), bytes);
+    out.append_zeros(static_cast<std::size_t>(io::detail::align_up(bytes, io::detail::section_alignment)) - bytes);
+  }
+  out.begin_section(tag_list_ids);
+  for (const auto& l : lists_) out.append(std::span<const vector_id>(l->row_ids(), l->count()));
+  out.commit();
+}
+
+ivf_flat_index ivf_flat_index::load(const std::string& path, const load_options& options) {
+  const io::detail::index_file_reader in(path, options);
+  const std::string& name = in.name();
+  in.expect_kind(index_kind::ivf_flat, "ivf_flat_index::load");
+  in.check_known({tag_params, tag_centroids, tag_list_sizes, tag_list_rows, tag_list_ids});
+  const io::detail::index_header& h = in.header();
+  std::uint64_t nlist = 0;
+  {
+    const std::vector<std::byte> params = in.small_section(tag_params);
+    SHOAL_CHECK_CODE(params.size() == sizeof nlist, errc::corrupt_file, name, ": section IVFP has ", params.size(),
+                     " bytes, expected ", sizeof nlist);
+    std::memcpy(&nlist, params.data(), sizeof nlist);
+  }
+  SHOAL_CHECK_CODE(nlist >= 1 && nlist <= std::numeric_limits<std::uint32_t>::max(), errc::corrupt_file, name,
+                   ": nlist ", nlist, " is out of range");
+  // Sizes first: their section has to hold nlist entries before nlist lists are allocated.
+  const aligned_vector<std::uint64_t> sizes = in.read_vector<std::uint64_t>(tag_list_sizes, nlist);
+  const std::uint64_t dim = h.dim;
+  ivf_flat_index index(static_cast<std::size_t>(dim), h.metric, static_cast<std::size_t>(nlist));
+  const std::uint64_t centroid_values = io::detail::checked_mul(nlist, dim, name, "nlist x dimension");
+  const bool trained = in.section_size(tag_centroids) != 0;
+  SHOAL_CHECK_CODE(trained || h.count == 0, errc::corrupt_file, name, ": an untrained index holds ", h.count,
+                   " vectors");
+  if (trained) {
+    index.centroids_ = matrix<float>();
+    index.centroids_.values = in.read_vector<float>(tag_centroids, centroid_values);
+    index.centroids_.rows = static_cast<std::size_t>(nlist);
+    index.centroids_.dim = static_cast<std::size_t>(dim);
+    SHOAL_CHECK_CODE(std::all_of(index.centroids_.values.begin(), index.centroids_.values.end(),
+                                 [](float v) { return std::isfinite(v); }),
+                     errc::corrupt_file, name, ": a centroid holds a non-finite value");
+    index.centroid_norms_.resize(index.nlist_);
+    active_kernels().squared_norms(index.centroids_.values.data(), index.nlist_, index.dim_, index.dim_,
+                                   index.centroid_norms_.data());
+  }
+  std::uint64_t total = 0;
+  std::uint64_t row_bytes = 0;
+  for (const std::uint64_t s : sizes) {
+    SHOAL_CHECK_CODE(s <= h.count - total, errc::corrupt_file, name, ": the list sizes add up to more than the ",
+                     h.count, " stored vectors");
+    total += s;
+    SHOAL_CHECK_CODE(!__builtin_add_overflow(row_bytes, padded_list_bytes(s, dim, name), &row_bytes),
+                     errc::corrupt_file, name, ": the list sizes overflow");
+  }
+  SHOAL_CHECK_CODE(total == h.count, errc::corrupt_file, name, ": the list sizes add up to ", total, ", not to the ",
+                   h.count, " stored vectors");
+  SHOAL_CHECK_CODE(in.section_size(tag_list_rows) == row_bytes, errc::corrupt_file, name, ": section LVEC has ",
+                   in.section_size(tag_list_rows), " bytes, expected ", row_bytes);
+  const std::uint64_t ids_bytes = io::detail::checked_mul(total, sizeof(vector_id), name, "id count");
+  SHOAL_CHECK_CODE(in.section_size(tag_list_ids) == ids_bytes, errc::corrupt_file, name, ": section LIDS has ",
+                   in.section_size(tag_list_ids), " bytes, expected ", ids_bytes);
+
+  std::span<const std::byte> mapped_rows;
+  std::span<const vector_id> mapped_ids;
+  if (in.mapped()) {
+    mapped_rows = in.map<std::byte>(tag_list_rows, static_cast<std::size_t>(row_bytes));
+    mapped_ids = in.map<vector_id>(tag_list_ids, static_cast<std::size_t>(total));
+  }
+  std::uint64_t row_offset = 0;
+  std::uint64_t first_id = 0;
+  index.where_.reserve(static_cast<std::size_t>(total));
+  for (std::size_t l = 0; l < index.nlist_; ++l) {
+    list& target = *index.lists_[l];
+    const auto n = static_cast<std::size_t>(sizes[l]);
+    const std::size_t bytes = n * index.dim_ * sizeof(float);
+    if (in.mapped()) {
+      target.mapped = true;
+      target.mapped_count = n;
+      target.mapped_rows = reinterpret_cast<const float*>(mapped_rows.data() + row_offset);
+      target.mapped_ids = mapped_ids.data() + first_id;
+    } else {
+      target.codes.resize(n * index.dim_);
+      target.ids.resize(n);
+      in.read_range(tag_list_rows, row_offset, target.codes.data(), bytes);
+      in.read_range(tag_list_ids, first_id * sizeof(vector_id), target.ids.data(), n * sizeof(vector_id));
+    }
+    const vector_id* ids = target.row_ids();
+    for (std::size_t i = 0; i < n; ++i)
+      SHOAL_CHECK_CODE(index.where_.emplace(ids[i], location{l, i}).second, errc::corrupt_file, name, ": id ", ids[i],
+                       " is stored twice");
+    row_offset += padded_list_bytes(n, dim, name);
+    first_id += n;
+  }
+  index.size_.store(static_cast<std::size_t>(total));
+  index.mapping_ = in.mapping();
+  return index;
 }
 
 }  // namespace shoal

@@ -89,6 +89,8 @@ class input_file {
   [[nodiscard]] std::uint64_t size() const noexcept { return size_; }
   /// The path as given, for messages.
   [[nodiscard]] const std::string& name() const noexcept { return name_; }
+  /// The open descriptor (owned by this object), e.g. to map the file.
+  [[nodiscard]] int fd() const noexcept { return fd_.get(); }
 
   /// Reads exactly `bytes` bytes at `offset` into `dst`. Throws `errc::io_error` when the OS refuses and
   /// `errc::corrupt_file` when the file ends first (it shrank after it was opened).
@@ -192,6 +194,15 @@ class atomic_writer {
     write(&value, sizeof value);
   }
 
+  /// Hands the buffered bytes to the OS (the temporary file then holds everything written so far).
+  void flush() {
+    write_fully(buffer_.get(), used_);
+    used_ = 0;
+  }
+
+  /// Bytes written so far (buffered or not).
+  [[nodiscard]] std::uint64_t bytes_written() const noexcept { return written_ + used_; }
+
   /// Makes the written bytes the target's content: flush, fsync, close, rename.
   void commit() {
     flush();
@@ -216,11 +227,6 @@ class atomic_writer {
     return temp;
   }
 
-  void flush() {
-    write_fully(buffer_.get(), used_);
-    used_ = 0;
-  }
-
   void write_fully(const std::byte* data, std::size_t bytes) {
     while (bytes > 0) {
       const ::ssize_t put = ::write(fd_.get(), data, bytes);
@@ -229,6 +235,7 @@ class atomic_writer {
                        " failed: ", errno_text(put < 0 ? errno : EIO));
       data += put;
       bytes -= static_cast<std::size_t>(put);
+      written_ += static_cast<std::uint64_t>(put);
     }
   }
 
@@ -244,6 +251,7 @@ class atomic_writer {
   std::filesystem::path temp_;
   std::unique_ptr<std::byte[]> buffer_;
   std::size_t used_ = 0;
+  std::uint64_t written_ = 0;  // bytes handed to the OS
   unique_fd fd_;
   bool committed_ = false;
 };

@@ -45,6 +45,10 @@ struct search_params {
   /// IVF: number of inverted lists (nearest centroids) scanned per query (larger: higher recall,
   /// slower). 0 means the index default, 1 (as in FAISS); values above nlist scan every list.
   std::size_t nprobe = 0;
+  /// IVF-PQ: re-rank depth. When > 0, the best `k * refine_factor` candidates by approximate (code)
+  /// distance are re-scored with exact distances from the stored full vectors and the best k of those
+  /// returned; needs an index built to keep full vectors. 0 (the default) returns approximate distances.
+  std::size_t refine_factor = 0;
 };
 
 }  // namespace shoal

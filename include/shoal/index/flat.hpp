@@ -4,14 +4,20 @@
 /// fastest choice for small collections.
 
 #include <cstddef>
+#include <memory>
 #include <span>
+#include <string>
 #include <unordered_map>
 
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
 #include "shoal/core/types.hpp"
+#include "shoal/io/format.hpp"
 
 namespace shoal {
+namespace io::detail {
+class file_mapping;
+}
 
 /// Stores full-precision vectors with their ids and answers k-NN and range queries exactly.
 ///
@@ -27,6 +33,10 @@ namespace shoal {
 ///
 /// Thread safety: `const` members may run concurrently; `add` / `remove` need exclusive access (the
 /// sharded collection provides it). Batched searches run in parallel on the caller's oneTBB arena.
+///
+/// Persistence: `save` writes the index file of docs/format.md (vectors, norms, ids); `load` reads it
+/// back, or with `load_options::mmap` searches the vectors in place from a read-only mapping, in which
+/// case the index is read-only (`add` and `remove` throw `errc::unsupported`).
 class flat_index {
  public:
   /// Queries per call from which the GEMM path is used.
@@ -39,9 +49,22 @@ class flat_index {
 
   [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
   [[nodiscard]] shoal::metric metric() const noexcept { return metric_; }
-  [[nodiscard]] std::size_t size() const noexcept { return ids_.size(); }
-  /// Bytes held by vectors, norms, ids and the id map.
+  [[nodiscard]] std::size_t size() const noexcept { return mapping_ ? mapped_size_ : ids_.size(); }
+  /// Bytes held by vectors, norms, ids and the id map (for a memory-mapped index: the id map only; the
+  /// mapped arrays live in the page cache).
   [[nodiscard]] std::size_t memory_bytes() const noexcept;
+  /// Whether the index was loaded with `load_options::mmap` (and is therefore read-only).
+  [[nodiscard]] bool is_mapped() const noexcept { return mapping_ != nullptr; }
+
+  /// Writes the index to `path` atomically (a temporary file beside it, fsync, rename: an interrupted
+  /// save leaves any previous file intact). Throws `shoal::error` (`errc::io_error`). May run
+  /// concurrently with searches, not with `add` / `remove`.
+  void save(const std::string& path) const;
+  /// Reads an index written by `save`. Throws `shoal::error`: `errc::io_error` when the file cannot be
+  /// read, `errc::corrupt_file` when it is truncated, damaged (checksum) or not an index file,
+  /// `errc::unsupported` for a newer major format version, `errc::invalid_argument` when it holds
+  /// another kind of index.
+  [[nodiscard]] static flat_index load(const std::string& path, const load_options& options = {});
 
   /// Adds `vectors.rows` vectors under `ids` (one each). All or nothing: throws `shoal::error` — and
   /// changes nothing — on a dimension mismatch, a count mismatch, NaN/Inf, a zero vector under cosine,
@@ -72,6 +95,11 @@ class flat_index {
   [[nodiscard]] query_block prepare(matrix_view<const float> queries) const;
   void search_streaming(const float* query, neighbors_view out_row, const search_params& params) const;
   void search_gemm(matrix_view<const float> queries, neighbors_view out, const search_params& params) const;
+  void check_mutable(const char* what) const;
+  // The arrays as searched: owned, or inside the mapping.
+  [[nodiscard]] const float* vector_data() const noexcept { return mapping_ ? mapped_vectors_ : vectors_.data(); }
+  [[nodiscard]] const float* norm_data() const noexcept { return mapping_ ? mapped_norms_ : norms_.data(); }
+  [[nodiscard]] const vector_id* id_data() const noexcept { return mapping_ ? mapped_ids_ : ids_.data(); }
 
   std::size_t dim_;
   shoal::metric metric_;
@@ -79,6 +107,12 @@ class flat_index {
   aligned_vector<float> norms_;    // ‖x‖² per row, for the GEMM path (L2)
   aligned_vector<vector_id> ids_;  // id of each row
   std::unordered_map<vector_id, std::size_t> slot_of_;
+  // Set by a memory-mapped load: the arrays live in the mapping, which is kept alive here.
+  std::shared_ptr<const io::detail::file_mapping> mapping_;
+  const float* mapped_vectors_ = nullptr;
+  const float* mapped_norms_ = nullptr;
+  const vector_id* mapped_ids_ = nullptr;
+  std::size_t mapped_size_ = 0;
 };
 
 }  // namespace shoal

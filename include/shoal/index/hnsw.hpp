@@ -13,6 +13,7 @@
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
 #include "shoal/core/types.hpp"
+#include "shoal/io/format.hpp"
 
 namespace shoal {
 
@@ -111,6 +112,22 @@ class hnsw_index {
   /// to every other call (searches see the old vector or the new one, never neither). Throws like `add`
   /// (the index is unchanged when it throws).
   void upsert(matrix_view<const float> vector, vector_id id);
+
+  /// Writes the index file of docs/format.md — the graph exactly as it is (slots, links, levels, entry
+  /// point, SQ8 ranges and codes), so a loaded index answers every search as this one does —
+  /// atomically (temporary file, fsync, rename: an interrupted save leaves any previous file intact).
+  /// Waits for running adds, removes and searches and blocks new ones while it writes, so the file is
+  /// one consistent snapshot. Throws `shoal::error` (`errc::io_error`).
+  void save(const std::string& path) const;
+  /// Reads an index written by `save`; with `load_options::mmap` the vectors, bottom-layer links and
+  /// codes are used in place from a read-only mapping (the small per-node arrays are copied), and the
+  /// index is read-only: add, remove, upsert and train throw `errc::unsupported`. Every link is checked
+  /// to point inside the file's slots whatever the verify level, so a damaged file cannot make a search
+  /// read out of bounds. Throws `shoal::error`: `errc::io_error`, `errc::corrupt_file` (saying what is
+  /// wrong), `errc::unsupported` (newer format), `errc::invalid_argument` (another index kind).
+  [[nodiscard]] static hnsw_index load(const std::string& path, const load_options& options = {});
+  /// Whether the index was loaded with `load_options::mmap` (and is therefore read-only).
+  [[nodiscard]] bool is_mapped() const noexcept;
 
   /// Whether `id` is stored.
   [[nodiscard]] bool contains(vector_id id) const;

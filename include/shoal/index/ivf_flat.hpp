@@ -9,6 +9,7 @@
 #include <memory>
 #include <shared_mutex>
 #include <span>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -16,8 +17,12 @@
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
 #include "shoal/core/types.hpp"
+#include "shoal/io/format.hpp"
 
 namespace shoal {
+namespace io::detail {
+class file_mapping;
+}
 
 /// How an IVF index trains its coarse quantizer (k-means with k = nlist).
 struct ivf_train_params {
@@ -53,6 +58,11 @@ struct ivf_train_params {
 /// running alongside an `add` sees each new vector either entirely or not at all, and may see part of
 /// the batch. `train` needs exclusive access. Batched searches parallelise over queries on the caller's
 /// oneTBB arena.
+///
+/// Persistence: `save` writes the index file of docs/format.md (centroids, list sizes, the lists' rows
+/// and ids); `load` reads it back, or with `load_options::mmap` scans the lists in place from a
+/// read-only mapping, in which case the index is read-only (`train`, `add` and `remove` throw
+/// `errc::unsupported`).
 class ivf_flat_index {
  public:
   /// Lists scanned per query when `search_params::nprobe` is 0 (FAISS's default).
@@ -76,8 +86,21 @@ class ivf_flat_index {
   [[nodiscard]] std::size_t size() const noexcept { return size_.load(std::memory_order_acquire); }
   /// Number of vectors in each list.
   [[nodiscard]] std::vector<std::size_t> list_sizes() const;
-  /// Bytes held by centroids, lists (vectors and ids) and the id map.
+  /// Bytes held by centroids, lists (vectors and ids) and the id map (for a memory-mapped index the
+  /// lists' mapped rows and ids are not counted: they live in the page cache).
   [[nodiscard]] std::size_t memory_bytes() const;
+  /// Whether the index was loaded with `load_options::mmap` (and is therefore read-only).
+  [[nodiscard]] bool is_mapped() const noexcept { return mapping_ != nullptr; }
+
+  /// Writes the index (trained or not) to `path` atomically (a temporary file beside it, fsync,
+  /// rename: an interrupted save leaves any previous file intact). May run concurrently with searches;
+  /// `add` and `remove` wait for it. Throws `shoal::error` (`errc::io_error`).
+  void save(const std::string& path) const;
+  /// Reads an index written by `save`. Throws `shoal::error`: `errc::io_error` when the file cannot be
+  /// read, `errc::corrupt_file` when it is truncated, damaged (checksum) or not an index file,
+  /// `errc::unsupported` for a newer major format version, `errc::invalid_argument` when it holds
+  /// another kind of index.
+  [[nodiscard]] static ivf_flat_index load(const std::string& path, const load_options& options = {});
 
   /// Learns the nlist centroids from `vectors` by k-means (spherical under inner product and cosine;
   /// cosine normalises the training vectors first). Throws `shoal::error` if the index already holds
@@ -117,6 +140,7 @@ class ivf_flat_index {
   };
   struct prepared;
   [[nodiscard]] prepared prepare(matrix_view<const float> queries, const search_params& params, const char* what) const;
+  void check_mutable(const char* what) const;
 
   std::size_t dim_;
   shoal::metric metric_;
@@ -128,6 +152,8 @@ class ivf_flat_index {
   std::unordered_map<vector_id, location> where_;
   std::unique_ptr<std::shared_mutex> map_mutex_;
   std::atomic<std::size_t> size_{0};
+  // Set by a memory-mapped load: the lists' rows and ids live in the mapping, kept alive here.
+  std::shared_ptr<const io::detail::file_mapping> mapping_;
 };
 
 }  // namespace shoal

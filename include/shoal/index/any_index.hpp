@@ -1,0 +1,195 @@
+#pragma once
+/// \file
+/// `any_index`: the one type-erased face of every shoal index, used by the factory (`make_index`), the
+/// file loader (`load_index`) and collections. Concrete indexes stay fast and templated inside; this is
+/// the narrow virtual interface around them, one virtual call per batch.
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <type_traits>
+#include <typeinfo>
+#include <utility>
+
+#include "shoal/core/neighbors.hpp"
+#include "shoal/core/params.hpp"
+#include "shoal/core/types.hpp"
+#include "shoal/io/format.hpp"
+
+namespace shoal {
+
+class flat_index;
+class ivf_flat_index;
+class hnsw_index;
+
+/// The factory string that builds an index of the same structure: "Flat", "IVF4096,Flat", "HNSW32".
+[[nodiscard]] std::string describe(const flat_index& index);
+[[nodiscard]] std::string describe(const ivf_flat_index& index);
+[[nodiscard]] std::string describe(const hnsw_index& index);
+/// The file kind of an index type.
+[[nodiscard]] constexpr index_kind kind_of(const flat_index& /*index*/) noexcept { return index_kind::flat; }
+[[nodiscard]] constexpr index_kind kind_of(const ivf_flat_index& /*index*/) noexcept { return index_kind::ivf_flat; }
+[[nodiscard]] constexpr index_kind kind_of(const hnsw_index& /*index*/) noexcept { return index_kind::hnsw; }
+
+namespace detail {
+
+/// The virtual interface behind `any_index` (see there for the meaning of each member).
+class index_interface {
+ public:
+  index_interface() = default;
+  index_interface(const index_interface&) = delete;
+  index_interface& operator=(const index_interface&) = delete;
+  virtual ~index_interface() = default;
+
+  [[nodiscard]] virtual std::size_t dim() const noexcept = 0;
+  [[nodiscard]] virtual shoal::metric metric() const noexcept = 0;
+  [[nodiscard]] virtual std::size_t size() const = 0;
+  [[nodiscard]] virtual std::size_t memory_bytes() const = 0;
+  [[nodiscard]] virtual bool is_trained() const = 0;
+  [[nodiscard]] virtual index_kind kind() const noexcept = 0;
+  [[nodiscard]] virtual std::string description() const = 0;
+  virtual void train(matrix_view<const float> vectors) = 0;
+  virtual void add(matrix_view<const float> vectors, std::span<const vector_id> ids) = 0;
+  virtual void remove(vector_id id) = 0;
+  [[nodiscard]] virtual bool contains(vector_id id) const = 0;
+  virtual void search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const = 0;
+  [[nodiscard]] virtual range_result range_search(matrix_view<const float> queries, float radius,
+                                                  const search_params& params) const = 0;
+  virtual void save(const std::string& path) const = 0;
+  [[nodiscard]] virtual void* target(const std::type_info& type) noexcept = 0;
+};
+
+/// Throws `errc::unsupported`: `what` of `index` is not built yet.
+[[noreturn]] void throw_not_built(const std::string& index, const char* what);
+
+/// `index_interface` over a concrete index, through its public API only. Indexes without a training
+/// step (flat, HNSW) train as a no-op; indexes without persistence yet throw `errc::unsupported` on
+/// `save`.
+template <class Index>
+class index_model final : public index_interface {
+ public:
+  explicit index_model(Index&& index) : index_(std::move(index)) {}
+
+  [[nodiscard]] std::size_t dim() const noexcept override { return index_.dim(); }
+  [[nodiscard]] shoal::metric metric() const noexcept override { return index_.metric(); }
+  [[nodiscard]] std::size_t size() const override { return index_.size(); }
+  [[nodiscard]] std::size_t memory_bytes() const override { return index_.memory_bytes(); }
+  [[nodiscard]] bool is_trained() const override {
+    if constexpr (requires(const Index& i) { i.is_trained(); })
+      return index_.is_trained();
+    else
+      return true;
+  }
+  [[nodiscard]] index_kind kind() const noexcept override { return kind_of(index_); }
+  [[nodiscard]] std::string description() const override { return describe(index_); }
+  void train(matrix_view<const float> vectors) override {
+    if constexpr (requires(Index & i) { i.train(vectors); }) index_.train(vectors);
+  }
+  void add(matrix_view<const float> vectors, std::span<const vector_id> ids) override { index_.add(vectors, ids); }
+  void remove(vector_id id) override { index_.remove(id); }
+  [[nodiscard]] bool contains(vector_id id) const override { return index_.contains(id); }
+  void search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const override {
+    index_.search(queries, out, params);
+  }
+  [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,
+                                          const search_params& params) const override {
+    return index_.range_search(queries, radius, params);
+  }
+  void save(const std::string& path) const override {
+    if constexpr (requires(const Index& i) { i.save(path); })
+      index_.save(path);
+    else
+      throw_not_built(describe(index_), "saving");
+  }
+  [[nodiscard]] void* target(const std::type_info& type) noexcept override {
+    return type == typeid(Index) ? &index_ : nullptr;
+  }
+
+ private:
+  Index index_;
+};
+
+}  // namespace detail
+
+/// Any shoal index behind one interface: a move-only value that owns the index it wraps.
+///
+/// Every member forwards to the wrapped index and has its semantics, errors and thread safety (e.g. a
+/// flat index's `add` needs exclusive access, an HNSW index's does not). `train` is a no-op for indexes
+/// that need no training. A default-constructed (or moved-from) `any_index` is empty: every member but
+/// `has_value` throws `errc::invalid_argument`.
+///
+/// ```
+/// shoal::any_index index = shoal::make_index("IVF1024,Flat", 768, shoal::metric::cosine);
+/// index.train(sample);
+/// index.add(vectors, ids);
+/// shoal::neighbors result = index.search(queries, 10, {.nprobe = 16});
+/// index.save("embeddings.shoal");
+/// shoal::any_index again = shoal::load_index("embeddings.shoal", {.mmap = true});
+/// ```
+class any_index {
+ public:
+  any_index() = default;
+  /// Wraps `index` (moved in).
+  template <class Index>
+  requires(!std::is_same_v<std::remove_cvref_t<Index>, any_index> &&
+           !std::is_lvalue_reference_v<Index>) explicit any_index(Index&& index)
+      : self_(std::make_unique<detail::index_model<std::remove_cvref_t<Index>>>(std::move(index))) {}
+
+  [[nodiscard]] bool has_value() const noexcept { return self_ != nullptr; }
+
+  [[nodiscard]] std::size_t dim() const { return self().dim(); }
+  [[nodiscard]] shoal::metric metric() const { return self().metric(); }
+  /// Number of stored vectors.
+  [[nodiscard]] std::size_t size() const { return self().size(); }
+  /// Bytes of memory the index holds (mapped file pages not included).
+  [[nodiscard]] std::size_t memory_bytes() const { return self().memory_bytes(); }
+  /// Whether `add` may be called (always true for indexes without training).
+  [[nodiscard]] bool is_trained() const { return self().is_trained(); }
+  /// Which index this is (the kind its file would record).
+  [[nodiscard]] index_kind kind() const { return self().kind(); }
+  /// The factory string of the index's structure, e.g. "IVF4096,Flat" (`make_index` accepts it).
+  [[nodiscard]] std::string description() const { return self().description(); }
+
+  /// Trains the index on a sample (IVF: k-means with default `ivf_train_params`); a no-op for indexes
+  /// without training.
+  void train(matrix_view<const float> vectors) { self().train(vectors); }
+  /// Adds `vectors.rows` vectors under `ids` (all or nothing).
+  void add(matrix_view<const float> vectors, std::span<const vector_id> ids) { self().add(vectors, ids); }
+  /// Removes `id`; throws `errc::not_found` if it is not stored.
+  void remove(vector_id id) { self().remove(id); }
+  [[nodiscard]] bool contains(vector_id id) const { return self().contains(id); }
+
+  /// k nearest neighbours of each query into `out` (`out.rows == queries.rows`, k = `out.k` ≥ 1).
+  void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const {
+    self().search(queries, out, params);
+  }
+  /// Allocating form of `search`.
+  [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
+                                 const search_params& params = {}) const;
+  /// Stored vectors closer than `radius` to each query, nearest first.
+  [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,
+                                          const search_params& params = {}) const {
+    return self().range_search(queries, radius, params);
+  }
+
+  /// Writes the index file (docs/format.md) atomically; `load_index` reads it back. Throws
+  /// `errc::unsupported` for index kinds whose persistence is not built yet.
+  void save(const std::string& path) const { self().save(path); }
+
+  /// The wrapped index if it is an `Index`, else null.
+  template <class Index>
+  [[nodiscard]] Index* get_if() noexcept {
+    return self_ ? static_cast<Index*>(self_->target(typeid(Index))) : nullptr;
+  }
+  template <class Index>
+  [[nodiscard]] const Index* get_if() const noexcept {
+    return self_ ? static_cast<const Index*>(self_->target(typeid(Index))) : nullptr;
+  }
+
+ private:
+  [[nodiscard]] detail::index_interface& self() const;
+  std::unique_ptr<detail::index_interface> self_;
+};
+
+}  // namespace shoal

@@ -1,0 +1,42 @@
+#pragma once
+/// \file
+/// Indexes by name: `make_index` builds an empty index from a factory string (FAISS's notation), and
+/// `load_index` reads any index file into an `any_index`.
+///
+/// Grammar (components separated by commas, case-sensitive, spaces around components ignored):
+/// ```
+/// spec      := [transform ","] structure ["," refine]
+/// transform := "OPQ" M ["_" D] | "PCA" D
+/// structure := "Flat"
+///            | "HNSW" M ["," storage]                  storage  := "Flat" | "SQ8" | "SQ4" | "SQfp16" | pq
+///            | "IVF" nlist ["_HNSW" M] "," encoding    encoding := "Flat" | "SQ8" | "SQ4" | "SQfp16" | pq
+/// pq        := "PQ" M ["x" bits] ["fs"]                (bits 4 or 8; "fs", fast-scan, needs x4)
+/// refine    := "Refine(" spec ")" | "RFlat"            (RFlat = Refine(Flat))
+/// ```
+/// Built today: `Flat`, `HNSW<M>` (and `HNSW<M>,Flat`), `HNSW<M>,SQ8` (SQ8 traversal codes, exact
+/// re-rank), `IVF<nlist>,Flat`. Recognised and reported as
+/// `errc::unsupported` ("not built yet"): transforms, SQ/PQ encodings, `IVF<nlist>_HNSW<M>` coarse
+/// quantizers, refinement.
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "shoal/core/types.hpp"
+#include "shoal/index/any_index.hpp"
+#include "shoal/io/format.hpp"
+
+namespace shoal {
+
+/// An empty index of `dim`-dimensional vectors under `m`, as `spec` describes (grammar above), with
+/// default build parameters (HNSW: ef_construction 200). Throws `shoal::error`: `errc::invalid_argument`
+/// for a malformed spec — the message quotes the spec, the offending token and its position ("at
+/// position 8: "Flt": expected ...") — or dim = 0; `errc::unsupported` for a valid spec whose index is
+/// not built yet.
+[[nodiscard]] any_index make_index(std::string_view spec, std::size_t dim, metric m = metric::l2);
+
+/// Loads an index file of any kind: flat, IVF-Flat, HNSW (see `X::load` for the errors; IVF-PQ files
+/// are `errc::unsupported` until their persistence lands).
+[[nodiscard]] any_index load_index(const std::string& path, const load_options& options = {});
+
+}  // namespace shoal

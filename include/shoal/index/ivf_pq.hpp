@@ -1,0 +1,146 @@
+#pragma once
+/// \file
+/// IVF-PQ: an inverted-file index whose lists hold product-quantization codes of each vector's residual
+/// against its list's centroid (FAISS's `IVF<nlist>,PQ<m>` and `IVF<nlist>,PQ<m>x4fs`), with an optional
+/// exact re-rank from stored full vectors (`,Refine(Flat)`).
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "shoal/core/neighbors.hpp"
+#include "shoal/core/params.hpp"
+#include "shoal/core/types.hpp"
+#include "shoal/index/ivf_flat.hpp"
+#include "shoal/quant/opq.hpp"
+#include "shoal/quant/pq.hpp"
+
+namespace shoal {
+
+/// Shape of an IVF-PQ index, fixed at construction.
+struct ivf_pq_params {
+  /// Inverted lists (coarse centroids), ≥ 1.
+  std::size_t nlist = 0;
+  /// Sub-quantizers; must divide the dimension.
+  std::size_t m = 0;
+  /// 8: one byte per sub-quantizer, scanned through float tables (`PQ<m>`); 4: 4-bit fast-scan codes in
+  /// blocks of 32 (`PQ<m>x4fs`).
+  std::size_t nbits = 8;
+  /// Keep every vector at full precision too, so that searches with `search_params::refine_factor` > 0
+  /// re-rank candidates by exact distance. Costs dim · 4 bytes per vector.
+  bool refine = false;
+  /// Learn an OPQ rotation (`opq_rotation`, m sub-spaces) in front of the index (`OPQ<m>,IVF...`):
+  /// vectors and queries are rotated before everything else. Costs dim² multiply-adds per query and
+  /// dim² floats. Refine then keeps the rotated vectors (same distances, up to rounding).
+  bool opq = false;
+};
+
+/// How an IVF-PQ index trains: the coarse quantizer (as IVF-Flat), then the product quantizer on the
+/// training vectors' residuals.
+struct ivf_pq_train_params {
+  ivf_train_params coarse{};
+  pq_train_params pq{};
+  /// Used when `ivf_pq_params::opq` is set.
+  opq_train_params opq{};
+};
+
+/// Inverted-file index over product-quantized residuals.
+///
+/// Layout: nlist centroids (spherical k-means under inner product and cosine); one list per centroid
+/// holding, per vector, its code (m bytes, or m/2 bytes in 32-vector fast-scan blocks) and 8-byte id,
+/// plus the full vector when built with `refine`. No id → location map is kept, so memory is codes +
+/// ids (+ full vectors) + centroids + codebooks; the price is that `remove` and `contains` look for an
+/// id through every list's id array (sequential, 8 bytes per stored vector), and `add` checks a batch
+/// for duplicates by one pass over all stored ids.
+///
+/// Search: the coarse pass of IVF-Flat picks `nprobe` lists per query; then per list an ADC table of the
+/// query's residual (L2: ‖(q − c)_s − codeword‖²; inner product: ⟨q_s, codeword⟩, shared by all lists,
+/// plus ⟨q, c⟩ per list) is scanned over the codes: 8-bit codes through float tables, 4-bit codes by the
+/// fast-scan kernel over tables quantized to bytes. The best k (or k · refine_factor, with re-rank)
+/// candidates are kept; with `refine_factor` > 0 they are re-ranked by exact distance from the stored
+/// vectors (the kernels of the flat index), and the best k returned. Without re-rank, reported
+/// distances are the approximate (ADC) ones. Rows are sorted by (distance, id) and padded with
+/// `no_id` / `no_distance`.
+///
+/// Thread safety: as IVF-Flat. After `train`, every other member may be called concurrently. Each list
+/// has a reader-writer lock (scans shared; `add`/`remove` exclusive while they change that list); a
+/// writer mutex serialises `add` and `remove` against each other (so duplicate checks hold); searches
+/// never take it. A search running alongside an `add` sees each new vector entirely or not at all.
+/// `train` needs exclusive access. Batched searches parallelise over queries on the caller's oneTBB arena.
+class ivf_pq_index {
+ public:
+  /// Lists scanned per query when `search_params::nprobe` is 0 (FAISS's default).
+  static constexpr std::size_t default_nprobe = 1;
+
+  /// An untrained, empty index. Throws `shoal::error` if dim, nlist or m is 0, m does not divide dim, or
+  /// nbits is neither 4 nor 8.
+  ivf_pq_index(std::size_t dim, metric m, const ivf_pq_params& params);
+  ~ivf_pq_index();
+  ivf_pq_index(ivf_pq_index&&) noexcept;
+  ivf_pq_index& operator=(ivf_pq_index&&) noexcept;
+  ivf_pq_index(const ivf_pq_index&) = delete;
+  ivf_pq_index& operator=(const ivf_pq_index&) = delete;
+
+  [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
+  [[nodiscard]] shoal::metric metric() const noexcept { return metric_; }
+  [[nodiscard]] const ivf_pq_params& params() const noexcept { return params_; }
+  [[nodiscard]] std::size_t nlist() const noexcept { return params_.nlist; }
+  [[nodiscard]] bool is_trained() const noexcept { return centroids_.rows != 0; }
+  [[nodiscard]] matrix_view<const float> centroids() const noexcept { return centroids_.view(); }
+  [[nodiscard]] const product_quantizer& quantizer() const noexcept { return pq_; }
+  /// Number of stored vectors.
+  [[nodiscard]] std::size_t size() const noexcept { return size_.load(std::memory_order_acquire); }
+  /// Number of vectors in each list.
+  [[nodiscard]] std::vector<std::size_t> list_sizes() const;
+  /// Bytes held by centroids, codebooks and lists (codes, ids, full vectors).
+  [[nodiscard]] std::size_t memory_bytes() const;
+
+  /// Learns the centroids (k-means on `vectors`) and the codebooks (on the residuals of `vectors`).
+  /// Throws `shoal::error` if the index holds vectors, on a dimension mismatch, NaN/Inf, a zero vector
+  /// under cosine, fewer training vectors than nlist or than 2^nbits. Needs exclusive access.
+  void train(matrix_view<const float> vectors, const ivf_pq_train_params& params = {});
+
+  /// Adds vectors under `ids`, each encoded in the list of its nearest centroid. All or nothing: throws
+  /// `shoal::error` — and changes nothing — if untrained, on a dimension or count mismatch, NaN/Inf, a
+  /// zero vector under cosine, or an id already present (in the index or twice in `ids`).
+  void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
+
+  /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.
+  void remove(vector_id id);
+  /// Whether `id` is stored.
+  [[nodiscard]] bool contains(vector_id id) const;
+
+  /// k nearest neighbours of each query among its `params.nprobe` nearest lists, re-ranked exactly
+  /// when `params.refine_factor` > 0. Throws `shoal::error` if untrained, on a dimension mismatch,
+  /// NaN/Inf or zero (cosine) queries, k = 0, a row count mismatch, or `refine_factor` > 0 on an index
+  /// built without `refine`.
+  void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const;
+  /// Allocating convenience form of `search`.
+  [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
+                                 const search_params& params = {}) const;
+
+ private:
+  struct list;
+  struct scratch;
+  void scan_list(const list& l, std::size_t list_no, const float* query, scratch& s, const search_params& params,
+                 std::size_t keep) const;
+  [[nodiscard]] std::size_t code_bytes_per_vector() const noexcept;
+
+  std::size_t dim_;
+  shoal::metric metric_;
+  ivf_pq_params params_;
+  matrix<float> centroids_;
+  std::vector<float> centroid_norms_;
+  product_quantizer pq_;
+  std::optional<opq_rotation> opq_;
+  std::vector<std::unique_ptr<list>> lists_;
+  std::unique_ptr<std::mutex> write_mutex_;  // serialises add and remove (behind a pointer: movable)
+  std::atomic<std::size_t> size_{0};
+};
+
+}  // namespace shoal

@@ -1,0 +1,64 @@
+#pragma once
+/// \file
+/// Optimized product quantization (Ge, He, Ke & Sun, 2013; the non-parametric variant): an orthogonal
+/// rotation R learned so that the rotated data x·R is quantized by a product quantizer with less error.
+/// Correlated data (CLIP embeddings, images) spreads its variance unevenly over the sub-spaces; a
+/// rotation evens it out. Distances are unchanged by an orthogonal map, so rotated vectors and queries
+/// can be searched as they are.
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "shoal/core/types.hpp"
+#include "shoal/quant/pq.hpp"
+
+namespace shoal {
+
+/// How `opq_rotation::train` alternates.
+struct opq_train_params {
+  /// Outer iterations: PQ training on the rotated data, then the rotation's Procrustes update.
+  std::size_t iterations = 8;
+  /// k-means iterations of each inner PQ training.
+  std::size_t pq_iterations = 4;
+  /// Training vectors used (a seeded sample; 0: all).
+  std::size_t max_training_vectors = 16384;
+  std::uint64_t seed = 1234;
+};
+
+/// A learned dim x dim orthogonal rotation for a product quantizer with m sub-quantizers of nbits.
+///
+/// Training alternates (Ge et al., OPQ-NP): with R fixed, train the PQ on X·R and reconstruct Ŷ; with the
+/// codes fixed, R = argmin ‖X·R − Ŷ‖ over orthogonal R, the orthogonal Procrustes problem, solved by the
+/// SVD Xᵀ·Ŷ = U·Σ·Vᵀ → R = U·Vᵀ (Eigen). Starts from the identity, so the first iteration is plain PQ
+/// and the reconstruction error on the training set does not increase over iterations (up to k-means'
+/// own variation). Thread safety: `train` needs exclusive access; `apply` may run concurrently.
+class opq_rotation {
+ public:
+  /// Throws `shoal::error` as `product_quantizer(dim, m, nbits)` does.
+  opq_rotation(std::size_t dim, std::size_t m, std::size_t nbits = 8);
+
+  [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
+  [[nodiscard]] bool is_trained() const noexcept { return !rotation_.empty(); }
+  /// The rotation, row-major dim x dim (identity before training).
+  [[nodiscard]] const std::vector<float>& matrix_values() const noexcept { return rotation_; }
+  /// Mean squared reconstruction error of the training sample after each outer iteration.
+  [[nodiscard]] const std::vector<double>& errors() const noexcept { return errors_; }
+
+  /// Learns R from `vectors`. Throws `shoal::error` on a dimension mismatch, NaN/Inf or fewer than
+  /// 2^nbits vectors.
+  void train(matrix_view<const float> vectors, const opq_train_params& params = {});
+  /// `out` = `vectors` · R (rows x dim). Throws `shoal::error` if untrained or on a shape mismatch.
+  void apply(matrix_view<const float> vectors, matrix_view<float> out) const;
+  /// Allocating form of `apply`.
+  [[nodiscard]] matrix<float> apply(matrix_view<const float> vectors) const;
+
+ private:
+  std::size_t dim_;
+  std::size_t m_;
+  std::size_t nbits_;
+  std::vector<float> rotation_;
+  std::vector<double> errors_;
+};
+
+}  // namespace shoal

@@ -1,0 +1,91 @@
+#pragma once
+/// \file
+/// Scalar quantizers: every component of a vector is stored on its own in fewer bits.
+///  - `sq_type::sq8`: one byte per component, uniform over the per-dimension range seen in training:
+///    x_d ≈ min_d + code_d · step_d with step_d = (max_d − min_d) / 255;
+///  - `sq_type::fp16`: IEEE half precision (round to nearest even), no training.
+/// Distances go from a float query to the codes without decoding to memory.
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "shoal/core/types.hpp"
+#include "shoal/distance/distance.hpp"
+
+namespace shoal {
+
+/// Code format of a `scalar_quantizer`.
+enum class sq_type { sq8, fp16 };
+
+/// Scalar quantizer of `dim`-dimensional vectors.
+///
+/// Thread safety: `train` needs exclusive access; every const member may be called concurrently.
+class scalar_quantizer {
+ public:
+  /// Throws `shoal::error` if dim is 0.
+  scalar_quantizer(std::size_t dim, sq_type type);
+
+  [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
+  [[nodiscard]] sq_type type() const noexcept { return type_; }
+  /// Bytes per encoded vector: dim (sq8) or 2 · dim (fp16).
+  [[nodiscard]] std::size_t code_size() const noexcept { return type_ == sq_type::sq8 ? dim_ : 2 * dim_; }
+  /// fp16 needs no training; sq8 is trained once `train` has seen data.
+  [[nodiscard]] bool is_trained() const noexcept { return type_ == sq_type::fp16 || !step_.empty(); }
+
+  /// sq8: learns each dimension's [min, max] from `vectors` (a constant dimension gets step 0 and
+  /// decodes to its value). fp16: only checks the input. Throws `shoal::error` on a dimension mismatch,
+  /// NaN/Inf or no rows.
+  void train(matrix_view<const float> vectors);
+
+  /// Codes of `vectors` into `codes` (rows · code_size bytes; fp16 as little-endian 16-bit words).
+  /// sq8 clamps values outside the trained range. Throws `shoal::error` if untrained, on a dimension
+  /// mismatch or NaN/Inf.
+  void encode(matrix_view<const float> vectors, std::uint8_t* codes) const;
+  /// Reconstructions of `n` codes into `out` (n x dim). Throws `shoal::error` if untrained or on a bad
+  /// output shape.
+  void decode(const std::uint8_t* codes, std::size_t n, matrix_view<float> out) const;
+
+  /// Distances (smaller is closer: ‖q − x̂‖² under L2, −⟨q, x̂⟩ under inner product and cosine, the
+  /// latter on unit vectors: 1 − ⟨q, x̂⟩) from `query` (dim floats) to the reconstructions x̂ of the `n`
+  /// codes at `codes`, into `out`. Unchecked apart from training (precondition); active SIMD level.
+  void distances(const float* query, metric m, const std::uint8_t* codes, std::size_t n, float* out) const noexcept;
+
+  /// Per-dimension minimum and step of sq8 (empty for fp16 or before training).
+  [[nodiscard]] const std::vector<float>& mins() const noexcept { return min_; }
+  [[nodiscard]] const std::vector<float>& steps() const noexcept { return step_; }
+
+ private:
+  std::size_t dim_;
+  sq_type type_;
+  std::vector<float> min_;
+  std::vector<float> step_;
+};
+
+/// fp16 bits of `x`, round to nearest even (overflow to ±Inf, NaN kept), and back. Exact inverses on
+/// every half value.
+[[nodiscard]] std::uint16_t float_to_half(float x) noexcept;
+[[nodiscard]] float half_to_float(std::uint16_t h) noexcept;
+
+/// Scalar-quantizer kernels of one SIMD level: distances from a float query to one code (pair form).
+///  - `sq8_l2`: Σ_d (q_d − (min_d + c_d · step_d))²;  `sq8_ip`: Σ_d q_d · (min_d + c_d · step_d);
+///  - `fp16_l2`: Σ_d (q_d − half(c_d))²;               `fp16_ip`: Σ_d q_d · half(c_d).
+/// Float sums: the order differs between levels (tests compare against the scalar reference with a
+/// tolerance); decoded components are identical at every level.
+struct sq_kernels {
+  simd_level level;
+  float (*sq8_l2)(const float* q, const std::uint8_t* code, const float* min, const float* step,
+                  std::size_t dim) noexcept;
+  float (*sq8_ip)(const float* q, const std::uint8_t* code, const float* min, const float* step,
+                  std::size_t dim) noexcept;
+  /// fp16 codes as bytes: little-endian 16-bit words, any alignment.
+  float (*fp16_l2)(const float* q, const std::uint8_t* code, std::size_t dim) noexcept;
+  float (*fp16_ip)(const float* q, const std::uint8_t* code, std::size_t dim) noexcept;
+};
+
+/// The SQ kernels of `level`; throws `shoal::error` (`errc::unsupported`) if the CPU cannot run it.
+[[nodiscard]] const sq_kernels& scalar_quant_kernels(simd_level level);
+/// The SQ kernels of the active level.
+[[nodiscard]] const sq_kernels& active_scalar_quant_kernels();
+
+}  // namespace shoal

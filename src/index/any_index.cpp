@@ -1,0 +1,32 @@
+#include "shoal/index/any_index.hpp"
+
+#include "shoal/core/error.hpp"
+#include "shoal/index/flat.hpp"
+#include "shoal/index/hnsw.hpp"
+#include "shoal/index/ivf_flat.hpp"
+
+namespace shoal {
+
+std::string describe(const flat_index& /*index*/) { return "Flat"; }
+std::string describe(const ivf_flat_index& index) { return "IVF" + std::to_string(index.nlist()) + ",Flat"; }
+std::string describe(const hnsw_index& index) {
+  return "HNSW" + std::to_string(index.params().M) + (index.params().codes == hnsw_codes::sq8 ? ",SQ8" : "");
+}
+
+void detail::throw_not_built(const std::string& index, const char* what) {
+  throw_error(errc::unsupported, index + ": " + what + " is not built yet");
+}
+
+detail::index_interface& any_index::self() const {
+  SHOAL_CHECK(self_ != nullptr, "any_index: the index is empty (default-constructed or moved from)");
+  return *self_;
+}
+
+neighbors any_index::search(matrix_view<const float> queries, std::size_t k, const search_params& params) const {
+  SHOAL_CHECK(k > 0, "any_index::search: k must be at least 1");
+  neighbors result(queries.rows, k);
+  self().search(queries, result.view(), params);
+  return result;
+}
+
+}  // namespace shoal

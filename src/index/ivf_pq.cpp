@@ -1,0 +1,470 @@
+#include "shoal/index/ivf_pq.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <optional>
+#include <shared_mutex>
+#include <unordered_set>
+
+#include "cluster/assign.hpp"
+#include "core/parallel.hpp"
+#include "index/scan.hpp"
+#include "shoal/cluster/kmeans.hpp"
+#include "shoal/core/checks.hpp"
+#include "shoal/core/error.hpp"
+#include "shoal/core/topk.hpp"
+#include "shoal/distance/distance.hpp"
+#include "shoal/eval/eval.hpp"
+
+namespace shoal {
+
+/// One inverted list: codes (m bytes per entry, or 32-entry fast-scan blocks), ids, and — with refine —
+/// the full vectors, all slot-aligned. Removal moves the last entry into the freed slot.
+struct ivf_pq_index::list {
+  mutable std::shared_mutex mutex;
+  aligned_vector<std::uint8_t> codes;
+  aligned_vector<vector_id> ids;
+  aligned_vector<float> vectors;
+
+  [[nodiscard]] std::size_t size() const noexcept { return ids.size(); }
+  [[nodiscard]] std::size_t bytes() const noexcept {
+    return codes.capacity() + ids.capacity() * sizeof(vector_id) + vectors.capacity() * sizeof(float);
+  }
+};
+
+/// Per-query work space of a search.
+struct ivf_pq_index::scratch {
+  /// A candidate: approximate distance, id, and where it was found (for the re-rank).
+  struct candidate {
+    float distance;
+    vector_id id;
+    std::uint32_t list;
+    std::uint32_t slot;
+    friend bool operator<(const candidate& a, const candidate& b) noexcept {
+      return a.distance < b.distance || (a.distance == b.distance && a.id < b.id);
+    }
+  };
+  std::vector<float> residual;
+  std::vector<float> table;  // m x ksub floats
+  quantized_table quantized;
+  std::vector<std::uint32_t> sums;
+  std::vector<float> distances;
+  std::vector<candidate> heap;  // max-heap of the best `keep`
+  /// Under inner product / cosine the table does not depend on the list: built once per query.
+  bool shared_table = false;
+
+  [[nodiscard]] float worst(std::size_t keep) const noexcept {
+    return heap.size() == keep ? heap.front().distance : no_distance;
+  }
+  void offer(const candidate& c, std::size_t keep) {
+    if (heap.size() < keep) {
+      heap.push_back(c);
+      std::push_heap(heap.begin(), heap.end());
+    } else if (c < heap.front()) {
+      std::pop_heap(heap.begin(), heap.end());
+      heap.back() = c;
+      std::push_heap(heap.begin(), heap.end());
+    }
+  }
+};
+
+namespace {
+
+constexpr const char* index_name = "ivf_pq_index";
+
+/// `cap` row numbers of [0, n) drawn uniformly without replacement (all of them when n ≤ cap), sorted.
+std::vector<std::size_t> sample_rows(std::size_t n, std::size_t cap, std::uint64_t seed) {
+  std::vector<std::size_t> rows(n);
+  std::iota(rows.begin(), rows.end(), std::size_t{0});
+  if (n <= cap) return rows;
+  splitmix64 rng(seed);
+  for (std::size_t i = 0; i < cap; ++i) std::swap(rows[i], rows[i + rng.below(n - i)]);
+  rows.resize(cap);
+  std::sort(rows.begin(), rows.end());
+  return rows;
+}
+
+}  // namespace
+
+ivf_pq_index::ivf_pq_index(std::size_t dim, shoal::metric m, const ivf_pq_params& params)
+    : dim_(dim), metric_(m), params_(params), write_mutex_(std::make_unique<std::mutex>()) {
+  SHOAL_CHECK(dim > 0, "ivf_pq_index: dimension must be at least 1");
+  SHOAL_CHECK(params.nlist > 0, "ivf_pq_index: nlist must be at least 1");
+  SHOAL_CHECK(params.nlist <= std::numeric_limits<std::uint32_t>::max(), "ivf_pq_index: nlist ", params.nlist,
+              " is too large");
+  pq_ = product_quantizer(dim, params.m, params.nbits);  // checks m and nbits
+  (void)active_kernels();
+  lists_.reserve(params.nlist);
+  for (std::size_t l = 0; l < params.nlist; ++l) lists_.push_back(std::make_unique<list>());
+}
+
+ivf_pq_index::~ivf_pq_index() = default;
+
+ivf_pq_index::ivf_pq_index(ivf_pq_index&& other) noexcept
+    : dim_(other.dim_),
+      metric_(other.metric_),
+      params_(other.params_),
+      centroids_(std::move(other.centroids_)),
+      centroid_norms_(std::move(other.centroid_norms_)),
+      pq_(std::move(other.pq_)),
+      opq_(std::move(other.opq_)),
+      lists_(std::move(other.lists_)),
+      write_mutex_(std::move(other.write_mutex_)),
+      size_(other.size_.exchange(0)) {}
+
+ivf_pq_index& ivf_pq_index::operator=(ivf_pq_index&& other) noexcept {
+  if (this != &other) {
+    dim_ = other.dim_;
+    metric_ = other.metric_;
+    params_ = other.params_;
+    centroids_ = std::move(other.centroids_);
+    centroid_norms_ = std::move(other.centroid_norms_);
+    pq_ = std::move(other.pq_);
+    opq_ = std::move(other.opq_);
+    lists_ = std::move(other.lists_);
+    write_mutex_ = std::move(other.write_mutex_);
+    size_.store(other.size_.exchange(0));
+  }
+  return *this;
+}
+
+std::size_t ivf_pq_index::code_bytes_per_vector() const noexcept {
+  return params_.nbits == 8 ? params_.m : fast_scan_block_bytes(params_.m) / fast_scan_block;
+}
+
+std::vector<std::size_t> ivf_pq_index::list_sizes() const {
+  std::vector<std::size_t> sizes;
+  sizes.reserve(lists_.size());
+  for (const auto& l : lists_) {
+    const std::shared_lock lock(l->mutex);
+    sizes.push_back(l->size());
+  }
+  return sizes;
+}
+
+std::size_t ivf_pq_index::memory_bytes() const {
+  std::size_t bytes = centroids_.values.capacity() * sizeof(float) + centroid_norms_.capacity() * sizeof(float) +
+                      2 * pq_.codebooks().rows * pq_.dsub() * sizeof(float) + lists_.capacity() * sizeof(void*) +
+                      (opq_ ? dim_ * dim_ * sizeof(float) : 0);
+  for (const auto& l : lists_) {
+    const std::shared_lock lock(l->mutex);
+    bytes += sizeof(list) + l->bytes();
+  }
+  return bytes;
+}
+
+void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_params& params) {
+  SHOAL_CHECK(size() == 0, index_name, "::train: the index already holds ", size(), " vectors; train before adding");
+  detail::check_vectors(vectors, dim_, "ivf_pq_index::train: vector");
+  SHOAL_CHECK(vectors.rows >= params_.nlist, index_name, "::train: nlist = ", params_.nlist, " exceeds the ",
+              vectors.rows, " training vectors");
+  SHOAL_CHECK(vectors.rows >= pq_.ksub(), index_name, "::train: ", pq_.ksub(),
+              " codewords per sub-quantizer need at least ", pq_.ksub(), " training vectors, got ", vectors.rows);
+  std::optional<matrix<float>> normalized;
+  if (metric_ == metric::cosine) {
+    normalized = detail::normalized_copy(vectors, "ivf_pq_index::train: vector");
+    vectors = normalized->view();
+  }
+  // OPQ: learn the rotation on the input, then train everything else in the rotated space.
+  std::optional<opq_rotation> rotation;
+  std::optional<matrix<float>> rotated;
+  if (params_.opq) {
+    rotation.emplace(dim_, params_.m, params_.nbits);
+    rotation->train(vectors, params.opq);
+    rotated = rotation->apply(vectors);
+    vectors = rotated->view();
+  }
+  kmeans_params kp;
+  kp.k = params_.nlist;
+  kp.iterations = params.coarse.iterations;
+  kp.seed = params.coarse.seed;
+  kp.init = params.coarse.init;
+  kp.max_points_per_centroid = params.coarse.max_points_per_centroid;
+  kp.spherical = metric_ != metric::l2;
+  kmeans_result coarse = kmeans(vectors, kp);
+  matrix<float> centroids = std::move(coarse.centroids);
+  std::vector<float> norms(params_.nlist);
+  active_kernels().squared_norms(centroids.values.data(), params_.nlist, dim_, dim_, norms.data());
+
+  // Residuals of (a sample of) the training vectors against their nearest centroid.
+  const std::size_t cap = params.pq.max_points_per_centroid == 0
+                              ? vectors.rows
+                              : std::max(pq_.ksub() * params.pq.max_points_per_centroid, pq_.ksub());
+  const std::vector<std::size_t> rows = sample_rows(vectors.rows, cap, params.pq.seed ^ 0x5eedULL);
+  matrix<float> residuals(rows.size(), dim_);
+  for (std::size_t i = 0; i < rows.size(); ++i) std::copy_n(vectors.row(rows[i]), dim_, residuals.row(i));
+  std::vector<std::uint32_t> label(rows.size());
+  std::vector<float> unused(rows.size());
+  detail::assign_nearest(residuals.view(), centroids.view(), norms.data(), metric_, 1, label.data(), unused.data());
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const float* c = centroids.row(label[i]);
+    float* r = residuals.row(i);
+    for (std::size_t j = 0; j < dim_; ++j) r[j] -= c[j];
+  }
+  product_quantizer pq(dim_, params_.m, params_.nbits);
+  pq.train(residuals.view(), params.pq);
+
+  centroids_ = std::move(centroids);
+  centroid_norms_ = std::move(norms);
+  pq_ = std::move(pq);
+  opq_ = std::move(rotation);
+}
+
+void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
+  SHOAL_CHECK(is_trained(), index_name, "::add: the index is not trained");
+  detail::check_vectors(vectors, dim_, "ivf_pq_index::add: vector");
+  SHOAL_CHECK(ids.size() == vectors.rows, index_name, "::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
+  std::unordered_set<vector_id> batch;
+  batch.reserve(ids.size());
+  for (const vector_id id : ids)
+    SHOAL_CHECK_CODE(batch.insert(id).second, errc::duplicate_id, index_name, "::add: id ", id,
+                     " appears twice in one batch");
+  std::optional<matrix<float>> normalized;
+  if (metric_ == metric::cosine) {
+    normalized = detail::normalized_copy(vectors, "ivf_pq_index::add: vector");
+    vectors = normalized->view();
+  }
+  std::optional<matrix<float>> rotated;
+  if (opq_) {
+    rotated = opq_->apply(vectors);
+    vectors = rotated->view();
+  }
+  // Assignment and encoding read only the immutable centroids and codebooks: no lock yet.
+  const std::size_t n = vectors.rows;
+  const std::size_t nlist = params_.nlist;
+  const std::size_t m = params_.m;
+  std::vector<std::uint32_t> label(n);
+  std::vector<float> unused(n);
+  detail::assign_nearest(vectors, centroids_.view(), centroid_norms_.data(), metric_, 1, label.data(), unused.data());
+  matrix<float> residuals(n, dim_);
+  for (std::size_t i = 0; i < n; ++i) {
+    const float* x = vectors.row(i);
+    const float* c = centroids_.row(label[i]);
+    float* r = residuals.row(i);
+    for (std::size_t j = 0; j < dim_; ++j) r[j] = x[j] - c[j];
+  }
+  const std::vector<std::uint8_t> codes = pq_.encode(residuals.view());
+  std::vector<std::size_t> offsets(nlist + 1, 0);
+  for (const std::uint32_t l : label) ++offsets[l + 1];
+  for (std::size_t l = 0; l < nlist; ++l) offsets[l + 1] += offsets[l];
+  std::vector<std::size_t> order(n);
+  {
+    std::vector<std::size_t> next(offsets.begin(), offsets.end() - 1);
+    for (std::size_t i = 0; i < n; ++i) order[next[label[i]]++] = i;
+  }
+
+  const std::lock_guard writer(*write_mutex_);
+  // Only writers change lists, and this thread is the only writer: the ids can be read without list locks.
+  if (!batch.empty())
+    for (const auto& l : lists_)
+      for (const vector_id id : l->ids)
+        SHOAL_CHECK_CODE(!batch.contains(id), errc::duplicate_id, index_name, "::add: id ", id, " is already stored");
+  for (std::size_t l = 0; l < nlist; ++l) {
+    if (offsets[l] == offsets[l + 1]) continue;
+    list& target = *lists_[l];
+    const std::unique_lock lock(target.mutex);
+    const std::size_t count = offsets[l + 1] - offsets[l];
+    const std::size_t first = target.size();
+    const std::size_t total = first + count;
+    if (params_.nbits == 8) {
+      target.codes.resize(total * m);
+    } else {
+      const std::size_t blocks = (total + fast_scan_block - 1) / fast_scan_block;
+      target.codes.resize(blocks * fast_scan_block_bytes(m), 0);
+    }
+    if (params_.refine) target.vectors.resize(total * dim_);
+    target.ids.reserve(total);
+    for (std::size_t j = 0; j < count; ++j) {
+      const std::size_t i = order[offsets[l] + j];
+      const std::size_t slot = first + j;
+      const std::uint8_t* code = codes.data() + i * m;
+      if (params_.nbits == 8) {
+        std::copy_n(code, m, target.codes.data() + slot * m);
+      } else {
+        for (std::size_t s = 0; s < m; ++s) fast_scan_set(target.codes.data(), m, slot, s, code[s]);
+      }
+      if (params_.refine) std::copy_n(vectors.row(i), dim_, target.vectors.data() + slot * dim_);
+      target.ids.push_back(ids[i]);
+    }
+  }
+  size_.fetch_add(n, std::memory_order_release);
+}
+
+void ivf_pq_index::remove(vector_id id) {
+  const std::lock_guard writer(*write_mutex_);
+  const std::size_t m = params_.m;
+  for (const auto& lp : lists_) {
+    list& l = *lp;
+    const auto it = std::find(l.ids.begin(), l.ids.end(), id);
+    if (it == l.ids.end()) continue;
+    const auto slot = static_cast<std::size_t>(it - l.ids.begin());
+    const std::unique_lock lock(l.mutex);
+    const std::size_t last = l.size() - 1;
+    if (params_.nbits == 8) {
+      if (slot != last) std::copy_n(l.codes.data() + last * m, m, l.codes.data() + slot * m);
+      l.codes.resize(last * m);
+    } else {
+      for (std::size_t s = 0; s < m; ++s) {
+        if (slot != last) fast_scan_set(l.codes.data(), m, slot, s, fast_scan_get(l.codes.data(), m, last, s));
+        fast_scan_set(l.codes.data(), m, last, s, 0);  // padding slots hold code 0
+      }
+      l.codes.resize((last + fast_scan_block - 1) / fast_scan_block * fast_scan_block_bytes(m));
+    }
+    if (params_.refine) {
+      if (slot != last) std::copy_n(l.vectors.data() + last * dim_, dim_, l.vectors.data() + slot * dim_);
+      l.vectors.resize(last * dim_);
+    }
+    l.ids[slot] = l.ids[last];
+    l.ids.pop_back();
+    size_.fetch_sub(1, std::memory_order_release);
+    return;
+  }
+  SHOAL_CHECK_CODE(false, errc::not_found, index_name, "::remove: id ", id, " is not stored");
+}
+
+bool ivf_pq_index::contains(vector_id id) const {
+  for (const auto& l : lists_) {
+    const std::shared_lock lock(l->mutex);
+    if (std::find(l->ids.begin(), l->ids.end(), id) != l->ids.end()) return true;
+  }
+  return false;
+}
+
+void ivf_pq_index::scan_list(const list& l, std::size_t list_no, const float* query, scratch& s,
+                             const search_params& params, std::size_t keep) const {
+  const std::size_t n = l.size();
+  if (n == 0) return;
+  const std::size_t m = params_.m;
+  const pq_kernels& kern = active_quant_kernels();
+  // Distance = offset + Σ table. L2: the table of the residual q − c. Inner product: −⟨q, c⟩ plus the
+  // shared table of −⟨q_s, codeword⟩; cosine adds 1.
+  float offset = 0.0f;
+  const float* centroid = centroids_.row(list_no);
+  if (s.shared_table) {
+    offset = -active_kernels().inner_product(query, centroid, dim_) + (metric_ == metric::cosine ? 1.0f : 0.0f);
+  } else {
+    for (std::size_t j = 0; j < dim_; ++j) s.residual[j] = query[j] - centroid[j];
+    pq_.compute_table(s.residual.data(), metric::l2, s.table.data());
+    if (params_.nbits == 4) quantize_table(s.table.data(), m, s.quantized);
+  }
+  if (s.distances.size() < n + fast_scan_block) s.distances.resize(n + fast_scan_block);
+  float* dist = s.distances.data();
+  if (params_.nbits == 8) {
+    kern.scan_8bit(s.table.data(), l.codes.data(), n, m, dist);
+    for (std::size_t i = 0; i < n; ++i) dist[i] += offset;
+  } else {
+    const std::size_t blocks = (n + fast_scan_block - 1) / fast_scan_block;
+    if (s.sums.size() < blocks * fast_scan_block) s.sums.resize(blocks * fast_scan_block);
+    kern.fast_scan(l.codes.data(), blocks, m, s.quantized.values.data(), s.sums.data());
+    const float base = offset + s.quantized.bias;
+    const float inv = 1.0f / s.quantized.scale;
+    for (std::size_t i = 0; i < n; ++i) dist[i] = base + static_cast<float>(s.sums[i]) * inv;
+  }
+  float worst = s.worst(keep);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (dist[i] > worst) continue;
+    const vector_id id = l.ids[i];
+    if (!params.filter.accepts(id)) continue;
+    s.offer({dist[i], id, static_cast<std::uint32_t>(list_no), static_cast<std::uint32_t>(i)}, keep);
+    worst = s.worst(keep);
+  }
+}
+
+void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
+  SHOAL_CHECK(out.k > 0, index_name, "::search: k must be at least 1");
+  SHOAL_CHECK(out.rows == queries.rows, index_name, "::search: result buffer has ", out.rows, " rows for ",
+              queries.rows, " queries");
+  SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, index_name, "::search: null result buffer");
+  SHOAL_CHECK(is_trained(), "ivf_pq_index::search: query: the index is not trained");
+  SHOAL_CHECK(params.refine_factor == 0 || params_.refine, index_name,
+              "::search: refine_factor = ", params.refine_factor,
+              " needs full vectors, but the index was built without refine");
+  detail::check_vectors(queries, dim_, "ivf_pq_index::search: query");
+  std::optional<matrix<float>> normalized;
+  matrix_view<const float> view = queries;
+  if (metric_ == metric::cosine) {
+    normalized = detail::normalized_copy(queries, "ivf_pq_index::search: query");
+    view = normalized->view();
+  }
+  std::optional<matrix<float>> rotated;
+  if (opq_) {
+    rotated = opq_->apply(view);
+    view = rotated->view();
+  }
+  const std::size_t nlist = params_.nlist;
+  const std::size_t nprobe = std::min(params.nprobe == 0 ? default_nprobe : params.nprobe, nlist);
+  std::vector<std::uint32_t> probes(view.rows * nprobe);
+  {
+    std::vector<float> unused(probes.size());
+    detail::assign_nearest(view, centroids_.view(), centroid_norms_.data(), metric_, nprobe, probes.data(),
+                           unused.data());
+  }
+  const std::size_t keep = params.refine_factor == 0 ? out.k : out.k * params.refine_factor;
+  const distance_kernels& dk = active_kernels();
+  detail::parallel_for(view.rows, [&](std::size_t q) {
+    const float* query = view.row(q);
+    scratch s;
+    s.residual.resize(dim_);
+    s.table.resize(params_.m * pq_.ksub());
+    s.heap.reserve(keep);
+    s.shared_table = metric_ != metric::l2;
+    if (s.shared_table) {
+      pq_.compute_table(query, metric::inner_product, s.table.data());
+      for (float& t : s.table) t = -t;
+      if (params_.nbits == 4) quantize_table(s.table.data(), params_.m, s.quantized);
+    }
+    for (std::size_t j = 0; j < nprobe; ++j) {
+      const std::size_t list_no = probes[q * nprobe + j];
+      const list& l = *lists_[list_no];
+      const std::shared_lock lock(l.mutex);
+      scan_list(l, list_no, query, s, params, keep);
+    }
+    if (params.refine_factor == 0) {
+      std::sort_heap(s.heap.begin(), s.heap.end());
+      const auto ids = out.row_ids(q);
+      const auto dists = out.row_distances(q);
+      for (std::size_t j = 0; j < out.k; ++j) {
+        ids[j] = j < s.heap.size() ? s.heap[j].id : no_id;
+        dists[j] = j < s.heap.size() ? s.heap[j].distance : no_distance;
+      }
+      return;
+    }
+    // Exact re-rank. A concurrent remove may have moved a candidate to another slot of its list (or
+    // removed it): look the id up again when the slot no longer holds it.
+    topk_heap best(out.k);
+    // The candidates' vectors are scattered over the lists: start fetching the first lines of each
+    // (the hardware prefetcher follows the rest of a row) before scoring any of them.
+    for (const scratch::candidate& c : s.heap) {
+      const list& l = *lists_[c.list];
+      const std::shared_lock lock(l.mutex);
+      if (c.slot < l.size()) {
+        const char* row = reinterpret_cast<const char*>(l.vectors.data() + std::size_t{c.slot} * dim_);
+        __builtin_prefetch(row);
+        __builtin_prefetch(row + 64);
+      }
+    }
+    for (const scratch::candidate& c : s.heap) {
+      const list& l = *lists_[c.list];
+      const std::shared_lock lock(l.mutex);
+      std::size_t slot = c.slot;
+      if (slot >= l.size() || l.ids[slot] != c.id) {
+        const auto it = std::find(l.ids.begin(), l.ids.end(), c.id);
+        if (it == l.ids.end()) continue;
+        slot = static_cast<std::size_t>(it - l.ids.begin());
+      }
+      best.push(detail::pair_distance(dk, metric_, query, l.vectors.data() + slot * dim_, dim_), c.id);
+    }
+    best.write_sorted(out.row_ids(q), out.row_distances(q));
+  });
+}
+
+neighbors ivf_pq_index::search(matrix_view<const float> queries, std::size_t k, const search_params& params) const {
+  SHOAL_CHECK(k > 0, index_name, "::search: k must be at least 1");
+  neighbors result(queries.rows, k);
+  search(queries, result.view(), params);
+  return result;
+}
+
+}  // namespace shoal

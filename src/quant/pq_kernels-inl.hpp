@@ -1,0 +1,381 @@
+// Product-quantization scan kernels, written once and compiled once per SIMD level.
+//
+// Not include-guarded, like distance/kernels-inl.hpp: each of pq_scalar.cpp, pq_avx2.cpp and
+// pq_avx512.cpp defines
+//   SHOAL_PQ_NS     the namespace (under shoal::detail) that holds this level's code,
+//   SHOAL_PQ_LEVEL  the simd_level it reports, and
+//   SHOAL_PQ_ISA    0 (scalar reference), 2 (AVX2) or 512 (AVX-512BW),
+// then includes this file with its own ISA flags. Only the `pq_kernels` table of function pointers
+// leaves the file.
+//
+// Fast-scan (4-bit codes, layout in shoal/quant/pq.hpp): the quantized tables of two sub-quantizers fill
+// one 256-bit register, one per 128-bit lane, and the 32 bytes of a sub-quantizer pair in a block hold
+// their codes in the same lanes, low nibble for vectors 0..15 and high nibble for vectors 16..31. A
+// byte shuffle then looks the 32 codes of one nibble up in one instruction. The looked-up bytes are
+// summed in 16-bit lanes: whole lanes (even byte + 256 · odd byte, wrapping mod 2^16) in one
+// accumulator and the odd bytes (shifted down by 8) in another; at the flush, even = whole − 256 · odd
+// (mod 2^16, exact because the true even sum fits 16 bits). No byte is ever unpacked. Each 16-bit lane receives one
+// byte per iteration, so 256 iterations (at most 255 · 256 = 65280) cannot overflow; after at most 256 iterations the
+// lanes are flushed into 32-bit sums. Integer sums are exact, so every level returns the scalar reference's values.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "shoal/quant/pq.hpp"
+
+#if SHOAL_PQ_ISA > 0
+#include <immintrin.h>
+#endif
+
+namespace shoal::detail::SHOAL_PQ_NS {
+namespace {
+
+/// 16-bit lane flush period, in loop iterations (see above).
+constexpr std::size_t flush_every = 256;
+
+#if SHOAL_PQ_ISA == 0
+void fast_scan(const std::uint8_t* packed, std::size_t nblocks, std::size_t m, const std::uint8_t* table,
+               std::uint32_t* out) noexcept {
+  const std::size_t pairs = (m + 1) / 2;
+  const std::size_t block_bytes = 32 * pairs;
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    const std::uint8_t* block = packed + b * block_bytes;
+    std::uint32_t acc[fast_scan_block] = {};
+    for (std::size_t p = 0; p < pairs; ++p) {
+      const std::uint8_t* chunk = block + 32 * p;
+      for (std::size_t half = 0; half < 2; ++half) {
+        const std::uint8_t* t = table + (2 * p + half) * 16;
+        for (std::size_t j = 0; j < 16; ++j) {
+          const std::uint8_t byte = chunk[16 * half + j];
+          acc[j] += t[byte & 15u];
+          acc[j + 16] += t[byte >> 4];
+        }
+      }
+    }
+    std::copy_n(acc, fast_scan_block, out + b * fast_scan_block);
+  }
+}
+#else
+/// Adds stored 16-bit accumulator lanes to the 32 sums of a block: lanes[0] / [1] hold the even / odd
+/// vectors 0..15 (lane k: vector 2k or 2k + 1; k < 8 from even sub-quantizers, k + 8 from odd ones),
+/// lanes[2] / [3] the same for vectors 16..31.
+inline void add_lanes(const std::uint16_t (&lanes)[4][16], std::uint32_t* acc) noexcept {
+  for (std::size_t k = 0; k < 8; ++k) {
+    acc[2 * k] += std::uint32_t{lanes[0][k]} + lanes[0][k + 8];
+    acc[2 * k + 1] += std::uint32_t{lanes[1][k]} + lanes[1][k + 8];
+    acc[16 + 2 * k] += std::uint32_t{lanes[2][k]} + lanes[2][k + 8];
+    acc[17 + 2 * k] += std::uint32_t{lanes[3][k]} + lanes[3][k + 8];
+  }
+}
+#endif
+
+#if SHOAL_PQ_ISA == 2
+/// Adds the 16-bit lanes of the accumulators to the 32 sums of a block. Lane layout: `even_lo` holds
+/// vector 2k in 16-bit lane k (k < 8) of the low 128 bits (even sub-quantizers) and of the high 128 bits
+/// (odd sub-quantizers); `odd_lo` vector 2k + 1; `even_hi` and `odd_hi` the same for vectors 16..31.
+inline void flush(__m256i even_lo, __m256i odd_lo, __m256i even_hi, __m256i odd_hi, std::uint32_t* acc) noexcept {
+  alignas(32) std::uint16_t lanes[4][16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[0]), even_lo);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[1]), odd_lo);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[2]), even_hi);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[3]), odd_hi);
+  add_lanes(lanes, acc);
+}
+
+void fast_scan(const std::uint8_t* packed, std::size_t nblocks, std::size_t m, const std::uint8_t* table,
+               std::uint32_t* out) noexcept {
+  const std::size_t pairs = (m + 1) / 2;
+  const std::size_t block_bytes = 32 * pairs;
+  const __m256i nibble = _mm256_set1_epi8(0x0f);
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    const std::uint8_t* block = packed + b * block_bytes;
+    std::uint32_t* acc = out + b * fast_scan_block;
+    std::fill_n(acc, fast_scan_block, 0u);
+    for (std::size_t first = 0; first < pairs; first += flush_every) {
+      const std::size_t last = std::min(pairs, first + flush_every);
+      __m256i even_lo = _mm256_setzero_si256(), odd_lo = _mm256_setzero_si256();
+      __m256i even_hi = _mm256_setzero_si256(), odd_hi = _mm256_setzero_si256();
+      for (std::size_t p = first; p < last; ++p) {
+        const __m256i lut = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 32 * p));
+        const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 32 * p));
+        const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, nibble));
+        const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(codes, 4), nibble));
+        // Whole 16-bit lanes (even byte + 256 · odd byte, wrapping) and the odd bytes alone: the even
+        // sums are recovered at the flush as whole − 256 · odd (mod 2^16), one masking op fewer per shuffle.
+        even_lo = _mm256_add_epi16(even_lo, lo);
+        odd_lo = _mm256_add_epi16(odd_lo, _mm256_srli_epi16(lo, 8));
+        even_hi = _mm256_add_epi16(even_hi, hi);
+        odd_hi = _mm256_add_epi16(odd_hi, _mm256_srli_epi16(hi, 8));
+      }
+      flush(_mm256_sub_epi16(even_lo, _mm256_slli_epi16(odd_lo, 8)), odd_lo,
+            _mm256_sub_epi16(even_hi, _mm256_slli_epi16(odd_hi, 8)), odd_hi, acc);
+    }
+  }
+}
+#elif SHOAL_PQ_ISA == 512
+/// As the AVX2 flush, over four 128-bit lanes: lanes 0 and 2 hold even sub-quantizers, 1 and 3 odd.
+inline void flush(__m512i even_lo, __m512i odd_lo, __m512i even_hi, __m512i odd_hi, std::uint32_t* acc) noexcept {
+  // Fold the upper 256 bits onto the lower ones first (16-bit sums of two lanes cannot overflow here:
+  // each lane holds at most 255 · flush_every / 2 because a 512-bit iteration covers two pairs).
+  const auto fold = [](__m512i v) {
+    return _mm256_add_epi16(_mm512_castsi512_si256(v), _mm512_extracti64x4_epi64(v, 1));
+  };
+  alignas(32) std::uint16_t lanes[4][16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[0]), fold(even_lo));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[1]), fold(odd_lo));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[2]), fold(even_hi));
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[3]), fold(odd_hi));
+  add_lanes(lanes, acc);
+}
+
+void fast_scan(const std::uint8_t* packed, std::size_t nblocks, std::size_t m, const std::uint8_t* table,
+               std::uint32_t* out) noexcept {
+  const std::size_t pairs = (m + 1) / 2;
+  const std::size_t quads = pairs / 2;
+  const std::size_t block_bytes = 32 * pairs;
+  const __m512i nibble = _mm512_set1_epi8(0x0f);
+  // Each 512-bit iteration adds one byte per 16-bit lane; the fold in `flush` adds two lanes, so flush
+  // every 128 iterations to keep the folded sums below 2^16.
+  constexpr std::size_t period = flush_every / 2;
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    const std::uint8_t* block = packed + b * block_bytes;
+    std::uint32_t* acc = out + b * fast_scan_block;
+    std::fill_n(acc, fast_scan_block, 0u);
+    for (std::size_t first = 0; first < quads; first += period) {
+      const std::size_t last = std::min(quads, first + period);
+      __m512i even_lo = _mm512_setzero_si512(), odd_lo = _mm512_setzero_si512();
+      __m512i even_hi = _mm512_setzero_si512(), odd_hi = _mm512_setzero_si512();
+      for (std::size_t q = first; q < last; ++q) {
+        const __m512i lut = _mm512_loadu_si512(table + 64 * q);
+        const __m512i codes = _mm512_loadu_si512(block + 64 * q);
+        const __m512i lo = _mm512_shuffle_epi8(lut, _mm512_and_si512(codes, nibble));
+        const __m512i hi = _mm512_shuffle_epi8(lut, _mm512_and_si512(_mm512_srli_epi16(codes, 4), nibble));
+        even_lo = _mm512_add_epi16(even_lo, lo);  // whole lanes, as in the AVX2 kernel
+        odd_lo = _mm512_add_epi16(odd_lo, _mm512_srli_epi16(lo, 8));
+        even_hi = _mm512_add_epi16(even_hi, hi);
+        odd_hi = _mm512_add_epi16(odd_hi, _mm512_srli_epi16(hi, 8));
+      }
+      flush(_mm512_sub_epi16(even_lo, _mm512_slli_epi16(odd_lo, 8)), odd_lo,
+            _mm512_sub_epi16(even_hi, _mm512_slli_epi16(odd_hi, 8)), odd_hi, acc);
+    }
+    if (pairs % 2 != 0) {  // the last pair alone, at 256 bits (zero-extended into the 512-bit flush)
+      const std::size_t p = pairs - 1;
+      const __m256i nib = _mm256_set1_epi8(0x0f);
+      const __m256i lb = _mm256_set1_epi16(0x00ff);
+      const __m256i lut = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(table + 32 * p));
+      const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 32 * p));
+      const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(codes, nib));
+      const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(codes, 4), nib));
+      flush(_mm512_zextsi256_si512(_mm256_and_si256(lo, lb)), _mm512_zextsi256_si512(_mm256_srli_epi16(lo, 8)),
+            _mm512_zextsi256_si512(_mm256_and_si256(hi, lb)), _mm512_zextsi256_si512(_mm256_srli_epi16(hi, 8)), acc);
+    }
+  }
+}
+#endif
+
+/// 8-bit ADC: plain look-ups, summed in sub-quantizer order (identical at every level). Four codes at a
+/// time so that independent load chains overlap.
+void scan_8bit(const float* table, const std::uint8_t* codes, std::size_t n, std::size_t m, float* out) noexcept {
+  std::size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const std::uint8_t* c0 = codes + i * m;
+    const std::uint8_t* c1 = c0 + m;
+    const std::uint8_t* c2 = c1 + m;
+    const std::uint8_t* c3 = c2 + m;
+    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    for (std::size_t s = 0; s < m; ++s) {
+      const float* t = table + s * 256;
+      s0 += t[c0[s]];
+      s1 += t[c1[s]];
+      s2 += t[c2[s]];
+      s3 += t[c3[s]];
+    }
+    out[i] = s0;
+    out[i + 1] = s1;
+    out[i + 2] = s2;
+    out[i + 3] = s3;
+  }
+  for (; i < n; ++i) {
+    const std::uint8_t* c = codes + i * m;
+    float sum = 0.0f;
+    for (std::size_t s = 0; s < m; ++s) sum += table[s * 256 + c[s]];
+    out[i] = sum;
+  }
+}
+
+/// One sub-space's table row: the codeword loop is innermost and contiguous, so the compiler vectorises
+/// it with this file's ISA flags; `K` fixes the row length (16 or 256: whole registers, no remainder).
+template <std::size_t K>
+inline void table_row(const float* q, const float* books, std::size_t dsub, std::size_t ksub, bool l2,
+                      float* row) noexcept {
+  if constexpr (K == 0) {
+    for (std::size_t c = 0; c < ksub; ++c) row[c] = 0.0f;
+    for (std::size_t d = 0; d < dsub; ++d)
+      for (std::size_t c = 0; c < ksub; ++c) {
+        const float diff = q[d] - books[d * ksub + c];
+        row[c] += l2 ? diff * diff : q[d] * books[d * ksub + c];
+      }
+  } else {
+    // A local accumulator the compiler keeps in registers (no aliasing with `books`).
+    float acc[K] = {};
+    if (l2) {
+      for (std::size_t d = 0; d < dsub; ++d) {
+        const float qd = q[d];
+        const float* col = books + d * K;
+        for (std::size_t c = 0; c < K; ++c) {
+          const float diff = qd - col[c];
+          acc[c] += diff * diff;
+        }
+      }
+    } else {
+      for (std::size_t d = 0; d < dsub; ++d) {
+        const float qd = q[d];
+        const float* col = books + d * K;
+        for (std::size_t c = 0; c < K; ++c) acc[c] += qd * col[c];
+      }
+    }
+    for (std::size_t c = 0; c < K; ++c) row[c] = acc[c];
+  }
+}
+
+#if SHOAL_PQ_ISA > 0
+/// 16 codewords: two 256-bit accumulators per sub-space, explicit (the generic loop leaves the compiler
+/// an unknown trip count over d and spills).
+inline void table_rows16(const float* query, const float* books_t, std::size_t m, std::size_t dsub, bool l2,
+                         float* out) noexcept {
+  for (std::size_t s = 0; s < m; ++s) {
+    const float* q = query + s * dsub;
+    const float* books = books_t + s * dsub * 16;
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (std::size_t d = 0; d < dsub; ++d) {
+      const __m256 qd = _mm256_set1_ps(q[d]);
+      const __m256 c0 = _mm256_loadu_ps(books + d * 16);
+      const __m256 c1 = _mm256_loadu_ps(books + d * 16 + 8);
+      if (l2) {
+        const __m256 d0 = _mm256_sub_ps(qd, c0);
+        const __m256 d1 = _mm256_sub_ps(qd, c1);
+        a0 = _mm256_fmadd_ps(d0, d0, a0);
+        a1 = _mm256_fmadd_ps(d1, d1, a1);
+      } else {
+        a0 = _mm256_fmadd_ps(qd, c0, a0);
+        a1 = _mm256_fmadd_ps(qd, c1, a1);
+      }
+    }
+    _mm256_storeu_ps(out + s * 16, a0);
+    _mm256_storeu_ps(out + s * 16 + 8, a1);
+  }
+}
+#endif
+
+void tables(const float* query, const float* books_t, std::size_t m, std::size_t dsub, std::size_t ksub, bool l2,
+            float* out) noexcept {
+#if SHOAL_PQ_ISA > 0
+  if (ksub == 16) {
+    table_rows16(query, books_t, m, dsub, l2, out);
+    return;
+  }
+#endif
+  for (std::size_t s = 0; s < m; ++s) {
+    const float* q = query + s * dsub;
+    const float* books = books_t + s * dsub * ksub;
+    float* row = out + s * ksub;
+    if (ksub == 16)
+      table_row<16>(q, books, dsub, ksub, l2, row);
+    else if (ksub == 256)
+      table_row<256>(q, books, dsub, ksub, l2, row);
+    else
+      table_row<0>(q, books, dsub, ksub, l2, row);
+  }
+}
+
+#if SHOAL_PQ_ISA == 0
+/// Quantizes an m x 16 table to bytes (see `quantize_table`): the reference.
+void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_out, float* scale_out) noexcept {
+  float bias = 0.0f;
+  float widest = 0.0f;
+  for (std::size_t s = 0; s < m; ++s) {
+    const float* row = table + s * 16;
+    float lo = row[0], hi = row[0];
+    for (std::size_t c = 1; c < 16; ++c) {
+      lo = std::min(lo, row[c]);
+      hi = std::max(hi, row[c]);
+    }
+    bias += lo;
+    widest = std::max(widest, hi - lo);
+  }
+  const float scale = widest > 0.0f ? 255.0f / widest : 1.0f;
+  for (std::size_t s = 0; s < m; ++s) {
+    const float* row = table + s * 16;
+    const float lo = *std::min_element(row, row + 16);
+    // (row − lo) · scale lies in [0, 255] up to rounding; +0.5 and truncation round to nearest.
+    for (std::size_t c = 0; c < 16; ++c)
+      out[s * 16 + c] =
+          static_cast<std::uint8_t>(static_cast<std::int32_t>(std::min((row[c] - lo) * scale + 0.5f, 255.0f)));
+  }
+  *bias_out = bias;
+  *scale_out = scale;
+}
+#else
+/// Horizontal minimum / maximum of 8 floats, broadcast to every lane.
+inline __m256 hmin(__m256 v) noexcept {
+  v = _mm256_min_ps(v, _mm256_permute2f128_ps(v, v, 1));
+  v = _mm256_min_ps(v, _mm256_shuffle_ps(v, v, 0x4e));
+  return _mm256_min_ps(v, _mm256_shuffle_ps(v, v, 0xb1));
+}
+inline __m256 hmax(__m256 v) noexcept {
+  v = _mm256_max_ps(v, _mm256_permute2f128_ps(v, v, 1));
+  v = _mm256_max_ps(v, _mm256_shuffle_ps(v, v, 0x4e));
+  return _mm256_max_ps(v, _mm256_shuffle_ps(v, v, 0xb1));
+}
+
+/// The AVX2 quantizer (also used at the AVX-512 level: a 16-entry row is two 256-bit registers). Same
+/// arithmetic as the reference, one row per iteration; row minima are kept for the second pass.
+void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_out, float* scale_out) noexcept {
+  float bias = 0.0f;
+  __m256 widest = _mm256_setzero_ps();
+  for (std::size_t s = 0; s < m; ++s) {
+    const __m256 a = _mm256_loadu_ps(table + s * 16);
+    const __m256 b = _mm256_loadu_ps(table + s * 16 + 8);
+    const __m256 lo = hmin(_mm256_min_ps(a, b));
+    const __m256 hi = hmax(_mm256_max_ps(a, b));
+    bias += _mm256_cvtss_f32(lo);
+    widest = _mm256_max_ps(widest, _mm256_sub_ps(hi, lo));
+  }
+  const float w = _mm256_cvtss_f32(widest);
+  const float scale = w > 0.0f ? 255.0f / w : 1.0f;
+  const __m256 vscale = _mm256_set1_ps(scale);
+  const __m256 half = _mm256_set1_ps(0.5f);
+  const __m256 top = _mm256_set1_ps(255.0f);
+  for (std::size_t s = 0; s < m; ++s) {
+    const __m256 a = _mm256_loadu_ps(table + s * 16);
+    const __m256 b = _mm256_loadu_ps(table + s * 16 + 8);
+    const __m256 lo = hmin(_mm256_min_ps(a, b));
+    const __m256i qa =
+        _mm256_cvttps_epi32(_mm256_min_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(a, lo), vscale), half), top));
+    const __m256i qb =
+        _mm256_cvttps_epi32(_mm256_min_ps(_mm256_add_ps(_mm256_mul_ps(_mm256_sub_ps(b, lo), vscale), half), top));
+    // 16 int32 → 16 bytes: packs work per 128-bit lane, so gather the lanes back in order.
+    const __m256i words = _mm256_permute4x64_epi64(_mm256_packs_epi32(qa, qb), 0xd8);
+    const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + s * 16), bytes);
+  }
+  *bias_out = bias;
+  *scale_out = scale;
+}
+#endif
+
+}  // namespace
+
+const pq_kernels& pq_table() noexcept {
+  static constexpr pq_kernels k{
+      .level = SHOAL_PQ_LEVEL,
+      .tables = tables,
+      .quantize = quantize,
+      .fast_scan = fast_scan,
+      .scan_8bit = scan_8bit,
+  };
+  return k;
+}
+
+}  // namespace shoal::detail::SHOAL_PQ_NS

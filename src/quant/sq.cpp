@@ -1,0 +1,154 @@
+#include "shoal/quant/sq.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "shoal/core/checks.hpp"
+#include "shoal/core/error.hpp"
+
+namespace shoal {
+namespace detail {
+namespace pq_scalar {
+const sq_kernels& sq_table() noexcept;
+}
+#ifdef SHOAL_HAVE_X86_KERNELS
+namespace pq_avx2 {
+const sq_kernels& sq_table() noexcept;
+}
+namespace pq_avx512 {
+const sq_kernels& sq_table() noexcept;
+}
+#endif
+}  // namespace detail
+
+std::uint16_t float_to_half(float x) noexcept {
+  std::uint32_t bits = 0;
+  std::memcpy(&bits, &x, sizeof bits);
+  const auto sign = static_cast<std::uint16_t>((bits >> 16) & 0x8000u);
+  bits &= 0x7fffffffu;
+  if (bits >= 0x7f800000u) return static_cast<std::uint16_t>(sign | (bits > 0x7f800000u ? 0x7e00u : 0x7c00u));
+  if (bits >= 0x477ff000u) return static_cast<std::uint16_t>(sign | 0x7c00u);  // ≥ 65520 rounds to Inf
+  if (bits < 0x38800000u) {
+    // Below 2^-14: a half subnormal. Adding 0.5 lines the float's mantissa up with the half's, and the
+    // FPU's own rounding (to nearest even) does the rest.
+    float f = 0.0f;
+    std::memcpy(&f, &bits, sizeof f);
+    f += 0.5f;
+    std::memcpy(&bits, &f, sizeof f);
+    return static_cast<std::uint16_t>(sign | (bits - 0x3f000000u));
+  }
+  // Normal: re-bias the exponent (127 → 15) and round the 13 dropped bits to nearest even.
+  const std::uint32_t odd = (bits >> 13) & 1u;
+  bits += 0xc8000fffu + odd;
+  return static_cast<std::uint16_t>(sign | (bits >> 13));
+}
+
+float half_to_float(std::uint16_t h) noexcept {
+  const std::uint32_t em = h & 0x7fffu;
+  std::uint32_t bits = em << 13;
+  float f = 0.0f;
+  std::memcpy(&f, &bits, sizeof f);
+  f *= 0x1.0p112f;  // re-bias 15 → 127 exactly (subnormal halves become normal floats)
+  std::memcpy(&bits, &f, sizeof f);
+  if (em >= 0x7c00u) bits |= 0x7f800000u;
+  bits |= static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+scalar_quantizer::scalar_quantizer(std::size_t dim, sq_type type) : dim_(dim), type_(type) {
+  SHOAL_CHECK(dim > 0, "scalar_quantizer: dimension must be at least 1");
+  (void)active_scalar_quant_kernels();
+}
+
+void scalar_quantizer::train(matrix_view<const float> vectors) {
+  detail::check_vectors(vectors, dim_, "scalar_quantizer::train: vector");
+  SHOAL_CHECK(vectors.rows > 0, "scalar_quantizer::train: no training vectors");
+  if (type_ == sq_type::fp16) return;
+  std::vector<float> lo(vectors.row(0), vectors.row(0) + dim_);
+  std::vector<float> hi = lo;
+  for (std::size_t i = 1; i < vectors.rows; ++i)
+    for (std::size_t d = 0; d < dim_; ++d) {
+      lo[d] = std::min(lo[d], vectors.row(i)[d]);
+      hi[d] = std::max(hi[d], vectors.row(i)[d]);
+    }
+  std::vector<float> step(dim_);
+  for (std::size_t d = 0; d < dim_; ++d) step[d] = (hi[d] - lo[d]) / 255.0f;
+  min_ = std::move(lo);
+  step_ = std::move(step);
+}
+
+void scalar_quantizer::encode(matrix_view<const float> vectors, std::uint8_t* codes) const {
+  SHOAL_CHECK(is_trained(), "scalar_quantizer::encode: the quantizer is not trained");
+  detail::check_vectors(vectors, dim_, "scalar_quantizer::encode: vector");
+  for (std::size_t i = 0; i < vectors.rows; ++i) {
+    const float* x = vectors.row(i);
+    std::uint8_t* out = codes + i * code_size();
+    if (type_ == sq_type::fp16) {
+      for (std::size_t d = 0; d < dim_; ++d) {
+        const std::uint16_t h = float_to_half(x[d]);
+        out[2 * d] = static_cast<std::uint8_t>(h & 0xffu);
+        out[2 * d + 1] = static_cast<std::uint8_t>(h >> 8);
+      }
+      continue;
+    }
+    for (std::size_t d = 0; d < dim_; ++d) {
+      const float level = step_[d] > 0.0f ? (x[d] - min_[d]) / step_[d] : 0.0f;
+      out[d] = static_cast<std::uint8_t>(std::clamp(std::nearbyint(level), 0.0f, 255.0f));
+    }
+  }
+}
+
+void scalar_quantizer::decode(const std::uint8_t* codes, std::size_t n, matrix_view<float> out) const {
+  SHOAL_CHECK(is_trained(), "scalar_quantizer::decode: the quantizer is not trained");
+  SHOAL_CHECK_CODE(out.dim == dim_, errc::dimension_mismatch, "scalar_quantizer::decode: output has dimension ",
+                   out.dim, ", expected ", dim_);
+  SHOAL_CHECK(out.rows == n && out.stride >= out.dim, "scalar_quantizer::decode: output has ", out.rows,
+              " rows (stride ", out.stride, ") for ", n, " codes");
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint8_t* c = codes + i * code_size();
+    float* x = out.row(i);
+    for (std::size_t d = 0; d < dim_; ++d)
+      x[d] = type_ == sq_type::fp16 ? half_to_float(static_cast<std::uint16_t>(c[2 * d] | (c[2 * d + 1] << 8)))
+                                    : min_[d] + static_cast<float>(c[d]) * step_[d];
+  }
+}
+
+void scalar_quantizer::distances(const float* query, metric m, const std::uint8_t* codes, std::size_t n,
+                                 float* out) const noexcept {
+  const sq_kernels& k = active_scalar_quant_kernels();
+  const bool l2 = m == metric::l2;
+  for (std::size_t i = 0; i < n; ++i) {
+    const std::uint8_t* c = codes + i * code_size();
+    float v = 0.0f;
+    if (type_ == sq_type::sq8) {
+      v = (l2 ? k.sq8_l2 : k.sq8_ip)(query, c, min_.data(), step_.data(), dim_);
+    } else {
+      v = (l2 ? k.fp16_l2 : k.fp16_ip)(query, c, dim_);
+    }
+    out[i] = l2 ? v : (m == metric::cosine ? 1.0f - v : -v);
+  }
+}
+
+const sq_kernels& scalar_quant_kernels(simd_level level) {
+  SHOAL_CHECK_CODE(simd_level_available(level), errc::unsupported, "SIMD level ", simd_level_name(level),
+                   " is not available on this CPU");
+  switch (level) {
+#ifdef SHOAL_HAVE_X86_KERNELS
+    case simd_level::avx2:
+      return detail::pq_avx2::sq_table();
+    case simd_level::avx512:
+      return detail::pq_avx512::sq_table();
+#endif
+    default:
+      return detail::pq_scalar::sq_table();
+  }
+}
+
+const sq_kernels& active_scalar_quant_kernels() {
+  static const sq_kernels& table = scalar_quant_kernels(active_simd_level());
+  return table;
+}
+
+}  // namespace shoal

@@ -1,0 +1,138 @@
+// Scalar-quantizer distance kernels, compiled once per SIMD level: included by pq_scalar.cpp,
+// pq_avx2.cpp and pq_avx512.cpp right after pq_kernels-inl.hpp, with the same SHOAL_PQ_NS /
+// SHOAL_PQ_LEVEL / SHOAL_PQ_ISA definitions (see there). The AVX-512 level runs the AVX2 code: these
+// kernels stream `dim` bytes or words per call, and 256-bit registers already keep up with the loads.
+//
+// fp16 is widened with integer operations (no F16C, which the AVX2 level does not require): the 15 low
+// bits shifted into place and scaled by 2^112 re-bias the exponent exactly (subnormal halves become
+// normal floats), Inf/NaN get the all-ones exponent, and the sign is or-ed back. The scalar reference
+// uses the same arithmetic, so decoded fp16 values are identical at every level.
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "shoal/quant/sq.hpp"
+
+#if SHOAL_PQ_ISA > 0
+#include <immintrin.h>
+#endif
+
+namespace shoal::detail::SHOAL_PQ_NS {
+namespace {
+
+inline float widen_half(std::uint16_t h) noexcept {
+  const std::uint32_t em = h & 0x7fffu;
+  std::uint32_t bits = em << 13;
+  float f = 0.0f;
+  std::memcpy(&f, &bits, sizeof f);
+  f *= 0x1.0p112f;
+  std::memcpy(&bits, &f, sizeof f);
+  if (em >= 0x7c00u) bits |= 0x7f800000u;
+  bits |= static_cast<std::uint32_t>(h & 0x8000u) << 16;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+#if SHOAL_PQ_ISA > 0
+inline float hsum(__m256 v) noexcept {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
+}
+inline __m256 widen8_u8(const std::uint8_t* c) noexcept {
+  return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c))));
+}
+inline __m256 widen8_half(const std::uint8_t* c) noexcept {
+  const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
+  const __m256i em = _mm256_and_si256(h, _mm256_set1_epi32(0x7fff));
+  __m256i bits =
+      _mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(em, 13)), _mm256_set1_ps(0x1.0p112f)));
+  const __m256i special = _mm256_cmpgt_epi32(em, _mm256_set1_epi32(0x7bff));
+  bits = _mm256_or_si256(bits, _mm256_and_si256(special, _mm256_set1_epi32(0x7f800000)));
+  bits = _mm256_or_si256(bits, _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)), 16));
+  return _mm256_castsi256_ps(bits);
+}
+#endif
+
+/// Σ over d of Term(q_d, decoded_d); `Decode8` widens 8 components, `Decode1` one.
+template <bool L2, class Decode8, class Decode1>
+inline float sq_sum(const float* q, std::size_t dim, const Decode8& decode8, const Decode1& decode1) noexcept {
+  std::size_t d = 0;
+  float sum = 0.0f;
+#if SHOAL_PQ_ISA > 0
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  for (; d + 16 <= dim; d += 16) {
+    const __m256 x0 = decode8(d), x1 = decode8(d + 8);
+    const __m256 q0 = _mm256_loadu_ps(q + d), q1 = _mm256_loadu_ps(q + d + 8);
+    if constexpr (L2) {
+      const __m256 e0 = _mm256_sub_ps(q0, x0), e1 = _mm256_sub_ps(q1, x1);
+      acc0 = _mm256_fmadd_ps(e0, e0, acc0);
+      acc1 = _mm256_fmadd_ps(e1, e1, acc1);
+    } else {
+      acc0 = _mm256_fmadd_ps(q0, x0, acc0);
+      acc1 = _mm256_fmadd_ps(q1, x1, acc1);
+    }
+  }
+  for (; d + 8 <= dim; d += 8) {
+    const __m256 x0 = decode8(d);
+    const __m256 q0 = _mm256_loadu_ps(q + d);
+    if constexpr (L2) {
+      const __m256 e0 = _mm256_sub_ps(q0, x0);
+      acc0 = _mm256_fmadd_ps(e0, e0, acc0);
+    } else {
+      acc0 = _mm256_fmadd_ps(q0, x0, acc0);
+    }
+  }
+  sum = hsum(_mm256_add_ps(acc0, acc1));
+#else
+  (void)decode8;
+#endif
+  for (; d < dim; ++d) {
+    const float x = decode1(d);
+    sum += L2 ? (q[d] - x) * (q[d] - x) : q[d] * x;
+  }
+  return sum;
+}
+
+template <bool L2>
+float sq8_distance(const float* q, const std::uint8_t* code, const float* min, const float* step,
+                   std::size_t dim) noexcept {
+#if SHOAL_PQ_ISA > 0
+  const auto decode8 = [&](std::size_t d) {
+    return _mm256_add_ps(_mm256_mul_ps(widen8_u8(code + d), _mm256_loadu_ps(step + d)), _mm256_loadu_ps(min + d));
+  };
+#else
+  const auto decode8 = [](std::size_t) { return 0; };
+#endif
+  const auto decode1 = [&](std::size_t d) { return min[d] + static_cast<float>(code[d]) * step[d]; };
+  return sq_sum<L2>(q, dim, decode8, decode1);
+}
+
+template <bool L2>
+float fp16_distance(const float* q, const std::uint8_t* code, std::size_t dim) noexcept {
+#if SHOAL_PQ_ISA > 0
+  const auto decode8 = [&](std::size_t d) { return widen8_half(code + 2 * d); };
+#else
+  const auto decode8 = [](std::size_t) { return 0; };
+#endif
+  const auto decode1 = [&](std::size_t d) {
+    return widen_half(static_cast<std::uint16_t>(code[2 * d] | (code[2 * d + 1] << 8)));
+  };
+  return sq_sum<L2>(q, dim, decode8, decode1);
+}
+
+}  // namespace
+
+const sq_kernels& sq_table() noexcept {
+  static constexpr sq_kernels k{
+      .level = SHOAL_PQ_LEVEL,
+      .sq8_l2 = sq8_distance<true>,
+      .sq8_ip = sq8_distance<false>,
+      .fp16_l2 = fp16_distance<true>,
+      .fp16_ip = fp16_distance<false>,
+  };
+  return k;
+}
+
+}  // namespace shoal::detail::SHOAL_PQ_NS

@@ -1,0 +1,244 @@
+// any_index over every index kind (results identical to the concrete index's), the factory's grammar
+// (good specs, bad specs pointing at the bad token, recognised-but-not-built specs) and load_index.
+
+#include <oneapi/tbb/task_arena.h>
+
+#include <string>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "shoal/eval/eval.hpp"
+#include "shoal/index/any_index.hpp"
+#include "shoal/index/factory.hpp"
+#include "shoal/index/flat.hpp"
+#include "shoal/index/hnsw.hpp"
+#include "shoal/index/ivf_flat.hpp"
+#include "test_support.hpp"
+
+using namespace shoal;
+using shoal::test::fails_with;
+using shoal::test::scratch_dir;
+
+namespace {
+
+constexpr std::size_t dim = 16;
+
+struct dataset {
+  matrix<float> base;
+  std::vector<vector_id> ids;
+  matrix<float> queries;
+  dataset(std::size_t n, std::size_t nq, std::uint64_t seed)
+      : base(make_clustered(n, dim, 12, seed, 1.0f)), ids(n), queries(make_clustered(nq, dim, 12, seed + 1, 1.0f)) {
+    splitmix64 rng(seed + 2);
+    for (vector_id& id : ids) id = rng.next() >> 1;
+  }
+};
+
+void require_same(const neighbors& a, const neighbors& b) {
+  CHECK(a.ids() == b.ids());
+  CHECK(a.distances() == b.distances());
+}
+
+void require_same(const range_result& a, const range_result& b) {
+  CHECK(a.offsets == b.offsets);
+  CHECK(a.ids == b.ids);
+  CHECK(a.distances == b.distances);
+}
+
+/// `make(metric)` builds the concrete index `spec` names, with the parameters the factory uses.
+template <class Index, class Make>
+void check_against_concrete(const char* spec, index_kind kind, Make make) {
+  CAPTURE(spec);
+  const dataset d(800, 30, 3);
+  // One worker: HNSW builds are then reproducible, so the two indexes below are the same graph.
+  tbb::task_arena arena(1);
+  arena.execute([&] {
+    for (const metric m : {metric::l2, metric::cosine}) {
+      any_index any = make_index(spec, dim, m);
+      Index direct = make(m);
+      CHECK(any.kind() == kind);
+      CHECK(any.description() == spec);
+      CHECK(any.dim() == dim);
+      CHECK(any.metric() == m);
+      any.train(d.base.view());
+      if constexpr (requires { direct.train(d.base.view()); }) direct.train(d.base.view());
+      CHECK(any.is_trained());
+      any.add(d.base.view(), d.ids);
+      direct.add(d.base.view(), d.ids);
+      CHECK(any.size() == direct.size());
+      CHECK(any.memory_bytes() > 0);
+      search_params params;
+      params.nprobe = 4;
+      params.ef = 40;
+      require_same(any.search(d.queries.view(), 10, params), direct.search(d.queries.view(), 10, params));
+      neighbors out(d.queries.rows, 3);
+      any.search(d.queries.view(), out.view(), params);
+      require_same(out, direct.search(d.queries.view(), 3, params));
+      const float radius = direct.search(d.queries.view(), 5, params).distance(0, 4);
+      require_same(any.range_search(d.queries.view(), radius, params),
+                   direct.range_search(d.queries.view(), radius, params));
+      any.remove(d.ids[3]);
+      direct.remove(d.ids[3]);
+      CHECK_FALSE(any.contains(d.ids[3]));
+      CHECK(any.contains(d.ids[4]));
+      REQUIRE_THROWS_MATCHES(any.remove(d.ids[3]), shoal::error, fails_with(errc::not_found));
+      require_same(any.search(d.queries.view(), 10, params), direct.search(d.queries.view(), 10, params));
+      REQUIRE(any.get_if<Index>() != nullptr);
+      CHECK(any.get_if<Index>()->size() == direct.size());
+      CHECK(std::as_const(any).get_if<Index>() != nullptr);
+      // Wrapping an existing index gives the same results as the index itself.
+      const neighbors before = direct.search(d.queries.view(), 10, params);
+      const any_index wrapped(std::move(direct));
+      require_same(wrapped.search(d.queries.view(), 10, params), before);
+    }
+  });
+}
+
+}  // namespace
+
+TEST_CASE("any_index over flat_index matches flat_index", "[index]") {
+  check_against_concrete<flat_index>("Flat", index_kind::flat, [](metric m) { return flat_index(dim, m); });
+}
+
+TEST_CASE("any_index over ivf_flat_index matches ivf_flat_index", "[index][ivf]") {
+  check_against_concrete<ivf_flat_index>("IVF16,Flat", index_kind::ivf_flat,
+                                         [](metric m) { return ivf_flat_index(dim, m, 16); });
+}
+
+TEST_CASE("any_index over hnsw_index matches hnsw_index", "[index][hnsw]") {
+  for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8}) {
+    const bool sq8 = codes == hnsw_codes::sq8;
+    check_against_concrete<hnsw_index>(sq8 ? "HNSW12,SQ8" : "HNSW12", index_kind::hnsw, [codes](metric m) {
+      hnsw_params p;
+      p.M = 12;
+      p.codes = codes;
+      return hnsw_index(dim, m, p);
+    });
+  }
+}
+
+TEST_CASE("any_index: save and load_index round-trip every persistent kind, copied and mapped", "[index][io]") {
+  const scratch_dir dir;
+  const dataset d(600, 20, 5);
+  search_params params;
+  params.nprobe = 3;
+  for (const char* spec : {"Flat", "IVF8,Flat", "HNSW16", "HNSW16,SQ8"}) {
+    CAPTURE(spec);
+    any_index index = make_index(spec, dim, metric::inner_product);
+    index.train(d.base.view());
+    index.add(d.base.view(), d.ids);
+    const neighbors expected = index.search(d.queries.view(), 10, params);
+    const std::string path = dir / "index.shoal";
+    index.save(path);
+    for (const bool mmap : {false, true}) {
+      any_index loaded = load_index(path, {.mmap = mmap});
+      CHECK(loaded.description() == spec);
+      CHECK(loaded.metric() == metric::inner_product);
+      CHECK(loaded.size() == d.ids.size());
+      require_same(loaded.search(d.queries.view(), 10, params), expected);
+      if (mmap)
+        REQUIRE_THROWS_MATCHES(loaded.remove(d.ids[0]), shoal::error, fails_with(errc::unsupported, "read-only"));
+      else
+        loaded.remove(d.ids[0]);
+    }
+  }
+  REQUIRE_THROWS_MATCHES(load_index(dir / "missing.shoal"), shoal::error, fails_with(errc::io_error));
+}
+
+TEST_CASE("any_index: an empty any_index refuses every call", "[index]") {
+  any_index empty;
+  CHECK_FALSE(empty.has_value());
+  CHECK(empty.get_if<flat_index>() == nullptr);
+  REQUIRE_THROWS_MATCHES(empty.size(), shoal::error, fails_with(errc::invalid_argument, "empty"));
+  any_index full = make_index("Flat", 4);
+  CHECK(full.has_value());
+  CHECK(full.get_if<hnsw_index>() == nullptr);
+  any_index moved = std::move(full);
+  CHECK(moved.size() == 0);
+  const matrix<float> q = make_uniform(1, 4, 1);
+  REQUIRE_THROWS_MATCHES((void)moved.search(q.view(), 0), shoal::error, fails_with(errc::invalid_argument, "k must"));
+}
+
+TEST_CASE("make_index: the specs built today", "[index]") {
+  CHECK(make_index("Flat", 8).kind() == index_kind::flat);
+  CHECK(make_index("HNSW32", 8).description() == "HNSW32");
+  CHECK(make_index("HNSW32,Flat", 8).description() == "HNSW32");
+  CHECK(make_index("HNSW32,SQ8", 8).description() == "HNSW32,SQ8");
+  CHECK(make_index(" IVF64 , Flat ", 8, metric::cosine).description() == "IVF64,Flat");
+  CHECK(make_index("IVF64,Flat", 8, metric::cosine).metric() == metric::cosine);
+  CHECK_FALSE(make_index("IVF4096,Flat", 8).is_trained());
+  CHECK(make_index("Flat", 8).is_trained());
+  REQUIRE_THROWS_MATCHES(make_index("Flat", 0), shoal::error, fails_with(errc::invalid_argument, "dimension"));
+}
+
+TEST_CASE("make_index: malformed specs name the bad token and its position", "[index]") {
+  struct bad_spec {
+    const char* spec;
+    std::size_t position;
+    const char* token;
+    const char* reason;
+  };
+  const bad_spec cases[] = {
+      {"", 0, "", "empty component"},
+      {"Flt", 0, "Flt", "expected Flat, HNSW<M> or IVF<nlist>"},
+      {"IVF4096,Flt", 8, "Flt", "expected an IVF list encoding"},
+      {"IVF4096", 7, "", "needs a list encoding"},
+      {"IVF4096,Refine(Flat)", 8, "Refine(Flat)", "needs a list encoding"},
+      {"HNSW", 0, "HNSW", "needs the number of links"},
+      {"HNSW1", 0, "HNSW1", "[2, 256]"},
+      {"HNSW32x", 0, "HNSW32x", "unexpected \"x\""},
+      {"HNSW32,Flt", 7, "Flt", "expected an HNSW storage"},
+      {"IVF0,Flat", 0, "IVF0", "at least 1 list"},
+      {"IVF99999999999,Flat", 0, "IVF99999999999", "too large"},
+      {"Flat,Flat", 5, "Flat", "unexpected component"},
+      {"Flat,,Flat", 5, "", "empty component"},
+      {"IVF16,PQ8x5", 6, "PQ8x5", "must be 4 or 8"},
+      {"IVF16,PQ8x8fs", 6, "PQ8x8fs", "fast-scan"},
+      {"IVF16,PQ8y", 6, "PQ8y", "unexpected \"y\""},
+      {"IVF16_HNSx,Flat", 5, "_HNSx", "expected _HNSW<M>"},
+      {"IVF16_HNSW1,Flat", 5, "_HNSW1", "[2, 256]"},
+      {"OPQx,IVF16,Flat", 0, "OPQx", "OPQ needs"},
+      {"OPQ8,OPQ8,Flat", 5, "OPQ8", "only one transform"},
+      {"OPQ8", 4, "", "after the transform"},
+      {"Refine(Flat", 6, "(", "unbalanced '('"},
+      {"Flat)", 4, ")", "unbalanced ')'"},
+      {"IVF16,Flat,Refine(Flt)", 18, "Flt", "expected Flat"},
+      {"IVF16,Flat,RFlat,Flat", 17, "Flat", "nothing may follow"},
+  };
+  for (const bad_spec& c : cases) {
+    CAPTURE(c.spec);
+    const std::string where = "at position " + std::to_string(c.position) + " (\"" + c.token + "\")";
+    REQUIRE_THROWS_MATCHES(make_index(c.spec, 8), shoal::error, fails_with(errc::invalid_argument, where));
+    REQUIRE_THROWS_MATCHES(make_index(c.spec, 8), shoal::error, fails_with(errc::invalid_argument, c.reason));
+    REQUIRE_THROWS_MATCHES(make_index(c.spec, 8), shoal::error,
+                           fails_with(errc::invalid_argument, std::string("\"") + c.spec + "\""));
+  }
+}
+
+TEST_CASE("make_index: specs recognised but not built yet are errc::unsupported", "[index]") {
+  struct pending {
+    const char* spec;
+    const char* token;
+  };
+  const pending cases[] = {
+      {"HNSW32,SQfp16", "SQfp16"},
+      {"HNSW32,PQ16", "PQ16"},
+      {"IVF4096,PQ32", "PQ32"},
+      {"IVF4096,PQ32x8", "PQ32x8"},
+      {"IVF256,SQ8", "SQ8"},
+      {"OPQ32,IVF4096,PQ32x4fs,Refine(Flat)", "OPQ32"},
+      {"OPQ16_64,IVF256,PQ16", "OPQ16_64"},
+      {"PCA64,Flat", "PCA64"},
+      {"IVF65536_HNSW32,Flat", "IVF65536_HNSW32"},
+      {"IVF65536_HNSW32,PQ32x4fs", "IVF65536_HNSW32"},
+      {"IVF1024,Flat,Refine(Flat)", "Refine(Flat)"},
+      {"HNSW32,RFlat", "RFlat"},
+  };
+  for (const pending& c : cases) {
+    CAPTURE(c.spec);
+    REQUIRE_THROWS_MATCHES(make_index(c.spec, 64), shoal::error, fails_with(errc::unsupported, "not built yet"));
+    REQUIRE_THROWS_MATCHES(make_index(c.spec, 64), shoal::error,
+                           fails_with(errc::unsupported, std::string("(\"") + c.token + "\" at position"));
+  }
+}

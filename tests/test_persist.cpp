@@ -1,0 +1,588 @@
+// The index file format (docs/format.md): CRC-32C, save/load round trips of flat and IVF-Flat (copied
+// and memory-mapped, at every verification level), damaged files of every kind, and atomic saves.
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "shoal/eval/eval.hpp"
+#include "shoal/index/factory.hpp"
+#include "shoal/index/flat.hpp"
+#include "shoal/index/ivf_flat.hpp"
+#include "shoal/io/format.hpp"
+#include "test_support.hpp"
+
+using namespace shoal;
+using shoal::test::fails_with;
+using shoal::test::scratch_dir;
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr std::size_t dim = 24;
+
+/// Clustered base with scattered 64-bit ids; queries near stored vectors.
+struct dataset : test::clustered_set {
+  dataset(std::size_t n, std::size_t nq, std::uint64_t seed) : clustered_set(n, nq, dim, 16, seed, 0.5f) {}
+
+  [[nodiscard]] flat_index flat(metric m) const {
+    flat_index index(dim, m);
+    index.add(base.view(), ids);
+    return index;
+  }
+  [[nodiscard]] ivf_flat_index ivf(metric m, std::size_t nlist) const {
+    ivf_flat_index index(dim, m, nlist);
+    index.train(base.view());
+    index.add(base.view(), ids);
+    return index;
+  }
+};
+
+void require_same(const neighbors& a, const neighbors& b) {
+  REQUIRE(a.rows() == b.rows());
+  REQUIRE(a.k() == b.k());
+  CHECK(a.ids() == b.ids());
+  CHECK(a.distances() == b.distances());
+}
+
+void require_same(const range_result& a, const range_result& b) {
+  CHECK(a.offsets == b.offsets);
+  CHECK(a.ids == b.ids);
+  CHECK(a.distances == b.distances);
+}
+
+/// Search results of `index` that a loaded copy must reproduce exactly: a small batch (flat: the
+/// streaming path), a large one (flat: the GEMM path), a range search.
+template <class Index>
+struct snapshot {
+  neighbors few;
+  neighbors many;
+  range_result range;
+  snapshot(const Index& index, const dataset& d, const search_params& params) {
+    few = index.search(d.queries.view().slice(0, 3), 10, params);
+    many = index.search(d.queries.view(), 10, params);
+    range = index.range_search(d.queries.view(), many.distance(0, 5), params);
+  }
+  void require_equal(const snapshot& other) const {
+    require_same(few, other.few);
+    require_same(many, other.many);
+    require_same(range, other.range);
+  }
+};
+
+std::vector<char> slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void spit(const std::string& path, const std::vector<char>& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+std::uint32_t get_u32(const std::vector<char>& bytes, std::size_t at) {
+  std::uint32_t v = 0;
+  std::memcpy(&v, bytes.data() + at, sizeof v);
+  return v;
+}
+
+void put_u16(std::vector<char>& bytes, std::size_t at, std::uint16_t v) {
+  std::memcpy(bytes.data() + at, &v, sizeof v);
+}
+
+/// Recomputes the header checksum as docs/format.md defines it: CRC-32C of the 128 header bytes with the
+/// checksum field (bytes 68..71) zeroed, continued over the section table (32 bytes per section).
+void reseal_header(std::vector<char>& bytes) {
+  const std::uint32_t sections = get_u32(bytes, 28);
+  std::vector<char> head(bytes.begin(), bytes.begin() + 128);
+  std::fill(head.begin() + 68, head.begin() + 72, char{0});
+  std::uint32_t crc = crc32c(head.data(), head.size());
+  crc = crc32c(bytes.data() + 128, sections * std::size_t{32}, crc);
+  std::memcpy(bytes.data() + 68, &crc, sizeof crc);
+}
+
+/// Loads `path` as an Index under `options`; if that succeeds, searches it (must not crash).
+template <class Index>
+void load_and_search(const std::string& path, const load_options& options, const dataset& d) {
+  const Index index = Index::load(path, options);
+  search_params params;
+  params.nprobe = 1000;
+  if (index.size() > 0) (void)index.search(d.queries.view().slice(0, 2), 3, params);
+}
+
+}  // namespace
+
+TEST_CASE("crc32c: known answers; the hardware and portable paths agree", "[io]") {
+  const std::string digits = "123456789";
+  CHECK(crc32c(digits.data(), digits.size()) == 0xE3069283u);
+  CHECK(detail::crc32c_portable(digits.data(), digits.size()) == 0xE3069283u);
+  CHECK(crc32c(nullptr, 0) == 0u);
+  // RFC 3720 (iSCSI) B.4 test vectors.
+  std::vector<unsigned char> block(32, 0);
+  CHECK(crc32c(block.data(), block.size()) == 0x8A9136AAu);
+  std::fill(block.begin(), block.end(), 0xFF);
+  CHECK(crc32c(block.data(), block.size()) == 0x62A8AB43u);
+  for (std::size_t i = 0; i < 32; ++i) block[i] = static_cast<unsigned char>(i);
+  CHECK(crc32c(block.data(), block.size()) == 0x46DD794Eu);
+
+  splitmix64 rng(7);
+  std::vector<unsigned char> data(1100);
+  for (auto& b : data) b = static_cast<unsigned char>(rng.next());
+  for (std::size_t offset = 0; offset < 8; ++offset) {
+    for (std::size_t len : {0, 1, 3, 7, 8, 9, 15, 16, 17, 63, 64, 65, 255, 1000}) {
+      const std::uint32_t whole = crc32c(data.data() + offset, len);
+      CHECK(whole == detail::crc32c_portable(data.data() + offset, len));
+      const std::size_t cut = len / 3;
+      CHECK(whole == crc32c(data.data() + offset + cut, len - cut, crc32c(data.data() + offset, cut)));
+    }
+  }
+}
+
+TEST_CASE("flat_index: save/load round-trips for every metric, copied and mapped, at every verify level", "[io]") {
+  const scratch_dir dir;
+  const dataset d(700, 40, 11);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    const flat_index original = d.flat(m);
+    const std::string path = dir / "flat.shoal";
+    original.save(path);
+    const snapshot<flat_index> expected(original, d, {});
+    for (const bool mmap : {false, true}) {
+      for (const verify_level v : {verify_level::none, verify_level::header, verify_level::full}) {
+        CAPTURE(mmap, static_cast<int>(v));
+        const flat_index loaded = flat_index::load(path, {.mmap = mmap, .verify = v});
+        CHECK(loaded.is_mapped() == mmap);
+        CHECK(loaded.dim() == dim);
+        CHECK(loaded.metric() == m);
+        REQUIRE(loaded.size() == original.size());
+        for (std::size_t i = 0; i < d.ids.size(); i += 97) {
+          REQUIRE(loaded.contains(d.ids[i]));
+          const auto a = original.vector(d.ids[i]);
+          const auto b = loaded.vector(d.ids[i]);
+          CHECK(std::equal(a.begin(), a.end(), b.begin(), b.end()));
+        }
+        expected.require_equal(snapshot<flat_index>(loaded, d, {}));
+        // The filter reaches the mapped path too.
+        const vector_id banned = expected.few.id(0, 0);
+        search_params filtered;
+        const auto keep = [banned](vector_id id) { return id != banned; };
+        filtered.filter = keep;
+        require_same(original.search(d.queries.view(), 5, filtered), loaded.search(d.queries.view(), 5, filtered));
+      }
+    }
+  }
+  // No temporary file is left behind by successful saves.
+  std::size_t entries = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir.path())) ++entries;
+  CHECK(entries == 1);
+}
+
+TEST_CASE("flat_index: a mapped index is read-only, a copied one stays mutable", "[io]") {
+  const scratch_dir dir;
+  const dataset d(300, 8, 12);
+  const std::string path = dir / "flat.shoal";
+  d.flat(metric::l2).save(path);
+
+  flat_index mapped = flat_index::load(path, {.mmap = true});
+  const matrix<float> extra = make_uniform(1, dim, 5);
+  REQUIRE_THROWS_MATCHES(mapped.add(extra.view(), std::vector<vector_id>{1}), shoal::error,
+                         fails_with(errc::unsupported, "read-only"));
+  REQUIRE_THROWS_MATCHES(mapped.remove(d.ids[0]), shoal::error, fails_with(errc::unsupported, "mmap"));
+  CHECK(mapped.size() == 300);
+  CHECK(mapped.memory_bytes() < 300 * dim * sizeof(float));  // the id map only
+
+  // A mapped index moves like any other.
+  flat_index moved = std::move(mapped);
+  CHECK(moved.size() == 300);
+  CHECK(moved.is_mapped());
+
+  flat_index copied = flat_index::load(path);
+  copied.remove(d.ids[0]);
+  copied.add(extra.view(), std::vector<vector_id>{1});
+  CHECK(copied.size() == 300);
+  CHECK(copied.contains(1));
+  // Saving over a file that is mapped elsewhere is safe: the mapping keeps the old inode.
+  copied.save(path);
+  CHECK(moved.contains(d.ids[0]));
+  require_same(copied.search(d.queries.view(), 7), flat_index::load(path, {.mmap = true}).search(d.queries.view(), 7));
+}
+
+TEST_CASE("flat_index: an empty index round-trips", "[io]") {
+  const scratch_dir dir;
+  const std::string path = dir / "empty.shoal";
+  flat_index(5, metric::cosine).save(path);
+  for (const bool mmap : {false, true}) {
+    const flat_index loaded = flat_index::load(path, {.mmap = mmap});
+    CHECK(loaded.size() == 0);
+    CHECK(loaded.dim() == 5);
+    CHECK(loaded.metric() == metric::cosine);
+    const matrix<float> q = make_uniform(2, 5, 1);
+    const neighbors r = loaded.search(q.view(), 3);
+    CHECK(std::all_of(r.ids().begin(), r.ids().end(), [](vector_id id) { return id == no_id; }));
+  }
+}
+
+TEST_CASE("ivf_flat_index: save/load round-trips, copied and mapped, after removals", "[io][ivf]") {
+  const scratch_dir dir;
+  const dataset d(1200, 40, 21);
+  constexpr std::size_t nlist = 16;
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    ivf_flat_index original = d.ivf(m, nlist);
+    for (std::size_t i = 0; i < d.ids.size(); i += 7) original.remove(d.ids[i]);
+    const std::string path = dir / "ivf.shoal";
+    original.save(path);
+    for (const bool mmap : {false, true}) {
+      for (const verify_level v : {verify_level::none, verify_level::full}) {
+        CAPTURE(mmap, static_cast<int>(v));
+        const ivf_flat_index loaded = ivf_flat_index::load(path, {.mmap = mmap, .verify = v});
+        CHECK(loaded.is_mapped() == mmap);
+        CHECK(loaded.nlist() == nlist);
+        CHECK(loaded.metric() == m);
+        CHECK(loaded.size() == original.size());
+        CHECK(loaded.list_sizes() == original.list_sizes());
+        CHECK(std::equal(loaded.centroids().data, loaded.centroids().data + nlist * dim, original.centroids().data));
+        CHECK_FALSE(loaded.contains(d.ids[0]));
+        CHECK(loaded.contains(d.ids[1]));
+        for (const std::size_t nprobe : {std::size_t{1}, std::size_t{3}, nlist}) {
+          search_params params;
+          params.nprobe = nprobe;
+          snapshot<ivf_flat_index>(original, d, params).require_equal(snapshot<ivf_flat_index>(loaded, d, params));
+        }
+      }
+    }
+    ivf_flat_index mapped = ivf_flat_index::load(path, {.mmap = true});
+    // A mapped index saves like any other (its lists are read from the mapping).
+    mapped.save(dir / "resaved.shoal");
+    CHECK(ivf_flat_index::load(dir / "resaved.shoal").list_sizes() == original.list_sizes());
+    REQUIRE_THROWS_MATCHES(mapped.add(d.base.view().slice(0, 1), std::vector<vector_id>{d.ids[0]}), shoal::error,
+                           fails_with(errc::unsupported, "read-only"));
+    REQUIRE_THROWS_MATCHES(mapped.remove(d.ids[1]), shoal::error, fails_with(errc::unsupported, "mmap"));
+    REQUIRE_THROWS_MATCHES(mapped.train(d.base.view()), shoal::error, fails_with(errc::unsupported, "mmap"));
+    // A copied load is an ordinary index: removals and additions work and search like the original's.
+    ivf_flat_index copied = ivf_flat_index::load(path);
+    copied.add(d.base.view().slice(0, 1), std::vector<vector_id>{d.ids[0]});
+    original.add(d.base.view().slice(0, 1), std::vector<vector_id>{d.ids[0]});
+    search_params all;
+    all.nprobe = nlist;
+    require_same(original.search(d.queries.view(), 10, all), copied.search(d.queries.view(), 10, all));
+  }
+}
+
+TEST_CASE("ivf_flat_index: saves running beside adds and searches write consistent snapshots", "[io][ivf]") {
+  // save references the lists instead of copying them; the map lock it holds keeps adds (which could
+  // reallocate a list) out until the file is written.
+  const scratch_dir dir;
+  const dataset d(2000, 8, 24);
+  ivf_flat_index index(dim, metric::l2, 8);
+  index.train(d.base.view());
+  index.add(d.base.view().slice(0, 100), std::span(d.ids).first(100));
+  std::atomic<bool> done{false};
+  std::thread writer([&] {
+    for (std::size_t first = 100; first < 2000; first += 100)
+      index.add(d.base.view().slice(first, 100), std::span(d.ids).subspan(first, 100));
+    done = true;
+  });
+  std::thread searcher([&] {
+    while (!done) (void)index.search(d.queries.view(), 5);
+  });
+  std::vector<std::string> paths;
+  for (int i = 0; !done || i < 3; ++i) {
+    paths.push_back(dir / ("snapshot-" + std::to_string(i) + ".shoal"));
+    index.save(paths.back());
+  }
+  writer.join();
+  searcher.join();
+  for (const std::string& path : paths) {
+    const ivf_flat_index loaded = ivf_flat_index::load(path);
+    CHECK(loaded.size() % 100 == 0);  // whole batches only
+    const std::vector<std::size_t> sizes = loaded.list_sizes();
+    CHECK(std::accumulate(sizes.begin(), sizes.end(), std::size_t{0}) == loaded.size());
+  }
+}
+
+TEST_CASE("ivf_flat_index: an untrained index round-trips and trains after loading", "[io][ivf]") {
+  const scratch_dir dir;
+  const dataset d(400, 4, 22);
+  const std::string path = dir / "untrained.shoal";
+  ivf_flat_index(dim, metric::l2, 8).save(path);
+  ivf_flat_index loaded = ivf_flat_index::load(path);
+  CHECK_FALSE(loaded.is_trained());
+  CHECK(loaded.nlist() == 8);
+  loaded.train(d.base.view());
+  loaded.add(d.base.view(), d.ids);
+  CHECK(loaded.size() == 400);
+}
+
+TEST_CASE("read_index_file_info reports kind, metric, dimension, count and version", "[io]") {
+  const scratch_dir dir;
+  const dataset d(100, 1, 23);
+  const std::string path = dir / "ivf.shoal";
+  d.ivf(metric::cosine, 4).save(path);
+  const index_file_info info = read_index_file_info(path);
+  CHECK(info.kind == index_kind::ivf_flat);
+  CHECK(info.metric == metric::cosine);
+  CHECK(info.dim == dim);
+  CHECK(info.count == 100);
+  CHECK(info.version_major == format_version_major);
+  CHECK(info.version_minor == format_version_minor);
+  CHECK(info.file_bytes == fs::file_size(path));
+  CHECK(std::string(index_kind_name(info.kind)) == "ivf_flat");
+  // Header layout (docs/format.md): magic at 0, sections 64-byte aligned.
+  const std::vector<char> bytes = slurp(path);
+  CHECK(std::memcmp(bytes.data(), "\x89SHOAL\r\n", 8) == 0);
+  const std::uint32_t sections = get_u32(bytes, 28);
+  REQUIRE(sections == 5);
+  for (std::uint32_t s = 0; s < sections; ++s) {
+    std::uint64_t offset = 0;
+    std::memcpy(&offset, bytes.data() + 128 + s * 32 + 8, sizeof offset);
+    CHECK(offset % 64 == 0);
+  }
+}
+
+TEST_CASE("a mapped load leaves the vectors unresident until a search touches them", "[io]") {
+  // RssFile counts the pages of mapped files that this process has touched.
+  const auto rss_file_kib = [] {
+    std::ifstream status("/proc/self/status");
+    std::string line;
+    while (std::getline(status, line))
+      if (line.rfind("RssFile:", 0) == 0) return std::stol(line.substr(8));
+    return -1L;
+  };
+  if (rss_file_kib() < 0) {
+    WARN("no RssFile in /proc/self/status: not checked");
+    return;
+  }
+  const scratch_dir dir;
+  constexpr std::size_t n = 20000;
+  constexpr std::size_t d64 = 64;
+  const matrix<float> base = make_uniform(n, d64, 31);
+  std::vector<vector_id> ids(n);
+  for (std::size_t i = 0; i < n; ++i) ids[i] = i;
+  const std::string path = dir / "big.shoal";
+  {
+    flat_index index(d64);
+    index.add(base.view(), ids);
+    index.save(path);
+  }
+  const long vectors_kib = static_cast<long>(n * d64 * sizeof(float) / 1024);
+  const long before = rss_file_kib();
+  const flat_index mapped = flat_index::load(path, {.mmap = true, .verify = verify_level::full});
+  const long loaded = rss_file_kib();
+  CHECK(loaded - before < vectors_kib / 4);
+  const matrix<float> q = make_uniform(1, d64, 32);
+  (void)mapped.search(q.view(), 1);  // scans every vector
+  CHECK(rss_file_kib() - before > vectors_kib / 2);
+}
+
+TEST_CASE("damaged files: truncation at any length is reported as truncation", "[io]") {
+  const scratch_dir dir;
+  const dataset d(40, 2, 41);
+  const std::string good = dir / "good.shoal";
+  const std::string bad = dir / "bad.shoal";
+  d.flat(metric::l2).save(good);
+  const std::vector<char> bytes = slurp(good);
+  for (std::size_t len = 0; len < bytes.size(); len += len < 256 ? 1 : 29) {
+    CAPTURE(len);
+    spit(bad, std::vector<char>(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(len)));
+    for (const verify_level v : {verify_level::none, verify_level::full})
+      REQUIRE_THROWS_MATCHES(flat_index::load(bad, {.mmap = len % 2 == 0, .verify = v}), shoal::error,
+                             fails_with(errc::corrupt_file, "truncated"));
+  }
+  // The same for IVF-Flat, at a coarser stride.
+  d.ivf(metric::l2, 4).save(good);
+  const std::vector<char> ivf_bytes = slurp(good);
+  for (std::size_t len = 0; len < ivf_bytes.size(); len += 13) {
+    spit(bad, std::vector<char>(ivf_bytes.begin(), ivf_bytes.begin() + static_cast<std::ptrdiff_t>(len)));
+    REQUIRE_THROWS_MATCHES(ivf_flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "truncated"));
+  }
+  // Trailing bytes are damage too.
+  std::vector<char> longer = bytes;
+  longer.push_back('x');
+  spit(bad, longer);
+  REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "trailing"));
+}
+
+TEST_CASE("damaged files: every flipped byte is caught by full verification, none crashes a load", "[io]") {
+  const scratch_dir dir;
+  const dataset d(30, 2, 42);
+  const std::string good = dir / "good.shoal";
+  const std::string bad = dir / "bad.shoal";
+  for (const bool ivf : {false, true}) {
+    CAPTURE(ivf);
+    if (ivf)
+      d.ivf(metric::l2, 4).save(good);
+    else
+      d.flat(metric::l2).save(good);
+    const std::vector<char> bytes = slurp(good);
+    const std::size_t table_end = 128 + 32 * std::size_t{get_u32(bytes, 28)};
+    // Every byte of the header and table, every 5th byte of the sections (the files are ~3-5 KiB).
+    for (std::size_t at = 0; at < bytes.size(); at += at < table_end + 64 ? 1 : 5) {
+      CAPTURE(at);
+      std::vector<char> flipped = bytes;
+      flipped[at] = static_cast<char>(flipped[at] ^ 0x10);
+      spit(bad, flipped);
+      try {
+        if (ivf)
+          load_and_search<ivf_flat_index>(bad, {.mmap = at % 3 == 0}, d);
+        else
+          load_and_search<flat_index>(bad, {.mmap = at % 3 == 0}, d);
+        FAIL("a flipped byte went unnoticed");
+      } catch (const shoal::error& e) {
+        const std::string what = e.what();
+        if (at < 8) {
+          CHECK(what.find("wrong magic") != std::string::npos);
+        } else if (at < 12) {
+          CHECK((e.code() == errc::corrupt_file || e.code() == errc::unsupported));  // the version
+        } else {
+          CHECK(e.code() == errc::corrupt_file);
+          if (at >= table_end) CHECK(what.find("checksum mismatch") != std::string::npos);
+        }
+      }
+      // Without verification a flipped byte may load (a changed value) but never reads out of bounds.
+      try {
+        if (ivf)
+          load_and_search<ivf_flat_index>(bad, {.mmap = at % 2 == 0, .verify = verify_level::none}, d);
+        else
+          load_and_search<flat_index>(bad, {.mmap = at % 2 == 0, .verify = verify_level::none}, d);
+      } catch (const shoal::error&) {
+      }
+    }
+  }
+}
+
+TEST_CASE("damaged files: wrong magic, newer versions, another index kind, missing file", "[io]") {
+  const scratch_dir dir;
+  const dataset d(50, 4, 43);
+  const std::string path = dir / "index.shoal";
+  const std::string bad = dir / "bad.shoal";
+  const flat_index original = d.flat(metric::l2);
+  original.save(path);
+  const std::vector<char> bytes = slurp(path);
+
+  std::vector<char> magic = bytes;
+  magic[1] = 'X';
+  spit(bad, magic);
+  REQUIRE_THROWS_MATCHES(flat_index::load(bad, {.verify = verify_level::none}), shoal::error,
+                         fails_with(errc::corrupt_file, "wrong magic"));
+  spit(bad, std::vector<char>(200, 'a'));
+  REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "not a shoal index"));
+
+  std::vector<char> major = bytes;
+  put_u16(major, 8, format_version_major + 1);
+  reseal_header(major);
+  spit(bad, major);
+  REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error, fails_with(errc::unsupported, "is newer than"));
+  REQUIRE_THROWS_MATCHES(read_index_file_info(bad), shoal::error, fails_with(errc::unsupported, "format version 2.0"));
+
+  // A newer minor version of the same major loads: minors only add optional content.
+  std::vector<char> minor = bytes;
+  put_u16(minor, 10, format_version_minor + 3);
+  reseal_header(minor);
+  spit(bad, minor);
+  require_same(original.search(d.queries.view(), 5), flat_index::load(bad).search(d.queries.view(), 5));
+  // ... but a changed header without a matching checksum does not (unless verification is off).
+  put_u16(minor, 10, format_version_minor + 4);
+  spit(bad, minor);
+  REQUIRE_THROWS_MATCHES(flat_index::load(bad, {.verify = verify_level::header}), shoal::error,
+                         fails_with(errc::corrupt_file, "header checksum"));
+  CHECK(flat_index::load(bad, {.verify = verify_level::none}).size() == 50);
+
+  REQUIRE_THROWS_MATCHES(ivf_flat_index::load(path), shoal::error,
+                         fails_with(errc::invalid_argument, "kind flat, not ivf_flat"));
+  d.ivf(metric::l2, 4).save(bad);
+  REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error,
+                         fails_with(errc::invalid_argument, "kind ivf_flat, not flat"));
+
+  // Kinds this build knows but cannot load yet, and kinds from the future.
+  std::vector<char> kind = bytes;
+  kind[20] = 4;  // ivf_pq
+  reseal_header(kind);
+  spit(bad, kind);
+  REQUIRE_THROWS_MATCHES(load_index(bad), shoal::error, fails_with(errc::unsupported, "kind ivf_pq is not built yet"));
+  REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error, fails_with(errc::invalid_argument, "kind ivf_pq"));
+  kind[20] = 99;
+  reseal_header(kind);
+  spit(bad, kind);
+  REQUIRE_THROWS_MATCHES(load_index(bad), shoal::error, fails_with(errc::unsupported, "unknown index kind 99"));
+
+  REQUIRE_THROWS_MATCHES(flat_index::load(dir / "missing.shoal"), shoal::error,
+                         fails_with(errc::io_error, "cannot open"));
+  REQUIRE_THROWS_MATCHES(original.save(dir / "no-such-dir/x.shoal"), shoal::error, fails_with(errc::io_error));
+}
+
+namespace {
+int save_pause_fd = -1;
+}  // namespace
+
+TEST_CASE("an interrupted save leaves the old file intact", "[io]") {
+  const scratch_dir dir;
+  const std::string path = dir / "index.shoal";
+  const dataset old_data(200, 10, 51);
+  const dataset new_data(3000, 10, 52);
+  const flat_index old_index = old_data.flat(metric::l2);
+  old_index.save(path);
+  const neighbors expected = old_index.search(old_data.queries.view(), 10);
+  const flat_index new_index = new_data.flat(metric::l2);
+
+  int fds[2] = {-1, -1};
+  REQUIRE(::pipe(fds) == 0);
+  const pid_t child = ::fork();
+  REQUIRE(child >= 0);
+  if (child == 0) {
+    // The child stops for good once the first section of the temporary file is on disk; the parent
+    // kills it there.
+    ::close(fds[0]);
+    save_pause_fd = fds[1];
+    detail::set_save_hook([](std::uint64_t) {
+      const char c = 'x';
+      if (::write(save_pause_fd, &c, 1) != 1) ::_exit(2);
+      for (;;) ::pause();
+    });
+    try {
+      new_index.save(path);
+    } catch (...) {
+    }
+    ::_exit(3);  // reaching this means the save was not interrupted
+  }
+  ::close(fds[1]);
+  char c = 0;
+  const bool paused = ::read(fds[0], &c, 1) == 1;
+  ::close(fds[0]);
+  ::kill(child, SIGKILL);
+  int status = 0;
+  REQUIRE(::waitpid(child, &status, 0) == child);
+  REQUIRE(paused);
+  REQUIRE(WIFSIGNALED(status));
+  CHECK(WTERMSIG(status) == SIGKILL);
+
+  // The killed save left its temporary beside the target, which still holds the old index.
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir.path())) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  REQUIRE(names.size() == 2);
+  CHECK(names[0] == "index.shoal");
+  CHECK(names[1].rfind("index.shoal.tmp." + std::to_string(child) + ".", 0) == 0);
+  for (const bool mmap : {false, true}) {
+    const flat_index loaded = flat_index::load(path, {.mmap = mmap});
+    CHECK(loaded.size() == 200);
+    require_same(expected, loaded.search(old_data.queries.view(), 10));
+  }
+  // And a save that completes replaces it.
+  new_index.save(path);
+  CHECK(flat_index::load(path).size() == 3000);
+}

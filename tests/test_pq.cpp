@@ -1,0 +1,385 @@
+// Product quantizer: training, encode/decode, ADC tables, and the fast-scan kernel at every SIMD level
+// against its scalar reference (integer sums: exactly equal).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "shoal/eval/eval.hpp"
+#include "shoal/quant/opq.hpp"
+#include "shoal/quant/pq.hpp"
+#include "shoal/quant/sq.hpp"
+#include "test_support.hpp"
+
+using namespace shoal;
+using shoal::test::fails_with;
+
+namespace {
+
+/// Mean squared reconstruction error of `x` through `pq`.
+double reconstruction_error(const product_quantizer& pq, const matrix<float>& x) {
+  const std::vector<std::uint8_t> codes = pq.encode(x.view());
+  matrix<float> back(x.rows, x.dim);
+  pq.decode(codes.data(), x.rows, back.mutable_view());
+  double sum = 0.0;
+  for (std::size_t i = 0; i < x.rows; ++i)
+    for (std::size_t j = 0; j < x.dim; ++j) {
+      const double d = static_cast<double>(x.row(i)[j]) - back.row(i)[j];
+      sum += d * d;
+    }
+  return sum / static_cast<double>(x.rows);
+}
+
+/// Random unpacked 4-bit codes and a random byte table.
+struct fast_scan_case {
+  std::vector<std::uint8_t> codes;   // n x m unpacked
+  std::vector<std::uint8_t> packed;  // blocks
+  aligned_vector<std::uint8_t> table;
+  fast_scan_case(std::size_t n, std::size_t m, std::uint64_t seed, bool saturated) : codes(n * m) {
+    splitmix64 rng(seed);
+    for (std::uint8_t& c : codes) c = static_cast<std::uint8_t>(rng.below(16));
+    const std::size_t blocks = (n + fast_scan_block - 1) / fast_scan_block;
+    packed.resize(blocks * fast_scan_block_bytes(m) + 3);  // +3: room to misalign below
+    pack_fast_scan(codes.data(), n, m, packed.data());
+    table.assign((m + (m & 1)) * 16, 0);
+    for (std::size_t s = 0; s < m; ++s)
+      for (std::size_t c = 0; c < 16; ++c)
+        table[s * 16 + c] = saturated ? std::uint8_t{255} : static_cast<std::uint8_t>(rng.below(256));
+  }
+};
+
+}  // namespace
+
+TEST_CASE("fast-scan packing round-trips every code", "[pq]") {
+  for (const std::size_t m : {1, 2, 3, 8, 17}) {
+    for (const std::size_t n : {1, 31, 32, 33, 100}) {
+      CAPTURE(m, n);
+      const fast_scan_case c(n, m, m * 100 + n, false);
+      bool same = true;
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t s = 0; s < m; ++s)
+          same = same && fast_scan_get(c.packed.data(), m, i, s) == c.codes[i * m + s];
+      CHECK(same);
+      // Padding slots of the last block hold code 0.
+      const std::size_t blocks = (n + fast_scan_block - 1) / fast_scan_block;
+      for (std::size_t i = n; i < blocks * fast_scan_block; ++i)
+        for (std::size_t s = 0; s < m; ++s) CHECK(fast_scan_get(c.packed.data(), m, i, s) == 0);
+    }
+  }
+}
+
+TEST_CASE("fast-scan kernels equal the scalar reference exactly at every level", "[pq][kernel]") {
+  const pq_kernels& ref = quant_kernels(simd_level::scalar);
+  // m up to 1030 crosses the 16-bit flush periods of both the AVX2 (256 pairs) and AVX-512 (128 pair
+  // pairs) loops; saturated tables (all 255) are the worst case for 16-bit overflow.
+  for (const std::size_t m : {1, 2, 3, 4, 5, 7, 8, 16, 31, 64, 255, 256, 392, 513, 1030}) {
+    for (const bool saturated : {false, true}) {
+      const std::size_t n = 96;
+      const fast_scan_case c(n, m, m + (saturated ? 7 : 0), saturated);
+      const std::size_t blocks = n / fast_scan_block;
+      std::vector<std::uint32_t> want(n);
+      ref.fast_scan(c.packed.data(), blocks, m, c.table.data(), want.data());
+      // The reference against the definition.
+      bool exact = true;
+      for (std::size_t i = 0; i < n; ++i) {
+        std::uint32_t sum = 0;
+        for (std::size_t s = 0; s < m; ++s) sum += c.table[s * 16 + c.codes[i * m + s]];
+        exact = exact && sum == want[i];
+      }
+      CAPTURE(m, saturated);
+      CHECK(exact);
+      for (const simd_level level : available_simd_levels()) {
+        CAPTURE(simd_level_name(level));
+        std::vector<std::uint32_t> got(n, 12345);
+        quant_kernels(level).fast_scan(c.packed.data(), blocks, m, c.table.data(), got.data());
+        CHECK(got == want);
+        // Misaligned code and table pointers.
+        std::vector<std::uint8_t> shifted(c.packed.size() + 1);
+        std::copy(c.packed.begin(), c.packed.end(), shifted.begin() + 1);
+        std::vector<std::uint8_t> table(c.table.size() + 3);
+        std::copy(c.table.begin(), c.table.end(), table.begin() + 3);
+        quant_kernels(level).fast_scan(shifted.data() + 1, blocks, m, table.data() + 3, got.data());
+        CHECK(got == want);
+      }
+    }
+  }
+}
+
+TEST_CASE("8-bit ADC scan equals the table sum at every level", "[pq][kernel]") {
+  const std::size_t m = 12, n = 37;
+  splitmix64 rng(3);
+  std::vector<float> table(m * 256);
+  for (float& t : table) t = rng.uniform();
+  std::vector<std::uint8_t> codes(n * m);
+  for (std::uint8_t& c : codes) c = static_cast<std::uint8_t>(rng.below(256));
+  std::vector<float> want(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    float sum = 0.0f;
+    for (std::size_t s = 0; s < m; ++s) sum += table[s * 256 + codes[i * m + s]];
+    want[i] = sum;
+  }
+  for (const simd_level level : available_simd_levels()) {
+    CAPTURE(simd_level_name(level));
+    std::vector<float> got(n);
+    quant_kernels(level).scan_8bit(table.data(), codes.data(), n, m, got.data());
+    CHECK(got == want);
+  }
+}
+
+TEST_CASE("pq reconstruction error falls as m grows for 8 and 4 bits", "[pq]") {
+  const std::size_t dim = 32;
+  const matrix<float> x = make_clustered(2000, dim, 20, 5, 1.0f);
+  pq_train_params tp;
+  tp.iterations = 6;
+  for (const std::size_t nbits : {4, 8}) {
+    double previous = 1e30;
+    for (const std::size_t m : {2, 4, 8, 16}) {
+      product_quantizer pq(dim, m, nbits);
+      pq.train(x.view(), tp);
+      const double err = reconstruction_error(pq, x);
+      CAPTURE(nbits, m, err, previous);
+      CHECK(err < previous);
+      previous = err;
+    }
+  }
+  // 8 bits beat 4 bits at equal m.
+  product_quantizer p4(dim, 8, 4), p8(dim, 8, 8);
+  p4.train(x.view(), tp);
+  p8.train(x.view(), tp);
+  CHECK(reconstruction_error(p8, x) < reconstruction_error(p4, x));
+}
+
+TEST_CASE("pq tables give distances to the reconstruction and quantized tables approximate them", "[pq]") {
+  const std::size_t dim = 24;
+  const matrix<float> x = make_clustered(1000, dim, 10, 9, 1.0f);
+  const matrix<float> queries = make_clustered(5, dim, 10, 10, 1.0f);
+  for (const std::size_t nbits : {4, 8}) {
+    product_quantizer pq(dim, 6, nbits);
+    pq.train(x.view());
+    CHECK(pq.codebooks().rows == 6 * pq.ksub());
+    const std::vector<std::uint8_t> codes = pq.encode(x.view());
+    matrix<float> back(x.rows, dim);
+    pq.decode(codes.data(), x.rows, back.mutable_view());
+    std::vector<std::uint8_t> packed(((x.rows + 31) / 32) * fast_scan_block_bytes(6));
+    if (nbits == 4) pack_fast_scan(codes.data(), x.rows, 6, packed.data());
+    for (const metric m : {metric::l2, metric::inner_product}) {
+      std::vector<float> table(6 * pq.ksub());
+      std::vector<float> adc(x.rows);
+      quantized_table qt;
+      std::vector<std::uint32_t> acc(packed.size() / fast_scan_block_bytes(6) * 32);
+      for (std::size_t q = 0; q < queries.rows; ++q) {
+        pq.compute_table(queries.row(q), m, table.data());
+        pq.scan(table.data(), codes.data(), x.rows, adc.data());
+        if (nbits == 4) {
+          quantize_table(table.data(), 6, qt);
+          active_quant_kernels().fast_scan(packed.data(), acc.size() / 32, 6, qt.values.data(), acc.data());
+        }
+        for (std::size_t i = 0; i < x.rows; ++i) {
+          double exact = 0.0;
+          for (std::size_t j = 0; j < dim; ++j) {
+            const double a = queries.row(q)[j], b = back.row(i)[j];
+            exact += m == metric::l2 ? (a - b) * (a - b) : a * b;
+          }
+          REQUIRE(adc[i] == Approx(exact).epsilon(1e-4).margin(1e-3));
+          if (nbits == 4) {
+            // Each of the 6 entries is rounded to within half a step of 1/scale.
+            const double approx = qt.bias + static_cast<double>(acc[i]) / qt.scale;
+            REQUIRE(std::abs(approx - adc[i]) <= 6 * 0.5 / qt.scale + 1e-3);
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("pq rejects bad parameters", "[pq]") {
+  REQUIRE_THROWS_MATCHES(product_quantizer(30, 7), shoal::error,
+                         fails_with(errc::invalid_argument, "m = 7 does not divide dimension 30"));
+  REQUIRE_THROWS_MATCHES(product_quantizer(32, 0), shoal::error, fails_with(errc::invalid_argument, "m (sub"));
+  REQUIRE_THROWS_MATCHES(product_quantizer(0, 1), shoal::error, fails_with(errc::invalid_argument, "dimension"));
+  REQUIRE_THROWS_MATCHES(product_quantizer(32, 4, 6), shoal::error, fails_with(errc::invalid_argument, "nbits = 6"));
+  product_quantizer pq(16, 4, 8);
+  const matrix<float> few = make_uniform(100, 16, 1);
+  REQUIRE_THROWS_MATCHES(pq.encode(few.view()), shoal::error, fails_with(errc::invalid_argument, "not trained"));
+  REQUIRE_THROWS_MATCHES(pq.train(few.view()), shoal::error,
+                         fails_with(errc::invalid_argument, "need at least 256 training vectors, got 100"));
+  const matrix<float> wrong = make_uniform(300, 17, 1);
+  REQUIRE_THROWS_MATCHES(pq.train(wrong.view()), shoal::error,
+                         fails_with(errc::dimension_mismatch, "has dimension 17, expected 16"));
+}
+
+TEST_CASE("table quantization at every level matches the reference within one step", "[pq][kernel]") {
+  const pq_kernels& ref = quant_kernels(simd_level::scalar);
+  for (const std::size_t m : {1, 3, 16, 392}) {
+    splitmix64 rng(m);
+    std::vector<float> table(m * 16);
+    for (float& t : table) t = rng.normal() * 10.0f;
+    std::vector<std::uint8_t> want(m * 16);
+    float want_bias = 0.0f, want_scale = 0.0f;
+    ref.quantize(table.data(), m, want.data(), &want_bias, &want_scale);
+    // The reference: every row's minimum maps to 0 and the widest row's maximum to 255.
+    CHECK(std::count(want.begin(), want.end(), std::uint8_t{255}) >= 1);
+    for (std::size_t s = 0; s < m; ++s)
+      CHECK(*std::min_element(want.begin() + s * 16, want.begin() + s * 16 + 16) == 0);
+    for (const simd_level level : available_simd_levels()) {
+      CAPTURE(m, simd_level_name(level));
+      std::vector<std::uint8_t> got(m * 16);
+      float bias = 0.0f, scale = 0.0f;
+      quant_kernels(level).quantize(table.data(), m, got.data(), &bias, &scale);
+      CHECK(bias == Approx(want_bias).epsilon(1e-5));
+      CHECK(scale == want_scale);
+      std::size_t off = 0;
+      for (std::size_t i = 0; i < got.size(); ++i) off += std::abs(int{got[i]} - int{want[i]}) > 1 ? 1 : 0;
+      CHECK(off == 0);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------- scalar quantizers
+
+TEST_CASE("fp16 conversion rounds to nearest even and round-trips every half", "[pq][sq]") {
+  for (std::uint32_t h = 0; h < 0x10000; ++h) {
+    const auto half = static_cast<std::uint16_t>(h);
+    const float f = half_to_float(half);
+    if (std::isnan(f)) {
+      CHECK((half & 0x7c00) == 0x7c00);
+      CHECK(std::isnan(half_to_float(float_to_half(f))));
+      continue;
+    }
+    if (float_to_half(f) != half) FAIL("half " << h << " does not round-trip");
+  }
+  CHECK(half_to_float(float_to_half(1.0f)) == 1.0f);
+  CHECK(half_to_float(float_to_half(65504.0f)) == 65504.0f);
+  CHECK(std::isinf(half_to_float(float_to_half(65520.0f))));
+  CHECK(half_to_float(float_to_half(65519.0f)) == 65504.0f);
+  CHECK(half_to_float(float_to_half(0x1.0p-24f)) == 0x1.0p-24f);  // smallest subnormal
+  CHECK(half_to_float(float_to_half(0x1.0p-26f)) == 0.0f);        // below half of it
+  // 1 + 2^-11 lies halfway between 1 and 1 + 2^-10: ties to even (1).
+  CHECK(half_to_float(float_to_half(1.0f + 0x1.0p-11f)) == 1.0f);
+  CHECK(half_to_float(float_to_half(1.0f + 3 * 0x1.0p-11f)) == 1.0f + 0x1.0p-9f);
+  CHECK(half_to_float(float_to_half(-2.5f)) == -2.5f);
+}
+
+TEST_CASE("sq8 and fp16 encode, decode and distances agree with the reconstruction at every level", "[pq][sq]") {
+  for (const std::size_t dim : {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 100, 784}) {
+    const matrix<float> x = make_clustered(200, dim, 5, dim, 1.0f);
+    const matrix<float> queries = make_clustered(3, dim, 5, dim + 1, 1.0f);
+    for (const sq_type type : {sq_type::sq8, sq_type::fp16}) {
+      CAPTURE(dim, type == sq_type::sq8 ? "sq8" : "fp16");
+      scalar_quantizer sq(dim, type);
+      sq.train(x.view());
+      std::vector<std::uint8_t> codes(x.rows * sq.code_size() + 1);
+      // Codes at an odd address: kernels take any alignment.
+      sq.encode(x.view(), codes.data() + 1);
+      matrix<float> back(x.rows, dim);
+      sq.decode(codes.data() + 1, x.rows, back.mutable_view());
+      double worst = 0.0;
+      for (std::size_t i = 0; i < x.rows; ++i)
+        for (std::size_t d = 0; d < dim; ++d) {
+          const double err = std::abs(static_cast<double>(back.row(i)[d]) - x.row(i)[d]);
+          const double bound =
+              type == sq_type::sq8 ? sq.steps()[d] * 0.5 + 1e-6 : std::abs(x.row(i)[d]) * 0x1.0p-11 + 1e-7;
+          worst = std::max(worst, err - bound);
+        }
+      CHECK(worst <= 0.0);
+      for (const metric m : {metric::l2, metric::inner_product}) {
+        std::vector<float> got(x.rows);
+        for (std::size_t q = 0; q < queries.rows; ++q) {
+          sq.distances(queries.row(q), m, codes.data() + 1, x.rows, got.data());
+          for (const simd_level level : available_simd_levels()) {
+            const sq_kernels& k = scalar_quant_kernels(level);
+            for (std::size_t i = 0; i < x.rows; ++i) {
+              double want = 0.0, scale = 0.0;
+              for (std::size_t d = 0; d < dim; ++d) {
+                const double a = queries.row(q)[d], b = back.row(i)[d];
+                want += m == metric::l2 ? (a - b) * (a - b) : a * b;
+                scale += m == metric::l2 ? (a - b) * (a - b) : std::abs(a * b);
+              }
+              const std::uint8_t* c = codes.data() + 1 + i * sq.code_size();
+              const bool l2 = m == metric::l2;
+              const float v = type == sq_type::sq8 ? (l2 ? k.sq8_l2 : k.sq8_ip)(queries.row(q), c, sq.mins().data(),
+                                                                                sq.steps().data(), dim)
+                                                   : (l2 ? k.fp16_l2 : k.fp16_ip)(queries.row(q), c, dim);
+              const double tol = 1e-5 * (scale + 1.0) * static_cast<double>(dim + 2);
+              CAPTURE(simd_level_name(level), i, v, want);
+              if (std::abs(v - want) > tol) FAIL("kernel off by " << std::abs(v - want));
+              const double reported = l2 ? got[i] : -got[i];
+              if (std::abs(reported - want) > tol) FAIL("distances() off by " << std::abs(reported - want));
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("scalar quantizers reject bad input", "[pq][sq]") {
+  REQUIRE_THROWS_MATCHES(scalar_quantizer(0, sq_type::sq8), shoal::error,
+                         fails_with(errc::invalid_argument, "dimension"));
+  scalar_quantizer sq(8, sq_type::sq8);
+  CHECK_FALSE(sq.is_trained());
+  const matrix<float> x = make_uniform(10, 8, 1);
+  std::vector<std::uint8_t> codes(80);
+  REQUIRE_THROWS_MATCHES(sq.encode(x.view(), codes.data()), shoal::error,
+                         fails_with(errc::invalid_argument, "not trained"));
+  const matrix<float> wrong = make_uniform(10, 9, 1);
+  REQUIRE_THROWS_MATCHES(sq.train(wrong.view()), shoal::error, fails_with(errc::dimension_mismatch, "has dimension 9"));
+  REQUIRE_THROWS_MATCHES(sq.train(x.view().slice(0, 0)), shoal::error,
+                         fails_with(errc::invalid_argument, "no training"));
+  CHECK(scalar_quantizer(8, sq_type::fp16).is_trained());
+  // A constant dimension decodes to its value.
+  matrix<float> constant = make_uniform(10, 8, 2);
+  for (std::size_t i = 0; i < 10; ++i) constant.row(i)[3] = 0.25f;
+  sq.train(constant.view());
+  sq.encode(constant.view(), codes.data());
+  matrix<float> back(10, 8);
+  sq.decode(codes.data(), 10, back.mutable_view());
+  for (std::size_t i = 0; i < 10; ++i) CHECK(back.row(i)[3] == 0.25f);
+}
+
+// ------------------------------------------------------------------------------------------------- OPQ
+
+TEST_CASE("opq learns an orthogonal rotation that lowers pq error on correlated data", "[pq][opq]") {
+  // Correlated data: the variance sits in the first 4 of 16 components, mixed by a fixed rotation-like
+  // blend, so that plain PQ (4 sub-spaces of 4) wastes most sub-quantizers.
+  const std::size_t dim = 16, n = 2000;
+  splitmix64 rng(5);
+  matrix<float> x(n, dim);
+  for (std::size_t i = 0; i < n; ++i) {
+    float latent[4];
+    for (float& l : latent) l = rng.normal() * 3.0f;
+    for (std::size_t d = 0; d < dim; ++d) x.row(i)[d] = latent[d % 4] * (d < 4 ? 1.0f : 0.3f) + 0.1f * rng.normal();
+  }
+  opq_rotation opq(dim, 4, 4);
+  CHECK_FALSE(opq.is_trained());
+  opq_train_params tp;
+  tp.iterations = 6;
+  opq.train(x.view(), tp);
+  REQUIRE(opq.is_trained());
+  REQUIRE(opq.errors().size() == 6);
+  CAPTURE(opq.errors().front(), opq.errors().back());
+  CHECK(opq.errors().back() < 0.9 * opq.errors().front());
+  // R is orthogonal: RᵀR = I.
+  const std::vector<float>& r = opq.matrix_values();
+  for (std::size_t a = 0; a < dim; ++a)
+    for (std::size_t b = 0; b < dim; ++b) {
+      double dot = 0.0;
+      for (std::size_t k = 0; k < dim; ++k) dot += static_cast<double>(r[k * dim + a]) * r[k * dim + b];
+      CHECK(dot == Approx(a == b ? 1.0 : 0.0).margin(1e-4));
+    }
+  // Rotation keeps distances, and a PQ trained on rotated data reconstructs them better than plain PQ.
+  const matrix<float> y = opq.apply(x.view());
+  CHECK(l2sqr(y.row(0), y.row(1), dim) == Approx(l2sqr(x.row(0), x.row(1), dim)).epsilon(1e-4));
+  pq_train_params pp;
+  pp.iterations = 10;
+  product_quantizer plain(dim, 4, 4), rotated(dim, 4, 4);
+  plain.train(x.view(), pp);
+  rotated.train(y.view(), pp);
+  CHECK(reconstruction_error(rotated, y) < reconstruction_error(plain, x));
+  REQUIRE_THROWS_MATCHES(opq_rotation(dim, 5), shoal::error, fails_with(errc::invalid_argument, "does not divide"));
+  REQUIRE_THROWS_MATCHES(opq_rotation(dim, 4).apply(x.view()), shoal::error,
+                         fails_with(errc::invalid_argument, "not trained"));
+}
