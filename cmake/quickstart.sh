@@ -12,7 +12,8 @@ shift
 
 packages=(build-essential cmake ninja-build pkg-config libeigen3-dev libxsimd-dev libtbb-dev)
 # The test suite also builds the benchmarks against their peers, so that they never rot.
-[[ $mode == test ]] && packages+=(catch2 libbenchmark-dev libhnswlib-dev libfaiss-dev gnuplot-nox)
+# The loader's fuzz run needs Clang and its libFuzzer runtime.
+[[ $mode == test ]] && packages+=(catch2 libbenchmark-dev libhnswlib-dev libfaiss-dev gnuplot-nox clang libclang-rt-14-dev)
 missing=()
 for p in "${packages[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -34,3 +35,10 @@ cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
 # Once more on the scalar reference kernels (the package check does not depend on the level).
 SHOAL_SIMD=scalar ctest --test-dir build --output-on-failure -j "$jobs" -LE package
+# The index-file loader under libFuzzer and AddressSanitizer for one bounded minute, from the checked-in
+# corpus (tests/fuzz), in its own Clang build directory.
+CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHOAL_BUILD_FUZZ=ON \
+  -DSHOAL_SANITIZE=address -DSHOAL_BUILD_TESTS=OFF -DSHOAL_BUILD_BENCHMARKS=OFF -DSHOAL_BUILD_EXAMPLES=OFF \
+  -DSHOAL_WITH_CUDA=OFF -DSHOAL_INSTALL=OFF >/dev/null
+cmake --build build-fuzz --target fuzz_load -j "$jobs"
+ctest --test-dir build-fuzz --output-on-failure -L fuzz
