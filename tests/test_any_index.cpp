@@ -14,6 +14,7 @@
 #include "shoal/index/flat.hpp"
 #include "shoal/index/hnsw.hpp"
 #include "shoal/index/ivf_flat.hpp"
+#include "shoal/index/ivf_pq.hpp"
 #include "test_support.hpp"
 
 using namespace shoal;
@@ -172,6 +173,34 @@ TEST_CASE("make_index: the specs built today", "[index]") {
   REQUIRE_THROWS_MATCHES(make_index("Flat", 0), shoal::error, fails_with(errc::invalid_argument, "dimension"));
 }
 
+TEST_CASE("make_index builds IVF-PQ, with OPQ and exact re-rank, as ivf_pq_index does", "[index][ivf]") {
+  CHECK(make_index("IVF4096,PQ32", 64).description() == "IVF4096,PQ32");
+  CHECK(make_index("IVF4096,PQ32x8", 64).description() == "IVF4096,PQ32");
+  CHECK(make_index("OPQ32,IVF4096,PQ32x4fs,Refine(Flat)", 64).description() == "OPQ32,IVF4096,PQ32x4fs,Refine(Flat)");
+  CHECK(make_index("IVF64,PQ8x4fs,RFlat", 64).description() == "IVF64,PQ8x4fs,Refine(Flat)");
+  CHECK(make_index("IVF64,PQ8", 64).kind() == index_kind::ivf_pq);
+  const dataset d(1500, 30, 7);
+  for (const char* spec : {"IVF16,PQ8x4fs,Refine(Flat)", "OPQ8,IVF16,PQ8"}) {
+    CAPTURE(spec);
+    const bool opq = spec[0] == 'O';
+    any_index any = make_index(spec, dim, metric::l2);
+    ivf_pq_index direct(dim, metric::l2, {.nlist = 16, .m = 8, .nbits = opq ? 8u : 4u, .refine = !opq, .opq = opq});
+    CHECK_FALSE(any.is_trained());
+    any.train(d.base.view());
+    direct.train(d.base.view());
+    any.add(d.base.view(), d.ids);
+    direct.add(d.base.view(), d.ids);
+    search_params params;
+    params.nprobe = 4;
+    params.refine_factor = opq ? 0 : 4;
+    require_same(any.search(d.queries.view(), 10, params), direct.search(d.queries.view(), 10, params));
+    REQUIRE_THROWS_MATCHES(any.range_search(d.queries.view(), 1.0f, params), shoal::error,
+                           fails_with(errc::unsupported, "range search"));
+    const scratch_dir dir("shoal-any");
+    REQUIRE_THROWS_MATCHES(any.save(dir / "pq.shoal"), shoal::error, fails_with(errc::unsupported, "saving"));
+  }
+}
+
 TEST_CASE("make_index: malformed specs name the bad token and its position", "[index]") {
   struct bad_spec {
     const char* spec;
@@ -224,10 +253,10 @@ TEST_CASE("make_index: specs recognised but not built yet are errc::unsupported"
   const pending cases[] = {
       {"HNSW32,SQfp16", "SQfp16"},
       {"HNSW32,PQ16", "PQ16"},
-      {"IVF4096,PQ32", "PQ32"},
-      {"IVF4096,PQ32x8", "PQ32x8"},
+      {"IVF256,PQ16x4", "PQ16x4"},
       {"IVF256,SQ8", "SQ8"},
-      {"OPQ32,IVF4096,PQ32x4fs,Refine(Flat)", "OPQ32"},
+      {"OPQ16,IVF4096,PQ32x4fs,Refine(Flat)", "OPQ16"},
+      {"IVF256,PQ16,Refine(HNSW32)", "Refine(HNSW32)"},
       {"OPQ16_64,IVF256,PQ16", "OPQ16_64"},
       {"PCA64,Flat", "PCA64"},
       {"IVF65536_HNSW32,Flat", "IVF65536_HNSW32"},

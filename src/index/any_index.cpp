@@ -4,6 +4,7 @@
 #include "shoal/index/flat.hpp"
 #include "shoal/index/hnsw.hpp"
 #include "shoal/index/ivf_flat.hpp"
+#include "shoal/index/ivf_pq.hpp"
 
 namespace shoal {
 
@@ -11,6 +12,12 @@ std::string describe(const flat_index& /*index*/) { return "Flat"; }
 std::string describe(const ivf_flat_index& index) { return "IVF" + std::to_string(index.nlist()) + ",Flat"; }
 std::string describe(const hnsw_index& index) {
   return "HNSW" + std::to_string(index.params().M) + (index.params().codes == hnsw_codes::sq8 ? ",SQ8" : "");
+}
+
+std::string describe(const ivf_pq_index& index) {
+  const ivf_pq_params& p = index.params();
+  return (p.opq ? "OPQ" + std::to_string(p.m) + "," : std::string()) + "IVF" + std::to_string(p.nlist) + ",PQ" +
+         std::to_string(p.m) + (p.nbits == 4 ? "x4fs" : "") + (p.refine ? ",Refine(Flat)" : "");
 }
 
 void detail::throw_not_built(const std::string& index, const char* what) {

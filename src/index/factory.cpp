@@ -17,6 +17,7 @@
 #include "shoal/index/flat.hpp"
 #include "shoal/index/hnsw.hpp"
 #include "shoal/index/ivf_flat.hpp"
+#include "shoal/index/ivf_pq.hpp"
 
 namespace shoal {
 namespace {
@@ -252,7 +253,29 @@ class parser {
   std::string_view full_;
 };
 
+/// `[OPQ<m>,]IVF<nlist>,PQ<m>[x4fs][,Refine(Flat)|,RFlat]`: the OPQ rotation and the exact re-rank are
+/// options of ivf_pq_index itself (same m for OPQ and PQ; re-rank from the index's own full vectors).
+any_index build_ivf_pq(const parser& p, const parsed_spec& s, std::size_t dim, metric m) {
+  const encoding& e = *s.storage;
+  if (e.pq_bits != 8 && !(e.pq_bits == 4 && e.fast_scan)) p.not_built(e.where, "PQ other than 8 bits or x4fs");
+  if (!e.fast_scan && e.pq_bits == 4) p.not_built(e.where, "4-bit PQ without fast-scan");
+  ivf_pq_params params{.nlist = s.nlist, .m = e.pq_m, .nbits = e.pq_bits, .refine = false, .opq = false};
+  if (s.transform) {
+    const std::string want = "OPQ" + std::to_string(e.pq_m);
+    if (s.transform->text != want) p.not_built(*s.transform, "a transform other than OPQ with the PQ's own m");
+    params.opq = true;
+  }
+  if (s.refine) {
+    if (s.refine->text != "RFlat" && s.refine->text != "Refine(Flat)")
+      p.not_built(*s.refine, "a refinement other than Refine(Flat)");
+    params.refine = true;
+  }
+  return any_index(ivf_pq_index(dim, m, params));
+}
+
 any_index build(const parser& p, const parsed_spec& s, std::size_t dim, metric m) {
+  if (s.structure == structure_kind::ivf && s.coarse_hnsw_m == 0 && s.storage->kind == encoding_kind::pq)
+    return build_ivf_pq(p, s, dim, m);
   if (s.transform) p.not_built(*s.transform, "an OPQ/PCA transform");
   if (s.refine) p.not_built(*s.refine, "two-stage refinement");
   switch (s.structure) {
@@ -269,7 +292,6 @@ any_index build(const parser& p, const parsed_spec& s, std::size_t dim, metric m
     }
     case structure_kind::ivf:
       if (s.coarse_hnsw_m != 0) p.not_built(s.structure_token, "an HNSW coarse quantizer");
-      if (s.storage->kind == encoding_kind::pq) p.not_built(s.storage->where, "IVF-PQ");
       if (s.storage->kind != encoding_kind::flat) p.not_built(s.storage->where, "IVF over scalar-quantized codes");
       return any_index(ivf_flat_index(dim, m, s.nlist));
   }

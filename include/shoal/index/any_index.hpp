@@ -22,15 +22,18 @@ namespace shoal {
 class flat_index;
 class ivf_flat_index;
 class hnsw_index;
+class ivf_pq_index;
 
 /// The factory string that builds an index of the same structure: "Flat", "IVF4096,Flat", "HNSW32".
 [[nodiscard]] std::string describe(const flat_index& index);
 [[nodiscard]] std::string describe(const ivf_flat_index& index);
 [[nodiscard]] std::string describe(const hnsw_index& index);
+[[nodiscard]] std::string describe(const ivf_pq_index& index);
 /// The file kind of an index type.
 [[nodiscard]] constexpr index_kind kind_of(const flat_index& /*index*/) noexcept { return index_kind::flat; }
 [[nodiscard]] constexpr index_kind kind_of(const ivf_flat_index& /*index*/) noexcept { return index_kind::ivf_flat; }
 [[nodiscard]] constexpr index_kind kind_of(const hnsw_index& /*index*/) noexcept { return index_kind::hnsw; }
+[[nodiscard]] constexpr index_kind kind_of(const ivf_pq_index& /*index*/) noexcept { return index_kind::ivf_pq; }
 
 namespace detail {
 
@@ -64,8 +67,8 @@ class index_interface {
 [[noreturn]] void throw_not_built(const std::string& index, const char* what);
 
 /// `index_interface` over a concrete index, through its public API only. Indexes without a training
-/// step (flat, HNSW) train as a no-op; indexes without persistence yet throw `errc::unsupported` on
-/// `save`.
+/// step (flat, HNSW) train as a no-op; indexes without persistence or range search yet (IVF-PQ) throw
+/// `errc::unsupported` on `save` / `range_search`.
 template <class Index>
 class index_model final : public index_interface {
  public:
@@ -94,7 +97,10 @@ class index_model final : public index_interface {
   }
   [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,
                                           const search_params& params) const override {
-    return index_.range_search(queries, radius, params);
+    if constexpr (requires(const Index& i) { i.range_search(queries, radius, params); })
+      return index_.range_search(queries, radius, params);
+    else
+      throw_not_built(describe(index_), "range search");
   }
   void save(const std::string& path) const override {
     if constexpr (requires(const Index& i) { i.save(path); })
