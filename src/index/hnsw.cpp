@@ -20,6 +20,7 @@
 #include "shoal/core/topk.hpp"
 #include "shoal/distance/distance.hpp"
 #include "shoal/eval/eval.hpp"
+#include "shoal/quant/sq.hpp"
 
 namespace shoal {
 namespace {
@@ -166,7 +167,7 @@ struct hnsw_index::impl {
   mutable std::mutex slots_mutex;       // free list and chunk allocation
   std::vector<slot_t> free_slots;
   // SQ8 traversal: per-dimension ranges, set once (train, or the first add) and read-only after.
-  std::vector<float> sq_min, sq_step;
+  std::optional<scalar_quantizer> sq;
   std::atomic<bool> sq_ready{false};
   std::mutex sq_mutex;
   // Set by a memory-mapped load: the bulk arrays live in the mapping, kept alive here; read-only.
@@ -348,18 +349,12 @@ struct hnsw_index::impl {
   }
 
   // ------------------------------------------------------------------------------------- SQ8 codes
-  /// Learns the per-dimension code ranges from `sample` (its min and max in each dimension). Caller
-  /// holds sq_mutex; publishes with sq_ready.
+  /// Learns the per-dimension code ranges from `sample` (the scalar quantizer's sq8 training: each
+  /// dimension's min and max). Caller holds sq_mutex; publishes with sq_ready.
   void train_codes(matrix_view<const float> sample) {
-    std::vector<float> lo(dim, std::numeric_limits<float>::max()), hi(dim, std::numeric_limits<float>::lowest());
-    for (std::size_t i = 0; i < sample.rows; ++i)
-      for (std::size_t j = 0; j < dim; ++j) {
-        lo[j] = std::min(lo[j], sample.row(i)[j]);
-        hi[j] = std::max(hi[j], sample.row(i)[j]);
-      }
-    sq_min = lo;
-    sq_step.resize(dim);
-    for (std::size_t j = 0; j < dim; ++j) sq_step[j] = hi[j] > lo[j] ? (hi[j] - lo[j]) / 255.0f : 1.0f;
+    scalar_quantizer q(dim, sq_type::sq8);
+    q.train(sample);
+    sq = std::move(q);
     sq_ready.store(true, std::memory_order_release);
   }
   /// With SQ8 traversal and no ranges yet, learns them from `batch` (the first add's vectors).
@@ -378,15 +373,15 @@ struct hnsw_index::impl {
     std::memcpy(&t, c - sizeof(float), sizeof(float));
     return t;
   }
-  /// Writes the SQ8 codes (clamped to the trained ranges) and the term of slot q's vector.
-  void encode(slot_t q) const noexcept {
-    const float* v = vec(q);
+  /// Writes the SQ8 codes (the scalar quantizer's, clamped to the trained ranges) and the term of slot
+  /// q's vector.
+  void encode(slot_t q) const {
     std::uint8_t* c = codes(q);
+    sq->encode({vec(q), 1, dim}, c);
+    const std::vector<float>& step = sq->steps();
     float term = 0.0f;
     for (std::size_t j = 0; j < dim; ++j) {
-      const float level = std::round((v[j] - sq_min[j]) / sq_step[j]);
-      c[j] = static_cast<std::uint8_t>(std::clamp(level, 0.0f, 255.0f));
-      const float r = static_cast<float>(c[j]) * sq_step[j];
+      const float r = static_cast<float>(c[j]) * step[j];
       term += r * r;
     }
     if (metric != shoal::metric::l2) term = 0.0f;
@@ -397,6 +392,8 @@ struct hnsw_index::impl {
   /// inner product: −⟨q, x̂⟩ = −⟨q, min⟩ − Σ q_j step_j code_j (cosine adds 1).
   [[nodiscard]] query_ctx prepare_codes(const float* q, scratch& s) const {
     s.coeffs.resize(dim);
+    const std::vector<float>& sq_min = sq->mins();
+    const std::vector<float>& sq_step = sq->steps();
     float offset = 0.0f;
     for (std::size_t j = 0; j < dim; ++j) {
       if (metric == shoal::metric::l2) {
@@ -983,8 +980,8 @@ void hnsw_index::save(const std::string& path) const {
     for (const auto& c : x.owned_chunks)
       out.append(std::span<const std::uint8_t>(c->codes, chunk_nodes * x.code_stride));
     out.begin_section(tag_ranges);
-    out.append(std::span<const float>(x.sq_min));
-    out.append(std::span<const float>(x.sq_step));
+    out.append(std::span<const float>(x.sq->mins()));
+    out.append(std::span<const float>(x.sq->steps()));
   }
   std::vector<std::uint8_t> state(slots);
   std::vector<vector_id> ids(slots);
@@ -1060,11 +1057,12 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
   if (x.code_stride != 0) {
     std::vector<float> ranges(2 * x.dim);
     in.read(tag_ranges, ranges.data(), ranges.size());
-    x.sq_min.assign(ranges.begin(), ranges.begin() + static_cast<std::ptrdiff_t>(x.dim));
-    x.sq_step.assign(ranges.begin() + static_cast<std::ptrdiff_t>(x.dim), ranges.end());
-    corrupt(std::all_of(x.sq_step.begin(), x.sq_step.end(), [](float v) { return v > 0.0f && std::isfinite(v); }) &&
-                std::all_of(x.sq_min.begin(), x.sq_min.end(), [](float v) { return std::isfinite(v); }),
-            "SQ8 ranges are not finite and positive");
+    const auto half = ranges.begin() + static_cast<std::ptrdiff_t>(x.dim);
+    try {
+      x.sq = scalar_quantizer::sq8_with_ranges({ranges.begin(), half}, {half, ranges.end()});
+    } catch (const shoal::error& e) {
+      corrupt(false, e.what());
+    }
     x.sq_ready.store(true, std::memory_order_release);
   }
   std::size_t upper_values = 0;

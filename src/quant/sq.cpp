@@ -62,6 +62,18 @@ scalar_quantizer::scalar_quantizer(std::size_t dim, sq_type type) : dim_(dim), t
   (void)active_scalar_quant_kernels();
 }
 
+scalar_quantizer scalar_quantizer::sq8_with_ranges(std::vector<float> mins, std::vector<float> steps) {
+  SHOAL_CHECK(mins.size() == steps.size(), "scalar_quantizer::sq8_with_ranges: ", mins.size(), " minima but ",
+              steps.size(), " steps");
+  scalar_quantizer q(mins.size(), sq_type::sq8);
+  for (std::size_t d = 0; d < mins.size(); ++d)
+    SHOAL_CHECK(std::isfinite(mins[d]) && std::isfinite(steps[d]) && steps[d] >= 0.0f,
+                "scalar_quantizer::sq8_with_ranges: dimension ", d, " has min ", mins[d], " and step ", steps[d]);
+  q.min_ = std::move(mins);
+  q.step_ = std::move(steps);
+  return q;
+}
+
 void scalar_quantizer::train(matrix_view<const float> vectors) {
   detail::check_vectors(vectors, dim_, "scalar_quantizer::train: vector");
   SHOAL_CHECK(vectors.rows > 0, "scalar_quantizer::train: no training vectors");

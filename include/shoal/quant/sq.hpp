@@ -33,6 +33,11 @@ class scalar_quantizer {
   /// fp16 needs no training; sq8 is trained once `train` has seen data.
   [[nodiscard]] bool is_trained() const noexcept { return type_ == sq_type::fp16 || !step_.empty(); }
 
+  /// An sq8 quantizer with the given per-dimension minima and steps (as `mins()` / `steps()` return
+  /// them, e.g. read back from a file). Throws `shoal::error` if the sizes differ or are 0, or a value
+  /// is not finite, or a step is negative.
+  [[nodiscard]] static scalar_quantizer sq8_with_ranges(std::vector<float> mins, std::vector<float> steps);
+
   /// sq8: learns each dimension's [min, max] from `vectors` (a constant dimension gets step 0 and
   /// decodes to its value). fp16: only checks the input. Throws `shoal::error` on a dimension mismatch,
   /// NaN/Inf or no rows.
