@@ -15,6 +15,7 @@
 
 using namespace shoal;
 using shoal::test::fails_with;
+using shoal::test::require_identical;
 
 namespace {
 
@@ -45,17 +46,6 @@ search_params with_nprobe(std::size_t nprobe) {
   search_params p;
   p.nprobe = nprobe;
   return p;
-}
-
-void require_identical(const neighbors& got, const neighbors& want) {
-  REQUIRE(got.rows() == want.rows());
-  REQUIRE(got.k() == want.k());
-  for (std::size_t q = 0; q < got.rows(); ++q)
-    for (std::size_t j = 0; j < got.k(); ++j) {
-      CAPTURE(q, j);
-      REQUIRE(got.id(q, j) == want.id(q, j));
-      REQUIRE(got.distance(q, j) == want.distance(q, j));
-    }
 }
 
 }  // namespace

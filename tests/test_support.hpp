@@ -39,6 +39,18 @@ class error_matcher : public Catch::MatcherBase<shoal::error> {
 
 inline error_matcher fails_with(errc code, std::string fragment = "") { return {code, std::move(fragment)}; }
 
+/// Two result sets equal id for id and distance for distance (the first difference is reported).
+inline void require_identical(const neighbors& got, const neighbors& want) {
+  REQUIRE(got.rows() == want.rows());
+  REQUIRE(got.k() == want.k());
+  for (std::size_t q = 0; q < got.rows(); ++q)
+    for (std::size_t j = 0; j < got.k(); ++j) {
+      CAPTURE(q, j);
+      REQUIRE(got.id(q, j) == want.id(q, j));
+      REQUIRE(got.distance(q, j) == want.distance(q, j));
+    }
+}
+
 /// Clustered base (`clusters` clusters, spread 1) with scattered 63-bit ids, and queries near stored
 /// vectors: each query is a random stored vector plus `noise` times a standard normal per component,
 /// except every `exact_every`-th query (0: none), which is the stored vector itself.
