@@ -696,22 +696,14 @@ struct hnsw_index::impl {
   void search_one(const float* q, neighbors_view row, std::size_t ef, const search_params& params) const {
     topk_heap heap(row.k);
     const bool coded = code_stride != 0;
-    std::vector<cand> found = search_bottom(q, ef, params.filter, coded);
-    if (coded) {
-      std::vector<const float*> rows(found.size());
-      for (std::size_t i = 0; i < found.size(); ++i) rows[i] = vec(found[i].slot);
-      std::vector<float> exact(found.size());
-      exact_distances(q, rows.data(), rows.size(), exact.data());
-      for (std::size_t i = 0; i < found.size(); ++i) found[i].distance = exact[i];
-    }
-    for (const cand& c : found) heap.push(c.distance, id_of(c.slot));
+    for (const cand& c : search_bottom(q, ef, params.filter, coded)) heap.push(c.distance, id_of(c.slot));
     heap.write_sorted(row.row_ids(0), row.row_distances(0));
   }
 
   /// Descends from the entry point and returns the `ef` best nodes of the bottom layer that `filter`
   /// accepts (with `hits`, also every accepted node evaluated within `radius`: see `search_layer`).
   /// Without a filter the acceptance test compiles away.
-  /// `coded`: traverse with SQ8 estimates (the candidates' distances are then estimates too).
+  /// `coded`: traverse with SQ8 estimates, then re-rank: the candidates' distances are exact either way.
   [[nodiscard]] std::vector<cand> search_bottom(const float* query, std::size_t ef, const id_filter& filter, bool coded,
                                                 float radius = -no_distance, std::vector<cand>* hits = nullptr) const {
     const std::uint64_t ep = entry.load(std::memory_order_acquire);
@@ -726,6 +718,13 @@ struct hnsw_index::impl {
                      q, entries, ef, 0, *s, [&](slot_t x) { return filter.accepts(id_of(x)); }, radius, hits)
                : search_layer(
                      q, entries, ef, 0, *s, [](slot_t) { return true; }, radius, hits);
+    if (coded) {  // exact distances of the candidates, in the scratch buffers (no allocation per query)
+      s->pending_rows.resize(std::max(s->pending_rows.size(), found.size()));
+      s->pending_distances.resize(std::max(s->pending_distances.size(), found.size()));
+      for (std::size_t i = 0; i < found.size(); ++i) s->pending_rows[i] = vec(found[i].slot);
+      exact_distances(query, s->pending_rows.data(), found.size(), s->pending_distances.data());
+      for (std::size_t i = 0; i < found.size(); ++i) found[i].distance = s->pending_distances[i];
+    }
     release(std::move(s));
     return found;
   }
