@@ -124,17 +124,20 @@ TEST_CASE("any_index: save and load_index round-trip every persistent kind, copi
   const dataset d(600, 20, 5);
   search_params params;
   params.nprobe = 3;
-  for (const char* spec : {"Flat", "IVF8,Flat", "HNSW16", "HNSW16,SQ8"}) {
+  for (const char* spec : {"Flat", "IVF8,Flat", "HNSW16", "HNSW16,SQ8", "IVF64,PQ8x4fs,RFlat", "OPQ4,IVF8,PQ4"}) {
     CAPTURE(spec);
     any_index index = make_index(spec, dim, metric::inner_product);
     index.train(d.base.view());
     index.add(d.base.view(), d.ids);
+    // IVF-PQ with Refine(Flat) re-ranks; the other indexes ignore the knob.
+    params.refine_factor = spec == std::string("IVF64,PQ8x4fs,RFlat") ? 4 : 0;
     const neighbors expected = index.search(d.queries.view(), 10, params);
     const std::string path = dir / "index.shoal";
     index.save(path);
     for (const bool mmap : {false, true}) {
       any_index loaded = load_index(path, {.mmap = mmap});
-      CHECK(loaded.description() == spec);
+      CHECK(loaded.description() == index.description());
+      CHECK(loaded.kind() == index.kind());
       CHECK(loaded.metric() == metric::inner_product);
       CHECK(loaded.size() == d.ids.size());
       require_same(loaded.search(d.queries.view(), 10, params), expected);
@@ -145,6 +148,28 @@ TEST_CASE("any_index: save and load_index round-trip every persistent kind, copi
     }
   }
   REQUIRE_THROWS_MATCHES(load_index(dir / "missing.shoal"), shoal::error, fails_with(errc::io_error));
+}
+
+TEST_CASE("any_index: stored vectors come back; writes during searches are declared per kind", "[index]") {
+  const matrix<float> v = make_clustered(400, 8, 4, 3);
+  std::vector<vector_id> ids(400);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = 1000 + i;
+  for (const char* spec : {"Flat", "HNSW16", "HNSW16,SQ8", "IVF4,Flat", "IVF4,PQ4,RFlat"}) {
+    CAPTURE(spec);
+    any_index index = make_index(spec, 8);
+    index.train(v.view());
+    index.add(v.view(), ids);
+    CHECK(index.concurrent_writes() == (std::string(spec) != "Flat"));
+    if (std::string(spec).find("PQ") != std::string::npos) {
+      REQUIRE_THROWS_MATCHES(index.vector(1000), shoal::error, fails_with(errc::unsupported, "stored vectors"));
+      continue;
+    }
+    for (std::size_t i = 0; i < ids.size(); i += 37) {
+      const std::vector<float> got = index.vector(ids[i]);
+      REQUIRE(got == std::vector<float>(v.row(i), v.row(i) + 8));
+    }
+    REQUIRE_THROWS_MATCHES(index.vector(5), shoal::error, fails_with(errc::not_found, "5"));
+  }
 }
 
 TEST_CASE("any_index: an empty any_index refuses every call", "[index]") {
@@ -194,10 +219,9 @@ TEST_CASE("make_index builds IVF-PQ, with OPQ and exact re-rank, as ivf_pq_index
     params.nprobe = 4;
     params.refine_factor = opq ? 0 : 4;
     require_same(any.search(d.queries.view(), 10, params), direct.search(d.queries.view(), 10, params));
-    REQUIRE_THROWS_MATCHES(any.range_search(d.queries.view(), 1.0f, params), shoal::error,
-                           fails_with(errc::unsupported, "range search"));
-    const scratch_dir dir("shoal-any");
-    REQUIRE_THROWS_MATCHES(any.save(dir / "pq.shoal"), shoal::error, fails_with(errc::unsupported, "saving"));
+    const float radius = direct.search(d.queries.view(), 5, params).distance(0, 4);
+    require_same(any.range_search(d.queries.view(), radius, params),
+                 direct.range_search(d.queries.view(), radius, params));
   }
 }
 

@@ -1,5 +1,6 @@
 // IVF-PQ: recall against brute force (8-bit and 4-bit fast-scan codes, with and without re-rank), remove
-// and re-add, the per-call filter, concurrency, and bad parameters.
+// and re-add, the per-call filter, range search (approximate and exact), concurrency, and bad parameters.
+// Persistence is tested in test_persist.cpp.
 
 #include <algorithm>
 #include <atomic>
@@ -17,6 +18,7 @@
 #include "test_support.hpp"
 
 using namespace shoal;
+using shoal::test::check_common_input_errors;
 using shoal::test::fails_with;
 using shoal::test::require_identical;
 
@@ -32,13 +34,11 @@ struct fixture : test::clustered_set {
   fixture(std::size_t n, std::size_t nq, std::uint64_t seed) : clustered_set(n, nq, dim, 64, seed, 1.0f, 4) {}
 
   [[nodiscard]] ivf_pq_index build(metric m, std::size_t pq_m, std::size_t nbits, bool refine, bool opq = false) const {
-    ivf_pq_index index(dim, m, {.nlist = nlist, .m = pq_m, .nbits = nbits, .refine = refine, .opq = opq});
     ivf_pq_train_params tp;
     tp.pq.iterations = 10;
     tp.opq.iterations = 3;
-    index.train(base.view(), tp);
-    index.add(base.view(), ids);
-    return index;
+    return test::trained_with(
+        ivf_pq_index(dim, m, {.nlist = nlist, .m = pq_m, .nbits = nbits, .refine = refine, .opq = opq}), base, ids, tp);
   }
   [[nodiscard]] neighbors truth(metric m, std::size_t k) const {
     flat_index flat(dim, m);
@@ -173,6 +173,70 @@ TEST_CASE("ivf-pq search applies the per-call filter", "[pq][ivf]") {
   }
 }
 
+TEST_CASE("ivf-pq range search by approximate distance is search's result cut at the radius", "[pq][ivf]") {
+  const fixture f(3000, 24, 29);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    for (const std::size_t nbits : {8, 4}) {
+      CAPTURE(metric_name(m), nbits);
+      const ivf_pq_index index = f.build(m, 8, nbits, false);
+      for (const std::size_t nprobe : {std::size_t{1}, probe, nlist}) {
+        CAPTURE(nprobe);
+        search_params params = with(nprobe);
+        const auto odd = [](vector_id id) { return id % 2 == 1; };
+        for (const bool filtered : {false, true}) {
+          if (filtered) params.filter = odd;
+          // k = every stored vector: each row holds all of its probed lists, by the same ADC distances.
+          const neighbors all = index.search(f.queries.view(), index.size(), params);
+          std::size_t probed = 0;
+          while (probed < all.k() && all.id(0, probed) != no_id) ++probed;
+          REQUIRE(probed >= 20);
+          const float radius = all.distance(0, probed / 2);
+          range_result expected;
+          for (std::size_t q = 0; q < all.rows(); ++q) {
+            for (std::size_t j = 0; j < all.k() && all.id(q, j) != no_id && all.distance(q, j) < radius; ++j) {
+              expected.ids.push_back(all.id(q, j));
+              expected.distances.push_back(all.distance(q, j));
+            }
+            expected.offsets.push_back(expected.ids.size());
+          }
+          CHECK(expected.ids.size() >= probed / 2);
+          require_identical(index.range_search(f.queries.view(), radius, params), expected);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("ivf-pq range search with refine_factor > 0 uses exact distances, as the flat index", "[pq][ivf]") {
+  const fixture f(3000, 24, 31);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    for (const std::size_t nbits : {8, 4}) {
+      CAPTURE(metric_name(m), nbits);
+      const ivf_pq_index index = f.build(m, 8, nbits, true);
+      flat_index flat(dim, m);
+      flat.add(f.base.view(), f.ids);
+      const float radius = flat.search(f.queries.view(), 30).distance(0, 29);
+      const range_result truth = flat.range_search(f.queries.view(), radius);
+      CHECK(truth.ids.size() >= 29);
+      // Every list probed: exactly the flat index's result.
+      require_identical(index.range_search(f.queries.view(), radius, with(nlist, 1)), truth);
+      require_identical(index.range_search(f.queries.view(), radius, with(nlist, 7)), truth);
+      // Fewer lists: part of it, with the same distances.
+      const range_result part = index.range_search(f.queries.view(), radius, with(probe, 1));
+      REQUIRE(part.rows() == truth.rows());
+      for (std::size_t q = 0; q < part.rows(); ++q) {
+        const auto ids = truth.row_ids(q);
+        for (std::size_t j = 0; j < part.row_ids(q).size(); ++j) {
+          const auto at = static_cast<std::size_t>(std::find(ids.begin(), ids.end(), part.row_ids(q)[j]) - ids.begin());
+          REQUIRE(at < ids.size());
+          CHECK(part.row_distances(q)[j] == truth.row_distances(q)[at]);
+        }
+      }
+      CHECK(part.ids.size() > truth.ids.size() / 2);
+    }
+  }
+}
+
 TEST_CASE("ivf-pq tolerates searches, adds and removes running concurrently", "[pq][ivf]") {
   const fixture f(4000, 32, 13);
   ivf_pq_index index(dim, metric::l2, {.nlist = nlist, .m = 8, .nbits = 4, .refine = true});
@@ -245,6 +309,8 @@ TEST_CASE("ivf-pq rejects bad parameters and input", "[pq][ivf]") {
                          fails_with(errc::invalid_argument, "not trained"));
   REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), 3), shoal::error,
                          fails_with(errc::invalid_argument, "not trained"));
+  REQUIRE_THROWS_MATCHES(index.range_search(f.queries.view(), 1.0f), shoal::error,
+                         fails_with(errc::invalid_argument, "not trained"));
   ivf_pq_index too_many(dim, metric::l2, {.nlist = 301, .m = 4, .nbits = 4});
   REQUIRE_THROWS_MATCHES(too_many.train(f.base.view()), shoal::error,
                          fails_with(errc::invalid_argument, "nlist = 301 exceeds the 300 training vectors"));
@@ -264,27 +330,13 @@ TEST_CASE("ivf-pq rejects bad parameters and input", "[pq][ivf]") {
   REQUIRE_THROWS_MATCHES(index.train(f.base.view()), shoal::error, fails_with(errc::invalid_argument, "already holds"));
   REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), 3, with(2, 4)), shoal::error,
                          fails_with(errc::invalid_argument, "built without refine"));
+  REQUIRE_THROWS_MATCHES(index.range_search(f.queries.view(), 1.0f, with(2, 4)), shoal::error,
+                         fails_with(errc::invalid_argument, "range_search: refine_factor = 4 needs full vectors"));
   REQUIRE_THROWS_MATCHES(index.add(bad.view().slice(0, 4), std::vector<vector_id>{1, 2, 3, 4}), shoal::error,
                          fails_with(errc::non_finite, "row 3"));
   REQUIRE_THROWS_MATCHES(index.search(wrong_dim.view(), 3), shoal::error,
                          fails_with(errc::dimension_mismatch, "query has dimension 33"));
   REQUIRE_THROWS_MATCHES(index.search(bad.view(), 3), shoal::error, fails_with(errc::non_finite, "component 1"));
-  // The common add / search errors (test_support's check_common_input_errors, without range search).
-  const matrix<float> good = make_uniform(2, dim, 3);
-  REQUIRE_THROWS_MATCHES(index.add(good.view(), std::vector<vector_id>{5}), shoal::error,
-                         fails_with(errc::invalid_argument, "2 vectors but 1 ids"));
-  REQUIRE_THROWS_MATCHES(index.add(good.view(), std::vector<vector_id>{f.ids[3], 99}), shoal::error,
-                         fails_with(errc::duplicate_id, "already stored"));
-  REQUIRE_THROWS_MATCHES(index.add(good.view(), std::vector<vector_id>{99, 99}), shoal::error,
-                         fails_with(errc::duplicate_id, "twice"));
-  const matrix<float> zero(1, dim);
-  REQUIRE_THROWS_MATCHES(index.add(zero.view(), std::vector<vector_id>{77}), shoal::error,
-                         fails_with(errc::invalid_argument, "zero"));
-  REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), 0), shoal::error, fails_with(errc::invalid_argument, "k must"));
-  neighbors out(3, 5);
-  REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), out.view()), shoal::error,
-                         fails_with(errc::invalid_argument, "3 rows for 4 queries"));
-  CHECK_FALSE(index.contains(99));
-  CHECK_FALSE(index.contains(77));
+  check_common_input_errors(index, f.queries.view(), f.ids[3]);
   CHECK(index.size() == 300);  // every failed add left the index as it was
 }

@@ -1,5 +1,5 @@
-// The index file format (docs/format.md): CRC-32C, save/load round trips of flat and IVF-Flat (copied
-// and memory-mapped, at every verification level), damaged files of every kind, and atomic saves.
+// The index file format (docs/format.md): CRC-32C, save/load round trips of flat, IVF-Flat and IVF-PQ
+// (copied and memory-mapped, at every verification level), damaged files of every kind, and atomic saves.
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <numeric>
 #include <string>
 #include <thread>
@@ -23,6 +24,7 @@
 #include "shoal/index/factory.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/ivf_flat.hpp"
+#include "shoal/index/ivf_pq.hpp"
 #include "shoal/io/format.hpp"
 #include "test_support.hpp"
 
@@ -50,7 +52,32 @@ struct dataset : test::clustered_set {
     index.add(base.view(), ids);
     return index;
   }
+  /// m = 8 sub-quantizers, quickly trained.
+  [[nodiscard]] ivf_pq_index pq(metric m, std::size_t nlist, std::size_t nbits, bool opq, bool refine) const {
+    ivf_pq_train_params tp;
+    tp.pq.iterations = 6;
+    tp.opq.iterations = 2;
+    return test::trained_with(
+        ivf_pq_index(dim, m, {.nlist = nlist, .m = 8, .nbits = nbits, .refine = refine, .opq = opq}), base, ids, tp);
+  }
 };
+
+/// The index kinds the damaged-file tests go through.
+enum class kind { flat, ivf, pq };
+
+void save_kind(kind k, const dataset& d, const std::string& path) {
+  switch (k) {
+    case kind::flat:
+      d.flat(metric::l2).save(path);
+      break;
+    case kind::ivf:
+      d.ivf(metric::l2, 4).save(path);
+      break;
+    case kind::pq:  // fast-scan with every optional section: OPQ rotation and full vectors
+      d.pq(metric::l2, 4, 4, true, true).save(path);
+      break;
+  }
+}
 
 void require_same(const neighbors& a, const neighbors& b) {
   REQUIRE(a.rows() == b.rows());
@@ -122,6 +149,30 @@ void load_and_search(const std::string& path, const load_options& options, const
   search_params params;
   params.nprobe = 1000;
   if (index.size() > 0) (void)index.search(d.queries.view().slice(0, 2), 3, params);
+}
+
+void load_and_search(kind k, const std::string& path, const load_options& options, const dataset& d) {
+  switch (k) {
+    case kind::flat:
+      return load_and_search<flat_index>(path, options, d);
+    case kind::ivf:
+      return load_and_search<ivf_flat_index>(path, options, d);
+    case kind::pq:
+      return load_and_search<ivf_pq_index>(path, options, d);
+  }
+}
+
+/// Byte offset of section `tag`'s content in the index file `bytes` (docs/format.md's section table).
+std::size_t section_offset(const std::vector<char>& bytes, const char (&tag)[5]) {
+  for (std::uint32_t s = 0; s < get_u32(bytes, 28); ++s) {
+    const std::size_t entry = 128 + std::size_t{32} * s;
+    if (std::memcmp(bytes.data() + entry, tag, 4) != 0) continue;
+    std::uint64_t offset = 0;
+    std::memcpy(&offset, bytes.data() + entry + 8, sizeof offset);
+    return static_cast<std::size_t>(offset);
+  }
+  FAIL("no section " << tag);
+  return 0;
 }
 
 }  // namespace
@@ -328,6 +379,151 @@ TEST_CASE("ivf_flat_index: an untrained index round-trips and trains after loadi
   CHECK(loaded.size() == 400);
 }
 
+namespace {
+
+search_params probing(std::size_t nprobe, std::size_t refine_factor = 0) {
+  search_params p;
+  p.nprobe = nprobe;
+  p.refine_factor = refine_factor;
+  return p;
+}
+
+/// The parameters, centroids, codebooks and rotation of two IVF-PQ indexes are equal.
+void require_same_structure(const ivf_pq_index& a, const ivf_pq_index& b) {
+  CHECK(a.dim() == b.dim());
+  CHECK(a.metric() == b.metric());
+  CHECK(a.params().nlist == b.params().nlist);
+  CHECK(a.params().m == b.params().m);
+  CHECK(a.params().nbits == b.params().nbits);
+  CHECK(a.params().refine == b.params().refine);
+  CHECK(a.params().opq == b.params().opq);
+  CHECK(a.is_trained() == b.is_trained());
+  CHECK(a.size() == b.size());
+  CHECK(a.list_sizes() == b.list_sizes());
+  const auto same = [](matrix_view<const float> x, matrix_view<const float> y) {
+    return x.rows == y.rows && x.dim == y.dim && std::equal(x.data, x.data + x.rows * x.dim, y.data);
+  };
+  CHECK(same(a.centroids(), b.centroids()));
+  CHECK(same(a.quantizer().codebooks(), b.quantizer().codebooks()));
+}
+
+}  // namespace
+
+TEST_CASE("ivf_pq_index: save/load round-trips 8-bit and fast-scan codes, with and without OPQ and refine",
+          "[io][pq]") {
+  const scratch_dir dir;
+  const dataset d(1200, 40, 61);
+  constexpr std::size_t nlist = 16;
+  const metric metrics[] = {metric::l2, metric::inner_product, metric::cosine};
+  std::size_t variant = 0;
+  for (const std::size_t nbits : {8, 4}) {
+    for (const bool opq : {false, true}) {
+      for (const bool refine : {false, true}) {
+        const metric m = metrics[variant++ % 3];
+        CAPTURE(nbits, opq, refine, metric_name(m));
+        ivf_pq_index original = d.pq(m, nlist, nbits, opq, refine);
+        // Removals leave partly filled fast-scan blocks and lists of odd sizes.
+        for (std::size_t i = 0; i < d.ids.size(); i += 7) original.remove(d.ids[i]);
+        const std::string path = dir / "pq.shoal";
+        original.save(path);
+        std::vector<search_params> settings = {probing(1), probing(3), probing(nlist)};
+        if (refine) settings.insert(settings.end(), {probing(3, 4), probing(nlist, 2)});
+        for (const bool mmap : {false, true}) {
+          for (const verify_level v : {verify_level::none, verify_level::full}) {
+            CAPTURE(mmap, static_cast<int>(v));
+            const ivf_pq_index loaded = ivf_pq_index::load(path, {.mmap = mmap, .verify = v});
+            CHECK(loaded.is_mapped() == mmap);
+            require_same_structure(loaded, original);
+            CHECK_FALSE(loaded.contains(d.ids[0]));
+            CHECK(loaded.contains(d.ids[1]));
+            // Small and large batches, range search (exact with refine_factor > 0), for each setting.
+            for (const search_params& params : settings)
+              snapshot<ivf_pq_index>(original, d, params).require_equal(snapshot<ivf_pq_index>(loaded, d, params));
+          }
+        }
+        ivf_pq_index mapped = ivf_pq_index::load(path, {.mmap = true});
+        CHECK(mapped.memory_bytes() < original.memory_bytes());
+        REQUIRE_THROWS_MATCHES(mapped.add(d.base.view().slice(0, 1), std::vector<vector_id>{d.ids[0]}), shoal::error,
+                               fails_with(errc::unsupported,
+                                          "ivf_pq_index::add: the index was loaded with mmap and "
+                                          "is read-only"));
+        REQUIRE_THROWS_MATCHES(mapped.remove(d.ids[1]), shoal::error, fails_with(errc::unsupported, "read-only"));
+        REQUIRE_THROWS_MATCHES(mapped.train(d.base.view()), shoal::error, fails_with(errc::unsupported, "mmap"));
+        CHECK(mapped.contains(d.ids[1]));
+        // A mapped index moves and saves like any other (its lists are written from the mapping).
+        const ivf_pq_index moved = std::move(mapped);
+        CHECK(moved.is_mapped());
+        moved.save(dir / "resaved.shoal");
+        CHECK(slurp(dir / "resaved.shoal") == slurp(path));
+        // A copied load is an ordinary index: additions and removals search like the original's.
+        ivf_pq_index copied = ivf_pq_index::load(path);
+        for (ivf_pq_index* index : {&copied, &original}) {
+          index->add(d.base.view().slice(0, 1), std::vector<vector_id>{d.ids[0]});
+          index->remove(d.ids[2]);
+        }
+        require_same(original.search(d.queries.view(), 10, settings.back()),
+                     copied.search(d.queries.view(), 10, settings.back()));
+      }
+    }
+  }
+}
+
+TEST_CASE("ivf_pq_index: an untrained index round-trips and trains after loading", "[io][pq]") {
+  const scratch_dir dir;
+  const dataset d(400, 4, 63);
+  const std::string path = dir / "untrained.shoal";
+  ivf_pq_index(dim, metric::cosine, {.nlist = 8, .m = 6, .nbits = 4, .refine = true, .opq = true}).save(path);
+  for (const bool mmap : {false, true}) {
+    const ivf_pq_index loaded = ivf_pq_index::load(path, {.mmap = mmap});
+    CHECK_FALSE(loaded.is_trained());
+    CHECK(loaded.params().opq);
+    CHECK(loaded.params().m == 6);
+    CHECK(loaded.size() == 0);
+  }
+  ivf_pq_index loaded = ivf_pq_index::load(path);
+  loaded.train(d.base.view());
+  loaded.add(d.base.view(), d.ids);
+  CHECK(loaded.size() == 400);
+  CHECK(loaded.search(d.queries.view(), 3, probing(8, 2)).id(0, 0) != no_id);
+}
+
+TEST_CASE("damaged ivf_pq files: inconsistent sections are reported even without verification", "[io][pq]") {
+  const scratch_dir dir;
+  const dataset d(300, 4, 64);
+  const std::string good = dir / "good.shoal";
+  const std::string bad = dir / "bad.shoal";
+  d.pq(metric::l2, 4, 4, false, true).save(good);
+  const std::vector<char> bytes = slurp(good);
+  const auto fails = [&](const char* what, auto change) {
+    CAPTURE(what);
+    std::vector<char> changed = bytes;
+    change(changed);
+    spit(bad, changed);
+    for (const bool mmap : {false, true})
+      REQUIRE_THROWS_MATCHES(ivf_pq_index::load(bad, {.mmap = mmap, .verify = verify_level::none}), shoal::error,
+                             fails_with(errc::corrupt_file, what));
+    REQUIRE_THROWS_MATCHES(ivf_pq_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "checksum mismatch"));
+  };
+  const auto put = [](std::vector<char>& b, std::size_t at, auto value) {
+    std::memcpy(b.data() + at, &value, sizeof value);
+  };
+  // PQPR: u64 nlist, u64 m, u32 nbits, u32 flags.
+  const std::size_t params = section_offset(bytes, "PQPR");
+  fails("nlist 0 is out of range", [&](auto& b) { put(b, params, std::uint64_t{0}); });
+  fails("m = 5 does not divide dimension 24", [&](auto& b) { put(b, params + 8, std::uint64_t{5}); });
+  fails("m = 48 does not divide dimension 24", [&](auto& b) { put(b, params + 8, std::uint64_t{48}); });
+  fails("nbits = 6 is neither 4 nor 8", [&](auto& b) { put(b, params + 16, std::uint32_t{6}); });
+  fails("unknown flags 5", [&](auto& b) { put(b, params + 20, std::uint32_t{5}); });
+  fails("section LVEC in an index built without refine", [&](auto& b) { put(b, params + 20, std::uint32_t{0}); });
+  fails("section PQCB has", [&](auto& b) { put(b, params + 16, std::uint32_t{8}); });  // 8-bit codebooks expected
+  fails("section LCOD has", [&](auto& b) { put(b, params + 8, std::uint64_t{4}); });   // same codebook size
+  fails("non-finite",
+        [&](auto& b) { put(b, section_offset(bytes, "PQCB") + 20, std::numeric_limits<float>::infinity()); });
+  fails("list sizes add up", [&](auto& b) { put(b, section_offset(bytes, "LSIZ"), std::uint64_t{1000}); });
+  const std::size_t ids = section_offset(bytes, "LIDS");
+  fails("is stored twice", [&](auto& b) { std::memcpy(b.data() + ids + 8, b.data() + ids, 8); });
+}
+
 TEST_CASE("read_index_file_info reports kind, metric, dimension, count and version", "[io]") {
   const scratch_dir dir;
   const dataset d(100, 1, 23);
@@ -403,12 +599,16 @@ TEST_CASE("damaged files: truncation at any length is reported as truncation", "
       REQUIRE_THROWS_MATCHES(flat_index::load(bad, {.mmap = len % 2 == 0, .verify = v}), shoal::error,
                              fails_with(errc::corrupt_file, "truncated"));
   }
-  // The same for IVF-Flat, at a coarser stride.
-  d.ivf(metric::l2, 4).save(good);
-  const std::vector<char> ivf_bytes = slurp(good);
-  for (std::size_t len = 0; len < ivf_bytes.size(); len += 13) {
-    spit(bad, std::vector<char>(ivf_bytes.begin(), ivf_bytes.begin() + static_cast<std::ptrdiff_t>(len)));
-    REQUIRE_THROWS_MATCHES(ivf_flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "truncated"));
+  // The same for IVF-Flat and IVF-PQ, at a coarser stride.
+  for (const kind k : {kind::ivf, kind::pq}) {
+    save_kind(k, d, good);
+    const std::vector<char> ivf_bytes = slurp(good);
+    for (std::size_t len = 0; len < ivf_bytes.size(); len += 13) {
+      CAPTURE(static_cast<int>(k), len);
+      spit(bad, std::vector<char>(ivf_bytes.begin(), ivf_bytes.begin() + static_cast<std::ptrdiff_t>(len)));
+      REQUIRE_THROWS_MATCHES(load_and_search(k, bad, {.mmap = len % 2 == 0}, d), shoal::error,
+                             fails_with(errc::corrupt_file, "truncated"));
+    }
   }
   // Trailing bytes are damage too.
   std::vector<char> longer = bytes;
@@ -422,25 +622,19 @@ TEST_CASE("damaged files: every flipped byte is caught by full verification, non
   const dataset d(30, 2, 42);
   const std::string good = dir / "good.shoal";
   const std::string bad = dir / "bad.shoal";
-  for (const bool ivf : {false, true}) {
-    CAPTURE(ivf);
-    if (ivf)
-      d.ivf(metric::l2, 4).save(good);
-    else
-      d.flat(metric::l2).save(good);
+  for (const kind k : {kind::flat, kind::ivf, kind::pq}) {
+    CAPTURE(static_cast<int>(k));
+    save_kind(k, d, good);
     const std::vector<char> bytes = slurp(good);
     const std::size_t table_end = 128 + 32 * std::size_t{get_u32(bytes, 28)};
-    // Every byte of the header and table, every 5th byte of the sections (the files are ~3-5 KiB).
+    // Every byte of the header and table, every 5th byte of the sections (the files are ~3-10 KiB).
     for (std::size_t at = 0; at < bytes.size(); at += at < table_end + 64 ? 1 : 5) {
       CAPTURE(at);
       std::vector<char> flipped = bytes;
       flipped[at] = static_cast<char>(flipped[at] ^ 0x10);
       spit(bad, flipped);
       try {
-        if (ivf)
-          load_and_search<ivf_flat_index>(bad, {.mmap = at % 3 == 0}, d);
-        else
-          load_and_search<flat_index>(bad, {.mmap = at % 3 == 0}, d);
+        load_and_search(k, bad, {.mmap = at % 3 == 0}, d);
         FAIL("a flipped byte went unnoticed");
       } catch (const shoal::error& e) {
         const std::string what = e.what();
@@ -455,10 +649,7 @@ TEST_CASE("damaged files: every flipped byte is caught by full verification, non
       }
       // Without verification a flipped byte may load (a changed value) but never reads out of bounds.
       try {
-        if (ivf)
-          load_and_search<ivf_flat_index>(bad, {.mmap = at % 2 == 0, .verify = verify_level::none}, d);
-        else
-          load_and_search<flat_index>(bad, {.mmap = at % 2 == 0, .verify = verify_level::none}, d);
+        load_and_search(k, bad, {.mmap = at % 2 == 0, .verify = verify_level::none}, d);
       } catch (const shoal::error&) {
       }
     }
@@ -507,17 +698,23 @@ TEST_CASE("damaged files: wrong magic, newer versions, another index kind, missi
   d.ivf(metric::l2, 4).save(bad);
   REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error,
                          fails_with(errc::invalid_argument, "kind ivf_flat, not flat"));
+  REQUIRE_THROWS_MATCHES(ivf_pq_index::load(path), shoal::error,
+                         fails_with(errc::invalid_argument, "kind flat, not ivf_pq"));
+  save_kind(kind::pq, d, bad);
+  REQUIRE_THROWS_MATCHES(ivf_flat_index::load(bad), shoal::error,
+                         fails_with(errc::invalid_argument, "kind ivf_pq, not ivf_flat"));
 
-  // Kinds this build knows but cannot load yet, and kinds from the future.
-  std::vector<char> kind = bytes;
-  kind[20] = 4;  // ivf_pq
-  reseal_header(kind);
-  spit(bad, kind);
-  REQUIRE_THROWS_MATCHES(load_index(bad), shoal::error, fails_with(errc::unsupported, "kind ivf_pq is not built yet"));
+  // A flat file relabelled as another known kind lacks that kind's sections and holds unknown ones.
+  std::vector<char> relabelled = bytes;
+  relabelled[20] = 4;  // ivf_pq
+  reseal_header(relabelled);
+  spit(bad, relabelled);
+  REQUIRE_THROWS_MATCHES(load_index(bad), shoal::error, fails_with(errc::unsupported, "required section VECS"));
   REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error, fails_with(errc::invalid_argument, "kind ivf_pq"));
-  kind[20] = 99;
-  reseal_header(kind);
-  spit(bad, kind);
+  // Kinds from the future.
+  relabelled[20] = 99;
+  reseal_header(relabelled);
+  spit(bad, relabelled);
   REQUIRE_THROWS_MATCHES(load_index(bad), shoal::error, fails_with(errc::unsupported, "unknown index kind 99"));
 
   REQUIRE_THROWS_MATCHES(flat_index::load(dir / "missing.shoal"), shoal::error,
@@ -539,15 +736,10 @@ TEST_CASE("an interrupted save leaves the old file intact", "[io]") {
   const neighbors expected = old_index.search(old_data.queries.view(), 10);
   const flat_index new_index = new_data.flat(metric::l2);
 
-  int fds[2] = {-1, -1};
-  REQUIRE(::pipe(fds) == 0);
-  const pid_t child = ::fork();
-  REQUIRE(child >= 0);
-  if (child == 0) {
+  test::killable_child child([&](int to_parent) {
     // The child stops for good once the first section of the temporary file is on disk; the parent
     // kills it there.
-    ::close(fds[0]);
-    save_pause_fd = fds[1];
+    save_pause_fd = to_parent;
     detail::set_save_hook([](std::uint64_t) {
       const char c = 'x';
       if (::write(save_pause_fd, &c, 1) != 1) ::_exit(2);
@@ -557,18 +749,12 @@ TEST_CASE("an interrupted save leaves the old file intact", "[io]") {
       new_index.save(path);
     } catch (...) {
     }
-    ::_exit(3);  // reaching this means the save was not interrupted
-  }
-  ::close(fds[1]);
+    // Returning (exit status 3) means the save was not interrupted.
+  });
   char c = 0;
-  const bool paused = ::read(fds[0], &c, 1) == 1;
-  ::close(fds[0]);
-  ::kill(child, SIGKILL);
-  int status = 0;
-  REQUIRE(::waitpid(child, &status, 0) == child);
+  const bool paused = ::read(child.from_child(), &c, 1) == 1;
+  child.kill_and_reap();
   REQUIRE(paused);
-  REQUIRE(WIFSIGNALED(status));
-  CHECK(WTERMSIG(status) == SIGKILL);
 
   // The killed save left its temporary beside the target, which still holds the old index.
   std::vector<std::string> names;
@@ -576,7 +762,7 @@ TEST_CASE("an interrupted save leaves the old file intact", "[io]") {
   std::sort(names.begin(), names.end());
   REQUIRE(names.size() == 2);
   CHECK(names[0] == "index.shoal");
-  CHECK(names[1].rfind("index.shoal.tmp." + std::to_string(child) + ".", 0) == 0);
+  CHECK(names[1].rfind("index.shoal.tmp." + std::to_string(child.pid()) + ".", 0) == 0);
   for (const bool mmap : {false, true}) {
     const flat_index loaded = flat_index::load(path, {.mmap = mmap});
     CHECK(loaded.size() == 200);

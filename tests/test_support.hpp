@@ -1,6 +1,8 @@
 #pragma once
 // Helpers shared by the test files: error matchers and a reference brute-force search.
 
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -51,6 +53,13 @@ inline void require_identical(const neighbors& got, const neighbors& want) {
     }
 }
 
+/// Two range results equal row for row, id for id and distance for distance.
+inline void require_identical(const range_result& got, const range_result& want) {
+  REQUIRE(got.offsets == want.offsets);
+  CHECK(got.ids == want.ids);
+  CHECK(got.distances == want.distances);
+}
+
 /// Clustered base (`clusters` clusters, spread 1) with scattered 63-bit ids, and queries near stored
 /// vectors: each query is a random stored vector plus `noise` times a standard normal per component,
 /// except every `exact_every`-th query (0: none), which is the stored vector itself.
@@ -70,6 +79,57 @@ struct clustered_set {
       for (std::size_t j = 0; j < dim; ++j) queries.row(q)[j] = near[j] + scale * rng.normal();
     }
   }
+};
+
+/// `index` trained on `base` with `train_params`, then holding `base` under `ids`.
+template <class Index, class TrainParams>
+[[nodiscard]] Index trained_with(Index index, const matrix<float>& base, const std::vector<vector_id>& ids,
+                                 const TrainParams& train_params) {
+  index.train(base.view(), train_params);
+  index.add(base.view(), ids);
+  return index;
+}
+
+/// A child process made to be killed mid-work (crash tests). The child runs `body(fd)`, where fd is the
+/// write end of a pipe to the parent, and exits with status 3 if `body` returns; the parent reads the
+/// pipe (`from_child`) and ends it with `kill_and_reap`. In the child, avoid oneTBB work: its thread
+/// pool does not survive `fork`.
+class killable_child {
+ public:
+  template <class Body>
+  explicit killable_child(const Body& body) {
+    int fds[2] = {-1, -1};
+    REQUIRE(::pipe(fds) == 0);
+    pid_ = ::fork();
+    REQUIRE(pid_ >= 0);
+    if (pid_ == 0) {
+      ::close(fds[0]);
+      body(fds[1]);
+      ::_exit(3);
+    }
+    ::close(fds[1]);
+    from_child_ = fds[0];
+  }
+  killable_child(const killable_child&) = delete;
+  killable_child& operator=(const killable_child&) = delete;
+  ~killable_child() {
+    if (from_child_ >= 0) ::close(from_child_);
+  }
+  [[nodiscard]] pid_t pid() const noexcept { return pid_; }
+  /// The read end of the pipe from the child.
+  [[nodiscard]] int from_child() const noexcept { return from_child_; }
+  /// SIGKILLs the child, waits for it and checks that the signal, not an exit, ended it.
+  void kill_and_reap() {
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    REQUIRE(::waitpid(pid_, &status, 0) == pid_);
+    REQUIRE(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGKILL);
+  }
+
+ private:
+  pid_t pid_ = -1;
+  int from_child_ = -1;
 };
 
 /// A fresh directory under the system's temporary directory, removed with its content at scope exit.

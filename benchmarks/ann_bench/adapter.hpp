@@ -80,6 +80,19 @@ class index_adapter {
 /// or an unknown build parameter.
 [[nodiscard]] std::unique_ptr<index_adapter> make_shoal_adapter(const index_request& request);
 
+/// --shards: how the collection that replaces the single index is laid out.
+struct collection_request {
+  std::size_t shards = 1;
+  std::string sharding = "hash";
+  std::size_t replicas = 1;
+  std::size_t groups = 0;  ///< hybrid: 0 means shards / 2
+};
+
+/// A `shoal::collection` of `layout.shards` shards, each a `request.spec` index (built with the factory's
+/// defaults). Throws `config_error` for a bad policy or build parameter.
+[[nodiscard]] std::unique_ptr<index_adapter> make_collection_adapter(const index_request& request,
+                                                                     const collection_request& layout);
+
 /// A library measured beside shoal, found at configure time.
 struct peer_library {
   std::string_view name;

@@ -22,12 +22,21 @@ void check_sweep(index_adapter& index, const std::vector<param_list>& points) {
   for (const param_list& point : points) index.set_search_params(point);
 }
 
+/// A sweep point without the collection-only knob `shard_probe`, for indexes that are not collections.
+param_list for_one_index(const param_list& point) {
+  param_list out;
+  for (const param& p : point)
+    if (p.name != "shard_probe") out.push_back(p);
+  return out;
+}
+
 /// shoal's adapter (a bad spec or parameter ends the run) and, with --peers, every peer that can serve
 /// the same spec and parameters (the others are skipped with a note).
 std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, const std::vector<param_list>& points) {
   const index_request request{o.index, o.metric, o.build_params};
   std::vector<std::unique_ptr<index_adapter>> adapters;
-  adapters.push_back(make_shoal_adapter(request));
+  adapters.push_back(o.shards > 0 ? make_collection_adapter(request, {o.shards, o.sharding, o.replicas, o.groups})
+                                  : make_shoal_adapter(request));
   check_sweep(*adapters.back(), points);
   if (!o.peers) return adapters;
   if (peer_libraries().empty()) std::cerr << "shoal-ann-bench: note: no peer library was found at configure time\n";
@@ -40,7 +49,7 @@ std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, cons
       continue;
     try {
       auto adapter = peer.make(request);
-      check_sweep(*adapter, points);
+      for (const param_list& point : points) adapter->set_search_params(for_one_index(point));
       adapters.push_back(std::move(adapter));
     } catch (const config_error& e) {
       std::cerr << "shoal-ann-bench: note: skipping peer " << peer.name << ": " << e.what() << '\n';
@@ -80,7 +89,15 @@ int run(const options& o) {
     const double build_s = shoal_index && !o.load.empty() ? timed_load(*index, o.load.string(), o.mmap)
                                                           : timed_build(*index, d.base, o.threads);
     if (shoal_index && !o.save.empty()) index->save(o.save.string());
-    for (const param_list& point : points) {
+    // Peers are single indexes: shard_probe applies to the shoal collection only (each remaining point once).
+    std::vector<param_list> own_points;
+    for (const param_list& full_point : points) {
+      param_list point = shoal_index ? full_point : for_one_index(full_point);
+      if (std::none_of(own_points.begin(), own_points.end(),
+                       [&](const param_list& p) { return format_params(p) == format_params(point); }))
+        own_points.push_back(std::move(point));
+    }
+    for (const param_list& point : own_points) {
       index->set_search_params(point);
       const sweep_result r = measure(*index, d.queries, d.truth, settings);
       rows.push_back({std::string(index->library()), index->description(), format_params(point), build_s,

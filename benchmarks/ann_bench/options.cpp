@@ -84,6 +84,20 @@ constexpr option_spec specs[] = {
      [](options& o, std::string_view v) { o.load = v; }},
     {"--mmap", "", "with --load: memory-map the file, search it in place",
      [](options& o, std::string_view) { o.mmap = true; }},
+    {"--shards", "N", "build a shoal::collection of N shards, each an --index (peers stay one index)",
+     [](options& o, std::string_view v) { o.shards = parse_count(v, "--shards", 1); }},
+    {"--sharding", "POLICY", "with --shards: hash (default), range, semantic or hybrid",
+     [](options& o, std::string_view v) { o.sharding = v; }},
+    {"--shard-probe", "P",
+     "with --shards: shards (semantic) or groups (hybrid) each query visits; same as --sweep "
+     "shard_probe=P",
+     [](options& o, std::string_view v) {
+       o.sweeps.push_back({"shard_probe", {std::string(v)}});
+     }},
+    {"--replicas", "R", "with --shards: copies of every shard (default 1)",
+     [](options& o, std::string_view v) { o.replicas = parse_count(v, "--replicas", 1); }},
+    {"--groups", "G", "with --sharding hybrid: semantic groups (default shards / 2)",
+     [](options& o, std::string_view v) { o.groups = parse_count(v, "--groups", 1); }},
     {"--help", "", "print this help and exit", [](options& o, std::string_view) { o.help = true; }},
 };
 
@@ -123,6 +137,10 @@ options parse_options(std::span<const char* const> args) {
   if (o.query.empty()) throw usage_error("missing required option --query");
   if (o.index.empty()) throw usage_error("missing required option --index");
   if (o.mmap && o.load.empty()) throw usage_error("--mmap needs --load");
+  if (o.shards == 0 && (o.sharding != "hash" || o.replicas != 1 || o.groups != 0))
+    throw usage_error("--sharding, --replicas and --groups need --shards");
+  if (o.shards > 0 && (!o.save.empty() || !o.load.empty()))
+    throw usage_error("--save / --load work on one index, not with --shards");
 
   std::vector<std::string> names;
   for (const param& p : o.build_params) names.push_back(p.name);
@@ -137,7 +155,9 @@ void print_usage(std::ostream& out) {
   out << "usage: shoal-ann-bench --base B --query Q [--gt G.ivecs] --metric l2|ip|cos --k 10 --index SPEC\n"
          "                       [--build-param NAME=V ...] [--sweep NAME=v1,v2,...] [--threads N] [--batch]\n"
          "                       [--csv FILE] [--plot FILE.png] [--peers] [--peer NAME] [--min-time SECONDS]\n"
-         "                       [--max-base N] [--max-query N] [--save FILE] [--load FILE [--mmap]]\n\n"
+         "                       [--max-base N] [--max-query N] [--save FILE] [--load FILE [--mmap]]\n"
+         "                       [--shards N [--sharding hash|range|semantic|hybrid] [--shard-probe P] [--replicas "
+         "R]]\n\n"
          "Builds the index, then per sweep point searches the queries (one per call and thread, or one batch\n"
          "with --batch) for at least --min-time seconds and prints one CSV row:\n"
          "  library,index,search_params,build_s,index_bytes,recall,qps,p50_ms,p99_ms,threads\n\n"

@@ -42,6 +42,11 @@ struct options {
   std::filesystem::path save;  ///< --save: write the built shoal index here
   std::filesystem::path load;  ///< --load: read the shoal index from here instead of building it
   bool mmap = false;           ///< --mmap: memory-map the --load file
+
+  std::size_t shards = 0;         ///< --shards: search a collection of this many shards (0: one index)
+  std::string sharding = "hash";  ///< --sharding: hash, range, semantic, hybrid
+  std::size_t replicas = 1;       ///< --replicas: copies of every shard
+  std::size_t groups = 0;         ///< --groups: hybrid sharding's semantic groups (0: shards / 2)
   bool help = false;
 };
 

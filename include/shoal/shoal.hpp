@@ -2,6 +2,8 @@
 /// \file
 /// Everything public in shoal::shoal, for those who prefer one include.
 
+#include "shoal/cluster/kmeans.hpp"
+#include "shoal/collection/collection.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
@@ -13,9 +15,12 @@
 #include "shoal/index/factory.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/hnsw.hpp"
+#include "shoal/index/ivf_flat.hpp"
 #include "shoal/index/ivf_pq.hpp"
 #include "shoal/io/format.hpp"
 #include "shoal/io/vecs.hpp"
+#include "shoal/multimodal/fusion.hpp"
+#include "shoal/multimodal/projection.hpp"
 #include "shoal/quant/opq.hpp"
 #include "shoal/quant/pq.hpp"
 #include "shoal/quant/sq.hpp"

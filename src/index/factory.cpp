@@ -316,7 +316,12 @@ any_index load_index(const std::string& path, const load_options& options) {
     case index_kind::hnsw:
       return any_index(hnsw_index::load(path, options));
     case index_kind::ivf_pq:
-      break;
+      return any_index(ivf_pq_index::load(path, options));
+    case index_kind::collection:
+      detail::throw_error(errc::invalid_argument,
+                          detail::str("load_index: ", path,
+                                      " is the manifest of a collection, not an index: open its directory with "
+                                      "collection::open"));
   }
   detail::throw_error(errc::unsupported, detail::str("load_index: ", path, ": loading an index of kind ",
                                                      index_kind_name(info.kind), " is not built yet"));

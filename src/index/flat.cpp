@@ -44,10 +44,7 @@ std::size_t flat_index::memory_bytes() const noexcept {
          map_bytes;
 }
 
-void flat_index::check_mutable(const char* what) const {
-  SHOAL_CHECK_CODE(mapping_ == nullptr, errc::unsupported, what,
-                   ": the index was loaded with mmap and is read-only (load it without mmap to modify it)");
-}
+void flat_index::check_mutable(const char* what) const { io::detail::check_writable(mapping_.get(), what); }
 
 void flat_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
   check_mutable("flat_index::add");
@@ -186,13 +183,10 @@ range_result flat_index::range_search(matrix_view<const float> queries, float ra
   SHOAL_CHECK(!std::isnan(radius), "flat_index::range_search: radius is NaN");
   const query_block block = prepare(queries);
   const matrix_view<const float> q = block.view;
-  std::vector<std::vector<scored_id>> hits(q.rows);
-  detail::parallel_for(q.rows, [&](std::size_t r) {
+  return detail::range_by_query(q.rows, [&](std::size_t r, std::vector<scored_id>& hits) {
     detail::scan_into_range(active_kernels(), metric_, q.row(r), vector_data(), id_data(), size(), dim_, radius,
-                            params.filter, hits[r]);
-    std::sort(hits[r].begin(), hits[r].end());
+                            params.filter, hits);
   });
-  return detail::gather_range(hits);
 }
 
 // ------------------------------------------------------------------------------------------ persistence

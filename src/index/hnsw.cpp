@@ -173,10 +173,7 @@ struct hnsw_index::impl {
   // Set by a memory-mapped load: the bulk arrays live in the mapping, kept alive here; read-only.
   std::shared_ptr<const io::detail::file_mapping> mapping;
 
-  void check_mutable(const char* what) const {
-    SHOAL_CHECK_CODE(mapping == nullptr, errc::unsupported, what,
-                     ": the index was loaded with mmap and is read-only (load it without mmap to modify it)");
-  }
+  void check_mutable(const char* what) const { io::detail::check_writable(mapping.get(), what); }
   mutable std::mutex ids_mutex;
   std::unordered_map<vector_id, slot_t> slot_of;
   mutable std::mutex pool_mutex;
@@ -914,17 +911,12 @@ range_result hnsw_index::range_search(matrix_view<const float> queries, float ra
   SHOAL_CHECK(!std::isnan(radius), "hnsw_index::range_search: radius is NaN");
   const std::optional<matrix<float>> normalized = x.prepare(queries);
   const std::size_t ef = params.ef == 0 ? default_ef : params.ef;
-  std::vector<std::vector<scored_id>> rows(queries.rows);
-  {
-    const std::shared_lock structure(x.structure);
-    detail::parallel_for(queries.rows, [&](std::size_t r) {
-      std::vector<cand> hits;
-      (void)x.search_bottom(queries.row(r), ef, params.filter, false, radius, &hits);
-      for (const cand& h : hits) rows[r].push_back({h.distance, x.id_of(h.slot)});
-      std::sort(rows[r].begin(), rows[r].end());
-    });
-  }
-  return detail::gather_range(rows);
+  const std::shared_lock structure(x.structure);
+  return detail::range_by_query(queries.rows, [&](std::size_t r, std::vector<scored_id>& row) {
+    std::vector<cand> hits;
+    (void)x.search_bottom(queries.row(r), ef, params.filter, false, radius, &hits);
+    for (const cand& h : hits) row.push_back({h.distance, x.id_of(h.slot)});
+  });
 }
 
 // ------------------------------------------------------------------------------------------- persistence

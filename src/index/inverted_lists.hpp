@@ -1,8 +1,10 @@
 #pragma once
-// Internal: the inverted lists of the IVF family. A list holds, per entry, a fixed-length code
-// (`code_len` elements of `Code`: the full vector for IVF-Flat, sub-quantizer codes for IVF-PQ) and the
-// entry's id, both contiguous and 64-byte aligned, guarded by its own reader-writer lock. Removal moves
-// the last entry into the freed slot, so lists stay dense and scans never meet holes.
+// Internal: the inverted lists of the IVF family. A list holds its entries' codes (IVF-Flat: the full
+// vector, `code_len` floats per entry; IVF-PQ: sub-quantizer codes, m bytes per entry or 32-entry
+// fast-scan blocks, laid out by the index itself) and ids, both contiguous and 64-byte aligned, guarded
+// by its own reader-writer lock. Removal moves the last entry into the freed slot, so lists stay dense
+// and scans never meet holes. After a memory-mapped load the codes and ids are runs of the mapping
+// instead (the index is then read-only): readers go through `count`, `code_data` and `id_data`.
 
 #include <algorithm>
 #include <cstddef>
@@ -19,8 +21,18 @@ struct inverted_list {
   mutable std::shared_mutex mutex;
   aligned_vector<Code> codes;  // size() entries of code_len elements, entry-major
   aligned_vector<vector_id> ids;
+  // Set by a memory-mapped load: the entries live in the mapping, and `codes` and `ids` stay empty.
+  bool mapped = false;
+  const Code* mapped_codes = nullptr;
+  const vector_id* mapped_ids = nullptr;
+  std::size_t mapped_count = 0;
 
+  /// Owned entries (0 for a mapped list): what `append` and `erase_swap` work on.
   [[nodiscard]] std::size_t size() const noexcept { return ids.size(); }
+  /// Entries, owned or mapped; `code_data` and `id_data` point at their codes and ids.
+  [[nodiscard]] std::size_t count() const noexcept { return mapped ? mapped_count : ids.size(); }
+  [[nodiscard]] const Code* code_data() const noexcept { return mapped ? mapped_codes : codes.data(); }
+  [[nodiscard]] const vector_id* id_data() const noexcept { return mapped ? mapped_ids : ids.data(); }
 
   /// Appends one entry; returns its slot. The caller holds `mutex` exclusively.
   std::size_t append(const Code* code, std::size_t code_len, vector_id id) {
@@ -45,7 +57,8 @@ struct inverted_list {
     return moved;
   }
 
-  /// Bytes of storage held (capacity, not size). The caller holds `mutex` in either mode.
+  /// Bytes of storage held (capacity, not size; mapped runs are not counted). The caller holds `mutex`
+  /// in either mode.
   [[nodiscard]] std::size_t bytes() const noexcept {
     return codes.capacity() * sizeof(Code) + ids.capacity() * sizeof(vector_id);
   }

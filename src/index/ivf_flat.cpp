@@ -10,6 +10,8 @@
 #include "cluster/assign.hpp"
 #include "core/parallel.hpp"
 #include "index/inverted_lists.hpp"
+#include "index/ivf_file.hpp"
+#include "index/ivf_probe.hpp"
 #include "index/scan.hpp"
 #include "io/format.hpp"
 #include "shoal/core/checks.hpp"
@@ -19,26 +21,9 @@
 
 namespace shoal {
 
-/// An IVF-Flat list: full vectors (dim floats per entry) and ids, owned — or, after a memory-mapped load,
-/// inside the mapping (`codes` and `ids` then stay empty).
-struct ivf_flat_index::list : detail::inverted_list<float> {
-  bool mapped = false;
-  const float* mapped_rows = nullptr;
-  const vector_id* mapped_ids = nullptr;
-  std::size_t mapped_count = 0;
-
-  [[nodiscard]] std::size_t count() const noexcept { return mapped ? mapped_count : size(); }
-  [[nodiscard]] const float* rows() const noexcept { return mapped ? mapped_rows : codes.data(); }
-  [[nodiscard]] const vector_id* row_ids() const noexcept { return mapped ? mapped_ids : ids.data(); }
-};
-
-/// Queries as searched (a normalised copy under cosine) and their probed lists, nprobe per query.
-struct ivf_flat_index::prepared {
-  std::optional<matrix<float>> normalized;
-  matrix_view<const float> view;
-  std::size_t nprobe = 0;
-  std::vector<std::uint32_t> probes;
-};
+/// An IVF-Flat list: full vectors (dim floats per entry) and ids, owned or, after a memory-mapped load,
+/// inside the mapping.
+struct ivf_flat_index::list : detail::inverted_list<float> {};
 
 ivf_flat_index::ivf_flat_index(std::size_t dim, shoal::metric m, std::size_t nlist)
     : dim_(dim), metric_(m), nlist_(nlist), map_mutex_(std::make_unique<std::shared_mutex>()) {
@@ -103,10 +88,7 @@ std::size_t ivf_flat_index::memory_bytes() const {
          where_.size() * (sizeof(void*) + sizeof(vector_id) + sizeof(location));
 }
 
-void ivf_flat_index::check_mutable(const char* what) const {
-  SHOAL_CHECK_CODE(mapping_ == nullptr, errc::unsupported, what,
-                   ": the index was loaded with mmap and is read-only (load it without mmap to modify it)");
-}
+void ivf_flat_index::check_mutable(const char* what) const { io::detail::check_writable(mapping_.get(), what); }
 
 void ivf_flat_index::train(matrix_view<const float> vectors, const ivf_train_params& params) {
   check_mutable("ivf_flat_index::train");
@@ -204,22 +186,21 @@ bool ivf_flat_index::contains(vector_id id) const {
   return where_.contains(id);
 }
 
-ivf_flat_index::prepared ivf_flat_index::prepare(matrix_view<const float> queries, const search_params& params,
-                                                 const char* what) const {
+std::vector<float> ivf_flat_index::vector(vector_id id) const {
+  const std::shared_lock map_lock(*map_mutex_);
+  const auto it = where_.find(id);
+  SHOAL_CHECK_CODE(it != where_.end(), errc::not_found, "ivf_flat_index::vector: id ", id, " is not stored");
+  const list& source = *lists_[it->second.list];
+  const std::shared_lock list_lock(source.mutex);
+  const float* row = source.code_data() + it->second.slot * dim_;
+  return std::vector<float>(row, row + dim_);
+}
+
+detail::probed_queries ivf_flat_index::probe(matrix_view<const float> queries, const search_params& params,
+                                             const char* what) const {
   SHOAL_CHECK(is_trained(), what, ": the index is not trained");
-  detail::check_vectors(queries, dim_, what);
-  prepared p;
-  p.view = queries;
-  if (metric_ == metric::cosine) {
-    p.normalized = detail::normalized_copy(queries, what);
-    p.view = p.normalized->view();
-  }
-  p.nprobe = std::min(params.nprobe == 0 ? default_nprobe : params.nprobe, nlist_);
-  p.probes.resize(queries.rows * p.nprobe);
-  std::vector<float> unused(p.probes.size());
-  detail::assign_nearest(p.view, centroids_.view(), centroid_norms_.data(), metric_, p.nprobe, p.probes.data(),
-                         unused.data());
-  return p;
+  return detail::probe_queries(queries, dim_, metric_, centroids_.view(), centroid_norms_.data(), params.nprobe,
+                               default_nprobe, nullptr, what);
 }
 
 void ivf_flat_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
@@ -227,14 +208,15 @@ void ivf_flat_index::search(matrix_view<const float> queries, neighbors_view out
   SHOAL_CHECK(out.rows == queries.rows, "ivf_flat_index::search: result buffer has ", out.rows, " rows for ",
               queries.rows, " queries");
   SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, "ivf_flat_index::search: null result buffer");
-  const prepared p = prepare(queries, params, "ivf_flat_index::search: query");
+  const detail::probed_queries p = probe(queries, params, "ivf_flat_index::search: query");
   const distance_kernels& k = active_kernels();
   detail::parallel_for(p.view.rows, [&](std::size_t q) {
     topk_heap heap(out.k);
-    for (std::size_t j = 0; j < p.nprobe; ++j) {
-      const list& l = *lists_[p.probes[q * p.nprobe + j]];
+    for (const std::uint32_t list_no : p.lists(q)) {
+      const list& l = *lists_[list_no];
       const std::shared_lock lock(l.mutex);
-      detail::scan_into_heap(k, metric_, p.view.row(q), l.rows(), l.row_ids(), l.count(), dim_, params.filter, heap);
+      detail::scan_into_heap(k, metric_, p.view.row(q), l.code_data(), l.id_data(), l.count(), dim_, params.filter,
+                             heap);
     }
     heap.write_sorted(out.row_ids(q), out.row_distances(q));
   });
@@ -250,55 +232,35 @@ neighbors ivf_flat_index::search(matrix_view<const float> queries, std::size_t k
 range_result ivf_flat_index::range_search(matrix_view<const float> queries, float radius,
                                           const search_params& params) const {
   SHOAL_CHECK(!std::isnan(radius), "ivf_flat_index::range_search: radius is NaN");
-  const prepared p = prepare(queries, params, "ivf_flat_index::range_search: query");
+  const detail::probed_queries p = probe(queries, params, "ivf_flat_index::range_search: query");
   const distance_kernels& k = active_kernels();
-  std::vector<std::vector<scored_id>> hits(p.view.rows);
-  detail::parallel_for(p.view.rows, [&](std::size_t q) {
-    for (std::size_t j = 0; j < p.nprobe; ++j) {
-      const list& l = *lists_[p.probes[q * p.nprobe + j]];
+  return detail::range_by_query(p.view.rows, [&](std::size_t q, std::vector<scored_id>& hits) {
+    for (const std::uint32_t list_no : p.lists(q)) {
+      const list& l = *lists_[list_no];
       const std::shared_lock lock(l.mutex);
-      detail::scan_into_range(k, metric_, p.view.row(q), l.rows(), l.row_ids(), l.count(), dim_, radius, params.filter,
-                              hits[q]);
+      detail::scan_into_range(k, metric_, p.view.row(q), l.code_data(), l.id_data(), l.count(), dim_, radius,
+                              params.filter, hits);
     }
-    std::sort(hits[q].begin(), hits[q].end());
   });
-  return detail::gather_range(hits);
 }
 
 // ------------------------------------------------------------------------------------------ persistence
 namespace {
 constexpr std::uint32_t tag_params = io::detail::make_tag("IVFP");
-constexpr std::uint32_t tag_centroids = io::detail::make_tag("CENT");
-constexpr std::uint32_t tag_list_sizes = io::detail::make_tag("LSIZ");
-constexpr std::uint32_t tag_list_rows = io::detail::make_tag("LVEC");
-constexpr std::uint32_t tag_list_ids = io::detail::make_tag("LIDS");
-
-/// Bytes list rows take in LVEC: each list starts 64-byte aligned, as in memory.
-std::uint64_t padded_list_bytes(std::uint64_t rows, std::uint64_t dim, const std::string& file) {
-  return io::detail::align_up(io::detail::checked_mul(rows, dim * sizeof(float), file, "list size"),
-                              io::detail::section_alignment);
-}
 }  // namespace
 
 void ivf_flat_index::save(const std::string& path) const {
   // The map lock in shared mode keeps add and remove (which take it exclusively before touching any
   // list) out until the file is written: the lists are referenced, not copied.
   const std::shared_lock map_lock(*map_mutex_);
+  const std::span<const std::unique_ptr<list>> lists(lists_);
   io::detail::index_file_writer out(path, {index_kind::ivf_flat, metric_, dim_, size()});
   out.begin_section(tag_params);
   out.append_value(std::uint64_t{nlist_});
-  out.begin_section(tag_centroids);
-  out.append(std::span<const float>(centroids_.values.data(), centroids_.values.size()));
-  out.begin_section(tag_list_sizes);
-  for (const auto& l : lists_) out.append_value(std::uint64_t{l->count()});
-  out.begin_section(tag_list_rows);
-  for (const auto& l : lists_) {
-    const std::size_t bytes = l->count() * dim_ * sizeof(float);
-    out.append(l->rows(), bytes);
-    out.append_zeros(static_cast<std::size_t>(io::detail::align_up(bytes, io::detail::section_alignment)) - bytes);
-  }
-  out.begin_section(tag_list_ids);
-  for (const auto& l : lists_) out.append(std::span<const vector_id>(l->row_ids(), l->count()));
+  io::detail::write_centroids_and_sizes(out, centroids_, lists);
+  out.begin_section(io::detail::tag_list_rows);
+  for (const auto& l : lists_) io::detail::append_padded_run(out, l->code_data(), l->count() * dim_ * sizeof(float));
+  io::detail::write_list_ids(out, lists);
   out.commit();
 }
 
@@ -306,7 +268,8 @@ ivf_flat_index ivf_flat_index::load(const std::string& path, const load_options&
   const io::detail::index_file_reader in(path, options);
   const std::string& name = in.name();
   in.expect_kind(index_kind::ivf_flat, "ivf_flat_index::load");
-  in.check_known({tag_params, tag_centroids, tag_list_sizes, tag_list_rows, tag_list_ids});
+  in.check_known({tag_params, io::detail::tag_centroids, io::detail::tag_list_sizes, io::detail::tag_list_rows,
+                  io::detail::tag_list_ids});
   const io::detail::index_header& h = in.header();
   std::uint64_t nlist = 0;
   {
@@ -318,74 +281,22 @@ ivf_flat_index ivf_flat_index::load(const std::string& path, const load_options&
   SHOAL_CHECK_CODE(nlist >= 1 && nlist <= std::numeric_limits<std::uint32_t>::max(), errc::corrupt_file, name,
                    ": nlist ", nlist, " is out of range");
   // Sizes first: their section has to hold nlist entries before nlist lists are allocated.
-  const aligned_vector<std::uint64_t> sizes = in.read_vector<std::uint64_t>(tag_list_sizes, nlist);
-  const std::uint64_t dim = h.dim;
-  ivf_flat_index index(static_cast<std::size_t>(dim), h.metric, static_cast<std::size_t>(nlist));
-  const std::uint64_t centroid_values = io::detail::checked_mul(nlist, dim, name, "nlist x dimension");
-  const bool trained = in.section_size(tag_centroids) != 0;
-  SHOAL_CHECK_CODE(trained || h.count == 0, errc::corrupt_file, name, ": an untrained index holds ", h.count,
-                   " vectors");
-  if (trained) {
-    index.centroids_ = matrix<float>();
-    index.centroids_.values = in.read_vector<float>(tag_centroids, centroid_values);
-    index.centroids_.rows = static_cast<std::size_t>(nlist);
-    index.centroids_.dim = static_cast<std::size_t>(dim);
-    SHOAL_CHECK_CODE(std::all_of(index.centroids_.values.begin(), index.centroids_.values.end(),
-                                 [](float v) { return std::isfinite(v); }),
-                     errc::corrupt_file, name, ": a centroid holds a non-finite value");
-    index.centroid_norms_.resize(index.nlist_);
-    active_kernels().squared_norms(index.centroids_.values.data(), index.nlist_, index.dim_, index.dim_,
-                                   index.centroid_norms_.data());
-  }
-  std::uint64_t total = 0;
-  std::uint64_t row_bytes = 0;
-  for (const std::uint64_t s : sizes) {
-    SHOAL_CHECK_CODE(s <= h.count - total, errc::corrupt_file, name, ": the list sizes add up to more than the ",
-                     h.count, " stored vectors");
-    total += s;
-    SHOAL_CHECK_CODE(!__builtin_add_overflow(row_bytes, padded_list_bytes(s, dim, name), &row_bytes),
-                     errc::corrupt_file, name, ": the list sizes overflow");
-  }
-  SHOAL_CHECK_CODE(total == h.count, errc::corrupt_file, name, ": the list sizes add up to ", total, ", not to the ",
-                   h.count, " stored vectors");
-  SHOAL_CHECK_CODE(in.section_size(tag_list_rows) == row_bytes, errc::corrupt_file, name, ": section LVEC has ",
-                   in.section_size(tag_list_rows), " bytes, expected ", row_bytes);
-  const std::uint64_t ids_bytes = io::detail::checked_mul(total, sizeof(vector_id), name, "id count");
-  SHOAL_CHECK_CODE(in.section_size(tag_list_ids) == ids_bytes, errc::corrupt_file, name, ": section LIDS has ",
-                   in.section_size(tag_list_ids), " bytes, expected ", ids_bytes);
-
-  std::span<const std::byte> mapped_rows;
-  std::span<const vector_id> mapped_ids;
-  if (in.mapped()) {
-    mapped_rows = in.map<std::byte>(tag_list_rows, static_cast<std::size_t>(row_bytes));
-    mapped_ids = in.map<vector_id>(tag_list_ids, static_cast<std::size_t>(total));
-  }
-  std::uint64_t row_offset = 0;
-  std::uint64_t first_id = 0;
-  index.where_.reserve(static_cast<std::size_t>(total));
+  const aligned_vector<std::uint64_t> sizes = io::detail::read_list_sizes(in, nlist);
+  ivf_flat_index index(static_cast<std::size_t>(h.dim), h.metric, static_cast<std::size_t>(nlist));
+  io::detail::read_centroids(in, nlist, index.centroids_, index.centroid_norms_);
+  io::detail::list_runs rows = io::detail::vector_runs(in, sizes);
+  io::detail::list_runs ids = io::detail::id_runs(in, sizes);
+  index.where_.reserve(static_cast<std::size_t>(h.count));
   for (std::size_t l = 0; l < index.nlist_; ++l) {
     list& target = *index.lists_[l];
     const auto n = static_cast<std::size_t>(sizes[l]);
-    const std::size_t bytes = n * index.dim_ * sizeof(float);
-    if (in.mapped()) {
-      target.mapped = true;
-      target.mapped_count = n;
-      target.mapped_rows = reinterpret_cast<const float*>(mapped_rows.data() + row_offset);
-      target.mapped_ids = mapped_ids.data() + first_id;
-    } else {
-      target.codes.resize(n * index.dim_);
-      target.ids.resize(n);
-      in.read_range(tag_list_rows, row_offset, target.codes.data(), bytes);
-      in.read_range(tag_list_ids, first_id * sizeof(vector_id), target.ids.data(), n * sizeof(vector_id));
-    }
-    const vector_id* ids = target.row_ids();
+    io::detail::load_list(target, n, rows, ids);
+    const vector_id* stored = target.id_data();
     for (std::size_t i = 0; i < n; ++i)
-      SHOAL_CHECK_CODE(index.where_.emplace(ids[i], location{l, i}).second, errc::corrupt_file, name, ": id ", ids[i],
-                       " is stored twice");
-    row_offset += padded_list_bytes(n, dim, name);
-    first_id += n;
+      SHOAL_CHECK_CODE(index.where_.emplace(stored[i], location{l, i}).second, errc::corrupt_file, name, ": id ",
+                       stored[i], " is stored twice");
   }
-  index.size_.store(static_cast<std::size_t>(total));
+  index.size_.store(static_cast<std::size_t>(h.count));
   index.mapping_ = in.mapping();
   return index;
 }

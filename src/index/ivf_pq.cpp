@@ -6,11 +6,17 @@
 #include <numeric>
 #include <optional>
 #include <shared_mutex>
+#include <string>
+#include <type_traits>
 #include <unordered_set>
 
 #include "cluster/assign.hpp"
 #include "core/parallel.hpp"
+#include "index/inverted_lists.hpp"
+#include "index/ivf_file.hpp"
+#include "index/ivf_probe.hpp"
 #include "index/scan.hpp"
+#include "io/format.hpp"
 #include "shoal/cluster/kmeans.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
@@ -20,17 +26,16 @@
 
 namespace shoal {
 
-/// One inverted list: codes (m bytes per entry, or 32-entry fast-scan blocks), ids, and — with refine —
-/// the full vectors, all slot-aligned. Removal moves the last entry into the freed slot.
-struct ivf_pq_index::list {
-  mutable std::shared_mutex mutex;
-  aligned_vector<std::uint8_t> codes;
-  aligned_vector<vector_id> ids;
+/// One inverted list: codes (m bytes per entry, or 32-entry fast-scan blocks) and ids, and — with refine
+/// — the full vectors, all slot-aligned; owned, or after a memory-mapped load inside the mapping. Removal
+/// moves the last entry into the freed slot.
+struct ivf_pq_index::list : detail::inverted_list<std::uint8_t> {
   aligned_vector<float> vectors;
+  const float* mapped_vectors = nullptr;  // with refine, after a memory-mapped load
 
-  [[nodiscard]] std::size_t size() const noexcept { return ids.size(); }
+  [[nodiscard]] const float* vector_data() const noexcept { return mapped ? mapped_vectors : vectors.data(); }
   [[nodiscard]] std::size_t bytes() const noexcept {
-    return codes.capacity() + ids.capacity() * sizeof(vector_id) + vectors.capacity() * sizeof(float);
+    return inverted_list::bytes() + vectors.capacity() * sizeof(float);
   }
 };
 
@@ -112,7 +117,8 @@ ivf_pq_index::ivf_pq_index(ivf_pq_index&& other) noexcept
       opq_(std::move(other.opq_)),
       lists_(std::move(other.lists_)),
       write_mutex_(std::move(other.write_mutex_)),
-      size_(other.size_.exchange(0)) {}
+      size_(other.size_.exchange(0)),
+      mapping_(std::move(other.mapping_)) {}
 
 ivf_pq_index& ivf_pq_index::operator=(ivf_pq_index&& other) noexcept {
   if (this != &other) {
@@ -126,12 +132,14 @@ ivf_pq_index& ivf_pq_index::operator=(ivf_pq_index&& other) noexcept {
     lists_ = std::move(other.lists_);
     write_mutex_ = std::move(other.write_mutex_);
     size_.store(other.size_.exchange(0));
+    mapping_ = std::move(other.mapping_);
   }
   return *this;
 }
 
-std::size_t ivf_pq_index::code_bytes_per_vector() const noexcept {
-  return params_.nbits == 8 ? params_.m : fast_scan_block_bytes(params_.m) / fast_scan_block;
+std::size_t ivf_pq_index::list_code_bytes(std::size_t n) const noexcept {
+  return params_.nbits == 8 ? n * params_.m
+                            : (n + fast_scan_block - 1) / fast_scan_block * fast_scan_block_bytes(params_.m);
 }
 
 std::vector<std::size_t> ivf_pq_index::list_sizes() const {
@@ -139,7 +147,7 @@ std::vector<std::size_t> ivf_pq_index::list_sizes() const {
   sizes.reserve(lists_.size());
   for (const auto& l : lists_) {
     const std::shared_lock lock(l->mutex);
-    sizes.push_back(l->size());
+    sizes.push_back(l->count());
   }
   return sizes;
 }
@@ -156,6 +164,7 @@ std::size_t ivf_pq_index::memory_bytes() const {
 }
 
 void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_params& params) {
+  io::detail::check_writable(mapping_.get(), "ivf_pq_index::train");
   SHOAL_CHECK(size() == 0, index_name, "::train: the index already holds ", size(), " vectors; train before adding");
   detail::check_vectors(vectors, dim_, "ivf_pq_index::train: vector");
   SHOAL_CHECK(vectors.rows >= params_.nlist, index_name, "::train: nlist = ", params_.nlist, " exceeds the ",
@@ -213,6 +222,7 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
 }
 
 void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
+  io::detail::check_writable(mapping_.get(), "ivf_pq_index::add");
   SHOAL_CHECK(is_trained(), index_name, "::add: the index is not trained");
   detail::check_vectors(vectors, dim_, "ivf_pq_index::add: vector");
   SHOAL_CHECK(ids.size() == vectors.rows, index_name, "::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
@@ -268,12 +278,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
     const std::size_t count = offsets[l + 1] - offsets[l];
     const std::size_t first = target.size();
     const std::size_t total = first + count;
-    if (params_.nbits == 8) {
-      target.codes.resize(total * m);
-    } else {
-      const std::size_t blocks = (total + fast_scan_block - 1) / fast_scan_block;
-      target.codes.resize(blocks * fast_scan_block_bytes(m), 0);
-    }
+    target.codes.resize(list_code_bytes(total), 0);
     if (params_.refine) target.vectors.resize(total * dim_);
     target.ids.reserve(total);
     for (std::size_t j = 0; j < count; ++j) {
@@ -293,6 +298,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
 }
 
 void ivf_pq_index::remove(vector_id id) {
+  io::detail::check_writable(mapping_.get(), "ivf_pq_index::remove");
   const std::lock_guard writer(*write_mutex_);
   const std::size_t m = params_.m;
   for (const auto& lp : lists_) {
@@ -304,14 +310,13 @@ void ivf_pq_index::remove(vector_id id) {
     const std::size_t last = l.size() - 1;
     if (params_.nbits == 8) {
       if (slot != last) std::copy_n(l.codes.data() + last * m, m, l.codes.data() + slot * m);
-      l.codes.resize(last * m);
     } else {
       for (std::size_t s = 0; s < m; ++s) {
         if (slot != last) fast_scan_set(l.codes.data(), m, slot, s, fast_scan_get(l.codes.data(), m, last, s));
         fast_scan_set(l.codes.data(), m, last, s, 0);  // padding slots hold code 0
       }
-      l.codes.resize((last + fast_scan_block - 1) / fast_scan_block * fast_scan_block_bytes(m));
     }
+    l.codes.resize(list_code_bytes(last));
     if (params_.refine) {
       if (slot != last) std::copy_n(l.vectors.data() + last * dim_, dim_, l.vectors.data() + slot * dim_);
       l.vectors.resize(last * dim_);
@@ -327,17 +332,41 @@ void ivf_pq_index::remove(vector_id id) {
 bool ivf_pq_index::contains(vector_id id) const {
   for (const auto& l : lists_) {
     const std::shared_lock lock(l->mutex);
-    if (std::find(l->ids.begin(), l->ids.end(), id) != l->ids.end()) return true;
+    const vector_id* ids = l->id_data();
+    if (std::find(ids, ids + l->count(), id) != ids + l->count()) return true;
   }
   return false;
 }
 
-void ivf_pq_index::scan_list(const list& l, std::size_t list_no, const float* query, scratch& s,
-                             const search_params& params, std::size_t keep) const {
-  const std::size_t n = l.size();
-  if (n == 0) return;
+detail::probed_queries ivf_pq_index::probe(matrix_view<const float> queries, const search_params& params,
+                                           const char* who) const {
+  const std::string what = std::string(who) + ": query";
+  SHOAL_CHECK(is_trained(), what, ": the index is not trained");
+  SHOAL_CHECK(params.refine_factor == 0 || params_.refine, who, ": refine_factor = ", params.refine_factor,
+              " needs full vectors, but the index was built without refine");
+  return detail::probe_queries(queries, dim_, metric_, centroids_.view(), centroid_norms_.data(), params.nprobe,
+                               default_nprobe, opq_ ? &*opq_ : nullptr, what.c_str());
+}
+
+void ivf_pq_index::begin_query(const float* query, scratch& s) const {
+  s.residual.resize(dim_);
+  s.table.resize(params_.m * pq_.ksub());
+  // Under inner product / cosine the table does not depend on the list: −⟨q_s, codeword⟩, built once.
+  s.shared_table = metric_ != metric::l2;
+  if (s.shared_table) {
+    pq_.compute_table(query, metric::inner_product, s.table.data());
+    for (float& t : s.table) t = -t;
+    if (params_.nbits == 4) quantize_table(s.table.data(), params_.m, s.quantized);
+  }
+}
+
+const float* ivf_pq_index::list_distances(const list& l, std::size_t list_no, const float* query, scratch& s) const {
+  const std::size_t n = l.count();
   const std::size_t m = params_.m;
   const pq_kernels& kern = active_quant_kernels();
+  if (s.distances.size() < n + fast_scan_block) s.distances.resize(n + fast_scan_block);
+  float* dist = s.distances.data();
+  if (n == 0) return dist;
   // Distance = offset + Σ table. L2: the table of the residual q − c. Inner product: −⟨q, c⟩ plus the
   // shared table of −⟨q_s, codeword⟩; cosine adds 1.
   float offset = 0.0f;
@@ -349,23 +378,28 @@ void ivf_pq_index::scan_list(const list& l, std::size_t list_no, const float* qu
     pq_.compute_table(s.residual.data(), metric::l2, s.table.data());
     if (params_.nbits == 4) quantize_table(s.table.data(), m, s.quantized);
   }
-  if (s.distances.size() < n + fast_scan_block) s.distances.resize(n + fast_scan_block);
-  float* dist = s.distances.data();
   if (params_.nbits == 8) {
-    kern.scan_8bit(s.table.data(), l.codes.data(), n, m, dist);
+    kern.scan_8bit(s.table.data(), l.code_data(), n, m, dist);
     for (std::size_t i = 0; i < n; ++i) dist[i] += offset;
   } else {
     const std::size_t blocks = (n + fast_scan_block - 1) / fast_scan_block;
     if (s.sums.size() < blocks * fast_scan_block) s.sums.resize(blocks * fast_scan_block);
-    kern.fast_scan(l.codes.data(), blocks, m, s.quantized.values.data(), s.sums.data());
+    kern.fast_scan(l.code_data(), blocks, m, s.quantized.values.data(), s.sums.data());
     const float base = offset + s.quantized.bias;
     const float inv = 1.0f / s.quantized.scale;
     for (std::size_t i = 0; i < n; ++i) dist[i] = base + static_cast<float>(s.sums[i]) * inv;
   }
+  return dist;
+}
+
+void ivf_pq_index::scan_list(const list& l, std::size_t list_no, const float* query, scratch& s,
+                             const search_params& params, std::size_t keep) const {
+  const float* dist = list_distances(l, list_no, query, s);
+  const vector_id* ids = l.id_data();
   float worst = s.worst(keep);
-  for (std::size_t i = 0; i < n; ++i) {
+  for (std::size_t i = 0; i < l.count(); ++i) {
     if (dist[i] > worst) continue;
-    const vector_id id = l.ids[i];
+    const vector_id id = ids[i];
     if (!params.filter.accepts(id)) continue;
     s.offer({dist[i], id, static_cast<std::uint32_t>(list_no), static_cast<std::uint32_t>(i)}, keep);
     worst = s.worst(keep);
@@ -377,46 +411,15 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
   SHOAL_CHECK(out.rows == queries.rows, index_name, "::search: result buffer has ", out.rows, " rows for ",
               queries.rows, " queries");
   SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, index_name, "::search: null result buffer");
-  SHOAL_CHECK(is_trained(), "ivf_pq_index::search: query: the index is not trained");
-  SHOAL_CHECK(params.refine_factor == 0 || params_.refine, index_name,
-              "::search: refine_factor = ", params.refine_factor,
-              " needs full vectors, but the index was built without refine");
-  detail::check_vectors(queries, dim_, "ivf_pq_index::search: query");
-  std::optional<matrix<float>> normalized;
-  matrix_view<const float> view = queries;
-  if (metric_ == metric::cosine) {
-    normalized = detail::normalized_copy(queries, "ivf_pq_index::search: query");
-    view = normalized->view();
-  }
-  std::optional<matrix<float>> rotated;
-  if (opq_) {
-    rotated = opq_->apply(view);
-    view = rotated->view();
-  }
-  const std::size_t nlist = params_.nlist;
-  const std::size_t nprobe = std::min(params.nprobe == 0 ? default_nprobe : params.nprobe, nlist);
-  std::vector<std::uint32_t> probes(view.rows * nprobe);
-  {
-    std::vector<float> unused(probes.size());
-    detail::assign_nearest(view, centroids_.view(), centroid_norms_.data(), metric_, nprobe, probes.data(),
-                           unused.data());
-  }
+  const detail::probed_queries p = probe(queries, params, "ivf_pq_index::search");
   const std::size_t keep = params.refine_factor == 0 ? out.k : out.k * params.refine_factor;
   const distance_kernels& dk = active_kernels();
-  detail::parallel_for(view.rows, [&](std::size_t q) {
-    const float* query = view.row(q);
+  detail::parallel_for(p.view.rows, [&](std::size_t q) {
+    const float* query = p.view.row(q);
     scratch s;
-    s.residual.resize(dim_);
-    s.table.resize(params_.m * pq_.ksub());
     s.heap.reserve(keep);
-    s.shared_table = metric_ != metric::l2;
-    if (s.shared_table) {
-      pq_.compute_table(query, metric::inner_product, s.table.data());
-      for (float& t : s.table) t = -t;
-      if (params_.nbits == 4) quantize_table(s.table.data(), params_.m, s.quantized);
-    }
-    for (std::size_t j = 0; j < nprobe; ++j) {
-      const std::size_t list_no = probes[q * nprobe + j];
+    begin_query(query, s);
+    for (const std::uint32_t list_no : p.lists(q)) {
       const list& l = *lists_[list_no];
       const std::shared_lock lock(l.mutex);
       scan_list(l, list_no, query, s, params, keep);
@@ -439,8 +442,8 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
     for (const scratch::candidate& c : s.heap) {
       const list& l = *lists_[c.list];
       const std::shared_lock lock(l.mutex);
-      if (c.slot < l.size()) {
-        const char* row = reinterpret_cast<const char*>(l.vectors.data() + std::size_t{c.slot} * dim_);
+      if (c.slot < l.count()) {
+        const char* row = reinterpret_cast<const char*>(l.vector_data() + std::size_t{c.slot} * dim_);
         __builtin_prefetch(row);
         __builtin_prefetch(row + 64);
       }
@@ -448,13 +451,14 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
     for (const scratch::candidate& c : s.heap) {
       const list& l = *lists_[c.list];
       const std::shared_lock lock(l.mutex);
+      const vector_id* ids = l.id_data();
+      const std::size_t n = l.count();
       std::size_t slot = c.slot;
-      if (slot >= l.size() || l.ids[slot] != c.id) {
-        const auto it = std::find(l.ids.begin(), l.ids.end(), c.id);
-        if (it == l.ids.end()) continue;
-        slot = static_cast<std::size_t>(it - l.ids.begin());
+      if (slot >= n || ids[slot] != c.id) {
+        slot = static_cast<std::size_t>(std::find(ids, ids + n, c.id) - ids);
+        if (slot == n) continue;
       }
-      best.push(detail::pair_distance(dk, metric_, query, l.vectors.data() + slot * dim_, dim_), c.id);
+      best.push(detail::pair_distance(dk, metric_, query, l.vector_data() + slot * dim_, dim_), c.id);
     }
     best.write_sorted(out.row_ids(q), out.row_distances(q));
   });
@@ -465,6 +469,162 @@ neighbors ivf_pq_index::search(matrix_view<const float> queries, std::size_t k, 
   neighbors result(queries.rows, k);
   search(queries, result.view(), params);
   return result;
+}
+
+range_result ivf_pq_index::range_search(matrix_view<const float> queries, float radius,
+                                        const search_params& params) const {
+  SHOAL_CHECK(!std::isnan(radius), index_name, "::range_search: radius is NaN");
+  const detail::probed_queries p = probe(queries, params, "ivf_pq_index::range_search");
+  const bool exact = params.refine_factor > 0;
+  const distance_kernels& dk = active_kernels();
+  return detail::range_by_query(p.view.rows, [&](std::size_t q, std::vector<scored_id>& hits) {
+    const float* query = p.view.row(q);
+    scratch s;
+    if (!exact) begin_query(query, s);
+    for (const std::uint32_t list_no : p.lists(q)) {
+      const list& l = *lists_[list_no];
+      const std::shared_lock lock(l.mutex);
+      const vector_id* ids = l.id_data();
+      if (exact) {
+        detail::scan_into_range(dk, metric_, query, l.vector_data(), ids, l.count(), dim_, radius, params.filter, hits);
+        continue;
+      }
+      const float* dist = list_distances(l, list_no, query, s);
+      for (std::size_t i = 0; i < l.count(); ++i)
+        if (dist[i] < radius && params.filter.accepts(ids[i])) hits.push_back({dist[i], ids[i]});
+    }
+  });
+}
+
+// ------------------------------------------------------------------------------------------ persistence
+namespace {
+constexpr std::uint32_t tag_params = io::detail::make_tag("PQPR");
+constexpr std::uint32_t tag_codebooks = io::detail::make_tag("PQCB");
+constexpr std::uint32_t tag_rotation = io::detail::make_tag("OPQR");
+constexpr std::uint32_t tag_list_codes = io::detail::make_tag("LCOD");
+
+/// The PQPR section: fixed-width little-endian fields (docs/format.md).
+struct ivf_pq_file_params {
+  std::uint64_t nlist;
+  std::uint64_t m;
+  std::uint32_t nbits;
+  std::uint32_t flags;  // flag_refine | flag_opq
+};
+static_assert(sizeof(ivf_pq_file_params) == 24 && std::is_trivially_copyable_v<ivf_pq_file_params>);
+constexpr std::uint32_t flag_refine = 1u;
+constexpr std::uint32_t flag_opq = 2u;
+}  // namespace
+
+void ivf_pq_index::save(const std::string& path) const {
+  // The writer mutex keeps add and remove out until the file is written: the lists are referenced, not
+  // copied. Searches go on.
+  const std::lock_guard writer(*write_mutex_);
+  const std::span<const std::unique_ptr<list>> lists(lists_);
+  io::detail::index_file_writer out(path, {index_kind::ivf_pq, metric_, dim_, size()});
+  out.begin_section(tag_params);
+  out.append_value(ivf_pq_file_params{params_.nlist, params_.m, static_cast<std::uint32_t>(params_.nbits),
+                                      (params_.refine ? flag_refine : 0u) | (params_.opq ? flag_opq : 0u)});
+  io::detail::write_centroids_and_sizes(out, centroids_, lists);
+  const matrix_view<const float> books = pq_.codebooks();
+  out.begin_section(tag_codebooks);
+  out.append(std::span<const float>(books.data, books.rows * books.dim));
+  if (params_.opq) {
+    out.begin_section(tag_rotation);
+    if (opq_) out.append(std::span<const float>(opq_->matrix_values()));
+  }
+  out.begin_section(tag_list_codes);
+  for (const auto& l : lists_) io::detail::append_padded_run(out, l->code_data(), list_code_bytes(l->count()));
+  if (params_.refine) {
+    out.begin_section(io::detail::tag_list_rows);
+    for (const auto& l : lists_)
+      io::detail::append_padded_run(out, l->vector_data(), l->count() * dim_ * sizeof(float));
+  }
+  io::detail::write_list_ids(out, lists);
+  out.commit();
+}
+
+ivf_pq_index ivf_pq_index::load(const std::string& path, const load_options& options) {
+  const io::detail::index_file_reader in(path, options);
+  const std::string& name = in.name();
+  in.expect_kind(index_kind::ivf_pq, "ivf_pq_index::load");
+  in.check_known({tag_params, io::detail::tag_centroids, tag_codebooks, tag_rotation, io::detail::tag_list_sizes,
+                  tag_list_codes, io::detail::tag_list_rows, io::detail::tag_list_ids});
+  const io::detail::index_header& h = in.header();
+  ivf_pq_file_params fp{};
+  in.read(tag_params, &fp, 1);
+  SHOAL_CHECK_CODE(fp.nlist >= 1 && fp.nlist <= std::numeric_limits<std::uint32_t>::max(), errc::corrupt_file, name,
+                   ": nlist ", fp.nlist, " is out of range");
+  SHOAL_CHECK_CODE(fp.m >= 1 && fp.m <= h.dim && h.dim % fp.m == 0, errc::corrupt_file, name, ": m = ", fp.m,
+                   " does not divide dimension ", h.dim);
+  SHOAL_CHECK_CODE(fp.nbits == 4 || fp.nbits == 8, errc::corrupt_file, name, ": nbits = ", fp.nbits,
+                   " is neither 4 nor 8");
+  SHOAL_CHECK_CODE((fp.flags & ~(flag_refine | flag_opq)) == 0, errc::corrupt_file, name, ": unknown flags ", fp.flags,
+                   " in section PQPR");
+  const bool refine = (fp.flags & flag_refine) != 0;
+  const bool opq = (fp.flags & flag_opq) != 0;
+  SHOAL_CHECK_CODE(refine || !in.has(io::detail::tag_list_rows), errc::corrupt_file, name,
+                   ": section LVEC in an index built without refine");
+  SHOAL_CHECK_CODE(opq || !in.has(tag_rotation), errc::corrupt_file, name,
+                   ": section OPQR in an index built without OPQ");
+  // Sizes first: their section has to hold nlist entries before nlist lists are allocated.
+  const aligned_vector<std::uint64_t> sizes = io::detail::read_list_sizes(in, fp.nlist);
+  const auto dim = static_cast<std::size_t>(h.dim);
+  ivf_pq_index index(dim, h.metric,
+                     {.nlist = static_cast<std::size_t>(fp.nlist),
+                      .m = static_cast<std::size_t>(fp.m),
+                      .nbits = fp.nbits,
+                      .refine = refine,
+                      .opq = opq});
+  const bool trained = io::detail::read_centroids(in, fp.nlist, index.centroids_, index.centroid_norms_);
+  const std::size_t m = index.params_.m;
+  const std::size_t nbits = index.params_.nbits;
+  const std::size_t ksub = index.pq_.ksub();
+  const std::size_t dsub = index.pq_.dsub();
+  if (!trained) {
+    SHOAL_CHECK_CODE(in.section_size(tag_codebooks) == 0 && (!opq || in.section_size(tag_rotation) == 0),
+                     errc::corrupt_file, name, ": an untrained index holds codebooks or a rotation");
+  } else {
+    // Rebuilt through the public constructors, which check shapes and values again.
+    try {
+      matrix<float> books;
+      books.values = in.read_vector<float>(tag_codebooks, m * ksub * dsub);
+      books.rows = m * ksub;
+      books.dim = dsub;
+      index.pq_ = product_quantizer::with_codebooks(dim, m, nbits, std::move(books));
+      if (opq) {
+        const aligned_vector<float> r = in.read_vector<float>(tag_rotation, dim * dim);
+        index.opq_ = opq_rotation::with_rotation(dim, m, nbits, std::vector<float>(r.begin(), r.end()));
+      }
+    } catch (const shoal::error& e) {
+      if (e.code() == errc::corrupt_file) throw;
+      detail::throw_error(errc::corrupt_file, detail::str(name, ": ", e.what()));
+    }
+  }
+  io::detail::list_runs codes(in, tag_list_codes, sizes, true, [&](std::uint64_t n) {
+    return nbits == 8 ? io::detail::checked_mul(n, m, name, "list size")
+                      : io::detail::checked_mul((n + fast_scan_block - 1) / fast_scan_block, fast_scan_block_bytes(m),
+                                                name, "list size");
+  });
+  std::optional<io::detail::list_runs> vectors;
+  if (refine) vectors.emplace(io::detail::vector_runs(in, sizes));
+  io::detail::list_runs ids = io::detail::id_runs(in, sizes);
+  std::unordered_set<vector_id> seen;
+  seen.reserve(static_cast<std::size_t>(h.count));
+  for (std::size_t l = 0; l < index.params_.nlist; ++l) {
+    list& target = *index.lists_[l];
+    const auto n = static_cast<std::size_t>(sizes[l]);
+    io::detail::load_list(target, n, codes, ids);
+    if (vectors) {
+      const float* v = vectors->next(target.vectors);
+      if (target.mapped) target.mapped_vectors = v;
+    }
+    const vector_id* stored = target.id_data();
+    for (std::size_t i = 0; i < n; ++i)
+      SHOAL_CHECK_CODE(seen.insert(stored[i]).second, errc::corrupt_file, name, ": id ", stored[i], " is stored twice");
+  }
+  index.size_.store(static_cast<std::size_t>(h.count));
+  index.mapping_ = in.mapping();
+  return index;
 }
 
 }  // namespace shoal

@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <vector>
 
+#include "core/parallel.hpp"
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
 #include "shoal/core/topk.hpp"
@@ -84,6 +85,18 @@ inline void scan_into_range(const distance_kernels& k, metric m, const float* qu
     result.offsets.push_back(result.ids.size());
   }
   return result;
+}
+
+/// A range search, query by query in parallel: `collect(q, hits)` appends query q's matches (any order)
+/// to `hits`; each row is then sorted nearest first, ties by smaller id, and the rows gathered.
+template <class Collect>
+[[nodiscard]] range_result range_by_query(std::size_t rows, Collect collect) {
+  std::vector<std::vector<scored_id>> hits(rows);
+  parallel_for(rows, [&](std::size_t q) {
+    collect(q, hits[q]);
+    std::sort(hits[q].begin(), hits[q].end());
+  });
+  return gather_range(hits);
 }
 
 }  // namespace shoal::detail

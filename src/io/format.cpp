@@ -31,6 +31,8 @@ const char* index_kind_name(index_kind kind) noexcept {
       return "hnsw";
     case index_kind::ivf_pq:
       return "ivf_pq";
+    case index_kind::collection:
+      return "collection";
   }
   return "unknown";
 }
@@ -86,7 +88,7 @@ std::uint32_t metric_code(metric m) noexcept {
   return 0;
 }
 
-bool known_kind(std::uint32_t kind) noexcept { return kind >= 1 && kind <= 4; }
+bool known_kind(std::uint32_t kind) noexcept { return kind >= 1 && kind <= 5; }
 
 // The header's checksum: its 128 bytes with the checksum field zeroed, then the section table.
 std::uint32_t header_checksum(const std::byte* header, std::span<const std::byte> table) noexcept {
@@ -236,6 +238,11 @@ void index_file_writer::commit() {
     }
   }
   out.commit();
+}
+
+void check_writable(const file_mapping* mapping, const char* what) {
+  SHOAL_CHECK_CODE(mapping == nullptr, errc::unsupported, what,
+                   ": the index was loaded with mmap and is read-only (load it without mmap to modify it)");
 }
 
 // ------------------------------------------------------------------------------------------- reader

@@ -85,6 +85,10 @@ class file_mapping {
   std::size_t bytes_ = 0;
 };
 
+/// Throws `errc::unsupported` ("`what`: the index was loaded with mmap and is read-only ...") when
+/// `mapping` is set: an index searched in place from a read-only mapping cannot change.
+void check_writable(const file_mapping* mapping, const char* what);
+
 /// Builds an index file. Sections are appended in order; their bytes are only referenced (`append`)
 /// and must stay valid and unchanged until `commit` returns.
 class index_file_writer {

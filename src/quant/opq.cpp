@@ -3,6 +3,7 @@
 #include <Eigen/Core>
 #include <Eigen/SVD>
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 
 #include "shoal/core/checks.hpp"
@@ -24,6 +25,17 @@ Eigen::Map<const row_major, 0, Eigen::OuterStride<>> map(matrix_view<const float
 
 opq_rotation::opq_rotation(std::size_t dim, std::size_t m, std::size_t nbits) : dim_(dim), m_(m), nbits_(nbits) {
   (void)product_quantizer(dim, m, nbits);  // the same parameter checks
+}
+
+opq_rotation opq_rotation::with_rotation(std::size_t dim, std::size_t m, std::size_t nbits,
+                                         std::vector<float> rotation) {
+  opq_rotation r(dim, m, nbits);
+  SHOAL_CHECK(rotation.size() == dim * dim, "opq_rotation::with_rotation: ", rotation.size(), " values, expected ", dim,
+              " x ", dim);
+  SHOAL_CHECK_CODE(std::all_of(rotation.begin(), rotation.end(), [](float v) { return std::isfinite(v); }),
+                   errc::non_finite, "opq_rotation::with_rotation: the matrix holds a non-finite value");
+  r.rotation_ = std::move(rotation);
+  return r;
 }
 
 void opq_rotation::train(matrix_view<const float> vectors, const opq_train_params& params) {

@@ -61,6 +61,25 @@ void product_quantizer::train(matrix_view<const float> vectors, const pq_train_p
     const kmeans_result r = kmeans(sub.view(), kp);
     std::copy_n(r.centroids.values.data(), k * dsub_, books.row(s * k));
   });
+  set_codebooks(std::move(books));
+}
+
+product_quantizer product_quantizer::with_codebooks(std::size_t dim, std::size_t m, std::size_t nbits,
+                                                    matrix<float> codebooks) {
+  product_quantizer pq(dim, m, nbits);
+  SHOAL_CHECK(codebooks.rows == m * pq.ksub() && codebooks.dim == pq.dsub() &&
+                  codebooks.values.size() == codebooks.rows * codebooks.dim,
+              "product_quantizer::with_codebooks: codebooks of ", codebooks.rows, " x ", codebooks.dim, ", expected ",
+              m * pq.ksub(), " x ", pq.dsub());
+  SHOAL_CHECK_CODE(
+      std::all_of(codebooks.values.begin(), codebooks.values.end(), [](float v) { return std::isfinite(v); }),
+      errc::non_finite, "product_quantizer::with_codebooks: a codeword holds a non-finite value");
+  pq.set_codebooks(std::move(codebooks));
+  return pq;
+}
+
+void product_quantizer::set_codebooks(matrix<float> books) {
+  const std::size_t k = ksub();
   codebooks_ = std::move(books);
   codebooks_t_.resize(m_ * k * dsub_);
   for (std::size_t s = 0; s < m_; ++s)

@@ -49,6 +49,10 @@ struct search_params {
   /// distance are re-scored with exact distances from the stored full vectors and the best k of those
   /// returned; needs an index built to keep full vectors. 0 (the default) returns approximate distances.
   std::size_t refine_factor = 0;
+  /// Collection with semantic sharding: number of nearest shards each query visits; hybrid sharding:
+  /// number of nearest groups (all shards of each). 0 (the default) visits every shard; hash and range
+  /// collections always visit every shard. Values above the shard (group) count visit all.
+  std::size_t shard_probe = 0;
 };
 
 }  // namespace shoal

@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <typeinfo>
 #include <utility>
+#include <vector>
 
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
@@ -35,6 +36,17 @@ class ivf_pq_index;
 [[nodiscard]] constexpr index_kind kind_of(const hnsw_index& /*index*/) noexcept { return index_kind::hnsw; }
 [[nodiscard]] constexpr index_kind kind_of(const ivf_pq_index& /*index*/) noexcept { return index_kind::ivf_pq; }
 
+/// Whether an index type lets `add` / `remove` run concurrently with searches (a trait; false unless
+/// specialised). Flat indexes need exclusive access for writes.
+template <class Index>
+inline constexpr bool allows_concurrent_writes = false;
+template <>
+inline constexpr bool allows_concurrent_writes<hnsw_index> = true;
+template <>
+inline constexpr bool allows_concurrent_writes<ivf_flat_index> = true;
+template <>
+inline constexpr bool allows_concurrent_writes<ivf_pq_index> = true;
+
 namespace detail {
 
 /// The virtual interface behind `any_index` (see there for the meaning of each member).
@@ -56,6 +68,8 @@ class index_interface {
   virtual void add(matrix_view<const float> vectors, std::span<const vector_id> ids) = 0;
   virtual void remove(vector_id id) = 0;
   [[nodiscard]] virtual bool contains(vector_id id) const = 0;
+  [[nodiscard]] virtual std::vector<float> vector(vector_id id) const = 0;
+  [[nodiscard]] virtual bool concurrent_writes() const noexcept = 0;
   virtual void search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const = 0;
   [[nodiscard]] virtual range_result range_search(matrix_view<const float> queries, float radius,
                                                   const search_params& params) const = 0;
@@ -67,8 +81,8 @@ class index_interface {
 [[noreturn]] void throw_not_built(const std::string& index, const char* what);
 
 /// `index_interface` over a concrete index, through its public API only. Indexes without a training
-/// step (flat, HNSW) train as a no-op; indexes without persistence or range search yet (IVF-PQ) throw
-/// `errc::unsupported` on `save` / `range_search`.
+/// step (flat, HNSW) train as a no-op; an index type without persistence or range search would throw
+/// `errc::unsupported` on `save` / `range_search` (every index built today has both).
 template <class Index>
 class index_model final : public index_interface {
  public:
@@ -92,6 +106,15 @@ class index_model final : public index_interface {
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids) override { index_.add(vectors, ids); }
   void remove(vector_id id) override { index_.remove(id); }
   [[nodiscard]] bool contains(vector_id id) const override { return index_.contains(id); }
+  [[nodiscard]] std::vector<float> vector(vector_id id) const override {
+    if constexpr (requires(const Index& i) { i.vector(id); }) {
+      const auto v = index_.vector(id);
+      return std::vector<float>(v.begin(), v.end());
+    } else {
+      throw_not_built(describe(index_), "returning stored vectors");
+    }
+  }
+  [[nodiscard]] bool concurrent_writes() const noexcept override { return allows_concurrent_writes<Index>; }
   void search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const override {
     index_.search(queries, out, params);
   }
@@ -165,6 +188,12 @@ class any_index {
   /// Removes `id`; throws `errc::not_found` if it is not stored.
   void remove(vector_id id) { self().remove(id); }
   [[nodiscard]] bool contains(vector_id id) const { return self().contains(id); }
+  /// A copy of the vector stored under `id` (for cosine, the unit vector the index stores). Throws
+  /// `errc::not_found` for an unknown id, `errc::unsupported` for indexes that keep only codes (IVF-PQ).
+  [[nodiscard]] std::vector<float> vector(vector_id id) const { return self().vector(id); }
+  /// Whether `add` / `remove` may run concurrently with searches (HNSW, IVF); a flat index's writes
+  /// need exclusive access.
+  [[nodiscard]] bool concurrent_writes() const { return self().concurrent_writes(); }
 
   /// k nearest neighbours of each query into `out` (`out.rows == queries.rows`, k = `out.k` ≥ 1).
   void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const {
@@ -180,7 +209,7 @@ class any_index {
   }
 
   /// Writes the index file (docs/format.md) atomically; `load_index` reads it back. Throws
-  /// `errc::unsupported` for index kinds whose persistence is not built yet.
+  /// `errc::io_error` when the file cannot be written.
   void save(const std::string& path) const { self().save(path); }
 
   /// The wrapped index if it is an `Index`, else null.

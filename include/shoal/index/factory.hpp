@@ -14,9 +14,12 @@
 /// refine    := "Refine(" spec ")" | "RFlat"            (RFlat = Refine(Flat))
 /// ```
 /// Built today: `Flat`, `HNSW<M>` (and `HNSW<M>,Flat`), `HNSW<M>,SQ8` (SQ8 traversal codes, exact
-/// re-rank), `IVF<nlist>,Flat`. Recognised and reported as
-/// `errc::unsupported` ("not built yet"): transforms, SQ/PQ encodings, `IVF<nlist>_HNSW<M>` coarse
-/// quantizers, refinement.
+/// re-rank), `IVF<nlist>,Flat`, and IVF-PQ: `[OPQ<M>,]IVF<nlist>,PQ<M>[x4fs][,Refine(Flat)|,RFlat]` (the
+/// OPQ rotation with the PQ's own M; 8-bit or 4-bit fast-scan codes; re-rank from full vectors). All of
+/// them save and load (`any_index::save`, `load_index`). Recognised and reported as `errc::unsupported`
+/// ("not built yet"): other transforms (PCA, OPQ with another M or an output dimension), SQ encodings
+/// in IVF, SQ4/SQfp16/PQ storage in HNSW, 4-bit PQ without fast-scan, `IVF<nlist>_HNSW<M>` coarse
+/// quantizers, refinement of anything but IVF-PQ, or by anything but Refine(Flat).
 
 #include <cstddef>
 #include <string>
@@ -35,8 +38,8 @@ namespace shoal {
 /// not built yet.
 [[nodiscard]] any_index make_index(std::string_view spec, std::size_t dim, metric m = metric::l2);
 
-/// Loads an index file of any kind: flat, IVF-Flat, HNSW (see `X::load` for the errors; IVF-PQ files
-/// are `errc::unsupported` until their persistence lands).
+/// Loads an index file of any kind: flat, IVF-Flat, HNSW, IVF-PQ (see `X::load` for the errors; a kind
+/// this build does not know is `errc::unsupported`).
 [[nodiscard]] any_index load_index(const std::string& path, const load_options& options = {});
 
 }  // namespace shoal

@@ -23,6 +23,9 @@ namespace shoal {
 namespace io::detail {
 class file_mapping;
 }
+namespace detail {
+struct probed_queries;
+}
 
 /// How an IVF index trains its coarse quantizer (k-means with k = nlist).
 struct ivf_train_params {
@@ -118,6 +121,8 @@ class ivf_flat_index {
   void remove(vector_id id);
   /// Whether `id` is stored.
   [[nodiscard]] bool contains(vector_id id) const;
+  /// A copy of the vector stored under `id` (unit length for cosine). Throws `errc::not_found`.
+  [[nodiscard]] std::vector<float> vector(vector_id id) const;
 
   /// k nearest neighbours of each query among the vectors of its `params.nprobe` nearest lists, into
   /// `out` (`out.rows == queries.rows`, k = `out.k` ≥ 1). Throws `shoal::error` if the index is not
@@ -138,8 +143,9 @@ class ivf_flat_index {
     std::size_t list;
     std::size_t slot;
   };
-  struct prepared;
-  [[nodiscard]] prepared prepare(matrix_view<const float> queries, const search_params& params, const char* what) const;
+  /// Checks `queries` and picks each one's lists (`what` prefixes the errors).
+  [[nodiscard]] detail::probed_queries probe(matrix_view<const float> queries, const search_params& params,
+                                             const char* what) const;
   void check_mutable(const char* what) const;
 
   std::size_t dim_;

@@ -11,12 +11,14 @@
 #include <mutex>
 #include <optional>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
 #include "shoal/core/types.hpp"
 #include "shoal/index/ivf_flat.hpp"
+#include "shoal/io/format.hpp"
 #include "shoal/quant/opq.hpp"
 #include "shoal/quant/pq.hpp"
 
@@ -69,9 +71,15 @@ struct ivf_pq_train_params {
 ///
 /// Thread safety: as IVF-Flat. After `train`, every other member may be called concurrently. Each list
 /// has a reader-writer lock (scans shared; `add`/`remove` exclusive while they change that list); a
-/// writer mutex serialises `add` and `remove` against each other (so duplicate checks hold); searches
-/// never take it. A search running alongside an `add` sees each new vector entirely or not at all.
-/// `train` needs exclusive access. Batched searches parallelise over queries on the caller's oneTBB arena.
+/// writer mutex serialises `add`, `remove` and `save` against each other (so duplicate checks hold and a
+/// save writes one state); searches never take it. A search running alongside an `add` sees each new vector entirely or
+/// not at all. `train` needs exclusive access. Batched searches parallelise over queries on the caller's oneTBB arena.
+///
+/// Persistence: `save` writes the index file of docs/format.md (parameters, centroids, codebooks, the OPQ
+/// rotation, and per list the codes, ids and — with `refine` — full vectors); `load` reads it back, or
+/// with `load_options::mmap` scans the codes (and re-ranks from the vectors) in place from a read-only
+/// mapping, in which case the index is read-only (`train`, `add` and `remove` throw `errc::unsupported`).
+/// A loaded index returns exactly the results of the saved one.
 class ivf_pq_index {
  public:
   /// Lists scanned per query when `search_params::nprobe` is 0 (FAISS's default).
@@ -97,8 +105,21 @@ class ivf_pq_index {
   [[nodiscard]] std::size_t size() const noexcept { return size_.load(std::memory_order_acquire); }
   /// Number of vectors in each list.
   [[nodiscard]] std::vector<std::size_t> list_sizes() const;
-  /// Bytes held by centroids, codebooks and lists (codes, ids, full vectors).
+  /// Bytes held by centroids, codebooks and lists (codes, ids, full vectors; for a memory-mapped index
+  /// the lists' mapped arrays are not counted: they live in the page cache).
   [[nodiscard]] std::size_t memory_bytes() const;
+  /// Whether the index was loaded with `load_options::mmap` (and is therefore read-only).
+  [[nodiscard]] bool is_mapped() const noexcept { return mapping_ != nullptr; }
+
+  /// Writes the index (trained or not) to `path` atomically (a temporary file beside it, fsync, rename:
+  /// an interrupted save leaves any previous file intact). May run concurrently with searches; `add`
+  /// and `remove` wait for it. Throws `shoal::error` (`errc::io_error`).
+  void save(const std::string& path) const;
+  /// Reads an index written by `save`. Throws `shoal::error`: `errc::io_error` when the file cannot be
+  /// read, `errc::corrupt_file` when it is truncated, damaged (checksum) or inconsistent (sizes,
+  /// parameters, duplicate ids), `errc::unsupported` for a newer major format version,
+  /// `errc::invalid_argument` when it holds another kind of index.
+  [[nodiscard]] static ivf_pq_index load(const std::string& path, const load_options& options = {});
 
   /// Learns the centroids (k-means on `vectors`) and the codebooks (on the residuals of `vectors`).
   /// Throws `shoal::error` if the index holds vectors, on a dimension mismatch, NaN/Inf, a zero vector
@@ -124,12 +145,30 @@ class ivf_pq_index {
   [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
                                  const search_params& params = {}) const;
 
+  /// Every vector of each query's `params.nprobe` nearest lists whose distance is < `radius`, nearest
+  /// first, ties by smaller id (as IVF-Flat's range search), filtered by `params.filter`.
+  ///  - `params.refine_factor` = 0: the distance is the approximate (ADC) one that `search` reports
+  ///    without re-rank — bit for bit, so the result equals `search` with k ≥ the probed vectors and
+  ///    refine_factor 0, cut at `radius`.
+  ///  - `params.refine_factor` > 0 (its value is otherwise unused; needs an index built with `refine`):
+  ///    every vector of the probed lists is scored by its exact distance from the stored full vector,
+  ///    with the flat index's kernels, and reported with it. With nprobe ≥ nlist this is the flat
+  ///    index's range search over the same vectors (with OPQ, over the rotated vectors: the same
+  ///    distances up to rounding).
+  /// Throws `shoal::error` as `search` does, and on a NaN radius.
+  [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,
+                                          const search_params& params = {}) const;
+
  private:
   struct list;
   struct scratch;
+  [[nodiscard]] detail::probed_queries probe(matrix_view<const float> queries, const search_params& params,
+                                             const char* what) const;
+  void begin_query(const float* query, scratch& s) const;
+  [[nodiscard]] const float* list_distances(const list& l, std::size_t list_no, const float* query, scratch& s) const;
   void scan_list(const list& l, std::size_t list_no, const float* query, scratch& s, const search_params& params,
                  std::size_t keep) const;
-  [[nodiscard]] std::size_t code_bytes_per_vector() const noexcept;
+  [[nodiscard]] std::size_t list_code_bytes(std::size_t n) const noexcept;
 
   std::size_t dim_;
   shoal::metric metric_;
@@ -139,8 +178,10 @@ class ivf_pq_index {
   product_quantizer pq_;
   std::optional<opq_rotation> opq_;
   std::vector<std::unique_ptr<list>> lists_;
-  std::unique_ptr<std::mutex> write_mutex_;  // serialises add and remove (behind a pointer: movable)
+  std::unique_ptr<std::mutex> write_mutex_;  // serialises add, remove and save (behind a pointer: movable)
   std::atomic<std::size_t> size_{0};
+  // Set by a memory-mapped load: the lists' codes, ids and vectors live in the mapping, kept alive here.
+  std::shared_ptr<const io::detail::file_mapping> mapping_;
 };
 
 }  // namespace shoal

@@ -20,13 +20,14 @@ inline constexpr std::uint16_t format_version_minor = 0;
 
 /// Which index a file holds. The values are stored in files: never renumber, only append.
 enum class index_kind : std::uint32_t {
-  flat = 1,      ///< `flat_index`
-  ivf_flat = 2,  ///< `ivf_flat_index`
-  hnsw = 3,      ///< `hnsw_index` (persistence not built yet)
-  ivf_pq = 4,    ///< reserved for `ivf_pq_index`
+  flat = 1,        ///< `flat_index`
+  ivf_flat = 2,    ///< `ivf_flat_index`
+  hnsw = 3,        ///< `hnsw_index`
+  ivf_pq = 4,      ///< `ivf_pq_index`
+  collection = 5,  ///< the manifest of a `collection` directory (not an index: `collection::open` reads it)
 };
 
-/// "flat", "ivf_flat", "hnsw", "ivf_pq" ("unknown" for any other value).
+/// "flat", "ivf_flat", "hnsw", "ivf_pq", "collection" ("unknown" for any other value).
 [[nodiscard]] const char* index_kind_name(index_kind kind) noexcept;
 
 /// How much of a file is checked against its checksums when it is loaded. Structure is always

@@ -37,6 +37,11 @@ class opq_rotation {
  public:
   /// Throws `shoal::error` as `product_quantizer(dim, m, nbits)` does.
   opq_rotation(std::size_t dim, std::size_t m, std::size_t nbits = 8);
+  /// A trained rotation with the given matrix, row-major dim x dim as `matrix_values()` returns it — e.g.
+  /// read back from an index file (`errors()` is then empty). Throws `shoal::error` as the constructor
+  /// does, and on a wrong size or a non-finite value.
+  [[nodiscard]] static opq_rotation with_rotation(std::size_t dim, std::size_t m, std::size_t nbits,
+                                                  std::vector<float> rotation);
 
   [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
   [[nodiscard]] bool is_trained() const noexcept { return !rotation_.empty(); }

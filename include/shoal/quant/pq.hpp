@@ -43,6 +43,11 @@ class product_quantizer {
   /// An untrained quantizer. Throws `shoal::error` if dim or m is 0, m does not divide dim, or nbits is
   /// neither 4 nor 8.
   product_quantizer(std::size_t dim, std::size_t m, std::size_t nbits = 8);
+  /// A trained quantizer with the given codebooks, laid out as `codebooks()` returns them ((m · ksub) x
+  /// dsub) — e.g. read back from an index file. Throws `shoal::error` as the constructor does, and on a
+  /// wrong shape or a non-finite value.
+  [[nodiscard]] static product_quantizer with_codebooks(std::size_t dim, std::size_t m, std::size_t nbits,
+                                                        matrix<float> codebooks);
 
   [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
   /// Number of sub-quantizers.
@@ -79,6 +84,9 @@ class product_quantizer {
   void scan(const float* table, const std::uint8_t* codes, std::size_t n, float* out) const noexcept;
 
  private:
+  /// Installs trained codebooks and their transposed copy.
+  void set_codebooks(matrix<float> books);
+
   std::size_t dim_ = 0;
   std::size_t m_ = 0;
   std::size_t nbits_ = 8;

@@ -1,0 +1,100 @@
+// --shards: a shoal::collection whose shards are `--index` indexes, behind the benchmark adapter interface.
+#include <numeric>
+#include <optional>
+#include <vector>
+
+#include "adapter.hpp"
+#include "shoal/collection/collection.hpp"
+#include "shoal/core/error.hpp"
+
+namespace shoal::bench {
+namespace {
+
+/// Shards are built by `make_index` from the spec with the factory's default build parameters
+/// (HNSW: ef_construction 200), so only build knobs equal to those defaults are accepted. Search knobs:
+/// `ef` (HNSW shards), `nprobe` (IVF shards), `refine` (IVF-PQ shards with ,Refine(Flat)) and
+/// `shard_probe` (semantic / hybrid routing; default: every shard).
+class collection_adapter final : public index_adapter {
+ public:
+  collection_adapter(const index_request& request, const collection_request& layout)
+      : spec_(request.spec), metric_(request.metric), layout_(layout) {
+    for (const param& p : request.build_params)
+      if (p.name != "ef_construction" || p.value != "200")
+        throw config_error(
+            "--shards: shard indexes are built from the spec with default parameters; build "
+            "parameter " +
+            p.name + "=" + p.value + " is not supported");
+    try {
+      policy_ = parse_sharding(layout.sharding);
+    } catch (const shoal::error& e) {
+      throw config_error(std::string("--sharding: ") + e.what());
+    }
+  }
+
+  [[nodiscard]] std::string_view library() const noexcept override { return "shoal"; }
+  [[nodiscard]] std::string description() const override {
+    return spec_ + " [" + std::to_string(layout_.shards) + " shards " + layout_.sharding +
+           (layout_.replicas > 1 ? ", " + std::to_string(layout_.replicas) + " replicas" : std::string()) + "]";
+  }
+
+  void set_search_params(const param_list& params) override {
+    static constexpr std::string_view names[] = {"ef", "nprobe", "refine", "shard_probe"};
+    check_param_names(params, names, "search", spec_);
+    params_ = {};
+    for (const param& p : params) {
+      const std::size_t value = parse_positive(p, spec_);
+      if (p.name == "ef") params_.ef = value;
+      if (p.name == "nprobe") params_.nprobe = value;
+      if (p.name == "refine") params_.refine_factor = value;
+      if (p.name == "shard_probe") params_.shard_probe = value;
+    }
+  }
+
+  // Training (semantic k-means, IVF shards) and insertion run on the runner's arena.
+  void build(matrix_view<const float> base) override {
+    collection_options o;
+    o.dim = base.dim;
+    o.metric = metric_;
+    o.index = spec_;
+    o.policy = policy_;
+    o.shards = layout_.shards;
+    o.replicas = layout_.replicas;
+    o.groups = policy_ == sharding::hybrid
+                   ? (layout_.groups > 0 ? layout_.groups : std::max<std::size_t>(1, o.shards / 2))
+                   : 0;
+    if (policy_ == sharding::range)  // ids are row numbers: equal id ranges
+      for (std::size_t s = 1; s < o.shards; ++s) o.range_bounds.push_back(base.rows * s / o.shards);
+    try {
+      collection_.emplace(o);
+      collection_->train(base);
+      std::vector<vector_id> ids(base.rows);
+      std::iota(ids.begin(), ids.end(), vector_id{0});
+      collection_->add(base, ids);
+    } catch (const shoal::error& e) {
+      throw config_error(std::string("--shards: ") + e.what());
+    }
+  }
+
+  void search(matrix_view<const float> queries, neighbors_view out) const override {
+    collection_->search(queries, out, params_);
+  }
+
+  /// Every replica of every shard plus the routing table.
+  [[nodiscard]] std::size_t memory_bytes() const override { return collection_->memory_bytes(); }
+
+ private:
+  std::string spec_;
+  shoal::metric metric_;
+  collection_request layout_;
+  sharding policy_ = sharding::hash;
+  search_params params_{};
+  std::optional<collection> collection_;
+};
+
+}  // namespace
+
+std::unique_ptr<index_adapter> make_collection_adapter(const index_request& request, const collection_request& layout) {
+  return std::make_unique<collection_adapter>(request, layout);
+}
+
+}  // namespace shoal::bench

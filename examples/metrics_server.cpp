@@ -1,0 +1,158 @@
+// shoal-metrics-server: a sharded collection under a mixed search/upsert load, its metrics served over
+// HTTP in the Prometheus text format — point a Prometheus scrape job (or curl) at it.
+//
+//   shoal-metrics-server [--port 9464] [--seconds 0] [--shards 4] [--index HNSW16] [--sharding semantic]
+//
+//   curl -s localhost:9464/metrics | grep shoal_stage_latency_quantile_seconds
+//
+// --seconds 0 (the default) serves until interrupted. The data is seeded and generated (20,000 x 128
+// clustered vectors); one thread searches, one upserts (about 90% / 10% of the operations).
+
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shoal/collection/collection.hpp"
+#include "shoal/eval/eval.hpp"
+
+namespace {
+
+struct options {
+  int port = 9464;
+  double seconds = 0;
+  std::size_t shards = 4;
+  std::string index = "HNSW16";
+  std::string sharding = "semantic";
+};
+
+options parse(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {
+      std::puts("usage: shoal-metrics-server [--port P] [--seconds S] [--shards N] [--index SPEC] [--sharding P]");
+      std::exit(0);
+    }
+    if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
+    const std::string value = argv[++i];
+    if (arg == "--port")
+      o.port = std::stoi(value);
+    else if (arg == "--seconds")
+      o.seconds = std::stod(value);
+    else if (arg == "--shards")
+      o.shards = std::stoul(value);
+    else if (arg == "--index")
+      o.index = value;
+    else if (arg == "--sharding")
+      o.sharding = value;
+    else
+      throw std::invalid_argument("unknown option " + arg);
+  }
+  return o;
+}
+
+/// Answers one HTTP request on `client`: GET /metrics gets the exposition, anything else 404.
+void answer(int client, const shoal::collection& c) {
+  char request[2048];
+  const ::ssize_t got = ::recv(client, request, sizeof request - 1, 0);
+  if (got <= 0) return;
+  request[got] = '\0';
+  const bool metrics = std::strncmp(request, "GET /metrics", 12) == 0;
+  const std::string body = metrics ? c.metrics_text("example") : std::string("not found: try /metrics\n");
+  const std::string head =
+      std::string(metrics ? "HTTP/1.1 200 OK\r\n" : "HTTP/1.1 404 Not Found\r\n") +
+      "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: " + std::to_string(body.size()) +
+      "\r\nConnection: close\r\n\r\n";
+  const std::string response = head + body;
+  std::size_t sent = 0;
+  while (sent < response.size()) {
+    const ::ssize_t n = ::send(client, response.data() + sent, response.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) return;
+    sent += static_cast<std::size_t>(n);
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const options o = parse(argc, argv);
+  constexpr std::size_t n = 20000, dim = 128;
+  const shoal::matrix<float> base = shoal::make_clustered(n, dim, 64, 42);
+  std::vector<shoal::vector_id> ids(n);
+  std::iota(ids.begin(), ids.end(), shoal::vector_id{0});
+
+  shoal::collection_options co;
+  co.dim = dim;
+  co.index = o.index;
+  co.policy = shoal::parse_sharding(o.sharding);
+  co.shards = o.shards;
+  if (co.policy == shoal::sharding::hybrid) co.groups = std::max<std::size_t>(1, o.shards / 2);
+  if (co.policy == shoal::sharding::range)
+    for (std::size_t s = 1; s < o.shards; ++s) co.range_bounds.push_back(n * s / o.shards);
+  shoal::collection c(co);
+  c.train(base.view());
+  c.add(base.view(), ids);
+  std::fprintf(stderr, "shoal-metrics-server: %zu vectors in %zu %s shards of %s\n", n, o.shards, o.sharding.c_str(),
+               o.index.c_str());
+
+  std::atomic<bool> stop{false};
+  std::thread searcher([&] {
+    shoal::splitmix64 rng(1);
+    while (!stop.load())
+      for (int i = 0; i < 9; ++i) (void)c.search(base.view().slice(rng.below(n), 1), 10, {.shard_probe = 2});
+  });
+  std::thread writer([&] {
+    shoal::splitmix64 rng(2);
+    while (!stop.load()) {
+      const shoal::vector_id id = rng.below(n);
+      c.upsert(base.view().slice(rng.below(n), 1), std::span<const shoal::vector_id>(&id, 1));
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+  });
+
+  const int server = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (server < 0) throw std::runtime_error("socket() failed");
+  const int yes = 1;
+  ::setsockopt(server, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<std::uint16_t>(o.port));
+  if (::bind(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(server, 16) != 0)
+    throw std::runtime_error("cannot listen on 127.0.0.1:" + std::to_string(o.port));
+  std::fprintf(stderr, "shoal-metrics-server: serving http://127.0.0.1:%d/metrics\n", o.port);
+
+  const auto start = std::chrono::steady_clock::now();
+  while (o.seconds <= 0 ||
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < o.seconds) {
+    pollfd p{server, POLLIN, 0};
+    if (::poll(&p, 1, 100) <= 0) continue;
+    const int client = ::accept(server, nullptr, nullptr);
+    if (client < 0) continue;
+    answer(client, c);
+    ::close(client);
+  }
+  ::close(server);
+  stop.store(true);
+  searcher.join();
+  writer.join();
+  const shoal::collection_stats s = c.stats();
+  std::printf("queries %llu, writes %llu, search p50 %.3f ms, p99 %.3f ms\n",
+              static_cast<unsigned long long>(s.queries), static_cast<unsigned long long>(s.writes),
+              s.p50_seconds * 1e3, s.p99_seconds * 1e3);
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "shoal-metrics-server: %s\n", e.what());
+  return 1;
+}

@@ -1,0 +1,255 @@
+#pragma once
+/// \file
+/// `shoal::collection`: vectors partitioned into shards, each shard an `any_index` built from one factory
+/// spec, served on oneTBB arenas, replicated, updated online, persisted with a write-ahead log, observed
+/// through Prometheus metrics. The in-process form of a distributed vector database: the MPI layer puts
+/// the same shards on many machines.
+///
+/// ```
+/// shoal::collection_options o;
+/// o.dim = 512;
+/// o.metric = shoal::metric::cosine;
+/// o.index = "HNSW32";
+/// o.policy = shoal::sharding::semantic;
+/// o.shards = 8;
+/// o.directory = "/var/lib/shoal/images";   // optional: snapshots + write-ahead log live here
+/// shoal::collection images(o);
+/// images.train(sample);                       // semantic routing: k-means over the sample
+/// images.add(vectors, ids);
+/// auto hits = images.search(queries, 10, {.ef = 128, .shard_probe = 2});
+/// images.upsert(new_vector, id);              // seen by every search that starts after it returns
+/// images.checkpoint();                        // snapshot the shards, empty the log
+/// ```
+///
+/// ## Consistency model
+/// - **Read-your-writes.** `add`, `upsert` and `remove` return after the change is applied to every live
+///   replica of the shards involved (and, with a directory, logged and fsynced). Every search that
+///   starts after the call returns sees it, whichever replica serves it.
+/// - **Writes to one id are serialised** (a write claims its ids until it is applied); writes to different ids run
+/// concurrently, and
+///   writes to one shard reach all its replicas in the same order.
+/// - **A search concurrent with a write** sees the id either before or after the change. Results never
+///   hold an id twice (an upsert that moves an id between shards is merged by id), but a concurrent
+///   search may miss an id whose upsert is replacing it inside one shard.
+/// - **Replicas of an approximate index may differ slightly** (parallel HNSW insertion is not
+///   deterministic across replicas), so two searches served by different replicas may differ in the
+///   same way two builds of the index would. Flat replicas are identical.
+///
+/// ## Thread safety
+/// Every member may be called concurrently from any number of threads, except construction, `open`,
+/// moves and destruction. Shards whose index allows concurrent writes and searches (HNSW, IVF) serve
+/// searches while they are written to; flat shards take a reader-writer lock per replica.
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "shoal/core/neighbors.hpp"
+#include "shoal/core/params.hpp"
+#include "shoal/core/types.hpp"
+#include "shoal/io/format.hpp"
+
+namespace shoal {
+
+/// How a collection assigns vectors to shards (recorded at creation; it cannot change later).
+enum class sharding {
+  /// `mix(id) % shards` (splitmix64 finaliser): balanced for any id distribution; every search visits
+  /// every shard.
+  hash,
+  /// Shard i owns keys in `[range_bounds[i-1], range_bounds[i])`; the key is the id, or a caller-given
+  /// key such as a timestamp (`add(vectors, ids, keys)`). Every search visits every shard.
+  range,
+  /// k-means over a training sample gives one centroid per shard; a vector goes to the shard of its
+  /// nearest centroid, and a search visits only the `shard_probe` nearest shards of each query.
+  semantic,
+  /// `groups` semantic groups (k-means), each of `shards / groups` shards chosen by `mix(id)` within the
+  /// group: semantic locality for routing, hashing for balance. `shard_probe` counts groups.
+  hybrid,
+};
+
+/// "hash", "range", "semantic", "hybrid".
+[[nodiscard]] const char* sharding_name(sharding s) noexcept;
+/// Parses a `sharding_name`; throws `errc::invalid_argument` naming the text otherwise.
+[[nodiscard]] sharding parse_sharding(std::string_view name);
+
+/// When a collection with a directory makes its write-ahead log durable.
+enum class wal_sync {
+  /// fsync before every write call returns: an acknowledged write survives a process kill and a power
+  /// loss (the default).
+  every_write,
+  /// write(2) only: an acknowledged write survives a process kill (it is in the kernel's page cache),
+  /// not a power loss. Much faster for small writes.
+  os_buffered,
+};
+
+/// How a collection is laid out; fixed at creation and recorded in its manifest.
+struct collection_options {
+  /// Dimension of every vector (≥ 1).
+  std::size_t dim = 0;
+  shoal::metric metric = shoal::metric::l2;
+  /// Factory spec of every shard's index (see `make_index`), e.g. "HNSW32", "IVF256,Flat", "Flat".
+  std::string index = "HNSW32";
+  sharding policy = sharding::hash;
+  /// Number of shards (1 to 4096).
+  std::size_t shards = 1;
+  /// Copies of every shard (1 to 16). Reads go to the least-loaded live replica.
+  std::size_t replicas = 1;
+  /// `hybrid` only: number of semantic groups; must divide `shards`.
+  std::size_t groups = 0;
+  /// `range` only: `shards - 1` strictly increasing split keys (shard 0 owns keys below the first).
+  std::vector<std::uint64_t> range_bounds;
+  /// Threads of each shard's own `tbb::task_arena`; 0 (the default) runs every shard on the calling
+  /// thread's arena (one shared pool).
+  std::size_t threads_per_shard = 0;
+  /// Seed of the semantic k-means (same seed and sample → same routing).
+  std::uint64_t seed = 42;
+  /// `semantic` / `hybrid`: when the largest shard holds more than this many times the mean shard
+  /// size (and at least 1,000 vectors), a background re-clustering starts (searches keep running on
+  /// the old layout until the new one is swapped in). 0 (the default) disables it; `rebalance()` can
+  /// always be called explicitly. Must be 0 or > 1.
+  double rebalance_threshold = 0;
+  /// Where snapshots and the write-ahead log live. Empty (the default): in memory only. Otherwise the
+  /// directory is created (it must not hold a collection already) and every acknowledged write is
+  /// logged before it returns.
+  std::filesystem::path directory;
+  wal_sync sync = wal_sync::every_write;
+};
+
+/// How `collection::open` reads a collection directory.
+struct collection_open_options {
+  /// Map the shard files read-only and search them in place (see `load_options::mmap`). A mapped
+  /// collection is read-only: writes throw `errc::unsupported`. When the log holds writes newer than
+  /// the snapshot, the shards are loaded into memory instead so that the log can be replayed.
+  bool mmap = false;
+  verify_level verify = verify_level::full;
+  /// Overrides the recorded `threads_per_shard` (0 keeps the recorded value).
+  std::size_t threads_per_shard = 0;
+};
+
+/// Live counters of a collection (the same numbers `metrics_text` exports).
+struct collection_stats {
+  std::size_t size = 0;                  ///< stored vectors
+  std::vector<std::size_t> shard_sizes;  ///< vectors per shard
+  std::uint64_t queries = 0;             ///< query rows searched since creation/open
+  std::uint64_t writes = 0;              ///< vectors added, upserted or removed
+  double uptime_seconds = 0;
+  double p50_seconds = 0;  ///< search latency percentiles (per search call)
+  double p95_seconds = 0;
+  double p99_seconds = 0;
+  std::uint64_t rebalances = 0;
+  std::uint64_t wal_records_replayed = 0;  ///< by `open`
+};
+
+namespace detail {
+struct collection_state;
+}
+
+/// A sharded, replicated, persistent vector collection. Move-only.
+class collection {
+ public:
+  /// An empty collection laid out as `options` says. Throws `shoal::error` (`errc::invalid_argument`)
+  /// naming the bad option: dim 0, a spec `make_index` rejects, shards or replicas out of range, range
+  /// bounds not `shards - 1` increasing keys, hybrid groups not dividing shards, a directory that holds
+  /// a collection already (`errc::io_error` if it cannot be created).
+  explicit collection(const collection_options& options);
+  /// Opens a collection directory written by a collection with `options.directory` or by `save`:
+  /// loads the last snapshot and replays the write-ahead log. Later writes are logged to it. Throws
+  /// `errc::io_error` (no manifest), `errc::corrupt_file` (damaged manifest, shard file or log record
+  /// other than a torn last record, which is dropped: its write was never acknowledged).
+  [[nodiscard]] static collection open(const std::filesystem::path& directory,
+                                       const collection_open_options& options = {});
+
+  collection(collection&& other) noexcept;
+  collection& operator=(collection&& other) noexcept;
+  collection(const collection&) = delete;
+  collection& operator=(const collection&) = delete;
+  ~collection();
+
+  [[nodiscard]] std::size_t dim() const noexcept;
+  [[nodiscard]] shoal::metric metric() const noexcept;
+  [[nodiscard]] const collection_options& options() const noexcept;
+  [[nodiscard]] std::size_t shard_count() const noexcept;
+  [[nodiscard]] std::size_t replica_count() const noexcept;
+  /// Stored vectors.
+  [[nodiscard]] std::size_t size() const;
+  /// Vectors stored in each shard.
+  [[nodiscard]] std::vector<std::size_t> shard_sizes() const;
+  /// Bytes held by every replica of every shard plus the routing table.
+  [[nodiscard]] std::size_t memory_bytes() const;
+  /// Whether vectors can be added: the semantic router (semantic, hybrid) and every shard's index
+  /// (IVF) are trained.
+  [[nodiscard]] bool is_trained() const;
+  [[nodiscard]] bool contains(vector_id id) const;
+  /// The shard that holds `id`; throws `errc::not_found`.
+  [[nodiscard]] std::size_t shard_of(vector_id id) const;
+
+  /// Trains the router (semantic / hybrid: k-means over `sample` with one centroid per shard or group)
+  /// and every shard index that needs training (on the sample rows routed to it, or the whole sample
+  /// when those are too few). Must precede the first `add` when `is_trained()` is false; throws
+  /// `errc::invalid_argument` once vectors are stored, or when the sample has fewer rows than centroids.
+  void train(matrix_view<const float> sample);
+
+  /// Adds `vectors.rows` vectors under `ids`; `keys` (range sharding only; empty: the ids are the keys)
+  /// gives each vector's range key. All or nothing: throws before changing anything for a wrong dim,
+  /// NaN/Inf, an id already stored or repeated (`errc::duplicate_id`), an untrained collection.
+  void add(matrix_view<const float> vectors, std::span<const vector_id> ids, std::span<const std::uint64_t> keys = {});
+  /// Adds or replaces: each id ends up stored with the given vector (moved to another shard if the
+  /// router says so). Same checks as `add`, except that ids may already exist.
+  void upsert(matrix_view<const float> vectors, std::span<const vector_id> ids,
+              std::span<const std::uint64_t> keys = {});
+  /// Removes the ids; throws `errc::not_found` (naming the first unknown id) before removing anything.
+  void remove(std::span<const vector_id> ids);
+  void remove(vector_id id) { remove(std::span<const vector_id>(&id, 1)); }
+
+  /// k nearest neighbours of each query over the shards the router picks (`params.shard_probe`), merged
+  /// into one top-k per query: distances are those of the shard indexes (one metric, so comparable),
+  /// nearest first, ties by smaller id. Other `params` go to every shard. Throws `errc::unsupported`
+  /// when every replica of a shard the query needs is down.
+  void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const;
+  [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
+                                 const search_params& params = {}) const;
+
+  /// Takes replica `replica` of `shard` out (a simulated node loss): its memory is released, searches
+  /// use the other replicas, writes skip it and are counted as its lag. Throws
+  /// `errc::invalid_argument` for an index out of range or the last live replica of a shard.
+  void take_down(std::size_t shard, std::size_t replica);
+  /// Brings a downed replica back, rebuilt from a live peer (a copy of the peer's index taken while
+  /// the shard's writes wait); its lag returns to 0. A no-op for a live replica.
+  void restore(std::size_t shard, std::size_t replica);
+  [[nodiscard]] bool replica_up(std::size_t shard, std::size_t replica) const;
+
+  /// Re-clusters a semantic or hybrid collection over its current vectors and moves every vector to
+  /// its new shard. Builds the new shards beside the old ones: searches keep running on the old layout,
+  /// writes made meanwhile are applied to both, and the new layout is swapped in at once. Needs shard
+  /// indexes that can return their vectors (Flat, HNSW, IVF-Flat). Throws `errc::unsupported` for
+  /// hash and range collections.
+  void rebalance();
+
+  /// Writes a snapshot (manifest, routing table, one file per shard) into `directory` atomically: the
+  /// manifest is renamed into place last, so a crash leaves the previous snapshot readable. Writes
+  /// wait while it runs; searches do not. For the collection's own directory this is `checkpoint`.
+  void save(const std::filesystem::path& directory) const;
+  /// Snapshot into the collection's own directory, then empties its write-ahead log. Throws
+  /// `errc::invalid_argument` for a collection without a directory.
+  void checkpoint();
+
+  /// Counters and latency percentiles.
+  [[nodiscard]] collection_stats stats() const;
+  /// Every metric in the Prometheus text exposition format (version 0.0.4): query and write counters,
+  /// latency histograms per stage (route, shard, merge, search, write) and per shard, items per shard,
+  /// live replicas, replica lag (writes a downed replica missed), training, rebalancing and checkpoint
+  /// times. Metric names start with `shoal_`; `name` becomes the `collection` label of every sample.
+  [[nodiscard]] std::string metrics_text(std::string_view name = "default") const;
+
+ private:
+  explicit collection(std::unique_ptr<detail::collection_state> state);
+  std::unique_ptr<detail::collection_state> state_;
+};
+
+}  // namespace shoal

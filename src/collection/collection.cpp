@@ -1,0 +1,879 @@
+#include "shoal/collection/collection.hpp"
+
+#include <algorithm>
+#include <numeric>
+#include <string>
+#include <utility>
+
+#include "collection/state.hpp"
+#include "core/parallel.hpp"
+#include "shoal/core/checks.hpp"
+#include "shoal/core/error.hpp"
+#include "shoal/core/topk.hpp"
+#include "shoal/index/factory.hpp"
+
+namespace shoal {
+
+const char* sharding_name(sharding s) noexcept {
+  switch (s) {
+    case sharding::hash:
+      return "hash";
+    case sharding::range:
+      return "range";
+    case sharding::semantic:
+      return "semantic";
+    case sharding::hybrid:
+      return "hybrid";
+  }
+  return "unknown";
+}
+
+sharding parse_sharding(std::string_view name) {
+  for (const sharding s : {sharding::hash, sharding::range, sharding::semantic, sharding::hybrid})
+    if (name == sharding_name(s)) return s;
+  detail::throw_error(errc::invalid_argument,
+                      detail::str("unknown sharding policy \"", name, "\" (expected hash, range, semantic or hybrid)"));
+}
+
+namespace detail {
+namespace {
+
+constexpr std::size_t max_shards = 4096;
+constexpr std::size_t max_replicas = 16;
+/// Shards whose sample share is smaller than this are trained on the whole sample instead.
+constexpr std::size_t min_shard_training_rows = 256;
+
+}  // namespace
+
+void validate(const collection_options& o) {
+  SHOAL_CHECK(o.dim > 0, "collection: dim must be at least 1");
+  SHOAL_CHECK(o.shards >= 1 && o.shards <= max_shards, "collection: shards must be in [1, ", max_shards, "], got ",
+              o.shards);
+  SHOAL_CHECK(o.replicas >= 1 && o.replicas <= max_replicas, "collection: replicas must be in [1, ", max_replicas,
+              "], got ", o.replicas);
+  SHOAL_CHECK(o.rebalance_threshold == 0 || o.rebalance_threshold > 1,
+              "collection: rebalance_threshold must be 0 "
+              "(off) or greater than 1, got ",
+              o.rebalance_threshold);
+  if (o.policy == sharding::range) {
+    SHOAL_CHECK(o.range_bounds.size() == o.shards - 1, "collection: range sharding over ", o.shards, " shards needs ",
+                o.shards - 1, " range_bounds, got ", o.range_bounds.size());
+    SHOAL_CHECK(std::adjacent_find(o.range_bounds.begin(), o.range_bounds.end(), std::greater_equal<>()) ==
+                    o.range_bounds.end(),
+                "collection: range_bounds must be strictly increasing");
+  } else {
+    SHOAL_CHECK(o.range_bounds.empty(), "collection: range_bounds are only used by range sharding");
+  }
+  if (o.policy == sharding::hybrid)
+    SHOAL_CHECK(o.groups >= 1 && o.shards % o.groups == 0,
+                "collection: hybrid sharding needs groups that divide "
+                "shards (",
+                o.shards, "), got groups = ", o.groups);
+  (void)make_index(o.index, o.dim, o.metric);  // the spec must build
+}
+
+namespace {
+
+/// Rows `rows` of `v` as a dense matrix (or `v` itself, when `rows` is every row in order).
+matrix<float> gather(matrix_view<const float> v, std::span<const std::size_t> rows) {
+  matrix<float> out(rows.size(), v.dim);
+  for (std::size_t i = 0; i < rows.size(); ++i) std::copy_n(v.row(rows[i]), v.dim, out.row(i));
+  return out;
+}
+
+/// The vectors the router sees: unit rows for cosine (the shards normalise on their own).
+matrix_view<const float> routable(matrix_view<const float> v, shoal::metric m, matrix<float>& storage) {
+  if (m != shoal::metric::cosine) return v;
+  storage = normalized_copy(v, "vector");
+  return storage.view();
+}
+
+std::int64_t elapsed_ns(std::chrono::steady_clock::time_point since) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - since).count();
+}
+
+/// Which replica serves the next search of a shard: the live one with the fewest searches in flight
+/// (ties to the lowest index); -1 when none is live.
+int pick_replica(const shard_state& shard) {
+  int best = -1;
+  std::int64_t best_load = 0;
+  for (std::size_t r = 0; r < shard.replicas.size(); ++r) {
+    const replica_slot& rep = *shard.replicas[r];
+    if (!rep.up.load(std::memory_order_acquire)) continue;
+    const std::int64_t load = rep.inflight.load(std::memory_order_relaxed);
+    if (best < 0 || load < best_load) {
+      best = static_cast<int>(r);
+      best_load = load;
+    }
+  }
+  return best;
+}
+
+/// Vectors in a live replica of `shard` (0 when none is live).
+std::size_t live_size(const shard_state& shard) {
+  const int r = pick_replica(shard);
+  if (r < 0) return 0;
+  const replica_slot& rep = *shard.replicas[static_cast<std::size_t>(r)];
+  const std::shared_ptr<any_index> index = rep.index.load();
+  return index ? read_replica(shard, rep, *index, [](const any_index& i) { return i.size(); }) : 0;
+}
+
+/// Searches `queries` on one live replica of shard `s` into `out`.
+void search_shard(const collection_state& st, shard_state& shard, std::size_t s, matrix_view<const float> queries,
+                  neighbors_view out, const search_params& params) {
+  for (;;) {
+    const int r = pick_replica(shard);
+    SHOAL_CHECK_CODE(r >= 0, errc::unsupported, "collection::search: shard ", s,
+                     " has no live replica (all taken down)");
+    replica_slot& rep = *shard.replicas[static_cast<std::size_t>(r)];
+    const std::shared_ptr<any_index> index = rep.index.load();
+    if (!index) continue;  // taken down between the pick and the load: pick again
+    rep.inflight.fetch_add(1, std::memory_order_relaxed);
+    struct release {
+      replica_slot& rep;
+      ~release() { rep.inflight.fetch_sub(1, std::memory_order_relaxed); }
+    } guard{rep};
+    rep.served.fetch_add(1, std::memory_order_relaxed);
+    const auto started = std::chrono::steady_clock::now();
+    st.executor(s).execute(
+        [&] { read_replica(shard, rep, *index, [&](const any_index& i) { i.search(queries, out, params); }); });
+    const std::chrono::nanoseconds took(elapsed_ns(started));
+    shard.latency.record(took);
+    st.shard_latency.record(took);
+    return;
+  }
+}
+
+/// Best k of one query's per-shard candidates, without repeating an id (an id moving between shards
+/// during an upsert may be seen in both).
+void merge_row(std::vector<scored_id>& candidates, std::span<vector_id> ids, std::span<float> distances) {
+  std::sort(candidates.begin(), candidates.end());
+  std::size_t j = 0;
+  for (std::size_t i = 0; i < candidates.size() && j < ids.size(); ++i) {
+    if (candidates[i].id == no_id) break;  // sentinels sort last (infinite distance)
+    if (std::find(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(j), candidates[i].id) !=
+        ids.begin() + static_cast<std::ptrdiff_t>(j))
+      continue;
+    ids[j] = candidates[i].id;
+    distances[j] = candidates[i].distance;
+    ++j;
+  }
+  for (; j < ids.size(); ++j) {
+    ids[j] = no_id;
+    distances[j] = no_distance;
+  }
+}
+
+}  // namespace
+
+std::string shard_file_name(std::size_t s, std::uint64_t generation) {
+  return "shard-" + std::to_string(s) + "-g" + std::to_string(generation) + ".shoal";
+}
+
+std::shared_ptr<layout> collection_state::empty_layout() const {
+  auto lay = std::make_shared<layout>(router(options.policy, options.shards, options.groups, options.range_bounds,
+                                             options.metric, options.dim, options.seed));
+  for (std::size_t s = 0; s < options.shards; ++s) {
+    auto shard = std::make_shared<shard_state>();
+    for (std::size_t r = 0; r < options.replicas; ++r) {
+      auto rep = std::make_unique<replica_slot>();
+      rep->index.store(std::make_shared<any_index>(make_index(options.index, options.dim, options.metric)));
+      shard->concurrent = rep->index.load()->concurrent_writes();
+      shard->replicas.push_back(std::move(rep));
+    }
+    lay->shards.push_back(std::move(shard));
+  }
+  return lay;
+}
+
+bool collection_state::all_trained(const layout& lay) const {
+  if (!lay.route.trained()) return false;
+  for (const auto& shard : lay.shards)
+    for (const auto& rep : shard->replicas) {
+      const std::shared_ptr<any_index> index = rep->index.load();
+      if (index && !index->is_trained()) return false;
+    }
+  return true;
+}
+
+void collection_state::apply(layout& lay, wal_op op, matrix_view<const float> vectors, std::span<const vector_id> ids,
+                             std::span<const std::uint64_t> keys) {
+  const std::size_t n = ids.size();
+  const std::size_t shards = lay.shards.size();
+  constexpr std::uint32_t none = ~std::uint32_t{0};
+
+  std::vector<std::uint32_t> old_shard(n, none);
+  if (op != wal_op::add) {
+    const std::shared_lock lock(lay.table_mutex);
+    for (std::size_t i = 0; i < n; ++i)
+      if (const auto it = lay.table.find(ids[i]); it != lay.table.end()) old_shard[i] = it->second;
+  }
+  std::vector<std::uint32_t> new_shard;
+  if (op != wal_op::remove) {
+    matrix<float> unit;
+    new_shard = lay.route.route(routable(vectors, options.metric, unit), ids, keys);
+  }
+
+  // Phase 1, per shard: removals of ids re-added to the same shard, then additions.
+  // Phase 2, per shard: removals of ids that left the shard (or are just removed).
+  std::vector<std::vector<vector_id>> remove_first(shards), remove_after(shards);
+  std::vector<std::vector<std::size_t>> add_rows(shards);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (op == wal_op::remove) {
+      remove_after[old_shard[i]].push_back(ids[i]);
+      continue;
+    }
+    add_rows[new_shard[i]].push_back(i);
+    if (old_shard[i] == none) continue;
+    (old_shard[i] == new_shard[i] ? remove_first : remove_after)[old_shard[i]].push_back(ids[i]);
+  }
+
+  for (std::size_t s = 0; s < shards; ++s) {
+    if (remove_first[s].empty() && add_rows[s].empty()) continue;
+    shard_state& shard = *lay.shards[s];
+    const bool all_rows = add_rows[s].size() == n;
+    matrix<float> rows;
+    std::vector<vector_id> row_ids;
+    if (!all_rows && !add_rows[s].empty()) {
+      rows = gather(vectors, add_rows[s]);
+      for (const std::size_t i : add_rows[s]) row_ids.push_back(ids[i]);
+    }
+    const matrix_view<const float> v = all_rows ? vectors : rows.view();
+    const std::span<const vector_id> v_ids = all_rows ? ids : std::span<const vector_id>(row_ids);
+    const std::lock_guard lock(shard.write_mutex);
+    for_each_live_replica(shard, remove_first[s].size() + add_rows[s].size(), [&](any_index& index) {
+      for (const vector_id id : remove_first[s]) index.remove(id);
+      if (!v_ids.empty()) index.add(v, v_ids);
+    });
+  }
+  if (op != wal_op::remove) {
+    const std::unique_lock lock(lay.table_mutex);
+    for (std::size_t i = 0; i < n; ++i) lay.table[ids[i]] = new_shard[i];
+  }
+  for (std::size_t s = 0; s < shards; ++s) {
+    if (remove_after[s].empty()) continue;
+    shard_state& shard = *lay.shards[s];
+    const std::lock_guard lock(shard.write_mutex);
+    for_each_live_replica(shard, remove_after[s].size(), [&](any_index& index) {
+      for (const vector_id id : remove_after[s]) index.remove(id);
+    });
+  }
+  if (op == wal_op::remove) {
+    const std::unique_lock lock(lay.table_mutex);
+    for (const vector_id id : ids) lay.table.erase(id);
+  }
+}
+
+void collection_state::write(wal_op op, matrix_view<const float> vectors, std::span<const vector_id> ids,
+                             std::span<const std::uint64_t> keys) {
+  const char* who = op == wal_op::add      ? "collection::add"
+                    : op == wal_op::upsert ? "collection::upsert"
+                                           : "collection::remove";
+  SHOAL_CHECK_CODE(!read_only, errc::unsupported, who, ": the collection was opened memory-mapped and is read-only");
+  if (op != wal_op::remove) {
+    check_vectors(vectors, options.dim, "vector");
+    SHOAL_CHECK(ids.size() == vectors.rows, who, ": ", vectors.rows, " vectors but ", ids.size(), " ids");
+    SHOAL_CHECK(keys.empty() || options.policy == sharding::range, who,
+                ": keys are only used by range sharding (this collection uses ", sharding_name(options.policy), ")");
+    SHOAL_CHECK(keys.empty() || keys.size() == ids.size(), who, ": ", keys.size(), " keys for ", ids.size(), " ids");
+    if (options.metric == shoal::metric::cosine) (void)normalized_copy(vectors, "vector");  // rejects zero rows
+    SHOAL_CHECK(trained.load(), who, ": the collection is not trained (", sharding_name(options.policy),
+                " routing or the \"", options.index, "\" shards need train() first)");
+  }
+  if (ids.empty()) return;
+  {
+    std::vector<vector_id> sorted(ids.begin(), ids.end());
+    std::sort(sorted.begin(), sorted.end());
+    const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
+    SHOAL_CHECK_CODE(dup == sorted.end(), errc::duplicate_id, who, ": id ", dup == sorted.end() ? 0 : *dup,
+                     " appears twice in one call");
+  }
+  const auto write_started = std::chrono::steady_clock::now();
+
+  const std::shared_lock layout_lock(layout_mutex);
+  const std::shared_ptr<layout> lay = current.load();
+
+  // Serialise with other writes of the same ids.
+  busy_ids.claim(ids);
+  struct release_ids {
+    id_registry& registry;
+    std::span<const vector_id> ids;
+    ~release_ids() { registry.release(ids); }
+  } release{busy_ids, ids};
+
+  if (op != wal_op::upsert) {
+    const std::shared_lock lock(lay->table_mutex);
+    for (const vector_id id : ids) {
+      const bool present = lay->table.contains(id);
+      SHOAL_CHECK_CODE(op != wal_op::add || !present, errc::duplicate_id, who, ": id ", id, " is already stored");
+      SHOAL_CHECK_CODE(op != wal_op::remove || present, errc::not_found, who, ": id ", id, " is not stored");
+    }
+  }
+
+  if (wal) {
+    // One record per at most ~256 MiB of vectors (a record's size field is 32 bits).
+    const std::size_t per_record = std::max<std::size_t>(1, (std::size_t{256} << 20) / (options.dim * 4 + 16));
+    for (std::size_t first = 0; first < ids.size(); first += per_record) {
+      const std::size_t count = std::min(per_record, ids.size() - first);
+      (void)wal->append(op, ids.subspan(first, count), keys.empty() ? keys : keys.subspan(first, count),
+                        op == wal_op::remove ? matrix_view<const float>() : vectors.slice(first, count));
+    }
+  }
+  {
+    const std::lock_guard lock(capture_mutex);
+    if (capturing) {
+      wal_record r;
+      r.op = op;
+      r.ids.assign(ids.begin(), ids.end());
+      r.keys.assign(keys.begin(), keys.end());
+      if (op != wal_op::remove) {
+        r.vectors = matrix<float>(vectors.rows, vectors.dim);
+        for (std::size_t i = 0; i < vectors.rows; ++i) std::copy_n(vectors.row(i), vectors.dim, r.vectors.row(i));
+      }
+      captured.push_back(std::move(r));
+    }
+  }
+  apply(*lay, op, vectors, ids, keys);
+  write_latency.record(std::chrono::nanoseconds(elapsed_ns(write_started)));
+  (op == wal_op::add      ? adds
+   : op == wal_op::upsert ? upserts
+                          : removes)
+      .fetch_add(ids.size(), std::memory_order_relaxed);
+}
+
+}  // namespace detail
+
+// ------------------------------------------------------------------------------------------ collection
+
+collection::collection(std::unique_ptr<detail::collection_state> state) : state_(std::move(state)) {}
+
+collection::collection(const collection_options& options) {
+  detail::validate(options);
+  auto st = std::make_unique<detail::collection_state>();
+  st->options = options;
+  for (std::size_t s = 0; s < options.shards; ++s)
+    st->executors.push_back(std::make_unique<detail::shard_executor>(options.threads_per_shard));
+  const std::shared_ptr<detail::layout> lay = st->empty_layout();
+  st->trained.store(st->all_trained(*lay));
+  st->current.store(lay);
+  if (!options.directory.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(options.directory, ec);
+    SHOAL_CHECK_CODE(!ec, errc::io_error, "collection: cannot create ", options.directory.string(), ": ", ec.message());
+    SHOAL_CHECK(!std::filesystem::exists(options.directory / detail::manifest_file_name),
+                "collection: ", options.directory.string(),
+                " already holds a collection (open it with collection::open)");
+    std::filesystem::remove(options.directory / detail::write_ahead_log::file_name);
+    st->write_snapshot(*lay, options.directory, 0, 0);
+    st->wal = std::make_unique<detail::write_ahead_log>(options.directory, options.dim, options.sync, 0);
+  }
+  state_ = std::move(st);
+}
+
+collection::collection(collection&& other) noexcept = default;
+collection& collection::operator=(collection&& other) noexcept = default;
+collection::~collection() = default;
+
+std::size_t collection::dim() const noexcept { return state_->options.dim; }
+metric collection::metric() const noexcept { return state_->options.metric; }
+const collection_options& collection::options() const noexcept { return state_->options; }
+std::size_t collection::shard_count() const noexcept { return state_->options.shards; }
+std::size_t collection::replica_count() const noexcept { return state_->options.replicas; }
+
+std::size_t collection::size() const {
+  const std::shared_ptr<detail::layout> lay = state_->current.load();
+  const std::shared_lock lock(lay->table_mutex);
+  return lay->table.size();
+}
+
+std::vector<std::size_t> collection::shard_sizes() const {
+  const std::shared_ptr<detail::layout> lay = state_->current.load();
+  std::vector<std::size_t> sizes(lay->shards.size(), 0);
+  const std::shared_lock lock(lay->table_mutex);
+  for (const auto& [id, s] : lay->table) ++sizes[s];
+  return sizes;
+}
+
+std::size_t collection::memory_bytes() const {
+  const std::shared_ptr<detail::layout> lay = state_->current.load();
+  std::size_t bytes = 0;
+  for (const auto& shard : lay->shards)
+    for (const auto& rep : shard->replicas)
+      if (const std::shared_ptr<any_index> index = rep->index.load())
+        bytes += detail::read_replica(*shard, *rep, *index, [](const any_index& i) { return i.memory_bytes(); });
+  const std::shared_lock lock(lay->table_mutex);
+  // An unordered_map node holds the pair and a next pointer (plus the hash in libstdc++), and each
+  // bucket one pointer.
+  bytes += lay->table.size() * (sizeof(std::pair<const vector_id, std::uint32_t>) + 2 * sizeof(void*)) +
+           lay->table.bucket_count() * sizeof(void*);
+  return bytes;
+}
+
+bool collection::is_trained() const { return state_->trained.load(); }
+
+bool collection::contains(vector_id id) const {
+  const std::shared_ptr<detail::layout> lay = state_->current.load();
+  const std::shared_lock lock(lay->table_mutex);
+  return lay->table.contains(id);
+}
+
+std::size_t collection::shard_of(vector_id id) const {
+  const std::shared_ptr<detail::layout> lay = state_->current.load();
+  const std::shared_lock lock(lay->table_mutex);
+  const auto it = lay->table.find(id);
+  SHOAL_CHECK_CODE(it != lay->table.end(), errc::not_found, "collection::shard_of: id ", id, " is not stored");
+  return it->second;
+}
+
+void collection::train(matrix_view<const float> sample) {
+  detail::collection_state& st = *state_;
+  SHOAL_CHECK_CODE(!st.read_only, errc::unsupported, "collection::train: the collection is read-only (memory-mapped)");
+  detail::check_vectors(sample, st.options.dim, "training vector");
+  const auto started = std::chrono::steady_clock::now();
+  const std::unique_lock layout_lock(st.layout_mutex);
+  const std::shared_ptr<detail::layout> old = st.current.load();
+  if (st.trained.load()) return;  // nothing to train (hash/range over HNSW or Flat, or trained already)
+  {
+    const std::shared_lock lock(old->table_mutex);
+    SHOAL_CHECK(old->table.empty(), "collection::train: the collection already holds ", old->table.size(),
+                " vectors; train before adding");
+  }
+  // A new layout (the router is immutable once published); shards are trained before it is.
+  auto lay = std::make_shared<detail::layout>(old->route);
+  lay->shards = old->shards;
+  matrix<float> unit;
+  const matrix_view<const float> routed = detail::routable(sample, st.options.metric, unit);
+  lay->route.train(routed);
+  std::vector<std::vector<std::size_t>> rows(lay->shards.size());
+  {
+    std::vector<vector_id> row_ids(sample.rows);
+    std::iota(row_ids.begin(), row_ids.end(), vector_id{0});
+    const std::vector<std::uint32_t> to = lay->route.route(routed, row_ids, {});
+    for (std::size_t i = 0; i < sample.rows; ++i) rows[to[i]].push_back(i);
+  }
+  detail::parallel_for(lay->shards.size(), [&](std::size_t s) {
+    const bool own = lay->route.needs_centroids() && rows[s].size() >= detail::min_shard_training_rows;
+    const matrix<float> part = own ? detail::gather(sample, rows[s]) : matrix<float>();
+    const matrix_view<const float> data = own ? part.view() : sample;
+    st.executor(s).execute([&] {
+      for (const auto& rep : lay->shards[s]->replicas) {
+        const std::shared_ptr<any_index> index = rep->index.load();
+        if (index && !index->is_trained()) index->train(data);
+      }
+    });
+  });
+  st.current.store(lay);
+  st.trained.store(st.all_trained(*lay));
+  st.train_ns.store(detail::elapsed_ns(started));
+  // Training is not in the log: a collection with a directory snapshots right away.
+  if (st.wal) {
+    st.write_snapshot(*lay, st.options.directory, ++st.snapshot_generation, st.wal->last_sequence());
+    st.wal->reset();
+  }
+}
+
+void collection::add(matrix_view<const float> vectors, std::span<const vector_id> ids,
+                     std::span<const std::uint64_t> keys) {
+  state_->write(detail::wal_op::add, vectors, ids, keys);
+  // Semantic drift: start a background re-clustering when a shard has grown far past the mean.
+  detail::collection_state* st = state_.get();
+  const double threshold = st->options.rebalance_threshold;
+  if (threshold <= 0 || st->rebalance_running.load()) return;
+  // Sizes from the shard indexes: O(shards) per add, where the routing table would cost O(size).
+  std::size_t total = 0, largest = 0;
+  const std::shared_ptr<detail::layout> lay = st->current.load();
+  for (const auto& shard : lay->shards) {
+    const std::size_t size = detail::live_size(*shard);
+    total += size;
+    largest = std::max(largest, size);
+  }
+  const double mean = static_cast<double>(total) / static_cast<double>(lay->shards.size());
+  if (largest < detail::min_rebalance_shard || static_cast<double>(largest) <= threshold * mean) return;
+  if (st->rebalance_running.exchange(true)) return;
+  const std::lock_guard lock(st->background_mutex);
+  if (st->background.joinable()) st->background.join();  // the previous run has finished
+  st->background = std::thread([st] {
+    try {
+      detail::rebalance(*st);
+    } catch (const std::exception&) {
+      // A failed background rebalance leaves the old layout in place; a later add tries again.
+    }
+    st->rebalance_running.store(false);
+  });
+}
+
+void collection::upsert(matrix_view<const float> vectors, std::span<const vector_id> ids,
+                        std::span<const std::uint64_t> keys) {
+  state_->write(detail::wal_op::upsert, vectors, ids, keys);
+}
+
+void collection::remove(std::span<const vector_id> ids) {
+  state_->write(detail::wal_op::remove, matrix_view<const float>(), ids, {});
+}
+
+void collection::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
+  const detail::collection_state& st = *state_;
+  detail::scoped_timer total(st.search_latency);
+  SHOAL_CHECK(out.k >= 1, "collection::search: k must be at least 1");
+  SHOAL_CHECK(out.rows == queries.rows, "collection::search: result buffer has ", out.rows, " rows for ", queries.rows,
+              " queries");
+  detail::check_vectors(queries, st.options.dim, "query");
+  SHOAL_CHECK(st.trained.load(), "collection::search: the collection is not trained");
+  const std::size_t nq = queries.rows;
+  if (nq == 0) return;
+  const std::shared_ptr<detail::layout> lay = st.current.load();
+  const std::size_t shards = lay->shards.size();
+
+  // Route: which shards each query visits, and where its rows land in each shard's batch.
+  const auto route_started = std::chrono::steady_clock::now();
+  matrix<float> unit;
+  const detail::router::visits visits =
+      lay->route.needs_centroids() && params.shard_probe > 0
+          ? lay->route.visit(detail::routable(queries, st.options.metric, unit), params.shard_probe)
+          : detail::router::visits{{}, shards, true};
+  std::vector<std::vector<std::size_t>> rows(shards);  // queries of each shard (all: implicit)
+  std::vector<std::size_t> position;                   // row of (query, visit j) inside its shard's batch
+  std::vector<std::size_t> active;
+  if (visits.all) {
+    active.resize(shards);
+    std::iota(active.begin(), active.end(), std::size_t{0});
+  } else {
+    position.resize(visits.shards.size());
+    for (std::size_t i = 0; i < visits.shards.size(); ++i) {
+      auto& r = rows[visits.shards[i]];
+      position[i] = r.size();
+      r.push_back(i / visits.per_query);
+    }
+    for (std::size_t s = 0; s < shards; ++s)
+      if (!rows[s].empty()) active.push_back(s);
+  }
+  st.route_latency.record(std::chrono::nanoseconds(detail::elapsed_ns(route_started)));
+
+  // Fan out: every active shard searches its batch, in parallel.
+  std::vector<neighbors> results(shards);
+  detail::parallel_for(active.size(), [&](std::size_t a) {
+    const std::size_t s = active[a];
+    const matrix<float> batch = visits.all ? matrix<float>() : detail::gather(queries, rows[s]);
+    const matrix_view<const float> q = visits.all ? queries : batch.view();
+    results[s] = neighbors(q.rows, out.k);
+    detail::search_shard(st, *lay->shards[s], s, q, results[s].view(), params);
+  });
+
+  // Merge per query.
+  const auto merge_started = std::chrono::steady_clock::now();
+  std::vector<scored_id> candidates;
+  for (std::size_t q = 0; q < nq; ++q) {
+    candidates.clear();
+    for (std::size_t j = 0; j < visits.per_query; ++j) {
+      const std::size_t s = visits.all ? j : visits.shards[q * visits.per_query + j];
+      const std::size_t row = visits.all ? q : position[q * visits.per_query + j];
+      const neighbors& r = results[s];
+      for (std::size_t i = 0; i < out.k; ++i) candidates.push_back({r.distance(row, i), r.id(row, i)});
+    }
+    detail::merge_row(candidates, out.row_ids(q), out.row_distances(q));
+  }
+  st.merge_latency.record(std::chrono::nanoseconds(detail::elapsed_ns(merge_started)));
+  st.queries.fetch_add(nq, std::memory_order_relaxed);
+  st.searches.fetch_add(1, std::memory_order_relaxed);
+}
+
+neighbors collection::search(matrix_view<const float> queries, std::size_t k, const search_params& params) const {
+  SHOAL_CHECK(k > 0, "collection::search: k must be at least 1");
+  neighbors result(queries.rows, k);
+  search(queries, result.view(), params);
+  return result;
+}
+
+// --------------------------------------------------------------------------------------------- replicas
+
+namespace {
+detail::replica_slot& replica_at(const detail::layout& lay, std::size_t shard, std::size_t replica, const char* who) {
+  SHOAL_CHECK(shard < lay.shards.size(), who, ": shard ", shard, " out of range (", lay.shards.size(), " shards)");
+  SHOAL_CHECK(replica < lay.shards[shard]->replicas.size(), who, ": replica ", replica, " out of range (",
+              lay.shards[shard]->replicas.size(), " replicas)");
+  return *lay.shards[shard]->replicas[replica];
+}
+}  // namespace
+
+void collection::take_down(std::size_t shard, std::size_t replica) {
+  const std::shared_ptr<detail::layout> lay = state_->current.load();
+  detail::replica_slot& rep = replica_at(*lay, shard, replica, "collection::take_down");
+  detail::shard_state& sh = *lay->shards[shard];
+  const std::lock_guard lock(sh.write_mutex);
+  if (!rep.up.load()) return;
+  const auto live = std::count_if(sh.replicas.begin(), sh.replicas.end(), [](const auto& r) { return r->up.load(); });
+  SHOAL_CHECK(live > 1, "collection::take_down: replica ", replica, " is the last live replica of shard ", shard);
+  rep.up.store(false);
+  rep.index.store(nullptr);  // memory goes when the last search using it ends
+  rep.lag.store(0);
+}
+
+void collection::restore(std::size_t shard, std::size_t replica) {
+  detail::collection_state& st = *state_;
+  const std::shared_ptr<detail::layout> lay = st.current.load();
+  detail::replica_slot& rep = replica_at(*lay, shard, replica, "collection::restore");
+  detail::shard_state& sh = *lay->shards[shard];
+  const auto started = std::chrono::steady_clock::now();
+  const std::lock_guard lock(sh.write_mutex);  // the shard's writes wait until the copy is live
+  if (rep.up.load()) return;
+  std::shared_ptr<any_index> peer;
+  for (const auto& r : sh.replicas)
+    if (r->up.load() && (peer = r->index.load())) break;
+  SHOAL_CHECK_CODE(peer != nullptr, errc::unsupported, "collection::restore: shard ", shard, " has no live replica");
+  // The copy goes through the file format: exact for every index kind that can be saved.
+  const std::filesystem::path temp =
+      std::filesystem::temp_directory_path() / ("shoal-replica-" + std::to_string(::getpid()) + "-" +
+                                                std::to_string(shard) + "-" + std::to_string(replica) + ".shoal");
+  struct cleanup {
+    const std::filesystem::path& path;
+    ~cleanup() {
+      std::error_code ec;
+      std::filesystem::remove(path, ec);
+    }
+  } remove_temp{temp};
+  peer->save(temp.string());
+  auto copy = std::make_shared<any_index>(load_index(temp.string()));
+  rep.index.store(std::move(copy));
+  rep.lag.store(0);
+  rep.up.store(true);
+  st.rebuild_ns.store(detail::elapsed_ns(started));
+}
+
+bool collection::replica_up(std::size_t shard, std::size_t replica) const {
+  const std::shared_ptr<detail::layout> lay = state_->current.load();
+  return replica_at(*lay, shard, replica, "collection::replica_up").up.load();
+}
+
+// ------------------------------------------------------------------------------------------- rebalance
+
+void collection::rebalance() { detail::rebalance(*state_); }
+
+void detail::rebalance(collection_state& st) {
+  SHOAL_CHECK_CODE(st.options.policy == sharding::semantic || st.options.policy == sharding::hybrid, errc::unsupported,
+                   "collection::rebalance: only semantic and hybrid collections re-cluster (this "
+                   "one uses ",
+                   sharding_name(st.options.policy), " sharding)");
+  SHOAL_CHECK_CODE(!st.read_only, errc::unsupported, "collection::rebalance: the collection is read-only");
+  const std::lock_guard one_at_a_time(st.rebalance_mutex);
+  const auto started = std::chrono::steady_clock::now();
+  const std::shared_ptr<detail::layout> old = st.current.load();
+  {
+    // Under the layout lock: every write already past its capture check has been applied (and is in
+    // the snapshot below); every later one is captured.
+    const std::unique_lock layout_lock(st.layout_mutex);
+    const std::lock_guard lock(st.capture_mutex);
+    st.capturing = true;
+    st.captured.clear();
+  }
+  struct stop_capture {
+    detail::collection_state& st;
+    ~stop_capture() {
+      const std::lock_guard lock(st.capture_mutex);
+      st.capturing = false;
+      st.captured.clear();
+    }
+  } stop{st};
+
+  // Snapshot the vectors: ids from the table, vectors from a live replica of their shard. Writes that
+  // race with the snapshot are captured and replayed onto the new layout below.
+  std::vector<vector_id> ids;
+  std::vector<std::uint32_t> from;
+  {
+    const std::shared_lock lock(old->table_mutex);
+    ids.reserve(old->table.size());
+    for (const auto& [id, s] : old->table) {
+      ids.push_back(id);
+      from.push_back(s);
+    }
+  }
+  matrix<float> vectors(ids.size(), st.options.dim);
+  std::vector<char> present(ids.size(), 1);
+  detail::parallel_for(ids.size(), [&](std::size_t i) {
+    detail::shard_state& shard = *old->shards[from[i]];
+    const int r = detail::pick_replica(shard);
+    const std::shared_ptr<any_index> index =
+        r >= 0 ? shard.replicas[static_cast<std::size_t>(r)]->index.load() : nullptr;
+    try {
+      SHOAL_CHECK_CODE(index != nullptr, errc::unsupported, "no live replica");
+      const std::vector<float> v = detail::read_replica(shard, *shard.replicas[static_cast<std::size_t>(r)], *index,
+                                                        [&](const any_index& x) { return x.vector(ids[i]); });
+      std::copy(v.begin(), v.end(), vectors.row(i));
+    } catch (const error& e) {
+      if (e.code() != errc::not_found) throw;
+      present[i] = 0;  // removed meanwhile: the capture has it
+    }
+  });
+  std::vector<std::size_t> keep;
+  for (std::size_t i = 0; i < ids.size(); ++i)
+    if (present[i]) keep.push_back(i);
+  const matrix<float> kept = detail::gather(vectors.view(), keep);
+  std::vector<vector_id> kept_ids;
+  for (const std::size_t i : keep) kept_ids.push_back(ids[i]);
+
+  // The new layout: re-trained router and shards, every vector added to its new shard.
+  std::shared_ptr<detail::layout> lay = st.empty_layout();
+  {
+    matrix<float> unit;
+    const matrix_view<const float> routed = detail::routable(kept.view(), st.options.metric, unit);
+    if (routed.rows >= lay->route.centroid_count())
+      lay->route.train(routed);
+    else
+      lay->route.set_centroids(old->route.centroids());
+    std::vector<std::vector<std::size_t>> rows(lay->shards.size());
+    const std::vector<std::uint32_t> to = lay->route.route(routed, kept_ids, {});
+    for (std::size_t i = 0; i < kept_ids.size(); ++i) rows[to[i]].push_back(i);
+    detail::parallel_for(lay->shards.size(), [&](std::size_t s) {
+      const matrix<float> part = detail::gather(kept.view(), rows[s]);
+      std::vector<vector_id> part_ids;
+      for (const std::size_t i : rows[s]) part_ids.push_back(kept_ids[i]);
+      st.executor(s).execute([&] {
+        for (const auto& rep : lay->shards[s]->replicas) {
+          const std::shared_ptr<any_index> index = rep->index.load();
+          if (!index->is_trained())
+            index->train(part.rows >= detail::min_shard_training_rows ? part.view() : kept.view());
+          if (!part_ids.empty()) index->add(part.view(), part_ids);
+        }
+      });
+      const std::unique_lock lock(lay->table_mutex);
+      for (const vector_id id : part_ids) lay->table[id] = static_cast<std::uint32_t>(s);
+    });
+  }
+
+  // Swap: writers wait while the captured writes are replayed onto the new layout (as upserts and
+  // removes of present ids, which is idempotent whatever the snapshot saw), then it goes live.
+  {
+    const std::unique_lock layout_lock(st.layout_mutex);
+    std::vector<detail::wal_record> captured;
+    {
+      const std::lock_guard lock(st.capture_mutex);
+      captured = std::move(st.captured);
+      st.captured.clear();
+      st.capturing = false;
+    }
+    for (const detail::wal_record& r : captured) {
+      if (r.op == detail::wal_op::remove) {
+        std::vector<vector_id> gone;
+        {
+          const std::shared_lock lock(lay->table_mutex);
+          for (const vector_id id : r.ids)
+            if (lay->table.contains(id)) gone.push_back(id);
+        }
+        st.apply(*lay, detail::wal_op::remove, {}, gone, {});
+      } else {
+        st.apply(*lay, detail::wal_op::upsert, r.vectors.view(), r.ids, r.keys);
+      }
+    }
+    st.current.store(lay);
+  }
+  st.rebalances.fetch_add(1, std::memory_order_relaxed);
+  st.rebalance_ns.store(detail::elapsed_ns(started));
+}
+
+// -------------------------------------------------------------------------------------------- metrics
+
+collection_stats collection::stats() const {
+  const detail::collection_state& st = *state_;
+  collection_stats s;
+  s.shard_sizes = shard_sizes();
+  s.size = std::accumulate(s.shard_sizes.begin(), s.shard_sizes.end(), std::size_t{0});
+  s.queries = st.queries.load();
+  s.writes = st.adds.load() + st.upserts.load() + st.removes.load();
+  s.uptime_seconds = static_cast<double>(detail::elapsed_ns(st.created)) * 1e-9;
+  const detail::latency_histogram::snapshot h = st.search_latency.read();
+  s.p50_seconds = h.quantile(0.50);
+  s.p95_seconds = h.quantile(0.95);
+  s.p99_seconds = h.quantile(0.99);
+  s.rebalances = st.rebalances.load();
+  s.wal_records_replayed = st.replayed;
+  return s;
+}
+
+std::string collection::metrics_text(std::string_view name) const {
+  const detail::collection_state& st = *state_;
+  using detail::prometheus_writer;
+  std::string out;
+  prometheus_writer w(out);
+  const std::string base = prometheus_writer::label("collection", name);
+  const auto with = [&](std::string_view key, const std::string& value) {
+    return base + "," + prometheus_writer::label(key, value);
+  };
+  const std::shared_ptr<detail::layout> lay = st.current.load();
+  const std::vector<std::size_t> sizes = shard_sizes();
+
+  w.family("shoal_vectors", "gauge", "Vectors stored in the collection.");
+  w.sample("shoal_vectors", base, static_cast<double>(std::accumulate(sizes.begin(), sizes.end(), std::size_t{0})));
+  w.family("shoal_shard_vectors", "gauge", "Vectors stored per shard.");
+  for (std::size_t s = 0; s < sizes.size(); ++s)
+    w.sample("shoal_shard_vectors", with("shard", std::to_string(s)), static_cast<double>(sizes[s]));
+  w.family("shoal_memory_bytes", "gauge", "Bytes held by every replica and the routing table.");
+  w.sample("shoal_memory_bytes", base, static_cast<double>(memory_bytes()));
+  w.family("shoal_queries_total", "counter", "Query vectors searched (QPS is its rate).");
+  w.sample("shoal_queries_total", base, static_cast<double>(st.queries.load()));
+  w.family("shoal_search_calls_total", "counter", "Search calls (each a batch of one or more queries).");
+  w.sample("shoal_search_calls_total", base, static_cast<double>(st.searches.load()));
+  w.family("shoal_writes_total", "counter", "Vectors written, by operation.");
+  w.sample("shoal_writes_total", with("op", "add"), static_cast<double>(st.adds.load()));
+  w.sample("shoal_writes_total", with("op", "upsert"), static_cast<double>(st.upserts.load()));
+  w.sample("shoal_writes_total", with("op", "remove"), static_cast<double>(st.removes.load()));
+
+  const std::pair<const char*, const detail::latency_histogram*> stages[] = {{"route", &st.route_latency},
+                                                                             {"shard", &st.shard_latency},
+                                                                             {"merge", &st.merge_latency},
+                                                                             {"search", &st.search_latency},
+                                                                             {"write", &st.write_latency}};
+  w.family("shoal_stage_latency_seconds", "histogram",
+           "Latency per call of each stage: route, shard (one shard's search), merge, search (whole call), write.");
+  for (const auto& [stage, h] : stages) w.histogram("shoal_stage_latency_seconds", with("stage", stage), h->read());
+  w.family("shoal_stage_latency_quantile_seconds", "gauge", "p50 / p95 / p99 of each stage, from its histogram.");
+  for (const auto& [stage, h] : stages) {
+    const detail::latency_histogram::snapshot snap = h->read();
+    for (const double q : {0.5, 0.95, 0.99})
+      w.sample("shoal_stage_latency_quantile_seconds",
+               with("stage", stage) + "," +
+                   prometheus_writer::label("quantile", q == 0.5    ? "0.5"
+                                                        : q == 0.95 ? "0.95"
+                                                                    : "0.99"),
+               snap.quantile(q));
+  }
+  w.family("shoal_shard_latency_seconds", "histogram", "Search latency per shard.");
+  for (std::size_t s = 0; s < lay->shards.size(); ++s)
+    w.histogram("shoal_shard_latency_seconds", with("shard", std::to_string(s)), lay->shards[s]->latency.read());
+
+  w.family("shoal_replica_up", "gauge", "1 when the replica serves reads and writes, 0 when taken down.");
+  for (std::size_t s = 0; s < lay->shards.size(); ++s)
+    for (std::size_t r = 0; r < lay->shards[s]->replicas.size(); ++r)
+      w.sample("shoal_replica_up",
+               with("shard", std::to_string(s)) + "," + prometheus_writer::label("replica", std::to_string(r)),
+               lay->shards[s]->replicas[r]->up.load() ? 1 : 0);
+  w.family("shoal_replica_lag_writes", "gauge", "Vector writes a downed replica has missed (0 when live).");
+  for (std::size_t s = 0; s < lay->shards.size(); ++s)
+    for (std::size_t r = 0; r < lay->shards[s]->replicas.size(); ++r)
+      w.sample("shoal_replica_lag_writes",
+               with("shard", std::to_string(s)) + "," + prometheus_writer::label("replica", std::to_string(r)),
+               static_cast<double>(lay->shards[s]->replicas[r]->lag.load()));
+  w.family("shoal_replica_searches_total", "counter", "Shard searches served by each replica.");
+  for (std::size_t s = 0; s < lay->shards.size(); ++s)
+    for (std::size_t r = 0; r < lay->shards[s]->replicas.size(); ++r)
+      w.sample("shoal_replica_searches_total",
+               with("shard", std::to_string(s)) + "," + prometheus_writer::label("replica", std::to_string(r)),
+               static_cast<double>(lay->shards[s]->replicas[r]->served.load()));
+
+  const auto seconds = [](const detail::atomic_ns& ns) { return static_cast<double>(ns.load()) * 1e-9; };
+  w.family("shoal_train_seconds", "gauge", "Duration of the last train() (router k-means and shard training).");
+  w.sample("shoal_train_seconds", base, seconds(st.train_ns));
+  w.family("shoal_rebalance_seconds", "gauge", "Duration of the last re-clustering (re-index) of the shards.");
+  w.sample("shoal_rebalance_seconds", base, seconds(st.rebalance_ns));
+  w.family("shoal_rebalances_total", "counter", "Completed re-clusterings.");
+  w.sample("shoal_rebalances_total", base, static_cast<double>(st.rebalances.load()));
+  w.family("shoal_replica_rebuild_seconds", "gauge", "Duration of the last replica rebuild from a peer.");
+  w.sample("shoal_replica_rebuild_seconds", base, seconds(st.rebuild_ns));
+  w.family("shoal_checkpoint_seconds", "gauge", "Duration of the last snapshot written.");
+  w.sample("shoal_checkpoint_seconds", base, seconds(st.checkpoint_ns));
+  w.family("shoal_wal_replayed_records", "gauge", "Write-ahead log records replayed when the collection was opened.");
+  w.sample("shoal_wal_replayed_records", base, static_cast<double>(st.replayed));
+  w.family("shoal_uptime_seconds", "gauge", "Seconds since the collection was created or opened.");
+  w.sample("shoal_uptime_seconds", base, static_cast<double>(detail::elapsed_ns(st.created)) * 1e-9);
+  return out;
+}
+
+}  // namespace shoal

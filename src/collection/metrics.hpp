@@ -1,0 +1,80 @@
+#pragma once
+// Internal: lock-free latency histograms and the Prometheus text writer behind collection::metrics_text.
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+namespace shoal::detail {
+
+/// Latency histogram with fixed exponential buckets: upper bounds 1 µs · 2^i, i = 0 .. 24 (1 µs to
+/// about 16.8 s), plus +Inf. Recording is two relaxed atomic adds, so any number of threads record
+/// concurrently without a lock; readers see a consistent-enough snapshot for monitoring (a count and
+/// its sum may be one sample apart).
+class latency_histogram {
+ public:
+  static constexpr std::size_t finite_buckets = 25;
+
+  /// Upper bound of bucket `i` in seconds (i < finite_buckets).
+  [[nodiscard]] static constexpr double bound_seconds(std::size_t i) noexcept {
+    return 1e-6 * static_cast<double>(std::uint64_t{1} << i);
+  }
+
+  void record(std::chrono::nanoseconds elapsed) noexcept;
+
+  /// Snapshot of the counts (cumulative per Prometheus `le` bucket), total count and sum.
+  struct snapshot {
+    std::array<std::uint64_t, finite_buckets + 1> cumulative{};
+    std::uint64_t count = 0;
+    double sum_seconds = 0;
+    /// The q-quantile (0 < q < 1) by linear interpolation inside its bucket; 0 without samples.
+    [[nodiscard]] double quantile(double q) const noexcept;
+  };
+  [[nodiscard]] snapshot read() const noexcept;
+
+ private:
+  std::array<std::atomic<std::uint64_t>, finite_buckets + 1> counts_{};
+  std::atomic<std::uint64_t> sum_ns_{0};
+};
+
+/// Measures from construction to `stop()` (or destruction) into a histogram.
+class scoped_timer {
+ public:
+  explicit scoped_timer(latency_histogram& h) noexcept : h_(&h), start_(std::chrono::steady_clock::now()) {}
+  scoped_timer(const scoped_timer&) = delete;
+  scoped_timer& operator=(const scoped_timer&) = delete;
+  ~scoped_timer() { stop(); }
+  void stop() noexcept {
+    if (h_ != nullptr) h_->record(std::chrono::steady_clock::now() - start_);
+    h_ = nullptr;
+  }
+
+ private:
+  latency_histogram* h_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+/// Appends Prometheus text exposition (0.0.4) to a string: `# HELP` / `# TYPE` once per family, then
+/// samples with labels. Label values are escaped (\\, ", newline).
+class prometheus_writer {
+ public:
+  explicit prometheus_writer(std::string& out) : out_(out) {}
+  /// Starts a metric family (`type`: counter, gauge, histogram).
+  void family(std::string_view name, std::string_view type, std::string_view help);
+  /// One sample `name{labels} value`; `labels` is already formatted (`a="x",b="y"`), may be empty.
+  void sample(std::string_view name, std::string_view labels, double value);
+  /// The `_bucket`, `_sum` and `_count` samples of a histogram.
+  void histogram(std::string_view name, std::string_view labels, const latency_histogram::snapshot& s);
+
+  /// `key="value"` with the value escaped.
+  [[nodiscard]] static std::string label(std::string_view key, std::string_view value);
+
+ private:
+  std::string& out_;
+};
+
+}  // namespace shoal::detail

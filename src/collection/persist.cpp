@@ -1,0 +1,285 @@
+// A collection directory (docs/format.md, "Collection directories"):
+//   MANIFEST.shoal          the layout, router centroids and routing table, in the index file format
+//                           (kind 5), written atomically and last
+//   shard-<s>-g<G>.shoal    shard s of snapshot generation G, an ordinary index file
+//   wal.log                 writes since the snapshot (collection/wal.hpp)
+// A snapshot writes every shard file of a new generation first, then renames the manifest that names
+// that generation into place, then deletes the files of other generations: a crash at any point
+// leaves one complete snapshot that the manifest names.
+
+#include <cmath>
+#include <cstring>
+#include <regex>
+#include <string>
+
+#include "collection/state.hpp"
+#include "io/format.hpp"
+#include "shoal/core/error.hpp"
+#include "shoal/index/factory.hpp"
+
+namespace shoal {
+namespace detail {
+namespace {
+
+constexpr std::uint32_t tag_params = io::detail::make_tag("COLP");
+constexpr std::uint32_t tag_spec = io::detail::make_tag("SPEC");
+constexpr std::uint32_t tag_bounds = io::detail::make_tag("RBND");
+constexpr std::uint32_t tag_centroids = io::detail::make_tag("RCEN");
+constexpr std::uint32_t tag_table_ids = io::detail::make_tag("TIDS");
+constexpr std::uint32_t tag_table_shards = io::detail::make_tag("TSHD");
+
+/// The fixed-width parameter section of a manifest.
+struct manifest_params {
+  std::uint32_t policy;
+  std::uint32_t shards;
+  std::uint32_t replicas;
+  std::uint32_t groups;
+  std::uint32_t threads_per_shard;
+  std::uint32_t sync;
+  std::uint64_t seed;
+  double rebalance_threshold;
+  std::uint64_t generation;     // shard files of this generation hold the snapshot
+  std::uint64_t wal_sequence;   // last log record the snapshot contains
+  std::uint32_t centroid_rows;  // 0: router untrained
+  std::uint32_t reserved;
+};
+static_assert(sizeof(manifest_params) == 64);
+
+/// The generation of a shard file name ("shard-3-g12.shoal" → 12), or -1.
+std::int64_t generation_of(const std::string& file) {
+  static const std::regex pattern(R"(shard-[0-9]+-g([0-9]+)\.shoal)");
+  std::smatch m;
+  return std::regex_match(file, m, pattern) ? std::stoll(m[1].str()) : -1;
+}
+
+/// Deletes shard files of every generation but `keep` (best effort: leftovers cost disk, not data).
+void remove_other_generations(const std::filesystem::path& dir, std::uint64_t keep) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::int64_t g = generation_of(entry.path().filename().string());
+    if (g >= 0 && static_cast<std::uint64_t>(g) != keep) std::filesystem::remove(entry.path(), ec);
+  }
+}
+
+/// One past the highest generation found in `dir` (so that a new snapshot never overwrites a file
+/// that the current manifest names).
+std::uint64_t next_generation(const std::filesystem::path& dir) {
+  std::uint64_t next = 1;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::int64_t g = generation_of(entry.path().filename().string());
+    if (g >= 0) next = std::max(next, static_cast<std::uint64_t>(g) + 1);
+  }
+  return next;
+}
+
+}  // namespace
+
+void collection_state::write_snapshot(const layout& lay, const std::filesystem::path& dir, std::uint64_t gen,
+                                      std::uint64_t wal_sequence) const {
+  const auto snapshot_started = std::chrono::steady_clock::now();
+  std::error_code ec;
+  std::filesystem::create_directories(dir, ec);
+  SHOAL_CHECK_CODE(!ec, errc::io_error, "collection::save: cannot create ", dir.string(), ": ", ec.message());
+  for (std::size_t s = 0; s < lay.shards.size(); ++s) {
+    const shard_state& shard = *lay.shards[s];
+    bool saved = false;
+    for (const auto& rep : shard.replicas) {
+      const std::shared_ptr<any_index> index = rep->up.load() ? rep->index.load() : nullptr;
+      if (!index) continue;
+      const std::string path = (dir / shard_file_name(s, gen)).string();
+      read_replica(shard, *rep, *index, [&](const any_index& i) { i.save(path); });
+      saved = true;
+      break;
+    }
+    SHOAL_CHECK_CODE(saved, errc::unsupported, "collection::save: shard ", s, " has no live replica");
+  }
+
+  std::vector<vector_id> ids;
+  std::vector<std::uint32_t> owners;
+  {
+    const std::shared_lock lock(lay.table_mutex);
+    ids.reserve(lay.table.size());
+    owners.reserve(lay.table.size());
+    for (const auto& [id, s] : lay.table) {
+      ids.push_back(id);
+      owners.push_back(s);
+    }
+  }
+  const matrix<float>& centroids = lay.route.centroids();
+  manifest_params p{};
+  p.policy = static_cast<std::uint32_t>(options.policy);
+  p.shards = static_cast<std::uint32_t>(options.shards);
+  p.replicas = static_cast<std::uint32_t>(options.replicas);
+  p.groups = static_cast<std::uint32_t>(options.groups);
+  p.threads_per_shard = static_cast<std::uint32_t>(options.threads_per_shard);
+  p.sync = static_cast<std::uint32_t>(options.sync);
+  p.seed = options.seed;
+  p.rebalance_threshold = options.rebalance_threshold;
+  p.generation = gen;
+  p.wal_sequence = wal_sequence;
+  p.centroid_rows = static_cast<std::uint32_t>(centroids.rows);
+
+  io::detail::index_file_writer out(dir / manifest_file_name,
+                                    {index_kind::collection, options.metric, options.dim, ids.size()});
+  out.begin_section(tag_params);
+  out.append_value(p);
+  out.begin_section(tag_spec);
+  out.append(options.index.data(), options.index.size());
+  out.begin_section(tag_bounds);
+  out.append(std::span<const std::uint64_t>(options.range_bounds));
+  out.begin_section(tag_centroids);
+  out.append(std::span<const float>(centroids.values.data(), centroids.values.size()));
+  out.begin_section(tag_table_ids);
+  out.append(std::span<const vector_id>(ids));
+  out.begin_section(tag_table_shards);
+  out.append(std::span<const std::uint32_t>(owners));
+  out.commit();
+  remove_other_generations(dir, gen);
+  checkpoint_ns.store(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - snapshot_started)
+          .count());
+}
+
+}  // namespace detail
+
+void collection::save(const std::filesystem::path& directory) const {
+  detail::collection_state& st = *state_;
+  const std::unique_lock layout_lock(st.layout_mutex);  // every logged write is applied; new ones wait
+  const std::shared_ptr<detail::layout> lay = st.current.load();
+  std::error_code ec;
+  const bool own = st.wal && std::filesystem::exists(directory, ec) &&
+                   std::filesystem::equivalent(directory, st.options.directory, ec);
+  if (!own) {
+    std::filesystem::create_directories(directory, ec);
+    // A stale log of whatever collection lived here must not replay onto this snapshot.
+    std::filesystem::remove(directory / detail::write_ahead_log::file_name, ec);
+  }
+  const std::uint64_t generation = detail::next_generation(directory);
+  st.write_snapshot(*lay, directory, generation, own ? st.wal->last_sequence() : 0);
+  if (own) {
+    st.wal->reset();
+    st.snapshot_generation = generation;
+  }
+}
+
+void collection::checkpoint() {
+  SHOAL_CHECK(!state_->options.directory.empty(),
+              "collection::checkpoint: the collection has no directory "
+              "(set collection_options::directory, or use save(dir))");
+  SHOAL_CHECK_CODE(!state_->read_only, errc::unsupported, "collection::checkpoint: the collection is read-only");
+  save(state_->options.directory);
+}
+
+collection collection::open(const std::filesystem::path& directory, const collection_open_options& oo) {
+  const std::filesystem::path manifest = directory / detail::manifest_file_name;
+  SHOAL_CHECK_CODE(std::filesystem::exists(manifest), errc::io_error, "collection::open: ", directory.string(),
+                   " holds no collection (", detail::manifest_file_name, " is missing)");
+  const io::detail::index_file_reader in(manifest, {.mmap = false, .verify = oo.verify});
+  in.expect_kind(index_kind::collection, "collection::open");
+  in.check_known({detail::tag_params, detail::tag_spec, detail::tag_bounds, detail::tag_centroids,
+                  detail::tag_table_ids, detail::tag_table_shards});
+  const std::string& name = in.name();
+  detail::manifest_params p{};
+  in.read(detail::tag_params, &p, 1);
+  SHOAL_CHECK_CODE(p.policy <= static_cast<std::uint32_t>(sharding::hybrid), errc::corrupt_file, name,
+                   ": unknown sharding policy ", p.policy);
+  SHOAL_CHECK_CODE(p.sync <= static_cast<std::uint32_t>(wal_sync::os_buffered), errc::corrupt_file, name,
+                   ": unknown log sync policy ", p.sync);
+  const std::vector<std::byte> spec = in.small_section(detail::tag_spec);
+
+  collection_options o;
+  o.dim = in.header().dim;
+  o.metric = in.header().metric;
+  o.index.assign(reinterpret_cast<const char*>(spec.data()), spec.size());
+  o.policy = static_cast<sharding>(p.policy);
+  o.shards = p.shards;
+  o.replicas = p.replicas;
+  o.groups = p.groups;
+  o.threads_per_shard = oo.threads_per_shard > 0 ? oo.threads_per_shard : p.threads_per_shard;
+  o.seed = p.seed;
+  o.rebalance_threshold = p.rebalance_threshold;
+  o.sync = static_cast<wal_sync>(p.sync);
+  SHOAL_CHECK_CODE(p.shards >= 1 && p.shards <= 4096, errc::corrupt_file, name, ": ", p.shards, " shards");
+  o.range_bounds.resize(in.section_size(detail::tag_bounds) / sizeof(std::uint64_t));
+  in.read(detail::tag_bounds, o.range_bounds.data(), o.range_bounds.size());
+  try {
+    detail::validate(o);
+  } catch (const error& e) {
+    detail::throw_error(errc::corrupt_file, detail::str(name, ": the manifest holds invalid options: ", e.what()));
+  }
+  o.directory = directory;
+
+  auto st = std::make_unique<detail::collection_state>();
+  st->options = o;
+  st->snapshot_generation = p.generation;
+  for (std::size_t s = 0; s < o.shards; ++s)
+    st->executors.push_back(std::make_unique<detail::shard_executor>(o.threads_per_shard));
+
+  auto lay = std::make_shared<detail::layout>(
+      detail::router(o.policy, o.shards, o.groups, o.range_bounds, o.metric, o.dim, o.seed));
+  if (p.centroid_rows > 0) {
+    SHOAL_CHECK_CODE(lay->route.needs_centroids() && p.centroid_rows == lay->route.centroid_count(), errc::corrupt_file,
+                     name, ": ", p.centroid_rows, " router centroids for ", sharding_name(o.policy), " sharding over ",
+                     o.shards, " shards");
+    matrix<float> centroids(p.centroid_rows, o.dim);
+    in.read(detail::tag_centroids, centroids.values.data(), centroids.values.size());
+    for (const float v : centroids.values)
+      SHOAL_CHECK_CODE(std::isfinite(v), errc::corrupt_file, name, ": router centroids hold NaN/Inf");
+    lay->route.set_centroids(std::move(centroids));
+  }
+  const std::size_t count = in.header().count;
+  {
+    const aligned_vector<vector_id> ids = in.read_vector<vector_id>(detail::tag_table_ids, count);
+    const aligned_vector<std::uint32_t> owners = in.read_vector<std::uint32_t>(detail::tag_table_shards, count);
+    lay->table.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) {
+      SHOAL_CHECK_CODE(owners[i] < o.shards, errc::corrupt_file, name, ": id ", ids[i], " routed to shard ", owners[i],
+                       " of ", o.shards);
+      SHOAL_CHECK_CODE(lay->table.emplace(ids[i], owners[i]).second, errc::corrupt_file, name, ": id ", ids[i],
+                       " appears twice in the routing table");
+    }
+  }
+
+  st->wal = std::make_unique<detail::write_ahead_log>(directory, o.dim, o.sync, p.wal_sequence);
+  std::vector<detail::wal_record> replay = st->wal->take_replay();
+  const bool mapped = oo.mmap && replay.empty();
+  std::vector<std::size_t> per_shard(o.shards, 0);
+  for (const auto& [id, s] : lay->table) ++per_shard[s];
+  for (std::size_t s = 0; s < o.shards; ++s) {
+    auto shard = std::make_shared<detail::shard_state>();
+    const std::string file = (directory / detail::shard_file_name(s, p.generation)).string();
+    for (std::size_t r = 0; r < o.replicas; ++r) {
+      auto index = std::make_shared<any_index>(load_index(file, {.mmap = mapped, .verify = oo.verify}));
+      SHOAL_CHECK_CODE(index->dim() == o.dim && index->metric() == o.metric, errc::corrupt_file, file,
+                       ": shard index of dimension ", index->dim(), " and metric ", metric_name(index->metric()),
+                       ", the manifest says ", o.dim, " and ", metric_name(o.metric));
+      SHOAL_CHECK_CODE(index->size() == per_shard[s], errc::corrupt_file, file, ": shard holds ", index->size(),
+                       " vectors, the routing table ", per_shard[s]);
+      auto rep = std::make_unique<detail::replica_slot>();
+      shard->concurrent = index->concurrent_writes();
+      rep->index.store(std::move(index));
+      shard->replicas.push_back(std::move(rep));
+    }
+    lay->shards.push_back(std::move(shard));
+  }
+  st->trained.store(st->all_trained(*lay));
+  st->current.store(lay);
+
+  // Replay the log through the ordinary write path, without logging it again.
+  std::unique_ptr<detail::write_ahead_log> wal = std::move(st->wal);
+  for (const detail::wal_record& r : replay) {
+    try {
+      st->write(r.op, r.vectors.view(), r.ids, r.keys);
+    } catch (const error& e) {
+      detail::throw_error(errc::corrupt_file, detail::str(directory.string(), "/", detail::write_ahead_log::file_name,
+                                                          ": record ", r.sequence, " cannot be applied: ", e.what()));
+    }
+  }
+  st->wal = std::move(wal);
+  st->replayed = replay.size();
+  st->read_only = mapped;
+  return collection(std::move(st));
+}
+
+}  // namespace shoal

@@ -1,0 +1,212 @@
+#pragma once
+// Internal: the state behind shoal::collection, shared by collection.cpp (routing, search, writes,
+// replicas, rebalancing, metrics) and persist.cpp (manifest, snapshots, open).
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <span>
+#include <thread>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "collection/metrics.hpp"
+#include "collection/router.hpp"
+#include "collection/wal.hpp"
+#include "shoal/collection/collection.hpp"
+#include "shoal/index/any_index.hpp"
+
+#ifndef SHOAL_TSAN
+#include <tbb/task_arena.h>
+#endif
+
+namespace shoal::detail {
+
+/// Where a shard's work runs: its own `tbb::task_arena` of `threads` threads, or (threads = 0) the
+/// caller's arena. Under SHOAL_TSAN everything runs on the calling thread (see core/parallel.hpp).
+class shard_executor {
+ public:
+  explicit shard_executor(std::size_t threads) {
+#ifndef SHOAL_TSAN
+    if (threads > 0) arena_ = std::make_unique<tbb::task_arena>(static_cast<int>(threads));
+#else
+    (void)threads;
+#endif
+  }
+  template <class F>
+  void execute(const F& f) const {
+#ifndef SHOAL_TSAN
+    if (arena_) {
+      arena_->execute(f);
+      return;
+    }
+#endif
+    f();
+  }
+
+ private:
+#ifndef SHOAL_TSAN
+  std::unique_ptr<tbb::task_arena> arena_;
+#endif
+};
+
+/// The ids that writes in flight are changing. A write claims all its ids at once (waiting while any is
+/// claimed by another write) and releases them when it is applied, so writes to one id never interleave
+/// and claiming can never deadlock. One short critical section per write, whatever the batch size.
+class id_registry {
+ public:
+  void claim(std::span<const vector_id> ids) {
+    std::unique_lock lock(mutex_);
+    released_.wait(
+        lock, [&] { return std::none_of(ids.begin(), ids.end(), [&](vector_id id) { return busy_.contains(id); }); });
+    busy_.insert(ids.begin(), ids.end());
+  }
+  void release(std::span<const vector_id> ids) {
+    {
+      const std::lock_guard lock(mutex_);
+      for (const vector_id id : ids) busy_.erase(id);
+    }
+    released_.notify_all();
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable released_;
+  std::unordered_set<vector_id> busy_;
+};
+
+/// One copy of a shard.
+struct replica_slot {
+  std::atomic<std::shared_ptr<any_index>> index;  // null while down
+  std::atomic<bool> up{true};
+  std::atomic<std::int64_t> inflight{0};  // searches running on it
+  std::atomic<std::uint64_t> lag{0};      // vector writes missed while down
+  std::atomic<std::uint64_t> served{0};   // searches served
+  mutable std::shared_mutex access;       // searches shared, writes exclusive (indexes without concurrent writes)
+};
+
+/// One shard: its replicas and the mutex that orders writes to them.
+struct shard_state {
+  std::vector<std::unique_ptr<replica_slot>> replicas;
+  std::mutex write_mutex;   // held while a write or a rebuild touches the replicas
+  bool concurrent = false;  // the index allows writes while searching
+  latency_histogram latency;
+};
+
+/// What a rebalance swaps at once: the router, the shards and the routing table built for them.
+struct layout {
+  explicit layout(router r) : route(std::move(r)) {}
+  router route;
+  std::vector<std::shared_ptr<shard_state>> shards;
+  mutable std::shared_mutex table_mutex;
+  std::unordered_map<vector_id, std::uint32_t> table;  // id -> shard
+};
+
+/// Nanoseconds as an atomic gauge.
+using atomic_ns = std::atomic<std::int64_t>;
+
+struct collection_state {
+  collection_options options;
+  std::atomic<std::shared_ptr<layout>> current;
+  /// Writers hold it shared for a whole write (log + apply); snapshots and layout swaps hold it
+  /// exclusively, so they see every logged write applied. Searches never take it.
+  mutable std::shared_mutex layout_mutex;
+  id_registry busy_ids;  // writes to one id are serialised through it
+  std::vector<std::unique_ptr<shard_executor>> executors;
+  std::unique_ptr<write_ahead_log> wal;
+  std::atomic<bool> trained{false};
+  bool read_only = false;
+  std::uint64_t snapshot_generation = 0;  // of the last snapshot in `options.directory`
+
+  // Rebalancing: while `capturing`, every applied write is also recorded for the new layout.
+  std::mutex capture_mutex;
+  bool capturing = false;
+  std::vector<wal_record> captured;
+  std::mutex rebalance_mutex;                  // one rebalance at a time
+  std::atomic<bool> rebalance_running{false};  // a background rebalance is scheduled or running
+  std::mutex background_mutex;                 // guards `background`
+  std::thread background;
+
+  // Metrics (mutable: searches are const and count).
+  std::chrono::steady_clock::time_point created = std::chrono::steady_clock::now();
+  mutable latency_histogram route_latency, shard_latency, merge_latency, search_latency, write_latency;
+  mutable std::atomic<std::uint64_t> queries{0}, searches{0};
+  std::atomic<std::uint64_t> adds{0}, upserts{0}, removes{0}, rebalances{0};
+  mutable atomic_ns train_ns{0}, rebalance_ns{0}, checkpoint_ns{0}, rebuild_ns{0};
+  std::uint64_t replayed = 0;
+
+  ~collection_state() {
+    if (background.joinable()) background.join();
+  }
+
+  [[nodiscard]] const shard_executor& executor(std::size_t shard) const { return *executors[shard]; }
+  /// A new empty layout of `options`: router untrained, every replica an empty index from the spec.
+  [[nodiscard]] std::shared_ptr<layout> empty_layout() const;
+  /// Applies one validated write (no logging, no capture): the common tail of writes and log replay.
+  void apply(layout& lay, wal_op op, matrix_view<const float> vectors, std::span<const vector_id> ids,
+             std::span<const std::uint64_t> keys);
+  /// The full write path: checks, id claims, log, capture, apply.
+  void write(wal_op op, matrix_view<const float> vectors, std::span<const vector_id> ids,
+             std::span<const std::uint64_t> keys);
+  /// Writes a snapshot of `lay` into `dir` (caller holds `layout_mutex` exclusively).
+  void write_snapshot(const layout& lay, const std::filesystem::path& dir, std::uint64_t gen,
+                      std::uint64_t wal_sequence) const;
+  [[nodiscard]] bool all_trained(const layout& lay) const;
+};
+
+/// Checks the options a collection is created (or a manifest opened) with; throws naming the bad one.
+void validate(const collection_options& o);
+/// Re-clusters a semantic or hybrid collection (see `collection::rebalance`).
+void rebalance(collection_state& st);
+/// Shards smaller than this never trigger an automatic rebalance.
+inline constexpr std::size_t min_rebalance_shard = 1000;
+
+/// `f(index)` for a read of one replica: under the replica's shared lock when the shard's index does not
+/// allow writes concurrent with reads.
+template <class F>
+decltype(auto) read_replica(const shard_state& shard, const replica_slot& rep, const any_index& index, const F& f) {
+  if (shard.concurrent) return f(index);
+  const std::shared_lock lock(rep.access);
+  return f(index);
+}
+
+/// Runs `f(index)` on every live replica of `shard` in replica order (caller holds the shard's write
+/// mutex). A replica that fails after another succeeded is taken down (its copy has diverged and is
+/// rebuilt by `restore`); a failure on the first replica tried is rethrown.
+template <class F>
+void for_each_live_replica(shard_state& shard, std::uint64_t vectors, const F& f) {
+  bool applied = false;
+  for (const auto& rep : shard.replicas) {
+    std::shared_ptr<any_index> index = rep->up.load() ? rep->index.load() : nullptr;
+    if (!index) {
+      rep->lag.fetch_add(vectors, std::memory_order_relaxed);
+      continue;
+    }
+    try {
+      if (shard.concurrent) {
+        f(*index);
+      } else {
+        const std::unique_lock lock(rep->access);
+        f(*index);
+      }
+      applied = true;
+    } catch (...) {
+      if (!applied) throw;
+      rep->up.store(false);
+      rep->index.store(nullptr);
+      rep->lag.fetch_add(vectors, std::memory_order_relaxed);
+    }
+  }
+}
+
+/// File name of shard `s` in snapshot generation `generation`.
+[[nodiscard]] std::string shard_file_name(std::size_t s, std::uint64_t generation);
+inline constexpr const char* manifest_file_name = "MANIFEST.shoal";
+
+}  // namespace shoal::detail

@@ -1,0 +1,191 @@
+#include "collection/wal.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <string>
+
+#include "shoal/core/error.hpp"
+#include "shoal/io/format.hpp"
+
+namespace shoal::detail {
+namespace {
+
+constexpr std::array<char, 8> wal_magic = {'S', 'H', 'O', 'A', 'L', 'W', 'A', 'L'};
+constexpr std::uint32_t wal_version = 1;
+constexpr std::size_t header_bytes = 24;
+constexpr std::size_t record_head_bytes = 8;     // payload size + crc
+constexpr std::size_t payload_fixed_bytes = 16;  // sequence, op, has_keys, pad, count
+
+template <class T>
+T load(const std::byte* p) noexcept {
+  T v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+void write_all(int fd, const std::byte* data, std::size_t bytes, const std::filesystem::path& path) {
+  while (bytes > 0) {
+    const ::ssize_t put_bytes = ::write(fd, data, bytes);
+    if (put_bytes < 0 && errno == EINTR) continue;
+    SHOAL_CHECK_CODE(put_bytes > 0, errc::io_error, path.string(), ": appending to the write-ahead log failed: ",
+                     io::detail::errno_text(put_bytes < 0 ? errno : EIO));
+    data += put_bytes;
+    bytes -= static_cast<std::size_t>(put_bytes);
+  }
+}
+
+}  // namespace
+
+write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after)
+    : path_(dir / file_name), dim_(dim), sync_(sync), last_sequence_(after) {
+  const bool existed = std::filesystem::exists(path_);
+  fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR | O_CREAT, 0666));
+  SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, path_.string(),
+                   ": cannot open the write-ahead log: ", io::detail::errno_text(errno));
+  if (existed && std::filesystem::file_size(path_) > 0)
+    read_records(after);
+  else
+    write_header();
+  SHOAL_CHECK_CODE(::lseek(fd_.get(), 0, SEEK_END) >= 0, errc::io_error, path_.string(),
+                   ": seek failed: ", io::detail::errno_text(errno));
+}
+
+void write_ahead_log::write_header() {
+  std::array<std::byte, header_bytes> head{};
+  const std::array<std::uint32_t, 2> fields{wal_version, static_cast<std::uint32_t>(dim_)};
+  std::memcpy(head.data(), wal_magic.data(), wal_magic.size());
+  std::memcpy(head.data() + wal_magic.size(), fields.data(), sizeof fields);
+  SHOAL_CHECK_CODE(::ftruncate(fd_.get(), 0) == 0 && ::lseek(fd_.get(), 0, SEEK_SET) == 0, errc::io_error,
+                   path_.string(), ": cannot truncate the write-ahead log: ", io::detail::errno_text(errno));
+  write_all(fd_.get(), head.data(), head.size(), path_);
+  SHOAL_CHECK_CODE(::fsync(fd_.get()) == 0, errc::io_error, path_.string(),
+                   ": fsync failed: ", io::detail::errno_text(errno));
+}
+
+void write_ahead_log::read_records(std::uint64_t after) {
+  const io::detail::input_file in(path_);
+  const std::uint64_t size = in.size();
+  const std::string name = path_.string();
+  SHOAL_CHECK_CODE(size >= header_bytes, errc::corrupt_file, name, ": write-ahead log shorter than its header (", size,
+                   " bytes)");
+  std::vector<std::byte> bytes(static_cast<std::size_t>(size));
+  in.read_at(0, bytes.data(), size);
+  SHOAL_CHECK_CODE(std::memcmp(bytes.data(), wal_magic.data(), wal_magic.size()) == 0, errc::corrupt_file, name,
+                   ": not a shoal write-ahead log (bad magic)");
+  const auto version = load<std::uint32_t>(bytes.data() + 8);
+  SHOAL_CHECK_CODE(version == wal_version, errc::unsupported, name, ": write-ahead log version ", version,
+                   " is not supported (this build reads version ", wal_version, ")");
+  const auto dim = load<std::uint32_t>(bytes.data() + 12);
+  SHOAL_CHECK_CODE(dim == dim_, errc::corrupt_file, name, ": write-ahead log of dimension ", dim, ", collection has ",
+                   dim_);
+
+  std::uint64_t at = header_bytes;
+  std::uint64_t previous = 0;
+  while (at < size) {
+    const std::uint64_t left = size - at;
+    std::uint64_t payload = 0;
+    bool torn = left < record_head_bytes;
+    if (!torn) {
+      payload = load<std::uint32_t>(bytes.data() + at);
+      torn = payload > left - record_head_bytes;
+    }
+    if (!torn) {
+      const auto crc = load<std::uint32_t>(bytes.data() + at + 4);
+      const std::byte* p = bytes.data() + at + record_head_bytes;
+      const bool intact = crc32c(p, payload) == crc;
+      const bool last = at + record_head_bytes + payload == size;
+      if (!intact && last) torn = true;
+      SHOAL_CHECK_CODE(intact || last, errc::corrupt_file, name, ": write-ahead log record at byte ", at,
+                       " fails its checksum");
+      if (intact) {
+        SHOAL_CHECK_CODE(payload >= payload_fixed_bytes, errc::corrupt_file, name, ": record at byte ", at,
+                         " is too short");
+        wal_record r;
+        r.sequence = load<std::uint64_t>(p);
+        const auto op = static_cast<std::uint8_t>(p[8]);
+        const bool has_keys = p[9] != std::byte{0};
+        const auto count = load<std::uint32_t>(p + 12);
+        SHOAL_CHECK_CODE(op >= 1 && op <= 3, errc::corrupt_file, name, ": record at byte ", at, " has unknown op ",
+                         static_cast<unsigned>(op));
+        r.op = static_cast<wal_op>(op);
+        const std::uint64_t vector_bytes = r.op == wal_op::remove ? 0 : std::uint64_t{count} * dim_ * sizeof(float);
+        const std::uint64_t expected =
+            payload_fixed_bytes + std::uint64_t{count} * 8 * (has_keys ? 2 : 1) + vector_bytes;
+        SHOAL_CHECK_CODE(expected == payload, errc::corrupt_file, name, ": record at byte ", at, " holds ", payload,
+                         " bytes, its header implies ", expected);
+        SHOAL_CHECK_CODE(r.sequence > previous, errc::corrupt_file, name, ": record at byte ", at, " has sequence ",
+                         r.sequence, " after ", previous);
+        previous = r.sequence;
+        const std::byte* q = p + payload_fixed_bytes;
+        r.ids.resize(count);
+        std::memcpy(r.ids.data(), q, count * sizeof(vector_id));
+        q += count * sizeof(vector_id);
+        if (has_keys) {
+          r.keys.resize(count);
+          std::memcpy(r.keys.data(), q, count * sizeof(std::uint64_t));
+          q += count * sizeof(std::uint64_t);
+        }
+        if (r.op != wal_op::remove) {
+          r.vectors = matrix<float>(count, dim_);
+          std::memcpy(r.vectors.values.data(), q, vector_bytes);
+        }
+        last_sequence_ = std::max(last_sequence_, r.sequence);
+        if (r.sequence > after) replay_.push_back(std::move(r));
+      }
+    }
+    if (torn) {
+      dropped_ = size - at;
+      SHOAL_CHECK_CODE(::ftruncate(fd_.get(), static_cast<::off_t>(at)) == 0 && ::fsync(fd_.get()) == 0, errc::io_error,
+                       name, ": cannot drop the torn last record: ", io::detail::errno_text(errno));
+      break;
+    }
+    at += record_head_bytes + payload;
+  }
+}
+
+std::uint64_t write_ahead_log::last_sequence() const {
+  const std::lock_guard lock(mutex_);
+  return last_sequence_;
+}
+
+std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,
+                                      matrix_view<const float> vectors) {
+  const std::lock_guard lock(mutex_);
+  const std::uint64_t sequence = last_sequence_ + 1;
+  const std::size_t count = ids.size();
+  const std::size_t row_bytes = dim_ * sizeof(float);
+  const std::size_t payload =
+      payload_fixed_bytes + ids.size_bytes() + keys.size_bytes() + (op == wal_op::remove ? 0 : count * row_bytes);
+  SHOAL_CHECK(payload <= 0xFFFFFFFFu, "write-ahead log: a record of ", payload, " bytes exceeds 4 GiB");
+  buffer_.assign(record_head_bytes + payload, std::byte{0});
+  std::byte* p = buffer_.data() + record_head_bytes;
+  const auto head = std::array<std::uint64_t, 2>{sequence, static_cast<std::uint64_t>(op) |
+                                                               std::uint64_t{keys.empty() ? 0u : 1u} << 8 |
+                                                               std::uint64_t{static_cast<std::uint32_t>(count)} << 32};
+  std::memcpy(p, head.data(), payload_fixed_bytes);
+  p += payload_fixed_bytes;
+  std::memcpy(p, ids.data(), ids.size_bytes());
+  p += ids.size_bytes();
+  if (!keys.empty()) std::memcpy(p, keys.data(), keys.size_bytes());
+  p += keys.size_bytes();
+  if (op != wal_op::remove)
+    for (std::size_t i = 0; i < count; ++i, p += row_bytes) std::memcpy(p, vectors.row(i), row_bytes);
+  const auto payload32 = static_cast<std::uint32_t>(payload);
+  const std::uint32_t crc = crc32c(buffer_.data() + record_head_bytes, payload);
+  std::memcpy(buffer_.data(), &payload32, 4);
+  std::memcpy(buffer_.data() + 4, &crc, 4);
+  write_all(fd_.get(), buffer_.data(), buffer_.size(), path_);
+  if (sync_ == wal_sync::every_write)
+    SHOAL_CHECK_CODE(::fdatasync(fd_.get()) == 0, errc::io_error, path_.string(),
+                     ": fdatasync failed: ", io::detail::errno_text(errno));
+  last_sequence_ = sequence;
+  return sequence;
+}
+
+void write_ahead_log::reset() {
+  const std::lock_guard lock(mutex_);
+  write_header();
+}
+
+}  // namespace shoal::detail

@@ -1,0 +1,81 @@
+#pragma once
+// Internal: a collection's write-ahead log (`<dir>/wal.log`).
+//
+// Layout (little-endian):
+//   header (24 bytes): magic "SHOALWAL", u32 version (1), u32 dim, u64 reserved (0)
+//   records, each: u32 payload_bytes, u32 crc32c(payload), payload:
+//     u64 sequence, u8 op (1 add, 2 upsert, 3 remove), u8 has_keys, u16 0, u32 count,
+//     u64 ids[count], u64 keys[count] if has_keys, f32 vectors[count * dim] unless op is remove.
+// Sequence numbers increase by one per record. A collection's manifest records the last sequence its
+// snapshot contains; replay applies only later records, so a crash between writing a snapshot and
+// emptying the log replays nothing twice.
+//
+// A torn last record — the payload runs past the end of the file, or its checksum fails and it ends
+// exactly at the end of the file — is the trace of a write whose fsync never completed, i.e. a write
+// that was never acknowledged: it is dropped and the file truncated before it. Any other damage is
+// `errc::corrupt_file`.
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <mutex>
+#include <span>
+#include <vector>
+
+#include "io/file_util.hpp"
+#include "shoal/collection/collection.hpp"
+#include "shoal/core/types.hpp"
+
+namespace shoal::detail {
+
+enum class wal_op : std::uint8_t { add = 1, upsert = 2, remove = 3 };
+
+struct wal_record {
+  std::uint64_t sequence = 0;
+  wal_op op = wal_op::add;
+  std::vector<vector_id> ids;
+  std::vector<std::uint64_t> keys;  // empty: none given
+  matrix<float> vectors;            // empty for remove
+};
+
+class write_ahead_log {
+ public:
+  static constexpr const char* file_name = "wal.log";
+
+  /// Opens `<dir>/wal.log`, creating it (with its header) when missing; reads every record and keeps
+  /// those with sequence > `after` for `take_replay()`; truncates a torn tail.
+  write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after);
+  write_ahead_log(const write_ahead_log&) = delete;
+  write_ahead_log& operator=(const write_ahead_log&) = delete;
+
+  /// The records newer than the snapshot, in log order (moved out; empty after the first call).
+  [[nodiscard]] std::vector<wal_record> take_replay() { return std::move(replay_); }
+  /// Bytes of a torn tail dropped when the log was opened.
+  [[nodiscard]] std::uint64_t dropped_bytes() const noexcept { return dropped_; }
+  /// Sequence of the last record written or read (0: none yet).
+  [[nodiscard]] std::uint64_t last_sequence() const;
+
+  /// Appends one record and makes it durable as the sync policy says; returns its sequence number.
+  /// Thread-safe. Throws `errc::io_error`.
+  std::uint64_t append(wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,
+                       matrix_view<const float> vectors);
+
+  /// Empties the log (after a snapshot that holds every record); sequences continue from the last.
+  void reset();
+
+ private:
+  void write_header();
+  void read_records(std::uint64_t after);
+
+  std::filesystem::path path_;
+  std::size_t dim_;
+  wal_sync sync_;
+  io::detail::unique_fd fd_;
+  mutable std::mutex mutex_;
+  std::uint64_t last_sequence_ = 0;
+  std::uint64_t dropped_ = 0;
+  std::vector<wal_record> replay_;
+  std::vector<std::byte> buffer_;  // record being written (under mutex_)
+};
+
+}  // namespace shoal::detail

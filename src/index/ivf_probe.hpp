@@ -1,0 +1,62 @@
+#pragma once
+// Internal: the query side shared by the IVF indexes — checking a batch of queries, bringing them into
+// the space the lists live in (unit length under cosine; rotated when IVF-PQ has an OPQ rotation) and the
+// coarse pass that picks each query's lists.
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <vector>
+
+#include "cluster/assign.hpp"
+#include "shoal/core/checks.hpp"
+#include "shoal/core/types.hpp"
+#include "shoal/quant/opq.hpp"
+
+namespace shoal::detail {
+
+/// A batch of queries as an IVF index searches them, and the lists each one probes.
+struct probed_queries {
+  std::optional<matrix<float>> normalized;  // cosine: unit-length copies
+  std::optional<matrix<float>> rotated;     // OPQ: rotated copies
+  /// The queries as searched (one of the above, or the caller's).
+  matrix_view<const float> view;
+  std::size_t nprobe = 0;
+  /// nprobe list numbers per query, nearest first (ties to the smaller list).
+  std::vector<std::uint32_t> probes;
+
+  /// The lists query `q` probes.
+  [[nodiscard]] std::span<const std::uint32_t> lists(std::size_t q) const noexcept {
+    return {probes.data() + q * nprobe, nprobe};
+  }
+};
+
+/// Checks `queries` (dimension, NaN/Inf, zero vectors under cosine; `what` prefixes the error), brings
+/// them into the lists' space (normalised under cosine, then multiplied by `rotation` when given) and
+/// runs the coarse pass over the trained `centroids` (‖c‖² in `centroid_norms`): `nprobe` lists per query
+/// (0: `default_nprobe`; at most every list).
+[[nodiscard]] inline probed_queries probe_queries(matrix_view<const float> queries, std::size_t dim, metric m,
+                                                  matrix_view<const float> centroids, const float* centroid_norms,
+                                                  std::size_t nprobe, std::size_t default_nprobe,
+                                                  const opq_rotation* rotation, const char* what) {
+  check_vectors(queries, dim, what);
+  probed_queries p;
+  p.view = queries;
+  if (m == metric::cosine) {
+    p.normalized = normalized_copy(queries, what);
+    p.view = p.normalized->view();
+  }
+  if (rotation != nullptr) {
+    p.rotated = rotation->apply(p.view);
+    p.view = p.rotated->view();
+  }
+  p.nprobe = std::min(nprobe == 0 ? default_nprobe : nprobe, centroids.rows);
+  p.probes.resize(p.view.rows * p.nprobe);
+  std::vector<float> unused(p.probes.size());
+  assign_nearest(p.view, centroids, centroid_norms, m, p.nprobe, p.probes.data(), unused.data());
+  return p;
+}
+
+}  // namespace shoal::detail

@@ -1,0 +1,563 @@
+// shoal::collection: routing policies against one flat index, semantic probing recall, online updates
+// with read-your-writes, replicas, persistence with a write-ahead log (including a killed writer),
+// rebalancing, metrics, concurrency, bad input.
+
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "shoal/collection/collection.hpp"
+#include "shoal/index/flat.hpp"
+#include "test_support.hpp"
+
+namespace shoal {
+namespace {
+
+using test::clustered_set;
+using test::fails_with;
+using test::require_identical;
+using test::scratch_dir;
+
+collection_options options_for(sharding policy, std::size_t dim, metric m, std::string spec = "Flat") {
+  collection_options o;
+  o.dim = dim;
+  o.metric = m;
+  o.index = std::move(spec);
+  o.policy = policy;
+  o.shards = 4;
+  if (policy == sharding::range) o.range_bounds = {std::uint64_t{1} << 61, std::uint64_t{1} << 62, 3ull << 61};
+  if (policy == sharding::hybrid) o.groups = 2;
+  return o;
+}
+
+flat_index flat_of(const clustered_set& data, metric m) {
+  flat_index f(data.base.dim, m);
+  f.add(data.base.view(), data.ids);
+  return f;
+}
+
+/// Recall@k of `got` against exact results.
+double recall(const neighbors& got, const neighbors& exact) {
+  std::size_t hits = 0;
+  for (std::size_t q = 0; q < got.rows(); ++q) {
+    const std::set<vector_id> truth(exact.row_ids(q).begin(), exact.row_ids(q).end());
+    for (const vector_id id : got.row_ids(q)) hits += truth.count(id);
+  }
+  return static_cast<double>(hits) / static_cast<double>(got.rows() * got.k());
+}
+
+TEST_CASE("collection: every policy searching every shard equals one flat index", "[collection]") {
+  const clustered_set data(3000, 40, 24, 12, 7, 0.3f, 5);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine})
+    for (const sharding policy : {sharding::hash, sharding::range, sharding::semantic, sharding::hybrid})
+      for (const std::size_t replicas : {std::size_t{1}, std::size_t{2}}) {
+        CAPTURE(metric_name(m), sharding_name(policy), replicas);
+        collection_options o = options_for(policy, 24, m);
+        o.replicas = replicas;
+        collection c(o);
+        c.train(data.base.view());
+        c.add(data.base.view(), data.ids);
+        CHECK(c.size() == data.ids.size());
+        const flat_index reference = flat_of(data, m);
+        for (const std::size_t k : {std::size_t{1}, std::size_t{10}}) {
+          require_identical(c.search(data.queries.view(), k), reference.search(data.queries.view(), k));
+          // One query at a time takes the single-query paths of the shards.
+          const neighbors one = c.search(data.queries.view().slice(3, 1), k);
+          require_identical(one, reference.search(data.queries.view().slice(3, 1), k));
+        }
+        // Hash sharding balances; every policy puts every vector somewhere.
+        const std::vector<std::size_t> sizes = c.shard_sizes();
+        CHECK(std::accumulate(sizes.begin(), sizes.end(), std::size_t{0}) == data.ids.size());
+        if (policy == sharding::hash)
+          for (const std::size_t s : sizes) CHECK(s == Approx(750).margin(90));
+      }
+}
+
+TEST_CASE("collection: semantic routing visiting 2 of 8 shards keeps recall@10 >= 0.95", "[collection]") {
+  const clustered_set data(8000, 200, 32, 32, 11, 0.4f);
+  collection_options o = options_for(sharding::semantic, 32, metric::l2);
+  o.shards = 8;
+  collection c(o);
+  c.train(data.base.view());
+  c.add(data.base.view(), data.ids);
+  const neighbors exact = flat_of(data, metric::l2).search(data.queries.view(), 10);
+  const double r2 = recall(c.search(data.queries.view(), 10, {.shard_probe = 2}), exact);
+  const double r1 = recall(c.search(data.queries.view(), 10, {.shard_probe = 1}), exact);
+  const double all = recall(c.search(data.queries.view(), 10, {.shard_probe = 8}), exact);
+  CAPTURE(r1, r2, all);
+  CHECK(r2 >= 0.95);
+  CHECK(r1 <= r2);
+  CHECK(all == 1.0);
+  // Hybrid probing counts groups (of 2 shards here): its 4 centroids are coarser than 8, so probing 2 of
+  // 4 groups visits 4 shards for a little less recall than semantic's 2 of 8.
+  collection_options h = options_for(sharding::hybrid, 32, metric::l2);
+  h.shards = 8;
+  h.groups = 4;
+  collection hybrid(h);
+  hybrid.train(data.base.view());
+  hybrid.add(data.base.view(), data.ids);
+  CHECK(recall(hybrid.search(data.queries.view(), 10, {.shard_probe = 2}), exact) >= 0.9);
+  CHECK(recall(hybrid.search(data.queries.view(), 10, {.shard_probe = 4}), exact) == 1.0);
+}
+
+TEST_CASE("collection: HNSW shards reach the recall of one HNSW index", "[collection]") {
+  const clustered_set data(4000, 100, 32, 16, 13, 0.3f);
+  const neighbors exact = flat_of(data, metric::l2).search(data.queries.view(), 10);
+  collection c(options_for(sharding::hash, 32, metric::l2, "HNSW16"));
+  c.add(data.base.view(), data.ids);
+  CHECK(recall(c.search(data.queries.view(), 10, {.ef = 64}), exact) >= 0.95);
+  // IVF shards need training; the collection trains each.
+  collection ivf(options_for(sharding::semantic, 32, metric::l2, "IVF16,Flat"));
+  CHECK_FALSE(ivf.is_trained());
+  ivf.train(data.base.view());
+  CHECK(ivf.is_trained());
+  ivf.add(data.base.view(), data.ids);
+  CHECK(recall(ivf.search(data.queries.view(), 10, {.nprobe = 16}), exact) == 1.0);
+}
+
+TEST_CASE("collection: upserts and removes are seen by the next search (read-your-writes)", "[collection]") {
+  const clustered_set data(2000, 10, 16, 8, 17, 0.3f);
+  for (const sharding policy : {sharding::hash, sharding::semantic}) {
+    CAPTURE(sharding_name(policy));
+    collection c(options_for(policy, 16, metric::l2, "HNSW16"));
+    c.train(data.base.view());
+    c.add(data.base.view(), data.ids);
+    splitmix64 rng(5);
+    for (int round = 0; round < 50; ++round) {
+      const std::size_t i = rng.below(data.ids.size());
+      const vector_id id = data.ids[i];
+      // Move the vector far away (often to another semantic shard) and look for it there.
+      matrix<float> moved(1, 16);
+      const std::size_t other = rng.below(data.ids.size());
+      for (std::size_t j = 0; j < 16; ++j) moved.row(0)[j] = data.base.row(other)[j] + 0.01f;
+      c.upsert(moved.view(), std::span<const vector_id>(&id, 1));
+      const neighbors hit = c.search(moved.view(), 3, {.ef = 200});
+      REQUIRE(std::find(hit.row_ids(0).begin(), hit.row_ids(0).end(), id) != hit.row_ids(0).end());
+      CHECK(c.size() == data.ids.size());
+    }
+    const vector_id gone = data.ids[0];
+    c.remove(gone);
+    CHECK_FALSE(c.contains(gone));
+    const neighbors after = c.search(data.base.view().slice(0, 1), 5, {.ef = 200});
+    CHECK(std::find(after.row_ids(0).begin(), after.row_ids(0).end(), gone) == after.row_ids(0).end());
+    CHECK(c.size() == data.ids.size() - 1);
+    // Upsert of a new id adds it.
+    const vector_id fresh = 12345;
+    c.upsert(data.base.view().slice(0, 1), std::span<const vector_id>(&fresh, 1));
+    CHECK(c.contains(fresh));
+  }
+}
+
+TEST_CASE("collection: range sharding routes by id or by caller-given key", "[collection]") {
+  collection_options o;
+  o.dim = 4;
+  o.index = "Flat";
+  o.policy = sharding::range;
+  o.shards = 3;
+  o.range_bounds = {100, 200};
+  collection c(o);
+  const matrix<float> v = make_uniform(4, 4, 3);
+  c.add(v.view(), std::vector<vector_id>{5, 150, 250, 99});
+  CHECK(c.shard_of(5) == 0);
+  CHECK(c.shard_of(150) == 1);
+  CHECK(c.shard_of(250) == 2);
+  // Timestamps as keys: ids say nothing about the shard.
+  c.add(v.view().slice(0, 2), std::vector<vector_id>{1, 2}, std::vector<std::uint64_t>{1000, 100});
+  CHECK(c.shard_of(1) == 2);
+  CHECK(c.shard_of(2) == 1);
+  CHECK(c.shard_sizes() == std::vector<std::size_t>{2, 2, 2});
+}
+
+TEST_CASE("collection: bad options and bad input are shoal::errors that name the problem", "[collection]") {
+  collection_options o = options_for(sharding::hash, 8, metric::cosine);
+  o.dim = 0;
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "dim"));
+  o = options_for(sharding::hash, 8, metric::cosine);
+  o.shards = 0;
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "shards must be"));
+  o = options_for(sharding::range, 8, metric::cosine);
+  o.range_bounds = {5, 3, 9};
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "strictly increasing"));
+  o.range_bounds = {5};
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "needs 3 range_bounds"));
+  o = options_for(sharding::hybrid, 8, metric::cosine);
+  o.groups = 3;
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "divide"));
+  o = options_for(sharding::hash, 8, metric::cosine, "HNSW");
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "HNSW"));
+  o = options_for(sharding::hash, 8, metric::cosine);
+  o.replicas = 17;
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "replicas"));
+  REQUIRE_THROWS_MATCHES(parse_sharding("round-robin"), shoal::error,
+                         fails_with(errc::invalid_argument, "round-robin"));
+
+  collection c(options_for(sharding::hash, 8, metric::cosine));
+  const matrix<float> v = make_uniform(4, 8, 1);
+  const std::vector<vector_id> ids{1, 2, 3, 4};
+  c.add(v.view(), ids);
+  const matrix<float> wrong = make_uniform(2, 7, 1);
+  REQUIRE_THROWS_MATCHES(c.add(wrong.view(), std::vector<vector_id>{8, 9}), shoal::error,
+                         fails_with(errc::dimension_mismatch));
+  matrix<float> nan = make_uniform(1, 8, 2);
+  nan.row(0)[3] = std::nanf("");
+  REQUIRE_THROWS_MATCHES(c.add(nan.view(), std::vector<vector_id>{8}), shoal::error, fails_with(errc::non_finite));
+  REQUIRE_THROWS_MATCHES(c.upsert(nan.view(), std::vector<vector_id>{1}), shoal::error, fails_with(errc::non_finite));
+  const matrix<float> zero(1, 8);
+  REQUIRE_THROWS_MATCHES(c.add(zero.view(), std::vector<vector_id>{8}), shoal::error,
+                         fails_with(errc::invalid_argument, "zero"));
+  REQUIRE_THROWS_MATCHES(c.add(v.view().slice(0, 1), std::vector<vector_id>{2}), shoal::error,
+                         fails_with(errc::duplicate_id, "id 2 is already stored"));
+  REQUIRE_THROWS_MATCHES(c.add(v.view().slice(0, 2), std::vector<vector_id>{9, 9}), shoal::error,
+                         fails_with(errc::duplicate_id, "twice"));
+  REQUIRE_THROWS_MATCHES(c.add(v.view().slice(0, 2), std::vector<vector_id>{9}), shoal::error,
+                         fails_with(errc::invalid_argument, "2 vectors but 1 ids"));
+  REQUIRE_THROWS_MATCHES(c.add(v.view().slice(0, 1), std::vector<vector_id>{9}, std::vector<std::uint64_t>{1}),
+                         shoal::error, fails_with(errc::invalid_argument, "only used by range"));
+  REQUIRE_THROWS_MATCHES(c.remove(std::vector<vector_id>{1, 77}), shoal::error,
+                         fails_with(errc::not_found, "id 77 is not stored"));
+  CHECK(c.contains(1));  // all or nothing
+  REQUIRE_THROWS_MATCHES(c.shard_of(77), shoal::error, fails_with(errc::not_found, "77"));
+  REQUIRE_THROWS_MATCHES(c.search(v.view(), 0), shoal::error, fails_with(errc::invalid_argument, "k must"));
+  REQUIRE_THROWS_MATCHES(c.search(wrong.view(), 3), shoal::error, fails_with(errc::dimension_mismatch));
+  REQUIRE_THROWS_MATCHES(c.search(nan.view(), 3), shoal::error, fails_with(errc::non_finite));
+  neighbors out(3, 2);
+  REQUIRE_THROWS_MATCHES(c.search(v.view(), out.view()), shoal::error,
+                         fails_with(errc::invalid_argument, "3 rows for 4 queries"));
+  CHECK(c.size() == 4);
+  // k larger than the collection: rows padded with the sentinel.
+  const neighbors padded = c.search(v.view().slice(0, 1), 6);
+  CHECK(padded.id(0, 3) != no_id);
+  CHECK(padded.id(0, 4) == no_id);
+  CHECK(padded.distance(0, 5) == no_distance);
+
+  collection semantic(options_for(sharding::semantic, 8, metric::l2));
+  REQUIRE_THROWS_MATCHES(semantic.add(v.view(), ids), shoal::error, fails_with(errc::invalid_argument, "not trained"));
+  REQUIRE_THROWS_MATCHES(semantic.train(v.view().slice(0, 2)), shoal::error,
+                         fails_with(errc::invalid_argument, "needs 4 centroids"));
+  REQUIRE_THROWS_MATCHES(c.rebalance(), shoal::error, fails_with(errc::unsupported, "hash"));
+  REQUIRE_THROWS_MATCHES(c.checkpoint(), shoal::error, fails_with(errc::invalid_argument, "no directory"));
+}
+
+TEST_CASE("collection: a downed replica stops serving, the others answer, and it is rebuilt from a peer",
+          "[collection]") {
+  const clustered_set data(2000, 30, 16, 8, 19, 0.3f);
+  collection_options o = options_for(sharding::hash, 16, metric::l2);
+  o.replicas = 3;
+  collection c(o);
+  c.add(data.base.view().slice(0, 1500), std::span<const vector_id>(data.ids).subspan(0, 1500));
+  c.take_down(1, 0);
+  c.take_down(1, 2);
+  CHECK_FALSE(c.replica_up(1, 0));
+  CHECK(c.replica_up(1, 1));
+  REQUIRE_THROWS_MATCHES(c.take_down(1, 1), shoal::error, fails_with(errc::invalid_argument, "last live replica"));
+  REQUIRE_THROWS_MATCHES(c.take_down(4, 0), shoal::error, fails_with(errc::invalid_argument, "shard 4 out of range"));
+  // Writes while replicas are down reach the live one and count as lag.
+  c.add(data.base.view().slice(1500, 500), std::span<const vector_id>(data.ids).subspan(1500));
+  c.remove(data.ids[7]);
+  const std::string lagging = c.metrics_text("t");
+  CHECK(lagging.find("shoal_replica_up{collection=\"t\",shard=\"1\",replica=\"0\"} 0") != std::string::npos);
+  CHECK(lagging.find("shoal_replica_lag_writes{collection=\"t\",shard=\"1\",replica=\"0\"} 0\n") == std::string::npos);
+
+  flat_index reference(16, metric::l2);
+  reference.add(data.base.view(), data.ids);
+  reference.remove(data.ids[7]);
+  const neighbors expected = reference.search(data.queries.view(), 10);
+  require_identical(c.search(data.queries.view(), 10), expected);
+  c.restore(1, 0);
+  CHECK(c.replica_up(1, 0));
+  // With the only peer that saw the writes gone, the rebuilt replica must hold them.
+  c.take_down(1, 1);
+  require_identical(c.search(data.queries.view(), 10), expected);
+  const std::string text = c.metrics_text("t");
+  CHECK(text.find("shoal_replica_lag_writes{collection=\"t\",shard=\"1\",replica=\"0\"} 0\n") != std::string::npos);
+  // Reads spread over live replicas.
+  c.restore(1, 1);
+  c.restore(1, 2);
+  for (int i = 0; i < 20; ++i) (void)c.search(data.queries.view().slice(0, 1), 5);
+  CHECK(c.metrics_text().find("shoal_replica_searches_total") != std::string::npos);
+}
+
+TEST_CASE("collection: save/open round-trips, copied and mapped; the log replays writes after the snapshot",
+          "[collection][io]") {
+  const clustered_set data(3000, 30, 16, 8, 23, 0.3f);
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  collection_options o = options_for(sharding::semantic, 16, metric::cosine, "HNSW16");
+  o.directory = home;
+  o.replicas = 2;
+  neighbors before;
+  {
+    collection c(o);
+    c.train(data.base.view());
+    c.add(data.base.view().slice(0, 2000), std::span<const vector_id>(data.ids).subspan(0, 2000));
+    c.checkpoint();
+    c.add(data.base.view().slice(2000, 1000), std::span<const vector_id>(data.ids).subspan(2000));
+    c.remove(data.ids[3]);
+    c.upsert(data.base.view().slice(10, 1), std::span<const vector_id>(&data.ids[11], 1));
+    before = c.search(data.queries.view(), 10, {.ef = 100, .shard_probe = 2});
+    REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "already holds"));
+  }  // no checkpoint: the last writes exist only in the log
+  {
+    collection c = collection::open(home);
+    CHECK(c.stats().wal_records_replayed == 3);
+    CHECK(c.size() == 2999);
+    CHECK_FALSE(c.contains(data.ids[3]));
+    const neighbors after = c.search(data.queries.view(), 10, {.ef = 100, .shard_probe = 2});
+    CHECK(recall(after, before) >= 0.99);  // HNSW replay re-inserts: the graph may differ slightly
+    c.checkpoint();
+  }
+  neighbors reopened;
+  {
+    const collection c = collection::open(home);
+    CHECK(c.stats().wal_records_replayed == 0);
+    reopened = c.search(data.queries.view(), 10, {.ef = 100, .shard_probe = 2});
+  }
+  {
+    collection mapped = collection::open(home, {.mmap = true});
+    require_identical(mapped.search(data.queries.view(), 10, {.ef = 100, .shard_probe = 2}), reopened);
+    REQUIRE_THROWS_MATCHES(mapped.add(data.base.view().slice(0, 1), std::vector<vector_id>{7}), shoal::error,
+                           fails_with(errc::unsupported, "read-only"));
+  }
+  // save() to another directory writes an independent snapshot.
+  const std::filesystem::path copy = dir.path() / "copy";
+  collection::open(home).save(copy);
+  require_identical(collection::open(copy).search(data.queries.view(), 10, {.ef = 100, .shard_probe = 2}), reopened);
+  REQUIRE_THROWS_MATCHES(collection::open(dir.path() / "nothing"), shoal::error,
+                         fails_with(errc::io_error, "holds no collection"));
+}
+
+TEST_CASE("collection: acknowledged upserts survive a killed process", "[collection][io]") {
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  constexpr std::size_t dim = 8;
+  test::killable_child child([&](int to_parent) {
+    // Single-row writes only: no oneTBB work in a forked child.
+    try {
+      collection_options o = options_for(sharding::hash, dim, metric::l2);
+      o.directory = home;
+      collection c(o);
+      for (vector_id id = 0;; ++id) {
+        matrix<float> v(1, dim);
+        for (std::size_t j = 0; j < dim; ++j) v.row(0)[j] = static_cast<float>(id) + static_cast<float>(j);
+        c.upsert(v.view(), std::span<const vector_id>(&id, 1));
+        if (::write(to_parent, &id, sizeof id) != sizeof id) ::_exit(2);  // acknowledged
+      }
+    } catch (...) {
+      ::_exit(4);
+    }
+  });
+  vector_id acknowledged = 0;
+  std::size_t acks = 0;
+  while (acks < 300 && ::read(child.from_child(), &acknowledged, sizeof acknowledged) == sizeof acknowledged) ++acks;
+  child.kill_and_reap();
+  REQUIRE(acks == 300);
+
+  const collection c = collection::open(home);
+  CHECK(c.size() >= acks);
+  for (vector_id id = 0; id < acks; ++id) {
+    CAPTURE(id);
+    REQUIRE(c.contains(id));
+    matrix<float> v(1, dim);
+    for (std::size_t j = 0; j < dim; ++j) v.row(0)[j] = static_cast<float>(id) + static_cast<float>(j);
+    const neighbors hit = c.search(v.view(), 1);
+    CHECK(hit.id(0, 0) == id);
+    CHECK(hit.distance(0, 0) == 0.0f);
+  }
+}
+
+TEST_CASE("collection: a torn log tail is dropped, other damage is reported", "[collection][io]") {
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  collection_options o = options_for(sharding::hash, 8, metric::l2);
+  o.directory = home;
+  const matrix<float> v = make_uniform(3, 8, 4);
+  {
+    collection c(o);
+    c.add(v.view().slice(0, 1), std::vector<vector_id>{1});
+    c.add(v.view().slice(1, 1), std::vector<vector_id>{2});
+    c.add(v.view().slice(2, 1), std::vector<vector_id>{3});
+  }
+  const std::filesystem::path log = home / "wal.log";
+  const auto full = std::filesystem::file_size(log);
+  const auto record = (full - 24) / 3;
+  std::filesystem::path pristine = dir.path() / "wal.pristine";
+  std::filesystem::copy_file(log, pristine);
+  // A write that never finished: the last record cut short.
+  std::filesystem::resize_file(log, full - 5);
+  {
+    const collection c = collection::open(home);
+    CHECK(c.size() == 2);
+    CHECK_FALSE(c.contains(3));
+  }
+  CHECK(std::filesystem::file_size(log) == full - record);  // the torn bytes are gone
+  // A flipped byte inside the first record (not the last) is corruption.
+  std::filesystem::copy_file(pristine, log, std::filesystem::copy_options::overwrite_existing);
+  {
+    std::fstream f(log, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(24 + 30);
+    f.put('\x7f');
+  }
+  REQUIRE_THROWS_MATCHES(collection::open(home), shoal::error, fails_with(errc::corrupt_file, "checksum"));
+  // A damaged manifest too.
+  std::filesystem::copy_file(pristine, log, std::filesystem::copy_options::overwrite_existing);
+  {
+    std::fstream f(home / "MANIFEST.shoal", std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(0);
+    f.put('X');
+  }
+  REQUIRE_THROWS_AS(collection::open(home), shoal::error);
+}
+
+TEST_CASE("collection: rebalance re-clusters drifted data without losing or duplicating vectors", "[collection]") {
+  constexpr std::size_t dim = 16;
+  // Train the router on one region, then add as much data from a far-away region: it all lands in
+  // the shards nearest to it, and the layout drifts out of balance.
+  clustered_set data(6000, 50, dim, 16, 29, 0.3f);
+  for (std::size_t i = 3000; i < 6000; ++i)
+    for (std::size_t j = 0; j < dim; ++j) data.base.row(i)[j] += 8.0f;
+  collection_options o = options_for(sharding::semantic, dim, metric::l2, "HNSW16");
+  o.shards = 4;
+  collection c(o);
+  c.train(data.base.view().slice(0, 3000));
+  c.add(data.base.view(), data.ids);
+  const std::vector<std::size_t> before = c.shard_sizes();
+  // Writes race with the rebalance: they must all land in the new layout.
+  std::atomic<bool> stop{false};
+  constexpr vector_id first_racing = 1ull << 62;
+  vector_id next = first_racing;
+  std::thread writer([&] {
+    splitmix64 rng(3);
+    while (!stop.load()) {
+      const std::size_t i = rng.below(data.ids.size());
+      c.upsert(data.base.view().slice(i, 1), std::span<const vector_id>(&next, 1));
+      c.remove(next);
+      ++next;
+      c.upsert(data.base.view().slice(i, 1), std::span<const vector_id>(&next, 1));
+      ++next;
+    }
+  });
+  c.rebalance();
+  stop.store(true);
+  writer.join();
+  const std::vector<std::size_t> after = c.shard_sizes();
+  CAPTURE(before, after);
+  CHECK(*std::max_element(after.begin(), after.end()) <= *std::max_element(before.begin(), before.end()));
+  CHECK(c.stats().rebalances == 1);
+  for (const vector_id id : data.ids) REQUIRE(c.contains(id));
+  // Each writer round left exactly its second id behind, in the new layout too.
+  CHECK(next > first_racing);
+  for (vector_id id = first_racing; id < next; ++id) {
+    CAPTURE(id);
+    REQUIRE(c.contains(id) == ((id - first_racing) % 2 == 1));
+    if (c.contains(id)) c.remove(id);
+  }
+  CHECK(c.size() == data.ids.size());
+  // Every vector is in exactly the shard the table says: probing all shards finds each exactly.
+  const neighbors exact = flat_of(data, metric::l2).search(data.queries.view(), 10);
+  const neighbors got = c.search(data.queries.view(), 10, {.ef = 128});
+  for (std::size_t q = 0; q < got.rows(); ++q) {
+    const std::set<vector_id> unique(got.row_ids(q).begin(), got.row_ids(q).end());
+    CHECK(unique.size() == got.k());
+  }
+  CHECK(recall(got, exact) >= 0.95);
+}
+
+TEST_CASE("collection: Prometheus metrics name every stage, shard and replica", "[collection]") {
+  const clustered_set data(1000, 20, 8, 4, 31, 0.3f);
+  collection_options o = options_for(sharding::hash, 8, metric::l2);
+  o.replicas = 2;
+  o.threads_per_shard = 1;
+  collection c(o);
+  c.add(data.base.view(), data.ids);
+  for (std::size_t i = 0; i < 20; ++i) (void)c.search(data.queries.view().slice(i, 1), 10);
+  (void)c.search(data.queries.view(), 10);
+  const std::string text = c.metrics_text("images");
+  for (const char* needle :
+       {"# TYPE shoal_stage_latency_seconds histogram", "shoal_queries_total{collection=\"images\"} 40",
+        "shoal_search_calls_total{collection=\"images\"} 21",
+        "shoal_writes_total{collection=\"images\",op=\"add\"} 1000",
+        "shoal_stage_latency_seconds_count{collection=\"images\",stage=\"search\"} 21",
+        "shoal_stage_latency_seconds_bucket{collection=\"images\",stage=\"merge\",le=\"+Inf\"} 21",
+        "shoal_shard_latency_seconds_count{collection=\"images\",shard=\"3\"} 21",
+        "shoal_replica_up{collection=\"images\",shard=\"2\",replica=\"1\"} 1",
+        "shoal_stage_latency_quantile_seconds{collection=\"images\",stage=\"search\",quantile=\"0.99\"}",
+        "shoal_shard_vectors{collection=\"images\",shard=\"0\"}", "shoal_memory_bytes", "shoal_uptime_seconds"}) {
+    CAPTURE(needle);
+    CHECK(text.find(needle) != std::string::npos);
+  }
+  // Every sample line is `name{labels} value` with a parseable value.
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.empty() || line[0] == '#') continue;
+    const std::size_t space = line.rfind(' ');
+    REQUIRE(space != std::string::npos);
+    const std::string value = line.substr(space + 1);
+    CAPTURE(line);
+    CHECK((value == "+Inf" || std::isfinite(std::stod(value))));
+  }
+  const collection_stats s = c.stats();
+  CHECK(s.queries == 40);
+  CHECK(s.size == 1000);
+  CHECK(s.p50_seconds > 0);
+  CHECK(s.p50_seconds <= s.p99_seconds);
+  CHECK(c.metrics_text("a\"b").find("collection=\"a\\\"b\"") != std::string::npos);
+}
+
+TEST_CASE("collection: concurrent add/upsert/remove/search and replica loss are safe", "[collection][concurrency]") {
+  constexpr std::size_t dim = 16;
+  const clustered_set data(3000, 40, dim, 8, 37, 0.3f);
+  for (const char* spec : {"HNSW16", "Flat"}) {
+    CAPTURE(spec);
+    collection_options o = options_for(sharding::hash, dim, metric::l2, spec);
+    o.replicas = 2;
+    collection c(o);
+    c.add(data.base.view().slice(0, 1000), std::span<const vector_id>(data.ids).subspan(0, 1000));
+    std::atomic<bool> failed{false};
+    std::vector<std::thread> threads;
+    for (std::size_t t = 0; t < 3; ++t)
+      threads.emplace_back([&, t] {
+        try {
+          for (std::size_t i = 1000 + t; i < 3000; i += 3) {
+            c.add(data.base.view().slice(i, 1), std::span<const vector_id>(&data.ids[i], 1));
+            if (i % 4 == 0) c.upsert(data.base.view().slice(i - 1, 1), std::span<const vector_id>(&data.ids[i], 1));
+            if (i % 7 == 0) c.remove(data.ids[i]);
+          }
+        } catch (...) {
+          failed = true;
+        }
+      });
+    threads.emplace_back([&] {
+      try {
+        for (int round = 0; round < 200; ++round) {
+          const neighbors r = c.search(data.queries.view().slice(round % 40, 1), 10);
+          for (const vector_id id : r.row_ids(0))
+            if (id == no_id) failed = true;
+        }
+      } catch (...) {
+        failed = true;
+      }
+    });
+    threads.emplace_back([&] {
+      try {
+        for (int round = 0; round < 10; ++round) {
+          c.take_down(round % 4, 1);
+          c.restore(round % 4, 1);
+        }
+      } catch (...) {
+        failed = true;
+      }
+    });
+    for (std::thread& t : threads) t.join();
+    CHECK_FALSE(failed.load());
+    std::size_t expected = 1000;
+    for (std::size_t i = 1000; i < 3000; ++i) expected += i % 7 == 0 ? 0 : 1;
+    CHECK(c.size() == expected);
+    for (std::size_t s = 0; s < 4; ++s) CHECK(c.replica_up(s, 1));
+  }
+}
+
+}  // namespace
+}  // namespace shoal
