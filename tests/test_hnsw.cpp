@@ -491,3 +491,23 @@ TEST_CASE("hnsw load refuses damaged files and files of other indexes", "[hnsw][
   REQUIRE_THROWS_MATCHES(hnsw_index::load(dir / "flat.shoal"), shoal::error,
                          fails_with(errc::invalid_argument, "flat"));
 }
+
+TEST_CASE("hnsw: small graphs built in parallel reach every node", "[hnsw][concurrency]") {
+  // Regression: an insert whose search started from a node still being inserted (its list on that
+  // level empty) found nothing else, linked to that node alone, and could lose that only in-link when
+  // the node wrote its own list — a few nodes of a 100-node graph then went unfound even with ef > n.
+  const matrix<float> v = make_clustered(100, 64, 4, 77);
+  std::vector<vector_id> ids(v.rows);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  for (std::uint64_t seed = 0; seed < 30; ++seed) {
+    CAPTURE(seed);
+    hnsw_params params;
+    params.M = 32;
+    params.seed = seed;
+    hnsw_index index(64, metric::cosine, params);
+    tbb::task_arena arena(4);
+    arena.execute([&] { index.add(v.view(), ids); });
+    const neighbors self = index.search(v.view(), 1, {.ef = 128});
+    for (std::size_t i = 0; i < v.rows; ++i) REQUIRE(self.id(i, 0) == ids[i]);
+  }
+}

@@ -425,6 +425,18 @@ std::size_t collection::shard_of(vector_id id) const {
   return it->second;
 }
 
+std::vector<float> collection::vector(vector_id id) const {
+  const std::size_t s = shard_of(id);
+  const std::shared_ptr<detail::layout> lay = state_->current.load();
+  detail::shard_state& shard = *lay->shards[s];
+  const int r = detail::pick_replica(shard);
+  SHOAL_CHECK_CODE(r >= 0, errc::unsupported, "collection::vector: shard ", s, " has no live replica");
+  const detail::replica_slot& rep = *shard.replicas[static_cast<std::size_t>(r)];
+  const std::shared_ptr<any_index> index = rep.index.load();
+  SHOAL_CHECK_CODE(index != nullptr, errc::unsupported, "collection::vector: shard ", s, " has no live replica");
+  return detail::read_replica(shard, rep, *index, [&](const any_index& i) { return i.vector(id); });
+}
+
 void collection::train(matrix_view<const float> sample) {
   detail::collection_state& st = *state_;
   SHOAL_CHECK_CODE(!st.read_only, errc::unsupported, "collection::train: the collection is read-only (memory-mapped)");

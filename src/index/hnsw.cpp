@@ -55,6 +55,10 @@ class spinlock {
 /// (acquire), or under the exclusive structure lock.
 struct chunk {
   std::unique_ptr<std::atomic<std::uint8_t>[]> state;
+  // 1 while the node's insert runs. Other inserts neither route through such a node nor link to it:
+  // its link lists are still being written, and a search that starts from a node whose list on its
+  // level is still empty finds nothing else — the node inserted from there would get a single link.
+  std::unique_ptr<std::atomic<std::uint8_t>[]> linking;
   std::unique_ptr<spinlock[]> locks;  // serialise writers of a node's link lists (readers take none)
   std::unique_ptr<vector_id[]> ids;
   std::unique_ptr<std::unique_ptr<slot_t[]>[]> upper;  // layers 1..level, each a count then M slots
@@ -111,6 +115,7 @@ struct scratch {
   std::vector<float> coeffs;   // SQ8 query coefficients
   std::vector<cand> frontier;  // min-heap
   std::vector<cand> best;      // max-heap
+  bool building = false;       // an insert's search: skips nodes whose own insert is running
 
   void reset(std::size_t slots, std::size_t max_links) {
     if (++epoch == 0) {
@@ -197,6 +202,10 @@ struct hnsw_index::impl {
   [[nodiscard]] chunk& chunk_of(std::size_t c) const noexcept {
     return *directory.load(std::memory_order_acquire)[c].load(std::memory_order_acquire);
   }
+  [[nodiscard]] std::atomic<std::uint8_t>& linking(slot_t s) const noexcept {
+    const auto [c, off] = locate(s);
+    return chunk_of(c).linking[off];
+  }
   [[nodiscard]] std::atomic<std::uint8_t>& state(slot_t s) const noexcept {
     const auto [c, off] = locate(s);
     return chunk_of(c).state[off];
@@ -276,6 +285,7 @@ struct hnsw_index::impl {
     }
     auto fresh = std::make_unique<chunk>();
     fresh->state = std::make_unique<std::atomic<std::uint8_t>[]>(chunk_nodes);
+    fresh->linking = std::make_unique<std::atomic<std::uint8_t>[]>(chunk_nodes);
     fresh->locks = std::make_unique<spinlock[]>(chunk_nodes);
     fresh->ids = std::make_unique<vector_id[]>(chunk_nodes);
     fresh->upper = std::make_unique<std::unique_ptr<slot_t[]>[]>(chunk_nodes);
@@ -425,6 +435,7 @@ struct hnsw_index::impl {
       const auto [c_index, off] = locate(x);
       const chunk& ch = chunk_of(c_index);
       if (ch.state[off].load(std::memory_order_acquire) <= level) continue;
+      if (s.building && ch.linking[off].load(std::memory_order_acquire) != 0) continue;
       if (ctx.coeffs != nullptr) {
         const std::uint8_t* row = ch.codes + off * code_stride + sizeof(float);
         __builtin_prefetch(row);
@@ -566,10 +577,12 @@ struct hnsw_index::impl {
       const std::lock_guard lock(entry_mutex);
       ep = entry.load(std::memory_order_acquire);
       if (ep == empty_entry) {
+        linking(q).store(0, std::memory_order_release);
         entry.store(pack_entry(q, level), std::memory_order_release);
         return;
       }
     }
+    s.building = true;
     const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
     const auto ep_level = static_cast<std::size_t>(ep >> 32);
     const query_ctx ctx{qv};
@@ -582,12 +595,24 @@ struct hnsw_index::impl {
       std::vector<cand> found = search_layer(ctx, entries, build.ef_construction, l, s, not_self);
       const std::vector<cand> kept = select(found, max_links);
       {
+        // Concurrent inserts may already have linked to q on this level (a node whose search started
+        // from q, still without links here, can have found nothing but q): keep their links, or such a
+        // node would lose its only in-link and become unreachable.
         const std::lock_guard lock(lock_of(q));
-        write_links(links(q, l), kept);
+        slot_t* list = links(q, l);
+        std::vector<cand> merged = kept;
+        for (std::size_t i = 0; i < list[0]; ++i) {
+          const slot_t x = list[i + 1];
+          if (usable(x, l) && std::none_of(merged.begin(), merged.end(), [x](const cand& c) { return c.slot == x; }))
+            merged.push_back({distance(qv, vec(x)), x});
+        }
+        write_links(list, merged.size() > capacity(l) ? select(std::move(merged), capacity(l)) : merged);
       }
       for (const cand& k : kept) link_back(k.slot, q, k.distance, l);
       if (!found.empty()) entries = std::move(found);
     }
+    s.building = false;
+    linking(q).store(0, std::memory_order_release);
     if (level > ep_level) {
       const std::lock_guard lock(entry_mutex);
       if (level > static_cast<std::size_t>(entry.load(std::memory_order_relaxed) >> 32))
@@ -605,6 +630,7 @@ struct hnsw_index::impl {
     if (level > 0) upper = std::make_unique<slot_t[]>(level * (max_links + 1));
     store_link(links(q, 0)[0], 0);
     if (code_stride != 0) encode(q);
+    linking(q).store(1, std::memory_order_relaxed);
     state(q).store(static_cast<std::uint8_t>(level + 1), std::memory_order_release);
   }
 

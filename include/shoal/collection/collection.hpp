@@ -188,6 +188,9 @@ class collection {
   [[nodiscard]] bool contains(vector_id id) const;
   /// The shard that holds `id`; throws `errc::not_found`.
   [[nodiscard]] std::size_t shard_of(vector_id id) const;
+  /// A copy of the vector stored under `id`, as its shard's index stores it (unit length for cosine).
+  /// Throws `errc::not_found`; `errc::unsupported` for shard indexes that keep only codes (IVF-PQ).
+  [[nodiscard]] std::vector<float> vector(vector_id id) const;
 
   /// Trains the router (semantic / hybrid: k-means over `sample` with one centroid per shard or group)
   /// and every shard index that needs training (on the sample rows routed to it, or the whole sample

@@ -1,0 +1,150 @@
+// shoal-collection-bench: latency of a sharded collection under a mixed search / upsert load.
+//
+//   shoal-collection-bench BASE QUERY [--index HNSW16] [--shards 4] [--sharding hash] [--shard-probe 0]
+//                          [--ef 64] [--threads 2] [--upsert-fraction 0.1] [--seconds 10] [--k 10]
+//                          [--max-base N]
+//
+// Builds the collection over BASE (ids = row numbers), then runs --threads client threads for --seconds:
+// each operation is an upsert (a random base row's vector, slightly perturbed, under a random existing
+// id) with probability --upsert-fraction, otherwise a one-query search of a random QUERY row. Prints
+// the throughput and the p50 / p99 latency of searches and of upserts, measured per operation with
+// steady_clock (exact percentiles from every sample, not histogram buckets).
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <numeric>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "shoal/collection/collection.hpp"
+#include "shoal/eval/eval.hpp"
+#include "shoal/io/vecs.hpp"
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+struct options {
+  std::string base, query, index = "HNSW16", sharding = "hash";
+  std::size_t shards = 4, shard_probe = 0, ef = 64, threads = 2, k = 10, max_base = 0;
+  double upsert_fraction = 0.1, seconds = 10;
+};
+
+options parse(int argc, char** argv) {
+  options o;
+  std::vector<std::string> files;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--", 0) != 0) {
+      files.push_back(arg);
+      continue;
+    }
+    if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
+    const std::string v = argv[++i];
+    if (arg == "--index")
+      o.index = v;
+    else if (arg == "--sharding")
+      o.sharding = v;
+    else if (arg == "--shards")
+      o.shards = std::stoul(v);
+    else if (arg == "--shard-probe")
+      o.shard_probe = std::stoul(v);
+    else if (arg == "--ef")
+      o.ef = std::stoul(v);
+    else if (arg == "--threads")
+      o.threads = std::stoul(v);
+    else if (arg == "--k")
+      o.k = std::stoul(v);
+    else if (arg == "--max-base")
+      o.max_base = std::stoul(v);
+    else if (arg == "--upsert-fraction")
+      o.upsert_fraction = std::stod(v);
+    else if (arg == "--seconds")
+      o.seconds = std::stod(v);
+    else
+      throw std::invalid_argument("unknown option " + arg);
+  }
+  if (files.size() != 2) throw std::invalid_argument("usage: shoal-collection-bench BASE QUERY [options]");
+  o.base = files[0];
+  o.query = files[1];
+  return o;
+}
+
+double percentile(std::vector<double>& v, double q) {
+  if (v.empty()) return 0;
+  const auto at = static_cast<std::size_t>(q * static_cast<double>(v.size() - 1));
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(at), v.end());
+  return v[at];
+}
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const options o = parse(argc, argv);
+  const shoal::matrix<float> base = shoal::io::read_vectors(o.base, o.max_base);
+  const shoal::matrix<float> queries = shoal::io::read_vectors(o.query);
+  std::vector<shoal::vector_id> ids(base.rows);
+  std::iota(ids.begin(), ids.end(), shoal::vector_id{0});
+
+  shoal::collection_options co;
+  co.dim = base.dim;
+  co.index = o.index;
+  co.policy = shoal::parse_sharding(o.sharding);
+  co.shards = o.shards;
+  if (co.policy == shoal::sharding::hybrid) co.groups = std::max<std::size_t>(1, o.shards / 2);
+  if (co.policy == shoal::sharding::range)
+    for (std::size_t s = 1; s < o.shards; ++s) co.range_bounds.push_back(base.rows * s / o.shards);
+  const auto build_start = clock_type::now();
+  shoal::collection c(co);
+  c.train(base.view());
+  c.add(base.view(), ids);
+  const double build_s = std::chrono::duration<double>(clock_type::now() - build_start).count();
+
+  std::atomic<bool> stop{false};
+  std::vector<std::vector<double>> search_ms(o.threads), upsert_ms(o.threads);
+  std::vector<std::thread> clients;
+  for (std::size_t t = 0; t < o.threads; ++t)
+    clients.emplace_back([&, t] {
+      shoal::splitmix64 rng(100 + t);
+      std::vector<float> v(base.dim);
+      shoal::neighbors out(1, o.k);
+      const shoal::search_params params{.ef = o.ef, .shard_probe = o.shard_probe};
+      while (!stop.load(std::memory_order_relaxed)) {
+        const auto start = clock_type::now();
+        if (rng.uniform() < o.upsert_fraction) {
+          const shoal::vector_id id = rng.below(base.rows);
+          const float* src = base.row(rng.below(base.rows));
+          for (std::size_t j = 0; j < base.dim; ++j) v[j] = src[j] + rng.uniform();
+          c.upsert({v.data(), 1, base.dim}, std::span<const shoal::vector_id>(&id, 1));
+          upsert_ms[t].push_back(std::chrono::duration<double, std::milli>(clock_type::now() - start).count());
+        } else {
+          c.search(queries.view().slice(rng.below(queries.rows), 1), out.view(), params);
+          search_ms[t].push_back(std::chrono::duration<double, std::milli>(clock_type::now() - start).count());
+        }
+      }
+    });
+  std::this_thread::sleep_for(std::chrono::duration<double>(o.seconds));
+  stop.store(true);
+  for (std::thread& t : clients) t.join();
+
+  std::vector<double> searches, upserts;
+  for (std::size_t t = 0; t < o.threads; ++t) {
+    searches.insert(searches.end(), search_ms[t].begin(), search_ms[t].end());
+    upserts.insert(upserts.end(), upsert_ms[t].begin(), upsert_ms[t].end());
+  }
+  std::printf(
+      "index,shards,sharding,shard_probe,ef,threads,upsert_fraction,build_s,ops_per_s,searches,search_p50_ms,"
+      "search_p99_ms,upserts,upsert_p50_ms,upsert_p99_ms\n");
+  std::printf("%s,%zu,%s,%zu,%zu,%zu,%.2f,%.1f,%.0f,%zu,%.3f,%.3f,%zu,%.3f,%.3f\n", o.index.c_str(), o.shards,
+              o.sharding.c_str(), o.shard_probe, o.ef, o.threads, o.upsert_fraction, build_s,
+              static_cast<double>(searches.size() + upserts.size()) / o.seconds, searches.size(),
+              percentile(searches, 0.5), percentile(searches, 0.99), upserts.size(), percentile(upserts, 0.5),
+              percentile(upserts, 0.99));
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "shoal-collection-bench: %s\n", e.what());
+  return 1;
+}

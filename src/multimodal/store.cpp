@@ -1,0 +1,1137 @@
+// shoal::multimodal_store: a catalogue of modalities and versions (an immutable snapshot swapped under a
+// mutex), each version a collection plus its link into the shared space (projection, adjoint or mirror),
+// a table of paired ids, and a directory format: one collection directory per version (and mirror)
+// plus a checksummed manifest written last.
+
+#include "shoal/multimodal/store.hpp"
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <array>
+#include <cstdint>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <numeric>
+#include <optional>
+#include <shared_mutex>
+#include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+#include "io/file_util.hpp"
+#include "shoal/core/checks.hpp"
+#include "shoal/core/error.hpp"
+#include "shoal/core/topk.hpp"
+#include "shoal/io/format.hpp"
+
+namespace shoal {
+
+const char* shared_route_name(shared_route route) noexcept {
+  switch (route) {
+    case shared_route::none:
+      return "none";
+    case shared_route::native:
+      return "native";
+    case shared_route::adjoint:
+      return "adjoint";
+    case shared_route::mirror:
+      return "mirror";
+    case shared_route::query_only:
+      return "query_only";
+  }
+  return "unknown";
+}
+
+namespace detail {
+namespace {
+
+/// Largest |W·Wᵀ − I| entry for which a square projection counts as orthogonal: far above the float
+/// rounding of a Procrustes fit (about 1e-6 at 1,000 dims), far below any map that is not a rotation.
+constexpr float orthogonality_tolerance = 1e-4f;
+
+bool valid_name(std::string_view name) noexcept {
+  if (name.empty() || name.size() > 64 || name.front() == '.' || name.front() == '-') return false;
+  return std::all_of(name.begin(), name.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+           c == '-';
+  });
+}
+
+void check_name(std::string_view name, const char* what, const char* who) {
+  SHOAL_CHECK(valid_name(name), who, ": ", what, " name \"", name,
+              "\" must be 1 to 64 characters of [A-Za-z0-9_.-], not starting with '.' or '-'");
+}
+
+bool is_orthogonal(const projection& p) {
+  if (p.in_dim() != p.out_dim()) return false;
+  using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const auto d = static_cast<Eigen::Index>(p.in_dim());
+  const Eigen::Map<const row_major> w(p.weights().data(), d, d);
+  const Eigen::MatrixXf gram = w * w.transpose();
+  return (gram - Eigen::MatrixXf::Identity(d, d)).cwiseAbs().maxCoeff() <= orthogonality_tolerance;
+}
+
+/// The map that carries a shared-space query back into a projected modality's own space so that its
+/// own index ranks stored x exactly as the shared space ranks W·x + b (see store.hpp), or nothing.
+struct adjoint_map {
+  projection back;
+  bool add_bias_offset;  // inner product: −⟨b, q⟩ is added to every distance
+};
+
+std::optional<adjoint_map> adjoint_of(const projection& p, metric own, metric shared) {
+  if (own != shared) return std::nullopt;
+  const std::size_t in = p.in_dim(), out = p.out_dim();
+  const std::span<const float> w = p.weights(), b = p.bias();
+  std::vector<float> wt(in * out);
+  for (std::size_t r = 0; r < out; ++r)
+    for (std::size_t c = 0; c < in; ++c) wt[c * out + r] = w[r * in + c];
+  const bool has_bias = std::any_of(b.begin(), b.end(), [](float v) { return v != 0.0f; });
+  if (shared == metric::inner_product) return adjoint_map{projection(out, in, std::move(wt)), has_bias};
+  if (!is_orthogonal(p)) return std::nullopt;
+  if (shared == metric::cosine) {
+    if (has_bias) return std::nullopt;
+    return adjoint_map{projection(out, in, std::move(wt)), false};
+  }
+  // L2: ‖W·x + b − q‖ = ‖x − Wᵀ(q − b)‖ for an orthogonal W.
+  std::vector<float> back_bias(in, 0.0f);
+  for (std::size_t c = 0; c < in; ++c) {
+    double sum = 0.0;
+    for (std::size_t r = 0; r < out; ++r) sum += static_cast<double>(w[r * in + c]) * b[r];
+    back_bias[c] = static_cast<float>(-sum);
+  }
+  return adjoint_map{projection(out, in, std::move(wt), std::move(back_bias)), false};
+}
+
+/// How one version reaches the shared space; immutable once published.
+struct link_state {
+  shared_route route = shared_route::none;
+  std::optional<projection> to_shared;    // adjoint, mirror, query_only
+  std::optional<projection> from_shared;  // adjoint
+  std::vector<float> offset_bias;         // adjoint under inner product with a bias
+  std::shared_ptr<collection> mirror;     // mirror
+};
+
+/// One version of one modality.
+struct version_state {
+  version_state(std::string modality_, std::string name_, bool native_, bool searchable_, collection own_)
+      : modality(std::move(modality_)),
+        name(std::move(name_)),
+        native(native_),
+        searchable(searchable_),
+        own(std::move(own_)) {}
+
+  const std::string modality;
+  const std::string name;
+  const bool native;
+  const bool searchable;
+  collection own;
+
+  [[nodiscard]] std::size_t dim() const noexcept { return own.dim(); }
+  [[nodiscard]] metric own_metric() const noexcept { return own.metric(); }
+
+  [[nodiscard]] std::shared_ptr<const link_state> link() const {
+    const std::lock_guard lock(link_mutex_);
+    return link_;
+  }
+  void set_link(std::shared_ptr<const link_state> l) {
+    const std::lock_guard lock(link_mutex_);
+    link_ = std::move(l);
+  }
+
+  /// Runs `f(link)` as a write: concurrently with other writes unless the version has a mirror (then
+  /// alone, so that a vector and its projection are written in the same order), and never during a
+  /// projection change.
+  template <class F>
+  void write(F&& f) {
+    std::shared_lock shared(writes_);
+    const std::shared_ptr<const link_state> l = link();
+    if (!l->mirror) {
+      f(*l);
+      return;
+    }
+    shared.unlock();
+    const std::unique_lock exclusive(writes_);
+    f(*link());
+  }
+  /// Runs `f()` with every write excluded (projection changes).
+  template <class F>
+  void exclusive(F&& f) {
+    const std::unique_lock lock(writes_);
+    f();
+  }
+
+ private:
+  mutable std::mutex link_mutex_;
+  std::shared_ptr<const link_state> link_ = std::make_shared<link_state>();
+  std::shared_mutex writes_;
+};
+
+struct modality_entry {
+  std::map<std::string, std::shared_ptr<version_state>, std::less<>> versions;
+  std::shared_ptr<version_state> active;
+};
+
+/// Modalities and versions: copied on every change, read as a snapshot by every call.
+struct catalog {
+  std::map<std::string, modality_entry, std::less<>> modalities;
+};
+
+/// Links of one direction between two modalities: id of `from` → sorted ids of `to`.
+using adjacency = std::unordered_map<vector_id, std::vector<vector_id>>;
+
+}  // namespace
+
+struct multimodal_state {
+  explicit multimodal_state(const multimodal_options& o) : options(o) {}
+
+  const multimodal_options options;
+
+  [[nodiscard]] std::shared_ptr<const catalog> snapshot() const {
+    const std::lock_guard lock(catalog_mutex);
+    return current;
+  }
+  /// Applies `change` to a copy of the catalogue and publishes it.
+  template <class F>
+  void modify(F&& change) {
+    const std::lock_guard admin(admin_mutex);
+    auto next = std::make_shared<catalog>(*snapshot());
+    change(*next);
+    const std::lock_guard lock(catalog_mutex);
+    current = std::move(next);
+  }
+
+  mutable std::mutex catalog_mutex;
+  std::shared_ptr<const catalog> current = std::make_shared<catalog>();
+  std::mutex admin_mutex;  // serialises catalogue changes
+
+  mutable std::shared_mutex pairs_mutex;
+  std::map<std::pair<std::string, std::string>, adjacency> pairs;  // (from, to) → links
+};
+
+namespace {
+
+const modality_entry& find_modality(const catalog& c, std::string_view modality, const char* who) {
+  const auto it = c.modalities.find(modality);
+  SHOAL_CHECK_CODE(it != c.modalities.end(), errc::not_found, who, ": unknown modality '", modality, "'");
+  return it->second;
+}
+
+/// The version named `version` of `modality`, or its active version when `version` is empty.
+const std::shared_ptr<version_state>& find_version(const catalog& c, std::string_view modality,
+                                                   std::string_view version, const char* who) {
+  const modality_entry& m = find_modality(c, modality, who);
+  if (version.empty()) return m.active;
+  const auto it = m.versions.find(version);
+  SHOAL_CHECK_CODE(it != m.versions.end(), errc::not_found, who, ": modality '", modality, "' has no version '",
+                   version, "'");
+  return it->second;
+}
+
+void check_dim(const version_state& v, matrix_view<const float> x, const char* who, const char* what) {
+  SHOAL_CHECK_CODE(x.dim == v.dim(), errc::dimension_mismatch, who, ": ", what, " of modality '", v.modality,
+                   "' have dimension ", x.dim, ", its version '", v.name, "' has ", v.dim());
+}
+
+void check_projection_fits(const projection& p, std::size_t dim, std::size_t shared_dim, std::string_view modality,
+                           const char* who) {
+  SHOAL_CHECK_CODE(p.in_dim() == dim && p.out_dim() == shared_dim, errc::dimension_mismatch, who,
+                   ": the projection of modality '", modality, "' maps ", p.in_dim(), " to ", p.out_dim(),
+                   " dimensions; it must map the modality's ", dim, " to the shared ", shared_dim);
+}
+
+void check_options(const modality_options& o, const multimodal_options& shared, std::string_view modality,
+                   const char* who) {
+  SHOAL_CHECK(o.collection.directory.empty(), who, ": modality '", modality,
+              "': collection_options::directory must be empty (the store persists through save/open)");
+  if (o.native) {
+    SHOAL_CHECK(!o.to_shared, who, ": modality '", modality, "' is native to the shared space and takes no projection");
+    SHOAL_CHECK_CODE(o.collection.dim == shared.shared_dim, errc::dimension_mismatch, who, ": modality '", modality,
+                     "' is native to the shared space, but has dimension ", o.collection.dim, ", the shared space ",
+                     shared.shared_dim);
+    SHOAL_CHECK(o.collection.metric == shared.shared_metric, who, ": modality '", modality,
+                "' is native to the shared space, but has metric ", metric_name(o.collection.metric),
+                ", the shared space ", metric_name(shared.shared_metric));
+  }
+  if (o.to_shared) check_projection_fits(*o.to_shared, o.collection.dim, shared.shared_dim, modality, who);
+}
+
+/// The layout of a version's mirror: its own, in the shared space.
+collection_options mirror_options(const collection_options& own, const multimodal_options& shared) {
+  collection_options o = own;
+  o.dim = shared.shared_dim;
+  o.metric = shared.shared_metric;
+  o.directory.clear();
+  return o;
+}
+
+/// The link of `v` with projection `p`; `mirror` (from `open`) serves as the mirror if one is needed,
+/// otherwise a new, empty one is made.
+std::shared_ptr<const link_state> make_link(const version_state& v, std::optional<projection> p,
+                                            const multimodal_options& shared, std::shared_ptr<collection> mirror) {
+  auto l = std::make_shared<link_state>();
+  if (v.native) {
+    l->route = shared_route::native;
+    return l;
+  }
+  if (!p) return l;
+  l->to_shared = std::move(p);
+  if (!v.searchable) {
+    l->route = shared_route::query_only;
+  } else if (std::optional<adjoint_map> a = adjoint_of(*l->to_shared, v.own_metric(), shared.shared_metric)) {
+    l->route = shared_route::adjoint;
+    l->from_shared = std::move(a->back);
+    if (a->add_bias_offset) l->offset_bias.assign(l->to_shared->bias().begin(), l->to_shared->bias().end());
+  } else {
+    l->route = shared_route::mirror;
+    l->mirror = mirror ? std::move(mirror) : std::make_shared<collection>(mirror_options(v.own.options(), shared));
+  }
+  return l;
+}
+
+/// `x` (rows of `v`'s space) in the shared space: normalised first under cosine, then projected.
+matrix<float> into_shared(const version_state& v, const link_state& l, matrix_view<const float> x, const char* who) {
+  SHOAL_CHECK_CODE(l.route != shared_route::none, errc::unsupported, who, ": modality '", v.modality, "' (version '",
+                   v.name,
+                   "') has no projection into the shared space: give modality_options::to_shared, or call "
+                   "set_projection or fit_projection");
+  check_vectors(x, x.dim, "vector");  // NaN/Inf is errc::non_finite, as the collections report it
+  if (v.own_metric() == metric::cosine) {
+    matrix<float> unit = normalized_copy(x, "vector");
+    return l.to_shared ? l.to_shared->apply(unit.view()) : unit;
+  }
+  if (l.to_shared) return l.to_shared->apply(x);
+  matrix<float> copy(x.rows, x.dim);
+  for (std::size_t i = 0; i < x.rows; ++i) std::copy_n(x.row(i), x.dim, copy.row(i));
+  return copy;
+}
+
+/// Throws unless other modalities can search `t`.
+void require_target(const version_state& t, const link_state& l, const char* who) {
+  SHOAL_CHECK_CODE(l.route != shared_route::query_only, errc::unsupported, who, ": modality '", t.modality,
+                   "' (version '", t.name, "') was created with searchable = false: other modalities cannot search it");
+  SHOAL_CHECK_CODE(l.route != shared_route::none, errc::unsupported, who, ": modality '", t.modality, "' (version '",
+                   t.name,
+                   "') cannot be searched from other modalities: it has no projection into the shared space (give "
+                   "modality_options::to_shared, or call set_projection or fit_projection)");
+}
+
+/// Searches the shared-space index of `t` with shared-space queries `q`.
+void search_shared(const version_state& t, const link_state& l, matrix_view<const float> q, neighbors_view out,
+                   const search_params& params) {
+  switch (l.route) {
+    case shared_route::native:
+      t.own.search(q, out, params);
+      return;
+    case shared_route::mirror:
+      l.mirror->search(q, out, params);
+      return;
+    case shared_route::adjoint: {
+      const matrix<float> back = l.from_shared->apply(q);
+      t.own.search(back.view(), out, params);
+      if (l.offset_bias.empty()) return;
+      for (std::size_t r = 0; r < q.rows; ++r) {
+        double dot = 0.0;
+        for (std::size_t j = 0; j < q.dim; ++j) dot += static_cast<double>(l.offset_bias[j]) * q.row(r)[j];
+        for (std::size_t j = 0; j < out.k; ++j)
+          if (out.row_ids(r)[j] != no_id) out.row_distances(r)[j] -= static_cast<float>(dot);
+      }
+      return;
+    }
+    case shared_route::none:
+    case shared_route::query_only:
+      break;
+  }
+  throw_error(errc::unsupported, "multimodal_store: no shared-space index");  // require_target ran first
+}
+
+/// `search` on one catalogue snapshot.
+void search_in(const catalog& c, std::string_view query_modality, matrix_view<const float> queries,
+               std::string_view target, neighbors_view out, const search_params& params, const char* who) {
+  const version_state& q = *find_version(c, query_modality, {}, who);
+  const version_state& t = *find_version(c, target, {}, who);
+  check_dim(q, queries, who, "queries");
+  if (&q == &t) {
+    q.own.search(queries, out, params);
+    return;
+  }
+  const std::shared_ptr<const link_state> ql = q.link();
+  const std::shared_ptr<const link_state> tl = t.link();
+  require_target(t, *tl, who);
+  if (ql->route == shared_route::native) {
+    search_shared(t, *tl, queries, out, params);  // the target's index normalises cosine queries itself
+  } else {
+    const matrix<float> shared = into_shared(q, *ql, queries, who);
+    search_shared(t, *tl, shared.view(), out, params);
+  }
+}
+
+/// Writes `vectors` under `ids` to a version and its mirror (`add`: all or nothing; `upsert`).
+void write_vectors(version_state& v, matrix_view<const float> vectors, std::span<const vector_id> ids, bool is_add,
+                   const char* who) {
+  check_dim(v, vectors, who, "vectors");
+  v.write([&](const link_state& l) {
+    if (!l.mirror) {
+      is_add ? v.own.add(vectors, ids) : v.own.upsert(vectors, ids);
+      return;
+    }
+    SHOAL_CHECK(!v.own.is_trained() || l.mirror->is_trained(), who, ": the shared-space mirror of modality '",
+                v.modality, "' (version '", v.name, "') is not trained: train the version again after setting its ",
+                "projection");
+    SHOAL_CHECK(vectors.rows == ids.size(), who, ": ", vectors.rows, " vectors but ", ids.size(), " ids");
+    const matrix<float> projected = into_shared(v, l, vectors, who);  // validates before anything changes
+    if (!is_add) {
+      v.own.upsert(vectors, ids);
+      l.mirror->upsert(projected.view(), ids);
+      return;
+    }
+    v.own.add(vectors, ids);
+    try {
+      l.mirror->add(projected.view(), ids);
+    } catch (...) {
+      try {
+        v.own.remove(ids);
+      } catch (...) {  // NOLINT(bugprone-empty-catch): the first error is the one to report
+      }
+      throw;
+    }
+  });
+}
+
+/// Inserts `value` into a sorted vector unless present.
+void insert_sorted(std::vector<vector_id>& v, vector_id value) {
+  const auto it = std::lower_bound(v.begin(), v.end(), value);
+  if (it == v.end() || *it != value) v.insert(it, value);
+}
+
+/// Maps one row of query-modality neighbours through `links` into `out_ids` / `out_distances` (k
+/// slots); returns how many distinct targets the row reached.
+std::size_t map_row(const adjacency* links, std::span<const vector_id> ids, std::span<const float> distances,
+                    std::span<vector_id> out_ids, std::span<float> out_distances) {
+  topk_heap best(out_ids.size());
+  std::unordered_set<vector_id> seen;
+  for (std::size_t j = 0; links != nullptr && j < ids.size(); ++j) {
+    if (ids[j] == no_id) continue;
+    const auto it = links->find(ids[j]);
+    if (it == links->end()) continue;
+    // Neighbours come nearest first, so a target's first appearance is its best-ranked neighbour.
+    for (const vector_id target : it->second)
+      if (seen.insert(target).second) best.push(distances[j], target);
+  }
+  best.write_sorted(out_ids, out_distances);
+  return seen.size();
+}
+
+// ------------------------------------------------------------------------------------------- manifest
+
+constexpr const char* manifest_name = "MULTIMODAL.shoal";
+constexpr std::array<char, 8> manifest_magic = {'S', 'H', 'O', 'A', 'L', 'M', 'M', 'S'};
+constexpr std::uint16_t manifest_major = 1;
+constexpr std::uint16_t manifest_minor = 0;
+constexpr std::size_t manifest_header_bytes = 8 + 2 + 2 + 4 + 8;
+constexpr std::uint32_t flag_native = 1u;
+constexpr std::uint32_t flag_searchable = 2u;
+
+struct manifest_version {
+  std::string name;
+  bool native = false;
+  bool searchable = true;
+  shared_route route = shared_route::none;
+  std::optional<projection> to_shared;
+};
+struct manifest_modality {
+  std::string name;
+  std::string active;
+  std::vector<manifest_version> versions;
+};
+struct manifest_links {
+  std::string a, b;
+  std::vector<std::pair<vector_id, vector_id>> pairs;
+};
+struct manifest {
+  multimodal_options shared;
+  std::vector<manifest_modality> modalities;
+  std::vector<manifest_links> links;
+};
+
+/// Little-endian fixed-width fields appended to a byte buffer.
+class byte_sink {
+ public:
+  template <class T>
+  void put(T value) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    const auto* p = reinterpret_cast<const std::byte*>(&value);
+    bytes_.insert(bytes_.end(), p, p + sizeof(T));
+  }
+  void put_bytes(std::span<const std::byte> b) {
+    put<std::uint64_t>(b.size());
+    bytes_.insert(bytes_.end(), b.begin(), b.end());
+  }
+  void put_string(std::string_view s) { put_bytes(std::as_bytes(std::span<const char>(s.data(), s.size()))); }
+  [[nodiscard]] std::vector<std::byte>& bytes() noexcept { return bytes_; }
+
+ private:
+  std::vector<std::byte> bytes_;
+};
+
+/// Reads what `byte_sink` wrote; every read is bounds-checked (`errc::corrupt_file`).
+class byte_source {
+ public:
+  byte_source(std::span<const std::byte> bytes, std::string name) : bytes_(bytes), name_(std::move(name)) {}
+  template <class T>
+  [[nodiscard]] T get() {
+    static_assert(std::is_trivially_copyable_v<T>);
+    T value{};
+    std::memcpy(&value, take(sizeof(T)).data(), sizeof(T));
+    return value;
+  }
+  [[nodiscard]] std::span<const std::byte> get_bytes() { return take(get<std::uint64_t>()); }
+  [[nodiscard]] std::string get_string() {
+    const std::span<const std::byte> b = get_bytes();
+    return {reinterpret_cast<const char*>(b.data()), b.size()};
+  }
+  [[nodiscard]] std::size_t left() const noexcept { return bytes_.size() - pos_; }
+  [[nodiscard]] const std::string& name() const noexcept { return name_; }
+
+ private:
+  std::span<const std::byte> take(std::uint64_t n) {
+    SHOAL_CHECK_CODE(n <= left(), errc::corrupt_file, name_, ": truncated manifest (", n, " bytes wanted at byte ",
+                     pos_, " of the body, ", left(), " left)");
+    const std::span<const std::byte> out = bytes_.subspan(pos_, static_cast<std::size_t>(n));
+    pos_ += static_cast<std::size_t>(n);
+    return out;
+  }
+  std::span<const std::byte> bytes_;
+  std::size_t pos_ = 0;
+  std::string name_;
+};
+
+std::vector<std::byte> encode(const manifest& m) {
+  byte_sink body;
+  body.put<std::uint64_t>(m.shared.shared_dim);
+  body.put<std::uint32_t>(static_cast<std::uint32_t>(m.shared.shared_metric));
+  body.put<std::uint32_t>(static_cast<std::uint32_t>(m.modalities.size()));
+  for (const manifest_modality& mod : m.modalities) {
+    body.put_string(mod.name);
+    body.put_string(mod.active);
+    body.put<std::uint32_t>(static_cast<std::uint32_t>(mod.versions.size()));
+    for (const manifest_version& v : mod.versions) {
+      body.put_string(v.name);
+      body.put<std::uint32_t>((v.native ? flag_native : 0u) | (v.searchable ? flag_searchable : 0u));
+      body.put<std::uint32_t>(static_cast<std::uint32_t>(v.route));
+      body.put_bytes(v.to_shared ? v.to_shared->serialize() : std::vector<std::byte>{});
+    }
+  }
+  body.put<std::uint32_t>(static_cast<std::uint32_t>(m.links.size()));
+  for (const manifest_links& l : m.links) {
+    body.put_string(l.a);
+    body.put_string(l.b);
+    body.put<std::uint64_t>(l.pairs.size());
+    for (const auto& [a, b] : l.pairs) {
+      body.put<std::uint64_t>(a);
+      body.put<std::uint64_t>(b);
+    }
+  }
+  byte_sink file;
+  for (const char c : manifest_magic) file.put(c);
+  file.put<std::uint16_t>(manifest_major);
+  file.put<std::uint16_t>(manifest_minor);
+  file.put<std::uint32_t>(0);
+  file.put<std::uint64_t>(body.bytes().size());
+  std::vector<std::byte> out = std::move(file.bytes());
+  out.insert(out.end(), body.bytes().begin(), body.bytes().end());
+  const std::uint32_t crc = crc32c(out.data(), out.size());
+  const auto* p = reinterpret_cast<const std::byte*>(&crc);
+  out.insert(out.end(), p, p + sizeof crc);
+  return out;
+}
+
+std::string checked_name(byte_source& in, const char* what) {
+  std::string name = in.get_string();
+  SHOAL_CHECK_CODE(valid_name(name), errc::corrupt_file, in.name(), ": invalid ", what, " name \"", name, "\"");
+  return name;
+}
+
+manifest decode(std::span<const std::byte> bytes, const std::string& name) {
+  SHOAL_CHECK_CODE(bytes.size() >= manifest_header_bytes + 4 &&
+                       std::memcmp(bytes.data(), manifest_magic.data(), manifest_magic.size()) == 0,
+                   errc::corrupt_file, name, ": not a multimodal store manifest");
+  byte_source header(bytes.subspan(manifest_magic.size()), name);
+  const auto major = header.get<std::uint16_t>();
+  (void)header.get<std::uint16_t>();  // minor versions only add meaning to reserved fields
+  const auto reserved = header.get<std::uint32_t>();
+  const auto body_bytes = header.get<std::uint64_t>();
+  SHOAL_CHECK_CODE(major <= manifest_major, errc::unsupported, name, ": manifest format ", major,
+                   " is newer than this library's (", manifest_major, ")");
+  SHOAL_CHECK_CODE(reserved == 0, errc::corrupt_file, name, ": non-zero reserved field");
+  SHOAL_CHECK_CODE(body_bytes == bytes.size() - manifest_header_bytes - 4, errc::corrupt_file, name, ": the header ",
+                   "says ", body_bytes, " body bytes, the file holds ", bytes.size() - manifest_header_bytes - 4);
+  std::uint32_t stored_crc = 0;
+  std::memcpy(&stored_crc, bytes.data() + bytes.size() - 4, 4);
+  SHOAL_CHECK_CODE(crc32c(bytes.data(), bytes.size() - 4) == stored_crc, errc::corrupt_file, name,
+                   ": checksum mismatch");
+
+  byte_source in(bytes.subspan(manifest_header_bytes, static_cast<std::size_t>(body_bytes)), name);
+  manifest m;
+  m.shared.shared_dim = in.get<std::uint64_t>();
+  const auto shared_metric = in.get<std::uint32_t>();
+  SHOAL_CHECK_CODE(m.shared.shared_dim >= 1 && shared_metric <= static_cast<std::uint32_t>(metric::cosine),
+                   errc::corrupt_file, name, ": invalid shared space");
+  m.shared.shared_metric = static_cast<metric>(shared_metric);
+  const auto modalities = in.get<std::uint32_t>();
+  for (std::uint32_t i = 0; i < modalities; ++i) {
+    manifest_modality& mod = m.modalities.emplace_back();
+    mod.name = checked_name(in, "modality");
+    mod.active = checked_name(in, "version");
+    const auto versions = in.get<std::uint32_t>();
+    for (std::uint32_t j = 0; j < versions; ++j) {
+      manifest_version& v = mod.versions.emplace_back();
+      v.name = checked_name(in, "version");
+      const auto flags = in.get<std::uint32_t>();
+      const auto route = in.get<std::uint32_t>();
+      SHOAL_CHECK_CODE(
+          flags <= (flag_native | flag_searchable) && route <= static_cast<std::uint32_t>(shared_route::query_only),
+          errc::corrupt_file, name, ": invalid flags or route of ", mod.name, "/", v.name);
+      v.native = (flags & flag_native) != 0;
+      v.searchable = (flags & flag_searchable) != 0;
+      v.route = static_cast<shared_route>(route);
+      const std::span<const std::byte> p = in.get_bytes();
+      if (!p.empty()) v.to_shared = projection::deserialize(p);
+    }
+  }
+  const auto blocks = in.get<std::uint32_t>();
+  for (std::uint32_t i = 0; i < blocks; ++i) {
+    manifest_links& l = m.links.emplace_back();
+    l.a = checked_name(in, "modality");
+    l.b = checked_name(in, "modality");
+    const auto count = in.get<std::uint64_t>();
+    SHOAL_CHECK_CODE(count <= in.left() / 16, errc::corrupt_file, name, ": ", count, " links do not fit the file");
+    l.pairs.resize(static_cast<std::size_t>(count));
+    for (auto& [a, b] : l.pairs) {
+      a = in.get<vector_id>();
+      b = in.get<vector_id>();
+    }
+  }
+  SHOAL_CHECK_CODE(in.left() == 0, errc::corrupt_file, name, ": ", in.left(), " unexpected bytes after the manifest");
+  return m;
+}
+
+manifest read_manifest(const std::filesystem::path& path) {
+  const io::detail::input_file file(path);
+  std::vector<std::byte> bytes(static_cast<std::size_t>(file.size()));
+  file.read_at(0, bytes.data(), bytes.size());
+  return decode(bytes, file.name());
+}
+
+std::filesystem::path version_dir(const std::filesystem::path& root, std::string_view modality,
+                                  std::string_view version) {
+  return root / std::string(modality) / std::string(version);
+}
+
+}  // namespace
+}  // namespace detail
+
+using detail::find_version;
+
+// ---------------------------------------------------------------------------------------- construction
+
+multimodal_store::multimodal_store(const multimodal_options& options)
+    : state_(std::make_unique<detail::multimodal_state>(options)) {
+  SHOAL_CHECK(options.shared_dim >= 1, "multimodal_store: the shared dimension must be at least 1");
+}
+multimodal_store::multimodal_store(std::unique_ptr<detail::multimodal_state> state) : state_(std::move(state)) {}
+multimodal_store::multimodal_store(multimodal_store&& other) noexcept = default;
+multimodal_store& multimodal_store::operator=(multimodal_store&& other) noexcept = default;
+multimodal_store::~multimodal_store() = default;
+
+std::size_t multimodal_store::shared_dim() const noexcept { return state_->options.shared_dim; }
+metric multimodal_store::shared_metric() const noexcept { return state_->options.shared_metric; }
+
+// ------------------------------------------------------------------------------ modalities and versions
+
+namespace {
+
+std::shared_ptr<detail::version_state> new_version(std::string_view modality, std::string_view version,
+                                                   const modality_options& options, const multimodal_options& shared,
+                                                   const char* who) {
+  detail::check_name(modality, "modality", who);
+  detail::check_name(version, "version", who);
+  detail::check_options(options, shared, modality, who);
+  auto v = std::make_shared<detail::version_state>(std::string(modality), std::string(version), options.native,
+                                                   options.searchable, collection(options.collection));
+  v->set_link(detail::make_link(*v, options.to_shared, shared, nullptr));
+  return v;
+}
+
+}  // namespace
+
+void multimodal_store::add_modality(std::string_view name, const modality_options& options, std::string_view version) {
+  constexpr const char* who = "multimodal_store::add_modality";
+  auto v = new_version(name, version, options, state_->options, who);
+  state_->modify([&](detail::catalog& c) {
+    SHOAL_CHECK(!c.modalities.contains(name), who, ": modality '", name, "' exists already");
+    detail::modality_entry& m = c.modalities[std::string(name)];
+    m.versions.emplace(std::string(version), v);
+    m.active = std::move(v);
+  });
+}
+
+void multimodal_store::add_version(std::string_view modality, std::string_view version,
+                                   const modality_options& options) {
+  constexpr const char* who = "multimodal_store::add_version";
+  (void)detail::find_modality(*state_->snapshot(), modality, who);
+  auto v = new_version(modality, version, options, state_->options, who);
+  state_->modify([&](detail::catalog& c) {
+    detail::find_modality(c, modality, who);
+    detail::modality_entry& m = c.modalities.find(modality)->second;
+    SHOAL_CHECK(!m.versions.contains(version), who, ": modality '", modality, "' has a version '", version,
+                "' already");
+    m.versions.emplace(std::string(version), std::move(v));
+  });
+}
+
+void multimodal_store::activate(std::string_view modality, std::string_view version) {
+  constexpr const char* who = "multimodal_store::activate";
+  SHOAL_CHECK_CODE(!version.empty(), errc::not_found, who, ": no version named");
+  state_->modify([&](detail::catalog& c) {
+    auto v = find_version(c, modality, version, who);
+    c.modalities.find(modality)->second.active = std::move(v);
+  });
+}
+
+void multimodal_store::drop_version(std::string_view modality, std::string_view version) {
+  constexpr const char* who = "multimodal_store::drop_version";
+  SHOAL_CHECK_CODE(!version.empty(), errc::not_found, who, ": no version named");
+  state_->modify([&](detail::catalog& c) {
+    const auto& v = find_version(c, modality, version, who);
+    detail::modality_entry& m = c.modalities.find(modality)->second;
+    SHOAL_CHECK(v != m.active, who, ": version '", version, "' of modality '", modality,
+                "' is active: activate another version first");
+    m.versions.erase(m.versions.find(version));
+  });
+}
+
+std::vector<std::string> multimodal_store::modalities() const {
+  std::vector<std::string> out;
+  for (const auto& [name, m] : state_->snapshot()->modalities) out.push_back(name);
+  return out;
+}
+
+std::vector<std::string> multimodal_store::versions(std::string_view modality) const {
+  const auto c = state_->snapshot();
+  std::vector<std::string> out;
+  for (const auto& [name, v] : detail::find_modality(*c, modality, "multimodal_store::versions").versions)
+    out.push_back(name);
+  return out;
+}
+
+std::string multimodal_store::active_version(std::string_view modality) const {
+  return find_version(*state_->snapshot(), modality, {}, "multimodal_store::active_version")->name;
+}
+
+modality_info multimodal_store::info(std::string_view modality, std::string_view version) const {
+  const auto c = state_->snapshot();
+  const std::shared_ptr<detail::version_state> v = find_version(*c, modality, version, "multimodal_store::info");
+  const std::shared_ptr<const detail::link_state> l = v->link();
+  modality_info out;
+  out.modality = v->modality;
+  out.version = v->name;
+  out.active = v == c->modalities.find(modality)->second.active;
+  out.collection = v->own.options();
+  out.native = v->native;
+  out.searchable = v->searchable;
+  out.route = l->route;
+  out.to_shared = l->to_shared;
+  out.size = v->own.size();
+  out.memory_bytes = v->own.memory_bytes();
+  out.mirror_bytes = l->mirror ? l->mirror->memory_bytes() : 0;
+  return out;
+}
+
+std::size_t multimodal_store::memory_bytes() const {
+  std::size_t bytes = 0;
+  for (const auto& [name, m] : state_->snapshot()->modalities)
+    for (const auto& [version, v] : m.versions) {
+      bytes += v->own.memory_bytes();
+      if (const auto l = v->link(); l->mirror) bytes += l->mirror->memory_bytes();
+    }
+  return bytes;
+}
+
+// ----------------------------------------------------------------------------------------- projections
+
+void multimodal_store::set_projection(std::string_view modality, const projection& to_shared,
+                                      std::string_view version) {
+  constexpr const char* who = "multimodal_store::set_projection";
+  const std::shared_ptr<detail::version_state> v = find_version(*state_->snapshot(), modality, version, who);
+  SHOAL_CHECK(!v->native, who, ": modality '", modality, "' is native to the shared space and takes no projection");
+  detail::check_projection_fits(to_shared, v->dim(), state_->options.shared_dim, modality, who);
+  v->exclusive([&] {
+    auto next = detail::make_link(*v, to_shared, state_->options, nullptr);
+    // A mirror holds projected vectors: a new projection needs a new mirror, filled from the start.
+    const std::size_t stored = v->own.size();
+    SHOAL_CHECK_CODE(next->route != shared_route::mirror || stored == 0, errc::unsupported, who, ": modality '",
+                     modality, "' (version '", v->name, "') holds ", stored,
+                     " vectors and its projection needs a mirror of projected vectors, which cannot be rebuilt from ",
+                     "the stored ones: set the projection before adding, or add a version");
+    v->set_link(std::move(next));
+  });
+}
+
+projection multimodal_store::fit_projection(std::string_view modality, matrix_view<const float> x,
+                                            matrix_view<const float> y, const projection_fit& fit,
+                                            std::string_view version) {
+  constexpr const char* who = "multimodal_store::fit_projection";
+  const std::shared_ptr<detail::version_state> v = find_version(*state_->snapshot(), modality, version, who);
+  detail::check_dim(*v, x, who, "x rows");
+  SHOAL_CHECK_CODE(y.dim == state_->options.shared_dim, errc::dimension_mismatch, who, ": y rows have dimension ",
+                   y.dim, ", the shared space has ", state_->options.shared_dim);
+  matrix<float> x_unit, y_unit;
+  if (v->own_metric() == metric::cosine) x = (x_unit = detail::normalized_copy(x, "x")).view();
+  if (state_->options.shared_metric == metric::cosine) y = (y_unit = detail::normalized_copy(y, "y")).view();
+  projection p = fit.method == projection_method::procrustes ? projection::fit_procrustes(x, y, fit.fit_bias)
+                                                             : projection::fit_ridge(x, y, fit.lambda, fit.fit_bias);
+  set_projection(modality, p, v->name);
+  return p;
+}
+
+matrix<float> multimodal_store::to_shared(std::string_view modality, matrix_view<const float> vectors) const {
+  constexpr const char* who = "multimodal_store::to_shared";
+  const std::shared_ptr<detail::version_state> v = find_version(*state_->snapshot(), modality, {}, who);
+  detail::check_dim(*v, vectors, who, "vectors");
+  return detail::into_shared(*v, *v->link(), vectors, who);
+}
+
+// ---------------------------------------------------------------------------------------------- writes
+
+void multimodal_store::train(std::string_view modality, matrix_view<const float> sample, std::string_view version) {
+  constexpr const char* who = "multimodal_store::train";
+  const std::shared_ptr<detail::version_state> v = find_version(*state_->snapshot(), modality, version, who);
+  detail::check_dim(*v, sample, who, "training vectors");
+  v->write([&](const detail::link_state& l) {
+    v->own.train(sample);
+    if (l.mirror) l.mirror->train(detail::into_shared(*v, l, sample, who).view());
+  });
+}
+
+void multimodal_store::add(std::string_view modality, matrix_view<const float> vectors, std::span<const vector_id> ids,
+                           std::string_view version) {
+  constexpr const char* who = "multimodal_store::add";
+  detail::write_vectors(*find_version(*state_->snapshot(), modality, version, who), vectors, ids, true, who);
+}
+
+void multimodal_store::upsert(std::string_view modality, matrix_view<const float> vectors,
+                              std::span<const vector_id> ids, std::string_view version) {
+  constexpr const char* who = "multimodal_store::upsert";
+  detail::write_vectors(*find_version(*state_->snapshot(), modality, version, who), vectors, ids, false, who);
+}
+
+void multimodal_store::remove(std::string_view modality, std::span<const vector_id> ids, std::string_view version) {
+  const std::shared_ptr<detail::version_state> v =
+      find_version(*state_->snapshot(), modality, version, "multimodal_store::remove");
+  v->write([&](const detail::link_state& l) {
+    v->own.remove(ids);
+    if (l.mirror) l.mirror->remove(ids);
+  });
+}
+
+std::size_t multimodal_store::size(std::string_view modality, std::string_view version) const {
+  return find_version(*state_->snapshot(), modality, version, "multimodal_store::size")->own.size();
+}
+
+bool multimodal_store::contains(std::string_view modality, vector_id id, std::string_view version) const {
+  return find_version(*state_->snapshot(), modality, version, "multimodal_store::contains")->own.contains(id);
+}
+
+// ------------------------------------------------------------------------------------------ paired ids
+
+namespace {
+
+void check_link_args(const detail::catalog& c, std::string_view a, std::size_t na, std::string_view b, std::size_t nb,
+                     const char* who) {
+  (void)detail::find_modality(c, a, who);
+  (void)detail::find_modality(c, b, who);
+  SHOAL_CHECK(a != b, who, ": links join two different modalities, not '", a, "' with itself");
+  SHOAL_CHECK(na == nb, who, ": ", na, " ids of '", a, "' but ", nb, " of '", b, "'");
+}
+
+}  // namespace
+
+void multimodal_store::link(std::string_view a, std::span<const vector_id> ids_a, std::string_view b,
+                            std::span<const vector_id> ids_b) {
+  check_link_args(*state_->snapshot(), a, ids_a.size(), b, ids_b.size(), "multimodal_store::link");
+  const std::unique_lock lock(state_->pairs_mutex);
+  detail::adjacency& ab = state_->pairs[{std::string(a), std::string(b)}];
+  detail::adjacency& ba = state_->pairs[{std::string(b), std::string(a)}];
+  for (std::size_t i = 0; i < ids_a.size(); ++i) {
+    detail::insert_sorted(ab[ids_a[i]], ids_b[i]);
+    detail::insert_sorted(ba[ids_b[i]], ids_a[i]);
+  }
+}
+
+void multimodal_store::unlink(std::string_view a, std::span<const vector_id> ids_a, std::string_view b,
+                              std::span<const vector_id> ids_b) {
+  check_link_args(*state_->snapshot(), a, ids_a.size(), b, ids_b.size(), "multimodal_store::unlink");
+  const std::unique_lock lock(state_->pairs_mutex);
+  const auto erase = [&](std::string_view from, std::string_view to, vector_id key, vector_id value) {
+    const auto table = state_->pairs.find({std::string(from), std::string(to)});
+    if (table == state_->pairs.end()) return;
+    const auto it = table->second.find(key);
+    if (it == table->second.end()) return;
+    std::vector<vector_id>& targets = it->second;
+    const auto pos = std::lower_bound(targets.begin(), targets.end(), value);
+    if (pos != targets.end() && *pos == value) targets.erase(pos);
+    if (targets.empty()) table->second.erase(it);
+  };
+  for (std::size_t i = 0; i < ids_a.size(); ++i) {
+    erase(a, b, ids_a[i], ids_b[i]);
+    erase(b, a, ids_b[i], ids_a[i]);
+  }
+}
+
+std::vector<vector_id> multimodal_store::linked(std::string_view from, vector_id id, std::string_view to) const {
+  check_link_args(*state_->snapshot(), from, 0, to, 0, "multimodal_store::linked");
+  const std::shared_lock lock(state_->pairs_mutex);
+  const auto table = state_->pairs.find({std::string(from), std::string(to)});
+  if (table == state_->pairs.end()) return {};
+  const auto it = table->second.find(id);
+  return it == table->second.end() ? std::vector<vector_id>{} : it->second;
+}
+
+std::size_t multimodal_store::link_count(std::string_view a, std::string_view b) const {
+  check_link_args(*state_->snapshot(), a, 0, b, 0, "multimodal_store::link_count");
+  const std::shared_lock lock(state_->pairs_mutex);
+  const auto table = state_->pairs.find({std::string(a), std::string(b)});
+  std::size_t n = 0;
+  if (table != state_->pairs.end())
+    for (const auto& [id, targets] : table->second) n += targets.size();
+  return n;
+}
+
+// ---------------------------------------------------------------------------------------------- search
+
+void multimodal_store::search(std::string_view query_modality, matrix_view<const float> queries,
+                              std::string_view target, neighbors_view out, const search_params& params) const {
+  detail::search_in(*state_->snapshot(), query_modality, queries, target, out, params, "multimodal_store::search");
+}
+
+neighbors multimodal_store::search(std::string_view query_modality, matrix_view<const float> queries,
+                                   std::string_view target, std::size_t k, const search_params& params) const {
+  SHOAL_CHECK(k >= 1, "multimodal_store::search: k must be at least 1");
+  neighbors out(queries.rows, k);
+  search(query_modality, queries, target, out.view(), params);
+  return out;
+}
+
+neighbors multimodal_store::search_via_pairs(std::string_view query_modality, matrix_view<const float> queries,
+                                             std::string_view target, std::size_t k, const search_params& params,
+                                             std::size_t source_k) const {
+  constexpr const char* who = "multimodal_store::search_via_pairs";
+  SHOAL_CHECK(k >= 1, who, ": k must be at least 1");
+  const auto c = state_->snapshot();
+  const detail::version_state& q = *find_version(*c, query_modality, {}, who);
+  (void)detail::find_modality(*c, target, who);
+  SHOAL_CHECK(query_modality != target, who, ": the target must be another modality than the queries' ('",
+              query_modality, "')");
+  detail::check_dim(q, queries, who, "queries");
+  neighbors out(queries.rows, k);
+  const std::size_t stored = q.own.size();
+  if (stored == 0 || queries.rows == 0) return out;
+
+  std::size_t depth = std::min(stored, source_k > 0 ? source_k : 4 * k);
+  std::vector<std::size_t> pending(queries.rows);
+  std::iota(pending.begin(), pending.end(), std::size_t{0});
+  const std::pair<std::string, std::string> direction{std::string(query_modality), std::string(target)};
+  while (true) {
+    matrix<float> subset;
+    if (pending.size() < queries.rows) {
+      subset = matrix<float>(pending.size(), queries.dim);
+      for (std::size_t i = 0; i < pending.size(); ++i) std::copy_n(queries.row(pending[i]), queries.dim, subset.row(i));
+    }
+    const neighbors found = q.own.search(pending.size() < queries.rows ? subset.view() : queries, depth, params);
+    std::vector<std::size_t> short_rows;
+    {
+      const std::shared_lock lock(state_->pairs_mutex);
+      const auto table = state_->pairs.find(direction);
+      const detail::adjacency* links = table == state_->pairs.end() ? nullptr : &table->second;
+      for (std::size_t i = 0; i < pending.size(); ++i) {
+        const std::size_t row = pending[i];
+        if (detail::map_row(links, found.row_ids(i), found.row_distances(i), out.view().row_ids(row),
+                            out.view().row_distances(row)) < k)
+          short_rows.push_back(row);
+      }
+    }
+    if (short_rows.empty() || source_k > 0 || depth >= stored) break;
+    depth = std::min(stored, depth * 4);
+    pending = std::move(short_rows);
+  }
+  return out;
+}
+
+std::vector<std::vector<fused_id>> multimodal_store::search_fused(std::span<const modal_query> parts,
+                                                                  std::string_view target, std::size_t k,
+                                                                  const fusion_options& options,
+                                                                  const search_params& params) const {
+  constexpr const char* who = "multimodal_store::search_fused";
+  SHOAL_CHECK(!parts.empty(), who, ": no query parts");
+  SHOAL_CHECK(k >= 1, who, ": k must be at least 1");
+  const std::size_t rows = parts.front().vectors.rows;
+  for (const modal_query& p : parts)
+    SHOAL_CHECK(p.vectors.rows == rows, who, ": part '", p.modality, "' has ", p.vectors.rows, " queries, the first ",
+                rows, " (query r is row r of every part)");
+  const std::size_t depth = options.candidates > 0 ? options.candidates : 4 * k;
+  const auto c = state_->snapshot();  // every part on the same versions
+  std::vector<neighbors> found;
+  std::vector<float> weights;
+  for (const modal_query& p : parts) {
+    found.emplace_back(rows, depth);
+    detail::search_in(*c, p.modality, p.vectors, target, found.back().view(), params, who);
+    weights.push_back(p.weight);
+  }
+  std::vector<std::vector<fused_id>> out(rows);
+  std::vector<candidate_list> lists(parts.size());
+  for (std::size_t r = 0; r < rows; ++r) {
+    for (std::size_t i = 0; i < parts.size(); ++i) lists[i] = {found[i].row_ids(r), found[i].row_distances(r)};
+    switch (options.rule) {
+      case fusion_rule::reciprocal_rank:
+        out[r] = reciprocal_rank_fusion(lists, k, weights, options.rrf_k);
+        break;
+      case fusion_rule::weighted_score:
+        out[r] = weighted_score_fusion(lists, k, options.normalization, weights);
+        break;
+      case fusion_rule::intersection:
+        out[r] = intersection_fusion(lists, k, weights);
+        break;
+    }
+  }
+  return out;
+}
+
+// ----------------------------------------------------------------------------------------- persistence
+
+void multimodal_store::save(const std::filesystem::path& directory) const {
+  constexpr const char* who = "multimodal_store::save";
+  std::error_code ec;
+  std::filesystem::create_directories(directory, ec);
+  SHOAL_CHECK_CODE(!ec, errc::io_error, who, ": cannot create ", directory.string(), ": ", ec.message());
+  const std::filesystem::path manifest_path = directory / detail::manifest_name;
+  std::optional<detail::manifest> previous;
+  if (std::filesystem::exists(manifest_path, ec)) {
+    try {
+      previous = detail::read_manifest(manifest_path);
+    } catch (const error&) {  // a damaged manifest is replaced; only the clean-up below needs it
+    }
+  }
+
+  detail::manifest m;
+  m.shared = state_->options;
+  const auto c = state_->snapshot();
+  for (const auto& [name, entry] : c->modalities) {
+    detail::manifest_modality& mod = m.modalities.emplace_back();
+    mod.name = name;
+    mod.active = entry.active->name;
+    for (const auto& [version, v] : entry.versions) {
+      const std::shared_ptr<const detail::link_state> l = v->link();
+      const std::filesystem::path dir = detail::version_dir(directory, name, version);
+      v->own.save(dir / "native");
+      if (l->mirror) l->mirror->save(dir / "shared");
+      mod.versions.push_back({version, v->native, v->searchable, l->route, l->to_shared});
+    }
+  }
+  {
+    const std::shared_lock lock(state_->pairs_mutex);
+    for (const auto& [direction, table] : state_->pairs) {
+      if (direction.first > direction.second) continue;  // each pair once; the reverse is rebuilt
+      detail::manifest_links& l = m.links.emplace_back();
+      l.a = direction.first;
+      l.b = direction.second;
+      for (const auto& [a, targets] : table)
+        for (const vector_id b : targets) l.pairs.emplace_back(a, b);
+      std::sort(l.pairs.begin(), l.pairs.end());
+    }
+  }
+  const std::vector<std::byte> bytes = detail::encode(m);
+  io::detail::atomic_writer out(manifest_path);
+  out.write(bytes.data(), bytes.size());
+  out.commit();
+
+  if (!previous) return;
+  // Best effort: what the previous save wrote and this one no longer names.
+  for (const detail::manifest_modality& old : previous->modalities) {
+    const auto now = c->modalities.find(old.name);
+    if (now == c->modalities.end()) {
+      std::filesystem::remove_all(directory / old.name, ec);
+      continue;
+    }
+    for (const detail::manifest_version& ov : old.versions) {
+      const auto v = now->second.versions.find(ov.name);
+      const std::filesystem::path dir = detail::version_dir(directory, old.name, ov.name);
+      if (v == now->second.versions.end())
+        std::filesystem::remove_all(dir, ec);
+      else if (!v->second->link()->mirror)
+        std::filesystem::remove_all(dir / "shared", ec);
+    }
+  }
+}
+
+multimodal_store multimodal_store::open(const std::filesystem::path& directory,
+                                        const collection_open_options& options) {
+  const std::filesystem::path manifest_path = directory / detail::manifest_name;
+  SHOAL_CHECK_CODE(std::filesystem::exists(manifest_path), errc::io_error,
+                   "multimodal_store::open: ", directory.string(), " holds no multimodal store (",
+                   detail::manifest_name, " is missing)");
+  const detail::manifest m = detail::read_manifest(manifest_path);
+  const std::string name = manifest_path.string();
+  auto st = std::make_unique<detail::multimodal_state>(m.shared);
+  auto c = std::make_shared<detail::catalog>();
+  for (const detail::manifest_modality& mod : m.modalities) {
+    detail::modality_entry& entry = c->modalities[mod.name];
+    SHOAL_CHECK_CODE(entry.versions.empty(), errc::corrupt_file, name, ": modality '", mod.name, "' twice");
+    for (const detail::manifest_version& mv : mod.versions) {
+      const std::filesystem::path dir = detail::version_dir(directory, mod.name, mv.name);
+      auto v = std::make_shared<detail::version_state>(mod.name, mv.name, mv.native, mv.searchable,
+                                                       collection::open(dir / "native", options));
+      const bool native_fits =
+          !mv.native || (v->dim() == m.shared.shared_dim && v->own_metric() == m.shared.shared_metric && !mv.to_shared);
+      const bool projection_fits =
+          !mv.to_shared || (mv.to_shared->in_dim() == v->dim() && mv.to_shared->out_dim() == m.shared.shared_dim);
+      SHOAL_CHECK_CODE(native_fits && projection_fits, errc::corrupt_file, name, ": modality '", mod.name,
+                       "' version '", mv.name, "': the shared space, the projection and the collection disagree");
+      std::shared_ptr<collection> mirror;
+      if (mv.route == shared_route::mirror) {
+        mirror = std::make_shared<collection>(collection::open(dir / "shared", options));
+        SHOAL_CHECK_CODE(mirror->dim() == m.shared.shared_dim && mirror->metric() == m.shared.shared_metric,
+                         errc::corrupt_file, name, ": the mirror of '", mod.name, "/", mv.name,
+                         "' is not in the shared space");
+      }
+      auto l = detail::make_link(*v, mv.to_shared, m.shared, std::move(mirror));
+      SHOAL_CHECK_CODE(l->route == mv.route, errc::corrupt_file, name, ": modality '", mod.name, "' version '", mv.name,
+                       "' is recorded with route ", shared_route_name(mv.route), " but its projection gives ",
+                       shared_route_name(l->route));
+      v->set_link(std::move(l));
+      SHOAL_CHECK_CODE(entry.versions.emplace(mv.name, v).second, errc::corrupt_file, name, ": version '", mv.name,
+                       "' of '", mod.name, "' twice");
+      if (mv.name == mod.active) entry.active = v;
+    }
+    SHOAL_CHECK_CODE(entry.active != nullptr, errc::corrupt_file, name, ": the active version '", mod.active,
+                     "' of modality '", mod.name, "' is not stored");
+  }
+  st->current = c;
+  multimodal_store store(std::move(st));
+  for (const detail::manifest_links& l : m.links) {
+    std::vector<vector_id> a, b;
+    for (const auto& [x, y] : l.pairs) {
+      a.push_back(x);
+      b.push_back(y);
+    }
+    try {
+      store.link(l.a, a, l.b, b);
+    } catch (const error& e) {
+      detail::throw_error(errc::corrupt_file, detail::str(name, ": links: ", e.what()));
+    }
+  }
+  return store;
+}
+
+}  // namespace shoal

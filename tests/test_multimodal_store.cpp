@@ -1,0 +1,569 @@
+// shoal::multimodal_store: cross-modal search through a fitted projection, the adjoint and mirror routes
+// against brute force, paired ids, late fusion, encoder versions switched under concurrent searches,
+// save/open, bad input.
+
+#include <atomic>
+#include <cmath>
+#include <fstream>
+#include <numeric>
+#include <set>
+#include <thread>
+
+#include "shoal/index/flat.hpp"
+#include "shoal/multimodal/store.hpp"
+#include "test_support.hpp"
+
+namespace shoal {
+namespace {
+
+using test::fails_with;
+using test::require_identical;
+using test::scratch_dir;
+
+/// rows x cols standard normal values.
+matrix<float> normal_matrix(std::size_t rows, std::size_t cols, std::uint64_t seed) {
+  matrix<float> m(rows, cols);
+  splitmix64 rng(seed);
+  for (float& v : m.values) v = rng.normal();
+  return m;
+}
+
+/// A random linear map in_dim → out_dim with weights N(0, 1/in_dim), and a N(0, 1) bias when asked.
+projection random_map(std::size_t in_dim, std::size_t out_dim, std::uint64_t seed, bool bias = false) {
+  matrix<float> w = normal_matrix(out_dim, in_dim, seed);
+  for (float& v : w.values) v /= std::sqrt(static_cast<float>(in_dim));
+  const matrix<float> b = normal_matrix(1, out_dim, seed + 1);
+  return {in_dim, out_dim, std::vector<float>(w.values.begin(), w.values.end()),
+          bias ? std::vector<float>(b.values.begin(), b.values.end()) : std::vector<float>{}};
+}
+
+/// A random dim x dim orthogonal map (QR by modified Gram–Schmidt, twice), with an optional bias.
+projection random_rotation(std::size_t dim, std::uint64_t seed, bool bias = false) {
+  matrix<float> q = normal_matrix(dim, dim, seed);
+  for (int pass = 0; pass < 2; ++pass)
+    for (std::size_t i = 0; i < dim; ++i) {
+      float* r = q.row(i);
+      for (std::size_t p = 0; p < i; ++p) {
+        const float dot = inner_product(r, q.row(p), dim);
+        for (std::size_t j = 0; j < dim; ++j) r[j] -= dot * q.row(p)[j];
+      }
+      const float norm = std::sqrt(inner_product(r, r, dim));
+      for (std::size_t j = 0; j < dim; ++j) r[j] /= norm;
+    }
+  const matrix<float> b = normal_matrix(1, dim, seed + 1);
+  return {dim, dim, std::vector<float>(q.values.begin(), q.values.end()),
+          bias ? std::vector<float>(b.values.begin(), b.values.end()) : std::vector<float>{}};
+}
+
+/// `encoder` applied to `latent`, plus `noise` times a standard normal per component.
+matrix<float> encode(const projection& encoder, const matrix<float>& latent, float noise, std::uint64_t seed) {
+  matrix<float> out = encoder.apply(latent.view());
+  splitmix64 rng(seed);
+  for (float& v : out.values) v += noise * rng.normal();
+  return out;
+}
+
+modality_options modality(std::size_t dim, metric m, std::string spec = "Flat", bool native = false) {
+  modality_options o;
+  o.collection.dim = dim;
+  o.collection.metric = m;
+  o.collection.index = std::move(spec);
+  o.native = native;
+  return o;
+}
+
+std::vector<vector_id> iota_ids(std::size_t n, vector_id first = 0) {
+  std::vector<vector_id> ids(n);
+  std::iota(ids.begin(), ids.end(), first);
+  return ids;
+}
+
+/// Fraction of queries q whose expected id `first + q` is among the first k results.
+double paired_recall(const neighbors& found, vector_id first, std::size_t k) {
+  std::size_t hits = 0;
+  for (std::size_t q = 0; q < found.rows(); ++q)
+    for (std::size_t j = 0; j < k; ++j) hits += found.id(q, j) == first + q ? 1 : 0;
+  return static_cast<double>(hits) / static_cast<double>(found.rows());
+}
+
+/// Two modalities encoded by different random linear "encoders" from the same latent vectors.
+struct two_encoders {
+  static constexpr std::size_t latent = 24, image_dim = 64, text_dim = 48;
+  matrix<float> image_train, text_train, image_test, text_test;
+
+  two_encoders(std::size_t n_train, std::size_t n_test, float noise) {
+    const projection image_encoder = random_map(latent, image_dim, 11);
+    const projection text_encoder = random_map(latent, text_dim, 12);
+    const matrix<float> z_train = normal_matrix(n_train, latent, 13);
+    const matrix<float> z_test = normal_matrix(n_test, latent, 14);
+    image_train = encode(image_encoder, z_train, noise, 15);
+    text_train = encode(text_encoder, z_train, noise, 16);
+    image_test = encode(image_encoder, z_test, noise, 17);
+    text_test = encode(text_encoder, z_test, noise, 18);
+  }
+};
+
+TEST_CASE("multimodal_store: a projection fitted through the store finds the paired vectors across modalities",
+          "[multimodal]") {
+  constexpr std::size_t n_test = 400, k = 10;
+  const two_encoders data(3000, n_test, 0.5f);
+  multimodal_store store({.shared_dim = two_encoders::image_dim, .shared_metric = metric::cosine});
+  store.add_modality("image", modality(two_encoders::image_dim, metric::cosine, "HNSW16", true));
+  modality_options text = modality(two_encoders::text_dim, metric::cosine, "HNSW16");
+  text.collection.shards = 3;
+  store.add_modality("text", text);
+  CHECK(store.info("text").route == shared_route::none);
+
+  const projection fitted = store.fit_projection("text", data.text_train.view(), data.image_train.view());
+  CHECK(fitted.in_dim() == two_encoders::text_dim);
+  CHECK(fitted.out_dim() == two_encoders::image_dim);
+  const modality_info info = store.info("text");
+  CHECK(info.route == shared_route::mirror);  // ridge with a bias under cosine: no exact adjoint
+  REQUIRE(info.to_shared.has_value());
+  CHECK(*info.to_shared == fitted);
+
+  store.add("image", data.image_test.view(), iota_ids(n_test));
+  store.add("text", data.text_test.view(), iota_ids(n_test, 1000));
+  CHECK(store.size("image") == n_test);
+  CHECK(store.size("text") == n_test);
+  CHECK(store.info("text").mirror_bytes > 0);
+  CHECK(store.memory_bytes() >= store.info("text").memory_bytes + store.info("text").mirror_bytes);
+
+  const neighbors text_to_image = store.search("text", data.text_test.view(), "image", k, {.ef = 128});
+  const neighbors image_to_text = store.search("image", data.image_test.view(), "text", k, {.ef = 128});
+  const double t2i = paired_recall(text_to_image, 0, k);
+  const double i2t = paired_recall(image_to_text, 1000, k);
+  CAPTURE(t2i, i2t);
+  CHECK(t2i >= 0.9);
+  CHECK(i2t >= 0.9);
+  // Same modality: its own index, where every stored vector finds itself.
+  const double self = paired_recall(store.search("text", data.text_test.view(), "text", 1, {.ef = 64}), 1000, 1);
+  CAPTURE(self);
+  CHECK(self >= 0.97);  // HNSW built in parallel: a few of 400 may miss themselves at ef 64
+
+  // The indexed search agrees with brute force over the image vectors in the shared space.
+  const matrix<float> shared_queries = store.to_shared("text", data.text_test.view());
+  const neighbors exact = ground_truth(data.image_test.view(), shared_queries.view(), k, metric::cosine);
+  std::size_t agree = 0;
+  for (std::size_t q = 0; q < n_test; ++q) {
+    const std::set<vector_id> truth(exact.row_ids(q).begin(), exact.row_ids(q).end());
+    for (const vector_id id : text_to_image.row_ids(q)) agree += truth.count(id);
+  }
+  CHECK(static_cast<double>(agree) / (n_test * k) >= 0.95);
+}
+
+TEST_CASE("multimodal_store: adjoint and mirror routes both rank as brute force over projected vectors",
+          "[multimodal]") {
+  constexpr std::size_t shared_dim = 12, n = 300, nq = 20, k = 8;
+  struct variant {
+    const char* name;
+    metric m;
+    projection p;
+    shared_route route;
+  };
+  const std::vector<variant> variants = {
+      {"cosine, rotation", metric::cosine, random_rotation(shared_dim, 3), shared_route::adjoint},
+      {"cosine, rotation + bias", metric::cosine, random_rotation(shared_dim, 4, true), shared_route::mirror},
+      {"cosine, general", metric::cosine, random_map(9, shared_dim, 5, true), shared_route::mirror},
+      {"l2, rotation + bias", metric::l2, random_rotation(shared_dim, 6, true), shared_route::adjoint},
+      {"l2, general", metric::l2, random_map(shared_dim, shared_dim, 7), shared_route::mirror},
+      {"inner product, general + bias", metric::inner_product, random_map(9, shared_dim, 8, true),
+       shared_route::adjoint},
+  };
+  for (const variant& v : variants) {
+    CAPTURE(v.name);
+    multimodal_store store({.shared_dim = shared_dim, .shared_metric = v.m});
+    store.add_modality("query", modality(shared_dim, v.m, "Flat", true));
+    modality_options target = modality(v.p.in_dim(), v.m);
+    target.to_shared = v.p;
+    store.add_modality("target", target);
+    REQUIRE(store.info("target").route == v.route);
+    CHECK((store.info("target").mirror_bytes > 0) == (v.route == shared_route::mirror));
+
+    const matrix<float> vectors = normal_matrix(n, v.p.in_dim(), 21);
+    const std::vector<vector_id> ids = iota_ids(n, 500);
+    store.add("target", vectors.view(), ids);
+    const matrix<float> queries = normal_matrix(nq, shared_dim, 22);
+    const neighbors found = store.search("query", queries.view(), "target", k);
+
+    const matrix<float> projected = store.to_shared("target", vectors.view());
+    for (std::size_t q = 0; q < nq; ++q) {
+      CAPTURE(q);
+      const std::vector<scored_id> truth = test::brute_force(projected.view(), ids, queries.row(q), v.m);
+      for (std::size_t j = 0; j < k; ++j) {
+        CHECK(found.id(q, j) == truth[j].id);
+        CHECK(found.distance(q, j) == Approx(truth[j].distance).margin(1e-4).epsilon(1e-4));
+      }
+    }
+  }
+}
+
+TEST_CASE("multimodal_store: search_via_pairs maps query-modality neighbours to their linked ids", "[multimodal]") {
+  multimodal_store store({.shared_dim = 2, .shared_metric = metric::l2});
+  store.add_modality("image", modality(2, metric::l2, "Flat", true));
+  store.add_modality("text", modality(2, metric::l2));  // no projection: only paired search reaches images
+  const std::vector<float> captions = {0, 0, 1, 0, 3, 0, 4, 0, 8, 0, 2, 0};
+  store.add("text", {captions.data(), 6, 2}, iota_ids(6));
+  const std::vector<float> images = {50, 50, 60, 60, 70, 70};
+  store.add("image", {images.data(), 3, 2}, std::vector<vector_id>{100, 101, 102});
+  // Captions 0, 1 and 5 describe image 100; 2, 3 and 5 image 101; 4 image 102 (5 is linked twice).
+  store.link("text", std::vector<vector_id>{0, 1, 2, 3, 4, 5, 5},  //
+             "image", std::vector<vector_id>{100, 100, 101, 101, 102, 100, 101});
+  store.link("image", std::vector<vector_id>{100}, "text", std::vector<vector_id>{0});  // again: kept once
+  CHECK(store.link_count("text", "image") == 7);
+  CHECK(store.link_count("image", "text") == 7);
+  CHECK(store.linked("image", 101, "text") == std::vector<vector_id>{2, 3, 5});
+  CHECK(store.linked("text", 5, "image") == std::vector<vector_id>{100, 101});
+  CHECK(store.linked("text", 77, "image").empty());
+
+  // Query at x = 2.9: text neighbours 2 (d 0.01), 5 (0.81), 3 (1.21), 1, 0, 4 (26.01) → images 101, then 100
+  // through caption 5, then 102 through caption 4.
+  const std::vector<float> query = {2.9f, 0};
+  const neighbors via = store.search_via_pairs("text", {query.data(), 1, 2}, "image", 3);
+  CHECK(via.id(0, 0) == 101);
+  CHECK(via.distance(0, 0) == Approx(0.01f));
+  CHECK(via.id(0, 1) == 100);
+  CHECK(via.distance(0, 1) == Approx(0.81f));
+  CHECK(via.id(0, 2) == 102);
+  CHECK(via.distance(0, 2) == Approx(26.01f));
+
+  // 20 unlinked captions on the query itself: the first 4·k neighbours reach no image, so the search goes
+  // deeper until it has k; a fixed depth of 21 reaches caption 2's image only, and pads the rest.
+  matrix<float> unlinked(20, 2);
+  for (std::size_t i = 0; i < 20; ++i) unlinked.row(i)[0] = 2.9f;
+  store.add("text", unlinked.view(), iota_ids(20, 50));
+  const neighbors deeper = store.search_via_pairs("text", {query.data(), 1, 2}, "image", 3);
+  CHECK(std::vector<vector_id>(deeper.row_ids(0).begin(), deeper.row_ids(0).end()) ==
+        std::vector<vector_id>{101, 100, 102});
+  const neighbors shallow = store.search_via_pairs("text", {query.data(), 1, 2}, "image", 2, {}, 21);
+  CHECK(shallow.id(0, 0) == 101);
+  CHECK(shallow.id(0, 1) == no_id);
+  CHECK(shallow.distance(0, 1) == no_distance);
+
+  // The reverse direction, and the filter applies to the query modality's ids.
+  const auto not_two = [](vector_id id) { return id != 2; };
+  CHECK(store.search_via_pairs("text", {query.data(), 1, 2}, "image", 1, {.filter = not_two}).id(0, 0) == 100);
+  const std::vector<float> image_query = {61, 61};
+  const neighbors captions_of = store.search_via_pairs("image", {image_query.data(), 1, 2}, "text", 4);
+  CHECK(std::vector<vector_id>(captions_of.row_ids(0).begin(), captions_of.row_ids(0).end()) ==
+        std::vector<vector_id>{2, 3, 5, 4});  // image neighbours 101 (d 2), then 102 (d 162)
+
+  store.unlink("text", std::vector<vector_id>{5, 9}, "image", std::vector<vector_id>{100, 100});
+  CHECK(store.linked("text", 5, "image") == std::vector<vector_id>{101});
+  CHECK(store.link_count("image", "text") == 6);
+  CHECK(store.search_via_pairs("text", {query.data(), 1, 2}, "image", 3).id(0, 1) == 100);  // via caption 1 now
+}
+
+TEST_CASE("multimodal_store: late fusion of an image and a text query orders a hand-made case", "[multimodal]") {
+  multimodal_store store({.shared_dim = 2, .shared_metric = metric::l2});
+  store.add_modality("image", modality(2, metric::l2, "Flat", true));
+  store.add_modality("text", modality(2, metric::l2, "Flat", true));
+  const std::vector<float> images = {0, 0, 10, 0, 5, 0};  // ids 1, 2, 3
+  store.add("image", {images.data(), 3, 2}, std::vector<vector_id>{1, 2, 3});
+  // Query 0: the image part sits on id 1 (order 1, 3, 2), the text part at x = 6 (order 3, 2, 1).
+  // Query 1: the parts swapped, so the image part alone now prefers 3.
+  const std::vector<float> image_part = {0, 0, 6, 0};
+  const std::vector<float> text_part = {6, 0, 0, 0};
+  const auto ids_of = [](const std::vector<fused_id>& f) {
+    std::vector<vector_id> out;
+    for (const fused_id& x : f) out.push_back(x.id);
+    return out;
+  };
+  std::vector<modal_query> parts = {{"image", {image_part.data(), 2, 2}}, {"text", {text_part.data(), 2, 2}}};
+
+  // RRF: 3 is 2nd and 1st (1/62 + 1/61) ahead of 1 (1/61 + 1/63) and 2 (1/63 + 1/62).
+  auto fused = store.search_fused(parts, "image", 3);
+  REQUIRE(fused.size() == 2);
+  CHECK(ids_of(fused[0]) == std::vector<vector_id>{3, 1, 2});
+  CHECK(fused[0][0].score == Approx(1.0 / 62 + 1.0 / 61));
+  CHECK(ids_of(fused[1]) == std::vector<vector_id>{3, 1, 2});
+  // Weight 0 on the text part: the image part alone decides.
+  parts[1].weight = 0;
+  fused = store.search_fused(parts, "image", 3);
+  CHECK(ids_of(fused[0]) == std::vector<vector_id>{1, 3, 2});
+  CHECK(ids_of(fused[1]) == std::vector<vector_id>{3, 2, 1});
+  parts[1].weight = 1;
+  // Weighted min-max scores, query 0: 1 → 1 + 0, 3 → 0.75 + 1, 2 → 0 + 20/35.
+  fused = store.search_fused(parts, "image", 3, {.rule = fusion_rule::weighted_score});
+  CHECK(ids_of(fused[0]) == std::vector<vector_id>{3, 1, 2});
+  CHECK(fused[0][0].score == Approx(1.75));
+  CHECK(fused[0][2].score == Approx(20.0 / 35.0));
+  // Intersection of the top 2 of each part: {1, 3} ∩ {3, 2}.
+  fused = store.search_fused(parts, "image", 3, {.rule = fusion_rule::intersection, .candidates = 2});
+  CHECK(ids_of(fused[0]) == std::vector<vector_id>{3});
+  CHECK(fused[0][0].score == Approx(-3.0));
+
+  const std::vector<float> one_row = {0, 0};
+  const std::vector<modal_query> uneven = {{"image", {image_part.data(), 2, 2}}, {"text", {one_row.data(), 1, 2}}};
+  CHECK_THROWS_MATCHES(store.search_fused(uneven, "image", 3), shoal::error,
+                       fails_with(errc::invalid_argument, "has 1 queries"));
+  CHECK_THROWS_MATCHES(store.search_fused({}, "image", 3), shoal::error,
+                       fails_with(errc::invalid_argument, "no query"));
+  CHECK_THROWS_MATCHES(store.search_fused(parts, "sound", 3), shoal::error, fails_with(errc::not_found, "'sound'"));
+}
+
+TEST_CASE("multimodal_store: encoder versions switch atomically under concurrent searches",
+          "[multimodal][concurrency]") {
+  constexpr std::size_t dim = 16, v2_dim = 24, n = 600, nq = 16;
+  constexpr vector_id v2_base = 1'000'000;
+  multimodal_store store({.shared_dim = dim, .shared_metric = metric::cosine});
+  store.add_modality("image", modality(dim, metric::cosine, "HNSW16", true), "clip-v1");
+  store.add_modality("text", modality(dim, metric::cosine, "Flat", true));
+  const matrix<float> v1_vectors = normal_matrix(n, dim, 31);
+  store.add("image", v1_vectors.view(), iota_ids(n));
+  const matrix<float> queries = normal_matrix(nq, dim, 32);
+  const matrix<float> v2_vectors = normal_matrix(n, v2_dim, 33);
+  modality_options v2 = modality(v2_dim, metric::cosine, "HNSW16");
+  v2.to_shared = random_map(v2_dim, dim, 34, true);  // a mirror
+
+  std::atomic<bool> stop{false}, failed{false};
+  std::atomic<std::size_t> saw_v1{0}, saw_v2{0};
+  std::vector<std::thread> searchers;
+  for (int t = 0; t < 2; ++t)
+    searchers.emplace_back([&, t] {
+      try {
+        for (std::size_t round = 0; !stop.load() || round < 20; ++round) {
+          const matrix_view<const float> q = queries.view().slice((round + static_cast<std::size_t>(t)) % nq, 1);
+          const neighbors r = store.search("text", q, "image", 10);
+          // Every row comes wholly from one version.
+          const bool first_v2 = r.id(0, 0) >= v2_base;
+          for (const vector_id id : r.row_ids(0))
+            if (id == no_id || (id >= v2_base) != first_v2) failed = true;
+          (first_v2 ? saw_v2 : saw_v1).fetch_add(1);
+        }
+      } catch (...) {
+        failed = true;
+      }
+    });
+  for (int round = 0; round < 3; ++round) {
+    store.add_version("image", "clip-v2", v2);  // built while queries run on clip-v1
+    for (std::size_t first = 0; first < n; first += 200)
+      store.add("image", v2_vectors.view().slice(first, 200), iota_ids(200, v2_base + first), "clip-v2");
+    CHECK(store.active_version("image") == "clip-v1");
+    store.activate("image", "clip-v2");
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    store.activate("image", "clip-v1");
+    store.drop_version("image", "clip-v2");
+  }
+  store.add_version("image", "clip-v2", v2);
+  store.add("image", v2_vectors.view(), iota_ids(n, v2_base), "clip-v2");
+  store.activate("image", "clip-v2");
+  store.drop_version("image", "clip-v1");  // searches still running on it finish on it
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (saw_v2.load() == 0 && !failed.load() && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+  stop = true;
+  for (std::thread& t : searchers) t.join();
+  CHECK_FALSE(failed.load());
+  CHECK(saw_v1.load() > 0);
+  CHECK(saw_v2.load() > 0);
+  CHECK(store.versions("image") == std::vector<std::string>{"clip-v2"});
+  CHECK(store.info("image").route == shared_route::mirror);
+  CHECK(store.search("text", queries.view(), "image", 5).id(0, 0) >= v2_base);
+}
+
+TEST_CASE("multimodal_store: save/open round-trips modalities, versions, projections and links", "[multimodal][io]") {
+  constexpr std::size_t n = 500, nq = 30, k = 10;
+  const two_encoders data(1500, n, 0.3f);
+  const scratch_dir dir("shoal-mm-store");
+  multimodal_store store({.shared_dim = two_encoders::image_dim, .shared_metric = metric::cosine});
+  modality_options image = modality(two_encoders::image_dim, metric::cosine, "HNSW16", true);
+  image.collection.shards = 2;
+  image.collection.policy = sharding::semantic;
+  store.add_modality("image", image);
+  store.train("image", data.image_train.view());
+  store.add_modality("text", modality(two_encoders::text_dim, metric::cosine, "HNSW16"));
+  store.fit_projection("text", data.text_train.view(), data.image_train.view(), {.lambda = 0.1f});
+  // A rotated copy of the image space, aligned by Procrustes without a bias: the adjoint route.
+  const projection rotation = random_rotation(two_encoders::image_dim, 41);
+  const matrix<float> rotated_train = rotation.apply(data.image_train.view());
+  store.add_modality("rotated", modality(two_encoders::image_dim, metric::cosine, "Flat"), "r1");
+  store.fit_projection("rotated", rotated_train.view(), data.image_train.view(),
+                       {.method = projection_method::procrustes, .fit_bias = false});
+  store.add_version("text", "spare", modality(8, metric::l2));
+
+  store.add("image", data.image_test.view(), iota_ids(n));
+  store.add("text", data.text_test.view(), iota_ids(n, 10'000));
+  store.add("rotated", rotation.apply(data.image_test.view()).view(), iota_ids(n, 20'000));
+  const std::vector<vector_id> images = iota_ids(n), captions = iota_ids(n, 10'000);
+  store.link("text", captions, "image", images);
+  REQUIRE(store.info("rotated").route == shared_route::adjoint);
+  REQUIRE(store.info("text").route == shared_route::mirror);
+
+  const matrix_view<const float> text_q = data.text_test.view().slice(0, nq);
+  const matrix_view<const float> image_q = data.image_test.view().slice(0, nq);
+  const auto results = [&](const multimodal_store& s) {
+    std::vector<neighbors> out;
+    out.push_back(s.search("text", text_q, "image", k, {.ef = 64}));
+    out.push_back(s.search("image", image_q, "text", k, {.ef = 64}));
+    out.push_back(s.search("image", image_q, "rotated", k));
+    out.push_back(s.search("rotated", rotation.apply(image_q).view(), "text", k, {.ef = 64}));
+    out.push_back(s.search_via_pairs("text", text_q, "image", k, {.ef = 64}));
+    return out;
+  };
+  const std::vector<neighbors> before = results(store);
+  CHECK(paired_recall(before[2], 20'000, 1) >= 0.99);  // the rotation is recovered
+  store.save(dir.path());
+
+  {
+    multimodal_store back = multimodal_store::open(dir.path());
+    const std::vector<neighbors> after = results(back);
+    for (std::size_t i = 0; i < before.size(); ++i) {
+      CAPTURE(i);
+      require_identical(after[i], before[i]);
+    }
+    CHECK(back.modalities() == std::vector<std::string>{"image", "rotated", "text"});
+    CHECK(back.versions("text") == std::vector<std::string>{"spare", "v1"});
+    CHECK(back.active_version("rotated") == "r1");
+    CHECK(back.shared_dim() == two_encoders::image_dim);
+    CHECK(back.info("text").to_shared == store.info("text").to_shared);
+    CHECK(back.info("rotated").route == shared_route::adjoint);
+    CHECK(back.info("image").collection.policy == sharding::semantic);
+    CHECK(back.info("text", "spare").collection.dim == 8);
+    CHECK(back.linked("image", 7, "text") == std::vector<vector_id>{10'007});
+    CHECK(back.link_count("text", "image") == n);
+
+    // Writes after open are logged by the collections; a save into the same directory checkpoints.
+    const std::vector<float> extra(two_encoders::text_dim, 0.5f);
+    back.add("text", {extra.data(), 1, two_encoders::text_dim}, std::vector<vector_id>{99'999});
+    back.drop_version("text", "spare");
+    back.activate("image", "v1");
+    back.save(dir.path());
+  }
+  CHECK_FALSE(std::filesystem::exists(dir.path() / "text" / "spare"));
+  {
+    const multimodal_store again = multimodal_store::open(dir.path(), {.mmap = true});
+    CHECK(again.contains("text", 99'999));
+    CHECK(again.versions("text") == std::vector<std::string>{"v1"});
+    require_identical(again.search("text", text_q, "image", k, {.ef = 64}), before[0]);
+  }
+
+  // Damage is reported, never served.
+  const std::filesystem::path manifest = dir.path() / "MULTIMODAL.shoal";
+  std::string bytes;
+  {
+    std::ifstream in(manifest, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const auto write_manifest = [&](const std::string& b) {
+    std::filesystem::remove(manifest);
+    std::ofstream(manifest, std::ios::binary) << b;
+  };
+  std::string flipped = bytes;
+  flipped[40] = static_cast<char>(flipped[40] ^ 0x20);
+  write_manifest(flipped);
+  CHECK_THROWS_MATCHES(multimodal_store::open(dir.path()), shoal::error, fails_with(errc::corrupt_file, "checksum"));
+  write_manifest(bytes.substr(0, 30));
+  CHECK_THROWS_MATCHES(multimodal_store::open(dir.path()), shoal::error, fails_with(errc::corrupt_file));
+  std::string newer = bytes;
+  newer[8] = 9;
+  write_manifest(newer);
+  CHECK_THROWS_MATCHES(multimodal_store::open(dir.path()), shoal::error, fails_with(errc::unsupported, "newer"));
+  CHECK_THROWS_MATCHES(multimodal_store::open(dir.path() / "nothing"), shoal::error,
+                       fails_with(errc::io_error, "holds no multimodal store"));
+}
+
+TEST_CASE("multimodal_store: bad modalities, versions, dimensions and routes are shoal::errors naming the problem",
+          "[multimodal]") {
+  multimodal_store store({.shared_dim = 8, .shared_metric = metric::cosine});
+  store.add_modality("image", modality(8, metric::cosine, "Flat", true));
+  store.add_modality("text", modality(6, metric::cosine));
+  const matrix<float> eight = normal_matrix(4, 8, 51), six = normal_matrix(4, 6, 52), five = normal_matrix(4, 5, 53);
+  store.add("image", eight.view(), iota_ids(4));
+
+  // Unknown names.
+  CHECK_THROWS_MATCHES(store.search("sound", eight.view(), "image", 3), shoal::error,
+                       fails_with(errc::not_found, "unknown modality 'sound'"));
+  CHECK_THROWS_MATCHES(store.search("image", eight.view(), "sound", 3), shoal::error,
+                       fails_with(errc::not_found, "'sound'"));
+  CHECK_THROWS_MATCHES(store.activate("image", "v9"), shoal::error, fails_with(errc::not_found, "no version 'v9'"));
+  CHECK_THROWS_MATCHES(store.drop_version("text", "v9"), shoal::error, fails_with(errc::not_found, "no version"));
+  CHECK_THROWS_MATCHES(store.add("image", eight.view(), iota_ids(4, 10), "v9"), shoal::error,
+                       fails_with(errc::not_found, "no version"));
+  CHECK_THROWS_MATCHES(store.add_version("sound", "v1", modality(8, metric::l2)), shoal::error,
+                       fails_with(errc::not_found, "'sound'"));
+  CHECK_THROWS_MATCHES(store.link("text", iota_ids(1), "sound", iota_ids(1)), shoal::error,
+                       fails_with(errc::not_found, "'sound'"));
+
+  // Dimensions.
+  CHECK_THROWS_MATCHES(store.search("image", six.view(), "image", 3), shoal::error,
+                       fails_with(errc::dimension_mismatch, "queries of modality 'image' have dimension 6"));
+  CHECK_THROWS_MATCHES(store.add("text", five.view(), iota_ids(4)), shoal::error,
+                       fails_with(errc::dimension_mismatch, "version 'v1' has 6"));
+  CHECK_THROWS_MATCHES(store.set_projection("text", random_map(5, 8, 54)), shoal::error,
+                       fails_with(errc::dimension_mismatch, "maps 5 to 8"));
+  CHECK_THROWS_MATCHES(store.fit_projection("text", six.view(), six.view()), shoal::error,
+                       fails_with(errc::dimension_mismatch, "y rows have dimension 6"));
+  CHECK_THROWS_MATCHES(store.add_modality("audio", modality(7, metric::cosine, "Flat", true)), shoal::error,
+                       fails_with(errc::dimension_mismatch, "native"));
+
+  // No path through the shared space.
+  CHECK_THROWS_MATCHES(store.search("text", six.view(), "image", 3), shoal::error,
+                       fails_with(errc::unsupported, "'text' (version 'v1') has no projection"));
+  CHECK_THROWS_MATCHES(store.search("image", eight.view(), "text", 3), shoal::error,
+                       fails_with(errc::unsupported, "cannot be searched from other modalities"));
+  CHECK_THROWS_MATCHES(store.to_shared("text", six.view()), shoal::error, fails_with(errc::unsupported));
+  modality_options quiet = modality(6, metric::cosine);
+  quiet.to_shared = random_map(6, 8, 55);
+  quiet.searchable = false;
+  store.add_modality("notes", quiet);
+  CHECK(store.info("notes").route == shared_route::query_only);
+  CHECK(store.search("notes", six.view(), "image", 2).id(0, 0) != no_id);
+  CHECK_THROWS_MATCHES(store.search("image", eight.view(), "notes", 3), shoal::error,
+                       fails_with(errc::unsupported, "searchable = false"));
+
+  // A mirrored projection cannot change once vectors are stored.
+  store.set_projection("text", random_map(6, 8, 56, true));
+  store.add("text", six.view(), iota_ids(4));
+  CHECK_THROWS_MATCHES(store.set_projection("text", random_map(6, 8, 57)), shoal::error,
+                       fails_with(errc::unsupported, "holds 4 vectors"));
+  CHECK(store.search("image", eight.view(), "text", 4).id(0, 3) != no_id);
+  // Writes to a mirrored version are all or nothing, in both collections.
+  matrix<float> bad = normal_matrix(2, 6, 59);
+  bad.row(1)[2] = std::nanf("");
+  CHECK_THROWS_MATCHES(store.add("text", bad.view(), iota_ids(2, 10)), shoal::error, fails_with(errc::non_finite));
+  CHECK_THROWS_MATCHES(store.add("text", six.view().slice(0, 2), std::vector<vector_id>{10, 3}), shoal::error,
+                       fails_with(errc::duplicate_id));
+  CHECK(store.size("text") == 4);
+  CHECK(store.info("text").mirror_bytes > 0);
+  store.remove("text", std::vector<vector_id>{3});
+  CHECK_FALSE(store.contains("text", 3));
+  CHECK(store.search("image", eight.view(), "text", 4).id(0, 3) == no_id);  // gone from the mirror too
+  CHECK_THROWS_MATCHES(store.remove("text", std::vector<vector_id>{3}), shoal::error, fails_with(errc::not_found));
+
+  // Bad names and options.
+  CHECK_THROWS_MATCHES(store.add_modality("image", modality(8, metric::cosine)), shoal::error,
+                       fails_with(errc::invalid_argument, "exists already"));
+  CHECK_THROWS_MATCHES(store.add_modality("../x", modality(8, metric::cosine)), shoal::error,
+                       fails_with(errc::invalid_argument, "modality name \"../x\""));
+  CHECK_THROWS_MATCHES(store.add_version("image", "", modality(8, metric::cosine)), shoal::error,
+                       fails_with(errc::invalid_argument, "version name"));
+  CHECK_THROWS_MATCHES(store.add_version("image", "v1", modality(8, metric::cosine)), shoal::error,
+                       fails_with(errc::invalid_argument, "already"));
+  modality_options with_dir = modality(8, metric::cosine);
+  with_dir.collection.directory = "/tmp/somewhere";
+  CHECK_THROWS_MATCHES(store.add_modality("audio", with_dir), shoal::error,
+                       fails_with(errc::invalid_argument, "directory must be empty"));
+  CHECK_THROWS_MATCHES(store.add_modality("audio", modality(8, metric::l2, "Flat", true)), shoal::error,
+                       fails_with(errc::invalid_argument, "metric l2"));
+  CHECK_THROWS_MATCHES(store.add_modality("audio", modality(8, metric::cosine, "Flt")), shoal::error,
+                       fails_with(errc::invalid_argument, "Flt"));
+  CHECK_THROWS_MATCHES(store.set_projection("image", random_map(8, 8, 58)), shoal::error,
+                       fails_with(errc::invalid_argument, "native"));
+  CHECK_THROWS_MATCHES(store.drop_version("image", "v1"), shoal::error,
+                       fails_with(errc::invalid_argument, "is active"));
+  CHECK_THROWS_MATCHES(multimodal_store({.shared_dim = 0}), shoal::error,
+                       fails_with(errc::invalid_argument, "shared dimension"));
+  CHECK_THROWS_MATCHES(store.link("text", iota_ids(2), "image", iota_ids(1)), shoal::error,
+                       fails_with(errc::invalid_argument, "2 ids of 'text' but 1"));
+  CHECK_THROWS_MATCHES(store.link("text", iota_ids(1), "text", iota_ids(1)), shoal::error,
+                       fails_with(errc::invalid_argument, "itself"));
+  CHECK_THROWS_MATCHES(store.search_via_pairs("text", six.view(), "text", 3), shoal::error,
+                       fails_with(errc::invalid_argument, "another modality"));
+  CHECK_THROWS_MATCHES(store.search_via_pairs("text", six.view(), "image", 0), shoal::error,
+                       fails_with(errc::invalid_argument, "k must"));
+  CHECK_THROWS_MATCHES(store.add("image", eight.view(), iota_ids(4)), shoal::error, fails_with(errc::duplicate_id));
+  CHECK(store.size("image") == 4);
+}
+
+}  // namespace
+}  // namespace shoal
