@@ -15,6 +15,7 @@
 #include "shoal/index/hnsw.hpp"
 #include "shoal/index/ivf_flat.hpp"
 #include "shoal/index/ivf_pq.hpp"
+#include "shoal/index/refine.hpp"
 #include "test_support.hpp"
 
 using namespace shoal;
@@ -285,8 +286,7 @@ TEST_CASE("make_index: specs recognised but not built yet are errc::unsupported"
       {"PCA64,Flat", "PCA64"},
       {"IVF65536_HNSW32,Flat", "IVF65536_HNSW32"},
       {"IVF65536_HNSW32,PQ32x4fs", "IVF65536_HNSW32"},
-      {"IVF1024,Flat,Refine(Flat)", "Refine(Flat)"},
-      {"HNSW32,RFlat", "RFlat"},
+      {"HNSW32,Refine(HNSW16)", "Refine(HNSW16)"},
   };
   for (const pending& c : cases) {
     CAPTURE(c.spec);
@@ -294,4 +294,60 @@ TEST_CASE("make_index: specs recognised but not built yet are errc::unsupported"
     REQUIRE_THROWS_MATCHES(make_index(c.spec, 64), shoal::error,
                            fails_with(errc::unsupported, std::string("(\"") + c.token + "\" at position"));
   }
+}
+
+TEST_CASE("refine_index: a coarse index proposes, exact distances re-rank, also from mapped files", "[index][refine]") {
+  const test::clustered_set data(4000, 60, 32, 16, 41, 0.3f);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    flat_index reference(32, m);
+    reference.add(data.base.view(), data.ids);
+    const neighbors exact = reference.search(data.queries.view(), 10);
+
+    refine_index index(make_index("IVF16,PQ8x4fs", 32, m), flat_index(32, m));
+    index.train(data.base.view());
+    index.add(data.base.view(), data.ids);
+    const search_params params{.nprobe = 16, .refine_factor = 20};
+    const neighbors got = index.search(data.queries.view(), 10, params);
+    const double coarse_recall = recall_at_k(index.coarse().search(data.queries.view(), 10, {.nprobe = 16}), exact, 10);
+    const double refined_recall = recall_at_k(got, exact, 10);
+    CAPTURE(coarse_recall, refined_recall);
+    CHECK(refined_recall >= 0.95);
+    CHECK(refined_recall > coarse_recall + 0.1);
+    // The distances are the exact ones.
+    for (std::size_t q = 0; q < got.rows(); ++q) {
+      const std::vector<scored_id> all = test::brute_force(data.base.view(), data.ids, data.queries.row(q), m);
+      for (std::size_t j = 0; j < 10; ++j) {
+        const auto it = std::find_if(all.begin(), all.end(), [&](const scored_id& s) { return s.id == got.id(q, j); });
+        REQUIRE(it != all.end());
+        CHECK(got.distance(q, j) == Approx(it->distance).margin(1e-4));
+      }
+    }
+    // Both stages from files, memory-mapped: the same answers, the full vectors out of memory.
+    const scratch_dir dir;
+    index.coarse().save(dir / "coarse.shoal");
+    index.exact().save(dir / "exact.shoal");
+    const refine_index mapped(load_index(dir / "coarse.shoal", {.mmap = true}),
+                              flat_index::load(dir / "exact.shoal", {.mmap = true}));
+    test::require_identical(mapped.search(data.queries.view(), 10, params), got);
+    CHECK(mapped.memory_bytes() < index.memory_bytes() / 4);
+
+    index.remove(data.ids[5]);
+    CHECK_FALSE(index.contains(data.ids[5]));
+    CHECK_FALSE(index.coarse().contains(data.ids[5]));
+    REQUIRE_THROWS_MATCHES(index.remove(data.ids[5]), shoal::error, fails_with(errc::not_found));
+  }
+  // The factory composes a refinement after any structure.
+  any_index hnsw = make_index("HNSW16,SQ8,RFlat", 32);
+  CHECK(hnsw.description() == "HNSW16,SQ8,Refine(Flat)");
+  hnsw.add(data.base.view(), data.ids);
+  flat_index reference(32, metric::l2);
+  reference.add(data.base.view(), data.ids);
+  CHECK(recall_at_k(hnsw.search(data.queries.view(), 10, {.ef = 32}), reference.search(data.queries.view(), 10), 10) >=
+        0.95);
+  REQUIRE_THROWS_MATCHES(hnsw.save("x.shoal"), shoal::error, fails_with(errc::unsupported, "saving"));
+  REQUIRE_THROWS_MATCHES(refine_index(make_index("Flat", 16), flat_index(8)), shoal::error,
+                         fails_with(errc::invalid_argument, "dimension"));
+  REQUIRE_THROWS_MATCHES(refine_index(make_index("Flat", 8), flat_index(8, metric::cosine)), shoal::error,
+                         fails_with(errc::invalid_argument, "metric"));
 }

@@ -17,6 +17,7 @@
 #include "shoal/index/hnsw.hpp"
 #include "shoal/index/ivf_flat.hpp"
 #include "shoal/index/ivf_pq.hpp"
+#include "shoal/index/refine.hpp"
 #include "shoal/io/format.hpp"
 #include "shoal/io/vecs.hpp"
 #include "shoal/multimodal/fusion.hpp"

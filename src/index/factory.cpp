@@ -18,6 +18,7 @@
 #include "shoal/index/hnsw.hpp"
 #include "shoal/index/ivf_flat.hpp"
 #include "shoal/index/ivf_pq.hpp"
+#include "shoal/index/refine.hpp"
 
 namespace shoal {
 namespace {
@@ -277,7 +278,13 @@ any_index build(const parser& p, const parsed_spec& s, std::size_t dim, metric m
   if (s.structure == structure_kind::ivf && s.coarse_hnsw_m == 0 && s.storage->kind == encoding_kind::pq)
     return build_ivf_pq(p, s, dim, m);
   if (s.transform) p.not_built(*s.transform, "an OPQ/PCA transform");
-  if (s.refine) p.not_built(*s.refine, "two-stage refinement");
+  if (s.refine) {  // two stages: this structure proposes, a flat index over the same ids re-ranks
+    if (s.refine->text != "RFlat" && s.refine->text != "Refine(Flat)")
+      p.not_built(*s.refine, "a refinement other than Refine(Flat)");
+    parsed_spec coarse = s;
+    coarse.refine.reset();
+    return any_index(refine_index(build(p, coarse, dim, m), flat_index(dim, m)));
+  }
   switch (s.structure) {
     case structure_kind::flat:
       return any_index(flat_index(dim, m));

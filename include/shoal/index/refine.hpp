@@ -1,0 +1,85 @@
+#pragma once
+/// \file
+/// `refine_index`: two-stage search as a composition of two indexes. Stage 1, any index (`coarse`: IVF-PQ
+/// fast-scan codes, HNSW over SQ8 codes, IVF-Flat, ...), proposes the best `k · refine_factor`
+/// candidates cheaply; stage 2 re-scores them with exact distances from the full vectors of a flat index
+/// over the same ids (`exact`) — held in RAM, or memory-mapped from its file
+/// (`flat_index::load(path, {.mmap = true})`) so that only the coarse index's codes occupy memory.
+///
+/// ```
+/// shoal::refine_index index(shoal::make_index("IVF1024,PQ64x4fs", 768), shoal::flat_index(768));
+/// index.train(sample);
+/// index.add(vectors, ids);                    // into both stages
+/// index.exact().save("vectors.shoal");        // later: the full vectors from disk
+/// shoal::refine_index served(std::move(coarse), shoal::flat_index::load("vectors.shoal", {.mmap = true}));
+/// auto hits = served.search(queries, 10, {.nprobe = 16, .refine_factor = 4});
+/// ```
+///
+/// The factory builds it for a spec with a refinement that the coarse index does not do itself, e.g.
+/// `HNSW32,SQ8,Refine(Flat)` or `IVF1024,Flat,RFlat` (IVF-PQ's `,Refine(Flat)` stays the index's own
+/// re-rank, which keeps the full vectors inside its inverted lists).
+
+#include <cstddef>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shoal/core/neighbors.hpp"
+#include "shoal/core/params.hpp"
+#include "shoal/core/types.hpp"
+#include "shoal/index/any_index.hpp"
+#include "shoal/index/flat.hpp"
+
+namespace shoal {
+
+/// Two indexes over the same ids: a coarse one that proposes, a flat one that re-ranks.
+///
+/// Thread safety: `const` members may run concurrently; `add` / `remove` need exclusive access (the
+/// flat stage's rule).
+class refine_index {
+ public:
+  /// Re-rank depth when `search_params::refine_factor` is 0.
+  static constexpr std::size_t default_refine_factor = 4;
+
+  /// Takes both stages (moved in). Throws `errc::invalid_argument` when their dimensions or metrics
+  /// differ, or they do not hold the same number of vectors.
+  refine_index(any_index coarse, flat_index exact);
+
+  [[nodiscard]] std::size_t dim() const { return exact_.dim(); }
+  [[nodiscard]] shoal::metric metric() const { return exact_.metric(); }
+  [[nodiscard]] std::size_t size() const { return exact_.size(); }
+  /// Bytes both stages hold (pages of a memory-mapped exact stage not included).
+  [[nodiscard]] std::size_t memory_bytes() const { return coarse_.memory_bytes() + exact_.memory_bytes(); }
+  [[nodiscard]] bool is_trained() const { return coarse_.is_trained(); }
+  [[nodiscard]] const any_index& coarse() const noexcept { return coarse_; }
+  [[nodiscard]] const flat_index& exact() const noexcept { return exact_; }
+
+  /// Trains the coarse stage (the flat stage needs none).
+  void train(matrix_view<const float> sample) { coarse_.train(sample); }
+  /// Adds to both stages, all or nothing (a failure of the exact stage removes the vectors from the
+  /// coarse one again). The errors of the stages' `add`.
+  void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
+  /// Removes from both stages; `errc::not_found` for an unknown id.
+  void remove(vector_id id);
+  [[nodiscard]] bool contains(vector_id id) const { return exact_.contains(id); }
+  /// The stored full vector (unit length for cosine).
+  [[nodiscard]] std::span<const float> vector(vector_id id) const { return exact_.vector(id); }
+
+  /// k nearest neighbours of each query: the coarse stage's best `k · refine_factor` (default
+  /// `default_refine_factor`) with every other parameter as given (filter, ef, nprobe), re-scored
+  /// with exact distances, best k by (distance, id). Throws like `flat_index::search`.
+  void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const;
+  [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
+                                 const search_params& params = {}) const;
+
+ private:
+  any_index coarse_;
+  flat_index exact_;
+};
+
+/// "<coarse spec>,Refine(Flat)".
+[[nodiscard]] std::string describe(const refine_index& index);
+/// The coarse stage's kind (a refine index has no file of its own: save its stages).
+[[nodiscard]] inline index_kind kind_of(const refine_index& index) { return index.coarse().kind(); }
+
+}  // namespace shoal
