@@ -196,8 +196,8 @@ bool collection_state::all_trained(const layout& lay) const {
   return true;
 }
 
-void collection_state::apply(layout& lay, wal_op op, matrix_view<const float> vectors, std::span<const vector_id> ids,
-                             std::span<const std::uint64_t> keys) {
+void collection_state::apply(layout& lay, wal_op op, matrix_view<const float> vectors, matrix_view<const float> routed,
+                             std::span<const vector_id> ids, std::span<const std::uint64_t> keys) {
   const std::size_t n = ids.size();
   const std::size_t shards = lay.shards.size();
   constexpr std::uint32_t none = ~std::uint32_t{0};
@@ -210,8 +210,7 @@ void collection_state::apply(layout& lay, wal_op op, matrix_view<const float> ve
   }
   std::vector<std::uint32_t> new_shard;
   if (op != wal_op::remove) {
-    matrix<float> unit;
-    new_shard = lay.route.route(routable(vectors, options.metric, unit), ids, keys);
+    new_shard = lay.route.route(routed, ids, keys);
   }
 
   // Phase 1, per shard: removals of ids re-added to the same shard, then additions.
@@ -276,10 +275,12 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
     SHOAL_CHECK(keys.empty() || options.policy == sharding::range, who,
                 ": keys are only used by range sharding (this collection uses ", sharding_name(options.policy), ")");
     SHOAL_CHECK(keys.empty() || keys.size() == ids.size(), who, ": ", keys.size(), " keys for ", ids.size(), " ids");
-    if (options.metric == shoal::metric::cosine) (void)normalized_copy(vectors, "vector");  // rejects zero rows
     SHOAL_CHECK(trained.load(), who, ": the collection is not trained (", sharding_name(options.policy),
                 " routing or the \"", options.index, "\" shards need train() first)");
   }
+  // What the router reads, normalised once for cosine (which also rejects zero rows before anything is logged).
+  matrix<float> unit;
+  const matrix_view<const float> routed = op == wal_op::remove ? vectors : routable(vectors, options.metric, unit);
   if (ids.empty()) return;
   {
     std::vector<vector_id> sorted(ids.begin(), ids.end());
@@ -333,7 +334,7 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
       captured.push_back(std::move(r));
     }
   }
-  apply(*lay, op, vectors, ids, keys);
+  apply(*lay, op, vectors, routed, ids, keys);
   write_latency.record(std::chrono::nanoseconds(elapsed_ns(write_started)));
   (op == wal_op::add      ? adds
    : op == wal_op::upsert ? upserts
@@ -770,9 +771,11 @@ void detail::rebalance(collection_state& st) {
           for (const vector_id id : r.ids)
             if (lay->table.contains(id)) gone.push_back(id);
         }
-        st.apply(*lay, detail::wal_op::remove, {}, gone, {});
+        st.apply(*lay, detail::wal_op::remove, {}, {}, gone, {});
       } else {
-        st.apply(*lay, detail::wal_op::upsert, r.vectors.view(), r.ids, r.keys);
+        matrix<float> unit;
+        st.apply(*lay, detail::wal_op::upsert, r.vectors.view(),
+                 detail::routable(r.vectors.view(), st.options.metric, unit), r.ids, r.keys);
       }
     }
     st.current.store(lay);

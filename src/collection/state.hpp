@@ -149,8 +149,9 @@ struct collection_state {
   /// A new empty layout of `options`: router untrained, every replica an empty index from the spec.
   [[nodiscard]] std::shared_ptr<layout> empty_layout() const;
   /// Applies one validated write (no logging, no capture): the common tail of writes and log replay.
-  void apply(layout& lay, wal_op op, matrix_view<const float> vectors, std::span<const vector_id> ids,
-             std::span<const std::uint64_t> keys);
+  /// `routed`: the vectors as the router sees them (unit rows for cosine), computed once by the caller.
+  void apply(layout& lay, wal_op op, matrix_view<const float> vectors, matrix_view<const float> routed,
+             std::span<const vector_id> ids, std::span<const std::uint64_t> keys);
   /// The full write path: checks, id claims, log, capture, apply.
   void write(wal_op op, matrix_view<const float> vectors, std::span<const vector_id> ids,
              std::span<const std::uint64_t> keys);
