@@ -33,12 +33,16 @@ constexpr std::size_t probe = 8;
 struct fixture : test::clustered_set {
   fixture(std::size_t n, std::size_t nq, std::uint64_t seed) : clustered_set(n, nq, dim, 64, seed, 1.0f, 4) {}
 
-  [[nodiscard]] ivf_pq_index build(metric m, std::size_t pq_m, std::size_t nbits, bool refine, bool opq = false) const {
+  [[nodiscard]] ivf_pq_index build(metric m, std::size_t pq_m, std::size_t nbits, bool refine, bool opq = false,
+                                   std::size_t coarse_hnsw_m = 0) const {
     ivf_pq_train_params tp;
     tp.pq.iterations = 10;
     tp.opq.iterations = 3;
     return test::trained_with(
-        ivf_pq_index(dim, m, {.nlist = nlist, .m = pq_m, .nbits = nbits, .refine = refine, .opq = opq}), base, ids, tp);
+        ivf_pq_index(
+            dim, m,
+            {.nlist = nlist, .m = pq_m, .nbits = nbits, .refine = refine, .opq = opq, .coarse_hnsw_m = coarse_hnsw_m}),
+        base, ids, tp);
   }
   [[nodiscard]] neighbors truth(metric m, std::size_t k) const {
     flat_index flat(dim, m);
@@ -98,6 +102,25 @@ TEST_CASE("ivf-pq with an opq rotation in front keeps its recall", "[pq][ivf][op
       CHECK(r_opq >= r_plain - 0.05);
       CHECK(r_refined >= 0.85);
       CHECK(rotated.memory_bytes() > plain.memory_bytes());
+    }
+  }
+}
+
+TEST_CASE("ivf-pq with an HNSW coarse quantizer equals the flat coarse pass when ef covers every list",
+          "[pq][ivf][hnsw]") {
+  const fixture f(3000, 60, 29);
+  for (const metric m : {metric::l2, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    // With OPQ too: the graph lives in the rotated space, as the centroids do.
+    for (const bool opq : {false, true}) {
+      CAPTURE(opq);
+      const ivf_pq_index flat_coarse = f.build(m, 8, 4, true, opq);
+      const ivf_pq_index graph_coarse = f.build(m, 8, 4, true, opq, 6);
+      CHECK(graph_coarse.params().coarse_hnsw_m == 6);
+      CHECK(graph_coarse.list_sizes() == flat_coarse.list_sizes());
+      search_params p = with(probe, 4);
+      p.ef = nlist;
+      require_identical(graph_coarse.search(f.queries.view(), 10, p), flat_coarse.search(f.queries.view(), 10, p));
     }
   }
 }

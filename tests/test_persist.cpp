@@ -127,10 +127,6 @@ std::uint32_t get_u32(const std::vector<char>& bytes, std::size_t at) {
   return v;
 }
 
-void put_u16(std::vector<char>& bytes, std::size_t at, std::uint16_t v) {
-  std::memcpy(bytes.data() + at, &v, sizeof v);
-}
-
 /// Recomputes the header checksum as docs/format.md defines it: CRC-32C of the 128 header bytes with the
 /// checksum field (bytes 68..71) zeroed, continued over the section table (32 bytes per section).
 void reseal_header(std::vector<char>& bytes) {
@@ -173,6 +169,27 @@ std::size_t section_offset(const std::vector<char>& bytes, const char (&tag)[5])
   }
   FAIL("no section " << tag);
   return 0;
+}
+
+/// Writes `value` at byte `at` of `bytes`.
+template <class T>
+void put(std::vector<char>& bytes, std::size_t at, T value) {
+  std::memcpy(bytes.data() + at, &value, sizeof value);
+}
+
+/// Writes `bytes` as changed by `change` to `bad`: loading it as an Index must then fail with
+/// `corrupt_file` naming `what` without verification (copied and mapped), and with a checksum mismatch
+/// under full verification.
+template <class Index, class Change>
+void require_damage_reported(const std::vector<char>& bytes, const std::string& bad, const char* what, Change change) {
+  CAPTURE(what);
+  std::vector<char> changed = bytes;
+  change(changed);
+  spit(bad, changed);
+  for (const bool mmap : {false, true})
+    REQUIRE_THROWS_MATCHES(Index::load(bad, {.mmap = mmap, .verify = verify_level::none}), shoal::error,
+                           fails_with(errc::corrupt_file, what));
+  REQUIRE_THROWS_MATCHES(Index::load(bad), shoal::error, fails_with(errc::corrupt_file, "checksum mismatch"));
 }
 
 }  // namespace
@@ -495,17 +512,7 @@ TEST_CASE("damaged ivf_pq files: inconsistent sections are reported even without
   d.pq(metric::l2, 4, 4, false, true).save(good);
   const std::vector<char> bytes = slurp(good);
   const auto fails = [&](const char* what, auto change) {
-    CAPTURE(what);
-    std::vector<char> changed = bytes;
-    change(changed);
-    spit(bad, changed);
-    for (const bool mmap : {false, true})
-      REQUIRE_THROWS_MATCHES(ivf_pq_index::load(bad, {.mmap = mmap, .verify = verify_level::none}), shoal::error,
-                             fails_with(errc::corrupt_file, what));
-    REQUIRE_THROWS_MATCHES(ivf_pq_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "checksum mismatch"));
-  };
-  const auto put = [](std::vector<char>& b, std::size_t at, auto value) {
-    std::memcpy(b.data() + at, &value, sizeof value);
+    require_damage_reported<ivf_pq_index>(bytes, bad, what, change);
   };
   // PQPR: u64 nlist, u64 m, u32 nbits, u32 flags.
   const std::size_t params = section_offset(bytes, "PQPR");
@@ -522,6 +529,48 @@ TEST_CASE("damaged ivf_pq files: inconsistent sections are reported even without
   fails("list sizes add up", [&](auto& b) { put(b, section_offset(bytes, "LSIZ"), std::uint64_t{1000}); });
   const std::size_t ids = section_offset(bytes, "LIDS");
   fails("is stored twice", [&](auto& b) { std::memcpy(b.data() + ids + 8, b.data() + ids, 8); });
+}
+
+TEST_CASE("ivf files with an HNSW coarse quantizer round-trip and reject a graph that does not fit the lists",
+          "[io][ivf][hnsw]") {
+  const scratch_dir dir;
+  const dataset d(400, 20, 66);
+  const std::string good = dir / "good.shoal";
+  const std::string bad = dir / "bad.shoal";
+  ivf_flat_index index(dim, metric::cosine, 8, 4);
+  index.train(d.base.view());
+  index.add(d.base.view(), d.ids);
+  search_params params;
+  params.nprobe = 3;
+  const snapshot<ivf_flat_index> before(index, d, params);
+  index.save(good);
+  for (const bool mmap : {false, true}) {
+    const ivf_flat_index loaded = ivf_flat_index::load(good, {.mmap = mmap});
+    CHECK(loaded.coarse_hnsw_m() == 4);
+    snapshot<ivf_flat_index>(loaded, d, params).require_equal(before);
+  }
+  // An untrained one keeps its kind of quantizer.
+  ivf_flat_index(dim, metric::l2, 8, 5).save(bad);
+  CHECK(ivf_flat_index::load(bad).coarse_hnsw_m() == 5);
+
+  const std::vector<char> bytes = slurp(good);
+  const auto fails = [&](const char* what, auto change) {
+    require_damage_reported<ivf_flat_index>(bytes, bad, what, change);
+  };
+  fails("M (1) is out of range", [&](auto& b) { put(b, section_offset(bytes, "CQHN"), std::uint64_t{1}); });
+  fails("differ from an HNSW6 coarse quantizer",
+        [&](auto& b) { put(b, section_offset(bytes, "CQHN"), std::uint64_t{6}); });
+  // QIDS: the list number of each graph slot. A node for list 100 (of 8) instead of list 0 must not load.
+  const std::size_t graph_ids = section_offset(bytes, "QIDS");
+  fails("no node for list", [&](auto& b) {
+    for (std::size_t s = 0; s < 8; ++s) {
+      std::uint64_t id = 0;
+      std::memcpy(&id, b.data() + graph_ids + 8 * s, sizeof id);
+      if (id == 0) put(b, graph_ids + 8 * s, std::uint64_t{100});
+    }
+  });
+  fails("is stored twice", [&](auto& b) { std::memcpy(b.data() + graph_ids + 8, b.data() + graph_ids, 8); });
+  fails("coarse hnsw live node count", [&](auto& b) { b[section_offset(bytes, "QSTA") + 7] = 0; });
 }
 
 TEST_CASE("read_index_file_info reports kind, metric, dimension, count and version", "[io]") {
@@ -674,7 +723,7 @@ TEST_CASE("damaged files: wrong magic, newer versions, another index kind, missi
   REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "not a shoal index"));
 
   std::vector<char> major = bytes;
-  put_u16(major, 8, format_version_major + 1);
+  put<std::uint16_t>(major, 8, format_version_major + 1);
   reseal_header(major);
   spit(bad, major);
   REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error, fails_with(errc::unsupported, "is newer than"));
@@ -682,12 +731,12 @@ TEST_CASE("damaged files: wrong magic, newer versions, another index kind, missi
 
   // A newer minor version of the same major loads: minors only add optional content.
   std::vector<char> minor = bytes;
-  put_u16(minor, 10, format_version_minor + 3);
+  put<std::uint16_t>(minor, 10, format_version_minor + 3);
   reseal_header(minor);
   spit(bad, minor);
   require_same(original.search(d.queries.view(), 5), flat_index::load(bad).search(d.queries.view(), 5));
   // ... but a changed header without a matching checksum does not (unless verification is off).
-  put_u16(minor, 10, format_version_minor + 4);
+  put<std::uint16_t>(minor, 10, format_version_minor + 4);
   spit(bad, minor);
   REQUIRE_THROWS_MATCHES(flat_index::load(bad, {.verify = verify_level::header}), shoal::error,
                          fails_with(errc::corrupt_file, "header checksum"));

@@ -40,4 +40,15 @@ inline std::size_t parallelism() {
 #endif
 }
 
+/// Runs `body()` with every parallel loop inside it on the calling thread alone (a one-thread arena), for
+/// work whose result must not depend on scheduling, such as a reproducible graph build.
+template <class Body>
+void run_single_threaded(const Body& body) {
+#ifdef SHOAL_TSAN
+  body();
+#else
+  tbb::task_arena(1).execute(body);
+#endif
+}
+
 }  // namespace shoal::detail

@@ -8,15 +8,24 @@
 
 namespace shoal {
 
+namespace {
+/// `IVF<nlist>` or `IVF<nlist>_HNSW<M>`.
+std::string describe_ivf(std::size_t nlist, std::size_t coarse_hnsw_m) {
+  return "IVF" + std::to_string(nlist) + (coarse_hnsw_m != 0 ? "_HNSW" + std::to_string(coarse_hnsw_m) : "");
+}
+}  // namespace
+
 std::string describe(const flat_index& /*index*/) { return "Flat"; }
-std::string describe(const ivf_flat_index& index) { return "IVF" + std::to_string(index.nlist()) + ",Flat"; }
+std::string describe(const ivf_flat_index& index) {
+  return describe_ivf(index.nlist(), index.coarse_hnsw_m()) + ",Flat";
+}
 std::string describe(const hnsw_index& index) {
   return "HNSW" + std::to_string(index.params().M) + (index.params().codes == hnsw_codes::sq8 ? ",SQ8" : "");
 }
 
 std::string describe(const ivf_pq_index& index) {
   const ivf_pq_params& p = index.params();
-  return (p.opq ? "OPQ" + std::to_string(p.m) + "," : std::string()) + "IVF" + std::to_string(p.nlist) + ",PQ" +
+  return (p.opq ? "OPQ" + std::to_string(p.m) + "," : std::string()) + describe_ivf(p.nlist, p.coarse_hnsw_m) + ",PQ" +
          std::to_string(p.m) + (p.nbits == 4 ? "x4fs" : "") + (p.refine ? ",Refine(Flat)" : "");
 }
 

@@ -254,13 +254,18 @@ class parser {
   std::string_view full_;
 };
 
-/// `[OPQ<m>,]IVF<nlist>,PQ<m>[x4fs][,Refine(Flat)|,RFlat]`: the OPQ rotation and the exact re-rank are
+/// `[OPQ<m>,]IVF<nlist>[_HNSW<M>],PQ<m>[x4fs][,Refine(Flat)|,RFlat]`: the OPQ rotation and the exact re-rank are
 /// options of ivf_pq_index itself (same m for OPQ and PQ; re-rank from the index's own full vectors).
 any_index build_ivf_pq(const parser& p, const parsed_spec& s, std::size_t dim, metric m) {
   const encoding& e = *s.storage;
   if (e.pq_bits != 8 && !(e.pq_bits == 4 && e.fast_scan)) p.not_built(e.where, "PQ other than 8 bits or x4fs");
   if (!e.fast_scan && e.pq_bits == 4) p.not_built(e.where, "4-bit PQ without fast-scan");
-  ivf_pq_params params{.nlist = s.nlist, .m = e.pq_m, .nbits = e.pq_bits, .refine = false, .opq = false};
+  ivf_pq_params params{.nlist = s.nlist,
+                       .m = e.pq_m,
+                       .nbits = e.pq_bits,
+                       .refine = false,
+                       .opq = false,
+                       .coarse_hnsw_m = s.coarse_hnsw_m};
   if (s.transform) {
     const std::string want = "OPQ" + std::to_string(e.pq_m);
     if (s.transform->text != want) p.not_built(*s.transform, "a transform other than OPQ with the PQ's own m");
@@ -275,8 +280,7 @@ any_index build_ivf_pq(const parser& p, const parsed_spec& s, std::size_t dim, m
 }
 
 any_index build(const parser& p, const parsed_spec& s, std::size_t dim, metric m) {
-  if (s.structure == structure_kind::ivf && s.coarse_hnsw_m == 0 && s.storage->kind == encoding_kind::pq)
-    return build_ivf_pq(p, s, dim, m);
+  if (s.structure == structure_kind::ivf && s.storage->kind == encoding_kind::pq) return build_ivf_pq(p, s, dim, m);
   if (s.transform) p.not_built(*s.transform, "an OPQ/PCA transform");
   if (s.refine) {  // two stages: this structure proposes, a flat index over the same ids re-ranks
     if (s.refine->text != "RFlat" && s.refine->text != "Refine(Flat)")
@@ -298,9 +302,8 @@ any_index build(const parser& p, const parsed_spec& s, std::size_t dim, metric m
       return any_index(hnsw_index(dim, m, params));
     }
     case structure_kind::ivf:
-      if (s.coarse_hnsw_m != 0) p.not_built(s.structure_token, "an HNSW coarse quantizer");
       if (s.storage->kind != encoding_kind::flat) p.not_built(s.storage->where, "IVF over scalar-quantized codes");
-      return any_index(ivf_flat_index(dim, m, s.nlist));
+      return any_index(ivf_flat_index(dim, m, s.nlist, s.coarse_hnsw_m));
   }
   p.fail(s.structure_token, "unknown structure");
 }

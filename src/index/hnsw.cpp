@@ -13,6 +13,7 @@
 #include <unordered_set>
 
 #include "core/parallel.hpp"
+#include "index/hnsw_file.hpp"
 #include "index/scan.hpp"
 #include "io/format.hpp"
 #include "shoal/core/checks.hpp"
@@ -948,15 +949,6 @@ range_result hnsw_index::range_search(matrix_view<const float> queries, float ra
 // ------------------------------------------------------------------------------------------- persistence
 namespace {
 
-constexpr std::uint32_t tag_params = io::detail::make_tag("HPAR");
-constexpr std::uint32_t tag_vectors = io::detail::make_tag("HVEC");
-constexpr std::uint32_t tag_links0 = io::detail::make_tag("HLK0");
-constexpr std::uint32_t tag_codes = io::detail::make_tag("HCOD");
-constexpr std::uint32_t tag_state = io::detail::make_tag("HSTA");
-constexpr std::uint32_t tag_ids = io::detail::make_tag("HIDS");
-constexpr std::uint32_t tag_upper = io::detail::make_tag("HUPL");
-constexpr std::uint32_t tag_ranges = io::detail::make_tag("HSQR");
-
 /// The HPAR section: fixed-width little-endian fields (docs/format.md).
 struct hnsw_file_params {
   std::uint64_t m;
@@ -978,25 +970,43 @@ static_assert(sizeof(hnsw_file_params) == 80 && std::is_trivially_copyable_v<hns
 bool hnsw_index::is_mapped() const noexcept { return impl_->mapping != nullptr; }
 
 void hnsw_index::save(const std::string& path) const {
-  const impl& x = *impl_;
-  const std::unique_lock structure(x.structure);
+  io::detail::index_file_writer out(path, {index_kind::hnsw, impl_->metric, impl_->dim, size()});
+  const auto structure = detail::hnsw_sections::write(*this, out, detail::hnsw_file_tags);
+  out.commit();
+}
+
+hnsw_index hnsw_index::load(const std::string& path, const load_options& options) {
+  const io::detail::index_file_reader in(path, options);
+  in.expect_kind(index_kind::hnsw, "hnsw_index::load");
+  const detail::hnsw_section_tags& t = detail::hnsw_file_tags;
+  in.check_known({t.params, t.vectors, t.links0, t.codes, t.state, t.ids, t.upper, t.ranges});
+  const io::detail::index_header& h = in.header();
+  SHOAL_CHECK_CODE(h.dim > 0 && h.dim < (std::uint64_t{1} << 24), errc::corrupt_file, in.name(),
+                   ": hnsw dimension out of range");
+  return detail::hnsw_sections::read(in, t, static_cast<std::size_t>(h.dim), h.metric, h.count, "hnsw");
+}
+
+std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_index& index,
+                                                                 io::detail::index_file_writer& out,
+                                                                 const hnsw_section_tags& tags) {
+  const hnsw_index::impl& x = *index.impl_;
+  std::unique_lock structure(x.structure);
   const std::size_t slots = x.slot_count.load(std::memory_order_relaxed);
   const std::size_t chunks = x.owned_chunks.size();
-  io::detail::index_file_writer out(path, {index_kind::hnsw, x.metric, x.dim, x.live_count.load()});
-  out.begin_section(tag_params);
+  out.begin_section(tags.params);
   out.append_value(hnsw_file_params{x.build.M, x.build.ef_construction, x.build.seed,
                                     static_cast<std::uint32_t>(x.build.codes), static_cast<std::uint32_t>(chunk_nodes),
                                     x.stride, x.code_stride, slots, chunks, x.sequence.load(), x.entry.load()});
   // Whole chunks, so that a mapped chunk is one contiguous run of the file.
-  out.begin_section(tag_vectors);
+  out.begin_section(tags.vectors);
   for (const auto& c : x.owned_chunks) out.append(std::span<const float>(c->vectors, chunk_nodes * x.stride));
-  out.begin_section(tag_links0);
+  out.begin_section(tags.links0);
   for (const auto& c : x.owned_chunks) out.append(std::span<const slot_t>(c->links0, chunk_nodes * (x.max_links0 + 1)));
   if (x.code_stride != 0) {
-    out.begin_section(tag_codes);
+    out.begin_section(tags.codes);
     for (const auto& c : x.owned_chunks)
       out.append(std::span<const std::uint8_t>(c->codes, chunk_nodes * x.code_stride));
-    out.begin_section(tag_ranges);
+    out.begin_section(tags.ranges);
     out.append(std::span<const float>(x.sq->mins()));
     out.append(std::span<const float>(x.sq->steps()));
   }
@@ -1012,27 +1022,23 @@ void hnsw_index::save(const std::string& path) const {
       upper.insert(upper.end(), u, u + std::size_t{state[s] - 1u} * (x.max_links + 1));
     }
   }
-  out.begin_section(tag_state);
-  out.append(std::span<const std::uint8_t>(state));
-  out.begin_section(tag_ids);
-  out.append(std::span<const vector_id>(ids));
-  out.begin_section(tag_upper);
-  out.append(std::span<const slot_t>(upper));
-  out.commit();
+  out.begin_section(tags.state);
+  out.append_copy(std::span<const std::uint8_t>(state));
+  out.begin_section(tags.ids);
+  out.append_copy(std::span<const vector_id>(ids));
+  out.begin_section(tags.upper);
+  out.append_copy(std::span<const slot_t>(upper));
+  return structure;
 }
 
-hnsw_index hnsw_index::load(const std::string& path, const load_options& options) {
-  const io::detail::index_file_reader in(path, options);
-  in.expect_kind(index_kind::hnsw, "hnsw_index::load");
-  in.check_known({tag_params, tag_vectors, tag_links0, tag_codes, tag_state, tag_ids, tag_upper, tag_ranges});
-  const io::detail::index_header& h = in.header();
+hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, const hnsw_section_tags& tags,
+                                       std::size_t dim, metric m, std::uint64_t count, const char* graph) {
   const std::string& name = in.name();
   hnsw_file_params fp{};
-  in.read(tag_params, &fp, 1);
+  in.read(tags.params, &fp, 1);
   const auto corrupt = [&](bool ok, const char* what) {
-    SHOAL_CHECK_CODE(ok, errc::corrupt_file, name, ": hnsw ", what);
+    SHOAL_CHECK_CODE(ok, errc::corrupt_file, name, ": ", graph, " ", what);
   };
-  corrupt(h.dim > 0 && h.dim < (std::uint64_t{1} << 24), "dimension out of range");
   corrupt(fp.m >= 2 && fp.m <= 256 && fp.ef_construction > 0, "parameters out of range");
   corrupt(fp.codes <= static_cast<std::uint32_t>(hnsw_codes::sq8), "unknown code type");
   corrupt(fp.chunk_nodes == chunk_nodes, "chunk size differs from this library's");
@@ -1043,8 +1049,8 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
   params.ef_construction = static_cast<std::size_t>(fp.ef_construction);
   params.seed = fp.seed;
   params.codes = static_cast<hnsw_codes>(fp.codes);
-  hnsw_index index(static_cast<std::size_t>(h.dim), h.metric, params);
-  impl& x = *index.impl_;
+  hnsw_index index(dim, m, params);
+  hnsw_index::impl& x = *index.impl_;
   corrupt(fp.stride == x.stride && fp.code_stride == x.code_stride, "row strides differ from the dimension's");
   const auto slots = static_cast<std::size_t>(fp.slots);
   const auto chunks = static_cast<std::size_t>(fp.chunks);
@@ -1058,22 +1064,22 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
   const slot_t* mapped_links = nullptr;
   const std::uint8_t* mapped_codes = nullptr;
   if (in.mapped()) {
-    mapped_vectors = in.map<float>(tag_vectors, vec_values).data();
-    mapped_links = in.map<slot_t>(tag_links0, link_values).data();
-    if (x.code_stride != 0) mapped_codes = in.map<std::uint8_t>(tag_codes, code_bytes).data();
+    mapped_vectors = in.map<float>(tags.vectors, vec_values).data();
+    mapped_links = in.map<slot_t>(tags.links0, link_values).data();
+    if (x.code_stride != 0) mapped_codes = in.map<std::uint8_t>(tags.codes, code_bytes).data();
     x.mapping = in.mapping();
   } else {
-    corrupt(in.section_size(tag_vectors) == vec_values * sizeof(float), "vector section has the wrong size");
-    corrupt(in.section_size(tag_links0) == link_values * sizeof(slot_t), "link section has the wrong size");
-    if (x.code_stride != 0) corrupt(in.section_size(tag_codes) == code_bytes, "code section has the wrong size");
+    corrupt(in.section_size(tags.vectors) == vec_values * sizeof(float), "vector section has the wrong size");
+    corrupt(in.section_size(tags.links0) == link_values * sizeof(slot_t), "link section has the wrong size");
+    if (x.code_stride != 0) corrupt(in.section_size(tags.codes) == code_bytes, "code section has the wrong size");
   }
   std::vector<std::uint8_t> state(slots);
   std::vector<vector_id> ids(slots);
-  in.read(tag_state, state.data(), slots);
-  in.read(tag_ids, ids.data(), slots);
+  in.read(tags.state, state.data(), slots);
+  in.read(tags.ids, ids.data(), slots);
   if (x.code_stride != 0) {
     std::vector<float> ranges(2 * x.dim);
-    in.read(tag_ranges, ranges.data(), ranges.size());
+    in.read(tags.ranges, ranges.data(), ranges.size());
     const auto half = ranges.begin() + static_cast<std::ptrdiff_t>(x.dim);
     try {
       x.sq = scalar_quantizer::sq8_with_ranges({ranges.begin(), half}, {half, ranges.end()});
@@ -1088,7 +1094,7 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
     if (st > 1) upper_values += std::size_t{st - 1u} * (x.max_links + 1);
   }
   std::vector<slot_t> upper(upper_values);
-  in.read(tag_upper, upper.data(), upper_values);
+  in.read(tags.upper, upper.data(), upper_values);
 
   {
     const std::lock_guard lock(x.slots_mutex);
@@ -1104,12 +1110,12 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
       ch.vectors_store.resize(chunk_nodes * x.stride);
       ch.links0_store.resize(chunk_nodes * link_row);
       ch.codes_store.resize(chunk_nodes * x.code_stride);
-      in.read_range(tag_vectors, c * chunk_nodes * x.stride * sizeof(float), ch.vectors_store.data(),
+      in.read_range(tags.vectors, c * chunk_nodes * x.stride * sizeof(float), ch.vectors_store.data(),
                     ch.vectors_store.size() * sizeof(float));
-      in.read_range(tag_links0, c * chunk_nodes * link_row * sizeof(slot_t), ch.links0_store.data(),
+      in.read_range(tags.links0, c * chunk_nodes * link_row * sizeof(slot_t), ch.links0_store.data(),
                     ch.links0_store.size() * sizeof(slot_t));
       if (x.code_stride != 0)
-        in.read_range(tag_codes, c * chunk_nodes * x.code_stride, ch.codes_store.data(), ch.codes_store.size());
+        in.read_range(tags.codes, c * chunk_nodes * x.code_stride, ch.codes_store.data(), ch.codes_store.size());
       ch.vectors = ch.vectors_store.data();
       ch.links0 = ch.links0_store.data();
       ch.codes = ch.codes_store.data();
@@ -1146,7 +1152,7 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
     }
     x.state(slot).store(state[s], std::memory_order_relaxed);
   }
-  corrupt(live == h.count, "live node count disagrees with the header");
+  corrupt(live == count, "live node count disagrees with the header");
   const std::uint64_t entry = fp.entry;
   const bool entry_ok = live == 0 ? entry == empty_entry
                                   : (entry & 0xffffffffu) < slots && state[entry & 0xffffffffu] == (entry >> 32) + 1;

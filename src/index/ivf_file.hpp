@@ -1,10 +1,10 @@
 #pragma once
-// Internal: the file sections the IVF kinds share (docs/format.md, kinds 2 and 4) — centroids, list
-// sizes, list ids — and sections of per-list runs (LVEC, LCOD, LIDS): list after list, each run 64-byte
-// aligned and zero-padded in the padded sections, so that a memory-mapped list is searched in place.
+// Internal: the file sections the IVF kinds share (docs/format.md, kinds 2 and 4) — list sizes, list ids
+// (the coarse quantizer writes its own: index/coarse_quantizer.hpp) — and sections of per-list runs
+// (LVEC, LCOD, LIDS): list after list, each run 64-byte aligned and zero-padded in the padded sections,
+// so that a memory-mapped list is searched in place.
 
 #include <algorithm>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -15,11 +15,9 @@
 #include "io/format.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/types.hpp"
-#include "shoal/distance/distance.hpp"
 
 namespace shoal::io::detail {
 
-inline constexpr std::uint32_t tag_centroids = make_tag("CENT");
 inline constexpr std::uint32_t tag_list_sizes = make_tag("LSIZ");
 inline constexpr std::uint32_t tag_list_rows = make_tag("LVEC");
 inline constexpr std::uint32_t tag_list_ids = make_tag("LIDS");
@@ -30,12 +28,9 @@ inline void append_padded_run(index_file_writer& out, const void* data, std::siz
   out.append_zeros(static_cast<std::size_t>(align_up(bytes, section_alignment)) - bytes);
 }
 
-/// Writes CENT (the centroids; empty when untrained) and LSIZ (each list's entry count).
+/// Writes LSIZ (each list's entry count).
 template <class List>
-void write_centroids_and_sizes(index_file_writer& out, const matrix<float>& centroids,
-                               std::span<const std::unique_ptr<List>> lists) {
-  out.begin_section(tag_centroids);
-  out.append(std::span<const float>(centroids.values.data(), centroids.values.size()));
+void write_list_sizes(index_file_writer& out, std::span<const std::unique_ptr<List>> lists) {
   out.begin_section(tag_list_sizes);
   for (const auto& l : lists) out.append_value(std::uint64_t{l->count()});
 }
@@ -45,28 +40,6 @@ template <class List>
 void write_list_ids(index_file_writer& out, std::span<const std::unique_ptr<List>> lists) {
   out.begin_section(tag_list_ids);
   for (const auto& l : lists) out.append(std::span<const vector_id>(l->id_data(), l->count()));
-}
-
-/// Reads CENT into `centroids` (nlist x dim, every value finite) and their squared norms into `norms`;
-/// an empty section means an untrained index, which must then hold no vectors. Returns whether trained.
-inline bool read_centroids(const index_file_reader& in, std::uint64_t nlist, matrix<float>& centroids,
-                           std::vector<float>& norms) {
-  const std::string& name = in.name();
-  const index_header& h = in.header();
-  if (in.section_size(tag_centroids) == 0) {
-    SHOAL_CHECK_CODE(h.count == 0, errc::corrupt_file, name, ": an untrained index holds ", h.count, " vectors");
-    return false;
-  }
-  centroids = matrix<float>();
-  centroids.values = in.read_vector<float>(tag_centroids, checked_mul(nlist, h.dim, name, "nlist x dimension"));
-  centroids.rows = static_cast<std::size_t>(nlist);
-  centroids.dim = static_cast<std::size_t>(h.dim);
-  SHOAL_CHECK_CODE(
-      std::all_of(centroids.values.begin(), centroids.values.end(), [](float v) { return std::isfinite(v); }),
-      errc::corrupt_file, name, ": a centroid holds a non-finite value");
-  norms.resize(centroids.rows);
-  active_kernels().squared_norms(centroids.values.data(), centroids.rows, centroids.dim, centroids.dim, norms.data());
-  return true;
 }
 
 /// Reads LSIZ (nlist entry counts) and checks that they add up to the header's vector count.

@@ -7,8 +7,8 @@
 #include <optional>
 #include <unordered_set>
 
-#include "cluster/assign.hpp"
 #include "core/parallel.hpp"
+#include "index/coarse_quantizer.hpp"
 #include "index/inverted_lists.hpp"
 #include "index/ivf_file.hpp"
 #include "index/ivf_probe.hpp"
@@ -25,8 +25,12 @@ namespace shoal {
 /// inside the mapping.
 struct ivf_flat_index::list : detail::inverted_list<float> {};
 
-ivf_flat_index::ivf_flat_index(std::size_t dim, shoal::metric m, std::size_t nlist)
-    : dim_(dim), metric_(m), nlist_(nlist), map_mutex_(std::make_unique<std::shared_mutex>()) {
+ivf_flat_index::ivf_flat_index(std::size_t dim, shoal::metric m, std::size_t nlist, std::size_t coarse_hnsw_m)
+    : dim_(dim),
+      metric_(m),
+      nlist_(nlist),
+      coarse_(std::make_unique<detail::coarse_quantizer>(m, coarse_hnsw_m)),
+      map_mutex_(std::make_unique<std::shared_mutex>()) {
   SHOAL_CHECK(dim > 0, "ivf_flat_index: dimension must be at least 1");
   SHOAL_CHECK(nlist > 0, "ivf_flat_index: nlist must be at least 1");
   SHOAL_CHECK(nlist <= std::numeric_limits<std::uint32_t>::max(), "ivf_flat_index: nlist ", nlist, " is too large");
@@ -36,33 +40,13 @@ ivf_flat_index::ivf_flat_index(std::size_t dim, shoal::metric m, std::size_t nli
 }
 
 ivf_flat_index::~ivf_flat_index() = default;
+ivf_flat_index::ivf_flat_index(ivf_flat_index&&) noexcept = default;
+ivf_flat_index& ivf_flat_index::operator=(ivf_flat_index&&) noexcept = default;
 
-ivf_flat_index::ivf_flat_index(ivf_flat_index&& other) noexcept
-    : dim_(other.dim_),
-      metric_(other.metric_),
-      nlist_(other.nlist_),
-      centroids_(std::move(other.centroids_)),
-      centroid_norms_(std::move(other.centroid_norms_)),
-      lists_(std::move(other.lists_)),
-      where_(std::move(other.where_)),
-      map_mutex_(std::move(other.map_mutex_)),
-      size_(other.size_.exchange(0)),
-      mapping_(std::move(other.mapping_)) {}
-
-ivf_flat_index& ivf_flat_index::operator=(ivf_flat_index&& other) noexcept {
-  if (this != &other) {
-    dim_ = other.dim_;
-    metric_ = other.metric_;
-    nlist_ = other.nlist_;
-    centroids_ = std::move(other.centroids_);
-    centroid_norms_ = std::move(other.centroid_norms_);
-    lists_ = std::move(other.lists_);
-    where_ = std::move(other.where_);
-    map_mutex_ = std::move(other.map_mutex_);
-    size_.store(other.size_.exchange(0));
-    mapping_ = std::move(other.mapping_);
-  }
-  return *this;
+bool ivf_flat_index::is_trained() const noexcept { return coarse_ != nullptr && coarse_->trained(); }
+std::size_t ivf_flat_index::coarse_hnsw_m() const noexcept { return coarse_ ? coarse_->hnsw_m() : 0; }
+matrix_view<const float> ivf_flat_index::centroids() const noexcept {
+  return coarse_ ? coarse_->centroids() : matrix_view<const float>{};
 }
 
 std::vector<std::size_t> ivf_flat_index::list_sizes() const {
@@ -76,8 +60,7 @@ std::vector<std::size_t> ivf_flat_index::list_sizes() const {
 }
 
 std::size_t ivf_flat_index::memory_bytes() const {
-  std::size_t bytes = centroids_.values.capacity() * sizeof(float) + centroid_norms_.capacity() * sizeof(float) +
-                      lists_.capacity() * sizeof(void*);
+  std::size_t bytes = coarse_->memory_bytes() + lists_.capacity() * sizeof(void*);
   for (const auto& l : lists_) {
     const std::shared_lock lock(l->mutex);
     bytes += sizeof(list) + l->bytes();
@@ -108,10 +91,7 @@ void ivf_flat_index::train(matrix_view<const float> vectors, const ivf_train_par
   kp.init = params.init;
   kp.max_points_per_centroid = params.max_points_per_centroid;
   kp.spherical = metric_ != metric::l2;
-  kmeans_result trained = kmeans(vectors, kp);
-  centroids_ = std::move(trained.centroids);
-  centroid_norms_.resize(nlist_);
-  active_kernels().squared_norms(centroids_.values.data(), nlist_, dim_, dim_, centroid_norms_.data());
+  coarse_->set_centroids(std::move(kmeans(vectors, kp).centroids));
 }
 
 void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
@@ -131,11 +111,10 @@ void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vecto
     normalized = detail::normalized_copy(vectors, "ivf_flat_index::add: vector");
     vectors = normalized->view();
   }
-  // The coarse assignment runs before any lock is taken: it only reads the immutable centroids.
+  // The coarse assignment runs before any lock is taken: it only reads the immutable quantizer.
   const std::size_t n = vectors.rows;
   std::vector<std::uint32_t> label(n);
-  std::vector<float> unused(n);
-  detail::assign_nearest(vectors, centroids_.view(), centroid_norms_.data(), metric_, 1, label.data(), unused.data());
+  coarse_->assign(vectors, label.data());
   // Group the batch by list (a counting sort, stable in batch order) so each list is locked once.
   std::vector<std::size_t> offsets(nlist_ + 1, 0);
   for (const std::uint32_t l : label) ++offsets[l + 1];
@@ -161,7 +140,7 @@ void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vecto
       where_.emplace(ids[i], location{l, slot});
     }
   }
-  size_.fetch_add(n, std::memory_order_release);
+  size_.add(n);
 }
 
 void ivf_flat_index::remove(vector_id id) {
@@ -178,7 +157,7 @@ void ivf_flat_index::remove(vector_id id) {
     moved = target.erase_swap(at.slot, dim_);
   }
   if (moved != no_id) where_.at(moved).slot = at.slot;
-  size_.fetch_sub(1, std::memory_order_release);
+  size_.subtract(1);
 }
 
 bool ivf_flat_index::contains(vector_id id) const {
@@ -199,8 +178,7 @@ std::vector<float> ivf_flat_index::vector(vector_id id) const {
 detail::probed_queries ivf_flat_index::probe(matrix_view<const float> queries, const search_params& params,
                                              const char* what) const {
   SHOAL_CHECK(is_trained(), what, ": the index is not trained");
-  return detail::probe_queries(queries, dim_, metric_, centroids_.view(), centroid_norms_.data(), params.nprobe,
-                               default_nprobe, nullptr, what);
+  return detail::probe_queries(queries, dim_, metric_, *coarse_, params, default_nprobe, nullptr, what);
 }
 
 void ivf_flat_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
@@ -257,7 +235,8 @@ void ivf_flat_index::save(const std::string& path) const {
   io::detail::index_file_writer out(path, {index_kind::ivf_flat, metric_, dim_, size()});
   out.begin_section(tag_params);
   out.append_value(std::uint64_t{nlist_});
-  io::detail::write_centroids_and_sizes(out, centroids_, lists);
+  coarse_->write(out);
+  io::detail::write_list_sizes(out, lists);
   out.begin_section(io::detail::tag_list_rows);
   for (const auto& l : lists_) io::detail::append_padded_run(out, l->code_data(), l->count() * dim_ * sizeof(float));
   io::detail::write_list_ids(out, lists);
@@ -268,8 +247,8 @@ ivf_flat_index ivf_flat_index::load(const std::string& path, const load_options&
   const io::detail::index_file_reader in(path, options);
   const std::string& name = in.name();
   in.expect_kind(index_kind::ivf_flat, "ivf_flat_index::load");
-  in.check_known({tag_params, io::detail::tag_centroids, io::detail::tag_list_sizes, io::detail::tag_list_rows,
-                  io::detail::tag_list_ids});
+  in.check_known({tag_params, io::detail::tag_list_sizes, io::detail::tag_list_rows, io::detail::tag_list_ids},
+                 detail::coarse_quantizer::tags());
   const io::detail::index_header& h = in.header();
   std::uint64_t nlist = 0;
   {
@@ -283,7 +262,7 @@ ivf_flat_index ivf_flat_index::load(const std::string& path, const load_options&
   // Sizes first: their section has to hold nlist entries before nlist lists are allocated.
   const aligned_vector<std::uint64_t> sizes = io::detail::read_list_sizes(in, nlist);
   ivf_flat_index index(static_cast<std::size_t>(h.dim), h.metric, static_cast<std::size_t>(nlist));
-  io::detail::read_centroids(in, nlist, index.centroids_, index.centroid_norms_);
+  *index.coarse_ = detail::coarse_quantizer::read(in, h.metric, nlist);
   io::detail::list_runs rows = io::detail::vector_runs(in, sizes);
   io::detail::list_runs ids = io::detail::id_runs(in, sizes);
   index.where_.reserve(static_cast<std::size_t>(h.count));

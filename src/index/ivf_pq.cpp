@@ -10,8 +10,8 @@
 #include <type_traits>
 #include <unordered_set>
 
-#include "cluster/assign.hpp"
 #include "core/parallel.hpp"
+#include "index/coarse_quantizer.hpp"
 #include "index/inverted_lists.hpp"
 #include "index/ivf_file.hpp"
 #include "index/ivf_probe.hpp"
@@ -94,7 +94,11 @@ std::vector<std::size_t> sample_rows(std::size_t n, std::size_t cap, std::uint64
 }  // namespace
 
 ivf_pq_index::ivf_pq_index(std::size_t dim, shoal::metric m, const ivf_pq_params& params)
-    : dim_(dim), metric_(m), params_(params), write_mutex_(std::make_unique<std::mutex>()) {
+    : dim_(dim),
+      metric_(m),
+      params_(params),
+      coarse_(std::make_unique<detail::coarse_quantizer>(m, params.coarse_hnsw_m)),
+      write_mutex_(std::make_unique<std::mutex>()) {
   SHOAL_CHECK(dim > 0, "ivf_pq_index: dimension must be at least 1");
   SHOAL_CHECK(params.nlist > 0, "ivf_pq_index: nlist must be at least 1");
   SHOAL_CHECK(params.nlist <= std::numeric_limits<std::uint32_t>::max(), "ivf_pq_index: nlist ", params.nlist,
@@ -106,36 +110,12 @@ ivf_pq_index::ivf_pq_index(std::size_t dim, shoal::metric m, const ivf_pq_params
 }
 
 ivf_pq_index::~ivf_pq_index() = default;
-
-ivf_pq_index::ivf_pq_index(ivf_pq_index&& other) noexcept
-    : dim_(other.dim_),
-      metric_(other.metric_),
-      params_(other.params_),
-      centroids_(std::move(other.centroids_)),
-      centroid_norms_(std::move(other.centroid_norms_)),
-      pq_(std::move(other.pq_)),
-      opq_(std::move(other.opq_)),
-      lists_(std::move(other.lists_)),
-      write_mutex_(std::move(other.write_mutex_)),
-      size_(other.size_.exchange(0)),
-      mapping_(std::move(other.mapping_)) {}
-
-ivf_pq_index& ivf_pq_index::operator=(ivf_pq_index&& other) noexcept {
-  if (this != &other) {
-    dim_ = other.dim_;
-    metric_ = other.metric_;
-    params_ = other.params_;
-    centroids_ = std::move(other.centroids_);
-    centroid_norms_ = std::move(other.centroid_norms_);
-    pq_ = std::move(other.pq_);
-    opq_ = std::move(other.opq_);
-    lists_ = std::move(other.lists_);
-    write_mutex_ = std::move(other.write_mutex_);
-    size_.store(other.size_.exchange(0));
-    mapping_ = std::move(other.mapping_);
-  }
-  return *this;
+bool ivf_pq_index::is_trained() const noexcept { return coarse_ != nullptr && coarse_->trained(); }
+matrix_view<const float> ivf_pq_index::centroids() const noexcept {
+  return coarse_ ? coarse_->centroids() : matrix_view<const float>{};
 }
+ivf_pq_index::ivf_pq_index(ivf_pq_index&&) noexcept = default;
+ivf_pq_index& ivf_pq_index::operator=(ivf_pq_index&&) noexcept = default;
 
 std::size_t ivf_pq_index::list_code_bytes(std::size_t n) const noexcept {
   return params_.nbits == 8 ? n * params_.m
@@ -153,9 +133,8 @@ std::vector<std::size_t> ivf_pq_index::list_sizes() const {
 }
 
 std::size_t ivf_pq_index::memory_bytes() const {
-  std::size_t bytes = centroids_.values.capacity() * sizeof(float) + centroid_norms_.capacity() * sizeof(float) +
-                      2 * pq_.codebooks().rows * pq_.dsub() * sizeof(float) + lists_.capacity() * sizeof(void*) +
-                      (opq_ ? dim_ * dim_ * sizeof(float) : 0);
+  std::size_t bytes = coarse_->memory_bytes() + 2 * pq_.codebooks().rows * pq_.dsub() * sizeof(float) +
+                      lists_.capacity() * sizeof(void*) + (opq_ ? dim_ * dim_ * sizeof(float) : 0);
   for (const auto& l : lists_) {
     const std::shared_lock lock(l->mutex);
     bytes += sizeof(list) + l->bytes();
@@ -192,10 +171,8 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
   kp.init = params.coarse.init;
   kp.max_points_per_centroid = params.coarse.max_points_per_centroid;
   kp.spherical = metric_ != metric::l2;
-  kmeans_result coarse = kmeans(vectors, kp);
-  matrix<float> centroids = std::move(coarse.centroids);
-  std::vector<float> norms(params_.nlist);
-  active_kernels().squared_norms(centroids.values.data(), params_.nlist, dim_, dim_, norms.data());
+  detail::coarse_quantizer coarse(metric_, params_.coarse_hnsw_m);
+  coarse.set_centroids(std::move(kmeans(vectors, kp).centroids));
 
   // Residuals of (a sample of) the training vectors against their nearest centroid.
   const std::size_t cap = params.pq.max_points_per_centroid == 0
@@ -205,18 +182,16 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
   matrix<float> residuals(rows.size(), dim_);
   for (std::size_t i = 0; i < rows.size(); ++i) std::copy_n(vectors.row(rows[i]), dim_, residuals.row(i));
   std::vector<std::uint32_t> label(rows.size());
-  std::vector<float> unused(rows.size());
-  detail::assign_nearest(residuals.view(), centroids.view(), norms.data(), metric_, 1, label.data(), unused.data());
+  coarse.assign(residuals.view(), label.data());
   for (std::size_t i = 0; i < rows.size(); ++i) {
-    const float* c = centroids.row(label[i]);
+    const float* c = coarse.centroid(label[i]);
     float* r = residuals.row(i);
     for (std::size_t j = 0; j < dim_; ++j) r[j] -= c[j];
   }
   product_quantizer pq(dim_, params_.m, params_.nbits);
   pq.train(residuals.view(), params.pq);
 
-  centroids_ = std::move(centroids);
-  centroid_norms_ = std::move(norms);
+  *coarse_ = std::move(coarse);
   pq_ = std::move(pq);
   opq_ = std::move(rotation);
 }
@@ -246,12 +221,11 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
   const std::size_t nlist = params_.nlist;
   const std::size_t m = params_.m;
   std::vector<std::uint32_t> label(n);
-  std::vector<float> unused(n);
-  detail::assign_nearest(vectors, centroids_.view(), centroid_norms_.data(), metric_, 1, label.data(), unused.data());
+  coarse_->assign(vectors, label.data());
   matrix<float> residuals(n, dim_);
   for (std::size_t i = 0; i < n; ++i) {
     const float* x = vectors.row(i);
-    const float* c = centroids_.row(label[i]);
+    const float* c = coarse_->centroid(label[i]);
     float* r = residuals.row(i);
     for (std::size_t j = 0; j < dim_; ++j) r[j] = x[j] - c[j];
   }
@@ -294,7 +268,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
       target.ids.push_back(ids[i]);
     }
   }
-  size_.fetch_add(n, std::memory_order_release);
+  size_.add(n);
 }
 
 void ivf_pq_index::remove(vector_id id) {
@@ -323,7 +297,7 @@ void ivf_pq_index::remove(vector_id id) {
     }
     l.ids[slot] = l.ids[last];
     l.ids.pop_back();
-    size_.fetch_sub(1, std::memory_order_release);
+    size_.subtract(1);
     return;
   }
   SHOAL_CHECK_CODE(false, errc::not_found, index_name, "::remove: id ", id, " is not stored");
@@ -344,8 +318,8 @@ detail::probed_queries ivf_pq_index::probe(matrix_view<const float> queries, con
   SHOAL_CHECK(is_trained(), what, ": the index is not trained");
   SHOAL_CHECK(params.refine_factor == 0 || params_.refine, who, ": refine_factor = ", params.refine_factor,
               " needs full vectors, but the index was built without refine");
-  return detail::probe_queries(queries, dim_, metric_, centroids_.view(), centroid_norms_.data(), params.nprobe,
-                               default_nprobe, opq_ ? &*opq_ : nullptr, what.c_str());
+  return detail::probe_queries(queries, dim_, metric_, *coarse_, params, default_nprobe, opq_ ? &*opq_ : nullptr,
+                               what.c_str());
 }
 
 void ivf_pq_index::begin_query(const float* query, scratch& s) const {
@@ -370,7 +344,7 @@ const float* ivf_pq_index::list_distances(const list& l, std::size_t list_no, co
   // Distance = offset + Σ table. L2: the table of the residual q − c. Inner product: −⟨q, c⟩ plus the
   // shared table of −⟨q_s, codeword⟩; cosine adds 1.
   float offset = 0.0f;
-  const float* centroid = centroids_.row(list_no);
+  const float* centroid = coarse_->centroid(list_no);
   if (s.shared_table) {
     offset = -active_kernels().inner_product(query, centroid, dim_) + (metric_ == metric::cosine ? 1.0f : 0.0f);
   } else {
@@ -524,7 +498,8 @@ void ivf_pq_index::save(const std::string& path) const {
   out.begin_section(tag_params);
   out.append_value(ivf_pq_file_params{params_.nlist, params_.m, static_cast<std::uint32_t>(params_.nbits),
                                       (params_.refine ? flag_refine : 0u) | (params_.opq ? flag_opq : 0u)});
-  io::detail::write_centroids_and_sizes(out, centroids_, lists);
+  coarse_->write(out);
+  io::detail::write_list_sizes(out, lists);
   const matrix_view<const float> books = pq_.codebooks();
   out.begin_section(tag_codebooks);
   out.append(std::span<const float>(books.data, books.rows * books.dim));
@@ -547,8 +522,9 @@ ivf_pq_index ivf_pq_index::load(const std::string& path, const load_options& opt
   const io::detail::index_file_reader in(path, options);
   const std::string& name = in.name();
   in.expect_kind(index_kind::ivf_pq, "ivf_pq_index::load");
-  in.check_known({tag_params, io::detail::tag_centroids, tag_codebooks, tag_rotation, io::detail::tag_list_sizes,
-                  tag_list_codes, io::detail::tag_list_rows, io::detail::tag_list_ids});
+  in.check_known({tag_params, tag_codebooks, tag_rotation, io::detail::tag_list_sizes, tag_list_codes,
+                  io::detail::tag_list_rows, io::detail::tag_list_ids},
+                 detail::coarse_quantizer::tags());
   const io::detail::index_header& h = in.header();
   ivf_pq_file_params fp{};
   in.read(tag_params, &fp, 1);
@@ -575,7 +551,9 @@ ivf_pq_index ivf_pq_index::load(const std::string& path, const load_options& opt
                       .nbits = fp.nbits,
                       .refine = refine,
                       .opq = opq});
-  const bool trained = io::detail::read_centroids(in, fp.nlist, index.centroids_, index.centroid_norms_);
+  *index.coarse_ = detail::coarse_quantizer::read(in, h.metric, fp.nlist);
+  index.params_.coarse_hnsw_m = index.coarse_->hnsw_m();
+  const bool trained = index.coarse_->trained();
   const std::size_t m = index.params_.m;
   const std::size_t nbits = index.params_.nbits;
   const std::size_t ksub = index.pq_.ksub();

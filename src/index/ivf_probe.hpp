@@ -10,8 +10,9 @@
 #include <span>
 #include <vector>
 
-#include "cluster/assign.hpp"
+#include "index/coarse_quantizer.hpp"
 #include "shoal/core/checks.hpp"
+#include "shoal/core/params.hpp"
 #include "shoal/core/types.hpp"
 #include "shoal/quant/opq.hpp"
 
@@ -24,23 +25,27 @@ struct probed_queries {
   /// The queries as searched (one of the above, or the caller's).
   matrix_view<const float> view;
   std::size_t nprobe = 0;
-  /// nprobe list numbers per query, nearest first (ties to the smaller list).
+  /// nprobe list numbers per query, nearest first (flat coarse pass: ties to the smaller list; HNSW:
+  /// padded with `no_list` when the graph found fewer).
   std::vector<std::uint32_t> probes;
 
   /// The lists query `q` probes.
   [[nodiscard]] std::span<const std::uint32_t> lists(std::size_t q) const noexcept {
-    return {probes.data() + q * nprobe, nprobe};
+    std::size_t n = nprobe;
+    const std::uint32_t* first = probes.data() + q * nprobe;
+    while (n > 0 && first[n - 1] == no_list) --n;
+    return {first, n};
   }
 };
 
 /// Checks `queries` (dimension, NaN/Inf, zero vectors under cosine; `what` prefixes the error), brings
 /// them into the lists' space (normalised under cosine, then multiplied by `rotation` when given) and
-/// runs the coarse pass over the trained `centroids` (‖c‖² in `centroid_norms`): `nprobe` lists per query
-/// (0: `default_nprobe`; at most every list).
+/// runs the trained `coarse` quantizer: `params.nprobe` lists per query (0: `default_nprobe`; at most
+/// every list), the HNSW kind exploring `params.ef` candidates.
 [[nodiscard]] inline probed_queries probe_queries(matrix_view<const float> queries, std::size_t dim, metric m,
-                                                  matrix_view<const float> centroids, const float* centroid_norms,
-                                                  std::size_t nprobe, std::size_t default_nprobe,
-                                                  const opq_rotation* rotation, const char* what) {
+                                                  const coarse_quantizer& coarse, const search_params& params,
+                                                  std::size_t default_nprobe, const opq_rotation* rotation,
+                                                  const char* what) {
   check_vectors(queries, dim, what);
   probed_queries p;
   p.view = queries;
@@ -52,10 +57,9 @@ struct probed_queries {
     p.rotated = rotation->apply(p.view);
     p.view = p.rotated->view();
   }
-  p.nprobe = std::min(nprobe == 0 ? default_nprobe : nprobe, centroids.rows);
+  p.nprobe = std::min(params.nprobe == 0 ? default_nprobe : params.nprobe, coarse.centroids().rows);
   p.probes.resize(p.view.rows * p.nprobe);
-  std::vector<float> unused(p.probes.size());
-  assign_nearest(p.view, centroids, centroid_norms, m, p.nprobe, p.probes.data(), unused.data());
+  coarse.probe(p.view, p.nprobe, params.ef, p.probes.data());
   return p;
 }
 

@@ -384,9 +384,11 @@ void index_file_reader::expect_kind(index_kind expected, const char* who) const 
                    index_kind_name(header_.kind), ", not ", index_kind_name(expected));
 }
 
-void index_file_reader::check_known(std::initializer_list<std::uint32_t> known) const {
+void index_file_reader::check_known(std::initializer_list<std::uint32_t> known,
+                                    std::span<const std::uint32_t> more) const {
   for (const section_entry& s : sections_)
-    SHOAL_CHECK_CODE((s.flags & section_required) == 0 || std::find(known.begin(), known.end(), s.tag) != known.end(),
+    SHOAL_CHECK_CODE((s.flags & section_required) == 0 || std::find(known.begin(), known.end(), s.tag) != known.end() ||
+                         std::find(more.begin(), more.end(), s.tag) != more.end(),
                      errc::unsupported, name(), ": required section ", tag_name(s.tag),
                      " is unknown to this build of shoal (format ", version_major_, ".", version_minor_, ")");
 }

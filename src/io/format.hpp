@@ -115,6 +115,15 @@ class index_file_writer {
     append(copy.data(), copy.size());
   }
 
+  /// Appends a copy of `values` (for data that will not outlive the call, such as a temporary array).
+  template <class T>
+  void append_copy(std::span<const T> values) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    auto& copy = owned_.emplace_back(values.size_bytes());
+    if (!values.empty()) std::memcpy(copy.data(), values.data(), values.size_bytes());
+    append(copy.data(), copy.size());
+  }
+
   /// Lays the sections out, checksums them, and writes the file atomically (temporary in the same
   /// directory, fsync, rename). Throws `errc::io_error`; on failure the old file, if any, is untouched.
   void commit();
@@ -162,8 +171,9 @@ class index_file_reader {
   /// Throws `errc::invalid_argument` ("holds an index of kind <kind>, not <expected>") unless the file
   /// holds `expected`; `who` prefixes the message.
   void expect_kind(index_kind expected, const char* who) const;
-  /// Throws `errc::unsupported` if the file has a required section whose tag is not in `known`.
-  void check_known(std::initializer_list<std::uint32_t> known) const;
+  /// Throws `errc::unsupported` if the file has a required section whose tag is neither in `known` nor in
+  /// `more`.
+  void check_known(std::initializer_list<std::uint32_t> known, std::span<const std::uint32_t> more = {}) const;
 
   [[nodiscard]] bool has(std::uint32_t tag) const noexcept { return find(tag) != nullptr; }
   /// Size in bytes of section `tag`; throws `errc::corrupt_file` if it is missing.

@@ -40,7 +40,9 @@ struct search_params {
   /// Only ids the filter accepts are returned; rows stay k long while enough ids pass.
   id_filter filter{};
   /// HNSW: size of the candidate list kept while searching the bottom layer (larger: higher recall,
-  /// slower). 0 means the index default, max(k, 64); any value below k is raised to k.
+  /// slower). 0 means the index default, max(k, 64); any value below k is raised to k. IVF with an HNSW
+  /// coarse quantizer (`IVF<nlist>_HNSW<M>`): the same for the graph search that picks the nprobe
+  /// lists (0: max(nprobe, 64)).
   std::size_t ef = 0;
   /// IVF: number of inverted lists (nearest centroids) scanned per query (larger: higher recall,
   /// slower). 0 means the index default, 1 (as in FAISS); values above nlist scan every list.

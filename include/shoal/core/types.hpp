@@ -2,6 +2,7 @@
 /// \file
 /// Vocabulary types: ids, metrics, non-owning matrix views and owning row-major matrices.
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -74,6 +75,28 @@ namespace detail {
 /// Frees a block of `allocate_aligned(bytes)` (the same `bytes`).
 void deallocate_aligned(void* p, std::size_t bytes) noexcept;
 inline constexpr std::size_t huge_page_threshold = std::size_t{4} << 20;
+
+/// A count read without locks (an index's size) that, unlike std::atomic, can be moved: a moved-from
+/// counter reads 0. Moving is not atomic with respect to other threads, like moving any index.
+class movable_count {
+ public:
+  movable_count() = default;
+  movable_count(movable_count&& other) noexcept : value_(other.value_.exchange(0)) {}
+  movable_count& operator=(movable_count&& other) noexcept {
+    value_.store(other.value_.exchange(0));
+    return *this;
+  }
+  movable_count(const movable_count&) = delete;
+  movable_count& operator=(const movable_count&) = delete;
+
+  [[nodiscard]] std::size_t load() const noexcept { return value_.load(std::memory_order_acquire); }
+  void store(std::size_t v) noexcept { value_.store(v, std::memory_order_release); }
+  void add(std::size_t n) noexcept { value_.fetch_add(n, std::memory_order_release); }
+  void subtract(std::size_t n) noexcept { value_.fetch_sub(n, std::memory_order_release); }
+
+ private:
+  std::atomic<std::size_t> value_{0};
+};
 }  // namespace detail
 
 /// Allocator of shoal's vector storage: 64-byte aligned blocks, so that SIMD loads of row 0 never split

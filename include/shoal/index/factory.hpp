@@ -14,14 +14,15 @@
 /// refine    := "Refine(" spec ")" | "RFlat"            (RFlat = Refine(Flat))
 /// ```
 /// Built today: `Flat`, `HNSW<M>` (and `HNSW<M>,Flat`), `HNSW<M>,SQ8` (SQ8 traversal codes, exact
-/// re-rank), `IVF<nlist>,Flat`, and IVF-PQ: `[OPQ<M>,]IVF<nlist>,PQ<M>[x4fs][,Refine(Flat)|,RFlat]` (the
-/// OPQ rotation with the PQ's own M; 8-bit or 4-bit fast-scan codes; re-rank from full vectors kept in
-/// the index). All of them save and load (`any_index::save`, `load_index`). `,Refine(Flat)` / `,RFlat`
-/// after any other structure builds a `refine_index` (that structure proposes, a flat index re-ranks;
-/// save its two stages separately). Recognised and reported as `errc::unsupported` ("not built yet"):
-/// other transforms (PCA, OPQ with another M or an output dimension), SQ encodings in IVF,
-/// SQ4/SQfp16/PQ storage in HNSW, 4-bit PQ without fast-scan, `IVF<nlist>_HNSW<M>` coarse quantizers,
-/// refinement by anything but Refine(Flat).
+/// re-rank), `IVF<nlist>[_HNSW<M>],Flat`, and IVF-PQ:
+/// `[OPQ<M>,]IVF<nlist>[_HNSW<M>],PQ<M>[x4fs][,Refine(Flat)|,RFlat]` (the OPQ rotation with the PQ's own
+/// M; 8-bit or 4-bit fast-scan codes; re-rank from full vectors kept in the index; `_HNSW<M>`: an HNSW
+/// graph over the centroids picks the lists). All of them save and load (`any_index::save`,
+/// `load_index`). `,Refine(Flat)` / `,RFlat` after any other structure builds a `refine_index` (that
+/// structure proposes, a flat index re-ranks; save its two stages separately). Recognised and reported as
+/// `errc::unsupported` ("not built yet"): other transforms (PCA, OPQ with another M or an output dimension), SQ
+/// encodings in IVF, SQ4/SQfp16/PQ storage in HNSW, 4-bit PQ without fast-scan, refinement by anything but
+/// Refine(Flat).
 
 #include <cstddef>
 #include <string>

@@ -16,6 +16,9 @@
 #include "shoal/io/format.hpp"
 
 namespace shoal {
+namespace detail {
+struct hnsw_sections;
+}
 
 /// What graph traversal scores nodes with.
 enum class hnsw_codes : std::uint8_t {
@@ -151,6 +154,7 @@ class hnsw_index {
                                           const search_params& params = {}) const;
 
  private:
+  friend struct detail::hnsw_sections;  // the file sections, also embedded in IVF files (coarse graph)
   struct impl;
   std::unique_ptr<impl> impl_;
 };

@@ -3,7 +3,6 @@
 /// IVF-Flat: an inverted-file index over full-precision vectors (FAISS's `IVF<nlist>,Flat`). k-means
 /// partitions the space into `nlist` cells; a search scans only the `nprobe` cells nearest each query.
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -25,7 +24,8 @@ class file_mapping;
 }
 namespace detail {
 struct probed_queries;
-}
+class coarse_quantizer;
+}  // namespace detail
 
 /// How an IVF index trains its coarse quantizer (k-means with k = nlist).
 struct ivf_train_params {
@@ -71,8 +71,11 @@ class ivf_flat_index {
   /// Lists scanned per query when `search_params::nprobe` is 0 (FAISS's default).
   static constexpr std::size_t default_nprobe = 1;
 
-  /// An untrained, empty index. Throws `shoal::error` if dim = 0 or nlist = 0.
-  ivf_flat_index(std::size_t dim, metric m, std::size_t nlist);
+  /// An untrained, empty index. `coarse_hnsw_m` = 0 scores every centroid exactly in the coarse pass
+  /// (`IVF<nlist>,Flat`); M in [2, 256] searches an HNSW graph of M links over the centroids instead
+  /// (`IVF<nlist>_HNSW<M>,Flat`, see `coarse_hnsw_m()`). Throws `shoal::error` if dim = 0, nlist = 0 or
+  /// M is out of range.
+  ivf_flat_index(std::size_t dim, metric m, std::size_t nlist, std::size_t coarse_hnsw_m = 0);
   ~ivf_flat_index();
   ivf_flat_index(ivf_flat_index&&) noexcept;
   ivf_flat_index& operator=(ivf_flat_index&&) noexcept;
@@ -82,11 +85,17 @@ class ivf_flat_index {
   [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
   [[nodiscard]] shoal::metric metric() const noexcept { return metric_; }
   [[nodiscard]] std::size_t nlist() const noexcept { return nlist_; }
-  [[nodiscard]] bool is_trained() const noexcept { return centroids_.rows != 0; }
+  [[nodiscard]] bool is_trained() const noexcept;
+  /// M of the HNSW graph over the centroids that picks each vector's and query's lists; 0 when every
+  /// centroid is scored (the flat coarse pass). The graph finds lists in O(log nlist) distance
+  /// evaluations instead of nlist, approximately: for nlist in the tens of thousands, where the flat pass
+  /// dominates adds and searches. Searches explore `search_params::ef` graph candidates (0: max(nprobe,
+  /// 64)); adds the default. Costs a second copy of the centroids plus the links.
+  [[nodiscard]] std::size_t coarse_hnsw_m() const noexcept;
   /// The nlist x dim centroids (empty until trained).
-  [[nodiscard]] matrix_view<const float> centroids() const noexcept { return centroids_.view(); }
+  [[nodiscard]] matrix_view<const float> centroids() const noexcept;
   /// Number of stored vectors.
-  [[nodiscard]] std::size_t size() const noexcept { return size_.load(std::memory_order_acquire); }
+  [[nodiscard]] std::size_t size() const noexcept { return size_.load(); }
   /// Number of vectors in each list.
   [[nodiscard]] std::vector<std::size_t> list_sizes() const;
   /// Bytes held by centroids, lists (vectors and ids) and the id map (for a memory-mapped index the
@@ -151,13 +160,12 @@ class ivf_flat_index {
   std::size_t dim_;
   shoal::metric metric_;
   std::size_t nlist_;
-  matrix<float> centroids_;
-  std::vector<float> centroid_norms_;  // ‖c‖² per centroid, for the L2 coarse pass
+  std::unique_ptr<detail::coarse_quantizer> coarse_;
   std::vector<std::unique_ptr<list>> lists_;
   // id → where it is stored; guarded by map_mutex_ (held behind a pointer so the index stays movable).
   std::unordered_map<vector_id, location> where_;
   std::unique_ptr<std::shared_mutex> map_mutex_;
-  std::atomic<std::size_t> size_{0};
+  detail::movable_count size_;
   // Set by a memory-mapped load: the lists' rows and ids live in the mapping, kept alive here.
   std::shared_ptr<const io::detail::file_mapping> mapping_;
 };

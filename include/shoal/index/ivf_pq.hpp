@@ -4,7 +4,6 @@
 /// against its list's centroid (FAISS's `IVF<nlist>,PQ<m>` and `IVF<nlist>,PQ<m>x4fs`), with an optional
 /// exact re-rank from stored full vectors (`,Refine(Flat)`).
 
-#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -40,6 +39,10 @@ struct ivf_pq_params {
   /// vectors and queries are rotated before everything else. Costs dim² multiply-adds per query and
   /// dim² floats. Refine then keeps the rotated vectors (same distances, up to rounding).
   bool opq = false;
+  /// 0: the coarse pass scores every centroid (`IVF<nlist>,...`); M in [2, 256]: an HNSW graph of M
+  /// links over the centroids picks each vector's and query's lists (`IVF<nlist>_HNSW<M>,...`; see
+  /// `ivf_flat_index::coarse_hnsw_m`).
+  std::size_t coarse_hnsw_m = 0;
 };
 
 /// How an IVF-PQ index trains: the coarse quantizer (as IVF-Flat), then the product quantizer on the
@@ -98,11 +101,11 @@ class ivf_pq_index {
   [[nodiscard]] shoal::metric metric() const noexcept { return metric_; }
   [[nodiscard]] const ivf_pq_params& params() const noexcept { return params_; }
   [[nodiscard]] std::size_t nlist() const noexcept { return params_.nlist; }
-  [[nodiscard]] bool is_trained() const noexcept { return centroids_.rows != 0; }
-  [[nodiscard]] matrix_view<const float> centroids() const noexcept { return centroids_.view(); }
+  [[nodiscard]] bool is_trained() const noexcept;
+  [[nodiscard]] matrix_view<const float> centroids() const noexcept;
   [[nodiscard]] const product_quantizer& quantizer() const noexcept { return pq_; }
   /// Number of stored vectors.
-  [[nodiscard]] std::size_t size() const noexcept { return size_.load(std::memory_order_acquire); }
+  [[nodiscard]] std::size_t size() const noexcept { return size_.load(); }
   /// Number of vectors in each list.
   [[nodiscard]] std::vector<std::size_t> list_sizes() const;
   /// Bytes held by centroids, codebooks and lists (codes, ids, full vectors; for a memory-mapped index
@@ -173,13 +176,12 @@ class ivf_pq_index {
   std::size_t dim_;
   shoal::metric metric_;
   ivf_pq_params params_;
-  matrix<float> centroids_;
-  std::vector<float> centroid_norms_;
+  std::unique_ptr<detail::coarse_quantizer> coarse_;
   product_quantizer pq_;
   std::optional<opq_rotation> opq_;
   std::vector<std::unique_ptr<list>> lists_;
   std::unique_ptr<std::mutex> write_mutex_;  // serialises add, remove and save (behind a pointer: movable)
-  std::atomic<std::size_t> size_{0};
+  detail::movable_count size_;
   // Set by a memory-mapped load: the lists' codes, ids and vectors live in the mapping, kept alive here.
   std::shared_ptr<const io::detail::file_mapping> mapping_;
 };

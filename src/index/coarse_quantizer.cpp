@@ -1,0 +1,154 @@
+#include "index/coarse_quantizer.hpp"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <numeric>
+
+#include "cluster/assign.hpp"
+#include "core/parallel.hpp"
+#include "index/hnsw_file.hpp"
+#include "shoal/core/error.hpp"
+#include "shoal/distance/distance.hpp"
+#include "shoal/index/hnsw.hpp"
+
+namespace shoal::detail {
+namespace {
+
+constexpr std::uint32_t tag_centroids = io::detail::make_tag("CENT");
+constexpr std::uint32_t tag_graph_m = io::detail::make_tag("CQHN");
+
+/// Centroids are unit length under inner product and cosine, so −⟨q, c⟩ ranks them as either does.
+metric graph_metric(metric m) noexcept { return m == metric::l2 ? metric::l2 : metric::inner_product; }
+
+}  // namespace
+
+coarse_quantizer::coarse_quantizer(metric m, std::size_t hnsw_m) : metric_(m), hnsw_m_(hnsw_m) {
+  SHOAL_CHECK(hnsw_m == 0 || (hnsw_m >= 2 && hnsw_m <= 256), "IVF: the HNSW coarse quantizer's M (", hnsw_m,
+              ") must be in [2, 256]");
+}
+coarse_quantizer::~coarse_quantizer() = default;
+coarse_quantizer::coarse_quantizer(coarse_quantizer&&) noexcept = default;
+coarse_quantizer& coarse_quantizer::operator=(coarse_quantizer&&) noexcept = default;
+
+std::size_t coarse_quantizer::memory_bytes() const {
+  return centroids_.values.capacity() * sizeof(float) + norms_.capacity() * sizeof(float) +
+         (graph_ ? graph_->memory_bytes() : 0);
+}
+
+void coarse_quantizer::set_centroids(matrix<float> centroids) {
+  norms_.resize(centroids.rows);
+  active_kernels().squared_norms(centroids.values.data(), centroids.rows, centroids.dim, centroids.dim, norms_.data());
+  if (hnsw_m_ != 0) {
+    hnsw_params params;
+    params.M = hnsw_m_;
+    params.ef_construction = graph_ef_construction;
+    auto graph = std::make_unique<hnsw_index>(centroids.dim, graph_metric(metric_), params);
+    std::vector<vector_id> ids(centroids.rows);
+    std::iota(ids.begin(), ids.end(), vector_id{0});
+    run_single_threaded([&] { graph->add(centroids.view(), ids); });
+    graph_ = std::move(graph);
+  }
+  centroids_ = std::move(centroids);
+}
+
+void coarse_quantizer::assign(matrix_view<const float> vectors, std::uint32_t* labels) const {
+  if (graph_ == nullptr) {
+    std::vector<float> unused(vectors.rows);
+    assign_nearest(vectors, centroids_.view(), norms_.data(), metric_, 1, labels, unused.data());
+    return;
+  }
+  probe(vectors, 1, 0, labels);
+  // A graph over nlist ≥ 1 nodes always yields its nearest node: never no_list here.
+}
+
+void coarse_quantizer::probe(matrix_view<const float> queries, std::size_t nprobe, std::size_t ef,
+                             std::uint32_t* probes) const {
+  if (queries.rows == 0) return;
+  if (graph_ == nullptr) {
+    std::vector<float> unused(queries.rows * nprobe);
+    assign_nearest(queries, centroids_.view(), norms_.data(), metric_, nprobe, probes, unused.data());
+    return;
+  }
+  search_params params;
+  params.ef = ef;
+  const neighbors found = graph_->search(queries, nprobe, params);
+  for (std::size_t i = 0; i < queries.rows * nprobe; ++i)
+    probes[i] = found.ids()[i] == no_id ? no_list : static_cast<std::uint32_t>(found.ids()[i]);
+}
+
+void coarse_quantizer::write(io::detail::index_file_writer& out) const {
+  out.begin_section(tag_centroids);
+  out.append(std::span<const float>(centroids_.values.data(), centroids_.values.size()));
+  if (hnsw_m_ == 0) return;
+  out.begin_section(tag_graph_m);
+  out.append_value(std::uint64_t{hnsw_m_});
+  // The graph never changes once trained (training needs exclusive access to the index), so its lock
+  // need not be held until the file is committed.
+  if (graph_) (void)hnsw_sections::write(*graph_, out, coarse_graph_tags);
+}
+
+coarse_quantizer coarse_quantizer::read(const io::detail::index_file_reader& in, metric m, std::uint64_t nlist) {
+  const std::string& name = in.name();
+  const io::detail::index_header& h = in.header();
+  std::uint64_t graph_m = 0;
+  if (in.has(tag_graph_m)) {
+    SHOAL_CHECK_CODE(in.section_size(tag_graph_m) == sizeof graph_m, errc::corrupt_file, name,
+                     ": section CQHN has the wrong size");
+    in.read(tag_graph_m, &graph_m, 1);
+    SHOAL_CHECK_CODE(graph_m >= 2 && graph_m <= 256, errc::corrupt_file, name, ": the HNSW coarse quantizer's M (",
+                     graph_m, ") is out of range");
+  }
+  coarse_quantizer q(m, static_cast<std::size_t>(graph_m));
+  const bool has_graph = in.has(coarse_graph_tags.params);
+  if (in.section_size(tag_centroids) == 0) {
+    SHOAL_CHECK_CODE(h.count == 0, errc::corrupt_file, name, ": an untrained index holds ", h.count, " vectors");
+    SHOAL_CHECK_CODE(!has_graph, errc::corrupt_file, name, ": an untrained index holds a coarse graph");
+    return q;
+  }
+  matrix<float> centroids;
+  centroids.values =
+      in.read_vector<float>(tag_centroids, io::detail::checked_mul(nlist, h.dim, name, "nlist x dimension"));
+  centroids.rows = static_cast<std::size_t>(nlist);
+  centroids.dim = static_cast<std::size_t>(h.dim);
+  SHOAL_CHECK_CODE(
+      std::all_of(centroids.values.begin(), centroids.values.end(), [](float v) { return std::isfinite(v); }),
+      errc::corrupt_file, name, ": a centroid holds a non-finite value");
+  q.norms_.resize(centroids.rows);
+  active_kernels().squared_norms(centroids.values.data(), centroids.rows, centroids.dim, centroids.dim,
+                                 q.norms_.data());
+  q.centroids_ = std::move(centroids);
+  if (graph_m == 0) {
+    SHOAL_CHECK_CODE(!has_graph, errc::corrupt_file, name, ": a coarse graph without its CQHN section");
+    return q;
+  }
+  SHOAL_CHECK_CODE(has_graph, errc::corrupt_file, name, ": a trained HNSW coarse quantizer without its graph");
+  auto graph = std::make_unique<hnsw_index>(
+      hnsw_sections::read(in, coarse_graph_tags, q.centroids_.dim, graph_metric(m), nlist, "coarse hnsw"));
+  SHOAL_CHECK_CODE(graph->params().M == q.hnsw_m_ && graph->params().codes == hnsw_codes::none, errc::corrupt_file,
+                   name, ": the coarse graph's parameters (M ", graph->params().M, ", codes) differ from an HNSW",
+                   q.hnsw_m_, " coarse quantizer's");
+  // One node per list, ids 0 .. nlist − 1 (nlist distinct live ids, each below nlist): a probe can then
+  // never name a list that does not exist.
+  for (std::uint64_t l = 0; l < nlist; ++l)
+    SHOAL_CHECK_CODE(graph->contains(static_cast<vector_id>(l)), errc::corrupt_file, name,
+                     ": the coarse graph has no node for list ", l);
+  q.graph_ = std::move(graph);
+  return q;
+}
+
+std::span<const std::uint32_t> coarse_quantizer::tags() noexcept {
+  static constexpr std::array<std::uint32_t, 10> known{tag_centroids,
+                                                       tag_graph_m,
+                                                       coarse_graph_tags.params,
+                                                       coarse_graph_tags.vectors,
+                                                       coarse_graph_tags.links0,
+                                                       coarse_graph_tags.codes,
+                                                       coarse_graph_tags.state,
+                                                       coarse_graph_tags.ids,
+                                                       coarse_graph_tags.upper,
+                                                       coarse_graph_tags.ranges};
+  return known;
+}
+
+}  // namespace shoal::detail

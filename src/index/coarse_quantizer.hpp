@@ -1,0 +1,76 @@
+#pragma once
+// Internal: the coarse quantizer of the IVF indexes — nlist centroids, and which of them a vector or a
+// query is nearest to. Two kinds (docs/ivf.md):
+//  - flat (`IVF<nlist>`): every centroid is scored, a batch at a time through the GEMM kernel; exact,
+//    ties to the smaller list, O(nlist · dim) per vector;
+//  - HNSW (`IVF<nlist>_HNSW<M>`): an HNSW graph over the centroids (ids = list numbers) finds them in
+//    O(log nlist) distance evaluations, approximately — the choice for nlist in the tens of thousands,
+//    where the flat pass would dominate both adds and searches.
+// Centroids live where the lists do (unit length under inner product and cosine, rotated under OPQ);
+// the graph then scores them with −⟨q, c⟩ (inner product), which ranks unit vectors as cosine does.
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "io/format.hpp"
+#include "shoal/core/types.hpp"
+
+namespace shoal {
+class hnsw_index;
+}
+
+namespace shoal::detail {
+
+/// A list number that means "no list" (a graph search that found fewer lists than asked for).
+inline constexpr std::uint32_t no_list = ~std::uint32_t{0};
+
+class coarse_quantizer {
+ public:
+  /// Graph quality knob of the HNSW kind (FAISS builds its HNSW quantizers with 40 too).
+  static constexpr std::size_t graph_ef_construction = 40;
+
+  /// An untrained quantizer for vectors compared under `m`; `hnsw_m` = 0 for the flat kind, else the
+  /// graph's M (2 to 256).
+  coarse_quantizer(metric m, std::size_t hnsw_m);
+  ~coarse_quantizer();
+  coarse_quantizer(coarse_quantizer&&) noexcept;
+  coarse_quantizer& operator=(coarse_quantizer&&) noexcept;
+
+  [[nodiscard]] std::size_t hnsw_m() const noexcept { return hnsw_m_; }
+  [[nodiscard]] bool trained() const noexcept { return centroids_.rows != 0; }
+  [[nodiscard]] matrix_view<const float> centroids() const noexcept { return centroids_.view(); }
+  [[nodiscard]] const float* centroid(std::size_t list) const noexcept { return centroids_.row(list); }
+  /// Bytes held: centroids, their norms and the graph (which keeps its own copy of the centroids).
+  [[nodiscard]] std::size_t memory_bytes() const;
+
+  /// Installs trained centroids (finite, one per list); the HNSW kind builds its graph over them, on
+  /// one thread so that the same centroids always give the same graph.
+  void set_centroids(matrix<float> centroids);
+
+  /// The nearest list of each row of `vectors` (already in the lists' space) into `labels`.
+  void assign(matrix_view<const float> vectors, std::uint32_t* labels) const;
+  /// The `nprobe` (≤ nlist) nearest lists of each query, nearest first, into `probes[q * nprobe + j]`;
+  /// the HNSW kind explores `ef` candidates (0: max(nprobe, 64)) and pads with `no_list` when the graph
+  /// yields fewer lists.
+  void probe(matrix_view<const float> queries, std::size_t nprobe, std::size_t ef, std::uint32_t* probes) const;
+
+  /// Writes CENT (empty when untrained) and, for the HNSW kind, CQHN (its M) and the graph's sections.
+  void write(io::detail::index_file_writer& out) const;
+  /// Reads what `write` wrote into a quantizer of `nlist` lists; returns whether it is trained. Throws
+  /// `errc::corrupt_file` on damage (a non-finite centroid, a graph that is not one node per list, ...).
+  [[nodiscard]] static coarse_quantizer read(const io::detail::index_file_reader& in, metric m, std::uint64_t nlist);
+  /// The tags `read` knows, for `index_file_reader::check_known`.
+  [[nodiscard]] static std::span<const std::uint32_t> tags() noexcept;
+
+ private:
+  metric metric_;
+  std::size_t hnsw_m_;
+  matrix<float> centroids_;
+  std::vector<float> norms_;  // ‖c‖², for the flat kind under l2
+  std::unique_ptr<hnsw_index> graph_;
+};
+
+}  // namespace shoal::detail

@@ -1,0 +1,49 @@
+#pragma once
+// Internal: an HNSW graph's file sections (docs/format.md, kind 3), written and read under a chosen set
+// of tags so that the same graph layout serves a standalone HNSW file (`HPAR`, `HVEC`, ...) and the
+// coarse quantizer embedded in an IVF file (`QPAR`, `QVEC`, ...).
+
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+
+#include "io/format.hpp"
+#include "shoal/index/hnsw.hpp"
+
+namespace shoal::detail {
+
+/// The tags of a graph's sections.
+struct hnsw_section_tags {
+  std::uint32_t params, vectors, links0, codes, state, ids, upper, ranges;
+};
+
+/// A standalone HNSW index file.
+inline constexpr hnsw_section_tags hnsw_file_tags{io::detail::make_tag("HPAR"), io::detail::make_tag("HVEC"),
+                                                  io::detail::make_tag("HLK0"), io::detail::make_tag("HCOD"),
+                                                  io::detail::make_tag("HSTA"), io::detail::make_tag("HIDS"),
+                                                  io::detail::make_tag("HUPL"), io::detail::make_tag("HSQR")};
+
+/// The HNSW coarse quantizer of an IVF file (never SQ8: its codes and ranges tags are never written).
+inline constexpr hnsw_section_tags coarse_graph_tags{io::detail::make_tag("QPAR"), io::detail::make_tag("QVEC"),
+                                                     io::detail::make_tag("QLK0"), io::detail::make_tag("QCOD"),
+                                                     io::detail::make_tag("QSTA"), io::detail::make_tag("QIDS"),
+                                                     io::detail::make_tag("QUPL"), io::detail::make_tag("QSQR")};
+
+struct hnsw_sections {
+  /// Appends the graph's sections to `out`. The bulk arrays are referenced, not copied: the returned
+  /// lock (the graph's structure lock, exclusive) keeps every writer out and must be held until
+  /// `out.commit()` returns.
+  [[nodiscard]] static std::unique_lock<std::shared_mutex> write(const hnsw_index& index,
+                                                                 io::detail::index_file_writer& out,
+                                                                 const hnsw_section_tags& tags);
+  /// Reads a graph written by `write` from `in`: `dim`, `m` and `count` (live nodes) as the caller's
+  /// header says; `what` names the graph in errors ("hnsw", "coarse hnsw"). With a mapped reader the
+  /// bulk arrays are used in place and the graph is read-only. Throws `errc::corrupt_file` as
+  /// `hnsw_index::load` does.
+  [[nodiscard]] static hnsw_index read(const io::detail::index_file_reader& in, const hnsw_section_tags& tags,
+                                       std::size_t dim, metric m, std::uint64_t count, const char* what);
+};
+
+}  // namespace shoal::detail
