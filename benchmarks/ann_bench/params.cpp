@@ -55,17 +55,6 @@ std::string format_params(const param_list& params) {
   return text;
 }
 
-std::optional<std::size_t> ivf_flat_nlist(std::string_view spec) {
-  constexpr std::string_view prefix = "IVF";
-  constexpr std::string_view suffix = ",Flat";
-  if (spec.size() <= prefix.size() + suffix.size() || !spec.starts_with(prefix) || !spec.ends_with(suffix)) return {};
-  const std::string_view digits = spec.substr(prefix.size(), spec.size() - prefix.size() - suffix.size());
-  std::size_t nlist = 0;
-  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), nlist);
-  if (ec != std::errc{} || end != digits.data() + digits.size() || nlist == 0) return {};
-  return nlist;
-}
-
 namespace {
 /// A positive decimal integer at the start of `text`, consumed; nothing if there is none.
 std::optional<std::size_t> take_count(std::string_view& text) {
@@ -75,7 +64,29 @@ std::optional<std::size_t> take_count(std::string_view& text) {
   text.remove_prefix(static_cast<std::size_t>(end - text.data()));
   return value;
 }
+
+/// Consumes `IVF<nlist>[_HNSW<M>]` at the start of `text`; false if it is not there.
+bool take_ivf(std::string_view& text, std::size_t& nlist, std::size_t& coarse_hnsw_m) {
+  if (!text.starts_with("IVF")) return false;
+  text.remove_prefix(3);
+  const auto lists = take_count(text);
+  if (!lists) return false;
+  nlist = *lists;
+  coarse_hnsw_m = 0;
+  if (!text.starts_with("_HNSW")) return true;
+  text.remove_prefix(5);
+  const auto m = take_count(text);
+  if (!m) return false;
+  coarse_hnsw_m = *m;
+  return true;
+}
 }  // namespace
+
+std::optional<ivf_flat_spec> ivf_flat(std::string_view spec) {
+  ivf_flat_spec out;
+  if (!take_ivf(spec, out.nlist, out.coarse_hnsw_m) || spec != ",Flat") return {};
+  return out;
+}
 
 std::optional<ivf_pq_spec> ivf_pq(std::string_view spec) {
   ivf_pq_spec out;
@@ -86,14 +97,10 @@ std::optional<ivf_pq_spec> ivf_pq(std::string_view spec) {
     spec.remove_prefix(1);
     out.opq = *opq;
   }
-  if (!spec.starts_with("IVF")) return {};
-  spec.remove_prefix(3);
-  const auto nlist = take_count(spec);
-  if (!nlist || !spec.starts_with(",PQ")) return {};
+  if (!take_ivf(spec, out.nlist, out.coarse_hnsw_m) || !spec.starts_with(",PQ")) return {};
   spec.remove_prefix(3);
   const auto m = take_count(spec);
   if (!m) return {};
-  out.nlist = *nlist;
   out.m = *m;
   if (spec.starts_with("x4fs")) {
     out.fast_scan = true;

@@ -50,18 +50,25 @@ struct sweep_axis {
 /// Appends `item` to the `separator`-separated `list`.
 void append_item(std::string& list, std::string_view item, std::string_view separator);
 
-/// nlist of an `IVF<nlist>,Flat` spec (e.g. 1024 for `IVF1024,Flat`), or nothing for any other spec.
-[[nodiscard]] std::optional<std::size_t> ivf_flat_nlist(std::string_view spec);
+/// The parts of an `IVF<nlist>[_HNSW<M>],Flat` spec.
+struct ivf_flat_spec {
+  std::size_t nlist = 0;
+  std::size_t coarse_hnsw_m = 0;  ///< `_HNSW<M>`: an HNSW graph over the centroids picks the lists (0: none)
+};
+/// The parts of an `IVF<nlist>[_HNSW<M>],Flat` spec (e.g. `IVF1024,Flat`, `IVF4096_HNSW32,Flat`), or
+/// nothing for any other spec.
+[[nodiscard]] std::optional<ivf_flat_spec> ivf_flat(std::string_view spec);
 
 /// The parts of an `IVF<nlist>,PQ<m>[x4fs][,Refine(Flat)]` spec.
 struct ivf_pq_spec {
   std::size_t nlist = 0;
   std::size_t m = 0;
-  bool fast_scan = false;  ///< `x4fs`: 4-bit codes scanned by the fast-scan kernel (else 8-bit codes)
-  bool refine = false;     ///< `,Refine(Flat)`: full vectors kept for an exact re-rank
-  std::size_t opq = 0;     ///< `OPQ<m>,` in front: an OPQ rotation for m sub-spaces (0: none)
+  bool fast_scan = false;         ///< `x4fs`: 4-bit codes scanned by the fast-scan kernel (else 8-bit codes)
+  bool refine = false;            ///< `,Refine(Flat)`: full vectors kept for an exact re-rank
+  std::size_t opq = 0;            ///< `OPQ<m>,` in front: an OPQ rotation for m sub-spaces (0: none)
+  std::size_t coarse_hnsw_m = 0;  ///< `IVF<nlist>_HNSW<M>`: an HNSW coarse quantizer (0: none)
 };
-/// The parts of an `[OPQ<m>,]IVF<nlist>,PQ<m>[x4fs][,Refine(Flat)]` spec (e.g.
+/// The parts of an `[OPQ<m>,]IVF<nlist>[_HNSW<M>],PQ<m>[x4fs][,Refine(Flat)]` spec (e.g.
 /// `IVF980,PQ392x4fs,Refine(Flat)`), or nothing for any other spec.
 [[nodiscard]] std::optional<ivf_pq_spec> ivf_pq(std::string_view spec);
 

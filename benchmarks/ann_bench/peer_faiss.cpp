@@ -1,8 +1,10 @@
 // FAISS peer (Debian libfaiss-dev). The spec maps to FAISS's own index: `Flat` -> IndexFlatL2 /
 // IndexFlatIP (cosine: inner product over unit vectors); `IVF<nlist>,Flat` -> IndexIVFFlat over a flat
 // quantizer of the same metric, with the same build knob (`iterations`, FAISS's `cp.niter`, default 10)
-// and search knob (`nprobe`, passed per call in SearchParametersIVF). FAISS threads with OpenMP, so each thread that
-// calls it sets its OpenMP thread count (`use_threads`); single-query mode calls search with n = 1.
+// and search knob (`nprobe`, passed per call in SearchParametersIVF); `IVF<nlist>_HNSW<M>` -> the same
+// over an IndexHNSWFlat quantizer (efConstruction 40, FAISS's default, as shoal's coarse graph; k-means
+// assigns with a flat index, as shoal's), search knob `ef` -> its efSearch. FAISS threads with OpenMP, so each thread
+// that calls it sets its OpenMP thread count (`use_threads`); single-query mode calls search with n = 1.
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIVFFlat.h>
@@ -14,8 +16,10 @@
 #include <omp.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "adapter.hpp"
 #include "peer_support.hpp"
@@ -78,32 +82,96 @@ class faiss_flat_adapter final : public index_adapter {
   std::unique_ptr<faiss::IndexFlat> index_;
 };
 
+/// Bytes of an IndexHNSWFlat: vectors (d floats each), the neighbour table (4 bytes per slot over every
+/// level), offsets and levels.
+std::size_t hnsw_bytes(const faiss::IndexHNSWFlat& index) {
+  const faiss::HNSW& h = index.hnsw;
+  return static_cast<std::size_t>(index.ntotal) * index.d * sizeof(float) +
+         h.neighbors.size() * sizeof(faiss::HNSW::storage_idx_t) + h.offsets.size() * sizeof(std::size_t) +
+         h.levels.size() * sizeof(int);
+}
+
+/// The coarse quantizer of a FAISS IVF index: a flat index of the IVF's metric, or (`_HNSW<M>`) an
+/// IndexHNSWFlat, then trained by k-means over a flat index of the same metric (`clustering_index`).
+class faiss_coarse {
+ public:
+  faiss_coarse(std::size_t dim, shoal::metric m, std::size_t hnsw_m) {
+    const auto d = static_cast<faiss_id>(dim);
+    const bool l2 = m == shoal::metric::l2;
+    const auto flat = [&] {
+      return l2 ? std::unique_ptr<faiss::IndexFlat>(std::make_unique<faiss::IndexFlatL2>(d))
+                : std::make_unique<faiss::IndexFlatIP>(d);
+    };
+    if (hnsw_m == 0) {
+      quantizer_ = flat();
+      return;
+    }
+    auto graph = std::make_unique<faiss::IndexHNSWFlat>(static_cast<int>(dim), static_cast<int>(hnsw_m),
+                                                        l2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT);
+    graph->hnsw.efConstruction = 40;
+    graph_ = graph.get();
+    quantizer_ = std::move(graph);
+    clustering_ = flat();
+  }
+
+  [[nodiscard]] faiss::Index* quantizer() const noexcept { return quantizer_.get(); }
+  /// Points `ivf` at the k-means index (the HNSW kind).
+  void attach(faiss::IndexIVF& ivf) const noexcept {
+    if (clustering_) ivf.clustering_index = clustering_.get();
+  }
+  /// The graph's search depth (the HNSW kind; 0 leaves FAISS's default).
+  void set_ef(std::size_t ef) const noexcept {
+    if (graph_ != nullptr && ef != 0) graph_->hnsw.efSearch = static_cast<int>(ef);
+  }
+  /// Centroids (and the graph's links).
+  [[nodiscard]] std::size_t bytes() const {
+    if (graph_ != nullptr) return hnsw_bytes(*graph_);
+    return static_cast<const faiss::IndexFlat&>(*quantizer_).codes.size();
+  }
+
+ private:
+  std::unique_ptr<faiss::Index> quantizer_;
+  faiss::IndexHNSWFlat* graph_ = nullptr;         // quantizer_ when it is a graph
+  std::unique_ptr<faiss::IndexFlat> clustering_;  // k-means assignment for a graph quantizer
+};
+
 class faiss_ivf_flat_adapter final : public index_adapter {
  public:
   explicit faiss_ivf_flat_adapter(const index_request& request)
-      : metric_(request.metric), nlist_(ivf_flat_nlist(request.spec).value()) {
+      : metric_(request.metric), spec_(ivf_flat(request.spec).value()) {
     iterations_ = single_knob(request.build_params, "iterations", iterations_, "build", description());
   }
 
   [[nodiscard]] std::string_view library() const noexcept override { return "faiss"; }
-  [[nodiscard]] std::string description() const override { return "IndexIVFFlat"; }
+  [[nodiscard]] std::string description() const override {
+    return spec_.coarse_hnsw_m != 0 ? "IndexIVFFlat+IndexHNSWFlat" : "IndexIVFFlat";
+  }
 
   void set_search_params(const param_list& params) override {
-    nprobe_ = single_knob(params, "nprobe", 1, "search", description());
+    std::vector<std::string_view> names{"nprobe"};
+    if (spec_.coarse_hnsw_m != 0) names.push_back("ef");
+    check_param_names(params, names, "search", description());
+    nprobe_ = 1;
+    ef_ = 0;
+    for (const param& p : params) (p.name == "nprobe" ? nprobe_ : ef_) = parse_positive(p, description());
+    // Set on the graph as well as per call: Debian's FAISS does not pass quantizer parameters down in
+    // every path, and the runner never changes settings while searches run.
+    if (coarse_) coarse_->set_ef(ef_);
   }
 
   void build(matrix_view<const float> base) override {
     const peer_rows rows(base, metric_);
     SHOAL_CHECK(rows.view().stride == base.dim, "faiss peer: base rows must be contiguous");
     const auto dim = static_cast<faiss_id>(base.dim);
-    const bool l2 = metric_ == shoal::metric::l2;
-    quantizer_ = l2 ? std::unique_ptr<faiss::IndexFlat>(std::make_unique<faiss::IndexFlatL2>(dim))
-                    : std::make_unique<faiss::IndexFlatIP>(dim);
-    index_ = std::make_unique<faiss::IndexIVFFlat>(quantizer_.get(), dim, nlist_,
-                                                   l2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT);
+    coarse_.emplace(base.dim, metric_, spec_.coarse_hnsw_m);
+    index_ = std::make_unique<faiss::IndexIVFFlat>(
+        coarse_->quantizer(), dim, spec_.nlist,
+        metric_ == shoal::metric::l2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT);
+    coarse_->attach(*index_);
     index_->cp.niter = static_cast<int>(iterations_);
     index_->train(static_cast<faiss_id>(base.rows), rows.view().data);
     index_->add(static_cast<faiss_id>(base.rows), rows.view().data);
+    coarse_->set_ef(ef_);
   }
 
   void use_threads(std::size_t threads) const override { omp_set_num_threads(static_cast<int>(threads)); }
@@ -113,31 +181,37 @@ class faiss_ivf_flat_adapter final : public index_adapter {
     SHOAL_CHECK(rows.view().stride == queries.dim, "faiss peer: query rows must be contiguous");
     faiss::SearchParametersIVF params;
     params.nprobe = nprobe_;
+    faiss::SearchParametersHNSW graph_params;
+    if (spec_.coarse_hnsw_m != 0 && ef_ != 0) {
+      graph_params.efSearch = static_cast<int>(ef_);
+      params.quantizer_params = &graph_params;
+    }
     index_->search(static_cast<faiss_id>(queries.rows), rows.view().data, static_cast<faiss_id>(out.k), out.distances,
                    reinterpret_cast<faiss_id*>(out.ids), &params);
     to_shoal_distances(metric_, out);
   }
 
-  /// Centroids plus the lists' codes (d floats) and ids (8 bytes) per vector.
+  /// The quantizer plus the lists' codes (d floats) and ids (8 bytes) per vector.
   [[nodiscard]] std::size_t memory_bytes() const override {
-    return quantizer_->codes.size() + index_->ntotal * (index_->code_size + sizeof(faiss_id));
+    return coarse_->bytes() + static_cast<std::size_t>(index_->ntotal) * (index_->code_size + sizeof(faiss_id));
   }
 
  private:
   shoal::metric metric_;
-  std::size_t nlist_;
+  ivf_flat_spec spec_;
   std::size_t iterations_ = 10;
   std::size_t nprobe_ = 1;
-  std::unique_ptr<faiss::IndexFlat> quantizer_;  // outlives index_, which points to it
+  std::size_t ef_ = 0;
+  std::optional<faiss_coarse> coarse_;  // outlives index_, which points to its quantizer
   std::unique_ptr<faiss::IndexIVFFlat> index_;
 };
 
 /// `IVF<nlist>,PQ<m>` -> IndexIVFPQ (8-bit codes), `IVF<nlist>,PQ<m>x4fs` -> IndexIVFPQFastScan (4-bit,
 /// blocks of 32), each with residual encoding over a flat quantizer; `OPQ<m>,` in front puts an OPQMatrix
-/// before it (IndexPreTransform); `,Refine(Flat)` wraps the result in an IndexRefineFlat. Build knob `iterations` (coarse k-means); search knobs `nprobe` and `refine`
-/// (IndexRefine's k_factor). Debian's FAISS 1.7.3 does not read SearchParametersIVF in every fast-scan
-/// and refine path, so the knobs are set on the indexes (the runner never changes settings while
-/// searches run).
+/// before it (IndexPreTransform); `,Refine(Flat)` wraps the result in an IndexRefineFlat. Build knob `iterations`
+/// (coarse k-means); search knobs `nprobe` and `refine` (IndexRefine's k_factor). Debian's FAISS 1.7.3 does not read
+/// SearchParametersIVF in every fast-scan and refine path, so the knobs are set on the indexes (the runner never
+/// changes settings while searches run).
 class faiss_ivf_pq_adapter final : public index_adapter {
  public:
   explicit faiss_ivf_pq_adapter(const index_request& request)
@@ -148,16 +222,20 @@ class faiss_ivf_pq_adapter final : public index_adapter {
   [[nodiscard]] std::string_view library() const noexcept override { return "faiss"; }
   [[nodiscard]] std::string description() const override {
     std::string name = spec_.fast_scan ? "IndexIVFPQFastScan" : "IndexIVFPQ";
+    if (spec_.coarse_hnsw_m != 0) name += "+IndexHNSWFlat";
     if (spec_.opq != 0) name = "OPQMatrix+" + name;
     return spec_.refine ? name + "+IndexRefineFlat" : name;
   }
 
   void set_search_params(const param_list& params) override {
-    static constexpr std::string_view names[] = {"nprobe", "refine"};
+    std::vector<std::string_view> names{"nprobe", "refine"};
+    if (spec_.coarse_hnsw_m != 0) names.push_back("ef");
     check_param_names(params, names, "search", description());
     nprobe_ = 1;
     k_factor_ = 1;
-    for (const param& p : params) (p.name == "nprobe" ? nprobe_ : k_factor_) = parse_positive(p, description());
+    ef_ = 0;
+    for (const param& p : params)
+      (p.name == "nprobe" ? nprobe_ : p.name == "ef" ? ef_ : k_factor_) = parse_positive(p, description());
     apply();
   }
 
@@ -165,14 +243,13 @@ class faiss_ivf_pq_adapter final : public index_adapter {
     const peer_rows rows(base, metric_);
     SHOAL_CHECK(rows.view().stride == base.dim, "faiss peer: base rows must be contiguous");
     const auto dim = static_cast<faiss_id>(base.dim);
-    const bool l2 = metric_ == shoal::metric::l2;
-    const faiss::MetricType mt = l2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
-    quantizer_ = l2 ? std::unique_ptr<faiss::IndexFlat>(std::make_unique<faiss::IndexFlatL2>(dim))
-                    : std::make_unique<faiss::IndexFlatIP>(dim);
+    const faiss::MetricType mt = metric_ == shoal::metric::l2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT;
+    coarse_.emplace(base.dim, metric_, spec_.coarse_hnsw_m);
     if (spec_.fast_scan)
-      ivf_ = std::make_unique<faiss::IndexIVFPQFastScan>(quantizer_.get(), dim, spec_.nlist, spec_.m, 4, mt);
+      ivf_ = std::make_unique<faiss::IndexIVFPQFastScan>(coarse_->quantizer(), dim, spec_.nlist, spec_.m, 4, mt);
     else
-      ivf_ = std::make_unique<faiss::IndexIVFPQ>(quantizer_.get(), dim, spec_.nlist, spec_.m, 8, mt);
+      ivf_ = std::make_unique<faiss::IndexIVFPQ>(coarse_->quantizer(), dim, spec_.nlist, spec_.m, 8, mt);
+    coarse_->attach(*ivf_);
     ivf_->cp.niter = static_cast<int>(iterations_);
     faiss::Index* top = ivf_.get();
     if (spec_.opq != 0) {
@@ -205,7 +282,7 @@ class faiss_ivf_pq_adapter final : public index_adapter {
   /// Centroids, codes and ids per vector, plus the full vectors of the refine stage.
   [[nodiscard]] std::size_t memory_bytes() const override {
     std::size_t bytes =
-        quantizer_->codes.size() + static_cast<std::size_t>(ivf_->ntotal) * (ivf_->code_size + sizeof(faiss_id));
+        coarse_->bytes() + static_cast<std::size_t>(ivf_->ntotal) * (ivf_->code_size + sizeof(faiss_id));
     if (refine_) bytes += static_cast<std::size_t>(ivf_->ntotal) * ivf_->d * sizeof(float);
     return bytes;
   }
@@ -214,6 +291,7 @@ class faiss_ivf_pq_adapter final : public index_adapter {
   void apply() {
     if (!ivf_) return;
     ivf_->nprobe = nprobe_;
+    coarse_->set_ef(ef_);
     if (refine_) refine_->k_factor = static_cast<float>(k_factor_);
   }
 
@@ -222,8 +300,9 @@ class faiss_ivf_pq_adapter final : public index_adapter {
   std::size_t iterations_ = 10;
   std::size_t nprobe_ = 1;
   std::size_t k_factor_ = 1;
-  std::unique_ptr<faiss::IndexFlat> quantizer_;  // outlives ivf_, which points to it
-  std::unique_ptr<faiss::IndexIVF> ivf_;         // ivf_ and opq_ outlive pretransform_ and refine_, which point to them
+  std::size_t ef_ = 0;
+  std::optional<faiss_coarse> coarse_;    // outlives ivf_, which points to its quantizer
+  std::unique_ptr<faiss::IndexIVF> ivf_;  // ivf_ and opq_ outlive pretransform_ and refine_, which point to them
   std::unique_ptr<faiss::OPQMatrix> opq_;
   std::unique_ptr<faiss::IndexPreTransform> pretransform_;
   std::unique_ptr<faiss::IndexRefineFlat> refine_;
@@ -275,13 +354,7 @@ class faiss_hnsw_adapter final : public index_adapter {
     to_shoal_distances(metric_, out);
   }
 
-  /// Vectors (d floats each), the neighbour table (4 bytes per slot over every level), offsets and levels.
-  [[nodiscard]] std::size_t memory_bytes() const override {
-    const faiss::HNSW& h = index_->hnsw;
-    return static_cast<std::size_t>(index_->ntotal) * index_->d * sizeof(float) +
-           h.neighbors.size() * sizeof(faiss::HNSW::storage_idx_t) + h.offsets.size() * sizeof(std::size_t) +
-           h.levels.size() * sizeof(int);
-  }
+  [[nodiscard]] std::size_t memory_bytes() const override { return hnsw_bytes(*index_); }
 
  private:
   shoal::metric metric_;
@@ -295,7 +368,7 @@ class faiss_hnsw_adapter final : public index_adapter {
 
 std::unique_ptr<index_adapter> make_faiss_adapter(const index_request& request) {
   if (hnsw_m(request.spec)) return std::make_unique<faiss_hnsw_adapter>(request);
-  if (ivf_flat_nlist(request.spec)) return std::make_unique<faiss_ivf_flat_adapter>(request);
+  if (ivf_flat(request.spec)) return std::make_unique<faiss_ivf_flat_adapter>(request);
   if (ivf_pq(request.spec)) return std::make_unique<faiss_ivf_pq_adapter>(request);
   return std::make_unique<faiss_flat_adapter>(request);
 }

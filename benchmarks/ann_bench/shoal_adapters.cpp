@@ -81,35 +81,49 @@ class flat_adapter final : public shoal_adapter<flat_index> {
   }
 };
 
-/// `IVF<nlist>,Flat`: build knob `iterations` (k-means, default 10 as in FAISS's IVF), search knob
-/// `nprobe` (default `ivf_flat_index::default_nprobe`).
+/// Reads the IVF search knobs `nprobe` and — with an HNSW coarse quantizer — `ef` into `out`, plus
+/// `refine` (the re-rank depth) when `refine_ok`; throws `config_error` on any other name.
+void read_ivf_search_params(const param_list& params, bool coarse_graph, bool refine_ok, const std::string& spec,
+                            search_params& out) {
+  std::vector<std::string_view> names{"nprobe"};
+  if (coarse_graph) names.push_back("ef");
+  if (refine_ok) names.push_back("refine");
+  check_param_names(params, names, "search", spec);
+  out = {};
+  for (const param& p : params)
+    (p.name == "nprobe" ? out.nprobe : p.name == "ef" ? out.ef : out.refine_factor) = parse_positive(p, spec);
+}
+
+/// `IVF<nlist>[_HNSW<M>],Flat`: build knob `iterations` (k-means, default 10 as in FAISS's IVF), search
+/// knobs `nprobe` (default `ivf_flat_index::default_nprobe`) and, with `_HNSW<M>`, `ef` (the coarse
+/// graph's search depth, default max(nprobe, 64)).
 class ivf_flat_adapter final : public shoal_adapter<ivf_flat_index> {
  public:
   explicit ivf_flat_adapter(const index_request& request)
-      : shoal_adapter(request), nlist_(ivf_flat_nlist(request.spec).value()) {
+      : shoal_adapter(request), spec_parts_(ivf_flat(request.spec).value()) {
     train_.iterations = single_knob(request.build_params, "iterations", train_.iterations, "build", spec_);
   }
 
   void set_search_params(const param_list& params) override {
-    params_ = {};
-    params_.nprobe = single_knob(params, "nprobe", 0, "search", spec_);
+    read_ivf_search_params(params, spec_parts_.coarse_hnsw_m != 0, false, spec_, params_);
   }
 
   void build(matrix_view<const float> base) override {
-    index_.emplace(base.dim, metric_, nlist_);
+    index_.emplace(base.dim, metric_, spec_parts_.nlist, spec_parts_.coarse_hnsw_m);
     index_->train(base, train_);
     index_->add(base, row_ids(base));
   }
 
  private:
-  std::size_t nlist_;
+  ivf_flat_spec spec_parts_;
   ivf_train_params train_{};
 };
 
 /// `IVF<nlist>,PQ<m>` (8-bit codes) and `IVF<nlist>,PQ<m>x4fs` (4-bit fast-scan), optionally with
-/// `OPQ<m>,` in front (same m) and `,Refine(Flat)` (full vectors kept for re-ranking): build knob `iterations` (coarse
-/// k-means, default 10), search knobs `nprobe` (default `ivf_pq_index::default_nprobe`) and `refine` (re-rank the best
-/// k · refine by exact distance; only with `,Refine(Flat)`, default 0 = none).
+/// `OPQ<m>,` in front (same m), `_HNSW<M>` after nlist (an HNSW coarse quantizer) and `,Refine(Flat)`
+/// (full vectors kept for re-ranking): build knob `iterations` (coarse k-means, default 10), search knobs
+/// `nprobe` (default `ivf_pq_index::default_nprobe`), `refine` (re-rank the best k · refine by exact
+/// distance; only with `,Refine(Flat)`, default 0 = none) and, with `_HNSW<M>`, `ef`.
 class ivf_pq_adapter final : public shoal_adapter<ivf_pq_index> {
  public:
   explicit ivf_pq_adapter(const index_request& request)
@@ -121,11 +135,7 @@ class ivf_pq_adapter final : public shoal_adapter<ivf_pq_index> {
   }
 
   void set_search_params(const param_list& params) override {
-    static constexpr std::string_view names[] = {"nprobe", "refine"};
-    check_param_names(params, names, "search", spec_);
-    params_ = {};
-    for (const param& p : params)
-      (p.name == "nprobe" ? params_.nprobe : params_.refine_factor) = parse_positive(p, spec_);
+    read_ivf_search_params(params, spec_parts_.coarse_hnsw_m != 0, true, spec_, params_);
     if (params_.refine_factor > 0 && !spec_parts_.refine)
       throw config_error("search parameter refine of index " + spec_ + " needs the ,Refine(Flat) suffix");
   }
@@ -136,7 +146,8 @@ class ivf_pq_adapter final : public shoal_adapter<ivf_pq_index> {
                                  .m = spec_parts_.m,
                                  .nbits = spec_parts_.fast_scan ? std::size_t{4} : std::size_t{8},
                                  .refine = spec_parts_.refine,
-                                 .opq = spec_parts_.opq != 0});
+                                 .opq = spec_parts_.opq != 0,
+                                 .coarse_hnsw_m = spec_parts_.coarse_hnsw_m});
     index_->train(base, train_);
     index_->add(base, row_ids(base));
   }
@@ -146,8 +157,8 @@ class ivf_pq_adapter final : public shoal_adapter<ivf_pq_index> {
   ivf_pq_train_params train_{};
 };
 
-/// `HNSW<M>` and `HNSW<M>,SQ8` (SQ8 traversal, exact re-rank): build knobs `ef_construction` (default 200) and `seed`, search knob `ef` (default
-/// `hnsw_index::default_ef`, raised to k).
+/// `HNSW<M>` and `HNSW<M>,SQ8` (SQ8 traversal, exact re-rank): build knobs `ef_construction` (default 200) and `seed`,
+/// search knob `ef` (default `hnsw_index::default_ef`, raised to k).
 class hnsw_adapter final : public shoal_adapter<hnsw_index> {
  public:
   explicit hnsw_adapter(const index_request& request) : shoal_adapter(request) {
@@ -189,9 +200,10 @@ std::unique_ptr<index_adapter> make(const index_request& request) {
 
 constexpr index_family families[] = {
     {"Flat", [](std::string_view spec) { return spec == "Flat"; }, make<flat_adapter>},
-    {"IVF<nlist>,Flat", [](std::string_view spec) { return ivf_flat_nlist(spec).has_value(); }, make<ivf_flat_adapter>},
-    {"[OPQ<m>,]IVF<nlist>,PQ<m>[x4fs][,Refine(Flat)]", [](std::string_view spec) { return ivf_pq(spec).has_value(); },
-     make<ivf_pq_adapter>},
+    {"IVF<nlist>[_HNSW<M>],Flat", [](std::string_view spec) { return ivf_flat(spec).has_value(); },
+     make<ivf_flat_adapter>},
+    {"[OPQ<m>,]IVF<nlist>[_HNSW<M>],PQ<m>[x4fs][,Refine(Flat)]",
+     [](std::string_view spec) { return ivf_pq(spec).has_value(); }, make<ivf_pq_adapter>},
     {"HNSW<M>[,SQ8]", [](std::string_view spec) { return parse_hnsw_spec(spec).has_value(); }, make<hnsw_adapter>},
 };
 
