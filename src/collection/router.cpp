@@ -21,6 +21,8 @@ router::router(sharding policy, std::size_t shards, std::size_t groups, std::vec
 
 void router::train(matrix_view<const float> sample) {
   if (!needs_centroids()) return;
+  SHOAL_CHECK_CODE(sample.dim == dim_, errc::dimension_mismatch, "collection::train: the sample has dimension ",
+                   sample.dim, ", expected ", dim_);
   SHOAL_CHECK(sample.rows >= centroid_count(), "collection::train: ", sharding_name(policy_), " sharding needs ",
               centroid_count(), " centroids but the sample has only ", sample.rows, " rows");
   kmeans_params p;
