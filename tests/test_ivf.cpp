@@ -194,6 +194,12 @@ TEST_CASE("ivf is movable and trains reproducibly", "[ivf]") {
   ivf_flat_index moved = std::move(a);
   CHECK(moved.size() == 1500);
   CHECK(moved.is_trained());
+  // The moved-from index is empty: queries and writes give errors, never a crash.
+  CHECK_FALSE(a.is_trained());  // NOLINT(bugprone-use-after-move)
+  CHECK(a.memory_bytes() < 1024);
+  REQUIRE_THROWS_MATCHES(a.train(f.base.view()), shoal::error, fails_with(errc::invalid_argument, "moved from"));
+  REQUIRE_THROWS_MATCHES(a.search(f.queries.view(), 5), shoal::error,
+                         fails_with(errc::invalid_argument, "not trained"));
   require_identical(moved.search(f.queries.view(), 5, with_nprobe(3)), b.search(f.queries.view(), 5, with_nprobe(3)));
 }
 

@@ -314,6 +314,12 @@ TEST_CASE("ivf-pq memory is codes plus ids plus centroids, and the index is mova
   ivf_pq_index moved = std::move(a);
   CHECK(moved.size() == 4096);
   CHECK(moved.is_trained());
+  // The moved-from index is empty: writes and queries give errors, never a crash.
+  CHECK_FALSE(a.is_trained());  // NOLINT(bugprone-use-after-move)
+  CHECK(a.memory_bytes() < lean);
+  REQUIRE_THROWS_MATCHES(a.train(f.base.view()), shoal::error, fails_with(errc::invalid_argument, "moved from"));
+  REQUIRE_THROWS_MATCHES(a.search(f.queries.view(), 5), shoal::error,
+                         fails_with(errc::invalid_argument, "not trained"));
   require_identical(moved.search(f.queries.view(), 5, with(3)),
                     f.build(metric::l2, 16, 4, false).search(f.queries.view(), 5, with(3)));
 }

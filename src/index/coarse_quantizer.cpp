@@ -36,9 +36,13 @@ std::size_t coarse_quantizer::memory_bytes() const {
          (graph_ ? graph_->memory_bytes() : 0);
 }
 
-void coarse_quantizer::set_centroids(matrix<float> centroids) {
+void coarse_quantizer::install(matrix<float> centroids) {
   norms_.resize(centroids.rows);
   active_kernels().squared_norms(centroids.values.data(), centroids.rows, centroids.dim, centroids.dim, norms_.data());
+  centroids_ = std::move(centroids);
+}
+
+void coarse_quantizer::set_centroids(matrix<float> centroids) {
   if (hnsw_m_ != 0) {
     hnsw_params params;
     params.M = hnsw_m_;
@@ -49,7 +53,7 @@ void coarse_quantizer::set_centroids(matrix<float> centroids) {
     run_single_threaded([&] { graph->add(centroids.view(), ids); });
     graph_ = std::move(graph);
   }
-  centroids_ = std::move(centroids);
+  install(std::move(centroids));
 }
 
 void coarse_quantizer::assign(matrix_view<const float> vectors, std::uint32_t* labels) const {
@@ -114,10 +118,7 @@ coarse_quantizer coarse_quantizer::read(const io::detail::index_file_reader& in,
   SHOAL_CHECK_CODE(
       std::all_of(centroids.values.begin(), centroids.values.end(), [](float v) { return std::isfinite(v); }),
       errc::corrupt_file, name, ": a centroid holds a non-finite value");
-  q.norms_.resize(centroids.rows);
-  active_kernels().squared_norms(centroids.values.data(), centroids.rows, centroids.dim, centroids.dim,
-                                 q.norms_.data());
-  q.centroids_ = std::move(centroids);
+  q.install(std::move(centroids));
   if (graph_m == 0) {
     SHOAL_CHECK_CODE(!has_graph, errc::corrupt_file, name, ": a coarse graph without its CQHN section");
     return q;

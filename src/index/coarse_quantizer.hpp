@@ -66,6 +66,9 @@ class coarse_quantizer {
   [[nodiscard]] static std::span<const std::uint32_t> tags() noexcept;
 
  private:
+  /// Takes `centroids` and computes their norms (no graph).
+  void install(matrix<float> centroids);
+
   metric metric_;
   std::size_t hnsw_m_;
   matrix<float> centroids_;

@@ -26,11 +26,7 @@ namespace shoal {
 struct ivf_flat_index::list : detail::inverted_list<float> {};
 
 ivf_flat_index::ivf_flat_index(std::size_t dim, shoal::metric m, std::size_t nlist, std::size_t coarse_hnsw_m)
-    : dim_(dim),
-      metric_(m),
-      nlist_(nlist),
-      coarse_(std::make_unique<detail::coarse_quantizer>(m, coarse_hnsw_m)),
-      map_mutex_(std::make_unique<std::shared_mutex>()) {
+    : dim_(dim), metric_(m), nlist_(nlist), coarse_(std::make_unique<detail::coarse_quantizer>(m, coarse_hnsw_m)) {
   SHOAL_CHECK(dim > 0, "ivf_flat_index: dimension must be at least 1");
   SHOAL_CHECK(nlist > 0, "ivf_flat_index: nlist must be at least 1");
   SHOAL_CHECK(nlist <= std::numeric_limits<std::uint32_t>::max(), "ivf_flat_index: nlist ", nlist, " is too large");
@@ -44,6 +40,10 @@ ivf_flat_index::ivf_flat_index(ivf_flat_index&&) noexcept = default;
 ivf_flat_index& ivf_flat_index::operator=(ivf_flat_index&&) noexcept = default;
 
 bool ivf_flat_index::is_trained() const noexcept { return coarse_ != nullptr && coarse_->trained(); }
+detail::coarse_quantizer& ivf_flat_index::coarse() const {
+  SHOAL_CHECK(coarse_ != nullptr, "ivf_flat_index: the index is empty (moved from)");
+  return *coarse_;
+}
 std::size_t ivf_flat_index::coarse_hnsw_m() const noexcept { return coarse_ ? coarse_->hnsw_m() : 0; }
 matrix_view<const float> ivf_flat_index::centroids() const noexcept {
   return coarse_ ? coarse_->centroids() : matrix_view<const float>{};
@@ -60,13 +60,13 @@ std::vector<std::size_t> ivf_flat_index::list_sizes() const {
 }
 
 std::size_t ivf_flat_index::memory_bytes() const {
-  std::size_t bytes = coarse_->memory_bytes() + lists_.capacity() * sizeof(void*);
+  std::size_t bytes = (coarse_ ? coarse_->memory_bytes() : 0) + lists_.capacity() * sizeof(void*);
   for (const auto& l : lists_) {
     const std::shared_lock lock(l->mutex);
     bytes += sizeof(list) + l->bytes();
   }
   // unordered_map: one bucket pointer per bucket, a node (next pointer, key, value) per entry.
-  const std::shared_lock lock(*map_mutex_);
+  const std::shared_lock lock(map_mutex_);
   return bytes + where_.bucket_count() * sizeof(void*) +
          where_.size() * (sizeof(void*) + sizeof(vector_id) + sizeof(location));
 }
@@ -91,7 +91,7 @@ void ivf_flat_index::train(matrix_view<const float> vectors, const ivf_train_par
   kp.init = params.init;
   kp.max_points_per_centroid = params.max_points_per_centroid;
   kp.spherical = metric_ != metric::l2;
-  coarse_->set_centroids(std::move(kmeans(vectors, kp).centroids));
+  coarse().set_centroids(std::move(kmeans(vectors, kp).centroids));
 }
 
 void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
@@ -114,7 +114,7 @@ void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vecto
   // The coarse assignment runs before any lock is taken: it only reads the immutable quantizer.
   const std::size_t n = vectors.rows;
   std::vector<std::uint32_t> label(n);
-  coarse_->assign(vectors, label.data());
+  coarse().assign(vectors, label.data());
   // Group the batch by list (a counting sort, stable in batch order) so each list is locked once.
   std::vector<std::size_t> offsets(nlist_ + 1, 0);
   for (const std::uint32_t l : label) ++offsets[l + 1];
@@ -125,7 +125,7 @@ void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vecto
     for (std::size_t i = 0; i < n; ++i) order[next[label[i]]++] = i;
   }
 
-  const std::unique_lock map_lock(*map_mutex_);
+  const std::unique_lock map_lock(map_mutex_);
   for (const vector_id id : ids)
     SHOAL_CHECK_CODE(!where_.contains(id), errc::duplicate_id, "ivf_flat_index::add: id ", id, " is already stored");
   where_.reserve(where_.size() + n);
@@ -145,7 +145,7 @@ void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vecto
 
 void ivf_flat_index::remove(vector_id id) {
   check_mutable("ivf_flat_index::remove");
-  const std::unique_lock map_lock(*map_mutex_);
+  const std::unique_lock map_lock(map_mutex_);
   const auto it = where_.find(id);
   SHOAL_CHECK_CODE(it != where_.end(), errc::not_found, "ivf_flat_index::remove: id ", id, " is not stored");
   const location at = it->second;
@@ -161,12 +161,12 @@ void ivf_flat_index::remove(vector_id id) {
 }
 
 bool ivf_flat_index::contains(vector_id id) const {
-  const std::shared_lock lock(*map_mutex_);
+  const std::shared_lock lock(map_mutex_);
   return where_.contains(id);
 }
 
 std::vector<float> ivf_flat_index::vector(vector_id id) const {
-  const std::shared_lock map_lock(*map_mutex_);
+  const std::shared_lock map_lock(map_mutex_);
   const auto it = where_.find(id);
   SHOAL_CHECK_CODE(it != where_.end(), errc::not_found, "ivf_flat_index::vector: id ", id, " is not stored");
   const list& source = *lists_[it->second.list];
@@ -230,12 +230,12 @@ constexpr std::uint32_t tag_params = io::detail::make_tag("IVFP");
 void ivf_flat_index::save(const std::string& path) const {
   // The map lock in shared mode keeps add and remove (which take it exclusively before touching any
   // list) out until the file is written: the lists are referenced, not copied.
-  const std::shared_lock map_lock(*map_mutex_);
+  const std::shared_lock map_lock(map_mutex_);
   const std::span<const std::unique_ptr<list>> lists(lists_);
   io::detail::index_file_writer out(path, {index_kind::ivf_flat, metric_, dim_, size()});
   out.begin_section(tag_params);
   out.append_value(std::uint64_t{nlist_});
-  coarse_->write(out);
+  coarse().write(out);
   io::detail::write_list_sizes(out, lists);
   out.begin_section(io::detail::tag_list_rows);
   for (const auto& l : lists_) io::detail::append_padded_run(out, l->code_data(), l->count() * dim_ * sizeof(float));

@@ -97,8 +97,7 @@ ivf_pq_index::ivf_pq_index(std::size_t dim, shoal::metric m, const ivf_pq_params
     : dim_(dim),
       metric_(m),
       params_(params),
-      coarse_(std::make_unique<detail::coarse_quantizer>(m, params.coarse_hnsw_m)),
-      write_mutex_(std::make_unique<std::mutex>()) {
+      coarse_(std::make_unique<detail::coarse_quantizer>(m, params.coarse_hnsw_m)) {
   SHOAL_CHECK(dim > 0, "ivf_pq_index: dimension must be at least 1");
   SHOAL_CHECK(params.nlist > 0, "ivf_pq_index: nlist must be at least 1");
   SHOAL_CHECK(params.nlist <= std::numeric_limits<std::uint32_t>::max(), "ivf_pq_index: nlist ", params.nlist,
@@ -111,6 +110,10 @@ ivf_pq_index::ivf_pq_index(std::size_t dim, shoal::metric m, const ivf_pq_params
 
 ivf_pq_index::~ivf_pq_index() = default;
 bool ivf_pq_index::is_trained() const noexcept { return coarse_ != nullptr && coarse_->trained(); }
+detail::coarse_quantizer& ivf_pq_index::coarse() const {
+  SHOAL_CHECK(coarse_ != nullptr, "ivf_pq_index: the index is empty (moved from)");
+  return *coarse_;
+}
 matrix_view<const float> ivf_pq_index::centroids() const noexcept {
   return coarse_ ? coarse_->centroids() : matrix_view<const float>{};
 }
@@ -133,7 +136,7 @@ std::vector<std::size_t> ivf_pq_index::list_sizes() const {
 }
 
 std::size_t ivf_pq_index::memory_bytes() const {
-  std::size_t bytes = coarse_->memory_bytes() + 2 * pq_.codebooks().rows * pq_.dsub() * sizeof(float) +
+  std::size_t bytes = (coarse_ ? coarse_->memory_bytes() : 0) + 2 * pq_.codebooks().rows * pq_.dsub() * sizeof(float) +
                       lists_.capacity() * sizeof(void*) + (opq_ ? dim_ * dim_ * sizeof(float) : 0);
   for (const auto& l : lists_) {
     const std::shared_lock lock(l->mutex);
@@ -144,6 +147,7 @@ std::size_t ivf_pq_index::memory_bytes() const {
 
 void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_params& params) {
   io::detail::check_writable(mapping_.get(), "ivf_pq_index::train");
+  detail::coarse_quantizer& target = coarse();
   SHOAL_CHECK(size() == 0, index_name, "::train: the index already holds ", size(), " vectors; train before adding");
   detail::check_vectors(vectors, dim_, "ivf_pq_index::train: vector");
   SHOAL_CHECK(vectors.rows >= params_.nlist, index_name, "::train: nlist = ", params_.nlist, " exceeds the ",
@@ -171,8 +175,8 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
   kp.init = params.coarse.init;
   kp.max_points_per_centroid = params.coarse.max_points_per_centroid;
   kp.spherical = metric_ != metric::l2;
-  detail::coarse_quantizer coarse(metric_, params_.coarse_hnsw_m);
-  coarse.set_centroids(std::move(kmeans(vectors, kp).centroids));
+  detail::coarse_quantizer quantizer(metric_, params_.coarse_hnsw_m);
+  quantizer.set_centroids(std::move(kmeans(vectors, kp).centroids));
 
   // Residuals of (a sample of) the training vectors against their nearest centroid.
   const std::size_t cap = params.pq.max_points_per_centroid == 0
@@ -182,16 +186,16 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
   matrix<float> residuals(rows.size(), dim_);
   for (std::size_t i = 0; i < rows.size(); ++i) std::copy_n(vectors.row(rows[i]), dim_, residuals.row(i));
   std::vector<std::uint32_t> label(rows.size());
-  coarse.assign(residuals.view(), label.data());
+  quantizer.assign(residuals.view(), label.data());
   for (std::size_t i = 0; i < rows.size(); ++i) {
-    const float* c = coarse.centroid(label[i]);
+    const float* c = quantizer.centroid(label[i]);
     float* r = residuals.row(i);
     for (std::size_t j = 0; j < dim_; ++j) r[j] -= c[j];
   }
   product_quantizer pq(dim_, params_.m, params_.nbits);
   pq.train(residuals.view(), params.pq);
 
-  *coarse_ = std::move(coarse);
+  target = std::move(quantizer);
   pq_ = std::move(pq);
   opq_ = std::move(rotation);
 }
@@ -221,7 +225,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
   const std::size_t nlist = params_.nlist;
   const std::size_t m = params_.m;
   std::vector<std::uint32_t> label(n);
-  coarse_->assign(vectors, label.data());
+  coarse().assign(vectors, label.data());
   matrix<float> residuals(n, dim_);
   for (std::size_t i = 0; i < n; ++i) {
     const float* x = vectors.row(i);
@@ -239,7 +243,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
     for (std::size_t i = 0; i < n; ++i) order[next[label[i]]++] = i;
   }
 
-  const std::lock_guard writer(*write_mutex_);
+  const std::lock_guard writer(write_mutex_);
   // Only writers change lists, and this thread is the only writer: the ids can be read without list locks.
   if (!batch.empty())
     for (const auto& l : lists_)
@@ -273,7 +277,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
 
 void ivf_pq_index::remove(vector_id id) {
   io::detail::check_writable(mapping_.get(), "ivf_pq_index::remove");
-  const std::lock_guard writer(*write_mutex_);
+  const std::lock_guard writer(write_mutex_);
   const std::size_t m = params_.m;
   for (const auto& lp : lists_) {
     list& l = *lp;
@@ -492,13 +496,13 @@ constexpr std::uint32_t flag_opq = 2u;
 void ivf_pq_index::save(const std::string& path) const {
   // The writer mutex keeps add and remove out until the file is written: the lists are referenced, not
   // copied. Searches go on.
-  const std::lock_guard writer(*write_mutex_);
+  const std::lock_guard writer(write_mutex_);
   const std::span<const std::unique_ptr<list>> lists(lists_);
   io::detail::index_file_writer out(path, {index_kind::ivf_pq, metric_, dim_, size()});
   out.begin_section(tag_params);
   out.append_value(ivf_pq_file_params{params_.nlist, params_.m, static_cast<std::uint32_t>(params_.nbits),
                                       (params_.refine ? flag_refine : 0u) | (params_.opq ? flag_opq : 0u)});
-  coarse_->write(out);
+  coarse().write(out);
   io::detail::write_list_sizes(out, lists);
   const matrix_view<const float> books = pq_.codebooks();
   out.begin_section(tag_codebooks);

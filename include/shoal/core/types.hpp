@@ -97,6 +97,19 @@ class movable_count {
  private:
   std::atomic<std::size_t> value_{0};
 };
+
+/// A `Mutex` (std::mutex, std::shared_mutex) that lets the class holding it be moved: moving gives the
+/// destination a fresh, unlocked mutex and leaves the source's alone. Moving is not atomic with respect
+/// to other threads, like moving any index.
+template <class Mutex>
+class movable_mutex : public Mutex {
+ public:
+  movable_mutex() = default;
+  movable_mutex(movable_mutex&& /*other*/) noexcept {}
+  movable_mutex& operator=(movable_mutex&& /*other*/) noexcept { return *this; }
+  movable_mutex(const movable_mutex&) = delete;
+  movable_mutex& operator=(const movable_mutex&) = delete;
+};
 }  // namespace detail
 
 /// Allocator of shoal's vector storage: 64-byte aligned blocks, so that SIMD loads of row 0 never split

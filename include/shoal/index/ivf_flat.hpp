@@ -160,11 +160,14 @@ class ivf_flat_index {
   std::size_t dim_;
   shoal::metric metric_;
   std::size_t nlist_;
+  /// The coarse quantizer; throws `errc::invalid_argument` on a moved-from index.
+  [[nodiscard]] detail::coarse_quantizer& coarse() const;
+
   std::unique_ptr<detail::coarse_quantizer> coarse_;
   std::vector<std::unique_ptr<list>> lists_;
-  // id → where it is stored; guarded by map_mutex_ (held behind a pointer so the index stays movable).
+  // id → where it is stored; guarded by map_mutex_.
   std::unordered_map<vector_id, location> where_;
-  std::unique_ptr<std::shared_mutex> map_mutex_;
+  mutable detail::movable_mutex<std::shared_mutex> map_mutex_;
   detail::movable_count size_;
   // Set by a memory-mapped load: the lists' rows and ids live in the mapping, kept alive here.
   std::shared_ptr<const io::detail::file_mapping> mapping_;

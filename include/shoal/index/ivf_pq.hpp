@@ -176,11 +176,14 @@ class ivf_pq_index {
   std::size_t dim_;
   shoal::metric metric_;
   ivf_pq_params params_;
+  /// The coarse quantizer; throws `errc::invalid_argument` on a moved-from index.
+  [[nodiscard]] detail::coarse_quantizer& coarse() const;
+
   std::unique_ptr<detail::coarse_quantizer> coarse_;
   product_quantizer pq_;
   std::optional<opq_rotation> opq_;
   std::vector<std::unique_ptr<list>> lists_;
-  std::unique_ptr<std::mutex> write_mutex_;  // serialises add, remove and save (behind a pointer: movable)
+  mutable detail::movable_mutex<std::mutex> write_mutex_;  // serialises add, remove and save
   detail::movable_count size_;
   // Set by a memory-mapped load: the lists' codes, ids and vectors live in the mapping, kept alive here.
   std::shared_ptr<const io::detail::file_mapping> mapping_;
