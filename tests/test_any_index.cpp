@@ -3,6 +3,8 @@
 
 #include <oneapi/tbb/task_arena.h>
 
+#include <algorithm>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -126,12 +128,12 @@ TEST_CASE("any_index: save and load_index round-trip every persistent kind, copi
   search_params params;
   params.nprobe = 3;
   for (const char* spec : {"Flat", "IVF8,Flat", "HNSW16", "HNSW16,SQ8", "IVF64,PQ8x4fs,RFlat", "OPQ4,IVF8,PQ4",
-                           "IVF32_HNSW4,Flat", "IVF64_HNSW8,PQ8x4fs,RFlat"}) {
+                           "IVF32_HNSW4,Flat", "IVF64_HNSW8,PQ8x4fs,RFlat", "HNSW16,SQ8,RFlat", "IVF8,Flat,RFlat"}) {
     CAPTURE(spec);
     any_index index = make_index(spec, dim, metric::inner_product);
     index.train(d.base.view());
     index.add(d.base.view(), d.ids);
-    // IVF-PQ with Refine(Flat) re-ranks; the other indexes ignore the knob.
+    // IVF-PQ with Refine(Flat) and refine indexes re-rank; the other indexes ignore the knob.
     params.refine_factor = std::string(spec).ends_with("RFlat") ? 4 : 0;
     const neighbors expected = index.search(d.queries.view(), 10, params);
     const std::string path = dir / "index.shoal";
@@ -322,14 +324,19 @@ TEST_CASE("refine_index: a coarse index proposes, exact distances re-rank, also 
         CHECK(got.distance(q, j) == Approx(it->distance).margin(1e-4));
       }
     }
-    // Both stages from files, memory-mapped: the same answers, the full vectors out of memory.
+    // Both stages from files, memory-mapped: the same answers, the full vectors out of memory — from
+    // one file of both stages, or from one file per stage.
     const scratch_dir dir;
+    index.save(dir / "refine.shoal");
     index.coarse().save(dir / "coarse.shoal");
     index.exact().save(dir / "exact.shoal");
-    const refine_index mapped(load_index(dir / "coarse.shoal", {.mmap = true}),
-                              flat_index::load(dir / "exact.shoal", {.mmap = true}));
-    test::require_identical(mapped.search(data.queries.view(), 10, params), got);
-    CHECK(mapped.memory_bytes() < index.memory_bytes() / 4);
+    const refine_index mapped = refine_index::load(dir / "refine.shoal", {.mmap = true});
+    const refine_index mapped_stages(load_index(dir / "coarse.shoal", {.mmap = true}),
+                                     flat_index::load(dir / "exact.shoal", {.mmap = true}));
+    for (const refine_index* loaded : {&mapped, &mapped_stages}) {
+      test::require_identical(loaded->search(data.queries.view(), 10, params), got);
+      CHECK(loaded->memory_bytes() < index.memory_bytes() / 4);
+    }
 
     index.remove(data.ids[5]);
     CHECK_FALSE(index.contains(data.ids[5]));
@@ -344,9 +351,50 @@ TEST_CASE("refine_index: a coarse index proposes, exact distances re-rank, also 
   reference.add(data.base.view(), data.ids);
   CHECK(recall_at_k(hnsw.search(data.queries.view(), 10, {.ef = 32}), reference.search(data.queries.view(), 10), 10) >=
         0.95);
-  REQUIRE_THROWS_MATCHES(hnsw.save("x.shoal"), shoal::error, fails_with(errc::unsupported, "saving"));
   REQUIRE_THROWS_MATCHES(refine_index(make_index("Flat", 16), flat_index(8)), shoal::error,
                          fails_with(errc::invalid_argument, "dimension"));
   REQUIRE_THROWS_MATCHES(refine_index(make_index("Flat", 8), flat_index(8, metric::cosine)), shoal::error,
                          fails_with(errc::invalid_argument, "metric"));
+}
+
+TEST_CASE("refine_index: range search keeps exact distances under the radius, bad input is refused",
+          "[index][refine]") {
+  const test::clustered_set data(3000, 40, 32, 16, 43, 0.3f);
+  const matrix_view<const float> q = data.queries.view();
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    flat_index reference(32, m);
+    reference.add(data.base.view(), data.ids);
+    const float radius = reference.search(q, 30).distance(0, 29);
+    const range_result want = reference.range_search(q, radius);
+    // A coarse stage with exact distances that visits every list: exactly the flat index's answer.
+    refine_index ivf(make_index("IVF8,Flat", 32, m), flat_index(32, m));
+    ivf.train(data.base.view());
+    ivf.add(data.base.view(), data.ids);
+    test::require_identical(ivf.range_search(q, radius, {.nprobe = 8}), want);
+    // Over SQ8 codes: no hit past the radius, every distance the exact one, and few hits lost.
+    refine_index sq8(make_index("HNSW16,SQ8", 32, m), flat_index(32, m));
+    sq8.add(data.base.view(), data.ids);
+    const range_result got = sq8.range_search(q, radius, {.ef = 64});
+    std::size_t found = 0;
+    for (std::size_t r = 0; r < got.rows(); ++r) {
+      const std::span<const vector_id> expected = want.row_ids(r);
+      for (std::size_t j = 0; j < got.row_ids(r).size(); ++j) {
+        const auto at = std::find(expected.begin(), expected.end(), got.row_ids(r)[j]);
+        REQUIRE(at != expected.end());
+        CHECK(got.row_distances(r)[j] == want.row_distances(r)[static_cast<std::size_t>(at - expected.begin())]);
+        ++found;
+      }
+      CHECK(std::is_sorted(got.row_distances(r).begin(), got.row_distances(r).end()));
+    }
+    CAPTURE(found, want.ids.size());
+    CHECK(static_cast<double>(found) >= 0.9 * static_cast<double>(want.ids.size()));
+  }
+  refine_index index(make_index("IVF4,Flat", 32, metric::cosine), flat_index(32, metric::cosine));
+  index.train(data.base.view());
+  index.add(data.base.view(), data.ids);
+  test::check_common_input_errors(index, data.queries.view().slice(0, 4), data.ids[3]);
+  const matrix<float> wrong(2, 31);
+  REQUIRE_THROWS_MATCHES(index.range_search(wrong.view(), 1.0f), shoal::error,
+                         fails_with(errc::dimension_mismatch, "dimension 31, expected 32"));
 }

@@ -1,5 +1,6 @@
-// The index file format (docs/format.md): CRC-32C, save/load round trips of flat, IVF-Flat and IVF-PQ
-// (copied and memory-mapped, at every verification level), damaged files of every kind, and atomic saves.
+// The index file format (docs/format.md): CRC-32C, save/load round trips of flat, IVF-Flat, IVF-PQ and
+// refine (two-stage) files (copied and memory-mapped, at every verification level), damaged files of
+// every kind, and atomic saves.
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -25,6 +26,7 @@
 #include "shoal/index/flat.hpp"
 #include "shoal/index/ivf_flat.hpp"
 #include "shoal/index/ivf_pq.hpp"
+#include "shoal/index/refine.hpp"
 #include "shoal/io/format.hpp"
 #include "test_support.hpp"
 
@@ -60,10 +62,17 @@ struct dataset : test::clustered_set {
     return test::trained_with(
         ivf_pq_index(dim, m, {.nlist = nlist, .m = 8, .nbits = nbits, .refine = refine, .opq = opq}), base, ids, tp);
   }
+  /// A two-stage index: `coarse` (a factory spec) proposes, a flat stage re-ranks.
+  [[nodiscard]] refine_index refine(const char* coarse, metric m = metric::l2) const {
+    refine_index index(make_index(coarse, dim, m), flat_index(dim, m));
+    index.train(base.view());
+    index.add(base.view(), ids);
+    return index;
+  }
 };
 
 /// The index kinds the damaged-file tests go through.
-enum class kind { flat, ivf, pq };
+enum class kind { flat, ivf, pq, refine };
 
 void save_kind(kind k, const dataset& d, const std::string& path) {
   switch (k) {
@@ -75,6 +84,9 @@ void save_kind(kind k, const dataset& d, const std::string& path) {
       break;
     case kind::pq:  // fast-scan with every optional section: OPQ rotation and full vectors
       d.pq(metric::l2, 4, 4, true, true).save(path);
+      break;
+    case kind::refine:  // an HNSW graph over SQ8 codes, then the full vectors
+      d.refine("HNSW8,SQ8").save(path);
       break;
   }
 }
@@ -155,6 +167,8 @@ void load_and_search(kind k, const std::string& path, const load_options& option
       return load_and_search<ivf_flat_index>(path, options, d);
     case kind::pq:
       return load_and_search<ivf_pq_index>(path, options, d);
+    case kind::refine:
+      return load_and_search<refine_index>(path, options, d);
   }
 }
 
@@ -531,6 +545,63 @@ TEST_CASE("damaged ivf_pq files: inconsistent sections are reported even without
   fails("is stored twice", [&](auto& b) { std::memcpy(b.data() + ids + 8, b.data() + ids, 8); });
 }
 
+TEST_CASE("refine files hold both stages: round trips copied and mapped, damaged files reported", "[io][refine]") {
+  const scratch_dir dir;
+  const dataset d(500, 20, 68);
+  const std::string good = dir / "good.shoal";
+  const std::string bad = dir / "bad.shoal";
+  search_params params;
+  params.nprobe = 3;
+  params.ef = 24;
+  params.refine_factor = 3;
+  for (const char* coarse : {"IVF8,PQ8x4fs", "HNSW8,SQ8", "IVF8_HNSW4,Flat", "Flat"}) {
+    for (const metric m : {metric::l2, metric::cosine}) {
+      CAPTURE(coarse, metric_name(m));
+      const refine_index index = d.refine(coarse, m);
+      const snapshot<refine_index> before(index, d, params);
+      index.save(good);
+      CHECK(read_index_file_info(good).kind == index_kind::refine);
+      for (const bool mmap : {false, true}) {
+        refine_index loaded = refine_index::load(good, {.mmap = mmap});
+        CHECK(describe(loaded) == describe(index));
+        CHECK(loaded.size() == index.size());
+        snapshot<refine_index>(loaded, d, params).require_equal(before);
+        if (mmap)
+          REQUIRE_THROWS_MATCHES(loaded.remove(d.ids[0]), shoal::error, fails_with(errc::unsupported, "read-only"));
+        else
+          loaded.remove(d.ids[0]);
+      }
+    }
+  }
+  // Another kind is refused by name, either way round.
+  d.flat(metric::l2).save(bad);
+  REQUIRE_THROWS_MATCHES(refine_index::load(bad), shoal::error,
+                         fails_with(errc::invalid_argument, "holds an index of kind flat, not refine"));
+  d.refine("IVF8,PQ8x4fs").save(good);
+  REQUIRE_THROWS_MATCHES(ivf_pq_index::load(good), shoal::error,
+                         fails_with(errc::invalid_argument, "holds an index of kind refine, not ivf_pq"));
+
+  const std::vector<char> bytes = slurp(good);
+  const auto fails = [&](const char* what, auto change) {
+    require_damage_reported<refine_index>(bytes, bad, what, change);
+  };
+  // RPAR: u32 coarse kind, u32 reserved.
+  const std::size_t params_at = section_offset(bytes, "RPAR");
+  fails("coarse stage cannot be of kind collection (5)", [&](auto& b) { put(b, params_at, std::uint32_t{5}); });
+  fails("coarse stage cannot be of kind refine (6)", [&](auto& b) { put(b, params_at, std::uint32_t{6}); });
+  fails("coarse stage cannot be of kind unknown (99)", [&](auto& b) { put(b, params_at, std::uint32_t{99}); });
+  fails("reserved field of section RPAR is 1", [&](auto& b) { put(b, params_at + 4, std::uint32_t{1}); });
+  // An id of the exact stage that the coarse stage does not hold.
+  fails("is stored in the exact stage but not in the coarse one",
+        [&](auto& b) { put(b, section_offset(bytes, "RIDS"), vector_id{12345}); });
+  // A coarse kind that does not match the sections: the IVF-PQ sections are unknown to an HNSW reader.
+  std::vector<char> wrong = bytes;
+  put(wrong, params_at, static_cast<std::uint32_t>(index_kind::hnsw));
+  spit(bad, wrong);
+  REQUIRE_THROWS_MATCHES(refine_index::load(bad, {.verify = verify_level::none}), shoal::error,
+                         fails_with(errc::unsupported, "PQPR"));
+}
+
 TEST_CASE("ivf files with an HNSW coarse quantizer round-trip and reject a graph that does not fit the lists",
           "[io][ivf][hnsw]") {
   const scratch_dir dir;
@@ -648,8 +719,8 @@ TEST_CASE("damaged files: truncation at any length is reported as truncation", "
       REQUIRE_THROWS_MATCHES(flat_index::load(bad, {.mmap = len % 2 == 0, .verify = v}), shoal::error,
                              fails_with(errc::corrupt_file, "truncated"));
   }
-  // The same for IVF-Flat and IVF-PQ, at a coarser stride.
-  for (const kind k : {kind::ivf, kind::pq}) {
+  // The same for IVF-Flat, IVF-PQ and refine files, at a coarser stride.
+  for (const kind k : {kind::ivf, kind::pq, kind::refine}) {
     save_kind(k, d, good);
     const std::vector<char> ivf_bytes = slurp(good);
     for (std::size_t len = 0; len < ivf_bytes.size(); len += 13) {
@@ -671,7 +742,7 @@ TEST_CASE("damaged files: every flipped byte is caught by full verification, non
   const dataset d(30, 2, 42);
   const std::string good = dir / "good.shoal";
   const std::string bad = dir / "bad.shoal";
-  for (const kind k : {kind::flat, kind::ivf, kind::pq}) {
+  for (const kind k : {kind::flat, kind::ivf, kind::pq, kind::refine}) {
     CAPTURE(static_cast<int>(k));
     save_kind(k, d, good);
     const std::vector<char> bytes = slurp(good);

@@ -327,6 +327,8 @@ any_index load_index(const std::string& path, const load_options& options) {
       return any_index(hnsw_index::load(path, options));
     case index_kind::ivf_pq:
       return any_index(ivf_pq_index::load(path, options));
+    case index_kind::refine:
+      return any_index(refine_index::load(path, options));
     case index_kind::collection:
       detail::throw_error(errc::invalid_argument,
                           detail::str("load_index: ", path,

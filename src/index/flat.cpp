@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "core/parallel.hpp"
+#include "index/index_sections.hpp"
 #include "index/scan.hpp"
 #include "io/format.hpp"
 #include "shoal/core/checks.hpp"
@@ -190,42 +191,45 @@ range_result flat_index::range_search(matrix_view<const float> queries, float ra
 }
 
 // ------------------------------------------------------------------------------------------ persistence
-namespace {
-constexpr std::uint32_t tag_vectors = io::detail::make_tag("VECS");
-constexpr std::uint32_t tag_norms = io::detail::make_tag("NORM");
-constexpr std::uint32_t tag_ids = io::detail::make_tag("IDS ");
-}  // namespace
-
-void flat_index::save(const std::string& path) const {
-  const std::size_t n = size();
-  io::detail::index_file_writer out(path, {index_kind::flat, metric_, dim_, n});
-  out.begin_section(tag_vectors);
-  out.append(std::span<const float>(vector_data(), n * dim_));
-  out.begin_section(tag_norms);
-  out.append(std::span<const float>(norm_data(), n));
-  out.begin_section(tag_ids);
-  out.append(std::span<const vector_id>(id_data(), n));
-  out.commit();
-}
+void flat_index::save(const std::string& path) const { detail::save_index_file(*this, path); }
 
 flat_index flat_index::load(const std::string& path, const load_options& options) {
-  const io::detail::index_file_reader in(path, options);
-  in.expect_kind(index_kind::flat, "flat_index::load");
-  in.check_known({tag_vectors, tag_norms, tag_ids});
+  return detail::load_index_file<flat_index>(path, options, "flat_index::load");
+}
+
+std::span<const std::uint32_t> detail::index_sections<flat_index>::known() noexcept {
+  static constexpr std::array<std::uint32_t, 3> tags{file_tags.vectors, file_tags.norms, file_tags.ids};
+  return tags;
+}
+
+std::monostate detail::index_sections<flat_index>::write(const flat_index& index, io::detail::index_file_writer& out,
+                                                         const flat_section_tags& tags) {
+  const std::size_t n = index.size();
+  out.begin_section(tags.vectors);
+  out.append(std::span<const float>(index.vector_data(), n * index.dim_));
+  out.begin_section(tags.norms);
+  out.append(std::span<const float>(index.norm_data(), n));
+  out.begin_section(tags.ids);
+  out.append(std::span<const vector_id>(index.id_data(), n));
+  return {};
+}
+
+flat_index detail::index_sections<flat_index>::read(const io::detail::index_file_reader& in,
+                                                    const flat_section_tags& tags) {
   const io::detail::index_header& h = in.header();
   const auto n = static_cast<std::size_t>(h.count);
   const std::size_t values = io::detail::checked_mul(h.count, h.dim, in.name(), "vector count x dimension");
   flat_index index(static_cast<std::size_t>(h.dim), h.metric);
   if (in.mapped()) {
-    index.mapped_vectors_ = in.map<float>(tag_vectors, values).data();
-    index.mapped_norms_ = in.map<float>(tag_norms, n).data();
-    index.mapped_ids_ = in.map<vector_id>(tag_ids, n).data();
+    index.mapped_vectors_ = in.map<float>(tags.vectors, values).data();
+    index.mapped_norms_ = in.map<float>(tags.norms, n).data();
+    index.mapped_ids_ = in.map<vector_id>(tags.ids, n).data();
     index.mapped_size_ = n;
     index.mapping_ = in.mapping();
   } else {
-    index.vectors_ = in.read_vector<float>(tag_vectors, values);
-    index.norms_ = in.read_vector<float>(tag_norms, n);
-    index.ids_ = in.read_vector<vector_id>(tag_ids, n);
+    index.vectors_ = in.read_vector<float>(tags.vectors, values);
+    index.norms_ = in.read_vector<float>(tags.norms, n);
+    index.ids_ = in.read_vector<vector_id>(tags.ids, n);
   }
   const vector_id* ids = index.id_data();
   index.slot_of_.reserve(n);

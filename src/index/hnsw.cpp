@@ -14,6 +14,7 @@
 
 #include "core/parallel.hpp"
 #include "index/hnsw_file.hpp"
+#include "index/index_sections.hpp"
 #include "index/scan.hpp"
 #include "io/format.hpp"
 #include "shoal/core/checks.hpp"
@@ -969,21 +970,29 @@ static_assert(sizeof(hnsw_file_params) == 80 && std::is_trivially_copyable_v<hns
 
 bool hnsw_index::is_mapped() const noexcept { return impl_->mapping != nullptr; }
 
-void hnsw_index::save(const std::string& path) const {
-  io::detail::index_file_writer out(path, {index_kind::hnsw, impl_->metric, impl_->dim, size()});
-  const auto structure = detail::hnsw_sections::write(*this, out, detail::hnsw_file_tags);
-  out.commit();
-}
+void hnsw_index::save(const std::string& path) const { detail::save_index_file(*this, path); }
 
 hnsw_index hnsw_index::load(const std::string& path, const load_options& options) {
-  const io::detail::index_file_reader in(path, options);
-  in.expect_kind(index_kind::hnsw, "hnsw_index::load");
-  const detail::hnsw_section_tags& t = detail::hnsw_file_tags;
-  in.check_known({t.params, t.vectors, t.links0, t.codes, t.state, t.ids, t.upper, t.ranges});
+  return detail::load_index_file<hnsw_index>(path, options, "hnsw_index::load");
+}
+
+std::span<const std::uint32_t> detail::index_sections<hnsw_index>::known() noexcept {
+  constexpr const hnsw_section_tags& t = hnsw_file_tags;
+  static constexpr std::array<std::uint32_t, 8> tags{t.params, t.vectors, t.links0, t.codes,
+                                                     t.state,  t.ids,     t.upper,  t.ranges};
+  return tags;
+}
+
+std::unique_lock<std::shared_mutex> detail::index_sections<hnsw_index>::write(const hnsw_index& index,
+                                                                              io::detail::index_file_writer& out) {
+  return hnsw_sections::write(index, out, hnsw_file_tags);
+}
+
+hnsw_index detail::index_sections<hnsw_index>::read(const io::detail::index_file_reader& in) {
   const io::detail::index_header& h = in.header();
   SHOAL_CHECK_CODE(h.dim > 0 && h.dim < (std::uint64_t{1} << 24), errc::corrupt_file, in.name(),
                    ": hnsw dimension out of range");
-  return detail::hnsw_sections::read(in, t, static_cast<std::size_t>(h.dim), h.metric, h.count, "hnsw");
+  return hnsw_sections::read(in, hnsw_file_tags, static_cast<std::size_t>(h.dim), h.metric, h.count, "hnsw");
 }
 
 std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_index& index,

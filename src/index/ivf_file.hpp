@@ -7,10 +7,12 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "index/coarse_quantizer.hpp"
 #include "index/inverted_lists.hpp"
 #include "io/format.hpp"
 #include "shoal/core/error.hpp"
@@ -21,6 +23,14 @@ namespace shoal::io::detail {
 inline constexpr std::uint32_t tag_list_sizes = make_tag("LSIZ");
 inline constexpr std::uint32_t tag_list_rows = make_tag("LVEC");
 inline constexpr std::uint32_t tag_list_ids = make_tag("LIDS");
+
+/// The tags an IVF kind may write: its own (`own`) and its coarse quantizer's.
+[[nodiscard]] inline std::vector<std::uint32_t> ivf_tags(std::initializer_list<std::uint32_t> own) {
+  std::vector<std::uint32_t> tags(own);
+  const std::span<const std::uint32_t> coarse = shoal::detail::coarse_quantizer::tags();
+  tags.insert(tags.end(), coarse.begin(), coarse.end());
+  return tags;
+}
 
 /// Appends one list's run of `bytes` bytes to a padded section, zero-filled up to the next 64 bytes.
 inline void append_padded_run(index_file_writer& out, const void* data, std::size_t bytes) {

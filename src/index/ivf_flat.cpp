@@ -9,6 +9,7 @@
 
 #include "core/parallel.hpp"
 #include "index/coarse_quantizer.hpp"
+#include "index/index_sections.hpp"
 #include "index/inverted_lists.hpp"
 #include "index/ivf_file.hpp"
 #include "index/ivf_probe.hpp"
@@ -227,28 +228,37 @@ namespace {
 constexpr std::uint32_t tag_params = io::detail::make_tag("IVFP");
 }  // namespace
 
-void ivf_flat_index::save(const std::string& path) const {
-  // The map lock in shared mode keeps add and remove (which take it exclusively before touching any
-  // list) out until the file is written: the lists are referenced, not copied.
-  const std::shared_lock map_lock(map_mutex_);
-  const std::span<const std::unique_ptr<list>> lists(lists_);
-  io::detail::index_file_writer out(path, {index_kind::ivf_flat, metric_, dim_, size()});
-  out.begin_section(tag_params);
-  out.append_value(std::uint64_t{nlist_});
-  coarse().write(out);
-  io::detail::write_list_sizes(out, lists);
-  out.begin_section(io::detail::tag_list_rows);
-  for (const auto& l : lists_) io::detail::append_padded_run(out, l->code_data(), l->count() * dim_ * sizeof(float));
-  io::detail::write_list_ids(out, lists);
-  out.commit();
-}
+void ivf_flat_index::save(const std::string& path) const { detail::save_index_file(*this, path); }
 
 ivf_flat_index ivf_flat_index::load(const std::string& path, const load_options& options) {
-  const io::detail::index_file_reader in(path, options);
+  return detail::load_index_file<ivf_flat_index>(path, options, "ivf_flat_index::load");
+}
+
+std::span<const std::uint32_t> detail::index_sections<ivf_flat_index>::known() noexcept {
+  static const std::vector<std::uint32_t> tags = io::detail::ivf_tags(
+      {tag_params, io::detail::tag_list_sizes, io::detail::tag_list_rows, io::detail::tag_list_ids});
+  return tags;
+}
+
+std::shared_lock<std::shared_mutex> detail::index_sections<ivf_flat_index>::write(const ivf_flat_index& index,
+                                                                                  io::detail::index_file_writer& out) {
+  // The map lock in shared mode keeps add and remove (which take it exclusively before touching any
+  // list) out until the file is written: the lists are referenced, not copied.
+  std::shared_lock<std::shared_mutex> map_lock(index.map_mutex_);
+  const std::span<const std::unique_ptr<ivf_flat_index::list>> lists(index.lists_);
+  out.begin_section(tag_params);
+  out.append_value(std::uint64_t{index.nlist_});
+  index.coarse().write(out);
+  io::detail::write_list_sizes(out, lists);
+  out.begin_section(io::detail::tag_list_rows);
+  for (const auto& l : lists)
+    io::detail::append_padded_run(out, l->code_data(), l->count() * index.dim_ * sizeof(float));
+  io::detail::write_list_ids(out, lists);
+  return map_lock;
+}
+
+ivf_flat_index detail::index_sections<ivf_flat_index>::read(const io::detail::index_file_reader& in) {
   const std::string& name = in.name();
-  in.expect_kind(index_kind::ivf_flat, "ivf_flat_index::load");
-  in.check_known({tag_params, io::detail::tag_list_sizes, io::detail::tag_list_rows, io::detail::tag_list_ids},
-                 detail::coarse_quantizer::tags());
   const io::detail::index_header& h = in.header();
   std::uint64_t nlist = 0;
   {
@@ -262,18 +272,18 @@ ivf_flat_index ivf_flat_index::load(const std::string& path, const load_options&
   // Sizes first: their section has to hold nlist entries before nlist lists are allocated.
   const aligned_vector<std::uint64_t> sizes = io::detail::read_list_sizes(in, nlist);
   ivf_flat_index index(static_cast<std::size_t>(h.dim), h.metric, static_cast<std::size_t>(nlist));
-  *index.coarse_ = detail::coarse_quantizer::read(in, h.metric, nlist);
+  *index.coarse_ = coarse_quantizer::read(in, h.metric, nlist);
   io::detail::list_runs rows = io::detail::vector_runs(in, sizes);
   io::detail::list_runs ids = io::detail::id_runs(in, sizes);
   index.where_.reserve(static_cast<std::size_t>(h.count));
   for (std::size_t l = 0; l < index.nlist_; ++l) {
-    list& target = *index.lists_[l];
+    ivf_flat_index::list& target = *index.lists_[l];
     const auto n = static_cast<std::size_t>(sizes[l]);
     io::detail::load_list(target, n, rows, ids);
     const vector_id* stored = target.id_data();
     for (std::size_t i = 0; i < n; ++i)
-      SHOAL_CHECK_CODE(index.where_.emplace(stored[i], location{l, i}).second, errc::corrupt_file, name, ": id ",
-                       stored[i], " is stored twice");
+      SHOAL_CHECK_CODE(index.where_.emplace(stored[i], ivf_flat_index::location{l, i}).second, errc::corrupt_file, name,
+                       ": id ", stored[i], " is stored twice");
   }
   index.size_.store(static_cast<std::size_t>(h.count));
   index.mapping_ = in.mapping();

@@ -12,6 +12,7 @@
 
 #include "core/parallel.hpp"
 #include "index/coarse_quantizer.hpp"
+#include "index/index_sections.hpp"
 #include "index/inverted_lists.hpp"
 #include "index/ivf_file.hpp"
 #include "index/ivf_probe.hpp"
@@ -493,42 +494,51 @@ constexpr std::uint32_t flag_refine = 1u;
 constexpr std::uint32_t flag_opq = 2u;
 }  // namespace
 
-void ivf_pq_index::save(const std::string& path) const {
-  // The writer mutex keeps add and remove out until the file is written: the lists are referenced, not
-  // copied. Searches go on.
-  const std::lock_guard writer(write_mutex_);
-  const std::span<const std::unique_ptr<list>> lists(lists_);
-  io::detail::index_file_writer out(path, {index_kind::ivf_pq, metric_, dim_, size()});
-  out.begin_section(tag_params);
-  out.append_value(ivf_pq_file_params{params_.nlist, params_.m, static_cast<std::uint32_t>(params_.nbits),
-                                      (params_.refine ? flag_refine : 0u) | (params_.opq ? flag_opq : 0u)});
-  coarse().write(out);
-  io::detail::write_list_sizes(out, lists);
-  const matrix_view<const float> books = pq_.codebooks();
-  out.begin_section(tag_codebooks);
-  out.append(std::span<const float>(books.data, books.rows * books.dim));
-  if (params_.opq) {
-    out.begin_section(tag_rotation);
-    if (opq_) out.append(std::span<const float>(opq_->matrix_values()));
-  }
-  out.begin_section(tag_list_codes);
-  for (const auto& l : lists_) io::detail::append_padded_run(out, l->code_data(), list_code_bytes(l->count()));
-  if (params_.refine) {
-    out.begin_section(io::detail::tag_list_rows);
-    for (const auto& l : lists_)
-      io::detail::append_padded_run(out, l->vector_data(), l->count() * dim_ * sizeof(float));
-  }
-  io::detail::write_list_ids(out, lists);
-  out.commit();
-}
+void ivf_pq_index::save(const std::string& path) const { detail::save_index_file(*this, path); }
 
 ivf_pq_index ivf_pq_index::load(const std::string& path, const load_options& options) {
-  const io::detail::index_file_reader in(path, options);
+  return detail::load_index_file<ivf_pq_index>(path, options, "ivf_pq_index::load");
+}
+
+std::span<const std::uint32_t> detail::index_sections<ivf_pq_index>::known() noexcept {
+  static const std::vector<std::uint32_t> tags =
+      io::detail::ivf_tags({tag_params, tag_codebooks, tag_rotation, io::detail::tag_list_sizes, tag_list_codes,
+                            io::detail::tag_list_rows, io::detail::tag_list_ids});
+  return tags;
+}
+
+std::unique_lock<std::mutex> detail::index_sections<ivf_pq_index>::write(const ivf_pq_index& index,
+                                                                         io::detail::index_file_writer& out) {
+  // The writer mutex keeps add and remove out until the file is written: the lists are referenced, not
+  // copied. Searches go on.
+  std::unique_lock<std::mutex> writer(index.write_mutex_);
+  const ivf_pq_params& p = index.params_;
+  const std::span<const std::unique_ptr<ivf_pq_index::list>> lists(index.lists_);
+  out.begin_section(tag_params);
+  out.append_value(ivf_pq_file_params{p.nlist, p.m, static_cast<std::uint32_t>(p.nbits),
+                                      (p.refine ? flag_refine : 0u) | (p.opq ? flag_opq : 0u)});
+  index.coarse().write(out);
+  io::detail::write_list_sizes(out, lists);
+  const matrix_view<const float> books = index.pq_.codebooks();
+  out.begin_section(tag_codebooks);
+  out.append(std::span<const float>(books.data, books.rows * books.dim));
+  if (p.opq) {
+    out.begin_section(tag_rotation);
+    if (index.opq_) out.append(std::span<const float>(index.opq_->matrix_values()));
+  }
+  out.begin_section(tag_list_codes);
+  for (const auto& l : lists) io::detail::append_padded_run(out, l->code_data(), index.list_code_bytes(l->count()));
+  if (p.refine) {
+    out.begin_section(io::detail::tag_list_rows);
+    for (const auto& l : lists)
+      io::detail::append_padded_run(out, l->vector_data(), l->count() * index.dim_ * sizeof(float));
+  }
+  io::detail::write_list_ids(out, lists);
+  return writer;
+}
+
+ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_file_reader& in) {
   const std::string& name = in.name();
-  in.expect_kind(index_kind::ivf_pq, "ivf_pq_index::load");
-  in.check_known({tag_params, tag_codebooks, tag_rotation, io::detail::tag_list_sizes, tag_list_codes,
-                  io::detail::tag_list_rows, io::detail::tag_list_ids},
-                 detail::coarse_quantizer::tags());
   const io::detail::index_header& h = in.header();
   ivf_pq_file_params fp{};
   in.read(tag_params, &fp, 1);
@@ -555,7 +565,7 @@ ivf_pq_index ivf_pq_index::load(const std::string& path, const load_options& opt
                       .nbits = fp.nbits,
                       .refine = refine,
                       .opq = opq});
-  *index.coarse_ = detail::coarse_quantizer::read(in, h.metric, fp.nlist);
+  *index.coarse_ = coarse_quantizer::read(in, h.metric, fp.nlist);
   index.params_.coarse_hnsw_m = index.coarse_->hnsw_m();
   const bool trained = index.coarse_->trained();
   const std::size_t m = index.params_.m;
@@ -593,7 +603,7 @@ ivf_pq_index ivf_pq_index::load(const std::string& path, const load_options& opt
   std::unordered_set<vector_id> seen;
   seen.reserve(static_cast<std::size_t>(h.count));
   for (std::size_t l = 0; l < index.params_.nlist; ++l) {
-    list& target = *index.lists_[l];
+    ivf_pq_index::list& target = *index.lists_[l];
     const auto n = static_cast<std::size_t>(sizes[l]);
     io::detail::load_list(target, n, codes, ids);
     if (vectors) {

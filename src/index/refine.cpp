@@ -1,10 +1,16 @@
 #include "shoal/index/refine.hpp"
 
+#include <cmath>
+#include <cstdint>
 #include <optional>
+#include <string>
+#include <type_traits>
 #include <utility>
 
 #include "core/parallel.hpp"
+#include "index/index_sections.hpp"
 #include "index/scan.hpp"
+#include "io/format.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
@@ -36,6 +42,33 @@ void refine_index::remove(vector_id id) {
   coarse_.remove(id);
 }
 
+namespace {
+
+/// Re-scores candidates with exact distances from the flat stage's full vectors.
+class rescorer {
+ public:
+  /// `queries` as the caller gave them (normalised here for cosine, as the flat stage's vectors are).
+  rescorer(const flat_index& exact, matrix_view<const float> queries, const char* what)
+      : exact_(exact), kernels_(active_kernels()), queries_(queries) {
+    if (exact.metric() == metric::cosine) {
+      unit_ = detail::normalized_copy(queries, what);
+      queries_ = unit_->view();
+    }
+  }
+  /// Exact distance from query `r` to the vector stored under `id` (bit-identical to the flat index's).
+  [[nodiscard]] float operator()(std::size_t r, vector_id id) const {
+    return detail::pair_distance(kernels_, exact_.metric(), queries_.row(r), exact_.vector(id).data(), exact_.dim());
+  }
+
+ private:
+  const flat_index& exact_;
+  const distance_kernels& kernels_;
+  matrix_view<const float> queries_;
+  std::optional<matrix<float>> unit_;
+};
+
+}  // namespace
+
 void refine_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
   SHOAL_CHECK(out.k > 0, "refine_index::search: k must be at least 1");
   SHOAL_CHECK(out.rows == queries.rows, "refine_index::search: result buffer has ", out.rows, " rows for ",
@@ -45,25 +78,30 @@ void refine_index::search(matrix_view<const float> queries, neighbors_view out, 
   coarse_params.refine_factor = 0;
   const std::size_t depth = out.k * (params.refine_factor > 0 ? params.refine_factor : default_refine_factor);
   const neighbors candidates = coarse_.search(queries, depth, coarse_params);
-
-  std::optional<matrix<float>> unit;  // the exact stage stores unit vectors under cosine
-  if (metric() == shoal::metric::cosine) {
-    unit = detail::normalized_copy(queries, "refine_index::search: query");
-    queries = unit->view();
-  }
-  const distance_kernels& kernels = active_kernels();
-  const std::size_t d = dim();
+  const rescorer exact(exact_, queries, "refine_index::search: query");
   detail::parallel_for(queries.rows, [&](std::size_t r) {
     topk_heap heap(out.k);
     for (const vector_id id : candidates.row_ids(r)) {
       if (id == no_id) break;
-      const float* x = exact_.vector(id).data();
-      const float dist = metric() == shoal::metric::l2 ? kernels.l2sqr(queries.row(r), x, d)
-                                                       : detail::distance_from_inner_product(
-                                                             metric(), kernels.inner_product(queries.row(r), x, d));
-      heap.push(dist, id);
+      heap.push(exact(r, id), id);
     }
     heap.write_sorted(out.row_ids(r), out.row_distances(r));
+  });
+}
+
+range_result refine_index::range_search(matrix_view<const float> queries, float radius,
+                                        const search_params& params) const {
+  SHOAL_CHECK(!std::isnan(radius), "refine_index::range_search: radius is NaN");
+  detail::check_vectors(queries, dim(), "refine_index::range_search: query");
+  search_params coarse_params = params;
+  coarse_params.refine_factor = 0;
+  const range_result candidates = coarse_.range_search(queries, radius, coarse_params);
+  const rescorer exact(exact_, queries, "refine_index::range_search: query");
+  return detail::range_by_query(queries.rows, [&](std::size_t r, std::vector<scored_id>& hits) {
+    for (const vector_id id : candidates.row_ids(r)) {
+      const float distance = exact(r, id);
+      if (distance < radius) hits.push_back({distance, id});
+    }
   });
 }
 
@@ -72,6 +110,81 @@ neighbors refine_index::search(matrix_view<const float> queries, std::size_t k, 
   neighbors result(queries.rows, k);
   search(queries, result.view(), params);
   return result;
+}
+
+// ------------------------------------------------------------------------------------------ persistence
+namespace {
+constexpr std::uint32_t tag_params = io::detail::make_tag("RPAR");
+/// The flat stage's sections in a refine file (the coarse stage's keep their own tags).
+constexpr detail::flat_section_tags exact_tags{io::detail::make_tag("RVEC"), io::detail::make_tag("RNRM"),
+                                               io::detail::make_tag("RIDS")};
+
+/// The RPAR section: fixed-width little-endian fields (docs/format.md).
+struct refine_file_params {
+  std::uint32_t coarse_kind;  // index_kind of the coarse stage
+  std::uint32_t reserved;     // 0
+};
+static_assert(sizeof(refine_file_params) == 8 && std::is_trivially_copyable_v<refine_file_params>);
+
+/// Calls `f(std::type_identity<Index>{})` for the index type a coarse stage of `kind` has. Throws
+/// `error_code` (naming `file`) for a kind that cannot be a coarse stage.
+template <class F>
+decltype(auto) with_coarse_type(index_kind kind, errc error_code, const std::string& file, F&& f) {
+  switch (kind) {
+    case index_kind::flat:
+      return f(std::type_identity<flat_index>{});
+    case index_kind::ivf_flat:
+      return f(std::type_identity<ivf_flat_index>{});
+    case index_kind::hnsw:
+      return f(std::type_identity<hnsw_index>{});
+    case index_kind::ivf_pq:
+      return f(std::type_identity<ivf_pq_index>{});
+    case index_kind::collection:
+    case index_kind::refine:
+      break;
+  }
+  detail::throw_error(error_code, detail::str(file, ": a refine index's coarse stage cannot be of kind ",
+                                              index_kind_name(kind), " (", static_cast<std::uint32_t>(kind), ")"));
+}
+}  // namespace
+
+void refine_index::save(const std::string& path) const {
+  with_coarse_type(coarse_.kind(), errc::unsupported, path, [&]<class Coarse>(std::type_identity<Coarse>) {
+    const Coarse* coarse = coarse_.get_if<Coarse>();
+    SHOAL_CHECK_CODE(coarse != nullptr, errc::unsupported, path, ": the coarse stage ", coarse_.description(),
+                     " cannot be saved inside a refine index");
+    io::detail::index_file_writer out(path, {index_kind::refine, metric(), dim(), 0});
+    out.begin_section(tag_params);
+    out.append_value(refine_file_params{static_cast<std::uint32_t>(coarse_.kind()), 0});
+    [[maybe_unused]] const auto lock = detail::index_sections<Coarse>::write(*coarse, out);
+    (void)detail::index_sections<flat_index>::write(exact_, out, exact_tags);
+    out.set_count(size());
+    out.commit();
+  });
+}
+
+refine_index refine_index::load(const std::string& path, const load_options& options) {
+  const io::detail::index_file_reader in(path, options);
+  const std::string& name = in.name();
+  in.expect_kind(index_kind::refine, "refine_index::load");
+  SHOAL_CHECK_CODE(in.section_size(tag_params) == sizeof(refine_file_params), errc::corrupt_file, name,
+                   ": section RPAR has ", in.section_size(tag_params), " bytes, expected ", sizeof(refine_file_params));
+  refine_file_params fp{};
+  in.read(tag_params, &fp, 1);
+  SHOAL_CHECK_CODE(fp.reserved == 0, errc::corrupt_file, name, ": reserved field of section RPAR is ", fp.reserved);
+  any_index coarse = with_coarse_type(
+      static_cast<index_kind>(fp.coarse_kind), errc::corrupt_file, name, [&]<class Coarse>(std::type_identity<Coarse>) {
+        in.check_known({tag_params, exact_tags.vectors, exact_tags.norms, exact_tags.ids},
+                       detail::index_sections<Coarse>::known());
+        return any_index(detail::index_sections<Coarse>::read(in));
+      });
+  flat_index exact = detail::index_sections<flat_index>::read(in, exact_tags);
+  // Both stages hold the header's count of distinct ids; they must be the same ids, or a re-rank would
+  // look up a vector that is not there.
+  for (const vector_id id : exact.ids())
+    SHOAL_CHECK_CODE(coarse.contains(id), errc::corrupt_file, name, ": id ", id,
+                     " is stored in the exact stage but not in the coarse one");
+  return {std::move(coarse), std::move(exact)};
 }
 
 std::string describe(const refine_index& index) { return index.coarse().description() + ",Refine(Flat)"; }

@@ -33,6 +33,8 @@ const char* index_kind_name(index_kind kind) noexcept {
       return "ivf_pq";
     case index_kind::collection:
       return "collection";
+    case index_kind::refine:
+      return "refine";
   }
   return "unknown";
 }
@@ -88,7 +90,7 @@ std::uint32_t metric_code(metric m) noexcept {
   return 0;
 }
 
-bool known_kind(std::uint32_t kind) noexcept { return kind >= 1 && kind <= 5; }
+bool known_kind(std::uint32_t kind) noexcept { return kind >= 1 && kind <= 6; }
 
 // The header's checksum: its 128 bytes with the checksum field zeroed, then the section table.
 std::uint32_t header_checksum(const std::byte* header, std::span<const std::byte> table) noexcept {

@@ -115,6 +115,10 @@ class index_file_writer {
     append(copy.data(), copy.size());
   }
 
+  /// Sets the header's vector count (an index's sections are written under its writer lock, and the
+  /// count is read under it too, so that header and sections agree).
+  void set_count(std::uint64_t count) noexcept { header_.count = count; }
+
   /// Appends a copy of `values` (for data that will not outlive the call, such as a temporary array).
   template <class T>
   void append_copy(std::span<const T> values) {

@@ -75,6 +75,9 @@ class flat_index {
   void remove(vector_id id);
   /// Whether `id` is stored.
   [[nodiscard]] bool contains(vector_id id) const noexcept { return slot_of_.contains(id); }
+  /// Every stored id, in storage order (`remove` moves the last row into the freed slot, so the order
+  /// changes with removals); valid until the next `add` or `remove`.
+  [[nodiscard]] std::span<const vector_id> ids() const noexcept { return {id_data(), size()}; }
   /// The stored vector of `id` (normalised under cosine); throws if unknown. Invalidated by add/remove.
   [[nodiscard]] std::span<const float> vector(vector_id id) const;
 
@@ -91,6 +94,7 @@ class flat_index {
                                           const search_params& params = {}) const;
 
  private:
+  friend struct detail::index_sections<flat_index>;  // the file sections
   struct query_block;
   [[nodiscard]] query_block prepare(matrix_view<const float> queries) const;
   void search_streaming(const float* query, neighbors_view out_row, const search_params& params) const;

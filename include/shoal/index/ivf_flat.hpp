@@ -147,6 +147,7 @@ class ivf_flat_index {
                                           const search_params& params = {}) const;
 
  private:
+  friend struct detail::index_sections<ivf_flat_index>;  // the file sections
   struct list;
   struct location {
     std::size_t list;

@@ -163,6 +163,7 @@ class ivf_pq_index {
                                           const search_params& params = {}) const;
 
  private:
+  friend struct detail::index_sections<ivf_pq_index>;  // the file sections
   struct list;
   struct scratch;
   [[nodiscard]] detail::probed_queries probe(matrix_view<const float> queries, const search_params& params,

@@ -18,6 +18,12 @@
 /// The factory builds it for a spec with a refinement that the coarse index does not do itself, e.g.
 /// `HNSW32,SQ8,Refine(Flat)` or `IVF1024,Flat,RFlat` (IVF-PQ's `,Refine(Flat)` stays the index's own
 /// re-rank, which keeps the full vectors inside its inverted lists).
+///
+/// Persistence: `save` writes one file (kind `refine`, docs/format.md) that holds both stages: the coarse
+/// index's sections as its own file has them, then the flat stage's under tags of their own. `load`
+/// reads both back; with `load_options::mmap` both are searched in place, so resident memory grows only
+/// with the pages a search touches (the coarse codes, then the few full vectors it re-ranks). The two
+/// stages can also be saved and loaded separately (`coarse()` and `exact()` are ordinary indexes).
 
 #include <cstddef>
 #include <span>
@@ -72,6 +78,24 @@ class refine_index {
   [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
                                  const search_params& params = {}) const;
 
+  /// Stored vectors closer than `radius` to each query by exact distance, nearest first (ties by smaller
+  /// id): the coarse stage's range search with every parameter as given proposes, the exact distances
+  /// decide. A reported hit is therefore never farther than `radius`; a vector is missed only where the
+  /// coarse stage misses it — not visited (nprobe, ef), or its approximate (code) distance lies at or
+  /// past `radius` although its exact one does not. A coarse stage with exact distances (IVF-Flat,
+  /// HNSW without codes) with nprobe ≥ nlist (IVF) gives the flat index's result. Throws like
+  /// `search`, and on a NaN radius.
+  [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,
+                                          const search_params& params = {}) const;
+
+  /// Writes both stages into one file atomically (docs/format.md, kind `refine`). Throws
+  /// `errc::io_error` when it cannot be written. Needs the same access as `search`.
+  void save(const std::string& path) const;
+  /// Reads a file written by `save` (see `load_options`: copied or mapped, verification level). Throws
+  /// `shoal::error` as the stages' `load` do, `errc::invalid_argument` for a file of another kind, and
+  /// `errc::corrupt_file` when the stages do not hold the same ids.
+  [[nodiscard]] static refine_index load(const std::string& path, const load_options& options = {});
+
  private:
   any_index coarse_;
   flat_index exact_;
@@ -79,7 +103,7 @@ class refine_index {
 
 /// "<coarse spec>,Refine(Flat)".
 [[nodiscard]] std::string describe(const refine_index& index);
-/// The coarse stage's kind (a refine index has no file of its own: save its stages).
-[[nodiscard]] inline index_kind kind_of(const refine_index& index) { return index.coarse().kind(); }
+/// A refine index's file kind.
+[[nodiscard]] constexpr index_kind kind_of(const refine_index& /*index*/) noexcept { return index_kind::refine; }
 
 }  // namespace shoal

@@ -25,9 +25,10 @@ enum class index_kind : std::uint32_t {
   hnsw = 3,        ///< `hnsw_index`
   ivf_pq = 4,      ///< `ivf_pq_index`
   collection = 5,  ///< the manifest of a `collection` directory (not an index: `collection::open` reads it)
+  refine = 6,      ///< `refine_index`: its coarse stage's sections and its exact (flat) stage's in one file
 };
 
-/// "flat", "ivf_flat", "hnsw", "ivf_pq", "collection" ("unknown" for any other value).
+/// "flat", "ivf_flat", "hnsw", "ivf_pq", "collection", "refine" ("unknown" for any other value).
 [[nodiscard]] const char* index_kind_name(index_kind kind) noexcept;
 
 /// How much of a file is checked against its checksums when it is loaded. Structure is always
@@ -72,6 +73,11 @@ struct index_file_info {
 [[nodiscard]] std::uint32_t crc32c(const void* data, std::size_t bytes, std::uint32_t crc = 0) noexcept;
 
 namespace detail {
+/// Internal (src/index/index_sections.hpp): how an index type writes its sections into a file and reads
+/// them back, so that one file can hold more than one index (a refine file holds both stages).
+template <class Index>
+struct index_sections;
+
 /// The table-driven CRC-32C, whatever the CPU (exposed to test it against the hardware path).
 [[nodiscard]] std::uint32_t crc32c_portable(const void* data, std::size_t bytes, std::uint32_t crc = 0) noexcept;
 
