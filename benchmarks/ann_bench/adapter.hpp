@@ -13,6 +13,7 @@
 #include "params.hpp"
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/types.hpp"
+#include "shoal/io/format.hpp"
 
 namespace shoal::bench {
 
@@ -67,11 +68,11 @@ class index_adapter {
     static_cast<void>(path);
     throw config_error("--save: " + description() + " (" + std::string(library()) + ") cannot be saved");
   }
-  /// --load: replaces `build` — reads the index from `path` (memory-mapped with `mmap`). Throws
+  /// --load: replaces `build` — reads the index from `path` (mapped / verified as `options` say). Throws
   /// `config_error` where the index cannot be loaded; shoal::error when the file is bad.
-  virtual void load(const std::string& path, bool mmap) {
+  virtual void load(const std::string& path, const load_options& options) {
     static_cast<void>(path);
-    static_cast<void>(mmap);
+    static_cast<void>(options);
     throw config_error("--load: " + description() + " (" + std::string(library()) + ") cannot be loaded");
   }
 };

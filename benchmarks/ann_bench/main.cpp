@@ -86,8 +86,9 @@ int run(const options& o) {
   for (std::unique_ptr<index_adapter>& index : adapters) {
     // --load / --save apply to shoal's index; peers are always built.
     const bool shoal_index = index->library() == "shoal";
-    const double build_s = shoal_index && !o.load.empty() ? timed_load(*index, o.load.string(), o.mmap)
-                                                          : timed_build(*index, d.base, o.threads);
+    const double build_s = shoal_index && !o.load.empty()
+                               ? timed_load(*index, o.load.string(), {.mmap = o.mmap, .verify = o.verify})
+                               : timed_build(*index, d.base, o.threads);
     if (shoal_index && !o.save.empty()) index->save(o.save.string());
     // Peers are single indexes: shard_probe applies to the shoal collection only (each remaining point once).
     std::vector<param_list> own_points;

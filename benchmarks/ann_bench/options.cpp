@@ -84,6 +84,19 @@ constexpr option_spec specs[] = {
      [](options& o, std::string_view v) { o.load = v; }},
     {"--mmap", "", "with --load: memory-map the file, search it in place",
      [](options& o, std::string_view) { o.mmap = true; }},
+    {"--verify", "none|header|full",
+     "with --load: how much of the file to check against its checksums (default full; full reads every "
+     "page of a mapped file once, none leaves untouched pages on disk)",
+     [](options& o, std::string_view v) {
+       if (v == "none")
+         o.verify = shoal::verify_level::none;
+       else if (v == "header")
+         o.verify = shoal::verify_level::header;
+       else if (v == "full")
+         o.verify = shoal::verify_level::full;
+       else
+         throw usage_error("--verify: unknown level '" + std::string(v) + "' (expected none, header or full)");
+     }},
     {"--shards", "N", "build a shoal::collection of N shards, each an --index (peers stay one index)",
      [](options& o, std::string_view v) { o.shards = parse_count(v, "--shards", 1); }},
     {"--sharding", "POLICY", "with --shards: hash (default), range, semantic or hybrid",
@@ -137,6 +150,7 @@ options parse_options(std::span<const char* const> args) {
   if (o.query.empty()) throw usage_error("missing required option --query");
   if (o.index.empty()) throw usage_error("missing required option --index");
   if (o.mmap && o.load.empty()) throw usage_error("--mmap needs --load");
+  if (o.verify != shoal::verify_level::full && o.load.empty()) throw usage_error("--verify needs --load");
   if (o.shards == 0 && (o.sharding != "hash" || o.replicas != 1 || o.groups != 0))
     throw usage_error("--sharding, --replicas and --groups need --shards");
   if (o.shards > 0 && (!o.save.empty() || !o.load.empty()))
@@ -155,7 +169,7 @@ void print_usage(std::ostream& out) {
   out << "usage: shoal-ann-bench --base B --query Q [--gt G.ivecs] --metric l2|ip|cos --k 10 --index SPEC\n"
          "                       [--build-param NAME=V ...] [--sweep NAME=v1,v2,...] [--threads N] [--batch]\n"
          "                       [--csv FILE] [--plot FILE.png] [--peers] [--peer NAME] [--min-time SECONDS]\n"
-         "                       [--max-base N] [--max-query N] [--save FILE] [--load FILE [--mmap]]\n"
+         "                       [--max-base N] [--max-query N] [--save FILE] [--load FILE [--mmap] [--verify L]]\n"
          "                       [--shards N [--sharding hash|range|semantic|hybrid] [--shard-probe P] [--replicas "
          "R]]\n\n"
          "Builds the index, then per sweep point searches the queries (one per call and thread, or one batch\n"

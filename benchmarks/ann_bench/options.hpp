@@ -11,6 +11,7 @@
 
 #include "params.hpp"
 #include "shoal/core/types.hpp"
+#include "shoal/io/format.hpp"
 
 namespace shoal::bench {
 
@@ -42,6 +43,7 @@ struct options {
   std::filesystem::path save;  ///< --save: write the built shoal index here
   std::filesystem::path load;  ///< --load: read the shoal index from here instead of building it
   bool mmap = false;           ///< --mmap: memory-map the --load file
+  shoal::verify_level verify = shoal::verify_level::full;  ///< --verify: checksum level of the --load
 
   std::size_t shards = 0;         ///< --shards: search a collection of this many shards (0: one index)
   std::string sharding = "hash";  ///< --sharding: hash, range, semantic, hybrid

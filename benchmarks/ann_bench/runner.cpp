@@ -116,9 +116,9 @@ double timed_build(index_adapter& index, matrix_view<const float> base, std::siz
   return seconds_since(start);
 }
 
-double timed_load(index_adapter& index, const std::string& path, bool mmap) {
+double timed_load(index_adapter& index, const std::string& path, const load_options& options) {
   const auto start = clock_type::now();
-  index.load(path, mmap);
+  index.load(path, options);
   return seconds_since(start);
 }
 

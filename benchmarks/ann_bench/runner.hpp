@@ -33,9 +33,9 @@ struct sweep_result {
 /// Builds `index` over `base` inside an arena of `threads` threads; returns the wall seconds it took.
 [[nodiscard]] double timed_build(index_adapter& index, matrix_view<const float> base, std::size_t threads);
 
-/// Loads `index` from `path` (--load, memory-mapped with `mmap`) instead of building it; returns the wall
+/// Loads `index` from `path` (--load, mapped / verified as `options` say) instead of building it; returns the wall
 /// seconds it took.
-[[nodiscard]] double timed_load(index_adapter& index, const std::string& path, bool mmap);
+[[nodiscard]] double timed_load(index_adapter& index, const std::string& path, const load_options& options);
 
 /// Measures `index` with its current search parameters: a warm-up pass over min(100, rows) queries, then
 /// passes over all `queries` until `settings.min_time_s` has elapsed (at least one full pass). `truth`

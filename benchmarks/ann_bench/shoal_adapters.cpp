@@ -39,16 +39,16 @@ class shoal_adapter : public index_adapter {
       index_adapter::save(path);
   }
 
-  void load(const std::string& path, bool mmap) final {
+  void load(const std::string& path, const load_options& options) final {
     if constexpr (requires { Index::load(path, load_options{}); }) {
-      index_.emplace(Index::load(path, {.mmap = mmap}));
+      index_.emplace(Index::load(path, options));
       if constexpr (requires(const Index& i) { describe(i); })
         if (describe(*index_) != spec_)
           throw config_error("--load: " + path + " holds " + describe(*index_) + ", not " + spec_);
       if (index_->metric() != metric_)
         throw config_error("--load: " + path + " holds an index of metric " + metric_name(index_->metric()));
     } else {
-      index_adapter::load(path, mmap);
+      index_adapter::load(path, options);
     }
   }
 

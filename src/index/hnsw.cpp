@@ -1077,6 +1077,8 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     mapped_links = in.map<slot_t>(tags.links0, link_values).data();
     if (x.code_stride != 0) mapped_codes = in.map<std::uint8_t>(tags.codes, code_bytes).data();
     x.mapping = in.mapping();
+    // A search hops between nodes: read-ahead would only fill memory with nodes it never visits.
+    for (const std::uint32_t tag : {tags.vectors, tags.links0, tags.codes}) in.advise_random(tag);
   } else {
     corrupt(in.section_size(tags.vectors) == vec_values * sizeof(float), "vector section has the wrong size");
     corrupt(in.section_size(tags.links0) == link_values * sizeof(slot_t), "link section has the wrong size");

@@ -598,7 +598,10 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
                                                 name, "list size");
   });
   std::optional<io::detail::list_runs> vectors;
-  if (refine) vectors.emplace(io::detail::vector_runs(in, sizes));
+  if (refine) {
+    vectors.emplace(io::detail::vector_runs(in, sizes));
+    in.advise_random(io::detail::tag_list_rows);  // a re-rank reads a few scattered rows per query
+  }
   io::detail::list_runs ids = io::detail::id_runs(in, sizes);
   std::unordered_set<vector_id> seen;
   seen.reserve(static_cast<std::size_t>(h.count));

@@ -179,6 +179,7 @@ refine_index refine_index::load(const std::string& path, const load_options& opt
         return any_index(detail::index_sections<Coarse>::read(in));
       });
   flat_index exact = detail::index_sections<flat_index>::read(in, exact_tags);
+  in.advise_random(exact_tags.vectors);  // a re-rank reads a few scattered rows per query
   // Both stages hold the header's count of distinct ids; they must be the same ids, or a re-rank would
   // look up a vector that is not there.
   for (const vector_id id : exact.ids())

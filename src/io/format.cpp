@@ -395,6 +395,15 @@ void index_file_reader::check_known(std::initializer_list<std::uint32_t> known,
                      " is unknown to this build of shoal (format ", version_major_, ".", version_minor_, ")");
 }
 
+void index_file_reader::advise_random(std::uint32_t tag) const noexcept {
+  const section_entry* e = find(tag);
+  if (mapping_ == nullptr || e == nullptr || e->size == 0) return;
+  // madvise wants a page-aligned start; big sections start on a page, small ones share theirs.
+  const auto start = reinterpret_cast<std::uintptr_t>(mapping_->data()) + e->offset;
+  const std::uintptr_t page = start / page_alignment * page_alignment;
+  (void)::madvise(reinterpret_cast<void*>(page), static_cast<std::size_t>(start + e->size - page), MADV_RANDOM);
+}
+
 const section_entry* index_file_reader::find(std::uint32_t tag) const noexcept {
   for (const section_entry& s : sections_)
     if (s.tag == tag) return &s;

@@ -207,6 +207,11 @@ class index_file_reader {
     static_assert(alignof(T) <= section_alignment);
     return {reinterpret_cast<const T*>(mapping_->data() + e.offset), count};
   }
+  /// With a mapping: tells the kernel that section `tag` is read at random (graph vectors and links,
+  /// the rows a re-rank fetches), so that a page fault reads that page instead of the device's whole
+  /// read-ahead window (often megabytes) — resident memory then follows what searches touch. A no-op
+  /// without a mapping, for a missing section or where the kernel declines.
+  void advise_random(std::uint32_t tag) const noexcept;
   /// Copies `bytes` bytes of section `tag` from `first` (bytes into the section) to `dst`; throws
   /// `errc::corrupt_file` if the range is not inside the section.
   void read_range(std::uint32_t tag, std::uint64_t first, void* dst, std::size_t bytes) const;
