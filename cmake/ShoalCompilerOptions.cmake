@@ -29,9 +29,9 @@ function(shoal_kernel_isa_flags target)
     if(isa STREQUAL "SSE42")
       set(flags -msse4.2)
     elseif(isa STREQUAL "AVX2")
-      set(flags -mavx2 -mfma)
+      set(flags -mavx2 -mfma -mf16c)
     elseif(isa STREQUAL "AVX512")
-      set(flags -mavx2 -mfma -mavx512f -mavx512bw -mavx512dq -mavx512vl)
+      set(flags -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512dq -mavx512vl)
       if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
         # GCC 12 flags _mm512_undefined_* inside its own intrinsics when Eigen's AVX-512 packets inline
         # (a known false positive); keep the rest of -Wall on for this file.

@@ -111,9 +111,9 @@ TEST_CASE("any_index over ivf_flat_index matches ivf_flat_index", "[index][ivf]"
 }
 
 TEST_CASE("any_index over hnsw_index matches hnsw_index", "[index][hnsw]") {
-  for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8}) {
-    const bool sq8 = codes == hnsw_codes::sq8;
-    check_against_concrete<hnsw_index>(sq8 ? "HNSW12,SQ8" : "HNSW12", index_kind::hnsw, [codes](metric m) {
+  for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8, hnsw_codes::fp16}) {
+    const char* spec = codes == hnsw_codes::sq8 ? "HNSW12,SQ8" : codes == hnsw_codes::fp16 ? "HNSW12,F16" : "HNSW12";
+    check_against_concrete<hnsw_index>(spec, index_kind::hnsw, [codes](metric m) {
       hnsw_params p;
       p.M = 12;
       p.codes = codes;
@@ -127,8 +127,9 @@ TEST_CASE("any_index: save and load_index round-trip every persistent kind, copi
   const dataset d(600, 20, 5);
   search_params params;
   params.nprobe = 3;
-  for (const char* spec : {"Flat", "IVF8,Flat", "HNSW16", "HNSW16,SQ8", "IVF64,PQ8x4fs,RFlat", "OPQ4,IVF8,PQ4",
-                           "IVF32_HNSW4,Flat", "IVF64_HNSW8,PQ8x4fs,RFlat", "HNSW16,SQ8,RFlat", "IVF8,Flat,RFlat"}) {
+  for (const char* spec :
+       {"Flat", "IVF8,Flat", "HNSW16", "HNSW16,SQ8", "IVF64,PQ8x4fs,RFlat", "OPQ4,IVF8,PQ4", "IVF32_HNSW4,Flat",
+        "IVF64_HNSW8,PQ8x4fs,RFlat", "HNSW16,SQ8,RFlat", "IVF8,Flat,RFlat", "HNSW16,F16"}) {
     CAPTURE(spec);
     any_index index = make_index(spec, dim, metric::inner_product);
     index.train(d.base.view());
@@ -195,6 +196,8 @@ TEST_CASE("make_index: the specs built today", "[index]") {
   CHECK(make_index("HNSW32", 8).description() == "HNSW32");
   CHECK(make_index("HNSW32,Flat", 8).description() == "HNSW32");
   CHECK(make_index("HNSW32,SQ8", 8).description() == "HNSW32,SQ8");
+  CHECK(make_index("HNSW32,F16", 8).description() == "HNSW32,F16");
+  CHECK(make_index("HNSW32,SQfp16", 8).description() == "HNSW32,F16");
   CHECK(make_index(" IVF64 , Flat ", 8, metric::cosine).description() == "IVF64,Flat");
   CHECK(make_index("IVF64,Flat", 8, metric::cosine).metric() == metric::cosine);
   CHECK_FALSE(make_index("IVF4096,Flat", 8).is_trained());
@@ -279,7 +282,7 @@ TEST_CASE("make_index: specs recognised but not built yet are errc::unsupported"
     const char* token;
   };
   const pending cases[] = {
-      {"HNSW32,SQfp16", "SQfp16"},
+      {"HNSW32,SQ4", "SQ4"},
       {"HNSW32,PQ16", "PQ16"},
       {"IVF256,PQ16x4", "PQ16x4"},
       {"IVF256,SQ8", "SQ8"},

@@ -94,30 +94,53 @@ TEST_CASE("hnsw recall@10 against brute force, every metric", "[hnsw]") {
   }
 }
 
-TEST_CASE("hnsw SQ8 traversal keeps recall and returns exact distances", "[hnsw]") {
+TEST_CASE("hnsw SQ8 and F16 traversal keep recall and return exact distances", "[hnsw]") {
   const fixture f(6000, 200, 23);
-  hnsw_params p;
-  p.codes = hnsw_codes::sq8;
-  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
-    CAPTURE(metric_name(m));
-    const hnsw_index full = f.build(m);
-    const hnsw_index coded = f.build(m, p);
-    CHECK(coded.memory_bytes() > full.memory_bytes());  // codes come on top of the full vectors
-    const neighbors truth = ground_truth(f.base.view(), f.queries.view(), k, m);
-    const double full_recall = recall_at_k(full.search(f.queries.view(), k, with_ef(test_ef)), truth, k);
-    const neighbors got = coded.search(f.queries.view(), k, with_ef(test_ef));
-    const double recall = recall_at_k(got, truth, k);
-    INFO("recall@10 at ef=" << test_ef << ": SQ8 " << recall << ", full " << full_recall);
-    CHECK(recall >= 0.95);
-    CHECK(recall >= full_recall - 0.02);
-    // Re-ranked: the distances are the exact ones, sorted.
-    for (std::size_t q = 0; q < got.rows(); ++q) {
-      for (std::size_t j = 1; j < k; ++j) CHECK(got.distance(q, j - 1) <= got.distance(q, j));
-      for (std::size_t j = 0; j < k; ++j)
-        CHECK(got.distance(q, j) == Approx(distance(m, f.queries.row(q), f.base.row(got.id(q, j)), dim)).margin(1e-4));
+  for (const hnsw_codes codes : {hnsw_codes::sq8, hnsw_codes::fp16}) {
+    hnsw_params p;
+    p.codes = codes;
+    for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+      CAPTURE(static_cast<int>(codes), metric_name(m));
+      const hnsw_index full = f.build(m);
+      const hnsw_index coded = f.build(m, p);
+      CHECK(coded.memory_bytes() > full.memory_bytes());  // codes come on top of the full vectors
+      const neighbors truth = ground_truth(f.base.view(), f.queries.view(), k, m);
+      const double full_recall = recall_at_k(full.search(f.queries.view(), k, with_ef(test_ef)), truth, k);
+      const neighbors got = coded.search(f.queries.view(), k, with_ef(test_ef));
+      const double recall = recall_at_k(got, truth, k);
+      INFO("recall@10 at ef=" << test_ef << ": coded " << recall << ", full " << full_recall);
+      CHECK(recall >= 0.95);
+      // Half precision errs by about 2^-11 per component: traversal all but matches full precision.
+      CHECK(recall >= full_recall - (codes == hnsw_codes::fp16 ? 0.005 : 0.02));
+      // Re-ranked: the distances are the exact ones, sorted.
+      for (std::size_t q = 0; q < got.rows(); ++q) {
+        for (std::size_t j = 1; j < k; ++j) CHECK(got.distance(q, j - 1) <= got.distance(q, j));
+        for (std::size_t j = 0; j < k; ++j)
+          CHECK(got.distance(q, j) ==
+                Approx(distance(m, f.queries.row(q), f.base.row(got.id(q, j)), dim)).margin(1e-4));
+      }
     }
   }
 }
+
+namespace {
+
+/// Adds under id 999999 a vector far outside `f`'s data (component j = `value(j)`) to an L2 index over
+/// `f`: its own query must find it at distance 0 (re-ranked from the stored vector whatever its codes
+/// say), and recall on `f`'s queries must hold.
+template <class Value>
+void add_outlier_and_check(hnsw_index& index, const fixture& f, Value value) {
+  matrix<float> far(1, dim);
+  for (std::size_t j = 0; j < dim; ++j) far.row(0)[j] = value(j);
+  index.add(far.view(), std::vector<vector_id>{999999});
+  const neighbors got = index.search(far.view(), 1, with_ef(32));
+  CHECK(got.id(0, 0) == 999999);
+  CHECK(got.distance(0, 0) == 0.0f);
+  const neighbors truth = ground_truth(f.base.view(), f.queries.view(), k, metric::l2);
+  CHECK(recall_at_k(index.search(f.queries.view(), k, with_ef(test_ef)), truth, k) >= 0.95);
+}
+
+}  // namespace
 
 TEST_CASE("hnsw SQ8 ranges come from train or the first add, and clamp later outliers", "[hnsw]") {
   const fixture f(3000, 100, 29);
@@ -128,14 +151,17 @@ TEST_CASE("hnsw SQ8 ranges come from train or the first add, and clamp later out
   index.add(f.base.view(), f.ids);
   REQUIRE_THROWS_MATCHES(index.train(f.base.view()), shoal::error, fails_with(errc::invalid_argument, "already holds"));
   // A vector far outside the trained ranges is still stored exactly and found by its own query.
-  matrix<float> far(1, dim);
-  for (std::size_t j = 0; j < dim; ++j) far.row(0)[j] = 1000.0f;
-  index.add(far.view(), std::vector<vector_id>{999999});
-  const neighbors got = index.search(far.view(), 1, with_ef(32));
-  CHECK(got.id(0, 0) == 999999);
-  CHECK(got.distance(0, 0) == 0.0f);
-  const neighbors truth = ground_truth(f.base.view(), f.queries.view(), k, metric::l2);
-  CHECK(recall_at_k(index.search(f.queries.view(), k, with_ef(test_ef)), truth, k) >= 0.95);
+  add_outlier_and_check(index, f, [](std::size_t) { return 1000.0f; });
+}
+
+TEST_CASE("hnsw F16 needs no training and saturates components beyond the half range", "[hnsw]") {
+  const fixture f(3000, 100, 31);
+  hnsw_params p;
+  p.codes = hnsw_codes::fp16;
+  hnsw_index index(dim, metric::l2, p);
+  index.add(f.base.view(), f.ids);
+  index.train(f.base.view());  // a no-op: nothing to learn, even with vectors stored
+  add_outlier_and_check(index, f, [](std::size_t j) { return j % 2 == 0 ? 1.0e6f : -1.0e6f; });
 }
 
 TEST_CASE("hnsw build is deterministic for a seed when single-threaded", "[hnsw]") {
@@ -388,7 +414,7 @@ TEST_CASE("hnsw rejects bad input with clear errors and changes nothing", "[hnsw
 TEST_CASE("hnsw save and load reproduce every search, copied or memory-mapped", "[hnsw][persist]") {
   const fixture f(3000, 100, 41);
   const scratch_dir dir("shoal-hnsw");
-  for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8}) {
+  for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8, hnsw_codes::fp16}) {
     for (const metric m : {metric::l2, metric::cosine}) {
       CAPTURE(static_cast<int>(codes), metric_name(m));
       hnsw_params p;

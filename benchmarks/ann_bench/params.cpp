@@ -125,12 +125,17 @@ std::optional<std::size_t> hnsw_m(std::string_view spec) {
 }
 
 std::optional<hnsw_spec> parse_hnsw_spec(std::string_view spec) {
-  constexpr std::string_view sq8 = ",SQ8";
-  const bool coded = spec.ends_with(sq8);
-  if (coded) spec.remove_suffix(sq8.size());
+  hnsw_codes codes = hnsw_codes::none;
+  for (const auto& [suffix, kind] :
+       {std::pair{std::string_view(",SQ8"), hnsw_codes::sq8}, std::pair{std::string_view(",F16"), hnsw_codes::fp16}})
+    if (spec.ends_with(suffix)) {
+      spec.remove_suffix(suffix.size());
+      codes = kind;
+      break;
+    }
   const std::optional<std::size_t> m = hnsw_m(spec);
   if (!m) return {};
-  return hnsw_spec{*m, coded};
+  return hnsw_spec{*m, codes};
 }
 
 std::size_t parse_positive(const param& p, std::string_view index) {

@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "shoal/index/hnsw.hpp"
+
 namespace shoal::bench {
 
 /// A configuration that cannot be served: an unknown index spec, parameter name or value. For shoal it
@@ -75,10 +77,10 @@ struct ivf_pq_spec {
 /// M of an `HNSW<M>` spec (e.g. 32 for `HNSW32`), or nothing for any other spec.
 [[nodiscard]] std::optional<std::size_t> hnsw_m(std::string_view spec);
 
-/// An `HNSW<M>` or `HNSW<M>,SQ8` spec: M and whether traversal uses SQ8 codes.
+/// An `HNSW<M>`, `HNSW<M>,SQ8` or `HNSW<M>,F16` spec: M and the codes traversal uses.
 struct hnsw_spec {
   std::size_t m;
-  bool sq8;
+  hnsw_codes codes;
 };
 [[nodiscard]] std::optional<hnsw_spec> parse_hnsw_spec(std::string_view spec);
 

@@ -157,8 +157,8 @@ class ivf_pq_adapter final : public shoal_adapter<ivf_pq_index> {
   ivf_pq_train_params train_{};
 };
 
-/// `HNSW<M>` and `HNSW<M>,SQ8` (SQ8 traversal, exact re-rank): build knobs `ef_construction` (default 200) and `seed`,
-/// search knob `ef` (default `hnsw_index::default_ef`, raised to k).
+/// `HNSW<M>`, `HNSW<M>,SQ8` and `HNSW<M>,F16` (SQ8 / half-precision traversal, exact re-rank): build knobs
+/// `ef_construction` (default 200) and `seed`, search knob `ef` (default `hnsw_index::default_ef`, raised to k).
 class hnsw_adapter final : public shoal_adapter<hnsw_index> {
  public:
   explicit hnsw_adapter(const index_request& request) : shoal_adapter(request) {
@@ -166,7 +166,7 @@ class hnsw_adapter final : public shoal_adapter<hnsw_index> {
     check_param_names(request.build_params, names, "build", spec_);
     const hnsw_spec spec = parse_hnsw_spec(request.spec).value();
     build_.M = spec.m;
-    build_.codes = spec.sq8 ? hnsw_codes::sq8 : hnsw_codes::none;
+    build_.codes = spec.codes;
     for (const param& p : request.build_params)
       (p.name == "seed" ? build_.seed : build_.ef_construction) = parse_positive(p, spec_);
   }
@@ -204,7 +204,7 @@ constexpr index_family families[] = {
      make<ivf_flat_adapter>},
     {"[OPQ<m>,]IVF<nlist>[_HNSW<M>],PQ<m>[x4fs][,Refine(Flat)]",
      [](std::string_view spec) { return ivf_pq(spec).has_value(); }, make<ivf_pq_adapter>},
-    {"HNSW<M>[,SQ8]", [](std::string_view spec) { return parse_hnsw_spec(spec).has_value(); }, make<hnsw_adapter>},
+    {"HNSW<M>[,SQ8|,F16]", [](std::string_view spec) { return parse_hnsw_spec(spec).has_value(); }, make<hnsw_adapter>},
 };
 
 }  // namespace

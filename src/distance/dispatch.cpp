@@ -1,6 +1,10 @@
 // Run-time selection of the kernel level. Compiled with baseline flags: nothing here may execute an
 // instruction the CPU lacks. The choice is made lazily on first use (never in a static initialiser).
 
+#ifdef SHOAL_HAVE_X86_KERNELS
+#include <cpuid.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -24,6 +28,14 @@ const distance_kernels& table() noexcept;
 #endif
 
 namespace {
+
+#ifdef SHOAL_HAVE_X86_KERNELS
+/// CPUID leaf 1, ECX bit 29.
+bool cpu_has_f16c() noexcept {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 && (ecx & bit_F16C) != 0;
+}
+#endif
 
 simd_level best_available_level() noexcept {
   simd_level best = simd_level::scalar;
@@ -69,12 +81,15 @@ bool simd_level_available(simd_level level) noexcept {
     case simd_level::scalar:
       return true;
 #ifdef SHOAL_HAVE_X86_KERNELS
-    // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0).
+    // __builtin_cpu_supports also checks that the OS saves the wider registers (XCR0). F16C (half ↔
+    // float conversion, part of x86-64-v3 with AVX2 and FMA) is read from CPUID directly: Clang's
+    // builtin does not know its name.
     case simd_level::avx2:
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && detail::cpu_has_f16c();
     case simd_level::avx512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+      return simd_level_available(simd_level::avx2) && __builtin_cpu_supports("avx512f") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512vl");
 #else
     default:
       return false;

@@ -20,7 +20,11 @@ std::string describe(const ivf_flat_index& index) {
   return describe_ivf(index.nlist(), index.coarse_hnsw_m()) + ",Flat";
 }
 std::string describe(const hnsw_index& index) {
-  return "HNSW" + std::to_string(index.params().M) + (index.params().codes == hnsw_codes::sq8 ? ",SQ8" : "");
+  const hnsw_codes codes = index.params().codes;
+  return "HNSW" + std::to_string(index.params().M) +
+         (codes == hnsw_codes::sq8    ? ",SQ8"
+          : codes == hnsw_codes::fp16 ? ",F16"
+                                      : "");
 }
 
 std::string describe(const ivf_pq_index& index) {

@@ -72,14 +72,14 @@ class parser {
     ++i;
     if (out.structure == structure_kind::ivf) {
       t = next();
-      const std::string need =
-          "IVF" + std::to_string(out.nlist) + " needs a list encoding: Flat, SQ8, SQ4, SQfp16 or PQ<M>[x<bits>][fs]";
+      const std::string need = "IVF" + std::to_string(out.nlist) +
+                               " needs a list encoding: Flat, SQ8, SQ4, SQfp16 (F16) or PQ<M>[x<bits>][fs]";
       if (t == nullptr) fail_at_end(spec, base, need);
       if (is_refine(*t)) fail(*t, need + ", before the refinement");
       out.storage = parse_encoding(*t, "an IVF list encoding");
       ++i;
     } else if (out.structure == structure_kind::hnsw && next() != nullptr && !is_refine(*next())) {
-      out.storage = parse_encoding(*next(), "an HNSW storage (Flat, SQ8, SQ4, SQfp16 or PQ<M>) or Refine(...)");
+      out.storage = parse_encoding(*next(), "an HNSW storage (Flat, SQ8, SQ4, F16 or PQ<M>) or Refine(...)");
       ++i;
     }
     if (next() != nullptr && is_refine(*next())) {
@@ -228,7 +228,7 @@ class parser {
       e.kind = encoding_kind::sq8;
     } else if (t.text == "SQ4") {
       e.kind = encoding_kind::sq4;
-    } else if (t.text == "SQfp16") {
+    } else if (t.text == "SQfp16" || t.text == "F16") {
       e.kind = encoding_kind::sqfp16;
     } else if (prefixed_number(t, "PQ", e.pq_m, &rest, "the number of sub-quantizers")) {
       e.kind = encoding_kind::pq;
@@ -297,8 +297,10 @@ any_index build(const parser& p, const parsed_spec& s, std::size_t dim, metric m
       params.M = s.hnsw_m;
       if (s.storage && s.storage->kind == encoding_kind::sq8)
         params.codes = hnsw_codes::sq8;
+      else if (s.storage && s.storage->kind == encoding_kind::sqfp16)
+        params.codes = hnsw_codes::fp16;
       else if (s.storage && s.storage->kind != encoding_kind::flat)
-        p.not_built(s.storage->where, "HNSW over SQ4/SQfp16/PQ codes");
+        p.not_built(s.storage->where, "HNSW over SQ4/PQ codes");
       return any_index(hnsw_index(dim, m, params));
     }
     case structure_kind::ivf:

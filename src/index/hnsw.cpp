@@ -68,18 +68,22 @@ struct chunk {
   // with mmap, which is read-only — inside the file mapping.
   float* vectors = nullptr;       // rows padded to 64 bytes
   slot_t* links0 = nullptr;       // per node: count, then 2M slots
-  std::uint8_t* codes = nullptr;  // SQ8 traversal only: per node a float term, then dim codes
+  std::uint8_t* codes = nullptr;  // compressed traversal only: per node a float term, then the codes
   aligned_vector<float> vectors_store;
   aligned_vector<slot_t> links0_store;
   aligned_vector<std::uint8_t> codes_store;
 };
 
-/// One query as traversal scores it: full-precision distances from `q`, or — when `coeffs` is set —
-/// SQ8 estimates `offset + term(x) + Σ coeffs_j · code_j(x)` (see `hnsw_index::impl::prepare_codes`).
+/// One query as traversal scores it: full-precision distances from `q`; or — when `coeffs` is set —
+/// SQ8 estimates `offset + term(x) + Σ coeffs_j · code_j(x)` (see `hnsw_index::impl::prepare_codes`);
+/// or — with `f16` — the metric's distance from `q` to the node's half-precision copy.
 struct query_ctx {
   const float* q;
   const float* coeffs = nullptr;
   float offset = 0.0f;
+  bool f16 = false;
+  /// Whether nodes are scored from their codes rather than their full vectors.
+  [[nodiscard]] bool coded() const noexcept { return coeffs != nullptr || f16; }
 };
 
 /// Link lists are read without locks: every entry is stored and loaded atomically (relaxed; plain moves
@@ -151,10 +155,11 @@ struct hnsw_index::impl {
   shoal::metric metric;
   hnsw_params build;
   const distance_kernels* kern;
-  std::size_t stride;       // floats per stored row
-  std::size_t code_stride;  // bytes per SQ8 row (0 without SQ8 traversal): float term, codes, padding
-  std::size_t max_links0;   // 2M
-  std::size_t max_links;    // M
+  const sq_kernels* half_kern;  // fp16 traversal's distances
+  std::size_t stride;           // floats per stored row
+  std::size_t code_stride;      // bytes per code row (0 without compressed traversal): float term, codes, padding
+  std::size_t max_links0;       // 2M
+  std::size_t max_links;        // M
   double level_mult;
 
   // Chunk directory: `directory` points at the current table of chunk pointers. Growing it publishes a
@@ -191,8 +196,9 @@ struct hnsw_index::impl {
         metric(m),
         build(p),
         kern(&active_kernels()),
+        half_kern(&active_scalar_quant_kernels()),
         stride((d + 15) / 16 * 16),
-        code_stride(p.codes == hnsw_codes::sq8 ? (d + sizeof(float) + 63) / 64 * 64 : 0),
+        code_stride(p.codes == hnsw_codes::none ? 0 : (code_bytes(p.codes, d) + sizeof(float) + 63) / 64 * 64),
         max_links0(2 * p.M),
         max_links(p.M),
         level_mult(1.0 / std::log(static_cast<double>(p.M))) {}
@@ -339,6 +345,19 @@ struct hnsw_index::impl {
   /// distance, as `distance` computes it).
   void score_pending(const query_ctx& ctx, std::size_t m, scratch& s) const noexcept {
     float* out = s.pending_distances.data();
+    if (ctx.f16) {
+      // As the gather kernels: each row prefetched whole two rows before it is scored.
+      const std::size_t row_bytes = code_bytes(hnsw_codes::fp16, dim);
+      const auto prefetch = [&](std::size_t j) {
+        for (std::size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(s.pending_codes[j] + b);
+      };
+      for (std::size_t j = 0; j < std::min<std::size_t>(2, m); ++j) prefetch(j);
+      for (std::size_t j = 0; j < m; ++j) {
+        if (j + 2 < m) prefetch(j + 2);
+        out[j] = half_distance(ctx.q, s.pending_codes[j]);
+      }
+      return;
+    }
     if (ctx.coeffs != nullptr) {
       kern->dot_u8_gather(ctx.coeffs, s.pending_codes.data(), m, dim, out);
       for (std::size_t j = 0; j < m; ++j) out[j] += ctx.offset + code_term(s.pending_codes[j]);
@@ -368,7 +387,7 @@ struct hnsw_index::impl {
   }
   /// With SQ8 traversal and no ranges yet, learns them from `batch` (the first add's vectors).
   void ensure_codes(matrix_view<const float> batch) {
-    if (code_stride == 0 || sq_ready.load(std::memory_order_acquire)) return;
+    if (build.codes != hnsw_codes::sq8 || sq_ready.load(std::memory_order_acquire)) return;
     const std::lock_guard lock(sq_mutex);
     if (!sq_ready.load(std::memory_order_relaxed)) train_codes(batch);
   }
@@ -382,10 +401,31 @@ struct hnsw_index::impl {
     std::memcpy(&t, c - sizeof(float), sizeof(float));
     return t;
   }
-  /// Writes the SQ8 codes (the scalar quantizer's, clamped to the trained ranges) and the term of slot
-  /// q's vector.
+  /// The largest finite half-precision value.
+  static constexpr float max_half = 65504.0f;
+  /// Bytes of one node's codes (before the term and the padding).
+  [[nodiscard]] static constexpr std::size_t code_bytes(hnsw_codes codes, std::size_t d) noexcept {
+    return codes == hnsw_codes::fp16 ? 2 * d : d;
+  }
+  /// The metric's distance from query `q` to a node's half-precision codes.
+  [[nodiscard]] float half_distance(const float* q, const std::uint8_t* c) const noexcept {
+    return metric == shoal::metric::l2 ? half_kern->fp16_l2(q, c, dim)
+                                       : detail::distance_from_inner_product(metric, half_kern->fp16_ip(q, c, dim));
+  }
+  /// Writes slot q's codes: half-precision copies (round to nearest even), or the SQ8 codes (the scalar
+  /// quantizer's, clamped to the trained ranges) and their term.
   void encode(slot_t q) const {
     std::uint8_t* c = codes(q);
+    if (build.codes == hnsw_codes::fp16) {
+      const float* v = vec(q);
+      for (std::size_t j = 0; j < dim; ++j) {
+        // Saturated at the largest finite half: an Inf code would make the node's estimate Inf.
+        const std::uint16_t h = float_to_half(std::clamp(v[j], -max_half, max_half));
+        c[2 * j] = static_cast<std::uint8_t>(h & 0xffu);
+        c[2 * j + 1] = static_cast<std::uint8_t>(h >> 8);
+      }
+      return;
+    }
     sq->encode({vec(q), 1, dim}, c);
     const std::vector<float>& step = sq->steps();
     float term = 0.0f;
@@ -420,6 +460,7 @@ struct hnsw_index::impl {
 
   /// The score of one node, as `score_pending` computes it.
   [[nodiscard]] float score(const query_ctx& ctx, slot_t x) const noexcept {
+    if (ctx.f16) return half_distance(ctx.q, codes(x));
     if (ctx.coeffs == nullptr) return distance(ctx.q, vec(x));
     const std::uint8_t* c = codes(x);
     return ctx.offset + code_term(c) + kern->dot_u8(ctx.coeffs, c, dim);
@@ -438,7 +479,7 @@ struct hnsw_index::impl {
       const chunk& ch = chunk_of(c_index);
       if (ch.state[off].load(std::memory_order_acquire) <= level) continue;
       if (s.building && ch.linking[off].load(std::memory_order_acquire) != 0) continue;
-      if (ctx.coeffs != nullptr) {
+      if (ctx.coded()) {
         const std::uint8_t* row = ch.codes + off * code_stride + sizeof(float);
         __builtin_prefetch(row);
         s.pending_codes[m] = row;
@@ -734,7 +775,9 @@ struct hnsw_index::impl {
     const std::uint64_t ep = entry.load(std::memory_order_acquire);
     if (ep == empty_entry) return {};
     std::unique_ptr<scratch> s = acquire();
-    const query_ctx q = coded ? prepare_codes(query, *s) : query_ctx{query};
+    const query_ctx q = !coded                            ? query_ctx{query}
+                        : build.codes == hnsw_codes::fp16 ? query_ctx{.q = query, .f16 = true}
+                                                          : prepare_codes(query, *s);
     const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
     const cand start = descend(q, {score(q, ep_slot), ep_slot}, static_cast<std::size_t>(ep >> 32), 0, *s);
     const std::span entries(&start, 1);
@@ -834,7 +877,7 @@ void hnsw_index::train(matrix_view<const float> sample) {
   impl& x = *impl_;
   x.check_mutable("hnsw_index::train");
   detail::check_vectors(sample, x.dim, "hnsw_index::train: vector");
-  if (x.code_stride == 0) return;
+  if (x.build.codes != hnsw_codes::sq8) return;  // only SQ8 codes have ranges to learn
   SHOAL_CHECK(sample.rows > 0, "hnsw_index::train: empty sample");
   std::optional<matrix<float>> normalized;
   if (x.metric == shoal::metric::cosine) {
@@ -1015,6 +1058,8 @@ std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_inde
     out.begin_section(tags.codes);
     for (const auto& c : x.owned_chunks)
       out.append(std::span<const std::uint8_t>(c->codes, chunk_nodes * x.code_stride));
+  }
+  if (x.build.codes == hnsw_codes::sq8) {
     out.begin_section(tags.ranges);
     out.append(std::span<const float>(x.sq->mins()));
     out.append(std::span<const float>(x.sq->steps()));
@@ -1049,7 +1094,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     SHOAL_CHECK_CODE(ok, errc::corrupt_file, name, ": ", graph, " ", what);
   };
   corrupt(fp.m >= 2 && fp.m <= 256 && fp.ef_construction > 0, "parameters out of range");
-  corrupt(fp.codes <= static_cast<std::uint32_t>(hnsw_codes::sq8), "unknown code type");
+  corrupt(fp.codes <= static_cast<std::uint32_t>(hnsw_codes::fp16), "unknown code type");
   corrupt(fp.chunk_nodes == chunk_nodes, "chunk size differs from this library's");
   corrupt(fp.slots < no_slot && fp.chunks == (fp.slots + chunk_nodes - 1) / chunk_nodes,
           "slot count and chunk count disagree");
@@ -1088,7 +1133,8 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   std::vector<vector_id> ids(slots);
   in.read(tags.state, state.data(), slots);
   in.read(tags.ids, ids.data(), slots);
-  if (x.code_stride != 0) {
+  corrupt(x.build.codes == hnsw_codes::sq8 || !in.has(tags.ranges), "SQ8 code ranges in a graph without SQ8 codes");
+  if (x.build.codes == hnsw_codes::sq8) {
     std::vector<float> ranges(2 * x.dim);
     in.read(tags.ranges, ranges.data(), ranges.size());
     const auto half = ranges.begin() + static_cast<std::ptrdiff_t>(x.dim);

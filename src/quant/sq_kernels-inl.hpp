@@ -3,10 +3,11 @@
 // SHOAL_PQ_LEVEL / SHOAL_PQ_ISA definitions (see there). The AVX-512 level runs the AVX2 code: these
 // kernels stream `dim` bytes or words per call, and 256-bit registers already keep up with the loads.
 //
-// fp16 is widened with integer operations (no F16C, which the AVX2 level does not require): the 15 low
-// bits shifted into place and scaled by 2^112 re-bias the exponent exactly (subnormal halves become
-// normal floats), Inf/NaN get the all-ones exponent, and the sign is or-ed back. The scalar reference
-// uses the same arithmetic, so decoded fp16 values are identical at every level.
+// fp16 is widened with F16C's vcvtph2ps at the AVX2 and AVX-512 levels (which require F16C), and in
+// the scalar reference with integer operations: the 15 low bits shifted into place and scaled by 2^112
+// re-bias the exponent exactly (subnormal halves become normal floats), Inf/NaN get the all-ones
+// exponent, and the sign is or-ed back. Both conversions are exact, so decoded fp16 values are identical
+// at every level (NaN payloads aside).
 
 #include <cstddef>
 #include <cstdint>
@@ -44,14 +45,7 @@ inline __m256 widen8_u8(const std::uint8_t* c) noexcept {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c))));
 }
 inline __m256 widen8_half(const std::uint8_t* c) noexcept {
-  const __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
-  const __m256i em = _mm256_and_si256(h, _mm256_set1_epi32(0x7fff));
-  __m256i bits =
-      _mm256_castps_si256(_mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(em, 13)), _mm256_set1_ps(0x1.0p112f)));
-  const __m256i special = _mm256_cmpgt_epi32(em, _mm256_set1_epi32(0x7bff));
-  bits = _mm256_or_si256(bits, _mm256_and_si256(special, _mm256_set1_epi32(0x7f800000)));
-  bits = _mm256_or_si256(bits, _mm256_slli_epi32(_mm256_and_si256(h, _mm256_set1_epi32(0x8000)), 16));
-  return _mm256_castsi256_ps(bits);
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c)));
 }
 #endif
 

@@ -2,7 +2,7 @@
 /// \file
 /// Distance kernels and their run-time SIMD dispatch.
 ///
-/// Every kernel exists at three levels: a portable scalar reference, AVX2+FMA and AVX-512
+/// Every kernel exists at three levels: a portable scalar reference, AVX2+FMA+F16C and AVX-512
 /// (F/BW/DQ/VL). The level is chosen once per process from CPUID — the best the CPU and OS support —
 /// unless the environment variable `SHOAL_SIMD=scalar|avx2|avx512` names one (an unavailable or unknown
 /// name is an error, reported by the first call that needs the level). The free functions below use the

@@ -8,20 +8,20 @@
 /// spec      := [transform ","] structure ["," refine]
 /// transform := "OPQ" M ["_" D] | "PCA" D
 /// structure := "Flat"
-///            | "HNSW" M ["," storage]                  storage  := "Flat" | "SQ8" | "SQ4" | "SQfp16" | pq
-///            | "IVF" nlist ["_HNSW" M] "," encoding    encoding := "Flat" | "SQ8" | "SQ4" | "SQfp16" | pq
+///            | "HNSW" M ["," storage]                  storage  := "Flat" | "SQ8" | "SQ4" | "F16" | pq
+///            | "IVF" nlist ["_HNSW" M] "," encoding    encoding := "Flat" | "SQ8" | "SQ4" | "F16" | pq
 /// pq        := "PQ" M ["x" bits] ["fs"]                (bits 4 or 8; "fs", fast-scan, needs x4)
-/// refine    := "Refine(" spec ")" | "RFlat"            (RFlat = Refine(Flat))
+/// refine    := "Refine(" spec ")" | "RFlat"            (RFlat = Refine(Flat); SQfp16 = F16)
 /// ```
-/// Built today: `Flat`, `HNSW<M>` (and `HNSW<M>,Flat`), `HNSW<M>,SQ8` (SQ8 traversal codes, exact
-/// re-rank), `IVF<nlist>[_HNSW<M>],Flat`, and IVF-PQ:
+/// Built today: `Flat`, `HNSW<M>` (and `HNSW<M>,Flat`), `HNSW<M>,SQ8` / `HNSW<M>,F16` (8-bit or
+/// half-precision traversal codes, exact re-rank), `IVF<nlist>[_HNSW<M>],Flat`, and IVF-PQ:
 /// `[OPQ<M>,]IVF<nlist>[_HNSW<M>],PQ<M>[x4fs][,Refine(Flat)|,RFlat]` (the OPQ rotation with the PQ's own
 /// M; 8-bit or 4-bit fast-scan codes; re-rank from full vectors kept in the index; `_HNSW<M>`: an HNSW
 /// graph over the centroids picks the lists). All of them save and load (`any_index::save`,
 /// `load_index`). `,Refine(Flat)` / `,RFlat` after any other structure builds a `refine_index` (that
-/// structure proposes, a flat index re-ranks; save its two stages separately). Recognised and reported as
+/// structure proposes, a flat index re-ranks; one file holds both stages). Recognised and reported as
 /// `errc::unsupported` ("not built yet"): other transforms (PCA, OPQ with another M or an output dimension), SQ
-/// encodings in IVF, SQ4/SQfp16/PQ storage in HNSW, 4-bit PQ without fast-scan, refinement by anything but
+/// encodings in IVF, SQ4/PQ storage in HNSW, 4-bit PQ without fast-scan, refinement by anything but
 /// Refine(Flat).
 
 #include <cstddef>

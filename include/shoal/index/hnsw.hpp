@@ -29,6 +29,11 @@ enum class hnsw_codes : std::uint8_t {
   /// from the full vectors, which the index keeps (for building and re-ranking). Costs dim + 4 bytes
   /// per vector (rounded up to 64) on top of the full-precision index.
   sq8,
+  /// IEEE half-precision copies of the vectors (factory `HNSW<M>,F16`, also spelled `SQfp16`): half the
+  /// bytes per visited node, no training, an error of about 2^-11 relative per component; the ef
+  /// candidates are re-ranked exactly as with SQ8. Costs 2·dim + 4 bytes per vector (rounded up to 64)
+  /// on top of the full-precision index.
+  fp16,
 };
 
 /// Build parameters of an `hnsw_index`.
