@@ -62,6 +62,9 @@ struct chunk {
   // level is still empty finds nothing else — the node inserted from there would get a single link.
   std::unique_ptr<std::atomic<std::uint8_t>[]> linking;
   std::unique_ptr<spinlock[]> locks;  // serialise writers of a node's link lists (readers take none)
+  // Bottom-layer in-links per node (approximate under races, never below 0): a prune keeps a link that
+  // is its target's last, so that no node becomes unreachable.
+  std::unique_ptr<std::atomic<std::uint32_t>[]> in0;
   std::unique_ptr<vector_id[]> ids;
   std::unique_ptr<std::unique_ptr<slot_t[]>[]> upper;  // layers 1..level, each a count then M slots
   // The bulk arrays, searched through the pointers below: owned (`*_store`), or — in an index loaded
@@ -218,6 +221,18 @@ struct hnsw_index::impl {
     const auto [c, off] = locate(s);
     return chunk_of(c).state[off];
   }
+  [[nodiscard]] std::atomic<std::uint32_t>& in0(slot_t s) const noexcept {
+    const auto [c, off] = locate(s);
+    return chunk_of(c).in0[off];
+  }
+  /// One bottom-layer in-link of `s` fewer (saturating: stale links to a reused slot may be counted
+  /// against its new node).
+  void drop_in0(slot_t s) const noexcept {
+    std::atomic<std::uint32_t>& n = in0(s);
+    std::uint32_t v = n.load(std::memory_order_relaxed);
+    while (v > 0 && !n.compare_exchange_weak(v, v - 1, std::memory_order_relaxed)) {
+    }
+  }
   [[nodiscard]] spinlock& lock_of(slot_t s) const noexcept {
     const auto [c, off] = locate(s);
     return chunk_of(c).locks[off];
@@ -295,6 +310,7 @@ struct hnsw_index::impl {
     fresh->state = std::make_unique<std::atomic<std::uint8_t>[]>(chunk_nodes);
     fresh->linking = std::make_unique<std::atomic<std::uint8_t>[]>(chunk_nodes);
     fresh->locks = std::make_unique<spinlock[]>(chunk_nodes);
+    fresh->in0 = std::make_unique<std::atomic<std::uint32_t>[]>(chunk_nodes);
     fresh->ids = std::make_unique<vector_id[]>(chunk_nodes);
     fresh->upper = std::make_unique<std::unique_ptr<slot_t[]>[]>(chunk_nodes);
     directory.load(std::memory_order_relaxed)[c].store(fresh.get(), std::memory_order_release);
@@ -593,6 +609,41 @@ struct hnsw_index::impl {
     store_link(list[0], static_cast<slot_t>(kept.size()), std::memory_order_release);
   }
 
+  /// Replaces the link list `list` on `level` by `kept` (a selection from it plus new candidates). On
+  /// the bottom layer it first puts back every dropped link that was its target's last in-link, in
+  /// place of the farthest kept link whose target has another one (the selection's diversity gives way
+  /// to reachability), and keeps the in-link counts. Caller holds the owner's lock.
+  void relink(slot_t* list, std::size_t level, std::vector<cand> kept, const float* owner_vec) const {
+    if (level == 0) {
+      const auto has = [&](slot_t x) {
+        return std::any_of(kept.begin(), kept.end(), [x](const cand& c) { return c.slot == x; });
+      };
+      const std::size_t old_count = list[0];
+      std::vector<slot_t> old(list + 1, list + 1 + old_count);
+      for (const slot_t y : old) {
+        if (has(y) || !usable(y, 0) || in0(y).load(std::memory_order_relaxed) > 1) continue;
+        // y would lose its last in-link: displace the farthest kept target that is linked elsewhere
+        // too (new targets count the link they are about to get).
+        std::size_t victim = kept.size();
+        for (std::size_t i = kept.size(); i-- > 0;) {
+          const bool linked_before = std::find(old.begin(), old.end(), kept[i].slot) != old.end();
+          const std::uint32_t count = in0(kept[i].slot).load(std::memory_order_relaxed);
+          if ((linked_before ? count > 1 : count > 0)) {
+            victim = i;
+            break;
+          }
+        }
+        if (victim == kept.size()) continue;
+        kept[victim] = {distance(owner_vec, vec(y)), y};
+      }
+      for (const slot_t y : old)
+        if (!has(y)) drop_in0(y);
+      for (const cand& k : kept)
+        if (std::find(old.begin(), old.end(), k.slot) == old.end()) in0(k.slot).fetch_add(1, std::memory_order_relaxed);
+    }
+    write_links(list, kept);
+  }
+
   /// Adds the link n → q on `level` (distance d), pruning n's list with the heuristic when it is full.
   void link_back(slot_t n, slot_t q, float d, std::size_t level) {
     const std::lock_guard lock(lock_of(n));
@@ -602,13 +653,14 @@ struct hnsw_index::impl {
     if (count < capacity(level)) {
       store_link(list[count + 1], q);
       store_link(list[0], static_cast<slot_t>(count + 1), std::memory_order_release);
+      if (level == 0) in0(q).fetch_add(1, std::memory_order_relaxed);
       return;
     }
     std::vector<cand> pool{{d, q}};
     const float* nv = vec(n);
     for (std::size_t i = 0; i < count; ++i)
       if (usable(list[i + 1], level)) pool.push_back({distance(nv, vec(list[i + 1])), list[i + 1]});
-    write_links(list, select(std::move(pool), capacity(level)));
+    relink(list, level, select(std::move(pool), capacity(level)), nv);
   }
 
   /// Links the published node `q` into the graph.
@@ -649,7 +701,7 @@ struct hnsw_index::impl {
           if (usable(x, l) && std::none_of(merged.begin(), merged.end(), [x](const cand& c) { return c.slot == x; }))
             merged.push_back({distance(qv, vec(x)), x});
         }
-        write_links(list, merged.size() > capacity(l) ? select(std::move(merged), capacity(l)) : merged);
+        relink(list, l, merged.size() > capacity(l) ? select(std::move(merged), capacity(l)) : std::move(merged), qv);
       }
       for (const cand& k : kept) link_back(k.slot, q, k.distance, l);
       if (!found.empty()) entries = std::move(found);
@@ -707,12 +759,17 @@ struct hnsw_index::impl {
         };
         for (std::size_t i = 0; i < ul[0]; ++i) offer(ul[i + 1]);
         for (const slot_t x : out) offer(x);
-        write_links(ul, select(std::move(pool), capacity(l), true));
+        relink(ul, l, select(std::move(pool), capacity(l), true), uv);
       }
     }
     upper_of(r).reset();
     id_of(r) = no_id;
+    {
+      const slot_t* r0 = links(r, 0);
+      for (std::size_t i = 0; i < r0[0]; ++i) drop_in0(r0[i + 1]);
+    }
     store_link(links(r, 0)[0], 0);
+    in0(r).store(0, std::memory_order_relaxed);
     {
       const std::lock_guard lock(slots_mutex);
       free_slots.push_back(r);
@@ -1210,6 +1267,12 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     x.state(slot).store(state[s], std::memory_order_relaxed);
   }
   corrupt(live == count, "live node count disagrees with the header");
+  if (!in.mapped())  // the bottom-layer in-link counts that later prunes consult (a mapped index never changes)
+    for (std::size_t s = 0; s < slots; ++s) {
+      if (state[s] == 0) continue;
+      const slot_t* list = x.links(static_cast<slot_t>(s), 0);
+      for (std::size_t i = 0; i < list[0]; ++i) x.in0(list[i + 1]).fetch_add(1, std::memory_order_relaxed);
+    }
   const std::uint64_t entry = fp.entry;
   const bool entry_ok = live == 0 ? entry == empty_entry
                                   : (entry & 0xffffffffu) < slots && state[entry & 0xffffffffu] == (entry >> 32) + 1;
