@@ -149,6 +149,11 @@ TEST_CASE("hnsw SQ8 ranges come from train or the first add, and clamp later out
   hnsw_params p;
   p.codes = hnsw_codes::sq8;
   hnsw_index index(dim, metric::l2, p);
+  // Saved before any ranges exist (no train, no add): it loads back untrained and learns them later.
+  const scratch_dir dir("shoal-hnsw");
+  index.save(dir / "untrained.shoal");
+  index = hnsw_index::load(dir / "untrained.shoal");
+  CHECK(index.size() == 0);
   index.train(f.base.view().slice(0, 500));
   index.add(f.base.view(), f.ids);
   REQUIRE_THROWS_MATCHES(index.train(f.base.view()), shoal::error, fails_with(errc::invalid_argument, "already holds"));

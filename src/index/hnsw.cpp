@@ -620,12 +620,14 @@ struct hnsw_index::impl {
       };
       const std::size_t old_count = list[0];
       std::vector<slot_t> old(list + 1, list + 1 + old_count);
+      std::vector<slot_t> restored;  // put back here: never displaced again
       for (const slot_t y : old) {
         if (has(y) || !usable(y, 0) || in0(y).load(std::memory_order_relaxed) > 1) continue;
-        // y would lose its last in-link: displace the farthest kept target that is linked elsewhere
-        // too (new targets count the link they are about to get).
+        // y would lose its last in-link: displace the last (for a selection: the farthest) kept target
+        // that is linked elsewhere too (new targets count the link they are about to get).
         std::size_t victim = kept.size();
         for (std::size_t i = kept.size(); i-- > 0;) {
+          if (std::find(restored.begin(), restored.end(), kept[i].slot) != restored.end()) continue;
           const bool linked_before = std::find(old.begin(), old.end(), kept[i].slot) != old.end();
           const std::uint32_t count = in0(kept[i].slot).load(std::memory_order_relaxed);
           if ((linked_before ? count > 1 : count > 0)) {
@@ -635,6 +637,7 @@ struct hnsw_index::impl {
         }
         if (victim == kept.size()) continue;
         kept[victim] = {distance(owner_vec, vec(y)), y};
+        restored.push_back(y);
       }
       for (const slot_t y : old)
         if (!has(y)) drop_in0(y);
@@ -1116,7 +1119,7 @@ std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_inde
     for (const auto& c : x.owned_chunks)
       out.append(std::span<const std::uint8_t>(c->codes, chunk_nodes * x.code_stride));
   }
-  if (x.build.codes == hnsw_codes::sq8) {
+  if (x.build.codes == hnsw_codes::sq8 && x.sq_ready.load(std::memory_order_acquire)) {  // absent: untrained
     out.begin_section(tags.ranges);
     out.append(std::span<const float>(x.sq->mins()));
     out.append(std::span<const float>(x.sq->steps()));
@@ -1191,7 +1194,9 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   in.read(tags.state, state.data(), slots);
   in.read(tags.ids, ids.data(), slots);
   corrupt(x.build.codes == hnsw_codes::sq8 || !in.has(tags.ranges), "SQ8 code ranges in a graph without SQ8 codes");
-  if (x.build.codes == hnsw_codes::sq8) {
+  // An SQ8 graph without ranges was saved before its ranges were learnt: it holds no node yet.
+  corrupt(x.build.codes != hnsw_codes::sq8 || in.has(tags.ranges) || slots == 0, "SQ8 graph without code ranges");
+  if (x.build.codes == hnsw_codes::sq8 && in.has(tags.ranges)) {
     std::vector<float> ranges(2 * x.dim);
     in.read(tags.ranges, ranges.data(), ranges.size());
     const auto half = ranges.begin() + static_cast<std::ptrdiff_t>(x.dim);
