@@ -30,12 +30,18 @@ float sum_of(const std::array<batch, N>& acc) noexcept {
   return xsimd::hadd(total);
 }
 
+template <bool Prefetch>
 float read_sum(const float* data, std::size_t n) noexcept {
+  constexpr std::size_t ahead = 4096 / sizeof(float);
   std::array<batch, read_accumulators> acc;
   acc.fill(batch(0.0f));
   std::size_t i = 0;
-  for (; i + read_accumulators * width <= n; i += read_accumulators * width)
+  for (; i + read_accumulators * width <= n; i += read_accumulators * width) {
+    if constexpr (Prefetch)
+      for (std::size_t b = 0; b < read_accumulators * width; b += 64 / sizeof(float))
+        __builtin_prefetch(data + i + ahead + b, 0, 3);
     for (std::size_t j = 0; j < read_accumulators; ++j) acc[j] += batch::load_aligned(data + i + j * width);
+  }
   float tail = 0.0f;
   for (; i < n; ++i) tail += data[i];
   return sum_of(acc) + tail;
@@ -55,7 +61,8 @@ float fma_chains(std::size_t iterations, float seed) noexcept {
 }  // namespace
 }  // namespace SHOAL_CEILING_NS
 
-extern const ceiling_functions SHOAL_CEILING_TABLE = {SHOAL_CEILING_NS::read_sum, SHOAL_CEILING_NS::fma_chains,
+extern const ceiling_functions SHOAL_CEILING_TABLE = {SHOAL_CEILING_NS::read_sum<false>,
+                                                      SHOAL_CEILING_NS::read_sum<true>, SHOAL_CEILING_NS::fma_chains,
                                                       2 * SHOAL_CEILING_NS::width* SHOAL_CEILING_NS::fma_chain_count};
 
 }  // namespace shoal::bench

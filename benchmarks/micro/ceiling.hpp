@@ -12,6 +12,9 @@ struct ceiling_functions {
   /// Σ data[0..n) with several independent accumulators of aligned loads: streaming read bandwidth.
   /// `data` must be 64-byte aligned.
   float (*read_sum)(const float* data, std::size_t n) noexcept;
+  /// The same sum with a software prefetch 4 KiB ahead of the loads: what one core reads when it keeps
+  /// more lines in flight than the hardware prefetchers do (the scan kernels stream this way).
+  float (*read_sum_prefetch)(const float* data, std::size_t n) noexcept;
   /// `iterations` rounds of independent FMA chains in registers (no memory traffic); returns their sum
   /// so that the chains stay live.
   float (*fma_chains)(std::size_t iterations, float seed) noexcept;

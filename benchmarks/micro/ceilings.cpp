@@ -36,9 +36,10 @@ const aligned_vector<float>& read_buffer() {
   return data;
 }
 
-void bm_read_bandwidth(benchmark::State& state, const ceiling_level& l) {
+void bm_read_bandwidth(benchmark::State& state, const ceiling_level& l, bool prefetch) {
   const aligned_vector<float>& data = read_buffer();
-  for (auto _ : state) benchmark::DoNotOptimize(l.functions->read_sum(data.data(), data.size()));
+  const auto sum = prefetch ? l.functions->read_sum_prefetch : l.functions->read_sum;
+  for (auto _ : state) benchmark::DoNotOptimize(sum(data.data(), data.size()));
   set_rates(state, static_cast<double>(read_bytes), 0);
 }
 
@@ -58,10 +59,14 @@ void register_ceiling_benchmarks() {
 #ifdef SHOAL_HAVE_X86_KERNELS
   for (const ceiling_level& l : levels) {
     if (!simd_level_available(l.level)) continue;
-    const std::string read_name = std::string("BM_ceiling_read_bandwidth/") + simd_level_name(l.level);
-    benchmark::RegisterBenchmark(read_name.c_str(), [&l](benchmark::State& state) {
-      bm_read_bandwidth(state, l);
-    })->Unit(benchmark::kMillisecond);
+    for (const bool prefetch : {false, true}) {
+      const std::string read_name =
+          std::string(prefetch ? "BM_ceiling_read_bandwidth_prefetch/" : "BM_ceiling_read_bandwidth/") +
+          simd_level_name(l.level);
+      benchmark::RegisterBenchmark(read_name.c_str(), [&l, prefetch](benchmark::State& state) {
+        bm_read_bandwidth(state, l, prefetch);
+      })->Unit(benchmark::kMillisecond);
+    }
     benchmark::RegisterBenchmark(l.fma_benchmark, [&l](benchmark::State& state) { bm_fma(state, l); });
   }
 #endif

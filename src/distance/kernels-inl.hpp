@@ -116,10 +116,31 @@ float cosine_distance(const float* a, const float* b, std::size_t dim) noexcept 
   return 1.0f - s_ab / std::sqrt(s_aa * s_bb);
 }
 
+/// Rows of a one-to-many scan whose block spans at least this many bytes are streamed with software
+/// prefetch: such a block is not in L1, and is most likely in DRAM (a flat scan, a large inverted list).
+constexpr std::size_t stream_min_bytes = std::size_t{64} << 10;
+/// How far ahead of the row being scored the stream prefetches. The hardware prefetchers alone keep too
+/// few lines in flight for one core to reach its read bandwidth: measured on a Sapphire Rapids VM (avx512,
+/// 60,000 x 784 flat scan, interleaved with the read ceiling), 80% of the ceiling without, 99% with 4 KiB.
+constexpr std::size_t stream_ahead_bytes = 4096;
+
 template <float (*Pair)(const float*, const float*, std::size_t) noexcept>
 void one_to_many(const float* q, const float* x, std::size_t n, std::size_t dim, std::size_t stride,
                  float* out) noexcept {
-  for (std::size_t i = 0; i < n; ++i) out[i] = Pair(q, x + i * stride, dim);
+  const std::size_t row_bytes = stride * sizeof(float);
+  if (n * row_bytes < stream_min_bytes) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = Pair(q, x + i * stride, dim);
+    return;
+  }
+  // Each row prefetches the lines `stream_ahead_bytes` beyond it, never past the block's end (a
+  // prefetch cannot fault, but lines outside the block are bandwidth taken from the scan).
+  const char* const end = reinterpret_cast<const char*>(x + n * stride);
+  for (std::size_t i = 0; i < n; ++i) {
+    const char* ahead = reinterpret_cast<const char*>(x + i * stride) + stream_ahead_bytes;
+    const char* const stop = std::min(ahead + row_bytes, end);
+    for (; ahead < stop; ahead += 64) __builtin_prefetch(ahead, 0, 3);
+    out[i] = Pair(q, x + i * stride, dim);
+  }
 }
 
 /// Prefetches every line of `bytes` bytes at `p` (into L1).

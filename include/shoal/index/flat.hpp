@@ -15,6 +15,8 @@
 #include "shoal/io/format.hpp"
 
 namespace shoal {
+
+class topk_heap;
 namespace io::detail {
 class file_mapping;
 }
@@ -99,6 +101,9 @@ class flat_index {
   [[nodiscard]] query_block prepare(matrix_view<const float> queries) const;
   void search_streaming(const float* query, neighbors_view out_row, const search_params& params) const;
   void search_gemm(matrix_view<const float> queries, neighbors_view out, const search_params& params) const;
+  /// Offers one query's row of a GEMM tile (inner products with stored rows first..first+count, turned
+  /// into ranking distances in place) to its heap.
+  void select_tile(float* ip, std::size_t first, std::size_t count, const id_filter& filter, topk_heap& heap) const;
   void check_mutable(const char* what) const;
   // The arrays as searched: owned, or inside the mapping.
   [[nodiscard]] const float* vector_data() const noexcept { return mapping_ ? mapped_vectors_ : vectors_.data(); }
