@@ -146,7 +146,9 @@ TEST_CASE("GEMM kernel matches the double reference with strides and odd shapes"
   };
   for (const simd_level level : available_simd_levels()) {
     const distance_kernels& k = kernels(level);
-    for (const shape s : {shape{1, 1, 1}, shape{3, 5, 7}, shape{7, 13, 33}, shape{70, 33, 100}, shape{65, 130, 784}}) {
+    // Odd shapes, and depths past 256 with a ragged tail (300), where blocked GEMMs switch k-blocks.
+    for (const shape s : {shape{1, 1, 1}, shape{3, 5, 7}, shape{7, 13, 33}, shape{70, 33, 100}, shape{65, 130, 784},
+                          shape{29, 97, 300}, shape{12, 64, 256}}) {
       CAPTURE(simd_level_name(level), s.na, s.nb, s.d);
       const std::size_t lda = s.d + 3, ldb = s.d + 1, ldc = s.nb + 2;
       const matrix<float> a = make_uniform(s.na, lda, s.d);
