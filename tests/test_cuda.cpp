@@ -1,26 +1,148 @@
-// The CUDA component end to end. Without a GPU only the no-device behaviour is checked (and said so).
+// The CUDA component end to end. Tests tagged [gpu] compare the device with the CPU when a device is
+// present; without one they check the error path only (and say so), which is what CI runs.
+#include <algorithm>
+#include <cmath>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
+#include "shoal/cuda/coarse_quantizer.hpp"
 #include "shoal/cuda/device.hpp"
+#include "shoal/cuda/flat.hpp"
 #include "shoal/distance/distance.hpp"
 #include "shoal/eval/eval.hpp"
+#include "shoal/index/flat.hpp"
+#include "shoal/index/ivf_flat.hpp"
 #include "test_support.hpp"
 
 using namespace shoal;
+using shoal::test::fails_with;
+
+namespace {
+
+bool have_device() {
+  if (cuda::device_count() > 0) return true;
+  WARN("no CUDA device: checking the error path only");
+  return false;
+}
+
+/// GPU and CPU rows agree up to float rounding: the j-th distances match within `tol`, and every CPU
+/// neighbour clearly inside the k (more than `tol` below the k-th distance) is among the GPU's.
+void require_same_up_to_ties(const neighbors& gpu, const neighbors& cpu, float tol) {
+  REQUIRE(gpu.rows() == cpu.rows());
+  REQUIRE(gpu.k() == cpu.k());
+  for (std::size_t r = 0; r < cpu.rows(); ++r) {
+    CAPTURE(r);
+    const std::size_t k = cpu.k();
+    for (std::size_t j = 0; j < k; ++j) CHECK(std::abs(gpu.distance(r, j) - cpu.distance(r, j)) <= tol);
+    const auto ids = gpu.row_ids(r);
+    for (std::size_t j = 0; j < k; ++j)
+      if (cpu.distance(r, j) < cpu.distance(r, k - 1) - tol)
+        CHECK(std::find(ids.begin(), ids.end(), cpu.id(r, j)) != ids.end());
+  }
+}
+
+}  // namespace
 
 TEST_CASE("CUDA l2sqr kernel matches the CPU kernel, or reports no device", "[gpu]") {
   const matrix<float> x = make_uniform(1000, 100, 4);
   const matrix<float> q = make_uniform(1, 100, 5);
-  if (cuda::device_count() == 0) {
-    WARN("no CUDA device: checking the error path only");
+  if (!have_device()) {
     REQUIRE_THROWS_MATCHES(cuda::l2sqr_one_to_many(q.row(0), x.view()), shoal::error,
-                           test::fails_with(errc::unsupported, "no CUDA device"));
+                           fails_with(errc::unsupported, "no CUDA device"));
     return;
   }
   INFO(cuda::device_name(0));
   const std::vector<float> got = cuda::l2sqr_one_to_many(q.row(0), x.view());
   REQUIRE(got.size() == 1000);
   for (std::size_t i = 0; i < 1000; ++i) CHECK(got[i] == Approx(l2sqr(q.row(0), x.row(i), 100)).epsilon(1e-5));
+}
+
+TEST_CASE("CUDA flat index returns the CPU flat index's neighbours up to ties", "[gpu]") {
+  const test::clustered_set data(3000, 300, 64, 20, 21, 0.5f, 5);
+  if (!have_device()) {
+    REQUIRE_THROWS_MATCHES(cuda::flat_index(data.base.view(), metric::l2), shoal::error,
+                           fails_with(errc::unsupported, "no CUDA device"));
+    REQUIRE_THROWS_MATCHES(cuda::coarse_quantizer(data.base.view(), metric::l2), shoal::error,
+                           fails_with(errc::unsupported, "no CUDA device"));
+    return;
+  }
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    const cuda::flat_index gpu(data.base.view(), m);
+    CHECK(gpu.size() == 3000);
+    CHECK(gpu.device_bytes() >= 3000 * 64 * sizeof(float));
+    flat_index cpu(64, m);
+    std::vector<vector_id> rows(3000);
+    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
+    cpu.add(data.base.view(), rows);
+    // The GEMM form (‖q‖² + ‖x‖² − 2⟨q, x⟩) and the device's summation order round differently from the CPU's
+    // pairwise kernel: allow 2e-5 of the largest squared norm (64 terms of fp32 error, with margin).
+    float scale = 1.0f;
+    if (m != metric::cosine)
+      for (std::size_t r = 0; r < data.base.rows; ++r)
+        scale = std::max(scale, inner_product(data.base.row(r), data.base.row(r), 64));
+    const float tol = 2e-5f * 2.0f * scale;
+    for (const std::size_t k : {1, 10, 100, 1024}) {
+      CAPTURE(k);
+      require_same_up_to_ties(gpu.search(data.queries.view(), k), cpu.search(data.queries.view(), k), tol);
+    }
+  }
+}
+
+TEST_CASE("CUDA flat index: ties go to the smaller row, fewer rows than k leave sentinels", "[gpu]") {
+  if (!have_device()) return;
+  matrix<float> x(6, 4);
+  for (std::size_t r = 0; r < 6; ++r)
+    for (std::size_t j = 0; j < 4; ++j) x.row(r)[j] = r < 4 ? 1.0f : 2.0f;  // rows 0..3 identical
+  const cuda::flat_index gpu(x.view(), metric::l2);
+  const matrix<float> q = [] {
+    matrix<float> m(1, 4);
+    std::fill_n(m.row(0), 4, 1.0f);
+    return m;
+  }();
+  const neighbors got = gpu.search(q.view(), 8);
+  for (std::size_t j = 0; j < 6; ++j) CHECK(got.id(0, j) == j);
+  CHECK(got.id(0, 6) == no_id);
+  CHECK(got.distance(0, 7) == no_distance);
+}
+
+TEST_CASE("CUDA coarse quantizer drives an IVF search to the CPU pass's results", "[gpu]") {
+  const test::clustered_set data(4000, 400, 32, 40, 31, 0.5f, 4);
+  if (!have_device()) return;
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    ivf_flat_index index(32, m, 64);
+    index.train(data.base.view());
+    index.add(data.base.view(), data.ids);
+    const cuda::coarse_quantizer gpu(index.centroids(), m, 0, 1);
+    search_params cpu_params;
+    cpu_params.nprobe = 8;
+    search_params gpu_params = cpu_params;
+    gpu_params.coarse = &gpu;
+    const neighbors a = index.search(data.queries.view(), 10, gpu_params);
+    const neighbors b = index.search(data.queries.view(), 10, cpu_params);
+    // The same lists but where two centroids nearly tie for a query's last probe.
+    CHECK(recall_at_k(a, b, 10) >= 0.99);
+  }
+}
+
+TEST_CASE("CUDA flat index rejects bad input", "[gpu]") {
+  const matrix<float> x = make_uniform(100, 8, 1);
+  if (!have_device()) return;
+  const cuda::flat_index gpu(x.view(), metric::l2);
+  const matrix<float> wrong = make_uniform(2, 7, 2);
+  REQUIRE_THROWS_MATCHES(gpu.search(x.view(), 0), shoal::error, fails_with(errc::invalid_argument, "k must"));
+  REQUIRE_THROWS_MATCHES(gpu.search(x.view(), cuda::flat_index::max_k + 1), shoal::error,
+                         fails_with(errc::invalid_argument, "k must"));
+  REQUIRE_THROWS_AS(gpu.search(wrong.view(), 5), shoal::error);
+  matrix<float> nan = make_uniform(1, 8, 3);
+  nan.row(0)[2] = std::nanf("");
+  REQUIRE_THROWS_AS(gpu.search(nan.view(), 5), shoal::error);
+  REQUIRE_THROWS_MATCHES(cuda::flat_index(x.view(), metric::l2, cuda::device_count()), shoal::error,
+                         fails_with(errc::unsupported, "no CUDA device"));
+  const cuda::coarse_quantizer coarse(x.view(), metric::l2);
+  std::vector<std::uint32_t> probes(200);
+  REQUIRE_THROWS_MATCHES(coarse.probe(x.view(), 101, probes.data()), shoal::error,
+                         fails_with(errc::invalid_argument, "nprobe"));
 }

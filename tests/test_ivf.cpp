@@ -8,6 +8,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "shoal/cluster/kmeans.hpp"
+#include "shoal/core/coarse_probe.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/ivf_flat.hpp"
@@ -47,6 +49,31 @@ search_params with_nprobe(std::size_t nprobe) {
   p.nprobe = nprobe;
   return p;
 }
+
+/// A coarse pass outside the index, on the CPU (the GPU quantizer's stand-in): `shoal::assign` over a copy
+/// of the centroids, counting the queries it was asked about.
+class assign_probe final : public coarse_probe {
+ public:
+  assign_probe(matrix_view<const float> centroids, shoal::metric m, std::size_t min_batch)
+      : centroids_(centroids.rows, centroids.dim), metric_(m), min_batch_(min_batch) {
+    for (std::size_t r = 0; r < centroids.rows; ++r) std::copy_n(centroids.row(r), centroids.dim, centroids_.row(r));
+  }
+  [[nodiscard]] std::size_t lists() const noexcept override { return centroids_.rows; }
+  [[nodiscard]] std::size_t dim() const noexcept override { return centroids_.dim; }
+  [[nodiscard]] shoal::metric metric() const noexcept override { return metric_; }
+  [[nodiscard]] std::size_t min_batch() const noexcept override { return min_batch_; }
+  void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const override {
+    const centroid_assignment a = assign(queries, centroids_.view(), metric_, nprobe);
+    std::copy(a.labels.begin(), a.labels.end(), probes);
+    asked += queries.rows;
+  }
+  mutable std::atomic<std::size_t> asked{0};
+
+ private:
+  matrix<float> centroids_;
+  shoal::metric metric_;
+  std::size_t min_batch_;
+};
 
 }  // namespace
 
@@ -300,5 +327,39 @@ TEST_CASE("ivf_flat_index: queries whose centroid scores overflow still probe np
     const neighbors r = index.search(huge.view(), 3, with_nprobe(nprobe));
     CHECK(r.rows() == 2);
     (void)index.range_search(huge.view(), 1.0f, with_nprobe(nprobe));
+  }
+}
+
+TEST_CASE("ivf takes its lists from search_params::coarse for large enough batches", "[ivf]") {
+  const fixture f(2500, 40, 11);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    const ivf_flat_index index = f.build(m);
+    const assign_probe outside(index.centroids(), m, 16);
+    search_params params = with_nprobe(probe);
+    params.coarse = &outside;
+    // The same scores as the index's own flat pass, so the same lists and results.
+    require_identical(index.search(f.queries.view(), 10, params),
+                      index.search(f.queries.view(), 10, with_nprobe(probe)));
+    CHECK(outside.asked == f.queries.rows);
+    // A batch below min_batch stays on the index's pass.
+    (void)index.search(f.queries.view().slice(0, 15), 10, params);
+    CHECK(outside.asked == f.queries.rows);
+    const float radius = index.search(f.queries.view().slice(0, 1), 20, with_nprobe(probe)).distance(0, 19);
+    const range_result a = index.range_search(f.queries.view(), radius, params);
+    const range_result b = index.range_search(f.queries.view(), radius, with_nprobe(probe));
+    CHECK(a.ids == b.ids);
+    CHECK(outside.asked == 2 * f.queries.rows);
+  }
+  // A coarse pass whose shape or metric differs from the index's is refused, whatever the batch size.
+  const ivf_flat_index index = f.build(metric::l2);
+  const assign_probe fewer(index.centroids().slice(0, nlist - 1), metric::l2, 1);
+  const assign_probe other_metric(index.centroids(), metric::inner_product, 1);
+  for (const coarse_probe* bad :
+       {static_cast<const coarse_probe*>(&fewer), static_cast<const coarse_probe*>(&other_metric)}) {
+    search_params params = with_nprobe(probe);
+    params.coarse = bad;
+    REQUIRE_THROWS_MATCHES(index.search(f.queries.view().slice(0, 1), 10, params), shoal::error,
+                           fails_with(errc::invalid_argument, "search_params::coarse"));
   }
 }

@@ -12,6 +12,7 @@
 
 #include "index/coarse_quantizer.hpp"
 #include "shoal/core/checks.hpp"
+#include "shoal/core/coarse_probe.hpp"
 #include "shoal/core/params.hpp"
 #include "shoal/core/types.hpp"
 #include "shoal/quant/opq.hpp"
@@ -41,7 +42,8 @@ struct probed_queries {
 /// Checks `queries` (dimension, NaN/Inf, zero vectors under cosine; `what` prefixes the error), brings
 /// them into the lists' space (normalised under cosine, then multiplied by `rotation` when given) and
 /// runs the trained `coarse` quantizer: `params.nprobe` lists per query (0: `default_nprobe`; at most
-/// every list), the HNSW kind exploring `params.ef` candidates.
+/// every list), the HNSW kind exploring `params.ef` candidates; or `params.coarse` instead, when set and
+/// the batch holds at least its `min_batch()` queries (its shape and metric checked against the index's).
 [[nodiscard]] inline probed_queries probe_queries(matrix_view<const float> queries, std::size_t dim, metric m,
                                                   const coarse_quantizer& coarse, const search_params& params,
                                                   std::size_t default_nprobe, const opq_rotation* rotation,
@@ -57,8 +59,19 @@ struct probed_queries {
     p.rotated = rotation->apply(p.view);
     p.view = p.rotated->view();
   }
-  p.nprobe = std::min(params.nprobe == 0 ? default_nprobe : params.nprobe, coarse.centroids().rows);
+  const std::size_t nlist = coarse.centroids().rows;
+  p.nprobe = std::min(params.nprobe == 0 ? default_nprobe : params.nprobe, nlist);
   p.probes.resize(p.view.rows * p.nprobe);
+  if (const coarse_probe* outside = params.coarse; outside != nullptr) {
+    SHOAL_CHECK(outside->lists() == nlist && outside->dim() == dim && outside->metric() == m, what,
+                ": search_params::coarse holds ", outside->lists(), " centroids of dimension ", outside->dim(),
+                " under ", metric_name(outside->metric()), ", the index ", nlist, " of dimension ", dim, " under ",
+                metric_name(m));
+    if (p.view.rows >= outside->min_batch()) {
+      outside->probe(p.view, p.nprobe, p.probes.data());
+      return p;
+    }
+  }
   coarse.probe(p.view, p.nprobe, params.ef, p.probes.data());
   return p;
 }

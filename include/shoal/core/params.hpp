@@ -11,6 +11,8 @@
 
 namespace shoal {
 
+class coarse_probe;
+
 /// Non-owning reference to a predicate `bool(vector_id)` that says which ids a search may return.
 /// Cheap to copy (two pointers); the referenced callable must outlive the search call. An empty filter
 /// accepts every id. The predicate may be called concurrently from the threads of one batched search.
@@ -55,6 +57,10 @@ struct search_params {
   /// number of nearest groups (all shards of each). 0 (the default) visits every shard; hash and range
   /// collections always visit every shard. Values above the shard (group) count visit all.
   std::size_t shard_probe = 0;
+  /// IVF: a coarse pass to use instead of the index's own for batches of at least its `min_batch()`
+  /// queries (the CUDA component's `shoal::cuda::coarse_quantizer`, built from the index's centroids);
+  /// null (the default) keeps the index's. Must outlive the call. See `shoal/core/coarse_probe.hpp`.
+  const coarse_probe* coarse = nullptr;
 };
 
 }  // namespace shoal

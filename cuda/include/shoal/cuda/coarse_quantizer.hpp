@@ -1,0 +1,48 @@
+#pragma once
+/// \file
+/// shoal::cuda::coarse_quantizer — an IVF index's coarse pass on a CUDA device, handed to searches through
+/// `search_params::coarse`. No CUDA in this header.
+
+#include <cstddef>
+#include <cstdint>
+
+#include "shoal/core/coarse_probe.hpp"
+#include "shoal/cuda/flat.hpp"
+
+namespace shoal::cuda {
+
+/// The centroids of an IVF index on a device; large query batches pick their lists there, the list scans
+/// stay on the CPU:
+/// ```
+/// const shoal::cuda::coarse_quantizer gpu(index.centroids(), index.metric());
+/// shoal::search_params params;
+/// params.nprobe = 16;
+/// params.coarse = &gpu;                 // batches of >= gpu.min_batch() queries probe on the device
+/// index.search(queries, 10, params);
+/// ```
+/// Lists are ranked as the CPU's flat coarse pass ranks them (‖c‖² − 2⟨q, c⟩ under L2, −⟨q, c⟩ under inner
+/// product and cosine, whose centroids and queries are already unit length), in fp32 through a GEMM, so a
+/// near-tie between two centroids may resolve differently from the CPU. Build it from the index's own
+/// `centroids()` (after training; again after retraining). Thread-safe; errors as `flat_index`'s.
+class coarse_quantizer final : public shoal::coarse_probe {
+ public:
+  /// Batches below this many queries stay on the CPU by default.
+  static constexpr std::size_t default_min_batch = 256;
+
+  coarse_quantizer(matrix_view<const float> centroids, shoal::metric m, int device = 0,
+                   std::size_t min_batch = default_min_batch);
+
+  [[nodiscard]] std::size_t lists() const noexcept override { return centroids_.size(); }
+  [[nodiscard]] std::size_t dim() const noexcept override { return centroids_.dim(); }
+  [[nodiscard]] shoal::metric metric() const noexcept override { return metric_; }
+  [[nodiscard]] std::size_t min_batch() const noexcept override { return min_batch_; }
+  /// nprobe ≤ min(lists(), flat_index::max_k).
+  void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const override;
+
+ private:
+  flat_index centroids_;  // inner product for inner product and cosine: both sides are unit length already
+  shoal::metric metric_;
+  std::size_t min_batch_;
+};
+
+}  // namespace shoal::cuda
