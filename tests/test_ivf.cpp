@@ -363,3 +363,25 @@ TEST_CASE("ivf takes its lists from search_params::coarse for large enough batch
                            fails_with(errc::invalid_argument, "search_params::coarse"));
   }
 }
+
+TEST_CASE("ivf single-query coarse pass through the half-precision prefilter probes the exact lists", "[ivf]") {
+  // 512 lists: single queries rank every centroid on the fp16 copy first, then 4·nprobe + 32 exactly.
+  // The assign_probe (min_batch 1) scores every centroid exactly with the same one-to-many kernel, so the
+  // two searches match bit for bit whenever the prefilter kept the true lists.
+  const fixture f(6000, 60, 17);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    const ivf_flat_index index = f.build(m, 512);
+    const assign_probe exact(index.centroids(), m, 1);
+    for (const std::size_t nprobe : {1, 8, 32}) {
+      CAPTURE(nprobe);
+      search_params exact_params = with_nprobe(nprobe);
+      exact_params.coarse = &exact;
+      for (std::size_t q = 0; q < f.queries.rows; ++q) {
+        CAPTURE(q);
+        const matrix_view<const float> one = f.queries.view().slice(q, 1);
+        require_identical(index.search(one, 10, with_nprobe(nprobe)), index.search(one, 10, exact_params));
+      }
+    }
+  }
+}

@@ -3,14 +3,17 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <numeric>
 
 #include "cluster/assign.hpp"
 #include "core/parallel.hpp"
 #include "index/hnsw_file.hpp"
 #include "shoal/core/error.hpp"
+#include "shoal/core/topk.hpp"
 #include "shoal/distance/distance.hpp"
 #include "shoal/index/hnsw.hpp"
+#include "shoal/quant/sq.hpp"
 
 namespace shoal::detail {
 namespace {
@@ -20,6 +23,19 @@ constexpr std::uint32_t tag_graph_m = io::detail::make_tag("CQHN");
 
 /// Centroids are unit length under inner product and cosine, so −⟨q, c⟩ ranks them as either does.
 metric graph_metric(metric m) noexcept { return m == metric::l2 ? metric::l2 : metric::inner_product; }
+
+/// The half-precision prefilter of the flat kind serves batches below the GEMM's (single queries) over at
+/// least this many lists, and only while its candidates are at most half of them. Measured on fashion-mnist
+/// IVF980 (3 MB of centroids from L3): the coarse pass halves, a single query gains about 20%.
+constexpr std::size_t prefilter_min_lists = 256;
+constexpr std::size_t prefilter_max_rows = 8;
+[[nodiscard]] std::size_t prefilter_candidates(std::size_t nprobe) noexcept { return 4 * nprobe + 32; }
+
+/// An exact score as the flat pass computes it (‖c‖² − 2⟨q, c⟩ under L2, −⟨q, c⟩ otherwise), NaN last.
+[[nodiscard]] float rank_score(bool l2, float norm, float ip) noexcept {
+  const float s = l2 ? norm - 2.0f * ip : -ip;
+  return std::isnan(s) ? std::numeric_limits<float>::infinity() : s;
+}
 
 }  // namespace
 
@@ -33,13 +49,80 @@ coarse_quantizer& coarse_quantizer::operator=(coarse_quantizer&&) noexcept = def
 
 std::size_t coarse_quantizer::memory_bytes() const {
   return centroids_.values.capacity() * sizeof(float) + norms_.capacity() * sizeof(float) +
+         half_.capacity() * sizeof(std::uint16_t) + (half_norms_.capacity() + half_center_.capacity()) * sizeof(float) +
          (graph_ ? graph_->memory_bytes() : 0);
 }
 
 void coarse_quantizer::install(matrix<float> centroids) {
   norms_.resize(centroids.rows);
   active_kernels().squared_norms(centroids.values.data(), centroids.rows, centroids.dim, centroids.dim, norms_.data());
+  half_.clear();
+  half_norms_.clear();
+  half_center_.clear();
+  half_scale_ = 1.0f;
+  if (hnsw_m_ == 0 && centroids.rows >= prefilter_min_lists) {
+    const std::size_t dim = centroids.dim;
+    std::vector<double> mean(dim, 0.0);
+    for (std::size_t c = 0; c < centroids.rows; ++c)
+      for (std::size_t j = 0; j < dim; ++j) mean[j] += centroids.row(c)[j];
+    half_center_.resize(dim);
+    for (std::size_t j = 0; j < dim; ++j)
+      half_center_[j] = static_cast<float>(mean[j] / static_cast<double>(centroids.rows));
+    float largest = 0.0f;
+    for (std::size_t c = 0; c < centroids.rows; ++c)
+      for (std::size_t j = 0; j < dim; ++j)
+        largest = std::max(largest, std::abs(centroids.row(c)[j] - half_center_[j]));
+    int exponent = 0;
+    (void)std::frexp(largest, &exponent);  // largest < 2^exponent
+    half_scale_ = largest > 0.0f ? std::ldexp(1.0f, 14 - exponent) : 1.0f;
+    half_.resize(centroids.values.size());
+    half_norms_.assign(centroids.rows, 0.0f);
+    for (std::size_t c = 0; c < centroids.rows; ++c) {
+      for (std::size_t j = 0; j < dim; ++j) {
+        const std::uint16_t h = float_to_half((centroids.row(c)[j] - half_center_[j]) * half_scale_);
+        half_[c * dim + j] = h;
+        half_norms_[c] += half_to_float(h) * half_to_float(h);
+      }
+    }
+  }
   centroids_ = std::move(centroids);
+}
+
+bool coarse_quantizer::prefiltered(std::size_t rows, std::size_t nprobe) const noexcept {
+  return !half_.empty() && rows < prefilter_max_rows && 2 * prefilter_candidates(nprobe) <= centroids_.rows;
+}
+
+void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe, std::uint32_t* probes) const {
+  const std::size_t nlist = centroids_.rows, dim = centroids_.dim;
+  const bool l2 = metric_ == metric::l2;
+  const sq_kernels& half = active_scalar_quant_kernels();
+  const distance_kernels& exact = active_kernels();
+  // Approximate scores of every centroid against the query brought into the copy's frame: centred too under
+  // L2 (‖(q − μ) − (c − μ)‖²), only scaled under inner product (⟨q, c − μ⟩ ranks as ⟨q, c⟩ does).
+  std::vector<float> scaled(dim);
+  for (std::size_t j = 0; j < dim; ++j) scaled[j] = (l2 ? query[j] - half_center_[j] : query[j]) * half_scale_;
+  std::vector<std::pair<float, std::uint32_t>> approx(nlist);
+  for (std::size_t c = 0; c < nlist; ++c) {
+    const auto* row = reinterpret_cast<const std::uint8_t*>(half_.data() + c * dim);
+    // Under L2 as ‖c'‖² − 2⟨q', c'⟩ (the constant ‖q'‖² left out): one FMA per component instead of a
+    // subtraction and an FMA, which is what bounds this loop once the copy sits in L2.
+    const float ip = half.fp16_ip(scaled.data(), row, dim);
+    const float s = l2 ? half_norms_[c] - 2.0f * ip : -ip;
+    approx[c] = {std::isnan(s) ? std::numeric_limits<float>::infinity() : s, static_cast<std::uint32_t>(c)};
+  }
+  const std::size_t keep = prefilter_candidates(nprobe);
+  std::nth_element(approx.begin(), approx.begin() + static_cast<std::ptrdiff_t>(keep), approx.end());
+  // The candidates scored exactly as the flat pass scores them (the pairwise kernel is bit-identical to the
+  // one-to-many kernel the pass uses for a small batch), best nprobe by (score, list).
+  topk_heap heap(nprobe);
+  for (std::size_t i = 0; i < keep; ++i) {
+    const std::uint32_t c = approx[i].second;
+    const float s = rank_score(l2, l2 ? norms_[c] : 0.0f, exact.inner_product(query, centroids_.row(c), dim));
+    if (s <= heap.worst()) heap.push(s, c);
+  }
+  const std::vector<scored_id> best = heap.take_sorted();
+  for (std::size_t j = 0; j < nprobe; ++j)
+    probes[j] = j < best.size() ? static_cast<std::uint32_t>(best[j].id) : no_list;
 }
 
 void coarse_quantizer::set_centroids(matrix<float> centroids) {
@@ -70,6 +153,10 @@ void coarse_quantizer::probe(matrix_view<const float> queries, std::size_t nprob
                              std::uint32_t* probes) const {
   if (queries.rows == 0) return;
   if (graph_ == nullptr) {
+    if (prefiltered(queries.rows, nprobe)) {
+      for (std::size_t q = 0; q < queries.rows; ++q) probe_prefiltered(queries.row(q), nprobe, probes + q * nprobe);
+      return;
+    }
     std::vector<float> unused(queries.rows * nprobe);
     assign_nearest(queries, centroids_.view(), norms_.data(), metric_, nprobe, probes, unused.data());
     return;

@@ -1,7 +1,8 @@
 // Scalar-quantizer distance kernels, compiled once per SIMD level: included by pq_scalar.cpp,
 // pq_avx2.cpp and pq_avx512.cpp right after pq_kernels-inl.hpp, with the same SHOAL_PQ_NS /
-// SHOAL_PQ_LEVEL / SHOAL_PQ_ISA definitions (see there). The AVX-512 level runs the AVX2 code: these
-// kernels stream `dim` bytes or words per call, and 256-bit registers already keep up with the loads.
+// SHOAL_PQ_LEVEL / SHOAL_PQ_ISA definitions (see there). The AVX-512 level runs the AVX2 code for SQ8:
+// that kernel streams `dim` bytes per call, and 256-bit registers already keep up with the loads; fp16
+// has a 512-bit kernel of its own (see fp16_distance_avx512).
 //
 // fp16 is widened with F16C's vcvtph2ps at the AVX2 and AVX-512 levels (which require F16C), and in
 // the scalar reference with integer operations: the 15 low bits shifted into place and scaled by 2^112
@@ -55,7 +56,32 @@ inline float sq_sum(const float* q, std::size_t dim, const Decode8& decode8, con
   std::size_t d = 0;
   float sum = 0.0f;
 #if SHOAL_PQ_ISA > 0
+  // Four independent accumulators (32 components per step) keep two FMA ports busy through the FMA
+  // latency; two left the full-scan users (the IVF coarse prefilter over every centroid) latency-bound.
   __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  {
+    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+    for (; d + 32 <= dim; d += 32) {
+      const __m256 x0 = decode8(d), x1 = decode8(d + 8), x2 = decode8(d + 16), x3 = decode8(d + 24);
+      const __m256 q0 = _mm256_loadu_ps(q + d), q1 = _mm256_loadu_ps(q + d + 8);
+      const __m256 q2 = _mm256_loadu_ps(q + d + 16), q3 = _mm256_loadu_ps(q + d + 24);
+      if constexpr (L2) {
+        const __m256 e0 = _mm256_sub_ps(q0, x0), e1 = _mm256_sub_ps(q1, x1);
+        const __m256 e2 = _mm256_sub_ps(q2, x2), e3 = _mm256_sub_ps(q3, x3);
+        acc0 = _mm256_fmadd_ps(e0, e0, acc0);
+        acc1 = _mm256_fmadd_ps(e1, e1, acc1);
+        acc2 = _mm256_fmadd_ps(e2, e2, acc2);
+        acc3 = _mm256_fmadd_ps(e3, e3, acc3);
+      } else {
+        acc0 = _mm256_fmadd_ps(q0, x0, acc0);
+        acc1 = _mm256_fmadd_ps(q1, x1, acc1);
+        acc2 = _mm256_fmadd_ps(q2, x2, acc2);
+        acc3 = _mm256_fmadd_ps(q3, x3, acc3);
+      }
+    }
+    acc0 = _mm256_add_ps(acc0, acc2);
+    acc1 = _mm256_add_ps(acc1, acc3);
+  }
   for (; d + 16 <= dim; d += 16) {
     const __m256 x0 = decode8(d), x1 = decode8(d + 8);
     const __m256 q0 = _mm256_loadu_ps(q + d), q1 = _mm256_loadu_ps(q + d + 8);
@@ -103,8 +129,42 @@ float sq8_distance(const float* q, const std::uint8_t* code, const float* min, c
   return sq_sum<L2>(q, dim, decode8, decode1);
 }
 
+#if SHOAL_PQ_ISA == 512
+/// The AVX-512 fp16 kernel: 16 halves widened per vcvtph2ps, four accumulators, a masked tail. Full scans
+/// of many rows that sit in cache (the IVF coarse prefilter over every centroid) are bound by the
+/// widening and the FMAs here, not by loads, so the wider registers pay (unlike the SQ8 kernel).
+template <bool L2>
+float fp16_distance_avx512(const float* q, const std::uint8_t* code, std::size_t dim) noexcept {
+  const auto step = [&](std::size_t d, __mmask16 m, __m512 acc) {
+    const __m512 x = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, code + 2 * d));
+    const __m512 y = _mm512_maskz_loadu_ps(m, q + d);
+    if constexpr (L2) {
+      const __m512 e = _mm512_sub_ps(y, x);
+      return _mm512_fmadd_ps(e, e, acc);
+    } else {
+      return _mm512_fmadd_ps(y, x, acc);
+    }
+  };
+  constexpr __mmask16 all = 0xffff;
+  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
+  std::size_t d = 0;
+  for (; d + 64 <= dim; d += 64) {
+    acc0 = step(d, all, acc0);
+    acc1 = step(d + 16, all, acc1);
+    acc2 = step(d + 32, all, acc2);
+    acc3 = step(d + 48, all, acc3);
+  }
+  for (; d + 16 <= dim; d += 16) acc0 = step(d, all, acc0);
+  if (d < dim) acc1 = step(d, static_cast<__mmask16>((1u << (dim - d)) - 1u), acc1);
+  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+}
+#endif
+
 template <bool L2>
 float fp16_distance(const float* q, const std::uint8_t* code, std::size_t dim) noexcept {
+#if SHOAL_PQ_ISA == 512
+  return fp16_distance_avx512<L2>(q, code, dim);
+#else
 #if SHOAL_PQ_ISA > 0
   const auto decode8 = [&](std::size_t d) { return widen8_half(code + 2 * d); };
 #else
@@ -114,6 +174,7 @@ float fp16_distance(const float* q, const std::uint8_t* code, std::size_t dim) n
     return widen_half(static_cast<std::uint16_t>(code[2 * d] | (code[2 * d + 1] << 8)));
   };
   return sq_sum<L2>(q, dim, decode8, decode1);
+#endif
 }
 
 }  // namespace
