@@ -1,6 +1,6 @@
 // The first CUDA kernel: one query against many vectors, one thread per vector. Small on purpose: it
 // proves the toolchain end to end (nvcc, device link, runtime, install export) and gives the GPU tests
-// a reference point; the real coarse-pass kernels come with the CUDA issue.
+// a reference point; the batched search and the coarse pass are in flat.cu (docs/cuda.md).
 
 #include <cuda_runtime.h>
 

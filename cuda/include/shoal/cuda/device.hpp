@@ -1,8 +1,9 @@
 #pragma once
 /// \file
 /// shoal::cuda — the optional GPU component. This header has no CUDA in it: callers compile it with any
-/// C++ compiler and link `shoal::cuda`. For now it proves that the toolchain compiles, links and runs
-/// device code; the IVF coarse-pass and batched exact-search kernels build on it.
+/// C++ compiler and link `shoal::cuda`. Device discovery and a one-query kernel that proves the
+/// toolchain; batched exact search is `shoal/cuda/flat.hpp`, the IVF coarse pass
+/// `shoal/cuda/coarse_quantizer.hpp` (docs/cuda.md).
 
 #include <cstddef>
 #include <string>
