@@ -22,9 +22,6 @@ namespace {
 /// out of the same GEMM shape whatever the arena — the root of k-means' thread-count independence.
 constexpr std::size_t block_points = 256;
 constexpr std::size_t block_centroids = 512;
-/// Blocks of fewer points (single queries of the IVF coarse pass) take the one-to-many kernel instead:
-/// the GEMM would repack every centroid tile for a handful of rows, which costs more than it saves.
-constexpr std::size_t gemm_min_points = 8;
 /// Points per task of the k-means++ distance update.
 constexpr std::size_t seeding_block = 4096;
 /// Relative size of the nudge that separates a split centroid from its twin (FAISS uses 1/1024).
@@ -154,7 +151,7 @@ void assign_nearest(matrix_view<const float> points, matrix_view<const float> ce
         const float* ip = tile.data() + i * tile_cols;
         if (count == 1) {
           for (std::size_t j = 0; j < cols; ++j) {
-            const float score = l2 ? centroid_norms[c0 + j] - 2.0f * ip[j] : -ip[j];
+            const float score = rank_score(l2, l2 ? centroid_norms[c0 + j] : 0.0f, ip[j]);
             if (score < best[i]) {
               best[i] = score;
               best_label[i] = static_cast<std::uint32_t>(c0 + j);
@@ -163,10 +160,8 @@ void assign_nearest(matrix_view<const float> points, matrix_view<const float> ce
         } else {
           topk_heap& heap = heaps[i];
           for (std::size_t j = 0; j < cols; ++j) {
-            float score = l2 ? centroid_norms[c0 + j] - 2.0f * ip[j] : -ip[j];
-            // Overflowing inputs can make a score NaN, which no comparison admits; ranked last instead,
-            // the heap still fills with `count` entries, which the caller reads back.
-            if (std::isnan(score)) score = std::numeric_limits<float>::infinity();
+            // NaN ranks last (rank_score), so the heap still fills with `count` entries for the caller.
+            const float score = rank_score(l2, l2 ? centroid_norms[c0 + j] : 0.0f, ip[j]);
             if (score <= heap.worst()) heap.push(score, c0 + j);
           }
         }

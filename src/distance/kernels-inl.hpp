@@ -121,7 +121,8 @@ float cosine_distance(const float* a, const float* b, std::size_t dim) noexcept 
 constexpr std::size_t stream_min_bytes = std::size_t{64} << 10;
 /// How far ahead of the row being scored the stream prefetches. The hardware prefetchers alone keep too
 /// few lines in flight for one core to reach its read bandwidth: measured on a Sapphire Rapids VM (avx512,
-/// 60,000 x 784 flat scan, interleaved with the read ceiling), 80% of the ceiling without, 99% with 4 KiB.
+/// 60,000 x 784 flat scan, interleaved with the read ceiling), 79% of the ceiling without, 85-90% with
+/// 4 KiB (BENCHMARKS.md, session 6).
 constexpr std::size_t stream_ahead_bytes = 4096;
 
 template <float (*Pair)(const float*, const float*, std::size_t) noexcept>

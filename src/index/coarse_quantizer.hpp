@@ -86,7 +86,7 @@ class coarse_quantizer {
   // fp16, and changes no ranking: L2 is translation invariant, and ⟨q, c − μ⟩ differs from ⟨q, c⟩ by a
   // constant per query.
   std::vector<std::uint16_t> half_;
-  std::vector<float> half_norms_;  // ‖c'‖² of each half-precision row (L2 ranks by ‖c'‖² − 2⟨q', c'⟩)
+  std::vector<float> half_norms_;  // under L2: ‖c'‖² of each half row (ranked by ‖c'‖² − 2⟨q', c'⟩)
   std::vector<float> half_center_;
   float half_scale_ = 1.0f;
   std::unique_ptr<hnsw_index> graph_;

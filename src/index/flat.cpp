@@ -20,9 +20,10 @@ namespace {
 /// GEMM tile: up to 512 queries meet 512 stored vectors at a time. Tall query blocks amortise streaming
 /// each block of vectors from memory (and Eigen's packing of it, a transposing copy that costs about a
 /// tenth of the block's time at 256 queries) over more FMAs; the 1 MiB distance tile fits in L2.
-/// Measured on Zen 4: 64-query blocks reach 58% of the FMA peak, 256 reach 74%; on a Sapphire Rapids VM
-/// (two 512-bit FMA ports), 256 x 512 reaches 47%, 256 x 1024 54%, 512 x 512 60% (with the vectorised
-/// selection below; Eigen's own kernel runs at about 72% of that peak there).
+/// Measured on Zen 4: 64-query blocks reach 58% of the FMA peak, 256 reach 74%. On a Sapphire Rapids VM
+/// (two 512-bit FMA ports; BENCHMARKS.md, session 6): 256 x 512 reached 47% before the vectorised
+/// selection below, 256 x 1024 54% with it, 512 x 512 60%; Eigen's own kernel runs at about 70% of
+/// that peak there.
 constexpr std::size_t gemm_queries = 512;
 constexpr std::size_t gemm_vectors = 512;
 
@@ -130,7 +131,6 @@ void flat_index::select_tile(float* ip, std::size_t first, std::size_t count, co
   } else {
     for (std::size_t i = 0; i < count; ++i) ip[i] = -ip[i];
   }
-  const float* d = ip;
   // Most runs of a tile row hold nothing below the heap's threshold once the heap is full: a branch-free
   // (vectorised) test skips such a run whole, so only the rare admissible rows take the branchy path.
   constexpr std::size_t run = 64;
@@ -138,13 +138,13 @@ void flat_index::select_tile(float* ip, std::size_t first, std::size_t count, co
   for (std::size_t r = 0; r < count; r += run) {
     const std::size_t end = std::min(count, r + run);
     int admissible = 0;
-    for (std::size_t i = r; i < end; ++i) admissible |= static_cast<int>(d[i] <= worst);
+    for (std::size_t i = r; i < end; ++i) admissible |= static_cast<int>(ip[i] <= worst);
     if (admissible == 0) continue;
     for (std::size_t i = r; i < end; ++i) {
-      if (d[i] > worst) continue;
+      if (ip[i] > worst) continue;
       const vector_id id = id_data()[first + i];
       if (filter.accepts(id)) {
-        heap.push(d[i], id);
+        heap.push(ip[i], id);
         worst = heap.worst();
       }
     }

@@ -56,54 +56,27 @@ inline float sq_sum(const float* q, std::size_t dim, const Decode8& decode8, con
   std::size_t d = 0;
   float sum = 0.0f;
 #if SHOAL_PQ_ISA > 0
+  const auto term = [&](std::size_t at, __m256 acc) {
+    const __m256 x = decode8(at), y = _mm256_loadu_ps(q + at);
+    if constexpr (L2) {
+      const __m256 e = _mm256_sub_ps(y, x);
+      return _mm256_fmadd_ps(e, e, acc);
+    } else {
+      return _mm256_fmadd_ps(y, x, acc);
+    }
+  };
   // Four independent accumulators (32 components per step) keep two FMA ports busy through the FMA
   // latency; two left the full-scan users (the IVF coarse prefilter over every centroid) latency-bound.
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-  {
-    __m256 acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
-    for (; d + 32 <= dim; d += 32) {
-      const __m256 x0 = decode8(d), x1 = decode8(d + 8), x2 = decode8(d + 16), x3 = decode8(d + 24);
-      const __m256 q0 = _mm256_loadu_ps(q + d), q1 = _mm256_loadu_ps(q + d + 8);
-      const __m256 q2 = _mm256_loadu_ps(q + d + 16), q3 = _mm256_loadu_ps(q + d + 24);
-      if constexpr (L2) {
-        const __m256 e0 = _mm256_sub_ps(q0, x0), e1 = _mm256_sub_ps(q1, x1);
-        const __m256 e2 = _mm256_sub_ps(q2, x2), e3 = _mm256_sub_ps(q3, x3);
-        acc0 = _mm256_fmadd_ps(e0, e0, acc0);
-        acc1 = _mm256_fmadd_ps(e1, e1, acc1);
-        acc2 = _mm256_fmadd_ps(e2, e2, acc2);
-        acc3 = _mm256_fmadd_ps(e3, e3, acc3);
-      } else {
-        acc0 = _mm256_fmadd_ps(q0, x0, acc0);
-        acc1 = _mm256_fmadd_ps(q1, x1, acc1);
-        acc2 = _mm256_fmadd_ps(q2, x2, acc2);
-        acc3 = _mm256_fmadd_ps(q3, x3, acc3);
-      }
-    }
-    acc0 = _mm256_add_ps(acc0, acc2);
-    acc1 = _mm256_add_ps(acc1, acc3);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
+  for (; d + 32 <= dim; d += 32) {
+    acc0 = term(d, acc0);
+    acc1 = term(d + 8, acc1);
+    acc2 = term(d + 16, acc2);
+    acc3 = term(d + 24, acc3);
   }
-  for (; d + 16 <= dim; d += 16) {
-    const __m256 x0 = decode8(d), x1 = decode8(d + 8);
-    const __m256 q0 = _mm256_loadu_ps(q + d), q1 = _mm256_loadu_ps(q + d + 8);
-    if constexpr (L2) {
-      const __m256 e0 = _mm256_sub_ps(q0, x0), e1 = _mm256_sub_ps(q1, x1);
-      acc0 = _mm256_fmadd_ps(e0, e0, acc0);
-      acc1 = _mm256_fmadd_ps(e1, e1, acc1);
-    } else {
-      acc0 = _mm256_fmadd_ps(q0, x0, acc0);
-      acc1 = _mm256_fmadd_ps(q1, x1, acc1);
-    }
-  }
-  for (; d + 8 <= dim; d += 8) {
-    const __m256 x0 = decode8(d);
-    const __m256 q0 = _mm256_loadu_ps(q + d);
-    if constexpr (L2) {
-      const __m256 e0 = _mm256_sub_ps(q0, x0);
-      acc0 = _mm256_fmadd_ps(e0, e0, acc0);
-    } else {
-      acc0 = _mm256_fmadd_ps(q0, x0, acc0);
-    }
-  }
+  for (; d + 8 <= dim; d += 8) acc0 = term(d, acc0);
+  acc0 = _mm256_add_ps(acc0, acc2);
+  acc1 = _mm256_add_ps(acc1, acc3);
   sum = hsum(_mm256_add_ps(acc0, acc1));
 #else
   (void)decode8;
