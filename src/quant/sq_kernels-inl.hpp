@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "distance/widen_sum.hpp"
 #include "shoal/quant/sq.hpp"
 
 #if SHOAL_PQ_ISA > 0
@@ -37,11 +38,6 @@ inline float widen_half(std::uint16_t h) noexcept {
 }
 
 #if SHOAL_PQ_ISA > 0
-inline float hsum(__m256 v) noexcept {
-  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  return _mm_cvtss_f32(_mm_add_ss(t, _mm_shuffle_ps(t, t, 1)));
-}
 inline __m256 widen8_u8(const std::uint8_t* c) noexcept {
   return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c))));
 }
@@ -65,19 +61,7 @@ inline float sq_sum(const float* q, std::size_t dim, const Decode8& decode8, con
       return _mm256_fmadd_ps(y, x, acc);
     }
   };
-  // Four independent accumulators (32 components per step) keep two FMA ports busy through the FMA
-  // latency; two left the full-scan users (the IVF coarse prefilter over every centroid) latency-bound.
-  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), acc2 = _mm256_setzero_ps(), acc3 = _mm256_setzero_ps();
-  for (; d + 32 <= dim; d += 32) {
-    acc0 = term(d, acc0);
-    acc1 = term(d + 8, acc1);
-    acc2 = term(d + 16, acc2);
-    acc3 = term(d + 24, acc3);
-  }
-  for (; d + 8 <= dim; d += 8) acc0 = term(d, acc0);
-  acc0 = _mm256_add_ps(acc0, acc2);
-  acc1 = _mm256_add_ps(acc1, acc3);
-  sum = hsum(_mm256_add_ps(acc0, acc1));
+  sum = sum8x4(dim, d, term);
 #else
   (void)decode8;
 #endif
@@ -118,18 +102,7 @@ float fp16_distance_avx512(const float* q, const std::uint8_t* code, std::size_t
       return _mm512_fmadd_ps(y, x, acc);
     }
   };
-  constexpr __mmask16 all = 0xffff;
-  __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(), acc3 = _mm512_setzero_ps();
-  std::size_t d = 0;
-  for (; d + 64 <= dim; d += 64) {
-    acc0 = step(d, all, acc0);
-    acc1 = step(d + 16, all, acc1);
-    acc2 = step(d + 32, all, acc2);
-    acc3 = step(d + 48, all, acc3);
-  }
-  for (; d + 16 <= dim; d += 16) acc0 = step(d, all, acc0);
-  if (d < dim) acc1 = step(d, static_cast<__mmask16>((1u << (dim - d)) - 1u), acc1);
-  return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
+  return sum16x4(dim, step);
 }
 #endif
 
