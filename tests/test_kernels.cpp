@@ -166,34 +166,40 @@ TEST_CASE("GEMM kernel matches the double reference with strides and odd shapes"
   }
 }
 
-TEST_CASE("float x uint8 code kernels match the double reference, gather form bit for bit", "[kernel]") {
+TEST_CASE("int16 x uint8 code kernels are exact at every level up to their coefficient limit", "[kernel]") {
+  CHECK(dot_u8_i16_limit(1) == 32767);
+  CHECK(dot_u8_i16_limit(784) == 10741);
   for (const simd_level level : available_simd_levels()) {
     const distance_kernels& k = kernels(level);
     for (const std::size_t d : dims) {
       for (const std::size_t offset : {0, 1, 3}) {
         CAPTURE(simd_level_name(level), d, offset);
-        const pair_data v(d, offset, d * 17 + offset);
-        const float* a = v.a.data() + offset;
+        const std::int32_t limit = dot_u8_i16_limit(d);
+        splitmix64 rng(d + 7 * offset);
+        std::vector<std::int16_t> coeffs(d + offset);
+        for (std::size_t i = 0; i < coeffs.size(); ++i)  // the extremes, so that the bound is reached
+          coeffs[i] = static_cast<std::int16_t>(
+              i % 3 == 0 ? (i % 2 == 0 ? limit : -limit) : static_cast<std::int32_t>(rng.below(2 * limit + 1)) - limit);
+        const std::int16_t* a = coeffs.data() + offset;
         constexpr std::size_t n = 5;
         std::vector<std::vector<std::uint8_t>> codes(n, std::vector<std::uint8_t>(d + offset));
         std::vector<const std::uint8_t*> rows(n);
-        std::vector<float> gathered(n);
-        splitmix64 rng(d + 7 * offset);
+        std::vector<std::int32_t> gathered(n);
         for (std::size_t r = 0; r < n; ++r) {
           for (std::uint8_t& c : codes[r]) c = static_cast<std::uint8_t>(rng.below(256));
           codes[r][offset] = 255;  // the widening must treat codes as unsigned
           rows[r] = codes[r].data() + offset;
         }
-        k.dot_u8_gather(a, rows.data(), n, d, gathered.data());
+        // The worst case: every product at the limit with one sign.
+        std::vector<std::int16_t> top(d, static_cast<std::int16_t>(limit));
+        std::vector<std::uint8_t> full(d, 255);
+        CHECK(k.dot_u8_i16(top.data(), full.data(), d) == std::int64_t{limit} * 255 * static_cast<std::int64_t>(d));
+        k.dot_u8_i16_gather(a, rows.data(), n, d, gathered.data());
         for (std::size_t r = 0; r < n; ++r) {
-          double ref = 0, abs_ref = 0;
-          for (std::size_t i = 0; i < d; ++i) {
-            ref += double{a[i]} * rows[r][i];
-            abs_ref += std::abs(double{a[i]} * rows[r][i]);
-          }
-          const float got = k.dot_u8(a, rows[r], d);
-          CHECK(std::abs(got - ref) <= bound(d, abs_ref));
-          CHECK(gathered[r] == got);
+          std::int64_t ref = 0;
+          for (std::size_t i = 0; i < d; ++i) ref += std::int64_t{a[i]} * rows[r][i];
+          CHECK(k.dot_u8_i16(a, rows[r], d) == ref);
+          CHECK(gathered[r] == ref);
         }
       }
     }

@@ -158,9 +158,8 @@ constexpr std::size_t gather_ahead = 2;
 
 /// out[i] = score(q, rows[i]) over rows scattered in memory, each prefetched whole `gather_ahead` rows
 /// before it is scored.
-template <class Row, class Score>
-void gather_rows(const Row* const* rows, std::size_t n, std::size_t row_bytes, float* out,
-                 const Score& score) noexcept {
+template <class Row, class Out, class Score>
+void gather_rows(const Row* const* rows, std::size_t n, std::size_t row_bytes, Out* out, const Score& score) noexcept {
   for (std::size_t i = 0; i < std::min(gather_ahead, n); ++i) prefetch_row(rows[i], row_bytes);
   for (std::size_t i = 0; i < n; ++i) {
     if (i + gather_ahead < n) prefetch_row(rows[i + gather_ahead], row_bytes);
@@ -173,34 +172,41 @@ void gather(const float* q, const float* const* xs, std::size_t n, std::size_t d
   gather_rows(xs, n, dim * sizeof(float), out, [&](const float* x) { return Pair(q, x, dim); });
 }
 
-/// Σ a_j · c_j over uint8 codes, widened to float, through `sum16x4` at AVX-512 (four accumulators, a
-/// masked step for the tail; with a scalar tail, the 16 components that 784 leaves after 32-wide steps
-/// formed a chain of dependent scalar FMAs that showed as a third of the kernel in perf of the
-/// fashion-mnist HNSW16,SQ8 traversal), the AVX2 equivalent with a short scalar tail.
-float dot_u8(const float* a, const std::uint8_t* c, std::size_t dim) noexcept {
+/// Σ a_j · c_j of int16 coefficients and uint8 codes, exact in int32 as long as Σ |a_j| · 255 fits (the
+/// caller's bound, `dot_u8_i16_limit`: then no partial sum in any order overflows, so every level returns
+/// the same value). Codes are widened to 16 bits and multiplied pairwise into 32-bit sums (vpmaddwd): 32
+/// components per three instructions at AVX-512, where widening uint8 to float took six per 16. Measured
+/// on a Sapphire Rapids VM at 784 dimensions: gather over 64 rows in L2 47 -> 41 ns per row, fashion-mnist
+/// HNSW16,SQ8 traversal ~8% more QPS (medians of five interleaved runs), recall unchanged.
+std::int32_t dot_u8_i16(const std::int16_t* a, const std::uint8_t* c, std::size_t dim) noexcept {
   std::size_t i = 0;
-  float tail = 0.0f;
+  std::int32_t sum = 0;
 #if defined(__AVX512F__)
-  const auto step = [&](std::size_t at, __mmask16 m, __m512 acc) {
-    const __m512 x = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m, c + at)));
-    return _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + at), x, acc);
+  const auto step = [&](std::size_t at, __mmask32 m, __m512i acc) {
+    const __m512i x = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, c + at));
+    return _mm512_add_epi32(acc, _mm512_madd_epi16(x, _mm512_maskz_loadu_epi16(m, a + at)));
   };
-  return sum16x4(dim, step);
+  __m512i acc = _mm512_setzero_si512();
+  for (; i + 32 <= dim; i += 32) acc = step(i, ~__mmask32{0}, acc);
+  if (i < dim) acc = step(i, static_cast<__mmask32>((std::uint64_t{1} << (dim - i)) - 1u), acc);
+  return _mm512_reduce_add_epi32(acc);
 #elif defined(__AVX2__)
-  const auto step = [&](std::size_t at, __m256 acc) {
-    const __m256 x =
-        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(c + at))));
-    return _mm256_fmadd_ps(_mm256_loadu_ps(a + at), x, acc);
-  };
-  tail = sum8x4(dim, i, step);
+  __m256i acc = _mm256_setzero_si256();
+  for (; i + 16 <= dim; i += 16) {
+    const __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i))));
+  }
+  const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  const __m128i q = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
+  sum = _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 1)));
 #endif
-  for (; i < dim; ++i) tail += a[i] * static_cast<float>(c[i]);
-  return tail;
+  for (; i < dim; ++i) sum += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(c[i]);
+  return sum;
 }
 
-void dot_u8_gather(const float* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
-                   float* out) noexcept {
-  gather_rows(codes, n, dim, out, [&](const std::uint8_t* c) { return dot_u8(a, c, dim); });
+void dot_u8_i16_gather(const std::int16_t* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
+                       std::int32_t* out) noexcept {
+  gather_rows(codes, n, dim, out, [&](const std::uint8_t* c) { return dot_u8_i16(a, c, dim); });
 }
 
 void squared_norms(const float* x, std::size_t n, std::size_t dim, std::size_t stride, float* out) noexcept {
@@ -258,8 +264,8 @@ const distance_kernels& table() noexcept {
       .cosine_distance_one_to_many = one_to_many<cosine_distance>,
       .l2sqr_gather = gather<l2sqr>,
       .inner_product_gather = gather<inner_product>,
-      .dot_u8 = dot_u8,
-      .dot_u8_gather = dot_u8_gather,
+      .dot_u8_i16 = dot_u8_i16,
+      .dot_u8_i16_gather = dot_u8_i16_gather,
       .squared_norms = squared_norms,
       .inner_product_many = inner_product_many,
       .l2sqr_u8 = l2sqr_int<std::uint8_t>,

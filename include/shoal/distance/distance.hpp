@@ -58,11 +58,12 @@ struct distance_kernels {
   void (*l2sqr_gather)(const float* q, const float* const* xs, std::size_t n, std::size_t dim, float* out) noexcept;
   void (*inner_product_gather)(const float* q, const float* const* xs, std::size_t n, std::size_t dim,
                                float* out) noexcept;
-  /// Σ a_j · c_j of a float vector and uint8 codes (the inner loop of scalar-quantized distances; the
-  /// float accumulation order differs between levels, as for the float kernels), and its gather form.
-  float (*dot_u8)(const float* a, const std::uint8_t* c, std::size_t dim) noexcept;
-  void (*dot_u8_gather)(const float* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
-                        float* out) noexcept;
+  /// Σ a_j · c_j of int16 coefficients and uint8 codes (the inner loop of scalar-quantized distances,
+  /// with the query's coefficients rounded to integers), and its gather form. Exact, so identical at
+  /// every level, when every |a_j| ≤ `dot_u8_i16_limit(dim)`; beyond that the int32 sum may overflow.
+  std::int32_t (*dot_u8_i16)(const std::int16_t* a, const std::uint8_t* c, std::size_t dim) noexcept;
+  void (*dot_u8_i16_gather)(const std::int16_t* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
+                            std::int32_t* out) noexcept;
   void (*squared_norms)(const float* x, std::size_t n, std::size_t dim, std::size_t stride, float* out) noexcept;
   void (*inner_product_many)(const float* a, std::size_t na, std::size_t lda, const float* b, std::size_t nb,
                              std::size_t ldb, std::size_t dim, float* c, std::size_t ldc) noexcept;
@@ -81,6 +82,13 @@ struct distance_kernels {
 [[nodiscard]] float l2sqr(const float* a, const float* b, std::size_t dim);
 [[nodiscard]] float inner_product(const float* a, const float* b, std::size_t dim);
 [[nodiscard]] float cosine_distance(const float* a, const float* b, std::size_t dim);
+
+/// The largest |a_j| for which `dot_u8_i16` over `dim` components is exact: (2^31 − 1) / (255 · dim),
+/// capped at the int16 range (10,741 at 784 dimensions, a relative rounding step of 5·10⁻⁵).
+[[nodiscard]] constexpr std::int32_t dot_u8_i16_limit(std::size_t dim) noexcept {
+  const std::size_t limit = dim == 0 ? 32767 : std::size_t{2147483647} / (255 * dim);
+  return static_cast<std::int32_t>(limit < 32767 ? limit : 32767);
+}
 
 /// `metric`'s distance (see `shoal::metric`) between two vectors at the active level. For cosine it
 /// normalises on the fly, so it needs no pre-normalised inputs.
