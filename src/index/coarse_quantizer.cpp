@@ -8,6 +8,7 @@
 #include "cluster/assign.hpp"
 #include "core/parallel.hpp"
 #include "index/hnsw_file.hpp"
+#include "quant/sq8_estimate.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
 #include "shoal/distance/distance.hpp"
@@ -23,11 +24,12 @@ constexpr std::uint32_t tag_graph_m = io::detail::make_tag("CQHN");
 /// Centroids are unit length under inner product and cosine, so −⟨q, c⟩ ranks them as either does.
 metric graph_metric(metric m) noexcept { return m == metric::l2 ? metric::l2 : metric::inner_product; }
 
-/// The half-precision prefilter of the flat kind serves the batches the assignment scores without its GEMM
-/// (fewer than gemm_min_points queries: single queries) over at least this many lists, and only while its
-/// candidates are at most half of them. Measured on fashion-mnist IVF980,PQ392x4fs (3 MB of centroids from
-/// L3, Sapphire Rapids): the coarse pass falls from about half of a query to about a third, 1.18-1.39x QPS
-/// at nprobe 6-8.
+/// The SQ8 prefilter of the flat kind serves the batches the assignment scores without its GEMM (fewer
+/// than gemm_min_points queries: single queries) over at least this many lists, and only while its
+/// candidates are at most half of them. Measured on fashion-mnist IVF980,PQ392x4fs (Sapphire Rapids): a
+/// half-precision prefilter (1.5 MB streamed from L3 per query) took the coarse pass from about half of a
+/// query to about a third, 1.18-1.39x QPS at nprobe 6-8; SQ8 codes (768 KB, which stay in L2) on the
+/// integer kernel: see BENCHMARKS.md.
 constexpr std::size_t prefilter_min_lists = 256;
 [[nodiscard]] std::size_t prefilter_candidates(std::size_t nprobe) noexcept { return 4 * nprobe + 32; }
 
@@ -42,65 +44,46 @@ coarse_quantizer::coarse_quantizer(coarse_quantizer&&) noexcept = default;
 coarse_quantizer& coarse_quantizer::operator=(coarse_quantizer&&) noexcept = default;
 
 std::size_t coarse_quantizer::memory_bytes() const {
-  return centroids_.values.capacity() * sizeof(float) + norms_.capacity() * sizeof(float) +
-         half_.capacity() * sizeof(std::uint16_t) + (half_norms_.capacity() + half_center_.capacity()) * sizeof(float) +
+  return centroids_.values.capacity() * sizeof(float) + norms_.capacity() * sizeof(float) + codes_.capacity() +
+         terms_.capacity() * sizeof(float) + (codec_ ? 2 * codec_->dim() * sizeof(float) : 0) +
          (graph_ ? graph_->memory_bytes() : 0);
 }
 
 void coarse_quantizer::install(matrix<float> centroids) {
   norms_.resize(centroids.rows);
   active_kernels().squared_norms(centroids.values.data(), centroids.rows, centroids.dim, centroids.dim, norms_.data());
-  half_.clear();
-  half_norms_.clear();
-  half_center_.clear();
-  half_scale_ = 1.0f;
+  codec_.reset();
+  codes_.clear();
+  terms_.clear();
   if (hnsw_m_ == 0 && centroids.rows >= prefilter_min_lists) {
-    const std::size_t dim = centroids.dim;
-    std::vector<double> mean(dim, 0.0);
+    scalar_quantizer codec(centroids.dim, sq_type::sq8);
+    codec.train(centroids.view());
+    codes_.resize(centroids.rows * centroids.dim);
+    codec.encode(centroids.view(), codes_.data());
+    terms_.resize(centroids.rows);
     for (std::size_t c = 0; c < centroids.rows; ++c)
-      for (std::size_t j = 0; j < dim; ++j) mean[j] += centroids.row(c)[j];
-    half_center_.resize(dim);
-    for (std::size_t j = 0; j < dim; ++j)
-      half_center_[j] = static_cast<float>(mean[j] / static_cast<double>(centroids.rows));
-    float largest = 0.0f;
-    for (std::size_t c = 0; c < centroids.rows; ++c)
-      for (std::size_t j = 0; j < dim; ++j)
-        largest = std::max(largest, std::abs(centroids.row(c)[j] - half_center_[j]));
-    int exponent = 0;
-    (void)std::frexp(largest, &exponent);  // largest < 2^exponent
-    half_scale_ = largest > 0.0f ? std::ldexp(1.0f, 14 - exponent) : 1.0f;
-    half_.resize(centroids.values.size());
-    for (std::size_t i = 0; i < half_.size(); ++i)
-      half_[i] = float_to_half((centroids.values[i] - half_center_[i % dim]) * half_scale_);
-    if (metric_ == metric::l2) {
-      half_norms_.assign(centroids.rows, 0.0f);
-      for (std::size_t i = 0; i < half_.size(); ++i)
-        half_norms_[i / dim] += half_to_float(half_[i]) * half_to_float(half_[i]);
-    }
+      terms_[c] = sq8_estimator::term(codec, metric_, codes_.data() + c * centroids.dim);
+    codec_ = std::move(codec);
   }
   centroids_ = std::move(centroids);
 }
 
 bool coarse_quantizer::prefiltered(std::size_t rows, std::size_t nprobe) const noexcept {
-  return !half_.empty() && rows < gemm_min_points && 2 * prefilter_candidates(nprobe) <= centroids_.rows;
+  return codec_.has_value() && rows < gemm_min_points && 2 * prefilter_candidates(nprobe) <= centroids_.rows;
 }
 
 void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe, std::uint32_t* probes) const {
   const std::size_t nlist = centroids_.rows, dim = centroids_.dim;
   const bool l2 = metric_ == metric::l2;
-  const sq_kernels& half = active_scalar_quant_kernels();
   const distance_kernels& exact = active_kernels();
-  // Approximate scores of every centroid against the query brought into the copy's frame: centred too under
-  // L2 (‖(q − μ) − (c − μ)‖²), only scaled under inner product (⟨q, c − μ⟩ ranks as ⟨q, c⟩ does).
-  std::vector<float> scaled(dim);
-  for (std::size_t j = 0; j < dim; ++j) scaled[j] = (l2 ? query[j] - half_center_[j] : query[j]) * half_scale_;
+  // Estimates of every centroid's distance from its SQ8 codes (the metric's own, so they rank as the exact
+  // scores do up to the codes' error).
+  sq8_estimator estimator;
+  estimator.prepare(*codec_, metric_, query);
   std::vector<std::pair<float, std::uint32_t>> approx(nlist);
   for (std::size_t c = 0; c < nlist; ++c) {
-    const auto* row = reinterpret_cast<const std::uint8_t*>(half_.data() + c * dim);
-    // Under L2 as ‖c'‖² − 2⟨q', c'⟩ (the constant ‖q'‖² left out): one FMA per component instead of a
-    // subtraction and an FMA, which is what bounds this loop once the copy sits in L2.
-    const float ip = half.fp16_ip(scaled.data(), row, dim);
-    approx[c] = {rank_score(l2, l2 ? half_norms_[c] : 0.0f, ip), static_cast<std::uint32_t>(c)};
+    const std::int32_t dot = exact.dot_u8_i16(estimator.coeffs(), codes_.data() + c * dim, dim);
+    approx[c] = {estimator.estimate(terms_[c], dot), static_cast<std::uint32_t>(c)};
   }
   const std::size_t keep = prefilter_candidates(nprobe);
   std::nth_element(approx.begin(), approx.begin() + static_cast<std::ptrdiff_t>(keep), approx.end());

@@ -3,7 +3,7 @@
 // query is nearest to. Two kinds (docs/ivf.md):
 //  - flat (`IVF<nlist>`): every centroid is scored, a batch at a time through the GEMM kernel; exact,
 //    ties to the smaller list, O(nlist · dim) per vector. A batch too small for the GEMM (a single query)
-//    with nlist ≥ 256 first ranks every centroid on a half-precision copy (half the bytes to stream), then
+//    with nlist ≥ 256 first ranks every centroid on its SQ8 codes (a quarter of the bytes to stream), then
 //    scores only the best 4·nprobe + 32 of those exactly: the same lists as the exact pass unless a list of
 //    the true top-nprobe falls below that cut on the approximate scores (docs/ivf.md);
 //  - HNSW (`IVF<nlist>_HNSW<M>`): an HNSW graph over the centroids (ids = list numbers) finds them in
@@ -15,11 +15,13 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "io/format.hpp"
 #include "shoal/core/types.hpp"
+#include "shoal/quant/sq.hpp"
 
 namespace shoal {
 class hnsw_index;
@@ -71,7 +73,7 @@ class coarse_quantizer {
  private:
   /// Takes `centroids` and computes their norms (no graph).
   void install(matrix<float> centroids);
-  /// Whether a batch of `rows` queries asking for `nprobe` lists goes through the half-precision prefilter.
+  /// Whether a batch of `rows` queries asking for `nprobe` lists goes through the SQ8 prefilter.
   [[nodiscard]] bool prefiltered(std::size_t rows, std::size_t nprobe) const noexcept;
   /// The prefilter's probe of one query.
   void probe_prefiltered(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
@@ -80,15 +82,11 @@ class coarse_quantizer {
   std::size_t hnsw_m_;
   matrix<float> centroids_;
   std::vector<float> norms_;  // ‖c‖², for the flat kind under l2
-  // The flat kind's centroids minus their mean, times half_scale_ (a power of two that puts the largest
-  // magnitude near 2^14, so that fp16 keeps its 11 bits of precision and cannot overflow), in half
-  // precision; empty below prefilter_min_lists. Centring keeps data with a large common offset apart in
-  // fp16, and changes no ranking: L2 is translation invariant, and ⟨q, c − μ⟩ differs from ⟨q, c⟩ by a
-  // constant per query.
-  std::vector<std::uint16_t> half_;
-  std::vector<float> half_norms_;  // under L2: ‖c'‖² of each half row (ranked by ‖c'‖² − 2⟨q', c'⟩)
-  std::vector<float> half_center_;
-  float half_scale_ = 1.0f;
+  // The flat kind's prefilter: SQ8 codes of the centroids (per-dimension ranges learnt from them), one
+  // row per list, and each row's L2 term (see sq8_estimator); empty below prefilter_min_lists.
+  std::optional<scalar_quantizer> codec_;
+  std::vector<std::uint8_t> codes_;
+  std::vector<float> terms_;
   std::unique_ptr<hnsw_index> graph_;
 };
 

@@ -17,6 +17,7 @@
 #include "index/index_sections.hpp"
 #include "index/scan.hpp"
 #include "io/format.hpp"
+#include "quant/sq8_estimate.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
@@ -87,18 +88,15 @@ struct slab {
   aligned_vector<std::uint8_t> codes;
 };
 
-/// One query as traversal scores it: full-precision distances from `q`; or — when `coeffs` is set —
-/// SQ8 estimates `offset + term(x) + unit · Σ coeffs_j · code_j(x)` with integer coefficients (see
-/// `hnsw_index::impl::prepare_codes`); or — with `f16` — the metric's distance from `q` to the node's
+/// One query as traversal scores it: full-precision distances from `q`; or — with `sq8` — SQ8
+/// estimates (see `sq8_estimator`); or — with `f16` — the metric's distance from `q` to the node's
 /// half-precision copy.
 struct query_ctx {
   const float* q;
-  const std::int16_t* coeffs = nullptr;
-  float unit = 0.0f;
-  float offset = 0.0f;
+  const detail::sq8_estimator* sq8 = nullptr;
   bool f16 = false;
   /// Whether nodes are scored from their codes rather than their full vectors.
-  [[nodiscard]] bool coded() const noexcept { return coeffs != nullptr || f16; }
+  [[nodiscard]] bool coded() const noexcept { return sq8 != nullptr || f16; }
 };
 
 /// Link lists are read without locks: every entry is stored and loaded atomically (relaxed; plain moves
@@ -133,9 +131,8 @@ struct scratch {
   std::vector<const float*> pending_rows;          // their vectors
   std::vector<const std::uint8_t*> pending_codes;  // or their SQ8 codes
   std::vector<float> pending_distances;
-  std::vector<float> real_coeffs;      // SQ8 query coefficients, before rounding
-  std::vector<std::int16_t> coeffs;    // and rounded
-  std::vector<std::int32_t> dots;      // the pending rows' Σ coeffs_j · code_j
+  detail::sq8_estimator sq8;           // SQ8 traversal: the query's form
+  std::vector<std::int32_t> dots;      // the pending rows' integer sums
   std::vector<cand> frontier;          // min-heap
   std::vector<cand> best;              // max-heap
   std::vector<std::uint8_t> expanded;  // search_pool: per best entry, whether it was expanded
@@ -408,10 +405,9 @@ struct hnsw_index::impl {
       }
       return;
     }
-    if (ctx.coeffs != nullptr) {
-      kern->dot_u8_i16_gather(ctx.coeffs, s.pending_codes.data(), m, dim, s.dots.data());
-      for (std::size_t j = 0; j < m; ++j)
-        out[j] = ctx.offset + code_term(s.pending_codes[j]) + ctx.unit * static_cast<float>(s.dots[j]);
+    if (ctx.sq8 != nullptr) {
+      kern->dot_u8_i16_gather(ctx.sq8->coeffs(), s.pending_codes.data(), m, dim, s.dots.data());
+      for (std::size_t j = 0; j < m; ++j) out[j] = ctx.sq8->estimate(code_term(s.pending_codes[j]), s.dots[j]);
       return;
     }
     exact_distances(ctx.q, s.pending_rows.data(), m, out);
@@ -478,56 +474,21 @@ struct hnsw_index::impl {
       return;
     }
     sq->encode({vec(q), 1, dim}, c);
-    const std::vector<float>& step = sq->steps();
-    float term = 0.0f;
-    for (std::size_t j = 0; j < dim; ++j) {
-      const float r = static_cast<float>(c[j]) * step[j];
-      term += r * r;
-    }
-    if (metric != shoal::metric::l2) term = 0.0f;
+    const float term = detail::sq8_estimator::term(*sq, metric, c);
     std::memcpy(c - sizeof(float), &term, sizeof(float));
   }
-  /// The SQ8 form of query `q` (coefficients in `s.coeffs`). With x̂ = min + step ⊙ code:
-  /// L2: ‖q − x̂‖² = ‖u‖² + Σ (step_j code_j)² − 2 Σ u_j step_j code_j, u = q − min;
-  /// inner product: −⟨q, x̂⟩ = −⟨q, min⟩ − Σ q_j step_j code_j (cosine adds 1).
-  /// The coefficients a_j of the codes are rounded to integers on a per-query grid, a_j ≈ unit · i_j
-  /// with the largest |i_j| at `dot_u8_i16_limit(dim)` (10,741 at 784 dimensions), so that the sums run
-  /// on the integer kernel: its rounding error (at most unit / 2 per coefficient) is a few parts in 10⁵
-  /// of the estimate, far below the codes' own.
+  /// The SQ8 form of query `q` (in `s.sq8`).
   [[nodiscard]] query_ctx prepare_codes(const float* q, scratch& s) const {
-    s.real_coeffs.resize(dim);
-    s.coeffs.resize(dim);
-    const std::vector<float>& sq_min = sq->mins();
-    const std::vector<float>& sq_step = sq->steps();
-    float offset = 0.0f;
-    float largest = 0.0f;
-    for (std::size_t j = 0; j < dim; ++j) {
-      float a = 0.0f;
-      if (metric == shoal::metric::l2) {
-        const float u = q[j] - sq_min[j];
-        a = -2.0f * u * sq_step[j];
-        offset += u * u;
-      } else {
-        a = -q[j] * sq_step[j];
-        offset -= q[j] * sq_min[j];
-      }
-      s.real_coeffs[j] = a;
-      largest = std::max(largest, std::abs(a));
-    }
-    if (metric == shoal::metric::cosine) offset += 1.0f;
-    const auto limit = static_cast<float>(dot_u8_i16_limit(dim));
-    const float unit = largest > 0.0f ? largest / limit : 1.0f;
-    for (std::size_t j = 0; j < dim; ++j)  // |a_j / unit| <= limit, so the cast cannot overflow
-      s.coeffs[j] = static_cast<std::int16_t>(std::clamp(std::nearbyint(s.real_coeffs[j] / unit), -limit, limit));
-    return {.q = q, .coeffs = s.coeffs.data(), .unit = unit, .offset = offset};
+    s.sq8.prepare(*sq, metric, q);
+    return {.q = q, .sq8 = &s.sq8};
   }
 
   /// The score of one node, as `score_pending` computes it.
   [[nodiscard]] float score(const query_ctx& ctx, slot_t x) const noexcept {
     if (ctx.f16) return half_distance(ctx.q, codes(x));
-    if (ctx.coeffs == nullptr) return distance(ctx.q, vec(x));
+    if (ctx.sq8 == nullptr) return distance(ctx.q, vec(x));
     const std::uint8_t* c = codes(x);
-    return ctx.offset + code_term(c) + ctx.unit * static_cast<float>(kern->dot_u8_i16(ctx.coeffs, c, dim));
+    return ctx.sq8->estimate(code_term(c), kern->dot_u8_i16(ctx.sq8->coeffs(), c, dim));
   }
 
   /// Collects the neighbours of `from` on `level` that are usable there (and, with `visited`, not yet

@@ -1,0 +1,50 @@
+#include "quant/sq8_estimate.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+#include "shoal/distance/distance.hpp"
+
+namespace shoal::detail {
+
+float sq8_estimator::term(const scalar_quantizer& sq, metric m, const std::uint8_t* codes) {
+  if (m != metric::l2) return 0.0f;
+  const std::vector<float>& step = sq.steps();
+  float t = 0.0f;
+  for (std::size_t j = 0; j < step.size(); ++j) {
+    const float r = static_cast<float>(codes[j]) * step[j];
+    t += r * r;
+  }
+  return t;
+}
+
+void sq8_estimator::prepare(const scalar_quantizer& sq, metric m, const float* q) {
+  const std::vector<float>& min = sq.mins();
+  const std::vector<float>& step = sq.steps();
+  const std::size_t dim = step.size();
+  real_.resize(dim);
+  coeffs_.resize(dim);
+  float offset = 0.0f;
+  float largest = 0.0f;
+  for (std::size_t j = 0; j < dim; ++j) {
+    float a = 0.0f;
+    if (m == metric::l2) {
+      const float u = q[j] - min[j];
+      a = -2.0f * u * step[j];
+      offset += u * u;
+    } else {
+      a = -q[j] * step[j];
+      offset -= q[j] * min[j];
+    }
+    real_[j] = a;
+    largest = std::max(largest, std::abs(a));
+  }
+  if (m == metric::cosine) offset += 1.0f;
+  const auto limit = static_cast<float>(dot_u8_i16_limit(dim));
+  unit_ = largest > 0.0f ? largest / limit : 1.0f;
+  offset_ = offset;
+  for (std::size_t j = 0; j < dim; ++j)  // |a_j| / unit <= limit, so the cast cannot overflow
+    coeffs_[j] = static_cast<std::int16_t>(std::clamp(std::nearbyint(real_[j] / unit_), -limit, limit));
+}
+
+}  // namespace shoal::detail
