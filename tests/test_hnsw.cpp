@@ -275,6 +275,29 @@ TEST_CASE("hnsw filtered search stays k long and returns only accepted ids", "[h
   }
 }
 
+TEST_CASE("hnsw unfiltered search (one sorted pool) visits what the filtered search (two heaps) visits", "[hnsw]") {
+  // An accept-all filter takes the two-heap search; no filter takes the pool. Both must return the same
+  // ids and distances at every ef, metric and traversal code (docs/hnsw.md, "one sorted pool").
+  const fixture f(3000, 60, 43);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8, hnsw_codes::fp16}) {
+      hnsw_params params;
+      params.codes = codes;
+      const hnsw_index index = f.build(m, params);
+      for (const std::size_t ef : {std::size_t{1}, std::size_t{10}, std::size_t{37}, std::size_t{200}}) {
+        CAPTURE(static_cast<int>(m), static_cast<int>(codes), ef);
+        search_params pool = with_ef(ef);
+        search_params heaps = with_ef(ef);
+        heaps.filter = [](vector_id) { return true; };
+        const neighbors a = index.search(f.queries.view(), k, pool);
+        const neighbors b = index.search(f.queries.view(), k, heaps);
+        CHECK(std::equal(a.ids().begin(), a.ids().end(), b.ids().begin(), b.ids().end()));
+        CHECK(std::equal(a.distances().begin(), a.distances().end(), b.distances().begin(), b.distances().end()));
+      }
+    }
+  }
+}
+
 TEST_CASE("hnsw range search finds the vectors within the radius", "[hnsw]") {
   const fixture f(4000, 40, 51);
   for (const metric m : {metric::l2, metric::cosine}) {
