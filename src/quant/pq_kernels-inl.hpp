@@ -317,6 +317,75 @@ void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   *scale_out = scale;
 }
 #else
+#if SHOAL_PQ_ISA == 512
+/// `op` (min or max) over each of 16 rows of 16 floats at once, in row order: four levels of pairwise
+/// shuffles combine rows into registers (whole 256-bit halves, then 128-bit quarters, then pairs and
+/// single lanes inside each quarter), so that 16 horizontal reductions cost about three instructions a
+/// row instead of eight. The last level leaves row k + 4j in lane 4k + j; one permute restores the order.
+template <class Op>
+inline __m512 across_rows(const float* rows, const Op& op) noexcept {
+  __m512 p[8];
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = _mm512_loadu_ps(rows + 32 * i), b = _mm512_loadu_ps(rows + 32 * i + 16);
+    p[i] = op(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));  // rows 2i, 2i+1: 8 lanes each
+  }
+  __m512 q[4];
+  for (int i = 0; i < 4; ++i)  // rows 4i..4i+3: one quarter (4 lanes) each
+    q[i] = op(_mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0x88), _mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0xdd));
+  __m512 r[2];
+  for (int i = 0; i < 2; ++i)  // quarter k: rows k + 8i and k + 8i + 4, two lanes each
+    r[i] = op(_mm512_shuffle_ps(q[2 * i], q[2 * i + 1], 0x44), _mm512_shuffle_ps(q[2 * i], q[2 * i + 1], 0xee));
+  const __m512 t = op(_mm512_shuffle_ps(r[0], r[1], 0x88), _mm512_shuffle_ps(r[0], r[1], 0xdd));
+  const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+  return _mm512_permutexvar_ps(order, t);
+}
+
+/// The AVX-512 quantizer: the reference's arithmetic (bias summed row by row in order), row minima and
+/// maxima 16 rows at a time (`across_rows`), each row's 16 codes in one register. Measured on fashion-mnist
+/// IVF980,PQ392x4fs,Refine(Flat) (Sapphire Rapids VM): 13% -> 9% of a query in perf; QPS medians of five
+/// interleaved runs +8% at nprobe 6, unchanged within noise at nprobe 8.
+void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_out, float* scale_out) noexcept {
+  const auto vmin = [](__m512 a, __m512 b) { return _mm512_min_ps(a, b); };
+  const auto vmax = [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); };
+  const std::size_t blocks = m / 16;
+  float bias = 0.0f;
+  __m512 widest = _mm512_setzero_ps();
+  alignas(64) float lows[16];
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const __m512 lo = across_rows(table + b * 256, vmin);
+    widest = _mm512_max_ps(widest, _mm512_sub_ps(across_rows(table + b * 256, vmax), lo));
+    _mm512_store_ps(lows, lo);
+    for (const float l : lows) bias += l;
+  }
+  float tail_widest = 0.0f;
+  for (std::size_t s = blocks * 16; s < m; ++s) {
+    const __m512 row = _mm512_loadu_ps(table + s * 16);
+    const float lo = _mm512_reduce_min_ps(row);
+    bias += lo;
+    tail_widest = std::max(tail_widest, _mm512_reduce_max_ps(row) - lo);
+  }
+  const float w = std::max(_mm512_reduce_max_ps(widest), tail_widest);
+  const float scale = w > 0.0f ? 255.0f / w : 1.0f;
+  const __m512 vscale = _mm512_set1_ps(scale);
+  const __m512 half = _mm512_set1_ps(0.5f);
+  const __m512 top = _mm512_set1_ps(255.0f);
+  const auto code = [&](std::size_t s, __m512 lo) {
+    const __m512 row = _mm512_loadu_ps(table + s * 16);
+    const __m512i q =
+        _mm512_cvttps_epi32(_mm512_min_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(row, lo), vscale), half), top));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + s * 16), _mm512_cvtepi32_epi8(q));
+  };
+  for (std::size_t b = 0; b < blocks; ++b) {
+    const __m512 lo = across_rows(table + b * 256, vmin);
+    for (int j = 0; j < 16; ++j)
+      code(b * 16 + static_cast<std::size_t>(j), _mm512_permutexvar_ps(_mm512_set1_epi32(j), lo));
+  }
+  for (std::size_t s = blocks * 16; s < m; ++s)
+    code(s, _mm512_set1_ps(_mm512_reduce_min_ps(_mm512_loadu_ps(table + s * 16))));
+  *bias_out = bias;
+  *scale_out = scale;
+}
+#else
 /// Horizontal minimum / maximum of 8 floats, broadcast to every lane.
 inline __m256 hmin(__m256 v) noexcept {
   v = _mm256_min_ps(v, _mm256_permute2f128_ps(v, v, 1));
@@ -329,8 +398,7 @@ inline __m256 hmax(__m256 v) noexcept {
   return _mm256_max_ps(v, _mm256_shuffle_ps(v, v, 0xb1));
 }
 
-/// The AVX2 quantizer (also used at the AVX-512 level: a 16-entry row is two 256-bit registers). Same
-/// arithmetic as the reference, one row per iteration; row minima are kept for the second pass.
+/// The AVX2 quantizer: the same arithmetic as the reference, one row per iteration.
 void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_out, float* scale_out) noexcept {
   float bias = 0.0f;
   __m256 widest = _mm256_setzero_ps();
@@ -363,6 +431,7 @@ void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   *bias_out = bias;
   *scale_out = scale;
 }
+#endif
 #endif
 
 }  // namespace
