@@ -364,10 +364,11 @@ TEST_CASE("ivf takes its lists from search_params::coarse for large enough batch
   }
 }
 
-TEST_CASE("ivf single-query coarse pass through the half-precision prefilter probes the exact lists", "[ivf]") {
-  // 512 lists: single queries rank every centroid on the fp16 copy first, then 4·nprobe + 32 exactly.
-  // The assign_probe (min_batch 1) scores every centroid exactly with the same one-to-many kernel, so the
-  // two searches match bit for bit whenever the prefilter kept the true lists.
+TEST_CASE("ivf single-query coarse pass through the SQ8 prefilter probes the exact lists", "[ivf]") {
+  // 512 lists: single queries estimate every centroid from its SQ8 codes with an error bound first, then
+  // score exactly every centroid the bounds cannot rule out. The assign_probe (min_batch 1) scores every
+  // centroid exactly with the same one-to-many kernel, so the two searches must match bit for bit (with
+  // the bounds left out, some query here probes other lists).
   const fixture f(6000, 60, 17);
   for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
     CAPTURE(metric_name(m));

@@ -25,13 +25,15 @@ constexpr std::uint32_t tag_graph_m = io::detail::make_tag("CQHN");
 metric graph_metric(metric m) noexcept { return m == metric::l2 ? metric::l2 : metric::inner_product; }
 
 /// The SQ8 prefilter of the flat kind serves the batches the assignment scores without its GEMM (fewer
-/// than gemm_min_points queries: single queries) over at least this many lists, and only while its
-/// candidates are at most half of them. Measured on fashion-mnist IVF980,PQ392x4fs (Sapphire Rapids): a
+/// than gemm_min_points queries: single queries) over at least this many lists (and while `prefilter_pays`).
+/// Measured on fashion-mnist IVF980,PQ392x4fs (Sapphire Rapids): a
 /// half-precision prefilter (1.5 MB streamed from L3 per query) took the coarse pass from about half of a
 /// query to about a third, 1.18-1.39x QPS at nprobe 6-8; SQ8 codes (768 KB, which stay in L2) on the
 /// integer kernel: see BENCHMARKS.md.
 constexpr std::size_t prefilter_min_lists = 256;
-[[nodiscard]] std::size_t prefilter_candidates(std::size_t nprobe) noexcept { return 4 * nprobe + 32; }
+/// Whether ranking on the codes first pays for `nprobe` of `nlist` lists: only while the lists asked for are
+/// few beside all of them (the exact pass then scores little more than nprobe centroids).
+[[nodiscard]] bool prefilter_pays(std::size_t nprobe, std::size_t nlist) noexcept { return 8 * nprobe + 64 <= nlist; }
 
 }  // namespace
 
@@ -45,8 +47,8 @@ coarse_quantizer& coarse_quantizer::operator=(coarse_quantizer&&) noexcept = def
 
 std::size_t coarse_quantizer::memory_bytes() const {
   return centroids_.values.capacity() * sizeof(float) + norms_.capacity() * sizeof(float) + codes_.capacity() +
-         terms_.capacity() * sizeof(float) + (codec_ ? 2 * codec_->dim() * sizeof(float) : 0) +
-         (graph_ ? graph_->memory_bytes() : 0);
+         (terms_.capacity() + code_sums_.capacity() + residuals_.capacity()) * sizeof(float) +
+         (codec_ ? 2 * codec_->dim() * sizeof(float) : 0) + (graph_ ? graph_->memory_bytes() : 0);
 }
 
 void coarse_quantizer::install(matrix<float> centroids) {
@@ -55,45 +57,82 @@ void coarse_quantizer::install(matrix<float> centroids) {
   codec_.reset();
   codes_.clear();
   terms_.clear();
+  code_sums_.clear();
+  residuals_.clear();
   if (hnsw_m_ == 0 && centroids.rows >= prefilter_min_lists) {
     scalar_quantizer codec(centroids.dim, sq_type::sq8);
     codec.train(centroids.view());
     codes_.resize(centroids.rows * centroids.dim);
     codec.encode(centroids.view(), codes_.data());
+    const std::size_t dim = centroids.dim;
+    matrix<float> decoded(centroids.rows, dim);
+    codec.decode(codes_.data(), centroids.rows, decoded.mutable_view());
     terms_.resize(centroids.rows);
-    for (std::size_t c = 0; c < centroids.rows; ++c)
-      terms_[c] = sq8_estimator::term(codec, metric_, codes_.data() + c * centroids.dim);
+    code_sums_.resize(centroids.rows);
+    residuals_.resize(centroids.rows);
+    for (std::size_t c = 0; c < centroids.rows; ++c) {
+      const std::uint8_t* row = codes_.data() + c * dim;
+      terms_[c] = sq8_estimator::term(codec, metric_, row);
+      double sum = 0.0, err = 0.0;
+      for (std::size_t j = 0; j < dim; ++j) {
+        sum += row[j];
+        const double e = double{centroids.row(c)[j]} - double{decoded.row(c)[j]};
+        err += e * e;
+      }
+      code_sums_[c] = static_cast<float>(sum);
+      residuals_[c] = std::nextafter(static_cast<float>(std::sqrt(err)), std::numeric_limits<float>::infinity());
+    }
     codec_ = std::move(codec);
   }
   centroids_ = std::move(centroids);
 }
 
 bool coarse_quantizer::prefiltered(std::size_t rows, std::size_t nprobe) const noexcept {
-  return codec_.has_value() && rows < gemm_min_points && 2 * prefilter_candidates(nprobe) <= centroids_.rows;
+  return codec_.has_value() && rows < gemm_min_points && prefilter_pays(nprobe, centroids_.rows);
 }
 
 void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe, std::uint32_t* probes) const {
   const std::size_t nlist = centroids_.rows, dim = centroids_.dim;
   const bool l2 = metric_ == metric::l2;
   const distance_kernels& exact = active_kernels();
-  // Estimates of every centroid's distance from its SQ8 codes (the metric's own, so they rank as the exact
-  // scores do up to the codes' error).
+  // Every centroid's distance estimated from its SQ8 codes, with a bound of how far the exact distance can
+  // be: the coefficient rounding moves an estimate by at most unit/2 · Σ c_j, float rounding by a small
+  // relative amount (`slack`), and the codes' own error by ‖c − ĉ‖ in distance (triangle inequality) or
+  // ‖q‖·‖c − ĉ‖ in inner product (Cauchy–Schwarz). A centroid whose lowest possible distance exceeds the
+  // nprobe-th smallest highest possible one cannot be among the nprobe nearest; all others are scored
+  // exactly, so the lists are the exact pass's (no cut-off that a near tie could fall below).
   sq8_estimator estimator;
   estimator.prepare(*codec_, metric_, query);
-  std::vector<std::pair<float, std::uint32_t>> approx(nlist);
+  constexpr float slack = 1e-4f;
+  const float q_norm = l2 ? 0.0f : std::sqrt(exact.inner_product(query, query, dim));
+  std::vector<std::int32_t> dots(nlist);  // the kernel calls back to back, the arithmetic after them vectorised
+  for (std::size_t c = 0; c < nlist; ++c) dots[c] = exact.dot_u8_i16(estimator.coeffs(), codes_.data() + c * dim, dim);
+  std::vector<float> low(nlist), high(nlist);
+  const float half_unit = 0.5f * estimator.unit(), offset = std::abs(estimator.offset());
   for (std::size_t c = 0; c < nlist; ++c) {
-    const std::int32_t dot = exact.dot_u8_i16(estimator.coeffs(), codes_.data() + c * dim, dim);
-    approx[c] = {estimator.estimate(terms_[c], dot), static_cast<std::uint32_t>(c)};
+    const float est = estimator.estimate(terms_[c], dots[c]);
+    const float spread = half_unit * code_sums_[c] + slack * (offset + terms_[c] + std::abs(est) + 1.0f);
+    if (l2) {  // bounds on ‖q − ĉ‖², then on ‖q − c‖ = ‖q − ĉ‖ ± ‖c − ĉ‖
+      const float near = std::max(0.0f, std::sqrt(std::max(0.0f, est - spread)) - residuals_[c]);
+      const float far = std::sqrt(std::max(0.0f, est + spread)) + residuals_[c];
+      low[c] = near * near;
+      high[c] = far * far;
+    } else {
+      const float reach = spread + q_norm * residuals_[c];
+      low[c] = est - reach;
+      high[c] = est + reach;
+    }
   }
-  const std::size_t keep = prefilter_candidates(nprobe);
-  std::nth_element(approx.begin(), approx.begin() + static_cast<std::ptrdiff_t>(keep), approx.end());
+  std::vector<float> highs = high;
+  std::nth_element(highs.begin(), highs.begin() + static_cast<std::ptrdiff_t>(nprobe - 1), highs.end());
+  const float bound = highs[nprobe - 1];
   // The candidates scored exactly as the flat pass scores them (the pairwise kernel is bit-identical to the
   // one-to-many kernel the pass uses for a small batch), best nprobe by (score, list).
   topk_heap heap(nprobe);
-  for (std::size_t i = 0; i < keep; ++i) {
-    const std::uint32_t c = approx[i].second;
+  for (std::size_t c = 0; c < nlist; ++c) {
+    if (!(low[c] <= bound)) continue;
     const float s = rank_score(l2, l2 ? norms_[c] : 0.0f, exact.inner_product(query, centroids_.row(c), dim));
-    if (s <= heap.worst()) heap.push(s, c);
+    if (s <= heap.worst()) heap.push(s, static_cast<std::uint32_t>(c));
   }
   const std::vector<scored_id> best = heap.take_sorted();
   for (std::size_t j = 0; j < nprobe; ++j)

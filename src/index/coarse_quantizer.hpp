@@ -3,9 +3,9 @@
 // query is nearest to. Two kinds (docs/ivf.md):
 //  - flat (`IVF<nlist>`): every centroid is scored, a batch at a time through the GEMM kernel; exact,
 //    ties to the smaller list, O(nlist · dim) per vector. A batch too small for the GEMM (a single query)
-//    with nlist ≥ 256 first ranks every centroid on its SQ8 codes (a quarter of the bytes to stream), then
-//    scores only the best 4·nprobe + 32 of those exactly: the same lists as the exact pass unless a list of
-//    the true top-nprobe falls below that cut on the approximate scores (docs/ivf.md);
+//    with nlist ≥ 256 first estimates every centroid's distance from its SQ8 codes (a quarter of the
+//    bytes to stream) with a bound on the estimate's error, then scores exactly every centroid that the
+//    bounds cannot rule out of the nprobe nearest: provably the exact pass's lists (docs/ivf.md);
 //  - HNSW (`IVF<nlist>_HNSW<M>`): an HNSW graph over the centroids (ids = list numbers) finds them in
 //    O(log nlist) distance evaluations, approximately — the choice for nlist in the tens of thousands,
 //    where the flat pass would dominate both adds and searches.
@@ -83,10 +83,13 @@ class coarse_quantizer {
   matrix<float> centroids_;
   std::vector<float> norms_;  // ‖c‖², for the flat kind under l2
   // The flat kind's prefilter: SQ8 codes of the centroids (per-dimension ranges learnt from them), one
-  // row per list, and each row's L2 term (see sq8_estimator); empty below prefilter_min_lists.
+  // row per list, each row's L2 term (see sq8_estimator), Σ_j of its codes (the bound of the coefficient
+  // rounding) and ‖c − ĉ‖ rounded up (the bound of the codes' error); empty below prefilter_min_lists.
   std::optional<scalar_quantizer> codec_;
   std::vector<std::uint8_t> codes_;
   std::vector<float> terms_;
+  std::vector<float> code_sums_;
+  std::vector<float> residuals_;
   std::unique_ptr<hnsw_index> graph_;
 };
 

@@ -33,6 +33,10 @@ class sq8_estimator {
   [[nodiscard]] float estimate(float row_term, std::int32_t dot) const noexcept {
     return offset_ + row_term + unit_ * static_cast<float>(dot);
   }
+  /// The grid of the rounded coefficients: an estimate is off the unrounded one by at most unit/2 · Σ c_j.
+  [[nodiscard]] float unit() const noexcept { return unit_; }
+  /// The query-only part of every estimate (‖u‖² under L2).
+  [[nodiscard]] float offset() const noexcept { return offset_; }
 
  private:
   std::vector<float> real_;  // a_j before rounding
