@@ -419,6 +419,10 @@ TEST_CASE("hnsw rejects bad input with clear errors and changes nothing", "[hnsw
   p.ef_construction = 0;
   REQUIRE_THROWS_MATCHES(hnsw_index(dim, metric::l2, p), shoal::error,
                          fails_with(errc::invalid_argument, "ef_construction"));
+  p.ef_construction = 200;
+  p.codes = hnsw_codes::sq8;  // the integer SQ8 sums would overflow beyond this (nothing is allocated yet)
+  REQUIRE_THROWS_MATCHES(hnsw_index(std::size_t{8421505}, metric::l2, p), shoal::error,
+                         fails_with(errc::unsupported, "at most 8,421,504 dimensions"));
   const matrix<float> wrong_dim = make_uniform(2, dim + 1, 1);
   REQUIRE_THROWS_MATCHES(index.add(wrong_dim.view(), std::vector<vector_id>{1001, 1002}), shoal::error,
                          fails_with(errc::dimension_mismatch, "has dimension 65, expected 64"));

@@ -59,7 +59,7 @@ void coarse_quantizer::install(matrix<float> centroids) {
   terms_.clear();
   code_sums_.clear();
   residuals_.clear();
-  if (hnsw_m_ == 0 && centroids.rows >= prefilter_min_lists) {
+  if (hnsw_m_ == 0 && centroids.rows >= prefilter_min_lists && dot_u8_i16_limit(centroids.dim) >= 1) {
     scalar_quantizer codec(centroids.dim, sq_type::sq8);
     codec.train(centroids.view());
     codes_.resize(centroids.rows * centroids.dim);

@@ -923,6 +923,8 @@ hnsw_index::hnsw_index(std::size_t dim, shoal::metric m, const hnsw_params& para
   SHOAL_CHECK(dim > 0, "hnsw_index: dimension must be at least 1");
   SHOAL_CHECK(params.M >= 2 && params.M <= 256, "hnsw_index: M must be in [2, 256], got ", params.M);
   SHOAL_CHECK(params.ef_construction > 0, "hnsw_index: ef_construction must be at least 1");
+  SHOAL_CHECK_CODE(params.codes != hnsw_codes::sq8 || dot_u8_i16_limit(dim) >= 1, errc::unsupported,
+                   "hnsw_index: SQ8 traversal supports at most 8,421,504 dimensions, got ", dim);
   hnsw_params p = params;
   p.ef_construction = std::max(p.ef_construction, p.M);
   impl_ = std::make_unique<impl>(dim, m, p);
