@@ -107,7 +107,7 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
   const float q_norm = l2 ? 0.0f : std::sqrt(exact.inner_product(query, query, dim));
   std::vector<std::int32_t> dots(nlist);  // the kernel calls back to back, the arithmetic after them vectorised
   for (std::size_t c = 0; c < nlist; ++c) dots[c] = exact.dot_u8_i16(estimator.coeffs(), codes_.data() + c * dim, dim);
-  std::vector<float> low(nlist), high(nlist);
+  std::vector<float> low(nlist), high(nlist);  // high is reordered below: only its nprobe-th value is needed
   const float half_unit = 0.5f * estimator.unit(), offset = std::abs(estimator.offset());
   for (std::size_t c = 0; c < nlist; ++c) {
     const float est = estimator.estimate(terms_[c], dots[c]);
@@ -123,9 +123,8 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
       high[c] = est + reach;
     }
   }
-  std::vector<float> highs = high;
-  std::nth_element(highs.begin(), highs.begin() + static_cast<std::ptrdiff_t>(nprobe - 1), highs.end());
-  const float bound = highs[nprobe - 1];
+  std::nth_element(high.begin(), high.begin() + static_cast<std::ptrdiff_t>(nprobe - 1), high.end());
+  const float bound = high[nprobe - 1];
   // The candidates scored exactly as the flat pass scores them (the pairwise kernel is bit-identical to the
   // one-to-many kernel the pass uses for a small batch), best nprobe by (score, list).
   topk_heap heap(nprobe);
