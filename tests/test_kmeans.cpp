@@ -2,6 +2,7 @@
 #include <cmath>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <vector>
 
 #include <tbb/task_arena.h>
@@ -163,6 +164,55 @@ TEST_CASE("spherical k-means keeps unit centroids", "[kmeans]") {
   if (r.empty_cluster_repairs == 0) CHECK(non_increasing(r.objective));
 }
 
+TEST_CASE("balanced k-means caps every cluster and splits a crowded region", "[kmeans]") {
+  // Two regions far apart, 3000 points near the origin and 1000 far away: plain k-means keeps the
+  // far region in one cluster whatever k; a cap forces the crowded region to be shared out.
+  constexpr std::size_t dim = 8;
+  matrix<float> points = make_clustered(4000, dim, 12, 21, 0.5f);
+  for (std::size_t i = 3000; i < 4000; ++i)
+    for (std::size_t j = 0; j < dim; ++j) points.row(i)[j] = points.row(i)[j] * 0.05f + 40.0f;
+  for (const bool spherical : {false, true}) {
+    // k = 40 exceeds the 32 candidates a point is offered, so full points fall back to a scan too.
+    for (const std::size_t k : {std::size_t{4}, std::size_t{40}}) {
+      CAPTURE(spherical, k);
+      kmeans_params params;
+      params.k = k;
+      params.iterations = 15;
+      params.seed = 8;
+      params.spherical = spherical;
+      params.max_points_per_centroid = 0;
+      const kmeans_result plain = kmeans(points.view(), params);
+      params.balance = 1.0;
+      const kmeans_result balanced = kmeans(points.view(), params);
+      const std::size_t cap = 4000 / k;
+      REQUIRE(balanced.cluster_sizes.size() == k);
+      CHECK(std::accumulate(balanced.cluster_sizes.begin(), balanced.cluster_sizes.end(), std::size_t{0}) == 4000);
+      CHECK(*std::max_element(balanced.cluster_sizes.begin(), balanced.cluster_sizes.end()) <= cap);
+      CHECK(*std::max_element(plain.cluster_sizes.begin(), plain.cluster_sizes.end()) > cap);
+      // Routing by nearest centroid afterwards is close to balanced as well.
+      const centroid_assignment a =
+          assign(points.view(), balanced.centroids.view(), spherical ? metric::inner_product : metric::l2);
+      std::vector<std::size_t> routed(k, 0);
+      for (const std::uint32_t l : a.labels) ++routed[l];
+      CAPTURE(routed);
+      if (!spherical) CHECK(*std::max_element(routed.begin(), routed.end()) <= 2 * cap);
+      // The same partition on one thread.
+      kmeans_result one;
+      tbb::task_arena(1).execute([&] { one = kmeans(points.view(), params); });
+      CHECK(one.centroids.values == balanced.centroids.values);
+    }
+  }
+  // A cap of 1.2 on data that is balanced already loses nothing: the planted clusters are found.
+  const planted data(3000, 16, 10, 42, 0.15f);
+  kmeans_params params;
+  params.k = 10;
+  params.iterations = 20;
+  params.seed = 2;
+  params.balance = 1.2;
+  const kmeans_result r = kmeans(data.points.view(), params);
+  CHECK(purity(data, assign(data.points.view(), r.centroids.view()), 10) >= 0.99);
+}
+
 TEST_CASE("assign returns the nearest centroids in order", "[kmeans]") {
   const matrix<float> points = make_uniform(300, 13, 1);
   const matrix<float> centroids = make_uniform(40, 13, 2);
@@ -203,6 +253,10 @@ TEST_CASE("k-means and assign reject bad input", "[kmeans]") {
   params.iterations = 0;
   REQUIRE_THROWS_MATCHES(kmeans(points.view(), params), shoal::error, fails_with(errc::invalid_argument, "iterations"));
   params.iterations = 5;
+  params.balance = 0.5;
+  REQUIRE_THROWS_MATCHES(kmeans(points.view(), params), shoal::error,
+                         fails_with(errc::invalid_argument, "balance must be 0 (off) or at least 1"));
+  params.balance = 0;
   matrix<float> bad = points;
   bad.row(7)[2] = std::numeric_limits<float>::quiet_NaN();
   REQUIRE_THROWS_MATCHES(kmeans(bad.view(), params), shoal::error, fails_with(errc::non_finite, "row 7"));

@@ -1,6 +1,8 @@
 // --shards: a shoal::collection whose shards are `--index` indexes, behind the benchmark adapter interface.
 #include <numeric>
 #include <optional>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "adapter.hpp"
@@ -11,19 +13,31 @@ namespace shoal::bench {
 namespace {
 
 /// Shards are built by `make_index` from the spec with the factory's default build parameters
-/// (HNSW: ef_construction 200), so only build knobs equal to those defaults are accepted. Search knobs:
+/// (HNSW: ef_construction 200), so only build knobs equal to those defaults are accepted, plus the
+/// collection's own `semantic_balance` (balanced k-means for the router, docs/collection.md). Search knobs:
 /// `ef` (HNSW shards), `nprobe` (IVF shards), `refine` (IVF-PQ shards with ,Refine(Flat)) and
 /// `shard_probe` (semantic / hybrid routing; default: every shard).
 class collection_adapter final : public index_adapter {
  public:
   collection_adapter(const index_request& request, const collection_request& layout)
       : spec_(request.spec), metric_(request.metric), layout_(layout) {
-    for (const param& p : request.build_params)
+    for (const param& p : request.build_params) {
+      if (p.name == "semantic_balance") {
+        try {
+          std::size_t used = 0;
+          balance_ = std::stod(p.value, &used);
+          if (used != p.value.size()) throw std::invalid_argument(p.value);
+        } catch (const std::exception&) {
+          throw config_error("--build-param semantic_balance=" + p.value + ": not a number");
+        }
+        continue;
+      }
       if (p.name != "ef_construction" || p.value != "200")
         throw config_error(
             "--shards: shard indexes are built from the spec with default parameters; build "
             "parameter " +
             p.name + "=" + p.value + " is not supported");
+    }
     try {
       policy_ = parse_sharding(layout.sharding);
     } catch (const shoal::error& e) {
@@ -59,6 +73,7 @@ class collection_adapter final : public index_adapter {
     o.policy = policy_;
     o.shards = layout_.shards;
     o.replicas = layout_.replicas;
+    o.semantic_balance = balance_;
     o.groups = policy_ == sharding::hybrid
                    ? (layout_.groups > 0 ? layout_.groups : std::max<std::size_t>(1, o.shards / 2))
                    : 0;
@@ -88,6 +103,7 @@ class collection_adapter final : public index_adapter {
   collection_request layout_;
   sharding policy_ = sharding::hash;
   search_params params_{};
+  double balance_ = 0;
   std::optional<collection> collection_;
 };
 

@@ -116,6 +116,61 @@ void split_largest(matrix<float>& centroids, std::vector<std::size_t>& sizes, st
   sizes[largest] -= sizes[empty];
 }
 
+/// Nearest centroids a balanced assignment considers per point before falling back to a full scan.
+constexpr std::size_t balance_candidates = 32;
+
+/// The balanced assignment step (`kmeans_params::balance`): each point's nearest candidates, then
+/// (point, centroid) pairs handed out in order of distance (ties by point, then candidate rank) to
+/// clusters that still have room; a point left over goes to the nearest centroid with room. Fills
+/// `labels` and `distances` (to the centroid taken) as the plain step does. Sequential after the
+/// parallel candidate search, so the result does not depend on the thread count.
+void assign_balanced(matrix_view<const float> x, const matrix<float>& centroids, const float* centroid_norms,
+                     metric rank_by, std::size_t cap, std::uint32_t* labels, float* distances) {
+  const std::size_t n = x.rows;
+  const std::size_t k = centroids.rows;
+  const std::size_t count = std::min(k, balance_candidates);
+  std::vector<std::uint32_t> cand(n * count);
+  std::vector<float> cand_distance(n * count);
+  detail::assign_nearest(x, centroids.view(), centroid_norms, rank_by, count, cand.data(), cand_distance.data());
+  std::vector<std::size_t> order(n * count);
+  std::iota(order.begin(), order.end(), std::size_t{0});
+  // NaN never occurs here (inputs are checked finite), so the order is strict and total.
+  std::sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) {
+    return cand_distance[a] != cand_distance[b] ? cand_distance[a] < cand_distance[b] : a < b;
+  });
+  constexpr std::uint32_t unassigned = std::numeric_limits<std::uint32_t>::max();
+  std::fill_n(labels, n, unassigned);
+  std::vector<std::size_t> taken(k, 0);
+  for (const std::size_t pair : order) {
+    const std::size_t i = pair / count;
+    const std::uint32_t c = cand[pair];
+    if (labels[i] != unassigned || taken[c] >= cap) continue;
+    labels[i] = c;
+    distances[i] = cand_distance[pair];
+    ++taken[c];
+  }
+  // Every candidate of these points was full (only when k > balance_candidates): the nearest with room,
+  // scored as the assignment scores (‖x − c‖², or −⟨x, c⟩ when spherical). cap · k ≥ n: room exists.
+  const distance_kernels& kern = active_kernels();
+  for (std::size_t i = 0; i < n; ++i) {
+    if (labels[i] != unassigned) continue;
+    float best = std::numeric_limits<float>::infinity();
+    std::uint32_t best_c = unassigned;
+    for (std::size_t c = 0; c < k; ++c) {
+      if (taken[c] >= cap) continue;
+      const float d = rank_by == metric::l2 ? kern.l2sqr(x.row(i), centroids.row(c), x.dim)
+                                            : -kern.inner_product(x.row(i), centroids.row(c), x.dim);
+      if (d < best || best_c == unassigned) {
+        best = d;
+        best_c = static_cast<std::uint32_t>(c);
+      }
+    }
+    labels[i] = best_c;
+    distances[i] = best;
+    ++taken[best_c];
+  }
+}
+
 }  // namespace
 
 namespace detail {
@@ -217,6 +272,8 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
   SHOAL_CHECK(params.k <= std::numeric_limits<std::uint32_t>::max(), "kmeans: k = ", params.k, " is too large");
   detail::check_vectors(points, points.dim, "kmeans: point");
   SHOAL_CHECK(params.k <= points.rows, "kmeans: k = ", params.k, " exceeds the ", points.rows, " training points");
+  SHOAL_CHECK(params.balance == 0 || params.balance >= 1, "kmeans: balance must be 0 (off) or at least 1, got ",
+              params.balance);
 
   const distance_kernels& kern = active_kernels();
   const std::size_t dim = points.dim;
@@ -259,10 +316,17 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
   std::vector<std::size_t> members(n);
   const metric rank_by = params.spherical ? metric::inner_product : metric::l2;
   result.objective.reserve(params.iterations);
+  const std::size_t cap =
+      params.balance > 0
+          ? static_cast<std::size_t>(std::ceil(params.balance * static_cast<double>(n) / static_cast<double>(k)))
+          : n;
 
   for (std::size_t it = 0; it < params.iterations; ++it) {
     kern.squared_norms(centroids.values.data(), k, dim, dim, centroid_norms.data());
-    detail::assign_nearest(x, centroids.view(), centroid_norms.data(), rank_by, 1, labels.data(), distances.data());
+    if (cap < n)
+      assign_balanced(x, centroids, centroid_norms.data(), rank_by, cap, labels.data(), distances.data());
+    else
+      detail::assign_nearest(x, centroids.view(), centroid_norms.data(), rank_by, 1, labels.data(), distances.data());
 
     // Objective and cluster sizes, summed in point order.
     double objective = 0.0;
@@ -276,6 +340,7 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
                        : static_cast<double>(distances[i]);
     }
     result.objective.push_back(objective);
+    result.cluster_sizes = sizes;
 
     // Members of each cluster in point order (a counting sort), then each mean in parallel over clusters.
     offsets[0] = 0;

@@ -51,6 +51,8 @@ void validate(const collection_options& o) {
               o.shards);
   SHOAL_CHECK(o.replicas >= 1 && o.replicas <= max_replicas, "collection: replicas must be in [1, ", max_replicas,
               "], got ", o.replicas);
+  SHOAL_CHECK(o.semantic_balance == 0 || (o.semantic_balance >= 1 && o.semantic_balance <= 1e6),
+              "collection: semantic_balance must be 0 (plain k-means) or in [1, 1e6], got ", o.semantic_balance);
   SHOAL_CHECK(o.rebalance_threshold == 0 || o.rebalance_threshold > 1,
               "collection: rebalance_threshold must be 0 "
               "(off) or greater than 1, got ",
@@ -171,8 +173,7 @@ std::string shard_file_name(std::size_t s, std::uint64_t generation) {
 }
 
 std::shared_ptr<layout> collection_state::empty_layout() const {
-  auto lay = std::make_shared<layout>(router(options.policy, options.shards, options.groups, options.range_bounds,
-                                             options.metric, options.dim, options.seed));
+  auto lay = std::make_shared<layout>(router(options));
   for (std::size_t s = 0; s < options.shards; ++s) {
     auto shard = std::make_shared<shard_state>();
     for (std::size_t r = 0; r < options.replicas; ++r) {
@@ -492,6 +493,8 @@ void collection::add(matrix_view<const float> vectors, std::span<const vector_id
   detail::collection_state* st = state_.get();
   const double threshold = st->options.rebalance_threshold;
   if (threshold <= 0 || st->rebalance_running.load()) return;
+  const std::uint64_t added_since = st->adds.load() - st->adds_at_rebalance.load();
+  if (added_since * detail::rebalance_growth_divisor < st->size_at_rebalance.load()) return;
   // Sizes from the shard indexes: O(shards) per add, where the routing table would cost O(size).
   std::size_t total = 0, largest = 0;
   const std::shared_ptr<detail::layout> lay = st->current.load();
@@ -661,6 +664,11 @@ bool collection::replica_up(std::size_t shard, std::size_t replica) const {
 
 void collection::rebalance() { detail::rebalance(*state_); }
 
+void collection::wait_for_rebalance() {
+  const std::lock_guard lock(state_->background_mutex);
+  if (state_->background.joinable()) state_->background.join();
+}
+
 void detail::rebalance(collection_state& st) {
   SHOAL_CHECK_CODE(st.options.policy == sharding::semantic || st.options.policy == sharding::hybrid, errc::unsupported,
                    "collection::rebalance: only semantic and hybrid collections re-cluster (this "
@@ -693,6 +701,8 @@ void detail::rebalance(collection_state& st) {
   std::vector<std::uint32_t> from;
   {
     const std::shared_lock lock(old->table_mutex);
+    st.adds_at_rebalance.store(st.adds.load());
+    st.size_at_rebalance.store(old->table.size());
     ids.reserve(old->table.size());
     for (const auto& [id, s] : old->table) {
       ids.push_back(id);

@@ -41,7 +41,7 @@ struct manifest_params {
   std::uint64_t generation;     // shard files of this generation hold the snapshot
   std::uint64_t wal_sequence;   // last log record the snapshot contains
   std::uint32_t centroid_rows;  // 0: router untrained
-  std::uint32_t reserved;
+  float semantic_balance;       // format 1.1; reserved and zero (plain k-means) before
 };
 static_assert(sizeof(manifest_params) == 64);
 
@@ -116,6 +116,7 @@ void collection_state::write_snapshot(const layout& lay, const std::filesystem::
   p.sync = static_cast<std::uint32_t>(options.sync);
   p.seed = options.seed;
   p.rebalance_threshold = options.rebalance_threshold;
+  p.semantic_balance = static_cast<float>(options.semantic_balance);
   p.generation = gen;
   p.wal_sequence = wal_sequence;
   p.centroid_rows = static_cast<std::uint32_t>(centroids.rows);
@@ -199,6 +200,7 @@ collection collection::open(const std::filesystem::path& directory, const collec
   o.threads_per_shard = oo.threads_per_shard > 0 ? oo.threads_per_shard : p.threads_per_shard;
   o.seed = p.seed;
   o.rebalance_threshold = p.rebalance_threshold;
+  o.semantic_balance = p.semantic_balance;
   o.sync = static_cast<wal_sync>(p.sync);
   SHOAL_CHECK_CODE(p.shards >= 1 && p.shards <= 4096, errc::corrupt_file, name, ": ", p.shards, " shards");
   o.range_bounds.resize(in.section_size(detail::tag_bounds) / sizeof(std::uint64_t));
@@ -216,8 +218,7 @@ collection collection::open(const std::filesystem::path& directory, const collec
   for (std::size_t s = 0; s < o.shards; ++s)
     st->executors.push_back(std::make_unique<detail::shard_executor>(o.threads_per_shard));
 
-  auto lay = std::make_shared<detail::layout>(
-      detail::router(o.policy, o.shards, o.groups, o.range_bounds, o.metric, o.dim, o.seed));
+  auto lay = std::make_shared<detail::layout>(detail::router(o));
   if (p.centroid_rows > 0) {
     SHOAL_CHECK_CODE(lay->route.needs_centroids() && p.centroid_rows == lay->route.centroid_count(), errc::corrupt_file,
                      name, ": ", p.centroid_rows, " router centroids for ", sharding_name(o.policy), " sharding over ",

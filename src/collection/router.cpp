@@ -9,15 +9,15 @@
 
 namespace shoal::detail {
 
-router::router(sharding policy, std::size_t shards, std::size_t groups, std::vector<std::uint64_t> range_bounds,
-               shoal::metric metric, std::size_t dim, std::uint64_t seed)
-    : policy_(policy),
-      shards_(shards),
-      groups_(policy == sharding::hybrid ? groups : 1),
-      bounds_(std::move(range_bounds)),
-      metric_(metric),
-      dim_(dim),
-      seed_(seed) {}
+router::router(const collection_options& o)
+    : policy_(o.policy),
+      shards_(o.shards),
+      groups_(o.policy == sharding::hybrid ? o.groups : 1),
+      bounds_(o.range_bounds),
+      metric_(o.metric),
+      dim_(o.dim),
+      seed_(o.seed),
+      balance_(o.semantic_balance) {}
 
 void router::train(matrix_view<const float> sample) {
   if (!needs_centroids()) return;
@@ -29,6 +29,7 @@ void router::train(matrix_view<const float> sample) {
   p.k = centroid_count();
   p.seed = seed_;
   p.spherical = metric_ != shoal::metric::l2;
+  p.balance = balance_;
   centroids_ = kmeans(sample, p).centroids;
 }
 

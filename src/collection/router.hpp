@@ -24,8 +24,8 @@ namespace shoal::detail {
 
 class router {
  public:
-  router(sharding policy, std::size_t shards, std::size_t groups, std::vector<std::uint64_t> range_bounds,
-         shoal::metric metric, std::size_t dim, std::uint64_t seed);
+  /// The router `o` describes (options already validated).
+  explicit router(const collection_options& o);
 
   [[nodiscard]] sharding policy() const noexcept { return policy_; }
   [[nodiscard]] std::size_t shards() const noexcept { return shards_; }
@@ -40,8 +40,8 @@ class router {
   /// Number of centroids a semantic router trains: one per shard (semantic) or per group (hybrid).
   [[nodiscard]] std::size_t centroid_count() const noexcept { return policy_ == sharding::hybrid ? groups_ : shards_; }
 
-  /// k-means over `sample` (rows already unit length for cosine). Throws when the sample has fewer
-  /// rows than `centroid_count()`.
+  /// k-means over `sample` (rows already unit length for cosine), balanced by the options'
+  /// `semantic_balance`. Throws when the sample has fewer rows than `centroid_count()`.
   void train(matrix_view<const float> sample);
   /// Installs centroids read from a manifest (checked for shape and finiteness by the caller).
   void set_centroids(matrix<float> centroids);
@@ -72,6 +72,7 @@ class router {
   shoal::metric metric_;
   std::size_t dim_;
   std::uint64_t seed_;
+  double balance_;
   matrix<float> centroids_;
 };
 

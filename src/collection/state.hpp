@@ -130,7 +130,9 @@ struct collection_state {
   std::vector<wal_record> captured;
   std::mutex rebalance_mutex;                  // one rebalance at a time
   std::atomic<bool> rebalance_running{false};  // a background rebalance is scheduled or running
-  std::mutex background_mutex;                 // guards `background`
+  // `adds` and the number of vectors when the last rebalance took its snapshot.
+  std::atomic<std::uint64_t> adds_at_rebalance{0}, size_at_rebalance{0};
+  std::mutex background_mutex;  // guards `background`
   std::thread background;
 
   // Metrics (mutable: searches are const and count).
@@ -167,6 +169,10 @@ void validate(const collection_options& o);
 void rebalance(collection_state& st);
 /// Shards smaller than this never trigger an automatic rebalance.
 inline constexpr std::size_t min_rebalance_shard = 1000;
+/// An automatic rebalance waits until the vectors added since the last one reach 1/this of the
+/// collection's size then: a layout that stays out of balance after re-clustering (data that k-means
+/// cannot split evenly, such as many copies of one vector) would otherwise re-cluster on every add.
+inline constexpr std::uint64_t rebalance_growth_divisor = 10;
 
 /// `f(index)` for a read of one replica: under the replica's shared lock when the shard's index does not
 /// allow writes concurrent with reads.

@@ -33,6 +33,14 @@ struct kmeans_params {
   /// Spherical k-means for inner-product / cosine data: points are assigned by largest ⟨x, c⟩ and every
   /// centroid is scaled to unit norm after each update.
   bool spherical = false;
+  /// Balanced k-means: when > 0 (it must then be ≥ 1), no cluster takes more than
+  /// ⌈balance · n / k⌉ of the n training points at an assignment step. Points are handed out greedily
+  /// in order of their distance to each of their nearest centroids (up to 32 of them, nearest first);
+  /// a point whose candidates are all full goes to the nearest centroid with room. The centroids then
+  /// drift towards a partition of about equal sizes, at some cost in the objective, which is no longer
+  /// guaranteed to fall at every iteration. Used by the collection's semantic router, whose shards
+  /// should hold similar numbers of vectors; 0 (the default) is plain Lloyd.
+  double balance = 0;
 };
 
 /// Outcome of `kmeans`.
@@ -40,12 +48,14 @@ struct kmeans_result {
   /// k x dim centroids (unit rows when spherical).
   matrix<float> centroids;
   /// Σ ‖x − c(x)‖² over the training points at the assignment step of each iteration, in double
-  /// precision; non-increasing except right after an empty-cluster repair.
+  /// precision; non-increasing except right after an empty-cluster repair (and under `balance`).
   std::vector<double> objective;
   /// Number of points actually trained on (after subsampling).
   std::size_t training_points = 0;
   /// How many times an empty cluster was repaired by splitting the largest one, over all iterations.
   std::size_t empty_cluster_repairs = 0;
+  /// Training points per cluster at the last assignment step (before any repair).
+  std::vector<std::size_t> cluster_sizes;
 };
 
 /// Clusters the rows of `points` into `params.k` groups.
@@ -58,7 +68,7 @@ struct kmeans_result {
 /// seeded perturbation (as in FAISS).
 ///
 /// Throws `shoal::error` if k = 0, k exceeds the training points, iterations = 0, `points` has dim 0 or
-/// a NaN/Inf value.
+/// a NaN/Inf value, or `balance` is neither 0 nor ≥ 1.
 [[nodiscard]] kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& params);
 
 /// Nearest centroids of each point: point i's `count` nearest are `labels[i * count + j]`, j < count,
