@@ -1,8 +1,6 @@
 // --shards: a shoal::collection whose shards are `--index` indexes, behind the benchmark adapter interface.
 #include <numeric>
 #include <optional>
-#include <stdexcept>
-#include <string>
 #include <vector>
 
 #include "adapter.hpp"
@@ -23,13 +21,7 @@ class collection_adapter final : public index_adapter {
       : spec_(request.spec), metric_(request.metric), layout_(layout) {
     for (const param& p : request.build_params) {
       if (p.name == "semantic_balance") {
-        try {
-          std::size_t used = 0;
-          balance_ = std::stod(p.value, &used);
-          if (used != p.value.size()) throw std::invalid_argument(p.value);
-        } catch (const std::exception&) {
-          throw config_error("--build-param semantic_balance=" + p.value + ": not a number");
-        }
+        balance_ = parse_number(p, spec_);
         continue;
       }
       if (p.name != "ef_construction" || p.value != "200")

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 
 namespace shoal::bench {
 
@@ -146,6 +147,16 @@ std::size_t parse_positive(const param& p, std::string_view index) {
   if (ec != std::errc{} || end != last || value == 0 || value >= (std::size_t{1} << 31))
     throw config_error("parameter " + p.name + "=" + p.value + " of index " + std::string(index) +
                        " must be a positive integer");
+  return value;
+}
+
+double parse_number(const param& p, std::string_view index) {
+  double value = 0;
+  const char* first = p.value.data();
+  const char* last = first + p.value.size();
+  const auto [end, ec] = std::from_chars(first, last, value);
+  if (ec != std::errc{} || end != last || !std::isfinite(value))
+    throw config_error("parameter " + p.name + "=" + p.value + " of index " + std::string(index) + " must be a number");
   return value;
 }
 

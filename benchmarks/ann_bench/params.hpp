@@ -86,6 +86,8 @@ struct hnsw_spec {
 
 /// `p.value` as an integer in [1, 2^31); throws `config_error` naming the parameter and `index` otherwise.
 [[nodiscard]] std::size_t parse_positive(const param& p, std::string_view index);
+/// `p.value` as a finite number; throws `config_error` naming the parameter and `index` otherwise.
+[[nodiscard]] double parse_number(const param& p, std::string_view index);
 
 /// Throws `config_error` ("unknown <kind> parameter 'x' for index <index> (known: a, b)") unless every
 /// name in `params` is in `known`. `kind` is "build" or "search".

@@ -315,7 +315,7 @@ class faiss_hnsw_adapter final : public index_adapter {
  public:
   explicit faiss_hnsw_adapter(const index_request& request)
       : metric_(request.metric), m_(hnsw_m(request.spec).value()) {
-    static constexpr std::string_view names[] = {"ef_construction", "seed"};
+    static constexpr std::string_view names[] = {"ef_construction", "seed", "alpha"};  // alpha: shoal's only
     check_param_names(request.build_params, names, "build", description());
     for (const param& p : request.build_params)
       if (p.name == "ef_construction") ef_construction_ = parse_positive(p, description());

@@ -87,10 +87,11 @@ class hnswlib_hnsw_adapter final : public index_adapter {
  public:
   explicit hnswlib_hnsw_adapter(const index_request& request)
       : metric_(request.metric), m_(hnsw_m(request.spec).value()) {
-    static constexpr std::string_view names[] = {"ef_construction", "seed"};
+    // `alpha` is shoal's (hnswlib prunes with alpha = 1): accepted so that one command measures both.
+    static constexpr std::string_view names[] = {"ef_construction", "seed", "alpha"};
     check_param_names(request.build_params, names, "build", description());
     for (const param& p : request.build_params)
-      (p.name == "seed" ? seed_ : ef_construction_) = parse_positive(p, description());
+      if (p.name != "alpha") (p.name == "seed" ? seed_ : ef_construction_) = parse_positive(p, description());
   }
 
   [[nodiscard]] std::string_view library() const noexcept override { return "hnswlib"; }

@@ -158,17 +158,22 @@ class ivf_pq_adapter final : public shoal_adapter<ivf_pq_index> {
 };
 
 /// `HNSW<M>`, `HNSW<M>,SQ8` and `HNSW<M>,F16` (SQ8 / half-precision traversal, exact re-rank): build knobs
-/// `ef_construction` (default 200) and `seed`, search knob `ef` (default `hnsw_index::default_ef`, raised to k).
+/// `ef_construction` (default 200), `seed` and `alpha` (`hnsw_params::alpha`, default 1), search knob `ef`
+/// (default `hnsw_index::default_ef`, raised to k).
 class hnsw_adapter final : public shoal_adapter<hnsw_index> {
  public:
   explicit hnsw_adapter(const index_request& request) : shoal_adapter(request) {
-    static constexpr std::string_view names[] = {"ef_construction", "seed"};
+    static constexpr std::string_view names[] = {"ef_construction", "seed", "alpha"};
     check_param_names(request.build_params, names, "build", spec_);
     const hnsw_spec spec = parse_hnsw_spec(request.spec).value();
     build_.M = spec.m;
     build_.codes = spec.codes;
-    for (const param& p : request.build_params)
-      (p.name == "seed" ? build_.seed : build_.ef_construction) = parse_positive(p, spec_);
+    for (const param& p : request.build_params) {
+      if (p.name == "alpha")
+        build_.alpha = parse_number(p, spec_);
+      else
+        (p.name == "seed" ? build_.seed : build_.ef_construction) = parse_positive(p, spec_);
+    }
   }
 
   void set_search_params(const param_list& params) override {

@@ -180,6 +180,9 @@ struct hnsw_index::impl {
   std::size_t max_links0;       // 2M
   std::size_t max_links;        // M
   double level_mult;
+  /// The neighbour selection's pruning factor on distances: α² (distances are squared) under l2 and
+  /// cosine, 1 under inner product, whose distances −⟨x, y⟩ can be negative and would prune more.
+  float prune_scale;
 
   // Chunk directory: `directory` points at the current table of chunk pointers. Growing it publishes a
   // copy twice as long; earlier tables stay alive (in `tables`, a few bytes per 1024 nodes) because a
@@ -221,7 +224,8 @@ struct hnsw_index::impl {
         code_stride(p.codes == hnsw_codes::none ? 0 : (code_bytes(p.codes, d) + sizeof(float) + 63) / 64 * 64),
         max_links0(2 * p.M),
         max_links(p.M),
-        level_mult(1.0 / std::log(static_cast<double>(p.M))) {}
+        level_mult(1.0 / std::log(static_cast<double>(p.M))),
+        prune_scale(m == shoal::metric::inner_product ? 1.0f : static_cast<float>(p.alpha * p.alpha)) {}
 
   // ------------------------------------------------------------------------------------------- storage
   [[nodiscard]] static std::pair<std::size_t, std::size_t> locate(slot_t s) noexcept {
@@ -630,7 +634,9 @@ struct hnsw_index::impl {
 
   /// The diversity heuristic of the HNSW paper (Algorithm 4, as in hnswlib): walk the candidates nearest
   /// first and keep one only if it is closer to the base node than to every node kept so far, so that
-  /// links spread over directions instead of piling into the nearest cluster. With `keep_pruned`, free
+  /// links spread over directions instead of piling into the nearest cluster. With α > 1
+  /// (`hnsw_params::alpha`, DiskANN's relaxed rule) a kept node prunes a candidate only if it is α times
+  /// closer to it than the base node is: more, longer links. With `keep_pruned`, free
   /// slots left after the walk are filled with the nearest rejected candidates (the paper's
   /// keepPrunedConnections): repairs after a delete use it, because a pruned list that shrinks there can
   /// leave the removed node's other neighbours without any in-link.
@@ -640,17 +646,33 @@ struct hnsw_index::impl {
     std::vector<cand> kept;
     std::vector<cand> pruned;
     kept.reserve(limit);
+    const auto diverse = [&](const cand& c, float scale) {
+      const float* cv = vec(c.slot);
+      return std::none_of(kept.begin(), kept.end(),
+                          [&](const cand& k) { return scale * distance(cv, vec(k.slot)) < c.distance; });
+    };
     for (const cand& c : candidates) {
       if (kept.size() >= limit) break;
-      const float* cv = vec(c.slot);
-      const bool diverse =
-          std::none_of(kept.begin(), kept.end(), [&](const cand& k) { return distance(cv, vec(k.slot)) < c.distance; });
-      if (diverse)
+      if (diverse(c, 1.0f))
         kept.push_back(c);
-      else if (keep_pruned)
+      else if (keep_pruned || prune_scale > 1.0f)
         pruned.push_back(c);
     }
-    for (std::size_t i = 0; i < pruned.size() && kept.size() < limit; ++i) kept.push_back(pruned[i]);
+    if (prune_scale > 1.0f && kept.size() < limit) {
+      // α's pass fills the free slots only: the α = 1 links always stay (see hnsw_params::alpha).
+      const std::size_t diverse_count = kept.size();
+      std::vector<cand> rest;
+      for (const cand& c : pruned) {
+        if (kept.size() < limit && diverse(c, prune_scale))
+          kept.push_back(c);
+        else
+          rest.push_back(c);
+      }
+      pruned = std::move(rest);
+      if (kept.size() > diverse_count) std::sort(kept.begin(), kept.end());  // nearest first, as callers expect
+    }
+    if (keep_pruned)
+      for (std::size_t i = 0; i < pruned.size() && kept.size() < limit; ++i) kept.push_back(pruned[i]);
     return kept;
   }
 
@@ -923,6 +945,7 @@ hnsw_index::hnsw_index(std::size_t dim, shoal::metric m, const hnsw_params& para
   SHOAL_CHECK(dim > 0, "hnsw_index: dimension must be at least 1");
   SHOAL_CHECK(params.M >= 2 && params.M <= 256, "hnsw_index: M must be in [2, 256], got ", params.M);
   SHOAL_CHECK(params.ef_construction > 0, "hnsw_index: ef_construction must be at least 1");
+  SHOAL_CHECK(params.alpha >= 1 && params.alpha <= 4, "hnsw_index: alpha must be in [1, 4], got ", params.alpha);
   SHOAL_CHECK_CODE(params.codes != hnsw_codes::sq8 || dot_u8_i16_limit(dim) >= 1, errc::unsupported,
                    "hnsw_index: SQ8 traversal supports at most 8,421,504 dimensions, got ", dim);
   hnsw_params p = params;
@@ -1135,8 +1158,8 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
 
 std::span<const std::uint32_t> detail::index_sections<hnsw_index>::known() noexcept {
   constexpr const hnsw_section_tags& t = hnsw_file_tags;
-  static constexpr std::array<std::uint32_t, 8> tags{t.params, t.vectors, t.links0, t.codes,
-                                                     t.state,  t.ids,     t.upper,  t.ranges};
+  static constexpr std::array<std::uint32_t, 9> tags{t.params, t.vectors, t.links0, t.codes, t.state,
+                                                     t.ids,    t.upper,   t.ranges, t.alpha};
   return tags;
 }
 
@@ -1172,6 +1195,10 @@ std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_inde
     out.begin_section(tags.codes);
     for (const auto& c : x.owned_chunks)
       out.append(std::span<const std::uint8_t>(c->codes, chunk_nodes * x.code_stride));
+  }
+  if (x.build.alpha != 1.0) {  // absent: 1 (files before format 1.1 never have it)
+    out.begin_section(tags.alpha);
+    out.append_value(x.build.alpha);
   }
   if (x.build.codes == hnsw_codes::sq8 && x.sq_ready.load(std::memory_order_acquire)) {  // absent: untrained
     out.begin_section(tags.ranges);
@@ -1217,6 +1244,11 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   params.ef_construction = static_cast<std::size_t>(fp.ef_construction);
   params.seed = fp.seed;
   params.codes = static_cast<hnsw_codes>(fp.codes);
+  if (in.has(tags.alpha)) {
+    corrupt(in.section_size(tags.alpha) == sizeof(double), "alpha section has the wrong size");
+    in.read(tags.alpha, &params.alpha, 1);
+    corrupt(params.alpha >= 1 && params.alpha <= 4, "alpha out of range");
+  }
   hnsw_index index(dim, m, params);
   hnsw_index::impl& x = *index.impl_;
   corrupt(fp.stride == x.stride && fp.code_stride == x.code_stride, "row strides differ from the dimension's");

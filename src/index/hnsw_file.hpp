@@ -16,20 +16,20 @@ namespace shoal::detail {
 
 /// The tags of a graph's sections.
 struct hnsw_section_tags {
-  std::uint32_t params, vectors, links0, codes, state, ids, upper, ranges;
+  std::uint32_t params, vectors, links0, codes, state, ids, upper, ranges, alpha;
 };
 
 /// A standalone HNSW index file.
-inline constexpr hnsw_section_tags hnsw_file_tags{io::detail::make_tag("HPAR"), io::detail::make_tag("HVEC"),
-                                                  io::detail::make_tag("HLK0"), io::detail::make_tag("HCOD"),
-                                                  io::detail::make_tag("HSTA"), io::detail::make_tag("HIDS"),
-                                                  io::detail::make_tag("HUPL"), io::detail::make_tag("HSQR")};
+inline constexpr hnsw_section_tags hnsw_file_tags{
+    io::detail::make_tag("HPAR"), io::detail::make_tag("HVEC"), io::detail::make_tag("HLK0"),
+    io::detail::make_tag("HCOD"), io::detail::make_tag("HSTA"), io::detail::make_tag("HIDS"),
+    io::detail::make_tag("HUPL"), io::detail::make_tag("HSQR"), io::detail::make_tag("HALP")};
 
 /// The HNSW coarse quantizer of an IVF file (never SQ8: its codes and ranges tags are never written).
-inline constexpr hnsw_section_tags coarse_graph_tags{io::detail::make_tag("QPAR"), io::detail::make_tag("QVEC"),
-                                                     io::detail::make_tag("QLK0"), io::detail::make_tag("QCOD"),
-                                                     io::detail::make_tag("QSTA"), io::detail::make_tag("QIDS"),
-                                                     io::detail::make_tag("QUPL"), io::detail::make_tag("QSQR")};
+inline constexpr hnsw_section_tags coarse_graph_tags{
+    io::detail::make_tag("QPAR"), io::detail::make_tag("QVEC"), io::detail::make_tag("QLK0"),
+    io::detail::make_tag("QCOD"), io::detail::make_tag("QSTA"), io::detail::make_tag("QIDS"),
+    io::detail::make_tag("QUPL"), io::detail::make_tag("QSQR"), io::detail::make_tag("QALP")};
 
 struct hnsw_sections {
   /// Appends the graph's sections to `out`. The bulk arrays are referenced, not copied: the returned
