@@ -316,10 +316,10 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
   std::vector<std::size_t> members(n);
   const metric rank_by = params.spherical ? metric::inner_product : metric::l2;
   result.objective.reserve(params.iterations);
+  // A cluster's cap on points; n (no cap) without balance or when the cap would not bind.
+  const double cap_points = std::ceil(params.balance * static_cast<double>(n) / static_cast<double>(k));
   const std::size_t cap =
-      params.balance > 0
-          ? static_cast<std::size_t>(std::ceil(params.balance * static_cast<double>(n) / static_cast<double>(k)))
-          : n;
+      params.balance > 0 && cap_points < static_cast<double>(n) ? static_cast<std::size_t>(cap_points) : n;
 
   for (std::size_t it = 0; it < params.iterations; ++it) {
     kern.squared_norms(centroids.values.data(), k, dim, dim, centroid_norms.data());

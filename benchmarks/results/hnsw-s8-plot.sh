@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Draws the session-8 HNSW plots (recall x, QPS log y) from the hnsw-s8-*.csv files of this directory:
+#   bash benchmarks/results/hnsw-s8-plot.sh
+set -euo pipefail
+cd "$(dirname "$0")"
+# rows of one library from one CSV, as "recall qps"
+rows() { awk -F, -v lib="$2" 'NR > 1 && $1 == lib { print $(NF-4), $(NF-3) }' "$1"; }
+plot() {  # plot OUT TITLE then pairs of (FILE LIBRARY LABEL)
+  local out=$1 title=$2; shift 2
+  local cmds=() i=0
+  while (($#)); do
+    rows "$1" "$2" > "/tmp/hnsw-s8-$i.dat"
+    cmds+=("'/tmp/hnsw-s8-$i.dat' using 1:2 with linespoints title '$3'")
+    shift 3; i=$((i + 1))
+  done
+  gnuplot <<GP
+set terminal pngcairo size 900,600 noenhanced
+set output '$out'
+set title '$title'
+set xlabel 'recall@10'
+set ylabel 'queries per second (one thread)'
+set logscale y
+set grid
+set key bottom left
+plot $(IFS=,; echo "${cmds[*]}")
+GP
+}
+plot hnsw16-bigann10k.png "bigann10k, M 16, ef_construction 200 (session 8, Sapphire Rapids VM)" \
+  hnsw-s8-bg16-alpha-r1.csv hnswlib "hnswlib (round 1)" hnsw-s8-bg16-alpha-r2.csv hnswlib "hnswlib (round 2)" \
+  hnsw-s8-bg16-r1.csv shoal "shoal HNSW16 (round 1)" hnsw-s8-bg16-r2.csv shoal "shoal HNSW16 (round 2)" \
+  hnsw-s8-bg16-alpha-r1.csv shoal "shoal HNSW16 alpha 1.3 (round 1)" hnsw-s8-bg16-alpha-r2.csv shoal "shoal HNSW16 alpha 1.3 (round 2)" \
+  hnsw-s8-bg16sq8-alpha-r1.csv shoal "shoal HNSW16,SQ8 alpha 1.3 (round 1)" hnsw-s8-bg16sq8-alpha-r2.csv shoal "shoal HNSW16,SQ8 alpha 1.3 (round 2)"
+plot hnsw32-bigann10k.png "bigann10k, M 32, ef_construction 200 (session 8, Sapphire Rapids VM)" \
+  hnsw-s8-bg32-alpha-r1.csv hnswlib "hnswlib (round 1)" hnsw-s8-bg32-alpha-r2.csv hnswlib "hnswlib (round 2)" \
+  hnsw-s8-bg32-alpha-r1.csv shoal "shoal HNSW32 alpha 1.3 (round 1)" hnsw-s8-bg32-alpha-r2.csv shoal "shoal HNSW32 alpha 1.3 (round 2)"
+plot hnsw16-fashion-mnist.png "fashion-mnist, M 16, ef_construction 200 (session 8, Sapphire Rapids VM)" \
+  hnsw-s8-fm16-alpha-r1.csv hnswlib "hnswlib (round 1)" hnsw-s8-fm16-alpha-r2.csv hnswlib "hnswlib (round 2)" \
+  hnsw-s8-fm16-alpha-r1.csv shoal "shoal HNSW16 alpha 1.2 (round 1)" hnsw-s8-fm16-alpha-r2.csv shoal "shoal HNSW16 alpha 1.2 (round 2)" \
+  hnsw-s8-fm16sq8-alpha-r1.csv shoal "shoal HNSW16,SQ8 alpha 1.2 (round 1)" hnsw-s8-fm16sq8-alpha-r2.csv shoal "shoal HNSW16,SQ8 alpha 1.2 (round 2)"
