@@ -35,5 +35,8 @@ plot hnsw32-bigann10k.png "bigann10k, M 32, ef_construction 200 (session 8, Sapp
   hnsw-s8-bg32-alpha-r1.csv shoal "shoal HNSW32 alpha 1.3 (round 1)" hnsw-s8-bg32-alpha-r2.csv shoal "shoal HNSW32 alpha 1.3 (round 2)"
 plot hnsw16-fashion-mnist.png "fashion-mnist, M 16, ef_construction 200 (session 8, Sapphire Rapids VM)" \
   hnsw-s8-fm16-alpha-r1.csv hnswlib "hnswlib (round 1)" hnsw-s8-fm16-alpha-r2.csv hnswlib "hnswlib (round 2)" \
+  hnsw-s8-fm16-r1.csv hnswlib "hnswlib (round 3)" hnsw-s8-fm16-r2.csv hnswlib "hnswlib (round 4)" \
+  hnsw-s8-fm16-r1.csv shoal "shoal HNSW16 (round 3)" hnsw-s8-fm16-r2.csv shoal "shoal HNSW16 (round 4)" \
+  hnsw-s8-fm16sq8-r1.csv shoal "shoal HNSW16,SQ8 (round 3)" hnsw-s8-fm16sq8-r2.csv shoal "shoal HNSW16,SQ8 (round 4)" \
   hnsw-s8-fm16-alpha-r1.csv shoal "shoal HNSW16 alpha 1.2 (round 1)" hnsw-s8-fm16-alpha-r2.csv shoal "shoal HNSW16 alpha 1.2 (round 2)" \
   hnsw-s8-fm16sq8-alpha-r1.csv shoal "shoal HNSW16,SQ8 alpha 1.2 (round 1)" hnsw-s8-fm16sq8-alpha-r2.csv shoal "shoal HNSW16,SQ8 alpha 1.2 (round 2)"
