@@ -160,6 +160,15 @@ struct scratch {
     tags[s] = epoch;
     return false;
   }
+  /// Marks `s` visited; 1 if it was not yet (a new node), else 0. Branch-free apart from the rare
+  /// growth: whether a neighbour was visited is a coin toss the predictor cannot learn.
+  [[gnu::always_inline]] std::size_t mark(slot_t s) {
+    if (s >= tags.size()) [[unlikely]]
+      grow(s);
+    const std::size_t fresh = tags[s] != epoch ? 1 : 0;
+    tags[s] = epoch;
+    return fresh;
+  }
   [[gnu::noinline]] void grow(slot_t s) { tags.resize(std::max<std::size_t>(std::size_t{s} + 1, tags.size() * 2), 0u); }
 };
 
@@ -499,11 +508,22 @@ struct hnsw_index::impl {
   /// visited, marking them) into the pending buffers, the first line of each vector prefetched; then
   /// scores them. Returns how many.
   std::size_t expand(const query_ctx& ctx, slot_t from, std::size_t level, scratch& s, bool visited) const noexcept {
-    const std::size_t n = copy_links(from, level, s.links.data());
+    std::size_t n = 0;
+    if (visited) {
+      // First the unvisited neighbours, without a branch per neighbour (see scratch::mark).
+      const slot_t* list = links(from, level);
+      const std::size_t count = std::min<std::size_t>(load_link(list[0], std::memory_order_acquire), capacity(level));
+      for (std::size_t i = 0; i < count; ++i) {
+        const slot_t x = load_link(list[i + 1]);
+        s.links[n] = x;
+        n += s.mark(x);
+      }
+    } else {
+      n = copy_links(from, level, s.links.data());
+    }
     std::size_t m = 0;
     for (std::size_t i = 0; i < n; ++i) {
       const slot_t x = s.links[i];
-      if (visited && s.visit(x)) continue;
       const auto [c_index, off] = locate(x);
       const chunk& ch = chunk_of(c_index);
       if (ch.state[off].load(std::memory_order_acquire) <= level) continue;
