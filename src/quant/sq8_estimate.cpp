@@ -43,8 +43,15 @@ void sq8_estimator::prepare(const scalar_quantizer& sq, metric m, const float* q
   const auto limit = static_cast<float>(dot_u8_i16_limit(dim));
   unit_ = largest > 0.0f ? largest / limit : 1.0f;
   offset_ = offset;
-  for (std::size_t j = 0; j < dim; ++j)  // |a_j| / unit <= limit, so the cast cannot overflow
-    coeffs_[j] = static_cast<std::int16_t>(std::clamp(std::nearbyint(real_[j] / unit_), -limit, limit));
+  // Rounded to nearest even as std::nearbyint does (in the default rounding mode), by adding and
+  // subtracting 1.5·2²³: exact for |x| < 2²², and |a_j| / unit ≤ limit ≤ 32767. Unlike the library
+  // call, this vectorises (bigann10k HNSW16,SQ8: the query preparation fell from 4% of a search to
+  // about 3%, +0.5-1.6% QPS in seven alternating runs).
+  constexpr float round_shift = 12582912.0f;
+  for (std::size_t j = 0; j < dim; ++j) {  // the clamp keeps the cast in range
+    const float rounded = (real_[j] / unit_ + round_shift) - round_shift;
+    coeffs_[j] = static_cast<std::int16_t>(std::clamp(rounded, -limit, limit));
+  }
 }
 
 }  // namespace shoal::detail
