@@ -1,7 +1,9 @@
 // hnswlib peer (header-only; compiled with shoal's flags unless SHOAL_BENCH_HNSWLIB_COMPILE_OPTIONS
 // says otherwise). The spec picks the algorithm: `Flat` -> BruteforceSearch; `HNSW<M>` ->
 // HierarchicalNSW with the same M, build knobs `ef_construction` (default 200) and `seed`, and search
-// knob `ef` (hnswlib's default 10 when not given; raised to k by hnswlib itself).
+// knob `ef` (hnswlib's default 10 when not given; raised to k by hnswlib itself). `HNSW<M>,SQ8` and
+// `HNSW<M>,F16` get the same float HierarchicalNSW: hnswlib has no compressed traversal, and its float
+// graph is what shoal's compressed traversal is measured against.
 #include <hnswlib/hnswlib.h>
 #include <mutex>
 
@@ -86,7 +88,7 @@ class hnswlib_adapter final : public index_adapter {
 class hnswlib_hnsw_adapter final : public index_adapter {
  public:
   explicit hnswlib_hnsw_adapter(const index_request& request)
-      : metric_(request.metric), m_(hnsw_m(request.spec).value()) {
+      : metric_(request.metric), m_(parse_hnsw_spec(request.spec).value().m) {
     // `alpha` is shoal's (hnswlib prunes with alpha = 1): accepted so that one command measures both.
     static constexpr std::string_view names[] = {"ef_construction", "seed", "alpha"};
     check_param_names(request.build_params, names, "build", description());
@@ -153,7 +155,7 @@ class hnswlib_hnsw_adapter final : public index_adapter {
 }  // namespace
 
 std::unique_ptr<index_adapter> make_hnswlib_adapter(const index_request& request) {
-  if (hnsw_m(request.spec)) return std::make_unique<hnswlib_hnsw_adapter>(request);
+  if (parse_hnsw_spec(request.spec)) return std::make_unique<hnswlib_hnsw_adapter>(request);
   return std::make_unique<hnswlib_adapter>(request);
 }
 
