@@ -1,6 +1,8 @@
 #include "shoal/core/checks.hpp"
 
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "shoal/core/error.hpp"
 #include "shoal/distance/distance.hpp"
@@ -13,6 +15,16 @@ void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what
   SHOAL_CHECK(v.rows == 0 || v.data != nullptr, what, " has ", v.rows, " rows but no data");
   for (std::size_t i = 0; i < v.rows; ++i) {
     const float* row = v.row(i);
+    // A branch-free pass that vectorises (an all-ones exponent is Inf or NaN); the row is searched
+    // for the culprit only when it has one. The early-exit loop cost 1.2% of an in-cache HNSW query.
+    std::uint32_t special = 0;
+    for (std::size_t j = 0; j < v.dim; ++j) {
+      std::uint32_t bits = 0;
+      std::memcpy(&bits, row + j, sizeof bits);
+      special |= (bits & 0x7f800000u) == 0x7f800000u ? 1u : 0u;
+    }
+    if (special == 0) [[likely]]
+      continue;
     for (std::size_t j = 0; j < v.dim; ++j)
       SHOAL_CHECK_CODE(std::isfinite(row[j]), errc::non_finite, what, " row ", i, " has a non-finite value (", row[j],
                        ") at component ", j);
