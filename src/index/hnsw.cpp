@@ -625,7 +625,8 @@ struct hnsw_index::impl {
   /// change beyond noise on fashion-mnist, where memory stalls dominate.
   /// Largest pool `search_pool` scans linearly for an insertion point.
   static constexpr std::size_t linear_pool = 64;
-  std::vector<cand> search_pool(const query_ctx& q, cand start, std::size_t ef, std::size_t level, scratch& s) const {
+  /// The result lives in `s.best`: valid until the scratch is reused or released.
+  std::span<cand> search_pool(const query_ctx& q, cand start, std::size_t ef, std::size_t level, scratch& s) const {
     std::vector<cand>& pool = s.best;
     std::vector<std::uint8_t>& done = s.expanded;
     pool.assign(1, start);
@@ -661,7 +662,7 @@ struct hnsw_index::impl {
       next = std::min(next + 1, lowest);
       while (next < pool.size() && done[next] != 0) ++next;
     }
-    return {pool.begin(), pool.end()};
+    return pool;
   }
 
   /// The diversity heuristic of the HNSW paper (Algorithm 4, as in hnswlib): walk the candidates nearest
@@ -927,18 +928,22 @@ struct hnsw_index::impl {
   void search_one(const float* q, neighbors_view row, std::size_t ef, const search_params& params) const {
     topk_heap heap(row.k);
     const bool coded = code_stride != 0;
-    for (const cand& c : search_bottom(q, ef, params.filter, coded)) heap.push(c.distance, id_of(c.slot));
+    search_bottom(q, ef, params.filter, coded, [&](std::span<const cand> found) {
+      for (const cand& c : found) heap.push(c.distance, id_of(c.slot));
+    });
     heap.write_sorted(row.row_ids(0), row.row_distances(0));
   }
 
-  /// Descends from the entry point and returns the `ef` best nodes of the bottom layer that `filter`
-  /// accepts (with `hits`, also every accepted node evaluated within `radius`: see `search_layer`).
-  /// Without a filter the acceptance test compiles away.
+  /// Descends from the entry point and hands `consume` the `ef` best nodes of the bottom layer that
+  /// `filter` accepts, as a span valid during the call (with `hits`, also collects every accepted node
+  /// evaluated within `radius`: see `search_layer`). Without a filter the acceptance test compiles away
+  /// and the nodes are handed over from the search's own pool, without a copy.
   /// `coded`: traverse with SQ8 estimates, then re-rank: the candidates' distances are exact either way.
-  [[nodiscard]] std::vector<cand> search_bottom(const float* query, std::size_t ef, const id_filter& filter, bool coded,
-                                                float radius = -no_distance, std::vector<cand>* hits = nullptr) const {
+  template <class Consume>
+  void search_bottom(const float* query, std::size_t ef, const id_filter& filter, bool coded, const Consume& consume,
+                     float radius = -no_distance, std::vector<cand>* hits = nullptr) const {
     const std::uint64_t ep = entry.load(std::memory_order_acquire);
-    if (ep == empty_entry) return {};
+    if (ep == empty_entry) return;
     std::unique_ptr<scratch> s = acquire();
     const query_ctx q = !coded                            ? query_ctx{query}
                         : build.codes == hnsw_codes::fp16 ? query_ctx{.q = query, .f16 = true}
@@ -946,12 +951,14 @@ struct hnsw_index::impl {
     const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
     const cand start = descend(q, {score(q, ep_slot), ep_slot}, static_cast<std::size_t>(ep >> 32), 0, *s);
     const std::span entries(&start, 1);
-    std::vector<cand> found =
-        filter ? search_layer(
-                     q, entries, ef, 0, *s, [&](slot_t x) { return filter.accepts(id_of(x)); }, radius, hits)
-        : hits != nullptr ? search_layer(
-                                q, entries, ef, 0, *s, [](slot_t) { return true; }, radius, hits)
-                          : search_pool(q, start, ef, 0, *s);
+    std::vector<cand> layer;  // the heap search's result (filtered or range searches)
+    if (filter)
+      layer = search_layer(
+          q, entries, ef, 0, *s, [&](slot_t x) { return filter.accepts(id_of(x)); }, radius, hits);
+    else if (hits != nullptr)
+      layer = search_layer(
+          q, entries, ef, 0, *s, [](slot_t) { return true; }, radius, hits);
+    const std::span<cand> found = filter || hits != nullptr ? std::span<cand>(layer) : search_pool(q, start, ef, 0, *s);
     if (coded) {  // exact distances of the candidates, in the scratch buffers (no allocation per query)
       s->pending_rows.resize(std::max(s->pending_rows.size(), found.size()));
       s->pending_distances.resize(std::max(s->pending_distances.size(), found.size()));
@@ -959,8 +966,8 @@ struct hnsw_index::impl {
       exact_distances(query, s->pending_rows.data(), found.size(), s->pending_distances.data());
       for (std::size_t i = 0; i < found.size(); ++i) found[i].distance = s->pending_distances[i];
     }
+    consume(std::span<const cand>(found));
     release(std::move(s));
-    return found;
   }
 
   /// Queries as searched: validated, and normalised under cosine.
@@ -1154,7 +1161,8 @@ range_result hnsw_index::range_search(matrix_view<const float> queries, float ra
   const std::shared_lock structure(x.structure);
   return detail::range_by_query(queries.rows, [&](std::size_t r, std::vector<scored_id>& row) {
     std::vector<cand> hits;
-    (void)x.search_bottom(queries.row(r), ef, params.filter, false, radius, &hits);
+    x.search_bottom(
+        queries.row(r), ef, params.filter, false, [](std::span<const cand>) {}, radius, &hits);
     for (const cand& h : hits) row.push_back({h.distance, x.id_of(h.slot)});
   });
 }
