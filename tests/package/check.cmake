@@ -1,6 +1,7 @@
 # ctest driver: install the build tree into a fresh prefix, move the prefix (the package must be
 # relocatable), build tests/package against it with find_package(shoal), run the consumer.
-# Inputs: BUILD_DIR SOURCE_DIR WORK_DIR CONFIG GENERATOR WITH_CUDA
+# Inputs: BUILD_DIR SOURCE_DIR WORK_DIR CONFIG GENERATOR WITH_CUDA SANITIZE (the build's SHOAL_SANITIZE: a
+# sanitized static library links only into a consumer built with the same sanitizer)
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
   message("${out}")
@@ -15,7 +16,11 @@ file(RENAME "${WORK_DIR}/staging" "${WORK_DIR}/moved")
 if(NOT EXISTS "${WORK_DIR}/moved/lib/cmake/shoal/shoalConfigVersion.cmake")
   message(FATAL_ERROR "the install has no shoalConfigVersion.cmake")
 endif()
+set(sanitize_flags)
+if(SANITIZE)
+  set(sanitize_flags "-DCMAKE_CXX_FLAGS=-fsanitize=${SANITIZE}" "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=${SANITIZE}")
+endif()
 run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build" -G "${GENERATOR}" -DCMAKE_BUILD_TYPE=${CONFIG}
-    "-DCMAKE_PREFIX_PATH=${WORK_DIR}/moved" -DWITH_CUDA=${WITH_CUDA})
+    "-DCMAKE_PREFIX_PATH=${WORK_DIR}/moved" -DWITH_CUDA=${WITH_CUDA} ${sanitize_flags})
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/build" --config "${CONFIG}")
 run("${WORK_DIR}/build/consumer")
