@@ -151,17 +151,9 @@ struct scratch {
     pending_distances.resize(max_links);
     dots.resize(max_links);
   }
-  /// Marks `s` visited; true if it already was. Inlined into the neighbour loop (a call there cost an
-  /// eighth of an in-cache search); growing the tags, for a node added since `reset`, is not.
-  [[gnu::always_inline]] bool visit(slot_t s) {
-    if (s >= tags.size()) [[unlikely]]
-      grow(s);
-    if (tags[s] == epoch) return true;
-    tags[s] = epoch;
-    return false;
-  }
-  /// Marks `s` visited; 1 if it was not yet (a new node), else 0. Branch-free apart from the rare
-  /// growth: whether a neighbour was visited is a coin toss the predictor cannot learn.
+  /// Marks `s` visited; 1 if it was not yet (a new node), else 0. Inlined into the neighbour loop (a
+  /// call there cost an eighth of an in-cache search) and branch-free apart from growing the tags for a
+  /// node added since `reset`: whether a neighbour was visited is a coin toss the predictor cannot learn.
   [[gnu::always_inline]] std::size_t mark(slot_t s) {
     if (s >= tags.size()) [[unlikely]]
       grow(s);
@@ -394,10 +386,21 @@ struct hnsw_index::impl {
   }
 
   /// Copies the link list of `s` on `level` into `buf` (no lock: see `load_link`); returns the count.
-  std::size_t copy_links(slot_t s, std::size_t level, slot_t* buf) const noexcept {
+  /// With `unvisited`, keeps only the links that scratch has not visited yet, marking them, without a
+  /// branch per link (see `scratch::mark`).
+  std::size_t copy_links(slot_t s, std::size_t level, slot_t* buf, scratch* unvisited = nullptr) const noexcept {
     const slot_t* list = links(s, level);
-    const std::size_t n = std::min<std::size_t>(load_link(list[0], std::memory_order_acquire), capacity(level));
-    for (std::size_t i = 0; i < n; ++i) buf[i] = load_link(list[i + 1]);
+    const std::size_t count = std::min<std::size_t>(load_link(list[0], std::memory_order_acquire), capacity(level));
+    if (unvisited == nullptr) {
+      for (std::size_t i = 0; i < count; ++i) buf[i] = load_link(list[i + 1]);
+      return count;
+    }
+    std::size_t n = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      const slot_t x = load_link(list[i + 1]);
+      buf[n] = x;
+      n += unvisited->mark(x);
+    }
     return n;
   }
 
@@ -508,19 +511,8 @@ struct hnsw_index::impl {
   /// visited, marking them) into the pending buffers, the first line of each vector prefetched; then
   /// scores them. Returns how many.
   std::size_t expand(const query_ctx& ctx, slot_t from, std::size_t level, scratch& s, bool visited) const noexcept {
-    std::size_t n = 0;
-    if (visited) {
-      // First the unvisited neighbours, without a branch per neighbour (see scratch::mark).
-      const slot_t* list = links(from, level);
-      const std::size_t count = std::min<std::size_t>(load_link(list[0], std::memory_order_acquire), capacity(level));
-      for (std::size_t i = 0; i < count; ++i) {
-        const slot_t x = load_link(list[i + 1]);
-        s.links[n] = x;
-        n += s.mark(x);
-      }
-    } else {
-      n = copy_links(from, level, s.links.data());
-    }
+    // First the unvisited neighbours, then the usability checks on those only.
+    const std::size_t n = copy_links(from, level, s.links.data(), visited ? &s : nullptr);
     std::size_t m = 0;
     for (std::size_t i = 0; i < n; ++i) {
       const slot_t x = s.links[i];
@@ -593,7 +585,7 @@ struct hnsw_index::impl {
       }
     };
     for (const cand& e : entries) {
-      if (s.visit(e.slot)) continue;
+      if (s.mark(e.slot) == 0) continue;
       explore(e);
       offer(e);
     }
@@ -631,7 +623,7 @@ struct hnsw_index::impl {
     std::vector<std::uint8_t>& done = s.expanded;
     pool.assign(1, start);
     done.assign(1, 0);
-    (void)s.visit(start.slot);
+    (void)s.mark(start.slot);
     for (std::size_t next = 0; next < pool.size();) {
       done[next] = 1;
       const std::size_t m = expand(q, pool[next].slot, level, s, true);
