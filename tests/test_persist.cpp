@@ -24,6 +24,7 @@
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/factory.hpp"
 #include "shoal/index/flat.hpp"
+#include "shoal/index/hnsw.hpp"
 #include "shoal/index/ivf_flat.hpp"
 #include "shoal/index/ivf_pq.hpp"
 #include "shoal/index/refine.hpp"
@@ -189,6 +190,57 @@ std::size_t section_offset(const std::vector<char>& bytes, const char (&tag)[5])
 template <class T>
 void put(std::vector<char>& bytes, std::size_t at, T value) {
   std::memcpy(bytes.data() + at, &value, sizeof value);
+}
+
+/// One section of an index file: its table entry's tag and flags, and its bytes.
+struct file_section {
+  std::string tag;
+  std::uint32_t flags = 0;
+  std::vector<char> content;
+};
+
+/// The sections of the index file `bytes`, in table order.
+std::vector<file_section> sections_of(const std::vector<char>& bytes) {
+  std::vector<file_section> out;
+  for (std::uint32_t s = 0; s < get_u32(bytes, 28); ++s) {
+    const std::size_t entry = 128 + std::size_t{32} * s;
+    std::uint64_t offset = 0;
+    std::uint64_t size = 0;
+    std::memcpy(&offset, bytes.data() + entry + 8, sizeof offset);
+    std::memcpy(&size, bytes.data() + entry + 16, sizeof size);
+    const auto first = bytes.begin() + static_cast<std::ptrdiff_t>(offset);
+    out.push_back({std::string(bytes.data() + entry, 4), get_u32(bytes, entry + 4),
+                   std::vector<char>(first, first + static_cast<std::ptrdiff_t>(size))});
+  }
+  return out;
+}
+
+/// The file of `bytes`' header (version, kind, metric, dim, count) holding `sections` instead of its own,
+/// laid out, checksummed and sealed as docs/format.md says.
+std::vector<char> with_sections(const std::vector<char>& bytes, const std::vector<file_section>& sections) {
+  std::vector<std::size_t> offsets;
+  std::size_t end = 128 + 32 * sections.size();
+  for (const file_section& x : sections) {
+    const std::size_t alignment = x.content.size() >= (std::size_t{64} << 10) ? 4096 : 64;
+    offsets.push_back((end + alignment - 1) / alignment * alignment);
+    end = offsets.back() + x.content.size();
+  }
+  std::vector<char> out(end, 0);
+  std::copy_n(bytes.begin(), 128, out.begin());
+  put(out, 28, static_cast<std::uint32_t>(sections.size()));
+  put(out, 48, static_cast<std::uint64_t>(end));
+  for (std::size_t s = 0; s < sections.size(); ++s) {
+    const std::vector<char>& content = sections[s].content;
+    const std::size_t entry = 128 + 32 * s;
+    std::copy_n(sections[s].tag.begin(), 4, out.begin() + static_cast<std::ptrdiff_t>(entry));
+    put(out, entry + 4, sections[s].flags);
+    put(out, entry + 8, static_cast<std::uint64_t>(offsets[s]));
+    put(out, entry + 16, static_cast<std::uint64_t>(content.size()));
+    put(out, entry + 24, crc32c(content.data(), content.size()));
+    std::copy(content.begin(), content.end(), out.begin() + static_cast<std::ptrdiff_t>(offsets[s]));
+  }
+  reseal_header(out);
+  return out;
 }
 
 /// Writes `bytes` as changed by `change` to `bad`: loading it as an Index must then fail with
@@ -771,6 +823,94 @@ TEST_CASE("damaged files: every flipped byte is caught by full verification, non
       try {
         load_and_search(k, bad, {.mmap = at % 2 == 0, .verify = verify_level::none}, d);
       } catch (const shoal::error&) {
+      }
+    }
+  }
+}
+
+TEST_CASE("hnsw files of format 1.1 (an f32 term in front of each code row) load and search as saved", "[io][hnsw]") {
+  const scratch_dir dir("shoal-persist");
+  const std::string path = dir / "graph.shoal";
+  const std::string legacy = dir / "legacy.shoal";
+  // At 24 dimensions the 1.1 rows are as long as today's (64 bytes); at 64 they are twice as long.
+  for (const std::size_t d : {std::size_t{24}, std::size_t{64}}) {
+    const test::clustered_set data(1500, 30, d, 12, 70 + d, 0.3f);
+    for (const hnsw_codes codes : {hnsw_codes::sq8, hnsw_codes::fp16}) {
+      for (const metric m : {metric::l2, metric::cosine}) {
+        CAPTURE(d, static_cast<int>(codes), metric_name(m));
+        hnsw_params p;
+        p.M = 8;
+        p.ef_construction = 40;
+        p.codes = codes;
+        hnsw_index index(d, m, p);
+        index.add(data.base.view(), data.ids);
+        index.save(path);
+        search_params sp;
+        sp.ef = 10;  // a small ef, so that a wrong estimate shows in the results
+        const neighbors want = index.search(data.queries.view(), 10, sp);
+
+        // The same graph as format 1.1 wrote it: HCOD rows of (term, codes) instead of HCDR + HSQT.
+        const std::vector<char> bytes = slurp(path);
+        std::vector<file_section> sections = sections_of(bytes);
+        const auto find = [&](const char* tag) {
+          const auto it = std::find_if(sections.begin(), sections.end(), [&](const auto& x) { return x.tag == tag; });
+          REQUIRE(it != sections.end());
+          return it;
+        };
+        const std::size_t row = codes == hnsw_codes::sq8 ? d : 2 * d;
+        const std::size_t stride = (row + 63) / 64 * 64;
+        const std::size_t old_stride = (row + 4 + 63) / 64 * 64;
+        CHECK((stride == old_stride) == (d == 24));
+        std::vector<char> terms;
+        if (codes == hnsw_codes::sq8) {
+          terms = find("HSQT")->content;
+          sections.erase(find("HSQT"));
+        }
+        auto rows = find("HCDR");
+        const std::size_t slots = rows->content.size() / stride;
+        std::vector<char> old_rows(slots * old_stride, 0);
+        for (std::size_t s = 0; s < slots; ++s) {
+          if (!terms.empty()) std::memcpy(old_rows.data() + s * old_stride, terms.data() + 4 * s, 4);
+          std::memcpy(old_rows.data() + s * old_stride + 4, rows->content.data() + s * stride, row);
+        }
+        rows->tag = "HCOD";
+        rows->content = old_rows;
+        put(find("HPAR")->content, 40, static_cast<std::uint64_t>(old_stride));  // HPAR's code_stride
+        std::vector<char> old_header = bytes;
+        put(old_header, 10, std::uint16_t{1});
+        spit(legacy, with_sections(old_header, sections));
+        CHECK(read_index_file_info(legacy).version_minor == 1);
+
+        for (const bool mmap : {false, true}) {
+          CAPTURE(mmap);
+          load_options options;
+          options.mmap = mmap;
+          const hnsw_index loaded = hnsw_index::load(legacy, options);
+          require_same(loaded.search(data.queries.view(), 10, sp), want);
+          if (mmap) continue;
+          loaded.save(path);  // written again in today's layout
+          const auto again = sections_of(slurp(path));
+          CHECK(std::none_of(again.begin(), again.end(), [](const auto& x) { return x.tag == "HCOD"; }));
+          require_same(hnsw_index::load(path).search(data.queries.view(), 10, sp), want);
+        }
+
+        // Both layouts at once, or SQ8 terms beside F16 codes: refused.
+        file_section extra{codes == hnsw_codes::sq8 ? "HSQT" : "HCDR", 1,
+                           codes == hnsw_codes::sq8 ? terms : std::vector<char>(slots * stride, 0)};
+        sections.push_back(extra);
+        spit(legacy, with_sections(old_header, sections));
+        REQUIRE_THROWS_MATCHES(hnsw_index::load(legacy), shoal::error, fails_with(errc::corrupt_file, "two layouts"));
+        if (codes == hnsw_codes::fp16) {
+          sections.pop_back();
+          const auto current = find("HCOD");
+          current->tag = "HCDR";
+          current->content.assign(slots * stride, 0);
+          put(find("HPAR")->content, 40, static_cast<std::uint64_t>(stride));
+          sections.push_back({"HSQT", 1, std::vector<char>(4 * slots, 0)});
+          spit(legacy, with_sections(bytes, sections));
+          REQUIRE_THROWS_MATCHES(hnsw_index::load(legacy), shoal::error,
+                                 fails_with(errc::corrupt_file, "terms in a graph without SQ8"));
+        }
       }
     }
   }

@@ -72,7 +72,14 @@ struct chunk {
   // index loaded with mmap, which is read-only — inside the file mapping.
   float* vectors = nullptr;       // rows padded to 64 bytes
   slot_t* links0 = nullptr;       // per node: count, then 2M slots
-  std::uint8_t* codes = nullptr;  // compressed traversal only: per node a float term, then the codes
+  std::uint8_t* codes = nullptr;  // compressed traversal only: per node its codes, padded to 64 bytes
+  // SQ8 only: per node the code-only term of its estimate. Kept apart from the codes so that a code row
+  // is exactly its codes rounded up to 64 bytes: with the term in front (formats 1.0/1.1), a 128-byte
+  // row spanned three cache lines instead of two, every dimension that is a multiple of 64 (CLIP's
+  // 512 / 768 / 1024) paid a whole extra line per visited node, and the codes' vector loads straddled
+  // line boundaries. The term is read when the neighbour is collected, from an array 1/dim the size of
+  // the codes.
+  float* terms = nullptr;
 };
 
 /// The bulk arrays of one or more consecutive chunks, allocated together. A batch that needs many
@@ -86,6 +93,7 @@ struct slab {
   aligned_vector<float> vectors;
   aligned_vector<slot_t> links0;
   aligned_vector<std::uint8_t> codes;
+  aligned_vector<float> terms;
 };
 
 /// One query as traversal scores it: full-precision distances from `q`; or — with `sq8` — SQ8
@@ -131,6 +139,7 @@ struct scratch {
   std::vector<const float*> pending_rows;          // their vectors
   std::vector<const std::uint8_t*> pending_codes;  // or their SQ8 codes
   std::vector<float> pending_distances;
+  std::vector<float> pending_terms;    // SQ8: their terms
   detail::sq8_estimator sq8;           // SQ8 traversal: the query's form
   std::vector<std::int32_t> dots;      // the pending rows' integer sums
   std::vector<cand> frontier;          // min-heap
@@ -149,6 +158,7 @@ struct scratch {
     pending_rows.resize(max_links);
     pending_codes.resize(max_links);
     pending_distances.resize(max_links);
+    pending_terms.resize(max_links);
     dots.resize(max_links);
   }
   /// Marks `s` visited; 1 if it was not yet (a new node), else 0. Inlined into the neighbour loop (a
@@ -177,7 +187,7 @@ struct hnsw_index::impl {
   const distance_kernels* kern;
   const sq_kernels* half_kern;  // fp16 traversal's distances
   std::size_t stride;           // floats per stored row
-  std::size_t code_stride;      // bytes per code row (0 without compressed traversal): float term, codes, padding
+  std::size_t code_stride;      // bytes per code row (0 without compressed traversal): codes, padding
   std::size_t max_links0;       // 2M
   std::size_t max_links;        // M
   double level_mult;
@@ -222,7 +232,7 @@ struct hnsw_index::impl {
         kern(&active_kernels()),
         half_kern(&active_scalar_quant_kernels()),
         stride((d + 15) / 16 * 16),
-        code_stride(p.codes == hnsw_codes::none ? 0 : (code_bytes(p.codes, d) + sizeof(float) + 63) / 64 * 64),
+        code_stride(p.codes == hnsw_codes::none ? 0 : (code_bytes(p.codes, d) + 63) / 64 * 64),
         max_links0(2 * p.M),
         max_links(p.M),
         level_mult(1.0 / std::log(static_cast<double>(p.M))),
@@ -320,11 +330,13 @@ struct hnsw_index::impl {
     slab& fresh = slabs.emplace_back();
     fresh.vectors.assign(count * chunk_nodes * stride, 0.0f);
     fresh.codes.assign(count * chunk_nodes * code_stride, 0);
+    fresh.terms.assign(build.codes == hnsw_codes::sq8 ? count * chunk_nodes : 0, 0.0f);
     fresh.links0.assign(count * chunk_nodes * (max_links0 + 1), 0);
     for (std::size_t c = 0; c < count; ++c) {
       chunk& ch = add_chunk();
       ch.vectors = fresh.vectors.data() + c * chunk_nodes * stride;
       ch.codes = fresh.codes.data() + c * chunk_nodes * code_stride;
+      if (build.codes == hnsw_codes::sq8) ch.terms = fresh.terms.data() + c * chunk_nodes;
       ch.links0 = fresh.links0.data() + c * chunk_nodes * (max_links0 + 1);
     }
   }
@@ -423,7 +435,7 @@ struct hnsw_index::impl {
     }
     if (ctx.sq8 != nullptr) {
       kern->dot_u8_i16_gather(ctx.sq8->coeffs(), s.pending_codes.data(), m, dim, s.dots.data());
-      for (std::size_t j = 0; j < m; ++j) out[j] = ctx.sq8->estimate(code_term(s.pending_codes[j]), s.dots[j]);
+      for (std::size_t j = 0; j < m; ++j) out[j] = ctx.sq8->estimate(s.pending_terms[j], s.dots[j]);
       return;
     }
     exact_distances(ctx.q, s.pending_rows.data(), m, out);
@@ -456,17 +468,16 @@ struct hnsw_index::impl {
   }
   [[nodiscard]] std::uint8_t* codes(slot_t x) const noexcept {
     const auto [c, off] = locate(x);
-    return chunk_of(c).codes + off * code_stride + sizeof(float);
+    return chunk_of(c).codes + off * code_stride;
   }
-  /// The per-node constant of the SQ8 estimate, stored just before the codes.
-  [[nodiscard]] static float code_term(const std::uint8_t* c) noexcept {
-    float t = 0.0f;
-    std::memcpy(&t, c - sizeof(float), sizeof(float));
-    return t;
+  /// The per-node constant of the SQ8 estimate.
+  [[nodiscard]] float& code_term(slot_t x) const noexcept {
+    const auto [c, off] = locate(x);
+    return chunk_of(c).terms[off];
   }
   /// The largest finite half-precision value.
   static constexpr float max_half = 65504.0f;
-  /// Bytes of one node's codes (before the term and the padding).
+  /// Bytes of one node's codes (before the padding).
   [[nodiscard]] static constexpr std::size_t code_bytes(hnsw_codes codes, std::size_t d) noexcept {
     return codes == hnsw_codes::fp16 ? 2 * d : d;
   }
@@ -491,7 +502,7 @@ struct hnsw_index::impl {
     }
     sq->encode({vec(q), 1, dim}, c);
     const float term = detail::sq8_estimator::term(*sq, metric, c);
-    std::memcpy(c - sizeof(float), &term, sizeof(float));
+    code_term(q) = term;
   }
   /// The SQ8 form of query `q` (in `s.sq8`).
   [[nodiscard]] query_ctx prepare_codes(const float* q, scratch& s) const {
@@ -504,7 +515,7 @@ struct hnsw_index::impl {
     if (ctx.f16) return half_distance(ctx.q, codes(x));
     if (ctx.sq8 == nullptr) return distance(ctx.q, vec(x));
     const std::uint8_t* c = codes(x);
-    return ctx.sq8->estimate(code_term(c), kern->dot_u8_i16(ctx.sq8->coeffs(), c, dim));
+    return ctx.sq8->estimate(code_term(x), kern->dot_u8_i16(ctx.sq8->coeffs(), c, dim));
   }
 
   /// Collects the neighbours of `from` on `level` that are usable there (and, with `visited`, not yet
@@ -521,9 +532,10 @@ struct hnsw_index::impl {
       if (ch.state[off].load(std::memory_order_acquire) <= level) continue;
       if (s.building && ch.linking[off].load(std::memory_order_acquire) != 0) continue;
       if (ctx.coded()) {
-        const std::uint8_t* row = ch.codes + off * code_stride + sizeof(float);
+        const std::uint8_t* row = ch.codes + off * code_stride;
         __builtin_prefetch(row);
         s.pending_codes[m] = row;
+        if (ctx.sq8 != nullptr) s.pending_terms[m] = ch.terms[off];
       } else {
         const float* row = ch.vectors + off * stride;
         __builtin_prefetch(row);
@@ -1004,7 +1016,8 @@ std::size_t hnsw_index::memory_bytes() const {
              (2 * sizeof(std::uint8_t) + sizeof(spinlock) + sizeof(std::uint32_t) + sizeof(vector_id) +
               sizeof(std::unique_ptr<slot_t[]>));
     for (const slab& b : x.slabs)
-      bytes += b.vectors.capacity() * sizeof(float) + b.codes.capacity() + b.links0.capacity() * sizeof(slot_t);
+      bytes += (b.vectors.capacity() + b.terms.capacity()) * sizeof(float) + b.codes.capacity() +
+               b.links0.capacity() * sizeof(slot_t);
     for (std::size_t t = 0, entries = x.directory_size; t < x.tables.size(); ++t, entries /= 2)
       bytes += entries * sizeof(std::atomic<chunk*>);
     bytes += x.free_slots.capacity() * sizeof(slot_t);
@@ -1190,8 +1203,8 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
 
 std::span<const std::uint32_t> detail::index_sections<hnsw_index>::known() noexcept {
   constexpr const hnsw_section_tags& t = hnsw_file_tags;
-  static constexpr std::array<std::uint32_t, 9> tags{t.params, t.vectors, t.links0, t.codes, t.state,
-                                                     t.ids,    t.upper,   t.ranges, t.alpha};
+  static constexpr std::array<std::uint32_t, 11> tags{t.params, t.vectors, t.links0, t.legacy_codes, t.state, t.ids,
+                                                      t.upper,  t.ranges,  t.alpha,  t.codes,        t.terms};
   return tags;
 }
 
@@ -1227,6 +1240,10 @@ std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_inde
     out.begin_section(tags.codes);
     for (const auto& c : x.owned_chunks)
       out.append(std::span<const std::uint8_t>(c->codes, chunk_nodes * x.code_stride));
+  }
+  if (x.build.codes == hnsw_codes::sq8) {
+    out.begin_section(tags.terms);
+    for (const auto& c : x.owned_chunks) out.append(std::span<const float>(c->terms, chunk_nodes));
   }
   if (x.build.alpha != 1.0) {  // absent: 1 (files before format 1.1 never have it)
     out.begin_section(tags.alpha);
@@ -1283,29 +1300,44 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   }
   hnsw_index index(dim, m, params);
   hnsw_index::impl& x = *index.impl_;
-  corrupt(fp.stride == x.stride && fp.code_stride == x.code_stride, "row strides differ from the dimension's");
+  // Code rows: this format's codes (and, for SQ8, the terms beside them), or a format 1.0/1.1 file's
+  // legacy rows (term, codes, padding), which are converted into owned memory, also under mmap.
+  const bool sq8 = x.build.codes == hnsw_codes::sq8;
+  const bool legacy = in.has(tags.legacy_codes);
+  const std::size_t file_code_stride =
+      legacy ? (hnsw_index::impl::code_bytes(x.build.codes, dim) + sizeof(float) + 63) / 64 * 64 : x.code_stride;
+  corrupt(fp.stride == x.stride && fp.code_stride == file_code_stride, "row strides differ from the dimension's");
+  corrupt(x.code_stride != 0 || !(legacy || in.has(tags.codes)), "code rows in a graph without codes");
+  corrupt(sq8 || !in.has(tags.terms), "SQ8 terms in a graph without SQ8 codes");
+  corrupt(!legacy || !(in.has(tags.codes) || in.has(tags.terms)), "code rows in two layouts");
   const auto slots = static_cast<std::size_t>(fp.slots);
   const auto chunks = static_cast<std::size_t>(fp.chunks);
   const std::size_t link_row = x.max_links0 + 1;
   const std::size_t vec_values = io::detail::checked_mul(fp.chunks, chunk_nodes * x.stride, name, "vector rows");
   const std::size_t link_values = io::detail::checked_mul(fp.chunks, chunk_nodes * link_row, name, "link rows");
-  const std::size_t code_bytes = io::detail::checked_mul(fp.chunks, chunk_nodes * x.code_stride, name, "code rows");
+  const std::size_t code_bytes = io::detail::checked_mul(fp.chunks, chunk_nodes * file_code_stride, name, "code rows");
+  const std::size_t term_values = sq8 ? chunks * chunk_nodes : 0;  // no larger than link_values
+  const std::uint32_t code_tag = legacy ? tags.legacy_codes : tags.codes;
+  if (x.code_stride != 0) corrupt(in.section_size(code_tag) == code_bytes, "code section has the wrong size");
+  if (sq8 && !legacy)
+    corrupt(in.section_size(tags.terms) == term_values * sizeof(float), "term section has the wrong size");
 
   // Bulk arrays: spans of the mapping, or read chunk by chunk into owned storage.
   const float* mapped_vectors = nullptr;
   const slot_t* mapped_links = nullptr;
   const std::uint8_t* mapped_codes = nullptr;
+  const float* mapped_terms = nullptr;
   if (in.mapped()) {
     mapped_vectors = in.map<float>(tags.vectors, vec_values).data();
     mapped_links = in.map<slot_t>(tags.links0, link_values).data();
-    if (x.code_stride != 0) mapped_codes = in.map<std::uint8_t>(tags.codes, code_bytes).data();
+    if (x.code_stride != 0 && !legacy) mapped_codes = in.map<std::uint8_t>(tags.codes, code_bytes).data();
+    if (sq8 && !legacy) mapped_terms = in.map<float>(tags.terms, term_values).data();
     x.mapping = in.mapping();
     // A search hops between nodes: read-ahead would only fill memory with nodes it never visits.
-    for (const std::uint32_t tag : {tags.vectors, tags.links0, tags.codes}) in.advise_random(tag);
+    for (const std::uint32_t tag : {tags.vectors, tags.links0, tags.codes, tags.terms}) in.advise_random(tag);
   } else {
     corrupt(in.section_size(tags.vectors) == vec_values * sizeof(float), "vector section has the wrong size");
     corrupt(in.section_size(tags.links0) == link_values * sizeof(slot_t), "link section has the wrong size");
-    if (x.code_stride != 0) corrupt(in.section_size(tags.codes) == code_bytes, "code section has the wrong size");
   }
   std::vector<std::uint8_t> state(slots);
   std::vector<vector_id> ids(slots);
@@ -1336,19 +1368,41 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   {
     const std::lock_guard lock(x.slots_mutex);
     if (in.mapped()) {
+      if (legacy && x.code_stride != 0) {  // the converted rows' own slab
+        slab& b = x.slabs.emplace_back();
+        b.codes.assign(chunks * chunk_nodes * x.code_stride, 0);
+        b.terms.assign(term_values, 0.0f);
+        mapped_codes = b.codes.data();
+        mapped_terms = b.terms.data();
+      }
       for (std::size_t c = 0; c < chunks; ++c) {
         chunk& ch = x.add_chunk();
-        // Never written: every mutator refuses a mapped index.
+        // Never written (apart from converted legacy rows, below): every mutator refuses a mapped index.
         ch.vectors = const_cast<float*>(mapped_vectors + c * chunk_nodes * x.stride);
         ch.links0 = const_cast<slot_t*>(mapped_links + c * chunk_nodes * link_row);
         if (x.code_stride != 0) ch.codes = const_cast<std::uint8_t*>(mapped_codes + c * chunk_nodes * x.code_stride);
+        if (sq8) ch.terms = const_cast<float*>(mapped_terms + c * chunk_nodes);
       }
     } else if (chunks > 0) {  // one slab for the whole file
       x.add_chunks(chunks);
       slab& b = x.slabs.back();
       in.read(tags.vectors, b.vectors.data(), b.vectors.size());
       in.read(tags.links0, b.links0.data(), b.links0.size());
-      if (x.code_stride != 0) in.read(tags.codes, b.codes.data(), b.codes.size());
+      if (x.code_stride != 0 && !legacy) in.read(tags.codes, b.codes.data(), b.codes.size());
+      if (sq8 && !legacy) in.read(tags.terms, b.terms.data(), b.terms.size());
+    }
+    if (legacy && x.code_stride != 0) {  // split each legacy row into its term and its codes
+      std::vector<std::uint8_t> rows(chunk_nodes * file_code_stride);
+      const std::size_t row_bytes = hnsw_index::impl::code_bytes(x.build.codes, dim);
+      for (std::size_t c = 0; c < chunks; ++c) {
+        in.read_range(tags.legacy_codes, c * rows.size(), rows.data(), rows.size());
+        const chunk& ch = x.chunk_of(c);
+        for (std::size_t off = 0; off < chunk_nodes; ++off) {
+          const std::uint8_t* row = rows.data() + off * file_code_stride;
+          if (sq8) std::memcpy(ch.terms + off, row, sizeof(float));
+          std::memcpy(ch.codes + off * x.code_stride, row + sizeof(float), row_bytes);
+        }
+      }
     }
     x.slot_count.store(static_cast<slot_t>(slots), std::memory_order_relaxed);
   }

@@ -26,13 +26,13 @@ enum class hnsw_codes : std::uint8_t {
   none,
   /// 8-bit scalar codes, one per dimension over its trained [min, max] (factory `HNSW<M>,SQ8`): a
   /// quarter of the bytes per visited node; the ef candidates are then re-ranked with exact distances
-  /// from the full vectors, which the index keeps (for building and re-ranking). Costs dim + 4 bytes
-  /// per vector (rounded up to 64) on top of the full-precision index.
+  /// from the full vectors, which the index keeps (for building and re-ranking). Costs dim bytes
+  /// (rounded up to 64) and a 4-byte term per vector on top of the full-precision index.
   sq8,
   /// IEEE half-precision copies of the vectors (factory `HNSW<M>,F16`, also spelled `SQfp16`): half the
   /// bytes per visited node, no training, an error of about 2^-11 relative per component; the ef
-  /// candidates are re-ranked exactly as with SQ8. Costs 2·dim + 4 bytes per vector (rounded up to 64)
-  /// on top of the full-precision index.
+  /// candidates are re-ranked exactly as with SQ8. Costs 2·dim bytes per vector (rounded up to 64) on
+  /// top of the full-precision index.
   fp16,
 };
 
