@@ -83,6 +83,21 @@ int run(const options& o) {
   std::vector<result_row> rows;
   std::cout << csv_header << std::endl;
   if (csv) csv << csv_header << std::endl;
+  const auto emit = [&](const index_adapter& index, double build_s, const param_list& point, point_timing& timing) {
+    const sweep_result r = summarise(timing);
+    rows.push_back({std::string(index.library()), index.description(), format_params(point), build_s,
+                    index.memory_bytes(), r.recall, r.qps, r.p50_ms, r.p99_ms, o.threads});
+    std::cout << csv_line(rows.back()) << std::endl;
+    if (csv) csv << csv_line(rows.back()) << std::endl;
+  };
+  // With --rounds R > 1 every index stays built until all R rounds have measured each of its points.
+  struct kept {
+    std::unique_ptr<index_adapter> index;
+    double build_s;
+    std::vector<param_list> points;
+    std::vector<point_timing> timings;
+  };
+  std::vector<kept> built;
   for (std::unique_ptr<index_adapter>& index : adapters) {
     // --load / --save apply to shoal's index; peers are always built.
     const bool shoal_index = index->library() == "shoal";
@@ -98,16 +113,34 @@ int run(const options& o) {
                        [&](const param_list& p) { return format_params(p) == format_params(point); }))
         own_points.push_back(std::move(point));
     }
+    if (o.rounds > 1) {
+      built.push_back({std::move(index), build_s, std::move(own_points), {}});
+      continue;
+    }
     for (const param_list& point : own_points) {
       index->set_search_params(point);
-      const sweep_result r = measure(*index, d.queries, d.truth, settings);
-      rows.push_back({std::string(index->library()), index->description(), format_params(point), build_s,
-                      index->memory_bytes(), r.recall, r.qps, r.p50_ms, r.p99_ms, o.threads});
-      std::cout << csv_line(rows.back()) << std::endl;
-      if (csv) csv << csv_line(rows.back()) << std::endl;
+      point_timing timing = measure(*index, d.queries, d.truth, settings);
+      emit(*index, build_s, point, timing);
     }
     index.reset();  // free its memory before the next library builds
   }
+  run_settings round_settings = settings;
+  round_settings.min_time_s = settings.min_time_s / static_cast<double>(o.rounds);
+  for (std::size_t round = 0; round < o.rounds && !built.empty(); ++round)
+    for (kept& entry : built) {
+      entry.timings.resize(entry.points.size());
+      for (std::size_t p = 0; p < entry.points.size(); ++p) {
+        entry.index->set_search_params(entry.points[p]);
+        const point_timing timing = measure(*entry.index, d.queries, d.truth, round_settings);
+        if (round == 0)
+          entry.timings[p] = timing;
+        else
+          entry.timings[p] += timing;
+      }
+    }
+  for (kept& entry : built)
+    for (std::size_t p = 0; p < entry.points.size(); ++p)
+      emit(*entry.index, entry.build_s, entry.points[p], entry.timings[p]);
   if (csv && !csv.flush()) throw std::runtime_error("cannot write --csv file " + o.csv.string());
 
   if (!o.plot.empty()) {

@@ -75,6 +75,11 @@ constexpr option_spec specs[] = {
        o.min_time_s = parse_number<double>(v, "--min-time");
        if (!(o.min_time_s >= 0.0 && o.min_time_s <= 1e6)) throw usage_error("--min-time must be in [0, 1e6]");
      }},
+    {"--rounds", "R",
+     "measure every (library, sweep point) in R interleaved rounds of min-time / R each and report the "
+     "totals (default 1); all indexes stay built meanwhile. On a host whose speed drifts, every point then "
+     "sees the same drift",
+     [](options& o, std::string_view v) { o.rounds = parse_count(v, "--rounds", 1); }},
     {"--max-base", "N", "use only the first N base vectors (default: all)",
      [](options& o, std::string_view v) { o.max_base = parse_count(v, "--max-base", 1); }},
     {"--max-query", "N", "use only the first N queries (default: all)",

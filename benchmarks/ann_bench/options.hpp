@@ -37,6 +37,7 @@ struct options {
   bool peers = false;
   std::vector<std::string> peer_names;  // --peer: only these peers (empty: every peer)
   double min_time_s = 1.0;
+  std::size_t rounds = 1;     ///< --rounds: interleaved measuring rounds (1: each index measured once, then freed)
   std::size_t max_base = 0;   ///< rows of the base file to use, 0: all
   std::size_t max_query = 0;  ///< rows of the query file to use, 0: all
 

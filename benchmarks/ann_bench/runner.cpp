@@ -34,26 +34,20 @@ work_shape shape_for(std::size_t rows, const run_settings& settings) {
   return {1, settings.threads, 1};
 }
 
-struct loop_stats {
-  std::vector<double> latencies_s;  // one per search call
-  std::size_t queries = 0;          // queries searched, all passes
-  double wall_s = 0;
-};
-
 /// Workers claim call numbers from a shared counter; call c searches the c-th slice of `queries` (mod the
 /// number of slices). Calls of the first pass write their slice of `first_pass`, later calls a scratch
 /// buffer. Workers stop once every slice has been claimed and `min_time_s` has elapsed.
-loop_stats run_loop(const index_adapter& index, matrix_view<const float> queries, neighbors_view first_pass,
-                    const work_shape& shape, double min_time_s) {
+point_timing run_loop(const index_adapter& index, matrix_view<const float> queries, neighbors_view first_pass,
+                      const work_shape& shape, double min_time_s) {
   const std::size_t calls_per_pass = (queries.rows + shape.call_rows - 1) / shape.call_rows;
   std::atomic<std::size_t> next_call{0};
-  std::vector<loop_stats> per_worker(shape.workers);
+  std::vector<point_timing> per_worker(shape.workers);
   std::exception_ptr failure;
   std::mutex failure_mutex;
   std::atomic<bool> failed{false};
 
   const auto start = clock_type::now();
-  const auto work = [&](loop_stats& stats) {
+  const auto work = [&](point_timing& stats) {
     neighbors scratch(shape.call_rows, first_pass.k);
     index.use_threads(shape.threads_per_call);
     for (;;) {
@@ -87,9 +81,9 @@ loop_stats run_loop(const index_adapter& index, matrix_view<const float> queries
   }
   if (failure) std::rethrow_exception(failure);
 
-  loop_stats total;
+  point_timing total;
   total.wall_s = seconds_since(start);
-  for (const loop_stats& stats : per_worker) {
+  for (const point_timing& stats : per_worker) {
     total.latencies_s.insert(total.latencies_s.end(), stats.latencies_s.begin(), stats.latencies_s.end());
     total.queries += stats.queries;
   }
@@ -122,20 +116,28 @@ double timed_load(index_adapter& index, const std::string& path, const load_opti
   return seconds_since(start);
 }
 
-sweep_result measure(const index_adapter& index, matrix_view<const float> queries,
+point_timing& point_timing::operator+=(const point_timing& later) {
+  latencies_s.insert(latencies_s.end(), later.latencies_s.begin(), later.latencies_s.end());
+  queries += later.queries;
+  wall_s += later.wall_s;
+  return *this;
+}
+
+point_timing measure(const index_adapter& index, matrix_view<const float> queries,
                      matrix_view<const std::int32_t> truth, const run_settings& settings) {
   const std::size_t warm_rows = std::min<std::size_t>(100, queries.rows);
   neighbors warm(warm_rows, settings.k);
   static_cast<void>(run_loop(index, queries.slice(0, warm_rows), warm.view(), shape_for(warm_rows, settings), 0.0));
 
   neighbors result(queries.rows, settings.k);
-  loop_stats stats = run_loop(index, queries, result.view(), shape_for(queries.rows, settings), settings.min_time_s);
-  sweep_result out;
-  out.recall = recall_at_k(result, truth, settings.k);
-  out.qps = static_cast<double>(stats.queries) / stats.wall_s;
-  out.p50_ms = percentile_ms(stats.latencies_s, 50);
-  out.p99_ms = percentile_ms(stats.latencies_s, 99);
-  return out;
+  point_timing timing = run_loop(index, queries, result.view(), shape_for(queries.rows, settings), settings.min_time_s);
+  timing.recall = recall_at_k(result, truth, settings.k);
+  return timing;
+}
+
+sweep_result summarise(point_timing& timing) {
+  return {timing.recall, static_cast<double>(timing.queries) / timing.wall_s, percentile_ms(timing.latencies_s, 50),
+          percentile_ms(timing.latencies_s, 99)};
 }
 
 }  // namespace shoal::bench

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "adapter.hpp"
 #include "shoal/core/types.hpp"
@@ -20,6 +21,15 @@ struct run_settings {
   bool batch = false;
   /// Each sweep point repeats passes over the queries until at least this long has elapsed.
   double min_time_s = 1.0;
+};
+
+/// The raw timings of one sweep point; rounds of the same point add up (`+=`) before `summarise`.
+struct point_timing {
+  double recall = 0;                ///< recall@k of the first full pass (of the first round)
+  std::vector<double> latencies_s;  ///< one per search call
+  std::size_t queries = 0;          ///< queries searched, all passes
+  double wall_s = 0;
+  point_timing& operator+=(const point_timing& later);
 };
 
 /// What one sweep point measured.
@@ -40,7 +50,10 @@ struct sweep_result {
 /// Measures `index` with its current search parameters: a warm-up pass over min(100, rows) queries, then
 /// passes over all `queries` until `settings.min_time_s` has elapsed (at least one full pass). `truth`
 /// holds per query at least k true ids (base row numbers), nearest first.
-[[nodiscard]] sweep_result measure(const index_adapter& index, matrix_view<const float> queries,
+[[nodiscard]] point_timing measure(const index_adapter& index, matrix_view<const float> queries,
                                    matrix_view<const std::int32_t> truth, const run_settings& settings);
+
+/// QPS (queries / wall seconds) and latency percentiles of `timing` (whose latencies get partially sorted).
+[[nodiscard]] sweep_result summarise(point_timing& timing);
 
 }  // namespace shoal::bench
