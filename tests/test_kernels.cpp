@@ -194,6 +194,9 @@ TEST_CASE("int16 x uint8 code kernels are exact at every level up to their coeff
         std::vector<std::int16_t> top(d, static_cast<std::int16_t>(limit));
         std::vector<std::uint8_t> full(d, 255);
         CHECK(k.dot_u8_i16(top.data(), full.data(), d) == std::int64_t{limit} * 255 * static_cast<std::int64_t>(d));
+        const std::vector<const std::uint8_t*> fulls(n, full.data());  // and through the gather's row groups
+        k.dot_u8_i16_gather(top.data(), fulls.data(), n, d, gathered.data());
+        for (const std::int32_t g : gathered) CHECK(g == std::int64_t{limit} * 255 * static_cast<std::int64_t>(d));
         k.dot_u8_i16_gather(a, rows.data(), n, d, gathered.data());
         for (std::size_t r = 0; r < n; ++r) {
           std::int64_t ref = 0;

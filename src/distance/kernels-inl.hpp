@@ -204,8 +204,48 @@ std::int32_t dot_u8_i16(const std::int16_t* a, const std::uint8_t* c, std::size_
   return sum;
 }
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+/// `dot_u8_i16` of four rows at once (dim >= 16; AVX2 only — AVX-512, not available on the machine this
+/// was measured on, keeps the row-at-a-time loop): four accumulators, whose horizontal sums are then
+/// reduced together (three vphaddd and one add of halves for four rows, where one row's reduction took
+/// four instructions alone: a quarter of the gather's time at 128 dimensions). Exact as `dot_u8_i16` is.
+void dot_u8_i16_x4(const std::int16_t* a, const std::uint8_t* const* c, std::size_t dim, std::int32_t* out) noexcept {
+  __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256()};
+  std::size_t i = 0;
+  for (; i + 16 <= dim; i += 16) {
+    const __m256i coeff = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i));
+    for (std::size_t r = 0; r < 4; ++r) {
+      const __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c[r] + i)));
+      acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(x, coeff));
+    }
+  }
+  // Lanes of h: per 128-bit half, the four rows' partial sums in row order.
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                   _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+  for (; i < dim; ++i)
+    for (std::size_t r = 0; r < 4; ++r) out[r] += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(c[r][i]);
+}
+#endif
+
 void dot_u8_i16_gather(const std::int16_t* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
                        std::int32_t* out) noexcept {
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  // Groups of four rows, each group prefetched whole while the one before is scored. Only for short rows:
+  // at 784 dimensions the reduction is a small part of a row, and four 13-line rows in flight at once
+  // made fashion-mnist HNSW16,SQ8 3-11% slower (AMD Zen 3, 8 alternating runs), where bigann10k's
+  // 128-byte rows gained 10-19% (15 runs).
+  if (dim >= 16 && dim <= 256) {
+    for (std::size_t i = 0; i < std::min<std::size_t>(4, n); ++i) prefetch_row(codes[i], dim);
+    std::size_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      for (std::size_t j = i + 4; j < std::min(i + 8, n); ++j) prefetch_row(codes[j], dim);
+      dot_u8_i16_x4(a, codes + i, dim, out + i);
+    }
+    for (; i < n; ++i) out[i] = dot_u8_i16(a, codes[i], dim);
+    return;
+  }
+#endif
   gather_rows(codes, n, dim, out, [&](const std::uint8_t* c) { return dot_u8_i16(a, c, dim); });
 }
 
