@@ -114,7 +114,8 @@ int run(const options& o) {
         own_points.push_back(std::move(point));
     }
     if (o.rounds > 1) {
-      built.push_back({std::move(index), build_s, std::move(own_points), {}});
+      const std::size_t count = own_points.size();
+      built.push_back({std::move(index), build_s, std::move(own_points), std::vector<point_timing>(count)});
       continue;
     }
     for (const param_list& point : own_points) {
@@ -128,7 +129,6 @@ int run(const options& o) {
   round_settings.min_time_s = settings.min_time_s / static_cast<double>(o.rounds);
   for (std::size_t round = 0; round < o.rounds && !built.empty(); ++round)
     for (kept& entry : built) {
-      entry.timings.resize(entry.points.size());
       for (std::size_t p = 0; p < entry.points.size(); ++p) {
         entry.index->set_search_params(entry.points[p]);
         const point_timing timing = measure(*entry.index, d.queries, d.truth, round_settings);

@@ -232,7 +232,7 @@ struct hnsw_index::impl {
         kern(&active_kernels()),
         half_kern(&active_scalar_quant_kernels()),
         stride((d + 15) / 16 * 16),
-        code_stride(p.codes == hnsw_codes::none ? 0 : (code_bytes(p.codes, d) + 63) / 64 * 64),
+        code_stride(code_row_stride(p.codes, d)),
         max_links0(2 * p.M),
         max_links(p.M),
         level_mult(1.0 / std::log(static_cast<double>(p.M))),
@@ -480,6 +480,12 @@ struct hnsw_index::impl {
   /// Bytes of one node's codes (before the padding).
   [[nodiscard]] static constexpr std::size_t code_bytes(hnsw_codes codes, std::size_t d) noexcept {
     return codes == hnsw_codes::fp16 ? 2 * d : d;
+  }
+  /// Bytes per code row: `prefix` bytes (the f32 term of format 1.0/1.1 rows, else none) and the codes,
+  /// rounded up to 64; 0 without codes.
+  [[nodiscard]] static constexpr std::size_t code_row_stride(hnsw_codes codes, std::size_t d,
+                                                             std::size_t prefix = 0) noexcept {
+    return codes == hnsw_codes::none ? 0 : io::detail::align_up(prefix + code_bytes(codes, d), 64);
   }
   /// The metric's distance from query `q` to a node's half-precision codes.
   [[nodiscard]] float half_distance(const float* q, const std::uint8_t* c) const noexcept {
@@ -1305,7 +1311,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   const bool sq8 = x.build.codes == hnsw_codes::sq8;
   const bool legacy = in.has(tags.legacy_codes);
   const std::size_t file_code_stride =
-      legacy ? (hnsw_index::impl::code_bytes(x.build.codes, dim) + sizeof(float) + 63) / 64 * 64 : x.code_stride;
+      legacy ? hnsw_index::impl::code_row_stride(x.build.codes, dim, sizeof(float)) : x.code_stride;
   corrupt(fp.stride == x.stride && fp.code_stride == file_code_stride, "row strides differ from the dimension's");
   corrupt(x.code_stride != 0 || !(legacy || in.has(tags.codes)), "code rows in a graph without codes");
   corrupt(sq8 || !in.has(tags.terms), "SQ8 terms in a graph without SQ8 codes");
