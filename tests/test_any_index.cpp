@@ -111,8 +111,11 @@ TEST_CASE("any_index over ivf_flat_index matches ivf_flat_index", "[index][ivf]"
 }
 
 TEST_CASE("any_index over hnsw_index matches hnsw_index", "[index][hnsw]") {
-  for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8, hnsw_codes::fp16}) {
-    const char* spec = codes == hnsw_codes::sq8 ? "HNSW12,SQ8" : codes == hnsw_codes::fp16 ? "HNSW12,F16" : "HNSW12";
+  for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8, hnsw_codes::sq4, hnsw_codes::fp16}) {
+    const char* spec = codes == hnsw_codes::sq8    ? "HNSW12,SQ8"
+                       : codes == hnsw_codes::sq4  ? "HNSW12,SQ4"
+                       : codes == hnsw_codes::fp16 ? "HNSW12,F16"
+                                                   : "HNSW12";
     check_against_concrete<hnsw_index>(spec, index_kind::hnsw, [codes](metric m) {
       hnsw_params p;
       p.M = 12;
@@ -282,7 +285,6 @@ TEST_CASE("make_index: specs recognised but not built yet are errc::unsupported"
     const char* token;
   };
   const pending cases[] = {
-      {"HNSW32,SQ4", "SQ4"},
       {"HNSW32,PQ16", "PQ16"},
       {"IVF256,PQ16x4", "PQ16x4"},
       {"IVF256,SQ8", "SQ8"},

@@ -166,47 +166,108 @@ TEST_CASE("GEMM kernel matches the double reference with strides and odd shapes"
   }
 }
 
-TEST_CASE("int16 x uint8 code kernels are exact at every level up to their coefficient limit", "[kernel]") {
-  CHECK(dot_u8_i16_limit(1) == 32767);
-  CHECK(dot_u8_i16_limit(784) == 10741);
+namespace {
+/// n int16 coefficients in [-limit, limit], every third one at an extreme so that the kernels' bound
+/// is reached.
+std::vector<std::int16_t> code_coefficients(std::size_t n, std::int32_t limit, splitmix64& rng) {
+  std::vector<std::int16_t> coeffs(n);
+  for (std::size_t i = 0; i < n; ++i)
+    coeffs[i] = static_cast<std::int16_t>(i % 3 == 0 ? (i % 2 == 0 ? limit : -limit)
+                                                     : static_cast<std::int32_t>(rng.below(2 * limit + 1)) - limit);
+  return coeffs;
+}
+
+/// Runs `check(kernels, d, offset, limit, a, rng)` at every SIMD level the CPU has, over every test
+/// dimension and three misalignments, with coefficients `a` from `code_coefficients` (at `offset`
+/// int16s past an aligned start) under the coefficient limit of d.
+template <class Check>
+void for_each_code_case(std::uint64_t salt, const Check& check) {
   for (const simd_level level : available_simd_levels()) {
-    const distance_kernels& k = kernels(level);
     for (const std::size_t d : dims) {
       for (const std::size_t offset : {0, 1, 3}) {
         CAPTURE(simd_level_name(level), d, offset);
         const std::int32_t limit = dot_u8_i16_limit(d);
-        splitmix64 rng(d + 7 * offset);
-        std::vector<std::int16_t> coeffs(d + offset);
-        for (std::size_t i = 0; i < coeffs.size(); ++i)  // the extremes, so that the bound is reached
-          coeffs[i] = static_cast<std::int16_t>(
-              i % 3 == 0 ? (i % 2 == 0 ? limit : -limit) : static_cast<std::int32_t>(rng.below(2 * limit + 1)) - limit);
-        const std::int16_t* a = coeffs.data() + offset;
-        constexpr std::size_t n = 5;
-        std::vector<std::vector<std::uint8_t>> codes(n, std::vector<std::uint8_t>(d + offset));
-        std::vector<const std::uint8_t*> rows(n);
-        std::vector<std::int32_t> gathered(n);
-        for (std::size_t r = 0; r < n; ++r) {
-          for (std::uint8_t& c : codes[r]) c = static_cast<std::uint8_t>(rng.below(256));
-          codes[r][offset] = 255;  // the widening must treat codes as unsigned
-          rows[r] = codes[r].data() + offset;
-        }
-        // The worst case: every product at the limit with one sign.
-        std::vector<std::int16_t> top(d, static_cast<std::int16_t>(limit));
-        std::vector<std::uint8_t> full(d, 255);
-        CHECK(k.dot_u8_i16(top.data(), full.data(), d) == std::int64_t{limit} * 255 * static_cast<std::int64_t>(d));
-        const std::vector<const std::uint8_t*> fulls(n, full.data());  // and through the gather's row groups
-        k.dot_u8_i16_gather(top.data(), fulls.data(), n, d, gathered.data());
-        for (const std::int32_t g : gathered) CHECK(g == std::int64_t{limit} * 255 * static_cast<std::int64_t>(d));
-        k.dot_u8_i16_gather(a, rows.data(), n, d, gathered.data());
-        for (std::size_t r = 0; r < n; ++r) {
-          std::int64_t ref = 0;
-          for (std::size_t i = 0; i < d; ++i) ref += std::int64_t{a[i]} * rows[r][i];
-          CHECK(k.dot_u8_i16(a, rows[r], d) == ref);
-          CHECK(gathered[r] == ref);
-        }
+        splitmix64 rng(d + salt * offset);
+        const std::vector<std::int16_t> coeffs = code_coefficients(d + offset, limit, rng);
+        check(kernels(level), d, offset, limit, coeffs.data() + offset, rng);
       }
     }
   }
+}
+}  // namespace
+
+TEST_CASE("int16 x uint8 code kernels are exact at every level up to their coefficient limit", "[kernel]") {
+  CHECK(dot_u8_i16_limit(1) == 32767);
+  CHECK(dot_u8_i16_limit(784) == 10741);
+  for_each_code_case(7, [](const distance_kernels& k, std::size_t d, std::size_t offset, std::int32_t limit,
+                           const std::int16_t* a, splitmix64& rng) {
+    constexpr std::size_t n = 5;
+    std::vector<std::vector<std::uint8_t>> codes(n, std::vector<std::uint8_t>(d + offset));
+    std::vector<const std::uint8_t*> rows(n);
+    std::vector<std::int32_t> gathered(n);
+    for (std::size_t r = 0; r < n; ++r) {
+      for (std::uint8_t& c : codes[r]) c = static_cast<std::uint8_t>(rng.below(256));
+      codes[r][offset] = 255;  // the widening must treat codes as unsigned
+      rows[r] = codes[r].data() + offset;
+    }
+    // The worst case: every product at the limit with one sign.
+    std::vector<std::int16_t> top(d, static_cast<std::int16_t>(limit));
+    std::vector<std::uint8_t> full(d, 255);
+    CHECK(k.dot_u8_i16(top.data(), full.data(), d) == std::int64_t{limit} * 255 * static_cast<std::int64_t>(d));
+    const std::vector<const std::uint8_t*> fulls(n, full.data());  // and through the gather's row groups
+    k.dot_u8_i16_gather(top.data(), fulls.data(), n, d, gathered.data());
+    for (const std::int32_t g : gathered) CHECK(g == std::int64_t{limit} * 255 * static_cast<std::int64_t>(d));
+    k.dot_u8_i16_gather(a, rows.data(), n, d, gathered.data());
+    for (std::size_t r = 0; r < n; ++r) {
+      std::int64_t ref = 0;
+      for (std::size_t i = 0; i < d; ++i) ref += std::int64_t{a[i]} * rows[r][i];
+      CHECK(k.dot_u8_i16(a, rows[r], d) == ref);
+      CHECK(gathered[r] == ref);
+    }
+  });
+}
+
+TEST_CASE("4-bit codes pack two to a byte and their kernels are exact at every level", "[kernel]") {
+  // The layout: in each block of 32 components, byte b holds component b (low) and 16 + b (high).
+  std::vector<std::uint8_t> codes(40);
+  for (std::size_t j = 0; j < codes.size(); ++j) codes[j] = static_cast<std::uint8_t>((j * 7 + 3) % 16);
+  std::vector<std::uint8_t> packed(u4_code_bytes(codes.size()) + 1, 0xee);
+  CHECK(u4_code_bytes(40) == 32);
+  CHECK(u4_code_bytes(1) == 16);
+  CHECK(u4_code_bytes(32) == 16);
+  pack_u4(codes.data(), codes.size(), packed.data());
+  CHECK(packed[0] == (codes[0] | codes[16] << 4));
+  CHECK(packed[16] == (codes[32] | 0));  // the last block's missing components are zero codes
+  CHECK(packed[31] == 0);
+  CHECK(packed[32] == 0xee);  // nothing written beyond u4_code_bytes
+  for (std::size_t j = 0; j < codes.size(); ++j) CHECK(u4_code(packed.data(), j) == codes[j]);
+
+  for_each_code_case(11, [](const distance_kernels& k, std::size_t d, std::size_t offset, std::int32_t limit,
+                            const std::int16_t* a, splitmix64& rng) {
+    constexpr std::size_t n = 6;
+    std::vector<std::vector<std::uint8_t>> plain(n, std::vector<std::uint8_t>(d));
+    std::vector<std::vector<std::uint8_t>> rows(n, std::vector<std::uint8_t>(u4_code_bytes(d) + offset));
+    std::vector<const std::uint8_t*> row_ptrs(n);
+    for (std::size_t r = 0; r < n; ++r) {
+      for (std::uint8_t& c : plain[r]) c = static_cast<std::uint8_t>(rng.below(16));
+      plain[r][d - 1] = 15;
+      pack_u4(plain[r].data(), d, rows[r].data() + offset);
+      row_ptrs[r] = rows[r].data() + offset;
+    }
+    std::vector<std::int32_t> gathered(n);
+    k.dot_u4_i16_gather(a, row_ptrs.data(), n, d, gathered.data());
+    for (std::size_t r = 0; r < n; ++r) {
+      std::int64_t ref = 0;
+      for (std::size_t i = 0; i < d; ++i) ref += std::int64_t{a[i]} * plain[r][i];
+      CHECK(k.dot_u4_i16(a, row_ptrs[r], d) == ref);
+      CHECK(gathered[r] == ref);
+    }
+    // The worst case: every code 15 against the limit with one sign.
+    const std::vector<std::int16_t> top(d, static_cast<std::int16_t>(-limit));
+    std::vector<std::uint8_t> full(u4_code_bytes(d));
+    pack_u4(std::vector<std::uint8_t>(d, 15).data(), d, full.data());
+    CHECK(k.dot_u4_i16(top.data(), full.data(), d) == -std::int64_t{limit} * 15 * static_cast<std::int64_t>(d));
+  });
 }
 
 TEST_CASE("integer kernels are exact at every level", "[kernel]") {

@@ -128,7 +128,8 @@ std::optional<std::size_t> hnsw_m(std::string_view spec) {
 std::optional<hnsw_spec> parse_hnsw_spec(std::string_view spec) {
   hnsw_codes codes = hnsw_codes::none;
   for (const auto& [suffix, kind] :
-       {std::pair{std::string_view(",SQ8"), hnsw_codes::sq8}, std::pair{std::string_view(",F16"), hnsw_codes::fp16}})
+       {std::pair{std::string_view(",SQ8"), hnsw_codes::sq8}, std::pair{std::string_view(",SQ4"), hnsw_codes::sq4},
+        std::pair{std::string_view(",F16"), hnsw_codes::fp16}})
     if (spec.ends_with(suffix)) {
       spec.remove_suffix(suffix.size());
       codes = kind;

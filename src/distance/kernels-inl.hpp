@@ -249,6 +249,43 @@ void dot_u8_i16_gather(const std::int16_t* a, const std::uint8_t* const* codes, 
   gather_rows(codes, n, dim, out, [&](const std::uint8_t* c) { return dot_u8_i16(a, c, dim); });
 }
 
+/// Σ a_j · c_j over 4-bit codes packed as `pack_u4` lays them out: in each block of 32 components, byte
+/// b holds component b in its low nibble and component 16 + b in its high one. So one 16-byte load
+/// widened to 16-bit lanes gives both halves of a block — the low nibbles by a mask, the high ones by a
+/// shift — each in component order for one vpmaddwd against the coefficients, seven instructions per 32
+/// codes where 8-bit codes take six. The 256-bit form serves the AVX-512 level too (a row of 784 codes
+/// is 25 blocks; its cost is the memory, not these instructions). Exact under `dot_u8_i16_limit`, as
+/// codes are at most 15.
+std::int32_t dot_u4_i16(const std::int16_t* a, const std::uint8_t* c, std::size_t dim) noexcept {
+  std::size_t i = 0;
+  std::int32_t sum = 0;
+#if defined(__AVX2__)
+  const __m256i low = _mm256_set1_epi16(0x0f);
+  __m256i acc = _mm256_setzero_si256();
+  for (; i + 16 <= dim; i += 32) {
+    const __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i / 2)));
+    acc = _mm256_add_epi32(
+        acc, _mm256_madd_epi16(_mm256_and_si256(x, low), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i))));
+    if (i + 32 > dim) {  // a last block of 16 to 31 components: its low half only
+      i += 16;
+      break;
+    }
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_srli_epi16(x, 4),
+                                                  _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 16))));
+  }
+  const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  const __m128i q = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
+  sum = _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 1)));
+#endif
+  for (; i < dim; ++i) sum += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(u4_code(c, i));
+  return sum;
+}
+
+void dot_u4_i16_gather(const std::int16_t* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
+                       std::int32_t* out) noexcept {
+  gather_rows(codes, n, u4_code_bytes(dim), out, [&](const std::uint8_t* c) { return dot_u4_i16(a, c, dim); });
+}
+
 void squared_norms(const float* x, std::size_t n, std::size_t dim, std::size_t stride, float* out) noexcept {
   for (std::size_t i = 0; i < n; ++i) out[i] = dot_like<ip_term>(x + i * stride, x + i * stride, dim);
 }
@@ -306,6 +343,8 @@ const distance_kernels& table() noexcept {
       .inner_product_gather = gather<inner_product>,
       .dot_u8_i16 = dot_u8_i16,
       .dot_u8_i16_gather = dot_u8_i16_gather,
+      .dot_u4_i16 = dot_u4_i16,
+      .dot_u4_i16_gather = dot_u4_i16_gather,
       .squared_norms = squared_norms,
       .inner_product_many = inner_product_many,
       .l2sqr_u8 = l2sqr_int<std::uint8_t>,

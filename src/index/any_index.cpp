@@ -23,6 +23,7 @@ std::string describe(const hnsw_index& index) {
   const hnsw_codes codes = index.params().codes;
   return "HNSW" + std::to_string(index.params().M) +
          (codes == hnsw_codes::sq8    ? ",SQ8"
+          : codes == hnsw_codes::sq4  ? ",SQ4"
           : codes == hnsw_codes::fp16 ? ",F16"
                                       : "");
 }

@@ -297,10 +297,12 @@ any_index build(const parser& p, const parsed_spec& s, std::size_t dim, metric m
       params.M = s.hnsw_m;
       if (s.storage && s.storage->kind == encoding_kind::sq8)
         params.codes = hnsw_codes::sq8;
+      else if (s.storage && s.storage->kind == encoding_kind::sq4)
+        params.codes = hnsw_codes::sq4;
       else if (s.storage && s.storage->kind == encoding_kind::sqfp16)
         params.codes = hnsw_codes::fp16;
       else if (s.storage && s.storage->kind != encoding_kind::flat)
-        p.not_built(s.storage->where, "HNSW over SQ4/PQ codes");
+        p.not_built(s.storage->where, "HNSW over PQ codes");
       return any_index(hnsw_index(dim, m, params));
     }
     case structure_kind::ivf:

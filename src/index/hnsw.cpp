@@ -73,7 +73,7 @@ struct chunk {
   float* vectors = nullptr;       // rows padded to 64 bytes
   slot_t* links0 = nullptr;       // per node: count, then 2M slots
   std::uint8_t* codes = nullptr;  // compressed traversal only: per node its codes, padded to 64 bytes
-  // SQ8 only: per node the code-only term of its estimate. Kept apart from the codes so that a code row
+  // SQ8 / SQ4 only: per node the code-only term of its estimate. Kept apart from the codes so that a code row
   // is exactly its codes rounded up to 64 bytes: with the term in front (formats 1.0/1.1), a 128-byte
   // row spanned three cache lines instead of two, every dimension that is a multiple of 64 (CLIP's
   // 512 / 768 / 1024) paid a whole extra line per visited node, and the codes' vector loads straddled
@@ -96,12 +96,13 @@ struct slab {
   aligned_vector<float> terms;
 };
 
-/// One query as traversal scores it: full-precision distances from `q`; or — with `sq8` — SQ8
-/// estimates (see `sq8_estimator`); or — with `f16` — the metric's distance from `q` to the node's
+/// One query as traversal scores it: full-precision distances from `q`; or — with `sq8` — SQ8 (or,
+/// with `nibbles`, SQ4) estimates (see `sq8_estimator`); or — with `f16` — the metric's distance from `q` to the node's
 /// half-precision copy.
 struct query_ctx {
   const float* q;
   const detail::sq8_estimator* sq8 = nullptr;
+  bool nibbles = false;  // with sq8: the codes are SQ4's packed 4-bit ones
   bool f16 = false;
   /// Whether nodes are scored from their codes rather than their full vectors.
   [[nodiscard]] bool coded() const noexcept { return sq8 != nullptr || f16; }
@@ -137,10 +138,10 @@ struct scratch {
   std::vector<slot_t> links;
   std::vector<slot_t> pending;                     // usable neighbours to score
   std::vector<const float*> pending_rows;          // their vectors
-  std::vector<const std::uint8_t*> pending_codes;  // or their SQ8 codes
+  std::vector<const std::uint8_t*> pending_codes;  // or their codes
   std::vector<float> pending_distances;
-  std::vector<float> pending_terms;    // SQ8: their terms
-  detail::sq8_estimator sq8;           // SQ8 traversal: the query's form
+  std::vector<float> pending_terms;    // SQ8 / SQ4: their terms
+  detail::sq8_estimator sq8;           // SQ8 / SQ4 traversal: the query's form
   std::vector<std::int32_t> dots;      // the pending rows' integer sums
   std::vector<cand> frontier;          // min-heap
   std::vector<cand> best;              // max-heap
@@ -212,7 +213,7 @@ struct hnsw_index::impl {
   std::mutex entry_mutex;               // serialises entry-point changes during adds
   mutable std::mutex slots_mutex;       // free list and chunk allocation
   std::vector<slot_t> free_slots;
-  // SQ8 traversal: per-dimension ranges, set once (train, or the first add) and read-only after.
+  // SQ8 / SQ4 traversal: per-dimension ranges, set once (train, or the first add) and read-only after.
   std::optional<scalar_quantizer> sq;
   std::atomic<bool> sq_ready{false};
   std::mutex sq_mutex;
@@ -330,13 +331,13 @@ struct hnsw_index::impl {
     slab& fresh = slabs.emplace_back();
     fresh.vectors.assign(count * chunk_nodes * stride, 0.0f);
     fresh.codes.assign(count * chunk_nodes * code_stride, 0);
-    fresh.terms.assign(build.codes == hnsw_codes::sq8 ? count * chunk_nodes : 0, 0.0f);
+    fresh.terms.assign(scalar_codes(build.codes) ? count * chunk_nodes : 0, 0.0f);
     fresh.links0.assign(count * chunk_nodes * (max_links0 + 1), 0);
     for (std::size_t c = 0; c < count; ++c) {
       chunk& ch = add_chunk();
       ch.vectors = fresh.vectors.data() + c * chunk_nodes * stride;
       ch.codes = fresh.codes.data() + c * chunk_nodes * code_stride;
-      if (build.codes == hnsw_codes::sq8) ch.terms = fresh.terms.data() + c * chunk_nodes;
+      if (scalar_codes(build.codes)) ch.terms = fresh.terms.data() + c * chunk_nodes;
       ch.links0 = fresh.links0.data() + c * chunk_nodes * (max_links0 + 1);
     }
   }
@@ -434,7 +435,8 @@ struct hnsw_index::impl {
       return;
     }
     if (ctx.sq8 != nullptr) {
-      kern->dot_u8_i16_gather(ctx.sq8->coeffs(), s.pending_codes.data(), m, dim, s.dots.data());
+      (ctx.nibbles ? kern->dot_u4_i16_gather : kern->dot_u8_i16_gather)(ctx.sq8->coeffs(), s.pending_codes.data(), m,
+                                                                        dim, s.dots.data());
       for (std::size_t j = 0; j < m; ++j) out[j] = ctx.sq8->estimate(s.pending_terms[j], s.dots[j]);
       return;
     }
@@ -457,12 +459,17 @@ struct hnsw_index::impl {
   void train_codes(matrix_view<const float> sample) {
     scalar_quantizer q(dim, sq_type::sq8);
     q.train(sample);
+    if (build.codes == hnsw_codes::sq4) {  // 15 steps over each range instead of 255: codes 0-15
+      std::vector<float> steps = q.steps();
+      for (float& st : steps) st *= 17.0f;
+      q = scalar_quantizer::sq8_with_ranges(q.mins(), std::move(steps));
+    }
     sq = std::move(q);
     sq_ready.store(true, std::memory_order_release);
   }
-  /// With SQ8 traversal and no ranges yet, learns them from `batch` (the first add's vectors).
+  /// With SQ8 / SQ4 traversal and no ranges yet, learns them from `batch` (the first add's vectors).
   void ensure_codes(matrix_view<const float> batch) {
-    if (build.codes != hnsw_codes::sq8 || sq_ready.load(std::memory_order_acquire)) return;
+    if (!scalar_codes(build.codes) || sq_ready.load(std::memory_order_acquire)) return;
     const std::lock_guard lock(sq_mutex);
     if (!sq_ready.load(std::memory_order_relaxed)) train_codes(batch);
   }
@@ -470,7 +477,7 @@ struct hnsw_index::impl {
     const auto [c, off] = locate(x);
     return chunk_of(c).codes + off * code_stride;
   }
-  /// The per-node constant of the SQ8 estimate.
+  /// The per-node constant of the SQ8 / SQ4 estimate.
   [[nodiscard]] float& code_term(slot_t x) const noexcept {
     const auto [c, off] = locate(x);
     return chunk_of(c).terms[off];
@@ -479,7 +486,12 @@ struct hnsw_index::impl {
   static constexpr float max_half = 65504.0f;
   /// Bytes of one node's codes (before the padding).
   [[nodiscard]] static constexpr std::size_t code_bytes(hnsw_codes codes, std::size_t d) noexcept {
-    return codes == hnsw_codes::fp16 ? 2 * d : d;
+    return codes == hnsw_codes::fp16 ? 2 * d : codes == hnsw_codes::sq4 ? u4_code_bytes(d) : d;
+  }
+  /// Whether `codes` are scalar-quantized (SQ8 or SQ4): integer codes over trained ranges, scored by
+  /// `sq8_estimator` with a per-node term.
+  [[nodiscard]] static constexpr bool scalar_codes(hnsw_codes codes) noexcept {
+    return codes == hnsw_codes::sq8 || codes == hnsw_codes::sq4;
   }
   /// Bytes per code row: `prefix` bytes (the f32 term of format 1.0/1.1 rows, else none) and the codes,
   /// rounded up to 64; 0 without codes.
@@ -492,7 +504,7 @@ struct hnsw_index::impl {
     return metric == shoal::metric::l2 ? half_kern->fp16_l2(q, c, dim)
                                        : detail::distance_from_inner_product(metric, half_kern->fp16_ip(q, c, dim));
   }
-  /// Writes slot q's codes: half-precision copies (round to nearest even), or the SQ8 codes (the scalar
+  /// Writes slot q's codes: half-precision copies (round to nearest even), or the SQ8 / SQ4 codes (the scalar
   /// quantizer's, clamped to the trained ranges) and their term.
   void encode(slot_t q) const {
     std::uint8_t* c = codes(q);
@@ -506,14 +518,22 @@ struct hnsw_index::impl {
       }
       return;
     }
+    if (build.codes == hnsw_codes::sq4) {
+      std::vector<std::uint8_t> unpacked(dim);
+      sq->encode({vec(q), 1, dim}, unpacked.data());
+      // The quantizer clamps to its 8-bit range; beyond the trained maximum the 4-bit code is 15.
+      for (std::uint8_t& u : unpacked) u = std::min<std::uint8_t>(u, 15);
+      pack_u4(unpacked.data(), dim, c);
+      code_term(q) = detail::sq8_estimator::term(*sq, metric, unpacked.data());
+      return;
+    }
     sq->encode({vec(q), 1, dim}, c);
-    const float term = detail::sq8_estimator::term(*sq, metric, c);
-    code_term(q) = term;
+    code_term(q) = detail::sq8_estimator::term(*sq, metric, c);
   }
-  /// The SQ8 form of query `q` (in `s.sq8`).
+  /// The SQ8 / SQ4 form of query `q` (in `s.sq8`).
   [[nodiscard]] query_ctx prepare_codes(const float* q, scratch& s) const {
     s.sq8.prepare(*sq, metric, q);
-    return {.q = q, .sq8 = &s.sq8};
+    return {.q = q, .sq8 = &s.sq8, .nibbles = build.codes == hnsw_codes::sq4};
   }
 
   /// The score of one node, as `score_pending` computes it.
@@ -521,7 +541,8 @@ struct hnsw_index::impl {
     if (ctx.f16) return half_distance(ctx.q, codes(x));
     if (ctx.sq8 == nullptr) return distance(ctx.q, vec(x));
     const std::uint8_t* c = codes(x);
-    return ctx.sq8->estimate(code_term(x), kern->dot_u8_i16(ctx.sq8->coeffs(), c, dim));
+    return ctx.sq8->estimate(code_term(x),
+                             (ctx.nibbles ? kern->dot_u4_i16 : kern->dot_u8_i16)(ctx.sq8->coeffs(), c, dim));
   }
 
   /// Collects the neighbours of `from` on `level` that are usable there (and, with `visited`, not yet
@@ -948,7 +969,8 @@ struct hnsw_index::impl {
   /// `filter` accepts, as a span valid during the call (with `hits`, also collects every accepted node
   /// evaluated within `radius`: see `search_layer`). Without a filter the acceptance test compiles away
   /// and the nodes are handed over from the search's own pool, without a copy.
-  /// `coded`: traverse with SQ8 estimates, then re-rank: the candidates' distances are exact either way.
+  /// `coded`: traverse with the codes (SQ8 / SQ4 estimates, or F16), then re-rank: the candidates' distances are exact
+  /// either way.
   template <class Consume>
   void search_bottom(const float* query, std::size_t ef, const id_filter& filter, bool coded, const Consume& consume,
                      float radius = -no_distance, std::vector<cand>* hits = nullptr) const {
@@ -995,8 +1017,8 @@ hnsw_index::hnsw_index(std::size_t dim, shoal::metric m, const hnsw_params& para
   SHOAL_CHECK(params.M >= 2 && params.M <= 256, "hnsw_index: M must be in [2, 256], got ", params.M);
   SHOAL_CHECK(params.ef_construction > 0, "hnsw_index: ef_construction must be at least 1");
   SHOAL_CHECK(params.alpha >= 1 && params.alpha <= 4, "hnsw_index: alpha must be in [1, 4], got ", params.alpha);
-  SHOAL_CHECK_CODE(params.codes != hnsw_codes::sq8 || dot_u8_i16_limit(dim) >= 1, errc::unsupported,
-                   "hnsw_index: SQ8 traversal supports at most 8,421,504 dimensions, got ", dim);
+  SHOAL_CHECK_CODE(!impl::scalar_codes(params.codes) || dot_u8_i16_limit(dim) >= 1, errc::unsupported,
+                   "hnsw_index: SQ8/SQ4 traversal supports at most 8,421,504 dimensions, got ", dim);
   hnsw_params p = params;
   p.ef_construction = std::max(p.ef_construction, p.M);
   impl_ = std::make_unique<impl>(dim, m, p);
@@ -1064,7 +1086,7 @@ void hnsw_index::train(matrix_view<const float> sample) {
   impl& x = *impl_;
   x.check_mutable("hnsw_index::train");
   detail::check_vectors(sample, x.dim, "hnsw_index::train: vector");
-  if (x.build.codes != hnsw_codes::sq8) return;  // only SQ8 codes have ranges to learn
+  if (!impl::scalar_codes(x.build.codes)) return;  // only SQ8 / SQ4 codes have ranges to learn
   SHOAL_CHECK(sample.rows > 0, "hnsw_index::train: empty sample");
   std::optional<matrix<float>> normalized;
   if (x.metric == shoal::metric::cosine) {
@@ -1247,7 +1269,7 @@ std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_inde
     for (const auto& c : x.owned_chunks)
       out.append(std::span<const std::uint8_t>(c->codes, chunk_nodes * x.code_stride));
   }
-  if (x.build.codes == hnsw_codes::sq8) {
+  if (hnsw_index::impl::scalar_codes(x.build.codes)) {
     out.begin_section(tags.terms);
     for (const auto& c : x.owned_chunks) out.append(std::span<const float>(c->terms, chunk_nodes));
   }
@@ -1255,7 +1277,8 @@ std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_inde
     out.begin_section(tags.alpha);
     out.append_value(x.build.alpha);
   }
-  if (x.build.codes == hnsw_codes::sq8 && x.sq_ready.load(std::memory_order_acquire)) {  // absent: untrained
+  if (hnsw_index::impl::scalar_codes(x.build.codes) &&
+      x.sq_ready.load(std::memory_order_acquire)) {  // absent: untrained
     out.begin_section(tags.ranges);
     out.append(std::span<const float>(x.sq->mins()));
     out.append(std::span<const float>(x.sq->steps()));
@@ -1290,7 +1313,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     SHOAL_CHECK_CODE(ok, errc::corrupt_file, name, ": ", graph, " ", what);
   };
   corrupt(fp.m >= 2 && fp.m <= 256 && fp.ef_construction > 0, "parameters out of range");
-  corrupt(fp.codes <= static_cast<std::uint32_t>(hnsw_codes::fp16), "unknown code type");
+  corrupt(fp.codes <= static_cast<std::uint32_t>(hnsw_codes::sq4), "unknown code type");
   corrupt(fp.chunk_nodes == chunk_nodes, "chunk size differs from this library's");
   corrupt(fp.slots < no_slot && fp.chunks == (fp.slots + chunk_nodes - 1) / chunk_nodes,
           "slot count and chunk count disagree");
@@ -1306,15 +1329,16 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   }
   hnsw_index index(dim, m, params);
   hnsw_index::impl& x = *index.impl_;
-  // Code rows: this format's codes (and, for SQ8, the terms beside them), or a format 1.0/1.1 file's
+  // Code rows: this format's codes (and, for SQ8 / SQ4, the terms beside them), or a format 1.0/1.1 file's
   // legacy rows (term, codes, padding), which are converted into owned memory, also under mmap.
-  const bool sq8 = x.build.codes == hnsw_codes::sq8;
+  const bool scalar = hnsw_index::impl::scalar_codes(x.build.codes);  // SQ8 or SQ4: terms and ranges
   const bool legacy = in.has(tags.legacy_codes);
+  corrupt(!legacy || x.build.codes != hnsw_codes::sq4, "SQ4 codes in the legacy layout");
   const std::size_t file_code_stride =
       legacy ? hnsw_index::impl::code_row_stride(x.build.codes, dim, sizeof(float)) : x.code_stride;
   corrupt(fp.stride == x.stride && fp.code_stride == file_code_stride, "row strides differ from the dimension's");
   corrupt(x.code_stride != 0 || !(legacy || in.has(tags.codes)), "code rows in a graph without codes");
-  corrupt(sq8 || !in.has(tags.terms), "SQ8 terms in a graph without SQ8 codes");
+  corrupt(scalar || !in.has(tags.terms), "SQ8 terms in a graph without SQ8 codes");
   corrupt(!legacy || !(in.has(tags.codes) || in.has(tags.terms)), "code rows in two layouts");
   const auto slots = static_cast<std::size_t>(fp.slots);
   const auto chunks = static_cast<std::size_t>(fp.chunks);
@@ -1322,10 +1346,10 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   const std::size_t vec_values = io::detail::checked_mul(fp.chunks, chunk_nodes * x.stride, name, "vector rows");
   const std::size_t link_values = io::detail::checked_mul(fp.chunks, chunk_nodes * link_row, name, "link rows");
   const std::size_t code_bytes = io::detail::checked_mul(fp.chunks, chunk_nodes * file_code_stride, name, "code rows");
-  const std::size_t term_values = sq8 ? chunks * chunk_nodes : 0;  // no larger than link_values
+  const std::size_t term_values = scalar ? chunks * chunk_nodes : 0;  // no larger than link_values
   const std::uint32_t code_tag = legacy ? tags.legacy_codes : tags.codes;
   if (x.code_stride != 0) corrupt(in.section_size(code_tag) == code_bytes, "code section has the wrong size");
-  if (sq8 && !legacy)
+  if (scalar && !legacy)
     corrupt(in.section_size(tags.terms) == term_values * sizeof(float), "term section has the wrong size");
 
   // Bulk arrays: spans of the mapping, or read chunk by chunk into owned storage.
@@ -1337,7 +1361,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     mapped_vectors = in.map<float>(tags.vectors, vec_values).data();
     mapped_links = in.map<slot_t>(tags.links0, link_values).data();
     if (x.code_stride != 0 && !legacy) mapped_codes = in.map<std::uint8_t>(tags.codes, code_bytes).data();
-    if (sq8 && !legacy) mapped_terms = in.map<float>(tags.terms, term_values).data();
+    if (scalar && !legacy) mapped_terms = in.map<float>(tags.terms, term_values).data();
     x.mapping = in.mapping();
     // A search hops between nodes: read-ahead would only fill memory with nodes it never visits.
     for (const std::uint32_t tag : {tags.vectors, tags.links0, tags.codes, tags.terms}) in.advise_random(tag);
@@ -1349,10 +1373,10 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   std::vector<vector_id> ids(slots);
   in.read(tags.state, state.data(), slots);
   in.read(tags.ids, ids.data(), slots);
-  corrupt(x.build.codes == hnsw_codes::sq8 || !in.has(tags.ranges), "SQ8 code ranges in a graph without SQ8 codes");
+  corrupt(scalar || !in.has(tags.ranges), "SQ8 code ranges in a graph without SQ8 codes");
   // An SQ8 graph without ranges was saved before its ranges were learnt: it holds no node yet.
-  corrupt(x.build.codes != hnsw_codes::sq8 || in.has(tags.ranges) || slots == 0, "SQ8 graph without code ranges");
-  if (x.build.codes == hnsw_codes::sq8 && in.has(tags.ranges)) {
+  corrupt(!scalar || in.has(tags.ranges) || slots == 0, "SQ8 graph without code ranges");
+  if (scalar && in.has(tags.ranges)) {
     std::vector<float> ranges(2 * x.dim);
     in.read(tags.ranges, ranges.data(), ranges.size());
     const auto half = ranges.begin() + static_cast<std::ptrdiff_t>(x.dim);
@@ -1387,7 +1411,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
         ch.vectors = const_cast<float*>(mapped_vectors + c * chunk_nodes * x.stride);
         ch.links0 = const_cast<slot_t*>(mapped_links + c * chunk_nodes * link_row);
         if (x.code_stride != 0) ch.codes = const_cast<std::uint8_t*>(mapped_codes + c * chunk_nodes * x.code_stride);
-        if (sq8) ch.terms = const_cast<float*>(mapped_terms + c * chunk_nodes);
+        if (scalar) ch.terms = const_cast<float*>(mapped_terms + c * chunk_nodes);
       }
     } else if (chunks > 0) {  // one slab for the whole file
       x.add_chunks(chunks);
@@ -1395,7 +1419,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
       in.read(tags.vectors, b.vectors.data(), b.vectors.size());
       in.read(tags.links0, b.links0.data(), b.links0.size());
       if (x.code_stride != 0 && !legacy) in.read(tags.codes, b.codes.data(), b.codes.size());
-      if (sq8 && !legacy) in.read(tags.terms, b.terms.data(), b.terms.size());
+      if (scalar && !legacy) in.read(tags.terms, b.terms.data(), b.terms.size());
     }
     if (legacy && x.code_stride != 0) {  // split each legacy row into its term and its codes
       std::vector<std::uint8_t> rows(chunk_nodes * file_code_stride);
@@ -1405,7 +1429,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
         const chunk& ch = x.chunk_of(c);
         for (std::size_t off = 0; off < chunk_nodes; ++off) {
           const std::uint8_t* row = rows.data() + off * file_code_stride;
-          if (sq8) std::memcpy(ch.terms + off, row, sizeof(float));
+          if (scalar) std::memcpy(ch.terms + off, row, sizeof(float));
           std::memcpy(ch.codes + off * x.code_stride, row + sizeof(float), row_bytes);
         }
       }

@@ -64,6 +64,11 @@ struct distance_kernels {
   std::int32_t (*dot_u8_i16)(const std::int16_t* a, const std::uint8_t* c, std::size_t dim) noexcept;
   void (*dot_u8_i16_gather)(const std::int16_t* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
                             std::int32_t* out) noexcept;
+  /// The same over 4-bit codes packed by `pack_u4` (`u4_code_bytes(dim)` bytes a row), under the same
+  /// coefficient limit.
+  std::int32_t (*dot_u4_i16)(const std::int16_t* a, const std::uint8_t* c, std::size_t dim) noexcept;
+  void (*dot_u4_i16_gather)(const std::int16_t* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
+                            std::int32_t* out) noexcept;
   void (*squared_norms)(const float* x, std::size_t n, std::size_t dim, std::size_t stride, float* out) noexcept;
   void (*inner_product_many)(const float* a, std::size_t na, std::size_t lda, const float* b, std::size_t nb,
                              std::size_t ldb, std::size_t dim, float* c, std::size_t ldc) noexcept;
@@ -88,6 +93,25 @@ struct distance_kernels {
 [[nodiscard]] constexpr std::int32_t dot_u8_i16_limit(std::size_t dim) noexcept {
   const std::size_t limit = dim == 0 ? 32767 : std::size_t{2147483647} / (255 * dim);
   return static_cast<std::int32_t>(limit < 32767 ? limit : 32767);
+}
+
+/// Bytes of `dim` 4-bit codes as `pack_u4` packs them: 16 per block of 32 components (the last block
+/// padded with zero codes).
+[[nodiscard]] constexpr std::size_t u4_code_bytes(std::size_t dim) noexcept { return (dim + 31) / 32 * 16; }
+
+/// Component j of 4-bit codes packed by `pack_u4`.
+[[nodiscard]] constexpr std::uint8_t u4_code(const std::uint8_t* packed, std::size_t j) noexcept {
+  const std::uint8_t byte = packed[j / 32 * 16 + j % 16];
+  return static_cast<std::uint8_t>(j % 32 < 16 ? byte & 0x0fu : byte >> 4);
+}
+
+/// Packs `dim` codes in [0, 15] into `u4_code_bytes(dim)` bytes at `out`: in each block of 32
+/// components, byte b holds component b (low nibble) and component 16 + b (high nibble), the layout
+/// `dot_u4_i16` reads with one load per block. Codes above 15 lose their high bits.
+constexpr void pack_u4(const std::uint8_t* codes, std::size_t dim, std::uint8_t* out) noexcept {
+  for (std::size_t b = 0; b < u4_code_bytes(dim); ++b) out[b] = 0;
+  for (std::size_t j = 0; j < dim; ++j)
+    out[j / 32 * 16 + j % 16] |= static_cast<std::uint8_t>((codes[j] & 0x0fu) << (j % 32 < 16 ? 0 : 4));
 }
 
 /// `metric`'s distance (see `shoal::metric`) between two vectors at the active level. For cosine it
