@@ -397,60 +397,65 @@ TEST_CASE("hnsw concurrent add, remove, upsert and search", "[hnsw]") {
   const matrix<float> data = make_clustered(2 * n, d, 10, 71);
   std::vector<vector_id> first(n);
   std::iota(first.begin(), first.end(), vector_id{0});
-  hnsw_params p;
-  p.M = 8;
-  p.ef_construction = 40;
-  hnsw_index index(d, metric::l2, p);
-  index.add(data.view().slice(0, n), first);
+  // Full-precision and SQ4 traversal (codes written by concurrent adds, read by concurrent searches).
+  for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq4}) {
+    CAPTURE(static_cast<int>(codes));
+    hnsw_params p;
+    p.M = 8;
+    p.ef_construction = 40;
+    p.codes = codes;
+    hnsw_index index(d, metric::l2, p);
+    index.add(data.view().slice(0, n), first);
 
-  std::atomic<bool> bad_result{false};
-  std::vector<std::thread> threads;
-  // Two adders of fresh ids [n, 2n), in batches.
-  for (std::size_t t = 0; t < 2; ++t)
-    threads.emplace_back([&, t] {
-      for (std::size_t b = n + t * (n / 2); b < n + (t + 1) * (n / 2); b += 50) {
-        std::vector<vector_id> ids(50);
-        std::iota(ids.begin(), ids.end(), vector_id{b});
-        index.add(data.view().slice(b, 50), ids);
-      }
+    std::atomic<bool> bad_result{false};
+    std::vector<std::thread> threads;
+    // Two adders of fresh ids [n, 2n), in batches.
+    for (std::size_t t = 0; t < 2; ++t)
+      threads.emplace_back([&, t] {
+        for (std::size_t b = n + t * (n / 2); b < n + (t + 1) * (n / 2); b += 50) {
+          std::vector<vector_id> ids(50);
+          std::iota(ids.begin(), ids.end(), vector_id{b});
+          index.add(data.view().slice(b, 50), ids);
+        }
+      });
+    // A remover of the first half of the initial ids, and an upserter of the second quarter.
+    threads.emplace_back([&] {
+      for (vector_id id = 0; id < n / 2; id += 2) index.remove(id);
     });
-  // A remover of the first half of the initial ids, and an upserter of the second quarter.
-  threads.emplace_back([&] {
-    for (vector_id id = 0; id < n / 2; id += 2) index.remove(id);
-  });
-  threads.emplace_back([&] {
-    for (vector_id id = n / 2; id < 3 * n / 4; id += 3) index.upsert(data.view().slice(2 * n - 1 - id, 1), id);
-  });
-  // Two searchers checking that every result is a valid id.
-  for (std::size_t t = 0; t < 2; ++t)
-    threads.emplace_back([&, t] {
-      for (std::size_t r = 0; r < 60; ++r) {
-        search_params sp = with_ef(32);
-        const auto even = [](vector_id id) { return id % 2 == 0; };
-        if (r % 2 == 1) sp.filter = even;
-        const neighbors got = index.search(data.view().slice((r * 37 + t) % (2 * n), 4), 5, sp);
-        for (const vector_id id : got.ids())
-          if (id != no_id && (id >= 2 * n || (r % 2 == 1 && id % 2 != 0))) bad_result = true;
-        if (r % 10 == 0) (void)index.range_search(data.view().slice(r, 1), 5.0f);
-      }
+    threads.emplace_back([&] {
+      for (vector_id id = n / 2; id < 3 * n / 4; id += 3) index.upsert(data.view().slice(2 * n - 1 - id, 1), id);
     });
-  for (std::thread& t : threads) t.join();
-  CHECK_FALSE(bad_result);
+    // Two searchers checking that every result is a valid id.
+    for (std::size_t t = 0; t < 2; ++t)
+      threads.emplace_back([&, t] {
+        for (std::size_t r = 0; r < 60; ++r) {
+          search_params sp = with_ef(32);
+          const auto even = [](vector_id id) { return id % 2 == 0; };
+          if (r % 2 == 1) sp.filter = even;
+          const neighbors got = index.search(data.view().slice((r * 37 + t) % (2 * n), 4), 5, sp);
+          for (const vector_id id : got.ids())
+            if (id != no_id && (id >= 2 * n || (r % 2 == 1 && id % 2 != 0))) bad_result = true;
+          if (r % 10 == 0) (void)index.range_search(data.view().slice(r, 1), 5.0f);
+        }
+      });
+    for (std::thread& t : threads) t.join();
+    CHECK_FALSE(bad_result);
 
-  // The final state: 2n ids minus the removed ones, each searchable, none of the removed ones.
-  const std::size_t removed = n / 4;
-  REQUIRE(index.size() == 2 * n - removed);
-  for (vector_id id = 0; id < n / 2; id += 2) CHECK_FALSE(index.contains(id));
-  std::size_t self_found = 0;
-  std::size_t probes = 0;
-  for (vector_id id = 1; id < 2 * n; id += 7) {
-    if (id < n / 2 && id % 2 == 0) continue;
-    const std::vector<float> v = index.vector(id);
-    const neighbors got = index.search({v.data(), 1, d}, 1);
-    self_found += got.id(0, 0) == id || got.distance(0, 0) == 0.0f ? 1 : 0;
-    ++probes;
+    // The final state: 2n ids minus the removed ones, each searchable, none of the removed ones.
+    const std::size_t removed = n / 4;
+    REQUIRE(index.size() == 2 * n - removed);
+    for (vector_id id = 0; id < n / 2; id += 2) CHECK_FALSE(index.contains(id));
+    std::size_t self_found = 0;
+    std::size_t probes = 0;
+    for (vector_id id = 1; id < 2 * n; id += 7) {
+      if (id < n / 2 && id % 2 == 0) continue;
+      const std::vector<float> v = index.vector(id);
+      const neighbors got = index.search({v.data(), 1, d}, 1);
+      self_found += got.id(0, 0) == id || got.distance(0, 0) == 0.0f ? 1 : 0;
+      ++probes;
+    }
+    CHECK(static_cast<double>(self_found) >= 0.98 * static_cast<double>(probes));
   }
-  CHECK(static_cast<double>(self_found) >= 0.98 * static_cast<double>(probes));
 }
 
 TEST_CASE("hnsw rejects bad input with clear errors and changes nothing", "[hnsw]") {
