@@ -187,6 +187,23 @@ void gather(const float* q, const float* const* xs, std::size_t n, std::size_t d
   gather_rows(xs, n, dim * sizeof(float), out, [&](const float* x) { return Pair(q, x, dim); });
 }
 
+#if defined(__AVX2__)
+/// The sum of the eight int32 lanes of `acc`.
+inline std::int32_t hsum_epi32(__m256i acc) noexcept {
+  const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+  const __m128i q = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
+  return _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 1)));
+}
+
+/// out[r] = the sum of the int32 lanes of acc[r] for r < 4, reduced together: three vphaddd leave, per
+/// 128-bit half, the four rows' partial sums in row order, and one add of the halves finishes them.
+inline void store_hsums4(const __m256i (&acc)[4], std::int32_t* out) noexcept {
+  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                   _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+}
+#endif
+
 /// Σ a_j · c_j of int16 coefficients and uint8 codes, exact in int32 as long as Σ |a_j| · 255 fits (the
 /// caller's bound, `dot_u8_i16_limit`: then no partial sum in any order overflows, so every level returns
 /// the same value). Codes are widened to 16 bits and multiplied pairwise into 32-bit sums (vpmaddwd): 32
@@ -211,9 +228,7 @@ std::int32_t dot_u8_i16(const std::int16_t* a, const std::uint8_t* c, std::size_
     const __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i))));
   }
-  const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-  const __m128i q = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
-  sum = _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 1)));
+  sum = hsum_epi32(acc);
 #endif
   for (; i < dim; ++i) sum += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(c[i]);
   return sum;
@@ -234,10 +249,7 @@ void dot_u8_i16_x4(const std::int16_t* a, const std::uint8_t* const* c, std::siz
       acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(x, coeff));
     }
   }
-  // Lanes of h: per 128-bit half, the four rows' partial sums in row order.
-  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
-                   _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+  store_hsums4(acc, out);
   for (; i < dim; ++i)
     for (std::size_t r = 0; r < 4; ++r) out[r] += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(c[r][i]);
 }
@@ -284,9 +296,7 @@ std::int32_t dot_u4_i16(const std::int16_t* a, const std::uint8_t* c, std::size_
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_srli_epi16(x, 4),
                                                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 16))));
   }
-  const __m128i h = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-  const __m128i q = _mm_add_epi32(h, _mm_unpackhi_epi64(h, h));
-  sum = _mm_cvtsi128_si32(_mm_add_epi32(q, _mm_shuffle_epi32(q, 1)));
+  sum = hsum_epi32(acc);
 #endif
   for (; i < dim; ++i) sum += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(u4_code(c, i));
   return sum;
@@ -317,9 +327,7 @@ void dot_u4_i16_x4(const std::int16_t* a, const std::uint8_t* const* c, std::siz
       acc[r] = _mm256_add_epi32(acc[r], _mm256_madd_epi16(_mm256_and_si256(codes(r, i), low), lo));
     i += 16;
   }
-  const __m256i h = _mm256_hadd_epi32(_mm256_hadd_epi32(acc[0], acc[1]), _mm256_hadd_epi32(acc[2], acc[3]));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
-                   _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1)));
+  store_hsums4(acc, out);
   for (; i < dim; ++i)
     for (std::size_t r = 0; r < 4; ++r) out[r] += static_cast<std::int32_t>(a[i]) * u4_code(c[r], i);
 }
