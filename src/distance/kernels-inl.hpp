@@ -335,8 +335,8 @@ void dot_u4_i16_x4(const std::int16_t* a, const std::uint8_t* const* c, std::siz
 
 /// Rows of up to two lines (dim <= 256) four at a time, as the SQ8 gather; longer rows one at a time,
 /// prefetched four rows ahead: at 784 dimensions (7 lines a row) two rows ahead left the memory
-/// system idle (fashion-mnist HNSW32,SQ4, five alternating runs: three ahead +3..+7%, four +4..+14%,
-/// six 1% to 25% slower than four).
+/// system idle (fashion-mnist HNSW32,SQ4, five alternating runs: three ahead +3..+7%, four +4..+14%;
+/// six against four +1% to -25%).
 void dot_u4_i16_gather(const std::int16_t* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
                        std::int32_t* out) noexcept {
   const std::size_t bytes = u4_code_bytes(dim);
