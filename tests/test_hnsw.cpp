@@ -445,16 +445,25 @@ TEST_CASE("hnsw concurrent add, remove, upsert and search", "[hnsw]") {
     const std::size_t removed = n / 4;
     REQUIRE(index.size() == 2 * n - removed);
     for (vector_id id = 0; id < n / 2; id += 2) CHECK_FALSE(index.contains(id));
-    std::size_t self_found = 0;
+    // Every id left is still in the graph: a search with ef above the size (which explores all that
+    // is reachable) finds each one; at the default ef, nearly all. (Not all: on these well-separated
+    // clusters the greedy descent sometimes ends in the wrong cluster — hnswlib's graph shows the same.)
+    std::size_t found_default = 0;
+    std::size_t found_exhaustive = 0;
     std::size_t probes = 0;
+    const auto finds = [&](const std::vector<float>& v, vector_id id, const search_params& sp) {
+      const neighbors got = index.search({v.data(), 1, d}, 1, sp);
+      return got.id(0, 0) == id || got.distance(0, 0) == 0.0f;
+    };
     for (vector_id id = 1; id < 2 * n; id += 7) {
       if (id < n / 2 && id % 2 == 0) continue;
       const std::vector<float> v = index.vector(id);
-      const neighbors got = index.search({v.data(), 1, d}, 1);
-      self_found += got.id(0, 0) == id || got.distance(0, 0) == 0.0f ? 1 : 0;
+      found_default += finds(v, id, {}) ? 1 : 0;
+      found_exhaustive += finds(v, id, with_ef(2 * n)) ? 1 : 0;
       ++probes;
     }
-    CHECK(static_cast<double>(self_found) >= 0.98 * static_cast<double>(probes));
+    CHECK(found_exhaustive == probes);
+    CHECK(static_cast<double>(found_default) >= 0.9 * static_cast<double>(probes));
   }
 }
 
@@ -629,4 +638,42 @@ TEST_CASE("hnsw: small graphs built in parallel reach every node", "[hnsw][concu
     const neighbors self = index.search(v.view(), 1, {.ef = 128});
     for (std::size_t i = 0; i < v.rows; ++i) REQUIRE(self.id(i, 0) == ids[i]);
   }
+}
+
+TEST_CASE("hnsw keeps every node reachable: an exhaustive search finds each one after builds and removals", "[hnsw]") {
+  // Well-separated clusters and a small M: the diversity heuristic drops many links here. Before nodes
+  // kept their last in-link, 20 such builds left 59 nodes no search could reach (hnswlib's graph has
+  // the same gap: a node that every neighbour's selection drops has no in-link).
+  constexpr std::size_t d = 16;
+  constexpr std::size_t n = 2000;
+  const matrix<float> data = make_clustered(n, d, 10, 71);
+  std::vector<vector_id> ids(n);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  tbb::task_arena one(1);  // deterministic builds
+  const auto unreachable = [&](const hnsw_index& index, std::size_t skip_every) {
+    std::size_t lost = 0;
+    for (std::size_t i = 0; i < n; ++i) {
+      if (skip_every != 0 && i % skip_every == 0) continue;
+      const neighbors got = index.search({data.row(i), 1, d}, 1, with_ef(n));
+      lost += got.id(0, 0) == i || got.distance(0, 0) == 0.0f ? 0 : 1;
+    }
+    return lost;
+  };
+  std::size_t lost_after_removal = 0;
+  for (const std::size_t M : {4, 8})
+    for (std::uint64_t seed = 1; seed <= 3; ++seed) {
+      CAPTURE(M, seed);
+      hnsw_params p;
+      p.M = M;
+      p.ef_construction = 40;
+      p.seed = seed;
+      hnsw_index index(d, metric::l2, p);
+      one.execute([&] { index.add(data.view(), ids); });
+      CHECK(unreachable(index, 0) == 0);
+      for (vector_id id = 0; id < n; id += 3) index.remove(id);
+      lost_after_removal += unreachable(index, 3);
+    }
+  // Removals keep each neighbour's last in-link too, but two nodes can end up linked only to each
+  // other (docs/hnsw.md "Reachability"): 2 of the 8,000 left here.
+  CHECK(lost_after_removal <= 8);  // 0.1% of the 8,000 left; 21 before
 }

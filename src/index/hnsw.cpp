@@ -266,6 +266,16 @@ struct hnsw_index::impl {
     while (v > 0 && !n.compare_exchange_weak(v, v - 1, std::memory_order_relaxed)) {
     }
   }
+  /// One bottom-layer in-link of `s` fewer, unless it is its last (or uncounted): false then, and
+  /// the count is unchanged. Atomic, so that two lists dropping their links to `s` at the same time
+  /// cannot both take it to 0.
+  [[nodiscard]] bool release_in0(slot_t s) const noexcept {
+    std::atomic<std::uint32_t>& n = in0(s);
+    std::uint32_t v = n.load(std::memory_order_relaxed);
+    while (v > 1)
+      if (n.compare_exchange_weak(v, v - 1, std::memory_order_relaxed)) return true;
+    return false;
+  }
   [[nodiscard]] spinlock& lock_of(slot_t s) const noexcept {
     const auto [c, off] = locate(s);
     return chunk_of(c).locks[off];
@@ -746,45 +756,52 @@ struct hnsw_index::impl {
   }
 
   /// Replaces the link list `list` on `level` by `kept` (a selection from it plus new candidates). On
-  /// the bottom layer it first puts back every dropped link that was its target's last in-link, in
-  /// place of the farthest kept link whose target has another one (the selection's diversity gives way
-  /// to reachability), and keeps the in-link counts. Caller holds the owner's lock.
+  /// the bottom layer no node loses its last in-link to it: each dropped link is given up through
+  /// `release_in0`, which refuses when it is its target's last; such a link is put back — in a free
+  /// place if the list has one, else in place of the farthest kept link whose target keeps another
+  /// in-link (the selection's diversity gives way to reachability). Caller holds the owner's lock.
   void relink(slot_t* list, std::size_t level, std::vector<cand> kept, const float* owner_vec) const {
     if (level == 0) {
       const auto has = [&](slot_t x) {
         return std::any_of(kept.begin(), kept.end(), [x](const cand& c) { return c.slot == x; });
       };
-      const std::size_t old_count = list[0];
-      std::vector<slot_t> old(list + 1, list + 1 + old_count);
-      std::vector<slot_t> restored;  // put back here: never displaced again
+      const std::vector<slot_t> old(list + 1, list + 1 + list[0]);
+      const auto linked_before = [&](slot_t x) { return std::find(old.begin(), old.end(), x) != old.end(); };
+      std::size_t fixed = 0;  // kept[0, fixed): links put back, never displaced again
       for (const slot_t y : old) {
-        if (has(y) || !usable(y, 0) || in0(y).load(std::memory_order_relaxed) > 1) continue;
-        // y would lose its last in-link: displace the last (for a selection: the farthest) kept target
-        // that is linked elsewhere too (new targets count the link they are about to get).
+        if (has(y)) continue;
+        if (!usable(y, 0) || release_in0(y)) continue;  // a removed node's link, or not y's last
+        if (kept.size() < max_links0) {
+          kept.insert(kept.begin() + static_cast<std::ptrdiff_t>(fixed++), {distance(owner_vec, vec(y)), y});
+          continue;
+        }
+        // Displace the farthest link that may go: an old one its target gives up, or a new one whose
+        // target is linked elsewhere already.
         std::size_t victim = kept.size();
-        for (std::size_t i = kept.size(); i-- > 0;) {
-          if (std::find(restored.begin(), restored.end(), kept[i].slot) != restored.end()) continue;
-          const bool linked_before = std::find(old.begin(), old.end(), kept[i].slot) != old.end();
-          const std::uint32_t count = in0(kept[i].slot).load(std::memory_order_relaxed);
-          if ((linked_before ? count > 1 : count > 0)) {
+        for (std::size_t i = kept.size(); i-- > fixed;) {
+          const slot_t v = kept[i].slot;
+          if (linked_before(v) ? release_in0(v) : in0(v).load(std::memory_order_relaxed) > 0) {
             victim = i;
             break;
           }
         }
-        if (victim == kept.size()) continue;
-        kept[victim] = {distance(owner_vec, vec(y)), y};
-        restored.push_back(y);
+        if (victim == kept.size()) {
+          drop_in0(y);  // every kept link is its target's last: nothing can give way
+          continue;
+        }
+        kept.erase(kept.begin() + static_cast<std::ptrdiff_t>(victim));
+        kept.insert(kept.begin() + static_cast<std::ptrdiff_t>(fixed++), {distance(owner_vec, vec(y)), y});
       }
-      for (const slot_t y : old)
-        if (!has(y)) drop_in0(y);
       for (const cand& k : kept)
-        if (std::find(old.begin(), old.end(), k.slot) == old.end()) in0(k.slot).fetch_add(1, std::memory_order_relaxed);
+        if (!linked_before(k.slot)) in0(k.slot).fetch_add(1, std::memory_order_relaxed);
     }
     write_links(list, kept);
   }
 
   /// Adds the link n → q on `level` (distance d), pruning n's list with the heuristic when it is full.
-  void link_back(slot_t n, slot_t q, float d, std::size_t level) {
+  /// With `force` the link is made even where the heuristic drops it: it takes the place of the
+  /// farthest link that may go (see `relink`).
+  void link_back(slot_t n, slot_t q, float d, std::size_t level, bool force = false) {
     const std::lock_guard lock(lock_of(n));
     slot_t* list = links(n, level);
     const std::size_t count = list[0];
@@ -799,7 +816,19 @@ struct hnsw_index::impl {
     const float* nv = vec(n);
     for (std::size_t i = 0; i < count; ++i)
       if (usable(list[i + 1], level)) pool.push_back({distance(nv, vec(list[i + 1])), list[i + 1]});
-    relink(list, level, select(std::move(pool), capacity(level)), nv);
+    std::vector<cand> kept = select(std::move(pool), capacity(level));
+    if (force && std::none_of(kept.begin(), kept.end(), [q](const cand& c) { return c.slot == q; })) {
+      if (kept.size() == capacity(level)) kept.pop_back();
+      kept.push_back({d, q});
+    }
+    relink(list, level, std::move(kept), nv);
+  }
+
+  /// Gives `q` a bottom-layer in-link if it has none (every neighbour's selection dropped it, or a
+  /// removal took its last one): the link from its nearest neighbour `n` is forced, or `q` would be
+  /// found by no search.
+  void keep_reachable(slot_t q, const cand& n) {
+    if (in0(q).load(std::memory_order_relaxed) == 0 && usable(n.slot, 0)) link_back(n.slot, q, n.distance, 0, true);
   }
 
   /// Links the published node `q` into the graph.
@@ -843,6 +872,7 @@ struct hnsw_index::impl {
         relink(list, l, merged.size() > capacity(l) ? select(std::move(merged), capacity(l)) : std::move(merged), qv);
       }
       for (const cand& k : kept) link_back(k.slot, q, k.distance, l);
+      if (l == 0 && !kept.empty()) keep_reachable(q, kept.front());
       if (!found.empty()) entries = std::move(found);
     }
     s.building = false;
@@ -872,6 +902,10 @@ struct hnsw_index::impl {
   void remove_slot(slot_t r) {
     const std::size_t top = level_of_slot(r);
     state(r).store(0, std::memory_order_release);
+    // r's bottom-layer links are gone first, so that the repairs below see true in-link counts.
+    const std::vector<slot_t> r0(links(r, 0) + 1, links(r, 0) + 1 + links(r, 0)[0]);
+    for (const slot_t y : r0) drop_in0(y);
+    std::vector<slot_t> repaired0;  // bottom-layer lists that linked to r
     for (std::size_t l = 0; l <= top; ++l) {
       const slot_t* rl = links(r, l);
       std::vector<slot_t> out(rl + 1, rl + 1 + rl[0]);
@@ -899,13 +933,24 @@ struct hnsw_index::impl {
         for (std::size_t i = 0; i < ul[0]; ++i) offer(ul[i + 1]);
         for (const slot_t x : out) offer(x);
         relink(ul, l, select(std::move(pool), capacity(l), true), uv);
+        if (l == 0) repaired0.push_back(u);
       }
     }
     upper_of(r).reset();
     id_of(r) = no_id;
-    {
-      const slot_t* r0 = links(r, 0);
-      for (std::size_t i = 0; i < r0[0]; ++i) drop_in0(r0[i + 1]);
+    // A neighbour that r held the last in-link of, and that no repaired list took, is linked from the
+    // nearest of r's former in-linkers (or, with none, from its own nearest out-neighbour).
+    for (const slot_t y : r0) {
+      if (!usable(y, 0) || in0(y).load(std::memory_order_relaxed) > 0) continue;
+      const slot_t* yl = links(y, 0);
+      const std::span<const slot_t> from = repaired0.empty() ? std::span<const slot_t>(yl + 1, yl[0]) : repaired0;
+      std::optional<cand> nearest;
+      for (const slot_t u : from)
+        if (u != y && usable(u, 0)) {
+          const cand c{distance(vec(y), vec(u)), u};
+          if (!nearest || c < *nearest) nearest = c;
+        }
+      if (nearest) keep_reachable(y, *nearest);
     }
     store_link(links(r, 0)[0], 0);
     in0(r).store(0, std::memory_order_relaxed);

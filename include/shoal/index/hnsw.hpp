@@ -125,7 +125,8 @@ class hnsw_index {
   void train(matrix_view<const float> sample);
 
   /// Removes `id` for good: the node is unlinked, every neighbour that pointed at it is re-linked with
-  /// the selection heuristic over the union of its own and the removed node's neighbours, its slot is
+  /// the selection heuristic over the union of its own and the removed node's neighbours (a neighbour
+  /// that would be left without a bottom-layer in-link is linked from the nearest of them), its slot is
   /// recycled and its upper-layer links freed; a new entry point is chosen if it was the entry.
   /// Throws `shoal::error` (`errc::not_found`) if `id` is not stored.
   void remove(vector_id id);
