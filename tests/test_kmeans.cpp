@@ -125,6 +125,59 @@ TEST_CASE("k-means is deterministic for a seed, whatever the thread count", "[km
   CHECK(a.centroids.values != c.centroids.values);
 }
 
+TEST_CASE("k-means with triangle bounds assigns every point to its nearest centroid", "[kmeans]") {
+  // Bounded iterations re-score a point only against centroids its bounds cannot rule out. A bound that
+  // claimed too much would leave points with a farther centroid: the step's objective would exceed the
+  // best assignment's. So at every iteration m, the objective reported must be the exact (double)
+  // minimum over the centroids after m updates (those of a run of m iterations: a run is a prefix of a
+  // longer one), up to rounding. (Comparing against full GEMM steps bit for bit does not work: both
+  // round, and near-ties — such as a split cluster's twins — go either way.)
+  struct setup {
+    std::size_t n, dim, k, clusters;
+    float spread;
+    kmeans_init init;
+  };
+  constexpr std::size_t iterations = 12;
+  for (const setup c : {setup{3000, 32, 40, 12, 0.35f, kmeans_init::random},
+                        setup{2000, 64, 100, 5, 1.0f, kmeans_init::kmeans_plus_plus},
+                        setup{2500, 16, 250, 250, 0.05f, kmeans_init::random}}) {
+    CAPTURE(c.n, c.dim, c.k);
+    const matrix<float> points = make_clustered(c.n, c.dim, c.clusters, 77, c.spread);
+    kmeans_params params;
+    params.k = c.k;
+    params.init = c.init;
+    params.max_points_per_centroid = 0;
+    params.iterations = iterations;
+    const kmeans_result run = kmeans(points.view(), params);
+    std::size_t repairs = 0;
+    for (std::size_t m = 1; m < iterations; ++m) {
+      CAPTURE(m);
+      params.iterations = m;
+      const kmeans_result prefix = kmeans(points.view(), params);
+      repairs = prefix.empty_cluster_repairs;
+      double best = 0.0;
+      for (std::size_t i = 0; i < c.n; ++i) {
+        double nearest = std::numeric_limits<double>::infinity();
+        for (std::size_t j = 0; j < c.k; ++j) {
+          double d = 0.0;
+          for (std::size_t t = 0; t < c.dim; ++t) {
+            const double e = static_cast<double>(points.row(i)[t]) - prefix.centroids.row(j)[t];
+            d += e * e;
+          }
+          nearest = std::min(nearest, d);
+        }
+        best += nearest;
+      }
+      CHECK(run.objective[m] == Approx(best).epsilon(1e-6));
+    }
+    if (c.k == 250) CHECK(repairs > 0);  // the twins of split clusters are covered too
+    // Off: the same iterations as full GEMM steps, to the same objective up to ties.
+    params.iterations = iterations;
+    params.triangle_bounds = false;
+    CHECK(kmeans(points.view(), params).objective.back() == Approx(run.objective.back()).epsilon(1e-4));
+  }
+}
+
 TEST_CASE("k-means repairs empty clusters by splitting the largest", "[kmeans]") {
   // Eight well-separated locations, each repeated 32 times: random initialisation all but surely picks
   // two copies of one location, whose twin centroids leave a cluster empty until it is repaired.

@@ -5,6 +5,7 @@
 #include <limits>
 #include <numeric>
 #include <optional>
+#include <span>
 
 #include "cluster/assign.hpp"
 #include "core/parallel.hpp"
@@ -171,12 +172,125 @@ void assign_balanced(matrix_view<const float> x, const matrix<float>& centroids,
   }
 }
 
+/// Elkan's bounds (k-means' bounded iterations) cost one float per (training point, centroid): above
+/// this many, plain Lloyd iterations run instead (2^26 floats: 256 MiB, e.g. 65,536 points × 1,024).
+constexpr std::size_t max_bound_entries = std::size_t{1} << 26;
+/// Below this dimension a bounded iteration saves little: per (point, centroid) it still updates and
+/// tests a bound, about what the GEMM spends on a 16-long dot product (PQ codebooks of 2-8 dimensions:
+/// same times within noise).
+constexpr std::size_t min_bound_dim = 16;
+
+/// Lower and upper bounds on distances are widened by this relative slack, so that float rounding (of
+/// the GEMM's ‖x‖² + ‖c‖² − 2⟨x, c⟩, of a summed ‖x − c‖², of the bounds' own updates) never makes a
+/// bound claim more than the exact distance allows: about dim · 2⁻²² (the dot product's worst-case
+/// relative error, doubled), and at least 10⁻⁵ for what 25+ iterations of updates add.
+float bound_slack(std::size_t dim) noexcept { return std::max(1e-5f, static_cast<float>(dim) * 0x1.0p-22f); }
+
+/// Elkan's accelerated assignment (Elkan 2003, "Using the triangle inequality to accelerate k-means").
+/// Per training point it keeps a lower bound on its distance to every centroid (`lower`, n × k, Euclidean
+/// not squared); after an update moves centroid j by δ_j, each bound to j drops by δ_j. A point is
+/// then re-scored against centroid j only if both its bound to j and half the distance between its
+/// centroid and j (`half`) are below its exact distance to its own centroid — every other centroid
+/// provably lies farther. Same labels as a full Lloyd step, up to float ties (the kept distances come
+/// from the pairwise kernel, exactly as `l2sqr`); per point independent, so thread-count independent.
+class elkan_bounds {
+ public:
+  elkan_bounds(std::size_t n, std::size_t k, std::size_t dim)
+      : k_(k),
+        dim_(dim),
+        slack_(bound_slack(dim)),
+        lower_(n * k),
+        half_(k * k),
+        nearest_half_(k),
+        shift_(k),
+        old_(k * dim) {}
+
+  /// Rank scores of the first (GEMM) assignment → lower bounds, each shrunk by the GEMM's error.
+  [[nodiscard]] float* scores() noexcept { return lower_.data(); }
+  void start(std::span<const float> point_norms, std::span<const float> centroid_norms) {
+    const std::size_t n = point_norms.size();
+    detail::parallel_for(n, [&](std::size_t i) {
+      float* l = lower_.data() + i * k_;
+      for (std::size_t j = 0; j < k_; ++j) {
+        const float margin = slack_ * (point_norms[i] + centroid_norms[j]);
+        l[j] = std::sqrt(std::max(0.0f, point_norms[i] + l[j] - margin)) * (1.0f - slack_);
+      }
+    });
+  }
+
+  /// Keeps the centroids before an update, to measure how far each moves.
+  void remember(const matrix<float>& centroids) {
+    std::copy(centroids.values.begin(), centroids.values.end(), old_.begin());
+  }
+
+  /// After the update (and any repair): each centroid's shift, and half the distance between every two.
+  void moved(const matrix<float>& centroids) {
+    const distance_kernels& kern = active_kernels();
+    for (std::size_t j = 0; j < k_; ++j)
+      shift_[j] = std::sqrt(kern.l2sqr(old_.data() + j * dim_, centroids.row(j), dim_)) * (1.0f + slack_);
+    detail::parallel_for(k_, [&](std::size_t a) {
+      float nearest = std::numeric_limits<float>::infinity();
+      for (std::size_t j = 0; j < k_; ++j) {
+        const float h =
+            j == a ? 0.0f : 0.5f * std::sqrt(kern.l2sqr(centroids.row(a), centroids.row(j), dim_)) * (1.0f - slack_);
+        half_[a * k_ + j] = h;
+        if (j != a) nearest = std::min(nearest, h);
+      }
+      nearest_half_[a] = nearest;
+    });
+  }
+
+  /// One bounded assignment step: `labels` (the previous ones on entry) and `distances` (‖x − c‖² to
+  /// the centroid taken) for every row of `x`.
+  void assign(matrix_view<const float> x, const matrix<float>& centroids, std::uint32_t* labels, float* distances) {
+    const distance_kernels& kern = active_kernels();
+    detail::parallel_for((x.rows + block_points - 1) / block_points, [&](std::size_t b) {
+      const std::size_t end = std::min(x.rows, (b + 1) * block_points);
+      for (std::size_t i = b * block_points; i < end; ++i) {
+        float* l = lower_.data() + i * k_;
+        for (std::size_t j = 0; j < k_; ++j) l[j] = std::max(0.0f, l[j] - shift_[j]);
+        std::uint32_t a = labels[i];
+        float best2 = kern.l2sqr(x.row(i), centroids.row(a), dim_);
+        float best = std::sqrt(best2);
+        l[a] = best * (1.0f - slack_);
+        float reach = best * (1.0f + slack_);  // an upper bound on the exact distance to centroid a
+        if (reach > nearest_half_[a]) {
+          for (std::size_t j = 0; j < k_; ++j) {
+            if (j == a || l[j] >= reach || half_[a * k_ + j] >= reach) continue;
+            const float d2 = kern.l2sqr(x.row(i), centroids.row(j), dim_);
+            const float d = std::sqrt(d2);
+            l[j] = d * (1.0f - slack_);
+            if (d2 < best2 || (d2 == best2 && j < a)) {
+              a = static_cast<std::uint32_t>(j);
+              best2 = d2;
+              best = d;
+              reach = best * (1.0f + slack_);
+            }
+          }
+        }
+        labels[i] = a;
+        distances[i] = best2;
+      }
+    });
+  }
+
+ private:
+  std::size_t k_;
+  std::size_t dim_;
+  float slack_;
+  std::vector<float> lower_;         // n × k lower bounds on ‖x − c‖
+  std::vector<float> half_;          // k × k: half of ‖c_a − c_j‖, shrunk
+  std::vector<float> nearest_half_;  // per centroid: the smallest of its row of `half_`
+  std::vector<float> shift_;         // per centroid: how far the last update moved it, grown
+  std::vector<float> old_;           // the centroids before the last update
+};
+
 }  // namespace
 
 namespace detail {
 
 void assign_nearest(matrix_view<const float> points, matrix_view<const float> centroids, const float* centroid_norms,
-                    metric m, std::size_t count, std::uint32_t* labels, float* distances) {
+                    metric m, std::size_t count, std::uint32_t* labels, float* distances, float* scores) {
   const distance_kernels& kern = active_kernels();
   const std::size_t n = points.rows;
   const std::size_t nc = centroids.rows;
@@ -205,8 +319,10 @@ void assign_nearest(matrix_view<const float> points, matrix_view<const float> ce
       for (std::size_t i = 0; i < rows; ++i) {
         const float* ip = tile.data() + i * tile_cols;
         if (count == 1) {
+          float* all = scores == nullptr ? nullptr : scores + (first + i) * nc + c0;
           for (std::size_t j = 0; j < cols; ++j) {
             const float score = rank_score(l2, l2 ? centroid_norms[c0 + j] : 0.0f, ip[j]);
+            if (all != nullptr) all[j] = score;
             if (score < best[i]) {
               best[i] = score;
               best_label[i] = static_cast<std::uint32_t>(c0 + j);
@@ -321,12 +437,23 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
   const std::size_t cap =
       params.balance > 0 && cap_points < static_cast<double>(n) ? static_cast<std::size_t>(cap_points) : n;
 
+  // Plain L2 Lloyd iterations after the first run bounded (see elkan_bounds) where the bounds fit.
+  std::optional<elkan_bounds> bounds;
+  if (params.triangle_bounds && cap == n && !params.spherical && params.iterations > 1 && k > 1 &&
+      dim >= min_bound_dim && n * k <= max_bound_entries)
+    bounds.emplace(n, k, dim);
+
   for (std::size_t it = 0; it < params.iterations; ++it) {
     kern.squared_norms(centroids.values.data(), k, dim, dim, centroid_norms.data());
-    if (cap < n)
+    if (cap < n) {
       assign_balanced(x, centroids, centroid_norms.data(), rank_by, cap, labels.data(), distances.data());
-    else
-      detail::assign_nearest(x, centroids.view(), centroid_norms.data(), rank_by, 1, labels.data(), distances.data());
+    } else if (bounds && it > 0) {
+      bounds->assign(x, centroids, labels.data(), distances.data());
+    } else {
+      detail::assign_nearest(x, centroids.view(), centroid_norms.data(), rank_by, 1, labels.data(), distances.data(),
+                             bounds ? bounds->scores() : nullptr);
+      if (bounds) bounds->start(point_norms, centroid_norms);
+    }
 
     // Objective and cluster sizes, summed in point order.
     double objective = 0.0;
@@ -349,6 +476,7 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
       std::vector<std::size_t> next(offsets.begin(), offsets.end() - 1);
       for (std::size_t i = 0; i < n; ++i) members[next[labels[i]]++] = i;
     }
+    if (bounds) bounds->remember(centroids);
     detail::parallel_for(k, [&](std::size_t c) {
       if (sizes[c] == 0) return;
       std::vector<double> sum(dim, 0.0);
@@ -366,6 +494,7 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
       split_largest(centroids, sizes, c, params.spherical, rng);
       ++result.empty_cluster_repairs;
     }
+    if (bounds && it + 1 < params.iterations) bounds->moved(centroids);
   }
   return result;
 }
