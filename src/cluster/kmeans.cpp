@@ -203,18 +203,15 @@ class elkan_bounds {
         half_(k * k),
         nearest_half_(k),
         shift_(k),
-        old_(k * dim) {}
+        old_(k * dim),
+        norms_(k) {}
 
   /// Rank scores of the first (GEMM) assignment → lower bounds, each shrunk by the GEMM's error.
   [[nodiscard]] float* scores() noexcept { return lower_.data(); }
   void start(std::span<const float> point_norms, std::span<const float> centroid_norms) {
-    const std::size_t n = point_norms.size();
-    detail::parallel_for(n, [&](std::size_t i) {
+    detail::parallel_for(point_norms.size(), [&](std::size_t i) {
       float* l = lower_.data() + i * k_;
-      for (std::size_t j = 0; j < k_; ++j) {
-        const float margin = slack_ * (point_norms[i] + centroid_norms[j]);
-        l[j] = std::sqrt(std::max(0.0f, point_norms[i] + l[j] - margin)) * (1.0f - slack_);
-      }
+      for (std::size_t j = 0; j < k_; ++j) l[j] = gemm_lower(point_norms[i] + l[j], point_norms[i] + centroid_norms[j]);
     });
   }
 
@@ -223,49 +220,55 @@ class elkan_bounds {
     std::copy(centroids.values.begin(), centroids.values.end(), old_.begin());
   }
 
-  /// After the update (and any repair): each centroid's shift, and half the distance between every two.
+  /// After the update (and any repair): each centroid's shift, and half the distance between every two
+  /// — from one k × k GEMM, shrunk by its error, as the first step's bounds.
   void moved(const matrix<float>& centroids) {
     const distance_kernels& kern = active_kernels();
     for (std::size_t j = 0; j < k_; ++j)
       shift_[j] = std::sqrt(kern.l2sqr(old_.data() + j * dim_, centroids.row(j), dim_)) * (1.0f + slack_);
+    kern.squared_norms(centroids.values.data(), k_, dim_, dim_, norms_.data());
+    kern.inner_product_many(centroids.values.data(), k_, dim_, centroids.values.data(), k_, dim_, dim_, half_.data(),
+                            k_);
     detail::parallel_for(k_, [&](std::size_t a) {
+      float* row = half_.data() + a * k_;
       float nearest = std::numeric_limits<float>::infinity();
       for (std::size_t j = 0; j < k_; ++j) {
-        const float h =
-            j == a ? 0.0f : 0.5f * std::sqrt(kern.l2sqr(centroids.row(a), centroids.row(j), dim_)) * (1.0f - slack_);
-        half_[a * k_ + j] = h;
-        if (j != a) nearest = std::min(nearest, h);
+        const float sum = norms_[a] + norms_[j];
+        row[j] = j == a ? 0.0f : 0.5f * gemm_lower(sum - 2.0f * row[j], sum);
+        if (j != a) nearest = std::min(nearest, row[j]);
       }
       nearest_half_[a] = nearest;
     });
   }
 
   /// One bounded assignment step: `labels` (the previous ones on entry) and `distances` (‖x − c‖² to
-  /// the centroid taken) for every row of `x`.
+  /// the centroid taken) for every row of `x`. One pass over a point's bounds: each is lowered by its
+  /// centroid's shift, then tested.
   void assign(matrix_view<const float> x, const matrix<float>& centroids, std::uint32_t* labels, float* distances) {
     const distance_kernels& kern = active_kernels();
     detail::parallel_for((x.rows + block_points - 1) / block_points, [&](std::size_t b) {
       const std::size_t end = std::min(x.rows, (b + 1) * block_points);
       for (std::size_t i = b * block_points; i < end; ++i) {
         float* l = lower_.data() + i * k_;
-        for (std::size_t j = 0; j < k_; ++j) l[j] = std::max(0.0f, l[j] - shift_[j]);
-        std::uint32_t a = labels[i];
+        const std::uint32_t previous = labels[i];
+        std::uint32_t a = previous;
         float best2 = kern.l2sqr(x.row(i), centroids.row(a), dim_);
-        float best = std::sqrt(best2);
-        l[a] = best * (1.0f - slack_);
-        float reach = best * (1.0f + slack_);  // an upper bound on the exact distance to centroid a
-        if (reach > nearest_half_[a]) {
-          for (std::size_t j = 0; j < k_; ++j) {
-            if (j == a || l[j] >= reach || half_[a * k_ + j] >= reach) continue;
-            const float d2 = kern.l2sqr(x.row(i), centroids.row(j), dim_);
-            const float d = std::sqrt(d2);
-            l[j] = d * (1.0f - slack_);
-            if (d2 < best2 || (d2 == best2 && j < a)) {
-              a = static_cast<std::uint32_t>(j);
-              best2 = d2;
-              best = d;
-              reach = best * (1.0f + slack_);
-            }
+        float reach = std::sqrt(best2) * (1.0f + slack_);  // an upper bound on the exact distance to a
+        // Within half the distance to its nearest other centroid, a point keeps its centroid.
+        const bool settled = reach <= nearest_half_[a];
+        for (std::size_t j = 0; j < k_; ++j) {
+          if (j == previous) {
+            l[j] = std::sqrt(best2) * (1.0f - slack_);
+            continue;
+          }
+          l[j] = std::max(0.0f, l[j] - shift_[j]);
+          if (settled || l[j] >= reach || half_[a * k_ + j] >= reach) continue;
+          const float d2 = kern.l2sqr(x.row(i), centroids.row(j), dim_);
+          l[j] = std::sqrt(d2) * (1.0f - slack_);
+          if (d2 < best2 || (d2 == best2 && j < a)) {
+            a = static_cast<std::uint32_t>(j);
+            best2 = d2;
+            reach = std::sqrt(d2) * (1.0f + slack_);
           }
         }
         labels[i] = a;
@@ -283,6 +286,13 @@ class elkan_bounds {
   std::vector<float> nearest_half_;  // per centroid: the smallest of its row of `half_`
   std::vector<float> shift_;         // per centroid: how far the last update moved it, grown
   std::vector<float> old_;           // the centroids before the last update
+  std::vector<float> norms_;         // ‖c‖² of the centroids after the last update
+
+  /// A lower bound on the distance whose square a GEMM computed as `approx_sq` from a sum of squared
+  /// norms `norms_sum`: its rounding error is below slack · norms_sum.
+  [[nodiscard]] float gemm_lower(float approx_sq, float norms_sum) const noexcept {
+    return std::sqrt(std::max(0.0f, approx_sq - slack_ * norms_sum)) * (1.0f - slack_);
+  }
 };
 
 }  // namespace
