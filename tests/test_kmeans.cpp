@@ -114,15 +114,21 @@ TEST_CASE("k-means is deterministic for a seed, whatever the thread count", "[km
   params.iterations = 8;
   params.seed = 11;
   params.max_points_per_centroid = 50;  // subsampling takes part too
-  const kmeans_result a = kmeans(points.view(), params);
-  CHECK(a.training_points == 1500);
-  kmeans_result b;
-  tbb::task_arena(1).execute([&] { b = kmeans(points.view(), params); });
-  CHECK(a.centroids.values == b.centroids.values);
-  CHECK(a.objective == b.objective);
-  params.seed = 12;
-  const kmeans_result c = kmeans(points.view(), params);
-  CHECK(a.centroids.values != c.centroids.values);
+  // Elkan's bounds (one group per centroid: the automatic choice here) and grouped bounds.
+  for (const std::size_t groups : {std::size_t{0}, std::size_t{8}}) {
+    CAPTURE(groups);
+    params.bound_groups = groups;
+    params.seed = 11;
+    const kmeans_result a = kmeans(points.view(), params);
+    CHECK(a.training_points == 1500);
+    kmeans_result b;
+    tbb::task_arena(1).execute([&] { b = kmeans(points.view(), params); });
+    CHECK(a.centroids.values == b.centroids.values);
+    CHECK(a.objective == b.objective);
+    params.seed = 12;
+    const kmeans_result c = kmeans(points.view(), params);
+    CHECK(a.centroids.values != c.centroids.values);
+  }
 }
 
 TEST_CASE("k-means with triangle bounds assigns every point to its nearest centroid", "[kmeans]") {
@@ -137,45 +143,49 @@ TEST_CASE("k-means with triangle bounds assigns every point to its nearest centr
     float spread;
     kmeans_init init;
   };
+  // Both kinds: Elkan's (one group per centroid, the automatic choice at these sizes) and grouped bounds
+  // (k / 5 groups), whose steps compute distances in GEMM tiles rather than pairwise.
   constexpr std::size_t iterations = 12;
   for (const setup c : {setup{3000, 32, 40, 12, 0.35f, kmeans_init::random},
                         setup{2000, 64, 100, 5, 1.0f, kmeans_init::kmeans_plus_plus},
-                        setup{2500, 16, 250, 250, 0.05f, kmeans_init::random}}) {
-    CAPTURE(c.n, c.dim, c.k);
-    const matrix<float> points = make_clustered(c.n, c.dim, c.clusters, 77, c.spread);
-    kmeans_params params;
-    params.k = c.k;
-    params.init = c.init;
-    params.max_points_per_centroid = 0;
-    params.iterations = iterations;
-    const kmeans_result run = kmeans(points.view(), params);
-    std::size_t repairs = 0;
-    for (std::size_t m = 1; m < iterations; ++m) {
-      CAPTURE(m);
-      params.iterations = m;
-      const kmeans_result prefix = kmeans(points.view(), params);
-      repairs = prefix.empty_cluster_repairs;
-      double best = 0.0;
-      for (std::size_t i = 0; i < c.n; ++i) {
-        double nearest = std::numeric_limits<double>::infinity();
-        for (std::size_t j = 0; j < c.k; ++j) {
-          double d = 0.0;
-          for (std::size_t t = 0; t < c.dim; ++t) {
-            const double e = static_cast<double>(points.row(i)[t]) - prefix.centroids.row(j)[t];
-            d += e * e;
+                        setup{2500, 16, 250, 250, 0.05f, kmeans_init::random}})
+    for (const bool grouped : {false, true}) {
+      CAPTURE(c.n, c.dim, c.k, grouped);
+      const matrix<float> points = make_clustered(c.n, c.dim, c.clusters, 77, c.spread);
+      kmeans_params params;
+      params.k = c.k;
+      params.init = c.init;
+      params.max_points_per_centroid = 0;
+      params.iterations = iterations;
+      params.bound_groups = grouped ? c.k / 5 : 0;
+      const kmeans_result run = kmeans(points.view(), params);
+      std::size_t repairs = 0;
+      for (std::size_t m = 1; m < iterations; ++m) {
+        CAPTURE(m);
+        params.iterations = m;
+        const kmeans_result prefix = kmeans(points.view(), params);
+        repairs = prefix.empty_cluster_repairs;
+        double best = 0.0;
+        for (std::size_t i = 0; i < c.n; ++i) {
+          double nearest = std::numeric_limits<double>::infinity();
+          for (std::size_t j = 0; j < c.k; ++j) {
+            double d = 0.0;
+            for (std::size_t t = 0; t < c.dim; ++t) {
+              const double e = static_cast<double>(points.row(i)[t]) - prefix.centroids.row(j)[t];
+              d += e * e;
+            }
+            nearest = std::min(nearest, d);
           }
-          nearest = std::min(nearest, d);
+          best += nearest;
         }
-        best += nearest;
+        CHECK(run.objective[m] == Approx(best).epsilon(1e-6));
       }
-      CHECK(run.objective[m] == Approx(best).epsilon(1e-6));
+      if (c.k == 250) CHECK(repairs > 0);  // the twins of split clusters are covered too
+      // Off: the same iterations as full GEMM steps, to the same objective up to ties.
+      params.iterations = iterations;
+      params.triangle_bounds = false;
+      CHECK(kmeans(points.view(), params).objective.back() == Approx(run.objective.back()).epsilon(1e-4));
     }
-    if (c.k == 250) CHECK(repairs > 0);  // the twins of split clusters are covered too
-    // Off: the same iterations as full GEMM steps, to the same objective up to ties.
-    params.iterations = iterations;
-    params.triangle_bounds = false;
-    CHECK(kmeans(points.view(), params).objective.back() == Approx(run.objective.back()).epsilon(1e-4));
-  }
 }
 
 TEST_CASE("k-means repairs empty clusters by splitting the largest", "[kmeans]") {

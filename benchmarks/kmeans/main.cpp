@@ -1,7 +1,10 @@
 // shoal-kmeans-bench: times shoal's k-means against FAISS's Clustering (when built in) on the same data,
 // k, iterations, subsampling cap and thread count, and prints the final objective of each.
 //
-//   shoal-kmeans-bench BASE K ITERATIONS [THREADS] [MAX_BASE]
+//   shoal-kmeans-bench BASE K ITERATIONS [THREADS] [MAX_BASE] [BOUNDS]
+//
+// BOUNDS picks shoal's bounded iterations (kmeans_params::triangle_bounds / bound_groups): `auto` (the
+// default), `off` (every iteration a full GEMM step), or a number of centroid groups (k: Elkan's bounds).
 //
 // Both run random initialisation (FAISS's only one) with at most 256 points per centroid. FAISS threads
 // with OpenMP (omp_set_num_threads), shoal on a oneTBB arena of the same size.
@@ -34,7 +37,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 
 int main(int argc, char** argv) {
   if (argc < 4) {
-    std::fprintf(stderr, "usage: shoal-kmeans-bench BASE K ITERATIONS [THREADS] [MAX_BASE]\n");
+    std::fprintf(stderr, "usage: shoal-kmeans-bench BASE K ITERATIONS [THREADS] [MAX_BASE] [auto|off|GROUPS]\n");
     return 2;
   }
   try {
@@ -42,19 +45,22 @@ int main(int argc, char** argv) {
     const std::size_t iterations = std::stoul(argv[3]);
     const int threads = argc > 4 ? std::stoi(argv[4]) : 1;
     const std::size_t max_base = argc > 5 ? std::stoul(argv[5]) : 0;
+    const std::string bounds = argc > 6 ? argv[6] : "auto";
     const shoal::matrix<float> base = shoal::io::read_vectors(argv[1], max_base);
-    std::printf("library,k,iterations,points,dim,threads,simd,seconds,objective\n");
+    std::printf("library,k,iterations,points,dim,threads,simd,seconds,objective,bounds\n");
 
     shoal::kmeans_params params;
     params.k = k;
     params.iterations = iterations;
     params.init = shoal::kmeans_init::random;
     params.max_points_per_centroid = 256;
+    params.triangle_bounds = bounds != "off";
+    if (bounds != "off" && bounds != "auto") params.bound_groups = std::stoul(bounds);
     shoal::kmeans_result result;
     const auto start = std::chrono::steady_clock::now();
     tbb::task_arena(threads).execute([&] { result = shoal::kmeans(base.view(), params); });
-    std::printf("shoal,%zu,%zu,%zu,%zu,%d,%s,%.3f,%.6g\n", k, iterations, result.training_points, base.dim, threads,
-                shoal::simd_level_name(), seconds_since(start), result.objective.back());
+    std::printf("shoal,%zu,%zu,%zu,%zu,%d,%s,%.3f,%.6g,%s\n", k, iterations, result.training_points, base.dim, threads,
+                shoal::simd_level_name(), seconds_since(start), result.objective.back(), bounds.c_str());
 
 #ifdef SHOAL_BENCH_HAVE_FAISS
     omp_set_num_threads(threads);
@@ -67,7 +73,7 @@ int main(int argc, char** argv) {
     clustering.train(static_cast<faiss::Index::idx_t>(base.rows), base.values.data(), assigner);
     const double faiss_seconds = seconds_since(faiss_start);
     // FAISS records the objective of each iteration's assignment, as shoal does.
-    std::printf("faiss,%zu,%zu,%zu,%zu,%d,-,%.3f,%.6g\n", k, iterations, std::min(base.rows, k * std::size_t{256}),
+    std::printf("faiss,%zu,%zu,%zu,%zu,%d,-,%.3f,%.6g,-\n", k, iterations, std::min(base.rows, k * std::size_t{256}),
                 base.dim, threads, faiss_seconds, static_cast<double>(clustering.iteration_stats.back().obj));
 #endif
     return 0;

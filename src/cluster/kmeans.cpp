@@ -1,8 +1,10 @@
 #include "shoal/cluster/kmeans.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <numeric>
 #include <optional>
 #include <span>
@@ -173,18 +175,104 @@ void assign_balanced(matrix_view<const float> x, const matrix<float>& centroids,
 }
 
 /// Elkan's bounds (k-means' bounded iterations) cost one float per (training point, centroid): above
-/// this many, plain Lloyd iterations run instead (2^26 floats: 256 MiB, e.g. 65,536 points × 1,024).
+/// this many (2^26 floats: 256 MiB, e.g. 65,536 points × 1,024), grouped bounds take one per (point,
+/// group of centroids) instead, as many groups as fit.
 constexpr std::size_t max_bound_entries = std::size_t{1} << 26;
+/// Centroids per group that grouped bounds aim for at least: a block of points meets a group in one GEMM
+/// tile, and each (point, centroid) of a tile costs some bookkeeping besides the GEMM's dim multiply-adds.
+/// Narrow groups rule out more; wide ones amortise better where dot products are short. 2,048 / dim,
+/// kept within [4, 16] (measured, 10 iterations: fashion-mnist 784-d k 2,048 groups of 4 12.7 s, of 16
+/// 14.9 s; 128-d k 1,024 groups of 16 7.8-8.2 s, of 4 8.8 s; BENCHMARKS.md).
+[[nodiscard]] std::size_t group_size(std::size_t dim) noexcept { return std::clamp<std::size_t>(2048 / dim, 4, 16); }
+/// Fewer groups than this rule out too little: plain Lloyd steps instead.
+constexpr std::size_t min_bound_groups = 8;
 /// Below this dimension a bounded iteration saves little: per (point, centroid) it still updates and
 /// tests a bound, about what the GEMM spends on a 16-long dot product (PQ codebooks of 2-8 dimensions:
 /// same times within noise).
 constexpr std::size_t min_bound_dim = 16;
+/// Points that meet a group's centroids in one GEMM tile in a grouped-bounds step.
+constexpr std::size_t group_block = 128;
+/// Blocks of points per task of a grouped-bounds step (one set of buffers for all of them).
+constexpr std::size_t blocks_per_task = 16;
+/// Lloyd iterations of the k-means that groups centroids for grouped bounds.
+constexpr std::size_t grouping_iterations = 5;
+/// Centroid rows per task when the bounds measure centroid-to-centroid distances.
+constexpr std::size_t block_pairs = 64;
 
 /// Lower and upper bounds on distances are widened by this relative slack, so that float rounding (of
 /// the GEMM's ‖x‖² + ‖c‖² − 2⟨x, c⟩, of a summed ‖x − c‖², of the bounds' own updates) never makes a
 /// bound claim more than the exact distance allows: about dim · 2⁻²² (the dot product's worst-case
 /// relative error, doubled), and at least 10⁻⁵ for what 25+ iterations of updates add.
 float bound_slack(std::size_t dim) noexcept { return std::max(1e-5f, static_cast<float>(dim) * 0x1.0p-22f); }
+
+/// A lower bound on the distance whose square a GEMM computed as `approx_sq` from a sum of squared norms
+/// `norms_sum`: its rounding error is below slack · norms_sum.
+[[nodiscard]] float gemm_lower(float approx_sq, float norms_sum, float slack) noexcept {
+  return std::sqrt(std::max(0.0f, approx_sq - slack * norms_sum)) * (1.0f - slack);
+}
+/// The matching upper bound.
+[[nodiscard]] float gemm_upper(float approx_sq, float norms_sum, float slack) noexcept {
+  return std::sqrt(std::max(0.0f, approx_sq + slack * norms_sum)) * (1.0f + slack);
+}
+
+/// How the centroids moved in the last update, for both kinds of bounds below: each centroid's shift, and
+/// half the distance from every centroid to the nearest other centroid of every group (with one group
+/// per centroid: to every other centroid) — from GEMMs over blocks of centroid rows, shrunk by their error
+/// as the first step's bounds.
+struct centroid_motion {
+  centroid_motion(std::size_t centroids, std::size_t dims, std::vector<std::uint32_t> groups_of, std::size_t count)
+      : k(centroids),
+        dim(dims),
+        groups(count),
+        slack(bound_slack(dims)),
+        group_of(std::move(groups_of)),
+        half(centroids * count),
+        nearest_half(centroids),
+        shift(centroids),
+        old(centroids * dims),
+        norms(centroids) {}
+
+  /// Keeps the centroids before an update, to measure how far each moves.
+  void remember(const matrix<float>& centroids) {
+    std::copy(centroids.values.begin(), centroids.values.end(), old.begin());
+  }
+
+  void moved(const matrix<float>& centroids) {
+    const distance_kernels& kern = active_kernels();
+    for (std::size_t j = 0; j < k; ++j)
+      shift[j] = std::sqrt(kern.l2sqr(old.data() + j * dim, centroids.row(j), dim)) * (1.0f + slack);
+    kern.squared_norms(centroids.values.data(), k, dim, dim, norms.data());
+    detail::parallel_for((k + block_pairs - 1) / block_pairs, [&](std::size_t b) {
+      const std::size_t first = b * block_pairs;
+      const std::size_t rows = std::min(block_pairs, k - first);
+      std::vector<float> ip(rows * k);
+      kern.inner_product_many(centroids.row(first), rows, dim, centroids.values.data(), k, dim, dim, ip.data(), k);
+      for (std::size_t r = 0; r < rows; ++r) {
+        const std::size_t a = first + r;
+        float* row = half.data() + a * groups;
+        std::fill_n(row, groups, std::numeric_limits<float>::infinity());
+        for (std::size_t j = 0; j < k; ++j) {
+          if (j == a) continue;
+          const float sum = norms[a] + norms[j];
+          float& h = row[group_of[j]];
+          h = std::min(h, 0.5f * gemm_lower(sum - 2.0f * ip[r * k + j], sum, slack));
+        }
+        nearest_half[a] = *std::min_element(row, row + groups);
+      }
+    });
+  }
+
+  std::size_t k;
+  std::size_t dim;
+  std::size_t groups;
+  float slack;
+  std::vector<std::uint32_t> group_of;  // per centroid: its group
+  std::vector<float> half;              // k × groups: half of ‖c_a − c_j‖ for the nearest j ≠ a of each group
+  std::vector<float> nearest_half;      // per centroid: the smallest of its row of `half`
+  std::vector<float> shift;             // per centroid: how far the last update moved it, grown
+  std::vector<float> old;               // the centroids before the last update
+  std::vector<float> norms;             // ‖c‖² of the centroids after the last update
+};
 
 /// Elkan's accelerated assignment (Elkan 2003, "Using the triangle inequality to accelerate k-means").
 /// Per training point it keeps a lower bound on its distance to every centroid (`lower`, n × k, Euclidean
@@ -196,15 +284,7 @@ float bound_slack(std::size_t dim) noexcept { return std::max(1e-5f, static_cast
 class elkan_bounds {
  public:
   elkan_bounds(std::size_t n, std::size_t k, std::size_t dim)
-      : k_(k),
-        dim_(dim),
-        slack_(bound_slack(dim)),
-        lower_(n * k),
-        half_(k * k),
-        nearest_half_(k),
-        shift_(k),
-        old_(k * dim),
-        norms_(k) {}
+      : k_(k), dim_(dim), slack_(bound_slack(dim)), lower_(n * k), motion_(k, dim, identity(k), k) {}
 
   /// Rank scores of the first (GEMM) assignment → lower bounds, each shrunk by the GEMM's error.
   [[nodiscard]] float* scores() noexcept { return lower_.data(); }
@@ -215,31 +295,8 @@ class elkan_bounds {
     });
   }
 
-  /// Keeps the centroids before an update, to measure how far each moves.
-  void remember(const matrix<float>& centroids) {
-    std::copy(centroids.values.begin(), centroids.values.end(), old_.begin());
-  }
-
-  /// After the update (and any repair): each centroid's shift, and half the distance between every two
-  /// — from one k × k GEMM, shrunk by its error, as the first step's bounds.
-  void moved(const matrix<float>& centroids) {
-    const distance_kernels& kern = active_kernels();
-    for (std::size_t j = 0; j < k_; ++j)
-      shift_[j] = std::sqrt(kern.l2sqr(old_.data() + j * dim_, centroids.row(j), dim_)) * (1.0f + slack_);
-    kern.squared_norms(centroids.values.data(), k_, dim_, dim_, norms_.data());
-    kern.inner_product_many(centroids.values.data(), k_, dim_, centroids.values.data(), k_, dim_, dim_, half_.data(),
-                            k_);
-    detail::parallel_for(k_, [&](std::size_t a) {
-      float* row = half_.data() + a * k_;
-      float nearest = std::numeric_limits<float>::infinity();
-      for (std::size_t j = 0; j < k_; ++j) {
-        const float sum = norms_[a] + norms_[j];
-        row[j] = j == a ? 0.0f : 0.5f * gemm_lower(sum - 2.0f * row[j], sum);
-        if (j != a) nearest = std::min(nearest, row[j]);
-      }
-      nearest_half_[a] = nearest;
-    });
-  }
+  void remember(const matrix<float>& centroids) { motion_.remember(centroids); }
+  void moved(const matrix<float>& centroids) { motion_.moved(centroids); }
 
   /// One bounded assignment step: `labels` (the previous ones on entry) and `distances` (‖x − c‖² to
   /// the centroid taken) for every row of `x`. One pass over a point's bounds: each is lowered by its
@@ -255,14 +312,14 @@ class elkan_bounds {
         float best2 = kern.l2sqr(x.row(i), centroids.row(a), dim_);
         float reach = std::sqrt(best2) * (1.0f + slack_);  // an upper bound on the exact distance to a
         // Within half the distance to its nearest other centroid, a point keeps its centroid.
-        const bool settled = reach <= nearest_half_[a];
+        const bool settled = reach <= motion_.nearest_half[a];
         for (std::size_t j = 0; j < k_; ++j) {
           if (j == previous) {
             l[j] = std::sqrt(best2) * (1.0f - slack_);
             continue;
           }
-          l[j] = std::max(0.0f, l[j] - shift_[j]);
-          if (settled || l[j] >= reach || half_[a * k_ + j] >= reach) continue;
+          l[j] = std::max(0.0f, l[j] - motion_.shift[j]);
+          if (settled || l[j] >= reach || motion_.half[a * k_ + j] >= reach) continue;
           const float d2 = kern.l2sqr(x.row(i), centroids.row(j), dim_);
           l[j] = std::sqrt(d2) * (1.0f - slack_);
           if (d2 < best2 || (d2 == best2 && j < a)) {
@@ -281,17 +338,228 @@ class elkan_bounds {
   std::size_t k_;
   std::size_t dim_;
   float slack_;
-  std::vector<float> lower_;         // n × k lower bounds on ‖x − c‖
-  std::vector<float> half_;          // k × k: half of ‖c_a − c_j‖, shrunk
-  std::vector<float> nearest_half_;  // per centroid: the smallest of its row of `half_`
-  std::vector<float> shift_;         // per centroid: how far the last update moved it, grown
-  std::vector<float> old_;           // the centroids before the last update
-  std::vector<float> norms_;         // ‖c‖² of the centroids after the last update
+  std::vector<float> lower_;  // n × k lower bounds on ‖x − c‖
+  centroid_motion motion_;
 
-  /// A lower bound on the distance whose square a GEMM computed as `approx_sq` from a sum of squared
-  /// norms `norms_sum`: its rounding error is below slack · norms_sum.
+  [[nodiscard]] static std::vector<std::uint32_t> identity(std::size_t k) {
+    std::vector<std::uint32_t> v(k);
+    std::iota(v.begin(), v.end(), std::uint32_t{0});
+    return v;
+  }
   [[nodiscard]] float gemm_lower(float approx_sq, float norms_sum) const noexcept {
-    return std::sqrt(std::max(0.0f, approx_sq - slack_ * norms_sum)) * (1.0f - slack_);
+    return shoal::gemm_lower(approx_sq, norms_sum, slack_);
+  }
+};
+
+/// min over q < size of (pn + cn[q]) · scale − 2 · ip[q], +∞ when size is 0: from a GEMM tile's inner
+/// products, the smallest squared distance (scale 1) or its lower bound (scale 1 − slack) to a group.
+/// Eight running minima, so that the compiler keeps them in one vector register.
+[[nodiscard]] float smallest(const float* ip, const float* cn, std::size_t size, float pn, float scale) noexcept {
+  constexpr std::size_t lanes = 8;
+  std::array<float, lanes> m;
+  m.fill(std::numeric_limits<float>::infinity());
+  std::size_t q = 0;
+  for (; q + lanes <= size; q += lanes)
+    for (std::size_t u = 0; u < lanes; ++u) {
+      const float v = (pn + cn[q + u]) * scale - 2.0f * ip[q + u];
+      m[u] = v < m[u] ? v : m[u];
+    }
+  for (std::size_t u = 0; q < size; ++q, ++u) {
+    const float v = (pn + cn[q]) * scale - 2.0f * ip[q];
+    m[u] = v < m[u] ? v : m[u];
+  }
+  return *std::min_element(m.begin(), m.end());
+}
+
+/// Yinyang's grouped bounds (Ding et al. 2015, "Yinyang K-Means"), for when n × k bounds would not fit:
+/// per training point one lower bound per group of nearby centroids (a short k-means over the initial
+/// centroids), on the distance to every centroid of the group but the point's own; an update lowers a
+/// group's bound by the largest shift among its members. Unlike Elkan's per-pair re-scoring, the
+/// distances a step still needs come from GEMM tiles: points are taken in blocks of the same cluster
+/// (sorted by label), and a block meets a group's centroids in one tile when its bounds and the
+/// centroid-to-group distances rule the group out for none of its points. Every point of the block
+/// then gets the tile's distances — exact bounds for the group, and its nearest member considered — so
+/// a tile computes no more than a full GEMM step would for those pairs. The first step has no bounds
+/// (all zero) and is one full GEMM step in tiles that also sets them. Labels are a full GEMM step's up
+/// to float ties; blocks follow the label order, not the thread count.
+class group_bounds {
+ public:
+  group_bounds(std::size_t n, const matrix<float>& centroids, std::size_t groups, std::uint64_t seed)
+      : k_(centroids.rows),
+        dim_(centroids.dim),
+        groups_(groups),
+        slack_(bound_slack(dim_)),
+        lower_(n * groups, 0.0f),
+        order_(n),
+        starts_(groups + 1),
+        members_(k_),
+        position_(k_),
+        grouped_(k_, dim_),
+        grouped_norms_(k_),
+        motion_(k_, dim_, group(centroids, groups, seed), groups),
+        group_shift_(groups) {
+    // Members of each group in centroid order (a counting sort); a block meets a group's rows at once.
+    for (const std::uint32_t g : motion_.group_of) ++starts_[g + 1];
+    std::partial_sum(starts_.begin(), starts_.end(), starts_.begin());
+    std::vector<std::size_t> next(starts_.begin(), starts_.end() - 1);
+    for (std::size_t j = 0; j < k_; ++j) members_[next[motion_.group_of[j]]++] = static_cast<std::uint32_t>(j);
+    for (std::size_t m = 0; m < k_; ++m) position_[members_[m]] = m;
+    for (std::size_t g = 0; g < groups_; ++g) largest_ = std::max(largest_, starts_[g + 1] - starts_[g]);
+  }
+
+  void remember(const matrix<float>& centroids) { motion_.remember(centroids); }
+  void moved(const matrix<float>& centroids) {
+    motion_.moved(centroids);
+    std::fill(group_shift_.begin(), group_shift_.end(), 0.0f);
+    for (std::size_t j = 0; j < k_; ++j)
+      group_shift_[motion_.group_of[j]] = std::max(group_shift_[motion_.group_of[j]], motion_.shift[j]);
+    moved_ = true;
+  }
+
+  /// One assignment step: `labels` (the previous ones on entry; any valid ones at the first step) and
+  /// `distances` (‖x − c‖² to the centroid taken, from the pairwise kernel) for every row of `x`.
+  void assign(matrix_view<const float> x, std::span<const float> point_norms, const matrix<float>& centroids,
+              std::uint32_t* labels, float* distances) {
+    const distance_kernels& kern = active_kernels();
+    const std::size_t n = x.rows;
+    for (std::size_t m = 0; m < k_; ++m) std::copy_n(centroids.row(members_[m]), dim_, grouped_.row(m));
+    kern.squared_norms(grouped_.values.data(), k_, dim_, dim_, grouped_norms_.data());
+    // Points by label (a counting sort, point order within a label): a block holds one or two clusters,
+    // whose points need about the same groups.
+    std::vector<std::size_t> first(k_ + 1, 0);
+    for (std::size_t i = 0; i < n; ++i) ++first[labels[i] + 1];
+    std::partial_sum(first.begin(), first.end(), first.begin());
+    for (std::size_t i = 0; i < n; ++i) order_[first[labels[i]]++] = i;
+
+    // Tasks of several blocks, each with its buffers: blocks are independent, so whichever task runs one
+    // gives it the same result.
+    const std::size_t blocks = (n + group_block - 1) / group_block;
+    detail::parallel_for((blocks + blocks_per_task - 1) / blocks_per_task, [&](std::size_t t) {
+      const std::size_t width = std::max(block_centroids, largest_);
+      std::vector<float> block(group_block * dim_), panel(width * dim_), tile(group_block * width);
+      std::vector<std::uint32_t> a(group_block), chunk;
+      std::vector<float> best2(group_block), reach(group_block), a_low(group_block);
+      std::vector<char> needed(groups_);
+      for (std::size_t b = t * blocks_per_task; b < std::min(blocks, (t + 1) * blocks_per_task); ++b) {
+        const std::size_t begin = b * group_block;
+        const std::size_t rows = std::min(group_block, n - begin);
+        std::fill(needed.begin(), needed.end(), char{0});
+        for (std::size_t r = 0; r < rows; ++r) {
+          const std::size_t i = order_[begin + r];
+          std::copy_n(x.row(i), dim_, block.data() + r * dim_);
+          a[r] = labels[i];
+          best2[r] = kern.l2sqr(x.row(i), centroids.row(a[r]), dim_);
+          reach[r] = std::sqrt(best2[r]) * (1.0f + slack_);
+          a_low[r] = std::sqrt(best2[r]) * (1.0f - slack_);
+          // Within half the distance to its nearest other centroid, a point keeps its centroid.
+          const bool settled = moved_ && reach[r] <= motion_.nearest_half[a[r]];
+          float* l = lower_.data() + i * groups_;
+          const float* half = motion_.half.data() + a[r] * groups_;
+          for (std::size_t g = 0; g < groups_; ++g) {
+            if (moved_) l[g] = std::max(0.0f, l[g] - group_shift_[g]);
+            needed[g] |= static_cast<char>(!settled && l[g] < reach[r] && (!moved_ || half[g] < reach[r]));
+          }
+        }
+        // The groups needed, in chunks of up to block_centroids columns: their rows copied side by side meet
+        // the block in one GEMM tile.
+        for (std::size_t g = 0; g < groups_;) {
+          chunk.clear();
+          std::size_t cols = 0;
+          for (; g < groups_; ++g) {
+            const std::size_t size = starts_[g + 1] - starts_[g];
+            if (needed[g] == 0) continue;
+            if (cols + size > width) break;
+            std::copy_n(grouped_.row(starts_[g]), size * dim_, panel.data() + cols * dim_);
+            chunk.push_back(static_cast<std::uint32_t>(g));
+            cols += size;
+          }
+          if (cols == 0) break;
+          kern.inner_product_many(block.data(), rows, dim_, panel.data(), cols, dim_, dim_, tile.data(), cols);
+          for (std::size_t r = 0; r < rows; ++r) {
+            const std::size_t i = order_[begin + r];
+            const float pn = point_norms[i];
+            float* l = lower_.data() + i * groups_;
+            const float* ip = tile.data() + r * cols;
+            for (const std::uint32_t h : chunk) {
+              const std::size_t m0 = starts_[h];
+              const std::size_t size = starts_[h + 1] - m0;
+              const float* cn = grouped_norms_.data() + m0;
+              // One pass: a lower bound on the squared distance to every member but the point's own centroid
+              // (at `own` when it is here). Only when it does not exceed the point's distance may a member
+              // be nearer: those are checked one by one, rarely.
+              const float shrink = 1.0f - slack_;
+              const auto bound = [&] {
+                const std::size_t own = motion_.group_of[a[r]] == h ? position_[a[r]] - m0 : size;
+                if (own == size) return smallest(ip, cn, size, pn, shrink);
+                return std::min(smallest(ip, cn, own, pn, shrink),
+                                smallest(ip + own + 1, cn + own + 1, size - own - 1, pn, shrink));
+              };
+              float e = bound();
+              if (e <= best2[r]) {
+                const std::uint32_t before = a[r];
+                for (std::size_t q = 0; q < size; ++q) {
+                  const std::uint32_t j = members_[m0 + q];
+                  const float sum = pn + cn[q];
+                  const float d2 = sum - 2.0f * ip[q];
+                  if (j == a[r] || d2 > best2[r] || (d2 == best2[r] && j > a[r])) continue;
+                  // The centroid given up is a plain member again: its group's bound must cover it.
+                  const std::uint32_t given_up = motion_.group_of[a[r]];
+                  if (given_up != h) l[given_up] = std::min(l[given_up], a_low[r]);
+                  a[r] = j;
+                  best2[r] = std::max(0.0f, d2);
+                  reach[r] = gemm_upper(d2, sum, slack_);
+                  a_low[r] = gemm_lower(d2, sum, slack_);
+                }
+                if (a[r] != before) e = bound();
+              }
+              l[h] = std::sqrt(std::max(0.0f, e)) * shrink;
+              ip += size;
+            }
+          }
+        }
+        for (std::size_t r = 0; r < rows; ++r) {
+          const std::size_t i = order_[begin + r];
+          distances[i] = a[r] == labels[i] ? best2[r] : kern.l2sqr(x.row(i), centroids.row(a[r]), dim_);
+          labels[i] = a[r];
+        }
+      }
+    });
+  }
+
+ private:
+  std::size_t k_;
+  std::size_t dim_;
+  std::size_t groups_;
+  float slack_;
+  std::vector<float> lower_;            // n × groups lower bounds on ‖x − c‖ over each group but x's own c
+  std::vector<std::size_t> order_;      // the points by label
+  std::vector<std::size_t> starts_;     // groups + 1: where each group's members start in `members_`
+  std::vector<std::uint32_t> members_;  // centroids by group, in centroid order within one
+  std::vector<std::size_t> position_;   // per centroid: its place in `members_`
+  std::size_t largest_ = 0;             // members of the largest group
+  matrix<float> grouped_;               // the centroids in `members_` order
+  std::vector<float> grouped_norms_;    // and their ‖c‖²
+  centroid_motion motion_;
+  std::vector<float> group_shift_;  // per group: the largest shift of its members
+  bool moved_ = false;              // no update yet: no shifts, no centroid distances, bounds all zero
+
+  /// Groups of nearby centroids: a short k-means over them, each centroid to its nearest group centre.
+  [[nodiscard]] static std::vector<std::uint32_t> group(const matrix<float>& centroids, std::size_t groups,
+                                                        std::uint64_t seed) {
+    kmeans_params grouping;
+    grouping.k = groups;
+    grouping.iterations = grouping_iterations;
+    grouping.seed = seed;
+    grouping.max_points_per_centroid = 0;
+    grouping.triangle_bounds = false;
+    const kmeans_result centres = kmeans(centroids.view(), grouping);
+    std::vector<float> norms(groups);
+    active_kernels().squared_norms(centres.centroids.values.data(), groups, centroids.dim, centroids.dim, norms.data());
+    std::vector<std::uint32_t> group_of(centroids.rows);
+    std::vector<float> unused(centroids.rows);
+    detail::assign_nearest(centroids.view(), centres.centroids.view(), norms.data(), metric::l2, 1, group_of.data(),
+                           unused.data());
+    return group_of;
   }
 };
 
@@ -447,16 +715,27 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
   const std::size_t cap =
       params.balance > 0 && cap_points < static_cast<double>(n) ? static_cast<std::size_t>(cap_points) : n;
 
-  // Plain L2 Lloyd iterations after the first run bounded (see elkan_bounds) where the bounds fit.
+  // Plain L2 Lloyd iterations run bounded: Elkan's bounds after a first GEMM step while n · k of them
+  // fit, grouped bounds (every step) otherwise.
   std::optional<elkan_bounds> bounds;
+  std::optional<group_bounds> grouped;
+  const std::size_t groups = params.bound_groups != 0     ? std::min(params.bound_groups, k)
+                             : n * k <= max_bound_entries ? k
+                                                          : std::min(max_bound_entries / n, k / group_size(dim));
   if (params.triangle_bounds && cap == n && !params.spherical && params.iterations > 1 && k > 1 &&
-      dim >= min_bound_dim && n * k <= max_bound_entries)
-    bounds.emplace(n, k, dim);
+      dim >= min_bound_dim) {
+    if (groups == k)
+      bounds.emplace(n, k, dim);
+    else if (groups >= min_bound_groups)
+      grouped.emplace(n, centroids, groups, params.seed);
+  }
 
   for (std::size_t it = 0; it < params.iterations; ++it) {
     kern.squared_norms(centroids.values.data(), k, dim, dim, centroid_norms.data());
     if (cap < n) {
       assign_balanced(x, centroids, centroid_norms.data(), rank_by, cap, labels.data(), distances.data());
+    } else if (grouped) {
+      grouped->assign(x, point_norms, centroids, labels.data(), distances.data());
     } else if (bounds && it > 0) {
       bounds->assign(x, centroids, labels.data(), distances.data());
     } else {
@@ -487,6 +766,7 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
       for (std::size_t i = 0; i < n; ++i) members[next[labels[i]]++] = i;
     }
     if (bounds) bounds->remember(centroids);
+    if (grouped) grouped->remember(centroids);
     detail::parallel_for(k, [&](std::size_t c) {
       if (sizes[c] == 0) return;
       std::vector<double> sum(dim, 0.0);
@@ -505,6 +785,7 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
       ++result.empty_cluster_repairs;
     }
     if (bounds && it + 1 < params.iterations) bounds->moved(centroids);
+    if (grouped && it + 1 < params.iterations) grouped->moved(centroids);
   }
   return result;
 }

@@ -41,16 +41,25 @@ struct kmeans_params {
   /// guaranteed to fall at every iteration. Used by the collection's semantic router, whose shards
   /// should hold similar numbers of vectors; 0 (the default) is plain Lloyd.
   double balance = 0;
-  /// Elkan's triangle-inequality bounds (Elkan 2003) for the iterations after the first: each point
-  /// keeps a lower bound on its distance to every centroid, lowered by how far the centroid moved, and
-  /// is re-scored only against centroids those bounds (and half the distance between centroids) cannot
-  /// rule out. Same assignments as the full GEMM step up to float ties — the kept distances come from
-  /// the pairwise kernel — for a fraction of the work once the centroids settle (fashion-mnist, k 256,
-  /// 10 iterations: 3.5 s → 1.5 s, BENCHMARKS.md). Costs one float per (training point, centroid); used
-  /// only for plain L2 k-means (not spherical, not balanced), at dim ≥ 16 (below, the per-centroid
-  /// bookkeeping costs about what it saves) and while n · k ≤ 2²⁶ (256 MiB); elsewhere every iteration
-  /// is a full GEMM step. false: always full steps.
+  /// Triangle-inequality bounds that spare most of each assignment step's distances once the centroids
+  /// settle: each point keeps a lower bound on its distance to every group of centroids, lowered by how
+  /// far the group's members moved, and only groups those bounds (and half the distance between
+  /// centroids) cannot rule out are scored. Two kinds, by `bound_groups`:
+  /// - one group per centroid: Elkan's bounds (Elkan 2003) after a first GEMM step, re-scoring single
+  ///   (point, centroid) pairs with the pairwise kernel (fashion-mnist, k 256, 10 iterations: 3.5 s →
+  ///   1.5 s);
+  /// - fewer groups of nearby centroids: Yinyang's grouped bounds (Ding et al. 2015), computing what a
+  ///   step still needs in GEMM tiles of a block of same-cluster points × a group (a 262,144 × 128
+  ///   sample, k 1,024: 10 iterations 12.3 s → 7.8 s, 25 iterations 30.2 s → 11.1 s; BENCHMARKS.md).
+  /// Same assignments as full GEMM steps up to float ties. Costs one float per (training point, group);
+  /// used only for plain L2 k-means (not spherical, not balanced) at dim ≥ 16 (below, the bookkeeping
+  /// costs about what it saves); elsewhere every iteration is a full GEMM step. false: always full steps.
   bool triangle_bounds = true;
+  /// Centroid groups of those bounds: 0 (automatic) gives one per centroid while n · k ≤ 2²⁶ (256 MiB of
+  /// bounds), else groups of at least 4-16 centroids (wider at lower dim), at most ⌊2²⁶ / n⌋ of them,
+  /// and no bounds when that leaves fewer than 8; any other value asks for that many groups whatever the
+  /// memory (at most k, which gives Elkan's; fewer than 8 groups of several centroids give none).
+  std::size_t bound_groups = 0;
 };
 
 /// Outcome of `kmeans`.
