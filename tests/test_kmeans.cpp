@@ -188,7 +188,7 @@ TEST_CASE("k-means with triangle bounds assigns every point to its nearest centr
     }
 }
 
-TEST_CASE("k-means repairs empty clusters by splitting the largest", "[kmeans]") {
+TEST_CASE("k-means repairs empty clusters by splitting the widest", "[kmeans]") {
   // Eight well-separated locations, each repeated 32 times: random initialisation all but surely picks
   // two copies of one location, whose twin centroids leave a cluster empty until it is repaired.
   constexpr std::size_t locations = 8, copies = 32, dim = 5;
@@ -210,6 +210,42 @@ TEST_CASE("k-means repairs empty clusters by splitting the largest", "[kmeans]")
   CHECK(std::all_of(sizes.begin(), sizes.end(), [](std::size_t s) { return s == copies; }));
   CHECK(r.objective.back() <= 1e-3);
   CHECK(r.objective.front() > 100.0);
+}
+
+TEST_CASE("k-means never splits a cluster of coinciding points", "[kmeans]") {
+  // Three quarters of the points sit exactly on the origin (as blank pixels do in PQ sub-spaces), so
+  // random initialisation draws the origin many times over. Splitting the largest cluster — the origin's
+  // — gives a twin that none of its points can prefer, empty again at the next step, every step: most
+  // centroids ended wasted. Splitting only clusters with spread puts every centroid to use.
+  constexpr std::size_t n = 4000, dim = 2, k = 64;
+  matrix<float> points = make_clustered(n, dim, 40, 31, 0.5f);
+  for (std::size_t i = 0; i < 3 * n / 4; ++i) std::fill_n(points.row(i), dim, 0.0f);
+  for (const bool spherical : {false, true}) {
+    CAPTURE(spherical);
+    kmeans_params params;
+    params.k = k;
+    params.iterations = 20;
+    params.init = kmeans_init::random;
+    params.max_points_per_centroid = 0;
+    params.spherical = spherical;
+    params.seed = 3;
+    const kmeans_result r = kmeans(points.view(), params);
+    CHECK(r.empty_cluster_repairs > 0);
+    CHECK(std::count(r.cluster_sizes.begin(), r.cluster_sizes.end(), std::size_t{0}) == 0);
+  }
+  // With fewer distinct points than centroids, the clusters left over stay empty (nothing to split).
+  matrix<float> few(100, dim);
+  for (std::size_t i = 0; i < few.rows; ++i) {
+    few.row(i)[0] = static_cast<float>(i % 3);
+    few.row(i)[1] = 1.0f;
+  }
+  kmeans_params params;
+  params.k = 5;
+  params.iterations = 10;
+  params.init = kmeans_init::random;
+  const kmeans_result r = kmeans(few.view(), params);
+  CHECK(std::count(r.cluster_sizes.begin(), r.cluster_sizes.end(), std::size_t{0}) == 2);
+  CHECK(r.objective.back() == 0.0);
 }
 
 TEST_CASE("spherical k-means keeps unit centroids", "[kmeans]") {
