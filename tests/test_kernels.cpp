@@ -302,6 +302,62 @@ TEST_CASE("integer kernels are exact at every level", "[kernel]") {
   }
 }
 
+TEST_CASE("rank_argmin finds the first smallest rank score at every level", "[kernel]") {
+  // Scores from whole numbers (exact in float), so ties are planted, not accidental; NaNs rank last.
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (const simd_level level : available_simd_levels()) {
+    const distance_kernels& k = kernels(level);
+    for (std::size_t n : {0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 513}) {
+      for (const bool l2 : {true, false}) {
+        // Plain; the smallest score three times (two of them side by side: the first must win) among
+        // scattered NaNs; NaNs filling the last whole 16 scores (the last a SIMD lane sees, at 8 or 16
+        // lanes: a NaN there must not hide the lane's minimum); every score NaN.
+        for (const int pattern : {0, 1, 2, 3}) {
+          CAPTURE(simd_level_name(level), n, l2, pattern);
+          splitmix64 rng(n * 7 + static_cast<std::size_t>(pattern));
+          std::vector<float> ip(n), norms(n);
+          const std::size_t last16 = n / 16 * 16;
+          for (std::size_t j = 0; j < n; ++j) {
+            ip[j] = static_cast<float>(rng.below(200)) - 100.0f;
+            norms[j] = static_cast<float>(rng.below(400));
+            if (pattern == 3 || (pattern == 1 && j % 5 == 3) || (pattern == 2 && j + 16 >= last16 && j < last16))
+              ip[j] = nan;
+          }
+          if (pattern == 1 && n >= 4) {
+            for (const std::size_t j : {n / 3, n / 3 + 1, n - 1}) {
+              ip[j] = 1000.0f;
+              norms[j] = 0.0f;
+            }
+          }
+          const float* nrm = l2 ? norms.data() : nullptr;
+          float want = inf;
+          std::uint32_t want_at = 7;  // untouched unless lowered
+          for (std::size_t j = 0; j < n; ++j) {
+            float s = l2 ? norms[j] - 2.0f * ip[j] : -ip[j];
+            if (std::isnan(s)) s = inf;
+            if (s < want) {
+              want = s;
+              want_at = static_cast<std::uint32_t>(j);
+            }
+          }
+          float best = inf;
+          std::uint32_t at = 7;
+          k.rank_argmin(ip.data(), nrm, n, &best, &at);
+          CHECK(best == want);
+          CHECK(at == want_at);
+          // A best already below every score stays, and so does its position.
+          best = -1e9f;
+          at = 7;
+          k.rank_argmin(ip.data(), nrm, n, &best, &at);
+          CHECK(best == -1e9f);
+          CHECK(at == 7);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("distances_many agrees with the pairwise distance for every metric", "[kernel]") {
   const matrix<float> a = make_clustered(40, 31, 4, 1);
   const matrix<float> b = make_clustered(50, 31, 4, 2);

@@ -1,7 +1,6 @@
 #include "shoal/cluster/kmeans.hpp"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <limits>
 #include <memory>
@@ -361,26 +360,6 @@ class elkan_bounds {
   }
 };
 
-/// min over q < size of (pn + cn[q]) · scale − 2 · ip[q], +∞ when size is 0: from a GEMM tile's inner
-/// products, the smallest squared distance (scale 1) or its lower bound (scale 1 − slack) to a group.
-/// Eight running minima, so that the compiler keeps them in one vector register.
-[[nodiscard]] float smallest(const float* ip, const float* cn, std::size_t size, float pn, float scale) noexcept {
-  constexpr std::size_t lanes = 8;
-  std::array<float, lanes> m;
-  m.fill(std::numeric_limits<float>::infinity());
-  std::size_t q = 0;
-  for (; q + lanes <= size; q += lanes)
-    for (std::size_t u = 0; u < lanes; ++u) {
-      const float v = (pn + cn[q + u]) * scale - 2.0f * ip[q + u];
-      m[u] = v < m[u] ? v : m[u];
-    }
-  for (std::size_t u = 0; q < size; ++q, ++u) {
-    const float v = (pn + cn[q]) * scale - 2.0f * ip[q];
-    m[u] = v < m[u] ? v : m[u];
-  }
-  return *std::min_element(m.begin(), m.end());
-}
-
 /// Yinyang's grouped bounds (Ding et al. 2015, "Yinyang K-Means"), for when n × k bounds would not fit:
 /// per training point one lower bound per group of nearby centroids (a short k-means over the initial
 /// centroids), on the distance to every centroid of the group but the point's own; an update lowers a
@@ -406,6 +385,7 @@ class group_bounds {
         position_(k_),
         grouped_(k_, dim_),
         grouped_norms_(k_),
+        shrunk_norms_(k_),
         motion_(k_, dim_, group(centroids, groups, seed), groups),
         group_shift_(groups) {
     // Members of each group in centroid order (a counting sort); a block meets a group's rows at once.
@@ -434,6 +414,7 @@ class group_bounds {
     const std::size_t n = x.rows;
     for (std::size_t m = 0; m < k_; ++m) std::copy_n(centroids.row(members_[m]), dim_, grouped_.row(m));
     kern.squared_norms(grouped_.values.data(), k_, dim_, dim_, grouped_norms_.data());
+    for (std::size_t m = 0; m < k_; ++m) shrunk_norms_[m] = grouped_norms_[m] * (1.0f - slack_);
     // Points by label (a counting sort, point order within a label): a block holds one or two clusters,
     // whose points need about the same groups.
     std::vector<std::size_t> first(k_ + 1, 0);
@@ -497,12 +478,16 @@ class group_bounds {
               // One pass: a lower bound on the squared distance to every member but the point's own centroid
               // (at `own` when it is here). Only when it does not exceed the point's distance may a member
               // be nearer: those are checked one by one, rarely.
+              // (pn + cn) · (1 − slack) − 2 · ip, from the rank scores of the shrunk norms.
               const float shrink = 1.0f - slack_;
+              const float* shrunk = shrunk_norms_.data() + m0;
               const auto bound = [&] {
                 const std::size_t own = motion_.group_of[a[r]] == h ? position_[a[r]] - m0 : size;
-                if (own == size) return smallest(ip, cn, size, pn, shrink);
-                return std::min(smallest(ip, cn, own, pn, shrink),
-                                smallest(ip + own + 1, cn + own + 1, size - own - 1, pn, shrink));
+                float low = std::numeric_limits<float>::infinity();
+                std::uint32_t unused = 0;
+                kern.rank_argmin(ip, shrunk, own, &low, &unused);
+                if (own < size) kern.rank_argmin(ip + own + 1, shrunk + own + 1, size - own - 1, &low, &unused);
+                return pn * shrink + low;
               };
               float e = bound();
               if (e <= best2[r]) {
@@ -549,6 +534,7 @@ class group_bounds {
   std::size_t largest_ = 0;             // members of the largest group
   matrix<float> grouped_;               // the centroids in `members_` order
   std::vector<float> grouped_norms_;    // and their ‖c‖²
+  std::vector<float> shrunk_norms_;     // and those times 1 − slack, for the bounds
   centroid_motion motion_;
   std::vector<float> group_shift_;  // per group: the largest shift of its members
   bool moved_ = false;              // no update yet: no shifts, no centroid distances, bounds all zero
@@ -606,11 +592,17 @@ void assign_nearest(matrix_view<const float> points, matrix_view<const float> ce
       }
       for (std::size_t i = 0; i < rows; ++i) {
         const float* ip = tile.data() + i * tile_cols;
-        if (count == 1) {
-          float* all = scores == nullptr ? nullptr : scores + (first + i) * nc + c0;
+        if (count == 1 && scores == nullptr) {
+          // The row's nearest, as the scan below finds it (first of the smallest), in SIMD.
+          const float before = best[i];
+          std::uint32_t at = 0;
+          kern.rank_argmin(ip, l2 ? centroid_norms + c0 : nullptr, cols, &best[i], &at);
+          if (best[i] < before) best_label[i] = static_cast<std::uint32_t>(c0 + at);
+        } else if (count == 1) {
+          float* all = scores + (first + i) * nc + c0;
           for (std::size_t j = 0; j < cols; ++j) {
             const float score = rank_score(l2, l2 ? centroid_norms[c0 + j] : 0.0f, ip[j]);
-            if (all != nullptr) all[j] = score;
+            all[j] = score;
             if (score < best[i]) {
               best[i] = score;
               best_label[i] = static_cast<std::uint32_t>(c0 + j);

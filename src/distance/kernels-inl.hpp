@@ -17,6 +17,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #if defined(__AVX2__)
 #include <immintrin.h>
@@ -375,6 +376,41 @@ void inner_product_many(const float* a, std::size_t na, std::size_t lda, const f
 #endif
 }
 
+/// Rank score of centroid j (see distance_kernels::rank_argmin).
+float rank_at(const float* ip, const float* norms, std::size_t j) noexcept {
+  const float s = norms != nullptr ? norms[j] - (ip[j] + ip[j]) : -ip[j];
+  return s != s ? std::numeric_limits<float>::infinity() : s;
+}
+
+void rank_argmin(const float* ip, const float* norms, std::size_t n, float* best, std::uint32_t* at) noexcept {
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  float low = inf;
+  std::size_t j = 0;
+#ifdef SHOAL_KERNEL_ARCH
+  // The smallest score lane-wise (a minimum is exact in any order), then the first position that holds it.
+  const auto scores = [&](std::size_t at_j) {
+    const batch x = lanes::load(ip + at_j);
+    const batch s = norms != nullptr ? lanes::load(norms + at_j) - (x + x) : -x;
+    return xsimd::select(xsimd::isnan(s), batch(inf), s);
+  };
+  batch m(inf);
+  for (; j + W <= n; j += W) m = xsimd::min(m, scores(j));
+  alignas(64) float part[W];
+  m.store_aligned(part);
+  for (const float v : part) low = std::min(low, v);
+#endif
+  for (; j < n; ++j) low = std::min(low, rank_at(ip, norms, j));
+  if (!(low < *best)) return;
+  *best = low;
+  j = 0;
+#ifdef SHOAL_KERNEL_ARCH
+  for (; j + W <= n && !xsimd::any(scores(j) == batch(low)); j += W) {
+  }
+#endif
+  while (rank_at(ip, norms, j) != low) ++j;
+  *at = static_cast<std::uint32_t>(j);
+}
+
 // Integer kernels: exact sums, written as plain loops that the compiler vectorises with this file's ISA
 // flags (widening multiply-adds); the products of 8-bit values fit int32 for any dim below 2^16.
 template <class T>
@@ -413,6 +449,7 @@ const distance_kernels& table() noexcept {
       .dot_u4_i16_gather = dot_u4_i16_gather,
       .squared_norms = squared_norms,
       .inner_product_many = inner_product_many,
+      .rank_argmin = rank_argmin,
       .l2sqr_u8 = l2sqr_int<std::uint8_t>,
       .inner_product_u8 = inner_product_int<std::uint8_t>,
       .l2sqr_i8 = l2sqr_int<std::int8_t>,

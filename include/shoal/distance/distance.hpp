@@ -72,6 +72,11 @@ struct distance_kernels {
   void (*squared_norms)(const float* x, std::size_t n, std::size_t dim, std::size_t stride, float* out) noexcept;
   void (*inner_product_many)(const float* a, std::size_t na, std::size_t lda, const float* b, std::size_t nb,
                              std::size_t ldb, std::size_t dim, float* c, std::size_t ldc) noexcept;
+  /// The nearest of a row of centroids, from a GEMM row of inner products `ip` (n of them): rank scores
+  /// s_j = norms[j] − 2 · ip[j] (‖c‖² − 2⟨x, c⟩, the L2 ranking) or −ip[j] when `norms` is null, NaN
+  /// ranked as +∞; when the smallest is below `*best`, it goes to `*best` and its first position to
+  /// `*at`. Exact, so identical at every level (2 · ip needs no rounding, a minimum none).
+  void (*rank_argmin)(const float* ip, const float* norms, std::size_t n, float* best, std::uint32_t* at) noexcept;
   std::uint32_t (*l2sqr_u8)(const std::uint8_t* a, const std::uint8_t* b, std::size_t dim) noexcept;
   std::int32_t (*inner_product_u8)(const std::uint8_t* a, const std::uint8_t* b, std::size_t dim) noexcept;
   std::uint32_t (*l2sqr_i8)(const std::int8_t* a, const std::int8_t* b, std::size_t dim) noexcept;
