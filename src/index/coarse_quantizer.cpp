@@ -107,7 +107,20 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
   const float q_norm = l2 ? 0.0f : std::sqrt(exact.inner_product(query, query, dim));
   std::vector<std::int32_t> dots(nlist);  // the kernel calls back to back, the arithmetic after them vectorised
   for (std::size_t c = 0; c < nlist; ++c) dots[c] = exact.dot_u8_i16(estimator.coeffs(), codes_.data() + c * dim, dim);
-  std::vector<float> low(nlist), high(nlist);  // high is reordered below: only its nprobe-th value is needed
+  std::vector<float> low(nlist);
+  // Only the nprobe-th smallest high bound is needed: the nprobe smallest so far in a max-heap.
+  std::vector<float> highest;
+  highest.reserve(nprobe);
+  const auto offer_high = [&](float h) {
+    if (highest.size() < nprobe) {
+      highest.push_back(h);
+      std::push_heap(highest.begin(), highest.end());
+    } else if (h < highest.front()) {
+      std::pop_heap(highest.begin(), highest.end());
+      highest.back() = h;
+      std::push_heap(highest.begin(), highest.end());
+    }
+  };
   const float half_unit = 0.5f * estimator.unit(), offset = std::abs(estimator.offset());
   for (std::size_t c = 0; c < nlist; ++c) {
     const float est = estimator.estimate(terms_[c], dots[c]);
@@ -116,15 +129,14 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
       const float near = std::max(0.0f, std::sqrt(std::max(0.0f, est - spread)) - residuals_[c]);
       const float far = std::sqrt(std::max(0.0f, est + spread)) + residuals_[c];
       low[c] = near * near;
-      high[c] = far * far;
+      offer_high(far * far);
     } else {
       const float reach = spread + q_norm * residuals_[c];
       low[c] = est - reach;
-      high[c] = est + reach;
+      offer_high(est + reach);
     }
   }
-  std::nth_element(high.begin(), high.begin() + static_cast<std::ptrdiff_t>(nprobe - 1), high.end());
-  const float bound = high[nprobe - 1];
+  const float bound = highest.front();
   // The candidates scored exactly as the flat pass scores them (the pairwise kernel is bit-identical to the
   // one-to-many kernel the pass uses for a small batch), best nprobe by (score, list).
   topk_heap heap(nprobe);
