@@ -108,19 +108,8 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
   std::vector<std::int32_t> dots(nlist);  // the kernel calls back to back, the arithmetic after them vectorised
   for (std::size_t c = 0; c < nlist; ++c) dots[c] = exact.dot_u8_i16(estimator.coeffs(), codes_.data() + c * dim, dim);
   std::vector<float> low(nlist);
-  // Only the nprobe-th smallest high bound is needed: the nprobe smallest so far in a max-heap.
-  std::vector<float> highest;
-  highest.reserve(nprobe);
-  const auto offer_high = [&](float h) {
-    if (highest.size() < nprobe) {
-      highest.push_back(h);
-      std::push_heap(highest.begin(), highest.end());
-    } else if (h < highest.front()) {
-      std::pop_heap(highest.begin(), highest.end());
-      highest.back() = h;
-      std::push_heap(highest.begin(), highest.end());
-    }
-  };
+  // Only the nprobe-th smallest high bound is needed: the nprobe smallest so far in a bounded heap.
+  topk_heap highest(nprobe);
   const float half_unit = 0.5f * estimator.unit(), offset = std::abs(estimator.offset());
   for (std::size_t c = 0; c < nlist; ++c) {
     const float est = estimator.estimate(terms_[c], dots[c]);
@@ -129,14 +118,14 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
       const float near = std::max(0.0f, std::sqrt(std::max(0.0f, est - spread)) - residuals_[c]);
       const float far = std::sqrt(std::max(0.0f, est + spread)) + residuals_[c];
       low[c] = near * near;
-      offer_high(far * far);
+      if (far * far <= highest.worst()) highest.push(far * far, c);
     } else {
       const float reach = spread + q_norm * residuals_[c];
       low[c] = est - reach;
-      offer_high(est + reach);
+      if (est + reach <= highest.worst()) highest.push(est + reach, c);
     }
   }
-  const float bound = highest.front();
+  const float bound = highest.worst();
   // The candidates scored exactly as the flat pass scores them (the pairwise kernel is bit-identical to the
   // one-to-many kernel the pass uses for a small batch), best nprobe by (score, list).
   topk_heap heap(nprobe);
