@@ -24,8 +24,9 @@ namespace {
 /// out of the same GEMM shape whatever the arena — the root of k-means' thread-count independence.
 constexpr std::size_t block_points = 256;
 constexpr std::size_t block_centroids = 512;
-/// Points per task of the k-means++ distance update.
+/// Points per task of the k-means++ distance update, and per kernel call within it (a stack buffer).
 constexpr std::size_t seeding_block = 4096;
+constexpr std::size_t seeding_chunk = 256;
 /// Relative size of the nudge that separates a split centroid from its twin (FAISS uses 1/1024).
 constexpr float split_epsilon = 1.0f / 1024.0f;
 
@@ -59,21 +60,34 @@ void seed_plus_plus(matrix_view<const float> x, matrix<float>& centroids, splitm
   const distance_kernels& kern = active_kernels();
   const std::size_t n = x.rows;
   const std::size_t dim = x.dim;
+  const std::size_t blocks = (n + seeding_block - 1) / seeding_block;
   std::vector<float> nearest(n, std::numeric_limits<float>::infinity());
+  // Per block of points, the sum of their squared distances: the draw finds its block from these, then
+  // its point within the block, instead of two more passes over every point per centroid.
+  std::vector<double> block_sums(blocks);
   std::size_t chosen = rng.below(n);
   for (std::size_t c = 0; c < centroids.rows; ++c) {
     copy_row(x.row(chosen), dim, centroids.row(c));
     if (c + 1 == centroids.rows) break;
     const float* centre = centroids.row(c);
-    detail::parallel_for((n + seeding_block - 1) / seeding_block, [&](std::size_t b) {
+    detail::parallel_for(blocks, [&](std::size_t b) {
       const std::size_t first = b * seeding_block;
       const std::size_t count = std::min(seeding_block, n - first);
-      std::vector<float> d(count);
-      kern.l2sqr_one_to_many(centre, x.row(first), count, dim, x.stride, d.data());
-      for (std::size_t i = 0; i < count; ++i) nearest[first + i] = std::min(nearest[first + i], d[i]);
+      float d[seeding_chunk];
+      double sum = 0.0;
+      for (std::size_t i = 0; i < count; i += seeding_chunk) {
+        const std::size_t rows = std::min(seeding_chunk, count - i);
+        kern.l2sqr_one_to_many(centre, x.row(first + i), rows, dim, x.stride, d);
+        for (std::size_t r = 0; r < rows; ++r) {
+          float& near = nearest[first + i + r];
+          near = std::min(near, d[r]);
+          sum += near;
+        }
+      }
+      block_sums[b] = sum;
     });
     double total = 0.0;
-    for (const float d : nearest) total += d;
+    for (const double s : block_sums) total += s;
     if (!(total > 0.0)) {  // every point coincides with a centroid: any point will do
       chosen = rng.below(n);
       continue;
@@ -81,12 +95,20 @@ void seed_plus_plus(matrix_view<const float> x, matrix<float>& centroids, splitm
     const double target = uniform_double(rng) * total;
     double running = 0.0;
     chosen = n - 1;
-    for (std::size_t i = 0; i < n; ++i) {
-      running += nearest[i];
-      if (running > target && nearest[i] > 0.0f) {
-        chosen = i;
-        break;
+    for (std::size_t b = 0; b < blocks; ++b) {
+      if (running + block_sums[b] <= target && b + 1 < blocks) {
+        running += block_sums[b];
+        continue;
       }
+      const std::size_t end = std::min(n, (b + 1) * seeding_block);
+      for (std::size_t i = b * seeding_block; i < end; ++i) {
+        running += nearest[i];
+        if (running > target && nearest[i] > 0.0f) {
+          chosen = i;
+          break;
+        }
+      }
+      break;
     }
   }
 }
