@@ -387,8 +387,8 @@ class elkan_bounds {
 /// centroids), on the distance to every centroid of the group but the point's own; an update lowers a
 /// group's bound by the largest shift among its members. Unlike Elkan's per-pair re-scoring, the
 /// distances a step still needs come from GEMM tiles: points are taken in blocks of the same cluster
-/// (sorted by label), and a block meets a group's centroids in one tile when its bounds and the
-/// centroid-to-group distances rule the group out for none of its points. Every point of the block
+/// (sorted by label), and a block meets a group's centroids in one tile unless the bounds and the
+/// centroid-to-group distances rule the group out for every one of its points. Every point of the block
 /// then gets the tile's distances — exact bounds for the group, and its nearest member considered — so
 /// a tile computes no more than a full GEMM step would for those pairs. The first step has no bounds
 /// (all zero) and is one full GEMM step in tiles that also sets them. Labels are a full GEMM step's up
