@@ -322,7 +322,8 @@ class elkan_bounds {
   void start(std::span<const float> point_norms, std::span<const float> centroid_norms) {
     detail::parallel_for(point_norms.size(), [&](std::size_t i) {
       float* l = lower_.data() + i * k_;
-      for (std::size_t j = 0; j < k_; ++j) l[j] = gemm_lower(point_norms[i] + l[j], point_norms[i] + centroid_norms[j]);
+      for (std::size_t j = 0; j < k_; ++j)
+        l[j] = gemm_lower(point_norms[i] + l[j], point_norms[i] + centroid_norms[j], slack_);
     });
   }
 
@@ -376,9 +377,6 @@ class elkan_bounds {
     std::vector<std::uint32_t> v(k);
     std::iota(v.begin(), v.end(), std::uint32_t{0});
     return v;
-  }
-  [[nodiscard]] float gemm_lower(float approx_sq, float norms_sum) const noexcept {
-    return shoal::gemm_lower(approx_sq, norms_sum, slack_);
   }
 };
 
@@ -614,22 +612,15 @@ void assign_nearest(matrix_view<const float> points, matrix_view<const float> ce
       }
       for (std::size_t i = 0; i < rows; ++i) {
         const float* ip = tile.data() + i * tile_cols;
-        if (count == 1 && scores == nullptr) {
-          // The row's nearest, as the scan below finds it (first of the smallest), in SIMD.
+        if (count == 1) {
+          // The row's nearest (first of the smallest) in SIMD; Elkan's first step also keeps every score.
           const float before = best[i];
           std::uint32_t at = 0;
           kern.rank_argmin(ip, l2 ? centroid_norms + c0 : nullptr, cols, &best[i], &at);
           if (best[i] < before) best_label[i] = static_cast<std::uint32_t>(c0 + at);
-        } else if (count == 1) {
-          float* all = scores + (first + i) * nc + c0;
-          for (std::size_t j = 0; j < cols; ++j) {
-            const float score = rank_score(l2, l2 ? centroid_norms[c0 + j] : 0.0f, ip[j]);
-            all[j] = score;
-            if (score < best[i]) {
-              best[i] = score;
-              best_label[i] = static_cast<std::uint32_t>(c0 + j);
-            }
-          }
+          if (scores != nullptr)
+            for (std::size_t j = 0; j < cols; ++j)
+              scores[(first + i) * nc + c0 + j] = rank_score(l2, l2 ? centroid_norms[c0 + j] : 0.0f, ip[j]);
         } else {
           topk_heap& heap = heaps[i];
           for (std::size_t j = 0; j < cols; ++j) {

@@ -450,6 +450,8 @@ void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
     const __m128i bytes = _mm_packus_epi16(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + s * 16), bytes);
   };
+  // The minima again rather than kept from the first pass: a fold of eight rows costs about what storing
+  // and reloading them would, and needs no buffer sized by m.
   for (std::size_t s = 0; s < whole; s += 8) {
     const __m256 lo = across_rows(table + s * 16, vmin);
     for (std::size_t r = 0; r < 8; ++r) put(s + r, _mm256_permutevar8x32_ps(lo, _mm256_set1_epi32(row_lane[r])));
