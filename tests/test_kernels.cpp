@@ -1,6 +1,7 @@
 // Every kernel at every SIMD level this CPU has, against a double-precision reference, over odd and
 // even dimensions and misaligned pointers.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -218,11 +219,17 @@ TEST_CASE("int16 x uint8 code kernels are exact at every level up to their coeff
     k.dot_u8_i16_gather(top.data(), fulls.data(), n, d, gathered.data());
     for (const std::int32_t g : gathered) CHECK(g == std::int64_t{limit} * 255 * static_cast<std::int64_t>(d));
     k.dot_u8_i16_gather(a, rows.data(), n, d, gathered.data());
+    // The same rows back to back (misaligned by `offset`) for the one-to-many form.
+    std::vector<std::uint8_t> table(n * d + offset);
+    for (std::size_t r = 0; r < n; ++r) std::copy_n(rows[r], d, table.data() + offset + r * d);
+    std::vector<std::int32_t> streamed(n);
+    k.dot_u8_i16_one_to_many(a, table.data() + offset, n, d, streamed.data());
     for (std::size_t r = 0; r < n; ++r) {
       std::int64_t ref = 0;
       for (std::size_t i = 0; i < d; ++i) ref += std::int64_t{a[i]} * rows[r][i];
       CHECK(k.dot_u8_i16(a, rows[r], d) == ref);
       CHECK(gathered[r] == ref);
+      CHECK(streamed[r] == ref);
     }
   });
 }

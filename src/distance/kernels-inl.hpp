@@ -273,6 +273,24 @@ void dot_u8_i16_gather(const std::int16_t* a, const std::uint8_t* const* codes, 
   gather_rows(codes, n, dim, out, [&](const std::uint8_t* c) { return dot_u8_i16(a, c, dim); });
 }
 
+/// `dot_u8_i16` of n rows stored back to back (a table of codes streamed in order, e.g. the IVF
+/// prefilter's centroid codes): at AVX2, four rows at a time through `dot_u8_i16_x4` with no software
+/// prefetch (the hardware one follows a sequential stream). IVF4096 over 1M generated 128-d vectors
+/// (AMD Zen 3): 5-6% more single-query QPS than one row at a time.
+void dot_u8_i16_one_to_many(const std::int16_t* a, const std::uint8_t* c, std::size_t n, std::size_t dim,
+                            std::int32_t* out) noexcept {
+  std::size_t i = 0;
+#if defined(__AVX2__) && !defined(__AVX512F__)
+  if (dim >= 16) {
+    for (; i + 4 <= n; i += 4) {
+      const std::uint8_t* const rows[4] = {c + i * dim, c + (i + 1) * dim, c + (i + 2) * dim, c + (i + 3) * dim};
+      dot_u8_i16_x4(a, rows, dim, out + i);
+    }
+  }
+#endif
+  for (; i < n; ++i) out[i] = dot_u8_i16(a, c + i * dim, dim);
+}
+
 /// Σ a_j · c_j over 4-bit codes packed as `pack_u4` lays them out: in each block of 32 components, byte
 /// b holds component b in its low nibble and component 16 + b in its high one. So one 16-byte load
 /// widened to 16-bit lanes gives both halves of a block — the low nibbles by a mask, the high ones by a
@@ -445,6 +463,7 @@ const distance_kernels& table() noexcept {
       .inner_product_gather = gather<inner_product>,
       .dot_u8_i16 = dot_u8_i16,
       .dot_u8_i16_gather = dot_u8_i16_gather,
+      .dot_u8_i16_one_to_many = dot_u8_i16_one_to_many,
       .dot_u4_i16 = dot_u4_i16,
       .dot_u4_i16_gather = dot_u4_i16_gather,
       .squared_norms = squared_norms,

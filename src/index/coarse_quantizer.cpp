@@ -105,32 +105,62 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
   estimator.prepare(*codec_, metric_, query);
   constexpr float slack = 1e-4f;
   const float q_norm = l2 ? 0.0f : std::sqrt(exact.inner_product(query, query, dim));
-  std::vector<std::int32_t> dots(nlist);  // the kernel calls back to back, the arithmetic after them vectorised
-  for (std::size_t c = 0; c < nlist; ++c) dots[c] = exact.dot_u8_i16(estimator.coeffs(), codes_.data() + c * dim, dim);
-  std::vector<float> low(nlist);
-  // Only the nprobe-th smallest high bound is needed: the nprobe smallest so far in a bounded heap.
-  topk_heap highest(nprobe);
+  std::vector<std::int32_t> dots(nlist);  // the kernel over all rows, the arithmetic after it vectorised
+  exact.dot_u8_i16_one_to_many(estimator.coeffs(), codes_.data(), nlist, dim, dots.data());
+  // Per centroid the estimate's lowest and highest value (squared distances to ĉ under L2, scores under
+  // inner product), in a loop without branches.
+  std::vector<float> lowest(nlist), highest(nlist);
   const float half_unit = 0.5f * estimator.unit(), offset = std::abs(estimator.offset());
   for (std::size_t c = 0; c < nlist; ++c) {
     const float est = estimator.estimate(terms_[c], dots[c]);
     const float spread = half_unit * code_sums_[c] + slack * (offset + terms_[c] + std::abs(est) + 1.0f);
-    if (l2) {  // bounds on ‖q − ĉ‖², then on ‖q − c‖ = ‖q − ĉ‖ ± ‖c − ĉ‖
-      const float near = std::max(0.0f, std::sqrt(std::max(0.0f, est - spread)) - residuals_[c]);
-      const float far = std::sqrt(std::max(0.0f, est + spread)) + residuals_[c];
-      low[c] = near * near;
-      if (far * far <= highest.worst()) highest.push(far * far, c);
-    } else {
-      const float reach = spread + q_norm * residuals_[c];
-      low[c] = est - reach;
-      if (est + reach <= highest.worst()) highest.push(est + reach, c);
+    const float reach = l2 ? spread : spread + q_norm * residuals_[c];
+    lowest[c] = est - reach;
+    highest[c] = est + reach;
+  }
+  // Under L2 the bounds on ‖q − c‖ = ‖q − ĉ‖ ± ‖c − ĉ‖ take square roots; a root is taken only where a
+  // test without one, looser than the exact test, lets a centroid through (rarely, beyond the first
+  // nprobe), so every centroid passes the exact tests it did before.
+  const auto near_sq = [&](std::size_t c) {
+    const float near = std::max(0.0f, std::sqrt(std::max(0.0f, lowest[c])) - residuals_[c]);
+    return near * near;
+  };
+  const auto far_sq = [&](std::size_t c) {
+    const float far = std::sqrt(std::max(0.0f, highest[c])) + residuals_[c];
+    return far * far;
+  };
+  constexpr float loose = 1.0f + 1e-5f;  // well above the relative rounding of the root-free tests
+  // Only the nprobe-th smallest high bound is needed: the nprobe smallest so far in a bounded heap.
+  topk_heap high(nprobe);
+  float root = std::numeric_limits<float>::infinity();  // √ of the heap's worst
+  for (std::size_t c = 0; c < nlist; ++c) {
+    if (!l2) {
+      if (highest[c] <= high.worst()) high.push(highest[c], c);
+      continue;
+    }
+    // far ≤ √worst needs √highest ≤ √worst − r (widened by more than the rounding of the roots and the
+    // difference, which can cancel).
+    const float room = root - residuals_[c] + root * 0x1.0p-18f;
+    if (!(room >= 0.0f && highest[c] <= room * room * loose)) continue;
+    const float f = far_sq(c);
+    if (f <= high.worst()) {
+      high.push(f, c);
+      root = std::sqrt(high.worst());
     }
   }
-  const float bound = highest.worst();
+  const float bound = high.worst();
+  const float bound_root = l2 ? std::sqrt(bound) : 0.0f;
   // The candidates scored exactly as the flat pass scores them (the pairwise kernel is bit-identical to the
   // one-to-many kernel the pass uses for a small batch), best nprobe by (score, list).
   topk_heap heap(nprobe);
   for (std::size_t c = 0; c < nlist; ++c) {
-    if (!(low[c] <= bound)) continue;
+    if (l2) {
+      // near ≤ √bound needs √lowest ≤ √bound + r.
+      const float span = bound_root + residuals_[c];
+      if (!(lowest[c] <= span * span * loose) || !(near_sq(c) <= bound)) continue;
+    } else if (!(lowest[c] <= bound)) {
+      continue;
+    }
     const float s = rank_score(l2, l2 ? norms_[c] : 0.0f, exact.inner_product(query, centroids_.row(c), dim));
     if (s <= heap.worst()) heap.push(s, static_cast<std::uint32_t>(c));
   }

@@ -59,11 +59,14 @@ struct distance_kernels {
   void (*inner_product_gather)(const float* q, const float* const* xs, std::size_t n, std::size_t dim,
                                float* out) noexcept;
   /// Σ a_j · c_j of int16 coefficients and uint8 codes (the inner loop of scalar-quantized distances,
-  /// with the query's coefficients rounded to integers), and its gather form. Exact, so identical at
+  /// with the query's coefficients rounded to integers), its gather form, and its one-to-many form over n
+  /// rows of `dim` codes stored back to back. Exact, so identical at
   /// every level, when every |a_j| ≤ `dot_u8_i16_limit(dim)`; beyond that the int32 sum may overflow.
   std::int32_t (*dot_u8_i16)(const std::int16_t* a, const std::uint8_t* c, std::size_t dim) noexcept;
   void (*dot_u8_i16_gather)(const std::int16_t* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
                             std::int32_t* out) noexcept;
+  void (*dot_u8_i16_one_to_many)(const std::int16_t* a, const std::uint8_t* codes, std::size_t n, std::size_t dim,
+                                 std::int32_t* out) noexcept;
   /// The same over 4-bit codes packed by `pack_u4` (`u4_code_bytes(dim)` bytes a row), under the same
   /// coefficient limit.
   std::int32_t (*dot_u4_i16)(const std::int16_t* a, const std::uint8_t* c, std::size_t dim) noexcept;
