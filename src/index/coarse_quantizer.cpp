@@ -130,22 +130,43 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
     return far * far;
   };
   constexpr float loose = 1.0f + 1e-5f;  // well above the relative rounding of the root-free tests
+  // Both passes test the centroids in blocks, in loops the compiler vectorises, against a threshold
+  // fixed for the block, then visit only those that pass (most blocks have none).
+  constexpr std::size_t block = 64;
+  std::array<std::int32_t, block> pass{};
   // Only the nprobe-th smallest high bound is needed: the nprobe smallest so far in a bounded heap.
   topk_heap high(nprobe);
   float root = std::numeric_limits<float>::infinity();  // √ of the heap's worst
-  for (std::size_t c = 0; c < nlist; ++c) {
-    if (!l2) {
-      if (highest[c] <= high.worst()) high.push(highest[c], c);
-      continue;
+  for (std::size_t c0 = 0; c0 < nlist; c0 += block) {
+    const std::size_t count = std::min(block, nlist - c0);
+    const float* h = highest.data() + c0;
+    const float* r = residuals_.data() + c0;
+    std::int32_t any = 0;
+    if (l2) {
+      // far ≤ √worst needs √highest ≤ √worst − r (widened by more than the rounding of the roots and
+      // the difference, which can cancel).
+      const float widened = root + root * 0x1.0p-18f;
+      for (std::size_t i = 0; i < count; ++i) {
+        const float room = widened - r[i];
+        pass[i] = static_cast<std::int32_t>(room >= 0.0f) & static_cast<std::int32_t>(h[i] <= room * room * loose);
+        any |= pass[i];
+      }
+    } else {
+      const float worst = high.worst();
+      for (std::size_t i = 0; i < count; ++i) {
+        pass[i] = static_cast<std::int32_t>(h[i] <= worst);
+        any |= pass[i];
+      }
     }
-    // far ≤ √worst needs √highest ≤ √worst − r (widened by more than the rounding of the roots and the
-    // difference, which can cancel).
-    const float room = root - residuals_[c] + root * 0x1.0p-18f;
-    if (!(room >= 0.0f && highest[c] <= room * room * loose)) continue;
-    const float f = far_sq(c);
-    if (f <= high.worst()) {
-      high.push(f, c);
-      root = std::sqrt(high.worst());
+    if (any == 0) continue;
+    for (std::size_t i = 0; i < count; ++i) {
+      if (pass[i] == 0) continue;
+      const std::size_t c = c0 + i;
+      const float f = l2 ? far_sq(c) : highest[c];
+      if (f <= high.worst()) {
+        high.push(f, c);
+        root = std::sqrt(high.worst());
+      }
     }
   }
   const float bound = high.worst();
@@ -153,16 +174,24 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
   // The candidates scored exactly as the flat pass scores them (the pairwise kernel is bit-identical to the
   // one-to-many kernel the pass uses for a small batch), best nprobe by (score, list).
   topk_heap heap(nprobe);
-  for (std::size_t c = 0; c < nlist; ++c) {
-    if (l2) {
-      // near ≤ √bound needs √lowest ≤ √bound + r.
-      const float span = bound_root + residuals_[c];
-      if (!(lowest[c] <= span * span * loose) || !(near_sq(c) <= bound)) continue;
-    } else if (!(lowest[c] <= bound)) {
-      continue;
+  for (std::size_t c0 = 0; c0 < nlist; c0 += block) {
+    const std::size_t count = std::min(block, nlist - c0);
+    const float* low = lowest.data() + c0;
+    const float* r = residuals_.data() + c0;
+    std::int32_t any = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      // Under L2, near ≤ √bound needs √lowest ≤ √bound + r.
+      const float span = bound_root + r[i];
+      pass[i] = static_cast<std::int32_t>(low[i] <= (l2 ? span * span * loose : bound));
+      any |= pass[i];
     }
-    const float s = rank_score(l2, l2 ? norms_[c] : 0.0f, exact.inner_product(query, centroids_.row(c), dim));
-    if (s <= heap.worst()) heap.push(s, static_cast<std::uint32_t>(c));
+    if (any == 0) continue;
+    for (std::size_t i = 0; i < count; ++i) {
+      const std::size_t c = c0 + i;
+      if (pass[i] == 0 || (l2 && !(near_sq(c) <= bound))) continue;
+      const float s = rank_score(l2, l2 ? norms_[c] : 0.0f, exact.inner_product(query, centroids_.row(c), dim));
+      if (s <= heap.worst()) heap.push(s, static_cast<std::uint32_t>(c));
+    }
   }
   const std::vector<scored_id> best = heap.take_sorted();
   for (std::size_t j = 0; j < nprobe; ++j)
