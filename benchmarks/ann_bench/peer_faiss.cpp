@@ -4,7 +4,9 @@
 // and search knob (`nprobe`, passed per call in SearchParametersIVF); `IVF<nlist>_HNSW<M>` -> the same
 // over an IndexHNSWFlat quantizer (efConstruction 40, FAISS's default, as shoal's coarse graph; k-means
 // assigns with a flat index, as shoal's), search knob `ef` -> its efSearch. FAISS threads with OpenMP, so each thread
-// that calls it sets its OpenMP thread count (`use_threads`); single-query mode calls search with n = 1.
+// that calls it sets its OpenMP thread count (`use_threads`, which also caps OpenBLAS's own threads);
+// single-query mode calls search with n = 1.
+#include <dlfcn.h>
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIVFFlat.h>
@@ -32,6 +34,17 @@ using faiss_id = faiss::Index::idx_t;
 // FAISS writes its int64 labels straight into shoal's uint64 id buffers: a signed/unsigned pair may
 // alias, and FAISS's −1 ("no result") reads as shoal::no_id.
 static_assert(std::is_same_v<std::make_unsigned_t<faiss_id>, vector_id>);
+
+/// FAISS's thread count: OpenMP's, and that of its GEMMs (k-means, batched flat search), which run in the
+/// BLAS library — Debian's OpenBLAS is the pthread build, which ignores OpenMP's setting and takes every
+/// core: a `--threads 1` FAISS IVF build ran at 191% CPU before this (session 13). OpenBLAS is looked up
+/// at run time; under another BLAS only OpenMP's count is set.
+void use_faiss_threads(std::size_t threads) {
+  omp_set_num_threads(static_cast<int>(threads));
+  using setter = void (*)(int);
+  static const auto openblas = reinterpret_cast<setter>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+  if (openblas != nullptr) openblas(static_cast<int>(threads));
+}
 
 /// FAISS reports similarities for inner product; shoal's distances are −⟨q,x⟩ and 1 − cos.
 void to_shoal_distances(shoal::metric m, neighbors_view out) noexcept {
@@ -64,7 +77,7 @@ class faiss_flat_adapter final : public index_adapter {
     index_->add(static_cast<faiss_id>(base.rows), rows.view().data);
   }
 
-  void use_threads(std::size_t threads) const override { omp_set_num_threads(static_cast<int>(threads)); }
+  void use_threads(std::size_t threads) const override { use_faiss_threads(threads); }
 
   void search(matrix_view<const float> queries, neighbors_view out) const override {
     const peer_rows rows(queries, metric_);
@@ -174,7 +187,7 @@ class faiss_ivf_flat_adapter final : public index_adapter {
     coarse_->set_ef(ef_);
   }
 
-  void use_threads(std::size_t threads) const override { omp_set_num_threads(static_cast<int>(threads)); }
+  void use_threads(std::size_t threads) const override { use_faiss_threads(threads); }
 
   void search(matrix_view<const float> queries, neighbors_view out) const override {
     const peer_rows rows(queries, metric_);
@@ -266,7 +279,7 @@ class faiss_ivf_pq_adapter final : public index_adapter {
     apply();
   }
 
-  void use_threads(std::size_t threads) const override { omp_set_num_threads(static_cast<int>(threads)); }
+  void use_threads(std::size_t threads) const override { use_faiss_threads(threads); }
 
   void search(matrix_view<const float> queries, neighbors_view out) const override {
     const peer_rows rows(queries, metric_);
@@ -342,7 +355,7 @@ class faiss_hnsw_adapter final : public index_adapter {
     index_->hnsw.efSearch = static_cast<int>(ef_);
   }
 
-  void use_threads(std::size_t threads) const override { omp_set_num_threads(static_cast<int>(threads)); }
+  void use_threads(std::size_t threads) const override { use_faiss_threads(threads); }
 
   void search(matrix_view<const float> queries, neighbors_view out) const override {
     const peer_rows rows(queries, metric_);
