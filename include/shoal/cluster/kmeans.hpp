@@ -71,7 +71,7 @@ struct kmeans_result {
   std::vector<double> objective;
   /// Number of points actually trained on (after subsampling).
   std::size_t training_points = 0;
-  /// How many times an empty cluster was repaired by splitting the largest one, over all iterations.
+  /// How many times an empty cluster was repaired by splitting the widest one, over all iterations.
   std::size_t empty_cluster_repairs = 0;
   /// Training points per cluster at the last assignment step (before any repair).
   std::vector<std::size_t> cluster_sizes;
@@ -83,8 +83,9 @@ struct kmeans_result {
 /// (argmin ‖c‖² − 2⟨x, c⟩, or argmax ⟨x, c⟩ when spherical) — after the first, usually through
 /// `triangle_bounds` instead — in parallel over fixed blocks of points on the caller's oneTBB arena; then recomputes
 /// each centroid as the mean of its points, summed in point order in double precision, so the result does not depend on
-/// the thread count. An empty cluster takes half of the largest one: it gets a copy of that centroid, and both are
-/// nudged apart by a tiny seeded perturbation (as in FAISS).
+/// the thread count. An empty cluster takes half of the cluster with the widest spread (Σ ‖x − c‖² around its
+/// updated centroid; never one whose points all coincide): it gets a copy of that centroid, and both are nudged
+/// apart by a tiny seeded perturbation (as in FAISS, which splits the largest cluster instead).
 ///
 /// Throws `shoal::error` if k = 0, k exceeds the training points, iterations = 0, `points` has dim 0 or
 /// a NaN/Inf value, or `balance` is neither 0 nor ≥ 1.
