@@ -180,6 +180,31 @@ TEST_CASE("any_index: stored vectors come back; writes during searches are decla
   }
 }
 
+TEST_CASE("every index kind refuses the reserved id no_id, which marks a missing result", "[index]") {
+  // With no_id stored, a search could not tell that vector from "no result", and IVF removals lose
+  // track of a vector moved into a freed slot.
+  const matrix<float> v = make_clustered(300, 8, 4, 9);
+  std::vector<vector_id> ids(300);
+  for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = 7 + i;
+  for (const char* spec :
+       {"Flat", "HNSW16", "HNSW16,SQ8", "IVF4,Flat", "IVF4,PQ4,RFlat", "IVF4,PQ8x4fs", "IVF4,Flat,RFlat"}) {
+    CAPTURE(spec);
+    any_index index = make_index(spec, 8);
+    index.train(v.view());
+    std::vector<vector_id> bad = ids;
+    bad[123] = no_id;
+    REQUIRE_THROWS_MATCHES(index.add(v.view(), bad), shoal::error,
+                           fails_with(errc::invalid_argument, "id 18446744073709551615 is reserved"));
+    CHECK(index.size() == 0);
+    index.add(v.view(), ids);
+    if (hnsw_index* graph = index.get_if<hnsw_index>()) {
+      REQUIRE_THROWS_MATCHES(graph->upsert(v.view().slice(0, 1), no_id), shoal::error,
+                             fails_with(errc::invalid_argument, "reserved"));
+      CHECK(index.size() == ids.size());
+    }
+  }
+}
+
 TEST_CASE("any_index: an empty any_index refuses every call", "[index]") {
   any_index empty;
   CHECK_FALSE(empty.has_value());

@@ -221,6 +221,8 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
                          fails_with(errc::duplicate_id, "twice"));
   REQUIRE_THROWS_MATCHES(c.add(v.view().slice(0, 2), std::vector<vector_id>{9}), shoal::error,
                          fails_with(errc::invalid_argument, "2 vectors but 1 ids"));
+  REQUIRE_THROWS_MATCHES(c.upsert(v.view().slice(0, 1), std::vector<vector_id>{no_id}), shoal::error,
+                         fails_with(errc::invalid_argument, "reserved"));
   REQUIRE_THROWS_MATCHES(c.add(v.view().slice(0, 1), std::vector<vector_id>{9}, std::vector<std::uint64_t>{1}),
                          shoal::error, fails_with(errc::invalid_argument, "only used by range"));
   REQUIRE_THROWS_MATCHES(c.remove(std::vector<vector_id>{1, 77}), shoal::error,

@@ -595,6 +595,7 @@ TEST_CASE("damaged ivf_pq files: inconsistent sections are reported even without
   fails("list sizes add up", [&](auto& b) { put(b, section_offset(bytes, "LSIZ"), std::uint64_t{1000}); });
   const std::size_t ids = section_offset(bytes, "LIDS");
   fails("is stored twice", [&](auto& b) { std::memcpy(b.data() + ids + 8, b.data() + ids, 8); });
+  fails("the reserved shoal::no_id", [&](auto& b) { put(b, ids + 8, no_id); });
 }
 
 TEST_CASE("refine files hold both stages: round trips copied and mapped, damaged files reported", "[io][refine]") {
@@ -693,6 +694,8 @@ TEST_CASE("ivf files with an HNSW coarse quantizer round-trip and reject a graph
     }
   });
   fails("is stored twice", [&](auto& b) { std::memcpy(b.data() + graph_ids + 8, b.data() + graph_ids, 8); });
+  fails("the reserved shoal::no_id", [&](auto& b) { put(b, graph_ids, no_id); });
+  fails("the reserved shoal::no_id", [&](auto& b) { put(b, section_offset(bytes, "LIDS"), no_id); });
   fails("coarse hnsw live node count", [&](auto& b) { b[section_offset(bytes, "QSTA") + 7] = 0; });
 }
 

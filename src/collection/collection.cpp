@@ -51,6 +51,8 @@ void validate(const collection_options& o) {
               o.shards);
   SHOAL_CHECK(o.replicas >= 1 && o.replicas <= max_replicas, "collection: replicas must be in [1, ", max_replicas,
               "], got ", o.replicas);
+  SHOAL_CHECK(o.threads_per_shard <= max_threads_per_shard, "collection: threads_per_shard must be at most ",
+              max_threads_per_shard, ", got ", o.threads_per_shard);
   SHOAL_CHECK(o.semantic_balance == 0 || (o.semantic_balance >= 1 && o.semantic_balance <= 1e6),
               "collection: semantic_balance must be 0 (plain k-means) or in [1, 1e6], got ", o.semantic_balance);
   SHOAL_CHECK(o.rebalance_threshold == 0 || o.rebalance_threshold > 1,
@@ -272,7 +274,7 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
   SHOAL_CHECK_CODE(!read_only, errc::unsupported, who, ": the collection was opened memory-mapped and is read-only");
   if (op != wal_op::remove) {
     check_vectors(vectors, options.dim, "vector");
-    SHOAL_CHECK(ids.size() == vectors.rows, who, ": ", vectors.rows, " vectors but ", ids.size(), " ids");
+    check_ids(ids, vectors.rows, who);
     SHOAL_CHECK(keys.empty() || options.policy == sharding::range, who,
                 ": keys are only used by range sharding (this collection uses ", sharding_name(options.policy), ")");
     SHOAL_CHECK(keys.empty() || keys.size() == ids.size(), who, ": ", keys.size(), " keys for ", ids.size(), " ids");

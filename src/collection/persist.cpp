@@ -197,6 +197,9 @@ collection collection::open(const std::filesystem::path& directory, const collec
   o.shards = p.shards;
   o.replicas = p.replicas;
   o.groups = p.groups;
+  SHOAL_CHECK(oo.threads_per_shard <= detail::max_threads_per_shard,
+              "collection::open: threads_per_shard must be at most ", detail::max_threads_per_shard, ", got ",
+              oo.threads_per_shard);
   o.threads_per_shard = oo.threads_per_shard > 0 ? oo.threads_per_shard : p.threads_per_shard;
   o.seed = p.seed;
   o.rebalance_threshold = p.rebalance_threshold;

@@ -163,6 +163,8 @@ struct collection_state {
   [[nodiscard]] bool all_trained(const layout& lay) const;
 };
 
+/// Threads of one shard's arena at most (the manifest records the count in 32 bits, the arena takes an int).
+inline constexpr std::size_t max_threads_per_shard = 4096;
 /// Checks the options a collection is created (or a manifest opened) with; throws naming the bad one.
 void validate(const collection_options& o);
 /// Re-clusters a semantic or hybrid collection (see `collection::rebalance`).

@@ -31,6 +31,17 @@ void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what
   }
 }
 
+void check_ids(std::span<const vector_id> ids, std::size_t rows, const char* what) {
+  SHOAL_CHECK(ids.size() == rows, what, ": ", rows, " vectors but ", ids.size(), " ids");
+  for (const vector_id id : ids)
+    SHOAL_CHECK(id != no_id, what, ": id ", id, " is reserved (shoal::no_id marks a missing result)");
+}
+
+void check_stored_id(vector_id id, bool fresh, const std::string& file) {
+  SHOAL_CHECK_CODE(id != no_id, errc::corrupt_file, file, ": a stored id is ", id, ", the reserved shoal::no_id");
+  SHOAL_CHECK_CODE(fresh, errc::corrupt_file, file, ": id ", id, " is stored twice");
+}
+
 matrix<float> normalized_copy(matrix_view<const float> v, const char* what) {
   matrix<float> out(v.rows, v.dim);
   const distance_kernels& k = active_kernels();

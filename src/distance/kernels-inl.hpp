@@ -430,7 +430,8 @@ void rank_argmin(const float* ip, const float* norms, std::size_t n, float* best
 }
 
 // Integer kernels: exact sums, written as plain loops that the compiler vectorises with this file's ISA
-// flags (widening multiply-adds); the products of 8-bit values fit int32 for any dim below 2^16.
+// flags (widening multiply-adds). Each product is at most 255² in magnitude, so the 32-bit sums are exact up
+// to 33,025 dimensions (`int_kernel_max_dim`); beyond, they wrap (unsigned arithmetic: no undefined behaviour).
 template <class T>
 std::uint32_t l2sqr_int(const T* a, const T* b, std::size_t dim) noexcept {
   std::uint32_t acc = 0;
@@ -443,9 +444,10 @@ std::uint32_t l2sqr_int(const T* a, const T* b, std::size_t dim) noexcept {
 
 template <class T>
 std::int32_t inner_product_int(const T* a, const T* b, std::size_t dim) noexcept {
-  std::int32_t acc = 0;
-  for (std::size_t i = 0; i < dim; ++i) acc += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(b[i]);
-  return acc;
+  std::uint32_t acc = 0;
+  for (std::size_t i = 0; i < dim; ++i)
+    acc += static_cast<std::uint32_t>(static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(b[i]));
+  return static_cast<std::int32_t>(acc);
 }
 
 }  // namespace

@@ -54,7 +54,7 @@ void flat_index::check_mutable(const char* what) const { io::detail::check_writa
 void flat_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
   check_mutable("flat_index::add");
   detail::check_vectors(vectors, dim_, "flat_index::add: vector");
-  SHOAL_CHECK(ids.size() == vectors.rows, "flat_index::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
+  detail::check_ids(ids, vectors.rows, "flat_index::add");
   {
     std::unordered_set<vector_id> batch;
     batch.reserve(ids.size());
@@ -259,8 +259,7 @@ flat_index detail::index_sections<flat_index>::read(const io::detail::index_file
   const vector_id* ids = index.id_data();
   index.slot_of_.reserve(n);
   for (std::size_t i = 0; i < n; ++i)
-    SHOAL_CHECK_CODE(index.slot_of_.emplace(ids[i], i).second, errc::corrupt_file, in.name(), ": id ", ids[i],
-                     " is stored twice");
+    detail::check_stored_id(ids[i], index.slot_of_.emplace(ids[i], i).second, in.name());
   return index;
 }
 

@@ -332,6 +332,9 @@ struct hnsw_index::impl {
   /// chunks missing in one slab. Caller holds slots_mutex.
   void reserve_slots(std::size_t n) {
     const std::size_t fresh = n > free_slots.size() ? n - free_slots.size() : 0;
+    // All or nothing: a batch that would cross the slot limit fails before it takes any slot.
+    SHOAL_CHECK_CODE(slot_count.load(std::memory_order_relaxed) + fresh <= no_slot, errc::unsupported,
+                     "hnsw_index::add: more than 2^32 - 1 nodes");
     const std::size_t needed = (slot_count.load(std::memory_order_relaxed) + fresh + chunk_nodes - 1) / chunk_nodes;
     if (needed > owned_chunks.size()) add_chunks(needed - owned_chunks.size());
   }
@@ -1107,7 +1110,7 @@ void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id
   impl& x = *impl_;
   x.check_mutable("hnsw_index::add");
   detail::check_vectors(vectors, x.dim, "hnsw_index::add: vector");
-  SHOAL_CHECK(ids.size() == vectors.rows, "hnsw_index::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
+  detail::check_ids(ids, vectors.rows, "hnsw_index::add");
   std::optional<matrix<float>> normalized;
   if (x.metric == shoal::metric::cosine) {
     normalized = detail::normalized_copy(vectors, "hnsw_index::add: vector");
@@ -1165,6 +1168,7 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
   x.check_mutable("hnsw_index::upsert");
   detail::check_vectors(vector, x.dim, "hnsw_index::upsert: vector");
   SHOAL_CHECK(vector.rows == 1, "hnsw_index::upsert: expected one vector, got ", vector.rows);
+  detail::check_ids(std::span(&id, 1), 1, "hnsw_index::upsert");
   std::optional<matrix<float>> normalized;
   if (x.metric == shoal::metric::cosine) {
     normalized = detail::normalized_copy(vector, "hnsw_index::upsert: vector");
@@ -1498,8 +1502,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     }
     ++live;
     x.id_of(slot) = ids[s];
-    SHOAL_CHECK_CODE(x.slot_of.emplace(ids[s], slot).second, errc::corrupt_file, name, ": id ", ids[s],
-                     " is stored twice");
+    detail::check_stored_id(ids[s], x.slot_of.emplace(ids[s], slot).second, name);
     if (state[s] > 1) {
       const std::size_t values = std::size_t{state[s] - 1u} * (x.max_links + 1);
       auto& u = x.upper_of(slot);

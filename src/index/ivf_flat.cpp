@@ -99,7 +99,7 @@ void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vecto
   check_mutable("ivf_flat_index::add");
   SHOAL_CHECK(is_trained(), "ivf_flat_index::add: the index is not trained");
   detail::check_vectors(vectors, dim_, "ivf_flat_index::add: vector");
-  SHOAL_CHECK(ids.size() == vectors.rows, "ivf_flat_index::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
+  detail::check_ids(ids, vectors.rows, "ivf_flat_index::add");
   {
     std::unordered_set<vector_id> batch;
     batch.reserve(ids.size());
@@ -282,8 +282,7 @@ ivf_flat_index detail::index_sections<ivf_flat_index>::read(const io::detail::in
     io::detail::load_list(target, n, rows, ids);
     const vector_id* stored = target.id_data();
     for (std::size_t i = 0; i < n; ++i)
-      SHOAL_CHECK_CODE(index.where_.emplace(stored[i], ivf_flat_index::location{l, i}).second, errc::corrupt_file, name,
-                       ": id ", stored[i], " is stored twice");
+      detail::check_stored_id(stored[i], index.where_.emplace(stored[i], ivf_flat_index::location{l, i}).second, name);
   }
   index.size_.store(static_cast<std::size_t>(h.count));
   index.mapping_ = in.mapping();

@@ -205,7 +205,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
   io::detail::check_writable(mapping_.get(), "ivf_pq_index::add");
   SHOAL_CHECK(is_trained(), index_name, "::add: the index is not trained");
   detail::check_vectors(vectors, dim_, "ivf_pq_index::add: vector");
-  SHOAL_CHECK(ids.size() == vectors.rows, index_name, "::add: ", vectors.rows, " vectors but ", ids.size(), " ids");
+  detail::check_ids(ids, vectors.rows, "ivf_pq_index::add");
   std::unordered_set<vector_id> batch;
   batch.reserve(ids.size());
   for (const vector_id id : ids)
@@ -614,8 +614,7 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
       if (target.mapped) target.mapped_vectors = v;
     }
     const vector_id* stored = target.id_data();
-    for (std::size_t i = 0; i < n; ++i)
-      SHOAL_CHECK_CODE(seen.insert(stored[i]).second, errc::corrupt_file, name, ": id ", stored[i], " is stored twice");
+    for (std::size_t i = 0; i < n; ++i) detail::check_stored_id(stored[i], seen.insert(stored[i]).second, name);
   }
   index.size_.store(static_cast<std::size_t>(h.count));
   index.mapping_ = in.mapping();

@@ -3,6 +3,8 @@
 /// Input validation shared by every index's API boundary.
 
 #include <cstddef>
+#include <span>
+#include <string>
 
 #include "shoal/core/types.hpp"
 
@@ -11,6 +13,15 @@ namespace shoal::detail {
 /// Throws `shoal::error` unless `v` has `dim` columns, a valid stride and data pointer, and only finite
 /// values. `what` names the argument in the message ("query", "vector", ...).
 void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what);
+
+/// Throws `shoal::error` unless there is one id per vector (`rows`) and none is `no_id` (2⁶⁴ − 1, reserved:
+/// it marks a missing result in `neighbors`, so an index cannot tell it from "nothing"). `what` names the
+/// call ("flat_index::add", ...).
+void check_ids(std::span<const vector_id> ids, std::size_t rows, const char* what);
+
+/// An id read from index file `file`: throws `errc::corrupt_file` when it is the reserved `no_id` or
+/// `fresh` is false (the loader found it stored already).
+void check_stored_id(vector_id id, bool fresh, const std::string& file);
 
 /// Copies `v` into a dense matrix with every row scaled to unit L2 norm, for the cosine metric.
 /// Throws `shoal::error` if a row is zero (it has no direction).

@@ -19,7 +19,8 @@ namespace shoal {
 /// (Not named `id_t`: that would collide with POSIX `::id_t` for anyone `using namespace shoal`.)
 using vector_id = std::uint64_t;
 
-/// Sentinel id that fills result slots when fewer than k neighbours exist (or pass the filter).
+/// Sentinel id that fills result slots when fewer than k neighbours exist (or pass the filter); reserved,
+/// so no index stores it (adds and upserts refuse it, loaders report a file that holds it as corrupt).
 inline constexpr vector_id no_id = std::numeric_limits<vector_id>::max();
 
 /// Similarity measure. Every index reports a *distance* where smaller means closer, so results of any

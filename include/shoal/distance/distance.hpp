@@ -80,6 +80,8 @@ struct distance_kernels {
   /// ranked as +∞; when the smallest is below `*best`, it goes to `*best` and its first position to
   /// `*at`. Exact, so identical at every level (2 · ip needs no rounding, a minimum none).
   void (*rank_argmin)(const float* ip, const float* norms, std::size_t n, float* best, std::uint32_t* at) noexcept;
+  /// Squared L2 and inner product of 8-bit vectors: exact for dim ≤ `int_kernel_max_dim` (33,025:
+  /// 255² · dim < 2³¹); longer sums wrap modulo 2³².
   std::uint32_t (*l2sqr_u8)(const std::uint8_t* a, const std::uint8_t* b, std::size_t dim) noexcept;
   std::int32_t (*inner_product_u8)(const std::uint8_t* a, const std::uint8_t* b, std::size_t dim) noexcept;
   std::uint32_t (*l2sqr_i8)(const std::int8_t* a, const std::int8_t* b, std::size_t dim) noexcept;
@@ -95,6 +97,10 @@ struct distance_kernels {
 [[nodiscard]] float l2sqr(const float* a, const float* b, std::size_t dim);
 [[nodiscard]] float inner_product(const float* a, const float* b, std::size_t dim);
 [[nodiscard]] float cosine_distance(const float* a, const float* b, std::size_t dim);
+
+/// The longest 8-bit vectors whose integer kernels (`l2sqr_u8`, `inner_product_u8`, `l2sqr_i8`,
+/// `inner_product_i8`) are exact: every product is at most 255² in magnitude, and 255² · 33,025 < 2³¹.
+inline constexpr std::size_t int_kernel_max_dim = 33025;
 
 /// The largest |a_j| for which `dot_u8_i16` over `dim` components is exact: (2^31 − 1) / (255 · dim),
 /// capped at the int16 range (10,741 at 784 dimensions, a relative rounding step of 5·10⁻⁵).
