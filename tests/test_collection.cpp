@@ -198,6 +198,9 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
   o = options_for(sharding::semantic, 8, metric::cosine);
   o.semantic_balance = 0.5;
   REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "semantic_balance"));
+  o = options_for(sharding::hash, 8, metric::cosine);
+  o.threads_per_shard = std::size_t{1} << 32;  // would wrap in the manifest's 32 bits and the arena's int
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "threads_per_shard"));
   REQUIRE_THROWS_MATCHES(parse_sharding("round-robin"), shoal::error,
                          fails_with(errc::invalid_argument, "round-robin"));
 
