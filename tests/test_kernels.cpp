@@ -353,6 +353,9 @@ TEST_CASE("rank_argmin finds the first smallest rank score at every level", "[ke
           k.rank_argmin(ip.data(), nrm, n, &best, &at);
           CHECK(best == want);
           CHECK(at == want_at);
+          float only = inf;  // the minimum alone, without a position
+          k.rank_argmin(ip.data(), nrm, n, &only, nullptr);
+          CHECK(only == want);
           // A best already below every score stays, and so does its position.
           best = -1e9f;
           at = 7;

@@ -480,12 +480,23 @@ class group_bounds {
             const std::size_t size = starts_[g + 1] - starts_[g];
             if (needed[g] == 0) continue;
             if (cols + size > width) break;
-            std::copy_n(grouped_.row(starts_[g]), size * dim_, panel.data() + cols * dim_);
             chunk.push_back(static_cast<std::uint32_t>(g));
             cols += size;
           }
           if (cols == 0) break;
-          kern.inner_product_many(block.data(), rows, dim_, panel.data(), cols, dim_, dim_, tile.data(), cols);
+          // Consecutive groups are consecutive rows of `grouped_` already (always so where every group is
+          // needed, early on): the tile reads them in place; others are copied side by side.
+          const float* rows_of = grouped_.row(starts_[chunk.front()]);
+          if (chunk.back() - chunk.front() + 1 != chunk.size()) {
+            std::size_t at = 0;
+            for (const std::uint32_t h : chunk) {
+              const std::size_t size = starts_[h + 1] - starts_[h];
+              std::copy_n(grouped_.row(starts_[h]), size * dim_, panel.data() + at * dim_);
+              at += size;
+            }
+            rows_of = panel.data();
+          }
+          kern.inner_product_many(block.data(), rows, dim_, rows_of, cols, dim_, dim_, tile.data(), cols);
           for (std::size_t r = 0; r < rows; ++r) {
             const std::size_t i = order_[begin + r];
             const float pn = point_norms[i];
@@ -497,26 +508,34 @@ class group_bounds {
               const float* cn = grouped_norms_.data() + m0;
               // One pass: a lower bound on the squared distance to every member but the point's own centroid
               // (at `own` when it is here). Only when it does not exceed the point's distance may a member
-              // be nearer: those are checked one by one, rarely.
+              // be nearer: then the nearest member is found as a plain GEMM step ranks them (‖c‖² − 2⟨x, c⟩,
+              // the kernel's first smallest) and taken if nearer than the point's centroid.
               // (pn + cn) · (1 − slack) − 2 · ip, from the rank scores of the shrunk norms.
               const float shrink = 1.0f - slack_;
               const float* shrunk = shrunk_norms_.data() + m0;
-              const auto bound = [&] {
-                const std::size_t own = motion_.group_of[a[r]] == h ? position_[a[r]] - m0 : size;
+              const auto own = [&] { return motion_.group_of[a[r]] == h ? position_[a[r]] - m0 : size; };
+              // The smallest rank score over the members but `skip`.
+              const auto lowest = [&](std::size_t skip) {
                 float low = std::numeric_limits<float>::infinity();
-                std::uint32_t unused = 0;
-                kern.rank_argmin(ip, shrunk, own, &low, &unused);
-                if (own < size) kern.rank_argmin(ip + own + 1, shrunk + own + 1, size - own - 1, &low, &unused);
-                return pn * shrink + low;
+                kern.rank_argmin(ip, shrunk, skip, &low, nullptr);
+                if (skip + 1 < size) kern.rank_argmin(ip + skip + 1, shrunk + skip + 1, size - skip - 1, &low, nullptr);
+                return low;
               };
-              float e = bound();
+              // Where the smallest exact rank score is, over the members but `skip`.
+              const auto nearest = [&](std::size_t skip) {
+                float low = std::numeric_limits<float>::infinity(), tail = low;
+                std::uint32_t at = 0, tail_at = 0;
+                kern.rank_argmin(ip, cn, skip, &low, &at);
+                if (skip + 1 < size) kern.rank_argmin(ip + skip + 1, cn + skip + 1, size - skip - 1, &tail, &tail_at);
+                return tail < low ? skip + 1 + tail_at : at;
+              };
+              float e = pn * shrink + lowest(own());
               if (e <= best2[r]) {
-                const std::uint32_t before = a[r];
-                for (std::size_t q = 0; q < size; ++q) {
-                  const std::uint32_t j = members_[m0 + q];
-                  const float sum = pn + cn[q];
-                  const float d2 = sum - 2.0f * ip[q];
-                  if (j == a[r] || d2 > best2[r] || (d2 == best2[r] && j > a[r])) continue;
+                const std::size_t q = nearest(own());
+                const std::uint32_t j = members_[m0 + q];
+                const float sum = pn + cn[q];
+                const float d2 = sum - 2.0f * ip[q];
+                if (d2 < best2[r] || (d2 == best2[r] && j < a[r])) {
                   // The centroid given up is a plain member again: its group's bound must cover it.
                   const std::uint32_t given_up = motion_.group_of[a[r]];
                   if (given_up != h) l[given_up] = std::min(l[given_up], a_low[r]);
@@ -524,8 +543,8 @@ class group_bounds {
                   best2[r] = std::max(0.0f, d2);
                   reach[r] = gemm_upper(d2, sum, slack_);
                   a_low[r] = gemm_lower(d2, sum, slack_);
+                  e = pn * shrink + lowest(own());
                 }
-                if (a[r] != before) e = bound();
               }
               l[h] = std::sqrt(std::max(0.0f, e)) * shrink;
               ip += size;

@@ -411,8 +411,17 @@ void rank_argmin(const float* ip, const float* norms, std::size_t n, float* best
     const batch s = norms != nullptr ? lanes::load(norms + at_j) - (x + x) : -x;
     return xsimd::select(xsimd::isnan(s), batch(inf), s);
   };
-  batch m(inf);
-  for (; j + W <= n; j += W) m = xsimd::min(m, scores(j));
+  // Two running minima: each min waits on the one before it, so one chain would run at its latency.
+  batch m(inf), m2(inf);
+  for (; j + 2 * W <= n; j += 2 * W) {
+    m = xsimd::min(m, scores(j));
+    m2 = xsimd::min(m2, scores(j + W));
+  }
+  if (j + W <= n) {
+    m = xsimd::min(m, scores(j));
+    j += W;
+  }
+  m = xsimd::min(m, m2);
   alignas(64) float part[W];
   m.store_aligned(part);
   for (const float v : part) low = std::min(low, v);
@@ -420,6 +429,7 @@ void rank_argmin(const float* ip, const float* norms, std::size_t n, float* best
   for (; j < n; ++j) low = std::min(low, rank_at(ip, norms, j));
   if (!(low < *best)) return;
   *best = low;
+  if (at == nullptr) return;
   j = 0;
 #ifdef SHOAL_KERNEL_ARCH
   for (; j + W <= n && !xsimd::any(scores(j) == batch(low)); j += W) {

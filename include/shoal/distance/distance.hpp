@@ -78,7 +78,8 @@ struct distance_kernels {
   /// The nearest of a row of centroids, from a GEMM row of inner products `ip` (n of them): rank scores
   /// s_j = norms[j] − 2 · ip[j] (‖c‖² − 2⟨x, c⟩, the L2 ranking) or −ip[j] when `norms` is null, NaN
   /// ranked as +∞; when the smallest is below `*best`, it goes to `*best` and its first position to
-  /// `*at`. Exact, so identical at every level (2 · ip needs no rounding, a minimum none).
+  /// `*at` (unless `at` is null: then only the minimum is wanted, and no position is searched for). Exact,
+  /// so identical at every level (2 · ip needs no rounding, a minimum none).
   void (*rank_argmin)(const float* ip, const float* norms, std::size_t n, float* best, std::uint32_t* at) noexcept;
   /// Squared L2 and inner product of 8-bit vectors: exact for dim ≤ `int_kernel_max_dim` (33,025:
   /// 255² · dim < 2³¹); longer sums wrap modulo 2³².
