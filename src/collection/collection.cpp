@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <numeric>
 #include <string>
+#include <unordered_set>
 #include <utility>
 
 #include "collection/state.hpp"
@@ -149,15 +150,21 @@ void search_shard(const collection_state& st, shard_state& shard, std::size_t s,
 }
 
 /// Best k of one query's per-shard candidates, without repeating an id (an id moving between shards
-/// during an upsert may be seen in both).
+/// during an upsert may be seen in both). Ids taken are looked up in the row itself while k is small, in
+/// a hash set beyond (k = 1,000 over 4 shards would otherwise compare ~2 million pairs per query).
 void merge_row(std::vector<scored_id>& candidates, std::span<vector_id> ids, std::span<float> distances) {
+  constexpr std::size_t scan_up_to = 64;
   std::sort(candidates.begin(), candidates.end());
+  std::unordered_set<vector_id> taken;
+  if (ids.size() > scan_up_to) taken.reserve(ids.size());
   std::size_t j = 0;
   for (std::size_t i = 0; i < candidates.size() && j < ids.size(); ++i) {
     if (candidates[i].id == no_id) break;  // sentinels sort last (infinite distance)
-    if (std::find(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(j), candidates[i].id) !=
-        ids.begin() + static_cast<std::ptrdiff_t>(j))
-      continue;
+    const bool repeated = ids.size() > scan_up_to
+                              ? !taken.insert(candidates[i].id).second
+                              : std::find(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(j),
+                                          candidates[i].id) != ids.begin() + static_cast<std::ptrdiff_t>(j);
+    if (repeated) continue;
     ids[j] = candidates[i].id;
     distances[j] = candidates[i].distance;
     ++j;
