@@ -6,7 +6,6 @@
 // assigns with a flat index, as shoal's), search knob `ef` -> its efSearch. FAISS threads with OpenMP, so each thread
 // that calls it sets its OpenMP thread count (`use_threads`, which also caps OpenBLAS's own threads);
 // single-query mode calls search with n = 1.
-#include <dlfcn.h>
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
 #include <faiss/IndexIVFFlat.h>
@@ -15,7 +14,6 @@
 #include <faiss/IndexPreTransform.h>
 #include <faiss/IndexRefine.h>
 #include <faiss/VectorTransform.h>
-#include <omp.h>
 
 #include <memory>
 #include <optional>
@@ -23,6 +21,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../faiss_threads.hpp"
 #include "adapter.hpp"
 #include "peer_support.hpp"
 #include "shoal/core/error.hpp"
@@ -34,17 +33,6 @@ using faiss_id = faiss::Index::idx_t;
 // FAISS writes its int64 labels straight into shoal's uint64 id buffers: a signed/unsigned pair may
 // alias, and FAISS's −1 ("no result") reads as shoal::no_id.
 static_assert(std::is_same_v<std::make_unsigned_t<faiss_id>, vector_id>);
-
-/// FAISS's thread count: OpenMP's, and that of its GEMMs (k-means, batched flat search), which run in the
-/// BLAS library — Debian's OpenBLAS is the pthread build, which ignores OpenMP's setting and takes every
-/// core: a `--threads 1` FAISS IVF build ran at 191% CPU before this (session 13). OpenBLAS is looked up
-/// at run time; under another BLAS only OpenMP's count is set.
-void use_faiss_threads(std::size_t threads) {
-  omp_set_num_threads(static_cast<int>(threads));
-  using setter = void (*)(int);
-  static const auto openblas = reinterpret_cast<setter>(dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
-  if (openblas != nullptr) openblas(static_cast<int>(threads));
-}
 
 /// FAISS reports similarities for inner product; shoal's distances are −⟨q,x⟩ and 1 − cos.
 void to_shoal_distances(shoal::metric m, neighbors_view out) noexcept {

@@ -7,7 +7,7 @@
 // default), `off` (every iteration a full GEMM step), or a number of centroid groups (k: Elkan's bounds).
 //
 // Both run random initialisation (FAISS's only one) with at most 256 points per centroid. FAISS threads
-// with OpenMP (omp_set_num_threads), shoal on a oneTBB arena of the same size.
+// with OpenMP and its BLAS (`use_faiss_threads` caps both), shoal on a oneTBB arena of the same size.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -24,7 +24,8 @@
 #ifdef SHOAL_BENCH_HAVE_FAISS
 #include <faiss/Clustering.h>
 #include <faiss/IndexFlat.h>
-#include <omp.h>
+
+#include "../faiss_threads.hpp"
 #endif
 
 namespace {
@@ -63,7 +64,7 @@ int main(int argc, char** argv) {
                 shoal::simd_level_name(), seconds_since(start), result.objective.back(), bounds.c_str());
 
 #ifdef SHOAL_BENCH_HAVE_FAISS
-    omp_set_num_threads(threads);
+    shoal::bench::use_faiss_threads(static_cast<std::size_t>(threads));
     faiss::ClusteringParameters cp;
     cp.niter = static_cast<int>(iterations);
     cp.max_points_per_centroid = 256;
