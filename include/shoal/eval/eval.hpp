@@ -12,7 +12,9 @@
 namespace shoal {
 
 /// Recall@k as ann-benchmarks defines it: |returned top-k ∩ true top-k| / k, averaged over queries.
-/// `truth` holds per query at least k true ids, nearest first (e.g. an `.ivecs` ground-truth file).
+/// `truth` holds per query at least k true ids, nearest first (e.g. an `.ivecs` ground-truth file); a
+/// negative id (FAISS's −1 padding where fewer than k exist) is a missing one, which no result matches.
+/// `.ivecs` ids are int32: for bases beyond 2³¹ − 1 rows use the `neighbors` overload.
 /// Throws `shoal::error` if k is 0, exceeds `result.k()` or `truth.dim`, or the row counts differ.
 [[nodiscard]] double recall_at_k(const neighbors& result, matrix_view<const std::int32_t> truth, std::size_t k);
 /// The same with ids in a `neighbors` (e.g. from `ground_truth`).
