@@ -514,24 +514,23 @@ class group_bounds {
               const float shrink = 1.0f - slack_;
               const float* shrunk = shrunk_norms_.data() + m0;
               const auto own = [&] { return motion_.group_of[a[r]] == h ? position_[a[r]] - m0 : size; };
-              // The smallest rank score over the members but `skip`.
-              const auto lowest = [&](std::size_t skip) {
-                float low = std::numeric_limits<float>::infinity();
-                kern.rank_argmin(ip, shrunk, skip, &low, nullptr);
-                if (skip + 1 < size) kern.rank_argmin(ip + skip + 1, shrunk + skip + 1, size - skip - 1, &low, nullptr);
-                return low;
-              };
-              // Where the smallest exact rank score is, over the members but `skip`.
-              const auto nearest = [&](std::size_t skip) {
+              // The smallest rank score over the members but `skip` (ranked by `norms`), and, when `at` is
+              // given, its position.
+              const auto smallest = [&](const float* norms, std::size_t skip, std::size_t* at) {
                 float low = std::numeric_limits<float>::infinity(), tail = low;
-                std::uint32_t at = 0, tail_at = 0;
-                kern.rank_argmin(ip, cn, skip, &low, &at);
-                if (skip + 1 < size) kern.rank_argmin(ip + skip + 1, cn + skip + 1, size - skip - 1, &tail, &tail_at);
-                return tail < low ? skip + 1 + tail_at : at;
+                std::uint32_t head_at = 0, tail_at = 0;
+                kern.rank_argmin(ip, norms, skip, &low, at != nullptr ? &head_at : nullptr);
+                if (skip + 1 < size)
+                  kern.rank_argmin(ip + skip + 1, norms + skip + 1, size - skip - 1, &tail,
+                                   at != nullptr ? &tail_at : nullptr);
+                if (at != nullptr) *at = tail < low ? skip + 1 + tail_at : head_at;
+                return std::min(low, tail);
               };
+              const auto lowest = [&](std::size_t skip) { return smallest(shrunk, skip, nullptr); };
               float e = pn * shrink + lowest(own());
               if (e <= best2[r]) {
-                const std::size_t q = nearest(own());
+                std::size_t q = 0;  // the nearest member by exact norms
+                (void)smallest(cn, own(), &q);
                 const std::uint32_t j = members_[m0 + q];
                 const float sum = pn + cn[q];
                 const float d2 = sum - 2.0f * ip[q];
