@@ -14,7 +14,9 @@
 #include <faiss/IndexPreTransform.h>
 #include <faiss/IndexRefine.h>
 #include <faiss/VectorTransform.h>
+#include <faiss/utils/utils.h>
 
+#include <iostream>
 #include <memory>
 #include <optional>
 #include <string>
@@ -365,9 +367,21 @@ class faiss_hnsw_adapter final : public index_adapter {
   std::unique_ptr<faiss::IndexHNSWFlat> index_;
 };
 
+/// Which FAISS build the peer is: Debian's binary is a generic one (fast-scan emulated), the AVX2 library
+/// of benchmarks/faiss-avx2.sh says "AVX2". Said once, on stderr, so the CSV stays as it is.
+void announce_faiss_build() {
+  static const bool once = [] {
+    std::cerr << "shoal-ann-bench: faiss peer: FAISS " << FAISS_VERSION_MAJOR << '.' << FAISS_VERSION_MINOR << '.'
+              << FAISS_VERSION_PATCH << ", compile options: " << faiss::get_compile_options() << '\n';
+    return true;
+  }();
+  static_cast<void>(once);
+}
+
 }  // namespace
 
 std::unique_ptr<index_adapter> make_faiss_adapter(const index_request& request) {
+  announce_faiss_build();
   if (hnsw_m(request.spec)) return std::make_unique<faiss_hnsw_adapter>(request);
   if (ivf_flat(request.spec)) return std::make_unique<faiss_ivf_flat_adapter>(request);
   if (ivf_pq(request.spec)) return std::make_unique<faiss_ivf_pq_adapter>(request);

@@ -1,5 +1,8 @@
 // shoal-kmeans-bench: times shoal's k-means against FAISS's Clustering (when built in) on the same data,
-// k, iterations, subsampling cap and thread count, and prints the final objective of each.
+// k, iterations, subsampling cap and thread count, and prints the final objective of each and the
+// imbalance factor of its partition of the whole base (k · Σ size² / n², 1 when every cluster holds n / k:
+// the factor by which an IVF query scans more codes than the mean list, for queries drawn like the data),
+// both partitions made by shoal::assign so that they are counted alike.
 //
 //   shoal-kmeans-bench BASE K ITERATIONS [THREADS] [MAX_BASE] [BOUNDS]
 //
@@ -14,6 +17,7 @@
 #include <cstdlib>
 #include <exception>
 #include <string>
+#include <vector>
 
 #include <tbb/task_arena.h>
 
@@ -34,6 +38,15 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+double imbalance(const shoal::matrix<float>& base, shoal::matrix_view<const float> centroids) {
+  std::vector<double> sizes(centroids.rows, 0.0);
+  for (const std::uint32_t label : shoal::assign(base.view(), centroids).labels) sizes[label] += 1.0;
+  double squares = 0.0;
+  for (const double s : sizes) squares += s * s;
+  const auto n = static_cast<double>(base.rows);
+  return static_cast<double>(centroids.rows) * squares / (n * n);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -48,7 +61,7 @@ int main(int argc, char** argv) {
     const std::size_t max_base = argc > 5 ? std::stoul(argv[5]) : 0;
     const std::string bounds = argc > 6 ? argv[6] : "auto";
     const shoal::matrix<float> base = shoal::io::read_vectors(argv[1], max_base);
-    std::printf("library,k,iterations,points,dim,threads,simd,seconds,objective,bounds\n");
+    std::printf("library,k,iterations,points,dim,threads,simd,seconds,objective,bounds,imbalance\n");
 
     shoal::kmeans_params params;
     params.k = k;
@@ -60,8 +73,10 @@ int main(int argc, char** argv) {
     shoal::kmeans_result result;
     const auto start = std::chrono::steady_clock::now();
     tbb::task_arena(threads).execute([&] { result = shoal::kmeans(base.view(), params); });
-    std::printf("shoal,%zu,%zu,%zu,%zu,%d,%s,%.3f,%.6g,%s\n", k, iterations, result.training_points, base.dim, threads,
-                shoal::simd_level_name(), seconds_since(start), result.objective.back(), bounds.c_str());
+    const double seconds = seconds_since(start);
+    std::printf("shoal,%zu,%zu,%zu,%zu,%d,%s,%.3f,%.6g,%s,%.3f\n", k, iterations, result.training_points, base.dim,
+                threads, shoal::simd_level_name(), seconds, result.objective.back(), bounds.c_str(),
+                imbalance(base, result.centroids.view()));
 
 #ifdef SHOAL_BENCH_HAVE_FAISS
     shoal::bench::use_faiss_threads(static_cast<std::size_t>(threads));
@@ -74,8 +89,10 @@ int main(int argc, char** argv) {
     clustering.train(static_cast<faiss::Index::idx_t>(base.rows), base.values.data(), assigner);
     const double faiss_seconds = seconds_since(faiss_start);
     // FAISS records the objective of each iteration's assignment, as shoal does.
-    std::printf("faiss,%zu,%zu,%zu,%zu,%d,-,%.3f,%.6g,-\n", k, iterations, std::min(base.rows, k * std::size_t{256}),
-                base.dim, threads, faiss_seconds, static_cast<double>(clustering.iteration_stats.back().obj));
+    const shoal::matrix_view<const float> faiss_centroids{clustering.centroids.data(), k, base.dim, base.dim};
+    std::printf("faiss,%zu,%zu,%zu,%zu,%d,-,%.3f,%.6g,-,%.3f\n", k, iterations,
+                std::min(base.rows, k * std::size_t{256}), base.dim, threads, faiss_seconds,
+                static_cast<double>(clustering.iteration_stats.back().obj), imbalance(base, faiss_centroids));
 #endif
     return 0;
   } catch (const std::exception& e) {
