@@ -114,8 +114,8 @@ TEST_CASE("k-means is deterministic for a seed, whatever the thread count", "[km
   params.iterations = 8;
   params.seed = 11;
   params.max_points_per_centroid = 50;  // subsampling takes part too
-  // Elkan's bounds (one group per centroid: the automatic choice here) and grouped bounds.
-  for (const std::size_t groups : {std::size_t{0}, std::size_t{8}}) {
+  // Elkan's bounds (one group per centroid) and grouped bounds.
+  for (const std::size_t groups : {std::size_t{30}, std::size_t{8}}) {
     CAPTURE(groups);
     params.bound_groups = groups;
     params.seed = 11;
@@ -143,8 +143,8 @@ TEST_CASE("k-means with triangle bounds assigns every point to its nearest centr
     float spread;
     kmeans_init init;
   };
-  // Both kinds: Elkan's (one group per centroid, the automatic choice at these sizes) and grouped bounds
-  // (k / 5 groups), whose steps compute distances in GEMM tiles rather than pairwise.
+  // Both kinds: Elkan's (one group per centroid) and grouped bounds (k / 5 groups), whose steps compute
+  // distances in GEMM tiles rather than pairwise.
   constexpr std::size_t iterations = 12;
   for (const setup c : {setup{3000, 32, 40, 12, 0.35f, kmeans_init::random},
                         setup{2000, 64, 100, 5, 1.0f, kmeans_init::kmeans_plus_plus},
@@ -157,7 +157,7 @@ TEST_CASE("k-means with triangle bounds assigns every point to its nearest centr
       params.init = c.init;
       params.max_points_per_centroid = 0;
       params.iterations = iterations;
-      params.bound_groups = grouped ? c.k / 5 : 0;
+      params.bound_groups = grouped ? c.k / 5 : c.k;
       const kmeans_result run = kmeans(points.view(), params);
       std::size_t repairs = 0;
       for (std::size_t m = 1; m < iterations; ++m) {

@@ -217,6 +217,21 @@ constexpr std::size_t max_bound_entries = std::size_t{1} << 26;
 [[nodiscard]] std::size_t group_size(std::size_t dim) noexcept { return std::clamp<std::size_t>(2048 / dim, 4, 16); }
 /// Fewer groups than this rule out too little: plain Lloyd steps instead.
 constexpr std::size_t min_bound_groups = 8;
+/// The automatic choice (session 14, AMD EPYC Zen 3, one thread, 10 iterations; BENCHMARKS.md "k-means
+/// training against FAISS"). Elkan's bounds pay where a dot product is long: at 256 dimensions they win
+/// (fashion-mnist columns 264-519, k 256: 0.89 s against 1.19 s of plain steps), at 128 a step's
+/// bookkeeping per (point, centroid) costs what it saves or more (columns 328-455, k 256: 0.70 s against
+/// 0.68 s; bigann10k k 100: 0.076-0.101 s against 0.062-0.067 s; a generated 60,000 × 128 set, k 1,024:
+/// 2.41 s against 2.12 s, where groups of 16 took 1.79 s). So Elkan's from this dimension on, grouped
+/// bounds below it.
+constexpr std::size_t min_elkan_dim = 192;
+/// Grouped bounds, automatic choice: at least this many groups (16 groups of 16 on the 128-d fashion-mnist
+/// columns, k 256: 0.80-0.84 s against 0.69 s of plain steps; 64 of 16 on the generated set: above) ...
+constexpr std::size_t min_auto_groups = 32;
+/// ... of at most this many times `group_size(dim)` centroids. Where the memory budget forces wider groups
+/// the bounds rule out almost nothing (a million 128-d points, k 4,096: 64 groups of 64 still computed
+/// 99% of the block-group tiles, 156.5 s against 129.0 s of plain steps).
+constexpr std::size_t max_auto_group_widening = 2;
 /// Below this dimension a bounded iteration saves little: per (point, centroid) it still updates and
 /// tests a bound, about what the GEMM spends on a 16-long dot product (PQ codebooks of 2-8 dimensions:
 /// same times within noise).
@@ -752,9 +767,14 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
   // fit, grouped bounds (every step) otherwise.
   std::optional<elkan_bounds> bounds;
   std::optional<group_bounds> grouped;
-  const std::size_t groups = params.bound_groups != 0     ? std::min(params.bound_groups, k)
-                             : n * k <= max_bound_entries ? k
-                                                          : std::min(max_bound_entries / n, k / group_size(dim));
+  std::size_t groups = std::min(params.bound_groups, k);
+  if (params.bound_groups == 0) {
+    groups = std::min(max_bound_entries / n, k / group_size(dim));
+    if (dim >= min_elkan_dim && n * k <= max_bound_entries)
+      groups = k;
+    else if (groups < min_auto_groups || k > groups * group_size(dim) * max_auto_group_widening)
+      groups = 0;
+  }
   if (params.triangle_bounds && cap == n && !params.spherical && params.iterations > 1 && k > 1 &&
       dim >= min_bound_dim) {
     if (groups == k)

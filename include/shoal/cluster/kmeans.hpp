@@ -55,10 +55,12 @@ struct kmeans_params {
   /// used only for plain L2 k-means (not spherical, not balanced) at dim ≥ 16 (below, the bookkeeping
   /// costs about what it saves); elsewhere every iteration is a full GEMM step. false: always full steps.
   bool triangle_bounds = true;
-  /// Centroid groups of those bounds: 0 (automatic) gives one per centroid while n · k ≤ 2²⁶ (256 MiB of
-  /// bounds), else groups of at least 4-16 centroids (wider at lower dim), at most ⌊2²⁶ / n⌋ of them,
-  /// and no bounds when that leaves fewer than 8; any other value asks for that many groups whatever the
-  /// memory (at most k, which gives Elkan's; fewer than 8 groups of several centroids give none).
+  /// Centroid groups of those bounds: 0 (automatic) gives one per centroid at dim ≥ 192 while
+  /// n · k ≤ 2²⁶ (256 MiB of bounds); else groups of 4-16 centroids (wider at lower dim), at most
+  /// ⌊2²⁶ / n⌋ of them, and no bounds (plain steps) when that leaves fewer than 32 groups or groups more
+  /// than twice as wide (measured where each kind pays: src/cluster/kmeans.cpp); any other value asks
+  /// for that many groups whatever the memory (at most k, which gives Elkan's; fewer than 8 groups of
+  /// several centroids give none).
   std::size_t bound_groups = 0;
 };
 
