@@ -108,6 +108,54 @@ TEST_CASE("fast-scan kernels equal the scalar reference exactly at every level",
   }
 }
 
+TEST_CASE("fast-scan bound masks equal the definition at every level", "[pq][kernel]") {
+  // Sums around the bound (equal, one either side), at both ends of the range, and random; bounds at
+  // 0, in the middle and at the top (where every sum passes).
+  constexpr std::size_t blocks = 5;
+  std::vector<std::uint32_t> sums(blocks * fast_scan_block + 1);
+  splitmix64 rng(42);
+  const std::uint32_t mid = 40000;
+  for (std::size_t i = 0; i < sums.size(); ++i) {
+    const std::uint64_t r = rng.next();
+    switch (i % 6) {
+      case 0:
+        sums[i] = mid;
+        break;
+      case 1:
+        sums[i] = mid - 1;
+        break;
+      case 2:
+        sums[i] = mid + 1;
+        break;
+      case 3:
+        sums[i] = r % 2 == 0 ? 0u : 0xffffffffu;
+        break;
+      default:
+        sums[i] = static_cast<std::uint32_t>(r % 100000);
+        break;
+    }
+  }
+  for (const std::uint32_t bound : {0u, mid, 0x7fffffffu, 0x80000000u, 0xffffffffu}) {
+    CAPTURE(bound);
+    std::vector<std::uint32_t> want(blocks, 0);
+    for (std::size_t i = 0; i < blocks * fast_scan_block; ++i)
+      if (sums[i] <= bound) want[i / fast_scan_block] |= 1u << (i % fast_scan_block);
+    for (const simd_level level : available_simd_levels()) {
+      CAPTURE(simd_level_name(level));
+      std::vector<std::uint32_t> got(blocks, 12345);
+      quant_kernels(level).at_most(sums.data(), blocks, bound, got.data());
+      CHECK(got == want);
+      quant_kernels(level).at_most(sums.data() + 1, blocks - 1, bound, got.data());  // misaligned
+      for (std::size_t b = 0; b + 1 < blocks; ++b) {
+        std::uint32_t shifted = 0;
+        for (std::size_t j = 0; j < fast_scan_block; ++j)
+          shifted |= static_cast<std::uint32_t>(sums[1 + b * fast_scan_block + j] <= bound) << j;
+        CHECK(got[b] == shifted);
+      }
+    }
+  }
+}
+
 TEST_CASE("8-bit ADC scan equals the table sum at every level", "[pq][kernel]") {
   const std::size_t m = 12, n = 37;
   splitmix64 rng(3);

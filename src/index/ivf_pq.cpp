@@ -1,6 +1,7 @@
 #include "shoal/index/ivf_pq.hpp"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -56,6 +57,7 @@ struct ivf_pq_index::scratch {
   std::vector<float> table;  // m x ksub floats
   quantized_table quantized;
   std::vector<std::uint32_t> sums;
+  std::vector<std::uint32_t> masks;  // one per block of sums: those at most the admission bound
   std::vector<float> distances;
   std::vector<candidate> heap;  // max-heap of the best `keep`
   /// Under inner product / cosine the table does not depend on the list: built once per query.
@@ -79,6 +81,17 @@ struct ivf_pq_index::scratch {
 namespace {
 
 constexpr const char* index_name = "ivf_pq_index";
+
+/// The largest fast-scan sum whose distance base + sum / scale may still not exceed `worst`, with room
+/// for the float rounding of that expression (relative 1e-5, far above float's 6e-8 per operation): a
+/// sum above it is out. Every sum when `worst` is +inf (the heap is not full yet).
+std::uint32_t sum_bound(float worst, float base, float scale) noexcept {
+  if (!(worst < no_distance)) return std::numeric_limits<std::uint32_t>::max();
+  const double w = worst, b = base, sc = scale;
+  const double t = (w - b) * sc + (std::abs(w) + std::abs(b)) * sc * 1e-5 + 2.0;
+  if (t < 0.0) return 0;
+  return t >= 4294967295.0 ? std::numeric_limits<std::uint32_t>::max() : static_cast<std::uint32_t>(t);
+}
 
 /// `cap` row numbers of [0, n) drawn uniformly without replacement (all of them when n ≤ cap), sorted.
 std::vector<std::size_t> sample_rows(std::size_t n, std::size_t cap, std::uint64_t seed) {
@@ -339,50 +352,74 @@ void ivf_pq_index::begin_query(const float* query, scratch& s) const {
   }
 }
 
+float ivf_pq_index::list_tables(std::size_t list_no, const float* query, scratch& s) const {
+  // Distance = offset + Σ table. L2: the table of the residual q − c. Inner product: −⟨q, c⟩ plus the
+  // shared table of −⟨q_s, codeword⟩; cosine adds 1.
+  const float* centroid = coarse_->centroid(list_no);
+  if (s.shared_table)
+    return -active_kernels().inner_product(query, centroid, dim_) + (metric_ == metric::cosine ? 1.0f : 0.0f);
+  for (std::size_t j = 0; j < dim_; ++j) s.residual[j] = query[j] - centroid[j];
+  pq_.compute_table(s.residual.data(), metric::l2, s.table.data());
+  if (params_.nbits == 4) quantize_table(s.table.data(), params_.m, s.quantized);
+  return 0.0f;
+}
+
+const std::uint32_t* ivf_pq_index::list_sums(const list& l, scratch& s) const {
+  const std::size_t blocks = (l.count() + fast_scan_block - 1) / fast_scan_block;
+  if (s.sums.size() < blocks * fast_scan_block) s.sums.resize(blocks * fast_scan_block);
+  active_quant_kernels().fast_scan(l.code_data(), blocks, params_.m, s.quantized.values.data(), s.sums.data());
+  return s.sums.data();
+}
+
 const float* ivf_pq_index::list_distances(const list& l, std::size_t list_no, const float* query, scratch& s) const {
   const std::size_t n = l.count();
-  const std::size_t m = params_.m;
-  const pq_kernels& kern = active_quant_kernels();
   if (s.distances.size() < n + fast_scan_block) s.distances.resize(n + fast_scan_block);
   float* dist = s.distances.data();
   if (n == 0) return dist;
-  // Distance = offset + Σ table. L2: the table of the residual q − c. Inner product: −⟨q, c⟩ plus the
-  // shared table of −⟨q_s, codeword⟩; cosine adds 1.
-  float offset = 0.0f;
-  const float* centroid = coarse_->centroid(list_no);
-  if (s.shared_table) {
-    offset = -active_kernels().inner_product(query, centroid, dim_) + (metric_ == metric::cosine ? 1.0f : 0.0f);
-  } else {
-    for (std::size_t j = 0; j < dim_; ++j) s.residual[j] = query[j] - centroid[j];
-    pq_.compute_table(s.residual.data(), metric::l2, s.table.data());
-    if (params_.nbits == 4) quantize_table(s.table.data(), m, s.quantized);
-  }
+  const float offset = list_tables(list_no, query, s);
   if (params_.nbits == 8) {
-    kern.scan_8bit(s.table.data(), l.code_data(), n, m, dist);
+    active_quant_kernels().scan_8bit(s.table.data(), l.code_data(), n, params_.m, dist);
     for (std::size_t i = 0; i < n; ++i) dist[i] += offset;
   } else {
-    const std::size_t blocks = (n + fast_scan_block - 1) / fast_scan_block;
-    if (s.sums.size() < blocks * fast_scan_block) s.sums.resize(blocks * fast_scan_block);
-    kern.fast_scan(l.code_data(), blocks, m, s.quantized.values.data(), s.sums.data());
+    const std::uint32_t* sums = list_sums(l, s);
     const float base = offset + s.quantized.bias;
     const float inv = 1.0f / s.quantized.scale;
-    for (std::size_t i = 0; i < n; ++i) dist[i] = base + static_cast<float>(s.sums[i]) * inv;
+    for (std::size_t i = 0; i < n; ++i) dist[i] = base + static_cast<float>(sums[i]) * inv;
   }
   return dist;
 }
 
 void ivf_pq_index::scan_list(const list& l, std::size_t list_no, const float* query, scratch& s,
                              const search_params& params, std::size_t keep) const {
-  const float* dist = list_distances(l, list_no, query, s);
   const vector_id* ids = l.id_data();
+  const std::size_t n = l.count();
   float worst = s.worst(keep);
-  for (std::size_t i = 0; i < l.count(); ++i) {
-    if (dist[i] > worst) continue;
-    const vector_id id = ids[i];
-    if (!params.filter.accepts(id)) continue;
-    s.offer({dist[i], id, static_cast<std::uint32_t>(list_no), static_cast<std::uint32_t>(i)}, keep);
+  const auto offer = [&](std::size_t i, float distance) {
+    if (distance > worst || !params.filter.accepts(ids[i])) return;
+    s.offer({distance, ids[i], static_cast<std::uint32_t>(list_no), static_cast<std::uint32_t>(i)}, keep);
     worst = s.worst(keep);
+  };
+  if (params_.nbits == 8 || n == 0) {
+    const float* dist = list_distances(l, list_no, query, s);
+    for (std::size_t i = 0; i < n; ++i) offer(i, dist[i]);
+    return;
   }
+  // 4-bit: distance = base + sum / scale, monotone in the sum. The sums that can still enter (at most
+  // the bound in the sum domain, which the list-start `worst` gives with a margin for rounding) are
+  // found a block at a time by the `at_most` kernel; only those are turned into distances and offered,
+  // in slot order, each tested against the current `worst` as before, so the same candidates enter.
+  const float base = list_tables(list_no, query, s) + s.quantized.bias;
+  const float inv = 1.0f / s.quantized.scale;
+  const std::uint32_t* sums = list_sums(l, s);
+  const std::size_t blocks = (n + fast_scan_block - 1) / fast_scan_block;
+  if (s.masks.size() < blocks) s.masks.resize(blocks);
+  active_quant_kernels().at_most(sums, blocks, sum_bound(worst, base, s.quantized.scale), s.masks.data());
+  for (std::size_t b = 0; b < blocks; ++b)
+    for (std::uint32_t mask = s.masks[b]; mask != 0; mask &= mask - 1) {
+      const std::size_t i = b * fast_scan_block + static_cast<std::size_t>(std::countr_zero(mask));
+      if (i >= n) break;  // the last block's padding slots
+      offer(i, base + static_cast<float>(sums[i]) * inv);
+    }
 }
 
 void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {

@@ -174,6 +174,31 @@ void fast_scan(const std::uint8_t* packed, std::size_t nblocks, std::size_t m, c
 }
 #endif
 
+/// Which fast-scan sums do not exceed `bound`: bit j of `masks[b]` for sum 32 · b + j. A list scan tests
+/// its sums against the admission bound this way, one branch per block of 32 instead of one per code.
+void at_most(const std::uint32_t* sums, std::size_t nblocks, std::uint32_t bound, std::uint32_t* masks) noexcept {
+#if SHOAL_PQ_ISA == 0
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    std::uint32_t mask = 0;
+    for (std::size_t j = 0; j < fast_scan_block; ++j)
+      mask |= static_cast<std::uint32_t>(sums[b * fast_scan_block + j] <= bound) << j;
+    masks[b] = mask;
+  }
+#else
+  // x ≤ bound ⟺ max(x, bound) = bound, unsigned (AVX2 has no unsigned compare); eight sums per mask byte.
+  const __m256i limit = _mm256_set1_epi32(static_cast<int>(bound));
+  for (std::size_t b = 0; b < nblocks; ++b) {
+    std::uint32_t mask = 0;
+    for (int q = 0; q < 4; ++q) {
+      const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(sums + b * fast_scan_block + 8 * q));
+      const __m256i below = _mm256_cmpeq_epi32(_mm256_max_epu32(x, limit), limit);
+      mask |= static_cast<std::uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(below))) << (8 * q);
+    }
+    masks[b] = mask;
+  }
+#endif
+}
+
 /// 8-bit ADC: plain look-ups, summed in sub-quantizer order (identical at every level). Four codes at a
 /// time so that independent load chains overlap.
 void scan_8bit(const float* table, const std::uint8_t* codes, std::size_t n, std::size_t m, float* out) noexcept {
@@ -471,6 +496,7 @@ const pq_kernels& pq_table() noexcept {
       .tables = tables,
       .quantize = quantize,
       .fast_scan = fast_scan,
+      .at_most = at_most,
       .scan_8bit = scan_8bit,
   };
   return k;

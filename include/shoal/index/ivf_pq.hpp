@@ -169,6 +169,10 @@ class ivf_pq_index {
   [[nodiscard]] detail::probed_queries probe(matrix_view<const float> queries, const search_params& params,
                                              const char* what) const;
   void begin_query(const float* query, scratch& s) const;
+  /// Fills the scratch's tables for list `list_no` (4-bit: quantized too); returns the distance offset.
+  [[nodiscard]] float list_tables(std::size_t list_no, const float* query, scratch& s) const;
+  /// The 4-bit fast-scan sums of list `l` under the scratch's quantized table (padding slots included).
+  [[nodiscard]] const std::uint32_t* list_sums(const list& l, scratch& s) const;
   [[nodiscard]] const float* list_distances(const list& l, std::size_t list_no, const float* query, scratch& s) const;
   void scan_list(const list& l, std::size_t list_no, const float* query, scratch& s, const search_params& params,
                  std::size_t keep) const;

@@ -153,6 +153,8 @@ struct pq_kernels {
   void (*quantize)(const float* table, std::size_t m, std::uint8_t* out, float* bias, float* scale) noexcept;
   void (*fast_scan)(const std::uint8_t* packed, std::size_t nblocks, std::size_t m, const std::uint8_t* table,
                     std::uint32_t* out) noexcept;
+  /// Over `nblocks` blocks of `fast_scan_block` sums: bit j of `masks[b]` is set iff sum 32 · b + j ≤ `bound`.
+  void (*at_most)(const std::uint32_t* sums, std::size_t nblocks, std::uint32_t bound, std::uint32_t* masks) noexcept;
   void (*scan_8bit)(const float* table, const std::uint8_t* codes, std::size_t n, std::size_t m, float* out) noexcept;
 };
 
