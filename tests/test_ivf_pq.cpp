@@ -196,35 +196,11 @@ TEST_CASE("ivf-pq search applies the per-call filter", "[pq][ivf]") {
   }
 }
 
-TEST_CASE("ivf-pq top-k by approximate distance is the head of the full ranking", "[pq][ivf]") {
+TEST_CASE("ivf-pq by approximate distance: a small k is the head of the full ranking, range search its cut",
+          "[pq][ivf]") {
   // With k = every stored vector nothing is ever pruned; with a small k the scan skips what its bound
   // rules out (4-bit: in the sum domain, a block at a time). A bound that ruled out too much would lose
-  // a true head member; the heads must be identical, ids and distances.
-  const fixture f(3000, 24, 31);
-  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
-    for (const std::size_t nbits : {8, 4}) {
-      CAPTURE(metric_name(m), nbits);
-      const ivf_pq_index index = f.build(m, 8, nbits, false);
-      for (const std::size_t nprobe : {std::size_t{1}, probe, nlist}) {
-        CAPTURE(nprobe);
-        const neighbors all = index.search(f.queries.view(), index.size(), with(nprobe));
-        for (const std::size_t k : {1, 10, 40}) {
-          CAPTURE(k);
-          const neighbors head = index.search(f.queries.view(), k, with(nprobe));
-          neighbors want(all.rows(), k);
-          for (std::size_t q = 0; q < all.rows(); ++q)
-            for (std::size_t j = 0; j < k; ++j) {
-              want.view().row_ids(q)[j] = all.id(q, j);
-              want.view().row_distances(q)[j] = all.distance(q, j);
-            }
-          require_identical(head, want);
-        }
-      }
-    }
-  }
-}
-
-TEST_CASE("ivf-pq range search by approximate distance is search's result cut at the radius", "[pq][ivf]") {
+  // a head member: the heads must be identical, ids and distances.
   const fixture f(3000, 24, 29);
   for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
     for (const std::size_t nbits : {8, 4}) {
@@ -238,6 +214,16 @@ TEST_CASE("ivf-pq range search by approximate distance is search's result cut at
           if (filtered) params.filter = odd;
           // k = every stored vector: each row holds all of its probed lists, by the same ADC distances.
           const neighbors all = index.search(f.queries.view(), index.size(), params);
+          for (const std::size_t k : {1, 10, 40}) {
+            CAPTURE(k);
+            neighbors head(all.rows(), k);
+            for (std::size_t q = 0; q < all.rows(); ++q)
+              for (std::size_t j = 0; j < k; ++j) {
+                head.view().row_ids(q)[j] = all.id(q, j);
+                head.view().row_distances(q)[j] = all.distance(q, j);
+              }
+            require_identical(index.search(f.queries.view(), k, params), head);
+          }
           std::size_t probed = 0;
           while (probed < all.k() && all.id(0, probed) != no_id) ++probed;
           REQUIRE(probed >= 20);
