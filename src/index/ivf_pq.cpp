@@ -49,8 +49,10 @@ struct ivf_pq_index::scratch {
     vector_id id;
     std::uint32_t list;
     std::uint32_t slot;
+    // Both tests evaluated, combined without branches: in the heap's sifts the outcome is a coin flip.
     friend bool operator<(const candidate& a, const candidate& b) noexcept {
-      return a.distance < b.distance || (a.distance == b.distance && a.id < b.id);
+      return static_cast<bool>(static_cast<int>(a.distance < b.distance) |
+                               (static_cast<int>(a.distance == b.distance) & static_cast<int>(a.id < b.id)));
     }
   };
   std::vector<float> residual;
@@ -71,9 +73,17 @@ struct ivf_pq_index::scratch {
       heap.push_back(c);
       std::push_heap(heap.begin(), heap.end());
     } else if (c < heap.front()) {
-      std::pop_heap(heap.begin(), heap.end());
-      heap.back() = c;
-      std::push_heap(heap.begin(), heap.end());
+      // The newcomer takes the worst one's place at the root and sinks: one pass down the heap where
+      // pop_heap and push_heap take a pass down and one up (the list walk's main cost at k · refine = 40).
+      const std::size_t n = heap.size();
+      std::size_t at = 0;
+      for (std::size_t child = 1; child < n; child = 2 * at + 1) {
+        child += static_cast<std::size_t>(child + 1 < n && heap[child] < heap[child + 1]);
+        if (!(c < heap[child])) break;
+        heap[at] = heap[child];
+        at = child;
+      }
+      heap[at] = c;
     }
   }
 };
