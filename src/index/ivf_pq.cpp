@@ -73,17 +73,7 @@ struct ivf_pq_index::scratch {
       heap.push_back(c);
       std::push_heap(heap.begin(), heap.end());
     } else if (c < heap.front()) {
-      // The newcomer takes the worst one's place at the root and sinks: one pass down the heap where
-      // pop_heap and push_heap take a pass down and one up (the list walk's main cost at k · refine = 40).
-      const std::size_t n = heap.size();
-      std::size_t at = 0;
-      for (std::size_t child = 1; child < n; child = 2 * at + 1) {
-        child += static_cast<std::size_t>(child + 1 < n && heap[child] < heap[child + 1]);
-        if (!(c < heap[child])) break;
-        heap[at] = heap[child];
-        at = child;
-      }
-      heap[at] = c;
+      replace_top(heap, c);  // the list walk's main cost at k · refine = 40
     }
   }
 };

@@ -17,10 +17,28 @@ namespace shoal {
 struct scored_id {
   float distance;
   vector_id id;
+  // Both tests evaluated and combined without branches: inside a heap's sifts the outcome is a coin flip.
   friend constexpr bool operator<(const scored_id& a, const scored_id& b) noexcept {
-    return a.distance < b.distance || (a.distance == b.distance && a.id < b.id);
+    return static_cast<bool>(static_cast<int>(a.distance < b.distance) |
+                             (static_cast<int>(a.distance == b.distance) & static_cast<int>(a.id < b.id)));
   }
 };
+
+/// Replaces the root (the worst) of a non-empty max-heap by `c`, which must not be worse, and restores the
+/// heap in one pass down (`std::pop_heap` then `std::push_heap` take a pass down and one back up). The
+/// heap stays a `std::` heap for `T`'s `operator<`.
+template <typename T>
+void replace_top(std::vector<T>& heap, const T& c) noexcept {
+  const std::size_t n = heap.size();
+  std::size_t at = 0;
+  for (std::size_t child = 1; child < n; child = 2 * at + 1) {
+    child += static_cast<std::size_t>(child + 1 < n && heap[child] < heap[child + 1]);
+    if (!(c < heap[child])) break;
+    heap[at] = heap[child];
+    at = child;
+  }
+  heap[at] = c;
+}
 
 /// Keeps the k best (smallest) candidates seen so far in a max-heap. `worst()` is the admission
 /// threshold: a candidate with a larger distance can never enter, which lets scans skip it cheaply.
@@ -41,9 +59,7 @@ class topk_heap {
       heap_.push_back(c);
       std::push_heap(heap_.begin(), heap_.end());
     } else if (c < heap_.front()) {
-      std::pop_heap(heap_.begin(), heap_.end());
-      heap_.back() = c;
-      std::push_heap(heap_.begin(), heap_.end());
+      replace_top(heap_, c);
     }
   }
 
