@@ -49,10 +49,9 @@ struct ivf_pq_index::scratch {
     vector_id id;
     std::uint32_t list;
     std::uint32_t slot;
-    // Both tests evaluated, combined without branches: in the heap's sifts the outcome is a coin flip.
+    /// The (distance, id) order of every shoal result (`scored_id`'s).
     friend bool operator<(const candidate& a, const candidate& b) noexcept {
-      return static_cast<bool>(static_cast<int>(a.distance < b.distance) |
-                               (static_cast<int>(a.distance == b.distance) & static_cast<int>(a.id < b.id)));
+      return scored_id{a.distance, a.id} < scored_id{b.distance, b.id};
     }
   };
   std::vector<float> residual;
