@@ -35,6 +35,25 @@ constexpr std::size_t prefilter_min_lists = 256;
 /// few beside all of them (the exact pass then scores little more than nprobe centroids).
 [[nodiscard]] bool prefilter_pays(std::size_t nprobe, std::size_t nlist) noexcept { return 8 * nprobe + 64 <= nlist; }
 
+/// A thread's buffers for probing one query at a time (`scratch_lease`): at tens of thousands of queries
+/// a second, allocating them per query showed in profiles.
+struct probe_scratch {
+  std::vector<float> scores;       // the exact pass: every centroid's rank score
+  std::vector<std::int32_t> dots;  // the prefilter: per centroid its code dot product, and bounds
+  std::vector<float> lowest;
+  std::vector<float> highest;
+  topk_heap high{1};
+  topk_heap best{1};
+};
+
+/// The heap's entries best first into `probes` (nprobe slots, padded with `no_list`); empties the heap.
+void write_probes(topk_heap& heap, std::size_t nprobe, std::uint32_t* probes) {
+  const std::span<const scored_id> best = heap.sort();
+  for (std::size_t j = 0; j < nprobe; ++j)
+    probes[j] = j < best.size() ? static_cast<std::uint32_t>(best[j].id) : no_list;
+  heap.clear();
+}
+
 }  // namespace
 
 coarse_quantizer::coarse_quantizer(metric m, std::size_t hnsw_m) : metric_(m), hnsw_m_(hnsw_m) {
@@ -101,15 +120,21 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
   // ‖q‖·‖c − ĉ‖ in inner product (Cauchy–Schwarz). A centroid whose lowest possible distance exceeds the
   // nprobe-th smallest highest possible one cannot be among the nprobe nearest; all others are scored
   // exactly, so the lists are the exact pass's (no cut-off that a near tie could fall below).
+  const scratch_lease<probe_scratch> lease;
+  probe_scratch& s = lease.get();
   sq8_estimator estimator;
   estimator.prepare(*codec_, metric_, query);
   constexpr float slack = 1e-4f;
   const float q_norm = l2 ? 0.0f : std::sqrt(exact.inner_product(query, query, dim));
-  std::vector<std::int32_t> dots(nlist);  // the kernel over all rows, the arithmetic after it vectorised
-  exact.dot_u8_i16_one_to_many(estimator.coeffs(), codes_.data(), nlist, dim, dots.data());
+  s.dots.resize(nlist);  // the kernel over all rows, the arithmetic after it vectorised
+  const std::int32_t* dots = s.dots.data();
+  exact.dot_u8_i16_one_to_many(estimator.coeffs(), codes_.data(), nlist, dim, s.dots.data());
   // Per centroid the estimate's lowest and highest value (squared distances to ĉ under L2, scores under
   // inner product), in a loop without branches.
-  std::vector<float> lowest(nlist), highest(nlist);
+  s.lowest.resize(nlist);
+  s.highest.resize(nlist);
+  float* lowest = s.lowest.data();
+  float* highest = s.highest.data();
   const float half_unit = 0.5f * estimator.unit(), offset = std::abs(estimator.offset());
   for (std::size_t c = 0; c < nlist; ++c) {
     const float est = estimator.estimate(terms_[c], dots[c]);
@@ -135,11 +160,12 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
   constexpr std::size_t block = 64;
   std::array<std::int32_t, block> pass{};
   // Only the nprobe-th smallest high bound is needed: the nprobe smallest so far in a bounded heap.
-  topk_heap high(nprobe);
+  topk_heap& high = s.high;
+  high.reset(nprobe);
   float root = std::numeric_limits<float>::infinity();  // √ of the heap's worst
   for (std::size_t c0 = 0; c0 < nlist; c0 += block) {
     const std::size_t count = std::min(block, nlist - c0);
-    const float* h = highest.data() + c0;
+    const float* h = highest + c0;
     const float* r = residuals_.data() + c0;
     std::int32_t any = 0;
     if (l2) {
@@ -173,10 +199,11 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
   const float bound_root = l2 ? std::sqrt(bound) : 0.0f;
   // The candidates scored exactly as the flat pass scores them (the pairwise kernel is bit-identical to the
   // one-to-many kernel the pass uses for a small batch), best nprobe by (score, list).
-  topk_heap heap(nprobe);
+  topk_heap& heap = s.best;
+  heap.reset(nprobe);
   for (std::size_t c0 = 0; c0 < nlist; c0 += block) {
     const std::size_t count = std::min(block, nlist - c0);
-    const float* low = lowest.data() + c0;
+    const float* low = lowest + c0;
     const float* r = residuals_.data() + c0;
     std::int32_t any = 0;
     for (std::size_t i = 0; i < count; ++i) {
@@ -189,13 +216,27 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
     for (std::size_t i = 0; i < count; ++i) {
       const std::size_t c = c0 + i;
       if (pass[i] == 0 || (l2 && !(near_sq(c) <= bound))) continue;
-      const float s = rank_score(l2, l2 ? norms_[c] : 0.0f, exact.inner_product(query, centroids_.row(c), dim));
-      if (s <= heap.worst()) heap.push(s, static_cast<std::uint32_t>(c));
+      const float score = rank_score(l2, l2 ? norms_[c] : 0.0f, exact.inner_product(query, centroids_.row(c), dim));
+      if (score <= heap.worst()) heap.push(score, static_cast<std::uint32_t>(c));
     }
   }
-  const std::vector<scored_id> best = heap.take_sorted();
-  for (std::size_t j = 0; j < nprobe; ++j)
-    probes[j] = j < best.size() ? static_cast<std::uint32_t>(best[j].id) : no_list;
+  write_probes(heap, nprobe, probes);
+}
+
+void coarse_quantizer::probe_exact(const float* query, std::size_t nprobe, std::uint32_t* probes) const {
+  const std::size_t nlist = centroids_.rows;
+  const bool l2 = metric_ == metric::l2;
+  const scratch_lease<probe_scratch> lease;
+  probe_scratch& s = lease.get();
+  s.scores.resize(nlist);
+  float* scores = s.scores.data();
+  active_kernels().inner_product_one_to_many(query, centroids_.row(0), nlist, centroids_.dim, centroids_.dim, scores);
+  for (std::size_t c = 0; c < nlist; ++c) scores[c] = rank_score(l2, l2 ? norms_[c] : 0.0f, scores[c]);
+  topk_heap& heap = s.best;
+  heap.reset(nprobe);
+  for (std::size_t c = 0; c < nlist; ++c)
+    if (scores[c] <= heap.worst()) heap.push(scores[c], static_cast<std::uint32_t>(c));
+  write_probes(heap, nprobe, probes);
 }
 
 void coarse_quantizer::set_centroids(matrix<float> centroids) {
@@ -226,8 +267,14 @@ void coarse_quantizer::probe(matrix_view<const float> queries, std::size_t nprob
                              std::uint32_t* probes) const {
   if (queries.rows == 0) return;
   if (graph_ == nullptr) {
-    if (prefiltered(queries.rows, nprobe)) {
-      for (std::size_t q = 0; q < queries.rows; ++q) probe_prefiltered(queries.row(q), nprobe, probes + q * nprobe);
+    if (queries.rows < gemm_min_points) {
+      const bool filter = prefiltered(queries.rows, nprobe);
+      for (std::size_t q = 0; q < queries.rows; ++q) {
+        if (filter)
+          probe_prefiltered(queries.row(q), nprobe, probes + q * nprobe);
+        else
+          probe_exact(queries.row(q), nprobe, probes + q * nprobe);
+      }
       return;
     }
     std::vector<float> unused(queries.rows * nprobe);

@@ -77,6 +77,10 @@ class coarse_quantizer {
   [[nodiscard]] bool prefiltered(std::size_t rows, std::size_t nprobe) const noexcept;
   /// The prefilter's probe of one query.
   void probe_prefiltered(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
+  /// The flat kind's exact probe of one query, without the prefilter: what `assign_nearest` gives a batch
+  /// too small for its GEMM (the same one-to-many kernel and (score, list) order), without its per-call
+  /// buffers.
+  void probe_exact(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
 
   metric metric_;
   std::size_t hnsw_m_;

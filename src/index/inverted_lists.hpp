@@ -8,7 +8,10 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <cstdint>
+#include <memory>
 #include <shared_mutex>
+#include <span>
 #include <vector>
 
 #include "shoal/core/types.hpp"
@@ -62,6 +65,35 @@ struct inverted_list {
   [[nodiscard]] std::size_t bytes() const noexcept {
     return codes.capacity() * sizeof(Code) + ids.capacity() * sizeof(vector_id);
   }
+};
+
+/// Read locks on several lists at once, held until destruction. `which` must be in ascending order
+/// without repeats: every reader that holds several lists then takes them in one global order, and
+/// writers hold one list at a time, so no cycle of waits can form even under a lock that makes new
+/// readers wait behind a waiting writer.
+template <class List>
+class list_read_locks {
+ public:
+  list_read_locks(std::span<const std::unique_ptr<List>> lists, std::span<const std::uint32_t> which)
+      : lists_(lists), which_(which) {
+    try {
+      for (; held_ < which.size(); ++held_) lists[which[held_]]->mutex.lock_shared();
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  ~list_read_locks() { release(); }
+  list_read_locks(const list_read_locks&) = delete;
+  list_read_locks& operator=(const list_read_locks&) = delete;
+
+ private:
+  void release() noexcept {
+    for (; held_ > 0; --held_) lists_[which_[held_ - 1]]->mutex.unlock_shared();
+  }
+  std::span<const std::unique_ptr<List>> lists_;
+  std::span<const std::uint32_t> which_;
+  std::size_t held_ = 0;
 };
 
 }  // namespace shoal::detail

@@ -60,7 +60,9 @@ struct ivf_pq_index::scratch {
   std::vector<std::uint32_t> sums;
   std::vector<std::uint32_t> masks;  // one per block of sums: those at most the admission bound
   std::vector<float> distances;
-  std::vector<candidate> heap;  // max-heap of the best `keep`
+  std::vector<candidate> heap;        // max-heap of the best `keep`
+  std::vector<std::uint32_t> locked;  // the probed lists, ascending
+  topk_heap best{1};                  // the re-rank's
   /// Under inner product / cosine the table does not depend on the list: built once per query.
   bool shared_table = false;
 
@@ -431,14 +433,20 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
   const distance_kernels& dk = active_kernels();
   detail::parallel_for(p.view.rows, [&](std::size_t q) {
     const float* query = p.view.row(q);
-    scratch s;
+    const std::span<const std::uint32_t> probed = p.lists(q);
+    // Every probed list stays read-locked from its scan to the end of the re-rank, so a candidate's slot
+    // still holds it when its full vector is read: one lock round trip per list instead of two per
+    // candidate. Taken in ascending list order: writers hold one list at a time, so ordered readers can
+    // form no cycle even where waiting writers block new readers.
+    const detail::scratch_lease<scratch> lease;
+    scratch& s = lease.get();
+    s.locked.assign(probed.begin(), probed.end());
+    std::sort(s.locked.begin(), s.locked.end());
+    const detail::list_read_locks<list> locks(lists_, s.locked);
+    s.heap.clear();
     s.heap.reserve(keep);
     begin_query(query, s);
-    for (const std::uint32_t list_no : p.lists(q)) {
-      const list& l = *lists_[list_no];
-      const std::shared_lock lock(l.mutex);
-      scan_list(l, list_no, query, s, params, keep);
-    }
+    for (const std::uint32_t list_no : probed) scan_list(*lists_[list_no], list_no, query, s, params, keep);
     if (params.refine_factor == 0) {
       std::sort_heap(s.heap.begin(), s.heap.end());
       const auto ids = out.row_ids(q);
@@ -449,32 +457,19 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
       }
       return;
     }
-    // Exact re-rank. A concurrent remove may have moved a candidate to another slot of its list (or
-    // removed it): look the id up again when the slot no longer holds it.
-    topk_heap best(out.k);
-    // The candidates' vectors are scattered over the lists: start fetching the first lines of each
-    // (the hardware prefetcher follows the rest of a row) before scoring any of them.
+    // Exact re-rank. The candidates' vectors are scattered over the lists: start fetching the first lines
+    // of each (the hardware prefetcher follows the rest of a row) before scoring any of them.
+    const auto row = [&](const scratch::candidate& c) {
+      return lists_[c.list]->vector_data() + std::size_t{c.slot} * dim_;
+    };
     for (const scratch::candidate& c : s.heap) {
-      const list& l = *lists_[c.list];
-      const std::shared_lock lock(l.mutex);
-      if (c.slot < l.count()) {
-        const char* row = reinterpret_cast<const char*>(l.vector_data() + std::size_t{c.slot} * dim_);
-        __builtin_prefetch(row);
-        __builtin_prefetch(row + 64);
-      }
+      const char* bytes = reinterpret_cast<const char*>(row(c));
+      __builtin_prefetch(bytes);
+      __builtin_prefetch(bytes + 64);
     }
-    for (const scratch::candidate& c : s.heap) {
-      const list& l = *lists_[c.list];
-      const std::shared_lock lock(l.mutex);
-      const vector_id* ids = l.id_data();
-      const std::size_t n = l.count();
-      std::size_t slot = c.slot;
-      if (slot >= n || ids[slot] != c.id) {
-        slot = static_cast<std::size_t>(std::find(ids, ids + n, c.id) - ids);
-        if (slot == n) continue;
-      }
-      best.push(detail::pair_distance(dk, metric_, query, l.vector_data() + slot * dim_, dim_), c.id);
-    }
+    topk_heap& best = s.best;
+    best.reset(out.k);
+    for (const scratch::candidate& c : s.heap) best.push(detail::pair_distance(dk, metric_, query, row(c), dim_), c.id);
     best.write_sorted(out.row_ids(q), out.row_distances(q));
   });
 }

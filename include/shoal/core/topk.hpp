@@ -64,6 +64,19 @@ class topk_heap {
   }
 
   void clear() noexcept { heap_.clear(); }
+  /// Empties the heap and makes it keep the `k` best from now on (its storage is reused).
+  void reset(std::size_t k) {
+    heap_.clear();
+    heap_.reserve(k);
+    k_ = k;
+  }
+
+  /// Sorts the kept candidates best first in place and returns them; the next `push` needs a `clear` or
+  /// `reset` first.
+  [[nodiscard]] std::span<const scored_id> sort() {
+    std::sort_heap(heap_.begin(), heap_.end());
+    return heap_;
+  }
 
   /// The kept candidates, best first (the heap is emptied).
   [[nodiscard]] std::vector<scored_id> take_sorted() {
