@@ -54,28 +54,53 @@ struct ivf_pq_index::scratch {
       return scored_id{a.distance, a.id} < scored_id{b.distance, b.id};
     }
   };
+  /// A heap entry: a candidate's distance and where it sits in `items`. The heap moves these 8 bytes
+  /// instead of 24-byte candidates, and compares ids only between equal distances: a candidate heap of
+  /// k · refine = 40 was the largest cost of a bigann10k query.
+  struct key {
+    float distance;
+    std::uint32_t at;
+  };
   std::vector<float> residual;
   std::vector<float> table;  // m x ksub floats
   quantized_table quantized;
   std::vector<std::uint32_t> sums;
+  std::vector<std::uint32_t> order;  // a copy of a list's sums, for a selection
   std::vector<std::uint32_t> masks;  // one per block of sums: those at most the admission bound
   std::vector<float> distances;
-  std::vector<candidate> heap;        // max-heap of the best `keep`
+  std::vector<candidate> items;       // the best `keep` so far, unordered
+  std::vector<key> heap;              // max-heap over `items` in (distance, id) order
   std::vector<std::uint32_t> locked;  // the probed lists, ascending
   topk_heap best{1};                  // the re-rank's
   /// Under inner product / cosine the table does not depend on the list: built once per query.
   bool shared_table = false;
 
+  void clear(std::size_t keep) {
+    items.clear();
+    heap.clear();
+    items.reserve(keep);
+    heap.reserve(keep);
+  }
+  [[nodiscard]] bool before(const key& a, const key& b) const noexcept {
+    return a.distance < b.distance || (a.distance == b.distance && items[a.at].id < items[b.at].id);
+  }
   [[nodiscard]] float worst(std::size_t keep) const noexcept {
     return heap.size() == keep ? heap.front().distance : no_distance;
   }
   void offer(const candidate& c, std::size_t keep) {
-    if (heap.size() < keep) {
-      heap.push_back(c);
-      std::push_heap(heap.begin(), heap.end());
-    } else if (c < heap.front()) {
-      replace_top(heap, c);  // the list walk's main cost at k · refine = 40
+    const auto less = [this](const key& a, const key& b) { return before(a, b); };
+    if (items.size() < keep) {
+      heap.push_back({c.distance, static_cast<std::uint32_t>(items.size())});
+      items.push_back(c);
+      std::push_heap(heap.begin(), heap.end(), less);
+      return;
     }
+    // The evicted root's item slot takes the newcomer, which then sinks from the root.
+    const std::uint32_t at = heap.front().at;
+    const candidate evicted = items[at];
+    if (!(c < evicted)) return;
+    items[at] = c;
+    replace_top(heap, key{c.distance, at}, less);
   }
 };
 
@@ -414,7 +439,19 @@ void ivf_pq_index::scan_list(const list& l, std::size_t list_no, const float* qu
   const std::uint32_t* sums = list_sums(l, s);
   const std::size_t blocks = (n + fast_scan_block - 1) / fast_scan_block;
   if (s.masks.size() < blocks) s.masks.resize(blocks);
-  active_quant_kernels().at_most(sums, blocks, sum_bound(worst, base, s.quantized.scale), s.masks.data());
+  std::uint32_t bound = sum_bound(worst, base, s.quantized.scale);
+  if (const std::size_t need = keep - s.items.size(); need > 0 && need < n && !params.filter) {
+    // The heap is not full (the first list): the need-th smallest sum of this list, with the heap's
+    // entries, leaves at least `keep` candidates at or below max(its distance, the heap's worst), so no
+    // sum beyond that (with the rounding margin) can end among the best. Without it the first list
+    // would fill the heap with its first entries and then replace most of them.
+    s.order.assign(sums, sums + n);
+    std::nth_element(s.order.begin(), s.order.begin() + static_cast<std::ptrdiff_t>(need - 1), s.order.end());
+    float reach = base + static_cast<float>(s.order[need - 1]) * inv;
+    if (!s.heap.empty()) reach = std::max(reach, s.heap.front().distance);
+    bound = sum_bound(reach, base, s.quantized.scale);
+  }
+  active_quant_kernels().at_most(sums, blocks, bound, s.masks.data());
   for (std::size_t b = 0; b < blocks; ++b)
     for (std::uint32_t mask = s.masks[b]; mask != 0; mask &= mask - 1) {
       const std::size_t i = b * fast_scan_block + static_cast<std::size_t>(std::countr_zero(mask));
@@ -443,17 +480,16 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
     s.locked.assign(probed.begin(), probed.end());
     std::sort(s.locked.begin(), s.locked.end());
     const detail::list_read_locks<list> locks(lists_, s.locked);
-    s.heap.clear();
-    s.heap.reserve(keep);
+    s.clear(keep);
     begin_query(query, s);
     for (const std::uint32_t list_no : probed) scan_list(*lists_[list_no], list_no, query, s, params, keep);
     if (params.refine_factor == 0) {
-      std::sort_heap(s.heap.begin(), s.heap.end());
+      std::sort(s.items.begin(), s.items.end());
       const auto ids = out.row_ids(q);
       const auto dists = out.row_distances(q);
       for (std::size_t j = 0; j < out.k; ++j) {
-        ids[j] = j < s.heap.size() ? s.heap[j].id : no_id;
-        dists[j] = j < s.heap.size() ? s.heap[j].distance : no_distance;
+        ids[j] = j < s.items.size() ? s.items[j].id : no_id;
+        dists[j] = j < s.items.size() ? s.items[j].distance : no_distance;
       }
       return;
     }
@@ -462,14 +498,15 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
     const auto row = [&](const scratch::candidate& c) {
       return lists_[c.list]->vector_data() + std::size_t{c.slot} * dim_;
     };
-    for (const scratch::candidate& c : s.heap) {
+    for (const scratch::candidate& c : s.items) {
       const char* bytes = reinterpret_cast<const char*>(row(c));
       __builtin_prefetch(bytes);
       __builtin_prefetch(bytes + 64);
     }
     topk_heap& best = s.best;
     best.reset(out.k);
-    for (const scratch::candidate& c : s.heap) best.push(detail::pair_distance(dk, metric_, query, row(c), dim_), c.id);
+    for (const scratch::candidate& c : s.items)
+      best.push(detail::pair_distance(dk, metric_, query, row(c), dim_), c.id);
     best.write_sorted(out.row_ids(q), out.row_distances(q));
   });
 }

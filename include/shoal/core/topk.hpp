@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <functional>
 #include <span>
 #include <utility>
 #include <vector>
@@ -26,14 +27,14 @@ struct scored_id {
 
 /// Replaces the root (the worst) of a non-empty max-heap by `c`, which must not be worse, and restores the
 /// heap in one pass down (`std::pop_heap` then `std::push_heap` take a pass down and one back up). The
-/// heap stays a `std::` heap for `T`'s `operator<`.
-template <typename T>
-void replace_top(std::vector<T>& heap, const T& c) noexcept {
+/// heap stays a `std::` heap for the order `less` (default: `T`'s `operator<`).
+template <typename T, typename Less = std::less<T>>
+void replace_top(std::vector<T>& heap, const T& c, const Less& less = Less{}) noexcept {
   const std::size_t n = heap.size();
   std::size_t at = 0;
   for (std::size_t child = 1; child < n; child = 2 * at + 1) {
-    child += static_cast<std::size_t>(child + 1 < n && heap[child] < heap[child + 1]);
-    if (!(c < heap[child])) break;
+    child += static_cast<std::size_t>(child + 1 < n && less(heap[child], heap[child + 1]));
+    if (!less(c, heap[child])) break;
     heap[at] = heap[child];
     at = child;
   }
