@@ -47,7 +47,7 @@ void replace_top(std::vector<T>& heap, const T& c, const Less& less = Less{}) no
 /// Up to `sorted_max_k` the candidates are kept as a sorted array, above it in a max-heap. For small k a
 /// new entry shifts a few neighbours along, where a heap's sift takes a coin-flip branch at every level:
 /// measured on bigann10k IVF-PQ (a k = 10 re-rank of 40 candidates, and nprobe 8 of 100 lists in the
-/// coarse pass) the heap pushes were ~6% of a query (docs/pq.md, session 15).
+/// coarse pass) the heap pushes were ~6% of a query (BENCHMARKS.md, IVF-PQ, session 15).
 class topk_heap {
  public:
   /// Largest k kept as a sorted array: an insertion moves k/2 entries on average.
