@@ -3,28 +3,7 @@
 #   bash benchmarks/results/hnsw-s8-plot.sh
 set -euo pipefail
 cd "$(dirname "$0")"
-# rows of one library from one CSV, as "recall qps"
-rows() { awk -F, -v lib="$2" 'NR > 1 && $1 == lib { print $(NF-4), $(NF-3) }' "$1"; }
-plot() {  # plot OUT TITLE then pairs of (FILE LIBRARY LABEL)
-  local out=$1 title=$2; shift 2
-  local cmds=() i=0
-  while (($#)); do
-    rows "$1" "$2" > "/tmp/hnsw-s8-$i.dat"
-    cmds+=("'/tmp/hnsw-s8-$i.dat' using 1:2 with linespoints title '$3'")
-    shift 3; i=$((i + 1))
-  done
-  gnuplot <<GP
-set terminal pngcairo size 900,600 noenhanced
-set output '$out'
-set title '$title'
-set xlabel 'recall@10'
-set ylabel 'queries per second (one thread)'
-set logscale y
-set grid
-set key bottom left
-plot $(IFS=,; echo "${cmds[*]}")
-GP
-}
+plot() { bash plot-recall-qps.sh "$@"; }  # OUT TITLE then (FILE LIBRARY LABEL)...
 plot hnsw16-bigann10k.png "bigann10k, M 16, ef_construction 200 (session 8, final code; alpha 1 from the run before)" \
   hnsw-s8-bg16sq8-alpha-r1-final.csv hnswlib "hnswlib (round 1)" hnsw-s8-bg16sq8-alpha-r2-final.csv hnswlib "hnswlib (round 2)" \
   hnsw-s8-bg16sq8-alpha-r3-final.csv hnswlib "hnswlib (round 3)" \
