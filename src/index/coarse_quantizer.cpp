@@ -35,6 +35,24 @@ constexpr std::size_t prefilter_min_lists = 256;
 /// few beside all of them (the exact pass then scores little more than nprobe centroids).
 [[nodiscard]] bool prefilter_pays(std::size_t nprobe, std::size_t nlist) noexcept { return 8 * nprobe + 64 <= nlist; }
 
+/// Per centroid the SQ8 estimate's lowest and highest value (squared distances to ĉ under L2, scores under
+/// inner product; `residuals` null under L2), in a loop without branches. Its own function so that the
+/// outputs are known not to alias the inputs: written through pointers into a reused scratch inside
+/// `probe_prefiltered`, the loop was left scalar (a 1M-vector IVF4096 query at nprobe 1: 20% slower).
+void estimate_bounds(const sq8_estimator& estimator, const std::int32_t* __restrict dots, const float* __restrict terms,
+                     const float* __restrict code_sums, const float* __restrict residuals, float q_norm,
+                     std::size_t nlist, float* __restrict lowest, float* __restrict highest) noexcept {
+  constexpr float slack = 1e-4f;
+  const float half_unit = 0.5f * estimator.unit(), offset = std::abs(estimator.offset());
+  for (std::size_t c = 0; c < nlist; ++c) {
+    const float est = estimator.estimate(terms[c], dots[c]);
+    const float spread = half_unit * code_sums[c] + slack * (offset + terms[c] + std::abs(est) + 1.0f);
+    const float reach = residuals == nullptr ? spread : spread + q_norm * residuals[c];
+    lowest[c] = est - reach;
+    highest[c] = est + reach;
+  }
+}
+
 /// A thread's buffers for probing one query at a time (`scratch_lease`): at tens of thousands of queries
 /// a second, allocating them per query showed in profiles.
 struct probe_scratch {
@@ -124,25 +142,15 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
   probe_scratch& s = lease.get();
   sq8_estimator estimator;
   estimator.prepare(*codec_, metric_, query);
-  constexpr float slack = 1e-4f;
   const float q_norm = l2 ? 0.0f : std::sqrt(exact.inner_product(query, query, dim));
   s.dots.resize(nlist);  // the kernel over all rows, the arithmetic after it vectorised
-  const std::int32_t* dots = s.dots.data();
   exact.dot_u8_i16_one_to_many(estimator.coeffs(), codes_.data(), nlist, dim, s.dots.data());
-  // Per centroid the estimate's lowest and highest value (squared distances to ĉ under L2, scores under
-  // inner product), in a loop without branches.
   s.lowest.resize(nlist);
   s.highest.resize(nlist);
-  float* lowest = s.lowest.data();
-  float* highest = s.highest.data();
-  const float half_unit = 0.5f * estimator.unit(), offset = std::abs(estimator.offset());
-  for (std::size_t c = 0; c < nlist; ++c) {
-    const float est = estimator.estimate(terms_[c], dots[c]);
-    const float spread = half_unit * code_sums_[c] + slack * (offset + terms_[c] + std::abs(est) + 1.0f);
-    const float reach = l2 ? spread : spread + q_norm * residuals_[c];
-    lowest[c] = est - reach;
-    highest[c] = est + reach;
-  }
+  estimate_bounds(estimator, s.dots.data(), terms_.data(), code_sums_.data(), l2 ? nullptr : residuals_.data(), q_norm,
+                  nlist, s.lowest.data(), s.highest.data());
+  const float* lowest = s.lowest.data();
+  const float* highest = s.highest.data();
   // Under L2 the bounds on ‖q − c‖ = ‖q − ĉ‖ ± ‖c − ĉ‖ take square roots; a root is taken only where a
   // test without one, looser than the exact test, lets a centroid through (rarely, beyond the first
   // nprobe), so every centroid passes the exact tests it did before.
