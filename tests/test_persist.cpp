@@ -56,12 +56,15 @@ struct dataset : test::clustered_set {
     return index;
   }
   /// m = 8 sub-quantizers, quickly trained.
-  [[nodiscard]] ivf_pq_index pq(metric m, std::size_t nlist, std::size_t nbits, bool opq, bool refine) const {
+  [[nodiscard]] ivf_pq_index pq(metric m, std::size_t nlist, std::size_t nbits, bool opq, bool refine,
+                                bool refine_sq8 = false) const {
     ivf_pq_train_params tp;
     tp.pq.iterations = 6;
     tp.opq.iterations = 2;
     return test::trained_with(
-        ivf_pq_index(dim, m, {.nlist = nlist, .m = 8, .nbits = nbits, .refine = refine, .opq = opq}), base, ids, tp);
+        ivf_pq_index(dim, m,
+                     {.nlist = nlist, .m = 8, .nbits = nbits, .refine = refine, .refine_sq8 = refine_sq8, .opq = opq}),
+        base, ids, tp);
   }
   /// A two-stage index: `coarse` (a factory spec) proposes, a flat stage re-ranks.
   [[nodiscard]] refine_index refine(const char* coarse, metric m = metric::l2) const {
@@ -492,8 +495,9 @@ void require_same_structure(const ivf_pq_index& a, const ivf_pq_index& b) {
 
 }  // namespace
 
-TEST_CASE("ivf_pq_index: save/load round-trips 8-bit and fast-scan codes, with and without OPQ and refine",
-          "[io][pq]") {
+TEST_CASE(
+    "ivf_pq_index: save/load round-trips 8-bit and fast-scan codes, with and without OPQ and refine (full or SQ8)",
+    "[io][pq]") {
   const scratch_dir dir;
   const dataset d(1200, 40, 61);
   constexpr std::size_t nlist = 16;
@@ -501,10 +505,11 @@ TEST_CASE("ivf_pq_index: save/load round-trips 8-bit and fast-scan codes, with a
   std::size_t variant = 0;
   for (const std::size_t nbits : {8, 4}) {
     for (const bool opq : {false, true}) {
-      for (const bool refine : {false, true}) {
+      for (const int kind : {0, 1, 2}) {  // no refine, full vectors, an SQ8 copy
+        const bool refine = kind != 0;
         const metric m = metrics[variant++ % 3];
-        CAPTURE(nbits, opq, refine, metric_name(m));
-        ivf_pq_index original = d.pq(m, nlist, nbits, opq, refine);
+        CAPTURE(nbits, opq, kind, metric_name(m));
+        ivf_pq_index original = d.pq(m, nlist, nbits, opq, kind == 1, kind == 2);
         // Removals leave partly filled fast-scan blocks and lists of odd sizes.
         for (std::size_t i = 0; i < d.ids.size(); i += 7) original.remove(d.ids[i]);
         const std::string path = dir / "pq.shoal";
@@ -586,7 +591,10 @@ TEST_CASE("damaged ivf_pq files: inconsistent sections are reported even without
   fails("m = 5 does not divide dimension 24", [&](auto& b) { put(b, params + 8, std::uint64_t{5}); });
   fails("m = 48 does not divide dimension 24", [&](auto& b) { put(b, params + 8, std::uint64_t{48}); });
   fails("nbits = 6 is neither 4 nor 8", [&](auto& b) { put(b, params + 16, std::uint32_t{6}); });
-  fails("unknown flags 5", [&](auto& b) { put(b, params + 20, std::uint32_t{5}); });
+  fails("unknown flags 9", [&](auto& b) { put(b, params + 20, std::uint32_t{9}); });
+  fails("ask for both full vectors and an SQ8 copy", [&](auto& b) { put(b, params + 20, std::uint32_t{5}); });
+  // refine_sq8 instead of refine: LVEC is then foreign and the SQ8 sections missing.
+  fails("section LVEC in an index built without refine", [&](auto& b) { put(b, params + 20, std::uint32_t{4}); });
   fails("section LVEC in an index built without refine", [&](auto& b) { put(b, params + 20, std::uint32_t{0}); });
   fails("section PQCB has", [&](auto& b) { put(b, params + 16, std::uint32_t{8}); });  // 8-bit codebooks expected
   fails("section LCOD has", [&](auto& b) { put(b, params + 8, std::uint64_t{4}); });   // same codebook size

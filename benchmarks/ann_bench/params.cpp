@@ -107,8 +107,8 @@ std::optional<ivf_pq_spec> ivf_pq(std::string_view spec) {
     out.fast_scan = true;
     spec.remove_prefix(4);
   }
-  if (spec == ",Refine(Flat)") {
-    out.refine = true;
+  if (spec == ",Refine(Flat)" || spec == ",Refine(SQ8)") {
+    (spec == ",Refine(Flat)" ? out.refine : out.refine_sq8) = true;
     spec = {};
   }
   if (!spec.empty()) return {};

@@ -67,6 +67,7 @@ struct ivf_pq_spec {
   std::size_t m = 0;
   bool fast_scan = false;         ///< `x4fs`: 4-bit codes scanned by the fast-scan kernel (else 8-bit codes)
   bool refine = false;            ///< `,Refine(Flat)`: full vectors kept for an exact re-rank
+  bool refine_sq8 = false;        ///< `,Refine(SQ8)`: an SQ8 copy kept for the re-rank
   std::size_t opq = 0;            ///< `OPQ<m>,` in front: an OPQ rotation for m sub-spaces (0: none)
   std::size_t coarse_hnsw_m = 0;  ///< `IVF<nlist>_HNSW<M>`: an HNSW coarse quantizer (0: none)
 };

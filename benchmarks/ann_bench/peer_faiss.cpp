@@ -13,6 +13,7 @@
 #include <faiss/IndexIVFPQFastScan.h>
 #include <faiss/IndexPreTransform.h>
 #include <faiss/IndexRefine.h>
+#include <faiss/IndexScalarQuantizer.h>
 #include <faiss/VectorTransform.h>
 #include <faiss/utils/utils.h>
 
@@ -227,7 +228,7 @@ class faiss_ivf_pq_adapter final : public index_adapter {
     std::string name = spec_.fast_scan ? "IndexIVFPQFastScan" : "IndexIVFPQ";
     if (spec_.coarse_hnsw_m != 0) name += "+IndexHNSWFlat";
     if (spec_.opq != 0) name = "OPQMatrix+" + name;
-    return spec_.refine ? name + "+IndexRefineFlat" : name;
+    return spec_.refine ? name + "+IndexRefineFlat" : spec_.refine_sq8 ? name + "+IndexRefine(SQ8)" : name;
   }
 
   void set_search_params(const param_list& params) override {
@@ -263,6 +264,10 @@ class faiss_ivf_pq_adapter final : public index_adapter {
     if (spec_.refine) {
       refine_ = std::make_unique<faiss::IndexRefineFlat>(top);
       top = refine_.get();
+    } else if (spec_.refine_sq8) {  // `,Refine(SQ8)`: the re-rank scores an 8-bit scalar-quantized copy
+      refine_codes_ = std::make_unique<faiss::IndexScalarQuantizer>(dim, faiss::ScalarQuantizer::QT_8bit, mt);
+      refine_ = std::make_unique<faiss::IndexRefine>(top, refine_codes_.get());
+      top = refine_.get();
     }
     top->train(static_cast<faiss_id>(base.rows), rows.view().data);
     top->add(static_cast<faiss_id>(base.rows), rows.view().data);
@@ -286,7 +291,7 @@ class faiss_ivf_pq_adapter final : public index_adapter {
   [[nodiscard]] std::size_t memory_bytes() const override {
     std::size_t bytes =
         coarse_->bytes() + static_cast<std::size_t>(ivf_->ntotal) * (ivf_->code_size + sizeof(faiss_id));
-    if (refine_) bytes += static_cast<std::size_t>(ivf_->ntotal) * ivf_->d * sizeof(float);
+    if (refine_) bytes += static_cast<std::size_t>(ivf_->ntotal) * ivf_->d * (refine_codes_ ? 1 : sizeof(float));
     return bytes;
   }
 
@@ -308,7 +313,8 @@ class faiss_ivf_pq_adapter final : public index_adapter {
   std::unique_ptr<faiss::IndexIVF> ivf_;  // ivf_ and opq_ outlive pretransform_ and refine_, which point to them
   std::unique_ptr<faiss::OPQMatrix> opq_;
   std::unique_ptr<faiss::IndexPreTransform> pretransform_;
-  std::unique_ptr<faiss::IndexRefineFlat> refine_;
+  std::unique_ptr<faiss::IndexScalarQuantizer> refine_codes_;  // Refine(SQ8): outlives refine_
+  std::unique_ptr<faiss::IndexRefine> refine_;
 };
 
 /// `HNSW<M>` -> IndexHNSWFlat with the same M (FAISS also keeps 2·M links on layer 0), build knob

@@ -136,8 +136,9 @@ class ivf_pq_adapter final : public shoal_adapter<ivf_pq_index> {
 
   void set_search_params(const param_list& params) override {
     read_ivf_search_params(params, spec_parts_.coarse_hnsw_m != 0, true, spec_, params_);
-    if (params_.refine_factor > 0 && !spec_parts_.refine)
-      throw config_error("search parameter refine of index " + spec_ + " needs the ,Refine(Flat) suffix");
+    if (params_.refine_factor > 0 && !spec_parts_.refine && !spec_parts_.refine_sq8)
+      throw config_error("search parameter refine of index " + spec_ +
+                         " needs the ,Refine(Flat) or ,Refine(SQ8) suffix");
   }
 
   void build(matrix_view<const float> base) override {
@@ -146,6 +147,7 @@ class ivf_pq_adapter final : public shoal_adapter<ivf_pq_index> {
                                  .m = spec_parts_.m,
                                  .nbits = spec_parts_.fast_scan ? std::size_t{4} : std::size_t{8},
                                  .refine = spec_parts_.refine,
+                                 .refine_sq8 = spec_parts_.refine_sq8,
                                  .opq = spec_parts_.opq != 0,
                                  .coarse_hnsw_m = spec_parts_.coarse_hnsw_m});
     index_->train(base, train_);
@@ -207,7 +209,7 @@ constexpr index_family families[] = {
     {"Flat", [](std::string_view spec) { return spec == "Flat"; }, make<flat_adapter>},
     {"IVF<nlist>[_HNSW<M>],Flat", [](std::string_view spec) { return ivf_flat(spec).has_value(); },
      make<ivf_flat_adapter>},
-    {"[OPQ<m>,]IVF<nlist>[_HNSW<M>],PQ<m>[x4fs][,Refine(Flat)]",
+    {"[OPQ<m>,]IVF<nlist>[_HNSW<M>],PQ<m>[x4fs][,Refine(Flat)|,Refine(SQ8)]",
      [](std::string_view spec) { return ivf_pq(spec).has_value(); }, make<ivf_pq_adapter>},
     {"HNSW<M>[,SQ8|,F16]", [](std::string_view spec) { return parse_hnsw_spec(spec).has_value(); }, make<hnsw_adapter>},
 };

@@ -31,7 +31,10 @@ std::string describe(const hnsw_index& index) {
 std::string describe(const ivf_pq_index& index) {
   const ivf_pq_params& p = index.params();
   return (p.opq ? "OPQ" + std::to_string(p.m) + "," : std::string()) + describe_ivf(p.nlist, p.coarse_hnsw_m) + ",PQ" +
-         std::to_string(p.m) + (p.nbits == 4 ? "x4fs" : "") + (p.refine ? ",Refine(Flat)" : "");
+         std::to_string(p.m) + (p.nbits == 4 ? "x4fs" : "") +
+         (p.refine       ? ",Refine(Flat)"
+          : p.refine_sq8 ? ",Refine(SQ8)"
+                         : "");
 }
 
 void detail::throw_not_built(const std::string& index, const char* what) {

@@ -254,8 +254,8 @@ class parser {
   std::string_view full_;
 };
 
-/// `[OPQ<m>,]IVF<nlist>[_HNSW<M>],PQ<m>[x4fs][,Refine(Flat)|,RFlat]`: the OPQ rotation and the exact re-rank are
-/// options of ivf_pq_index itself (same m for OPQ and PQ; re-rank from the index's own full vectors).
+/// `[OPQ<m>,]IVF<nlist>[_HNSW<M>],PQ<m>[x4fs][,Refine(Flat)|,RFlat|,Refine(SQ8)]`: the OPQ rotation and the exact
+/// re-rank are options of ivf_pq_index itself (same m for OPQ and PQ; re-rank from the index's own full vectors).
 any_index build_ivf_pq(const parser& p, const parsed_spec& s, std::size_t dim, metric m) {
   const encoding& e = *s.storage;
   if (e.pq_bits != 8 && !(e.pq_bits == 4 && e.fast_scan)) p.not_built(e.where, "PQ other than 8 bits or x4fs");
@@ -272,9 +272,12 @@ any_index build_ivf_pq(const parser& p, const parsed_spec& s, std::size_t dim, m
     params.opq = true;
   }
   if (s.refine) {
-    if (s.refine->text != "RFlat" && s.refine->text != "Refine(Flat)")
-      p.not_built(*s.refine, "a refinement other than Refine(Flat)");
-    params.refine = true;
+    if (s.refine->text == "Refine(SQ8)")
+      params.refine_sq8 = true;
+    else if (s.refine->text != "RFlat" && s.refine->text != "Refine(Flat)")
+      p.not_built(*s.refine, "a refinement other than Refine(Flat) or Refine(SQ8)");
+    else
+      params.refine = true;
   }
   return any_index(ivf_pq_index(dim, m, params));
 }

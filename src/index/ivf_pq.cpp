@@ -33,11 +33,15 @@ namespace shoal {
 /// moves the last entry into the freed slot.
 struct ivf_pq_index::list : detail::inverted_list<std::uint8_t> {
   aligned_vector<float> vectors;
-  const float* mapped_vectors = nullptr;  // with refine, after a memory-mapped load
+  const float* mapped_vectors = nullptr;          // with refine, after a memory-mapped load
+  aligned_vector<std::uint8_t> sq_codes;          // with refine_sq8: dim bytes per entry
+  const std::uint8_t* mapped_sq_codes = nullptr;  // with refine_sq8, after a memory-mapped load
+
+  [[nodiscard]] const std::uint8_t* sq_code_data() const noexcept { return mapped ? mapped_sq_codes : sq_codes.data(); }
 
   [[nodiscard]] const float* vector_data() const noexcept { return mapped ? mapped_vectors : vectors.data(); }
   [[nodiscard]] std::size_t bytes() const noexcept {
-    return inverted_list::bytes() + vectors.capacity() * sizeof(float);
+    return inverted_list::bytes() + vectors.capacity() * sizeof(float) + sq_codes.capacity();
   }
 };
 
@@ -143,6 +147,8 @@ ivf_pq_index::ivf_pq_index(std::size_t dim, shoal::metric m, const ivf_pq_params
   SHOAL_CHECK(params.nlist <= std::numeric_limits<std::uint32_t>::max(), "ivf_pq_index: nlist ", params.nlist,
               " is too large");
   pq_ = product_quantizer(dim, params.m, params.nbits);  // checks m and nbits
+  SHOAL_CHECK(!(params.refine && params.refine_sq8),
+              "ivf_pq_index: refine (full vectors) and refine_sq8 (an SQ8 copy) ", "exclude each other");
   (void)active_kernels();
   lists_.reserve(params.nlist);
   for (std::size_t l = 0; l < params.nlist; ++l) lists_.push_back(std::make_unique<list>());
@@ -235,9 +241,15 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
   product_quantizer pq(dim_, params_.m, params_.nbits);
   pq.train(residuals.view(), params.pq);
 
+  std::optional<scalar_quantizer> codec;
+  if (params_.refine_sq8) {
+    codec.emplace(dim_, sq_type::sq8);
+    codec->train(vectors);
+  }
   target = std::move(quantizer);
   pq_ = std::move(pq);
   opq_ = std::move(rotation);
+  refine_codec_ = std::move(codec);
 }
 
 void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
@@ -274,6 +286,8 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
     for (std::size_t j = 0; j < dim_; ++j) r[j] = x[j] - c[j];
   }
   const std::vector<std::uint8_t> codes = pq_.encode(residuals.view());
+  std::vector<std::uint8_t> sq_codes(params_.refine_sq8 ? n * dim_ : 0);
+  if (params_.refine_sq8) refine_codec_->encode(vectors, sq_codes.data());
   std::vector<std::size_t> offsets(nlist + 1, 0);
   for (const std::uint32_t l : label) ++offsets[l + 1];
   for (std::size_t l = 0; l < nlist; ++l) offsets[l + 1] += offsets[l];
@@ -298,6 +312,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
     const std::size_t total = first + count;
     target.codes.resize(list_code_bytes(total), 0);
     if (params_.refine) target.vectors.resize(total * dim_);
+    if (params_.refine_sq8) target.sq_codes.resize(total * dim_);
     target.ids.reserve(total);
     for (std::size_t j = 0; j < count; ++j) {
       const std::size_t i = order[offsets[l] + j];
@@ -309,6 +324,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
         for (std::size_t s = 0; s < m; ++s) fast_scan_set(target.codes.data(), m, slot, s, code[s]);
       }
       if (params_.refine) std::copy_n(vectors.row(i), dim_, target.vectors.data() + slot * dim_);
+      if (params_.refine_sq8) std::copy_n(sq_codes.data() + i * dim_, dim_, target.sq_codes.data() + slot * dim_);
       target.ids.push_back(ids[i]);
     }
   }
@@ -339,6 +355,10 @@ void ivf_pq_index::remove(vector_id id) {
       if (slot != last) std::copy_n(l.vectors.data() + last * dim_, dim_, l.vectors.data() + slot * dim_);
       l.vectors.resize(last * dim_);
     }
+    if (params_.refine_sq8) {
+      if (slot != last) std::copy_n(l.sq_codes.data() + last * dim_, dim_, l.sq_codes.data() + slot * dim_);
+      l.sq_codes.resize(last * dim_);
+    }
     l.ids[slot] = l.ids[last];
     l.ids.pop_back();
     size_.subtract(1);
@@ -360,8 +380,9 @@ detail::probed_queries ivf_pq_index::probe(matrix_view<const float> queries, con
                                            const char* who) const {
   const std::string what = std::string(who) + ": query";
   SHOAL_CHECK(is_trained(), what, ": the index is not trained");
-  SHOAL_CHECK(params.refine_factor == 0 || params_.refine, who, ": refine_factor = ", params.refine_factor,
-              " needs full vectors, but the index was built without refine");
+  SHOAL_CHECK(params.refine_factor == 0 || params_.refine || params_.refine_sq8, who,
+              ": refine_factor = ", params.refine_factor,
+              " needs full vectors or an SQ8 copy, but the index was built without refine");
   return detail::probe_queries(queries, dim_, metric_, *coarse_, params, default_nprobe, opq_ ? &*opq_ : nullptr,
                                what.c_str());
 }
@@ -493,20 +514,33 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
       }
       return;
     }
-    // Exact re-rank. The candidates' vectors are scattered over the lists: start fetching the first lines
-    // of each (the hardware prefetcher follows the rest of a row) before scoring any of them.
-    const auto row = [&](const scratch::candidate& c) {
-      return lists_[c.list]->vector_data() + std::size_t{c.slot} * dim_;
-    };
-    for (const scratch::candidate& c : s.items) {
-      const char* bytes = reinterpret_cast<const char*>(row(c));
-      __builtin_prefetch(bytes);
-      __builtin_prefetch(bytes + 64);
-    }
+    // Re-rank. The candidates' rows are scattered over the lists: start fetching the first lines of each
+    // (the hardware prefetcher follows the rest of a row) before scoring any of them.
     topk_heap& best = s.best;
     best.reset(out.k);
-    for (const scratch::candidate& c : s.items)
-      best.push(detail::pair_distance(dk, metric_, query, row(c), dim_), c.id);
+    if (params_.refine_sq8) {
+      // By the distance to each candidate's SQ8 reconstruction.
+      const auto row = [&](const scratch::candidate& c) {
+        return lists_[c.list]->sq_code_data() + std::size_t{c.slot} * dim_;
+      };
+      for (const scratch::candidate& c : s.items) __builtin_prefetch(row(c));
+      for (const scratch::candidate& c : s.items) {
+        float d = 0.0f;
+        refine_codec_->distances(query, metric_, row(c), 1, &d);
+        best.push(d, c.id);
+      }
+    } else {
+      const auto row = [&](const scratch::candidate& c) {
+        return lists_[c.list]->vector_data() + std::size_t{c.slot} * dim_;
+      };
+      for (const scratch::candidate& c : s.items) {
+        const char* bytes = reinterpret_cast<const char*>(row(c));
+        __builtin_prefetch(bytes);
+        __builtin_prefetch(bytes + 64);
+      }
+      for (const scratch::candidate& c : s.items)
+        best.push(detail::pair_distance(dk, metric_, query, row(c), dim_), c.id);
+    }
     best.write_sorted(out.row_ids(q), out.row_distances(q));
   });
 }
@@ -532,6 +566,13 @@ range_result ivf_pq_index::range_search(matrix_view<const float> queries, float 
       const list& l = *lists_[list_no];
       const std::shared_lock lock(l.mutex);
       const vector_id* ids = l.id_data();
+      if (exact && params_.refine_sq8) {
+        s.distances.resize(std::max(s.distances.size(), l.count()));
+        refine_codec_->distances(query, metric_, l.sq_code_data(), l.count(), s.distances.data());
+        for (std::size_t i = 0; i < l.count(); ++i)
+          if (s.distances[i] < radius && params.filter.accepts(ids[i])) hits.push_back({s.distances[i], ids[i]});
+        continue;
+      }
       if (exact) {
         detail::scan_into_range(dk, metric_, query, l.vector_data(), ids, l.count(), dim_, radius, params.filter, hits);
         continue;
@@ -549,17 +590,20 @@ constexpr std::uint32_t tag_params = io::detail::make_tag("PQPR");
 constexpr std::uint32_t tag_codebooks = io::detail::make_tag("PQCB");
 constexpr std::uint32_t tag_rotation = io::detail::make_tag("OPQR");
 constexpr std::uint32_t tag_list_codes = io::detail::make_tag("LCOD");
+constexpr std::uint32_t tag_refine_ranges = io::detail::make_tag("RSQR");  // refine_sq8: mins, then steps
+constexpr std::uint32_t tag_refine_codes = io::detail::make_tag("RSQC");   // refine_sq8: per-list SQ8 runs
 
 /// The PQPR section: fixed-width little-endian fields (docs/format.md).
 struct ivf_pq_file_params {
   std::uint64_t nlist;
   std::uint64_t m;
   std::uint32_t nbits;
-  std::uint32_t flags;  // flag_refine | flag_opq
+  std::uint32_t flags;  // flag_refine | flag_opq | flag_refine_sq8
 };
 static_assert(sizeof(ivf_pq_file_params) == 24 && std::is_trivially_copyable_v<ivf_pq_file_params>);
 constexpr std::uint32_t flag_refine = 1u;
 constexpr std::uint32_t flag_opq = 2u;
+constexpr std::uint32_t flag_refine_sq8 = 4u;
 }  // namespace
 
 void ivf_pq_index::save(const std::string& path) const { detail::save_index_file(*this, path); }
@@ -569,9 +613,9 @@ ivf_pq_index ivf_pq_index::load(const std::string& path, const load_options& opt
 }
 
 std::span<const std::uint32_t> detail::index_sections<ivf_pq_index>::known() noexcept {
-  static const std::vector<std::uint32_t> tags =
-      io::detail::ivf_tags({tag_params, tag_codebooks, tag_rotation, io::detail::tag_list_sizes, tag_list_codes,
-                            io::detail::tag_list_rows, io::detail::tag_list_ids});
+  static const std::vector<std::uint32_t> tags = io::detail::ivf_tags(
+      {tag_params, tag_codebooks, tag_rotation, tag_refine_ranges, tag_refine_codes, io::detail::tag_list_sizes,
+       tag_list_codes, io::detail::tag_list_rows, io::detail::tag_list_ids});
   return tags;
 }
 
@@ -583,8 +627,9 @@ std::unique_lock<std::mutex> detail::index_sections<ivf_pq_index>::write(const i
   const ivf_pq_params& p = index.params_;
   const std::span<const std::unique_ptr<ivf_pq_index::list>> lists(index.lists_);
   out.begin_section(tag_params);
-  out.append_value(ivf_pq_file_params{p.nlist, p.m, static_cast<std::uint32_t>(p.nbits),
-                                      (p.refine ? flag_refine : 0u) | (p.opq ? flag_opq : 0u)});
+  out.append_value(ivf_pq_file_params{
+      p.nlist, p.m, static_cast<std::uint32_t>(p.nbits),
+      (p.refine ? flag_refine : 0u) | (p.opq ? flag_opq : 0u) | (p.refine_sq8 ? flag_refine_sq8 : 0u)});
   index.coarse().write(out);
   io::detail::write_list_sizes(out, lists);
   const matrix_view<const float> books = index.pq_.codebooks();
@@ -601,6 +646,15 @@ std::unique_lock<std::mutex> detail::index_sections<ivf_pq_index>::write(const i
     for (const auto& l : lists)
       io::detail::append_padded_run(out, l->vector_data(), l->count() * index.dim_ * sizeof(float));
   }
+  if (p.refine_sq8) {
+    out.begin_section(tag_refine_ranges);
+    if (index.refine_codec_) {
+      out.append(std::span<const float>(index.refine_codec_->mins()));
+      out.append(std::span<const float>(index.refine_codec_->steps()));
+    }
+    out.begin_section(tag_refine_codes);
+    for (const auto& l : lists) io::detail::append_padded_run(out, l->sq_code_data(), l->count() * index.dim_);
+  }
   io::detail::write_list_ids(out, lists);
   return writer;
 }
@@ -616,10 +670,15 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
                    " does not divide dimension ", h.dim);
   SHOAL_CHECK_CODE(fp.nbits == 4 || fp.nbits == 8, errc::corrupt_file, name, ": nbits = ", fp.nbits,
                    " is neither 4 nor 8");
-  SHOAL_CHECK_CODE((fp.flags & ~(flag_refine | flag_opq)) == 0, errc::corrupt_file, name, ": unknown flags ", fp.flags,
-                   " in section PQPR");
+  SHOAL_CHECK_CODE((fp.flags & ~(flag_refine | flag_opq | flag_refine_sq8)) == 0, errc::corrupt_file, name,
+                   ": unknown flags ", fp.flags, " in section PQPR");
   const bool refine = (fp.flags & flag_refine) != 0;
   const bool opq = (fp.flags & flag_opq) != 0;
+  const bool refine_sq8 = (fp.flags & flag_refine_sq8) != 0;
+  SHOAL_CHECK_CODE(!(refine && refine_sq8), errc::corrupt_file, name, ": flags ", fp.flags,
+                   " ask for both full vectors and an SQ8 copy");
+  SHOAL_CHECK_CODE(refine_sq8 || (!in.has(tag_refine_ranges) && !in.has(tag_refine_codes)), errc::corrupt_file, name,
+                   ": SQ8 refine sections in an index built without refine_sq8");
   SHOAL_CHECK_CODE(refine || !in.has(io::detail::tag_list_rows), errc::corrupt_file, name,
                    ": section LVEC in an index built without refine");
   SHOAL_CHECK_CODE(opq || !in.has(tag_rotation), errc::corrupt_file, name,
@@ -632,6 +691,7 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
                       .m = static_cast<std::size_t>(fp.m),
                       .nbits = fp.nbits,
                       .refine = refine,
+                      .refine_sq8 = refine_sq8,
                       .opq = opq});
   *index.coarse_ = coarse_quantizer::read(in, h.metric, fp.nlist);
   index.params_.coarse_hnsw_m = index.coarse_->hnsw_m();
@@ -641,8 +701,9 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
   const std::size_t ksub = index.pq_.ksub();
   const std::size_t dsub = index.pq_.dsub();
   if (!trained) {
-    SHOAL_CHECK_CODE(in.section_size(tag_codebooks) == 0 && (!opq || in.section_size(tag_rotation) == 0),
-                     errc::corrupt_file, name, ": an untrained index holds codebooks or a rotation");
+    SHOAL_CHECK_CODE(in.section_size(tag_codebooks) == 0 && (!opq || in.section_size(tag_rotation) == 0) &&
+                         (!refine_sq8 || in.section_size(tag_refine_ranges) == 0),
+                     errc::corrupt_file, name, ": an untrained index holds codebooks, a rotation or SQ8 ranges");
   } else {
     // Rebuilt through the public constructors, which check shapes and values again.
     try {
@@ -654,6 +715,11 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
       if (opq) {
         const aligned_vector<float> r = in.read_vector<float>(tag_rotation, dim * dim);
         index.opq_ = opq_rotation::with_rotation(dim, m, nbits, std::vector<float>(r.begin(), r.end()));
+      }
+      if (refine_sq8) {
+        const aligned_vector<float> r = in.read_vector<float>(tag_refine_ranges, 2 * dim);
+        index.refine_codec_ = scalar_quantizer::sq8_with_ranges(std::vector<float>(r.begin(), r.begin() + dim),
+                                                                std::vector<float>(r.begin() + dim, r.end()));
       }
     } catch (const shoal::error& e) {
       if (e.code() == errc::corrupt_file) throw;
@@ -670,6 +736,12 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
     vectors.emplace(io::detail::vector_runs(in, sizes));
     in.advise_random(io::detail::tag_list_rows);  // a re-rank reads a few scattered rows per query
   }
+  std::optional<io::detail::list_runs> sq_codes;
+  if (refine_sq8) {
+    sq_codes.emplace(in, tag_refine_codes, sizes, true,
+                     [&](std::uint64_t n) { return io::detail::checked_mul(n, dim, name, "list size"); });
+    in.advise_random(tag_refine_codes);
+  }
   io::detail::list_runs ids = io::detail::id_runs(in, sizes);
   std::unordered_set<vector_id> seen;
   seen.reserve(static_cast<std::size_t>(h.count));
@@ -680,6 +752,10 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
     if (vectors) {
       const float* v = vectors->next(target.vectors);
       if (target.mapped) target.mapped_vectors = v;
+    }
+    if (sq_codes) {
+      const std::uint8_t* c = sq_codes->next(target.sq_codes);
+      if (target.mapped) target.mapped_sq_codes = c;
     }
     const vector_id* stored = target.id_data();
     for (std::size_t i = 0; i < n; ++i) detail::check_stored_id(stored[i], seen.insert(stored[i]).second, name);

@@ -20,6 +20,7 @@
 #include "shoal/io/format.hpp"
 #include "shoal/quant/opq.hpp"
 #include "shoal/quant/pq.hpp"
+#include "shoal/quant/sq.hpp"
 
 namespace shoal {
 
@@ -35,6 +36,10 @@ struct ivf_pq_params {
   /// Keep every vector at full precision too, so that searches with `search_params::refine_factor` > 0
   /// re-rank candidates by exact distance. Costs dim · 4 bytes per vector.
   bool refine = false;
+  /// Keep an SQ8 copy of every vector instead (`,Refine(SQ8)`): re-rank by the distance to its SQ8
+  /// reconstruction (per-dimension ranges learnt in `train`). Costs dim bytes per vector, a quarter of
+  /// `refine`'s; at most one of the two.
+  bool refine_sq8 = false;
   /// Learn an OPQ rotation (`opq_rotation`, m sub-spaces) in front of the index (`OPQ<m>,IVF...`):
   /// vectors and queries are rotated before everything else. Costs dim² multiply-adds per query and
   /// dim² floats. Refine then keeps the rotated vectors (same distances, up to rounding).
@@ -187,6 +192,7 @@ class ivf_pq_index {
   std::unique_ptr<detail::coarse_quantizer> coarse_;
   product_quantizer pq_;
   std::optional<opq_rotation> opq_;
+  std::optional<scalar_quantizer> refine_codec_;  // refine_sq8: trained in `train`
   std::vector<std::unique_ptr<list>> lists_;
   mutable detail::movable_mutex<std::mutex> write_mutex_;  // serialises add, remove and save
   detail::movable_count size_;
