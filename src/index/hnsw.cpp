@@ -6,6 +6,7 @@
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <numeric>
 #include <optional>
 #include <shared_mutex>
 #include <thread>
@@ -1004,13 +1005,73 @@ struct hnsw_index::impl {
 
   /// k nearest accepted nodes of one (prepared) query, written as ids into one result row. With SQ8
   /// traversal the ef candidates are re-ranked by their exact distances.
-  void search_one(const float* q, neighbors_view row, std::size_t ef, const search_params& params) const {
+  /// `start`: where the bottom layer is entered, as `enter` found it (null: descend here).
+  void search_one(const float* q, neighbors_view row, std::size_t ef, const search_params& params,
+                  const cand* start = nullptr) const {
     topk_heap heap(row.k);
     const bool coded = code_stride != 0;
-    search_bottom(q, ef, params.filter, coded, [&](std::span<const cand> found) {
-      for (const cand& c : found) heap.push(c.distance, id_of(c.slot));
-    });
+    search_bottom(
+        q, ef, params.filter, coded,
+        [&](std::span<const cand> found) {
+          for (const cand& c : found) heap.push(c.distance, id_of(c.slot));
+        },
+        -no_distance, nullptr, start);
     heap.write_sorted(row.row_ids(0), row.row_distances(0));
+  }
+
+  /// The form of `query` that a search traverses with: full precision, fp16, or the SQ8 / SQ4
+  /// estimator's tables (kept in `s`).
+  [[nodiscard]] query_ctx context(const float* query, bool coded, scratch& s) const {
+    if (!coded) return query_ctx{query};
+    return build.codes == hnsw_codes::fp16 ? query_ctx{.q = query, .f16 = true} : prepare_codes(query, s);
+  }
+
+  /// Where a search of `q` enters the bottom layer: the greedy descent from the entry point `ep` (not
+  /// empty). `region` receives the node the descent settled on in layer 2 (the entry point itself in a
+  /// graph of fewer layers): queries that pass the same one search the same part of the graph.
+  [[nodiscard]] cand enter(const query_ctx& q, std::uint64_t ep, scratch& s, slot_t* region = nullptr) const noexcept {
+    const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
+    const auto top = static_cast<std::size_t>(ep >> 32);
+    cand cur{score(q, ep_slot), ep_slot};
+    if (top >= 2) cur = descend(q, cur, top, 1, s);
+    if (region != nullptr) *region = cur.slot;
+    return descend(q, cur, std::min<std::size_t>(top, 1), 0, s);
+  }
+
+  /// Smallest batch that `search` runs in locality order (at 256 queries it still gained 10-20%).
+  static constexpr std::size_t locality_batch = 256;
+
+  /// The order a batch's queries are searched in, and each query's bottom-layer entry (`enter`'s node).
+  /// Queries sorted by (layer-2 region, entry) run next to each other on one thread and walk the same
+  /// stretch of the bottom layer, so the vectors and link lists one query pulled into the cache serve the
+  /// next: memory stalls dominate a search over vectors that do not fit the cache. Each query's search is
+  /// the one it would have run alone (the entry is found once, here, and reused), so results are
+  /// identical; only the order changes. fashion-mnist (60,000 × 784) HNSW16, 5,000 queries on 2 threads:
+  /// +55-65% QPS; in-cache data: level (docs/hnsw.md, "Batches in locality order"). A key of the entry
+  /// alone (without the region) gained nothing: entries are numbered in insertion order, not by place.
+  struct batch_plan {
+    std::vector<std::uint32_t> order;
+    std::vector<cand> starts;
+  };
+  [[nodiscard]] batch_plan plan_batch(matrix_view<const float> queries) const {
+    batch_plan plan;
+    const std::uint64_t ep = entry.load(std::memory_order_acquire);
+    if (queries.rows < locality_batch || ep == empty_entry) return plan;
+    const bool coded = code_stride != 0;
+    plan.starts.resize(queries.rows);
+    std::vector<std::uint64_t> keys(queries.rows);
+    detail::parallel_for(queries.rows, [&](std::size_t i) {
+      std::unique_ptr<scratch> s = acquire();
+      slot_t region = 0;
+      plan.starts[i] = enter(context(queries.row(i), coded, *s), ep, *s, &region);
+      keys[i] = std::uint64_t{region} << 32 | plan.starts[i].slot;
+      release(std::move(s));
+    });
+    plan.order.resize(queries.rows);
+    std::iota(plan.order.begin(), plan.order.end(), std::uint32_t{0});
+    std::sort(plan.order.begin(), plan.order.end(),
+              [&](std::uint32_t a, std::uint32_t b) { return keys[a] != keys[b] ? keys[a] < keys[b] : a < b; });
+    return plan;
   }
 
   /// Descends from the entry point and hands `consume` the `ef` best nodes of the bottom layer that
@@ -1018,18 +1079,17 @@ struct hnsw_index::impl {
   /// evaluated within `radius`: see `search_layer`). Without a filter the acceptance test compiles away
   /// and the nodes are handed over from the search's own pool, without a copy.
   /// `coded`: traverse with the codes (SQ8 / SQ4 estimates, or F16), then re-rank: the candidates' distances are exact
-  /// either way.
+  /// either way. `entered`: the bottom-layer entry `enter` found for this query with the same `coded`
+  /// (null: descend from the entry point now).
   template <class Consume>
   void search_bottom(const float* query, std::size_t ef, const id_filter& filter, bool coded, const Consume& consume,
-                     float radius = -no_distance, std::vector<cand>* hits = nullptr) const {
+                     float radius = -no_distance, std::vector<cand>* hits = nullptr,
+                     const cand* entered = nullptr) const {
     const std::uint64_t ep = entry.load(std::memory_order_acquire);
     if (ep == empty_entry) return;
     std::unique_ptr<scratch> s = acquire();
-    const query_ctx q = !coded                            ? query_ctx{query}
-                        : build.codes == hnsw_codes::fp16 ? query_ctx{.q = query, .f16 = true}
-                                                          : prepare_codes(query, *s);
-    const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
-    const cand start = descend(q, {score(q, ep_slot), ep_slot}, static_cast<std::size_t>(ep >> 32), 0, *s);
+    const query_ctx q = context(query, coded, *s);
+    const cand start = entered != nullptr ? *entered : enter(q, ep, *s);
     const std::span entries(&start, 1);
     std::vector<cand> layer;  // the heap search's result (filtered or range searches)
     if (filter)
@@ -1224,7 +1284,16 @@ void hnsw_index::search(matrix_view<const float> queries, neighbors_view out, co
   const std::optional<matrix<float>> normalized = x.prepare(queries);
   const std::size_t ef = std::max(out.k, params.ef == 0 ? default_ef : params.ef);
   const std::shared_lock structure(x.structure);
-  detail::parallel_for(queries.rows, [&](std::size_t i) { x.search_one(queries.row(i), out.slice(i, 1), ef, params); });
+  const impl::batch_plan plan = x.plan_batch(queries);
+  if (plan.order.empty()) {
+    detail::parallel_for(queries.rows,
+                         [&](std::size_t i) { x.search_one(queries.row(i), out.slice(i, 1), ef, params); });
+    return;
+  }
+  detail::parallel_for(queries.rows, [&](std::size_t j) {
+    const std::size_t i = plan.order[j];
+    x.search_one(queries.row(i), out.slice(i, 1), ef, params, &plan.starts[i]);
+  });
 }
 
 neighbors hnsw_index::search(matrix_view<const float> queries, std::size_t k, const search_params& params) const {
