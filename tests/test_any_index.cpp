@@ -158,6 +158,35 @@ TEST_CASE("any_index: save and load_index round-trip every persistent kind, copi
   REQUIRE_THROWS_MATCHES(load_index(dir / "missing.shoal"), shoal::error, fails_with(errc::io_error));
 }
 
+TEST_CASE("every index kind: a batch returns what each of its queries returns alone", "[index]") {
+  // Batches run in locality order (HNSW from 256 queries, IVF always: docs/hnsw.md, docs/ivf.md); each
+  // row must still be the answer to its own query, exactly.
+  const dataset d(2000, 300, 9);
+  search_params params;
+  params.nprobe = 3;
+  params.ef = 20;
+  for (const char* spec : {"Flat", "IVF16,Flat", "HNSW8", "HNSW8,SQ8", "IVF32,PQ8x4fs,RFlat", "OPQ4,IVF8,PQ4",
+                           "IVF32_HNSW4,Flat", "IVF16,Flat,RFlat"}) {
+    for (const metric m : {metric::l2, metric::inner_product}) {
+      CAPTURE(spec, metric_name(m));
+      any_index index = make_index(spec, dim, m);
+      index.train(d.base.view());
+      index.add(d.base.view(), d.ids);
+      params.refine_factor = std::string(spec).ends_with("RFlat") ? 3 : 0;
+      const neighbors batch = index.search(d.queries.view(), 10, params);
+      std::size_t same = 0;
+      for (std::size_t q = 0; q < d.queries.rows; ++q) {
+        const neighbors alone = index.search(d.queries.view().slice(q, 1), 10, params);
+        same += std::equal(alone.ids().begin(), alone.ids().end(), batch.row_ids(q).begin()) &&
+                        std::equal(alone.distances().begin(), alone.distances().end(), batch.row_distances(q).begin())
+                    ? 1
+                    : 0;
+      }
+      CHECK(same == d.queries.rows);
+    }
+  }
+}
+
 TEST_CASE("any_index: stored vectors come back; writes during searches are declared per kind", "[index]") {
   const matrix<float> v = make_clustered(400, 8, 4, 3);
   std::vector<vector_id> ids(400);

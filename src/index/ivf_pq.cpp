@@ -489,7 +489,9 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
   const detail::probed_queries p = probe(queries, params, "ivf_pq_index::search");
   const std::size_t keep = params.refine_factor == 0 ? out.k : out.k * params.refine_factor;
   const distance_kernels& dk = active_kernels();
-  detail::parallel_for(p.view.rows, [&](std::size_t q) {
+  const std::vector<std::uint32_t> order = p.locality_order();
+  detail::parallel_for(p.view.rows, [&](std::size_t at) {
+    const std::size_t q = order[at];
     const float* query = p.view.row(q);
     const std::span<const std::uint32_t> probed = p.lists(q);
     // Every probed list stays read-locked from its scan to the end of the re-rank, so a candidate's slot

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <numeric>
 #include <optional>
 #include <span>
 #include <vector>
@@ -36,6 +37,22 @@ struct probed_queries {
     const std::uint32_t* first = probes.data() + q * nprobe;
     while (n > 0 && first[n - 1] == no_list) --n;
     return {first, n};
+  }
+
+  /// The order to search the batch in: by the lists probed, nearest first, compared lexicographically
+  /// (ties by position). Queries that scan the same lists then run one after another on a thread and
+  /// find those lists in the cache instead of memory (the HNSW batch order, docs/hnsw.md, does the same
+  /// for graph regions). Results do not depend on it.
+  [[nodiscard]] std::vector<std::uint32_t> locality_order() const {
+    std::vector<std::uint32_t> order(view.rows);
+    std::iota(order.begin(), order.end(), std::uint32_t{0});
+    std::sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) {
+      const std::span<const std::uint32_t> la = lists(a);
+      const std::span<const std::uint32_t> lb = lists(b);
+      return std::lexicographical_compare(la.begin(), la.end(), lb.begin(), lb.end()) ||
+             (std::equal(la.begin(), la.end(), lb.begin(), lb.end()) && a < b);
+    });
+    return order;
   }
 };
 
