@@ -183,6 +183,23 @@ TEST_CASE("every index kind: a batch returns what each of its queries returns al
                     : 0;
       }
       CHECK(same == d.queries.rows);
+      // Range searches too (IVF runs them in the same order); the radius keeps a few neighbours per query.
+      const float radius = batch.distance(0, 4);
+      const range_result range = index.range_search(d.queries.view(), radius, params);
+      CHECK(range.ids.size() >= d.queries.rows);  // not trivially empty
+      std::size_t same_range = 0;
+      for (std::size_t q = 0; q < d.queries.rows; ++q) {
+        const range_result alone = index.range_search(d.queries.view().slice(q, 1), radius, params);
+        const auto first = static_cast<std::ptrdiff_t>(range.offsets[q]);
+        const auto last = static_cast<std::ptrdiff_t>(range.offsets[q + 1]);
+        same_range +=
+            std::equal(range.ids.begin() + first, range.ids.begin() + last, alone.ids.begin(), alone.ids.end()) &&
+                    std::equal(range.distances.begin() + first, range.distances.begin() + last, alone.distances.begin(),
+                               alone.distances.end())
+                ? 1
+                : 0;
+      }
+      CHECK(same_range == d.queries.rows);
     }
   }
 }

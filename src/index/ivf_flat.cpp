@@ -215,14 +215,17 @@ range_result ivf_flat_index::range_search(matrix_view<const float> queries, floa
   SHOAL_CHECK(!std::isnan(radius), "ivf_flat_index::range_search: radius is NaN");
   const detail::probed_queries p = probe(queries, params, "ivf_flat_index::range_search: query");
   const distance_kernels& k = active_kernels();
-  return detail::range_by_query(p.view.rows, [&](std::size_t q, std::vector<scored_id>& hits) {
-    for (const std::uint32_t list_no : p.lists(q)) {
-      const list& l = *lists_[list_no];
-      const std::shared_lock lock(l.mutex);
-      detail::scan_into_range(k, metric_, p.view.row(q), l.code_data(), l.id_data(), l.count(), dim_, radius,
-                              params.filter, hits);
-    }
-  });
+  return detail::range_by_query(
+      p.view.rows,
+      [&](std::size_t q, std::vector<scored_id>& hits) {
+        for (const std::uint32_t list_no : p.lists(q)) {
+          const list& l = *lists_[list_no];
+          const std::shared_lock lock(l.mutex);
+          detail::scan_into_range(k, metric_, p.view.row(q), l.code_data(), l.id_data(), l.count(), dim_, radius,
+                                  params.filter, hits);
+        }
+      },
+      p.locality_order());
 }
 
 // ------------------------------------------------------------------------------------------ persistence

@@ -560,30 +560,34 @@ range_result ivf_pq_index::range_search(matrix_view<const float> queries, float 
   const detail::probed_queries p = probe(queries, params, "ivf_pq_index::range_search");
   const bool exact = params.refine_factor > 0;
   const distance_kernels& dk = active_kernels();
-  return detail::range_by_query(p.view.rows, [&](std::size_t q, std::vector<scored_id>& hits) {
-    const float* query = p.view.row(q);
-    scratch s;
-    if (!exact) begin_query(query, s);
-    for (const std::uint32_t list_no : p.lists(q)) {
-      const list& l = *lists_[list_no];
-      const std::shared_lock lock(l.mutex);
-      const vector_id* ids = l.id_data();
-      if (exact && params_.refine_sq8) {
-        s.distances.resize(std::max(s.distances.size(), l.count()));
-        refine_codec_->distances(query, metric_, l.sq_code_data(), l.count(), s.distances.data());
-        for (std::size_t i = 0; i < l.count(); ++i)
-          if (s.distances[i] < radius && params.filter.accepts(ids[i])) hits.push_back({s.distances[i], ids[i]});
-        continue;
-      }
-      if (exact) {
-        detail::scan_into_range(dk, metric_, query, l.vector_data(), ids, l.count(), dim_, radius, params.filter, hits);
-        continue;
-      }
-      const float* dist = list_distances(l, list_no, query, s);
-      for (std::size_t i = 0; i < l.count(); ++i)
-        if (dist[i] < radius && params.filter.accepts(ids[i])) hits.push_back({dist[i], ids[i]});
-    }
-  });
+  return detail::range_by_query(
+      p.view.rows,
+      [&](std::size_t q, std::vector<scored_id>& hits) {
+        const float* query = p.view.row(q);
+        scratch s;
+        if (!exact) begin_query(query, s);
+        for (const std::uint32_t list_no : p.lists(q)) {
+          const list& l = *lists_[list_no];
+          const std::shared_lock lock(l.mutex);
+          const vector_id* ids = l.id_data();
+          if (exact && params_.refine_sq8) {
+            s.distances.resize(std::max(s.distances.size(), l.count()));
+            refine_codec_->distances(query, metric_, l.sq_code_data(), l.count(), s.distances.data());
+            for (std::size_t i = 0; i < l.count(); ++i)
+              if (s.distances[i] < radius && params.filter.accepts(ids[i])) hits.push_back({s.distances[i], ids[i]});
+            continue;
+          }
+          if (exact) {
+            detail::scan_into_range(dk, metric_, query, l.vector_data(), ids, l.count(), dim_, radius, params.filter,
+                                    hits);
+            continue;
+          }
+          const float* dist = list_distances(l, list_no, query, s);
+          for (std::size_t i = 0; i < l.count(); ++i)
+            if (dist[i] < radius && params.filter.accepts(ids[i])) hits.push_back({dist[i], ids[i]});
+        }
+      },
+      p.locality_order());
 }
 
 // ------------------------------------------------------------------------------------------ persistence

@@ -88,11 +88,14 @@ inline void scan_into_range(const distance_kernels& k, metric m, const float* qu
 }
 
 /// A range search, query by query in parallel: `collect(q, hits)` appends query q's matches (any order)
-/// to `hits`; each row is then sorted nearest first, ties by smaller id, and the rows gathered.
+/// to `hits`; each row is then sorted nearest first, ties by smaller id, and the rows gathered. `order`:
+/// the order to run the queries in (a permutation of the rows; empty: input order).
 template <class Collect>
-[[nodiscard]] range_result range_by_query(std::size_t rows, Collect collect) {
+[[nodiscard]] range_result range_by_query(std::size_t rows, Collect collect,
+                                          std::span<const std::uint32_t> order = {}) {
   std::vector<std::vector<scored_id>> hits(rows);
-  parallel_for(rows, [&](std::size_t q) {
+  parallel_for(rows, [&](std::size_t at) {
+    const std::size_t q = order.empty() ? at : order[at];
     collect(q, hits[q]);
     std::sort(hits[q].begin(), hits[q].end());
   });
