@@ -309,10 +309,80 @@ TEST_CASE("integer kernels are exact at every level", "[kernel]") {
   }
 }
 
+namespace {
+
+/// A GEMM row for the rank kernels: whole-number inner products and centroid norms (exact in float, so
+/// ties are planted, not accidental), NaN products where `nan_at(j)`.
+struct rank_row {
+  std::vector<float> ip;
+  std::vector<float> norms;
+  template <class NanAt>
+  rank_row(std::size_t n, std::uint64_t seed, NanAt nan_at) : ip(n), norms(n) {
+    splitmix64 rng(seed);
+    for (std::size_t j = 0; j < n; ++j) {
+      ip[j] = static_cast<float>(rng.below(200)) - 100.0f;
+      norms[j] = static_cast<float>(rng.below(400));
+      if (nan_at(j)) ip[j] = std::numeric_limits<float>::quiet_NaN();
+    }
+  }
+  /// The kernels' `norms` argument: null ranks by −ip alone.
+  [[nodiscard]] const float* norms_for(bool l2) const { return l2 ? norms.data() : nullptr; }
+  /// Rank score of position j, the scalar reference: NaN ranks as +∞.
+  [[nodiscard]] float score(bool l2, std::size_t j) const {
+    const float s = l2 ? norms[j] - 2.0f * ip[j] : -ip[j];
+    return std::isnan(s) ? std::numeric_limits<float>::infinity() : s;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("rank_filter keeps exactly the rank scores at most the bound, in order, at every level", "[kernel]") {
+  // Whole-number scores (exact in float): bounds that equal a score must keep it; NaN scores rank as +∞,
+  // kept only under an infinite bound.
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  for (const simd_level level : available_simd_levels()) {
+    const distance_kernels& k = kernels(level);
+    for (std::size_t n : {0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 513}) {
+      for (const bool l2 : {true, false}) {
+        for (const bool nans : {false, true}) {
+          const rank_row row(n, n * 13 + (l2 ? 1 : 0) + (nans ? 2 : 0),
+                             [&](std::size_t j) { return nans && j % 7 == 2; });
+          std::vector<float> score(n);
+          for (std::size_t j = 0; j < n; ++j) score[j] = row.score(l2, j);
+          // No bound, none passes, a score itself (ties kept), and the median.
+          std::vector<float> bounds = {inf, -inf};
+          if (n > 0) {
+            bounds.push_back(score[n / 2]);
+            std::vector<float> sorted = score;
+            std::sort(sorted.begin(), sorted.end());
+            bounds.push_back(sorted[n / 2]);
+          }
+          for (const float bound : bounds) {
+            CAPTURE(simd_level_name(level), n, l2, nans, bound);
+            std::vector<std::uint32_t> want_at;
+            std::vector<float> want_score;
+            for (std::size_t j = 0; j < n; ++j)
+              if (score[j] <= bound) {
+                want_at.push_back(static_cast<std::uint32_t>(j));
+                want_score.push_back(score[j]);
+              }
+            std::vector<std::uint32_t> at(n + 1, 77);
+            std::vector<float> got(n + 1, -7.0f);
+            const std::size_t m = k.rank_filter(row.ip.data(), row.norms_for(l2), n, bound, at.data(), got.data());
+            REQUIRE(m == want_at.size());
+            CHECK(std::equal(want_at.begin(), want_at.end(), at.begin()));
+            CHECK(std::equal(want_score.begin(), want_score.end(), got.begin()));
+            CHECK(at[n] == 77);  // nothing written past n
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("rank_argmin finds the first smallest rank score at every level", "[kernel]") {
   // Scores from whole numbers (exact in float), so ties are planted, not accidental; NaNs rank last.
   constexpr float inf = std::numeric_limits<float>::infinity();
-  const float nan = std::numeric_limits<float>::quiet_NaN();
   for (const simd_level level : available_simd_levels()) {
     const distance_kernels& k = kernels(level);
     for (std::size_t n : {0, 1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 513}) {
@@ -322,27 +392,22 @@ TEST_CASE("rank_argmin finds the first smallest rank score at every level", "[ke
         // lanes: a NaN there must not hide the lane's minimum); every score NaN.
         for (const int pattern : {0, 1, 2, 3}) {
           CAPTURE(simd_level_name(level), n, l2, pattern);
-          splitmix64 rng(n * 7 + static_cast<std::size_t>(pattern));
-          std::vector<float> ip(n), norms(n);
           const std::size_t last16 = n / 16 * 16;
-          for (std::size_t j = 0; j < n; ++j) {
-            ip[j] = static_cast<float>(rng.below(200)) - 100.0f;
-            norms[j] = static_cast<float>(rng.below(400));
-            if (pattern == 3 || (pattern == 1 && j % 5 == 3) || (pattern == 2 && j + 16 >= last16 && j < last16))
-              ip[j] = nan;
-          }
+          rank_row row(n, n * 7 + static_cast<std::size_t>(pattern), [&](std::size_t j) {
+            return pattern == 3 || (pattern == 1 && j % 5 == 3) || (pattern == 2 && j + 16 >= last16 && j < last16);
+          });
           if (pattern == 1 && n >= 4) {
             for (const std::size_t j : {n / 3, n / 3 + 1, n - 1}) {
-              ip[j] = 1000.0f;
-              norms[j] = 0.0f;
+              row.ip[j] = 1000.0f;
+              row.norms[j] = 0.0f;
             }
           }
-          const float* nrm = l2 ? norms.data() : nullptr;
+          const std::vector<float>& ip = row.ip;
+          const float* nrm = row.norms_for(l2);
           float want = inf;
           std::uint32_t want_at = 7;  // untouched unless lowered
           for (std::size_t j = 0; j < n; ++j) {
-            float s = l2 ? norms[j] - 2.0f * ip[j] : -ip[j];
-            if (std::isnan(s)) s = inf;
+            const float s = row.score(l2, j);
             if (s < want) {
               want = s;
               want_at = static_cast<std::uint32_t>(j);

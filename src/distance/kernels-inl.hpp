@@ -446,25 +446,29 @@ float rank_at(const float* ip, const float* norms, std::size_t j) noexcept {
   return s != s ? std::numeric_limits<float>::infinity() : s;
 }
 
+#ifdef SHOAL_KERNEL_ARCH
+/// Rank scores of centroids j .. j + W − 1, as `rank_at` computes them.
+batch rank_lanes(const float* ip, const float* norms, std::size_t j) noexcept {
+  const batch x = lanes::load(ip + j);
+  const batch s = norms != nullptr ? lanes::load(norms + j) - (x + x) : -x;
+  return xsimd::select(xsimd::isnan(s), batch(std::numeric_limits<float>::infinity()), s);
+}
+#endif
+
 void rank_argmin(const float* ip, const float* norms, std::size_t n, float* best, std::uint32_t* at) noexcept {
   constexpr float inf = std::numeric_limits<float>::infinity();
   float low = inf;
   std::size_t j = 0;
 #ifdef SHOAL_KERNEL_ARCH
   // The smallest score lane-wise (a minimum is exact in any order), then the first position that holds it.
-  const auto scores = [&](std::size_t at_j) {
-    const batch x = lanes::load(ip + at_j);
-    const batch s = norms != nullptr ? lanes::load(norms + at_j) - (x + x) : -x;
-    return xsimd::select(xsimd::isnan(s), batch(inf), s);
-  };
   // Two running minima: each min waits on the one before it, so one chain would run at its latency.
   batch m(inf), m2(inf);
   for (; j + 2 * W <= n; j += 2 * W) {
-    m = xsimd::min(m, scores(j));
-    m2 = xsimd::min(m2, scores(j + W));
+    m = xsimd::min(m, rank_lanes(ip, norms, j));
+    m2 = xsimd::min(m2, rank_lanes(ip, norms, j + W));
   }
   if (j + W <= n) {
-    m = xsimd::min(m, scores(j));
+    m = xsimd::min(m, rank_lanes(ip, norms, j));
     j += W;
   }
   m = xsimd::min(m, m2);
@@ -478,11 +482,36 @@ void rank_argmin(const float* ip, const float* norms, std::size_t n, float* best
   if (at == nullptr) return;
   j = 0;
 #ifdef SHOAL_KERNEL_ARCH
-  for (; j + W <= n && !xsimd::any(scores(j) == batch(low)); j += W) {
+  for (; j + W <= n && !xsimd::any(rank_lanes(ip, norms, j) == batch(low)); j += W) {
   }
 #endif
   while (rank_at(ip, norms, j) != low) ++j;
   *at = static_cast<std::uint32_t>(j);
+}
+
+std::size_t rank_filter(const float* ip, const float* norms, std::size_t n, float bound, std::uint32_t* at,
+                        float* scores) noexcept {
+  std::size_t m = 0;
+  std::size_t j = 0;
+  const auto keep = [&](std::size_t pos, float s) {
+    at[m] = static_cast<std::uint32_t>(pos);
+    scores[m] = s;
+    m += s <= bound ? 1 : 0;
+  };
+#ifdef SHOAL_KERNEL_ARCH
+  // Most lanes fail once a bound is set: one compare and one test per W scores, and only a lane group
+  // with a survivor is written out.
+  const batch limit(bound);
+  for (; j + W <= n; j += W) {
+    const batch s = rank_lanes(ip, norms, j);
+    if (!xsimd::any(s <= limit)) continue;
+    alignas(64) float part[W];
+    s.store_aligned(part);
+    for (std::size_t l = 0; l < W; ++l) keep(j + l, part[l]);
+  }
+#endif
+  for (; j < n; ++j) keep(j, rank_at(ip, norms, j));
+  return m;
 }
 
 // Integer kernels: exact sums, written as plain loops that the compiler vectorises with this file's ISA
@@ -527,6 +556,7 @@ const distance_kernels& table() noexcept {
       .squared_norms = squared_norms,
       .inner_product_many = inner_product_many,
       .rank_argmin = rank_argmin,
+      .rank_filter = rank_filter,
       .l2sqr_u8 = l2sqr_int<std::uint8_t>,
       .inner_product_u8 = inner_product_int<std::uint8_t>,
       .l2sqr_i8 = l2sqr_int<std::int8_t>,

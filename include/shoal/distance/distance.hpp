@@ -81,6 +81,12 @@ struct distance_kernels {
   /// `*at` (unless `at` is null: then only the minimum is wanted, and no position is searched for). Exact,
   /// so identical at every level (2 · ip needs no rounding, a minimum none).
   void (*rank_argmin)(const float* ip, const float* norms, std::size_t n, float* best, std::uint32_t* at) noexcept;
+  /// The rank scores of a GEMM row (as `rank_argmin` defines them, NaN as +∞) that are at most `bound`:
+  /// their positions, ascending, into `at` and the scores into `scores` (room for n each); returns their
+  /// count. The IVF coarse pass keeps its nprobe best with it, passing its heap's current threshold.
+  /// Exact, so identical at every level.
+  std::size_t (*rank_filter)(const float* ip, const float* norms, std::size_t n, float bound, std::uint32_t* at,
+                             float* scores) noexcept;
   /// Squared L2 and inner product of 8-bit vectors: exact for dim ≤ `int_kernel_max_dim` (33,025:
   /// 255² · dim < 2³¹); longer sums wrap modulo 2³².
   std::uint32_t (*l2sqr_u8)(const std::uint8_t* a, const std::uint8_t* b, std::size_t dim) noexcept;
