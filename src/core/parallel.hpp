@@ -8,7 +8,9 @@
 // only ever write disjoint outputs.
 
 #include <cstddef>
+#include <cstdint>
 #include <optional>
+#include <span>
 
 #ifndef SHOAL_TSAN
 #include <tbb/parallel_for.h>
@@ -30,6 +32,14 @@ void parallel_for(std::size_t n, const Body& body) {
   }
   tbb::parallel_for(std::size_t{0}, n, body);
 #endif
+}
+
+/// `parallel_for` over the items of `order` (a permutation of [0, n)), calling `body(order[j])`: a batch
+/// searched in locality order (`probed_queries::locality_order`, HNSW's batch plan). An empty `order`
+/// means input order.
+template <class Body>
+void parallel_for_in(std::span<const std::uint32_t> order, std::size_t n, const Body& body) {
+  parallel_for(n, [&](std::size_t j) { body(order.empty() ? j : std::size_t{order[j]}); });
 }
 
 /// Threads a parallel loop may use right now (the current arena's concurrency; 1 under SHOAL_TSAN).

@@ -1285,14 +1285,8 @@ void hnsw_index::search(matrix_view<const float> queries, neighbors_view out, co
   const std::size_t ef = std::max(out.k, params.ef == 0 ? default_ef : params.ef);
   const std::shared_lock structure(x.structure);
   const impl::batch_plan plan = x.plan_batch(queries);
-  if (plan.order.empty()) {
-    detail::parallel_for(queries.rows,
-                         [&](std::size_t i) { x.search_one(queries.row(i), out.slice(i, 1), ef, params); });
-    return;
-  }
-  detail::parallel_for(queries.rows, [&](std::size_t j) {
-    const std::size_t i = plan.order[j];
-    x.search_one(queries.row(i), out.slice(i, 1), ef, params, &plan.starts[i]);
+  detail::parallel_for_in(plan.order, queries.rows, [&](std::size_t i) {
+    x.search_one(queries.row(i), out.slice(i, 1), ef, params, plan.starts.empty() ? nullptr : &plan.starts[i]);
   });
 }
 

@@ -189,9 +189,7 @@ void ivf_flat_index::search(matrix_view<const float> queries, neighbors_view out
   SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, "ivf_flat_index::search: null result buffer");
   const detail::probed_queries p = probe(queries, params, "ivf_flat_index::search: query");
   const distance_kernels& k = active_kernels();
-  const std::vector<std::uint32_t> order = p.locality_order();
-  detail::parallel_for(p.view.rows, [&](std::size_t at) {
-    const std::size_t q = order[at];
+  detail::parallel_for_in(p.locality_order(), p.view.rows, [&](std::size_t q) {
     topk_heap heap(out.k);
     for (const std::uint32_t list_no : p.lists(q)) {
       const list& l = *lists_[list_no];

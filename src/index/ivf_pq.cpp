@@ -489,9 +489,7 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
   const detail::probed_queries p = probe(queries, params, "ivf_pq_index::search");
   const std::size_t keep = params.refine_factor == 0 ? out.k : out.k * params.refine_factor;
   const distance_kernels& dk = active_kernels();
-  const std::vector<std::uint32_t> order = p.locality_order();
-  detail::parallel_for(p.view.rows, [&](std::size_t at) {
-    const std::size_t q = order[at];
+  detail::parallel_for_in(p.locality_order(), p.view.rows, [&](std::size_t q) {
     const float* query = p.view.row(q);
     const std::span<const std::uint32_t> probed = p.lists(q);
     // Every probed list stays read-locked from its scan to the end of the re-rank, so a candidate's slot
@@ -570,19 +568,20 @@ range_result ivf_pq_index::range_search(matrix_view<const float> queries, float 
           const list& l = *lists_[list_no];
           const std::shared_lock lock(l.mutex);
           const vector_id* ids = l.id_data();
-          if (exact && params_.refine_sq8) {
-            s.distances.resize(std::max(s.distances.size(), l.count()));
-            refine_codec_->distances(query, metric_, l.sq_code_data(), l.count(), s.distances.data());
-            for (std::size_t i = 0; i < l.count(); ++i)
-              if (s.distances[i] < radius && params.filter.accepts(ids[i])) hits.push_back({s.distances[i], ids[i]});
-            continue;
-          }
-          if (exact) {
+          if (exact && params_.refine) {
             detail::scan_into_range(dk, metric_, query, l.vector_data(), ids, l.count(), dim_, radius, params.filter,
                                     hits);
             continue;
           }
-          const float* dist = list_distances(l, list_no, query, s);
+          // Distances to the SQ8 reconstructions (exact with Refine(SQ8)), or the codes' approximations.
+          const float* dist = nullptr;
+          if (exact) {
+            s.distances.resize(std::max(s.distances.size(), l.count()));
+            refine_codec_->distances(query, metric_, l.sq_code_data(), l.count(), s.distances.data());
+            dist = s.distances.data();
+          } else {
+            dist = list_distances(l, list_no, query, s);
+          }
           for (std::size_t i = 0; i < l.count(); ++i)
             if (dist[i] < radius && params.filter.accepts(ids[i])) hits.push_back({dist[i], ids[i]});
         }

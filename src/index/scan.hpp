@@ -94,8 +94,7 @@ template <class Collect>
 [[nodiscard]] range_result range_by_query(std::size_t rows, Collect collect,
                                           std::span<const std::uint32_t> order = {}) {
   std::vector<std::vector<scored_id>> hits(rows);
-  parallel_for(rows, [&](std::size_t at) {
-    const std::size_t q = order.empty() ? at : order[at];
+  parallel_for_in(order, rows, [&](std::size_t q) {
     collect(q, hits[q]);
     std::sort(hits[q].begin(), hits[q].end());
   });
