@@ -1038,7 +1038,7 @@ struct hnsw_index::impl {
     return descend(q, cur, std::min<std::size_t>(top, 1), 0, s);
   }
 
-  /// Smallest batch that `search` runs in locality order (at 256 queries it still gained 10-20%).
+  /// Smallest batch that `search` runs in locality order (at 256 queries it still gained 9-19%).
   static constexpr std::size_t locality_batch = 256;
 
   /// The order a batch's queries are searched in, and each query's bottom-layer entry (`enter`'s node).
@@ -1047,7 +1047,7 @@ struct hnsw_index::impl {
   /// next: memory stalls dominate a search over vectors that do not fit the cache. Each query's search is
   /// the one it would have run alone (the entry is found once, here, and reused), so results are
   /// identical; only the order changes. fashion-mnist (60,000 × 784) HNSW16, 5,000 queries on 2 threads:
-  /// +55-65% QPS; in-cache data: level (docs/hnsw.md, "Batches in locality order"). A key of the entry
+  /// +46-88% QPS; in-cache data: level (docs/hnsw.md, "Batches in locality order"). A key of the entry
   /// alone (without the region) gained nothing: entries are numbered in insertion order, not by place.
   struct batch_plan {
     std::vector<std::uint32_t> order;
