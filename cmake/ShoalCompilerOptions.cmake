@@ -16,7 +16,7 @@ if(SHOAL_SANITIZE)
   endif()
 endif()
 
-# shoal_kernel_isa_flags(<target> <file> <SSE42|AVX2|AVX512> ...)
+# shoal_kernel_isa_flags(<target> <file> <SSE42|AVX2|AVX512|AMX> ...)
 # Adds per-ISA kernel sources to <target> with their instruction-set flags, on x86-64 GCC/Clang only;
 # elsewhere the scalar kernels serve alone. Library code never gets -march=native.
 function(shoal_kernel_isa_flags target)
@@ -30,8 +30,18 @@ function(shoal_kernel_isa_flags target)
       set(flags -msse4.2)
     elseif(isa STREQUAL "AVX2")
       set(flags -mavx2 -mfma -mf16c)
-    elseif(isa STREQUAL "AVX512")
+    elseif(isa STREQUAL "AVX512" OR isa STREQUAL "AMX")
       set(flags -mavx2 -mfma -mf16c -mavx512f -mavx512bw -mavx512dq -mavx512vl)
+      if(isa STREQUAL "AMX")
+        # The AMX tile unit with bfloat16 products, and AVX512-BF16 for the float -> bfloat16 conversion.
+        include(CheckCXXCompilerFlag)
+        check_cxx_compiler_flag("-mamx-tile -mamx-bf16 -mavx512bf16" SHOAL_COMPILER_HAS_AMX)
+        if(NOT SHOAL_COMPILER_HAS_AMX)
+          continue()  # the amx level then simply does not exist in this build
+        endif()
+        list(APPEND flags -mamx-tile -mamx-bf16 -mavx512bf16)
+        target_compile_definitions(${target} PRIVATE SHOAL_HAVE_AMX_KERNELS=1)
+      endif()
       if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
         # GCC 12 flags _mm512_undefined_* inside its own intrinsics when Eigen's AVX-512 packets inline
         # (a known false positive); keep the rest of -Wall on for this file.

@@ -68,7 +68,7 @@ TEST_CASE("dispatch reports the active level and honours SHOAL_SIMD", "[kernel]"
   } else {
     CHECK(active_simd_level() == levels.back());  // the best level by default
   }
-  for (const simd_level level : {simd_level::scalar, simd_level::avx2, simd_level::avx512}) {
+  for (const simd_level level : {simd_level::scalar, simd_level::avx2, simd_level::avx512, simd_level::amx}) {
     if (simd_level_available(level)) {
       CHECK(kernels(level).level == level);
     } else {
@@ -141,27 +141,63 @@ TEST_CASE("cosine distance of a zero vector is 1", "[kernel]") {
   }
 }
 
+/// The GEMM's error bound at `level`: float summation; at amx a rounding per pair of bfloat16 products
+/// (up to six products per term: 3·d roundings), plus what the split and the dropped products leave out
+/// (4 · 2^-24 of each |a_i b_i|).
+double gemm_bound(simd_level level, std::size_t d, double abs_sum) {
+  if (level != simd_level::amx) return bound(d, abs_sum);
+  return bound(3 * d, abs_sum) + 4.0 * std::ldexp(1.0, -24) * abs_sum;
+}
+
+/// Operand kinds for the GEMM test. The amx level splits floats into up to three bfloat16 parts and
+/// skips the products of parts that are zero: small integers need one part, 16-bit integers two,
+/// uniform floats three; `mixed` holds rows of both ends (a part first needed half-way through).
+enum class operand { uniform, small_integers, wide_integers, mixed };
+
+matrix<float> make_operand(operand kind, std::size_t rows, std::size_t stride, std::uint64_t seed) {
+  matrix<float> m = make_uniform(rows, stride, seed);
+  for (std::size_t i = 0; i < rows; ++i) {
+    const float scale = kind == operand::small_integers || (kind == operand::mixed && i < rows / 2) ? 8.0f
+                        : kind == operand::wide_integers                                            ? 30000.0f
+                                                                                                    : 0.0f;
+    if (scale != 0.0f)
+      for (std::size_t j = 0; j < stride; ++j) m.row(i)[j] = std::round(m.row(i)[j] * scale);
+  }
+  return m;
+}
+
 TEST_CASE("GEMM kernel matches the double reference with strides and odd shapes", "[kernel]") {
   struct shape {
     std::size_t na, nb, d;
   };
+  constexpr operand kinds[] = {operand::uniform, operand::small_integers, operand::wide_integers, operand::mixed};
   for (const simd_level level : available_simd_levels()) {
     const distance_kernels& k = kernels(level);
     // Odd shapes, and depths past 256 with a ragged tail (300), where blocked GEMMs switch k-blocks.
     for (const shape s : {shape{1, 1, 1}, shape{3, 5, 7}, shape{7, 13, 33}, shape{70, 33, 100}, shape{65, 130, 784},
                           shape{29, 97, 300}, shape{12, 64, 256}}) {
-      CAPTURE(simd_level_name(level), s.na, s.nb, s.d);
-      const std::size_t lda = s.d + 3, ldb = s.d + 1, ldc = s.nb + 2;
-      const matrix<float> a = make_uniform(s.na, lda, s.d);
-      const matrix<float> b = make_uniform(s.nb, ldb, s.d + 1);
-      std::vector<float> c(s.na * ldc, -7.0f);
-      k.inner_product_many(a.values.data(), s.na, lda, b.values.data(), s.nb, ldb, s.d, c.data(), ldc);
-      for (std::size_t i = 0; i < s.na; ++i) {
-        for (std::size_t j = 0; j < s.nb; ++j) {
-          const reference r = reference_of(a.row(i), b.row(j), s.d);
-          CHECK(std::abs(c[i * ldc + j] - r.ip) <= bound(s.d, r.abs_ip));
+      for (const operand kind_a : kinds) {
+        for (const operand kind_b : kinds) {
+          CAPTURE(simd_level_name(level), s.na, s.nb, s.d, kind_a, kind_b);
+          const std::size_t lda = s.d + 3, ldb = s.d + 1, ldc = s.nb + 2;
+          const matrix<float> a = make_operand(kind_a, s.na, lda, s.d);
+          const matrix<float> b = make_operand(kind_b, s.nb, ldb, s.d + 1);
+          std::vector<float> c(s.na * ldc, -7.0f);
+          k.inner_product_many(a.values.data(), s.na, lda, b.values.data(), s.nb, ldb, s.d, c.data(), ldc);
+          // Small integers and their sums are exact in float at every level.
+          const bool exact = kind_a == operand::small_integers && kind_b == operand::small_integers;
+          for (std::size_t i = 0; i < s.na; ++i) {
+            for (std::size_t j = 0; j < s.nb; ++j) {
+              const reference r = reference_of(a.row(i), b.row(j), s.d);
+              if (exact) {
+                CHECK(c[i * ldc + j] == r.ip);
+              } else {
+                CHECK(std::abs(c[i * ldc + j] - r.ip) <= gemm_bound(level, s.d, r.abs_ip));
+              }
+            }
+            for (std::size_t j = s.nb; j < ldc; ++j) CHECK(c[i * ldc + j] == -7.0f);  // padding untouched
+          }
         }
-        for (std::size_t j = s.nb; j < ldc; ++j) CHECK(c[i * ldc + j] == -7.0f);  // padding untouched
       }
     }
   }

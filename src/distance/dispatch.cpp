@@ -4,6 +4,10 @@
 #ifdef SHOAL_HAVE_X86_KERNELS
 #include <cpuid.h>
 #endif
+#ifdef SHOAL_HAVE_AMX_KERNELS
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -26,6 +30,11 @@ namespace avx512 {
 const distance_kernels& table() noexcept;
 }
 #endif
+#ifdef SHOAL_HAVE_AMX_KERNELS
+namespace amx {
+const distance_kernels& table() noexcept;
+}
+#endif
 
 namespace {
 
@@ -37,9 +46,32 @@ bool cpu_has_f16c() noexcept {
 }
 #endif
 
+#ifdef SHOAL_HAVE_AMX_KERNELS
+/// AMX-TILE and AMX-BF16 (CPUID leaf 7 EDX bits 24, 22), AVX512-BF16 (leaf 7 subleaf 1 EAX bit 5), the
+/// tile state enabled in XCR0 (bits 17, 18), and Linux's grant of the tile data to this process, asked
+/// for once (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA; kernels before 5.16 refuse it).
+bool cpu_and_os_have_amx() noexcept {
+  static const bool granted = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) == 0) return false;
+    if ((edx & (1u << 24)) == 0 || (edx & (1u << 22)) == 0) return false;
+    if (__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) == 0 || (eax & (1u << 5)) == 0) return false;
+    unsigned xcr0_low = 0, xcr0_high = 0;
+    __asm__("xgetbv" : "=a"(xcr0_low), "=d"(xcr0_high) : "c"(0));
+    constexpr unsigned tile_state = (1u << 17) | (1u << 18);
+    if ((xcr0_low & tile_state) != tile_state) return false;
+    constexpr long arch_req_xcomp_perm = 0x1023, xfeature_xtiledata = 18;
+    return syscall(SYS_arch_prctl, arch_req_xcomp_perm, xfeature_xtiledata) == 0;
+  }();
+  return granted;
+}
+#endif
+
+constexpr simd_level all_levels[] = {simd_level::scalar, simd_level::avx2, simd_level::avx512, simd_level::amx};
+
 simd_level best_available_level() noexcept {
   simd_level best = simd_level::scalar;
-  for (const simd_level level : {simd_level::avx2, simd_level::avx512})
+  for (const simd_level level : all_levels)
     if (simd_level_available(level)) best = level;
   return best;
 }
@@ -48,14 +80,14 @@ simd_level resolve_level() {
   const char* requested = std::getenv("SHOAL_SIMD");
   if (requested == nullptr || *requested == '\0') return best_available_level();
   const std::string_view name(requested);
-  for (const simd_level level : {simd_level::scalar, simd_level::avx2, simd_level::avx512}) {
+  for (const simd_level level : all_levels) {
     if (name != simd_level_name(level)) continue;
     SHOAL_CHECK_CODE(
         simd_level_available(level), errc::unsupported, "SHOAL_SIMD=", name,
         " requested, but this CPU cannot run it (best available: ", simd_level_name(best_available_level()), ")");
     return level;
   }
-  SHOAL_CHECK(false, "SHOAL_SIMD=", name, " is not a SIMD level (use scalar, avx2 or avx512)");
+  SHOAL_CHECK(false, "SHOAL_SIMD=", name, " is not a SIMD level (use scalar, avx2, avx512 or amx)");
   return simd_level::scalar;  // unreachable
 }
 
@@ -70,6 +102,8 @@ const char* simd_level_name(simd_level level) noexcept {
       return "avx2";
     case simd_level::avx512:
       return "avx512";
+    case simd_level::amx:
+      return "amx";
   }
   return "unknown";
 }
@@ -90,6 +124,12 @@ bool simd_level_available(simd_level level) noexcept {
       return simd_level_available(simd_level::avx2) && __builtin_cpu_supports("avx512f") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512vl");
+    case simd_level::amx:
+#ifdef SHOAL_HAVE_AMX_KERNELS
+      return simd_level_available(simd_level::avx512) && detail::cpu_and_os_have_amx();
+#else
+      return false;
+#endif
 #else
     default:
       return false;
@@ -100,7 +140,7 @@ bool simd_level_available(simd_level level) noexcept {
 
 std::vector<simd_level> available_simd_levels() {
   std::vector<simd_level> levels;
-  for (const simd_level level : {simd_level::scalar, simd_level::avx2, simd_level::avx512})
+  for (const simd_level level : detail::all_levels)
     if (simd_level_available(level)) levels.push_back(level);
   return levels;
 }
@@ -116,6 +156,10 @@ const distance_kernels& kernels(simd_level level) {
       return detail::avx2::table();
     case simd_level::avx512:
       return detail::avx512::table();
+#endif
+#ifdef SHOAL_HAVE_AMX_KERNELS
+    case simd_level::amx:
+      return detail::amx::table();
 #endif
     default:
       return detail::scalar::table();

@@ -193,6 +193,7 @@ const pq_kernels& quant_kernels(simd_level level) {
     case simd_level::avx2:
       return detail::pq_avx2::pq_table();
     case simd_level::avx512:
+    case simd_level::amx:  // the amx level differs only in its GEMM
       return detail::pq_avx512::pq_table();
 #endif
     default:

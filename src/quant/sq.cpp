@@ -151,6 +151,7 @@ const sq_kernels& scalar_quant_kernels(simd_level level) {
     case simd_level::avx2:
       return detail::pq_avx2::sq_table();
     case simd_level::avx512:
+    case simd_level::amx:  // the amx level differs only in its GEMM
       return detail::pq_avx512::sq_table();
 #endif
     default:

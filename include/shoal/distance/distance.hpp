@@ -3,8 +3,9 @@
 /// Distance kernels and their run-time SIMD dispatch.
 ///
 /// Every kernel exists at three levels: a portable scalar reference, AVX2+FMA+F16C and AVX-512
-/// (F/BW/DQ/VL). The level is chosen once per process from CPUID — the best the CPU and OS support —
-/// unless the environment variable `SHOAL_SIMD=scalar|avx2|avx512` names one (an unavailable or unknown
+/// (F/BW/DQ/VL); a fourth, amx, runs the GEMM on Intel's AMX tiles where the CPU and OS have them. The
+/// level is chosen once per process from CPUID — the best the CPU and OS support —
+/// unless the environment variable `SHOAL_SIMD=scalar|avx2|avx512|amx` names one (an unavailable or unknown
 /// name is an error, reported by the first call that needs the level). The free functions below use the
 /// active level; `kernels(level)` returns the table of one level, which tests and benchmarks use to run
 /// every level side by side.
@@ -22,9 +23,11 @@
 namespace shoal {
 
 /// Instruction-set level of the kernels.
-enum class simd_level { scalar, avx2, avx512 };
+/// `amx` is `avx512` with the GEMM (`inner_product_many`) on the AMX tile unit in split bfloat16
+/// (src/distance/amx.cpp: |error| within about 2^-14 of sum |a_i b_i|); every other kernel is avx512's.
+enum class simd_level { scalar, avx2, avx512, amx };
 
-/// "scalar", "avx2" or "avx512".
+/// "scalar", "avx2", "avx512" or "amx".
 [[nodiscard]] const char* simd_level_name(simd_level level) noexcept;
 /// Name of the level in use (see `active_simd_level`).
 [[nodiscard]] const char* simd_level_name();
