@@ -25,4 +25,14 @@ struct ceiling_functions {
 extern const ceiling_functions avx2_ceilings;
 extern const ceiling_functions avx512_ceilings;
 
+/// The AMX BF16 tile unit's peak (ceiling_amx.cpp, where the compiler has AMX).
+struct amx_ceiling_functions {
+  /// `iterations` rounds of four independent tile products (TDPBF16PS) in tile registers.
+  float (*products)(std::size_t iterations, float seed) noexcept;
+  /// Flops of one round (2 per multiply-add).
+  std::size_t flops_per_iteration;
+};
+
+extern const amx_ceiling_functions amx_ceilings;
+
 }  // namespace shoal::bench

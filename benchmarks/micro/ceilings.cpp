@@ -53,6 +53,18 @@ void bm_fma(benchmark::State& state, const ceiling_level& l) {
 }
 #endif
 
+#ifdef SHOAL_HAVE_AMX_KERNELS
+void bm_amx(benchmark::State& state) {
+  constexpr std::size_t rounds = std::size_t{1} << 14;
+  float seed = 1.0f;
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(seed);
+    benchmark::DoNotOptimize(amx_ceilings.products(rounds, seed));
+  }
+  set_rates(state, 0, static_cast<double>(rounds * amx_ceilings.flops_per_iteration));
+}
+#endif
+
 }  // namespace
 
 void register_ceiling_benchmarks() {
@@ -69,6 +81,9 @@ void register_ceiling_benchmarks() {
     }
     benchmark::RegisterBenchmark(l.fma_benchmark, [&l](benchmark::State& state) { bm_fma(state, l); });
   }
+#endif
+#ifdef SHOAL_HAVE_AMX_KERNELS
+  if (simd_level_available(simd_level::amx)) benchmark::RegisterBenchmark("BM_ceiling_amx_bf16", bm_amx);
 #endif
 }
 
