@@ -6,32 +6,20 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "distance/amx_tiles.hpp"
 #include "micro/ceiling.hpp"
 
 namespace shoal::bench {
 namespace {
 
-struct alignas(64) tile_config {
-  std::uint8_t palette = 1;
-  std::uint8_t start_row = 0;
-  std::uint8_t reserved[14] = {};
-  std::uint16_t colsb[16] = {};
-  std::uint8_t rows[16] = {};
-};
-
 float amx_products(std::size_t iterations, float seed) noexcept {
-  tile_config config;
-  for (int t = 0; t < 8; ++t) {
-    config.colsb[t] = 64;
-    config.rows[t] = 16;
-  }
   alignas(64) std::uint16_t operand[16 * 32];
   std::uint32_t bits = 0;
   static_assert(sizeof bits == sizeof seed);
   __builtin_memcpy(&bits, &seed, sizeof bits);
   for (std::uint16_t& v : operand) v = static_cast<std::uint16_t>(bits >> 16);  // seed as bfloat16
   alignas(64) float out[16 * 16];
-  _tile_loadconfig(&config);
+  detail::amx::configure_full_tiles();
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);

@@ -29,6 +29,7 @@
 #include <memory>
 #include <new>
 
+#include "distance/amx_tiles.hpp"
 #include "shoal/distance/distance.hpp"
 
 namespace shoal::detail {
@@ -42,15 +43,6 @@ namespace {
 constexpr std::size_t tile_rows = 16;  // rows of an A tile and of a C tile; columns of a C tile
 constexpr std::size_t tile_k = 32;     // bfloat16 values per tile row (64 bytes)
 constexpr std::size_t tile_bytes = 1024;
-
-/// The 64-byte tile configuration of palette 1 (Intel SDM, LDTILECFG).
-struct alignas(64) tile_config {
-  std::uint8_t palette = 1;
-  std::uint8_t start_row = 0;
-  std::uint8_t reserved[14] = {};
-  std::uint16_t colsb[16] = {};
-  std::uint8_t rows[16] = {};
-};
 
 // Tiles 0-3: the 2 x 2 block of C; 4-5: two row groups of A; 6-7: two column groups of B. Every tile is
 // 16 rows of 64 bytes. Macros, not constants: the intrinsics paste the tile number into the instruction.
@@ -237,12 +229,7 @@ void inner_product_many(const float* a, std::size_t na, std::size_t lda, const f
   const std::size_t nproducts = products(pa.parts, pb.parts, list);
   const std::size_t depth = nproducts * pa.chunks;  // chunks over all products
 
-  tile_config config;
-  for (int t = 0; t < 8; ++t) {
-    config.colsb[t] = 64;
-    config.rows[t] = tile_rows;
-  }
-  _tile_loadconfig(&config);
+  configure_full_tiles();
   constexpr long stride = 64;
   for (std::size_t panel = 0; panel < pb.groups; panel += panel_groups) {
     for (std::size_t ga = 0; ga < pa.groups; ga += 2) {
