@@ -206,11 +206,48 @@ std::size_t products(std::size_t parts_a, std::size_t parts_b, product (&out)[6]
   return n;
 }
 
-/// Column groups per panel: the B tiles of a panel (8 groups, all depth: 8 x 25 KiB per part at 784
-/// dims) stay in L2 while every row pair of A passes over them. Each 2 x 2 block of C accumulates over
-/// the whole depth in its tiles: blocking the depth too (C through memory between passes, to keep A's
-/// tiles in L1) measured 20-30% slower, tile stores and loads of C being the dearer traffic.
+/// Column groups per panel: B is packed a panel at a time (8 groups, 128 rows of B: 8 x 25 KiB per part
+/// at 784 dims), just before every row pair of the A block passes over it from L2. Each 2 x 2 block of C
+/// accumulates over the whole depth in its tiles: blocking the depth too (C through memory between
+/// passes, to keep A's tiles in L1) measured 20-30% slower, tile stores and loads of C being the dearer
+/// traffic.
 constexpr std::size_t panel_groups = 8;
+/// A is packed up to 512 rows at a time. With the panel, this bounds the scratch memory of a call (about
+/// 3 MiB per thread at 784 dims) whatever the shape.
+constexpr std::size_t block_groups = 32;
+
+/// C (rows of `pa` x rows of `pb`, at `c`) = the sum of `list`'s products of parts.
+void multiply(const packed& pa, const packed& pb, const product* list, std::size_t nproducts, float* c, std::size_t ldc,
+              std::size_t na, std::size_t nb) noexcept {
+  constexpr long stride = 64;
+  const std::size_t depth = nproducts * pa.chunks;  // chunks over all products
+  for (std::size_t ga = 0; ga < pa.groups; ga += 2) {
+    for (std::size_t gb = 0; gb < pb.groups; gb += 2) {
+      _tile_zero(SHOAL_TILE_C00);
+      _tile_zero(SHOAL_TILE_C01);
+      _tile_zero(SHOAL_TILE_C10);
+      _tile_zero(SHOAL_TILE_C11);
+      for (std::size_t k = 0; k < depth; ++k) {
+        const product& pr = list[k / pa.chunks];
+        const std::size_t chunk = k % pa.chunks;
+        _tile_loadd(SHOAL_TILE_A0, pa.tile(pr.a, ga, chunk), stride);
+        _tile_loadd(SHOAL_TILE_A1, pa.tile(pr.a, ga + 1, chunk), stride);
+        _tile_loadd(SHOAL_TILE_B0, pb.tile(pr.b, gb, chunk), stride);
+        _tile_loadd(SHOAL_TILE_B1, pb.tile(pr.b, gb + 1, chunk), stride);
+        _tile_dpbf16ps(SHOAL_TILE_C00, SHOAL_TILE_A0, SHOAL_TILE_B0);
+        _tile_dpbf16ps(SHOAL_TILE_C01, SHOAL_TILE_A0, SHOAL_TILE_B1);
+        _tile_dpbf16ps(SHOAL_TILE_C10, SHOAL_TILE_A1, SHOAL_TILE_B0);
+        _tile_dpbf16ps(SHOAL_TILE_C11, SHOAL_TILE_A1, SHOAL_TILE_B1);
+      }
+      const std::size_t row = ga * tile_rows, col = gb * tile_rows;
+      store_tile(c, ldc, na, nb, row, col, [](float* q, long s) { _tile_stored(SHOAL_TILE_C00, q, s); });
+      store_tile(c, ldc, na, nb, row, col + tile_rows, [](float* q, long s) { _tile_stored(SHOAL_TILE_C01, q, s); });
+      store_tile(c, ldc, na, nb, row + tile_rows, col, [](float* q, long s) { _tile_stored(SHOAL_TILE_C10, q, s); });
+      store_tile(c, ldc, na, nb, row + tile_rows, col + tile_rows,
+                 [](float* q, long s) { _tile_stored(SHOAL_TILE_C11, q, s); });
+    }
+  }
+}
 
 void inner_product_many(const float* a, std::size_t na, std::size_t lda, const float* b, std::size_t nb,
                         std::size_t ldb, std::size_t dim, float* c, std::size_t ldc) noexcept {
@@ -219,44 +256,20 @@ void inner_product_many(const float* a, std::size_t na, std::size_t lda, const f
     for (std::size_t i = 0; i < na; ++i) std::fill_n(c + i * ldc, nb, 0.0f);
     return;
   }
-  // Both operands padded to an even number of 16-row groups, so that the 2 x 2 tile block never overhangs
-  // the packed data (padded rows are zero and never stored).
+  // Operands padded to an even number of 16-row groups, so that the 2 x 2 tile block never overhangs the
+  // packed data (padded rows are zero and never stored).
   const auto even_groups = [](std::size_t n) { return ((n + 2 * tile_rows - 1) / (2 * tile_rows)) * 2; };
   thread_local scratch a_buffer, b_buffer;
-  const packed pa = pack(a, na, lda, dim, even_groups(na), false, a_buffer);
-  const packed pb = pack(b, nb, ldb, dim, even_groups(nb), true, b_buffer);
-  product list[6];
-  const std::size_t nproducts = products(pa.parts, pb.parts, list);
-  const std::size_t depth = nproducts * pa.chunks;  // chunks over all products
-
   configure_full_tiles();
-  constexpr long stride = 64;
-  for (std::size_t panel = 0; panel < pb.groups; panel += panel_groups) {
-    for (std::size_t ga = 0; ga < pa.groups; ga += 2) {
-      for (std::size_t gb = panel; gb < std::min(pb.groups, panel + panel_groups); gb += 2) {
-        _tile_zero(SHOAL_TILE_C00);
-        _tile_zero(SHOAL_TILE_C01);
-        _tile_zero(SHOAL_TILE_C10);
-        _tile_zero(SHOAL_TILE_C11);
-        for (std::size_t k = 0; k < depth; ++k) {
-          const product& pr = list[k / pa.chunks];
-          const std::size_t chunk = k % pa.chunks;
-          _tile_loadd(SHOAL_TILE_A0, pa.tile(pr.a, ga, chunk), stride);
-          _tile_loadd(SHOAL_TILE_A1, pa.tile(pr.a, ga + 1, chunk), stride);
-          _tile_loadd(SHOAL_TILE_B0, pb.tile(pr.b, gb, chunk), stride);
-          _tile_loadd(SHOAL_TILE_B1, pb.tile(pr.b, gb + 1, chunk), stride);
-          _tile_dpbf16ps(SHOAL_TILE_C00, SHOAL_TILE_A0, SHOAL_TILE_B0);
-          _tile_dpbf16ps(SHOAL_TILE_C01, SHOAL_TILE_A0, SHOAL_TILE_B1);
-          _tile_dpbf16ps(SHOAL_TILE_C10, SHOAL_TILE_A1, SHOAL_TILE_B0);
-          _tile_dpbf16ps(SHOAL_TILE_C11, SHOAL_TILE_A1, SHOAL_TILE_B1);
-        }
-        const std::size_t row = ga * tile_rows, col = gb * tile_rows;
-        store_tile(c, ldc, na, nb, row, col, [](float* q, long s) { _tile_stored(SHOAL_TILE_C00, q, s); });
-        store_tile(c, ldc, na, nb, row, col + tile_rows, [](float* q, long s) { _tile_stored(SHOAL_TILE_C01, q, s); });
-        store_tile(c, ldc, na, nb, row + tile_rows, col, [](float* q, long s) { _tile_stored(SHOAL_TILE_C10, q, s); });
-        store_tile(c, ldc, na, nb, row + tile_rows, col + tile_rows,
-                   [](float* q, long s) { _tile_stored(SHOAL_TILE_C11, q, s); });
-      }
+  for (std::size_t r = 0; r < na; r += block_groups * tile_rows) {
+    const std::size_t rows = std::min(block_groups * tile_rows, na - r);
+    const packed pa = pack(a + r * lda, rows, lda, dim, even_groups(rows), false, a_buffer);
+    for (std::size_t col = 0; col < nb; col += panel_groups * tile_rows) {
+      const std::size_t cols = std::min(panel_groups * tile_rows, nb - col);
+      const packed pb = pack(b + col * ldb, cols, ldb, dim, even_groups(cols), true, b_buffer);
+      product list[6];
+      const std::size_t nproducts = products(pa.parts, pb.parts, list);
+      multiply(pa, pb, list, nproducts, c + r * ldc + col, ldc, rows, cols);
     }
   }
   _tile_release();
