@@ -5,16 +5,15 @@
 // session 6). One AMX BF16 tile product (TDPBF16PS, 16 x 16 x 32) does 16,384 flops in about 16 cycles,
 // sixteen times the FMA ports' 64 flops per cycle, but on bfloat16 inputs (8 significant bits).
 //
-// Precision: every float is split into two bfloat16 parts, x = hi + lo with hi = bf16(x) and
-// lo = bf16(x - hi) (round to nearest even), which leaves |x - hi - lo| <= 2^-16 |x|. The product sums
-// hi·hi + hi·lo + lo·hi (lo·lo, at most 2^-16 of each term, is dropped), every tile accumulating in
-// float32, so |c - <a, b>| stays within about 2^-14 of sum |a_i b_i| plus the float32 accumulation:
-// far tighter than the rounding any distance comparison in shoal relies on (the batched flat search
-// re-scores its survivors with the pairwise kernel), though looser than a float32 GEMM for short
-// vectors. Where every value of an operand is exact in bfloat16 (8-bit pixels, SIFT's byte vectors,
-// anything that came from uint8) its lo part is zero and the products with it are skipped, so such data
-// runs one tile product per block instead of three, and the result is then as exact as float32
-// accumulation allows.
+// Precision: every float is split into up to three bfloat16 parts, x = p0 + p1 + p2 + r, each part the
+// remainder of the ones before rounded to nearest even, so |r| <= 2^-24 |x|. The kernel sums the tile
+// products of parts pi·qj with i + j <= 2 (at most six), every tile accumulating in float32; what it
+// drops (r, and the products with i + j >= 3) is within 2^-22 of each |a_i b_i|, so the GEMM is as
+// accurate as a float32 one (tests/test_kernels.cpp holds it to a float summation bound). Two parts were
+// not enough: 2^-16 per value is lost again in the cancellation of ||x||^2 - 2<x, c> + ||c||^2 when the
+// data sit far from the origin (a k-means test caught it). Parts that are zero throughout a packed block
+// (up to 512 rows of A, 128 rows of B) are skipped: data exact in bfloat16 (8-bit pixels, SIFT's bytes) need one part,
+// so a GEMM over them is one tile product per block, and a GEMM of such data with generic floats three.
 //
 // The operating system must grant the process the tile state (arch_prctl ARCH_REQ_XCOMP_PERM, done
 // once by the dispatcher before it reports the level available). Each call loads its tile
