@@ -36,7 +36,8 @@ function(shoal_kernel_isa_flags target)
         # The AMX tile unit with bfloat16 products, and AVX512-BF16 for the float -> bfloat16 conversion.
         include(CheckCXXCompilerFlag)
         check_cxx_compiler_flag("-mamx-tile -mamx-bf16 -mavx512bf16" SHOAL_COMPILER_HAS_AMX)
-        if(NOT SHOAL_COMPILER_HAS_AMX)
+        # Linux only: the process asks the kernel for the tile state (arch_prctl).
+        if(NOT SHOAL_COMPILER_HAS_AMX OR NOT CMAKE_SYSTEM_NAME STREQUAL "Linux")
           continue()  # the amx level then simply does not exist in this build
         endif()
         list(APPEND flags -mamx-tile -mamx-bf16 -mavx512bf16)
