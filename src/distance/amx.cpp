@@ -25,10 +25,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <memory>
-#include <new>
 
 #include "distance/amx_tiles.hpp"
+#include "shoal/core/types.hpp"
 #include "shoal/distance/distance.hpp"
 
 namespace shoal::detail {
@@ -41,7 +40,6 @@ namespace {
 
 constexpr std::size_t tile_rows = 16;  // rows of an A tile and of a C tile; columns of a C tile
 constexpr std::size_t tile_k = 32;     // bfloat16 values per tile row (64 bytes)
-constexpr std::size_t tile_bytes = 1024;
 
 // Tiles 0-3: the 2 x 2 block of C; 4-5: two row groups of A; 6-7: two column groups of B. Every tile is
 // 16 rows of 64 bytes. Macros, not constants: the intrinsics paste the tile number into the instruction.
@@ -53,25 +51,6 @@ constexpr std::size_t tile_bytes = 1024;
 #define SHOAL_TILE_A1 5
 #define SHOAL_TILE_B0 6
 #define SHOAL_TILE_B1 7
-
-/// A 64-byte aligned scratch buffer of bfloat16 values that only grows, one per thread and operand.
-class scratch {
- public:
-  std::uint16_t* get(std::size_t n) {
-    if (n > size_) {
-      data_.reset(static_cast<std::uint16_t*>(::operator new (n * sizeof(std::uint16_t), std::align_val_t{64})));
-      size_ = n;
-    }
-    return data_.get();
-  }
-
- private:
-  struct aligned_delete {
-    void operator()(std::uint16_t* p) const noexcept { ::operator delete (p, std::align_val_t{64}); }
-  };
-  std::unique_ptr<std::uint16_t[], aligned_delete> data_;
-  std::size_t size_ = 0;
-};
 
 /// Number of bfloat16 parts a float is split into: x = p0 + p1 + p2 + r, |r| <= 2^-24 |x|.
 constexpr std::size_t max_parts = 3;
@@ -133,7 +112,7 @@ inline void transpose16(__m512i (&r)[16]) noexcept {
 struct packed {
   const std::uint16_t* data;
   std::size_t groups, chunks, parts;
-  static constexpr std::size_t tile_values = tile_bytes / sizeof(std::uint16_t);
+  static constexpr std::size_t tile_values = tile_rows * tile_k;  // 1 KiB
   const std::uint16_t* tile(std::size_t part, std::size_t group, std::size_t chunk) const noexcept {
     return data + ((part * groups + group) * chunks + chunk) * tile_values;
   }
@@ -145,10 +124,11 @@ struct packed {
 /// written only from the first tile that needs it on (the tiles before are zero-filled then), so data
 /// exact in bfloat16 pays for one part only.
 packed pack(const float* x, std::size_t n, std::size_t ldx, std::size_t dim, std::size_t groups, bool columns,
-            scratch& buffer) {
+            aligned_vector<std::uint16_t>& buffer) {
   const std::size_t chunks = (dim + tile_k - 1) / tile_k;
   const std::size_t part_values = groups * chunks * packed::tile_values;
-  std::uint16_t* out = buffer.get(max_parts * part_values);
+  if (buffer.size() < max_parts * part_values) buffer.resize(max_parts * part_values);  // only ever grows
+  std::uint16_t* out = buffer.data();
   std::size_t parts = 1;  // parts written so far
   for (std::size_t g = 0; g < groups; ++g) {
     for (std::size_t c = 0; c < chunks; ++c) {
@@ -259,7 +239,7 @@ void inner_product_many(const float* a, std::size_t na, std::size_t lda, const f
   // Operands padded to an even number of 16-row groups, so that the 2 x 2 tile block never overhangs the
   // packed data (padded rows are zero and never stored).
   const auto even_groups = [](std::size_t n) { return ((n + 2 * tile_rows - 1) / (2 * tile_rows)) * 2; };
-  thread_local scratch a_buffer, b_buffer;
+  thread_local aligned_vector<std::uint16_t> a_buffer, b_buffer;  // packed operands, per thread
   configure_full_tiles();
   for (std::size_t r = 0; r < na; r += block_groups * tile_rows) {
     const std::size_t rows = std::min(block_groups * tile_rows, na - r);
