@@ -1,7 +1,6 @@
-// shoal::cuda::flat_index: cuBLAS SGEMM for the inner products of a query batch with every stored vector,
-// then one thread block per query that selects its k best scores with a radix select and sorts only
-// those k. Not fused yet: the score tile makes a round trip through device memory (the fused
-// GEMM + select kernel is the planned next step, measured against this one).
+// shoal::cuda::flat_index: the stored rows in chunks whose score tile fits in L2; per chunk one cuBLAS SGEMM
+// of the query batch with the chunk, then `merge_chunk` (cuda/select.cuh) folds the tile into every query's
+// running top-k while it is still in L2.
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "device_memory.cuh"
+#include "select.cuh"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/cuda/flat.hpp"
@@ -24,147 +24,25 @@ namespace {
 
 using detail::check;
 using detail::device_buffer;
+using detail::no_row;
+
+static_assert(flat_index::max_k == detail::select_max_k);
 
 void check_blas(cublasStatus_t status, const char* what) {
   SHOAL_CHECK_CODE(status == CUBLAS_STATUS_SUCCESS, errc::io_error, "cuBLAS ", what, " failed (status ",
                    static_cast<int>(status), ")");
 }
 
-constexpr unsigned select_threads = 256;  // a multiple of the warp size
-constexpr std::uint32_t no_row = std::numeric_limits<std::uint32_t>::max();
-/// Score tiles are cut to stay within this many bytes.
-constexpr std::size_t tile_budget = std::size_t{256} << 20;
+/// Score tiles fit in half the L2 cache by default, between these bounds.
+constexpr std::size_t min_tile_bytes = std::size_t{1} << 20;
+constexpr std::size_t max_tile_bytes = std::size_t{256} << 20;
 
-/// Maps a score to an unsigned key with the same order (NaN last, −0 as +0), for the radix select.
-__device__ inline std::uint32_t order_key(float s) {
-  if (isnan(s)) return 0xffffffffu;
-  if (s == 0.0f) s = 0.0f;
-  const std::uint32_t u = __float_as_uint(s);
-  return (u & 0x80000000u) != 0 ? ~u : (u | 0x80000000u);
-}
-
-/// Rank score of stored row j from its inner product with the query: ‖x‖² − 2⟨q, x⟩ under L2 (norms
-/// given), −⟨q, x⟩ otherwise; NaN (from overflow) ranks last.
-__device__ inline float score_of(const float* ip, const float* norms, std::size_t j) {
-  const float s = norms != nullptr ? norms[j] - 2.0f * ip[j] : -ip[j];
-  return isnan(s) ? INFINITY : s;
-}
-
-__device__ inline bool before(float sa, std::uint32_t ra, float sb, std::uint32_t rb) {
-  return sa < sb || (sa == sb && ra < rb);
-}
-
-/// One block per query row of `tile` (n inner products each): the k (≤ kpad, a power of two ≤ 1024,
-/// k ≤ n) best rows by (score, row), sorted, into out_rows / out_scores (k per query).
-///  1. Radix select, 8 bits per pass from the top: a shared histogram of the candidates that match the
-///     prefix chosen so far finds the k-th smallest key exactly after four passes over the row.
-///  2. Every row below that key is taken (in any order); rows equal to it are taken in row order until
-///     k are held (a block-wide ballot scan), so ties go to the smaller row.
-///  3. A bitonic sort of the k candidates in shared memory.
-__global__ void select_rows(const float* tile, std::size_t n, const float* norms, std::uint32_t k, std::uint32_t kpad,
-                            std::uint32_t* out_rows, float* out_scores) {
-  extern __shared__ unsigned char shared[];
-  float* cand_score = reinterpret_cast<float*>(shared);
-  std::uint32_t* cand_row = reinterpret_cast<std::uint32_t*>(cand_score + kpad);
-  __shared__ std::uint32_t hist[256];
-  __shared__ std::uint32_t warp_counts[select_threads / 32];
-  __shared__ std::uint32_t s_prefix, s_remaining, s_count, s_taken;
-
-  const float* ip = tile + static_cast<std::size_t>(blockIdx.x) * n;
-  const unsigned tid = threadIdx.x;
-  std::uint32_t prefix = 0, mask = 0, remaining = k;
-  for (int shift = 24; shift >= 0; shift -= 8) {
-    for (unsigned i = tid; i < 256; i += blockDim.x) hist[i] = 0;
-    __syncthreads();
-    for (std::size_t j = tid; j < n; j += blockDim.x) {
-      const std::uint32_t key = order_key(score_of(ip, norms, j));
-      if ((key & mask) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
-    }
-    __syncthreads();
-    if (tid == 0) {
-      std::uint32_t below = 0, digit = 0;
-      for (; digit < 255; ++digit) {
-        if (below + hist[digit] >= remaining) break;
-        below += hist[digit];
-      }
-      s_prefix = prefix | (digit << shift);
-      s_remaining = remaining - below;
-    }
-    __syncthreads();
-    prefix = s_prefix;
-    remaining = s_remaining;
-    mask |= 255u << shift;
-    __syncthreads();  // everyone has read s_prefix before the next pass's thread 0 rewrites it
-  }
-  // prefix is now the k-th smallest key; `remaining` rows equal to it belong to the k.
-  if (tid == 0) {
-    s_count = 0;
-    s_taken = 0;
-  }
-  __syncthreads();
-  for (std::size_t j = tid; j < n; j += blockDim.x) {
-    const float s = score_of(ip, norms, j);
-    if (order_key(s) < prefix) {
-      const std::uint32_t slot = atomicAdd(&s_count, 1u);
-      cand_score[slot] = s;
-      cand_row[slot] = static_cast<std::uint32_t>(j);
-    }
-  }
-  __syncthreads();
-  const std::uint32_t strict = k - remaining;
-  const unsigned lane = tid & 31u, warp = tid >> 5;
-  for (std::size_t base = 0; base < n; base += blockDim.x) {
-    if (s_taken >= remaining) break;  // uniform: read after the barrier that ended the last round
-    const std::size_t j = base + tid;
-    const float s = j < n ? score_of(ip, norms, j) : INFINITY;
-    const bool tie = j < n && order_key(s) == prefix;
-    const unsigned ballot = __ballot_sync(0xffffffffu, tie);
-    if (lane == 0) warp_counts[warp] = static_cast<std::uint32_t>(__popc(ballot));
-    __syncthreads();
-    std::uint32_t rank = static_cast<std::uint32_t>(__popc(ballot & ((1u << lane) - 1u)));
-    for (unsigned w = 0; w < warp; ++w) rank += warp_counts[w];
-    const std::uint32_t position = s_taken + rank;
-    if (tie && position < remaining) {
-      cand_score[strict + position] = s;
-      cand_row[strict + position] = static_cast<std::uint32_t>(j);
-    }
-    __syncthreads();
-    if (tid == 0) {
-      std::uint32_t total = 0;
-      for (unsigned w = 0; w < blockDim.x / 32; ++w) total += warp_counts[w];
-      s_taken += total;
-    }
-    __syncthreads();
-  }
-  for (std::uint32_t i = k + tid; i < kpad; i += blockDim.x) {
-    cand_score[i] = INFINITY;
-    cand_row[i] = no_row;
-  }
-  __syncthreads();
-  for (std::uint32_t size = 2; size <= kpad; size <<= 1) {
-    for (std::uint32_t stride = size >> 1; stride > 0; stride >>= 1) {
-      for (std::uint32_t i = tid; i < kpad; i += blockDim.x) {
-        const std::uint32_t partner = i ^ stride;
-        if (partner <= i) continue;
-        const bool ascending = (i & size) == 0;
-        const bool out_of_order = before(cand_score[partner], cand_row[partner], cand_score[i], cand_row[i]);
-        if (out_of_order == ascending) {
-          const float ts = cand_score[i];
-          cand_score[i] = cand_score[partner];
-          cand_score[partner] = ts;
-          const std::uint32_t tr = cand_row[i];
-          cand_row[i] = cand_row[partner];
-          cand_row[partner] = tr;
-        }
-      }
-      __syncthreads();
-    }
-  }
-  const std::size_t out = static_cast<std::size_t>(blockIdx.x) * k;
-  for (std::uint32_t i = tid; i < k; i += blockDim.x) {
-    out_rows[out + i] = cand_row[i];
-    out_scores[out + i] = cand_score[i];
-  }
+/// Grows `buffer` to at least `count` elements (the old one freed first; contents not kept).
+template <class T>
+void reserve(device_buffer<T>& buffer, std::size_t count, const char* what) {
+  if (buffer.size() >= count) return;
+  buffer = device_buffer<T>();
+  buffer = device_buffer<T>(count, what);
 }
 
 /// Squared norms of n rows of `dim` floats, one thread per row (once, at construction).
@@ -177,12 +55,6 @@ __global__ void row_norms(const float* x, std::size_t n, std::size_t dim, float*
   out[i] = acc;
 }
 
-[[nodiscard]] std::uint32_t next_pow2(std::uint32_t v) {
-  std::uint32_t p = 1;
-  while (p < v) p <<= 1;
-  return p;
-}
-
 }  // namespace
 
 struct flat_index::impl {
@@ -190,17 +62,26 @@ struct flat_index::impl {
   std::size_t n = 0;
   std::size_t dim = 0;
   shoal::metric metric = shoal::metric::l2;
+  std::size_t tile_floats = 0;   // score tile budget
   device_buffer<float> vectors;  // n x dim, dense
   device_buffer<float> norms;    // n, under L2 only
   cublasHandle_t blas = nullptr;
-  std::mutex mutex;  // one search at a time on the handle and the device
+  std::mutex mutex;  // one search at a time on the handle, the device and the scratch below
+  // Scratch kept from search to search (grown when a search needs more): the query batch, the score tile
+  // and the batch's running top-k on the device, and the top-k copied back to the host.
+  device_buffer<float> batch_queries;
+  device_buffer<float> tile;
+  device_buffer<float> best_score;
+  device_buffer<std::uint32_t> best_row;
+  std::vector<float> host_score;
+  std::vector<std::uint32_t> host_row;
 
   ~impl() {
     if (blas != nullptr) (void)cublasDestroy(blas);
   }
 };
 
-flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int device)
+flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int device, std::size_t tile_bytes)
     : impl_(std::make_unique<impl>()) {
   SHOAL_CHECK(vectors.dim > 0, "cuda::flat_index: dimension must be at least 1");
   shoal::detail::check_vectors(vectors, vectors.dim, "cuda::flat_index: vector");
@@ -232,6 +113,12 @@ flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int de
     check(cudaGetLastError(), "norm kernel launch");
     check(cudaDeviceSynchronize(), "norm kernel");
   }
+  if (tile_bytes == 0) {
+    int l2 = 0;
+    check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device), "cudaDeviceGetAttribute");
+    tile_bytes = static_cast<std::size_t>(l2) / 2;
+  }
+  s.tile_floats = std::clamp(tile_bytes, min_tile_bytes, max_tile_bytes) / sizeof(float);
   check_blas(cublasCreate(&s.blas), "cublasCreate");
 }
 
@@ -271,39 +158,40 @@ void flat_index::search(matrix_view<const float> queries, std::size_t k, std::ui
                                        : matrix<float>();
   const matrix_view<const float> q = s.metric == shoal::metric::cosine ? normalized.view() : queries;
   const auto kk = static_cast<std::uint32_t>(std::min(k, s.n));
-  const std::uint32_t kpad = next_pow2(kk);
-  // Queries per batch: the score tile within budget, the grid within its 65,535 blocks.
-  const std::size_t batch =
-      std::clamp<std::size_t>(tile_budget / (s.n * sizeof(float)), 1, std::min<std::size_t>(q.rows, 65535));
+  const detail::tile_plan plan = detail::plan_tiles(q.rows, s.n, s.tile_floats);
+  const float* norms = s.metric == shoal::metric::l2 ? s.norms.get() : nullptr;
 
   const std::lock_guard lock(s.mutex);
   detail::use_device(s.device);
-  const device_buffer<float> d_queries(batch * s.dim, "query batch");
-  const device_buffer<float> d_tile(batch * s.n, "score tile");
-  const device_buffer<std::uint32_t> d_rows(batch * kk, "result rows");
-  const device_buffer<float> d_scores(batch * kk, "result scores");
-  std::vector<std::uint32_t> host_rows(batch * kk);
-  std::vector<float> host_scores(batch * kk);
+  reserve(s.batch_queries, plan.batch * s.dim, "query batch");
+  reserve(s.tile, plan.batch * plan.chunk, "score tile");
+  reserve(s.best_score, plan.batch * kk, "running top-k scores");
+  reserve(s.best_row, plan.batch * kk, "running top-k rows");
+  s.host_score.resize(plan.batch * kk);
+  s.host_row.resize(plan.batch * kk);
   const float one = 1.0f, zero = 0.0f;
-  const std::size_t shared_bytes = std::size_t{kpad} * (sizeof(float) + sizeof(std::uint32_t));
-  for (std::size_t first = 0; first < q.rows; first += batch) {
-    const std::size_t count = std::min(batch, q.rows - first);
-    check(cudaMemcpy2D(d_queries.get(), s.dim * sizeof(float), q.row(first), q.stride * sizeof(float),
+  for (std::size_t first = 0; first < q.rows; first += plan.batch) {
+    const std::size_t count = std::min(plan.batch, q.rows - first);
+    check(cudaMemcpy2D(s.batch_queries.get(), s.dim * sizeof(float), q.row(first), q.stride * sizeof(float),
                        s.dim * sizeof(float), count, cudaMemcpyHostToDevice),
           "cudaMemcpy2D");
-    // Column-major view: tile (n x count, leading n) = vectorsᵀ(n x dim) · queries(dim x count), i.e. the
-    // row-major count x n matrix of inner products.
-    check_blas(cublasSgemm(s.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(s.n), static_cast<int>(count),
-                           static_cast<int>(s.dim), &one, s.vectors.get(), static_cast<int>(s.dim), d_queries.get(),
-                           static_cast<int>(s.dim), &zero, d_tile.get(), static_cast<int>(s.n)),
-               "cublasSgemm");
-    select_rows<<<static_cast<unsigned>(count), select_threads, shared_bytes>>>(
-        d_tile.get(), s.n, s.metric == shoal::metric::l2 ? s.norms.get() : nullptr, kk, kpad, d_rows.get(),
-        d_scores.get());
-    check(cudaGetLastError(), "select kernel launch");
-    check(cudaMemcpy(host_rows.data(), d_rows.get(), count * kk * sizeof(std::uint32_t), cudaMemcpyDeviceToHost),
+    for (std::size_t row0 = 0; row0 < s.n; row0 += plan.chunk) {
+      const std::size_t len = std::min(plan.chunk, s.n - row0);
+      // Column-major view: tile (len x count, leading len) = chunkᵀ(len x dim) · queries(dim x count), i.e.
+      // the row-major count x len matrix of inner products.
+      check_blas(
+          cublasSgemm(s.blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(len), static_cast<int>(count),
+                      static_cast<int>(s.dim), &one, s.vectors.get() + row0 * s.dim, static_cast<int>(s.dim),
+                      s.batch_queries.get(), static_cast<int>(s.dim), &zero, s.tile.get(), static_cast<int>(len)),
+          "cublasSgemm");
+      detail::merge_chunk<<<static_cast<unsigned>(count), detail::select_threads, detail::merge_shared_bytes(kk)>>>(
+          s.tile.get(), len, len, norms != nullptr ? norms + row0 : nullptr, static_cast<std::uint32_t>(row0), kk,
+          row0 == 0, s.best_score.get(), s.best_row.get());
+      check(cudaGetLastError(), "select kernel launch");
+    }
+    check(cudaMemcpy(s.host_row.data(), s.best_row.get(), count * kk * sizeof(std::uint32_t), cudaMemcpyDeviceToHost),
           "cudaMemcpy");
-    check(cudaMemcpy(host_scores.data(), d_scores.get(), count * kk * sizeof(float), cudaMemcpyDeviceToHost),
+    check(cudaMemcpy(s.host_score.data(), s.best_score.get(), count * kk * sizeof(float), cudaMemcpyDeviceToHost),
           "cudaMemcpy");
     for (std::size_t i = 0; i < count; ++i) {
       const float* query = q.row(first + i);
@@ -312,8 +200,8 @@ void flat_index::search(matrix_view<const float> queries, std::size_t k, std::ui
         for (std::size_t j = 0; j < s.dim; ++j) offset = std::fma(query[j], query[j], offset);
       if (s.metric == shoal::metric::cosine) offset = 1.0f;
       for (std::size_t j = 0; j < kk; ++j) {
-        rows[(first + i) * k + j] = host_rows[i * kk + j];
-        distances[(first + i) * k + j] = host_scores[i * kk + j] + offset;
+        rows[(first + i) * k + j] = s.host_row[i * kk + j];
+        distances[(first + i) * k + j] = s.host_score[i * kk + j] + offset;
       }
     }
   }

@@ -90,6 +90,25 @@ TEST_CASE("CUDA flat index returns the CPU flat index's neighbours up to ties", 
   }
 }
 
+TEST_CASE("CUDA flat index: many chunks and batches give the one-tile results", "[gpu]") {
+  // 1 MiB score tiles (the smallest) over 20,000 rows and 150 queries: batches of 64 queries, chunks of
+  // 4,096 rows, so every query's top-k is merged across five chunks, in three batches.
+  const test::clustered_set data(20000, 150, 16, 50, 41, 0.5f, 4);
+  if (!have_device()) return;
+  const cuda::flat_index chunked(data.base.view(), metric::l2, 0, 1);
+  const cuda::flat_index whole(data.base.view(), metric::l2, 0, std::size_t{256} << 20);
+  for (const std::size_t k : {1, 32, 1024}) {
+    CAPTURE(k);
+    const neighbors a = chunked.search(data.queries.view(), k);
+    const neighbors b = whole.search(data.queries.view(), k);
+    // cuBLAS may pick another kernel for another tile shape, so allow a few ulps of the distances.
+    float scale = 1.0f;
+    for (std::size_t r = 0; r < data.base.rows; ++r)
+      scale = std::max(scale, inner_product(data.base.row(r), data.base.row(r), 16));
+    require_same_up_to_ties(a, b, 1e-5f * scale);
+  }
+}
+
 TEST_CASE("CUDA flat index: ties go to the smaller row, fewer rows than k leave sentinels", "[gpu]") {
   if (!have_device()) return;
   matrix<float> x(6, 4);

@@ -3,8 +3,12 @@
 //
 //   BM_cublas_sgemm/nq/nlist/d    the nq x nlist x d SGEMM on device buffers: the rate the coarse pass is
 //                                 held against (the target: the whole pass at >= 70% of it);
-//   BM_coarse_probe/nq/nlist/d    cuda::coarse_quantizer::probe, nprobe 32: queries to the device, GEMM,
-//                                 top-nprobe select, lists back to the host (everything a search pays).
+//   BM_coarse_probe/nq/nlist/d    cuda::coarse_quantizer::probe, nprobe 32: queries to the device, GEMM
+//                                 tiles fused with the top-nprobe select (each tile within half of L2),
+//                                 lists back to the host (everything a search pays);
+//   BM_coarse_unfused/nq/nlist/d  the same search with 256 MiB score tiles: the GEMM writes the tile to
+//                                 device memory and the select reads it back, i.e. cuBLAS GEMM + a
+//                                 separate top-k, the baseline the fused pass is held against.
 // Counters: GFLOP/s (2·nq·nlist·d per call) and GB/s (the inputs, the score tile written and read, the
 // results), to read against the device's peak fp32 rate and memory bandwidth. Without a CUDA device it
 // says so and measures nothing (exit status 0).
@@ -21,6 +25,7 @@
 #include "shoal/core/types.hpp"
 #include "shoal/cuda/coarse_quantizer.hpp"
 #include "shoal/cuda/device.hpp"
+#include "shoal/cuda/flat.hpp"
 #include "shoal/eval/eval.hpp"
 
 namespace {
@@ -67,19 +72,39 @@ void bm_cublas_sgemm(benchmark::State& state) {
   (void)cudaFree(c);
 }
 
+/// The coarse pass over nlist uniform centroids, through `probe` (a callable taking the queries and the
+/// nprobe lists out).
+template <class Probe>
+void run_probe(benchmark::State& state, const shoal::matrix<float>& queries, std::size_t nlist, Probe probe) {
+  std::vector<std::uint32_t> probes(queries.rows * nprobe);
+  for (auto _ : state) {
+    probe(queries.view(), probes.data());
+    benchmark::DoNotOptimize(probes.data());
+  }
+  set_rates(state, queries.rows, nlist, queries.dim);
+}
+
 void bm_coarse_probe(benchmark::State& state) {
   const auto nq = static_cast<std::size_t>(state.range(0));
   const auto nlist = static_cast<std::size_t>(state.range(1));
   const auto dim = static_cast<std::size_t>(state.range(2));
   const shoal::matrix<float> centroids = shoal::make_uniform(nlist, dim, 1);
-  const shoal::matrix<float> queries = shoal::make_uniform(nq, dim, 2);
   const shoal::cuda::coarse_quantizer coarse(centroids.view(), shoal::metric::l2, 0, 1);
-  std::vector<std::uint32_t> probes(nq * nprobe);
-  for (auto _ : state) {
-    coarse.probe(queries.view(), nprobe, probes.data());
-    benchmark::DoNotOptimize(probes.data());
-  }
-  set_rates(state, nq, nlist, dim);
+  run_probe(state, shoal::make_uniform(nq, dim, 2), nlist,
+            [&](shoal::matrix_view<const float> q, std::uint32_t* probes) { coarse.probe(q, nprobe, probes); });
+}
+
+void bm_coarse_unfused(benchmark::State& state) {
+  const auto nq = static_cast<std::size_t>(state.range(0));
+  const auto nlist = static_cast<std::size_t>(state.range(1));
+  const auto dim = static_cast<std::size_t>(state.range(2));
+  const shoal::matrix<float> centroids = shoal::make_uniform(nlist, dim, 1);
+  const shoal::cuda::flat_index flat(centroids.view(), shoal::metric::l2, 0, std::size_t{256} << 20);
+  std::vector<float> distances(nq * nprobe);
+  run_probe(state, shoal::make_uniform(nq, dim, 2), nlist,
+            [&](shoal::matrix_view<const float> q, std::uint32_t* probes) {
+              flat.search(q, nprobe, probes, distances.data());
+            });
 }
 
 void grid(benchmark::internal::Benchmark* b) {
@@ -100,6 +125,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("device", shoal::cuda::device_name(0));
   benchmark::RegisterBenchmark("BM_cublas_sgemm", bm_cublas_sgemm)->Apply(grid);
   benchmark::RegisterBenchmark("BM_coarse_probe", bm_coarse_probe)->Apply(grid);
+  benchmark::RegisterBenchmark("BM_coarse_unfused", bm_coarse_unfused)->Apply(grid);
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -12,17 +12,20 @@
 
 namespace shoal::cuda {
 
-/// A copy of n vectors in device memory, searched exactly: queries meet the vectors in one cuBLAS SGEMM
-/// per batch (full fp32, no TF32), then a block per query selects its k best scores by a four-pass radix
-/// select over order-preserving keys (no sort of the n scores) and sorts only those k.
+/// A copy of n vectors in device memory, searched exactly. The rows are cut into chunks whose score tile
+/// (queries of a batch × rows of a chunk) fits in half the device's L2 cache; per chunk one cuBLAS SGEMM
+/// (full fp32, no TF32) computes the tile and a block per query folds it at once into the query's running
+/// top-k (a threshold scan, then a sort and merge of the few scores that beat the current k-th), so
+/// the tile is read once, from L2, and no query's n scores are sorted (docs/cuda.md).
 ///
 /// Distances are shoal's (smaller is closer): L2 reports ‖q‖² + ‖x‖² − 2⟨q, x⟩ (the GEMM form, which
 /// rounds differently from the CPU's pairwise kernel and may dip a little below 0), inner product −⟨q, x⟩,
 /// cosine 1 − ⟨q̂, x̂⟩ (vectors and queries normalised on the host). Ties go to the smaller row.
 ///
-/// Memory: the vectors (+ their norms under L2) stay on the device; a search allocates its query batch,
-/// an n-wide score tile per query of the batch (batches are cut so that the tile stays within 256 MiB) and
-/// the k results, after checking the device's free memory. Every CUDA and cuBLAS call is checked.
+/// Memory: the vectors (+ their norms under L2) stay on the device. Searches share one scratch area, grown
+/// when a search needs more and kept for the next: the query batch, the score tile and the batch's
+/// running top-k; free device memory is checked before every allocation. Every CUDA and cuBLAS call is
+/// checked.
 /// Thread safety: searches may be called concurrently; they run one at a time on the device.
 /// Errors: `shoal::error` — `errc::unsupported` without a device or without enough free device memory,
 /// `errc::io_error` when a CUDA or cuBLAS call fails, and the usual argument errors.
@@ -32,7 +35,10 @@ class flat_index {
   static constexpr std::size_t max_k = 1024;
 
   /// Copies `vectors` (finite, dimension ≥ 1; non-zero rows under cosine) to CUDA device `device`.
-  flat_index(matrix_view<const float> vectors, metric m, int device = 0);
+  /// `tile_bytes` bounds the score tile of one GEMM; 0 takes half the device's L2 cache. Either way it is
+  /// kept within [1 MiB, 256 MiB]; a tile far larger than L2 makes the select a separate pass through
+  /// device memory (what shoal-gpu-bench measures as the unfused baseline).
+  flat_index(matrix_view<const float> vectors, metric m, int device = 0, std::size_t tile_bytes = 0);
   ~flat_index();
   flat_index(flat_index&&) noexcept;
   flat_index& operator=(flat_index&&) noexcept;
