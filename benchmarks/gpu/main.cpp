@@ -9,6 +9,10 @@
 //   BM_coarse_unfused/nq/nlist/d  the same search with 256 MiB score tiles: the GEMM writes the tile to
 //                                 device memory and the select reads it back, i.e. cuBLAS GEMM + a
 //                                 separate top-k, the baseline the fused pass is held against.
+//   BM_ivf_search/nq/gpu          end to end: an IVF-Flat search (262,144 clustered vectors, d 128, nlist
+//                                 16,384, nprobe 32, k 10) with the coarse pass on the CPU (gpu 0) or on
+//                                 the device (gpu 1); the list scans run on the CPU's cores either way.
+//                                 The target: the device's coarse pass wins from nq >= 256.
 // Counters: GFLOP/s (2·nq·nlist·d per call) and GB/s (the inputs, the score tile written and read, the
 // results), to read against the device's peak fp32 rate and memory bandwidth. Without a CUDA device it
 // says so and measures nothing (exit status 0).
@@ -18,6 +22,7 @@
 
 #include <cstdint>
 #include <cstdio>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -27,6 +32,7 @@
 #include "shoal/cuda/device.hpp"
 #include "shoal/cuda/flat.hpp"
 #include "shoal/eval/eval.hpp"
+#include "shoal/index/ivf_flat.hpp"
 
 namespace {
 
@@ -107,6 +113,45 @@ void bm_coarse_unfused(benchmark::State& state) {
             });
 }
 
+/// The end-to-end fixture, built once: training 16,384 lists on the CPU takes a while.
+struct ivf_fixture {
+  static constexpr std::size_t rows = 262144, dim = 128, lists = 16384;
+  shoal::matrix<float> base = shoal::make_clustered(rows, dim, 4096, 7, 1.0f);
+  shoal::ivf_flat_index index{dim, shoal::metric::l2, lists};
+  std::unique_ptr<shoal::cuda::coarse_quantizer> gpu;
+
+  ivf_fixture() {
+    shoal::ivf_train_params train;
+    train.iterations = 5;
+    train.max_points_per_centroid = 16;
+    index.train(base.view(), train);
+    std::vector<shoal::vector_id> ids(rows);
+    for (std::size_t i = 0; i < rows; ++i) ids[i] = i;
+    index.add(base.view(), ids);
+    gpu = std::make_unique<shoal::cuda::coarse_quantizer>(index.centroids(), shoal::metric::l2, 0, 1);
+  }
+  static const ivf_fixture& get() {
+    static const ivf_fixture fixture;
+    return fixture;
+  }
+};
+
+void bm_ivf_search(benchmark::State& state) {
+  const auto nq = static_cast<std::size_t>(state.range(0));
+  const ivf_fixture& f = ivf_fixture::get();
+  // Queries near stored vectors, as a search workload has them.
+  shoal::matrix<float> queries = shoal::make_uniform(nq, ivf_fixture::dim, 3);
+  for (std::size_t q = 0; q < nq; ++q)
+    for (std::size_t j = 0; j < ivf_fixture::dim; ++j)
+      queries.row(q)[j] = f.base.row((q * 7919) % ivf_fixture::rows)[j] + 0.05f * queries.row(q)[j];
+  shoal::search_params params;
+  params.nprobe = nprobe;
+  if (state.range(1) != 0) params.coarse = f.gpu.get();
+  for (auto _ : state) benchmark::DoNotOptimize(f.index.search(queries.view(), 10, params));
+  state.counters["QPS"] = benchmark::Counter(static_cast<double>(nq) * static_cast<double>(state.iterations()),
+                                             benchmark::Counter::kIsRate);
+}
+
 void grid(benchmark::internal::Benchmark* b) {
   for (const std::int64_t d : {128, 512, 768})
     for (const std::int64_t nlist : {1024, 16384, 65536})
@@ -126,6 +171,11 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("BM_cublas_sgemm", bm_cublas_sgemm)->Apply(grid);
   benchmark::RegisterBenchmark("BM_coarse_probe", bm_coarse_probe)->Apply(grid);
   benchmark::RegisterBenchmark("BM_coarse_unfused", bm_coarse_unfused)->Apply(grid);
+  benchmark::RegisterBenchmark("BM_ivf_search", bm_ivf_search)
+      ->ArgsProduct({{64, 256, 1024, 4096}, {0, 1}})
+      ->ArgNames({"nq", "gpu"})
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Issue 8's device checks in one call, for a session whose task is lent a GPU (docs/cuda.md "Running on a
+# device"). The device image has nvcc and cuBLAS but none of the Debian packages shoal builds with, so
+# the binaries are built here and travel with the libraries that image lacks.
+#
+#   benchmarks/gpu/device-check.sh pack   here: build test_cuda and shoal-gpu-bench (the release preset's
+#                                         build/, CUDA found) and copy them, with the shared libraries
+#                                         that are neither the C/C++ runtime nor CUDA's, into .gpu-pack/
+#                                         (ignored by git; name it in the device call's `carry`)
+#   benchmarks/gpu/device-check.sh run    there: the [gpu] tests, the same under compute-sanitizer's
+#                                         memcheck and racecheck (where the runtime allows them), then
+#                                         shoal-gpu-bench's whole grid; logs and the benchmark's JSON into
+#                                         $OUT (else ./gpu-results). A failing step is logged and the
+#                                         next one still runs: device time is scarce.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+pack=.gpu-pack
+
+case "${1:-}" in
+pack)
+  cmake --build build --target test_cuda shoal-gpu-bench
+  rm -rf "$pack"
+  mkdir -p "$pack/lib"
+  cp build/tests/test_cuda build/benchmarks/shoal-gpu-bench "$pack/"
+  ldd "$pack/test_cuda" "$pack/shoal-gpu-bench" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
+    grep -Ev '/usr/local/cuda|/(libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' |
+    while read -r lib; do cp -L "$lib" "$pack/lib/"; done
+  grep -qx "/$pack/" .git/info/exclude 2>/dev/null || echo "/$pack/" >>.git/info/exclude
+  ls "$pack/lib"
+  du -sh "$pack"
+  ;;
+run)
+  out=${OUT:-gpu-results}
+  mkdir -p "$out"
+  export LD_LIBRARY_PATH="$PWD/$pack/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}" PATH="$PATH:/usr/local/cuda/bin"
+  { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv || true; nproc; } |
+    tee "$out/device.txt"
+  "$pack/test_cuda" --durations yes 2>&1 | tee "$out/test_cuda.txt" || echo "test_cuda FAILED" | tee -a "$out/test_cuda.txt"
+  for tool in memcheck racecheck; do
+    timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 1 "$pack/test_cuda" 2>&1 | tail -40 |
+      tee "$out/sanitizer-$tool.txt" || echo "compute-sanitizer $tool FAILED" | tee -a "$out/sanitizer-$tool.txt"
+  done
+  "$pack/shoal-gpu-bench" --benchmark_min_time=0.2 --benchmark_out="$out/gpu-bench.json" \
+    --benchmark_out_format=json "${@:2}" 2>&1 | tee "$out/gpu-bench.txt"
+  ;;
+*)
+  echo "usage: $0 pack | run [shoal-gpu-bench options]" >&2
+  exit 2
+  ;;
+esac
