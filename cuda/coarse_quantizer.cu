@@ -9,10 +9,10 @@
 namespace shoal::cuda {
 
 coarse_quantizer::coarse_quantizer(matrix_view<const float> centroids, shoal::metric m, int device,
-                                   std::size_t min_batch)
+                                   std::size_t min_batch, const device_options& options)
     // Under cosine the index's centroids and queries are unit length already: rank by the inner product,
     // as the CPU pass does, without normalising again.
-    : centroids_(centroids, m == shoal::metric::l2 ? shoal::metric::l2 : shoal::metric::inner_product, device),
+    : centroids_(centroids, m == shoal::metric::l2 ? shoal::metric::l2 : shoal::metric::inner_product, device, options),
       metric_(m),
       min_batch_(std::max<std::size_t>(min_batch, 1)) {
   SHOAL_CHECK(centroids.rows > 0, "cuda::coarse_quantizer: no centroids (is the index trained?)");

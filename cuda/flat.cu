@@ -81,7 +81,7 @@ struct flat_index::impl {
   }
 };
 
-flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int device, std::size_t tile_bytes)
+flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int device, const device_options& options)
     : impl_(std::make_unique<impl>()) {
   SHOAL_CHECK(vectors.dim > 0, "cuda::flat_index: dimension must be at least 1");
   shoal::detail::check_vectors(vectors, vectors.dim, "cuda::flat_index: vector");
@@ -113,6 +113,7 @@ flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int de
     check(cudaGetLastError(), "norm kernel launch");
     check(cudaDeviceSynchronize(), "norm kernel");
   }
+  std::size_t tile_bytes = options.tile_bytes;
   if (tile_bytes == 0) {
     int l2 = 0;
     check(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, device), "cudaDeviceGetAttribute");
@@ -120,6 +121,9 @@ flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int de
   }
   s.tile_floats = std::clamp(tile_bytes, min_tile_bytes, max_tile_bytes) / sizeof(float);
   check_blas(cublasCreate(&s.blas), "cublasCreate");
+  check_blas(cublasSetMathMode(
+                 s.blas, options.precision == gemm_precision::tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+             "cublasSetMathMode");
 }
 
 flat_index::~flat_index() = default;

@@ -3,15 +3,18 @@
 //
 //   BM_cublas_sgemm/nq/nlist/d    the nq x nlist x d SGEMM on device buffers: the rate the coarse pass is
 //                                 held against (the target: the whole pass at >= 70% of it);
+//   BM_cublas_sgemm_tf32/…        the same GEMM in TF32 on the tensor cores;
 //   BM_coarse_probe/nq/nlist/d    cuda::coarse_quantizer::probe, nprobe 32: queries to the device, GEMM
 //                                 tiles fused with the top-nprobe select (each tile within half of L2),
 //                                 lists back to the host (everything a search pays);
+//   BM_coarse_probe_tf32/…        the same with the GEMM in TF32 on the tensor cores;
 //   BM_coarse_unfused/nq/nlist/d  the same search with 256 MiB score tiles: the GEMM writes the tile to
 //                                 device memory and the select reads it back, i.e. cuBLAS GEMM + a
 //                                 separate top-k, the baseline the fused pass is held against.
 //   BM_ivf_search/nq/gpu          end to end: an IVF-Flat search (262,144 clustered vectors, d 128, nlist
 //                                 16,384, nprobe 32, k 10) with the coarse pass on the CPU (gpu 0) or on
-//                                 the device (gpu 1); the list scans run on the CPU's cores either way.
+//                                 the device (gpu 1: fp32, gpu 2: TF32); the list scans run on the CPU's
+//                                 cores either way.
 //                                 The target: the device's coarse pass wins from nq >= 256.
 // Counters: GFLOP/s (2·nq·nlist·d per call) and GB/s (the inputs, the score tile written and read, the
 // results), to read against the device's peak fp32 rate and memory bandwidth. Without a CUDA device it
@@ -51,7 +54,7 @@ void set_rates(benchmark::State& state, std::size_t nq, std::size_t nlist, std::
   state.counters["GBps"] = benchmark::Counter(bytes * iterations * 1e-9, benchmark::Counter::kIsRate);
 }
 
-void bm_cublas_sgemm(benchmark::State& state) {
+void bm_cublas_sgemm(benchmark::State& state, shoal::cuda::gemm_precision precision) {
   const auto nq = static_cast<std::size_t>(state.range(0));
   const auto nlist = static_cast<std::size_t>(state.range(1));
   const auto dim = static_cast<std::size_t>(state.range(2));
@@ -59,10 +62,19 @@ void bm_cublas_sgemm(benchmark::State& state) {
   require(cudaMalloc(reinterpret_cast<void**>(&a), nq * dim * sizeof(float)) == cudaSuccess, "cudaMalloc");
   require(cudaMalloc(reinterpret_cast<void**>(&b), nlist * dim * sizeof(float)) == cudaSuccess, "cudaMalloc");
   require(cudaMalloc(reinterpret_cast<void**>(&c), nq * nlist * sizeof(float)) == cudaSuccess, "cudaMalloc");
-  require(cudaMemset(a, 0, nq * dim * sizeof(float)) == cudaSuccess, "cudaMemset");
-  require(cudaMemset(b, 0, nlist * dim * sizeof(float)) == cudaSuccess, "cudaMemset");
+  // The same uniform data as the coarse pass below: tensor cores run faster on zeros than on real data.
+  const shoal::matrix<float> queries = shoal::make_uniform(nq, dim, 2);
+  const shoal::matrix<float> centroids = shoal::make_uniform(nlist, dim, 1);
+  require(cudaMemcpy(a, queries.values.data(), nq * dim * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess,
+          "cudaMemcpy");
+  require(cudaMemcpy(b, centroids.values.data(), nlist * dim * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess,
+          "cudaMemcpy");
   cublasHandle_t handle = nullptr;
   require(cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
+  require(cublasSetMathMode(handle, precision == shoal::cuda::gemm_precision::tf32
+                                        ? CUBLAS_TF32_TENSOR_OP_MATH
+                                        : CUBLAS_DEFAULT_MATH) == CUBLAS_STATUS_SUCCESS,
+          "cublasSetMathMode");
   const float one = 1.0f, zero = 0.0f;
   for (auto _ : state) {
     require(cublasSgemm(handle, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(nlist), static_cast<int>(nq),
@@ -90,12 +102,12 @@ void run_probe(benchmark::State& state, const shoal::matrix<float>& queries, std
   set_rates(state, queries.rows, nlist, queries.dim);
 }
 
-void bm_coarse_probe(benchmark::State& state) {
+void bm_coarse_probe(benchmark::State& state, shoal::cuda::gemm_precision precision) {
   const auto nq = static_cast<std::size_t>(state.range(0));
   const auto nlist = static_cast<std::size_t>(state.range(1));
   const auto dim = static_cast<std::size_t>(state.range(2));
   const shoal::matrix<float> centroids = shoal::make_uniform(nlist, dim, 1);
-  const shoal::cuda::coarse_quantizer coarse(centroids.view(), shoal::metric::l2, 0, 1);
+  const shoal::cuda::coarse_quantizer coarse(centroids.view(), shoal::metric::l2, 0, 1, {.precision = precision});
   run_probe(state, shoal::make_uniform(nq, dim, 2), nlist,
             [&](shoal::matrix_view<const float> q, std::uint32_t* probes) { coarse.probe(q, nprobe, probes); });
 }
@@ -105,7 +117,7 @@ void bm_coarse_unfused(benchmark::State& state) {
   const auto nlist = static_cast<std::size_t>(state.range(1));
   const auto dim = static_cast<std::size_t>(state.range(2));
   const shoal::matrix<float> centroids = shoal::make_uniform(nlist, dim, 1);
-  const shoal::cuda::flat_index flat(centroids.view(), shoal::metric::l2, 0, std::size_t{256} << 20);
+  const shoal::cuda::flat_index flat(centroids.view(), shoal::metric::l2, 0, {.tile_bytes = std::size_t{256} << 20});
   std::vector<float> distances(nq * nprobe);
   run_probe(state, shoal::make_uniform(nq, dim, 2), nlist,
             [&](shoal::matrix_view<const float> q, std::uint32_t* probes) {
@@ -119,6 +131,7 @@ struct ivf_fixture {
   shoal::matrix<float> base = shoal::make_clustered(rows, dim, 4096, 7, 1.0f);
   shoal::ivf_flat_index index{dim, shoal::metric::l2, lists};
   std::unique_ptr<shoal::cuda::coarse_quantizer> gpu;
+  std::unique_ptr<shoal::cuda::coarse_quantizer> gpu_tf32;
 
   ivf_fixture() {
     shoal::ivf_train_params train;
@@ -129,6 +142,9 @@ struct ivf_fixture {
     for (std::size_t i = 0; i < rows; ++i) ids[i] = i;
     index.add(base.view(), ids);
     gpu = std::make_unique<shoal::cuda::coarse_quantizer>(index.centroids(), shoal::metric::l2, 0, 1);
+    gpu_tf32 = std::make_unique<shoal::cuda::coarse_quantizer>(
+        index.centroids(), shoal::metric::l2, 0, 1,
+        shoal::cuda::device_options{.precision = shoal::cuda::gemm_precision::tf32});
   }
   static const ivf_fixture& get() {
     static const ivf_fixture fixture;
@@ -146,7 +162,7 @@ void bm_ivf_search(benchmark::State& state) {
       queries.row(q)[j] = f.base.row((q * 7919) % ivf_fixture::rows)[j] + 0.05f * queries.row(q)[j];
   shoal::search_params params;
   params.nprobe = nprobe;
-  if (state.range(1) != 0) params.coarse = f.gpu.get();
+  if (state.range(1) != 0) params.coarse = state.range(1) == 1 ? f.gpu.get() : f.gpu_tf32.get();
   for (auto _ : state) benchmark::DoNotOptimize(f.index.search(queries.view(), 10, params));
   state.counters["QPS"] = benchmark::Counter(static_cast<double>(nq) * static_cast<double>(state.iterations()),
                                              benchmark::Counter::kIsRate);
@@ -168,11 +184,13 @@ int main(int argc, char** argv) {
     return 0;
   }
   benchmark::AddCustomContext("device", shoal::cuda::device_name(0));
-  benchmark::RegisterBenchmark("BM_cublas_sgemm", bm_cublas_sgemm)->Apply(grid);
-  benchmark::RegisterBenchmark("BM_coarse_probe", bm_coarse_probe)->Apply(grid);
+  benchmark::RegisterBenchmark("BM_cublas_sgemm", bm_cublas_sgemm, shoal::cuda::gemm_precision::fp32)->Apply(grid);
+  benchmark::RegisterBenchmark("BM_cublas_sgemm_tf32", bm_cublas_sgemm, shoal::cuda::gemm_precision::tf32)->Apply(grid);
+  benchmark::RegisterBenchmark("BM_coarse_probe", bm_coarse_probe, shoal::cuda::gemm_precision::fp32)->Apply(grid);
+  benchmark::RegisterBenchmark("BM_coarse_probe_tf32", bm_coarse_probe, shoal::cuda::gemm_precision::tf32)->Apply(grid);
   benchmark::RegisterBenchmark("BM_coarse_unfused", bm_coarse_unfused)->Apply(grid);
   benchmark::RegisterBenchmark("BM_ivf_search", bm_ivf_search)
-      ->ArgsProduct({{64, 256, 1024, 4096}, {0, 1}})
+      ->ArgsProduct({{64, 256, 1024, 4096}, {0, 1, 2}})
       ->ArgNames({"nq", "gpu"})
       ->Unit(benchmark::kMillisecond)
       ->UseRealTime();

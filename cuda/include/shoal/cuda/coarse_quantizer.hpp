@@ -29,8 +29,9 @@ class coarse_quantizer final : public shoal::coarse_probe {
   /// Batches below this many queries stay on the CPU by default.
   static constexpr std::size_t default_min_batch = 256;
 
+  /// `options` as `flat_index`'s; TF32 (`gemm_precision::tf32`) suits a coarse pass.
   coarse_quantizer(matrix_view<const float> centroids, shoal::metric m, int device = 0,
-                   std::size_t min_batch = default_min_batch);
+                   std::size_t min_batch = default_min_batch, const device_options& options = {});
 
   [[nodiscard]] std::size_t lists() const noexcept override { return centroids_.size(); }
   [[nodiscard]] std::size_t dim() const noexcept override { return centroids_.dim(); }

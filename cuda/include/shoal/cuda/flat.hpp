@@ -12,6 +12,25 @@
 
 namespace shoal::cuda {
 
+/// How a device search computes its inner products.
+enum class gemm_precision {
+  /// Full fp32 (cuBLAS's default math mode): the CPU's results up to float rounding.
+  fp32,
+  /// TF32 on the tensor cores (inputs rounded to 10-bit mantissas, fp32 accumulation): several times
+  /// the fp32 rate on Ampere and later, with relative errors near 1e-3 in each inner product, so
+  /// near-ties may swap. Meant for the IVF coarse pass, which only chooses lists.
+  tf32,
+};
+
+/// Options of a device search.
+struct device_options {
+  /// Bound on the score tile of one GEMM; 0 takes half the device's L2 cache. Either way it is kept
+  /// within [1 MiB, 256 MiB]. A tile far larger than L2 makes the select a separate pass through device
+  /// memory (what shoal-gpu-bench measures as the unfused baseline).
+  std::size_t tile_bytes = 0;
+  gemm_precision precision = gemm_precision::fp32;
+};
+
 /// A copy of n vectors in device memory, searched exactly. The rows are cut into chunks whose score tile
 /// (queries of a batch × rows of a chunk) fits in half the device's L2 cache; per chunk one cuBLAS SGEMM
 /// (full fp32, no TF32) computes the tile and a block per query folds it at once into the query's running
@@ -35,10 +54,7 @@ class flat_index {
   static constexpr std::size_t max_k = 1024;
 
   /// Copies `vectors` (finite, dimension ≥ 1; non-zero rows under cosine) to CUDA device `device`.
-  /// `tile_bytes` bounds the score tile of one GEMM; 0 takes half the device's L2 cache. Either way it is
-  /// kept within [1 MiB, 256 MiB]; a tile far larger than L2 makes the select a separate pass through
-  /// device memory (what shoal-gpu-bench measures as the unfused baseline).
-  flat_index(matrix_view<const float> vectors, metric m, int device = 0, std::size_t tile_bytes = 0);
+  flat_index(matrix_view<const float> vectors, metric m, int device = 0, const device_options& options = {});
   ~flat_index();
   flat_index(flat_index&&) noexcept;
   flat_index& operator=(flat_index&&) noexcept;
