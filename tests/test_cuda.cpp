@@ -109,6 +109,23 @@ TEST_CASE("CUDA flat index: many chunks and batches give the one-tile results", 
   }
 }
 
+TEST_CASE("CUDA flat index: rows in falling score order (every round of the select merges)", "[gpu]") {
+  // Under inner product, rows r · (1, …, 1) score −r · Σq: with q > 0 every later row beats every earlier
+  // one, the select's worst case. The answer is the last k rows, last first.
+  if (!have_device()) return;
+  const std::size_t n = 9000, dim = 8;
+  matrix<float> x(n, dim);
+  for (std::size_t r = 0; r < n; ++r) std::fill_n(x.row(r), dim, static_cast<float>(r) / 1024.0f);
+  matrix<float> q(2, dim);
+  std::fill_n(q.row(0), 2 * dim, 1.0f);
+  const cuda::flat_index gpu(x.view(), metric::inner_product, 0, {.tile_bytes = 1});
+  for (const std::size_t k : {10, 1024}) {
+    const neighbors got = gpu.search(q.view(), k);
+    for (std::size_t i = 0; i < 2; ++i)
+      for (std::size_t j = 0; j < k; ++j) REQUIRE(got.id(i, j) == n - 1 - j);
+  }
+}
+
 TEST_CASE("CUDA flat index: ties go to the smaller row, fewer rows than k leave sentinels", "[gpu]") {
   if (!have_device()) return;
   matrix<float> x(6, 4);
