@@ -17,6 +17,7 @@
 
 using namespace shoal;
 using shoal::test::fails_with;
+using shoal::test::require_same_up_to_ties;
 
 namespace {
 
@@ -24,22 +25,6 @@ bool have_device() {
   if (cuda::device_count() > 0) return true;
   WARN("no CUDA device: checking the error path only");
   return false;
-}
-
-/// GPU and CPU rows agree up to float rounding: the j-th distances match within `tol`, and every CPU
-/// neighbour clearly inside the k (more than `tol` below the k-th distance) is among the GPU's.
-void require_same_up_to_ties(const neighbors& gpu, const neighbors& cpu, float tol) {
-  REQUIRE(gpu.rows() == cpu.rows());
-  REQUIRE(gpu.k() == cpu.k());
-  for (std::size_t r = 0; r < cpu.rows(); ++r) {
-    CAPTURE(r);
-    const std::size_t k = cpu.k();
-    for (std::size_t j = 0; j < k; ++j) CHECK(std::abs(gpu.distance(r, j) - cpu.distance(r, j)) <= tol);
-    const auto ids = gpu.row_ids(r);
-    for (std::size_t j = 0; j < k; ++j)
-      if (cpu.distance(r, j) < cpu.distance(r, k - 1) - tol)
-        CHECK(std::find(ids.begin(), ids.end(), cpu.id(r, j)) != ids.end());
-  }
 }
 
 }  // namespace

@@ -1,6 +1,9 @@
-// The CUDA top-k kernel (cuda/select.cuh) on the CPU: tests/cuda_emulator.hpp runs its blocks on real
-// threads that meet at barriers, so these tests run everywhere, device or not, and check the kernel's
-// results exactly against a sort. The [gpu] tests in test_cuda.cpp check the same kernel on a device.
+// The CUDA search on the CPU, so that it runs everywhere, device or not. tests/cuda_emulator.hpp runs the
+// kernels' blocks on real threads that meet at barriers.
+//  - The top-k kernel (cuda/select.cuh) is checked exactly against a sort.
+//  - The whole search loop (cuda/search.cuh) is checked against the CPU's flat index, through a backend
+//    with a reference GEMM that takes cuBLAS's arguments.
+// The [gpu] tests in test_cuda.cpp run the same code on a device.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -13,9 +16,13 @@
 // The emulator right before the kernel source: it defines the CUDA keywords that source uses.
 #include "cuda_emulator.hpp"
 // (kept apart so that include sorting leaves the order alone)
-#include "../cuda/select.cuh"
+#include "../cuda/search.cuh"
+// (after the emulator as well)
+#include "shoal/index/flat.hpp"
+#include "test_support.hpp"
 
 using namespace shoal::cuda::detail;
+using shoal::metric;
 
 namespace {
 
@@ -148,4 +155,121 @@ TEST_CASE("plan_tiles keeps the tile within budget, chunks wide and batches with
   const tile_plan tiny = plan_tiles(100, 65536, 1000);
   REQUIRE(tiny.batch == 1);
   REQUIRE(tiny.chunk == 1000);
+}
+
+namespace {
+
+/// The CPU backend of search_tiles (the calls are listed in cuda/search.cuh): host buffers, a reference
+/// GEMM with cuBLAS's column-major (T, N) conventions, the kernels on the emulator.
+class cpu_backend {
+ public:
+  cpu_backend(shoal::matrix_view<const float> vectors, metric m, std::size_t tile_floats)
+      : n_(vectors.rows), dim_(vectors.dim), metric_(m), tile_floats_(tile_floats), vectors_(stored_rows(vectors, m)) {
+    if (m != metric::l2) return;
+    norms_.resize(n_);
+    shoal::emulate::launch(static_cast<unsigned>((n_ + norm_threads - 1) / norm_threads), norm_threads, 0, row_norms,
+                           vectors_.values.data(), n_, dim_, norms_.data());
+  }
+
+  [[nodiscard]] std::size_t rows() const { return n_; }
+  [[nodiscard]] std::size_t dim() const { return dim_; }
+  [[nodiscard]] metric kind() const { return metric_; }
+  [[nodiscard]] std::size_t tile_floats() const { return tile_floats_; }
+  [[nodiscard]] const float* vectors() const { return vectors_.values.data(); }
+  [[nodiscard]] const float* norms() const { return norms_.empty() ? nullptr : norms_.data(); }
+  [[nodiscard]] float* batch() { return batch_.data(); }
+  [[nodiscard]] float* tile() { return tile_.data(); }
+
+  void reserve(const tile_plan& plan, std::uint32_t k) {
+    batch_.assign(plan.batch * dim_, NAN);  // garbage where nothing was written, as on a device
+    tile_.assign(plan.batch * plan.chunk, NAN);
+    best_score_.assign(plan.batch * k, NAN);
+    best_row_.assign(plan.batch * k, 0xdeadbeef);
+  }
+  void upload(const float* first, std::size_t stride, std::size_t count) {
+    for (std::size_t r = 0; r < count; ++r) std::copy_n(first + r * stride, dim_, batch_.data() + r * dim_);
+  }
+  /// C (m × n, column-major, leading ldc) = Aᵀ B, A k × m (leading lda), B k × n (leading ldb).
+  void sgemm_tn(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc) {
+    for (int j = 0; j < n; ++j)
+      for (int i = 0; i < m; ++i) {
+        float acc = 0.0f;
+        for (int p = 0; p < k; ++p) acc = std::fma(a[p + std::size_t(i) * lda], b[p + std::size_t(j) * ldb], acc);
+        c[i + std::size_t(j) * ldc] = acc;
+      }
+    ++gemms;
+  }
+  void merge(unsigned blocks, const float* tile, std::size_t ld, std::size_t len, const float* norms,
+             std::uint32_t row0, std::uint32_t k, bool fresh) {
+    shoal::emulate::launch(blocks, select_threads, merge_shared_bytes(k), merge_chunk, tile, ld, len, norms, row0, k,
+                           fresh, best_score_.data(), best_row_.data());
+  }
+  void download(std::size_t count, std::uint32_t k, std::uint32_t* rows_out, float* scores_out) {
+    std::copy_n(best_row_.data(), count * k, rows_out);
+    std::copy_n(best_score_.data(), count * k, scores_out);
+    ++batches;
+  }
+
+  std::size_t gemms = 0;    // one per chunk per batch
+  std::size_t batches = 0;  // one download per batch
+
+ private:
+  std::size_t n_, dim_;
+  metric metric_;
+  std::size_t tile_floats_;
+  shoal::matrix<float> vectors_;
+  std::vector<float> norms_, batch_, tile_, best_score_;
+  std::vector<std::uint32_t> best_row_;
+};
+
+/// search_tiles through the CPU backend, as flat_index::search returns it.
+shoal::neighbors emulated_search(cpu_backend& backend, shoal::matrix_view<const float> queries, std::size_t k) {
+  std::vector<std::uint32_t> rows(queries.rows * k), host_row;
+  std::vector<float> host_score;
+  shoal::neighbors result(queries.rows, k);
+  search_tiles(backend, queries, k, rows.data(), result.view().distances, host_row, host_score);
+  for (std::size_t i = 0; i < rows.size(); ++i) result.view().ids[i] = rows[i] == no_row ? shoal::no_id : rows[i];
+  return result;
+}
+
+}  // namespace
+
+TEST_CASE("the device search loop, on the CPU, returns the CPU flat index's neighbours up to ties", "[cuda_select]") {
+  // 1 MiB tiles (262,144 floats) over 6,000 rows and 70 queries: batches of 64 queries, chunks of 4,096
+  // rows, so each query's top-k is merged across two chunks, in two batches.
+  const shoal::test::clustered_set data(6000, 70, 16, 30, 51, 0.5f, 4);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(shoal::metric_name(m));
+    cpu_backend backend(data.base.view(), m, std::size_t{1} << 18);
+    shoal::flat_index cpu(16, m);
+    std::vector<shoal::vector_id> ids(data.base.rows);
+    std::iota(ids.begin(), ids.end(), shoal::vector_id{0});
+    cpu.add(data.base.view(), ids);
+    float scale = 1.0f;
+    if (m != metric::cosine)
+      for (std::size_t r = 0; r < data.base.rows; ++r)
+        scale = std::max(scale, shoal::inner_product(data.base.row(r), data.base.row(r), 16));
+    for (const std::size_t k : {1, 10, 100}) {
+      CAPTURE(k);
+      const std::size_t gemms = backend.gemms, batches = backend.batches;
+      shoal::test::require_same_up_to_ties(emulated_search(backend, data.queries.view(), k),
+                                           cpu.search(data.queries.view(), k), 1e-5f * scale);
+      CHECK(backend.gemms - gemms == 4);
+      CHECK(backend.batches - batches == 2);
+    }
+  }
+}
+
+TEST_CASE("the device search loop, on the CPU: fewer rows than k leave empty slots", "[cuda_select]") {
+  const shoal::matrix<float> queries = shoal::make_uniform(3, 16, 53);
+  const shoal::matrix<float> few = shoal::make_uniform(5, 16, 52);
+  cpu_backend backend(few.view(), metric::l2, std::size_t{1} << 18);
+  const shoal::neighbors got = emulated_search(backend, queries.view(), 8);
+  for (std::size_t q = 0; q < got.rows(); ++q) {
+    for (std::size_t j = 0; j < 5; ++j) CHECK(got.id(q, j) < 5);
+    for (std::size_t j = 5; j < 8; ++j) {
+      CHECK(got.id(q, j) == shoal::no_id);
+      CHECK(got.distance(q, j) == shoal::no_distance);
+    }
+  }
 }

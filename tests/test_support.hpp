@@ -54,6 +54,23 @@ inline void require_identical(const neighbors& got, const neighbors& want) {
 }
 
 /// Two range results equal row for row, id for id and distance for distance.
+/// Two searches agree up to float rounding (a GEMM's against the pairwise kernels', say): the j-th
+/// distances match within `tol`, and every neighbour of `want` clearly inside the k (more than `tol`
+/// below its k-th distance) is among `got`'s.
+inline void require_same_up_to_ties(const neighbors& got, const neighbors& want, float tol) {
+  REQUIRE(got.rows() == want.rows());
+  REQUIRE(got.k() == want.k());
+  for (std::size_t r = 0; r < want.rows(); ++r) {
+    CAPTURE(r);
+    const std::size_t k = want.k();
+    for (std::size_t j = 0; j < k; ++j) CHECK(std::abs(got.distance(r, j) - want.distance(r, j)) <= tol);
+    const auto ids = got.row_ids(r);
+    for (std::size_t j = 0; j < k; ++j)
+      if (want.distance(r, j) < want.distance(r, k - 1) - tol)
+        CHECK(std::find(ids.begin(), ids.end(), want.id(r, j)) != ids.end());
+  }
+}
+
 inline void require_identical(const range_result& got, const range_result& want) {
   REQUIRE(got.offsets == want.offsets);
   CHECK(got.ids == want.ids);
