@@ -7,11 +7,13 @@
 #                                         build/, CUDA found) and copy them, with the shared libraries
 #                                         that are neither the C/C++ runtime nor CUDA's, into .gpu-pack/
 #                                         (ignored by git; name it in the device call's `carry`)
-#   benchmarks/gpu/device-check.sh run    there: the [gpu] tests, the same under compute-sanitizer's
-#                                         memcheck and racecheck (where the runtime allows them), then
-#                                         shoal-gpu-bench's whole grid; logs and the benchmark's JSON into
-#                                         $OUT (else ./gpu-results). A failing step is logged and the
-#                                         next one still runs: device time is scarce.
+#   benchmarks/gpu/device-check.sh run    there: the [gpu] tests, shoal-gpu-bench's whole grid (at most
+#                                         7 minutes), then the smaller tests under compute-sanitizer's
+#                                         memcheck and racecheck (where the runtime allows them, a minute
+#                                         each); logs and the benchmark's JSON into $OUT (else
+#                                         ./gpu-results). A failing step is logged and the next one still
+#                                         runs: device time is scarce. Arguments after `run` go to the
+#                                         benchmark (e.g. --benchmark_filter=BM_ivf for a second call).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 pack=.gpu-pack
@@ -36,12 +38,14 @@ run)
   { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv || true; nproc; } |
     tee "$out/device.txt"
   "$pack/test_cuda" --durations yes 2>&1 | tee "$out/test_cuda.txt" || echo "test_cuda FAILED" | tee -a "$out/test_cuda.txt"
+  timeout 420 "$pack/shoal-gpu-bench" --benchmark_min_time=0.2 --benchmark_out="$out/gpu-bench.json" \
+    --benchmark_out_format=json "${@:2}" 2>&1 | tee "$out/gpu-bench.txt" || echo "shoal-gpu-bench FAILED or cut" |
+    tee -a "$out/gpu-bench.txt"
+  # Last, on the small tests only (the sanitizers slow kernels down by orders of magnitude).
   for tool in memcheck racecheck; do
-    timeout 240 compute-sanitizer --tool "$tool" --error-exitcode 1 "$pack/test_cuda" 2>&1 | tail -40 |
-      tee "$out/sanitizer-$tool.txt" || echo "compute-sanitizer $tool FAILED" | tee -a "$out/sanitizer-$tool.txt"
+    timeout 60 compute-sanitizer --tool "$tool" --error-exitcode 1 "$pack/test_cuda" "~*many chunks*" 2>&1 |
+      tail -40 | tee "$out/sanitizer-$tool.txt" || echo "compute-sanitizer $tool FAILED" | tee -a "$out/sanitizer-$tool.txt"
   done
-  "$pack/shoal-gpu-bench" --benchmark_min_time=0.2 --benchmark_out="$out/gpu-bench.json" \
-    --benchmark_out_format=json "${@:2}" 2>&1 | tee "$out/gpu-bench.txt"
   ;;
 *)
   echo "usage: $0 pack | run [shoal-gpu-bench options]" >&2
