@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <span>
 
 #include "distance/amx_tiles.hpp"
 #include "shoal/core/types.hpp"
@@ -200,24 +201,23 @@ constexpr std::size_t block_groups = 32;
 void multiply(const packed& pa, const packed& pb, const product* list, std::size_t nproducts, float* c, std::size_t ldc,
               std::size_t na, std::size_t nb) noexcept {
   constexpr long stride = 64;
-  const std::size_t depth = nproducts * pa.chunks;  // chunks over all products
   for (std::size_t ga = 0; ga < pa.groups; ga += 2) {
     for (std::size_t gb = 0; gb < pb.groups; gb += 2) {
       _tile_zero(SHOAL_TILE_C00);
       _tile_zero(SHOAL_TILE_C01);
       _tile_zero(SHOAL_TILE_C10);
       _tile_zero(SHOAL_TILE_C11);
-      for (std::size_t k = 0; k < depth; ++k) {
-        const product& pr = list[k / pa.chunks];
-        const std::size_t chunk = k % pa.chunks;
-        _tile_loadd(SHOAL_TILE_A0, pa.tile(pr.a, ga, chunk), stride);
-        _tile_loadd(SHOAL_TILE_A1, pa.tile(pr.a, ga + 1, chunk), stride);
-        _tile_loadd(SHOAL_TILE_B0, pb.tile(pr.b, gb, chunk), stride);
-        _tile_loadd(SHOAL_TILE_B1, pb.tile(pr.b, gb + 1, chunk), stride);
-        _tile_dpbf16ps(SHOAL_TILE_C00, SHOAL_TILE_A0, SHOAL_TILE_B0);
-        _tile_dpbf16ps(SHOAL_TILE_C01, SHOAL_TILE_A0, SHOAL_TILE_B1);
-        _tile_dpbf16ps(SHOAL_TILE_C10, SHOAL_TILE_A1, SHOAL_TILE_B0);
-        _tile_dpbf16ps(SHOAL_TILE_C11, SHOAL_TILE_A1, SHOAL_TILE_B1);
+      for (const product& pr : std::span(list, nproducts)) {
+        for (std::size_t chunk = 0; chunk < pa.chunks; ++chunk) {
+          _tile_loadd(SHOAL_TILE_A0, pa.tile(pr.a, ga, chunk), stride);
+          _tile_loadd(SHOAL_TILE_A1, pa.tile(pr.a, ga + 1, chunk), stride);
+          _tile_loadd(SHOAL_TILE_B0, pb.tile(pr.b, gb, chunk), stride);
+          _tile_loadd(SHOAL_TILE_B1, pb.tile(pr.b, gb + 1, chunk), stride);
+          _tile_dpbf16ps(SHOAL_TILE_C00, SHOAL_TILE_A0, SHOAL_TILE_B0);
+          _tile_dpbf16ps(SHOAL_TILE_C01, SHOAL_TILE_A0, SHOAL_TILE_B1);
+          _tile_dpbf16ps(SHOAL_TILE_C10, SHOAL_TILE_A1, SHOAL_TILE_B0);
+          _tile_dpbf16ps(SHOAL_TILE_C11, SHOAL_TILE_A1, SHOAL_TILE_B1);
+        }
       }
       const std::size_t row = ga * tile_rows, col = gb * tile_rows;
       store_tile(c, ldc, na, nb, row, col, [](float* q, long s) { _tile_stored(SHOAL_TILE_C00, q, s); });

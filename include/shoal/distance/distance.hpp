@@ -23,8 +23,9 @@
 namespace shoal {
 
 /// Instruction-set level of the kernels.
-/// `amx` is `avx512` with the GEMM (`inner_product_many`) on the AMX tile unit in split bfloat16
-/// (src/distance/amx.cpp: |error| within about 2^-14 of sum |a_i b_i|); every other kernel is avx512's.
+/// `amx` is `avx512` with the GEMM (`inner_product_many`) on the AMX tile unit, each float split into up
+/// to three bfloat16 parts (src/distance/amx.cpp): float32-class accuracy, within a float summation
+/// bound; every other kernel is avx512's.
 enum class simd_level { scalar, avx2, avx512, amx };
 
 /// "scalar", "avx2", "avx512" or "amx".
