@@ -28,6 +28,7 @@
 #include "shoal/core/checks.hpp"
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/types.hpp"
+#include "shoal/distance/distance.hpp"
 
 namespace shoal::cuda::detail {
 
@@ -87,10 +88,10 @@ void search_tiles(Backend& backend, matrix_view<const float> queries, std::size_
     backend.download(count, kk, host_row.data(), host_score.data());
     for (std::size_t i = 0; i < count; ++i) {
       const float* query = q.row(first + i);
-      float offset = 0.0f;  // ‖q‖² under L2 (ranks do not need it), 1 under cosine
-      if (m == metric::l2)
-        for (std::size_t j = 0; j < dim; ++j) offset = std::fma(query[j], query[j], offset);
-      if (m == metric::cosine) offset = 1.0f;
+      // ‖q‖² under L2 (ranks do not need it), 1 under cosine.
+      const float offset = m == metric::l2       ? shoal::inner_product(query, query, dim)
+                           : m == metric::cosine ? 1.0f
+                                                 : 0.0f;
       for (std::size_t j = 0; j < kk; ++j) {
         rows[(first + i) * k + j] = host_row[i * kk + j];
         distances[(first + i) * k + j] = host_score[i * kk + j] + offset;

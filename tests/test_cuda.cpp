@@ -57,17 +57,10 @@ TEST_CASE("CUDA flat index returns the CPU flat index's neighbours up to ties", 
     const cuda::flat_index gpu(data.base.view(), m);
     CHECK(gpu.size() == 3000);
     CHECK(gpu.device_bytes() >= 3000 * 64 * sizeof(float));
-    flat_index cpu(64, m);
-    std::vector<vector_id> rows(3000);
-    for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
-    cpu.add(data.base.view(), rows);
+    const flat_index cpu = test::row_numbered_flat(data.base, m);
     // The GEMM form (‖q‖² + ‖x‖² − 2⟨q, x⟩) and the device's summation order round differently from the CPU's
     // pairwise kernel: allow 2e-5 of the largest squared norm (64 terms of fp32 error, with margin).
-    float scale = 1.0f;
-    if (m != metric::cosine)
-      for (std::size_t r = 0; r < data.base.rows; ++r)
-        scale = std::max(scale, inner_product(data.base.row(r), data.base.row(r), 64));
-    const float tol = 2e-5f * 2.0f * scale;
+    const float tol = 2e-5f * 2.0f * (m == metric::cosine ? 1.0f : test::max_squared_norm(data.base));
     for (const std::size_t k : {1, 10, 100, 1024}) {
       CAPTURE(k);
       require_same_up_to_ties(gpu.search(data.queries.view(), k), cpu.search(data.queries.view(), k), tol);
@@ -82,15 +75,11 @@ TEST_CASE("CUDA flat index: many chunks and batches give the one-tile results", 
   if (!have_device()) return;
   const cuda::flat_index chunked(data.base.view(), metric::l2, 0, {.tile_bytes = 1});
   const cuda::flat_index whole(data.base.view(), metric::l2, 0, {.tile_bytes = std::size_t{256} << 20});
+  // cuBLAS may pick another kernel for another tile shape, so allow a few ulps of the distances.
+  const float tol = 1e-5f * test::max_squared_norm(data.base);
   for (const std::size_t k : {1, 32, 1024}) {
     CAPTURE(k);
-    const neighbors a = chunked.search(data.queries.view(), k);
-    const neighbors b = whole.search(data.queries.view(), k);
-    // cuBLAS may pick another kernel for another tile shape, so allow a few ulps of the distances.
-    float scale = 1.0f;
-    for (std::size_t r = 0; r < data.base.rows; ++r)
-      scale = std::max(scale, inner_product(data.base.row(r), data.base.row(r), 16));
-    require_same_up_to_ties(a, b, 1e-5f * scale);
+    require_same_up_to_ties(chunked.search(data.queries.view(), k), whole.search(data.queries.view(), k), tol);
   }
 }
 

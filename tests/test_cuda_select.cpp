@@ -241,19 +241,13 @@ TEST_CASE("the device search loop, on the CPU, returns the CPU flat index's neig
   for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
     CAPTURE(shoal::metric_name(m));
     cpu_backend backend(data.base.view(), m, std::size_t{1} << 14);
-    shoal::flat_index cpu(16, m);
-    std::vector<shoal::vector_id> ids(data.base.rows);
-    std::iota(ids.begin(), ids.end(), shoal::vector_id{0});
-    cpu.add(data.base.view(), ids);
-    float scale = 1.0f;
-    if (m != metric::cosine)
-      for (std::size_t r = 0; r < data.base.rows; ++r)
-        scale = std::max(scale, shoal::inner_product(data.base.row(r), data.base.row(r), 16));
+    const shoal::flat_index cpu = shoal::test::row_numbered_flat(data.base, m);
+    const float tol = 1e-5f * (m == metric::cosine ? 1.0f : shoal::test::max_squared_norm(data.base));
     for (const std::size_t k : {1, 10, 100}) {
       CAPTURE(k);
       const std::size_t gemms = backend.gemms, batches = backend.batches;
       shoal::test::require_same_up_to_ties(emulated_search(backend, data.queries.view(), k),
-                                           cpu.search(data.queries.view(), k), 1e-5f * scale);
+                                           cpu.search(data.queries.view(), k), tol);
       CHECK(backend.gemms - gemms == 6);
       CHECK(backend.batches - batches == 3);
     }

@@ -20,6 +20,7 @@
 #include "shoal/core/topk.hpp"
 #include "shoal/distance/distance.hpp"
 #include "shoal/eval/eval.hpp"
+#include "shoal/index/flat.hpp"
 
 namespace shoal::test {
 
@@ -53,7 +54,6 @@ inline void require_identical(const neighbors& got, const neighbors& want) {
     }
 }
 
-/// Two range results equal row for row, id for id and distance for distance.
 /// Two searches agree up to float rounding (a GEMM's against the pairwise kernels', say): the j-th
 /// distances match within `tol`, and every neighbour of `want` clearly inside the k (more than `tol`
 /// below its k-th distance) is among `got`'s.
@@ -71,6 +71,23 @@ inline void require_same_up_to_ties(const neighbors& got, const neighbors& want,
   }
 }
 
+/// The largest squared norm of `x`'s rows, at least 1: the scale of a GEMM-form distance's rounding.
+inline float max_squared_norm(const matrix<float>& x) {
+  float largest = 1.0f;
+  for (std::size_t r = 0; r < x.rows; ++r) largest = std::max(largest, inner_product(x.row(r), x.row(r), x.dim));
+  return largest;
+}
+
+/// A CPU flat index over `x` whose ids are the row numbers (what a device flat index reports).
+inline flat_index row_numbered_flat(const matrix<float>& x, metric m) {
+  flat_index index(x.dim, m);
+  std::vector<vector_id> rows(x.rows);
+  for (std::size_t i = 0; i < rows.size(); ++i) rows[i] = i;
+  index.add(x.view(), rows);
+  return index;
+}
+
+/// Two range results equal row for row, id for id and distance for distance.
 inline void require_identical(const range_result& got, const range_result& want) {
   REQUIRE(got.offsets == want.offsets);
   CHECK(got.ids == want.ids);

@@ -54,20 +54,29 @@ void set_rates(benchmark::State& state, std::size_t nq, std::size_t nlist, std::
   state.counters["GBps"] = benchmark::Counter(bytes * iterations * 1e-9, benchmark::Counter::kIsRate);
 }
 
+/// One point of the grid: nq uniform queries and nlist uniform centroids of `dim`, the same data for
+/// every benchmark (tensor cores also run faster on zeros than on real data).
+struct grid_point {
+  std::size_t nq, nlist, dim;
+  shoal::matrix<float> queries, centroids;
+  explicit grid_point(const benchmark::State& state)
+      : nq(static_cast<std::size_t>(state.range(0))),
+        nlist(static_cast<std::size_t>(state.range(1))),
+        dim(static_cast<std::size_t>(state.range(2))),
+        queries(shoal::make_uniform(nq, dim, 2)),
+        centroids(shoal::make_uniform(nlist, dim, 1)) {}
+};
+
 void bm_cublas_sgemm(benchmark::State& state, shoal::cuda::gemm_precision precision) {
-  const auto nq = static_cast<std::size_t>(state.range(0));
-  const auto nlist = static_cast<std::size_t>(state.range(1));
-  const auto dim = static_cast<std::size_t>(state.range(2));
+  const grid_point g(state);
+  const std::size_t nq = g.nq, nlist = g.nlist, dim = g.dim;
   float *a = nullptr, *b = nullptr, *c = nullptr;
   require(cudaMalloc(reinterpret_cast<void**>(&a), nq * dim * sizeof(float)) == cudaSuccess, "cudaMalloc");
   require(cudaMalloc(reinterpret_cast<void**>(&b), nlist * dim * sizeof(float)) == cudaSuccess, "cudaMalloc");
   require(cudaMalloc(reinterpret_cast<void**>(&c), nq * nlist * sizeof(float)) == cudaSuccess, "cudaMalloc");
-  // The same uniform data as the coarse pass below: tensor cores run faster on zeros than on real data.
-  const shoal::matrix<float> queries = shoal::make_uniform(nq, dim, 2);
-  const shoal::matrix<float> centroids = shoal::make_uniform(nlist, dim, 1);
-  require(cudaMemcpy(a, queries.values.data(), nq * dim * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess,
+  require(cudaMemcpy(a, g.queries.values.data(), nq * dim * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess,
           "cudaMemcpy");
-  require(cudaMemcpy(b, centroids.values.data(), nlist * dim * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess,
+  require(cudaMemcpy(b, g.centroids.values.data(), nlist * dim * sizeof(float), cudaMemcpyHostToDevice) == cudaSuccess,
           "cudaMemcpy");
   cublasHandle_t handle = nullptr;
   require(cublasCreate(&handle) == CUBLAS_STATUS_SUCCESS, "cublasCreate");
@@ -90,39 +99,32 @@ void bm_cublas_sgemm(benchmark::State& state, shoal::cuda::gemm_precision precis
   (void)cudaFree(c);
 }
 
-/// The coarse pass over nlist uniform centroids, through `probe` (a callable taking the queries and the
+/// The coarse pass over the point's centroids, through `probe` (a callable taking the queries and the
 /// nprobe lists out).
 template <class Probe>
-void run_probe(benchmark::State& state, const shoal::matrix<float>& queries, std::size_t nlist, Probe probe) {
-  std::vector<std::uint32_t> probes(queries.rows * nprobe);
+void run_probe(benchmark::State& state, const grid_point& g, Probe probe) {
+  std::vector<std::uint32_t> probes(g.nq * nprobe);
   for (auto _ : state) {
-    probe(queries.view(), probes.data());
+    probe(g.queries.view(), probes.data());
     benchmark::DoNotOptimize(probes.data());
   }
-  set_rates(state, queries.rows, nlist, queries.dim);
+  set_rates(state, g.nq, g.nlist, g.dim);
 }
 
 void bm_coarse_probe(benchmark::State& state, shoal::cuda::gemm_precision precision) {
-  const auto nq = static_cast<std::size_t>(state.range(0));
-  const auto nlist = static_cast<std::size_t>(state.range(1));
-  const auto dim = static_cast<std::size_t>(state.range(2));
-  const shoal::matrix<float> centroids = shoal::make_uniform(nlist, dim, 1);
-  const shoal::cuda::coarse_quantizer coarse(centroids.view(), shoal::metric::l2, 0, 1, {.precision = precision});
-  run_probe(state, shoal::make_uniform(nq, dim, 2), nlist,
+  const grid_point g(state);
+  const shoal::cuda::coarse_quantizer coarse(g.centroids.view(), shoal::metric::l2, 0, 1, {.precision = precision});
+  run_probe(state, g,
             [&](shoal::matrix_view<const float> q, std::uint32_t* probes) { coarse.probe(q, nprobe, probes); });
 }
 
 void bm_coarse_unfused(benchmark::State& state) {
-  const auto nq = static_cast<std::size_t>(state.range(0));
-  const auto nlist = static_cast<std::size_t>(state.range(1));
-  const auto dim = static_cast<std::size_t>(state.range(2));
-  const shoal::matrix<float> centroids = shoal::make_uniform(nlist, dim, 1);
-  const shoal::cuda::flat_index flat(centroids.view(), shoal::metric::l2, 0, {.tile_bytes = std::size_t{256} << 20});
-  std::vector<float> distances(nq * nprobe);
-  run_probe(state, shoal::make_uniform(nq, dim, 2), nlist,
-            [&](shoal::matrix_view<const float> q, std::uint32_t* probes) {
-              flat.search(q, nprobe, probes, distances.data());
-            });
+  const grid_point g(state);
+  const shoal::cuda::flat_index flat(g.centroids.view(), shoal::metric::l2, 0, {.tile_bytes = std::size_t{256} << 20});
+  std::vector<float> distances(g.nq * nprobe);
+  run_probe(state, g, [&](shoal::matrix_view<const float> q, std::uint32_t* probes) {
+    flat.search(q, nprobe, probes, distances.data());
+  });
 }
 
 /// The end-to-end fixture, built once: training 16,384 lists on the CPU takes a while.
