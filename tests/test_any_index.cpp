@@ -4,6 +4,8 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include <algorithm>
+#include <numeric>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -248,6 +250,34 @@ TEST_CASE("every index kind refuses the reserved id no_id, which marks a missing
                              fails_with(errc::invalid_argument, "reserved"));
       CHECK(index.size() == ids.size());
     }
+  }
+}
+
+TEST_CASE("every index kind: k far above its size pads the rows; a k no buffer can hold is refused", "[index]") {
+  const matrix<float> v = make_clustered(300, 8, 4, 5);
+  std::vector<vector_id> ids(300);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  constexpr std::size_t k = 100'000;
+  for (const char* spec : {"Flat", "HNSW16", "HNSW16,SQ8", "IVF4,Flat", "IVF4,PQ4,RFlat", "IVF4,PQ8x4fs"}) {
+    CAPTURE(spec);
+    any_index index = make_index(spec, 8);
+    index.train(v.view());
+    index.add(v.view(), ids);
+    search_params params;
+    params.nprobe = 4;
+    const neighbors all = index.search(v.view().slice(0, 2), k, params);
+    for (std::size_t r = 0; r < 2; ++r) {
+      const auto row = all.row_ids(r);
+      const auto found = static_cast<std::size_t>(std::find(row.begin(), row.end(), no_id) - row.begin());
+      CHECK(found == ids.size());  // every list probed, every node reached: all of them, once each
+      CHECK(std::set<vector_id>(row.begin(), row.begin() + static_cast<std::ptrdiff_t>(found)).size() == found);
+      CHECK(std::all_of(row.begin() + static_cast<std::ptrdiff_t>(found), row.end(),
+                        [](vector_id id) { return id == no_id; }));
+      CHECK(std::is_sorted(all.row_distances(r).begin(), all.row_distances(r).end()));
+    }
+    // 3 x 6148914691236517206 wraps to 2 entries modulo 2^64.
+    REQUIRE_THROWS_MATCHES((void)index.search(v.view().slice(0, 3), 6148914691236517206ULL), shoal::error,
+                           fails_with(errc::invalid_argument, "rows x k"));
   }
 }
 

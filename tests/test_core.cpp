@@ -61,6 +61,17 @@ TEST_CASE("neighbors start as the sentinel", "[core]") {
     }
 }
 
+TEST_CASE("result and matrix sizes that cannot exist are refused, not wrapped around", "[core]") {
+  // 3 x 6148914691236517206 is 2 modulo 2^64: unchecked, a 2-entry buffer would pose as a huge one.
+  constexpr std::size_t wraps = 6148914691236517206ULL;
+  REQUIRE_THROWS_MATCHES(neighbors(3, wraps), shoal::error,
+                         fails_with(errc::invalid_argument, "neighbors: rows x k: 3 x 6148914691236517206"));
+  REQUIRE_THROWS_MATCHES(matrix<float>(std::size_t{1} << 32, std::size_t{1} << 32), shoal::error,
+                         fails_with(errc::invalid_argument, "matrix: 4294967296 x 4294967296"));
+  CHECK(neighbors(0, wraps).ids().empty());
+  CHECK(detail::checked_elements<float>(3, 5, "m") == 15);
+}
+
 TEST_CASE("topk_heap keeps the k smallest by (distance, id)", "[core]") {
   topk_heap heap(3);
   CHECK(heap.worst() == no_distance);
@@ -76,6 +87,18 @@ TEST_CASE("topk_heap keeps the k smallest by (distance, id)", "[core]") {
   CHECK(ids == std::vector<vector_id>{100, 2, 4, no_id});
   CHECK(dist == std::vector<float>{0.5f, 1.0f, 1.0f, no_distance});
   CHECK(heap.size() == 0);
+}
+
+TEST_CASE("topk_heap with a k far above what it is offered takes memory for what it keeps", "[core]") {
+  topk_heap heap(std::size_t{1} << 40);  // reserving k entries up front would need 16 TiB
+  for (vector_id i = 0; i < 5000; ++i) heap.push(static_cast<float>(5000 - i), i);
+  CHECK(heap.size() == 5000);
+  const std::span<const scored_id> kept = heap.sort();
+  CHECK(kept.front().id == 4999);
+  CHECK(kept.back().id == 0);
+  heap.reset(std::size_t{1} << 41);
+  CHECK(heap.size() == 0);
+  CHECK(heap.capacity() == std::size_t{1} << 41);
 }
 
 TEST_CASE("id_filter wraps any predicate and an empty filter accepts all", "[core]") {

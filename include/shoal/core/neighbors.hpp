@@ -35,8 +35,13 @@ struct neighbors_view {
 class neighbors {
  public:
   neighbors() = default;
+  /// Throws `shoal::error` when `rows x k` results cannot exist (a k meant as "all", say); a size
+  /// that merely does not fit in memory throws `std::bad_alloc`.
   neighbors(std::size_t rows, std::size_t k)
-      : ids_(rows * k, no_id), distances_(rows * k, no_distance), rows_(rows), k_(k) {}
+      : ids_(detail::checked_elements<vector_id>(rows, k, "neighbors: rows x k"), no_id),
+        distances_(rows * k, no_distance),
+        rows_(rows),
+        k_(k) {}
 
   [[nodiscard]] std::size_t rows() const noexcept { return rows_; }
   [[nodiscard]] std::size_t k() const noexcept { return k_; }

@@ -53,7 +53,11 @@ class topk_heap {
   /// Largest k kept as a sorted array: an insertion moves k/2 entries on average.
   static constexpr std::size_t sorted_max_k = 32;
 
-  explicit topk_heap(std::size_t k) : k_(k) { heap_.reserve(k); }
+  /// Storage for up to `reserved_max` candidates is taken up front; a larger k grows it as candidates
+  /// come, so a k far above the index size (asking for "all") costs what is found, not k.
+  static constexpr std::size_t reserved_max = 4096;
+
+  explicit topk_heap(std::size_t k) : k_(k) { heap_.reserve(std::min(k, reserved_max)); }
 
   [[nodiscard]] std::size_t capacity() const noexcept { return k_; }
   [[nodiscard]] std::size_t size() const noexcept { return heap_.size(); }
@@ -83,7 +87,7 @@ class topk_heap {
   /// Empties the heap and makes it keep the `k` best from now on (its storage is reused).
   void reset(std::size_t k) {
     heap_.clear();
-    heap_.reserve(k);
+    heap_.reserve(std::min(k, reserved_max));
     k_ = k;
   }
 

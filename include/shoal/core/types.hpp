@@ -13,6 +13,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "shoal/core/error.hpp"
+
 namespace shoal {
 
 /// External vector id: 64 bits, chosen by the user. Indexes map ids to dense internal slots.
@@ -111,6 +113,16 @@ class movable_mutex : public Mutex {
   movable_mutex(const movable_mutex&) = delete;
   movable_mutex& operator=(const movable_mutex&) = delete;
 };
+
+/// `rows * cols`, the element count of a `rows x cols` buffer of `T`, or a `shoal::error` naming `what`
+/// when that buffer could not exist: without the check the product can wrap around to a small size, and
+/// the buffer's owner would then index far past what it allocated.
+template <class T>
+[[nodiscard]] std::size_t checked_elements(std::size_t rows, std::size_t cols, const char* what) {
+  constexpr std::size_t limit = static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()) / sizeof(T);
+  SHOAL_CHECK(cols == 0 || rows <= limit / cols, what, ": ", rows, " x ", cols, " entries exceed the address space");
+  return rows * cols;
+}
 }  // namespace detail
 
 /// Allocator of shoal's vector storage: 64-byte aligned blocks, so that SIMD loads of row 0 never split
@@ -141,7 +153,8 @@ struct matrix {
   std::size_t dim = 0;
 
   matrix() = default;
-  matrix(std::size_t rows_, std::size_t dim_) : values(rows_ * dim_), rows(rows_), dim(dim_) {}
+  matrix(std::size_t rows_, std::size_t dim_)
+      : values(detail::checked_elements<T>(rows_, dim_, "matrix")), rows(rows_), dim(dim_) {}
 
   [[nodiscard]] T* row(std::size_t i) noexcept { return values.data() + i * dim; }
   [[nodiscard]] const T* row(std::size_t i) const noexcept { return values.data() + i * dim; }
