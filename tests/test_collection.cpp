@@ -173,7 +173,8 @@ TEST_CASE("collection: range sharding routes by id or by caller-given key", "[co
   CHECK(c.shard_of(2) == 1);
   CHECK(c.shard_sizes() == std::vector<std::size_t>{2, 2, 2});
   CHECK(c.vector(250) == std::vector<float>(v.row(2), v.row(2) + 4));
-  REQUIRE_THROWS_MATCHES(c.vector(7), shoal::error, fails_with(errc::not_found, "7"));
+  REQUIRE_THROWS_MATCHES(c.vector(7), shoal::error,
+                         fails_with(errc::not_found, "collection::vector: id 7 is not stored"));
 }
 
 TEST_CASE("collection: bad options and bad input are shoal::errors that name the problem", "[collection]") {

@@ -428,17 +428,25 @@ bool collection::contains(vector_id id) const {
   return lay->table.contains(id);
 }
 
-std::size_t collection::shard_of(vector_id id) const {
-  const std::shared_ptr<detail::layout> lay = state_->current.load();
-  const std::shared_lock lock(lay->table_mutex);
-  const auto it = lay->table.find(id);
-  SHOAL_CHECK_CODE(it != lay->table.end(), errc::not_found, "collection::shard_of: id ", id, " is not stored");
+namespace {
+/// The shard of `lay` that holds `id`; `who` names the caller in the error when none does.
+std::size_t shard_in(const detail::layout& lay, vector_id id, const char* who) {
+  const std::shared_lock lock(lay.table_mutex);
+  const auto it = lay.table.find(id);
+  SHOAL_CHECK_CODE(it != lay.table.end(), errc::not_found, who, ": id ", id, " is not stored");
   return it->second;
+}
+}  // namespace
+
+std::size_t collection::shard_of(vector_id id) const {
+  return shard_in(*state_->current.load(), id, "collection::shard_of");
 }
 
 std::vector<float> collection::vector(vector_id id) const {
-  const std::size_t s = shard_of(id);
+  // One layout for the lookup and the read: a rebalance swapping layouts in between could otherwise
+  // send the read to a shard of the new layout that does not hold the id.
   const std::shared_ptr<detail::layout> lay = state_->current.load();
+  const std::size_t s = shard_in(*lay, id, "collection::vector");
   detail::shard_state& shard = *lay->shards[s];
   const int r = detail::pick_replica(shard);
   SHOAL_CHECK_CODE(r >= 0, errc::unsupported, "collection::vector: shard ", s, " has no live replica");
