@@ -16,13 +16,21 @@
 //                                 the device (gpu 1: fp32, gpu 2: TF32); the list scans run on the CPU's
 //                                 cores either way.
 //                                 The target: the device's coarse pass wins from nq >= 256.
-// Counters: GFLOP/s (2·nq·nlist·d per call) and GB/s (the inputs, the score tile written and read, the
-// results), to read against the device's peak fp32 rate and memory bandwidth. Without a CUDA device it
-// says so and measures nothing (exit status 0).
+// Counters, against the roofline of the device (its fp32 FMA peak and DRAM bandwidth, from the device
+// attributes, printed in the context lines):
+//   GFLOPs         2·nq·nlist·d per call;
+//   GBps           the bytes the benchmark's scheme must move through DRAM: the GEMM reads both inputs and
+//                  writes the score matrix; the fused pass reads the inputs and writes the lists (its tiles
+//                  stay in L2); the unfused pass also writes and reads back the score matrix;
+//   pct_fp32_peak  GFLOPs / the fp32 peak (TF32 rows may pass 100%: the tensor cores are faster);
+//   pct_roofline   GFLOPs / min(fp32 peak, arithmetic intensity × bandwidth), with the intensity of the
+//                  bytes above: how close the kernel comes to what its own traffic allows.
+// Without a CUDA device it says so and measures nothing (exit status 0).
 #include <benchmark/benchmark.h>
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -45,13 +53,50 @@ void require(bool ok, const char* what) {
   if (!ok) throw std::runtime_error(std::string("shoal-gpu-bench: ") + what + " failed");
 }
 
-void set_rates(benchmark::State& state, std::size_t nq, std::size_t nlist, std::size_t dim) {
+/// The device's roofline: fp32 FMA peak and DRAM bandwidth, from its attributes.
+struct roofline {
+  double gflops = 0;
+  double gbps = 0;
+};
+
+roofline device_roofline(int device) {
+  const auto attribute = [device](cudaDeviceAttr a) {
+    int value = 0;
+    require(cudaDeviceGetAttribute(&value, a, device) == cudaSuccess, "cudaDeviceGetAttribute");
+    return value;
+  };
+  const int sms = attribute(cudaDevAttrMultiProcessorCount), clock_khz = attribute(cudaDevAttrClockRate);
+  const int memory_khz = attribute(cudaDevAttrMemoryClockRate), bus_bits = attribute(cudaDevAttrGlobalMemoryBusWidth);
+  const int major = attribute(cudaDevAttrComputeCapabilityMajor), minor = attribute(cudaDevAttrComputeCapabilityMinor);
+  // fp32 lanes per SM: 64 on Volta and the A100 (7.x, 8.0), 128 from the 8.6 parts on (Hopper included).
+  const int lanes = major < 8 || (major == 8 && minor == 0) ? 64 : 128;
+  roofline r;
+  r.gflops = 2.0 * sms * lanes * clock_khz * 1e-6;            // FMA = 2 flops
+  r.gbps = 2.0 * memory_khz * 1e3 * (bus_bits / 8.0) * 1e-9;  // double data rate
+  return r;
+}
+
+roofline peak;  // of device 0, set in main before any benchmark runs
+
+/// What a benchmark must move through DRAM per call (see the counters above).
+enum class traffic { gemm, fused, unfused };
+
+void set_rates(benchmark::State& state, std::size_t nq, std::size_t nlist, std::size_t dim, traffic t) {
   const double flops = 2.0 * static_cast<double>(nq) * static_cast<double>(nlist) * static_cast<double>(dim);
-  const double bytes = 4.0 * (static_cast<double>((nq + nlist) * dim) + 2.0 * static_cast<double>(nq * nlist) +
-                              2.0 * static_cast<double>(nq * nprobe));
+  const double inputs = 4.0 * static_cast<double>((nq + nlist) * dim);
+  const double scores = 4.0 * static_cast<double>(nq * nlist);
+  const double lists = 8.0 * static_cast<double>(nq * nprobe);  // list number and distance
+  const double bytes = t == traffic::gemm    ? inputs + scores
+                       : t == traffic::fused ? inputs + lists
+                                             : inputs + 2.0 * scores + lists;
   const auto iterations = static_cast<double>(state.iterations());
+  const double attainable = std::min(peak.gflops, flops / bytes * peak.gbps);
   state.counters["GFLOPs"] = benchmark::Counter(flops * iterations * 1e-9, benchmark::Counter::kIsRate);
   state.counters["GBps"] = benchmark::Counter(bytes * iterations * 1e-9, benchmark::Counter::kIsRate);
+  state.counters["pct_fp32_peak"] =
+      benchmark::Counter(100.0 * flops * iterations * 1e-9 / peak.gflops, benchmark::Counter::kIsRate);
+  state.counters["pct_roofline"] =
+      benchmark::Counter(100.0 * flops * iterations * 1e-9 / attainable, benchmark::Counter::kIsRate);
 }
 
 /// One point of the grid: nq uniform queries and nlist uniform centroids of `dim`, the same data for
@@ -92,7 +137,7 @@ void bm_cublas_sgemm(benchmark::State& state, shoal::cuda::gemm_precision precis
             "cublasSgemm");
     require(cudaDeviceSynchronize() == cudaSuccess, "cudaDeviceSynchronize");
   }
-  set_rates(state, nq, nlist, dim);
+  set_rates(state, nq, nlist, dim, traffic::gemm);
   (void)cublasDestroy(handle);
   (void)cudaFree(a);
   (void)cudaFree(b);
@@ -102,19 +147,19 @@ void bm_cublas_sgemm(benchmark::State& state, shoal::cuda::gemm_precision precis
 /// The coarse pass over the point's centroids, through `probe` (a callable taking the queries and the
 /// nprobe lists out).
 template <class Probe>
-void run_probe(benchmark::State& state, const grid_point& g, Probe probe) {
+void run_probe(benchmark::State& state, const grid_point& g, traffic t, Probe probe) {
   std::vector<std::uint32_t> probes(g.nq * nprobe);
   for (auto _ : state) {
     probe(g.queries.view(), probes.data());
     benchmark::DoNotOptimize(probes.data());
   }
-  set_rates(state, g.nq, g.nlist, g.dim);
+  set_rates(state, g.nq, g.nlist, g.dim, t);
 }
 
 void bm_coarse_probe(benchmark::State& state, shoal::cuda::gemm_precision precision) {
   const grid_point g(state);
   const shoal::cuda::coarse_quantizer coarse(g.centroids.view(), shoal::metric::l2, 0, 1, {.precision = precision});
-  run_probe(state, g,
+  run_probe(state, g, traffic::fused,
             [&](shoal::matrix_view<const float> q, std::uint32_t* probes) { coarse.probe(q, nprobe, probes); });
 }
 
@@ -122,7 +167,7 @@ void bm_coarse_unfused(benchmark::State& state) {
   const grid_point g(state);
   const shoal::cuda::flat_index flat(g.centroids.view(), shoal::metric::l2, 0, {.tile_bytes = std::size_t{256} << 20});
   std::vector<float> distances(g.nq * nprobe);
-  run_probe(state, g, [&](shoal::matrix_view<const float> q, std::uint32_t* probes) {
+  run_probe(state, g, traffic::unfused, [&](shoal::matrix_view<const float> q, std::uint32_t* probes) {
     flat.search(q, nprobe, probes, distances.data());
   });
 }
@@ -186,6 +231,9 @@ int main(int argc, char** argv) {
     return 0;
   }
   benchmark::AddCustomContext("device", shoal::cuda::device_name(0));
+  peak = device_roofline(0);
+  benchmark::AddCustomContext("fp32_peak_gflops", std::to_string(peak.gflops));
+  benchmark::AddCustomContext("dram_peak_gbps", std::to_string(peak.gbps));
   benchmark::RegisterBenchmark("BM_cublas_sgemm", bm_cublas_sgemm, shoal::cuda::gemm_precision::fp32)->Apply(grid);
   benchmark::RegisterBenchmark("BM_cublas_sgemm_tf32", bm_cublas_sgemm, shoal::cuda::gemm_precision::tf32)->Apply(grid);
   benchmark::RegisterBenchmark("BM_coarse_probe", bm_coarse_probe, shoal::cuda::gemm_precision::fp32)->Apply(grid);
