@@ -4,6 +4,8 @@
 #include <oneapi/tbb/task_arena.h>
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <numeric>
 #include <set>
 #include <span>
@@ -278,6 +280,47 @@ TEST_CASE("every index kind: k far above its size pads the rows; a k no buffer c
     // 3 x 6148914691236517206 wraps to 2 entries modulo 2^64.
     REQUIRE_THROWS_MATCHES((void)index.search(v.view().slice(0, 3), 6148914691236517206ULL), shoal::error,
                            fails_with(errc::invalid_argument, "rows x k"));
+  }
+}
+
+TEST_CASE("every index kind: vectors up to the norm bound keep finite distances, larger ones are refused", "[index]") {
+  // A flat batch over vectors of norm about 1e20 used to come back as empty rows: its GEMM form
+  // ‖q‖² + ‖x‖² − 2⟨q, x⟩ was inf − inf. The bound is sqrt(FLT_MAX / 8) ≈ 6.5e18 (checks.hpp).
+  const double bound = std::sqrt(static_cast<double>(std::numeric_limits<float>::max()) / 8);
+  matrix<float> v = make_clustered(400, 8, 4, 12);
+  const double largest = std::sqrt(static_cast<double>(shoal::test::max_squared_norm(v)));
+  for (float& x : v.values) x = static_cast<float>(x * (0.95 * bound / largest));
+  std::vector<vector_id> ids(v.rows);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  matrix<float> queries(300, 8);  // opposite the stored vectors: the largest distances there are
+  for (std::size_t i = 0; i < queries.rows; ++i)
+    for (std::size_t j = 0; j < 8; ++j) queries.row(i)[j] = -v.row(i)[j];
+  for (const char* spec : {"Flat", "HNSW16", "HNSW16,SQ8", "IVF4,Flat", "IVF4,PQ4,RFlat", "IVF4,PQ8x4fs"}) {
+    for (const metric m : {metric::l2, metric::inner_product}) {
+      CAPTURE(spec, metric_name(m));
+      any_index index = make_index(spec, 8, m);
+      index.train(v.view());
+      index.add(v.view(), ids);
+      search_params params;
+      params.nprobe = 4;
+      params.refine_factor = std::string(spec).ends_with("RFlat") ? 2 : 0;
+      const neighbors batch = index.search(queries.view(), 5, params);  // flat: the GEMM form
+      const neighbors alone = index.search(queries.view().slice(0, 1), 5, params);
+      for (const neighbors* r : {&batch, &alone}) {
+        CHECK(std::find(r->ids().begin(), r->ids().end(), no_id) == r->ids().end());
+        CHECK(std::all_of(r->distances().begin(), r->distances().end(), [](float d) { return std::isfinite(d); }));
+      }
+      matrix<float> over(1, 8);  // row 0 stretched to 1.1 times the bound
+      double norm0 = 0;
+      for (std::size_t j = 0; j < 8; ++j) norm0 += static_cast<double>(v.row(0)[j]) * v.row(0)[j];
+      for (std::size_t j = 0; j < 8; ++j)
+        over.row(0)[j] = static_cast<float>(v.row(0)[j] * 1.1 * bound / std::sqrt(norm0));
+      REQUIRE_THROWS_MATCHES(index.add(over.view(), std::vector<vector_id>{1000}), shoal::error,
+                             fails_with(errc::non_finite, "vector row 0 has norm"));
+      REQUIRE_THROWS_MATCHES((void)index.search(over.view(), 5, params), shoal::error,
+                             fails_with(errc::non_finite, "query row 0 has norm"));
+      CHECK(index.size() == v.rows);
+    }
   }
 }
 

@@ -10,8 +10,10 @@
 
 namespace shoal::detail {
 
-/// Throws `shoal::error` unless `v` has `dim` columns, a valid stride and data pointer, and only finite
-/// values. `what` names the argument in the message ("query", "vector", ...).
+/// Throws `shoal::error` unless `v` has `dim` columns, a valid stride and data pointer, only finite
+/// values, and rows of norm at most sqrt(FLT_MAX / 8) ≈ 6.5e18, so that every float distance between
+/// them stays finite (`errc::non_finite` otherwise). `what` names the argument in the message ("query",
+/// "vector", ...).
 void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what);
 
 /// Throws `shoal::error` unless there is one id per vector (`rows`) and none is `no_id` (2⁶⁴ − 1, reserved:
