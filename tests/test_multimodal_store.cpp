@@ -292,6 +292,11 @@ TEST_CASE("multimodal_store: late fusion of an image and a text query orders a h
   fused = store.search_fused(parts, "image", 3, {.rule = fusion_rule::intersection, .candidates = 2});
   CHECK(ids_of(fused[0]) == std::vector<vector_id>{3});
   CHECK(fused[0][0].score == Approx(-3.0));
+  // A k or a depth far above the 3 stored images ("all"): the same rankings, without the memory such
+  // deep lists would take (2^42 candidates per part; the lists stop at what the target holds).
+  CHECK(ids_of(store.search_fused(parts, "image", std::size_t{1} << 40)[0]) == std::vector<vector_id>{3, 1, 2});
+  CHECK(ids_of(store.search_fused(parts, "image", 3, {.candidates = std::size_t{1} << 40})[0]) ==
+        std::vector<vector_id>{3, 1, 2});
 
   const std::vector<float> one_row = {0, 0};
   const std::vector<modal_query> uneven = {{"image", {image_part.data(), 2, 2}}, {"text", {one_row.data(), 1, 2}}};

@@ -980,8 +980,11 @@ std::vector<std::vector<fused_id>> multimodal_store::search_fused(std::span<cons
   for (const modal_query& p : parts)
     SHOAL_CHECK(p.vectors.rows == rows, who, ": part '", p.modality, "' has ", p.vectors.rows, " queries, the first ",
                 rows, " (query r is row r of every part)");
-  const std::size_t depth = options.candidates > 0 ? options.candidates : 4 * k;
   const auto c = state_->snapshot();  // every part on the same versions
+  // A part cannot find more candidates than the target holds: a deeper list would be padding, and a
+  // k or `candidates` meant as "all" would ask for memory the search cannot use.
+  const std::size_t held = std::max<std::size_t>(1, find_version(*c, target, {}, who)->own.size());
+  const std::size_t depth = std::min(held, options.candidates > 0 ? options.candidates : 4 * std::min(k, held));
   std::vector<neighbors> found;
   std::vector<float> weights;
   for (const modal_query& p : parts) {

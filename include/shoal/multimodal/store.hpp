@@ -184,7 +184,8 @@ struct fusion_options {
   double rrf_k = 60.0;
   /// `weighted_score` only.
   score_normalization normalization = score_normalization::min_max;
-  /// Candidates fetched per part before fusing; 0 (the default): 4·k. Intersection needs deep lists.
+  /// Candidates fetched per part before fusing; 0 (the default): 4·k. Never more than the target holds.
+  /// Intersection needs deep lists.
   std::size_t candidates = 0;
 };
 
