@@ -295,6 +295,9 @@ TEST_CASE("every index kind: vectors up to the norm bound keep finite distances,
   matrix<float> queries(300, 8);  // opposite the stored vectors: the largest distances there are
   for (std::size_t i = 0; i < queries.rows; ++i)
     for (std::size_t j = 0; j < 8; ++j) queries.row(i)[j] = -v.row(i)[j];
+  matrix<float> over(1, 8);  // row 0 stretched to 1.1 times the bound
+  const double norm0 = std::sqrt(static_cast<double>(inner_product(v.row(0), v.row(0), 8)));
+  for (std::size_t j = 0; j < 8; ++j) over.row(0)[j] = static_cast<float>(v.row(0)[j] * 1.1 * bound / norm0);
   for (const char* spec : {"Flat", "HNSW16", "HNSW16,SQ8", "IVF4,Flat", "IVF4,PQ4,RFlat", "IVF4,PQ8x4fs"}) {
     for (const metric m : {metric::l2, metric::inner_product}) {
       CAPTURE(spec, metric_name(m));
@@ -310,11 +313,6 @@ TEST_CASE("every index kind: vectors up to the norm bound keep finite distances,
         CHECK(std::find(r->ids().begin(), r->ids().end(), no_id) == r->ids().end());
         CHECK(std::all_of(r->distances().begin(), r->distances().end(), [](float d) { return std::isfinite(d); }));
       }
-      matrix<float> over(1, 8);  // row 0 stretched to 1.1 times the bound
-      double norm0 = 0;
-      for (std::size_t j = 0; j < 8; ++j) norm0 += static_cast<double>(v.row(0)[j]) * v.row(0)[j];
-      for (std::size_t j = 0; j < 8; ++j)
-        over.row(0)[j] = static_cast<float>(v.row(0)[j] * 1.1 * bound / std::sqrt(norm0));
       REQUIRE_THROWS_MATCHES(index.add(over.view(), std::vector<vector_id>{1000}), shoal::error,
                              fails_with(errc::non_finite, "vector row 0 has norm"));
       REQUIRE_THROWS_MATCHES((void)index.search(over.view(), 5, params), shoal::error,
