@@ -182,32 +182,10 @@ TEST_CASE("ivf tolerates searches, adds and removes running concurrently", "[ivf
   ivf_flat_index index(dim, metric::l2, nlist);
   index.train(f.base.view());
   index.add(f.base.view().slice(0, 1000), std::span(f.ids.data(), 1000));
-  std::atomic<bool> done{false};
-  std::atomic<std::size_t> searches{0};
-  std::atomic<std::size_t> short_rows{0};
-  std::vector<std::thread> readers;
-  for (std::size_t t = 0; t < 3; ++t)
-    readers.emplace_back([&, t] {
-      while (!done.load()) {
-        const neighbors r = index.search(f.queries.view().slice(t, t == 0 ? 16 : 1), 10, with_nprobe(probe));
-        // Never fewer than 1000 stored, so rows are always full (Catch asserts on the main thread only).
-        for (const vector_id id : r.ids()) short_rows.fetch_add(id == no_id ? 1 : 0);
-        (void)index.contains(f.ids[t]);
-        (void)index.size();
-        searches.fetch_add(1);
-      }
-    });
-  // Writer: the remaining vectors in batches, removing and re-adding some of the first thousand.
-  for (std::size_t first = 1000; first < 4000; first += 100) {
-    index.add(f.base.view().slice(first, 100), std::span(f.ids.data() + first, 100));
-    const std::size_t victim = first / 10;
-    index.remove(f.ids[victim]);
-    index.add({f.base.row(victim), 1, dim}, std::span(&f.ids[victim], 1));
-  }
-  while (searches.load() < 10) std::this_thread::yield();
-  done.store(true);
-  for (std::thread& t : readers) t.join();
-  CHECK(short_rows.load() == 0);
+  // Never fewer than 999 stored, so rows are always full.
+  CHECK(test::churn_while_searching(index, f.base, f.ids, [&](std::size_t t) {
+          return index.search(f.queries.view().slice(t, t == 0 ? 16 : 1), 10, with_nprobe(probe));
+        }) == 0);
   CHECK(index.size() == 4000);
   require_identical(index.search(f.queries.view(), 10, with_nprobe(probe)),
                     f.build(metric::l2).search(f.queries.view(), 10, with_nprobe(probe)));

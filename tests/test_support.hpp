@@ -6,11 +6,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -41,6 +43,40 @@ class error_matcher : public Catch::MatcherBase<shoal::error> {
 };
 
 inline error_matcher fails_with(errc code, std::string fragment = "") { return {code, std::move(fragment)}; }
+
+/// An index's writes racing its reads. `index` holds rows [0, 1000) of `base` (ids `ids`) to start with.
+/// Three reader threads loop on `search(t)` (t = 0, 1, 2; it returns that thread's result) and on
+/// `contains` / `size`, while the calling thread adds rows [1000, 4000) in batches of 100, after each
+/// batch removing and re-adding one of the first thousand. Returns how many result slots the readers got
+/// back empty (Catch asserts on the main thread only, so the readers count instead).
+template <class Index, class Search>
+std::size_t churn_while_searching(Index& index, const matrix<float>& base, const std::vector<vector_id>& ids,
+                                  const Search& search) {
+  std::atomic<bool> done{false};
+  std::atomic<std::size_t> searches{0};
+  std::atomic<std::size_t> empty_slots{0};
+  std::vector<std::thread> readers;
+  for (std::size_t t = 0; t < 3; ++t)
+    readers.emplace_back([&, t] {
+      while (!done.load()) {
+        const neighbors r = search(t);
+        for (const vector_id id : r.ids()) empty_slots.fetch_add(id == no_id ? 1 : 0);
+        (void)index.contains(ids[t]);
+        (void)index.size();
+        searches.fetch_add(1);
+      }
+    });
+  for (std::size_t first = 1000; first < 4000; first += 100) {
+    index.add(base.view().slice(first, 100), std::span(ids.data() + first, 100));
+    const std::size_t victim = first / 10;
+    index.remove(ids[victim]);
+    index.add({base.row(victim), 1, base.dim}, std::span(&ids[victim], 1));
+  }
+  while (searches.load() < 10) std::this_thread::yield();
+  done.store(true);
+  for (std::thread& t : readers) t.join();
+  return empty_slots.load();
+}
 
 /// Two result sets equal id for id and distance for distance (the first difference is reported).
 inline void require_identical(const neighbors& got, const neighbors& want) {

@@ -71,6 +71,30 @@ struct inverted_list {
 /// without repeats: every reader that holds several lists then takes them in one global order, and
 /// writers hold one list at a time, so no cycle of waits can form even under a lock that makes new
 /// readers wait behind a waiting writer.
+/// Each list's entry count, read under its lock (`list_sizes()` of the IVF indexes).
+template <class List>
+[[nodiscard]] std::vector<std::size_t> list_counts(const std::vector<std::unique_ptr<List>>& lists) {
+  std::vector<std::size_t> counts;
+  counts.reserve(lists.size());
+  for (const auto& l : lists) {
+    const std::shared_lock lock(l->mutex);
+    counts.push_back(l->count());
+  }
+  return counts;
+}
+
+/// What the lists take in memory: the table of pointers, and each list's object and arrays (read under
+/// its lock).
+template <class List>
+[[nodiscard]] std::size_t lists_bytes(const std::vector<std::unique_ptr<List>>& lists) {
+  std::size_t bytes = lists.capacity() * sizeof(void*);
+  for (const auto& l : lists) {
+    const std::shared_lock lock(l->mutex);
+    bytes += sizeof(List) + l->bytes();
+  }
+  return bytes;
+}
+
 template <class List>
 class list_read_locks {
  public:

@@ -50,22 +50,10 @@ matrix_view<const float> ivf_flat_index::centroids() const noexcept {
   return coarse_ ? coarse_->centroids() : matrix_view<const float>{};
 }
 
-std::vector<std::size_t> ivf_flat_index::list_sizes() const {
-  std::vector<std::size_t> sizes;
-  sizes.reserve(lists_.size());
-  for (const auto& l : lists_) {
-    const std::shared_lock lock(l->mutex);
-    sizes.push_back(l->count());
-  }
-  return sizes;
-}
+std::vector<std::size_t> ivf_flat_index::list_sizes() const { return detail::list_counts(lists_); }
 
 std::size_t ivf_flat_index::memory_bytes() const {
-  std::size_t bytes = (coarse_ ? coarse_->memory_bytes() : 0) + lists_.capacity() * sizeof(void*);
-  for (const auto& l : lists_) {
-    const std::shared_lock lock(l->mutex);
-    bytes += sizeof(list) + l->bytes();
-  }
+  const std::size_t bytes = (coarse_ ? coarse_->memory_bytes() : 0) + detail::lists_bytes(lists_);
   // unordered_map: one bucket pointer per bucket, a node (next pointer, key, value) per entry.
   const std::shared_lock lock(map_mutex_);
   return bytes + where_.bucket_count() * sizeof(void*) +

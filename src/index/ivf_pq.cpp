@@ -171,24 +171,11 @@ std::size_t ivf_pq_index::list_code_bytes(std::size_t n) const noexcept {
                             : (n + fast_scan_block - 1) / fast_scan_block * fast_scan_block_bytes(params_.m);
 }
 
-std::vector<std::size_t> ivf_pq_index::list_sizes() const {
-  std::vector<std::size_t> sizes;
-  sizes.reserve(lists_.size());
-  for (const auto& l : lists_) {
-    const std::shared_lock lock(l->mutex);
-    sizes.push_back(l->count());
-  }
-  return sizes;
-}
+std::vector<std::size_t> ivf_pq_index::list_sizes() const { return detail::list_counts(lists_); }
 
 std::size_t ivf_pq_index::memory_bytes() const {
-  std::size_t bytes = (coarse_ ? coarse_->memory_bytes() : 0) + 2 * pq_.codebooks().rows * pq_.dsub() * sizeof(float) +
-                      lists_.capacity() * sizeof(void*) + (opq_ ? dim_ * dim_ * sizeof(float) : 0);
-  for (const auto& l : lists_) {
-    const std::shared_lock lock(l->mutex);
-    bytes += sizeof(list) + l->bytes();
-  }
-  return bytes;
+  return (coarse_ ? coarse_->memory_bytes() : 0) + 2 * pq_.codebooks().rows * pq_.dsub() * sizeof(float) +
+         detail::lists_bytes(lists_) + (opq_ ? dim_ * dim_ * sizeof(float) : 0);
 }
 
 void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_params& params) {
