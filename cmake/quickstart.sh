@@ -35,10 +35,10 @@ cmake --build build -j "$jobs"
 ctest --test-dir build --output-on-failure -j "$jobs"
 # Once more on the scalar reference kernels (the package check does not depend on the level).
 SHOAL_SIMD=scalar ctest --test-dir build --output-on-failure -j "$jobs" -LE package
-# The index-file loader under libFuzzer and AddressSanitizer for one bounded minute, from the checked-in
-# corpus (tests/fuzz), in its own Clang build directory.
+# The file readers under libFuzzer and AddressSanitizer, a bounded minute each (index files; vector files
+# and collection directories), from the checked-in corpora (tests/fuzz), in their own Clang build directory.
 CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSHOAL_BUILD_FUZZ=ON \
   -DSHOAL_SANITIZE=address -DSHOAL_BUILD_TESTS=OFF -DSHOAL_BUILD_BENCHMARKS=OFF -DSHOAL_BUILD_EXAMPLES=OFF \
   -DSHOAL_WITH_CUDA=OFF -DSHOAL_INSTALL=OFF >/dev/null
-cmake --build build-fuzz --target fuzz_load -j "$jobs"
+cmake --build build-fuzz --target fuzz_load fuzz_files -j "$jobs"
 ctest --test-dir build-fuzz --output-on-failure -L fuzz
