@@ -1,15 +1,19 @@
 // libFuzzer target over the readers of everything that is not an index file: NumPy `.npy`, `.fvecs` /
-// `.ivecs` / `.bvecs`, and a collection directory's manifest and write-ahead log. Whatever the bytes, a
-// reader must either succeed or throw shoal::error — never crash, hang, leak or read out of bounds
-// (build with -fsanitize=fuzzer,address; fuzz_load.cpp covers the index files).
+// `.ivecs` / `.bvecs`, a collection directory's manifest and write-ahead log, a multimodal store's
+// manifest, and a serialised projection. Whatever the bytes, a reader must either succeed or throw
+// shoal::error — never crash, hang, leak or read out of bounds (build with -fsanitize=fuzzer,address;
+// fuzz_load.cpp covers the index files).
 //
 //   mkdir -p /tmp/fuzz-new && fuzz_files -max_total_time=60 /tmp/fuzz-new tests/fuzz/corpus-files
 //
-// The first input byte picks the reader (its low two bits) and, for a log, whether its records' checksums
-// are recomputed before it is opened (bit 2): a mutated record then fails the replay's structural checks
-// (op, sizes, sequence, ids, routing keys) instead of its checksum, which a fuzzer cannot forge. The rest
-// is the file. A manifest or a log is opened as part of a template collection directory, built once per
-// process: range-sharded (so that logged routing keys matter), 2 Flat shards of dimension 4.
+// The first input byte picks the reader (its low three bits, `reader` below) and whether checksums are
+// recomputed before the file is read (bit 3): the log's per-record checksums, the store manifest's and
+// the projection's whole-file checksum. A mutated file then fails the structural checks behind the
+// checksum (ops, sizes, sequences, ids, routing keys, names, dimensions) instead of the checksum itself,
+// which a fuzzer cannot forge. The rest is the file. A collection manifest or log is read as part of a
+// template collection directory (range-sharded, so that logged routing keys matter; 2 Flat shards of
+// dimension 4), a store manifest as part of a template store (a native and a projected modality,
+// linked), each built once per process.
 //
 // The checked-in corpus (tests/fuzz/corpus-files) is what this target writes, with the selector byte,
 // when SHOAL_FUZZ_WRITE_SEEDS names a directory:
@@ -26,6 +30,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -33,16 +38,19 @@
 #include "shoal/core/error.hpp"
 #include "shoal/io/format.hpp"
 #include "shoal/io/vecs.hpp"
+#include "shoal/multimodal/projection.hpp"
+#include "shoal/multimodal/store.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 
-enum reader : std::uint8_t { npy = 0, vecs = 1, manifest = 2, wal = 3 };
-constexpr std::uint8_t fix_checksums = 4;
+enum reader : std::uint8_t { npy = 0, vecs = 1, manifest = 2, wal = 3, store_manifest = 4, projection = 5 };
+constexpr std::uint8_t fix_checksums = 8;
 constexpr std::size_t dim = 4;
 constexpr const char* wal_name = "wal.log";
 constexpr const char* manifest_name = "MANIFEST.shoal";
+constexpr const char* store_manifest_name = "MULTIMODAL.shoal";
 
 std::vector<char> file_bytes(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -74,11 +82,31 @@ struct scratch_use {
   scratch_use& operator=(const scratch_use&) = delete;
 };
 
-/// The template collection directory, kept in memory: a snapshot holding ids 1-3, and an empty log.
-struct collection_template {
-  std::vector<std::pair<std::string, std::vector<char>>> files;  // every file but the log
+/// A directory tree kept in memory (path relative to its root → bytes), written out afresh for each input.
+struct directory_template {
+  std::map<std::string, std::vector<char>> files;
 
-  collection_template() {
+  void capture(const fs::path& root) {
+    for (const auto& entry : fs::recursive_directory_iterator(root))
+      if (entry.is_regular_file()) files[fs::relative(entry.path(), root).string()] = file_bytes(entry.path());
+  }
+  [[nodiscard]] const std::vector<char>& file(const std::string& name) const { return files.at(name); }
+
+  /// A fresh copy in `target`, the file `name` (relative) holding `bytes` instead when `bytes` is given.
+  void copy_to(const fs::path& target, const std::string& name = {}, const std::vector<char>* bytes = nullptr) const {
+    fs::remove_all(target);
+    for (const auto& [path, content] : files) {
+      const std::vector<char>& use = path == name && bytes != nullptr ? *bytes : content;
+      fs::create_directories((target / path).parent_path());
+      write_file(target / path, use.data(), use.size());
+    }
+    if (bytes != nullptr && !files.contains(name)) write_file(target / name, bytes->data(), bytes->size());
+  }
+};
+
+/// A collection directory: a snapshot holding ids 1-3, and an empty log.
+const directory_template& collection_dir() {
+  static const directory_template t = [] {
     const scratch_use use;
     const fs::path dir = scratch() / "template";
     shoal::collection_options o;
@@ -97,32 +125,46 @@ struct collection_template {
       c.add({v.data(), 3, dim}, ids, keys);
       c.checkpoint();
     }
-    for (const auto& entry : fs::directory_iterator(dir))
-      if (entry.path().filename() != wal_name)
-        files.emplace_back(entry.path().filename().string(), file_bytes(entry.path()));
-  }
+    directory_template d;
+    d.capture(dir);
+    return d;
+  }();
+  return t;
+}
 
-  [[nodiscard]] const std::vector<char>& manifest_file() const {
-    for (const auto& [name, bytes] : files)
-      if (name == manifest_name) return bytes;
-    std::abort();
-  }
+/// The projection of the template store's "text" modality: 3 dimensions into the 4 of the shared space.
+shoal::projection text_projection() {
+  return {3, dim, {1, 0, 0, 0, 1, 0, 0, 0, 1, 0.5f, 0.5f, 0.5f}, {0, 0, 0, 0.25f}};
+}
 
-  /// A fresh copy of the template in `target`, with `manifest` / `log` in place of its own when given.
-  void copy_to(const fs::path& target, const std::vector<char>* manifest_bytes,
-               const std::vector<char>* log_bytes) const {
-    fs::remove_all(target);
-    fs::create_directories(target);
-    for (const auto& [name, bytes] : files) {
-      const std::vector<char>& use = name == manifest_name && manifest_bytes != nullptr ? *manifest_bytes : bytes;
-      write_file(target / name, use.data(), use.size());
-    }
-    if (log_bytes != nullptr) write_file(target / wal_name, log_bytes->data(), log_bytes->size());
-  }
-};
-
-const collection_template& templ() {
-  static const collection_template t;
+/// A multimodal store directory: a native "image" modality and a projected "text" one, linked pairwise.
+const directory_template& store_dir() {
+  static const directory_template t = [] {
+    const scratch_use use;
+    const fs::path dir = scratch() / "store";
+    shoal::multimodal_store store({.shared_dim = dim, .shared_metric = shoal::metric::cosine});
+    shoal::modality_options image;
+    image.collection.dim = dim;
+    image.collection.metric = shoal::metric::cosine;
+    image.collection.index = "Flat";
+    image.native = true;
+    store.add_modality("image", image);
+    shoal::modality_options text;
+    text.collection.dim = 3;
+    text.collection.index = "Flat";
+    text.to_shared = text_projection();
+    store.add_modality("text", text);
+    const std::array<float, 2 * dim> images{1, 0, 0, 0, 0, 1, 1, 0};
+    const std::array<float, 2 * 3> texts{1, 0, 0, 0, 1, 1};
+    const std::array<shoal::vector_id, 2> ids{5, 6};
+    store.add("image", {images.data(), 2, dim}, ids);
+    store.add("text", {texts.data(), 2, 3}, ids);
+    store.link("image", ids, "text", ids);
+    store.save(dir);
+    directory_template d;
+    d.capture(dir);
+    return d;
+  }();
   return t;
 }
 
@@ -139,6 +181,13 @@ void fix_record_checksums(std::vector<char>& log) {
   }
 }
 
+/// Recomputes the trailing whole-file checksum (a store manifest, a serialised projection).
+void fix_trailing_checksum(std::vector<char>& bytes) {
+  if (bytes.size() < 4) return;
+  const std::uint32_t crc = shoal::crc32c(bytes.data(), bytes.size() - 4);
+  std::memcpy(bytes.data() + bytes.size() - 4, &crc, 4);
+}
+
 void open_and_use(const fs::path& dir, bool mapped) {
   try {
     const shoal::collection c = shoal::collection::open(dir, {.mmap = mapped, .verify = shoal::verify_level::none});
@@ -146,6 +195,15 @@ void open_and_use(const fs::path& dir, bool mapped) {
     (void)c.search({query.data(), 1, dim}, 3);
     (void)c.size();
     (void)c.contains(1);
+  } catch (const shoal::error&) {
+  }
+}
+
+void open_store_and_use(const fs::path& dir) {
+  try {
+    const shoal::multimodal_store store = shoal::multimodal_store::open(dir);
+    const std::array<float, 3> query{0.5f, 0.5f, 0.5f};
+    (void)store.search("text", {query.data(), 1, 3}, "image", 2);
   } catch (const shoal::error&) {
   }
 }
@@ -161,10 +219,12 @@ void read_quietly(const Read& read) {
 /// Writes the seed corpus into `out`: one valid file per reader, each behind its selector byte.
 void write_seeds(const fs::path& out) {
   fs::create_directories(out);
-  const auto seed = [&](const char* name, std::uint8_t selector, const fs::path& from) {
-    std::vector<char> bytes = file_bytes(from);
+  const auto seed_bytes = [&](const char* name, std::uint8_t selector, std::vector<char> bytes) {
     bytes.insert(bytes.begin(), static_cast<char>(selector));
     write_file(out / name, bytes.data(), bytes.size());
+  };
+  const auto seed = [&](const char* name, std::uint8_t selector, const fs::path& from) {
+    seed_bytes(name, selector, file_bytes(from));
   };
   const scratch_use use;
   const fs::path tmp = scratch() / "seeds";
@@ -185,12 +245,14 @@ void write_seeds(const fs::path& out) {
   seed("fvecs", vecs, tmp / "f.fvecs");
   seed("ivecs", vecs, tmp / "i.ivecs");
   seed("bvecs", vecs, tmp / "b.bvecs");
-  const std::vector<char>& m = templ().manifest_file();
-  write_file(tmp / manifest_name, m.data(), m.size());
-  seed("manifest", manifest, tmp / manifest_name);
+  seed_bytes("manifest", manifest, collection_dir().file(manifest_name));
+  seed_bytes("store-manifest", store_manifest | fix_checksums, store_dir().file(store_manifest_name));
+  const std::vector<std::byte> p = text_projection().serialize();
+  seed_bytes("projection", projection | fix_checksums,
+             {reinterpret_cast<const char*>(p.data()), reinterpret_cast<const char*>(p.data()) + p.size()});
   // A log of every kind of record: open the template and write to it.
   const fs::path dir = tmp / "collection";
-  templ().copy_to(dir, nullptr, nullptr);
+  collection_dir().copy_to(dir);
   {
     shoal::collection c = shoal::collection::open(dir);
     const std::array<float, 2 * dim> v{0, 0, 0, 1, 1, 1, 0, 0};
@@ -207,7 +269,8 @@ void write_seeds(const fs::path& out) {
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  (void)templ();
+  (void)collection_dir();
+  (void)store_dir();
   if (const char* out = std::getenv("SHOAL_FUZZ_WRITE_SEEDS")) write_seeds(out);
   return 0;
 }
@@ -218,7 +281,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   std::vector<char> body(reinterpret_cast<const char*>(data) + 1, reinterpret_cast<const char*>(data) + size);
   const scratch_use use;
   const fs::path file = scratch() / "input";
-  switch (selector & 3) {
+  const bool fix = (selector & fix_checksums) != 0;
+  switch (selector & 7) {
     case npy:
       write_file(file, body.data(), body.size());
       read_quietly([&] { return shoal::io::read_npy_header(file); });
@@ -235,19 +299,32 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       break;
     case manifest: {
       const fs::path dir = scratch() / "collection";
-      templ().copy_to(dir, &body, nullptr);
+      collection_dir().copy_to(dir, manifest_name, &body);
       open_and_use(dir, false);
-      templ().copy_to(dir, &body, nullptr);
+      collection_dir().copy_to(dir, manifest_name, &body);
       open_and_use(dir, true);
       break;
     }
     case wal: {
-      if ((selector & fix_checksums) != 0) fix_record_checksums(body);
+      if (fix) fix_record_checksums(body);
       const fs::path dir = scratch() / "collection";
-      templ().copy_to(dir, nullptr, &body);
+      collection_dir().copy_to(dir, wal_name, &body);
       open_and_use(dir, false);
       break;
     }
+    case store_manifest: {
+      if (fix) fix_trailing_checksum(body);
+      const fs::path dir = scratch() / "store";
+      store_dir().copy_to(dir, store_manifest_name, &body);
+      open_store_and_use(dir);
+      break;
+    }
+    case projection:
+      if (fix) fix_trailing_checksum(body);
+      read_quietly([&] {
+        return shoal::projection::deserialize({reinterpret_cast<const std::byte*>(body.data()), body.size()});
+      });
+      break;
     default:
       break;
   }
