@@ -2,13 +2,16 @@
 // with read-your-writes, replicas, persistence with a write-ahead log (including a killed writer),
 // rebalancing, metrics, concurrency, bad input.
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <fstream>
 #include <numeric>
 #include <set>
+#include <string>
 #include <thread>
 
 #include "shoal/collection/collection.hpp"
@@ -345,6 +348,38 @@ TEST_CASE("collection: save/open round-trips, copied and mapped; the log replays
                          fails_with(errc::io_error, "holds no collection"));
 }
 
+TEST_CASE("collection: a checkpoint deletes the older generations' shard files and nothing else", "[collection][io]") {
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  collection_options o = options_for(sharding::hash, 8, metric::l2);
+  o.directory = home;
+  o.shards = 2;
+  collection c(o);
+  c.add(make_uniform(4, 8, 9).view(), std::vector<vector_id>{1, 2, 3, 4});
+  c.checkpoint();
+  // Names that only look like shard files, one with a generation beyond 64 bits.
+  const std::vector<std::string> strays = {"shard-0-g99999999999999999999999.shoal", "shard-x-g1.shoal",
+                                           "shard-0-g.shoal", "shard-0-g1.shoal.bak", "notes.txt"};
+  for (const std::string& name : strays) std::ofstream(home / name) << "not a shard";
+  const auto shard_files = [&] {
+    std::set<std::string> names;
+    for (const auto& entry : std::filesystem::directory_iterator(home)) {
+      const std::string name = entry.path().filename().string();
+      if (name.starts_with("shard-") && std::find(strays.begin(), strays.end(), name) == strays.end())
+        names.insert(name);
+    }
+    return names;
+  };
+  const std::set<std::string> before = shard_files();
+  CHECK(before.size() == 2);
+  c.checkpoint();
+  const std::set<std::string> after = shard_files();
+  CHECK(after.size() == 2);
+  for (const std::string& name : after) CHECK_FALSE(before.contains(name));  // the old generation is gone
+  for (const std::string& name : strays) CHECK(std::filesystem::exists(home / name));
+  CHECK(collection::open(home).size() == 4);
+}
+
 TEST_CASE("collection: acknowledged upserts survive a killed process", "[collection][io]") {
   const scratch_dir dir;
   const std::filesystem::path home = dir.path() / "c";
@@ -417,6 +452,17 @@ TEST_CASE("collection: a torn log tail is dropped, other damage is reported", "[
     f.put('\x7f');
   }
   REQUIRE_THROWS_MATCHES(collection::open(home), shoal::error, fails_with(errc::corrupt_file, "checksum"));
+  // A size field damaged in the first record so that it runs past the end of the file: not a torn write
+  // (whose header agrees with its size), so the two acknowledged records behind it must not be dropped.
+  std::filesystem::copy_file(pristine, log, std::filesystem::copy_options::overwrite_existing);
+  {
+    std::fstream f(log, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(24 + 2);
+    f.put('\x01');
+  }
+  REQUIRE_THROWS_MATCHES(collection::open(home), shoal::error,
+                         fails_with(errc::corrupt_file, "record at byte 24 claims 65592 bytes"));
+  CHECK(std::filesystem::file_size(log) == full);
   // A damaged manifest too.
   std::filesystem::copy_file(pristine, log, std::filesystem::copy_options::overwrite_existing);
   {
@@ -425,6 +471,56 @@ TEST_CASE("collection: a torn log tail is dropped, other damage is reported", "[
     f.put('X');
   }
   REQUIRE_THROWS_AS(collection::open(home), shoal::error);
+}
+
+TEST_CASE("collection: a failed log append leaves the log usable", "[collection][io]") {
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  constexpr std::size_t dim = 8;
+  const matrix<float> v = make_uniform(3, dim, 5);
+  // In a child, since a file size limit holds for the whole process. Single-row writes only (no oneTBB
+  // work in a forked child). The report says, in order: the capped write threw io_error; the collection
+  // did not change; the log was cut back to its size before; the next write went through; no surprise.
+  test::killable_child child([&](int to_parent) {
+    std::array<char, 5> report{'0', '0', '0', '0', '0'};
+    try {
+      collection_options o = options_for(sharding::hash, dim, metric::l2);
+      o.directory = home;
+      collection c(o);
+      c.add(v.view().slice(0, 1), std::vector<vector_id>{1});
+      const auto size = std::filesystem::file_size(home / "wal.log");
+      (void)::signal(SIGXFSZ, SIG_IGN);  // a write past the limit then fails with EFBIG
+      rlimit old{};
+      if (::getrlimit(RLIMIT_FSIZE, &old) != 0) ::_exit(5);
+      rlimit cap = old;
+      cap.rlim_cur = size + 20;  // the next record (8 + 16 + 8 + 32 bytes) is cut after 20 bytes
+      if (::setrlimit(RLIMIT_FSIZE, &cap) != 0) ::_exit(5);
+      try {
+        c.add(v.view().slice(1, 1), std::vector<vector_id>{2});
+      } catch (const shoal::error& e) {
+        report[0] = e.code() == errc::io_error ? '1' : '0';
+      }
+      if (::setrlimit(RLIMIT_FSIZE, &old) != 0) ::_exit(5);
+      report[1] = !c.contains(2) && c.size() == 1 ? '1' : '0';
+      report[2] = std::filesystem::file_size(home / "wal.log") == size ? '1' : '0';
+      c.add(v.view().slice(2, 1), std::vector<vector_id>{3});
+      report[3] = c.contains(3) ? '1' : '0';
+      report[4] = '1';
+    } catch (...) {
+    }
+    if (::write(to_parent, report.data(), report.size()) != static_cast<::ssize_t>(report.size())) ::_exit(2);
+    for (;;) ::pause();
+  });
+  std::array<char, 5> report{};
+  REQUIRE(::read(child.from_child(), report.data(), report.size()) == static_cast<::ssize_t>(report.size()));
+  child.kill_and_reap();
+  CHECK(std::string(report.data(), report.size()) == "11111");
+  // Reopened: the acknowledged writes, not the failed one, and no half-written record in between.
+  const collection c = collection::open(home);
+  CHECK(c.size() == 2);
+  CHECK(c.contains(1));
+  CHECK_FALSE(c.contains(2));
+  CHECK(c.contains(3));
 }
 
 TEST_CASE("collection: rebalance re-clusters drifted data without losing or duplicating vectors", "[collection]") {

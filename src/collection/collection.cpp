@@ -324,11 +324,7 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
   if (wal) {
     // One record per at most ~256 MiB of vectors (a record's size field is 32 bits).
     const std::size_t per_record = std::max<std::size_t>(1, (std::size_t{256} << 20) / (options.dim * 4 + 16));
-    for (std::size_t first = 0; first < ids.size(); first += per_record) {
-      const std::size_t count = std::min(per_record, ids.size() - first);
-      (void)wal->append(op, ids.subspan(first, count), keys.empty() ? keys : keys.subspan(first, count),
-                        op == wal_op::remove ? matrix_view<const float>() : vectors.slice(first, count));
-    }
+    (void)wal->append(op, ids, keys, op == wal_op::remove ? matrix_view<const float>() : vectors, per_record);
   }
   {
     const std::lock_guard lock(capture_mutex);

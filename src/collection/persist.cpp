@@ -7,10 +7,12 @@
 // that generation into place, then deletes the files of other generations: a crash at any point
 // leaves one complete snapshot that the manifest names.
 
+#include <algorithm>
+#include <charconv>
 #include <cmath>
 #include <cstring>
-#include <regex>
 #include <string>
+#include <string_view>
 
 #include "collection/state.hpp"
 #include "io/format.hpp"
@@ -45,11 +47,22 @@ struct manifest_params {
 };
 static_assert(sizeof(manifest_params) == 64);
 
-/// The generation of a shard file name ("shard-3-g12.shoal" → 12), or -1.
-std::int64_t generation_of(const std::string& file) {
-  static const std::regex pattern(R"(shard-[0-9]+-g([0-9]+)\.shoal)");
-  std::smatch m;
-  return std::regex_match(file, m, pattern) ? std::stoll(m[1].str()) : -1;
+/// The generation of a shard file name ("shard-3-g12.shoal" → 12), or -1 for any other name, including
+/// one whose generation does not fit 63 bits (a stray file is left alone, never an exception).
+std::int64_t generation_of(std::string_view file) {
+  constexpr std::string_view prefix = "shard-", suffix = ".shoal";
+  if (!file.starts_with(prefix) || !file.ends_with(suffix)) return -1;
+  file = file.substr(prefix.size(), file.size() - prefix.size() - suffix.size());
+  const std::size_t mark = file.find("-g");
+  if (mark == std::string_view::npos) return -1;
+  const std::string_view shard = file.substr(0, mark), generation = file.substr(mark + 2);
+  const auto digits = [](std::string_view s) {
+    return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
+  };
+  if (!digits(shard) || !digits(generation)) return -1;
+  std::int64_t value = -1;
+  const auto [end, ec] = std::from_chars(generation.data(), generation.data() + generation.size(), value);
+  return ec == std::errc{} && end == generation.data() + generation.size() ? value : -1;
 }
 
 /// Deletes shard files of every generation but `keep` (best effort: leftovers cost disk, not data).

@@ -47,8 +47,9 @@ write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t d
     read_records(after);
   else
     write_header();
-  SHOAL_CHECK_CODE(::lseek(fd_.get(), 0, SEEK_END) >= 0, errc::io_error, path_.string(),
-                   ": seek failed: ", io::detail::errno_text(errno));
+  const ::off_t end = ::lseek(fd_.get(), 0, SEEK_END);
+  SHOAL_CHECK_CODE(end >= 0, errc::io_error, path_.string(), ": seek failed: ", io::detail::errno_text(errno));
+  end_ = static_cast<std::uint64_t>(end);
 }
 
 void write_ahead_log::write_header() {
@@ -61,6 +62,8 @@ void write_ahead_log::write_header() {
   write_all(fd_.get(), head.data(), head.size(), path_);
   SHOAL_CHECK_CODE(::fsync(fd_.get()) == 0, errc::io_error, path_.string(),
                    ": fsync failed: ", io::detail::errno_text(errno));
+  end_ = header_bytes;
+  broken_ = false;
 }
 
 void write_ahead_log::read_records(std::uint64_t after) {
@@ -89,6 +92,21 @@ void write_ahead_log::read_records(std::uint64_t after) {
     if (!torn) {
       payload = load<std::uint32_t>(bytes.data() + at);
       torn = payload > left - record_head_bytes;
+      if (torn && left - record_head_bytes >= payload_fixed_bytes) {
+        // What was written of the record's header must agree with its size field (see the file comment).
+        const std::byte* p = bytes.data() + at + record_head_bytes;
+        const auto sequence = load<std::uint64_t>(p);
+        const auto op = static_cast<std::uint8_t>(p[8]);
+        const auto count = std::uint64_t{load<std::uint32_t>(p + 12)};
+        const bool has_keys = p[9] != std::byte{0};
+        const std::uint64_t implied =
+            payload_fixed_bytes + count * 8 * (has_keys ? 2 : 1) +
+            (op == static_cast<std::uint8_t>(wal_op::remove) ? 0 : count * dim_ * sizeof(float));
+        SHOAL_CHECK_CODE(op >= 1 && op <= 3 && implied == payload && (previous == 0 || sequence == previous + 1),
+                         errc::corrupt_file, name, ": write-ahead log record at byte ", at, " claims ", payload,
+                         " bytes, more than the file holds, and its header disagrees (a damaged size field, not ",
+                         "a torn last write)");
+      }
     }
     if (!torn) {
       const auto crc = load<std::uint32_t>(bytes.data() + at + 4);
@@ -149,10 +167,8 @@ std::uint64_t write_ahead_log::last_sequence() const {
   return last_sequence_;
 }
 
-std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,
-                                      matrix_view<const float> vectors) {
-  const std::lock_guard lock(mutex_);
-  const std::uint64_t sequence = last_sequence_ + 1;
+void write_ahead_log::encode(std::uint64_t sequence, wal_op op, std::span<const vector_id> ids,
+                             std::span<const std::uint64_t> keys, matrix_view<const float> vectors) {
   const std::size_t count = ids.size();
   const std::size_t row_bytes = dim_ * sizeof(float);
   const std::size_t payload =
@@ -175,12 +191,36 @@ std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids,
   const std::uint32_t crc = crc32c(buffer_.data() + record_head_bytes, payload);
   std::memcpy(buffer_.data(), &payload32, 4);
   std::memcpy(buffer_.data() + 4, &crc, 4);
-  write_all(fd_.get(), buffer_.data(), buffer_.size(), path_);
-  if (sync_ == wal_sync::every_write)
-    SHOAL_CHECK_CODE(::fdatasync(fd_.get()) == 0, errc::io_error, path_.string(),
-                     ": fdatasync failed: ", io::detail::errno_text(errno));
-  last_sequence_ = sequence;
-  return sequence;
+}
+
+std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,
+                                      matrix_view<const float> vectors, std::size_t per_record) {
+  const std::lock_guard lock(mutex_);
+  SHOAL_CHECK_CODE(!broken_, errc::io_error, path_.string(),
+                   ": an earlier append failed and could not be cut back; reopen the collection");
+  const std::uint64_t start_sequence = last_sequence_;
+  const std::uint64_t start = end_;
+  try {
+    for (std::size_t first = 0; first < ids.size(); first += per_record) {
+      const std::size_t count = std::min(per_record, ids.size() - first);
+      encode(last_sequence_ + 1, op, ids.subspan(first, count), keys.empty() ? keys : keys.subspan(first, count),
+             op == wal_op::remove ? matrix_view<const float>() : vectors.slice(first, count));
+      write_all(fd_.get(), buffer_.data(), buffer_.size(), path_);
+      end_ += buffer_.size();
+      ++last_sequence_;
+    }
+    if (sync_ == wal_sync::every_write)
+      SHOAL_CHECK_CODE(::fdatasync(fd_.get()) == 0, errc::io_error, path_.string(),
+                       ": fdatasync failed: ", io::detail::errno_text(errno));
+  } catch (...) {
+    last_sequence_ = start_sequence;
+    end_ = start;
+    const auto offset = static_cast<::off_t>(start);
+    broken_ = ::ftruncate(fd_.get(), offset) != 0 || ::lseek(fd_.get(), offset, SEEK_SET) != offset ||
+              (sync_ == wal_sync::every_write && ::fdatasync(fd_.get()) != 0);
+    throw;
+  }
+  return last_sequence_;
 }
 
 void write_ahead_log::reset() {

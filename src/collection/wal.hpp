@@ -12,8 +12,12 @@
 //
 // A torn last record — the payload runs past the end of the file, or its checksum fails and it ends
 // exactly at the end of the file — is the trace of a write whose fsync never completed, i.e. a write
-// that was never acknowledged: it is dropped and the file truncated before it. Any other damage is
-// `errc::corrupt_file`.
+// that was never acknowledged: it is dropped and the file truncated before it. A record that runs past
+// the end counts as torn only if what it holds of its own header agrees with its size field (and its
+// sequence follows the previous record's): a size field damaged in the middle of the log must not pass
+// for a torn tail, which would silently drop every later, acknowledged record. Any other damage is
+// `errc::corrupt_file`. A failed append cuts the log back (see `append`), so a half-written record is
+// only ever the last one.
 
 #include <cstddef>
 #include <cstdint>
@@ -55,10 +59,14 @@ class write_ahead_log {
   /// Sequence of the last record written or read (0: none yet).
   [[nodiscard]] std::uint64_t last_sequence() const;
 
-  /// Appends one record and makes it durable as the sync policy says; returns its sequence number.
-  /// Thread-safe. Throws `errc::io_error`.
+  /// Appends the records of one write call — its ids (keys, rows) in runs of at most `per_record`, one
+  /// record each — and makes them durable as the sync policy says, all or nothing: when a write or the
+  /// sync fails (a full disk, a file size limit), the log is cut back to where the call began, so no
+  /// half-written record is left for later records to follow (the next open would have to refuse the
+  /// log as corrupt) and no part of a failed call is replayed. If even the cut fails, every later append
+  /// throws. Returns the last record's sequence number. Thread-safe. Throws `errc::io_error`.
   std::uint64_t append(wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,
-                       matrix_view<const float> vectors);
+                       matrix_view<const float> vectors, std::size_t per_record);
 
   /// Empties the log (after a snapshot that holds every record); sequences continue from the last.
   void reset();
@@ -66,6 +74,9 @@ class write_ahead_log {
  private:
   void write_header();
   void read_records(std::uint64_t after);
+  /// One record into `buffer_`.
+  void encode(std::uint64_t sequence, wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,
+              matrix_view<const float> vectors);
 
   std::filesystem::path path_;
   std::size_t dim_;
@@ -73,6 +84,8 @@ class write_ahead_log {
   io::detail::unique_fd fd_;
   mutable std::mutex mutex_;
   std::uint64_t last_sequence_ = 0;
+  std::uint64_t end_ = 0;  // bytes of whole records and header: where the next record goes
+  bool broken_ = false;    // a failed append could not be cut back
   std::uint64_t dropped_ = 0;
   std::vector<wal_record> replay_;
   std::vector<std::byte> buffer_;  // record being written (under mutex_)
