@@ -67,10 +67,6 @@ struct inverted_list {
   }
 };
 
-/// Read locks on several lists at once, held until destruction. `which` must be in ascending order
-/// without repeats: every reader that holds several lists then takes them in one global order, and
-/// writers hold one list at a time, so no cycle of waits can form even under a lock that makes new
-/// readers wait behind a waiting writer.
 /// Each list's entry count, read under its lock (`list_sizes()` of the IVF indexes).
 template <class List>
 [[nodiscard]] std::vector<std::size_t> list_counts(const std::vector<std::unique_ptr<List>>& lists) {
@@ -95,6 +91,10 @@ template <class List>
   return bytes;
 }
 
+/// Read locks on several lists at once, held until destruction. `which` must be in ascending order
+/// without repeats: every reader that holds several lists then takes them in one global order, and
+/// writers hold one list at a time, so no cycle of waits can form even under a lock that makes new
+/// readers wait behind a waiting writer.
 template <class List>
 class list_read_locks {
  public:
