@@ -3,7 +3,6 @@
 #include <cmath>
 #include <limits>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>

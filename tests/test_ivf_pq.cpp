@@ -3,11 +3,9 @@
 // Persistence is tested in test_persist.cpp.
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <limits>
 #include <numeric>
-#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
