@@ -35,6 +35,26 @@ void write_all(int fd, const std::byte* data, std::size_t bytes, const std::file
   }
 }
 
+/// The fixed head of a record's payload, and the payload size it implies.
+struct record_header {
+  std::uint64_t sequence;
+  std::uint8_t op;  // as stored: not yet checked
+  bool has_keys;
+  std::uint32_t count;
+  std::uint64_t implied_bytes;
+
+  /// Reads the first `payload_fixed_bytes` of a payload, for vectors of `dim` floats.
+  record_header(const std::byte* p, std::size_t dim) noexcept
+      : sequence(load<std::uint64_t>(p)),
+        op(static_cast<std::uint8_t>(p[8])),
+        has_keys(p[9] != std::byte{0}),
+        count(load<std::uint32_t>(p + 12)),
+        implied_bytes(
+            payload_fixed_bytes + std::uint64_t{count} * 8 * (has_keys ? 2 : 1) +
+            (op == static_cast<std::uint8_t>(wal_op::remove) ? 0 : std::uint64_t{count} * dim * sizeof(float))) {}
+  [[nodiscard]] bool known_op() const noexcept { return op >= 1 && op <= 3; }
+};
+
 }  // namespace
 
 write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after)
@@ -94,15 +114,8 @@ void write_ahead_log::read_records(std::uint64_t after) {
       torn = payload > left - record_head_bytes;
       if (torn && left - record_head_bytes >= payload_fixed_bytes) {
         // What was written of the record's header must agree with its size field (see the file comment).
-        const std::byte* p = bytes.data() + at + record_head_bytes;
-        const auto sequence = load<std::uint64_t>(p);
-        const auto op = static_cast<std::uint8_t>(p[8]);
-        const auto count = std::uint64_t{load<std::uint32_t>(p + 12)};
-        const bool has_keys = p[9] != std::byte{0};
-        const std::uint64_t implied =
-            payload_fixed_bytes + count * 8 * (has_keys ? 2 : 1) +
-            (op == static_cast<std::uint8_t>(wal_op::remove) ? 0 : count * dim_ * sizeof(float));
-        SHOAL_CHECK_CODE(op >= 1 && op <= 3 && implied == payload && (previous == 0 || sequence == previous + 1),
+        const record_header h(bytes.data() + at + record_head_bytes, dim_);
+        SHOAL_CHECK_CODE(h.known_op() && h.implied_bytes == payload && (previous == 0 || h.sequence == previous + 1),
                          errc::corrupt_file, name, ": write-ahead log record at byte ", at, " claims ", payload,
                          " bytes, more than the file holds, and its header disagrees (a damaged size field, not ",
                          "a torn last write)");
@@ -119,19 +132,17 @@ void write_ahead_log::read_records(std::uint64_t after) {
       if (intact) {
         SHOAL_CHECK_CODE(payload >= payload_fixed_bytes, errc::corrupt_file, name, ": record at byte ", at,
                          " is too short");
+        const record_header h(p, dim_);
+        SHOAL_CHECK_CODE(h.known_op(), errc::corrupt_file, name, ": record at byte ", at, " has unknown op ",
+                         static_cast<unsigned>(h.op));
+        SHOAL_CHECK_CODE(h.implied_bytes == payload, errc::corrupt_file, name, ": record at byte ", at, " holds ",
+                         payload, " bytes, its header implies ", h.implied_bytes);
         wal_record r;
-        r.sequence = load<std::uint64_t>(p);
-        const auto op = static_cast<std::uint8_t>(p[8]);
-        const bool has_keys = p[9] != std::byte{0};
-        const auto count = load<std::uint32_t>(p + 12);
-        SHOAL_CHECK_CODE(op >= 1 && op <= 3, errc::corrupt_file, name, ": record at byte ", at, " has unknown op ",
-                         static_cast<unsigned>(op));
-        r.op = static_cast<wal_op>(op);
+        r.sequence = h.sequence;
+        r.op = static_cast<wal_op>(h.op);
+        const bool has_keys = h.has_keys;
+        const std::uint32_t count = h.count;
         const std::uint64_t vector_bytes = r.op == wal_op::remove ? 0 : std::uint64_t{count} * dim_ * sizeof(float);
-        const std::uint64_t expected =
-            payload_fixed_bytes + std::uint64_t{count} * 8 * (has_keys ? 2 : 1) + vector_bytes;
-        SHOAL_CHECK_CODE(expected == payload, errc::corrupt_file, name, ": record at byte ", at, " holds ", payload,
-                         " bytes, its header implies ", expected);
         SHOAL_CHECK_CODE(r.sequence > previous, errc::corrupt_file, name, ": record at byte ", at, " has sequence ",
                          r.sequence, " after ", previous);
         previous = r.sequence;
