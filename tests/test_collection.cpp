@@ -5,6 +5,9 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include <csignal>
+#include <cstdlib>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -243,6 +246,9 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
   neighbors out(3, 2);
   REQUIRE_THROWS_MATCHES(c.search(v.view(), out.view()), shoal::error,
                          fails_with(errc::invalid_argument, "3 rows for 4 queries"));
+  REQUIRE_THROWS_MATCHES(c.search(v.view(), neighbors_view{nullptr, nullptr, 4, 2}), shoal::error,
+                         fails_with(errc::invalid_argument, "null result buffer"));
+  REQUIRE_THROWS_MATCHES(c.train(v.view()), shoal::error, fails_with(errc::invalid_argument, "already holds 4"));
   CHECK(c.size() == 4);
   // k larger than the collection: rows padded with the sentinel.
   const neighbors padded = c.search(v.view().slice(0, 1), 6);
@@ -295,6 +301,89 @@ TEST_CASE("collection: a downed replica stops serving, the others answer, and it
   c.restore(1, 2);
   for (int i = 0; i < 20; ++i) (void)c.search(data.queries.view().slice(0, 1), 5);
   CHECK(c.metrics_text().find("shoal_replica_searches_total") != std::string::npos);
+}
+
+TEST_CASE("collection: an upsert missed by a downed replica counts as one write of lag", "[collection]") {
+  const matrix<float> v = make_uniform(2, 8, 3);
+  collection_options o = options_for(sharding::hash, 8, metric::l2);
+  o.replicas = 2;
+  collection c(o);
+  c.add(v.view().slice(0, 1), std::vector<vector_id>{5});
+  const std::size_t s = c.shard_of(5);
+  c.take_down(s, 1);
+  c.upsert(v.view().slice(1, 1), std::vector<vector_id>{5});  // hash routing: stays in its shard
+  const std::string lag =
+      "shoal_replica_lag_writes{collection=\"t\",shard=\"" + std::to_string(s) + "\",replica=\"1\"} ";
+  CHECK(c.metrics_text("t").find(lag + "1\n") != std::string::npos);
+  c.remove(5);
+  CHECK(c.metrics_text("t").find(lag + "2\n") != std::string::npos);
+}
+
+TEST_CASE("collection: reads and restores race replica loss and other collections safely", "[collection]") {
+  // Two collections with different data restore the same (shard, replica) over and over at once: each
+  // restored replica must hold its own collection's vectors (the copies once shared a file name).
+  constexpr std::size_t dim = 8;
+  const matrix<float> a = make_uniform(64, dim, 11);
+  const matrix<float> b = make_uniform(64, dim, 12);
+  std::vector<vector_id> ids(64);
+  std::iota(ids.begin(), ids.end(), vector_id{1});
+  collection_options o = options_for(sharding::hash, dim, metric::l2);
+  o.shards = 1;
+  o.replicas = 2;
+  collection ca(o);
+  collection cb(o);
+  ca.add(a.view(), ids);
+  cb.add(b.view(), ids);
+  const auto restore_loop = [&](collection& c, const matrix<float>& mine, std::atomic<int>& wrong) {
+    for (int round = 0; round < 40; ++round) {
+      c.take_down(0, 1);
+      c.restore(0, 1);
+      c.take_down(0, 0);  // only the restored replica answers now
+      const std::vector<float> got = c.vector(ids[static_cast<std::size_t>(round)]);
+      if (!std::equal(got.begin(), got.end(), mine.row(static_cast<std::size_t>(round)))) ++wrong;
+      c.restore(0, 0);
+    }
+  };
+  std::atomic<int> wrong_a{0};
+  std::atomic<int> wrong_b{0};
+  std::thread other([&] { restore_loop(cb, b, wrong_b); });
+  restore_loop(ca, a, wrong_a);
+  other.join();
+  CHECK(wrong_a.load() == 0);
+  CHECK(wrong_b.load() == 0);
+
+  // vector() while a replica goes down and comes back: the other replica is live throughout.
+  std::atomic<bool> stop{false};
+  std::atomic<int> failures{0};
+  std::thread reader([&] {
+    while (!stop.load()) {
+      try {
+        (void)ca.vector(ids[7]);
+      } catch (const shoal::error&) {
+        ++failures;
+      }
+    }
+  });
+  for (int round = 0; round < 300; ++round) {
+    ca.take_down(0, 1);
+    ca.restore(0, 1);
+  }
+  stop.store(true);
+  reader.join();
+  CHECK(failures.load() == 0);
+
+  // No directory for the copy: a shoal::error, not a std::filesystem one.
+  ca.take_down(0, 1);
+  const char* tmpdir = std::getenv("TMPDIR");
+  const std::string saved = tmpdir != nullptr ? tmpdir : "";
+  ::setenv("TMPDIR", "/nonexistent/shoal-test", 1);
+  REQUIRE_THROWS_MATCHES(ca.restore(0, 1), shoal::error, fails_with(errc::io_error, "replica copy"));
+  if (tmpdir != nullptr)
+    ::setenv("TMPDIR", saved.c_str(), 1);
+  else
+    ::unsetenv("TMPDIR");
+  ca.restore(0, 1);
+  CHECK(ca.replica_up(0, 1));
 }
 
 TEST_CASE("collection: save/open round-trips, copied and mapped; the log replays writes after the snapshot",
@@ -377,6 +466,7 @@ TEST_CASE("collection: a checkpoint deletes the older generations' shard files a
   CHECK(after.size() == 2);
   for (const std::string& name : after) CHECK_FALSE(before.contains(name));  // the old generation is gone
   for (const std::string& name : strays) CHECK(std::filesystem::exists(home / name));
+  { const collection closing = std::move(c); }  // one collection at a time writes a directory
   CHECK(collection::open(home).size() == 4);
 }
 
@@ -521,6 +611,70 @@ TEST_CASE("collection: a failed log append leaves the log usable", "[collection]
   CHECK(c.contains(1));
   CHECK_FALSE(c.contains(2));
   CHECK(c.contains(3));
+}
+
+TEST_CASE("collection: a directory is written by one collection at a time", "[collection][io]") {
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  const matrix<float> v = make_uniform(4, 8, 9);
+  collection_options o = options_for(sharding::hash, 8, metric::l2);
+  o.directory = home;
+  {
+    collection writer(o);
+    writer.add(v.view(), std::vector<vector_id>{1, 2, 3, 4});
+    // A second handle would write the log at its own offset and overwrite acknowledged records.
+    REQUIRE_THROWS_MATCHES(collection::open(home), shoal::error, fails_with(errc::io_error, "open in another"));
+    REQUIRE_THROWS_MATCHES(collection::open(home, {.mmap = true}), shoal::error,
+                           fails_with(errc::io_error, "open in another"));
+    writer.checkpoint();
+  }
+  {
+    // Memory-mapped collections only read: any number may share the directory, but no writer.
+    const collection r1 = collection::open(home, {.mmap = true});
+    const collection r2 = collection::open(home, {.mmap = true});
+    CHECK(r1.size() == 4);
+    CHECK(r2.size() == 4);
+    REQUIRE_THROWS_MATCHES(collection::open(home), shoal::error, fails_with(errc::io_error, "open in another"));
+  }
+  collection again = collection::open(home);
+  again.remove(2);
+  CHECK(again.size() == 3);
+}
+
+TEST_CASE("collection: a train whose snapshot fails leaves the collection untrained", "[collection][io]") {
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  const clustered_set data(400, 4, 64, 4, 21, 0.3f);
+  collection_options o = options_for(sharding::semantic, 64, metric::l2);
+  o.directory = home;
+  collection c(o);
+  // A file size limit stands in for a full disk: the snapshot's manifest (4 x 64 router centroids)
+  // cannot be written. The limit holds for the whole process, and only this thread writes files.
+  (void)::signal(SIGXFSZ, SIG_IGN);
+  rlimit old{};
+  REQUIRE(::getrlimit(RLIMIT_FSIZE, &old) == 0);
+  rlimit cap = old;
+  cap.rlim_cur = 512;
+  REQUIRE(::setrlimit(RLIMIT_FSIZE, &cap) == 0);
+  bool threw_io = false;
+  try {
+    c.train(data.base.view());
+  } catch (const shoal::error& e) {
+    threw_io = e.code() == errc::io_error;
+  }
+  REQUIRE(::setrlimit(RLIMIT_FSIZE, &old) == 0);
+  CHECK(threw_io);
+  // Still untrained, as the directory says: an acknowledged add could not be replayed otherwise.
+  CHECK_FALSE(c.is_trained());
+  REQUIRE_THROWS_MATCHES(c.add(data.base.view(), data.ids), shoal::error,
+                         fails_with(errc::invalid_argument, "not trained"));
+  c.train(data.base.view());
+  c.add(data.base.view(), data.ids);
+  const std::vector<std::size_t> sizes = c.shard_sizes();
+  { const collection closing = std::move(c); }  // one collection at a time writes a directory
+  const collection reopened = collection::open(home);
+  CHECK(reopened.size() == data.ids.size());
+  CHECK(reopened.shard_sizes() == sizes);
 }
 
 TEST_CASE("collection: rebalance re-clusters drifted data without losing or duplicating vectors", "[collection]") {

@@ -385,6 +385,14 @@ TEST_CASE("projection rejects bad input", "[multimodal]") {
     CHECK_THROWS_MATCHES(projection::fit_ridge(x.view().slice(0, 3), y.view().slice(0, 3), 0.0f), shoal::error,
                          fails_with(errc::invalid_argument, "singular"));
     CHECK_NOTHROW(projection::fit_ridge(x.view().slice(0, 3), y.view().slice(0, 3), 0.1f));
+    // Exactly singular: one column twice. The factorisation meets an exact zero pivot, which its own
+    // condition estimate (through a pseudo-inverse solve) does not see.
+    matrix<float> twin(10, 2);
+    for (std::size_t i = 0; i < 10; ++i) twin.row(i)[0] = twin.row(i)[1] = x.row(i)[0];
+    for (const bool bias : {false, true})
+      CHECK_THROWS_MATCHES(projection::fit_ridge(twin.view(), y.view(), 0.0f, bias), shoal::error,
+                           fails_with(errc::invalid_argument, "singular"));
+    CHECK_NOTHROW(projection::fit_ridge(twin.view(), y.view(), 0.1f));
 
     matrix<float> bad_x = x;
     bad_x.row(4)[2] = nan;

@@ -534,12 +534,35 @@ TEST_CASE("multimodal_store: bad modalities, versions, dimensions and routes are
   CHECK_FALSE(store.contains("text", 3));
   CHECK(store.search("image", eight.view(), "text", 4).id(0, 3) == no_id);  // gone from the mirror too
   CHECK_THROWS_MATCHES(store.remove("text", std::vector<vector_id>{3}), shoal::error, fails_with(errc::not_found));
+  // A projection that maps a vector to zero (no direction under the cosine shared metric): refused
+  // before either collection changes, for an upsert as for an add.
+  std::vector<float> flat_w(8 * 6, 0.0f);
+  for (std::size_t i = 0; i < 5; ++i) flat_w[i * 6 + i] = 1.0f;  // the sixth input dimension is dropped
+  store.add_modality("caption", modality(6, metric::cosine));
+  store.set_projection("caption", projection(6, 8, flat_w));
+  REQUIRE(store.info("caption").route == shared_route::mirror);
+  store.add("caption", six.view().slice(0, 1), std::vector<vector_id>{1});
+  matrix<float> dropped(1, 6);
+  dropped.row(0)[5] = 1.0f;
+  CHECK_THROWS_MATCHES(store.upsert("caption", dropped.view(), std::vector<vector_id>{1}), shoal::error,
+                       fails_with(errc::invalid_argument, "projected vector"));
+  CHECK_THROWS_MATCHES(store.upsert("caption", dropped.view(), std::vector<vector_id>{2}), shoal::error,
+                       fails_with(errc::invalid_argument, "projected vector"));
+  CHECK_FALSE(store.contains("caption", 2));
+  const neighbors kept = store.search("caption", six.view().slice(0, 1), "caption", 1);
+  CHECK(kept.id(0, 0) == 1);
+  CHECK(kept.distance(0, 0) < 1e-5f);  // still the vector added, not the refused one
+  // The reserved no_id cannot be linked: it marks a missing result.
+  CHECK_THROWS_MATCHES(store.link("text", std::vector<vector_id>{no_id}, "image", iota_ids(1)), shoal::error,
+                       fails_with(errc::invalid_argument, "reserved"));
 
   // Bad names and options.
   CHECK_THROWS_MATCHES(store.add_modality("image", modality(8, metric::cosine)), shoal::error,
                        fails_with(errc::invalid_argument, "exists already"));
   CHECK_THROWS_MATCHES(store.add_modality("../x", modality(8, metric::cosine)), shoal::error,
                        fails_with(errc::invalid_argument, "modality name \"../x\""));
+  CHECK_THROWS_MATCHES(store.add_modality("MULTIMODAL.shoal", modality(8, metric::cosine)), shoal::error,
+                       fails_with(errc::invalid_argument, "MULTIMODAL.shoal"));
   CHECK_THROWS_MATCHES(store.add_version("image", "", modality(8, metric::cosine)), shoal::error,
                        fails_with(errc::invalid_argument, "version name"));
   CHECK_THROWS_MATCHES(store.add_version("image", "v1", modality(8, metric::cosine)), shoal::error,

@@ -1,6 +1,7 @@
 #include "shoal/collection/collection.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <numeric>
 #include <string>
 #include <unordered_set>
@@ -97,56 +98,60 @@ std::int64_t elapsed_ns(std::chrono::steady_clock::time_point since) {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - since).count();
 }
 
-/// Which replica serves the next search of a shard: the live one with the fewest searches in flight
-/// (ties to the lowest index); -1 when none is live.
-int pick_replica(const shard_state& shard) {
-  int best = -1;
-  std::int64_t best_load = 0;
-  for (std::size_t r = 0; r < shard.replicas.size(); ++r) {
-    const replica_slot& rep = *shard.replicas[r];
-    if (!rep.up.load(std::memory_order_acquire)) continue;
-    const std::int64_t load = rep.inflight.load(std::memory_order_relaxed);
-    if (best < 0 || load < best_load) {
-      best = static_cast<int>(r);
-      best_load = load;
+/// A live replica and its index, held for the duration of one read (empty: none was live).
+struct live_replica {
+  replica_slot* rep = nullptr;
+  std::shared_ptr<any_index> index;
+  explicit operator bool() const noexcept { return rep != nullptr; }
+};
+
+/// Which replica serves the next read of a shard: the live one with the fewest searches in flight (ties
+/// to the lowest index); empty when none is live.
+live_replica pick_replica(const shard_state& shard) {
+  for (;;) {
+    int best = -1;
+    std::int64_t best_load = 0;
+    for (std::size_t r = 0; r < shard.replicas.size(); ++r) {
+      const replica_slot& rep = *shard.replicas[r];
+      if (!rep.up.load(std::memory_order_acquire)) continue;
+      const std::int64_t load = rep.inflight.load(std::memory_order_relaxed);
+      if (best < 0 || load < best_load) {
+        best = static_cast<int>(r);
+        best_load = load;
+      }
     }
+    if (best < 0) return {};
+    replica_slot& rep = *shard.replicas[static_cast<std::size_t>(best)];
+    // take_down clears `up` before the index, so a replica found without its index is going down and
+    // the next pick passes it over.
+    if (std::shared_ptr<any_index> index = rep.index.load()) return {&rep, std::move(index)};
   }
-  return best;
 }
 
 /// Vectors in a live replica of `shard` (0 when none is live).
 std::size_t live_size(const shard_state& shard) {
-  const int r = pick_replica(shard);
-  if (r < 0) return 0;
-  const replica_slot& rep = *shard.replicas[static_cast<std::size_t>(r)];
-  const std::shared_ptr<any_index> index = rep.index.load();
-  return index ? read_replica(shard, rep, *index, [](const any_index& i) { return i.size(); }) : 0;
+  const live_replica live = pick_replica(shard);
+  return live ? read_replica(shard, *live.rep, *live.index, [](const any_index& i) { return i.size(); }) : 0;
 }
 
 /// Searches `queries` on one live replica of shard `s` into `out`.
 void search_shard(const collection_state& st, shard_state& shard, std::size_t s, matrix_view<const float> queries,
                   neighbors_view out, const search_params& params) {
-  for (;;) {
-    const int r = pick_replica(shard);
-    SHOAL_CHECK_CODE(r >= 0, errc::unsupported, "collection::search: shard ", s,
-                     " has no live replica (all taken down)");
-    replica_slot& rep = *shard.replicas[static_cast<std::size_t>(r)];
-    const std::shared_ptr<any_index> index = rep.index.load();
-    if (!index) continue;  // taken down between the pick and the load: pick again
-    rep.inflight.fetch_add(1, std::memory_order_relaxed);
-    struct release {
-      replica_slot& rep;
-      ~release() { rep.inflight.fetch_sub(1, std::memory_order_relaxed); }
-    } guard{rep};
-    rep.served.fetch_add(1, std::memory_order_relaxed);
-    const auto started = std::chrono::steady_clock::now();
-    st.executor(s).execute(
-        [&] { read_replica(shard, rep, *index, [&](const any_index& i) { i.search(queries, out, params); }); });
-    const std::chrono::nanoseconds took(elapsed_ns(started));
-    shard.latency.record(took);
-    st.shard_latency.record(took);
-    return;
-  }
+  const live_replica live = pick_replica(shard);
+  SHOAL_CHECK_CODE(live, errc::unsupported, "collection::search: shard ", s, " has no live replica (all taken down)");
+  replica_slot& rep = *live.rep;
+  rep.inflight.fetch_add(1, std::memory_order_relaxed);
+  struct release {
+    replica_slot& rep;
+    ~release() { rep.inflight.fetch_sub(1, std::memory_order_relaxed); }
+  } guard{rep};
+  rep.served.fetch_add(1, std::memory_order_relaxed);
+  const auto started = std::chrono::steady_clock::now();
+  st.executor(s).execute(
+      [&] { read_replica(shard, rep, *live.index, [&](const any_index& i) { i.search(queries, out, params); }); });
+  const std::chrono::nanoseconds took(elapsed_ns(started));
+  shard.latency.record(took);
+  st.shard_latency.record(took);
 }
 
 /// Best k of one query's per-shard candidates, without repeating an id (an id moving between shards
@@ -250,7 +255,8 @@ void collection_state::apply(layout& lay, wal_op op, matrix_view<const float> ve
     const matrix_view<const float> v = all_rows ? vectors : rows.view();
     const std::span<const vector_id> v_ids = all_rows ? ids : std::span<const vector_id>(row_ids);
     const std::lock_guard lock(shard.write_mutex);
-    for_each_live_replica(shard, remove_first[s].size() + add_rows[s].size(), [&](any_index& index) {
+    // Lag counts vectors written: an id in remove_first is re-added here, one write with its add.
+    for_each_live_replica(shard, add_rows[s].size(), [&](any_index& index) {
       for (const vector_id id : remove_first[s]) index.remove(id);
       if (!v_ids.empty()) index.add(v, v_ids);
     });
@@ -367,10 +373,12 @@ collection::collection(const collection_options& options) {
     std::error_code ec;
     std::filesystem::create_directories(options.directory, ec);
     SHOAL_CHECK_CODE(!ec, errc::io_error, "collection: cannot create ", options.directory.string(), ": ", ec.message());
-    SHOAL_CHECK(!std::filesystem::exists(options.directory / detail::manifest_file_name),
+    SHOAL_CHECK(!std::filesystem::exists(options.directory / detail::manifest_file_name, ec),
                 "collection: ", options.directory.string(),
                 " already holds a collection (open it with collection::open)");
-    std::filesystem::remove(options.directory / detail::write_ahead_log::file_name);
+    const std::filesystem::path log = options.directory / detail::write_ahead_log::file_name;
+    std::filesystem::remove(log, ec);
+    SHOAL_CHECK_CODE(!ec, errc::io_error, "collection: cannot remove the stale ", log.string(), ": ", ec.message());
     st->write_snapshot(*lay, options.directory, 0, 0);
     st->wal = std::make_unique<detail::write_ahead_log>(options.directory, options.dim, options.sync, 0);
   }
@@ -444,12 +452,9 @@ std::vector<float> collection::vector(vector_id id) const {
   const std::shared_ptr<detail::layout> lay = state_->current.load();
   const std::size_t s = shard_in(*lay, id, "collection::vector");
   detail::shard_state& shard = *lay->shards[s];
-  const int r = detail::pick_replica(shard);
-  SHOAL_CHECK_CODE(r >= 0, errc::unsupported, "collection::vector: shard ", s, " has no live replica");
-  const detail::replica_slot& rep = *shard.replicas[static_cast<std::size_t>(r)];
-  const std::shared_ptr<any_index> index = rep.index.load();
-  SHOAL_CHECK_CODE(index != nullptr, errc::unsupported, "collection::vector: shard ", s, " has no live replica");
-  return detail::read_replica(shard, rep, *index, [&](const any_index& i) { return i.vector(id); });
+  const detail::live_replica live = detail::pick_replica(shard);
+  SHOAL_CHECK_CODE(live, errc::unsupported, "collection::vector: shard ", s, " has no live replica");
+  return detail::read_replica(shard, *live.rep, *live.index, [&](const any_index& i) { return i.vector(id); });
 }
 
 void collection::train(matrix_view<const float> sample) {
@@ -459,12 +464,12 @@ void collection::train(matrix_view<const float> sample) {
   const auto started = std::chrono::steady_clock::now();
   const std::unique_lock layout_lock(st.layout_mutex);
   const std::shared_ptr<detail::layout> old = st.current.load();
-  if (st.trained.load()) return;  // nothing to train (hash/range over HNSW or Flat, or trained already)
   {
     const std::shared_lock lock(old->table_mutex);
     SHOAL_CHECK(old->table.empty(), "collection::train: the collection already holds ", old->table.size(),
                 " vectors; train before adding");
   }
+  if (st.trained.load()) return;  // nothing to train (hash/range over HNSW or Flat, or trained already)
   // A new layout (the router is immutable once published); shards are trained before it is.
   auto lay = std::make_shared<detail::layout>(old->route);
   lay->shards = old->shards;
@@ -489,14 +494,17 @@ void collection::train(matrix_view<const float> sample) {
       }
     });
   });
+  // Training is not in the log: a collection with a directory snapshots the trained layout before it
+  // is published. If the snapshot fails, the collection stays untrained, as its directory says it is
+  // (writes acknowledged after a published but unsaved training could not be replayed).
+  if (st.wal) {
+    st.write_snapshot(*lay, st.options.directory, st.snapshot_generation + 1, st.wal->last_sequence());
+    ++st.snapshot_generation;
+    st.wal->reset();
+  }
   st.current.store(lay);
   st.trained.store(st.all_trained(*lay));
   st.train_ns.store(detail::elapsed_ns(started));
-  // Training is not in the log: a collection with a directory snapshots right away.
-  if (st.wal) {
-    st.write_snapshot(*lay, st.options.directory, ++st.snapshot_generation, st.wal->last_sequence());
-    st.wal->reset();
-  }
 }
 
 void collection::add(matrix_view<const float> vectors, std::span<const vector_id> ids,
@@ -542,12 +550,10 @@ void collection::remove(std::span<const vector_id> ids) {
 
 void collection::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
   const detail::collection_state& st = *state_;
-  detail::scoped_timer total(st.search_latency);
-  SHOAL_CHECK(out.k >= 1, "collection::search: k must be at least 1");
-  SHOAL_CHECK(out.rows == queries.rows, "collection::search: result buffer has ", out.rows, " rows for ", queries.rows,
-              " queries");
+  detail::check_result_buffer(queries.rows, out, "collection::search");
   detail::check_vectors(queries, st.options.dim, "query");
   SHOAL_CHECK(st.trained.load(), "collection::search: the collection is not trained");
+  detail::scoped_timer total(st.search_latency);  // searches only, not rejected calls
   const std::size_t nq = queries.rows;
   if (nq == 0) return;
   const std::shared_ptr<detail::layout> lay = st.current.load();
@@ -649,10 +655,14 @@ void collection::restore(std::size_t shard, std::size_t replica) {
   for (const auto& r : sh.replicas)
     if (r->up.load() && (peer = r->index.load())) break;
   SHOAL_CHECK_CODE(peer != nullptr, errc::unsupported, "collection::restore: shard ", shard, " has no live replica");
-  // The copy goes through the file format: exact for every index kind that can be saved.
-  const std::filesystem::path temp =
-      std::filesystem::temp_directory_path() / ("shoal-replica-" + std::to_string(::getpid()) + "-" +
-                                                std::to_string(shard) + "-" + std::to_string(replica) + ".shoal");
+  // The copy goes through the file format: exact for every index kind that can be saved. The file's
+  // name is this process's and this call's alone, so that restores in other collections never share it.
+  static std::atomic<std::uint64_t> restores{0};
+  std::error_code ec;
+  const std::filesystem::path temp_dir = std::filesystem::temp_directory_path(ec);
+  SHOAL_CHECK_CODE(!ec, errc::io_error, "collection::restore: no directory for the replica copy: ", ec.message());
+  const std::filesystem::path temp = temp_dir / ("shoal-replica-" + std::to_string(::getpid()) + "-" +
+                                                 std::to_string(restores.fetch_add(1)) + ".shoal");
   struct cleanup {
     const std::filesystem::path& path;
     ~cleanup() {
@@ -726,13 +736,11 @@ void detail::rebalance(collection_state& st) {
   std::vector<char> present(ids.size(), 1);
   detail::parallel_for(ids.size(), [&](std::size_t i) {
     detail::shard_state& shard = *old->shards[from[i]];
-    const int r = detail::pick_replica(shard);
-    const std::shared_ptr<any_index> index =
-        r >= 0 ? shard.replicas[static_cast<std::size_t>(r)]->index.load() : nullptr;
+    const detail::live_replica live = detail::pick_replica(shard);
     try {
-      SHOAL_CHECK_CODE(index != nullptr, errc::unsupported, "no live replica");
-      const std::vector<float> v = detail::read_replica(shard, *shard.replicas[static_cast<std::size_t>(r)], *index,
-                                                        [&](const any_index& x) { return x.vector(ids[i]); });
+      SHOAL_CHECK_CODE(live, errc::unsupported, "no live replica");
+      const std::vector<float> v =
+          detail::read_replica(shard, *live.rep, *live.index, [&](const any_index& x) { return x.vector(ids[i]); });
       std::copy(v.begin(), v.end(), vectors.row(i));
     } catch (const error& e) {
       if (e.code() != errc::not_found) throw;

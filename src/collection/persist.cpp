@@ -187,7 +187,8 @@ void collection::checkpoint() {
 
 collection collection::open(const std::filesystem::path& directory, const collection_open_options& oo) {
   const std::filesystem::path manifest = directory / detail::manifest_file_name;
-  SHOAL_CHECK_CODE(std::filesystem::exists(manifest), errc::io_error, "collection::open: ", directory.string(),
+  std::error_code ec;
+  SHOAL_CHECK_CODE(std::filesystem::exists(manifest, ec), errc::io_error, "collection::open: ", directory.string(),
                    " holds no collection (", detail::manifest_file_name, " is missing)");
   const io::detail::index_file_reader in(manifest, {.mmap = false, .verify = oo.verify});
   in.expect_kind(index_kind::collection, "collection::open");
@@ -258,9 +259,13 @@ collection collection::open(const std::filesystem::path& directory, const collec
     }
   }
 
-  st->wal = std::make_unique<detail::write_ahead_log>(directory, o.dim, o.sync, p.wal_sequence);
+  // A mapped open only reads the directory, so many may share it; any other open writes it, alone.
+  using lock_mode = detail::write_ahead_log::lock_mode;
+  st->wal = std::make_unique<detail::write_ahead_log>(directory, o.dim, o.sync, p.wal_sequence,
+                                                      oo.mmap ? lock_mode::shared : lock_mode::exclusive);
   std::vector<detail::wal_record> replay = st->wal->take_replay();
   const bool mapped = oo.mmap && replay.empty();
+  if (oo.mmap && !mapped) st->wal->lock_exclusive();  // loaded into memory to replay the log: writable
   std::vector<std::size_t> per_shard(o.shards, 0);
   for (const auto& [id, s] : lay->table) ++per_shard[s];
   for (std::size_t s = 0; s < o.shards; ++s) {

@@ -5,6 +5,9 @@
 #include <cstring>
 #include <string>
 
+#include <sys/file.h>
+#include <sys/stat.h>
+
 #include "shoal/core/error.hpp"
 #include "shoal/io/format.hpp"
 
@@ -57,13 +60,17 @@ struct record_header {
 
 }  // namespace
 
-write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after)
+write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after,
+                                 lock_mode mode)
     : path_(dir / file_name), dim_(dim), sync_(sync), last_sequence_(after) {
-  const bool existed = std::filesystem::exists(path_);
   fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR | O_CREAT, 0666));
   SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, path_.string(),
                    ": cannot open the write-ahead log: ", io::detail::errno_text(errno));
-  if (existed && std::filesystem::file_size(path_) > 0)
+  take_lock(mode == lock_mode::exclusive ? LOCK_EX : LOCK_SH);
+  struct ::stat info {};
+  SHOAL_CHECK_CODE(::fstat(fd_.get(), &info) == 0, errc::io_error, path_.string(),
+                   ": cannot stat the write-ahead log: ", io::detail::errno_text(errno));
+  if (info.st_size > 0)
     read_records(after);
   else
     write_header();
@@ -233,6 +240,22 @@ std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids,
   }
   return last_sequence_;
 }
+
+void write_ahead_log::take_lock(int operation) {
+  int rc = 0;
+  do rc = ::flock(fd_.get(), operation | LOCK_NB);
+  while (rc != 0 && errno == EINTR);
+  if (rc == 0) return;
+  const int err = errno;
+  SHOAL_CHECK_CODE(
+      err != EWOULDBLOCK, errc::io_error, path_.string(), ": the collection in ", path_.parent_path().string(),
+      " is open in another collection",
+      operation == LOCK_EX ? " (one may write a directory, or many read it memory-mapped)" : " for writing");
+  detail::throw_error(errc::io_error,
+                      detail::str(path_.string(), ": cannot lock the write-ahead log: ", io::detail::errno_text(err)));
+}
+
+void write_ahead_log::lock_exclusive() { take_lock(LOCK_EX); }
 
 void write_ahead_log::reset() {
   const std::lock_guard lock(mutex_);

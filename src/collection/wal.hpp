@@ -46,9 +46,16 @@ class write_ahead_log {
  public:
   static constexpr const char* file_name = "wal.log";
 
-  /// Opens `<dir>/wal.log`, creating it (with its header) when missing; reads every record and keeps
-  /// those with sequence > `after` for `take_replay()`; truncates a torn tail.
-  write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after);
+  /// How the log's file lock is held while the log is open (flock(2), released when it closes): one
+  /// collection writes a directory, or any number of read-only (memory-mapped) ones read it.
+  enum class lock_mode { exclusive, shared };
+
+  /// Opens `<dir>/wal.log`, creating it (with its header) when missing, and locks it as `mode` says;
+  /// reads every record and keeps those with sequence > `after` for `take_replay()`; truncates a torn
+  /// tail. Throws `errc::io_error` when the lock is held elsewhere (another collection has the
+  /// directory open for writing, or for reading when `mode` is exclusive).
+  write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after,
+                  lock_mode mode = lock_mode::exclusive);
   write_ahead_log(const write_ahead_log&) = delete;
   write_ahead_log& operator=(const write_ahead_log&) = delete;
 
@@ -70,9 +77,14 @@ class write_ahead_log {
 
   /// Empties the log (after a snapshot that holds every record); sequences continue from the last.
   void reset();
+  /// Turns a shared lock into the exclusive one a writer needs (a read-only open that must replay
+  /// the log after all). Throws `errc::io_error` while other collections read the directory.
+  void lock_exclusive();
 
  private:
   void write_header();
+  /// flock(2) with `operation` (LOCK_EX or LOCK_SH), without waiting.
+  void take_lock(int operation);
   void read_records(std::uint64_t after);
   /// One record into `buffer_`.
   void encode(std::uint64_t sequence, wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,

@@ -53,6 +53,12 @@ void check_ids(std::span<const vector_id> ids, std::size_t rows, const char* wha
     SHOAL_CHECK(id != no_id, what, ": id ", id, " is reserved (shoal::no_id marks a missing result)");
 }
 
+void check_result_buffer(std::size_t rows, neighbors_view out, const char* what) {
+  SHOAL_CHECK(out.k > 0, what, ": k must be at least 1");
+  SHOAL_CHECK(out.rows == rows, what, ": result buffer has ", out.rows, " rows for ", rows, " queries");
+  SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, what, ": null result buffer");
+}
+
 void check_stored_id(vector_id id, bool fresh, const std::string& file) {
   SHOAL_CHECK_CODE(id != no_id, errc::corrupt_file, file, ": a stored id is ", id, ", the reserved shoal::no_id");
   SHOAL_CHECK_CODE(fresh, errc::corrupt_file, file, ": id ", id, " is stored twice");

@@ -176,10 +176,7 @@ void flat_index::search_gemm(matrix_view<const float> queries, neighbors_view ou
 }
 
 void flat_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
-  SHOAL_CHECK(out.k > 0, "flat_index::search: k must be at least 1");
-  SHOAL_CHECK(out.rows == queries.rows, "flat_index::search: result buffer has ", out.rows, " rows for ", queries.rows,
-              " queries");
-  SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, "flat_index::search: null result buffer");
+  detail::check_result_buffer(queries.rows, out, "flat_index::search");
   const query_block block = prepare(queries);
   const matrix_view<const float> q = block.view;
   if (q.rows < gemm_min_batch) {

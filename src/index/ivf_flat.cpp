@@ -171,10 +171,7 @@ detail::probed_queries ivf_flat_index::probe(matrix_view<const float> queries, c
 }
 
 void ivf_flat_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
-  SHOAL_CHECK(out.k > 0, "ivf_flat_index::search: k must be at least 1");
-  SHOAL_CHECK(out.rows == queries.rows, "ivf_flat_index::search: result buffer has ", out.rows, " rows for ",
-              queries.rows, " queries");
-  SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, "ivf_flat_index::search: null result buffer");
+  detail::check_result_buffer(queries.rows, out, "ivf_flat_index::search");
   const detail::probed_queries p = probe(queries, params, "ivf_flat_index::search: query");
   const distance_kernels& k = active_kernels();
   detail::parallel_for_in(p.locality_order(), p.view.rows, [&](std::size_t q) {

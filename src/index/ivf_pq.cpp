@@ -469,10 +469,7 @@ void ivf_pq_index::scan_list(const list& l, std::size_t list_no, const float* qu
 }
 
 void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
-  SHOAL_CHECK(out.k > 0, index_name, "::search: k must be at least 1");
-  SHOAL_CHECK(out.rows == queries.rows, index_name, "::search: result buffer has ", out.rows, " rows for ",
-              queries.rows, " queries");
-  SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, index_name, "::search: null result buffer");
+  detail::check_result_buffer(queries.rows, out, "ivf_pq_index::search");
   const detail::probed_queries p = probe(queries, params, "ivf_pq_index::search");
   const std::size_t keep = params.refine_factor == 0 ? out.k : out.k * params.refine_factor;
   const distance_kernels& dk = active_kernels();

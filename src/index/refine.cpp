@@ -70,9 +70,7 @@ class rescorer {
 }  // namespace
 
 void refine_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
-  SHOAL_CHECK(out.k > 0, "refine_index::search: k must be at least 1");
-  SHOAL_CHECK(out.rows == queries.rows, "refine_index::search: result buffer has ", out.rows, " rows for ",
-              queries.rows, " queries");
+  detail::check_result_buffer(queries.rows, out, "refine_index::search");
   detail::check_vectors(queries, dim(), "refine_index::search: query");
   search_params coarse_params = params;
   coarse_params.refine_factor = 0;

@@ -160,10 +160,17 @@ projection projection::fit_ridge(matrix_view<const float> x, matrix_view<const f
   const Eigen::LDLT<Eigen::MatrixXd> ldlt(m.xx);
   // rcond() estimates 1 / cond(XᵀX + λI); below this the solution carries no correct digits worth having.
   const double min_rcond = std::numeric_limits<double>::epsilon() * static_cast<double>(x.dim);
-  const double rcond = ldlt.info() == Eigen::Success ? ldlt.rcond() : 0.0;
-  SHOAL_CHECK(ldlt.isPositive() && rcond > min_rcond, what, ": XᵀX + lambda·I is singular or nearly so (",
-              "reciprocal condition number ", rcond, ", lambda ", lambda, ", ", x.rows, " rows for input dimension ",
-              x.dim, "); use more independent rows or lambda > 0");
+  // rcond() alone misses an exactly singular matrix: its estimate goes through solve(), which treats a
+  // zero pivot as a pseudo-inverse would. The pivots of the (pivoted) factorisation bound it from the
+  // other side: each lies between the smallest and the largest eigenvalue, so a smallest-to-largest
+  // pivot ratio at or below min_rcond means a condition number at least that bad.
+  const bool factored = ldlt.info() == Eigen::Success;
+  const Eigen::VectorXd pivots = factored ? Eigen::VectorXd(ldlt.vectorD()) : Eigen::VectorXd();
+  const double largest = factored ? pivots.cwiseAbs().maxCoeff() : 0.0;
+  const double rcond = factored && largest > 0.0 ? std::min(ldlt.rcond(), pivots.minCoeff() / largest) : 0.0;
+  SHOAL_CHECK(rcond > min_rcond, what, ": XᵀX + lambda·I is singular or nearly so (", "reciprocal condition number ",
+              rcond, ", lambda ", lambda, ", ", x.rows, " rows for input dimension ", x.dim,
+              "); use more independent rows or lambda > 0");
   const Eigen::MatrixXd wt = ldlt.solve(m.xy);  // in x out
   return make_fitted(wt.transpose(), m, what);
 }

@@ -51,8 +51,12 @@ namespace {
 /// rounding of a Procrustes fit (about 1e-6 at 1,000 dims), far below any map that is not a rotation.
 constexpr float orthogonality_tolerance = 1e-4f;
 
+/// The store's manifest in its directory, beside one folder per modality.
+constexpr std::string_view manifest_name = "MULTIMODAL.shoal";
+
 bool valid_name(std::string_view name) noexcept {
   if (name.empty() || name.size() > 64 || name.front() == '.' || name.front() == '-') return false;
+  if (name.starts_with(manifest_name)) return false;  // the manifest and its temporary files
   return std::all_of(name.begin(), name.end(), [](char c) {
     return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
            c == '-';
@@ -61,7 +65,7 @@ bool valid_name(std::string_view name) noexcept {
 
 void check_name(std::string_view name, const char* what, const char* who) {
   SHOAL_CHECK(valid_name(name), who, ": ", what, " name \"", name,
-              "\" must be 1 to 64 characters of [A-Za-z0-9_.-], not starting with '.' or '-'");
+              "\" must be 1 to 64 characters of [A-Za-z0-9_.-], not starting with '.', '-' or \"", manifest_name, "\"");
 }
 
 bool is_orthogonal(const projection& p) {
@@ -380,7 +384,11 @@ void write_vectors(version_state& v, matrix_view<const float> vectors, std::span
                 v.modality, "' (version '", v.name, "') is not trained: train the version again after setting its ",
                 "projection");
     SHOAL_CHECK(vectors.rows == ids.size(), who, ": ", vectors.rows, " vectors but ", ids.size(), " ids");
-    const matrix<float> projected = into_shared(v, l, vectors, who);  // validates before anything changes
+    const matrix<float> projected = into_shared(v, l, vectors, who);
+    // What the mirror would refuse, refused before anything changes: a projection can overflow, or map a
+    // vector to zero, which has no direction under a cosine shared metric.
+    check_vectors(projected.view(), projected.dim, "projected vector");
+    if (l.mirror->metric() == metric::cosine) (void)normalized_copy(projected.view(), "projected vector");
     if (!is_add) {
       v.own.upsert(vectors, ids);
       l.mirror->upsert(projected.view(), ids);
@@ -425,7 +433,6 @@ std::size_t map_row(const adjacency* links, std::span<const vector_id> ids, std:
 
 // ------------------------------------------------------------------------------------------- manifest
 
-constexpr const char* manifest_name = "MULTIMODAL.shoal";
 constexpr std::array<char, 8> manifest_magic = {'S', 'H', 'O', 'A', 'L', 'M', 'M', 'S'};
 constexpr std::uint16_t manifest_major = 1;
 constexpr std::uint16_t manifest_minor = 0;
@@ -848,19 +855,22 @@ bool multimodal_store::contains(std::string_view modality, vector_id id, std::st
 
 namespace {
 
-void check_link_args(const detail::catalog& c, std::string_view a, std::size_t na, std::string_view b, std::size_t nb,
-                     const char* who) {
+void check_link_args(const detail::catalog& c, std::string_view a, std::span<const vector_id> ids_a, std::string_view b,
+                     std::span<const vector_id> ids_b, const char* who) {
   (void)detail::find_modality(c, a, who);
   (void)detail::find_modality(c, b, who);
   SHOAL_CHECK(a != b, who, ": links join two different modalities, not '", a, "' with itself");
-  SHOAL_CHECK(na == nb, who, ": ", na, " ids of '", a, "' but ", nb, " of '", b, "'");
+  SHOAL_CHECK(ids_a.size() == ids_b.size(), who, ": ", ids_a.size(), " ids of '", a, "' but ", ids_b.size(), " of '", b,
+              "'");
+  detail::check_ids(ids_a, ids_a.size(), who);  // no_id is reserved: it marks a missing result
+  detail::check_ids(ids_b, ids_b.size(), who);
 }
 
 }  // namespace
 
 void multimodal_store::link(std::string_view a, std::span<const vector_id> ids_a, std::string_view b,
                             std::span<const vector_id> ids_b) {
-  check_link_args(*state_->snapshot(), a, ids_a.size(), b, ids_b.size(), "multimodal_store::link");
+  check_link_args(*state_->snapshot(), a, ids_a, b, ids_b, "multimodal_store::link");
   const std::unique_lock lock(state_->pairs_mutex);
   detail::adjacency& ab = state_->pairs[{std::string(a), std::string(b)}];
   detail::adjacency& ba = state_->pairs[{std::string(b), std::string(a)}];
@@ -872,7 +882,7 @@ void multimodal_store::link(std::string_view a, std::span<const vector_id> ids_a
 
 void multimodal_store::unlink(std::string_view a, std::span<const vector_id> ids_a, std::string_view b,
                               std::span<const vector_id> ids_b) {
-  check_link_args(*state_->snapshot(), a, ids_a.size(), b, ids_b.size(), "multimodal_store::unlink");
+  check_link_args(*state_->snapshot(), a, ids_a, b, ids_b, "multimodal_store::unlink");
   const std::unique_lock lock(state_->pairs_mutex);
   const auto erase = [&](std::string_view from, std::string_view to, vector_id key, vector_id value) {
     const auto table = state_->pairs.find({std::string(from), std::string(to)});
@@ -891,7 +901,7 @@ void multimodal_store::unlink(std::string_view a, std::span<const vector_id> ids
 }
 
 std::vector<vector_id> multimodal_store::linked(std::string_view from, vector_id id, std::string_view to) const {
-  check_link_args(*state_->snapshot(), from, 0, to, 0, "multimodal_store::linked");
+  check_link_args(*state_->snapshot(), from, {}, to, {}, "multimodal_store::linked");
   const std::shared_lock lock(state_->pairs_mutex);
   const auto table = state_->pairs.find({std::string(from), std::string(to)});
   if (table == state_->pairs.end()) return {};
@@ -900,7 +910,7 @@ std::vector<vector_id> multimodal_store::linked(std::string_view from, vector_id
 }
 
 std::size_t multimodal_store::link_count(std::string_view a, std::string_view b) const {
-  check_link_args(*state_->snapshot(), a, 0, b, 0, "multimodal_store::link_count");
+  check_link_args(*state_->snapshot(), a, {}, b, {}, "multimodal_store::link_count");
   const std::shared_lock lock(state_->pairs_mutex);
   const auto table = state_->pairs.find({std::string(a), std::string(b)});
   std::size_t n = 0;
@@ -1035,11 +1045,15 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
     mod.name = name;
     mod.active = entry.active->name;
     for (const auto& [version, v] : entry.versions) {
-      const std::shared_ptr<const detail::link_state> l = v->link();
-      const std::filesystem::path dir = detail::version_dir(directory, name, version);
-      v->own.save(dir / "native");
-      if (l->mirror) l->mirror->save(dir / "shared");
-      mod.versions.push_back({version, v->native, v->searchable, l->route, l->to_shared});
+      // With writes and projection changes held off, so that the vectors, their mirror and the route
+      // saved belong together.
+      v->exclusive([&] {
+        const std::shared_ptr<const detail::link_state> l = v->link();
+        const std::filesystem::path dir = detail::version_dir(directory, name, version);
+        v->own.save(dir / "native");
+        if (l->mirror) l->mirror->save(dir / "shared");
+        mod.versions.push_back({version, v->native, v->searchable, l->route, l->to_shared});
+      });
     }
   }
   {
@@ -1060,19 +1074,22 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
   out.commit();
 
   if (!previous) return;
-  // Best effort: what the previous save wrote and this one no longer names.
+  // Best effort: what the previous save wrote and the manifest just written no longer names (not what
+  // the store holds now: a projection changed since may have dropped a mirror that manifest needs).
   for (const detail::manifest_modality& old : previous->modalities) {
-    const auto now = c->modalities.find(old.name);
-    if (now == c->modalities.end()) {
+    const auto now = std::find_if(m.modalities.begin(), m.modalities.end(),
+                                  [&](const detail::manifest_modality& x) { return x.name == old.name; });
+    if (now == m.modalities.end()) {
       std::filesystem::remove_all(directory / old.name, ec);
       continue;
     }
     for (const detail::manifest_version& ov : old.versions) {
-      const auto v = now->second.versions.find(ov.name);
+      const auto v = std::find_if(now->versions.begin(), now->versions.end(),
+                                  [&](const detail::manifest_version& x) { return x.name == ov.name; });
       const std::filesystem::path dir = detail::version_dir(directory, old.name, ov.name);
-      if (v == now->second.versions.end())
+      if (v == now->versions.end())
         std::filesystem::remove_all(dir, ec);
-      else if (!v->second->link()->mirror)
+      else if (v->route != shared_route::mirror)
         std::filesystem::remove_all(dir / "shared", ec);
     }
   }

@@ -206,8 +206,10 @@ class collection {
 
   /// Trains the router (semantic / hybrid: k-means over `sample` with one centroid per shard or group)
   /// and every shard index that needs training (on the sample rows routed to it, or the whole sample
-  /// when those are too few). Must precede the first `add` when `is_trained()` is false; throws
-  /// `errc::invalid_argument` once vectors are stored, or when the sample has fewer rows than centroids.
+  /// when those are too few). Must precede the first `add` when `is_trained()` is false, and is a no-op
+  /// on an empty collection that is trained already; throws `errc::invalid_argument` once vectors are
+  /// stored, or when the sample has fewer rows than centroids. With a directory, the trained layout is
+  /// snapshotted before it is used: if that fails (`errc::io_error`), the collection stays untrained.
   void train(matrix_view<const float> sample);
 
   /// Adds `vectors.rows` vectors under `ids`; `keys` (range sharding only; empty: the ids are the keys)

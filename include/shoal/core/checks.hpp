@@ -6,6 +6,7 @@
 #include <span>
 #include <string>
 
+#include "shoal/core/neighbors.hpp"
 #include "shoal/core/types.hpp"
 
 namespace shoal::detail {
@@ -20,6 +21,10 @@ void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what
 /// it marks a missing result in `neighbors`, so an index cannot tell it from "nothing"). `what` names the
 /// call ("flat_index::add", ...).
 void check_ids(std::span<const vector_id> ids, std::size_t rows, const char* what);
+
+/// Throws `shoal::error` unless `out` can take the answers to `rows` queries: k ≥ 1, `rows` rows and both
+/// buffers present. `what` names the call ("flat_index::search", ...).
+void check_result_buffer(std::size_t rows, neighbors_view out, const char* what);
 
 /// An id read from index file `file`: throws `errc::corrupt_file` when it is the reserved `no_id` or
 /// `fresh` is false (the loader found it stored already).
