@@ -343,11 +343,17 @@ TEST_CASE("make_index: the specs built today", "[index]") {
   CHECK(make_index("HNSW32,SQ8", 8).description() == "HNSW32,SQ8");
   CHECK(make_index("HNSW32,F16", 8).description() == "HNSW32,F16");
   CHECK(make_index("HNSW32,SQfp16", 8).description() == "HNSW32,F16");
+  CHECK(make_index("HNSW32,SQ4", 8).description() == "HNSW32,SQ4");
+  // An IVF-PQ re-ranked from an SQ8 copy: the spec its description gives builds it again.
+  CHECK(make_index("IVF16,PQ8,Refine(SQ8)", 16).description() == "IVF16,PQ8,Refine(SQ8)");
   CHECK(make_index(" IVF64 , Flat ", 8, metric::cosine).description() == "IVF64,Flat");
   CHECK(make_index("IVF64,Flat", 8, metric::cosine).metric() == metric::cosine);
   CHECK_FALSE(make_index("IVF4096,Flat", 8).is_trained());
   CHECK(make_index("Flat", 8).is_trained());
   REQUIRE_THROWS_MATCHES(make_index("Flat", 0), shoal::error, fails_with(errc::invalid_argument, "dimension"));
+  // Lists are allocated up front: a mistyped nlist is refused, not 4e9 allocations (or std::bad_alloc).
+  for (const char* spec : {"IVF4000000000,Flat", "IVF4000000000,PQ8", "IVF16777217_HNSW32,Flat"})
+    REQUIRE_THROWS_MATCHES(make_index(spec, 16), shoal::error, fails_with(errc::invalid_argument, "exceeds 16777216"));
 }
 
 TEST_CASE("make_index builds IVF-PQ, with OPQ and exact re-rank, as ivf_pq_index does", "[index][ivf]") {
@@ -435,6 +441,8 @@ TEST_CASE("make_index: specs recognised but not built yet are errc::unsupported"
       {"OPQ16_64,IVF256,PQ16", "OPQ16_64"},
       {"PCA64,Flat", "PCA64"},
       {"HNSW32,Refine(HNSW16)", "Refine(HNSW16)"},
+      {"HNSW32,Refine(SQ8)", "Refine(SQ8)"},
+      {"IVF16,PQ8,Refine(SQ4)", "Refine(SQ4)"},
   };
   for (const pending& c : cases) {
     CAPTURE(c.spec);
@@ -471,6 +479,11 @@ TEST_CASE("refine_index: a coarse index proposes, exact distances re-rank, also 
         CHECK(got.distance(q, j) == Approx(it->distance).margin(1e-4));
       }
     }
+    // A refine factor past the stored vectors re-ranks every one the coarse search reaches, for any
+    // larger factor too, even one whose product with k would wrap.
+    const neighbors deepest = index.search(data.queries.view(), 10, {.nprobe = 16, .refine_factor = 400});
+    for (const std::size_t factor : {std::size_t{1} << 40, std::numeric_limits<std::size_t>::max() / 2 + 1})
+      CHECK(index.search(data.queries.view(), 10, {.nprobe = 16, .refine_factor = factor}).ids() == deepest.ids());
     // Both stages from files, memory-mapped: the same answers, the full vectors out of memory — from
     // one file of both stages, or from one file per stage.
     const scratch_dir dir;

@@ -141,6 +141,14 @@ TEST_CASE("ivf-pq distances: re-ranked ones are exact and approximate ones close
     // The approximate nearest distance is of the order of the true one (PQ error, not garbage).
     CHECK(approx.distance(q, 0) < truth.distance(q, 20) + 0.5f * dim);
   }
+  // A refine factor past the stored vectors re-ranks all of them: the same rows for any larger factor,
+  // including one whose product with k would wrap (it once wrapped to 0 candidates and crashed).
+  const neighbors all = index.search(f.queries.view(), 5, with(nlist, 3000));
+  for (const std::size_t factor : {std::size_t{1} << 40, std::numeric_limits<std::size_t>::max() / 2 + 1}) {
+    const neighbors huge = index.search(f.queries.view(), 5, with(nlist, factor));
+    CHECK(huge.ids() == all.ids());
+    CHECK(huge.distances() == all.distances());
+  }
 }
 
 TEST_CASE("ivf-pq lists partition the vectors and remove then re-add keeps recall", "[pq][ivf]") {

@@ -84,7 +84,10 @@ class parser {
     }
     if (next() != nullptr && is_refine(*next())) {
       const token& r = *next();
-      if (r.text != "RFlat") (void)parse(r.text.substr(7, r.text.size() - 8), r.pos + 7);  // validate the inside
+      if (r.text != "RFlat") {  // validate the inside: a whole spec, or the encoding of a re-rank copy
+        const std::string_view inside = std::string_view(r.text).substr(7, r.text.size() - 8);
+        if (inside != "SQ8" && inside != "SQ4" && inside != "F16" && inside != "SQfp16") (void)parse(inside, r.pos + 7);
+      }
       out.refine = r;
       ++i;
     }

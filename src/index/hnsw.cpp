@@ -481,6 +481,15 @@ struct hnsw_index::impl {
     sq = std::move(q);
     sq_ready.store(true, std::memory_order_release);
   }
+  /// Throws unless a write of `rows` vectors can be encoded: SQ8 / SQ4 ranges exist, or `rows` are
+  /// enough to learn them from (`ensure_codes`). Checked before anything changes.
+  void check_codes_learnable(std::size_t rows, const char* who) const {
+    SHOAL_CHECK(!scalar_codes(build.codes) || sq_ready.load(std::memory_order_acquire) ||
+                    rows >= hnsw_index::min_code_learning_rows,
+                who, ": ", build.codes == hnsw_codes::sq4 ? "SQ4" : "SQ8",
+                " codes need their ranges first: call train(sample), or make the first add at least ",
+                hnsw_index::min_code_learning_rows, " vectors (got ", rows, ")");
+  }
   /// With SQ8 / SQ4 traversal and no ranges yet, learns them from `batch` (the first add's vectors).
   void ensure_codes(matrix_view<const float> batch) {
     if (!scalar_codes(build.codes) || sq_ready.load(std::memory_order_acquire)) return;
@@ -763,7 +772,9 @@ struct hnsw_index::impl {
   /// the bottom layer no node loses its last in-link to it: each dropped link is given up through
   /// `release_in0`, which refuses when it is its target's last; such a link is put back — in a free
   /// place if the list has one, else in place of the farthest kept link whose target keeps another
-  /// in-link (the selection's diversity gives way to reachability). Caller holds the owner's lock.
+  /// in-link (the selection's diversity gives way to reachability), else in place of the farthest new
+  /// link (its target keeps whatever in-links it had, and `keep_reachable` can link it from another
+  /// neighbour, while the old link's target would have none). Caller holds the owner's lock.
   void relink(slot_t* list, std::size_t level, std::vector<cand> kept, const float* owner_vec) const {
     if (level == 0) {
       const auto has = [&](slot_t x) {
@@ -789,6 +800,8 @@ struct hnsw_index::impl {
             break;
           }
         }
+        for (std::size_t i = kept.size(); victim == kept.size() && i-- > fixed;)
+          if (!linked_before(kept[i].slot)) victim = i;  // a new link yields: y has no other in-link
         if (victim == kept.size()) {
           drop_in0(y);  // every kept link is its target's last: nothing can give way
           continue;
@@ -804,17 +817,18 @@ struct hnsw_index::impl {
 
   /// Adds the link n → q on `level` (distance d), pruning n's list with the heuristic when it is full.
   /// With `force` the link is made even where the heuristic drops it: it takes the place of the
-  /// farthest link that may go (see `relink`).
-  void link_back(slot_t n, slot_t q, float d, std::size_t level, bool force = false) {
+  /// farthest link that may go (see `relink`), unless every link is its target's last.
+  /// Returns whether n links to q afterwards.
+  bool link_back(slot_t n, slot_t q, float d, std::size_t level, bool force = false) {
     const std::lock_guard lock(lock_of(n));
     slot_t* list = links(n, level);
     const std::size_t count = list[0];
-    if (std::find(list + 1, list + 1 + count, q) != list + 1 + count) return;
+    if (std::find(list + 1, list + 1 + count, q) != list + 1 + count) return true;
     if (count < capacity(level)) {
       store_link(list[count + 1], q);
       store_link(list[0], static_cast<slot_t>(count + 1), std::memory_order_release);
       if (level == 0) in0(q).fetch_add(1, std::memory_order_relaxed);
-      return;
+      return true;
     }
     std::vector<cand> pool{{d, q}};
     const float* nv = vec(n);
@@ -826,13 +840,66 @@ struct hnsw_index::impl {
       kept.push_back({d, q});
     }
     relink(list, level, std::move(kept), nv);
+    return std::find(list + 1, list + 1 + list[0], q) != list + 1 + list[0];
   }
 
   /// Gives `q` a bottom-layer in-link if it has none (every neighbour's selection dropped it, or a
-  /// removal took its last one): the link from its nearest neighbour `n` is forced, or `q` would be
-  /// found by no search.
-  void keep_reachable(slot_t q, const cand& n) {
-    if (in0(q).load(std::memory_order_relaxed) == 0 && usable(n.slot, 0)) link_back(n.slot, q, n.distance, 0, true);
+  /// removal took its last one), or `q` would be found by no search: a link to it is forced from its
+  /// nearest neighbour in `near` (any order), else the next nearest — a neighbour whose list holds
+  /// only links that are their targets' last (a hub under inner product) cannot take it.
+  void keep_reachable(slot_t q, std::vector<cand> near) {
+    if (in0(q).load(std::memory_order_relaxed) == 0) link_from_nearest(q, std::move(near));
+  }
+  /// Forces a bottom-layer link to `q` from the nearest node in `near` that can take it.
+  void link_from_nearest(slot_t q, std::vector<cand> near) {
+    std::sort(near.begin(), near.end());
+    for (const cand& n : near)
+      if (n.slot != q && usable(n.slot, 0) && link_back(n.slot, q, n.distance, 0, true)) return;
+  }
+
+  /// Links in every live node that no bottom-layer path from the entry reaches. The in-link counts
+  /// keep a node from losing its last in-link, but not a few nodes from linking only each other: under
+  /// inner product, small-norm nodes that every large-norm hub prunes away ended up in such closed
+  /// pairs and triples. A depth-first walk from the entry finds them; each is linked from the nearest
+  /// reachable node that can take it (a search from the entry walks reachable nodes only), which
+  /// brings in the rest of its group. Reads every bottom-layer list once: `add` runs it when its batch
+  /// is large next to the index, so its cost per added vector stays bounded.
+  void repair_reachability(scratch& s) {
+    const std::uint64_t ep = entry.load(std::memory_order_acquire);
+    if (ep == empty_entry) return;
+    const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
+    const auto ep_level = static_cast<std::size_t>(ep >> 32);
+    const std::size_t n = slot_count.load(std::memory_order_acquire);
+    std::vector<std::uint8_t> seen(n, 0);
+    std::vector<slot_t> stack;
+    std::vector<slot_t> buf(max_links0);
+    const auto walk = [&](slot_t from) {
+      seen[from] = 1;
+      stack.push_back(from);
+      while (!stack.empty()) {
+        const slot_t x = stack.back();
+        stack.pop_back();
+        const std::size_t count = copy_links(x, 0, buf.data());
+        for (std::size_t i = 0; i < count; ++i)
+          if (const slot_t y = buf[i]; y < n && seen[y] == 0 && usable(y, 0)) {
+            seen[y] = 1;
+            stack.push_back(y);
+          }
+      }
+    };
+    walk(ep_slot);
+    s.building = true;  // as in an insert: nodes whose own insert is running are neither used nor linked
+    for (slot_t u = 0; u < n; ++u) {
+      if (seen[u] != 0 || !usable(u, 0) || linking(u).load(std::memory_order_acquire) != 0) continue;
+      const query_ctx ctx{vec(u)};
+      cand cur{distance(ctx.q, vec(ep_slot)), ep_slot};
+      if (ep_level > 0) cur = descend(ctx, cur, ep_level, 0, s);
+      s.reset(slot_count.load(std::memory_order_acquire), max_links0);
+      const std::vector<cand> entries{cur};
+      link_from_nearest(u, search_layer(ctx, entries, build.ef_construction, 0, s, [u](slot_t x) { return x != u; }));
+      walk(u);
+    }
+    s.building = false;
   }
 
   /// Links the published node `q` into the graph.
@@ -876,7 +943,7 @@ struct hnsw_index::impl {
         relink(list, l, merged.size() > capacity(l) ? select(std::move(merged), capacity(l)) : std::move(merged), qv);
       }
       for (const cand& k : kept) link_back(k.slot, q, k.distance, l);
-      if (l == 0 && !kept.empty()) keep_reachable(q, kept.front());
+      if (l == 0 && !found.empty()) keep_reachable(q, found);
       if (!found.empty()) entries = std::move(found);
     }
     s.building = false;
@@ -943,18 +1010,16 @@ struct hnsw_index::impl {
     upper_of(r).reset();
     id_of(r) = no_id;
     // A neighbour that r held the last in-link of, and that no repaired list took, is linked from the
-    // nearest of r's former in-linkers (or, with none, from its own nearest out-neighbour).
+    // nearest of r's former in-linkers that can take it, then of its own out-neighbours.
     for (const slot_t y : r0) {
       if (!usable(y, 0) || in0(y).load(std::memory_order_relaxed) > 0) continue;
       const slot_t* yl = links(y, 0);
-      const std::span<const slot_t> from = repaired0.empty() ? std::span<const slot_t>(yl + 1, yl[0]) : repaired0;
-      std::optional<cand> nearest;
-      for (const slot_t u : from)
-        if (u != y && usable(u, 0)) {
-          const cand c{distance(vec(y), vec(u)), u};
-          if (!nearest || c < *nearest) nearest = c;
-        }
-      if (nearest) keep_reachable(y, *nearest);
+      std::vector<cand> near;
+      for (const std::span<const slot_t> from :
+           {std::span<const slot_t>(repaired0), std::span<const slot_t>(yl + 1, yl[0])})
+        for (const slot_t u : from)
+          if (u != y && usable(u, 0)) near.push_back({distance(vec(y), vec(u)), u});
+      keep_reachable(y, std::move(near));
     }
     store_link(links(r, 0)[0], 0);
     in0(r).store(0, std::memory_order_relaxed);
@@ -1177,9 +1242,10 @@ void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id
     vectors = normalized->view();
   }
   if (vectors.rows == 0) return;
+  x.check_codes_learnable(vectors.rows, "hnsw_index::add");
   const std::shared_lock structure(x.structure);
+  const std::vector<slot_t> slots = x.reserve(ids, "hnsw_index::add");  // refuses duplicates first
   x.ensure_codes(vectors);
-  const std::vector<slot_t> slots = x.reserve(ids, "hnsw_index::add");
   const std::uint64_t first_seq = x.sequence.fetch_add(ids.size(), std::memory_order_relaxed);
   detail::parallel_for(ids.size(), [&](std::size_t i) {
     x.write_node(slots[i], vectors.row(i), ids[i], first_seq + i);
@@ -1188,6 +1254,13 @@ void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id
     x.release(std::move(s));
     x.live_count.fetch_add(1, std::memory_order_relaxed);
   });
+  // Once the batch is at least a sixteenth of the index: each walk then reads at most 16 link lists
+  // per vector added since the last one.
+  if (ids.size() * 16 >= x.live_count.load(std::memory_order_relaxed)) {
+    std::unique_ptr<scratch> s = x.acquire();
+    x.repair_reachability(*s);
+    x.release(std::move(s));
+  }
 }
 
 void hnsw_index::train(matrix_view<const float> sample) {
@@ -1234,6 +1307,7 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
     normalized = detail::normalized_copy(vector, "hnsw_index::upsert: vector");
     vector = normalized->view();
   }
+  x.check_codes_learnable(1, "hnsw_index::upsert");
   const std::unique_lock structure(x.structure);
   {
     const std::lock_guard lock(x.ids_mutex);
@@ -1244,13 +1318,16 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
       x.remove_slot(old);
     }
   }
-  x.ensure_codes(vector);
   const std::vector<slot_t> slots = x.reserve(std::span(&id, 1), "hnsw_index::upsert");
   x.write_node(slots[0], vector.row(0), id, x.sequence.fetch_add(1, std::memory_order_relaxed));
   std::unique_ptr<scratch> s = x.acquire();
   x.insert(slots[0], *s);
   x.release(std::move(s));
   x.live_count.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool hnsw_index::is_trained() const noexcept {
+  return !impl::scalar_codes(impl_->build.codes) || impl_->sq_ready.load(std::memory_order_acquire);
 }
 
 bool hnsw_index::contains(vector_id id) const {
@@ -1277,10 +1354,7 @@ std::vector<float> hnsw_index::vector(vector_id id) const {
 
 void hnsw_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
   const impl& x = *impl_;
-  SHOAL_CHECK(out.k > 0, "hnsw_index::search: k must be at least 1");
-  SHOAL_CHECK(out.rows == queries.rows, "hnsw_index::search: result buffer has ", out.rows, " rows for ", queries.rows,
-              " queries");
-  SHOAL_CHECK(out.ids != nullptr && out.distances != nullptr, "hnsw_index::search: null result buffer");
+  detail::check_result_buffer(queries.rows, out, "hnsw_index::search");
   const std::optional<matrix<float>> normalized = x.prepare(queries);
   const std::size_t ef = std::max(out.k, params.ef == 0 ? default_ef : params.ef);
   const std::shared_lock structure(x.structure);

@@ -14,9 +14,22 @@
 #include <span>
 #include <vector>
 
+#include "shoal/core/error.hpp"
 #include "shoal/core/types.hpp"
 
 namespace shoal::detail {
+
+/// Most lists an IVF index may have. Its lists exist from construction on (a list object and a pointer
+/// each, about 100 bytes), and training needs at least one vector per list: 2^24 is far above any
+/// useful nlist and keeps a mistyped one from asking for gigabytes up front.
+inline constexpr std::size_t max_nlist = std::size_t{1} << 24;
+
+/// Throws `errc::invalid_argument` unless 1 ≤ `nlist` ≤ `max_nlist`; `who` names the index.
+inline void check_nlist(std::size_t nlist, const char* who) {
+  SHOAL_CHECK(nlist > 0, who, ": nlist must be at least 1");
+  SHOAL_CHECK(nlist <= max_nlist, who, ": nlist ", nlist, " exceeds ", max_nlist,
+              " (2^24): lists are allocated up front, and training needs a vector per list");
+}
 
 template <class Code>
 struct inverted_list {

@@ -29,8 +29,7 @@ struct ivf_flat_index::list : detail::inverted_list<float> {};
 ivf_flat_index::ivf_flat_index(std::size_t dim, shoal::metric m, std::size_t nlist, std::size_t coarse_hnsw_m)
     : dim_(dim), metric_(m), nlist_(nlist), coarse_(std::make_unique<detail::coarse_quantizer>(m, coarse_hnsw_m)) {
   SHOAL_CHECK(dim > 0, "ivf_flat_index: dimension must be at least 1");
-  SHOAL_CHECK(nlist > 0, "ivf_flat_index: nlist must be at least 1");
-  SHOAL_CHECK(nlist <= std::numeric_limits<std::uint32_t>::max(), "ivf_flat_index: nlist ", nlist, " is too large");
+  detail::check_nlist(nlist, "ivf_flat_index");
   (void)active_kernels();  // surface a bad SHOAL_SIMD here rather than in the first search
   lists_.reserve(nlist);
   for (std::size_t l = 0; l < nlist; ++l) lists_.push_back(std::make_unique<list>());
@@ -255,8 +254,8 @@ ivf_flat_index detail::index_sections<ivf_flat_index>::read(const io::detail::in
                      " bytes, expected ", sizeof nlist);
     std::memcpy(&nlist, params.data(), sizeof nlist);
   }
-  SHOAL_CHECK_CODE(nlist >= 1 && nlist <= std::numeric_limits<std::uint32_t>::max(), errc::corrupt_file, name,
-                   ": nlist ", nlist, " is out of range");
+  SHOAL_CHECK_CODE(nlist >= 1 && nlist <= detail::max_nlist, errc::corrupt_file, name, ": nlist ", nlist,
+                   " is out of range");
   // Sizes first: their section has to hold nlist entries before nlist lists are allocated.
   const aligned_vector<std::uint64_t> sizes = io::detail::read_list_sizes(in, nlist);
   ivf_flat_index index(static_cast<std::size_t>(h.dim), h.metric, static_cast<std::size_t>(nlist));

@@ -82,8 +82,8 @@ struct ivf_pq_index::scratch {
   void clear(std::size_t keep) {
     items.clear();
     heap.clear();
-    items.reserve(keep);
-    heap.reserve(keep);
+    items.reserve(std::min(keep, topk_heap::reserved_max));  // what is found, not k (see topk_heap)
+    heap.reserve(std::min(keep, topk_heap::reserved_max));
   }
   [[nodiscard]] bool before(const key& a, const key& b) const noexcept {
     return a.distance < b.distance || (a.distance == b.distance && items[a.at].id < items[b.at].id);
@@ -143,9 +143,7 @@ ivf_pq_index::ivf_pq_index(std::size_t dim, shoal::metric m, const ivf_pq_params
       params_(params),
       coarse_(std::make_unique<detail::coarse_quantizer>(m, params.coarse_hnsw_m)) {
   SHOAL_CHECK(dim > 0, "ivf_pq_index: dimension must be at least 1");
-  SHOAL_CHECK(params.nlist > 0, "ivf_pq_index: nlist must be at least 1");
-  SHOAL_CHECK(params.nlist <= std::numeric_limits<std::uint32_t>::max(), "ivf_pq_index: nlist ", params.nlist,
-              " is too large");
+  detail::check_nlist(params.nlist, "ivf_pq_index");
   pq_ = product_quantizer(dim, params.m, params.nbits);  // checks m and nbits
   SHOAL_CHECK(!(params.refine && params.refine_sq8),
               "ivf_pq_index: refine (full vectors) and refine_sq8 (an SQ8 copy) ", "exclude each other");
@@ -471,7 +469,8 @@ void ivf_pq_index::scan_list(const list& l, std::size_t list_no, const float* qu
 void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
   detail::check_result_buffer(queries.rows, out, "ivf_pq_index::search");
   const detail::probed_queries p = probe(queries, params, "ivf_pq_index::search");
-  const std::size_t keep = params.refine_factor == 0 ? out.k : out.k * params.refine_factor;
+  const std::size_t keep =
+      params.refine_factor == 0 ? out.k : detail::candidate_depth(out.k, params.refine_factor, size());
   const distance_kernels& dk = active_kernels();
   detail::parallel_for_in(p.locality_order(), p.view.rows, [&](std::size_t q) {
     const float* query = p.view.row(q);
@@ -653,8 +652,8 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
   const io::detail::index_header& h = in.header();
   ivf_pq_file_params fp{};
   in.read(tag_params, &fp, 1);
-  SHOAL_CHECK_CODE(fp.nlist >= 1 && fp.nlist <= std::numeric_limits<std::uint32_t>::max(), errc::corrupt_file, name,
-                   ": nlist ", fp.nlist, " is out of range");
+  SHOAL_CHECK_CODE(fp.nlist >= 1 && fp.nlist <= detail::max_nlist, errc::corrupt_file, name, ": nlist ", fp.nlist,
+                   " is out of range");
   SHOAL_CHECK_CODE(fp.m >= 1 && fp.m <= h.dim && h.dim % fp.m == 0, errc::corrupt_file, name, ": m = ", fp.m,
                    " does not divide dimension ", h.dim);
   SHOAL_CHECK_CODE(fp.nbits == 4 || fp.nbits == 8, errc::corrupt_file, name, ": nbits = ", fp.nbits,

@@ -74,7 +74,8 @@ void refine_index::search(matrix_view<const float> queries, neighbors_view out, 
   detail::check_vectors(queries, dim(), "refine_index::search: query");
   search_params coarse_params = params;
   coarse_params.refine_factor = 0;
-  const std::size_t depth = out.k * (params.refine_factor > 0 ? params.refine_factor : default_refine_factor);
+  const std::size_t depth = detail::candidate_depth(
+      out.k, params.refine_factor > 0 ? params.refine_factor : default_refine_factor, coarse_.size());
   const neighbors candidates = coarse_.search(queries, depth, coarse_params);
   const rescorer exact(exact_, queries, "refine_index::search: query");
   detail::parallel_for(queries.rows, [&](std::size_t r) {

@@ -11,18 +11,18 @@
 ///            | "HNSW" M ["," storage]                  storage  := "Flat" | "SQ8" | "SQ4" | "F16" | pq
 ///            | "IVF" nlist ["_HNSW" M] "," encoding    encoding := "Flat" | "SQ8" | "SQ4" | "F16" | pq
 /// pq        := "PQ" M ["x" bits] ["fs"]                (bits 4 or 8; "fs", fast-scan, needs x4)
-/// refine    := "Refine(" spec ")" | "RFlat"            (RFlat = Refine(Flat); SQfp16 = F16)
+/// refine    := "Refine(" (spec | encoding) ")" | "RFlat"   (RFlat = Refine(Flat); SQfp16 = F16)
 /// ```
-/// Built today: `Flat`, `HNSW<M>` (and `HNSW<M>,Flat`), `HNSW<M>,SQ8` / `HNSW<M>,F16` (8-bit or
-/// half-precision traversal codes, exact re-rank), `IVF<nlist>[_HNSW<M>],Flat`, and IVF-PQ:
-/// `[OPQ<M>,]IVF<nlist>[_HNSW<M>],PQ<M>[x4fs][,Refine(Flat)|,RFlat]` (the OPQ rotation with the PQ's own
-/// M; 8-bit or 4-bit fast-scan codes; re-rank from full vectors kept in the index; `_HNSW<M>`: an HNSW
-/// graph over the centroids picks the lists). All of them save and load (`any_index::save`,
-/// `load_index`). `,Refine(Flat)` / `,RFlat` after any other structure builds a `refine_index` (that
-/// structure proposes, a flat index re-ranks; one file holds both stages). Recognised and reported as
-/// `errc::unsupported` ("not built yet"): other transforms (PCA, OPQ with another M or an output dimension), SQ
-/// encodings in IVF, SQ4/PQ storage in HNSW, 4-bit PQ without fast-scan, refinement by anything but
-/// Refine(Flat).
+/// Built today: `Flat`, `HNSW<M>` (and `HNSW<M>,Flat`), `HNSW<M>,SQ8` / `HNSW<M>,SQ4` / `HNSW<M>,F16`
+/// (8-bit, 4-bit or half-precision traversal codes, exact re-rank), `IVF<nlist>[_HNSW<M>],Flat`, and
+/// IVF-PQ: `[OPQ<M>,]IVF<nlist>[_HNSW<M>],PQ<M>[x4fs][,Refine(Flat)|,RFlat|,Refine(SQ8)]` (the OPQ
+/// rotation with the PQ's own M; 8-bit or 4-bit fast-scan codes; re-rank from full vectors kept in the
+/// index, or from an SQ8 copy of them; `_HNSW<M>`: an HNSW graph over the centroids picks the lists). All of them save
+/// and load (`any_index::save`, `load_index`). `,Refine(Flat)` / `,RFlat` after any other structure builds a
+/// `refine_index` (that structure proposes, a flat index re-ranks; one file holds both stages). Recognised and reported
+/// as `errc::unsupported` ("not built yet"): other transforms (PCA, OPQ with another M or an output dimension), SQ
+/// encodings in IVF, PQ storage in HNSW, 4-bit PQ without fast-scan, refinement by anything but
+/// Refine(Flat) (and, for IVF-PQ, Refine(SQ8)).
 
 #include <cstddef>
 #include <string>

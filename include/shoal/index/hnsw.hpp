@@ -118,11 +118,18 @@ class hnsw_index {
   /// Slots freed by `remove` are reused first. Ids become searchable as their insertion completes.
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
 
-  /// With SQ8 traversal: learns the per-dimension code ranges (min and max) from `sample`. Without
-  /// a call, the first `add` learns them from its own vectors; later values outside the ranges are
-  /// clamped. Throws `shoal::error` if the index already holds vectors (their codes would disagree),
-  /// or on bad vectors. Does nothing for full-precision traversal.
+  /// With SQ8 / SQ4 traversal: learns the per-dimension code ranges (min and max) from `sample`.
+  /// Without a call, the first `add` learns them from its own vectors if it has at least
+  /// `min_code_learning_rows` of them (a smaller first add, or an `upsert` into an index without
+  /// ranges, throws `errc::invalid_argument`: ranges learned from a handful of vectors would clamp
+  /// nearly every later one, and recall would collapse). Later values outside the ranges are clamped.
+  /// Throws `shoal::error` if the index already holds vectors (their codes would disagree), or on bad
+  /// vectors. Does nothing for full-precision and F16 traversal.
   void train(matrix_view<const float> sample);
+  /// Fewest vectors a first `add` learns SQ8 / SQ4 code ranges from.
+  static constexpr std::size_t min_code_learning_rows = 32;
+  /// False only for SQ8 / SQ4 traversal before its code ranges exist (neither `train` nor an `add`).
+  [[nodiscard]] bool is_trained() const noexcept;
 
   /// Removes `id` for good: the node is unlinked, every neighbour that pointed at it is re-linked with
   /// the selection heuristic over the union of its own and the removed node's neighbours (a neighbour
