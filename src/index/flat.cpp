@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <unordered_set>
 
@@ -157,17 +158,41 @@ void flat_index::search_gemm(matrix_view<const float> queries, neighbors_view ou
   const std::size_t keep = out.k + rescore_slack;
   std::vector<float> tile(nq * gemm_vectors);
   std::vector<topk_heap> heaps(nq, topk_heap(keep));
+  float max_norm2 = 0.0f;  // the largest stored ‖x‖², for the error bound below
   for (std::size_t first = 0; first < size(); first += gemm_vectors) {
     const std::size_t count = std::min(gemm_vectors, size() - first);
     k.inner_product_many(queries.data, nq, queries.stride, vector_data() + first * dim_, count, dim_, dim_, tile.data(),
                          gemm_vectors);
     for (std::size_t q = 0; q < nq; ++q)
       select_tile(tile.data() + q * gemm_vectors, first, count, params.filter, heaps[q]);
+    const float* norms = norm_data() + first;
+    max_norm2 = std::max(max_norm2, *std::max_element(norms, norms + count));
   }
+  // The GEMM form carries a rounding error of up to δ = γ·(‖x‖² + 2‖q‖‖x‖) under L2 (γ·‖q‖‖x‖ under
+  // inner product and cosine), γ = 4·dim·2⁻²⁴: a few times the classic bound of a float dot product,
+  // so that the blocked and AMX accumulations fit under it too. Far from the origin the two terms of
+  // ‖x‖² − 2q·x are huge next to their difference, and δ with them. A vector left out of the `keep`
+  // survivors has a GEMM score of at least the worst survivor's, so it cannot beat the k-th answer when
+  // that score exceeds the k-th survivor's by more than 2δ. Where it does not (data far from the
+  // origin, or many near-equal distances), the query is answered by the streaming scan instead: every
+  // batch answer is exactly the single-query answer.
+  std::vector<float> query_norms2(nq);
+  k.squared_norms(queries.data, nq, dim_, queries.stride, query_norms2.data());
+  const float gamma = 4.0f * static_cast<float>(dim_) * std::numeric_limits<float>::epsilon() / 2.0f;
+  const float max_norm = std::sqrt(max_norm2);
   // Re-score the survivors with the pairwise kernel so that both paths agree to the bit.
   for (std::size_t q = 0; q < nq; ++q) {
+    const bool complete = !heaps[q].full();  // every candidate the filter accepts was kept
+    const float worst_kept = heaps[q].worst();
+    const std::vector<scored_id> survivors = heaps[q].take_sorted();
+    const float reach = std::sqrt(query_norms2[q]) * max_norm;
+    const float delta = gamma * (metric_ == metric::l2 ? max_norm2 + 2.0f * reach : reach);
+    if (!complete && !(worst_kept - survivors[out.k - 1].distance > 2.0f * delta)) {
+      search_streaming(queries.row(q), out.slice(q, 1), params);
+      continue;
+    }
     topk_heap exact(out.k);
-    for (const scored_id& c : heaps[q].take_sorted()) {
+    for (const scored_id& c : survivors) {
       const float* x = vector_data() + slot_of_.at(c.id) * dim_;
       exact.push(detail::pair_distance(k, metric_, queries.row(q), x, dim_), c.id);
     }

@@ -27,7 +27,10 @@ class file_mapping;
 ///  - fewer than `gemm_min_batch` queries: each query streams the stored vectors once through the
 ///    one-to-many SIMD kernel into a bounded heap;
 ///  - larger batches: blocks of queries meet blocks of vectors in a GEMM (‖x‖² − 2q·x, plus ‖q‖²) whose
-///    best `k + rescore_slack` candidates per query are then re-scored with the direct kernel.
+///    best `k + rescore_slack` candidates per query are then re-scored with the direct kernel. A query
+///    whose GEMM scores cannot rule out the vectors left out (their rounding error, bounded from the
+///    norms, exceeds the margin: data far from the origin, many near-equal distances) is answered by
+///    the streaming scan instead.
 /// Both paths therefore report the same distances (those of the pairwise kernel at the active SIMD
 /// level), sorted by (distance, id), ties to the smaller id.
 ///
