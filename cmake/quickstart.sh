@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # shoal's quick start, on a fresh Debian 12 machine (as root, or with sudo):
-#   cmake/quickstart.sh demo [BASE QUERY [GT]] [--metric l2|ip|cos] [--k K]   build and run the demo
-#   cmake/quickstart.sh test                                                 build and run the full test suite
+#   cmake/quickstart.sh demo [BASE QUERY [GT]] [--metric l2|ip|cos] [--k K] [--index SPEC]...
+#                                           build and run the demo (Flat, HNSW and IVF-PQ side by side)
+#   cmake/quickstart.sh test                build and run the full test suite
 # Each installs the Debian packages it is missing, configures the `release` preset (build/) and builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=${1:-}
-[[ $mode == demo || $mode == test ]] || { sed -n '2,5p' "$0" >&2; exit 2; }
+[[ $mode == demo || $mode == test ]] || { sed -n '2,6p' "$0" >&2; exit 2; }
 shift
 
 packages=(build-essential cmake ninja-build pkg-config libeigen3-dev libxsimd-dev libtbb-dev)

@@ -1,13 +1,19 @@
-// shoal-demo: build an index, search it, report recall and latency.
+// shoal-demo: build indexes over one data set, search them, report recall, throughput and latency.
 //
 //   shoal-demo                                   seeded clustered data (20,000 x 256, 1,000 queries)
 //   shoal-demo BASE QUERY [GT] [--metric l2|ip|cos] [--k K]
 //                                                real vectors: .fvecs / .bvecs / .npy; GT: .ivecs / .npy
+//   [--index SPEC]...                            factory specs (shoal/index/factory.hpp); default: Flat,
+//                                                HNSW32 and IVF<√n>,PQ<dim/2>x4fs,RFlat
+//   [--ef N] [--nprobe N] [--refine N]           search knobs: HNSW ef (64), IVF lists probed (nlist / 8,
+//                                                at least 8), re-rank depth of a refinement (10)
 //
-// The index is exact (Flat) for now; approximate indexes join the demo as they land.
+// Each index is searched one query at a time (the latency a request sees) and with all queries in one
+// batch (the throughput of an offline job), against exact ground truth (computed when not given).
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
@@ -18,7 +24,7 @@
 
 #include "shoal/distance/distance.hpp"
 #include "shoal/eval/eval.hpp"
-#include "shoal/index/flat.hpp"
+#include "shoal/index/factory.hpp"
 #include "shoal/io/vecs.hpp"
 #include "shoal/version.hpp"
 
@@ -30,25 +36,44 @@ double seconds_since(clock_type::time_point start) {
   return std::chrono::duration<double>(clock_type::now() - start).count();
 }
 
+/// Queries searched one call each for the latency columns: an exact scan of a large query set one query
+/// at a time would take most of the demo's run.
+constexpr std::size_t single_queries = 1000;
+
 struct options {
   std::vector<std::string> files;
+  std::vector<std::string> specs;
   shoal::metric metric = shoal::metric::l2;
   std::size_t k = 10;
+  std::size_t ef = 64;
+  std::size_t nprobe = 0;  // 0: from the index's nlist
+  std::size_t refine = 10;
 };
 
 options parse(int argc, char** argv) {
   options opt;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
-    if ((arg == "--metric" || arg == "--k") && i + 1 < argc) {
+    const bool valued = arg == "--metric" || arg == "--k" || arg == "--index" || arg == "--ef" || arg == "--nprobe" ||
+                        arg == "--refine";
+    if (valued && i + 1 < argc) {
       const std::string value = argv[++i];
       if (arg == "--metric")
         opt.metric = shoal::parse_metric(value);
+      else if (arg == "--index")
+        opt.specs.push_back(value);
       else
-        opt.k = std::stoul(value);
+        (arg == "--k"        ? opt.k
+         : arg == "--ef"     ? opt.ef
+         : arg == "--nprobe" ? opt.nprobe
+                             : opt.refine) = std::stoul(value);
     } else if (arg == "-h" || arg == "--help") {
-      std::puts("usage: shoal-demo [BASE QUERY [GT]] [--metric l2|ip|cos] [--k K]");
+      std::puts(
+          "usage: shoal-demo [BASE QUERY [GT]] [--metric l2|ip|cos] [--k K] [--index SPEC]... [--ef N] [--nprobe N] "
+          "[--refine N]");
       std::exit(0);
+    } else if (valued || arg.starts_with("--")) {
+      throw std::invalid_argument("unknown option or missing value: " + arg);
     } else {
       opt.files.push_back(arg);
     }
@@ -56,6 +81,35 @@ options parse(int argc, char** argv) {
   if (opt.files.size() == 1 || opt.files.size() > 3)
     throw std::invalid_argument("give no files (generated data), or BASE QUERY [GT]");
   return opt;
+}
+
+/// The default line-up: exact, a graph, and compressed lists re-ranked from the full vectors.
+std::vector<std::string> default_specs(std::size_t n, std::size_t dim) {
+  const auto nlist = std::clamp<std::size_t>(static_cast<std::size_t>(std::sqrt(static_cast<double>(n))), 1, 4096);
+  const std::size_t m = dim % 2 == 0 ? dim / 2 : dim;  // two dimensions per 4-bit code
+  return {"Flat", "HNSW32", "IVF" + std::to_string(nlist) + ",PQ" + std::to_string(m) + "x4fs,RFlat"};
+}
+
+/// Search knobs for `index`: ef for graphs, nprobe for IVF (from its nlist unless given), a re-rank
+/// depth where the index keeps full vectors to re-rank from.
+shoal::search_params params_for(const shoal::any_index& index, const options& opt) {
+  shoal::search_params p;
+  p.ef = opt.ef;
+  const std::string d = index.description();
+  if (const auto at = d.find("IVF"); at != std::string::npos) {
+    const std::size_t nlist = std::stoul(d.substr(at + 3));
+    p.nprobe = opt.nprobe > 0 ? opt.nprobe : std::max<std::size_t>(8, nlist / 8);
+  }
+  if (d.find("Refine(") != std::string::npos) p.refine_factor = opt.refine;
+  return p;
+}
+
+std::string describe(const shoal::search_params& p, const std::string& description) {
+  std::string out;
+  if (description.find("HNSW") != std::string::npos) out += "ef " + std::to_string(p.ef);
+  if (p.nprobe > 0) out += (out.empty() ? "" : ", ") + std::string("nprobe ") + std::to_string(p.nprobe);
+  if (p.refine_factor > 0) out += (out.empty() ? "" : ", ") + std::string("refine ") + std::to_string(p.refine_factor);
+  return out.empty() ? "-" : out;
 }
 
 }  // namespace
@@ -84,47 +138,58 @@ int main(int argc, char** argv) try {
               shoal::metric_name(opt.metric), opt.k);
 
   auto start = clock_type::now();
-  shoal::flat_index index(base.dim, opt.metric);
+  const shoal::neighbors exact =
+      truth ? shoal::neighbors() : shoal::ground_truth(base.view(), queries.view(), opt.k, opt.metric);
+  if (!truth) std::printf("ground truth: computed exactly in %.3f s\n", seconds_since(start));
+  const auto recall = [&](const shoal::neighbors& got) {
+    return truth ? shoal::recall_at_k(got, truth->view(), opt.k) : shoal::recall_at_k(got, exact, opt.k);
+  };
   std::vector<shoal::vector_id> ids(base.rows);
   std::iota(ids.begin(), ids.end(), shoal::vector_id{0});
-  index.add(base.view(), ids);
-  std::printf("index: Flat, %zu vectors, %.1f MiB, built in %.3f s\n", index.size(),
-              static_cast<double>(index.memory_bytes()) / (1 << 20), seconds_since(start));
 
-  // One query at a time: the latency a request sees.
-  shoal::neighbors single(queries.rows, opt.k);
-  std::vector<double> latency_ms(queries.rows);
-  start = clock_type::now();
-  for (std::size_t q = 0; q < queries.rows; ++q) {
-    const auto t0 = clock_type::now();
-    index.search(queries.view().slice(q, 1), single.view().slice(q, 1));
-    latency_ms[q] = seconds_since(t0) * 1e3;
-  }
-  const double single_s = seconds_since(start);
-  std::sort(latency_ms.begin(), latency_ms.end());
-
-  // The whole set as one batch: the throughput of an offline job.
-  start = clock_type::now();
-  const shoal::neighbors batched = index.search(queries.view(), opt.k);
-  const double batch_s = seconds_since(start);
-
-  if (!truth) {
+  std::printf("\n%-30s %-22s %8s %9s %9s %11s %11s %8s %8s\n", "index", "search", "build s", "MiB", "recall@k",
+              "batch QPS", "single QPS", "p50 ms", "p99 ms");
+  const std::size_t singles = std::min(queries.rows, single_queries);
+  for (const std::string& spec : opt.specs.empty() ? default_specs(base.rows, base.dim) : opt.specs) {
     start = clock_type::now();
-    const shoal::neighbors exact = shoal::ground_truth(base.view(), queries.view(), opt.k, opt.metric);
-    std::printf("ground truth: computed exactly in %.3f s\n", seconds_since(start));
-    std::printf("recall@%zu: single %.4f, batched %.4f\n", opt.k, shoal::recall_at_k(single, exact, opt.k),
-                shoal::recall_at_k(batched, exact, opt.k));
-  } else {
-    std::printf("recall@%zu: single %.4f, batched %.4f\n", opt.k, shoal::recall_at_k(single, truth->view(), opt.k),
-                shoal::recall_at_k(batched, truth->view(), opt.k));
+    shoal::any_index index = shoal::make_index(spec, base.dim, opt.metric);
+    if (!index.is_trained()) index.train(base.view());
+    index.add(base.view(), ids);
+    const double build_s = seconds_since(start);
+    const shoal::search_params params = params_for(index, opt);
+
+    // The whole set as one batch: the throughput of an offline job.
+    start = clock_type::now();
+    const shoal::neighbors batched = index.search(queries.view(), opt.k, params);
+    const double batch_s = seconds_since(start);
+
+    // One query at a time (the first `singles`): the latency a request sees. Each answer is the query's
+    // row of the batch.
+    shoal::neighbors single(singles, opt.k);
+    std::vector<double> latency_ms(singles);
+    start = clock_type::now();
+    for (std::size_t q = 0; q < singles; ++q) {
+      const auto t0 = clock_type::now();
+      index.search(queries.view().slice(q, 1), single.view().slice(q, 1), params);
+      latency_ms[q] = seconds_since(t0) * 1e3;
+    }
+    const double single_s = seconds_since(start);
+    std::sort(latency_ms.begin(), latency_ms.end());
+    const auto pct = [&](double p) {
+      return latency_ms[static_cast<std::size_t>(p * static_cast<double>(latency_ms.size() - 1))];
+    };
+    std::size_t differ = 0;
+    for (std::size_t q = 0; q < singles; ++q)
+      differ += std::equal(single.row_ids(q).begin(), single.row_ids(q).end(), batched.row_ids(q).begin()) ? 0 : 1;
+
+    std::printf("%-30s %-22s %8.2f %9.1f %9.4f %11.0f %11.0f %8.3f %8.3f\n", index.description().c_str(),
+                describe(params, index.description()).c_str(), build_s,
+                static_cast<double>(index.memory_bytes()) / (1 << 20), recall(batched),
+                static_cast<double>(queries.rows) / batch_s, static_cast<double>(singles) / single_s, pct(0.50),
+                pct(0.99));
+    if (differ > 0) std::printf("  %zu single-query answers differ from their rows of the batch\n", differ);
   }
-  const auto pct = [&](double p) {
-    return latency_ms[static_cast<std::size_t>(p * static_cast<double>(latency_ms.size() - 1))];
-  };
-  std::printf("single query: %.1f QPS, latency p50 %.3f ms, p99 %.3f ms\n",
-              static_cast<double>(queries.rows) / single_s, pct(0.50), pct(0.99));
-  std::printf("batched:      %.1f QPS (%zu queries in %.3f s)\n", static_cast<double>(queries.rows) / batch_s,
-              queries.rows, batch_s);
+  std::printf("\nbatch: all %zu queries in one call; single: the first %zu, one call each\n", queries.rows, singles);
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "shoal-demo: %s\n", e.what());
