@@ -677,6 +677,37 @@ TEST_CASE("collection: a train whose snapshot fails leaves the collection untrai
   CHECK(reopened.shard_sizes() == sizes);
 }
 
+TEST_CASE("collection: a rebalance keeps replicas down and counters counting", "[collection]") {
+  const clustered_set data(2000, 20, 16, 8, 33, 0.3f);
+  collection_options o = options_for(sharding::semantic, 16, metric::l2);
+  o.shards = 2;
+  o.replicas = 2;
+  collection c(o);
+  c.train(data.base.view());
+  c.add(data.base.view(), data.ids);
+  for (int i = 0; i < 10; ++i) (void)c.search(data.queries.view().slice(0, 1), 5);
+  c.take_down(0, 1);
+  const auto served = [&](std::size_t replica) {
+    const std::string text = c.metrics_text("t");
+    const std::string key =
+        "shoal_replica_searches_total{collection=\"t\",shard=\"0\",replica=\"" + std::to_string(replica) + "\"} ";
+    const std::size_t at = text.find(key);
+    REQUIRE(at != std::string::npos);
+    return std::stod(text.substr(at + key.size()));
+  };
+  const double before = served(0) + served(1);
+  CHECK(before >= 10);
+  c.rebalance();
+  // Prometheus counters never go back, and a rebalance does not bring a downed replica back.
+  CHECK(served(0) + served(1) >= before);
+  CHECK_FALSE(c.replica_up(0, 1));
+  CHECK(c.replica_up(0, 0));
+  const flat_index reference = flat_of(data, metric::l2);
+  require_identical(c.search(data.queries.view(), 10), reference.search(data.queries.view(), 10));
+  c.restore(0, 1);
+  CHECK(c.replica_up(0, 1));
+}
+
 TEST_CASE("collection: rebalance re-clusters drifted data without losing or duplicating vectors", "[collection]") {
   constexpr std::size_t dim = 16;
   // Train the router on one region, then add as much data from a far-away region: it all lands in

@@ -403,4 +403,13 @@ TEST_CASE("ivf-pq rejects bad parameters and input", "[pq][ivf]") {
   REQUIRE_THROWS_MATCHES(index.search(bad.view(), 3), shoal::error, fails_with(errc::non_finite, "component 1"));
   check_common_input_errors(index, f.queries.view(), f.ids[3]);
   CHECK(index.size() == 300);  // every failed add left the index as it was
+
+  // A PQ sample cap too large to multiply by 256 means no cap (it once wrapped to a 256-row sample).
+  const auto built = [&](std::size_t per_centroid) {
+    ivf_pq_train_params tp;
+    tp.pq.max_points_per_centroid = per_centroid;
+    return test::trained_with(ivf_pq_index(dim, metric::l2, {.nlist = 4, .m = 4, .nbits = 8}), f.base, f.ids, tp)
+        .search(f.queries.view(), 5, with(4));
+  };
+  CHECK(built(std::size_t{1} << 56).ids() == built(0).ids());
 }

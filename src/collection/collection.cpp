@@ -101,6 +101,7 @@ std::int64_t elapsed_ns(std::chrono::steady_clock::time_point since) {
 /// A live replica and its index, held for the duration of one read (empty: none was live).
 struct live_replica {
   replica_slot* rep = nullptr;
+  std::size_t at = 0;  // its index in the shard
   std::shared_ptr<any_index> index;
   explicit operator bool() const noexcept { return rep != nullptr; }
 };
@@ -124,7 +125,8 @@ live_replica pick_replica(const shard_state& shard) {
     replica_slot& rep = *shard.replicas[static_cast<std::size_t>(best)];
     // take_down clears `up` before the index, so a replica found without its index is going down and
     // the next pick passes it over.
-    if (std::shared_ptr<any_index> index = rep.index.load()) return {&rep, std::move(index)};
+    if (std::shared_ptr<any_index> index = rep.index.load())
+      return {&rep, static_cast<std::size_t>(best), std::move(index)};
   }
 }
 
@@ -145,12 +147,13 @@ void search_shard(const collection_state& st, shard_state& shard, std::size_t s,
     replica_slot& rep;
     ~release() { rep.inflight.fetch_sub(1, std::memory_order_relaxed); }
   } guard{rep};
-  rep.served.fetch_add(1, std::memory_order_relaxed);
+  detail::collection_state::shard_metrics& metrics = *st.shard_stats[s];
+  metrics.served[live.at].fetch_add(1, std::memory_order_relaxed);
   const auto started = std::chrono::steady_clock::now();
   st.executor(s).execute(
       [&] { read_replica(shard, rep, *live.index, [&](const any_index& i) { i.search(queries, out, params); }); });
   const std::chrono::nanoseconds took(elapsed_ns(started));
-  shard.latency.record(took);
+  metrics.latency.record(took);
   st.shard_latency.record(took);
 }
 
@@ -364,8 +367,7 @@ collection::collection(const collection_options& options) {
   detail::validate(options);
   auto st = std::make_unique<detail::collection_state>();
   st->options = options;
-  for (std::size_t s = 0; s < options.shards; ++s)
-    st->executors.push_back(std::make_unique<detail::shard_executor>(options.threads_per_shard));
+  st->add_shards();
   const std::shared_ptr<detail::layout> lay = st->empty_layout();
   st->trained.store(st->all_trained(*lay));
   st->current.store(lay);
@@ -809,6 +811,16 @@ void detail::rebalance(collection_state& st) {
                  detail::routable(r.vectors.view(), st.options.metric, unit), r.ids, r.keys);
       }
     }
+    // A replica taken down stays down (with its lag) until restore(): a rebalance is no repair.
+    for (std::size_t s = 0; s < lay->shards.size(); ++s)
+      for (std::size_t r = 0; r < lay->shards[s]->replicas.size(); ++r) {
+        const detail::replica_slot& was = *old->shards[s]->replicas[r];
+        detail::replica_slot& now = *lay->shards[s]->replicas[r];
+        if (was.up.load()) continue;
+        now.up.store(false);
+        now.index.store(nullptr);
+        now.lag.store(was.lag.load());
+      }
     st.current.store(lay);
   }
   st.rebalances.fetch_add(1, std::memory_order_relaxed);
@@ -883,7 +895,7 @@ std::string collection::metrics_text(std::string_view name) const {
   }
   w.family("shoal_shard_latency_seconds", "histogram", "Search latency per shard.");
   for (std::size_t s = 0; s < lay->shards.size(); ++s)
-    w.histogram("shoal_shard_latency_seconds", with("shard", std::to_string(s)), lay->shards[s]->latency.read());
+    w.histogram("shoal_shard_latency_seconds", with("shard", std::to_string(s)), st.shard_stats[s]->latency.read());
 
   w.family("shoal_replica_up", "gauge", "1 when the replica serves reads and writes, 0 when taken down.");
   for (std::size_t s = 0; s < lay->shards.size(); ++s)
@@ -902,7 +914,7 @@ std::string collection::metrics_text(std::string_view name) const {
     for (std::size_t r = 0; r < lay->shards[s]->replicas.size(); ++r)
       w.sample("shoal_replica_searches_total",
                with("shard", std::to_string(s)) + "," + prometheus_writer::label("replica", std::to_string(r)),
-               static_cast<double>(lay->shards[s]->replicas[r]->served.load()));
+               static_cast<double>(st.shard_stats[s]->served[r].load()));
 
   const auto seconds = [](const detail::atomic_ns& ns) { return static_cast<double>(ns.load()) * 1e-9; };
   w.family("shoal_train_seconds", "gauge", "Duration of the last train() (router k-means and shard training).");

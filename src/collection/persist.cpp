@@ -232,8 +232,7 @@ collection collection::open(const std::filesystem::path& directory, const collec
   auto st = std::make_unique<detail::collection_state>();
   st->options = o;
   st->snapshot_generation = p.generation;
-  for (std::size_t s = 0; s < o.shards; ++s)
-    st->executors.push_back(std::make_unique<detail::shard_executor>(o.threads_per_shard));
+  st->add_shards();
 
   auto lay = std::make_shared<detail::layout>(detail::router(o));
   if (p.centroid_rows > 0) {

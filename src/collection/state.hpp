@@ -87,7 +87,6 @@ struct replica_slot {
   std::atomic<bool> up{true};
   std::atomic<std::int64_t> inflight{0};  // searches running on it
   std::atomic<std::uint64_t> lag{0};      // vector writes missed while down
-  std::atomic<std::uint64_t> served{0};   // searches served
   mutable std::shared_mutex access;       // searches shared, writes exclusive (indexes without concurrent writes)
 };
 
@@ -96,7 +95,6 @@ struct shard_state {
   std::vector<std::unique_ptr<replica_slot>> replicas;
   std::mutex write_mutex;   // held while a write or a rebuild touches the replicas
   bool concurrent = false;  // the index allows writes while searching
-  latency_histogram latency;
 };
 
 /// What a rebalance swaps at once: the router, the shards and the routing table built for them.
@@ -138,6 +136,14 @@ struct collection_state {
   // Metrics (mutable: searches are const and count).
   std::chrono::steady_clock::time_point created = std::chrono::steady_clock::now();
   mutable latency_histogram route_latency, shard_latency, merge_latency, search_latency, write_latency;
+  /// Per shard (and replica): kept here rather than in a layout, so that a rebalance, which builds a
+  /// new layout, does not take Prometheus counters back to 0.
+  struct shard_metrics {
+    explicit shard_metrics(std::size_t replicas) : served(replicas) {}
+    latency_histogram latency;
+    std::vector<std::atomic<std::uint64_t>> served;  // searches served by each replica
+  };
+  std::vector<std::unique_ptr<shard_metrics>> shard_stats;
   mutable std::atomic<std::uint64_t> queries{0}, searches{0};
   std::atomic<std::uint64_t> adds{0}, upserts{0}, removes{0}, rebalances{0};
   mutable atomic_ns train_ns{0}, rebalance_ns{0}, checkpoint_ns{0}, rebuild_ns{0};
@@ -148,6 +154,13 @@ struct collection_state {
   }
 
   [[nodiscard]] const shard_executor& executor(std::size_t shard) const { return *executors[shard]; }
+  /// One executor and one set of metrics per shard, as `options` says (at creation and at open).
+  void add_shards() {
+    for (std::size_t s = 0; s < options.shards; ++s) {
+      executors.push_back(std::make_unique<shard_executor>(options.threads_per_shard));
+      shard_stats.push_back(std::make_unique<shard_metrics>(options.replicas));
+    }
+  }
   /// A new empty layout of `options`: router untrained, every replica an empty index from the spec.
   [[nodiscard]] std::shared_ptr<layout> empty_layout() const;
   /// Applies one validated write (no logging, no capture): the common tail of writes and log replay.

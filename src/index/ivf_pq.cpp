@@ -210,9 +210,9 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
   quantizer.set_centroids(std::move(kmeans(vectors, kp).centroids));
 
   // Residuals of (a sample of) the training vectors against their nearest centroid.
-  const std::size_t cap = params.pq.max_points_per_centroid == 0
-                              ? vectors.rows
-                              : std::max(pq_.ksub() * params.pq.max_points_per_centroid, pq_.ksub());
+  const std::size_t per = params.pq.max_points_per_centroid;  // 0: no cap; a huge one must not wrap
+  const std::size_t cap =
+      per == 0 || per > vectors.rows / pq_.ksub() ? vectors.rows : std::max(pq_.ksub() * per, pq_.ksub());
   const std::vector<std::size_t> rows = sample_rows(vectors.rows, cap, params.pq.seed ^ 0x5eedULL);
   matrix<float> residuals(rows.size(), dim_);
   for (std::size_t i = 0; i < rows.size(); ++i) std::copy_n(vectors.row(rows[i]), dim_, residuals.row(i));

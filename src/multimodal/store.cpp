@@ -1046,14 +1046,19 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
     mod.active = entry.active->name;
     for (const auto& [version, v] : entry.versions) {
       // With writes and projection changes held off, so that the vectors, their mirror and the route
-      // saved belong together.
-      v->exclusive([&] {
-        const std::shared_ptr<const detail::link_state> l = v->link();
-        const std::filesystem::path dir = detail::version_dir(directory, name, version);
-        v->own.save(dir / "native");
+      // saved belong together. (The lambda names what it uses: clang before 16 cannot capture
+      // structured bindings.)
+      const std::filesystem::path dir = detail::version_dir(directory, name, version);
+      detail::version_state& vs = *v;
+      detail::manifest_version saved{version, vs.native, vs.searchable, shared_route::none, std::nullopt};
+      vs.exclusive([&dir, &vs, &saved] {
+        const std::shared_ptr<const detail::link_state> l = vs.link();
+        vs.own.save(dir / "native");
         if (l->mirror) l->mirror->save(dir / "shared");
-        mod.versions.push_back({version, v->native, v->searchable, l->route, l->to_shared});
+        saved.route = l->route;
+        saved.to_shared = l->to_shared;
       });
+      mod.versions.push_back(std::move(saved));
     }
   }
   {
