@@ -248,6 +248,7 @@ int main(int argc, char** argv) try {
                   image_label(d, d.image_of[q]).c_str());
       for (std::size_t j = 0; j < 3; ++j) {
         const shoal::vector_id hit = text2image.id(q, j);
+        if (hit == shoal::no_id) break;  // fewer images than hits asked for
         std::printf("  %zu. %s, distance %.4f%s\n", j + 1, image_label(d, hit).c_str(), text2image.distance(q, j),
                     hit == d.image_of[q] ? "  <- paired" : "");
       }
@@ -256,6 +257,7 @@ int main(int argc, char** argv) try {
     std::printf("\n%s: nearest captions\n", image_label(d, img).c_str());
     for (std::size_t j = 0; j < 3; ++j) {
       const shoal::vector_id hit = image2text.id(img, j);
+      if (hit == shoal::no_id) break;
       std::printf("  %zu. \"%s\"%s\n", j + 1, d.captions[hit].c_str(),
                   d.image_of[hit] == img ? "  <- describes it" : "");
     }

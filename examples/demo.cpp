@@ -50,6 +50,20 @@ struct options {
   std::size_t refine = 10;
 };
 
+/// A whole positive number, or an error naming the option.
+std::size_t count(const std::string& option, const std::string& value) {
+  std::size_t used = 0;
+  unsigned long n = 0;
+  try {
+    n = std::stoul(value, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != value.size() || value.empty() || value[0] == '-' || n == 0)
+    throw std::invalid_argument(option + " needs a positive whole number, got '" + value + "'");
+  return n;
+}
+
 options parse(int argc, char** argv) {
   options opt;
   for (int i = 1; i < argc; ++i) {
@@ -66,7 +80,7 @@ options parse(int argc, char** argv) {
         (arg == "--k"        ? opt.k
          : arg == "--ef"     ? opt.ef
          : arg == "--nprobe" ? opt.nprobe
-                             : opt.refine) = std::stoul(value);
+                             : opt.refine) = count(arg, value);
     } else if (arg == "-h" || arg == "--help") {
       std::puts(
           "usage: shoal-demo [BASE QUERY [GT]] [--metric l2|ip|cos] [--k K] [--index SPEC]... [--ef N] [--nprobe N] "

@@ -46,9 +46,10 @@ options parse(int argc, char** argv) {
     }
     if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
     const std::string value = argv[++i];
-    if (arg == "--port")
+    if (arg == "--port") {
       o.port = std::stoi(value);
-    else if (arg == "--seconds")
+      if (o.port < 1 || o.port > 65535) throw std::invalid_argument("--port must be in [1, 65535], got " + value);
+    } else if (arg == "--seconds")
       o.seconds = std::stod(value);
     else if (arg == "--shards")
       o.shards = std::stoul(value);
@@ -106,6 +107,19 @@ int main(int argc, char** argv) try {
   std::fprintf(stderr, "shoal-metrics-server: %zu vectors in %zu %s shards of %s\n", n, o.shards, o.sharding.c_str(),
                o.index.c_str());
 
+  // Listening first: a busy port fails here, before any thread runs that would have to be joined.
+  const int server = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (server < 0) throw std::runtime_error("socket() failed");
+  const int yes = 1;
+  ::setsockopt(server, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<std::uint16_t>(o.port));
+  if (::bind(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(server, 16) != 0)
+    throw std::runtime_error("cannot listen on 127.0.0.1:" + std::to_string(o.port));
+  std::fprintf(stderr, "shoal-metrics-server: serving http://127.0.0.1:%d/metrics\n", o.port);
+
   std::atomic<bool> stop{false};
   std::thread searcher([&] {
     shoal::splitmix64 rng(1);
@@ -120,18 +134,6 @@ int main(int argc, char** argv) try {
       std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
   });
-
-  const int server = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (server < 0) throw std::runtime_error("socket() failed");
-  const int yes = 1;
-  ::setsockopt(server, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = htons(static_cast<std::uint16_t>(o.port));
-  if (::bind(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(server, 16) != 0)
-    throw std::runtime_error("cannot listen on 127.0.0.1:" + std::to_string(o.port));
-  std::fprintf(stderr, "shoal-metrics-server: serving http://127.0.0.1:%d/metrics\n", o.port);
 
   const auto start = std::chrono::steady_clock::now();
   while (o.seconds <= 0 ||

@@ -68,11 +68,14 @@ class index_adapter {
     static_cast<void>(path);
     throw config_error("--save: " + description() + " (" + std::string(library()) + ") cannot be saved");
   }
-  /// --load: replaces `build` — reads the index from `path` (mapped / verified as `options` say). Throws
-  /// `config_error` where the index cannot be loaded; shoal::error when the file is bad.
-  virtual void load(const std::string& path, const load_options& options) {
+  /// --load: replaces `build` — reads the index from `path` (mapped / verified as `options` say), which
+  /// must hold `base` (its row count and dimension: recall is scored against `base`'s row numbers).
+  /// Throws `config_error` where the index cannot be loaded or holds other data; shoal::error when the
+  /// file is bad.
+  virtual void load(const std::string& path, const load_options& options, matrix_view<const float> base) {
     static_cast<void>(path);
     static_cast<void>(options);
+    static_cast<void>(base);
     throw config_error("--load: " + description() + " (" + std::string(library()) + ") cannot be loaded");
   }
 };

@@ -21,6 +21,9 @@ class collection_adapter final : public index_adapter {
       : spec_(request.spec), metric_(request.metric), layout_(layout) {
     for (const param& p : request.build_params) {
       if (p.name == "semantic_balance") {
+        if (layout.sharding != "semantic" && layout.sharding != "hybrid")
+          throw config_error("--build-param semantic_balance: " + layout.sharding +
+                             " sharding has no router to balance (semantic or hybrid only)");
         balance_ = parse_number(p, spec_);
         continue;
       }
@@ -44,8 +47,15 @@ class collection_adapter final : public index_adapter {
   }
 
   void set_search_params(const param_list& params) override {
-    static constexpr std::string_view names[] = {"ef", "nprobe", "refine", "shard_probe"};
-    check_param_names(params, names, "search", spec_);
+    // The knobs the shards' spec reads, as the single-index adapters accept them; shard_probe where a
+    // router picks shards. A knob nothing reads would show in the row as if it had been used.
+    const auto has = [&](std::string_view part) { return spec_.find(part) != std::string::npos; };
+    std::vector<std::string_view> names;
+    if (has("HNSW")) names.push_back("ef");
+    if (has("IVF")) names.push_back("nprobe");
+    if (has("Refine(") || has("RFlat")) names.push_back("refine");
+    if (layout_.sharding == "semantic" || layout_.sharding == "hybrid") names.push_back("shard_probe");
+    check_param_names(params, names, "search", spec_ + " [" + layout_.sharding + " shards]");
     params_ = {};
     for (const param& p : params) {
       const std::size_t value = parse_positive(p, spec_);

@@ -61,6 +61,8 @@ dataset load_vectors(const options& o) {
   d.name = dataset_name(o.base);
   d.base = io::read_vectors(o.base, o.max_base);
   d.queries = io::read_vectors(o.query, o.max_query);
+  if (d.base.rows == 0) throw config_error("the base file " + o.base.string() + " has no rows");
+  if (d.queries.rows == 0) throw config_error("the query file " + o.query.string() + " has no rows");
   if (d.base.dim != d.queries.dim)
     throw config_error("base vectors have dimension " + std::to_string(d.base.dim) + ", queries " +
                        std::to_string(d.queries.dim));

@@ -70,14 +70,14 @@ int run(const options& o) {
   const std::vector<param_list> points = sweep_points(o.sweeps);
   std::vector<std::unique_ptr<index_adapter>> adapters = make_adapters(o, points);
 
-  std::ofstream csv;
+  dataset d = load_vectors(o);
+  print_header(o, d);
+  load_truth(d, o);
+  std::ofstream csv;  // opened (and an earlier file emptied) only once the inputs have loaded
   if (!o.csv.empty()) {
     csv.open(o.csv);
     if (!csv) throw std::runtime_error("cannot open --csv file " + o.csv.string());
   }
-  dataset d = load_vectors(o);
-  print_header(o, d);
-  load_truth(d, o);
 
   const run_settings settings{o.k, o.threads, o.batch, o.min_time_s};
   std::vector<result_row> rows;
@@ -102,7 +102,7 @@ int run(const options& o) {
     // --load / --save apply to shoal's index; peers are always built.
     const bool shoal_index = index->library() == "shoal";
     const double build_s = shoal_index && !o.load.empty()
-                               ? timed_load(*index, o.load.string(), {.mmap = o.mmap, .verify = o.verify})
+                               ? timed_load(*index, o.load.string(), {.mmap = o.mmap, .verify = o.verify}, d.base)
                                : timed_build(*index, d.base, o.threads);
     if (shoal_index && !o.save.empty()) index->save(o.save.string());
     // Peers are single indexes: shard_probe applies to the shoal collection only (each remaining point once).

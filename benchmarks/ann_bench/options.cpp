@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <limits>
 #include <ostream>
 #include <string_view>
 
@@ -20,9 +21,11 @@ T parse_number(std::string_view text, std::string_view option) {
   return value;
 }
 
-std::size_t parse_count(std::string_view text, std::string_view option, std::size_t min) {
+std::size_t parse_count(std::string_view text, std::string_view option, std::size_t min,
+                        std::size_t max = std::numeric_limits<std::size_t>::max()) {
   const auto value = parse_number<std::size_t>(text, option);
   if (value < min) throw usage_error(std::string(option) + " must be at least " + std::to_string(min));
+  if (value > max) throw usage_error(std::string(option) + " must be at most " + std::to_string(max));
   return value;
 }
 
@@ -51,14 +54,14 @@ constexpr option_spec specs[] = {
      }},
     {"--k", "N", "neighbours per query (default 10)",
      [](options& o, std::string_view v) { o.k = parse_count(v, "--k", 1); }},
-    {"--index", "SPEC", "index-factory spec, e.g. Flat (required)",
+    {"--index", "SPEC", "index spec as any_index::description() writes it, e.g. Flat (required)",
      [](options& o, std::string_view v) { o.index = v; }},
     {"--build-param", "NAME=V", "build knob of the index (repeatable)",
      [](options& o, std::string_view v) { o.build_params.push_back(parse_param(v, "--build-param")); }},
     {"--sweep", "NAME=v1,v2,...", "search knob values, one row each (repeatable: Cartesian product)",
      [](options& o, std::string_view v) { o.sweeps.push_back(parse_sweep(v)); }},
     {"--threads", "N", "single-query workers, or the batch's thread count (default 1)",
-     [](options& o, std::string_view v) { o.threads = parse_count(v, "--threads", 1); }},
+     [](options& o, std::string_view v) { o.threads = parse_count(v, "--threads", 1, 4096); }},
     {"--batch", "", "search all queries in one call (latency columns: per batch)",
      [](options& o, std::string_view) { o.batch = true; }},
     {"--csv", "FILE", "also write the rows to FILE", [](options& o, std::string_view v) { o.csv = v; }},
@@ -158,6 +161,7 @@ options parse_options(std::span<const char* const> args) {
   if (o.verify != shoal::verify_level::full && o.load.empty()) throw usage_error("--verify needs --load");
   if (o.shards == 0 && (o.sharding != "hash" || o.replicas != 1 || o.groups != 0))
     throw usage_error("--sharding, --replicas and --groups need --shards");
+  if (o.groups != 0 && o.sharding != "hybrid") throw usage_error("--groups needs --sharding hybrid");
   if (o.shards > 0 && (!o.save.empty() || !o.load.empty()))
     throw usage_error("--save / --load work on one index, not with --shards");
 

@@ -110,9 +110,10 @@ double timed_build(index_adapter& index, matrix_view<const float> base, std::siz
   return seconds_since(start);
 }
 
-double timed_load(index_adapter& index, const std::string& path, const load_options& options) {
+double timed_load(index_adapter& index, const std::string& path, const load_options& options,
+                  matrix_view<const float> base) {
   const auto start = clock_type::now();
-  index.load(path, options);
+  index.load(path, options, base);
   return seconds_since(start);
 }
 

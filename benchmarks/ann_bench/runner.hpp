@@ -45,7 +45,8 @@ struct sweep_result {
 
 /// Loads `index` from `path` (--load, mapped / verified as `options` say) instead of building it; returns the wall
 /// seconds it took.
-[[nodiscard]] double timed_load(index_adapter& index, const std::string& path, const load_options& options);
+[[nodiscard]] double timed_load(index_adapter& index, const std::string& path, const load_options& options,
+                                matrix_view<const float> base);
 
 /// Measures `index` with its current search parameters: a warm-up pass over min(100, rows) queries, then
 /// passes over all `queries` until `settings.min_time_s` has elapsed (at least one full pass). `truth`

@@ -39,7 +39,7 @@ class shoal_adapter : public index_adapter {
       index_adapter::save(path);
   }
 
-  void load(const std::string& path, const load_options& options) final {
+  void load(const std::string& path, const load_options& options, matrix_view<const float> base) final {
     if constexpr (requires { Index::load(path, load_options{}); }) {
       index_.emplace(Index::load(path, options));
       if constexpr (requires(const Index& i) { describe(i); })
@@ -47,8 +47,12 @@ class shoal_adapter : public index_adapter {
           throw config_error("--load: " + path + " holds " + describe(*index_) + ", not " + spec_);
       if (index_->metric() != metric_)
         throw config_error("--load: " + path + " holds an index of metric " + metric_name(index_->metric()));
+      if (index_->size() != base.rows || index_->dim() != base.dim)
+        throw config_error("--load: " + path + " holds " + std::to_string(index_->size()) + " vectors of dimension " +
+                           std::to_string(index_->dim()) + ", --base " + std::to_string(base.rows) + " of dimension " +
+                           std::to_string(base.dim) + " (recall would be scored against other vectors)");
     } else {
-      index_adapter::load(path, options);
+      index_adapter::load(path, options, base);
     }
   }
 

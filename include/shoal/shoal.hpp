@@ -4,6 +4,7 @@
 
 #include "shoal/cluster/kmeans.hpp"
 #include "shoal/collection/collection.hpp"
+#include "shoal/core/coarse_probe.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
@@ -22,6 +23,7 @@
 #include "shoal/io/vecs.hpp"
 #include "shoal/multimodal/fusion.hpp"
 #include "shoal/multimodal/projection.hpp"
+#include "shoal/multimodal/store.hpp"
 #include "shoal/quant/opq.hpp"
 #include "shoal/quant/pq.hpp"
 #include "shoal/quant/sq.hpp"

@@ -24,3 +24,10 @@ run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build" -G "${GENERATOR}"
     "-DCMAKE_PREFIX_PATH=${WORK_DIR}/moved" -DWITH_CUDA=${WITH_CUDA} ${sanitize_flags})
 run(${CMAKE_COMMAND} --build "${WORK_DIR}/build" --config "${CONFIG}")
 run("${WORK_DIR}/build/consumer")
+
+# Without the cuda component, the package must configure where no CUDA toolkit is found, even when it
+# was installed with one: a FindCUDAToolkit that finds nothing stands in for a machine without it.
+file(WRITE "${WORK_DIR}/no-cuda/FindCUDAToolkit.cmake" "set(CUDAToolkit_FOUND FALSE)\n")
+run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build-no-cuda" -G "${GENERATOR}" -DCMAKE_BUILD_TYPE=${CONFIG}
+    "-DCMAKE_PREFIX_PATH=${WORK_DIR}/moved" "-DCMAKE_MODULE_PATH=${WORK_DIR}/no-cuda" -DWITH_CUDA=OFF
+    ${sanitize_flags})

@@ -7,6 +7,9 @@
 #include <shoal/cuda/device.hpp>
 #endif
 
+// The one include names every public type (the multimodal store was once missing from it).
+static_assert(sizeof(shoal::multimodal_store) > 0 && sizeof(shoal::collection) > 0 && sizeof(shoal::coarse_probe) > 0);
+
 int main() {
   const std::vector<float> base = {0, 0, 10, 10, 3, 4};  // three 2-d points
   const std::vector<shoal::vector_id> ids = {100, 200, 300};
