@@ -31,6 +31,9 @@ TEST_CASE("recall_at_k counts the overlap of the first k ids per query", "[eval]
   CHECK(recall_at_k(got, gt, 3) == Approx((2.0 / 3 + 2.0 / 3) / 2));  // {2,0} of {0,1,2}; {6,5} of {4,5,6}
   CHECK(recall_at_k(got, gt, 4) == Approx((3.0 / 4 + 3.0 / 4) / 2));
   CHECK(recall_at_k(got, result_of({{0, 1, 2, 3}, {4, 5, 6, 7}}), 4) == Approx(0.75));
+  // A set intersection: a result that repeats a true id counts it once (a faulty index returning one
+  // id k times must not score 1).
+  CHECK(recall_at_k(result_of({{0, 0, 0, 0}, {5, 5, 4, 4}}), gt, 4) == Approx((1.0 / 4 + 2.0 / 4) / 2));
   REQUIRE_THROWS_MATCHES(recall_at_k(got, gt, 0), shoal::error, fails_with(errc::invalid_argument, "at least 1"));
   REQUIRE_THROWS_MATCHES(recall_at_k(got, gt, 5), shoal::error, fails_with(errc::invalid_argument, "exceeds"));
   REQUIRE_THROWS_MATCHES(recall_at_k(got, matrix_view<const std::int32_t>(truth.data(), 1, 4), 2), shoal::error,

@@ -169,7 +169,13 @@ TEST_CASE("npy round-trips float32, int32, uint8 and int8", "[io]") {
   write_npy(dir / "i.npy", i);
   CHECK(read_npy_header(dir / "i.npy").dtype == npy_dtype::int32);
   CHECK(read_npy_ids(dir / "i.npy").values == i.values);
-  CHECK(as_vector(read_npy(dir / "i.npy")) == converted<float>(i));
+  // As vectors (float32), exactly or not at all: values beyond 2^24 would be rounded silently.
+  REQUIRE_THROWS_MATCHES(read_npy(dir / "i.npy"), shoal::error, fails_with(errc::unsupported, "no exact float32"));
+  matrix<std::int32_t> small_ints = i;
+  for (std::int32_t& v : small_ints.values) v %= std::int32_t{1} << 24;
+  small_ints.values[0] = std::int32_t{1} << 24;
+  write_npy(dir / "i.npy", small_ints);
+  CHECK(as_vector(read_npy(dir / "i.npy")) == converted<float>(small_ints));
 
   const auto u = random_matrix<std::uint8_t>(7, 5, 3);
   write_npy(dir / "u.npy", u);
@@ -514,6 +520,17 @@ TEST_CASE("writers replace files atomically and report failures", "[io]") {
   write_npy(dir / "t.npy", small);
   CHECK(fs::file_size(dir / "t.npy") == 128 + 8);
   CHECK(read_npy(dir / "t.npy").values == small.values);
+  CHECK(dir.entries().size() == 2);
+
+  // A rewritten file keeps its mode (a private file stays private), and a name near NAME_MAX, whose
+  // temporary name would be too long with its suffix, still writes.
+  fs::permissions(target, fs::perms::owner_read | fs::perms::owner_write);
+  write_fvecs(target, small);
+  CHECK(fs::status(target).permissions() == (fs::perms::owner_read | fs::perms::owner_write));
+  const fs::path long_name = dir / (std::string(240, 'n') + ".fvecs");
+  write_fvecs(long_name, small);
+  CHECK(read_fvecs(long_name).values == small.values);
+  fs::remove(long_name);
   CHECK(dir.entries().size() == 2);
 
   // The directory does not exist: nothing can be created.

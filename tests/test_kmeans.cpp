@@ -233,6 +233,41 @@ TEST_CASE("k-means never splits a cluster of coinciding points", "[kmeans]") {
     CHECK(r.empty_cluster_repairs > 0);
     CHECK(std::count(r.cluster_sizes.begin(), r.cluster_sizes.end(), std::size_t{0}) == 0);
   }
+  // Spherical: copies of one vector of norm 10 share one direction, so they have no spread either (the
+  // spread was once measured around the unit centroid, which made them the widest cluster: every repair
+  // split them, and up to 8 of 40 centroids ended empty).
+  constexpr std::size_t sdim = 8;
+  matrix<float> sphere(1300, sdim);
+  splitmix64 rng(42);
+  for (std::size_t i = 0; i < sphere.rows; ++i) {
+    float* row = sphere.row(i);
+    if (i < 300) {
+      row[0] = 10.0f;
+      continue;
+    }
+    double norm2 = 0.0;
+    for (std::size_t j = 0; j < sdim; ++j) {
+      row[j] = rng.normal();
+      norm2 += static_cast<double>(row[j]) * row[j];
+    }
+    for (std::size_t j = 0; j < sdim; ++j) row[j] /= static_cast<float>(std::sqrt(norm2));
+    row[0] = -std::abs(row[0]);  // away from the copies' direction
+  }
+  for (const std::uint64_t seed : {1, 2, 3}) {
+    CAPTURE(seed);
+    kmeans_params sp;
+    sp.k = 40;
+    sp.iterations = 25;
+    sp.init = kmeans_init::random;
+    sp.spherical = true;
+    sp.seed = seed;
+    const kmeans_result r = kmeans(sphere.view(), sp);
+    CHECK(std::count(r.cluster_sizes.begin(), r.cluster_sizes.end(), std::size_t{0}) == 0);
+    std::size_t on_copies = 0;
+    for (std::size_t c = 0; c < sp.k; ++c) on_copies += r.centroids.row(c)[0] > 0.9999f ? 1 : 0;
+    CHECK(on_copies == 1);
+  }
+
   // With fewer distinct points than centroids, the clusters left over stay empty (nothing to split).
   matrix<float> few(100, dim);
   for (std::size_t i = 0; i < few.rows; ++i) {

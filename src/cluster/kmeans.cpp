@@ -843,17 +843,35 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
       if (params.spherical) normalize(centroid, dim);
     });
     if (std::find(sizes.begin(), sizes.end(), std::size_t{0}) != sizes.end()) {
-      // Each cluster's spread around its updated centroid, to pick which to split.
+      // Each cluster's spread around its updated centroid, to pick which to split. Spherical k-means
+      // ranks by direction alone, so there the spread is each point's distance from the centroid's line,
+      // ‖x‖² − ⟨x, ĉ⟩²: points that share one direction have none, whatever their norms (measured as
+      // ‖x − ĉ‖², copies of one non-unit vector looked widest of all, and every repair split them).
       std::vector<double> spread(k, 0.0);
       detail::parallel_for(k, [&](std::size_t c) {
         const float* centroid = centroids.row(c);
+        double norms = 0.0;
         for (std::size_t m = offsets[c]; m < offsets[c + 1]; ++m) {
           const float* row = x.row(members[m]);
+          double along = 0.0;
+          double norm2 = 0.0;
           for (std::size_t j = 0; j < dim; ++j) {
-            const double e = static_cast<double>(row[j]) - centroid[j];
-            spread[c] += e * e;
+            const double v = row[j];
+            if (params.spherical) {
+              along += v * centroid[j];
+              norm2 += v * v;
+            } else {
+              const double e = v - centroid[j];
+              spread[c] += e * e;
+            }
+          }
+          if (params.spherical) {
+            spread[c] += std::max(0.0, norm2 - along * along);
+            norms += norm2;
           }
         }
+        // What is left of one shared direction is the float rounding of ĉ: about 1e-7 of ‖x‖² a point.
+        if (params.spherical && spread[c] <= 1e-6 * norms) spread[c] = 0.0;
       });
       for (std::size_t c = 0; c < k; ++c)
         if (sizes[c] == 0 && split_widest(centroids, sizes, spread, c, params.spherical, rng))

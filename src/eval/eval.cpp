@@ -11,20 +11,22 @@
 namespace shoal {
 namespace {
 
-/// Σ over queries of |first k of `got` ∩ first k of `want`| / k, averaged.
+/// Σ over queries of |first k of `got` ∩ first k of `want`| / k, averaged: a set intersection, so an id
+/// that a result repeats counts once (an index returning one true id k times scores 1/k, not 1).
 template <class Want>
 double mean_overlap(const neighbors& result, std::size_t rows, std::size_t k, Want want) {
   if (rows == 0) return 1.0;
   double total = 0.0;
   std::vector<vector_id> truth(k);
+  std::vector<vector_id> got(k);
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t j = 0; j < k; ++j) truth[j] = want(r, j);
     std::sort(truth.begin(), truth.end());
+    std::copy_n(result.row_ids(r).begin(), k, got.begin());
+    std::sort(got.begin(), got.end());
     std::size_t hits = 0;
-    for (std::size_t j = 0; j < k; ++j) {
-      const vector_id id = result.id(r, j);
-      if (id != no_id && std::binary_search(truth.begin(), truth.end(), id)) ++hits;
-    }
+    for (auto it = got.begin(); it != got.end(); it = std::upper_bound(it, got.end(), *it))
+      if (*it != no_id && std::binary_search(truth.begin(), truth.end(), *it)) ++hits;
     total += static_cast<double>(hits) / static_cast<double>(k);
   }
   return total / static_cast<double>(rows);

@@ -156,9 +156,11 @@ void read_values(const input_file& file, std::uint64_t offset, std::size_t count
   }
 }
 
-/// Writes a file atomically: the bytes go to `<target>.tmp.<pid>.<n>` in the same directory, and `commit()`
-/// flushes, fsyncs and renames it over the target. Destroyed without a commit (an exception on the way),
-/// it removes the temporary and leaves any existing target untouched. Every failure is `errc::io_error`.
+/// Writes a file atomically: the bytes go to `<target>.tmp.<pid>.<n>` in the same directory (the target's
+/// name cut short where the whole would exceed NAME_MAX), and `commit()` flushes, fsyncs and renames it
+/// over the target, which keeps its permission bits. Destroyed without a commit (an exception on the
+/// way), it removes the temporary and leaves any existing target untouched. Every failure is
+/// `errc::io_error`.
 class atomic_writer {
  public:
   explicit atomic_writer(std::filesystem::path target)
@@ -166,6 +168,9 @@ class atomic_writer {
     fd_.reset(open_retrying(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0666));
     SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, target_.string(), ": cannot create the temporary file ",
                      temp_.string(), ": ", errno_text(errno));
+    // A file rewritten keeps its mode: a target made private (0600) must not come back world-readable.
+    struct ::stat existing {};
+    if (::stat(target_.c_str(), &existing) == 0) (void)::fchmod(fd_.get(), existing.st_mode & 07777);
   }
   atomic_writer(const atomic_writer&) = delete;
   atomic_writer& operator=(const atomic_writer&) = delete;
@@ -222,9 +227,11 @@ class atomic_writer {
  private:
   static std::filesystem::path temporary_name(const std::filesystem::path& target) {
     static std::atomic<unsigned> counter{0};  // several writers of one target in one process stay apart
-    std::filesystem::path temp = target;
-    temp += ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1));
-    return temp;
+    constexpr std::size_t name_max = 255;     // bytes in one path component (NAME_MAX on Linux)
+    const std::string suffix = ".tmp." + std::to_string(::getpid()) + "." + std::to_string(counter.fetch_add(1));
+    std::string name = target.filename().string();
+    if (name.size() + suffix.size() > name_max) name.resize(name_max - suffix.size());
+    return target.parent_path() / (name + suffix);
   }
 
   void write_fully(const std::byte* data, std::size_t bytes) {
