@@ -1275,7 +1275,9 @@ void hnsw_index::train(matrix_view<const float> sample) {
     sample = normalized->view();
   }
   const std::unique_lock structure(x.structure);
-  SHOAL_CHECK(x.live_count.load(std::memory_order_relaxed) == 0 && x.slot_count.load(std::memory_order_relaxed) == 0,
+  // Free slots (every vector removed) keep stale codes, but no search reads them and a reuse rewrites
+  // them: only live vectors would disagree with new ranges.
+  SHOAL_CHECK(x.live_count.load(std::memory_order_relaxed) == 0,
               "hnsw_index::train: the index already holds vectors encoded with other ranges");
   const std::lock_guard lock(x.sq_mutex);
   x.train_codes(sample);

@@ -274,7 +274,12 @@ class multimodal_store {
   /// naming the modality, `errc::not_found`.
   void add(std::string_view modality, matrix_view<const float> vectors, std::span<const vector_id> ids,
            std::string_view version = {});
-  /// Adds or replaces (see `collection::upsert`), in the mirror too.
+  /// Adds or replaces (see `collection::upsert`), in the mirror too. Every check, the projections'
+  /// included, comes before anything changes. One failure can still leave the two apart: an I/O error
+  /// in the mirror's write-ahead log after the version's own write went through (a store opened from a
+  /// directory on a full disk); the ids then hold their new vectors in the version and their old ones in
+  /// the mirror until they are written again. (A cross-collection log that makes the pair atomic is an
+  /// open item.)
   void upsert(std::string_view modality, matrix_view<const float> vectors, std::span<const vector_id> ids,
               std::string_view version = {});
   /// Removes ids from a version and its mirror; `errc::not_found` before removing anything. Pairs of
