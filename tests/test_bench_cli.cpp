@@ -72,6 +72,11 @@ TEST_CASE("shoal-ann-bench: bad runs exit 2 naming the problem and keep earlier 
   check(bench(data + " --index Flat --shards 2 --build-param semantic_balance=1.5"), 2, "no router to balance");
   check(bench(data + " --index HNSW8 --shards 2 --sharding semantic --sweep shard_probe=1 --sweep ef=16"), 0,
         "shard_probe=1");
+
+  // A spec written another way than the bench's own grammar runs as the factory's canonical form.
+  check(bench(data + " --index 'IVF4, PQ8x4fs, RFlat' --sweep nprobe=4 --sweep refine=4"), 0,
+        "shoal,\"IVF4,PQ8x4fs,Refine(Flat)\",nprobe=4;refine=4,");
+  check(bench(data + " --index IVF4,PQ8x4fs,RFlt"), 2, "make_index says");
 }
 
 }  // namespace shoal

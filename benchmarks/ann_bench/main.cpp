@@ -13,6 +13,7 @@
 #include "report.hpp"
 #include "runner.hpp"
 #include "shoal/distance/distance.hpp"
+#include "shoal/index/factory.hpp"
 
 namespace shoal::bench {
 namespace {
@@ -32,11 +33,31 @@ param_list for_one_index(const param_list& point) {
 
 /// shoal's adapter (a bad spec or parameter ends the run) and, with --peers, every peer that can serve
 /// the same spec and parameters (the others are skipped with a note).
-std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, const std::vector<param_list>& points) {
+/// shoal's adapter for `request`; a spec the bench does not know as written may be another way of writing
+/// one it knows (RFlat for Refine(Flat), PQ<m>x8, spaces around commas, ...): then the factory's
+/// canonical form of it, as any_index::description() gives it, is used (and shown in the index column).
+std::unique_ptr<index_adapter> make_shoal_index(index_request request, std::size_t dim) {
+  try {
+    return make_shoal_adapter(request);
+  } catch (const config_error& unknown) {
+    std::string canonical;
+    try {
+      canonical = make_index(request.spec, dim, request.metric).description();
+    } catch (const shoal::error& e) {  // the factory's message names the bad token
+      throw config_error(std::string(unknown.what()) + "; make_index says: " + e.what());
+    }
+    if (canonical == request.spec) throw;
+    request.spec = canonical;
+    return make_shoal_adapter(request);
+  }
+}
+
+std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, const std::vector<param_list>& points,
+                                                          std::size_t dim) {
   const index_request request{o.index, o.metric, o.build_params};
   std::vector<std::unique_ptr<index_adapter>> adapters;
   adapters.push_back(o.shards > 0 ? make_collection_adapter(request, {o.shards, o.sharding, o.replicas, o.groups})
-                                  : make_shoal_adapter(request));
+                                  : make_shoal_index(request, dim));
   check_sweep(*adapters.back(), points);
   if (!o.peers) return adapters;
   if (peer_libraries().empty()) std::cerr << "shoal-ann-bench: note: no peer library was found at configure time\n";
@@ -68,9 +89,9 @@ void print_header(const options& o, const dataset& d) {
 
 int run(const options& o) {
   const std::vector<param_list> points = sweep_points(o.sweeps);
-  std::vector<std::unique_ptr<index_adapter>> adapters = make_adapters(o, points);
-
   dataset d = load_vectors(o);
+  // After the data: a spec written another way is resolved through the factory at the data's dimension.
+  std::vector<std::unique_ptr<index_adapter>> adapters = make_adapters(o, points, d.base.dim);
   print_header(o, d);
   load_truth(d, o);
   std::ofstream csv;  // opened (and an earlier file emptied) only once the inputs have loaded

@@ -54,7 +54,7 @@ constexpr option_spec specs[] = {
      }},
     {"--k", "N", "neighbours per query (default 10)",
      [](options& o, std::string_view v) { o.k = parse_count(v, "--k", 1); }},
-    {"--index", "SPEC", "index spec as any_index::description() writes it, e.g. Flat (required)",
+    {"--index", "SPEC", "index-factory spec, e.g. Flat or HNSW32 (required)",
      [](options& o, std::string_view v) { o.index = v; }},
     {"--build-param", "NAME=V", "build knob of the index (repeatable)",
      [](options& o, std::string_view v) { o.build_params.push_back(parse_param(v, "--build-param")); }},
