@@ -1,7 +1,6 @@
 // shoal::cuda::coarse_quantizer: the IVF coarse pass as a k-NN search of the centroids on the device.
 
 #include <algorithm>
-#include <vector>
 
 #include "shoal/core/error.hpp"
 #include "shoal/cuda/coarse_quantizer.hpp"
@@ -21,8 +20,7 @@ coarse_quantizer::coarse_quantizer(matrix_view<const float> centroids, shoal::me
 void coarse_quantizer::probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const {
   SHOAL_CHECK(nprobe > 0 && nprobe <= std::min(lists(), flat_index::max_k), "cuda::coarse_quantizer::probe: nprobe ",
               nprobe, " is outside [1, ", std::min(lists(), flat_index::max_k), "]");
-  std::vector<float> distances(queries.rows * nprobe);
-  centroids_.search(queries, nprobe, probes, distances.data());
+  centroids_.search(queries, nprobe, probes, nullptr);
 }
 
 }  // namespace shoal::cuda

@@ -106,7 +106,8 @@ struct flat_index::impl {
   void download(std::size_t count, std::uint32_t k, std::uint32_t* rows_out, float* scores_out) {
     check(cudaMemcpy(rows_out, best_row.get(), count * k * sizeof(std::uint32_t), cudaMemcpyDeviceToHost),
           "cudaMemcpy");
-    check(cudaMemcpy(scores_out, best_score.get(), count * k * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
+    if (scores_out != nullptr)
+      check(cudaMemcpy(scores_out, best_score.get(), count * k * sizeof(float), cudaMemcpyDeviceToHost), "cudaMemcpy");
   }
 };
 
@@ -174,8 +175,7 @@ neighbors flat_index::search(matrix_view<const float> queries, std::size_t k) co
 void flat_index::search(matrix_view<const float> queries, std::size_t k, std::uint32_t* rows, float* distances) const {
   SHOAL_CHECK(k > 0 && k <= max_k, "cuda::flat_index::search: k must be in [1, ", max_k, "], not ", k);
   shoal::detail::check_vectors(queries, impl_->dim_, "cuda::flat_index::search: query");
-  SHOAL_CHECK(queries.rows == 0 || (rows != nullptr && distances != nullptr),
-              "cuda::flat_index::search: null result buffer");
+  SHOAL_CHECK(queries.rows == 0 || rows != nullptr, "cuda::flat_index::search: null result buffer");
   impl& s = *impl_;
   const std::lock_guard lock(s.mutex);
   detail::use_device(s.device);

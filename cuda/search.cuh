@@ -17,6 +17,7 @@
 //   void merge(unsigned blocks, const float* tile, std::size_t ld, std::size_t len, const float* norms,
 //              std::uint32_t row0, std::uint32_t k, bool fresh);   merge_chunk into the batch's top-k
 //   void download(std::size_t count, std::uint32_t k, std::uint32_t* rows, float* scores);   that top-k → host
+//       (scores null: the rows alone)
 
 #include <algorithm>
 #include <cmath>
@@ -52,13 +53,14 @@ inline matrix<float> stored_rows(matrix_view<const float> vectors, metric m) {
 }
 
 /// The k nearest rows of each query into rows / distances (queries.rows × k): row numbers (no_row past
-/// the backend's rows) and shoal's distances. The caller has checked the arguments (1 ≤ k ≤
-/// select_max_k, finite queries of the backend's dim). `host_row` / `host_score` are host scratch.
+/// the backend's rows) and shoal's distances; null `distances` asks for the rows alone. The caller has
+/// checked the arguments (1 ≤ k ≤ select_max_k, finite queries of the backend's dim). `host_row` /
+/// `host_score` are host scratch.
 template <class Backend>
 void search_tiles(Backend& backend, matrix_view<const float> queries, std::size_t k, std::uint32_t* rows,
                   float* distances, std::vector<std::uint32_t>& host_row, std::vector<float>& host_score) {
   std::fill(rows, rows + queries.rows * k, no_row);
-  std::fill(distances, distances + queries.rows * k, no_distance);
+  if (distances != nullptr) std::fill(distances, distances + queries.rows * k, no_distance);
   const std::size_t n = backend.rows(), dim = backend.dim();
   if (queries.rows == 0 || n == 0) return;
   const metric m = backend.kind();
@@ -85,7 +87,11 @@ void search_tiles(Backend& backend, matrix_view<const float> queries, std::size_
                     backend.norms() != nullptr ? backend.norms() + row0 : nullptr, static_cast<std::uint32_t>(row0), kk,
                     row0 == 0);
     }
-    backend.download(count, kk, host_row.data(), host_score.data());
+    backend.download(count, kk, host_row.data(), distances != nullptr ? host_score.data() : nullptr);
+    if (distances == nullptr) {
+      for (std::size_t i = 0; i < count; ++i) std::copy_n(host_row.data() + i * kk, kk, rows + (first + i) * k);
+      continue;
+    }
     for (std::size_t i = 0; i < count; ++i) {
       const float* query = q.row(first + i);
       // ‖q‖² under L2 (ranks do not need it), 1 under cosine.

@@ -8,12 +8,16 @@
 //
 // `merge_chunk` runs one block per query. Its running top-k (k ≤ 1024, sorted by (score, row)) stays in
 // shared memory while it scans the chunk in rounds of `candidates_per_round` scores:
-//  - a score joins the round's candidates only if it beats the current k-th, (score, row) < τ;
-//  - when a round has candidates they are sorted (bitonic, in shared memory) and merged with the
-//    top-k (each element's output rank from a binary search in the other list), and τ tightens.
+//  - a score becomes a candidate only if it beats the current k-th, (score, row) < τ;
+//  - candidates wait in a buffer of two rounds' size; when the next round might not fit, and at the
+//    chunk's end, they are sorted (bitonic, in shared memory) and merged with the top-k (each element's
+//    output rank from a binary search in the other list), and τ tightens.
 // After the first rounds few scores beat τ (about k / r in round r on data in no particular order), so
-// the scan is one coalesced read per score and one barrier per round. The worst case, rows whose scores
-// fall in the scan's order, merges every round.
+// the scan is one coalesced read per score and one barrier per round, and a chunk merges about once.
+// (Session 18's version merged every round that had a candidate, which at k = 32 is nearly every round
+// of a query's first chunks. On an H200 the change was within the spread between runs: the merges are
+// not where the coarse pass loses to cuBLAS's GEMM alone, see BENCHMARKS.md.) The worst case, rows whose
+// scores fall in the scan's order, merges every other round.
 //
 // Ties go to the smaller row, as everywhere in shoal: (score, row) is a total order on real rows. NaN
 // scores rank last (as +inf); a real row always ranks before the empty slot (+inf, no_row), so k ≤ n
@@ -37,9 +41,12 @@ namespace shoal::cuda::detail {
 
 /// Threads per `merge_chunk` block (a multiple of the warp size).
 constexpr unsigned select_threads = 256;
-/// Scores each thread scans per round; a round's candidates fit in a buffer of threads × this.
+/// Scores each thread scans per round.
 constexpr unsigned scores_per_thread = 4;
 constexpr unsigned candidates_per_round = select_threads * scores_per_thread;
+/// The candidate buffer: candidates of several rounds wait there, and are sorted into the top-k only when
+/// another round might not fit, or at the chunk's end.
+constexpr unsigned candidate_capacity = 2 * candidates_per_round;
 /// The row number of an empty slot.
 constexpr std::uint32_t no_row = std::numeric_limits<std::uint32_t>::max();
 /// Largest k `merge_chunk` keeps.
@@ -47,7 +54,7 @@ constexpr std::uint32_t select_max_k = 1024;
 
 /// Dynamic shared memory of one `merge_chunk` block: the top-k, its merge output and the candidates.
 constexpr std::size_t merge_shared_bytes(std::uint32_t k) {
-  return (2 * std::size_t{k} + candidates_per_round) * (sizeof(float) + sizeof(std::uint32_t));
+  return (2 * std::size_t{k} + candidate_capacity) * (sizeof(float) + sizeof(std::uint32_t));
 }
 
 /// The query batch and row chunk of one GEMM + merge step: batch × chunk scores within `budget` floats
@@ -130,12 +137,13 @@ __global__ void merge_chunk(const float* tile, std::size_t ld, std::size_t len, 
   float* top_score = reinterpret_cast<float*>(shared);
   float* out_score = top_score + k;
   float* cand_score = out_score + k;
-  std::uint32_t* top_row = reinterpret_cast<std::uint32_t*>(cand_score + candidates_per_round);
+  std::uint32_t* top_row = reinterpret_cast<std::uint32_t*>(cand_score + candidate_capacity);
   std::uint32_t* out_row = top_row + k;
   std::uint32_t* cand_row = out_row + k;
-  // Round r appends to counter r % 3. Thread 0 zeroes counter (r + 2) % 3 after round r's first barrier:
-  // its last readers read it before that barrier (in round r − 1), its next writers append after round
-  // r + 1's first barrier, so one barrier per round suffices when the round has no candidates.
+  // Round r counts its candidates in counter r % 3 and writes them after the `buffered` ones of earlier
+  // rounds. Thread 0 zeroes counter (r + 2) % 3 after round r's first barrier: its last readers read it
+  // before that barrier (in round r − 1), its next writers append after round r + 1's first barrier, so
+  // a round that merges nothing costs one barrier.
   __shared__ std::uint32_t counters[3];
 
   const unsigned tid = threadIdx.x;
@@ -153,23 +161,35 @@ __global__ void merge_chunk(const float* tile, std::size_t ld, std::size_t len, 
   std::uint32_t tau_row = top_row[k - 1];
 
   unsigned round = 0;
+  std::uint32_t buffered = 0;  // candidates waiting in the buffer (uniform: every thread counts alike)
   for (std::size_t base = 0; base < len; base += candidates_per_round, ++round) {
     std::uint32_t* counter = &counters[round % 3];
+    // Every read of the round first, then the tests: a thread has all its reads in flight at once.
+    float s[scores_per_thread];
     for (unsigned r = 0; r < scores_per_thread; ++r) {
       const std::size_t j = base + r * blockDim.x + tid;
-      if (j >= len) break;
-      const float s = score_of(ip, norms, j);
+      s[r] = j < len ? score_of(ip, norms, j) : INFINITY;
+    }
+    for (unsigned r = 0; r < scores_per_thread; ++r) {
+      const std::size_t j = base + r * blockDim.x + tid;
       const auto row = static_cast<std::uint32_t>(row0 + j);
-      if (before(s, row, tau_score, tau_row)) {
-        const std::uint32_t slot = atomicAdd(counter, 1u);
-        cand_score[slot] = s;
+      if (j < len && before(s[r], row, tau_score, tau_row)) {
+        const std::uint32_t slot = buffered + atomicAdd(counter, 1u);
+        cand_score[slot] = s[r];
         cand_row[slot] = row;
       }
     }
     __syncthreads();
-    const std::uint32_t m = *counter;  // uniform: read after the barrier
+    buffered += *counter;  // uniform: read after the barrier
     if (tid == 0) counters[(round + 2) % 3] = 0;
-    if (m == 0) continue;
+    // Merging costs a sort and a dozen barriers. With few candidates a round (k / r of them in round r, on
+    // scores in no particular order) merging each round's would cost most of the scan; so they wait
+    // until the next round might overflow the buffer, or the chunk ends. τ stays looser meanwhile, which
+    // admits a few more.
+    const bool last = base + candidates_per_round >= len;
+    if (buffered == 0 || (!last && buffered + candidates_per_round <= candidate_capacity)) continue;
+    const std::uint32_t m = buffered;
+    buffered = 0;
 
     std::uint32_t size = 1;
     while (size < m) size <<= 1;

@@ -83,6 +83,27 @@ TEST_CASE("CUDA flat index: many chunks and batches give the one-tile results", 
   }
 }
 
+TEST_CASE("CUDA flat index: strided queries, and rows without distances, give the dense results", "[gpu]") {
+  // The batch goes up in a pitched copy (cudaMemcpy2D): rows with a stride must land where dense ones do.
+  const test::clustered_set data(5000, 70, 24, 20, 43, 0.5f, 4);
+  if (!have_device()) return;
+  const std::size_t dim = 24, stride = 29;
+  std::vector<float> wide(data.queries.rows * stride, NAN);  // the gaps hold NaN: read, they would show
+  for (std::size_t q = 0; q < data.queries.rows; ++q) std::copy_n(data.queries.row(q), dim, wide.data() + q * stride);
+  const matrix_view<const float> strided(wide.data(), data.queries.rows, dim, stride);
+  const cuda::flat_index gpu(data.base.view(), metric::l2, 0, {.tile_bytes = 1});
+  const neighbors dense = gpu.search(data.queries.view(), 20);
+  const neighbors pitched = gpu.search(strided, 20);
+  std::vector<std::uint32_t> rows_only(dense.rows() * 20);  // null distances: the rows alone
+  gpu.search(strided, 20, rows_only.data(), nullptr);
+  for (std::size_t q = 0; q < dense.rows(); ++q)
+    for (std::size_t j = 0; j < 20; ++j) {
+      REQUIRE(pitched.id(q, j) == dense.id(q, j));
+      REQUIRE(pitched.distance(q, j) == dense.distance(q, j));
+      REQUIRE(rows_only[q * 20 + j] == dense.id(q, j));
+    }
+}
+
 TEST_CASE("CUDA flat index: rows in falling score order (every round of the select merges)", "[gpu]") {
   // Under inner product, rows r · (1, …, 1) score −r · Σq: with q > 0 every later row beats every earlier
   // one, the select's worst case. The answer is the last k rows, last first.
@@ -153,6 +174,9 @@ TEST_CASE("CUDA flat index rejects bad input", "[gpu]") {
   matrix<float> nan = make_uniform(1, 8, 3);
   nan.row(0)[2] = std::nanf("");
   REQUIRE_THROWS_AS(gpu.search(nan.view(), 5), shoal::error);
+  std::vector<float> distances(5);  // rows are required; distances alone are not enough
+  REQUIRE_THROWS_MATCHES(gpu.search(x.view().slice(0, 1), 5, nullptr, distances.data()), shoal::error,
+                         fails_with(errc::invalid_argument, "null result buffer"));
   REQUIRE_THROWS_MATCHES(cuda::flat_index(x.view(), metric::l2, cuda::device_count()), shoal::error,
                          fails_with(errc::unsupported, "no CUDA device"));
   const cuda::coarse_quantizer coarse(x.view(), metric::l2);

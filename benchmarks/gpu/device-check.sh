@@ -7,10 +7,10 @@
 #                                         build/, CUDA found) and copy them, with the shared libraries
 #                                         that are neither the C/C++ runtime nor CUDA's, into .gpu-pack/
 #                                         (ignored by git; name it in the device call's `carry`)
-#   benchmarks/gpu/device-check.sh run    there: the [gpu] tests, shoal-gpu-bench's whole grid (at most
-#                                         7 minutes), then the smaller tests under compute-sanitizer's
-#                                         memcheck and racecheck (where the runtime allows them, a minute
-#                                         each); logs and the benchmark's JSON into $OUT (else
+#   benchmarks/gpu/device-check.sh run    there: the [gpu] tests (at most 2 minutes), shoal-gpu-bench's
+#                                         whole grid (at most 6 minutes), then the smaller tests under
+#                                         compute-sanitizer's memcheck and racecheck (where the runtime
+#                                         allows them: 45 s and 90 s); logs and the benchmark's JSON into $OUT (else
 #                                         ./gpu-results). A failing step is logged and the next one still
 #                                         runs: device time is scarce. Arguments after `run` go to the
 #                                         benchmark (e.g. --benchmark_filter=BM_ivf for a second call).
@@ -37,13 +37,21 @@ run)
   export LD_LIBRARY_PATH="$PWD/$pack/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}" PATH="$PATH:/usr/local/cuda/bin"
   { nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,clocks.max.mem --format=csv || true; nproc; } |
     tee "$out/device.txt"
-  "$pack/test_cuda" --durations yes 2>&1 | tee "$out/test_cuda.txt" || echo "test_cuda FAILED" | tee -a "$out/test_cuda.txt"
-  timeout 420 "$pack/shoal-gpu-bench" --benchmark_min_time=0.2 --benchmark_out="$out/gpu-bench.json" \
+  # CUDA's libraries where the image keeps them, if not under /usr/local/cuda.
+  if ldd "$pack/test_cuda" | grep -q "libcublas.*not found"; then
+    for lib in $(find /usr /opt -name 'libcublas.so.1*' 2>/dev/null | head -3); do
+      LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$lib")"
+    done
+  fi
+  ldd "$pack/test_cuda" "$pack/shoal-gpu-bench" | grep "not found" | tee -a "$out/device.txt" || true
+  timeout 120 "$pack/test_cuda" --durations yes 2>&1 | tee "$out/test_cuda.txt" || echo "test_cuda FAILED" | tee -a "$out/test_cuda.txt"
+  timeout 360 "$pack/shoal-gpu-bench" --benchmark_min_time=0.2 --benchmark_out="$out/gpu-bench.json" \
     --benchmark_out_format=json "${@:2}" 2>&1 | tee "$out/gpu-bench.txt" || echo "shoal-gpu-bench FAILED or cut" |
     tee -a "$out/gpu-bench.txt"
   # Last, on the small tests only (the sanitizers slow kernels down by orders of magnitude).
-  for tool in memcheck racecheck; do
-    timeout 60 compute-sanitizer --tool "$tool" --error-exitcode 1 "$pack/test_cuda" "~*many chunks*" 2>&1 |
+  for check in memcheck:45 racecheck:90; do
+    tool=${check%:*}
+    timeout "${check#*:}" compute-sanitizer --tool "$tool" --error-exitcode 1 "$pack/test_cuda" "~*many chunks*" 2>&1 |
       tail -40 | tee "$out/sanitizer-$tool.txt" || echo "compute-sanitizer $tool FAILED" | tee -a "$out/sanitizer-$tool.txt"
   done
   ;;

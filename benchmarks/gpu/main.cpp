@@ -11,6 +11,14 @@
 //   BM_coarse_unfused/nq/nlist/d  the same search with 256 MiB score tiles: the GEMM writes the tile to
 //                                 device memory and the select reads it back, i.e. cuBLAS GEMM + a
 //                                 separate top-k, the baseline the fused pass is held against.
+//   BM_probe_transfer/nq/nlist/d  the copies a probe call makes and nothing else: nq queries up (from pageable
+//                                 host memory, as a caller hands them over), nprobe lists and distances
+//                                 down. BM_coarse_probe less this is the device's own share of the pass.
+//   BM_probe_transfer_pitched/…   the same with the queries' copy made by cudaMemcpy2D (the pitched copy the
+//                                 search makes for queries with a row stride), at a few points.
+//   BM_coarse_probe_tile/nq/nlist/d/MiB  the fp32 pass with the score tile bounded by MiB instead of half
+//                                 of L2 (the default), at the largest points of the grid: where the
+//                                 default tile sits between too-narrow GEMMs and tiles that spill L2.
 //   BM_ivf_search/nq/gpu          end to end: an IVF-Flat search (262,144 clustered vectors, d 128, nlist
 //                                 16,384, nprobe 32, k 10) with the coarse pass on the CPU (gpu 0) or on
 //                                 the device (gpu 1: fp32, gpu 2: TF32); the list scans run on the CPU's
@@ -172,6 +180,37 @@ void bm_coarse_unfused(benchmark::State& state) {
   });
 }
 
+void bm_probe_transfer(benchmark::State& state, bool pitched) {
+  const grid_point g(state);
+  float* batch = nullptr;
+  float* lists = nullptr;
+  const std::size_t list_floats = 2 * g.nq * nprobe;  // list numbers and distances, 4 bytes each
+  require(cudaMalloc(reinterpret_cast<void**>(&batch), g.nq * g.dim * sizeof(float)) == cudaSuccess, "cudaMalloc");
+  require(cudaMalloc(reinterpret_cast<void**>(&lists), list_floats * sizeof(float)) == cudaSuccess, "cudaMalloc");
+  std::vector<float> host(list_floats);
+  for (auto _ : state) {
+    const std::size_t row_bytes = g.dim * sizeof(float);
+    require(
+        (pitched ? cudaMemcpy2D(batch, row_bytes, g.queries.values.data(), row_bytes, row_bytes, g.nq,
+                                cudaMemcpyHostToDevice)
+                 : cudaMemcpy(batch, g.queries.values.data(), g.nq * row_bytes, cudaMemcpyHostToDevice)) == cudaSuccess,
+        "cudaMemcpy");
+    require(cudaMemcpy(host.data(), lists, list_floats * sizeof(float), cudaMemcpyDeviceToHost) == cudaSuccess,
+            "cudaMemcpy");
+  }
+  set_rates(state, g.nq, g.nlist, g.dim, traffic::fused);
+  (void)cudaFree(batch);
+  (void)cudaFree(lists);
+}
+
+void bm_coarse_probe_tile(benchmark::State& state) {
+  const grid_point g(state);
+  const shoal::cuda::coarse_quantizer coarse(g.centroids.view(), shoal::metric::l2, 0, 1,
+                                             {.tile_bytes = static_cast<std::size_t>(state.range(3)) << 20});
+  run_probe(state, g, traffic::fused,
+            [&](shoal::matrix_view<const float> q, std::uint32_t* probes) { coarse.probe(q, nprobe, probes); });
+}
+
 /// The end-to-end fixture, built once: training 16,384 lists on the CPU takes a while.
 struct ivf_fixture {
   static constexpr std::size_t rows = 262144, dim = 128, lists = 16384;
@@ -234,15 +273,27 @@ int main(int argc, char** argv) {
   peak = device_roofline(0);
   benchmark::AddCustomContext("fp32_peak_gflops", std::to_string(peak.gflops));
   benchmark::AddCustomContext("dram_peak_gbps", std::to_string(peak.gbps));
+  // End to end first: its target matters most, and the grid below may be cut short by the device check's limit.
+  benchmark::RegisterBenchmark("BM_ivf_search", bm_ivf_search)
+      ->ArgsProduct({{64, 256, 1024, 4096}, {0, 1, 2}})
+      ->ArgNames({"nq", "gpu"})
+      ->Unit(benchmark::kMillisecond)
+      ->UseRealTime();
   benchmark::RegisterBenchmark("BM_cublas_sgemm", bm_cublas_sgemm, shoal::cuda::gemm_precision::fp32)->Apply(grid);
   benchmark::RegisterBenchmark("BM_cublas_sgemm_tf32", bm_cublas_sgemm, shoal::cuda::gemm_precision::tf32)->Apply(grid);
   benchmark::RegisterBenchmark("BM_coarse_probe", bm_coarse_probe, shoal::cuda::gemm_precision::fp32)->Apply(grid);
   benchmark::RegisterBenchmark("BM_coarse_probe_tf32", bm_coarse_probe, shoal::cuda::gemm_precision::tf32)->Apply(grid);
   benchmark::RegisterBenchmark("BM_coarse_unfused", bm_coarse_unfused)->Apply(grid);
-  benchmark::RegisterBenchmark("BM_ivf_search", bm_ivf_search)
-      ->ArgsProduct({{64, 256, 1024, 4096}, {0, 1, 2}})
-      ->ArgNames({"nq", "gpu"})
-      ->Unit(benchmark::kMillisecond)
+  benchmark::RegisterBenchmark("BM_probe_transfer", bm_probe_transfer, false)->Apply(grid);
+  benchmark::RegisterBenchmark("BM_probe_transfer_pitched", bm_probe_transfer, true)
+      ->ArgsProduct({{1024, 16384}, {65536}, {128, 768}})
+      ->ArgNames({"nq", "nlist", "d"})
+      ->Unit(benchmark::kMicrosecond)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("BM_coarse_probe_tile", bm_coarse_probe_tile)
+      ->ArgsProduct({{1024, 16384}, {65536}, {128, 768}, {4, 8, 16, 64, 128}})
+      ->ArgNames({"nq", "nlist", "d", "MiB"})
+      ->Unit(benchmark::kMicrosecond)
       ->UseRealTime();
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

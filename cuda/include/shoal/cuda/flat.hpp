@@ -72,7 +72,8 @@ class flat_index {
   /// sentinel (`no_id`, `no_distance`). 1 ≤ k ≤ max_k.
   [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k) const;
   /// The same into caller buffers of queries.rows × k: row numbers (UINT32_MAX past size()) and
-  /// distances.
+  /// distances. `distances` may be null: then only the rows come back (the coarse pass needs no more),
+  /// and the device sends back half the bytes and the host skips the queries' norms.
   void search(matrix_view<const float> queries, std::size_t k, std::uint32_t* rows, float* distances) const;
 
  private:
