@@ -376,6 +376,36 @@ TEST_CASE("assign returns the nearest centroids in order", "[kmeans]") {
   }
 }
 
+TEST_CASE("assign of a small batch on many threads: split over centroids, same results as one thread",
+          "[kmeans]") {
+  // 40 points are one block: on an arena of 8 the centroids are ranked in ranges by parallel tasks and
+  // merged. Every label and distance must be the one-thread result's, bit for bit, ties included: a
+  // centroid repeated in a later range (and a few coinciding points) must lose to its first copy.
+  matrix<float> centroids = make_uniform(5000, 24, 3);
+  std::copy_n(centroids.row(7), 24, centroids.row(4000));
+  std::copy_n(centroids.row(1100), 24, centroids.row(4999));
+  matrix<float> points = make_uniform(40, 24, 4);
+  std::copy_n(centroids.row(7), 24, points.row(0));
+  std::copy_n(centroids.row(1100), 24, points.row(1));
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    for (const std::size_t count : {std::size_t{1}, std::size_t{32}, std::size_t{1500}}) {
+      for (const std::size_t rows : {std::size_t{3}, std::size_t{40}}) {  // one-to-many and GEMM paths
+        CAPTURE(metric_name(m), count, rows);
+        centroid_assignment one, many;
+        const auto run = [&] { return assign(points.view().slice(0, rows), centroids.view(), m, count); };
+        tbb::task_arena(1).execute([&] { one = run(); });
+        tbb::task_arena(8).execute([&] { many = run(); });
+        REQUIRE(many.labels == one.labels);
+        REQUIRE(many.distances == one.distances);
+        if (m == metric::l2) {
+          CHECK(one.labels[0] == 7);  // the first copy of a repeated centroid
+          CHECK(one.labels[count] == 1100);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("k-means and assign reject bad input", "[kmeans]") {
   const matrix<float> points = make_uniform(20, 4, 3);
   kmeans_params params;

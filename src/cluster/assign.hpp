@@ -26,7 +26,8 @@ inline constexpr std::size_t gemm_min_points = 8;
 /// index) into `labels[i * count + j]` and `distances[i * count + j]`, as `shoal::assign` defines them.
 /// `centroid_norms` holds ‖c‖² per centroid; it is read under `metric::l2` only (and may be null
 /// otherwise). Inputs are trusted: same dims, finite values, 1 ≤ count ≤ centroids.rows. Parallel over
-/// fixed blocks of points, so results do not depend on the number of threads. With count == 1, a
+/// fixed blocks of points and, when there are fewer blocks than threads, over ranges of whole GEMM tiles
+/// of centroids, so results do not depend on the number of threads. With count == 1, a
 /// non-null `scores` also receives every (point, centroid) rank score (`rank_score`), row-major with
 /// `centroids.rows` per point: k-means' bounded iterations start from them.
 void assign_nearest(matrix_view<const float> points, matrix_view<const float> centroids, const float* centroid_norms,

@@ -618,83 +618,169 @@ class group_bounds {
 }  // namespace
 
 namespace detail {
+namespace {
+
+/// Fewest centroids one task of a split assignment ranks (see `centroid_ranges`).
+constexpr std::size_t min_range_centroids = 1024;
+
+/// How many ranges of centroids `assign_nearest` cuts `nc` into for `blocks` point blocks on `threads`
+/// threads. With fewer blocks than threads (a small batch: 64 queries are one block, so an IVF search of
+/// 64 queries with 16,384 lists ran its coarse pass on one core of the 16 an H200's host had, 87 µs a
+/// query against 8.7 at 4,096 queries) each block meets the centroids range by range in parallel tasks,
+/// and the ranges' winners are merged per point. A range holds at least `min_range_centroids` and
+/// `count` centroids, so that a task's work outweighs its merge, and starts on a multiple of the GEMM
+/// tile, so the tiles, and so every score, are the same as without ranges: the results do not depend on
+/// the thread count either way.
+std::size_t centroid_ranges(std::size_t blocks, std::size_t threads, std::size_t nc, std::size_t count) {
+  if (blocks >= threads) return 1;
+  const std::size_t wanted = (threads + blocks - 1) / blocks;
+  const std::size_t fit = nc / std::max(count, min_range_centroids);
+  return std::max<std::size_t>(1, std::min(wanted, fit));
+}
+
+/// The running winners of one block of points against some of the centroids, in rank scores: a best per
+/// point (count == 1) or a bounded heap per point. Both order by (score, centroid index).
+struct block_winners {
+  std::vector<float> best;
+  std::vector<std::uint32_t> best_label;
+  std::vector<topk_heap> heaps;
+  block_winners(std::size_t rows, std::size_t count)
+      : best(count == 1 ? rows : 0, std::numeric_limits<float>::infinity()),
+        best_label(count == 1 ? rows : 0, 0),
+        heaps(count == 1 ? 0 : rows, topk_heap(count)) {}
+};
+
+/// Ranks the `rows` points from `first` against centroids [c_begin, c_end) into `w`; with count == 1 and a
+/// non-null `scores`, also writes each rank score.
+void rank_range(const distance_kernels& kern, matrix_view<const float> points, std::size_t first, std::size_t rows,
+                matrix_view<const float> centroids, const float* centroid_norms, bool l2, std::size_t count,
+                std::size_t c_begin, std::size_t c_end, float* scores, block_winners& w) {
+  const std::size_t nc = centroids.rows;
+  const std::size_t tile_cols = std::min(block_centroids, nc);
+  const matrix_view<const float> block = points.slice(first, rows);
+  std::vector<float> tile(rows * tile_cols);
+  std::vector<std::uint32_t> passed(count == 1 ? 0 : filter_stretch);
+  std::vector<float> passed_scores(count == 1 ? 0 : filter_stretch);
+  for (std::size_t c0 = c_begin; c0 < c_end; c0 += tile_cols) {
+    const std::size_t cols = std::min(tile_cols, c_end - c0);
+    if (rows >= gemm_min_points) {
+      kern.inner_product_many(block.data, rows, block.stride, centroids.row(c0), cols, centroids.stride, points.dim,
+                              tile.data(), tile_cols);
+    } else {
+      for (std::size_t i = 0; i < rows; ++i)
+        kern.inner_product_one_to_many(block.row(i), centroids.row(c0), cols, points.dim, centroids.stride,
+                                       tile.data() + i * tile_cols);
+    }
+    for (std::size_t i = 0; i < rows; ++i) {
+      const float* ip = tile.data() + i * tile_cols;
+      if (count == 1) {
+        // The row's nearest (first of the smallest) in SIMD; Elkan's first step also keeps every score.
+        const float before = w.best[i];
+        std::uint32_t at = 0;
+        kern.rank_argmin(ip, l2 ? centroid_norms + c0 : nullptr, cols, &w.best[i], &at);
+        if (w.best[i] < before) w.best_label[i] = static_cast<std::uint32_t>(c0 + at);
+        if (scores != nullptr)
+          for (std::size_t j = 0; j < cols; ++j)
+            scores[(first + i) * nc + c0 + j] = rank_score(l2, l2 ? centroid_norms[c0 + j] : 0.0f, ip[j]);
+      } else {
+        // The scores at most the heap's threshold, filtered in SIMD a stretch at a time so that the
+        // threshold tightens as the heap fills; NaN ranks last (+∞), so the heap still fills with
+        // `count` entries for the caller. A scalar compare per centroid was 17% of a batched IVF4096
+        // search of the 1M set (nprobe 16), more than the GEMM.
+        topk_heap& heap = w.heaps[i];
+        for (std::size_t j = 0; j < cols; j += filter_stretch) {
+          const std::size_t len = std::min(filter_stretch, cols - j);
+          const std::size_t kept = kern.rank_filter(ip + j, l2 ? centroid_norms + c0 + j : nullptr, len, heap.worst(),
+                                                    passed.data(), passed_scores.data());
+          for (std::size_t p = 0; p < kept; ++p) heap.push(passed_scores[p], c0 + j + passed[p]);
+        }
+      }
+    }
+  }
+}
+
+/// Writes the winners of the `rows` points from `first` as the metric's distances: ‖x‖² + (‖c‖² − 2⟨x,c⟩),
+/// −⟨x,c⟩, or 1 − ⟨x,c⟩ (empties `w`'s heaps).
+void write_winners(const distance_kernels& kern, matrix_view<const float> points, std::size_t first, std::size_t rows,
+                   metric m, std::size_t count, block_winners& w, std::uint32_t* labels, float* distances) {
+  const bool l2 = m == metric::l2;
+  const matrix_view<const float> block = points.slice(first, rows);
+  std::vector<float> point_norms(l2 ? rows : 0);
+  if (l2) kern.squared_norms(block.data, rows, block.dim, block.stride, point_norms.data());
+  const auto finish = [&](std::size_t i, float score) {
+    if (l2) return std::max(0.0f, point_norms[i] + score);
+    return m == metric::cosine ? 1.0f + score : score;
+  };
+  for (std::size_t i = 0; i < rows; ++i) {
+    std::uint32_t* out_labels = labels + (first + i) * count;
+    float* out_distances = distances + (first + i) * count;
+    if (count == 1) {
+      out_labels[0] = w.best_label[i];
+      out_distances[0] = finish(i, w.best[i]);
+      continue;
+    }
+    const std::vector<scored_id> sorted = w.heaps[i].take_sorted();
+    for (std::size_t j = 0; j < count; ++j) {
+      out_labels[j] = static_cast<std::uint32_t>(sorted[j].id);
+      out_distances[j] = finish(i, sorted[j].distance);
+    }
+  }
+}
+
+}  // namespace
 
 void assign_nearest(matrix_view<const float> points, matrix_view<const float> centroids, const float* centroid_norms,
                     metric m, std::size_t count, std::uint32_t* labels, float* distances, float* scores) {
   const distance_kernels& kern = active_kernels();
   const std::size_t n = points.rows;
   const std::size_t nc = centroids.rows;
-  const std::size_t tile_cols = std::min(block_centroids, nc);
   const bool l2 = m == metric::l2;
-  detail::parallel_for((n + block_points - 1) / block_points, [&](std::size_t b) {
+  const std::size_t blocks = (n + block_points - 1) / block_points;
+  const std::size_t ranges = centroid_ranges(blocks, parallelism(), nc, count);
+  if (ranges == 1) {
+    detail::parallel_for(blocks, [&](std::size_t b) {
+      const std::size_t first = b * block_points;
+      const std::size_t rows = std::min(block_points, n - first);
+      block_winners w(rows, count);
+      rank_range(kern, points, first, rows, centroids, centroid_norms, l2, count, 0, nc, scores, w);
+      write_winners(kern, points, first, rows, m, count, w, labels, distances);
+    });
+    return;
+  }
+  // Range r holds whole GEMM tiles: [r · per_range, min((r + 1) · per_range, nc)).
+  const std::size_t tile_cols = std::min(block_centroids, nc);
+  const std::size_t per_range = (nc / ranges + tile_cols - 1) / tile_cols * tile_cols;
+  std::vector<block_winners> parts;
+  parts.reserve(blocks * ranges);
+  for (std::size_t b = 0; b < blocks; ++b)
+    for (std::size_t r = 0; r < ranges; ++r) parts.emplace_back(std::min(block_points, n - b * block_points), count);
+  detail::parallel_for(blocks * ranges, [&](std::size_t t) {
+    const std::size_t b = t / ranges, r = t % ranges;
+    const std::size_t first = b * block_points;
+    const std::size_t c_begin = std::min(r * per_range, nc), c_end = std::min(c_begin + per_range, nc);
+    rank_range(kern, points, first, std::min(block_points, n - first), centroids, centroid_norms, l2, count, c_begin,
+               c_end, scores, parts[t]);
+  });
+  // Each block's ranges merged into its first, in range order: a later range's winner replaces an earlier
+  // one only when strictly better, which keeps ties on the smaller index.
+  detail::parallel_for(blocks, [&](std::size_t b) {
     const std::size_t first = b * block_points;
     const std::size_t rows = std::min(block_points, n - first);
-    const matrix_view<const float> block = points.slice(first, rows);
-    std::vector<float> tile(rows * tile_cols);
-    // count == 1 (k-means, IVF add) keeps a running best per point; larger counts (the IVF coarse pass)
-    // keep a bounded heap per point. Both order by (score, centroid index).
-    std::vector<float> best(count == 1 ? rows : 0, std::numeric_limits<float>::infinity());
-    std::vector<std::uint32_t> best_label(count == 1 ? rows : 0, 0);
-    std::vector<topk_heap> heaps(count == 1 ? 0 : rows, topk_heap(count));
-    std::vector<std::uint32_t> passed(count == 1 ? 0 : filter_stretch);
-    std::vector<float> passed_scores(count == 1 ? 0 : filter_stretch);
-    for (std::size_t c0 = 0; c0 < nc; c0 += tile_cols) {
-      const std::size_t cols = std::min(tile_cols, nc - c0);
-      if (rows >= gemm_min_points) {
-        kern.inner_product_many(block.data, rows, block.stride, centroids.row(c0), cols, centroids.stride, points.dim,
-                                tile.data(), tile_cols);
-      } else {
-        for (std::size_t i = 0; i < rows; ++i)
-          kern.inner_product_one_to_many(block.row(i), centroids.row(c0), cols, points.dim, centroids.stride,
-                                         tile.data() + i * tile_cols);
-      }
+    block_winners& into = parts[b * ranges];
+    for (std::size_t r = 1; r < ranges; ++r) {
+      block_winners& from = parts[b * ranges + r];
       for (std::size_t i = 0; i < rows; ++i) {
-        const float* ip = tile.data() + i * tile_cols;
         if (count == 1) {
-          // The row's nearest (first of the smallest) in SIMD; Elkan's first step also keeps every score.
-          const float before = best[i];
-          std::uint32_t at = 0;
-          kern.rank_argmin(ip, l2 ? centroid_norms + c0 : nullptr, cols, &best[i], &at);
-          if (best[i] < before) best_label[i] = static_cast<std::uint32_t>(c0 + at);
-          if (scores != nullptr)
-            for (std::size_t j = 0; j < cols; ++j)
-              scores[(first + i) * nc + c0 + j] = rank_score(l2, l2 ? centroid_norms[c0 + j] : 0.0f, ip[j]);
-        } else {
-          // The scores at most the heap's threshold, filtered in SIMD a stretch at a time so that the
-          // threshold tightens as the heap fills; NaN ranks last (+∞), so the heap still fills with
-          // `count` entries for the caller. A scalar compare per centroid was 17% of a batched IVF4096
-          // search of the 1M set (nprobe 16), more than the GEMM.
-          topk_heap& heap = heaps[i];
-          for (std::size_t j = 0; j < cols; j += filter_stretch) {
-            const std::size_t len = std::min(filter_stretch, cols - j);
-            const std::size_t kept = kern.rank_filter(ip + j, l2 ? centroid_norms + c0 + j : nullptr, len, heap.worst(),
-                                                      passed.data(), passed_scores.data());
-            for (std::size_t p = 0; p < kept; ++p) heap.push(passed_scores[p], c0 + j + passed[p]);
+          if (from.best[i] < into.best[i]) {
+            into.best[i] = from.best[i];
+            into.best_label[i] = from.best_label[i];
           }
+          continue;
         }
+        for (const scored_id& c : from.heaps[i].take_sorted()) into.heaps[i].push(c.distance, c.id);
       }
     }
-    std::vector<float> point_norms(l2 ? rows : 0);
-    if (l2) kern.squared_norms(block.data, rows, block.dim, block.stride, point_norms.data());
-    // Scores become the metric's distances: ‖x‖² + (‖c‖² − 2⟨x,c⟩), −⟨x,c⟩, or 1 − ⟨x,c⟩.
-    const auto finish = [&](std::size_t i, float score) {
-      if (l2) return std::max(0.0f, point_norms[i] + score);
-      return m == metric::cosine ? 1.0f + score : score;
-    };
-    for (std::size_t i = 0; i < rows; ++i) {
-      std::uint32_t* out_labels = labels + (first + i) * count;
-      float* out_distances = distances + (first + i) * count;
-      if (count == 1) {
-        out_labels[0] = best_label[i];
-        out_distances[0] = finish(i, best[i]);
-        continue;
-      }
-      const std::vector<scored_id> sorted = heaps[i].take_sorted();
-      for (std::size_t j = 0; j < count; ++j) {
-        out_labels[j] = static_cast<std::uint32_t>(sorted[j].id);
-        out_distances[j] = finish(i, sorted[j].distance);
-      }
-    }
+    write_winners(kern, points, first, rows, m, count, into, labels, distances);
   });
 }
 
