@@ -55,6 +55,7 @@ struct flat_index::impl {
   std::size_t dim_ = 0;
   shoal::metric metric = shoal::metric::l2;
   std::size_t tile_floats_ = 0;   // score tile budget
+  std::size_t max_batch_ = 0;     // queries per batch at most (0: no bound but the tile's)
   device_buffer<float> vectors_;  // n x dim, dense
   device_buffer<float> norms_;    // n, under L2 only
   cublasHandle_t blas = nullptr;
@@ -76,6 +77,7 @@ struct flat_index::impl {
   [[nodiscard]] std::size_t dim() const { return dim_; }
   [[nodiscard]] shoal::metric kind() const { return metric; }
   [[nodiscard]] std::size_t tile_floats() const { return tile_floats_; }
+  [[nodiscard]] std::size_t max_batch() const { return max_batch_; }
   [[nodiscard]] const float* vectors() const { return vectors_.get(); }
   [[nodiscard]] const float* norms() const { return norms_.get(); }
   [[nodiscard]] float* batch() const { return batch_.get(); }
@@ -144,6 +146,7 @@ flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int de
     tile_bytes = static_cast<std::size_t>(l2) / 2;
   }
   s.tile_floats_ = std::clamp(tile_bytes, min_tile_bytes, max_tile_bytes) / sizeof(float);
+  s.max_batch_ = options.max_batch;
   check_blas(cublasCreate(&s.blas), "cublasCreate");
   check_blas(cublasSetMathMode(
                  s.blas, options.precision == gemm_precision::tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),

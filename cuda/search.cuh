@@ -6,7 +6,7 @@
 // distances' offsets. Only the backend's forwarding calls are left to the `[gpu]` tests.
 //
 // A backend provides, over buffers it owns (device memory on the device):
-//   std::size_t rows(), dim();  shoal::metric kind();  std::size_t tile_floats();
+//   std::size_t rows(), dim();  shoal::metric kind();  std::size_t tile_floats(), max_batch();
 //   const float* vectors();     the n × dim stored rows, dense (unit length under cosine)
 //   const float* norms();       their n squared norms under L2, else null
 //   void reserve(const tile_plan& plan, std::uint32_t k);   scratch for one batch
@@ -69,7 +69,7 @@ void search_tiles(Backend& backend, matrix_view<const float> queries, std::size_
                                        : matrix<float>();
   const matrix_view<const float> q = m == metric::cosine ? normalized.view() : queries;
   const auto kk = static_cast<std::uint32_t>(std::min(k, n));
-  const tile_plan plan = plan_tiles(q.rows, n, backend.tile_floats());
+  const tile_plan plan = plan_tiles(q.rows, n, backend.tile_floats(), backend.max_batch());
   backend.reserve(plan, kk);
   host_row.resize(plan.batch * kk);
   host_score.resize(plan.batch * kk);

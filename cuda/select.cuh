@@ -59,18 +59,20 @@ constexpr std::size_t merge_shared_bytes(std::uint32_t k) {
 
 /// The query batch and row chunk of one GEMM + merge step: batch × chunk scores within `budget` floats
 /// (at least one of each), chunks of at least `min_chunk` rows where the budget allows, so that the GEMM
-/// stays wide, and batches within the grid's 65,535 blocks.
+/// stays wide, and batches within the grid's 65,535 blocks and within `max_batch` queries when it is not
+/// 0 (the chunks then widen to fill the budget).
 struct tile_plan {
   std::size_t batch = 1;
   std::size_t chunk = 1;
 };
 constexpr std::size_t min_chunk = 4096;
-constexpr tile_plan plan_tiles(std::size_t queries, std::size_t rows, std::size_t budget) {
+constexpr tile_plan plan_tiles(std::size_t queries, std::size_t rows, std::size_t budget, std::size_t max_batch = 0) {
   tile_plan plan;
   const std::size_t narrow = rows < min_chunk ? rows : min_chunk;
   plan.batch = budget / (narrow > 0 ? narrow : 1);
   if (plan.batch > queries) plan.batch = queries;
   if (plan.batch > 65535) plan.batch = 65535;
+  if (max_batch > 0 && plan.batch > max_batch) plan.batch = max_batch;
   if (plan.batch < 1) plan.batch = 1;
   plan.chunk = budget / plan.batch;
   if (plan.chunk > rows) plan.chunk = rows;

@@ -156,6 +156,13 @@ TEST_CASE("plan_tiles keeps the tile within budget, chunks wide and batches with
   const tile_plan tiny = plan_tiles(100, 65536, 1000);
   REQUIRE(tiny.batch == 1);
   REQUIRE(tiny.chunk == 1000);
+  // max_batch bounds the batch, and the chunks widen to fill the budget instead.
+  const tile_plan wide = plan_tiles(16384, 65536, budget, 1024);
+  REQUIRE(plan_tiles(16384, 65536, budget).batch > 1024);
+  REQUIRE(wide.batch == 1024);
+  REQUIRE(wide.chunk == budget / 1024);
+  REQUIRE(plan_tiles(100, 65536, budget, 1024).batch == 100);    // fewer queries than the bound
+  REQUIRE(plan_tiles(16384, 2000, budget, 1024).chunk == 2000);  // never beyond the rows
 }
 
 namespace {
@@ -164,8 +171,13 @@ namespace {
 /// GEMM with cuBLAS's column-major (T, N) conventions, the kernels on the emulator.
 class cpu_backend {
  public:
-  cpu_backend(shoal::matrix_view<const float> vectors, metric m, std::size_t tile_floats)
-      : n_(vectors.rows), dim_(vectors.dim), metric_(m), tile_floats_(tile_floats), vectors_(stored_rows(vectors, m)) {
+  cpu_backend(shoal::matrix_view<const float> vectors, metric m, std::size_t tile_floats, std::size_t max_batch = 0)
+      : n_(vectors.rows),
+        dim_(vectors.dim),
+        metric_(m),
+        tile_floats_(tile_floats),
+        max_batch_(max_batch),
+        vectors_(stored_rows(vectors, m)) {
     if (m != metric::l2) return;
     norms_.resize(n_);
     shoal::emulate::launch(static_cast<unsigned>((n_ + norm_threads - 1) / norm_threads), norm_threads, 0, row_norms,
@@ -176,6 +188,7 @@ class cpu_backend {
   [[nodiscard]] std::size_t dim() const { return dim_; }
   [[nodiscard]] metric kind() const { return metric_; }
   [[nodiscard]] std::size_t tile_floats() const { return tile_floats_; }
+  [[nodiscard]] std::size_t max_batch() const { return max_batch_; }
   [[nodiscard]] const float* vectors() const { return vectors_.values.data(); }
   [[nodiscard]] const float* norms() const { return norms_.empty() ? nullptr : norms_.data(); }
   [[nodiscard]] float* batch() { return batch_.data(); }
@@ -218,6 +231,7 @@ class cpu_backend {
   std::size_t n_, dim_;
   metric metric_;
   std::size_t tile_floats_;
+  std::size_t max_batch_;
   shoal::matrix<float> vectors_;
   std::vector<float> norms_, batch_, tile_, best_score_;
   std::vector<std::uint32_t> best_row_;
@@ -251,6 +265,11 @@ TEST_CASE("the device search loop, on the CPU, returns the CPU flat index's neig
                                            cpu.search(data.queries.view(), k), tol);
       CHECK(backend.gemms - gemms == 6);
       CHECK(backend.batches - batches == 3);
+      // Batches of at most 2 queries (so chunks of 6,000 rows, the whole set): the same neighbours.
+      cpu_backend narrow(data.base.view(), m, std::size_t{1} << 14, 2);
+      shoal::test::require_same_up_to_ties(emulated_search(narrow, data.queries.view(), k),
+                                           cpu.search(data.queries.view(), k), tol);
+      CHECK(narrow.gemms == 5);
       // Rows alone (null distances, as the coarse pass asks): the same rows.
       const shoal::neighbors full = emulated_search(backend, data.queries.view(), k);
       std::vector<std::uint32_t> rows(data.queries.rows * k), host_row;

@@ -14,6 +14,12 @@
 #                                         ./gpu-results). A failing step is logged and the next one still
 #                                         runs: device time is scarce. Arguments after `run` go to the
 #                                         benchmark (e.g. --benchmark_filter=BM_ivf for a second call).
+#   benchmarks/gpu/device-check.sh profile [FILTER]
+#                                         there: Nsight Compute (ncu, clocks left alone) on one call of one
+#                                         benchmark (default: the fp32 coarse pass at nq 16,384, nlist
+#                                         65,536, d 128), each kernel's duration, into $OUT/ncu.txt: how
+#                                         the pass splits between cuBLAS's GEMM tiles and merge_chunk.
+#                                         Not yet tried on a device (written after session 22's calls).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 pack=.gpu-pack
@@ -55,8 +61,23 @@ run)
       tail -40 | tee "$out/sanitizer-$tool.txt" || echo "compute-sanitizer $tool FAILED" | tee -a "$out/sanitizer-$tool.txt"
   done
   ;;
+profile)
+  out=${OUT:-gpu-results}
+  mkdir -p "$out"
+  export LD_LIBRARY_PATH="$PWD/$pack/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}" PATH="$PATH:/usr/local/cuda/bin"
+  filter=${2:-'^BM_coarse_probe/nq:16384/nlist:65536/d:128/'}
+  # One iteration (min time 0), the first 400 kernels: one probe call at that point is 144 GEMM tiles and
+  # 144 selects, after the norms of construction.
+  timeout 300 ncu --clock-control none --launch-count 400 --metrics gpu__time_duration.sum --csv --print-units base \
+    "$pack/shoal-gpu-bench" --benchmark_filter="$filter" --benchmark_min_time=0 >"$out/ncu.txt" 2>&1 ||
+    echo "ncu FAILED or cut" | tee -a "$out/ncu.txt"
+  # Durations (ns) summed per kernel name.
+  awk -F'","' '/gpu__time_duration.sum/ {gsub(/[",]/, "", $NF); t[$5] += $NF; n[$5]++}
+    END {for (k in t) printf "%10.1f us %5d launches  %s\n", t[k] / 1000, n[k], k}' "$out/ncu.txt" |
+    sort -rn | tee "$out/ncu-summary.txt"
+  ;;
 *)
-  echo "usage: $0 pack | run [shoal-gpu-bench options]" >&2
+  echo "usage: $0 pack | run [shoal-gpu-bench options] | profile [benchmark filter]" >&2
   exit 2
   ;;
 esac

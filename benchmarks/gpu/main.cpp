@@ -19,6 +19,9 @@
 //   BM_coarse_probe_tile/nq/nlist/d/MiB  the fp32 pass with the score tile bounded by MiB instead of half
 //                                 of L2 (the default), at the largest points of the grid: where the
 //                                 default tile sits between too-narrow GEMMs and tiles that spill L2.
+//   BM_coarse_probe_batch/nq/nlist/d/max_batch  the fp32 pass with at most max_batch queries per batch
+//                                 (device_options::max_batch), so wider chunks in the same tile, at nq
+//                                 16,384: the default made 144 small GEMM + select steps at nlist 65,536.
 //   BM_ivf_search/nq/gpu          end to end: an IVF-Flat search (262,144 clustered vectors, d 128, nlist
 //                                 16,384, nprobe 32, k 10) with the coarse pass on the CPU (gpu 0) or on
 //                                 the device (gpu 1: fp32, gpu 2: TF32); the list scans run on the CPU's
@@ -211,6 +214,14 @@ void bm_coarse_probe_tile(benchmark::State& state) {
             [&](shoal::matrix_view<const float> q, std::uint32_t* probes) { coarse.probe(q, nprobe, probes); });
 }
 
+void bm_coarse_probe_batch(benchmark::State& state) {
+  const grid_point g(state);
+  const shoal::cuda::coarse_quantizer coarse(g.centroids.view(), shoal::metric::l2, 0, 1,
+                                             {.max_batch = static_cast<std::size_t>(state.range(3))});
+  run_probe(state, g, traffic::fused,
+            [&](shoal::matrix_view<const float> q, std::uint32_t* probes) { coarse.probe(q, nprobe, probes); });
+}
+
 /// The end-to-end fixture, built once: training 16,384 lists on the CPU takes a while.
 struct ivf_fixture {
   static constexpr std::size_t rows = 262144, dim = 128, lists = 16384;
@@ -293,6 +304,11 @@ int main(int argc, char** argv) {
   benchmark::RegisterBenchmark("BM_coarse_probe_tile", bm_coarse_probe_tile)
       ->ArgsProduct({{1024, 16384}, {65536}, {128, 768}, {4, 8, 16, 64, 128}})
       ->ArgNames({"nq", "nlist", "d", "MiB"})
+      ->Unit(benchmark::kMicrosecond)
+      ->UseRealTime();
+  benchmark::RegisterBenchmark("BM_coarse_probe_batch", bm_coarse_probe_batch)
+      ->ArgsProduct({{16384}, {16384, 65536}, {128, 768}, {256, 512, 1024, 4096}})
+      ->ArgNames({"nq", "nlist", "d", "max_batch"})
       ->Unit(benchmark::kMicrosecond)
       ->UseRealTime();
   benchmark::RunSpecifiedBenchmarks();

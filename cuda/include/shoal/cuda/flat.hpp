@@ -29,6 +29,10 @@ struct device_options {
   /// memory (what shoal-gpu-bench measures as the unfused baseline).
   std::size_t tile_bytes = 0;
   gemm_precision precision = gemm_precision::fp32;
+  /// Queries per batch at most; 0 leaves it to the tile: as many as fit beside chunks of 4,096 rows (at
+  /// most 65,535). Fewer queries per batch make the chunks wider within the same tile, so each query's
+  /// select runs fewer, longer passes (a tuning knob: shoal-gpu-bench's BM_coarse_probe_batch sweeps it).
+  std::size_t max_batch = 0;
 };
 
 /// A copy of n vectors in device memory, searched exactly. The rows are cut into chunks whose score tile
