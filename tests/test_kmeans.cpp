@@ -404,6 +404,12 @@ TEST_CASE("assign of a small batch on many threads: split over centroids, same r
       }
     }
   }
+  // No points: nothing to split, nothing returned.
+  tbb::task_arena(8).execute([&] {
+    const centroid_assignment none = assign(points.view().slice(0, 0), centroids.view(), metric::l2, 4);
+    CHECK(none.labels.empty());
+    CHECK(none.distances.empty());
+  });
 }
 
 TEST_CASE("k-means and assign reject bad input", "[kmeans]") {

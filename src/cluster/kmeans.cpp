@@ -632,7 +632,7 @@ constexpr std::size_t min_range_centroids = 1024;
 /// tile, so the tiles, and so every score, are the same as without ranges: the results do not depend on
 /// the thread count either way.
 std::size_t centroid_ranges(std::size_t blocks, std::size_t threads, std::size_t nc, std::size_t count) {
-  if (blocks >= threads) return 1;
+  if (blocks == 0 || blocks >= threads) return 1;
   const std::size_t wanted = (threads + blocks - 1) / blocks;
   const std::size_t fit = nc / std::max(count, min_range_centroids);
   return std::max<std::size_t>(1, std::min(wanted, fit));
