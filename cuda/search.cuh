@@ -69,7 +69,11 @@ void search_tiles(Backend& backend, matrix_view<const float> queries, std::size_
                                        : matrix<float>();
   const matrix_view<const float> q = m == metric::cosine ? normalized.view() : queries;
   const auto kk = static_cast<std::uint32_t>(std::min(k, n));
-  const tile_plan plan = plan_tiles(q.rows, n, backend.tile_floats(), backend.max_batch());
+  // The batch of queries on the device stays within the tile's budget too (batch × dim ≤ tile floats):
+  // a very wide dimension shrinks the batch instead of asking for gigabytes of query buffer.
+  std::size_t max_batch = std::max<std::size_t>(1, backend.tile_floats() / dim);
+  if (backend.max_batch() > 0) max_batch = std::min(max_batch, backend.max_batch());
+  const tile_plan plan = plan_tiles(q.rows, n, backend.tile_floats(), max_batch);
   backend.reserve(plan, kk);
   host_row.resize(plan.batch * kk);
   host_score.resize(plan.batch * kk);

@@ -195,6 +195,7 @@ class cpu_backend {
   [[nodiscard]] float* tile() { return tile_.data(); }
 
   void reserve(const tile_plan& plan, std::uint32_t k) {
+    largest_batch = std::max(largest_batch, plan.batch * dim_);
     batch_.assign(plan.batch * dim_, NAN);  // garbage where nothing was written, as on a device
     tile_.assign(plan.batch * plan.chunk, NAN);
     best_score_.assign(plan.batch * k, NAN);
@@ -224,8 +225,9 @@ class cpu_backend {
     ++batches;
   }
 
-  std::size_t gemms = 0;    // one per chunk per batch
-  std::size_t batches = 0;  // one download per batch
+  std::size_t gemms = 0;          // one per chunk per batch
+  std::size_t batches = 0;        // one download per batch
+  std::size_t largest_batch = 0;  // floats of query batch reserved, at most
 
  private:
   std::size_t n_, dim_;
@@ -278,6 +280,19 @@ TEST_CASE("the device search loop, on the CPU, returns the CPU flat index's neig
       for (std::size_t i = 0; i < rows.size(); ++i) REQUIRE(rows[i] == full.id(i / k, i % k));
     }
   }
+}
+
+TEST_CASE("the device search loop, on the CPU: a wide dimension shrinks the query batch to the tile", "[cuda_select]") {
+  // Tiles of 16,384 floats at dim 4,096: at most 4 queries a batch, whatever the chunk rule allows
+  // (16,384 / 300 rows would be 54), so 10 queries take 3 batches and the batch never outgrows the tile.
+  const shoal::test::clustered_set data(300, 10, 4096, 5, 55, 0.5f, 4);
+  cpu_backend backend(data.base.view(), metric::l2, std::size_t{1} << 14);
+  const shoal::flat_index cpu = shoal::test::row_numbered_flat(data.base, metric::l2);
+  shoal::test::require_same_up_to_ties(emulated_search(backend, data.queries.view(), 5),
+                                       cpu.search(data.queries.view(), 5),
+                                       1e-4f * shoal::test::max_squared_norm(data.base));
+  CHECK(backend.batches == 3);
+  CHECK(backend.largest_batch <= std::size_t{1} << 14);
 }
 
 TEST_CASE("the device search loop, on the CPU: fewer rows than k leave empty slots", "[cuda_select]") {
