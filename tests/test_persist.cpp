@@ -21,6 +21,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "allocation_cap.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/factory.hpp"
 #include "shoal/index/flat.hpp"
@@ -219,12 +220,14 @@ std::vector<file_section> sections_of(const std::vector<char>& bytes) {
 }
 
 /// The file of `bytes`' header (version, kind, metric, dim, count) holding `sections` instead of its own,
-/// laid out, checksummed and sealed as docs/format.md says.
-std::vector<char> with_sections(const std::vector<char>& bytes, const std::vector<file_section>& sections) {
+/// laid out, checksummed and sealed as docs/format.md says (with `big_alignment` instead of 4096 for the
+/// sections of 64 KiB or more, to make a misplaced one).
+std::vector<char> with_sections(const std::vector<char>& bytes, const std::vector<file_section>& sections,
+                                std::size_t big_alignment = 4096) {
   std::vector<std::size_t> offsets;
   std::size_t end = 128 + 32 * sections.size();
   for (const file_section& x : sections) {
-    const std::size_t alignment = x.content.size() >= (std::size_t{64} << 10) ? 4096 : 64;
+    const std::size_t alignment = x.content.size() >= (std::size_t{64} << 10) ? big_alignment : 64;
     offsets.push_back((end + alignment - 1) / alignment * alignment);
     end = offsets.back() + x.content.size();
   }
@@ -733,6 +736,24 @@ TEST_CASE("read_index_file_info reports kind, metric, dimension, count and versi
   }
 }
 
+TEST_CASE("damaged files: a section of 64 KiB or more off a page boundary is refused", "[io]") {
+  const scratch_dir dir;
+  const dataset d(1000, 1, 29);  // 96 KB of vectors
+  const std::string path = dir / "flat.shoal";
+  d.flat(metric::l2).save(path);
+  const std::vector<char> bytes = slurp(path);
+  // Laid out again with every section 64-byte aligned, checksums and all: only the placement is wrong.
+  const std::vector<char> shifted = with_sections(bytes, sections_of(bytes), 64);
+  REQUIRE(shifted.size() < bytes.size());
+  spit(path, shifted);
+  for (const verify_level level : {verify_level::none, verify_level::full})
+    for (const bool mmap : {false, true})
+      REQUIRE_THROWS_MATCHES(flat_index::load(path, {.mmap = mmap, .verify = level}), shoal::error,
+                             fails_with(errc::corrupt_file, "is misplaced (must be 4096-byte aligned"));
+  spit(path, with_sections(bytes, sections_of(bytes)));  // the same, placed as the format says
+  CHECK(flat_index::load(path).size() == 1000);
+}
+
 TEST_CASE("a mapped load leaves the vectors unresident until a search touches them", "[io]") {
   // RssFile counts the pages of mapped files that this process has touched.
   const auto rss_file_kib = [] {
@@ -925,6 +946,28 @@ TEST_CASE("hnsw files of format 1.1 (an f32 term in front of each code row) load
       }
     }
   }
+}
+
+TEST_CASE("damaged hnsw files: a level byte that claims more upper links than the file holds allocates nothing",
+          "[io][hnsw]") {
+  // The upper-level link count follows from the level bytes (HSTA); the loader must compare it with the
+  // HUPL section's size before it allocates: a level of 64 on every node claims ~13x the file's size
+  // here, gigabytes for a large graph. The coarse graphs of IVF files go through the same reader.
+  const scratch_dir dir("shoal-persist");
+  const std::string good = dir / "graph.shoal";
+  const dataset d(1500, 10, 71);
+  hnsw_params p;
+  p.M = 16;
+  p.ef_construction = 40;
+  hnsw_index index(dim, metric::l2, p);
+  index.add(d.base.view(), d.ids);
+  index.save(good);
+  const std::vector<char> bytes = slurp(good);
+  const std::size_t states = section_offset(bytes, "HSTA");
+  const test::allocation_cap cap(2 * bytes.size());  // a sound load allocates at most the file's size at once
+  require_damage_reported<hnsw_index>(bytes, dir / "bad.shoal", "section HUPL has", [&](auto& b) {
+    std::fill_n(b.begin() + static_cast<std::ptrdiff_t>(states), d.ids.size(), char{64});
+  });
 }
 
 TEST_CASE("damaged files: wrong magic, newer versions, another index kind, missing file", "[io]") {

@@ -1580,8 +1580,9 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     corrupt(st <= max_level + 1, "node level out of range");
     if (st > 1) upper_values += std::size_t{st - 1u} * (x.max_links + 1);
   }
-  std::vector<slot_t> upper(upper_values);
-  in.read(tags.upper, upper.data(), upper_values);
+  // Sized by the section table before anything is allocated: a damaged level byte must not make a
+  // small file ask for gigabytes.
+  const aligned_vector<slot_t> upper = in.read_vector<slot_t>(tags.upper, upper_values);
 
   {
     const std::lock_guard lock(x.slots_mutex);

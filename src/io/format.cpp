@@ -184,7 +184,7 @@ void index_file_writer::commit() {
   std::uint64_t end = align_up(header_bytes + n * section_entry_bytes, section_alignment);
   for (std::size_t i = 0; i < n; ++i) {
     const section& s = sections_[i];
-    const std::uint64_t alignment = s.size >= page_align_threshold ? page_alignment : section_alignment;
+    const std::uint64_t alignment = alignment_of_section(s.size);
     entries[i].tag = s.tag;
     entries[i].flags = s.flags;
     entries[i].offset = align_up(end, alignment);
@@ -321,8 +321,9 @@ index_file_reader::index_file_reader(const std::filesystem::path& path, const lo
     const std::string tag = tag_name(s.tag);
     SHOAL_CHECK_CODE(load_le<std::uint32_t>(e + 28) == 0, errc::corrupt_file, name, ": section ", tag,
                      ": reserved field is not zero");
-    SHOAL_CHECK_CODE(s.offset % section_alignment == 0 && s.offset >= table_end_, errc::corrupt_file, name,
-                     ": section ", tag, " at offset ", s.offset, " is misplaced (must be 64-byte aligned, after byte ",
+    const std::uint64_t alignment = alignment_of_section(s.size);
+    SHOAL_CHECK_CODE(s.offset % alignment == 0 && s.offset >= table_end_, errc::corrupt_file, name, ": section ", tag,
+                     " at offset ", s.offset, " is misplaced (must be ", alignment, "-byte aligned, after byte ",
                      table_end_, ")");
     SHOAL_CHECK_CODE(s.offset <= file_bytes_ && s.size <= file_bytes_ - s.offset, errc::corrupt_file, name,
                      ": section ", tag, " (", s.size, " bytes at ", s.offset, ") extends beyond the end of the file (",

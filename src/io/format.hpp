@@ -39,6 +39,10 @@ inline constexpr std::uint64_t section_alignment = 64;
 /// ... and sections of at least `page_align_threshold` bytes at a multiple of a page.
 inline constexpr std::uint64_t page_alignment = 4096;
 inline constexpr std::uint64_t page_align_threshold = std::uint64_t{64} << 10;
+/// Where a section of `bytes` bytes may start: writers place it there, readers refuse it anywhere else.
+[[nodiscard]] constexpr std::uint64_t alignment_of_section(std::uint64_t bytes) noexcept {
+  return bytes >= page_align_threshold ? page_alignment : section_alignment;
+}
 /// More sections than any index needs; bounds the table a damaged header can ask to read.
 inline constexpr std::uint32_t max_sections = 4096;
 /// Section flag: a reader that does not know the tag must refuse the file.

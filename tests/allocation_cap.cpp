@@ -1,0 +1,39 @@
+// The global operator new and delete, replaced to honour `shoal::test::allocation_cap`.
+// The array, nothrow and sized forms of the standard library forward to these.
+
+#include "allocation_cap.hpp"
+
+#include <cstdlib>
+#include <limits>
+#include <new>
+
+namespace {
+thread_local std::size_t cap = std::numeric_limits<std::size_t>::max();
+
+void* allocate(std::size_t bytes, std::size_t align) {
+  if (bytes > cap) throw std::bad_alloc();
+  if (bytes == 0) bytes = 1;
+  void* p = nullptr;
+  if (align <= alignof(std::max_align_t)) {
+    p = std::malloc(bytes);
+  } else if (posix_memalign(&p, align, bytes) != 0) {
+    p = nullptr;
+  }
+  if (p == nullptr) throw std::bad_alloc();
+  return p;
+}
+}  // namespace
+
+namespace shoal::test {
+allocation_cap::allocation_cap(std::size_t max_bytes) noexcept : previous_(cap) { cap = max_bytes; }
+allocation_cap::~allocation_cap() { cap = previous_; }
+}  // namespace shoal::test
+
+void* operator new(std::size_t bytes) { return allocate(bytes, alignof(std::max_align_t)); }
+void* operator new(std::size_t bytes, std::align_val_t align) {
+  return allocate(bytes, static_cast<std::size_t>(align));
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t /*bytes*/) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t /*align*/) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t /*bytes*/, std::align_val_t /*align*/) noexcept { std::free(p); }
