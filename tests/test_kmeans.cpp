@@ -376,8 +376,7 @@ TEST_CASE("assign returns the nearest centroids in order", "[kmeans]") {
   }
 }
 
-TEST_CASE("assign of a small batch on many threads: split over centroids, same results as one thread",
-          "[kmeans]") {
+TEST_CASE("assign of a small batch on many threads: split over centroids, same results as one thread", "[kmeans]") {
   // 40 points are one block: on an arena of 8 the centroids are ranked in ranges by parallel tasks and
   // merged. Every label and distance must be the one-thread result's, bit for bit, ties included: a
   // centroid repeated in a later range (and a few coinciding points) must lose to its first copy.
@@ -402,6 +401,23 @@ TEST_CASE("assign of a small batch on many threads: split over centroids, same r
           CHECK(one.labels[count] == 1100);
         }
       }
+    }
+  }
+  // Centroid counts that do not split evenly into whole tiles (2,049 on 2 threads once ranked only
+  // [0, 1024) and [1024, 2048)): every centroid is ranked, the last one too.
+  for (const std::size_t nc : {2049, 3073, 3074, 4097, 4099, 5121, 6147}) {
+    const matrix<float> many_centroids = make_uniform(nc, 8, nc);
+    matrix<float> near_last = make_uniform(20, 8, 5);
+    for (std::size_t i = 0; i < 20; i += 2) std::copy_n(many_centroids.row(nc - 1 - i / 2), 8, near_last.row(i));
+    for (const std::size_t threads : {2, 3, 4, 8}) {
+      CAPTURE(nc, threads);
+      centroid_assignment one, many;
+      const auto run = [&] { return assign(near_last.view(), many_centroids.view(), metric::l2, 1); };
+      tbb::task_arena(1).execute([&] { one = run(); });
+      tbb::task_arena(static_cast<int>(threads)).execute([&] { many = run(); });
+      REQUIRE(many.labels == one.labels);
+      REQUIRE(many.distances == one.distances);
+      for (std::size_t i = 0; i < 20; i += 2) CHECK(many.labels[i] == nc - 1 - i / 2);
     }
   }
   // No points: nothing to split, nothing returned.

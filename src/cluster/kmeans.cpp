@@ -631,6 +631,8 @@ constexpr std::size_t min_range_centroids = 1024;
 /// `count` centroids, so that a task's work outweighs its merge, and starts on a multiple of the GEMM
 /// tile, so the tiles, and so every score, are the same as without ranges: the results do not depend on
 /// the thread count either way.
+constexpr std::size_t ceil_div(std::size_t a, std::size_t b) noexcept { return (a + b - 1) / b; }
+
 std::size_t centroid_ranges(std::size_t blocks, std::size_t threads, std::size_t nc, std::size_t count) {
   if (blocks == 0 || blocks >= threads) return 1;
   const std::size_t wanted = (threads + blocks - 1) / blocks;
@@ -736,7 +738,13 @@ void assign_nearest(matrix_view<const float> points, matrix_view<const float> ce
   const std::size_t nc = centroids.rows;
   const bool l2 = m == metric::l2;
   const std::size_t blocks = (n + block_points - 1) / block_points;
-  const std::size_t ranges = centroid_ranges(blocks, parallelism(), nc, count);
+  // Ranges of whole GEMM tiles: range r is [r · per_range, min((r + 1) · per_range, nc)). per_range is
+  // nc / wanted rounded up, then up to whole tiles, so the ranges cover every centroid; rounding up may
+  // leave fewer (non-empty) ranges than wanted.
+  const std::size_t wanted = centroid_ranges(blocks, parallelism(), nc, count);
+  const std::size_t tile_cols = std::min(block_centroids, nc);
+  const std::size_t per_range = wanted == 1 ? nc : ceil_div(ceil_div(nc, wanted), tile_cols) * tile_cols;
+  const std::size_t ranges = wanted == 1 ? 1 : ceil_div(nc, per_range);
   if (ranges == 1) {
     detail::parallel_for(blocks, [&](std::size_t b) {
       const std::size_t first = b * block_points;
@@ -747,9 +755,6 @@ void assign_nearest(matrix_view<const float> points, matrix_view<const float> ce
     });
     return;
   }
-  // Range r holds whole GEMM tiles: [r · per_range, min((r + 1) · per_range, nc)).
-  const std::size_t tile_cols = std::min(block_centroids, nc);
-  const std::size_t per_range = (nc / ranges + tile_cols - 1) / tile_cols * tile_cols;
   std::vector<block_winners> parts;
   parts.reserve(blocks * ranges);
   for (std::size_t b = 0; b < blocks; ++b)
@@ -757,7 +762,7 @@ void assign_nearest(matrix_view<const float> points, matrix_view<const float> ce
   detail::parallel_for(blocks * ranges, [&](std::size_t t) {
     const std::size_t b = t / ranges, r = t % ranges;
     const std::size_t first = b * block_points;
-    const std::size_t c_begin = std::min(r * per_range, nc), c_end = std::min(c_begin + per_range, nc);
+    const std::size_t c_begin = r * per_range, c_end = std::min(c_begin + per_range, nc);
     rank_range(kern, points, first, std::min(block_points, n - first), centroids, centroid_norms, l2, count, c_begin,
                c_end, scores, parts[t]);
   });
