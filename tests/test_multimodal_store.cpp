@@ -305,6 +305,25 @@ TEST_CASE("multimodal_store: late fusion of an image and a text query orders a h
   CHECK_THROWS_MATCHES(store.search_fused({}, "image", 3), shoal::error,
                        fails_with(errc::invalid_argument, "no query"));
   CHECK_THROWS_MATCHES(store.search_fused(parts, "sound", 3), shoal::error, fails_with(errc::not_found, "'sound'"));
+  // Bad fusion options are refused whether or not there are query rows to fuse.
+  const std::vector<modal_query> no_rows = {{"image", {image_part.data(), 0, 2}}, {"text", {text_part.data(), 0, 2}}};
+  CHECK(store.search_fused(no_rows, "image", 3).empty());
+  for (const std::vector<modal_query>& q : {parts, no_rows}) {
+    CAPTURE(q[0].vectors.rows);
+    std::vector<modal_query> negative = q;
+    negative[1].weight = -1;
+    CHECK_THROWS_MATCHES(store.search_fused(negative, "image", 3), shoal::error,
+                         fails_with(errc::invalid_argument, "weight 1 is -1"));
+    CHECK_THROWS_MATCHES(store.search_fused(q, "image", 3, {.rrf_k = std::nan("")}), shoal::error,
+                         fails_with(errc::invalid_argument, "rrf_k must be finite"));
+    CHECK_THROWS_MATCHES(store.search_fused(q, "image", 3, {.rule = static_cast<fusion_rule>(7)}), shoal::error,
+                         fails_with(errc::invalid_argument, "unknown fusion rule 7"));
+    CHECK_THROWS_MATCHES(
+        store.search_fused(q, "image", 3,
+                           {.rule = fusion_rule::weighted_score, .normalization = static_cast<score_normalization>(9)}),
+        shoal::error, fails_with(errc::invalid_argument, "unknown score normalization 9"));
+    CHECK_THROWS_MATCHES(store.search_fused(q, "image", 0), shoal::error, fails_with(errc::invalid_argument, "k must"));
+  }
 }
 
 TEST_CASE("multimodal_store: encoder versions switch atomically under concurrent searches",

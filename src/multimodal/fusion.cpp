@@ -125,6 +125,9 @@ std::vector<fused_id> reciprocal_rank_fusion(std::span<const candidate_list> lis
 std::vector<fused_id> weighted_score_fusion(std::span<const candidate_list> lists, std::size_t k,
                                             score_normalization normalization, std::span<const float> weights) {
   constexpr const char* what = "weighted_score_fusion";
+  SHOAL_CHECK(normalization == score_normalization::none || normalization == score_normalization::min_max ||
+                  normalization == score_normalization::z_score,
+              what, ": unknown score normalization ", static_cast<int>(normalization));
   const prepared p = prepare(lists, k, weights, what);
   const id_union all(p);
   std::vector<fused_id> fused(all.ids.size());

@@ -990,33 +990,38 @@ std::vector<std::vector<fused_id>> multimodal_store::search_fused(std::span<cons
   for (const modal_query& p : parts)
     SHOAL_CHECK(p.vectors.rows == rows, who, ": part '", p.modality, "' has ", p.vectors.rows, " queries, the first ",
                 rows, " (query r is row r of every part)");
+  std::vector<float> weights;
+  for (const modal_query& p : parts) weights.push_back(p.weight);
+  const auto fuse = [&](std::span<const candidate_list> lists) {
+    switch (options.rule) {
+      case fusion_rule::reciprocal_rank:
+        return reciprocal_rank_fusion(lists, k, weights, options.rrf_k);
+      case fusion_rule::weighted_score:
+        return weighted_score_fusion(lists, k, options.normalization, weights);
+      case fusion_rule::intersection:
+        return intersection_fusion(lists, k, weights);
+    }
+    SHOAL_CHECK(false, who, ": unknown fusion rule ", static_cast<int>(options.rule));
+    return std::vector<fused_id>{};
+  };
+  // The fusion's own checks (weights, rrf_k, rule) on empty lists: bad options are refused before any
+  // search, also when there are no query rows.
+  (void)fuse(std::vector<candidate_list>(parts.size()));
   const auto c = state_->snapshot();  // every part on the same versions
   // A part cannot find more candidates than the target holds: a deeper list would be padding, and a
   // k or `candidates` meant as "all" would ask for memory the search cannot use.
   const std::size_t held = std::max<std::size_t>(1, find_version(*c, target, {}, who)->own.size());
   const std::size_t depth = std::min(held, options.candidates > 0 ? options.candidates : 4 * std::min(k, held));
   std::vector<neighbors> found;
-  std::vector<float> weights;
   for (const modal_query& p : parts) {
     found.emplace_back(rows, depth);
     detail::search_in(*c, p.modality, p.vectors, target, found.back().view(), params, who);
-    weights.push_back(p.weight);
   }
   std::vector<std::vector<fused_id>> out(rows);
   std::vector<candidate_list> lists(parts.size());
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t i = 0; i < parts.size(); ++i) lists[i] = {found[i].row_ids(r), found[i].row_distances(r)};
-    switch (options.rule) {
-      case fusion_rule::reciprocal_rank:
-        out[r] = reciprocal_rank_fusion(lists, k, weights, options.rrf_k);
-        break;
-      case fusion_rule::weighted_score:
-        out[r] = weighted_score_fusion(lists, k, options.normalization, weights);
-        break;
-      case fusion_rule::intersection:
-        out[r] = intersection_fusion(lists, k, weights);
-        break;
-    }
+    out[r] = fuse(lists);
   }
   return out;
 }
