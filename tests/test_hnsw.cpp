@@ -1,6 +1,8 @@
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <numeric>
 #include <thread>
@@ -10,6 +12,8 @@
 #include <fstream>
 #include <iterator>
 
+#include <tbb/global_control.h>
+#include <tbb/parallel_for.h>
 #include <tbb/task_arena.h>
 #include <catch2/catch.hpp>
 
@@ -573,6 +577,45 @@ TEST_CASE("hnsw concurrent add, remove, upsert and search", "[hnsw]") {
     CHECK(found_exhaustive == probes);
     CHECK(static_cast<double>(found_default) >= 0.9 * static_cast<double>(probes));
   }
+}
+
+TEST_CASE("hnsw called from the caller's own oneTBB loop: searches holding the lock never run its upserts",
+          "[hnsw][concurrency]") {
+  // A batched search holds the graph's lock shared across its parallel loop. Were that loop not isolated,
+  // its waiting thread could take one of the caller's outer tasks, an upsert, which waits for the
+  // exclusive lock this very thread holds: a hang. A watchdog turns a hang into a failure.
+  const fixture f(1500, 64, 29);
+  hnsw_params p;
+  p.M = 8;
+  p.ef_construction = 40;
+  hnsw_index index = f.build(metric::l2, p);
+  std::atomic<bool> done{false};
+  std::thread watchdog([&] {
+    for (int waited = 0; waited < 600 && !done.load(); ++waited)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (!done.load()) {
+      std::fprintf(stderr, "hnsw: searches and upserts in one oneTBB loop hung for 60 s (deadlock)\n");
+      std::_Exit(1);
+    }
+  });
+  std::atomic<std::size_t> found{0};
+  // Sixteen threads even on two cores: a waiting thread finds other threads' outer tasks to take.
+  const tbb::global_control threads(tbb::global_control::max_allowed_parallelism, 16);
+  tbb::task_arena(16).execute([&] {
+    tbb::parallel_for(std::size_t{0}, std::size_t{12000}, std::size_t{1}, [&](std::size_t t) {
+      if (t % 6 == 0) {
+        const vector_id id = t % 1500;
+        index.upsert(f.base.view().slice(id, 1), id);
+      } else {
+        const neighbors got = index.search(f.queries.view().slice(t % 32, 32), k, with_ef(32));
+        found += got.id(0, 0) != no_id ? 1 : 0;
+      }
+    });
+  });
+  done = true;
+  watchdog.join();
+  CHECK(found.load() == 10000);
+  CHECK(index.size() == 1500);
 }
 
 TEST_CASE("hnsw rejects bad input with clear errors and changes nothing", "[hnsw]") {

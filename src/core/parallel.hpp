@@ -21,6 +21,12 @@ namespace shoal::detail {
 
 /// Calls `body(i)` for i in [0, n), in parallel on the caller's oneTBB arena. A single item runs
 /// directly on the calling thread: one-query searches skip the task machinery altogether.
+///
+/// The loop is isolated: while the calling thread waits for its items it runs only this loop's tasks,
+/// never another task of the arena. Callers often hold a lock across the loop (a search holds its graph's
+/// lock shared), and a caller's own oneTBB tasks call shoal too: without isolation a waiting thread
+/// could pick up the caller's `remove`, which waits for the lock that this very thread holds — a
+/// deadlock that hangs the caller's `tbb::parallel_for` of searches and writes.
 template <class Body>
 void parallel_for(std::size_t n, const Body& body) {
 #ifdef SHOAL_TSAN
@@ -30,7 +36,7 @@ void parallel_for(std::size_t n, const Body& body) {
     body(std::size_t{0});
     return;
   }
-  tbb::parallel_for(std::size_t{0}, n, body);
+  tbb::this_task_arena::isolate([&] { tbb::parallel_for(std::size_t{0}, n, body); });
 #endif
 }
 
