@@ -12,11 +12,13 @@
 #include <array>
 #include <atomic>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <set>
 #include <string>
 #include <thread>
 
+#include "collection/metrics.hpp"  // the library's own writer (src/), for exact sample text
 #include "shoal/collection/collection.hpp"
 #include "shoal/index/flat.hpp"
 #include "test_support.hpp"
@@ -626,19 +628,29 @@ TEST_CASE("collection: a directory is written by one collection at a time", "[co
     REQUIRE_THROWS_MATCHES(collection::open(home), shoal::error, fails_with(errc::io_error, "open in another"));
     REQUIRE_THROWS_MATCHES(collection::open(home, {.mmap = true}), shoal::error,
                            fails_with(errc::io_error, "open in another"));
-    writer.checkpoint();
+    // Nor may another collection save over it, or a new one start there: either would delete the log
+    // under the writer, whose later acknowledged writes would then be lost.
+    const collection other(options_for(sharding::hash, 8, metric::l2));
+    REQUIRE_THROWS_MATCHES(other.save(home), shoal::error, fails_with(errc::io_error, "open in another"));
+    std::filesystem::remove(home / "MANIFEST.shoal");  // so that only the log stands in the way
+    REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::io_error, "open in another"));
+    writer.add(v.view().slice(0, 1), std::vector<vector_id>{5});
+    writer.checkpoint();  // writes the manifest again
   }
   {
     // Memory-mapped collections only read: any number may share the directory, but no writer.
     const collection r1 = collection::open(home, {.mmap = true});
     const collection r2 = collection::open(home, {.mmap = true});
-    CHECK(r1.size() == 4);
-    CHECK(r2.size() == 4);
+    CHECK(r1.size() == 5);
+    CHECK(r2.size() == 5);
     REQUIRE_THROWS_MATCHES(collection::open(home), shoal::error, fails_with(errc::io_error, "open in another"));
+    REQUIRE_THROWS_MATCHES(r1.save(home), shoal::error, fails_with(errc::unsupported, "read-only"));
+    r1.save(dir.path() / "copy");  // elsewhere it may
   }
+  CHECK(collection::open(dir.path() / "copy").size() == 5);
   collection again = collection::open(home);
   again.remove(2);
-  CHECK(again.size() == 3);
+  CHECK(again.size() == 4);
 }
 
 TEST_CASE("collection: a train whose snapshot fails leaves the collection untrained", "[collection][io]") {
@@ -915,3 +927,13 @@ TEST_CASE("collection: concurrent add/upsert/remove/search and replica loss are 
 
 }  // namespace
 }  // namespace shoal
+
+TEST_CASE("collection metrics: a sample keeps every digit of a large counter", "[collection]") {
+  std::string text;
+  shoal::detail::prometheus_writer out(text);
+  out.sample("shoal_queries_total", "", 1234567890123.0);  // %.9g printed 1.23456789e+12
+  out.sample("shoal_items", "shard=\"0\"", 3.0);
+  out.sample("shoal_seconds", "", 0.25);
+  out.sample("shoal_le", "", std::numeric_limits<double>::infinity());
+  CHECK(text == "shoal_queries_total 1234567890123\nshoal_items{shard=\"0\"} 3\nshoal_seconds 0.25\nshoal_le +Inf\n");
+}

@@ -4,6 +4,8 @@
 #include <atomic>
 #include <numeric>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <unordered_set>
 #include <utility>
 
@@ -379,6 +381,7 @@ collection::collection(const collection_options& options) {
                 "collection: ", options.directory.string(),
                 " already holds a collection (open it with collection::open)");
     const std::filesystem::path log = options.directory / detail::write_ahead_log::file_name;
+    const io::detail::unique_fd stale = detail::write_ahead_log::lock_existing(options.directory);
     std::filesystem::remove(log, ec);
     SHOAL_CHECK_CODE(!ec, errc::io_error, "collection: cannot remove the stale ", log.string(), ": ", ec.message());
     st->write_snapshot(*lay, options.directory, 0, 0);
@@ -531,14 +534,20 @@ void collection::add(matrix_view<const float> vectors, std::span<const vector_id
   if (st->rebalance_running.exchange(true)) return;
   const std::lock_guard lock(st->background_mutex);
   if (st->background.joinable()) st->background.join();  // the previous run has finished
-  st->background = std::thread([st] {
-    try {
-      detail::rebalance(*st);
-    } catch (const std::exception&) {
-      // A failed background rebalance leaves the old layout in place; a later add tries again.
-    }
+  try {
+    st->background = std::thread([st] {
+      try {
+        detail::rebalance(*st);
+      } catch (const std::exception&) {
+        // A failed background rebalance leaves the old layout in place; a later add tries again.
+      }
+      st->rebalance_running.store(false);
+    });
+  } catch (const std::system_error&) {
+    // No thread to be had (a process at its thread limit): the add that got here has been applied and
+    // must not fail for it; a later add tries again.
     st->rebalance_running.store(false);
-  });
+  }
 }
 
 void collection::upsert(matrix_view<const float> vectors, std::span<const vector_id> ids,

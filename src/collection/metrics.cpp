@@ -1,6 +1,7 @@
 #include "collection/metrics.hpp"
 
 #include <bit>
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
@@ -50,12 +51,17 @@ void prometheus_writer::family(std::string_view name, std::string_view type, std
 void prometheus_writer::sample(std::string_view name, std::string_view labels, double value) {
   out_.append(name);
   if (!labels.empty()) out_.append("{").append(labels).append("}");
-  char buffer[32];
-  if (std::isinf(value))
-    std::snprintf(buffer, sizeof buffer, value > 0 ? "+Inf" : "-Inf");
-  else
-    std::snprintf(buffer, sizeof buffer, "%.9g", value);
-  out_.append(" ").append(buffer).append("\n");
+  out_.append(" ");
+  if (std::isinf(value)) {
+    out_.append(value > 0 ? "+Inf" : "-Inf");
+  } else {
+    // The shortest text that reads back as the same double: counters stay exact up to 2^53 (a fixed
+    // number of digits, as %.9g was, dropped the low digits of counts past a billion).
+    char buffer[32];
+    const std::to_chars_result r = std::to_chars(buffer, buffer + sizeof buffer, value);
+    out_.append(buffer, r.ptr);
+  }
+  out_.append("\n");
 }
 
 void prometheus_writer::histogram(std::string_view name, std::string_view labels,

@@ -164,9 +164,14 @@ void collection::save(const std::filesystem::path& directory) const {
   std::error_code ec;
   const bool own = st.wal && std::filesystem::exists(directory, ec) &&
                    std::filesystem::equivalent(directory, st.options.directory, ec);
+  SHOAL_CHECK_CODE(!(own && st.read_only), errc::unsupported, "collection::save: the collection is read-only ",
+                   "(memory-mapped); save it into another directory");
+  io::detail::unique_fd stale;  // the log of whatever collection lived here, locked while it is replaced
   if (!own) {
     std::filesystem::create_directories(directory, ec);
-    // A stale log of whatever collection lived here must not replay onto this snapshot.
+    // Refused while another collection has the directory open: its log would be deleted under it, and
+    // its acknowledged writes lost. A stale log must not replay onto this snapshot.
+    stale = detail::write_ahead_log::lock_existing(directory);
     std::filesystem::remove(directory / detail::write_ahead_log::file_name, ec);
   }
   const std::uint64_t generation = detail::next_generation(directory);

@@ -70,10 +70,12 @@ write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t d
   struct ::stat info {};
   SHOAL_CHECK_CODE(::fstat(fd_.get(), &info) == 0, errc::io_error, path_.string(),
                    ": cannot stat the write-ahead log: ", io::detail::errno_text(errno));
-  if (info.st_size > 0)
+  if (info.st_size > 0) {
     read_records(after);
-  else
+  } else {
     write_header();
+    io::detail::sync_directory(dir);  // the new log's name survives a power loss with the records it gets
+  }
   const ::off_t end = ::lseek(fd_.get(), 0, SEEK_END);
   SHOAL_CHECK_CODE(end >= 0, errc::io_error, path_.string(), ": seek failed: ", io::detail::errno_text(errno));
   end_ = static_cast<std::uint64_t>(end);
@@ -84,6 +86,7 @@ void write_ahead_log::write_header() {
   const std::array<std::uint32_t, 2> fields{wal_version, static_cast<std::uint32_t>(dim_)};
   std::memcpy(head.data(), wal_magic.data(), wal_magic.size());
   std::memcpy(head.data() + wal_magic.size(), fields.data(), sizeof fields);
+  broken_ = true;  // until the header is whole: a record must never follow a missing or partial one
   SHOAL_CHECK_CODE(::ftruncate(fd_.get(), 0) == 0 && ::lseek(fd_.get(), 0, SEEK_SET) == 0, errc::io_error,
                    path_.string(), ": cannot truncate the write-ahead log: ", io::detail::errno_text(errno));
   write_all(fd_.get(), head.data(), head.size(), path_);
@@ -215,7 +218,7 @@ std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids,
                                       matrix_view<const float> vectors, std::size_t per_record) {
   const std::lock_guard lock(mutex_);
   SHOAL_CHECK_CODE(!broken_, errc::io_error, path_.string(),
-                   ": an earlier append failed and could not be cut back; reopen the collection");
+                   ": an earlier write to the log failed and could not be undone; reopen the collection");
   const std::uint64_t start_sequence = last_sequence_;
   const std::uint64_t start = end_;
   try {
@@ -241,21 +244,40 @@ std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids,
   return last_sequence_;
 }
 
-void write_ahead_log::take_lock(int operation) {
+namespace {
+
+/// flock(2) of the log `path` open as `fd` with `operation` (LOCK_EX or LOCK_SH), without waiting.
+void lock_log(int fd, const std::filesystem::path& path, int operation) {
   int rc = 0;
-  do rc = ::flock(fd_.get(), operation | LOCK_NB);
+  do rc = ::flock(fd, operation | LOCK_NB);
   while (rc != 0 && errno == EINTR);
   if (rc == 0) return;
   const int err = errno;
   SHOAL_CHECK_CODE(
-      err != EWOULDBLOCK, errc::io_error, path_.string(), ": the collection in ", path_.parent_path().string(),
+      err != EWOULDBLOCK, errc::io_error, path.string(), ": the collection in ", path.parent_path().string(),
       " is open in another collection",
       operation == LOCK_EX ? " (one may write a directory, or many read it memory-mapped)" : " for writing");
   detail::throw_error(errc::io_error,
-                      detail::str(path_.string(), ": cannot lock the write-ahead log: ", io::detail::errno_text(err)));
+                      detail::str(path.string(), ": cannot lock the write-ahead log: ", io::detail::errno_text(err)));
 }
 
+}  // namespace
+
+void write_ahead_log::take_lock(int operation) { lock_log(fd_.get(), path_, operation); }
+
 void write_ahead_log::lock_exclusive() { take_lock(LOCK_EX); }
+
+io::detail::unique_fd write_ahead_log::lock_existing(const std::filesystem::path& dir) {
+  const std::filesystem::path path = dir / file_name;
+  io::detail::unique_fd fd(io::detail::open_retrying(path.c_str(), O_RDWR));
+  if (fd.get() < 0) {
+    SHOAL_CHECK_CODE(errno == ENOENT, errc::io_error, path.string(),
+                     ": cannot open the write-ahead log: ", io::detail::errno_text(errno));
+    return fd;
+  }
+  lock_log(fd.get(), path, LOCK_EX);
+  return fd;
+}
 
 void write_ahead_log::reset() {
   const std::lock_guard lock(mutex_);

@@ -51,6 +51,11 @@ class unique_fd {
   explicit unique_fd(int fd) noexcept : fd_(fd) {}
   unique_fd(const unique_fd&) = delete;
   unique_fd& operator=(const unique_fd&) = delete;
+  unique_fd(unique_fd&& other) noexcept : fd_(other.release()) {}
+  unique_fd& operator=(unique_fd&& other) noexcept {
+    if (this != &other) reset(other.release());
+    return *this;
+  }
   ~unique_fd() { reset(); }
   [[nodiscard]] int get() const noexcept { return fd_; }
   /// Gives up ownership, e.g. to close explicitly and check the result.
@@ -156,6 +161,13 @@ void read_values(const input_file& file, std::uint64_t offset, std::size_t count
   }
 }
 
+/// fsyncs directory `dir`, which persists the entries just created, renamed or removed in it. Best
+/// effort: what the entries name is already safe, and some file systems refuse to fsync a directory.
+inline void sync_directory(const std::filesystem::path& dir) {
+  const unique_fd fd(open_retrying(dir.c_str(), O_RDONLY | O_DIRECTORY));
+  if (fd.get() >= 0) (void)::fsync(fd.get());
+}
+
 /// Writes a file atomically: the bytes go to `<target>.tmp.<pid>.<n>` in the same directory (the target's
 /// name cut short where the whole would exceed NAME_MAX), and `commit()` flushes, fsyncs and renames it
 /// over the target, which keeps its permission bits. Destroyed without a commit (an exception on the
@@ -246,13 +258,8 @@ class atomic_writer {
     }
   }
 
-  /// Persists the rename itself. Best effort: the data is already safe, and some file systems refuse to
-  /// fsync a directory.
-  void sync_directory() const {
-    const std::filesystem::path dir = target_.has_parent_path() ? target_.parent_path() : ".";
-    const unique_fd fd(open_retrying(dir.c_str(), O_RDONLY | O_DIRECTORY));
-    if (fd.get() >= 0) (void)::fsync(fd.get());
-  }
+  /// Persists the rename itself.
+  void sync_directory() const { io::detail::sync_directory(target_.has_parent_path() ? target_.parent_path() : "."); }
 
   std::filesystem::path target_;
   std::filesystem::path temp_;
