@@ -106,6 +106,28 @@ struct layout {
   std::unordered_map<vector_id, std::uint32_t> table;  // id -> shard
 };
 
+/// A shared mutex whose exclusive lockers cannot be starved: once one waits, new shared lockers queue
+/// behind it. std::shared_mutex is glibc's rwlock, which prefers readers; writes hold `layout_mutex`
+/// shared across their log sync, and six threads writing without pause kept a checkpoint waiting for
+/// minutes (for ever, as far as anyone could tell).
+class writer_first_mutex {
+ public:
+  void lock() {
+    const std::lock_guard gate(gate_);  // holds off new shared lockers while the present ones drain
+    inner_.lock();
+  }
+  void unlock() { inner_.unlock(); }
+  void lock_shared() {
+    { const std::lock_guard gate(gate_); }
+    inner_.lock_shared();
+  }
+  void unlock_shared() { inner_.unlock_shared(); }
+
+ private:
+  std::mutex gate_;
+  std::shared_mutex inner_;
+};
+
 /// Nanoseconds as an atomic gauge.
 using atomic_ns = std::atomic<std::int64_t>;
 
@@ -114,7 +136,7 @@ struct collection_state {
   std::atomic<std::shared_ptr<layout>> current;
   /// Writers hold it shared for a whole write (log + apply); snapshots and layout swaps hold it
   /// exclusively, so they see every logged write applied. Searches never take it.
-  mutable std::shared_mutex layout_mutex;
+  mutable writer_first_mutex layout_mutex;
   id_registry busy_ids;  // writes to one id are serialised through it
   std::vector<std::unique_ptr<shard_executor>> executors;
   std::unique_ptr<write_ahead_log> wal;
