@@ -663,15 +663,7 @@ TEST_CASE("collection: a checkpoint gets its turn while writes never pause", "[c
   o.directory = dir.path() / "c";
   collection c(o);
   std::atomic<bool> stop{false};
-  std::atomic<bool> done{false};
-  std::thread watchdog([&] {
-    for (int waited = 0; waited < 600 && !done.load(); ++waited)
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (!done.load()) {
-      std::fprintf(stderr, "collection: a checkpoint waited 60 s behind writes (starved)\n");
-      std::_Exit(1);
-    }
-  });
+  shoal::test::watchdog hang("collection: a checkpoint behind writes (starved?)");
   std::vector<std::thread> writers;
   for (std::size_t t = 0; t < 6; ++t)
     writers.emplace_back([&, t] {
@@ -680,10 +672,9 @@ TEST_CASE("collection: a checkpoint gets its turn while writes never pause", "[c
     });
   std::this_thread::sleep_for(std::chrono::milliseconds(50));
   for (int round = 0; round < 3; ++round) c.checkpoint();
-  done = true;
+  hang.disarm();
   stop = true;
   for (std::thread& w : writers) w.join();
-  watchdog.join();
   CHECK(c.size() <= 600);
 }
 

@@ -592,15 +592,7 @@ TEST_CASE("hnsw called from the caller's own oneTBB loop: searches holding the l
   p.M = 8;
   p.ef_construction = 40;
   hnsw_index index = f.build(metric::l2, p);
-  std::atomic<bool> done{false};
-  std::thread watchdog([&] {
-    for (int waited = 0; waited < 600 && !done.load(); ++waited)
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    if (!done.load()) {
-      std::fprintf(stderr, "hnsw: searches and upserts in one oneTBB loop hung for 60 s (deadlock)\n");
-      std::_Exit(1);
-    }
-  });
+  shoal::test::watchdog hang("hnsw: searches and upserts in one oneTBB loop (deadlocked?)");
   std::atomic<std::size_t> found{0};
   // Sixteen threads even on two cores: a waiting thread finds other threads' outer tasks to take.
   const tbb::global_control threads(tbb::global_control::max_allowed_parallelism, 16);
@@ -615,8 +607,7 @@ TEST_CASE("hnsw called from the caller's own oneTBB loop: searches holding the l
       }
     });
   });
-  done = true;
-  watchdog.join();
+  hang.disarm();
   CHECK(found.load() == 10000);
   CHECK(index.size() == 1500);
 #endif

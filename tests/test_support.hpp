@@ -9,6 +9,8 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -200,6 +202,33 @@ class killable_child {
  private:
   pid_t pid_ = -1;
   int from_child_ = -1;
+};
+
+/// Ends the test process with a message and a failing status if it is still alive after 60 s: a test of
+/// a would-be hang (a deadlock, a starved lock) then fails instead of waiting for ctest's timeout. Stop
+/// it with `disarm()` (or by destroying it) once the work that might hang is done.
+class watchdog {
+ public:
+  explicit watchdog(const char* hang)
+      : thread_([this, hang] {
+          for (int waited = 0; waited < 600 && !done_.load(); ++waited)
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+          if (!done_.load()) {
+            std::fprintf(stderr, "%s: still waiting after 60 s\n", hang);
+            std::_Exit(1);
+          }
+        }) {}
+  watchdog(const watchdog&) = delete;
+  watchdog& operator=(const watchdog&) = delete;
+  ~watchdog() { disarm(); }
+  void disarm() {
+    done_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+ private:
+  std::atomic<bool> done_{false};
+  std::thread thread_;
 };
 
 /// A fresh directory under the system's temporary directory, removed with its content at scope exit.
