@@ -20,6 +20,7 @@
 #include <string>
 #include <thread>
 
+#include "allocation_cap.hpp"
 #include "collection/metrics.hpp"  // the library's own writer (src/), for exact sample text
 #include "shoal/collection/collection.hpp"
 #include "shoal/index/flat.hpp"
@@ -676,6 +677,39 @@ TEST_CASE("collection: a checkpoint gets its turn while writes never pause", "[c
   stop = true;
   for (std::thread& w : writers) w.join();
   CHECK(c.size() <= 600);
+}
+
+TEST_CASE("collection: a write that fails after it is logged is replayed whole on reopening", "[collection][io]") {
+  // Out of memory while a shard applies a logged write: the shard may hold part of it. Writes and saves
+  // are then refused (a checkpoint would make the half write permanent), and reopening replays it whole.
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  collection_options o = options_for(sharding::range, 64, metric::l2);  // ids below 2^61: all in shard 0
+  o.directory = home;
+  const matrix<float> v = make_uniform(3001, 64, 17);
+  std::vector<vector_id> ids(3001);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  {
+    collection c(o);
+    c.add(v.view().slice(0, 1000), std::span<const vector_id>(ids).subspan(0, 1000));
+    {
+      // The log's record of 2,000 rows (520 KB) fits under the cap; the shard's storage, grown to
+      // 3,000 rows (770 KB), does not.
+      const test::allocation_cap cap(600 << 10);
+      REQUIRE_THROWS_AS(c.add(v.view().slice(1000, 2000), std::span<const vector_id>(ids).subspan(1000, 2000)),
+                        std::bad_alloc);
+    }
+    REQUIRE_THROWS_MATCHES(c.add(v.view().slice(3000, 1), std::span<const vector_id>(ids).subspan(3000, 1)),
+                           shoal::error, fails_with(errc::io_error, "until the collection is reopened"));
+    REQUIRE_THROWS_MATCHES(c.checkpoint(), shoal::error, fails_with(errc::io_error, "failed while it was applied"));
+    REQUIRE_THROWS_MATCHES(c.save(dir.path() / "copy"), shoal::error,
+                           fails_with(errc::io_error, "failed while it was applied"));
+  }
+  collection again = collection::open(home);
+  CHECK(again.size() == 3000);
+  for (const vector_id id : {vector_id{0}, vector_id{1000}, vector_id{2999}}) CHECK(again.contains(id));
+  again.add(v.view().slice(3000, 1), std::span<const vector_id>(ids).subspan(3000, 1));
+  CHECK(again.size() == 3001);
 }
 
 TEST_CASE("collection: a train whose snapshot fails leaves the collection untrained", "[collection][io]") {

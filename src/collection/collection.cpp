@@ -290,6 +290,7 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
                     : op == wal_op::upsert ? "collection::upsert"
                                            : "collection::remove";
   SHOAL_CHECK_CODE(!read_only, errc::unsupported, who, ": the collection was opened memory-mapped and is read-only");
+  check_not_diverged(who);
   if (op != wal_op::remove) {
     check_vectors(vectors, options.dim, "vector");
     check_ids(ids, vectors.rows, who);
@@ -351,7 +352,15 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
       captured.push_back(std::move(r));
     }
   }
-  apply(*lay, op, vectors, routed, ids, keys);
+  try {
+    apply(*lay, op, vectors, routed, ids, keys);
+  } catch (...) {
+    // Logged, but not (wholly) applied: a shard ran out of memory. The shards no longer match the log
+    // (nor, maybe, the routing table), and a snapshot would make that permanent. Reopening replays the
+    // write whole.
+    diverged.store(true);
+    throw;
+  }
   write_latency.record(std::chrono::nanoseconds(elapsed_ns(write_started)));
   (op == wal_op::add      ? adds
    : op == wal_op::upsert ? upserts
@@ -642,6 +651,9 @@ detail::replica_slot& replica_at(const detail::layout& lay, std::size_t shard, s
 }  // namespace
 
 void collection::take_down(std::size_t shard, std::size_t replica) {
+  // Held shared, as writes hold it: a rebalance's swap, which carries each replica's state over to the
+  // new layout, sees this call's change whole or not at all.
+  const std::shared_lock layout_lock(state_->layout_mutex);
   const std::shared_ptr<detail::layout> lay = state_->current.load();
   detail::replica_slot& rep = replica_at(*lay, shard, replica, "collection::take_down");
   detail::shard_state& sh = *lay->shards[shard];
@@ -656,6 +668,7 @@ void collection::take_down(std::size_t shard, std::size_t replica) {
 
 void collection::restore(std::size_t shard, std::size_t replica) {
   detail::collection_state& st = *state_;
+  const std::shared_lock layout_lock(st.layout_mutex);  // as in take_down
   const std::shared_ptr<detail::layout> lay = st.current.load();
   detail::replica_slot& rep = replica_at(*lay, shard, replica, "collection::restore");
   detail::shard_state& sh = *lay->shards[shard];

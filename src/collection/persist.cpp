@@ -164,6 +164,7 @@ void collection::save(const std::filesystem::path& directory) const {
   std::error_code ec;
   const bool own = st.wal && std::filesystem::exists(directory, ec) &&
                    std::filesystem::equivalent(directory, st.options.directory, ec);
+  st.check_not_diverged("collection::save");
   SHOAL_CHECK_CODE(!(own && st.read_only), errc::unsupported, "collection::save: the collection is read-only ",
                    "(memory-mapped); save it into another directory");
   io::detail::unique_fd stale;  // the log of whatever collection lived here, locked while it is replaced

@@ -20,6 +20,7 @@
 #include "collection/router.hpp"
 #include "collection/wal.hpp"
 #include "shoal/collection/collection.hpp"
+#include "shoal/core/error.hpp"
 #include "shoal/index/any_index.hpp"
 
 #ifndef SHOAL_TSAN
@@ -142,6 +143,15 @@ struct collection_state {
   std::unique_ptr<write_ahead_log> wal;
   std::atomic<bool> trained{false};
   bool read_only = false;
+  /// A write failed while applied, after it was logged: the shards may hold part of it. Writes and saves
+  /// are refused from then on; reopening the directory replays the write whole.
+  std::atomic<bool> diverged{false};
+  /// Throws `errc::io_error` once `diverged`; `who` names the call.
+  void check_not_diverged(const char* who) const {
+    SHOAL_CHECK_CODE(!diverged.load(), errc::io_error, who, ": an earlier write failed while it was applied, so the ",
+                     "shards may hold part of it; writes and saves are refused",
+                     options.directory.empty() ? "" : " until the collection is reopened (which replays it whole)");
+  }
   std::uint64_t snapshot_generation = 0;  // of the last snapshot in `options.directory`
 
   // Rebalancing: while `capturing`, every applied write is also recorded for the new layout.

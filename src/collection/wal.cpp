@@ -86,14 +86,15 @@ void write_ahead_log::write_header() {
   const std::array<std::uint32_t, 2> fields{wal_version, static_cast<std::uint32_t>(dim_)};
   std::memcpy(head.data(), wal_magic.data(), wal_magic.size());
   std::memcpy(head.data() + wal_magic.size(), fields.data(), sizeof fields);
-  broken_ = true;  // until the header is whole: a record must never follow a missing or partial one
+  // Until the header is whole: a record must never follow a missing or partial one.
+  refusal_ = "the log's header could not be written";
   SHOAL_CHECK_CODE(::ftruncate(fd_.get(), 0) == 0 && ::lseek(fd_.get(), 0, SEEK_SET) == 0, errc::io_error,
                    path_.string(), ": cannot truncate the write-ahead log: ", io::detail::errno_text(errno));
   write_all(fd_.get(), head.data(), head.size(), path_);
   SHOAL_CHECK_CODE(::fsync(fd_.get()) == 0, errc::io_error, path_.string(),
                    ": fsync failed: ", io::detail::errno_text(errno));
   end_ = header_bytes;
-  broken_ = false;
+  refusal_.clear();
 }
 
 void write_ahead_log::read_records(std::uint64_t after) {
@@ -217,8 +218,8 @@ void write_ahead_log::encode(std::uint64_t sequence, wal_op op, std::span<const 
 std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,
                                       matrix_view<const float> vectors, std::size_t per_record) {
   const std::lock_guard lock(mutex_);
-  SHOAL_CHECK_CODE(!broken_, errc::io_error, path_.string(),
-                   ": an earlier write to the log failed and could not be undone; reopen the collection");
+  SHOAL_CHECK_CODE(refusal_.empty(), errc::io_error, path_.string(), ": ", refusal_,
+                   "; writes are refused until the collection is reopened");
   const std::uint64_t start_sequence = last_sequence_;
   const std::uint64_t start = end_;
   try {
@@ -237,8 +238,9 @@ std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids,
     last_sequence_ = start_sequence;
     end_ = start;
     const auto offset = static_cast<::off_t>(start);
-    broken_ = ::ftruncate(fd_.get(), offset) != 0 || ::lseek(fd_.get(), offset, SEEK_SET) != offset ||
-              (sync_ == wal_sync::every_write && ::fdatasync(fd_.get()) != 0);
+    if (::ftruncate(fd_.get(), offset) != 0 || ::lseek(fd_.get(), offset, SEEK_SET) != offset ||
+        (sync_ == wal_sync::every_write && ::fdatasync(fd_.get()) != 0))
+      refusal_ = "an earlier append failed and could not be cut back";
     throw;
   }
   return last_sequence_;

@@ -24,6 +24,7 @@
 #include <filesystem>
 #include <mutex>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "io/file_util.hpp"
@@ -104,7 +105,7 @@ class write_ahead_log {
   mutable std::mutex mutex_;
   std::uint64_t last_sequence_ = 0;
   std::uint64_t end_ = 0;  // bytes of whole records and header: where the next record goes
-  bool broken_ = false;    // a failed append could not be cut back
+  std::string refusal_;    // why appends are refused until the collection is reopened (empty: they are not)
   std::uint64_t dropped_ = 0;
   std::vector<wal_record> replay_;
   std::vector<std::byte> buffer_;  // record being written (under mutex_)
