@@ -361,6 +361,15 @@ TEST_CASE("make_index builds IVF-PQ, with OPQ and exact re-rank, as ivf_pq_index
   CHECK(make_index("IVF4096,PQ32x8", 64).description() == "IVF4096,PQ32");
   CHECK(make_index("OPQ32,IVF4096,PQ32x4fs,Refine(Flat)", 64).description() == "OPQ32,IVF4096,PQ32x4fs,Refine(Flat)");
   CHECK(make_index("IVF64,PQ8x4fs,RFlat", 64).description() == "IVF64,PQ8x4fs,Refine(Flat)");
+  // Spaces inside the parentheses are spaces, as around every component.
+  CHECK(make_index("IVF64,PQ8x4fs,Refine( Flat )", 64).description() == "IVF64,PQ8x4fs,Refine(Flat)");
+  CHECK(make_index("IVF16,PQ8,Refine(SQ8 )", 16).description() == "IVF16,PQ8,Refine(SQ8)");
+  CHECK(make_index("HNSW16,Refine( Flat)", 16).description() == "HNSW16,Refine(Flat)");
+  // A spec nested far deeper than any index: refused at the second level, not by a stack overflow.
+  std::string deep = "Flat";
+  for (int level = 0; level < 20000; ++level) deep = "Flat,Refine(" + deep + ")";
+  REQUIRE_THROWS_MATCHES(make_index(deep, 16), shoal::error,
+                         fails_with(errc::invalid_argument, "cannot hold another refinement"));
   CHECK(make_index("IVF64,PQ8", 64).kind() == index_kind::ivf_pq);
   const dataset d(1500, 30, 7);
   for (const char* spec : {"IVF16,PQ8x4fs,Refine(Flat)", "OPQ8,IVF16,PQ8"}) {
@@ -416,6 +425,8 @@ TEST_CASE("make_index: malformed specs name the bad token and its position", "[i
       {"Flat)", 4, ")", "unbalanced ')'"},
       {"IVF16,Flat,Refine(Flt)", 18, "Flt", "expected Flat"},
       {"IVF16,Flat,RFlat,Flat", 17, "Flat", "nothing may follow"},
+      {"HNSW16,Refine(Flat,Refine(Flat))", 7, "Refine(Flat,Refine(Flat))", "cannot hold another refinement"},
+      {"HNSW16,Refine(HNSW8,RFlat)", 7, "Refine(HNSW8,RFlat)", "cannot hold another refinement"},
   };
   for (const bad_spec& c : cases) {
     CAPTURE(c.spec);
@@ -554,6 +565,28 @@ TEST_CASE("refine_index: range search keeps exact distances under the radius, ba
   index.train(data.base.view());
   index.add(data.base.view(), data.ids);
   test::check_common_input_errors(index, data.queries.view().slice(0, 4), data.ids[3]);
+  // Stages of as many but different ids would make a re-rank look up a vector that is not there.
+  flat_index others(32, metric::cosine);
+  std::vector<vector_id> shifted(data.ids.begin(), data.ids.end());
+  for (vector_id& id : shifted) id += 1'000'000;
+  others.add(data.base.view(), shifted);
+  hnsw_index graph(32, metric::cosine);
+  graph.add(data.base.view(), data.ids);
+  REQUIRE_THROWS_MATCHES(refine_index(any_index(std::move(graph)), std::move(others)), shoal::error,
+                         fails_with(errc::invalid_argument, "not in the coarse one"));
+  // A stage that refuses a remove (a mapped one is read-only) leaves both stages as they were.
+  const test::scratch_dir dir;
+  const std::string path = (dir.path() / "graph.shoal").string();
+  hnsw_index saved(32, metric::cosine);
+  saved.add(data.base.view(), data.ids);
+  saved.save(path);
+  flat_index exact(32, metric::cosine);
+  exact.add(data.base.view(), data.ids);
+  refine_index mapped(load_index(path, {.mmap = true}), std::move(exact));
+  const neighbors before = mapped.search(q, 10, {.ef = 64});
+  REQUIRE_THROWS_MATCHES(mapped.remove(data.ids[0]), shoal::error, fails_with(errc::unsupported, "read-only"));
+  CHECK(mapped.exact().contains(data.ids[0]));
+  test::require_identical(mapped.search(q, 10, {.ef = 64}), before);
   const matrix<float> wrong(2, 31);
   REQUIRE_THROWS_MATCHES(index.range_search(wrong.view(), 1.0f), shoal::error,
                          fails_with(errc::dimension_mismatch, "dimension 31, expected 32"));

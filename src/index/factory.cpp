@@ -49,6 +49,8 @@ struct parsed_spec {
   std::size_t coarse_hnsw_m = 0;  // IVF<nlist>_HNSW<M>: 0 = flat coarse quantizer
   std::optional<encoding> storage;
   std::optional<token> refine;
+  /// What the refinement asks for: "RFlat", or "Refine(<inside>)" with spaces around the inside trimmed.
+  std::string refine_text;
 };
 
 class parser {
@@ -84,9 +86,18 @@ class parser {
     }
     if (next() != nullptr && is_refine(*next())) {
       const token& r = *next();
+      out.refine_text = r.text;
       if (r.text != "RFlat") {  // validate the inside: a whole spec, or the encoding of a re-rank copy
-        const std::string_view inside = std::string_view(r.text).substr(7, r.text.size() - 8);
+        std::string_view inside = std::string_view(r.text).substr(7, r.text.size() - 8);
+        const std::size_t lead = inside.find_first_not_of(" \t\n\r\f\v");
+        inside = lead == std::string_view::npos ? std::string_view() : inside.substr(lead);
+        inside = inside.substr(0, inside.find_last_not_of(" \t\n\r\f\v") + 1);
+        // One level: a refinement holds an index or an encoding, never another refinement (nor a spec
+        // nested deep enough to exhaust the stack of a parser that recursed into it).
+        if (inside.find("Refine(") != std::string_view::npos || inside.find("RFlat") != std::string_view::npos)
+          fail(r, "a refinement cannot hold another refinement");
         if (inside != "SQ8" && inside != "SQ4" && inside != "F16" && inside != "SQfp16") (void)parse(inside, r.pos + 7);
+        out.refine_text = "Refine(" + std::string(inside) + ")";
       }
       out.refine = r;
       ++i;
@@ -275,9 +286,9 @@ any_index build_ivf_pq(const parser& p, const parsed_spec& s, std::size_t dim, m
     params.opq = true;
   }
   if (s.refine) {
-    if (s.refine->text == "Refine(SQ8)")
+    if (s.refine_text == "Refine(SQ8)")
       params.refine_sq8 = true;
-    else if (s.refine->text != "RFlat" && s.refine->text != "Refine(Flat)")
+    else if (s.refine_text != "RFlat" && s.refine_text != "Refine(Flat)")
       p.not_built(*s.refine, "a refinement other than Refine(Flat) or Refine(SQ8)");
     else
       params.refine = true;
@@ -289,7 +300,7 @@ any_index build(const parser& p, const parsed_spec& s, std::size_t dim, metric m
   if (s.structure == structure_kind::ivf && s.storage->kind == encoding_kind::pq) return build_ivf_pq(p, s, dim, m);
   if (s.transform) p.not_built(*s.transform, "an OPQ/PCA transform");
   if (s.refine) {  // two stages: this structure proposes, a flat index over the same ids re-ranks
-    if (s.refine->text != "RFlat" && s.refine->text != "Refine(Flat)")
+    if (s.refine_text != "RFlat" && s.refine_text != "Refine(Flat)")
       p.not_built(*s.refine, "a refinement other than Refine(Flat)");
     parsed_spec coarse = s;
     coarse.refine.reset();

@@ -25,6 +25,10 @@ refine_index::refine_index(any_index coarse, flat_index exact) : coarse_(std::mo
               metric_name(coarse_.metric()), ", the exact one ", metric_name(exact_.metric()));
   SHOAL_CHECK(coarse_.size() == exact_.size(), "refine_index: the coarse index holds ", coarse_.size(),
               " vectors, the exact one ", exact_.size());
+  // The same ids, not only as many: a re-rank looks up each coarse candidate in the exact stage.
+  for (const vector_id id : exact_.ids())
+    SHOAL_CHECK(coarse_.contains(id), "refine_index: id ", id,
+                " is stored in the exact index but not in the coarse one");
 }
 
 void refine_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
@@ -38,8 +42,18 @@ void refine_index::add(matrix_view<const float> vectors, std::span<const vector_
 }
 
 void refine_index::remove(vector_id id) {
-  exact_.remove(id);  // first: it checks the id
+  SHOAL_CHECK_CODE(exact_.contains(id), errc::not_found, "refine_index::remove: id ", id, " is not stored");
+  // Either stage may refuse (a memory-mapped one is read-only): whatever the first one dropped is put
+  // back, so that the stages never hold different ids.
+  const std::span<const float> stored = exact_.vector(id);
+  const std::vector<float> row(stored.begin(), stored.end());
   coarse_.remove(id);
+  try {
+    exact_.remove(id);
+  } catch (...) {
+    coarse_.add({row.data(), 1, row.size()}, std::span<const vector_id>(&id, 1));
+    throw;
+  }
 }
 
 namespace {
