@@ -1,5 +1,4 @@
 // The global operator new and delete, replaced to honour `shoal::test::allocation_cap`.
-// The array, nothrow and sized forms of the standard library forward to these.
 
 #include "allocation_cap.hpp"
 
@@ -29,11 +28,43 @@ allocation_cap::allocation_cap(std::size_t max_bytes) noexcept : previous_(cap) 
 allocation_cap::~allocation_cap() { cap = previous_; }
 }  // namespace shoal::test
 
+// Every form is replaced, so that one allocator serves them all: a sanitizer's runtime would otherwise
+// serve the forms left out, and report its allocations freed here as mismatched.
 void* operator new(std::size_t bytes) { return allocate(bytes, alignof(std::max_align_t)); }
+void* operator new[](std::size_t bytes) { return allocate(bytes, alignof(std::max_align_t)); }
 void* operator new(std::size_t bytes, std::align_val_t align) {
   return allocate(bytes, static_cast<std::size_t>(align));
 }
+void* operator new[](std::size_t bytes, std::align_val_t align) {
+  return allocate(bytes, static_cast<std::size_t>(align));
+}
+void* operator new(std::size_t bytes, const std::nothrow_t& /*tag*/) noexcept {
+  try {
+    return allocate(bytes, alignof(std::max_align_t));
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t bytes, const std::nothrow_t& tag) noexcept { return operator new(bytes, tag); }
+void* operator new(std::size_t bytes, std::align_val_t align, const std::nothrow_t& /*tag*/) noexcept {
+  try {
+    return allocate(bytes, static_cast<std::size_t>(align));
+  } catch (const std::bad_alloc&) {
+    return nullptr;
+  }
+}
+void* operator new[](std::size_t bytes, std::align_val_t align, const std::nothrow_t& tag) noexcept {
+  return operator new(bytes, align, tag);
+}
 void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t /*bytes*/) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t /*bytes*/) noexcept { std::free(p); }
 void operator delete(void* p, std::align_val_t /*align*/) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t /*align*/) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t /*bytes*/, std::align_val_t /*align*/) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t /*bytes*/, std::align_val_t /*align*/) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t& /*tag*/) noexcept { std::free(p); }
+void operator delete[](void* p, const std::nothrow_t& /*tag*/) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t /*align*/, const std::nothrow_t& /*tag*/) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t /*align*/, const std::nothrow_t& /*tag*/) noexcept { std::free(p); }
