@@ -623,6 +623,8 @@ namespace {
 /// Fewest centroids one task of a split assignment ranks (see `centroid_ranges`).
 constexpr std::size_t min_range_centroids = 1024;
 
+constexpr std::size_t ceil_div(std::size_t a, std::size_t b) noexcept { return (a + b - 1) / b; }
+
 /// How many ranges of centroids `assign_nearest` cuts `nc` into for `blocks` point blocks on `threads`
 /// threads. With fewer blocks than threads (a small batch: 64 queries are one block, so an IVF search of
 /// 64 queries with 16,384 lists ran its coarse pass on one core of the 16 an H200's host had, 87 µs a
@@ -631,8 +633,6 @@ constexpr std::size_t min_range_centroids = 1024;
 /// `count` centroids, so that a task's work outweighs its merge, and starts on a multiple of the GEMM
 /// tile, so the tiles, and so every score, are the same as without ranges: the results do not depend on
 /// the thread count either way.
-constexpr std::size_t ceil_div(std::size_t a, std::size_t b) noexcept { return (a + b - 1) / b; }
-
 std::size_t centroid_ranges(std::size_t blocks, std::size_t threads, std::size_t nc, std::size_t count) {
   if (blocks == 0 || blocks >= threads) return 1;
   const std::size_t wanted = (threads + blocks - 1) / blocks;

@@ -389,10 +389,7 @@ collection::collection(const collection_options& options) {
     SHOAL_CHECK(!std::filesystem::exists(options.directory / detail::manifest_file_name, ec),
                 "collection: ", options.directory.string(),
                 " already holds a collection (open it with collection::open)");
-    const std::filesystem::path log = options.directory / detail::write_ahead_log::file_name;
-    const io::detail::unique_fd stale = detail::write_ahead_log::lock_existing(options.directory);
-    std::filesystem::remove(log, ec);
-    SHOAL_CHECK_CODE(!ec, errc::io_error, "collection: cannot remove the stale ", log.string(), ": ", ec.message());
+    const io::detail::unique_fd stale = detail::write_ahead_log::remove_stale(options.directory);
     st->write_snapshot(*lay, options.directory, 0, 0);
     st->wal = std::make_unique<detail::write_ahead_log>(options.directory, options.dim, options.sync, 0);
   }

@@ -170,10 +170,7 @@ void collection::save(const std::filesystem::path& directory) const {
   io::detail::unique_fd stale;  // the log of whatever collection lived here, locked while it is replaced
   if (!own) {
     std::filesystem::create_directories(directory, ec);
-    // Refused while another collection has the directory open: its log would be deleted under it, and
-    // its acknowledged writes lost. A stale log must not replay onto this snapshot.
-    stale = detail::write_ahead_log::lock_existing(directory);
-    std::filesystem::remove(directory / detail::write_ahead_log::file_name, ec);
+    stale = detail::write_ahead_log::remove_stale(directory);
   }
   const std::uint64_t generation = detail::next_generation(directory);
   st.write_snapshot(*lay, directory, generation, own ? st.wal->last_sequence() : 0);

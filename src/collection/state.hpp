@@ -110,7 +110,7 @@ struct layout {
 /// A shared mutex whose exclusive lockers cannot be starved: once one waits, new shared lockers queue
 /// behind it. std::shared_mutex is glibc's rwlock, which prefers readers; writes hold `layout_mutex`
 /// shared across their log sync, and six threads writing without pause kept a checkpoint waiting for
-/// minutes (for ever, as far as anyone could tell).
+/// more than 120 s (it had not finished when the run was stopped).
 class writer_first_mutex {
  public:
   void lock() {

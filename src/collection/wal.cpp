@@ -269,7 +269,7 @@ void write_ahead_log::take_lock(int operation) { lock_log(fd_.get(), path_, oper
 
 void write_ahead_log::lock_exclusive() { take_lock(LOCK_EX); }
 
-io::detail::unique_fd write_ahead_log::lock_existing(const std::filesystem::path& dir) {
+io::detail::unique_fd write_ahead_log::remove_stale(const std::filesystem::path& dir) {
   const std::filesystem::path path = dir / file_name;
   io::detail::unique_fd fd(io::detail::open_retrying(path.c_str(), O_RDWR));
   if (fd.get() < 0) {
@@ -278,6 +278,9 @@ io::detail::unique_fd write_ahead_log::lock_existing(const std::filesystem::path
     return fd;
   }
   lock_log(fd.get(), path, LOCK_EX);
+  std::error_code ec;
+  std::filesystem::remove(path, ec);
+  SHOAL_CHECK_CODE(!ec, errc::io_error, path.string(), ": cannot remove the stale write-ahead log: ", ec.message());
   return fd;
 }
 

@@ -76,11 +76,12 @@ class write_ahead_log {
   std::uint64_t append(wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,
                        matrix_view<const float> vectors, std::size_t per_record);
 
-  /// Locks `<dir>/wal.log` exclusively, if there is one, for a caller about to replace what `dir` holds
-  /// (a save into a directory, a new collection there): throws `errc::io_error` while a collection has
-  /// the directory open, whose log would otherwise be deleted under it. The lock lasts until the returned
-  /// descriptor closes (an empty one when there is no log).
-  [[nodiscard]] static io::detail::unique_fd lock_existing(const std::filesystem::path& dir);
+  /// Deletes `<dir>/wal.log`, if there is one, for a caller about to replace what `dir` holds (a save
+  /// into a directory, a new collection there), so that no stale record replays onto the new snapshot.
+  /// Throws `errc::io_error` while a collection has the directory open (its acknowledged writes would be
+  /// lost with its log) or when the log cannot be removed. The returned descriptor keeps the removed
+  /// log locked until it closes (an empty one when there was no log).
+  [[nodiscard]] static io::detail::unique_fd remove_stale(const std::filesystem::path& dir);
 
   /// Empties the log (after a snapshot that holds every record); sequences continue from the last. A
   /// failure leaves the log refusing appends until the collection is reopened.

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "shoal/core/error.hpp"
@@ -88,15 +90,14 @@ class parser {
       const token& r = *next();
       out.refine_text = r.text;
       if (r.text != "RFlat") {  // validate the inside: a whole spec, or the encoding of a re-rank copy
-        std::string_view inside = std::string_view(r.text).substr(7, r.text.size() - 8);
-        const std::size_t lead = inside.find_first_not_of(" \t\n\r\f\v");
-        inside = lead == std::string_view::npos ? std::string_view() : inside.substr(lead);
-        inside = inside.substr(0, inside.find_last_not_of(" \t\n\r\f\v") + 1);
+        const auto [first, last] = trimmed(r.text, 7, r.text.size() - 1);  // inside the parentheses
+        const std::string_view inside = r.text.substr(first, last - first);
         // One level: a refinement holds an index or an encoding, never another refinement (nor a spec
         // nested deep enough to exhaust the stack of a parser that recursed into it).
         if (inside.find("Refine(") != std::string_view::npos || inside.find("RFlat") != std::string_view::npos)
           fail(r, "a refinement cannot hold another refinement");
-        if (inside != "SQ8" && inside != "SQ4" && inside != "F16" && inside != "SQfp16") (void)parse(inside, r.pos + 7);
+        if (inside != "SQ8" && inside != "SQ4" && inside != "F16" && inside != "SQfp16")
+          (void)parse(inside, r.pos + first);
         out.refine_text = "Refine(" + std::string(inside) + ")";
       }
       out.refine = r;
@@ -123,6 +124,13 @@ class parser {
     fail(token{"", base + spec.size()}, why);
   }
 
+  /// Where `text[from, to)` begins and ends without the spaces around it.
+  static std::pair<std::size_t, std::size_t> trimmed(std::string_view text, std::size_t from, std::size_t to) {
+    while (from < to && std::isspace(static_cast<unsigned char>(text[from])) != 0) ++from;
+    while (to > from && std::isspace(static_cast<unsigned char>(text[to - 1])) != 0) --to;
+    return {from, to};
+  }
+
   /// Splits at top-level commas (not inside parentheses), trimming spaces around each component.
   std::vector<token> split(std::string_view spec, std::size_t base) const {
     std::vector<token> tokens;
@@ -130,10 +138,7 @@ class parser {
     std::size_t open_at = 0;
     std::size_t start = 0;
     const auto push = [&](std::size_t end) {
-      std::size_t b = start;
-      std::size_t e = end;
-      while (b < e && std::isspace(static_cast<unsigned char>(spec[b])) != 0) ++b;
-      while (e > b && std::isspace(static_cast<unsigned char>(spec[e - 1])) != 0) --e;
+      const auto [b, e] = trimmed(spec, start, end);
       const token t{spec.substr(b, e - b), base + b};
       if (t.text.empty()) fail(t, "empty component");
       tokens.push_back(t);
