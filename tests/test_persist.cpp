@@ -951,7 +951,7 @@ TEST_CASE("hnsw files of format 1.1 (an f32 term in front of each code row) load
 TEST_CASE("damaged hnsw files: a level byte that claims more upper links than the file holds allocates nothing",
           "[io][hnsw]") {
   // The upper-level link count follows from the level bytes (HSTA); the loader must compare it with the
-  // HUPL section's size before it allocates: a level of 64 on every node claims ~13x the file's size
+  // HUPL section's size before it allocates: a level of 64 on every node claims 11.5x the file's size
   // here, gigabytes for a large graph. The coarse graphs of IVF files go through the same reader.
   const scratch_dir dir("shoal-persist");
   const std::string good = dir / "graph.shoal";
