@@ -162,6 +162,10 @@ TEST_CASE("collection: upserts and removes are seen by the next search (read-you
     const vector_id fresh = 12345;
     c.upsert(data.base.view().slice(0, 1), std::span<const vector_id>(&fresh, 1));
     CHECK(c.contains(fresh));
+    std::vector<vector_id> expected(data.ids.begin() + 1, data.ids.end());
+    expected.push_back(fresh);
+    std::sort(expected.begin(), expected.end());
+    CHECK(c.ids() == expected);  // every stored id once, ascending, whatever shard holds it
   }
 }
 

@@ -252,6 +252,12 @@ TEST_CASE("multimodal_store: search_via_pairs maps query-modality neighbours to 
   CHECK(store.linked("text", 5, "image") == std::vector<vector_id>{101});
   CHECK(store.link_count("image", "text") == 6);
   CHECK(store.search_via_pairs("text", {query.data(), 1, 2}, "image", 3).id(0, 1) == 100);  // via caption 1 now
+
+  // A removed image keeps its links (until unlink) but is no answer: 100 goes, 102 moves up.
+  store.remove("image", std::vector<vector_id>{100});
+  const neighbors after_remove = store.search_via_pairs("text", {query.data(), 1, 2}, "image", 3);
+  CHECK(std::vector<vector_id>(after_remove.row_ids(0).begin(), after_remove.row_ids(0).end()) ==
+        std::vector<vector_id>{101, 102, no_id});
 }
 
 TEST_CASE("multimodal_store: late fusion of an image and a text query orders a hand-made case", "[multimodal]") {
@@ -486,6 +492,103 @@ TEST_CASE("multimodal_store: save/open round-trips modalities, versions, project
                        fails_with(errc::io_error, "holds no multimodal store"));
 }
 
+TEST_CASE("multimodal_store: collections made after open are durable once saved into its directory",
+          "[multimodal][io]") {
+  constexpr std::size_t n = 40;
+  const two_encoders data(400, n, 0.2f);
+  const scratch_dir dir("shoal-mm-attach");
+  constexpr std::size_t image_dim = two_encoders::image_dim, text_dim = two_encoders::text_dim;
+  {
+    multimodal_store store({.shared_dim = image_dim, .shared_metric = metric::cosine});
+    store.add_modality("image", modality(image_dim, metric::cosine, "Flat", true));
+    store.add_modality("text", modality(text_dim, metric::cosine));  // no projection yet
+    store.save(dir.path());
+  }
+  const auto first_hits = [](const neighbors& found) {
+    std::vector<vector_id> ids;
+    for (std::size_t r = 0; r < found.rows(); ++r) ids.push_back(found.id(r, 0));
+    return ids;
+  };
+  std::vector<vector_id> image_hits;
+  {
+    multimodal_store back = multimodal_store::open(dir.path());
+    // A ridge fit under cosine needs a mirror, made now; so are a new version and a new modality.
+    back.fit_projection("text", data.text_train.view(), data.image_train.view(), {.lambda = 0.1f});
+    REQUIRE(back.info("text").route == shared_route::mirror);
+    back.add_version("image", "v2", modality(image_dim, metric::cosine, "Flat", true));
+    back.add_modality("audio", modality(8, metric::l2));
+    back.save(dir.path());
+    // Writes after that save, then a crash (no save): every one of them must survive.
+    back.add("text", data.text_test.view(), iota_ids(n, 1000));
+    back.add("image", data.image_test.view(), iota_ids(n), "v2");
+    const std::vector<float> sound(8, 1.0f);
+    back.add("audio", {sound.data(), 1, 8}, std::vector<vector_id>{7});
+    image_hits = first_hits(back.search("image", data.image_test.view(), "text", 1));
+  }
+  {
+    multimodal_store back = multimodal_store::open(dir.path());
+    CHECK(back.size("text") == n);
+    CHECK(back.size("image", "v2") == n);
+    CHECK(back.contains("audio", 7));
+    // The mirror holds the projected texts too: image queries still reach them.
+    CHECK(first_hits(back.search("image", data.image_test.view(), "text", 1)) == image_hits);
+  }
+
+  // A crash between the version's log and its mirror's: here the mirror lost text 1003 and gained a
+  // stray 555. `open` brings it back in line with the version.
+  {
+    collection mirror = collection::open(dir.path() / "text" / "v1" / "shared");
+    mirror.remove(1003);
+    const std::vector<float> stray(image_dim, 1.0f);
+    mirror.add({stray.data(), 1, image_dim}, std::vector<vector_id>{555});
+  }
+  {
+    multimodal_store back = multimodal_store::open(dir.path());
+    CHECK(first_hits(back.search("image", data.image_test.view(), "text", 1)) == image_hits);
+    const std::vector<float> stray(image_dim, 1.0f);
+    CHECK(back.search("image", {stray.data(), 1, image_dim}, "text", 1).id(0, 0) != 555);
+    back.remove("text", std::vector<vector_id>{1000});  // version and mirror agree: no error
+    CHECK(back.size("text") == n - 1);
+  }
+  // An opened store saved elsewhere is copied, and keeps logging into its own directory.
+  const scratch_dir copy("shoal-mm-attach-copy");
+  {
+    multimodal_store back = multimodal_store::open(dir.path());
+    back.add_modality("late", modality(8, metric::l2));
+    back.save(copy.path());
+    const std::vector<float> v(8, 2.0f);
+    back.add("late", {v.data(), 1, 8}, std::vector<vector_id>{1});
+    back.add("audio", {v.data(), 1, 8}, std::vector<vector_id>{8});
+  }
+  CHECK(multimodal_store::open(copy.path()).size("late") == 0);
+  CHECK(multimodal_store::open(dir.path()).contains("audio", 8));
+}
+
+TEST_CASE("multimodal_store: writes during a save that reopens a version all land, and survive a restart",
+          "[multimodal][io][concurrency]") {
+  constexpr std::size_t dim = 8, writes = 400;
+  const scratch_dir dir("shoal-mm-reopen");
+  multimodal_store({.shared_dim = dim, .shared_metric = metric::l2}).save(dir.path());
+  const matrix<float> vectors = normal_matrix(writes, dim, 61);
+  {
+    multimodal_store back = multimodal_store::open(dir.path());
+    back.add_modality("image", modality(dim, metric::l2, "Flat", true));  // in memory until saved
+    std::atomic<std::size_t> done{0};
+    std::thread writer([&] {
+      for (std::size_t i = 0; i < writes; ++i) {
+        back.add("image", vectors.view().slice(i, 1), std::vector<vector_id>{i});
+        done.store(i + 1);
+      }
+    });
+    while (done.load() < writes / 4) std::this_thread::yield();
+    back.save(dir.path());  // saves and reopens "image" while the writer keeps adding
+    writer.join();
+    CHECK(back.size("image") == writes);
+  }
+  const multimodal_store again = multimodal_store::open(dir.path());
+  CHECK(again.size("image") == writes);
+}
+
 TEST_CASE("multimodal_store: bad modalities, versions, dimensions and routes are shoal::errors naming the problem",
           "[multimodal]") {
   multimodal_store store({.shared_dim = 8, .shared_metric = metric::cosine});
@@ -534,6 +637,18 @@ TEST_CASE("multimodal_store: bad modalities, versions, dimensions and routes are
   CHECK(store.search("notes", six.view(), "image", 2).id(0, 0) != no_id);
   CHECK_THROWS_MATCHES(store.search("image", eight.view(), "notes", 3), shoal::error,
                        fails_with(errc::unsupported, "searchable = false"));
+  modality_options hidden = modality(8, metric::cosine, "Flat", true);
+  hidden.searchable = false;  // native, yet hidden from other modalities as well
+  store.add_modality("hidden", hidden);
+  store.add("hidden", eight.view(), iota_ids(4));
+  CHECK_THROWS_MATCHES(store.search("image", eight.view(), "hidden", 3), shoal::error,
+                       fails_with(errc::unsupported, "searchable = false"));
+  CHECK(store.search("hidden", eight.view(), "hidden", 1).id(0, 0) == 0);  // its own queries still search it
+  // NaN/Inf in a fit is reported as such, not as a zero norm.
+  matrix<float> nan_rows = normal_matrix(4, 6, 58);
+  nan_rows.row(2)[1] = std::nanf("");
+  CHECK_THROWS_MATCHES(store.fit_projection("text", nan_rows.view(), eight.view()), shoal::error,
+                       fails_with(errc::non_finite));
 
   // A mirrored projection cannot change once vectors are stored.
   store.set_projection("text", random_map(6, 8, 56, true));

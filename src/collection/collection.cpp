@@ -443,6 +443,18 @@ bool collection::contains(vector_id id) const {
   return lay->table.contains(id);
 }
 
+std::vector<vector_id> collection::ids() const {
+  const std::shared_ptr<detail::layout> lay = state_->current.load();
+  std::vector<vector_id> out;
+  {
+    const std::shared_lock lock(lay->table_mutex);
+    out.reserve(lay->table.size());
+    for (const auto& [id, s] : lay->table) out.push_back(id);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 namespace {
 /// The shard of `lay` that holds `id`; `who` names the caller in the error when none does.
 std::size_t shard_in(const detail::layout& lay, vector_id id, const char* who) {

@@ -10,11 +10,13 @@
 #include <array>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <mutex>
 #include <numeric>
 #include <optional>
 #include <shared_mutex>
+#include <thread>
 #include <type_traits>
 #include <unordered_map>
 #include <unordered_set>
@@ -50,6 +52,9 @@ namespace {
 /// Largest |W·Wᵀ − I| entry for which a square projection counts as orthogonal: far above the float
 /// rounding of a Procrustes fit (about 1e-6 at 1,000 dims), far below any map that is not a rotation.
 constexpr float orthogonality_tolerance = 1e-4f;
+/// The same bound when `open` re-derives a route that a save recorded as adjoint: looser, so that a
+/// projection near the bound, checked again on another CPU or Eigen build, keeps its route.
+constexpr float reopen_orthogonality_tolerance = 1e-3f;
 
 /// The store's manifest in its directory, beside one folder per modality.
 constexpr std::string_view manifest_name = "MULTIMODAL.shoal";
@@ -68,13 +73,13 @@ void check_name(std::string_view name, const char* what, const char* who) {
               "\" must be 1 to 64 characters of [A-Za-z0-9_.-], not starting with '.', '-' or \"", manifest_name, "\"");
 }
 
-bool is_orthogonal(const projection& p) {
+bool is_orthogonal(const projection& p, float tolerance) {
   if (p.in_dim() != p.out_dim()) return false;
   using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   const auto d = static_cast<Eigen::Index>(p.in_dim());
   const Eigen::Map<const row_major> w(p.weights().data(), d, d);
   const Eigen::MatrixXf gram = w * w.transpose();
-  return (gram - Eigen::MatrixXf::Identity(d, d)).cwiseAbs().maxCoeff() <= orthogonality_tolerance;
+  return (gram - Eigen::MatrixXf::Identity(d, d)).cwiseAbs().maxCoeff() <= tolerance;
 }
 
 /// The map that carries a shared-space query back into a projected modality's own space so that its
@@ -84,7 +89,7 @@ struct adjoint_map {
   bool add_bias_offset;  // inner product: −⟨b, q⟩ is added to every distance
 };
 
-std::optional<adjoint_map> adjoint_of(const projection& p, metric own, metric shared) {
+std::optional<adjoint_map> adjoint_of(const projection& p, metric own, metric shared, float tolerance) {
   if (own != shared) return std::nullopt;
   const std::size_t in = p.in_dim(), out = p.out_dim();
   const std::span<const float> w = p.weights(), b = p.bias();
@@ -93,7 +98,7 @@ std::optional<adjoint_map> adjoint_of(const projection& p, metric own, metric sh
     for (std::size_t c = 0; c < in; ++c) wt[c * out + r] = w[r * in + c];
   const bool has_bias = std::any_of(b.begin(), b.end(), [](float v) { return v != 0.0f; });
   if (shared == metric::inner_product) return adjoint_map{projection(out, in, std::move(wt)), has_bias};
-  if (!is_orthogonal(p)) return std::nullopt;
+  if (!is_orthogonal(p, tolerance)) return std::nullopt;
   if (shared == metric::cosine) {
     if (has_bias) return std::nullopt;
     return adjoint_map{projection(out, in, std::move(wt)), false};
@@ -146,30 +151,42 @@ struct version_state {
 
   /// Runs `f(link)` as a write: concurrently with other writes unless the version has a mirror (then
   /// alone, so that a vector and its projection are written in the same order), and never during a
-  /// projection change.
+  /// projection change. False, without running `f`, once the version is retired: the caller looks the
+  /// version up again.
   template <class F>
-  void write(F&& f) {
+  [[nodiscard]] bool write(F&& f) {
     std::shared_lock shared(writes_);
+    if (retired_) return false;
     const std::shared_ptr<const link_state> l = link();
     if (!l->mirror) {
       f(*l);
-      return;
+      return true;
     }
     shared.unlock();
     const std::unique_lock exclusive(writes_);
+    if (retired_) return false;
     f(*link());
+    return true;
   }
-  /// Runs `f()` with every write excluded (projection changes).
+  /// Runs `f()` with every write excluded (projection changes); false, without running it, once retired.
   template <class F>
-  void exclusive(F&& f) {
+  [[nodiscard]] bool exclusive(F&& f) {
     const std::unique_lock lock(writes_);
+    if (retired_) return false;
     f();
+    return true;
   }
+  /// Holds every write off until the lock is released (`save`).
+  [[nodiscard]] std::unique_lock<std::shared_mutex> hold() { return std::unique_lock(writes_); }
+  /// Refuses every later write (see `write`): the version left the catalogue (`drop_version`) or was
+  /// replaced by its reopened copy (`save`). `held` must come from `hold()`.
+  void retire([[maybe_unused]] const std::unique_lock<std::shared_mutex>& held) { retired_ = true; }
 
  private:
   mutable std::mutex link_mutex_;
   std::shared_ptr<const link_state> link_ = std::make_shared<link_state>();
   std::shared_mutex writes_;
+  bool retired_ = false;  // guarded by writes_
 };
 
 struct modality_entry {
@@ -200,6 +217,11 @@ struct multimodal_state {
   template <class F>
   void modify(F&& change) {
     const std::lock_guard admin(admin_mutex);
+    modify_held(change);
+  }
+  /// `modify` for a caller that holds `admin_mutex`.
+  template <class F>
+  void modify_held(F&& change) {
     auto next = std::make_shared<catalog>(*snapshot());
     change(*next);
     const std::lock_guard lock(catalog_mutex);
@@ -208,7 +230,12 @@ struct multimodal_state {
 
   mutable std::mutex catalog_mutex;
   std::shared_ptr<const catalog> current = std::make_shared<catalog>();
-  std::mutex admin_mutex;  // serialises catalogue changes
+  std::mutex admin_mutex;  // serialises catalogue changes and saves; taken before any version's lock
+
+  /// The directory the store was opened from, and how: `save` into it reopens the collections made
+  /// since, so that their writes are logged there too. Set once by `open`.
+  std::filesystem::path home;
+  collection_open_options home_options;
 
   mutable std::shared_mutex pairs_mutex;
   std::map<std::pair<std::string, std::string>, adjacency> pairs;  // (from, to) → links
@@ -270,10 +297,13 @@ collection_options mirror_options(const collection_options& own, const multimoda
   return o;
 }
 
-/// The link of `v` with projection `p`; `mirror` (from `open`) serves as the mirror if one is needed,
-/// otherwise a new, empty one is made.
+/// The link of `v` with projection `p`; a new, empty mirror is made if one is needed. `open` passes the
+/// route its manifest recorded and the mirror it loaded: a recorded mirror stays the route, and a
+/// recorded adjoint is checked with `reopen_orthogonality_tolerance`.
 std::shared_ptr<const link_state> make_link(const version_state& v, std::optional<projection> p,
-                                            const multimodal_options& shared, std::shared_ptr<collection> mirror) {
+                                            const multimodal_options& shared,
+                                            std::optional<shared_route> recorded = std::nullopt,
+                                            std::shared_ptr<collection> mirror = nullptr) {
   auto l = std::make_shared<link_state>();
   if (v.native) {
     l->route = shared_route::native;
@@ -283,7 +313,12 @@ std::shared_ptr<const link_state> make_link(const version_state& v, std::optiona
   l->to_shared = std::move(p);
   if (!v.searchable) {
     l->route = shared_route::query_only;
-  } else if (std::optional<adjoint_map> a = adjoint_of(*l->to_shared, v.own_metric(), shared.shared_metric)) {
+  } else if (std::optional<adjoint_map> a =
+                 recorded == shared_route::mirror && mirror
+                     ? std::nullopt
+                     : adjoint_of(*l->to_shared, v.own_metric(), shared.shared_metric,
+                                  recorded == shared_route::adjoint ? reopen_orthogonality_tolerance
+                                                                    : orthogonality_tolerance)) {
     l->route = shared_route::adjoint;
     l->from_shared = std::move(a->back);
     if (a->add_bias_offset) l->offset_bias.assign(l->to_shared->bias().begin(), l->to_shared->bias().end());
@@ -311,10 +346,35 @@ matrix<float> into_shared(const version_state& v, const link_state& l, matrix_vi
   return copy;
 }
 
+/// A crash between a write's two log appends (the version's, then its mirror's) can leave the mirror
+/// without ids the version holds, or with ids the version removed: `open` brings the mirror back in
+/// line with the version, projecting the version's stored vectors. `name` names the manifest.
+void reconcile_mirror(const version_state& v, const link_state& l, const std::string& name) {
+  const std::vector<vector_id> own = v.own.ids(), mirrored = l.mirror->ids();
+  if (own == mirrored) return;
+  std::vector<vector_id> missing, extra;
+  std::set_difference(own.begin(), own.end(), mirrored.begin(), mirrored.end(), std::back_inserter(missing));
+  std::set_difference(mirrored.begin(), mirrored.end(), own.begin(), own.end(), std::back_inserter(extra));
+  try {
+    if (!extra.empty()) l.mirror->remove(extra);
+    if (missing.empty()) return;
+    matrix<float> stored(missing.size(), v.dim());
+    for (std::size_t i = 0; i < missing.size(); ++i) {
+      const std::vector<float> x = v.own.vector(missing[i]);
+      std::copy(x.begin(), x.end(), stored.row(i));
+    }
+    l.mirror->add(into_shared(v, l, stored.view(), "multimodal_store::open").view(), missing);
+  } catch (const error& e) {
+    throw_error(errc::corrupt_file, str(name, ": the mirror of '", v.modality, "/", v.name, "' holds ", mirrored.size(),
+                                        " ids and the version ", own.size(), ", ", missing.size(), " of them not in ",
+                                        "the mirror; they cannot be brought in line: ", e.what()));
+  }
+}
+
 /// Throws unless other modalities can search `t`.
 void require_target(const version_state& t, const link_state& l, const char* who) {
-  SHOAL_CHECK_CODE(l.route != shared_route::query_only, errc::unsupported, who, ": modality '", t.modality,
-                   "' (version '", t.name, "') was created with searchable = false: other modalities cannot search it");
+  SHOAL_CHECK_CODE(t.searchable, errc::unsupported, who, ": modality '", t.modality, "' (version '", t.name,
+                   "') was created with searchable = false: other modalities cannot search it");
   SHOAL_CHECK_CODE(l.route != shared_route::none, errc::unsupported, who, ": modality '", t.modality, "' (version '",
                    t.name,
                    "') cannot be searched from other modalities: it has no projection into the shared space (give "
@@ -371,11 +431,24 @@ void search_in(const catalog& c, std::string_view query_modality, matrix_view<co
   }
 }
 
+/// Runs `f(version, link)` as a write (see `version_state::write`) on `modality`'s `version`, looking
+/// it up again while a concurrent `drop_version` or `save` retires it: a write lands in the version the
+/// catalogue names, or throws `errc::not_found` once the version is gone.
+template <class F>
+void write_version(const multimodal_state& st, std::string_view modality, std::string_view version, const char* who,
+                   F&& f) {
+  while (true) {
+    const std::shared_ptr<version_state> v = find_version(*st.snapshot(), modality, version, who);
+    if (v->write([&](const link_state& l) { f(*v, l); })) return;
+    std::this_thread::yield();  // the catalogue that replaces it is about to be published
+  }
+}
+
 /// Writes `vectors` under `ids` to a version and its mirror (`add`: all or nothing; `upsert`).
-void write_vectors(version_state& v, matrix_view<const float> vectors, std::span<const vector_id> ids, bool is_add,
-                   const char* who) {
-  check_dim(v, vectors, who, "vectors");
-  v.write([&](const link_state& l) {
+void write_vectors(const multimodal_state& st, std::string_view modality, std::string_view version,
+                   matrix_view<const float> vectors, std::span<const vector_id> ids, bool is_add, const char* who) {
+  write_version(st, modality, version, who, [&](version_state& v, const link_state& l) {
+    check_dim(v, vectors, who, "vectors");
     if (!l.mirror) {
       is_add ? v.own.add(vectors, ids) : v.own.upsert(vectors, ids);
       return;
@@ -414,21 +487,26 @@ void insert_sorted(std::vector<vector_id>& v, vector_id value) {
 }
 
 /// Maps one row of query-modality neighbours through `links` into `out_ids` / `out_distances` (k
-/// slots); returns how many distinct targets the row reached.
-std::size_t map_row(const adjacency* links, std::span<const vector_id> ids, std::span<const float> distances,
-                    std::span<vector_id> out_ids, std::span<float> out_distances) {
+/// slots), skipping targets that `targets` does not store; returns how many distinct targets the row
+/// reached.
+std::size_t map_row(const adjacency* links, const collection& targets, std::span<const vector_id> ids,
+                    std::span<const float> distances, std::span<vector_id> out_ids, std::span<float> out_distances) {
   topk_heap best(out_ids.size());
   std::unordered_set<vector_id> seen;
+  std::size_t reached = 0;
   for (std::size_t j = 0; links != nullptr && j < ids.size(); ++j) {
     if (ids[j] == no_id) continue;
     const auto it = links->find(ids[j]);
     if (it == links->end()) continue;
     // Neighbours come nearest first, so a target's first appearance is its best-ranked neighbour.
     for (const vector_id target : it->second)
-      if (seen.insert(target).second) best.push(distances[j], target);
+      if (seen.insert(target).second && targets.contains(target)) {
+        best.push(distances[j], target);
+        ++reached;
+      }
   }
   best.write_sorted(out_ids, out_distances);
-  return seen.size();
+  return reached;
 }
 
 // ------------------------------------------------------------------------------------------- manifest
@@ -462,7 +540,8 @@ struct manifest {
   std::vector<manifest_links> links;
 };
 
-/// Little-endian fixed-width fields appended to a byte buffer.
+/// Fixed-width fields appended to a byte buffer in host byte order, which is little-endian
+/// (io/file_util.hpp refuses to build for any other).
 class byte_sink {
  public:
   template <class T>
@@ -667,7 +746,7 @@ std::shared_ptr<detail::version_state> new_version(std::string_view modality, st
   detail::check_options(options, shared, modality, who);
   auto v = std::make_shared<detail::version_state>(std::string(modality), std::string(version), options.native,
                                                    options.searchable, collection(options.collection));
-  v->set_link(detail::make_link(*v, options.to_shared, shared, nullptr));
+  v->set_link(detail::make_link(*v, options.to_shared, shared));
   return v;
 }
 
@@ -715,6 +794,8 @@ void multimodal_store::drop_version(std::string_view modality, std::string_view 
     detail::modality_entry& m = c.modalities.find(modality)->second;
     SHOAL_CHECK(v != m.active, who, ": version '", version, "' of modality '", modality,
                 "' is active: activate another version first");
+    // Writes in flight finish first; later ones find the version gone (errc::not_found).
+    v->retire(v->hold());
     m.versions.erase(m.versions.find(version));
   });
 }
@@ -771,19 +852,23 @@ std::size_t multimodal_store::memory_bytes() const {
 void multimodal_store::set_projection(std::string_view modality, const projection& to_shared,
                                       std::string_view version) {
   constexpr const char* who = "multimodal_store::set_projection";
-  const std::shared_ptr<detail::version_state> v = find_version(*state_->snapshot(), modality, version, who);
-  SHOAL_CHECK(!v->native, who, ": modality '", modality, "' is native to the shared space and takes no projection");
-  detail::check_projection_fits(to_shared, v->dim(), state_->options.shared_dim, modality, who);
-  v->exclusive([&] {
-    auto next = detail::make_link(*v, to_shared, state_->options, nullptr);
-    // A mirror holds projected vectors: a new projection needs a new mirror, filled from the start.
-    const std::size_t stored = v->own.size();
-    SHOAL_CHECK_CODE(next->route != shared_route::mirror || stored == 0, errc::unsupported, who, ": modality '",
-                     modality, "' (version '", v->name, "') holds ", stored,
-                     " vectors and its projection needs a mirror of projected vectors, which cannot be rebuilt from ",
-                     "the stored ones: set the projection before adding, or add a version");
-    v->set_link(std::move(next));
-  });
+  while (true) {  // again while a concurrent drop_version or save retires the version
+    const std::shared_ptr<detail::version_state> v = find_version(*state_->snapshot(), modality, version, who);
+    SHOAL_CHECK(!v->native, who, ": modality '", modality, "' is native to the shared space and takes no projection");
+    detail::check_projection_fits(to_shared, v->dim(), state_->options.shared_dim, modality, who);
+    if (v->exclusive([&] {
+          auto next = detail::make_link(*v, to_shared, state_->options);
+          // A mirror holds projected vectors: a new projection needs a new mirror, filled from the start.
+          const std::size_t stored = v->own.size();
+          SHOAL_CHECK_CODE(next->route != shared_route::mirror || stored == 0, errc::unsupported, who, ": modality '",
+                           modality, "' (version '", v->name, "') holds ", stored,
+                           " vectors and its projection needs a mirror of projected vectors, which cannot be ",
+                           "rebuilt from the stored ones: set the projection before adding, or add a version");
+          v->set_link(std::move(next));
+        }))
+      return;
+    std::this_thread::yield();
+  }
 }
 
 projection multimodal_store::fit_projection(std::string_view modality, matrix_view<const float> x,
@@ -794,6 +879,9 @@ projection multimodal_store::fit_projection(std::string_view modality, matrix_vi
   detail::check_dim(*v, x, who, "x rows");
   SHOAL_CHECK_CODE(y.dim == state_->options.shared_dim, errc::dimension_mismatch, who, ": y rows have dimension ",
                    y.dim, ", the shared space has ", state_->options.shared_dim);
+  // NaN/Inf first (errc::non_finite): normalising would report it as a zero or overflowing norm.
+  detail::check_vectors(x, x.dim, "x");
+  detail::check_vectors(y, y.dim, "y");
   matrix<float> x_unit, y_unit;
   if (v->own_metric() == metric::cosine) x = (x_unit = detail::normalized_copy(x, "x")).view();
   if (state_->options.shared_metric == metric::cosine) y = (y_unit = detail::normalized_copy(y, "y")).view();
@@ -814,33 +902,35 @@ matrix<float> multimodal_store::to_shared(std::string_view modality, matrix_view
 
 void multimodal_store::train(std::string_view modality, matrix_view<const float> sample, std::string_view version) {
   constexpr const char* who = "multimodal_store::train";
-  const std::shared_ptr<detail::version_state> v = find_version(*state_->snapshot(), modality, version, who);
-  detail::check_dim(*v, sample, who, "training vectors");
-  v->write([&](const detail::link_state& l) {
-    v->own.train(sample);
-    if (l.mirror) l.mirror->train(detail::into_shared(*v, l, sample, who).view());
+  detail::write_version(*state_, modality, version, who, [&](detail::version_state& v, const detail::link_state& l) {
+    detail::check_dim(v, sample, who, "training vectors");
+    v.own.train(sample);
+    if (l.mirror) l.mirror->train(detail::into_shared(v, l, sample, who).view());
   });
 }
 
 void multimodal_store::add(std::string_view modality, matrix_view<const float> vectors, std::span<const vector_id> ids,
                            std::string_view version) {
-  constexpr const char* who = "multimodal_store::add";
-  detail::write_vectors(*find_version(*state_->snapshot(), modality, version, who), vectors, ids, true, who);
+  detail::write_vectors(*state_, modality, version, vectors, ids, true, "multimodal_store::add");
 }
 
 void multimodal_store::upsert(std::string_view modality, matrix_view<const float> vectors,
                               std::span<const vector_id> ids, std::string_view version) {
-  constexpr const char* who = "multimodal_store::upsert";
-  detail::write_vectors(*find_version(*state_->snapshot(), modality, version, who), vectors, ids, false, who);
+  detail::write_vectors(*state_, modality, version, vectors, ids, false, "multimodal_store::upsert");
 }
 
 void multimodal_store::remove(std::string_view modality, std::span<const vector_id> ids, std::string_view version) {
-  const std::shared_ptr<detail::version_state> v =
-      find_version(*state_->snapshot(), modality, version, "multimodal_store::remove");
-  v->write([&](const detail::link_state& l) {
-    v->own.remove(ids);
-    if (l.mirror) l.mirror->remove(ids);
-  });
+  detail::write_version(*state_, modality, version, "multimodal_store::remove",
+                        [&](detail::version_state& v, const detail::link_state& l) {
+                          v.own.remove(ids);  // errc::not_found before removing anything
+                          if (!l.mirror) return;
+                          // Only what the mirror holds: a mirror that missed a write (see `upsert`) must not
+                          // turn a remove that went through into an error.
+                          std::vector<vector_id> mirrored;
+                          for (const vector_id id : ids)
+                            if (l.mirror->contains(id)) mirrored.push_back(id);
+                          if (!mirrored.empty()) l.mirror->remove(mirrored);
+                        });
 }
 
 std::size_t multimodal_store::size(std::string_view modality, std::string_view version) const {
@@ -941,10 +1031,11 @@ neighbors multimodal_store::search_via_pairs(std::string_view query_modality, ma
   SHOAL_CHECK(k >= 1, who, ": k must be at least 1");
   const auto c = state_->snapshot();
   const detail::version_state& q = *find_version(*c, query_modality, {}, who);
-  (void)detail::find_modality(*c, target, who);
+  const detail::version_state& t = *find_version(*c, target, {}, who);
   SHOAL_CHECK(query_modality != target, who, ": the target must be another modality than the queries' ('",
               query_modality, "')");
   detail::check_dim(q, queries, who, "queries");
+  detail::check_vectors(queries, queries.dim, "query");  // also when nothing is stored to search
   neighbors out(queries.rows, k);
   const std::size_t stored = q.own.size();
   if (stored == 0 || queries.rows == 0) return out;
@@ -967,7 +1058,7 @@ neighbors multimodal_store::search_via_pairs(std::string_view query_modality, ma
       const detail::adjacency* links = table == state_->pairs.end() ? nullptr : &table->second;
       for (std::size_t i = 0; i < pending.size(); ++i) {
         const std::size_t row = pending[i];
-        if (detail::map_row(links, found.row_ids(i), found.row_distances(i), out.view().row_ids(row),
+        if (detail::map_row(links, t.own, found.row_ids(i), found.row_distances(i), out.view().row_ids(row),
                             out.view().row_distances(row)) < k)
           short_rows.push_back(row);
       }
@@ -1042,33 +1133,45 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
     }
   }
 
+  detail::multimodal_state& st = *state_;
+  // Catalogue changes wait, so that the manifest names what was saved.
+  const std::lock_guard admin(st.admin_mutex);
+  std::error_code home_ec;
+  const bool home = !st.home.empty() && std::filesystem::equivalent(directory, st.home, home_ec);
+  // Collections made since `open` (new versions, new mirrors) that this save writes into the store's
+  // own directory: their writes stay held off until they are reopened from it below.
+  struct reopening {
+    std::shared_ptr<detail::version_state> v;
+    std::unique_lock<std::shared_mutex> held;
+    std::filesystem::path dir;
+    bool own, mirror;
+  };
+  std::vector<reopening> reopen;
+
   detail::manifest m;
-  m.shared = state_->options;
-  const auto c = state_->snapshot();
+  m.shared = st.options;
+  const auto c = st.snapshot();
   for (const auto& [name, entry] : c->modalities) {
     detail::manifest_modality& mod = m.modalities.emplace_back();
     mod.name = name;
     mod.active = entry.active->name;
     for (const auto& [version, v] : entry.versions) {
       // With writes and projection changes held off, so that the vectors, their mirror and the route
-      // saved belong together. (The lambda names what it uses: clang before 16 cannot capture
-      // structured bindings.)
+      // saved belong together.
       const std::filesystem::path dir = detail::version_dir(directory, name, version);
-      detail::version_state& vs = *v;
-      detail::manifest_version saved{version, vs.native, vs.searchable, shared_route::none, std::nullopt};
-      vs.exclusive([&dir, &vs, &saved] {
-        const std::shared_ptr<const detail::link_state> l = vs.link();
-        vs.own.save(dir / "native");
-        if (l->mirror) l->mirror->save(dir / "shared");
-        saved.route = l->route;
-        saved.to_shared = l->to_shared;
-      });
-      mod.versions.push_back(std::move(saved));
+      std::unique_lock<std::shared_mutex> held = v->hold();
+      const std::shared_ptr<const detail::link_state> l = v->link();
+      v->own.save(dir / "native");
+      if (l->mirror) l->mirror->save(dir / "shared");
+      mod.versions.push_back({version, v->native, v->searchable, l->route, l->to_shared});
+      const bool own = home && v->own.options().directory.empty();
+      const bool mirror = home && l->mirror && l->mirror->options().directory.empty();
+      if (own || mirror) reopen.push_back({v, std::move(held), dir, own, mirror});
     }
   }
   {
-    const std::shared_lock lock(state_->pairs_mutex);
-    for (const auto& [direction, table] : state_->pairs) {
+    const std::shared_lock lock(st.pairs_mutex);
+    for (const auto& [direction, table] : st.pairs) {
       if (direction.first > direction.second) continue;  // each pair once; the reverse is rebuilt
       detail::manifest_links& l = m.links.emplace_back();
       l.a = direction.first;
@@ -1082,6 +1185,31 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
   io::detail::atomic_writer out(manifest_path);
   out.write(bytes.data(), bytes.size());
   out.commit();
+
+  if (!reopen.empty()) {
+    // Every reopen first (a failure leaves the store as it was: in memory, saved), then the swap.
+    std::vector<std::shared_ptr<detail::version_state>> replacements;
+    std::vector<std::shared_ptr<const detail::link_state>> links;
+    for (const reopening& r : reopen) {
+      auto link = std::make_shared<detail::link_state>(*r.v->link());
+      if (r.mirror) link->mirror = std::make_shared<collection>(collection::open(r.dir / "shared", st.home_options));
+      replacements.push_back(
+          r.own ? std::make_shared<detail::version_state>(r.v->modality, r.v->name, r.v->native, r.v->searchable,
+                                                          collection::open(r.dir / "native", st.home_options))
+                : r.v);
+      links.push_back(std::move(link));
+    }
+    st.modify_held([&](detail::catalog& next) {
+      for (std::size_t i = 0; i < reopen.size(); ++i) {
+        replacements[i]->set_link(links[i]);
+        if (replacements[i] == reopen[i].v) continue;
+        reopen[i].v->retire(reopen[i].held);  // its waiting writes go to the replacement
+        detail::modality_entry& mod = next.modalities.find(reopen[i].v->modality)->second;
+        mod.versions.find(reopen[i].v->name)->second = replacements[i];
+        if (mod.active == reopen[i].v) mod.active = replacements[i];
+      }
+    });
+  }
 
   if (!previous) return;
   // Best effort: what the previous save wrote and the manifest just written no longer names (not what
@@ -1135,10 +1263,11 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
                          errc::corrupt_file, name, ": the mirror of '", mod.name, "/", mv.name,
                          "' is not in the shared space");
       }
-      auto l = detail::make_link(*v, mv.to_shared, m.shared, std::move(mirror));
+      auto l = detail::make_link(*v, mv.to_shared, m.shared, mv.route, std::move(mirror));
       SHOAL_CHECK_CODE(l->route == mv.route, errc::corrupt_file, name, ": modality '", mod.name, "' version '", mv.name,
                        "' is recorded with route ", shared_route_name(mv.route), " but its projection gives ",
                        shared_route_name(l->route));
+      if (l->mirror) detail::reconcile_mirror(*v, *l, name);
       v->set_link(std::move(l));
       SHOAL_CHECK_CODE(entry.versions.emplace(mv.name, v).second, errc::corrupt_file, name, ": version '", mv.name,
                        "' of '", mod.name, "' twice");
@@ -1148,6 +1277,8 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
                      "' of modality '", mod.name, "' is not stored");
   }
   st->current = c;
+  st->home = directory;
+  st->home_options = options;
   multimodal_store store(std::move(st));
   for (const detail::manifest_links& l : m.links) {
     std::vector<vector_id> a, b;

@@ -198,6 +198,8 @@ class collection {
   /// (IVF) are trained.
   [[nodiscard]] bool is_trained() const;
   [[nodiscard]] bool contains(vector_id id) const;
+  /// Every stored id, ascending.
+  [[nodiscard]] std::vector<vector_id> ids() const;
   /// The shard that holds `id`; throws `errc::not_found`.
   [[nodiscard]] std::size_t shard_of(vector_id id) const;
   /// A copy of the vector stored under `id`, as its shard's index stores it (unit length for cosine).

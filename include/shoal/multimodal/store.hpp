@@ -124,8 +124,9 @@ struct modality_options {
   /// The projection into the shared space (in_dim = `collection.dim`, out_dim = shared dim), if known
   /// now; `set_projection` / `fit_projection` can give it later.
   std::optional<projection> to_shared;
-  /// Whether other modalities may search this one. False saves the mirror of a projected modality
-  /// whose vectors are only ever queried by their own modality.
+  /// Whether other modalities may search this one (native ones included: false hides them from other
+  /// modalities' queries). False saves the mirror of a projected modality whose vectors are only ever
+  /// queried by their own modality.
   bool searchable = true;
 };
 
@@ -201,10 +202,14 @@ class multimodal_store {
   explicit multimodal_store(const multimodal_options& options);
   /// Opens a directory written by `save`: the manifest, then every version's collection through
   /// `collection::open(…, options)`. The opened collections keep their write-ahead log in `directory`,
-  /// so vector writes after `open` are durable at once; modality, version, projection and pair changes
-  /// are persisted by the next `save`. Throws `errc::io_error` (no manifest), `errc::corrupt_file`
-  /// (damaged or inconsistent manifest, and the errors of `collection::open`), `errc::unsupported` (a
-  /// newer manifest format).
+  /// so vector writes after `open` are durable at once; modality, version, projection and pair changes,
+  /// and the vectors of collections created after `open`, are persisted by the next `save` into
+  /// `directory` (which also makes those collections log their later writes there). A mirror that a
+  /// crash left behind its version (the crash fell between the two write-ahead logs' appends of an `add`
+  /// or `remove`) is brought back in line here, from the version's stored vectors; if the version's
+  /// index keeps only codes (IVF-PQ), that is `errc::corrupt_file`. Throws `errc::io_error` (no manifest),
+  /// `errc::corrupt_file` (damaged or inconsistent manifest, and the errors of `collection::open`), `errc::unsupported`
+  /// (a newer manifest format).
   [[nodiscard]] static multimodal_store open(const std::filesystem::path& directory,
                                              const collection_open_options& options = {});
 
@@ -230,8 +235,9 @@ class multimodal_store {
   void add_version(std::string_view modality, std::string_view version, const modality_options& options);
   /// Makes `version` the one every later search of `modality` uses. Throws `errc::not_found`.
   void activate(std::string_view modality, std::string_view version);
-  /// Releases a version that is not active. Throws `errc::not_found`, and `errc::invalid_argument`
-  /// for the active version.
+  /// Releases a version that is not active. Writes to it that are running finish first; a later write
+  /// naming it throws `errc::not_found`, so no write is acknowledged into a dropped version. Throws
+  /// `errc::not_found`, and `errc::invalid_argument` for the active version.
   void drop_version(std::string_view modality, std::string_view version);
 
   /// Modality names, sorted.
@@ -277,13 +283,14 @@ class multimodal_store {
   /// Adds or replaces (see `collection::upsert`), in the mirror too. Every check, the projections'
   /// included, comes before anything changes. One failure can still leave the two apart: an I/O error
   /// in the mirror's write-ahead log after the version's own write went through (a store opened from a
-  /// directory on a full disk); the ids then hold their new vectors in the version and their old ones in
-  /// the mirror until they are written again. (A cross-collection log that makes the pair atomic is an
-  /// open item.)
+  /// directory on a full disk), or a crash between the two logs' appends; ids that existed then hold
+  /// their new vectors in the version and their old ones in the mirror until they are written again
+  /// (new ids are added to the mirror by the next `open`). (A cross-collection log that makes the pair
+  /// atomic is an open item.)
   void upsert(std::string_view modality, matrix_view<const float> vectors, std::span<const vector_id> ids,
               std::string_view version = {});
-  /// Removes ids from a version and its mirror; `errc::not_found` before removing anything. Pairs of
-  /// removed ids stay until `unlink`.
+  /// Removes ids from a version and its mirror; `errc::not_found` (an id the version does not store)
+  /// before removing anything. Pairs of removed ids stay until `unlink`; `search_via_pairs` skips them.
   void remove(std::string_view modality, std::span<const vector_id> ids, std::string_view version = {});
   [[nodiscard]] std::size_t size(std::string_view modality, std::string_view version = {}) const;
   [[nodiscard]] bool contains(std::string_view modality, vector_id id, std::string_view version = {}) const;
@@ -323,8 +330,9 @@ class multimodal_store {
   /// (`source_k` of them), mapped through the links to ids of `target`. A target id is scored by its
   /// best-ranked linked neighbour: its distance is that neighbour's distance (in the query modality's
   /// metric); rows are ordered by (distance, id) and padded with `no_id` when fewer than k targets are
-  /// linked. `source_k` = 0 (the default) starts at 4·k neighbours and, for rows that reach fewer than
-  /// k targets, searches deeper (×4 each round) until k targets or every stored vector is seen.
+  /// linked. Links to ids that the target's active version does not store (removed, or never added)
+  /// are skipped. `source_k` = 0 (the default) starts at 4·k neighbours and, for rows that reach fewer
+  /// than k stored targets, searches deeper (×4 each round) until k targets or every stored vector is seen.
   /// `params` (filter included) apply to the query-modality search. Throws `errc::not_found`,
   /// `errc::invalid_argument` (k = 0, target = query modality), `errc::dimension_mismatch`.
   [[nodiscard]] neighbors search_via_pairs(std::string_view query_modality, matrix_view<const float> queries,
@@ -350,8 +358,14 @@ class multimodal_store {
   /// checksummed) written atomically (temporary file, fsync, rename) last; then the directories of
   /// versions an earlier save wrote and this one no longer has are deleted. A crash leaves the previous
   /// manifest, with every collection either at its previous or at its new snapshot. Writes to each
-  /// collection wait while it is saved; each collection is a consistent snapshot of itself. Throws
-  /// `errc::io_error`.
+  /// collection wait while it is saved; each collection is a consistent snapshot of itself; catalogue
+  /// changes (`add_version`, `drop_version`, ...) wait for the whole save.
+  ///
+  /// Saving into the directory the store was opened from also makes the collections created since
+  /// `open` (versions, modalities, the mirror a new projection needs) durable from then on: they are
+  /// reopened from what was just written, so that their writes are logged there like the others'
+  /// (their writes wait from their own save until then). A save into any other directory is a copy:
+  /// the store keeps logging where it did. Throws `errc::io_error`.
   void save(const std::filesystem::path& directory) const;
 
  private:
