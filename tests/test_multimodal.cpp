@@ -545,6 +545,15 @@ TEST_CASE("weighted score fusion with each normalisation", "[multimodal]") {
     const std::vector<candidate_list> flat{list_of(a, da)};
     CHECK(weighted_score_fusion(flat, 2, score_normalization::min_max) == std::vector<fused_id>{{8, 1.0}, {9, 1.0}});
     CHECK(weighted_score_fusion(flat, 2, score_normalization::z_score) == std::vector<fused_id>{{8, 0.0}, {9, 0.0}});
+    // A one-entry list still counts: its id scores above the ids it does not hold (the review's case:
+    // id 5, the only and best hit of one list, used to tie with the other list's worst entry).
+    const std::vector<vector_id> one{5}, three{1, 2, 3};
+    const std::vector<float> d_one{0.3f}, d_three{1.0f, 2.0f, 3.0f};
+    const std::vector<candidate_list> uneven{list_of(one, d_one), list_of(three, d_three)};
+    CHECK(weighted_score_fusion(uneven, 4, score_normalization::min_max) ==
+          std::vector<fused_id>{{1, 1.0}, {5, 1.0}, {2, 0.5}, {3, 0.0}});  // 5: 1 + 0 ties 1: 0 + 1
+    // z: 1 → −1 + 1.22, 2 → −1 + 0, 5 → 0 − 1.22, 3 → −1 − 1.22 (it tied with 3 before).
+    CHECK(ids_of(weighted_score_fusion(uneven, 4, score_normalization::z_score)) == std::vector<vector_id>{1, 2, 5, 3});
   }
   SECTION("an empty list contributes nothing; sentinels are skipped") {
     const std::vector<vector_id> none{no_id};

@@ -138,7 +138,11 @@ std::vector<fused_id> weighted_score_fusion(std::span<const candidate_list> list
     const std::vector<scored_id>& entries = p.lists[i];
     if (entries.empty()) continue;
     const std::vector<double> s = normalised_scores(entries, normalization);
-    const double worst = *std::min_element(s.begin(), s.end());
+    const auto [lo, hi] = std::minmax_element(s.begin(), s.end());
+    // Absent ids rank as the list's last entry, or, when every entry ties (one entry, say), a full
+    // normalised unit below them: else the list would not tell its ids from the rest.
+    const bool tied = *lo == *hi && normalization != score_normalization::none;
+    const double worst = !tied ? *lo : normalization == score_normalization::min_max ? 0.0 : -1.0;
     std::fill(present.begin(), present.end(), false);
     for (std::size_t j = 0; j < entries.size(); ++j) {
       const std::size_t u = all.slot.at(entries[j].id);

@@ -62,7 +62,9 @@ enum class score_normalization {
 /// Σ_i w_i · n_i(id), where n_i is list i's normalised similarity (see `score_normalization`). An id
 /// that list i does not hold gets that list's worst normalised score present, as if it ranked last
 /// there — not 0, which under `z_score` would rate an absent id above the list's below-average
-/// entries. A list without valid entries contributes nothing.
+/// entries. When every entry of a list ties (a one-entry list, say), its entries score 1 (`min_max`)
+/// or 0 (`z_score`) and absent ids 0 or −1: below them, so that the list still counts. (Under `none`
+/// absent ids get the tied score.) A list without valid entries contributes nothing.
 [[nodiscard]] std::vector<fused_id> weighted_score_fusion(
     std::span<const candidate_list> lists, std::size_t k,
     score_normalization normalization = score_normalization::min_max, std::span<const float> weights = {});
