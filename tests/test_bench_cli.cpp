@@ -3,12 +3,16 @@
 
 #include <sys/wait.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 
 #include <catch2/catch.hpp>
 
+#include "shoal/eval/eval.hpp"
 #include "shoal/io/vecs.hpp"
 #include "test_support.hpp"
 
@@ -32,21 +36,32 @@ outcome bench(const std::string& args) {
   return o;
 }
 
+void check(const outcome& o, int status, const std::string& says) {
+  INFO(o.output);
+  CHECK(o.status == status);
+  CHECK(o.output.find(says) != std::string::npos);
+}
+
+/// 400 base vectors and 20 queries of dimension 16 in `dir`; the options that name them (k 5, l2).
+std::string write_data(const test::scratch_dir& dir) {
+  io::write_fvecs(dir.path() / "base.fvecs", make_clustered(400, 16, 4, 1).view());
+  io::write_fvecs(dir.path() / "query.fvecs", make_clustered(20, 16, 4, 2).view());
+  const std::string d = dir.path().string();
+  return "--base " + d + "/base.fvecs --query " + d + "/query.fvecs --metric l2 --k 5 --min-time 0.01";
+}
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
 }  // namespace
 
 TEST_CASE("shoal-ann-bench: bad runs exit 2 naming the problem and keep earlier results", "[bench]") {
   const test::scratch_dir dir;
   const std::string d = dir.path().string();
-  io::write_fvecs(dir.path() / "base.fvecs", make_clustered(400, 16, 4, 1).view());
-  io::write_fvecs(dir.path() / "query.fvecs", make_clustered(20, 16, 4, 2).view());
+  const std::string data = write_data(dir);
   io::write_npy(dir.path() / "empty.npy", matrix<float>(0, 16).view());
-  const std::string data =
-      "--base " + d + "/base.fvecs --query " + d + "/query.fvecs --metric l2 --k 5 --min-time 0.01";
-  const auto check = [](const outcome& o, int status, const std::string& says) {
-    INFO(o.output);
-    CHECK(o.status == status);
-    CHECK(o.output.find(says) != std::string::npos);
-  };
 
   const outcome good = bench(data + " --index Flat --csv " + d + "/results.csv --save " + d + "/flat.shoal");
   INFO(good.output);
@@ -77,6 +92,102 @@ TEST_CASE("shoal-ann-bench: bad runs exit 2 naming the problem and keep earlier 
   check(bench(data + " --index 'IVF4, PQ8x4fs, RFlat' --sweep nprobe=4 --sweep refine=4"), 0,
         "shoal,\"IVF4,PQ8x4fs,Refine(Flat)\",nprobe=4;refine=4,");
   check(bench(data + " --index IVF4,PQ8x4fs,RFlt"), 2, "make_index says");
+}
+
+TEST_CASE("shoal-ann-bench: a run that fails once the data is read leaves the earlier --csv file", "[bench]") {
+  const test::scratch_dir dir;
+  const std::string data = write_data(dir);
+  const std::filesystem::path csv = dir.path() / "results.csv";
+  const std::string out = " --csv " + csv.string();
+  const outcome good = bench(data + " --index Flat" + out);
+  INFO(good.output);
+  REQUIRE(good.status == 0);
+  const std::string earlier = read_file(csv);
+  REQUIRE(earlier.find("shoal,Flat,") != std::string::npos);
+
+  // Rejected by the index as it is built (once: exit 1, and the results emptied to their header).
+  check(bench(data + " --index HNSW8 --build-param alpha=-5" + out), 2, "alpha must be in [1, 4], got -5");
+  check(bench(data + " --index IVF1000,Flat" + out), 2, "nlist = 1000 exceeds the 400 training vectors");
+  check(bench(data + " --index Flat --shards 500 --sharding range" + out), 2,
+        "500 shards need at least as many base vectors, got 400");
+  CHECK(read_file(csv) == earlier);
+  CHECK(!std::filesystem::exists(csv.string() + ".partial"));
+
+  // A successful run replaces the file.
+  REQUIRE(bench(data + " --index HNSW8" + out).status == 0);
+  CHECK(read_file(csv).find("shoal,HNSW8,") != std::string::npos);
+  CHECK(!std::filesystem::exists(csv.string() + ".partial"));
+}
+
+TEST_CASE("shoal-ann-bench: the layout, sweep points and outputs are checked before the data is read", "[bench]") {
+  const test::scratch_dir dir;
+  static_cast<void>(write_data(dir));
+  const std::string d = dir.path().string();
+  // The queries are missing: an error about them would mean the data was read before the check.
+  const std::string data = "--base " + d + "/base.fvecs --query " + d + "/missing.fvecs --k 5 --min-time 0.01";
+  check(bench(data + " --index Flat --shards 1000000000000"), 2, "--shards: collection: shards must be in [1, 4096]");
+  check(bench(data + " --index Flat --shards 2 --replicas 100000000000"), 2, "replicas must be in [1, 16]");
+  check(bench(data + " --index Flat --shards 2 --sharding hybrid --groups 5"), 2, "groups that divide shards (2)");
+  check(bench(data + " --index HNSW8 --shards 2 --sharding semantic --shard-probe 5"), 2,
+        "shard_probe=5 of index HNSW8 [semantic shards] exceeds the 2 shards a query can visit");
+  check(bench(data + " --index HNSW8 --shards 4 --sharding hybrid --sweep shard_probe=1,3"), 2,
+        "shard_probe=3 of index HNSW8 [hybrid shards] exceeds the 2 groups a query can visit");
+  check(bench(data + " --index Flat --save " + d + "/no/such/dir/flat.shoal"), 2, "no directory " + d + "/no/such/dir");
+  check(bench(data + " --index Flat --csv " + d + "/no/such/dir/results.csv"), 2, "no directory");
+  check(bench(data + " --index Flat"), 1, "missing.fvecs");
+}
+
+TEST_CASE("shoal-ann-bench: command-line details", "[bench]") {
+  const test::scratch_dir dir;
+  const std::string d = dir.path().string();
+  const std::string data = write_data(dir);
+
+  // A value that is missing does not swallow the next option (once: --csv wrote a file named --max-base).
+  check(bench(data + " --index Flat --csv --max-base 100"), 2, "--csv needs a value (FILE), got the option --max-base");
+  // The repeated option is the one named.
+  const outcome twice = bench(data + " --index HNSW8 --shards 2 --sharding semantic --shard-probe 1 --shard-probe 2");
+  check(twice, 2, "shard_probe given twice (--shard-probe P is --sweep shard_probe=P");
+  CHECK(twice.output.find("--sweep: parameter") == std::string::npos);
+  // Seed 0 is a seed like any other.
+  check(bench(data + " --index HNSW8 --build-param seed=0"), 0, "shoal,HNSW8,-,");
+  check(bench(data + " --index HNSW8 --build-param seed=-1"), 2, "seed=-1 of index HNSW8 must be an integer");
+  // shoal's errors are not prefixed twice.
+  const outcome alpha = bench(data + " --index HNSW8 --build-param alpha=-5");
+  CHECK(alpha.output.find("shoal-ann-bench: hnsw_index: alpha") != std::string::npos);
+  CHECK(alpha.output.find("shoal: hnsw_index") == std::string::npos);
+  // The synopsis names every option.
+  const outcome help = bench("--help");
+  CHECK(help.output.find("[--rounds R]") != std::string::npos);
+  CHECK(help.output.find("[--groups G]") != std::string::npos);
+
+  // Ground truth: -1 pads a query with fewer than k neighbours (FAISS); other negative ids are errors.
+  const matrix<float> base = io::read_fvecs(dir.path() / "base.fvecs");
+  const matrix<float> queries = io::read_fvecs(dir.path() / "query.fvecs");
+  const neighbors exact = ground_truth(base.view(), queries.view(), 5, metric::l2);
+  matrix<std::int32_t> truth(exact.rows(), exact.k());
+  for (std::size_t q = 0; q < truth.rows; ++q)
+    for (std::size_t j = 0; j < truth.dim; ++j) truth.row(q)[j] = static_cast<std::int32_t>(exact.id(q, j));
+  truth.row(3)[4] = -1;
+  io::write_ivecs(dir.path() / "padded.ivecs", truth.view());
+  // One of the 100 true ids is missing: Flat finds the other 99.
+  check(bench(data + " --index Flat --gt " + d + "/padded.ivecs"), 0, ",0.9900,");
+  truth.row(3)[4] = -2;
+  io::write_ivecs(dir.path() / "negative.ivecs", truth.view());
+  check(bench(data + " --index Flat --gt " + d + "/negative.ivecs"), 2,
+        "row 3 holds the id -2 (ids are base row numbers, or -1 for a missing neighbour)");
+}
+
+TEST_CASE("shoal-ann-bench: peers get the spec in the factory's canonical form", "[bench]") {
+  const test::scratch_dir dir;
+  const outcome o = bench(write_data(dir) + " --index 'IVF4, PQ4, RFlat' --sweep refine=2 --peer faiss");
+  INFO(o.output);
+  if (o.output.find("--peer faiss: no such peer library") != std::string::npos)
+    SUCCEED("FAISS is not built in");
+  else {
+    CHECK(o.status == 0);
+    CHECK(o.output.find("shoal,\"IVF4,PQ4,Refine(Flat)\",refine=2,") != std::string::npos);
+    CHECK(o.output.find("faiss,IndexIVFPQ+IndexRefineFlat,refine=2,") != std::string::npos);
+  }
 }
 
 }  // namespace shoal

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -38,6 +39,18 @@ TEST_CASE("recall_at_k counts the overlap of the first k ids per query", "[eval]
   REQUIRE_THROWS_MATCHES(recall_at_k(got, gt, 5), shoal::error, fails_with(errc::invalid_argument, "exceeds"));
   REQUIRE_THROWS_MATCHES(recall_at_k(got, matrix_view<const std::int32_t>(truth.data(), 1, 4), 2), shoal::error,
                          fails_with(errc::invalid_argument, "2 result rows but 1 ground-truth rows"));
+}
+
+TEST_CASE("recall_at_k compares ids, not distances", "[eval]") {
+  // Rows 0 and 1 are copies: both lie at the true nearest distance of a query equal to them, but the
+  // ground truth lists one id (the smaller), and a result holding the other scores 0, where
+  // ann-benchmarks (distance within the k-th true distance + 1e-3) would count it.
+  matrix<float> base = make_clustered(50, 8, 2, 7);
+  std::copy_n(base.row(0), base.dim, base.row(1));
+  const neighbors gt = ground_truth(base.view(), base.view().slice(0, 1), 1, metric::l2);
+  REQUIRE(gt.id(0, 0) == 0);
+  CHECK(recall_at_k(result_of({{1}}), gt, 1) == 0.0);
+  CHECK(recall_at_k(result_of({{0}}), gt, 1) == 1.0);
 }
 
 TEST_CASE("ground truth of the data itself is the data", "[eval]") {

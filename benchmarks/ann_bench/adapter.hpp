@@ -84,6 +84,12 @@ class index_adapter {
 /// or an unknown build parameter.
 [[nodiscard]] std::unique_ptr<index_adapter> make_shoal_adapter(const index_request& request);
 
+/// `spec` as shoal's adapters and the peers take it: as written when the bench's grammar knows it, else
+/// the factory's canonical form of it at `dim`, as `any_index::description()` gives it (RFlat for
+/// Refine(Flat), PQ<m>x8, spaces around commas, ...). Throws `config_error` (the known specs and the
+/// factory's message, which names the bad token) when the factory cannot build it either.
+[[nodiscard]] std::string resolve_spec(const std::string& spec, std::size_t dim, shoal::metric m);
+
 /// --shards: how the collection that replaces the single index is laid out.
 struct collection_request {
   std::size_t shards = 1;
@@ -93,9 +99,10 @@ struct collection_request {
 };
 
 /// A `shoal::collection` of `layout.shards` shards, each a `request.spec` index (built with the factory's
-/// defaults). Throws `config_error` for a bad policy or build parameter.
+/// defaults) over vectors of dimension `dim`. Throws `config_error` for a bad policy or build parameter,
+/// or a layout the collection rejects (shard or replica count, groups that do not divide the shards).
 [[nodiscard]] std::unique_ptr<index_adapter> make_collection_adapter(const index_request& request,
-                                                                     const collection_request& layout);
+                                                                     const collection_request& layout, std::size_t dim);
 
 /// A library measured beside shoal, found at configure time.
 struct peer_library {

@@ -22,7 +22,8 @@ struct dataset {
 [[nodiscard]] dataset load_vectors(const options& o);
 
 /// Reads the ground truth from --gt, or computes it exactly (announced and timed on stderr). Throws
-/// `config_error` when it does not fit the queries (rows), k (columns) or the base (ids).
+/// `config_error` when it does not fit the queries (rows), k (columns) or the base (ids: base row
+/// numbers, or -1 for a missing neighbour).
 void load_truth(dataset& d, const options& o);
 
 }  // namespace shoal::bench

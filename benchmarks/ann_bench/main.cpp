@@ -1,10 +1,14 @@
 // shoal-ann-bench: an ann-benchmarks-style recall/QPS sweep of one shoal index, with hnswlib and FAISS
 // measured beside it by the same timing loop (--peers). `shoal-ann-bench --help` lists the options.
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
 #include <vector>
 
 #include "adapter.hpp"
@@ -12,13 +16,15 @@
 #include "options.hpp"
 #include "report.hpp"
 #include "runner.hpp"
+#include "shoal/core/error.hpp"
 #include "shoal/distance/distance.hpp"
-#include "shoal/index/factory.hpp"
+#include "shoal/io/vecs.hpp"
 
 namespace shoal::bench {
 namespace {
 
-/// Validates every sweep point against `index` before anything is built or read.
+/// Validates every sweep point against `index` before the data is read (only its dimension) or anything
+/// built.
 void check_sweep(index_adapter& index, const std::vector<param_list>& points) {
   for (const param_list& point : points) index.set_search_params(point);
 }
@@ -32,32 +38,15 @@ param_list for_one_index(const param_list& point) {
 }
 
 /// shoal's adapter (a bad spec or parameter ends the run) and, with --peers, every peer that can serve
-/// the same spec and parameters (the others are skipped with a note).
-/// shoal's adapter for `request`; a spec the bench does not know as written may be another way of writing
-/// one it knows (RFlat for Refine(Flat), PQ<m>x8, spaces around commas, ...): then the factory's
-/// canonical form of it, as any_index::description() gives it, is used (and shown in the index column).
-std::unique_ptr<index_adapter> make_shoal_index(index_request request, std::size_t dim) {
-  try {
-    return make_shoal_adapter(request);
-  } catch (const config_error& unknown) {
-    std::string canonical;
-    try {
-      canonical = make_index(request.spec, dim, request.metric).description();
-    } catch (const shoal::error& e) {  // the factory's message names the bad token
-      throw config_error(std::string(unknown.what()) + "; make_index says: " + e.what());
-    }
-    if (canonical == request.spec) throw;
-    request.spec = canonical;
-    return make_shoal_adapter(request);
-  }
-}
-
+/// the same spec and parameters (the others are skipped with a note). All get the spec as
+/// `resolve_spec` gives it at the data's dimension `dim`: a spec written another way than the bench's
+/// grammar (RFlat, spaces, ...) runs, and shows in the index column, as the factory's canonical form.
 std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, const std::vector<param_list>& points,
                                                           std::size_t dim) {
-  const index_request request{o.index, o.metric, o.build_params};
+  const index_request request{resolve_spec(o.index, dim, o.metric), o.metric, o.build_params};
   std::vector<std::unique_ptr<index_adapter>> adapters;
-  adapters.push_back(o.shards > 0 ? make_collection_adapter(request, {o.shards, o.sharding, o.replicas, o.groups})
-                                  : make_shoal_index(request, dim));
+  adapters.push_back(o.shards > 0 ? make_collection_adapter(request, {o.shards, o.sharding, o.replicas, o.groups}, dim)
+                                  : make_shoal_adapter(request));
   check_sweep(*adapters.back(), points);
   if (!o.peers) return adapters;
   if (peer_libraries().empty()) std::cerr << "shoal-ann-bench: note: no peer library was found at configure time\n";
@@ -79,6 +68,62 @@ std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, cons
   return adapters;
 }
 
+/// --csv, --plot and --save write once everything is measured (or built): a directory that does not
+/// exist would otherwise end the run only then.
+void check_output_dirs(const options& o) {
+  for (const auto& [option, path] :
+       {std::pair{"--csv", &o.csv}, std::pair{"--plot", &o.plot}, std::pair{"--save", &o.save}}) {
+    if (path->empty()) continue;
+    const std::filesystem::path dir = path->has_parent_path() ? path->parent_path() : ".";
+    std::error_code ec;
+    if (!std::filesystem::is_directory(dir, ec))
+      throw config_error(std::string(option) + " " + path->string() + ": no directory " + dir.string());
+  }
+}
+
+/// --csv: the rows go to FILE.partial, which replaces FILE once every row is measured. A run that fails
+/// removes FILE.partial and leaves an earlier FILE as it was (its rows are on stdout either way).
+class results_file {
+ public:
+  /// Opens FILE.partial for `target` (nothing when `target` is empty); throws `std::runtime_error`.
+  explicit results_file(const std::filesystem::path& target) : target_(target) {
+    if (target_.empty()) return;
+    partial_ = target_;
+    partial_ += ".partial";
+    out_.open(partial_);
+    if (!out_) throw std::runtime_error("cannot open --csv file " + partial_.string());
+  }
+  results_file(const results_file&) = delete;
+  results_file& operator=(const results_file&) = delete;
+  ~results_file() {
+    if (partial_.empty()) return;
+    out_.close();
+    std::error_code ignored;
+    std::filesystem::remove(partial_, ignored);
+  }
+
+  void write_line(std::string_view line) {
+    if (out_.is_open()) out_ << line << std::endl;  // flushed: the rows so far can be watched
+  }
+
+  /// Renames FILE.partial to FILE; throws `std::runtime_error` when the rows could not be written.
+  void commit() {
+    if (partial_.empty()) return;
+    out_.close();
+    if (!out_) throw std::runtime_error("cannot write --csv file " + partial_.string());
+    std::error_code ec;
+    std::filesystem::rename(partial_, target_, ec);
+    if (ec)
+      throw std::runtime_error("cannot rename " + partial_.string() + " to " + target_.string() + ": " + ec.message());
+    partial_.clear();
+  }
+
+ private:
+  std::filesystem::path target_;
+  std::filesystem::path partial_;  ///< empty: no --csv, or committed
+  std::ofstream out_;
+};
+
 void print_header(const options& o, const dataset& d) {
   std::cerr << "shoal-ann-bench: base " << o.base.string() << " (" << d.base.rows << " x " << d.base.dim
             << "), queries " << o.query.string() << " (" << d.queries.rows << " x " << d.queries.dim << ")\n"
@@ -89,27 +134,24 @@ void print_header(const options& o, const dataset& d) {
 
 int run(const options& o) {
   const std::vector<param_list> points = sweep_points(o.sweeps);
+  check_output_dirs(o);
+  // The base's first row gives the dimension that specs and the collection layout are checked at.
+  std::vector<std::unique_ptr<index_adapter>> adapters = make_adapters(o, points, io::read_vectors(o.base, 1).dim);
+  results_file csv(o.csv);
   dataset d = load_vectors(o);
-  // After the data: a spec written another way is resolved through the factory at the data's dimension.
-  std::vector<std::unique_ptr<index_adapter>> adapters = make_adapters(o, points, d.base.dim);
   print_header(o, d);
   load_truth(d, o);
-  std::ofstream csv;  // opened (and an earlier file emptied) only once the inputs have loaded
-  if (!o.csv.empty()) {
-    csv.open(o.csv);
-    if (!csv) throw std::runtime_error("cannot open --csv file " + o.csv.string());
-  }
 
   const run_settings settings{o.k, o.threads, o.batch, o.min_time_s};
   std::vector<result_row> rows;
   std::cout << csv_header << std::endl;
-  if (csv) csv << csv_header << std::endl;
+  csv.write_line(csv_header);
   const auto emit = [&](const index_adapter& index, double build_s, const param_list& point, point_timing& timing) {
     const sweep_result r = summarise(timing);
     rows.push_back({std::string(index.library()), index.description(), format_params(point), build_s,
                     index.memory_bytes(), r.recall, r.qps, r.p50_ms, r.p99_ms, o.threads});
     std::cout << csv_line(rows.back()) << std::endl;
-    if (csv) csv << csv_line(rows.back()) << std::endl;
+    csv.write_line(csv_line(rows.back()));
   };
   // With --rounds R > 1 every index stays built until all R rounds have measured each of its points.
   struct kept {
@@ -162,7 +204,7 @@ int run(const options& o) {
   for (kept& entry : built)
     for (std::size_t p = 0; p < entry.points.size(); ++p)
       emit(*entry.index, entry.build_s, entry.points[p], entry.timings[p]);
-  if (csv && !csv.flush()) throw std::runtime_error("cannot write --csv file " + o.csv.string());
+  csv.commit();
 
   if (!o.plot.empty()) {
     const std::string title = d.name + " (" + std::to_string(d.base.rows) + " x " + std::to_string(d.base.dim) + ", " +
@@ -192,6 +234,12 @@ int main(int argc, char** argv) {
   } catch (const config_error& e) {
     std::cerr << "shoal-ann-bench: " << e.what() << '\n';
     return 2;
+  } catch (const shoal::error& e) {
+    // A value the index or the data rejects (alpha out of range, more IVF lists than base vectors, a file
+    // of unknown type) is a bad parameter as much as one the bench rejects itself.
+    const bool bad_parameter = e.code() == shoal::errc::invalid_argument;
+    std::cerr << "shoal-ann-bench: " << (bad_parameter ? "" : "error: ") << error_text(e) << '\n';
+    return bad_parameter ? 2 : 1;
   } catch (const std::exception& e) {
     std::cerr << "shoal-ann-bench: error: " << e.what() << '\n';
     return 1;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <charconv>
 #include <limits>
+#include <optional>
 #include <ostream>
 #include <string_view>
 
@@ -64,7 +65,10 @@ constexpr option_spec specs[] = {
      [](options& o, std::string_view v) { o.threads = parse_count(v, "--threads", 1, 4096); }},
     {"--batch", "", "search all queries in one call (latency columns: per batch)",
      [](options& o, std::string_view) { o.batch = true; }},
-    {"--csv", "FILE", "also write the rows to FILE", [](options& o, std::string_view v) { o.csv = v; }},
+    {"--csv", "FILE",
+     "also write the rows to FILE: to FILE.partial while the run lasts, renamed to FILE once every row is "
+     "measured (a failed run removes FILE.partial and leaves an earlier FILE as it was)",
+     [](options& o, std::string_view v) { o.csv = v; }},
     {"--plot", "FILE.png", "recall vs QPS plot (needs gnuplot)", [](options& o, std::string_view v) { o.plot = v; }},
     {"--peers", "", "also measure hnswlib / FAISS where built in",
      [](options& o, std::string_view) { o.peers = true; }},
@@ -122,11 +126,13 @@ constexpr option_spec specs[] = {
     {"--help", "", "print this help and exit", [](options& o, std::string_view) { o.help = true; }},
 };
 
-void check_unique(const std::vector<std::string>& names, std::string_view option) {
+/// A name that `names` holds twice, or nothing.
+std::optional<std::string> repeated(const std::vector<std::string>& names) {
   for (std::size_t i = 0; i < names.size(); ++i)
     if (std::find(names.begin(), names.begin() + static_cast<std::ptrdiff_t>(i), names[i]) !=
         names.begin() + static_cast<std::ptrdiff_t>(i))
-      throw usage_error(std::string(option) + ": parameter '" + names[i] + "' given twice");
+      return names[i];
+  return {};
 }
 
 }  // namespace
@@ -150,7 +156,13 @@ options parse_options(std::span<const char* const> args) {
     } else {
       if (i + 1 == args.size())
         throw usage_error(std::string(name) + " needs a value (" + std::string(spec->value_name) + ")");
-      spec->apply(o, args[++i]);
+      const std::string_view value = args[++i];
+      // A forgotten value would otherwise swallow the next option (--csv --batch: a file named --batch).
+      if (value.starts_with("--"))
+        throw usage_error(std::string(name) + " needs a value (" + std::string(spec->value_name) +
+                          "), got the option " + std::string(value) + " (write " + std::string(name) +
+                          "=VALUE for a value that starts with --)");
+      spec->apply(o, value);
     }
   }
   if (o.help) return o;
@@ -167,10 +179,14 @@ options parse_options(std::span<const char* const> args) {
 
   std::vector<std::string> names;
   for (const param& p : o.build_params) names.push_back(p.name);
-  check_unique(names, "--build-param");
+  if (const auto name = repeated(names)) throw usage_error("--build-param: parameter '" + *name + "' given twice");
   names.clear();
   for (const sweep_axis& axis : o.sweeps) names.push_back(axis.name);
-  check_unique(names, "--sweep");
+  if (const auto name = repeated(names))
+    throw usage_error(*name == "shard_probe"
+                          ? "shard_probe given twice (--shard-probe P is --sweep shard_probe=P; sweep several "
+                            "values with one --sweep shard_probe=v1,v2,...)"
+                          : "--sweep: parameter '" + *name + "' given twice");
   return o;
 }
 
@@ -178,9 +194,10 @@ void print_usage(std::ostream& out) {
   out << "usage: shoal-ann-bench --base B --query Q [--gt G.ivecs] --metric l2|ip|cos --k 10 --index SPEC\n"
          "                       [--build-param NAME=V ...] [--sweep NAME=v1,v2,...] [--threads N] [--batch]\n"
          "                       [--csv FILE] [--plot FILE.png] [--peers] [--peer NAME] [--min-time SECONDS]\n"
-         "                       [--max-base N] [--max-query N] [--save FILE] [--load FILE [--mmap] [--verify L]]\n"
-         "                       [--shards N [--sharding hash|range|semantic|hybrid] [--shard-probe P] [--replicas "
-         "R]]\n\n"
+         "                       [--rounds R] [--max-base N] [--max-query N] [--save FILE]\n"
+         "                       [--load FILE [--mmap] [--verify L]]\n"
+         "                       [--shards N [--sharding hash|range|semantic|hybrid] [--shard-probe P]\n"
+         "                        [--replicas R] [--groups G]]\n\n"
          "Builds the index, then per sweep point searches the queries (one per call and thread, or one batch\n"
          "with --batch) for at least --min-time seconds and prints one CSV row:\n"
          "  library,index,search_params,build_s,index_bytes,recall,qps,p50_ms,p99_ms,threads\n\n"
@@ -191,8 +208,14 @@ void print_usage(std::ostream& out) {
     left.resize(std::max<std::size_t>(left.size() + 2, 30), ' ');
     out << "  " << left << s.help << '\n';
   }
-  out << "\nexit status: 0 success, 1 a failure while reading or running, 2 a bad command line\n"
-         "(unknown option, index spec or parameter; ground truth that does not fit the queries or k).\n";
+  out << "\nrecall: the share of each query's k true ids among its k results, averaged over the queries. It\n"
+         "compares ids, not distances: where another base vector ties the k-th true distance (e.g. a duplicate),\n"
+         "a result holding it instead scores lower; ann-benchmarks counts any result within that distance + 1e-3.\n"
+         "\nexit status: 0 success, 1 a failure while reading or running, 2 a bad command line or a parameter\n"
+         "the index or the data rejects (unknown option, index spec or parameter; a value out of the index's or\n"
+         "the collection's range, or too large for the data, e.g. more IVF lists than base vectors; ground truth\n"
+         "that does not fit the queries, k or the base). Options, specs, sweep points and the --shards layout\n"
+         "are checked before the data is read (its first row gives the dimension).\n";
 }
 
 }  // namespace shoal::bench

@@ -6,6 +6,12 @@
 
 namespace shoal::bench {
 
+std::string_view error_text(const std::exception& e) noexcept {
+  std::string_view text = e.what();
+  if (text.starts_with("shoal: ")) text.remove_prefix(7);
+  return text;
+}
+
 param parse_param(std::string_view text, std::string_view option) {
   const std::size_t eq = text.find('=');
   if (eq == std::string_view::npos || eq == 0 || eq + 1 == text.size())
@@ -148,6 +154,17 @@ std::size_t parse_positive(const param& p, std::string_view index) {
   if (ec != std::errc{} || end != last || value == 0 || value >= (std::size_t{1} << 31))
     throw config_error("parameter " + p.name + "=" + p.value + " of index " + std::string(index) +
                        " must be a positive integer");
+  return value;
+}
+
+std::uint64_t parse_seed(const param& p, std::string_view index) {
+  std::uint64_t value = 0;
+  const char* first = p.value.data();
+  const char* last = first + p.value.size();
+  const auto [end, ec] = std::from_chars(first, last, value);
+  if (ec != std::errc{} || end != last)
+    throw config_error("parameter " + p.name + "=" + p.value + " of index " + std::string(index) +
+                       " must be an integer in [0, 2^64)");
   return value;
 }
 

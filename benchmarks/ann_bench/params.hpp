@@ -5,6 +5,8 @@
 /// every index (shoal's or a peer's) decides for itself which names and values it accepts.
 
 #include <cstddef>
+#include <cstdint>
+#include <exception>
 #include <optional>
 #include <span>
 #include <stdexcept>
@@ -22,6 +24,10 @@ class config_error : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
+
+/// `e.what()` without the "shoal: " that begins every `shoal::error` message, for messages that say where
+/// they come from themselves.
+[[nodiscard]] std::string_view error_text(const std::exception& e) noexcept;
 
 /// One `NAME=VALUE` setting.
 struct param {
@@ -87,6 +93,8 @@ struct hnsw_spec {
 
 /// `p.value` as an integer in [1, 2^31); throws `config_error` naming the parameter and `index` otherwise.
 [[nodiscard]] std::size_t parse_positive(const param& p, std::string_view index);
+/// `p.value` as a seed: any integer in [0, 2^64); throws `config_error` naming the parameter and `index` otherwise.
+[[nodiscard]] std::uint64_t parse_seed(const param& p, std::string_view index);
 /// `p.value` as a finite number; throws `config_error` naming the parameter and `index` otherwise.
 [[nodiscard]] double parse_number(const param& p, std::string_view index);
 

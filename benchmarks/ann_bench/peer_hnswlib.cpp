@@ -92,8 +92,10 @@ class hnswlib_hnsw_adapter final : public index_adapter {
     // `alpha` is shoal's (hnswlib prunes with alpha = 1): accepted so that one command measures both.
     static constexpr std::string_view names[] = {"ef_construction", "seed", "alpha"};
     check_param_names(request.build_params, names, "build", description());
-    for (const param& p : request.build_params)
-      if (p.name != "alpha") (p.name == "seed" ? seed_ : ef_construction_) = parse_positive(p, description());
+    for (const param& p : request.build_params) {
+      if (p.name == "seed") seed_ = parse_seed(p, description());
+      if (p.name == "ef_construction") ef_construction_ = parse_positive(p, description());
+    }
   }
 
   [[nodiscard]] std::string_view library() const noexcept override { return "hnswlib"; }

@@ -6,6 +6,7 @@
 
 #include "adapter.hpp"
 #include "shoal/index/any_index.hpp"
+#include "shoal/index/factory.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/hnsw.hpp"
 #include "shoal/index/ivf_flat.hpp"
@@ -177,8 +178,10 @@ class hnsw_adapter final : public shoal_adapter<hnsw_index> {
     for (const param& p : request.build_params) {
       if (p.name == "alpha")
         build_.alpha = parse_number(p, spec_);
+      else if (p.name == "seed")
+        build_.seed = parse_seed(p, spec_);
       else
-        (p.name == "seed" ? build_.seed : build_.ef_construction) = parse_positive(p, spec_);
+        build_.ef_construction = parse_positive(p, spec_);
     }
   }
 
@@ -218,14 +221,34 @@ constexpr index_family families[] = {
     {"HNSW<M>[,SQ8|,F16]", [](std::string_view spec) { return parse_hnsw_spec(spec).has_value(); }, make<hnsw_adapter>},
 };
 
+/// The family of `spec` as written, or null.
+const index_family* family_of(std::string_view spec) {
+  for (const index_family& family : families)
+    if (family.matches(spec)) return &family;
+  return nullptr;
+}
+
+/// "unknown index spec 'x' (known: ...)".
+std::string unknown_spec(std::string_view spec) {
+  std::string known;
+  for (const index_family& family : families) append_item(known, family.example, ", ");
+  return "unknown index spec '" + std::string(spec) + "' (known: " + known + ")";
+}
+
 }  // namespace
 
 std::unique_ptr<index_adapter> make_shoal_adapter(const index_request& request) {
-  for (const index_family& family : families)
-    if (family.matches(request.spec)) return family.make(request);
-  std::string known;
-  for (const index_family& family : families) append_item(known, family.example, ", ");
-  throw config_error("unknown index spec '" + request.spec + "' (known: " + known + ")");
+  if (const index_family* family = family_of(request.spec)) return family->make(request);
+  throw config_error(unknown_spec(request.spec));
+}
+
+std::string resolve_spec(const std::string& spec, std::size_t dim, shoal::metric m) {
+  if (family_of(spec) != nullptr) return spec;
+  try {
+    return make_index(spec, dim, m).description();
+  } catch (const shoal::error& e) {  // the factory's message names the bad token
+    throw config_error(unknown_spec(spec) + "; make_index says: " + std::string(error_text(e)));
+  }
 }
 
 }  // namespace shoal::bench
