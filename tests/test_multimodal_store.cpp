@@ -564,6 +564,71 @@ TEST_CASE("multimodal_store: collections made after open are durable once saved 
   CHECK(multimodal_store::open(dir.path()).contains("audio", 8));
 }
 
+TEST_CASE("multimodal_store: a save cut off before its manifest leaves the previous store whole", "[multimodal][io]") {
+  // A crash after a save wrote its collections but before it renamed the manifest leaves the previous
+  // manifest beside whatever the save wrote: built here as a copy of the directory before the save with
+  // the directory after it copied over (the previous manifest kept).
+  const scratch_dir dir("shoal-mm-cut"), before("shoal-mm-cut-before"), cut("shoal-mm-cut-state");
+  const auto cut_off = [&] {
+    using std::filesystem::copy_options;
+    std::filesystem::remove_all(cut.path());
+    std::filesystem::copy(before.path(), cut.path(), copy_options::recursive);
+    std::filesystem::copy(dir.path(), cut.path(), copy_options::recursive | copy_options::overwrite_existing);
+    std::filesystem::copy_file(before.path() / "MULTIMODAL.shoal", cut.path() / "MULTIMODAL.shoal",
+                               copy_options::overwrite_existing);
+  };
+  const auto snapshot = [&] {
+    std::filesystem::remove_all(before.path());
+    std::filesystem::copy(dir.path(), before.path(), std::filesystem::copy_options::recursive);
+  };
+  const projection p1 = random_map(6, 8, 71), p2 = random_map(6, 8, 72);
+  const matrix<float> six = normal_matrix(3, 6, 73);
+  {
+    multimodal_store store({.shared_dim = 8, .shared_metric = metric::l2});
+    store.add_modality("image", modality(8, metric::l2, "Flat", true));
+    modality_options text = modality(6, metric::l2);
+    text.to_shared = p1;  // not orthogonal: a mirror
+    store.add_modality("text", text);
+    store.add_version("text", "old", text);
+    store.add("text", six.view(), iota_ids(3), "old");
+    store.save(dir.path());
+    snapshot();
+    // (a) A version dropped and made again with another dimension.
+    store.drop_version("text", "old");
+    modality_options wider = modality(10, metric::l2);
+    wider.to_shared = random_map(10, 8, 74);
+    store.add_version("text", "old", wider);
+    store.save(dir.path());
+  }
+  cut_off();
+  {
+    const multimodal_store back = multimodal_store::open(cut.path());
+    CHECK(back.info("text", "old").collection.dim == 6);
+    CHECK(back.size("text", "old") == 3);
+  }
+  CHECK(multimodal_store::open(dir.path()).info("text", "old").collection.dim == 10);
+
+  // (b) An opened store: a mirrored version's projection changed while it was empty, then filled.
+  {
+    multimodal_store store = multimodal_store::open(dir.path());
+    snapshot();
+    store.set_projection("text", p2);
+    store.add("text", six.view(), iota_ids(3));
+    store.save(dir.path());
+  }
+  cut_off();
+  {
+    // The previous manifest's projection, and a mirror that agrees with it (brought in line by open).
+    const multimodal_store back = multimodal_store::open(cut.path());
+    REQUIRE(back.info("text").to_shared == p1);
+    const neighbors hit = back.search("image", p1.apply(six.view()).view(), "text", 1);
+    for (std::size_t r = 0; r < 3; ++r) {
+      CHECK(hit.id(r, 0) == r);
+      CHECK(hit.distance(r, 0) < 1e-6f);
+    }
+  }
+}
+
 TEST_CASE("multimodal_store: writes during a save that reopens a version all land, and survive a restart",
           "[multimodal][io][concurrency]") {
   constexpr std::size_t dim = 8, writes = 400;

@@ -8,6 +8,7 @@
 #include <Eigen/Core>
 #include <algorithm>
 #include <array>
+#include <charconv>
 #include <cstdint>
 #include <cstring>
 #include <iterator>
@@ -512,7 +513,8 @@ std::size_t map_row(const adjacency* links, const collection& targets, std::span
 // ------------------------------------------------------------------------------------------- manifest
 
 constexpr std::array<char, 8> manifest_magic = {'S', 'H', 'O', 'A', 'L', 'M', 'M', 'S'};
-constexpr std::uint16_t manifest_major = 1;
+/// 2: each version names its directories (1: `<version>/native`, and `<version>/shared` for a mirror).
+constexpr std::uint16_t manifest_major = 2;
 constexpr std::uint16_t manifest_minor = 0;
 constexpr std::size_t manifest_header_bytes = 8 + 2 + 2 + 4 + 8;
 constexpr std::uint32_t flag_native = 1u;
@@ -524,6 +526,9 @@ struct manifest_version {
   bool searchable = true;
   shared_route route = shared_route::none;
   std::optional<projection> to_shared;
+  /// The version's directory under its modality's (the collection in `<dir>/native`), and its
+  /// mirror's under that (empty: no mirror); see `save`.
+  std::string dir, mirror_dir;
 };
 struct manifest_modality {
   std::string name;
@@ -607,6 +612,8 @@ std::vector<std::byte> encode(const manifest& m) {
       body.put<std::uint32_t>((v.native ? flag_native : 0u) | (v.searchable ? flag_searchable : 0u));
       body.put<std::uint32_t>(static_cast<std::uint32_t>(v.route));
       body.put_bytes(v.to_shared ? v.to_shared->serialize() : std::vector<std::byte>{});
+      body.put_string(v.dir);
+      body.put_string(v.mirror_dir);
     }
   }
   body.put<std::uint32_t>(static_cast<std::uint32_t>(m.links.size()));
@@ -637,6 +644,15 @@ std::string checked_name(byte_source& in, const char* what) {
   std::string name = in.get_string();
   SHOAL_CHECK_CODE(valid_name(name), errc::corrupt_file, in.name(), ": invalid ", what, " name \"", name, "\"");
   return name;
+}
+
+/// Whether `dir` is a directory name a save chooses: a name, or a name and "+<n>" (see `next_dir`).
+bool valid_dir(std::string_view dir) noexcept {
+  const std::size_t plus = dir.find('+');
+  if (!valid_name(dir.substr(0, plus))) return false;
+  if (plus == std::string_view::npos) return true;
+  const std::string_view n = dir.substr(plus + 1);
+  return !n.empty() && n.size() <= 20 && std::all_of(n.begin(), n.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
 manifest decode(std::span<const std::byte> bytes, const std::string& name) {
@@ -684,6 +700,18 @@ manifest decode(std::span<const std::byte> bytes, const std::string& name) {
       v.route = static_cast<shared_route>(route);
       const std::span<const std::byte> p = in.get_bytes();
       if (!p.empty()) v.to_shared = projection::deserialize(p);
+      const bool mirrored = v.route == shared_route::mirror;
+      if (major >= 2) {
+        v.dir = in.get_string();
+        v.mirror_dir = in.get_string();
+        SHOAL_CHECK_CODE(
+            valid_dir(v.dir) && (mirrored ? valid_dir(v.mirror_dir) && v.mirror_dir != "native" : v.mirror_dir.empty()),
+            errc::corrupt_file, name, ": invalid directories \"", v.dir, "\", \"", v.mirror_dir, "\" of ", mod.name,
+            "/", v.name);
+      } else {
+        v.dir = v.name;
+        v.mirror_dir = mirrored ? "shared" : "";
+      }
     }
   }
   const auto blocks = in.get<std::uint32_t>();
@@ -710,9 +738,61 @@ manifest read_manifest(const std::filesystem::path& path) {
   return decode(bytes, file.name());
 }
 
-std::filesystem::path version_dir(const std::filesystem::path& root, std::string_view modality,
-                                  std::string_view version) {
-  return root / std::string(modality) / std::string(version);
+std::filesystem::path version_dir(const std::filesystem::path& root, std::string_view modality, std::string_view dir) {
+  return root / std::string(modality) / std::string(dir);
+}
+
+/// The previous manifest's entry for `modality`/`version`, or null.
+const manifest_version* find_saved(const std::optional<manifest>& m, std::string_view modality,
+                                   std::string_view version) {
+  if (!m) return nullptr;
+  for (const manifest_modality& mod : m->modalities)
+    if (mod.name == modality)
+      for (const manifest_version& v : mod.versions)
+        if (v.name == version) return &v;
+  return nullptr;
+}
+
+/// Whether `c` keeps its write-ahead log in `dir` (opened from it, or reopened there by a save).
+bool lives_in(const collection& c, const std::filesystem::path& dir) {
+  std::error_code ec;
+  return !c.options().directory.empty() && std::filesystem::equivalent(c.options().directory, dir, ec);
+}
+
+/// A directory beside `previous` for a collection that must not overwrite it: `base+<n + 1>`, where
+/// `previous` is `base` or `base+<n>`.
+std::string next_dir(std::string_view base, std::string_view previous) {
+  std::uint64_t n = 0;
+  if (const std::size_t plus = previous.find('+'); plus != std::string_view::npos)
+    std::from_chars(previous.data() + plus + 1, previous.data() + previous.size(), n);
+  return std::string(base) + "+" + std::to_string(n + 1);
+}
+
+/// Best effort, once `m` is the manifest: deletes what it does not name in the modalities' directories
+/// (what earlier saves wrote, what a crashed save left), and the directories of modalities that
+/// `previous` had and `m` has not.
+void remove_unnamed(const std::filesystem::path& directory, const manifest& m,
+                    const std::optional<manifest>& previous) {
+  std::error_code ec;
+  const auto entries = [&ec](const std::filesystem::path& dir) {
+    std::vector<std::filesystem::path> out;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) out.push_back(e.path());
+    return out;
+  };
+  for (const manifest_modality& old : previous ? previous->modalities : std::vector<manifest_modality>{})
+    if (std::none_of(m.modalities.begin(), m.modalities.end(), [&](const auto& x) { return x.name == old.name; }))
+      std::filesystem::remove_all(directory / old.name, ec);
+  for (const manifest_modality& mod : m.modalities)
+    for (const std::filesystem::path& dir : entries(directory / mod.name)) {
+      const auto v = std::find_if(mod.versions.begin(), mod.versions.end(),
+                                  [&](const manifest_version& x) { return x.dir == dir.filename(); });
+      if (v == mod.versions.end()) {
+        std::filesystem::remove_all(dir, ec);
+        continue;
+      }
+      for (const std::filesystem::path& inner : entries(dir))
+        if (inner.filename() != "native" && inner.filename() != v->mirror_dir) std::filesystem::remove_all(inner, ec);
+    }
 }
 
 }  // namespace
@@ -862,8 +942,8 @@ void multimodal_store::set_projection(std::string_view modality, const projectio
           const std::size_t stored = v->own.size();
           SHOAL_CHECK_CODE(next->route != shared_route::mirror || stored == 0, errc::unsupported, who, ": modality '",
                            modality, "' (version '", v->name, "') holds ", stored,
-                           " vectors and its projection needs a mirror of projected vectors, which cannot be ",
-                           "rebuilt from the stored ones: set the projection before adding, or add a version");
+                           " vectors and its projection needs a new mirror of projected vectors, which is not ",
+                           "refilled in place: set the projection before adding, or add a version and activate it");
           v->set_link(std::move(next));
         }))
       return;
@@ -1143,7 +1223,7 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
   struct reopening {
     std::shared_ptr<detail::version_state> v;
     std::unique_lock<std::shared_mutex> held;
-    std::filesystem::path dir;
+    std::filesystem::path own_dir, mirror_dir;
     bool own, mirror;
   };
   std::vector<reopening> reopen;
@@ -1158,15 +1238,33 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
     for (const auto& [version, v] : entry.versions) {
       // With writes and projection changes held off, so that the vectors, their mirror and the route
       // saved belong together.
-      const std::filesystem::path dir = detail::version_dir(directory, name, version);
       std::unique_lock<std::shared_mutex> held = v->hold();
       const std::shared_ptr<const detail::link_state> l = v->link();
+      // A collection is saved over one the previous manifest names only if it is that collection (it
+      // logs there); any other goes to a new directory. So a crash before the manifest below is
+      // renamed leaves the previous manifest beside the collections it describes, never beside a
+      // collection of another dimension, projection or mirror.
+      detail::manifest_version saved{version, v->native, v->searchable, l->route, l->to_shared, version, {}};
+      const detail::manifest_version* prev = detail::find_saved(previous, name, version);
+      const bool in_place =
+          prev != nullptr && detail::lives_in(v->own, detail::version_dir(directory, name, prev->dir) / "native");
+      if (prev != nullptr) saved.dir = in_place ? prev->dir : detail::next_dir(version, prev->dir);
+      const std::filesystem::path dir = detail::version_dir(directory, name, saved.dir);
+      if (l->mirror) {
+        // The same rule inside a version directory saved over: another mirror than the one there
+        // (a projection changed) gets a directory of its own.
+        const bool mirror_there = in_place && !prev->mirror_dir.empty();
+        saved.mirror_dir = !mirror_there ? "shared"
+                           : detail::lives_in(*l->mirror, dir / prev->mirror_dir)
+                               ? prev->mirror_dir
+                               : detail::next_dir("shared", prev->mirror_dir);
+      }
       v->own.save(dir / "native");
-      if (l->mirror) l->mirror->save(dir / "shared");
-      mod.versions.push_back({version, v->native, v->searchable, l->route, l->to_shared});
-      const bool own = home && v->own.options().directory.empty();
-      const bool mirror = home && l->mirror && l->mirror->options().directory.empty();
-      if (own || mirror) reopen.push_back({v, std::move(held), dir, own, mirror});
+      if (l->mirror) l->mirror->save(dir / saved.mirror_dir);
+      const bool own = home && !detail::lives_in(v->own, dir / "native");
+      const bool mirror = home && l->mirror && !detail::lives_in(*l->mirror, dir / saved.mirror_dir);
+      if (own || mirror) reopen.push_back({v, std::move(held), dir / "native", dir / saved.mirror_dir, own, mirror});
+      mod.versions.push_back(std::move(saved));
     }
   }
   {
@@ -1192,10 +1290,10 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
     std::vector<std::shared_ptr<const detail::link_state>> links;
     for (const reopening& r : reopen) {
       auto link = std::make_shared<detail::link_state>(*r.v->link());
-      if (r.mirror) link->mirror = std::make_shared<collection>(collection::open(r.dir / "shared", st.home_options));
+      if (r.mirror) link->mirror = std::make_shared<collection>(collection::open(r.mirror_dir, st.home_options));
       replacements.push_back(
           r.own ? std::make_shared<detail::version_state>(r.v->modality, r.v->name, r.v->native, r.v->searchable,
-                                                          collection::open(r.dir / "native", st.home_options))
+                                                          collection::open(r.own_dir, st.home_options))
                 : r.v);
       links.push_back(std::move(link));
     }
@@ -1211,26 +1309,7 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
     });
   }
 
-  if (!previous) return;
-  // Best effort: what the previous save wrote and the manifest just written no longer names (not what
-  // the store holds now: a projection changed since may have dropped a mirror that manifest needs).
-  for (const detail::manifest_modality& old : previous->modalities) {
-    const auto now = std::find_if(m.modalities.begin(), m.modalities.end(),
-                                  [&](const detail::manifest_modality& x) { return x.name == old.name; });
-    if (now == m.modalities.end()) {
-      std::filesystem::remove_all(directory / old.name, ec);
-      continue;
-    }
-    for (const detail::manifest_version& ov : old.versions) {
-      const auto v = std::find_if(now->versions.begin(), now->versions.end(),
-                                  [&](const detail::manifest_version& x) { return x.name == ov.name; });
-      const std::filesystem::path dir = detail::version_dir(directory, old.name, ov.name);
-      if (v == now->versions.end())
-        std::filesystem::remove_all(dir, ec);
-      else if (v->route != shared_route::mirror)
-        std::filesystem::remove_all(dir / "shared", ec);
-    }
-  }
+  detail::remove_unnamed(directory, m, previous);
 }
 
 multimodal_store multimodal_store::open(const std::filesystem::path& directory,
@@ -1247,7 +1326,7 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
     detail::modality_entry& entry = c->modalities[mod.name];
     SHOAL_CHECK_CODE(entry.versions.empty(), errc::corrupt_file, name, ": modality '", mod.name, "' twice");
     for (const detail::manifest_version& mv : mod.versions) {
-      const std::filesystem::path dir = detail::version_dir(directory, mod.name, mv.name);
+      const std::filesystem::path dir = detail::version_dir(directory, mod.name, mv.dir);
       auto v = std::make_shared<detail::version_state>(mod.name, mv.name, mv.native, mv.searchable,
                                                        collection::open(dir / "native", options));
       const bool native_fits =
@@ -1258,7 +1337,7 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
                        "' version '", mv.name, "': the shared space, the projection and the collection disagree");
       std::shared_ptr<collection> mirror;
       if (mv.route == shared_route::mirror) {
-        mirror = std::make_shared<collection>(collection::open(dir / "shared", options));
+        mirror = std::make_shared<collection>(collection::open(dir / mv.mirror_dir, options));
         SHOAL_CHECK_CODE(mirror->dim() == m.shared.shared_dim && mirror->metric() == m.shared.shared_metric,
                          errc::corrupt_file, name, ": the mirror of '", mod.name, "/", mv.name,
                          "' is not in the shared space");

@@ -253,8 +253,10 @@ class multimodal_store {
   // ------------------------------------------------------------------------------------- projections
 
   /// Sets the projection of a modality version into the shared space and re-derives its route. A
-  /// version that needs a (new) mirror must hold no vectors yet (the collections cannot return stored
-  /// vectors to project them): `errc::unsupported` otherwise — add a version instead. A new mirror
+  /// version that needs a (new) mirror must hold no vectors yet: `errc::unsupported` otherwise — add a
+  /// version, fill it beside the live one and `activate` it. (Refilling a mirror in place would hold
+  /// the version's writes off for a whole rebuild, and a crash before the next `save` would leave the
+  /// saved projection beside a half-refilled mirror.) A new mirror
   /// of a layout that needs training (semantic / hybrid sharding, IVF) is untrained: call `train`
   /// again before adding. Throws `errc::not_found`, `errc::invalid_argument` for a native modality,
   /// `errc::dimension_mismatch` unless in_dim = the version's dim and out_dim = the shared dim.
@@ -353,13 +355,17 @@ class multimodal_store {
   // ------------------------------------------------------------------------------------- persistence
 
   /// Writes the store into `directory`: each version's collection (and mirror) through
-  /// `collection::save` into `<modality>/<version>/native` (`…/shared`), then the manifest
-  /// `MULTIMODAL.shoal` (modalities, versions, active versions, shared space, projections, links;
-  /// checksummed) written atomically (temporary file, fsync, rename) last; then the directories of
-  /// versions an earlier save wrote and this one no longer has are deleted. A crash leaves the previous
-  /// manifest, with every collection either at its previous or at its new snapshot. Writes to each
-  /// collection wait while it is saved; each collection is a consistent snapshot of itself; catalogue
-  /// changes (`add_version`, `drop_version`, ...) wait for the whole save.
+  /// `collection::save` into `<modality>/<dir>/native` (`<modality>/<dir>/<mirror dir>`), then the
+  /// manifest `MULTIMODAL.shoal` (modalities, versions and their directories, active versions, shared
+  /// space, projections, links; checksummed) written atomically (temporary file, fsync, rename) last;
+  /// then whatever the manifest does not name in the modalities' directories is deleted. `<dir>` is the
+  /// version's name on its first save; later, a collection is saved over the one the previous manifest
+  /// names only when it is that collection (opened from there, logging there: a checkpoint), and into
+  /// `<version>+<n>` (`shared+<n>`) otherwise. So a crash at any point leaves the previous manifest
+  /// beside collections that each hold its previous or a later snapshot of the same collection, never
+  /// beside a version re-created with another dimension or a mirror of another projection. Writes to
+  /// each collection wait while it is saved; each collection is a consistent snapshot of itself;
+  /// catalogue changes (`add_version`, `drop_version`, ...) wait for the whole save.
   ///
   /// Saving into the directory the store was opened from also makes the collections created since
   /// `open` (versions, modalities, the mirror a new projection needs) durable from then on: they are
