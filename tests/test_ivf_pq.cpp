@@ -10,6 +10,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "shoal/core/coarse_probe.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/ivf_pq.hpp"
@@ -55,6 +56,23 @@ search_params with(std::size_t nprobe, std::size_t refine_factor = 0) {
   p.refine_factor = refine_factor;
   return p;
 }
+
+/// An outside coarse pass that gives every query the same lists, `lists[j % lists.size()]` as probe j,
+/// whether they exist or not.
+class fixed_probe final : public coarse_probe {
+ public:
+  explicit fixed_probe(std::vector<std::uint32_t> lists) : lists_(std::move(lists)) {}
+  [[nodiscard]] std::size_t lists() const noexcept override { return nlist; }
+  [[nodiscard]] std::size_t dim() const noexcept override { return ::dim; }
+  [[nodiscard]] shoal::metric metric() const noexcept override { return metric::l2; }
+  [[nodiscard]] std::size_t min_batch() const noexcept override { return 1; }
+  void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const override {
+    for (std::size_t i = 0; i < queries.rows * nprobe; ++i) probes[i] = lists_[i % nprobe % lists_.size()];
+  }
+
+ private:
+  std::vector<std::uint32_t> lists_;
+};
 
 }  // namespace
 
@@ -340,7 +358,8 @@ TEST_CASE("ivf-pq memory is codes plus ids plus centroids, and the index is mova
   const fixture f(4096, 10, 17);
   ivf_pq_index a = f.build(metric::l2, 16, 4, false);
   const std::size_t lean = a.memory_bytes();
-  const std::size_t fixed = nlist * dim * 4 + nlist * 4 + 2 * 16 * 16 * 2 * 4;  // centroids, norms, codebooks
+  // Centroids (as given and centred, with their mean and norms) and both codebook copies.
+  const std::size_t fixed = 2 * nlist * dim * 4 + dim * 4 + nlist * 4 + 2 * 16 * 16 * 2 * 4;
   // 8 bytes of code (16 x 4 bits) + 8 bytes of id per vector, plus at most one partly filled block per list
   // and container slack.
   CHECK(lean <= fixed + 4096 * (8 + 8) * 2 + nlist * (fast_scan_block_bytes(16) + 256));
@@ -357,6 +376,31 @@ TEST_CASE("ivf-pq memory is codes plus ids plus centroids, and the index is mova
                          fails_with(errc::invalid_argument, "not trained"));
   require_identical(moved.search(f.queries.view(), 5, with(3)),
                     f.build(metric::l2, 16, 4, false).search(f.queries.view(), 5, with(3)));
+}
+
+TEST_CASE("ivf-pq refuses lists from search_params::coarse that do not exist or repeat", "[pq][ivf]") {
+  // A search read-locks every probed list until its re-rank: a repeated list would lock one shared_mutex
+  // twice, one past the last would be read out of bounds.
+  const fixture f(600, 5, 13);
+  const ivf_pq_index index = f.build(metric::l2, 8, 4, true);
+  const fixed_probe past_end({3, nlist});
+  const fixed_probe repeated({7, 2, 7});
+  for (const std::size_t refine : {0, 4}) {
+    CAPTURE(refine);
+    search_params params = with(3, refine);
+    params.coarse = &past_end;
+    REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), 5, params), shoal::error,
+                           fails_with(errc::invalid_argument,
+                                      "query 0: search_params::coarse gave list 32 (probe 1), "
+                                      "but the index has 32 lists"));
+    REQUIRE_THROWS_MATCHES(index.range_search(f.queries.view(), 1.0f, params), shoal::error,
+                           fails_with(errc::invalid_argument, "gave list 32 (probe 1)"));
+    params.coarse = &repeated;
+    REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), 5, params), shoal::error,
+                           fails_with(errc::invalid_argument, "query 0: search_params::coarse gave list 7 twice"));
+    REQUIRE_THROWS_MATCHES(index.range_search(f.queries.view(), 1.0f, params), shoal::error,
+                           fails_with(errc::invalid_argument, "gave list 7 twice (probe 2)"));
+  }
 }
 
 TEST_CASE("ivf-pq rejects bad parameters and input", "[pq][ivf]") {
@@ -393,7 +437,7 @@ TEST_CASE("ivf-pq rejects bad parameters and input", "[pq][ivf]") {
   index.add(f.base.view(), f.ids);
   REQUIRE_THROWS_MATCHES(index.train(f.base.view()), shoal::error, fails_with(errc::invalid_argument, "already holds"));
   REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), 3, with(2, 4)), shoal::error,
-                         fails_with(errc::invalid_argument, "built without refine"));
+                         fails_with(errc::invalid_argument, "built with neither refine nor refine_sq8"));
   REQUIRE_THROWS_MATCHES(index.range_search(f.queries.view(), 1.0f, with(2, 4)), shoal::error,
                          fails_with(errc::invalid_argument, "range_search: refine_factor = 4 needs full vectors"));
   REQUIRE_THROWS_MATCHES(index.add(bad.view().slice(0, 4), std::vector<vector_id>{1, 2, 3, 4}), shoal::error,

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -267,7 +268,7 @@ TEST_CASE("table quantization at every level matches the reference within one st
     for (float& t : table) t = rng.normal() * 10.0f;
     std::vector<std::uint8_t> want(m * 16);
     float want_bias = 0.0f, want_scale = 0.0f;
-    ref.quantize(table.data(), m, want.data(), &want_bias, &want_scale);
+    REQUIRE(ref.quantize(table.data(), m, want.data(), &want_bias, &want_scale));
     // The reference: every row's minimum maps to 0 and the widest row's maximum to 255.
     CHECK(std::count(want.begin(), want.end(), std::uint8_t{255}) >= 1);
     for (std::size_t s = 0; s < m; ++s)
@@ -276,12 +277,84 @@ TEST_CASE("table quantization at every level matches the reference within one st
       CAPTURE(m, simd_level_name(level));
       std::vector<std::uint8_t> got(m * 16);
       float bias = 0.0f, scale = 0.0f;
-      quant_kernels(level).quantize(table.data(), m, got.data(), &bias, &scale);
+      REQUIRE(quant_kernels(level).quantize(table.data(), m, got.data(), &bias, &scale));
       CHECK(bias == Approx(want_bias).epsilon(1e-5));
       CHECK(scale == want_scale);
       std::size_t off = 0;
       for (std::size_t i = 0; i < got.size(); ++i) off += std::abs(int{got[i]} - int{want[i]}) > 1 ? 1 : 0;
       CHECK(off == 0);
+    }
+  }
+}
+
+TEST_CASE("table quantization refuses NaN, Inf and overflowing tables alike at every level", "[pq][kernel]") {
+  // An Inf entry made the scale 0 and (Inf − min) · 0 NaN, converted to an integer: undefined in the
+  // scalar reference, 0x80000000 at AVX2. Tables with rows of 1 to 33 (both sides of the SIMD kernels'
+  // groups of 8 and 16 rows), a bad value in the first, a middle or the last row.
+  constexpr float inf = std::numeric_limits<float>::infinity();
+  const auto refused_everywhere = [](const std::vector<float>& table, std::size_t m) {
+    bool all = true;
+    for (const simd_level level : available_simd_levels()) {
+      std::vector<std::uint8_t> out(m * 16, 0xab);
+      float bias = 7.0f, scale = 7.0f;
+      const bool done = quant_kernels(level).quantize(table.data(), m, out.data(), &bias, &scale);
+      // Refused, and nothing written.
+      all = all && !done && bias == 7.0f && scale == 7.0f &&
+            std::all_of(out.begin(), out.end(), [](std::uint8_t b) { return b == 0xab; });
+    }
+    return all;
+  };
+  for (const std::size_t m : {1, 3, 8, 9, 16, 17, 33}) {
+    splitmix64 rng(m + 100);
+    std::vector<float> table(m * 16);
+    for (float& t : table) t = rng.normal() * 10.0f;
+    for (const std::size_t row : {std::size_t{0}, m / 2, m - 1}) {
+      for (const std::size_t c : {0, 7, 8, 15}) {
+        for (const float bad : {inf, -inf, std::numeric_limits<float>::quiet_NaN()}) {
+          CAPTURE(m, row, c, bad);
+          std::vector<float> t = table;
+          t[row * 16 + c] = bad;
+          CHECK(refused_everywhere(t, m));
+          quantized_table qt;
+          REQUIRE_THROWS_MATCHES(quantize_table(t.data(), m, qt), shoal::error,
+                                 fails_with(errc::non_finite, "ADC table holds NaN or Inf"));
+        }
+      }
+      // Finite entries whose row range overflows: max − min = 6e38.
+      std::vector<float> wide = table;
+      wide[row * 16 + 2] = -3e38f;
+      wide[row * 16 + 11] = 3e38f;
+      CAPTURE(m, row);
+      CHECK(refused_everywhere(wide, m));
+    }
+    // Finite entries whose row minima overflow in their sum.
+    if (m >= 2) {
+      const std::vector<float> high(m * 16, 3e38f);
+      CAPTURE(m);
+      CHECK(refused_everywhere(high, m));
+    }
+  }
+}
+
+TEST_CASE("table quantization of ranges too small to scale gives zeros at every level", "[pq][kernel]") {
+  // A widest range below 2^-120 made 255 / range Inf (and (x − min) · Inf NaN for x = min); such a table
+  // now keeps scale 1, and every byte is 0.
+  for (const std::size_t m : {1, 9, 17}) {
+    std::vector<float> table(m * 16, 2.0f);
+    table[5] = 2.0f + 0x1p-22f;  // a range of 2^-22 is fine: scale 255 · 2^22
+    std::vector<float> tiny(m * 16, 0.0f);
+    tiny[(m - 1) * 16 + 9] = 1e-38f;
+    for (const simd_level level : available_simd_levels()) {
+      CAPTURE(m, simd_level_name(level));
+      std::vector<std::uint8_t> out(m * 16, 0xab);
+      float bias = 0.0f, scale = 0.0f;
+      REQUIRE(quant_kernels(level).quantize(tiny.data(), m, out.data(), &bias, &scale));
+      CHECK(scale == 1.0f);
+      CHECK(bias == 0.0f);
+      CHECK(std::all_of(out.begin(), out.end(), [](std::uint8_t b) { return b == 0; }));
+      REQUIRE(quant_kernels(level).quantize(table.data(), m, out.data(), &bias, &scale));
+      CHECK(scale == 255.0f * 0x1p22f);
+      CHECK(out[5] == 255);
     }
   }
 }
@@ -364,6 +437,43 @@ TEST_CASE("sq8 and fp16 encode, decode and distances agree with the reconstructi
   }
 }
 
+TEST_CASE("sq8 and fp16 kernels decode every component exactly as decode does, at every level", "[pq][sq][kernel]") {
+  // The inner product with the unit vector e_j is the decoded component j alone (every other term is an
+  // exact zero, at any summation order), so each kernel's decoding can be compared bit for bit. SQ8's
+  // min + code · step was fused into one FMA in the AVX2 object only (GCC contracts by default there),
+  // and differed from the scalar reference in the last bit.
+  for (const std::size_t dim : {1, 3, 7, 8, 9, 15, 16, 17, 31, 32, 33, 64, 100, 128, 784}) {
+    const matrix<float> x = make_clustered(40, dim, 5, dim + 7, 3.0f);
+    for (const sq_type type : {sq_type::sq8, sq_type::fp16}) {
+      CAPTURE(dim, type == sq_type::sq8 ? "sq8" : "fp16");
+      scalar_quantizer sq(dim, type);
+      sq.train(x.view());
+      const std::size_t rows = 4;
+      std::vector<std::uint8_t> codes(rows * sq.code_size() + 1);
+      sq.encode(x.view().slice(0, rows), codes.data() + 1);  // misaligned codes
+      matrix<float> back(rows, dim);
+      sq.decode(codes.data() + 1, rows, back.mutable_view());
+      std::vector<float> unit(dim, 0.0f);
+      for (const simd_level level : available_simd_levels()) {
+        CAPTURE(simd_level_name(level));
+        const sq_kernels& k = scalar_quant_kernels(level);
+        std::size_t differ = 0;
+        for (std::size_t i = 0; i < rows; ++i) {
+          const std::uint8_t* c = codes.data() + 1 + i * sq.code_size();
+          for (std::size_t j = 0; j < dim; ++j) {
+            unit[j] = 1.0f;
+            const float got = type == sq_type::sq8 ? k.sq8_ip(unit.data(), c, sq.mins().data(), sq.steps().data(), dim)
+                                                   : k.fp16_ip(unit.data(), c, dim);
+            unit[j] = 0.0f;
+            differ += got == back.row(i)[j] ? 0 : 1;
+          }
+        }
+        CHECK(differ == 0);
+      }
+    }
+  }
+}
+
 TEST_CASE("scalar quantizers reject bad input", "[pq][sq]") {
   REQUIRE_THROWS_MATCHES(scalar_quantizer(0, sq_type::sq8), shoal::error,
                          fails_with(errc::invalid_argument, "dimension"));
@@ -378,6 +488,23 @@ TEST_CASE("scalar quantizers reject bad input", "[pq][sq]") {
   REQUIRE_THROWS_MATCHES(sq.train(x.view().slice(0, 0)), shoal::error,
                          fails_with(errc::invalid_argument, "no training"));
   CHECK(scalar_quantizer(8, sq_type::fp16).is_trained());
+  // Finite but extreme: a range of 6e38 would overflow its step (NaN codes, an Inf step in a saved
+  // Refine(SQ8) index); such rows are refused by their norm, and the largest accepted ones keep every
+  // step and reconstruction finite.
+  matrix<float> extreme(2, 8);
+  std::fill(extreme.values.begin(), extreme.values.end(), 0.0f);
+  extreme.row(0)[2] = -3e38f;
+  extreme.row(1)[2] = 3e38f;
+  REQUIRE_THROWS_MATCHES(sq.train(extreme.view()), shoal::error, fails_with(errc::non_finite, "row 0 has norm"));
+  extreme.row(0)[2] = -6.5e18f;
+  extreme.row(1)[2] = 6.5e18f;
+  sq.train(extreme.view());
+  CHECK(std::isfinite(sq.steps()[2]));
+  sq.encode(extreme.view(), codes.data());
+  matrix<float> ends(2, 8);
+  sq.decode(codes.data(), 2, ends.mutable_view());
+  CHECK(ends.row(0)[2] == -6.5e18f);
+  CHECK(std::abs(ends.row(1)[2] - 6.5e18f) <= 1e12f);
   // A constant dimension decodes to its value.
   matrix<float> constant = make_uniform(10, 8, 2);
   for (std::size_t i = 0; i < 10; ++i) constant.row(i)[3] = 0.25f;

@@ -56,6 +56,7 @@ void estimate_bounds(const sq8_estimator& estimator, const std::int32_t* __restr
 /// A thread's buffers for probing one query at a time (`scratch_lease`): at tens of thousands of queries
 /// a second, allocating them per query showed in profiles.
 struct probe_scratch {
+  std::vector<float> query;        // the query in the centred frame (L2)
   std::vector<float> scores;       // the exact pass: every centroid's rank score
   std::vector<std::int32_t> dots;  // the prefilter: per centroid its code dot product, and bounds
   std::vector<float> lowest;
@@ -83,45 +84,89 @@ coarse_quantizer::coarse_quantizer(coarse_quantizer&&) noexcept = default;
 coarse_quantizer& coarse_quantizer::operator=(coarse_quantizer&&) noexcept = default;
 
 std::size_t coarse_quantizer::memory_bytes() const {
-  return centroids_.values.capacity() * sizeof(float) + norms_.capacity() * sizeof(float) + codes_.capacity() +
-         (terms_.capacity() + code_sums_.capacity() + residuals_.capacity()) * sizeof(float) +
+  return (centroids_.values.capacity() + centred_.values.capacity() + mean_.capacity() + norms_.capacity()) *
+             sizeof(float) +
+         codes_.capacity() + (terms_.capacity() + code_sums_.capacity() + residuals_.capacity()) * sizeof(float) +
          (codec_ ? 2 * codec_->dim() * sizeof(float) : 0) + (graph_ ? graph_->memory_bytes() : 0);
 }
 
 void coarse_quantizer::install(matrix<float> centroids) {
-  norms_.resize(centroids.rows);
-  active_kernels().squared_norms(centroids.values.data(), centroids.rows, centroids.dim, centroids.dim, norms_.data());
+  const std::size_t nlist = centroids.rows, dim = centroids.dim;
+  mean_.clear();
+  centred_ = {};
+  norms_.clear();
   codec_.reset();
   codes_.clear();
   terms_.clear();
   code_sums_.clear();
   residuals_.clear();
-  if (hnsw_m_ == 0 && centroids.rows >= prefilter_min_lists && dot_u8_i16_limit(centroids.dim) >= 1) {
-    scalar_quantizer codec(centroids.dim, sq_type::sq8);
-    codec.train(centroids.view());
-    codes_.resize(centroids.rows * centroids.dim);
-    codec.encode(centroids.view(), codes_.data());
-    const std::size_t dim = centroids.dim;
-    matrix<float> decoded(centroids.rows, dim);
-    codec.decode(codes_.data(), centroids.rows, decoded.mutable_view());
-    terms_.resize(centroids.rows);
-    code_sums_.resize(centroids.rows);
-    residuals_.resize(centroids.rows);
-    for (std::size_t c = 0; c < centroids.rows; ++c) {
+  centroids_ = std::move(centroids);
+  if (hnsw_m_ != 0) return;  // the graph scores by pairwise distances, which do not cancel
+  // The centred frame: derived here (also on load), so files keep the centroids as they are.
+  std::vector<double> sum(dim, 0.0);
+  for (std::size_t c = 0; c < nlist; ++c)
+    for (std::size_t j = 0; j < dim; ++j) sum[j] += centroids_.row(c)[j];
+  mean_.resize(dim);
+  for (std::size_t j = 0; j < dim; ++j) mean_[j] = static_cast<float>(sum[j] / static_cast<double>(nlist));
+  centred_ = matrix<float>(nlist, dim);
+  for (std::size_t c = 0; c < nlist; ++c)
+    for (std::size_t j = 0; j < dim; ++j) centred_.row(c)[j] = centroids_.row(c)[j] - mean_[j];
+  norms_.resize(nlist);
+  active_kernels().squared_norms(centred_.values.data(), nlist, dim, dim, norms_.data());
+  if (nlist >= prefilter_min_lists && dot_u8_i16_limit(dim) >= 1) {
+    scalar_quantizer codec(dim, sq_type::sq8);
+    codec.train(centred_.view());
+    codes_.resize(nlist * dim);
+    codec.encode(centred_.view(), codes_.data());
+    matrix<float> decoded(nlist, dim);
+    codec.decode(codes_.data(), nlist, decoded.mutable_view());
+    terms_.resize(nlist);
+    code_sums_.resize(nlist);
+    residuals_.resize(nlist);
+    for (std::size_t c = 0; c < nlist; ++c) {
       const std::uint8_t* row = codes_.data() + c * dim;
       terms_[c] = sq8_estimator::term(codec, metric_, row);
-      double sum = 0.0, err = 0.0;
+      double codes = 0.0, err = 0.0;
       for (std::size_t j = 0; j < dim; ++j) {
-        sum += row[j];
-        const double e = double{centroids.row(c)[j]} - double{decoded.row(c)[j]};
+        codes += row[j];
+        const double e = double{centred_.row(c)[j]} - double{decoded.row(c)[j]};
         err += e * e;
       }
-      code_sums_[c] = static_cast<float>(sum);
+      code_sums_[c] = static_cast<float>(codes);
       residuals_[c] = std::nextafter(static_cast<float>(std::sqrt(err)), std::numeric_limits<float>::infinity());
     }
     codec_ = std::move(codec);
   }
-  centroids_ = std::move(centroids);
+}
+
+const float* coarse_quantizer::centred(const float* x, std::vector<float>& out) const {
+  if (metric_ != metric::l2) return x;  // −⟨x, c − μ⟩ = −⟨x, c⟩ + ⟨x, μ⟩: the same order
+  const std::size_t dim = mean_.size();
+  out.resize(dim);
+  for (std::size_t j = 0; j < dim; ++j) out[j] = x[j] - mean_[j];
+  return out.data();
+}
+
+void coarse_quantizer::rank(matrix_view<const float> x, std::size_t count, std::uint32_t* labels) const {
+  // Under L2 the rows are centred a chunk at a time, so a large add or batch needs no copy of itself.
+  // Chunks are whole 256-point blocks of `assign_nearest`: every row gets the scores it would get in one
+  // call over the batch.
+  constexpr std::size_t chunk = 32 * 256;
+  const bool l2 = metric_ == metric::l2;
+  const std::size_t dim = centred_.dim;
+  const std::size_t rows = std::min(chunk, x.rows);
+  matrix<float> shifted(l2 ? rows : 0, dim);
+  std::vector<float> unused(rows * count);
+  for (std::size_t first = 0; first < x.rows; first += chunk) {
+    const std::size_t n = std::min(chunk, x.rows - first);
+    matrix_view<const float> part = x.slice(first, n);
+    if (l2) {
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < dim; ++j) shifted.row(i)[j] = part.row(i)[j] - mean_[j];
+      part = shifted.view().slice(0, n);
+    }
+    assign_nearest(part, centred_.view(), norms_.data(), metric_, count, labels + first * count, unused.data());
+  }
 }
 
 bool coarse_quantizer::prefiltered(std::size_t rows, std::size_t nprobe) const noexcept {
@@ -137,12 +182,16 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
   // relative amount (`slack`), and the codes' own error by ‖c − ĉ‖ in distance (triangle inequality) or
   // ‖q‖·‖c − ĉ‖ in inner product (Cauchy–Schwarz). A centroid whose lowest possible distance exceeds the
   // nprobe-th smallest highest possible one cannot be among the nprobe nearest; all others are scored
-  // exactly, so the lists are the exact pass's (no cut-off that a near tie could fall below).
+  // as the exact pass scores them, so the lists are the exact pass's (no cut-off that a near tie could
+  // fall below) as long as that pass's float rounding stays inside the bounds' slack — which the centred
+  // frame (the query, codes and scores all taken relative to μ) keeps true however far the data sit from
+  // the origin.
   const scratch_lease<probe_scratch> lease;
   probe_scratch& s = lease.get();
+  const float* q = centred(query, s.query);
   sq8_estimator estimator;
-  estimator.prepare(*codec_, metric_, query);
-  const float q_norm = l2 ? 0.0f : std::sqrt(exact.inner_product(query, query, dim));
+  estimator.prepare(*codec_, metric_, q);
+  const float q_norm = l2 ? 0.0f : std::sqrt(exact.inner_product(q, q, dim));
   s.dots.resize(nlist);  // the kernel over all rows, the arithmetic after it vectorised
   exact.dot_u8_i16_one_to_many(estimator.coeffs(), codes_.data(), nlist, dim, s.dots.data());
   s.lowest.resize(nlist);
@@ -224,7 +273,7 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
     for (std::size_t i = 0; i < count; ++i) {
       const std::size_t c = c0 + i;
       if (pass[i] == 0 || (l2 && !(near_sq(c) <= bound))) continue;
-      const float score = rank_score(l2, l2 ? norms_[c] : 0.0f, exact.inner_product(query, centroids_.row(c), dim));
+      const float score = rank_score(l2, l2 ? norms_[c] : 0.0f, exact.inner_product(q, centred_.row(c), dim));
       if (score <= heap.worst()) heap.push(score, static_cast<std::uint32_t>(c));
     }
   }
@@ -238,7 +287,8 @@ void coarse_quantizer::probe_exact(const float* query, std::size_t nprobe, std::
   probe_scratch& s = lease.get();
   s.scores.resize(nlist);
   float* scores = s.scores.data();
-  active_kernels().inner_product_one_to_many(query, centroids_.row(0), nlist, centroids_.dim, centroids_.dim, scores);
+  active_kernels().inner_product_one_to_many(centred(query, s.query), centred_.row(0), nlist, centred_.dim,
+                                             centred_.dim, scores);
   for (std::size_t c = 0; c < nlist; ++c) scores[c] = rank_score(l2, l2 ? norms_[c] : 0.0f, scores[c]);
   topk_heap& heap = s.best;
   heap.reset(nprobe);
@@ -263,8 +313,7 @@ void coarse_quantizer::set_centroids(matrix<float> centroids) {
 
 void coarse_quantizer::assign(matrix_view<const float> vectors, std::uint32_t* labels) const {
   if (graph_ == nullptr) {
-    std::vector<float> unused(vectors.rows);
-    assign_nearest(vectors, centroids_.view(), norms_.data(), metric_, 1, labels, unused.data());
+    rank(vectors, 1, labels);
     return;
   }
   probe(vectors, 1, 0, labels);
@@ -285,8 +334,7 @@ void coarse_quantizer::probe(matrix_view<const float> queries, std::size_t nprob
       }
       return;
     }
-    std::vector<float> unused(queries.rows * nprobe);
-    assign_nearest(queries, centroids_.view(), norms_.data(), metric_, nprobe, probes, unused.data());
+    rank(queries, nprobe, probes);
     return;
   }
   search_params params;

@@ -367,7 +367,7 @@ detail::probed_queries ivf_pq_index::probe(matrix_view<const float> queries, con
   SHOAL_CHECK(is_trained(), what, ": the index is not trained");
   SHOAL_CHECK(params.refine_factor == 0 || params_.refine || params_.refine_sq8, who,
               ": refine_factor = ", params.refine_factor,
-              " needs full vectors or an SQ8 copy, but the index was built without refine");
+              " needs full vectors or an SQ8 copy, but the index was built with neither refine nor refine_sq8");
   return detail::probe_queries(queries, dim_, metric_, *coarse_, params, default_nprobe, opq_ ? &*opq_ : nullptr,
                                what.c_str());
 }
@@ -556,7 +556,7 @@ range_result ivf_pq_index::range_search(matrix_view<const float> queries, float 
                                     hits);
             continue;
           }
-          // Distances to the SQ8 reconstructions (exact with Refine(SQ8)), or the codes' approximations.
+          // Distances to the SQ8 reconstructions (Refine(SQ8)), or the codes' approximations.
           const float* dist = nullptr;
           if (exact) {
             s.distances.resize(std::max(s.distances.size(), l.count()));

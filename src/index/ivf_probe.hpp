@@ -57,6 +57,25 @@ struct probed_queries {
   }
 };
 
+/// Throws `shoal::error` unless every list that an outside coarse pass (`search_params::coarse`) wrote
+/// into `p.probes` exists (< `nlist`) and none repeats within a query: the scans index the lists with
+/// them, and IVF-PQ read-locks each probed list once (a repeat would lock one shared_mutex twice). One
+/// bit per list, cleared again after each query: O(nprobe) per query.
+inline void check_outside_probes(const probed_queries& p, std::size_t nlist, const char* what) {
+  std::vector<bool> seen(nlist, false);
+  for (std::size_t q = 0; q < p.view.rows; ++q) {
+    const std::span<const std::uint32_t> lists(p.probes.data() + q * p.nprobe, p.nprobe);
+    for (std::size_t j = 0; j < lists.size(); ++j) {
+      const std::uint32_t l = lists[j];
+      SHOAL_CHECK(l < nlist, what, " ", q, ": search_params::coarse gave list ", l, " (probe ", j,
+                  "), but the index has ", nlist, " lists");
+      SHOAL_CHECK(!seen[l], what, " ", q, ": search_params::coarse gave list ", l, " twice (probe ", j, ")");
+      seen[l] = true;
+    }
+    for (const std::uint32_t l : lists) seen[l] = false;
+  }
+}
+
 /// Checks `queries` (dimension, NaN/Inf, zero vectors under cosine; `what` prefixes the error), brings
 /// them into the lists' space (normalised under cosine, then multiplied by `rotation` when given) and
 /// runs the trained `coarse` quantizer: `params.nprobe` lists per query (0: `default_nprobe`; at most
@@ -87,6 +106,7 @@ struct probed_queries {
                 metric_name(m));
     if (p.view.rows >= outside->min_batch()) {
       outside->probe(p.view, p.nprobe, p.probes.data());
+      check_outside_probes(p, nlist, what);
       return p;
     }
   }

@@ -182,7 +182,10 @@ void quantize_table(const float* table, std::size_t m, quantized_table& out) {
   const std::size_t m2 = m + (m & 1);
   out.values.resize(m2 * 16);
   if (m2 != m) std::fill_n(out.values.data() + m * 16, 16, std::uint8_t{0});
-  active_quant_kernels().quantize(table, m, out.values.data(), &out.bias, &out.scale);
+  SHOAL_CHECK_CODE(active_quant_kernels().quantize(table, m, out.values.data(), &out.bias, &out.scale),
+                   errc::non_finite, "quantize_table: the ", m,
+                   " x 16 ADC table holds NaN or Inf, or its row ranges or the sum of its row minima overflow "
+                   "float (the query's distances to the codewords do not fit a float)");
 }
 
 const pq_kernels& quant_kernels(simd_level level) {

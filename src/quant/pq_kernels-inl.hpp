@@ -19,6 +19,7 @@
 // lanes are flushed into 32-bit sums. Integer sums are exact, so every level returns the scalar reference's values.
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 
@@ -314,22 +315,38 @@ void tables(const float* query, const float* books_t, std::size_t m, std::size_t
   }
 }
 
+/// Every level's test of a table after its first pass: it can be quantized when no entry is NaN (`nan`)
+/// and the sum of the row minima and the widest row range are finite. An infinite entry needs no test of
+/// its own: it makes its row's maximum +inf (so the range, or with an all-+inf row the bias, is not
+/// finite) or its minimum −inf (the bias). Min and max may drop a NaN, so that one is looked for.
+inline bool quantizable(bool nan, float bias, float widest) noexcept {
+  return !nan && std::isfinite(bias) && std::isfinite(widest);
+}
+
+/// The one scale of a table whose widest row range is `widest` (finite): 255 / widest, or 1 when every
+/// row is constant or the widest range is below 2^-120, where 255 / widest could overflow (255 · 2^120 <
+/// FLT_MAX) and (x − min) · scale would be 0 · inf; every code is then 0, off by less than that range.
+inline float table_scale(float widest) noexcept { return widest >= 0x1p-120f ? 255.0f / widest : 1.0f; }
+
 #if SHOAL_PQ_ISA == 0
 /// Quantizes an m x 16 table to bytes (see `quantize_table`): the reference.
-void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_out, float* scale_out) noexcept {
+bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_out, float* scale_out) noexcept {
   float bias = 0.0f;
   float widest = 0.0f;
+  bool nan = false;
   for (std::size_t s = 0; s < m; ++s) {
     const float* row = table + s * 16;
     float lo = row[0], hi = row[0];
-    for (std::size_t c = 1; c < 16; ++c) {
+    for (std::size_t c = 0; c < 16; ++c) {
       lo = std::min(lo, row[c]);
       hi = std::max(hi, row[c]);
+      nan = nan || std::isnan(row[c]);
     }
     bias += lo;
     widest = std::max(widest, hi - lo);
   }
-  const float scale = widest > 0.0f ? 255.0f / widest : 1.0f;
+  if (!quantizable(nan, bias, widest)) return false;
+  const float scale = table_scale(widest);
   for (std::size_t s = 0; s < m; ++s) {
     const float* row = table + s * 16;
     const float lo = *std::min_element(row, row + 16);
@@ -340,6 +357,7 @@ void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   }
   *bias_out = bias;
   *scale_out = scale;
+  return true;
 }
 #else
 #if SHOAL_PQ_ISA == 512
@@ -365,20 +383,26 @@ inline __m512 across_rows(const float* rows, const Op& op) noexcept {
   return _mm512_permutexvar_ps(order, t);
 }
 
-/// The AVX-512 quantizer: the reference's arithmetic (bias summed row by row in order), row minima and
-/// maxima 16 rows at a time (`across_rows`), each row's 16 codes in one register. Measured on fashion-mnist
-/// IVF980,PQ392x4fs,Refine(Flat) (Sapphire Rapids VM): 13% -> 9% of a query in perf; QPS medians of five
-/// interleaved runs +8% at nprobe 6, unchanged within noise at nprobe 8.
-void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_out, float* scale_out) noexcept {
+/// The AVX-512 quantizer: the reference's arithmetic (bias summed row by row in order), except that
+/// (x − min) · scale + 0.5 is one FMA (written out; GCC fused the multiply and add anyway), so a code may
+/// differ from the reference's by one step. Row minima and maxima 16 rows at a time (`across_rows`), each
+/// row's 16 codes in one register; NaNs looked for with one unordered compare per two rows. Measured on
+/// fashion-mnist IVF980,PQ392x4fs,Refine(Flat) (Sapphire Rapids VM): 13% -> 9% of a query in perf; QPS
+/// medians of five interleaved runs +8% at nprobe 6, unchanged within noise at nprobe 8.
+bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_out, float* scale_out) noexcept {
   const auto vmin = [](__m512 a, __m512 b) { return _mm512_min_ps(a, b); };
   const auto vmax = [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); };
   const std::size_t blocks = m / 16;
   float bias = 0.0f;
   __m512 widest = _mm512_setzero_ps();
+  std::uint32_t nan = 0;  // lanes of the unordered compares
   alignas(64) float lows[16];
   for (std::size_t b = 0; b < blocks; ++b) {
-    const __m512 lo = across_rows(table + b * 256, vmin);
-    widest = _mm512_max_ps(widest, _mm512_sub_ps(across_rows(table + b * 256, vmax), lo));
+    const float* rows = table + b * 256;
+    const __m512 lo = across_rows(rows, vmin);
+    widest = _mm512_max_ps(widest, _mm512_sub_ps(across_rows(rows, vmax), lo));
+    for (int i = 0; i < 16; i += 2)
+      nan |= _mm512_cmp_ps_mask(_mm512_loadu_ps(rows + 16 * i), _mm512_loadu_ps(rows + 16 * i + 16), _CMP_UNORD_Q);
     _mm512_store_ps(lows, lo);
     for (const float l : lows) bias += l;
   }
@@ -388,16 +412,17 @@ void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
     const float lo = _mm512_reduce_min_ps(row);
     bias += lo;
     tail_widest = std::max(tail_widest, _mm512_reduce_max_ps(row) - lo);
+    nan |= _mm512_cmp_ps_mask(row, row, _CMP_UNORD_Q);
   }
   const float w = std::max(_mm512_reduce_max_ps(widest), tail_widest);
-  const float scale = w > 0.0f ? 255.0f / w : 1.0f;
+  if (!quantizable(nan != 0, bias, w)) return false;
+  const float scale = table_scale(w);
   const __m512 vscale = _mm512_set1_ps(scale);
   const __m512 half = _mm512_set1_ps(0.5f);
   const __m512 top = _mm512_set1_ps(255.0f);
   const auto code = [&](std::size_t s, __m512 lo) {
     const __m512 row = _mm512_loadu_ps(table + s * 16);
-    const __m512i q =
-        _mm512_cvttps_epi32(_mm512_min_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(row, lo), vscale), half), top));
+    const __m512i q = _mm512_cvttps_epi32(_mm512_min_ps(_mm512_fmadd_ps(_mm512_sub_ps(row, lo), vscale, half), top));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + s * 16), _mm512_cvtepi32_epi8(q));
   };
   for (std::size_t b = 0; b < blocks; ++b) {
@@ -409,6 +434,7 @@ void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
     code(s, _mm512_set1_ps(_mm512_reduce_min_ps(_mm512_loadu_ps(table + s * 16))));
   *bias_out = bias;
   *scale_out = scale;
+  return true;
 }
 #else
 /// `op` (min or max) over each of 8 rows of 16 floats at once: each row's two halves first, then three
@@ -436,9 +462,9 @@ inline __m256 across_rows(const float* rows, const Op& op) noexcept {
 /// for the second pass (beyond them a fold again), which turns two rows per step into 32 bytes: one FMA
 /// per eight values with the row's constant 0.5 − lo · scale, and one pack chain for both rows. Measured
 /// on bigann10k IVF100,PQ64x4fs (m 64, a table per probed list): see docs/pq.md. Rows past the last whole
-/// eight go one by one.
+/// eight go one by one. NaNs are looked for with one unordered compare per two registers.
 constexpr std::size_t kept_rows = 512;
-void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_out, float* scale_out) noexcept {
+bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_out, float* scale_out) noexcept {
   const auto vmin = [](__m256 a, __m256 b) { return _mm256_min_ps(a, b); };
   const auto vmax = [](__m256 a, __m256 b) { return _mm256_max_ps(a, b); };
   const std::size_t whole = m / 8 * 8;
@@ -449,10 +475,15 @@ void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   alignas(32) float lows[kept_rows];  // row s's minimum in lows[s], s < kept_rows
   __m256 bias8 = _mm256_setzero_ps();
   __m256 widest8 = _mm256_setzero_ps();
+  __m256 nan8 = _mm256_setzero_ps();  // all ones in a lane where a compare met a NaN
   for (std::size_t s = 0; s < whole; s += 8) {
-    const __m256 lo = across_rows(table + s * 16, vmin);
+    const float* rows = table + s * 16;
+    const __m256 lo = across_rows(rows, vmin);
     bias8 = _mm256_add_ps(bias8, lo);
-    widest8 = _mm256_max_ps(widest8, _mm256_sub_ps(across_rows(table + s * 16, vmax), lo));
+    widest8 = _mm256_max_ps(widest8, _mm256_sub_ps(across_rows(rows, vmax), lo));
+    for (int i = 0; i < 16; i += 2)
+      nan8 = _mm256_or_ps(
+          nan8, _mm256_cmp_ps(_mm256_loadu_ps(rows + 8 * i), _mm256_loadu_ps(rows + 8 * i + 8), _CMP_UNORD_Q));
     if (s < kept_rows) {
       alignas(32) float lanes[8];
       _mm256_store_ps(lanes, lo);
@@ -465,13 +496,16 @@ void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   for (const float b : lanes8) bias += b;
   _mm256_store_ps(lanes8, widest8);
   float w = *std::max_element(lanes8, lanes8 + 8);
+  bool nan = _mm256_movemask_ps(nan8) != 0;
   for (std::size_t s = whole; s < m; ++s) {
     const float* row = table + s * 16;
     const float lo = row_low(s);
     bias += lo;
     w = std::max(w, *std::max_element(row, row + 16) - lo);
+    nan = nan || std::any_of(row, row + 16, [](float x) { return std::isnan(x); });
   }
-  const float scale = w > 0.0f ? 255.0f / w : 1.0f;
+  if (!quantizable(nan, bias, w)) return false;
+  const float scale = table_scale(w);
   const __m256 vscale = _mm256_set1_ps(scale);
   // x · scale + (0.5 − lo · scale), truncated: (x − lo) · scale rounded to nearest, up to float rounding
   // (the reference rounds (x − lo) · scale first; a code may differ by one step). A value just past 255
@@ -499,6 +533,7 @@ void quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   for (; s < m; ++s) put_one(s, row_low(s));
   *bias_out = bias;
   *scale_out = scale;
+  return true;
 }
 #endif
 #endif

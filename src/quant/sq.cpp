@@ -123,7 +123,7 @@ void scalar_quantizer::decode(const std::uint8_t* codes, std::size_t n, matrix_v
     float* x = out.row(i);
     for (std::size_t d = 0; d < dim_; ++d)
       x[d] = type_ == sq_type::fp16 ? half_to_float(static_cast<std::uint16_t>(c[2 * d] | (c[2 * d + 1] << 8)))
-                                    : min_[d] + static_cast<float>(c[d]) * step_[d];
+                                    : std::fma(static_cast<float>(c[d]), step_[d], min_[d]);  // as the kernels
   }
 }
 

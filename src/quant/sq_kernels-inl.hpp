@@ -9,7 +9,12 @@
 // re-bias the exponent exactly (subnormal halves become normal floats), Inf/NaN get the all-ones
 // exponent, and the sign is or-ed back. Both conversions are exact, so decoded fp16 values are identical
 // at every level (NaN payloads aside).
+//
+// SQ8 components are decoded as fma(code, step, min), one rounding, written out at every level (and in
+// `scalar_quantizer::decode`): a separate multiply and add would be fused by GCC in the -mfma objects
+// (-ffp-contract=fast, the GNU dialect's default) but not at the baseline, and round differently.
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -77,12 +82,12 @@ float sq8_distance(const float* q, const std::uint8_t* code, const float* min, c
                    std::size_t dim) noexcept {
 #if SHOAL_PQ_ISA > 0
   const auto decode8 = [&](std::size_t d) {
-    return _mm256_add_ps(_mm256_mul_ps(widen8_u8(code + d), _mm256_loadu_ps(step + d)), _mm256_loadu_ps(min + d));
+    return _mm256_fmadd_ps(widen8_u8(code + d), _mm256_loadu_ps(step + d), _mm256_loadu_ps(min + d));
   };
 #else
   const auto decode8 = [](std::size_t) { return 0; };
 #endif
-  const auto decode1 = [&](std::size_t d) { return min[d] + static_cast<float>(code[d]) * step[d]; };
+  const auto decode1 = [&](std::size_t d) { return std::fma(static_cast<float>(code[d]), step[d], min[d]); };
   return sq_sum<L2>(q, dim, decode8, decode1);
 }
 

@@ -2,7 +2,7 @@
 /// \file
 /// IVF-PQ: an inverted-file index whose lists hold product-quantization codes of each vector's residual
 /// against its list's centroid (FAISS's `IVF<nlist>,PQ<m>` and `IVF<nlist>,PQ<m>x4fs`), with an optional
-/// exact re-rank from stored full vectors (`,Refine(Flat)`).
+/// re-rank from stored full vectors (`,Refine(Flat)`: exact) or from an SQ8 copy (`,Refine(SQ8)`).
 
 #include <cstddef>
 #include <cstdint>
@@ -34,11 +34,12 @@ struct ivf_pq_params {
   /// blocks of 32 (`PQ<m>x4fs`).
   std::size_t nbits = 8;
   /// Keep every vector at full precision too, so that searches with `search_params::refine_factor` > 0
-  /// re-rank candidates by exact distance. Costs dim · 4 bytes per vector.
+  /// re-rank candidates by exact distance (`,Refine(Flat)`). Costs dim · 4 bytes per vector.
   bool refine = false;
-  /// Keep an SQ8 copy of every vector instead (`,Refine(SQ8)`): re-rank by the distance to its SQ8
-  /// reconstruction (per-dimension ranges learnt in `train`). Costs dim bytes per vector, a quarter of
-  /// `refine`'s; at most one of the two.
+  /// Keep an SQ8 copy of every vector instead (`,Refine(SQ8)`): `refine_factor` > 0 then re-ranks, and
+  /// reports, by the distance to each vector's SQ8 reconstruction (per-dimension ranges learnt in
+  /// `train`), not the exact distance. Costs dim bytes per vector, a quarter of `refine`'s; at most one
+  /// of the two.
   bool refine_sq8 = false;
   /// Learn an OPQ rotation (`opq_rotation`, m sub-spaces) in front of the index (`OPQ<m>,IVF...`):
   /// vectors and queries are rotated before everything else. Costs dim² multiply-adds per query and
@@ -63,19 +64,21 @@ struct ivf_pq_train_params {
 ///
 /// Layout: nlist centroids (spherical k-means under inner product and cosine); one list per centroid
 /// holding, per vector, its code (m bytes, or m/2 bytes in 32-vector fast-scan blocks) and 8-byte id,
-/// plus the full vector when built with `refine`. No id → location map is kept, so memory is codes +
-/// ids (+ full vectors) + centroids + codebooks; the price is that `remove` and `contains` look for an
-/// id through every list's id array (sequential, 8 bytes per stored vector), and `add` checks a batch
-/// for duplicates by one pass over all stored ids.
+/// plus the full vector when built with `refine` (its SQ8 code, dim bytes, with `refine_sq8`). No id →
+/// location map is kept, so memory is codes + ids (+ full vectors or SQ8 codes) + centroids + codebooks;
+/// the price is that `remove` and `contains` look for an id through every list's id array (sequential,
+/// 8 bytes per stored vector), and `add` checks a batch for duplicates by one pass over all stored ids.
 ///
 /// Search: the coarse pass of IVF-Flat picks `nprobe` lists per query; then per list an ADC table of the
 /// query's residual (L2: ‖(q − c)_s − codeword‖²; inner product: ⟨q_s, codeword⟩, shared by all lists,
 /// plus ⟨q, c⟩ per list) is scanned over the codes: 8-bit codes through float tables, 4-bit codes by the
 /// fast-scan kernel over tables quantized to bytes. The best k (or k · refine_factor, with re-rank)
-/// candidates are kept; with `refine_factor` > 0 they are re-ranked by exact distance from the stored
-/// vectors (the kernels of the flat index), and the best k returned. Without re-rank, reported
-/// distances are the approximate (ADC) ones. Rows are sorted by (distance, id) and padded with
-/// `no_id` / `no_distance`.
+/// candidates are kept; with `refine_factor` > 0 they are re-ranked and the best k returned: built with
+/// `refine`, by exact distance from the stored full vectors (the kernels of the flat index); built with
+/// `refine_sq8`, by the distance to each candidate's SQ8 reconstruction (`scalar_quantizer::distances`),
+/// which is what is then reported — closer than ADC, not exact. Without re-rank, reported distances are
+/// the approximate (ADC) ones. Rows are sorted by (distance, id) and padded with `no_id` /
+/// `no_distance`.
 ///
 /// Thread safety: as IVF-Flat. After `train`, every other member may be called concurrently. Each list
 /// has a reader-writer lock (scans shared; `add`/`remove` exclusive while they change that list); a
@@ -84,9 +87,10 @@ struct ivf_pq_train_params {
 /// not at all. `train` needs exclusive access. Batched searches parallelise over queries on the caller's oneTBB arena.
 ///
 /// Persistence: `save` writes the index file of docs/format.md (parameters, centroids, codebooks, the OPQ
-/// rotation, and per list the codes, ids and — with `refine` — full vectors); `load` reads it back, or
-/// with `load_options::mmap` scans the codes (and re-ranks from the vectors) in place from a read-only
-/// mapping, in which case the index is read-only (`train`, `add` and `remove` throw `errc::unsupported`).
+/// rotation, the SQ8 ranges with `refine_sq8`, and per list the codes, ids and — with `refine` — full
+/// vectors or — with `refine_sq8` — SQ8 codes); `load` reads it back, or with `load_options::mmap` scans
+/// the codes (and re-ranks from the stored rows) in place from a read-only mapping, in which case the
+/// index is read-only (`train`, `add` and `remove` throw `errc::unsupported`).
 /// A loaded index returns exactly the results of the saved one.
 class ivf_pq_index {
  public:
@@ -144,10 +148,12 @@ class ivf_pq_index {
   /// Whether `id` is stored.
   [[nodiscard]] bool contains(vector_id id) const;
 
-  /// k nearest neighbours of each query among its `params.nprobe` nearest lists, re-ranked exactly
-  /// when `params.refine_factor` > 0. Throws `shoal::error` if untrained, on a dimension mismatch,
-  /// NaN/Inf or zero (cosine) queries, k = 0, a row count mismatch, or `refine_factor` > 0 on an index
-  /// built without `refine`.
+  /// k nearest neighbours of each query among its `params.nprobe` nearest lists, re-ranked when
+  /// `params.refine_factor` > 0 (exactly with `refine`, by SQ8 distance with `refine_sq8`; see the class
+  /// comment). Throws `shoal::error` if untrained, on a dimension mismatch, NaN/Inf or zero (cosine)
+  /// queries, k = 0, a row count mismatch, `refine_factor` > 0 on an index built with neither `refine`
+  /// nor `refine_sq8`, lists from `params.coarse` that do not exist or repeat within a query, or — 4-bit
+  /// codes — a query whose ADC table overflows float (`errc::non_finite`, see `quantize_table`).
   void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const;
   /// Allocating convenience form of `search`.
   [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
@@ -158,11 +164,12 @@ class ivf_pq_index {
   ///  - `params.refine_factor` = 0: the distance is the approximate (ADC) one that `search` reports
   ///    without re-rank — bit for bit, so the result equals `search` with k ≥ the probed vectors and
   ///    refine_factor 0, cut at `radius`.
-  ///  - `params.refine_factor` > 0 (its value is otherwise unused; needs an index built with `refine`):
-  ///    every vector of the probed lists is scored by its exact distance from the stored full vector,
-  ///    with the flat index's kernels, and reported with it. With nprobe ≥ nlist this is the flat
-  ///    index's range search over the same vectors (with OPQ, over the rotated vectors: the same
-  ///    distances up to rounding).
+  ///  - `params.refine_factor` > 0 (its value is otherwise unused; needs an index built with `refine` or
+  ///    `refine_sq8`): every vector of the probed lists is scored from its stored row and reported with
+  ///    that distance. With `refine`, the exact distance from the full vector, with the flat index's
+  ///    kernels: with nprobe ≥ nlist this is the flat index's range search over the same vectors (with
+  ///    OPQ, over the rotated vectors: the same distances up to rounding). With `refine_sq8`, the
+  ///    distance to the SQ8 reconstruction (`scalar_quantizer::distances`), not the exact one.
   /// Throws `shoal::error` as `search` does, and on a NaN radius.
   [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,
                                           const search_params& params = {}) const;

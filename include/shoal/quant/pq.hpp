@@ -127,12 +127,15 @@ struct quantized_table {
   /// round_up(m, 2) · 16 bytes, sub-quantizer-major (the padding sub-quantizer is all zero).
   aligned_vector<std::uint8_t> values;
   float bias = 0.0f;
-  /// One scale for every sub-quantizer, so that integer sums are comparable: 255 / (largest per-row range).
+  /// One scale for every sub-quantizer, so that integer sums are comparable: 255 / (largest per-row
+  /// range), or 1 when that range is 0 or below 2^-120 (every byte is then 0).
   float scale = 1.0f;
 };
 
 /// Quantizes an m x 16 float table (as `compute_table` writes it for 4-bit codes) into `out`, reusing
-/// its storage.
+/// its storage. Throws `shoal::error` (`errc::non_finite`) — leaving `out` unspecified — when an entry is
+/// NaN or infinite, or the sum of the row minima or a row's range overflows float: a query (or codebook)
+/// so far out that its distances to the codewords do not fit a float.
 void quantize_table(const float* table, std::size_t m, quantized_table& out);
 
 /// The fast-scan and ADC scan kernels of one SIMD level.
@@ -150,7 +153,9 @@ struct pq_kernels {
   void (*tables)(const float* query, const float* books_t, std::size_t m, std::size_t dsub, std::size_t ksub, bool l2,
                  float* out) noexcept;
   /// `quantize_table`'s work on raw buffers: `out` gets m · 16 bytes, `bias` and `scale` the mapping.
-  void (*quantize)(const float* table, std::size_t m, std::uint8_t* out, float* bias, float* scale) noexcept;
+  /// Returns false, having written nothing, for a table that cannot be quantized (see `quantize_table`):
+  /// every level decides alike.
+  bool (*quantize)(const float* table, std::size_t m, std::uint8_t* out, float* bias, float* scale) noexcept;
   void (*fast_scan)(const std::uint8_t* packed, std::size_t nblocks, std::size_t m, const std::uint8_t* table,
                     std::uint32_t* out) noexcept;
   /// Over `nblocks` blocks of `fast_scan_block` sums: bit j of `masks[b]` is set iff sum 32 · b + j ≤ `bound`.

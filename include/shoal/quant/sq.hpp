@@ -2,7 +2,7 @@
 /// \file
 /// Scalar quantizers: every component of a vector is stored on its own in fewer bits.
 ///  - `sq_type::sq8`: one byte per component, uniform over the per-dimension range seen in training:
-///    x_d ≈ min_d + code_d · step_d with step_d = (max_d − min_d) / 255;
+///    x_d ≈ min_d + code_d · step_d (one fused multiply-add) with step_d = (max_d − min_d) / 255;
 ///  - `sq_type::fp16`: IEEE half precision (round to nearest even), no training.
 /// Distances go from a float query to the codes without decoding to memory.
 
@@ -40,7 +40,8 @@ class scalar_quantizer {
 
   /// sq8: learns each dimension's [min, max] from `vectors` (a constant dimension gets step 0 and
   /// decodes to its value). fp16: only checks the input. Throws `shoal::error` on a dimension mismatch,
-  /// NaN/Inf or no rows.
+  /// NaN/Inf, a row whose norm exceeds `check_vectors`' bound (≈ 6.5e18, which keeps every max − min and
+  /// step finite) or no rows.
   void train(matrix_view<const float> vectors);
 
   /// Codes of `vectors` into `codes` (rows · code_size bytes; fp16 as little-endian 16-bit words).
@@ -75,8 +76,9 @@ class scalar_quantizer {
 /// Scalar-quantizer kernels of one SIMD level: distances from a float query to one code (pair form).
 ///  - `sq8_l2`: Σ_d (q_d − (min_d + c_d · step_d))²;  `sq8_ip`: Σ_d q_d · (min_d + c_d · step_d);
 ///  - `fp16_l2`: Σ_d (q_d − half(c_d))²;               `fp16_ip`: Σ_d q_d · half(c_d).
-/// Float sums: the order differs between levels (tests compare against the scalar reference with a
-/// tolerance); decoded components are identical at every level.
+/// Float sums: the order differs between levels (tests compare against a double-precision reference with
+/// a tolerance); decoded components are identical at every level and to `scalar_quantizer::decode`'s
+/// (SQ8: fma(c_d, step_d, min_d), rounded once; fp16: exact), tested bit for bit.
 struct sq_kernels {
   simd_level level;
   float (*sq8_l2)(const float* q, const std::uint8_t* code, const float* min, const float* step,

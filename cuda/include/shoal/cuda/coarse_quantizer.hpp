@@ -20,9 +20,11 @@ namespace shoal::cuda {
 /// params.coarse = &gpu;                 // batches of >= gpu.min_batch() queries probe on the device
 /// index.search(queries, 10, params);
 /// ```
-/// Lists are ranked as the CPU's flat coarse pass ranks them (‖c‖² − 2⟨q, c⟩ under L2, −⟨q, c⟩ under inner
-/// product and cosine, whose centroids and queries are already unit length), in fp32 through a GEMM, so a
-/// near-tie between two centroids may resolve differently from the CPU. Build it from the index's own
+/// Lists are ranked by ‖c‖² − 2⟨q, c⟩ under L2 and −⟨q, c⟩ under inner product and cosine (whose centroids
+/// and queries are already unit length), in fp32 through a GEMM, so a near-tie between two centroids may
+/// resolve differently from the CPU. The CPU's flat pass scores in a frame centred on the centroids' mean
+/// (docs/ivf.md), which ranks the same in real arithmetic; on data far from the origin, whose GEMM form
+/// cancels, this device pass (not yet centred) can pick other lists than the CPU. Build it from the index's own
 /// `centroids()` (after training; again after retraining). Thread-safe; errors as `flat_index`'s.
 class coarse_quantizer final : public shoal::coarse_probe {
  public:
