@@ -107,6 +107,32 @@ TEST_CASE("k-means recovers planted clusters with a non-increasing objective", "
   }
 }
 
+TEST_CASE("k-means far from the origin finds what it finds at the origin", "[kmeans]") {
+  // The GEMM form cancels on points far from the origin: 10,000 + planted clusters in 16-d gave other
+  // clusters and a noisy objective before k-means centred its points.
+  constexpr std::size_t n = 2000, dim = 16, clusters = 8;
+  const planted data(n, dim, clusters, 7, 0.15f);
+  matrix<float> far = data.points;
+  for (float& v : far.values) v += 10'000.0f;
+  kmeans_params params;
+  params.k = clusters;
+  params.iterations = 10;
+  params.seed = 3;
+  params.max_points_per_centroid = 0;
+  const kmeans_result near_origin = kmeans(data.points.view(), params);
+  const kmeans_result offset = kmeans(far.view(), params);
+  matrix<float> moved_back = offset.centroids;
+  for (float& v : moved_back.values) v -= 10'000.0f;
+  const double p = purity(data, assign(data.points.view(), near_origin.centroids.view()), clusters);
+  CHECK(p >= 0.85);
+  CHECK(purity(data, assign(data.points.view(), moved_back.view()), clusters) == p);
+  // The float rounding of 10,000 + x (about 5e-4 a component) is all that separates the two runs.
+  CHECK(offset.objective.back() == Approx(near_origin.objective.back()).epsilon(1e-2));
+  for (std::size_t c = 0; c < clusters; ++c)
+    for (std::size_t j = 0; j < dim; ++j)
+      CHECK(moved_back.row(c)[j] == Approx(near_origin.centroids.row(c)[j]).margin(1e-2));
+}
+
 TEST_CASE("k-means is deterministic for a seed, whatever the thread count", "[kmeans]") {
   const matrix<float> points = make_clustered(2000, 24, 20, 5);
   kmeans_params params;

@@ -836,6 +836,38 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
   }
   const std::size_t n = x.rows;
 
+  // Plain k-means is translation-invariant, but its GEMM form ‖x‖² + ‖c‖² − 2⟨x, c⟩ cancels when the
+  // points sit far from the origin (docs/ivf.md, "centred frame"): then it runs on the points minus
+  // their mean, and adds the mean back to the centroids. Not for spherical k-means (directions). Only
+  // when the squared norm of the mean exceeds `centring_ratio` times the points' mean squared distance
+  // from it: below, the rounding (relative to ‖x‖²) is small against the distances between nearby
+  // centroids, and a copy of the points is not worth it.
+  constexpr double centring_ratio = 4.0;
+  std::vector<float> shift;
+  if (!params.spherical) {
+    std::vector<double> mean(dim, 0.0);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = 0; j < dim; ++j) mean[j] += x.row(i)[j];
+    for (double& m : mean) m /= static_cast<double>(n);
+    double offset = 0.0, spread = 0.0;
+    for (const double m : mean) offset += m * m;
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = 0; j < dim; ++j) {
+        const double d = x.row(i)[j] - mean[j];
+        spread += d * d;
+      }
+    if (offset > centring_ratio * spread / static_cast<double>(n)) {
+      if (!sample) {
+        sample.emplace(n, dim);
+        for (std::size_t i = 0; i < n; ++i) copy_row(x.row(i), dim, sample->row(i));
+      }
+      shift.assign(mean.begin(), mean.end());
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < dim; ++j) sample->row(i)[j] -= shift[j];
+      x = sample->view();
+    }
+  }
+
   kmeans_result result;
   result.training_points = n;
   result.centroids = matrix<float>(k, dim);
@@ -971,6 +1003,9 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
     if (bounds && it + 1 < params.iterations) bounds->moved(centroids);
     if (grouped && it + 1 < params.iterations) grouped->moved(centroids);
   }
+  if (!shift.empty())
+    for (std::size_t c = 0; c < k; ++c)
+      for (std::size_t j = 0; j < dim; ++j) centroids.row(c)[j] += shift[j];
   return result;
 }
 

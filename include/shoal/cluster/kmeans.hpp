@@ -89,6 +89,11 @@ struct kmeans_result {
 /// updated centroid; never one whose points all coincide): it gets a copy of that centroid, and both are nudged
 /// apart by a tiny seeded perturbation (as in FAISS, which splits the largest cluster instead).
 ///
+/// Points far from the origin (the squared norm of their mean above 4 times their mean squared distance
+/// from it) are clustered minus their mean, which is added back to the centroids: the GEMM form cancels
+/// there (docs/ivf.md), and k-means does not depend on the origin. That takes a copy of the points when
+/// no subsample was drawn. Spherical k-means, which clusters directions, runs on the points as given.
+///
 /// Throws `shoal::error` if k = 0, k exceeds the training points, iterations = 0, `points` has dim 0 or
 /// a NaN/Inf value, or `balance` is neither 0 nor ≥ 1.
 [[nodiscard]] kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& params);
