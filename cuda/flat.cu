@@ -54,10 +54,12 @@ struct flat_index::impl {
   std::size_t n = 0;
   std::size_t dim_ = 0;
   shoal::metric metric = shoal::metric::l2;
-  std::size_t tile_floats_ = 0;   // score tile budget
-  std::size_t max_batch_ = 0;     // queries per batch at most (0: no bound but the tile's)
-  device_buffer<float> vectors_;  // n x dim, dense
-  device_buffer<float> norms_;    // n, under L2 only
+  std::size_t tile_floats_ = 0;     // score tile budget
+  std::size_t max_batch_ = 0;       // queries per batch at most (0: no bound but the tile's)
+  device_buffer<float> vectors_;    // n x dim, dense
+  device_buffer<float> norms_;      // n, under L2 only
+  std::vector<float> offset_host_;  // L2: queries are searched as q − offset (set_query_offset), or empty
+  device_buffer<float> offset_;
   cublasHandle_t blas = nullptr;
   std::mutex mutex;  // one search at a time on the handle, the device and the scratch below
   // Scratch kept from search to search (grown when a search needs more): the query batch, the score tile
@@ -93,6 +95,13 @@ struct flat_index::impl {
     check(cudaMemcpy2D(batch_.get(), dim_ * sizeof(float), first, stride * sizeof(float), dim_ * sizeof(float), count,
                        cudaMemcpyHostToDevice),
           "cudaMemcpy2D");
+  }
+  [[nodiscard]] std::span<const float> query_offset() const { return offset_host_; }
+  void shift(std::size_t count) {
+    const std::size_t values = count * dim_;
+    detail::subtract_offset<<<static_cast<unsigned>((values + detail::offset_threads - 1) / detail::offset_threads),
+                              detail::offset_threads>>>(batch_.get(), count, dim_, offset_.get());
+    check(cudaGetLastError(), "offset kernel launch");
   }
   void sgemm_tn(int m, int n_, int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc) {
     const float one = 1.0f, zero = 0.0f;
@@ -162,7 +171,19 @@ std::size_t flat_index::dim() const noexcept { return impl_->dim_; }
 shoal::metric flat_index::metric() const noexcept { return impl_->metric; }
 int flat_index::device() const noexcept { return impl_->device; }
 std::size_t flat_index::device_bytes() const noexcept {
-  return (impl_->vectors_.size() + impl_->norms_.size()) * sizeof(float);
+  return (impl_->vectors_.size() + impl_->norms_.size() + impl_->offset_.size()) * sizeof(float);
+}
+
+void flat_index::set_query_offset(std::span<const float> offset) {
+  impl& s = *impl_;
+  SHOAL_CHECK(s.metric == shoal::metric::l2, "cuda::flat_index::set_query_offset: needs the L2 metric, not ",
+              shoal::metric_name(s.metric));
+  shoal::detail::check_vectors({offset.data(), 1, offset.size()}, s.dim_, "cuda::flat_index::set_query_offset: offset");
+  const std::lock_guard lock(s.mutex);
+  detail::use_device(s.device);
+  s.offset_ = device_buffer<float>(s.dim_, "query offset");
+  check(cudaMemcpy(s.offset_.get(), offset.data(), s.dim_ * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
+  s.offset_host_.assign(offset.begin(), offset.end());
 }
 
 neighbors flat_index::search(matrix_view<const float> queries, std::size_t k) const {

@@ -12,6 +12,8 @@
 //   void reserve(const tile_plan& plan, std::uint32_t k);   scratch for one batch
 //   float* batch();  float* tile();
 //   void upload(const float* first, std::size_t stride, std::size_t count);   count × dim queries → batch()
+//   std::span<const float> query_offset();   L2 only: o (dim floats) searched as q − o, or empty
+//   void shift(std::size_t count);           batch() rows −= query_offset(), on the device (`subtract_offset`)
 //   void sgemm_tn(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc);
 //       C = Aᵀ · B, column-major throughout: cublasSgemm(T, N, m, n, k, 1, a, lda, b, ldb, 0, c, ldc)
 //   void merge(unsigned blocks, const float* tile, std::size_t ld, std::size_t len, const float* norms,
@@ -23,6 +25,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "select.cuh"
@@ -44,6 +47,15 @@ __global__ void row_norms(const float* x, std::size_t n, std::size_t dim, float*
 }
 constexpr unsigned norm_threads = 256;
 
+/// rows[r · dim + j] −= offset[j] for r < count, one thread per component: the query batch moved into
+/// the frame of rows stored minus `offset` (the coarse quantizer's centred frame, docs/ivf.md).
+__global__ void subtract_offset(float* rows, std::size_t count, std::size_t dim, const float* offset) {
+  const std::size_t i = blockIdx.x * static_cast<std::size_t>(blockDim.x) + threadIdx.x;
+  if (i >= count * dim) return;
+  rows[i] -= offset[i % dim];
+}
+constexpr unsigned offset_threads = 256;
+
 /// The rows as the device keeps them: dense, and unit length under cosine.
 inline matrix<float> stored_rows(matrix_view<const float> vectors, metric m) {
   if (m == metric::cosine) return shoal::detail::normalized_copy(vectors, "cuda::flat_index: vector");
@@ -64,6 +76,7 @@ void search_tiles(Backend& backend, matrix_view<const float> queries, std::size_
   const std::size_t n = backend.rows(), dim = backend.dim();
   if (queries.rows == 0 || n == 0) return;
   const metric m = backend.kind();
+  const std::span<const float> offset = backend.query_offset();
   const matrix<float> normalized = m == metric::cosine
                                        ? shoal::detail::normalized_copy(queries, "cuda::flat_index::search: query")
                                        : matrix<float>();
@@ -80,6 +93,7 @@ void search_tiles(Backend& backend, matrix_view<const float> queries, std::size_
   for (std::size_t first = 0; first < q.rows; first += plan.batch) {
     const std::size_t count = std::min(plan.batch, q.rows - first);
     backend.upload(q.row(first), q.stride, count);
+    if (!offset.empty()) backend.shift(count);
     for (std::size_t row0 = 0; row0 < n; row0 += plan.chunk) {
       const std::size_t len = std::min(plan.chunk, n - row0);
       // Column-major view: tile (len × count, leading len) = chunkᵀ (len × dim) · queries (dim × count),
@@ -98,13 +112,20 @@ void search_tiles(Backend& backend, matrix_view<const float> queries, std::size_
     }
     for (std::size_t i = 0; i < count; ++i) {
       const float* query = q.row(first + i);
-      // ‖q‖² under L2 (ranks do not need it), 1 under cosine.
-      const float offset = m == metric::l2       ? shoal::inner_product(query, query, dim)
-                           : m == metric::cosine ? 1.0f
-                                                 : 0.0f;
+      // ‖q − o‖² under L2 (ranks do not need it), 1 under cosine.
+      float base = m == metric::cosine ? 1.0f : 0.0f;
+      if (m == metric::l2 && offset.empty()) base = shoal::inner_product(query, query, dim);
+      if (m == metric::l2 && !offset.empty()) {
+        double sum = 0.0;
+        for (std::size_t j = 0; j < dim; ++j) {
+          const float v = query[j] - offset[j];  // as subtract_offset computes it
+          sum += static_cast<double>(v) * v;
+        }
+        base = static_cast<float>(sum);
+      }
       for (std::size_t j = 0; j < kk; ++j) {
         rows[(first + i) * k + j] = host_row[i * kk + j];
-        distances[(first + i) * k + j] = host_score[i * kk + j] + offset;
+        distances[(first + i) * k + j] = host_score[i * kk + j] + base;
       }
     }
   }

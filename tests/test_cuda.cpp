@@ -162,6 +162,25 @@ TEST_CASE("CUDA coarse quantizer drives an IVF search to the CPU pass's results"
   }
 }
 
+TEST_CASE("CUDA coarse quantizer far from the origin picks the CPU pass's lists", "[gpu]") {
+  // 1,000 + clustered data: the uncentred GEMM form picked other lists for most queries; both passes
+  // now score in the centroids' centred frame.
+  test::clustered_set data(4000, 400, 16, 40, 33, 0.5f, 4);
+  for (float& v : data.base.values) v += 1000.0f;
+  for (float& v : data.queries.values) v += 1000.0f;
+  if (!have_device()) return;
+  ivf_flat_index index(64, metric::l2, 64);
+  index.train(data.base.view());
+  index.add(data.base.view(), data.ids);
+  const cuda::coarse_quantizer gpu(index.centroids(), metric::l2, 0, 1);
+  search_params cpu_params;
+  cpu_params.nprobe = 4;
+  search_params gpu_params = cpu_params;
+  gpu_params.coarse = &gpu;
+  CHECK(recall_at_k(index.search(data.queries.view(), 10, gpu_params),
+                    index.search(data.queries.view(), 10, cpu_params), 10) >= 0.99);
+}
+
 TEST_CASE("CUDA flat index rejects bad input", "[gpu]") {
   const matrix<float> x = make_uniform(100, 8, 1);
   if (!have_device()) return;
@@ -179,6 +198,13 @@ TEST_CASE("CUDA flat index rejects bad input", "[gpu]") {
                          fails_with(errc::invalid_argument, "null result buffer"));
   REQUIRE_THROWS_MATCHES(cuda::flat_index(x.view(), metric::l2, cuda::device_count()), shoal::error,
                          fails_with(errc::unsupported, "no CUDA device"));
+  cuda::flat_index offset(x.view(), metric::l2);
+  const std::vector<float> seven(7, 1.0f), inf(8, INFINITY);
+  REQUIRE_THROWS_MATCHES(offset.set_query_offset(seven), shoal::error, fails_with(errc::dimension_mismatch, "offset"));
+  REQUIRE_THROWS_MATCHES(offset.set_query_offset(inf), shoal::error, fails_with(errc::non_finite, "offset"));
+  cuda::flat_index ip(x.view(), metric::inner_product);
+  REQUIRE_THROWS_MATCHES(ip.set_query_offset(std::vector<float>(8, 1.0f)), shoal::error,
+                         fails_with(errc::invalid_argument, "needs the L2 metric"));
   const cuda::coarse_quantizer coarse(x.view(), metric::l2);
   std::vector<std::uint32_t> probes(200);
   REQUIRE_THROWS_MATCHES(coarse.probe(x.view(), 101, probes.data()), shoal::error,

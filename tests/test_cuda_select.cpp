@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <limits>
 #include <random>
+#include <span>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -18,6 +19,7 @@
 // (kept apart so that include sorting leaves the order alone)
 #include "../cuda/search.cuh"
 // (after the emulator as well)
+#include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
 #include "test_support.hpp"
 
@@ -204,6 +206,14 @@ class cpu_backend {
   void upload(const float* first, std::size_t stride, std::size_t count) {
     for (std::size_t r = 0; r < count; ++r) std::copy_n(first + r * stride, dim_, batch_.data() + r * dim_);
   }
+  void set_query_offset(std::vector<float> offset) { offset_ = std::move(offset); }
+  [[nodiscard]] std::span<const float> query_offset() const { return offset_; }
+  void shift(std::size_t count) {
+    const std::size_t values = count * dim_;
+    shoal::emulate::launch(static_cast<unsigned>((values + offset_threads - 1) / offset_threads), offset_threads, 0,
+                           subtract_offset, batch_.data(), count, dim_, static_cast<const float*>(offset_.data()));
+    ++shifts;
+  }
   /// C (m × n, column-major, leading ldc) = Aᵀ B, A k × m (leading lda), B k × n (leading ldb).
   void sgemm_tn(int m, int n, int k, const float* a, int lda, const float* b, int ldb, float* c, int ldc) {
     for (int j = 0; j < n; ++j)
@@ -228,6 +238,7 @@ class cpu_backend {
   std::size_t gemms = 0;          // one per chunk per batch
   std::size_t batches = 0;        // one download per batch
   std::size_t largest_batch = 0;  // floats of query batch reserved, at most
+  std::size_t shifts = 0;         // query batches moved by the offset
 
  private:
   std::size_t n_, dim_;
@@ -235,7 +246,7 @@ class cpu_backend {
   std::size_t tile_floats_;
   std::size_t max_batch_;
   shoal::matrix<float> vectors_;
-  std::vector<float> norms_, batch_, tile_, best_score_;
+  std::vector<float> norms_, batch_, tile_, best_score_, offset_;
   std::vector<std::uint32_t> best_row_;
 };
 
@@ -280,6 +291,33 @@ TEST_CASE("the device search loop, on the CPU, returns the CPU flat index's neig
       for (std::size_t i = 0; i < rows.size(); ++i) REQUIRE(rows[i] == full.id(i / k, i % k));
     }
   }
+}
+
+TEST_CASE("the device search loop, on the CPU: rows stored centred, queries offset, far from the origin",
+          "[cuda_select]") {
+  // 1,000 + clustered data: rows stored minus their mean μ and queries searched as q − μ rank as the
+  // rows themselves (the CPU flat index, which takes q − x directly), with the same distances. Stored
+  // as they are, the GEMM form ‖x‖² − 2⟨q, x⟩ loses the digits that tell the neighbours apart.
+  shoal::test::clustered_set data(3000, 12, 16, 20, 57, 0.5f, 4);
+  for (float& v : data.base.values) v += 1000.0f;
+  for (float& v : data.queries.values) v += 1000.0f;
+  std::vector<double> sum(16, 0.0);
+  for (std::size_t r = 0; r < data.base.rows; ++r)
+    for (std::size_t j = 0; j < 16; ++j) sum[j] += data.base.row(r)[j];
+  std::vector<float> mean(16);
+  for (std::size_t j = 0; j < 16; ++j) mean[j] = static_cast<float>(sum[j] / static_cast<double>(data.base.rows));
+  shoal::matrix<float> centred = data.base;
+  for (std::size_t r = 0; r < centred.rows; ++r)
+    for (std::size_t j = 0; j < 16; ++j) centred.row(r)[j] -= mean[j];
+  const shoal::flat_index cpu = shoal::test::row_numbered_flat(data.base, metric::l2);
+  const shoal::neighbors want = cpu.search(data.queries.view(), 10);
+  cpu_backend backend(centred.view(), metric::l2, std::size_t{1} << 14);
+  backend.set_query_offset(mean);
+  shoal::test::require_same_up_to_ties(emulated_search(backend, data.queries.view(), 10), want, 1e-3f);
+  CHECK(backend.shifts == backend.batches);
+  // The same rows without the frame: other neighbours.
+  cpu_backend raw(data.base.view(), metric::l2, std::size_t{1} << 14);
+  CHECK(shoal::recall_at_k(emulated_search(raw, data.queries.view(), 10), want, 10) < 0.9);
 }
 
 TEST_CASE("the device search loop, on the CPU: a wide dimension shrinks the query batch to the tile", "[cuda_select]") {

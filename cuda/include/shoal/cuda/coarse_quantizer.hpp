@@ -20,11 +20,10 @@ namespace shoal::cuda {
 /// params.coarse = &gpu;                 // batches of >= gpu.min_batch() queries probe on the device
 /// index.search(queries, 10, params);
 /// ```
-/// Lists are ranked by ‖c‖² − 2⟨q, c⟩ under L2 and −⟨q, c⟩ under inner product and cosine (whose centroids
-/// and queries are already unit length), in fp32 through a GEMM, so a near-tie between two centroids may
-/// resolve differently from the CPU. The CPU's flat pass scores in a frame centred on the centroids' mean
-/// (docs/ivf.md), which ranks the same in real arithmetic; on data far from the origin, whose GEMM form
-/// cancels, this device pass (not yet centred) can pick other lists than the CPU. Build it from the index's own
+/// Lists are ranked as the CPU's flat coarse pass ranks them, in the frame centred on the centroids' mean
+/// μ (docs/ivf.md): ‖c − μ‖² − 2⟨q − μ, c − μ⟩ under L2, −⟨q, c − μ⟩ under inner product and cosine (whose
+/// centroids and queries are already unit length), in fp32 through a GEMM, so a near-tie between two
+/// centroids may resolve differently from the CPU. Build it from the index's own
 /// `centroids()` (after training; again after retraining). Thread-safe; errors as `flat_index`'s.
 class coarse_quantizer final : public shoal::coarse_probe {
  public:
@@ -43,7 +42,7 @@ class coarse_quantizer final : public shoal::coarse_probe {
   void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const override;
 
  private:
-  flat_index centroids_;  // inner product for inner product and cosine: both sides are unit length already
+  flat_index centroids_;  // c − μ; inner product for inner product and cosine (unit length already)
   shoal::metric metric_;
   std::size_t min_batch_;
 };

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/types.hpp"
@@ -69,8 +70,15 @@ class flat_index {
   [[nodiscard]] std::size_t dim() const noexcept;
   [[nodiscard]] shoal::metric metric() const noexcept;
   [[nodiscard]] int device() const noexcept;
-  /// Bytes this index holds on its device (vectors and norms).
+  /// Bytes this index holds on its device (vectors, norms and the query offset).
   [[nodiscard]] std::size_t device_bytes() const noexcept;
+
+  /// Under L2: every later search ranks q − `offset` (dim finite values) against the stored rows. Rows
+  /// stored minus a point among them (their mean), with that point as the offset, rank as the original
+  /// rows do — the distances are the same ‖q − x‖² — without the cancellation of the GEMM form
+  /// ‖x‖² − 2⟨q, x⟩ on data far from the origin. `coarse_quantizer` uses it so. Throws `shoal::error`
+  /// for another metric, a wrong size or a non-finite value. Not concurrent with searches.
+  void set_query_offset(std::span<const float> offset);
 
   /// The k nearest rows of each query (ids are row numbers), nearest first; rows beyond size() hold the
   /// sentinel (`no_id`, `no_distance`). 1 ≤ k ≤ max_k.
