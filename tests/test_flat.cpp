@@ -101,6 +101,30 @@ TEST_CASE("flat batches stay exact on data far from the origin", "[flat]") {
   }
 }
 
+TEST_CASE("flat batches equal single queries where the pairwise distances tie", "[flat]") {
+  // Vectors near 1 whose true distances from a query at 1,000 differ by about 1.4e-3, less than the
+  // float spacing at 998,001: the pairwise kernel rounds them all to one value, and the single-query
+  // answer is the smallest id. The GEMM scores proved the left-out vectors farther, but not by more
+  // than that rounding: the batch once answered id 968 where the single query answers 961.
+  matrix<float> base(40, 1);
+  std::vector<vector_id> ids(40);
+  for (std::size_t i = 0; i < 40; ++i) {
+    base.row(i)[0] = 1.0f - static_cast<float>(i) * 7e-7f;
+    ids[i] = 1000 - i;
+  }
+  flat_index index(1, metric::l2);
+  index.add(base.view(), ids);
+  matrix<float> queries(16, 1);
+  std::fill(queries.values.begin(), queries.values.end(), 1000.0f);
+  const neighbors one = index.search(queries.view().slice(0, 1), 1);
+  const neighbors batch = index.search(queries.view(), 1);  // 16 queries: the GEMM path
+  REQUIRE(one.id(0, 0) == 961);
+  for (std::size_t q = 0; q < 16; ++q) {
+    CHECK(batch.id(q, 0) == one.id(0, 0));
+    CHECK(batch.distance(q, 0) == one.distance(0, 0));
+  }
+}
+
 TEST_CASE("flat search pads with the sentinel when fewer than k vectors exist", "[flat]") {
   const fixture f(6, 20, 3);
   const flat_index index = f.build(metric::l2);

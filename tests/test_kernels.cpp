@@ -141,6 +141,25 @@ TEST_CASE("cosine distance of a zero vector is 1", "[kernel]") {
   }
 }
 
+TEST_CASE("cosine distance of tiny and huge vectors with themselves is 0", "[kernel]") {
+  // ‖a‖²‖a‖² underflows to 0 (a distance of −inf) or overflows to inf (a distance of 1) in float, for
+  // vectors that pass the library's input checks.
+  for (const float scale : {1e-12f, 1e-15f, 1e10f, 3e12f}) {
+    CAPTURE(scale);
+    matrix<float> a(1, 3);
+    a.row(0)[0] = scale;
+    a.row(0)[1] = 0.5f * scale;
+    a.row(0)[2] = -2.0f * scale;
+    for (const simd_level level : available_simd_levels()) {
+      CAPTURE(simd_level_name(level));
+      CHECK(std::abs(kernels(level).cosine_distance(a.row(0), a.row(0), 3)) <= 1e-6f);
+    }
+    float many = NAN;
+    distances_many(metric::cosine, a.view(), a.view(), &many, 1);
+    CHECK(std::abs(many) <= 1e-6f);
+  }
+}
+
 /// The GEMM's error bound at `level`: float summation; at amx a rounding per pair of bfloat16 products
 /// (up to six products per term: 3·d roundings), plus what the split and the dropped products leave out
 /// (4 · 2^-24 of each |a_i b_i|).

@@ -212,7 +212,9 @@ void distances_many(metric m, matrix_view<const float> a, matrix_view<const floa
       if (m == metric::l2) {
         row[j] = std::max(0.0f, na[i] + nb[j] - 2.0f * row[j]);  // clamp the GEMM form's cancellation
       } else {
-        const float denom = std::sqrt(na[i] * nb[j]);
+        // As cosine_distance: the roots one at a time where the product underflows or overflows.
+        const float product = na[i] * nb[j];
+        const float denom = std::isnormal(product) ? std::sqrt(product) : std::sqrt(na[i]) * std::sqrt(nb[j]);
         row[j] = denom > 0.0f ? 1.0f - row[j] / denom : 1.0f;
       }
     }

@@ -155,7 +155,10 @@ float cosine_distance(const float* a, const float* b, std::size_t dim) noexcept 
     s_bb += b[i] * b[i];
   }
   if (s_aa <= 0.0f || s_bb <= 0.0f) return 1.0f;
-  return 1.0f - s_ab / std::sqrt(s_aa * s_bb);
+  // ‖a‖²‖b‖² underflows or overflows float for norms beyond about 1e±19 (e.g. a = b = {1e-12}: −inf):
+  // then the roots one at a time.
+  const float product = s_aa * s_bb;
+  return 1.0f - s_ab / (std::isnormal(product) ? std::sqrt(product) : std::sqrt(s_aa) * std::sqrt(s_bb));
 }
 
 /// Rows of a one-to-many scan whose block spans at least this many bytes are streamed with software

@@ -172,10 +172,13 @@ void flat_index::search_gemm(matrix_view<const float> queries, neighbors_view ou
   // inner product and cosine), γ = 4·dim·2⁻²⁴: a few times the classic bound of a float dot product,
   // so that the blocked and AMX accumulations fit under it too. Far from the origin the two terms of
   // ‖x‖² − 2q·x are huge next to their difference, and δ with them. A vector left out of the `keep`
-  // survivors has a GEMM score of at least the worst survivor's, so it cannot beat the k-th answer when
-  // that score exceeds the k-th survivor's by more than 2δ. Where it does not (data far from the
-  // origin, or many near-equal distances), the query is answered by the streaming scan instead: every
-  // batch answer is exactly the single-query answer.
+  // survivors has a GEMM score of at least the worst survivor's, so it is truly farther than the k-th
+  // survivor when that score exceeds the k-th survivor's by more than 2δ. The answers are ranked by
+  // the pairwise kernel's distances, though, whose own rounding (up to γ times the distance under L2,
+  // γ·‖q‖‖x‖ plus the 1 − ⟨q, x⟩ rounding otherwise) could still tie or swap two distances closer than
+  // it: the margin must cover that too. Where it does not (data far from the origin, or many
+  // near-equal distances), the query is answered by the streaming scan instead: every batch answer is
+  // exactly the single-query answer.
   std::vector<float> query_norms2(nq);
   k.squared_norms(queries.data, nq, dim_, queries.stride, query_norms2.data());
   const float gamma = 4.0f * static_cast<float>(dim_) * std::numeric_limits<float>::epsilon() / 2.0f;
@@ -186,8 +189,14 @@ void flat_index::search_gemm(matrix_view<const float> queries, neighbors_view ou
     const float worst_kept = heaps[q].worst();
     const std::vector<scored_id> survivors = heaps[q].take_sorted();
     const float reach = std::sqrt(query_norms2[q]) * max_norm;
-    const float delta = gamma * (metric_ == metric::l2 ? max_norm2 + 2.0f * reach : reach);
-    if (!complete && !(worst_kept - survivors[out.k - 1].distance > 2.0f * delta)) {
+    const bool l2 = metric_ == metric::l2;
+    const float delta = gamma * (l2 ? max_norm2 + 2.0f * reach : reach);
+    const float kth = survivors[out.k - 1].distance;
+    // L2 distances are the scores plus ‖q‖² (each within δ of the true ones).
+    const float pairwise =
+        l2 ? gamma * (std::abs(worst_kept + query_norms2[q]) + std::abs(kth + query_norms2[q]) + 2.0f * delta)
+           : 2.0f * (gamma * reach + std::numeric_limits<float>::epsilon());
+    if (!complete && !(worst_kept - kth > 2.0f * delta + pairwise)) {
       search_streaming(queries.row(q), out.slice(q, 1), params);
       continue;
     }
