@@ -5,7 +5,9 @@
 #   cmake/quickstart.sh test                build and run the full test suite
 # Each installs the Debian packages it is missing, configures the `release` preset (build/) and builds.
 set -euo pipefail
+caller=$PWD  # the demo's files are named relative to where it was called from
 cd "$(dirname "$0")/.."
+root=$PWD
 
 mode=${1:-}
 [[ $mode == demo || $mode == test ]] || { sed -n '2,6p' "$0" >&2; exit 2; }
@@ -28,7 +30,8 @@ jobs=$(nproc)
 if [[ $mode == demo ]]; then
   cmake --preset release -DSHOAL_BUILD_TESTS=OFF -DSHOAL_BUILD_BENCHMARKS=OFF >/dev/null
   cmake --build build --target shoal-demo -j "$jobs"
-  exec build/examples/shoal-demo "$@"
+  cd "$caller"
+  exec "$root/build/examples/shoal-demo" "$@"
 fi
 
 cmake --preset release -DSHOAL_BUILD_TESTS=ON -DSHOAL_BUILD_BENCHMARKS=ON -DSHOAL_BUILD_EXAMPLES=ON

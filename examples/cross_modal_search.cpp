@@ -2,6 +2,7 @@
 //
 //   cross_modal_search                   generated data (seeded): 100 images x 5 captions, in two spaces
 //   cross_modal_search --images I.fvecs --texts T.fvecs --pairs P.ivecs [--index SPEC] [--k 10]
+//   (--k: results searched per query, 10 to 1,024; the report reads R@1, R@5 and R@10 from them)
 //                                        real vectors; row j of P.ivecs is the image row caption j describes
 //
 // Images and captions of the same dimension are taken to share one space (CLIP): both modalities are
@@ -27,6 +28,7 @@
 #include <string>
 #include <vector>
 
+#include "args.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/io/vecs.hpp"
@@ -61,14 +63,13 @@ options parse(int argc, char** argv) {
     else if (arg == "--index")
       opt.index = value;
     else if (arg == "--k")
-      opt.k = std::stoul(value);
+      opt.k = shoal::examples::whole_number("--k", value, 10, 1024);  // the report reads R@10
     else
       throw std::invalid_argument("unknown argument: " + arg);
   }
   const bool any = !opt.images.empty() || !opt.texts.empty() || !opt.pairs.empty();
   if (any && (opt.images.empty() || opt.texts.empty() || opt.pairs.empty()))
     throw std::invalid_argument("give --images, --texts and --pairs together (or none: generated data)");
-  if (opt.k == 0) throw std::invalid_argument("--k must be at least 1");
   return opt;
 }
 
@@ -194,7 +195,7 @@ std::string image_label(const dataset& d, shoal::vector_id id) {
 int main(int argc, char** argv) try {
   const options opt = parse(argc, argv);
   const dataset d = load(opt);
-  const std::size_t k = std::max<std::size_t>(opt.k, 10);  // R@10 needs 10 results
+  const std::size_t k = opt.k;
 
   // The store: images define the shared space; captions share it (same dim) or are projected into it.
   shoal::multimodal_store store({.shared_dim = d.images.dim, .shared_metric = shoal::metric::cosine});

@@ -17,11 +17,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "args.hpp"
 #include "shoal/distance/distance.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/factory.hpp"
@@ -52,16 +54,7 @@ struct options {
 
 /// A whole positive number, or an error naming the option.
 std::size_t count(const std::string& option, const std::string& value) {
-  std::size_t used = 0;
-  unsigned long n = 0;
-  try {
-    n = std::stoul(value, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  if (used != value.size() || value.empty() || value[0] == '-' || n == 0)
-    throw std::invalid_argument(option + " needs a positive whole number, got '" + value + "'");
-  return n;
+  return shoal::examples::whole_number(option, value, 1, std::numeric_limits<std::size_t>::max());
 }
 
 options parse(int argc, char** argv) {
@@ -148,6 +141,16 @@ int main(int argc, char** argv) try {
     std::printf("data: %s (%zu x %zu), %s (%zu queries)\n", opt.files[0].c_str(), base.rows, base.dim,
                 opt.files[1].c_str(), queries.rows);
   }
+  // Recall@k needs k true neighbours: with fewer base vectors even exact search would score below 1.
+  if (opt.k > base.rows)
+    throw std::invalid_argument("--k " + std::to_string(opt.k) + " exceeds the " + std::to_string(base.rows) +
+                                " base vectors");
+  if (truth)  // ids past the base would score every index 0 (-1: FAISS's padding for a missing neighbour)
+    for (std::size_t r = 0; r < truth->rows; ++r)
+      for (std::size_t j = 0; j < std::min(opt.k, truth->dim); ++j)
+        if (const std::int32_t id = truth->row(r)[j]; id < -1 || (id >= 0 && static_cast<std::size_t>(id) >= base.rows))
+          throw std::invalid_argument(opt.files[2] + ": row " + std::to_string(r) + " names id " + std::to_string(id) +
+                                      ", not one of the " + std::to_string(base.rows) + " base vectors");
   std::printf("shoal %s, kernels: %s, metric: %s, k = %zu\n", SHOAL_VERSION_STRING, shoal::simd_level_name(),
               shoal::metric_name(opt.metric), opt.k);
 

@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -23,6 +24,7 @@
 #include <thread>
 #include <vector>
 
+#include "args.hpp"
 #include "shoal/collection/collection.hpp"
 #include "shoal/eval/eval.hpp"
 
@@ -46,13 +48,12 @@ options parse(int argc, char** argv) {
     }
     if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
     const std::string value = argv[++i];
-    if (arg == "--port") {
-      o.port = std::stoi(value);
-      if (o.port < 1 || o.port > 65535) throw std::invalid_argument("--port must be in [1, 65535], got " + value);
-    } else if (arg == "--seconds")
-      o.seconds = std::stod(value);
+    if (arg == "--port")
+      o.port = static_cast<int>(shoal::examples::whole_number(arg, value, 1, 65535));
+    else if (arg == "--seconds")
+      o.seconds = shoal::examples::non_negative(arg, value);
     else if (arg == "--shards")
-      o.shards = std::stoul(value);
+      o.shards = shoal::examples::whole_number(arg, value, 1, 4096);  // the collection's own bound
     else if (arg == "--index")
       o.index = value;
     else if (arg == "--sharding")
@@ -63,24 +64,69 @@ options parse(int argc, char** argv) {
   return o;
 }
 
-/// Answers one HTTP request on `client`: GET /metrics gets the exposition, anything else 404.
+/// A client gets this long to send its request (and to close once answered): one that sends nothing
+/// cannot hold the single-threaded server up for longer.
+constexpr int client_timeout_ms = 2000;
+/// The longest request head read; a longer one is answered 431.
+constexpr std::size_t max_request_bytes = 16 * 1024;
+
+/// The request head (up to and with the blank line), read in as many pieces as it arrives; empty when
+/// the client sent nothing in time or closed; `too_long` when it exceeds max_request_bytes.
+std::string read_request(int client, bool& too_long) {
+  std::string head;
+  char piece[4096];
+  too_long = false;
+  while (head.find("\r\n\r\n") == std::string::npos) {
+    if (head.size() > max_request_bytes) {
+      too_long = true;
+      break;
+    }
+    const ::ssize_t got = ::recv(client, piece, sizeof piece, 0);
+    if (got <= 0) return {};  // timed out, failed or closed before a whole request
+    head.append(piece, static_cast<std::size_t>(got));
+  }
+  return head;
+}
+
+/// Answers one HTTP request on `client`: GET /metrics gets the exposition, another path 404, a request
+/// line that is not "METHOD PATH HTTP/x" 400, another method on /metrics 405, a head over 16 KiB 431.
 void answer(int client, const shoal::collection& c) {
-  char request[2048];
-  const ::ssize_t got = ::recv(client, request, sizeof request - 1, 0);
-  if (got <= 0) return;
-  request[got] = '\0';
-  const bool metrics = std::strncmp(request, "GET /metrics", 12) == 0;
-  const std::string body = metrics ? c.metrics_text("example") : std::string("not found: try /metrics\n");
+  const timeval timeout{client_timeout_ms / 1000, (client_timeout_ms % 1000) * 1000};
+  ::setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  ::setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+  bool too_long = false;
+  const std::string request = read_request(client, too_long);
+  if (request.empty() && !too_long) return;
+  const std::string line = request.substr(0, request.find("\r\n"));
+  const std::size_t space1 = line.find(' '), space2 = line.rfind(' ');
+  const bool well_formed =
+      !too_long && space1 != std::string::npos && space2 > space1 && line.compare(space2 + 1, 5, "HTTP/") == 0;
+  const std::string method = well_formed ? line.substr(0, space1) : "";
+  const std::string path = well_formed ? line.substr(space1 + 1, space2 - space1 - 1) : "";
+  const bool metrics = path == "/metrics" || path.starts_with("/metrics?");
+  const char* status = too_long                              ? "431 Request Header Fields Too Large"
+                       : !well_formed                        ? "400 Bad Request"
+                       : !metrics                            ? "404 Not Found"
+                       : method != "GET" && method != "HEAD" ? "405 Method Not Allowed"
+                                                             : "200 OK";
+  const bool ok = std::strcmp(status, "200 OK") == 0;
+  const std::string body = ok ? c.metrics_text("example") : std::string(status) + ": try GET /metrics\n";
   const std::string head =
-      std::string(metrics ? "HTTP/1.1 200 OK\r\n" : "HTTP/1.1 404 Not Found\r\n") +
-      "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: " + std::to_string(body.size()) +
+      std::string("HTTP/1.1 ") + status +
+      "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: " + std::to_string(body.size()) +
       "\r\nConnection: close\r\n\r\n";
-  const std::string response = head + body;
+  const std::string response = method == "HEAD" ? head : head + body;
   std::size_t sent = 0;
   while (sent < response.size()) {
     const ::ssize_t n = ::send(client, response.data() + sent, response.size() - sent, MSG_NOSIGNAL);
     if (n <= 0) return;
     sent += static_cast<std::size_t>(n);
+  }
+  // Done sending; read what the client still sends (an unread rest would make close() reset the
+  // connection under the response) until it closes or the timeout.
+  ::shutdown(client, SHUT_WR);
+  char rest[4096];
+  while (::recv(client, rest, sizeof rest, 0) > 0) {
   }
 }
 
