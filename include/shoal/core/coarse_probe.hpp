@@ -28,7 +28,8 @@ class coarse_probe {
   [[nodiscard]] virtual std::size_t min_batch() const noexcept = 0;
   /// The `nprobe` (1 ≤ nprobe ≤ lists()) nearest lists of each query, nearest first, into
   /// `probes[q * nprobe + j]`: the lists whose centroids score best as the flat coarse pass scores them,
-  /// ‖c‖² − 2⟨q, c⟩ under L2 and −⟨q, c⟩ otherwise, ties to the smaller list. Queries are finite and of
+  /// by ‖q − c‖² under L2 and −⟨q, c⟩ otherwise (the pass computes them relative to the centroids' mean,
+  /// docs/ivf.md), ties to the smaller list. Queries are finite and of
   /// dimension `dim()` (the index checks them first).
   virtual void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const = 0;
 
