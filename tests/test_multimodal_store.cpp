@@ -488,6 +488,8 @@ TEST_CASE("multimodal_store: save/open round-trips modalities, versions, project
   newer[8] = 9;
   write_manifest(newer);
   CHECK_THROWS_MATCHES(multimodal_store::open(dir.path()), shoal::error, fails_with(errc::unsupported, "newer"));
+  // Nor is a newer store overwritten.
+  CHECK_THROWS_MATCHES(store.save(dir.path()), shoal::error, fails_with(errc::unsupported, "newer"));
   CHECK_THROWS_MATCHES(multimodal_store::open(dir.path() / "nothing"), shoal::error,
                        fails_with(errc::io_error, "holds no multimodal store"));
 }
@@ -549,6 +551,20 @@ TEST_CASE("multimodal_store: collections made after open are durable once saved 
     CHECK(back.search("image", {stray.data(), 1, image_dim}, "text", 1).id(0, 0) != 555);
     back.remove("text", std::vector<vector_id>{1000});  // version and mirror agree: no error
     CHECK(back.size("text") == n - 1);
+  }
+  // The other way round, opened read-only (mapped): the version's log holds a text the mirror never got.
+  // The mirror, mapped too at first, is opened again writable to take it.
+  const matrix_view<const float> late_text = data.text_train.view().slice(0, 1);
+  multimodal_store::open(dir.path()).save(dir.path());  // a checkpoint: no log left to replay
+  {
+    collection own = collection::open(dir.path() / "text" / "v1" / "native");
+    own.add(late_text, std::vector<vector_id>{4242});
+  }
+  {
+    const multimodal_store mapped = multimodal_store::open(dir.path(), {.mmap = true});
+    const neighbors found = mapped.search("image", mapped.to_shared("text", late_text).view(), "text", 1);
+    CHECK(found.id(0, 0) == 4242);
+    CHECK(found.distance(0, 0) < 1e-5f);
   }
   // An opened store saved elsewhere is copied, and keeps logging into its own directory.
   const scratch_dir copy("shoal-mm-attach-copy");

@@ -759,6 +759,22 @@ bool lives_in(const collection& c, const std::filesystem::path& dir) {
   return !c.options().directory.empty() && std::filesystem::equivalent(c.options().directory, dir, ec);
 }
 
+/// The name of the directory under `parent` that `c` keeps its log in (in `<name>/<leaf>`, or in
+/// `<name>` itself when `leaf` is empty), or nothing.
+std::optional<std::string> dir_under(const collection& c, const std::filesystem::path& parent, std::string_view leaf) {
+  std::filesystem::path dir = c.options().directory;
+  if (dir.empty()) return std::nullopt;
+  if (!leaf.empty()) {
+    if (dir.filename() != leaf) return std::nullopt;
+    dir = dir.parent_path();
+  }
+  std::error_code ec;
+  if (!std::filesystem::equivalent(dir.parent_path(), parent, ec)) return std::nullopt;
+  std::string name = dir.filename().string();
+  if (!valid_dir(name)) return std::nullopt;
+  return name;
+}
+
 /// A directory beside `previous` for a collection that must not overwrite it: `base+<n + 1>`, where
 /// `previous` is `base` or `base+<n>`.
 std::string next_dir(std::string_view base, std::string_view previous) {
@@ -776,7 +792,8 @@ void remove_unnamed(const std::filesystem::path& directory, const manifest& m,
   std::error_code ec;
   const auto entries = [&ec](const std::filesystem::path& dir) {
     std::vector<std::filesystem::path> out;
-    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) out.push_back(e.path());
+    for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+      out.push_back(it->path());
     return out;
   };
   for (const manifest_modality& old : previous ? previous->modalities : std::vector<manifest_modality>{})
@@ -1205,17 +1222,19 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
   std::filesystem::create_directories(directory, ec);
   SHOAL_CHECK_CODE(!ec, errc::io_error, who, ": cannot create ", directory.string(), ": ", ec.message());
   const std::filesystem::path manifest_path = directory / detail::manifest_name;
+  detail::multimodal_state& st = *state_;
+  // Catalogue changes and other saves wait, so that the manifest names what was saved and the previous
+  // manifest read here is the one this save replaces.
+  const std::lock_guard admin(st.admin_mutex);
   std::optional<detail::manifest> previous;
   if (std::filesystem::exists(manifest_path, ec)) {
     try {
       previous = detail::read_manifest(manifest_path);
-    } catch (const error&) {  // a damaged manifest is replaced; only the clean-up below needs it
+    } catch (const error& e) {
+      // A newer store is not overwritten; a damaged manifest is replaced (its collections in place).
+      if (e.code() == errc::unsupported) throw;
     }
   }
-
-  detail::multimodal_state& st = *state_;
-  // Catalogue changes wait, so that the manifest names what was saved.
-  const std::lock_guard admin(st.admin_mutex);
   std::error_code home_ec;
   const bool home = !st.home.empty() && std::filesystem::equivalent(directory, st.home, home_ec);
   // Collections made since `open` (new versions, new mirrors) that this save writes into the store's
@@ -1246,18 +1265,22 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
       // collection of another dimension, projection or mirror.
       detail::manifest_version saved{version, v->native, v->searchable, l->route, l->to_shared, version, {}};
       const detail::manifest_version* prev = detail::find_saved(previous, name, version);
-      const bool in_place =
-          prev != nullptr && detail::lives_in(v->own, detail::version_dir(directory, name, prev->dir) / "native");
-      if (prev != nullptr) saved.dir = in_place ? prev->dir : detail::next_dir(version, prev->dir);
+      // The directory under this modality's that the version's collection logs into, if any.
+      const std::optional<std::string> home_dir = detail::dir_under(v->own, directory / name, "native");
+      const bool in_place = home_dir && (prev == nullptr || prev->dir == *home_dir);
+      if (in_place)
+        saved.dir = *home_dir;
+      else if (prev != nullptr)
+        saved.dir = detail::next_dir(version, prev->dir);
       const std::filesystem::path dir = detail::version_dir(directory, name, saved.dir);
       if (l->mirror) {
         // The same rule inside a version directory saved over: another mirror than the one there
         // (a projection changed) gets a directory of its own.
-        const bool mirror_there = in_place && !prev->mirror_dir.empty();
-        saved.mirror_dir = !mirror_there ? "shared"
-                           : detail::lives_in(*l->mirror, dir / prev->mirror_dir)
-                               ? prev->mirror_dir
-                               : detail::next_dir("shared", prev->mirror_dir);
+        const std::optional<std::string> mirror_home = detail::dir_under(*l->mirror, dir, "");
+        const bool mirror_there = in_place && prev != nullptr && !prev->mirror_dir.empty();
+        saved.mirror_dir = mirror_home && (!mirror_there || prev->mirror_dir == *mirror_home) ? *mirror_home
+                           : !mirror_there                                                    ? "shared"
+                                           : detail::next_dir("shared", prev->mirror_dir);
       }
       v->own.save(dir / "native");
       if (l->mirror) l->mirror->save(dir / saved.mirror_dir);
@@ -1314,7 +1337,10 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
 
 multimodal_store multimodal_store::open(const std::filesystem::path& directory,
                                         const collection_open_options& options) {
-  const std::filesystem::path manifest_path = directory / detail::manifest_name;
+  // Absolute: the collections' directories and the store's home are compared with a save's directory,
+  // which a later change of the working directory must not move.
+  const std::filesystem::path root = std::filesystem::absolute(directory);
+  const std::filesystem::path manifest_path = root / detail::manifest_name;
   SHOAL_CHECK_CODE(std::filesystem::exists(manifest_path), errc::io_error,
                    "multimodal_store::open: ", directory.string(), " holds no multimodal store (",
                    detail::manifest_name, " is missing)");
@@ -1326,7 +1352,7 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
     detail::modality_entry& entry = c->modalities[mod.name];
     SHOAL_CHECK_CODE(entry.versions.empty(), errc::corrupt_file, name, ": modality '", mod.name, "' twice");
     for (const detail::manifest_version& mv : mod.versions) {
-      const std::filesystem::path dir = detail::version_dir(directory, mod.name, mv.dir);
+      const std::filesystem::path dir = detail::version_dir(root, mod.name, mv.dir);
       auto v = std::make_shared<detail::version_state>(mod.name, mv.name, mv.native, mv.searchable,
                                                        collection::open(dir / "native", options));
       const bool native_fits =
@@ -1341,6 +1367,14 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
         SHOAL_CHECK_CODE(mirror->dim() == m.shared.shared_dim && mirror->metric() == m.shared.shared_metric,
                          errc::corrupt_file, name, ": the mirror of '", mod.name, "/", mv.name,
                          "' is not in the shared space");
+        // A mirror behind its version is brought in line through writes (reconcile_mirror): a mapped,
+        // read-only one is opened again, writable (it lets go of its log's shared lock first).
+        if (options.mmap && mirror->ids() != v->own.ids()) {
+          mirror.reset();
+          collection_open_options writable = options;
+          writable.mmap = false;
+          mirror = std::make_shared<collection>(collection::open(dir / mv.mirror_dir, writable));
+        }
       }
       auto l = detail::make_link(*v, mv.to_shared, m.shared, mv.route, std::move(mirror));
       SHOAL_CHECK_CODE(l->route == mv.route, errc::corrupt_file, name, ": modality '", mod.name, "' version '", mv.name,
@@ -1356,8 +1390,9 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
                      "' of modality '", mod.name, "' is not stored");
   }
   st->current = c;
-  st->home = directory;
+  st->home = root;
   st->home_options = options;
+  st->home_options.mmap = false;  // what a save reopens is written to from then on
   multimodal_store store(std::move(st));
   for (const detail::manifest_links& l : m.links) {
     std::vector<vector_id> a, b;
