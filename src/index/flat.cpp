@@ -188,15 +188,20 @@ void flat_index::search_gemm(matrix_view<const float> queries, neighbors_view ou
     const bool complete = !heaps[q].full();  // every candidate the filter accepts was kept
     const float worst_kept = heaps[q].worst();
     const std::vector<scored_id> survivors = heaps[q].take_sorted();
-    const float reach = std::sqrt(query_norms2[q]) * max_norm;
-    const bool l2 = metric_ == metric::l2;
-    const float delta = gamma * (l2 ? max_norm2 + 2.0f * reach : reach);
-    const float kth = survivors[out.k - 1].distance;
-    // L2 distances are the scores plus ‖q‖² (each within δ of the true ones).
-    const float pairwise =
-        l2 ? gamma * (std::abs(worst_kept + query_norms2[q]) + std::abs(kth + query_norms2[q]) + 2.0f * delta)
-           : 2.0f * (gamma * reach + std::numeric_limits<float>::epsilon());
-    if (!complete && !(worst_kept - kth > 2.0f * delta + pairwise)) {
+    // Whether the k-th survivor's margin over everything left out covers both roundings (a complete
+    // heap left nothing out, and may hold fewer than k survivors).
+    const auto separated = [&] {
+      const float reach = std::sqrt(query_norms2[q]) * max_norm;
+      const bool l2 = metric_ == metric::l2;
+      const float delta = gamma * (l2 ? max_norm2 + 2.0f * reach : reach);
+      const float kth = survivors[out.k - 1].distance;
+      // L2 distances are the scores plus ‖q‖² (each within δ of the true ones).
+      const float pairwise =
+          l2 ? gamma * (std::abs(worst_kept + query_norms2[q]) + std::abs(kth + query_norms2[q]) + 2.0f * delta)
+             : 2.0f * (gamma * reach + std::numeric_limits<float>::epsilon());
+      return worst_kept - kth > 2.0f * delta + pairwise;
+    };
+    if (!complete && !separated()) {
       search_streaming(queries.row(q), out.slice(q, 1), params);
       continue;
     }
