@@ -301,18 +301,11 @@ TEST_CASE("the device search loop, on the CPU: rows stored centred, queries offs
   shoal::test::clustered_set data(3000, 12, 16, 20, 57, 0.5f, 4);
   for (float& v : data.base.values) v += 1000.0f;
   for (float& v : data.queries.values) v += 1000.0f;
-  std::vector<double> sum(16, 0.0);
-  for (std::size_t r = 0; r < data.base.rows; ++r)
-    for (std::size_t j = 0; j < 16; ++j) sum[j] += data.base.row(r)[j];
-  std::vector<float> mean(16);
-  for (std::size_t j = 0; j < 16; ++j) mean[j] = static_cast<float>(sum[j] / static_cast<double>(data.base.rows));
-  shoal::matrix<float> centred = data.base;
-  for (std::size_t r = 0; r < centred.rows; ++r)
-    for (std::size_t j = 0; j < 16; ++j) centred.row(r)[j] -= mean[j];
+  const shoal::detail::centred_rows centred = shoal::detail::centred_copy(data.base.view());
   const shoal::flat_index cpu = shoal::test::row_numbered_flat(data.base, metric::l2);
   const shoal::neighbors want = cpu.search(data.queries.view(), 10);
-  cpu_backend backend(centred.view(), metric::l2, std::size_t{1} << 14);
-  backend.set_query_offset(mean);
+  cpu_backend backend(centred.rows.view(), metric::l2, std::size_t{1} << 14);
+  backend.set_query_offset(centred.mean);
   shoal::test::require_same_up_to_ties(emulated_search(backend, data.queries.view(), 10), want, 1e-3f);
   CHECK(backend.shifts == backend.batches);
   // The same rows without the frame: other neighbours.

@@ -89,21 +89,6 @@ class assign_probe final : public coarse_probe {
 
 /// An outside coarse pass that gives every query the same lists, `lists[j % lists.size()]` as probe j,
 /// whether they exist or not.
-class fixed_probe final : public coarse_probe {
- public:
-  fixed_probe(std::size_t lists, std::vector<std::uint32_t> probes) : nlist_(lists), lists_(std::move(probes)) {}
-  [[nodiscard]] std::size_t lists() const noexcept override { return nlist_; }
-  [[nodiscard]] std::size_t dim() const noexcept override { return ::dim; }
-  [[nodiscard]] shoal::metric metric() const noexcept override { return metric::l2; }
-  [[nodiscard]] std::size_t min_batch() const noexcept override { return 1; }
-  void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const override {
-    for (std::size_t i = 0; i < queries.rows * nprobe; ++i) probes[i] = lists_[i % nprobe % lists_.size()];
-  }
-
- private:
-  std::size_t nlist_;
-  std::vector<std::uint32_t> lists_;
-};
 
 }  // namespace
 
@@ -378,28 +363,14 @@ TEST_CASE("ivf refuses lists from search_params::coarse that do not exist or rep
   // one list twice.
   const fixture f(600, 5, 13);
   const ivf_flat_index index = f.build(metric::l2);
-  const fixed_probe past_end(nlist, {3, nlist});
-  const fixed_probe no_list(nlist, {std::numeric_limits<std::uint32_t>::max()});
-  const fixed_probe repeated(nlist, {7, 2, 7});
+  test::require_refuses_bad_outside_lists(index, f.queries.view(), with_nprobe(3), nlist);
+  const test::fixed_probe no_list(nlist, dim, {std::numeric_limits<std::uint32_t>::max()});
   search_params params = with_nprobe(3);
-  params.coarse = &past_end;
-  REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), 5, params), shoal::error,
-                         fails_with(errc::invalid_argument,
-                                    "query 0: search_params::coarse gave list 32 (probe 1), "
-                                    "but the index has 32 lists"));
-  REQUIRE_THROWS_MATCHES(index.range_search(f.queries.view(), 1.0f, params), shoal::error,
-                         fails_with(errc::invalid_argument, "gave list 32 (probe 1)"));
   params.coarse = &no_list;
   REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), 5, params), shoal::error,
                          fails_with(errc::invalid_argument, "gave list 4294967295 (probe 0)"));
-  params.coarse = &repeated;
-  REQUIRE_THROWS_MATCHES(
-      index.search(f.queries.view(), 5, params), shoal::error,
-      fails_with(errc::invalid_argument, "query 0: search_params::coarse gave list 7 twice (probe 2)"));
-  REQUIRE_THROWS_MATCHES(index.range_search(f.queries.view(), 1.0f, params), shoal::error,
-                         fails_with(errc::invalid_argument, "gave list 7 twice"));
   // Distinct existing lists pass.
-  const fixed_probe fine(nlist, {7, 2, 31});
+  const test::fixed_probe fine(nlist, dim, {7, 2, 31});
   params.coarse = &fine;
   CHECK(index.search(f.queries.view(), 5, params).rows() == f.queries.rows);
 }

@@ -59,20 +59,6 @@ search_params with(std::size_t nprobe, std::size_t refine_factor = 0) {
 
 /// An outside coarse pass that gives every query the same lists, `lists[j % lists.size()]` as probe j,
 /// whether they exist or not.
-class fixed_probe final : public coarse_probe {
- public:
-  explicit fixed_probe(std::vector<std::uint32_t> lists) : lists_(std::move(lists)) {}
-  [[nodiscard]] std::size_t lists() const noexcept override { return nlist; }
-  [[nodiscard]] std::size_t dim() const noexcept override { return ::dim; }
-  [[nodiscard]] shoal::metric metric() const noexcept override { return metric::l2; }
-  [[nodiscard]] std::size_t min_batch() const noexcept override { return 1; }
-  void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const override {
-    for (std::size_t i = 0; i < queries.rows * nprobe; ++i) probes[i] = lists_[i % nprobe % lists_.size()];
-  }
-
- private:
-  std::vector<std::uint32_t> lists_;
-};
 
 }  // namespace
 
@@ -383,23 +369,9 @@ TEST_CASE("ivf-pq refuses lists from search_params::coarse that do not exist or 
   // twice, one past the last would be read out of bounds.
   const fixture f(600, 5, 13);
   const ivf_pq_index index = f.build(metric::l2, 8, 4, true);
-  const fixed_probe past_end({3, nlist});
-  const fixed_probe repeated({7, 2, 7});
   for (const std::size_t refine : {0, 4}) {
     CAPTURE(refine);
-    search_params params = with(3, refine);
-    params.coarse = &past_end;
-    REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), 5, params), shoal::error,
-                           fails_with(errc::invalid_argument,
-                                      "query 0: search_params::coarse gave list 32 (probe 1), "
-                                      "but the index has 32 lists"));
-    REQUIRE_THROWS_MATCHES(index.range_search(f.queries.view(), 1.0f, params), shoal::error,
-                           fails_with(errc::invalid_argument, "gave list 32 (probe 1)"));
-    params.coarse = &repeated;
-    REQUIRE_THROWS_MATCHES(index.search(f.queries.view(), 5, params), shoal::error,
-                           fails_with(errc::invalid_argument, "query 0: search_params::coarse gave list 7 twice"));
-    REQUIRE_THROWS_MATCHES(index.range_search(f.queries.view(), 1.0f, params), shoal::error,
-                           fails_with(errc::invalid_argument, "gave list 7 twice (probe 2)"));
+    test::require_refuses_bad_outside_lists(index, f.queries.view(), with(3, refine), nlist);
   }
 }
 

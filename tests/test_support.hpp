@@ -20,7 +20,9 @@
 #include <catch2/catch.hpp>
 
 #include "shoal/core/checks.hpp"
+#include "shoal/core/coarse_probe.hpp"
 #include "shoal/core/error.hpp"
+#include "shoal/core/params.hpp"
 #include "shoal/core/topk.hpp"
 #include "shoal/distance/distance.hpp"
 #include "shoal/eval/eval.hpp"
@@ -45,6 +47,47 @@ class error_matcher : public Catch::MatcherBase<shoal::error> {
 };
 
 inline error_matcher fails_with(errc code, std::string fragment = "") { return {code, std::move(fragment)}; }
+
+/// An outside coarse pass (`search_params::coarse`, L2) over `nlist` lists of `dim` dimensions that names
+/// fixed lists: probe j of every query is `lists[j % lists.size()]`, whatever the query.
+class fixed_probe final : public coarse_probe {
+ public:
+  fixed_probe(std::size_t nlist, std::size_t dim, std::vector<std::uint32_t> lists)
+      : nlist_(nlist), dim_(dim), lists_(std::move(lists)) {}
+  [[nodiscard]] std::size_t lists() const noexcept override { return nlist_; }
+  [[nodiscard]] std::size_t dim() const noexcept override { return dim_; }
+  [[nodiscard]] shoal::metric metric() const noexcept override { return metric::l2; }
+  [[nodiscard]] std::size_t min_batch() const noexcept override { return 1; }
+  void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const override {
+    for (std::size_t i = 0; i < queries.rows * nprobe; ++i) probes[i] = lists_[i % nprobe % lists_.size()];
+  }
+
+ private:
+  std::size_t nlist_, dim_;
+  std::vector<std::uint32_t> lists_;
+};
+
+/// Searches and range searches of an IVF `index` of `nlist` lists with `params` (nprobe 3) refuse an
+/// outside pass's list past the last one and a list repeated within a query, naming query, list and probe.
+template <class Index>
+void require_refuses_bad_outside_lists(const Index& index, matrix_view<const float> queries, search_params params,
+                                       std::size_t nlist) {
+  const std::string n = std::to_string(nlist);
+  const fixed_probe past_end(nlist, queries.dim, {3, static_cast<std::uint32_t>(nlist)});
+  const fixed_probe repeated(nlist, queries.dim, {7, 2, 7});
+  params.coarse = &past_end;
+  REQUIRE_THROWS_MATCHES(index.search(queries, 5, params), shoal::error,
+                         fails_with(errc::invalid_argument, "query 0: search_params::coarse gave list " + n +
+                                                                " (probe 1), but the index has " + n + " lists"));
+  REQUIRE_THROWS_MATCHES(index.range_search(queries, 1.0f, params), shoal::error,
+                         fails_with(errc::invalid_argument, "gave list " + n + " (probe 1)"));
+  params.coarse = &repeated;
+  REQUIRE_THROWS_MATCHES(
+      index.search(queries, 5, params), shoal::error,
+      fails_with(errc::invalid_argument, "query 0: search_params::coarse gave list 7 twice (probe 2)"));
+  REQUIRE_THROWS_MATCHES(index.range_search(queries, 1.0f, params), shoal::error,
+                         fails_with(errc::invalid_argument, "gave list 7 twice (probe 2)"));
+}
 
 /// An index's writes racing its reads. `index` holds rows [0, 1000) of `base` (ids `ids`) to start with.
 /// Three reader threads loop on `search(t)` (t = 0, 1, 2; it returns that thread's result) and on

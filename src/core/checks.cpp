@@ -64,6 +64,18 @@ void check_stored_id(vector_id id, bool fresh, const std::string& file) {
   SHOAL_CHECK_CODE(fresh, errc::corrupt_file, file, ": id ", id, " is stored twice");
 }
 
+centred_rows centred_copy(matrix_view<const float> x) {
+  centred_rows out{std::vector<float>(x.dim), matrix<float>(x.rows, x.dim)};
+  std::vector<double> sum(x.dim, 0.0);
+  for (std::size_t r = 0; r < x.rows; ++r)
+    for (std::size_t j = 0; j < x.dim; ++j) sum[j] += x.row(r)[j];
+  for (std::size_t j = 0; j < x.dim; ++j)
+    out.mean[j] = x.rows == 0 ? 0.0f : static_cast<float>(sum[j] / static_cast<double>(x.rows));
+  for (std::size_t r = 0; r < x.rows; ++r)
+    for (std::size_t j = 0; j < x.dim; ++j) out.rows.row(r)[j] = x.row(r)[j] - out.mean[j];
+  return out;
+}
+
 matrix<float> normalized_copy(matrix_view<const float> v, const char* what) {
   matrix<float> out(v.rows, v.dim);
   const distance_kernels& k = active_kernels();

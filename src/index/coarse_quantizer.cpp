@@ -9,6 +9,7 @@
 #include "core/parallel.hpp"
 #include "index/hnsw_file.hpp"
 #include "quant/sq8_estimate.hpp"
+#include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
 #include "shoal/distance/distance.hpp"
@@ -103,14 +104,9 @@ void coarse_quantizer::install(matrix<float> centroids) {
   centroids_ = std::move(centroids);
   if (hnsw_m_ != 0) return;  // the graph scores by pairwise distances, which do not cancel
   // The centred frame: derived here (also on load), so files keep the centroids as they are.
-  std::vector<double> sum(dim, 0.0);
-  for (std::size_t c = 0; c < nlist; ++c)
-    for (std::size_t j = 0; j < dim; ++j) sum[j] += centroids_.row(c)[j];
-  mean_.resize(dim);
-  for (std::size_t j = 0; j < dim; ++j) mean_[j] = static_cast<float>(sum[j] / static_cast<double>(nlist));
-  centred_ = matrix<float>(nlist, dim);
-  for (std::size_t c = 0; c < nlist; ++c)
-    for (std::size_t j = 0; j < dim; ++j) centred_.row(c)[j] = centroids_.row(c)[j] - mean_[j];
+  detail::centred_rows frame = detail::centred_copy(centroids_.view());
+  mean_ = std::move(frame.mean);
+  centred_ = std::move(frame.rows);
   norms_.resize(nlist);
   active_kernels().squared_norms(centred_.values.data(), nlist, dim, dim, norms_.data());
   if (nlist >= prefilter_min_lists && dot_u8_i16_limit(dim) >= 1) {

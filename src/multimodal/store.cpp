@@ -350,8 +350,9 @@ matrix<float> into_shared(const version_state& v, const link_state& l, matrix_vi
 /// A crash between a write's two log appends (the version's, then its mirror's) can leave the mirror
 /// without ids the version holds, or with ids the version removed: `open` brings the mirror back in
 /// line with the version, projecting the version's stored vectors. `name` names the manifest.
-void reconcile_mirror(const version_state& v, const link_state& l, const std::string& name) {
-  const std::vector<vector_id> own = v.own.ids(), mirrored = l.mirror->ids();
+/// `own` and `mirrored`: the ids each holds, ascending (`collection::ids`).
+void reconcile_mirror(const version_state& v, const link_state& l, const std::string& name,
+                      const std::vector<vector_id>& own, const std::vector<vector_id>& mirrored) {
   if (own == mirrored) return;
   std::vector<vector_id> missing, extra;
   std::set_difference(own.begin(), own.end(), mirrored.begin(), mirrored.end(), std::back_inserter(missing));
@@ -751,12 +752,6 @@ const manifest_version* find_saved(const std::optional<manifest>& m, std::string
       for (const manifest_version& v : mod.versions)
         if (v.name == version) return &v;
   return nullptr;
-}
-
-/// Whether `c` keeps its write-ahead log in `dir` (opened from it, or reopened there by a save).
-bool lives_in(const collection& c, const std::filesystem::path& dir) {
-  std::error_code ec;
-  return !c.options().directory.empty() && std::filesystem::equivalent(c.options().directory, dir, ec);
 }
 
 /// The name of the directory under `parent` that `c` keeps its log in (in `<name>/<leaf>`, or in
@@ -1267,25 +1262,29 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
       const detail::manifest_version* prev = detail::find_saved(previous, name, version);
       // The directory under this modality's that the version's collection logs into, if any.
       const std::optional<std::string> home_dir = detail::dir_under(v->own, directory / name, "native");
-      const bool in_place = home_dir && (prev == nullptr || prev->dir == *home_dir);
-      if (in_place)
+      if (prev != nullptr)
+        saved.dir = home_dir == prev->dir ? prev->dir : detail::next_dir(version, prev->dir);
+      else if (home_dir)
         saved.dir = *home_dir;
-      else if (prev != nullptr)
-        saved.dir = detail::next_dir(version, prev->dir);
+      const bool in_place = home_dir == saved.dir;
       const std::filesystem::path dir = detail::version_dir(directory, name, saved.dir);
+      bool mirror_in_place = false;
       if (l->mirror) {
         // The same rule inside a version directory saved over: another mirror than the one there
         // (a projection changed) gets a directory of its own.
         const std::optional<std::string> mirror_home = detail::dir_under(*l->mirror, dir, "");
-        const bool mirror_there = in_place && prev != nullptr && !prev->mirror_dir.empty();
-        saved.mirror_dir = mirror_home && (!mirror_there || prev->mirror_dir == *mirror_home) ? *mirror_home
-                           : !mirror_there                                                    ? "shared"
-                                           : detail::next_dir("shared", prev->mirror_dir);
+        if (in_place && prev != nullptr && !prev->mirror_dir.empty())
+          saved.mirror_dir =
+              mirror_home == prev->mirror_dir ? prev->mirror_dir : detail::next_dir("shared", prev->mirror_dir);
+        else
+          saved.mirror_dir = mirror_home.value_or("shared");
+        mirror_in_place = mirror_home == saved.mirror_dir;
       }
       v->own.save(dir / "native");
       if (l->mirror) l->mirror->save(dir / saved.mirror_dir);
-      const bool own = home && !detail::lives_in(v->own, dir / "native");
-      const bool mirror = home && l->mirror && !detail::lives_in(*l->mirror, dir / saved.mirror_dir);
+      // What does not log where it was saved logs there from now on if this is the store's home.
+      const bool own = home && !in_place;
+      const bool mirror = home && l->mirror && !mirror_in_place;
       if (own || mirror) reopen.push_back({v, std::move(held), dir / "native", dir / saved.mirror_dir, own, mirror});
       mod.versions.push_back(std::move(saved));
     }
@@ -1361,6 +1360,7 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
           !mv.to_shared || (mv.to_shared->in_dim() == v->dim() && mv.to_shared->out_dim() == m.shared.shared_dim);
       SHOAL_CHECK_CODE(native_fits && projection_fits, errc::corrupt_file, name, ": modality '", mod.name,
                        "' version '", mv.name, "': the shared space, the projection and the collection disagree");
+      std::vector<vector_id> own_ids, mirror_ids;  // of a mirrored version, for reconcile_mirror
       std::shared_ptr<collection> mirror;
       if (mv.route == shared_route::mirror) {
         mirror = std::make_shared<collection>(collection::open(dir / mv.mirror_dir, options));
@@ -1369,7 +1369,9 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
                          "' is not in the shared space");
         // A mirror behind its version is brought in line through writes (reconcile_mirror): a mapped,
         // read-only one is opened again, writable (it lets go of its log's shared lock first).
-        if (options.mmap && mirror->ids() != v->own.ids()) {
+        own_ids = v->own.ids();
+        mirror_ids = mirror->ids();
+        if (options.mmap && mirror_ids != own_ids) {
           mirror.reset();
           collection_open_options writable = options;
           writable.mmap = false;
@@ -1380,7 +1382,7 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
       SHOAL_CHECK_CODE(l->route == mv.route, errc::corrupt_file, name, ": modality '", mod.name, "' version '", mv.name,
                        "' is recorded with route ", shared_route_name(mv.route), " but its projection gives ",
                        shared_route_name(l->route));
-      if (l->mirror) detail::reconcile_mirror(*v, *l, name);
+      if (l->mirror) detail::reconcile_mirror(*v, *l, name, own_ids, mirror_ids);
       v->set_link(std::move(l));
       SHOAL_CHECK_CODE(entry.versions.emplace(mv.name, v).second, errc::corrupt_file, name, ": version '", mv.name,
                        "' of '", mod.name, "' twice");

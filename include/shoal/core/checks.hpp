@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/types.hpp"
@@ -33,5 +34,13 @@ void check_stored_id(vector_id id, bool fresh, const std::string& file);
 /// Copies `v` into a dense matrix with every row scaled to unit L2 norm, for the cosine metric.
 /// Throws `shoal::error` if a row is zero (it has no direction).
 [[nodiscard]] matrix<float> normalized_copy(matrix_view<const float> v, const char* what);
+
+/// Rows relative to their mean: the frame in which the IVF coarse pass scores centroids (docs/ivf.md).
+struct centred_rows {
+  std::vector<float> mean;  // summed in double, rounded once
+  matrix<float> rows;       // each row minus `mean`, in float
+};
+/// `x`'s mean and rows minus it, computed the one way that the CPU and the CUDA coarse passes share.
+[[nodiscard]] centred_rows centred_copy(matrix_view<const float> x);
 
 }  // namespace shoal::detail
