@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include <algorithm>
 #include <array>
@@ -22,6 +23,7 @@
 
 #include "allocation_cap.hpp"
 #include "collection/metrics.hpp"  // the library's own writer (src/), for exact sample text
+#include "collection/wal.hpp"      // the log itself (src/): a write call of several records
 #include "shoal/collection/collection.hpp"
 #include "shoal/index/flat.hpp"
 #include "test_support.hpp"
@@ -570,6 +572,78 @@ TEST_CASE("collection: a torn log tail is dropped, other damage is reported", "[
     f.put('X');
   }
   REQUIRE_THROWS_AS(collection::open(home), shoal::error);
+}
+
+TEST_CASE("collection: a write call logged in several records replays whole or not at all", "[collection][io]") {
+  using detail::wal_op;
+  using detail::write_ahead_log;
+  const scratch_dir dir;
+  constexpr std::size_t dim = 4;
+  const matrix<float> v = make_uniform(4, dim, 6);
+  const std::vector<vector_id> ids{1, 2, 3, 4};
+  // A call of three rows logged one row per record (a large write's split, see append), then a call of
+  // one: four records of 16 + 8 + 16 bytes of payload.
+  {
+    write_ahead_log log(dir.path(), dim, wal_sync::every_write, 0);
+    CHECK(log.append(wal_op::add, std::span(ids).first(3), {}, v.view().slice(0, 3), 1) == 3);
+    CHECK(log.append(wal_op::upsert, std::span(ids).last(1), {}, v.view().slice(3, 1), 1) == 4);
+  }
+  const std::filesystem::path path = dir.path() / write_ahead_log::file_name;
+  const std::filesystem::path pristine = dir.path() / "pristine";
+  std::filesystem::copy_file(path, pristine);
+  constexpr std::uintmax_t header = 24;
+  constexpr std::uintmax_t record = 8 + 16 + 8 + dim * 4;
+  REQUIRE(std::filesystem::file_size(path) == header + 4 * record);
+  const auto replayed_ids = [&](std::uint64_t* last_sequence = nullptr) {
+    write_ahead_log log(dir.path(), dim, wal_sync::every_write, 0);
+    if (last_sequence != nullptr) *last_sequence = log.last_sequence();
+    std::vector<vector_id> out;
+    for (const detail::wal_record& r : log.take_replay()) {
+      for (std::size_t i = 0; i < r.ids.size(); ++i) {
+        out.push_back(r.ids[i]);
+        CHECK(std::equal(r.vectors.row(i), r.vectors.row(i) + dim, v.row(static_cast<std::size_t>(r.ids[i] - 1))));
+      }
+    }
+    return out;
+  };
+  const auto restore = [&](std::uintmax_t size) {
+    std::filesystem::copy_file(pristine, path, std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::resize_file(path, size);
+  };
+  CHECK(replayed_ids() == ids);
+
+  // The last call torn: only it is dropped.
+  restore(header + 4 * record - 3);
+  CHECK(replayed_ids() == std::vector<vector_id>{1, 2, 3});
+  CHECK(std::filesystem::file_size(path) == header + 3 * record);
+  // The first call's last record torn: its two whole records before the tear go with it.
+  restore(header + 3 * record - 3);
+  std::uint64_t last = 99;
+  CHECK(replayed_ids(&last).empty());
+  CHECK(last == 0);
+  CHECK(std::filesystem::file_size(path) == header);
+  // The file ends on a "continued" record, every record intact: the call never finished either.
+  restore(header + 2 * record);
+  CHECK(replayed_ids().empty());
+  CHECK(std::filesystem::file_size(path) == header);
+  {  // and the log goes on from the last whole call
+    write_ahead_log log(dir.path(), dim, wal_sync::every_write, 0);
+    CHECK(log.append(wal_op::remove, std::span(ids).first(1), {}, {}, 8) == 1);
+  }
+  // A flag this build does not know (the checksum made to match): damage, not a torn write.
+  restore(header + 4 * record);
+  {
+    std::vector<char> bytes(record);
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekg(static_cast<std::streamoff>(header));
+    f.read(bytes.data(), static_cast<std::streamsize>(record));
+    bytes[8 + 10] = 2;
+    const std::uint32_t crc = crc32c(bytes.data() + 8, record - 8);
+    std::memcpy(bytes.data() + 4, &crc, sizeof crc);
+    f.seekp(static_cast<std::streamoff>(header));
+    f.write(bytes.data(), static_cast<std::streamsize>(record));
+  }
+  REQUIRE_THROWS_MATCHES(replayed_ids(), shoal::error, fails_with(errc::corrupt_file, "unknown flags 2"));
 }
 
 TEST_CASE("collection: a failed log append leaves the log usable", "[collection][io]") {

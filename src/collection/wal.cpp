@@ -18,7 +18,8 @@ constexpr std::array<char, 8> wal_magic = {'S', 'H', 'O', 'A', 'L', 'W', 'A', 'L
 constexpr std::uint32_t wal_version = 1;
 constexpr std::size_t header_bytes = 24;
 constexpr std::size_t record_head_bytes = 8;     // payload size + crc
-constexpr std::size_t payload_fixed_bytes = 16;  // sequence, op, has_keys, pad, count
+constexpr std::size_t payload_fixed_bytes = 16;  // sequence, op, has_keys, flags, count
+constexpr std::uint16_t continued_flag = 1;      // not the last record of its write call
 
 template <class T>
 T load(const std::byte* p) noexcept {
@@ -43,6 +44,7 @@ struct record_header {
   std::uint64_t sequence;
   std::uint8_t op;  // as stored: not yet checked
   bool has_keys;
+  std::uint16_t flags;  // as stored: not yet checked
   std::uint32_t count;
   std::uint64_t implied_bytes;
 
@@ -51,11 +53,13 @@ struct record_header {
       : sequence(load<std::uint64_t>(p)),
         op(static_cast<std::uint8_t>(p[8])),
         has_keys(p[9] != std::byte{0}),
+        flags(load<std::uint16_t>(p + 10)),
         count(load<std::uint32_t>(p + 12)),
         implied_bytes(
             payload_fixed_bytes + std::uint64_t{count} * 8 * (has_keys ? 2 : 1) +
             (op == static_cast<std::uint8_t>(wal_op::remove) ? 0 : std::uint64_t{count} * dim * sizeof(float))) {}
   [[nodiscard]] bool known_op() const noexcept { return op >= 1 && op <= 3; }
+  [[nodiscard]] bool known_flags() const noexcept { return (flags & ~continued_flag) == 0; }
 };
 
 }  // namespace
@@ -116,6 +120,11 @@ void write_ahead_log::read_records(std::uint64_t after) {
 
   std::uint64_t at = header_bytes;
   std::uint64_t previous = 0;
+  // The records of the call being read, from byte `call_start`, until its last record (no "continued"
+  // flag) shows that the call was written whole.
+  std::vector<wal_record> call;
+  std::uint64_t call_start = at;
+  std::uint64_t committed_sequence = last_sequence_;
   while (at < size) {
     const std::uint64_t left = size - at;
     std::uint64_t payload = 0;
@@ -146,6 +155,8 @@ void write_ahead_log::read_records(std::uint64_t after) {
         const record_header h(p, dim_);
         SHOAL_CHECK_CODE(h.known_op(), errc::corrupt_file, name, ": record at byte ", at, " has unknown op ",
                          static_cast<unsigned>(h.op));
+        SHOAL_CHECK_CODE(h.known_flags(), errc::corrupt_file, name, ": record at byte ", at, " has unknown flags ",
+                         h.flags);
         SHOAL_CHECK_CODE(h.implied_bytes == payload, errc::corrupt_file, name, ": record at byte ", at, " holds ",
                          payload, " bytes, its header implies ", h.implied_bytes);
         wal_record r;
@@ -170,17 +181,26 @@ void write_ahead_log::read_records(std::uint64_t after) {
           r.vectors = matrix<float>(count, dim_);
           std::memcpy(r.vectors.values.data(), q, vector_bytes);
         }
-        last_sequence_ = std::max(last_sequence_, r.sequence);
-        if (r.sequence > after) replay_.push_back(std::move(r));
+        if (call.empty()) call_start = at;
+        call.push_back(std::move(r));
+        if ((h.flags & continued_flag) == 0) {  // the call is whole
+          committed_sequence = std::max(committed_sequence, call.back().sequence);
+          for (wal_record& whole : call)
+            if (whole.sequence > after) replay_.push_back(std::move(whole));
+          call.clear();
+        }
       }
     }
-    if (torn) {
-      dropped_ = size - at;
-      SHOAL_CHECK_CODE(::ftruncate(fd_.get(), static_cast<::off_t>(at)) == 0 && ::fsync(fd_.get()) == 0, errc::io_error,
-                       name, ": cannot drop the torn last record: ", io::detail::errno_text(errno));
-      break;
-    }
+    if (torn) break;
     at += record_head_bytes + payload;
+  }
+  last_sequence_ = committed_sequence;
+  // A torn record, or a call cut short (its intact records before the tear or the end of the file).
+  const std::uint64_t keep = call.empty() ? at : call_start;
+  if (keep < size) {
+    dropped_ = size - keep;
+    SHOAL_CHECK_CODE(::ftruncate(fd_.get(), static_cast<::off_t>(keep)) == 0 && ::fsync(fd_.get()) == 0, errc::io_error,
+                     name, ": cannot drop the torn last write: ", io::detail::errno_text(errno));
   }
 }
 
@@ -189,7 +209,7 @@ std::uint64_t write_ahead_log::last_sequence() const {
   return last_sequence_;
 }
 
-void write_ahead_log::encode(std::uint64_t sequence, wal_op op, std::span<const vector_id> ids,
+void write_ahead_log::encode(std::uint64_t sequence, wal_op op, bool continued, std::span<const vector_id> ids,
                              std::span<const std::uint64_t> keys, matrix_view<const float> vectors) {
   const std::size_t count = ids.size();
   const std::size_t row_bytes = dim_ * sizeof(float);
@@ -200,6 +220,7 @@ void write_ahead_log::encode(std::uint64_t sequence, wal_op op, std::span<const 
   std::byte* p = buffer_.data() + record_head_bytes;
   const auto head = std::array<std::uint64_t, 2>{sequence, static_cast<std::uint64_t>(op) |
                                                                std::uint64_t{keys.empty() ? 0u : 1u} << 8 |
+                                                               std::uint64_t{continued ? continued_flag : 0u} << 16 |
                                                                std::uint64_t{static_cast<std::uint32_t>(count)} << 32};
   std::memcpy(p, head.data(), payload_fixed_bytes);
   p += payload_fixed_bytes;
@@ -225,7 +246,8 @@ std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids,
   try {
     for (std::size_t first = 0; first < ids.size(); first += per_record) {
       const std::size_t count = std::min(per_record, ids.size() - first);
-      encode(last_sequence_ + 1, op, ids.subspan(first, count), keys.empty() ? keys : keys.subspan(first, count),
+      encode(last_sequence_ + 1, op, first + count < ids.size(), ids.subspan(first, count),
+             keys.empty() ? keys : keys.subspan(first, count),
              op == wal_op::remove ? matrix_view<const float>() : vectors.slice(first, count));
       write_all(fd_.get(), buffer_.data(), buffer_.size(), path_);
       end_ += buffer_.size();

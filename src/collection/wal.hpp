@@ -4,20 +4,25 @@
 // Layout (little-endian):
 //   header (24 bytes): magic "SHOALWAL", u32 version (1), u32 dim, u64 reserved (0)
 //   records, each: u32 payload_bytes, u32 crc32c(payload), payload:
-//     u64 sequence, u8 op (1 add, 2 upsert, 3 remove), u8 has_keys, u16 0, u32 count,
+//     u64 sequence, u8 op (1 add, 2 upsert, 3 remove), u8 has_keys, u16 flags, u32 count,
 //     u64 ids[count], u64 keys[count] if has_keys, f32 vectors[count * dim] unless op is remove.
-// Sequence numbers increase by one per record. A collection's manifest records the last sequence its
+// Sequence numbers increase by one per record. One write call becomes several records when it is larger
+// than a record may be (`append`'s `per_record`); every record of a call but its last has flag bit 0
+// ("continued") set, and no other flag bit is defined. Logs written before the flag existed hold 0 there:
+// each of their records is a whole call. A collection's manifest records the last sequence its
 // snapshot contains; replay applies only later records, so a crash between writing a snapshot and
 // emptying the log replays nothing twice.
 //
 // A torn last record — the payload runs past the end of the file, or its checksum fails and it ends
 // exactly at the end of the file — is the trace of a write whose fsync never completed, i.e. a write
-// that was never acknowledged: it is dropped and the file truncated before it. A record that runs past
-// the end counts as torn only if what it holds of its own header agrees with its size field (and its
-// sequence follows the previous record's): a size field damaged in the middle of the log must not pass
-// for a torn tail, which would silently drop every later, acknowledged record. Any other damage is
-// `errc::corrupt_file`. A failed append cuts the log back (see `append`), so a half-written record is
-// only ever the last one.
+// that was never acknowledged: it is dropped and the file truncated before it. So are the records of
+// its call before it (the "continued" ones right before the tear), and the records of a call whose last
+// record was never written (the file ends on a "continued" record): a call is replayed whole or not at
+// all. A record that runs past the end counts as torn only if what it holds of its own header agrees
+// with its size field (and its sequence follows the previous record's): a size field damaged in the
+// middle of the log must not pass for a torn tail, which would silently drop every later, acknowledged
+// record. Any other damage is `errc::corrupt_file`. A failed append cuts the log back (see `append`), so
+// a half-written record is only ever the last one.
 
 #include <cstddef>
 #include <cstdint>
@@ -68,7 +73,8 @@ class write_ahead_log {
   [[nodiscard]] std::uint64_t last_sequence() const;
 
   /// Appends the records of one write call — its ids (keys, rows) in runs of at most `per_record`, one
-  /// record each — and makes them durable as the sync policy says, all or nothing: when a write or the
+  /// record each, all but the last flagged "continued" so that a crash part way through is not replayed
+  /// in part — and makes them durable as the sync policy says, all or nothing: when a write or the
   /// sync fails (a full disk, a file size limit), the log is cut back to where the call began, so no
   /// half-written record is left for later records to follow (the next open would have to refuse the
   /// log as corrupt) and no part of a failed call is replayed. If even the cut fails, every later append
@@ -96,8 +102,8 @@ class write_ahead_log {
   void take_lock(int operation);
   void read_records(std::uint64_t after);
   /// One record into `buffer_`.
-  void encode(std::uint64_t sequence, wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,
-              matrix_view<const float> vectors);
+  void encode(std::uint64_t sequence, wal_op op, bool continued, std::span<const vector_id> ids,
+              std::span<const std::uint64_t> keys, matrix_view<const float> vectors);
 
   std::filesystem::path path_;
   std::size_t dim_;
