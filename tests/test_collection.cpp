@@ -421,6 +421,11 @@ TEST_CASE("collection: save/open round-trips, copied and mapped; the log replays
   {
     collection c = collection::open(home);
     CHECK(c.stats().wal_records_replayed == 3);
+    std::vector<vector_id> written(data.ids.begin() + 2000, data.ids.end());
+    written.push_back(data.ids[3]);
+    written.push_back(data.ids[11]);
+    std::sort(written.begin(), written.end());
+    CHECK(c.replayed_ids() == written);
     CHECK(c.size() == 2999);
     CHECK_FALSE(c.contains(data.ids[3]));
     const neighbors after = c.search(data.queries.view(), 10, {.ef = 100, .shard_probe = 2});
@@ -431,6 +436,7 @@ TEST_CASE("collection: save/open round-trips, copied and mapped; the log replays
   {
     const collection c = collection::open(home);
     CHECK(c.stats().wal_records_replayed == 0);
+    CHECK(c.replayed_ids().empty());
     CHECK(c.options().semantic_balance == 1.5);
     reopened = c.search(data.queries.view(), 10, {.ef = 100, .shard_probe = 2});
   }
@@ -509,6 +515,9 @@ TEST_CASE("collection: acknowledged upserts survive a killed process", "[collect
 
   const collection c = collection::open(home);
   CHECK(c.size() >= acks);
+  const std::vector<vector_id> replayed = c.replayed_ids();  // every write since creation: no snapshot yet
+  REQUIRE(replayed.size() >= acks);
+  for (std::size_t i = 0; i < replayed.size(); ++i) CHECK(replayed[i] == i);
   for (vector_id id = 0; id < acks; ++id) {
     CAPTURE(id);
     REQUIRE(c.contains(id));

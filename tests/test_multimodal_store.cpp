@@ -566,6 +566,33 @@ TEST_CASE("multimodal_store: collections made after open are durable once saved 
     CHECK(found.id(0, 0) == 4242);
     CHECK(found.distance(0, 0) < 1e-5f);
   }
+  // An upsert cut off between the two logs: the version holds the new vector of text 1001, its mirror the
+  // projection of the old one. `open` compares the ids the logs replayed and writes the stale one again,
+  // then checkpoints both, so that the next open has nothing to repair.
+  const matrix_view<const float> new_text = data.text_train.view().slice(1, 1);
+  multimodal_store::open(dir.path()).save(dir.path());
+  {
+    collection own = collection::open(dir.path() / "text" / "v1" / "native");
+    own.upsert(new_text, std::vector<vector_id>{1001});
+  }
+  {
+    const multimodal_store back = multimodal_store::open(dir.path());
+    const neighbors found = back.search("image", back.to_shared("text", new_text).view(), "text", 1);
+    CHECK(found.id(0, 0) == 1001);
+    CHECK(found.distance(0, 0) < 1e-5f);
+  }
+  CHECK(collection::open(dir.path() / "text" / "v1" / "native").stats().wal_records_replayed == 0);
+  CHECK(collection::open(dir.path() / "text" / "v1" / "shared").stats().wal_records_replayed == 0);
+  // Writes through the store leave version and mirror in line: `open` replays them and repairs nothing
+  // (no checkpoint: the logs are still there for the next open).
+  {
+    multimodal_store back = multimodal_store::open(dir.path());
+    back.upsert("text", data.text_train.view().slice(2, 1), std::vector<vector_id>{1002});
+  }
+  (void)multimodal_store::open(dir.path());
+  CHECK(collection::open(dir.path() / "text" / "v1" / "native").stats().wal_records_replayed == 1);
+  CHECK(collection::open(dir.path() / "text" / "v1" / "shared").stats().wal_records_replayed == 1);
+
   // An opened store saved elsewhere is copied, and keeps logging into its own directory.
   const scratch_dir copy("shoal-mm-attach-copy");
   {
@@ -578,6 +605,33 @@ TEST_CASE("multimodal_store: collections made after open are durable once saved 
   }
   CHECK(multimodal_store::open(copy.path()).size("late") == 0);
   CHECK(multimodal_store::open(dir.path()).contains("audio", 8));
+}
+
+TEST_CASE("multimodal_store: a version that keeps only codes reopens after writes to it and its mirror",
+          "[multimodal][io]") {
+  // Its upserts cannot be compared with its mirror (no stored vectors to project), so `open` leaves them.
+  const two_encoders data(400, 20, 0.2f);
+  const scratch_dir dir("shoal-mm-codes");
+  constexpr std::size_t image_dim = two_encoders::image_dim, text_dim = two_encoders::text_dim;
+  {
+    multimodal_store store({.shared_dim = image_dim, .shared_metric = metric::cosine});
+    store.add_modality("image", modality(image_dim, metric::cosine, "Flat", true));
+    store.add_modality("text", modality(text_dim, metric::cosine, "IVF4,PQ4"));
+    store.fit_projection("text", data.text_train.view(), data.image_train.view(), {.lambda = 0.1f});
+    REQUIRE(store.info("text").route == shared_route::mirror);
+    store.train("text", data.text_train.view());
+    store.save(dir.path());
+  }
+  {
+    multimodal_store back = multimodal_store::open(dir.path());
+    back.add("text", data.text_test.view(), iota_ids(20, 100));
+    back.upsert("text", data.text_train.view().slice(0, 1), std::vector<vector_id>{105});
+  }
+  const multimodal_store back = multimodal_store::open(dir.path());
+  CHECK(back.size("text") == 20);
+  const neighbors found =
+      back.search("image", back.to_shared("text", data.text_train.view().slice(0, 1)).view(), "text", 1);
+  CHECK(found.id(0, 0) == 105);
 }
 
 TEST_CASE("multimodal_store: a save cut off before its manifest leaves the previous store whole", "[multimodal][io]") {

@@ -443,6 +443,8 @@ bool collection::contains(vector_id id) const {
   return lay->table.contains(id);
 }
 
+std::vector<vector_id> collection::replayed_ids() const { return state_->replayed_ids; }
+
 std::vector<vector_id> collection::ids() const {
   const std::shared_ptr<detail::layout> lay = state_->current.load();
   std::vector<vector_id> out;

@@ -302,6 +302,10 @@ collection collection::open(const std::filesystem::path& directory, const collec
   }
   st->wal = std::move(wal);
   st->replayed = replay.size();
+  for (const detail::wal_record& r : replay)
+    st->replayed_ids.insert(st->replayed_ids.end(), r.ids.begin(), r.ids.end());
+  std::sort(st->replayed_ids.begin(), st->replayed_ids.end());
+  st->replayed_ids.erase(std::unique(st->replayed_ids.begin(), st->replayed_ids.end()), st->replayed_ids.end());
   st->read_only = mapped;
   return collection(std::move(st));
 }

@@ -347,29 +347,81 @@ matrix<float> into_shared(const version_state& v, const link_state& l, matrix_vi
   return copy;
 }
 
+/// The vectors `v` stores under `ids`, projected into the shared space as its mirror stores them (unit
+/// rows under a cosine shared metric).
+matrix<float> mirrored_vectors(const version_state& v, const link_state& l, std::span<const vector_id> ids,
+                               const char* who) {
+  matrix<float> stored(ids.size(), v.dim());
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    const std::vector<float> x = v.own.vector(ids[i]);
+    std::copy(x.begin(), x.end(), stored.row(i));
+  }
+  matrix<float> projected = into_shared(v, l, stored.view(), who);
+  return l.mirror->metric() == metric::cosine ? normalized_copy(projected.view(), "projected vector") : projected;
+}
+
+/// The ids among `candidates` whose mirror vector is not the projection of the version's: further from it
+/// than rounding explains (1e-4 of its norm), or not readable (an index that keeps only codes). An index
+/// that keeps approximate vectors (SQ, F16) fails the test for most: they are written again, harmlessly.
+std::vector<vector_id> stale_in_mirror(const version_state& v, const link_state& l,
+                                       std::span<const vector_id> candidates, const char* who) {
+  std::vector<vector_id> stale;
+  if (candidates.empty()) return stale;
+  const matrix<float> expected = mirrored_vectors(v, l, candidates, who);
+  for (std::size_t i = 0; i < candidates.size(); ++i) {
+    std::vector<float> held;
+    try {
+      held = l.mirror->vector(candidates[i]);
+    } catch (const error& e) {
+      if (e.code() != errc::unsupported) throw;
+      stale.push_back(candidates[i]);
+      continue;
+    }
+    double gap = 0.0, norm = 0.0;
+    for (std::size_t j = 0; j < held.size(); ++j) {
+      const double e = expected.row(i)[j];
+      gap += (held[j] - e) * (held[j] - e);
+      norm += e * e;
+    }
+    if (gap > 1e-8 * norm) stale.push_back(candidates[i]);
+  }
+  return stale;
+}
+
 /// A crash between a write's two log appends (the version's, then its mirror's) can leave the mirror
-/// without ids the version holds, or with ids the version removed: `open` brings the mirror back in
-/// line with the version, projecting the version's stored vectors. `name` names the manifest.
-/// `own` and `mirrored`: the ids each holds, ascending (`collection::ids`).
-void reconcile_mirror(const version_state& v, const link_state& l, const std::string& name,
-                      const std::vector<vector_id>& own, const std::vector<vector_id>& mirrored) {
-  if (own == mirrored) return;
-  std::vector<vector_id> missing, extra;
+/// without ids the version holds, with ids the version removed, or with the vector an upsert replaced:
+/// `open` brings the mirror back in line with the version, projecting the version's stored vectors.
+/// Only ids that one of the two logs replayed (`changed`, the writes since their common snapshot) can
+/// hold a stale vector, so only theirs are compared. After any repair both are checkpointed (as a
+/// database checkpoints at the end of crash recovery), so that the next `open` has nothing to repair.
+/// `name` names the manifest; `own` and `mirrored`: the ids each holds, ascending (`collection::ids`).
+void reconcile_mirror(version_state& v, const link_state& l, const std::string& name, const std::vector<vector_id>& own,
+                      const std::vector<vector_id>& mirrored, const std::vector<vector_id>& changed) {
+  constexpr const char* who = "multimodal_store::open";
+  std::vector<vector_id> missing, extra, both;
   std::set_difference(own.begin(), own.end(), mirrored.begin(), mirrored.end(), std::back_inserter(missing));
   std::set_difference(mirrored.begin(), mirrored.end(), own.begin(), own.end(), std::back_inserter(extra));
+  for (const vector_id id : changed)
+    if (std::binary_search(own.begin(), own.end(), id) && std::binary_search(mirrored.begin(), mirrored.end(), id))
+      both.push_back(id);
   try {
-    if (!extra.empty()) l.mirror->remove(extra);
-    if (missing.empty()) return;
-    matrix<float> stored(missing.size(), v.dim());
-    for (std::size_t i = 0; i < missing.size(); ++i) {
-      const std::vector<float> x = v.own.vector(missing[i]);
-      std::copy(x.begin(), x.end(), stored.row(i));
+    std::vector<vector_id> stale;
+    try {
+      stale = stale_in_mirror(v, l, both, who);
+    } catch (const error& e) {  // a version that keeps only codes: its upserts cannot be checked
+      if (e.code() != errc::unsupported) throw;
     }
-    l.mirror->add(into_shared(v, l, stored.view(), "multimodal_store::open").view(), missing);
+    if (missing.empty() && extra.empty() && stale.empty()) return;
+    if (!extra.empty()) l.mirror->remove(extra);
+    if (!stale.empty()) l.mirror->upsert(mirrored_vectors(v, l, stale, who).view(), stale);
+    if (!missing.empty()) l.mirror->add(mirrored_vectors(v, l, missing, who).view(), missing);
+    l.mirror->checkpoint();
+    if (v.own.stats().wal_records_replayed > 0) v.own.checkpoint();
   } catch (const error& e) {
-    throw_error(errc::corrupt_file, str(name, ": the mirror of '", v.modality, "/", v.name, "' holds ", mirrored.size(),
-                                        " ids and the version ", own.size(), ", ", missing.size(), " of them not in ",
-                                        "the mirror; they cannot be brought in line: ", e.what()));
+    throw_error(errc::corrupt_file,
+                str(name, ": the mirror of '", v.modality, "/", v.name, "' holds ", mirrored.size(),
+                    " ids and the version ", own.size(), " (", missing.size(), " missing, ", extra.size(), " extra, ",
+                    both.size(), " written since the snapshot); ", "they cannot be brought in line: ", e.what()));
   }
 }
 
@@ -1360,7 +1412,7 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
           !mv.to_shared || (mv.to_shared->in_dim() == v->dim() && mv.to_shared->out_dim() == m.shared.shared_dim);
       SHOAL_CHECK_CODE(native_fits && projection_fits, errc::corrupt_file, name, ": modality '", mod.name,
                        "' version '", mv.name, "': the shared space, the projection and the collection disagree");
-      std::vector<vector_id> own_ids, mirror_ids;  // of a mirrored version, for reconcile_mirror
+      std::vector<vector_id> own_ids, mirror_ids, changed_ids;  // of a mirrored version, for reconcile_mirror
       std::shared_ptr<collection> mirror;
       if (mv.route == shared_route::mirror) {
         mirror = std::make_shared<collection>(collection::open(dir / mv.mirror_dir, options));
@@ -1371,7 +1423,10 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
         // read-only one is opened again, writable (it lets go of its log's shared lock first).
         own_ids = v->own.ids();
         mirror_ids = mirror->ids();
-        if (options.mmap && mirror_ids != own_ids) {
+        const std::vector<vector_id> own_changed = v->own.replayed_ids(), mirror_changed = mirror->replayed_ids();
+        std::set_union(own_changed.begin(), own_changed.end(), mirror_changed.begin(), mirror_changed.end(),
+                       std::back_inserter(changed_ids));
+        if (options.mmap && (mirror_ids != own_ids || !changed_ids.empty())) {
           mirror.reset();
           collection_open_options writable = options;
           writable.mmap = false;
@@ -1382,7 +1437,7 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
       SHOAL_CHECK_CODE(l->route == mv.route, errc::corrupt_file, name, ": modality '", mod.name, "' version '", mv.name,
                        "' is recorded with route ", shared_route_name(mv.route), " but its projection gives ",
                        shared_route_name(l->route));
-      if (l->mirror) detail::reconcile_mirror(*v, *l, name, own_ids, mirror_ids);
+      if (l->mirror) detail::reconcile_mirror(*v, *l, name, own_ids, mirror_ids, changed_ids);
       v->set_link(std::move(l));
       SHOAL_CHECK_CODE(entry.versions.emplace(mv.name, v).second, errc::corrupt_file, name, ": version '", mv.name,
                        "' of '", mod.name, "' twice");

@@ -200,6 +200,12 @@ class collection {
   [[nodiscard]] bool contains(vector_id id) const;
   /// Every stored id, ascending.
   [[nodiscard]] std::vector<vector_id> ids() const;
+  /// The ids written (added, upserted or removed) by the log records `open` replayed, ascending, each
+  /// once: the writes since the last snapshot, acknowledged or not yet when the process ended. Empty for
+  /// a collection that was created rather than opened, or whose log was empty; it does not change after
+  /// `open`. Lets state kept beside the collection (another index of the same ids, a table) be checked
+  /// against it after a crash: only these ids can have changed since the snapshot.
+  [[nodiscard]] std::vector<vector_id> replayed_ids() const;
   /// The shard that holds `id`; throws `errc::not_found`.
   [[nodiscard]] std::size_t shard_of(vector_id id) const;
   /// A copy of the vector stored under `id`, as its shard's index stores it (unit length for cosine).

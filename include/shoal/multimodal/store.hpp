@@ -205,11 +205,16 @@ class multimodal_store {
   /// so vector writes after `open` are durable at once; modality, version, projection and pair changes,
   /// and the vectors of collections created after `open`, are persisted by the next `save` into
   /// `directory` (which also makes those collections log their later writes there). A mirror that a
-  /// crash left behind its version (the crash fell between the two write-ahead logs' appends of an `add`
-  /// or `remove`) is brought back in line here, from the version's stored vectors; if the version's
-  /// index keeps only codes (IVF-PQ), that is `errc::corrupt_file`. Throws `errc::io_error` (no manifest),
-  /// `errc::corrupt_file` (damaged or inconsistent manifest, and the errors of `collection::open`), `errc::unsupported`
-  /// (a newer manifest format).
+  /// crash left behind its version (the crash fell between the two write-ahead logs' appends of an `add`,
+  /// `upsert` or `remove`) is brought back in line here, from the version's stored vectors: ids only the
+  /// mirror holds are removed from it, ids only the version holds are added, and the ids written since the
+  /// last snapshot (`collection::replayed_ids` of either) are compared with the projection of the
+  /// version's vector and written again where they differ (all of them where the mirror's index keeps
+  /// approximate vectors or codes). After a repair, the version and its mirror are checkpointed, so the
+  /// next `open` does not repeat it. If the version's index keeps only codes (IVF-PQ), its upserted ids
+  /// are not compared, and ids only one of the two holds are `errc::corrupt_file`. Throws `errc::io_error` (no
+  /// manifest), `errc::corrupt_file` (damaged or inconsistent manifest, and the errors of `collection::open`),
+  /// `errc::unsupported` (a newer manifest format).
   [[nodiscard]] static multimodal_store open(const std::filesystem::path& directory,
                                              const collection_open_options& options = {});
 
@@ -286,9 +291,8 @@ class multimodal_store {
   /// included, comes before anything changes. One failure can still leave the two apart: an I/O error
   /// in the mirror's write-ahead log after the version's own write went through (a store opened from a
   /// directory on a full disk), or a crash between the two logs' appends; ids that existed then hold
-  /// their new vectors in the version and their old ones in the mirror until they are written again
-  /// (new ids are added to the mirror by the next `open`). (A cross-collection log that makes the pair
-  /// atomic is an open item.)
+  /// their new vectors in the version and their old ones in the mirror until they are written again or
+  /// the store is opened again (`open` repairs the mirror).
   void upsert(std::string_view modality, matrix_view<const float> vectors, std::span<const vector_id> ids,
               std::string_view version = {});
   /// Removes ids from a version and its mirror; `errc::not_found` (an id the version does not store)
