@@ -25,6 +25,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <span>
 
 #include "distance/amx_tiles.hpp"
@@ -55,6 +56,33 @@ constexpr std::size_t tile_k = 32;     // bfloat16 values per tile row (64 bytes
 
 /// Number of bfloat16 parts a float is split into: x = p0 + p1 + p2 + r, |r| <= 2^-24 |x|.
 constexpr std::size_t max_parts = 3;
+
+/// A grow-only, 64-byte aligned buffer of bfloat16 words (contents undefined), of a type local to this
+/// file. A `std::vector` here would emit weak members compiled with this file's AVX-512 and AMX flags,
+/// and the linker may keep those for every other file's copy of the same vector, running AVX-512 code on
+/// any CPU (tests/simd_objects.sh checks that the ISA-specific objects define no such symbols).
+class word_buffer {
+ public:
+  /// At least `n` words.
+  std::uint16_t* reserve(std::size_t n) {
+    if (n > words_) {
+      data_.reset();
+      data_ = storage(static_cast<std::uint16_t*>(allocate_aligned(n * sizeof(std::uint16_t))),
+                      release{n * sizeof(std::uint16_t)});
+      words_ = n;
+    }
+    return data_.get();
+  }
+
+ private:
+  struct release {
+    std::size_t bytes;
+    void operator()(std::uint16_t* p) const noexcept { deallocate_aligned(p, bytes); }
+  };
+  using storage = std::unique_ptr<std::uint16_t[], release>;
+  storage data_{nullptr, release{0}};
+  std::size_t words_ = 0;
+};
 
 /// Splits 32 floats (`valid` of them read, the rest zero) into up to `max_parts` bfloat16 parts: part i
 /// is the float remainder after parts 0..i-1, rounded to nearest even, two floats to a 32-bit word (lower
@@ -125,11 +153,10 @@ struct packed {
 /// written only from the first tile that needs it on (the tiles before are zero-filled then), so data
 /// exact in bfloat16 pays for one part only.
 packed pack(const float* x, std::size_t n, std::size_t ldx, std::size_t dim, std::size_t groups, bool columns,
-            aligned_vector<std::uint16_t>& buffer) {
+            word_buffer& buffer) {
   const std::size_t chunks = (dim + tile_k - 1) / tile_k;
   const std::size_t part_values = groups * chunks * packed::tile_values;
-  if (buffer.size() < max_parts * part_values) buffer.resize(max_parts * part_values);  // only ever grows
-  std::uint16_t* out = buffer.data();
+  std::uint16_t* out = buffer.reserve(max_parts * part_values);
   std::size_t parts = 1;  // parts written so far
   for (std::size_t g = 0; g < groups; ++g) {
     for (std::size_t c = 0; c < chunks; ++c) {
@@ -239,7 +266,7 @@ void inner_product_many(const float* a, std::size_t na, std::size_t lda, const f
   // Operands padded to an even number of 16-row groups, so that the 2 x 2 tile block never overhangs the
   // packed data (padded rows are zero and never stored).
   const auto even_groups = [](std::size_t n) { return ((n + 2 * tile_rows - 1) / (2 * tile_rows)) * 2; };
-  thread_local aligned_vector<std::uint16_t> a_buffer, b_buffer;  // packed operands, per thread
+  thread_local word_buffer a_buffer, b_buffer;  // packed operands, per thread
   configure_full_tiles();
   for (std::size_t r = 0; r < na; r += block_groups * tile_rows) {
     const std::size_t rows = std::min(block_groups * tile_rows, na - r);
