@@ -603,10 +603,20 @@ TEST_CASE("damaged ivf_pq files: inconsistent sections are reported even without
   fails("section LCOD has", [&](auto& b) { put(b, params + 8, std::uint64_t{4}); });   // same codebook size
   fails("non-finite",
         [&](auto& b) { put(b, section_offset(bytes, "PQCB") + 20, std::numeric_limits<float>::infinity()); });
+  // Finite values that decode to vectors whose distances overflow (a file sealed again after a change).
+  fails("the largest vector the codebooks decode to has norm",
+        [&](auto& b) { put(b, section_offset(bytes, "PQCB") + 20, 3e38f); });
+  fails("centroid row 1 has norm", [&](auto& b) { put(b, section_offset(bytes, "CENT") + 24 * 4, 3e38f); });
   fails("list sizes add up", [&](auto& b) { put(b, section_offset(bytes, "LSIZ"), std::uint64_t{1000}); });
   const std::size_t ids = section_offset(bytes, "LIDS");
   fails("is stored twice", [&](auto& b) { std::memcpy(b.data() + ids + 8, b.data() + ids, 8); });
   fails("the reserved shoal::no_id", [&](auto& b) { put(b, ids + 8, no_id); });
+
+  // RSQR: the SQ8 copy's minima, then its steps. A step of 3e38 decodes code 255 past FLT_MAX.
+  d.pq(metric::l2, 4, 4, false, false, true).save(good);
+  const std::vector<char> sq8 = slurp(good);
+  require_damage_reported<ivf_pq_index>(sq8, bad, "the largest vector the ranges decode to has norm",
+                                        [&](auto& b) { put(b, section_offset(sq8, "RSQR") + 24 * 4, 3e38f); });
 }
 
 TEST_CASE("refine files hold both stages: round trips copied and mapped, damaged files reported", "[io][refine]") {

@@ -36,15 +36,23 @@ void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what
                        ") at component ", j);
       squared_norm += static_cast<double>(row[j]) * row[j];
     }
-    // With every squared norm at most FLT_MAX / 8, each float distance stays within FLT_MAX / 2, a
-    // margin for rounding: ‖q − x‖² ≤ 2‖q‖² + 2‖x‖², |⟨q, x⟩| ≤ ‖q‖‖x‖, and each term of the GEMM form
-    // ‖q‖² + ‖x‖² − 2⟨q, x⟩ too. Beyond it a distance can overflow to ±inf (or NaN, inf − inf), and
-    // results would be lost without a word (a batched flat search returned empty rows).
-    constexpr double max_squared_norm = static_cast<double>(std::numeric_limits<float>::max()) / 8;
-    SHOAL_CHECK_CODE(squared_norm <= max_squared_norm, errc::non_finite, what, " row ", i, " has norm ",
-                     std::sqrt(squared_norm), ", above the ", std::sqrt(max_squared_norm),
-                     " that keeps its float distances finite");
+    check_squared_norm(squared_norm, what, " row ", i);
   }
+}
+
+void check_squared_norm(double squared_norm, const char* what, const char* part, std::size_t row) {
+  // With every squared norm at most FLT_MAX / 8, each float distance stays within FLT_MAX / 2, a
+  // margin for rounding: ‖q − x‖² ≤ 2‖q‖² + 2‖x‖², |⟨q, x⟩| ≤ ‖q‖‖x‖, and each term of the GEMM form
+  // ‖q‖² + ‖x‖² − 2⟨q, x⟩ too. Beyond it a distance can overflow to ±inf (or NaN, inf − inf), and
+  // results would be lost without a word (a batched flat search returned empty rows).
+  constexpr double max_squared_norm = static_cast<double>(std::numeric_limits<float>::max()) / 8;
+  if (squared_norm <= max_squared_norm) [[likely]]
+    return;
+  if (part == nullptr)
+    throw_error(errc::non_finite, str(what, " has norm ", std::sqrt(squared_norm), ", above the ",
+                                      std::sqrt(max_squared_norm), " that keeps its float distances finite"));
+  throw_error(errc::non_finite, str(what, part, row, " has norm ", std::sqrt(squared_norm), ", above the ",
+                                    std::sqrt(max_squared_norm), " that keeps its float distances finite"));
 }
 
 void check_ids(std::span<const vector_id> ids, std::size_t rows, const char* what) {

@@ -374,9 +374,11 @@ coarse_quantizer coarse_quantizer::read(const io::detail::index_file_reader& in,
       in.read_vector<float>(tag_centroids, io::detail::checked_mul(nlist, h.dim, name, "nlist x dimension"));
   centroids.rows = static_cast<std::size_t>(nlist);
   centroids.dim = static_cast<std::size_t>(h.dim);
-  SHOAL_CHECK_CODE(
-      std::all_of(centroids.values.begin(), centroids.values.end(), [](float v) { return std::isfinite(v); }),
-      errc::corrupt_file, name, ": a centroid holds a non-finite value");
+  try {
+    detail::check_vectors(centroids.view(), centroids.dim, "centroid");
+  } catch (const error& e) {
+    detail::throw_error(errc::corrupt_file, detail::str(name, ": ", e.what()));
+  }
   q.install(std::move(centroids));
   if (graph_m == 0) {
     SHOAL_CHECK_CODE(!has_graph, errc::corrupt_file, name, ": a coarse graph without its CQHN section");

@@ -74,6 +74,18 @@ product_quantizer product_quantizer::with_codebooks(std::size_t dim, std::size_t
   SHOAL_CHECK_CODE(
       std::all_of(codebooks.values.begin(), codebooks.values.end(), [](float v) { return std::isfinite(v); }),
       errc::non_finite, "product_quantizer::with_codebooks: a codeword holds a non-finite value");
+  double largest = 0;  // squared norm of the largest vector the codebooks decode to
+  for (std::size_t s = 0; s < m; ++s) {
+    double widest = 0;
+    for (std::size_t c = 0; c < pq.ksub(); ++c) {
+      const float* word = codebooks.row(s * pq.ksub() + c);
+      double norm = 0;
+      for (std::size_t j = 0; j < pq.dsub(); ++j) norm += static_cast<double>(word[j]) * word[j];
+      widest = std::max(widest, norm);
+    }
+    largest += widest;
+  }
+  detail::check_squared_norm(largest, "product_quantizer::with_codebooks: the largest vector the codebooks decode to");
   pq.set_codebooks(std::move(codebooks));
   return pq;
 }

@@ -18,6 +18,11 @@ namespace shoal::detail {
 /// "vector", ...).
 void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what);
 
+/// Throws `shoal::error` (`errc::non_finite`) when a vector of squared norm `squared_norm` (NaN too)
+/// would break `check_vectors`' norm bound: "<what><part><row> has norm …" (`part` null: "<what> has
+/// norm …"). For what a loaded model decodes to (codebooks, quantizer ranges, centroids).
+void check_squared_norm(double squared_norm, const char* what, const char* part = nullptr, std::size_t row = 0);
+
 /// Throws `shoal::error` unless there is one id per vector (`rows`) and none is `no_id` (2⁶⁴ − 1, reserved:
 /// it marks a missing result in `neighbors`, so an index cannot tell it from "nothing"). `what` names the
 /// call ("flat_index::add", ...).

@@ -19,7 +19,9 @@
 /// rotation with the PQ's own M; 8-bit or 4-bit fast-scan codes; re-rank from full vectors kept in the
 /// index, or from an SQ8 copy of them; `_HNSW<M>`: an HNSW graph over the centroids picks the lists). All of them save
 /// and load (`any_index::save`, `load_index`). `,Refine(Flat)` / `,RFlat` after any other structure builds a
-/// `refine_index` (that structure proposes, a flat index re-ranks; one file holds both stages). Recognised and reported
+/// `refine_index` (that structure proposes, a flat index re-ranks; one file holds both stages). The two kinds of
+/// refinement differ at `search_params::refine_factor` 0: a `refine_index` then re-ranks at its default depth,
+/// IVF-PQ's own re-rank not at all (approximate distances; set refine_factor to use it). Recognised and reported
 /// as `errc::unsupported` ("not built yet"): other transforms (PCA, OPQ with another M or an output dimension), SQ
 /// encodings in IVF, PQ storage in HNSW, 4-bit PQ without fast-scan, refinement by anything but
 /// Refine(Flat) (and, for IVF-PQ, Refine(SQ8)).
