@@ -198,6 +198,9 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
   collection_options o = options_for(sharding::hash, 8, metric::cosine);
   o.dim = 0;
   REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "dim"));
+  o.dim = max_dim + 1;  // more than a manifest or a log can record: it could never be opened again
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error,
+                         fails_with(errc::invalid_argument, "dimension 16777217 is outside [1, 16777216]"));
   o = options_for(sharding::hash, 8, metric::cosine);
   o.shards = 0;
   REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "shards must be"));
@@ -271,6 +274,9 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
   REQUIRE_THROWS_MATCHES(semantic.add(v.view(), ids), shoal::error, fails_with(errc::invalid_argument, "not trained"));
   REQUIRE_THROWS_MATCHES(semantic.train(v.view().slice(0, 2)), shoal::error,
                          fails_with(errc::invalid_argument, "needs 4 centroids"));
+  // Nothing to re-cluster before the router exists (a rebalance racing the first train() published an
+  // untrained router over the trained one).
+  REQUIRE_THROWS_MATCHES(semantic.rebalance(), shoal::error, fails_with(errc::invalid_argument, "not trained"));
   REQUIRE_THROWS_MATCHES(c.rebalance(), shoal::error, fails_with(errc::unsupported, "hash"));
   REQUIRE_THROWS_MATCHES(c.checkpoint(), shoal::error, fails_with(errc::invalid_argument, "no directory"));
 }
@@ -554,6 +560,15 @@ TEST_CASE("collection: a torn log tail is dropped, other damage is reported", "[
     CHECK_FALSE(c.contains(3));
   }
   CHECK(std::filesystem::file_size(log) == full - record);  // the torn bytes are gone
+  // A file extended but never written (a power loss after its new size reached the disk): zeros after
+  // the last record, which would read as an intact record of size 0.
+  for (const std::size_t zeros : {8, 20, 200}) {
+    CAPTURE(zeros);
+    std::filesystem::copy_file(pristine, log, std::filesystem::copy_options::overwrite_existing);
+    std::filesystem::resize_file(log, full + zeros);
+    CHECK(collection::open(home).size() == 3);
+    CHECK(std::filesystem::file_size(log) == full);
+  }
   // A flipped byte inside the first record (not the last) is corruption.
   std::filesystem::copy_file(pristine, log, std::filesystem::copy_options::overwrite_existing);
   {
@@ -653,6 +668,63 @@ TEST_CASE("collection: a write call logged in several records replays whole or n
     f.write(bytes.data(), static_cast<std::streamsize>(record));
   }
   REQUIRE_THROWS_MATCHES(replayed_ids(), shoal::error, fails_with(errc::corrupt_file, "unknown flags 2"));
+}
+
+TEST_CASE("collection: a save over another collection's directory keeps its log until the save is in place",
+          "[collection][io]") {
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  collection_options o = options_for(sharding::range, 8, metric::l2);
+  o.directory = home;
+  const matrix<float> a = make_uniform(15, 8, 31);
+  const std::vector<vector_id> a_ids = [] {
+    std::vector<vector_id> ids(15);
+    std::iota(ids.begin(), ids.end(), vector_id{0});
+    return ids;
+  }();
+  {
+    collection c(o);
+    c.add(a.view().slice(0, 10), std::span<const vector_id>(a_ids).first(10));
+    c.checkpoint();
+    c.add(a.view().slice(10, 5), std::span<const vector_id>(a_ids).last(5));  // in the log only
+  }
+  const std::filesystem::path log = home / "wal.log";
+  const std::filesystem::path old_log = dir.path() / "wal.old";
+  std::filesystem::copy_file(log, old_log);
+
+  // Another collection, of another dimension, saved over it: a save that fails part way (here out of
+  // memory for the manifest's routing table) must leave the first one whole, log included.
+  collection_options other = options_for(sharding::range, 16, metric::l2);
+  collection b(other);
+  const matrix<float> bv = make_uniform(3000, 16, 32);
+  std::vector<vector_id> b_ids(3000);
+  std::iota(b_ids.begin(), b_ids.end(), vector_id{100});
+  b.add(bv.view(), b_ids);
+  {
+    const test::allocation_cap cap(16 << 10);  // the routing table's 24 KB of ids
+    REQUIRE_THROWS_AS(b.save(home), std::bad_alloc);
+  }
+  {
+    const collection back = collection::open(home);
+    CHECK(back.dim() == 8);
+    CHECK(back.size() == 15);
+  }
+  // The save that succeeds replaces it; a crash before it deleted the old log leaves that log behind,
+  // of another dimension and holding only records the new snapshot claims: it replays nothing.
+  b.save(home);
+  CHECK_FALSE(std::filesystem::exists(log));
+  std::filesystem::copy_file(old_log, log);
+  {
+    collection back = collection::open(home);
+    CHECK(back.dim() == 16);
+    CHECK(back.size() == 3000);
+    CHECK(back.stats().wal_records_replayed == 0);
+    back.add(bv.view().slice(0, 1), std::vector<vector_id>{7});  // the log starts afresh
+  }
+  CHECK(collection::open(home).contains(7));
+
+  // An empty path is refused before anything in the working directory is touched.
+  REQUIRE_THROWS_MATCHES(b.save(""), shoal::error, fails_with(errc::invalid_argument, "path is empty"));
 }
 
 TEST_CASE("collection: a failed log append leaves the log usable", "[collection][io]") {

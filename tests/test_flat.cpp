@@ -217,6 +217,9 @@ TEST_CASE("flat index rejects bad input with clear errors and changes nothing", 
   flat_index index = f.build(metric::cosine);
   const matrix<float> wrong_dim = make_uniform(2, dim + 1, 1);
   REQUIRE_THROWS_MATCHES(flat_index(0), shoal::error, fails_with(errc::invalid_argument, "dimension"));
+  // Above what a file can record (the index could be saved but never loaded).
+  REQUIRE_THROWS_MATCHES(flat_index(max_dim + 1), shoal::error,
+                         fails_with(errc::invalid_argument, "dimension 16777217 is outside"));
   REQUIRE_THROWS_MATCHES(index.add(wrong_dim.view(), std::vector<vector_id>{1, 2}), shoal::error,
                          fails_with(errc::dimension_mismatch, "has dimension 38, expected 37"));
   REQUIRE_THROWS_MATCHES(index.search(wrong_dim.view(), 3), shoal::error,

@@ -617,6 +617,8 @@ TEST_CASE("hnsw rejects bad input with clear errors and changes nothing", "[hnsw
   const fixture f(50, 4, 19);
   hnsw_index index = f.build(metric::cosine);
   REQUIRE_THROWS_MATCHES(hnsw_index(0), shoal::error, fails_with(errc::invalid_argument, "dimension"));
+  REQUIRE_THROWS_MATCHES(hnsw_index(max_dim + 1), shoal::error,
+                         fails_with(errc::invalid_argument, "dimension 16777217 is outside"));
   hnsw_params p;
   p.M = 1;
   REQUIRE_THROWS_MATCHES(hnsw_index(dim, metric::l2, p), shoal::error, fails_with(errc::invalid_argument, "M must"));

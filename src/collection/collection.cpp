@@ -50,7 +50,7 @@ constexpr std::size_t min_shard_training_rows = 256;
 }  // namespace
 
 void validate(const collection_options& o) {
-  SHOAL_CHECK(o.dim > 0, "collection: dim must be at least 1");
+  detail::check_dimension(o.dim, "collection");
   SHOAL_CHECK(o.shards >= 1 && o.shards <= max_shards, "collection: shards must be in [1, ", max_shards, "], got ",
               o.shards);
   SHOAL_CHECK(o.replicas >= 1 && o.replicas <= max_replicas, "collection: replicas must be in [1, ", max_replicas,
@@ -338,26 +338,26 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
     const std::size_t per_record = std::max<std::size_t>(1, (std::size_t{256} << 20) / (options.dim * 4 + 16));
     (void)wal->append(op, ids, keys, op == wal_op::remove ? matrix_view<const float>() : vectors, per_record);
   }
-  {
-    const std::lock_guard lock(capture_mutex);
-    if (capturing) {
-      wal_record r;
-      r.op = op;
-      r.ids.assign(ids.begin(), ids.end());
-      r.keys.assign(keys.begin(), keys.end());
-      if (op != wal_op::remove) {
-        r.vectors = matrix<float>(vectors.rows, vectors.dim);
-        for (std::size_t i = 0; i < vectors.rows; ++i) std::copy_n(vectors.row(i), vectors.dim, r.vectors.row(i));
-      }
-      captured.push_back(std::move(r));
-    }
-  }
   try {
+    {
+      const std::lock_guard lock(capture_mutex);
+      if (capturing) {
+        wal_record r;
+        r.op = op;
+        r.ids.assign(ids.begin(), ids.end());
+        r.keys.assign(keys.begin(), keys.end());
+        if (op != wal_op::remove) {
+          r.vectors = matrix<float>(vectors.rows, vectors.dim);
+          for (std::size_t i = 0; i < vectors.rows; ++i) std::copy_n(vectors.row(i), vectors.dim, r.vectors.row(i));
+        }
+        captured.push_back(std::move(r));
+      }
+    }
     apply(*lay, op, vectors, routed, ids, keys);
   } catch (...) {
-    // Logged, but not (wholly) applied: a shard ran out of memory. The shards no longer match the log
-    // (nor, maybe, the routing table), and a snapshot would make that permanent. Reopening replays the
-    // write whole.
+    // Logged, but not (wholly) applied: a shard ran out of memory (or the copy a running rebalance
+    // captures did). The shards no longer match the log (nor, maybe, the routing table), and a snapshot
+    // would make that permanent. Reopening replays the write whole.
     diverged.store(true);
     throw;
   }
@@ -389,7 +389,8 @@ collection::collection(const collection_options& options) {
     SHOAL_CHECK(!std::filesystem::exists(options.directory / detail::manifest_file_name, ec),
                 "collection: ", options.directory.string(),
                 " already holds a collection (open it with collection::open)");
-    const io::detail::unique_fd stale = detail::write_ahead_log::remove_stale(options.directory);
+    detail::write_ahead_log::stale_log stale(options.directory);  // no manifest: a log with nothing to keep
+    stale.remove();
     st->write_snapshot(*lay, options.directory, 0, 0);
     st->wal = std::make_unique<detail::write_ahead_log>(options.directory, options.dim, options.sync, 0);
   }
@@ -735,11 +736,14 @@ void detail::rebalance(collection_state& st) {
   SHOAL_CHECK_CODE(!st.read_only, errc::unsupported, "collection::rebalance: the collection is read-only");
   const std::lock_guard one_at_a_time(st.rebalance_mutex);
   const auto started = std::chrono::steady_clock::now();
-  const std::shared_ptr<detail::layout> old = st.current.load();
+  std::shared_ptr<detail::layout> old;
   {
     // Under the layout lock: every write already past its capture check has been applied (and is in
-    // the snapshot below); every later one is captured.
+    // the snapshot below); every later one is captured. The layout is read under it too, so that a
+    // `train` cannot publish another one in between (checked again at the swap).
     const std::unique_lock layout_lock(st.layout_mutex);
+    old = st.current.load();
+    SHOAL_CHECK(old->route.trained(), "collection::rebalance: the collection is not trained (train() first)");
     const std::lock_guard lock(st.capture_mutex);
     st.capturing = true;
     st.captured.clear();
@@ -822,6 +826,8 @@ void detail::rebalance(collection_state& st) {
   // removes of present ids, which is idempotent whatever the snapshot saw), then it goes live.
   {
     const std::unique_lock layout_lock(st.layout_mutex);
+    SHOAL_CHECK_CODE(st.current.load() == old, errc::unsupported,
+                     "collection::rebalance: another layout was published while it ran; nothing changed");
     std::vector<detail::wal_record> captured;
     {
       const std::lock_guard lock(st.capture_mutex);

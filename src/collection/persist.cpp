@@ -158,6 +158,7 @@ void collection_state::write_snapshot(const layout& lay, const std::filesystem::
 }  // namespace detail
 
 void collection::save(const std::filesystem::path& directory) const {
+  SHOAL_CHECK(!directory.empty(), "collection::save: the directory path is empty");
   detail::collection_state& st = *state_;
   const std::unique_lock layout_lock(st.layout_mutex);  // every logged write is applied; new ones wait
   const std::shared_ptr<detail::layout> lay = st.current.load();
@@ -167,17 +168,20 @@ void collection::save(const std::filesystem::path& directory) const {
   st.check_not_diverged("collection::save");
   SHOAL_CHECK_CODE(!(own && st.read_only), errc::unsupported, "collection::save: the collection is read-only ",
                    "(memory-mapped); save it into another directory");
-  io::detail::unique_fd stale;  // the log of whatever collection lived here, locked while it is replaced
-  if (!own) {
-    std::filesystem::create_directories(directory, ec);
-    stale = detail::write_ahead_log::remove_stale(directory);
-  }
-  const std::uint64_t generation = detail::next_generation(directory);
-  st.write_snapshot(*lay, directory, generation, own ? st.wal->last_sequence() : 0);
   if (own) {
+    const std::uint64_t generation = detail::next_generation(directory);
+    st.write_snapshot(*lay, directory, generation, st.wal->last_sequence());
     st.wal->reset();
     st.snapshot_generation = generation;
+    return;
   }
+  // The log of whatever collection lives here stays until the new manifest replaces its own, and the
+  // snapshot claims its records, so that none of them replays onto the snapshot (see stale_log).
+  std::filesystem::create_directories(directory, ec);
+  SHOAL_CHECK_CODE(!ec, errc::io_error, "collection::save: cannot create ", directory.string(), ": ", ec.message());
+  detail::write_ahead_log::stale_log stale(directory);
+  st.write_snapshot(*lay, directory, detail::next_generation(directory), stale.last_sequence());
+  stale.remove();
 }
 
 void collection::checkpoint() {

@@ -62,6 +62,36 @@ struct record_header {
   [[nodiscard]] bool known_flags() const noexcept { return (flags & ~continued_flag) == 0; }
 };
 
+/// The highest sequence among the intact records at the start of a log's `bytes` (its header included),
+/// read from the size fields alone: no dimension needed. 0 for none; stops at the first record that is
+/// cut short or fails its checksum.
+std::uint64_t last_intact_sequence(const std::byte* bytes, std::uint64_t size) {
+  std::uint64_t last = 0;
+  std::uint64_t at = header_bytes;
+  while (size - at >= record_head_bytes) {
+    const auto payload = load<std::uint32_t>(bytes + at);
+    if (payload < payload_fixed_bytes || payload > size - at - record_head_bytes) break;
+    const std::byte* p = bytes + at + record_head_bytes;
+    if (crc32c(p, payload) != load<std::uint32_t>(bytes + at + 4)) break;
+    last = std::max(last, load<std::uint64_t>(p));
+    at += record_head_bytes + payload;
+  }
+  return last;
+}
+
+/// Whether a log's `bytes` begin with a header of this format (magic and version).
+bool is_log(const std::byte* bytes, std::uint64_t size) {
+  return size >= header_bytes && std::memcmp(bytes, wal_magic.data(), wal_magic.size()) == 0 &&
+         load<std::uint32_t>(bytes + 8) == wal_version;
+}
+
+/// The whole file `path`, read through `in`.
+std::vector<std::byte> read_whole(const io::detail::input_file& in) {
+  std::vector<std::byte> bytes(static_cast<std::size_t>(in.size()));
+  in.read_at(0, bytes.data(), in.size());
+  return bytes;
+}
+
 }  // namespace
 
 write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after,
@@ -74,9 +104,7 @@ write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t d
   struct ::stat info {};
   SHOAL_CHECK_CODE(::fstat(fd_.get(), &info) == 0, errc::io_error, path_.string(),
                    ": cannot stat the write-ahead log: ", io::detail::errno_text(errno));
-  if (info.st_size > 0) {
-    read_records(after);
-  } else {
+  if (info.st_size == 0 || !read_records(after)) {
     write_header();
     io::detail::sync_directory(dir);  // the new log's name survives a power loss with the records it gets
   }
@@ -101,20 +129,20 @@ void write_ahead_log::write_header() {
   refusal_.clear();
 }
 
-void write_ahead_log::read_records(std::uint64_t after) {
+bool write_ahead_log::read_records(std::uint64_t after) {
   const io::detail::input_file in(path_);
   const std::uint64_t size = in.size();
   const std::string name = path_.string();
   SHOAL_CHECK_CODE(size >= header_bytes, errc::corrupt_file, name, ": write-ahead log shorter than its header (", size,
                    " bytes)");
-  std::vector<std::byte> bytes(static_cast<std::size_t>(size));
-  in.read_at(0, bytes.data(), size);
+  const std::vector<std::byte> bytes = read_whole(in);
   SHOAL_CHECK_CODE(std::memcmp(bytes.data(), wal_magic.data(), wal_magic.size()) == 0, errc::corrupt_file, name,
                    ": not a shoal write-ahead log (bad magic)");
   const auto version = load<std::uint32_t>(bytes.data() + 8);
   SHOAL_CHECK_CODE(version == wal_version, errc::unsupported, name, ": write-ahead log version ", version,
                    " is not supported (this build reads version ", wal_version, ")");
   const auto dim = load<std::uint32_t>(bytes.data() + 12);
+  if (dim != dim_ && last_intact_sequence(bytes.data(), size) <= after) return false;  // see stale_log
   SHOAL_CHECK_CODE(dim == dim_, errc::corrupt_file, name, ": write-ahead log of dimension ", dim, ", collection has ",
                    dim_);
 
@@ -140,6 +168,11 @@ void write_ahead_log::read_records(std::uint64_t after) {
                          " bytes, more than the file holds, and its header disagrees (a damaged size field, not ",
                          "a torn last write)");
       }
+      // A file extended but never written to (a power loss after its size reached the disk, before its
+      // data did) ends in zeros: a size field of 0, whose empty payload would pass its checksum (0).
+      if (!torn && payload < payload_fixed_bytes)
+        torn = std::all_of(bytes.begin() + static_cast<std::ptrdiff_t>(at), bytes.end(),
+                           [](std::byte b) { return b == std::byte{0}; });
     }
     if (!torn) {
       const auto crc = load<std::uint32_t>(bytes.data() + at + 4);
@@ -202,6 +235,7 @@ void write_ahead_log::read_records(std::uint64_t after) {
     SHOAL_CHECK_CODE(::ftruncate(fd_.get(), static_cast<::off_t>(keep)) == 0 && ::fsync(fd_.get()) == 0, errc::io_error,
                      name, ": cannot drop the torn last write: ", io::detail::errno_text(errno));
   }
+  return true;
 }
 
 std::uint64_t write_ahead_log::last_sequence() const {
@@ -291,19 +325,24 @@ void write_ahead_log::take_lock(int operation) { lock_log(fd_.get(), path_, oper
 
 void write_ahead_log::lock_exclusive() { take_lock(LOCK_EX); }
 
-io::detail::unique_fd write_ahead_log::remove_stale(const std::filesystem::path& dir) {
-  const std::filesystem::path path = dir / file_name;
-  io::detail::unique_fd fd(io::detail::open_retrying(path.c_str(), O_RDWR));
-  if (fd.get() < 0) {
-    SHOAL_CHECK_CODE(errno == ENOENT, errc::io_error, path.string(),
+write_ahead_log::stale_log::stale_log(const std::filesystem::path& dir) : path_(dir / file_name) {
+  fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR));
+  if (fd_.get() < 0) {
+    SHOAL_CHECK_CODE(errno == ENOENT, errc::io_error, path_.string(),
                      ": cannot open the write-ahead log: ", io::detail::errno_text(errno));
-    return fd;
+    return;
   }
-  lock_log(fd.get(), path, LOCK_EX);
+  lock_log(fd_.get(), path_, LOCK_EX);
+  const io::detail::input_file in(path_);
+  const std::vector<std::byte> bytes = read_whole(in);
+  if (is_log(bytes.data(), bytes.size())) last_ = last_intact_sequence(bytes.data(), bytes.size());
+}
+
+void write_ahead_log::stale_log::remove() {
+  if (fd_.get() < 0) return;
   std::error_code ec;
-  std::filesystem::remove(path, ec);
-  SHOAL_CHECK_CODE(!ec, errc::io_error, path.string(), ": cannot remove the stale write-ahead log: ", ec.message());
-  return fd;
+  std::filesystem::remove(path_, ec);
+  SHOAL_CHECK_CODE(!ec, errc::io_error, path_.string(), ": cannot remove the stale write-ahead log: ", ec.message());
 }
 
 void write_ahead_log::reset() {

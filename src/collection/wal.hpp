@@ -82,12 +82,28 @@ class write_ahead_log {
   std::uint64_t append(wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,
                        matrix_view<const float> vectors, std::size_t per_record);
 
-  /// Deletes `<dir>/wal.log`, if there is one, for a caller about to replace what `dir` holds (a save
-  /// into a directory, a new collection there), so that no stale record replays onto the new snapshot.
-  /// Throws `errc::io_error` while a collection has the directory open (its acknowledged writes would be
-  /// lost with its log) or when the log cannot be removed. The returned descriptor keeps the removed
-  /// log locked until it closes (an empty one when there was no log).
-  [[nodiscard]] static io::detail::unique_fd remove_stale(const std::filesystem::path& dir);
+  /// The log a collection left in a directory, for a caller about to replace what the directory holds
+  /// (a save into it, a new collection there). Construction locks it where it lies and reads the last
+  /// sequence of its intact records; a snapshot written there must hold at least that sequence, so that
+  /// none of them can replay onto it, and `remove()` deletes the log once the snapshot's manifest is in
+  /// place. A failure or crash before then leaves the previous collection whole, its log included; one
+  /// after leaves a log that replays nothing (`open` drops a log of another dimension whose records the
+  /// snapshot holds). The lock is held until destruction.
+  class stale_log {
+   public:
+    /// Throws `errc::io_error` while a collection has the directory open (its acknowledged writes would
+    /// be lost with its log), or when the log cannot be read.
+    explicit stale_log(const std::filesystem::path& dir);
+    /// 0 when there is no log, or it holds no intact record.
+    [[nodiscard]] std::uint64_t last_sequence() const noexcept { return last_; }
+    /// Deletes the log (nothing when there was none). Throws `errc::io_error`.
+    void remove();
+
+   private:
+    std::filesystem::path path_;
+    io::detail::unique_fd fd_;
+    std::uint64_t last_ = 0;
+  };
 
   /// Empties the log (after a snapshot that holds every record); sequences continue from the last. A
   /// failure leaves the log refusing appends until the collection is reopened.
@@ -100,7 +116,9 @@ class write_ahead_log {
   void write_header();
   /// flock(2) with `operation` (LOCK_EX or LOCK_SH), without waiting.
   void take_lock(int operation);
-  void read_records(std::uint64_t after);
+  /// False when the log is another dimension's whose records all precede `after` (a log a save into
+  /// this directory replaced, see `stale_log`): nothing to replay, and the caller starts it afresh.
+  [[nodiscard]] bool read_records(std::uint64_t after);
   /// One record into `buffer_`.
   void encode(std::uint64_t sequence, wal_op op, bool continued, std::span<const vector_id> ids,
               std::span<const std::uint64_t> keys, matrix_view<const float> vectors);

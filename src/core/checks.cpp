@@ -40,6 +40,10 @@ void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what
   }
 }
 
+void check_dimension(std::size_t dim, const char* what) {
+  SHOAL_CHECK(dim >= 1 && dim <= max_dim, what, ": dimension ", dim, " is outside [1, ", max_dim, "]");
+}
+
 void check_squared_norm(double squared_norm, const char* what, const char* part, std::size_t row) {
   // With every squared norm at most FLT_MAX / 8, each float distance stays within FLT_MAX / 2, a
   // margin for rounding: ‖q − x‖² ≤ 2‖q‖² + 2‖x‖², |⟨q, x⟩| ≤ ‖q‖‖x‖, and each term of the GEMM form

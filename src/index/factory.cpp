@@ -15,6 +15,7 @@
 #include <utility>
 #include <vector>
 
+#include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/hnsw.hpp"
@@ -337,7 +338,7 @@ any_index build(const parser& p, const parsed_spec& s, std::size_t dim, metric m
 }  // namespace
 
 any_index make_index(std::string_view spec, std::size_t dim, metric m) {
-  SHOAL_CHECK(dim > 0, "make_index: dimension must be at least 1");
+  detail::check_dimension(dim, "make_index");
   const parser p(spec);
   return build(p, p.parse(spec, 0), dim, m);
 }

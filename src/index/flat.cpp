@@ -37,7 +37,7 @@ struct flat_index::query_block {
 };
 
 flat_index::flat_index(std::size_t dim, shoal::metric m) : dim_(dim), metric_(m) {
-  SHOAL_CHECK(dim > 0, "flat_index: dimension must be at least 1");
+  detail::check_dimension(dim, "flat_index");
   (void)active_kernels();  // surface a bad SHOAL_SIMD here rather than in the first search
 }
 

@@ -1186,7 +1186,7 @@ struct hnsw_index::impl {
 };
 
 hnsw_index::hnsw_index(std::size_t dim, shoal::metric m, const hnsw_params& params) {
-  SHOAL_CHECK(dim > 0, "hnsw_index: dimension must be at least 1");
+  detail::check_dimension(dim, "hnsw_index");
   SHOAL_CHECK(params.M >= 2 && params.M <= 256, "hnsw_index: M must be in [2, 256], got ", params.M);
   SHOAL_CHECK(params.ef_construction > 0, "hnsw_index: ef_construction must be at least 1");
   SHOAL_CHECK(params.alpha >= 1 && params.alpha <= 4, "hnsw_index: alpha must be in [1, 4], got ", params.alpha);
@@ -1431,8 +1431,7 @@ std::unique_lock<std::shared_mutex> detail::index_sections<hnsw_index>::write(co
 
 hnsw_index detail::index_sections<hnsw_index>::read(const io::detail::index_file_reader& in) {
   const io::detail::index_header& h = in.header();
-  SHOAL_CHECK_CODE(h.dim > 0 && h.dim < (std::uint64_t{1} << 24), errc::corrupt_file, in.name(),
-                   ": hnsw dimension out of range");
+  SHOAL_CHECK_CODE(h.dim > 0 && h.dim <= max_dim, errc::corrupt_file, in.name(), ": hnsw dimension out of range");
   return hnsw_sections::read(in, hnsw_file_tags, static_cast<std::size_t>(h.dim), h.metric, h.count, "hnsw");
 }
 

@@ -142,7 +142,7 @@ ivf_pq_index::ivf_pq_index(std::size_t dim, shoal::metric m, const ivf_pq_params
       metric_(m),
       params_(params),
       coarse_(std::make_unique<detail::coarse_quantizer>(m, params.coarse_hnsw_m)) {
-  SHOAL_CHECK(dim > 0, "ivf_pq_index: dimension must be at least 1");
+  detail::check_dimension(dim, "ivf_pq_index");
   detail::check_nlist(params.nlist, "ivf_pq_index");
   pq_ = product_quantizer(dim, params.m, params.nbits);  // checks m and nbits
   SHOAL_CHECK(!(params.refine && params.refine_sq8),

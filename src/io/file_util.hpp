@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "shoal/core/error.hpp"
+#include "shoal/core/types.hpp"
 
 static_assert(std::endian::native == std::endian::little,
               "shoal's .fvecs/.ivecs/.bvecs/.npy I/O copies little-endian file data as is; a big-endian host "
@@ -34,9 +35,7 @@ static_assert(std::endian::native == std::endian::little,
 
 namespace shoal::io::detail {
 
-/// Largest vector dimension a file may declare or a writer may store: far above any embedding, and small
-/// enough that a corrupt header can neither overflow a row size nor ask for a giant allocation per row.
-inline constexpr std::size_t max_dim = std::size_t{1} << 24;
+using shoal::max_dim;
 
 /// Bytes per read or write call on the chunked paths: system-call overhead vanishes, the buffer stays in cache.
 inline constexpr std::size_t chunk_bytes = std::size_t{4} << 20;

@@ -26,8 +26,6 @@ using row_major_d = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen:
 using strided_map = Eigen::Map<row_major, 0, Eigen::OuterStride<>>;
 using const_strided_map = Eigen::Map<const row_major, 0, Eigen::OuterStride<>>;
 
-/// Largest dimension a projection may have: the limit the vector file readers apply too.
-constexpr std::size_t max_dim = std::size_t{1} << 24;
 /// Rows converted to double at a time while accumulating XᵀX and XᵀY: bounded memory for any n.
 constexpr std::size_t block_rows = 1024;
 

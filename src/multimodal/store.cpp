@@ -868,7 +868,7 @@ using detail::find_version;
 
 multimodal_store::multimodal_store(const multimodal_options& options)
     : state_(std::make_unique<detail::multimodal_state>(options)) {
-  SHOAL_CHECK(options.shared_dim >= 1, "multimodal_store: the shared dimension must be at least 1");
+  detail::check_dimension(options.shared_dim, "multimodal_store: the shared dimension");
 }
 multimodal_store::multimodal_store(std::unique_ptr<detail::multimodal_state> state) : state_(std::move(state)) {}
 multimodal_store::multimodal_store(multimodal_store&& other) noexcept = default;

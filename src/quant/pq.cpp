@@ -37,7 +37,7 @@ matrix<float> sub_columns(matrix_view<const float> v, std::size_t first, std::si
 
 product_quantizer::product_quantizer(std::size_t dim, std::size_t m, std::size_t nbits)
     : dim_(dim), m_(m), nbits_(nbits) {
-  SHOAL_CHECK(dim > 0, "product_quantizer: dimension must be at least 1");
+  detail::check_dimension(dim, "product_quantizer");
   SHOAL_CHECK(m > 0, "product_quantizer: m (sub-quantizers) must be at least 1");
   SHOAL_CHECK(dim % m == 0, "product_quantizer: m = ", m, " does not divide dimension ", dim);
   SHOAL_CHECK(nbits == 4 || nbits == 8, "product_quantizer: nbits = ", nbits, " is not supported (use 4 or 8)");

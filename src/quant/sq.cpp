@@ -58,7 +58,7 @@ float half_to_float(std::uint16_t h) noexcept {
 }
 
 scalar_quantizer::scalar_quantizer(std::size_t dim, sq_type type) : dim_(dim), type_(type) {
-  SHOAL_CHECK(dim > 0, "scalar_quantizer: dimension must be at least 1");
+  detail::check_dimension(dim, "scalar_quantizer");
   (void)active_scalar_quant_kernels();
 }
 

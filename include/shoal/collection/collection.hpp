@@ -210,6 +210,9 @@ class collection {
   [[nodiscard]] std::size_t shard_of(vector_id id) const;
   /// A copy of the vector stored under `id`, as its shard's index stores it (unit length for cosine).
   /// Throws `errc::not_found`; `errc::unsupported` for shard indexes that keep only codes (IVF-PQ).
+  /// Concurrent with an upsert of `id` it returns the old vector or the new one, or — like a search that
+  /// misses the id (see the consistency model) — throws `errc::not_found` while a shard that serves
+  /// reads during writes (HNSW, IVF) replaces it.
   [[nodiscard]] std::vector<float> vector(vector_id id) const;
 
   /// Trains the router (semantic / hybrid: k-means over `sample` with one centroid per shard or group)
@@ -253,7 +256,7 @@ class collection {
   /// its new shard. Builds the new shards beside the old ones: searches keep running on the old layout,
   /// writes made meanwhile are applied to both, and the new layout is swapped in at once. Needs shard
   /// indexes that can return their vectors (Flat, HNSW, IVF-Flat). Throws `errc::unsupported` for
-  /// hash and range collections.
+  /// hash and range collections, `errc::invalid_argument` for one not trained yet.
   void rebalance();
   /// Blocks until the automatic background rebalance started by an `add` that has returned (if any,
   /// see `collection_options::rebalance_threshold`) has finished. Its failure is not reported: the

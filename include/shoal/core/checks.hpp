@@ -18,6 +18,10 @@ namespace shoal::detail {
 /// "vector", ...).
 void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what);
 
+/// Throws `shoal::error` (`errc::invalid_argument`) unless 1 ≤ `dim` ≤ `max_dim`: "<what>: dimension
+/// <dim> is outside [1, 16777216]".
+void check_dimension(std::size_t dim, const char* what);
+
 /// Throws `shoal::error` (`errc::non_finite`) when a vector of squared norm `squared_norm` (NaN too)
 /// would break `check_vectors`' norm bound: "<what><part><row> has norm …" (`part` null: "<what> has
 /// norm …"). For what a loaded model decodes to (codebooks, quantizer ranges, centroids).

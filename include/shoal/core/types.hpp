@@ -25,6 +25,11 @@ using vector_id = std::uint64_t;
 /// so no index stores it (adds and upserts refuse it, loaders report a file that holds it as corrupt).
 inline constexpr vector_id no_id = std::numeric_limits<vector_id>::max();
 
+/// Largest vector dimension an index, collection or file holds (2²⁴): far above any embedding, and small
+/// enough that a corrupt file header can neither overflow a row size nor ask for a giant allocation per
+/// row. Constructors refuse more, so that whatever is built can be saved and loaded again.
+inline constexpr std::size_t max_dim = std::size_t{1} << 24;
+
 /// Similarity measure. Every index reports a *distance* where smaller means closer, so results of any
 /// metric sort and merge the same way:
 ///  - `l2`: squared Euclidean distance ‖q − x‖²;
