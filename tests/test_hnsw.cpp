@@ -635,6 +635,9 @@ TEST_CASE("hnsw rejects bad input with clear errors and changes nothing", "[hnsw
                            fails_with(errc::invalid_argument, "alpha must be in [1, 4]"));
   }
   p.alpha = 1;
+  p.codes = static_cast<hnsw_codes>(7);  // read its codes from an empty optional (and left the ids reserved)
+  REQUIRE_THROWS_MATCHES(hnsw_index(dim, metric::l2, p), shoal::error,
+                         fails_with(errc::invalid_argument, "unknown codes 7"));
   p.codes = hnsw_codes::sq8;  // the integer SQ8 sums would overflow beyond this (nothing is allocated yet)
   REQUIRE_THROWS_MATCHES(hnsw_index(std::size_t{8421505}, metric::l2, p), shoal::error,
                          fails_with(errc::unsupported, "at most 8,421,504 dimensions"));
@@ -766,6 +769,52 @@ TEST_CASE("hnsw load refuses damaged files and files of other indexes", "[hnsw][
   flat.save(dir / "flat.shoal");
   REQUIRE_THROWS_MATCHES(hnsw_index::load(dir / "flat.shoal"), shoal::error,
                          fails_with(errc::invalid_argument, "flat"));
+}
+
+TEST_CASE("hnsw: thin graphs stay reachable through many removals", "[hnsw]") {
+  // M = 3 (six bottom-layer links): a removal relinks its node's neighbours locally, and removing a
+  // quarter of 1,500 nodes one by one left up to 12 nodes that no search could reach. A filter that
+  // accepts one id makes the search walk everything reachable from where it enters.
+  constexpr std::size_t n = 1500, d = 16;
+  std::size_t unreachable = 0;
+  for (std::uint64_t seed = 0; seed < 3; ++seed) {
+    const matrix<float> base = make_clustered(n, d, 8, seed * 7 + 1, 1.0f);
+    std::vector<vector_id> ids(n);
+    std::iota(ids.begin(), ids.end(), vector_id{100});
+    hnsw_index index(d, metric::l2, {.M = 3, .ef_construction = 32, .seed = seed});
+    tbb::task_arena(1).execute([&] { index.add(base.view(), ids); });
+    for (std::size_t i = 0; i < n; i += 4) index.remove(ids[i]);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (i % 4 == 0) continue;
+      const vector_id want = ids[i];
+      const auto only = [want](vector_id id) { return id == want; };
+      unreachable += index.search(base.view().slice(i, 1), 1, {.filter = only, .ef = 1}).id(0, 0) == want ? 0 : 1;
+    }
+  }
+  CHECK(unreachable <= 2);  // 18 before removals were followed by a reachability walk; 0 here
+}
+
+TEST_CASE("hnsw: an id being upserted is contained throughout", "[hnsw][concurrency]") {
+  // upsert takes the id out of its map and puts it back; contains() must not see the gap.
+  constexpr std::size_t d = 8;
+  const matrix<float> data = make_uniform(64, d, 73);
+  std::vector<vector_id> ids(64);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  hnsw_index index(d, metric::l2, {.M = 4, .ef_construction = 16});
+  index.add(data.view(), ids);
+  std::atomic<bool> done{false};
+  std::size_t missed = 0, checks = 0;
+  std::thread reader([&] {
+    while (!done.load()) {
+      missed += index.contains(7) ? 0 : 1;
+      ++checks;
+    }
+  });
+  for (std::size_t i = 0; i < 5000; ++i) index.upsert(data.view().slice(i % 64, 1), 7);
+  done.store(true);
+  reader.join();
+  CHECK(checks > 0);
+  CHECK(missed == 0);
 }
 
 TEST_CASE("hnsw: small graphs built in parallel reach every node", "[hnsw][concurrency]") {

@@ -207,6 +207,11 @@ struct hnsw_index::impl {
   std::vector<slab> slabs;                                     // under slots_mutex; buffers never move
   std::atomic<slot_t> slot_count{0};                           // slots ever handed out
   std::atomic<std::size_t> live_count{0};
+  // Removals (and upserts) since the last `repair_reachability`: a removal relinks the removed node's
+  // neighbours locally, which leaves a few nodes unreachable over many removals (M = 3: up to 12 of
+  // 1,125 after removing a quarter one by one); a walk once they reach a sixteenth of the index brings
+  // them back, at a bounded cost per removal.
+  std::atomic<std::size_t> removed_since_repair{0};
   std::atomic<std::uint64_t> sequence{0};  // insertion sequence number, the level generator's input
   std::atomic<std::uint64_t> entry{empty_entry};
 
@@ -848,13 +853,26 @@ struct hnsw_index::impl {
   /// nearest neighbour in `near` (any order), else the next nearest — a neighbour whose list holds
   /// only links that are their targets' last (a hub under inner product) cannot take it.
   void keep_reachable(slot_t q, std::vector<cand> near) {
-    if (in0(q).load(std::memory_order_relaxed) == 0) link_from_nearest(q, std::move(near));
+    if (in0(q).load(std::memory_order_relaxed) == 0) (void)link_from_nearest(q, std::move(near));
   }
-  /// Forces a bottom-layer link to `q` from the nearest node in `near` that can take it.
-  void link_from_nearest(slot_t q, std::vector<cand> near) {
+  /// Forces a bottom-layer link to `q` from the nearest node in `near` that can take it; false when
+  /// none can.
+  bool link_from_nearest(slot_t q, std::vector<cand> near) {
     std::sort(near.begin(), near.end());
     for (const cand& n : near)
-      if (n.slot != q && usable(n.slot, 0) && link_back(n.slot, q, n.distance, 0, true)) return;
+      if (n.slot != q && usable(n.slot, 0) && link_back(n.slot, q, n.distance, 0, true)) return true;
+    return false;
+  }
+
+  /// Counts one removal; runs `repair_reachability` once they reach a sixteenth of the live nodes.
+  /// Caller holds the structure lock exclusively.
+  void repair_after_removals() {
+    if ((removed_since_repair.fetch_add(1, std::memory_order_relaxed) + 1) * 16 <
+        live_count.load(std::memory_order_relaxed))
+      return;
+    std::unique_ptr<scratch> s = acquire();
+    repair_reachability(*s);
+    release(std::move(s));
   }
 
   /// Links in every live node that no bottom-layer path from the entry reaches. The in-link counts
@@ -865,6 +883,7 @@ struct hnsw_index::impl {
   /// brings in the rest of its group. Reads every bottom-layer list once: `add` runs it when its batch
   /// is large next to the index, so its cost per added vector stays bounded.
   void repair_reachability(scratch& s) {
+    removed_since_repair.store(0, std::memory_order_relaxed);
     const std::uint64_t ep = entry.load(std::memory_order_acquire);
     if (ep == empty_entry) return;
     const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
@@ -887,17 +906,43 @@ struct hnsw_index::impl {
           }
       }
     };
-    walk(ep_slot);
     s.building = true;  // as in an insert: nodes whose own insert is running are neither used nor linked
-    for (slot_t u = 0; u < n; ++u) {
-      if (seen[u] != 0 || !usable(u, 0) || linking(u).load(std::memory_order_acquire) != 0) continue;
-      const query_ctx ctx{vec(u)};
-      cand cur{distance(ctx.q, vec(ep_slot)), ep_slot};
-      if (ep_level > 0) cur = descend(ctx, cur, ep_level, 0, s);
-      s.reset(slot_count.load(std::memory_order_acquire), max_links0);
-      const std::vector<cand> entries{cur};
-      link_from_nearest(u, search_layer(ctx, entries, build.ef_construction, 0, s, [u](slot_t x) { return x != u; }));
-      walk(u);
+    // A forced link can push another out of a full list, and with it the only path to that link's
+    // target: each pass walks the graph afresh, until one finds nothing to link (at most four).
+    for (int pass = 0; pass < 4; ++pass) {
+      std::fill(seen.begin(), seen.end(), std::uint8_t{0});
+      walk(ep_slot);
+      bool linked = false;
+      for (slot_t u = 0; u < n; ++u) {
+        if (seen[u] != 0 || !usable(u, 0) || linking(u).load(std::memory_order_acquire) != 0) continue;
+        const query_ctx ctx{vec(u)};
+        cand cur{distance(ctx.q, vec(ep_slot)), ep_slot};
+        if (ep_level > 0) cur = descend(ctx, cur, ep_level, 0, s);
+        s.reset(slot_count.load(std::memory_order_acquire), max_links0);
+        const std::vector<cand> entries{cur};
+        const std::vector<cand> near =
+            search_layer(ctx, entries, build.ef_construction, 0, s, [u](slot_t x) { return x != u; });
+        // A link from a node with room pushes no other link out. A forced one can push out another
+        // node's only path from the entry (its in-link count also counts links from unreachable
+        // nodes), and two such nodes then take each other's place pass after pass (M = 2: 2-5 of
+        // 1,500 nodes stayed unreachable). So: the nearest near node with room, else the nearest
+        // reachable node with room anywhere, else a forced link from the nearest.
+        const auto with_room = [&](std::span<const cand> from) {
+          std::vector<cand> roomy;
+          for (const cand& c : from)
+            if (links(c.slot, 0)[0] < capacity(0)) roomy.push_back(c);
+          return roomy;
+        };
+        if (!link_from_nearest(u, with_room(near))) {
+          std::vector<cand> anywhere;
+          for (slot_t y = 0; y < n; ++y)
+            if (seen[y] != 0 && y != u && usable(y, 0)) anywhere.push_back({distance(ctx.q, vec(y)), y});
+          if (!link_from_nearest(u, with_room(anywhere))) (void)link_from_nearest(u, near);
+        }
+        walk(u);
+        linked = true;
+      }
+      if (!linked) break;
     }
     s.building = false;
   }
@@ -1067,6 +1112,15 @@ struct hnsw_index::impl {
     for (std::size_t i = 0; i < ids.size(); ++i) slot_of.emplace(ids[i], slots[i]);
     return slots;
   }
+  /// Gives back what `reserve` took, for a write that failed before any of its nodes was written.
+  void unreserve(std::span<const vector_id> ids, std::span<const slot_t> slots) {
+    {
+      const std::lock_guard lock(ids_mutex);
+      for (const vector_id id : ids) slot_of.erase(id);
+    }
+    const std::lock_guard lock(slots_mutex);
+    free_slots.insert(free_slots.end(), slots.begin(), slots.end());
+  }
 
   /// k nearest accepted nodes of one (prepared) query, written as ids into one result row. With SQ8
   /// traversal the ef candidates are re-ranked by their exact distances.
@@ -1190,6 +1244,7 @@ hnsw_index::hnsw_index(std::size_t dim, shoal::metric m, const hnsw_params& para
   SHOAL_CHECK(params.M >= 2 && params.M <= 256, "hnsw_index: M must be in [2, 256], got ", params.M);
   SHOAL_CHECK(params.ef_construction > 0, "hnsw_index: ef_construction must be at least 1");
   SHOAL_CHECK(params.alpha >= 1 && params.alpha <= 4, "hnsw_index: alpha must be in [1, 4], got ", params.alpha);
+  SHOAL_CHECK(params.codes <= hnsw_codes::sq4, "hnsw_index: unknown codes ", static_cast<unsigned>(params.codes));
   SHOAL_CHECK_CODE(!impl::scalar_codes(params.codes) || dot_u8_i16_limit(dim) >= 1, errc::unsupported,
                    "hnsw_index: SQ8/SQ4 traversal supports at most 8,421,504 dimensions, got ", dim);
   hnsw_params p = params;
@@ -1245,7 +1300,12 @@ void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id
   x.check_codes_learnable(vectors.rows, "hnsw_index::add");
   const std::shared_lock structure(x.structure);
   const std::vector<slot_t> slots = x.reserve(ids, "hnsw_index::add");  // refuses duplicates first
-  x.ensure_codes(vectors);
+  try {
+    x.ensure_codes(vectors);
+  } catch (...) {
+    x.unreserve(ids, slots);  // all or nothing: the ids stay free for a later add
+    throw;
+  }
   const std::uint64_t first_seq = x.sequence.fetch_add(ids.size(), std::memory_order_relaxed);
   detail::parallel_for(ids.size(), [&](std::size_t i) {
     x.write_node(slots[i], vectors.row(i), ids[i], first_seq + i);
@@ -1296,6 +1356,7 @@ void hnsw_index::remove(vector_id id) {
     x.slot_of.erase(it);
   }
   x.remove_slot(slot);
+  x.repair_after_removals();
 }
 
 void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
@@ -1326,6 +1387,7 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
   x.insert(slots[0], *s);
   x.release(std::move(s));
   x.live_count.fetch_add(1, std::memory_order_relaxed);
+  x.repair_after_removals();
 }
 
 bool hnsw_index::is_trained() const noexcept {
@@ -1334,6 +1396,9 @@ bool hnsw_index::is_trained() const noexcept {
 
 bool hnsw_index::contains(vector_id id) const {
   const impl& x = *impl_;
+  // Shared with searches and adds, exclusive to remove and upsert: an upsert takes the id out of the
+  // map before it puts it back, and must look atomic here too.
+  const std::shared_lock structure(x.structure);
   const std::lock_guard lock(x.ids_mutex);
   const auto it = x.slot_of.find(id);
   return it != x.slot_of.end() && x.state(it->second).load(std::memory_order_acquire) != 0;
