@@ -539,7 +539,8 @@ void collection::add(matrix_view<const float> vectors, std::span<const vector_id
   // Semantic drift: start a background re-clustering when a shard has grown far past the mean.
   detail::collection_state* st = state_.get();
   const double threshold = st->options.rebalance_threshold;
-  if (threshold <= 0 || st->rebalance_running.load()) return;
+  const bool reclusters = st->options.policy == sharding::semantic || st->options.policy == sharding::hybrid;
+  if (threshold <= 0 || !reclusters || st->rebalance_running.load()) return;
   const std::uint64_t added_since = st->adds.load() - st->adds_at_rebalance.load();
   if (added_since * detail::rebalance_growth_divisor < st->size_at_rebalance.load()) return;
   // Sizes from the shard indexes: O(shards) per add, where the routing table would cost O(size).

@@ -124,7 +124,8 @@ struct collection_options {
   /// the old layout until the new one is swapped in), provided the vectors added since the last
   /// rebalance number at least a tenth of the collection's size then (a layout that k-means cannot
   /// bring under the threshold is not re-clustered on every add). 0 (the default) disables it;
-  /// `rebalance()` can always be called explicitly. Must be 0 or > 1.
+  /// `rebalance()` can always be called explicitly. Must be 0 or > 1; hash and range collections,
+  /// which have nothing to re-cluster, ignore it.
   double rebalance_threshold = 0;
   /// Where snapshots and the write-ahead log live. Empty (the default): in memory only. Otherwise the
   /// directory is created (it must not hold a collection already) and every acknowledged write is
