@@ -52,10 +52,8 @@ void check_squared_norm(double squared_norm, const char* what, const char* part,
   constexpr double max_squared_norm = static_cast<double>(std::numeric_limits<float>::max()) / 8;
   if (squared_norm <= max_squared_norm) [[likely]]
     return;
-  if (part == nullptr)
-    throw_error(errc::non_finite, str(what, " has norm ", std::sqrt(squared_norm), ", above the ",
-                                      std::sqrt(max_squared_norm), " that keeps its float distances finite"));
-  throw_error(errc::non_finite, str(what, part, row, " has norm ", std::sqrt(squared_norm), ", above the ",
+  const std::string where = part == nullptr ? std::string(what) : str(what, part, row);
+  throw_error(errc::non_finite, str(where, " has norm ", std::sqrt(squared_norm), ", above the ",
                                     std::sqrt(max_squared_norm), " that keeps its float distances finite"));
 }
 

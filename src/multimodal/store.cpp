@@ -360,21 +360,27 @@ matrix<float> mirrored_vectors(const version_state& v, const link_state& l, std:
   return l.mirror->metric() == metric::cosine ? normalized_copy(projected.view(), "projected vector") : projected;
 }
 
+/// Mirror entries to write again, with the vectors they should hold.
+struct stale_entries {
+  std::vector<vector_id> ids;
+  matrix<float> vectors;
+};
+
 /// The ids among `candidates` whose mirror vector is not the projection of the version's: further from it
 /// than rounding explains (1e-4 of its norm), or not readable (an index that keeps only codes). An index
 /// that keeps approximate vectors (SQ, F16) fails the test for most: they are written again, harmlessly.
-std::vector<vector_id> stale_in_mirror(const version_state& v, const link_state& l,
-                                       std::span<const vector_id> candidates, const char* who) {
-  std::vector<vector_id> stale;
-  if (candidates.empty()) return stale;
+stale_entries stale_in_mirror(const version_state& v, const link_state& l, std::span<const vector_id> candidates,
+                              const char* who) {
+  if (candidates.empty()) return {};
   const matrix<float> expected = mirrored_vectors(v, l, candidates, who);
+  std::vector<std::size_t> rows;
   for (std::size_t i = 0; i < candidates.size(); ++i) {
     std::vector<float> held;
     try {
       held = l.mirror->vector(candidates[i]);
     } catch (const error& e) {
       if (e.code() != errc::unsupported) throw;
-      stale.push_back(candidates[i]);
+      rows.push_back(i);
       continue;
     }
     double gap = 0.0, norm = 0.0;
@@ -383,9 +389,14 @@ std::vector<vector_id> stale_in_mirror(const version_state& v, const link_state&
       gap += (held[j] - e) * (held[j] - e);
       norm += e * e;
     }
-    if (gap > 1e-8 * norm) stale.push_back(candidates[i]);
+    if (gap > 1e-8 * norm) rows.push_back(i);
   }
-  return stale;
+  stale_entries out{{}, matrix<float>(rows.size(), expected.dim)};
+  for (std::size_t r = 0; r < rows.size(); ++r) {
+    out.ids.push_back(candidates[rows[r]]);
+    std::copy_n(expected.row(rows[r]), expected.dim, out.vectors.row(r));
+  }
+  return out;
 }
 
 /// A crash between a write's two log appends (the version's, then its mirror's) can leave the mirror
@@ -405,15 +416,15 @@ void reconcile_mirror(version_state& v, const link_state& l, const std::string& 
     if (std::binary_search(own.begin(), own.end(), id) && std::binary_search(mirrored.begin(), mirrored.end(), id))
       both.push_back(id);
   try {
-    std::vector<vector_id> stale;
+    stale_entries stale;
     try {
       stale = stale_in_mirror(v, l, both, who);
     } catch (const error& e) {  // a version that keeps only codes: its upserts cannot be checked
       if (e.code() != errc::unsupported) throw;
     }
-    if (missing.empty() && extra.empty() && stale.empty()) return;
+    if (missing.empty() && extra.empty() && stale.ids.empty()) return;
     if (!extra.empty()) l.mirror->remove(extra);
-    if (!stale.empty()) l.mirror->upsert(mirrored_vectors(v, l, stale, who).view(), stale);
+    if (!stale.ids.empty()) l.mirror->upsert(stale.vectors.view(), stale.ids);
     if (!missing.empty()) l.mirror->add(mirrored_vectors(v, l, missing, who).view(), missing);
     l.mirror->checkpoint();
     if (v.own.stats().wal_records_replayed > 0) v.own.checkpoint();
