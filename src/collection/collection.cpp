@@ -389,7 +389,7 @@ collection::collection(const collection_options& options) {
     SHOAL_CHECK(!std::filesystem::exists(options.directory / detail::manifest_file_name, ec),
                 "collection: ", options.directory.string(),
                 " already holds a collection (open it with collection::open)");
-    detail::write_ahead_log::stale_log stale(options.directory);  // no manifest: a log with nothing to keep
+    detail::write_ahead_log::stale_log stale(options.directory, false);  // no manifest: nothing to keep
     stale.remove();
     st->write_snapshot(*lay, options.directory, 0, 0);
     st->wal = std::make_unique<detail::write_ahead_log>(options.directory, options.dim, options.sync, 0);

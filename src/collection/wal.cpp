@@ -325,7 +325,7 @@ void write_ahead_log::take_lock(int operation) { lock_log(fd_.get(), path_, oper
 
 void write_ahead_log::lock_exclusive() { take_lock(LOCK_EX); }
 
-write_ahead_log::stale_log::stale_log(const std::filesystem::path& dir) : path_(dir / file_name) {
+write_ahead_log::stale_log::stale_log(const std::filesystem::path& dir, bool read_sequence) : path_(dir / file_name) {
   fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR));
   if (fd_.get() < 0) {
     SHOAL_CHECK_CODE(errno == ENOENT, errc::io_error, path_.string(),
@@ -333,6 +333,7 @@ write_ahead_log::stale_log::stale_log(const std::filesystem::path& dir) : path_(
     return;
   }
   lock_log(fd_.get(), path_, LOCK_EX);
+  if (!read_sequence) return;
   const io::detail::input_file in(path_);
   const std::vector<std::byte> bytes = read_whole(in);
   if (is_log(bytes.data(), bytes.size())) last_ = last_intact_sequence(bytes.data(), bytes.size());

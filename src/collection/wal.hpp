@@ -92,8 +92,10 @@ class write_ahead_log {
   class stale_log {
    public:
     /// Throws `errc::io_error` while a collection has the directory open (its acknowledged writes would
-    /// be lost with its log), or when the log cannot be read.
-    explicit stale_log(const std::filesystem::path& dir);
+    /// be lost with its log), or when the log cannot be read. Without `read_sequence` the log is locked
+    /// but not read (`last_sequence()` is 0): for a caller that writes no snapshot the log could replay
+    /// onto, such as a new collection, which would otherwise read a leftover log whole only to delete it.
+    explicit stale_log(const std::filesystem::path& dir, bool read_sequence = true);
     /// 0 when there is no log, or it holds no intact record.
     [[nodiscard]] std::uint64_t last_sequence() const noexcept { return last_; }
     /// Deletes the log (nothing when there was none). Throws `errc::io_error`.
