@@ -14,6 +14,7 @@ namespace {
 /// unit length already: no normalising again), as the CPU pass ranks.
 flat_index centred_index(matrix_view<const float> centroids, shoal::metric m, int device,
                          const device_options& options) {
+  shoal::detail::check_metric(m, "cuda::coarse_quantizer");
   SHOAL_CHECK(centroids.rows > 0, "cuda::coarse_quantizer: no centroids (is the index trained?)");
   const shoal::detail::centred_rows c = shoal::detail::centred_copy(centroids);  // as the CPU pass
   const bool l2 = m == shoal::metric::l2;

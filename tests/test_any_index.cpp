@@ -255,6 +255,18 @@ TEST_CASE("every index kind refuses the reserved id no_id, which marks a missing
   }
 }
 
+TEST_CASE("every index kind refuses a metric outside the enum", "[index]") {
+  // A metric cast from an integer searched as inner product and was saved as L2.
+  const auto bad = static_cast<metric>(7);
+  const auto refused = fails_with(errc::invalid_argument, "unknown metric 7");
+  REQUIRE_THROWS_MATCHES(flat_index(8, bad), shoal::error, refused);
+  REQUIRE_THROWS_MATCHES(hnsw_index(8, bad), shoal::error, refused);
+  REQUIRE_THROWS_MATCHES(ivf_flat_index(8, bad, 4), shoal::error, refused);
+  REQUIRE_THROWS_MATCHES(ivf_pq_index(8, bad, {.nlist = 4, .m = 2}), shoal::error, refused);
+  for (const char* spec : {"Flat", "HNSW16", "IVF4,Flat", "IVF4,PQ2"})
+    REQUIRE_THROWS_MATCHES(make_index(spec, 8, bad), shoal::error, refused);
+}
+
 TEST_CASE("every index kind: k far above its size pads the rows; a k no buffer can hold is refused", "[index]") {
   const matrix<float> v = make_clustered(300, 8, 4, 5);
   std::vector<vector_id> ids(300);

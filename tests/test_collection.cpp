@@ -201,6 +201,8 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
   o.dim = max_dim + 1;  // more than a manifest or a log can record: it could never be opened again
   REQUIRE_THROWS_MATCHES(collection(o), shoal::error,
                          fails_with(errc::invalid_argument, "dimension 16777217 is outside [1, 16777216]"));
+  o = options_for(sharding::hash, 8, static_cast<metric>(3));
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "unknown metric 3"));
   o = options_for(sharding::hash, 8, metric::cosine);
   o.shards = 0;
   REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "shards must be"));

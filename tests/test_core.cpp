@@ -1,9 +1,11 @@
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
+#include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
@@ -35,6 +37,22 @@ TEST_CASE("metric names round-trip and unknown names are rejected", "[core]") {
   CHECK(parse_metric("ip") == metric::inner_product);
   CHECK(parse_metric("cos") == metric::cosine);
   REQUIRE_THROWS_MATCHES(parse_metric("hamming"), shoal::error, fails_with(errc::invalid_argument, "hamming"));
+}
+
+TEST_CASE("cosine normalisation gives unit rows at every scale and refuses only zero rows", "[core]") {
+  // A float sum of squares lost tiny rows: (3e-23, 0, 0, 0) came out 0.80 long, (1e-23, ...) as "zero".
+  for (const float x : {1e-21f, 3e-23f, 1e-23f, 1e-40f, 1.0f, 1e18f, 3e38f}) {
+    CAPTURE(x);
+    const std::vector<float> row{x, x / 2, 0.0f, -x};
+    const matrix<float> unit = detail::normalized_copy({row.data(), 1, row.size()}, "row");
+    double squared = 0;
+    for (const float v : unit.values) squared += static_cast<double>(v) * v;
+    CHECK(std::abs(squared - 1.0) < 1e-6);
+    CHECK(unit.values[0] == unit.values[3] * -1.0f);
+  }
+  const std::vector<float> zero(4, 0.0f);
+  REQUIRE_THROWS_MATCHES(detail::normalized_copy({zero.data(), 1, zero.size()}, "row"), shoal::error,
+                         fails_with(errc::invalid_argument, "row row 0 has zero norm"));
 }
 
 TEST_CASE("matrix_view addresses strided rows and converts to const", "[core]") {

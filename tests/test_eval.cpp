@@ -39,6 +39,12 @@ TEST_CASE("recall_at_k counts the overlap of the first k ids per query", "[eval]
   REQUIRE_THROWS_MATCHES(recall_at_k(got, gt, 5), shoal::error, fails_with(errc::invalid_argument, "exceeds"));
   REQUIRE_THROWS_MATCHES(recall_at_k(got, matrix_view<const std::int32_t>(truth.data(), 1, 4), 2), shoal::error,
                          fails_with(errc::invalid_argument, "2 result rows but 1 ground-truth rows"));
+  REQUIRE_THROWS_MATCHES(recall_at_k(got, matrix_view<const std::int32_t>(truth.data(), 2, 4, 0), 2), shoal::error,
+                         fails_with(errc::invalid_argument, "stride 0 is smaller than its 4 ids"));
+  REQUIRE_THROWS_MATCHES(recall_at_k(got, matrix_view<const std::int32_t>(nullptr, 2, 4), 2), shoal::error,
+                         fails_with(errc::invalid_argument, "2 ground-truth rows but no data"));
+  REQUIRE_THROWS_MATCHES(make_clustered(4, 4, 2, 1, std::nanf("")), shoal::error,
+                         fails_with(errc::invalid_argument, "spread must be finite"));
 }
 
 TEST_CASE("recall_at_k compares ids, not distances", "[eval]") {

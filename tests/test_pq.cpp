@@ -384,6 +384,25 @@ TEST_CASE("fp16 conversion rounds to nearest even and round-trips every half", "
   CHECK(half_to_float(float_to_half(-2.5f)) == -2.5f);
 }
 
+TEST_CASE("fp16 encode saturates finite values beyond the half range instead of coding Inf", "[pq][sq]") {
+  // 1e5 is a valid component (far below check_vectors' bound) but overflows a half: an Inf code made
+  // every distance to the vector Inf, and it fell out of every top-k.
+  const scalar_quantizer sq(4, sq_type::fp16);
+  const std::vector<float> x{1e5f, -1e7f, 3.0f, 65504.0f};
+  std::vector<std::uint8_t> codes(sq.code_size());
+  sq.encode({x.data(), 1, 4}, codes.data());
+  matrix<float> back(1, 4);
+  sq.decode(codes.data(), 1, back.mutable_view());
+  CHECK(back.row(0)[0] == max_half);
+  CHECK(back.row(0)[1] == -max_half);
+  CHECK(back.row(0)[2] == 3.0f);
+  CHECK(back.row(0)[3] == max_half);
+  float d = 0;
+  const std::vector<float> q{0.0f, 0.0f, 0.0f, 0.0f};
+  sq.distances(q.data(), metric::l2, codes.data(), 1, &d);
+  CHECK(std::isfinite(d));
+}
+
 TEST_CASE("sq8 and fp16 encode, decode and distances agree with the reconstruction at every level", "[pq][sq]") {
   for (const std::size_t dim : {1, 3, 7, 8, 9, 15, 16, 17, 31, 33, 100, 784}) {
     const matrix<float> x = make_clustered(200, dim, 5, dim, 1.0f);

@@ -51,6 +51,7 @@ constexpr std::size_t min_shard_training_rows = 256;
 
 void validate(const collection_options& o) {
   detail::check_dimension(o.dim, "collection");
+  detail::check_metric(o.metric, "collection");
   SHOAL_CHECK(o.shards >= 1 && o.shards <= max_shards, "collection: shards must be in [1, ", max_shards, "], got ",
               o.shards);
   SHOAL_CHECK(o.replicas >= 1 && o.replicas <= max_replicas, "collection: replicas must be in [1, ", max_replicas,

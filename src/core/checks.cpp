@@ -6,7 +6,6 @@
 #include <limits>
 
 #include "shoal/core/error.hpp"
-#include "shoal/distance/distance.hpp"
 
 namespace shoal::detail {
 
@@ -42,6 +41,11 @@ void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what
 
 void check_dimension(std::size_t dim, const char* what) {
   SHOAL_CHECK(dim >= 1 && dim <= max_dim, what, ": dimension ", dim, " is outside [1, ", max_dim, "]");
+}
+
+void check_metric(metric m, const char* what) {
+  SHOAL_CHECK(m == metric::l2 || m == metric::inner_product || m == metric::cosine, what, ": unknown metric ",
+              static_cast<int>(m), " (expected l2, inner_product or cosine)");
 }
 
 void check_squared_norm(double squared_norm, const char* what, const char* part, std::size_t row) {
@@ -87,14 +91,18 @@ centred_rows centred_copy(matrix_view<const float> x) {
 }
 
 matrix<float> normalized_copy(matrix_view<const float> v, const char* what) {
+  // In double: a float sum of squares underflows for tiny components (a row of 3e-23 came out 0.8
+  // long, 1e-23 as "zero") and overflows for huge ones. In double every finite non-zero float row
+  // normalises to unit length, each component rounded once; the pass is cheap next to a search.
   matrix<float> out(v.rows, v.dim);
-  const distance_kernels& k = active_kernels();
   for (std::size_t i = 0; i < v.rows; ++i) {
-    const float norm = std::sqrt(k.inner_product(v.row(i), v.row(i), v.dim));
-    SHOAL_CHECK(norm > 0.0f && std::isfinite(norm), what, " row ", i,
-                " has zero (or overflowing) norm and cannot be normalised for the cosine metric");
-    const float scale = 1.0f / norm;
-    for (std::size_t j = 0; j < v.dim; ++j) out.row(i)[j] = v.row(i)[j] * scale;
+    const float* row = v.row(i);
+    double squared_norm = 0;
+    for (std::size_t j = 0; j < v.dim; ++j) squared_norm += static_cast<double>(row[j]) * row[j];
+    SHOAL_CHECK(squared_norm > 0 && std::isfinite(squared_norm), what, " row ", i,
+                " has zero norm and cannot be normalised for the cosine metric");
+    const double scale = 1.0 / std::sqrt(squared_norm);
+    for (std::size_t j = 0; j < v.dim; ++j) out.row(i)[j] = static_cast<float>(row[j] * scale);
   }
   return out;
 }

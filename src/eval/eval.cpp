@@ -44,6 +44,9 @@ void check_recall_args(const neighbors& result, std::size_t truth_rows, std::siz
 
 double recall_at_k(const neighbors& result, matrix_view<const std::int32_t> truth, std::size_t k) {
   check_recall_args(result, truth.rows, truth.dim, k);
+  SHOAL_CHECK(truth.stride >= truth.dim, "recall_at_k: ground-truth row stride ", truth.stride, " is smaller than its ",
+              truth.dim, " ids per row");
+  SHOAL_CHECK(truth.rows == 0 || truth.data != nullptr, "recall_at_k: ", truth.rows, " ground-truth rows but no data");
   return mean_overlap(result, truth.rows, k, [&](std::size_t r, std::size_t j) {
     const std::int32_t id = truth.row(r)[j];
     return id < 0 ? no_id : static_cast<vector_id>(id);
@@ -73,6 +76,7 @@ float splitmix64::normal() noexcept {
 matrix<float> make_clustered(std::size_t rows, std::size_t dim, std::size_t clusters, std::uint64_t seed,
                              float spread) {
   SHOAL_CHECK(clusters > 0, "make_clustered: clusters must be at least 1");
+  SHOAL_CHECK(std::isfinite(spread), "make_clustered: spread must be finite, got ", spread);
   splitmix64 rng(seed);
   matrix<float> centres(clusters, dim);
   for (float& v : centres.values) v = rng.normal();

@@ -339,6 +339,7 @@ any_index build(const parser& p, const parsed_spec& s, std::size_t dim, metric m
 
 any_index make_index(std::string_view spec, std::size_t dim, metric m) {
   detail::check_dimension(dim, "make_index");
+  detail::check_metric(m, "make_index");
   const parser p(spec);
   return build(p, p.parse(spec, 0), dim, m);
 }

@@ -38,6 +38,7 @@ struct flat_index::query_block {
 
 flat_index::flat_index(std::size_t dim, shoal::metric m) : dim_(dim), metric_(m) {
   detail::check_dimension(dim, "flat_index");
+  detail::check_metric(m, "flat_index");
   (void)active_kernels();  // surface a bad SHOAL_SIMD here rather than in the first search
 }
 
@@ -51,6 +52,13 @@ std::size_t flat_index::memory_bytes() const noexcept {
 }
 
 void flat_index::check_mutable(const char* what) const { io::detail::check_writable(mapping_.get(), what); }
+
+bool flat_index::overlaps_storage(matrix_view<const float> v) const noexcept {
+  if (v.rows == 0 || vectors_.empty()) return false;
+  const std::less<const float*> before;
+  const float* const last = v.data + (v.rows - 1) * v.stride + v.dim;
+  return before(v.data, vectors_.data() + vectors_.size()) && before(vectors_.data(), last);
+}
 
 void flat_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
   check_mutable("flat_index::add");
@@ -68,6 +76,12 @@ void flat_index::add(matrix_view<const float> vectors, std::span<const vector_id
   std::optional<matrix<float>> normalized;
   if (metric_ == metric::cosine) {
     normalized = detail::normalized_copy(vectors, "flat_index::add: vector");
+    vectors = normalized->view();
+  } else if (overlaps_storage(vectors)) {
+    // Rows read through `vector()` (copying a stored vector to a new id): the resize below may move
+    // the storage they point into before they are copied.
+    normalized.emplace(vectors.rows, dim_);
+    for (std::size_t i = 0; i < vectors.rows; ++i) std::copy_n(vectors.row(i), dim_, normalized->row(i));
     vectors = normalized->view();
   }
   const std::size_t first = size();
@@ -105,12 +119,13 @@ std::span<const float> flat_index::vector(vector_id id) const {
   return {vector_data() + it->second * dim_, dim_};
 }
 
-flat_index::query_block flat_index::prepare(matrix_view<const float> queries) const {
-  detail::check_vectors(queries, dim_, "flat_index::search: query");
+/// `what`: the caller and its input ("flat_index::search: query"), for the error messages.
+flat_index::query_block flat_index::prepare(matrix_view<const float> queries, const char* what) const {
+  detail::check_vectors(queries, dim_, what);
   query_block block;
   block.view = queries;
   if (metric_ == metric::cosine) {
-    block.normalized = detail::normalized_copy(queries, "flat_index::search: query");
+    block.normalized = detail::normalized_copy(queries, what);
     block.view = block.normalized->view();
   }
   return block;
@@ -216,7 +231,7 @@ void flat_index::search_gemm(matrix_view<const float> queries, neighbors_view ou
 
 void flat_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
   detail::check_result_buffer(queries.rows, out, "flat_index::search");
-  const query_block block = prepare(queries);
+  const query_block block = prepare(queries, "flat_index::search: query");
   const matrix_view<const float> q = block.view;
   if (q.rows < gemm_min_batch) {
     detail::parallel_for(q.rows, [&](std::size_t i) { search_streaming(q.row(i), out.slice(i, 1), params); });
@@ -243,7 +258,7 @@ neighbors flat_index::search(matrix_view<const float> queries, std::size_t k, co
 range_result flat_index::range_search(matrix_view<const float> queries, float radius,
                                       const search_params& params) const {
   SHOAL_CHECK(!std::isnan(radius), "flat_index::range_search: radius is NaN");
-  const query_block block = prepare(queries);
+  const query_block block = prepare(queries, "flat_index::range_search: query");
   const matrix_view<const float> q = block.view;
   return detail::range_by_query(q.rows, [&](std::size_t r, std::vector<scored_id>& hits) {
     detail::scan_into_range(active_kernels(), metric_, q.row(r), vector_data(), id_data(), size(), dim_, radius,

@@ -510,8 +510,6 @@ struct hnsw_index::impl {
     const auto [c, off] = locate(x);
     return chunk_of(c).terms[off];
   }
-  /// The largest finite half-precision value.
-  static constexpr float max_half = 65504.0f;
   /// Bytes of one node's codes (before the padding).
   [[nodiscard]] static constexpr std::size_t code_bytes(hnsw_codes codes, std::size_t d) noexcept {
     return codes == hnsw_codes::fp16 ? 2 * d : codes == hnsw_codes::sq4 ? u4_code_bytes(d) : d;
@@ -1241,6 +1239,7 @@ struct hnsw_index::impl {
 
 hnsw_index::hnsw_index(std::size_t dim, shoal::metric m, const hnsw_params& params) {
   detail::check_dimension(dim, "hnsw_index");
+  detail::check_metric(m, "hnsw_index");
   SHOAL_CHECK(params.M >= 2 && params.M <= 256, "hnsw_index: M must be in [2, 256], got ", params.M);
   SHOAL_CHECK(params.ef_construction > 0, "hnsw_index: ef_construction must be at least 1");
   SHOAL_CHECK(params.alpha >= 1 && params.alpha <= 4, "hnsw_index: alpha must be in [1, 4], got ", params.alpha);

@@ -29,6 +29,7 @@ struct ivf_flat_index::list : detail::inverted_list<float> {};
 ivf_flat_index::ivf_flat_index(std::size_t dim, shoal::metric m, std::size_t nlist, std::size_t coarse_hnsw_m)
     : dim_(dim), metric_(m), nlist_(nlist), coarse_(std::make_unique<detail::coarse_quantizer>(m, coarse_hnsw_m)) {
   detail::check_dimension(dim, "ivf_flat_index");
+  detail::check_metric(m, "ivf_flat_index");
   detail::check_nlist(nlist, "ivf_flat_index");
   (void)active_kernels();  // surface a bad SHOAL_SIMD here rather than in the first search
   lists_.reserve(nlist);

@@ -143,6 +143,7 @@ ivf_pq_index::ivf_pq_index(std::size_t dim, shoal::metric m, const ivf_pq_params
       params_(params),
       coarse_(std::make_unique<detail::coarse_quantizer>(m, params.coarse_hnsw_m)) {
   detail::check_dimension(dim, "ivf_pq_index");
+  detail::check_metric(m, "ivf_pq_index");
   detail::check_nlist(params.nlist, "ivf_pq_index");
   pq_ = product_quantizer(dim, params.m, params.nbits);  // checks m and nbits
   SHOAL_CHECK(!(params.refine && params.refine_sq8),

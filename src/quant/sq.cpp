@@ -104,7 +104,7 @@ void scalar_quantizer::encode(matrix_view<const float> vectors, std::uint8_t* co
     std::uint8_t* out = codes + i * code_size();
     if (type_ == sq_type::fp16) {
       for (std::size_t d = 0; d < dim_; ++d) {
-        const std::uint16_t h = float_to_half(x[d]);
+        const std::uint16_t h = float_to_half(std::clamp(x[d], -max_half, max_half));
         out[2 * d] = static_cast<std::uint8_t>(h & 0xffu);
         out[2 * d + 1] = static_cast<std::uint8_t>(h >> 8);
       }

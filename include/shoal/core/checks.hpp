@@ -22,6 +22,10 @@ void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what
 /// <dim> is outside [1, 16777216]".
 void check_dimension(std::size_t dim, const char* what);
 
+/// Throws `shoal::error` (`errc::invalid_argument`) unless `m` is one of the three metrics: a value cast
+/// from an integer (a config file, a binding) would otherwise search as inner product and save as L2.
+void check_metric(metric m, const char* what);
+
 /// Throws `shoal::error` (`errc::non_finite`) when a vector of squared norm `squared_norm` (NaN too)
 /// would break `check_vectors`' norm bound: "<what><part><row> has norm …" (`part` null: "<what> has
 /// norm …"). For what a loaded model decodes to (codebooks, quantizer ranges, centroids).

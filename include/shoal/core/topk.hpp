@@ -131,7 +131,7 @@ namespace detail {
 
 /// How many candidates a re-ranked search gathers for k results: k · `factor`, saturating instead of
 /// wrapping, and no more than the `stored` vectors there are to find (but at least k, so that the rows
-/// are still padded to k).
+/// are still padded to k). A `factor` of 0 gives 0: callers pass a factor of at least 1.
 [[nodiscard]] constexpr std::size_t candidate_depth(std::size_t k, std::size_t factor, std::size_t stored) noexcept {
   const std::size_t most = std::max(k, stored);
   return factor != 0 && k > most / factor ? most : std::min(k * factor, most);

@@ -1,7 +1,9 @@
 #pragma once
 /// \file
-/// Evaluation: recall against ground truth, exact ground truth, and seeded synthetic data that is
-/// identical on every platform and standard library (splitmix64, no `std::*_distribution`).
+/// Evaluation: recall against ground truth, exact ground truth, and seeded synthetic data that does not
+/// depend on the standard library's distributions (splitmix64, no `std::*_distribution`): uniform data is
+/// bit-identical everywhere; normal draws go through `std::log` / `std::cos`, whose last bit may differ
+/// between C math libraries.
 
 #include <cstddef>
 #include <cstdint>
@@ -53,7 +55,8 @@ class splitmix64 {
 
 /// `rows` vectors of `dim` drawn around `clusters` Gaussian centres (centres ~ N(0, 1) per component,
 /// points = centre + `spread` · N(0, 1)): the shape of real embeddings, where ANN structure matters.
-/// Same seed → same matrix, everywhere.
+/// Same seed → same matrix (with the same C math library). Throws `shoal::error` if `clusters` is 0 or
+/// `spread` is not finite.
 [[nodiscard]] matrix<float> make_clustered(std::size_t rows, std::size_t dim, std::size_t clusters, std::uint64_t seed,
                                            float spread = 0.35f);
 /// `rows` x `dim` values uniform in [−1, 1).

@@ -146,7 +146,7 @@ class index_model final : public index_interface {
 /// Every member forwards to the wrapped index and has its semantics, errors and thread safety (e.g. a
 /// flat index's `add` needs exclusive access, an HNSW index's does not). `train` is a no-op for indexes
 /// that need no training. A default-constructed (or moved-from) `any_index` is empty: every member but
-/// `has_value` throws `errc::invalid_argument`.
+/// `has_value` and `get_if` (which returns null) throws `errc::invalid_argument`.
 ///
 /// ```
 /// shoal::any_index index = shoal::make_index("IVF1024,Flat", 768, shoal::metric::cosine);

@@ -43,8 +43,9 @@ namespace shoal {
 /// not built yet.
 [[nodiscard]] any_index make_index(std::string_view spec, std::size_t dim, metric m = metric::l2);
 
-/// Loads an index file of any kind: flat, IVF-Flat, HNSW, IVF-PQ (see `X::load` for the errors; a kind
-/// this build does not know is `errc::unsupported`).
+/// Loads an index file of any kind: flat, IVF-Flat, HNSW, IVF-PQ, refine (see `X::load` for the errors;
+/// a collection's manifest is `errc::invalid_argument`, a kind this build does not know
+/// `errc::unsupported`).
 [[nodiscard]] any_index load_index(const std::string& path, const load_options& options = {});
 
 }  // namespace shoal

@@ -83,7 +83,8 @@ class flat_index {
   /// Every stored id, in storage order (`remove` moves the last row into the freed slot, so the order
   /// changes with removals); valid until the next `add` or `remove`.
   [[nodiscard]] std::span<const vector_id> ids() const noexcept { return {id_data(), size()}; }
-  /// The stored vector of `id` (normalised under cosine); throws if unknown. Invalidated by add/remove.
+  /// The stored vector of `id` (normalised under cosine); throws if unknown. Invalidated by add/remove
+  /// (passing it to `add` itself is fine: the rows are copied before the storage grows).
   [[nodiscard]] std::span<const float> vector(vector_id id) const;
 
   /// k nearest neighbours of each query into `out` (`out.rows == queries.rows`, k = `out.k` ≥ 1).
@@ -101,13 +102,15 @@ class flat_index {
  private:
   friend struct detail::index_sections<flat_index>;  // the file sections
   struct query_block;
-  [[nodiscard]] query_block prepare(matrix_view<const float> queries) const;
+  [[nodiscard]] query_block prepare(matrix_view<const float> queries, const char* what) const;
   void search_streaming(const float* query, neighbors_view out_row, const search_params& params) const;
   void search_gemm(matrix_view<const float> queries, neighbors_view out, const search_params& params) const;
   /// Offers one query's row of a GEMM tile (inner products with stored rows first..first+count, turned
   /// into ranking distances in place) to its heap.
   void select_tile(float* ip, std::size_t first, std::size_t count, const id_filter& filter, topk_heap& heap) const;
   void check_mutable(const char* what) const;
+  /// Whether `v`'s rows lie (partly) in this index's own vector storage.
+  [[nodiscard]] bool overlaps_storage(matrix_view<const float> v) const noexcept;
   // The arrays as searched: owned, or inside the mapping.
   [[nodiscard]] const float* vector_data() const noexcept { return mapping_ ? mapped_vectors_ : vectors_.data(); }
   [[nodiscard]] const float* norm_data() const noexcept { return mapping_ ? mapped_norms_ : norms_.data(); }

@@ -45,7 +45,7 @@ class opq_rotation {
 
   [[nodiscard]] std::size_t dim() const noexcept { return dim_; }
   [[nodiscard]] bool is_trained() const noexcept { return !rotation_.empty(); }
-  /// The rotation, row-major dim x dim (identity before training).
+  /// The rotation, row-major dim x dim (empty before training).
   [[nodiscard]] const std::vector<float>& matrix_values() const noexcept { return rotation_; }
   /// Mean squared reconstruction error of the training sample after each outer iteration.
   [[nodiscard]] const std::vector<double>& errors() const noexcept { return errors_; }

@@ -45,8 +45,8 @@ class scalar_quantizer {
   void train(matrix_view<const float> vectors);
 
   /// Codes of `vectors` into `codes` (rows · code_size bytes; fp16 as little-endian 16-bit words).
-  /// sq8 clamps values outside the trained range. Throws `shoal::error` if untrained, on a dimension
-  /// mismatch or NaN/Inf.
+  /// sq8 clamps values outside the trained range, fp16 values beyond ±`max_half`. Throws `shoal::error` if untrained,
+  /// on a dimension mismatch or NaN/Inf.
   void encode(matrix_view<const float> vectors, std::uint8_t* codes) const;
   /// Reconstructions of `n` codes into `out` (n x dim). Throws `shoal::error` if untrained or on a bad
   /// output shape.
@@ -72,6 +72,9 @@ class scalar_quantizer {
 /// every half value.
 [[nodiscard]] std::uint16_t float_to_half(float x) noexcept;
 [[nodiscard]] float half_to_float(std::uint16_t h) noexcept;
+/// The largest finite half-precision value: fp16 codes saturate at ±max_half (an Inf code would make
+/// every distance to it Inf, and the vector drop out of every top-k).
+inline constexpr float max_half = 65504.0f;
 
 /// Scalar-quantizer kernels of one SIMD level: distances from a float query to one code (pair form).
 ///  - `sq8_l2`: Σ_d (q_d − (min_d + c_d · step_d))²;  `sq8_ip`: Σ_d q_d · (min_d + c_d · step_d);
