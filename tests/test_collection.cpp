@@ -600,6 +600,104 @@ TEST_CASE("collection: a torn log tail is dropped, other damage is reported", "[
   REQUIRE_THROWS_AS(collection::open(home), shoal::error);
 }
 
+TEST_CASE("collection: open checks the router centroids and each shard's ids before trusting them",
+          "[collection][io]") {
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  {
+    collection_options o = options_for(sharding::semantic, 8, metric::l2);
+    o.directory = home;
+    collection c(o);
+    const clustered_set data(200, 1, 8, 4, 31, 0.3f);
+    c.train(data.base.view());
+    c.add(data.base.view(), data.ids);
+  }
+  const std::filesystem::path manifest = home / "MANIFEST.shoal";
+  const std::vector<char> pristine = test::slurp(manifest);
+  // A manifest (checksums recomputed) of dimension 2^24 without its centroids: they were allocated
+  // from the header (4 x 2^24 floats, 256 MiB) before the section was checked.
+  std::vector<test::file_section> sections = test::sections_of(pristine);
+  for (test::file_section& x : sections)
+    if (x.tag == "RCEN") x.content.clear();
+  std::vector<char> bad = test::with_sections(pristine, sections);
+  test::put(bad, 32, std::uint64_t{max_dim});
+  test::reseal_header(bad);
+  test::spit(manifest, bad);
+  {
+    const test::allocation_cap cap(std::size_t{64} << 20);
+    REQUIRE_THROWS_MATCHES(collection::open(home), shoal::error, fails_with(errc::corrupt_file, "section RCEN"));
+  }
+  test::spit(manifest, pristine);
+  CHECK(collection::open(home).size() == 200);
+
+  // Two shard files of equal size swapped: the counts agree with the routing table, the ids do not. The
+  // open succeeded, the first remove then failed in the shard after it was logged, and every later
+  // open failed replaying it.
+  const std::filesystem::path other = dir.path() / "r";
+  {
+    collection_options o = options_for(sharding::range, 8, metric::l2);
+    o.directory = other;
+    collection c(o);
+    const matrix<float> v = make_uniform(8, 8, 5);
+    c.add(v.view(), std::vector<vector_id>{1, 2, (1ull << 61) + 1, (1ull << 61) + 2, (1ull << 62) + 1, (1ull << 62) + 2,
+                                           (3ull << 61) + 1, (3ull << 61) + 2});
+    c.checkpoint();
+  }
+  std::string shard0, shard1;
+  for (const auto& entry : std::filesystem::directory_iterator(other)) {
+    const std::string name = entry.path().filename().string();
+    if (name.starts_with("shard-0-")) shard0 = name;
+    if (name.starts_with("shard-1-")) shard1 = name;
+  }
+  REQUIRE(!shard0.empty());
+  REQUIRE(!shard1.empty());
+  std::filesystem::rename(other / shard0, other / "swap");
+  std::filesystem::rename(other / shard1, other / shard0);
+  std::filesystem::rename(other / "swap", other / shard1);
+  REQUIRE_THROWS_MATCHES(collection::open(other), shoal::error,
+                         fails_with(errc::corrupt_file, "is routed to this shard, which does not hold it"));
+}
+
+TEST_CASE("collection: a memory-mapped open writes nothing; the next writable open repairs the log",
+          "[collection][io]") {
+  // Mapped opens share the directory under a shared lock: one cutting a torn tail or writing a header
+  // while another reads the log made that one fail, and a mapped open needed write access.
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  collection_options o = options_for(sharding::hash, 8, metric::l2);
+  o.directory = home;
+  const matrix<float> v = make_uniform(3, 8, 4);
+  {
+    collection c(o);
+    c.add(v.view().slice(0, 2), std::vector<vector_id>{1, 2});
+    c.checkpoint();
+    c.add(v.view().slice(2, 1), std::vector<vector_id>{3});
+  }
+  const std::filesystem::path log = home / "wal.log";
+  const auto full = std::filesystem::file_size(log);
+  std::filesystem::resize_file(log, full - 5);  // the last write torn: nothing left to replay
+  {
+    const collection mapped = collection::open(home, {.mmap = true});
+    const collection second = collection::open(home, {.mmap = true});
+    CHECK(mapped.size() == 2);
+    CHECK(second.size() == 2);
+    CHECK(std::filesystem::file_size(log) == full - 5);
+  }
+  CHECK(collection::open(home).size() == 2);
+  CHECK(std::filesystem::file_size(log) == 24);  // the header alone: the torn record is cut
+  // A snapshot saved elsewhere has no log: a mapped open creates only an empty file to lock.
+  const std::filesystem::path copy = dir.path() / "copy";
+  collection::open(home).save(copy);
+  CHECK_FALSE(std::filesystem::exists(copy / "wal.log"));
+  CHECK(collection::open(copy, {.mmap = true}).size() == 2);
+  CHECK(std::filesystem::file_size(copy / "wal.log") == 0);
+  {
+    collection writable = collection::open(copy);
+    writable.add(v.view().slice(2, 1), std::vector<vector_id>{3});
+  }
+  CHECK(collection::open(copy).size() == 3);
+}
+
 TEST_CASE("collection: a write call logged in several records replays whole or not at all", "[collection][io]") {
   using detail::wal_op;
   using detail::write_ahead_log;

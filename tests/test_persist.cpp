@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -34,7 +35,15 @@
 
 using namespace shoal;
 using shoal::test::fails_with;
+using shoal::test::file_section;
+using shoal::test::get_u32;
+using shoal::test::put;
+using shoal::test::reseal_header;
 using shoal::test::scratch_dir;
+using shoal::test::sections_of;
+using shoal::test::slurp;
+using shoal::test::spit;
+using shoal::test::with_sections;
 namespace fs = std::filesystem;
 
 namespace {
@@ -128,33 +137,6 @@ struct snapshot {
   }
 };
 
-std::vector<char> slurp(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-void spit(const std::string& path, const std::vector<char>& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::uint32_t get_u32(const std::vector<char>& bytes, std::size_t at) {
-  std::uint32_t v = 0;
-  std::memcpy(&v, bytes.data() + at, sizeof v);
-  return v;
-}
-
-/// Recomputes the header checksum as docs/format.md defines it: CRC-32C of the 128 header bytes with the
-/// checksum field (bytes 68..71) zeroed, continued over the section table (32 bytes per section).
-void reseal_header(std::vector<char>& bytes) {
-  const std::uint32_t sections = get_u32(bytes, 28);
-  std::vector<char> head(bytes.begin(), bytes.begin() + 128);
-  std::fill(head.begin() + 68, head.begin() + 72, char{0});
-  std::uint32_t crc = crc32c(head.data(), head.size());
-  crc = crc32c(bytes.data() + 128, sections * std::size_t{32}, crc);
-  std::memcpy(bytes.data() + 68, &crc, sizeof crc);
-}
-
 /// Loads `path` as an Index under `options`; if that succeeds, searches it (must not crash).
 template <class Index>
 void load_and_search(const std::string& path, const load_options& options, const dataset& d) {
@@ -188,65 +170,6 @@ std::size_t section_offset(const std::vector<char>& bytes, const char (&tag)[5])
   }
   FAIL("no section " << tag);
   return 0;
-}
-
-/// Writes `value` at byte `at` of `bytes`.
-template <class T>
-void put(std::vector<char>& bytes, std::size_t at, T value) {
-  std::memcpy(bytes.data() + at, &value, sizeof value);
-}
-
-/// One section of an index file: its table entry's tag and flags, and its bytes.
-struct file_section {
-  std::string tag;
-  std::uint32_t flags = 0;
-  std::vector<char> content;
-};
-
-/// The sections of the index file `bytes`, in table order.
-std::vector<file_section> sections_of(const std::vector<char>& bytes) {
-  std::vector<file_section> out;
-  for (std::uint32_t s = 0; s < get_u32(bytes, 28); ++s) {
-    const std::size_t entry = 128 + std::size_t{32} * s;
-    std::uint64_t offset = 0;
-    std::uint64_t size = 0;
-    std::memcpy(&offset, bytes.data() + entry + 8, sizeof offset);
-    std::memcpy(&size, bytes.data() + entry + 16, sizeof size);
-    const auto first = bytes.begin() + static_cast<std::ptrdiff_t>(offset);
-    out.push_back({std::string(bytes.data() + entry, 4), get_u32(bytes, entry + 4),
-                   std::vector<char>(first, first + static_cast<std::ptrdiff_t>(size))});
-  }
-  return out;
-}
-
-/// The file of `bytes`' header (version, kind, metric, dim, count) holding `sections` instead of its own,
-/// laid out, checksummed and sealed as docs/format.md says (with `big_alignment` instead of 4096 for the
-/// sections of 64 KiB or more, to make a misplaced one).
-std::vector<char> with_sections(const std::vector<char>& bytes, const std::vector<file_section>& sections,
-                                std::size_t big_alignment = 4096) {
-  std::vector<std::size_t> offsets;
-  std::size_t end = 128 + 32 * sections.size();
-  for (const file_section& x : sections) {
-    const std::size_t alignment = x.content.size() >= (std::size_t{64} << 10) ? big_alignment : 64;
-    offsets.push_back((end + alignment - 1) / alignment * alignment);
-    end = offsets.back() + x.content.size();
-  }
-  std::vector<char> out(end, 0);
-  std::copy_n(bytes.begin(), 128, out.begin());
-  put(out, 28, static_cast<std::uint32_t>(sections.size()));
-  put(out, 48, static_cast<std::uint64_t>(end));
-  for (std::size_t s = 0; s < sections.size(); ++s) {
-    const std::vector<char>& content = sections[s].content;
-    const std::size_t entry = 128 + 32 * s;
-    std::copy_n(sections[s].tag.begin(), 4, out.begin() + static_cast<std::ptrdiff_t>(entry));
-    put(out, entry + 4, sections[s].flags);
-    put(out, entry + 8, static_cast<std::uint64_t>(offsets[s]));
-    put(out, entry + 16, static_cast<std::uint64_t>(content.size()));
-    put(out, entry + 24, crc32c(content.data(), content.size()));
-    std::copy(content.begin(), content.end(), out.begin() + static_cast<std::ptrdiff_t>(offsets[s]));
-  }
-  reseal_header(out);
-  return out;
 }
 
 /// Writes `bytes` as changed by `change` to `bad`: loading it as an Index must then fail with
@@ -744,6 +667,64 @@ TEST_CASE("read_index_file_info reports kind, metric, dimension, count and versi
     std::memcpy(&offset, bytes.data() + 128 + s * 32 + 8, sizeof offset);
     CHECK(offset % 64 == 0);
   }
+}
+
+TEST_CASE("read_index_file_info and load_index skip the header checksum at verify_level::none", "[io]") {
+  const scratch_dir dir;
+  const dataset d(50, 1, 24);
+  const std::string path = dir / "flat.shoal";
+  d.flat(metric::l2).save(path);
+  std::vector<char> bytes = slurp(path);
+  bytes[68] = static_cast<char>(bytes[68] ^ 0x5a);  // the header checksum itself
+  spit(path, bytes);
+  REQUIRE_THROWS_MATCHES(load_index(path), shoal::error, fails_with(errc::corrupt_file, "header checksum mismatch"));
+  CHECK(flat_index::load(path, {.verify = verify_level::none}).size() == 50);
+  CHECK(read_index_file_info(path, verify_level::none).count == 50);
+  // load_index read the kind with the header checksum checked, whatever the caller asked.
+  CHECK(load_index(path, {.verify = verify_level::none}).size() == 50);
+}
+
+TEST_CASE("damaged files: stored vectors add would refuse are corrupt in a copied load, whatever the checksums",
+          "[io]") {
+  // Checksums recomputed over the damage (a file from another writer): only a value check finds it. A
+  // NaN row came back first from single-query flat searches and was dropped by batched ones.
+  const scratch_dir dir;
+  const dataset d(300, 20, 25);
+  const auto poisoned = [](const std::vector<char>& bytes, const char* tag, float value) {
+    std::vector<file_section> sections = sections_of(bytes);
+    for (file_section& x : sections)
+      if (x.tag == tag) std::memcpy(x.content.data() + 5 * sizeof(float), &value, sizeof value);
+    return with_sections(bytes, sections);
+  };
+  const std::string flat_path = dir / "flat.shoal";
+  const std::string hnsw_path = dir / "hnsw.shoal";
+  const std::string ivf_path = dir / "ivf.shoal";
+  d.flat(metric::l2).save(flat_path);
+  {
+    hnsw_index graph(dim, metric::l2, {.M = 8});
+    graph.add(d.base.view(), d.ids);
+    graph.save(hnsw_path);
+  }
+  d.ivf(metric::l2, 4).save(ivf_path);
+  const std::string bad = dir / "bad.shoal";
+  for (const float value : {std::nanf(""), std::numeric_limits<float>::infinity(), 3e38f}) {
+    CAPTURE(value);
+    const char* what = std::isfinite(value) ? "has norm" : "has a non-finite value";
+    spit(bad, poisoned(slurp(flat_path), "VECS", value));
+    REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, what));
+    CHECK(flat_index::load(bad, {.mmap = true}).size() == 300);  // a mapping is trusted (documented)
+    spit(bad, poisoned(slurp(hnsw_path), "HVEC", value));
+    REQUIRE_THROWS_MATCHES(hnsw_index::load(bad), shoal::error, fails_with(errc::corrupt_file, what));
+    spit(bad, poisoned(slurp(ivf_path), "LVEC", value));
+    REQUIRE_THROWS_MATCHES(ivf_flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, what));
+  }
+  // Stored norms are recomputed on a copied load: zeroed ones change no result.
+  std::vector<file_section> sections = sections_of(slurp(flat_path));
+  for (file_section& x : sections)
+    if (x.tag == "NORM") std::fill(x.content.begin(), x.content.end(), char{0});
+  spit(bad, with_sections(slurp(flat_path), sections));
+  const flat_index original = flat_index::load(flat_path);
+  require_same(flat_index::load(bad).search(d.queries.view(), 10), original.search(d.queries.view(), 10));
 }
 
 TEST_CASE("damaged files: a section of 64 KiB or more off a page boundary is refused", "[io]") {

@@ -11,7 +11,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -27,6 +30,7 @@
 #include "shoal/distance/distance.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
+#include "shoal/io/format.hpp"
 
 namespace shoal::test {
 
@@ -346,6 +350,94 @@ void check_common_input_errors(Index& index, matrix_view<const float> queries, v
   CHECK(index.size() == size);
   CHECK_FALSE(index.contains(99));
   CHECK_FALSE(index.contains(77));
+}
+
+/// The bytes of the file `path`.
+inline std::vector<char> slurp(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+/// Replaces the file `path` with `bytes`.
+inline void spit(const std::string& path, const std::vector<char>& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
+inline std::uint32_t get_u32(const std::vector<char>& bytes, std::size_t at) {
+  std::uint32_t v = 0;
+  std::memcpy(&v, bytes.data() + at, sizeof v);
+  return v;
+}
+
+/// Recomputes the header checksum as docs/format.md defines it: CRC-32C of the 128 header bytes with the
+/// checksum field (bytes 68..71) zeroed, continued over the section table (32 bytes per section).
+inline void reseal_header(std::vector<char>& bytes) {
+  const std::uint32_t sections = get_u32(bytes, 28);
+  std::vector<char> head(bytes.begin(), bytes.begin() + 128);
+  std::fill(head.begin() + 68, head.begin() + 72, char{0});
+  std::uint32_t crc = crc32c(head.data(), head.size());
+  crc = crc32c(bytes.data() + 128, sections * std::size_t{32}, crc);
+  std::memcpy(bytes.data() + 68, &crc, sizeof crc);
+}
+
+/// Writes `value` at byte `at` of `bytes`.
+template <class T>
+void put(std::vector<char>& bytes, std::size_t at, T value) {
+  std::memcpy(bytes.data() + at, &value, sizeof value);
+}
+
+/// One section of an index file: its table entry's tag and flags, and its bytes.
+struct file_section {
+  std::string tag;
+  std::uint32_t flags = 0;
+  std::vector<char> content;
+};
+
+/// The sections of the index file `bytes`, in table order.
+inline std::vector<file_section> sections_of(const std::vector<char>& bytes) {
+  std::vector<file_section> out;
+  for (std::uint32_t s = 0; s < get_u32(bytes, 28); ++s) {
+    const std::size_t entry = 128 + std::size_t{32} * s;
+    std::uint64_t offset = 0;
+    std::uint64_t size = 0;
+    std::memcpy(&offset, bytes.data() + entry + 8, sizeof offset);
+    std::memcpy(&size, bytes.data() + entry + 16, sizeof size);
+    const auto first = bytes.begin() + static_cast<std::ptrdiff_t>(offset);
+    out.push_back({std::string(bytes.data() + entry, 4), get_u32(bytes, entry + 4),
+                   std::vector<char>(first, first + static_cast<std::ptrdiff_t>(size))});
+  }
+  return out;
+}
+
+/// The file of `bytes`' header (version, kind, metric, dim, count) holding `sections` instead of its own,
+/// laid out, checksummed and sealed as docs/format.md says (with `big_alignment` instead of 4096 for the
+/// sections of 64 KiB or more, to make a misplaced one).
+inline std::vector<char> with_sections(const std::vector<char>& bytes, const std::vector<file_section>& sections,
+                                       std::size_t big_alignment = 4096) {
+  std::vector<std::size_t> offsets;
+  std::size_t end = 128 + 32 * sections.size();
+  for (const file_section& x : sections) {
+    const std::size_t alignment = x.content.size() >= (std::size_t{64} << 10) ? big_alignment : 64;
+    offsets.push_back((end + alignment - 1) / alignment * alignment);
+    end = offsets.back() + x.content.size();
+  }
+  std::vector<char> out(end, 0);
+  std::copy_n(bytes.begin(), 128, out.begin());
+  put(out, 28, static_cast<std::uint32_t>(sections.size()));
+  put(out, 48, static_cast<std::uint64_t>(end));
+  for (std::size_t s = 0; s < sections.size(); ++s) {
+    const std::vector<char>& content = sections[s].content;
+    const std::size_t entry = 128 + 32 * s;
+    std::copy_n(sections[s].tag.begin(), 4, out.begin() + static_cast<std::ptrdiff_t>(entry));
+    put(out, entry + 4, sections[s].flags);
+    put(out, entry + 8, static_cast<std::uint64_t>(offsets[s]));
+    put(out, entry + 16, static_cast<std::uint64_t>(content.size()));
+    put(out, entry + 24, crc32c(content.data(), content.size()));
+    std::copy(content.begin(), content.end(), out.begin() + static_cast<std::ptrdiff_t>(offsets[s]));
+  }
+  reseal_header(out);
+  return out;
 }
 
 }  // namespace shoal::test

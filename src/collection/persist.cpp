@@ -74,8 +74,8 @@ void remove_other_generations(const std::filesystem::path& dir, std::uint64_t ke
   }
 }
 
-/// One past the highest generation found in `dir` (so that a new snapshot never overwrites a file
-/// that the current manifest names).
+}  // namespace
+
 std::uint64_t next_generation(const std::filesystem::path& dir) {
   std::uint64_t next = 1;
   std::error_code ec;
@@ -85,8 +85,6 @@ std::uint64_t next_generation(const std::filesystem::path& dir) {
   }
   return next;
 }
-
-}  // namespace
 
 void collection_state::write_snapshot(const layout& lay, const std::filesystem::path& dir, std::uint64_t gen,
                                       std::uint64_t wal_sequence) const {
@@ -171,8 +169,8 @@ void collection::save(const std::filesystem::path& directory) const {
   if (own) {
     const std::uint64_t generation = detail::next_generation(directory);
     st.write_snapshot(*lay, directory, generation, st.wal->last_sequence());
+    st.snapshot_generation = generation;  // the manifest names it now, whether or not the reset works
     st.wal->reset();
-    st.snapshot_generation = generation;
     return;
   }
   // The log of whatever collection lives here stays until the new manifest replaces its own, and the
@@ -246,11 +244,17 @@ collection collection::open(const std::filesystem::path& directory, const collec
     SHOAL_CHECK_CODE(lay->route.needs_centroids() && p.centroid_rows == lay->route.centroid_count(), errc::corrupt_file,
                      name, ": ", p.centroid_rows, " router centroids for ", sharding_name(o.policy), " sharding over ",
                      o.shards, " shards");
-    matrix<float> centroids(p.centroid_rows, o.dim);
-    in.read(detail::tag_centroids, centroids.values.data(), centroids.values.size());
+    matrix<float> centroids;  // sized from the section, checked against the header before any allocation
+    centroids.values = in.read_vector<float>(detail::tag_centroids,
+                                             io::detail::checked_mul(p.centroid_rows, o.dim, name, "router centroids"));
+    centroids.rows = p.centroid_rows;
+    centroids.dim = o.dim;
     for (const float v : centroids.values)
       SHOAL_CHECK_CODE(std::isfinite(v), errc::corrupt_file, name, ": router centroids hold NaN/Inf");
     lay->route.set_centroids(std::move(centroids));
+  } else {
+    SHOAL_CHECK_CODE(in.section_size(detail::tag_centroids) == 0, errc::corrupt_file, name, ": router centroids (",
+                     in.section_size(detail::tag_centroids), " bytes) but no centroid rows");
   }
   const std::size_t count = in.header().count;
   {
@@ -272,8 +276,8 @@ collection collection::open(const std::filesystem::path& directory, const collec
   std::vector<detail::wal_record> replay = st->wal->take_replay();
   const bool mapped = oo.mmap && replay.empty();
   if (oo.mmap && !mapped) st->wal->lock_exclusive();  // loaded into memory to replay the log: writable
-  std::vector<std::size_t> per_shard(o.shards, 0);
-  for (const auto& [id, s] : lay->table) ++per_shard[s];
+  std::vector<std::vector<vector_id>> per_shard(o.shards);
+  for (const auto& [id, s] : lay->table) per_shard[s].push_back(id);
   for (std::size_t s = 0; s < o.shards; ++s) {
     auto shard = std::make_shared<detail::shard_state>();
     const std::string file = (directory / detail::shard_file_name(s, p.generation)).string();
@@ -282,8 +286,14 @@ collection collection::open(const std::filesystem::path& directory, const collec
       SHOAL_CHECK_CODE(index->dim() == o.dim && index->metric() == o.metric, errc::corrupt_file, file,
                        ": shard index of dimension ", index->dim(), " and metric ", metric_name(index->metric()),
                        ", the manifest says ", o.dim, " and ", metric_name(o.metric));
-      SHOAL_CHECK_CODE(index->size() == per_shard[s], errc::corrupt_file, file, ": shard holds ", index->size(),
-                       " vectors, the routing table ", per_shard[s]);
+      SHOAL_CHECK_CODE(index->size() == per_shard[s].size(), errc::corrupt_file, file, ": shard holds ", index->size(),
+                       " vectors, the routing table ", per_shard[s].size());
+      // With the counts equal, the same ids: a shard file from another snapshot (or two swapped) would
+      // open, then fail the first write that touches it, and that logged write every later open.
+      if (r == 0)
+        for (const vector_id id : per_shard[s])
+          SHOAL_CHECK_CODE(index->contains(id), errc::corrupt_file, file, ": id ", id,
+                           " is routed to this shard, which does not hold it");
       auto rep = std::make_unique<detail::replica_slot>();
       shard->concurrent = index->concurrent_writes();
       rep->index.store(std::move(index));

@@ -262,6 +262,9 @@ void for_each_live_replica(shard_state& shard, std::uint64_t vectors, const F& f
 
 /// File name of shard `s` in snapshot generation `generation`.
 [[nodiscard]] std::string shard_file_name(std::size_t s, std::uint64_t generation);
+/// One past the highest generation of the shard files in `dir` (so that a new snapshot never
+/// overwrites a file that the current manifest names).
+[[nodiscard]] std::uint64_t next_generation(const std::filesystem::path& dir);
 inline constexpr const char* manifest_file_name = "MANIFEST.shoal";
 
 }  // namespace shoal::detail

@@ -97,17 +97,43 @@ std::vector<std::byte> read_whole(const io::detail::input_file& in) {
 write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after,
                                  lock_mode mode)
     : path_(dir / file_name), dim_(dim), sync_(sync), last_sequence_(after) {
+  const bool shared = mode == lock_mode::shared;
+  if (shared) refusal_ = "the log was opened for reading";
   fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR | O_CREAT, 0666));
+  if (fd_.get() < 0 && shared && (errno == EACCES || errno == EROFS || errno == EPERM)) {
+    // A reader on a read-only file or file system: it locks the log where there is one; where there is
+    // none, no writer can create one either.
+    fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDONLY));
+    if (fd_.get() < 0 && errno == ENOENT) return;
+    writable_ = false;
+  }
   SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, path_.string(),
                    ": cannot open the write-ahead log: ", io::detail::errno_text(errno));
-  take_lock(mode == lock_mode::exclusive ? LOCK_EX : LOCK_SH);
+  take_lock(shared ? LOCK_SH : LOCK_EX);
   struct ::stat info {};
   SHOAL_CHECK_CODE(::fstat(fd_.get(), &info) == 0, errc::io_error, path_.string(),
                    ": cannot stat the write-ahead log: ", io::detail::errno_text(errno));
   if (info.st_size == 0 || !read_records(after)) {
-    write_header();
-    io::detail::sync_directory(dir);  // the new log's name survives a power loss with the records it gets
+    rewrite_ = true;
+  } else if (keep_ < static_cast<std::uint64_t>(info.st_size)) {
+    dropped_ = static_cast<std::uint64_t>(info.st_size) - keep_;
   }
+  // Readers change nothing: others may be reading the file under the same shared lock. The header or
+  // the cut is made by whoever writes the log next (`lock_exclusive`, or an exclusive open).
+  if (!shared) repair();
+}
+
+void write_ahead_log::repair() {
+  if (rewrite_) {
+    write_header();
+    io::detail::sync_directory(path_.parent_path());  // the new log's name survives a power loss
+  } else if (dropped_ != 0) {
+    SHOAL_CHECK_CODE(::ftruncate(fd_.get(), static_cast<::off_t>(keep_)) == 0 && ::fsync(fd_.get()) == 0,
+                     errc::io_error, path_.string(),
+                     ": cannot drop the torn last write: ", io::detail::errno_text(errno));
+  }
+  rewrite_ = false;
+  refusal_.clear();
   const ::off_t end = ::lseek(fd_.get(), 0, SEEK_END);
   SHOAL_CHECK_CODE(end >= 0, errc::io_error, path_.string(), ": seek failed: ", io::detail::errno_text(errno));
   end_ = static_cast<std::uint64_t>(end);
@@ -229,12 +255,7 @@ bool write_ahead_log::read_records(std::uint64_t after) {
   }
   last_sequence_ = committed_sequence;
   // A torn record, or a call cut short (its intact records before the tear or the end of the file).
-  const std::uint64_t keep = call.empty() ? at : call_start;
-  if (keep < size) {
-    dropped_ = size - keep;
-    SHOAL_CHECK_CODE(::ftruncate(fd_.get(), static_cast<::off_t>(keep)) == 0 && ::fsync(fd_.get()) == 0, errc::io_error,
-                     name, ": cannot drop the torn last write: ", io::detail::errno_text(errno));
-  }
+  keep_ = call.empty() ? at : call_start;
   return true;
 }
 
@@ -323,7 +344,13 @@ void lock_log(int fd, const std::filesystem::path& path, int operation) {
 
 void write_ahead_log::take_lock(int operation) { lock_log(fd_.get(), path_, operation); }
 
-void write_ahead_log::lock_exclusive() { take_lock(LOCK_EX); }
+void write_ahead_log::lock_exclusive() {
+  SHOAL_CHECK_CODE(fd_.get() >= 0 && writable_, errc::io_error, path_.string(),
+                   ": the write-ahead log cannot be written (a read-only file or file system), so the records it ",
+                   "holds cannot be replayed into a writable collection");
+  take_lock(LOCK_EX);
+  repair();
+}
 
 write_ahead_log::stale_log::stale_log(const std::filesystem::path& dir, bool read_sequence) : path_(dir / file_name) {
   fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR));

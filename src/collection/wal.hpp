@@ -59,7 +59,10 @@ class write_ahead_log {
   /// Opens `<dir>/wal.log`, creating it (with its header) when missing, and locks it as `mode` says;
   /// reads every record and keeps those with sequence > `after` for `take_replay()`; truncates a torn
   /// tail. Throws `errc::io_error` when the lock is held elsewhere (another collection has the
-  /// directory open for writing, or for reading when `mode` is exclusive).
+  /// directory open for writing, or for reading when `mode` is exclusive). A shared (reading) open
+  /// writes nothing — others may be reading the log under the same lock — and works on a read-only
+  /// log: it creates at most an empty file to lock, and leaves the header or the cut of a torn tail to
+  /// `lock_exclusive`; such a log takes no appends before that.
   write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after,
                   lock_mode mode = lock_mode::exclusive);
   write_ahead_log(const write_ahead_log&) = delete;
@@ -111,11 +114,15 @@ class write_ahead_log {
   /// failure leaves the log refusing appends until the collection is reopened.
   void reset();
   /// Turns a shared lock into the exclusive one a writer needs (a read-only open that must replay
-  /// the log after all). Throws `errc::io_error` while other collections read the directory.
+  /// the log after all), then writes what a shared open left (header, cut). Throws `errc::io_error`
+  /// while other collections read the directory, or when the log cannot be written.
   void lock_exclusive();
 
  private:
   void write_header();
+  /// Writes the header of a new or replaced log, or cuts the torn tail `read_records` found; then
+  /// places the end for appends. Under the exclusive lock.
+  void repair();
   /// flock(2) with `operation` (LOCK_EX or LOCK_SH), without waiting.
   void take_lock(int operation);
   /// False when the log is another dimension's whose records all precede `after` (a log a save into
@@ -134,6 +141,9 @@ class write_ahead_log {
   std::uint64_t end_ = 0;  // bytes of whole records and header: where the next record goes
   std::string refusal_;    // why appends are refused until the collection is reopened (empty: they are not)
   std::uint64_t dropped_ = 0;
+  std::uint64_t keep_ = 0;  // read_records: bytes of whole calls, where a torn tail is cut
+  bool rewrite_ = false;    // the log needs a new header (empty, or another dimension's, see stale_log)
+  bool writable_ = true;    // opened for writing (a shared open of a read-only log is not)
   std::vector<wal_record> replay_;
   std::vector<std::byte> buffer_;  // record being written (under mutex_)
 };

@@ -43,6 +43,14 @@ void check_dimension(std::size_t dim, const char* what) {
   SHOAL_CHECK(dim >= 1 && dim <= max_dim, what, ": dimension ", dim, " is outside [1, ", max_dim, "]");
 }
 
+void check_loaded_vectors(matrix_view<const float> v, const std::string& file, const char* what) {
+  try {
+    check_vectors(v, v.dim, what);
+  } catch (const error& e) {
+    throw_error(errc::corrupt_file, str(file, ": ", e.what()));
+  }
+}
+
 void check_metric(metric m, const char* what) {
   SHOAL_CHECK(m == metric::l2 || m == metric::inner_product || m == metric::cosine, what, ": unknown metric ",
               static_cast<int>(m), " (expected l2, inner_product or cosine)");

@@ -345,7 +345,7 @@ any_index make_index(std::string_view spec, std::size_t dim, metric m) {
 }
 
 any_index load_index(const std::string& path, const load_options& options) {
-  const index_file_info info = read_index_file_info(path);
+  const index_file_info info = read_index_file_info(path, options.verify);
   switch (info.kind) {
     case index_kind::flat:
       return any_index(flat_index::load(path, options));

@@ -740,7 +740,10 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
     io::detail::load_list(target, n, codes, ids);
     if (vectors) {
       const float* v = vectors->next(target.vectors);
-      if (target.mapped) target.mapped_vectors = v;
+      if (target.mapped)
+        target.mapped_vectors = v;
+      else
+        detail::check_loaded_vectors({v, n, dim}, name, "re-rank vector");
     }
     if (sq_codes) {
       const std::uint8_t* c = sq_codes->next(target.sq_codes);

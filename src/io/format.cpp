@@ -39,8 +39,9 @@ const char* index_kind_name(index_kind kind) noexcept {
   return "unknown";
 }
 
-index_file_info read_index_file_info(const std::string& path) {
-  const io::detail::index_file_reader reader(path, {.mmap = false, .verify = verify_level::header});
+index_file_info read_index_file_info(const std::string& path, verify_level verify) {
+  const io::detail::index_file_reader reader(
+      path, {.mmap = false, .verify = verify == verify_level::none ? verify_level::none : verify_level::header});
   return reader.info();
 }
 

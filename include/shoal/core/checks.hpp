@@ -22,6 +22,12 @@ void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what
 /// <dim> is outside [1, 16777216]".
 void check_dimension(std::size_t dim, const char* what);
 
+/// `check_vectors` for vectors a loader copied out of `file`: any value `add` would refuse (NaN/Inf,
+/// a norm past the bound) is `errc::corrupt_file` "<file>: <what> row <i> has ...". Only for copied
+/// loads: checking a mapping would read every page of it; a mapped load trusts the values, which a
+/// shoal writer never produces and whose damage `verify_level::full`'s checksums catch.
+void check_loaded_vectors(matrix_view<const float> v, const std::string& file, const char* what);
+
 /// Throws `shoal::error` (`errc::invalid_argument`) unless `m` is one of the three metrics: a value cast
 /// from an integer (a config file, a binding) would otherwise search as inner product and save as L2.
 void check_metric(metric m, const char* what);

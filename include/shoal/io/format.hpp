@@ -62,10 +62,12 @@ struct index_file_info {
   std::uint64_t file_bytes;
 };
 
-/// Reads and checks (magic, version, header checksum, file size) the header of an index file.
-/// Throws `shoal::error`: `errc::io_error` if it cannot be read, `errc::corrupt_file` if it is not a
-/// shoal index file or is damaged, `errc::unsupported` for a newer major version.
-[[nodiscard]] index_file_info read_index_file_info(const std::string& path);
+/// Reads and checks (magic, version, header checksum, file size) the header of an index file;
+/// `verify_level::none` skips the header checksum (`full` checks no more than `header` here: the
+/// sections are not read). Throws `shoal::error`: `errc::io_error` if it cannot be read,
+/// `errc::corrupt_file` if it is not a shoal index file or is damaged, `errc::unsupported` for a newer
+/// major version.
+[[nodiscard]] index_file_info read_index_file_info(const std::string& path, verify_level verify = verify_level::header);
 
 /// CRC-32C (Castagnoli) of `bytes` bytes at `data`, continuing from `crc` (the CRC of the preceding
 /// bytes; 0 to start): crc32c("123456789") = 0xE3069283. SSE4.2's crc32 instruction where the CPU has
