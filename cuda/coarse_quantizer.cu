@@ -32,8 +32,8 @@ coarse_quantizer::coarse_quantizer(matrix_view<const float> centroids, shoal::me
       min_batch_(std::max<std::size_t>(min_batch, 1)) {}
 
 void coarse_quantizer::probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const {
-  SHOAL_CHECK(nprobe > 0 && nprobe <= std::min(lists(), flat_index::max_k), "cuda::coarse_quantizer::probe: nprobe ",
-              nprobe, " is outside [1, ", std::min(lists(), flat_index::max_k), "]");
+  SHOAL_CHECK(nprobe > 0 && nprobe <= max_nprobe(), "cuda::coarse_quantizer::probe: nprobe ", nprobe,
+              " is outside [1, ", max_nprobe(), "]");
   centroids_.search(queries, nprobe, probes, nullptr);
 }
 

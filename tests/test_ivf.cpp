@@ -375,6 +375,23 @@ TEST_CASE("ivf refuses lists from search_params::coarse that do not exist or rep
   CHECK(index.search(f.queries.view(), 5, params).rows() == f.queries.rows);
 }
 
+TEST_CASE("ivf asks an outside coarse pass for no more lists than it serves", "[ivf]") {
+  // The GPU pass selects at most 1,024 lists per query: a search with more threw where the same search
+  // without the pass succeeded. It now runs its own coarse pass instead.
+  const fixture f(600, 5, 14);
+  const ivf_flat_index index = f.build(metric::l2);
+  const test::fixed_probe two(nlist, dim, {7, 2}, 2);
+  for (const std::size_t nprobe : {2, 3}) {
+    CAPTURE(nprobe);
+    search_params params = with_nprobe(nprobe);
+    const neighbors own = index.search(f.queries.view(), 5, params);
+    params.coarse = &two;
+    const neighbors outside = index.search(f.queries.view(), 5, params);
+    // Lists 7 and 2 for every query (nprobe 2) differ from the nearest lists; nprobe 3 is the index's own pass.
+    CHECK((outside.ids() == own.ids()) == (nprobe == 3));
+  }
+}
+
 TEST_CASE("ivf coarse pass over data far from the origin finds the nearest lists, batched and single", "[ivf]") {
   // 256 lists over 1000 + N(0, 1) in 16 dimensions. Scored as ‖c‖² − 2⟨q, c⟩, whose terms are about
   // 1.6e7, float rounding was as large as the gaps between centroids: a batch (the GEMM) found the nearest

@@ -53,11 +53,13 @@ class error_matcher : public Catch::MatcherBase<shoal::error> {
 inline error_matcher fails_with(errc code, std::string fragment = "") { return {code, std::move(fragment)}; }
 
 /// An outside coarse pass (`search_params::coarse`, L2) over `nlist` lists of `dim` dimensions that names
-/// fixed lists: probe j of every query is `lists[j % lists.size()]`, whatever the query.
+/// fixed lists: probe j of every query is `lists[j % lists.size()]`, whatever the query; it serves up to
+/// `max_nprobe` lists (0: all).
 class fixed_probe final : public coarse_probe {
  public:
-  fixed_probe(std::size_t nlist, std::size_t dim, std::vector<std::uint32_t> lists)
-      : nlist_(nlist), dim_(dim), lists_(std::move(lists)) {}
+  fixed_probe(std::size_t nlist, std::size_t dim, std::vector<std::uint32_t> lists, std::size_t max_nprobe = 0)
+      : nlist_(nlist), dim_(dim), max_nprobe_(max_nprobe == 0 ? nlist : max_nprobe), lists_(std::move(lists)) {}
+  [[nodiscard]] std::size_t max_nprobe() const noexcept override { return max_nprobe_; }
   [[nodiscard]] std::size_t lists() const noexcept override { return nlist_; }
   [[nodiscard]] std::size_t dim() const noexcept override { return dim_; }
   [[nodiscard]] shoal::metric metric() const noexcept override { return metric::l2; }
@@ -67,7 +69,7 @@ class fixed_probe final : public coarse_probe {
   }
 
  private:
-  std::size_t nlist_, dim_;
+  std::size_t nlist_, dim_, max_nprobe_;
   std::vector<std::uint32_t> lists_;
 };
 

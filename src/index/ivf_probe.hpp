@@ -104,7 +104,7 @@ inline void check_outside_probes(const probed_queries& p, std::size_t nlist, con
                 ": search_params::coarse holds ", outside->lists(), " centroids of dimension ", outside->dim(),
                 " under ", metric_name(outside->metric()), ", the index ", nlist, " of dimension ", dim, " under ",
                 metric_name(m));
-    if (p.view.rows >= outside->min_batch()) {
+    if (p.view.rows >= outside->min_batch() && p.nprobe <= outside->max_nprobe()) {
       outside->probe(p.view, p.nprobe, p.probes.data());
       check_outside_probes(p, nlist, what);
       return p;

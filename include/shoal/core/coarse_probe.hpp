@@ -26,7 +26,10 @@ class coarse_probe {
   /// Batches with fewer queries than this stay on the index's own coarse pass (a device round trip costs
   /// more than it saves on a few queries).
   [[nodiscard]] virtual std::size_t min_batch() const noexcept = 0;
-  /// The `nprobe` (1 ≤ nprobe ≤ lists()) nearest lists of each query, nearest first, into
+  /// The largest `nprobe` this pass serves (at most `lists()`); a search asking for more lists stays on
+  /// the index's own coarse pass, which takes any nprobe (the GPU pass selects at most 1,024 per query).
+  [[nodiscard]] virtual std::size_t max_nprobe() const noexcept { return lists(); }
+  /// The `nprobe` (1 ≤ nprobe ≤ max_nprobe()) nearest lists of each query, nearest first, into
   /// `probes[q * nprobe + j]`: the lists whose centroids score best as the flat coarse pass scores them,
   /// by ‖q − c‖² under L2 and −⟨q, c⟩ otherwise (the pass computes them relative to the centroids' mean,
   /// docs/ivf.md), ties to the smaller list. Queries are finite and of

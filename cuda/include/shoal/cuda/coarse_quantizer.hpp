@@ -38,7 +38,11 @@ class coarse_quantizer final : public shoal::coarse_probe {
   [[nodiscard]] std::size_t dim() const noexcept override { return centroids_.dim(); }
   [[nodiscard]] shoal::metric metric() const noexcept override { return metric_; }
   [[nodiscard]] std::size_t min_batch() const noexcept override { return min_batch_; }
-  /// nprobe ≤ min(lists(), flat_index::max_k).
+  /// The device selection's k limit: an IVF search asking for more lists runs its coarse pass on the CPU.
+  [[nodiscard]] std::size_t max_nprobe() const noexcept override {
+    return lists() < flat_index::max_k ? lists() : flat_index::max_k;
+  }
+  /// nprobe ≤ max_nprobe().
   void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const override;
 
  private:
