@@ -145,6 +145,11 @@ int main(int argc, char** argv) try {
   if (opt.k > base.rows)
     throw std::invalid_argument("--k " + std::to_string(opt.k) + " exceeds the " + std::to_string(base.rows) +
                                 " base vectors");
+  if (truth && (truth->dim < opt.k || truth->rows != queries.rows))  // found before any index is built
+    throw std::invalid_argument(opt.files[2] + ": " + std::to_string(truth->rows) + " rows of " +
+                                std::to_string(truth->dim) + " ids, recall@" + std::to_string(opt.k) + " of " +
+                                std::to_string(queries.rows) + " queries needs " + std::to_string(queries.rows) +
+                                " rows of at least " + std::to_string(opt.k));
   if (truth)  // ids past the base would score every index 0 (-1: FAISS's padding for a missing neighbour)
     for (std::size_t r = 0; r < truth->rows; ++r)
       for (std::size_t j = 0; j < std::min(opt.k, truth->dim); ++j)

@@ -448,6 +448,10 @@ TEST_CASE("make_index: malformed specs name the bad token and its position", "[i
     REQUIRE_THROWS_MATCHES(make_index(c.spec, 8), shoal::error,
                            fails_with(errc::invalid_argument, std::string("\"") + c.spec + "\""));
   }
+  // Well formed, refused by the index it names: the spec is quoted too.
+  REQUIRE_THROWS_MATCHES(make_index("IVF4,PQ5", 8), shoal::error,
+                         fails_with(errc::invalid_argument, "invalid spec \"IVF4,PQ5\" at dimension 8: "));
+  REQUIRE_THROWS_MATCHES(make_index("IVF4,PQ5", 8), shoal::error, fails_with(errc::invalid_argument, "divide"));
 }
 
 TEST_CASE("make_index: specs recognised but not built yet are errc::unsupported", "[index]") {

@@ -92,6 +92,16 @@ TEST_CASE("shoal-ann-bench: bad runs exit 2 naming the problem and keep earlier 
   check(bench(data + " --index 'IVF4, PQ8x4fs, RFlat' --sweep nprobe=4 --sweep refine=4"), 0,
         "shoal,\"IVF4,PQ8x4fs,Refine(Flat)\",nprobe=4;refine=4,");
   check(bench(data + " --index IVF4,PQ8x4fs,RFlt"), 2, "make_index says");
+  // IVF-PQ without its re-rank (refine 0, the library's default) is an operating point of its own.
+  check(bench(data + " --index IVF4,PQ8x4fs,RFlat --sweep refine=0,2"), 0,
+        "shoal,\"IVF4,PQ8x4fs,Refine(Flat)\",refine=0,");
+  // Two-stage refine_index specs (README's grammar) over HNSW, IVF-Flat and Flat first stages.
+  check(bench(data + " --index HNSW8,SQ8,RFlat --sweep ef=16 --sweep refine=2"), 0,
+        "shoal,\"HNSW8,SQ8,Refine(Flat)\",ef=16;refine=2,");
+  check(bench(data + " --index 'IVF4,Flat,Refine(Flat)' --sweep nprobe=2"), 0,
+        "shoal,\"IVF4,Flat,Refine(Flat)\",nprobe=2,");
+  check(bench(data + " --index Flat,RFlat"), 0, "shoal,\"Flat,Refine(Flat)\",-,");
+  check(bench(data + " --index HNSW8,RFlat --sweep nprobe=2"), 2, "unknown search parameter 'nprobe'");
 }
 
 TEST_CASE("shoal-ann-bench: a run that fails once the data is read leaves the earlier --csv file", "[bench]") {

@@ -695,6 +695,15 @@ TEST_CASE("collection: a memory-mapped open writes nothing; the next writable op
     collection writable = collection::open(copy);
     writable.add(v.view().slice(2, 1), std::vector<vector_id>{3});
   }
+  {
+    // A log to replay: loaded into memory and replayed there, still a reader (it became a writer with
+    // the directory's exclusive lock: writes went through and other readers were locked out).
+    collection mapped = collection::open(copy, {.mmap = true});
+    const collection second = collection::open(copy, {.mmap = true});
+    CHECK(mapped.size() == 3);
+    CHECK(second.size() == 3);
+    REQUIRE_THROWS_MATCHES(mapped.remove(3), shoal::error, fails_with(errc::unsupported, "read-only"));
+  }
   CHECK(collection::open(copy).size() == 3);
 }
 

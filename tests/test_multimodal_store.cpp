@@ -2,6 +2,9 @@
 // against brute force, paired ids, late fusion, encoder versions switched under concurrent searches,
 // save/open, bad input.
 
+#include <signal.h>
+#include <sys/resource.h>
+
 #include <atomic>
 #include <cmath>
 #include <fstream>
@@ -607,21 +610,24 @@ TEST_CASE("multimodal_store: collections made after open are durable once saved 
   CHECK(multimodal_store::open(dir.path()).contains("audio", 8));
 }
 
+/// A store whose "text" modality keeps only codes (IVF-PQ) and has a mirror: its vectors cannot be read back.
+multimodal_store code_store(const two_encoders& data) {
+  constexpr std::size_t image_dim = two_encoders::image_dim, text_dim = two_encoders::text_dim;
+  multimodal_store store({.shared_dim = image_dim, .shared_metric = metric::cosine});
+  store.add_modality("image", modality(image_dim, metric::cosine, "Flat", true));
+  store.add_modality("text", modality(text_dim, metric::cosine, "IVF4,PQ4"));
+  store.fit_projection("text", data.text_train.view(), data.image_train.view(), {.lambda = 0.1f});
+  REQUIRE(store.info("text").route == shared_route::mirror);
+  store.train("text", data.text_train.view());
+  return store;
+}
+
 TEST_CASE("multimodal_store: a version that keeps only codes reopens after writes to it and its mirror",
           "[multimodal][io]") {
   // Its upserts cannot be compared with its mirror (no stored vectors to project), so `open` leaves them.
   const two_encoders data(400, 20, 0.2f);
   const scratch_dir dir("shoal-mm-codes");
-  constexpr std::size_t image_dim = two_encoders::image_dim, text_dim = two_encoders::text_dim;
-  {
-    multimodal_store store({.shared_dim = image_dim, .shared_metric = metric::cosine});
-    store.add_modality("image", modality(image_dim, metric::cosine, "Flat", true));
-    store.add_modality("text", modality(text_dim, metric::cosine, "IVF4,PQ4"));
-    store.fit_projection("text", data.text_train.view(), data.image_train.view(), {.lambda = 0.1f});
-    REQUIRE(store.info("text").route == shared_route::mirror);
-    store.train("text", data.text_train.view());
-    store.save(dir.path());
-  }
+  code_store(data).save(dir.path());
   {
     multimodal_store back = multimodal_store::open(dir.path());
     back.add("text", data.text_test.view(), iota_ids(20, 100));
@@ -681,9 +687,9 @@ TEST_CASE("multimodal_store: a save cut off before its manifest leaves the previ
   // (b) An opened store: a mirrored version's projection changed while it was empty, then filled.
   {
     multimodal_store store = multimodal_store::open(dir.path());
-    snapshot();
     store.set_projection("text", p2);
     store.add("text", six.view(), iota_ids(3));
+    snapshot();  // the adds are in the version's log; the manifest still names the old projection
     store.save(dir.path());
   }
   cut_off();
@@ -697,6 +703,122 @@ TEST_CASE("multimodal_store: a save cut off before its manifest leaves the previ
       CHECK(hit.distance(r, 0) < 1e-6f);
     }
   }
+
+  // (c) A filled mirrored version switched to an orthogonal projection (no mirror), then upserted: the
+  // version was saved in place, and the cut state paired it with the previous manifest's old mirror,
+  // which the upsert never reached (id 1 kept its old projection there).
+  const projection r1 = random_map(8, 8, 75), r2 = random_rotation(8, 76);
+  const matrix<float> eight = normal_matrix(3, 8, 77), moved = normal_matrix(1, 8, 78);
+  {
+    multimodal_store store = multimodal_store::open(dir.path());
+    modality_options audio = modality(8, metric::l2);
+    audio.to_shared = r1;
+    store.add_modality("audio", audio);
+    store.add("audio", eight.view(), iota_ids(3));
+    store.save(dir.path());
+    store.set_projection("audio", r2);
+    REQUIRE(store.info("audio").route == shared_route::adjoint);
+    store.upsert("audio", moved.view(), std::vector<vector_id>{1});
+    snapshot();  // the upsert is in the version's log, the manifest still names the mirror
+    store.save(dir.path());
+  }
+  cut_off();
+  {
+    const multimodal_store back = multimodal_store::open(cut.path());
+    REQUIRE(back.info("audio").to_shared == r1);
+    const neighbors hit = back.search("image", r1.apply(moved.view()).view(), "audio", 1);
+    CHECK(hit.id(0, 0) == 1);
+    CHECK(hit.distance(0, 0) < 1e-6f);
+  }
+}
+
+TEST_CASE("multimodal_store: a mirror write that fails after the version's is made good before the next write or save",
+          "[multimodal][io]") {
+  // A file size limit stands in for a full disk, sized so that the version's log takes the upsert and
+  // its mirror's (twice the dimension) does not. Before, a save then kept the mirror's old vector for good.
+  const scratch_dir dir("shoal-mm-pending");
+  const projection p = random_map(4, 8, 81);
+  const matrix<float> x = normal_matrix(10, 4, 82), fresh = normal_matrix(2, 4, 83);
+  {
+    multimodal_store store({.shared_dim = 8, .shared_metric = metric::l2});
+    store.add_modality("image", modality(8, metric::l2, "Flat", true));
+    modality_options text = modality(4, metric::l2);
+    text.to_shared = p;
+    store.add_modality("text", text);
+    REQUIRE(store.info("text").route == shared_route::mirror);
+    store.save(dir.path());
+  }
+  multimodal_store store = multimodal_store::open(dir.path());
+  store.add("text", x.view(), iota_ids(10));
+  const std::filesystem::path mirror_log = dir.path() / "text" / "v1" / "shared" / "wal.log";
+  REQUIRE(std::filesystem::exists(mirror_log));
+  // `room`: bytes the mirror's log may still grow by (its record for the write must not fit, the version's must).
+  const auto failing = [&](std::uintmax_t room, auto&& write) {
+    (void)::signal(SIGXFSZ, SIG_IGN);
+    rlimit old{};
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &old) == 0);
+    rlimit cap = old;
+    cap.rlim_cur = std::filesystem::file_size(mirror_log) + room;
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &cap) == 0);
+    bool io = false;
+    try {
+      write();
+    } catch (const shoal::error& e) {
+      io = e.code() == errc::io_error;
+      INFO(e.what());
+    }
+    INFO("mirror log " << std::filesystem::file_size(mirror_log) << " cap " << cap.rlim_cur);
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &old) == 0);
+    CHECK(io);
+  };
+  const auto finds = [&](const multimodal_store& s, const matrix_view<const float> v, vector_id id) {
+    const neighbors hit = s.search("image", p.apply(v).view(), "text", 1);
+    CHECK(hit.id(0, 0) == id);
+    CHECK(hit.distance(0, 0) < 1e-6f);
+  };
+  // An upsert, then a save: the save writes the mirror's entry first (checked after reopening, below).
+  failing(60, [&] { store.upsert("text", fresh.view().slice(0, 1), std::vector<vector_id>{3}); });
+  store.save(dir.path());
+  finds(store, fresh.view().slice(0, 1), 3);
+  // An upsert, then another write: that write makes it good first.
+  failing(60, [&] { store.upsert("text", fresh.view().slice(1, 1), std::vector<vector_id>{4}); });
+  store.upsert("text", x.view().slice(0, 1), std::vector<vector_id>{0});
+  finds(store, fresh.view().slice(1, 1), 4);
+  // A remove: the id left in the mirror went on answering searches, and adding it again failed as a
+  // duplicate while the version said it was not stored.
+  failing(30, [&] { store.remove("text", std::vector<vector_id>{5}); });
+  CHECK_FALSE(store.contains("text", 5));
+  store.add("text", x.view().slice(5, 1), std::vector<vector_id>{5});
+  finds(store, x.view().slice(5, 1), 5);
+  store.save(dir.path());
+  { const multimodal_store closing = std::move(store); }
+  const multimodal_store back = multimodal_store::open(dir.path());
+  finds(back, fresh.view().slice(0, 1), 3);
+  finds(back, fresh.view().slice(1, 1), 4);
+  CHECK(back.size("text") == 10);
+}
+
+TEST_CASE("multimodal_store: an add a crash cut short is taken back from a version that keeps only codes",
+          "[multimodal][io]") {
+  // The version's log holds the add, its mirror's does not, and the version cannot give the vectors
+  // back to project them: `open` failed with corrupt_file for good. The add never returned.
+  const two_encoders data(400, 20, 0.2f);
+  const scratch_dir dir("shoal-mm-codes-cut");
+  {
+    multimodal_store store = code_store(data);
+    store.add("text", data.text_test.view().slice(0, 10), iota_ids(10));
+    store.save(dir.path());
+  }
+  {  // the crash state: the version's collection written alone
+    collection own = collection::open(dir.path() / "text" / "v1" / "native");
+    own.add(data.text_test.view().slice(10, 1), std::vector<vector_id>{999});
+  }
+  {
+    const multimodal_store back = multimodal_store::open(dir.path());
+    CHECK_FALSE(back.contains("text", 999));
+    CHECK(back.size("text") == 10);
+  }
+  CHECK(multimodal_store::open(dir.path()).size("text") == 10);
 }
 
 TEST_CASE("multimodal_store: writes during a save that reopens a version all land, and survive a restart",
@@ -850,6 +972,9 @@ TEST_CASE("multimodal_store: bad modalities, versions, dimensions and routes are
                        fails_with(errc::invalid_argument, "is active"));
   CHECK_THROWS_MATCHES(multimodal_store({.shared_dim = 0}), shoal::error,
                        fails_with(errc::invalid_argument, "shared dimension"));
+  // A metric outside the enum was kept and saved, and the store could not be opened again.
+  CHECK_THROWS_MATCHES(multimodal_store({.shared_dim = 8, .shared_metric = static_cast<metric>(7)}), shoal::error,
+                       fails_with(errc::invalid_argument, "shared metric: unknown metric 7"));
   CHECK_THROWS_MATCHES(store.link("text", iota_ids(2), "image", iota_ids(1)), shoal::error,
                        fails_with(errc::invalid_argument, "2 ids of 'text' but 1"));
   CHECK_THROWS_MATCHES(store.link("text", iota_ids(1), "text", iota_ids(1)), shoal::error,

@@ -146,15 +146,27 @@ std::optional<hnsw_spec> parse_hnsw_spec(std::string_view spec) {
   return hnsw_spec{*m, codes};
 }
 
-std::size_t parse_positive(const param& p, std::string_view index) {
+namespace {
+
+/// `p.value` as an integer in [`least`, 2^31), else `config_error` saying it must be `what`.
+std::size_t parse_integer(const param& p, std::string_view index, std::size_t least, const char* what) {
   std::size_t value = 0;
   const char* first = p.value.data();
   const char* last = first + p.value.size();
   const auto [end, ec] = std::from_chars(first, last, value);
-  if (ec != std::errc{} || end != last || value == 0 || value >= (std::size_t{1} << 31))
-    throw config_error("parameter " + p.name + "=" + p.value + " of index " + std::string(index) +
-                       " must be a positive integer");
+  if (ec != std::errc{} || end != last || value < least || value >= (std::size_t{1} << 31))
+    throw config_error("parameter " + p.name + "=" + p.value + " of index " + std::string(index) + " must be " + what);
   return value;
+}
+
+}  // namespace
+
+std::size_t parse_positive(const param& p, std::string_view index) {
+  return parse_integer(p, index, 1, "a positive integer");
+}
+
+std::size_t parse_count(const param& p, std::string_view index) {
+  return parse_integer(p, index, 0, "a non-negative integer");
 }
 
 std::uint64_t parse_seed(const param& p, std::string_view index) {

@@ -93,6 +93,8 @@ struct hnsw_spec {
 
 /// `p.value` as an integer in [1, 2^31); throws `config_error` naming the parameter and `index` otherwise.
 [[nodiscard]] std::size_t parse_positive(const param& p, std::string_view index);
+/// `p.value` as an integer in [0, 2^31); throws `config_error` naming the parameter and `index` otherwise.
+[[nodiscard]] std::size_t parse_count(const param& p, std::string_view index);
 /// `p.value` as a seed: any integer in [0, 2^64); throws `config_error` naming the parameter and `index` otherwise.
 [[nodiscard]] std::uint64_t parse_seed(const param& p, std::string_view index);
 /// `p.value` as a finite number; throws `config_error` naming the parameter and `index` otherwise.

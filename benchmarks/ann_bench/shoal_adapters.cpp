@@ -2,6 +2,7 @@
 // how its spec is recognised and how its adapter is made.
 #include <numeric>
 #include <optional>
+#include <span>
 #include <vector>
 
 #include "adapter.hpp"
@@ -11,6 +12,7 @@
 #include "shoal/index/hnsw.hpp"
 #include "shoal/index/ivf_flat.hpp"
 #include "shoal/index/ivf_pq.hpp"
+#include "shoal/index/refine.hpp"
 
 namespace shoal::bench {
 namespace {
@@ -86,17 +88,28 @@ class flat_adapter final : public shoal_adapter<flat_index> {
   }
 };
 
+/// Reads `params` into `out` (reset first): `ef` and `nprobe` positive, `refine` (`refine_factor`) from 0;
+/// throws `config_error` on a name outside `names`.
+void read_search_knobs(const param_list& params, std::span<const std::string_view> names, const std::string& spec,
+                       search_params& out) {
+  check_param_names(params, names, "search", spec);
+  out = {};
+  for (const param& p : params)
+    if (p.name == "refine")
+      out.refine_factor = parse_count(p, spec);
+    else
+      (p.name == "nprobe" ? out.nprobe : out.ef) = parse_positive(p, spec);
+}
+
 /// Reads the IVF search knobs `nprobe` and — with an HNSW coarse quantizer — `ef` into `out`, plus
-/// `refine` (the re-rank depth) when `refine_ok`; throws `config_error` on any other name.
+/// `refine` (the re-rank depth; 0, the library's default, is no re-rank) when `refine_ok`; throws
+/// `config_error` on any other name.
 void read_ivf_search_params(const param_list& params, bool coarse_graph, bool refine_ok, const std::string& spec,
                             search_params& out) {
   std::vector<std::string_view> names{"nprobe"};
   if (coarse_graph) names.push_back("ef");
   if (refine_ok) names.push_back("refine");
-  check_param_names(params, names, "search", spec);
-  out = {};
-  for (const param& p : params)
-    (p.name == "nprobe" ? out.nprobe : p.name == "ef" ? out.ef : out.refine_factor) = parse_positive(p, spec);
+  read_search_knobs(params, names, spec, out);
 }
 
 /// `IVF<nlist>[_HNSW<M>],Flat`: build knob `iterations` (k-means, default 10 as in FAISS's IVF), search
@@ -200,6 +213,46 @@ class hnsw_adapter final : public shoal_adapter<hnsw_index> {
   hnsw_params build_{};
 };
 
+/// The first stage of a `<spec>,Refine(Flat)` spec whose first stage is `Flat`, `IVF<nlist>[_HNSW<M>],Flat`
+/// or `HNSW<M>[,SQ8|,SQ4|,F16]` (IVF-PQ's own re-rank is the IVF-PQ family's), or nothing. `,RFlat` reaches
+/// it through `resolve_spec`, as the factory describes it.
+std::optional<std::string_view> refine_first_stage(std::string_view spec) {
+  constexpr std::string_view suffix = ",Refine(Flat)";
+  if (!spec.ends_with(suffix)) return std::nullopt;
+  const std::string_view first = spec.substr(0, spec.size() - suffix.size());
+  if (first == "Flat" || ivf_flat(first) || parse_hnsw_spec(first)) return first;
+  return std::nullopt;
+}
+
+/// `<first stage>,Refine(Flat)` (or `,RFlat`): a `refine_index`, whose first stage proposes and a flat
+/// stage re-ranks by exact distance. Search knobs: the first stage's (`ef` for HNSW and `_HNSW<M>`
+/// coarse graphs, `nprobe` for IVF) and `refine` (candidate depth k · refine, default
+/// `refine_index::default_refine_factor`); no build knobs.
+class refine_adapter final : public shoal_adapter<refine_index> {
+ public:
+  explicit refine_adapter(const index_request& request)
+      : shoal_adapter(request), first_(refine_first_stage(request.spec).value()) {
+    check_param_names(request.build_params, {}, "build", spec_);
+  }
+
+  void set_search_params(const param_list& params) override {
+    if (const std::optional<ivf_flat_spec> ivf = ivf_flat(first_))
+      return read_ivf_search_params(params, ivf->coarse_hnsw_m != 0, true, spec_, params_);
+    std::vector<std::string_view> names{"refine"};
+    if (first_ != "Flat") names.push_back("ef");  // HNSW
+    read_search_knobs(params, names, spec_, params_);
+  }
+
+  void build(matrix_view<const float> base) override {
+    index_.emplace(make_index(first_, base.dim, metric_), flat_index(base.dim, metric_));
+    index_->train(base);
+    index_->add(base, row_ids(base));
+  }
+
+ private:
+  std::string first_;
+};
+
 /// One family of index specs.
 struct index_family {
   std::string_view example;  ///< how the family is written, for the "known:" list of errors
@@ -218,7 +271,10 @@ constexpr index_family families[] = {
      make<ivf_flat_adapter>},
     {"[OPQ<m>,]IVF<nlist>[_HNSW<M>],PQ<m>[x4fs][,Refine(Flat)|,Refine(SQ8)]",
      [](std::string_view spec) { return ivf_pq(spec).has_value(); }, make<ivf_pq_adapter>},
-    {"HNSW<M>[,SQ8|,F16]", [](std::string_view spec) { return parse_hnsw_spec(spec).has_value(); }, make<hnsw_adapter>},
+    {"HNSW<M>[,SQ8|,SQ4|,F16]", [](std::string_view spec) { return parse_hnsw_spec(spec).has_value(); },
+     make<hnsw_adapter>},
+    {"<Flat|IVF...,Flat|HNSW...>,Refine(Flat)",
+     [](std::string_view spec) { return refine_first_stage(spec).has_value(); }, make<refine_adapter>},
 };
 
 /// The family of `spec` as written, or null.

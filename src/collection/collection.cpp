@@ -91,9 +91,10 @@ matrix<float> gather(matrix_view<const float> v, std::span<const std::size_t> ro
 }
 
 /// The vectors the router sees: unit rows for cosine (the shards normalise on their own).
-matrix_view<const float> routable(matrix_view<const float> v, shoal::metric m, matrix<float>& storage) {
+matrix_view<const float> routable(matrix_view<const float> v, shoal::metric m, matrix<float>& storage,
+                                  const char* what = "vector") {
   if (m != shoal::metric::cosine) return v;
-  storage = normalized_copy(v, "vector");
+  storage = normalized_copy(v, what);
   return storage.view();
 }
 
@@ -290,10 +291,11 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
   const char* who = op == wal_op::add      ? "collection::add"
                     : op == wal_op::upsert ? "collection::upsert"
                                            : "collection::remove";
+  const std::string what = str(who, ": vector");  // how bad vectors are named
   SHOAL_CHECK_CODE(!read_only, errc::unsupported, who, ": the collection was opened memory-mapped and is read-only");
   check_not_diverged(who);
   if (op != wal_op::remove) {
-    check_vectors(vectors, options.dim, "vector");
+    check_vectors(vectors, options.dim, what.c_str());
     check_ids(ids, vectors.rows, who);
     SHOAL_CHECK(keys.empty() || options.policy == sharding::range, who,
                 ": keys are only used by range sharding (this collection uses ", sharding_name(options.policy), ")");
@@ -303,7 +305,8 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
   }
   // What the router reads, normalised once for cosine (which also rejects zero rows before anything is logged).
   matrix<float> unit;
-  const matrix_view<const float> routed = op == wal_op::remove ? vectors : routable(vectors, options.metric, unit);
+  const matrix_view<const float> routed =
+      op == wal_op::remove ? vectors : routable(vectors, options.metric, unit, what.c_str());
   if (ids.empty()) return;
   {
     std::vector<vector_id> sorted(ids.begin(), ids.end());
@@ -487,7 +490,7 @@ std::vector<float> collection::vector(vector_id id) const {
 void collection::train(matrix_view<const float> sample) {
   detail::collection_state& st = *state_;
   SHOAL_CHECK_CODE(!st.read_only, errc::unsupported, "collection::train: the collection is read-only (memory-mapped)");
-  detail::check_vectors(sample, st.options.dim, "training vector");
+  detail::check_vectors(sample, st.options.dim, "collection::train: vector");
   const auto started = std::chrono::steady_clock::now();
   const std::unique_lock layout_lock(st.layout_mutex);
   const std::shared_ptr<detail::layout> old = st.current.load();
@@ -501,7 +504,8 @@ void collection::train(matrix_view<const float> sample) {
   auto lay = std::make_shared<detail::layout>(old->route);
   lay->shards = old->shards;
   matrix<float> unit;
-  const matrix_view<const float> routed = detail::routable(sample, st.options.metric, unit);
+  const matrix_view<const float> routed =
+      detail::routable(sample, st.options.metric, unit, "collection::train: vector");
   lay->route.train(routed);
   std::vector<std::vector<std::size_t>> rows(lay->shards.size());
   {
@@ -588,7 +592,7 @@ void collection::remove(std::span<const vector_id> ids) {
 void collection::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
   const detail::collection_state& st = *state_;
   detail::check_result_buffer(queries.rows, out, "collection::search");
-  detail::check_vectors(queries, st.options.dim, "query");
+  detail::check_vectors(queries, st.options.dim, "collection::search: query");
   SHOAL_CHECK(st.trained.load(), "collection::search: the collection is not trained");
   detail::scoped_timer total(st.search_latency);  // searches only, not rejected calls
   const std::size_t nq = queries.rows;
@@ -601,7 +605,8 @@ void collection::search(matrix_view<const float> queries, neighbors_view out, co
   matrix<float> unit;
   const detail::router::visits visits =
       lay->route.needs_centroids() && params.shard_probe > 0
-          ? lay->route.visit(detail::routable(queries, st.options.metric, unit), params.shard_probe)
+          ? lay->route.visit(detail::routable(queries, st.options.metric, unit, "collection::search: query"),
+                             params.shard_probe)
           : detail::router::visits{{}, shards, true};
   std::vector<std::vector<std::size_t>> rows(shards);  // queries of each shard (all: implicit)
   std::vector<std::size_t> position;                   // row of (query, visit j) inside its shard's batch

@@ -274,8 +274,9 @@ collection collection::open(const std::filesystem::path& directory, const collec
   st->wal = std::make_unique<detail::write_ahead_log>(directory, o.dim, o.sync, p.wal_sequence,
                                                       oo.mmap ? lock_mode::shared : lock_mode::exclusive);
   std::vector<detail::wal_record> replay = st->wal->take_replay();
+  // Writes to replay: the shards are loaded into memory and the records applied there, not to the files
+  // or the log (the next writable open applies them for good), so a mapped open stays a reader.
   const bool mapped = oo.mmap && replay.empty();
-  if (oo.mmap && !mapped) st->wal->lock_exclusive();  // loaded into memory to replay the log: writable
   std::vector<std::vector<vector_id>> per_shard(o.shards);
   for (const auto& [id, s] : lay->table) per_shard[s].push_back(id);
   for (std::size_t s = 0; s < o.shards; ++s) {
@@ -320,7 +321,7 @@ collection collection::open(const std::filesystem::path& directory, const collec
     st->replayed_ids.insert(st->replayed_ids.end(), r.ids.begin(), r.ids.end());
   std::sort(st->replayed_ids.begin(), st->replayed_ids.end());
   st->replayed_ids.erase(std::unique(st->replayed_ids.begin(), st->replayed_ids.end()), st->replayed_ids.end());
-  st->read_only = mapped;
+  st->read_only = oo.mmap;
   return collection(std::move(st));
 }
 

@@ -105,7 +105,6 @@ write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t d
     // none, no writer can create one either.
     fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDONLY));
     if (fd_.get() < 0 && errno == ENOENT) return;
-    writable_ = false;
   }
   SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, path_.string(),
                    ": cannot open the write-ahead log: ", io::detail::errno_text(errno));
@@ -119,7 +118,7 @@ write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t d
     dropped_ = static_cast<std::uint64_t>(info.st_size) - keep_;
   }
   // Readers change nothing: others may be reading the file under the same shared lock. The header or
-  // the cut is made by whoever writes the log next (`lock_exclusive`, or an exclusive open).
+  // the cut is made by the next exclusive (writing) open.
   if (!shared) repair();
 }
 
@@ -343,14 +342,6 @@ void lock_log(int fd, const std::filesystem::path& path, int operation) {
 }  // namespace
 
 void write_ahead_log::take_lock(int operation) { lock_log(fd_.get(), path_, operation); }
-
-void write_ahead_log::lock_exclusive() {
-  SHOAL_CHECK_CODE(fd_.get() >= 0 && writable_, errc::io_error, path_.string(),
-                   ": the write-ahead log cannot be written (a read-only file or file system), so the records it ",
-                   "holds cannot be replayed into a writable collection");
-  take_lock(LOCK_EX);
-  repair();
-}
 
 write_ahead_log::stale_log::stale_log(const std::filesystem::path& dir, bool read_sequence) : path_(dir / file_name) {
   fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR));

@@ -62,7 +62,7 @@ class write_ahead_log {
   /// directory open for writing, or for reading when `mode` is exclusive). A shared (reading) open
   /// writes nothing — others may be reading the log under the same lock — and works on a read-only
   /// log: it creates at most an empty file to lock, and leaves the header or the cut of a torn tail to
-  /// `lock_exclusive`; such a log takes no appends before that.
+  /// the next exclusive open; it takes no appends.
   write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after,
                   lock_mode mode = lock_mode::exclusive);
   write_ahead_log(const write_ahead_log&) = delete;
@@ -113,15 +113,11 @@ class write_ahead_log {
   /// Empties the log (after a snapshot that holds every record); sequences continue from the last. A
   /// failure leaves the log refusing appends until the collection is reopened.
   void reset();
-  /// Turns a shared lock into the exclusive one a writer needs (a read-only open that must replay
-  /// the log after all), then writes what a shared open left (header, cut). Throws `errc::io_error`
-  /// while other collections read the directory, or when the log cannot be written.
-  void lock_exclusive();
 
  private:
   void write_header();
   /// Writes the header of a new or replaced log, or cuts the torn tail `read_records` found; then
-  /// places the end for appends. Under the exclusive lock.
+  /// places the end for appends. An exclusive open's last step.
   void repair();
   /// flock(2) with `operation` (LOCK_EX or LOCK_SH), without waiting.
   void take_lock(int operation);
@@ -143,7 +139,6 @@ class write_ahead_log {
   std::uint64_t dropped_ = 0;
   std::uint64_t keep_ = 0;  // read_records: bytes of whole calls, where a torn tail is cut
   bool rewrite_ = false;    // the log needs a new header (empty, or another dimension's, see stale_log)
-  bool writable_ = true;    // opened for writing (a shared open of a read-only log is not)
   std::vector<wal_record> replay_;
   std::vector<std::byte> buffer_;  // record being written (under mutex_)
 };

@@ -341,7 +341,18 @@ any_index make_index(std::string_view spec, std::size_t dim, metric m) {
   detail::check_dimension(dim, "make_index");
   detail::check_metric(m, "make_index");
   const parser p(spec);
-  return build(p, p.parse(spec, 0), dim, m);
+  const parsed_spec parsed = p.parse(spec, 0);
+  try {
+    return build(p, parsed, dim, m);
+  } catch (const error& e) {
+    if (e.code() != errc::invalid_argument) throw;
+    // A well-formed spec whose index refuses its parameters (PQ m not dividing the dimension, nlist out of
+    // range): the spec in the message, as for a malformed one.
+    std::string_view why = e.what();
+    if (why.starts_with("shoal: ")) why.remove_prefix(7);
+    detail::throw_error(errc::invalid_argument,
+                        detail::str("make_index: invalid spec \"", spec, "\" at dimension ", dim, ": ", why));
+  }
 }
 
 any_index load_index(const std::string& path, const load_options& options) {

@@ -137,6 +137,12 @@ struct version_state {
   const bool native;
   const bool searchable;
   collection own;
+  /// Mirror entries a failed mirror write left behind its version (an I/O error in the mirror's log after
+  /// the version's write went through): id → the projection the mirror should hold (empty: the id should
+  /// be absent). Applied before the version's next write and before a save (`apply_pending`), so that
+  /// no snapshot keeps the mirror stale; `open` repairs only what a crash leaves, from the logs. Guarded
+  /// by the exclusive write lock (versions with a mirror write alone).
+  std::map<vector_id, std::vector<float>> mirror_pending;
 
   [[nodiscard]] std::size_t dim() const noexcept { return own.dim(); }
   [[nodiscard]] metric own_metric() const noexcept { return own.metric(); }
@@ -425,14 +431,29 @@ void reconcile_mirror(version_state& v, const link_state& l, const std::string& 
     if (missing.empty() && extra.empty() && stale.ids.empty()) return;
     if (!extra.empty()) l.mirror->remove(extra);
     if (!stale.ids.empty()) l.mirror->upsert(stale.vectors.view(), stale.ids);
-    if (!missing.empty()) l.mirror->add(mirrored_vectors(v, l, missing, who).view(), missing);
+    bool taken_back = false;
+    if (!missing.empty()) {
+      matrix<float> rows;
+      try {
+        rows = mirrored_vectors(v, l, missing, who);
+      } catch (const error& e) {
+        if (e.code() != errc::unsupported) throw;
+        taken_back = true;  // a version that keeps only codes cannot be projected again
+      }
+      // Ids only the version holds come from an add the crash cut short (it never returned, and its
+      // mirror append never happened): taken back where they cannot be projected.
+      if (taken_back)
+        v.own.remove(missing);
+      else
+        l.mirror->add(rows.view(), missing);
+    }
     l.mirror->checkpoint();
-    if (v.own.stats().wal_records_replayed > 0) v.own.checkpoint();
+    if (taken_back || v.own.stats().wal_records_replayed > 0) v.own.checkpoint();
   } catch (const error& e) {
     throw_error(errc::corrupt_file,
                 str(name, ": the mirror of '", v.modality, "/", v.name, "' holds ", mirrored.size(),
                     " ids and the version ", own.size(), " (", missing.size(), " missing, ", extra.size(), " extra, ",
-                    both.size(), " written since the snapshot); ", "they cannot be brought in line: ", e.what()));
+                    changed.size(), " written since the snapshot); ", "they cannot be brought in line: ", e.what()));
   }
 }
 
@@ -509,6 +530,38 @@ void write_version(const multimodal_state& st, std::string_view modality, std::s
   }
 }
 
+/// Writes what `v.mirror_pending` holds into the mirror; throws (keeping it) if the mirror refuses again.
+void apply_pending(version_state& v, const link_state& l) {
+  if (v.mirror_pending.empty() || !l.mirror) return;
+  std::vector<vector_id> present, absent;
+  for (const auto& [id, x] : v.mirror_pending) (x.empty() ? absent : present).push_back(id);
+  if (!present.empty()) {
+    matrix<float> rows(present.size(), l.mirror->dim());
+    for (std::size_t i = 0; i < present.size(); ++i)
+      std::copy_n(v.mirror_pending[present[i]].data(), rows.dim, rows.row(i));
+    l.mirror->upsert(rows.view(), present);
+  }
+  std::erase_if(absent, [&](vector_id id) { return !l.mirror->contains(id); });
+  if (!absent.empty()) l.mirror->remove(absent);
+  v.mirror_pending.clear();
+}
+
+/// Runs `write` (a mirror write following the version's, which went through); if it throws, records in
+/// `v.mirror_pending` what the mirror should hold for `ids` — `projected`'s rows, or absence (null) —
+/// and rethrows.
+template <class Write>
+void write_mirror(version_state& v, std::span<const vector_id> ids, const matrix<float>* projected, Write&& write) {
+  try {
+    write();
+  } catch (...) {
+    for (std::size_t i = 0; i < ids.size(); ++i)
+      v.mirror_pending[ids[i]] = projected == nullptr
+                                     ? std::vector<float>()
+                                     : std::vector<float>(projected->row(i), projected->row(i) + projected->dim);
+    throw;
+  }
+}
+
 /// Writes `vectors` under `ids` to a version and its mirror (`add`: all or nothing; `upsert`).
 void write_vectors(const multimodal_state& st, std::string_view modality, std::string_view version,
                    matrix_view<const float> vectors, std::span<const vector_id> ids, bool is_add, const char* who) {
@@ -527,19 +580,18 @@ void write_vectors(const multimodal_state& st, std::string_view modality, std::s
     // vector to zero, which has no direction under a cosine shared metric.
     check_vectors(projected.view(), projected.dim, "projected vector");
     if (l.mirror->metric() == metric::cosine) (void)normalized_copy(projected.view(), "projected vector");
+    apply_pending(v, l);  // what an earlier failed mirror write left, first
     if (!is_add) {
       v.own.upsert(vectors, ids);
-      l.mirror->upsert(projected.view(), ids);
+      write_mirror(v, ids, &projected, [&] { l.mirror->upsert(projected.view(), ids); });
       return;
     }
     v.own.add(vectors, ids);
     try {
       l.mirror->add(projected.view(), ids);
     } catch (...) {
-      try {
-        v.own.remove(ids);
-      } catch (...) {  // NOLINT(bugprone-empty-catch): the first error is the one to report
-      }
+      // The version's add is taken back; where even that fails, the mirror is to hold them too.
+      write_mirror(v, ids, &projected, [&] { v.own.remove(ids); });
       throw;
     }
   });
@@ -880,6 +932,7 @@ using detail::find_version;
 multimodal_store::multimodal_store(const multimodal_options& options)
     : state_(std::make_unique<detail::multimodal_state>(options)) {
   detail::check_dimension(options.shared_dim, "multimodal_store: the shared dimension");
+  detail::check_metric(options.shared_metric, "multimodal_store: the shared metric");
 }
 multimodal_store::multimodal_store(std::unique_ptr<detail::multimodal_state> state) : state_(std::move(state)) {}
 multimodal_store::multimodal_store(multimodal_store&& other) noexcept = default;
@@ -1020,6 +1073,7 @@ void multimodal_store::set_projection(std::string_view modality, const projectio
                            " vectors and its projection needs a new mirror of projected vectors, which is not ",
                            "refilled in place: set the projection before adding, or add a version and activate it");
           v->set_link(std::move(next));
+          v->mirror_pending.clear();  // the old mirror's: the new link has no mirror or an empty one
         }))
       return;
     std::this_thread::yield();
@@ -1077,14 +1131,16 @@ void multimodal_store::upsert(std::string_view modality, matrix_view<const float
 void multimodal_store::remove(std::string_view modality, std::span<const vector_id> ids, std::string_view version) {
   detail::write_version(*state_, modality, version, "multimodal_store::remove",
                         [&](detail::version_state& v, const detail::link_state& l) {
+                          detail::apply_pending(v, l);
                           v.own.remove(ids);  // errc::not_found before removing anything
                           if (!l.mirror) return;
-                          // Only what the mirror holds: a mirror that missed a write (see `upsert`) must not
-                          // turn a remove that went through into an error.
+                          // Only what the mirror holds: a mirror that missed a write (a crash between the
+                          // two logs) must not turn a remove that went through into an error.
                           std::vector<vector_id> mirrored;
                           for (const vector_id id : ids)
                             if (l.mirror->contains(id)) mirrored.push_back(id);
-                          if (!mirrored.empty()) l.mirror->remove(mirrored);
+                          if (!mirrored.empty())
+                            detail::write_mirror(v, mirrored, nullptr, [&] { l.mirror->remove(mirrored); });
                         });
 }
 
@@ -1325,24 +1381,29 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
       const detail::manifest_version* prev = detail::find_saved(previous, name, version);
       // The directory under this modality's that the version's collection logs into, if any.
       const std::optional<std::string> home_dir = detail::dir_under(v->own, directory / name, "native");
-      if (prev != nullptr)
-        saved.dir = home_dir == prev->dir ? prev->dir : detail::next_dir(version, prev->dir);
-      else if (home_dir)
+      if (prev != nullptr) {
+        // The version and the mirror the previous manifest records are one unit: with that mirror gone
+        // (a projection change dropped it), the version saved in place would leave the previous manifest,
+        // after a crash, beside an old mirror that its writes since never reached.
+        const bool same_mirror =
+            prev->mirror_dir.empty() ||
+            (l->mirror &&
+             detail::dir_under(*l->mirror, detail::version_dir(directory, name, prev->dir), "") == prev->mirror_dir);
+        saved.dir = home_dir == prev->dir && same_mirror ? prev->dir : detail::next_dir(version, prev->dir);
+      } else if (home_dir)
         saved.dir = *home_dir;
       const bool in_place = home_dir == saved.dir;
       const std::filesystem::path dir = detail::version_dir(directory, name, saved.dir);
       bool mirror_in_place = false;
       if (l->mirror) {
-        // The same rule inside a version directory saved over: another mirror than the one there
-        // (a projection changed) gets a directory of its own.
+        // Saved in place, the version keeps the mirror the previous manifest names (see `same_mirror`);
+        // a version in a new directory takes its mirror along.
         const std::optional<std::string> mirror_home = detail::dir_under(*l->mirror, dir, "");
-        if (in_place && prev != nullptr && !prev->mirror_dir.empty())
-          saved.mirror_dir =
-              mirror_home == prev->mirror_dir ? prev->mirror_dir : detail::next_dir("shared", prev->mirror_dir);
-        else
-          saved.mirror_dir = mirror_home.value_or("shared");
+        saved.mirror_dir = in_place && prev != nullptr && !prev->mirror_dir.empty() ? prev->mirror_dir
+                                                                                    : mirror_home.value_or("shared");
         mirror_in_place = mirror_home == saved.mirror_dir;
       }
+      detail::apply_pending(*v, *l);  // a mirror a failed write left stale is never saved so
       v->own.save(dir / "native");
       if (l->mirror) l->mirror->save(dir / saved.mirror_dir);
       // What does not log where it was saved logs there from now on if this is the store's home.
@@ -1442,6 +1503,12 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
           collection_open_options writable = options;
           writable.mmap = false;
           mirror = std::make_shared<collection>(collection::open(dir / mv.mirror_dir, writable));
+          // The version too where the repair may write it: a checkpoint after its replay (a mapped
+          // open replays in memory and stays read-only), or an add taken back.
+          if (v->own.stats().wal_records_replayed > 0 || mirror_ids != own_ids) {
+            { const collection closing = std::move(v->own); }
+            v->own = collection::open(dir / "native", writable);
+          }
         }
       }
       auto l = detail::make_link(*v, mv.to_shared, m.shared, mv.route, std::move(mirror));

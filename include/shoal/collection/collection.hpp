@@ -137,8 +137,10 @@ struct collection_options {
 /// How `collection::open` reads a collection directory.
 struct collection_open_options {
   /// Map the shard files read-only and search them in place (see `load_options::mmap`). A mapped
-  /// collection is read-only: writes throw `errc::unsupported`. When the log holds writes newer than
-  /// the snapshot, the shards are loaded into memory instead so that the log can be replayed.
+  /// collection is read-only: writes throw `errc::unsupported`, and it only reads the directory, which
+  /// any number of mapped opens may share. When the log holds writes newer than the snapshot, the shards
+  /// are loaded into memory instead and the log replayed there (the collection stays read-only; the next
+  /// writable open applies the log for good).
   bool mmap = false;
   verify_level verify = verify_level::full;
   /// Overrides the recorded `threads_per_shard` (0 keeps the recorded value).

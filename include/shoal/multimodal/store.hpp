@@ -198,10 +198,12 @@ struct multimodal_state;
 /// Move-only.
 class multimodal_store {
  public:
-  /// An empty store. Throws `errc::invalid_argument` for a shared dimension of 0.
+  /// An empty store. Throws `errc::invalid_argument` for a shared dimension outside [1, 2^24] or a shared
+  /// metric outside the enum.
   explicit multimodal_store(const multimodal_options& options);
   /// Opens a directory written by `save`: the manifest, then every version's collection through
-  /// `collection::open(…, options)`. The opened collections keep their write-ahead log in `directory`,
+  /// `collection::open(…, options)`; with `options.mmap` the store is read-only and saves only into
+  /// another directory (its collections are). The opened collections keep their write-ahead log in `directory`,
   /// so vector writes after `open` are durable at once; modality, version, projection and pair changes,
   /// and the vectors of collections created after `open`, are persisted by the next `save` into
   /// `directory` (which also makes those collections log their later writes there). A mirror that a
@@ -212,7 +214,8 @@ class multimodal_store {
   /// version's vector and written again where they differ (all of them where the mirror's index keeps
   /// approximate vectors or codes). After a repair, the version and its mirror are checkpointed, so the
   /// next `open` does not repeat it. If the version's index keeps only codes (IVF-PQ), its upserted ids
-  /// are not compared, and ids only one of the two holds are `errc::corrupt_file`. Throws `errc::io_error` (no
+  /// are not compared, and ids only it holds (an `add` the crash cut short, which never returned) are
+  /// removed from it instead, as they cannot be projected again. Throws `errc::io_error` (no
   /// manifest), `errc::corrupt_file` (damaged or inconsistent manifest, and the errors of `collection::open`),
   /// `errc::unsupported` (a newer manifest format).
   [[nodiscard]] static multimodal_store open(const std::filesystem::path& directory,
@@ -273,8 +276,8 @@ class multimodal_store {
   projection fit_projection(std::string_view modality, matrix_view<const float> x, matrix_view<const float> y,
                             const projection_fit& fit = {}, std::string_view version = {});
   /// `vectors` of the modality's active version mapped into the shared space, as searches map queries
-  /// (normalised first under cosine, then projected; native: copied). Throws `errc::unsupported`
-  /// without a projection, `errc::dimension_mismatch`, `errc::not_found`.
+  /// (normalised first under cosine, then projected; native: copied, normalised under cosine). Throws
+  /// `errc::unsupported` without a projection, `errc::dimension_mismatch`, `errc::not_found`.
   [[nodiscard]] matrix<float> to_shared(std::string_view modality, matrix_view<const float> vectors) const;
 
   // ------------------------------------------------------------------------------------------- writes
@@ -288,11 +291,12 @@ class multimodal_store {
   void add(std::string_view modality, matrix_view<const float> vectors, std::span<const vector_id> ids,
            std::string_view version = {});
   /// Adds or replaces (see `collection::upsert`), in the mirror too. Every check, the projections'
-  /// included, comes before anything changes. One failure can still leave the two apart: an I/O error
-  /// in the mirror's write-ahead log after the version's own write went through (a store opened from a
-  /// directory on a full disk), or a crash between the two logs' appends; ids that existed then hold
-  /// their new vectors in the version and their old ones in the mirror until they are written again or
-  /// the store is opened again (`open` repairs the mirror).
+  /// included, comes before anything changes. One failure can still leave the two apart for a while:
+  /// an I/O error in the mirror's write-ahead log after the version's own write went through (a store
+  /// opened from a directory on a full disk) leaves the mirror's old entries until the version's next
+  /// write or `save`, which write them first (and fail again while the mirror still refuses: no
+  /// snapshot keeps a stale mirror); a crash between the two logs' appends leaves them until `open`
+  /// repairs the mirror. The same holds for `remove`.
   void upsert(std::string_view modality, matrix_view<const float> vectors, std::span<const vector_id> ids,
               std::string_view version = {});
   /// Removes ids from a version and its mirror; `errc::not_found` (an id the version does not store)
