@@ -546,30 +546,21 @@ void collection::add(matrix_view<const float> vectors, std::span<const vector_id
   state_->write(detail::wal_op::add, vectors, ids, keys);
   // Semantic drift: start a background re-clustering when a shard has grown far past the mean.
   detail::collection_state* st = state_.get();
-  const double threshold = st->options.rebalance_threshold;
-  const bool reclusters = st->options.policy == sharding::semantic || st->options.policy == sharding::hybrid;
-  if (threshold <= 0 || !reclusters || st->rebalance_running.load()) return;
-  const std::uint64_t added_since = st->adds.load() - st->adds_at_rebalance.load();
-  if (added_since * detail::rebalance_growth_divisor < st->size_at_rebalance.load()) return;
-  // Sizes from the shard indexes: O(shards) per add, where the routing table would cost O(size).
-  std::size_t total = 0, largest = 0;
-  const std::shared_ptr<detail::layout> lay = st->current.load();
-  for (const auto& shard : lay->shards) {
-    const std::size_t size = detail::live_size(*shard);
-    total += size;
-    largest = std::max(largest, size);
-  }
-  const double mean = static_cast<double>(total) / static_cast<double>(lay->shards.size());
-  if (largest < detail::min_rebalance_shard || static_cast<double>(largest) <= threshold * mean) return;
+  if (st->rebalance_running.load() || !detail::drifted(*st)) return;
   if (st->rebalance_running.exchange(true)) return;
   const std::lock_guard lock(st->background_mutex);
   if (st->background.joinable()) st->background.join();  // the previous run has finished
   try {
     st->background = std::thread([st] {
-      try {
-        detail::rebalance(*st);
-      } catch (const std::exception&) {
-        // A failed background rebalance leaves the old layout in place; a later add tries again.
+      // Again while the adds that arrived during a run (which do not start one of their own) leave the
+      // collection drifted: a run's k-means saw the data as it was when the run began.
+      for (std::size_t run = 0; run < detail::max_chained_rebalances; ++run) {
+        try {
+          detail::rebalance(*st);
+        } catch (const std::exception&) {
+          break;  // the old layout stays in place; a later add tries again
+        }
+        if (!detail::drifted(*st)) break;
       }
       st->rebalance_running.store(false);
     });
@@ -736,6 +727,24 @@ void collection::rebalance() { detail::rebalance(*state_); }
 void collection::wait_for_rebalance() {
   const std::lock_guard lock(state_->background_mutex);
   if (state_->background.joinable()) state_->background.join();
+}
+
+bool detail::drifted(const collection_state& st) {
+  const double threshold = st.options.rebalance_threshold;
+  const bool reclusters = st.options.policy == sharding::semantic || st.options.policy == sharding::hybrid;
+  if (threshold <= 0 || !reclusters) return false;
+  const std::uint64_t added_since = st.adds.load() - st.adds_at_rebalance.load();
+  if (added_since * rebalance_growth_divisor < st.size_at_rebalance.load()) return false;
+  // Sizes from the shard indexes: O(shards) per add, where the routing table would cost O(size).
+  std::size_t total = 0, largest = 0;
+  const std::shared_ptr<layout> lay = st.current.load();
+  for (const auto& shard : lay->shards) {
+    const std::size_t size = live_size(*shard);
+    total += size;
+    largest = std::max(largest, size);
+  }
+  const double mean = static_cast<double>(total) / static_cast<double>(lay->shards.size());
+  return largest >= min_rebalance_shard && static_cast<double>(largest) > threshold * mean;
 }
 
 void detail::rebalance(collection_state& st) {

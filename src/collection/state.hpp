@@ -221,6 +221,13 @@ inline constexpr std::size_t min_rebalance_shard = 1000;
 /// collection's size then: a layout that stays out of balance after re-clustering (data that k-means
 /// cannot split evenly, such as many copies of one vector) would otherwise re-cluster on every add.
 inline constexpr std::uint64_t rebalance_growth_divisor = 10;
+/// Whether an automatic rebalance is due: `rebalance_threshold` set on a semantic or hybrid collection,
+/// a tenth of its size added since the last run, and the largest shard (of at least
+/// `min_rebalance_shard`) past threshold × the mean.
+[[nodiscard]] bool drifted(const collection_state& st);
+/// Runs one background rebalance starts at most, each after the last left the collection `drifted` by
+/// adds that arrived during it.
+inline constexpr std::size_t max_chained_rebalances = 4;
 
 /// `f(index)` for a read of one replica: under the replica's shared lock when the shard's index does not
 /// allow writes concurrent with reads.

@@ -123,7 +123,9 @@ struct collection_options {
   /// size (and at least 1,000 vectors), a background re-clustering starts (searches keep running on
   /// the old layout until the new one is swapped in), provided the vectors added since the last
   /// rebalance number at least a tenth of the collection's size then (a layout that k-means cannot
-  /// bring under the threshold is not re-clustered on every add). 0 (the default) disables it;
+  /// bring under the threshold is not re-clustered on every add). Adds that arrive during a run start
+  /// none of their own; if they leave the collection past the threshold by the same rule, the run
+  /// re-clusters again when it ends (up to 4 runs in a row). 0 (the default) disables it;
   /// `rebalance()` can always be called explicitly. Must be 0 or > 1; hash and range collections,
   /// which have nothing to re-cluster, ignore it.
   double rebalance_threshold = 0;
