@@ -564,10 +564,29 @@ TEST_CASE("multimodal_store: collections made after open are durable once saved 
     own.add(late_text, std::vector<vector_id>{4242});
   }
   {
-    const multimodal_store mapped = multimodal_store::open(dir.path(), {.mmap = true});
+    multimodal_store mapped = multimodal_store::open(dir.path(), {.mmap = true});
     const neighbors found = mapped.search("image", mapped.to_shared("text", late_text).view(), "text", 1);
     CHECK(found.id(0, 0) == 4242);
     CHECK(found.distance(0, 0) < 1e-5f);
+    // Repaired through writable collections, then mapped again: still a reader, shared with others.
+    const multimodal_store second = multimodal_store::open(dir.path(), {.mmap = true});
+    CHECK(second.contains("text", 4242));
+    REQUIRE_THROWS_MATCHES(mapped.add("text", late_text, std::vector<vector_id>{4243}), shoal::error,
+                           fails_with(errc::unsupported, "read-only"));
+  }
+  {
+    // Writes not yet saved (no crash: both logs hold them) need no repair: mapped opens replay them in
+    // memory and stay readers. Before, each such open took both collections for writing.
+    multimodal_store writer = multimodal_store::open(dir.path());
+    writer.add("text", data.text_train.view().slice(2, 1), std::vector<vector_id>{4300});
+  }
+  {
+    multimodal_store a = multimodal_store::open(dir.path(), {.mmap = true});
+    const multimodal_store b = multimodal_store::open(dir.path(), {.mmap = true});
+    CHECK(a.contains("text", 4300));
+    CHECK(b.contains("text", 4300));
+    REQUIRE_THROWS_MATCHES(a.add("text", late_text, std::vector<vector_id>{4301}), shoal::error,
+                           fails_with(errc::unsupported, "read-only"));
   }
   // An upsert cut off between the two logs: the version holds the new vector of text 1001, its mirror the
   // projection of the old one. `open` compares the ids the logs replayed and writes the stale one again,

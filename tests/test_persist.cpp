@@ -706,6 +706,8 @@ TEST_CASE("damaged files: stored vectors add would refuse are corrupt in a copie
     graph.save(hnsw_path);
   }
   d.ivf(metric::l2, 4).save(ivf_path);
+  const std::string pq_path = dir / "pq.shoal";
+  d.pq(metric::l2, 4, 8, false, true).save(pq_path);  // with the full vectors of its re-rank
   const std::string bad = dir / "bad.shoal";
   for (const float value : {std::nanf(""), std::numeric_limits<float>::infinity(), 3e38f}) {
     CAPTURE(value);
@@ -715,8 +717,12 @@ TEST_CASE("damaged files: stored vectors add would refuse are corrupt in a copie
     CHECK(flat_index::load(bad, {.mmap = true}).size() == 300);  // a mapping is trusted (documented)
     spit(bad, poisoned(slurp(hnsw_path), "HVEC", value));
     REQUIRE_THROWS_MATCHES(hnsw_index::load(bad), shoal::error, fails_with(errc::corrupt_file, what));
+    REQUIRE_THROWS_MATCHES(hnsw_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "vector of id "));
     spit(bad, poisoned(slurp(ivf_path), "LVEC", value));
     REQUIRE_THROWS_MATCHES(ivf_flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, what));
+    REQUIRE_THROWS_MATCHES(ivf_flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "list "));
+    spit(bad, poisoned(slurp(pq_path), "LVEC", value));
+    REQUIRE_THROWS_MATCHES(ivf_pq_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "re-rank vector"));
   }
   // Stored norms are recomputed on a copied load: zeroed ones change no result.
   std::vector<file_section> sections = sections_of(slurp(flat_path));

@@ -554,15 +554,23 @@ void collection::add(matrix_view<const float> vectors, std::span<const vector_id
     st->background = std::thread([st] {
       // Again while the adds that arrived during a run (which do not start one of their own) leave the
       // collection drifted: a run's k-means saw the data as it was when the run began.
-      for (std::size_t run = 0; run < detail::max_chained_rebalances; ++run) {
-        try {
-          detail::rebalance(*st);
-        } catch (const std::exception&) {
-          break;  // the old layout stays in place; a later add tries again
+      std::size_t runs = 0;
+      bool failed = false;
+      do {
+        while (runs < detail::max_chained_rebalances) {
+          ++runs;
+          try {
+            detail::rebalance(*st);
+          } catch (const std::exception&) {
+            failed = true;  // the old layout stays in place; a later add tries again
+            break;
+          }
+          if (!detail::drifted(*st)) break;
         }
-        if (!detail::drifted(*st)) break;
-      }
-      st->rebalance_running.store(false);
+        st->rebalance_running.store(false);
+        // An add that finished after the last look saw a run still going and started none: look again.
+      } while (!failed && runs < detail::max_chained_rebalances && detail::drifted(*st) &&
+               !st->rebalance_running.exchange(true));
     });
   } catch (const std::system_error&) {
     // No thread to be had (a process at its thread limit): the add that got here has been applied and

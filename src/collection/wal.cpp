@@ -101,10 +101,17 @@ write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t d
   if (shared) refusal_ = "the log was opened for reading";
   fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR | O_CREAT, 0666));
   if (fd_.get() < 0 && shared && (errno == EACCES || errno == EROFS || errno == EPERM)) {
-    // A reader on a read-only file or file system: it locks the log where there is one; where there is
-    // none, no writer can create one either.
+    // A reader of a log it may not write locks it read-only. Where there is none to lock, only a
+    // read-only file system guarantees that no writer creates one (and deletes shard files a reader
+    // is opening); a missing permission does not.
+    const int denied = errno;
     fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDONLY));
-    if (fd_.get() < 0 && errno == ENOENT) return;
+    if (fd_.get() < 0 && errno == ENOENT) {
+      SHOAL_CHECK_CODE(
+          denied == EROFS, errc::io_error, path_.string(),
+          ": cannot create the write-ahead log to lock the directory for reading: ", io::detail::errno_text(denied));
+      return;
+    }
   }
   SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, path_.string(),
                    ": cannot open the write-ahead log: ", io::detail::errno_text(errno));

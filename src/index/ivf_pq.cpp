@@ -743,7 +743,7 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
       if (target.mapped)
         target.mapped_vectors = v;
       else
-        detail::check_loaded_vectors({v, n, dim}, name, "re-rank vector");
+        detail::check_loaded_vectors({v, n, dim}, name, detail::str("list ", l, ": re-rank vector").c_str());
     }
     if (sq_codes) {
       const std::uint8_t* c = sq_codes->next(target.sq_codes);

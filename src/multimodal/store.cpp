@@ -409,33 +409,57 @@ stale_entries stale_in_mirror(const version_state& v, const link_state& l, std::
 /// without ids the version holds, with ids the version removed, or with the vector an upsert replaced:
 /// `open` brings the mirror back in line with the version, projecting the version's stored vectors.
 /// Only ids that one of the two logs replayed (`changed`, the writes since their common snapshot) can
-/// hold a stale vector, so only theirs are compared. After any repair both are checkpointed (as a
-/// database checkpoints at the end of crash recovery), so that the next `open` has nothing to repair.
-/// `name` names the manifest; `own` and `mirrored`: the ids each holds, ascending (`collection::ids`).
-void reconcile_mirror(version_state& v, const link_state& l, const std::string& name, const std::vector<vector_id>& own,
-                      const std::vector<vector_id>& mirrored, const std::vector<vector_id>& changed) {
-  constexpr const char* who = "multimodal_store::open";
-  std::vector<vector_id> missing, extra, both;
-  std::set_difference(own.begin(), own.end(), mirrored.begin(), mirrored.end(), std::back_inserter(missing));
-  std::set_difference(mirrored.begin(), mirrored.end(), own.begin(), own.end(), std::back_inserter(extra));
+/// hold a stale vector, so only theirs are compared. `plan_reconcile` finds what to write (reading
+/// only, so that a mapped store writes nothing when nothing is wrong); `apply_reconcile` writes it and
+/// checkpoints both (as a database checkpoints at the end of crash recovery), so that the next `open`
+/// has nothing to repair.
+struct reconcile_plan {
+  std::vector<vector_id> missing, extra;  // ids only the version holds, only the mirror holds
+  stale_entries stale;                    // ids both hold, with the vectors the mirror should hold
+  std::size_t own = 0, mirrored = 0, changed = 0;
+  [[nodiscard]] bool needed() const noexcept { return !missing.empty() || !extra.empty() || !stale.ids.empty(); }
+};
+
+/// "<name>: the mirror of 'm/v' holds … they cannot be brought in line: <e>".
+[[noreturn]] void unreconcilable(const version_state& v, const reconcile_plan& p, const std::string& name,
+                                 const error& e) {
+  throw_error(errc::corrupt_file,
+              str(name, ": the mirror of '", v.modality, "/", v.name, "' holds ", p.mirrored, " ids and the version ",
+                  p.own, " (", p.missing.size(), " missing, ", p.extra.size(), " extra, ", p.changed,
+                  " written since the snapshot); they cannot be brought in line: ", e.what()));
+}
+
+/// `own` and `mirrored`: the ids each holds, ascending (`collection::ids`); `name` names the manifest.
+reconcile_plan plan_reconcile(const version_state& v, const link_state& l, const std::string& name,
+                              const std::vector<vector_id>& own, const std::vector<vector_id>& mirrored,
+                              const std::vector<vector_id>& changed) {
+  reconcile_plan p;
+  p.own = own.size();
+  p.mirrored = mirrored.size();
+  p.changed = changed.size();
+  std::set_difference(own.begin(), own.end(), mirrored.begin(), mirrored.end(), std::back_inserter(p.missing));
+  std::set_difference(mirrored.begin(), mirrored.end(), own.begin(), own.end(), std::back_inserter(p.extra));
+  std::vector<vector_id> both;
   for (const vector_id id : changed)
     if (std::binary_search(own.begin(), own.end(), id) && std::binary_search(mirrored.begin(), mirrored.end(), id))
       both.push_back(id);
   try {
-    stale_entries stale;
-    try {
-      stale = stale_in_mirror(v, l, both, who);
-    } catch (const error& e) {  // a version that keeps only codes: its upserts cannot be checked
-      if (e.code() != errc::unsupported) throw;
-    }
-    if (missing.empty() && extra.empty() && stale.ids.empty()) return;
-    if (!extra.empty()) l.mirror->remove(extra);
-    if (!stale.ids.empty()) l.mirror->upsert(stale.vectors.view(), stale.ids);
+    p.stale = stale_in_mirror(v, l, both, "multimodal_store::open");
+  } catch (const error& e) {  // a version that keeps only codes: its upserts cannot be checked
+    if (e.code() != errc::unsupported) unreconcilable(v, p, name, e);
+  }
+  return p;
+}
+
+void apply_reconcile(version_state& v, const link_state& l, const reconcile_plan& p, const std::string& name) {
+  try {
+    if (!p.extra.empty()) l.mirror->remove(p.extra);
+    if (!p.stale.ids.empty()) l.mirror->upsert(p.stale.vectors.view(), p.stale.ids);
     bool taken_back = false;
-    if (!missing.empty()) {
+    if (!p.missing.empty()) {
       matrix<float> rows;
       try {
-        rows = mirrored_vectors(v, l, missing, who);
+        rows = mirrored_vectors(v, l, p.missing, "multimodal_store::open");
       } catch (const error& e) {
         if (e.code() != errc::unsupported) throw;
         taken_back = true;  // a version that keeps only codes cannot be projected again
@@ -443,17 +467,14 @@ void reconcile_mirror(version_state& v, const link_state& l, const std::string& 
       // Ids only the version holds come from an add the crash cut short (it never returned, and its
       // mirror append never happened): taken back where they cannot be projected.
       if (taken_back)
-        v.own.remove(missing);
+        v.own.remove(p.missing);
       else
-        l.mirror->add(rows.view(), missing);
+        l.mirror->add(rows.view(), p.missing);
     }
     l.mirror->checkpoint();
     if (taken_back || v.own.stats().wal_records_replayed > 0) v.own.checkpoint();
   } catch (const error& e) {
-    throw_error(errc::corrupt_file,
-                str(name, ": the mirror of '", v.modality, "/", v.name, "' holds ", mirrored.size(),
-                    " ids and the version ", own.size(), " (", missing.size(), " missing, ", extra.size(), " extra, ",
-                    changed.size(), " written since the snapshot); ", "they cannot be brought in line: ", e.what()));
+    unreconcilable(v, p, name, e);
   }
 }
 
@@ -1484,38 +1505,44 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
           !mv.to_shared || (mv.to_shared->in_dim() == v->dim() && mv.to_shared->out_dim() == m.shared.shared_dim);
       SHOAL_CHECK_CODE(native_fits && projection_fits, errc::corrupt_file, name, ": modality '", mod.name,
                        "' version '", mv.name, "': the shared space, the projection and the collection disagree");
-      std::vector<vector_id> own_ids, mirror_ids, changed_ids;  // of a mirrored version, for reconcile_mirror
+      std::vector<vector_id> own_ids, mirror_ids, changed_ids;  // of a mirrored version, for plan_reconcile
       std::shared_ptr<collection> mirror;
       if (mv.route == shared_route::mirror) {
         mirror = std::make_shared<collection>(collection::open(dir / mv.mirror_dir, options));
         SHOAL_CHECK_CODE(mirror->dim() == m.shared.shared_dim && mirror->metric() == m.shared.shared_metric,
                          errc::corrupt_file, name, ": the mirror of '", mod.name, "/", mv.name,
                          "' is not in the shared space");
-        // A mirror behind its version is brought in line through writes (reconcile_mirror): a mapped,
-        // read-only one is opened again, writable (it lets go of its log's shared lock first).
         own_ids = v->own.ids();
         mirror_ids = mirror->ids();
         const std::vector<vector_id> own_changed = v->own.replayed_ids(), mirror_changed = mirror->replayed_ids();
         std::set_union(own_changed.begin(), own_changed.end(), mirror_changed.begin(), mirror_changed.end(),
                        std::back_inserter(changed_ids));
-        if (options.mmap && (mirror_ids != own_ids || !changed_ids.empty())) {
-          mirror.reset();
-          collection_open_options writable = options;
-          writable.mmap = false;
-          mirror = std::make_shared<collection>(collection::open(dir / mv.mirror_dir, writable));
-          // The version too where the repair may write it: a checkpoint after its replay (a mapped
-          // open replays in memory and stays read-only), or an add taken back.
-          if (v->own.stats().wal_records_replayed > 0 || mirror_ids != own_ids) {
-            { const collection closing = std::move(v->own); }
-            v->own = collection::open(dir / "native", writable);
-          }
-        }
       }
       auto l = detail::make_link(*v, mv.to_shared, m.shared, mv.route, std::move(mirror));
       SHOAL_CHECK_CODE(l->route == mv.route, errc::corrupt_file, name, ": modality '", mod.name, "' version '", mv.name,
                        "' is recorded with route ", shared_route_name(mv.route), " but its projection gives ",
                        shared_route_name(l->route));
-      if (l->mirror) detail::reconcile_mirror(*v, *l, name, own_ids, mirror_ids, changed_ids);
+      if (l->mirror) {
+        const detail::reconcile_plan plan = detail::plan_reconcile(*v, *l, name, own_ids, mirror_ids, changed_ids);
+        // A mapped store reads only, shared with other readers; one that must repair does it through
+        // writable collections (letting go of the shared locks first), then maps them again.
+        const auto reopen = [&](bool mapped) {
+          collection_open_options how = options;
+          how.mmap = mapped;
+          auto next = std::make_shared<detail::link_state>(*l);
+          next->mirror.reset();
+          l.reset();  // the last reference to the mirror: its lock goes
+          { const collection closing = std::move(v->own); }
+          v->own = collection::open(dir / "native", how);
+          next->mirror = std::make_shared<collection>(collection::open(dir / mv.mirror_dir, how));
+          l = std::move(next);
+        };
+        if (plan.needed()) {
+          if (options.mmap) reopen(false);
+          detail::apply_reconcile(*v, *l, plan, name);
+          if (options.mmap) reopen(true);
+        }
+      }
       v->set_link(std::move(l));
       SHOAL_CHECK_CODE(entry.versions.emplace(mv.name, v).second, errc::corrupt_file, name, ": version '", mv.name,
                        "' of '", mod.name, "' twice");
