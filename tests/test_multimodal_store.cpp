@@ -771,13 +771,13 @@ TEST_CASE("multimodal_store: a mirror write that fails after the version's is ma
   store.add("text", x.view(), iota_ids(10));
   const std::filesystem::path mirror_log = dir.path() / "text" / "v1" / "shared" / "wal.log";
   REQUIRE(std::filesystem::exists(mirror_log));
-  // `room`: bytes the mirror's log may still grow by (its record for the write must not fit, the version's must).
-  const auto failing = [&](std::uintmax_t room, auto&& write) {
+  // `limit`: the largest file size (the mirror's record for the write must not fit, the version's must).
+  const auto failing = [&](std::uintmax_t limit, auto&& write) {
     (void)::signal(SIGXFSZ, SIG_IGN);
     rlimit old{};
     REQUIRE(::getrlimit(RLIMIT_FSIZE, &old) == 0);
     rlimit cap = old;
-    cap.rlim_cur = std::filesystem::file_size(mirror_log) + room;
+    cap.rlim_cur = limit;
     REQUIRE(::setrlimit(RLIMIT_FSIZE, &cap) == 0);
     bool io = false;
     try {
@@ -796,25 +796,37 @@ TEST_CASE("multimodal_store: a mirror write that fails after the version's is ma
     CHECK(hit.distance(0, 0) < 1e-6f);
   };
   // An upsert, then a save: the save writes the mirror's entry first (checked after reopening, below).
-  failing(60, [&] { store.upsert("text", fresh.view().slice(0, 1), std::vector<vector_id>{3}); });
+  const auto mirror_room = [&](std::uintmax_t bytes) { return std::filesystem::file_size(mirror_log) + bytes; };
+  failing(mirror_room(60), [&] { store.upsert("text", fresh.view().slice(0, 1), std::vector<vector_id>{3}); });
   store.save(dir.path());
   finds(store, fresh.view().slice(0, 1), 3);
   // An upsert, then another write: that write makes it good first.
-  failing(60, [&] { store.upsert("text", fresh.view().slice(1, 1), std::vector<vector_id>{4}); });
+  failing(mirror_room(60), [&] { store.upsert("text", fresh.view().slice(1, 1), std::vector<vector_id>{4}); });
   store.upsert("text", x.view().slice(0, 1), std::vector<vector_id>{0});
   finds(store, fresh.view().slice(1, 1), 4);
   // A remove: the id left in the mirror went on answering searches, and adding it again failed as a
   // duplicate while the version said it was not stored.
-  failing(30, [&] { store.remove("text", std::vector<vector_id>{5}); });
+  failing(mirror_room(30), [&] { store.remove("text", std::vector<vector_id>{5}); });
   CHECK_FALSE(store.contains("text", 5));
   store.add("text", x.view().slice(5, 1), std::vector<vector_id>{5});
   finds(store, x.view().slice(5, 1), 5);
+  // An add whose mirror write fails and whose taking back from the version fails too (its log has
+  // room for the add's record, 48 bytes, not for the remove's, 32): the mirror is owed the vector.
+  const std::filesystem::path own_log = dir.path() / "text" / "v1" / "native" / "wal.log";
+  REQUIRE(std::filesystem::file_size(mirror_log) > std::filesystem::file_size(own_log) + 15);
+  const matrix<float> late = normal_matrix(1, 4, 84);
+  failing(std::filesystem::file_size(own_log) + 79,
+          [&] { store.add("text", late.view(), std::vector<vector_id>{77}); });
+  CHECK(store.contains("text", 77));
+  store.upsert("text", x.view().slice(0, 1), std::vector<vector_id>{0});
+  finds(store, late.view(), 77);
   store.save(dir.path());
   { const multimodal_store closing = std::move(store); }
   const multimodal_store back = multimodal_store::open(dir.path());
   finds(back, fresh.view().slice(0, 1), 3);
   finds(back, fresh.view().slice(1, 1), 4);
-  CHECK(back.size("text") == 10);
+  finds(back, late.view(), 77);
+  CHECK(back.size("text") == 11);
 }
 
 TEST_CASE("multimodal_store: an add a crash cut short is taken back from a version that keeps only codes",
