@@ -740,7 +740,7 @@ void collection::wait_for_rebalance() {
 bool detail::drifted(const collection_state& st) {
   const double threshold = st.options.rebalance_threshold;
   const bool reclusters = st.options.policy == sharding::semantic || st.options.policy == sharding::hybrid;
-  if (threshold <= 0 || !reclusters) return false;
+  if (threshold <= 0 || !reclusters || st.closing.load()) return false;
   const std::uint64_t added_since = st.adds.load() - st.adds_at_rebalance.load();
   if (added_since * rebalance_growth_divisor < st.size_at_rebalance.load()) return false;
   // Sizes from the shard indexes: O(shards) per add, where the routing table would cost O(size).

@@ -164,6 +164,7 @@ struct collection_state {
   std::atomic<std::uint64_t> adds_at_rebalance{0}, size_at_rebalance{0};
   std::mutex background_mutex;  // guards `background`
   std::thread background;
+  std::atomic<bool> closing{false};  // set on destruction: a running background rebalance chains no further run
 
   // Metrics (mutable: searches are const and count).
   std::chrono::steady_clock::time_point created = std::chrono::steady_clock::now();
@@ -183,6 +184,7 @@ struct collection_state {
   std::vector<vector_id> replayed_ids;  // of those records, ascending, each once (`collection::replayed_ids`)
 
   ~collection_state() {
+    closing.store(true);
     if (background.joinable()) background.join();
   }
 
@@ -221,9 +223,9 @@ inline constexpr std::size_t min_rebalance_shard = 1000;
 /// collection's size then: a layout that stays out of balance after re-clustering (data that k-means
 /// cannot split evenly, such as many copies of one vector) would otherwise re-cluster on every add.
 inline constexpr std::uint64_t rebalance_growth_divisor = 10;
-/// Whether an automatic rebalance is due: `rebalance_threshold` set on a semantic or hybrid collection,
-/// a tenth of its size added since the last run, and the largest shard (of at least
-/// `min_rebalance_shard`) past threshold × the mean.
+/// Whether an automatic rebalance is due: `rebalance_threshold` set on a semantic or hybrid collection
+/// that is not closing, a tenth of its size added since the last run, and the largest shard (of at
+/// least `min_rebalance_shard`) past threshold × the mean.
 [[nodiscard]] bool drifted(const collection_state& st);
 /// Runs one background rebalance starts at most, each after the last left the collection `drifted` by
 /// adds that arrived during it.
