@@ -394,6 +394,21 @@ TEST_CASE("ivf-pq rejects bad parameters and input", "[pq][ivf]") {
   ivf_pq_index too_many(dim, metric::l2, {.nlist = 301, .m = 4, .nbits = 4});
   REQUIRE_THROWS_MATCHES(too_many.train(f.base.view()), shoal::error,
                          fails_with(errc::invalid_argument, "nlist = 301 exceeds the 300 training vectors"));
+  {
+    // A residual (vector minus its list's centroid) can be twice as long as its vector: one past the
+    // norm bound was refused as "product_quantizer::encode: vector row 0", a vector never passed.
+    matrix<float> blob(300, dim);
+    for (std::size_t i = 0; i < blob.rows; ++i)
+      for (std::size_t j = 0; j < dim; ++j) blob.row(i)[j] = 1.1e18f + 1e15f * static_cast<float>(i % 7);
+    ivf_pq_index far(dim, metric::l2, {.nlist = 2, .m = 4, .nbits = 4});
+    far.train(blob.view());
+    const std::vector<float> opposite(dim, -1.1e18f);  // norm 6.2e18: inside the bound
+    REQUIRE_THROWS_MATCHES(far.add({opposite.data(), 1, dim}, std::vector<vector_id>{1}), shoal::error,
+                           fails_with(errc::non_finite,
+                                      "ivf_pq_index::add: the residual (vector minus its list's "
+                                      "centroid) of vector row 0 has norm"));
+    CHECK(far.size() == 0);
+  }
   ivf_pq_index wide(dim, metric::l2, {.nlist = 4, .m = 4, .nbits = 8});
   REQUIRE_THROWS_MATCHES(wide.train(f.base.view().slice(0, 200)), shoal::error,
                          fails_with(errc::invalid_argument, "need at least 256 training vectors, got 200"));

@@ -238,6 +238,32 @@ TEST_CASE("k-means repairs empty clusters by splitting the widest", "[kmeans]") 
   CHECK(r.objective.front() > 100.0);
 }
 
+TEST_CASE("k-means repairs empty clusters at any scale of the data", "[kmeans]") {
+  // Half the points on one spot, half Gaussian, at scale 1e-12: a repair nudged the halves of a split
+  // by a fixed 1e-10, far outside the data, so the twin came back empty every iteration (303 repairs,
+  // 12 of 16 centroids scattered away, the objective 30,000x its start). The nudge now scales with the
+  // split cluster's spread, and the result is the one at scale 1 scaled.
+  constexpr std::size_t n = 4000, dim = 4;
+  const auto run = [&](float scale) {
+    matrix<float> points(n, dim);
+    splitmix64 rng(5);
+    for (std::size_t i = 0; i < n; ++i)
+      for (std::size_t j = 0; j < dim; ++j) points.row(i)[j] = (i < n / 2 ? 0.5f : rng.normal()) * scale;
+    kmeans_params params;
+    params.k = 16;
+    params.init = kmeans_init::random;
+    params.seed = 3;
+    return kmeans(points.view(), params);
+  };
+  const kmeans_result unit = run(1.0f), tiny = run(1e-12f);
+  CHECK(tiny.empty_cluster_repairs == unit.empty_cluster_repairs);
+  CHECK(tiny.objective.back() <= tiny.objective.front());
+  for (std::size_t c = 0; c < 16; ++c) {
+    CHECK(tiny.cluster_sizes[c] > 0);
+    for (std::size_t j = 0; j < dim; ++j) CHECK(std::abs(tiny.centroids.row(c)[j]) < 1e-11f);
+  }
+}
+
 TEST_CASE("k-means never splits a cluster of coinciding points", "[kmeans]") {
   // Three quarters of the points sit exactly on the origin (as blank pixels do in PQ sub-spaces), so
   // random initialisation draws the origin many times over. Splitting the largest cluster — the origin's
@@ -322,6 +348,13 @@ TEST_CASE("spherical k-means keeps unit centroids", "[kmeans]") {
     CHECK(std::sqrt(norm) == Approx(1.0).epsilon(1e-5));
   }
   if (r.empty_cluster_repairs == 0) CHECK(non_increasing(r.objective));
+  // Points whose directions cancel have no mean direction: the centroid keeps a unit row (it became 0).
+  const std::vector<float> cross{1, 0, -1, 0, 0, 1, 0, -1};
+  kmeans_params one;
+  one.k = 1;
+  one.spherical = true;
+  const kmeans_result c = kmeans({cross.data(), 4, 2}, one);
+  CHECK(std::hypot(c.centroids.row(0)[0], c.centroids.row(0)[1]) == Approx(1.0f));
 }
 
 TEST_CASE("balanced k-means caps every cluster and splits a crowded region", "[kmeans]") {

@@ -536,6 +536,23 @@ TEST_CASE("scalar quantizers reject bad input", "[pq][sq]") {
 
 // ------------------------------------------------------------------------------------------------- OPQ
 
+TEST_CASE("opq reports finite errors for data near the norm bound; pq names a zero iteration count", "[pq][opq]") {
+  // The error was summed in float: inf for valid vectors of norm ~1e18 (the rotation itself was fine).
+  const std::size_t dim = 32;
+  matrix<float> x = make_uniform(3000, dim, 3);  // norms below sqrt(32) · 1.1e18 = 6.2e18
+  for (float& v : x.values) v *= 1.1e18f;
+  opq_rotation opq(dim, 4, 4);
+  opq_train_params tp;
+  tp.iterations = 2;
+  opq.train(x.view(), tp);
+  for (const double e : opq.errors()) CHECK(std::isfinite(e));
+  product_quantizer pq(dim, 4, 4);
+  pq_train_params none;
+  none.iterations = 0;
+  REQUIRE_THROWS_MATCHES(pq.train(x.view(), none), shoal::error,
+                         fails_with(errc::invalid_argument, "product_quantizer::train: iterations must be at least 1"));
+}
+
 TEST_CASE("opq learns an orthogonal rotation that lowers pq error on correlated data", "[pq][opq]") {
   // Correlated data: the variance sits in the first 4 of 16 components, mixed by a fixed rotation-like
   // blend, so that plain PQ (4 sub-spaces of 4) wastes most sub-quantizers.

@@ -132,10 +132,14 @@ bool split_widest(matrix<float>& centroids, std::vector<std::size_t>& sizes, std
   if (!(spread[widest] > 0.0)) return false;
   float* from = centroids.row(widest);
   float* to = centroids.row(empty);
-  // A relative nudge like FAISS's, plus a floor so that zero components (or a zero centroid) split too.
+  // A relative nudge like FAISS's, plus a floor so that zero components (or a zero centroid) split too:
+  // for unit (spherical) centroids a small fixed one; otherwise the cluster's own RMS spread per
+  // component, as a fixed floor (1e-7) scattered both halves outside data of spread below 1e-10.
   double mean_abs = 0.0;
   for (std::size_t j = 0; j < dim; ++j) mean_abs += std::abs(from[j]);
-  const float floor = static_cast<float>(mean_abs / static_cast<double>(dim)) * 1e-3f + 1e-7f;
+  const auto floor = spherical
+                         ? static_cast<float>(mean_abs / static_cast<double>(dim)) * 1e-3f + 1e-7f
+                         : static_cast<float>(std::sqrt(spread[widest] / static_cast<double>(sizes[widest] * dim)));
   for (std::size_t j = 0; j < dim; ++j) {
     const float sign = (rng.next() & 1U) != 0U ? 1.0f : -1.0f;
     const float delta = sign * split_epsilon * (std::abs(from[j]) + floor);
@@ -962,6 +966,13 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
       }
       const double inv = 1.0 / static_cast<double>(sizes[c]);
       float* centroid = centroids.row(c);
+      if (params.spherical) {
+        // Points whose directions cancel (±e1, ±e2) have no mean direction: the centroid keeps its last
+        // unit row rather than become zero, which `spherical` promises never to return.
+        double length = 0.0;
+        for (const double s : sum) length += s * s;
+        if (!(length > 0.0)) return;
+      }
       for (std::size_t j = 0; j < dim; ++j) centroid[j] = static_cast<float>(sum[j] * inv);
       if (params.spherical) normalize(centroid, dim);
     });

@@ -224,6 +224,9 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
     float* r = residuals.row(i);
     for (std::size_t j = 0; j < dim_; ++j) r[j] -= c[j];
   }
+  // A residual can be twice as long as its vector: named as what it is where it passes the norm bound.
+  detail::check_vectors(residuals.view(), dim_,
+                        "ivf_pq_index::train: the residual (vector minus its list's centroid) of sampled vector");
   product_quantizer pq(dim_, params_.m, params_.nbits);
   pq.train(residuals.view(), params.pq);
 
@@ -271,6 +274,8 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
     float* r = residuals.row(i);
     for (std::size_t j = 0; j < dim_; ++j) r[j] = x[j] - c[j];
   }
+  detail::check_vectors(residuals.view(), dim_,
+                        "ivf_pq_index::add: the residual (vector minus its list's centroid) of vector");
   const std::vector<std::uint8_t> codes = pq_.encode(residuals.view());
   std::vector<std::uint8_t> sq_codes(params_.refine_sq8 ? n * dim_ : 0);
   if (params_.refine_sq8) refine_codec_->encode(vectors, sq_codes.data());

@@ -47,11 +47,11 @@ void opq_rotation::train(matrix_view<const float> vectors, const opq_train_param
   // A seeded sample, in row order.
   std::vector<std::size_t> rows(vectors.rows);
   std::iota(rows.begin(), rows.end(), std::size_t{0});
-  if (params.max_training_vectors > 0 && rows.size() > params.max_training_vectors) {
+  const std::size_t keep = std::max(params.max_training_vectors, ksub);  // the PQ needs ksub rows
+  if (params.max_training_vectors > 0 && rows.size() > keep) {
     splitmix64 rng(params.seed);
-    for (std::size_t i = 0; i < params.max_training_vectors; ++i)
-      std::swap(rows[i], rows[i + rng.below(rows.size() - i)]);
-    rows.resize(std::max(params.max_training_vectors, ksub));
+    for (std::size_t i = 0; i < keep; ++i) std::swap(rows[i], rows[i + rng.below(rows.size() - i)]);
+    rows.resize(keep);
     std::sort(rows.begin(), rows.end());
   }
   const std::size_t n = rows.size();
@@ -76,7 +76,7 @@ void opq_rotation::train(matrix_view<const float> vectors, const opq_train_param
     pq.decode(codes.data(), n, rebuilt.mutable_view());
     const Eigen::Map<const row_major> yhat(rebuilt.values.data(), static_cast<Eigen::Index>(n),
                                            static_cast<Eigen::Index>(dim_));
-    errors_.push_back(static_cast<double>((rotated - yhat).squaredNorm()) / static_cast<double>(n));
+    errors_.push_back((rotated - yhat).cast<double>().squaredNorm() / static_cast<double>(n));  // float overflows
     if (it + 1 == params.iterations) break;
     // Orthogonal Procrustes: argmin_R ‖X·R − Ŷ‖_F over orthogonal R is U·Vᵀ for Xᵀ·Ŷ = U·Σ·Vᵀ (in
     // double precision: the product sums n terms per entry).

@@ -50,6 +50,7 @@ void product_quantizer::train(matrix_view<const float> vectors, const pq_train_p
   const std::size_t k = ksub();
   SHOAL_CHECK(vectors.rows >= k, "product_quantizer::train: ", k, " codewords per sub-quantizer need at least ", k,
               " training vectors, got ", vectors.rows);
+  SHOAL_CHECK(params.iterations > 0, "product_quantizer::train: iterations must be at least 1");
   matrix<float> books(m_ * k, dsub_);
   detail::parallel_for(m_, [&](std::size_t s) {
     const matrix<float> sub = sub_columns(vectors, s * dsub_, dsub_);
