@@ -135,12 +135,15 @@ class ivf_pq_index {
 
   /// Learns the centroids (k-means on `vectors`) and the codebooks (on the residuals of `vectors`).
   /// Throws `shoal::error` if the index holds vectors, on a dimension mismatch, NaN/Inf, a zero vector
-  /// under cosine, fewer training vectors than nlist or than 2^nbits. Needs exclusive access.
+  /// under cosine, fewer training vectors than nlist or than 2^nbits, or a residual past the norm bound
+  /// (a residual can be twice as long as its vector; vectors of up to half the bound always pass).
+  /// Needs exclusive access.
   void train(matrix_view<const float> vectors, const ivf_pq_train_params& params = {});
 
   /// Adds vectors under `ids`, each encoded in the list of its nearest centroid. All or nothing: throws
   /// `shoal::error` — and changes nothing — if untrained, on a dimension or count mismatch, NaN/Inf, a
-  /// zero vector under cosine, or an id already present (in the index or twice in `ids`).
+  /// zero vector under cosine, a residual past the norm bound (`errc::non_finite`, as in `train`), or an
+  /// id already present (in the index or twice in `ids`).
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
 
   /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.
