@@ -51,6 +51,15 @@ void check_loaded_vectors(matrix_view<const float> v, const std::string& file, c
   }
 }
 
+bool vectors_pass(matrix_view<const float> v) noexcept {
+  try {
+    check_vectors(v, v.dim, "");
+    return true;
+  } catch (...) {
+    return false;
+  }
+}
+
 void check_metric(metric m, const char* what) {
   SHOAL_CHECK(m == metric::l2 || m == metric::inner_product || m == metric::cosine, what, ": unknown metric ",
               static_cast<int>(m), " (expected l2, inner_product or cosine)");

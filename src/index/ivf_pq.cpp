@@ -747,7 +747,7 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
       const float* v = vectors->next(target.vectors);
       if (target.mapped)
         target.mapped_vectors = v;
-      else
+      else if (!detail::vectors_pass({v, n, dim}))
         detail::check_loaded_vectors({v, n, dim}, name, detail::str("list ", l, ": re-rank vector").c_str());
     }
     if (sq_codes) {

@@ -27,6 +27,9 @@ void check_dimension(std::size_t dim, const char* what);
 /// loads: checking a mapping would read every page of it; a mapped load trusts the values, which a
 /// shoal writer never produces and whose damage `verify_level::full`'s checksums catch.
 void check_loaded_vectors(matrix_view<const float> v, const std::string& file, const char* what);
+/// Whether `check_vectors` accepts `v`'s values (its dimension is not compared): the cheap test in front
+/// of a `check_loaded_vectors` whose `what` costs a string to build.
+[[nodiscard]] bool vectors_pass(matrix_view<const float> v) noexcept;
 
 /// Throws `shoal::error` (`errc::invalid_argument`) unless `m` is one of the three metrics: a value cast
 /// from an integer (a config file, a binding) would otherwise search as inner product and save as L2.
