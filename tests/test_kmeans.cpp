@@ -498,6 +498,16 @@ TEST_CASE("k-means and assign reject bad input", "[kmeans]") {
   params.iterations = 0;
   REQUIRE_THROWS_MATCHES(kmeans(points.view(), params), shoal::error, fails_with(errc::invalid_argument, "iterations"));
   params.iterations = 5;
+  {
+    // Spread so small that every squared distance underflows float: every point tied with every centroid
+    // and the centroids meant nothing. Coinciding points (no spread at all) still cluster.
+    matrix<float> tiny = points;
+    for (float& v : tiny.values) v *= 1e-25f;
+    REQUIRE_THROWS_MATCHES(kmeans(tiny.view(), params), shoal::error,
+                           fails_with(errc::invalid_argument, "their float distances underflow"));
+    const matrix<float> same(20, 4);
+    CHECK(kmeans(same.view(), params).centroids.rows == 3);
+  }
   params.balance = 0.5;
   REQUIRE_THROWS_MATCHES(kmeans(points.view(), params), shoal::error,
                          fails_with(errc::invalid_argument, "balance must be 0 (off) or at least 1"));

@@ -860,6 +860,13 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
         const double d = x.row(i)[j] - mean[j];
         spread += d * d;
       }
+    // Squared distances between points this close underflow float (below its smallest normal value):
+    // every point would tie with every centroid, and the result mean nothing. Points that all coincide
+    // (no spread) are fine: one location, any centroid on it.
+    const double mean_square = spread / static_cast<double>(n * dim);
+    SHOAL_CHECK(mean_square == 0.0 || mean_square >= static_cast<double>(std::numeric_limits<float>::min()) * 1e4,
+                "kmeans: the points spread by only ", std::sqrt(mean_square),
+                " per component (RMS): their float distances underflow; scale the data up");
     if (offset > centring_ratio * spread / static_cast<double>(n)) {
       if (!sample) {
         sample.emplace(n, dim);
