@@ -136,6 +136,8 @@ dataset load(const options& opt) {
   }
   d.images = shoal::io::read_vectors(opt.images);
   d.texts = shoal::io::read_vectors(opt.texts);
+  if (d.images.rows == 0 || d.texts.rows == 0)  // recall over no captions means nothing
+    throw std::invalid_argument((d.images.rows == 0 ? opt.images : opt.texts).string() + ": no vectors");
   const shoal::matrix<std::int32_t> pairs = shoal::io::read_ids(opt.pairs);
   if (pairs.rows != d.texts.rows)
     throw std::invalid_argument(opt.pairs.string() + ": " + std::to_string(pairs.rows) + " rows for " +

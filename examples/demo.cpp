@@ -141,6 +141,8 @@ int main(int argc, char** argv) try {
     std::printf("data: %s (%zu x %zu), %s (%zu queries)\n", opt.files[0].c_str(), base.rows, base.dim,
                 opt.files[1].c_str(), queries.rows);
   }
+  if (queries.rows == 0)  // recall and latency percentiles of no queries mean nothing
+    throw std::invalid_argument(opt.files[1] + ": no query vectors");
   // Recall@k needs k true neighbours: with fewer base vectors even exact search would score below 1.
   if (opt.k > base.rows)
     throw std::invalid_argument("--k " + std::to_string(opt.k) + " exceeds the " + std::to_string(base.rows) +

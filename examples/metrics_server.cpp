@@ -76,16 +76,18 @@ std::string read_request(int client, bool& too_long) {
   std::string head;
   char piece[4096];
   too_long = false;
-  while (head.find("\r\n\r\n") == std::string::npos) {
-    if (head.size() > max_request_bytes) {
+  for (;;) {
+    // Measured after every piece: the blank line may arrive in the piece that carries the head past the limit.
+    const std::size_t end = head.find("\r\n\r\n");
+    if ((end == std::string::npos ? head.size() : end + 4) > max_request_bytes) {
       too_long = true;
-      break;
+      return head;
     }
+    if (end != std::string::npos) return head;
     const ::ssize_t got = ::recv(client, piece, sizeof piece, 0);
     if (got <= 0) return {};  // timed out, failed or closed before a whole request
     head.append(piece, static_cast<std::size_t>(got));
   }
-  return head;
 }
 
 /// Answers one HTTP request on `client`: GET /metrics gets the exposition, another path 404, a request

@@ -1,8 +1,6 @@
 // shoal-ann-bench's command line, run as a user runs it: bad input exits 2 with a message that names the
 // problem, before anything is measured, and a failed run leaves an earlier results file alone.
 
-#include <sys/wait.h>
-
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -19,28 +17,11 @@
 namespace shoal {
 namespace {
 
-struct outcome {
-  int status = -1;
-  std::string output;  // stdout and stderr
-};
+using test::outcome;
 
-outcome bench(const std::string& args) {
-  const std::string command = std::string(SHOAL_ANN_BENCH) + " " + args + " 2>&1";
-  FILE* pipe = ::popen(command.c_str(), "r");
-  REQUIRE(pipe != nullptr);
-  outcome o;
-  char buffer[4096];
-  while (const std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) o.output.append(buffer, n);
-  const int raw = ::pclose(pipe);
-  o.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
-  return o;
-}
+outcome bench(const std::string& args) { return test::run_command(std::string(SHOAL_ANN_BENCH) + " " + args); }
 
-void check(const outcome& o, int status, const std::string& says) {
-  INFO(o.output);
-  CHECK(o.status == status);
-  CHECK(o.output.find(says) != std::string::npos);
-}
+void check(const outcome& o, int status, const std::string& says) { test::check_outcome(o, status, says); }
 
 /// 400 base vectors and 20 queries of dimension 16 in `dir`; the options that name them (k 5, l2).
 std::string write_data(const test::scratch_dir& dir) {

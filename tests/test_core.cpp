@@ -107,6 +107,16 @@ TEST_CASE("topk_heap keeps the k smallest by (distance, id)", "[core]") {
   CHECK(heap.size() == 0);
 }
 
+TEST_CASE("topk_heap refuses k = 0", "[core]") {
+  // A heap of nothing is always full, and its worst entry would be read from an empty array.
+  REQUIRE_THROWS_MATCHES(topk_heap(0), shoal::error, fails_with(errc::invalid_argument, "topk_heap: k"));
+  topk_heap heap(2);
+  REQUIRE_THROWS_MATCHES(heap.reset(0), shoal::error, fails_with(errc::invalid_argument, "topk_heap: k"));
+  heap.push(1.0f, 3);
+  CHECK(heap.capacity() == 2);
+  CHECK(heap.size() == 1);
+}
+
 TEST_CASE("topk_heap with a k far above what it is offered takes memory for what it keeps", "[core]") {
   topk_heap heap(std::size_t{1} << 40);  // reserving k entries up front would need 16 TiB
   for (vector_id i = 0; i < 5000; ++i) heap.push(static_cast<float>(5000 - i), i);

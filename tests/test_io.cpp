@@ -174,6 +174,10 @@ TEST_CASE("npy round-trips float32, int32, uint8 and int8", "[io]") {
   matrix<std::int32_t> small_ints = i;
   for (std::int32_t& v : small_ints.values) v %= std::int32_t{1} << 24;
   small_ints.values[0] = std::int32_t{1} << 24;
+  // Larger values that float32 holds exactly are read too.
+  small_ints.values[1] = (std::int32_t{1} << 24) + 2;
+  small_ints.values[2] = std::numeric_limits<std::int32_t>::min();
+  small_ints.values[3] = std::int32_t{3} << 29;
   write_npy(dir / "i.npy", small_ints);
   CHECK(as_vector(read_npy(dir / "i.npy")) == converted<float>(small_ints));
 

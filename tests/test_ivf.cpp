@@ -267,6 +267,33 @@ TEST_CASE("ivf with an HNSW coarse quantizer: exact when ef covers every list, c
                          fails_with(errc::invalid_argument, "M (257) must be in [2, 256]"));
 }
 
+TEST_CASE("ivf with an HNSW coarse quantizer of M 2 scans every list when its search would explore them all",
+          "[ivf][hnsw]") {
+  // A graph of M 2 over many centroids leaves a few unreachable: a walk with ef = nlist missed their
+  // lists, and with them stored vectors that an exhaustive search must return.
+  constexpr std::size_t n = 8000, lists = 400;
+  const matrix<float> base = make_uniform(n, dim, 43);
+  const matrix<float> queries = make_uniform(20, dim, 44);
+  std::vector<vector_id> ids(n);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  for (const metric m : {metric::inner_product, metric::l2}) {
+    CAPTURE(metric_name(m));
+    ivf_flat_index index(dim, m, lists, 2);
+    index.train(base.view(), {.iterations = 4});
+    index.add(base.view(), ids);
+    search_params p = with_nprobe(lists);
+    p.ef = lists;
+    const neighbors all = index.search(queries.view(), n, p);
+    for (std::size_t q = 0; q < queries.rows; ++q) {
+      CAPTURE(q);
+      CHECK(std::count(all.row_ids(q).begin(), all.row_ids(q).end(), no_id) == 0);
+    }
+    flat_index exact(dim, m);
+    exact.add(base.view(), ids);
+    require_identical(index.search(queries.view(), 10, p), exact.search(queries.view(), 10));
+  }
+}
+
 TEST_CASE("ivf rejects bad parameters and input", "[ivf]") {
   const fixture f(100, 4, 19);
   REQUIRE_THROWS_MATCHES(ivf_flat_index(0, metric::l2, 4), shoal::error,

@@ -143,20 +143,46 @@ TEST_CASE("cosine distance of a zero vector is 1", "[kernel]") {
 
 TEST_CASE("cosine distance of tiny and huge vectors with themselves is 0", "[kernel]") {
   // ‖a‖²‖a‖² underflows to 0 (a distance of −inf) or overflows to inf (a distance of 1) in float, for
-  // vectors that pass the library's input checks.
-  for (const float scale : {1e-12f, 1e-15f, 1e10f, 3e12f}) {
+  // vectors that pass the library's input checks; below 1e-19 ‖a‖² itself underflows (a distance of 1,
+  // as for a zero vector), and above 1.8e19 it overflows (NaN). Against 2a too: a single rounding differs.
+  for (const float scale : {1e-12f, 1e-15f, 1e10f, 3e12f, 1e-23f, 1e-40f, 1e19f, 1e30f}) {
     CAPTURE(scale);
-    matrix<float> a(1, 3);
+    matrix<float> a(2, 3);
     a.row(0)[0] = scale;
     a.row(0)[1] = 0.5f * scale;
     a.row(0)[2] = -2.0f * scale;
+    for (std::size_t j = 0; j < 3; ++j) a.row(1)[j] = 2.0f * a.row(0)[j];
     for (const simd_level level : available_simd_levels()) {
       CAPTURE(simd_level_name(level));
       CHECK(std::abs(kernels(level).cosine_distance(a.row(0), a.row(0), 3)) <= 1e-6f);
+      CHECK(std::abs(kernels(level).cosine_distance(a.row(0), a.row(1), 3)) <= 1e-6f);
     }
-    float many = NAN;
-    distances_many(metric::cosine, a.view(), a.view(), &many, 1);
-    CHECK(std::abs(many) <= 1e-6f);
+    if (scale > 1e18f) continue;  // beyond the norm bound distances_many shares with every index
+    float many[4] = {NAN, NAN, NAN, NAN};
+    distances_many(metric::cosine, a.view(), a.view(), many, 2);
+    for (const float d : many) CHECK(std::abs(d) <= 1e-6f);
+  }
+}
+
+TEST_CASE("distance and distances_many refuse what an index refuses", "[kernel]") {
+  const matrix<float> a = make_clustered(3, 5, 1, 1);
+  matrix<float> bad = a;
+  const auto unknown = static_cast<metric>(7);
+  float out[9];
+  REQUIRE_THROWS_MATCHES(distance(unknown, a.row(0), a.row(1), 5), shoal::error,
+                         fails_with(errc::invalid_argument, "distance: unknown metric 7"));
+  REQUIRE_THROWS_MATCHES(distances_many(unknown, a.view(), a.view(), out, 3), shoal::error,
+                         fails_with(errc::invalid_argument, "distances_many: unknown metric 7"));
+  // The GEMM form's clamp turned a NaN or Inf row's L2 distances into 0, the best there is.
+  for (const float v : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    CAPTURE(v);
+    bad.row(1)[2] = v;
+    for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+      REQUIRE_THROWS_MATCHES(distances_many(m, a.view(), bad.view(), out, 3), shoal::error,
+                             fails_with(errc::non_finite, "distances_many: b"));
+      REQUIRE_THROWS_MATCHES(distances_many(m, bad.view(), a.view(), out, 3), shoal::error,
+                             fails_with(errc::non_finite, "distances_many: a"));
+    }
   }
 }
 
@@ -333,6 +359,24 @@ TEST_CASE("4-bit codes pack two to a byte and their kernels are exact at every l
   });
 }
 
+TEST_CASE("int16 code kernels past their coefficient limit wrap modulo 2^32 at every level", "[kernel]") {
+  // Out of contract, but defined (and so identical at every level): the scalar tail's int32 sum was UB.
+  const auto wrapped = [](std::int64_t sum) { return static_cast<std::int32_t>(static_cast<std::uint32_t>(sum)); };
+  for (const std::size_t d : {1000, 1001, 1023, 5000, 5003}) {
+    CAPTURE(d);
+    const std::vector<std::int16_t> top(d, 32767);
+    const std::vector<std::uint8_t> full(d, 255);
+    std::vector<std::uint8_t> packed(u4_code_bytes(d));
+    pack_u4(std::vector<std::uint8_t>(d, 15).data(), d, packed.data());
+    const auto dd = static_cast<std::int64_t>(d);
+    for (const simd_level level : available_simd_levels()) {
+      CAPTURE(simd_level_name(level));
+      CHECK(kernels(level).dot_u8_i16(top.data(), full.data(), d) == wrapped(32767 * 255 * dd));
+      CHECK(kernels(level).dot_u4_i16(top.data(), packed.data(), d) == wrapped(32767 * 15 * dd));
+    }
+  }
+}
+
 TEST_CASE("integer kernels are exact at every level", "[kernel]") {
   for (const simd_level level : available_simd_levels()) {
     const distance_kernels& k = kernels(level);
@@ -484,6 +528,26 @@ TEST_CASE("rank_argmin finds the first smallest rank score at every level", "[ke
           CHECK(best == -1e9f);
           CHECK(at == 7);
         }
+      }
+    }
+  }
+}
+
+TEST_CASE("rank_argmin returns +0 for a zero minimum at every level", "[kernel]") {
+  // −ip of ip = +0 is −0; a lane minimum of −0 and +0 keeps either, and levels differed in the sign.
+  for (const simd_level level : available_simd_levels()) {
+    CAPTURE(simd_level_name(level));
+    for (const std::size_t n : {1, 7, 17, 40}) {
+      CAPTURE(n);
+      std::vector<float> ip(n, 0.0f);
+      std::vector<float> norms(n, 0.0f);
+      for (const float* nrm : {static_cast<const float*>(nullptr), static_cast<const float*>(norms.data())}) {
+        float best = std::numeric_limits<float>::infinity();
+        std::uint32_t at = 7;
+        kernels(level).rank_argmin(ip.data(), nrm, n, &best, &at);
+        CHECK(best == 0.0f);
+        CHECK_FALSE(std::signbit(best));
+        CHECK(at == 0);
       }
     }
   }

@@ -253,6 +253,32 @@ class killable_child {
   int from_child_ = -1;
 };
 
+/// What a command run through the shell gave: its exit status (128 + signal when a signal ended it) and
+/// its stdout and stderr together.
+struct outcome {
+  int status = -1;
+  std::string output;
+};
+
+/// Runs `command` (a shell command line) to its end.
+inline outcome run_command(const std::string& command) {
+  FILE* pipe = ::popen((command + " 2>&1").c_str(), "r");
+  REQUIRE(pipe != nullptr);
+  outcome o;
+  char buffer[4096];
+  while (const std::size_t n = std::fread(buffer, 1, sizeof buffer, pipe)) o.output.append(buffer, n);
+  const int raw = ::pclose(pipe);
+  o.status = WIFEXITED(raw) ? WEXITSTATUS(raw) : 128 + WTERMSIG(raw);
+  return o;
+}
+
+/// Checks that `o` ended with `status` and printed `says`.
+inline void check_outcome(const outcome& o, int status, const std::string& says) {
+  INFO(o.output);
+  CHECK(o.status == status);
+  CHECK(o.output.find(says) != std::string::npos);
+}
+
 /// Ends the test process with a message and a failing status if it is still alive after 60 s: a test of
 /// a would-be hang (a deadlock, a starved lock) then fails instead of waiting for ctest's timeout. Stop
 /// it with `disarm()` (or by destroying it) once the work that might hang is done.

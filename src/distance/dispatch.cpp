@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <string_view>
 
+#include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/distance/distance.hpp"
 
@@ -180,6 +181,7 @@ float cosine_distance(const float* a, const float* b, std::size_t dim) {
 }
 
 float distance(metric m, const float* a, const float* b, std::size_t dim) {
+  detail::check_metric(m, "distance");
   const distance_kernels& k = active_kernels();
   switch (m) {
     case metric::l2:
@@ -189,13 +191,18 @@ float distance(metric m, const float* a, const float* b, std::size_t dim) {
     case metric::cosine:
       return k.cosine_distance(a, b, dim);
   }
-  return 0.0f;
+  return 0.0f;  // unreachable: the metric was checked
 }
 
 void distances_many(metric m, matrix_view<const float> a, matrix_view<const float> b, float* out, std::size_t ldo) {
   SHOAL_CHECK_CODE(a.dim == b.dim, errc::dimension_mismatch, "distances_many: dimensions differ (", a.dim, " vs ",
                    b.dim, ")");
   SHOAL_CHECK(ldo >= b.rows, "distances_many: output stride ", ldo, " is smaller than the ", b.rows, " columns");
+  detail::check_metric(m, "distances_many");
+  // The GEMM form would turn a NaN row into distance 0 (the clamp below) and lose precision past the
+  // norm bound every index applies: the same input checks as an index's.
+  detail::check_vectors(a, a.dim, "distances_many: a");
+  detail::check_vectors(b, b.dim, "distances_many: b");
   const distance_kernels& k = active_kernels();
   k.inner_product_many(a.data, a.rows, a.stride, b.data, b.rows, b.stride, a.dim, out, ldo);
   if (m == metric::inner_product) {
@@ -212,10 +219,15 @@ void distances_many(metric m, matrix_view<const float> a, matrix_view<const floa
       if (m == metric::l2) {
         row[j] = std::max(0.0f, na[i] + nb[j] - 2.0f * row[j]);  // clamp the GEMM form's cancellation
       } else {
-        // As cosine_distance: the roots one at a time where the product underflows or overflows.
+        // As cosine_distance: the pair kernel (in double) where a squared norm underflowed, the roots one
+        // at a time where their product underflows or overflows.
+        if (!std::isnormal(na[i]) || !std::isnormal(nb[j])) {
+          row[j] = k.cosine_distance(a.row(i), b.row(j), a.dim);
+          continue;
+        }
         const float product = na[i] * nb[j];
         const float denom = std::isnormal(product) ? std::sqrt(product) : std::sqrt(na[i]) * std::sqrt(nb[j]);
-        row[j] = denom > 0.0f ? 1.0f - row[j] / denom : 1.0f;
+        row[j] = 1.0f - row[j] / denom;
       }
     }
   }

@@ -137,6 +137,19 @@ float l2sqr(const float* a, const float* b, std::size_t dim) noexcept { return d
 
 float inner_product(const float* a, const float* b, std::size_t dim) noexcept { return dot_like<ip_term>(a, b, dim); }
 
+/// `cosine_distance` summed in double: every finite float vector's squared norm is a normal double, so
+/// this is right where the float sums underflow (norms below about 1e-19) or overflow (above 1e19).
+float cosine_distance_wide(const float* a, const float* b, std::size_t dim) noexcept {
+  double ab = 0.0, aa = 0.0, bb = 0.0;
+  for (std::size_t i = 0; i < dim; ++i) {
+    ab += static_cast<double>(a[i]) * b[i];
+    aa += static_cast<double>(a[i]) * a[i];
+    bb += static_cast<double>(b[i]) * b[i];
+  }
+  if (aa <= 0.0 || bb <= 0.0) return 1.0f;
+  return static_cast<float>(1.0 - ab / (std::sqrt(aa) * std::sqrt(bb)));
+}
+
 /// 1 − ⟨a,b⟩/(‖a‖‖b‖) from one pass over both vectors.
 float cosine_distance(const float* a, const float* b, std::size_t dim) noexcept {
   batch ab = lanes::zero(), aa = lanes::zero(), bb = lanes::zero();
@@ -154,8 +167,9 @@ float cosine_distance(const float* a, const float* b, std::size_t dim) noexcept 
     s_aa += a[i] * a[i];
     s_bb += b[i] * b[i];
   }
-  if (s_aa <= 0.0f || s_bb <= 0.0f) return 1.0f;
-  // ‖a‖²‖b‖² underflows or overflows float for norms beyond about 1e±19 (e.g. a = b = {1e-12}: −inf):
+  // A squared norm that underflowed (a tiny non-zero vector would read as zero) or overflowed: in double.
+  if (!std::isnormal(s_aa) || !std::isnormal(s_bb)) return cosine_distance_wide(a, b, dim);
+  // ‖a‖²‖b‖² underflows or overflows float for norms beyond about 1e±10 (e.g. a = b = {1e-12}: −inf):
   // then the roots one at a time.
   const float product = s_aa * s_bb;
   return 1.0f - s_ab / (std::isnormal(product) ? std::sqrt(product) : std::sqrt(s_aa) * std::sqrt(s_bb));
@@ -261,7 +275,7 @@ inline void store_hsums4(const __m256i (&acc)[4], std::int32_t* out) noexcept {
 /// HNSW16,SQ8 traversal ~8% more QPS (medians of five interleaved runs), recall unchanged.
 std::int32_t dot_u8_i16(const std::int16_t* a, const std::uint8_t* c, std::size_t dim) noexcept {
   std::size_t i = 0;
-  std::int32_t sum = 0;
+  std::uint32_t sum = 0;  // wraps past the limit instead of overflowing (UB)
 #if defined(__AVX512F__)
   const auto step = [&](std::size_t at, __mmask32 m, __m512i acc) {
     const __m512i x = _mm512_cvtepu8_epi16(_mm256_maskz_loadu_epi8(m, c + at));
@@ -277,10 +291,10 @@ std::int32_t dot_u8_i16(const std::int16_t* a, const std::uint8_t* c, std::size_
     const __m256i x = _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + i)));
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(x, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i))));
   }
-  sum = hsum_epi32(acc);
+  sum = static_cast<std::uint32_t>(hsum_epi32(acc));
 #endif
-  for (; i < dim; ++i) sum += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(c[i]);
-  return sum;
+  for (; i < dim; ++i) sum += static_cast<std::uint32_t>(static_cast<std::int32_t>(a[i]) * c[i]);
+  return static_cast<std::int32_t>(sum);  // modulo 2^32 past the limit, as the vector lanes wrap
 }
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
@@ -349,7 +363,7 @@ void dot_u8_i16_one_to_many(const std::int16_t* a, const std::uint8_t* c, std::s
 /// codes are at most 15.
 std::int32_t dot_u4_i16(const std::int16_t* a, const std::uint8_t* c, std::size_t dim) noexcept {
   std::size_t i = 0;
-  std::int32_t sum = 0;
+  std::uint32_t sum = 0;  // wraps past the limit instead of overflowing (UB)
 #if defined(__AVX2__)
   const __m256i low = _mm256_set1_epi16(0x0f);
   __m256i acc = _mm256_setzero_si256();
@@ -364,10 +378,10 @@ std::int32_t dot_u4_i16(const std::int16_t* a, const std::uint8_t* c, std::size_
     acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_srli_epi16(x, 4),
                                                   _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i + 16))));
   }
-  sum = hsum_epi32(acc);
+  sum = static_cast<std::uint32_t>(hsum_epi32(acc));
 #endif
-  for (; i < dim; ++i) sum += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(u4_code(c, i));
-  return sum;
+  for (; i < dim; ++i) sum += static_cast<std::uint32_t>(static_cast<std::int32_t>(a[i]) * u4_code(c, i));
+  return static_cast<std::int32_t>(sum);  // modulo 2^32 past the limit, as the vector lanes wrap
 }
 
 #if defined(__AVX2__)
@@ -480,6 +494,7 @@ void rank_argmin(const float* ip, const float* norms, std::size_t n, float* best
   for (const float v : part) low = std::min(low, v);
 #endif
   for (; j < n; ++j) low = std::min(low, rank_at(ip, norms, j));
+  low += 0.0f;  // +0 for −0: a minimum of the two zeros keeps either, in an order each level picks
   if (!(low < *best)) return;
   *best = low;
   if (at == nullptr) return;

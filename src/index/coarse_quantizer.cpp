@@ -293,6 +293,26 @@ void coarse_quantizer::probe_exact(const float* query, std::size_t nprobe, std::
   write_probes(heap, nprobe, probes);
 }
 
+void coarse_quantizer::probe_every(const float* query, std::size_t nprobe, std::uint32_t* probes) const {
+  const std::size_t nlist = centroids_.rows, dim = centroids_.dim;
+  const scratch_lease<probe_scratch> lease;
+  probe_scratch& s = lease.get();
+  s.scores.resize(nlist);
+  float* scores = s.scores.data();
+  const distance_kernels& k = active_kernels();
+  if (metric_ == metric::l2) {
+    k.l2sqr_one_to_many(query, centroids_.row(0), nlist, dim, dim, scores);
+  } else {  // the graph's −⟨q, c⟩
+    k.inner_product_one_to_many(query, centroids_.row(0), nlist, dim, dim, scores);
+    for (std::size_t c = 0; c < nlist; ++c) scores[c] = -scores[c];
+  }
+  topk_heap& heap = s.best;
+  heap.reset(nprobe);
+  for (std::size_t c = 0; c < nlist; ++c)
+    if (scores[c] <= heap.worst()) heap.push(scores[c], static_cast<std::uint32_t>(c));
+  write_probes(heap, nprobe, probes);
+}
+
 void coarse_quantizer::set_centroids(matrix<float> centroids) {
   if (hnsw_m_ != 0) {
     hnsw_params params;
@@ -331,6 +351,13 @@ void coarse_quantizer::probe(matrix_view<const float> queries, std::size_t nprob
       return;
     }
     rank(queries, nprobe, probes);
+    return;
+  }
+  // A search exploring at least nlist candidates scores every centroid: done directly, it costs less than
+  // the graph and does not depend on every node being reachable (at M 2 a few may not be).
+  if (std::max(nprobe, ef == 0 ? hnsw_index::default_ef : ef) >= centroids_.rows) {
+    detail::parallel_for(queries.rows,
+                         [&](std::size_t q) { probe_every(queries.row(q), nprobe, probes + q * nprobe); });
     return;
   }
   search_params params;

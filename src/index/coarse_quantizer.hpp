@@ -64,8 +64,8 @@ class coarse_quantizer {
   /// The nearest list of each row of `vectors` (already in the lists' space) into `labels`.
   void assign(matrix_view<const float> vectors, std::uint32_t* labels) const;
   /// The `nprobe` (≤ nlist) nearest lists of each query, nearest first, into `probes[q * nprobe + j]`;
-  /// the HNSW kind explores `ef` candidates (0: max(nprobe, 64)) and pads with `no_list` when the graph
-  /// yields fewer lists.
+  /// the HNSW kind explores `ef` candidates (0: max(nprobe, 64)) — every centroid, without the graph,
+  /// when that is at least nlist — and pads with `no_list` when the graph yields fewer lists.
   void probe(matrix_view<const float> queries, std::size_t nprobe, std::size_t ef, std::uint32_t* probes) const;
 
   /// Writes CENT (empty when untrained) and, for the HNSW kind, CQHN (its M) and the graph's sections.
@@ -93,6 +93,9 @@ class coarse_quantizer {
   /// too small for its GEMM (the same one-to-many kernel and (score, list) order), without its per-call
   /// buffers.
   void probe_exact(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
+  /// The HNSW kind's probe of one query when its search would explore every centroid: all of them scored
+  /// pairwise, as the graph scores them (L2, or −⟨q, c⟩), in (score, list) order.
+  void probe_every(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
 
   metric metric_;
   std::size_t hnsw_m_;

@@ -389,14 +389,14 @@ matrix<Out> read_npy_as(const fs::path& path, std::size_t max_rows) {
       detail::read_values<std::uint8_t>(file, at, count, dst);
       break;
     case npy_dtype::int32:
-      if constexpr (want_float) {  // exactly, or not at all: a float holds integers up to 2^24 in magnitude
+      if constexpr (want_float) {  // exactly, or not at all (every integer up to 2^24 in magnitude, some beyond)
         std::vector<std::int32_t> wide(count);
         detail::read_values<std::int32_t>(file, at, count, wide.data());
-        constexpr std::int32_t exact = std::int32_t{1} << 24;
         for (std::size_t i = 0; i < count; ++i) {
-          SHOAL_CHECK_CODE(wide[i] >= -exact && wide[i] <= exact, errc::unsupported, file.name(), ": int32 value ",
-                           wide[i], " at row ", i / h.dim, " has no exact float32 value (vectors are read as float32)");
           dst[i] = static_cast<float>(wide[i]);
+          SHOAL_CHECK_CODE(static_cast<double>(dst[i]) == static_cast<double>(wide[i]), errc::unsupported, file.name(),
+                           ": int32 value ", wide[i], " at row ", i / h.dim,
+                           " has no exact float32 value (vectors are read as float32)");
         }
       } else {
         detail::read_values<std::int32_t>(file, at, count, dst);

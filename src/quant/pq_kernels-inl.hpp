@@ -508,7 +508,8 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   const float scale = table_scale(w);
   const __m256 vscale = _mm256_set1_ps(scale);
   // x · scale + (0.5 − lo · scale), truncated: (x − lo) · scale rounded to nearest, up to float rounding
-  // (the reference rounds (x − lo) · scale first; a code may differ by one step). A value just past 255
+  // (the reference rounds (x − lo) · scale first; a code may differ by one step, by more where |lo · scale|
+  // passes 2^24 and the constant itself rounds by a step or more: docs/pq.md). A value just past 255
   // saturates in the byte pack, so no clamp is needed.
   const auto codes = [&](const float* row, float lo) {
     const __m256 shift = _mm256_set1_ps(0.5f - lo * scale);

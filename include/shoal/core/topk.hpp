@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "shoal/core/error.hpp"
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/types.hpp"
 
@@ -57,7 +58,9 @@ class topk_heap {
   /// come, so a k far above the index size (asking for "all") costs what is found, not k.
   static constexpr std::size_t reserved_max = 4096;
 
-  explicit topk_heap(std::size_t k) : k_(k) { heap_.reserve(std::min(k, reserved_max)); }
+  /// Throws `shoal::error` (`errc::invalid_argument`) when k is 0: a search for nothing is refused
+  /// before it gets here.
+  explicit topk_heap(std::size_t k) : k_(checked(k)) { heap_.reserve(std::min(k, reserved_max)); }
 
   [[nodiscard]] std::size_t capacity() const noexcept { return k_; }
   [[nodiscard]] std::size_t size() const noexcept { return heap_.size(); }
@@ -86,9 +89,9 @@ class topk_heap {
   void clear() noexcept { heap_.clear(); }
   /// Empties the heap and makes it keep the `k` best from now on (its storage is reused).
   void reset(std::size_t k) {
+    k_ = checked(k);
     heap_.clear();
     heap_.reserve(std::min(k, reserved_max));
-    k_ = k;
   }
 
   /// Sorts the kept candidates best first in place and returns them; the next `push` needs a `clear` or
@@ -116,6 +119,10 @@ class topk_heap {
   }
 
  private:
+  static std::size_t checked(std::size_t k) {
+    SHOAL_CHECK(k >= 1, "topk_heap: k must be at least 1");
+    return k;
+  }
   /// The worst kept candidate: the sorted array's last, the heap's root.
   [[nodiscard]] const scored_id& last() const noexcept { return k_ <= sorted_max_k ? heap_.back() : heap_.front(); }
   /// Best first: the sorted array already is.

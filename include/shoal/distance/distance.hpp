@@ -65,7 +65,7 @@ struct distance_kernels {
   /// Σ a_j · c_j of int16 coefficients and uint8 codes (the inner loop of scalar-quantized distances,
   /// with the query's coefficients rounded to integers), its gather form, and its one-to-many form over n
   /// rows of `dim` codes stored back to back. Exact, so identical at
-  /// every level, when every |a_j| ≤ `dot_u8_i16_limit(dim)`; beyond that the int32 sum may overflow.
+  /// every level, when every |a_j| ≤ `dot_u8_i16_limit(dim)`; beyond that the sum wraps modulo 2^32.
   std::int32_t (*dot_u8_i16)(const std::int16_t* a, const std::uint8_t* c, std::size_t dim) noexcept;
   void (*dot_u8_i16_gather)(const std::int16_t* a, const std::uint8_t* const* codes, std::size_t n, std::size_t dim,
                             std::int32_t* out) noexcept;
