@@ -207,11 +207,12 @@ struct hnsw_index::impl {
   std::vector<slab> slabs;                                     // under slots_mutex; buffers never move
   std::atomic<slot_t> slot_count{0};                           // slots ever handed out
   std::atomic<std::size_t> live_count{0};
-  // Removals (and upserts) since the last `repair_reachability`: a removal relinks the removed node's
-  // neighbours locally, which leaves a few nodes unreachable over many removals (M = 3: up to 12 of
-  // 1,125 after removing a quarter one by one); a walk once they reach a sixteenth of the index brings
-  // them back, at a bounded cost per removal.
-  std::atomic<std::size_t> removed_since_repair{0};
+  // Nodes added, removed or upserted since the last `repair_reachability`: a removal relinks the removed
+  // node's neighbours locally, which leaves a few nodes unreachable over many removals (M = 3: up to 12
+  // of 1,125 after removing a quarter one by one), and adds leave some too (inner product, M 16: 25 of
+  // 10,000 added one at a time); a walk once they reach a sixteenth of the index brings them back, at a
+  // bounded cost per change.
+  std::atomic<std::size_t> changed_since_repair{0};
   std::atomic<std::uint64_t> sequence{0};  // insertion sequence number, the level generator's input
   std::atomic<std::uint64_t> entry{empty_entry};
 
@@ -862,10 +863,10 @@ struct hnsw_index::impl {
     return false;
   }
 
-  /// Counts one removal; runs `repair_reachability` once they reach a sixteenth of the live nodes.
-  /// Caller holds the structure lock exclusively.
-  void repair_after_removals() {
-    if ((removed_since_repair.fetch_add(1, std::memory_order_relaxed) + 1) * 16 <
+  /// Counts `changes` nodes added, removed or upserted; runs `repair_reachability` once the count since
+  /// the last walk reaches a sixteenth of the live nodes. Caller holds the structure lock (shared: adds).
+  void repair_after_changes(std::size_t changes) {
+    if ((changed_since_repair.fetch_add(changes, std::memory_order_relaxed) + changes) * 16 <
         live_count.load(std::memory_order_relaxed))
       return;
     std::unique_ptr<scratch> s = acquire();
@@ -873,36 +874,48 @@ struct hnsw_index::impl {
     release(std::move(s));
   }
 
-  /// Links in every live node that no bottom-layer path from the entry reaches. The in-link counts
+  /// Marks `start` and every usable node that `next` leads to from a marked one in `marked` (one entry
+  /// per slot; nodes marked already are not entered). `next(x, visit)` calls `visit(y)` for each y that
+  /// x leads to (out-of-range slots are ignored).
+  template <class Next>
+  void flood(slot_t start, std::vector<std::uint8_t>& marked, const Next& next) const {
+    std::vector<slot_t> stack{start};
+    marked[start] = 1;
+    const auto visit = [&](slot_t y) {
+      if (y < marked.size() && marked[y] == 0 && usable(y, 0)) {
+        marked[y] = 1;
+        stack.push_back(y);
+      }
+    };
+    while (!stack.empty()) {
+      const slot_t x = stack.back();
+      stack.pop_back();
+      next(x, visit);
+    }
+  }
+
+  /// Links in every live node that no bottom-layer path from the entry reaches, and gives every node a
+  /// search may start its bottom layer from a path to the entry (`link_exits`). The in-link counts
   /// keep a node from losing its last in-link, but not a few nodes from linking only each other: under
   /// inner product, small-norm nodes that every large-norm hub prunes away ended up in such closed
   /// pairs and triples. A depth-first walk from the entry finds them; each is linked from the nearest
   /// reachable node that can take it (a search from the entry walks reachable nodes only), which
-  /// brings in the rest of its group. Reads every bottom-layer list once: `add` runs it when its batch
-  /// is large next to the index, so its cost per added vector stays bounded.
+  /// brings in the rest of its group. Reads every bottom-layer list a few times: `repair_after_changes`
+  /// runs it once a sixteenth of the index has changed, so its cost per change stays bounded.
   void repair_reachability(scratch& s) {
-    removed_since_repair.store(0, std::memory_order_relaxed);
+    changed_since_repair.store(0, std::memory_order_relaxed);
     const std::uint64_t ep = entry.load(std::memory_order_acquire);
     if (ep == empty_entry) return;
     const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
     const auto ep_level = static_cast<std::size_t>(ep >> 32);
     const std::size_t n = slot_count.load(std::memory_order_acquire);
     std::vector<std::uint8_t> seen(n, 0);
-    std::vector<slot_t> stack;
     std::vector<slot_t> buf(max_links0);
     const auto walk = [&](slot_t from) {
-      seen[from] = 1;
-      stack.push_back(from);
-      while (!stack.empty()) {
-        const slot_t x = stack.back();
-        stack.pop_back();
+      flood(from, seen, [&](slot_t x, const auto& visit) {
         const std::size_t count = copy_links(x, 0, buf.data());
-        for (std::size_t i = 0; i < count; ++i)
-          if (const slot_t y = buf[i]; y < n && seen[y] == 0 && usable(y, 0)) {
-            seen[y] = 1;
-            stack.push_back(y);
-          }
-      }
+        for (std::size_t i = 0; i < count; ++i) visit(buf[i]);
+      });
     };
     s.building = true;  // as in an insert: nodes whose own insert is running are neither used nor linked
     // A forced link can push another out of a full list, and with it the only path to that link's
@@ -928,7 +941,7 @@ struct hnsw_index::impl {
         const auto with_room = [&](std::span<const cand> from) {
           std::vector<cand> roomy;
           for (const cand& c : from)
-            if (links(c.slot, 0)[0] < capacity(0)) roomy.push_back(c);
+            if (load_link(links(c.slot, 0)[0], std::memory_order_acquire) < capacity(0)) roomy.push_back(c);
           return roomy;
         };
         if (!link_from_nearest(u, with_room(near))) {
@@ -940,9 +953,64 @@ struct hnsw_index::impl {
         walk(u);
         linked = true;
       }
+      if (ep_level > 0 && link_exits(s, ep_slot, n)) linked = true;
       if (!linked) break;
     }
     s.building = false;
+  }
+
+  /// Gives every upper-layer node a bottom-layer path to the entry `ep_slot`; true when it linked
+  /// anything. A search enters the bottom layer where its descent ends, at an upper-layer node, not at
+  /// the entry, and links are one-way: under inner product a group of nodes could link only among
+  /// themselves, and a search entering it explored that group alone whatever its ef (24-d, 20
+  /// clusters, M 8: 86 of 3,000 nodes found by no search from their own vector). A walk from the entry
+  /// over the reversed links finds every node with a path to it; an upper-layer node without one gets a
+  /// link to the nearest node with one (found from the entry), which gives a path to every node that
+  /// reaches it. The reversed links take one slot index per bottom-layer link for the walk's duration.
+  bool link_exits(scratch& s, slot_t ep_slot, std::size_t n) {
+    // In-links as offsets into `from`: counted, then filled; a list that changed in between (a concurrent
+    // add) loses the links that no longer fit, which can only make the repair link more than it needs.
+    std::vector<std::size_t> first(n + 1, 0);
+    std::vector<slot_t> buf(max_links0);
+    const auto each_link = [&](const auto& body) {
+      for (slot_t x = 0; x < n; ++x) {
+        if (!usable(x, 0)) continue;
+        const std::size_t count = copy_links(x, 0, buf.data());
+        for (std::size_t i = 0; i < count; ++i)
+          if (buf[i] < n) body(x, buf[i]);
+      }
+    };
+    each_link([&](slot_t, slot_t y) { ++first[y + 1]; });
+    std::partial_sum(first.begin(), first.end(), first.begin());
+    std::vector<slot_t> from(first[n], no_slot);
+    std::vector<std::size_t> next(first.begin(), first.end() - 1);
+    each_link([&](slot_t x, slot_t y) {
+      if (next[y] < first[y + 1]) from[next[y]++] = x;
+    });
+    std::vector<std::uint8_t> exits(n, 0);  // has a path to the entry
+    const auto walk_back = [&](slot_t to) {
+      flood(to, exits, [&](slot_t y, const auto& visit) {
+        for (std::size_t j = first[y]; j < first[y + 1]; ++j) visit(from[j]);
+      });
+    };
+    walk_back(ep_slot);
+    bool linked = false;
+    for (slot_t u = 0; u < n; ++u) {
+      if (exits[u] != 0 || !usable(u, 1) || linking(u).load(std::memory_order_acquire) != 0) continue;
+      const query_ctx ctx{vec(u)};
+      s.reset(slot_count.load(std::memory_order_acquire), max_links0);
+      const std::vector<cand> entries{{distance(ctx.q, vec(ep_slot)), ep_slot}};  // the entry reaches all
+      std::vector<cand> near =
+          search_layer(ctx, entries, build.ef_construction, 0, s, [&](slot_t x) { return x < n && exits[x] != 0; });
+      std::sort(near.begin(), near.end());
+      for (const cand& c : near)
+        if (link_back(u, c.slot, c.distance, 0, true)) {
+          walk_back(u);  // u, and every node with a path to it, now reach the entry
+          linked = true;
+          break;
+        }
+    }
+    return linked;
   }
 
   /// Links the published node `q` into the graph.
@@ -1313,13 +1381,7 @@ void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id
     x.release(std::move(s));
     x.live_count.fetch_add(1, std::memory_order_relaxed);
   });
-  // Once the batch is at least a sixteenth of the index: each walk then reads at most 16 link lists
-  // per vector added since the last one.
-  if (ids.size() * 16 >= x.live_count.load(std::memory_order_relaxed)) {
-    std::unique_ptr<scratch> s = x.acquire();
-    x.repair_reachability(*s);
-    x.release(std::move(s));
-  }
+  x.repair_after_changes(ids.size());
 }
 
 void hnsw_index::train(matrix_view<const float> sample) {
@@ -1355,7 +1417,7 @@ void hnsw_index::remove(vector_id id) {
     x.slot_of.erase(it);
   }
   x.remove_slot(slot);
-  x.repair_after_removals();
+  x.repair_after_changes(1);
 }
 
 void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
@@ -1386,7 +1448,7 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
   x.insert(slots[0], *s);
   x.release(std::move(s));
   x.live_count.fetch_add(1, std::memory_order_relaxed);
-  x.repair_after_removals();
+  x.repair_after_changes(1);
 }
 
 bool hnsw_index::is_trained() const noexcept {
