@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "shoal/distance/distance.hpp"
 
@@ -41,7 +42,9 @@ void sq8_estimator::prepare(const scalar_quantizer& sq, metric m, const float* q
   }
   if (m == metric::cosine) offset += 1.0f;
   const auto limit = static_cast<float>(dot_u8_i16_limit(dim));
-  unit_ = largest > 0.0f ? largest / limit : 1.0f;
+  // At least the smallest normal float: a subnormal `largest` (codes trained on data that varies by
+  // 1e-38) divided by the limit would underflow to 0, and a_j / 0 is not a number to round.
+  unit_ = largest > 0.0f ? std::max(largest / limit, std::numeric_limits<float>::min()) : 1.0f;
   offset_ = offset;
   // Rounded to nearest even as std::nearbyint does (in the default rounding mode), by adding and
   // subtracting 1.5·2²³: exact for |x| < 2²², and |a_j| / unit ≤ limit ≤ 32767. Unlike the library
