@@ -119,6 +119,28 @@ TEST_CASE("collection: semantic routing visiting 2 of 8 shards keeps recall@10 >
   CHECK(recall(hybrid.search(data.queries.view(), 10, {.shard_probe = 4}), exact) == 1.0);
 }
 
+TEST_CASE("collection: semantic routing is the same for data far from the origin", "[collection]") {
+  // Shifting data and queries alike changes no L2 distance. The router ranked centroids by
+  // ‖c‖² − 2⟨q, c⟩, whose terms grow with the offset: at 10,000, probing 2 of 16 shards recalled 0.22
+  // of what it recalls at 0.
+  const auto recall_at = [](float offset) {
+    clustered_set data(4000, 300, 16, 64, 5, 0.4f);
+    for (float& v : data.base.values) v += offset;
+    for (float& v : data.queries.values) v += offset;
+    collection_options o = options_for(sharding::semantic, 16, metric::l2);
+    o.shards = 16;
+    collection c(o);
+    c.train(data.base.view());
+    c.add(data.base.view(), data.ids);
+    const neighbors all = c.search(data.queries.view(), 10, {});
+    return recall(c.search(data.queries.view(), 10, {.shard_probe = 2}), all);
+  };
+  const double near = recall_at(0.0f);
+  const double far = recall_at(10000.0f);
+  CAPTURE(near, far);
+  CHECK(far >= near - 0.02);
+}
+
 TEST_CASE("collection: HNSW shards reach the recall of one HNSW index", "[collection]") {
   const clustered_set data(4000, 100, 32, 16, 13, 0.3f);
   const neighbors exact = flat_of(data, metric::l2).search(data.queries.view(), 10);
@@ -1219,6 +1241,34 @@ TEST_CASE("collection: Prometheus metrics name every stage, shard and replica", 
   CHECK(s.p50_seconds > 0);
   CHECK(s.p50_seconds <= s.p99_seconds);
   CHECK(c.metrics_text("a\"b").find("collection=\"a\\\"b\"") != std::string::npos);
+  // Label values must be UTF-8: one that is not would make Prometheus refuse the whole scrape.
+  CHECK(c.metrics_text("caf\xc3\xa9 \xf0\x9f\x90\x9f").find("collection=\"caf\xc3\xa9 \xf0\x9f\x90\x9f\"") !=
+        std::string::npos);
+  for (const char* bad : {"caf\xe9", "\xc0\xaf", "\xed\xa0\x80", "\xf4\x90\x80\x80", "\xe2\x82"}) {
+    CAPTURE(bad);
+    REQUIRE_THROWS_MATCHES(c.metrics_text(bad), shoal::error, fails_with(errc::invalid_argument, "not valid UTF-8"));
+  }
+}
+
+TEST_CASE("collection: metrics scraped while train() trains the shards", "[collection][concurrency]") {
+  // Training trained the published shard indexes in place, racing a scrape's memory_bytes (TSan).
+  collection_options o = options_for(sharding::hash, 8, metric::l2);
+  o.index = "IVF16,Flat";
+  o.shards = 2;
+  const matrix<float> sample = make_clustered(2000, 8, 8, 1);
+  collection c(o);
+  std::atomic<bool> done{false};
+  std::thread scraper([&] {
+    while (!done.load()) {
+      (void)c.metrics_text("x");
+      (void)c.memory_bytes();
+    }
+  });
+  c.train(sample.view());
+  done.store(true);
+  scraper.join();
+  CHECK(c.is_trained());
+  CHECK(c.memory_bytes() > 16 * 8 * sizeof(float));
 }
 
 TEST_CASE("collection: concurrent add/upsert/remove/search and replica loss are safe", "[collection][concurrency]") {

@@ -521,7 +521,12 @@ void collection::train(matrix_view<const float> sample) {
     st.executor(s).execute([&] {
       for (const auto& rep : lay->shards[s]->replicas) {
         const std::shared_ptr<any_index> index = rep->index.load();
-        if (index && !index->is_trained()) index->train(data);
+        if (!index || index->is_trained()) continue;
+        // A fresh index trained and swapped in: the published one may be read meanwhile (memory_bytes
+        // and metrics take no lock against training), and the layout published now shares its replicas.
+        auto trained = std::make_shared<any_index>(make_index(st.options.index, st.options.dim, st.options.metric));
+        trained->train(data);
+        rep->index.store(std::move(trained));
       }
     });
   });
@@ -828,7 +833,7 @@ void detail::rebalance(collection_state& st) {
     if (routed.rows >= lay->route.centroid_count())
       lay->route.train(routed);
     else
-      lay->route.set_centroids(old->route.centroids());
+      lay->route.share_centroids(old->route);
     std::vector<std::vector<std::size_t>> rows(lay->shards.size());
     const std::vector<std::uint32_t> to = lay->route.route(routed, kept_ids, {});
     for (std::size_t i = 0; i < kept_ids.size(); ++i) rows[to[i]].push_back(i);
@@ -913,6 +918,8 @@ collection_stats collection::stats() const {
 }
 
 std::string collection::metrics_text(std::string_view name) const {
+  // A scrape with one malformed label value is refused whole by Prometheus's parser.
+  SHOAL_CHECK(detail::valid_utf8(name), "collection::metrics_text: the name is not valid UTF-8");
   const detail::collection_state& st = *state_;
   using detail::prometheus_writer;
   std::string out;

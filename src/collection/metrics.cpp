@@ -78,6 +78,40 @@ void prometheus_writer::histogram(std::string_view name, std::string_view labels
   sample(base + "_count", labels, static_cast<double>(s.count));
 }
 
+bool valid_utf8(std::string_view text) noexcept {
+  const auto* p = reinterpret_cast<const unsigned char*>(text.data());
+  const auto* end = p + text.size();
+  while (p < end) {
+    const unsigned char c = *p;
+    // Sequence length and the range its second byte must fall in: no overlong forms, no surrogates
+    // (U+D800-DFFF), nothing above U+10FFFF.
+    std::size_t length = 0;
+    unsigned char low = 0x80, high = 0xbf;
+    if (c < 0x80) {
+      ++p;
+      continue;
+    }
+    if (c >= 0xc2 && c <= 0xdf) {
+      length = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+      length = 3;
+      if (c == 0xe0) low = 0xa0;
+      if (c == 0xed) high = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+      length = 4;
+      if (c == 0xf0) low = 0x90;
+      if (c == 0xf4) high = 0x8f;
+    } else {
+      return false;
+    }
+    if (static_cast<std::size_t>(end - p) < length || p[1] < low || p[1] > high) return false;
+    for (std::size_t i = 2; i < length; ++i)
+      if (p[i] < 0x80 || p[i] > 0xbf) return false;
+    p += length;
+  }
+  return true;
+}
+
 std::string prometheus_writer::label(std::string_view key, std::string_view value) {
   std::string out(key);
   out += "=\"";

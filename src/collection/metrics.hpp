@@ -11,6 +11,9 @@
 
 namespace shoal::detail {
 
+/// Whether `text` is well-formed UTF-8 (what the Prometheus text format requires of label values).
+[[nodiscard]] bool valid_utf8(std::string_view text) noexcept;
+
 /// Latency histogram with fixed exponential buckets: upper bounds 1 µs · 2^i, i = 0 .. 24 (1 µs to
 /// about 16.8 s), plus +Inf. Recording is two relaxed atomic adds, so any number of threads record
 /// concurrently without a lock; readers see a consistent-enough snapshot for monitoring (a count and

@@ -117,7 +117,7 @@ void collection_state::write_snapshot(const layout& lay, const std::filesystem::
       owners.push_back(s);
     }
   }
-  const matrix<float>& centroids = lay.route.centroids();
+  const matrix_view<const float> centroids = lay.route.centroids();
   manifest_params p{};
   p.policy = static_cast<std::uint32_t>(options.policy);
   p.shards = static_cast<std::uint32_t>(options.shards);
@@ -141,7 +141,7 @@ void collection_state::write_snapshot(const layout& lay, const std::filesystem::
   out.begin_section(tag_bounds);
   out.append(std::span<const std::uint64_t>(options.range_bounds));
   out.begin_section(tag_centroids);
-  out.append(std::span<const float>(centroids.values.data(), centroids.values.size()));
+  out.append(std::span<const float>(centroids.data, centroids.rows * centroids.dim));
   out.begin_section(tag_table_ids);
   out.append(std::span<const vector_id>(ids));
   out.begin_section(tag_table_shards);

@@ -30,10 +30,14 @@ void router::train(matrix_view<const float> sample) {
   p.seed = seed_;
   p.spherical = metric_ != shoal::metric::l2;
   p.balance = balance_;
-  centroids_ = kmeans(sample, p).centroids;
+  set_centroids(kmeans(sample, p).centroids);
 }
 
-void router::set_centroids(matrix<float> centroids) { centroids_ = std::move(centroids); }
+void router::set_centroids(matrix<float> centroids) {
+  auto quantizer = std::make_shared<coarse_quantizer>(metric_, 0);
+  quantizer->set_centroids(std::move(centroids));
+  quantizer_ = std::move(quantizer);
+}
 
 std::vector<std::uint32_t> router::route(matrix_view<const float> vectors, std::span<const vector_id> ids,
                                          std::span<const std::uint64_t> keys) const {
@@ -51,12 +55,13 @@ std::vector<std::uint32_t> router::route(matrix_view<const float> vectors, std::
     case sharding::semantic:
     case sharding::hybrid: {
       if (ids.empty()) break;
-      const centroid_assignment a = assign(vectors, centroids_.view(), metric_, 1);
+      std::vector<std::uint32_t> nearest(ids.size());
+      quantizer_->assign(vectors, nearest.data());
       for (std::size_t i = 0; i < ids.size(); ++i)
         out[i] =
             policy_ == sharding::semantic
-                ? a.labels[i]
-                : static_cast<std::uint32_t>(a.labels[i] * shards_per_group() + mix_id(ids[i]) % shards_per_group());
+                ? nearest[i]
+                : static_cast<std::uint32_t>(nearest[i] * shards_per_group() + mix_id(ids[i]) % shards_per_group());
       break;
     }
   }
@@ -70,7 +75,8 @@ router::visits router::visit(matrix_view<const float> queries, std::size_t probe
     v.per_query = shards_;
     return v;
   }
-  const centroid_assignment a = assign(queries, centroids_.view(), metric_, probe);
+  std::vector<std::uint32_t> nearest(queries.rows * probe);
+  quantizer_->probe(queries, probe, 0, nearest.data());
   const std::size_t per_group = shards_per_group();
   v.per_query = probe * per_group;
   v.shards.resize(queries.rows * v.per_query);
@@ -78,7 +84,7 @@ router::visits router::visit(matrix_view<const float> queries, std::size_t probe
     for (std::size_t j = 0; j < probe; ++j)
       for (std::size_t s = 0; s < per_group; ++s)
         v.shards[q * v.per_query + j * per_group + s] =
-            static_cast<std::uint32_t>(a.labels[q * probe + j] * per_group + s);
+            static_cast<std::uint32_t>(nearest[q * probe + j] * per_group + s);
   return v;
 }
 

@@ -281,7 +281,8 @@ class collection {
   /// Every metric in the Prometheus text exposition format (version 0.0.4): query and write counters,
   /// latency histograms per stage (route, shard, merge, search, write) and per shard, items per shard,
   /// live replicas, replica lag (writes a downed replica missed), training, rebalancing and checkpoint
-  /// times. Metric names start with `shoal_`; `name` becomes the `collection` label of every sample.
+  /// times. Metric names start with `shoal_`; `name` becomes the `collection` label of every sample
+  /// (escaped as the format requires; `errc::invalid_argument` when it is not valid UTF-8).
   [[nodiscard]] std::string metrics_text(std::string_view name = "default") const;
 
  private:
