@@ -652,6 +652,18 @@ TEST_CASE("collection: open checks the router centroids and each shard's ids bef
   test::spit(manifest, pristine);
   CHECK(collection::open(home).size() == 200);
 
+  // A finite centroid past the norm bound (checksums recomputed): every routing score overflowed and
+  // every vector went to shard 0 without an error.
+  sections = test::sections_of(pristine);
+  for (test::file_section& x : sections)
+    if (x.tag == "RCEN") {
+      const float huge = 1e30f;
+      std::memcpy(x.content.data(), &huge, sizeof huge);
+    }
+  test::spit(manifest, test::with_sections(pristine, sections));
+  REQUIRE_THROWS_MATCHES(collection::open(home), shoal::error, fails_with(errc::corrupt_file, "router centroid"));
+  test::spit(manifest, pristine);
+
   // Two shard files of equal size swapped: the counts agree with the routing table, the ids do not. The
   // open succeeded, the first remove then failed in the shard after it was logged, and every later
   // open failed replaying it.

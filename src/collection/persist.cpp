@@ -16,6 +16,7 @@
 
 #include "collection/state.hpp"
 #include "io/format.hpp"
+#include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/index/factory.hpp"
 
@@ -249,8 +250,9 @@ collection collection::open(const std::filesystem::path& directory, const collec
                                              io::detail::checked_mul(p.centroid_rows, o.dim, name, "router centroids"));
     centroids.rows = p.centroid_rows;
     centroids.dim = o.dim;
-    for (const float v : centroids.values)
-      SHOAL_CHECK_CODE(std::isfinite(v), errc::corrupt_file, name, ": router centroids hold NaN/Inf");
+    // As an IVF file's centroids: finite and inside the norm bound (a larger one made every score
+    // overflow and routed every vector to shard 0).
+    detail::check_loaded_vectors(centroids.view(), name, "router centroid");
     lay->route.set_centroids(std::move(centroids));
   } else {
     SHOAL_CHECK_CODE(in.section_size(detail::tag_centroids) == 0, errc::corrupt_file, name, ": router centroids (",

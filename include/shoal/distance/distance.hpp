@@ -140,12 +140,15 @@ constexpr void pack_u4(const std::uint8_t* codes, std::size_t dim, std::uint8_t*
 }
 
 /// `metric`'s distance (see `shoal::metric`) between two vectors at the active level. For cosine it
-/// normalises on the fly, so it needs no pre-normalised inputs.
+/// normalises on the fly, so it needs no pre-normalised inputs. Throws `shoal::error`
+/// (`errc::invalid_argument`) for a metric outside the enumeration; values are not checked.
 [[nodiscard]] float distance(metric m, const float* a, const float* b, std::size_t dim);
 
 /// Many-to-many distances: out[i * ldo + j] = distance(m, a_i, b_j), computed blockwise through the
 /// GEMM kernel (‖a‖² − 2⟨a,b⟩ + ‖b‖² for L2). Rounding therefore differs slightly from the pairwise
-/// kernels. Throws `shoal::error` if the dims differ or `ldo < b.rows`.
+/// kernels. Throws `shoal::error`: `errc::dimension_mismatch` if the dims differ, `errc::invalid_argument`
+/// for `ldo < b.rows` or an unknown metric, `errc::non_finite` for a NaN/Inf value or a row past the norm
+/// bound every index applies (the GEMM form would report such rows at distance 0).
 void distances_many(metric m, matrix_view<const float> a, matrix_view<const float> b, float* out, std::size_t ldo);
 
 }  // namespace shoal
