@@ -74,6 +74,14 @@ void write_probes(topk_heap& heap, std::size_t nprobe, std::uint32_t* probes) {
   heap.clear();
 }
 
+/// The `nprobe` best of `nlist` scores by (score, list) into `probes`, through `heap`.
+void best_probes(const float* scores, std::size_t nlist, std::size_t nprobe, topk_heap& heap, std::uint32_t* probes) {
+  heap.reset(nprobe);
+  for (std::size_t c = 0; c < nlist; ++c)
+    if (scores[c] <= heap.worst()) heap.push(scores[c], static_cast<std::uint32_t>(c));
+  write_probes(heap, nprobe, probes);
+}
+
 }  // namespace
 
 coarse_quantizer::coarse_quantizer(metric m, std::size_t hnsw_m) : metric_(m), hnsw_m_(hnsw_m) {
@@ -286,11 +294,7 @@ void coarse_quantizer::probe_exact(const float* query, std::size_t nprobe, std::
   active_kernels().inner_product_one_to_many(centred(query, s.query), centred_.row(0), nlist, centred_.dim,
                                              centred_.dim, scores);
   for (std::size_t c = 0; c < nlist; ++c) scores[c] = rank_score(l2, l2 ? norms_[c] : 0.0f, scores[c]);
-  topk_heap& heap = s.best;
-  heap.reset(nprobe);
-  for (std::size_t c = 0; c < nlist; ++c)
-    if (scores[c] <= heap.worst()) heap.push(scores[c], static_cast<std::uint32_t>(c));
-  write_probes(heap, nprobe, probes);
+  best_probes(scores, nlist, nprobe, s.best, probes);
 }
 
 void coarse_quantizer::probe_every(const float* query, std::size_t nprobe, std::uint32_t* probes) const {
@@ -306,11 +310,7 @@ void coarse_quantizer::probe_every(const float* query, std::size_t nprobe, std::
     k.inner_product_one_to_many(query, centroids_.row(0), nlist, dim, dim, scores);
     for (std::size_t c = 0; c < nlist; ++c) scores[c] = -scores[c];
   }
-  topk_heap& heap = s.best;
-  heap.reset(nprobe);
-  for (std::size_t c = 0; c < nlist; ++c)
-    if (scores[c] <= heap.worst()) heap.push(scores[c], static_cast<std::uint32_t>(c));
-  write_probes(heap, nprobe, probes);
+  best_probes(scores, nlist, nprobe, s.best, probes);
 }
 
 void coarse_quantizer::set_centroids(matrix<float> centroids) {
