@@ -5,8 +5,9 @@
 //
 //   curl -s localhost:9464/metrics | grep shoal_stage_latency_quantile_seconds
 //
-// --seconds 0 (the default) serves until interrupted. The data is seeded and generated (20,000 x 128
-// clustered vectors); one thread searches, one upserts (about 90% / 10% of the operations).
+// --seconds 0 (the default) serves until interrupted; --port 0 takes any free port and prints which. The
+// data is seeded and generated (20,000 x 128 clustered vectors); one thread searches, one upserts (about
+// 90% / 10% of the operations).
 
 #include <netinet/in.h>
 #include <poll.h>
@@ -49,7 +50,7 @@ options parse(int argc, char** argv) {
     if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
     const std::string value = argv[++i];
     if (arg == "--port")
-      o.port = static_cast<int>(shoal::examples::whole_number(arg, value, 1, 65535));
+      o.port = static_cast<int>(shoal::examples::whole_number(arg, value, 0, 65535));
     else if (arg == "--seconds")
       o.seconds = shoal::examples::non_negative(arg, value);
     else if (arg == "--shards")
@@ -170,7 +171,10 @@ int main(int argc, char** argv) try {
   address.sin_port = htons(static_cast<std::uint16_t>(o.port));
   if (::bind(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(server, 16) != 0)
     throw std::runtime_error("cannot listen on 127.0.0.1:" + std::to_string(o.port));
-  std::fprintf(stderr, "shoal-metrics-server: serving http://127.0.0.1:%d/metrics\n", o.port);
+  socklen_t length = sizeof address;  // the port bound, which --port 0 leaves to the system
+  if (::getsockname(server, reinterpret_cast<sockaddr*>(&address), &length) != 0)
+    throw std::runtime_error("getsockname() failed");
+  std::fprintf(stderr, "shoal-metrics-server: serving http://127.0.0.1:%d/metrics\n", ntohs(address.sin_port));
 
   std::atomic<bool> stop{false};
   std::thread searcher([&] {

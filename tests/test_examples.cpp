@@ -1,6 +1,12 @@
 // The examples, run as a user runs them: input they cannot use ends them with status 1 and a message
 // that names the file, instead of a crash or a meaningless report.
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
 #include <string>
 
 #include <catch2/catch.hpp>
@@ -34,6 +40,62 @@ TEST_CASE("cross_modal_search refuses image or caption files without vectors", "
   test::check_outcome(
       test::run_command(program + " --images " + (dir / "none.npy") + " --texts " + (dir / "texts.npy")), 1,
       "none.npy: no vectors");
+}
+
+/// Sends `request` to 127.0.0.1:`port` and returns everything the server answers until it closes.
+std::string http_exchange(int port, const std::string& request) {
+  const int peer = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(peer >= 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<std::uint16_t>(port));
+  REQUIRE(::connect(peer, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  for (std::size_t sent = 0; sent < request.size();) {
+    const ::ssize_t n = ::send(peer, request.data() + sent, request.size() - sent, MSG_NOSIGNAL);
+    REQUIRE(n > 0);
+    sent += static_cast<std::size_t>(n);
+  }
+  std::string answer;
+  char piece[4096];
+  for (::ssize_t n; (n = ::recv(peer, piece, sizeof piece, 0)) > 0;) answer.append(piece, static_cast<std::size_t>(n));
+  ::close(peer);
+  return answer;
+}
+
+TEST_CASE("shoal-metrics-server serves /metrics and answers other requests with their status", "[examples]") {
+  // 5 hybrid shards: a prime count, which only one group divides. Flat shards keep the start quick.
+  FILE* server = ::popen(
+      (std::string(SHOAL_METRICS_SERVER) + " --port 0 --seconds 3 --index Flat --shards 5 --sharding hybrid 2>&1")
+          .c_str(),
+      "r");
+  REQUIRE(server != nullptr);
+  std::string output;
+  int port = 0;
+  char line[512];
+  while (port == 0 && std::fgets(line, sizeof line, server) != nullptr) {
+    output += line;
+    std::sscanf(line, "shoal-metrics-server: serving http://127.0.0.1:%d/", &port);
+  }
+  INFO(output);
+  if (port != 0) {
+    const std::string metrics = http_exchange(port, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    CHECK(metrics.starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(metrics.find("shoal_shard_vectors{collection=\"example\",shard=\"4\"}") != std::string::npos);
+    CHECK(http_exchange(port, "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405 "));
+    CHECK(http_exchange(port, "GET /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
+    CHECK(http_exchange(port, "nonsense\r\n\r\n").starts_with("HTTP/1.1 400 "));
+    // Over the 16 KiB limit by less than one read: the blank line arrives in the piece that crosses it.
+    const std::string padded = "GET /metrics HTTP/1.1\r\nX-Pad: " + std::string(17000, 'a') + "\r\n\r\n";
+    CHECK(http_exchange(port, padded).starts_with("HTTP/1.1 431 "));
+  }
+  while (std::fgets(line, sizeof line, server) != nullptr) output += line;
+  const int status = ::pclose(server);
+  INFO(output);
+  REQUIRE(port != 0);
+  CHECK(WIFEXITED(status));
+  CHECK(WEXITSTATUS(status) == 0);
+  CHECK(output.find("queries ") != std::string::npos);
 }
 
 }  // namespace
