@@ -67,6 +67,7 @@ class word_buffer {
   std::uint16_t* reserve(std::size_t n) {
     if (n > words_) {
       data_.reset();
+      words_ = 0;  // so that a failed allocation below leaves an empty buffer, not a dangling size
       data_ = storage(static_cast<std::uint16_t*>(allocate_aligned(n * sizeof(std::uint16_t))),
                       release{n * sizeof(std::uint16_t)});
       words_ = n;
@@ -267,6 +268,18 @@ void inner_product_many(const float* a, std::size_t na, std::size_t lda, const f
   // packed data (padded rows are zero and never stored).
   const auto even_groups = [](std::size_t n) { return ((n + 2 * tile_rows - 1) / (2 * tile_rows)) * 2; };
   thread_local word_buffer a_buffer, b_buffer;  // packed operands, per thread
+  // Both buffers at the size of the first (largest) block and panel before any tile work, so packing never
+  // allocates: without the memory this kernel (noexcept, as every table entry) runs the AVX-512 GEMM,
+  // which needs no buffer, instead of terminating.
+  const std::size_t chunks = (dim + tile_k - 1) / tile_k;
+  const auto words = [&](std::size_t rows) { return max_parts * even_groups(rows) * chunks * packed::tile_values; };
+  try {
+    a_buffer.reserve(words(std::min(block_groups * tile_rows, na)));
+    b_buffer.reserve(words(std::min(panel_groups * tile_rows, nb)));
+  } catch (...) {
+    avx512::table().inner_product_many(a, na, lda, b, nb, ldb, dim, c, ldc);
+    return;
+  }
   configure_full_tiles();
   for (std::size_t r = 0; r < na; r += block_groups * tile_rows) {
     const std::size_t rows = std::min(block_groups * tile_rows, na - r);
