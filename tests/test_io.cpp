@@ -58,39 +58,16 @@ class temp_dir {
   fs::path path_;
 };
 
-void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  REQUIRE(out.good());
-}
-
 std::string read_bytes(const fs::path& path) {
   std::ifstream in(path, std::ios::binary);
   REQUIRE(in.good());
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-/// The in-memory (little-endian) bytes of values.
-template <class T>
-std::string raw(const std::vector<T>& values) {
-  return {reinterpret_cast<const char*>(values.data()), values.size() * sizeof(T)};
-}
-template <class T>
-std::string raw_value(T value) {
-  return raw(std::vector<T>{value});
-}
-
-/// A .npy file by hand: magic, version `major`.0, header length (2 bytes for 1.0, else 4), `dict` + '\n', data.
-std::string npy_file(int major, std::string_view dict, const std::string& data) {
-  std::string header(dict);
-  header += '\n';
-  std::string out("\x93NUMPY", 6);
-  out += static_cast<char>(major);
-  out += '\0';
-  out += major == 1 ? raw_value(static_cast<std::uint16_t>(header.size()))
-                    : raw_value(static_cast<std::uint32_t>(header.size()));
-  return out + header + data;
-}
+using test::npy_file;
+using test::raw;
+using test::raw_value;
+using test::write_bytes;
 
 /// A .fvecs/.ivecs/.bvecs row by hand: the int32 dimension, then the values.
 template <class T>

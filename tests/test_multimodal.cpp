@@ -270,6 +270,17 @@ TEST_CASE("projection apply matches W x + b for batches, strided views and singl
   }
   CHECK(p.apply(x.slice(0, 0)).rows == 0);
 
+  // In place (a square map over the same memory): as out of place.
+  const projection square = random_projection(in, in, 53);
+  const matrix<float> want = square.apply(x);
+  matrix<float> inout(rows, in);
+  for (std::size_t i = 0; i < rows; ++i) std::copy_n(x.row(i), in, inout.row(i));
+  square.apply(inout.view(), inout.mutable_view());
+  for (std::size_t i = 0; i < inout.values.size(); ++i) CHECK(inout.values[i] == Approx(want.values[i]).margin(1e-5));
+  std::vector<float> one(x.row(3), x.row(3) + in);
+  square.apply(std::span<const float>(one), std::span<float>(one));
+  for (std::size_t j = 0; j < in; ++j) CHECK(one[j] == Approx(want.row(3)[j]).margin(1e-5));
+
   const projection id = projection::identity(in);
   const matrix<float> same = id.apply(x);
   for (std::size_t i = 0; i < rows; ++i)
@@ -345,6 +356,21 @@ TEST_CASE("projection serialisation and .npy files round-trip exactly", "[multim
     CHECK_THROWS_MATCHES(projection::load_npy(dir / "w.npy", dir / "wrong.npy"), shoal::error,
                          fails_with(errc::dimension_mismatch, "bias has shape (2, 3)"));
     CHECK_THROWS_MATCHES(projection::load_npy(dir / "missing.npy"), shoal::error, fails_with(errc::io_error));
+
+    // Weights a fit makes for inputs near 1e-20 (about 1e19, past the norm bound of indexed vectors)
+    // load back: a projection's values need only be finite.
+    const projection large(2, 1, {1e19f, -3e19f}, {2e19f});
+    large.save_npy(dir / "large-w.npy", dir / "large-b.npy");
+    CHECK(projection::load_npy(dir / "large-w.npy", dir / "large-b.npy") == large);
+    test::write_bytes(dir / "nan.npy", test::npy_file(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2), }",
+                                                      test::raw(std::vector<float>{1.0f, std::nanf("")})));
+    CHECK_THROWS_MATCHES(projection::load_npy(dir / "nan.npy"), shoal::error,
+                         fails_with(errc::non_finite, "nan.npy: value (0, 1) is not finite"));
+    // A 1-D weights file: NumPy's `w @ x` would make it a 1 x n map; it is refused, not read as n x 1.
+    test::write_bytes(dir / "flat.npy", test::npy_file(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (4,), }",
+                                                       test::raw(std::vector<float>{1, 2, 3, 4})));
+    CHECK_THROWS_MATCHES(projection::load_npy(dir / "flat.npy"), shoal::error,
+                         fails_with(errc::dimension_mismatch, "1-D array"));
   }
 }
 

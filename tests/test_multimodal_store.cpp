@@ -155,6 +155,20 @@ TEST_CASE("multimodal_store: a projection fitted through the store finds the pai
   CHECK(static_cast<double>(agree) / (n_test * k) >= 0.95);
 }
 
+/// `random_rotation(dim, seed)` stretched by a factor 1 + `stretch` along the direction (1, ..., 1):
+/// W = (I + stretch · u·uᵀ) · R with u = (1, ..., 1) / √dim, so W·Wᵀ − I = (2·stretch + stretch²) · u·uᵀ
+/// spreads its error evenly over every entry.
+projection stretched_rotation(std::size_t dim, std::uint64_t seed, float stretch) {
+  const projection r = random_rotation(dim, seed);
+  std::vector<float> w(r.weights().begin(), r.weights().end());
+  std::vector<float> column_sums(dim, 0.0f);
+  for (std::size_t i = 0; i < dim; ++i)
+    for (std::size_t j = 0; j < dim; ++j) column_sums[j] += w[i * dim + j];
+  for (std::size_t i = 0; i < dim; ++i)
+    for (std::size_t j = 0; j < dim; ++j) w[i * dim + j] += stretch / static_cast<float>(dim) * column_sums[j];
+  return {dim, dim, std::move(w)};
+}
+
 TEST_CASE("multimodal_store: adjoint and mirror routes both rank as brute force over projected vectors",
           "[multimodal]") {
   constexpr std::size_t shared_dim = 12, n = 300, nq = 20, k = 8;
@@ -170,6 +184,8 @@ TEST_CASE("multimodal_store: adjoint and mirror routes both rank as brute force 
       {"cosine, general", metric::cosine, random_map(9, shared_dim, 5, true), shared_route::mirror},
       {"l2, rotation + bias", metric::l2, random_rotation(shared_dim, 6, true), shared_route::adjoint},
       {"l2, general", metric::l2, random_map(shared_dim, shared_dim, 7), shared_route::mirror},
+      // Every entry of W·Wᵀ − I below 1e-4 (about 8.3e-5), its norm 1e-3: not a rotation, so a mirror.
+      {"l2, a rotation stretched by 0.05%", metric::l2, stretched_rotation(shared_dim, 9, 5e-4f), shared_route::mirror},
       {"inner product, general + bias", metric::inner_product, random_map(9, shared_dim, 8, true),
        shared_route::adjoint},
   };

@@ -353,7 +353,8 @@ npy_layout read_layout(const detail::input_file& file) {
                    " bytes of data");
   SHOAL_CHECK_CODE(rows * row_bytes == data_bytes, errc::corrupt_file, name, ": ", data_bytes - rows * row_bytes,
                    " bytes follow the data of shape ", shape_str, " of '", fields.descr, "'");
-  return {npy_header{fields.dtype, static_cast<std::size_t>(rows), static_cast<std::size_t>(dim)}, data_offset};
+  return {npy_header{fields.dtype, static_cast<std::size_t>(rows), static_cast<std::size_t>(dim), extents.size()},
+          data_offset};
 }
 
 template <class Out>

@@ -124,6 +124,25 @@ U get(const std::byte* in) noexcept {
   return value;
 }
 
+/// Whether the memory `a` spans (`a_rows` rows of `a_dim` values `a_stride` apart) meets the memory `b` spans.
+bool overlap(const float* a, std::size_t a_rows, std::size_t a_dim, std::size_t a_stride, const float* b,
+             std::size_t b_rows, std::size_t b_dim, std::size_t b_stride) noexcept {
+  if (a_rows == 0 || b_rows == 0) return false;
+  const auto begin_a = reinterpret_cast<std::uintptr_t>(a), begin_b = reinterpret_cast<std::uintptr_t>(b);
+  const std::uintptr_t end_a = begin_a + ((a_rows - 1) * a_stride + a_dim) * sizeof(float);
+  const std::uintptr_t end_b = begin_b + ((b_rows - 1) * b_stride + b_dim) * sizeof(float);
+  return begin_a < end_b && begin_b < end_a;
+}
+
+/// Every value of `m`, read from `path`, finite: the only bound a projection puts on its values (the
+/// norm bound of indexed vectors would refuse weights a fit produces, e.g. 1e19 for inputs near 1e-20).
+void check_finite(const matrix<float>& m, const std::filesystem::path& path) {
+  const auto bad = std::find_if(m.values.begin(), m.values.end(), [](float v) { return !std::isfinite(v); });
+  const auto at = static_cast<std::size_t>(bad - m.values.begin());
+  SHOAL_CHECK_CODE(bad == m.values.end(), errc::non_finite, path.string(), ": value (", at / m.dim, ", ", at % m.dim,
+                   ") is not finite (", bad == m.values.end() ? 0.0f : *bad, ")");
+}
+
 }  // namespace
 
 projection::projection(std::size_t in_dim, std::size_t out_dim, std::vector<float> weights, std::vector<float> bias)
@@ -196,7 +215,10 @@ void projection::apply(matrix_view<const float> in, matrix_view<float> out) cons
   const Eigen::Map<const row_major> w(weights_.data(), ei(out_dim_), ei(in_dim_));
   const Eigen::Map<const Eigen::RowVectorXf> b(bias_.data(), ei(out_dim_));
   strided_map y = map(out);
-  y.noalias() = map(in) * w.transpose();
+  if (overlap(in.data, in.rows, in.dim, in.stride, out.data, out.rows, out.dim, out.stride))
+    y = map(in) * w.transpose();  // Eigen evaluates a product into a temporary unless told noalias
+  else
+    y.noalias() = map(in) * w.transpose();
   y.rowwise() += b;
 }
 
@@ -214,7 +236,11 @@ void projection::apply(std::span<const float> in, std::span<float> out) const {
   detail::check_vectors({in.data(), 1, in_dim_}, in_dim_, "projection::apply: input");
   const Eigen::Map<const row_major> w(weights_.data(), ei(out_dim_), ei(in_dim_));
   Eigen::Map<Eigen::VectorXf> y(out.data(), ei(out_dim_));
-  y.noalias() = w * Eigen::Map<const Eigen::VectorXf>(in.data(), ei(in_dim_));
+  const Eigen::Map<const Eigen::VectorXf> x(in.data(), ei(in_dim_));
+  if (overlap(in.data(), 1, in_dim_, in_dim_, out.data(), 1, out_dim_, out_dim_))
+    y = w * x;  // into a temporary first
+  else
+    y.noalias() = w * x;
   y += Eigen::Map<const Eigen::VectorXf>(bias_.data(), ei(out_dim_));
 }
 
@@ -224,18 +250,21 @@ void projection::save_npy(const std::filesystem::path& weights_path, const std::
 }
 
 projection projection::load_npy(const std::filesystem::path& weights_path, const std::filesystem::path& bias_path) {
+  // A 1-D file would read as n x 1, the opposite of NumPy's `w @ x` for a 1-D w (a 1 x n map).
+  SHOAL_CHECK_CODE(io::read_npy_header(weights_path).ndim == 2, errc::dimension_mismatch, weights_path.string(),
+                   ": the weights are a 1-D array; a projection needs a 2-D (out_dim, in_dim) one");
   const matrix<float> w = io::read_npy(weights_path);
   const std::size_t out_dim = w.rows;
   const std::size_t in_dim = w.dim;
   SHOAL_CHECK(out_dim >= 1, weights_path.string(), ": the weight matrix has no rows");
-  detail::check_vectors(w.view(), in_dim, weights_path.string().c_str());
+  check_finite(w, weights_path);
   std::vector<float> bias;
   if (!bias_path.empty()) {
     const matrix<float> b = io::read_npy(bias_path);
     SHOAL_CHECK_CODE((b.rows == 1 || b.dim == 1) && b.rows * b.dim == out_dim, errc::dimension_mismatch,
                      bias_path.string(), ": bias has shape (", b.rows, ", ", b.dim, "), expected ", out_dim,
                      " values for the ", out_dim, " x ", in_dim, " weights of ", weights_path.string());
-    detail::check_vectors(b.view(), b.dim, bias_path.string().c_str());
+    check_finite(b, bias_path);
     bias.assign(b.values.begin(), b.values.end());
   }
   return {in_dim, out_dim, std::vector<float>(w.values.begin(), w.values.end()), std::move(bias)};

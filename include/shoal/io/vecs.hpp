@@ -45,6 +45,7 @@ struct npy_header {
   npy_dtype dtype;
   std::size_t rows;
   std::size_t dim;
+  std::size_t ndim = 2;  ///< dimensions of the stored array: 1 or 2
 };
 [[nodiscard]] npy_header read_npy_header(const std::filesystem::path& path);
 

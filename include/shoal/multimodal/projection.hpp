@@ -66,16 +66,17 @@ class projection {
   [[nodiscard]] std::span<const float> bias() const noexcept { return bias_; }
 
   /// Maps each row of `in` (rows x in_dim) into the row of `out` with the same index (rows x out_dim):
-  /// one GEMM per call, in single precision. `in` and `out` must not overlap. Throws `shoal::error`:
-  /// `errc::dimension_mismatch` when `in` does not have in_dim columns or `out` not out_dim,
-  /// `errc::invalid_argument` when the row counts differ or a view is malformed, `errc::non_finite`
-  /// on NaN/Inf in `in`.
+  /// one GEMM per call, in single precision. `in` and `out` may overlap (in place: the product goes
+  /// through a temporary then). Throws `shoal::error`: `errc::dimension_mismatch` when `in` does not
+  /// have in_dim columns or `out` not out_dim, `errc::invalid_argument` when the row counts differ or a
+  /// view is malformed, `errc::non_finite` on NaN/Inf in `in` or a row of `in` above the norm bound
+  /// every index applies to its vectors (sqrt(FLT_MAX / 8) ≈ 6.5e18).
   void apply(matrix_view<const float> in, matrix_view<float> out) const;
   /// Allocating form of `apply`: a rows x out_dim matrix.
   [[nodiscard]] matrix<float> apply(matrix_view<const float> in) const;
   /// One vector: `out` (out_dim values) = W·`in` (in_dim values) + b. Equals the batched result up to
-  /// float rounding. Throws `shoal::error` (`errc::dimension_mismatch`, `errc::non_finite`) like the
-  /// batched form.
+  /// float rounding. `in` and `out` may overlap. Throws `shoal::error` (`errc::dimension_mismatch`,
+  /// `errc::non_finite`) like the batched form.
   void apply(std::span<const float> in, std::span<float> out) const;
 
   /// Writes W as a 2-D float32 `.npy` (out_dim x in_dim) to `weights_path` and b as a 1 x out_dim
@@ -84,8 +85,9 @@ class projection {
   /// Reads W from a 2-D `.npy` (out_dim x in_dim, any dtype `io::read_npy` converts to float) and b
   /// from `bias_path` — 1 x out_dim, out_dim x 1 or 1-D with out_dim entries — or zero when
   /// `bias_path` is empty (the NumPy convention W @ x of a bias-free map). Throws `shoal::error`: the
-  /// errors of `io::read_npy`, `errc::dimension_mismatch` for a bias of the wrong shape, and those of
-  /// the constructor.
+  /// errors of `io::read_npy`, `errc::dimension_mismatch` for 1-D weights or a bias of the wrong shape,
+  /// `errc::non_finite` (naming the file) for a NaN/Inf value, and those of the constructor. Every
+  /// projection `save_npy` wrote loads back.
   [[nodiscard]] static projection load_npy(const std::filesystem::path& weights_path,
                                            const std::filesystem::path& bias_path = {});
 
