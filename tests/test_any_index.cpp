@@ -590,6 +590,18 @@ TEST_CASE("refine_index: range search keeps exact distances under the radius, ba
   graph.add(data.base.view(), data.ids);
   REQUIRE_THROWS_MATCHES(refine_index(any_index(std::move(graph)), std::move(others)), shoal::error,
                          fails_with(errc::invalid_argument, "not in the coarse one"));
+  // Over IVF-PQ (no id map: its ids are walked once against the exact stage's), one id differing.
+  any_index codes = make_index("IVF4,PQ8", 32, metric::cosine);
+  codes.train(data.base.view());
+  codes.add(data.base.view(), data.ids);
+  std::vector<vector_id> one_moved(data.ids.begin(), data.ids.end());
+  one_moved[7] = 1'000'000;
+  flat_index almost(32, metric::cosine);
+  almost.add(data.base.view(), one_moved);
+  REQUIRE_THROWS_MATCHES(
+      refine_index(std::move(codes), std::move(almost)), shoal::error,
+      fails_with(errc::invalid_argument,
+                 "id " + std::to_string(data.ids[7]) + " is stored in the coarse index but not in the exact one"));
   // A stage that refuses a remove (a mapped one is read-only) leaves both stages as they were.
   const test::scratch_dir dir;
   const std::string path = (dir.path() / "graph.shoal").string();

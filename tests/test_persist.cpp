@@ -589,7 +589,7 @@ TEST_CASE("refine files hold both stages: round trips copied and mapped, damaged
   fails("coarse stage cannot be of kind unknown (99)", [&](auto& b) { put(b, params_at, std::uint32_t{99}); });
   fails("reserved field of section RPAR is 1", [&](auto& b) { put(b, params_at + 4, std::uint32_t{1}); });
   // An id of the exact stage that the coarse stage does not hold.
-  fails("is stored in the exact stage but not in the coarse one",
+  fails("is stored in the coarse index but not in the exact one",
         [&](auto& b) { put(b, section_offset(bytes, "RIDS"), vector_id{12345}); });
   // A coarse kind that does not match the sections: the IVF-PQ sections are unknown to an HNSW reader.
   std::vector<char> wrong = bytes;

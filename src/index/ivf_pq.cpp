@@ -367,6 +367,16 @@ bool ivf_pq_index::contains(vector_id id) const {
   return false;
 }
 
+std::vector<vector_id> ivf_pq_index::ids() const {
+  std::vector<vector_id> out;
+  out.reserve(size());
+  for (const auto& l : lists_) {
+    const std::shared_lock lock(l->mutex);
+    out.insert(out.end(), l->id_data(), l->id_data() + l->count());
+  }
+  return out;
+}
+
 detail::probed_queries ivf_pq_index::probe(matrix_view<const float> queries, const search_params& params,
                                            const char* who) const {
   const std::string what = std::string(who) + ": query";

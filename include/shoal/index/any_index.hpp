@@ -177,7 +177,11 @@ class any_index {
   [[nodiscard]] bool is_trained() const { return self().is_trained(); }
   /// Which index this is (the kind its file would record).
   [[nodiscard]] index_kind kind() const { return self().kind(); }
-  /// The factory string of the index's structure, e.g. "IVF4096,Flat" (`make_index` accepts it).
+  /// The factory string of the index's structure, e.g. "IVF4096,Flat" (`make_index` accepts it and
+  /// builds the same kind), except for a `refine_index` made by hand over a stage that `make_index`
+  /// would not pair with Refine(Flat): over IVF-PQ, "IVF…,PQ…,Refine(Flat)" builds IVF-PQ's own
+  /// re-rank (the same results at refine_factor > 0; at 0 it does not re-rank); over a stage already
+  /// refined, the string ends in two refinements, which `make_index` refuses.
   [[nodiscard]] std::string description() const { return self().description(); }
 
   /// Trains the index on a sample (IVF: k-means with default `ivf_train_params`); a no-op for indexes

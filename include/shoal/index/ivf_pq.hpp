@@ -148,8 +148,11 @@ class ivf_pq_index {
 
   /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.
   void remove(vector_id id);
-  /// Whether `id` is stored.
+  /// Whether `id` is stored (a pass over every list's ids: see the class comment).
   [[nodiscard]] bool contains(vector_id id) const;
+  /// Every stored id, list after list: one pass, where `contains` per id would be quadratic. Each list is
+  /// read under its lock; with adds or removes running, the result is a list-by-list snapshot.
+  [[nodiscard]] std::vector<vector_id> ids() const;
 
   /// k nearest neighbours of each query among its `params.nprobe` nearest lists, re-ranked when
   /// `params.refine_factor` > 0 (exactly with `refine`, by SQ8 distance with `refine_sq8`; see the class

@@ -82,9 +82,9 @@ class refine_index {
   /// id): the coarse stage's range search with every parameter as given proposes, the exact distances
   /// decide. A reported hit is therefore never farther than `radius`; a vector is missed only where the
   /// coarse stage misses it — not visited (nprobe, ef), or its approximate (code) distance lies at or
-  /// past `radius` although its exact one does not. A coarse stage with exact distances (IVF-Flat,
-  /// HNSW without codes) with nprobe ≥ nlist (IVF) gives the flat index's result. Throws like
-  /// `search`, and on a NaN radius.
+  /// past `radius` although its exact one does not. A Flat coarse stage, or IVF-Flat with nprobe ≥
+  /// nlist, gives the flat index's result; an HNSW stage, even without codes, misses what its graph
+  /// search does not reach (fewer at a larger ef). Throws like `search`, and on a NaN radius.
   [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,
                                           const search_params& params = {}) const;
 
