@@ -692,7 +692,9 @@ TEST_CASE("hnsw rejects bad input with clear errors and changes nothing", "[hnsw
   REQUIRE_THROWS_MATCHES(index.add(wrong_dim.view(), std::vector<vector_id>{1001, 1002}), shoal::error,
                          fails_with(errc::dimension_mismatch, "has dimension 65, expected 64"));
   REQUIRE_THROWS_MATCHES(index.search(wrong_dim.view(), 3), shoal::error,
-                         fails_with(errc::dimension_mismatch, "query has dimension 65"));
+                         fails_with(errc::dimension_mismatch, "hnsw_index::search: query has dimension 65"));
+  REQUIRE_THROWS_MATCHES(index.range_search(wrong_dim.view(), 1.0f), shoal::error,
+                         fails_with(errc::dimension_mismatch, "hnsw_index::range_search: query has dimension 65"));
   matrix<float> bad = make_uniform(3, dim, 2);
   bad.row(2)[5] = std::numeric_limits<float>::quiet_NaN();
   REQUIRE_THROWS_MATCHES(index.add(bad.view(), std::vector<vector_id>{1001, 1002, 1003}), shoal::error,

@@ -1245,7 +1245,9 @@ struct hnsw_index::impl {
   [[nodiscard]] batch_plan plan_batch(matrix_view<const float> queries) const {
     batch_plan plan;
     const std::uint64_t ep = entry.load(std::memory_order_acquire);
-    if (queries.rows < locality_batch || ep == empty_entry) return plan;
+    // Orders are 32-bit (half the plan's memory): a batch of 2^32 queries or more runs in input order.
+    if (queries.rows < locality_batch || queries.rows > std::numeric_limits<std::uint32_t>::max() || ep == empty_entry)
+      return plan;
     const bool coded = code_stride != 0;
     plan.starts.resize(queries.rows);
     std::vector<std::uint64_t> keys(queries.rows);
@@ -1299,11 +1301,11 @@ struct hnsw_index::impl {
     release(std::move(s));
   }
 
-  /// Queries as searched: validated, and normalised under cosine.
-  [[nodiscard]] std::optional<matrix<float>> prepare(matrix_view<const float>& queries) const {
-    detail::check_vectors(queries, dim, "hnsw_index::search: query");
+  /// Queries as searched: validated, and normalised under cosine; `what` names them in errors.
+  [[nodiscard]] std::optional<matrix<float>> prepare(matrix_view<const float>& queries, const char* what) const {
+    detail::check_vectors(queries, dim, what);
     if (metric != shoal::metric::cosine) return std::nullopt;
-    matrix<float> normalized = detail::normalized_copy(queries, "hnsw_index::search: query");
+    matrix<float> normalized = detail::normalized_copy(queries, what);
     queries = normalized.view();
     return normalized;
   }
@@ -1487,7 +1489,7 @@ std::vector<float> hnsw_index::vector(vector_id id) const {
 void hnsw_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
   const impl& x = *impl_;
   detail::check_result_buffer(queries.rows, out, "hnsw_index::search");
-  const std::optional<matrix<float>> normalized = x.prepare(queries);
+  const std::optional<matrix<float>> normalized = x.prepare(queries, "hnsw_index::search: query");
   const std::size_t ef = std::max(out.k, params.ef == 0 ? default_ef : params.ef);
   const std::shared_lock structure(x.structure);
   const impl::batch_plan plan = x.plan_batch(queries);
@@ -1507,7 +1509,7 @@ range_result hnsw_index::range_search(matrix_view<const float> queries, float ra
                                       const search_params& params) const {
   const impl& x = *impl_;
   SHOAL_CHECK(!std::isnan(radius), "hnsw_index::range_search: radius is NaN");
-  const std::optional<matrix<float>> normalized = x.prepare(queries);
+  const std::optional<matrix<float>> normalized = x.prepare(queries, "hnsw_index::range_search: query");
   const std::size_t ef = params.ef == 0 ? default_ef : params.ef;
   const std::shared_lock structure(x.structure);
   return detail::range_by_query(queries.rows, [&](std::size_t r, std::vector<scored_id>& row) {

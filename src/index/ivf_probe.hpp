@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <numeric>
 #include <optional>
 #include <span>
@@ -42,9 +43,10 @@ struct probed_queries {
   /// The order to search the batch in: by the lists probed, nearest first, compared lexicographically
   /// (ties by position). Queries that scan the same lists then run one after another on a thread and
   /// find those lists in the cache instead of memory (the HNSW batch order, docs/hnsw.md, does the same
-  /// for graph regions). Results do not depend on it. Empty (input order) for a single query.
+  /// for graph regions). Results do not depend on it. Empty (input order) for a single query, and for
+  /// 2^32 queries or more (the order is 32-bit).
   [[nodiscard]] std::vector<std::uint32_t> locality_order() const {
-    if (view.rows < 2) return {};
+    if (view.rows < 2 || view.rows > std::numeric_limits<std::uint32_t>::max()) return {};
     std::vector<std::uint32_t> order(view.rows);
     std::iota(order.begin(), order.end(), std::uint32_t{0});
     std::sort(order.begin(), order.end(), [&](std::uint32_t a, std::uint32_t b) {
