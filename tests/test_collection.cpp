@@ -612,6 +612,17 @@ TEST_CASE("collection: a torn log tail is dropped, other damage is reported", "[
   REQUIRE_THROWS_MATCHES(collection::open(home), shoal::error,
                          fails_with(errc::corrupt_file, "record at byte 24 claims 65592 bytes"));
   CHECK(std::filesystem::file_size(log) == full);
+  // ... or so that it ends exactly at the end of the file: it fails its checksum there, as a torn last
+  // record does, but its header disagrees with its size (the open dropped all three records).
+  std::filesystem::copy_file(pristine, log, std::filesystem::copy_options::overwrite_existing);
+  {
+    std::vector<char> bytes = test::slurp(log.string());
+    test::put(bytes, 24, static_cast<std::uint32_t>(full - 24 - 8));
+    test::spit(log.string(), bytes);
+  }
+  REQUIRE_THROWS_MATCHES(collection::open(home), shoal::error,
+                         fails_with(errc::corrupt_file, "record at byte 24 fails its checksum at the end of the file"));
+  CHECK(std::filesystem::file_size(log) == full);
   // A damaged manifest too.
   std::filesystem::copy_file(pristine, log, std::filesystem::copy_options::overwrite_existing);
   {

@@ -180,6 +180,12 @@ bool write_ahead_log::read_records(std::uint64_t after) {
 
   std::uint64_t at = header_bytes;
   std::uint64_t previous = 0;
+  // Whether the fixed header of the record at `at` (whole in the file) agrees with its size field
+  // `payload` and follows the previous record: what a torn last write still shows (file comment).
+  const auto header_agrees = [&](std::uint64_t record, std::uint64_t payload) {
+    const record_header h(bytes.data() + record + record_head_bytes, dim_);
+    return h.known_op() && h.implied_bytes == payload && (previous == 0 || h.sequence == previous + 1);
+  };
   // The records of the call being read, from byte `call_start`, until its last record (no "continued"
   // flag) shows that the call was written whole.
   std::vector<wal_record> call;
@@ -192,14 +198,10 @@ bool write_ahead_log::read_records(std::uint64_t after) {
     if (!torn) {
       payload = load<std::uint32_t>(bytes.data() + at);
       torn = payload > left - record_head_bytes;
-      if (torn && left - record_head_bytes >= payload_fixed_bytes) {
-        // What was written of the record's header must agree with its size field (see the file comment).
-        const record_header h(bytes.data() + at + record_head_bytes, dim_);
-        SHOAL_CHECK_CODE(h.known_op() && h.implied_bytes == payload && (previous == 0 || h.sequence == previous + 1),
-                         errc::corrupt_file, name, ": write-ahead log record at byte ", at, " claims ", payload,
-                         " bytes, more than the file holds, and its header disagrees (a damaged size field, not ",
-                         "a torn last write)");
-      }
+      if (torn && left - record_head_bytes >= payload_fixed_bytes)
+        SHOAL_CHECK_CODE(header_agrees(at, payload), errc::corrupt_file, name, ": write-ahead log record at byte ", at,
+                         " claims ", payload, " bytes, more than the file holds, and its header disagrees (a damaged ",
+                         "size field, not a torn last write)");
       // A file extended but never written to (a power loss after its size reached the disk, before its
       // data did) ends in zeros: a size field of 0, whose empty payload would pass its checksum (0).
       if (!torn && payload < payload_fixed_bytes)
@@ -211,7 +213,18 @@ bool write_ahead_log::read_records(std::uint64_t after) {
       const std::byte* p = bytes.data() + at + record_head_bytes;
       const bool intact = crc32c(p, payload) == crc;
       const bool last = at + record_head_bytes + payload == size;
-      if (!intact && last) torn = true;
+      if (!intact && last) {
+        // Torn only if its header agrees with its size field, or was never written (zeros): a damaged size
+        // field can also make a middle record seem to end at the end of the file, and dropping it would
+        // drop every acknowledged record behind it.
+        const bool unwritten = std::all_of(p, p + std::min<std::uint64_t>(payload, payload_fixed_bytes),
+                                           [](std::byte b) { return b == std::byte{0}; });
+        SHOAL_CHECK_CODE(unwritten || (payload >= payload_fixed_bytes && header_agrees(at, payload)),
+                         errc::corrupt_file, name, ": write-ahead log record at byte ", at,
+                         " fails its checksum at the end of the file, and its header disagrees with its size (a ",
+                         "damaged size field, not a torn last write)");
+        torn = true;
+      }
       SHOAL_CHECK_CODE(intact || last, errc::corrupt_file, name, ": write-ahead log record at byte ", at,
                        " fails its checksum");
       if (intact) {
