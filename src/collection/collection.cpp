@@ -818,41 +818,55 @@ void detail::rebalance(collection_state& st) {
       present[i] = 0;  // removed meanwhile: the capture has it
     }
   });
-  std::vector<std::size_t> keep;
+  // The snapshot is the one copy of the vectors beside the old and the new layout: removed rows are
+  // compacted out and rows grouped by new shard in place, and each shard adds its group as a view.
+  std::size_t kept = 0;
   for (std::size_t i = 0; i < ids.size(); ++i)
-    if (present[i]) keep.push_back(i);
-  const matrix<float> kept = detail::gather(vectors.view(), keep);
-  std::vector<vector_id> kept_ids;
-  for (const std::size_t i : keep) kept_ids.push_back(ids[i]);
+    if (present[i]) {
+      if (kept != i) std::copy_n(vectors.row(i), vectors.dim, vectors.row(kept));
+      ids[kept++] = ids[i];
+    }
+  ids.resize(kept);
+  vectors.rows = kept;
+  vectors.values.resize(kept * vectors.dim);
 
   // The new layout: re-trained router and shards, every vector added to its new shard.
   std::shared_ptr<detail::layout> lay = st.empty_layout();
+  std::vector<std::size_t> begin(lay->shards.size() + 1, 0);  // shard s holds rows [begin[s], begin[s + 1])
   {
     matrix<float> unit;
-    const matrix_view<const float> routed = detail::routable(kept.view(), st.options.metric, unit);
+    const matrix_view<const float> routed = detail::routable(vectors.view(), st.options.metric, unit);
     if (routed.rows >= lay->route.centroid_count())
       lay->route.train(routed);
     else
       lay->route.share_centroids(old->route);
-    std::vector<std::vector<std::size_t>> rows(lay->shards.size());
-    const std::vector<std::uint32_t> to = lay->route.route(routed, kept_ids, {});
-    for (std::size_t i = 0; i < kept_ids.size(); ++i) rows[to[i]].push_back(i);
-    detail::parallel_for(lay->shards.size(), [&](std::size_t s) {
-      const matrix<float> part = detail::gather(kept.view(), rows[s]);
-      std::vector<vector_id> part_ids;
-      for (const std::size_t i : rows[s]) part_ids.push_back(kept_ids[i]);
-      st.executor(s).execute([&] {
-        for (const auto& rep : lay->shards[s]->replicas) {
-          const std::shared_ptr<any_index> index = rep->index.load();
-          if (!index->is_trained())
-            index->train(part.rows >= detail::min_shard_training_rows ? part.view() : kept.view());
-          if (!part_ids.empty()) index->add(part.view(), part_ids);
-        }
-      });
-      const std::unique_lock lock(lay->table_mutex);
-      for (const vector_id id : part_ids) lay->table[id] = static_cast<std::uint32_t>(s);
-    });
+    const std::vector<std::uint32_t> to = lay->route.route(routed, ids, {});
+    for (const std::uint32_t s : to) ++begin[s + 1];
+    std::partial_sum(begin.begin(), begin.end(), begin.begin());
+    // Row i goes to position at[i]: its shard's block, in the order of the rows (a cycle walk of swaps).
+    std::vector<std::size_t> at(kept), next(begin.begin(), begin.end() - 1);
+    for (std::size_t i = 0; i < kept; ++i) at[i] = next[to[i]]++;
+    for (std::size_t i = 0; i < kept; ++i)
+      while (at[i] != i) {
+        const std::size_t j = at[i];
+        std::swap_ranges(vectors.row(i), vectors.row(i) + vectors.dim, vectors.row(j));
+        std::swap(ids[i], ids[j]);
+        std::swap(at[i], at[j]);
+      }
   }
+  detail::parallel_for(lay->shards.size(), [&](std::size_t s) {
+    const matrix_view<const float> part = vectors.view().slice(begin[s], begin[s + 1] - begin[s]);
+    const std::span<const vector_id> part_ids(ids.data() + begin[s], part.rows);
+    st.executor(s).execute([&] {
+      for (const auto& rep : lay->shards[s]->replicas) {
+        const std::shared_ptr<any_index> index = rep->index.load();
+        if (!index->is_trained()) index->train(part.rows >= detail::min_shard_training_rows ? part : vectors.view());
+        if (!part_ids.empty()) index->add(part, part_ids);
+      }
+    });
+    const std::unique_lock lock(lay->table_mutex);
+    for (const vector_id id : part_ids) lay->table[id] = static_cast<std::uint32_t>(s);
+  });
 
   // Swap: writers wait while the captured writes are replayed onto the new layout (as upserts and
   // removes of present ids, which is idempotent whatever the snapshot saw), then it goes live.
