@@ -12,6 +12,7 @@
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/ivf_flat.hpp"
+#include "shoal/index/ivf_pq.hpp"
 #include "test_support.hpp"
 
 using namespace shoal;
@@ -204,6 +205,54 @@ TEST_CASE("ivf tolerates searches, adds and removes running concurrently", "[ivf
   CHECK(index.size() == 4000);
   require_identical(index.search(f.queries.view(), 10, with_nprobe(probe)),
                     f.build(metric::l2).search(f.queries.view(), 10, with_nprobe(probe)));
+}
+
+TEST_CASE("ivf: a vector moved between lists during a search comes back at most once", "[ivf]") {
+  // 64 well-separated clusters of 20; the moved vector jumps between the query's own list and the
+  // farthest one, and every list is probed: a search that locked one list at a time returned it from
+  // both about once in 250 searches (IVF-Flat search and range search, IVF-PQ range search).
+  constexpr std::size_t nlist = 64, per = 20, d = 8;
+  splitmix64 rng(61);
+  matrix<float> centers(nlist, d);
+  for (float& v : centers.values) v = 100.0f * rng.normal();
+  matrix<float> base(nlist * per, d);
+  for (std::size_t i = 0; i < base.rows; ++i)
+    for (std::size_t j = 0; j < d; ++j) base.row(i)[j] = centers.row(i / per)[j] + rng.normal();
+  std::vector<vector_id> ids(base.rows);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  // The query is centre 0; the moved vector sits next to it or on the centre farthest from it.
+  const matrix_view<const float> q = centers.view().slice(0, 1);
+  matrix<float> near(1, d), far(1, d);
+  for (std::size_t j = 0; j < d; ++j) near.row(0)[j] = centers.row(0)[j] + 0.5f;
+  float farthest = -1;
+  for (std::size_t c = 1; c < nlist; ++c) {
+    float dist = 0;
+    for (std::size_t j = 0; j < d; ++j) dist += (centers.row(c)[j] - q.row(0)[j]) * (centers.row(c)[j] - q.row(0)[j]);
+    if (dist > farthest) {
+      farthest = dist;
+      std::copy_n(centers.row(c), d, far.row(0));
+    }
+  }
+  constexpr vector_id moved = 1'000'000;
+  constexpr std::size_t searches = 4000;
+  const search_params every{.nprobe = nlist};
+  const auto row_of = [](const range_result& r) { return std::vector<vector_id>(r.ids.begin(), r.ids.end()); };
+
+  ivf_flat_index flat(d, metric::l2, nlist);
+  flat.train(base.view());
+  flat.add(base.view(), ids);
+  flat.add(near.view(), std::span(&moved, 1));
+  CHECK(test::repeats_while_moving(flat, moved, near, far, searches,
+                                   [&] { return flat.search(q, base.rows + 1, every).ids(); }) == 0);
+  CHECK(test::repeats_while_moving(flat, moved, near, far, searches,
+                                   [&] { return row_of(flat.range_search(q, 1e30f, every)); }) == 0);
+
+  ivf_pq_index pq(d, metric::l2, {.nlist = nlist, .m = 4, .nbits = 8});
+  pq.train(base.view());
+  pq.add(base.view(), ids);
+  pq.add(near.view(), std::span(&moved, 1));
+  CHECK(test::repeats_while_moving(pq, moved, near, far, searches,
+                                   [&] { return row_of(pq.range_search(q, 1e30f, every)); }) == 0);
 }
 
 TEST_CASE("ivf is movable and trains reproducibly", "[ivf]") {

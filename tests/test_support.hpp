@@ -129,6 +129,30 @@ std::size_t churn_while_searching(Index& index, const matrix<float>& base, const
   return empty_slots.load();
 }
 
+/// While one thread moves id `moved` back and forth between `a` and `b` (1 x dim each: remove, then add
+/// at the other one), runs `searches` calls of `search()` — each returning the ids of one query's row —
+/// and returns how many rows held `moved` more than once. A search that locks one list at a time can
+/// meet the vector in the list it left and again in the list it went to.
+template <class Index, class Search>
+std::size_t repeats_while_moving(Index& index, vector_id moved, const matrix<float>& a, const matrix<float>& b,
+                                 std::size_t searches, const Search& search) {
+  std::atomic<bool> done{false};
+  std::thread mover([&] {
+    for (bool at_a = true; !done.load(); at_a = !at_a) {
+      index.remove(moved);
+      index.add((at_a ? b : a).view(), std::span(&moved, 1));
+    }
+  });
+  std::size_t repeated = 0;
+  for (std::size_t i = 0; i < searches; ++i) {
+    const std::vector<vector_id> row = search();
+    repeated += std::count(row.begin(), row.end(), moved) > 1 ? 1 : 0;
+  }
+  done.store(true);
+  mover.join();
+  return repeated;
+}
+
 /// Two result sets equal id for id and distance for distance (the first difference is reported).
 inline void require_identical(const neighbors& got, const neighbors& want) {
   REQUIRE(got.rows() == want.rows());

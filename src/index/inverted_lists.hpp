@@ -133,4 +133,24 @@ class list_read_locks {
   std::size_t held_ = 0;
 };
 
+/// Read locks on every list a query probes (`probed`: any order, no repeats), taken in ascending order
+/// (as `list_read_locks`) and held for the whole scan: the scan sees all of them at one moment, so a
+/// vector moved from one probed list to another while it runs (a remove, then an add) is found once or
+/// not at all — locked one list at a time, a search could meet it in both and return its id twice.
+template <class List>
+class probed_read_locks {
+ public:
+  probed_read_locks(std::span<const std::unique_ptr<List>> lists, std::span<const std::uint32_t> probed)
+      : order_(ascending(probed)), locks_(lists, order_) {}
+
+ private:
+  static std::vector<std::uint32_t> ascending(std::span<const std::uint32_t> probed) {
+    std::vector<std::uint32_t> order(probed.begin(), probed.end());
+    std::sort(order.begin(), order.end());
+    return order;
+  }
+  std::vector<std::uint32_t> order_;  // before locks_: they lock in its order and unlock from it
+  list_read_locks<List> locks_;
+};
+
 }  // namespace shoal::detail

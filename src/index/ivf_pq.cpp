@@ -563,9 +563,9 @@ range_result ivf_pq_index::range_search(matrix_view<const float> queries, float 
         const float* query = p.view.row(q);
         scratch s;
         if (!exact) begin_query(query, s);
+        const detail::probed_read_locks<list> locks(lists_, p.lists(q));
         for (const std::uint32_t list_no : p.lists(q)) {
           const list& l = *lists_[list_no];
-          const std::shared_lock lock(l.mutex);
           const vector_id* ids = l.id_data();
           if (exact && params_.refine) {
             detail::scan_into_range(dk, metric_, query, l.vector_data(), ids, l.count(), dim_, radius, params.filter,

@@ -16,6 +16,9 @@ class coarse_probe;
 /// Non-owning reference to a predicate `bool(vector_id)` that says which ids a search may return.
 /// Cheap to copy (two pointers); the referenced callable must outlive the search call. An empty filter
 /// accepts every id. The predicate may be called concurrently from the threads of one batched search.
+/// It runs while the index being searched holds read locks: it may search or query other indexes, but
+/// must not call into the one it filters (`contains`, `vector`, a search, a write) — with a writer
+/// waiting on those locks, such a call can deadlock (IVF-Flat's `contains` did under a running `add`).
 class id_filter {
  public:
   id_filter() = default;

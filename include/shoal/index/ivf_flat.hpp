@@ -49,19 +49,19 @@ struct ivf_train_params {
 /// Search: a coarse pass ranks the centroids for a whole batch of queries through the GEMM kernel
 /// (‖c − μ‖² − 2⟨q − μ, c − μ⟩ under L2, −⟨q, c − μ⟩ otherwise, μ the centroids' mean: the ranking of
 /// ‖q − c‖² and −⟨q, c⟩ without their cancellation far from the origin, docs/ivf.md) and keeps the
-/// `nprobe` best per query (ties to the smaller list); then each query scans its lists with the one-to-many kernels into a bounded heap.
-/// Distances are those of `flat_index` (same kernels, same cosine normalisation), so with
-/// nprobe = nlist the results equal the flat index's, ids and distances, sorted by (distance, id) and
-/// padded with `no_id` / `no_distance`. `search_params::nprobe` = 0 means `default_nprobe`; values above
-/// nlist scan every list.
+/// `nprobe` best per query (ties to the smaller list); then each query scans its lists with the one-to-many kernels
+/// into a bounded heap. Distances are those of `flat_index` (same kernels, same cosine normalisation), so with nprobe =
+/// nlist the results equal the flat index's, ids and distances, sorted by (distance, id) and padded with `no_id` /
+/// `no_distance`. `search_params::nprobe` = 0 means `default_nprobe`; values above nlist scan every list.
 ///
 /// Thread safety: after `train`, every other member may be called concurrently from any number of
-/// threads. Each list has a reader-writer lock: scans hold it shared, `add` and `remove` exclusively
-/// for the moment they change that list; the id map has its own lock, which `add` and `remove` hold
-/// exclusively (so duplicate checks and the map stay consistent) and searches never take. A search
-/// running alongside an `add` sees each new vector either entirely or not at all, and may see part of
-/// the batch. `train` needs exclusive access. Batched searches parallelise over queries on the caller's
-/// oneTBB arena.
+/// threads. Each list has a reader-writer lock: a query's scan holds every list it probes shared (taken
+/// in ascending order), `add` and `remove` hold one exclusively for the moment they change it; the id
+/// map has its own lock, which `add` and `remove` hold exclusively (so duplicate checks and the map stay
+/// consistent) and searches never take. A search running alongside an `add` sees each new vector either
+/// entirely or not at all, and may see part of the batch; a vector moved to another list (remove, then
+/// add) is seen at most once. A filter must not call into the index it filters (`id_filter`). `train` needs exclusive
+/// access. Batched searches parallelise over queries on the caller's oneTBB arena.
 ///
 /// Persistence: `save` writes the index file of docs/format.md (centroids, list sizes, the lists' rows
 /// and ids); `load` reads it back, or with `load_options::mmap` scans the lists in place from a

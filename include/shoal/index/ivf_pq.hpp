@@ -81,10 +81,12 @@ struct ivf_pq_train_params {
 /// `no_distance`.
 ///
 /// Thread safety: as IVF-Flat. After `train`, every other member may be called concurrently. Each list
-/// has a reader-writer lock (scans shared; `add`/`remove` exclusive while they change that list); a
-/// writer mutex serialises `add`, `remove` and `save` against each other (so duplicate checks hold and a
-/// save writes one state); searches never take it. A search running alongside an `add` sees each new vector entirely or
-/// not at all. `train` needs exclusive access. Batched searches parallelise over queries on the caller's oneTBB arena.
+/// has a reader-writer lock (a query holds every list it probes shared, from its scan to the end of its
+/// re-rank; `add`/`remove` exclusive while they change that list); a writer mutex serialises `add`,
+/// `remove` and `save` against each other (so duplicate checks hold and a save writes one state);
+/// searches never take it. A search running alongside an `add` sees each new vector entirely or not at
+/// all, and a vector moved to another list at most once. `train` needs exclusive access. Batched
+/// searches parallelise over queries on the caller's oneTBB arena.
 ///
 /// Persistence: `save` writes the index file of docs/format.md (parameters, centroids, codebooks, the OPQ
 /// rotation, the SQ8 ranges with `refine_sq8`, and per list the codes, ids and — with `refine` — full
