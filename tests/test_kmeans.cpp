@@ -355,6 +355,25 @@ TEST_CASE("spherical k-means keeps unit centroids", "[kmeans]") {
   one.spherical = true;
   const kmeans_result c = kmeans({cross.data(), 4, 2}, one);
   CHECK(std::hypot(c.centroids.row(0)[0], c.centroids.row(0)[1]) == Approx(1.0f));
+  // Zero points (inner product accepts them) have no direction: seeded from one, a centroid stayed zero
+  // (5 of 10 did, with 995 zero points of 1,000), and so did an IVF index's inner-product centroids.
+  matrix<float> mostly_zero = make_clustered(1000, 8, 5, 3);
+  for (std::size_t i = 5; i < mostly_zero.rows; ++i) std::fill_n(mostly_zero.row(i), 8, 0.0f);
+  for (const kmeans_init init : {kmeans_init::random, kmeans_init::kmeans_plus_plus}) {
+    kmeans_params ten;
+    ten.k = 10;
+    ten.spherical = true;
+    ten.init = init;
+    const kmeans_result z = kmeans(mostly_zero.view(), ten);
+    for (std::size_t row = 0; row < 10; ++row) {
+      double norm = 0.0;
+      for (std::size_t j = 0; j < 8; ++j) norm += double{z.centroids.row(row)[j]} * z.centroids.row(row)[j];
+      CHECK(std::sqrt(norm) == Approx(1.0).epsilon(1e-5));
+    }
+  }
+  const matrix<float> zeros(20, 8);
+  REQUIRE_THROWS_MATCHES(kmeans(zeros.view(), one), shoal::error,
+                         fails_with(errc::invalid_argument, "every training point is zero"));
 }
 
 TEST_CASE("balanced k-means caps every cluster and splits a crowded region", "[kmeans]") {
@@ -522,4 +541,10 @@ TEST_CASE("k-means and assign reject bad input", "[kmeans]") {
   REQUIRE_THROWS_MATCHES(assign(points.view(), good.view(), metric::l2, 4), shoal::error,
                          fails_with(errc::invalid_argument, "count 4"));
   REQUIRE_THROWS_MATCHES(assign(bad.view(), good.view()), shoal::error, fails_with(errc::non_finite, "row 7"));
+  // A metric cast from an integer assigned as inner product; centroids of dimension 0 gave results.
+  REQUIRE_THROWS_MATCHES(assign(points.view(), good.view(), static_cast<metric>(7)), shoal::error,
+                         fails_with(errc::invalid_argument, "assign"));
+  const matrix<float> none(3, 0), no_points(20, 0);
+  REQUIRE_THROWS_MATCHES(assign(no_points.view(), none.view()), shoal::error,
+                         fails_with(errc::invalid_argument, "assign: dimension 0"));
 }

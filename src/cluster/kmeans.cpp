@@ -47,10 +47,16 @@ std::vector<std::size_t> draw_without_replacement(std::size_t n, std::size_t m, 
 
 void copy_row(const float* from, std::size_t dim, float* to) noexcept { std::copy_n(from, dim, to); }
 
-/// Scales `c` to unit norm; a zero row stays zero (it has no direction to keep).
-void normalize(float* c, std::size_t dim) noexcept {
+/// ‖c‖², summed in double.
+double squared_norm(const float* c, std::size_t dim) noexcept {
   double sum = 0.0;
   for (std::size_t j = 0; j < dim; ++j) sum += static_cast<double>(c[j]) * c[j];
+  return sum;
+}
+
+/// Scales `c` to unit norm; a zero row stays zero (it has no direction to keep).
+void normalize(float* c, std::size_t dim) noexcept {
+  const double sum = squared_norm(c, dim);
   if (sum <= 0.0) return;
   const auto scale = static_cast<float>(1.0 / std::sqrt(sum));
   for (std::size_t j = 0; j < dim; ++j) c[j] *= scale;
@@ -797,6 +803,8 @@ void assign_nearest(matrix_view<const float> points, matrix_view<const float> ce
 
 centroid_assignment assign(matrix_view<const float> points, matrix_view<const float> centroids, metric m,
                            std::size_t count) {
+  detail::check_metric(m, "assign");
+  detail::check_dimension(centroids.dim, "assign");
   SHOAL_CHECK(centroids.rows > 0, "assign: no centroids");
   SHOAL_CHECK(count > 0 && count <= centroids.rows, "assign: count ", count, " must be in [1, ", centroids.rows, "]");
   SHOAL_CHECK(centroids.rows <= std::numeric_limits<std::uint32_t>::max(), "assign: too many centroids");
@@ -890,7 +898,19 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
     seed_plus_plus(x, centroids, rng);
   }
   if (params.spherical)
-    for (std::size_t c = 0; c < k; ++c) normalize(centroids.row(c), dim);
+    for (std::size_t c = 0; c < k; ++c) {
+      normalize(centroids.row(c), dim);
+      // A zero point has no direction: a centroid seeded from one stayed zero (which `spherical` promises
+      // never to return) and kept the zero points' cluster. It takes the next non-zero point after a
+      // random one instead.
+      if (squared_norm(centroids.row(c), dim) > 0.0) continue;
+      const std::size_t start = rng.below(n);
+      std::size_t step = 0;
+      while (step < n && !(squared_norm(x.row((start + step) % n), dim) > 0.0)) ++step;
+      SHOAL_CHECK(step < n, "kmeans: every training point is zero, which has no direction for spherical k-means");
+      copy_row(x.row((start + step) % n), dim, centroids.row(c));
+      normalize(centroids.row(c), dim);
+    }
 
   std::vector<float> point_norms(n);
   kern.squared_norms(x.data, n, dim, x.stride, point_norms.data());
