@@ -139,3 +139,33 @@ TEST_CASE("id_filter wraps any predicate and an empty filter accepts all", "[cor
   CHECK(f.accepts(4));
   CHECK_FALSE(f.accepts(5));
 }
+
+bool below_ten(vector_id id) { return id < 10; }
+
+TEST_CASE("id_filter holds small predicates by value, so a temporary may be stored; others must outlive it", "[core]") {
+  // A temporary lambda capturing a reference, stored and then called after its statement ended (it was
+  // held by address: a read of a dead stack object, which ASan reported).
+  const vector_id limit = 3;
+  search_params params;
+  params.filter = [&limit](vector_id id) { return id < limit; };
+  const id_filter copy = params.filter;
+  params.filter = {};
+  CHECK(copy.accepts(2));
+  CHECK_FALSE(copy.accepts(3));
+  const id_filter function = below_ten;
+  CHECK(function.accepts(9));
+  CHECK_FALSE(function.accepts(10));
+  // A predicate too large or not trivially copyable is referenced: an lvalue converts, a temporary does
+  // not compile.
+  const std::vector<vector_id> allowed{1, 7};
+  const auto listed = [allowed](vector_id id) {
+    return std::find(allowed.begin(), allowed.end(), id) != allowed.end();
+  };
+  STATIC_REQUIRE(std::is_convertible_v<decltype(listed)&, id_filter>);
+  STATIC_REQUIRE(std::is_convertible_v<const decltype(listed)&, id_filter>);
+  STATIC_REQUIRE_FALSE(std::is_convertible_v<decltype(listed), id_filter>);
+  STATIC_REQUIRE(std::is_convertible_v<decltype([](vector_id) { return true; }), id_filter>);
+  const id_filter by_reference = listed;
+  CHECK(by_reference.accepts(7));
+  CHECK_FALSE(by_reference.accepts(2));
+}

@@ -451,7 +451,7 @@ TEST_CASE("projection rejects bad input", "[multimodal]") {
                          fails_with(errc::dimension_mismatch, "output has dimension 4, expected 3"));
     matrix<float> short_out(4, 3);
     CHECK_THROWS_MATCHES(p.apply(x.view(), short_out.mutable_view()), shoal::error,
-                         fails_with(errc::invalid_argument, "4 rows for 5 input rows"));
+                         fails_with(errc::invalid_argument, "output has 4 rows for 5"));
     matrix<float> bad = x;
     bad.row(2)[1] = inf;
     CHECK_THROWS_MATCHES(p.apply(bad.view()), shoal::error, fails_with(errc::non_finite, "row 2"));

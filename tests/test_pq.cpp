@@ -593,4 +593,41 @@ TEST_CASE("opq learns an orthogonal rotation that lowers pq error on correlated 
   REQUIRE_THROWS_MATCHES(opq_rotation(dim, 5), shoal::error, fails_with(errc::invalid_argument, "does not divide"));
   REQUIRE_THROWS_MATCHES(opq_rotation(dim, 4).apply(x.view()), shoal::error,
                          fails_with(errc::invalid_argument, "not trained"));
+  // In place (output over the input): as out of place (it read rows it had already overwritten).
+  matrix<float> inout = x;
+  opq.apply(inout.view(), inout.mutable_view());
+  for (std::size_t i = 0; i < inout.values.size(); ++i) CHECK(inout.values[i] == Approx(y.values[i]).margin(1e-5));
+}
+
+TEST_CASE("quantizers refuse missing buffers and codes outside the codebook", "[pq][sq][opq]") {
+  const matrix<float> x = make_uniform(300, 8, 3);
+  product_quantizer pq4(8, 2, 4);
+  pq4.train(x.view());
+  scalar_quantizer sq(8, sq_type::sq8);
+  sq.train(x.view());
+  opq_rotation opq(8, 2, 4);
+  opq.train(x.view());
+  matrix<float> out(2, 8);
+  const matrix_view<float> no_data{nullptr, 2, 8};
+  std::vector<std::uint8_t> codes(2 * 8, 0);
+  REQUIRE_THROWS_MATCHES(pq4.encode(x.view().slice(0, 2), nullptr), shoal::error,
+                         fails_with(errc::invalid_argument, "product_quantizer::encode: no codes for 2 rows"));
+  REQUIRE_THROWS_MATCHES(pq4.decode(nullptr, 2, out.mutable_view()), shoal::error,
+                         fails_with(errc::invalid_argument, "product_quantizer::decode: no codes for 2 rows"));
+  REQUIRE_THROWS_MATCHES(
+      pq4.decode(codes.data(), 2, no_data), shoal::error,
+      fails_with(errc::invalid_argument, "product_quantizer::decode: output has 2 rows but no data"));
+  REQUIRE_THROWS_MATCHES(sq.encode(x.view().slice(0, 2), nullptr), shoal::error,
+                         fails_with(errc::invalid_argument, "scalar_quantizer::encode: no codes for 2 rows"));
+  REQUIRE_THROWS_MATCHES(sq.decode(codes.data(), 2, no_data), shoal::error,
+                         fails_with(errc::invalid_argument, "scalar_quantizer::decode: output has 2 rows but no data"));
+  REQUIRE_THROWS_MATCHES(opq.apply(x.view().slice(0, 2), no_data), shoal::error,
+                         fails_with(errc::invalid_argument, "opq_rotation::apply: output has 2 rows but no data"));
+  REQUIRE_THROWS_MATCHES(pq4.decode(codes.data(), 2, matrix_view<float>{out.values.data(), 2, 8, 4}), shoal::error,
+                         fails_with(errc::invalid_argument, "stride 4 is smaller than its dimension 8"));
+  // A 4-bit code is a byte below 16: 16 read the next sub-quantizer's first codeword, past the last one
+  // read outside the codebooks.
+  codes[3] = 16;
+  REQUIRE_THROWS_MATCHES(pq4.decode(codes.data(), 2, out.mutable_view()), shoal::error,
+                         fails_with(errc::invalid_argument, "code 16 of row 1 (sub-quantizer 1) is not below 16"));
 }

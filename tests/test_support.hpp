@@ -393,6 +393,12 @@ void check_common_input_errors(Index& index, matrix_view<const float> queries, v
   const matrix<float> zero(1, dim);
   REQUIRE_THROWS_MATCHES(index.add(zero.view(), std::vector<vector_id>{77}), shoal::error,
                          fails_with(errc::invalid_argument, "zero"));
+  // Rows 2^62 floats apart: row 1 sits 2^64 bytes on, which wrapped back onto row 0.
+  const matrix_view<const float> wrapping{good.values.data(), 2, dim, std::size_t{1} << 62};
+  REQUIRE_THROWS_MATCHES(index.add(wrapping, std::vector<vector_id>{98, 99}), shoal::error,
+                         fails_with(errc::invalid_argument, "span past the address space"));
+  REQUIRE_THROWS_MATCHES(index.search(wrapping, 1), shoal::error,
+                         fails_with(errc::invalid_argument, "span past the address space"));
   REQUIRE_THROWS_MATCHES(index.search(queries, 0), shoal::error, fails_with(errc::invalid_argument, "k must"));
   REQUIRE_THROWS_MATCHES(index.range_search(queries, std::nanf("")), shoal::error,
                          fails_with(errc::invalid_argument, "NaN"));

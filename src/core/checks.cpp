@@ -8,11 +8,22 @@
 #include "shoal/core/error.hpp"
 
 namespace shoal::detail {
+namespace {
+
+/// The shape checks of a view of `rows` rows of `dim` floats `stride` apart at `data`.
+void check_layout(const float* data, std::size_t rows, std::size_t dim, std::size_t stride, const char* what) {
+  SHOAL_CHECK(stride >= dim, what, " row stride ", stride, " is smaller than its dimension ", dim);
+  SHOAL_CHECK(rows == 0 || data != nullptr, what, " has ", rows, " rows but no data");
+  constexpr std::size_t limit = static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()) / sizeof(float);
+  SHOAL_CHECK(rows <= 1 || (dim <= limit && stride <= (limit - dim) / (rows - 1)), what, " has ", rows,
+              " rows of stride ", stride, ", which span past the address space");
+}
+
+}  // namespace
 
 void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what) {
   SHOAL_CHECK_CODE(v.dim == dim, errc::dimension_mismatch, what, " has dimension ", v.dim, ", expected ", dim);
-  SHOAL_CHECK(v.stride >= v.dim, what, " row stride ", v.stride, " is smaller than its dimension ", v.dim);
-  SHOAL_CHECK(v.rows == 0 || v.data != nullptr, what, " has ", v.rows, " rows but no data");
+  check_layout(v.data, v.rows, v.dim, v.stride, what);
   // Components below 2^32 in magnitude keep a squared norm below dim · 2^64, inside the bound below for
   // any dimension under 2^58; a row with a larger one (or Inf / NaN: an all-ones exponent) is looked at
   // closely.
@@ -88,6 +99,25 @@ void check_result_buffer(std::size_t rows, neighbors_view out, const char* what)
   SHOAL_CHECK(out.k > 0, what, ": k must be at least 1");
   SHOAL_CHECK(out.rows == rows, what, ": result buffer has ", out.rows, " rows for ", rows, " queries");
   SHOAL_CHECK(rows == 0 || (out.ids != nullptr && out.distances != nullptr), what, ": null result buffer");
+}
+
+void check_output(matrix_view<float> out, std::size_t rows, std::size_t dim, const char* what) {
+  SHOAL_CHECK_CODE(out.dim == dim, errc::dimension_mismatch, what, ": output has dimension ", out.dim, ", expected ",
+                   dim);
+  SHOAL_CHECK(out.rows == rows, what, ": output has ", out.rows, " rows for ", rows);
+  check_layout(out.data, out.rows, out.dim, out.stride, str(what, ": output").c_str());
+}
+
+void check_codes(const void* codes, std::size_t rows, const char* what) {
+  SHOAL_CHECK(rows == 0 || codes != nullptr, what, ": no codes for ", rows, " rows");
+}
+
+bool views_overlap(matrix_view<const float> a, matrix_view<const float> b) noexcept {
+  if (a.rows == 0 || b.rows == 0) return false;
+  const auto begin_a = reinterpret_cast<std::uintptr_t>(a.data), begin_b = reinterpret_cast<std::uintptr_t>(b.data);
+  const std::uintptr_t end_a = begin_a + ((a.rows - 1) * a.stride + a.dim) * sizeof(float);
+  const std::uintptr_t end_b = begin_b + ((b.rows - 1) * b.stride + b.dim) * sizeof(float);
+  return begin_a < end_b && begin_b < end_a;
 }
 
 void check_stored_id(vector_id id, bool fresh, const std::string& file) {

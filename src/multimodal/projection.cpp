@@ -124,16 +124,6 @@ U get(const std::byte* in) noexcept {
   return value;
 }
 
-/// Whether the memory `a` spans (`a_rows` rows of `a_dim` values `a_stride` apart) meets the memory `b` spans.
-bool overlap(const float* a, std::size_t a_rows, std::size_t a_dim, std::size_t a_stride, const float* b,
-             std::size_t b_rows, std::size_t b_dim, std::size_t b_stride) noexcept {
-  if (a_rows == 0 || b_rows == 0) return false;
-  const auto begin_a = reinterpret_cast<std::uintptr_t>(a), begin_b = reinterpret_cast<std::uintptr_t>(b);
-  const std::uintptr_t end_a = begin_a + ((a_rows - 1) * a_stride + a_dim) * sizeof(float);
-  const std::uintptr_t end_b = begin_b + ((b_rows - 1) * b_stride + b_dim) * sizeof(float);
-  return begin_a < end_b && begin_b < end_a;
-}
-
 /// Every value of `m`, read from `path`, finite: the only bound a projection puts on its values (the
 /// norm bound of indexed vectors would refuse weights a fit produces, e.g. 1e19 for inputs near 1e-20).
 void check_finite(const matrix<float>& m, const std::filesystem::path& path) {
@@ -206,16 +196,12 @@ projection projection::fit_procrustes(matrix_view<const float> x, matrix_view<co
 
 void projection::apply(matrix_view<const float> in, matrix_view<float> out) const {
   detail::check_vectors(in, in_dim_, "projection::apply: input");
-  SHOAL_CHECK_CODE(out.dim == out_dim_, errc::dimension_mismatch, "projection::apply: output has dimension ", out.dim,
-                   ", expected ", out_dim_);
-  SHOAL_CHECK(out.rows == in.rows, "projection::apply: output has ", out.rows, " rows for ", in.rows, " input rows");
-  SHOAL_CHECK(out.stride >= out.dim && (out.rows == 0 || out.data != nullptr),
-              "projection::apply: invalid output view (stride ", out.stride, " < dimension ", out.dim, " or no data)");
+  detail::check_output(out, in.rows, out_dim_, "projection::apply");
   if (in.rows == 0) return;
   const Eigen::Map<const row_major> w(weights_.data(), ei(out_dim_), ei(in_dim_));
   const Eigen::Map<const Eigen::RowVectorXf> b(bias_.data(), ei(out_dim_));
   strided_map y = map(out);
-  if (overlap(in.data, in.rows, in.dim, in.stride, out.data, out.rows, out.dim, out.stride))
+  if (detail::views_overlap(in, out))
     y = map(in) * w.transpose();  // Eigen evaluates a product into a temporary unless told noalias
   else
     y.noalias() = map(in) * w.transpose();
@@ -237,7 +223,7 @@ void projection::apply(std::span<const float> in, std::span<float> out) const {
   const Eigen::Map<const row_major> w(weights_.data(), ei(out_dim_), ei(in_dim_));
   Eigen::Map<Eigen::VectorXf> y(out.data(), ei(out_dim_));
   const Eigen::Map<const Eigen::VectorXf> x(in.data(), ei(in_dim_));
-  if (overlap(in.data(), 1, in_dim_, in_dim_, out.data(), 1, out_dim_, out_dim_))
+  if (detail::views_overlap({in.data(), 1, in_dim_}, {out.data(), 1, out_dim_}))
     y = w * x;  // into a temporary first
   else
     y.noalias() = w * x;

@@ -90,15 +90,16 @@ void opq_rotation::train(matrix_view<const float> vectors, const opq_train_param
 void opq_rotation::apply(matrix_view<const float> vectors, matrix_view<float> out) const {
   SHOAL_CHECK(is_trained(), "opq_rotation::apply: the rotation is not trained");
   detail::check_vectors(vectors, dim_, "opq_rotation::apply: vector");
-  SHOAL_CHECK_CODE(out.dim == dim_ && out.rows == vectors.rows && out.stride >= out.dim, errc::dimension_mismatch,
-                   "opq_rotation::apply: output is ", out.rows, " x ", out.dim, ", expected ", vectors.rows, " x ",
-                   dim_);
+  detail::check_output(out, vectors.rows, dim_, "opq_rotation::apply");
   const Eigen::Map<const row_major> r(rotation_.data(), static_cast<Eigen::Index>(dim_),
                                       static_cast<Eigen::Index>(dim_));
   Eigen::Map<row_major, 0, Eigen::OuterStride<>> result(out.data, static_cast<Eigen::Index>(out.rows),
                                                         static_cast<Eigen::Index>(dim_),
                                                         Eigen::OuterStride<>(static_cast<Eigen::Index>(out.stride)));
-  result.noalias() = map(vectors) * r;
+  if (detail::views_overlap(vectors, out))
+    result = map(vectors) * r;  // Eigen evaluates a product into a temporary unless told noalias
+  else
+    result.noalias() = map(vectors) * r;
 }
 
 matrix<float> opq_rotation::apply(matrix_view<const float> vectors) const {

@@ -103,6 +103,7 @@ void product_quantizer::set_codebooks(matrix<float> books) {
 void product_quantizer::encode(matrix_view<const float> vectors, std::uint8_t* codes) const {
   SHOAL_CHECK(is_trained(), "product_quantizer::encode: the quantizer is not trained");
   detail::check_vectors(vectors, dim_, "product_quantizer::encode: vector");
+  detail::check_codes(codes, vectors.rows, "product_quantizer::encode");
   const std::size_t k = ksub();
   const std::size_t n = vectors.rows;
   // The L2 table of a vector holds its distance to every codeword of every sub-space: the code is the
@@ -132,11 +133,15 @@ std::vector<std::uint8_t> product_quantizer::encode(matrix_view<const float> vec
 
 void product_quantizer::decode(const std::uint8_t* codes, std::size_t n, matrix_view<float> out) const {
   SHOAL_CHECK(is_trained(), "product_quantizer::decode: the quantizer is not trained");
-  SHOAL_CHECK_CODE(out.dim == dim_, errc::dimension_mismatch, "product_quantizer::decode: output has dimension ",
-                   out.dim, ", expected ", dim_);
-  SHOAL_CHECK(out.rows == n && out.stride >= out.dim, "product_quantizer::decode: output has ", out.rows,
-              " rows (stride ", out.stride, ") for ", n, " codes");
+  detail::check_output(out, n, dim_, "product_quantizer::decode");
+  detail::check_codes(codes, n, "product_quantizer::decode");
   const std::size_t k = ksub();
+  // A 4-bit quantizer's code is a byte like an 8-bit one's: one of 16 or more would read another
+  // sub-quantizer's codewords, or past the last.
+  if (k < 256)
+    for (std::size_t i = 0; i < n * m_; ++i)
+      SHOAL_CHECK(codes[i] < k, "product_quantizer::decode: code ", static_cast<unsigned>(codes[i]), " of row ",
+                  i / m_, " (sub-quantizer ", i % m_, ") is not below ", k);
   for (std::size_t i = 0; i < n; ++i)
     for (std::size_t s = 0; s < m_; ++s)
       std::copy_n(codebooks_.row(s * k + codes[i * m_ + s]), dsub_, out.row(i) + s * dsub_);

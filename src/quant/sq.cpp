@@ -99,6 +99,7 @@ void scalar_quantizer::train(matrix_view<const float> vectors) {
 void scalar_quantizer::encode(matrix_view<const float> vectors, std::uint8_t* codes) const {
   SHOAL_CHECK(is_trained(), "scalar_quantizer::encode: the quantizer is not trained");
   detail::check_vectors(vectors, dim_, "scalar_quantizer::encode: vector");
+  detail::check_codes(codes, vectors.rows, "scalar_quantizer::encode");
   for (std::size_t i = 0; i < vectors.rows; ++i) {
     const float* x = vectors.row(i);
     std::uint8_t* out = codes + i * code_size();
@@ -119,10 +120,8 @@ void scalar_quantizer::encode(matrix_view<const float> vectors, std::uint8_t* co
 
 void scalar_quantizer::decode(const std::uint8_t* codes, std::size_t n, matrix_view<float> out) const {
   SHOAL_CHECK(is_trained(), "scalar_quantizer::decode: the quantizer is not trained");
-  SHOAL_CHECK_CODE(out.dim == dim_, errc::dimension_mismatch, "scalar_quantizer::decode: output has dimension ",
-                   out.dim, ", expected ", dim_);
-  SHOAL_CHECK(out.rows == n && out.stride >= out.dim, "scalar_quantizer::decode: output has ", out.rows,
-              " rows (stride ", out.stride, ") for ", n, " codes");
+  detail::check_output(out, n, dim_, "scalar_quantizer::decode");
+  detail::check_codes(codes, n, "scalar_quantizer::decode");
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint8_t* c = codes + i * code_size();
     float* x = out.row(i);

@@ -12,7 +12,8 @@
 
 namespace shoal::detail {
 
-/// Throws `shoal::error` unless `v` has `dim` columns, a valid stride and data pointer, only finite
+/// Throws `shoal::error` unless `v` has `dim` columns, a valid stride and data pointer (its rows within
+/// the address space: a stride of 2^62 would wrap row 1 back onto row 0), only finite
 /// values, and rows of norm at most sqrt(FLT_MAX / 8) ≈ 6.5e18, so that every float distance between
 /// them stays finite (`errc::non_finite` otherwise). `what` names the argument in the message ("query",
 /// "vector", ...).
@@ -48,6 +49,19 @@ void check_ids(std::span<const vector_id> ids, std::size_t rows, const char* wha
 /// Throws `shoal::error` unless `out` can take the answers to `rows` queries: k ≥ 1, `rows` rows and both
 /// buffers present. `what` names the call ("flat_index::search", ...).
 void check_result_buffer(std::size_t rows, neighbors_view out, const char* what);
+
+/// Throws `shoal::error` unless `out` is a `rows` x `dim` view a call can write: `errc::dimension_mismatch`
+/// for another dimension, `errc::invalid_argument` for other rows, a stride below the dimension, no data,
+/// or rows spanning past the address space. `what` names the call ("product_quantizer::decode", ...).
+void check_output(matrix_view<float> out, std::size_t rows, std::size_t dim, const char* what);
+
+/// Throws `shoal::error` (`errc::invalid_argument`) when `rows` > 0 and `codes` is null: "<what>: no
+/// codes for <rows> rows".
+void check_codes(const void* codes, std::size_t rows, const char* what);
+
+/// Whether the memory two views span meets (views that passed the checks above): a product written in
+/// place must then go through a temporary.
+[[nodiscard]] bool views_overlap(matrix_view<const float> a, matrix_view<const float> b) noexcept;
 
 /// An id read from index file `file`: throws `errc::corrupt_file` when it is the reserved `no_id` or
 /// `fresh` is false (the loader found it stored already).

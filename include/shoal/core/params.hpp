@@ -3,7 +3,9 @@
 /// Per-call search parameters. Nothing that tunes a search is stored in an index, so concurrent searches
 /// with different settings never race (the FAISS `nprobe`-on-the-index pitfall, faiss#2204).
 
+#include <cstring>
 #include <memory>
+#include <new>
 #include <type_traits>
 #include <utility>
 
@@ -13,29 +15,61 @@ namespace shoal {
 
 class coarse_probe;
 
-/// Non-owning reference to a predicate `bool(vector_id)` that says which ids a search may return.
-/// Cheap to copy (two pointers); the referenced callable must outlive the search call. An empty filter
-/// accepts every id. The predicate may be called concurrently from the threads of one batched search.
-/// It runs while the index being searched holds read locks: it may search or query other indexes, but
-/// must not call into the one it filters (`contains`, `vector`, a search, a write) — with a writer
-/// waiting on those locks, such a call can deadlock (IVF-Flat's `contains` did under a running `add`).
+/// A predicate `bool(vector_id)` that says which ids a search may return; empty, it accepts every id.
+/// A small, trivially copyable predicate — a lambda capturing nothing, or a few references or pointers;
+/// a function pointer — is held by value, so a temporary one may be stored (`params.filter = [&](vector_id
+/// id) { ... };`). Any other is referenced: it must be an lvalue that outlives the search (a temporary
+/// does not compile — it would be gone before the search calls it). Cheap to copy (four words).
+/// The predicate may be called concurrently from the threads of one batched search. It runs while the
+/// index being searched holds read locks: it may search or query other indexes, but must not call into
+/// the one it filters (`contains`, `vector`, a search, a write) — with a writer waiting on those locks,
+/// such a call can deadlock (IVF-Flat's `contains` did under a running `add`).
 class id_filter {
+  static constexpr std::size_t inline_bytes = 3 * sizeof(void*);
+  template <class F>
+  static constexpr bool held_by_value = [] {
+    if constexpr (std::is_object_v<F>)  // not a function: a function is referenced, it lives for ever
+      return std::is_trivially_copyable_v<F> && sizeof(F) <= inline_bytes && alignof(F) <= alignof(void*);
+    else
+      return false;
+  }();
+  template <class F>
+  static constexpr bool predicate =
+      !std::is_same_v<std::remove_cvref_t<F>, id_filter> && std::is_invocable_r_v<bool, const F&, vector_id>;
+
  public:
   id_filter() = default;
   template <class F>
-  requires(!std::is_same_v<std::remove_cvref_t<F>, id_filter> && std::is_invocable_r_v<bool, const F&, vector_id>)
-      id_filter(const F& predicate)
+  requires(predicate<F>) id_filter(const F& f)
   noexcept  // NOLINT(google-explicit-constructor): filters read naturally inline
-      : object_(std::addressof(predicate)), call_([](const void* object, vector_id id) {
-          return static_cast<bool>((*static_cast<const F*>(object))(id));
-        }) {}
+  {
+    if constexpr (held_by_value<F>) {
+      ::new (static_cast<void*>(storage_)) F(f);
+      call_ = [](const void* storage, vector_id id) {
+        return static_cast<bool>((*std::launder(static_cast<const F*>(storage)))(id));
+      };
+    } else {
+      const F* object = std::addressof(f);
+      std::memcpy(storage_, &object, sizeof object);
+      call_ = [](const void* storage, vector_id id) {
+        const F* referenced = nullptr;
+        std::memcpy(&referenced, storage, sizeof referenced);
+        return static_cast<bool>((*referenced)(id));
+      };
+    }
+  }
+  /// A temporary that cannot be held by value would dangle once the statement ends.
+  template <class F>
+  requires(predicate<F> && !std::is_lvalue_reference_v<F> && !held_by_value<std::remove_cvref_t<F>>)
+      id_filter(F&& temporary)
+  = delete;
 
   [[nodiscard]] explicit operator bool() const noexcept { return call_ != nullptr; }
   /// True when `id` may be returned (always true for an empty filter).
-  [[nodiscard]] bool accepts(vector_id id) const { return call_ == nullptr || call_(object_, id); }
+  [[nodiscard]] bool accepts(vector_id id) const { return call_ == nullptr || call_(storage_, id); }
 
  private:
-  const void* object_ = nullptr;
+  alignas(void*) unsigned char storage_[inline_bytes] = {};  // the predicate, or a pointer to it
   bool (*call_)(const void*, vector_id) = nullptr;
 };
 

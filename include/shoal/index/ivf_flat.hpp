@@ -74,8 +74,8 @@ class ivf_flat_index {
 
   /// An untrained, empty index. `coarse_hnsw_m` = 0 scores every centroid exactly in the coarse pass
   /// (`IVF<nlist>,Flat`); M in [2, 256] searches an HNSW graph of M links over the centroids instead
-  /// (`IVF<nlist>_HNSW<M>,Flat`, see `coarse_hnsw_m()`). Throws `shoal::error` if dim = 0, nlist = 0 or
-  /// M is out of range.
+  /// (`IVF<nlist>_HNSW<M>,Flat`, see `coarse_hnsw_m()`). The nlist lists are allocated here, about 145
+  /// bytes each. Throws `shoal::error` if dim = 0, nlist is 0 or above 2^24, or M is out of range.
   ivf_flat_index(std::size_t dim, metric m, std::size_t nlist, std::size_t coarse_hnsw_m = 0);
   ~ivf_flat_index();
   ivf_flat_index(ivf_flat_index&&) noexcept;

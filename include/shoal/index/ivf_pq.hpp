@@ -99,8 +99,9 @@ class ivf_pq_index {
   /// Lists scanned per query when `search_params::nprobe` is 0 (FAISS's default).
   static constexpr std::size_t default_nprobe = 1;
 
-  /// An untrained, empty index. Throws `shoal::error` if dim, nlist or m is 0, m does not divide dim, or
-  /// nbits is neither 4 nor 8.
+  /// An untrained, empty index; the nlist lists are allocated here, about 200 bytes each. Throws
+  /// `shoal::error` if dim, nlist or m is 0, nlist is above 2^24, m does not divide dim, or nbits is
+  /// neither 4 nor 8.
   ivf_pq_index(std::size_t dim, metric m, const ivf_pq_params& params);
   ~ivf_pq_index();
   ivf_pq_index(ivf_pq_index&&) noexcept;

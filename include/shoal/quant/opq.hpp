@@ -30,9 +30,11 @@ struct opq_train_params {
 ///
 /// Training alternates (Ge et al., OPQ-NP): with R fixed, train the PQ on X·R and reconstruct Ŷ; with the
 /// codes fixed, R = argmin ‖X·R − Ŷ‖ over orthogonal R, the orthogonal Procrustes problem, solved by the
-/// SVD Xᵀ·Ŷ = U·Σ·Vᵀ → R = U·Vᵀ (Eigen). Starts from the identity, so the first iteration is plain PQ
-/// and the reconstruction error on the training set does not increase over iterations (up to k-means'
-/// own variation). Thread safety: `train` needs exclusive access; `apply` may run concurrently.
+/// SVD Xᵀ·Ŷ = U·Σ·Vᵀ → R = U·Vᵀ (Eigen). Starts from the identity, so the first iteration is plain PQ.
+/// Each iteration trains its PQ afresh (seed + iteration), so the training error tends to fall but may
+/// rise from one iteration to the next — by a few percent on uniform data, more than the 1% that PQ
+/// alone varies by seed. `apply` may write over its input. Thread safety: `train` needs exclusive
+/// access; `apply` may run concurrently.
 class opq_rotation {
  public:
   /// Throws `shoal::error` as `product_quantizer(dim, m, nbits)` does.
