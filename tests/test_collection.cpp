@@ -593,6 +593,17 @@ TEST_CASE("collection: a torn log tail is dropped, other damage is reported", "[
     CHECK(collection::open(home).size() == 3);
     CHECK(std::filesystem::file_size(log) == full);
   }
+  // Zeros from any byte of the last record on (its pages not all written): the record is dropped, the
+  // others kept — also when the zeros begin inside its fixed header (a corrupt_file there).
+  for (std::uintmax_t zero_from = full - record; zero_from < full; ++zero_from) {
+    CAPTURE(zero_from);
+    std::vector<char> bytes = test::slurp(pristine.string());
+    std::fill(bytes.begin() + static_cast<std::ptrdiff_t>(zero_from), bytes.end(), '\0');
+    test::spit(log.string(), bytes);
+    const collection c = collection::open(home);
+    CHECK(c.size() == 2);
+    CHECK_FALSE(c.contains(3));
+  }
   // A flipped byte inside the first record (not the last) is corruption.
   std::filesystem::copy_file(pristine, log, std::filesystem::copy_options::overwrite_existing);
   {

@@ -180,11 +180,27 @@ bool write_ahead_log::read_records(std::uint64_t after) {
 
   std::uint64_t at = header_bytes;
   std::uint64_t previous = 0;
-  // Whether the fixed header of the record at `at` (whole in the file) agrees with its size field
-  // `payload` and follows the previous record: what a torn last write still shows (file comment).
-  const auto header_agrees = [&](std::uint64_t record, std::uint64_t payload) {
-    const record_header h(bytes.data() + record + record_head_bytes, dim_);
-    return h.known_op() && h.implied_bytes == payload && (previous == 0 || h.sequence == previous + 1);
+  // Whether the record at `record` — cut short by the end of the file, or ending there and failing its
+  // checksum — shows what a torn last write leaves: what was written of its fixed header agrees with its
+  // size field `payload` and follows the previous record. Written means before the run of zeros that
+  // ends the file, if any (a file extended but not all written: the zeros may begin inside the header).
+  // A damaged size field that makes a middle record seem to run to the end of the file fails this, and
+  // must not pass for torn: dropping it would drop every acknowledged record behind it.
+  const auto torn_tail = [&](std::uint64_t record, std::uint64_t payload) {
+    const std::byte* p = bytes.data() + record + record_head_bytes;
+    std::uint64_t written = std::min<std::uint64_t>(payload, size - record - record_head_bytes);
+    while (written > 0 && p[written - 1] == std::byte{0}) --written;
+    std::array<std::byte, payload_fixed_bytes> fixed{};  // zeros past what was written
+    std::copy_n(p, std::min<std::uint64_t>(written, payload_fixed_bytes), fixed.begin());
+    const record_header h(fixed.data(), dim_);
+    std::array<std::byte, 8> due{};  // the sequence this record should carry, as stored
+    const std::uint64_t next = previous + 1;
+    std::memcpy(due.data(), &next, sizeof next);
+    const bool sequence_agrees =
+        previous == 0 || std::equal(fixed.begin(), fixed.begin() + std::min<std::uint64_t>(written, 8), due.begin());
+    if (written <= 8) return sequence_agrees;  // the op was not written
+    if (written < payload_fixed_bytes) return sequence_agrees && h.known_op();
+    return sequence_agrees && h.known_op() && h.implied_bytes == payload;
   };
   // The records of the call being read, from byte `call_start`, until its last record (no "continued"
   // flag) shows that the call was written whole.
@@ -198,8 +214,8 @@ bool write_ahead_log::read_records(std::uint64_t after) {
     if (!torn) {
       payload = load<std::uint32_t>(bytes.data() + at);
       torn = payload > left - record_head_bytes;
-      if (torn && left - record_head_bytes >= payload_fixed_bytes)
-        SHOAL_CHECK_CODE(header_agrees(at, payload), errc::corrupt_file, name, ": write-ahead log record at byte ", at,
+      if (torn)
+        SHOAL_CHECK_CODE(torn_tail(at, payload), errc::corrupt_file, name, ": write-ahead log record at byte ", at,
                          " claims ", payload, " bytes, more than the file holds, and its header disagrees (a damaged ",
                          "size field, not a torn last write)");
       // A file extended but never written to (a power loss after its size reached the disk, before its
@@ -214,13 +230,7 @@ bool write_ahead_log::read_records(std::uint64_t after) {
       const bool intact = crc32c(p, payload) == crc;
       const bool last = at + record_head_bytes + payload == size;
       if (!intact && last) {
-        // Torn only if its header agrees with its size field, or was never written (zeros): a damaged size
-        // field can also make a middle record seem to end at the end of the file, and dropping it would
-        // drop every acknowledged record behind it.
-        const bool unwritten = std::all_of(p, p + std::min<std::uint64_t>(payload, payload_fixed_bytes),
-                                           [](std::byte b) { return b == std::byte{0}; });
-        SHOAL_CHECK_CODE(unwritten || (payload >= payload_fixed_bytes && header_agrees(at, payload)),
-                         errc::corrupt_file, name, ": write-ahead log record at byte ", at,
+        SHOAL_CHECK_CODE(torn_tail(at, payload), errc::corrupt_file, name, ": write-ahead log record at byte ", at,
                          " fails its checksum at the end of the file, and its header disagrees with its size (a ",
                          "damaged size field, not a torn last write)");
         torn = true;
