@@ -170,6 +170,38 @@ TEST_CASE("hnsw SQ8 and SQ4 ranges come from train or the first add, and clamp l
   }
 }
 
+TEST_CASE("hnsw SQ8 and SQ4 ranges near the norm bound: learnt when a file can hold them, refused otherwise",
+          "[hnsw]") {
+  const scratch_dir dir("shoal-hnsw");
+  // Components up to 2e17 (norms about 11 times under the bound): SQ4 refused them, checking its ranges
+  // as if its codes went to 255 of its 17-fold steps instead of 15.
+  matrix<float> large = make_uniform(64, 8, 41);
+  for (float& v : large.values) v *= 2e17f;
+  std::vector<vector_id> ids(64);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  for (const hnsw_codes codes : {hnsw_codes::sq8, hnsw_codes::sq4}) {
+    CAPTURE(static_cast<int>(codes));
+    hnsw_params p;
+    p.codes = codes;
+    hnsw_index index(8, metric::l2, p);
+    index.add(large.view(), ids);
+    index.save(dir / "large.shoal");
+    const hnsw_index back = hnsw_index::load(dir / "large.shoal");
+    test::require_identical(back.search(large.view(), 3), index.search(large.view(), 3));
+  }
+  // One-hot vectors of norm 6e18 (under the 6.5e18 bound): the ranges decode to a vector of norm 1.7e19.
+  // The add saved a file no load accepted, and its traversal estimates overflowed: refused at the add.
+  matrix<float> one_hot(64, 64);
+  for (std::size_t i = 0; i < 64; ++i) one_hot.row(i)[i] = 6e18f;
+  hnsw_params p;
+  p.codes = hnsw_codes::sq8;
+  hnsw_index index(64, metric::l2, p);
+  REQUIRE_THROWS_MATCHES(index.add(one_hot.view(), ids), shoal::error,
+                         fails_with(errc::non_finite, "hnsw_index: SQ8 codes cannot cover these vectors"));
+  CHECK(index.size() == 0);
+  CHECK_FALSE(index.is_trained());
+}
+
 TEST_CASE("hnsw SQ8 and SQ4 ranges are never learned from a failed add or a handful of vectors", "[hnsw]") {
   const fixture f(2000, 50, 37);
   tbb::task_arena one(1);

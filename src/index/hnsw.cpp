@@ -474,15 +474,31 @@ struct hnsw_index::impl {
   }
 
   // ------------------------------------------------------------------------------------- SQ8 codes
+  /// The largest code of a dimension: 255 for SQ8, 15 for SQ4 (whose steps are 17 SQ8 steps).
+  [[nodiscard]] static constexpr unsigned code_top(hnsw_codes codes) noexcept {
+    return codes == hnsw_codes::sq4 ? 15 : 255;
+  }
   /// Learns the per-dimension code ranges from `sample` (the scalar quantizer's sq8 training: each
   /// dimension's min and max). Caller holds sq_mutex; publishes with sq_ready.
   void train_codes(matrix_view<const float> sample) {
     scalar_quantizer q(dim, sq_type::sq8);
     q.train(sample);
-    if (build.codes == hnsw_codes::sq4) {  // 15 steps over each range instead of 255: codes 0-15
-      std::vector<float> steps = q.steps();
+    const bool four_bit = build.codes == hnsw_codes::sq4;
+    std::vector<float> steps = q.steps();
+    if (four_bit)  // 15 steps over each range instead of 255: codes 0-15
       for (float& st : steps) st *= 17.0f;
-      q = scalar_quantizer::sq8_with_ranges(q.mins(), std::move(steps));
+    try {
+      // The check a load makes, made when the ranges are learnt: ranges whose extremes together decode
+      // past the norm bound (one-hot vectors near it) saved a file that could not be opened, and their
+      // traversal estimates overflowed.
+      q = scalar_quantizer::sq8_with_ranges(q.mins(), std::move(steps), code_top(build.codes));
+    } catch (const shoal::error& e) {
+      std::string_view why = e.what();
+      if (why.starts_with("shoal: ")) why.remove_prefix(7);
+      detail::throw_error(e.code(), detail::str("hnsw_index: ", four_bit ? "SQ4" : "SQ8",
+                                                " codes cannot cover these vectors (F16 or full-precision "
+                                                "traversal can): ",
+                                                why));
     }
     sq = std::move(q);
     sq_ready.store(true, std::memory_order_release);
@@ -1700,7 +1716,8 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     in.read(tags.ranges, ranges.data(), ranges.size());
     const auto half = ranges.begin() + static_cast<std::ptrdiff_t>(x.dim);
     try {
-      x.sq = scalar_quantizer::sq8_with_ranges({ranges.begin(), half}, {half, ranges.end()});
+      x.sq = scalar_quantizer::sq8_with_ranges({ranges.begin(), half}, {half, ranges.end()},
+                                               hnsw_index::impl::code_top(x.build.codes));
     } catch (const shoal::error& e) {
       corrupt(false, e.what());
     }

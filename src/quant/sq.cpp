@@ -62,7 +62,8 @@ scalar_quantizer::scalar_quantizer(std::size_t dim, sq_type type) : dim_(dim), t
   (void)active_scalar_quant_kernels();
 }
 
-scalar_quantizer scalar_quantizer::sq8_with_ranges(std::vector<float> mins, std::vector<float> steps) {
+scalar_quantizer scalar_quantizer::sq8_with_ranges(std::vector<float> mins, std::vector<float> steps,
+                                                   unsigned top_code) {
   SHOAL_CHECK(mins.size() == steps.size(), "scalar_quantizer::sq8_with_ranges: ", mins.size(), " minima but ",
               steps.size(), " steps");
   scalar_quantizer q(mins.size(), sq_type::sq8);
@@ -70,7 +71,7 @@ scalar_quantizer scalar_quantizer::sq8_with_ranges(std::vector<float> mins, std:
   for (std::size_t d = 0; d < mins.size(); ++d) {
     SHOAL_CHECK(std::isfinite(mins[d]) && std::isfinite(steps[d]) && steps[d] >= 0.0f,
                 "scalar_quantizer::sq8_with_ranges: dimension ", d, " has min ", mins[d], " and step ", steps[d]);
-    const double top = static_cast<double>(mins[d]) + 255.0 * steps[d];
+    const double top = static_cast<double>(mins[d]) + static_cast<double>(top_code) * steps[d];
     largest += std::max(static_cast<double>(mins[d]) * mins[d], top * top);
   }
   detail::check_squared_norm(largest, "scalar_quantizer::sq8_with_ranges: the largest vector the ranges decode to");

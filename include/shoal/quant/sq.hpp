@@ -34,9 +34,11 @@ class scalar_quantizer {
   [[nodiscard]] bool is_trained() const noexcept { return type_ == sq_type::fp16 || !step_.empty(); }
 
   /// An sq8 quantizer with the given per-dimension minima and steps (as `mins()` / `steps()` return
-  /// them, e.g. read back from a file). Throws `shoal::error` if the sizes differ or are 0, or a value
-  /// is not finite, or a step is negative.
-  [[nodiscard]] static scalar_quantizer sq8_with_ranges(std::vector<float> mins, std::vector<float> steps);
+  /// them, e.g. read back from a file). Throws `shoal::error` if the sizes differ or are 0, a value is
+  /// not finite, a step is negative, or the largest vector that codes 0 to `top_code` decode to has a
+  /// norm past the vector bound (`errc::non_finite`; 15 for 4-bit codes sharing these ranges).
+  [[nodiscard]] static scalar_quantizer sq8_with_ranges(std::vector<float> mins, std::vector<float> steps,
+                                                        unsigned top_code = 255);
 
   /// sq8: learns each dimension's [min, max] from `vectors` (a constant dimension gets step 0 and
   /// decodes to its value). fp16: only checks the input. Throws `shoal::error` on a dimension mismatch,
