@@ -19,7 +19,8 @@ namespace shoal::detail {
 /// `unit = max|a_j| / L` with L = `dot_u8_i16_limit(dim)` (10,741 at 784 dimensions), so that Σ i_j·c_j
 /// is exact in int32 at every SIMD level and costs one widening and one multiply-add per 32 codes at
 /// AVX-512. The rounding moves an estimate by at most unit/2 · Σ c_j — a few parts in 10⁵ of its range,
-/// far below the codes' own error.
+/// far below the codes' own error, while no coefficient dwarfs the rest; one dimension of a far wider
+/// range than the others sets the grid alone and rounds the others to 0 or ±1 (docs/hnsw.md: known).
 class sq8_estimator {
  public:
   /// Σ (step_j·c_j)² of one code row under L2; 0 under inner product and cosine.

@@ -70,8 +70,8 @@ class scalar_quantizer {
   std::vector<float> step_;
 };
 
-/// fp16 bits of `x`, round to nearest even (overflow to ±Inf, NaN to the quiet NaN 0x7e00), and back.
-/// Exact inverses on every half value but NaNs (whose payloads are not kept).
+/// fp16 bits of `x`, round to nearest even (overflow to ±Inf, NaN to a quiet NaN of its sign: 0x7e00 or
+/// 0xfe00), and back. Exact inverses on every half value but NaNs (whose payloads are not kept).
 [[nodiscard]] std::uint16_t float_to_half(float x) noexcept;
 [[nodiscard]] float half_to_float(std::uint16_t h) noexcept;
 /// The largest finite half-precision value: fp16 codes saturate at ±max_half (an Inf code would make
