@@ -538,7 +538,7 @@ TEST_CASE("damaged ivf_pq files: inconsistent sections are reported even without
   // RSQR: the SQ8 copy's minima, then its steps. A step of 3e38 decodes code 255 past FLT_MAX.
   d.pq(metric::l2, 4, 4, false, false, true).save(good);
   const std::vector<char> sq8 = slurp(good);
-  require_damage_reported<ivf_pq_index>(sq8, bad, "the largest vector the ranges decode to has norm",
+  require_damage_reported<ivf_pq_index>(sq8, bad, "the end of the range of dimension 0 has norm",
                                         [&](auto& b) { put(b, section_offset(sq8, "RSQR") + 24 * 4, 3e38f); });
 }
 

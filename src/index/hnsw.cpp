@@ -483,23 +483,12 @@ struct hnsw_index::impl {
   void train_codes(matrix_view<const float> sample) {
     scalar_quantizer q(dim, sq_type::sq8);
     q.train(sample);
-    const bool four_bit = build.codes == hnsw_codes::sq4;
     std::vector<float> steps = q.steps();
-    if (four_bit)  // 15 steps over each range instead of 255: codes 0-15
+    if (build.codes == hnsw_codes::sq4)  // 15 steps over each range instead of 255: codes 0-15
       for (float& st : steps) st *= 17.0f;
-    try {
-      // The check a load makes, made when the ranges are learnt: ranges whose extremes together decode
-      // past the norm bound (one-hot vectors near it) saved a file that could not be opened, and their
-      // traversal estimates overflowed.
-      q = scalar_quantizer::sq8_with_ranges(q.mins(), std::move(steps), code_top(build.codes));
-    } catch (const shoal::error& e) {
-      std::string_view why = e.what();
-      if (why.starts_with("shoal: ")) why.remove_prefix(7);
-      detail::throw_error(e.code(), detail::str("hnsw_index: ", four_bit ? "SQ4" : "SQ8",
-                                                " codes cannot cover these vectors (F16 or full-precision "
-                                                "traversal can): ",
-                                                why));
-    }
+    // Checked as a load checks them (each range's ends, up to the last code used: 15 of SQ4's 17-fold
+    // steps, where checking 255 of them refused vectors 11 times under the norm bound).
+    q = scalar_quantizer::sq8_with_ranges(q.mins(), std::move(steps), code_top(build.codes));
     sq = std::move(q);
     sq_ready.store(true, std::memory_order_release);
   }
@@ -1305,7 +1294,22 @@ struct hnsw_index::impl {
     else if (hits != nullptr)
       layer = search_layer(
           q, entries, ef, 0, *s, [](slot_t) { return true; }, radius, hits);
-    const std::span<cand> found = filter || hits != nullptr ? std::span<cand>(layer) : search_pool(q, start, ef, 0, *s);
+    std::span<cand> found = filter || hits != nullptr ? std::span<cand>(layer) : search_pool(q, start, ef, 0, *s);
+    // A plain search that found fewer than ef nodes of an index holding more entered a group of nodes
+    // whose links lead only to each other or to removed nodes: under inner product a removal can leave
+    // such dead ends (docs/hnsw.md, "What remains"), and rows came back short of k. It runs again from
+    // the entry point, and the two results merge (one comparison when nothing is wrong).
+    const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
+    if (!filter && hits == nullptr && found.size() < ef && start.slot != ep_slot &&
+        found.size() < live_count.load(std::memory_order_relaxed)) {
+      layer.assign(found.begin(), found.end());
+      for (const cand& c : search_pool(q, cand{score(q, ep_slot), ep_slot}, ef, 0, *s))
+        if (std::none_of(layer.begin(), layer.end(), [&](const cand& held) { return held.slot == c.slot; }))
+          layer.push_back(c);
+      std::sort(layer.begin(), layer.end());
+      if (layer.size() > ef) layer.resize(ef);
+      found = layer;
+    }
     if (coded) {  // exact distances of the candidates, in the scratch buffers (no allocation per query)
       s->pending_rows.resize(std::max(s->pending_rows.size(), found.size()));
       s->pending_distances.resize(std::max(s->pending_distances.size(), found.size()));

@@ -35,8 +35,9 @@ class scalar_quantizer {
 
   /// An sq8 quantizer with the given per-dimension minima and steps (as `mins()` / `steps()` return
   /// them, e.g. read back from a file). Throws `shoal::error` if the sizes differ or are 0, a value is
-  /// not finite, a step is negative, or the largest vector that codes 0 to `top_code` decode to has a
-  /// norm past the vector bound (`errc::non_finite`; 15 for 4-bit codes sharing these ranges).
+  /// not finite, a step is negative, or a dimension's range ends (code 0 or `top_code`: 15 for 4-bit
+  /// codes sharing these ranges) past the vector norm bound (`errc::non_finite`) — what no vector an
+  /// index accepts has, so training on accepted vectors never gives it.
   [[nodiscard]] static scalar_quantizer sq8_with_ranges(std::vector<float> mins, std::vector<float> steps,
                                                         unsigned top_code = 255);
 
