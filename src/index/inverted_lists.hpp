@@ -138,19 +138,22 @@ class list_read_locks {
 /// (as `list_read_locks`) and held for the whole scan: the scan sees all of them at one moment, so a
 /// vector moved from one probed list to another while it runs (a remove, then an add) is found once or
 /// not at all — locked one list at a time, a search could meet it in both and return its id twice.
+/// `order` is the caller's buffer (kept from query to query): it holds the lists, ascending, until the
+/// locks are released.
 template <class List>
 class probed_read_locks {
  public:
-  probed_read_locks(std::span<const std::unique_ptr<List>> lists, std::span<const std::uint32_t> probed)
-      : order_(ascending(probed)), locks_(lists, order_) {}
+  probed_read_locks(std::span<const std::unique_ptr<List>> lists, std::span<const std::uint32_t> probed,
+                    std::vector<std::uint32_t>& order)
+      : locks_(lists, ascending(probed, order)) {}
 
  private:
-  static std::vector<std::uint32_t> ascending(std::span<const std::uint32_t> probed) {
-    std::vector<std::uint32_t> order(probed.begin(), probed.end());
+  static std::span<const std::uint32_t> ascending(std::span<const std::uint32_t> probed,
+                                                  std::vector<std::uint32_t>& order) {
+    order.assign(probed.begin(), probed.end());
     std::sort(order.begin(), order.end());
     return order;
   }
-  std::vector<std::uint32_t> order_;  // before locks_: they lock in its order and unlock from it
   list_read_locks<List> locks_;
 };
 

@@ -176,7 +176,8 @@ void ivf_flat_index::search(matrix_view<const float> queries, neighbors_view out
   const distance_kernels& k = active_kernels();
   detail::parallel_for_in(p.locality_order(), p.view.rows, [&](std::size_t q) {
     topk_heap heap(out.k);
-    const detail::probed_read_locks<list> locks(lists_, p.lists(q));
+    const detail::scratch_lease<std::vector<std::uint32_t>> order;  // reused from query to query
+    const detail::probed_read_locks<list> locks(lists_, p.lists(q), order.get());
     for (const std::uint32_t list_no : p.lists(q)) {
       const list& l = *lists_[list_no];
       detail::scan_into_heap(k, metric_, p.view.row(q), l.code_data(), l.id_data(), l.count(), dim_, params.filter,
@@ -201,7 +202,8 @@ range_result ivf_flat_index::range_search(matrix_view<const float> queries, floa
   return detail::range_by_query(
       p.view.rows,
       [&](std::size_t q, std::vector<scored_id>& hits) {
-        const detail::probed_read_locks<list> locks(lists_, p.lists(q));
+        const detail::scratch_lease<std::vector<std::uint32_t>> order;  // reused from query to query
+        const detail::probed_read_locks<list> locks(lists_, p.lists(q), order.get());
         for (const std::uint32_t list_no : p.lists(q)) {
           const list& l = *lists_[list_no];
           detail::scan_into_range(k, metric_, p.view.row(q), l.code_data(), l.id_data(), l.count(), dim_, radius,

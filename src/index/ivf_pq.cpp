@@ -497,9 +497,7 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
     // form no cycle even where waiting writers block new readers.
     const detail::scratch_lease<scratch> lease;
     scratch& s = lease.get();
-    s.locked.assign(probed.begin(), probed.end());
-    std::sort(s.locked.begin(), s.locked.end());
-    const detail::list_read_locks<list> locks(lists_, s.locked);
+    const detail::probed_read_locks<list> locks(lists_, probed, s.locked);
     s.clear(keep);
     begin_query(query, s);
     for (const std::uint32_t list_no : probed) scan_list(*lists_[list_no], list_no, query, s, params, keep);
@@ -563,7 +561,7 @@ range_result ivf_pq_index::range_search(matrix_view<const float> queries, float 
         const float* query = p.view.row(q);
         scratch s;
         if (!exact) begin_query(query, s);
-        const detail::probed_read_locks<list> locks(lists_, p.lists(q));
+        const detail::probed_read_locks<list> locks(lists_, p.lists(q), s.locked);
         for (const std::uint32_t list_no : p.lists(q)) {
           const list& l = *lists_[list_no];
           const vector_id* ids = l.id_data();
