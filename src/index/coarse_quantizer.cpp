@@ -37,16 +37,19 @@ constexpr std::size_t prefilter_min_lists = 256;
 [[nodiscard]] bool prefilter_pays(std::size_t nprobe, std::size_t nlist) noexcept { return 8 * nprobe + 64 <= nlist; }
 
 /// Per centroid the SQ8 estimate's lowest and highest value (squared distances to ĉ under L2, scores under
-/// inner product; `residuals` null under L2), in a loop without branches. Its own function so that the
-/// outputs are known not to alias the inputs: written through pointers into a reused scratch inside
-/// `probe_prefiltered`, the loop was left scalar (a 1M-vector IVF4096 query at nprobe 1: 20% slower).
-void estimate_bounds(const sq8_estimator& estimator, const std::int32_t* __restrict dots, const float* __restrict terms,
+/// inner product; `residuals` null under L2), in a loop without branches; `residual_dots` are the
+/// second grid's sums (`TwoGrids`, else unused). Its own function so that the outputs are known not to
+/// alias the inputs: written through pointers into a reused scratch inside `probe_prefiltered`, the loop
+/// was left scalar (a 1M-vector IVF4096 query at nprobe 1: 20% slower).
+template <bool TwoGrids>
+void estimate_bounds(const sq8_estimator& estimator, const std::int32_t* __restrict dots,
+                     const std::int32_t* __restrict residual_dots, const float* __restrict terms,
                      const float* __restrict code_sums, const float* __restrict residuals, float q_norm,
                      std::size_t nlist, float* __restrict lowest, float* __restrict highest) noexcept {
   constexpr float slack = 1e-4f;
   const float half_unit = 0.5f * estimator.unit(), offset = std::abs(estimator.offset());
   for (std::size_t c = 0; c < nlist; ++c) {
-    const float est = estimator.estimate(terms[c], dots[c]);
+    const float est = estimator.estimate(terms[c], dots[c], TwoGrids ? residual_dots[c] : 0);
     const float spread = half_unit * code_sums[c] + slack * (offset + terms[c] + std::abs(est) + 1.0f);
     const float reach = residuals == nullptr ? spread : spread + q_norm * residuals[c];
     lowest[c] = est - reach;
@@ -59,7 +62,9 @@ void estimate_bounds(const sq8_estimator& estimator, const std::int32_t* __restr
 struct probe_scratch {
   std::vector<float> query;        // the query in the centred frame (L2)
   std::vector<float> scores;       // the exact pass: every centroid's rank score
-  std::vector<std::int32_t> dots;  // the prefilter: per centroid its code dot product, and bounds
+  sq8_estimator estimator;         // the prefilter: the query's form,
+  std::vector<std::int32_t> dots;  // per centroid its code dot products, and bounds
+  std::vector<std::int32_t> residual_dots;
   std::vector<float> lowest;
   std::vector<float> highest;
   topk_heap high{1};
@@ -193,15 +198,23 @@ void coarse_quantizer::probe_prefiltered(const float* query, std::size_t nprobe,
   const scratch_lease<probe_scratch> lease;
   probe_scratch& s = lease.get();
   const float* q = centred(query, s.query);
-  sq8_estimator estimator;
+  sq8_estimator& estimator = s.estimator;
   estimator.prepare(*codec_, metric_, q);
   const float q_norm = l2 ? 0.0f : std::sqrt(exact.inner_product(q, q, dim));
   s.dots.resize(nlist);  // the kernel over all rows, the arithmetic after it vectorised
   exact.dot_u8_i16_one_to_many(estimator.coeffs(), codes_.data(), nlist, dim, s.dots.data());
   s.lowest.resize(nlist);
   s.highest.resize(nlist);
-  estimate_bounds(estimator, s.dots.data(), terms_.data(), code_sums_.data(), l2 ? nullptr : residuals_.data(), q_norm,
-                  nlist, s.lowest.data(), s.highest.data());
+  const float* residuals = l2 ? nullptr : residuals_.data();
+  if (estimator.two_grids()) {
+    s.residual_dots.resize(nlist);
+    exact.dot_u8_i16_one_to_many(estimator.residual_coeffs(), codes_.data(), nlist, dim, s.residual_dots.data());
+    estimate_bounds<true>(estimator, s.dots.data(), s.residual_dots.data(), terms_.data(), code_sums_.data(), residuals,
+                          q_norm, nlist, s.lowest.data(), s.highest.data());
+  } else {
+    estimate_bounds<false>(estimator, s.dots.data(), nullptr, terms_.data(), code_sums_.data(), residuals, q_norm,
+                           nlist, s.lowest.data(), s.highest.data());
+  }
   const float* lowest = s.lowest.data();
   const float* highest = s.highest.data();
   // Under L2 the bounds on ‖q − c‖ = ‖q − ĉ‖ ± ‖c − ĉ‖ take square roots; a root is taken only where a

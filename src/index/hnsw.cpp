@@ -141,13 +141,14 @@ struct scratch {
   std::vector<const float*> pending_rows;          // their vectors
   std::vector<const std::uint8_t*> pending_codes;  // or their codes
   std::vector<float> pending_distances;
-  std::vector<float> pending_terms;    // SQ8 / SQ4: their terms
-  detail::sq8_estimator sq8;           // SQ8 / SQ4 traversal: the query's form
-  std::vector<std::int32_t> dots;      // the pending rows' integer sums
-  std::vector<cand> frontier;          // min-heap
-  std::vector<cand> best;              // max-heap
-  std::vector<std::uint8_t> expanded;  // search_pool: per best entry, whether it was expanded
-  bool building = false;               // an insert's search: skips nodes whose own insert is running
+  std::vector<float> pending_terms;         // SQ8 / SQ4: their terms
+  detail::sq8_estimator sq8;                // SQ8 / SQ4 traversal: the query's form
+  std::vector<std::int32_t> dots;           // the pending rows' integer sums
+  std::vector<std::int32_t> residual_dots;  // and, with two grids, their sums on the second
+  std::vector<cand> frontier;               // min-heap
+  std::vector<cand> best;                   // max-heap
+  std::vector<std::uint8_t> expanded;       // search_pool: per best entry, whether it was expanded
+  bool building = false;                    // an insert's search: skips nodes whose own insert is running
 
   void reset(std::size_t slots, std::size_t max_links) {
     if (++epoch == 0) {
@@ -162,6 +163,7 @@ struct scratch {
     pending_distances.resize(max_links);
     pending_terms.resize(max_links);
     dots.resize(max_links);
+    residual_dots.resize(max_links);
   }
   /// Marks `s` visited; 1 if it was not yet (a new node), else 0. Inlined into the neighbour loop (a
   /// call there cost an eighth of an in-cache search) and branch-free apart from growing the tags for a
@@ -455,9 +457,14 @@ struct hnsw_index::impl {
       return;
     }
     if (ctx.sq8 != nullptr) {
-      (ctx.nibbles ? kern->dot_u4_i16_gather : kern->dot_u8_i16_gather)(ctx.sq8->coeffs(), s.pending_codes.data(), m,
-                                                                        dim, s.dots.data());
-      for (std::size_t j = 0; j < m; ++j) out[j] = ctx.sq8->estimate(s.pending_terms[j], s.dots[j]);
+      const auto gather = ctx.nibbles ? kern->dot_u4_i16_gather : kern->dot_u8_i16_gather;
+      gather(ctx.sq8->coeffs(), s.pending_codes.data(), m, dim, s.dots.data());
+      if (!ctx.sq8->two_grids()) {
+        for (std::size_t j = 0; j < m; ++j) out[j] = ctx.sq8->estimate(s.pending_terms[j], s.dots[j]);
+        return;
+      }
+      gather(ctx.sq8->residual_coeffs(), s.pending_codes.data(), m, dim, s.residual_dots.data());
+      for (std::size_t j = 0; j < m; ++j) out[j] = ctx.sq8->estimate(s.pending_terms[j], s.dots[j], s.residual_dots[j]);
       return;
     }
     exact_distances(ctx.q, s.pending_rows.data(), m, out);
@@ -573,8 +580,9 @@ struct hnsw_index::impl {
     if (ctx.f16) return half_distance(ctx.q, codes(x));
     if (ctx.sq8 == nullptr) return distance(ctx.q, vec(x));
     const std::uint8_t* c = codes(x);
-    return ctx.sq8->estimate(code_term(x),
-                             (ctx.nibbles ? kern->dot_u4_i16 : kern->dot_u8_i16)(ctx.sq8->coeffs(), c, dim));
+    const auto dot = ctx.nibbles ? kern->dot_u4_i16 : kern->dot_u8_i16;
+    return ctx.sq8->estimate(code_term(x), dot(ctx.sq8->coeffs(), c, dim),
+                             ctx.sq8->two_grids() ? dot(ctx.sq8->residual_coeffs(), c, dim) : 0);
   }
 
   /// Collects the neighbours of `from` on `level` that are usable there (and, with `visited`, not yet
