@@ -25,6 +25,7 @@
 #include "collection/metrics.hpp"  // the library's own writer (src/), for exact sample text
 #include "collection/wal.hpp"      // the log itself (src/): a write call of several records
 #include "shoal/collection/collection.hpp"
+#include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
 #include "test_support.hpp"
 
@@ -54,15 +55,9 @@ flat_index flat_of(const clustered_set& data, metric m) {
   return f;
 }
 
-/// Recall@k of `got` against exact results.
-double recall(const neighbors& got, const neighbors& exact) {
-  std::size_t hits = 0;
-  for (std::size_t q = 0; q < got.rows(); ++q) {
-    const std::set<vector_id> truth(exact.row_ids(q).begin(), exact.row_ids(q).end());
-    for (const vector_id id : got.row_ids(q)) hits += truth.count(id);
-  }
-  return static_cast<double>(hits) / static_cast<double>(got.rows() * got.k());
-}
+/// Recall@k of `got` against exact results (`recall_at_k`: an id repeated in a row counts once, an
+/// empty slot never).
+double recall(const neighbors& got, const neighbors& exact) { return recall_at_k(got, exact, got.k()); }
 
 TEST_CASE("collection: every policy searching every shard equals one flat index", "[collection]") {
   const clustered_set data(3000, 40, 24, 12, 7, 0.3f, 5);
@@ -286,6 +281,17 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
                          fails_with(errc::invalid_argument, "3 rows for 4 queries"));
   REQUIRE_THROWS_MATCHES(c.search(v.view(), neighbors_view{nullptr, nullptr, 4, 2}), shoal::error,
                          fails_with(errc::invalid_argument, "null result buffer"));
+  // An outside coarse pass belongs to one IVF index's centroids, not to every shard's.
+  struct any_pass final : coarse_probe {
+    [[nodiscard]] std::size_t lists() const noexcept override { return 4; }
+    [[nodiscard]] std::size_t dim() const noexcept override { return 8; }
+    [[nodiscard]] shoal::metric metric() const noexcept override { return metric::cosine; }
+    [[nodiscard]] std::size_t min_batch() const noexcept override { return 1; }
+    void probe(matrix_view<const float> /*queries*/, std::size_t /*nprobe*/, std::uint32_t* /*probes*/) const override {
+    }
+  } pass;
+  REQUIRE_THROWS_MATCHES(c.search(v.view(), 2, {.coarse = &pass}), shoal::error,
+                         fails_with(errc::invalid_argument, "search_params::coarse"));
   REQUIRE_THROWS_MATCHES(c.train(v.view()), shoal::error, fails_with(errc::invalid_argument, "already holds 4"));
   CHECK(c.size() == 4);
   // k larger than the collection: rows padded with the sentinel.

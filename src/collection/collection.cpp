@@ -598,6 +598,12 @@ void collection::search(matrix_view<const float> queries, neighbors_view out, co
   detail::check_result_buffer(queries.rows, out, "collection::search");
   detail::check_vectors(queries, st.options.dim, "collection::search: query");
   SHOAL_CHECK(st.trained.load(), "collection::search: the collection is not trained");
+  // An outside coarse pass is built from one IVF index's centroids; semantic and hybrid shards train
+  // their own, and no shard's centroids are reachable from here to build one for it (with it, a
+  // semantic collection's recall fell from 0.995 to 0.12 without an error).
+  SHOAL_CHECK(params.coarse == nullptr,
+              "collection::search: search_params::coarse is one IVF index's coarse pass; a collection's shards "
+              "have centroids of their own, so it takes none");
   detail::scoped_timer total(st.search_latency);  // searches only, not rejected calls
   const std::size_t nq = queries.rows;
   if (nq == 0) return;

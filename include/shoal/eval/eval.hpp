@@ -19,9 +19,10 @@ namespace shoal {
 /// missing one, which no result matches.
 ///
 /// This is not ann-benchmarks' recall, which recomputes each returned vector's distance and counts every
-/// one within the k-th true distance + 1e-3 (Euclidean, not squared, for L2). The two differ only where
-/// a base vector outside the true top-k lies within that margin of the k-th true distance — an exact
-/// duplicate of a true neighbour, say: a result holding it instead of the listed id scores lower here.
+/// one within the k-th true distance + 1e-3 (Euclidean, not squared, for L2). The two differ where a
+/// base vector outside the true top-k lies within that margin of the k-th true distance — an exact
+/// duplicate of a true neighbour, say: a result holding it instead of the listed id scores lower here —
+/// and where a result repeats an id: ann-benchmarks counts each repeat, this counts it once.
 /// `.ivecs` ids are int32: for bases beyond 2³¹ − 1 rows use the `neighbors` overload.
 /// Throws `shoal::error` if k is 0, exceeds `result.k()` or `truth.dim`, or the row counts differ.
 [[nodiscard]] double recall_at_k(const neighbors& result, matrix_view<const std::int32_t> truth, std::size_t k);
