@@ -213,6 +213,41 @@ TEST_CASE("hnsw under inner product fills every row after removals left dead end
     const neighbors one = index.search(queries.view().slice(q, 1), 10, with_ef(64));
     CHECK(std::equal(one.row_ids(0).begin(), one.row_ids(0).end(), got.row_ids(q).begin()));
   }
+  // Filtered and range searches run again from the entry point too: a filter that accepts even ids
+  // (about 1,450 of them live) fills every row (678 short before), and a range search finds what the
+  // top-10 search found within its radius (61 of 2,000 rows found less before).
+  search_params even = with_ef(64);
+  even.filter = [](vector_id id) { return id % 2 == 0; };
+  const neighbors filtered = index.search(queries.view(), 10, even);
+  std::size_t short_filtered = 0;
+  for (std::size_t q = 0; q < filtered.rows(); ++q) short_filtered += filtered.id(q, 9) == no_id ? 1 : 0;
+  CAPTURE(short_filtered);
+  CHECK(short_filtered == 0);
+  flat_index exact(40, metric::inner_product);
+  std::vector<vector_id> live;
+  for (const vector_id id : ids)
+    if (index.contains(id)) live.push_back(id);
+  matrix<float> live_rows(live.size(), 40);
+  for (std::size_t i = 0; i < live.size(); ++i)
+    std::copy_n(base.row(static_cast<std::size_t>(live[i] - 1000)), 40, live_rows.row(i));
+  exact.add(live_rows.view(), live);
+  const matrix_view<const float> some = queries.view().slice(0, 2000);
+  const neighbors tenth = exact.search(some, 10);
+  const neighbors top = index.search(some, 10, with_ef(64));
+  std::size_t by_search = 0, by_range = 0, range_short = 0;
+  for (std::size_t q = 0; q < some.rows; ++q) {
+    // Each query's radius just beyond its exact 10th distance: the range search should find what the
+    // top-10 search found within it.
+    const float radius = std::nextafter(tenth.distance(q, 9), no_distance);
+    const range_result within = index.range_search(some.slice(q, 1), radius, with_ef(64));
+    std::size_t inside = 0;
+    for (std::size_t j = 0; j < 10; ++j) inside += top.distance(q, j) < radius ? 1 : 0;
+    by_search += inside;
+    by_range += within.row_ids(0).size();
+    range_short += within.row_ids(0).size() < inside ? 1 : 0;
+  }
+  CAPTURE(by_search, by_range, range_short);
+  CHECK(range_short == 0);
 }
 
 TEST_CASE("hnsw SQ8 and SQ4 ranges near the norm bound are learnt, saved and loaded back", "[hnsw]") {

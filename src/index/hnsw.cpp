@@ -1294,28 +1294,41 @@ struct hnsw_index::impl {
     std::unique_ptr<scratch> s = acquire();
     const query_ctx q = context(query, coded, *s);
     const cand start = entered != nullptr ? *entered : enter(q, ep, *s);
-    const std::span entries(&start, 1);
-    std::vector<cand> layer;  // the heap search's result (filtered or range searches)
-    if (filter)
-      layer = search_layer(
-          q, entries, ef, 0, *s, [&](slot_t x) { return filter.accepts(id_of(x)); }, radius, hits);
-    else if (hits != nullptr)
-      layer = search_layer(
+    // The heap search of a filtered or range search, from `from` (marks persist: a second call from
+    // another entry visits only nodes the first did not).
+    const auto heap_search = [&](const cand& from) {
+      const std::span entries(&from, 1);
+      if (filter)
+        return search_layer(
+            q, entries, ef, 0, *s, [&](slot_t x) { return filter.accepts(id_of(x)); }, radius, hits);
+      return search_layer(
           q, entries, ef, 0, *s, [](slot_t) { return true; }, radius, hits);
-    std::span<cand> found = filter || hits != nullptr ? std::span<cand>(layer) : search_pool(q, start, ef, 0, *s);
-    // A plain search that found fewer than ef nodes of an index holding more entered a group of nodes
-    // whose links lead only to each other or to removed nodes: under inner product a removal can leave
-    // such dead ends (docs/hnsw.md, "What remains"), and rows came back short of k. It runs again from
-    // the entry point, and the two results merge (one comparison when nothing is wrong).
+    };
+    const bool heap = filter || hits != nullptr;
+    std::vector<cand> layer;  // the heap search's result
+    if (heap) layer = heap_search(start);
+    std::span<cand> found = heap ? std::span<cand>(layer) : search_pool(q, start, ef, 0, *s);
+    // A search that found fewer than ef nodes of an index holding more has run out of nodes to visit:
+    // under a filter that accepts few that is expected, but it may also have entered a group of nodes
+    // whose links lead only to each other or to removed nodes — under inner product a removal can leave
+    // such dead ends (docs/hnsw.md, "What remains"), and rows came back short of k, range searches
+    // without the vectors beyond. It runs again from the entry point, and the two results merge (one
+    // comparison when nothing is wrong; nothing more than that when the first search already visited
+    // the entry point).
     const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
-    if (!filter && hits == nullptr && found.size() < ef && start.slot != ep_slot &&
-        found.size() < live_count.load(std::memory_order_relaxed)) {
-      layer.assign(found.begin(), found.end());
-      for (const cand& c : search_pool(q, cand{score(q, ep_slot), ep_slot}, ef, 0, *s))
-        if (std::none_of(layer.begin(), layer.end(), [&](const cand& held) { return held.slot == c.slot; }))
-          layer.push_back(c);
-      std::sort(layer.begin(), layer.end());
-      if (layer.size() > ef) layer.resize(ef);
+    if (found.size() < ef && start.slot != ep_slot && found.size() < live_count.load(std::memory_order_relaxed)) {
+      std::vector<cand> merged(found.begin(), found.end());
+      const cand from_ep{score(q, ep_slot), ep_slot};
+      if (heap) {
+        for (const cand& c : heap_search(from_ep)) merged.push_back(c);  // disjoint: the marks persist
+      } else {
+        for (const cand& c : search_pool(q, from_ep, ef, 0, *s))  // expands the entry point even if marked
+          if (std::none_of(merged.begin(), merged.end(), [&](const cand& held) { return held.slot == c.slot; }))
+            merged.push_back(c);
+      }
+      std::sort(merged.begin(), merged.end());
+      if (merged.size() > ef) merged.resize(ef);
+      layer = std::move(merged);
       found = layer;
     }
     if (coded) {  // exact distances of the candidates, in the scratch buffers (no allocation per query)
