@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 
 #include "shoal/eval/eval.hpp"
+#include "shoal/index/hnsw.hpp"
 #include "shoal/io/vecs.hpp"
 #include "test_support.hpp"
 
@@ -23,12 +24,36 @@ outcome bench(const std::string& args) { return test::run_command(std::string(SH
 
 void check(const outcome& o, int status, const std::string& says) { test::check_outcome(o, status, says); }
 
-/// 400 base vectors and 20 queries of dimension 16 in `dir`; the options that name them (k 5, l2).
-std::string write_data(const test::scratch_dir& dir) {
+/// 400 base vectors and 20 queries of dimension 16 in `dir`; the options that name them (`k`, l2).
+std::string write_data(const test::scratch_dir& dir, std::size_t k = 5) {
   io::write_fvecs(dir.path() / "base.fvecs", make_clustered(400, 16, 4, 1).view());
   io::write_fvecs(dir.path() / "query.fvecs", make_clustered(20, 16, 4, 2).view());
   const std::string d = dir.path().string();
-  return "--base " + d + "/base.fvecs --query " + d + "/query.fvecs --metric l2 --k 5 --min-time 0.01";
+  return "--base " + d + "/base.fvecs --query " + d + "/query.fvecs --metric l2 --k " + std::to_string(k) +
+         " --min-time 0.01";
+}
+
+/// The recall column of the CSV row that begins with `row` (`library,index,search_params,`), or a text
+/// that names the missing row.
+std::string recall_of(const outcome& o, const std::string& row) {
+  std::size_t at = o.output.find('\n' + row);
+  if (at == std::string::npos) return "no row " + row;
+  at += 1 + row.size();
+  for (int column = 0; column < 2; ++column) at = o.output.find(',', at) + 1;  // build_s, index_bytes
+  return o.output.substr(at, o.output.find(',', at) - at);
+}
+
+/// Runs a command whose unfixed form allocated without bound under a 4 GB address space, so that it fails
+/// at once instead of paging the host; uncapped under ASan and TSan, whose shadow memory needs terabytes.
+outcome bench_capped(const std::string& args) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+  constexpr bool sanitized = true;
+#elif defined(__has_feature)
+  constexpr bool sanitized = __has_feature(address_sanitizer) || __has_feature(thread_sanitizer);
+#else
+  constexpr bool sanitized = false;
+#endif
+  return test::run_command((sanitized ? "" : "ulimit -v 4000000; ") + std::string(SHOAL_ANN_BENCH) + " " + args);
 }
 
 std::string read_file(const std::filesystem::path& path) {
@@ -83,6 +108,20 @@ TEST_CASE("shoal-ann-bench: bad runs exit 2 naming the problem and keep earlier 
         "shoal,\"IVF4,Flat,Refine(Flat)\",nprobe=2,");
   check(bench(data + " --index Flat,RFlat"), 0, "shoal,\"Flat,Refine(Flat)\",-,");
   check(bench(data + " --index HNSW8,RFlat --sweep nprobe=2"), 2, "unknown search parameter 'nprobe'");
+  // refine_index reads refine 0 as its default depth (once: run at k · 4 under the label refine=0).
+  check(bench(data + " --index 'IVF4,Flat,Refine(Flat)' --sweep refine=0"), 2,
+        "refine=0 of index IVF4,Flat,Refine(Flat) must be a positive integer: a two-stage ,Refine(Flat) reads 0");
+  // Shards take refine as one index of their spec does (once: refine=0 refused for IVF-PQ too).
+  check(bench(data + " --index IVF4,PQ8,RFlat --shards 2 --sweep refine=0"), 0,
+        "shoal,\"IVF4,PQ8,Refine(Flat) [2 shards hash]\",refine=0,");
+  check(bench(data + " --index HNSW8,RFlat --shards 2 --sweep refine=0"), 2,
+        "refine=0 of index HNSW8,Refine(Flat) must be a positive integer");
+  // A number written with a leading zero is the factory's canonical spec, which --load finds in the file
+  // it saved (once: "holds HNSW8, not HNSW08").
+  check(bench(data + " --index HNSW08 --save " + d + "/hnsw.shoal"), 0, "shoal,HNSW8,-,");
+  check(bench(data + " --index HNSW08 --load " + d + "/hnsw.shoal"), 0, "shoal,HNSW8,-,");
+  check(bench(data + " --index IVF04,Flat --save " + d + "/ivf.shoal"), 0, "shoal,\"IVF4,Flat\",-,");
+  check(bench(data + " --index IVF04,Flat --load " + d + "/ivf.shoal"), 0, "shoal,\"IVF4,Flat\",-,");
 }
 
 TEST_CASE("shoal-ann-bench: a run that fails once the data is read leaves the earlier --csv file", "[bench]") {
@@ -139,6 +178,11 @@ TEST_CASE("shoal-ann-bench: command-line details", "[bench]") {
   const outcome twice = bench(data + " --index HNSW8 --shards 2 --sharding semantic --shard-probe 1 --shard-probe 2");
   check(twice, 2, "shard_probe given twice (--shard-probe P is --sweep shard_probe=P");
   CHECK(twice.output.find("--sweep: parameter") == std::string::npos);
+  // A value option given twice is refused, not overwritten (once: --index HNSW8 --index Flat measured Flat).
+  check(bench(data + " --index HNSW8 --index Flat"), 2, "--index given twice");
+  check(bench(data + " --index Flat --k=10"), 2, "--k given twice");
+  check(bench(data + " --index Flat --batch --batch --build-param a=1 --build-param b=2"), 2,
+        "unknown build parameter 'a'");
   // Seed 0 is a seed like any other.
   check(bench(data + " --index HNSW8 --build-param seed=0"), 0, "shoal,HNSW8,-,");
   check(bench(data + " --index HNSW8 --build-param seed=-1"), 2, "seed=-1 of index HNSW8 must be an integer");
@@ -166,6 +210,49 @@ TEST_CASE("shoal-ann-bench: command-line details", "[bench]") {
   io::write_ivecs(dir.path() / "negative.ivecs", truth.view());
   check(bench(data + " --index Flat --gt " + d + "/negative.ivecs"), 2,
         "row 3 holds the id -2 (ids are base row numbers, or -1 for a missing neighbour)");
+}
+
+TEST_CASE("shoal-ann-bench: peers search as deep as shoal under the same label", "[bench]") {
+  const test::scratch_dir dir;
+  const std::string data = write_data(dir);
+  // No ef swept: every library runs shoal's default (once: hnswlib 10, FAISS 16, shoal 64, all shown as
+  // '-'). A sparse graph makes the depth show in the recall.
+  const outcome flat = bench(data + " --index Flat --peers");  // every peer serves Flat
+  const auto built_in = [&](const std::string& peer) {
+    return flat.output.find('\n' + peer + ',') != std::string::npos;
+  };
+  const std::string sparse = data + " --index HNSW4 --build-param ef_construction=4 --peers";
+  const std::string ef = "ef=" + std::to_string(hnsw_index::default_ef);
+  const outcome unswept = bench(sparse);
+  const outcome swept = bench(sparse + " --sweep " + ef);
+  INFO(unswept.output);
+  INFO(swept.output);
+  CHECK(unswept.status == 0);
+  CHECK(swept.status == 0);
+  if (built_in("hnswlib"))
+    CHECK(recall_of(unswept, "hnswlib,HierarchicalNSW,-,") == recall_of(swept, "hnswlib,HierarchicalNSW," + ef + ","));
+  if (!built_in("faiss")) {
+    SUCCEED("FAISS is not built in");
+    return;
+  }
+  CHECK(recall_of(unswept, "faiss,IndexHNSWFlat,-,") == recall_of(swept, "faiss,IndexHNSWFlat," + ef + ","));
+  // ef below k is raised to k, and the coarse graph's below nprobe to nprobe (once: FAISS searched at
+  // ef=1 what shoal and hnswlib searched at k).
+  const outcome shallow = bench(write_data(dir, 50) + " --index HNSW8 --sweep ef=1,50 --peer faiss");
+  CHECK(recall_of(shallow, "faiss,IndexHNSWFlat,ef=1,") == recall_of(shallow, "faiss,IndexHNSWFlat,ef=50,"));
+  const outcome coarse = bench(data + " --index IVF32_HNSW2,Flat --sweep nprobe=32 --sweep ef=1,32 --peer faiss");
+  CHECK(recall_of(coarse, "faiss,IndexIVFFlat+IndexHNSWFlat,nprobe=32;ef=1,") ==
+        recall_of(coarse, "faiss,IndexIVFFlat+IndexHNSWFlat,nprobe=32;ef=32,"));
+  // Depths the bench accepts are cut at what the index holds (once: bad_alloc, or an abort in OpenMP).
+  check(bench_capped(data + " --index HNSW8 --sweep ef=2147483647 --peer faiss"), 0,
+        "faiss,IndexHNSWFlat,ef=2147483647,");
+  check(bench_capped(data + " --index IVF4_HNSW4,PQ8,RFlat --sweep nprobe=2147483647 --sweep ef=2147483647 " +
+                     "--sweep refine=2147483647 --peer faiss"),
+        0, "faiss,IndexIVFPQ+IndexHNSWFlat+IndexRefineFlat,nprobe=2147483647;ef=2147483647;refine=2147483647,");
+  // refine=0, IVF-PQ without re-rank, is k_factor 1: the same results (once: FAISS skipped for every point).
+  const outcome unranked = bench(data + " --index IVF4,PQ8x4fs,RFlat --sweep refine=0,1 --peer faiss");
+  CHECK(recall_of(unranked, "faiss,IndexIVFPQFastScan+IndexRefineFlat,refine=0,") ==
+        recall_of(unranked, "faiss,IndexIVFPQFastScan+IndexRefineFlat,refine=1,"));
 }
 
 TEST_CASE("shoal-ann-bench: peers get the spec in the factory's canonical form", "[bench]") {

@@ -18,11 +18,14 @@
 namespace shoal::bench {
 
 /// What to build: the index-factory spec (`Flat`, later `HNSW32`, `IVF1024,PQ32x4fs`, ...), the metric
-/// and the build knobs.
+/// and the build knobs, and the k that searches will ask for.
 struct index_request {
   std::string spec;
   shoal::metric metric = shoal::metric::l2;
   param_list build_params;
+  /// Neighbours per query (--k). Peers that keep their search depth in the index (FAISS) raise it to k
+  /// when the knobs are set, as shoal and hnswlib do per search.
+  std::size_t k = 1;
 };
 
 /// One index of one library, built one way.

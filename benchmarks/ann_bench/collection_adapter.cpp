@@ -16,7 +16,7 @@ namespace {
 /// Shards are built by `make_index` from the spec with the factory's default build parameters
 /// (HNSW: ef_construction 200), so only build knobs equal to those defaults are accepted, plus the
 /// collection's own `semantic_balance` (balanced k-means for the router, docs/collection.md). Search knobs:
-/// `ef` (HNSW shards), `nprobe` (IVF shards), `refine` (IVF-PQ shards with ,Refine(Flat)) and
+/// `ef` (HNSW shards), `nprobe` (IVF shards), `refine` (,Refine(...) shards; 0, no re-rank, for IVF-PQ) and
 /// `shard_probe` (semantic / hybrid routing; default: every shard, or every group).
 class collection_adapter final : public index_adapter {
  public:
@@ -71,11 +71,16 @@ class collection_adapter final : public index_adapter {
     const std::string index = spec_ + " [" + layout_.sharding + " shards]";
     check_param_names(params, names, "search", index);
     params_ = {};
+    // Every shard gets the search parameters as given (collection::search), so `refine` means what it
+    // means for one index of the spec: 0 is no re-rank for IVF-PQ and refused for a two-stage spec.
     for (const param& p : params) {
+      if (p.name == "refine") {
+        params_.refine_factor = parse_refine(p, spec_);
+        continue;
+      }
       const std::size_t value = parse_positive(p, spec_);
       if (p.name == "ef") params_.ef = value;
       if (p.name == "nprobe") params_.nprobe = value;
-      if (p.name == "refine") params_.refine_factor = value;
       if (p.name == "shard_probe") params_.shard_probe = value;
     }
     // The router visits at most every shard (semantic) or group (hybrid): a larger value would show in

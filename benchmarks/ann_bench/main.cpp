@@ -43,7 +43,7 @@ param_list for_one_index(const param_list& point) {
 /// grammar (RFlat, spaces, ...) runs, and shows in the index column, as the factory's canonical form.
 std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, const std::vector<param_list>& points,
                                                           std::size_t dim) {
-  const index_request request{resolve_spec(o.index, dim, o.metric), o.metric, o.build_params};
+  const index_request request{resolve_spec(o.index, dim, o.metric), o.metric, o.build_params, o.k};
   std::vector<std::unique_ptr<index_adapter>> adapters;
   adapters.push_back(o.shards > 0 ? make_collection_adapter(request, {o.shards, o.sharding, o.replicas, o.groups}, dim)
                                   : make_shoal_adapter(request));

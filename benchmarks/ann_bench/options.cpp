@@ -30,12 +30,15 @@ std::size_t parse_count(std::string_view text, std::string_view option, std::siz
   return value;
 }
 
-/// One option: its name, its value's placeholder (empty for a flag), its help line, and what it sets.
+/// One option: its name, its value's placeholder (empty for a flag), its help line, what it sets, and
+/// whether it may be given more than once. A value option that may not is refused the second time: the
+/// later value would otherwise silently replace the earlier (--index HNSW8 --index Flat measured Flat).
 struct option_spec {
   std::string_view name;
   std::string_view value_name;
   std::string_view help;
   void (*apply)(options& o, std::string_view value);
+  bool repeatable = false;
 };
 
 constexpr option_spec specs[] = {
@@ -58,9 +61,9 @@ constexpr option_spec specs[] = {
     {"--index", "SPEC", "index-factory spec, e.g. Flat or HNSW32 (required)",
      [](options& o, std::string_view v) { o.index = v; }},
     {"--build-param", "NAME=V", "build knob of the index (repeatable)",
-     [](options& o, std::string_view v) { o.build_params.push_back(parse_param(v, "--build-param")); }},
+     [](options& o, std::string_view v) { o.build_params.push_back(parse_param(v, "--build-param")); }, true},
     {"--sweep", "NAME=v1,v2,...", "search knob values, one row each (repeatable: Cartesian product)",
-     [](options& o, std::string_view v) { o.sweeps.push_back(parse_sweep(v)); }},
+     [](options& o, std::string_view v) { o.sweeps.push_back(parse_sweep(v)); }, true},
     {"--threads", "N", "single-query workers, or the batch's thread count (default 1)",
      [](options& o, std::string_view v) { o.threads = parse_count(v, "--threads", 1, 4096); }},
     {"--batch", "", "search all queries in one call (latency columns: per batch)",
@@ -76,7 +79,8 @@ constexpr option_spec specs[] = {
      [](options& o, std::string_view v) {
        o.peers = true;
        o.peer_names.emplace_back(v);
-     }},
+     },
+     true},
     {"--min-time", "SECONDS", "minimum measuring time per sweep point (default 1.0)",
      [](options& o, std::string_view v) {
        o.min_time_s = parse_number<double>(v, "--min-time");
@@ -118,7 +122,8 @@ constexpr option_spec specs[] = {
      "shard_probe=P",
      [](options& o, std::string_view v) {
        o.sweeps.push_back({"shard_probe", {std::string(v)}});
-     }},
+     },
+     true},  // a second one is a second shard_probe axis, refused below with its own message
     {"--replicas", "R", "with --shards: copies of every shard (default 1)",
      [](options& o, std::string_view v) { o.replicas = parse_count(v, "--replicas", 1); }},
     {"--groups", "G", "with --sharding hybrid: semantic groups (default shards / 2)",
@@ -139,6 +144,7 @@ std::optional<std::string> repeated(const std::vector<std::string>& names) {
 
 options parse_options(std::span<const char* const> args) {
   options o;
+  std::vector<std::string_view> given;  // the value options seen that may be given once
   for (std::size_t i = 0; i < args.size(); ++i) {
     std::string_view arg = args[i];
     if (arg == "-h") arg = "--help";
@@ -148,6 +154,11 @@ options parse_options(std::span<const char* const> args) {
     const auto spec =
         std::find_if(std::begin(specs), std::end(specs), [&](const option_spec& s) { return s.name == name; });
     if (spec == std::end(specs)) throw usage_error("unknown option '" + std::string(arg) + "'");
+    if (!spec->value_name.empty() && !spec->repeatable) {
+      if (std::find(given.begin(), given.end(), name) != given.end())
+        throw usage_error(std::string(name) + " given twice");
+      given.push_back(name);
+    }
     if (spec->value_name.empty()) {
       if (eq != std::string_view::npos) throw usage_error(std::string(name) + " takes no value");
       spec->apply(o, {});

@@ -4,6 +4,8 @@
 #include <charconv>
 #include <cmath>
 
+#include "shoal/index/refine.hpp"
+
 namespace shoal::bench {
 
 std::string_view error_text(const std::exception& e) noexcept {
@@ -63,9 +65,13 @@ std::string format_params(const param_list& params) {
 }
 
 namespace {
-/// A positive decimal integer at the start of `text`, consumed; nothing if there is none.
+/// A positive decimal integer at the start of `text`, consumed; nothing if there is none. A leading zero
+/// is none: the grammar holds the canonical spelling only (`HNSW8`, not `HNSW08`), so that the spec is the
+/// index column and the description a saved index reports; other spellings reach the index through
+/// `resolve_spec`, as the factory's canonical form.
 std::optional<std::size_t> take_count(std::string_view& text) {
   std::size_t value = 0;
+  if (text.starts_with('0')) return {};
   const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
   if (ec != std::errc{} || value == 0) return {};
   text.remove_prefix(static_cast<std::size_t>(end - text.data()));
@@ -122,12 +128,10 @@ std::optional<ivf_pq_spec> ivf_pq(std::string_view spec) {
 }
 
 std::optional<std::size_t> hnsw_m(std::string_view spec) {
-  constexpr std::string_view prefix = "HNSW";
-  if (spec.size() <= prefix.size() || !spec.starts_with(prefix)) return {};
-  const std::string_view digits = spec.substr(prefix.size());
-  std::size_t m = 0;
-  const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), m);
-  if (ec != std::errc{} || end != digits.data() + digits.size() || m == 0) return {};
+  if (!spec.starts_with("HNSW")) return {};
+  spec.remove_prefix(4);
+  const auto m = take_count(spec);
+  if (!m || !spec.empty()) return {};
   return m;
 }
 
@@ -178,6 +182,17 @@ std::uint64_t parse_seed(const param& p, std::string_view index) {
     throw config_error("parameter " + p.name + "=" + p.value + " of index " + std::string(index) +
                        " must be an integer in [0, 2^64)");
   return value;
+}
+
+std::size_t parse_refine(const param& p, std::string_view index) {
+  const std::size_t factor = parse_count(p, index);
+  if (factor == 0 && !ivf_pq(index))
+    throw config_error("parameter " + p.name + "=" + p.value + " of index " + std::string(index) +
+                       " must be a positive integer: a two-stage ,Refine(Flat) reads 0 as its default depth k · " +
+                       std::to_string(refine_index::default_refine_factor) +
+                       " (refine=1 re-ranks the first stage's k results; only IVF-PQ's own re-rank takes 0, for "
+                       "none)");
+  return factor;
 }
 
 double parse_number(const param& p, std::string_view index) {

@@ -95,6 +95,11 @@ struct hnsw_spec {
 [[nodiscard]] std::size_t parse_positive(const param& p, std::string_view index);
 /// `p.value` as an integer in [0, 2^31); throws `config_error` naming the parameter and `index` otherwise.
 [[nodiscard]] std::size_t parse_count(const param& p, std::string_view index);
+/// `p.value` as the search knob `refine` (the re-rank depth, k · refine) of `index`: an integer in [0, 2^31),
+/// 0 (no re-rank) only for an IVF-PQ spec (`ivf_pq`). A two-stage `<first>,Refine(Flat)` spec
+/// (`refine_index`) would read 0 as its default depth and run under a `refine=0` label that says none, so
+/// it needs a positive value; throws `config_error` saying so.
+[[nodiscard]] std::size_t parse_refine(const param& p, std::string_view index);
 /// `p.value` as a seed: any integer in [0, 2^64); throws `config_error` naming the parameter and `index` otherwise.
 [[nodiscard]] std::uint64_t parse_seed(const param& p, std::string_view index);
 /// `p.value` as a finite number; throws `config_error` naming the parameter and `index` otherwise.

@@ -3,7 +3,10 @@
 // quantizer of the same metric, with the same build knob (`iterations`, FAISS's `cp.niter`, default 10)
 // and search knob (`nprobe`, passed per call in SearchParametersIVF); `IVF<nlist>_HNSW<M>` -> the same
 // over an IndexHNSWFlat quantizer (efConstruction 40, FAISS's default, as shoal's coarse graph; k-means
-// assigns with a flat index, as shoal's), search knob `ef` -> its efSearch. FAISS threads with OpenMP, so each thread
+// assigns with a flat index, as shoal's), search knob `ef` -> its efSearch. Search depths are set as shoal
+// and hnswlib run them (`faiss_ef`): ef defaults to shoal's, is raised to k (the coarse graph's to nprobe)
+// and cut at what the index holds, as are nprobe and IndexRefine's k · k_factor: FAISS allocates them up
+// front, so a value the bench accepts (up to 2^31 - 1) aborted the run. FAISS threads with OpenMP, so each thread
 // that calls it sets its OpenMP thread count (`use_threads`, which also caps OpenBLAS's own threads);
 // single-query mode calls search with n = 1.
 #include <faiss/IndexFlat.h>
@@ -17,6 +20,7 @@
 #include <faiss/VectorTransform.h>
 #include <faiss/utils/utils.h>
 
+#include <algorithm>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -86,6 +90,13 @@ class faiss_flat_adapter final : public index_adapter {
   std::unique_ptr<faiss::IndexFlat> index_;
 };
 
+/// The efSearch for the bench's `ef` when a search wants `k` results from a graph of `ntotal` nodes: at
+/// least k, as shoal and hnswlib search (FAISS does not raise it), and no deeper than the graph, beyond
+/// which a search finds nothing more (FAISS allocates its queues at efSearch).
+int faiss_ef(std::size_t ef, std::size_t k, std::size_t ntotal) {
+  return static_cast<int>(std::max(k, std::min(ef, ntotal)));
+}
+
 /// Bytes of an IndexHNSWFlat: vectors (d floats each), the neighbour table (4 bytes per slot over every
 /// level), offsets and levels.
 std::size_t hnsw_bytes(const faiss::IndexHNSWFlat& index) {
@@ -123,10 +134,15 @@ class faiss_coarse {
   void attach(faiss::IndexIVF& ivf) const noexcept {
     if (clustering_) ivf.clustering_index = clustering_.get();
   }
-  /// The graph's search depth (the HNSW kind; 0 leaves FAISS's default).
-  void set_ef(std::size_t ef) const noexcept {
-    if (graph_ != nullptr && ef != 0) graph_->hnsw.efSearch = static_cast<int>(ef);
+  /// The graph's search depth for `ef` when it picks `nprobe` lists (the HNSW kind, once trained): at
+  /// least nprobe, as shoal's coarse graph searches, both cut at nlist (`faiss_ef`).
+  void set_ef(std::size_t ef, std::size_t nprobe) const noexcept {
+    if (graph_ == nullptr) return;
+    const auto nlist = static_cast<std::size_t>(graph_->ntotal);
+    graph_->hnsw.efSearch = faiss_ef(ef, std::min(nprobe, nlist), nlist);
   }
+  /// What `set_ef` set (the HNSW kind).
+  [[nodiscard]] int ef() const noexcept { return graph_ != nullptr ? graph_->hnsw.efSearch : 0; }
   /// Centroids (and the graph's links).
   [[nodiscard]] std::size_t bytes() const {
     if (graph_ != nullptr) return hnsw_bytes(*graph_);
@@ -156,11 +172,11 @@ class faiss_ivf_flat_adapter final : public index_adapter {
     if (spec_.coarse_hnsw_m != 0) names.push_back("ef");
     check_param_names(params, names, "search", description());
     nprobe_ = 1;
-    ef_ = 0;
+    ef_ = hnsw_index::default_ef;
     for (const param& p : params) (p.name == "nprobe" ? nprobe_ : ef_) = parse_positive(p, description());
     // Set on the graph as well as per call: Debian's FAISS does not pass quantizer parameters down in
     // every path, and the runner never changes settings while searches run.
-    if (coarse_) coarse_->set_ef(ef_);
+    if (coarse_) coarse_->set_ef(ef_, nprobe_);
   }
 
   void build(matrix_view<const float> base) override {
@@ -175,7 +191,7 @@ class faiss_ivf_flat_adapter final : public index_adapter {
     index_->cp.niter = static_cast<int>(iterations_);
     index_->train(static_cast<faiss_id>(base.rows), rows.view().data);
     index_->add(static_cast<faiss_id>(base.rows), rows.view().data);
-    coarse_->set_ef(ef_);
+    coarse_->set_ef(ef_, nprobe_);
   }
 
   void use_threads(std::size_t threads) const override { use_faiss_threads(threads); }
@@ -184,10 +200,10 @@ class faiss_ivf_flat_adapter final : public index_adapter {
     const peer_rows rows(queries, metric_);
     SHOAL_CHECK(rows.view().stride == queries.dim, "faiss peer: query rows must be contiguous");
     faiss::SearchParametersIVF params;
-    params.nprobe = nprobe_;
+    params.nprobe = std::min(nprobe_, spec_.nlist);
     faiss::SearchParametersHNSW graph_params;
-    if (spec_.coarse_hnsw_m != 0 && ef_ != 0) {
-      graph_params.efSearch = static_cast<int>(ef_);
+    if (spec_.coarse_hnsw_m != 0) {
+      graph_params.efSearch = coarse_->ef();
       params.quantizer_params = &graph_params;
     }
     index_->search(static_cast<faiss_id>(queries.rows), rows.view().data, static_cast<faiss_id>(out.k), out.distances,
@@ -205,7 +221,7 @@ class faiss_ivf_flat_adapter final : public index_adapter {
   ivf_flat_spec spec_;
   std::size_t iterations_ = 10;
   std::size_t nprobe_ = 1;
-  std::size_t ef_ = 0;
+  std::size_t ef_ = hnsw_index::default_ef;
   std::optional<faiss_coarse> coarse_;  // outlives index_, which points to its quantizer
   std::unique_ptr<faiss::IndexIVFFlat> index_;
 };
@@ -213,13 +229,14 @@ class faiss_ivf_flat_adapter final : public index_adapter {
 /// `IVF<nlist>,PQ<m>` -> IndexIVFPQ (8-bit codes), `IVF<nlist>,PQ<m>x4fs` -> IndexIVFPQFastScan (4-bit,
 /// blocks of 32), each with residual encoding over a flat quantizer; `OPQ<m>,` in front puts an OPQMatrix
 /// before it (IndexPreTransform); `,Refine(Flat)` wraps the result in an IndexRefineFlat. Build knob `iterations`
-/// (coarse k-means); search knobs `nprobe` and `refine` (IndexRefine's k_factor). Debian's FAISS 1.7.3 does not read
+/// (coarse k-means); search knobs `nprobe` and `refine` (IndexRefine's k_factor; 0, shoal's no re-rank, is
+/// k_factor 1: the first stage's own k results, re-scored, the same set). Debian's FAISS 1.7.3 does not read
 /// SearchParametersIVF in every fast-scan and refine path, so the knobs are set on the indexes (the runner never
 /// changes settings while searches run).
 class faiss_ivf_pq_adapter final : public index_adapter {
  public:
   explicit faiss_ivf_pq_adapter(const index_request& request)
-      : metric_(request.metric), spec_(ivf_pq(request.spec).value()) {
+      : metric_(request.metric), spec_(ivf_pq(request.spec).value()), k_(request.k) {
     iterations_ = single_knob(request.build_params, "iterations", iterations_, "build", description());
   }
 
@@ -236,10 +253,13 @@ class faiss_ivf_pq_adapter final : public index_adapter {
     if (spec_.coarse_hnsw_m != 0) names.push_back("ef");
     check_param_names(params, names, "search", description());
     nprobe_ = 1;
-    k_factor_ = 1;
-    ef_ = 0;
+    k_factor_ = 0;
+    ef_ = hnsw_index::default_ef;
     for (const param& p : params)
-      (p.name == "nprobe" ? nprobe_ : p.name == "ef" ? ef_ : k_factor_) = parse_positive(p, description());
+      if (p.name == "refine")
+        k_factor_ = parse_count(p, description());
+      else
+        (p.name == "nprobe" ? nprobe_ : ef_) = parse_positive(p, description());
     apply();
   }
 
@@ -298,17 +318,22 @@ class faiss_ivf_pq_adapter final : public index_adapter {
  private:
   void apply() {
     if (!ivf_) return;
-    ivf_->nprobe = nprobe_;
-    coarse_->set_ef(ef_);
-    if (refine_) refine_->k_factor = static_cast<float>(k_factor_);
+    ivf_->nprobe = std::min(nprobe_, spec_.nlist);
+    coarse_->set_ef(ef_, nprobe_);
+    if (!refine_) return;
+    // IndexRefine asks the first stage for k · k_factor candidates: at least k, at most the index
+    // (rounded up to a multiple of k).
+    const std::size_t most = (static_cast<std::size_t>(ivf_->ntotal) + k_ - 1) / k_;
+    refine_->k_factor = static_cast<float>(std::clamp<std::size_t>(k_factor_, 1, std::max<std::size_t>(most, 1)));
   }
 
   shoal::metric metric_;
   ivf_pq_spec spec_;
+  std::size_t k_;
   std::size_t iterations_ = 10;
   std::size_t nprobe_ = 1;
-  std::size_t k_factor_ = 1;
-  std::size_t ef_ = 0;
+  std::size_t k_factor_ = 0;  // the bench's refine
+  std::size_t ef_ = hnsw_index::default_ef;
   std::optional<faiss_coarse> coarse_;    // outlives ivf_, which points to its quantizer
   std::unique_ptr<faiss::IndexIVF> ivf_;  // ivf_ and opq_ outlive pretransform_ and refine_, which point to them
   std::unique_ptr<faiss::OPQMatrix> opq_;
@@ -318,12 +343,14 @@ class faiss_ivf_pq_adapter final : public index_adapter {
 };
 
 /// `HNSW<M>` -> IndexHNSWFlat with the same M (FAISS also keeps 2·M links on layer 0), build knob
-/// `ef_construction` (default 200 here, FAISS's own is 40), search knob `ef` (efSearch, per call in
-/// SearchParametersHNSW; FAISS's default 16). FAISS seeds its level generator itself (no `seed`).
+/// `ef_construction` (default 200 here, FAISS's own is 40), search knob `ef` (efSearch as `faiss_ef` sets
+/// it, per call in SearchParametersHNSW; default shoal's `hnsw_index::default_ef`, not FAISS's 16, so that
+/// a row without ef means the same depth for every library). FAISS seeds its level generator itself (no
+/// `seed`).
 class faiss_hnsw_adapter final : public index_adapter {
  public:
   explicit faiss_hnsw_adapter(const index_request& request)
-      : metric_(request.metric), m_(hnsw_m(request.spec).value()) {
+      : metric_(request.metric), m_(hnsw_m(request.spec).value()), k_(request.k) {
     static constexpr std::string_view names[] = {"ef_construction", "seed", "alpha"};  // alpha: shoal's only
     check_param_names(request.build_params, names, "build", description());
     for (const param& p : request.build_params)
@@ -334,10 +361,10 @@ class faiss_hnsw_adapter final : public index_adapter {
   [[nodiscard]] std::string description() const override { return "IndexHNSWFlat"; }
 
   void set_search_params(const param_list& params) override {
-    ef_ = single_knob(params, "ef", 16, "search", description());
+    ef_ = single_knob(params, "ef", hnsw_index::default_ef, "search", description());
     // Debian's FAISS does not apply SearchParametersHNSW::efSearch in every search path; the runner
     // never changes settings while searches run, so setting the index's own value too is safe.
-    if (index_) index_->hnsw.efSearch = static_cast<int>(ef_);
+    if (index_) apply();
   }
 
   void build(matrix_view<const float> base) override {
@@ -348,7 +375,7 @@ class faiss_hnsw_adapter final : public index_adapter {
         metric_ == shoal::metric::l2 ? faiss::METRIC_L2 : faiss::METRIC_INNER_PRODUCT);
     index_->hnsw.efConstruction = static_cast<int>(ef_construction_);
     index_->add(static_cast<faiss_id>(base.rows), rows.view().data);
-    index_->hnsw.efSearch = static_cast<int>(ef_);
+    apply();
   }
 
   void use_threads(std::size_t threads) const override { use_faiss_threads(threads); }
@@ -357,7 +384,7 @@ class faiss_hnsw_adapter final : public index_adapter {
     const peer_rows rows(queries, metric_);
     SHOAL_CHECK(rows.view().stride == queries.dim, "faiss peer: query rows must be contiguous");
     faiss::SearchParametersHNSW params;
-    params.efSearch = static_cast<int>(ef_);
+    params.efSearch = index_->hnsw.efSearch;
     index_->search(static_cast<faiss_id>(queries.rows), rows.view().data, static_cast<faiss_id>(out.k), out.distances,
                    reinterpret_cast<faiss_id*>(out.ids), &params);
     to_shoal_distances(metric_, out);
@@ -366,10 +393,13 @@ class faiss_hnsw_adapter final : public index_adapter {
   [[nodiscard]] std::size_t memory_bytes() const override { return hnsw_bytes(*index_); }
 
  private:
+  void apply() { index_->hnsw.efSearch = faiss_ef(ef_, k_, static_cast<std::size_t>(index_->ntotal)); }
+
   shoal::metric metric_;
   std::size_t m_;
+  std::size_t k_;
   std::size_t ef_construction_ = 200;
-  std::size_t ef_ = 16;
+  std::size_t ef_ = hnsw_index::default_ef;
   std::unique_ptr<faiss::IndexHNSWFlat> index_;
 };
 

@@ -1,7 +1,8 @@
 // hnswlib peer (header-only; compiled with shoal's flags unless SHOAL_BENCH_HNSWLIB_COMPILE_OPTIONS
 // says otherwise). The spec picks the algorithm: `Flat` -> BruteforceSearch; `HNSW<M>` ->
 // HierarchicalNSW with the same M, build knobs `ef_construction` (default 200) and `seed`, and search
-// knob `ef` (hnswlib's default 10 when not given; raised to k by hnswlib itself). `HNSW<M>,SQ8` and
+// knob `ef` (shoal's default `hnsw_index::default_ef` when not given, not hnswlib's 10, so that a row
+// without ef means the same depth for both; raised to k by hnswlib itself). `HNSW<M>,SQ8` and
 // `HNSW<M>,F16` get the same float HierarchicalNSW: hnswlib has no compressed traversal, and its float
 // graph is what shoal's compressed traversal is measured against.
 #include <hnswlib/hnswlib.h>
@@ -103,7 +104,7 @@ class hnswlib_hnsw_adapter final : public index_adapter {
 
   // hnswlib keeps ef in the index; the runner never changes it while searches run.
   void set_search_params(const param_list& params) override {
-    ef_ = single_knob(params, "ef", 10, "search", description());
+    ef_ = single_knob(params, "ef", hnsw_index::default_ef, "search", description());
     if (index_) index_->setEf(ef_);
   }
 
@@ -149,7 +150,7 @@ class hnswlib_hnsw_adapter final : public index_adapter {
   std::size_t m_;
   std::size_t ef_construction_ = 200;
   std::size_t seed_ = 100;
-  std::size_t ef_ = 10;
+  std::size_t ef_ = hnsw_index::default_ef;
   std::unique_ptr<hnswlib::SpaceInterface<float>> space_;  // outlives index_, which points into it
   std::unique_ptr<hnswlib::HierarchicalNSW<float>> index_;
 };

@@ -88,21 +88,21 @@ class flat_adapter final : public shoal_adapter<flat_index> {
   }
 };
 
-/// Reads `params` into `out` (reset first): `ef` and `nprobe` positive, `refine` (`refine_factor`) from 0;
-/// throws `config_error` on a name outside `names`.
+/// Reads `params` into `out` (reset first): `ef` and `nprobe` positive, `refine` (`refine_factor`) as
+/// `parse_refine` takes it (0 only for IVF-PQ); throws `config_error` on a name outside `names`.
 void read_search_knobs(const param_list& params, std::span<const std::string_view> names, const std::string& spec,
                        search_params& out) {
   check_param_names(params, names, "search", spec);
   out = {};
   for (const param& p : params)
     if (p.name == "refine")
-      out.refine_factor = parse_count(p, spec);
+      out.refine_factor = parse_refine(p, spec);
     else
       (p.name == "nprobe" ? out.nprobe : out.ef) = parse_positive(p, spec);
 }
 
 /// Reads the IVF search knobs `nprobe` and — with an HNSW coarse quantizer — `ef` into `out`, plus
-/// `refine` (the re-rank depth; 0, the library's default, is no re-rank) when `refine_ok`; throws
+/// `refine` (the re-rank depth; IVF-PQ's 0, its default, is no re-rank) when `refine_ok`; throws
 /// `config_error` on any other name.
 void read_ivf_search_params(const param_list& params, bool coarse_graph, bool refine_ok, const std::string& spec,
                             search_params& out) {
@@ -227,7 +227,8 @@ std::optional<std::string_view> refine_first_stage(std::string_view spec) {
 /// `<first stage>,Refine(Flat)` (or `,RFlat`): a `refine_index`, whose first stage proposes and a flat
 /// stage re-ranks by exact distance. Search knobs: the first stage's (`ef` for HNSW and `_HNSW<M>`
 /// coarse graphs, `nprobe` for IVF) and `refine` (candidate depth k · refine, default
-/// `refine_index::default_refine_factor`); no build knobs.
+/// `refine_index::default_refine_factor`; positive: refine_index reads 0 as that default, which a
+/// `refine=0` row would misreport as no re-rank); no build knobs.
 class refine_adapter final : public shoal_adapter<refine_index> {
  public:
   explicit refine_adapter(const index_request& request)
