@@ -123,10 +123,14 @@ struct flat_index::impl {
 };
 
 flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int device, const device_options& options)
+    : flat_index(vectors, m, device, options, true) {}
+
+flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int device, const device_options& options,
+                       bool check_values)
     : impl_(std::make_unique<impl>()) {
   SHOAL_CHECK(vectors.dim > 0, "cuda::flat_index: dimension must be at least 1");
   shoal::detail::check_metric(m, "cuda::flat_index");
-  shoal::detail::check_vectors(vectors, vectors.dim, "cuda::flat_index: vector");
+  if (check_values) shoal::detail::check_vectors(vectors, vectors.dim, "cuda::flat_index: vector");
   SHOAL_CHECK(vectors.rows <= std::numeric_limits<std::uint32_t>::max() - 1 &&
                   vectors.rows <= static_cast<std::size_t>(INT_MAX) && vectors.dim <= static_cast<std::size_t>(INT_MAX),
               "cuda::flat_index: ", vectors.rows, " x ", vectors.dim, " exceeds the 32-bit sizes cuBLAS takes");

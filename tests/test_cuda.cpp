@@ -169,7 +169,7 @@ TEST_CASE("CUDA coarse quantizer far from the origin picks the CPU pass's lists"
   for (float& v : data.base.values) v += 1000.0f;
   for (float& v : data.queries.values) v += 1000.0f;
   if (!have_device()) return;
-  ivf_flat_index index(64, metric::l2, 64);
+  ivf_flat_index index(16, metric::l2, 64);
   index.train(data.base.view());
   index.add(data.base.view(), data.ids);
   const cuda::coarse_quantizer gpu(index.centroids(), metric::l2, 0, 1);
@@ -179,6 +179,34 @@ TEST_CASE("CUDA coarse quantizer far from the origin picks the CPU pass's lists"
   gpu_params.coarse = &gpu;
   CHECK(recall_at_k(index.search(data.queries.view(), 10, gpu_params),
                     index.search(data.queries.view(), 10, cpu_params), 10) >= 0.99);
+}
+
+TEST_CASE("CUDA coarse quantizer checks the centroids as the CPU pass does, before looking for a device", "[gpu]") {
+  // Centroids of norm 6e18, within check_vectors' bound (sqrt(FLT_MAX / 8) ≈ 6.5e18), which the CPU pass
+  // takes; the centred copy c − μ reaches 8e18, which its own device index must take too.
+  const std::vector<float> valid = {6e18f, 0.0f, -6e18f, 0.0f, -6e18f, 0.0f};
+  const matrix_view<const float> centroids(valid.data(), 3, 2);
+  const bool device = have_device();
+  for (const metric m : {metric::l2, metric::inner_product}) {
+    CAPTURE(metric_name(m));
+    if (!device) {
+      REQUIRE_THROWS_MATCHES(cuda::coarse_quantizer(centroids, m), shoal::error,
+                             fails_with(errc::unsupported, "no CUDA device"));
+      continue;
+    }
+    const cuda::coarse_quantizer gpu(centroids, m);
+    std::vector<std::uint32_t> probes(3);
+    gpu.probe(centroids.slice(0, 1), 3, probes.data());  // L2 scores −6.4e37, 8e37, 8e37: finite
+    CHECK(probes == std::vector<std::uint32_t>{0, 1, 2});
+  }
+  // What the CPU pass refuses is refused by name, before the device is looked for.
+  const std::vector<float> far = {1.0f, 0.0f, 7e18f, 0.0f};
+  REQUIRE_THROWS_MATCHES(cuda::coarse_quantizer(matrix_view<const float>(far.data(), 2, 2), metric::l2), shoal::error,
+                         fails_with(errc::non_finite, "cuda::coarse_quantizer: centroid row 1 has norm"));
+  const std::vector<float> nan = {std::nanf(""), 0.0f};
+  REQUIRE_THROWS_MATCHES(cuda::coarse_quantizer(matrix_view<const float>(nan.data(), 1, 2), metric::inner_product),
+                         shoal::error,
+                         fails_with(errc::non_finite, "cuda::coarse_quantizer: centroid row 0 has a non-finite value"));
 }
 
 TEST_CASE("CUDA flat index rejects bad input", "[gpu]") {

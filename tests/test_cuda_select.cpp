@@ -1,8 +1,8 @@
 // The CUDA search on the CPU, so that it runs everywhere, device or not. tests/cuda_emulator.hpp runs the
 // kernels' blocks on real threads that meet at barriers.
 //  - The top-k kernel (cuda/select.cuh) is checked exactly against a sort.
-//  - The whole search loop (cuda/search.cuh) is checked against the CPU's flat index, through a backend
-//    with a reference GEMM that takes cuBLAS's arguments.
+//  - The whole search loop (cuda/search.cuh) is checked against the CPU's flat index (ids in its order
+//    wherever it has no near-tie), through a backend with a reference GEMM that takes cuBLAS's arguments.
 // The [gpu] tests in test_cuda.cpp run the same code on a device.
 #include <algorithm>
 #include <cmath>
@@ -41,14 +41,21 @@ struct tile {
   std::vector<float> norms;  // empty: rank by −ip
 };
 
+/// The score the kernel ranks row j of query q by, computed here rather than by select.cuh's `score_of`,
+/// so that a kernel ranking NaN anywhere but last fails: ‖x‖² − 2⟨q, x⟩ under L2, −⟨q, x⟩ otherwise, NaN
+/// as +inf.
+float reference_score(const tile& t, std::size_t q, std::size_t j) {
+  const float ip = t.ip[q * t.n + j];
+  const float s = t.norms.empty() ? -ip : t.norms[j] - 2.0f * ip;
+  return std::isnan(s) ? INFINITY : s;
+}
+
 /// The reference: every row's score sorted by (score, row), the first k, empty slots past n.
 top_k sorted_top(const tile& t, std::uint32_t k) {
   top_k out{std::vector<float>(t.queries * k, INFINITY), std::vector<std::uint32_t>(t.queries * k, no_row)};
-  const float* norms = t.norms.empty() ? nullptr : t.norms.data();
   for (std::size_t q = 0; q < t.queries; ++q) {
     std::vector<std::pair<float, std::uint32_t>> all(t.n);
-    for (std::size_t j = 0; j < t.n; ++j)
-      all[j] = {score_of(t.ip.data() + q * t.n, norms, j), static_cast<std::uint32_t>(j)};
+    for (std::size_t j = 0; j < t.n; ++j) all[j] = {reference_score(t, q, j), static_cast<std::uint32_t>(j)};
     std::sort(all.begin(), all.end());
     for (std::size_t i = 0; i < std::min<std::size_t>(k, t.n); ++i) {
       out.score[q * k + i] = all[i].first;
@@ -260,6 +267,39 @@ shoal::neighbors emulated_search(cpu_backend& backend, shoal::matrix_view<const 
   return result;
 }
 
+/// Holds the loop's result `got` to `all`, the CPU flat index's ranking of every stored row for the same
+/// queries (k = n), beyond what require_same_up_to_ties checks: each query's distances never fall, each
+/// id's distance is within `tol` of that row's reference distance, the j-th id is the reference's
+/// wherever the reference's j-th distance lies more than 2·tol from its neighbours' (rounding within `tol`
+/// cannot reorder it there, which holds for at least half the slots), and the slots past n are empty.
+void require_reference_order(const shoal::neighbors& got, const shoal::neighbors& all, float tol) {
+  REQUIRE(got.rows() == all.rows());
+  const std::size_t n = all.k(), k = got.k(), filled = std::min(k, n);
+  std::size_t untied = 0;
+  std::vector<float> reference(n);  // by row number
+  for (std::size_t r = 0; r < got.rows(); ++r) {
+    CAPTURE(r);
+    for (std::size_t j = 0; j < n; ++j) reference[all.id(r, j)] = all.distance(r, j);
+    for (std::size_t j = 0; j < filled; ++j) {
+      CAPTURE(j);
+      const shoal::vector_id id = got.id(r, j);
+      REQUIRE(id < n);
+      CHECK(std::abs(got.distance(r, j) - reference[id]) <= tol);
+      if (j > 0) CHECK(got.distance(r, j - 1) <= got.distance(r, j));
+      if ((j == 0 || all.distance(r, j) - all.distance(r, j - 1) > 2 * tol) &&
+          (j + 1 == n || all.distance(r, j + 1) - all.distance(r, j) > 2 * tol)) {
+        CHECK(id == all.id(r, j));
+        ++untied;
+      }
+    }
+    for (std::size_t j = filled; j < k; ++j) {
+      CHECK(got.id(r, j) == shoal::no_id);
+      CHECK(got.distance(r, j) == shoal::no_distance);
+    }
+  }
+  CHECK(2 * untied >= got.rows() * filled);  // near-ties did not leave the order unchecked
+}
+
 }  // namespace
 
 TEST_CASE("the device search loop, on the CPU, returns the CPU flat index's neighbours up to ties", "[cuda_select]") {
@@ -271,24 +311,26 @@ TEST_CASE("the device search loop, on the CPU, returns the CPU flat index's neig
     cpu_backend backend(data.base.view(), m, std::size_t{1} << 14);
     const shoal::flat_index cpu = shoal::test::row_numbered_flat(data.base, m);
     const float tol = 1e-5f * (m == metric::cosine ? 1.0f : shoal::test::max_squared_norm(data.base));
+    const shoal::neighbors all = cpu.search(data.queries.view(), data.base.rows);
     for (const std::size_t k : {1, 10, 100}) {
       CAPTURE(k);
       const std::size_t gemms = backend.gemms, batches = backend.batches;
-      shoal::test::require_same_up_to_ties(emulated_search(backend, data.queries.view(), k),
-                                           cpu.search(data.queries.view(), k), tol);
+      const shoal::neighbors got = emulated_search(backend, data.queries.view(), k);
+      shoal::test::require_same_up_to_ties(got, cpu.search(data.queries.view(), k), tol);
+      require_reference_order(got, all, tol);
       CHECK(backend.gemms - gemms == 6);
       CHECK(backend.batches - batches == 3);
       // Batches of at most 2 queries (so chunks of 6,000 rows, the whole set): the same neighbours.
       cpu_backend narrow(data.base.view(), m, std::size_t{1} << 14, 2);
-      shoal::test::require_same_up_to_ties(emulated_search(narrow, data.queries.view(), k),
-                                           cpu.search(data.queries.view(), k), tol);
+      const shoal::neighbors narrow_got = emulated_search(narrow, data.queries.view(), k);
+      shoal::test::require_same_up_to_ties(narrow_got, cpu.search(data.queries.view(), k), tol);
+      require_reference_order(narrow_got, all, tol);
       CHECK(narrow.gemms == 5);
-      // Rows alone (null distances, as the coarse pass asks): the same rows.
-      const shoal::neighbors full = emulated_search(backend, data.queries.view(), k);
+      // Rows alone (null distances, as the coarse pass asks): the rows above.
       std::vector<std::uint32_t> rows(data.queries.rows * k), host_row;
       std::vector<float> host_score;
       search_tiles(backend, data.queries.view(), k, rows.data(), nullptr, host_row, host_score);
-      for (std::size_t i = 0; i < rows.size(); ++i) REQUIRE(rows[i] == full.id(i / k, i % k));
+      for (std::size_t i = 0; i < rows.size(); ++i) REQUIRE(rows[i] == got.id(i / k, i % k));
     }
   }
 }
@@ -306,7 +348,9 @@ TEST_CASE("the device search loop, on the CPU: rows stored centred, queries offs
   const shoal::neighbors want = cpu.search(data.queries.view(), 10);
   cpu_backend backend(centred.rows.view(), metric::l2, std::size_t{1} << 14);
   backend.set_query_offset(centred.mean);
-  shoal::test::require_same_up_to_ties(emulated_search(backend, data.queries.view(), 10), want, 1e-3f);
+  const shoal::neighbors got = emulated_search(backend, data.queries.view(), 10);
+  shoal::test::require_same_up_to_ties(got, want, 1e-3f);
+  require_reference_order(got, cpu.search(data.queries.view(), data.base.rows), 1e-3f);
   CHECK(backend.shifts == backend.batches);
   // The same rows without the frame: other neighbours.
   cpu_backend raw(data.base.view(), metric::l2, std::size_t{1} << 14);
@@ -319,9 +363,10 @@ TEST_CASE("the device search loop, on the CPU: a wide dimension shrinks the quer
   const shoal::test::clustered_set data(300, 10, 4096, 5, 55, 0.5f, 4);
   cpu_backend backend(data.base.view(), metric::l2, std::size_t{1} << 14);
   const shoal::flat_index cpu = shoal::test::row_numbered_flat(data.base, metric::l2);
-  shoal::test::require_same_up_to_ties(emulated_search(backend, data.queries.view(), 5),
-                                       cpu.search(data.queries.view(), 5),
-                                       1e-4f * shoal::test::max_squared_norm(data.base));
+  const float tol = 1e-4f * shoal::test::max_squared_norm(data.base);
+  const shoal::neighbors got = emulated_search(backend, data.queries.view(), 5);
+  shoal::test::require_same_up_to_ties(got, cpu.search(data.queries.view(), 5), tol);
+  require_reference_order(got, cpu.search(data.queries.view(), data.base.rows), tol);
   CHECK(backend.batches == 3);
   CHECK(backend.largest_batch <= std::size_t{1} << 14);
 }
@@ -331,11 +376,15 @@ TEST_CASE("the device search loop, on the CPU: fewer rows than k leave empty slo
   const shoal::matrix<float> few = shoal::make_uniform(5, 16, 52);
   cpu_backend backend(few.view(), metric::l2, std::size_t{1} << 18);
   const shoal::neighbors got = emulated_search(backend, queries.view(), 8);
-  for (std::size_t q = 0; q < got.rows(); ++q) {
-    for (std::size_t j = 0; j < 5; ++j) CHECK(got.id(q, j) < 5);
-    for (std::size_t j = 5; j < 8; ++j) {
-      CHECK(got.id(q, j) == shoal::no_id);
-      CHECK(got.distance(q, j) == shoal::no_distance);
+  const shoal::flat_index cpu = shoal::test::row_numbered_flat(few, metric::l2);
+  require_reference_order(got, cpu.search(queries.view(), 5), 1e-5f * shoal::test::max_squared_norm(few));
+  // Rows alone: each query's five rows, then no_row, at the query's own k slots.
+  std::vector<std::uint32_t> rows(queries.rows * 8), host_row;
+  std::vector<float> host_score;
+  search_tiles(backend, queries.view(), 8, rows.data(), nullptr, host_row, host_score);
+  for (std::size_t q = 0; q < got.rows(); ++q)
+    for (std::size_t j = 0; j < 8; ++j) {
+      CAPTURE(q, j);
+      REQUIRE(rows[q * 8 + j] == (j < 5 ? got.id(q, j) : no_row));
     }
-  }
 }

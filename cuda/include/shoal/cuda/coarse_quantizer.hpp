@@ -24,7 +24,9 @@ namespace shoal::cuda {
 /// μ (docs/ivf.md): ‖c − μ‖² − 2⟨q − μ, c − μ⟩ under L2, −⟨q, c − μ⟩ under inner product and cosine (whose
 /// centroids and queries are already unit length), in fp32 through a GEMM, so a near-tie between two
 /// centroids may resolve differently from the CPU. Build it from the index's own
-/// `centroids()` (after training; again after retraining). Thread-safe; errors as `flat_index`'s.
+/// `centroids()` (after training; again after retraining). Thread-safe; errors as `flat_index`'s, and a
+/// centroid the CPU pass would refuse (non-finite, or of norm past `check_vectors`' bound) is
+/// `errc::non_finite` "cuda::coarse_quantizer: centroid row N …", before any device is looked for.
 class coarse_quantizer final : public shoal::coarse_probe {
  public:
   /// Batches below this many queries stay on the CPU by default.
@@ -46,6 +48,12 @@ class coarse_quantizer final : public shoal::coarse_probe {
   void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const override;
 
  private:
+  /// The device index over the centred centroids: under L2 with μ as its query offset (queries searched
+  /// as q − μ), else by the inner product −⟨q, c − μ⟩ (under cosine the index's centroids and queries are
+  /// unit length already: no normalising again), as the CPU pass ranks. Checks the arguments first.
+  [[nodiscard]] static flat_index centred_index(matrix_view<const float> centroids, shoal::metric m, int device,
+                                                const device_options& options);
+
   flat_index centroids_;  // c − μ; inner product for inner product and cosine (unit length already)
   shoal::metric metric_;
   std::size_t min_batch_;

@@ -13,6 +13,8 @@
 
 namespace shoal::cuda {
 
+class coarse_quantizer;
+
 /// How a device search computes its inner products.
 enum class gemm_precision {
   /// Full fp32 (cuBLAS's default math mode): the CPU's results up to float rounding.
@@ -38,9 +40,10 @@ struct device_options {
 
 /// A copy of n vectors in device memory, searched exactly. The rows are cut into chunks whose score tile
 /// (queries of a batch × rows of a chunk) fits in half the device's L2 cache; per chunk one cuBLAS SGEMM
-/// (full fp32, no TF32) computes the tile and a block per query folds it at once into the query's running
-/// top-k (a threshold scan, then a sort and merge of the few scores that beat the current k-th), so
-/// the tile is read once, from L2, and no query's n scores are sorted (docs/cuda.md).
+/// (full fp32 by default, TF32 with `device_options::precision`) computes the tile and a block per query
+/// folds it at once into the query's running top-k (a threshold scan, then a sort and merge of the few
+/// scores that beat the current k-th), so the tile is read once, from L2, and no query's n scores are
+/// sorted (docs/cuda.md).
 ///
 /// Distances are shoal's (smaller is closer): L2 reports ‖q‖² + ‖x‖² − 2⟨q, x⟩ (the GEMM form, which
 /// rounds differently from the CPU's pairwise kernel and may dip a little below 0), inner product −⟨q, x⟩,
@@ -89,6 +92,13 @@ class flat_index {
   void search(matrix_view<const float> queries, std::size_t k, std::uint32_t* rows, float* distances) const;
 
  private:
+  friend class coarse_quantizer;
+  /// With `check_values` false the values of `vectors` go unchecked: the caller has checked what they
+  /// derive from (`coarse_quantizer`: its centred centroids may reach twice `check_vectors`' norm bound,
+  /// and cuda/coarse_quantizer.cu shows why the device's scores stay finite all the same).
+  flat_index(matrix_view<const float> vectors, shoal::metric m, int device, const device_options& options,
+             bool check_values);
+
   struct impl;
   std::unique_ptr<impl> impl_;
 };
