@@ -66,9 +66,9 @@ void sq8_estimator::prepare(const scalar_quantizer& sq, metric m, const float* q
   offset_ = offset;
   const auto limit = static_cast<float>(dot_u8_i16_limit(dim));
   unit_ = round_to_grid(real_.data(), dim, largest, limit, coeffs_.data());
-  // Two grids when over a quarter of the nonzero coefficients lie under 256 steps of the first (see the
-  // header); real_ then holds the residuals r_j.
-  const float coarse = 256.0f * unit_;
+  // Two grids when most nonzero coefficients lie under 64 steps of the first (see the header); real_
+  // then holds the residuals r_j.
+  const float coarse = 64.0f * unit_;
   std::size_t nonzero = 0, under = 0;
   float residual_largest = 0.0f;
   for (std::size_t j = 0; j < dim; ++j) {
@@ -80,7 +80,7 @@ void sq8_estimator::prepare(const scalar_quantizer& sq, metric m, const float* q
   }
   residual_coeffs_.assign(dim, 0);
   unit2_ =
-      4 * under > nonzero ? round_to_grid(real_.data(), dim, residual_largest, limit, residual_coeffs_.data()) : 0.0f;
+      2 * under > nonzero ? round_to_grid(real_.data(), dim, residual_largest, limit, residual_coeffs_.data()) : 0.0f;
 }
 
 }  // namespace shoal::detail
