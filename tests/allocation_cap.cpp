@@ -2,15 +2,17 @@
 
 #include "allocation_cap.hpp"
 
+#include <atomic>
 #include <cstdlib>
 #include <limits>
 #include <new>
 
 namespace {
 thread_local std::size_t cap = std::numeric_limits<std::size_t>::max();
+std::atomic<std::size_t> every_thread_cap{std::numeric_limits<std::size_t>::max()};
 
 void* allocate(std::size_t bytes, std::size_t align) {
-  if (bytes > cap) throw std::bad_alloc();
+  if (bytes > cap || bytes > every_thread_cap.load(std::memory_order_relaxed)) throw std::bad_alloc();
   if (bytes == 0) bytes = 1;
   void* p = nullptr;
   if (align <= alignof(std::max_align_t)) {
@@ -26,6 +28,12 @@ void* allocate(std::size_t bytes, std::size_t align) {
 namespace shoal::test {
 allocation_cap::allocation_cap(std::size_t max_bytes) noexcept : previous_(cap) { cap = max_bytes; }
 allocation_cap::~allocation_cap() { cap = previous_; }
+allocation_cap_every_thread::allocation_cap_every_thread(std::size_t max_bytes) noexcept {
+  every_thread_cap.store(max_bytes);
+}
+allocation_cap_every_thread::~allocation_cap_every_thread() {
+  every_thread_cap.store(std::numeric_limits<std::size_t>::max());
+}
 }  // namespace shoal::test
 
 // Every form is replaced, so that one allocator serves them all: a sanitizer's runtime would otherwise

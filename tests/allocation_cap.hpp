@@ -19,4 +19,14 @@ class allocation_cap {
   std::size_t previous_;
 };
 
+/// While alive, any single allocation of more than `max_bytes` on any thread throws std::bad_alloc: for
+/// work a call hands to thread pools (a collection's shards). One at a time.
+class allocation_cap_every_thread {
+ public:
+  explicit allocation_cap_every_thread(std::size_t max_bytes) noexcept;
+  ~allocation_cap_every_thread();
+  allocation_cap_every_thread(const allocation_cap_every_thread&) = delete;
+  allocation_cap_every_thread& operator=(const allocation_cap_every_thread&) = delete;
+};
+
 }  // namespace shoal::test

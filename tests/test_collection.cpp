@@ -294,6 +294,20 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
                          fails_with(errc::invalid_argument, "search_params::coarse"));
   REQUIRE_THROWS_MATCHES(c.train(v.view()), shoal::error, fails_with(errc::invalid_argument, "already holds 4"));
   CHECK(c.size() == 4);
+  // k far beyond what the shards hold: each shard gives what it has, so the work stays the size of the
+  // collection (a k-wide result per shard and query ran out of memory at k = 2^22 over 64 shards).
+  {
+    collection_options o16 = options_for(sharding::hash, 8, metric::cosine);
+    o16.shards = 16;
+    collection many(o16);
+    many.add(v.view(), ids);
+    neighbors wide(1, std::size_t{1} << 17);  // 1.5 MB, allocated before the cap
+    const test::allocation_cap_every_thread cap(std::size_t{1} << 19);
+    REQUIRE_NOTHROW(many.search(v.view().slice(0, 1), wide.view()));
+    CHECK(wide.id(0, 0) == 1);
+    CHECK(wide.id(0, 3) != no_id);
+    CHECK(wide.id(0, 4) == no_id);
+  }
   // k larger than the collection: rows padded with the sentinel.
   const neighbors padded = c.search(v.view().slice(0, 1), 6);
   CHECK(padded.id(0, 3) != no_id);

@@ -140,9 +140,12 @@ std::size_t live_size(const shard_state& shard) {
   return live ? read_replica(shard, *live.rep, *live.index, [](const any_index& i) { return i.size(); }) : 0;
 }
 
-/// Searches `queries` on one live replica of shard `s` into `out`.
-void search_shard(const collection_state& st, shard_state& shard, std::size_t s, matrix_view<const float> queries,
-                  neighbors_view out, const search_params& params) {
+/// Searches `queries` on one live replica of shard `s` for min(k, its size) neighbours each: a shard
+/// holding fewer vectors than k has no more to give, and a k-wide result per shard and query cost
+/// shards × rows × k slots however little the shards held (k = 2^22 over 64 shards of 10 vectors ran out
+/// of memory). An empty shard returns an empty result without searching.
+neighbors search_shard(const collection_state& st, shard_state& shard, std::size_t s, matrix_view<const float> queries,
+                       std::size_t k, const search_params& params) {
   const live_replica live = pick_replica(shard);
   SHOAL_CHECK_CODE(live, errc::unsupported, "collection::search: shard ", s, " has no live replica (all taken down)");
   replica_slot& rep = *live.rep;
@@ -154,11 +157,19 @@ void search_shard(const collection_state& st, shard_state& shard, std::size_t s,
   detail::collection_state::shard_metrics& metrics = *st.shard_stats[s];
   metrics.served[live.at].fetch_add(1, std::memory_order_relaxed);
   const auto started = std::chrono::steady_clock::now();
-  st.executor(s).execute(
-      [&] { read_replica(shard, rep, *live.index, [&](const any_index& i) { i.search(queries, out, params); }); });
+  neighbors found;
+  st.executor(s).execute([&] {
+    read_replica(shard, rep, *live.index, [&](const any_index& i) {
+      const std::size_t held = std::min(k, i.size());  // read-your-writes: acknowledged writes are counted
+      if (held == 0) return;
+      found = neighbors(queries.rows, held);
+      i.search(queries, found.view(), params);
+    });
+  });
   const std::chrono::nanoseconds took(elapsed_ns(started));
   metrics.latency.record(took);
   st.shard_latency.record(took);
+  return found;
 }
 
 /// Best k of one query's per-shard candidates, without repeating an id (an id moving between shards
@@ -168,7 +179,7 @@ void merge_row(std::vector<scored_id>& candidates, std::span<vector_id> ids, std
   constexpr std::size_t scan_up_to = 64;
   std::sort(candidates.begin(), candidates.end());
   std::unordered_set<vector_id> taken;
-  if (ids.size() > scan_up_to) taken.reserve(ids.size());
+  if (ids.size() > scan_up_to) taken.reserve(std::min(ids.size(), candidates.size()));
   std::size_t j = 0;
   for (std::size_t i = 0; i < candidates.size() && j < ids.size(); ++i) {
     if (candidates[i].id == no_id) break;  // sentinels sort last (infinite distance)
@@ -642,8 +653,7 @@ void collection::search(matrix_view<const float> queries, neighbors_view out, co
     const std::size_t s = active[a];
     const matrix<float> batch = visits.all ? matrix<float>() : detail::gather(queries, rows[s]);
     const matrix_view<const float> q = visits.all ? queries : batch.view();
-    results[s] = neighbors(q.rows, out.k);
-    detail::search_shard(st, *lay->shards[s], s, q, results[s].view(), params);
+    results[s] = detail::search_shard(st, *lay->shards[s], s, q, out.k, params);
   });
 
   // Merge per query.
@@ -655,7 +665,7 @@ void collection::search(matrix_view<const float> queries, neighbors_view out, co
       const std::size_t s = visits.all ? j : visits.shards[q * visits.per_query + j];
       const std::size_t row = visits.all ? q : position[q * visits.per_query + j];
       const neighbors& r = results[s];
-      for (std::size_t i = 0; i < out.k; ++i) candidates.push_back({r.distance(row, i), r.id(row, i)});
+      for (std::size_t i = 0; i < r.k(); ++i) candidates.push_back({r.distance(row, i), r.id(row, i)});
     }
     detail::merge_row(candidates, out.row_ids(q), out.row_distances(q));
   }

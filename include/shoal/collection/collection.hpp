@@ -242,10 +242,11 @@ class collection {
 
   /// k nearest neighbours of each query over the shards the router picks (`params.shard_probe`), merged
   /// into one top-k per query: distances are those of the shard indexes (one metric, so comparable),
-  /// nearest first, ties by smaller id. Other `params` go to every shard, except `coarse`: a coarse pass
-  /// outside the index belongs to one IVF index's centroids, and each shard has its own, so a non-null
-  /// one throws `errc::invalid_argument`. Throws `errc::unsupported` when every replica of a shard the
-  /// query needs is down.
+  /// nearest first, ties by smaller id. Each shard is asked for min(k, the vectors it holds), so a k far
+  /// beyond the collection costs the output buffer, not shards × k per query. Other `params` go to every shard, except
+  /// `coarse`: a coarse pass outside the index belongs to one IVF index's centroids, and each shard has its own, so a
+  /// non-null one throws `errc::invalid_argument`. Throws `errc::unsupported` when every replica of a shard the query
+  /// needs is down.
   void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const;
   [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
                                  const search_params& params = {}) const;
