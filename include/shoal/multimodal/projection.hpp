@@ -30,7 +30,8 @@ class projection {
   projection(std::size_t in_dim, std::size_t out_dim, std::vector<float> weights, std::vector<float> bias = {});
 
   /// The identity map of `dim`-dimensional vectors (W = I, b = 0): a modality already in the shared space.
-  /// Throws `shoal::error` if dim is 0 or above 2^24.
+  /// Throws `shoal::error` if dim is 0 or above 2^24. W is held dense, dim² floats (4 GiB at 32,768
+  /// dimensions): beyond memory, `std::bad_alloc`.
   [[nodiscard]] static projection identity(std::size_t dim);
 
   /// Ridge regression from paired rows (x_i ↦ y_i): W minimises Σ‖y_i − W·x_i − b‖² + λ‖W‖²_F.
