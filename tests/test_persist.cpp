@@ -945,6 +945,78 @@ TEST_CASE("hnsw files of format 1.1 (an f32 term in front of each code row) load
   }
 }
 
+TEST_CASE("hnsw chunks follow the row length: small high-dimensional graphs stay small, 1,024-node chunks load",
+          "[io][hnsw]") {
+  // Chunks are allocated and saved whole. At 2^10 nodes whatever the dimension, one 1,536-d vector took
+  // 6 MiB of memory and of file; chunks now hold at most 1 MiB of bulk arrays (128 nodes here).
+  constexpr std::size_t d = 1536;
+  const scratch_dir dir("shoal-persist");
+  const std::string path = dir / "graph.shoal";
+  const std::string old = dir / "format-1.4.shoal";
+  hnsw_params p;
+  p.M = 8;
+  p.ef_construction = 40;
+  p.codes = hnsw_codes::sq8;
+  const test::clustered_set data(2100, 20, d, 12, 91, 0.3f);
+  {
+    hnsw_index one(d, metric::l2, p);
+    one.train(data.base.view().slice(0, 64));
+    one.add(data.base.view().slice(0, 1), std::span(data.ids).first(1));
+    CHECK(one.memory_bytes() < (std::size_t{2} << 20));
+    one.save(path);
+    CHECK(std::filesystem::file_size(path) < (std::size_t{2} << 20));
+  }
+  // Grown one node at a time, the graph allocates chunks ahead (an eighth of what it holds); the file
+  // holds the chunks in use only, and loads.
+  hnsw_index index(d, metric::l2, p);
+  index.train(data.base.view().slice(0, 64));
+  for (std::size_t i = 0; i < data.base.rows; ++i)
+    index.add(data.base.view().slice(i, 1), std::span(data.ids).subspan(i, 1));
+  index.save(path);
+  search_params sp;
+  sp.ef = 16;
+  const neighbors want = index.search(data.queries.view(), 10, sp);
+  require_same(hnsw_index::load(path).search(data.queries.view(), 10, sp), want);
+
+  // The same graph in the chunks of 1,024 nodes that files before format 1.5 hold at every dimension.
+  const std::vector<char> bytes = slurp(path);
+  std::vector<file_section> sections = sections_of(bytes);
+  const auto find = [&](const char* tag) {
+    const auto it = std::find_if(sections.begin(), sections.end(), [&](const auto& x) { return x.tag == tag; });
+    REQUIRE(it != sections.end());
+    return it;
+  };
+  std::vector<char>& params = find("HPAR")->content;
+  const std::uint32_t chunk_nodes = get_u32(params, 28);
+  CHECK(chunk_nodes == 128);
+  std::uint64_t slots = 0;
+  std::memcpy(&slots, params.data() + 48, sizeof slots);
+  const std::uint64_t chunks = (slots + 1023) / 1024;
+  put(params, 28, std::uint32_t{1024});
+  put(params, 56, chunks);
+  for (const char* tag : {"HVEC", "HLK0", "HCDR", "HSQT"}) {
+    std::vector<char>& rows = find(tag)->content;
+    const std::size_t row_bytes = rows.size() / ((slots + chunk_nodes - 1) / chunk_nodes * chunk_nodes);
+    rows.resize(chunks * 1024 * row_bytes, 0);
+  }
+  std::vector<char> header = bytes;
+  put(header, 10, std::uint16_t{4});
+  spit(old, with_sections(header, sections));
+  for (const bool mmap : {false, true}) {
+    CAPTURE(mmap);
+    load_options options;
+    options.mmap = mmap;
+    require_same(hnsw_index::load(old, options).search(data.queries.view(), 10, sp), want);
+  }
+  // A chunk size that is not a power of two up to 1,024: refused.
+  for (const std::uint32_t bad : {0u, 3u, 2048u}) {
+    put(params, 28, bad);
+    spit(old, with_sections(header, sections));
+    REQUIRE_THROWS_MATCHES(hnsw_index::load(old), shoal::error,
+                           fails_with(errc::corrupt_file, "chunk size is not a power of two"));
+  }
+}
+
 TEST_CASE("damaged hnsw files: a level byte that claims more upper links than the file holds allocates nothing",
           "[io][hnsw]") {
   // The upper-level link count follows from the level bytes (HSTA); the loader must compare it with the

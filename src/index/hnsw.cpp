@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -31,9 +32,19 @@ namespace {
 
 using slot_t = std::uint32_t;
 constexpr slot_t no_slot = std::numeric_limits<slot_t>::max();
-/// Nodes per chunk: 2^10, so that the unused tail of the last chunk stays small beside the index.
-constexpr std::size_t chunk_shift = 10;
-constexpr std::size_t chunk_nodes = std::size_t{1} << chunk_shift;
+/// Nodes per chunk: a power of two, 2^10 where the rows are short, fewer where 2^10 of them would hold
+/// more than `chunk_budget` bytes of bulk arrays (see `impl::chunk_shift_for`).
+constexpr std::size_t max_chunk_shift = 10;
+/// The bulk bytes (vectors, links, codes, terms) one chunk may hold. Chunks are allocated and saved whole,
+/// so one chunk is the smallest an index can be: at 2^10 nodes of every dimension a single 1,536-d
+/// vector took 6 MiB (702 MB for 256 vectors over 128 HNSW32 shards, a review found), and one of the
+/// 2^24-dimension maximum 64 GiB. Under this budget a 1,536-d index starts at 128 nodes (0.8 MiB),
+/// while rows up to 1 KiB (256 dimensions at M 16) keep chunks of 2^10.
+constexpr std::size_t chunk_budget = std::size_t{1} << 20;
+/// Growing one node at a time, an index takes new chunks in slabs of up to an eighth of what it holds,
+/// capped at this many bytes: slabs of 4 MiB or more get huge pages (see `slab`), and the unused tail
+/// stays under this beside an index of any size.
+constexpr std::size_t slab_growth_cap = std::size_t{8} << 20;
 constexpr std::uint64_t empty_entry = std::numeric_limits<std::uint64_t>::max();
 constexpr std::size_t max_level = 63;
 
@@ -195,6 +206,8 @@ struct hnsw_index::impl {
   std::size_t max_links0;       // 2M
   std::size_t max_links;        // M
   double level_mult;
+  std::size_t chunk_shift = max_chunk_shift;  // nodes per chunk: 2^chunk_shift (set once, before any chunk)
+  std::size_t chunk_nodes = std::size_t{1} << max_chunk_shift;
   /// The neighbour selection's pruning factor on distances: α² (distances are squared) under l2 and
   /// cosine, 1 under inner product, whose distances −⟨x, y⟩ can be negative and would prune more.
   float prune_scale;
@@ -246,10 +259,30 @@ struct hnsw_index::impl {
         max_links0(2 * p.M),
         max_links(p.M),
         level_mult(1.0 / std::log(static_cast<double>(p.M))),
-        prune_scale(m == shoal::metric::inner_product ? 1.0f : static_cast<float>(p.alpha * p.alpha)) {}
+        prune_scale(m == shoal::metric::inner_product ? 1.0f : static_cast<float>(p.alpha * p.alpha)) {
+    set_chunk_shift(chunk_shift_for(node_bulk_bytes()));
+  }
+
+  /// Bytes of one node's bulk arrays: its vector row, bottom-layer links, code row and term.
+  [[nodiscard]] std::size_t node_bulk_bytes() const noexcept {
+    return stride * sizeof(float) + (max_links0 + 1) * sizeof(slot_t) + code_stride +
+           (scalar_codes(build.codes) ? sizeof(float) : 0);
+  }
+  /// The chunk size for nodes of `node_bytes` bulk bytes: the most nodes, a power of two up to 2^10,
+  /// within `chunk_budget` (one node at least).
+  [[nodiscard]] static std::size_t chunk_shift_for(std::size_t node_bytes) noexcept {
+    std::size_t shift = max_chunk_shift;
+    while (shift > 0 && (std::size_t{1} << shift) * node_bytes > chunk_budget) --shift;
+    return shift;
+  }
+  /// Sets the chunk size (2^shift nodes); only while the index has no chunk (construction, load).
+  void set_chunk_shift(std::size_t shift) noexcept {
+    chunk_shift = shift;
+    chunk_nodes = std::size_t{1} << shift;
+  }
 
   // ------------------------------------------------------------------------------------------- storage
-  [[nodiscard]] static std::pair<std::size_t, std::size_t> locate(slot_t s) noexcept {
+  [[nodiscard]] std::pair<std::size_t, std::size_t> locate(slot_t s) const noexcept {
     return {std::size_t{s} >> chunk_shift, std::size_t{s} & (chunk_nodes - 1)};
   }
   [[nodiscard]] chunk& chunk_of(std::size_t c) const noexcept {
@@ -332,7 +365,7 @@ struct hnsw_index::impl {
     }
     const slot_t s = slot_count.load(std::memory_order_relaxed);
     SHOAL_CHECK_CODE(s != no_slot, errc::unsupported, "hnsw_index::add: more than 2^32 - 1 nodes");
-    if (locate(s).first == owned_chunks.size()) add_chunks(1);
+    if (locate(s).first == owned_chunks.size()) add_chunks(growth_chunks(1));
     slot_count.store(s + 1, std::memory_order_release);
     return s;
   }
@@ -345,7 +378,14 @@ struct hnsw_index::impl {
     SHOAL_CHECK_CODE(slot_count.load(std::memory_order_relaxed) + fresh <= no_slot, errc::unsupported,
                      "hnsw_index::add: more than 2^32 - 1 nodes");
     const std::size_t needed = (slot_count.load(std::memory_order_relaxed) + fresh + chunk_nodes - 1) / chunk_nodes;
-    if (needed > owned_chunks.size()) add_chunks(needed - owned_chunks.size());
+    if (needed > owned_chunks.size()) add_chunks(growth_chunks(needed - owned_chunks.size()));
+  }
+
+  /// How many chunks to allocate when `missing` more are needed: at least those, and while the index
+  /// grows by few nodes at a time up to an eighth of its chunks, within `slab_growth_cap` bytes.
+  [[nodiscard]] std::size_t growth_chunks(std::size_t missing) const noexcept {
+    const std::size_t cap = std::max<std::size_t>(1, slab_growth_cap / (chunk_nodes * node_bulk_bytes()));
+    return std::max(missing, std::min(owned_chunks.size() / 8, cap));
   }
 
   /// Appends `count` chunks whose bulk arrays share one new slab (zeroed). Caller holds slots_mutex.
@@ -1382,7 +1422,7 @@ std::size_t hnsw_index::memory_bytes() const {
   const slot_t n = x.slot_count.load(std::memory_order_acquire);
   {
     const std::lock_guard lock(x.slots_mutex);  // owned_chunks, tables
-    bytes += x.owned_chunks.size() * chunk_nodes *
+    bytes += x.owned_chunks.size() * x.chunk_nodes *
              (2 * sizeof(std::uint8_t) + sizeof(spinlock) + sizeof(std::uint32_t) + sizeof(vector_id) +
               sizeof(std::unique_ptr<slot_t[]>));
     for (const slab& b : x.slabs)
@@ -1614,24 +1654,26 @@ std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_inde
   const hnsw_index::impl& x = *index.impl_;
   std::unique_lock structure(x.structure);
   const std::size_t slots = x.slot_count.load(std::memory_order_relaxed);
-  const std::size_t chunks = x.owned_chunks.size();
+  // Whole chunks, so that a mapped chunk is one contiguous run of the file; those that hold a slot ever
+  // handed out (an index growing node by node allocates some ahead).
+  const std::size_t chunk_nodes = x.chunk_nodes;
+  const std::size_t chunks = (slots + chunk_nodes - 1) / chunk_nodes;
+  const std::span<const std::unique_ptr<chunk>> saved(x.owned_chunks.data(), chunks);
   out.begin_section(tags.params);
   out.append_value(hnsw_file_params{x.build.M, x.build.ef_construction, x.build.seed,
                                     static_cast<std::uint32_t>(x.build.codes), static_cast<std::uint32_t>(chunk_nodes),
                                     x.stride, x.code_stride, slots, chunks, x.sequence.load(), x.entry.load()});
-  // Whole chunks, so that a mapped chunk is one contiguous run of the file.
   out.begin_section(tags.vectors);
-  for (const auto& c : x.owned_chunks) out.append(std::span<const float>(c->vectors, chunk_nodes * x.stride));
+  for (const auto& c : saved) out.append(std::span<const float>(c->vectors, chunk_nodes * x.stride));
   out.begin_section(tags.links0);
-  for (const auto& c : x.owned_chunks) out.append(std::span<const slot_t>(c->links0, chunk_nodes * (x.max_links0 + 1)));
+  for (const auto& c : saved) out.append(std::span<const slot_t>(c->links0, chunk_nodes * (x.max_links0 + 1)));
   if (x.code_stride != 0) {
     out.begin_section(tags.codes);
-    for (const auto& c : x.owned_chunks)
-      out.append(std::span<const std::uint8_t>(c->codes, chunk_nodes * x.code_stride));
+    for (const auto& c : saved) out.append(std::span<const std::uint8_t>(c->codes, chunk_nodes * x.code_stride));
   }
   if (hnsw_index::impl::scalar_codes(x.build.codes)) {
     out.begin_section(tags.terms);
-    for (const auto& c : x.owned_chunks) out.append(std::span<const float>(c->terms, chunk_nodes));
+    for (const auto& c : saved) out.append(std::span<const float>(c->terms, chunk_nodes));
   }
   if (x.build.alpha != 1.0) {  // absent: 1 (files before format 1.1 never have it)
     out.begin_section(tags.alpha);
@@ -1674,7 +1716,10 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   };
   corrupt(fp.m >= 2 && fp.m <= 256 && fp.ef_construction > 0, "parameters out of range");
   corrupt(fp.codes <= static_cast<std::uint32_t>(hnsw_codes::sq4), "unknown code type");
-  corrupt(fp.chunk_nodes == chunk_nodes, "chunk size differs from this library's");
+  // Any power of two up to 2^10 (format 1.5: smaller for long rows; earlier files always hold 2^10).
+  corrupt(fp.chunk_nodes >= 1 && fp.chunk_nodes <= (1u << max_chunk_shift) && std::has_single_bit(fp.chunk_nodes),
+          "chunk size is not a power of two up to 1024");
+  const std::size_t chunk_nodes = fp.chunk_nodes;
   corrupt(fp.slots < no_slot && fp.chunks == (fp.slots + chunk_nodes - 1) / chunk_nodes,
           "slot count and chunk count disagree");
   hnsw_params params;
@@ -1689,6 +1734,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   }
   hnsw_index index(dim, m, params);
   hnsw_index::impl& x = *index.impl_;
+  x.set_chunk_shift(static_cast<std::size_t>(std::countr_zero(fp.chunk_nodes)));
   // Code rows: this format's codes (and, for SQ8 / SQ4, the terms beside them), or a format 1.0/1.1 file's
   // legacy rows (term, codes, padding), which are converted into owned memory, also under mmap.
   const bool scalar = hnsw_index::impl::scalar_codes(x.build.codes);  // SQ8 or SQ4: terms and ranges
