@@ -118,6 +118,13 @@ void require_same(const range_result& a, const range_result& b) {
   CHECK(a.distances == b.distances);
 }
 
+/// The section tagged `tag` among `sections` (which must hold it).
+std::vector<file_section>::iterator section_named(std::vector<file_section>& sections, const char* tag) {
+  const auto it = std::find_if(sections.begin(), sections.end(), [&](const auto& x) { return x.tag == tag; });
+  REQUIRE(it != sections.end());
+  return it;
+}
+
 /// Search results of `index` that a loaded copy must reproduce exactly: a small batch (flat: the
 /// streaming path), a large one (flat: the GEMM path), a range search.
 template <class Index>
@@ -881,11 +888,7 @@ TEST_CASE("hnsw files of format 1.1 (an f32 term in front of each code row) load
         // The same graph as format 1.1 wrote it: HCOD rows of (term, codes) instead of HCDR + HSQT.
         const std::vector<char> bytes = slurp(path);
         std::vector<file_section> sections = sections_of(bytes);
-        const auto find = [&](const char* tag) {
-          const auto it = std::find_if(sections.begin(), sections.end(), [&](const auto& x) { return x.tag == tag; });
-          REQUIRE(it != sections.end());
-          return it;
-        };
+        const auto find = [&](const char* tag) { return section_named(sections, tag); };
         const std::size_t row = codes == hnsw_codes::sq8 ? d : 2 * d;
         const std::size_t stride = (row + 63) / 64 * 64;
         const std::size_t old_stride = (row + 4 + 63) / 64 * 64;
@@ -981,11 +984,7 @@ TEST_CASE("hnsw chunks follow the row length: small high-dimensional graphs stay
   // The same graph in the chunks of 1,024 nodes that files before format 1.5 hold at every dimension.
   const std::vector<char> bytes = slurp(path);
   std::vector<file_section> sections = sections_of(bytes);
-  const auto find = [&](const char* tag) {
-    const auto it = std::find_if(sections.begin(), sections.end(), [&](const auto& x) { return x.tag == tag; });
-    REQUIRE(it != sections.end());
-    return it;
-  };
+  const auto find = [&](const char* tag) { return section_named(sections, tag); };
   std::vector<char>& params = find("HPAR")->content;
   const std::uint32_t chunk_nodes = get_u32(params, 28);
   CHECK(chunk_nodes == 128);
