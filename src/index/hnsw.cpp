@@ -39,7 +39,7 @@ constexpr std::size_t max_chunk_shift = 10;
 /// so one chunk is the smallest an index can be: at 2^10 nodes of every dimension a single 1,536-d
 /// vector took 6 MiB (702 MB for 256 vectors over 128 HNSW32 shards, a review found), and one of the
 /// 2^24-dimension maximum 64 GiB. Under this budget a 1,536-d index starts at 128 nodes (0.8 MiB),
-/// while rows up to 1 KiB (256 dimensions at M 16) keep chunks of 2^10.
+/// while rows up to 1 KiB (about 200 dimensions at M 16, full precision) keep chunks of 2^10.
 constexpr std::size_t chunk_budget = std::size_t{1} << 20;
 /// Growing one node at a time, an index takes new chunks in slabs of up to an eighth of what it holds,
 /// capped at this many bytes: slabs of 4 MiB or more get huge pages (see `slab`), and the unused tail
@@ -63,7 +63,7 @@ class spinlock {
   std::atomic<bool> flag_{false};
 };
 
-/// 1024 nodes, as parallel arrays so that traversal touches only what it reads: the state byte of every
+/// 2^chunk_shift nodes, as parallel arrays so that traversal touches only what it reads: the state byte of every
 /// neighbour (an array that stays in cache), the vectors it scores and the link lists it expands.
 /// `state` is 0 for a free slot (or one written but not yet published) and level + 1 for a live node;
 /// `ids` and `upper` are written before `state` is stored (release) and read only after it is loaded
@@ -213,7 +213,7 @@ struct hnsw_index::impl {
   float prune_scale;
 
   // Chunk directory: `directory` points at the current table of chunk pointers. Growing it publishes a
-  // copy twice as long; earlier tables stay alive (in `tables`, a few bytes per 1024 nodes) because a
+  // copy twice as long; earlier tables stay alive (in `tables`, a few bytes per chunk) because a
   // reader may still hold one. Chunks themselves never move.
   std::atomic<std::atomic<chunk*>*> directory{nullptr};
   std::size_t directory_size = 0;                              // under slots_mutex

@@ -68,7 +68,8 @@ struct hnsw_params {
 
 /// Hierarchical navigable small-world graph over full-precision float vectors.
 ///
-/// Layout: nodes live in 32-bit slots of fixed-size chunks (1024 nodes) that never move, found through
+/// Layout: nodes live in 32-bit slots of chunks that never move (a power of two up to 1024 nodes, at most
+/// 1 MiB of rows: docs/hnsw.md, Layout), found through
 /// a directory that doubles as it grows, so the index grows without a declared capacity and without
 /// relocating vectors under readers. Each chunk holds the vectors (rows padded to 64 bytes), the
 /// bottom-layer link lists (a count followed by 2·M slots) and per-node metadata; upper-layer links are a
