@@ -12,20 +12,21 @@ flat_index coarse_quantizer::centred_index(matrix_view<const float> centroids, s
                                            const device_options& options) {
   shoal::detail::check_metric(m, "cuda::coarse_quantizer");
   SHOAL_CHECK(centroids.rows > 0, "cuda::coarse_quantizer: no centroids (is the index trained?)");
-  // The bound the CPU pass holds centroids to (every IVF index checks its vectors, hence their means,
-  // and a loaded file's centroids so): norm ≤ B = sqrt(FLT_MAX / 8).
+  // The bound the CPU pass holds centroids to (every IVF index checks its vectors, hence the centroids,
+  // their means, and a loaded file's centroids so): norm ≤ B = sqrt(FLT_MAX / 8).
   shoal::detail::check_vectors(centroids, centroids.dim, "cuda::coarse_quantizer: centroid");
   const shoal::detail::centred_rows c = shoal::detail::centred_copy(centroids);  // as the CPU pass
-  // c − μ can reach 2B, past check_vectors' bound, and is not checked again. It is finite (each
-  // component within 2B), and with the queries' ‖q‖ ≤ B (checked by every search) ‖c − μ‖², its
-  // device norm, and ⟨q − μ, c − μ⟩, the GEMM's output and every partial sum of it, stay within
-  // 4B² = FLT_MAX / 2 up to rounding. So the rank score ‖c − μ‖² − 2⟨q − μ, c − μ⟩, which is
-  // ‖q − c‖² − ‖q − μ‖², lies within ±FLT_MAX / 2; only its term 2⟨q − μ, c − μ⟩ can come near FLT_MAX, and
-  // should rounding push it past, the score is −inf for a centroid next to the query (still ranked first),
-  // never NaN. The CPU pass scores the same form (rank_score in src/cluster/assign.hpp).
+  // μ, the coordinate-wise median, has norm ≤ √2·B (centred_copy), so c − μ can reach (1 + √2)·B, past
+  // check_vectors' bound, and is not checked again. It is finite, and with the queries' ‖q‖ ≤ B (checked
+  // by every search) ‖c − μ‖², its device norm, and ⟨q − μ, c − μ⟩, the GEMM's output and every partial
+  // sum of it, stay within (1 + √2)²·B² ≈ 0.73·FLT_MAX up to rounding. So the rank score
+  // ‖c − μ‖² − 2⟨q − μ, c − μ⟩, which is ‖q − c‖² − ‖q − μ‖², lies within ±0.73·FLT_MAX; only its term
+  // 2⟨q − μ, c − μ⟩ can pass FLT_MAX, and then the score is ∓inf beside a finite norm (−inf for a
+  // centroid next to the query, still ranked first), never NaN. The CPU pass scores the same form
+  // (rank_score in src/cluster/assign.hpp).
   const bool l2 = m == shoal::metric::l2;
   flat_index index(c.rows.view(), l2 ? shoal::metric::l2 : shoal::metric::inner_product, device, options, false);
-  if (l2) index.set_query_offset(c.mean);
+  if (l2) index.set_query_offset(c.centre);
   return index;
 }
 

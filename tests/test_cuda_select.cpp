@@ -347,7 +347,7 @@ TEST_CASE("the device search loop, on the CPU: rows stored centred, queries offs
   const shoal::flat_index cpu = shoal::test::row_numbered_flat(data.base, metric::l2);
   const shoal::neighbors want = cpu.search(data.queries.view(), 10);
   cpu_backend backend(centred.rows.view(), metric::l2, std::size_t{1} << 14);
-  backend.set_query_offset(centred.mean);
+  backend.set_query_offset(centred.centre);
   const shoal::neighbors got = emulated_search(backend, data.queries.view(), 10);
   shoal::test::require_same_up_to_ties(got, want, 1e-3f);
   require_reference_order(got, cpu.search(data.queries.view(), data.base.rows), 1e-3f);

@@ -1,5 +1,6 @@
 #include "shoal/core/checks.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -126,14 +127,18 @@ void check_stored_id(vector_id id, bool fresh, const std::string& file) {
 }
 
 centred_rows centred_copy(matrix_view<const float> x) {
-  centred_rows out{std::vector<float>(x.dim), matrix<float>(x.rows, x.dim)};
-  std::vector<double> sum(x.dim, 0.0);
+  centred_rows out{std::vector<float>(x.dim, 0.0f), matrix<float>(x.rows, x.dim)};
+  if (x.rows > 0) {
+    std::vector<float> column(x.rows);
+    const auto middle = column.begin() + static_cast<std::ptrdiff_t>((x.rows - 1) / 2);
+    for (std::size_t j = 0; j < x.dim; ++j) {
+      for (std::size_t r = 0; r < x.rows; ++r) column[r] = x.row(r)[j];
+      std::nth_element(column.begin(), middle, column.end());
+      out.centre[j] = *middle;
+    }
+  }
   for (std::size_t r = 0; r < x.rows; ++r)
-    for (std::size_t j = 0; j < x.dim; ++j) sum[j] += x.row(r)[j];
-  for (std::size_t j = 0; j < x.dim; ++j)
-    out.mean[j] = x.rows == 0 ? 0.0f : static_cast<float>(sum[j] / static_cast<double>(x.rows));
-  for (std::size_t r = 0; r < x.rows; ++r)
-    for (std::size_t j = 0; j < x.dim; ++j) out.rows.row(r)[j] = x.row(r)[j] - out.mean[j];
+    for (std::size_t j = 0; j < x.dim; ++j) out.rows.row(r)[j] = x.row(r)[j] - out.centre[j];
   return out;
 }
 

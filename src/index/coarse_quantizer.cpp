@@ -98,7 +98,7 @@ coarse_quantizer::coarse_quantizer(coarse_quantizer&&) noexcept = default;
 coarse_quantizer& coarse_quantizer::operator=(coarse_quantizer&&) noexcept = default;
 
 std::size_t coarse_quantizer::memory_bytes() const {
-  return (centroids_.values.capacity() + centred_.values.capacity() + mean_.capacity() + norms_.capacity()) *
+  return (centroids_.values.capacity() + centred_.values.capacity() + centre_.capacity() + norms_.capacity()) *
              sizeof(float) +
          codes_.capacity() + (terms_.capacity() + code_sums_.capacity() + residuals_.capacity()) * sizeof(float) +
          (codec_ ? 2 * codec_->dim() * sizeof(float) : 0) + (graph_ ? graph_->memory_bytes() : 0);
@@ -106,7 +106,7 @@ std::size_t coarse_quantizer::memory_bytes() const {
 
 void coarse_quantizer::install(matrix<float> centroids) {
   const std::size_t nlist = centroids.rows, dim = centroids.dim;
-  mean_.clear();
+  centre_.clear();
   centred_ = {};
   norms_.clear();
   codec_.reset();
@@ -118,7 +118,7 @@ void coarse_quantizer::install(matrix<float> centroids) {
   if (hnsw_m_ != 0) return;  // the graph scores by pairwise distances, which do not cancel
   // The centred frame: derived here (also on load), so files keep the centroids as they are.
   detail::centred_rows frame = detail::centred_copy(centroids_.view());
-  mean_ = std::move(frame.mean);
+  centre_ = std::move(frame.centre);
   centred_ = std::move(frame.rows);
   norms_.resize(nlist);
   active_kernels().squared_norms(centred_.values.data(), nlist, dim, dim, norms_.data());
@@ -150,9 +150,9 @@ void coarse_quantizer::install(matrix<float> centroids) {
 
 const float* coarse_quantizer::centred(const float* x, std::vector<float>& out) const {
   if (metric_ != metric::l2) return x;  // −⟨x, c − μ⟩ = −⟨x, c⟩ + ⟨x, μ⟩: the same order
-  const std::size_t dim = mean_.size();
+  const std::size_t dim = centre_.size();
   out.resize(dim);
-  for (std::size_t j = 0; j < dim; ++j) out[j] = x[j] - mean_[j];
+  for (std::size_t j = 0; j < dim; ++j) out[j] = x[j] - centre_[j];
   return out.data();
 }
 
@@ -171,7 +171,7 @@ void coarse_quantizer::rank(matrix_view<const float> x, std::size_t count, std::
     matrix_view<const float> part = x.slice(first, n);
     if (l2) {
       for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t j = 0; j < dim; ++j) shifted.row(i)[j] = part.row(i)[j] - mean_[j];
+        for (std::size_t j = 0; j < dim; ++j) shifted.row(i)[j] = part.row(i)[j] - centre_[j];
       part = shifted.view().slice(0, n);
     }
     assign_nearest(part, centred_.view(), norms_.data(), metric_, count, labels + first * count, unused.data());

@@ -3,14 +3,13 @@
 // query is nearest to. Two kinds (docs/ivf.md):
 //  - flat (`IVF<nlist>`): every centroid is scored, a batch at a time through the GEMM kernel; exact up
 //    to float rounding, ties to the smaller list, O(nlist · dim) per vector. The scores are taken relative
-//    to the centroids' mean μ: ‖c − μ‖² − 2⟨x − μ, c − μ⟩ under L2 (x − μ computed first) and
-//    −⟨x, c − μ⟩ otherwise, which rank as ‖x − c‖² and −⟨x, c⟩ do but without the cancellation of
-//    ‖c‖² − 2⟨x, c⟩ when the data sit far from the origin (1000 + N(0, 1) in 16 dimensions, 256 lists: a
-//    batch found the nearest list for 44% of the queries, now for all). A batch too small for the GEMM
-//    (a single query) with nlist ≥ 256 first estimates every centroid's distance from its SQ8 codes (a
-//    quarter of the bytes to stream) with a bound on the estimate's error, then scores exactly every
-//    centroid that the bounds cannot rule out of the nprobe nearest: the exact pass's lists, up to that
-//    pass's float rounding (docs/ivf.md);
+//    to the centroids' coordinate-wise median μ (`centred_copy`): ‖c − μ‖² − 2⟨x − μ, c − μ⟩ under L2 (x − μ computed
+//    first) and −⟨x, c − μ⟩ otherwise, which rank as ‖x − c‖² and −⟨x, c⟩ do but without the cancellation of ‖c‖² −
+//    2⟨x, c⟩ when the data sit far from the origin (1000 + N(0, 1) in 16 dimensions, 256 lists: a batch found the
+//    nearest list for 44% of the queries, now for all). A batch too small for the GEMM (a single query) with nlist ≥
+//    256 first estimates every centroid's distance from its SQ8 codes (a quarter of the bytes to stream) with a bound
+//    on the estimate's error, then scores exactly every centroid that the bounds cannot rule out of the nprobe nearest:
+//    the exact pass's lists, up to that pass's float rounding (docs/ivf.md);
 //  - HNSW (`IVF<nlist>_HNSW<M>`): an HNSW graph over the centroids (ids = list numbers) finds them in
 //    O(log nlist) distance evaluations, approximately — the choice for nlist in the tens of thousands,
 //    where the flat pass would dominate both adds and searches.
@@ -100,9 +99,9 @@ class coarse_quantizer {
   metric metric_;
   std::size_t hnsw_m_;
   matrix<float> centroids_;  // as given (and saved); the lists' residuals are taken against these
-  // The flat kind's scoring frame (empty for the HNSW kind): the centroids' mean μ (summed in double),
+  // The flat kind's scoring frame (empty for the HNSW kind): the centroids' coordinate-wise median μ,
   // the centroids minus μ and their squared norms ‖c − μ‖².
-  std::vector<float> mean_;
+  std::vector<float> centre_;
   matrix<float> centred_;
   std::vector<float> norms_;
   // The flat kind's prefilter: SQ8 codes of the centred centroids (per-dimension ranges learnt from

@@ -31,8 +31,8 @@ class coarse_probe {
   [[nodiscard]] virtual std::size_t max_nprobe() const noexcept { return lists(); }
   /// The `nprobe` (1 ≤ nprobe ≤ max_nprobe()) nearest lists of each query, nearest first, into
   /// `probes[q * nprobe + j]`: the lists whose centroids score best as the flat coarse pass scores them,
-  /// by ‖q − c‖² under L2 and −⟨q, c⟩ otherwise (the pass computes them relative to the centroids' mean,
-  /// docs/ivf.md), ties to the smaller list. Queries are finite and of
+  /// by ‖q − c‖² under L2 and −⟨q, c⟩ otherwise (the pass computes them relative to the centroids'
+  /// coordinate-wise median, docs/ivf.md), ties to the smaller list. Queries are finite and of
   /// dimension `dim()` (the index checks them first).
   virtual void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const = 0;
 

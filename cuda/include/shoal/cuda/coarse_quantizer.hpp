@@ -20,9 +20,9 @@ namespace shoal::cuda {
 /// params.coarse = &gpu;                 // batches of >= gpu.min_batch() queries probe on the device
 /// index.search(queries, 10, params);
 /// ```
-/// Lists are ranked as the CPU's flat coarse pass ranks them, in the frame centred on the centroids' mean
-/// μ (docs/ivf.md): ‖c − μ‖² − 2⟨q − μ, c − μ⟩ under L2, −⟨q, c − μ⟩ under inner product and cosine (whose
-/// centroids and queries are already unit length), in fp32 through a GEMM, so a near-tie between two
+/// Lists are ranked as the CPU's flat coarse pass ranks them, in the frame centred on the centroids'
+/// coordinate-wise median μ (docs/ivf.md): ‖c − μ‖² − 2⟨q − μ, c − μ⟩ under L2, −⟨q, c − μ⟩ under inner product and
+/// cosine (whose centroids and queries are already unit length), in fp32 through a GEMM, so a near-tie between two
 /// centroids may resolve differently from the CPU. Build it from the index's own
 /// `centroids()` (after training; again after retraining). Thread-safe; errors as `flat_index`'s, and a
 /// centroid the CPU pass would refuse (non-finite, or of norm past `check_vectors`' bound) is
