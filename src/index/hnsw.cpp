@@ -986,22 +986,30 @@ struct hnsw_index::impl {
         const std::vector<cand> entries{cur};
         const std::vector<cand> near =
             search_layer(ctx, entries, build.ef_construction, 0, s, [u](slot_t x) { return x != u; });
+        // Only a node the walk reached can link u in: the search enters the bottom layer where the
+        // descent ends, so its near nodes may be as unreachable as u (a parallel build over 5,000 copies
+        // of one vector beside 5,000 others left the duplicates linking only each other around the
+        // entry; linked from each other, 380-402 of the others stayed unreachable by any search).
         // A link from a node with room pushes no other link out. A forced one can push out another
         // node's only path from the entry (its in-link count also counts links from unreachable
         // nodes), and two such nodes then take each other's place pass after pass (M = 2: 2-5 of
-        // 1,500 nodes stayed unreachable). So: the nearest near node with room, else the nearest
-        // reachable node with room anywhere, else a forced link from the nearest.
+        // 1,500 nodes stayed unreachable). So: the nearest reached near node with room, else the
+        // nearest reached node with room anywhere, else a forced link from the nearest reached one.
+        std::vector<cand> reached;
+        for (const cand& c : near)
+          if (seen[c.slot] != 0) reached.push_back(c);
         const auto with_room = [&](std::span<const cand> from) {
           std::vector<cand> roomy;
           for (const cand& c : from)
             if (load_link(links(c.slot, 0)[0], std::memory_order_acquire) < capacity(0)) roomy.push_back(c);
           return roomy;
         };
-        if (!link_from_nearest(u, with_room(near))) {
+        if (!link_from_nearest(u, with_room(reached))) {
           std::vector<cand> anywhere;
           for (slot_t y = 0; y < n; ++y)
             if (seen[y] != 0 && y != u && usable(y, 0)) anywhere.push_back({distance(ctx.q, vec(y)), y});
-          if (!link_from_nearest(u, with_room(anywhere))) (void)link_from_nearest(u, near);
+          if (!link_from_nearest(u, with_room(anywhere)))
+            (void)link_from_nearest(u, reached.empty() ? std::move(anywhere) : std::move(reached));
         }
         walk(u);
         linked = true;
