@@ -26,13 +26,15 @@ void* allocate(std::size_t bytes, std::size_t align) {
 }  // namespace
 
 namespace shoal::test {
-allocation_cap::allocation_cap(std::size_t max_bytes) noexcept : previous_(cap) { cap = max_bytes; }
-allocation_cap::~allocation_cap() { cap = previous_; }
-allocation_cap_every_thread::allocation_cap_every_thread(std::size_t max_bytes) noexcept {
-  every_thread_cap.store(max_bytes);
+allocation_cap::allocation_cap(std::size_t max_bytes, bool every_thread) noexcept
+    : previous_(every_thread ? every_thread_cap.exchange(max_bytes) : cap), every_thread_(every_thread) {
+  if (!every_thread) cap = max_bytes;
 }
-allocation_cap_every_thread::~allocation_cap_every_thread() {
-  every_thread_cap.store(std::numeric_limits<std::size_t>::max());
+allocation_cap::~allocation_cap() {
+  if (every_thread_)
+    every_thread_cap.store(previous_);
+  else
+    cap = previous_;
 }
 }  // namespace shoal::test
 

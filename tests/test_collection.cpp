@@ -302,7 +302,7 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
     collection many(o16);
     many.add(v.view(), ids);
     neighbors wide(1, std::size_t{1} << 17);  // 1.5 MB, allocated before the cap
-    const test::allocation_cap_every_thread cap(std::size_t{1} << 19);
+    const test::allocation_cap cap(std::size_t{1} << 19, /*every_thread=*/true);
     REQUIRE_NOTHROW(many.search(v.view().slice(0, 1), wide.view()));
     CHECK(wide.id(0, 0) == 1);
     CHECK(wide.id(0, 3) != no_id);
