@@ -10,6 +10,7 @@
 #include <catch2/catch.hpp>
 
 #include "quant/sq8_estimate.hpp"
+#include "quant/sq_range.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/quant/opq.hpp"
 #include "shoal/quant/pq.hpp"
@@ -17,6 +18,7 @@
 #include "test_support.hpp"
 
 using namespace shoal;
+using shoal::test::cauchy;
 using shoal::test::fails_with;
 
 namespace {
@@ -459,16 +461,18 @@ TEST_CASE("sq8 and fp16 encode, decode and distances agree with the reconstructi
 
 TEST_CASE("the sq8 estimate stays within its rounding bound, on two grids when one dimension dwarfs the rest",
           "[pq][sq]") {
-  // Uniform data in [0, 1); with `far`, one training row reaches 10,000 in dimension 0, so that
-  // dimension's coefficient is about 10,000 times the others' and one integer grid would round them to a
-  // few steps (an error of 1/10 of the dot part here, 1/50 of it on average).
+  // Uniform data in [0, 1); with `far`, dimension 0 spans [0, 10,000), so that its coefficient is about
+  // 10,000 times the others' and one integer grid would round them to a few steps (an error of 1/10 of
+  // the dot part here, 1/50 of it on average). (A single outlier row no longer does that: training
+  // clamps it, `scalar_quantizer::train`.)
   constexpr std::size_t dim = 64, n = 300, nq = 20;
   const matrix<float> queries = make_uniform(nq, dim, 8);
   for (const bool far : {false, true})
     for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
       CAPTURE(far, metric_name(m));
       matrix<float> x = make_uniform(n, dim, 7);
-      if (far) x.row(0)[0] = 10000.0f;
+      if (far)
+        for (std::size_t i = 0; i < n; ++i) x.row(i)[0] *= 10000.0f;
       scalar_quantizer sq(dim, sq_type::sq8);
       sq.train(x.view());
       std::vector<std::uint8_t> codes(n * dim);
@@ -601,6 +605,123 @@ TEST_CASE("scalar quantizers reject bad input", "[pq][sq]") {
 }
 
 // ------------------------------------------------------------------------------------------------- OPQ
+
+namespace {
+
+/// Mean squared error of `x` coded by `sq` and decoded, over dimension `d` (all dimensions: npos).
+double sq_error(const scalar_quantizer& sq, const matrix<float>& x, std::size_t d = std::size_t(-1)) {
+  std::vector<std::uint8_t> codes(x.rows * sq.code_size());
+  sq.encode(x.view(), codes.data());
+  matrix<float> back(x.rows, x.dim);
+  sq.decode(codes.data(), x.rows, back.mutable_view());
+  double sum = 0.0;
+  std::size_t count = 0;
+  for (std::size_t i = 0; i < x.rows; ++i)
+    for (std::size_t j = 0; j < x.dim; ++j)
+      if (d == std::size_t(-1) || j == d) {
+        const double e = static_cast<double>(back.row(i)[j]) - x.row(i)[j];
+        sum += e * e;
+        ++count;
+      }
+  return sum / static_cast<double>(count);
+}
+
+}  // namespace
+
+TEST_CASE("sq8 ranges: the fit minimises the modelled error over every pair of ends", "[pq][sq]") {
+  splitmix64 rng(11);
+  for (const unsigned top : {255u, 15u, 1u}) {
+    for (int trial = 0; trial < 4; ++trial) {
+      std::vector<float> v(150);
+      for (float& x : v) x = trial % 2 == 0 ? cauchy(rng) : rng.normal();
+      if (trial == 3) v[7] = 500.0f;  // one outlier
+      std::sort(v.begin(), v.end());
+      const detail::code_range_model model(v, top);
+      REQUIRE(model.has_spread());
+      double best = std::numeric_limits<double>::infinity();
+      for (std::size_t i = 0; i < v.size(); ++i)
+        for (std::size_t j = i; j < v.size(); ++j) best = std::min(best, model.error({v[i], v[j]}));
+      const detail::code_range fit = model.best();
+      CAPTURE(top, trial, fit.lo, fit.hi);
+      CHECK(fit.lo <= fit.hi);
+      CHECK(model.error(fit) <= best * (1.0 + 1e-9));
+    }
+  }
+  // A value holding the middle half: no spread to weigh by, and the extremes stay.
+  std::vector<float> mass(100, 0.0f);
+  mass.back() = 1e4f;
+  const detail::code_range_model model(mass, 255);
+  CHECK_FALSE(model.has_spread());
+  CHECK(model.best().lo == 0.0f);
+  CHECK(model.best().hi == 1e4f);
+}
+
+TEST_CASE("sq8 ranges: light tails and dense groups keep the extremes; heavy tails and outliers are clamped",
+          "[pq][sq]") {
+  constexpr std::size_t n = 20000, dim = 5;
+  splitmix64 rng(5);
+  matrix<float> x(n, dim);
+  for (std::size_t i = 0; i < n; ++i) {
+    x.row(i)[0] = rng.normal();                                                    // light tails
+    x.row(i)[1] = static_cast<float>(rng.below(256));                              // 8-bit pixels
+    x.row(i)[2] = rng.below(200) == 0 ? static_cast<float>(rng.below(60)) : 0.0f;  // mostly 0
+    x.row(i)[3] = rng.normal() + (i % 20 == 0 ? 1000.0f : 0.0f);                   // a small cluster far out
+    x.row(i)[4] = rng.normal();
+  }
+  x.row(123)[4] = 1000.0f;  // one outlier in dimension 4
+  for (const unsigned top : {255u, 15u}) {
+    CAPTURE(top);
+    scalar_quantizer sq(dim, sq_type::sq8);
+    sq.train(x.view(), top);
+    for (std::size_t d = 0; d < 4; ++d) {
+      float lo = x.row(0)[d], hi = lo;
+      for (std::size_t i = 0; i < n; ++i) {
+        lo = std::min(lo, x.row(i)[d]);
+        hi = std::max(hi, x.row(i)[d]);
+      }
+      CAPTURE(d);
+      CHECK(sq.mins()[d] == lo);
+      CHECK(sq.steps()[d] == (hi - lo) / static_cast<float>(top));
+    }
+    // The outlier's dimension: its range stops well short of 1000, so that ordinary values keep steps
+    // like dimension 0's; the outlier itself is clamped.
+    CHECK(sq.mins()[4] + static_cast<float>(top) * sq.steps()[4] < 20.0f);
+    CHECK(sq.steps()[4] < 2.0f * sq.steps()[0]);
+    matrix<float> ordinary(n - 1, dim);
+    for (std::size_t i = 0, r = 0; i < n; ++i)
+      if (i != 123) std::copy_n(x.row(i), dim, ordinary.row(r++));
+    CHECK(sq_error(sq, ordinary, 4) < 4.0 * sq_error(sq, ordinary, 0));
+  }
+  // Heavy tails in every dimension: the fitted ranges are a small part of the extremes, and code the
+  // values of the bulk (|x| < 10, 94% of them) far better than the extremes' ranges would.
+  matrix<float> heavy(n, 4);
+  for (float& v : heavy.values) v = cauchy(rng);
+  scalar_quantizer fitted(4, sq_type::sq8);
+  fitted.train(heavy.view());
+  std::vector<float> lo(4), step(4);
+  for (std::size_t d = 0; d < 4; ++d) {
+    float a = heavy.row(0)[d], b = a;
+    for (std::size_t i = 0; i < n; ++i) {
+      a = std::min(a, heavy.row(i)[d]);
+      b = std::max(b, heavy.row(i)[d]);
+    }
+    lo[d] = a;
+    step[d] = (b - a) / 255.0f;
+    CAPTURE(d, fitted.mins()[d], fitted.steps()[d], step[d]);
+    CHECK(fitted.steps()[d] < step[d] / 20.0f);
+  }
+  std::vector<float> bulk;
+  for (std::size_t i = 0; i < n; ++i)
+    if (std::all_of(heavy.row(i), heavy.row(i) + 4, [](float v) { return std::abs(v) < 10.0f; }))
+      bulk.insert(bulk.end(), heavy.row(i), heavy.row(i) + 4);
+  matrix<float> inner(bulk.size() / 4, 4);
+  std::copy(bulk.begin(), bulk.end(), inner.values.begin());
+  const scalar_quantizer extremes = scalar_quantizer::sq8_with_ranges(lo, step);
+  CHECK(sq_error(fitted, inner) < sq_error(extremes, inner) / 100.0);
+  scalar_quantizer sq(dim, sq_type::sq8);
+  for (const unsigned bad : {0u, 256u})
+    REQUIRE_THROWS_MATCHES(sq.train(x.view(), bad), shoal::error, fails_with(errc::invalid_argument, "top_code"));
+}
 
 TEST_CASE("opq reports finite errors for data near the norm bound; pq names a zero iteration count", "[pq][opq]") {
   // The error was summed in float: inf for valid vectors of norm ~1e18 (the rotation itself was fine).

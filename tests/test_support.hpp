@@ -182,6 +182,9 @@ inline void require_same_up_to_ties(const neighbors& got, const neighbors& want,
   }
 }
 
+/// A standard Cauchy value (heavy tails: no mean, no variance), capped at ±1e6.
+inline float cauchy(splitmix64& rng) { return std::clamp(std::tan(3.14159265f * (rng.uniform() - 0.5f)), -1e6f, 1e6f); }
+
 /// The largest squared norm of `x`'s rows, at least 1: the scale of a GEMM-form distance's rounding.
 inline float max_squared_norm(const matrix<float>& x) {
   float largest = 1.0f;

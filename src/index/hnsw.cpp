@@ -525,17 +525,15 @@ struct hnsw_index::impl {
   [[nodiscard]] static constexpr unsigned code_top(hnsw_codes codes) noexcept {
     return codes == hnsw_codes::sq4 ? 15 : 255;
   }
-  /// Learns the per-dimension code ranges from `sample` (the scalar quantizer's sq8 training: each
-  /// dimension's min and max). Caller holds sq_mutex; publishes with sq_ready.
+  /// Learns the per-dimension code ranges from `sample` (the scalar quantizer's sq8 training, with
+  /// `code_top` steps over each range: 15 for SQ4, whose codes are 0-15). Caller holds sq_mutex;
+  /// publishes with sq_ready.
   void train_codes(matrix_view<const float> sample) {
     scalar_quantizer q(dim, sq_type::sq8);
-    q.train(sample);
-    std::vector<float> steps = q.steps();
-    if (build.codes == hnsw_codes::sq4)  // 15 steps over each range instead of 255: codes 0-15
-      for (float& st : steps) st *= 17.0f;
+    q.train(sample, code_top(build.codes));
     // Checked as a load checks them (each range's ends, up to the last code used: 15 of SQ4's 17-fold
     // steps, where checking 255 of them refused vectors 11 times under the norm bound).
-    q = scalar_quantizer::sq8_with_ranges(q.mins(), std::move(steps), code_top(build.codes));
+    q = scalar_quantizer::sq8_with_ranges(q.mins(), q.steps(), code_top(build.codes));
     sq = std::move(q);
     sq_ready.store(true, std::memory_order_release);
   }

@@ -3,9 +3,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <span>
+#include <vector>
 
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
+#include "sq_range.hpp"
 
 namespace shoal {
 namespace detail {
@@ -83,19 +86,140 @@ scalar_quantizer scalar_quantizer::sq8_with_ranges(std::vector<float> mins, std:
   return q;
 }
 
-void scalar_quantizer::train(matrix_view<const float> vectors) {
+namespace detail {
+
+code_range_model::code_range_model(std::span<const float> sorted, unsigned top) : x_(sorted), top_(top) {
+  const std::size_t n = sorted.size();
+  spread_ = (static_cast<double>(sorted[3 * (n - 1) / 4]) - sorted[(n - 1) / 4]) / 1.349;
+  if (!has_spread()) return;
+  const std::size_t m = std::max<std::size_t>(2, n / 1000);
+  w_.resize(n);
+  for (std::size_t k = 0; k < n; ++k) {
+    const double g = static_cast<double>(sorted[std::min(k + m, n - 1)]) - sorted[k >= m ? k - m : 0];
+    w_[k] = spread_ * spread_ / (g * g + spread_ * spread_);
+    total_ += w_[k];
+  }
+}
+
+double code_range_model::error(code_range r) const noexcept {
+  double clamped = 0.0;
+  for (std::size_t k = 0; k < x_.size(); ++k) {
+    const double x = x_[k];
+    const double out = x < r.lo ? r.lo - x : x > r.hi ? x - r.hi : 0.0;
+    clamped += w_[k] * out * out;
+  }
+  const double step = (static_cast<double>(r.hi) - r.lo) / top_;
+  return clamped + total_ * step * step / 12.0;
+}
+
+code_range code_range_model::best() const {
+  const std::size_t n = x_.size();
+  if (!has_spread()) return {x_.front(), x_.back()};
+  // Weighted prefix sums of the values and their squares, shifted by the median so that the clamping
+  // errors a²·Σw − 2a·Σwx + Σwx² do not cancel away the values' own spread.
+  const double centre = x_[n / 2];
+  const auto y = [&](std::size_t k) { return x_[k] - centre; };
+  std::vector<double> s0(n + 1, 0.0), s1(n + 1, 0.0), s2(n + 1, 0.0);
+  for (std::size_t k = 0; k < n; ++k) {
+    s0[k + 1] = s0[k] + w_[k];
+    s1[k + 1] = s1[k] + w_[k] * y(k);
+    s2[k + 1] = s2[k] + w_[k] * y(k) * y(k);
+  }
+  // Clamping every value below x[i] up to it, and every value above x[j] down to it.
+  const auto below = [&](std::size_t i) {
+    const double a = y(i);
+    return a * a * s0[i] - 2.0 * a * s1[i] + s2[i];
+  };
+  const auto above = [&](std::size_t j) {
+    const double b = y(j);
+    return b * b * (s0[n] - s0[j + 1]) - 2.0 * b * (s1[n] - s1[j + 1]) + (s2[n] - s2[j + 1]);
+  };
+  const double rounding = total_ / (12.0 * top_ * top_);
+  const auto error = [&](std::size_t i, std::size_t j) {
+    const double width = y(j) - y(i);
+    return below(i) + above(j) + rounding * width * width;
+  };
+  std::size_t lo = 0, hi = n - 1;
+  for (int round = 0; round < 64; ++round) {
+    const std::size_t was_lo = lo, was_hi = hi;
+    double least = error(lo, hi);
+    for (std::size_t j = lo; j < n; ++j)
+      if (const double e = error(lo, j); e < least) {
+        least = e;
+        hi = j;
+      }
+    for (std::size_t i = 0; i <= hi; ++i)
+      if (const double e = error(i, hi); e < least) {
+        least = e;
+        lo = i;
+      }
+    if (lo == was_lo && hi == was_hi) break;
+  }
+  return {x_[lo], x_[hi]};
+}
+
+}  // namespace detail
+
+void scalar_quantizer::train(matrix_view<const float> vectors, unsigned top_code) {
   detail::check_vectors(vectors, dim_, "scalar_quantizer::train: vector");
   SHOAL_CHECK(vectors.rows > 0, "scalar_quantizer::train: no training vectors");
+  SHOAL_CHECK(top_code >= 1 && top_code <= 255, "scalar_quantizer::train: top_code ", top_code, " is outside 1-255");
   if (type_ == sq_type::fp16) return;
+  const std::size_t n = vectors.rows;
   std::vector<float> lo(vectors.row(0), vectors.row(0) + dim_);
   std::vector<float> hi = lo;
-  for (std::size_t i = 1; i < vectors.rows; ++i)
+  // Sums of x − x₀ (the first row) and their squares: each dimension's spread, from which heavy tails
+  // are screened.
+  std::vector<double> s1(dim_, 0.0), s2(dim_, 0.0);
+  for (std::size_t i = 0; i < n; ++i)
     for (std::size_t d = 0; d < dim_; ++d) {
-      lo[d] = std::min(lo[d], vectors.row(i)[d]);
-      hi[d] = std::max(hi[d], vectors.row(i)[d]);
+      const float x = vectors.row(i)[d];
+      lo[d] = std::min(lo[d], x);
+      hi[d] = std::max(hi[d], x);
+      const double y = static_cast<double>(x) - vectors.row(0)[d];
+      s1[d] += y;
+      s2[d] += y * y;
     }
+  // A dimension whose range spans more than `heavy_spread` standard deviations (Gaussian data needs
+  // over 10⁸ samples for that; n values can span at most √(2n) of them, so under 73 rows never do) has
+  // its range fitted to up to `fit_rows` of its values (evenly spaced rows); the fit is kept where it
+  // cuts the modelled error at least `fit_gain`-fold, so that data with light tails, or on a grid the
+  // extremes already code exactly (8-bit pixels), keep their [min, max].
+  constexpr double heavy_spread = 12.0;
+  constexpr double fit_gain = 4.0;
+  constexpr std::size_t fit_rows = 16384;
+  const std::size_t sample = std::min(n, fit_rows);
+  std::vector<std::size_t> heavy;
+  for (std::size_t d = 0; d < dim_; ++d) {
+    const double mean = s1[d] / static_cast<double>(n);
+    const double spread = std::sqrt(std::max(0.0, s2[d] / static_cast<double>(n) - mean * mean));
+    if (static_cast<double>(hi[d]) - lo[d] > heavy_spread * spread) heavy.push_back(d);
+  }
+  // The sampled values of up to `block` such dimensions at a time, gathered in one pass over the rows.
+  constexpr std::size_t block = 64;
+  std::vector<float> columns(std::min(block, heavy.size()) * sample);
+  for (std::size_t first = 0; first < heavy.size(); first += block) {
+    const std::size_t count = std::min(block, heavy.size() - first);
+    for (std::size_t k = 0; k < sample; ++k) {
+      const float* row = vectors.row(k * n / sample);
+      for (std::size_t c = 0; c < count; ++c) columns[c * sample + k] = row[heavy[first + c]];
+    }
+    for (std::size_t c = 0; c < count; ++c) {
+      const std::span<float> column(columns.data() + c * sample, sample);
+      std::sort(column.begin(), column.end());
+      const detail::code_range_model model(column, top_code);
+      if (!model.has_spread()) continue;
+      const detail::code_range fit = model.best();
+      // Against the whole data's extremes: the sample may have missed the one value that stretched them.
+      const std::size_t d = heavy[first + c];
+      if (fit_gain * model.error(fit) <= model.error({lo[d], hi[d]})) {
+        lo[d] = fit.lo;
+        hi[d] = fit.hi;
+      }
+    }
+  }
   std::vector<float> step(dim_);
-  for (std::size_t d = 0; d < dim_; ++d) step[d] = (hi[d] - lo[d]) / 255.0f;
+  for (std::size_t d = 0; d < dim_; ++d) step[d] = (hi[d] - lo[d]) / static_cast<float>(top_code);
   min_ = std::move(lo);
   step_ = std::move(step);
 }

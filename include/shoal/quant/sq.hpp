@@ -1,8 +1,9 @@
 #pragma once
 /// \file
 /// Scalar quantizers: every component of a vector is stored on its own in fewer bits.
-///  - `sq_type::sq8`: one byte per component, uniform over the per-dimension range seen in training:
-///    x_d ≈ min_d + code_d · step_d (one fused multiply-add) with step_d = (max_d − min_d) / 255;
+///  - `sq_type::sq8`: one byte per component, uniform over a per-dimension range learnt in training
+///    (`train`: the extremes, or a narrower range for heavy tails): x_d ≈ min_d + code_d · step_d (one
+///    fused multiply-add), step_d = (max_d − min_d) / 255, values outside the range clamped to its ends;
 ///  - `sq_type::fp16`: IEEE half precision (round to nearest even), no training.
 /// Distances go from a float query to the codes without decoding to memory.
 
@@ -41,11 +42,15 @@ class scalar_quantizer {
   [[nodiscard]] static scalar_quantizer sq8_with_ranges(std::vector<float> mins, std::vector<float> steps,
                                                         unsigned top_code = 255);
 
-  /// sq8: learns each dimension's [min, max] from `vectors` (a constant dimension gets step 0 and
-  /// decodes to its value). fp16: only checks the input. Throws `shoal::error` on a dimension mismatch,
-  /// NaN/Inf, a row whose norm exceeds `check_vectors`' bound (≈ 6.5e18, which keeps every max − min and
-  /// step finite) or no rows.
-  void train(matrix_view<const float> vectors);
+  /// sq8: learns each dimension's range from `vectors`, `top_code` steps over it (255; 15 for 4-bit
+  /// codes that share these ranges, as `hnsw_index`'s SQ4 does): [min, max], except where heavy tails or
+  /// a few outliers stretch it so far that clamping them to a narrower range costs less squared error
+  /// than the coarse steps cost every other value (by the model of `detail::fit_code_range`; kept only
+  /// where it cuts that error at least 4-fold, so light-tailed data keeps [min, max] exactly). A
+  /// constant dimension gets step 0 and decodes to its value. fp16: only checks the input. Throws
+  /// `shoal::error` on a dimension mismatch, NaN/Inf, a row whose norm exceeds `check_vectors`' bound
+  /// (≈ 6.5e18, which keeps every max − min and step finite), no rows, or `top_code` outside 1-255.
+  void train(matrix_view<const float> vectors, unsigned top_code = 255);
 
   /// Codes of `vectors` into `codes` (rows · code_size bytes; fp16 as little-endian 16-bit words).
   /// sq8 clamps values outside the trained range, fp16 values beyond ±`max_half`. Throws `shoal::error` if untrained,
