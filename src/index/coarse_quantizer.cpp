@@ -22,7 +22,8 @@ namespace {
 constexpr std::uint32_t tag_centroids = io::detail::make_tag("CENT");
 constexpr std::uint32_t tag_graph_m = io::detail::make_tag("CQHN");
 
-/// Centroids are unit length under inner product and cosine, so −⟨q, c⟩ ranks them as either does.
+/// Centroids share one length under inner product and cosine (unit from spherical k-means, then one
+/// common factor in IVF-PQ), so −⟨q, c⟩ ranks them as either does.
 metric graph_metric(metric m) noexcept { return m == metric::l2 ? metric::l2 : metric::inner_product; }
 
 /// The SQ8 prefilter of the flat kind serves the batches the assignment scores without its GEMM (fewer
