@@ -272,8 +272,14 @@ TEST_CASE("table quantization at every level matches the reference within one st
     std::vector<std::uint8_t> want(m * 16);
     float want_bias = 0.0f, want_scale = 0.0f;
     REQUIRE(ref.quantize(table.data(), m, want.data(), &want_bias, &want_scale));
-    // The reference: every row's minimum maps to 0 and the widest row's maximum to 255.
+    // The reference: every row's minimum maps to 0 and the widest row's maximum to 255 (ordinary
+    // tables keep the one scale: no row has a few entries far past the others).
     CHECK(std::count(want.begin(), want.end(), std::uint8_t{255}) >= 1);
+    float widest = 0.0f;
+    for (std::size_t s = 0; s < m; ++s)
+      widest = std::max(widest, *std::max_element(table.begin() + s * 16, table.begin() + s * 16 + 16) -
+                                    *std::min_element(table.begin() + s * 16, table.begin() + s * 16 + 16));
+    CHECK(want_scale == 255.0f / widest);
     for (std::size_t s = 0; s < m; ++s)
       CHECK(*std::min_element(want.begin() + s * 16, want.begin() + s * 16 + 16) == 0);
     for (const simd_level level : available_simd_levels()) {
@@ -287,6 +293,117 @@ TEST_CASE("table quantization at every level matches the reference within one st
       for (std::size_t i = 0; i < got.size(); ++i) off += std::abs(int{got[i]} - int{want[i]}) > 1 ? 1 : 0;
       CHECK(off == 0);
     }
+  }
+}
+
+TEST_CASE("table quantization saturates a few far entries per row, exactly as the reference, at every level",
+          "[pq][kernel]") {
+  // Before, one scale of 255 / widest range: an entry at 10^6 among entries within ±30 rounded every
+  // other entry to 0 or 1. Now each row may set aside up to three far entries (saturated at 255) and the
+  // scale follows what is left. The saturated path is one scalar routine shared by every level, so
+  // codes, bias and scale equal the reference's exactly.
+  const pq_kernels& ref = quant_kernels(simd_level::scalar);
+  for (const std::size_t m : {1, 3, 8, 9, 16, 17, 33, 392}) {
+    for (const std::size_t far_per_row : {1, 3}) {
+      for (const float offset : {0.0f, -50.0f, 1e4f}) {
+        splitmix64 rng(m * 10 + far_per_row);
+        std::vector<float> table(m * 16);
+        for (float& t : table) t = offset + rng.normal() * 10.0f;
+        std::vector<bool> far(m * 16, false);
+        for (std::size_t s = 0; s < m; ++s)
+          for (std::size_t k = 0; k < far_per_row; ++k) {
+            const std::size_t i = s * 16 + (s * 5 + k * 7) % 16;
+            table[i] = offset + 1e6f * static_cast<float>(k + 1);
+            far[i] = true;
+          }
+        // The widest range left once each row's three largest entries are set aside.
+        float robust = 0.0f;
+        for (std::size_t s = 0; s < m; ++s) {
+          std::vector<float> row(table.begin() + s * 16, table.begin() + s * 16 + 16);
+          std::sort(row.begin(), row.end());
+          robust = std::max(robust, row[12] - row[0]);
+        }
+        std::vector<std::uint8_t> want(m * 16);
+        float want_bias = 0.0f, want_scale = 0.0f;
+        REQUIRE(ref.quantize(table.data(), m, want.data(), &want_bias, &want_scale));
+        CAPTURE(m, far_per_row, offset, robust);
+        CHECK(want_scale == Approx(255.0 / robust).epsilon(1e-5));
+        for (std::size_t s = 0; s < m; ++s) {
+          const float* row = table.data() + s * 16;
+          const float lo = *std::min_element(row, row + 16);
+          for (std::size_t c = 0; c < 16; ++c) {
+            const std::size_t i = s * 16 + c;
+            if (far[i] || row[c] - lo > robust) {
+              CHECK(want[i] == 255);  // set aside (a far entry, or one of a row's three largest)
+            } else {
+              // Fine codes: within half a step (and float rounding) of the entry.
+              CHECK(std::abs(want[i] / want_scale - (row[c] - lo)) <= 0.5 / want_scale + std::abs(row[c]) * 1e-6);
+            }
+          }
+        }
+        for (const simd_level level : available_simd_levels()) {
+          CAPTURE(simd_level_name(level));
+          std::vector<std::uint8_t> got(m * 16);
+          float bias = 0.0f, scale = 0.0f;
+          REQUIRE(quant_kernels(level).quantize(table.data(), m, got.data(), &bias, &scale));
+          CHECK(bias == want_bias);
+          CHECK(scale == want_scale);
+          CHECK(got == want);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("table quantization keeps one scale unless a few entries per row dwarf the rest, alike at every level",
+          "[pq][kernel]") {
+  // Rows 0, 1/15, ..., 1 (plus an offset): set aside three entries of each, the widest range left is
+  // 12/15. Row 0's three largest entries are moved out, its largest to just over or just under 16 times
+  // that above its minimum (the rule saturates when the robust range is narrower than the widest by more
+  // than 16): every level takes the reference's decision, also where |minimum| · scale is large (offsets
+  // up to 10^6, where the AVX2 and AVX-512 codes can be several steps off the reference's).
+  const pq_kernels& ref = quant_kernels(simd_level::scalar);
+  for (const std::size_t m : {1, 7, 8, 17, 64}) {
+    for (const float offset : {0.0f, 1e4f, -1e5f, 1e6f}) {
+      for (const float factor : {16.02f, 15.98f}) {
+        std::vector<float> table(m * 16);
+        for (std::size_t s = 0; s < m; ++s)
+          for (std::size_t c = 0; c < 16; ++c) table[s * 16 + c] = offset + static_cast<float>(c) / 15.0f;
+        for (std::size_t c = 13; c < 16; ++c)
+          table[c] = offset + factor * (12.0f / 15.0f) - 0.01f * static_cast<float>(15 - c);
+        std::vector<std::uint8_t> want(m * 16);
+        float want_bias = 0.0f, want_scale = 0.0f;
+        REQUIRE(ref.quantize(table.data(), m, want.data(), &want_bias, &want_scale));
+        const float widest = *std::max_element(table.begin(), table.begin() + 16) - table[0];
+        CAPTURE(m, offset, factor, want_scale);
+        if (std::abs(offset) <= 1e4f) {  // further out, the entries' own rounding moves the boundary
+          if (factor > 16.0f)
+            CHECK(want_scale > 255.0f / widest * 15.0f);  // saturated: 255 / (12/15)
+          else
+            CHECK(want_scale == 255.0f / widest);
+        }
+        for (const simd_level level : available_simd_levels()) {
+          CAPTURE(simd_level_name(level));
+          std::vector<std::uint8_t> got(m * 16);
+          float bias = 0.0f, scale = 0.0f;
+          REQUIRE(quant_kernels(level).quantize(table.data(), m, got.data(), &bias, &scale));
+          CHECK(scale == want_scale);
+          if (scale != 255.0f / widest) CHECK(got == want);  // the saturated path: the reference's bytes
+        }
+      }
+    }
+  }
+  // A row that is wide throughout (a query far out along one sub-space: every codeword far, at spread
+  // distances) is not an outlier: its fourth largest entry is far too, so the one scale stays.
+  std::vector<float> wide(4 * 16);
+  splitmix64 rng(3);
+  for (float& t : wide) t = rng.normal();
+  for (std::size_t c = 0; c < 16; ++c) wide[16 + c] = 1e6f + 2e3f * static_cast<float>(c);
+  std::vector<std::uint8_t> out(4 * 16);
+  float bias = 0.0f, scale = 0.0f;
+  for (const simd_level level : available_simd_levels()) {
+    REQUIRE(quant_kernels(level).quantize(wide.data(), 4, out.data(), &bias, &scale));
+    CHECK(scale == 255.0f / (2e3f * 15.0f));
   }
 }
 

@@ -29,6 +29,24 @@
 #include <immintrin.h>
 #endif
 
+namespace shoal::detail {
+
+/// The saturated quantization (docs/pq.md, "outlier entries"): each row may set aside its
+/// `saturated_per_row` largest entries; the widest range of what is left, `robust`, gives the scale
+/// 255 / robust when it is narrower than the widest row range by more than `outlier_gain`, and the
+/// entries set aside beyond it saturate at code 255.
+inline constexpr std::size_t saturated_per_row = 3;
+inline constexpr float outlier_gain = 16.0f;
+
+/// Quantizes a quantizable table (see `quantize`) the saturated way when its rule holds, and returns
+/// true; returns false, having written nothing, when it does not. Plain scalar code defined once (in
+/// pq_scalar.cpp, without FMA contraction), which every level calls, so every level's saturated tables
+/// are the reference's exactly.
+bool quantize_saturated(const float* table, std::size_t m, std::uint8_t* out, float* bias_out,
+                        float* scale_out) noexcept;
+
+}  // namespace shoal::detail
+
 namespace shoal::detail::SHOAL_PQ_NS {
 namespace {
 
@@ -328,11 +346,32 @@ inline bool quantizable(bool nan, float bias, float widest) noexcept {
 /// FLT_MAX) and (x − min) · scale would be 0 · inf; every code is then 0, off by less than that range.
 inline float table_scale(float widest) noexcept { return widest >= 0x1p-120f ? 255.0f / widest : 1.0f; }
 
+/// Whether a table may be one that `quantize_saturated` takes: a necessary condition from the first
+/// pass, `group_span` = the largest (g_s − min_s) over rows s, where g_s is the largest of the row's four
+/// group minima min(x_c, x_{c+4}, x_{c+8}, x_{c+12}). Three entries set aside cannot hold a whole group,
+/// so g_s is at most the row's fourth largest entry and group_span at most the robust range: when
+/// outlier_gain · group_span reaches the widest range, the rule cannot hold. Exact (min, max and one
+/// subtraction, as in the rule), so every level decides alike. The group minima are a by-product of the
+/// SIMD row minima (their first two folds), so the test costs one more max fold per eight (AVX2) or
+/// sixteen (AVX-512) rows. On ordinary data it never passes (bigann10k IVF100,PQ64x4fs, fashion-mnist
+/// IVF980,PQ392x4fs, Gaussian data, and queries with one component at 10^3: 0 of 1,600 / 2,400 /
+/// 16,000 / 16,000 tables), so the exact rule runs only for tables it may change.
+inline bool may_saturate(float group_span, float widest) noexcept { return group_span * outlier_gain < widest; }
+
+/// g_s − min_s of one row (see `may_saturate`), as every level computes it.
+inline float row_group_span(const float* row, float lo) noexcept {
+  float g = std::min(std::min(row[0], row[4]), std::min(row[8], row[12]));
+  for (std::size_t c = 1; c < 4; ++c)
+    g = std::max(g, std::min(std::min(row[c], row[c + 4]), std::min(row[c + 8], row[c + 12])));
+  return g - lo;
+}
+
 #if SHOAL_PQ_ISA == 0
 /// Quantizes an m x 16 table to bytes (see `quantize_table`): the reference.
 bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_out, float* scale_out) noexcept {
   float bias = 0.0f;
   float widest = 0.0f;
+  float group_span = 0.0f;
   bool nan = false;
   for (std::size_t s = 0; s < m; ++s) {
     const float* row = table + s * 16;
@@ -344,6 +383,7 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
     }
     bias += lo;
     widest = std::max(widest, hi - lo);
+    group_span = std::max(group_span, row_group_span(row, lo));
   }
   if (!quantizable(nan, bias, widest)) return false;
   const float scale = table_scale(widest);
@@ -355,6 +395,7 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
       out[s * 16 + c] =
           static_cast<std::uint8_t>(static_cast<std::int32_t>(std::min((row[c] - lo) * scale + 0.5f, 255.0f)));
   }
+  if (may_saturate(group_span, widest) && quantize_saturated(table, m, out, bias_out, scale_out)) return true;
   *bias_out = bias;
   *scale_out = scale;
   return true;
@@ -365,22 +406,36 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
 /// shuffles combine rows into registers (whole 256-bit halves, then 128-bit quarters, then pairs and
 /// single lanes inside each quarter), so that 16 horizontal reductions cost about three instructions a
 /// row instead of eight. The last level leaves row k + 4j in lane 4k + j; one permute restores the order.
+/// The first two levels leave in lane c of a row's quarter op(x_c, x_{c+4}, x_{c+8}, x_{c+12}): with min,
+/// the row's four group minima (`may_saturate`), which `fold_quarters` then folds with max.
+struct quarters {
+  __m512 v[4];
+};
 template <class Op>
-inline __m512 across_rows(const float* rows, const Op& op) noexcept {
+inline quarters across_groups(const float* rows, const Op& op) noexcept {
   __m512 p[8];
   for (int i = 0; i < 8; ++i) {
     const __m512 a = _mm512_loadu_ps(rows + 32 * i), b = _mm512_loadu_ps(rows + 32 * i + 16);
     p[i] = op(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xee));  // rows 2i, 2i+1: 8 lanes each
   }
-  __m512 q[4];
+  quarters q;
   for (int i = 0; i < 4; ++i)  // rows 4i..4i+3: one quarter (4 lanes) each
-    q[i] = op(_mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0x88), _mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0xdd));
+    q.v[i] = op(_mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0x88), _mm512_shuffle_f32x4(p[2 * i], p[2 * i + 1], 0xdd));
+  return q;
+}
+template <class Op>
+inline __m512 fold_quarters(const quarters& g, const Op& op) noexcept {
+  const __m512* q = g.v;
   __m512 r[2];
   for (int i = 0; i < 2; ++i)  // quarter k: rows k + 8i and k + 8i + 4, two lanes each
     r[i] = op(_mm512_shuffle_ps(q[2 * i], q[2 * i + 1], 0x44), _mm512_shuffle_ps(q[2 * i], q[2 * i + 1], 0xee));
   const __m512 t = op(_mm512_shuffle_ps(r[0], r[1], 0x88), _mm512_shuffle_ps(r[0], r[1], 0xdd));
   const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
   return _mm512_permutexvar_ps(order, t);
+}
+template <class Op>
+inline __m512 across_rows(const float* rows, const Op& op) noexcept {
+  return fold_quarters(across_groups(rows, op), op);
 }
 
 /// The AVX-512 quantizer: the reference's arithmetic (bias summed row by row in order), except that
@@ -395,23 +450,28 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   const std::size_t blocks = m / 16;
   float bias = 0.0f;
   __m512 widest = _mm512_setzero_ps();
-  std::uint32_t nan = 0;  // lanes of the unordered compares
+  __m512 group_span16 = _mm512_setzero_ps();  // for `may_saturate`
+  std::uint32_t nan = 0;                      // lanes of the unordered compares
   alignas(64) float lows[16];
   for (std::size_t b = 0; b < blocks; ++b) {
     const float* rows = table + b * 256;
-    const __m512 lo = across_rows(rows, vmin);
+    const quarters groups = across_groups(rows, vmin);
+    const __m512 lo = fold_quarters(groups, vmin);
     widest = _mm512_max_ps(widest, _mm512_sub_ps(across_rows(rows, vmax), lo));
+    group_span16 = _mm512_max_ps(group_span16, _mm512_sub_ps(fold_quarters(groups, vmax), lo));
     for (int i = 0; i < 16; i += 2)
       nan |= _mm512_cmp_ps_mask(_mm512_loadu_ps(rows + 16 * i), _mm512_loadu_ps(rows + 16 * i + 16), _CMP_UNORD_Q);
     _mm512_store_ps(lows, lo);
     for (const float l : lows) bias += l;
   }
   float tail_widest = 0.0f;
+  float group_span = _mm512_reduce_max_ps(group_span16);
   for (std::size_t s = blocks * 16; s < m; ++s) {
     const __m512 row = _mm512_loadu_ps(table + s * 16);
     const float lo = _mm512_reduce_min_ps(row);
     bias += lo;
     tail_widest = std::max(tail_widest, _mm512_reduce_max_ps(row) - lo);
+    group_span = std::max(group_span, row_group_span(table + s * 16, lo));
     nan |= _mm512_cmp_ps_mask(row, row, _CMP_UNORD_Q);
   }
   const float w = std::max(_mm512_reduce_max_ps(widest), tail_widest);
@@ -432,6 +492,7 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   }
   for (std::size_t s = blocks * 16; s < m; ++s)
     code(s, _mm512_set1_ps(_mm512_reduce_min_ps(_mm512_loadu_ps(table + s * 16))));
+  if (may_saturate(group_span, w) && quantize_saturated(table, m, out, bias_out, scale_out)) return true;
   *bias_out = bias;
   *scale_out = scale;
   return true;
@@ -442,18 +503,32 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
 /// `across_rows` does, instead of a horizontal reduction per row. The result holds row r in lane
 /// `row_lane[r]`: rows 0, 2, 4, 6 in the low half, 1, 3, 5, 7 in the high one.
 constexpr int row_lane[8] = {0, 4, 1, 5, 2, 6, 3, 7};
+/// The first levels leave in lane c of a row's half op(x_c, x_{c+4}, x_{c+8}, x_{c+12}): with min, the
+/// row's four group minima (`may_saturate`), which `fold_halves` then folds with max.
+struct halves {
+  __m256 v[4];
+};
 template <class Op>
-inline __m256 across_rows(const float* rows, const Op& op) noexcept {
-  __m256 x[4];
+inline halves across_groups(const float* rows, const Op& op) noexcept {
+  halves x;
   for (int i = 0; i < 4; ++i) {  // rows 2i and 2i + 1: four lanes each
     const __m256 a = op(_mm256_loadu_ps(rows + 32 * i), _mm256_loadu_ps(rows + 32 * i + 8));
     const __m256 b = op(_mm256_loadu_ps(rows + 32 * i + 16), _mm256_loadu_ps(rows + 32 * i + 24));
-    x[i] = op(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+    x.v[i] = op(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
   }
+  return x;
+}
+template <class Op>
+inline __m256 fold_halves(const halves& g, const Op& op) noexcept {
+  const __m256* x = g.v;
   __m256 y[2];
   for (int j = 0; j < 2; ++j)  // rows 4j, 4j + 2 (low half) and 4j + 1, 4j + 3 (high half): two lanes each
     y[j] = op(_mm256_shuffle_ps(x[2 * j], x[2 * j + 1], 0x44), _mm256_shuffle_ps(x[2 * j], x[2 * j + 1], 0xee));
   return op(_mm256_shuffle_ps(y[0], y[1], 0x88), _mm256_shuffle_ps(y[0], y[1], 0xdd));
+}
+template <class Op>
+inline __m256 across_rows(const float* rows, const Op& op) noexcept {
+  return fold_halves(across_groups(rows, op), op);
 }
 
 /// The AVX2 quantizer: row minima and maxima eight rows at a time (`across_rows`); the bias sums them eight
@@ -475,12 +550,15 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   alignas(32) float lows[kept_rows];  // row s's minimum in lows[s], s < kept_rows
   __m256 bias8 = _mm256_setzero_ps();
   __m256 widest8 = _mm256_setzero_ps();
-  __m256 nan8 = _mm256_setzero_ps();  // all ones in a lane where a compare met a NaN
+  __m256 group_span8 = _mm256_setzero_ps();  // for `may_saturate`
+  __m256 nan8 = _mm256_setzero_ps();         // all ones in a lane where a compare met a NaN
   for (std::size_t s = 0; s < whole; s += 8) {
     const float* rows = table + s * 16;
-    const __m256 lo = across_rows(rows, vmin);
+    const halves groups = across_groups(rows, vmin);
+    const __m256 lo = fold_halves(groups, vmin);
     bias8 = _mm256_add_ps(bias8, lo);
     widest8 = _mm256_max_ps(widest8, _mm256_sub_ps(across_rows(rows, vmax), lo));
+    group_span8 = _mm256_max_ps(group_span8, _mm256_sub_ps(fold_halves(groups, vmax), lo));
     for (int i = 0; i < 16; i += 2)
       nan8 = _mm256_or_ps(
           nan8, _mm256_cmp_ps(_mm256_loadu_ps(rows + 8 * i), _mm256_loadu_ps(rows + 8 * i + 8), _CMP_UNORD_Q));
@@ -496,12 +574,15 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   for (const float b : lanes8) bias += b;
   _mm256_store_ps(lanes8, widest8);
   float w = *std::max_element(lanes8, lanes8 + 8);
+  _mm256_store_ps(lanes8, group_span8);
+  float group_span = *std::max_element(lanes8, lanes8 + 8);
   bool nan = _mm256_movemask_ps(nan8) != 0;
   for (std::size_t s = whole; s < m; ++s) {
     const float* row = table + s * 16;
     const float lo = row_low(s);
     bias += lo;
     w = std::max(w, *std::max_element(row, row + 16) - lo);
+    group_span = std::max(group_span, row_group_span(row, lo));
     nan = nan || std::any_of(row, row + 16, [](float x) { return std::isnan(x); });
   }
   if (!quantizable(nan, bias, w)) return false;
@@ -510,7 +591,8 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   // x · scale + (0.5 − lo · scale), truncated: (x − lo) · scale rounded to nearest, up to float rounding
   // (the reference rounds (x − lo) · scale first; a code may differ by one step, by more where |lo · scale|
   // passes 2^24 and the constant itself rounds by a step or more: docs/pq.md). A value just past 255
-  // saturates in the byte pack, so no clamp is needed.
+  // saturates in the byte pack, so no clamp is needed (the saturated path, whose entries can lie far
+  // past 255, is `quantize_saturated`'s scalar code).
   const auto codes = [&](const float* row, float lo) {
     const __m256 shift = _mm256_set1_ps(0.5f - lo * scale);
     const __m256i qa = _mm256_cvttps_epi32(_mm256_fmadd_ps(_mm256_loadu_ps(row), vscale, shift));
@@ -532,6 +614,7 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + s * 16), _mm256_permutevar8x32_epi32(bytes, pair_order));
   }
   for (; s < m; ++s) put_one(s, row_low(s));
+  if (may_saturate(group_span, w) && quantize_saturated(table, m, out, bias_out, scale_out)) return true;
   *bias_out = bias;
   *scale_out = scale;
   return true;
@@ -554,3 +637,41 @@ const pq_kernels& pq_table() noexcept {
 }
 
 }  // namespace shoal::detail::SHOAL_PQ_NS
+
+#if SHOAL_PQ_ISA == 0
+namespace shoal::detail {
+
+bool quantize_saturated(const float* table, std::size_t m, std::uint8_t* out, float* bias_out,
+                        float* scale_out) noexcept {
+  float widest = 0.0f;
+  float robust = 0.0f;
+  for (std::size_t s = 0; s < m; ++s) {
+    const float* row = table + s * 16;
+    float sorted[16];
+    std::copy_n(row, 16, sorted);
+    std::sort(sorted, sorted + 16);
+    widest = std::max(widest, sorted[15] - sorted[0]);
+    robust = std::max(robust, sorted[15 - saturated_per_row] - sorted[0]);
+  }
+  // Not below 2^-120, so that 255 / robust is finite (as in `table_scale`); a robust range of 0 leaves
+  // nothing to resolve.
+  if (!(robust >= 0x1p-120f && robust * outlier_gain < widest)) return false;
+  const float scale = 255.0f / robust;
+  float bias = 0.0f;
+  for (std::size_t s = 0; s < m; ++s) {
+    const float* row = table + s * 16;
+    const float lo = *std::min_element(row, row + 16);
+    bias += lo;
+    // Clamped before the conversion: an entry set aside can lie any number of steps past 255 (Inf
+    // included, where (x − lo) · scale overflows; x − lo itself is finite in a quantizable table).
+    for (std::size_t c = 0; c < 16; ++c)
+      out[s * 16 + c] =
+          static_cast<std::uint8_t>(static_cast<std::int32_t>(std::min((row[c] - lo) * scale + 0.5f, 255.0f)));
+  }
+  *bias_out = bias;
+  *scale_out = scale;
+  return true;
+}
+
+}  // namespace shoal::detail
+#endif

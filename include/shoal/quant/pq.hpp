@@ -128,7 +128,9 @@ struct quantized_table {
   aligned_vector<std::uint8_t> values;
   float bias = 0.0f;
   /// One scale for every sub-quantizer, so that integer sums are comparable: 255 / (largest per-row
-  /// range), or 1 when that range is 0 or below 2^-120 (every byte is then 0).
+  /// range), or 1 when that range is 0 or below 2^-120 (every byte is then 0). When a few entries per row
+  /// dwarf the rest (docs/pq.md, "Outlier entries saturate"), 255 / (the widest range left once each row's
+  /// three largest entries are set aside), and entries beyond it are 255: their estimate is then low.
   float scale = 1.0f;
 };
 
