@@ -7,6 +7,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "index/coarse_quantizer.hpp"
 #include "shoal/cluster/kmeans.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/coarse_probe.hpp"
@@ -514,13 +515,41 @@ TEST_CASE("ivf coarse pass over data far from the origin finds the nearest lists
   }
 }
 
+TEST_CASE("ivf coarse prefilter prunes at any scale of the data and still probes the exact lists", "[ivf]") {
+  // The bounds' float slack had a floor of 1 whatever the scale of the scores: on data of small norm every
+  // bound overlapped every other and all 1,024 centroids were scored exactly (at scale 10⁻³ and 10⁻⁶,
+  // both metrics), more work than the plain exact pass. Its floor is now the scores' own scale below 1.
+  constexpr std::size_t nlist = 1024, d = 32, nq = 50, nprobe = 8;
+  const matrix<float> centroids = make_clustered(nlist, d, 64, 3, 1.0f);
+  const matrix<float> queries = make_clustered(nq, d, 64, 4, 1.0f);
+  for (const metric m : {metric::l2, metric::inner_product})
+    for (const float scale : {1.0f, 1e-3f, 1e-6f}) {
+      CAPTURE(metric_name(m), scale);
+      matrix<float> c = centroids, q = queries;
+      for (float& v : c.values) v *= scale;
+      for (float& v : q.values) v *= scale;
+      detail::coarse_quantizer quantizer(m, 0);
+      quantizer.set_centroids(std::move(c));
+      std::size_t scored = 0;
+      std::vector<std::uint32_t> got(nprobe), want(nprobe);
+      for (std::size_t i = 0; i < nq; ++i) {
+        scored += quantizer.probe_prefiltered(q.row(i), nprobe, got.data());
+        quantizer.probe_exact(q.row(i), nprobe, want.data());
+        CHECK(got == want);
+      }
+      CAPTURE(scored);
+      CHECK(scored < nq * nlist / 8);
+    }
+}
+
 TEST_CASE("ivf single-query coarse pass through the SQ8 prefilter probes the exact lists", "[ivf]") {
   // 512 lists: single queries estimate every centroid from its SQ8 codes with an error bound first, then
   // score exactly every centroid the bounds cannot rule out. The assign_probe (min_batch 1) scores every
   // centroid exactly with the same one-to-many kernel, so the two searches must match bit for bit (with
   // the bounds left out, some query here probes other lists).
-  // With one row far out along one axis (a centroid of its own), that dimension's coefficient dwarfs the
-  // others and the estimator rounds on two grids: the bounds must hold there too.
+  // With one row far out along one axis (a centroid of its own), the prefilter's SQ8 ranges clamp that
+  // centroid's code there (`scalar_quantizer::train`), leaving it a residual ‖c − ĉ‖ of thousands: the
+  // bounds must hold there too.
   fixture f(6000, 60, 17);
   for (const float far : {0.0f, -3000.0f})
     for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {

@@ -75,6 +75,14 @@ class coarse_quantizer {
   /// The tags `read` knows, for `index_file_reader::check_known`.
   [[nodiscard]] static std::span<const std::uint32_t> tags() noexcept;
 
+  /// The prefilter's probe of one query (the flat kind with a prefilter: `prefiltered`); returns how many
+  /// centroids it scored exactly (public for the tests, which hold it to prune).
+  std::size_t probe_prefiltered(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
+  /// The flat kind's exact probe of one query, without the prefilter: what `assign_nearest` gives a batch
+  /// too small for its GEMM (the same one-to-many kernel and (score, list) order), without its per-call
+  /// buffers.
+  void probe_exact(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
+
  private:
   /// Takes `centroids`; for the flat kind derives the centred copy, its norms and the prefilter (no graph).
   void install(matrix<float> centroids);
@@ -86,12 +94,6 @@ class coarse_quantizer {
   [[nodiscard]] const float* centred(const float* x, std::vector<float>& out) const;
   /// Whether a batch of `rows` queries asking for `nprobe` lists goes through the SQ8 prefilter.
   [[nodiscard]] bool prefiltered(std::size_t rows, std::size_t nprobe) const noexcept;
-  /// The prefilter's probe of one query.
-  void probe_prefiltered(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
-  /// The flat kind's exact probe of one query, without the prefilter: what `assign_nearest` gives a batch
-  /// too small for its GEMM (the same one-to-many kernel and (score, list) order), without its per-call
-  /// buffers.
-  void probe_exact(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
   /// The HNSW kind's probe of one query when its search would explore every centroid: all of them scored
   /// pairwise, as the graph scores them (L2, or −⟨q, c⟩), in (score, list) order.
   void probe_every(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
@@ -104,6 +106,7 @@ class coarse_quantizer {
   std::vector<float> centre_;
   matrix<float> centred_;
   std::vector<float> norms_;
+  float max_norm_sq_ = 0.0f;  // the largest of norms_
   // The flat kind's prefilter: SQ8 codes of the centred centroids (per-dimension ranges learnt from
   // them), one row per list, each row's L2 term (see sq8_estimator), Σ_j of its codes (the bound of the
   // coefficient rounding) and ‖c − ĉ‖ rounded up (the bound of the codes' error); empty below

@@ -6,6 +6,7 @@
 #include <span>
 #include <vector>
 
+#include "core/parallel.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "sq_range.hpp"
@@ -168,31 +169,34 @@ void scalar_quantizer::train(matrix_view<const float> vectors, unsigned top_code
   const std::size_t n = vectors.rows;
   std::vector<float> lo(vectors.row(0), vectors.row(0) + dim_);
   std::vector<float> hi = lo;
-  // Sums of x − x₀ (the first row) and their squares: each dimension's spread, from which heavy tails
-  // are screened.
-  std::vector<double> s1(dim_, 0.0), s2(dim_, 0.0);
-  for (std::size_t i = 0; i < n; ++i)
+  for (std::size_t i = 1; i < n; ++i)
     for (std::size_t d = 0; d < dim_; ++d) {
-      const float x = vectors.row(i)[d];
-      lo[d] = std::min(lo[d], x);
-      hi[d] = std::max(hi[d], x);
-      const double y = static_cast<double>(x) - vectors.row(0)[d];
-      s1[d] += y;
-      s2[d] += y * y;
+      lo[d] = std::min(lo[d], vectors.row(i)[d]);
+      hi[d] = std::max(hi[d], vectors.row(i)[d]);
     }
   // A dimension whose range spans more than `heavy_spread` standard deviations (Gaussian data needs
   // over 10⁸ samples for that; n values can span at most √(2n) of them, so under 73 rows never do) has
-  // its range fitted to up to `fit_rows` of its values (evenly spaced rows); the fit is kept where it
-  // cuts the modelled error at least `fit_gain`-fold, so that data with light tails, or on a grid the
-  // extremes already code exactly (8-bit pixels), keep their [min, max].
+  // its range fitted to up to `fit_rows` of its values (evenly spaced rows, which also give the standard
+  // deviation: a sample that misses the one far value only makes the test readier); the fit is kept
+  // where it cuts the modelled error at least `fit_gain`-fold, so that data with light tails, or on a
+  // grid the extremes already code exactly (8-bit pixels), keep their [min, max].
   constexpr double heavy_spread = 12.0;
   constexpr double fit_gain = 4.0;
   constexpr std::size_t fit_rows = 16384;
   const std::size_t sample = std::min(n, fit_rows);
+  const auto sampled = [&](std::size_t k) { return vectors.row(k * n / sample); };
+  // Sums of x − x₀ (the first sampled row) and their squares over the sample.
+  std::vector<double> s1(dim_, 0.0), s2(dim_, 0.0);
+  for (std::size_t k = 0; k < sample; ++k)
+    for (std::size_t d = 0; d < dim_; ++d) {
+      const double y = static_cast<double>(sampled(k)[d]) - vectors.row(0)[d];
+      s1[d] += y;
+      s2[d] += y * y;
+    }
   std::vector<std::size_t> heavy;
   for (std::size_t d = 0; d < dim_; ++d) {
-    const double mean = s1[d] / static_cast<double>(n);
-    const double spread = std::sqrt(std::max(0.0, s2[d] / static_cast<double>(n) - mean * mean));
+    const double mean = s1[d] / static_cast<double>(sample);
+    const double spread = std::sqrt(std::max(0.0, s2[d] / static_cast<double>(sample) - mean * mean));
     if (static_cast<double>(hi[d]) - lo[d] > heavy_spread * spread) heavy.push_back(d);
   }
   // The sampled values of up to `block` such dimensions at a time, gathered in one pass over the rows.
@@ -200,15 +204,13 @@ void scalar_quantizer::train(matrix_view<const float> vectors, unsigned top_code
   std::vector<float> columns(std::min(block, heavy.size()) * sample);
   for (std::size_t first = 0; first < heavy.size(); first += block) {
     const std::size_t count = std::min(block, heavy.size() - first);
-    for (std::size_t k = 0; k < sample; ++k) {
-      const float* row = vectors.row(k * n / sample);
-      for (std::size_t c = 0; c < count; ++c) columns[c * sample + k] = row[heavy[first + c]];
-    }
-    for (std::size_t c = 0; c < count; ++c) {
+    for (std::size_t k = 0; k < sample; ++k)
+      for (std::size_t c = 0; c < count; ++c) columns[c * sample + k] = sampled(k)[heavy[first + c]];
+    detail::parallel_for(count, [&](std::size_t c) {  // each dimension's own lo[d], hi[d]
       const std::span<float> column(columns.data() + c * sample, sample);
       std::sort(column.begin(), column.end());
       const detail::code_range_model model(column, top_code);
-      if (!model.has_spread()) continue;
+      if (!model.has_spread()) return;
       const detail::code_range fit = model.best();
       // Against the whole data's extremes: the sample may have missed the one value that stretched them.
       const std::size_t d = heavy[first + c];
@@ -216,7 +218,7 @@ void scalar_quantizer::train(matrix_view<const float> vectors, unsigned top_code
         lo[d] = fit.lo;
         hi[d] = fit.hi;
       }
-    }
+    });
   }
   std::vector<float> step(dim_);
   for (std::size_t d = 0; d < dim_; ++d) step[d] = (hi[d] - lo[d]) / static_cast<float>(top_code);

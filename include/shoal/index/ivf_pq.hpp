@@ -38,8 +38,9 @@ struct ivf_pq_params {
   bool refine = false;
   /// Keep an SQ8 copy of every vector instead (`,Refine(SQ8)`): `refine_factor` > 0 then re-ranks, and
   /// reports, by the distance to each vector's SQ8 reconstruction (per-dimension ranges learnt in
-  /// `train`), not the exact distance. Costs dim bytes per vector, a quarter of `refine`'s; at most one
-  /// of the two.
+  /// `train`), not the exact distance — for a vector with an outlying component, which the ranges
+  /// clamp, possibly far below it. Costs dim bytes per vector, a quarter of `refine`'s; at most one of
+  /// the two.
   bool refine_sq8 = false;
   /// Learn an OPQ rotation (`opq_rotation`, m sub-spaces) in front of the index (`OPQ<m>,IVF...`):
   /// vectors and queries are rotated before everything else. Costs dim² multiply-adds per query and

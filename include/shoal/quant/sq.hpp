@@ -45,11 +45,11 @@ class scalar_quantizer {
   /// sq8: learns each dimension's range from `vectors`, `top_code` steps over it (255; 15 for 4-bit
   /// codes that share these ranges, as `hnsw_index`'s SQ4 does): [min, max], except where heavy tails or
   /// a few outliers stretch it so far that clamping them to a narrower range costs less squared error
-  /// than the coarse steps cost every other value (by the model of `detail::fit_code_range`; kept only
-  /// where it cuts that error at least 4-fold, so light-tailed data keeps [min, max] exactly). A
-  /// constant dimension gets step 0 and decodes to its value. fp16: only checks the input. Throws
-  /// `shoal::error` on a dimension mismatch, NaN/Inf, a row whose norm exceeds `check_vectors`' bound
-  /// (≈ 6.5e18, which keeps every max − min and step finite), no rows, or `top_code` outside 1-255.
+  /// than the coarse steps cost every other value (by the model of `detail::code_range_model`, src/quant/sq_range.hpp;
+  /// kept only where it cuts that error at least 4-fold, so light-tailed data keeps [min, max] exactly). A constant
+  /// dimension gets step 0 and decodes to its value. fp16: only checks the input. Throws `shoal::error` on a dimension
+  /// mismatch, NaN/Inf, a row whose norm exceeds `check_vectors`' bound (≈ 6.5e18, which keeps every max − min and step
+  /// finite), no rows, or `top_code` outside 1-255.
   void train(matrix_view<const float> vectors, unsigned top_code = 255);
 
   /// Codes of `vectors` into `codes` (rows · code_size bytes; fp16 as little-endian 16-bit words).
