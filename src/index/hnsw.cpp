@@ -823,14 +823,76 @@ struct hnsw_index::impl {
     store_link(list[0], static_cast<slot_t>(kept.size()), std::memory_order_release);
   }
 
+  /// A bottom-layer link to `target` that `relink` took out of the full list of `from` (its last in-link),
+  /// for `rehome` to make elsewhere.
+  struct moved_link {
+    slot_t target;
+    slot_t from;
+  };
+
+  /// Calls `visit(z)` for each node that could link to `m.target` in place of `m.from`: the nodes
+  /// `m.from` links to, each reachable wherever `m.from` is (read without their locks). The target's own
+  /// out-neighbours are not offered: nothing says they are reachable (with them, 14 of 3,000 nodes added
+  /// one at a time under inner product at M 4 were found by no search, 6 without).
+  template <class Visit>
+  void homes(const moved_link& m, const Visit& visit) const {
+    const slot_t* list = links(m.from, 0);
+    const std::size_t count = std::min<std::size_t>(load_link(list[0], std::memory_order_acquire), max_links0);
+    for (std::size_t i = 0; i < count; ++i) {
+      const slot_t z = load_link(list[i + 1]);
+      if (z != m.target && usable(z, 0) && linking(z).load(std::memory_order_acquire) == 0) visit(z);
+    }
+  }
+
+  /// Whether one of `m`'s `homes` has a free place (read without its lock: `rehome` checks again under it).
+  [[nodiscard]] bool has_home(const moved_link& m) const {
+    bool room = false;
+    homes(m, [&](slot_t z) { room = room || load_link(links(z, 0)[0], std::memory_order_acquire) < max_links0; });
+    return room;
+  }
+
+  /// Links the target of each of `moved` from the nearest of its `homes` with a free place, which pushes
+  /// no other link out; if those filled up meanwhile, from the nearest of them that can take it
+  /// (`link_from_nearest`). Caller holds no node lock.
+  void rehome(const std::vector<moved_link>& moved) {
+    for (const moved_link& m : moved) {
+      const slot_t y = m.target;
+      if (!usable(y, 0) || in0(y).load(std::memory_order_relaxed) > 0) continue;
+      std::vector<cand> near;
+      homes(m, [&](slot_t z) { near.push_back({distance(vec(y), vec(z)), z}); });
+      std::sort(near.begin(), near.end());
+      const auto append = [&](slot_t z) {
+        const std::lock_guard lock(lock_of(z));
+        slot_t* list = links(z, 0);
+        const std::size_t n = list[0];
+        if (std::find(list + 1, list + 1 + n, y) != list + 1 + n) return true;
+        if (n >= max_links0) return false;
+        store_link(list[n + 1], y);
+        store_link(list[0], static_cast<slot_t>(n + 1), std::memory_order_release);
+        in0(y).fetch_add(1, std::memory_order_relaxed);
+        return true;
+      };
+      if (std::none_of(near.begin(), near.end(), [&](const cand& c) { return append(c.slot); }))
+        (void)link_from_nearest(y, std::move(near));
+    }
+  }
+
   /// Replaces the link list `list` on `level` by `kept` (a selection from it plus new candidates). On
   /// the bottom layer no node loses its last in-link to it: each dropped link is given up through
-  /// `release_in0`, which refuses when it is its target's last; such a link is put back — in a free
-  /// place if the list has one, else in place of the farthest kept link whose target keeps another
+  /// `release_in0`, which refuses when it is its target's last; such a link is put back in a free place
+  /// if the list has one. In a full list it goes to `moved` instead, when one of the nodes the list
+  /// links to has a free place (`rehome` links it from there once the caller has released the owner's
+  /// lock); else it is put back in place of the farthest kept link whose target keeps another
   /// in-link (the selection's diversity gives way to reachability), else in place of the farthest new
   /// link (its target keeps whatever in-links it had, and `keep_reachable` can link it from another
-  /// neighbour, while the old link's target would have none). Caller holds the owner's lock.
-  void relink(slot_t* list, std::size_t level, std::vector<cand> kept, const float* owner_vec) const {
+  /// neighbour, while the old link's target would have none). Displacing was the rule for every such
+  /// link until session 30: under inner product with norms spread over 10^±3 the large-norm nodes'
+  /// lists, full of small-norm nodes' last in-links, pushed out the links between large-norm nodes
+  /// that searches travel (10,000 × 32, M 16: R@10 0.75 at ef 128 where hnswlib's graph reached 1.000).
+  /// Caller holds the owner's lock.
+  void relink(slot_t owner, std::size_t level, std::vector<cand> kept, std::vector<moved_link>& moved) const {
+    slot_t* list = links(owner, level);
+    const float* owner_vec = vec(owner);
     if (level == 0) {
       const auto has = [&](slot_t x) {
         return std::any_of(kept.begin(), kept.end(), [x](const cand& c) { return c.slot == x; });
@@ -843,6 +905,11 @@ struct hnsw_index::impl {
         if (!usable(y, 0) || release_in0(y)) continue;  // a removed node's link, or not y's last
         if (kept.size() < max_links0) {
           kept.insert(kept.begin() + static_cast<std::ptrdiff_t>(fixed++), {distance(owner_vec, vec(y)), y});
+          continue;
+        }
+        if (has_home({y, owner})) {
+          drop_in0(y);
+          moved.push_back({y, owner});
           continue;
         }
         // Displace the farthest link that may go: an old one its target gives up, or a new one whose
@@ -875,27 +942,33 @@ struct hnsw_index::impl {
   /// farthest link that may go (see `relink`), unless every link is its target's last.
   /// Returns whether n links to q afterwards.
   bool link_back(slot_t n, slot_t q, float d, std::size_t level, bool force = false) {
-    const std::lock_guard lock(lock_of(n));
-    slot_t* list = links(n, level);
-    const std::size_t count = list[0];
-    if (std::find(list + 1, list + 1 + count, q) != list + 1 + count) return true;
-    if (count < capacity(level)) {
-      store_link(list[count + 1], q);
-      store_link(list[0], static_cast<slot_t>(count + 1), std::memory_order_release);
-      if (level == 0) in0(q).fetch_add(1, std::memory_order_relaxed);
-      return true;
+    std::vector<moved_link> moved;
+    bool linked = false;
+    {
+      const std::lock_guard lock(lock_of(n));
+      slot_t* list = links(n, level);
+      const std::size_t count = list[0];
+      if (std::find(list + 1, list + 1 + count, q) != list + 1 + count) return true;
+      if (count < capacity(level)) {
+        store_link(list[count + 1], q);
+        store_link(list[0], static_cast<slot_t>(count + 1), std::memory_order_release);
+        if (level == 0) in0(q).fetch_add(1, std::memory_order_relaxed);
+        return true;
+      }
+      std::vector<cand> pool{{d, q}};
+      const float* nv = vec(n);
+      for (std::size_t i = 0; i < count; ++i)
+        if (usable(list[i + 1], level)) pool.push_back({distance(nv, vec(list[i + 1])), list[i + 1]});
+      std::vector<cand> kept = select(std::move(pool), capacity(level));
+      if (force && std::none_of(kept.begin(), kept.end(), [q](const cand& c) { return c.slot == q; })) {
+        if (kept.size() == capacity(level)) kept.pop_back();
+        kept.push_back({d, q});
+      }
+      relink(n, level, std::move(kept), moved);
+      linked = std::find(list + 1, list + 1 + list[0], q) != list + 1 + list[0];
     }
-    std::vector<cand> pool{{d, q}};
-    const float* nv = vec(n);
-    for (std::size_t i = 0; i < count; ++i)
-      if (usable(list[i + 1], level)) pool.push_back({distance(nv, vec(list[i + 1])), list[i + 1]});
-    std::vector<cand> kept = select(std::move(pool), capacity(level));
-    if (force && std::none_of(kept.begin(), kept.end(), [q](const cand& c) { return c.slot == q; })) {
-      if (kept.size() == capacity(level)) kept.pop_back();
-      kept.push_back({d, q});
-    }
-    relink(list, level, std::move(kept), nv);
-    return std::find(list + 1, list + 1 + list[0], q) != list + 1 + list[0];
+    rehome(moved);
+    return linked;
   }
 
   /// Gives `q` a bottom-layer in-link if it has none (every neighbour's selection dropped it, or a
@@ -1098,6 +1171,7 @@ struct hnsw_index::impl {
     if (ep_level > level) cur = descend(ctx, cur, ep_level, level, s);
     std::vector<cand> entries{cur};
     const auto not_self = [q](slot_t x) { return x != q; };
+    std::vector<moved_link> moved;  // see relink
     for (std::size_t l = std::min(level, ep_level) + 1; l-- > 0;) {
       s.reset(slot_count.load(std::memory_order_acquire), max_links0);
       std::vector<cand> found = search_layer(ctx, entries, build.ef_construction, l, s, not_self);
@@ -1114,8 +1188,10 @@ struct hnsw_index::impl {
           if (usable(x, l) && std::none_of(merged.begin(), merged.end(), [x](const cand& c) { return c.slot == x; }))
             merged.push_back({distance(qv, vec(x)), x});
         }
-        relink(list, l, merged.size() > capacity(l) ? select(std::move(merged), capacity(l)) : std::move(merged), qv);
+        relink(q, l, merged.size() > capacity(l) ? select(std::move(merged), capacity(l)) : std::move(merged), moved);
       }
+      rehome(moved);
+      moved.clear();
       for (const cand& k : kept) link_back(k.slot, q, k.distance, l);
       if (l == 0 && !found.empty()) keep_reachable(q, found);
       if (!found.empty()) entries = std::move(found);
@@ -1151,6 +1227,7 @@ struct hnsw_index::impl {
     const std::vector<slot_t> r0(links(r, 0) + 1, links(r, 0) + 1 + links(r, 0)[0]);
     for (const slot_t y : r0) drop_in0(y);
     std::vector<slot_t> repaired0;  // bottom-layer lists that linked to r
+    std::vector<moved_link> moved;  // see relink
     for (std::size_t l = 0; l <= top; ++l) {
       const slot_t* rl = links(r, l);
       std::vector<slot_t> out(rl + 1, rl + 1 + rl[0]);
@@ -1177,7 +1254,9 @@ struct hnsw_index::impl {
         };
         for (std::size_t i = 0; i < ul[0]; ++i) offer(ul[i + 1]);
         for (const slot_t x : out) offer(x);
-        relink(ul, l, select(std::move(pool), capacity(l), true), uv);
+        relink(u, l, select(std::move(pool), capacity(l), true), moved);
+        rehome(moved);
+        moved.clear();
         if (l == 0) repaired0.push_back(u);
       }
     }
