@@ -55,6 +55,18 @@ struct fast_scan_case {
   }
 };
 
+/// A table quantized by `k` (`pq_kernels::quantize`): codes, bias, scale and whether it was taken.
+struct kernel_quantized {
+  std::vector<std::uint8_t> codes;
+  float bias = 0.0f;
+  float scale = 0.0f;
+  bool done = false;
+};
+[[nodiscard]] kernel_quantized quantize_with(const pq_kernels& k, const std::vector<float>& table, std::size_t m) {
+  kernel_quantized q{std::vector<std::uint8_t>(m * 16)};
+  q.done = k.quantize(table.data(), m, q.codes.data(), &q.bias, &q.scale);
+  return q;
+}
 }  // namespace
 
 TEST_CASE("fast-scan packing round-trips every code", "[pq]") {
@@ -323,9 +335,10 @@ TEST_CASE("table quantization saturates a few far entries per row, exactly as th
           std::sort(row.begin(), row.end());
           robust = std::max(robust, row[12] - row[0]);
         }
-        std::vector<std::uint8_t> want(m * 16);
-        float want_bias = 0.0f, want_scale = 0.0f;
-        REQUIRE(ref.quantize(table.data(), m, want.data(), &want_bias, &want_scale));
+        const kernel_quantized reference = quantize_with(ref, table, m);
+        REQUIRE(reference.done);
+        const std::vector<std::uint8_t>& want = reference.codes;
+        const float want_scale = reference.scale;
         CAPTURE(m, far_per_row, offset, robust);
         CHECK(want_scale == Approx(255.0 / robust).epsilon(1e-5));
         for (std::size_t s = 0; s < m; ++s) {
@@ -343,12 +356,11 @@ TEST_CASE("table quantization saturates a few far entries per row, exactly as th
         }
         for (const simd_level level : available_simd_levels()) {
           CAPTURE(simd_level_name(level));
-          std::vector<std::uint8_t> got(m * 16);
-          float bias = 0.0f, scale = 0.0f;
-          REQUIRE(quant_kernels(level).quantize(table.data(), m, got.data(), &bias, &scale));
-          CHECK(bias == want_bias);
-          CHECK(scale == want_scale);
-          CHECK(got == want);
+          const kernel_quantized got = quantize_with(quant_kernels(level), table, m);
+          REQUIRE(got.done);
+          CHECK(got.bias == reference.bias);
+          CHECK(got.scale == want_scale);
+          CHECK(got.codes == want);
         }
       }
     }
@@ -371,9 +383,9 @@ TEST_CASE("table quantization keeps one scale unless a few entries per row dwarf
           for (std::size_t c = 0; c < 16; ++c) table[s * 16 + c] = offset + static_cast<float>(c) / 15.0f;
         for (std::size_t c = 13; c < 16; ++c)
           table[c] = offset + factor * (12.0f / 15.0f) - 0.01f * static_cast<float>(15 - c);
-        std::vector<std::uint8_t> want(m * 16);
-        float want_bias = 0.0f, want_scale = 0.0f;
-        REQUIRE(ref.quantize(table.data(), m, want.data(), &want_bias, &want_scale));
+        const kernel_quantized want = quantize_with(ref, table, m);
+        REQUIRE(want.done);
+        const float want_scale = want.scale;
         const float widest = *std::max_element(table.begin(), table.begin() + 16) - table[0];
         CAPTURE(m, offset, factor, want_scale);
         if (std::abs(offset) <= 1e4f) {  // further out, the entries' own rounding moves the boundary
@@ -384,11 +396,11 @@ TEST_CASE("table quantization keeps one scale unless a few entries per row dwarf
         }
         for (const simd_level level : available_simd_levels()) {
           CAPTURE(simd_level_name(level));
-          std::vector<std::uint8_t> got(m * 16);
-          float bias = 0.0f, scale = 0.0f;
-          REQUIRE(quant_kernels(level).quantize(table.data(), m, got.data(), &bias, &scale));
-          CHECK(scale == want_scale);
-          if (scale != 255.0f / widest) CHECK(got == want);  // the saturated path: the reference's bytes
+          const kernel_quantized got = quantize_with(quant_kernels(level), table, m);
+          REQUIRE(got.done);
+          CHECK(got.scale == want_scale);
+          if (got.scale != 255.0f / widest)
+            CHECK(got.codes == want.codes);  // the saturated path: the reference's bytes
         }
       }
     }
@@ -399,11 +411,10 @@ TEST_CASE("table quantization keeps one scale unless a few entries per row dwarf
   splitmix64 rng(3);
   for (float& t : wide) t = rng.normal();
   for (std::size_t c = 0; c < 16; ++c) wide[16 + c] = 1e6f + 2e3f * static_cast<float>(c);
-  std::vector<std::uint8_t> out(4 * 16);
-  float bias = 0.0f, scale = 0.0f;
   for (const simd_level level : available_simd_levels()) {
-    REQUIRE(quant_kernels(level).quantize(wide.data(), 4, out.data(), &bias, &scale));
-    CHECK(scale == 255.0f / (2e3f * 15.0f));
+    const kernel_quantized got = quantize_with(quant_kernels(level), wide, 4);
+    REQUIRE(got.done);
+    CHECK(got.scale == 255.0f / (2e3f * 15.0f));
   }
 }
 

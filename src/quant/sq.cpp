@@ -169,11 +169,13 @@ void scalar_quantizer::train(matrix_view<const float> vectors, unsigned top_code
   const std::size_t n = vectors.rows;
   std::vector<float> lo(vectors.row(0), vectors.row(0) + dim_);
   std::vector<float> hi = lo;
-  for (std::size_t i = 1; i < n; ++i)
+  for (std::size_t i = 1; i < n; ++i) {
+    const float* x = vectors.row(i);
     for (std::size_t d = 0; d < dim_; ++d) {
-      lo[d] = std::min(lo[d], vectors.row(i)[d]);
-      hi[d] = std::max(hi[d], vectors.row(i)[d]);
+      lo[d] = std::min(lo[d], x[d]);
+      hi[d] = std::max(hi[d], x[d]);
     }
+  }
   // A dimension whose range spans more than `heavy_spread` standard deviations (Gaussian data needs
   // over 10⁸ samples for that; n values can span at most √(2n) of them, so under 73 rows never do) has
   // its range fitted to up to `fit_rows` of its values (evenly spaced rows, which also give the standard
@@ -187,12 +189,15 @@ void scalar_quantizer::train(matrix_view<const float> vectors, unsigned top_code
   const auto sampled = [&](std::size_t k) { return vectors.row(k * n / sample); };
   // Sums of x − x₀ (the first sampled row) and their squares over the sample.
   std::vector<double> s1(dim_, 0.0), s2(dim_, 0.0);
-  for (std::size_t k = 0; k < sample; ++k)
+  const float* x0 = vectors.row(0);
+  for (std::size_t k = 0; k < sample; ++k) {
+    const float* x = sampled(k);
     for (std::size_t d = 0; d < dim_; ++d) {
-      const double y = static_cast<double>(sampled(k)[d]) - vectors.row(0)[d];
+      const double y = static_cast<double>(x[d]) - x0[d];
       s1[d] += y;
       s2[d] += y * y;
     }
+  }
   std::vector<std::size_t> heavy;
   for (std::size_t d = 0; d < dim_; ++d) {
     const double mean = s1[d] / static_cast<double>(sample);
@@ -204,8 +209,10 @@ void scalar_quantizer::train(matrix_view<const float> vectors, unsigned top_code
   std::vector<float> columns(std::min(block, heavy.size()) * sample);
   for (std::size_t first = 0; first < heavy.size(); first += block) {
     const std::size_t count = std::min(block, heavy.size() - first);
-    for (std::size_t k = 0; k < sample; ++k)
-      for (std::size_t c = 0; c < count; ++c) columns[c * sample + k] = sampled(k)[heavy[first + c]];
+    for (std::size_t k = 0; k < sample; ++k) {
+      const float* x = sampled(k);
+      for (std::size_t c = 0; c < count; ++c) columns[c * sample + k] = x[heavy[first + c]];
+    }
     detail::parallel_for(count, [&](std::size_t c) {  // each dimension's own lo[d], hi[d]
       const std::span<float> column(columns.data() + c * sample, sample);
       std::sort(column.begin(), column.end());
