@@ -401,13 +401,20 @@ collection::collection(const collection_options& options) {
     std::error_code ec;
     std::filesystem::create_directories(options.directory, ec);
     SHOAL_CHECK_CODE(!ec, errc::io_error, "collection: cannot create ", options.directory.string(), ": ", ec.message());
-    SHOAL_CHECK(!std::filesystem::exists(options.directory / detail::manifest_file_name, ec),
-                "collection: ", options.directory.string(),
-                " already holds a collection (open it with collection::open)");
-    detail::write_ahead_log::stale_log stale(options.directory, false);  // no manifest: nothing to keep
-    stale.remove();
+    const auto check_new = [&] {
+      SHOAL_CHECK(!std::filesystem::exists(options.directory / detail::manifest_file_name, ec),
+                  "collection: ", options.directory.string(),
+                  " already holds a collection (open it with collection::open)");
+    };
+    check_new();  // before the lock, for this message where a collection there has the directory open
+    // Checked again under the lock, held until the collection closes: of two collections created here at
+    // once, the second fails without touching the first's files.
+    detail::write_ahead_log::stale_log lock(options.directory, false);
+    check_new();
+    // No manifest: nothing of a leftover log to keep. Emptied before the snapshot names sequence 0, so
+    // that none of its records can replay onto it.
+    st->wal = std::make_unique<detail::write_ahead_log>(std::move(lock), options.dim, options.sync);
     st->write_snapshot(*lay, options.directory, 0, 0);
-    st->wal = std::make_unique<detail::write_ahead_log>(options.directory, options.dim, options.sync, 0);
   }
   state_ = std::move(st);
 }

@@ -28,12 +28,13 @@ T load(const std::byte* p) noexcept {
   return v;
 }
 
-void write_all(int fd, const std::byte* data, std::size_t bytes, const std::filesystem::path& path) {
+/// Writes `bytes` at the file offset; `what` names the write in the error ("appending to the write-ahead log").
+void write_all(int fd, const std::byte* data, std::size_t bytes, const std::filesystem::path& path, const char* what) {
   while (bytes > 0) {
     const ::ssize_t put_bytes = ::write(fd, data, bytes);
     if (put_bytes < 0 && errno == EINTR) continue;
-    SHOAL_CHECK_CODE(put_bytes > 0, errc::io_error, path.string(), ": appending to the write-ahead log failed: ",
-                     io::detail::errno_text(put_bytes < 0 ? errno : EIO));
+    SHOAL_CHECK_CODE(put_bytes > 0, errc::io_error, path.string(), ": ", what,
+                     " failed: ", io::detail::errno_text(put_bytes < 0 ? errno : EIO));
     data += put_bytes;
     bytes -= static_cast<std::size_t>(put_bytes);
   }
@@ -85,6 +86,42 @@ bool is_log(const std::byte* bytes, std::uint64_t size) {
          load<std::uint32_t>(bytes + 8) == wal_version;
 }
 
+/// Whether a log's `bytes` cannot hold a record, so that it is an empty log whatever else it shows: every
+/// byte zero (a file whose size reached the disk before its data did), or no longer than a header and, up
+/// to the zeros that end it, the beginning of one (a header write cut short by a crash or a full disk:
+/// `write_header` empties the file first, and no record is written before the header is whole, e.g.
+/// when the log is emptied after a checkpoint, whose manifest already holds every record).
+bool holds_no_record(const std::vector<std::byte>& bytes) {
+  std::size_t written = bytes.size();
+  while (written > 0 && bytes[written - 1] == std::byte{0}) --written;
+  if (written == 0) return true;
+  if (bytes.size() > header_bytes) return false;
+  std::array<std::byte, 12> head{};  // magic and version; the dimension may be any
+  std::memcpy(head.data(), wal_magic.data(), wal_magic.size());
+  std::memcpy(head.data() + wal_magic.size(), &wal_version, sizeof wal_version);
+  return std::equal(bytes.begin(), bytes.begin() + static_cast<std::ptrdiff_t>(std::min(written, head.size())),
+                    head.begin());
+}
+
+/// Whether `fd` is still the file that `path` names (false when the path names no file): a lock taken on
+/// a log that its holder deleted or replaced between our open and our lock guards nothing.
+bool names_file(int fd, const std::filesystem::path& path) {
+  struct ::stat held {};
+  struct ::stat named {};
+  SHOAL_CHECK_CODE(::fstat(fd, &held) == 0, errc::io_error, path.string(),
+                   ": cannot stat the write-ahead log: ", io::detail::errno_text(errno));
+  if (::stat(path.c_str(), &named) != 0) {
+    SHOAL_CHECK_CODE(errno == ENOENT, errc::io_error, path.string(),
+                     ": cannot stat the write-ahead log: ", io::detail::errno_text(errno));
+    return false;
+  }
+  return held.st_dev == named.st_dev && held.st_ino == named.st_ino;
+}
+
+/// Opens and locks can race with a holder that deletes or replaces the log; each try that loses the race
+/// starts again, up to this many.
+constexpr int lock_attempts = 100;
+
 /// The whole file `path`, read through `in`.
 std::vector<std::byte> read_whole(const io::detail::input_file& in) {
   std::vector<std::byte> bytes(static_cast<std::size_t>(in.size()));
@@ -99,23 +136,28 @@ write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t d
     : path_(dir / file_name), dim_(dim), sync_(sync), last_sequence_(after) {
   const bool shared = mode == lock_mode::shared;
   if (shared) refusal_ = "the log was opened for reading";
-  fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR | O_CREAT, 0666));
-  if (fd_.get() < 0 && shared && (errno == EACCES || errno == EROFS || errno == EPERM)) {
-    // A reader of a log it may not write locks it read-only. Where there is none to lock, only a
-    // read-only file system guarantees that no writer creates one (and deletes shard files a reader
-    // is opening); a missing permission does not.
-    const int denied = errno;
-    fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDONLY));
-    if (fd_.get() < 0 && errno == ENOENT) {
-      SHOAL_CHECK_CODE(
-          denied == EROFS, errc::io_error, path_.string(),
-          ": cannot create the write-ahead log to lock the directory for reading: ", io::detail::errno_text(denied));
-      return;
+  for (int attempt = 1;; ++attempt) {
+    fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR | O_CREAT, 0666));
+    if (fd_.get() < 0 && shared && (errno == EACCES || errno == EROFS || errno == EPERM)) {
+      // A reader of a log it may not write locks it read-only. Where there is none to lock, only a
+      // read-only file system guarantees that no writer creates one (and deletes shard files a reader
+      // is opening); a missing permission does not.
+      const int denied = errno;
+      fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDONLY));
+      if (fd_.get() < 0 && errno == ENOENT) {
+        SHOAL_CHECK_CODE(
+            denied == EROFS, errc::io_error, path_.string(),
+            ": cannot create the write-ahead log to lock the directory for reading: ", io::detail::errno_text(denied));
+        return;
+      }
     }
+    SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, path_.string(),
+                     ": cannot open the write-ahead log: ", io::detail::errno_text(errno));
+    take_lock(shared ? LOCK_SH : LOCK_EX);
+    if (names_file(fd_.get(), path_)) break;
+    SHOAL_CHECK_CODE(attempt < lock_attempts, errc::io_error, path_.string(),
+                     ": the write-ahead log kept being replaced while it was being locked");
   }
-  SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, path_.string(),
-                   ": cannot open the write-ahead log: ", io::detail::errno_text(errno));
-  take_lock(shared ? LOCK_SH : LOCK_EX);
   struct ::stat info {};
   SHOAL_CHECK_CODE(::fstat(fd_.get(), &info) == 0, errc::io_error, path_.string(),
                    ": cannot stat the write-ahead log: ", io::detail::errno_text(errno));
@@ -127,6 +169,11 @@ write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t d
   // Readers change nothing: others may be reading the file under the same shared lock. The header or
   // the cut is made by the next exclusive (writing) open.
   if (!shared) repair();
+}
+
+write_ahead_log::write_ahead_log(stale_log&& locked, std::size_t dim, wal_sync sync)
+    : path_(std::move(locked.path_)), dim_(dim), sync_(sync), fd_(std::move(locked.fd_)), rewrite_(true) {
+  repair();
 }
 
 void write_ahead_log::repair() {
@@ -154,9 +201,14 @@ void write_ahead_log::write_header() {
   refusal_ = "the log's header could not be written";
   SHOAL_CHECK_CODE(::ftruncate(fd_.get(), 0) == 0 && ::lseek(fd_.get(), 0, SEEK_SET) == 0, errc::io_error,
                    path_.string(), ": cannot truncate the write-ahead log: ", io::detail::errno_text(errno));
-  write_all(fd_.get(), head.data(), head.size(), path_);
-  SHOAL_CHECK_CODE(::fsync(fd_.get()) == 0, errc::io_error, path_.string(),
-                   ": fsync failed: ", io::detail::errno_text(errno));
+  try {
+    write_all(fd_.get(), head.data(), head.size(), path_, "writing the write-ahead log's header");
+    SHOAL_CHECK_CODE(::fsync(fd_.get()) == 0, errc::io_error, path_.string(),
+                     ": fsync failed: ", io::detail::errno_text(errno));
+  } catch (...) {
+    (void)::ftruncate(fd_.get(), 0);  // best effort: a partial header is read as an empty log anyway
+    throw;
+  }
   end_ = header_bytes;
   refusal_.clear();
 }
@@ -165,9 +217,10 @@ bool write_ahead_log::read_records(std::uint64_t after) {
   const io::detail::input_file in(path_);
   const std::uint64_t size = in.size();
   const std::string name = path_.string();
+  const std::vector<std::byte> bytes = read_whole(in);
+  if (holds_no_record(bytes)) return false;
   SHOAL_CHECK_CODE(size >= header_bytes, errc::corrupt_file, name, ": write-ahead log shorter than its header (", size,
                    " bytes)");
-  const std::vector<std::byte> bytes = read_whole(in);
   SHOAL_CHECK_CODE(std::memcmp(bytes.data(), wal_magic.data(), wal_magic.size()) == 0, errc::corrupt_file, name,
                    ": not a shoal write-ahead log (bad magic)");
   const auto version = load<std::uint32_t>(bytes.data() + 8);
@@ -202,6 +255,23 @@ bool write_ahead_log::read_records(std::uint64_t after) {
     if (written < payload_fixed_bytes) return sequence_agrees && h.known_op();
     return sequence_agrees && h.known_op() && h.implied_bytes == payload;
   };
+  // Whether an intact record with a sequence after the previous one begins anywhere past byte `from`.
+  // Damage that such a record follows is corruption: an acknowledged write lies behind it. Damage that
+  // none follows is what a crash during the last, unacknowledged write can leave however its pages
+  // reached the disk (e.g. the page holding its head, shared with the synced record before it, not
+  // rewritten while later ones were): it is dropped as torn. Each candidate offset is screened by its
+  // fixed header before its checksum is computed.
+  const auto intact_record_after = [&](std::uint64_t from) {
+    for (std::uint64_t o = from + 1; size - o >= record_head_bytes + payload_fixed_bytes; ++o) {
+      const auto payload = load<std::uint32_t>(bytes.data() + o);
+      if (payload < payload_fixed_bytes || payload > size - o - record_head_bytes) continue;
+      const std::byte* p = bytes.data() + o + record_head_bytes;
+      const record_header h(p, dim_);
+      if (h.sequence <= previous || !h.known_op() || !h.known_flags() || h.implied_bytes != payload) continue;
+      if (crc32c(p, payload) == load<std::uint32_t>(bytes.data() + o + 4)) return true;
+    }
+    return false;
+  };
   // The records of the call being read, from byte `call_start`, until its last record (no "continued"
   // flag) shows that the call was written whole.
   std::vector<wal_record> call;
@@ -215,9 +285,10 @@ bool write_ahead_log::read_records(std::uint64_t after) {
       payload = load<std::uint32_t>(bytes.data() + at);
       torn = payload > left - record_head_bytes;
       if (torn)
-        SHOAL_CHECK_CODE(torn_tail(at, payload), errc::corrupt_file, name, ": write-ahead log record at byte ", at,
-                         " claims ", payload, " bytes, more than the file holds, and its header disagrees (a damaged ",
-                         "size field, not a torn last write)");
+        SHOAL_CHECK_CODE(torn_tail(at, payload) || !intact_record_after(at), errc::corrupt_file, name,
+                         ": write-ahead log record at byte ", at, " claims ", payload,
+                         " bytes, more than the file holds, and its header disagrees and an intact record follows (a ",
+                         "damaged size field, not a torn last write)");
       // A file extended but never written to (a power loss after its size reached the disk, before its
       // data did) ends in zeros: a size field of 0, whose empty payload would pass its checksum (0).
       if (!torn && payload < payload_fixed_bytes)
@@ -229,17 +300,15 @@ bool write_ahead_log::read_records(std::uint64_t after) {
       const std::byte* p = bytes.data() + at + record_head_bytes;
       const bool intact = crc32c(p, payload) == crc;
       const bool last = at + record_head_bytes + payload == size;
-      if (!intact && last) {
-        SHOAL_CHECK_CODE(torn_tail(at, payload), errc::corrupt_file, name, ": write-ahead log record at byte ", at,
-                         " fails its checksum at the end of the file, and its header disagrees with its size (a ",
-                         "damaged size field, not a torn last write)");
+      if (!intact) {
+        SHOAL_CHECK_CODE((last && torn_tail(at, payload)) || !intact_record_after(at), errc::corrupt_file, name,
+                         ": write-ahead log record at byte ", at, " fails its checksum and an intact record follows");
         torn = true;
-      }
-      SHOAL_CHECK_CODE(intact || last, errc::corrupt_file, name, ": write-ahead log record at byte ", at,
-                       " fails its checksum");
-      if (intact) {
-        SHOAL_CHECK_CODE(payload >= payload_fixed_bytes, errc::corrupt_file, name, ": record at byte ", at,
-                         " is too short");
+      } else if (payload < payload_fixed_bytes) {  // a zeroed head: size and checksum 0 pass
+        SHOAL_CHECK_CODE(!intact_record_after(at), errc::corrupt_file, name, ": record at byte ", at,
+                         " is too short and an intact record follows");
+        torn = true;
+      } else {
         const record_header h(p, dim_);
         SHOAL_CHECK_CODE(h.known_op(), errc::corrupt_file, name, ": record at byte ", at, " has unknown op ",
                          static_cast<unsigned>(h.op));
@@ -255,6 +324,12 @@ bool write_ahead_log::read_records(std::uint64_t after) {
         const std::uint64_t vector_bytes = r.op == wal_op::remove ? 0 : std::uint64_t{count} * dim_ * sizeof(float);
         SHOAL_CHECK_CODE(r.sequence > previous, errc::corrupt_file, name, ": record at byte ", at, " has sequence ",
                          r.sequence, " after ", previous);
+        // The snapshot holds every record up to `after`, and the log continues from there: a first later
+        // record beyond after + 1 means records were lost in between (a manifest that did not reach the
+        // disk while the log's emptying did), which replay must not skip silently.
+        SHOAL_CHECK_CODE(r.sequence <= after || previous > after || r.sequence == after + 1, errc::corrupt_file, name,
+                         ": record at byte ", at, " has sequence ", r.sequence,
+                         " but the snapshot holds records up to ", after, ": the records between are missing");
         previous = r.sequence;
         const std::byte* q = p + payload_fixed_bytes;
         r.ids.resize(count);
@@ -320,6 +395,13 @@ void write_ahead_log::encode(std::uint64_t sequence, wal_op op, bool continued, 
   std::memcpy(buffer_.data() + 4, &crc, 4);
 }
 
+void write_ahead_log::release_large_buffer() noexcept {
+  // One call of many rows makes records of up to `per_record` rows: kept, that much memory would stay
+  // with the collection for its lifetime (a 64 MB add: 64 MB more resident until it closed).
+  constexpr std::size_t kept_bytes = std::size_t{1} << 20;
+  if (buffer_.capacity() > kept_bytes) std::vector<std::byte>().swap(buffer_);
+}
+
 std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids, std::span<const std::uint64_t> keys,
                                       matrix_view<const float> vectors, std::size_t per_record) {
   const std::lock_guard lock(mutex_);
@@ -333,14 +415,16 @@ std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids,
       encode(last_sequence_ + 1, op, first + count < ids.size(), ids.subspan(first, count),
              keys.empty() ? keys : keys.subspan(first, count),
              op == wal_op::remove ? matrix_view<const float>() : vectors.slice(first, count));
-      write_all(fd_.get(), buffer_.data(), buffer_.size(), path_);
+      write_all(fd_.get(), buffer_.data(), buffer_.size(), path_, "appending to the write-ahead log");
       end_ += buffer_.size();
       ++last_sequence_;
     }
     if (sync_ == wal_sync::every_write)
       SHOAL_CHECK_CODE(::fdatasync(fd_.get()) == 0, errc::io_error, path_.string(),
                        ": fdatasync failed: ", io::detail::errno_text(errno));
+    release_large_buffer();
   } catch (...) {
+    release_large_buffer();
     last_sequence_ = start_sequence;
     end_ = start;
     const auto offset = static_cast<::off_t>(start);
@@ -374,13 +458,15 @@ void lock_log(int fd, const std::filesystem::path& path, int operation) {
 void write_ahead_log::take_lock(int operation) { lock_log(fd_.get(), path_, operation); }
 
 write_ahead_log::stale_log::stale_log(const std::filesystem::path& dir, bool read_sequence) : path_(dir / file_name) {
-  fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR));
-  if (fd_.get() < 0) {
-    SHOAL_CHECK_CODE(errno == ENOENT, errc::io_error, path_.string(),
+  for (int attempt = 1;; ++attempt) {
+    fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR | O_CREAT, 0666));
+    SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, path_.string(),
                      ": cannot open the write-ahead log: ", io::detail::errno_text(errno));
-    return;
+    lock_log(fd_.get(), path_, LOCK_EX);
+    if (names_file(fd_.get(), path_)) break;
+    SHOAL_CHECK_CODE(attempt < lock_attempts, errc::io_error, path_.string(),
+                     ": the write-ahead log kept being replaced while it was being locked");
   }
-  lock_log(fd_.get(), path_, LOCK_EX);
   if (!read_sequence) return;
   const io::detail::input_file in(path_);
   const std::vector<std::byte> bytes = read_whole(in);
@@ -388,7 +474,6 @@ write_ahead_log::stale_log::stale_log(const std::filesystem::path& dir, bool rea
 }
 
 void write_ahead_log::stale_log::remove() {
-  if (fd_.get() < 0) return;
   std::error_code ec;
   std::filesystem::remove(path_, ec);
   SHOAL_CHECK_CODE(!ec, errc::io_error, path_.string(), ": cannot remove the stale write-ahead log: ", ec.message());

@@ -21,8 +21,13 @@
 // all. A record that runs past the end counts as torn only if what it holds of its own header agrees
 // with its size field (and its sequence follows the previous record's): a size field damaged in the
 // middle of the log must not pass for a torn tail, which would silently drop every later, acknowledged
-// record. Any other damage is `errc::corrupt_file`. A failed append cuts the log back (see `append`), so
-// a half-written record is only ever the last one.
+// record. A damaged record that no intact record follows (any later offset holding a record with a
+// plausible header, a later sequence and a matching checksum) is torn too, whatever the damage: the
+// pages of the last append can reach the disk in any order. Any other damage is `errc::corrupt_file`, and
+// so is a first record after the snapshot's sequence S that is not S + 1 (records lost in between). A
+// log that cannot hold a record (all zeros, or no longer than a header and the beginning of one) is an
+// empty log. A failed append cuts the log back (see `append`), so a half-written record is only ever the
+// last one.
 
 #include <cstddef>
 #include <cstdint>
@@ -65,6 +70,11 @@ class write_ahead_log {
   /// the next exclusive open; it takes no appends.
   write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after,
                   lock_mode mode = lock_mode::exclusive);
+  class stale_log;
+  /// A new collection's empty log, in place of the `locked` one (whatever it held is dropped): the
+  /// directory stays locked from the check that it holds no collection on, so that a second collection
+  /// created there at the same time fails without touching it. Sequences start at 1.
+  write_ahead_log(stale_log&& locked, std::size_t dim, wal_sync sync);
   write_ahead_log(const write_ahead_log&) = delete;
   write_ahead_log& operator=(const write_ahead_log&) = delete;
 
@@ -86,7 +96,10 @@ class write_ahead_log {
                        matrix_view<const float> vectors, std::size_t per_record);
 
   /// The log a collection left in a directory, for a caller about to replace what the directory holds
-  /// (a save into it, a new collection there). Construction locks it where it lies and reads the last
+  /// (a save into it, a new collection there). Construction locks it where it lies (creating an empty
+  /// one where there is none, so that two callers replacing the same directory at once exclude each
+  /// other: one fails, having written nothing; a lock taken on a log its holder removed meanwhile is
+  /// taken again on the one the path names) and reads the last
   /// sequence of its intact records; a snapshot written there must hold at least that sequence, so that
   /// none of them can replay onto it, and `remove()` deletes the log once the snapshot's manifest is in
   /// place. A failure or crash before then leaves the previous collection whole, its log included; one
@@ -101,10 +114,12 @@ class write_ahead_log {
     explicit stale_log(const std::filesystem::path& dir, bool read_sequence = true);
     /// 0 when there is no log, or it holds no intact record.
     [[nodiscard]] std::uint64_t last_sequence() const noexcept { return last_; }
-    /// Deletes the log (nothing when there was none). Throws `errc::io_error`.
+    /// Deletes the log (a caller that later locks the deleted file sees it gone and locks the path's
+    /// new one). Throws `errc::io_error`.
     void remove();
 
    private:
+    friend class write_ahead_log;
     std::filesystem::path path_;
     io::detail::unique_fd fd_;
     std::uint64_t last_ = 0;
@@ -121,9 +136,12 @@ class write_ahead_log {
   void repair();
   /// flock(2) with `operation` (LOCK_EX or LOCK_SH), without waiting.
   void take_lock(int operation);
-  /// False when the log is another dimension's whose records all precede `after` (a log a save into
-  /// this directory replaced, see `stale_log`): nothing to replay, and the caller starts it afresh.
+  /// False when the log holds nothing to keep — another dimension's whose records all precede `after` (a
+  /// log a save into this directory replaced, see `stale_log`), or one that cannot hold a record (a
+  /// header cut short, all zeros) — so the caller starts it afresh.
   [[nodiscard]] bool read_records(std::uint64_t after);
+  /// Frees `buffer_` when a large call grew it (under mutex_).
+  void release_large_buffer() noexcept;
   /// One record into `buffer_`.
   void encode(std::uint64_t sequence, wal_op op, bool continued, std::span<const vector_id> ids,
               std::span<const std::uint64_t> keys, matrix_view<const float> vectors);
@@ -140,7 +158,7 @@ class write_ahead_log {
   std::uint64_t keep_ = 0;  // read_records: bytes of whole calls, where a torn tail is cut
   bool rewrite_ = false;    // the log needs a new header (empty, or another dimension's, see stale_log)
   std::vector<wal_record> replay_;
-  std::vector<std::byte> buffer_;  // record being written (under mutex_)
+  std::vector<std::byte> buffer_;  // record being written (under mutex_); released after a large call
 };
 
 }  // namespace shoal::detail
