@@ -581,6 +581,12 @@ TEST_CASE("refine_index: range search keeps exact distances under the radius, ba
   index.train(data.base.view());
   index.add(data.base.view(), data.ids);
   test::check_common_input_errors(index, data.queries.view().slice(0, 4), data.ids[3]);
+  // A zero query under cosine is this call's error (the coarse stage named it as its own).
+  const matrix<float> zero(1, 32);
+  REQUIRE_THROWS_MATCHES(index.search(zero.view(), 3), shoal::error,
+                         fails_with(errc::invalid_argument, "refine_index::search: query row 0 has zero norm"));
+  REQUIRE_THROWS_MATCHES(index.range_search(zero.view(), 0.5f), shoal::error,
+                         fails_with(errc::invalid_argument, "refine_index::range_search: query row 0 has zero norm"));
   // Stages of as many but different ids would make a re-rank look up a vector that is not there.
   flat_index others(32, metric::cosine);
   std::vector<vector_id> shifted(data.ids.begin(), data.ids.end());

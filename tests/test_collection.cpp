@@ -266,6 +266,9 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
   const matrix<float> zero(1, 8);
   REQUIRE_THROWS_MATCHES(c.add(zero.view(), std::vector<vector_id>{8}), shoal::error,
                          fails_with(errc::invalid_argument, "zero"));
+  // A zero query is this call's error (a shard named it as its own).
+  REQUIRE_THROWS_MATCHES(c.search(zero.view(), 3), shoal::error,
+                         fails_with(errc::invalid_argument, "collection::search: query row 0 has zero norm"));
   REQUIRE_THROWS_MATCHES(c.add(v.view().slice(0, 1), std::vector<vector_id>{2}), shoal::error,
                          fails_with(errc::duplicate_id, "id 2 is already stored"));
   REQUIRE_THROWS_MATCHES(c.add(v.view().slice(0, 2), std::vector<vector_id>{9, 9}), shoal::error,

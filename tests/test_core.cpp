@@ -155,6 +155,11 @@ TEST_CASE("id_filter holds small predicates by value, so a temporary may be stor
   const id_filter function = below_ten;
   CHECK(function.accepts(9));
   CHECK_FALSE(function.accepts(10));
+  // A null function pointer is an empty filter (it was called: a jump to address 0).
+  bool (*none)(vector_id) = nullptr;
+  const id_filter null_function = none;
+  CHECK_FALSE(static_cast<bool>(null_function));
+  CHECK(null_function.accepts(10));
   // A predicate too large or not trivially copyable is referenced: an lvalue converts, a temporary does
   // not compile.
   const std::vector<vector_id> allowed{1, 7};

@@ -952,6 +952,14 @@ TEST_CASE("multimodal_store: bad modalities, versions, dimensions and routes are
   nan_rows.row(2)[1] = std::nanf("");
   CHECK_THROWS_MATCHES(store.fit_projection("text", nan_rows.view(), eight.view()), shoal::error,
                        fails_with(errc::non_finite));
+  // A method outside the enum (a config integer cast) was fitted as ridge; a native modality was refused
+  // only after the solve (here Procrustes' own dimension error came first).
+  CHECK_THROWS_MATCHES(
+      store.fit_projection("text", six.view(), eight.view(), {.method = static_cast<projection_method>(9)}),
+      shoal::error, fails_with(errc::invalid_argument, "unknown projection_method 9"));
+  CHECK_THROWS_MATCHES(
+      store.fit_projection("image", six.view(), eight.view(), {.method = projection_method::procrustes}), shoal::error,
+      fails_with(errc::invalid_argument, "native to the shared space"));
 
   // A mirrored projection cannot change once vectors are stored.
   store.set_projection("text", random_map(6, 8, 56, true));
@@ -959,6 +967,11 @@ TEST_CASE("multimodal_store: bad modalities, versions, dimensions and routes are
   CHECK_THROWS_MATCHES(store.set_projection("text", random_map(6, 8, 57)), shoal::error,
                        fails_with(errc::unsupported, "holds 4 vectors"));
   CHECK(store.search("image", eight.view(), "text", 4).id(0, 3) != no_id);
+  // A bad query across modalities is named as this call's query (it read "vector row 0 ...").
+  matrix<float> nan_query = normal_matrix(1, 6, 60);
+  nan_query.row(0)[0] = std::nanf("");
+  CHECK_THROWS_MATCHES(store.search("text", nan_query.view(), "image", 3), shoal::error,
+                       fails_with(errc::non_finite, "multimodal_store::search: query row 0"));
   // Writes to a mirrored version are all or nothing, in both collections.
   matrix<float> bad = normal_matrix(2, 6, 59);
   bad.row(1)[2] = std::nanf("");

@@ -615,6 +615,8 @@ void collection::search(matrix_view<const float> queries, neighbors_view out, co
   const detail::collection_state& st = *state_;
   detail::check_result_buffer(queries.rows, out, "collection::search");
   detail::check_vectors(queries, st.options.dim, "collection::search: query");
+  // The shards normalise cosine queries themselves; a zero one is named here, as this call's.
+  if (st.options.metric == metric::cosine) detail::check_normalizable(queries, "collection::search: query");
   SHOAL_CHECK(st.trained.load(), "collection::search: the collection is not trained");
   // An outside coarse pass is built from one IVF index's centroids; semantic and hybrid shards train
   // their own, and no shard's centroids are reachable from here to build one for it (with it, a

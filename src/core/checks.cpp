@@ -142,18 +142,31 @@ centred_rows centred_copy(matrix_view<const float> x) {
   return out;
 }
 
+namespace {
+/// Row `i` of `v`'s squared norm, in double: a float sum of squares underflows for tiny components (a
+/// row of 3e-23 came out 0.8 long, 1e-23 as "zero") and overflows for huge ones. Throws when the row
+/// cannot be normalised.
+double normalizable_squared_norm(matrix_view<const float> v, std::size_t i, const char* what) {
+  const float* row = v.row(i);
+  double squared_norm = 0;
+  for (std::size_t j = 0; j < v.dim; ++j) squared_norm += static_cast<double>(row[j]) * row[j];
+  SHOAL_CHECK(squared_norm > 0 && std::isfinite(squared_norm), what, " row ", i,
+              " has zero norm and cannot be normalised for the cosine metric");
+  return squared_norm;
+}
+}  // namespace
+
+void check_normalizable(matrix_view<const float> v, const char* what) {
+  for (std::size_t i = 0; i < v.rows; ++i) (void)normalizable_squared_norm(v, i, what);
+}
+
 matrix<float> normalized_copy(matrix_view<const float> v, const char* what) {
-  // In double: a float sum of squares underflows for tiny components (a row of 3e-23 came out 0.8
-  // long, 1e-23 as "zero") and overflows for huge ones. In double every finite non-zero float row
-  // normalises to unit length, each component rounded once; the pass is cheap next to a search.
+  // In double, every finite non-zero float row normalises to unit length, each component rounded once;
+  // the pass is cheap next to a search.
   matrix<float> out(v.rows, v.dim);
   for (std::size_t i = 0; i < v.rows; ++i) {
     const float* row = v.row(i);
-    double squared_norm = 0;
-    for (std::size_t j = 0; j < v.dim; ++j) squared_norm += static_cast<double>(row[j]) * row[j];
-    SHOAL_CHECK(squared_norm > 0 && std::isfinite(squared_norm), what, " row ", i,
-                " has zero norm and cannot be normalised for the cosine metric");
-    const double scale = 1.0 / std::sqrt(squared_norm);
+    const double scale = 1.0 / std::sqrt(normalizable_squared_norm(v, i, what));
     for (std::size_t j = 0; j < v.dim; ++j) out.row(i)[j] = static_cast<float>(row[j] * scale);
   }
   return out;

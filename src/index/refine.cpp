@@ -96,12 +96,12 @@ class rescorer {
 void refine_index::search(matrix_view<const float> queries, neighbors_view out, const search_params& params) const {
   detail::check_result_buffer(queries.rows, out, "refine_index::search");
   detail::check_vectors(queries, dim(), "refine_index::search: query");
+  const rescorer exact(exact_, queries, "refine_index::search: query");  // first: it names a zero cosine query
   search_params coarse_params = params;
   coarse_params.refine_factor = 0;
   const std::size_t depth = detail::candidate_depth(
       out.k, params.refine_factor > 0 ? params.refine_factor : default_refine_factor, coarse_.size());
   const neighbors candidates = coarse_.search(queries, depth, coarse_params);
-  const rescorer exact(exact_, queries, "refine_index::search: query");
   detail::parallel_for(queries.rows, [&](std::size_t r) {
     topk_heap heap(out.k);
     for (const vector_id id : candidates.row_ids(r)) {
@@ -116,10 +116,10 @@ range_result refine_index::range_search(matrix_view<const float> queries, float 
                                         const search_params& params) const {
   SHOAL_CHECK(!std::isnan(radius), "refine_index::range_search: radius is NaN");
   detail::check_vectors(queries, dim(), "refine_index::range_search: query");
+  const rescorer exact(exact_, queries, "refine_index::range_search: query");
   search_params coarse_params = params;
   coarse_params.refine_factor = 0;
   const range_result candidates = coarse_.range_search(queries, radius, coarse_params);
-  const rescorer exact(exact_, queries, "refine_index::range_search: query");
   return detail::range_by_query(queries.rows, [&](std::size_t r, std::vector<scored_id>& hits) {
     for (const vector_id id : candidates.row_ids(r)) {
       const float distance = exact(r, id);

@@ -342,15 +342,18 @@ std::shared_ptr<const link_state> make_link(const version_state& v, std::optiona
   return l;
 }
 
-/// `x` (rows of `v`'s space) in the shared space: normalised first under cosine, then projected.
-matrix<float> into_shared(const version_state& v, const link_state& l, matrix_view<const float> x, const char* who) {
+/// `x` (rows of `v`'s space) in the shared space: normalised first under cosine, then projected. `rows`
+/// names them in errors ("query", "vector").
+matrix<float> into_shared(const version_state& v, const link_state& l, matrix_view<const float> x, const char* who,
+                          const char* rows) {
   SHOAL_CHECK_CODE(l.route != shared_route::none, errc::unsupported, who, ": modality '", v.modality, "' (version '",
                    v.name,
                    "') has no projection into the shared space: give modality_options::to_shared, or call "
                    "set_projection or fit_projection");
-  check_vectors(x, x.dim, "vector");  // NaN/Inf is errc::non_finite, as the collections report it
+  const std::string what = str(who, ": ", rows);
+  check_vectors(x, x.dim, what.c_str());  // NaN/Inf is errc::non_finite, as the collections report it
   if (v.own_metric() == metric::cosine) {
-    matrix<float> unit = normalized_copy(x, "vector");
+    matrix<float> unit = normalized_copy(x, what.c_str());
     return l.to_shared ? l.to_shared->apply(unit.view()) : unit;
   }
   if (l.to_shared) return l.to_shared->apply(x);
@@ -368,7 +371,7 @@ matrix<float> mirrored_vectors(const version_state& v, const link_state& l, std:
     const std::vector<float> x = v.own.vector(ids[i]);
     std::copy(x.begin(), x.end(), stored.row(i));
   }
-  matrix<float> projected = into_shared(v, l, stored.view(), who);
+  matrix<float> projected = into_shared(v, l, stored.view(), who, "vector");
   return l.mirror->metric() == metric::cosine ? normalized_copy(projected.view(), "projected vector") : projected;
 }
 
@@ -539,7 +542,7 @@ void search_in(const catalog& c, std::string_view query_modality, matrix_view<co
   if (ql->route == shared_route::native) {
     search_shared(t, *tl, queries, out, params);  // the target's index normalises cosine queries itself
   } else {
-    const matrix<float> shared = into_shared(q, *ql, queries, who);
+    const matrix<float> shared = into_shared(q, *ql, queries, who, "query");
     search_shared(t, *tl, shared.view(), out, params);
   }
 }
@@ -602,7 +605,7 @@ void write_vectors(const multimodal_state& st, std::string_view modality, std::s
                 v.modality, "' (version '", v.name, "') is not trained: train the version again after setting its ",
                 "projection");
     SHOAL_CHECK(vectors.rows == ids.size(), who, ": ", vectors.rows, " vectors but ", ids.size(), " ids");
-    const matrix<float> projected = into_shared(v, l, vectors, who);
+    const matrix<float> projected = into_shared(v, l, vectors, who, "vector");
     // What the mirror would refuse, refused before anything changes: a projection can overflow, or map a
     // vector to zero, which has no direction under a cosine shared metric.
     check_vectors(projected.view(), projected.dim, "projected vector");
@@ -1111,7 +1114,11 @@ projection multimodal_store::fit_projection(std::string_view modality, matrix_vi
                                             matrix_view<const float> y, const projection_fit& fit,
                                             std::string_view version) {
   constexpr const char* who = "multimodal_store::fit_projection";
+  SHOAL_CHECK(fit.method == projection_method::ridge || fit.method == projection_method::procrustes, who,
+              ": unknown projection_method ", static_cast<int>(fit.method));
   const std::shared_ptr<detail::version_state> v = find_version(*state_->snapshot(), modality, version, who);
+  // Before the solve (set_projection checks again, under its retries).
+  SHOAL_CHECK(!v->native, who, ": modality '", modality, "' is native to the shared space and takes no projection");
   detail::check_dim(*v, x, who, "x rows");
   SHOAL_CHECK_CODE(y.dim == state_->options.shared_dim, errc::dimension_mismatch, who, ": y rows have dimension ",
                    y.dim, ", the shared space has ", state_->options.shared_dim);
@@ -1131,7 +1138,7 @@ matrix<float> multimodal_store::to_shared(std::string_view modality, matrix_view
   constexpr const char* who = "multimodal_store::to_shared";
   const std::shared_ptr<detail::version_state> v = find_version(*state_->snapshot(), modality, {}, who);
   detail::check_dim(*v, vectors, who, "vectors");
-  return detail::into_shared(*v, *v->link(), vectors, who);
+  return detail::into_shared(*v, *v->link(), vectors, who, "vector");
 }
 
 // ---------------------------------------------------------------------------------------------- writes
@@ -1141,7 +1148,7 @@ void multimodal_store::train(std::string_view modality, matrix_view<const float>
   detail::write_version(*state_, modality, version, who, [&](detail::version_state& v, const detail::link_state& l) {
     detail::check_dim(v, sample, who, "training vectors");
     v.own.train(sample);
-    if (l.mirror) l.mirror->train(detail::into_shared(v, l, sample, who).view());
+    if (l.mirror) l.mirror->train(detail::into_shared(v, l, sample, who, "sample").view());
   });
 }
 

@@ -70,6 +70,9 @@ void check_stored_id(vector_id id, bool fresh, const std::string& file);
 /// Copies `v` into a dense matrix with every row scaled to unit L2 norm, for the cosine metric.
 /// Throws `shoal::error` if a row is zero (it has no direction).
 [[nodiscard]] matrix<float> normalized_copy(matrix_view<const float> v, const char* what);
+/// What `normalized_copy` checks, without the copy: for a caller that passes `v` on to indexes that
+/// normalise it themselves, and that must name the problem as its own call.
+void check_normalizable(matrix_view<const float> v, const char* what);
 
 /// Rows relative to a centre: the frame in which the IVF coarse pass scores centroids (docs/ivf.md).
 struct centred_rows {

@@ -24,6 +24,9 @@ class coarse_probe;
 /// index being searched holds read locks: it may search or query other indexes, but must not call into
 /// the one it filters (`contains`, `vector`, a search, a write) — with a writer waiting on those locks,
 /// such a call can deadlock (IVF-Flat's `contains` did under a running `add`).
+/// A null function pointer makes an empty filter. The predicate receives the whole 64-bit id: one
+/// declared with a narrower parameter (`[](std::uint32_t id) ...`) sees ids beyond its range wrapped,
+/// and accepts or rejects the wrong ones.
 class id_filter {
   static constexpr std::size_t inline_bytes = 3 * sizeof(void*);
   template <class F>
@@ -43,6 +46,8 @@ class id_filter {
   requires(predicate<F>) id_filter(const F& f)
   noexcept  // NOLINT(google-explicit-constructor): filters read naturally inline
   {
+    if constexpr (std::is_pointer_v<F>)
+      if (f == nullptr) return;  // empty: calling it would jump to address 0
     if constexpr (held_by_value<F>) {
       ::new (static_cast<void*>(storage_)) F(f);
       call_ = [](const void* storage, vector_id id) {
@@ -89,6 +94,8 @@ struct search_params {
   /// IVF-PQ: re-rank depth. When > 0, the best `k * refine_factor` candidates by approximate (code)
   /// distance are re-scored with exact distances from the stored full vectors and the best k of those
   /// returned; needs an index built to keep full vectors. 0 (the default) returns approximate distances.
+  /// A two-stage index (`refine_index`, factory `...,RFlat` / `Refine(...)`) always re-ranks: there 0
+  /// means its default depth, k · 4.
   std::size_t refine_factor = 0;
   /// Collection with semantic sharding: number of nearest shards each query visits; hybrid sharding:
   /// number of nearest groups (all shards of each). 0 (the default) visits every shard; hash and range
