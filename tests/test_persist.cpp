@@ -31,6 +31,7 @@
 #include "shoal/index/ivf_pq.hpp"
 #include "shoal/index/refine.hpp"
 #include "shoal/io/format.hpp"
+#include "shoal/quant/sq.hpp"
 #include "test_support.hpp"
 
 using namespace shoal;
@@ -1013,6 +1014,133 @@ TEST_CASE("hnsw chunks follow the row length: small high-dimensional graphs stay
     spit(old, with_sections(header, sections));
     REQUIRE_THROWS_MATCHES(hnsw_index::load(old), shoal::error,
                            fails_with(errc::corrupt_file, "chunk size is not a power of two"));
+  }
+}
+
+namespace {
+
+/// Parameters of the small graphs below (M 8, quickly built).
+hnsw_params small_graph(hnsw_codes codes) {
+  hnsw_params p;
+  p.M = 8;
+  p.ef_construction = 40;
+  p.codes = codes;
+  return p;
+}
+
+/// The file of a small l2 graph over `d`'s base, saved at `path`.
+std::vector<char> saved_graph(const dataset& d, hnsw_codes codes, const std::string& path) {
+  hnsw_index index(dim, metric::l2, small_graph(codes));
+  index.add(d.base.view(), d.ids);
+  index.save(path);
+  return slurp(path);
+}
+
+}  // namespace
+
+TEST_CASE("hnsw F16 files before format 1.6 (no frame: raw half values) load, search and grow in that frame",
+          "[io][hnsw]") {
+  // Until format 1.6 an F16 code was half(x_j): the identity frame, centre 0 and exponent 0. Such a file
+  // is made here from today's, its codes rewritten from the stored vectors and its HF16 section dropped.
+  const scratch_dir dir("shoal-persist");
+  const std::string path = dir / "graph.shoal";
+  const std::string legacy = dir / "format-1.5.shoal";
+  const dataset d(1500, 40, 89);
+  const std::vector<char> bytes = saved_graph(d, hnsw_codes::fp16, path);
+  std::vector<file_section> sections = sections_of(bytes);
+  const auto find = [&](const char* tag) { return section_named(sections, tag); };
+  CHECK(find("HF16")->content.size() == dim * sizeof(float) + sizeof(std::int32_t));
+  sections.erase(find("HF16"));
+  const std::size_t stride = (dim + 15) / 16 * 16;  // floats per HVEC row
+  const std::size_t code_stride = (2 * dim + 63) / 64 * 64;
+  const std::vector<char>& vectors = find("HVEC")->content;
+  std::vector<char>& codes = find("HCDR")->content;
+  for (std::size_t slot = 0; slot < codes.size() / code_stride; ++slot)
+    for (std::size_t j = 0; j < dim; ++j) {
+      float v = 0;
+      std::memcpy(&v, vectors.data() + (slot * stride + j) * sizeof(float), sizeof v);
+      put(codes, slot * code_stride + 2 * j, float_to_half(std::clamp(v, -max_half, max_half)));
+    }
+  std::vector<char> header = bytes;
+  put(header, 10, std::uint16_t{5});
+  spit(legacy, with_sections(header, sections));
+  CHECK(read_index_file_info(legacy).version_minor == 5);
+
+  search_params sp;
+  sp.ef = 32;
+  hnsw_index loaded = hnsw_index::load(legacy);
+  const neighbors want = loaded.search(d.queries.view(), 10, sp);
+  require_same(hnsw_index::load(legacy, {.mmap = true}).search(d.queries.view(), 10, sp), want);
+  std::size_t hits = 0;
+  for (std::size_t q = 0; q < d.queries.rows; ++q) {
+    const std::vector<scored_id> all = test::brute_force(d.base.view(), d.ids, d.queries.row(q), metric::l2);
+    for (std::size_t j = 0; j < 10; ++j)
+      hits += std::count(want.row_ids(q).begin(), want.row_ids(q).end(), all[j].id) > 0 ? 1 : 0;
+  }
+  CHECK(static_cast<double>(hits) >= 0.95 * static_cast<double>(d.queries.rows * 10));
+
+  // Vectors added after the load are encoded in the identity frame too, which a save now writes.
+  std::vector<vector_id> more(d.queries.rows);
+  std::iota(more.begin(), more.end(), vector_id{1});
+  loaded.add(d.queries.view(), more);
+  loaded.save(path);
+  std::vector<file_section> again = sections_of(slurp(path));
+  const std::vector<char>& frame = section_named(again, "HF16")->content;
+  CHECK(frame.size() == dim * sizeof(float) + sizeof(std::int32_t));
+  CHECK(std::all_of(frame.begin(), frame.end(), [](char c) { return c == 0; }));
+  require_same(hnsw_index::load(path).search(d.queries.view(), 10, sp), loaded.search(d.queries.view(), 10, sp));
+
+  // An empty graph has no frame yet (as SQ8 has no ranges): it learns one from the first add after a load.
+  hnsw_index(dim, metric::l2, small_graph(hnsw_codes::fp16)).save(path);
+  again = sections_of(slurp(path));
+  CHECK(std::none_of(again.begin(), again.end(), [](const file_section& x) { return x.tag == "HF16"; }));
+  hnsw_index empty = hnsw_index::load(path);
+  empty.add(d.base.view(), d.ids);
+  empty.save(path);
+  again = sections_of(slurp(path));
+  const std::vector<char>& learnt = section_named(again, "HF16")->content;
+  CHECK(std::any_of(learnt.begin(), learnt.end(), [](char c) { return c != 0; }));
+}
+
+TEST_CASE("damaged hnsw files: a bad F16 frame, or a frame in a graph of other codes, is corrupt", "[io][hnsw]") {
+  const scratch_dir dir("shoal-persist");
+  const std::string path = dir / "graph.shoal";
+  const std::string bad = dir / "bad.shoal";
+  const dataset d(600, 10, 97);
+  const std::vector<char> bytes = saved_graph(d, hnsw_codes::fp16, path);
+  const std::vector<file_section> sections = sections_of(bytes);
+  // Sections rewritten with their checksums recomputed: refused at every verification level.
+  const auto refused = [&](const char* what, const std::vector<char>& header,
+                           const std::vector<file_section>& changed) {
+    CAPTURE(what);
+    spit(bad, with_sections(header, changed));
+    for (const bool mmap : {false, true})
+      for (const verify_level verify : {verify_level::none, verify_level::full})
+        REQUIRE_THROWS_MATCHES(hnsw_index::load(bad, {.mmap = mmap, .verify = verify}), shoal::error,
+                               fails_with(errc::corrupt_file, what));
+  };
+  // HF16: dim f32 centres, then an i32 exponent.
+  const auto frame_changed = [&](const auto& change) {
+    std::vector<file_section> changed = sections;
+    change(section_named(changed, "HF16")->content);
+    return changed;
+  };
+  for (const std::size_t size : {dim * 4, dim * 4 + 8, std::size_t{0}})
+    refused("F16 frame section has the wrong size", bytes,
+            frame_changed([&](std::vector<char>& c) { c.resize(size); }));
+  for (const float v : {std::numeric_limits<float>::quiet_NaN(), -std::numeric_limits<float>::infinity(), 1e30f})
+    refused("F16 frame centre", bytes, frame_changed([&](std::vector<char>& c) { put(c, 4 * 5, v); }));
+  for (const std::int32_t e : {64, -64, std::numeric_limits<std::int32_t>::min()})
+    refused("F16 frame exponent out of range", bytes, frame_changed([&](std::vector<char>& c) { put(c, 4 * dim, e); }));
+  // A frame beside other codes, or none.
+  const file_section frame =
+      *std::find_if(sections.begin(), sections.end(), [](const auto& x) { return x.tag == "HF16"; });
+  for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8}) {
+    CAPTURE(static_cast<int>(codes));
+    const std::vector<char> other_bytes = saved_graph(d, codes, path);
+    std::vector<file_section> changed = sections_of(other_bytes);
+    changed.push_back(frame);
+    refused("F16 frame in a graph without F16 codes", other_bytes, changed);
   }
 }
 

@@ -109,13 +109,18 @@ struct slab {
 };
 
 /// One query as traversal scores it: full-precision distances from `q`; or — with `sq8` — SQ8 (or,
-/// with `nibbles`, SQ4) estimates (see `sq8_estimator`); or — with `f16` — the metric's distance from `q` to the node's
-/// half-precision copy.
+/// with `nibbles`, SQ4) estimates (see `sq8_estimator`); or — with `f16` — the metric's distance to the node's
+/// half-precision codes, relative to the index's frame (`impl::prepare_half`).
 struct query_ctx {
   const float* q;
   const detail::sq8_estimator* sq8 = nullptr;
   bool nibbles = false;  // with sq8: the codes are SQ4's packed 4-bit ones
   bool f16 = false;
+  // F16: the estimate is `half_scale` · Σ (q_j − half(c_j))² under l2 (`q` then in the codes' frame), or the
+  // metric's distance from the inner product `half_offset` + `half_scale` · Σ q_j · half(c_j). The defaults
+  // leave the kernels' sums as they are: −0 is the one float that adds to every value without changing it.
+  float half_scale = 1.0f;
+  float half_offset = -0.0f;
   /// Whether nodes are scored from their codes rather than their full vectors.
   [[nodiscard]] bool coded() const noexcept { return sq8 != nullptr || f16; }
 };
@@ -154,6 +159,7 @@ struct scratch {
   std::vector<float> pending_distances;
   std::vector<float> pending_terms;         // SQ8 / SQ4: their terms
   detail::sq8_estimator sq8;                // SQ8 / SQ4 traversal: the query's form
+  std::vector<float> half_query;            // F16 traversal under l2: the query in the codes' frame
   std::vector<std::int32_t> dots;           // the pending rows' integer sums
   std::vector<std::int32_t> residual_dots;  // and, with two grids, their sums on the second
   std::vector<cand> frontier;               // min-heap
@@ -235,10 +241,16 @@ struct hnsw_index::impl {
   std::mutex entry_mutex;               // serialises entry-point changes during adds
   mutable std::mutex slots_mutex;       // free list and chunk allocation
   std::vector<slot_t> free_slots;
-  // SQ8 / SQ4 traversal: per-dimension ranges, set once (train, or the first add) and read-only after.
+  // What the codes are relative to, set once (train, or the first add) and read-only after, published by
+  // `codes_ready` before any code is written: SQ8 / SQ4 traversal's per-dimension ranges, or F16 traversal's
+  // frame (codes half((x − half_centre)·2^−half_exponent); `half_framed` false for the identity frame,
+  // centre 0 and exponent 0, which graphs saved before format 1.6 hold their codes in).
   std::optional<scalar_quantizer> sq;
-  std::atomic<bool> sq_ready{false};
-  std::mutex sq_mutex;
+  std::vector<float> half_centre;
+  int half_exponent = 0;
+  bool half_framed = false;
+  std::atomic<bool> codes_ready{false};
+  std::mutex codes_mutex;
   // Set by a memory-mapped load: the bulk arrays live in the mapping, kept alive here; read-only.
   std::shared_ptr<const io::detail::file_mapping> mapping;
 
@@ -492,7 +504,7 @@ struct hnsw_index::impl {
       for (std::size_t j = 0; j < std::min<std::size_t>(2, m); ++j) prefetch(j);
       for (std::size_t j = 0; j < m; ++j) {
         if (j + 2 < m) prefetch(j + 2);
-        out[j] = half_distance(ctx.q, s.pending_codes[j]);
+        out[j] = half_distance(ctx, s.pending_codes[j]);
       }
       return;
     }
@@ -525,32 +537,38 @@ struct hnsw_index::impl {
   [[nodiscard]] static constexpr unsigned code_top(hnsw_codes codes) noexcept {
     return codes == hnsw_codes::sq4 ? 15 : 255;
   }
-  /// Learns the per-dimension code ranges from `sample` (the scalar quantizer's sq8 training, with
-  /// `code_top` steps over each range: 15 for SQ4, whose codes are 0-15). Caller holds sq_mutex;
-  /// publishes with sq_ready.
+  /// Learns what the codes are relative to from `sample`: the F16 frame (`learn_half_frame`), or the
+  /// per-dimension code ranges (the scalar quantizer's sq8 training, with `code_top` steps over each
+  /// range: 15 for SQ4, whose codes are 0-15). Caller holds codes_mutex; publishes with codes_ready.
   void train_codes(matrix_view<const float> sample) {
+    if (build.codes == hnsw_codes::fp16) {
+      learn_half_frame(sample);
+      codes_ready.store(true, std::memory_order_release);
+      return;
+    }
     scalar_quantizer q(dim, sq_type::sq8);
     q.train(sample, code_top(build.codes));
     // Checked as a load checks them (each range's ends, up to the last code used: 15 of SQ4's 17-fold
     // steps, where checking 255 of them refused vectors 11 times under the norm bound).
     q = scalar_quantizer::sq8_with_ranges(q.mins(), q.steps(), code_top(build.codes));
     sq = std::move(q);
-    sq_ready.store(true, std::memory_order_release);
+    codes_ready.store(true, std::memory_order_release);
   }
   /// Throws unless a write of `rows` vectors can be encoded: SQ8 / SQ4 ranges exist, or `rows` are
   /// enough to learn them from (`ensure_codes`). Checked before anything changes.
   void check_codes_learnable(std::size_t rows, const char* who) const {
-    SHOAL_CHECK(!scalar_codes(build.codes) || sq_ready.load(std::memory_order_acquire) ||
+    SHOAL_CHECK(!scalar_codes(build.codes) || codes_ready.load(std::memory_order_acquire) ||
                     rows >= hnsw_index::min_code_learning_rows,
                 who, ": ", build.codes == hnsw_codes::sq4 ? "SQ4" : "SQ8",
                 " codes need their ranges first: call train(sample), or make the first add at least ",
                 hnsw_index::min_code_learning_rows, " vectors (got ", rows, ")");
   }
-  /// With SQ8 / SQ4 traversal and no ranges yet, learns them from `batch` (the first add's vectors).
+  /// With compressed traversal and no ranges or frame yet, learns them from `batch` (the first add's
+  /// vectors).
   void ensure_codes(matrix_view<const float> batch) {
-    if (!scalar_codes(build.codes) || sq_ready.load(std::memory_order_acquire)) return;
-    const std::lock_guard lock(sq_mutex);
-    if (!sq_ready.load(std::memory_order_relaxed)) train_codes(batch);
+    if (build.codes == hnsw_codes::none || codes_ready.load(std::memory_order_acquire)) return;
+    const std::lock_guard lock(codes_mutex);
+    if (!codes_ready.load(std::memory_order_relaxed)) train_codes(batch);
   }
   [[nodiscard]] std::uint8_t* codes(slot_t x) const noexcept {
     const auto [c, off] = locate(x);
@@ -576,20 +594,97 @@ struct hnsw_index::impl {
                                                              std::size_t prefix = 0) noexcept {
     return codes == hnsw_codes::none ? 0 : io::detail::align_up(prefix + code_bytes(codes, d), 64);
   }
-  /// The metric's distance from query `q` to a node's half-precision codes.
-  [[nodiscard]] float half_distance(const float* q, const std::uint8_t* c) const noexcept {
-    return metric == shoal::metric::l2 ? half_kern->fp16_l2(q, c, dim)
-                                       : detail::distance_from_inner_product(metric, half_kern->fp16_ip(q, c, dim));
+  // ------------------------------------------------------------------------------------- F16 codes
+  /// Where the largest centred value of the frame's sample lands in the codes: at most 2^12, 16-fold
+  /// below the half range (65504), the headroom later vectors get before their codes saturate. A half
+  /// keeps 11 significant bits at every magnitude of its normal range (6.1e-5 to 65504), so the scale
+  /// only has to keep the centred values inside that range.
+  static constexpr int half_frame_top_exponent = 12;
+  /// Most rows a frame is learnt from, evenly spaced over the sample.
+  static constexpr std::size_t half_frame_rows = 16384;
+  /// The frame's exponent lies in [−63, 63]: its scale 2^e and the l2 estimate's factor 2^(2e) stay
+  /// normal floats, so that multiplying by them is exact.
+  static constexpr int max_half_exponent = 63;
+  /// Bound on a query's components in the codes' frame (l2): a query 2^28 times farther from the centre
+  /// than the sample's largest centred value, whose float distances to the vectors cannot tell them
+  /// apart anyway, would otherwise take the code-space sum past FLT_MAX when the scale is small (data
+  /// of magnitude 1e-15: 2^-61), and Inf estimates stop a traversal; 2^40 keeps that sum finite at
+  /// every dimension up to max_dim (2^24 · (2^40 + 65504)² < 2^105).
+  static constexpr float max_half_query = 0x1p40f;
+
+  /// The exponent e of a frame whose largest centred value is `largest`: the least with
+  /// largest · 2^−e ≤ 2^12 (so it lands in (2^11, 2^12]), clamped to ±max_half_exponent; 0 for 0.
+  [[nodiscard]] static int half_frame_exponent(float largest) noexcept {
+    if (!(largest > 0.0f)) return 0;
+    int top = 0;
+    const float mantissa = std::frexp(largest, &top);  // largest = mantissa · 2^top, mantissa in [0.5, 1)
+    const int e = (mantissa == 0.5f ? top - 1 : top) - half_frame_top_exponent;
+    return std::clamp(e, -max_half_exponent, max_half_exponent);
   }
-  /// Writes slot q's codes: half-precision copies (round to nearest even), or the SQ8 / SQ4 codes (the scalar
-  /// quantizer's, clamped to the trained ranges) and their term.
+  /// Sets the F16 frame (before any code is written, or on load).
+  void set_half_frame(std::vector<float> centre, int exponent) {
+    half_framed = exponent != 0 || std::any_of(centre.begin(), centre.end(), [](float c) { return c != 0.0f; });
+    half_centre = std::move(centre);
+    half_exponent = exponent;
+  }
+  /// Learns the F16 frame from at most `half_frame_rows` evenly spaced rows of `sample`: the centre is their
+  /// per-dimension mean (summed in double), the exponent puts their largest |x_j − c_j| at 2^12 in the
+  /// codes (`half_frame_exponent`). Where every centred value is 0 (one vector, or copies of one) the
+  /// scale comes from the largest |x_j|, so that later vectors around them get codes of a sensible size;
+  /// where that is 0 too, the scale is 1.
+  void learn_half_frame(matrix_view<const float> sample) {
+    const std::size_t rows = std::min(sample.rows, half_frame_rows);
+    const auto row = [&](std::size_t i) { return sample.row(i * sample.rows / rows); };
+    std::vector<double> sum(dim, 0.0);
+    for (std::size_t i = 0; i < rows; ++i)
+      for (std::size_t j = 0; j < dim; ++j) sum[j] += row(i)[j];
+    std::vector<float> centre(dim);
+    for (std::size_t j = 0; j < dim; ++j) centre[j] = static_cast<float>(sum[j] / static_cast<double>(rows));
+    float spread = 0.0f;
+    float magnitude = 0.0f;
+    for (std::size_t i = 0; i < rows; ++i)
+      for (std::size_t j = 0; j < dim; ++j) {
+        spread = std::max(spread, std::abs(row(i)[j] - centre[j]));
+        magnitude = std::max(magnitude, std::abs(row(i)[j]));
+      }
+    set_half_frame(std::move(centre), half_frame_exponent(spread > 0.0f ? spread : magnitude));
+  }
+  /// The F16 form of query `q`. Under l2 the query moves into the codes' frame, q'_j = (q_j − c_j)·2^−e
+  /// (in `s`), and the code-space distance is scaled back by 2^(2e); under inner product and cosine
+  /// ⟨q, x⟩ ≈ ⟨q, c⟩ + 2^e · ⟨q, half(codes)⟩. The identity frame (files before format 1.6) keeps the query
+  /// and the kernels' sums exactly as they were.
+  [[nodiscard]] query_ctx prepare_half(const float* q, scratch& s) const {
+    query_ctx ctx{.q = q, .f16 = true};
+    if (!half_framed) return ctx;
+    if (metric == shoal::metric::l2) {
+      s.half_query.resize(dim);
+      const float unscale = std::ldexp(1.0f, -half_exponent);
+      for (std::size_t j = 0; j < dim; ++j)
+        s.half_query[j] = std::clamp((q[j] - half_centre[j]) * unscale, -max_half_query, max_half_query);
+      ctx.q = s.half_query.data();
+      ctx.half_scale = std::ldexp(1.0f, 2 * half_exponent);
+    } else {
+      ctx.half_offset = kern->inner_product(q, half_centre.data(), dim);
+      ctx.half_scale = std::ldexp(1.0f, half_exponent);
+    }
+    return ctx;
+  }
+  /// The metric's distance from `ctx`'s query to a node's half-precision codes (`prepare_half`).
+  [[nodiscard]] float half_distance(const query_ctx& ctx, const std::uint8_t* c) const noexcept {
+    if (metric == shoal::metric::l2) return ctx.half_scale * half_kern->fp16_l2(ctx.q, c, dim);
+    return detail::distance_from_inner_product(metric,
+                                               ctx.half_offset + ctx.half_scale * half_kern->fp16_ip(ctx.q, c, dim));
+  }
+  /// Writes slot q's codes: half-precision copies in the F16 frame (round to nearest even), or the SQ8 / SQ4
+  /// codes (the scalar quantizer's, clamped to the trained ranges) and their term.
   void encode(slot_t q) const {
     std::uint8_t* c = codes(q);
     if (build.codes == hnsw_codes::fp16) {
       const float* v = vec(q);
+      const float unscale = std::ldexp(1.0f, -half_exponent);  // 1 and a centre of 0: the raw values, exactly
       for (std::size_t j = 0; j < dim; ++j) {
         // Saturated at the largest finite half: an Inf code would make the node's estimate Inf.
-        const std::uint16_t h = float_to_half(std::clamp(v[j], -max_half, max_half));
+        const std::uint16_t h = float_to_half(std::clamp((v[j] - half_centre[j]) * unscale, -max_half, max_half));
         c[2 * j] = static_cast<std::uint8_t>(h & 0xffu);
         c[2 * j + 1] = static_cast<std::uint8_t>(h >> 8);
       }
@@ -615,7 +710,7 @@ struct hnsw_index::impl {
 
   /// The score of one node, as `score_pending` computes it.
   [[nodiscard]] float score(const query_ctx& ctx, slot_t x) const noexcept {
-    if (ctx.f16) return half_distance(ctx.q, codes(x));
+    if (ctx.f16) return half_distance(ctx, codes(x));
     if (ctx.sq8 == nullptr) return distance(ctx.q, vec(x));
     const std::uint8_t* c = codes(x);
     const auto dot = ctx.nibbles ? kern->dot_u4_i16 : kern->dot_u8_i16;
@@ -1369,11 +1464,11 @@ struct hnsw_index::impl {
     heap.write_sorted(row.row_ids(0), row.row_distances(0));
   }
 
-  /// The form of `query` that a search traverses with: full precision, fp16, or the SQ8 / SQ4
-  /// estimator's tables (kept in `s`).
+  /// The form of `query` that a search traverses with: full precision, the F16 frame's (the moved query
+  /// kept in `s`), or the SQ8 / SQ4 estimator's tables (kept in `s`).
   [[nodiscard]] query_ctx context(const float* query, bool coded, scratch& s) const {
     if (!coded) return query_ctx{query};
-    return build.codes == hnsw_codes::fp16 ? query_ctx{.q = query, .f16 = true} : prepare_codes(query, s);
+    return build.codes == hnsw_codes::fp16 ? prepare_half(query, s) : prepare_codes(query, s);
   }
 
   /// Where a search of `q` enters the bottom layer: the greedy descent from the entry point `ep` (not
@@ -1543,6 +1638,8 @@ std::size_t hnsw_index::memory_bytes() const {
   for (slot_t s = 0; s < n; ++s) {
     bytes += x.level_of_slot(s) * (x.max_links + 1) * sizeof(slot_t);
   }
+  if (x.codes_ready.load(std::memory_order_acquire))  // F16: the frame (written once, before it is ready)
+    bytes += x.half_centre.capacity() * sizeof(float) + sizeof x.half_exponent;
   const std::lock_guard lock(x.ids_mutex);
   return bytes + x.slot_of.bucket_count() * sizeof(void*) +
          x.slot_of.size() * (sizeof(void*) + sizeof(vector_id) + sizeof(slot_t));
@@ -1583,7 +1680,7 @@ void hnsw_index::train(matrix_view<const float> sample) {
   impl& x = *impl_;
   x.check_mutable("hnsw_index::train");
   detail::check_vectors(sample, x.dim, "hnsw_index::train: vector");
-  if (!impl::scalar_codes(x.build.codes)) return;  // only SQ8 / SQ4 codes have ranges to learn
+  if (x.build.codes == hnsw_codes::none) return;  // full-precision traversal has nothing to learn
   SHOAL_CHECK(sample.rows > 0, "hnsw_index::train: empty sample");
   std::optional<matrix<float>> normalized;
   if (x.metric == shoal::metric::cosine) {
@@ -1594,8 +1691,9 @@ void hnsw_index::train(matrix_view<const float> sample) {
   // Free slots (every vector removed) keep stale codes, but no search reads them and a reuse rewrites
   // them: only live vectors would disagree with new ranges.
   SHOAL_CHECK(x.live_count.load(std::memory_order_relaxed) == 0,
-              "hnsw_index::train: the index already holds vectors encoded with other ranges");
-  const std::lock_guard lock(x.sq_mutex);
+              "hnsw_index::train: the index already holds vectors encoded ",
+              x.build.codes == hnsw_codes::fp16 ? "in another frame" : "with other ranges");
+  const std::lock_guard lock(x.codes_mutex);
   x.train_codes(sample);
 }
 
@@ -1628,6 +1726,7 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
   }
   x.check_codes_learnable(1, "hnsw_index::upsert");
   const std::unique_lock structure(x.structure);
+  x.ensure_codes(vector);  // F16 into an empty index: the frame from this vector (SQ8 / SQ4 have ranges by now)
   {
     const std::lock_guard lock(x.ids_mutex);
     const auto it = x.slot_of.find(id);
@@ -1647,7 +1746,7 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
 }
 
 bool hnsw_index::is_trained() const noexcept {
-  return !impl::scalar_codes(impl_->build.codes) || impl_->sq_ready.load(std::memory_order_acquire);
+  return !impl::scalar_codes(impl_->build.codes) || impl_->codes_ready.load(std::memory_order_acquire);
 }
 
 bool hnsw_index::contains(vector_id id) const {
@@ -1740,8 +1839,8 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
 
 std::span<const std::uint32_t> detail::index_sections<hnsw_index>::known() noexcept {
   constexpr const hnsw_section_tags& t = hnsw_file_tags;
-  static constexpr std::array<std::uint32_t, 11> tags{t.params, t.vectors, t.links0, t.legacy_codes, t.state, t.ids,
-                                                      t.upper,  t.ranges,  t.alpha,  t.codes,        t.terms};
+  static constexpr std::array<std::uint32_t, 12> tags{t.params, t.vectors, t.links0, t.legacy_codes, t.state, t.ids,
+                                                      t.upper,  t.ranges,  t.alpha,  t.codes,        t.terms, t.frame};
   return tags;
 }
 
@@ -1788,10 +1887,15 @@ std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_inde
     out.append_value(x.build.alpha);
   }
   if (hnsw_index::impl::scalar_codes(x.build.codes) &&
-      x.sq_ready.load(std::memory_order_acquire)) {  // absent: untrained
+      x.codes_ready.load(std::memory_order_acquire)) {  // absent: untrained
     out.begin_section(tags.ranges);
     out.append(std::span<const float>(x.sq->mins()));
     out.append(std::span<const float>(x.sq->steps()));
+  }
+  if (x.build.codes == hnsw_codes::fp16 && x.codes_ready.load(std::memory_order_acquire)) {  // absent: not learnt
+    out.begin_section(tags.frame);
+    out.append(std::span<const float>(x.half_centre));
+    out.append_value(std::int32_t{x.half_exponent});
   }
   std::vector<std::uint8_t> state(slots);
   std::vector<vector_id> ids(slots);
@@ -1900,7 +2004,31 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     } catch (const shoal::error& e) {
       corrupt(false, e.what());
     }
-    x.sq_ready.store(true, std::memory_order_release);
+    x.codes_ready.store(true, std::memory_order_release);
+  }
+  // The F16 frame (format 1.6). Without it, an F16 graph that holds slots was saved before 1.6, with codes of
+  // the raw values: the identity frame; an empty one learns its frame when vectors come.
+  const bool half = x.build.codes == hnsw_codes::fp16;
+  corrupt(half || !in.has(tags.frame), "F16 frame in a graph without F16 codes");
+  if (half && in.has(tags.frame)) {
+    corrupt(in.section_size(tags.frame) == x.dim * sizeof(float) + sizeof(std::int32_t),
+            "F16 frame section has the wrong size");
+    std::vector<float> centre(x.dim);
+    std::int32_t exponent = 0;
+    in.read_range(tags.frame, 0, centre.data(), x.dim * sizeof(float));
+    in.read_range(tags.frame, x.dim * sizeof(float), &exponent, sizeof exponent);
+    corrupt(exponent >= -hnsw_index::impl::max_half_exponent && exponent <= hnsw_index::impl::max_half_exponent,
+            "F16 frame exponent out of range");
+    try {  // a centre past the norm bound would make a query's ⟨q, c⟩ overflow
+      detail::check_vectors({centre.data(), 1, x.dim}, x.dim, "F16 frame centre");
+    } catch (const shoal::error& e) {
+      corrupt(false, e.what());
+    }
+    x.set_half_frame(std::move(centre), exponent);
+    x.codes_ready.store(true, std::memory_order_release);
+  } else if (half && slots > 0) {
+    x.set_half_frame(std::vector<float>(x.dim, 0.0f), 0);
+    x.codes_ready.store(true, std::memory_order_release);
   }
   std::size_t upper_values = 0;
   for (const std::uint8_t st : state) {

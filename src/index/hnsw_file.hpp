@@ -16,8 +16,9 @@ namespace shoal::detail {
 
 /// The tags of a graph's sections. `legacy_codes` is the code section of format 1.0/1.1 (each row an f32
 /// term, then the codes), read and converted but no longer written; `codes` and `terms` replace it.
+/// `frame`: F16 codes' centre and exponent (format 1.6).
 struct hnsw_section_tags {
-  std::uint32_t params, vectors, links0, legacy_codes, state, ids, upper, ranges, alpha, codes, terms;
+  std::uint32_t params, vectors, links0, legacy_codes, state, ids, upper, ranges, alpha, codes, terms, frame;
 };
 
 /// A standalone HNSW index file.
@@ -25,14 +26,14 @@ inline constexpr hnsw_section_tags hnsw_file_tags{
     io::detail::make_tag("HPAR"), io::detail::make_tag("HVEC"), io::detail::make_tag("HLK0"),
     io::detail::make_tag("HCOD"), io::detail::make_tag("HSTA"), io::detail::make_tag("HIDS"),
     io::detail::make_tag("HUPL"), io::detail::make_tag("HSQR"), io::detail::make_tag("HALP"),
-    io::detail::make_tag("HCDR"), io::detail::make_tag("HSQT")};
+    io::detail::make_tag("HCDR"), io::detail::make_tag("HSQT"), io::detail::make_tag("HF16")};
 
-/// The HNSW coarse quantizer of an IVF file (never SQ8: its codes and ranges tags are never written).
+/// The HNSW coarse quantizer of an IVF file (never coded: its codes, ranges and frame tags are never written).
 inline constexpr hnsw_section_tags coarse_graph_tags{
     io::detail::make_tag("QPAR"), io::detail::make_tag("QVEC"), io::detail::make_tag("QLK0"),
     io::detail::make_tag("QCOD"), io::detail::make_tag("QSTA"), io::detail::make_tag("QIDS"),
     io::detail::make_tag("QUPL"), io::detail::make_tag("QSQR"), io::detail::make_tag("QALP"),
-    io::detail::make_tag("QCDR"), io::detail::make_tag("QSQT")};
+    io::detail::make_tag("QCDR"), io::detail::make_tag("QSQT"), io::detail::make_tag("QF16")};
 
 struct hnsw_sections {
   /// Appends the graph's sections to `out`. The bulk arrays are referenced, not copied: the returned

@@ -29,10 +29,14 @@ enum class hnsw_codes : std::uint8_t {
   /// from the full vectors, which the index keeps (for building and re-ranking). Costs dim bytes
   /// (rounded up to 64) and a 4-byte term per vector on top of the full-precision index.
   sq8,
-  /// IEEE half-precision copies of the vectors (factory `HNSW<M>,F16`, also spelled `SQfp16`): half the
-  /// bytes per visited node, no training, an error of about 2^-11 relative per component; the ef
-  /// candidates are re-ranked exactly as with SQ8. Costs 2·dim bytes per vector (rounded up to 64) on
-  /// top of the full-precision index.
+  /// IEEE half-precision codes of the vectors in a learnt frame (factory `HNSW<M>,F16`, also spelled
+  /// `SQfp16`): half((x_j − c_j) · 2^−e), with c the per-dimension mean and 2^e one power-of-two scale
+  /// for the whole index, learnt by `train` or from the first add (nothing needs training first) and
+  /// saved with the graph. Half the bytes per visited node, an error of about 2^-11 relative per centred
+  /// component, whatever offset or magnitude the data has (docs/hnsw.md, "F16 traversal"); values more
+  /// than about 16 times farther from the centre than the learning sample's saturate. The ef candidates
+  /// are re-ranked exactly as with SQ8. Costs 2·dim bytes per vector (rounded up to 64) on top of the
+  /// full-precision index.
   fp16,
   /// 4-bit scalar codes, 15 steps over each dimension's trained [min, max] (factory `HNSW<M>,SQ4`):
   /// half the bytes of SQ8 per visited node (a 784-dimensional row is 7 cache lines instead of 13) at
@@ -124,8 +128,10 @@ class hnsw_index {
   /// `min_code_learning_rows` of them (a smaller first add, or an `upsert` into an index without
   /// ranges, throws `errc::invalid_argument`: ranges learned from a handful of vectors would clamp
   /// nearly every later one, and recall would collapse). Later values outside the ranges are clamped.
-  /// Throws `shoal::error` if the index already holds vectors (their codes would disagree), or on bad
-  /// vectors. Does nothing for full-precision and F16 traversal.
+  /// With F16 traversal: learns the codes' frame (per-dimension mean and one power-of-two scale) from up
+  /// to 16,384 evenly spaced rows of `sample`; without a call, the first `add` or `upsert` learns it
+  /// from its vectors, however few. Throws `shoal::error` if the index already holds vectors (their
+  /// codes would disagree), or on bad vectors. Does nothing for full-precision traversal.
   void train(matrix_view<const float> sample);
   /// Fewest vectors a first `add` learns SQ8 / SQ4 code ranges from.
   static constexpr std::size_t min_code_learning_rows = 32;
@@ -145,7 +151,7 @@ class hnsw_index {
   void upsert(matrix_view<const float> vector, vector_id id);
 
   /// Writes the index file of docs/format.md — the graph exactly as it is (slots, links, levels, entry
-  /// point, SQ8 ranges and codes), so a loaded index answers every search as this one does —
+  /// point, SQ8 / SQ4 ranges or F16 frame, codes), so a loaded index answers every search as this one does —
   /// atomically (temporary file, fsync, rename: an interrupted save leaves any previous file intact).
   /// Waits for running adds, removes and searches and blocks new ones while it writes, so the file is
   /// one consistent snapshot. Throws `shoal::error` (`errc::io_error`).
