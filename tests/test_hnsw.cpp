@@ -664,6 +664,19 @@ TEST_CASE("hnsw F16 frame comes from train or the first add or upsert, however f
   }
   // A zero vector first: the scale is 1 and the centre 0 (raw half values); ordinary data then.
   const moved_set plain(3000, 100, 1.0, 0.0, 71);
+  // A first add of two near copies (10^-3 apart): a scale from their spread alone put the later,
+  // ordinary vectors 2^10 times past the codes' range, every code saturated; the scale covers the
+  // sample's magnitude too. The rest of the data after them.
+  {
+    hnsw_index pair(moved_set::d, metric::l2, p);
+    matrix<float> two(2, moved_set::d);
+    std::copy_n(plain.base.row(0), moved_set::d, two.row(0));
+    std::copy_n(plain.base.row(0), moved_set::d, two.row(1));
+    two.row(1)[0] += 1e-3f;
+    pair.add(two.view(), std::vector<vector_id>{0, 999999});
+    pair.add(plain.base.view().slice(1, plain.base.rows - 1), std::span(plain.ids).subspan(1));
+    CHECK(recall_at_k(pair.search(plain.queries.view(), k, with_ef(48)), plain.truth(metric::l2).view(), k) >= 0.95);
+  }
   hnsw_index index(moved_set::d, metric::inner_product, p);
   const std::vector<float> zero(moved_set::d, 0.0f);
   index.add({zero.data(), 1, moved_set::d}, std::vector<vector_id>{999999});

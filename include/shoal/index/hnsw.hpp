@@ -34,9 +34,9 @@ enum class hnsw_codes : std::uint8_t {
   /// for the whole index, learnt by `train` or from the first add (nothing needs training first) and
   /// saved with the graph. Half the bytes per visited node, an error of about 2^-11 relative per centred
   /// component, whatever offset or magnitude the data has (docs/hnsw.md, "F16 traversal"); values more
-  /// than about 16 times farther from the centre than the learning sample's saturate. The ef candidates
-  /// are re-ranked exactly as with SQ8. Costs 2·dim bytes per vector (rounded up to 64) on top of the
-  /// full-precision index.
+  /// than about 16 times the learning sample's largest component (or spread) from the centre saturate.
+  /// The ef candidates are re-ranked exactly as with SQ8. Costs 2·dim bytes per vector (rounded up to
+  /// 64) on top of the full-precision index.
   fp16,
   /// 4-bit scalar codes, 15 steps over each dimension's trained [min, max] (factory `HNSW<M>,SQ4`):
   /// half the bytes of SQ8 per visited node (a 784-dimensional row is 7 cache lines instead of 13) at
