@@ -639,17 +639,21 @@ struct hnsw_index::impl {
     const std::size_t rows = std::min(sample.rows, half_frame_rows);
     const auto row = [&](std::size_t i) { return sample.row(i * sample.rows / rows); };
     std::vector<double> sum(dim, 0.0);
-    for (std::size_t i = 0; i < rows; ++i)
-      for (std::size_t j = 0; j < dim; ++j) sum[j] += row(i)[j];
+    for (std::size_t i = 0; i < rows; ++i) {
+      const float* x = row(i);
+      for (std::size_t j = 0; j < dim; ++j) sum[j] += x[j];
+    }
     std::vector<float> centre(dim);
     for (std::size_t j = 0; j < dim; ++j) centre[j] = static_cast<float>(sum[j] / static_cast<double>(rows));
     float spread = 0.0f;
     float magnitude = 0.0f;
-    for (std::size_t i = 0; i < rows; ++i)
+    for (std::size_t i = 0; i < rows; ++i) {
+      const float* x = row(i);
       for (std::size_t j = 0; j < dim; ++j) {
-        spread = std::max(spread, std::abs(row(i)[j] - centre[j]));
-        magnitude = std::max(magnitude, std::abs(row(i)[j]));
+        spread = std::max(spread, std::abs(x[j] - centre[j]));
+        magnitude = std::max(magnitude, std::abs(x[j]));
       }
+    }
     set_half_frame(std::move(centre), half_frame_exponent(std::max(spread, magnitude)));
   }
   /// The F16 form of query `q`. Under l2 the query moves into the codes' frame, q'_j = (q_j − c_j)·2^−e
