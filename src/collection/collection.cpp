@@ -143,7 +143,7 @@ std::size_t live_size(const shard_state& shard) {
 /// Searches `queries` on one live replica of shard `s` for min(k, its size) neighbours each: a shard
 /// holding fewer vectors than k has no more to give, and a k-wide result per shard and query cost
 /// shards × rows × k slots however little the shards held (k = 2^22 over 64 shards of 10 vectors ran out
-/// of memory). An empty shard returns an empty result without searching.
+/// of memory). An empty shard returns an empty result (after a one-row search that checks `params`).
 neighbors search_shard(const collection_state& st, shard_state& shard, std::size_t s, matrix_view<const float> queries,
                        std::size_t k, const search_params& params) {
   const live_replica live = pick_replica(shard);
@@ -161,7 +161,13 @@ neighbors search_shard(const collection_state& st, shard_state& shard, std::size
   st.executor(s).execute([&] {
     read_replica(shard, rep, *live.index, [&](const any_index& i) {
       const std::size_t held = std::min(k, i.size());  // read-your-writes: acknowledged writes are counted
-      if (held == 0) return;
+      if (held == 0) {
+        // Nothing to find, but the parameters are checked as a search of a shard holding vectors checks
+        // them (a collection whose shards were all empty accepted any): one row, one neighbour.
+        neighbors none(1, 1);
+        i.search(queries.slice(0, 1), none.view(), params);
+        return;
+      }
       found = neighbors(queries.rows, held);
       i.search(queries, found.view(), params);
     });

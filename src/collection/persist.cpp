@@ -196,6 +196,11 @@ collection collection::open(const std::filesystem::path& directory, const collec
   std::error_code ec;
   SHOAL_CHECK_CODE(std::filesystem::exists(manifest, ec), errc::io_error, "collection::open: ", directory.string(),
                    " holds no collection (", detail::manifest_file_name, " is missing)");
+  // Locked before the manifest is read, so that the directory's holder cannot replace the snapshot
+  // between the two (write_ahead_log::held_log). A mapped open only reads the directory, so many may
+  // share it; any other open writes it, alone.
+  using lock_mode = detail::write_ahead_log::lock_mode;
+  detail::write_ahead_log::held_log held(directory, oo.mmap ? lock_mode::shared : lock_mode::exclusive);
   const io::detail::index_file_reader in(manifest, {.mmap = false, .verify = oo.verify});
   in.expect_kind(index_kind::collection, "collection::open");
   in.check_known({detail::tag_params, detail::tag_spec, detail::tag_bounds, detail::tag_centroids,
@@ -271,10 +276,7 @@ collection collection::open(const std::filesystem::path& directory, const collec
     }
   }
 
-  // A mapped open only reads the directory, so many may share it; any other open writes it, alone.
-  using lock_mode = detail::write_ahead_log::lock_mode;
-  st->wal = std::make_unique<detail::write_ahead_log>(directory, o.dim, o.sync, p.wal_sequence,
-                                                      oo.mmap ? lock_mode::shared : lock_mode::exclusive);
+  st->wal = std::make_unique<detail::write_ahead_log>(std::move(held), o.dim, o.sync, p.wal_sequence);
   std::vector<detail::wal_record> replay = st->wal->take_replay();
   // Writes to replay: the shards are loaded into memory and the records applied there, not to the files
   // or the log (the next writable open applies them for good), so a mapped open stays a reader.

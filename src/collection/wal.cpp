@@ -122,6 +122,21 @@ bool names_file(int fd, const std::filesystem::path& path) {
 /// starts again, up to this many.
 constexpr int lock_attempts = 100;
 
+/// flock(2) of the log `path` open as `fd` with `operation` (LOCK_EX or LOCK_SH), without waiting.
+void lock_log(int fd, const std::filesystem::path& path, int operation) {
+  int rc = 0;
+  do rc = ::flock(fd, operation | LOCK_NB);
+  while (rc != 0 && errno == EINTR);
+  if (rc == 0) return;
+  const int err = errno;
+  SHOAL_CHECK_CODE(
+      err != EWOULDBLOCK, errc::io_error, path.string(), ": the collection in ", path.parent_path().string(),
+      " is open in another collection",
+      operation == LOCK_EX ? " (one may write a directory, or many read it memory-mapped)" : " for writing");
+  detail::throw_error(errc::io_error,
+                      detail::str(path.string(), ": cannot lock the write-ahead log: ", io::detail::errno_text(err)));
+}
+
 /// The whole file `path`, read through `in`.
 std::vector<std::byte> read_whole(const io::detail::input_file& in) {
   std::vector<std::byte> bytes(static_cast<std::size_t>(in.size()));
@@ -131,14 +146,11 @@ std::vector<std::byte> read_whole(const io::detail::input_file& in) {
 
 }  // namespace
 
-write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after,
-                                 lock_mode mode)
-    : path_(dir / file_name), dim_(dim), sync_(sync), last_sequence_(after) {
-  const bool shared = mode == lock_mode::shared;
-  if (shared) refusal_ = "the log was opened for reading";
+write_ahead_log::held_log::held_log(const std::filesystem::path& dir, lock_mode mode)
+    : path_(dir / file_name), shared_(mode == lock_mode::shared) {
   for (int attempt = 1;; ++attempt) {
     fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR | O_CREAT, 0666));
-    if (fd_.get() < 0 && shared && (errno == EACCES || errno == EROFS || errno == EPERM)) {
+    if (fd_.get() < 0 && shared_ && (errno == EACCES || errno == EROFS || errno == EPERM)) {
       // A reader of a log it may not write locks it read-only. Where there is none to lock, only a
       // read-only file system guarantees that no writer creates one (and deletes shard files a reader
       // is opening); a missing permission does not.
@@ -153,11 +165,18 @@ write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t d
     }
     SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, path_.string(),
                      ": cannot open the write-ahead log: ", io::detail::errno_text(errno));
-    take_lock(shared ? LOCK_SH : LOCK_EX);
+    lock_log(fd_.get(), path_, shared_ ? LOCK_SH : LOCK_EX);
     if (names_file(fd_.get(), path_)) break;
     SHOAL_CHECK_CODE(attempt < lock_attempts, errc::io_error, path_.string(),
                      ": the write-ahead log kept being replaced while it was being locked");
   }
+}
+
+write_ahead_log::write_ahead_log(held_log&& held, std::size_t dim, wal_sync sync, std::uint64_t after)
+    : path_(std::move(held.path_)), dim_(dim), sync_(sync), fd_(std::move(held.fd_)), last_sequence_(after) {
+  const bool shared = held.shared_;
+  if (shared) refusal_ = "the log was opened for reading";
+  if (fd_.get() < 0) return;  // a reader on a read-only file system, and no log there
   struct ::stat info {};
   SHOAL_CHECK_CODE(::fstat(fd_.get(), &info) == 0, errc::io_error, path_.string(),
                    ": cannot stat the write-ahead log: ", io::detail::errno_text(errno));
@@ -172,7 +191,7 @@ write_ahead_log::write_ahead_log(const std::filesystem::path& dir, std::size_t d
 }
 
 write_ahead_log::write_ahead_log(stale_log&& locked, std::size_t dim, wal_sync sync)
-    : path_(std::move(locked.path_)), dim_(dim), sync_(sync), fd_(std::move(locked.fd_)), rewrite_(true) {
+    : path_(std::move(locked.held_.path_)), dim_(dim), sync_(sync), fd_(std::move(locked.held_.fd_)), rewrite_(true) {
   repair();
 }
 
@@ -436,47 +455,19 @@ std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids,
   return last_sequence_;
 }
 
-namespace {
-
-/// flock(2) of the log `path` open as `fd` with `operation` (LOCK_EX or LOCK_SH), without waiting.
-void lock_log(int fd, const std::filesystem::path& path, int operation) {
-  int rc = 0;
-  do rc = ::flock(fd, operation | LOCK_NB);
-  while (rc != 0 && errno == EINTR);
-  if (rc == 0) return;
-  const int err = errno;
-  SHOAL_CHECK_CODE(
-      err != EWOULDBLOCK, errc::io_error, path.string(), ": the collection in ", path.parent_path().string(),
-      " is open in another collection",
-      operation == LOCK_EX ? " (one may write a directory, or many read it memory-mapped)" : " for writing");
-  detail::throw_error(errc::io_error,
-                      detail::str(path.string(), ": cannot lock the write-ahead log: ", io::detail::errno_text(err)));
-}
-
-}  // namespace
-
-void write_ahead_log::take_lock(int operation) { lock_log(fd_.get(), path_, operation); }
-
-write_ahead_log::stale_log::stale_log(const std::filesystem::path& dir, bool read_sequence) : path_(dir / file_name) {
-  for (int attempt = 1;; ++attempt) {
-    fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR | O_CREAT, 0666));
-    SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, path_.string(),
-                     ": cannot open the write-ahead log: ", io::detail::errno_text(errno));
-    lock_log(fd_.get(), path_, LOCK_EX);
-    if (names_file(fd_.get(), path_)) break;
-    SHOAL_CHECK_CODE(attempt < lock_attempts, errc::io_error, path_.string(),
-                     ": the write-ahead log kept being replaced while it was being locked");
-  }
+write_ahead_log::stale_log::stale_log(const std::filesystem::path& dir, bool read_sequence)
+    : held_(dir, lock_mode::exclusive) {
   if (!read_sequence) return;
-  const io::detail::input_file in(path_);
+  const io::detail::input_file in(held_.path_);
   const std::vector<std::byte> bytes = read_whole(in);
   if (is_log(bytes.data(), bytes.size())) last_ = last_intact_sequence(bytes.data(), bytes.size());
 }
 
 void write_ahead_log::stale_log::remove() {
   std::error_code ec;
-  std::filesystem::remove(path_, ec);
-  SHOAL_CHECK_CODE(!ec, errc::io_error, path_.string(), ": cannot remove the stale write-ahead log: ", ec.message());
+  std::filesystem::remove(held_.path_, ec);
+  SHOAL_CHECK_CODE(!ec, errc::io_error, held_.path_.string(),
+                   ": cannot remove the stale write-ahead log: ", ec.message());
 }
 
 void write_ahead_log::reset() {

@@ -61,15 +61,28 @@ class write_ahead_log {
   /// collection writes a directory, or any number of read-only (memory-mapped) ones read it.
   enum class lock_mode { exclusive, shared };
 
-  /// Opens `<dir>/wal.log`, creating it (with its header) when missing, and locks it as `mode` says;
-  /// reads every record and keeps those with sequence > `after` for `take_replay()`; truncates a torn
-  /// tail. Throws `errc::io_error` when the lock is held elsewhere (another collection has the
-  /// directory open for writing, or for reading when `mode` is exclusive). A shared (reading) open
-  /// writes nothing — others may be reading the log under the same lock — and works on a read-only
-  /// log: it creates at most an empty file to lock, and leaves the header or the cut of a torn tail to
-  /// the next exclusive open; it takes no appends.
-  write_ahead_log(const std::filesystem::path& dir, std::size_t dim, wal_sync sync, std::uint64_t after,
-                  lock_mode mode = lock_mode::exclusive);
+  /// `<dir>/wal.log` opened and locked as `mode` says (created when missing), not yet read. A collection
+  /// opening a directory takes it before it reads the manifest, so that the snapshot it reads is the one
+  /// the log continues (a manifest read before the lock could name shard files that a checkpoint of the
+  /// directory's holder deleted before the lock was free). Throws `errc::io_error` when the lock is held
+  /// elsewhere (another collection has the directory open for writing, or for reading when `mode` is
+  /// exclusive). A shared (reading) lock works on a read-only log: it creates at most an empty file to
+  /// lock, and none on a read-only file system.
+  class held_log {
+   public:
+    held_log(const std::filesystem::path& dir, lock_mode mode);
+
+   private:
+    friend class write_ahead_log;
+    std::filesystem::path path_;
+    io::detail::unique_fd fd_;  // closed: a reader on a read-only file system that holds no log
+    bool shared_;
+  };
+  /// Reads the `held` log's records and keeps those with sequence > `after` for `take_replay()`;
+  /// truncates a torn tail. A shared (reading) log writes nothing — others may be reading the file under
+  /// the same lock — and leaves the header or the cut of a torn tail to the next exclusive open; it
+  /// takes no appends.
+  write_ahead_log(held_log&& held, std::size_t dim, wal_sync sync, std::uint64_t after);
   class stale_log;
   /// A new collection's empty log, in place of the `locked` one (whatever it held is dropped): the
   /// directory stays locked from the check that it holds no collection on, so that a second collection
@@ -120,8 +133,7 @@ class write_ahead_log {
 
    private:
     friend class write_ahead_log;
-    std::filesystem::path path_;
-    io::detail::unique_fd fd_;
+    held_log held_;
     std::uint64_t last_ = 0;
   };
 
@@ -134,8 +146,6 @@ class write_ahead_log {
   /// Writes the header of a new or replaced log, or cuts the torn tail `read_records` found; then
   /// places the end for appends. An exclusive open's last step.
   void repair();
-  /// flock(2) with `operation` (LOCK_EX or LOCK_SH), without waiting.
-  void take_lock(int operation);
   /// False when the log holds nothing to keep — another dimension's whose records all precede `after` (a
   /// log a save into this directory replaced, see `stale_log`), or one that cannot hold a record (a
   /// header cut short, all zeros) — so the caller starts it afresh.
