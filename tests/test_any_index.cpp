@@ -14,6 +14,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "allocation_cap.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/any_index.hpp"
 #include "shoal/index/factory.hpp"
@@ -538,6 +539,15 @@ TEST_CASE("refine_index: a coarse index proposes, exact distances re-rank, also 
   reference.add(data.base.view(), data.ids);
   CHECK(recall_at_k(hnsw.search(data.queries.view(), 10, {.ef = 32}), reference.search(data.queries.view(), 10), 10) >=
         0.95);
+  // k far beyond the stored vectors: the candidates are the stored ones, not a second k-wide buffer.
+  {
+    neighbors wide(1, std::size_t{1} << 17);  // 1.5 MB, allocated before the cap
+    const test::allocation_cap cap(std::size_t{1} << 19, /*every_thread=*/true);
+    REQUIRE_NOTHROW(hnsw.search(data.queries.view().slice(0, 1), wide.view(), {.ef = 32}));
+    CHECK(wide.id(0, 3999) != no_id);
+    CHECK(wide.id(0, 4000) == no_id);
+    CHECK(wide.id(0, 0) == reference.search(data.queries.view().slice(0, 1), 1).id(0, 0));
+  }
   REQUIRE_THROWS_MATCHES(refine_index(make_index("Flat", 16), flat_index(8)), shoal::error,
                          fails_with(errc::invalid_argument, "dimension"));
   REQUIRE_THROWS_MATCHES(refine_index(make_index("Flat", 8), flat_index(8, metric::cosine)), shoal::error,

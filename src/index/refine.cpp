@@ -99,8 +99,11 @@ void refine_index::search(matrix_view<const float> queries, neighbors_view out, 
   const rescorer exact(exact_, queries, "refine_index::search: query");  // first: it names a zero cosine query
   search_params coarse_params = params;
   coarse_params.refine_factor = 0;
+  // Past the stored vectors there is nothing to gather: a k beyond them would only pad a second rows × k
+  // buffer beside `out` (write_sorted pads `out` itself).
+  const std::size_t wanted = std::min(out.k, std::max<std::size_t>(coarse_.size(), 1));
   const std::size_t depth = detail::candidate_depth(
-      out.k, params.refine_factor > 0 ? params.refine_factor : default_refine_factor, coarse_.size());
+      wanted, params.refine_factor > 0 ? params.refine_factor : default_refine_factor, coarse_.size());
   const neighbors candidates = coarse_.search(queries, depth, coarse_params);
   detail::parallel_for(queries.rows, [&](std::size_t r) {
     topk_heap heap(out.k);
