@@ -29,11 +29,21 @@ std::string device_name(int index) {
 
 namespace detail {
 
-void use_device(int device) {
+device_scope::device_scope(int device) {
   SHOAL_CHECK_CODE(device_count() > 0, errc::unsupported, "no CUDA device available");
   SHOAL_CHECK_CODE(device >= 0 && device < device_count(), errc::unsupported, "no CUDA device ", device,
                    " (devices: ", device_count(), ")");
+  int current = -1;
+  if (cudaGetDevice(&current) != cudaSuccess) {
+    (void)cudaGetLastError();
+    current = -1;
+  }
   check(cudaSetDevice(device), "cudaSetDevice");
+  if (current != device) previous_ = current;
+}
+
+device_scope::~device_scope() {
+  if (previous_ >= 0 && cudaSetDevice(previous_) != cudaSuccess) (void)cudaGetLastError();
 }
 
 void require_free(std::size_t bytes, const char* what) {

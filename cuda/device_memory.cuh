@@ -9,13 +9,30 @@
 
 namespace shoal::cuda::detail {
 
-/// Throws `shoal::error` (`errc::io_error`) naming `what` unless `status` is success.
+/// Throws `shoal::error` (`errc::io_error`) naming `what` unless `status` is success. A failed call also
+/// leaves its error pending on the thread, where the next launch check (`cudaGetLastError`) would report
+/// it as that launch's own: it is taken off first (an error that corrupts the context stays anyway).
 inline void check(cudaError_t status, const char* what) {
-  SHOAL_CHECK_CODE(status == cudaSuccess, errc::io_error, "CUDA ", what, " failed: ", cudaGetErrorString(status));
+  if (status == cudaSuccess) return;
+  (void)cudaGetLastError();
+  ::shoal::detail::throw_error(errc::io_error,
+                               ::shoal::detail::str("CUDA ", what, " failed: ", cudaGetErrorString(status)));
 }
 
-/// Throws `errc::unsupported` unless device `device` exists; makes it current.
-void use_device(int device);
+/// Makes device `device` current for the scope (throws `errc::unsupported` unless it exists) and gives
+/// the thread its previous device back at the end: a search must not move the caller's own CUDA work to
+/// the index's device, and an index must release its memory and cuBLAS handle on the device that holds
+/// them.
+class device_scope {
+ public:
+  explicit device_scope(int device);
+  ~device_scope();
+  device_scope(const device_scope&) = delete;
+  device_scope& operator=(const device_scope&) = delete;
+
+ private:
+  int previous_ = -1;  // -1: none to give back (the thread's device could not be read, or is `device`)
+};
 
 /// Throws `errc::unsupported` unless device memory has `bytes` free (checked before every allocation, so
 /// that running out is a clear error rather than a failed cudaMalloc deep inside a search).
@@ -54,7 +71,7 @@ class device_buffer {
 
  private:
   void release() noexcept {
-    if (ptr_ != nullptr) (void)cudaFree(ptr_);
+    if (ptr_ != nullptr && cudaFree(ptr_) != cudaSuccess) (void)cudaGetLastError();  // see check
     ptr_ = nullptr;
   }
   T* ptr_ = nullptr;

@@ -71,8 +71,16 @@ struct flat_index::impl {
   std::vector<float> host_score;
   std::vector<std::uint32_t> host_row;
 
+  /// On the device that holds them, whichever is current: the handle and every buffer.
   ~impl() {
-    if (blas != nullptr) (void)cublasDestroy(blas);
+    try {
+      const detail::device_scope on(device);
+      if (blas != nullptr) (void)cublasDestroy(blas);
+      for (device_buffer<float>* b : {&vectors_, &norms_, &offset_, &batch_, &tile_, &best_score})
+        *b = device_buffer<float>();
+      best_row = device_buffer<std::uint32_t>();
+    } catch (const shoal::error&) {  // the device is gone: nothing left to release there
+    }
   }
 
   [[nodiscard]] std::size_t rows() const { return n; }
@@ -134,7 +142,7 @@ flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int de
   SHOAL_CHECK(vectors.rows <= std::numeric_limits<std::uint32_t>::max() - 1 &&
                   vectors.rows <= static_cast<std::size_t>(INT_MAX) && vectors.dim <= static_cast<std::size_t>(INT_MAX),
               "cuda::flat_index: ", vectors.rows, " x ", vectors.dim, " exceeds the 32-bit sizes cuBLAS takes");
-  detail::use_device(device);
+  const detail::device_scope on(device);
   impl& s = *impl_;
   s.device = device;
   s.n = vectors.rows;
@@ -171,21 +179,28 @@ flat_index::~flat_index() = default;
 flat_index::flat_index(flat_index&&) noexcept = default;
 flat_index& flat_index::operator=(flat_index&&) noexcept = default;
 
-std::size_t flat_index::size() const noexcept { return impl_->n; }
-std::size_t flat_index::dim() const noexcept { return impl_->dim_; }
-shoal::metric flat_index::metric() const noexcept { return impl_->metric; }
-int flat_index::device() const noexcept { return impl_->device; }
+// A moved-from index holds nothing: no rows, no device (a coarse_quantizer moved from then fails an IVF
+// search's check of its lists instead of crashing it).
+std::size_t flat_index::size() const noexcept { return impl_ ? impl_->n : 0; }
+std::size_t flat_index::dim() const noexcept { return impl_ ? impl_->dim_ : 0; }
+shoal::metric flat_index::metric() const noexcept { return impl_ ? impl_->metric : shoal::metric::l2; }
+int flat_index::device() const noexcept { return impl_ ? impl_->device : -1; }
 std::size_t flat_index::device_bytes() const noexcept {
-  return (impl_->vectors_.size() + impl_->norms_.size() + impl_->offset_.size()) * sizeof(float);
+  return impl_ ? (impl_->vectors_.size() + impl_->norms_.size() + impl_->offset_.size()) * sizeof(float) : 0;
+}
+
+flat_index::impl& flat_index::state(const char* who) const {
+  SHOAL_CHECK(impl_ != nullptr, who, ": the index was moved from");
+  return *impl_;
 }
 
 void flat_index::set_query_offset(std::span<const float> offset) {
-  impl& s = *impl_;
+  impl& s = state("cuda::flat_index::set_query_offset");
   SHOAL_CHECK(s.metric == shoal::metric::l2, "cuda::flat_index::set_query_offset: needs the L2 metric, not ",
               shoal::metric_name(s.metric));
   shoal::detail::check_vectors({offset.data(), 1, offset.size()}, s.dim_, "cuda::flat_index::set_query_offset: offset");
   const std::lock_guard lock(s.mutex);
-  detail::use_device(s.device);
+  const detail::device_scope on(s.device);
   s.offset_ = device_buffer<float>(s.dim_, "query offset");
   check(cudaMemcpy(s.offset_.get(), offset.data(), s.dim_ * sizeof(float), cudaMemcpyHostToDevice), "cudaMemcpy");
   s.offset_host_.assign(offset.begin(), offset.end());
@@ -203,11 +218,11 @@ neighbors flat_index::search(matrix_view<const float> queries, std::size_t k) co
 
 void flat_index::search(matrix_view<const float> queries, std::size_t k, std::uint32_t* rows, float* distances) const {
   SHOAL_CHECK(k > 0 && k <= max_k, "cuda::flat_index::search: k must be in [1, ", max_k, "], not ", k);
-  shoal::detail::check_vectors(queries, impl_->dim_, "cuda::flat_index::search: query");
+  impl& s = state("cuda::flat_index::search");
+  shoal::detail::check_vectors(queries, s.dim_, "cuda::flat_index::search: query");
   SHOAL_CHECK(queries.rows == 0 || rows != nullptr, "cuda::flat_index::search: null result buffer");
-  impl& s = *impl_;
   const std::lock_guard lock(s.mutex);
-  detail::use_device(s.device);
+  const detail::device_scope on(s.device);
   detail::search_tiles(s, queries, k, rows, distances, s.host_row, s.host_score);
 }
 

@@ -29,7 +29,7 @@ __global__ void l2sqr_kernel(const float* query, const float* x, std::size_t n, 
 }  // namespace
 
 std::vector<float> l2sqr_one_to_many(const float* query, matrix_view<const float> x) {
-  detail::use_device(0);
+  const detail::device_scope on(0);
   SHOAL_CHECK(query != nullptr && (x.rows == 0 || x.data != nullptr), "l2sqr_one_to_many: null input");
   std::vector<float> out(x.rows);
   if (x.rows == 0) return out;

@@ -183,7 +183,8 @@ TEST_CASE("CUDA coarse quantizer far from the origin picks the CPU pass's lists"
 
 TEST_CASE("CUDA coarse quantizer checks the centroids as the CPU pass does, before looking for a device", "[gpu]") {
   // Centroids of norm 6e18, within check_vectors' bound (sqrt(FLT_MAX / 8) ≈ 6.5e18), which the CPU pass
-  // takes; the centred copy c − μ reaches 8e18, which its own device index must take too.
+  // takes; the centred copy c − μ (μ = (−6e18, 0), the coordinate-wise median) reaches 1.2e19, past that
+  // bound, which its own device index must take too.
   const std::vector<float> valid = {6e18f, 0.0f, -6e18f, 0.0f, -6e18f, 0.0f};
   const matrix_view<const float> centroids(valid.data(), 3, 2);
   const bool device = have_device();
@@ -196,7 +197,7 @@ TEST_CASE("CUDA coarse quantizer checks the centroids as the CPU pass does, befo
     }
     const cuda::coarse_quantizer gpu(centroids, m);
     std::vector<std::uint32_t> probes(3);
-    gpu.probe(centroids.slice(0, 1), 3, probes.data());  // L2 scores −6.4e37, 8e37, 8e37: finite
+    gpu.probe(centroids.slice(0, 1), 3, probes.data());  // L2 scores −1.44e38, 0, 0 (IP −7.2e37, 0, 0): finite
     CHECK(probes == std::vector<std::uint32_t>{0, 1, 2});
   }
   // What the CPU pass refuses is refused by name, before the device is looked for.
@@ -237,4 +238,10 @@ TEST_CASE("CUDA flat index rejects bad input", "[gpu]") {
   std::vector<std::uint32_t> probes(200);
   REQUIRE_THROWS_MATCHES(coarse.probe(x.view(), 101, probes.data()), shoal::error,
                          fails_with(errc::invalid_argument, "nprobe"));
+  // A moved-from index holds nothing and says so (its accessors dereferenced a null state).
+  const cuda::flat_index moved(std::move(offset));
+  CHECK(moved.size() == 100);
+  CHECK(offset.size() == 0);  // NOLINT(bugprone-use-after-move): what a moved-from index reports
+  CHECK(offset.device() == -1);
+  REQUIRE_THROWS_MATCHES(offset.search(x.view(), 5), shoal::error, fails_with(errc::invalid_argument, "moved from"));
 }

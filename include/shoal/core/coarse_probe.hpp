@@ -33,7 +33,9 @@ class coarse_probe {
   /// `probes[q * nprobe + j]`: the lists whose centroids score best as the flat coarse pass scores them,
   /// by ‖q − c‖² under L2 and −⟨q, c⟩ otherwise (the pass computes them relative to the centroids'
   /// coordinate-wise median, docs/ivf.md), ties to the smaller list. Queries are finite and of
-  /// dimension `dim()` (the index checks them first).
+  /// dimension `dim()` (the index checks them first). A `probe` that throws (the GPU pass: too little
+  /// free device memory, a failed CUDA call) fails the search with its error, rather than moving the
+  /// batch to the CPU behind the caller's back; the caller may search again without `coarse`.
   virtual void probe(matrix_view<const float> queries, std::size_t nprobe, std::uint32_t* probes) const = 0;
 
  protected:

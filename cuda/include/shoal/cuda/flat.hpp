@@ -53,7 +53,10 @@ struct device_options {
 /// when a search needs more and kept for the next: the query batch, the score tile and the batch's
 /// running top-k; free device memory is checked before every allocation. Every CUDA and cuBLAS call is
 /// checked.
-/// Thread safety: searches may be called concurrently; they run one at a time on the device.
+/// Thread safety: searches may be called concurrently; they run one at a time on the device. A call
+/// makes the index's device current for its duration and gives the calling thread its previous device
+/// back (the caller's own CUDA work stays where it was).
+/// A moved-from index reports size 0 and device −1, and its searches throw `errc::invalid_argument`.
 /// Errors: `shoal::error` — `errc::unsupported` without a device or without enough free device memory,
 /// `errc::io_error` when a CUDA or cuBLAS call fails, and the usual argument errors.
 class flat_index {
@@ -80,7 +83,8 @@ class flat_index {
   /// stored minus a point among them (their mean), with that point as the offset, rank as the original
   /// rows do — the distances are the same ‖q − x‖² — without the cancellation of the GEMM form
   /// ‖x‖² − 2⟨q, x⟩ on data far from the origin. `coarse_quantizer` uses it so. Throws `shoal::error`
-  /// for another metric, a wrong size or a non-finite value. Not concurrent with searches.
+  /// for another metric, a wrong size or a non-finite value. Waits for the search running on the
+  /// device, if any; later searches use the new offset.
   void set_query_offset(std::span<const float> offset);
 
   /// The k nearest rows of each query (ids are row numbers), nearest first; rows beyond size() hold the
@@ -94,12 +98,14 @@ class flat_index {
  private:
   friend class coarse_quantizer;
   /// With `check_values` false the values of `vectors` go unchecked: the caller has checked what they
-  /// derive from (`coarse_quantizer`: its centred centroids may reach twice `check_vectors`' norm bound,
+  /// derive from (`coarse_quantizer`: its centred centroids may reach (1 + √2) times `check_vectors`' norm bound,
   /// and cuda/coarse_quantizer.cu shows why the device's scores stay finite all the same).
   flat_index(matrix_view<const float> vectors, shoal::metric m, int device, const device_options& options,
              bool check_values);
 
   struct impl;
+  /// The state, or `shoal::error` naming `who` for an index moved from.
+  [[nodiscard]] impl& state(const char* who) const;
   std::unique_ptr<impl> impl_;
 };
 
