@@ -130,6 +130,26 @@ TEST_CASE("any_index over hnsw_index matches hnsw_index", "[index][hnsw]") {
   }
 }
 
+TEST_CASE("any_index: min_training_rows is what train takes at least", "[index]") {
+  const matrix<float> sample = make_uniform(300, 16, 3);
+  for (const auto& [spec, rows] : std::vector<std::pair<std::string, std::size_t>>{{"Flat", 0},
+                                                                                   {"HNSW16", 0},
+                                                                                   {"HNSW16,SQ8", 1},
+                                                                                   {"HNSW16,F16,RFlat", 1},
+                                                                                   {"IVF64,Flat", 64},
+                                                                                   {"IVF16,PQ4", 256},
+                                                                                   {"IVF300,PQ4x4fs", 300},
+                                                                                   {"IVF512_HNSW8,Flat", 512}}) {
+    CAPTURE(spec);
+    any_index index = make_index(spec, 16);
+    CHECK(index.min_training_rows() == rows);
+    if (rows == 0 || rows > sample.rows) continue;
+    // One row fewer fails, as many succeed.
+    CHECK_THROWS_AS(make_index(spec, 16).train(sample.view().slice(0, rows - 1)), shoal::error);
+    CHECK_NOTHROW(index.train(sample.view().slice(0, rows)));
+  }
+}
+
 TEST_CASE("any_index: save and load_index round-trip every persistent kind, copied and mapped", "[index][io]") {
   const scratch_dir dir;
   const dataset d(600, 20, 5);

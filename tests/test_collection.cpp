@@ -456,11 +456,18 @@ TEST_CASE("collection: reads and restores race replica loss and other collection
   CHECK(failures.load() == 0);
 
   // No directory for the copy: a shoal::error, not a std::filesystem one.
+  const scratch_dir temp;
   ca.take_down(0, 1);
   const char* tmpdir = std::getenv("TMPDIR");
   const std::string saved = tmpdir != nullptr ? tmpdir : "";
   ::setenv("TMPDIR", "/nonexistent/shoal-test", 1);
   REQUIRE_THROWS_MATCHES(ca.restore(0, 1), shoal::error, fails_with(errc::io_error, "replica copy"));
+  // The copy's private directory goes with it.
+  ::setenv("TMPDIR", temp.path().c_str(), 1);
+  ca.restore(0, 1);
+  CHECK(ca.replica_up(0, 1));
+  CHECK(std::filesystem::is_empty(temp.path()));
+  ca.take_down(0, 1);
   if (tmpdir != nullptr)
     ::setenv("TMPDIR", saved.c_str(), 1);
   else
@@ -1428,6 +1435,56 @@ TEST_CASE("collection: rebalance re-clusters drifted data without losing or dupl
   CHECK(recall(got, exact) >= 0.95);
 }
 
+TEST_CASE(
+    "collection: a shard whose share is too small for its index trains on all the vectors; IVF-PQ shards "
+    "are not re-clustered",
+    "[collection]") {
+  constexpr std::size_t dim = 8;
+  // Four far-apart regions, the last of 300 rows: its shard's share is over 256 rows but under the
+  // 512 lists of IVF512, whose training then failed (train, and every rebalance after).
+  const auto regions = [&](std::size_t last, std::uint64_t seed) {
+    matrix<float> m = make_uniform(9000 + last, dim, seed);
+    for (std::size_t i = 0; i < m.rows; ++i) m.row(i)[std::min<std::size_t>(i / 3000, 3)] += 50.0f;
+    return m;
+  };
+  collection_options o = options_for(sharding::semantic, dim, metric::l2, "IVF512,Flat");
+  const matrix<float> sample = regions(300, 1);
+  collection c(o);
+  REQUIRE_THROWS_MATCHES(c.train(sample.view().slice(0, 400)), shoal::error,
+                         fails_with(errc::invalid_argument,
+                                    "collection::train: the shards' index IVF512,Flat trains on at least 512 vectors; "
+                                    "the sample holds 400"));
+  REQUIRE_NOTHROW(c.train(sample.view()));
+  REQUIRE_THROWS_MATCHES(c.rebalance(), shoal::error,
+                         fails_with(errc::invalid_argument,
+                                    "collection::rebalance: the shards' index IVF512,Flat "
+                                    "trains on at least 512 vectors; the collection holds 0"));
+  const matrix<float> data = regions(300, 2);
+  std::vector<vector_id> ids(data.rows);
+  std::iota(ids.begin(), ids.end(), vector_id{1});
+  c.add(data.view(), ids);
+  REQUIRE_NOTHROW(c.rebalance());
+  CHECK(c.size() == data.rows);
+  flat_index exact(dim, metric::l2);
+  exact.add(data.view(), ids);
+  const matrix<float> queries = regions(300, 3);
+  const matrix_view<const float> some = queries.view().slice(8900, 200);  // the last two regions
+  CHECK(recall(c.search(some, 10, {.nprobe = 512}), exact.search(some, 10)) == 1.0);
+
+  // IVF-PQ keeps codes only: nothing to move to new shards.
+  o = options_for(sharding::semantic, dim, metric::l2, "IVF4,PQ4");
+  o.rebalance_threshold = 1.5;
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error,
+                         fails_with(errc::unsupported,
+                                    "collection: rebalance_threshold: re-clustering moves the "
+                                    "vectors the shards store, and IVF4,PQ4 shards (IVF-PQ) do not"));
+  o.rebalance_threshold = 0;
+  collection pq(o);
+  pq.train(sample.view());
+  REQUIRE_THROWS_MATCHES(pq.rebalance(), shoal::error,
+                         fails_with(errc::unsupported, "collection::rebalance: re-clustering"));
+}
+
 TEST_CASE("collection: drift starts a background rebalance that does not repeat on every add", "[collection]") {
   constexpr std::size_t dim = 8;
   const matrix<float> near = make_clustered(3000, dim, 12, 31, 1.0f);
@@ -1435,9 +1492,11 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
   o.shards = 4;
   o.rebalance_threshold = 1.5;
   o.semantic_balance = 1.25;
-  {
-    // Trained on one region, then as much data again from a far one: the add that tips the largest
-    // shard over 1.5x the mean starts a re-clustering in the background.
+  for (const bool by_upsert : {false, true}) {
+    // Trained on one region, then as much data again from a far one: the add (or the upsert of new
+    // ids, which started none before) that tips the largest shard over 1.5x the mean starts a
+    // re-clustering in the background.
+    CAPTURE(by_upsert);
     collection c(o);
     c.train(near.view());
     std::vector<vector_id> ids(3000);
@@ -1448,7 +1507,10 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     matrix<float> far = near;
     for (float& v : far.values) v += 30.0f;
     std::iota(ids.begin(), ids.end(), vector_id{3000});
-    c.add(far.view(), ids);
+    if (by_upsert)
+      c.upsert(far.view(), ids);
+    else
+      c.add(far.view(), ids);
     c.wait_for_rebalance();
     CHECK(c.stats().rebalances == 1);
     const std::vector<std::size_t> sizes = c.shard_sizes();
@@ -1513,6 +1575,10 @@ TEST_CASE("collection: Prometheus metrics name every stage, shard and replica", 
   c.add(data.base.view(), data.ids);
   for (std::size_t i = 0; i < 20; ++i) (void)c.search(data.queries.view().slice(i, 1), 10);
   (void)c.search(data.queries.view(), 10);
+  // Neither an empty batch nor a refused call is a search, in the latency histogram either (an empty
+  // batch was timed there, as was a call a shard refused, and the two counts disagreed).
+  (void)c.search(data.queries.view().slice(0, 0), 10);
+  CHECK_THROWS_AS(c.search(make_uniform(1, 7, 1).view(), 10), shoal::error);
   const std::string text = c.metrics_text("images");
   for (const char* needle :
        {"# TYPE shoal_stage_latency_seconds histogram", "shoal_queries_total{collection=\"images\"} 40",

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <cstdlib>
 #include <numeric>
 #include <string>
 #include <system_error>
@@ -46,6 +48,26 @@ constexpr std::size_t max_shards = 4096;
 constexpr std::size_t max_replicas = 16;
 /// Shards whose sample share is smaller than this are trained on the whole sample instead.
 constexpr std::size_t min_shard_training_rows = 256;
+
+/// Rows of a sample from which the shards' index of `o` trains: throws naming `who` when `rows` (what
+/// `source` holds) is fewer than it takes. Returns the fewest rows of a shard's own share it trains on
+/// instead of the whole sample: min_shard_training_rows, or more where the index needs more (one per
+/// IVF list, per PQ codeword: a share of 300 rows for IVF512 failed the training the whole sample passes).
+std::size_t training_share(const collection_options& o, std::size_t rows, const char* who, const char* source) {
+  const std::size_t need = make_index(o.index, o.dim, o.metric).min_training_rows();
+  SHOAL_CHECK(rows >= need, who, ": the shards' index ", o.index, " trains on at least ", need, " vectors; ", source,
+              " holds ", rows);
+  return std::max(min_shard_training_rows, need);
+}
+
+/// Throws `errc::unsupported` naming `who` when the shards' index of `o` cannot return its vectors, which
+/// a re-clustering moves (IVF-PQ, whose re-rank copy included, has no `vector`): `rebalance` failed only
+/// after its snapshot had begun, and the automatic one failed silently after every tenth of growth.
+void check_returns_vectors(const collection_options& o, const char* who) {
+  SHOAL_CHECK_CODE(make_index(o.index, o.dim, o.metric).kind() != index_kind::ivf_pq, errc::unsupported, who,
+                   ": re-clustering moves the vectors the shards store, and ", o.index,
+                   " shards (IVF-PQ) do not return their vectors");
+}
 
 }  // namespace
 
@@ -397,6 +419,8 @@ collection::collection(std::unique_ptr<detail::collection_state> state) : state_
 
 collection::collection(const collection_options& options) {
   detail::validate(options);
+  if (options.rebalance_threshold > 0 && (options.policy == sharding::semantic || options.policy == sharding::hybrid))
+    detail::check_returns_vectors(options, "collection: rebalance_threshold");
   auto st = std::make_unique<detail::collection_state>();
   st->options = options;
   st->add_shards();
@@ -538,8 +562,9 @@ void collection::train(matrix_view<const float> sample) {
     const std::vector<std::uint32_t> to = lay->route.route(routed, row_ids, {});
     for (std::size_t i = 0; i < sample.rows; ++i) rows[to[i]].push_back(i);
   }
+  const std::size_t share = detail::training_share(st.options, sample.rows, "collection::train", "the sample");
   detail::parallel_for(lay->shards.size(), [&](std::size_t s) {
-    const bool own = lay->route.needs_centroids() && rows[s].size() >= detail::min_shard_training_rows;
+    const bool own = lay->route.needs_centroids() && rows[s].size() >= share;
     const matrix<float> part = own ? detail::gather(sample, rows[s]) : matrix<float>();
     const matrix_view<const float> data = own ? part.view() : sample;
     st.executor(s).execute([&] {
@@ -570,18 +595,18 @@ void collection::train(matrix_view<const float> sample) {
   st.train_ns.store(detail::elapsed_ns(started));
 }
 
-void collection::add(matrix_view<const float> vectors, std::span<const vector_id> ids,
-                     std::span<const std::uint64_t> keys) {
-  state_->write(detail::wal_op::add, vectors, ids, keys);
-  // Semantic drift: start a background re-clustering when a shard has grown far past the mean.
-  detail::collection_state* st = state_.get();
+namespace {
+
+/// Semantic drift: starts a background re-clustering when a shard has grown far past the mean (after
+/// an add or an upsert: vectors inserted by upserts alone left a layout skewed for good).
+void rebalance_if_drifted(detail::collection_state* st) {
   if (st->rebalance_running.load() || !detail::drifted(*st)) return;
   if (st->rebalance_running.exchange(true)) return;
   const std::lock_guard lock(st->background_mutex);
   if (st->background.joinable()) st->background.join();  // the previous run has finished
   try {
     st->background = std::thread([st] {
-      // Again while the adds that arrived during a run (which do not start one of their own) leave the
+      // Again while the writes that arrived during a run (which do not start one of their own) leave the
       // collection drifted: a run's k-means saw the data as it was when the run began.
       std::size_t runs = 0;
       bool failed = false;
@@ -591,26 +616,35 @@ void collection::add(matrix_view<const float> vectors, std::span<const vector_id
           try {
             detail::rebalance(*st);
           } catch (const std::exception&) {
-            failed = true;  // the old layout stays in place; a later add tries again
+            failed = true;  // the old layout stays in place; a later write tries again
             break;
           }
           if (!detail::drifted(*st)) break;
         }
         st->rebalance_running.store(false);
-        // An add that finished after the last look saw a run still going and started none: look again.
+        // A write that finished after the last look saw a run still going and started none: look again.
       } while (!failed && runs < detail::max_chained_rebalances && detail::drifted(*st) &&
                !st->rebalance_running.exchange(true));
     });
   } catch (const std::system_error&) {
-    // No thread to be had (a process at its thread limit): the add that got here has been applied and
-    // must not fail for it; a later add tries again.
+    // No thread to be had (a process at its thread limit): the write that got here has been applied and
+    // must not fail for it; a later one tries again.
     st->rebalance_running.store(false);
   }
+}
+
+}  // namespace
+
+void collection::add(matrix_view<const float> vectors, std::span<const vector_id> ids,
+                     std::span<const std::uint64_t> keys) {
+  state_->write(detail::wal_op::add, vectors, ids, keys);
+  rebalance_if_drifted(state_.get());
 }
 
 void collection::upsert(matrix_view<const float> vectors, std::span<const vector_id> ids,
                         std::span<const std::uint64_t> keys) {
   state_->write(detail::wal_op::upsert, vectors, ids, keys);
+  rebalance_if_drifted(state_.get());
 }
 
 void collection::remove(std::span<const vector_id> ids) {
@@ -630,9 +664,10 @@ void collection::search(matrix_view<const float> queries, neighbors_view out, co
   SHOAL_CHECK(params.coarse == nullptr,
               "collection::search: search_params::coarse is one IVF index's coarse pass; a collection's shards "
               "have centroids of their own, so it takes none");
-  detail::scoped_timer total(st.search_latency);  // searches only, not rejected calls
   const std::size_t nq = queries.rows;
   if (nq == 0) return;
+  // Searches only: not rejected, failed or empty calls, which `searches` does not count either.
+  const auto search_started = std::chrono::steady_clock::now();
   const std::shared_ptr<detail::layout> lay = st.current.load();
   const std::size_t shards = lay->shards.size();
 
@@ -685,6 +720,7 @@ void collection::search(matrix_view<const float> queries, neighbors_view out, co
     detail::merge_row(candidates, out.row_ids(q), out.row_distances(q));
   }
   st.merge_latency.record(std::chrono::nanoseconds(detail::elapsed_ns(merge_started)));
+  st.search_latency.record(std::chrono::nanoseconds(detail::elapsed_ns(search_started)));
   st.queries.fetch_add(nq, std::memory_order_relaxed);
   st.searches.fetch_add(1, std::memory_order_relaxed);
 }
@@ -736,23 +772,27 @@ void collection::restore(std::size_t shard, std::size_t replica) {
   for (const auto& r : sh.replicas)
     if (r->up.load() && (peer = r->index.load())) break;
   SHOAL_CHECK_CODE(peer != nullptr, errc::unsupported, "collection::restore: shard ", shard, " has no live replica");
-  // The copy goes through the file format: exact for every index kind that can be saved. The file's
-  // name is this process's and this call's alone, so that restores in other collections never share it.
-  static std::atomic<std::uint64_t> restores{0};
+  // The copy goes through the file format: exact for every index kind that can be saved. The file lies
+  // in a directory of its own that mkdtemp(3) creates with an unpredictable name, readable by this user
+  // alone: it was a file of a predictable name in the shared temporary directory, readable by every
+  // local user (an in-memory collection's vectors among them), whose name another file could take.
   std::error_code ec;
-  const std::filesystem::path temp_dir = std::filesystem::temp_directory_path(ec);
+  const std::filesystem::path temp_root = std::filesystem::temp_directory_path(ec);
   SHOAL_CHECK_CODE(!ec, errc::io_error, "collection::restore: no directory for the replica copy: ", ec.message());
-  const std::filesystem::path temp = temp_dir / ("shoal-replica-" + std::to_string(::getpid()) + "-" +
-                                                 std::to_string(restores.fetch_add(1)) + ".shoal");
+  std::string pattern = (temp_root / "shoal-replica-XXXXXX").string();
+  SHOAL_CHECK_CODE(::mkdtemp(pattern.data()) != nullptr, errc::io_error, "collection::restore: cannot create ", pattern,
+                   " for the replica copy: ", std::system_category().message(errno));
+  const std::filesystem::path temp_dir = pattern;
   struct cleanup {
-    const std::filesystem::path& path;
+    const std::filesystem::path& dir;
     ~cleanup() {
-      std::error_code ec;
-      std::filesystem::remove(path, ec);
+      std::error_code ignored;
+      std::filesystem::remove_all(dir, ignored);
     }
-  } remove_temp{temp};
-  peer->save(temp.string());
-  auto copy = std::make_shared<any_index>(load_index(temp.string()));
+  } remove_temp{temp_dir};
+  const std::string temp = (temp_dir / "replica.shoal").string();
+  peer->save(temp);
+  auto copy = std::make_shared<any_index>(load_index(temp));
   rep.index.store(std::move(copy));
   rep.lag.store(0);
   rep.up.store(true);
@@ -777,8 +817,8 @@ bool detail::drifted(const collection_state& st) {
   const double threshold = st.options.rebalance_threshold;
   const bool reclusters = st.options.policy == sharding::semantic || st.options.policy == sharding::hybrid;
   if (threshold <= 0 || !reclusters || st.closing.load()) return false;
-  const std::uint64_t added_since = st.adds.load() - st.adds_at_rebalance.load();
-  if (added_since * rebalance_growth_divisor < st.size_at_rebalance.load()) return false;
+  const std::uint64_t written_since = st.adds.load() + st.upserts.load() - st.written_at_rebalance.load();
+  if (written_since * rebalance_growth_divisor < st.size_at_rebalance.load()) return false;
   // Sizes from the shard indexes: O(shards) per add, where the routing table would cost O(size).
   std::size_t total = 0, largest = 0;
   const std::shared_ptr<layout> lay = st.current.load();
@@ -797,6 +837,7 @@ void detail::rebalance(collection_state& st) {
                    "one uses ",
                    sharding_name(st.options.policy), " sharding)");
   SHOAL_CHECK_CODE(!st.read_only, errc::unsupported, "collection::rebalance: the collection is read-only");
+  detail::check_returns_vectors(st.options, "collection::rebalance");
   const std::lock_guard one_at_a_time(st.rebalance_mutex);
   const auto started = std::chrono::steady_clock::now();
   std::shared_ptr<detail::layout> old;
@@ -826,7 +867,7 @@ void detail::rebalance(collection_state& st) {
   std::vector<std::uint32_t> from;
   {
     const std::shared_lock lock(old->table_mutex);
-    st.adds_at_rebalance.store(st.adds.load());
+    st.written_at_rebalance.store(st.adds.load() + st.upserts.load());
     st.size_at_rebalance.store(old->table.size());
     ids.reserve(old->table.size());
     for (const auto& [id, s] : old->table) {
@@ -860,6 +901,7 @@ void detail::rebalance(collection_state& st) {
   ids.resize(kept);
   vectors.rows = kept;
   vectors.values.resize(kept * vectors.dim);
+  const std::size_t share = detail::training_share(st.options, kept, "collection::rebalance", "the collection");
 
   // The new layout: re-trained router and shards, every vector added to its new shard.
   std::shared_ptr<detail::layout> lay = st.empty_layout();
@@ -891,7 +933,7 @@ void detail::rebalance(collection_state& st) {
     st.executor(s).execute([&] {
       for (const auto& rep : lay->shards[s]->replicas) {
         const std::shared_ptr<any_index> index = rep->index.load();
-        if (!index->is_trained()) index->train(part.rows >= detail::min_shard_training_rows ? part : vectors.view());
+        if (!index->is_trained()) index->train(part.rows >= share ? part : vectors.view());
         if (!part_ids.empty()) index->add(part, part_ids);
       }
     });

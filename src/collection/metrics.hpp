@@ -44,23 +44,6 @@ class latency_histogram {
   std::atomic<std::uint64_t> sum_ns_{0};
 };
 
-/// Measures from construction to `stop()` (or destruction) into a histogram.
-class scoped_timer {
- public:
-  explicit scoped_timer(latency_histogram& h) noexcept : h_(&h), start_(std::chrono::steady_clock::now()) {}
-  scoped_timer(const scoped_timer&) = delete;
-  scoped_timer& operator=(const scoped_timer&) = delete;
-  ~scoped_timer() { stop(); }
-  void stop() noexcept {
-    if (h_ != nullptr) h_->record(std::chrono::steady_clock::now() - start_);
-    h_ = nullptr;
-  }
-
- private:
-  latency_histogram* h_;
-  std::chrono::steady_clock::time_point start_;
-};
-
 /// Appends Prometheus text exposition (0.0.4) to a string: `# HELP` / `# TYPE` once per family, then
 /// samples with labels. Label values are escaped (\\, ", newline).
 class prometheus_writer {

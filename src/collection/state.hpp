@@ -160,8 +160,8 @@ struct collection_state {
   std::vector<wal_record> captured;
   std::mutex rebalance_mutex;                  // one rebalance at a time
   std::atomic<bool> rebalance_running{false};  // a background rebalance is scheduled or running
-  // `adds` and the number of vectors when the last rebalance took its snapshot.
-  std::atomic<std::uint64_t> adds_at_rebalance{0}, size_at_rebalance{0};
+  // `adds` + `upserts` and the number of vectors when the last rebalance took its snapshot.
+  std::atomic<std::uint64_t> written_at_rebalance{0}, size_at_rebalance{0};
   std::mutex background_mutex;  // guards `background`
   std::thread background;
   std::atomic<bool> closing{false};  // set on destruction: a running background rebalance chains no further run
@@ -219,16 +219,16 @@ void validate(const collection_options& o);
 void rebalance(collection_state& st);
 /// Shards smaller than this never trigger an automatic rebalance.
 inline constexpr std::size_t min_rebalance_shard = 1000;
-/// An automatic rebalance waits until the vectors added since the last one reach 1/this of the
-/// collection's size then: a layout that stays out of balance after re-clustering (data that k-means
+/// An automatic rebalance waits until the vectors added or upserted since the last one reach 1/this of
+/// the collection's size then: a layout that stays out of balance after re-clustering (data that k-means
 /// cannot split evenly, such as many copies of one vector) would otherwise re-cluster on every add.
 inline constexpr std::uint64_t rebalance_growth_divisor = 10;
 /// Whether an automatic rebalance is due: `rebalance_threshold` set on a semantic or hybrid collection
-/// that is not closing, a tenth of its size added since the last run, and the largest shard (of at
+/// that is not closing, a tenth of its size added or upserted since the last run, and the largest shard (of at
 /// least `min_rebalance_shard`) past threshold × the mean.
 [[nodiscard]] bool drifted(const collection_state& st);
 /// Runs one background rebalance starts at most, each after the last left the collection `drifted` by
-/// adds that arrived during it.
+/// writes that arrived during it.
 inline constexpr std::size_t max_chained_rebalances = 4;
 
 /// `f(index)` for a read of one replica: under the replica's shared lock when the shard's index does not

@@ -1752,6 +1752,8 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
   x.repair_after_changes(1);
 }
 
+std::size_t hnsw_index::min_training_rows() const noexcept { return impl_->build.codes == hnsw_codes::none ? 0 : 1; }
+
 bool hnsw_index::is_trained() const noexcept {
   return !impl::scalar_codes(impl_->build.codes) || impl_->codes_ready.load(std::memory_order_acquire);
 }

@@ -62,6 +62,7 @@ class index_interface {
   [[nodiscard]] virtual std::size_t size() const = 0;
   [[nodiscard]] virtual std::size_t memory_bytes() const = 0;
   [[nodiscard]] virtual bool is_trained() const = 0;
+  [[nodiscard]] virtual std::size_t min_training_rows() const noexcept = 0;
   [[nodiscard]] virtual index_kind kind() const noexcept = 0;
   [[nodiscard]] virtual std::string description() const = 0;
   virtual void train(matrix_view<const float> vectors) = 0;
@@ -97,6 +98,12 @@ class index_model final : public index_interface {
       return index_.is_trained();
     else
       return true;
+  }
+  [[nodiscard]] std::size_t min_training_rows() const noexcept override {
+    if constexpr (requires(const Index& i) { i.min_training_rows(); })
+      return index_.min_training_rows();
+    else
+      return 0;
   }
   [[nodiscard]] index_kind kind() const noexcept override { return kind_of(index_); }
   [[nodiscard]] std::string description() const override { return describe(index_); }
@@ -175,6 +182,9 @@ class any_index {
   [[nodiscard]] std::size_t memory_bytes() const { return self().memory_bytes(); }
   /// Whether `add` may be called (always true for indexes without training).
   [[nodiscard]] bool is_trained() const { return self().is_trained(); }
+  /// Fewest sample rows `train` takes (IVF: one per list; PQ codebooks: one per codeword); 0 for indexes
+  /// without training. A caller choosing what to train on (a collection's shards) checks it first.
+  [[nodiscard]] std::size_t min_training_rows() const { return self().min_training_rows(); }
   /// Which index this is (the kind its file would record).
   [[nodiscard]] index_kind kind() const { return self().kind(); }
   /// The factory string of the index's structure, e.g. "IVF4096,Flat" (`make_index` accepts it and

@@ -137,6 +137,8 @@ class hnsw_index {
   static constexpr std::size_t min_code_learning_rows = 32;
   /// False only for SQ8 / SQ4 traversal before its code ranges exist (neither `train` nor an `add`).
   [[nodiscard]] bool is_trained() const noexcept;
+  /// Fewest rows `train` takes: 1 with SQ8 / SQ4 / F16 traversal, 0 at full precision (nothing to learn).
+  [[nodiscard]] std::size_t min_training_rows() const noexcept;
 
   /// Removes `id` for good: the node is unlinked, every neighbour that pointed at it is re-linked with
   /// the selection heuristic over the union of its own and the removed node's neighbours (a neighbour

@@ -87,6 +87,8 @@ class ivf_flat_index {
   [[nodiscard]] shoal::metric metric() const noexcept { return metric_; }
   [[nodiscard]] std::size_t nlist() const noexcept { return nlist_; }
   [[nodiscard]] bool is_trained() const noexcept;
+  /// Fewest vectors `train` takes: one per list.
+  [[nodiscard]] std::size_t min_training_rows() const noexcept { return nlist_; }
   /// M of the HNSW graph over the centroids that picks each vector's and query's lists; 0 when every
   /// centroid is scored (the flat coarse pass). The graph finds lists in O(log nlist) distance
   /// evaluations instead of nlist, approximately: for nlist in the tens of thousands, where the flat pass

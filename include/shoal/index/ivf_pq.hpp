@@ -115,6 +115,10 @@ class ivf_pq_index {
   [[nodiscard]] const ivf_pq_params& params() const noexcept { return params_; }
   [[nodiscard]] std::size_t nlist() const noexcept { return params_.nlist; }
   [[nodiscard]] bool is_trained() const noexcept;
+  /// Fewest vectors `train` takes: one per list, and one per codeword of a sub-quantizer.
+  [[nodiscard]] std::size_t min_training_rows() const noexcept {
+    return params_.nlist > pq_.ksub() ? params_.nlist : pq_.ksub();
+  }
   [[nodiscard]] matrix_view<const float> centroids() const noexcept;
   [[nodiscard]] const product_quantizer& quantizer() const noexcept { return pq_; }
   /// Number of stored vectors.

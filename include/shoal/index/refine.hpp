@@ -57,6 +57,8 @@ class refine_index {
   /// Bytes both stages hold (pages of a memory-mapped exact stage not included).
   [[nodiscard]] std::size_t memory_bytes() const { return coarse_.memory_bytes() + exact_.memory_bytes(); }
   [[nodiscard]] bool is_trained() const { return coarse_.is_trained(); }
+  /// The coarse stage's (the flat stage trains nothing).
+  [[nodiscard]] std::size_t min_training_rows() const { return coarse_.min_training_rows(); }
   [[nodiscard]] const any_index& coarse() const noexcept { return coarse_; }
   [[nodiscard]] const flat_index& exact() const noexcept { return exact_; }
 
