@@ -214,6 +214,14 @@ TEST_CASE("collection: range sharding routes by id or by caller-given key", "[co
   CHECK(c.shard_of(2) == 1);
   CHECK(c.shard_sizes() == std::vector<std::size_t>{2, 2, 2});
   CHECK(c.vector(250) == std::vector<float>(v.row(2), v.row(2) + 4));
+  // An upsert without keys keeps a stored id in its range (routed by the id, id 1 went to shard 0 out
+  // of its timestamp's range); a new id is its own key; given keys move ids.
+  c.upsert(v.view().slice(2, 2), std::vector<vector_id>{1, 120});
+  CHECK(c.shard_of(1) == 2);
+  CHECK(c.vector(1) == std::vector<float>(v.row(2), v.row(2) + 4));
+  CHECK(c.shard_of(120) == 1);
+  c.upsert(v.view().slice(0, 1), std::vector<vector_id>{1}, std::vector<std::uint64_t>{50});
+  CHECK(c.shard_of(1) == 0);
   REQUIRE_THROWS_MATCHES(c.vector(7), shoal::error,
                          fails_with(errc::not_found, "collection::vector: id 7 is not stored"));
 }

@@ -272,6 +272,11 @@ void collection_state::apply(layout& lay, wal_op op, matrix_view<const float> ve
   std::vector<std::uint32_t> new_shard;
   if (op != wal_op::remove) {
     new_shard = lay.route.route(routed, ids, keys);
+    // Range sharding: an upsert without keys leaves a stored id in its shard. Its key (a timestamp
+    // given to add) is not kept, and routing it by its id moved it out of its range silently.
+    if (options.policy == sharding::range && keys.empty())
+      for (std::size_t i = 0; i < n; ++i)
+        if (old_shard[i] != none) new_shard[i] = old_shard[i];
   }
 
   // Phase 1, per shard: removals of ids re-added to the same shard, then additions.

@@ -236,7 +236,10 @@ class collection {
   /// NaN/Inf, an id already stored or repeated (`errc::duplicate_id`), an untrained collection.
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids, std::span<const std::uint64_t> keys = {});
   /// Adds or replaces: each id ends up stored with the given vector (moved to another shard if the
-  /// router says so). Same checks as `add`, except that ids may already exist.
+  /// router says so). Same checks as `add`, except that ids may already exist. Range sharding: without
+  /// `keys`, a stored id stays in its shard (its key is not stored, and routing by the id would move a
+  /// vector added under a timestamp out of its range) and a new id is its own key; with `keys`, each id
+  /// goes to its key's shard.
   void upsert(matrix_view<const float> vectors, std::span<const vector_id> ids,
               std::span<const std::uint64_t> keys = {});
   /// Removes the ids; throws `errc::not_found` (naming the first unknown id) before removing anything.
