@@ -1,6 +1,7 @@
 #pragma once
-// Command-line numbers for the examples: the whole text must be the number, within the option's range,
-// or the error names the option (std::stoul takes "-1" as 2^64 - 1 and "5x" as 5).
+// Command-line helpers for the examples and shoal-collection-bench. Numbers: the whole text must be the
+// number, within the option's range, or the error names the option (std::stoul takes "-1" as 2^64 - 1
+// and "5x" as 5).
 
 #include <charconv>
 #include <cstddef>
@@ -32,6 +33,14 @@ inline double non_negative(const std::string& option, const std::string& value) 
   if (value.empty() || ec != std::errc{} || end != last || !(x >= 0) || x > 1e300)
     throw std::invalid_argument(option + " needs a number >= 0, got '" + value + "'");
   return x;
+}
+
+/// Hybrid sharding's groups over `shards` shards: the most groups of at least 2 shards each (1 group for
+/// a prime count), so that the groups divide the shards as the collection requires.
+inline std::size_t hybrid_groups(std::size_t shards) {
+  for (std::size_t g = shards / 2; g > 1; --g)
+    if (shards % g == 0) return g;
+  return 1;
 }
 
 }  // namespace shoal::examples

@@ -218,6 +218,9 @@ int main(int argc, char** argv) try {
   std::iota(image_ids.begin(), image_ids.end(), shoal::vector_id{0});
   std::iota(caption_ids.begin(), caption_ids.end(), shoal::vector_id{0});
   for (const std::size_t row : d.image_of) paired_images.push_back(row);
+  // Specs that train (IVF, PQ, SQ8) learn from the vectors themselves; a no-op for the others.
+  store.train("image", d.images.view());
+  store.train("text", d.texts.view());
   store.add("image", d.images.view(), image_ids);
   store.add("text", d.texts.view(), caption_ids);
   store.link("text", caption_ids, "image", paired_images);
@@ -227,7 +230,7 @@ int main(int argc, char** argv) try {
               shoal::shared_route_name(text_info.route), static_cast<double>(store.memory_bytes()) / (1 << 20));
 
   // Caption → image, directly through the shared space; image → caption the same way back.
-  const shoal::search_params params{.ef = 128};
+  const shoal::search_params params{.ef = 128, .nprobe = 16};  // each index reads its own knob
   const shoal::neighbors text2image = store.search("text", d.texts.view(), "image", k, params);
   const shoal::neighbors image2text = store.search("image", d.images.view(), "text", k, params);
   const auto caption_hits_image = [&](std::size_t q, shoal::vector_id id) { return id == d.image_of[q]; };

@@ -147,11 +147,7 @@ int main(int argc, char** argv) try {
   co.index = o.index;
   co.policy = shoal::parse_sharding(o.sharding);
   co.shards = o.shards;
-  if (co.policy == shoal::sharding::hybrid) {  // the most groups of at least 2 shards (1 group of a prime count)
-    co.groups = 1;
-    for (std::size_t g = o.shards / 2; g > 1 && co.groups == 1; --g)
-      if (o.shards % g == 0) co.groups = g;
-  }
+  if (co.policy == shoal::sharding::hybrid) co.groups = shoal::examples::hybrid_groups(o.shards);
   if (co.policy == shoal::sharding::range)
     for (std::size_t s = 1; s < o.shards; ++s) co.range_bounds.push_back(n * s / o.shards);
   shoal::collection c(co);

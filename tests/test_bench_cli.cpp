@@ -164,6 +164,9 @@ TEST_CASE("shoal-ann-bench: the layout, sweep points and outputs are checked bef
         "shard_probe=3 of index HNSW8 [hybrid shards] exceeds the 2 groups a query can visit");
   check(bench(data + " --index Flat --save " + d + "/no/such/dir/flat.shoal"), 2, "no directory " + d + "/no/such/dir");
   check(bench(data + " --index Flat --csv " + d + "/no/such/dir/results.csv"), 2, "no directory");
+  // A target that is a directory failed only once every row was measured (renaming FILE.partial onto it).
+  check(bench(data + " --index Flat --csv " + d), 2, "--csv " + d + " is a directory; it needs a file name");
+  check(bench(data + " --index Flat --save " + d), 2, "--save " + d + " is a directory");
   check(bench(data + " --index Flat"), 1, "missing.fvecs");
 }
 
@@ -266,6 +269,31 @@ TEST_CASE("shoal-ann-bench: peers get the spec in the factory's canonical form",
     CHECK(o.output.find("shoal,\"IVF4,PQ4,Refine(Flat)\",refine=2,") != std::string::npos);
     CHECK(o.output.find("faiss,IndexIVFPQ+IndexRefineFlat,refine=2,") != std::string::npos);
   }
+}
+
+TEST_CASE("shoal-collection-bench: bad runs exit 1 naming the problem; a row per run, its spec quoted", "[bench]") {
+  const test::scratch_dir dir;
+  (void)write_data(dir);
+  io::write_fvecs(dir.path() / "query8.fvecs", make_clustered(20, 8, 4, 2).view());
+  const std::string d = dir.path().string();
+  const auto run = [&](const std::string& args) {
+    return test::run_command(std::string(SHOAL_COLLECTION_BENCH) + " " + d + "/base.fvecs " + args);
+  };
+  // Each of these aborted (an error thrown in a client thread), ran wrapped or meaningless settings, or
+  // printed a row of nonsense.
+  check(run(d + "/query8.fvecs --seconds 0.1"), 1, "queries of dimension 8, base of dimension 16");
+  check(run(d + "/query.fvecs --k 0"), 1, "--k needs a whole number in [1, 1048576], got '0'");
+  check(run(d + "/query.fvecs --threads -1"), 1, "--threads needs a whole number in [1, 1024], got '-1'");
+  check(run(d + "/query.fvecs --shards 5x"), 1, "--shards needs a whole number in [1, 4096], got '5x'");
+  check(run(d + "/query.fvecs --seconds 0"), 1, "--seconds needs a number > 0");
+  check(run(d + "/query.fvecs --upsert-fraction 2"), 1, "--upsert-fraction needs a number in [0, 1]");
+  check(run(d + "/query.fvecs --shard-probe 2"), 1, "--shard-probe needs semantic or hybrid sharding");
+  check(run(d + "/query.fvecs --sharding semantic --shard-probe 9"), 1, "--shard-probe 9 is more than the 4 shards");
+  // A spec with commas stays one field; hybrid sharding over a prime shard count runs.
+  const outcome ivf = run(d + "/query.fvecs --index IVF4,PQ4 --nprobe 2 --seconds 0.2");
+  check(ivf, 0, "\n\"IVF4,PQ4\",4,hash,0,64,2,0.10,");
+  CHECK(ivf.output.find(",2\n") != std::string::npos);  // the nprobe column, last
+  check(run(d + "/query.fvecs --shards 5 --sharding hybrid --seconds 0.2"), 0, "\n\"HNSW16\",5,hybrid,");
 }
 
 }  // namespace shoal

@@ -69,7 +69,7 @@ std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, cons
 }
 
 /// --csv, --plot and --save write once everything is measured (or built): a directory that does not
-/// exist would otherwise end the run only then.
+/// exist, or a target that is a directory, would otherwise end the run only then.
 void check_output_dirs(const options& o) {
   for (const auto& [option, path] :
        {std::pair{"--csv", &o.csv}, std::pair{"--plot", &o.plot}, std::pair{"--save", &o.save}}) {
@@ -78,6 +78,8 @@ void check_output_dirs(const options& o) {
     std::error_code ec;
     if (!std::filesystem::is_directory(dir, ec))
       throw config_error(std::string(option) + " " + path->string() + ": no directory " + dir.string());
+    if (std::filesystem::is_directory(*path, ec))
+      throw config_error(std::string(option) + " " + path->string() + " is a directory; it needs a file name");
   }
 }
 
