@@ -5,17 +5,18 @@
 //
 //   curl -s localhost:9464/metrics | grep shoal_stage_latency_quantile_seconds
 //
-// --seconds 0 (the default) serves until interrupted; --port 0 takes any free port and prints which. The
+// --seconds 0 (the default) serves until interrupted; --port 0 takes any free port and prints which. One
+// client is served at a time, each for at most 2 s in all. The
 // data is seeded and generated (20,000 x 128 clustered vectors); one thread searches, one upserts (about
 // 90% / 10% of the operations).
 
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/time.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -65,28 +66,54 @@ options parse(int argc, char** argv) {
   return o;
 }
 
-/// A client gets this long to send its request (and to close once answered): one that sends nothing
-/// cannot hold the single-threaded server up for longer.
-constexpr int client_timeout_ms = 2000;
+/// A client gets this long in all, from its connection on, to send its request and to take the answer
+/// (and to close once answered): the single-threaded server waits for no client longer, however slowly
+/// it trickles bytes in (a per-read timeout let a client sending one byte a second hold every scrape up).
+constexpr std::chrono::milliseconds client_time{2000};
 /// The longest request head read; a longer one is answered 431.
 constexpr std::size_t max_request_bytes = 16 * 1024;
 
-/// The request head (up to and with the blank line), read in as many pieces as it arrives; empty when
-/// the client sent nothing in time or closed; `too_long` when it exceeds max_request_bytes.
-std::string read_request(int client, bool& too_long) {
+using clock_type = std::chrono::steady_clock;
+
+/// Waits until `client` is ready for `events` (POLLIN or POLLOUT); false once `deadline` passes or on an
+/// error.
+bool ready(int client, short events, clock_type::time_point deadline) {
+  for (;;) {
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - clock_type::now()).count();
+    if (left <= 0) return false;
+    pollfd p{client, events, 0};
+    const int r = ::poll(&p, 1, static_cast<int>(left));
+    if (r > 0) return true;
+    if (r == 0 || errno != EINTR) return false;
+  }
+}
+
+/// Where the request head ends (just past its blank line), or npos. Lines end in CRLF, or in a bare LF,
+/// which HTTP lets a server accept (RFC 9112, 2.2): such a request went unanswered.
+std::size_t head_end(const std::string& head) {
+  const std::size_t crlf = head.find("\r\n\r\n"), lf = head.find("\n\n");
+  if (crlf == std::string::npos && lf == std::string::npos) return std::string::npos;
+  return crlf < lf ? crlf + 4 : lf + 2;
+}
+
+/// The request head (up to and with the blank line), read in as many pieces as it arrives by
+/// `deadline`; empty when the client sent no whole head in time or closed; `too_long` when it exceeds
+/// max_request_bytes.
+std::string read_request(int client, clock_type::time_point deadline, bool& too_long) {
   std::string head;
   char piece[4096];
   too_long = false;
   for (;;) {
     // Measured after every piece: the blank line may arrive in the piece that carries the head past the limit.
-    const std::size_t end = head.find("\r\n\r\n");
-    if ((end == std::string::npos ? head.size() : end + 4) > max_request_bytes) {
+    const std::size_t end = head_end(head);
+    if ((end == std::string::npos ? head.size() : end) > max_request_bytes) {
       too_long = true;
       return head;
     }
     if (end != std::string::npos) return head;
-    const ::ssize_t got = ::recv(client, piece, sizeof piece, 0);
-    if (got <= 0) return {};  // timed out, failed or closed before a whole request
+    if (!ready(client, POLLIN, deadline)) return {};
+    const ::ssize_t got = ::recv(client, piece, sizeof piece, MSG_DONTWAIT);
+    if (got <= 0) return {};  // failed or closed before a whole request
     head.append(piece, static_cast<std::size_t>(got));
   }
 }
@@ -94,13 +121,12 @@ std::string read_request(int client, bool& too_long) {
 /// Answers one HTTP request on `client`: GET /metrics gets the exposition, another path 404, a request
 /// line that is not "METHOD PATH HTTP/x" 400, another method on /metrics 405, a head over 16 KiB 431.
 void answer(int client, const shoal::collection& c) {
-  const timeval timeout{client_timeout_ms / 1000, (client_timeout_ms % 1000) * 1000};
-  ::setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
-  ::setsockopt(client, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof timeout);
+  const clock_type::time_point deadline = clock_type::now() + client_time;
   bool too_long = false;
-  const std::string request = read_request(client, too_long);
+  const std::string request = read_request(client, deadline, too_long);
   if (request.empty() && !too_long) return;
-  const std::string line = request.substr(0, request.find("\r\n"));
+  std::string line = request.substr(0, request.find('\n'));
+  if (line.ends_with('\r')) line.pop_back();
   const std::size_t space1 = line.find(' '), space2 = line.rfind(' ');
   const bool well_formed =
       !too_long && space1 != std::string::npos && space2 > space1 && line.compare(space2 + 1, 5, "HTTP/") == 0;
@@ -121,15 +147,17 @@ void answer(int client, const shoal::collection& c) {
   const std::string response = method == "HEAD" ? head : head + body;
   std::size_t sent = 0;
   while (sent < response.size()) {
-    const ::ssize_t n = ::send(client, response.data() + sent, response.size() - sent, MSG_NOSIGNAL);
+    if (!ready(client, POLLOUT, deadline)) return;
+    const ::ssize_t n = ::send(client, response.data() + sent, response.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) continue;
     if (n <= 0) return;
     sent += static_cast<std::size_t>(n);
   }
   // Done sending; read what the client still sends (an unread rest would make close() reset the
-  // connection under the response) until it closes or the timeout.
+  // connection under the response) until it closes or its time is up.
   ::shutdown(client, SHUT_WR);
   char rest[4096];
-  while (::recv(client, rest, sizeof rest, 0) > 0) {
+  while (ready(client, POLLIN, deadline) && ::recv(client, rest, sizeof rest, MSG_DONTWAIT) > 0) {
   }
 }
 

@@ -6,8 +6,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <string>
+#include <thread>
 
 #include <catch2/catch.hpp>
 
@@ -75,7 +78,7 @@ std::string http_exchange(int port, const std::string& request) {
 TEST_CASE("shoal-metrics-server serves /metrics and answers other requests with their status", "[examples]") {
   // 5 hybrid shards: a prime count, which only one group divides. Flat shards keep the start quick.
   FILE* server = ::popen(
-      (std::string(SHOAL_METRICS_SERVER) + " --port 0 --seconds 3 --index Flat --shards 5 --sharding hybrid 2>&1")
+      (std::string(SHOAL_METRICS_SERVER) + " --port 0 --seconds 6 --index Flat --shards 5 --sharding hybrid 2>&1")
           .c_str(),
       "r");
   REQUIRE(server != nullptr);
@@ -97,6 +100,33 @@ TEST_CASE("shoal-metrics-server serves /metrics and answers other requests with 
     // Over the 16 KiB limit by less than one read: the blank line arrives in the piece that crosses it.
     const std::string padded = "GET /metrics HTTP/1.1\r\nX-Pad: " + std::string(17000, 'a') + "\r\n\r\n";
     CHECK(http_exchange(port, padded).starts_with("HTTP/1.1 431 "));
+    // Lines ending in a bare LF (went unanswered).
+    CHECK(http_exchange(port, "GET /metrics HTTP/1.0\n\n").starts_with("HTTP/1.1 200 OK\r\n"));
+    // A client trickling its head in a byte at a time holds the single-threaded server up for its 2 s
+    // in all, not for as long as it keeps sending (each read had its own 2 s: a scrape behind it waited
+    // until it stopped).
+    std::atomic<bool> trickling{true};
+    std::thread trickler([&] {
+      const int peer = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in address{};
+      address.sin_family = AF_INET;
+      address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      address.sin_port = htons(static_cast<std::uint16_t>(port));
+      if (peer >= 0 && ::connect(peer, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
+        const std::string head = "GET /metrics HTTP/1.1\r\nX-Slow: ";
+        (void)::send(peer, head.data(), head.size(), MSG_NOSIGNAL);
+        for (int i = 0; i < 20 && ::send(peer, "a", 1, MSG_NOSIGNAL) == 1; ++i)
+          std::this_thread::sleep_for(std::chrono::milliseconds(200));
+      }
+      trickling.store(false);
+      if (peer >= 0) ::close(peer);
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    const std::string behind = http_exchange(port, "GET /metrics HTTP/1.1\r\n\r\n");
+    const bool answered_while_trickling = trickling.load();
+    trickler.join();
+    CHECK(behind.starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(answered_while_trickling);
   }
   while (std::fgets(line, sizeof line, server) != nullptr) output += line;
   const int status = ::pclose(server);
