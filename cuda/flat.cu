@@ -50,7 +50,7 @@ void grow(device_buffer<T>& buffer, std::size_t count, const char* what) {
 
 /// The index's state, and the device backend of detail::search_tiles (cuda/search.cuh lists the calls).
 struct flat_index::impl {
-  int device = 0;
+  int device = -1;  // set once the device is current; -1: nothing was allocated
   std::size_t n = 0;
   std::size_t dim_ = 0;
   shoal::metric metric = shoal::metric::l2;
@@ -73,13 +73,14 @@ struct flat_index::impl {
 
   /// On the device that holds them, whichever is current: the handle and every buffer.
   ~impl() {
+    if (device < 0) return;  // a constructor that failed before it chose the device
     try {
       const detail::device_scope on(device);
       if (blas != nullptr) (void)cublasDestroy(blas);
       for (device_buffer<float>* b : {&vectors_, &norms_, &offset_, &batch_, &tile_, &best_score})
         *b = device_buffer<float>();
       best_row = device_buffer<std::uint32_t>();
-    } catch (const shoal::error&) {  // the device is gone: nothing left to release there
+    } catch (...) {  // the device is gone (or no memory for the error's text): nothing left to release
     }
   }
 

@@ -1492,6 +1492,24 @@ TEST_CASE(
   pq.train(sample.view());
   REQUIRE_THROWS_MATCHES(pq.rebalance(), shoal::error,
                          fails_with(errc::unsupported, "collection::rebalance: re-clustering"));
+  // A manifest an earlier build wrote with a threshold over IVF-PQ shards opens with it off (every write
+  // started a background run that failed at once).
+  const scratch_dir dir;
+  o.directory = dir.path() / "pq";
+  {
+    collection saved(o);
+    saved.train(sample.view());
+  }
+  const std::filesystem::path manifest = o.directory / "MANIFEST.shoal";
+  const std::vector<char> pristine = test::slurp(manifest);
+  std::vector<test::file_section> sections = test::sections_of(pristine);
+  for (test::file_section& x : sections)
+    if (x.tag == "COLP") {
+      const double threshold = 1.5;
+      std::memcpy(x.content.data() + 32, &threshold, sizeof threshold);  // manifest_params::rebalance_threshold
+    }
+  test::spit(manifest, test::with_sections(pristine, sections));
+  CHECK(collection::open(o.directory).options().rebalance_threshold == 0);
 }
 
 TEST_CASE("collection: drift starts a background rebalance that does not repeat on every add", "[collection]") {

@@ -64,12 +64,16 @@ std::size_t training_share(const collection_options& o, std::size_t rows, const 
 /// a re-clustering moves (IVF-PQ, whose re-rank copy included, has no `vector`): `rebalance` failed only
 /// after its snapshot had begun, and the automatic one failed silently after every tenth of growth.
 void check_returns_vectors(const collection_options& o, const char* who) {
-  SHOAL_CHECK_CODE(make_index(o.index, o.dim, o.metric).kind() != index_kind::ivf_pq, errc::unsupported, who,
+  SHOAL_CHECK_CODE(shards_return_vectors(o), errc::unsupported, who,
                    ": re-clustering moves the vectors the shards store, and ", o.index,
                    " shards (IVF-PQ) do not return their vectors");
 }
 
 }  // namespace
+
+bool shards_return_vectors(const collection_options& o) {
+  return make_index(o.index, o.dim, o.metric).kind() != index_kind::ivf_pq;
+}
 
 void validate(const collection_options& o) {
   detail::check_dimension(o.dim, "collection");

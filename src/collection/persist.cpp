@@ -239,6 +239,9 @@ collection collection::open(const std::filesystem::path& directory, const collec
     detail::throw_error(errc::corrupt_file, detail::str(name, ": the manifest holds invalid options: ", e.what()));
   }
   o.directory = directory;
+  // A threshold an earlier build recorded over shards that cannot be re-clustered (IVF-PQ) is off: the
+  // automatic rebalance it asks for failed at once, and started again after every write.
+  if (o.rebalance_threshold > 0 && !detail::shards_return_vectors(o)) o.rebalance_threshold = 0;
 
   auto st = std::make_unique<detail::collection_state>();
   st->options = o;

@@ -215,6 +215,9 @@ struct collection_state {
 inline constexpr std::size_t max_threads_per_shard = 4096;
 /// Checks the options a collection is created (or a manifest opened) with; throws naming the bad one.
 void validate(const collection_options& o);
+/// Whether the shards' index of `o` returns its vectors (`any_index::vector`), which a re-clustering
+/// moves: every kind but IVF-PQ.
+[[nodiscard]] bool shards_return_vectors(const collection_options& o);
 /// Re-clusters a semantic or hybrid collection (see `collection::rebalance`).
 void rebalance(collection_state& st);
 /// Shards smaller than this never trigger an automatic rebalance.

@@ -280,9 +280,9 @@ class collection {
   /// throws `errc::unsupported` for IVF-PQ shards, and for hash and range collections;
   /// `errc::invalid_argument` for one not trained yet, or holding fewer vectors than its index trains on.
   void rebalance();
-  /// Blocks until the automatic background rebalance started by an `add` that has returned (if any,
-  /// see `collection_options::rebalance_threshold`) has finished. Its failure is not reported: the
-  /// old layout stays, and a later add tries again.
+  /// Blocks until the automatic background rebalance started by an `add` or `upsert` that has returned
+  /// (if any, see `collection_options::rebalance_threshold`) has finished. Its failure is not reported:
+  /// the old layout stays, and a later write tries again.
   void wait_for_rebalance();
 
   /// Writes a snapshot (manifest, routing table, one file per shard) into `directory` atomically: the

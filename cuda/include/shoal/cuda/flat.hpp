@@ -55,7 +55,10 @@ struct device_options {
 /// checked.
 /// Thread safety: searches may be called concurrently; they run one at a time on the device. A call
 /// makes the index's device current for its duration and gives the calling thread its previous device
-/// back (the caller's own CUDA work stays where it was).
+/// back (the caller's own CUDA work stays where it was). On a thread that never chose a device the
+/// runtime reports device 0, so such a thread is set back to device 0, whose primary context the
+/// runtime then initialises if nothing had (a process searching only an index on device 1 from fresh
+/// threads holds a context on device 0 too); a caller that wants none there sets its threads' device.
 /// A moved-from index reports size 0 and device −1, and its searches throw `errc::invalid_argument`.
 /// Errors: `shoal::error` — `errc::unsupported` without a device or without enough free device memory,
 /// `errc::io_error` when a CUDA or cuBLAS call fails, and the usual argument errors.
