@@ -167,6 +167,8 @@ TEST_CASE("shoal-ann-bench: the layout, sweep points and outputs are checked bef
   // A target that is a directory failed only once every row was measured (renaming FILE.partial onto it).
   check(bench(data + " --index Flat --csv " + d), 2, "--csv " + d + " is a directory; it needs a file name");
   check(bench(data + " --index Flat --save " + d), 2, "--save " + d + " is a directory");
+  // A spec the data's dimension (16) refuses.
+  check(bench(data + " --index IVF4,PQ3"), 2, "m = 3 does not divide dimension 16");
   check(bench(data + " --index Flat"), 1, "missing.fvecs");
 }
 

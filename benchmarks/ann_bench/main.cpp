@@ -18,6 +18,7 @@
 #include "runner.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/distance/distance.hpp"
+#include "shoal/index/factory.hpp"
 #include "shoal/io/vecs.hpp"
 
 namespace shoal::bench {
@@ -44,6 +45,9 @@ param_list for_one_index(const param_list& point) {
 std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, const std::vector<param_list>& points,
                                                           std::size_t dim) {
   const index_request request{resolve_spec(o.index, dim, o.metric), o.metric, o.build_params, o.k};
+  // An index of the spec at the data's dimension, built empty and dropped: what the dimension refuses
+  // (PQ m not dividing it) ends the run before the data is read, not after.
+  (void)make_index(request.spec, dim, o.metric);
   std::vector<std::unique_ptr<index_adapter>> adapters;
   adapters.push_back(o.shards > 0 ? make_collection_adapter(request, {o.shards, o.sharding, o.replicas, o.groups}, dim)
                                   : make_shoal_adapter(request));
