@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -74,6 +75,9 @@ constexpr std::chrono::milliseconds client_time{2000};
 constexpr std::size_t max_request_bytes = 16 * 1024;
 
 using clock_type = std::chrono::steady_clock;
+
+volatile std::sig_atomic_t interrupted = 0;
+extern "C" void on_signal(int) { interrupted = 1; }
 
 /// Waits until `client` is ready for `events` (POLLIN or POLLOUT); false once `deadline` passes or on an
 /// error.
@@ -215,9 +219,14 @@ int main(int argc, char** argv) try {
     }
   });
 
+  // SIGINT / SIGTERM end the serving loop as --seconds does, so that the closing line is printed (the
+  // default --seconds 0 serves until one arrives).
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
   const auto start = std::chrono::steady_clock::now();
-  while (o.seconds <= 0 ||
-         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < o.seconds) {
+  while (
+      interrupted == 0 &&
+      (o.seconds <= 0 || std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() < o.seconds)) {
     pollfd p{server, POLLIN, 0};
     if (::poll(&p, 1, 100) <= 0) continue;
     const int client = ::accept(server, nullptr, nullptr);
