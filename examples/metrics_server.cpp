@@ -5,10 +5,10 @@
 //
 //   curl -s localhost:9464/metrics | grep shoal_stage_latency_quantile_seconds
 //
-// --seconds 0 (the default) serves until interrupted; --port 0 takes any free port and prints which. One
-// client is served at a time, each for at most 2 s in all. The
-// data is seeded and generated (20,000 x 128 clustered vectors); one thread searches without pause, one
-// upserts a vector every millisecond or so (82-94% searches, depending on the index).
+// --seconds 0 (the default) serves until interrupted (SIGINT / SIGTERM); --port 0 takes any free port and
+// prints which. One client is served at a time, each for at most 2 s in all. The data is seeded and
+// generated (20,000 x 128 clustered vectors); one thread searches without pause, one upserts a vector
+// every millisecond or so (82-94% searches, depending on the index).
 
 #include <netinet/in.h>
 #include <poll.h>

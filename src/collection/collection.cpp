@@ -53,29 +53,25 @@ constexpr std::size_t min_shard_training_rows = 256;
 /// `source` holds) is fewer than it takes. Returns the fewest rows of a shard's own share it trains on
 /// instead of the whole sample: min_shard_training_rows, or more where the index needs more (one per
 /// IVF list, per PQ codeword: a share of 300 rows for IVF512 failed the training the whole sample passes).
-std::size_t training_share(const collection_options& o, std::size_t rows, const char* who, const char* source) {
-  const std::size_t need = make_index(o.index, o.dim, o.metric).min_training_rows();
-  SHOAL_CHECK(rows >= need, who, ": the shards' index ", o.index, " trains on at least ", need, " vectors; ", source,
-              " holds ", rows);
+std::size_t training_share(const collection_state& st, std::size_t rows, const char* who, const char* source) {
+  const std::size_t need = st.shard_kind.min_training_rows;
+  SHOAL_CHECK(rows >= need, who, ": the shards' index ", st.options.index, " trains on at least ", need, " vectors; ",
+              source, " holds ", rows);
   return std::max(min_shard_training_rows, need);
 }
 
 /// Throws `errc::unsupported` naming `who` when the shards' index of `o` cannot return its vectors, which
 /// a re-clustering moves (IVF-PQ, whose re-rank copy included, has no `vector`): `rebalance` failed only
 /// after its snapshot had begun, and the automatic one failed silently after every tenth of growth.
-void check_returns_vectors(const collection_options& o, const char* who) {
-  SHOAL_CHECK_CODE(shards_return_vectors(o), errc::unsupported, who,
-                   ": re-clustering moves the vectors the shards store, and ", o.index,
+void check_returns_vectors(const std::string& spec, const shard_traits& kind, const char* who) {
+  SHOAL_CHECK_CODE(kind.returns_vectors, errc::unsupported, who,
+                   ": re-clustering moves the vectors the shards store, and ", spec,
                    " shards (IVF-PQ) do not return their vectors");
 }
 
 }  // namespace
 
-bool shards_return_vectors(const collection_options& o) {
-  return make_index(o.index, o.dim, o.metric).kind() != index_kind::ivf_pq;
-}
-
-void validate(const collection_options& o) {
+shard_traits validate(const collection_options& o) {
   detail::check_dimension(o.dim, "collection");
   detail::check_metric(o.metric, "collection");
   SHOAL_CHECK(o.shards >= 1 && o.shards <= max_shards, "collection: shards must be in [1, ", max_shards, "], got ",
@@ -104,7 +100,8 @@ void validate(const collection_options& o) {
                 "collection: hybrid sharding needs groups that divide "
                 "shards (",
                 o.shards, "), got groups = ", o.groups);
-  (void)make_index(o.index, o.dim, o.metric);  // the spec must build
+  const any_index index = make_index(o.index, o.dim, o.metric);  // the spec must build
+  return {index.min_training_rows(), index.kind() != index_kind::ivf_pq};
 }
 
 namespace {
@@ -427,11 +424,12 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
 collection::collection(std::unique_ptr<detail::collection_state> state) : state_(std::move(state)) {}
 
 collection::collection(const collection_options& options) {
-  detail::validate(options);
+  const detail::shard_traits kind = detail::validate(options);
   if (options.rebalance_threshold > 0 && (options.policy == sharding::semantic || options.policy == sharding::hybrid))
-    detail::check_returns_vectors(options, "collection: rebalance_threshold");
+    detail::check_returns_vectors(options.index, kind, "collection: rebalance_threshold");
   auto st = std::make_unique<detail::collection_state>();
   st->options = options;
+  st->shard_kind = kind;
   st->add_shards();
   const std::shared_ptr<detail::layout> lay = st->empty_layout();
   st->trained.store(st->all_trained(*lay));
@@ -571,7 +569,7 @@ void collection::train(matrix_view<const float> sample) {
     const std::vector<std::uint32_t> to = lay->route.route(routed, row_ids, {});
     for (std::size_t i = 0; i < sample.rows; ++i) rows[to[i]].push_back(i);
   }
-  const std::size_t share = detail::training_share(st.options, sample.rows, "collection::train", "the sample");
+  const std::size_t share = detail::training_share(st, sample.rows, "collection::train", "the sample");
   detail::parallel_for(lay->shards.size(), [&](std::size_t s) {
     const bool own = lay->route.needs_centroids() && rows[s].size() >= share;
     const matrix<float> part = own ? detail::gather(sample, rows[s]) : matrix<float>();
@@ -846,7 +844,7 @@ void detail::rebalance(collection_state& st) {
                    "one uses ",
                    sharding_name(st.options.policy), " sharding)");
   SHOAL_CHECK_CODE(!st.read_only, errc::unsupported, "collection::rebalance: the collection is read-only");
-  detail::check_returns_vectors(st.options, "collection::rebalance");
+  detail::check_returns_vectors(st.options.index, st.shard_kind, "collection::rebalance");
   const std::lock_guard one_at_a_time(st.rebalance_mutex);
   const auto started = std::chrono::steady_clock::now();
   std::shared_ptr<detail::layout> old;
@@ -910,7 +908,7 @@ void detail::rebalance(collection_state& st) {
   ids.resize(kept);
   vectors.rows = kept;
   vectors.values.resize(kept * vectors.dim);
-  const std::size_t share = detail::training_share(st.options, kept, "collection::rebalance", "the collection");
+  const std::size_t share = detail::training_share(st, kept, "collection::rebalance", "the collection");
 
   // The new layout: re-trained router and shards, every vector added to its new shard.
   std::shared_ptr<detail::layout> lay = st.empty_layout();

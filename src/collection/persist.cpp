@@ -233,18 +233,20 @@ collection collection::open(const std::filesystem::path& directory, const collec
   SHOAL_CHECK_CODE(p.shards >= 1 && p.shards <= 4096, errc::corrupt_file, name, ": ", p.shards, " shards");
   o.range_bounds.resize(in.section_size(detail::tag_bounds) / sizeof(std::uint64_t));
   in.read(detail::tag_bounds, o.range_bounds.data(), o.range_bounds.size());
+  detail::shard_traits kind;
   try {
-    detail::validate(o);
+    kind = detail::validate(o);
   } catch (const error& e) {
     detail::throw_error(errc::corrupt_file, detail::str(name, ": the manifest holds invalid options: ", e.what()));
   }
   o.directory = directory;
   // A threshold an earlier build recorded over shards that cannot be re-clustered (IVF-PQ) is off: the
   // automatic rebalance it asks for failed at once, and started again after every write.
-  if (o.rebalance_threshold > 0 && !detail::shards_return_vectors(o)) o.rebalance_threshold = 0;
+  if (!kind.returns_vectors) o.rebalance_threshold = 0;
 
   auto st = std::make_unique<detail::collection_state>();
   st->options = o;
+  st->shard_kind = kind;
   st->snapshot_generation = p.generation;
   st->add_shards();
 

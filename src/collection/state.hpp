@@ -132,6 +132,12 @@ class writer_first_mutex {
 /// Nanoseconds as an atomic gauge.
 using atomic_ns = std::atomic<std::int64_t>;
 
+/// What the collection needs to know of its shards' index kind, read once from an empty index of the spec.
+struct shard_traits {
+  std::size_t min_training_rows = 0;  // any_index::min_training_rows
+  bool returns_vectors = true;        // any_index::vector works (all but IVF-PQ): a re-clustering moves them
+};
+
 struct collection_state {
   collection_options options;
   std::atomic<std::shared_ptr<layout>> current;
@@ -162,6 +168,7 @@ struct collection_state {
   std::atomic<bool> rebalance_running{false};  // a background rebalance is scheduled or running
   // `adds` + `upserts` and the number of vectors when the last rebalance took its snapshot.
   std::atomic<std::uint64_t> written_at_rebalance{0}, size_at_rebalance{0};
+  shard_traits shard_kind;      // of options.index, from validate
   std::mutex background_mutex;  // guards `background`
   std::thread background;
   std::atomic<bool> closing{false};  // set on destruction: a running background rebalance chains no further run
@@ -214,10 +221,8 @@ struct collection_state {
 /// Threads of one shard's arena at most (the manifest records the count in 32 bits, the arena takes an int).
 inline constexpr std::size_t max_threads_per_shard = 4096;
 /// Checks the options a collection is created (or a manifest opened) with; throws naming the bad one.
-void validate(const collection_options& o);
-/// Whether the shards' index of `o` returns its vectors (`any_index::vector`), which a re-clustering
-/// moves: every kind but IVF-PQ.
-[[nodiscard]] bool shards_return_vectors(const collection_options& o);
+/// Returns the traits of the shards' index, built once to check the spec.
+shard_traits validate(const collection_options& o);
 /// Re-clusters a semantic or hybrid collection (see `collection::rebalance`).
 void rebalance(collection_state& st);
 /// Shards smaller than this never trigger an automatic rebalance.
