@@ -8,7 +8,7 @@
 // --seconds 0 (the default) serves until interrupted (SIGINT / SIGTERM); --port 0 takes any free port and
 // prints which. One client is served at a time, each for at most 2 s in all. The data is seeded and
 // generated (20,000 x 128 clustered vectors); one thread searches without pause, one upserts a vector
-// every millisecond or so (82-94% searches, depending on the index).
+// every millisecond or so (a review counted 82% searches over HNSW16 shards, 94% over IVF16,Flat).
 
 #include <netinet/in.h>
 #include <poll.h>

@@ -266,8 +266,8 @@ class collection {
   /// file in a private temporary directory (std::filesystem::temp_directory_path), so it needs the
   /// shard's size free there. Like a write, it holds the collection's layout shared: a checkpoint,
   /// save, train or rebalance start or swap called meanwhile waits for it, and writes to every shard
-  /// wait behind that (a 0.57 s restore of a 390,000-vector shard delayed a write to another shard by
-  /// 0.42 s once a rebalance had started).
+  /// wait behind that (in a review's reproducer, a 0.57 s restore of a 390,000-vector shard delayed a
+  /// write to another shard by 0.42 s once a rebalance had started).
   void restore(std::size_t shard, std::size_t replica);
   [[nodiscard]] bool replica_up(std::size_t shard, std::size_t replica) const;
 
