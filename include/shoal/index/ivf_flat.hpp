@@ -47,8 +47,8 @@ struct ivf_train_params {
 /// id → (list, slot) map for `remove`, which moves a list's last entry into the freed slot.
 ///
 /// Search: a coarse pass ranks the centroids for a whole batch of queries through the GEMM kernel
-/// (‖c − μ‖² − 2⟨q − μ, c − μ⟩ under L2, −⟨q, c − μ⟩ otherwise, μ the centroids' mean: the ranking of
-/// ‖q − c‖² and −⟨q, c⟩ without their cancellation far from the origin, docs/ivf.md) and keeps the
+/// (‖c − μ‖² − 2⟨q − μ, c − μ⟩ under L2, −⟨q, c − μ⟩ otherwise, μ the centroids' coordinate-wise median:
+/// the ranking of ‖q − c‖² and −⟨q, c⟩ without their cancellation far from the origin, docs/ivf.md) and keeps the
 /// `nprobe` best per query (ties to the smaller list); then each query scans its lists with the one-to-many kernels
 /// into a bounded heap. Distances are those of `flat_index` (same kernels, same cosine normalisation), so with nprobe =
 /// nlist the results equal the flat index's, ids and distances, sorted by (distance, id) and padded with `no_id` /
