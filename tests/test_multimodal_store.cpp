@@ -409,6 +409,33 @@ TEST_CASE("multimodal_store: encoder versions switch atomically under concurrent
   CHECK(store.search("text", queries.view(), "image", 5).id(0, 0) >= v2_base);
 }
 
+TEST_CASE("multimodal_store: modalities() and memory_bytes() read a whole catalogue while versions come and go",
+          "[multimodal][concurrency]") {
+  // Each version added and dropped publishes a new catalogue and frees the old one; the readers walked a
+  // catalogue nothing held (a heap use after free, or garbage names).
+  constexpr std::size_t dim = 4;
+  multimodal_store store({.shared_dim = dim, .shared_metric = metric::l2});
+  const modality_options options = modality(dim, metric::l2, "Flat", true);
+  store.add_modality("image", options);
+  store.add_modality("text", options);
+  std::atomic<bool> stop{false}, failed{false};
+  std::thread admin([&] {
+    for (int round = 0; !stop.load(); ++round) {
+      const std::string version = std::to_string(round);
+      store.add_version("image", version, options);
+      store.drop_version("image", version);
+    }
+  });
+  const std::vector<std::string> names{"image", "text"};
+  for (int i = 0; i < 20'000 && !failed.load(); ++i) {
+    if (store.modalities() != names) failed = true;
+    if (store.memory_bytes() > (std::size_t{1} << 30)) failed = true;
+  }
+  stop = true;
+  admin.join();
+  CHECK_FALSE(failed.load());
+}
+
 TEST_CASE("multimodal_store: save/open round-trips modalities, versions, projections and links", "[multimodal][io]") {
   constexpr std::size_t n = 500, nq = 30, k = 10;
   const two_encoders data(1500, n, 0.3f);

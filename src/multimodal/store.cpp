@@ -1039,8 +1039,11 @@ void multimodal_store::drop_version(std::string_view modality, std::string_view 
 }
 
 std::vector<std::string> multimodal_store::modalities() const {
+  // The catalogue held for the loop: a range-for over `snapshot()->modalities` would drop the temporary
+  // pointer before the body ran (C++20), and a concurrent catalogue change free what it walks.
+  const auto c = state_->snapshot();
   std::vector<std::string> out;
-  for (const auto& [name, m] : state_->snapshot()->modalities) out.push_back(name);
+  for (const auto& [name, m] : c->modalities) out.push_back(name);
   return out;
 }
 
@@ -1076,8 +1079,9 @@ modality_info multimodal_store::info(std::string_view modality, std::string_view
 }
 
 std::size_t multimodal_store::memory_bytes() const {
+  const auto c = state_->snapshot();  // held for the loop, as in modalities()
   std::size_t bytes = 0;
-  for (const auto& [name, m] : state_->snapshot()->modalities)
+  for (const auto& [name, m] : c->modalities)
     for (const auto& [version, v] : m.versions) {
       bytes += v->own.memory_bytes();
       if (const auto l = v->link(); l->mirror) bytes += l->mirror->memory_bytes();
