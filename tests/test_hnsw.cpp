@@ -1323,6 +1323,77 @@ TEST_CASE("hnsw: thin graphs stay reachable through many removals", "[hnsw]") {
   CHECK(unreachable <= 2);  // 18 before removals were followed by a reachability walk; 0 here
 }
 
+TEST_CASE("hnsw: remove, upsert and save get their turn while searches run without pause", "[hnsw][concurrency]") {
+  // Searches hold the structure lock shared; with a reader-preferring lock (glibc's rwlock) four threads
+  // searching back to back kept the count of readers above zero, and a remove waited for as long as they
+  // ran (more than 30 s).
+  constexpr std::size_t d = 32, n = 4000;
+  const matrix<float> data = make_clustered(n, d, 16, 75);
+  std::vector<vector_id> ids(n);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  hnsw_index index(d, metric::l2, {.M = 16, .ef_construction = 64});
+  index.add(data.view(), ids);
+  const scratch_dir dir("shoal-hnsw-turn");
+  std::atomic<bool> stop{false};
+  std::atomic<std::size_t> searches{0};
+  std::vector<std::thread> searchers;
+  for (std::size_t t = 0; t < 4; ++t)
+    searchers.emplace_back([&, t] {
+      for (std::size_t i = t; !stop.load(); i += 7) {
+        (void)index.search(data.view().slice(i % n, 1), 10, with_ef(256));
+        searches.fetch_add(1);
+      }
+    });
+  // A stalled writer is let go after 20 s (the searchers stop) so that the test ends and fails.
+  std::thread watchdog([&] {
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!stop.load() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    stop.store(true);
+  });
+  while (searches.load() < 100) std::this_thread::yield();
+  for (vector_id id = 0; id < 10; ++id) index.remove(id);
+  for (vector_id id = 10; id < 15; ++id) index.upsert(data.view().slice(n - 1 - id, 1), id);
+  index.save(dir / "turn.shoal");
+  const bool searches_still_running = !stop.exchange(true);
+  watchdog.join();
+  for (std::thread& t : searchers) t.join();
+  CHECK(searches_still_running);  // the writes were done before the watchdog stopped the searches
+  CHECK(index.size() == n - 10);
+}
+
+TEST_CASE("hnsw: searches go on while a remove waits for a running add", "[hnsw][concurrency]") {
+  // The remove waits for the add (a bulk add can take minutes) without holding off new searches.
+  constexpr std::size_t d = 32, n = 6000;
+  const matrix<float> data = make_clustered(n + 1, d, 16, 77);
+  std::vector<vector_id> ids(n);
+  std::iota(ids.begin(), ids.end(), vector_id{1});
+  hnsw_index index(d, metric::l2, {.M = 16, .ef_construction = 128});
+  index.add(data.view().slice(0, 1), std::vector<vector_id>{0});
+  std::atomic<bool> add_done{false}, remove_started{false}, remove_done{false};
+  std::thread adder([&] {
+    index.add(data.view().slice(1, n), ids);
+    add_done.store(true);
+  });
+  while (index.size() < 2) std::this_thread::yield();  // the add is under way
+  std::thread remover([&] {
+    remove_started.store(true);
+    index.remove(0);
+    remove_done.store(true);
+  });
+  while (!remove_started.load()) std::this_thread::yield();
+  std::size_t during = 0;  // searches that ended while the remove waited for the add
+  while (!add_done.load()) {
+    (void)index.search(data.view().slice(during % n, 1), 10, with_ef(32));
+    if (!add_done.load() && !remove_done.load()) ++during;
+  }
+  adder.join();
+  remover.join();
+  CHECK(during >= 10);
+  CHECK_FALSE(index.contains(0));
+  CHECK(index.size() == n);
+}
+
 TEST_CASE("hnsw: an id being upserted is contained throughout", "[hnsw][concurrency]") {
   // upsert takes the id out of its map and puts it back; contains() must not see the gap.
   constexpr std::size_t d = 8;

@@ -19,6 +19,7 @@
 #include "collection/metrics.hpp"
 #include "collection/router.hpp"
 #include "collection/wal.hpp"
+#include "core/writer_first_mutex.hpp"
 #include "shoal/collection/collection.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/index/any_index.hpp"
@@ -88,7 +89,7 @@ struct replica_slot {
   std::atomic<bool> up{true};
   std::atomic<std::int64_t> inflight{0};  // searches running on it
   std::atomic<std::uint64_t> lag{0};      // vector writes missed while down
-  mutable std::shared_mutex access;       // searches shared, writes exclusive (indexes without concurrent writes)
+  mutable writer_first_mutex access;      // searches shared, writes exclusive (indexes without concurrent writes)
 };
 
 /// One shard: its replicas and the mutex that orders writes to them.
@@ -105,28 +106,6 @@ struct layout {
   std::vector<std::shared_ptr<shard_state>> shards;
   mutable std::shared_mutex table_mutex;
   std::unordered_map<vector_id, std::uint32_t> table;  // id -> shard
-};
-
-/// A shared mutex whose exclusive lockers cannot be starved: once one waits, new shared lockers queue
-/// behind it. std::shared_mutex is glibc's rwlock, which prefers readers; writes hold `layout_mutex`
-/// shared across their log sync, and six threads writing without pause kept a checkpoint waiting for
-/// more than 120 s (it had not finished when the run was stopped).
-class writer_first_mutex {
- public:
-  void lock() {
-    const std::lock_guard gate(gate_);  // holds off new shared lockers while the present ones drain
-    inner_.lock();
-  }
-  void unlock() { inner_.unlock(); }
-  void lock_shared() {
-    { const std::lock_guard gate(gate_); }
-    inner_.lock_shared();
-  }
-  void unlock_shared() { inner_.unlock_shared(); }
-
- private:
-  std::mutex gate_;
-  std::shared_mutex inner_;
 };
 
 /// Nanoseconds as an atomic gauge.

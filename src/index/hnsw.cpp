@@ -9,7 +9,6 @@
 #include <mutex>
 #include <numeric>
 #include <optional>
-#include <shared_mutex>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -237,9 +236,21 @@ struct hnsw_index::impl {
   std::atomic<std::uint64_t> sequence{0};  // insertion sequence number, the level generator's input
   std::atomic<std::uint64_t> entry{empty_entry};
 
-  mutable std::shared_mutex structure;  // shared: add, searches; exclusive: remove, upsert
-  std::mutex entry_mutex;               // serialises entry-point changes during adds
-  mutable std::mutex slots_mutex;       // free list and chunk allocation
+  // Writers that re-link or snapshot the graph (remove, upsert, train, save) take `adding` and then
+  // `structure`, both exclusively; adds take both shared, searches and reads `structure` alone. So a
+  // writer first waits for running adds (a bulk add can run for minutes) while searches go on, and only
+  // then holds off new searches while the running ones (short) drain: neither a stream of searches nor
+  // of adds can starve it, and searches wait at most for the searches ahead of them and the write.
+  mutable detail::writer_first_mutex adding;     // shared: add; exclusive: remove, upsert, train, save
+  mutable detail::writer_first_mutex structure;  // shared: add, searches, reads; exclusive: as `adding`
+  /// Both locks, exclusively, in their order: what every writer of the graph's structure holds.
+  [[nodiscard]] detail::hnsw_write_lock lock_writers() const {
+    detail::hnsw_write_lock held{std::unique_lock(adding), {}};
+    held.structure = std::unique_lock(structure);
+    return held;
+  }
+  std::mutex entry_mutex;          // serialises entry-point changes during adds
+  mutable std::mutex slots_mutex;  // free list and chunk allocation
   std::vector<slot_t> free_slots;
   // What the codes are relative to, set once (train, or the first add) and read-only after, published by
   // `codes_ready` before any code is written: SQ8 / SQ4 traversal's per-dimension ranges, or F16 traversal's
@@ -1664,6 +1675,7 @@ void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id
   }
   if (vectors.rows == 0) return;
   x.check_codes_learnable(vectors.rows, "hnsw_index::add");
+  const std::shared_lock adding(x.adding);
   const std::shared_lock structure(x.structure);
   const std::vector<slot_t> slots = x.reserve(ids, "hnsw_index::add");  // refuses duplicates first
   try {
@@ -1694,7 +1706,7 @@ void hnsw_index::train(matrix_view<const float> sample) {
     normalized = detail::normalized_copy(sample, "hnsw_index::train: vector");
     sample = normalized->view();
   }
-  const std::unique_lock structure(x.structure);
+  const detail::hnsw_write_lock held = x.lock_writers();
   // Free slots (every vector removed) keep stale codes, but no search reads them and a reuse rewrites
   // them: only live vectors would disagree with new ranges.
   SHOAL_CHECK(x.live_count.load(std::memory_order_relaxed) == 0,
@@ -1707,7 +1719,7 @@ void hnsw_index::train(matrix_view<const float> sample) {
 void hnsw_index::remove(vector_id id) {
   impl& x = *impl_;
   x.check_mutable("hnsw_index::remove");
-  const std::unique_lock structure(x.structure);
+  const detail::hnsw_write_lock held = x.lock_writers();
   slot_t slot = no_slot;
   {
     const std::lock_guard lock(x.ids_mutex);
@@ -1732,7 +1744,7 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
     vector = normalized->view();
   }
   x.check_codes_learnable(1, "hnsw_index::upsert");
-  const std::unique_lock structure(x.structure);
+  const detail::hnsw_write_lock held = x.lock_writers();
   x.ensure_codes(vector);  // F16 into an empty index: the frame from this vector (SQ8 / SQ4 have ranges by now)
   {
     const std::lock_guard lock(x.ids_mutex);
@@ -1853,8 +1865,8 @@ std::span<const std::uint32_t> detail::index_sections<hnsw_index>::known() noexc
   return tags;
 }
 
-std::unique_lock<std::shared_mutex> detail::index_sections<hnsw_index>::write(const hnsw_index& index,
-                                                                              io::detail::index_file_writer& out) {
+detail::hnsw_write_lock detail::index_sections<hnsw_index>::write(const hnsw_index& index,
+                                                                  io::detail::index_file_writer& out) {
   return hnsw_sections::write(index, out, hnsw_file_tags);
 }
 
@@ -1864,11 +1876,10 @@ hnsw_index detail::index_sections<hnsw_index>::read(const io::detail::index_file
   return hnsw_sections::read(in, hnsw_file_tags, static_cast<std::size_t>(h.dim), h.metric, h.count, "hnsw");
 }
 
-std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_index& index,
-                                                                 io::detail::index_file_writer& out,
-                                                                 const hnsw_section_tags& tags) {
+detail::hnsw_write_lock detail::hnsw_sections::write(const hnsw_index& index, io::detail::index_file_writer& out,
+                                                     const hnsw_section_tags& tags) {
   const hnsw_index::impl& x = *index.impl_;
-  std::unique_lock structure(x.structure);
+  detail::hnsw_write_lock held = x.lock_writers();
   const std::size_t slots = x.slot_count.load(std::memory_order_relaxed);
   // Whole chunks, so that a mapped chunk is one contiguous run of the file; those that hold a slot ever
   // handed out (an index growing node by node allocates some ahead).
@@ -1924,7 +1935,7 @@ std::unique_lock<std::shared_mutex> detail::hnsw_sections::write(const hnsw_inde
   out.append_copy(std::span<const vector_id>(ids));
   out.begin_section(tags.upper);
   out.append_copy(std::span<const slot_t>(upper));
-  return structure;
+  return held;
 }
 
 hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, const hnsw_section_tags& tags,

@@ -6,9 +6,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
-#include <shared_mutex>
 #include <string>
 
+#include "core/writer_first_mutex.hpp"
 #include "io/format.hpp"
 #include "shoal/index/hnsw.hpp"
 
@@ -35,13 +35,18 @@ inline constexpr hnsw_section_tags coarse_graph_tags{
     io::detail::make_tag("QUPL"), io::detail::make_tag("QSQR"), io::detail::make_tag("QALP"),
     io::detail::make_tag("QCDR"), io::detail::make_tag("QSQT"), io::detail::make_tag("QF16")};
 
+/// A graph's two writer locks (hnsw.cpp's `adding` and `structure`), held exclusively in that order.
+struct hnsw_write_lock {
+  std::unique_lock<writer_first_mutex> adding;
+  std::unique_lock<writer_first_mutex> structure;
+};
+
 struct hnsw_sections {
   /// Appends the graph's sections to `out`. The bulk arrays are referenced, not copied: the returned
-  /// lock (the graph's structure lock, exclusive) keeps every writer out and must be held until
+  /// locks (the graph's writer locks, exclusive) keep every writer out and must be held until
   /// `out.commit()` returns.
-  [[nodiscard]] static std::unique_lock<std::shared_mutex> write(const hnsw_index& index,
-                                                                 io::detail::index_file_writer& out,
-                                                                 const hnsw_section_tags& tags);
+  [[nodiscard]] static hnsw_write_lock write(const hnsw_index& index, io::detail::index_file_writer& out,
+                                             const hnsw_section_tags& tags);
   /// Reads a graph written by `write` from `in`: `dim`, `m` and `count` (live nodes) as the caller's
   /// header says; `what` names the graph in errors ("hnsw", "coarse hnsw"). With a mapped reader the
   /// bulk arrays are used in place and the graph is read-only. Throws `errc::corrupt_file` as

@@ -22,6 +22,7 @@
 #include <string>
 #include <variant>
 
+#include "index/hnsw_file.hpp"
 #include "io/format.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/hnsw.hpp"
@@ -54,8 +55,7 @@ template <>
 struct index_sections<hnsw_index> {
   static constexpr index_kind kind = index_kind::hnsw;
   [[nodiscard]] static std::span<const std::uint32_t> known() noexcept;
-  [[nodiscard]] static std::unique_lock<std::shared_mutex> write(const hnsw_index& index,
-                                                                 io::detail::index_file_writer& out);
+  [[nodiscard]] static hnsw_write_lock write(const hnsw_index& index, io::detail::index_file_writer& out);
   [[nodiscard]] static hnsw_index read(const io::detail::index_file_reader& in);
 };
 

@@ -91,7 +91,10 @@ struct hnsw_params {
 ///  - `remove` and `upsert` take that lock exclusively: they wait for running adds and searches and
 ///    block new ones while they re-link the removed node's neighbourhood. That exclusion is the grace
 ///    period that makes slot reuse safe — no search can still hold a reference to a slot that a later
-///    add overwrites.
+///    add overwrites. The lock prefers its writers, in two steps: a remove, upsert, train or save first
+///    holds off new adds and waits for the running ones while searches go on, then holds off new
+///    searches while the running ones finish. So searches without pause cannot starve a writer, and a
+///    search waits at most for the searches ahead of it and one write (not for a bulk add).
 /// `add` runs its insertions in parallel on the caller's oneTBB arena; batched searches parallelise over
 /// queries the same way.
 class hnsw_index {
