@@ -429,6 +429,8 @@ collection::collection(const collection_options& options) {
     detail::check_returns_vectors(options.index, kind, "collection: rebalance_threshold");
   auto st = std::make_unique<detail::collection_state>();
   st->options = options;
+  if (!options.directory.empty())  // absolute: see collection::open
+    st->options.directory = std::filesystem::absolute(options.directory);
   st->shard_kind = kind;
   st->add_shards();
   const std::shared_ptr<detail::layout> lay = st->empty_layout();
@@ -783,10 +785,14 @@ void collection::restore(std::size_t shard, std::size_t replica) {
   // in a directory of its own that mkdtemp(3) creates with an unpredictable name, readable by this user
   // alone: it was a file of a predictable name in the shared temporary directory, readable by every
   // local user (an in-memory collection's vectors among them), whose name another file could take.
+  // In the collection's own directory when it writes one, where the next writable open removes it if
+  // this process dies first (in the shared temporary directory such leftovers accumulated).
+  const bool in_home = !st.options.directory.empty() && !st.read_only;
   std::error_code ec;
-  const std::filesystem::path temp_root = std::filesystem::temp_directory_path(ec);
+  const std::filesystem::path temp_root = in_home ? st.options.directory : std::filesystem::temp_directory_path(ec);
   SHOAL_CHECK_CODE(!ec, errc::io_error, "collection::restore: no directory for the replica copy: ", ec.message());
-  std::string pattern = (temp_root / "shoal-replica-XXXXXX").string();
+  std::string pattern =
+      (temp_root / (std::string(in_home ? detail::restore_dir_prefix : "shoal-replica-") + "XXXXXX")).string();
   SHOAL_CHECK_CODE(::mkdtemp(pattern.data()) != nullptr, errc::io_error, "collection::restore: cannot create ", pattern,
                    " for the replica copy: ", std::system_category().message(errno));
   const std::filesystem::path temp_dir = pattern;

@@ -66,8 +66,10 @@ std::int64_t generation_of(std::string_view file) {
   return ec == std::errc{} && end == generation.data() + generation.size() ? value : -1;
 }
 
-/// Deletes shard files of every generation but `keep` (best effort: leftovers cost disk, not data).
+/// Deletes shard files of every generation but `keep`, and what `remove_leftovers` deletes (best effort:
+/// leftovers cost disk, not data).
 void remove_other_generations(const std::filesystem::path& dir, std::uint64_t keep) {
+  remove_leftovers(dir);
   std::error_code ec;
   for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
     const std::int64_t g = generation_of(entry.path().filename().string());
@@ -76,6 +78,20 @@ void remove_other_generations(const std::filesystem::path& dir, std::uint64_t ke
 }
 
 }  // namespace
+
+void remove_leftovers(const std::filesystem::path& dir) {
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string file = entry.path().filename().string();
+    const std::size_t mark = file.find(".tmp.");  // io::detail::atomic_writer's temporaries: <target>.tmp.<pid>.<n>
+    if (mark != std::string::npos) {
+      const std::string target = file.substr(0, mark);
+      if (target == manifest_file_name || generation_of(target) >= 0) std::filesystem::remove(entry.path(), ec);
+    } else if (file.starts_with(restore_dir_prefix)) {
+      std::filesystem::remove_all(entry.path(), ec);
+    }
+  }
+}
 
 std::uint64_t next_generation(const std::filesystem::path& dir) {
   std::uint64_t next = 1;
@@ -201,6 +217,7 @@ collection collection::open(const std::filesystem::path& directory, const collec
   // share it; any other open writes it, alone.
   using lock_mode = detail::write_ahead_log::lock_mode;
   detail::write_ahead_log::held_log held(directory, oo.mmap ? lock_mode::shared : lock_mode::exclusive);
+  if (!oo.mmap) detail::remove_leftovers(directory);  // the holder alone writes here: the rest is a dead one's
   const io::detail::index_file_reader in(manifest, {.mmap = false, .verify = oo.verify});
   in.expect_kind(index_kind::collection, "collection::open");
   in.check_known({detail::tag_params, detail::tag_spec, detail::tag_bounds, detail::tag_centroids,
@@ -239,7 +256,9 @@ collection collection::open(const std::filesystem::path& directory, const collec
   } catch (const error& e) {
     detail::throw_error(errc::corrupt_file, detail::str(name, ": the manifest holds invalid options: ", e.what()));
   }
-  o.directory = directory;
+  // Absolute, so that a later change of the working directory cannot send checkpoints elsewhere (the log
+  // is written through its open descriptor, and a snapshot landed in another directory of the same name).
+  o.directory = std::filesystem::absolute(directory);
   // A threshold an earlier build recorded over shards that cannot be re-clustered (IVF-PQ) is off: the
   // automatic rebalance it asks for failed at once, and started again after every write.
   if (!kind.returns_vectors) o.rebalance_threshold = 0;

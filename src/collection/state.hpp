@@ -261,6 +261,13 @@ void for_each_live_replica(shard_state& shard, std::uint64_t vectors, const F& f
 /// One past the highest generation of the shard files in `dir` (so that a new snapshot never
 /// overwrites a file that the current manifest names).
 [[nodiscard]] std::uint64_t next_generation(const std::filesystem::path& dir);
+/// The name of the directories `collection::restore` copies a replica through, inside the collection's
+/// directory (`<prefix>XXXXXX`, mkdtemp), or the system's temporary directory for one without a directory.
+inline constexpr const char* restore_dir_prefix = "restore-";
+/// Deletes what a process that died while writing `dir` left there: the temporaries of the manifest and
+/// shard files (`<target>.tmp.<pid>.<n>`) and restore's copy directories. Only the directory's
+/// exclusive holder may call it (best effort: leftovers cost disk, not data).
+void remove_leftovers(const std::filesystem::path& dir);
 inline constexpr const char* manifest_file_name = "MANIFEST.shoal";
 
 }  // namespace shoal::detail

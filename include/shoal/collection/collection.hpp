@@ -133,7 +133,9 @@ struct collection_options {
   double rebalance_threshold = 0;
   /// Where snapshots and the write-ahead log live. Empty (the default): in memory only. Otherwise the
   /// directory is created (it must not hold a collection already) and every acknowledged write is
-  /// logged before it returns.
+  /// logged before it returns. A relative path is made absolute against the working directory when
+  /// the collection is created or opened (`options().directory` gives that absolute path): a later
+  /// `chdir` does not move its checkpoints.
   std::filesystem::path directory;
   wal_sync sync = wal_sync::every_write;
 };
@@ -263,8 +265,10 @@ class collection {
   void take_down(std::size_t shard, std::size_t replica);
   /// Brings a downed replica back, rebuilt from a live peer (a copy of the peer's index taken while
   /// the shard's writes wait); its lag returns to 0. A no-op for a live replica. The copy is a saved
-  /// file in a private temporary directory (std::filesystem::temp_directory_path), so it needs the
-  /// shard's size free there. Like a write, it holds the collection's layout shared: a checkpoint,
+  /// file in a private directory (mkdtemp) inside the collection's directory, or in
+  /// std::filesystem::temp_directory_path for one in memory or memory-mapped, so it needs the shard's
+  /// size free there; one left by a process killed meanwhile is removed by the next writable `open`,
+  /// as are the temporaries of a snapshot cut short. Like a write, it holds the collection's layout shared: a checkpoint,
   /// save, train or rebalance start or swap called meanwhile waits for it, and writes to every shard
   /// wait behind that (in a review's reproducer, a 0.57 s restore of a 390,000-vector shard delayed a
   /// write to another shard by 0.42 s once a rebalance had started).
