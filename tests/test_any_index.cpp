@@ -134,7 +134,7 @@ TEST_CASE("any_index: min_training_rows is what train takes at least", "[index]"
   const matrix<float> sample = make_uniform(300, 16, 3);
   for (const auto& [spec, rows] : std::vector<std::pair<std::string, std::size_t>>{{"Flat", 0},
                                                                                    {"HNSW16", 0},
-                                                                                   {"HNSW16,SQ8", 1},
+                                                                                   {"HNSW16,SQ8", 32},
                                                                                    {"HNSW16,F16,RFlat", 1},
                                                                                    {"IVF64,Flat", 64},
                                                                                    {"IVF16,PQ4", 256},

@@ -161,6 +161,21 @@ TEST_CASE("hnsw SQ8 and SQ4 ranges come from train or the first add, and clamp l
     index.save(dir / "untrained.shoal");
     index = hnsw_index::load(dir / "untrained.shoal");
     CHECK(index.size() == 0);
+    // Too small a sample, or copies of one vector, are refused (both trained ranges that coded every later
+    // vector alike: recall@10 0.002-0.022), and leave the index untrained.
+    CHECK(index.min_training_rows() == hnsw_index::min_code_learning_rows);
+    REQUIRE_THROWS_MATCHES(index.train(f.base.view().slice(0, hnsw_index::min_code_learning_rows - 1)), shoal::error,
+                           fails_with(errc::invalid_argument, "at least 32 sample vectors"));
+    matrix<float> copies(hnsw_index::min_code_learning_rows, dim);
+    for (std::size_t i = 0; i < copies.rows; ++i) std::copy_n(f.base.row(7), dim, copies.row(i));
+    REQUIRE_THROWS_MATCHES(index.train(copies.view()), shoal::error,
+                           fails_with(errc::invalid_argument, "copies of one"));
+    std::vector<vector_id> copy_ids(copies.rows);
+    std::iota(copy_ids.begin(), copy_ids.end(), vector_id{1'000'000});
+    REQUIRE_THROWS_MATCHES(index.add(copies.view(), copy_ids), shoal::error,
+                           fails_with(errc::invalid_argument, "copies of one"));
+    CHECK_FALSE(index.is_trained());
+    CHECK(index.size() == 0);
     index.train(f.base.view().slice(0, 500));
     index.add(f.base.view(), f.ids);
     REQUIRE_THROWS_MATCHES(index.train(f.base.view()), shoal::error,

@@ -559,6 +559,12 @@ struct hnsw_index::impl {
     }
     scalar_quantizer q(dim, sq_type::sq8);
     q.train(sample, code_top(build.codes));
+    // Ranges of width zero in every dimension code every later vector as the sample's one vector: the
+    // traversal is blind (recall@10 0.007 from one zero row; a review).
+    SHOAL_CHECK(std::any_of(q.steps().begin(), q.steps().end(), [](float step) { return step > 0.0f; }),
+                "hnsw_index: ", build.codes == hnsw_codes::sq4 ? "SQ4" : "SQ8", " ranges cannot be learned from ",
+                sample.rows, " copies of one vector (every later vector would get its code): train on a sample ",
+                "that spans the data");
     // Checked as a load checks them (each range's ends, up to the last code used: 15 of SQ4's 17-fold
     // steps, where checking 255 of them refused vectors 11 times under the norm bound).
     q = scalar_quantizer::sq8_with_ranges(q.mins(), q.steps(), code_top(build.codes));
@@ -1700,7 +1706,9 @@ void hnsw_index::train(matrix_view<const float> sample) {
   x.check_mutable("hnsw_index::train");
   detail::check_vectors(sample, x.dim, "hnsw_index::train: vector");
   if (x.build.codes == hnsw_codes::none) return;  // full-precision traversal has nothing to learn
-  SHOAL_CHECK(sample.rows > 0, "hnsw_index::train: empty sample");
+  SHOAL_CHECK(sample.rows >= min_training_rows(), "hnsw_index::train: ",
+              impl::scalar_codes(x.build.codes) ? "SQ8 / SQ4 ranges need" : "the F16 frame needs", " at least ",
+              min_training_rows(), " sample vectors (got ", sample.rows, ")");
   std::optional<matrix<float>> normalized;
   if (x.metric == shoal::metric::cosine) {
     normalized = detail::normalized_copy(sample, "hnsw_index::train: vector");
@@ -1764,7 +1772,10 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
   x.repair_after_changes(1);
 }
 
-std::size_t hnsw_index::min_training_rows() const noexcept { return impl_->build.codes == hnsw_codes::none ? 0 : 1; }
+std::size_t hnsw_index::min_training_rows() const noexcept {
+  if (impl::scalar_codes(impl_->build.codes)) return min_code_learning_rows;
+  return impl_->build.codes == hnsw_codes::fp16 ? 1 : 0;
+}
 
 bool hnsw_index::is_trained() const noexcept {
   return !impl::scalar_codes(impl_->build.codes) || impl_->codes_ready.load(std::memory_order_acquire);

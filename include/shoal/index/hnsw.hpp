@@ -126,11 +126,12 @@ class hnsw_index {
   /// Slots freed by `remove` are reused first. Ids become searchable as their insertion completes.
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
 
-  /// With SQ8 / SQ4 traversal: learns the per-dimension code ranges (min and max) from `sample`.
-  /// Without a call, the first `add` learns them from its own vectors if it has at least
-  /// `min_code_learning_rows` of them (a smaller first add, or an `upsert` into an index without
-  /// ranges, throws `errc::invalid_argument`: ranges learned from a handful of vectors would clamp
-  /// nearly every later one, and recall would collapse). Later values outside the ranges are clamped.
+  /// With SQ8 / SQ4 traversal: learns the per-dimension code ranges (min and max) from `sample`, which
+  /// needs at least `min_code_learning_rows` rows. Without a call, the first `add` learns them from its
+  /// own vectors if it has at least `min_code_learning_rows` of them (a smaller sample or first add, or an
+  /// `upsert` into an index without ranges, throws `errc::invalid_argument`: ranges learned from a
+  /// handful of vectors would clamp nearly every later one, and recall would collapse; so does a sample,
+  /// or a first add, of copies of one vector). Later values outside the ranges are clamped.
   /// With F16 traversal: learns the codes' frame (per-dimension mean and one power-of-two scale) from up
   /// to 16,384 evenly spaced rows of `sample`; without a call, the first `add` or `upsert` learns it
   /// from its vectors, however few. Throws `shoal::error` if the index already holds vectors (their
@@ -140,7 +141,8 @@ class hnsw_index {
   static constexpr std::size_t min_code_learning_rows = 32;
   /// False only for SQ8 / SQ4 traversal before its code ranges exist (neither `train` nor an `add`).
   [[nodiscard]] bool is_trained() const noexcept;
-  /// Fewest rows `train` takes: 1 with SQ8 / SQ4 / F16 traversal, 0 at full precision (nothing to learn).
+  /// Fewest rows `train` takes: `min_code_learning_rows` with SQ8 / SQ4 traversal, 1 with F16, 0 at full
+  /// precision (nothing to learn).
   [[nodiscard]] std::size_t min_training_rows() const noexcept;
 
   /// Removes `id` for good: the node is unlinked, every neighbour that pointed at it is re-linked with
