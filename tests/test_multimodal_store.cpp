@@ -278,6 +278,28 @@ TEST_CASE("multimodal_store: search_via_pairs maps query-modality neighbours to 
         std::vector<vector_id>{101, 102, no_id});
 }
 
+TEST_CASE("multimodal_store: search_via_pairs breaks ties at its depth by target id", "[multimodal]") {
+  // Ten identical captions, caption i linked to image 99 − i: every image ties at distance 0, so the
+  // answer for k = 1 is image 90. The first 4·k = 4 neighbours (captions 0-3) reached images 99-96, and
+  // the search stopped there with 96.
+  multimodal_store store({.shared_dim = 2, .shared_metric = metric::l2});
+  store.add_modality("image", modality(2, metric::l2, "Flat", true));
+  store.add_modality("text", modality(2, metric::l2));
+  const matrix<float> captions(10, 2);  // zeros
+  store.add("text", captions.view(), iota_ids(10));
+  matrix<float> images(10, 2);
+  for (std::size_t i = 0; i < 10; ++i) images.row(i)[0] = 10.0f + static_cast<float>(i);
+  store.add("image", images.view(), iota_ids(10, 90));
+  std::vector<vector_id> to(10);
+  for (std::size_t i = 0; i < 10; ++i) to[i] = 99 - static_cast<vector_id>(i);
+  store.link("text", iota_ids(10), "image", to);
+  const std::vector<float> query = {0, 0};
+  const neighbors one = store.search_via_pairs("text", {query.data(), 1, 2}, "image", 1);
+  CHECK(one.id(0, 0) == 90);
+  const neighbors three = store.search_via_pairs("text", {query.data(), 1, 2}, "image", 3);
+  CHECK(std::vector<vector_id>(three.row_ids(0).begin(), three.row_ids(0).end()) == std::vector<vector_id>{90, 91, 92});
+}
+
 TEST_CASE("multimodal_store: late fusion of an image and a text query orders a hand-made case", "[multimodal]") {
   multimodal_store store({.shared_dim = 2, .shared_metric = metric::l2});
   store.add_modality("image", modality(2, metric::l2, "Flat", true));

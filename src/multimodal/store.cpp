@@ -1308,9 +1308,13 @@ neighbors multimodal_store::search_via_pairs(std::string_view query_modality, ma
       const detail::adjacency* links = table == state_->pairs.end() ? nullptr : &table->second;
       for (std::size_t i = 0; i < pending.size(); ++i) {
         const std::size_t row = pending[i];
-        if (detail::map_row(links, t.own, found.row_ids(i), found.row_distances(i), out.view().row_ids(row),
-                            out.view().row_distances(row)) < k)
-          short_rows.push_back(row);
+        const std::size_t reached = detail::map_row(links, t.own, found.row_ids(i), found.row_distances(i),
+                                                    out.view().row_ids(row), out.view().row_distances(row));
+        // Deeper too where the last neighbour seen ties with the k-th target: a neighbour past the depth
+        // at that distance may link a smaller target id, which (distance, id) order puts first.
+        const bool tie_at_cut =
+            found.id(i, depth - 1) != no_id && found.distance(i, depth - 1) <= out.distance(row, k - 1);
+        if (reached < k || tie_at_cut) short_rows.push_back(row);
       }
     }
     if (short_rows.empty() || source_k > 0 || depth >= stored) break;

@@ -217,7 +217,11 @@ class multimodal_store {
   /// approximate vectors or codes). After a repair, the version and its mirror are checkpointed, so the
   /// next `open` does not repeat it. If the version's index keeps only codes (IVF-PQ), its upserted ids
   /// are not compared, and ids only it holds (an `add` the crash cut short, which never returned) are
-  /// removed from it instead, as they cannot be projected again. Throws `errc::io_error` (no
+  /// removed from it instead, as they cannot be projected again. The version is the reference: a mirror
+  /// *ahead* of it (which a crash cannot cause, as the version's log record is written first, but a
+  /// version's `wal.log` cut at a record boundary or deleted does) is rolled back to it too, and the
+  /// writes only the mirror held are lost with that repair; a log cut at a record boundary reads as a
+  /// shorter valid log at every layer, so nothing can tell the two cases apart. Throws `errc::io_error` (no
   /// manifest), `errc::corrupt_file` (damaged or inconsistent manifest, and the errors of `collection::open`),
   /// `errc::unsupported` (a newer manifest format).
   [[nodiscard]] static multimodal_store open(const std::filesystem::path& directory,
@@ -344,7 +348,10 @@ class multimodal_store {
   /// metric); rows are ordered by (distance, id) and padded with `no_id` when fewer than k targets are
   /// linked. Links to ids that the target's active version does not store (removed, or never added)
   /// are skipped. `source_k` = 0 (the default) starts at 4·k neighbours and, for rows that reach fewer
-  /// than k stored targets, searches deeper (×4 each round) until k targets or every stored vector is seen.
+  /// than k stored targets, or whose deepest neighbour ties with the k-th target's distance (a tied
+  /// neighbour further on may link a smaller id), searches deeper (×4 each round) until neither holds or
+  /// every stored vector is seen; with a given `source_k`, ties at that depth are broken among the
+  /// neighbours it holds.
   /// `params` (filter included) apply to the query-modality search. Throws `errc::not_found`,
   /// `errc::invalid_argument` (k = 0, target = query modality), `errc::dimension_mismatch`.
   [[nodiscard]] neighbors search_via_pairs(std::string_view query_modality, matrix_view<const float> queries,
