@@ -218,8 +218,9 @@ class multimodal_store {
   /// next `open` does not repeat it. If the version's index keeps only codes (IVF-PQ), its upserted ids
   /// are not compared, and ids only it holds (an `add` the crash cut short, which never returned) are
   /// removed from it instead, as they cannot be projected again. The version is the reference: a mirror
-  /// *ahead* of it (which a crash cannot cause, as the version's log record is written first, but a
-  /// version's `wal.log` cut at a record boundary or deleted does) is rolled back to it too, and the
+  /// *ahead* of it (which a process crash cannot cause, as the version's log record is written first,
+  /// but a power loss under `wal_sync::os_buffered`, or a version's `wal.log` cut at a record boundary
+  /// or deleted, can) is rolled back to it too, and the
   /// writes only the mirror held are lost with that repair; a log cut at a record boundary reads as a
   /// shorter valid log at every layer, so nothing can tell the two cases apart. Throws `errc::io_error` (no
   /// manifest), `errc::corrupt_file` (damaged or inconsistent manifest, and the errors of `collection::open`),
