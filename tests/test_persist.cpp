@@ -23,6 +23,7 @@
 #include <catch2/catch.hpp>
 
 #include "allocation_cap.hpp"
+#include "io/format.hpp"  // the library's own writer (src/): a file with valid checksums and odd values
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/factory.hpp"
 #include "shoal/index/flat.hpp"
@@ -824,6 +825,34 @@ TEST_CASE("damaged files: truncation at any length is reported as truncation", "
   longer.push_back('x');
   spit(bad, longer);
   REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "trailing"));
+}
+
+TEST_CASE("a cosine file whose stored rows are not unit vectors is refused by a copied load", "[io]") {
+  // add refuses a zero vector under cosine and normalises the rest, so no shoal writer stores other
+  // rows; a file from another writer (valid checksums) loaded them, and a row of norm 10 scored a cosine
+  // distance of -9, first in every result.
+  const scratch_dir dir;
+  const auto write = [&](const std::string& path, const std::vector<float>& vectors) {
+    const std::vector<float> norms(3, 1.0f);
+    const std::vector<vector_id> ids = {1, 2, 3};
+    io::detail::index_file_writer out(path, {index_kind::flat, metric::cosine, 3, 3});
+    out.begin_section(io::detail::make_tag("VECS"));
+    out.append(std::span<const float>(vectors));
+    out.begin_section(io::detail::make_tag("NORM"));
+    out.append(std::span<const float>(norms));
+    out.begin_section(io::detail::make_tag("IDS "));
+    out.append(std::span<const vector_id>(ids));
+    out.commit();
+  };
+  const float third = 1.0f / std::sqrt(3.0f);
+  write(dir / "unit.shoal", {1, 0, 0, 0, 0.6f, 0.8f, third, third, third});
+  CHECK(flat_index::load(dir / "unit.shoal").size() == 3);
+  write(dir / "long.shoal", {1, 0, 0, 10, 0, 0, 0, 1, 0});
+  REQUIRE_THROWS_MATCHES(flat_index::load(dir / "long.shoal"), shoal::error,
+                         fails_with(errc::corrupt_file, "vector row 1 has squared norm 100 under cosine"));
+  write(dir / "zero.shoal", {1, 0, 0, 0, 1, 0, 0, 0, 0});
+  REQUIRE_THROWS_MATCHES(flat_index::load(dir / "zero.shoal"), shoal::error,
+                         fails_with(errc::corrupt_file, "vector row 2 has squared norm 0 under cosine"));
 }
 
 TEST_CASE("damaged files: every flipped byte is caught by full verification, none crashes a load", "[io]") {

@@ -55,21 +55,42 @@ void check_dimension(std::size_t dim, const char* what) {
   SHOAL_CHECK(dim >= 1 && dim <= max_dim, what, ": dimension ", dim, " is outside [1, ", max_dim, "]");
 }
 
-void check_loaded_vectors(matrix_view<const float> v, const std::string& file, const char* what) {
+namespace {
+/// How far a stored cosine row's squared norm may lie from 1: rows normalised in double and rounded to
+/// float are within about 2·2⁻²⁴ of it (relative rounding per component), whatever the dimension.
+constexpr double unit_norm_tolerance = 1e-4;
+
+/// The first row of `v` whose squared norm is not 1 (within the tolerance), and that norm; v.rows if none.
+std::pair<std::size_t, double> first_non_unit_row(matrix_view<const float> v) noexcept {
+  for (std::size_t i = 0; i < v.rows; ++i) {
+    const float* row = v.row(i);
+    double squared_norm = 0;
+    for (std::size_t j = 0; j < v.dim; ++j) squared_norm += static_cast<double>(row[j]) * row[j];
+    if (!(std::abs(squared_norm - 1.0) <= unit_norm_tolerance)) return {i, squared_norm};
+  }
+  return {v.rows, 1.0};
+}
+}  // namespace
+
+void check_loaded_vectors(matrix_view<const float> v, const std::string& file, const char* what, metric m) {
   try {
     check_vectors(v, v.dim, what);
   } catch (const error& e) {
     throw_error(errc::corrupt_file, str(file, ": ", e.what()));
   }
+  if (m != metric::cosine) return;
+  const auto [row, squared_norm] = first_non_unit_row(v);
+  SHOAL_CHECK_CODE(row == v.rows, errc::corrupt_file, file, ": ", what, " row ", row, " has squared norm ",
+                   squared_norm, " under cosine, where the index stores unit vectors");
 }
 
-bool vectors_pass(matrix_view<const float> v) noexcept {
+bool vectors_pass(matrix_view<const float> v, metric m) noexcept {
   try {
     check_vectors(v, v.dim, "");
-    return true;
   } catch (...) {
     return false;
   }
+  return m != metric::cosine || first_non_unit_row(v).first == v.rows;
 }
 
 void check_metric(metric m, const char* what) {

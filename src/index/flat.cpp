@@ -304,7 +304,7 @@ flat_index detail::index_sections<flat_index>::read(const io::detail::index_file
     index.mapping_ = in.mapping();
   } else {
     index.vectors_ = in.read_vector<float>(tags.vectors, values);
-    detail::check_loaded_vectors({index.vectors_.data(), n, index.dim_}, in.name(), "vector");
+    detail::check_loaded_vectors({index.vectors_.data(), n, index.dim_}, in.name(), "vector", index.metric_);
     // Recomputed rather than trusted: a wrong stored norm skews every batched distance to its row.
     index.norms_ = in.read_vector<float>(tags.norms, n);
     active_kernels().squared_norms(index.vectors_.data(), n, index.dim_, index.dim_, index.norms_.data());

@@ -2128,8 +2128,8 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     }
     ++live;
     if (!in.mapped())
-      if (const matrix_view<const float> v{x.vec(slot), 1, x.dim}; !detail::vectors_pass(v))
-        detail::check_loaded_vectors(v, name, detail::str("vector of id ", ids[s]).c_str());
+      if (const matrix_view<const float> v{x.vec(slot), 1, x.dim}; !detail::vectors_pass(v, x.metric))
+        detail::check_loaded_vectors(v, name, detail::str("vector of id ", ids[s]).c_str(), x.metric);
     x.id_of(slot) = ids[s];
     detail::check_stored_id(ids[s], x.slot_of.emplace(ids[s], slot).second, name);
     if (state[s] > 1) {

@@ -271,8 +271,8 @@ ivf_flat_index detail::index_sections<ivf_flat_index>::read(const io::detail::in
     const auto n = static_cast<std::size_t>(sizes[l]);
     io::detail::load_list(target, n, rows, ids);
     if (const matrix_view<const float> v{target.codes.data(), n, index.dim_};
-        !target.mapped && !detail::vectors_pass(v))
-      detail::check_loaded_vectors(v, name, detail::str("list ", l, ": vector").c_str());
+        !target.mapped && !detail::vectors_pass(v, index.metric_))
+      detail::check_loaded_vectors(v, name, detail::str("list ", l, ": vector").c_str(), index.metric_);
     const vector_id* stored = target.id_data();
     for (std::size_t i = 0; i < n; ++i)
       detail::check_stored_id(stored[i], index.where_.emplace(stored[i], ivf_flat_index::location{l, i}).second, name);

@@ -779,8 +779,9 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
       const float* v = vectors->next(target.vectors);
       if (target.mapped)
         target.mapped_vectors = v;
-      else if (!detail::vectors_pass({v, n, dim}))
-        detail::check_loaded_vectors({v, n, dim}, name, detail::str("list ", l, ": re-rank vector").c_str());
+      else if (!detail::vectors_pass({v, n, dim}, index.metric_))
+        detail::check_loaded_vectors({v, n, dim}, name, detail::str("list ", l, ": re-rank vector").c_str(),
+                                     index.metric_);
     }
     if (sq_codes) {
       const std::uint8_t* c = sq_codes->next(target.sq_codes);
