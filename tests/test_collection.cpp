@@ -1116,6 +1116,44 @@ TEST_CASE("collection: two collections created or saved into one new directory a
   CHECK(mixed == 0);
 }
 
+TEST_CASE("collection: writes get their turn while other threads read the routing table", "[collection][concurrency]") {
+  // size(), shard_sizes(), ids() ... hold the routing table's lock shared; with a reader-preferring lock
+  // four threads calling shard_sizes() without pause kept an add waiting for 9.4 s (a review).
+  constexpr std::size_t d = 8, n = 20000;
+  const matrix<float> data = make_uniform(n + 10, d, 81);
+  std::vector<vector_id> ids(n);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  collection c(options_for(sharding::hash, d, metric::l2));
+  c.add(data.view().slice(0, n), ids);
+  std::atomic<bool> stop{false};
+  std::atomic<std::size_t> reads{0};
+  std::vector<std::thread> readers;
+  for (std::size_t t = 0; t < 4; ++t)
+    readers.emplace_back([&] {
+      while (!stop.load()) {
+        (void)c.shard_sizes();
+        reads.fetch_add(1);
+      }
+    });
+  std::thread watchdog([&] {  // lets a stalled write go after 20 s (the readers stop): the test fails
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (!stop.load() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    stop.store(true);
+  });
+  while (reads.load() < 20) std::this_thread::yield();
+  for (std::size_t i = 0; i < 10; ++i) {
+    const vector_id id = n + i;
+    c.add(data.view().slice(n + i, 1), std::span(&id, 1));
+    c.remove(std::span(&id, 1));
+  }
+  const bool reads_still_running = !stop.exchange(true);
+  watchdog.join();
+  for (std::thread& t : readers) t.join();
+  CHECK(reads_still_running);
+  CHECK(c.size() == n);
+}
+
 TEST_CASE("collection: a relative directory stays where it was after a chdir", "[collection][io]") {
   // The directory was kept as given and looked up again at every checkpoint: after a chdir into a place
   // with a directory of the same name, the snapshot went there (over another collection) while the log

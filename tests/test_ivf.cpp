@@ -1,8 +1,11 @@
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <numeric>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -12,6 +15,7 @@
 #include "shoal/core/checks.hpp"
 #include "shoal/core/coarse_probe.hpp"
 #include "shoal/eval/eval.hpp"
+#include "shoal/index/factory.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/ivf_flat.hpp"
 #include "shoal/index/ivf_pq.hpp"
@@ -183,6 +187,50 @@ TEST_CASE("ivf search applies the per-call filter", "[ivf]") {
   for (std::size_t q = 0; q < three.rows(); ++q) {
     for (std::size_t j = 0; j < 3; ++j) CHECK(only_few(three.id(q, j)));
     for (std::size_t j = 3; j < 10; ++j) CHECK(three.id(q, j) == no_id);
+  }
+}
+
+TEST_CASE("ivf: adds, removes and saves get their turn while searches run without pause", "[ivf][concurrency]") {
+  // A search holds its probed lists' locks shared until it ends; with a reader-preferring lock (glibc's
+  // rwlock) four threads probing every list kept an add or remove waiting for up to 60 s (a review).
+  constexpr std::size_t d = 32, n = 8000;
+  const matrix<float> data = make_clustered(n + 20, d, 16, 79, 1.0f);
+  std::vector<vector_id> ids(n);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  const test::scratch_dir dir("shoal-ivf-turn");
+  for (const std::string spec : {"IVF16,Flat", "IVF16,PQ8"}) {
+    CAPTURE(spec);
+    any_index index = make_index(spec, d);
+    index.train(data.view().slice(0, n));
+    index.add(data.view().slice(0, n), ids);
+    std::atomic<bool> stop{false};
+    std::atomic<std::size_t> searches{0};
+    std::vector<std::thread> searchers;
+    for (std::size_t t = 0; t < 4; ++t)
+      searchers.emplace_back([&, t] {
+        for (std::size_t i = t; !stop.load(); i += 7) {
+          (void)index.search(data.view().slice(i % (n - 16), t == 0 ? 16 : 1), 10, with_nprobe(16));
+          searches.fetch_add(1);
+        }
+      });
+    std::thread watchdog([&] {  // lets a stalled writer go after 20 s (the searchers stop): the test fails
+      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+      while (!stop.load() && std::chrono::steady_clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      stop.store(true);
+    });
+    while (searches.load() < 100) std::this_thread::yield();
+    for (vector_id id = 0; id < 10; ++id) index.remove(id);
+    for (std::size_t i = 0; i < 10; ++i) {
+      const vector_id id = n + i;
+      index.add(data.view().slice(n + i, 1), std::span(&id, 1));
+    }
+    index.save(dir / "turn.shoal");
+    const bool searches_still_running = !stop.exchange(true);
+    watchdog.join();
+    for (std::thread& t : searchers) t.join();
+    CHECK(searches_still_running);  // the writes were done before the watchdog stopped the searches
+    CHECK(index.size() == n);
   }
 }
 

@@ -85,7 +85,7 @@ class id_registry {
 
 /// One copy of a shard.
 struct replica_slot {
-  std::atomic<std::shared_ptr<any_index>> index;  // null while down
+  shared_slot<any_index> index;  // null while down
   std::atomic<bool> up{true};
   std::atomic<std::int64_t> inflight{0};  // searches running on it
   std::atomic<std::uint64_t> lag{0};      // vector writes missed while down
@@ -104,7 +104,7 @@ struct layout {
   explicit layout(router r) : route(std::move(r)) {}
   router route;
   std::vector<std::shared_ptr<shard_state>> shards;
-  mutable std::shared_mutex table_mutex;
+  mutable writer_first_mutex table_mutex;              // writes are not starved by size(), ids(), ... (review)
   std::unordered_map<vector_id, std::uint32_t> table;  // id -> shard
 };
 
@@ -119,7 +119,7 @@ struct shard_traits {
 
 struct collection_state {
   collection_options options;
-  std::atomic<std::shared_ptr<layout>> current;
+  shared_slot<layout> current;
   /// Writers hold it shared for a whole write (log + apply); snapshots and layout swaps hold it
   /// exclusively, so they see every logged write applied. Searches never take it.
   mutable writer_first_mutex layout_mutex;

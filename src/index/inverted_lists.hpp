@@ -14,6 +14,7 @@
 #include <span>
 #include <vector>
 
+#include "core/writer_first_mutex.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/types.hpp"
 
@@ -34,8 +35,9 @@ inline void check_nlist(std::size_t nlist, const char* who) {
 
 template <class Code>
 struct inverted_list {
-  /// Shared by scans, exclusive for appends and removals of this list.
-  mutable std::shared_mutex mutex;
+  /// Shared by scans, exclusive for appends and removals of this list; writers first (a stream of
+  /// searches kept an add or remove waiting for up to 60 s).
+  mutable writer_first_mutex mutex;
   aligned_vector<Code> codes;  // size() entries of code_len elements, entry-major
   aligned_vector<vector_id> ids;
   // Set by a memory-mapped load: the entries live in the mapping, and `codes` and `ids` stay empty.
