@@ -1135,20 +1135,14 @@ TEST_CASE("collection: writes get their turn while other threads read the routin
         reads.fetch_add(1);
       }
     });
-  std::thread watchdog([&] {  // lets a stalled write go after 20 s (the readers stop): the test fails
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (!stop.load() && std::chrono::steady_clock::now() < until)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    stop.store(true);
-  });
+  test::stall_watchdog watchdog(stop);  // a stalled write is let go after 20 s: the test fails
   while (reads.load() < 20) std::this_thread::yield();
   for (std::size_t i = 0; i < 10; ++i) {
     const vector_id id = n + i;
     c.add(data.view().slice(n + i, 1), std::span(&id, 1));
     c.remove(std::span(&id, 1));
   }
-  const bool reads_still_running = !stop.exchange(true);
-  watchdog.join();
+  const bool reads_still_running = watchdog.release();
   for (std::thread& t : readers) t.join();
   CHECK(reads_still_running);
   CHECK(c.size() == n);

@@ -1359,19 +1359,12 @@ TEST_CASE("hnsw: remove, upsert and save get their turn while searches run witho
         searches.fetch_add(1);
       }
     });
-  // A stalled writer is let go after 20 s (the searchers stop) so that the test ends and fails.
-  std::thread watchdog([&] {
-    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-    while (!stop.load() && std::chrono::steady_clock::now() < until)
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    stop.store(true);
-  });
+  test::stall_watchdog watchdog(stop);  // a stalled write is let go after 20 s: the test fails
   while (searches.load() < 100) std::this_thread::yield();
   for (vector_id id = 0; id < 10; ++id) index.remove(id);
   for (vector_id id = 10; id < 15; ++id) index.upsert(data.view().slice(n - 1 - id, 1), id);
   index.save(dir / "turn.shoal");
-  const bool searches_still_running = !stop.exchange(true);
-  watchdog.join();
+  const bool searches_still_running = watchdog.release();
   for (std::thread& t : searchers) t.join();
   CHECK(searches_still_running);  // the writes were done before the watchdog stopped the searches
   CHECK(index.size() == n - 10);

@@ -213,12 +213,7 @@ TEST_CASE("ivf: adds, removes and saves get their turn while searches run withou
           searches.fetch_add(1);
         }
       });
-    std::thread watchdog([&] {  // lets a stalled writer go after 20 s (the searchers stop): the test fails
-      const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-      while (!stop.load() && std::chrono::steady_clock::now() < until)
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-      stop.store(true);
-    });
+    test::stall_watchdog watchdog(stop);  // a stalled write is let go after 20 s: the test fails
     while (searches.load() < 100) std::this_thread::yield();
     for (vector_id id = 0; id < 10; ++id) index.remove(id);
     for (std::size_t i = 0; i < 10; ++i) {
@@ -226,8 +221,7 @@ TEST_CASE("ivf: adds, removes and saves get their turn while searches run withou
       index.add(data.view().slice(n + i, 1), std::span(&id, 1));
     }
     index.save(dir / "turn.shoal");
-    const bool searches_still_running = !stop.exchange(true);
-    watchdog.join();
+    const bool searches_still_running = watchdog.release();
     for (std::thread& t : searchers) t.join();
     CHECK(searches_still_running);  // the writes were done before the watchdog stopped the searches
     CHECK(index.size() == n);

@@ -333,6 +333,32 @@ class watchdog {
   std::thread thread_;
 };
 
+/// Ends a test whose writes stall behind threads that loop until `stop`: after `limit` it sets `stop`
+/// itself, so the stalled calls go on and the test ends, and `release()` says it fired.
+class stall_watchdog {
+ public:
+  explicit stall_watchdog(std::atomic<bool>& stop, std::chrono::seconds limit = std::chrono::seconds(20))
+      : stop_(stop), thread_([this, limit] {
+          const auto until = std::chrono::steady_clock::now() + limit;
+          while (!stop_.load() && std::chrono::steady_clock::now() < until)
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+          stop_.store(true);
+        }) {}
+  stall_watchdog(const stall_watchdog&) = delete;
+  stall_watchdog& operator=(const stall_watchdog&) = delete;
+  ~stall_watchdog() { (void)release(); }
+  /// Sets `stop`; true when the looping threads were still running (the watchdog had not fired).
+  bool release() {
+    const bool running = !stop_.exchange(true);
+    if (thread_.joinable()) thread_.join();
+    return running;
+  }
+
+ private:
+  std::atomic<bool>& stop_;
+  std::thread thread_;
+};
+
 /// A fresh directory under the system's temporary directory, removed with its content at scope exit.
 class scratch_dir {
  public:
