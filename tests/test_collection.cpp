@@ -1125,26 +1125,16 @@ TEST_CASE("collection: writes get their turn while other threads read the routin
   std::iota(ids.begin(), ids.end(), vector_id{0});
   collection c(options_for(sharding::hash, d, metric::l2));
   c.add(data.view().slice(0, n), ids);
-  std::atomic<bool> stop{false};
-  std::atomic<std::size_t> reads{0};
-  std::vector<std::thread> readers;
-  for (std::size_t t = 0; t < 4; ++t)
-    readers.emplace_back([&] {
-      while (!stop.load()) {
-        (void)c.shard_sizes();
-        reads.fetch_add(1);
-      }
-    });
-  test::stall_watchdog watchdog(stop);  // a stalled write is let go after 20 s: the test fails
-  while (reads.load() < 20) std::this_thread::yield();
-  for (std::size_t i = 0; i < 10; ++i) {
-    const vector_id id = n + i;
-    c.add(data.view().slice(n + i, 1), std::span(&id, 1));
-    c.remove(std::span(&id, 1));
-  }
-  const bool reads_still_running = watchdog.release();
-  for (std::thread& t : readers) t.join();
-  CHECK(reads_still_running);
+  CHECK(test::writes_get_their_turn(
+      4, [&](std::size_t, std::size_t) { (void)c.shard_sizes(); },
+      [&] {
+        for (std::size_t i = 0; i < 10; ++i) {
+          const vector_id id = n + i;
+          c.add(data.view().slice(n + i, 1), std::span(&id, 1));
+          c.remove(std::span(&id, 1));
+        }
+      },
+      20));
   CHECK(c.size() == n);
 }
 

@@ -1349,24 +1349,15 @@ TEST_CASE("hnsw: remove, upsert and save get their turn while searches run witho
   hnsw_index index(d, metric::l2, {.M = 16, .ef_construction = 64});
   index.add(data.view(), ids);
   const scratch_dir dir("shoal-hnsw-turn");
-  std::atomic<bool> stop{false};
-  std::atomic<std::size_t> searches{0};
-  std::vector<std::thread> searchers;
-  for (std::size_t t = 0; t < 4; ++t)
-    searchers.emplace_back([&, t] {
-      for (std::size_t i = t; !stop.load(); i += 7) {
-        (void)index.search(data.view().slice(i % n, 1), 10, with_ef(256));
-        searches.fetch_add(1);
-      }
-    });
-  test::stall_watchdog watchdog(stop);  // a stalled write is let go after 20 s: the test fails
-  while (searches.load() < 100) std::this_thread::yield();
-  for (vector_id id = 0; id < 10; ++id) index.remove(id);
-  for (vector_id id = 10; id < 15; ++id) index.upsert(data.view().slice(n - 1 - id, 1), id);
-  index.save(dir / "turn.shoal");
-  const bool searches_still_running = watchdog.release();
-  for (std::thread& t : searchers) t.join();
-  CHECK(searches_still_running);  // the writes were done before the watchdog stopped the searches
+  // The writes were done before the readers were stopped.
+  CHECK(test::writes_get_their_turn(
+      4, [&](std::size_t, std::size_t i) { (void)index.search(data.view().slice(i % n, 1), 10, with_ef(256)); },
+      [&] {
+        for (vector_id id = 0; id < 10; ++id) index.remove(id);
+        for (vector_id id = 10; id < 15; ++id) index.upsert(data.view().slice(n - 1 - id, 1), id);
+        index.save(dir / "turn.shoal");
+      },
+      100));
   CHECK(index.size() == n - 10);
 }
 

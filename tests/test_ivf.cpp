@@ -203,27 +203,20 @@ TEST_CASE("ivf: adds, removes and saves get their turn while searches run withou
     any_index index = make_index(spec, d);
     index.train(data.view().slice(0, n));
     index.add(data.view().slice(0, n), ids);
-    std::atomic<bool> stop{false};
-    std::atomic<std::size_t> searches{0};
-    std::vector<std::thread> searchers;
-    for (std::size_t t = 0; t < 4; ++t)
-      searchers.emplace_back([&, t] {
-        for (std::size_t i = t; !stop.load(); i += 7) {
-          (void)index.search(data.view().slice(i % (n - 16), t == 0 ? 16 : 1), 10, with_nprobe(16));
-          searches.fetch_add(1);
-        }
-      });
-    test::stall_watchdog watchdog(stop);  // a stalled write is let go after 20 s: the test fails
-    while (searches.load() < 100) std::this_thread::yield();
-    for (vector_id id = 0; id < 10; ++id) index.remove(id);
-    for (std::size_t i = 0; i < 10; ++i) {
-      const vector_id id = n + i;
-      index.add(data.view().slice(n + i, 1), std::span(&id, 1));
-    }
-    index.save(dir / "turn.shoal");
-    const bool searches_still_running = watchdog.release();
-    for (std::thread& t : searchers) t.join();
-    CHECK(searches_still_running);  // the writes were done before the watchdog stopped the searches
+    const auto search = [&](std::size_t t, std::size_t i) {
+      (void)index.search(data.view().slice(i % (n - 16), t == 0 ? 16 : 1), 10, with_nprobe(16));
+    };
+    CHECK(test::writes_get_their_turn(
+        4, search,
+        [&] {
+          for (vector_id id = 0; id < 10; ++id) index.remove(id);
+          for (std::size_t i = 0; i < 10; ++i) {
+            const vector_id id = n + i;
+            index.add(data.view().slice(n + i, 1), std::span(&id, 1));
+          }
+          index.save(dir / "turn.shoal");
+        },
+        100));
     CHECK(index.size() == n);
   }
 }

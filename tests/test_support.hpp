@@ -333,31 +333,36 @@ class watchdog {
   std::thread thread_;
 };
 
-/// Ends a test whose writes stall behind threads that loop until `stop`: after `limit` it sets `stop`
-/// itself, so the stalled calls go on and the test ends, and `release()` says it fired.
-class stall_watchdog {
- public:
-  explicit stall_watchdog(std::atomic<bool>& stop, std::chrono::seconds limit = std::chrono::seconds(20))
-      : stop_(stop), thread_([this, limit] {
-          const auto until = std::chrono::steady_clock::now() + limit;
-          while (!stop_.load() && std::chrono::steady_clock::now() < until)
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
-          stop_.store(true);
-        }) {}
-  stall_watchdog(const stall_watchdog&) = delete;
-  stall_watchdog& operator=(const stall_watchdog&) = delete;
-  ~stall_watchdog() { (void)release(); }
-  /// Sets `stop`; true when the looping threads were still running (the watchdog had not fired).
-  bool release() {
-    const bool running = !stop_.exchange(true);
-    if (thread_.joinable()) thread_.join();
-    return running;
-  }
-
- private:
-  std::atomic<bool>& stop_;
-  std::thread thread_;
-};
+/// Runs `writes()` while `threads` threads call `read(t, i)` without pause (thread t passes i = t, t + 7,
+/// t + 14, ...), once the readers have made `warmup` calls between them. Readers stop after `limit`, so
+/// that writes stalled behind them go on and the test ends. True when the writes returned before that:
+/// a write got its turn while the reads went on.
+template <class Read, class Writes>
+bool writes_get_their_turn(std::size_t threads, const Read& read, const Writes& writes, std::size_t warmup,
+                           std::chrono::seconds limit = std::chrono::seconds(20)) {
+  std::atomic<bool> stop{false};
+  std::atomic<std::size_t> reads{0};
+  std::vector<std::thread> readers;
+  for (std::size_t t = 0; t < threads; ++t)
+    readers.emplace_back([&, t] {
+      for (std::size_t i = t; !stop.load(); i += 7) {
+        read(t, i);
+        reads.fetch_add(1);
+      }
+    });
+  std::thread watchdog([&] {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (!stop.load() && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    stop.store(true);
+  });
+  while (reads.load() < warmup) std::this_thread::yield();
+  writes();
+  const bool in_time = !stop.exchange(true);
+  watchdog.join();
+  for (std::thread& t : readers) t.join();
+  return in_time;
+}
 
 /// A fresh directory under the system's temporary directory, removed with its content at scope exit.
 class scratch_dir {
