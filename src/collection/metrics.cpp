@@ -16,6 +16,11 @@ void latency_histogram::record(std::chrono::nanoseconds elapsed) noexcept {
   sum_ns_.fetch_add(ns, std::memory_order_relaxed);
 }
 
+void latency_histogram::reset() noexcept {
+  for (std::atomic<std::uint64_t>& c : counts_) c.store(0, std::memory_order_relaxed);
+  sum_ns_.store(0, std::memory_order_relaxed);
+}
+
 latency_histogram::snapshot latency_histogram::read() const noexcept {
   snapshot s;
   std::uint64_t running = 0;

@@ -28,6 +28,8 @@ class latency_histogram {
   }
 
   void record(std::chrono::nanoseconds elapsed) noexcept;
+  /// Forgets every sample (not atomic with concurrent `record`s: for a histogram no other thread sees yet).
+  void reset() noexcept;
 
   /// Snapshot of the counts (cumulative per Prometheus `le` bucket), total count and sum.
   struct snapshot {

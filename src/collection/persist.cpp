@@ -344,6 +344,11 @@ collection collection::open(const std::filesystem::path& directory, const collec
     }
   }
   st->wal = std::move(wal);
+  // The replayed writes were counted by the process that made them: this one reports them as
+  // `shoal_wal_replayed_records`, not as new writes (which a rate() over the write counters would show
+  // as a burst at every open, read-only ones included).
+  for (std::atomic<std::uint64_t>* counter : {&st->adds, &st->upserts, &st->removes}) counter->store(0);
+  st->write_latency.reset();
   st->replayed = replay.size();
   for (const detail::wal_record& r : replay)
     st->replayed_ids.insert(st->replayed_ids.end(), r.ids.begin(), r.ids.end());

@@ -158,7 +158,7 @@ struct collection_stats {
   std::size_t size = 0;                  ///< stored vectors
   std::vector<std::size_t> shard_sizes;  ///< vectors per shard
   std::uint64_t queries = 0;             ///< query rows searched since creation/open
-  std::uint64_t writes = 0;              ///< vectors added, upserted or removed
+  std::uint64_t writes = 0;              ///< vectors added, upserted or removed since creation/open (not replays)
   double uptime_seconds = 0;
   double p50_seconds = 0;  ///< search latency percentiles (per search call)
   double p95_seconds = 0;
@@ -268,10 +268,10 @@ class collection {
   /// file in a private directory (mkdtemp) inside the collection's directory, or in
   /// std::filesystem::temp_directory_path for one in memory or memory-mapped, so it needs the shard's
   /// size free there; one left by a process killed meanwhile is removed by the next writable `open`,
-  /// as are the temporaries of a snapshot cut short. Like a write, it holds the collection's layout shared: a checkpoint,
-  /// save, train or rebalance start or swap called meanwhile waits for it, and writes to every shard
-  /// wait behind that (in a review's reproducer, a 0.57 s restore of a 390,000-vector shard delayed a
-  /// write to another shard by 0.42 s once a rebalance had started).
+  /// as are the temporaries of a snapshot cut short. Like a write, it holds the collection's layout shared: a
+  /// checkpoint, save, train or rebalance start or swap called meanwhile waits for it, and writes to every shard wait
+  /// behind that (in a review's reproducer, a 0.57 s restore of a 390,000-vector shard delayed a write to another shard
+  /// by 0.42 s once a rebalance had started).
   void restore(std::size_t shard, std::size_t replica);
   [[nodiscard]] bool replica_up(std::size_t shard, std::size_t replica) const;
 
