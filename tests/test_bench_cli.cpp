@@ -215,6 +215,13 @@ TEST_CASE("shoal-ann-bench: command-line details", "[bench]") {
   io::write_ivecs(dir.path() / "negative.ivecs", truth.view());
   check(bench(data + " --index Flat --gt " + d + "/negative.ivecs"), 2,
         "row 3 holds the id -2 (ids are base row numbers, or -1 for a missing neighbour)");
+  // An id listed twice (once: exact search scored 0.1 on a file of rows that repeat one id, exit 0).
+  truth.row(3)[4] = truth.row(3)[0];
+  io::write_ivecs(dir.path() / "twice.ivecs", truth.view());
+  check(bench(data + " --index Flat --gt " + d + "/twice.ivecs"), 2,
+        "ground-truth row 3 lists the id " + std::to_string(truth.row(3)[0]) + " more than once in its first 5");
+  // Every round runs at least one pass over the queries, whatever --min-time says.
+  check(bench(data + " --index Flat --rounds 1001"), 2, "--rounds must be at most 1000");
 }
 
 TEST_CASE("shoal-ann-bench: peers search as deep as shoal under the same label", "[bench]") {

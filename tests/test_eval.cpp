@@ -43,6 +43,18 @@ TEST_CASE("recall_at_k counts the overlap of the first k ids per query", "[eval]
                          fails_with(errc::invalid_argument, "stride 0 is smaller than its 4 ids"));
   REQUIRE_THROWS_MATCHES(recall_at_k(got, matrix_view<const std::int32_t>(nullptr, 2, 4), 2), shoal::error,
                          fails_with(errc::invalid_argument, "2 ground-truth rows but no data"));
+  // A ground truth that lists one id twice is damaged (even exact search would score below 1); missing
+  // neighbours (-1) may repeat, and only the first k ids count.
+  const std::vector<std::int32_t> twice = {0, 1, 2, 3,  //
+                                           4, 5, 5, 7};
+  REQUIRE_THROWS_MATCHES(recall_at_k(got, matrix_view<const std::int32_t>(twice.data(), 2, 4), 3), shoal::error,
+                         fails_with(errc::invalid_argument, "ground-truth row 1 lists the id 5 more than once"));
+  REQUIRE_THROWS_MATCHES(recall_at_k(got, result_of({{0, 1, 2, 3}, {4, 4, 6, 7}}), 2), shoal::error,
+                         fails_with(errc::invalid_argument, "row 1 lists the id 4 more than once in its first 2"));
+  CHECK(recall_at_k(got, matrix_view<const std::int32_t>(twice.data(), 2, 4), 2) == Approx(0.0));
+  const std::vector<std::int32_t> missing = {0, 1, -1, -1,  //
+                                             4, 5, 6,  7};
+  CHECK(recall_at_k(got, matrix_view<const std::int32_t>(missing.data(), 2, 4), 4) == Approx((2.0 / 4 + 3.0 / 4) / 2));
   REQUIRE_THROWS_MATCHES(make_clustered(4, 4, 2, 1, std::nanf("")), shoal::error,
                          fails_with(errc::invalid_argument, "spread must be finite"));
 }

@@ -89,8 +89,8 @@ constexpr option_spec specs[] = {
     {"--rounds", "R",
      "measure every (library, sweep point) in R interleaved rounds of min-time / R each and report the "
      "totals (default 1); all indexes stay built meanwhile. On a host whose speed drifts, every point then "
-     "sees the same drift",
-     [](options& o, std::string_view v) { o.rounds = parse_count(v, "--rounds", 1); }},
+     "sees the same drift. At most 1000: every round runs at least one pass over the queries",
+     [](options& o, std::string_view v) { o.rounds = parse_count(v, "--rounds", 1, 1000); }},
     {"--max-base", "N", "use only the first N base vectors (default: all)",
      [](options& o, std::string_view v) { o.max_base = parse_count(v, "--max-base", 1); }},
     {"--max-query", "N", "use only the first N queries (default: all)",

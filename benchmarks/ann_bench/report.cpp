@@ -60,12 +60,24 @@ bool by_qps(const result_row& a, const result_row& b) { return a.qps < b.qps; }
 bool by_recall(const result_row& a, const result_row& b) { return a.recall < b.recall; }
 
 /// Deletes the temporary files of one plot however the plot ends.
+/// The plot's data and script, in a directory of their own that mkdtemp(3) creates with an
+/// unpredictable name, readable by this user only: fixed names in the shared temporary directory would
+/// let another user plant a link there that the files are then written through.
 struct temp_files {
-  std::filesystem::path data, script;
+  std::filesystem::path dir, data, script;
+  temp_files() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "shoal-ann-bench-XXXXXX").string();
+    if (::mkdtemp(pattern.data()) == nullptr)
+      throw std::runtime_error("cannot create a temporary directory for the plot files like " + pattern);
+    dir = pattern;
+    data = dir / "plot.dat";
+    script = dir / "plot.gp";
+  }
+  temp_files(const temp_files&) = delete;
+  temp_files& operator=(const temp_files&) = delete;
   ~temp_files() {
     std::error_code ignored;
-    std::filesystem::remove(data, ignored);
-    std::filesystem::remove(script, ignored);
+    std::filesystem::remove_all(dir, ignored);
   }
 };
 
@@ -96,9 +108,7 @@ void write_plot(const std::filesystem::path& png, std::span<const result_row> ro
   const double min_recall = std::min_element(rows.begin(), rows.end(), by_recall)->recall;
   const double x_lo = std::max(0.0, std::floor((min_recall - 0.05) * 20.0) / 20.0);
 
-  const std::string stem = "shoal-ann-bench-" + std::to_string(::getpid());
-  const temp_files temp{std::filesystem::temp_directory_path() / (stem + ".dat"),
-                        std::filesystem::temp_directory_path() / (stem + ".gp")};
+  const temp_files temp;
   std::ofstream data(temp.data);
   std::ofstream script(temp.script);
   script << "set terminal pngcairo size 1000,650 noenhanced font 'sans,10'\n"

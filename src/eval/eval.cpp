@@ -22,6 +22,11 @@ double mean_overlap(const neighbors& result, std::size_t rows, std::size_t k, Wa
   for (std::size_t r = 0; r < rows; ++r) {
     for (std::size_t j = 0; j < k; ++j) truth[j] = want(r, j);
     std::sort(truth.begin(), truth.end());
+    // A true neighbour listed twice is a damaged ground truth: it would cap even exact search below 1.
+    const auto twice =
+        std::adjacent_find(truth.begin(), truth.end(), [](vector_id a, vector_id b) { return a == b && a != no_id; });
+    SHOAL_CHECK(twice == truth.end(), "recall_at_k: ground-truth row ", r, " lists the id ",
+                twice == truth.end() ? 0 : *twice, " more than once in its first ", k);
     std::copy_n(result.row_ids(r).begin(), k, got.begin());
     std::sort(got.begin(), got.end());
     std::size_t hits = 0;

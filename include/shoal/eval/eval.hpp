@@ -24,7 +24,9 @@ namespace shoal {
 /// duplicate of a true neighbour, say: a result holding it instead of the listed id scores lower here —
 /// and where a result repeats an id: ann-benchmarks counts each repeat, this counts it once.
 /// `.ivecs` ids are int32: for bases beyond 2³¹ − 1 rows use the `neighbors` overload.
-/// Throws `shoal::error` if k is 0, exceeds `result.k()` or `truth.dim`, or the row counts differ.
+/// Throws `shoal::error` if k is 0, exceeds `result.k()` or `truth.dim`, the row counts differ, or a
+/// ground-truth row lists an id more than once among its first k (missing neighbours, -1 or `no_id`,
+/// may repeat).
 [[nodiscard]] double recall_at_k(const neighbors& result, matrix_view<const std::int32_t> truth, std::size_t k);
 /// The same with ids in a `neighbors` (e.g. from `ground_truth`).
 [[nodiscard]] double recall_at_k(const neighbors& result, const neighbors& truth, std::size_t k);
