@@ -24,6 +24,7 @@
 #include <exception>
 #include <numeric>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -123,7 +124,8 @@ std::string read_request(int client, clock_type::time_point deadline, bool& too_
 }
 
 /// Answers one HTTP request on `client`: GET /metrics gets the exposition, another path 404, a request
-/// line that is not "METHOD PATH HTTP/x" 400, another method on /metrics 405, a head over 16 KiB 431.
+/// line that is not "METHOD PATH HTTP/d.d" 400, a version other than 1.x 505, another method on /metrics
+/// 405 (with the `Allow` header RFC 9110 requires), a head over 16 KiB 431.
 void answer(int client, const shoal::collection& c) {
   const clock_type::time_point deadline = clock_type::now() + client_time;
   bool too_long = false;
@@ -132,22 +134,27 @@ void answer(int client, const shoal::collection& c) {
   std::string line = request.substr(0, request.find('\n'));
   if (line.ends_with('\r')) line.pop_back();
   const std::size_t space1 = line.find(' '), space2 = line.rfind(' ');
-  const bool well_formed =
-      !too_long && space1 != std::string::npos && space2 > space1 && line.compare(space2 + 1, 5, "HTTP/") == 0;
+  const std::string_view version =
+      space2 == std::string::npos ? std::string_view() : std::string_view(line).substr(space2 + 1);
+  const auto digit = [](char ch) { return ch >= '0' && ch <= '9'; };
+  const bool well_formed = !too_long && space1 != std::string::npos && space2 > space1 && version.size() == 8 &&
+                           version.starts_with("HTTP/") && digit(version[5]) && version[6] == '.' && digit(version[7]);
   const std::string method = well_formed ? line.substr(0, space1) : "";
   const std::string path = well_formed ? line.substr(space1 + 1, space2 - space1 - 1) : "";
   const bool metrics = path == "/metrics" || path.starts_with("/metrics?");
-  const char* status = too_long                              ? "431 Request Header Fields Too Large"
-                       : !well_formed                        ? "400 Bad Request"
-                       : !metrics                            ? "404 Not Found"
-                       : method != "GET" && method != "HEAD" ? "405 Method Not Allowed"
-                                                             : "200 OK";
+  const bool allowed = method == "GET" || method == "HEAD";
+  const char* status = too_long            ? "431 Request Header Fields Too Large"
+                       : !well_formed      ? "400 Bad Request"
+                       : version[5] != '1' ? "505 HTTP Version Not Supported"
+                       : !metrics          ? "404 Not Found"
+                       : !allowed          ? "405 Method Not Allowed"
+                                           : "200 OK";
   const bool ok = std::strcmp(status, "200 OK") == 0;
   const std::string body = ok ? c.metrics_text("example") : std::string(status) + ": try GET /metrics\n";
   const std::string head =
       std::string("HTTP/1.1 ") + status +
       "\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: " + std::to_string(body.size()) +
-      "\r\nConnection: close\r\n\r\n";
+      (well_formed && metrics && !allowed ? "\r\nAllow: GET, HEAD" : "") + "\r\nConnection: close\r\n\r\n";
   const std::string response = method == "HEAD" ? head : head + body;
   std::size_t sent = 0;
   while (sent < response.size()) {

@@ -94,7 +94,12 @@ TEST_CASE("shoal-metrics-server serves /metrics and answers other requests with 
     const std::string metrics = http_exchange(port, "GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
     CHECK(metrics.starts_with("HTTP/1.1 200 OK\r\n"));
     CHECK(metrics.find("shoal_shard_vectors{collection=\"example\",shard=\"4\"}") != std::string::npos);
-    CHECK(http_exchange(port, "POST /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 405 "));
+    const std::string post = http_exchange(port, "POST /metrics HTTP/1.1\r\n\r\n");
+    CHECK(post.starts_with("HTTP/1.1 405 "));
+    CHECK(post.find("\r\nAllow: GET, HEAD\r\n") != std::string::npos);  // RFC 9110 15.5.6 (once: missing)
+    // Only HTTP/1.x (once: anything after "HTTP/" was taken).
+    CHECK(http_exchange(port, "GET /metrics HTTP/1.1garbage\r\n\r\n").starts_with("HTTP/1.1 400 "));
+    CHECK(http_exchange(port, "GET /metrics HTTP/9.9\r\n\r\n").starts_with("HTTP/1.1 505 "));
     CHECK(http_exchange(port, "GET /other HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 404 "));
     CHECK(http_exchange(port, "nonsense\r\n\r\n").starts_with("HTTP/1.1 400 "));
     // Over the 16 KiB limit by less than one read: the blank line arrives in the piece that crosses it.
