@@ -523,9 +523,17 @@ TEST_CASE("k-means and assign reject bad input", "[kmeans]") {
     matrix<float> tiny = points;
     for (float& v : tiny.values) v *= 1e-25f;
     REQUIRE_THROWS_MATCHES(kmeans(tiny.view(), params), shoal::error,
-                           fails_with(errc::invalid_argument, "their float distances underflow"));
+                           fails_with(errc::invalid_argument, "points spread by only"));
     const matrix<float> same(20, 4);
     CHECK(kmeans(same.view(), params).centroids.rows == 3);
+    // Spherical: points this short gave centroids of inf and NaN (the reciprocal of a norm below ~3e-39
+    // overflows float) without an error, and an IVF index under inner product saved a file it could
+    // not load.
+    kmeans_params sp = params;
+    sp.spherical = true;
+    for (float& v : tiny.values) v *= 1e-16f;
+    REQUIRE_THROWS_MATCHES(kmeans(tiny.view(), sp), shoal::error,
+                           fails_with(errc::invalid_argument, "points measure only"));
   }
   params.balance = 0.5;
   REQUIRE_THROWS_MATCHES(kmeans(points.view(), params), shoal::error,

@@ -58,8 +58,9 @@ double squared_norm(const float* c, std::size_t dim) noexcept {
 void normalize(float* c, std::size_t dim) noexcept {
   const double sum = squared_norm(c, dim);
   if (sum <= 0.0) return;
-  const auto scale = static_cast<float>(1.0 / std::sqrt(sum));
-  for (std::size_t j = 0; j < dim; ++j) c[j] *= scale;
+  // Divided in double: for a row of norm below ~3e-39 the reciprocal overflows float (to inf).
+  const double norm = std::sqrt(sum);
+  for (std::size_t j = 0; j < dim; ++j) c[j] = static_cast<float>(c[j] / norm);
 }
 
 /// k-means++ seeding: each next centroid is a point drawn with probability ∝ its squared distance to
@@ -855,6 +856,21 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
   // from it: below, the rounding (relative to ‖x‖²) is small against the distances between nearby
   // centroids, and a copy of the points is not worth it.
   constexpr double centring_ratio = 4.0;
+  // Products this small underflow float (below its smallest normal value): every point would tie with
+  // every centroid, and the result mean nothing. Points that all coincide (no spread) are fine: one
+  // location, any centroid on it.
+  const auto check_scale = [&](double sum_of_squares, const char* what) {
+    const double mean_square = sum_of_squares / static_cast<double>(n * dim);
+    SHOAL_CHECK(mean_square == 0.0 || mean_square >= static_cast<double>(std::numeric_limits<float>::min()) * 1e4,
+                "kmeans: the points ", what, " only ", std::sqrt(mean_square),
+                " per component (RMS): their float products underflow; scale the data up");
+  };
+  if (params.spherical) {
+    // Directions: ⟨x, c⟩ with unit centroids is of the order of the points' components.
+    double squares = 0.0;
+    for (std::size_t i = 0; i < n; ++i) squares += squared_norm(x.row(i), dim);
+    check_scale(squares, "measure");
+  }
   std::vector<float> shift;
   if (!params.spherical) {
     std::vector<double> mean(dim, 0.0);
@@ -868,13 +884,7 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
         const double d = x.row(i)[j] - mean[j];
         spread += d * d;
       }
-    // Squared distances between points this close underflow float (below its smallest normal value):
-    // every point would tie with every centroid, and the result mean nothing. Points that all coincide
-    // (no spread) are fine: one location, any centroid on it.
-    const double mean_square = spread / static_cast<double>(n * dim);
-    SHOAL_CHECK(mean_square == 0.0 || mean_square >= static_cast<double>(std::numeric_limits<float>::min()) * 1e4,
-                "kmeans: the points spread by only ", std::sqrt(mean_square),
-                " per component (RMS): their float distances underflow; scale the data up");
+    check_scale(spread, "spread by");
     if (offset > centring_ratio * spread / static_cast<double>(n)) {
       if (!sample) {
         sample.emplace(n, dim);
