@@ -5,6 +5,7 @@
 function(run)
   execute_process(COMMAND ${ARGN} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
   message("${out}")
+  set(out "${out}" PARENT_SCOPE)
   if(NOT rc EQUAL 0)
     message(FATAL_ERROR "failed (${rc}): ${ARGN}")
   endif()
@@ -30,6 +31,21 @@ run("${WORK_DIR}/build/consumer")
 # Without the cuda component, the package must configure where no CUDA toolkit is found, even when it
 # was installed with one: a FindCUDAToolkit that finds nothing stands in for a machine without it.
 file(WRITE "${WORK_DIR}/no-cuda/FindCUDAToolkit.cmake" "set(CUDAToolkit_FOUND FALSE)\n")
-run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build-no-cuda" -G "${GENERATOR}" -DCMAKE_BUILD_TYPE=${CONFIG}
-    "-DCMAKE_PREFIX_PATH=${WORK_DIR}/moved" "-DCMAKE_MODULE_PATH=${WORK_DIR}/no-cuda" -DWITH_CUDA=OFF
-    ${sanitize_flags})
+# Asked for as an optional component, it is reported missing and the package is still found (once: a
+# missing toolkit failed the whole find_package).
+foreach(mode OFF OPTIONAL)
+  run(${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build-no-cuda-${mode}" -G "${GENERATOR}"
+      -DCMAKE_BUILD_TYPE=${CONFIG} "-DCMAKE_PREFIX_PATH=${WORK_DIR}/moved" "-DCMAKE_MODULE_PATH=${WORK_DIR}/no-cuda"
+      -DWITH_CUDA=${mode} ${sanitize_flags})
+  if(NOT out MATCHES "consumer: shoal_cuda_FOUND FALSE")
+    message(FATAL_ERROR "without a CUDA toolkit (WITH_CUDA=${mode}) shoal_cuda_FOUND must be FALSE")
+  endif()
+endforeach()
+
+# A component the package does not have, required, fails with a message that names it.
+execute_process(COMMAND ${CMAKE_COMMAND} -S "${SOURCE_DIR}" -B "${WORK_DIR}/build-bogus" -G "${GENERATOR}"
+                        "-DCMAKE_PREFIX_PATH=${WORK_DIR}/moved" -DREQUIRE_COMPONENT=bogus
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE out)
+if(rc EQUAL 0 OR NOT out MATCHES "shoal has no component \"bogus\"")
+  message(FATAL_ERROR "a required unknown component must fail naming it (rc ${rc}):\n${out}")
+endif()
