@@ -489,6 +489,19 @@ TEST_CASE("ivf-pq rejects bad parameters and input", "[pq][ivf]") {
                                       "centroid) of vector row 0 has norm"));
     CHECK(far.size() == 0);
   }
+  {
+    // Copies of one vector (under cosine, of one direction): every later vector got the same codes and
+    // its distances tied (a review: recall@10 0.016).
+    matrix<float> copies(300, dim);
+    for (std::size_t i = 0; i < copies.rows; ++i) std::copy_n(f.base.row(0), dim, copies.row(i));
+    ivf_pq_index one(dim, metric::l2, {.nlist = 4, .m = 4, .nbits = 4});
+    REQUIRE_THROWS_MATCHES(one.train(copies.view()), shoal::error,
+                           fails_with(errc::invalid_argument, "cannot be learned from 300 copies of one vector"));
+    for (std::size_t j = 0; j < dim; ++j) copies.row(7)[j] *= 4.0f;  // a power of two: one direction exactly
+    CHECK_NOTHROW(ivf_pq_index(dim, metric::l2, {.nlist = 2, .m = 4, .nbits = 4}).train(copies.view()));
+    REQUIRE_THROWS_MATCHES(ivf_pq_index(dim, metric::cosine, {.nlist = 2, .m = 4, .nbits = 4}).train(copies.view()),
+                           shoal::error, fails_with(errc::invalid_argument, "copies of one vector"));
+  }
   ivf_pq_index wide(dim, metric::l2, {.nlist = 4, .m = 4, .nbits = 8});
   REQUIRE_THROWS_MATCHES(wide.train(f.base.view().slice(0, 200)), shoal::error,
                          fails_with(errc::invalid_argument, "need at least 256 training vectors, got 200"));

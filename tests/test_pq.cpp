@@ -275,6 +275,30 @@ TEST_CASE("pq rejects bad parameters", "[pq]") {
                          fails_with(errc::dimension_mismatch, "has dimension 17, expected 16"));
 }
 
+TEST_CASE("pq trains where one sub-space barely varies, and says why when every sub-space does", "[pq]") {
+  // Sub-space 3 spreads by ~1e-20, below what k-means can separate (its distances underflow): it refused
+  // the whole set (a review), where a codebook of the sub-space's mean loses less than 1e-39 per vector.
+  matrix<float> data = make_uniform(300, 16, 5);
+  splitmix64 rng(9);
+  for (std::size_t i = 0; i < data.rows; ++i)
+    for (std::size_t j = 12; j < 16; ++j) data.row(i)[j] = 1e-20f * rng.normal();
+  product_quantizer pq(16, 4, 4);
+  pq.train(data.view());
+  for (std::size_t c = 0; c < pq.ksub(); ++c)
+    for (std::size_t j = 0; j < 4; ++j)
+      CHECK(pq.codebooks().row(3 * pq.ksub() + c)[j] == pq.codebooks().row(3 * pq.ksub())[j]);
+  // The other sub-spaces are coded as they were without it.
+  product_quantizer without(12, 3, 4);
+  matrix<float> head(300, 12);
+  for (std::size_t i = 0; i < data.rows; ++i) std::copy_n(data.row(i), 12, head.row(i));
+  without.train(head.view());
+  for (std::size_t r = 0; r < 3 * pq.ksub(); ++r)
+    for (std::size_t j = 0; j < 4; ++j) CHECK(pq.codebooks().row(r)[j] == without.codebooks().row(r)[j]);
+  // Every sub-space that narrow: k-means says the data needs scaling up.
+  for (float& v : data.values) v *= 1e-20f;
+  REQUIRE_THROWS_MATCHES(pq.train(data.view()), shoal::error, fails_with(errc::invalid_argument, "spread by only"));
+}
+
 TEST_CASE("table quantization at every level matches the reference within one step", "[pq][kernel]") {
   const pq_kernels& ref = quant_kernels(simd_level::scalar);
   for (const std::size_t m : {1, 3, 16, 392}) {

@@ -861,9 +861,8 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
   // location, any centroid on it.
   const auto check_scale = [&](double sum_of_squares, const char* what) {
     const double mean_square = sum_of_squares / static_cast<double>(n * dim);
-    SHOAL_CHECK(mean_square == 0.0 || mean_square >= static_cast<double>(std::numeric_limits<float>::min()) * 1e4,
-                "kmeans: the points ", what, " only ", std::sqrt(mean_square),
-                " per component (RMS): their float products underflow; scale the data up");
+    SHOAL_CHECK(mean_square == 0.0 || mean_square >= kmeans_min_mean_square, "kmeans: the points ", what, " only ",
+                std::sqrt(mean_square), " per component (RMS): their float products underflow; scale the data up");
   };
   if (params.spherical) {
     // Directions: ⟨x, c⟩ with unit centroids is of the order of the points' components.
@@ -931,7 +930,7 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
   std::vector<std::size_t> offsets(k + 1);
   std::vector<std::size_t> members(n);
   const metric rank_by = params.spherical ? metric::inner_product : metric::l2;
-  result.objective.reserve(params.iterations);
+  result.objective.reserve(std::min<std::size_t>(params.iterations, 1024));  // a huge count must not throw here
   // A cluster's cap on points; n (no cap) without balance or when the cap would not bind.
   const double cap_points = std::ceil(params.balance * static_cast<double>(n) / static_cast<double>(k));
   const std::size_t cap =

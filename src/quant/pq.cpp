@@ -51,8 +51,31 @@ void product_quantizer::train(matrix_view<const float> vectors, const pq_train_p
   SHOAL_CHECK(vectors.rows >= k, "product_quantizer::train: ", k, " codewords per sub-quantizer need at least ", k,
               " training vectors, got ", vectors.rows);
   SHOAL_CHECK(params.iterations > 0, "product_quantizer::train: iterations must be at least 1");
+  // A sub-space whose values (nearly) coincide gets k copies of their mean: k-means refuses a spread
+  // this small (its distances underflow), and what its codes could tell apart is below the rounding of
+  // the other sub-spaces' distances. Unless every sub-space is like that: then k-means says why.
+  std::vector<std::vector<double>> means(m_, std::vector<double>(dsub_, 0.0));
+  std::vector<char> narrow(m_, 0);
+  for (std::size_t s = 0; s < m_; ++s) {
+    for (std::size_t i = 0; i < vectors.rows; ++i)
+      for (std::size_t j = 0; j < dsub_; ++j) means[s][j] += vectors.row(i)[s * dsub_ + j];
+    for (double& mean : means[s]) mean /= static_cast<double>(vectors.rows);
+    double spread = 0.0;
+    for (std::size_t i = 0; i < vectors.rows; ++i)
+      for (std::size_t j = 0; j < dsub_; ++j) {
+        const double d = vectors.row(i)[s * dsub_ + j] - means[s][j];
+        spread += d * d;
+      }
+    narrow[s] = spread / static_cast<double>(vectors.rows * dsub_) < kmeans_min_mean_square;
+  }
+  const bool all_narrow = std::all_of(narrow.begin(), narrow.end(), [](char n) { return n != 0; });
   matrix<float> books(m_ * k, dsub_);
   detail::parallel_for(m_, [&](std::size_t s) {
+    if (narrow[s] && !all_narrow) {
+      for (std::size_t c = 0; c < k; ++c)
+        for (std::size_t j = 0; j < dsub_; ++j) books.row(s * k + c)[j] = static_cast<float>(means[s][j]);
+      return;
+    }
     const matrix<float> sub = sub_columns(vectors, s * dsub_, dsub_);
     kmeans_params kp;
     kp.k = k;
@@ -140,8 +163,8 @@ void product_quantizer::decode(const std::uint8_t* codes, std::size_t n, matrix_
   // sub-quantizer's codewords, or past the last.
   if (k < 256)
     for (std::size_t i = 0; i < n * m_; ++i)
-      SHOAL_CHECK(codes[i] < k, "product_quantizer::decode: code ", static_cast<unsigned>(codes[i]), " of row ",
-                  i / m_, " (sub-quantizer ", i % m_, ") is not below ", k);
+      SHOAL_CHECK(codes[i] < k, "product_quantizer::decode: code ", static_cast<unsigned>(codes[i]), " of row ", i / m_,
+                  " (sub-quantizer ", i % m_, ") is not below ", k);
   for (std::size_t i = 0; i < n; ++i)
     for (std::size_t s = 0; s < m_; ++s)
       std::copy_n(codebooks_.row(s * k + codes[i * m_ + s]), dsub_, out.row(i) + s * dsub_);

@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "shoal/core/types.hpp"
@@ -16,6 +17,11 @@ enum class kmeans_init {
   kmeans_plus_plus,  ///< D² sampling (Arthur & Vassilvitskii): better starts, costs one extra pass per centroid
   random,            ///< k distinct training points drawn uniformly (what FAISS does)
 };
+
+/// `kmeans` refuses points whose mean square per component (of the deviations from their mean; of the
+/// points themselves for spherical k-means) is below this and not 0: their float distances and
+/// products underflow, every point would tie with every centroid.
+inline constexpr double kmeans_min_mean_square = static_cast<double>(std::numeric_limits<float>::min()) * 1e4;
 
 /// Settings of one k-means run.
 struct kmeans_params {

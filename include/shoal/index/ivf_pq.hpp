@@ -143,8 +143,9 @@ class ivf_pq_index {
 
   /// Learns the centroids (k-means on `vectors`) and the codebooks (on the residuals of `vectors`).
   /// Throws `shoal::error` if the index holds vectors, on a dimension mismatch, NaN/Inf, a zero vector
-  /// under cosine, fewer training vectors than nlist or than 2^nbits, or a residual past the norm bound
-  /// (a residual can be twice as long as its vector; vectors of up to half the bound always pass).
+  /// under cosine, fewer training vectors than nlist or than 2^nbits, training vectors that are all
+  /// copies of one vector (under cosine: of one direction), or a residual past the norm bound (a
+  /// residual can be twice as long as its vector; vectors of up to half the bound always pass).
   /// Needs exclusive access.
   void train(matrix_view<const float> vectors, const ivf_pq_train_params& params = {});
 

@@ -62,8 +62,10 @@ class product_quantizer {
   [[nodiscard]] matrix_view<const float> codebooks() const noexcept { return codebooks_.view(); }
 
   /// Learns the m codebooks from `vectors` (k-means with k = ksub per sub-space, in parallel over
-  /// sub-spaces on the caller's oneTBB arena). Throws `shoal::error` on a dimension mismatch, NaN/Inf,
-  /// or fewer than ksub training vectors.
+  /// sub-spaces on the caller's oneTBB arena). A sub-space whose values spread by less than k-means can
+  /// separate (`kmeans_min_mean_square`) gets ksub copies of their mean. Throws `shoal::error` on a
+  /// dimension mismatch, NaN/Inf, fewer than ksub training vectors, or when every sub-space is that
+  /// narrow and one is not constant (k-means's error: the data needs scaling up).
   void train(matrix_view<const float> vectors, const pq_train_params& params = {});
 
   /// Unpacked codes of `vectors`: row i's m bytes at `codes + i * m`, each the nearest codeword of its
