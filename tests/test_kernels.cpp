@@ -184,6 +184,20 @@ TEST_CASE("distance and distances_many refuse what an index refuses", "[kernel]"
                              fails_with(errc::non_finite, "distances_many: a"));
     }
   }
+  // No output (once: a crash in the GEMM), or one over an input (once: every entry wrong).
+  REQUIRE_THROWS_MATCHES(distances_many(metric::l2, a.view(), a.view(), nullptr, 3), shoal::error,
+                         fails_with(errc::invalid_argument, "no output buffer for 3 x 3 distances"));
+  matrix<float> in_place = make_clustered(8, 8, 2, 3);
+  const matrix_view<const float> rows = in_place.view();
+  REQUIRE_THROWS_MATCHES(distances_many(metric::l2, rows, rows, in_place.values.data(), 8), shoal::error,
+                         fails_with(errc::invalid_argument, "the output overlaps an input"));
+  REQUIRE_THROWS_MATCHES(distances_many(metric::l2, rows.slice(0, 2), rows.slice(4, 4), in_place.row(5), 4),
+                         shoal::error, fails_with(errc::invalid_argument, "the output overlaps an input"));
+  // Beside the inputs, and with nothing to write, it is fine.
+  std::vector<float> beside(8 * 8);
+  distances_many(metric::l2, rows, rows, beside.data(), 8);
+  CHECK(beside[1] == Approx(l2sqr(in_place.row(0), in_place.row(1), 8)).epsilon(1e-5));
+  CHECK_NOTHROW(distances_many(metric::l2, rows.slice(0, 0), rows, nullptr, 8));
 }
 
 /// The GEMM's error bound at `level`: float summation; at amx a rounding per pair of bfloat16 products

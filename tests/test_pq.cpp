@@ -754,6 +754,20 @@ TEST_CASE("scalar quantizers reject bad input", "[pq][sq]") {
   matrix<float> back(10, 8);
   sq.decode(codes.data(), 10, back.mutable_view());
   for (std::size_t i = 0; i < 10; ++i) CHECK(back.row(i)[3] == 0.25f);
+  // Trained with 15 steps (4-bit codes sharing the ranges), a value past the range clamps to code 15
+  // (once: code 100, decoding far outside the trained range).
+  matrix<float> grid(2, 8);
+  for (std::size_t d = 0; d < 8; ++d) grid.row(1)[d] = 15.0f;
+  sq.train(grid.view(), 15);
+  CHECK(sq.top_code() == 15);
+  for (std::size_t d = 0; d < 8; ++d) grid.row(1)[d] = 100.0f;
+  sq.encode(grid.view(), codes.data());
+  CHECK(codes[8] == 15);
+  const scalar_quantizer given = scalar_quantizer::sq8_with_ranges(sq.mins(), sq.steps(), 15);
+  given.encode(grid.view(), codes.data());
+  CHECK(codes[8] == 15);
+  REQUIRE_THROWS_MATCHES(scalar_quantizer::sq8_with_ranges(sq.mins(), sq.steps(), 0), shoal::error,
+                         fails_with(errc::invalid_argument, "top_code 0 is outside 1-255"));
 }
 
 // ------------------------------------------------------------------------------------------------- OPQ
@@ -911,7 +925,7 @@ TEST_CASE("opq learns an orthogonal rotation that lowers pq error on correlated 
   REQUIRE(opq.is_trained());
   REQUIRE(opq.errors().size() == 6);
   CAPTURE(opq.errors().front(), opq.errors().back());
-  CHECK(opq.errors().back() < 0.9 * opq.errors().front());
+  CHECK(opq.errors().back() <= opq.errors().front() * 1.05);
   // R is orthogonal: RᵀR = I.
   const std::vector<float>& r = opq.matrix_values();
   for (std::size_t a = 0; a < dim; ++a)
@@ -928,7 +942,8 @@ TEST_CASE("opq learns an orthogonal rotation that lowers pq error on correlated 
   product_quantizer plain(dim, 4, 4), rotated(dim, 4, 4);
   plain.train(x.view(), pp);
   rotated.train(y.view(), pp);
-  CHECK(reconstruction_error(rotated, y) < reconstruction_error(plain, x));
+  CAPTURE(reconstruction_error(rotated, y), reconstruction_error(plain, x));
+  CHECK(reconstruction_error(rotated, y) < 0.9 * reconstruction_error(plain, x));
   REQUIRE_THROWS_MATCHES(opq_rotation(dim, 5), shoal::error, fails_with(errc::invalid_argument, "does not divide"));
   REQUIRE_THROWS_MATCHES(opq_rotation(dim, 4).apply(x.view()), shoal::error,
                          fails_with(errc::invalid_argument, "not trained"));
@@ -936,6 +951,38 @@ TEST_CASE("opq learns an orthogonal rotation that lowers pq error on correlated 
   matrix<float> inout = x;
   opq.apply(inout.view(), inout.mutable_view());
   for (std::size_t i = 0; i < inout.values.size(); ++i) CHECK(inout.values[i] == Approx(y.values[i]).margin(1e-5));
+}
+
+TEST_CASE("opq evens out variance that sits in one sub-space, and keeps plain pq where it is better", "[pq][opq]") {
+  // Variance in dimensions 0-3 (sigma 10), 0.1 elsewhere: the 4 sub-spaces of 4 leave three of them
+  // nearly empty. Started from the identity, the alternation never left plain PQ's error (a review:
+  // 141 against 133.7 for plain PQ); dealing the principal directions out one per sub-space codes each
+  // large direction alone.
+  const std::size_t dim = 16;
+  splitmix64 rng(5);
+  matrix<float> x(4000, dim);
+  for (std::size_t i = 0; i < x.rows; ++i)
+    for (std::size_t d = 0; d < dim; ++d) x.row(i)[d] = (d < 4 ? 10.0f : 0.1f) * rng.normal();
+  opq_rotation opq(dim, 4, 4);
+  opq.train(x.view());
+  product_quantizer plain(dim, 4, 4);
+  plain.train(x.view());
+  CAPTURE(opq.errors(), reconstruction_error(plain, x));
+  CHECK(opq.errors().back() < 0.1 * reconstruction_error(plain, x));
+  // Uniform in a cube, which the axis-aligned sub-spaces code best (the principal directions of equal
+  // variances are arbitrary and mix the axes): the identity start is kept, so the first error is plain
+  // PQ's with the same seed.
+  const matrix<float> cube = make_uniform(2000, dim, 3);
+  opq_rotation second(dim, 4, 4);
+  opq_train_params tp;
+  tp.iterations = 3;
+  second.train(cube.view(), tp);
+  product_quantizer first_pq(dim, 4, 4);
+  pq_train_params pp;
+  pp.iterations = tp.pq_iterations;
+  pp.seed = tp.seed;
+  first_pq.train(cube.view(), pp);
+  CHECK(second.errors().front() == Approx(reconstruction_error(first_pq, cube)).epsilon(1e-6));
 }
 
 TEST_CASE("quantizers refuse missing buffers and codes outside the codebook", "[pq][sq][opq]") {

@@ -203,6 +203,13 @@ void distances_many(metric m, matrix_view<const float> a, matrix_view<const floa
   // norm bound every index applies: the same input checks as an index's.
   detail::check_vectors(a, a.dim, "distances_many: a");
   detail::check_vectors(b, b.dim, "distances_many: b");
+  if (a.rows == 0 || b.rows == 0) return;
+  SHOAL_CHECK(out != nullptr, "distances_many: no output buffer for ", a.rows, " x ", b.rows, " distances");
+  // The GEMM reads its inputs in tiles after it has begun to write: an output over an input is read
+  // back half overwritten (every entry wrong in a review's reproducer).
+  const matrix_view<const float> written{out, a.rows, b.rows, ldo};
+  SHOAL_CHECK(!detail::views_overlap(written, a) && !detail::views_overlap(written, b),
+              "distances_many: the output overlaps an input");
   const distance_kernels& k = active_kernels();
   k.inner_product_many(a.data, a.rows, a.stride, b.data, b.rows, b.stride, a.dim, out, ldo);
   if (m == metric::inner_product) {

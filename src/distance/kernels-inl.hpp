@@ -267,6 +267,12 @@ inline void store_hsums4(const __m256i (&acc)[4], std::int32_t* out) noexcept {
 }
 #endif
 
+/// a + b modulo 2³²: the integer dot products wrap past their coefficient limit instead of overflowing
+/// (undefined behaviour in int32).
+inline std::int32_t wrapping_add(std::int32_t a, std::int32_t b) noexcept {
+  return static_cast<std::int32_t>(static_cast<std::uint32_t>(a) + static_cast<std::uint32_t>(b));
+}
+
 /// Σ a_j · c_j of int16 coefficients and uint8 codes, exact in int32 as long as Σ |a_j| · 255 fits (the
 /// caller's bound, `dot_u8_i16_limit`: then no partial sum in any order overflows, so every level returns
 /// the same value). Codes are widened to 16 bits and multiplied pairwise into 32-bit sums (vpmaddwd): 32
@@ -314,7 +320,7 @@ void dot_u8_i16_x4(const std::int16_t* a, const std::uint8_t* const* c, std::siz
   }
   store_hsums4(acc, out);
   for (; i < dim; ++i)
-    for (std::size_t r = 0; r < 4; ++r) out[r] += static_cast<std::int32_t>(a[i]) * static_cast<std::int32_t>(c[r][i]);
+    for (std::size_t r = 0; r < 4; ++r) out[r] = wrapping_add(out[r], static_cast<std::int32_t>(a[i]) * c[r][i]);
 }
 #endif
 
@@ -411,7 +417,8 @@ void dot_u4_i16_x4(const std::int16_t* a, const std::uint8_t* const* c, std::siz
   }
   store_hsums4(acc, out);
   for (; i < dim; ++i)
-    for (std::size_t r = 0; r < 4; ++r) out[r] += static_cast<std::int32_t>(a[i]) * u4_code(c[r], i);
+    for (std::size_t r = 0; r < 4; ++r)
+      out[r] = wrapping_add(out[r], static_cast<std::int32_t>(a[i]) * u4_code(c[r], i));
 }
 #endif
 

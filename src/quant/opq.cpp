@@ -1,6 +1,7 @@
 #include "shoal/quant/opq.hpp"
 
 #include <Eigen/Core>
+#include <Eigen/Eigenvalues>
 #include <Eigen/SVD>
 #include <algorithm>
 #include <cmath>
@@ -19,6 +20,32 @@ using row_major_d = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen:
 Eigen::Map<const row_major, 0, Eigen::OuterStride<>> map(matrix_view<const float> v) {
   return {v.data, static_cast<Eigen::Index>(v.rows), static_cast<Eigen::Index>(v.dim),
           Eigen::OuterStride<>(static_cast<Eigen::Index>(v.stride))};
+}
+
+/// The parametric OPQ solution (Ge et al. 2013, "eigenvalue allocation"), for Gaussian data: the
+/// principal directions of `x`, dealt out largest variance first, each to the sub-space (of those not
+/// yet full) whose product of variances so far is smallest, so that every sub-space ends with about the
+/// same product. Column block s of the result spans sub-space s.
+row_major eigenvalue_allocation(const row_major& x, std::size_t m) {
+  const auto d = static_cast<std::size_t>(x.cols());
+  const std::size_t dsub = d / m;
+  const row_major_d centred = x.cast<double>().rowwise() - x.cast<double>().colwise().mean();
+  const row_major_d covariance = centred.transpose() * centred / static_cast<double>(x.rows());
+  const Eigen::SelfAdjointEigenSolver<row_major_d> eigen(covariance);
+  // Eigen sorts the eigenvalues in increasing order: walk them from the last.
+  std::vector<double> log_product(m, 0.0);
+  std::vector<std::size_t> filled(m, 0);
+  row_major r(x.cols(), x.cols());
+  for (std::size_t e = d; e-- > 0;) {
+    std::size_t best = m;
+    for (std::size_t s = 0; s < m; ++s)
+      if (filled[s] < dsub && (best == m || log_product[s] < log_product[best])) best = s;
+    // A zero (or rounding-negative) variance: a direction the data does not use; any place does.
+    log_product[best] += std::log(std::max(eigen.eigenvalues()(static_cast<Eigen::Index>(e)), 1e-300));
+    r.col(static_cast<Eigen::Index>(best * dsub + filled[best]++)) =
+        eigen.eigenvectors().col(static_cast<Eigen::Index>(e)).cast<float>();
+  }
+  return r;
 }
 
 }  // namespace
@@ -59,12 +86,12 @@ void opq_rotation::train(matrix_view<const float> vectors, const opq_train_param
   for (std::size_t i = 0; i < n; ++i)
     std::copy_n(vectors.row(rows[i]), dim_, x.data() + static_cast<Eigen::Index>(i * dim_));
 
-  row_major r = row_major::Identity(static_cast<Eigen::Index>(dim_), static_cast<Eigen::Index>(dim_));
   row_major rotated(x.rows(), x.cols());
   matrix<float> rebuilt(n, dim_);
   std::vector<std::uint8_t> codes(n * m_);
-  errors_.clear();
-  for (std::size_t it = 0; it < params.iterations; ++it) {
+  // Trains iteration `it`'s PQ on x·r, leaves its reconstruction in `rebuilt`, returns its mean squared
+  // error (summed in double: float overflows for valid vectors of norm ~1e18).
+  const auto quantize = [&](const row_major& r, std::size_t it) {
     rotated.noalias() = x * r;
     const matrix_view<const float> y{rotated.data(), n, dim_};
     product_quantizer pq(dim_, m_, nbits_);
@@ -76,7 +103,29 @@ void opq_rotation::train(matrix_view<const float> vectors, const opq_train_param
     pq.decode(codes.data(), n, rebuilt.mutable_view());
     const Eigen::Map<const row_major> yhat(rebuilt.values.data(), static_cast<Eigen::Index>(n),
                                            static_cast<Eigen::Index>(dim_));
-    errors_.push_back((rotated - yhat).cast<double>().squaredNorm() / static_cast<double>(n));  // float overflows
+    return (rotated - yhat).cast<double>().squaredNorm() / static_cast<double>(n);
+  };
+  // Two starts, the better kept after one PQ each. The alternation only refines the start it is given
+  // (it stayed at plain PQ's error on data whose variance sits in one sub-space; a review), and neither
+  // start wins everywhere (final error after 8 iterations, identity / allocation: bigann10k PQ16
+  // 9,744 / 15,590, CLIP captions PQ64x4 0.073 / 0.099; variance in 4 of 16 dimensions PQ4x4 141 / 4.3,
+  // 64-d clusters PQ16x4 7.27 / 6.58). The start with the lower first error ended lower in each. The
+  // second start costs one PQ, a covariance and its eigen-decomposition: 16,384 clustered vectors,
+  // 768-d PQ96x4, 31.2 s → 36.2 s (final error 194 → 163), bigann10k PQ16 3.3 s → 3.7 s (unchanged).
+  const row_major identity = row_major::Identity(static_cast<Eigen::Index>(dim_), static_cast<Eigen::Index>(dim_));
+  const row_major allocated = eigenvalue_allocation(x, m_);
+  const double allocated_error = quantize(allocated, 0);
+  const double identity_error = quantize(identity, 0);  // ties keep the identity: plain PQ
+  row_major r = identity;
+  if (allocated_error < identity_error) {
+    r = allocated;
+    (void)quantize(r, 0);  // its reconstruction again (the same seed: the same codes)
+  }
+  errors_.assign(1, std::min(identity_error, allocated_error));
+  for (std::size_t it = 0; it < params.iterations; ++it) {
+    if (it > 0) errors_.push_back(quantize(r, it));
+    const Eigen::Map<const row_major> yhat(rebuilt.values.data(), static_cast<Eigen::Index>(n),
+                                           static_cast<Eigen::Index>(dim_));
     if (it + 1 == params.iterations) break;
     // Orthogonal Procrustes: argmin_R ‖X·R − Ŷ‖_F over orthogonal R is U·Vᵀ for Xᵀ·Ŷ = U·Σ·Vᵀ (in
     // double precision: the product sums n terms per entry).

@@ -70,6 +70,8 @@ scalar_quantizer scalar_quantizer::sq8_with_ranges(std::vector<float> mins, std:
                                                    unsigned top_code) {
   SHOAL_CHECK(mins.size() == steps.size(), "scalar_quantizer::sq8_with_ranges: ", mins.size(), " minima but ",
               steps.size(), " steps");
+  SHOAL_CHECK(top_code >= 1 && top_code <= 255, "scalar_quantizer::sq8_with_ranges: top_code ", top_code,
+              " is outside 1-255");
   scalar_quantizer q(mins.size(), sq_type::sq8);
   // Each dimension's ends are components of vectors within the norm bound, as training on such vectors
   // gives them: a range past it decodes to vectors no index accepts (a step of 3e38 decoded past
@@ -84,6 +86,7 @@ scalar_quantizer scalar_quantizer::sq8_with_ranges(std::vector<float> mins, std:
   }
   q.min_ = std::move(mins);
   q.step_ = std::move(steps);
+  q.top_ = top_code;
   return q;
 }
 
@@ -231,6 +234,7 @@ void scalar_quantizer::train(matrix_view<const float> vectors, unsigned top_code
   for (std::size_t d = 0; d < dim_; ++d) step[d] = (hi[d] - lo[d]) / static_cast<float>(top_code);
   min_ = std::move(lo);
   step_ = std::move(step);
+  top_ = top_code;
 }
 
 void scalar_quantizer::encode(matrix_view<const float> vectors, std::uint8_t* codes) const {
@@ -250,7 +254,7 @@ void scalar_quantizer::encode(matrix_view<const float> vectors, std::uint8_t* co
     }
     for (std::size_t d = 0; d < dim_; ++d) {
       const float level = step_[d] > 0.0f ? (x[d] - min_[d]) / step_[d] : 0.0f;
-      out[d] = static_cast<std::uint8_t>(std::clamp(std::nearbyint(level), 0.0f, 255.0f));
+      out[d] = static_cast<std::uint8_t>(std::clamp(std::nearbyint(level), 0.0f, static_cast<float>(top_)));
     }
   }
 }

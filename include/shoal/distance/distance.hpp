@@ -147,8 +147,9 @@ constexpr void pack_u4(const std::uint8_t* codes, std::size_t dim, std::uint8_t*
 /// Many-to-many distances: out[i * ldo + j] = distance(m, a_i, b_j), computed blockwise through the
 /// GEMM kernel (‖a‖² − 2⟨a,b⟩ + ‖b‖² for L2). Rounding therefore differs slightly from the pairwise
 /// kernels. Throws `shoal::error`: `errc::dimension_mismatch` if the dims differ, `errc::invalid_argument`
-/// for `ldo < b.rows` or an unknown metric, `errc::non_finite` for a NaN/Inf value or a row past the norm
-/// bound every index applies (the GEMM form would report such rows at distance 0).
+/// for `ldo < b.rows`, an unknown metric, a null `out` or one whose rows overlap `a` or `b` (when there is
+/// a distance to write), `errc::non_finite` for a NaN/Inf value or a row past the norm bound every index
+/// applies (the GEMM form would report such rows at distance 0).
 void distances_many(metric m, matrix_view<const float> a, matrix_view<const float> b, float* out, std::size_t ldo);
 
 }  // namespace shoal

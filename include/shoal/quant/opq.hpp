@@ -30,11 +30,14 @@ struct opq_train_params {
 ///
 /// Training alternates (Ge et al., OPQ-NP): with R fixed, train the PQ on X·R and reconstruct Ŷ; with the
 /// codes fixed, R = argmin ‖X·R − Ŷ‖ over orthogonal R, the orthogonal Procrustes problem, solved by the
-/// SVD Xᵀ·Ŷ = U·Σ·Vᵀ → R = U·Vᵀ (Eigen). Starts from the identity, so the first iteration is plain PQ.
-/// Each iteration trains its PQ afresh (seed + iteration), so the training error tends to fall but may
-/// rise from one iteration to the next — by a few percent on uniform data, more than the 1% that PQ
-/// alone varies by seed. `apply` may write over its input. Thread safety: `train` needs exclusive
-/// access; `apply` may run concurrently.
+/// SVD Xᵀ·Ŷ = U·Σ·Vᵀ → R = U·Vᵀ (Eigen). The alternation only refines where it starts, so it starts
+/// from the better (by the first PQ's error) of two: the identity (plain PQ) and the parametric
+/// solution of the same paper (eigenvalue allocation: the principal directions dealt out to the
+/// sub-spaces so that their products of variances even out). Neither wins everywhere: the identity
+/// on SIFT and CLIP embeddings, the allocation where the variance sits in a few dimensions (src/quant/opq.cpp
+/// has the numbers). Each iteration trains its PQ afresh (seed + iteration), so the training error tends to fall but
+/// may rise from one iteration to the next — by a few percent on uniform data, more than the 1% that PQ alone varies by
+/// seed. `apply` may write over its input. Thread safety: `train` needs exclusive access; `apply` may run concurrently.
 class opq_rotation {
  public:
   /// Throws `shoal::error` as `product_quantizer(dim, m, nbits)` does.
@@ -49,7 +52,8 @@ class opq_rotation {
   [[nodiscard]] bool is_trained() const noexcept { return !rotation_.empty(); }
   /// The rotation, row-major dim x dim (empty before training).
   [[nodiscard]] const std::vector<float>& matrix_values() const noexcept { return rotation_; }
-  /// Mean squared reconstruction error of the training sample after each outer iteration.
+  /// Mean squared reconstruction error of the training sample after each outer iteration (the first:
+  /// of the start kept).
   [[nodiscard]] const std::vector<double>& errors() const noexcept { return errors_; }
 
   /// Learns R from `vectors`. Throws `shoal::error` on a dimension mismatch, NaN/Inf or fewer than

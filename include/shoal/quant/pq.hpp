@@ -139,7 +139,9 @@ struct quantized_table {
 /// Quantizes an m x 16 float table (as `compute_table` writes it for 4-bit codes) into `out`, reusing
 /// its storage. Throws `shoal::error` (`errc::non_finite`) — leaving `out` unspecified — when an entry is
 /// NaN or infinite, or the sum of the row minima or a row's range overflows float: a query (or codebook)
-/// so far out that its distances to the codewords do not fit a float.
+/// so far out that its distances to the codewords do not fit a float. The levels add the row minima in
+/// different orders (AVX2 eight rows at a time), so where that sum comes within rounding of float's
+/// overflow (minima near ±3e38 that cancel), one level may refuse a table another takes.
 void quantize_table(const float* table, std::size_t m, quantized_table& out);
 
 /// The fast-scan and ADC scan kernels of one SIMD level.
@@ -158,7 +160,7 @@ struct pq_kernels {
                  float* out) noexcept;
   /// `quantize_table`'s work on raw buffers: `out` gets m · 16 bytes, `bias` and `scale` the mapping.
   /// Returns false, having written nothing, for a table that cannot be quantized (see `quantize_table`):
-  /// every level decides alike.
+  /// every level decides alike, except on the sum of the row minima at the edge of float's range.
   bool (*quantize)(const float* table, std::size_t m, std::uint8_t* out, float* bias, float* scale) noexcept;
   void (*fast_scan)(const std::uint8_t* packed, std::size_t nblocks, std::size_t m, const std::uint8_t* table,
                     std::uint32_t* out) noexcept;

@@ -35,10 +35,10 @@ class scalar_quantizer {
   [[nodiscard]] bool is_trained() const noexcept { return type_ == sq_type::fp16 || !step_.empty(); }
 
   /// An sq8 quantizer with the given per-dimension minima and steps (as `mins()` / `steps()` return
-  /// them, e.g. read back from a file). Throws `shoal::error` if the sizes differ or are 0, a value is
-  /// not finite, a step is negative, or a dimension's range ends (code 0 or `top_code`: 15 for 4-bit
-  /// codes sharing these ranges) past the vector norm bound (`errc::non_finite`) — what no vector an
-  /// index accepts has, so training on accepted vectors never gives it.
+  /// them, e.g. read back from a file). Throws `shoal::error` if the sizes differ or are 0, `top_code` is
+  /// outside 1-255, a value is not finite, a step is negative, or a dimension's range ends (code 0 or `top_code`: 15
+  /// for 4-bit codes sharing these ranges) past the vector norm bound (`errc::non_finite`) — what no vector an index
+  /// accepts has, so training on accepted vectors never gives it.
   [[nodiscard]] static scalar_quantizer sq8_with_ranges(std::vector<float> mins, std::vector<float> steps,
                                                         unsigned top_code = 255);
 
@@ -53,8 +53,8 @@ class scalar_quantizer {
   void train(matrix_view<const float> vectors, unsigned top_code = 255);
 
   /// Codes of `vectors` into `codes` (rows · code_size bytes; fp16 as little-endian 16-bit words).
-  /// sq8 clamps values outside the trained range, fp16 values beyond ±`max_half`. Throws `shoal::error` if untrained,
-  /// on a dimension mismatch or NaN/Inf.
+  /// sq8 clamps values outside the trained range (codes 0 to `top_code()`), fp16 values beyond ±`max_half`. Throws
+  /// `shoal::error` if untrained, on a dimension mismatch or NaN/Inf.
   void encode(matrix_view<const float> vectors, std::uint8_t* codes) const;
   /// Reconstructions of `n` codes into `out` (n x dim). Throws `shoal::error` if untrained or on a bad
   /// output shape.
@@ -68,12 +68,15 @@ class scalar_quantizer {
   /// Per-dimension minimum and step of sq8 (empty for fp16 or before training).
   [[nodiscard]] const std::vector<float>& mins() const noexcept { return min_; }
   [[nodiscard]] const std::vector<float>& steps() const noexcept { return step_; }
+  /// The largest sq8 code (the `top_code` of `train` or `sq8_with_ranges`; 255 before either).
+  [[nodiscard]] unsigned top_code() const noexcept { return top_; }
 
  private:
   std::size_t dim_;
   sq_type type_;
   std::vector<float> min_;
   std::vector<float> step_;
+  unsigned top_ = 255;
 };
 
 /// fp16 bits of `x`, round to nearest even (overflow to ±Inf, NaN to a quiet NaN of its sign: 0x7e00 or
