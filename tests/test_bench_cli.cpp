@@ -222,6 +222,11 @@ TEST_CASE("shoal-ann-bench: command-line details", "[bench]") {
         "ground-truth row 3 lists the id " + std::to_string(truth.row(3)[0]) + " more than once in its first 5");
   // Every round runs at least one pass over the queries, whatever --min-time says.
   check(bench(data + " --index Flat --rounds 1001"), 2, "--rounds must be at most 1000");
+  // A bad SHOAL_SIMD is named as such, not as the spec's fault (once: "invalid spec \"Flat\"").
+  const outcome simd =
+      test::run_command("SHOAL_SIMD=bogus " + std::string(SHOAL_ANN_BENCH) + " " + data + " --index Flat");
+  check(simd, 2, "SHOAL_SIMD=bogus is not a SIMD level");
+  CHECK(simd.output.find("invalid spec") == std::string::npos);
 }
 
 TEST_CASE("shoal-ann-bench: peers search as deep as shoal under the same label", "[bench]") {

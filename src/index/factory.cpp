@@ -17,6 +17,7 @@
 
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
+#include "shoal/distance/distance.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/hnsw.hpp"
 #include "shoal/index/ivf_flat.hpp"
@@ -342,6 +343,8 @@ any_index make_index(std::string_view spec, std::size_t dim, metric m) {
   detail::check_metric(m, "make_index");
   const parser p(spec);
   const parsed_spec parsed = p.parse(spec, 0);
+  // A bad SHOAL_SIMD is the environment's error, not the spec's: raised before the rewrapping below.
+  (void)active_simd_level();
   try {
     return build(p, parsed, dim, m);
   } catch (const error& e) {
