@@ -46,14 +46,7 @@ std::string recall_of(const outcome& o, const std::string& row) {
 /// Runs a command whose unfixed form allocated without bound under a 4 GB address space, so that it fails
 /// at once instead of paging the host; uncapped under ASan and TSan, whose shadow memory needs terabytes.
 outcome bench_capped(const std::string& args) {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  constexpr bool sanitized = true;
-#elif defined(__has_feature)
-  constexpr bool sanitized = __has_feature(address_sanitizer) || __has_feature(thread_sanitizer);
-#else
-  constexpr bool sanitized = false;
-#endif
-  return test::run_command((sanitized ? "" : "ulimit -v 4000000; ") + std::string(SHOAL_ANN_BENCH) + " " + args);
+  return test::run_command((test::sanitized ? "" : "ulimit -v 4000000; ") + std::string(SHOAL_ANN_BENCH) + " " + args);
 }
 
 std::string read_file(const std::filesystem::path& path) {

@@ -34,6 +34,16 @@
 
 namespace shoal::test {
 
+/// Whether this build runs under AddressSanitizer or ThreadSanitizer (several times slower, and shadow
+/// memory that no address-space cap allows).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool sanitized = true;
+#elif defined(__has_feature)
+inline constexpr bool sanitized = __has_feature(address_sanitizer) || __has_feature(thread_sanitizer);
+#else
+inline constexpr bool sanitized = false;
+#endif
+
 /// Matches a shoal::error with the given code whose message contains `fragment`.
 class error_matcher : public Catch::MatcherBase<shoal::error> {
  public:
