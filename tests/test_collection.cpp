@@ -1142,6 +1142,56 @@ TEST_CASE("collection: writes get their turn while other threads read the routin
   CHECK(c.size() == n);
 }
 
+TEST_CASE("collection: a search or vector() concurrent with an upsert moving the id between shards finds it",
+          "[collection][concurrency]") {
+  // Two semantic shards over two far-apart regions; one id moves between them on every upsert. A search
+  // that read the new shard before the add and the old one after the remove missed the id (a review:
+  // 5 of 915 full searches), and vector() looked it up in the old shard after the move (not_found).
+  constexpr std::size_t d = 8, per_region = 1000;
+  matrix<float> base(2 * per_region, d);
+  splitmix64 rng(41);
+  for (std::size_t i = 0; i < base.rows; ++i)
+    for (std::size_t j = 0; j < d; ++j) base.row(i)[j] = (i < per_region ? -100.0f : 100.0f) + rng.normal();
+  std::vector<vector_id> ids(base.rows);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  collection_options o = options_for(sharding::semantic, d, metric::l2);
+  o.shards = 2;
+  collection c(o);
+  c.train(base.view());
+  c.add(base.view(), ids);
+  const vector_id moving = 1'000'000;
+  c.upsert(base.view().slice(0, 1), std::span(&moving, 1));
+  std::atomic<bool> stop{false};
+  std::atomic<std::size_t> moves{0};
+  std::thread mover([&] {
+    for (std::size_t i = 0; !stop.load(); ++i) {
+      c.upsert(base.view().slice(i % 2 == 0 ? per_region : 0, 1), std::span(&moving, 1));
+      moves.fetch_add(1);
+    }
+  });
+  std::size_t searches = 0, missed = 0, not_found = 0;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (std::chrono::steady_clock::now() < until || moves.load() < 100) {
+    const neighbors all = c.search(base.view().slice(0, 1), base.rows + 1);  // every stored id
+    const auto row = all.row_ids(0);
+    missed += std::find(row.begin(), row.end(), moving) == row.end() ? 1 : 0;
+    ++searches;
+    for (int v = 0; v < 20; ++v) {
+      try {
+        (void)c.vector(moving);
+      } catch (const shoal::error&) {
+        ++not_found;
+      }
+    }
+  }
+  stop.store(true);
+  mover.join();
+  CAPTURE(searches, moves.load());
+  CHECK(missed == 0);
+  CHECK(not_found == 0);
+  CHECK(c.size() == base.rows + 1);
+}
+
 TEST_CASE("collection: a relative directory stays where it was after a chdir", "[collection][io]") {
   // The directory was kept as given and looked up again at every checkpoint: after a chdir into a place
   // with a directory of the same name, the snapshot went there (over another collection) while the log

@@ -314,8 +314,15 @@ void collection_state::apply(layout& lay, wal_op op, matrix_view<const float> ve
     });
   }
   if (op != wal_op::remove) {
-    const std::unique_lock lock(lay.table_mutex);
-    for (std::size_t i = 0; i < n; ++i) lay.table[ids[i]] = new_shard[i];
+    {
+      const std::unique_lock lock(lay.table_mutex);
+      for (std::size_t i = 0; i < n; ++i) lay.table[ids[i]] = new_shard[i];
+    }
+    // Ids that move: wait for the reads that may have passed their new shard before the add (`moving`;
+    // no other lock held, as those reads take the table's and the shards').
+    if (std::any_of(remove_after.begin(), remove_after.end(), [](const auto& r) { return !r.empty(); })) {
+      const std::unique_lock drained(lay.moving);
+    }
   }
   for (std::size_t s = 0; s < shards; ++s) {
     if (remove_after[s].empty()) continue;
@@ -537,6 +544,9 @@ std::vector<float> collection::vector(vector_id id) const {
   // One layout for the lookup and the read: a rebalance swapping layouts in between could otherwise
   // send the read to a shard of the new layout that does not hold the id.
   const std::shared_ptr<detail::layout> lay = state_->current.load();
+  // An upsert moving the id between the lookup and the read would otherwise remove it from the shard
+  // looked up (`layout::moving`).
+  const std::shared_lock reading(lay->moving);
   const std::size_t s = shard_in(*lay, id, "collection::vector");
   detail::shard_state& shard = *lay->shards[s];
   const detail::live_replica live = detail::pick_replica(shard);
@@ -708,12 +718,15 @@ void collection::search(matrix_view<const float> queries, neighbors_view out, co
 
   // Fan out: every active shard searches its batch, in parallel.
   std::vector<neighbors> results(shards);
-  detail::parallel_for(active.size(), [&](std::size_t a) {
-    const std::size_t s = active[a];
-    const matrix<float> batch = visits.all ? matrix<float>() : detail::gather(queries, rows[s]);
-    const matrix_view<const float> q = visits.all ? queries : batch.view();
-    results[s] = detail::search_shard(st, *lay->shards[s], s, q, out.k, params);
-  });
+  {
+    const std::shared_lock reading(lay->moving);  // no id leaves a shard it may be found in meanwhile
+    detail::parallel_for(active.size(), [&](std::size_t a) {
+      const std::size_t s = active[a];
+      const matrix<float> batch = visits.all ? matrix<float>() : detail::gather(queries, rows[s]);
+      const matrix_view<const float> q = visits.all ? queries : batch.view();
+      results[s] = detail::search_shard(st, *lay->shards[s], s, q, out.k, params);
+    });
+  }
 
   // Merge per query.
   const auto merge_started = std::chrono::steady_clock::now();

@@ -106,6 +106,12 @@ struct layout {
   std::vector<std::shared_ptr<shard_state>> shards;
   mutable writer_first_mutex table_mutex;              // writes are not starved by size(), ids(), ... (review)
   std::unordered_map<vector_id, std::uint32_t> table;  // id -> shard
+  /// Searches and `collection::vector` hold it shared while they read shards. A write that moves ids to
+  /// other shards locks it (and unlocks it at once) after adding them to their new shards and before
+  /// removing them from their old ones: every read that might have passed a new shard before the add
+  /// ends before the old copy goes (a search read the new shard, then the old one after the remove, and
+  /// missed the id; a review).
+  mutable writer_first_mutex moving;
 };
 
 /// Nanoseconds as an atomic gauge.

@@ -30,7 +30,10 @@
 ///   writes to one shard reach all its replicas in the same order.
 /// - **A search concurrent with a write** sees the id either before or after the change. Results never
 ///   hold an id twice (an upsert that moves an id between shards is merged by id), but a concurrent
-///   search may miss an id whose upsert is replacing it inside one shard.
+///   search may miss an id whose upsert is replacing it inside one shard. An upsert that moves an id to
+///   another shard adds it there, then waits for the searches already reading shards to end before it
+///   removes the old copy: no concurrent search misses it (new searches wait meanwhile, for as long as
+///   the longest search then running).
 /// - **Replicas of an approximate index may differ slightly** (parallel HNSW insertion is not
 ///   deterministic across replicas), so two searches served by different replicas may differ in the
 ///   same way two builds of the index would. Flat replicas are identical.
@@ -221,7 +224,8 @@ class collection {
   /// Throws `errc::not_found`; `errc::unsupported` for shard indexes that keep only codes (IVF-PQ).
   /// Concurrent with an upsert of `id` it returns the old vector or the new one, or — like a search that
   /// misses the id (see the consistency model) — throws `errc::not_found` while a shard that serves
-  /// reads during writes (HNSW, IVF) replaces it.
+  /// reads during writes (HNSW, IVF) replaces it within the shard (not when the upsert moves it to
+  /// another shard).
   [[nodiscard]] std::vector<float> vector(vector_id id) const;
 
   /// Trains the router (semantic / hybrid: k-means over `sample` with one centroid per shard or group)
