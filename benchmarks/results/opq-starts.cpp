@@ -10,14 +10,14 @@
 // Rows printed: "<set> m=<m> nbits=<b> <start> <error after each of the 8 iterations>".
 
 #include <Eigen/Dense>
+#include <algorithm>
 #include <cstdio>
+#include <numeric>
 #include <string>
 #include <vector>
-#include <algorithm>
-#include <numeric>
-#include "shoal/quant/pq.hpp"
-#include "shoal/io/vecs.hpp"
 #include "shoal/eval/eval.hpp"
+#include "shoal/io/vecs.hpp"
+#include "shoal/quant/pq.hpp"
 using namespace shoal;
 using RM = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using RMd = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -25,7 +25,9 @@ using RMd = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajo
 double pq_mse(const RM& y, size_t m, size_t nbits, uint64_t seed, RM* yhat_out) {
   size_t n = y.rows(), d = y.cols();
   product_quantizer pq(d, m, nbits);
-  pq_train_params pp; pp.iterations = 4; pp.seed = seed;
+  pq_train_params pp;
+  pp.iterations = 4;
+  pp.seed = seed;
   matrix_view<const float> v{y.data(), n, d};
   pq.train(v, pp);
   std::vector<uint8_t> codes(n * m);
@@ -40,7 +42,8 @@ double pq_mse(const RM& y, size_t m, size_t nbits, uint64_t seed, RM* yhat_out) 
 RM init_random(size_t d, uint64_t seed) {
   splitmix64 rng(seed);
   RMd g(d, d);
-  for (size_t i = 0; i < d; ++i) for (size_t j = 0; j < d; ++j) g(i, j) = rng.normal();
+  for (size_t i = 0; i < d; ++i)
+    for (size_t j = 0; j < d; ++j) g(i, j) = rng.normal();
   Eigen::HouseholderQR<RMd> qr(g);
   RMd q = qr.householderQ();
   return q.cast<float>();
@@ -71,7 +74,9 @@ RM init_eigen(const RM& x, size_t m) {
   RM r(d, d);
   size_t col = 0;
   for (size_t b = 0; b < m; ++b)
-    for (size_t e : buckets[b]) { r.col(col++) = es.eigenvectors().col(e).cast<float>(); }
+    for (size_t e : buckets[b]) {
+      r.col(col++) = es.eigenvectors().col(e).cast<float>();
+    }
   return r;
 }
 
@@ -109,7 +114,8 @@ int main() {
   // reviewer's skewed synthetic
   splitmix64 rng(5);
   RM s(4000, 16);
-  for (int i = 0; i < 4000; ++i) for (int j = 0; j < 16; ++j) s(i, j) = (j < 4 ? 10.f : 0.1f) * rng.normal();
+  for (int i = 0; i < 4000; ++i)
+    for (int j = 0; j < 16; ++j) s(i, j) = (j < 4 ? 10.f : 0.1f) * rng.normal();
   run("skewed", s, 4, 4);
   run("skewed", s, 4, 8);
   // clustered
