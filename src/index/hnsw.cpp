@@ -1040,10 +1040,17 @@ struct hnsw_index::impl {
       };
       const std::vector<slot_t> old(list + 1, list + 1 + list[0]);
       const auto linked_before = [&](slot_t x) { return std::find(old.begin(), old.end(), x) != old.end(); };
-      std::size_t fixed = 0;  // kept[0, fixed): links put back, never displaced again
+      std::size_t fixed = 0;         // kept[0, fixed): links put back, never displaced again
+      std::vector<slot_t> released;  // old links displaced below, their in-link given up there
       for (const slot_t y : old) {
-        if (has(y)) continue;
-        if (!usable(y, 0) || release_in0(y)) continue;  // a removed node's link, or not y's last
+        // (A link displaced by an earlier y must not be given up twice: its target's count fell by two,
+        // below its true in-links, and a loaded copy, which counts them, grew another graph.)
+        if (has(y) || std::find(released.begin(), released.end(), y) != released.end()) continue;
+        if (!usable(y, 0)) {  // a removed node's (kept in its count for the node that reuses the slot)
+          drop_in0(y);
+          continue;
+        }
+        if (release_in0(y)) continue;  // not y's last
         if (kept.size() < max_links0) {
           kept.insert(kept.begin() + static_cast<std::ptrdiff_t>(fixed++), {distance(owner_vec, vec(y)), y});
           continue;
@@ -1069,6 +1076,7 @@ struct hnsw_index::impl {
           drop_in0(y);  // every kept link is its target's last: nothing can give way
           continue;
         }
+        if (linked_before(kept[victim].slot)) released.push_back(kept[victim].slot);
         kept.erase(kept.begin() + static_cast<std::ptrdiff_t>(victim));
         kept.insert(kept.begin() + static_cast<std::ptrdiff_t>(fixed++), {distance(owner_vec, vec(y)), y});
       }
@@ -1417,7 +1425,9 @@ struct hnsw_index::impl {
       keep_reachable(y, std::move(near));
     }
     store_link(links(r, 0)[0], 0);
-    in0(r).store(0, std::memory_order_relaxed);
+    // in0(r) now counts the links to r that the repairs did not find (each repaired list gave up its
+    // own): they lead to the node that reuses the slot, and a load, which counts every link, counts
+    // them too (with 0 here, a loaded copy grew another graph from the same adds).
     {
       const std::lock_guard lock(slots_mutex);
       free_slots.push_back(r);
