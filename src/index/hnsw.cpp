@@ -12,6 +12,7 @@
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "core/parallel.hpp"
 #include "index/hnsw_file.hpp"
@@ -227,12 +228,24 @@ struct hnsw_index::impl {
   std::vector<slab> slabs;                                     // under slots_mutex; buffers never move
   std::atomic<slot_t> slot_count{0};                           // slots ever handed out
   std::atomic<std::size_t> live_count{0};
-  // Nodes added, removed or upserted since the last `repair_reachability`: a removal relinks the removed
-  // node's neighbours locally, which leaves a few nodes unreachable over many removals (M = 3: up to 12
-  // of 1,125 after removing a quarter one by one), and adds leave some too (inner product, M 16: 25 of
-  // 10,000 added one at a time); a walk once they reach a sixteenth of the index brings them back, at a
-  // bounded cost per change.
+  // Nodes added, removed or upserted since the last `repair_reachability`: adds leave a few nodes
+  // unreachable (inner product, M 16: 25 of 10,000 added one at a time), and so did removals until they
+  // kept their paths (`keep_paths`; M = 3: up to 12 of 1,125 after removing a quarter one by one); a
+  // walk once they reach a sixteenth of the index brings them back, at a bounded cost per change.
   std::atomic<std::size_t> changed_since_repair{0};
+  /// Where `relink` records the bottom-layer links it drops while `remove_slot` runs (see `keep_paths`);
+  /// null otherwise. Set and read under the exclusive structure lock only.
+  mutable std::vector<std::pair<slot_t, slot_t>>* dropped_links = nullptr;
+  /// Points `dropped_links` at `to` for its lifetime (then back where it pointed before).
+  struct journal_scope {
+    const impl& x;
+    std::vector<std::pair<slot_t, slot_t>>* before;
+    journal_scope(const impl& owner, std::vector<std::pair<slot_t, slot_t>>& to)
+        : x(owner), before(std::exchange(owner.dropped_links, &to)) {}
+    journal_scope(const journal_scope&) = delete;
+    journal_scope& operator=(const journal_scope&) = delete;
+    ~journal_scope() { x.dropped_links = before; }
+  };
   std::atomic<std::uint64_t> sequence{0};  // insertion sequence number, the level generator's input
   std::atomic<std::uint64_t> entry{empty_entry};
 
@@ -1082,6 +1095,9 @@ struct hnsw_index::impl {
       }
       for (const cand& k : kept)
         if (!linked_before(k.slot)) in0(k.slot).fetch_add(1, std::memory_order_relaxed);
+      if (dropped_links != nullptr)
+        for (const slot_t y : old)
+          if (!has(y) && usable(y, 0)) dropped_links->push_back({owner, y});
     }
     write_links(list, kept);
   }
@@ -1134,6 +1150,97 @@ struct hnsw_index::impl {
     for (const cand& n : near)
       if (n.slot != q && usable(n.slot, 0) && link_back(n.slot, q, n.distance, 0, true)) return true;
     return false;
+  }
+
+  /// After a removal, keeps every path that went through what it took out: for each (x, z) in `cut` (a
+  /// bottom-layer link x → z that a repair dropped, or x → r → z through the removed node r), z must
+  /// stay reachable from x. Then any node reachable from the entry before is after (replace each cut
+  /// link of its path by a path from x to z), and any node with a path to the entry keeps one (what
+  /// `link_exits` gives), but for links to r that `remove_slot` did not find. The in-link counts alone
+  /// keep a node from losing its last in-link, not a group from losing its last link in: under inner
+  /// product, a hub's removal made every repaired list prefer other hubs to a group of small-norm nodes
+  /// that link each other, and the group stayed out of every search until the next walk (3,000
+  /// clustered 8-d vectors, norms 10^±1, M 16, 900 removed one by one, a search returning everything
+  /// after each: in 506-772 of the 900 states up to 21-88 stored ids missing, over 6 seeds; 0 in every
+  /// state of 12 seeds now, and under l2 and cosine before and after). A breadth-first walk from x over
+  /// at most three links and `max_path_lists` lists looks for each z; one it misses is linked (see
+  /// `link_path`; a forced link displaces another, which is itself cut and checked on the next round).
+  /// False when rounds ran out or a link could not be made: the caller walks the whole graph then.
+  /// Caller holds the structure lock exclusively. Cost: docs/hnsw.md, "Removals, session 35".
+  bool keep_paths(std::vector<std::pair<slot_t, slot_t>> cut) {
+    std::vector<std::pair<slot_t, slot_t>> next;
+    std::unique_ptr<scratch> s = acquire();
+    std::vector<slot_t> reached;  // from one node, breadth first
+    std::vector<slot_t> buf(max_links0);
+    bool ok = true;
+    for (int round = 0; ok && !cut.empty(); ++round) {
+      if (round == 8) {
+        ok = false;
+        break;
+      }
+      std::sort(cut.begin(), cut.end());
+      cut.erase(std::unique(cut.begin(), cut.end()), cut.end());
+      next.clear();
+      const journal_scope journal(*this, next);
+      for (std::size_t i = 0; i < cut.size();) {
+        const slot_t x = cut[i].first;
+        std::size_t end = i;
+        while (end < cut.size() && cut[end].first == x) ++end;
+        std::vector<slot_t> targets;
+        for (; i < end; ++i)
+          if (cut[i].second != x && usable(cut[i].second, 0)) targets.push_back(cut[i].second);
+        if (!usable(x, 0) || targets.empty()) continue;
+        s->reset(slot_count.load(std::memory_order_relaxed), max_links0);
+        (void)s->mark(x);
+        // Breadth first (`reached` in that order), stopping as soon as the last target is marked.
+        reached.assign(1, x);
+        std::size_t left = targets.size();
+        std::size_t level = 0;
+        for (int depth = 0; left > 0 && depth < 3 && level < reached.size(); ++depth) {
+          const std::size_t level_end = reached.size();
+          for (std::size_t f = level; left > 0 && f < level_end && f < max_path_lists; ++f) {
+            if (!usable(reached[f], 0)) continue;  // a stale link's target (the targets are usable)
+            const std::size_t count = copy_links(reached[f], 0, buf.data(), s.get());  // the new ones
+            for (std::size_t j = 0; left > 0 && j < count; ++j) {
+              const slot_t y = buf[j];
+              reached.push_back(y);
+              if (std::find(targets.begin(), targets.end(), y) != targets.end()) --left;
+            }
+          }
+          level = level_end;
+        }
+        std::erase_if(targets, [&](slot_t z) { return s->tags[z] == s->epoch; });
+        for (const slot_t z : targets)
+          if (!link_path(z, reached)) ok = false;
+      }
+      cut.swap(next);
+    }
+    release(std::move(s));
+    return ok;
+  }
+  /// Lists `keep_paths` reads at most for one node's targets (about a thousand nodes). Unbounded, the
+  /// few targets that are not within three links cost most of its reads (l2, 20,000 × 64 clustered:
+  /// 22% of the targets one link away, 66% two, 8.5% three, 3% further).
+  static constexpr std::size_t max_path_lists = 32;
+  /// Links z so that it is reachable from x = `reached[0]` (`reached`: nodes x reaches, breadth first):
+  /// from x if it has room, else from the nearest to z of the first `max_links0` nodes in `reached` that
+  /// have room, else by force from x. False when no link could be made.
+  bool link_path(slot_t z, std::span<const slot_t> reached) {
+    const auto room = [&](slot_t y) { return links(y, 0)[0] < max_links0; };
+    const slot_t x = reached[0];
+    const float* zv = vec(z);
+    if (room(x)) return link_back(x, z, distance(vec(x), zv), 0);
+    cand best{std::numeric_limits<float>::infinity(), no_slot};
+    std::size_t offered = 0;
+    for (std::size_t j = 1; j < reached.size() && offered < max_links0; ++j) {
+      const slot_t y = reached[j];
+      if (y == z || !usable(y, 0) || !room(y)) continue;
+      ++offered;
+      const float d = distance(vec(y), zv);
+      if (best.slot == no_slot || d < best.distance) best = {d, y};
+    }
+    if (best.slot != no_slot) return link_back(best.slot, z, best.distance, 0);
+    return link_back(x, z, distance(vec(x), zv), 0, true);
   }
 
   /// Counts `changes` nodes added, removed or upserted; runs `repair_reachability` once the count since
@@ -1372,18 +1479,25 @@ struct hnsw_index::impl {
   /// Unlinks and frees slot r. Caller holds the structure lock exclusively (no other thread touches the graph).
   void remove_slot(slot_t r) {
     const std::size_t top = level_of_slot(r);
+    const std::size_t in_links = in0(r).load(std::memory_order_relaxed);
     state(r).store(0, std::memory_order_release);
     // r's bottom-layer links are gone first, so that the repairs below see true in-link counts.
     const std::vector<slot_t> r0(links(r, 0) + 1, links(r, 0) + 1 + links(r, 0)[0]);
     for (const slot_t y : r0) drop_in0(y);
-    std::vector<slot_t> repaired0;  // bottom-layer lists that linked to r
-    std::vector<moved_link> moved;  // see relink
+    std::vector<slot_t> repaired0;               // bottom-layer lists that linked to r
+    std::vector<moved_link> moved;               // see relink
+    std::vector<std::pair<slot_t, slot_t>> cut;  // see keep_paths
+    const journal_scope journal(*this, cut);
     for (std::size_t l = 0; l <= top; ++l) {
       const slot_t* rl = links(r, l);
       std::vector<slot_t> out(rl + 1, rl + 1 + rl[0]);
       std::erase_if(out, [&](slot_t x) { return !usable(x, l); });
       // Nodes linking to r: links are nearly symmetric, so r's neighbours and theirs hold nearly all of
       // them. A link this misses stays behind stale; searches skip it, and the next prune drops it.
+      // Finding every in-link would take a read of every list (in0 says when some were missed: ~30%
+      // of removals under l2 and inner product, 20,000 × 64 clustered), and a wider walk from r did
+      // not find them much sooner (three links out: half of those removals still lacked some). The
+      // paths through a missed link are kept from the entry (below), not from its owner.
       std::vector<slot_t> sources = out;
       for (const slot_t n : out) {
         const slot_t* nl = links(n, l);
@@ -1433,7 +1547,45 @@ struct hnsw_index::impl {
       free_slots.push_back(r);
     }
     live_count.fetch_sub(1, std::memory_order_relaxed);
-    if (static_cast<slot_t>(entry.load(std::memory_order_relaxed) & 0xffffffffu) == r) choose_entry();
+    // The paths u → r → y: rather than every y from every u, every y from one anchor a (the node of r0
+    // most repaired lists link to now) and a from every u.
+    std::vector<std::size_t> votes(r0.size(), 0);
+    for (const slot_t u : repaired0) {
+      const slot_t* ul = links(u, 0);
+      for (std::size_t i = 0; i < r0.size(); ++i)
+        votes[i] += std::find(ul + 1, ul + 1 + ul[0], r0[i]) != ul + 1 + ul[0] ? 1 : 0;
+    }
+    std::size_t anchor = r0.size();
+    for (std::size_t i = 0; i < r0.size(); ++i)
+      if (usable(r0[i], 0) && (anchor == r0.size() || votes[i] > votes[anchor])) anchor = i;
+    if (anchor < r0.size()) {
+      const slot_t a = r0[anchor];
+      for (const slot_t u : repaired0) cut.emplace_back(u, a);
+      for (const slot_t y : r0) cut.emplace_back(a, y);
+      // In-links to r that the repairs missed (see above) are cut paths x → r → y with x unknown, and
+      // the found in-linkers may all lie behind r, reached through it alone (under inner product, hub
+      // r's region: after a removal that missed some, up to 19 nodes out of every search). So the
+      // anchor must be reachable from the entry too: a search for it from the entry on the bottom
+      // layer; where it misses, the nearest node it found (reachable from the entry) must reach it.
+      const auto ep = static_cast<slot_t>(entry.load(std::memory_order_relaxed) & 0xffffffffu);
+      if (repaired0.size() < in_links && ep != r) {
+        std::unique_ptr<scratch> s = acquire();
+        s->reset(slot_count.load(std::memory_order_relaxed), max_links0);
+        const query_ctx ctx{vec(a)};
+        const std::vector<cand> from{{distance(ctx.q, vec(ep)), ep}};
+        const std::vector<cand> found = search_layer(ctx, from, max_links0, 0, *s, [](slot_t) { return true; });
+        release(std::move(s));
+        // (Under inner product the nearest to a need not be a itself.)
+        if (!found.empty() && std::none_of(found.begin(), found.end(), [a](const cand& c) { return c.slot == a; }))
+          cut.emplace_back(std::min_element(found.begin(), found.end())->slot, a);
+      }
+    }
+    bool walk = !keep_paths(std::move(cut));
+    if (static_cast<slot_t>(entry.load(std::memory_order_relaxed) & 0xffffffffu) == r) {
+      choose_entry();
+      walk = true;  // the new entry was reachable from the old one, not necessarily the other way
+    }
+    if (walk) changed_since_repair.store(live_count.load(std::memory_order_relaxed), std::memory_order_relaxed);
   }
 
   /// The live node with the highest level (the smallest slot among equals) becomes the entry point.
