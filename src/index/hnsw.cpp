@@ -1322,9 +1322,10 @@ struct hnsw_index::impl {
         // nodes), and two such nodes then take each other's place pass after pass (M = 2: 2-5 of
         // 1,500 nodes stayed unreachable). So: the nearest reached near node with room, else the
         // nearest reached node with room anywhere, else a forced link from the nearest reached one.
+        // (Adds run beside the walk: a node added since it began has a slot past `seen`, unreached.)
         std::vector<cand> reached;
         for (const cand& c : near)
-          if (seen[c.slot] != 0) reached.push_back(c);
+          if (c.slot < n && seen[c.slot] != 0) reached.push_back(c);
         const auto with_room = [&](std::span<const cand> from) {
           std::vector<cand> roomy;
           for (const cand& c : from)
