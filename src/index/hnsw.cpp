@@ -1230,7 +1230,8 @@ struct hnsw_index::impl {
   static constexpr std::size_t max_path_lists = 32;
   /// Links z so that it is reachable from x = `reached[0]` (`reached`: nodes x reaches, breadth first):
   /// from x if it has room, else from the nearest to z of the first `max_links0` nodes in `reached` that
-  /// have room, else by force from x. False when no link could be made.
+  /// have room, else by force from x or, where that cannot be, from the next of `reached` (at most
+  /// `max_forced` tried). False when no link could be made.
   bool link_path(slot_t z, std::span<const slot_t> reached) {
     const auto room = [&](slot_t y) { return links(y, 0)[0] < max_links0; };
     const slot_t x = reached[0];
