@@ -1388,6 +1388,41 @@ TEST_CASE("hnsw under inner product: removals one by one leave no group of nodes
   CHECK(states_missing <= 3);  // 0 at the scalar and AVX2 levels; 135 before removals kept paths
 }
 
+TEST_CASE("hnsw under inner product: upserts to far-away vectors leave every stored id reachable", "[hnsw]") {
+  // An upsert's insert prunes the lists it links back to, as any add does; under the exclusive lock it
+  // keeps the paths that cuts as a removal does. Before, ids upserted again and again to far-away
+  // vectors left ids out of an exhaustive search until the next walk (here: all 20 checks, up to 117
+  // of 1,500 ids; a review's runs, up to 75).
+  constexpr std::size_t n = 1500, d = 12;
+  tbb::task_arena one(1);  // deterministic
+  matrix<float> data = make_clustered(n, d, 8, 4, 0.35f);
+  splitmix64 rng(7);
+  for (std::size_t i = 0; i < n; ++i) {
+    const float scale = std::pow(10.0f, static_cast<float>(rng.uniform() * 2 - 1));
+    for (std::size_t j = 0; j < d; ++j) data.row(i)[j] *= scale;
+  }
+  std::vector<vector_id> ids(n);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  hnsw_index index(d, metric::inner_product, {.M = 4});
+  one.execute([&] { index.add(data.view(), ids); });
+  std::size_t incomplete = 0;
+  std::size_t most_missing = 0;
+  for (int t = 0; t < 200; ++t) {
+    std::vector<float> v(d);
+    for (float& c : v) c = (t % 2 == 1 ? 1000.0f : -1000.0f) * (static_cast<float>(rng.uniform()) + 0.1f);
+    const vector_id id = 7 + static_cast<vector_id>(t % 5);
+    one.execute([&] { index.upsert({v.data(), 1, d}, id); });
+    if (t % 10 != 9) continue;
+    const neighbors got = index.search(data.view().slice(rng.below(n), 1), n, with_ef(10 * n));
+    std::size_t found = 0;
+    for (std::size_t j = 0; j < n; ++j) found += got.id(0, j) != no_id ? 1 : 0;
+    incomplete += found < n ? 1 : 0;
+    most_missing = std::max(most_missing, n - found);
+  }
+  CAPTURE(most_missing);
+  CHECK(incomplete <= 1);  // 0 at the scalar and AVX2 levels
+}
+
 TEST_CASE("hnsw: thin graphs stay reachable through many removals", "[hnsw]") {
   // M = 3 (six bottom-layer links): a removal relinks its node's neighbours locally, and removing a
   // quarter of 1,500 nodes one by one left up to 12 nodes that no search could reach. A filter that
