@@ -1352,6 +1352,17 @@ TEST_CASE("hnsw load refuses damaged files and files of other indexes", "[hnsw][
                          fails_with(errc::invalid_argument, "flat"));
 }
 
+namespace {
+/// Scales each row of `data` by 10^u, u uniform in [-1, 1]: norms over two decades, which under inner
+/// product make large-norm hubs and groups of small-norm nodes that only each other link.
+void spread_norms(matrix<float>& data, splitmix64& rng) {
+  for (std::size_t i = 0; i < data.rows; ++i) {
+    const float scale = std::pow(10.0f, static_cast<float>(rng.uniform() * 2 - 1));
+    for (std::size_t j = 0; j < data.dim; ++j) data.row(i)[j] *= scale;
+  }
+}
+}  // namespace
+
 TEST_CASE("hnsw under inner product: removals one by one leave no group of nodes out of every search", "[hnsw]") {
   // Removing a large-norm hub made every repaired list prefer other hubs to a group of small-norm nodes
   // that link each other: each kept an in-link, none from outside, and no search reached the group until
@@ -1363,10 +1374,7 @@ TEST_CASE("hnsw under inner product: removals one by one leave no group of nodes
   for (const std::uint64_t seed : {1, 2}) {
     matrix<float> data = make_clustered(n, d, 6, seed, 0.35f);
     splitmix64 rng(seed);
-    for (std::size_t i = 0; i < n; ++i) {
-      const float scale = std::pow(10.0f, static_cast<float>(rng.uniform() * 2 - 1));
-      for (std::size_t j = 0; j < d; ++j) data.row(i)[j] *= scale;
-    }
+    spread_norms(data, rng);
     std::vector<vector_id> ids(n);
     std::iota(ids.begin(), ids.end(), vector_id{0});
     hnsw_index index(d, metric::inner_product, {.M = 16});
@@ -1397,10 +1405,7 @@ TEST_CASE("hnsw under inner product: upserts to far-away vectors leave every sto
   tbb::task_arena one(1);  // deterministic
   matrix<float> data = make_clustered(n, d, 8, 4, 0.35f);
   splitmix64 rng(7);
-  for (std::size_t i = 0; i < n; ++i) {
-    const float scale = std::pow(10.0f, static_cast<float>(rng.uniform() * 2 - 1));
-    for (std::size_t j = 0; j < d; ++j) data.row(i)[j] *= scale;
-  }
+  spread_norms(data, rng);
   std::vector<vector_id> ids(n);
   std::iota(ids.begin(), ids.end(), vector_id{0});
   hnsw_index index(d, metric::inner_product, {.M = 4});
