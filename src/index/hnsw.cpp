@@ -1171,9 +1171,9 @@ struct hnsw_index::impl {
   /// state of 12 seeds now, and under l2 and cosine before and after). A breadth-first walk from x over
   /// at most three links and `max_path_lists` lists looks for each z; one it misses is linked (see
   /// `link_path`; a forced link displaces another, which is itself cut and checked on the next round).
-  /// False when rounds ran out or a link could not be made: the caller walks the whole graph then.
-  /// Caller holds the structure lock exclusively. Cost: docs/hnsw.md, "Removals, session 35".
-  bool keep_paths(std::vector<std::pair<slot_t, slot_t>> cut) {
+  /// Where rounds run out or a link cannot be made, the next `repair_after_changes` walks the whole
+  /// graph (`walk_soon`). Caller holds the structure lock exclusively. Cost: docs/hnsw.md, "Removals, session 35".
+  void keep_paths(std::vector<std::pair<slot_t, slot_t>> cut) {
     std::vector<std::pair<slot_t, slot_t>> next;
     std::unique_ptr<scratch> s = acquire();
     std::vector<slot_t> reached;  // from one node, breadth first
@@ -1222,7 +1222,11 @@ struct hnsw_index::impl {
       cut.swap(next);
     }
     release(std::move(s));
-    return ok;
+    if (!ok) walk_soon();
+  }
+  /// Makes the next `repair_after_changes` walk the whole graph.
+  void walk_soon() {
+    changed_since_repair.store(live_count.load(std::memory_order_relaxed), std::memory_order_relaxed);
   }
   /// Lists `keep_paths` reads at most for one node's targets (about a thousand nodes). Unbounded, the
   /// few targets that are not within three links cost most of its reads (l2, 20,000 × 64 clustered:
@@ -1600,12 +1604,11 @@ struct hnsw_index::impl {
           cut.emplace_back(std::min_element(found.begin(), found.end())->slot, a);
       }
     }
-    bool walk = !keep_paths(std::move(cut));
+    keep_paths(std::move(cut));
     if (static_cast<slot_t>(entry.load(std::memory_order_relaxed) & 0xffffffffu) == r) {
       choose_entry();
-      walk = true;  // the new entry was reachable from the old one, not necessarily the other way
+      walk_soon();  // the new entry was reachable from the old one, not necessarily the other way
     }
-    if (walk) changed_since_repair.store(live_count.load(std::memory_order_relaxed), std::memory_order_relaxed);
   }
 
   /// The live node with the highest level (the smallest slot among equals) becomes the entry point.
@@ -1959,8 +1962,7 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
     x.release(std::move(s));
   }
   x.live_count.fetch_add(1, std::memory_order_relaxed);
-  if (!x.keep_paths(std::move(cut)))
-    x.changed_since_repair.store(x.live_count.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  x.keep_paths(std::move(cut));
   x.repair_after_changes(1);
 }
 
