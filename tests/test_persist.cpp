@@ -1131,7 +1131,8 @@ TEST_CASE("hnsw F16 files before format 1.6 (no frame: raw half values) load, se
   CHECK(std::any_of(learnt.begin(), learnt.end(), [](char c) { return c != 0; }));
 }
 
-TEST_CASE("damaged hnsw files: a bad F16 frame, or a frame in a graph of other codes, is corrupt", "[io][hnsw]") {
+TEST_CASE("damaged hnsw files: a bad F16 frame or walk counter, or a frame in a graph of other codes, is corrupt",
+          "[io][hnsw]") {
   const scratch_dir dir("shoal-persist");
   const std::string path = dir / "graph.shoal";
   const std::string bad = dir / "bad.shoal";
@@ -1171,6 +1172,32 @@ TEST_CASE("damaged hnsw files: a bad F16 frame, or a frame in a graph of other c
     changed.push_back(frame);
     refused("F16 frame in a graph without F16 codes", other_bytes, changed);
   }
+
+  // HWLK (format 1.7, optional): u64 changes since the last reachability walk, at most the live count.
+  // A batch as large as the graph walks at its end, so a graph just built has none to write.
+  hnsw_index graph(dim, metric::l2, small_graph(hnsw_codes::none));
+  graph.add(d.base.view(), d.ids);
+  graph.save(path);
+  const std::vector<file_section> built = sections_of(slurp(path));
+  CHECK(std::none_of(built.begin(), built.end(), [](const file_section& x) { return x.tag == "HWLK"; }));
+  for (vector_id id = 0; id < 3; ++id) graph.remove(d.ids[id]);
+  graph.save(path);
+  const std::vector<char> walked = slurp(path);
+  const std::vector<file_section> with_walk = sections_of(walked);
+  const auto walk = std::find_if(with_walk.begin(), with_walk.end(), [](const auto& x) { return x.tag == "HWLK"; });
+  REQUIRE(walk != with_walk.end());
+  CHECK(walk->flags == 0);  // a reader that does not know it may ignore it: it only walks later
+  CHECK(walk->content == std::vector<char>{3, 0, 0, 0, 0, 0, 0, 0});
+  const auto walk_changed = [&](const auto& change) {
+    std::vector<file_section> changed = with_walk;
+    change(section_named(changed, "HWLK")->content);
+    return changed;
+  };
+  refused("section HWLK has 4 bytes, expected 8", walked, walk_changed([](std::vector<char>& c) { c.resize(4); }));
+  refused("walk counter exceeds the live node count", walked,
+          walk_changed([&](std::vector<char>& c) { put(c, 0, std::uint64_t{graph.size() + 1}); }));
+  spit(bad, with_sections(walked, walk_changed([&](std::vector<char>& c) { put(c, 0, std::uint64_t{graph.size()}); })));
+  CHECK(hnsw_index::load(bad).size() == graph.size());  // the largest count a graph keeps
 }
 
 TEST_CASE("damaged hnsw files: a level byte that claims more upper links than the file holds allocates nothing",

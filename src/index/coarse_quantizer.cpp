@@ -453,7 +453,7 @@ coarse_quantizer coarse_quantizer::read(const io::detail::index_file_reader& in,
 }
 
 std::span<const std::uint32_t> coarse_quantizer::tags() noexcept {
-  static constexpr std::array<std::uint32_t, 10> known{tag_centroids,
+  static constexpr std::array<std::uint32_t, 11> known{tag_centroids,
                                                        tag_graph_m,
                                                        coarse_graph_tags.params,
                                                        coarse_graph_tags.vectors,
@@ -462,7 +462,8 @@ std::span<const std::uint32_t> coarse_quantizer::tags() noexcept {
                                                        coarse_graph_tags.state,
                                                        coarse_graph_tags.ids,
                                                        coarse_graph_tags.upper,
-                                                       coarse_graph_tags.ranges};
+                                                       coarse_graph_tags.ranges,
+                                                       coarse_graph_tags.walk};
   return known;
 }
 

@@ -2065,8 +2065,9 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
 
 std::span<const std::uint32_t> detail::index_sections<hnsw_index>::known() noexcept {
   constexpr const hnsw_section_tags& t = hnsw_file_tags;
-  static constexpr std::array<std::uint32_t, 12> tags{t.params, t.vectors, t.links0, t.legacy_codes, t.state, t.ids,
-                                                      t.upper,  t.ranges,  t.alpha,  t.codes,        t.terms, t.frame};
+  static constexpr std::array<std::uint32_t, 13> tags{t.params, t.vectors, t.links0, t.legacy_codes, t.state,
+                                                      t.ids,    t.upper,   t.ranges, t.alpha,        t.codes,
+                                                      t.terms,  t.frame,   t.walk};
   return tags;
 }
 
@@ -2140,6 +2141,13 @@ detail::hnsw_write_lock detail::hnsw_sections::write(const hnsw_index& index, io
   out.append_copy(std::span<const vector_id>(ids));
   out.begin_section(tags.upper);
   out.append_copy(std::span<const slot_t>(upper));
+  // Changes since the last reachability walk (format 1.7), so that a loaded copy walks after the same
+  // add or removal as the saved graph and the two keep growing the same graph. Absent: 0 (what a load
+  // before 1.7 assumed). Optional: a reader that ignores it only walks later.
+  if (const std::uint64_t walk = x.changed_since_repair.load(std::memory_order_relaxed); walk != 0) {
+    out.begin_section(tags.walk, 0);
+    out.append_value(walk);
+  }
   return held;
 }
 
@@ -2352,6 +2360,13 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   x.entry.store(entry, std::memory_order_release);
   x.live_count.store(live, std::memory_order_relaxed);
   x.sequence.store(fp.sequence, std::memory_order_relaxed);
+  if (in.has(tags.walk)) {
+    std::uint64_t walk = 0;
+    in.read(tags.walk, &walk, 1);
+    // At rest a graph holds fewer changes than a sixteenth of its live nodes (each that reaches that walks).
+    corrupt(walk <= live, "walk counter exceeds the live node count");
+    x.changed_since_repair.store(static_cast<std::size_t>(walk), std::memory_order_relaxed);
+  }
   return index;
 }
 
