@@ -1,10 +1,16 @@
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <mutex>
+#include <shared_mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
 
+#include "core/phase_fair_mutex.hpp"  // src/: the lock every index's readers and writers share
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/neighbors.hpp"
@@ -173,4 +179,81 @@ TEST_CASE("id_filter holds small predicates by value, so a temporary may be stor
   const id_filter by_reference = listed;
   CHECK(by_reference.accepts(7));
   CHECK_FALSE(by_reference.accepts(2));
+}
+
+TEST_CASE("phase_fair_mutex: readers that wait for a writer go before the next writer", "[core][concurrency]") {
+  // Writer A holds the lock; reader R comes, then writer B. When A lets go, R must get in before B. The
+  // writer-first lock this replaced let B in first (a writer was pending), and a thread writing without
+  // pause starved every reader that way.
+  detail::phase_fair_mutex mutex;
+  std::mutex log_mutex;
+  std::string order;
+  const auto note = [&](char c) {
+    const std::lock_guard lock(log_mutex);
+    order += c;
+  };
+  std::atomic<int> started{0};
+  const auto settle = [] { std::this_thread::sleep_for(std::chrono::milliseconds(200)); };
+  mutex.lock();  // A
+  std::thread reader([&] {
+    started.fetch_add(1);
+    const std::shared_lock lock(mutex);
+    note('R');
+  });
+  while (started.load() < 1) std::this_thread::yield();
+  settle();  // R waits inside lock_shared (it only needs to have arrived before A lets go)
+  std::thread writer([&] {
+    started.fetch_add(1);
+    const std::lock_guard lock(mutex);
+    note('B');
+  });
+  while (started.load() < 2) std::this_thread::yield();
+  settle();
+  note('A');
+  mutex.unlock();
+  reader.join();
+  writer.join();
+  CHECK(order == "ARB");
+}
+
+TEST_CASE("phase_fair_mutex: a thread writing without pause does not starve a reader, nor readers a writer",
+          "[core][concurrency]") {
+  // Writes as long as an HNSW removal (hundreds of microseconds) back to back: under the writer-first
+  // lock the woken reader found the writer locked again and got in not once in 1,000 writes (3 runs;
+  // 14,000 removals from a 100,000-vector HNSW index let a searching thread through 7 times in 10 s).
+  detail::phase_fair_mutex mutex;
+  constexpr int writes = 1000;
+  std::atomic<bool> writing{true};
+  std::atomic<int> reads{0};
+  std::thread reader([&] {
+    while (writing.load()) {
+      const std::shared_lock lock(mutex);
+      reads.fetch_add(1);
+    }
+  });
+  for (int w = 0; w < writes; ++w) {
+    const std::lock_guard lock(mutex);
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  const int reads_during_writes = reads.load();
+  writing = false;
+  reader.join();
+  CAPTURE(reads_during_writes);
+  CHECK(reads_during_writes >= writes / 10);
+
+  // Two readers whose holds overlap without pause, and one writer: every write gets its turn (under
+  // glibc's reader-preferring rwlock the writer waited as long as the readers ran).
+  std::atomic<bool> reading{true};
+  const auto read_on = [&] {
+    while (reading.load()) {
+      const std::shared_lock lock(mutex);
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+  };
+  std::thread r1(read_on), r2(read_on);
+  for (int w = 0; w < 200; ++w) const std::lock_guard lock(mutex);
+  reading = false;
+  r1.join();
+  r2.join();
+  SUCCEED("200 writes done beside two readers without pause");
 }

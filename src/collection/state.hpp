@@ -19,7 +19,7 @@
 #include "collection/metrics.hpp"
 #include "collection/router.hpp"
 #include "collection/wal.hpp"
-#include "core/writer_first_mutex.hpp"
+#include "core/phase_fair_mutex.hpp"
 #include "shoal/collection/collection.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/index/any_index.hpp"
@@ -89,7 +89,7 @@ struct replica_slot {
   std::atomic<bool> up{true};
   std::atomic<std::int64_t> inflight{0};  // searches running on it
   std::atomic<std::uint64_t> lag{0};      // vector writes missed while down
-  mutable writer_first_mutex access;      // searches shared, writes exclusive (indexes without concurrent writes)
+  mutable phase_fair_mutex access;        // searches shared, writes exclusive (indexes without concurrent writes)
 };
 
 /// One shard: its replicas and the mutex that orders writes to them.
@@ -104,14 +104,14 @@ struct layout {
   explicit layout(router r) : route(std::move(r)) {}
   router route;
   std::vector<std::shared_ptr<shard_state>> shards;
-  mutable writer_first_mutex table_mutex;              // writes are not starved by size(), ids(), ... (review)
+  mutable phase_fair_mutex table_mutex;                // writes are not starved by size(), ids(), ... (review)
   std::unordered_map<vector_id, std::uint32_t> table;  // id -> shard
   /// Searches and `collection::vector` hold it shared while they read shards. A write that moves ids to
   /// other shards locks it (and unlocks it at once) after adding them to their new shards and before
   /// removing them from their old ones: every read that might have passed a new shard before the add
   /// ends before the old copy goes (a search read the new shard, then the old one after the remove, and
   /// missed the id; a review).
-  mutable writer_first_mutex moving;
+  mutable phase_fair_mutex moving;
 };
 
 /// Nanoseconds as an atomic gauge.
@@ -128,7 +128,7 @@ struct collection_state {
   shared_slot<layout> current;
   /// Writers hold it shared for a whole write (log + apply); snapshots and layout swaps hold it
   /// exclusively, so they see every logged write applied. Searches never take it.
-  mutable writer_first_mutex layout_mutex;
+  mutable phase_fair_mutex layout_mutex;
   id_registry busy_ids;  // writes to one id are serialised through it
   std::vector<std::unique_ptr<shard_executor>> executors;
   std::unique_ptr<write_ahead_log> wal;

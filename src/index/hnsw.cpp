@@ -234,6 +234,9 @@ struct hnsw_index::impl {
   // kept their paths (`keep_paths`; M = 3: up to 12 of 1,125 after removing a quarter one by one); a
   // walk once they reach a sixteenth of the index brings them back, at a bounded cost per change.
   std::atomic<std::size_t> changed_since_repair{0};
+  /// Set by `walk_soon` (a cut the local repairs could not mend), read and cleared by
+  /// `finish_exclusive_change`: all under the exclusive structure lock.
+  bool walk_requested = false;
   /// Where `relink` records the bottom-layer links it drops while `remove_slot` runs (see `keep_paths`);
   /// null otherwise. Set and read under the exclusive structure lock only.
   mutable std::vector<std::pair<slot_t, slot_t>>* dropped_links = nullptr;
@@ -255,8 +258,8 @@ struct hnsw_index::impl {
   // writer first waits for running adds (a bulk add can run for minutes) while searches go on, and only
   // then holds off new searches while the running ones (short) drain: neither a stream of searches nor
   // of adds can starve it, and searches wait at most for the searches ahead of them and the write.
-  mutable detail::writer_first_mutex adding;     // shared: add; exclusive: remove, upsert, train, save
-  mutable detail::writer_first_mutex structure;  // shared: add, searches, reads; exclusive: as `adding`
+  mutable detail::phase_fair_mutex adding;     // shared: add; exclusive: remove, upsert, train, save
+  mutable detail::phase_fair_mutex structure;  // shared: add, searches, reads; exclusive: as `adding`
   /// Both locks, exclusively, in their order: what every writer of the graph's structure holds.
   [[nodiscard]] detail::hnsw_write_lock lock_writers() const {
     detail::hnsw_write_lock held{std::unique_lock(adding), {}};
@@ -1171,8 +1174,9 @@ struct hnsw_index::impl {
   /// state of 12 seeds now, and under l2 and cosine before and after). A breadth-first walk from x over
   /// at most three links and `max_path_lists` lists looks for each z; one it misses is linked (see
   /// `link_path`; a forced link displaces another, which is itself cut and checked on the next round).
-  /// Where rounds run out or a link cannot be made, the next `repair_after_changes` walks the whole
-  /// graph (`walk_soon`). Caller holds the structure lock exclusively. Cost: docs/hnsw.md, "Removals, session 35".
+  /// Where rounds run out or a link cannot be made, the remove or upsert walks the whole graph before
+  /// it lets the exclusive lock go (`walk_soon`). Caller holds the structure lock exclusively. Cost: docs/hnsw.md,
+  /// "Removals, session 35".
   void keep_paths(std::vector<std::pair<slot_t, slot_t>> cut) {
     std::vector<std::pair<slot_t, slot_t>> next;
     std::unique_ptr<scratch> s = acquire();
@@ -1224,10 +1228,8 @@ struct hnsw_index::impl {
     release(std::move(s));
     if (!ok) walk_soon();
   }
-  /// Makes the next `repair_after_changes` walk the whole graph.
-  void walk_soon() {
-    changed_since_repair.store(live_count.load(std::memory_order_relaxed), std::memory_order_relaxed);
-  }
+  /// Makes the remove or upsert that runs this walk the whole graph before it lets the exclusive lock go.
+  void walk_soon() { walk_requested = true; }
   /// Lists `keep_paths` reads at most for one node's targets (about a thousand nodes). Unbounded, the
   /// few targets that are not within three links cost most of its reads (l2, 20,000 × 64 clustered:
   /// 22% of the targets one link away, 66% two, 8.5% three, 3% further).
@@ -1265,15 +1267,40 @@ struct hnsw_index::impl {
   /// Nodes `link_path` tries to force a link from before it gives up.
   static constexpr std::size_t max_forced = 16;
 
-  /// Counts `changes` nodes added, removed or upserted; runs `repair_reachability` once the count since
-  /// the last walk reaches a sixteenth of the live nodes. Caller holds the structure lock (shared: adds).
-  void repair_after_changes(std::size_t changes) {
-    if ((changed_since_repair.fetch_add(changes, std::memory_order_relaxed) + changes) * 16 <
-        live_count.load(std::memory_order_relaxed))
-      return;
+  /// Counts `changes` nodes added, removed or upserted; true once the count since the last walk reaches
+  /// a sixteenth of the live nodes.
+  bool count_changes(std::size_t changes) {
+    return (changed_since_repair.fetch_add(changes, std::memory_order_relaxed) + changes) * 16 >=
+           live_count.load(std::memory_order_relaxed);
+  }
+  /// `repair_reachability` with a scratch of its own.
+  void walk() {
     std::unique_ptr<scratch> s = acquire();
     repair_reachability(*s);
     release(std::move(s));
+  }
+  /// An add's end, under the shared locks: counts its changes and walks when that is due.
+  void repair_after_changes(std::size_t changes) {
+    if (count_changes(changes)) walk();
+  }
+  /// A remove's or upsert's end, under the exclusive locks: counts its change, and walks now where
+  /// `walk_soon` asked for it, so that no search sees the cut it mends. True when only the periodic
+  /// walk is due: the caller runs it once it has let the exclusive locks go (`walk_beside_searches`),
+  /// as an add does, so that searches and adds go on meanwhile. (A walk reads every list a few times:
+  /// docs/hnsw.md, "Reachability, session 36".)
+  [[nodiscard]] bool finish_exclusive_change() {
+    const bool due = count_changes(1);
+    if (!walk_requested) return due;
+    walk_requested = false;
+    walk();
+    return false;
+  }
+  /// The periodic walk a remove or upsert left due, under the shared locks; none when another change
+  /// walked since (its walk restarted the count).
+  void walk_beside_searches() {
+    const std::shared_lock adding_lock(adding);
+    const std::shared_lock structure_lock(structure);
+    if (changed_since_repair.load(std::memory_order_relaxed) * 16 >= live_count.load(std::memory_order_relaxed)) walk();
   }
 
   /// Marks `start` and every usable node that `next` leads to from a marked one in `marked` (one entry
@@ -1913,17 +1940,21 @@ void hnsw_index::train(matrix_view<const float> sample) {
 void hnsw_index::remove(vector_id id) {
   impl& x = *impl_;
   x.check_mutable("hnsw_index::remove");
-  const detail::hnsw_write_lock held = x.lock_writers();
-  slot_t slot = no_slot;
+  bool walk = false;
   {
-    const std::lock_guard lock(x.ids_mutex);
-    const auto it = x.slot_of.find(id);
-    SHOAL_CHECK_CODE(it != x.slot_of.end(), errc::not_found, "hnsw_index::remove: id ", id, " is not stored");
-    slot = it->second;
-    x.slot_of.erase(it);
+    const detail::hnsw_write_lock held = x.lock_writers();
+    slot_t slot = no_slot;
+    {
+      const std::lock_guard lock(x.ids_mutex);
+      const auto it = x.slot_of.find(id);
+      SHOAL_CHECK_CODE(it != x.slot_of.end(), errc::not_found, "hnsw_index::remove: id ", id, " is not stored");
+      slot = it->second;
+      x.slot_of.erase(it);
+    }
+    x.remove_slot(slot);
+    walk = x.finish_exclusive_change();
   }
-  x.remove_slot(slot);
-  x.repair_after_changes(1);
+  if (walk) x.walk_beside_searches();
 }
 
 void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
@@ -1938,32 +1969,36 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
     vector = normalized->view();
   }
   x.check_codes_learnable(1, "hnsw_index::upsert");
-  const detail::hnsw_write_lock held = x.lock_writers();
-  x.ensure_codes(vector);  // F16 into an empty index: the frame from this vector (SQ8 / SQ4 have ranges by now)
+  bool walk = false;
   {
-    const std::lock_guard lock(x.ids_mutex);
-    const auto it = x.slot_of.find(id);
-    if (it != x.slot_of.end()) {
-      const slot_t old = it->second;
-      x.slot_of.erase(it);
-      x.remove_slot(old);
+    const detail::hnsw_write_lock held = x.lock_writers();
+    x.ensure_codes(vector);  // F16 into an empty index: the frame from this vector (SQ8 / SQ4 have ranges by now)
+    {
+      const std::lock_guard lock(x.ids_mutex);
+      const auto it = x.slot_of.find(id);
+      if (it != x.slot_of.end()) {
+        const slot_t old = it->second;
+        x.slot_of.erase(it);
+        x.remove_slot(old);
+      }
     }
+    const std::vector<slot_t> slots = x.reserve(std::span(&id, 1), "hnsw_index::upsert");
+    x.write_node(slots[0], vector.row(0), id, x.sequence.fetch_add(1, std::memory_order_relaxed));
+    // The insert's links back prune their lists too; under the exclusive lock an upsert keeps the paths
+    // that cuts as its removal does (a review: ids upserted 400 times to far-away vectors left up to 75
+    // of 1,500 ids out of an exhaustive search under inner product, all from the insert).
+    std::vector<std::pair<slot_t, slot_t>> cut;
+    {
+      const impl::journal_scope journal(x, cut);
+      std::unique_ptr<scratch> s = x.acquire();
+      x.insert(slots[0], *s);
+      x.release(std::move(s));
+    }
+    x.live_count.fetch_add(1, std::memory_order_relaxed);
+    x.keep_paths(std::move(cut));
+    walk = x.finish_exclusive_change();
   }
-  const std::vector<slot_t> slots = x.reserve(std::span(&id, 1), "hnsw_index::upsert");
-  x.write_node(slots[0], vector.row(0), id, x.sequence.fetch_add(1, std::memory_order_relaxed));
-  // The insert's links back prune their lists too; under the exclusive lock an upsert keeps the paths
-  // that cuts as its removal does (a review: ids upserted 400 times to far-away vectors left up to 75
-  // of 1,500 ids out of an exhaustive search under inner product, all from the insert).
-  std::vector<std::pair<slot_t, slot_t>> cut;
-  {
-    const impl::journal_scope journal(x, cut);
-    std::unique_ptr<scratch> s = x.acquire();
-    x.insert(slots[0], *s);
-    x.release(std::move(s));
-  }
-  x.live_count.fetch_add(1, std::memory_order_relaxed);
-  x.keep_paths(std::move(cut));
-  x.repair_after_changes(1);
+  if (walk) x.walk_beside_searches();
 }
 
 std::size_t hnsw_index::min_training_rows() const noexcept {
@@ -2143,8 +2178,12 @@ detail::hnsw_write_lock detail::hnsw_sections::write(const hnsw_index& index, io
   out.append_copy(std::span<const slot_t>(upper));
   // Changes since the last reachability walk (format 1.7), so that a loaded copy walks after the same
   // add or removal as the saved graph and the two keep growing the same graph. Absent: 0 (what a load
-  // before 1.7 assumed). Optional: a reader that ignores it only walks later.
-  if (const std::uint64_t walk = x.changed_since_repair.load(std::memory_order_relaxed); walk != 0) {
+  // before 1.7 assumed). Optional: a reader that ignores it only walks later. At most the live count: any
+  // count from a sixteenth of it up makes the next change walk (one is due: removals and upserts walk
+  // after they let the exclusive lock go, and a save can come first).
+  if (const std::uint64_t walk = std::min(x.changed_since_repair.load(std::memory_order_relaxed),
+                                          x.live_count.load(std::memory_order_relaxed));
+      walk != 0) {
     out.begin_section(tags.walk, 0);
     out.append_value(walk);
   }
@@ -2363,7 +2402,6 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   if (in.has(tags.walk)) {
     std::uint64_t walk = 0;
     in.read(tags.walk, &walk, 1);
-    // At rest a graph holds fewer changes than a sixteenth of its live nodes (each that reaches that walks).
     corrupt(walk <= live, "walk counter exceeds the live node count");
     x.changed_since_repair.store(static_cast<std::size_t>(walk), std::memory_order_relaxed);
   }

@@ -8,7 +8,7 @@
 #include <mutex>
 #include <string>
 
-#include "core/writer_first_mutex.hpp"
+#include "core/phase_fair_mutex.hpp"
 #include "io/format.hpp"
 #include "shoal/index/hnsw.hpp"
 
@@ -39,8 +39,8 @@ inline constexpr hnsw_section_tags coarse_graph_tags{
 
 /// A graph's two writer locks (hnsw.cpp's `adding` and `structure`), held exclusively in that order.
 struct hnsw_write_lock {
-  std::unique_lock<writer_first_mutex> adding;
-  std::unique_lock<writer_first_mutex> structure;
+  std::unique_lock<phase_fair_mutex> adding;
+  std::unique_lock<phase_fair_mutex> structure;
 };
 
 struct hnsw_sections {

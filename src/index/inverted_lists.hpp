@@ -14,7 +14,7 @@
 #include <span>
 #include <vector>
 
-#include "core/writer_first_mutex.hpp"
+#include "core/phase_fair_mutex.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/types.hpp"
 
@@ -37,7 +37,7 @@ template <class Code>
 struct inverted_list {
   /// Shared by scans, exclusive for appends and removals of this list; writers first (a stream of
   /// searches kept an add or remove waiting for up to 60 s).
-  mutable writer_first_mutex mutex;
+  mutable phase_fair_mutex mutex;
   aligned_vector<Code> codes;  // size() entries of code_len elements, entry-major
   aligned_vector<vector_id> ids;
   // Set by a memory-mapped load: the entries live in the mapping, and `codes` and `ids` stay empty.

@@ -23,7 +23,7 @@
 #include <unordered_set>
 #include <utility>
 
-#include "core/writer_first_mutex.hpp"
+#include "core/phase_fair_mutex.hpp"
 #include "io/file_util.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
@@ -251,7 +251,7 @@ struct multimodal_state {
   std::filesystem::path home;
   collection_open_options home_options;
 
-  mutable writer_first_mutex pairs_mutex;  // link and unlink are not starved by searches through the links
+  mutable phase_fair_mutex pairs_mutex;  // link and unlink are not starved by searches through the links
   std::map<std::pair<std::string, std::string>, adjacency> pairs;  // (from, to) → links
 };
 
