@@ -9,10 +9,18 @@
 
 namespace {
 thread_local std::size_t cap = std::numeric_limits<std::size_t>::max();
+constexpr std::size_t no_failure = std::numeric_limits<std::size_t>::max();
+thread_local std::size_t allocations_before_failure = no_failure;
+thread_local bool failure_happened = false;
 std::atomic<std::size_t> every_thread_cap{std::numeric_limits<std::size_t>::max()};
 
 void* allocate(std::size_t bytes, std::size_t align) {
   if (bytes > cap || bytes > every_thread_cap.load(std::memory_order_relaxed)) throw std::bad_alloc();
+  if (allocations_before_failure != no_failure && allocations_before_failure-- == 0) {
+    allocations_before_failure = no_failure;
+    failure_happened = true;
+    throw std::bad_alloc();
+  }
   if (bytes == 0) bytes = 1;
   void* p = nullptr;
   if (align <= alignof(std::max_align_t)) {
@@ -36,6 +44,12 @@ allocation_cap::~allocation_cap() {
   else
     cap = previous_;
 }
+allocation_failure::allocation_failure(std::size_t count) noexcept {
+  allocations_before_failure = count;
+  failure_happened = false;
+}
+allocation_failure::~allocation_failure() { allocations_before_failure = no_failure; }
+bool allocation_failure::happened() const noexcept { return failure_happened; }
 }  // namespace shoal::test
 
 // Every form is replaced, so that one allocator serves them all: a sanitizer's runtime would otherwise

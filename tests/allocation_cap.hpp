@@ -1,6 +1,7 @@
 #pragma once
 // A cap on the size of one allocation, for tests that must show a damaged input is refused before it
-// makes the library allocate what the input claims, or that a call's work stays the size of its data.
+// makes the library allocate what the input claims, or that a call's work stays the size of its data;
+// and one failed allocation at a chosen point, for tests of what a call leaves when it runs out of memory.
 // Linked into a test executable, it replaces the global operator new (tests/allocation_cap.cpp); outside
 // an `allocation_cap` scope nothing changes.
 
@@ -21,6 +22,18 @@ class allocation_cap {
  private:
   std::size_t previous_;
   bool every_thread_;
+};
+
+/// While alive, the allocation after the first `count` on this thread throws std::bad_alloc (once): an
+/// out-of-memory failure injected at each point of a call in turn.
+class allocation_failure {
+ public:
+  explicit allocation_failure(std::size_t count) noexcept;
+  ~allocation_failure();
+  allocation_failure(const allocation_failure&) = delete;
+  allocation_failure& operator=(const allocation_failure&) = delete;
+  /// Whether the failure was injected.
+  [[nodiscard]] bool happened() const noexcept;
 };
 
 }  // namespace shoal::test

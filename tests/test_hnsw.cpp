@@ -3,6 +3,8 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <numeric>
 #include <thread>
@@ -17,6 +19,7 @@
 #include <tbb/task_arena.h>
 #include <catch2/catch.hpp>
 
+#include "allocation_cap.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/factory.hpp"
 #include "shoal/index/flat.hpp"
@@ -827,6 +830,103 @@ TEST_CASE("hnsw: a loaded copy walks after the same change as the saved graph", 
         CHECK(links(path) == links(again));
       });
     }
+}
+
+TEST_CASE("hnsw: out of memory part-way through a change leaves the index unchanged or refusing every call", "[hnsw]") {
+  // An allocation failure injected at each point of a remove, an upsert and an add in turn. A removal
+  // that failed half-way through re-linking left a graph the next add crashed in (a review: failure
+  // points 209-247 of an upsert of the entry's id, 800 × 8, M 4); now the index is either unchanged or
+  // refuses every call (errc::unsupported), save included. (A failure inside the reachability walk a
+  // change runs at its end does neither: the change is complete, and the walk runs again at the next.)
+  constexpr std::size_t n = 800, d = 8;
+  const matrix<float> data = make_clustered(n + 1, d, 8, 3, 0.35f);
+  std::vector<vector_id> ids(n + 1);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  const scratch_dir dir("shoal-hnsw");
+  const std::string path = dir / "graph.shoal", again = dir / "again.shoal";
+  {
+    hnsw_index built(d, metric::l2, {.M = 4, .seed = 1});
+    built.add(data.view().slice(0, n), std::span(ids).first(n));
+    built.save(path);
+  }
+  // The entry's id (HPAR's last u64: slot | level << 32; HIDS: the id of each slot): removing the entry
+  // also takes the walk that runs at once.
+  const std::vector<test::file_section> sections = test::sections_of(test::slurp(path));
+  const auto content = [&](const char* tag) {
+    return std::find_if(sections.begin(), sections.end(), [&](const auto& s) { return s.tag == tag; })->content;
+  };
+  std::uint64_t entry = 0;
+  std::memcpy(&entry, content("HPAR").data() + 72, sizeof entry);
+  vector_id entry_id = 0;
+  std::memcpy(&entry_id, content("HIDS").data() + (entry & 0xffffffffu) * sizeof(vector_id), sizeof entry_id);
+  const auto queries = data.view().slice(0, 50);
+  const neighbors before = hnsw_index::load(path).search(queries, 10, with_ef(64));
+  const std::vector<char> file = test::slurp(path);
+
+  using change = std::function<void(hnsw_index&)>;
+  const std::vector<std::pair<const char*, change>> changes{
+      {"remove", [&](hnsw_index& x) { x.remove(entry_id); }},
+      {"upsert", [&](hnsw_index& x) { x.upsert(data.view().slice(n, 1), entry_id); }},
+      {"add", [&](hnsw_index& x) { x.add(data.view().slice(n, 1), std::span(ids).subspan(n, 1)); }}};
+  for (const auto& [what, apply] : changes) {
+    std::size_t unchanged = 0, unusable = 0, completed = 0, point = 0;
+    for (;; ++point) {
+      hnsw_index x = hnsw_index::load(path);
+      bool failed = false, injected = false;
+      {
+        const test::allocation_failure failure(point);
+        try {
+          apply(x);
+        } catch (const std::bad_alloc&) {
+          failed = true;
+        }
+        injected = failure.happened();
+      }
+      if (!injected) break;  // the change needs fewer allocations than `point`
+      CAPTURE(what, point);
+      if (!failed) {  // it hit the reachability walk, which stops and runs again at the next change
+        ++completed;
+        CHECK(x.size() == (std::string_view(what) == "remove" ? n - 1 : std::string_view(what) == "add" ? n + 1 : n));
+        CHECK(x.search(queries, 10, with_ef(64)).ids().size() == 500);
+        x.save(again);  // the next change walks: every live node counts as changed (HWLK, format 1.7)
+        const std::vector<test::file_section> saved = test::sections_of(test::slurp(again));
+        const auto walk = std::find_if(saved.begin(), saved.end(), [](const auto& s) { return s.tag == "HWLK"; });
+        REQUIRE(walk != saved.end());
+        std::uint64_t count = 0;
+        std::memcpy(&count, walk->content.data(), sizeof count);
+        CHECK(count == x.size());
+        continue;
+      }
+      bool refused = false;
+      try {
+        (void)x.search(queries, 10, with_ef(64));
+      } catch (const shoal::error& e) {
+        CHECK(e.code() == errc::unsupported);
+        refused = true;
+      }
+      if (refused) {
+        ++unusable;
+        REQUIRE_THROWS_MATCHES(x.add(data.view().slice(n, 1), std::span(ids).subspan(n, 1)), shoal::error,
+                               fails_with(errc::unsupported, "the index is unusable"));
+        REQUIRE_THROWS_MATCHES(x.remove(ids[1]), shoal::error, fails_with(errc::unsupported, "unusable"));
+        REQUIRE_THROWS_MATCHES(x.contains(ids[1]), shoal::error, fails_with(errc::unsupported, "unusable"));
+        REQUIRE_THROWS_MATCHES(x.save(path), shoal::error, fails_with(errc::unsupported, "unusable"));
+        CHECK(test::slurp(path) == file);
+        continue;
+      }
+      ++unchanged;
+      CHECK(x.size() == n);
+      CHECK(x.contains(entry_id));
+      CHECK(!x.contains(ids[n]));
+      CHECK(x.search(queries, 10, with_ef(64)).ids() == before.ids());
+      x.add(data.view().slice(n, 1), std::span(ids).subspan(n, 1));  // and it goes on working
+      x.save(again);
+      CHECK(hnsw_index::load(again).size() == n + 1);
+    }
+    CAPTURE(what, point, unchanged, unusable, completed);
+    CHECK(point > 10);  // the change allocates, and every one of its allocations failed once
+    CHECK(unusable > 0);
+  }
 }
 
 TEST_CASE("hnsw build is deterministic for a seed when single-threaded", "[hnsw]") {

@@ -1259,6 +1259,18 @@ TEST_CASE("damaged files: wrong magic, newer versions, another index kind, missi
                          fails_with(errc::corrupt_file, "header checksum"));
   CHECK(flat_index::load(bad, {.verify = verify_level::none}).size() == 50);
 
+  // Section flags other than bit 0 (required) mean nothing yet: such a file is refused, not misread
+  // (they were accepted until session 36, a review found).
+  for (const std::uint32_t flags : {2u, 3u, 0x80000000u}) {
+    std::vector<char> flagged = bytes;
+    put<std::uint32_t>(flagged, 128 + 4, flags);  // the first section's entry
+    reseal_header(flagged);
+    spit(bad, flagged);
+    for (const verify_level verify : {verify_level::none, verify_level::full})
+      REQUIRE_THROWS_MATCHES(flat_index::load(bad, {.verify = verify}), shoal::error,
+                             fails_with(errc::corrupt_file, "unknown flags"));
+  }
+
   REQUIRE_THROWS_MATCHES(ivf_flat_index::load(path), shoal::error,
                          fails_with(errc::invalid_argument, "kind flat, not ivf_flat"));
   d.ivf(metric::l2, 4).save(bad);

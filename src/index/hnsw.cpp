@@ -234,9 +234,9 @@ struct hnsw_index::impl {
   // kept their paths (`keep_paths`; M = 3: up to 12 of 1,125 after removing a quarter one by one); a
   // walk once they reach a sixteenth of the index brings them back, at a bounded cost per change.
   std::atomic<std::size_t> changed_since_repair{0};
-  /// Set by `walk_soon` (a cut the local repairs could not mend), read and cleared by
-  /// `finish_exclusive_change`: all under the exclusive structure lock.
-  bool walk_requested = false;
+  /// Set by `walk_soon` (a cut the local repairs could not mend) under the exclusive structure lock, read
+  /// by `finish_exclusive_change` under it, cleared by every walk.
+  std::atomic<bool> walk_requested{false};
   /// Where `relink` records the bottom-layer links it drops while `remove_slot` runs (see `keep_paths`);
   /// null otherwise. Set and read under the exclusive structure lock only.
   mutable std::vector<std::pair<slot_t, slot_t>>* dropped_links = nullptr;
@@ -286,7 +286,30 @@ struct hnsw_index::impl {
   // Set by a memory-mapped load: the bulk arrays live in the mapping, kept alive here; read-only.
   std::shared_ptr<const io::detail::file_mapping> mapping;
 
-  void check_mutable(const char* what) const { io::detail::check_writable(mapping.get(), what); }
+  void check_mutable(const char* what) const {
+    io::detail::check_writable(mapping.get(), what);
+    check_usable(what);
+  }
+  /// Set when a remove, upsert or add threw part-way through changing the graph (an allocation failure:
+  /// every input is checked before the first change). A half-relinked neighbourhood, or an id mapped to
+  /// a node that was never linked, is no graph a search or a later change may walk (the next add crashed
+  /// in `descend`, a review found): every call but `size`, `dim` and the like refuses it from then on.
+  std::atomic<bool> broken{false};
+  void check_usable(const char* what) const {
+    SHOAL_CHECK_CODE(!broken.load(std::memory_order_acquire), errc::unsupported, what,
+                     ": the index is unusable: an earlier remove, upsert or add failed part-way through changing "
+                     "the graph (out of memory); load it again from a file");
+  }
+  /// Runs `change` (part of a remove, upsert or add); where it throws, marks the index `broken`.
+  template <class Change>
+  void breaking_on_failure(const Change& change) {
+    try {
+      change();
+    } catch (...) {
+      broken.store(true, std::memory_order_release);
+      throw;
+    }
+  }
   mutable std::mutex ids_mutex;
   std::unordered_map<vector_id, slot_t> slot_of;
   mutable std::mutex pool_mutex;
@@ -1229,7 +1252,12 @@ struct hnsw_index::impl {
     if (!ok) walk_soon();
   }
   /// Makes the remove or upsert that runs this walk the whole graph before it lets the exclusive lock go.
-  void walk_soon() { walk_requested = true; }
+  /// Also counts the live nodes as changed: where the remove or upsert throws before it walks (an
+  /// allocation failure), the next change of any kind walks, and a save in between keeps that (`HWLK`).
+  void walk_soon() {
+    walk_requested.store(true, std::memory_order_relaxed);
+    changed_since_repair.store(live_count.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
   /// Lists `keep_paths` reads at most for one node's targets (about a thousand nodes). Unbounded, the
   /// few targets that are not within three links cost most of its reads (l2, 20,000 × 64 clustered:
   /// 22% of the targets one link away, 66% two, 8.5% three, 3% further).
@@ -1273,11 +1301,17 @@ struct hnsw_index::impl {
     return (changed_since_repair.fetch_add(changes, std::memory_order_relaxed) + changes) * 16 >=
            live_count.load(std::memory_order_relaxed);
   }
-  /// `repair_reachability` with a scratch of its own.
+  /// `repair_reachability` with a scratch of its own. Out of memory, the walk stops where it is (it only
+  /// adds links, each whole) and the next change walks again: the change that ran it is complete, and
+  /// must not throw as if it had failed.
   void walk() {
-    std::unique_ptr<scratch> s = acquire();
-    repair_reachability(*s);
-    release(std::move(s));
+    try {
+      std::unique_ptr<scratch> s = acquire();
+      repair_reachability(*s);
+      release(std::move(s));
+    } catch (const std::bad_alloc&) {
+      walk_soon();
+    }
   }
   /// An add's end, under the shared locks: counts its changes and walks when that is due.
   void repair_after_changes(std::size_t changes) {
@@ -1290,8 +1324,7 @@ struct hnsw_index::impl {
   /// docs/hnsw.md, "Reachability, session 36".)
   [[nodiscard]] bool finish_exclusive_change() {
     const bool due = count_changes(1);
-    if (!walk_requested) return due;
-    walk_requested = false;
+    if (!walk_requested.load(std::memory_order_relaxed)) return due;
     walk();
     return false;
   }
@@ -1333,6 +1366,7 @@ struct hnsw_index::impl {
   /// runs it once a sixteenth of the index has changed, so its cost per change stays bounded.
   void repair_reachability(scratch& s) {
     changed_since_repair.store(0, std::memory_order_relaxed);
+    walk_requested.store(false, std::memory_order_relaxed);
     const std::uint64_t ep = entry.load(std::memory_order_acquire);
     if (ep == empty_entry) return;
     const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
@@ -1904,12 +1938,14 @@ void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id
     throw;
   }
   const std::uint64_t first_seq = x.sequence.fetch_add(ids.size(), std::memory_order_relaxed);
-  detail::parallel_for(ids.size(), [&](std::size_t i) {
-    x.write_node(slots[i], vectors.row(i), ids[i], first_seq + i);
-    std::unique_ptr<scratch> s = x.acquire();
-    x.insert(slots[i], *s);
-    x.release(std::move(s));
-    x.live_count.fetch_add(1, std::memory_order_relaxed);
+  x.breaking_on_failure([&] {
+    detail::parallel_for(ids.size(), [&](std::size_t i) {
+      x.write_node(slots[i], vectors.row(i), ids[i], first_seq + i);
+      std::unique_ptr<scratch> s = x.acquire();
+      x.insert(slots[i], *s);
+      x.release(std::move(s));
+      x.live_count.fetch_add(1, std::memory_order_relaxed);
+    });
   });
   x.repair_after_changes(ids.size());
 }
@@ -1951,7 +1987,7 @@ void hnsw_index::remove(vector_id id) {
       slot = it->second;
       x.slot_of.erase(it);
     }
-    x.remove_slot(slot);
+    x.breaking_on_failure([&] { x.remove_slot(slot); });
     walk = x.finish_exclusive_change();
   }
   if (walk) x.walk_beside_searches();
@@ -1973,29 +2009,31 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
   {
     const detail::hnsw_write_lock held = x.lock_writers();
     x.ensure_codes(vector);  // F16 into an empty index: the frame from this vector (SQ8 / SQ4 have ranges by now)
-    {
-      const std::lock_guard lock(x.ids_mutex);
-      const auto it = x.slot_of.find(id);
-      if (it != x.slot_of.end()) {
-        const slot_t old = it->second;
-        x.slot_of.erase(it);
-        x.remove_slot(old);
+    x.breaking_on_failure([&] {
+      {
+        const std::lock_guard lock(x.ids_mutex);
+        const auto it = x.slot_of.find(id);
+        if (it != x.slot_of.end()) {
+          const slot_t old = it->second;
+          x.slot_of.erase(it);
+          x.remove_slot(old);
+        }
       }
-    }
-    const std::vector<slot_t> slots = x.reserve(std::span(&id, 1), "hnsw_index::upsert");
-    x.write_node(slots[0], vector.row(0), id, x.sequence.fetch_add(1, std::memory_order_relaxed));
-    // The insert's links back prune their lists too; under the exclusive lock an upsert keeps the paths
-    // that cuts as its removal does (a review: ids upserted 400 times to far-away vectors left up to 75
-    // of 1,500 ids out of an exhaustive search under inner product, all from the insert).
-    std::vector<std::pair<slot_t, slot_t>> cut;
-    {
-      const impl::journal_scope journal(x, cut);
-      std::unique_ptr<scratch> s = x.acquire();
-      x.insert(slots[0], *s);
-      x.release(std::move(s));
-    }
-    x.live_count.fetch_add(1, std::memory_order_relaxed);
-    x.keep_paths(std::move(cut));
+      const std::vector<slot_t> slots = x.reserve(std::span(&id, 1), "hnsw_index::upsert");
+      x.write_node(slots[0], vector.row(0), id, x.sequence.fetch_add(1, std::memory_order_relaxed));
+      // The insert's links back prune their lists too; under the exclusive lock an upsert keeps the paths
+      // that cuts as its removal does (a review: ids upserted 400 times to far-away vectors left up to 75
+      // of 1,500 ids out of an exhaustive search under inner product, all from the insert).
+      std::vector<std::pair<slot_t, slot_t>> cut;
+      {
+        const impl::journal_scope journal(x, cut);
+        std::unique_ptr<scratch> s = x.acquire();
+        x.insert(slots[0], *s);
+        x.release(std::move(s));
+      }
+      x.live_count.fetch_add(1, std::memory_order_relaxed);
+      x.keep_paths(std::move(cut));
+    });
     walk = x.finish_exclusive_change();
   }
   if (walk) x.walk_beside_searches();
@@ -2015,6 +2053,7 @@ bool hnsw_index::contains(vector_id id) const {
   // Shared with searches and adds, exclusive to remove and upsert: an upsert takes the id out of the
   // map before it puts it back, and must look atomic here too.
   const std::shared_lock structure(x.structure);
+  x.check_usable("hnsw_index::contains");
   const std::lock_guard lock(x.ids_mutex);
   const auto it = x.slot_of.find(id);
   return it != x.slot_of.end() && x.state(it->second).load(std::memory_order_acquire) != 0;
@@ -2023,6 +2062,7 @@ bool hnsw_index::contains(vector_id id) const {
 std::vector<float> hnsw_index::vector(vector_id id) const {
   const impl& x = *impl_;
   const std::shared_lock structure(x.structure);
+  x.check_usable("hnsw_index::vector");
   slot_t slot = no_slot;
   {
     const std::lock_guard lock(x.ids_mutex);
@@ -2041,6 +2081,7 @@ void hnsw_index::search(matrix_view<const float> queries, neighbors_view out, co
   const std::optional<matrix<float>> normalized = x.prepare(queries, "hnsw_index::search: query");
   const std::size_t ef = std::max(out.k, params.ef == 0 ? default_ef : params.ef);
   const std::shared_lock structure(x.structure);
+  x.check_usable("hnsw_index::search");
   const impl::batch_plan plan = x.plan_batch(queries);
   detail::parallel_for_in(plan.order, queries.rows, [&](std::size_t i) {
     x.search_one(queries.row(i), out.slice(i, 1), ef, params, plan.starts.empty() ? nullptr : &plan.starts[i]);
@@ -2061,6 +2102,7 @@ range_result hnsw_index::range_search(matrix_view<const float> queries, float ra
   const std::optional<matrix<float>> normalized = x.prepare(queries, "hnsw_index::range_search: query");
   const std::size_t ef = params.ef == 0 ? default_ef : params.ef;
   const std::shared_lock structure(x.structure);
+  x.check_usable("hnsw_index::range_search");
   return detail::range_by_query(queries.rows, [&](std::size_t r, std::vector<scored_id>& row) {
     std::vector<cand> hits;
     x.search_bottom(
@@ -2121,6 +2163,7 @@ detail::hnsw_write_lock detail::hnsw_sections::write(const hnsw_index& index, io
                                                      const hnsw_section_tags& tags) {
   const hnsw_index::impl& x = *index.impl_;
   detail::hnsw_write_lock held = x.lock_writers();
+  x.check_usable("hnsw_index::save");  // a half-changed graph must not replace a good file
   const std::size_t slots = x.slot_count.load(std::memory_order_relaxed);
   // Whole chunks, so that a mapped chunk is one contiguous run of the file; those that hold a slot ever
   // handed out (an index growing node by node allocates some ahead).

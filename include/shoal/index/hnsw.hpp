@@ -91,10 +91,13 @@ struct hnsw_params {
 ///  - `remove` and `upsert` take that lock exclusively: they wait for running adds and searches and
 ///    block new ones while they re-link the removed node's neighbourhood. That exclusion is the grace
 ///    period that makes slot reuse safe — no search can still hold a reference to a slot that a later
-///    add overwrites. The lock prefers its writers, in two steps: a remove, upsert, train or save first
+///    add overwrites. The lock is phase-fair, in two steps: a remove, upsert, train or save first
 ///    holds off new adds and waits for the running ones while searches go on, then holds off new
-///    searches while the running ones finish. So searches without pause cannot starve a writer, and a
-///    search waits at most for the searches ahead of it and one write (not for a bulk add).
+///    searches while the running ones finish; when it is done, the searches that queued meanwhile get
+///    in before the next write. So searches without pause cannot starve a writer, nor writes without
+///    pause the searches, and a search waits at most for the searches ahead of it and one write (not
+///    for a bulk add). The reachability walk that a remove or upsert runs every sixteenth of the live
+///    nodes (docs/hnsw.md) runs after it has let the exclusive lock go, beside searches and adds.
 /// `add` runs its insertions in parallel on the caller's oneTBB arena; batched searches parallelise over
 /// queries the same way.
 class hnsw_index {
@@ -124,6 +127,10 @@ class hnsw_index {
   /// and changes nothing — on a dimension mismatch, a count mismatch, NaN/Inf, a zero vector under
   /// cosine, or an id already present (in the index, twice in `ids`, or being added concurrently).
   /// Slots freed by `remove` are reused first. Ids become searchable as their insertion completes.
+  /// Out of memory (`std::bad_alloc`) while `add`, `remove` or `upsert` is changing the graph leaves it
+  /// half-changed: every later call but `size`, `dim`, `metric`, `params` and `memory_bytes` then
+  /// throws `errc::unsupported` ("the index is unusable"), `save` too (the last file stays intact);
+  /// load it again from a file. Every input check comes before the first change.
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
 
   /// With SQ8 / SQ4 traversal: learns the per-dimension code ranges (min and max) from `sample`, which
@@ -154,7 +161,7 @@ class hnsw_index {
 
   /// Stores `vector` (one row) under `id`, replacing the vector stored there if any; atomic with respect
   /// to every other call (searches see the old vector or the new one, never neither). Throws like `add`
-  /// (the index is unchanged when it throws).
+  /// (the index is unchanged when it throws `shoal::error`; out of memory: see `add`).
   void upsert(matrix_view<const float> vector, vector_id id);
 
   /// Writes the index file of docs/format.md — the graph exactly as it is (slots, links, levels, entry
