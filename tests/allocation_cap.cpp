@@ -12,6 +12,8 @@ thread_local std::size_t cap = std::numeric_limits<std::size_t>::max();
 constexpr std::size_t no_failure = std::numeric_limits<std::size_t>::max();
 thread_local std::size_t allocations_before_failure = no_failure;
 thread_local bool failure_happened = false;
+std::atomic<std::size_t> every_thread_allocations_before_failure{no_failure};
+std::atomic<bool> every_thread_failure_happened{false};
 std::atomic<std::size_t> every_thread_cap{std::numeric_limits<std::size_t>::max()};
 
 void* allocate(std::size_t bytes, std::size_t align) {
@@ -20,6 +22,16 @@ void* allocate(std::size_t bytes, std::size_t align) {
     allocations_before_failure = no_failure;
     failure_happened = true;
     throw std::bad_alloc();
+  }
+  if (every_thread_allocations_before_failure.load(std::memory_order_relaxed) != no_failure) {
+    std::size_t left = every_thread_allocations_before_failure.load(std::memory_order_relaxed);
+    while (left != no_failure && !every_thread_allocations_before_failure.compare_exchange_weak(
+                                     left, left == 0 ? no_failure : left - 1, std::memory_order_relaxed)) {
+    }
+    if (left == 0) {
+      every_thread_failure_happened.store(true);
+      throw std::bad_alloc();
+    }
   }
   if (bytes == 0) bytes = 1;
   void* p = nullptr;
@@ -44,12 +56,24 @@ allocation_cap::~allocation_cap() {
   else
     cap = previous_;
 }
-allocation_failure::allocation_failure(std::size_t count) noexcept {
-  allocations_before_failure = count;
-  failure_happened = false;
+allocation_failure::allocation_failure(std::size_t count, bool every_thread) noexcept : every_thread_(every_thread) {
+  if (every_thread) {
+    every_thread_failure_happened.store(false);
+    every_thread_allocations_before_failure.store(count);
+  } else {
+    allocations_before_failure = count;
+    failure_happened = false;
+  }
 }
-allocation_failure::~allocation_failure() { allocations_before_failure = no_failure; }
-bool allocation_failure::happened() const noexcept { return failure_happened; }
+allocation_failure::~allocation_failure() {
+  if (every_thread_)
+    every_thread_allocations_before_failure.store(no_failure);
+  else
+    allocations_before_failure = no_failure;
+}
+bool allocation_failure::happened() const noexcept {
+  return every_thread_ ? every_thread_failure_happened.load() : failure_happened;
+}
 }  // namespace shoal::test
 
 // Every form is replaced, so that one allocator serves them all: a sanitizer's runtime would otherwise

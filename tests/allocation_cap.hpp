@@ -24,16 +24,20 @@ class allocation_cap {
   bool every_thread_;
 };
 
-/// While alive, the allocation after the first `count` on this thread throws std::bad_alloc (once): an
-/// out-of-memory failure injected at each point of a call in turn.
+/// While alive, the allocation after the first `count` on this thread — or, with `every_thread`, on any
+/// thread (one such failure at a time) — throws std::bad_alloc (once): an out-of-memory failure injected
+/// at each point of a call in turn.
 class allocation_failure {
  public:
-  explicit allocation_failure(std::size_t count) noexcept;
+  explicit allocation_failure(std::size_t count, bool every_thread = false) noexcept;
   ~allocation_failure();
   allocation_failure(const allocation_failure&) = delete;
   allocation_failure& operator=(const allocation_failure&) = delete;
   /// Whether the failure was injected.
   [[nodiscard]] bool happened() const noexcept;
+
+ private:
+  bool every_thread_;
 };
 
 }  // namespace shoal::test

@@ -1469,6 +1469,44 @@ TEST_CASE("collection: a write that fails after it is logged is replayed whole o
   CHECK(again.size() == 3001);
 }
 
+TEST_CASE("collection: a replica that runs out of memory during a write is taken down; its peer answers",
+          "[collection]") {
+  // Every allocation of a 2-vector add failed in turn, on any thread. The first replica's HNSW index may
+  // then hold part of the write and refuse every call; it stayed up, so every later search of the
+  // collection failed (a review: at 65 of 156 failure points) while the second replica, which never
+  // saw the write, was sound.
+  constexpr std::size_t n = 400, d = 8;
+  const matrix<float> v = make_uniform(n + 2, d, 23);
+  std::vector<vector_id> ids(n + 2);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  collection_options o = options_for(sharding::hash, d, metric::l2, "HNSW8");
+  o.shards = 1;
+  o.replicas = 2;
+  std::size_t failed = 0, point = 0;
+  for (;; ++point) {
+    collection c(o);
+    c.add(v.view().slice(0, n), std::span<const vector_id>(ids).first(n));
+    bool threw = false, injected = false;
+    {
+      const test::allocation_failure failure(point, /*every_thread=*/true);
+      try {
+        c.add(v.view().slice(n, 2), std::span<const vector_id>(ids).subspan(n, 2));
+      } catch (const std::bad_alloc&) {
+        threw = true;
+      }
+      injected = failure.happened();
+    }
+    if (!injected) break;
+    if (!threw) continue;
+    ++failed;
+    CAPTURE(point);
+    const neighbors found = c.search(v.view().slice(0, 5), 1);  // must not throw
+    for (std::size_t q = 0; q < 5; ++q) CHECK(found.row_ids(q)[0] == ids[q]);
+  }
+  CAPTURE(point, failed);
+  CHECK(failed > 10);
+}
+
 TEST_CASE("collection: a train whose snapshot fails leaves the collection untrained", "[collection][io]") {
   const scratch_dir dir;
   const std::filesystem::path home = dir.path() / "c";

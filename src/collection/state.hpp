@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <shared_mutex>
 #include <span>
 #include <thread>
@@ -235,10 +236,18 @@ decltype(auto) read_replica(const shard_state& shard, const replica_slot& rep, c
 
 /// Runs `f(index)` on every live replica of `shard` in replica order (caller holds the shard's write
 /// mutex). A replica that fails after another succeeded is taken down (its copy has diverged and is
-/// rebuilt by `restore`); a failure on the first replica tried is rethrown.
+/// rebuilt by `restore`); a failure on the first replica tried is rethrown. Out of memory, the first
+/// replica may hold part of the write (an HNSW index then refuses every call): it is taken down too
+/// where another replica stays up to answer searches (a review: one replica out of memory made every
+/// search of the collection fail while its peer, which never saw the write, was sound).
 template <class F>
 void for_each_live_replica(shard_state& shard, std::uint64_t vectors, const F& f) {
   bool applied = false;
+  const auto take_down = [&](replica_slot& rep) {
+    rep.up.store(false);
+    rep.index.store(nullptr);
+    rep.lag.fetch_add(vectors, std::memory_order_relaxed);
+  };
   for (const auto& rep : shard.replicas) {
     std::shared_ptr<any_index> index = rep->up.load() ? rep->index.load() : nullptr;
     if (!index) {
@@ -253,11 +262,14 @@ void for_each_live_replica(shard_state& shard, std::uint64_t vectors, const F& f
         f(*index);
       }
       applied = true;
+    } catch (const std::bad_alloc&) {
+      const bool peer_up = std::any_of(shard.replicas.begin(), shard.replicas.end(),
+                                       [&](const auto& other) { return other != rep && other->up.load(); });
+      if (applied || peer_up) take_down(*rep);
+      if (!applied) throw;
     } catch (...) {
       if (!applied) throw;
-      rep->up.store(false);
-      rep->index.store(nullptr);
-      rep->lag.fetch_add(vectors, std::memory_order_relaxed);
+      take_down(*rep);
     }
   }
 }

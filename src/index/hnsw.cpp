@@ -481,8 +481,8 @@ struct hnsw_index::impl {
       auto table = std::make_unique<std::atomic<chunk*>[]>(grown);
       for (std::size_t i = 0; i < grown; ++i)
         table[i].store(i < c ? owned_chunks[i].get() : nullptr, std::memory_order_relaxed);
-      directory.store(table.get(), std::memory_order_release);
-      tables.push_back(std::move(table));
+      tables.push_back(std::move(table));  // owned before it is published: a push_back that throws frees it
+      directory.store(tables.back().get(), std::memory_order_release);
       directory_size = grown;
     }
     auto fresh = std::make_unique<chunk>();
@@ -492,6 +492,7 @@ struct hnsw_index::impl {
     fresh->in0 = std::make_unique<std::atomic<std::uint32_t>[]>(chunk_nodes);
     fresh->ids = std::make_unique<vector_id[]>(chunk_nodes);
     fresh->upper = std::make_unique<std::unique_ptr<slot_t[]>[]>(chunk_nodes);
+    owned_chunks.reserve(owned_chunks.size() + 1);  // so that nothing can throw once it is published
     directory.load(std::memory_order_relaxed)[c].store(fresh.get(), std::memory_order_release);
     owned_chunks.push_back(std::move(fresh));
     return *owned_chunks.back();
@@ -1087,6 +1088,15 @@ struct hnsw_index::impl {
       const auto linked_before = [&](slot_t x) { return std::find(old.begin(), old.end(), x) != old.end(); };
       std::size_t fixed = 0;         // kept[0, fixed): links put back, never displaced again
       std::vector<slot_t> released;  // old links displaced below, their in-link given up there
+      // Every allocation before the first count changes: out of memory below (a reachability walk
+      // catches it and goes on) would leave counts given up for links the list still holds.
+      const auto room_for = [&](auto& v) {  // geometric, as push_back grows: these grow over many calls
+        if (v.capacity() < v.size() + old.size()) v.reserve(std::max(2 * v.capacity(), v.size() + old.size()));
+      };
+      released.reserve(old.size());
+      kept.reserve(max_links0 + 1);
+      room_for(moved);
+      if (dropped_links != nullptr) room_for(*dropped_links);
       for (const slot_t y : old) {
         // (A link displaced by an earlier y must not be given up twice: its target's count fell by two,
         // below its true in-links, and a loaded copy, which counts them, grew another graph.)
@@ -1705,7 +1715,17 @@ struct hnsw_index::impl {
       reserve_slots(slots.size());
       for (slot_t& s : slots) s = allocate_slot();
     }
-    for (std::size_t i = 0; i < ids.size(); ++i) slot_of.emplace(ids[i], slots[i]);
+    // All or nothing (out of memory half-way, ids mapped to slots never written would stay "stored").
+    try {
+      slot_of.reserve(slot_of.size() + ids.size());
+      for (std::size_t i = 0; i < ids.size(); ++i) slot_of.emplace(ids[i], slots[i]);
+    } catch (...) {
+      for (const vector_id id : ids) slot_of.erase(id);  // none was stored before
+      const std::lock_guard slots_lock(slots_mutex);
+      free_slots.insert(free_slots.end(), slots.begin(), slots.end());  // (if this throws, they stay unused)
+      std::make_heap(free_slots.begin(), free_slots.end(), std::greater<>{});
+      throw;
+    }
     return slots;
   }
   /// Gives back what `reserve` took, for a write that failed before any of its nodes was written.
@@ -2009,17 +2029,24 @@ void hnsw_index::upsert(matrix_view<const float> vector, vector_id id) {
   {
     const detail::hnsw_write_lock held = x.lock_writers();
     x.ensure_codes(vector);  // F16 into an empty index: the frame from this vector (SQ8 / SQ4 have ranges by now)
+    slot_t old = no_slot;
+    {
+      const std::lock_guard lock(x.ids_mutex);
+      const auto it = x.slot_of.find(id);
+      if (it != x.slot_of.end()) old = it->second;
+    }
+    // A new id takes its slot before the first change (all or nothing), a stored one after its removal.
+    std::vector<slot_t> slots;
+    if (old == no_slot) slots = x.reserve(std::span(&id, 1), "hnsw_index::upsert");
     x.breaking_on_failure([&] {
-      {
-        const std::lock_guard lock(x.ids_mutex);
-        const auto it = x.slot_of.find(id);
-        if (it != x.slot_of.end()) {
-          const slot_t old = it->second;
-          x.slot_of.erase(it);
-          x.remove_slot(old);
+      if (old != no_slot) {
+        {
+          const std::lock_guard lock(x.ids_mutex);
+          x.slot_of.erase(id);
         }
+        x.remove_slot(old);
+        slots = x.reserve(std::span(&id, 1), "hnsw_index::upsert");
       }
-      const std::vector<slot_t> slots = x.reserve(std::span(&id, 1), "hnsw_index::upsert");
       x.write_node(slots[0], vector.row(0), id, x.sequence.fetch_add(1, std::memory_order_relaxed));
       // The insert's links back prune their lists too; under the exclusive lock an upsert keeps the paths
       // that cuts as its removal does (a review: ids upserted 400 times to far-away vectors left up to 75
