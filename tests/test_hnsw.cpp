@@ -931,6 +931,9 @@ TEST_CASE("hnsw: out of memory part-way through a change leaves the index unchan
 
 TEST_CASE("hnsw: an add inside a caller's oneTBB loop runs whole when another task of that loop throws",
           "[hnsw][concurrency]") {
+#ifdef SHOAL_TSAN
+  WARN("skipped under ThreadSanitizer: shoal's loops run serially there, and TSan cannot see oneTBB's hand-offs");
+#else
   // The add's own parallel loop joined the caller's task group context: when another iteration of the
   // caller's loop threw, oneTBB cancelled the add's loop too, and the add returned normally with ids
   // mapped to slots never written (a review: 3,125 of 20,000 found; re-adding them was "already stored").
@@ -966,6 +969,7 @@ TEST_CASE("hnsw: an add inside a caller's oneTBB loop runs whole when another ta
       CHECK(found == n);
     }
   }
+#endif
 }
 
 TEST_CASE("hnsw build is deterministic for a seed when single-threaded", "[hnsw]") {
