@@ -1308,8 +1308,11 @@ struct hnsw_index::impl {
   /// Counts `changes` nodes added, removed or upserted; true once the count since the last walk reaches
   /// a sixteenth of the live nodes.
   bool count_changes(std::size_t changes) {
-    return (changed_since_repair.fetch_add(changes, std::memory_order_relaxed) + changes) * 16 >=
-           live_count.load(std::memory_order_relaxed);
+    return walk_due(changed_since_repair.fetch_add(changes, std::memory_order_relaxed) + changes);
+  }
+  /// Whether `changed` changes since the last walk call for the next.
+  [[nodiscard]] bool walk_due(std::size_t changed) const noexcept {
+    return changed * 16 >= live_count.load(std::memory_order_relaxed);
   }
   /// `repair_reachability` with a scratch of its own. Out of memory, the walk stops where it is (it only
   /// adds links, each whole) and the next change walks again: the change that ran it is complete, and
@@ -1331,7 +1334,7 @@ struct hnsw_index::impl {
   /// `walk_soon` asked for it, so that no search sees the cut it mends. True when only the periodic
   /// walk is due: the caller runs it once it has let the exclusive locks go (`walk_beside_searches`),
   /// as an add does, so that searches and adds go on meanwhile. (A walk reads every list a few times:
-  /// docs/hnsw.md, "Reachability, session 36".)
+  /// docs/hnsw.md, "Session 36: the periodic walk runs beside searches".)
   [[nodiscard]] bool finish_exclusive_change() {
     const bool due = count_changes(1);
     if (!walk_requested.load(std::memory_order_relaxed)) return due;
@@ -1343,7 +1346,7 @@ struct hnsw_index::impl {
   void walk_beside_searches() {
     const std::shared_lock adding_lock(adding);
     const std::shared_lock structure_lock(structure);
-    if (changed_since_repair.load(std::memory_order_relaxed) * 16 >= live_count.load(std::memory_order_relaxed)) walk();
+    if (walk_due(changed_since_repair.load(std::memory_order_relaxed))) walk();
   }
 
   /// Marks `start` and every usable node that `next` leads to from a marked one in `marked` (one entry
@@ -1721,9 +1724,7 @@ struct hnsw_index::impl {
       for (std::size_t i = 0; i < ids.size(); ++i) slot_of.emplace(ids[i], slots[i]);
     } catch (...) {
       for (const vector_id id : ids) slot_of.erase(id);  // none was stored before
-      const std::lock_guard slots_lock(slots_mutex);
-      free_slots.insert(free_slots.end(), slots.begin(), slots.end());  // (if this throws, they stay unused)
-      std::make_heap(free_slots.begin(), free_slots.end(), std::greater<>{});
+      free_reserved(slots);                              // (if this throws, they stay unused)
       throw;
     }
     return slots;
@@ -1734,6 +1735,10 @@ struct hnsw_index::impl {
       const std::lock_guard lock(ids_mutex);
       for (const vector_id id : ids) slot_of.erase(id);
     }
+    free_reserved(slots);
+  }
+  /// Puts slots `reserve` took back on the free list.
+  void free_reserved(std::span<const slot_t> slots) {
     const std::lock_guard lock(slots_mutex);
     free_slots.insert(free_slots.end(), slots.begin(), slots.end());
     std::make_heap(free_slots.begin(), free_slots.end(), std::greater<>{});
