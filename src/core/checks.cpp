@@ -12,11 +12,14 @@ namespace shoal::detail {
 namespace {
 
 /// The shape checks of a view of `rows` rows of `dim` floats `stride` apart at `data`.
-void check_layout(const float* data, std::size_t rows, std::size_t dim, std::size_t stride, const char* what) {
-  SHOAL_CHECK(stride >= dim, what, " row stride ", stride, " is smaller than its dimension ", dim);
-  SHOAL_CHECK(rows == 0 || data != nullptr, what, " has ", rows, " rows but no data");
+/// `what` and `suffix` name the matrix in the errors (the suffix, here rather than joined by the caller,
+/// keeps the path that passes free of allocations).
+void check_layout(const float* data, std::size_t rows, std::size_t dim, std::size_t stride, const char* what,
+                  const char* suffix = "") {
+  SHOAL_CHECK(stride >= dim, what, suffix, " row stride ", stride, " is smaller than its dimension ", dim);
+  SHOAL_CHECK(rows == 0 || data != nullptr, what, suffix, " has ", rows, " rows but no data");
   constexpr std::size_t limit = static_cast<std::size_t>(std::numeric_limits<std::ptrdiff_t>::max()) / sizeof(float);
-  SHOAL_CHECK(rows <= 1 || (dim <= limit && stride <= (limit - dim) / (rows - 1)), what, " has ", rows,
+  SHOAL_CHECK(rows <= 1 || (dim <= limit && stride <= (limit - dim) / (rows - 1)), what, suffix, " has ", rows,
               " rows of stride ", stride, ", which span past the address space");
 }
 
@@ -127,7 +130,7 @@ void check_output(matrix_view<float> out, std::size_t rows, std::size_t dim, con
   SHOAL_CHECK_CODE(out.dim == dim, errc::dimension_mismatch, what, ": output has dimension ", out.dim, ", expected ",
                    dim);
   SHOAL_CHECK(out.rows == rows, what, ": output has ", out.rows, " rows for ", rows);
-  check_layout(out.data, out.rows, out.dim, out.stride, str(what, ": output").c_str());
+  check_layout(out.data, out.rows, out.dim, out.stride, what, ": output");
 }
 
 void check_codes(const void* codes, std::size_t rows, const char* what) {

@@ -6,6 +6,7 @@
 #include <optional>
 #include <unordered_set>
 
+#include "core/all_or_nothing.hpp"
 #include "core/parallel.hpp"
 #include "index/index_sections.hpp"
 #include "index/scan.hpp"
@@ -84,14 +85,20 @@ void flat_index::add(matrix_view<const float> vectors, std::span<const vector_id
     for (std::size_t i = 0; i < vectors.rows; ++i) std::copy_n(vectors.row(i), dim_, normalized->row(i));
     vectors = normalized->view();
   }
+  // Every allocation first, the id map last of them (all or nothing): out of memory leaves the index as
+  // it was, and nothing below allocates.
   const std::size_t first = size();
-  vectors_.resize((first + vectors.rows) * dim_);
+  const std::size_t total = first + vectors.rows;
+  detail::reserve_growing(vectors_, total * dim_);
+  detail::reserve_growing(norms_, total);
+  detail::reserve_growing(ids_, total);
+  detail::insert_all_or_nothing(slot_of_, ids, [first](std::size_t i) { return first + i; });
+  vectors_.resize(total * dim_);
   for (std::size_t i = 0; i < vectors.rows; ++i)
     std::copy_n(vectors.row(i), dim_, vectors_.data() + (first + i) * dim_);
-  norms_.resize(first + vectors.rows);
+  norms_.resize(total);
   active_kernels().squared_norms(vectors_.data() + first * dim_, vectors.rows, dim_, dim_, norms_.data() + first);
   ids_.insert(ids_.end(), ids.begin(), ids.end());
-  for (std::size_t i = 0; i < ids.size(); ++i) slot_of_.emplace(ids[i], first + i);
 }
 
 void flat_index::remove(vector_id id) {

@@ -15,6 +15,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "core/all_or_nothing.hpp"
 #include "core/parallel.hpp"
 #include "index/hnsw_file.hpp"
 #include "index/index_sections.hpp"
@@ -1090,13 +1091,10 @@ struct hnsw_index::impl {
       std::vector<slot_t> released;  // old links displaced below, their in-link given up there
       // Every allocation before the first count changes: out of memory below (a reachability walk
       // catches it and goes on) would leave counts given up for links the list still holds.
-      const auto room_for = [&](auto& v) {  // geometric, as push_back grows: these grow over many calls
-        if (v.capacity() < v.size() + old.size()) v.reserve(std::max(2 * v.capacity(), v.size() + old.size()));
-      };
       released.reserve(old.size());
       kept.reserve(max_links0 + 1);
-      room_for(moved);
-      if (dropped_links != nullptr) room_for(*dropped_links);
+      detail::reserve_growing(moved, moved.size() + old.size());  // these grow over many calls
+      if (dropped_links != nullptr) detail::reserve_growing(*dropped_links, dropped_links->size() + old.size());
       for (const slot_t y : old) {
         // (A link displaced by an earlier y must not be given up twice: its target's count fell by two,
         // below its true in-links, and a loaded copy, which counts them, grew another graph.)
@@ -1720,11 +1718,9 @@ struct hnsw_index::impl {
     }
     // All or nothing (out of memory half-way, ids mapped to slots never written would stay "stored").
     try {
-      slot_of.reserve(slot_of.size() + ids.size());
-      for (std::size_t i = 0; i < ids.size(); ++i) slot_of.emplace(ids[i], slots[i]);
+      detail::insert_all_or_nothing(slot_of, ids, [&](std::size_t i) { return slots[i]; });
     } catch (...) {
-      for (const vector_id id : ids) slot_of.erase(id);  // none was stored before
-      free_reserved(slots);                              // (if this throws, they stay unused)
+      free_reserved(slots);  // (if this throws, they stay unused)
       throw;
     }
     return slots;

@@ -14,6 +14,7 @@
 #include <span>
 #include <vector>
 
+#include "core/all_or_nothing.hpp"
 #include "core/phase_fair_mutex.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/types.hpp"
@@ -53,12 +54,18 @@ struct inverted_list {
   [[nodiscard]] const Code* code_data() const noexcept { return mapped ? mapped_codes : codes.data(); }
   [[nodiscard]] const vector_id* id_data() const noexcept { return mapped ? mapped_ids : ids.data(); }
 
-  /// Appends one entry; returns its slot. The caller holds `mutex` exclusively.
-  std::size_t append(const Code* code, std::size_t code_len, vector_id id) {
-    const std::size_t slot = ids.size();
+  /// Makes room for `more` entries, so that `append` does not allocate for them (the capacity grows
+  /// geometrically). On `bad_alloc` the entries are unchanged. The caller holds `mutex` exclusively.
+  void reserve_more(std::size_t more, std::size_t code_len) {
+    reserve_growing(codes, (ids.size() + more) * code_len);
+    reserve_growing(ids, ids.size() + more);
+  }
+
+  /// Appends one entry; without room made by `reserve_more`, it may throw `bad_alloc` between storing the
+  /// code and the id. The caller holds `mutex` exclusively.
+  void append(const Code* code, std::size_t code_len, vector_id id) {
     codes.insert(codes.end(), code, code + code_len);
     ids.push_back(id);
-    return slot;
   }
 
   /// Removes the entry at `slot` by moving the last entry into it; returns the id that now occupies

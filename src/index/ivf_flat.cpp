@@ -7,6 +7,7 @@
 #include <optional>
 #include <unordered_set>
 
+#include "core/all_or_nothing.hpp"
 #include "core/parallel.hpp"
 #include "index/coarse_quantizer.hpp"
 #include "index/index_sections.hpp"
@@ -117,17 +118,23 @@ void ivf_flat_index::add(matrix_view<const float> vectors, std::span<const vecto
   const std::unique_lock map_lock(map_mutex_);
   for (const vector_id id : ids)
     SHOAL_CHECK_CODE(!where_.contains(id), errc::duplicate_id, "ivf_flat_index::add: id ", id, " is already stored");
-  where_.reserve(where_.size() + n);
+  // Every allocation first (room in each list, then the id map, all or nothing): out of memory leaves
+  // the index as it was, and the appends below do not allocate. Only writers change the lists, and they
+  // hold `map_mutex_` exclusively: the list sizes can be read without the lists' locks.
+  std::vector<location> at(n);
+  for (std::size_t l = 0; l < nlist_; ++l) {
+    if (offsets[l] == offsets[l + 1]) continue;
+    list& target = *lists_[l];
+    for (std::size_t m = offsets[l]; m < offsets[l + 1]; ++m) at[order[m]] = {l, target.size() + (m - offsets[l])};
+    const std::unique_lock list_lock(target.mutex);
+    target.reserve_more(offsets[l + 1] - offsets[l], dim_);
+  }
+  detail::insert_all_or_nothing(where_, ids, [&](std::size_t i) { return at[i]; });
   for (std::size_t l = 0; l < nlist_; ++l) {
     if (offsets[l] == offsets[l + 1]) continue;
     list& target = *lists_[l];
     const std::unique_lock list_lock(target.mutex);
-    target.codes.reserve(target.codes.size() + (offsets[l + 1] - offsets[l]) * dim_);
-    for (std::size_t m = offsets[l]; m < offsets[l + 1]; ++m) {
-      const std::size_t i = order[m];
-      const std::size_t slot = target.append(vectors.row(i), dim_, ids[i]);
-      where_.emplace(ids[i], location{l, slot});
-    }
+    for (std::size_t m = offsets[l]; m < offsets[l + 1]; ++m) target.append(vectors.row(order[m]), dim_, ids[order[m]]);
   }
   size_.add(n);
 }

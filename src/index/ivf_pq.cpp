@@ -11,6 +11,7 @@
 #include <type_traits>
 #include <unordered_set>
 
+#include "core/all_or_nothing.hpp"
 #include "core/parallel.hpp"
 #include "index/coarse_quantizer.hpp"
 #include "index/index_sections.hpp"
@@ -326,6 +327,18 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
     for (const auto& l : lists_)
       for (const vector_id id : l->ids)
         SHOAL_CHECK_CODE(!batch.contains(id), errc::duplicate_id, index_name, "::add: id ", id, " is already stored");
+  // Room in every list first: out of memory then leaves the index as it was, and the loop after it does
+  // not allocate.
+  for (std::size_t l = 0; l < nlist; ++l) {
+    if (offsets[l] == offsets[l + 1]) continue;
+    list& target = *lists_[l];
+    const std::unique_lock lock(target.mutex);
+    const std::size_t total = target.size() + (offsets[l + 1] - offsets[l]);
+    detail::reserve_growing(target.codes, list_code_bytes(total));
+    detail::reserve_growing(target.ids, total);
+    if (params_.refine) detail::reserve_growing(target.vectors, total * dim_);
+    if (params_.refine_sq8) detail::reserve_growing(target.sq_codes, total * dim_);
+  }
   for (std::size_t l = 0; l < nlist; ++l) {
     if (offsets[l] == offsets[l + 1]) continue;
     list& target = *lists_[l];
@@ -336,7 +349,6 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
     target.codes.resize(list_code_bytes(total), 0);
     if (params_.refine) target.vectors.resize(total * dim_);
     if (params_.refine_sq8) target.sq_codes.resize(total * dim_);
-    target.ids.reserve(total);
     for (std::size_t j = 0; j < count; ++j) {
       const std::size_t i = order[offsets[l] + j];
       const std::size_t slot = first + j;

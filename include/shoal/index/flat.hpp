@@ -73,7 +73,8 @@ class flat_index {
 
   /// Adds `vectors.rows` vectors under `ids` (one each). All or nothing: throws `shoal::error` — and
   /// changes nothing — on a dimension mismatch, a count mismatch, NaN/Inf, a zero vector under cosine,
-  /// or an id already present (in the index or twice in `ids`).
+  /// or an id already present (in the index or twice in `ids`). Out of memory (`std::bad_alloc`)
+  /// part-way through changes nothing either.
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
 
   /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.

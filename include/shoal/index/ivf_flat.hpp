@@ -126,7 +126,8 @@ class ivf_flat_index {
   /// Adds `vectors.rows` vectors under `ids`, each to the list of its nearest centroid. All or nothing:
   /// throws `shoal::error` — and changes nothing — if the index is not trained (`errc::invalid_argument`,
   /// "not trained"), on a dimension mismatch, a count mismatch, NaN/Inf, a zero vector under cosine, or
-  /// an id already present (in the index or twice in `ids`).
+  /// an id already present (in the index or twice in `ids`). Out of memory (`std::bad_alloc`)
+  /// part-way through changes nothing either.
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
 
   /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.

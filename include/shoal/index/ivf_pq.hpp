@@ -152,7 +152,8 @@ class ivf_pq_index {
   /// Adds vectors under `ids`, each encoded in the list of its nearest centroid. All or nothing: throws
   /// `shoal::error` — and changes nothing — if untrained, on a dimension or count mismatch, NaN/Inf, a
   /// zero vector under cosine, a residual past the norm bound (`errc::non_finite`, as in `train`), or an
-  /// id already present (in the index or twice in `ids`).
+  /// id already present (in the index or twice in `ids`). Out of memory (`std::bad_alloc`)
+  /// part-way through changes nothing either.
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
 
   /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.
