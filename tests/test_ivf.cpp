@@ -11,6 +11,7 @@
 #include <catch2/catch.hpp>
 
 #include "index/coarse_quantizer.hpp"
+#include "index/inverted_lists.hpp"  // detail::find_id, how IVF-PQ finds an id in a list
 #include "shoal/cluster/kmeans.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/coarse_probe.hpp"
@@ -603,4 +604,21 @@ TEST_CASE("ivf single-query coarse pass through the SQ8 prefilter probes the exa
         }
       }
     }
+}
+
+TEST_CASE("inverted lists: find_id finds the first occurrence in every position, around its 32-id blocks", "[ivf]") {
+  // The scan tests blocks of 32 ids branch-free, then the block that holds the id one by one.
+  for (const std::size_t n : {0, 1, 31, 32, 33, 64, 95, 100}) {
+    std::vector<vector_id> ids(n);
+    for (std::size_t i = 0; i < n; ++i) ids[i] = (vector_id{1} << 63) + 3 * i;  // bit 63 set in every id
+    CAPTURE(n);
+    for (std::size_t p = 0; p < n; ++p) CHECK(detail::find_id(ids.data(), n, ids[p]) == p);
+    for (const vector_id absent : {vector_id{0}, vector_id{1} << 63 ^ 1, (vector_id{1} << 63) + 3 * n, ~vector_id{1}})
+      CHECK(detail::find_id(ids.data(), n, absent) == n);
+    if (n > 40) {
+      ids[40] = ids[7];  // a repeat: the first is found
+      CHECK(detail::find_id(ids.data(), n, ids[7]) == 7);
+      CHECK(detail::find_id(ids.data() + 8, n - 8, ids[7]) == 32);
+    }
+  }
 }

@@ -434,6 +434,13 @@ void check_common_input_errors(Index& index, matrix_view<const float> queries, v
                          fails_with(errc::duplicate_id, "already stored"));
   REQUIRE_THROWS_MATCHES(index.add(good.view(), std::vector<vector_id>{99, 99}), shoal::error,
                          fails_with(errc::duplicate_id, "twice"));
+  // A larger batch too (IVF-PQ checks small batches id by id, larger ones by one pass over its ids).
+  const matrix<float> many = make_uniform(40, dim, 4);
+  std::vector<vector_id> many_ids(40);
+  for (std::size_t i = 0; i < many_ids.size(); ++i) many_ids[i] = (vector_id{1} << 40) + i;
+  many_ids[25] = stored;
+  REQUIRE_THROWS_MATCHES(index.add(many.view(), many_ids), shoal::error,
+                         fails_with(errc::duplicate_id, "already stored"));
   const matrix<float> zero(1, dim);
   REQUIRE_THROWS_MATCHES(index.add(zero.view(), std::vector<vector_id>{77}), shoal::error,
                          fails_with(errc::invalid_argument, "zero"));
@@ -452,6 +459,7 @@ void check_common_input_errors(Index& index, matrix_view<const float> queries, v
   CHECK(index.size() == size);
   CHECK_FALSE(index.contains(99));
   CHECK_FALSE(index.contains(77));
+  CHECK_FALSE(index.contains(vector_id{1} << 40));
 }
 
 /// Writes `bytes` to `path`, replacing it.

@@ -34,6 +34,25 @@ inline void check_nlist(std::size_t nlist, const char* who) {
               " (2^24): lists are allocated up front, and training needs a vector per list");
 }
 
+/// Position of the first `id` in `ids[0, n)`, or `n`. IVF-PQ keeps no id map and finds ids by scanning
+/// its lists: whole blocks are tested without a branch per id, in arithmetic the compiler vectorises at
+/// the library's baseline (SSE2 has no 64-bit compare; x = 0 exactly where bit 63 of ~(x | −x) is set).
+[[nodiscard]] inline std::size_t find_id(const vector_id* ids, std::size_t n, vector_id id) noexcept {
+  constexpr std::size_t block = 32;
+  std::size_t i = 0;
+  for (; i + block <= n; i += block) {
+    std::uint64_t zero = 0;  // bit 63: some id of the block is `id`
+    for (std::size_t j = 0; j < block; ++j) {
+      const std::uint64_t x = ids[i + j] ^ id;
+      zero |= ~(x | (0 - x));
+    }
+    if ((zero >> 63) != 0) break;
+  }
+  for (; i < n; ++i)
+    if (ids[i] == id) return i;
+  return n;
+}
+
 template <class Code>
 struct inverted_list {
   /// Shared by scans, exclusive for appends and removals of this list; writers first (a stream of

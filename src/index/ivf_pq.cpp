@@ -323,10 +323,19 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
 
   const std::lock_guard writer(write_mutex_);
   // Only writers change lists, and this thread is the only writer: the ids can be read without list locks.
-  if (!batch.empty())
-    for (const auto& l : lists_)
+  // A small batch looks for each of its ids in turn (a vectorised scan); a larger one looks every stored
+  // id up in the batch's hash set, one pass in all.
+  constexpr std::size_t scans_up_to = 16;
+  for (const auto& l : lists_) {
+    if (ids.size() <= scans_up_to) {
+      for (const vector_id id : ids)
+        SHOAL_CHECK_CODE(detail::find_id(l->ids.data(), l->size(), id) == l->size(), errc::duplicate_id, index_name,
+                         "::add: id ", id, " is already stored");
+    } else {
       for (const vector_id id : l->ids)
         SHOAL_CHECK_CODE(!batch.contains(id), errc::duplicate_id, index_name, "::add: id ", id, " is already stored");
+    }
+  }
   // Room in every list first: out of memory then leaves the index as it was, and the loop after it does
   // not allocate.
   for (std::size_t l = 0; l < nlist; ++l) {
@@ -372,9 +381,8 @@ void ivf_pq_index::remove(vector_id id) {
   const std::size_t m = params_.m;
   for (const auto& lp : lists_) {
     list& l = *lp;
-    const auto it = std::find(l.ids.begin(), l.ids.end(), id);
-    if (it == l.ids.end()) continue;
-    const auto slot = static_cast<std::size_t>(it - l.ids.begin());
+    const std::size_t slot = detail::find_id(l.ids.data(), l.size(), id);
+    if (slot == l.size()) continue;
     const std::unique_lock lock(l.mutex);
     const std::size_t last = l.size() - 1;
     if (params_.nbits == 8) {
@@ -405,8 +413,7 @@ void ivf_pq_index::remove(vector_id id) {
 bool ivf_pq_index::contains(vector_id id) const {
   for (const auto& l : lists_) {
     const std::shared_lock lock(l->mutex);
-    const vector_id* ids = l->id_data();
-    if (std::find(ids, ids + l->count(), id) != ids + l->count()) return true;
+    if (detail::find_id(l->id_data(), l->count(), id) != l->count()) return true;
   }
   return false;
 }

@@ -68,7 +68,9 @@ struct ivf_pq_train_params {
 /// plus the full vector when built with `refine` (its SQ8 code, dim bytes, with `refine_sq8`). No id →
 /// location map is kept, so memory is codes + ids (+ full vectors or SQ8 codes) + centroids + codebooks;
 /// the price is that `remove` and `contains` look for an id through every list's id array (sequential,
-/// 8 bytes per stored vector), and `add` checks a batch for duplicates by one pass over all stored ids.
+/// 8 bytes per stored vector, a vectorised scan), and `add` checks a batch for duplicates through every
+/// list's ids too (a batch of up to 16 ids: the same scan per id; a larger one: one pass looking each
+/// stored id up in the batch). Each is O(size), so one-vector adds and removes slow down as the index grows.
 ///
 /// Search: the coarse pass of IVF-Flat picks `nprobe` lists per query; then per list an ADC table of the
 /// query's residual (L2: ‖(q − c)_s − codeword‖²; inner product: ⟨q_s, codeword⟩, shared by all lists,
