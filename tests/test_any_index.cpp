@@ -368,11 +368,12 @@ TEST_CASE("every index kind: out of memory part-way through a write leaves the i
   params.ef = 40;
   tbb::task_arena arena(1);
   for (const char* spec : {"Flat", "IVF16,Flat", "IVF16,PQ4", "IVF16,PQ8x4fs,RFlat", "OPQ4,IVF8,PQ4",
-                           "IVF16_HNSW4,Flat", "IVF16,Flat,RFlat", "HNSW8,SQ8", "HNSW8,F16"}) {
+                           "IVF16_HNSW4,Flat", "IVF16,Flat,RFlat", "HNSW8,SQ8", "HNSW8,F16", "HNSW8,SQ8,RFlat"}) {
     CAPTURE(spec);
     params.refine_factor = std::string(spec).ends_with("RFlat") ? 3 : 0;
     const bool hnsw = std::string(spec).starts_with("HNSW");
-    const std::string path = dir / "index.shoal";
+    const std::string path = dir / "index.shoal", again = dir / "again.shoal";
+    std::vector<char> saved;
     const auto build = [&] { return load_index(path); };  // a copy of the index saved below
     using change = std::function<void(any_index&)>;
     const std::vector<std::pair<const char*, change>> changes{
@@ -384,6 +385,7 @@ TEST_CASE("every index kind: out of memory part-way through a write leaves the i
       reference.train(d.base.view());
       reference.add(d.base.view().slice(0, 790), std::span(d.ids).first(790));
       reference.save(path);
+      saved = test::slurp(path);
       const neighbors before = reference.search(d.queries.view(), 10, params);
       for (const auto& [what, apply] : changes) {
         std::size_t point = 0, failed = 0;
@@ -425,6 +427,10 @@ TEST_CASE("every index kind: out of memory part-way through a write leaves the i
           const neighbors after = x.search(d.queries.view(), 10, params);
           CHECK(after.ids() == before.ids());
           CHECK(after.distances() == before.distances());
+          // Nothing left behind where the checks above do not look (an IVF list's entry; a review). HNSW
+          // may keep the slots it took as free ones, saved as such: the same graph, another file.
+          x.save(again);
+          if (!hnsw) CHECK(test::slurp(again) == saved);
           apply(x);  // and the same call goes through afterwards
           x.add(d.base.view().slice(792, 2), std::span(d.ids).subspan(792, 2));
           CHECK(x.size() == after_call + 2);

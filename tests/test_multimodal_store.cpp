@@ -12,6 +12,7 @@
 #include <numeric>
 #include <thread>
 
+#include "allocation_cap.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/multimodal/store.hpp"
@@ -276,6 +277,62 @@ TEST_CASE("multimodal_store: search_via_pairs maps query-modality neighbours to 
   const neighbors after_remove = store.search_via_pairs("text", {query.data(), 1, 2}, "image", 3);
   CHECK(std::vector<vector_id>(after_remove.row_ids(0).begin(), after_remove.row_ids(0).end()) ==
         std::vector<vector_id>{101, 102, no_id});
+}
+
+TEST_CASE("multimodal_store: link and unlink run out of memory without leaving a pair linked one way", "[multimodal]") {
+  // link inserted pair after pair, each direction in turn: out of memory part-way left pairs linked in
+  // one direction only (a review: text→image 1, image→text 0). Every allocation of a link and an unlink
+  // is failed in turn; each leaves the links as they were. The names are too long for std::string's
+  // inline buffer, so that looking their tables up allocates too.
+  const std::string image = "product-image-embeddings", text = "caption-text-embeddings";
+  const auto fresh = [&] {
+    multimodal_store store({.shared_dim = 2, .shared_metric = metric::l2});
+    store.add_modality(image, modality(2, metric::l2, "Flat", true));
+    store.add_modality(text, modality(2, metric::l2));
+    store.link(text, std::vector<vector_id>{0, 1}, image, std::vector<vector_id>{100, 100});
+    return store;
+  };
+  const std::vector<vector_id> texts{1, 2, 3, 4, 5, 6, 7, 8}, images{101, 100, 102, 103, 104, 105, 106, 100};
+  const auto links_of = [&](const multimodal_store& store) {
+    std::vector<std::vector<vector_id>> all;
+    for (vector_id t = 0; t < 10; ++t) all.push_back(store.linked(text, t, image));
+    for (vector_id i = 100; i < 108; ++i) all.push_back(store.linked(image, i, text));
+    return all;
+  };
+  const auto before = links_of(fresh());
+  for (const bool unlinking : {false, true}) {
+    std::size_t failed = 0, point = 0;
+    for (;; ++point) {
+      multimodal_store store = fresh();
+      if (unlinking) store.link(text, texts, image, images);
+      const auto start = links_of(store);
+      bool threw = false, injected = false;
+      {
+        const test::allocation_failure failure(point);
+        try {
+          if (unlinking)
+            store.unlink(text, texts, image, images);
+          else
+            store.link(text, texts, image, images);
+        } catch (const std::bad_alloc&) {
+          threw = true;
+        }
+        injected = failure.happened();
+      }
+      if (!injected) break;
+      CAPTURE(unlinking, point);
+      REQUIRE(threw);
+      ++failed;
+      CHECK(links_of(store) == start);
+      CHECK(store.link_count(text, image) == store.link_count(image, text));
+    }
+    CAPTURE(unlinking);
+    CHECK(failed > 0);
+  }
+  multimodal_store store = fresh();
+  store.link(text, texts, image, images);
+  store.unlink(text, texts, image, images);
+  CHECK(links_of(store) == before);
 }
 
 TEST_CASE("multimodal_store: search_via_pairs breaks ties at its depth by target id", "[multimodal]") {

@@ -280,7 +280,7 @@ flat_index flat_index::load(const std::string& path, const load_options& options
   return detail::load_index_file<flat_index>(path, options, "flat_index::load");
 }
 
-std::span<const std::uint32_t> detail::index_sections<flat_index>::known() noexcept {
+std::span<const std::uint32_t> detail::index_sections<flat_index>::known() {
   static constexpr std::array<std::uint32_t, 3> tags{file_tags.vectors, file_tags.norms, file_tags.ids};
   return tags;
 }

@@ -2168,7 +2168,7 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
   return detail::load_index_file<hnsw_index>(path, options, "hnsw_index::load");
 }
 
-std::span<const std::uint32_t> detail::index_sections<hnsw_index>::known() noexcept {
+std::span<const std::uint32_t> detail::index_sections<hnsw_index>::known() {
   constexpr const hnsw_section_tags& t = hnsw_file_tags;
   static constexpr std::array<std::uint32_t, 13> tags{t.params, t.vectors, t.links0, t.legacy_codes, t.state,
                                                       t.ids,    t.upper,   t.ranges, t.alpha,        t.codes,

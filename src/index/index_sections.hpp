@@ -43,7 +43,7 @@ struct index_sections<flat_index> {
   /// A standalone flat index file.
   static constexpr flat_section_tags file_tags{io::detail::make_tag("VECS"), io::detail::make_tag("NORM"),
                                                io::detail::make_tag("IDS ")};
-  [[nodiscard]] static std::span<const std::uint32_t> known() noexcept;
+  [[nodiscard]] static std::span<const std::uint32_t> known();
   /// A flat index has no writer lock (its writes need exclusive access): the token is empty.
   [[nodiscard]] static std::monostate write(const flat_index& index, io::detail::index_file_writer& out,
                                             const flat_section_tags& tags = file_tags);
@@ -54,7 +54,7 @@ struct index_sections<flat_index> {
 template <>
 struct index_sections<hnsw_index> {
   static constexpr index_kind kind = index_kind::hnsw;
-  [[nodiscard]] static std::span<const std::uint32_t> known() noexcept;
+  [[nodiscard]] static std::span<const std::uint32_t> known();
   [[nodiscard]] static hnsw_write_lock write(const hnsw_index& index, io::detail::index_file_writer& out);
   [[nodiscard]] static hnsw_index read(const io::detail::index_file_reader& in);
 };
@@ -62,7 +62,7 @@ struct index_sections<hnsw_index> {
 template <>
 struct index_sections<ivf_flat_index> {
   static constexpr index_kind kind = index_kind::ivf_flat;
-  [[nodiscard]] static std::span<const std::uint32_t> known() noexcept;
+  [[nodiscard]] static std::span<const std::uint32_t> known();
   [[nodiscard]] static std::shared_lock<std::shared_mutex> write(const ivf_flat_index& index,
                                                                  io::detail::index_file_writer& out);
   [[nodiscard]] static ivf_flat_index read(const io::detail::index_file_reader& in);
@@ -71,7 +71,7 @@ struct index_sections<ivf_flat_index> {
 template <>
 struct index_sections<ivf_pq_index> {
   static constexpr index_kind kind = index_kind::ivf_pq;
-  [[nodiscard]] static std::span<const std::uint32_t> known() noexcept;
+  [[nodiscard]] static std::span<const std::uint32_t> known();
   [[nodiscard]] static std::unique_lock<std::mutex> write(const ivf_pq_index& index,
                                                           io::detail::index_file_writer& out);
   [[nodiscard]] static ivf_pq_index read(const io::detail::index_file_reader& in);

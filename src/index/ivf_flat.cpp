@@ -231,7 +231,7 @@ ivf_flat_index ivf_flat_index::load(const std::string& path, const load_options&
   return detail::load_index_file<ivf_flat_index>(path, options, "ivf_flat_index::load");
 }
 
-std::span<const std::uint32_t> detail::index_sections<ivf_flat_index>::known() noexcept {
+std::span<const std::uint32_t> detail::index_sections<ivf_flat_index>::known() {
   static const std::vector<std::uint32_t> tags = io::detail::ivf_tags(
       {tag_params, io::detail::tag_list_sizes, io::detail::tag_list_rows, io::detail::tag_list_ids});
   return tags;

@@ -665,7 +665,7 @@ ivf_pq_index ivf_pq_index::load(const std::string& path, const load_options& opt
   return detail::load_index_file<ivf_pq_index>(path, options, "ivf_pq_index::load");
 }
 
-std::span<const std::uint32_t> detail::index_sections<ivf_pq_index>::known() noexcept {
+std::span<const std::uint32_t> detail::index_sections<ivf_pq_index>::known() {
   static const std::vector<std::uint32_t> tags = io::detail::ivf_tags(
       {tag_params, tag_codebooks, tag_rotation, tag_refine_ranges, tag_refine_codes, io::detail::tag_list_sizes,
        tag_list_codes, io::detail::tag_list_rows, io::detail::tag_list_ids});

@@ -42,11 +42,15 @@ refine_index::refine_index(any_index coarse, flat_index exact) : coarse_(std::mo
 }
 
 void refine_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
-  coarse_.add(vectors, ids);
+  // The exact (flat) stage first: when the coarse stage then refuses the batch or runs out of memory, the
+  // flat stage takes it back without allocating, so it cannot fail, and in reverse order, which leaves
+  // its rows as they were. (The other way round, a coarse HNSW stage's removals could run out of memory
+  // themselves and leave the stages holding different ids, and changed its graph even when they did not.)
+  exact_.add(vectors, ids);
   try {
-    exact_.add(vectors, ids);
+    coarse_.add(vectors, ids);
   } catch (...) {
-    for (const vector_id id : ids) coarse_.remove(id);
+    for (auto id = ids.rbegin(); id != ids.rend(); ++id) exact_.remove(*id);
     throw;
   }
 }

@@ -628,10 +628,25 @@ void write_vectors(const multimodal_state& st, std::string_view modality, std::s
   });
 }
 
-/// Inserts `value` into a sorted vector unless present.
-void insert_sorted(std::vector<vector_id>& v, vector_id value) {
+/// Inserts `value` into a sorted vector unless present; whether it did.
+bool insert_sorted(std::vector<vector_id>& v, vector_id value) {
   const auto it = std::lower_bound(v.begin(), v.end(), value);
-  if (it == v.end() || *it != value) v.insert(it, value);
+  if (it != v.end() && *it == value) return false;
+  v.insert(it, value);
+  return true;
+}
+
+/// Removes the link `key` → `value` from `links` (if `value` is given and there), then `key` if it is left
+/// without links. Allocates nothing: `link` takes back its links with it when it runs out of memory.
+void erase_link(adjacency& links, vector_id key, std::optional<vector_id> value) noexcept {
+  const auto it = links.find(key);
+  if (it == links.end()) return;
+  std::vector<vector_id>& targets = it->second;
+  if (value) {
+    const auto pos = std::lower_bound(targets.begin(), targets.end(), *value);
+    if (pos != targets.end() && *pos == *value) targets.erase(pos);
+  }
+  if (targets.empty()) links.erase(it);
 }
 
 /// Maps one row of query-modality neighbours through `links` into `out_ids` / `out_distances` (k
@@ -1211,12 +1226,30 @@ void check_link_args(const detail::catalog& c, std::string_view a, std::span<con
 void multimodal_store::link(std::string_view a, std::span<const vector_id> ids_a, std::string_view b,
                             std::span<const vector_id> ids_b) {
   check_link_args(*state_->snapshot(), a, ids_a, b, ids_b, "multimodal_store::link");
+  const std::pair<std::string, std::string> key_ab{a, b}, key_ba{b, a};
+  std::vector<std::uint8_t> made(2 * ids_a.size(), 0);  // which links this call added, each direction
   const std::unique_lock lock(state_->pairs_mutex);
-  detail::adjacency& ab = state_->pairs[{std::string(a), std::string(b)}];
-  detail::adjacency& ba = state_->pairs[{std::string(b), std::string(a)}];
-  for (std::size_t i = 0; i < ids_a.size(); ++i) {
-    detail::insert_sorted(ab[ids_a[i]], ids_b[i]);
-    detail::insert_sorted(ba[ids_b[i]], ids_a[i]);
+  auto& pairs = state_->pairs;
+  const bool had_ab = pairs.contains(key_ab), had_ba = pairs.contains(key_ba);
+  detail::adjacency* ab = nullptr;
+  detail::adjacency* ba = nullptr;
+  try {
+    ab = &pairs[key_ab];
+    ba = &pairs[key_ba];
+    for (std::size_t i = 0; i < ids_a.size(); ++i) {
+      made[2 * i] = detail::insert_sorted((*ab)[ids_a[i]], ids_b[i]) ? 1 : 0;
+      made[2 * i + 1] = detail::insert_sorted((*ba)[ids_b[i]], ids_a[i]) ? 1 : 0;
+    }
+  } catch (...) {
+    // Out of memory part-way: every link this call added goes again (and ids or tables it left without
+    // links), so that no pair is left linked in one direction only. Erasing allocates nothing.
+    for (std::size_t i = ids_a.size(); i-- > 0;) {
+      if (ba != nullptr) detail::erase_link(*ba, ids_b[i], made[2 * i + 1] ? std::optional(ids_a[i]) : std::nullopt);
+      if (ab != nullptr) detail::erase_link(*ab, ids_a[i], made[2 * i] ? std::optional(ids_b[i]) : std::nullopt);
+    }
+    if (!had_ab && ab != nullptr && ab->empty()) pairs.erase(key_ab);
+    if (!had_ba && ba != nullptr && ba->empty()) pairs.erase(key_ba);
+    throw;
   }
 }
 
@@ -1224,19 +1257,13 @@ void multimodal_store::unlink(std::string_view a, std::span<const vector_id> ids
                               std::span<const vector_id> ids_b) {
   check_link_args(*state_->snapshot(), a, ids_a, b, ids_b, "multimodal_store::unlink");
   const std::unique_lock lock(state_->pairs_mutex);
-  const auto erase = [&](std::string_view from, std::string_view to, vector_id key, vector_id value) {
-    const auto table = state_->pairs.find({std::string(from), std::string(to)});
-    if (table == state_->pairs.end()) return;
-    const auto it = table->second.find(key);
-    if (it == table->second.end()) return;
-    std::vector<vector_id>& targets = it->second;
-    const auto pos = std::lower_bound(targets.begin(), targets.end(), value);
-    if (pos != targets.end() && *pos == value) targets.erase(pos);
-    if (targets.empty()) table->second.erase(it);
-  };
+  // Both tables found first (their keys allocate): the erasing below allocates nothing, so it cannot stop
+  // part-way and leave a pair linked in one direction only.
+  const auto ab = state_->pairs.find({std::string(a), std::string(b)});
+  const auto ba = state_->pairs.find({std::string(b), std::string(a)});
   for (std::size_t i = 0; i < ids_a.size(); ++i) {
-    erase(a, b, ids_a[i], ids_b[i]);
-    erase(b, a, ids_b[i], ids_a[i]);
+    if (ab != state_->pairs.end()) detail::erase_link(ab->second, ids_a[i], ids_b[i]);
+    if (ba != state_->pairs.end()) detail::erase_link(ba->second, ids_b[i], ids_a[i]);
   }
 }
 
