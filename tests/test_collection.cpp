@@ -1507,6 +1507,83 @@ TEST_CASE("collection: a replica that runs out of memory during a write is taken
   CHECK(failed > 10);
 }
 
+TEST_CASE("collection: out of memory before a write is applied leaves the collection unchanged and writable",
+          "[collection]") {
+  // Every allocation of an add and an upsert over 4 Flat shards failed in turn. A failure while the
+  // write is worked out (routing, the shards' shares of the batch) used to mark the collection as holding
+  // part of the write, and one without a directory refused every later write for good; now the write is
+  // planned before it is logged or applied, and such a failure changes nothing. A failure while a shard
+  // applies it still does (the shards may hold part of it).
+  constexpr std::size_t n = 300, d = 8, batch = 40;
+  const matrix<float> v = make_uniform(n + batch + 1, d, 29);
+  std::vector<vector_id> ids(n + batch);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  const collection_options o = options_for(sharding::hash, d, metric::l2);
+  const auto queries = v.view().slice(0, 10);
+  for (const bool upsert : {false, true}) {
+    std::size_t clean = 0, refusing = 0, point = 0;
+    for (;; ++point) {
+      collection c(o);
+      c.add(v.view().slice(0, n), std::span<const vector_id>(ids).first(n));
+      const neighbors before = c.search(queries, 5);
+      // The upsert replaces the first rows with the batch's vectors and adds none.
+      const auto rows = v.view().slice(n, batch);
+      const auto write_ids = std::span<const vector_id>(ids).subspan(upsert ? 0 : n, batch);
+      bool threw = false, injected = false;
+      {
+        const test::allocation_failure failure(point, /*every_thread=*/true);
+        try {
+          if (upsert)
+            c.upsert(rows, write_ids);
+          else
+            c.add(rows, write_ids);
+        } catch (const std::bad_alloc&) {
+          threw = true;
+        }
+        injected = failure.happened();
+      }
+      if (!injected) break;
+      if (!threw) continue;
+      CAPTURE(upsert, point);
+      const neighbors after = c.search(queries, 5);
+      try {
+        c.add(v.view().slice(n + batch, 1), std::vector<vector_id>{n + batch + 1});  // an id in no batch
+      } catch (const shoal::error& e) {
+        CHECK(e.code() == errc::io_error);  // the shards may hold part of the write
+        ++refusing;
+        continue;
+      }
+      ++clean;
+      CHECK(c.size() == n + 1);
+      CHECK_FALSE(c.contains(ids[n]));
+      if (upsert) CHECK(c.vector(ids[0]) == std::vector<float>(v.row(0), v.row(0) + d));
+      CHECK(after.ids() == before.ids());
+      CHECK(after.distances() == before.distances());
+    }
+    CAPTURE(upsert, point, clean, refusing);
+    CHECK(clean > 5);
+    CHECK(refusing > 0);
+  }
+  // The shards' shares of a batch are copied out while the write is planned: a cap that only those
+  // copies pass over (2,000 rows of 64 floats over 4 shards, about 128 KB each; the shards' storage for
+  // 1,000 stored rows fits under it in one piece) fails the write before anything changes. Before,
+  // the copies were taken shard by shard while applying, and the collection refused every later write.
+  const matrix<float> wide = make_uniform(3000, 64, 31);
+  std::vector<vector_id> wide_ids(3000);
+  std::iota(wide_ids.begin(), wide_ids.end(), vector_id{0});
+  collection c(options_for(sharding::hash, 64, metric::l2));
+  c.add(wide.view().slice(0, 1000), std::span<const vector_id>(wide_ids).first(1000));
+  {
+    const test::allocation_cap cap(100 << 10, /*every_thread=*/true);
+    REQUIRE_THROWS_AS(c.add(wide.view().slice(1000, 2000), std::span<const vector_id>(wide_ids).subspan(1000, 2000)),
+                      std::bad_alloc);
+  }
+  CHECK(c.size() == 1000);
+  CHECK_FALSE(c.contains(wide_ids[1000]));
+  c.add(wide.view().slice(1000, 2000), std::span<const vector_id>(wide_ids).subspan(1000, 2000));
+  CHECK(c.size() == 3000);
+}
+
 TEST_CASE("collection: a train whose snapshot fails leaves the collection untrained", "[collection][io]") {
   const scratch_dir dir;
   const std::filesystem::path home = dir.path() / "c";

@@ -258,11 +258,16 @@ bool collection_state::all_trained(const layout& lay) const {
   return true;
 }
 
-void collection_state::apply(layout& lay, wal_op op, matrix_view<const float> vectors, matrix_view<const float> routed,
-                             std::span<const vector_id> ids, std::span<const std::uint64_t> keys) {
+write_plan collection_state::plan(layout& lay, wal_op op, matrix_view<const float> vectors,
+                                  matrix_view<const float> routed, std::span<const vector_id> ids,
+                                  std::span<const std::uint64_t> keys) const {
   const std::size_t n = ids.size();
   const std::size_t shards = lay.shards.size();
   constexpr std::uint32_t none = ~std::uint32_t{0};
+  write_plan w;
+  w.op = op;
+  w.ids = ids;
+  w.vectors = vectors;
 
   std::vector<std::uint32_t> old_shard(n, none);
   if (op != wal_op::add) {
@@ -270,42 +275,49 @@ void collection_state::apply(layout& lay, wal_op op, matrix_view<const float> ve
     for (std::size_t i = 0; i < n; ++i)
       if (const auto it = lay.table.find(ids[i]); it != lay.table.end()) old_shard[i] = it->second;
   }
-  std::vector<std::uint32_t> new_shard;
   if (op != wal_op::remove) {
-    new_shard = lay.route.route(routed, ids, keys);
+    w.new_shard = lay.route.route(routed, ids, keys);
     // Range sharding: an upsert without keys leaves a stored id in its shard. Its key (a timestamp
     // given to add) is not kept, and routing it by its id moved it out of its range silently.
     if (options.policy == sharding::range && keys.empty())
       for (std::size_t i = 0; i < n; ++i)
-        if (old_shard[i] != none) new_shard[i] = old_shard[i];
+        if (old_shard[i] != none) w.new_shard[i] = old_shard[i];
   }
 
   // Phase 1, per shard: removals of ids re-added to the same shard, then additions.
   // Phase 2, per shard: removals of ids that left the shard (or are just removed).
-  std::vector<std::vector<vector_id>> remove_first(shards), remove_after(shards);
-  std::vector<std::vector<std::size_t>> add_rows(shards);
+  w.remove_first.resize(shards);
+  w.remove_after.resize(shards);
+  w.add_rows.resize(shards);
   for (std::size_t i = 0; i < n; ++i) {
     if (op == wal_op::remove) {
-      remove_after[old_shard[i]].push_back(ids[i]);
+      w.remove_after[old_shard[i]].push_back(ids[i]);
       continue;
     }
-    add_rows[new_shard[i]].push_back(i);
+    w.add_rows[w.new_shard[i]].push_back(i);
     if (old_shard[i] == none) continue;
-    (old_shard[i] == new_shard[i] ? remove_first : remove_after)[old_shard[i]].push_back(ids[i]);
+    (old_shard[i] == w.new_shard[i] ? w.remove_first : w.remove_after)[old_shard[i]].push_back(ids[i]);
   }
+  w.rows.resize(shards);
+  w.row_ids.resize(shards);
+  for (std::size_t s = 0; s < shards; ++s) {
+    if (w.add_rows[s].empty() || w.add_rows[s].size() == n) continue;  // none, or the write's own rows
+    w.rows[s] = gather(vectors, w.add_rows[s]);
+    for (const std::size_t i : w.add_rows[s]) w.row_ids[s].push_back(ids[i]);
+  }
+  return w;
+}
 
+void collection_state::apply(layout& lay, const write_plan& w) {
+  const std::size_t n = w.ids.size();
+  const std::size_t shards = lay.shards.size();
+  const auto& [op, ids, new_shard, remove_first, remove_after, add_rows, rows, row_ids, vectors] = w;
   for (std::size_t s = 0; s < shards; ++s) {
     if (remove_first[s].empty() && add_rows[s].empty()) continue;
     shard_state& shard = *lay.shards[s];
     const bool all_rows = add_rows[s].size() == n;
-    matrix<float> rows;
-    std::vector<vector_id> row_ids;
-    if (!all_rows && !add_rows[s].empty()) {
-      rows = gather(vectors, add_rows[s]);
-      for (const std::size_t i : add_rows[s]) row_ids.push_back(ids[i]);
-    }
-    const matrix_view<const float> v = all_rows ? vectors : rows.view();
-    const std::span<const vector_id> v_ids = all_rows ? ids : std::span<const vector_id>(row_ids);
+    const matrix_view<const float> v = all_rows ? vectors : rows[s].view();
+    const std::span<const vector_id> v_ids = all_rows ? ids : std::span<const vector_id>(row_ids[s]);
     const std::lock_guard lock(shard.write_mutex);
     // Lag counts vectors written: an id in remove_first is re-added here, one write with its add.
     for_each_live_replica(shard, add_rows[s].size(), [&](any_index& index) {
@@ -389,6 +401,8 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
     }
   }
 
+  // Worked out before it is logged: out of memory up to here leaves nothing to undo and nothing logged.
+  const write_plan planned = plan(*lay, op, vectors, routed, ids, keys);
   if (wal) {
     // One record per at most ~256 MiB of vectors (a record's size field is 32 bits).
     const std::size_t per_record = std::max<std::size_t>(1, (std::size_t{256} << 20) / (options.dim * 4 + 16));
@@ -409,7 +423,7 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
         captured.push_back(std::move(r));
       }
     }
-    apply(*lay, op, vectors, routed, ids, keys);
+    apply(*lay, planned);
   } catch (...) {
     // Logged, but not (wholly) applied: a shard ran out of memory (or the copy a running rebalance
     // captures did). The shards no longer match the log (nor, maybe, the routing table), and a snapshot

@@ -124,6 +124,21 @@ struct shard_traits {
   bool returns_vectors = true;        // any_index::vector works (all but IVF-PQ): a re-clustering moves them
 };
 
+/// One write worked out against a layout before it changes anything (`collection_state::plan`).
+struct write_plan {
+  wal_op op = wal_op::add;
+  std::span<const vector_id> ids;
+  std::vector<std::uint32_t> new_shard;  // per id (not for removals)
+  // Per shard: ids removed before the adds (re-added to the same shard), the rows added (indices into
+  // the write's vectors) with their gathered copy and ids where the shard takes only some of them, and
+  // ids removed after (they left the shard, or are removed).
+  std::vector<std::vector<vector_id>> remove_first, remove_after;
+  std::vector<std::vector<std::size_t>> add_rows;
+  std::vector<matrix<float>> rows;
+  std::vector<std::vector<vector_id>> row_ids;
+  matrix_view<const float> vectors;  // the write's vectors, as given
+};
+
 struct collection_state {
   collection_options options;
   shared_slot<layout> current;
@@ -191,10 +206,21 @@ struct collection_state {
   }
   /// A new empty layout of `options`: router untrained, every replica an empty index from the spec.
   [[nodiscard]] std::shared_ptr<layout> empty_layout() const;
-  /// Applies one validated write (no logging, no capture): the common tail of writes and log replay.
-  /// `routed`: the vectors as the router sees them (unit rows for cosine), computed once by the caller.
+  /// Works one validated write out against `lay` — which shard each id leaves and joins, and each
+  /// shard's rows — changing nothing. Every allocation of the write but the shards' own and the routing
+  /// table's happens here: out of memory here leaves the collection as it was (`write` plans before it
+  /// logs). `routed`: the vectors as the router sees them (unit rows for cosine), computed once by the
+  /// caller. The write's ids must stay claimed (`busy_ids`) and the layout current until it is applied.
+  [[nodiscard]] write_plan plan(layout& lay, wal_op op, matrix_view<const float> vectors,
+                                matrix_view<const float> routed, std::span<const vector_id> ids,
+                                std::span<const std::uint64_t> keys) const;
+  /// Applies a planned write (no logging, no capture): the common tail of writes and log replay.
+  void apply(layout& lay, const write_plan& w);
+  /// `apply(lay, plan(...))`.
   void apply(layout& lay, wal_op op, matrix_view<const float> vectors, matrix_view<const float> routed,
-             std::span<const vector_id> ids, std::span<const std::uint64_t> keys);
+             std::span<const vector_id> ids, std::span<const std::uint64_t> keys) {
+    apply(lay, plan(lay, op, vectors, routed, ids, keys));
+  }
   /// The full write path: checks, id claims, log, capture, apply.
   void write(wal_op op, matrix_view<const float> vectors, std::span<const vector_id> ids,
              std::span<const std::uint64_t> keys);
