@@ -687,6 +687,54 @@ TEST_CASE("refine_index: a coarse index proposes, exact distances re-rank, also 
                          fails_with(errc::invalid_argument, "metric"));
 }
 
+TEST_CASE("refine_index: stored vectors added again under new ids reach both stages intact", "[index][refine]") {
+  // The exact (flat) stage takes an add first; rows read from its own storage (`vector()`) were handed
+  // to the coarse stage after that add had grown, and so freed, the storage they point into (a review:
+  // a segfault with an HNSW coarse stage, garbage rows with a flat one). 3,000 stored rows, all added
+  // again at once under new ids, so that the flat stage's storage must move.
+  constexpr std::size_t n = 3000, d = 32;
+  const matrix<float> v = make_clustered(n, d, 12, 41, 1.0f);
+  std::vector<vector_id> ids(n);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  for (const char* spec : {"HNSW16,RFlat", "IVF8,Flat,RFlat"}) {
+    for (const metric m : {metric::l2, metric::cosine}) {
+      CAPTURE(spec, metric_name(m));
+      any_index index = make_index(spec, d, m);
+      index.train(v.view());
+      index.add(v.view(), ids);
+      const refine_index& r = *index.get_if<refine_index>();
+      const matrix_view<const float> stored{r.exact().vector(ids[0]).data(), n, d};  // rows in storage order
+      const std::vector<vector_id> order(r.exact().ids().begin(), r.exact().ids().end());
+      std::vector<vector_id> new_ids(n);
+      for (std::size_t i = 0; i < n; ++i) new_ids[i] = order[i] + n;
+      const matrix<float> expected = [&] {
+        matrix<float> copy(n, d);
+        for (std::size_t i = 0; i < n; ++i) std::copy_n(stored.row(i), d, copy.row(i));
+        return copy;
+      }();
+      index.add(stored, new_ids);
+      CHECK(index.size() == 2 * n);
+      // Each new id holds its source's row, in both stages: searching a row finds the two ids at distance 0.
+      std::size_t both = 0;
+      search_params params;
+      params.ef = 64;
+      params.nprobe = 8;
+      params.refine_factor = 4;
+      const neighbors found = index.search(expected.view().slice(0, 200), 2, params);
+      for (std::size_t q = 0; q < 200; ++q) {
+        const auto row = found.row_ids(q);
+        both += (std::min(row[0], row[1]) == order[q] && std::max(row[0], row[1]) == order[q] + n) ? 1 : 0;
+        CHECK(r.exact().vector(order[q] + n).size() == d);
+      }
+      CHECK(both >= 190);
+      for (std::size_t i = 0; i < n; i += 97) {
+        const std::span<const float> got = r.exact().vector(new_ids[i]);
+        CHECK(std::equal(got.begin(), got.end(), expected.row(i)));
+      }
+    }
+  }
+}
+
 TEST_CASE("refine_index: range search keeps exact distances under the radius, bad input is refused",
           "[index][refine]") {
   const test::clustered_set data(3000, 40, 32, 16, 43, 0.3f);

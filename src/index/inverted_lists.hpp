@@ -55,8 +55,9 @@ inline void check_nlist(std::size_t nlist, const char* who) {
 
 template <class Code>
 struct inverted_list {
-  /// Shared by scans, exclusive for appends and removals of this list; writers first (a stream of
-  /// searches kept an add or remove waiting for up to 60 s).
+  /// Shared by scans, exclusive for appends and removals of this list; phase-fair, so neither side starves
+  /// (under a lock that let readers in ahead of a waiting writer, a stream of searches kept an add or
+  /// remove waiting for up to 60 s).
   mutable phase_fair_mutex mutex;
   aligned_vector<Code> codes;  // size() entries of code_len elements, entry-major
   aligned_vector<vector_id> ids;
@@ -80,8 +81,8 @@ struct inverted_list {
     reserve_growing(ids, ids.size() + more);
   }
 
-  /// Appends one entry; without room made by `reserve_more`, it may throw `bad_alloc` between storing the
-  /// code and the id. The caller holds `mutex` exclusively.
+  /// Appends one entry, in room `reserve_more` made (without it, out of memory could strike between the
+  /// code and the id). The caller holds `mutex` exclusively.
   void append(const Code* code, std::size_t code_len, vector_id id) {
     codes.insert(codes.end(), code, code + code_len);
     ids.push_back(id);

@@ -1,5 +1,6 @@
 #include "shoal/index/refine.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -46,6 +47,14 @@ void refine_index::add(matrix_view<const float> vectors, std::span<const vector_
   // flat stage takes it back without allocating, so it cannot fail, and in reverse order, which leaves
   // its rows as they were. (The other way round, a coarse HNSW stage's removals could run out of memory
   // themselves and leave the stages holding different ids, and changed its graph even when they did not.)
+  // Rows read from the flat stage (a stored vector added under a new id) are copied first: its add may
+  // move the storage they point into before the coarse stage reads them (a review: a segfault).
+  std::optional<matrix<float>> copy;
+  if (exact_.overlaps_storage(vectors)) {
+    copy.emplace(vectors.rows, vectors.dim);
+    for (std::size_t i = 0; i < vectors.rows; ++i) std::copy_n(vectors.row(i), vectors.dim, copy->row(i));
+    vectors = copy->view();
+  }
   exact_.add(vectors, ids);
   try {
     coarse_.add(vectors, ids);

@@ -79,6 +79,11 @@ class flat_index {
 
   /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.
   void remove(vector_id id);
+
+  /// Whether `v`'s rows lie (partly) in this index's stored rows (rows read through `vector()`), which an
+  /// `add` may move: `add` copies such rows first, and so must a caller that reads them after an `add`.
+  [[nodiscard]] bool overlaps_storage(matrix_view<const float> v) const noexcept;
+
   /// Whether `id` is stored.
   [[nodiscard]] bool contains(vector_id id) const noexcept { return slot_of_.contains(id); }
   /// Every stored id, in storage order (`remove` moves the last row into the freed slot, so the order
@@ -110,8 +115,6 @@ class flat_index {
   /// into ranking distances in place) to its heap.
   void select_tile(float* ip, std::size_t first, std::size_t count, const id_filter& filter, topk_heap& heap) const;
   void check_mutable(const char* what) const;
-  /// Whether `v`'s rows lie (partly) in this index's own vector storage.
-  [[nodiscard]] bool overlaps_storage(matrix_view<const float> v) const noexcept;
   // The arrays as searched: owned, or inside the mapping.
   [[nodiscard]] const float* vector_data() const noexcept { return mapping_ ? mapped_vectors_ : vectors_.data(); }
   [[nodiscard]] const float* norm_data() const noexcept { return mapping_ ? mapped_norms_ : norms_.data(); }

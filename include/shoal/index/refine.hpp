@@ -64,8 +64,9 @@ class refine_index {
 
   /// Trains the coarse stage (the flat stage needs none).
   void train(matrix_view<const float> sample) { coarse_.train(sample); }
-  /// Adds to both stages, all or nothing (a failure of the exact stage removes the vectors from the
-  /// coarse one again). The errors of the stages' `add`.
+  /// Adds to both stages, all or nothing: the exact stage first, and a failure of the coarse one (out of
+  /// memory included) removes the vectors from the exact stage again. The errors of the stages' `add`
+  /// (the exact stage's first: `flat_index::add` names bad rows and ids).
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
   /// Removes from both stages; `errc::not_found` for an unknown id.
   void remove(vector_id id);
