@@ -4,6 +4,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstdlib>
+#include <list>
 #include <numeric>
 #include <string>
 #include <system_error>
@@ -403,31 +404,36 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
 
   // Worked out before it is logged: out of memory up to here leaves nothing to undo and nothing logged.
   const write_plan planned = plan(*lay, op, vectors, routed, ids, keys);
+  // So is the copy a running rebalance captures (in a list node of its own, handed over below without
+  // allocating). `capturing` cannot turn on while this write holds the layout lock shared; it may turn
+  // off (a rebalance that failed), and then the copy is dropped.
+  std::list<wal_record> capture;
+  if (const std::lock_guard lock(capture_mutex); capturing) capture.emplace_back();
+  if (!capture.empty()) {
+    wal_record& r = capture.back();
+    r.op = op;
+    r.ids.assign(ids.begin(), ids.end());
+    r.keys.assign(keys.begin(), keys.end());
+    if (op != wal_op::remove) {
+      r.vectors = matrix<float>(vectors.rows, vectors.dim);
+      for (std::size_t i = 0; i < vectors.rows; ++i) std::copy_n(vectors.row(i), vectors.dim, r.vectors.row(i));
+    }
+  }
   if (wal) {
     // One record per at most ~256 MiB of vectors (a record's size field is 32 bits).
     const std::size_t per_record = std::max<std::size_t>(1, (std::size_t{256} << 20) / (options.dim * 4 + 16));
     (void)wal->append(op, ids, keys, op == wal_op::remove ? matrix_view<const float>() : vectors, per_record);
   }
+  if (!capture.empty()) {
+    const std::lock_guard lock(capture_mutex);
+    if (capturing) captured.splice(captured.end(), capture);
+  }
   try {
-    {
-      const std::lock_guard lock(capture_mutex);
-      if (capturing) {
-        wal_record r;
-        r.op = op;
-        r.ids.assign(ids.begin(), ids.end());
-        r.keys.assign(keys.begin(), keys.end());
-        if (op != wal_op::remove) {
-          r.vectors = matrix<float>(vectors.rows, vectors.dim);
-          for (std::size_t i = 0; i < vectors.rows; ++i) std::copy_n(vectors.row(i), vectors.dim, r.vectors.row(i));
-        }
-        captured.push_back(std::move(r));
-      }
-    }
     apply(*lay, planned);
   } catch (...) {
-    // Logged, but not (wholly) applied: a shard ran out of memory (or the copy a running rebalance
-    // captures did). The shards no longer match the log (nor, maybe, the routing table), and a snapshot
-    // would make that permanent. Reopening replays the write whole.
+    // Logged, but not (wholly) applied: a shard ran out of memory. The shards no longer match the log
+    // (nor, maybe, the routing table), and a snapshot would make that permanent. Reopening replays the
+    // write whole.
     diverged.store(true);
     throw;
   }
@@ -987,7 +993,7 @@ void detail::rebalance(collection_state& st) {
     const std::unique_lock layout_lock(st.layout_mutex);
     SHOAL_CHECK_CODE(st.current.load() == old, errc::unsupported,
                      "collection::rebalance: another layout was published while it ran; nothing changed");
-    std::vector<detail::wal_record> captured;
+    std::list<detail::wal_record> captured;
     {
       const std::lock_guard lock(st.capture_mutex);
       captured = std::move(st.captured);

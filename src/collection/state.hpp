@@ -7,6 +7,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -164,7 +165,7 @@ struct collection_state {
   // Rebalancing: while `capturing`, every applied write is also recorded for the new layout.
   std::mutex capture_mutex;
   bool capturing = false;
-  std::vector<wal_record> captured;
+  std::list<wal_record> captured;              // a list: each write makes its node before it logs (`write`)
   std::mutex rebalance_mutex;                  // one rebalance at a time
   std::atomic<bool> rebalance_running{false};  // a background rebalance is scheduled or running
   // `adds` + `upserts` and the number of vectors when the last rebalance took its snapshot.
