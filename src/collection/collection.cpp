@@ -312,7 +312,16 @@ write_plan collection_state::plan(layout& lay, wal_op op, matrix_view<const floa
 void collection_state::apply(layout& lay, const write_plan& w) {
   const std::size_t n = w.ids.size();
   const std::size_t shards = lay.shards.size();
-  const auto& [op, ids, new_shard, remove_first, remove_after, add_rows, rows, row_ids, vectors] = w;
+  // Named references, not a structured binding: Clang before 16 cannot capture bindings in lambdas.
+  const wal_op op = w.op;
+  const std::span<const vector_id> ids = w.ids;
+  const matrix_view<const float> vectors = w.vectors;
+  const auto& new_shard = w.new_shard;
+  const auto& remove_first = w.remove_first;
+  const auto& remove_after = w.remove_after;
+  const auto& add_rows = w.add_rows;
+  const auto& rows = w.rows;
+  const auto& row_ids = w.row_ids;
   for (std::size_t s = 0; s < shards; ++s) {
     if (remove_first[s].empty() && add_rows[s].empty()) continue;
     shard_state& shard = *lay.shards[s];
