@@ -312,51 +312,41 @@ write_plan collection_state::plan(layout& lay, wal_op op, matrix_view<const floa
 void collection_state::apply(layout& lay, const write_plan& w) {
   const std::size_t n = w.ids.size();
   const std::size_t shards = lay.shards.size();
-  // Named references, not a structured binding: Clang before 16 cannot capture bindings in lambdas.
-  const wal_op op = w.op;
-  const std::span<const vector_id> ids = w.ids;
-  const matrix_view<const float> vectors = w.vectors;
-  const auto& new_shard = w.new_shard;
-  const auto& remove_first = w.remove_first;
-  const auto& remove_after = w.remove_after;
-  const auto& add_rows = w.add_rows;
-  const auto& rows = w.rows;
-  const auto& row_ids = w.row_ids;
   for (std::size_t s = 0; s < shards; ++s) {
-    if (remove_first[s].empty() && add_rows[s].empty()) continue;
+    if (w.remove_first[s].empty() && w.add_rows[s].empty()) continue;
     shard_state& shard = *lay.shards[s];
-    const bool all_rows = add_rows[s].size() == n;
-    const matrix_view<const float> v = all_rows ? vectors : rows[s].view();
-    const std::span<const vector_id> v_ids = all_rows ? ids : std::span<const vector_id>(row_ids[s]);
+    const bool all_rows = w.add_rows[s].size() == n;
+    const matrix_view<const float> v = all_rows ? w.vectors : w.rows[s].view();
+    const std::span<const vector_id> v_ids = all_rows ? w.ids : std::span<const vector_id>(w.row_ids[s]);
     const std::lock_guard lock(shard.write_mutex);
     // Lag counts vectors written: an id in remove_first is re-added here, one write with its add.
-    for_each_live_replica(shard, add_rows[s].size(), [&](any_index& index) {
-      for (const vector_id id : remove_first[s]) index.remove(id);
+    for_each_live_replica(shard, w.add_rows[s].size(), [&](any_index& index) {
+      for (const vector_id id : w.remove_first[s]) index.remove(id);
       if (!v_ids.empty()) index.add(v, v_ids);
     });
   }
-  if (op != wal_op::remove) {
+  if (w.op != wal_op::remove) {
     {
       const std::unique_lock lock(lay.table_mutex);
-      for (std::size_t i = 0; i < n; ++i) lay.table[ids[i]] = new_shard[i];
+      for (std::size_t i = 0; i < n; ++i) lay.table[w.ids[i]] = w.new_shard[i];
     }
     // Ids that move: wait for the reads that may have passed their new shard before the add (`moving`;
     // no other lock held, as those reads take the table's and the shards').
-    if (std::any_of(remove_after.begin(), remove_after.end(), [](const auto& r) { return !r.empty(); })) {
+    if (std::any_of(w.remove_after.begin(), w.remove_after.end(), [](const auto& r) { return !r.empty(); })) {
       const std::unique_lock drained(lay.moving);
     }
   }
   for (std::size_t s = 0; s < shards; ++s) {
-    if (remove_after[s].empty()) continue;
+    if (w.remove_after[s].empty()) continue;
     shard_state& shard = *lay.shards[s];
     const std::lock_guard lock(shard.write_mutex);
-    for_each_live_replica(shard, remove_after[s].size(), [&](any_index& index) {
-      for (const vector_id id : remove_after[s]) index.remove(id);
+    for_each_live_replica(shard, w.remove_after[s].size(), [&](any_index& index) {
+      for (const vector_id id : w.remove_after[s]) index.remove(id);
     });
   }
-  if (op == wal_op::remove) {
+  if (w.op == wal_op::remove) {
     const std::unique_lock lock(lay.table_mutex);
-    for (const vector_id id : ids) lay.table.erase(id);
+    for (const vector_id id : w.ids) lay.table.erase(id);
   }
 }
 
