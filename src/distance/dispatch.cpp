@@ -12,8 +12,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 #include <string_view>
 
+#include "distance/stream_prefetch.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/distance/distance.hpp"
@@ -68,6 +70,20 @@ bool cpu_and_os_have_amx() noexcept {
 }
 #endif
 
+#ifdef SHOAL_HAVE_X86_KERNELS
+/// CPUID leaf 0: the vendor string (EBX, EDX, ECX).
+bool cpu_is_amd() noexcept {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) == 0) return false;
+  char vendor[12];
+  std::memcpy(vendor, &ebx, 4);
+  std::memcpy(vendor + 4, &edx, 4);
+  std::memcpy(vendor + 8, &ecx, 4);
+  const std::string_view name(vendor, sizeof vendor);
+  return name == "AuthenticAMD" || name == "HygonGenuine";  // Hygon: AMD's Zen cores
+}
+#endif
+
 constexpr simd_level all_levels[] = {simd_level::scalar, simd_level::avx2, simd_level::avx512, simd_level::amx};
 
 simd_level best_available_level() noexcept {
@@ -93,6 +109,16 @@ simd_level resolve_level() {
 }
 
 }  // namespace
+
+std::size_t stream_prefetch_bytes() noexcept {
+#ifdef SHOAL_HAVE_X86_KERNELS
+  static const std::size_t bytes = cpu_is_amd() ? 0 : 4096;
+  return bytes;
+#else
+  return 4096;
+#endif
+}
+
 }  // namespace detail
 
 const char* simd_level_name(simd_level level) noexcept {

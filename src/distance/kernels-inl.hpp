@@ -24,6 +24,7 @@
 #include <immintrin.h>
 #endif
 
+#include "distance/stream_prefetch.hpp"
 #include "distance/widen_sum.hpp"
 #include "shoal/distance/distance.hpp"
 
@@ -175,14 +176,11 @@ float cosine_distance(const float* a, const float* b, std::size_t dim) noexcept 
   return 1.0f - s_ab / (std::isnormal(product) ? std::sqrt(product) : std::sqrt(s_aa) * std::sqrt(s_bb));
 }
 
-/// Rows of a one-to-many scan whose block spans at least this many bytes are streamed with software
-/// prefetch: such a block is not in L1, and is most likely in DRAM (a flat scan, a large inverted list).
+/// Rows of a one-to-many scan whose block spans at least this many bytes are streamed one at a time, with
+/// software prefetch where the CPU gains from it (`stream_prefetch_bytes`): such a block is not in L1, and
+/// is most likely in DRAM (a flat scan, a large inverted list). Not two rows at a time as in cache: two
+/// interleaved streams read DRAM at less than half the rate on Zen 4 (session 38, `dot_like2` tried here).
 constexpr std::size_t stream_min_bytes = std::size_t{64} << 10;
-/// How far ahead of the row being scored the stream prefetches. The hardware prefetchers alone keep too
-/// few lines in flight for one core to reach its read bandwidth: measured on a Sapphire Rapids VM (avx512,
-/// 60,000 x 784 flat scan, interleaved with the read ceiling), 79% of the ceiling without, 85-90% with
-/// 4 KiB (BENCHMARKS.md, session 6).
-constexpr std::size_t stream_ahead_bytes = 4096;
 
 /// out[i] = Pair(q, row i). `Term`, when given, is Pair's `dot_like` term: rows in cache then go two at
 /// a time through `dot_like2` (bit-identical to Pair).
@@ -197,11 +195,17 @@ void one_to_many(const float* q, const float* x, std::size_t n, std::size_t dim,
     for (; i < n; ++i) out[i] = Pair(q, x + i * stride, dim);
     return;
   }
-  // Each row prefetches the lines `stream_ahead_bytes` beyond it, never past the block's end (a
-  // prefetch cannot fault, but lines outside the block are bandwidth taken from the scan).
+  // Each row prefetches the lines `stream_prefetch_bytes()` beyond it (none on CPUs whose hardware
+  // prefetchers stream faster alone), never past the block's end (a prefetch cannot fault, but lines
+  // outside the block are bandwidth taken from the scan).
+  const std::size_t ahead_bytes = stream_prefetch_bytes();
+  if (ahead_bytes == 0) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = Pair(q, x + i * stride, dim);
+    return;
+  }
   const char* const end = reinterpret_cast<const char*>(x + n * stride);
   for (std::size_t i = 0; i < n; ++i) {
-    const char* ahead = reinterpret_cast<const char*>(x + i * stride) + stream_ahead_bytes;
+    const char* ahead = reinterpret_cast<const char*>(x + i * stride) + ahead_bytes;
     const char* const stop = std::min(ahead + row_bytes, end);
     for (; ahead < stop; ahead += 64) __builtin_prefetch(ahead, 0, 3);
     out[i] = Pair(q, x + i * stride, dim);
