@@ -11,6 +11,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "distance/stream_tuning.hpp"  // src/: the streaming scans' tuning
 #include "shoal/distance/distance.hpp"
 #include "shoal/eval/eval.hpp"
 #include "test_support.hpp"
@@ -98,19 +99,29 @@ TEST_CASE("float pair kernels match the double reference at every level", "[kern
 }
 
 TEST_CASE("one-to-many and gather kernels equal the pair kernels bit for bit", "[kernel]") {
+  // 11 rows stay in cache; the larger block spans over 64 KiB, which the one-to-many kernels stream (one
+  // row at a time) under each stream tuning, whichever this CPU would pick: with or without the software
+  // prefetch, 512-bit registers loaded whole or by halves.
+  struct shape {
+    std::size_t d, n;
+    detail::stream_tuning tuning;
+  };
+  std::vector<shape> shapes;
+  for (const std::size_t d : dims) {
+    shapes.push_back({d, 11, {}});
+    for (const std::size_t prefetch : {0, 4096})
+      for (const bool halves : {false, true})
+        shapes.push_back({d, (std::size_t{64} << 10) / ((d + 5) * sizeof(float)) + 3, {prefetch, halves}});
+  }
+  struct restore_tuning {
+    detail::stream_tuning saved = detail::current_stream_tuning();
+    ~restore_tuning() { detail::replace_stream_tuning(saved); }
+  } restore;
   for (const simd_level level : available_simd_levels()) {
     const distance_kernels& k = kernels(level);
-    // 11 rows stay in cache; the larger block spans over 64 KiB, which the one-to-many kernels stream
-    // (one row at a time, prefetching ahead where the CPU gains from it) instead of pairing rows.
-    for (const auto& [d, n] : [] {
-           std::vector<std::pair<std::size_t, std::size_t>> shapes;
-           for (const std::size_t d : dims) {
-             shapes.emplace_back(d, 11);
-             shapes.emplace_back(d, (std::size_t{64} << 10) / ((d + 5) * sizeof(float)) + 3);
-           }
-           return shapes;
-         }()) {
-      CAPTURE(simd_level_name(level), d, n);
+    for (const auto& [d, n, tuning] : shapes) {
+      CAPTURE(simd_level_name(level), d, n, tuning.prefetch_bytes, tuning.half_loads);
+      detail::replace_stream_tuning(tuning);
       const std::size_t stride = d + 5;  // rows not multiples of the vector width apart
       const matrix<float> x = make_uniform(n, stride, d);
       const pair_data q(d, 1, d + 7);

@@ -10,12 +10,13 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string_view>
 
-#include "distance/stream_prefetch.hpp"
+#include "distance/stream_tuning.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/distance/distance.hpp"
@@ -110,13 +111,38 @@ simd_level resolve_level() {
 
 }  // namespace
 
-std::size_t stream_prefetch_bytes() noexcept {
+namespace {
+
+/// The tuning in force, set from the CPU on first use. Relaxed atomics: a test's replacement is the only
+/// write after that, and either tuning gives the same results.
+struct stream_tuning_cell {
+  std::atomic<std::size_t> prefetch_bytes;
+  std::atomic<bool> half_loads;
+};
+
+stream_tuning_cell& tuning_cell() noexcept {
+  static stream_tuning_cell cell = [] {
+    stream_tuning cpu;
 #ifdef SHOAL_HAVE_X86_KERNELS
-  static const std::size_t bytes = cpu_is_amd() ? 0 : 4096;
-  return bytes;
-#else
-  return 4096;
+    if (cpu_is_amd()) cpu = {.prefetch_bytes = 0, .half_loads = true};
 #endif
+    return stream_tuning_cell{cpu.prefetch_bytes, cpu.half_loads};
+  }();
+  return cell;
+}
+
+}  // namespace
+
+stream_tuning current_stream_tuning() noexcept {
+  const stream_tuning_cell& cell = tuning_cell();
+  return {.prefetch_bytes = cell.prefetch_bytes.load(std::memory_order_relaxed),
+          .half_loads = cell.half_loads.load(std::memory_order_relaxed)};
+}
+
+stream_tuning replace_stream_tuning(stream_tuning tuning) noexcept {
+  stream_tuning_cell& cell = tuning_cell();
+  return {.prefetch_bytes = cell.prefetch_bytes.exchange(tuning.prefetch_bytes, std::memory_order_relaxed),
+          .half_loads = cell.half_loads.exchange(tuning.half_loads, std::memory_order_relaxed)};
 }
 
 }  // namespace detail

@@ -24,7 +24,7 @@
 #include <immintrin.h>
 #endif
 
-#include "distance/stream_prefetch.hpp"
+#include "distance/stream_tuning.hpp"
 #include "distance/widen_sum.hpp"
 #include "shoal/distance/distance.hpp"
 
@@ -44,6 +44,17 @@ struct lanes {
   static constexpr std::size_t width = batch::size;
   static batch zero() noexcept { return batch(0.0f); }
   static batch load(const float* p) noexcept { return batch::load_unaligned(p); }
+  /// `load`, a 512-bit register as two 256-bit halves (the same lanes): from DRAM on Zen 4 these stream
+  /// faster than one 512-bit load (`stream_tuning::half_loads`).
+  static batch load_halves(const float* p) noexcept {
+#if defined(__AVX512F__)
+    if constexpr (width == 16) {
+      const __m256d lo = _mm256_castps_pd(_mm256_loadu_ps(p)), hi = _mm256_castps_pd(_mm256_loadu_ps(p + 8));
+      return _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(lo), hi, 1));
+    }
+#endif
+    return load(p);
+  }
   static batch fma(batch a, batch b, batch c) noexcept { return xsimd::fma(a, b, c); }
   /// One lane's a · b + c, always fused: left to the compiler, the contraction of a scalar tail may differ
   /// between two inlined copies of the same loop (it did between `dot_like` and `dot_like2`).
@@ -57,6 +68,7 @@ struct lanes {
   static constexpr std::size_t width = 1;
   static batch zero() noexcept { return 0.0f; }
   static batch load(const float* p) noexcept { return *p; }
+  static batch load_halves(const float* p) noexcept { return *p; }
   static batch fma(batch a, batch b, batch c) noexcept { return a * b + c; }
   static float fma1(float a, float b, float c) noexcept { return a * b + c; }
   static float sum(batch b) noexcept { return b; }
@@ -83,17 +95,19 @@ struct ip_term {
 
 /// Σ term(a_i, b_i) with four independent accumulators (to hide FMA latency), then one register at a
 /// time, then a scalar tail. The single definition of the accumulation order for float kernels.
-template <class Term>
+/// `BHalves`: b's registers loaded by `load_halves` (the same values, so the same result).
+template <class Term, bool BHalves = false>
 inline float dot_like(const float* a, const float* b, std::size_t dim) noexcept {
+  const auto load_b = [b](std::size_t i) { return BHalves ? lanes::load_halves(b + i) : lanes::load(b + i); };
   batch acc0 = lanes::zero(), acc1 = lanes::zero(), acc2 = lanes::zero(), acc3 = lanes::zero();
   std::size_t i = 0;
   for (; i + 4 * W <= dim; i += 4 * W) {
-    acc0 = Term::step(lanes::load(a + i), lanes::load(b + i), acc0);
-    acc1 = Term::step(lanes::load(a + i + W), lanes::load(b + i + W), acc1);
-    acc2 = Term::step(lanes::load(a + i + 2 * W), lanes::load(b + i + 2 * W), acc2);
-    acc3 = Term::step(lanes::load(a + i + 3 * W), lanes::load(b + i + 3 * W), acc3);
+    acc0 = Term::step(lanes::load(a + i), load_b(i), acc0);
+    acc1 = Term::step(lanes::load(a + i + W), load_b(i + W), acc1);
+    acc2 = Term::step(lanes::load(a + i + 2 * W), load_b(i + 2 * W), acc2);
+    acc3 = Term::step(lanes::load(a + i + 3 * W), load_b(i + 3 * W), acc3);
   }
-  for (; i + W <= dim; i += W) acc0 = Term::step(lanes::load(a + i), lanes::load(b + i), acc0);
+  for (; i + W <= dim; i += W) acc0 = Term::step(lanes::load(a + i), load_b(i), acc0);
   float tail = 0.0f;
   for (; i < dim; ++i) tail = Term::step1(a[i], b[i], tail);
   return lanes::sum((acc0 + acc1) + (acc2 + acc3)) + tail;
@@ -176,14 +190,14 @@ float cosine_distance(const float* a, const float* b, std::size_t dim) noexcept 
   return 1.0f - s_ab / (std::isnormal(product) ? std::sqrt(product) : std::sqrt(s_aa) * std::sqrt(s_bb));
 }
 
-/// Rows of a one-to-many scan whose block spans at least this many bytes are streamed one at a time, with
-/// software prefetch where the CPU gains from it (`stream_prefetch_bytes`): such a block is not in L1, and
-/// is most likely in DRAM (a flat scan, a large inverted list). Not two rows at a time as in cache: two
-/// interleaved streams read DRAM at less than half the rate on Zen 4 (session 38, `dot_like2` tried here).
+/// Rows of a one-to-many scan whose block spans at least this many bytes are streamed one at a time as
+/// the CPU's `stream_tuning` says: such a block is not in L1, and is most likely in DRAM (a flat scan, a
+/// large inverted list). Not two rows at a time as in cache: two interleaved streams read DRAM at less
+/// than half the rate on Zen 4 (session 38, `dot_like2` tried here).
 constexpr std::size_t stream_min_bytes = std::size_t{64} << 10;
 
 /// out[i] = Pair(q, row i). `Term`, when given, is Pair's `dot_like` term: rows in cache then go two at
-/// a time through `dot_like2` (bit-identical to Pair).
+/// a time through `dot_like2`, and streamed rows may load by halves (both bit-identical to Pair).
 template <float (*Pair)(const float*, const float*, std::size_t) noexcept, class Term = void>
 void one_to_many(const float* q, const float* x, std::size_t n, std::size_t dim, std::size_t stride,
                  float* out) noexcept {
@@ -195,20 +209,24 @@ void one_to_many(const float* q, const float* x, std::size_t n, std::size_t dim,
     for (; i < n; ++i) out[i] = Pair(q, x + i * stride, dim);
     return;
   }
-  // Each row prefetches the lines `stream_prefetch_bytes()` beyond it (none on CPUs whose hardware
-  // prefetchers stream faster alone), never past the block's end (a prefetch cannot fault, but lines
-  // outside the block are bandwidth taken from the scan).
-  const std::size_t ahead_bytes = stream_prefetch_bytes();
-  if (ahead_bytes == 0) {
-    for (std::size_t i = 0; i < n; ++i) out[i] = Pair(q, x + i * stride, dim);
+  const stream_tuning tuning = current_stream_tuning();
+  const auto score = [&](const float* row) {
+    if constexpr (!std::is_void_v<Term>)
+      if (tuning.half_loads) return dot_like<Term, true>(q, row, dim);
+    return Pair(q, row, dim);
+  };
+  if (tuning.prefetch_bytes == 0) {
+    for (std::size_t i = 0; i < n; ++i) out[i] = score(x + i * stride);
     return;
   }
+  // Each row prefetches the lines `prefetch_bytes` beyond it, never past the block's end (a prefetch
+  // cannot fault, but lines outside the block are bandwidth taken from the scan).
   const char* const end = reinterpret_cast<const char*>(x + n * stride);
   for (std::size_t i = 0; i < n; ++i) {
-    const char* ahead = reinterpret_cast<const char*>(x + i * stride) + ahead_bytes;
+    const char* ahead = reinterpret_cast<const char*>(x + i * stride) + tuning.prefetch_bytes;
     const char* const stop = std::min(ahead + row_bytes, end);
     for (; ahead < stop; ahead += 64) __builtin_prefetch(ahead, 0, 3);
-    out[i] = Pair(q, x + i * stride, dim);
+    out[i] = score(x + i * stride);
   }
 }
 
