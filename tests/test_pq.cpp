@@ -391,6 +391,51 @@ TEST_CASE("table quantization saturates a few far entries per row, exactly as th
   }
 }
 
+TEST_CASE("saturated table quantization equals sorting each row, ties included", "[pq][kernel]") {
+  // The saturated path finds each row's fourth largest entry without sorting (session 38); here against
+  // a sort, on rows of few distinct values (ties at the top, at the fourth place, whole rows equal) with
+  // one far entry in every other row, so that the rule holds. Scale and bytes must be exact.
+  for (const std::size_t m : {1, 2, 5, 16, 63}) {
+    for (const std::uint64_t seed : {1, 2, 3}) {
+      splitmix64 rng(seed * 100 + m);
+      std::vector<float> table(m * 16);
+      for (std::size_t s = 0; s < m; ++s) {
+        const std::size_t distinct = 1 + rng.below(4);
+        for (std::size_t c = 0; c < 16; ++c) table[s * 16 + c] = static_cast<float>(rng.below(distinct)) * 0.75f;
+        if (s % 2 == 0) table[s * 16 + rng.below(16)] = 1e4f;
+      }
+      for (std::size_t c = 0; c < 15; ++c) table[c] = static_cast<float>(c) * 0.125f;  // range left in row 0
+      table[15] = 1e4f;
+      float robust = 0.0f;
+      for (std::size_t s = 0; s < m; ++s) {
+        std::vector<float> row(table.begin() + s * 16, table.begin() + s * 16 + 16);
+        std::sort(row.begin(), row.end());
+        robust = std::max(robust, row[12] - row[0]);
+      }
+      CAPTURE(m, seed, robust);
+      const float scale = 255.0f / robust;
+      std::vector<std::uint8_t> want(m * 16);
+      float bias = 0.0f;
+      for (std::size_t s = 0; s < m; ++s) {
+        const float* row = table.data() + s * 16;
+        const float lo = *std::min_element(row, row + 16);
+        bias += lo;
+        for (std::size_t c = 0; c < 16; ++c)
+          want[s * 16 + c] =
+              static_cast<std::uint8_t>(static_cast<std::int32_t>(std::min((row[c] - lo) * scale + 0.5f, 255.0f)));
+      }
+      for (const simd_level level : available_simd_levels()) {
+        CAPTURE(simd_level_name(level));
+        const kernel_quantized got = quantize_with(quant_kernels(level), table, m);
+        REQUIRE(got.done);
+        CHECK(got.scale == scale);
+        CHECK(got.bias == bias);
+        CHECK(got.codes == want);
+      }
+    }
+  }
+}
+
 TEST_CASE("table quantization keeps one scale unless a few entries per row dwarf the rest, alike at every level",
           "[pq][kernel]") {
   // Rows 0, 1/15, ..., 1 (plus an offset): set aside three entries of each, the widest range left is
