@@ -1559,6 +1559,13 @@ TEST_CASE("collection: out of memory before a write is applied leaves the collec
       if (upsert) CHECK(c.vector(ids[0]) == std::vector<float>(v.row(0), v.row(0) + d));
       CHECK(after.ids() == before.ids());
       CHECK(after.distances() == before.distances());
+      // The same ids again: a failure part-way through claiming them for the write left some claimed
+      // for good, and this call waited forever (a review, session 38).
+      if (upsert)
+        c.upsert(rows, write_ids);
+      else
+        c.add(rows, write_ids);
+      CHECK(c.size() == n + 1 + (upsert ? 0 : batch));
     }
     CAPTURE(upsert, point, clean, refusing);
     CHECK(clean > 5);

@@ -462,6 +462,14 @@ TEST_CASE("projection rejects bad input", "[multimodal]") {
                          fails_with(errc::dimension_mismatch, "output has dimension 2"));
     CHECK_THROWS_MATCHES(p.apply(std::span<const float>(bad.row(2), 4), std::span<float>(one)), shoal::error,
                          fails_with(errc::non_finite));
+    // Finite rows that project past float's range (a review, session 38: NaN came back unnoticed).
+    const projection huge(2, 1, {3e38f, 3e38f});
+    const float far[2] = {10.0f, -10.0f};
+    float projected[1];
+    CHECK_THROWS_MATCHES(huge.apply(std::span<const float>(far), std::span<float>(projected)), shoal::error,
+                         fails_with(errc::non_finite, "projection::apply: projected"));
+    CHECK_THROWS_MATCHES(huge.apply(matrix_view<const float>{far, 1, 2}), shoal::error,
+                         fails_with(errc::non_finite, "projection::apply: projected row 0"));
   }
 }
 

@@ -998,6 +998,42 @@ TEST_CASE("multimodal_store: writes during a save that reopens a version all lan
   CHECK(again.size("image") == writes);
 }
 
+TEST_CASE("multimodal_store: a sample or query that projects badly is refused before anything trains or searches",
+          "[multimodal]") {
+  // A review (session 38): a mirror that refused the projected sample (a row projecting to zero under a
+  // cosine shared metric) left the version's own collection trained on it, and a corrected sample was
+  // then ignored (a trained empty collection ignores `train`); a query projecting to zero was reported by
+  // the collection searched, and one projecting to NaN came back from `to_shared` unnoticed.
+  multimodal_store store({.shared_dim = 8, .shared_metric = metric::cosine});
+  store.add_modality("image", modality(8, metric::cosine, "Flat", true));
+  modality_options text = modality(6, metric::cosine, "IVF2,Flat");
+  std::vector<float> w(48, 0.0f);
+  for (std::size_t i = 0; i < 5; ++i) w[i * 6 + i] = 1.0f;  // drops input dimension 5
+  text.to_shared = projection(6, 8, w);
+  store.add_modality("text", text);
+  REQUIRE(store.info("text").route == shared_route::mirror);
+  const std::size_t untrained = store.info("text").memory_bytes;
+  matrix<float> sample = normal_matrix(300, 6, 61);
+  for (std::size_t j = 0; j < 6; ++j) sample.row(7)[j] = j == 5 ? 1.0f : 0.0f;  // projects to zero
+  CHECK_THROWS_MATCHES(store.train("text", sample.view()), shoal::error,
+                       fails_with(errc::invalid_argument, "multimodal_store::train: projected sample row 7"));
+  CHECK(store.info("text").memory_bytes == untrained);  // the version's collection trained on nothing
+  sample.row(7)[0] = 1.0f;
+  store.train("text", sample.view());
+  CHECK(store.info("text").memory_bytes > untrained);
+  store.add("text", normal_matrix(4, 6, 62).view(), iota_ids(4));
+  store.add("image", normal_matrix(4, 8, 63).view(), iota_ids(4));
+  const std::vector<float> along_dropped = {0, 0, 0, 0, 0, 1};
+  CHECK_THROWS_MATCHES(store.search("text", matrix_view<const float>{along_dropped.data(), 1, 6}, "image", 2),
+                       shoal::error,
+                       fails_with(errc::invalid_argument, "multimodal_store::search: projected query row 0"));
+  modality_options audio = modality(6, metric::l2);
+  audio.to_shared = projection(6, 8, std::vector<float>(48, 3e38f));
+  store.add_modality("audio", audio);
+  CHECK_THROWS_MATCHES(store.to_shared("audio", sample.view().slice(0, 1)), shoal::error,
+                       fails_with(errc::non_finite, "projection::apply: projected row 0"));
+}
+
 TEST_CASE("multimodal_store: bad modalities, versions, dimensions and routes are shoal::errors naming the problem",
           "[multimodal]") {
   multimodal_store store({.shared_dim = 8, .shared_metric = metric::cosine});

@@ -21,6 +21,7 @@
 #include "collection/metrics.hpp"
 #include "collection/router.hpp"
 #include "collection/wal.hpp"
+#include "core/all_or_nothing.hpp"
 #include "core/phase_fair_mutex.hpp"
 #include "shoal/collection/collection.hpp"
 #include "shoal/core/error.hpp"
@@ -65,11 +66,13 @@ class shard_executor {
 /// and claiming can never deadlock. One short critical section per write, whatever the batch size.
 class id_registry {
  public:
+  /// All of `ids` (distinct), or none when it runs out of memory: ids left claimed by a failed claim,
+  /// which no write would release, made every later write of them wait forever (a review, session 38).
   void claim(std::span<const vector_id> ids) {
     std::unique_lock lock(mutex_);
     released_.wait(
         lock, [&] { return std::none_of(ids.begin(), ids.end(), [&](vector_id id) { return busy_.contains(id); }); });
-    busy_.insert(ids.begin(), ids.end());
+    insert_all_or_nothing(busy_, ids);
   }
   void release(std::span<const vector_id> ids) {
     {

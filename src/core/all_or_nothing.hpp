@@ -18,18 +18,31 @@ void reserve_growing(Vector& v, std::size_t size) {
   if (size > v.capacity()) v.reserve(std::max(size, 2 * v.capacity()));
 }
 
-/// Inserts `keys[i] → value(i)` into the unordered map `map` for every i, all or none: out of memory
-/// part-way through erases the keys inserted so far and rethrows. None of `keys` may be in `map` before.
-template <class Map, class Key, class Value>
-void insert_all_or_nothing(Map& map, std::span<const Key> keys, Value value) {
-  map.reserve(map.size() + keys.size());  // strong guarantee: no change when it throws
+/// Inserts `keys[i]` into the unordered map or set `c` for every i by `insert(i)`, all or none: out of
+/// memory part-way through erases the keys inserted so far and rethrows. None of `keys` may be in `c`
+/// before, and none may repeat.
+template <class Container, class Key, class Insert>
+void insert_each_or_none(Container& c, std::span<const Key> keys, const Insert& insert) {
+  c.reserve(c.size() + keys.size());  // strong guarantee: no change when it throws
   std::size_t inserted = 0;
   try {
-    for (; inserted < keys.size(); ++inserted) map.emplace(keys[inserted], value(inserted));
+    for (; inserted < keys.size(); ++inserted) insert(inserted);
   } catch (...) {
-    for (std::size_t i = 0; i < inserted; ++i) map.erase(keys[i]);
+    for (std::size_t i = 0; i < inserted; ++i) c.erase(keys[i]);
     throw;
   }
+}
+
+/// `keys[i] → value(i)` into the unordered map `map` for every i, all or none.
+template <class Map, class Key, class Value>
+void insert_all_or_nothing(Map& map, std::span<const Key> keys, Value value) {
+  insert_each_or_none(map, keys, [&](std::size_t i) { map.emplace(keys[i], value(i)); });
+}
+
+/// Every one of `keys` into the unordered set `set`, all or none.
+template <class Set, class Key>
+void insert_all_or_nothing(Set& set, std::span<const Key> keys) {
+  insert_each_or_none(set, keys, [&](std::size_t i) { set.insert(keys[i]); });
 }
 
 }  // namespace shoal::detail

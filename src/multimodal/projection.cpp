@@ -206,6 +206,9 @@ void projection::apply(matrix_view<const float> in, matrix_view<float> out) cons
   else
     y.noalias() = map(in) * w.transpose();
   y.rowwise() += b;
+  // Finite rows can project past float's range (a review, session 38: W = {3e38, 3e38}, x = {10, −10}
+  // gave NaN, which the store handed back from `to_shared`).
+  detail::check_vectors(out, out_dim_, "projection::apply: projected");
 }
 
 matrix<float> projection::apply(matrix_view<const float> in) const {
@@ -228,6 +231,7 @@ void projection::apply(std::span<const float> in, std::span<float> out) const {
   else
     y.noalias() = w * x;
   y += Eigen::Map<const Eigen::VectorXf>(bias_.data(), ei(out_dim_));
+  detail::check_vectors({out.data(), 1, out_dim_}, out_dim_, "projection::apply: projected");
 }
 
 void projection::save_npy(const std::filesystem::path& weights_path, const std::filesystem::path& bias_path) const {

@@ -353,14 +353,18 @@ matrix<float> into_shared(const version_state& v, const link_state& l, matrix_vi
                    "set_projection or fit_projection");
   const std::string what = str(who, ": ", rows);
   check_vectors(x, x.dim, what.c_str());  // NaN/Inf is errc::non_finite, as the collections report it
+  matrix<float> unit;
   if (v.own_metric() == metric::cosine) {
-    matrix<float> unit = normalized_copy(x, what.c_str());
-    return l.to_shared ? l.to_shared->apply(unit.view()) : unit;
+    unit = normalized_copy(x, what.c_str());
+    if (!l.to_shared) return unit;
+    x = unit.view();
   }
-  if (l.to_shared) return l.to_shared->apply(x);
-  matrix<float> copy(x.rows, x.dim);
-  for (std::size_t i = 0; i < x.rows; ++i) std::copy_n(x.row(i), x.dim, copy.row(i));
-  return copy;
+  if (!l.to_shared) {
+    matrix<float> copy(x.rows, x.dim);
+    for (std::size_t i = 0; i < x.rows; ++i) std::copy_n(x.row(i), x.dim, copy.row(i));
+    return copy;
+  }
+  return l.to_shared->apply(x);  // refuses rows that project to Inf or NaN
 }
 
 /// The vectors `v` stores under `ids`, projected into the shared space as its mirror stores them (unit
@@ -528,8 +532,9 @@ void search_shared(const version_state& t, const link_state& l, matrix_view<cons
 }
 
 /// `search` on one catalogue snapshot.
-void search_in(const catalog& c, std::string_view query_modality, matrix_view<const float> queries,
-               std::string_view target, neighbors_view out, const search_params& params, const char* who) {
+void search_in(const catalog& c, metric shared_metric, std::string_view query_modality,
+               matrix_view<const float> queries, std::string_view target, neighbors_view out,
+               const search_params& params, const char* who) {
   const version_state& q = *find_version(c, query_modality, {}, who);
   const version_state& t = *find_version(c, target, {}, who);
   check_dim(q, queries, who, "queries");
@@ -544,6 +549,9 @@ void search_in(const catalog& c, std::string_view query_modality, matrix_view<co
     search_shared(t, *tl, queries, out, params);  // the target's index normalises cosine queries itself
   } else {
     const matrix<float> shared = into_shared(q, *ql, queries, who, "query");
+    // A query that projects to zero has no direction: named as the projected query it is, not by the
+    // collection searched as a query of its own.
+    if (shared_metric == metric::cosine) check_normalizable(shared.view(), str(who, ": projected query").c_str());
     search_shared(t, *tl, shared.view(), out, params);
   }
 }
@@ -1167,8 +1175,19 @@ void multimodal_store::train(std::string_view modality, matrix_view<const float>
   constexpr const char* who = "multimodal_store::train";
   detail::write_version(*state_, modality, version, who, [&](detail::version_state& v, const detail::link_state& l) {
     detail::check_dim(v, sample, who, "training vectors");
+    // The projected sample is made and checked before anything trains: a collection ignores a second
+    // `train` once trained, so a sample that the mirror refused (a row projecting to zero under a cosine
+    // shared metric, say) left the version trained on it, and a corrected sample was ignored (a review,
+    // session 38). What the mirror can still refuse after the version trained is the sample's size,
+    // where its index needs more rows than the version's.
+    std::optional<matrix<float>> shared;
+    if (l.mirror) {
+      shared = detail::into_shared(v, l, sample, who, "sample");
+      if (l.mirror->metric() == metric::cosine)
+        (void)detail::normalized_copy(shared->view(), detail::str(who, ": projected sample").c_str());
+    }
     v.own.train(sample);
-    if (l.mirror) l.mirror->train(detail::into_shared(v, l, sample, who, "sample").view());
+    if (shared) l.mirror->train(shared->view());
   });
 }
 
@@ -1290,7 +1309,8 @@ std::size_t multimodal_store::link_count(std::string_view a, std::string_view b)
 
 void multimodal_store::search(std::string_view query_modality, matrix_view<const float> queries,
                               std::string_view target, neighbors_view out, const search_params& params) const {
-  detail::search_in(*state_->snapshot(), query_modality, queries, target, out, params, "multimodal_store::search");
+  detail::search_in(*state_->snapshot(), state_->options.shared_metric, query_modality, queries, target, out, params,
+                    "multimodal_store::search");
 }
 
 neighbors multimodal_store::search(std::string_view query_modality, matrix_view<const float> queries,
@@ -1387,7 +1407,8 @@ std::vector<std::vector<fused_id>> multimodal_store::search_fused(std::span<cons
   std::vector<neighbors> found;
   for (const modal_query& p : parts) {
     found.emplace_back(rows, depth);
-    detail::search_in(*c, p.modality, p.vectors, target, found.back().view(), params, who);
+    detail::search_in(*c, state_->options.shared_metric, p.modality, p.vectors, target, found.back().view(), params,
+                      who);
   }
   std::vector<std::vector<fused_id>> out(rows);
   std::vector<candidate_list> lists(parts.size());

@@ -71,7 +71,9 @@ class projection {
   /// through a temporary then). Throws `shoal::error`: `errc::dimension_mismatch` when `in` does not
   /// have in_dim columns or `out` not out_dim, `errc::invalid_argument` when the row counts differ or a
   /// view is malformed, `errc::non_finite` on NaN/Inf in `in` or a row of `in` above the norm bound
-  /// every index applies to its vectors (sqrt(FLT_MAX / 8) ≈ 6.5e18).
+  /// every index applies to its vectors (sqrt(FLT_MAX / 8) ≈ 6.5e18), and `errc::non_finite` too when a
+  /// finite row projects to one past that bound, Inf or NaN (weights or inputs near float's range; `out`
+  /// then holds the product as computed).
   void apply(matrix_view<const float> in, matrix_view<float> out) const;
   /// Allocating form of `apply`: a rows x out_dim matrix.
   [[nodiscard]] matrix<float> apply(matrix_view<const float> in) const;

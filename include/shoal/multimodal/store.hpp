@@ -284,13 +284,15 @@ class multimodal_store {
                             const projection_fit& fit = {}, std::string_view version = {});
   /// `vectors` of the modality's active version mapped into the shared space, as searches map queries
   /// (normalised first under cosine, then projected; native: copied, normalised under cosine). Throws
-  /// `errc::unsupported` without a projection, `errc::dimension_mismatch`, `errc::not_found`.
+  /// `errc::unsupported` without a projection, `errc::dimension_mismatch`, `errc::not_found`, and
+  /// `errc::non_finite` for a row that projects past float's range.
   [[nodiscard]] matrix<float> to_shared(std::string_view modality, matrix_view<const float> vectors) const;
 
   // ------------------------------------------------------------------------------------------- writes
 
   /// Trains a version's collection on `sample` (and its mirror on the projected sample); see
-  /// `collection::train`.
+  /// `collection::train`. The projected sample is made and checked first (finite; under a cosine shared
+  /// metric, no row projecting to zero), so a sample refused for its values trains nothing.
   void train(std::string_view modality, matrix_view<const float> sample, std::string_view version = {});
   /// Adds `vectors.rows` vectors under `ids` to a version (`version` empty: the active one), and their
   /// projections to its mirror. All or nothing; errors of `collection::add`, `errc::dimension_mismatch`
