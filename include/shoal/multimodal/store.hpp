@@ -305,7 +305,11 @@ class multimodal_store {
   /// opened from a directory on a full disk) leaves the mirror's old entries until the version's next
   /// write or `save`, which write them first (and fail again while the mirror still refuses: no
   /// snapshot keeps a stale mirror); a crash between the two logs' appends leaves them until `open`
-  /// repairs the mirror. The same holds for `remove`.
+  /// repairs the mirror. The same holds for `remove`. Out of memory while the mirror's shards apply a
+  /// write leaves that collection refusing writes until it is reopened (`collection::add`); the version
+  /// and its mirror can then hold different ids (cross-modal searches may return ids the version does
+  /// not), which `open` repairs for a store with a directory and which stays for one without (a review,
+  /// session 38, found both orders by injecting the failure: not all or nothing there).
   void upsert(std::string_view modality, matrix_view<const float> vectors, std::span<const vector_id> ids,
               std::string_view version = {});
   /// Removes ids from a version and its mirror; `errc::not_found` (an id the version does not store)
