@@ -1018,6 +1018,12 @@ TEST_CASE("multimodal_store: a sample or query that projects badly is refused be
   CHECK_THROWS_MATCHES(store.train("text", sample.view()), shoal::error,
                        fails_with(errc::invalid_argument, "multimodal_store::train: projected sample row 7"));
   CHECK(store.info("text").memory_bytes == untrained);  // the version's collection trained on nothing
+  // The projected sample is checked a block of 4,096 rows at a time, each row named from its block.
+  matrix<float> longer = normal_matrix(4200, 6, 64);
+  for (std::size_t j = 0; j < 6; ++j) longer.row(4100)[j] = j == 5 ? 1.0f : 0.0f;
+  CHECK_THROWS_MATCHES(store.train("text", longer.view()), shoal::error,
+                       fails_with(errc::invalid_argument, "projected sample from row 4096: row 4 "));
+  CHECK(store.info("text").memory_bytes == untrained);
   sample.row(7)[0] = 1.0f;
   store.train("text", sample.view());
   CHECK(store.info("text").memory_bytes > untrained);

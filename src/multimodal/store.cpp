@@ -1180,14 +1180,22 @@ void multimodal_store::train(std::string_view modality, matrix_view<const float>
     // shared metric, say) left the version trained on it, and a corrected sample was ignored (a review,
     // session 38). What the mirror can still refuse after the version trained is the sample's size,
     // where its index needs more rows than the version's.
-    std::optional<matrix<float>> shared;
-    if (l.mirror) {
-      shared = detail::into_shared(v, l, sample, who, "sample");
+    // Checked a block of rows at a time, and projected again for the mirror once the version has
+    // trained: the projected sample is not held through the version's training.
+    constexpr std::size_t block = 4096;
+    const auto projected = [&](std::size_t first, std::size_t rows) {
+      // Rows are named from the block's start: "sample from row 4096: row 7".
+      const std::string rows_name = first == 0 ? std::string("sample") : detail::str("sample from row ", first, ":");
+      matrix<float> p = detail::into_shared(v, l, sample.slice(first, rows), who, rows_name.c_str());
       if (l.mirror->metric() == metric::cosine)
-        (void)detail::normalized_copy(shared->view(), detail::str(who, ": projected sample").c_str());
-    }
+        detail::check_normalizable(p.view(), detail::str(who, ": projected ", rows_name).c_str());
+      return p;
+    };
+    if (l.mirror)
+      for (std::size_t first = 0; first < sample.rows; first += block)
+        (void)projected(first, std::min(block, sample.rows - first));
     v.own.train(sample);
-    if (shared) l.mirror->train(shared->view());
+    if (l.mirror) l.mirror->train(projected(0, sample.rows).view());
   });
 }
 

@@ -689,7 +689,9 @@ inline float fourth_largest(const float* row) noexcept {
       eq[i] = _mm_cmpeq_ps(v[i], top);
       count += bits[_mm_movemask_ps(eq[i])];
     }
-    if (count > left) return _mm_cvtss_f32(top);
+    // count = 0 only for a NaN entry, which no caller passes (they refuse NaN tables first): returned
+    // rather than looping.
+    if (count > left || count == 0) return _mm_cvtss_f32(top);
     left -= count;
     for (int i = 0; i < 4; ++i) v[i] = _mm_or_ps(_mm_and_ps(eq[i], gone), _mm_andnot_ps(eq[i], v[i]));
     if (left == 0) return _mm_cvtss_f32(largest());
