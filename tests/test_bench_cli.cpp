@@ -211,8 +211,15 @@ TEST_CASE("shoal-ann-bench: command-line details", "[bench]") {
   // An id listed twice (once: exact search scored 0.1 on a file of rows that repeat one id, exit 0).
   truth.row(3)[4] = truth.row(3)[0];
   io::write_ivecs(dir.path() / "twice.ivecs", truth.view());
-  check(bench(data + " --index Flat --gt " + d + "/twice.ivecs"), 2,
-        "ground-truth row 3 lists the id " + std::to_string(truth.row(3)[0]) + " more than once in its first 5");
+  // Refused with the other ground-truth checks, before an index is built (since session 38: once the
+  // first index had been built and measured, by recall_at_k).
+  const outcome repeated = bench(data + " --index Flat --gt " + d + "/twice.ivecs");
+  check(repeated, 2, "row 3 lists the id " + std::to_string(truth.row(3)[0]) + " more than once in its first 5");
+  CHECK(repeated.output.find("library,index") == std::string::npos);
+  // An empty value is no value (--load= built the index instead, --csv= wrote no file; exit 0).
+  check(bench(data + " --index Flat --load="), 2, "--load needs a value (FILE)");
+  check(bench(data + " --index Flat --csv="), 2, "--csv needs a value (FILE)");
+  check(bench(data + " --index Flat --save ''"), 2, "--save needs a value (FILE)");
   // Every round runs at least one pass over the queries, whatever --min-time says.
   check(bench(data + " --index Flat --rounds 1001"), 2, "--rounds must be at most 1000");
   // A bad SHOAL_SIMD is named as such, not as the spec's fault (once: "invalid spec \"Flat\"").
@@ -296,6 +303,9 @@ TEST_CASE("shoal-collection-bench: bad runs exit 1 naming the problem; a row per
   check(run(d + "/query.fvecs --upsert-fraction 2"), 1, "--upsert-fraction needs a number in [0, 1]");
   check(run(d + "/query.fvecs --shard-probe 2"), 1, "--shard-probe needs semantic or hybrid sharding");
   check(run(d + "/query.fvecs --sharding semantic --shard-probe 9"), 1, "--shard-probe 9 is more than the 4 shards");
+  // Hybrid routing visits groups (2 of 4 shards here): 3 ran, and the row said 3.
+  check(run(d + "/query.fvecs --sharding hybrid --shard-probe 3"), 1,
+        "--shard-probe 3 is more than the 2 groups a query can visit");
   // A spec with commas stays one field; hybrid sharding over a prime shard count runs.
   const outcome ivf = run(d + "/query.fvecs --index IVF4,PQ4 --nprobe 2 --seconds 0.2");
   check(ivf, 0, "\n\"IVF4,PQ4\",4,hash,0,64,2,0.10,");

@@ -1350,3 +1350,25 @@ TEST_CASE("an interrupted save leaves the old file intact", "[io]") {
   new_index.save(path);
   CHECK(flat_index::load(path).size() == 3000);
 }
+
+TEST_CASE("a save through a symbolic link replaces the file it leads to and keeps the link", "[io]") {
+  // Renaming over the link replaced it with a regular file and left the versioned file it named as it
+  // was (a review, session 38).
+  const scratch_dir dir;
+  const dataset small(200, 10, 53), large(500, 10, 54);
+  small.flat(metric::l2).save(dir / "v1.shoal");
+  fs::create_directory(dir.path() / "versions");
+  small.flat(metric::l2).save(dir / "versions/v2.shoal");
+  fs::create_symlink("versions/v2.shoal", dir.path() / "current.shoal");  // relative, as `ln -s` makes it
+  fs::create_symlink("current.shoal", dir.path() / "link-to-link.shoal");
+  large.flat(metric::l2).save(dir / "link-to-link.shoal");
+  CHECK(fs::is_symlink(dir.path() / "current.shoal"));
+  CHECK(fs::is_symlink(dir.path() / "link-to-link.shoal"));
+  CHECK(flat_index::load(dir / "versions/v2.shoal").size() == 500);
+  CHECK(flat_index::load(dir / "v1.shoal").size() == 200);
+  // A link that leads nowhere is replaced by the file, as a missing target would be.
+  fs::create_symlink("missing.shoal", dir.path() / "dangling.shoal");
+  large.flat(metric::l2).save(dir / "dangling.shoal");
+  CHECK_FALSE(fs::is_symlink(dir.path() / "dangling.shoal"));
+  CHECK(flat_index::load(dir / "dangling.shoal").size() == 500);
+}

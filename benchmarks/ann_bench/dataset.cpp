@@ -55,6 +55,13 @@ void check_truth(const dataset& d, const options& o) {
       throw config_error("ground truth " + file + " row " + std::to_string(r) + " names ids outside the " +
                          std::to_string(d.base.rows) + " base vectors" +
                          (o.max_base != 0 ? " (--max-base cuts the base: omit --gt to compute it)" : ""));
+    // Refused here, before any index is built, rather than by recall_at_k after the first one is.
+    std::vector<std::int32_t> ids(row, row + o.k);
+    std::sort(ids.begin(), ids.end());
+    for (std::size_t j = 1; j < ids.size(); ++j)
+      if (ids[j] >= 0 && ids[j] == ids[j - 1])
+        throw config_error("ground truth " + file + " row " + std::to_string(r) + " lists the id " +
+                           std::to_string(ids[j]) + " more than once in its first " + std::to_string(o.k));
   }
 }
 

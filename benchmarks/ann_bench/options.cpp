@@ -163,9 +163,12 @@ options parse_options(std::span<const char* const> args) {
       if (eq != std::string_view::npos) throw usage_error(std::string(name) + " takes no value");
       spec->apply(o, {});
     } else if (eq != std::string_view::npos) {
+      // --load= (empty) read as "not given": an index built instead of loaded, a run without its CSV.
+      if (eq + 1 == arg.size())
+        throw usage_error(std::string(name) + " needs a value (" + std::string(spec->value_name) + ")");
       spec->apply(o, arg.substr(eq + 1));
     } else {
-      if (i + 1 == args.size())
+      if (i + 1 == args.size() || *args[i + 1] == '\0')
         throw usage_error(std::string(name) + " needs a value (" + std::string(spec->value_name) + ")");
       const std::string_view value = args[++i];
       // A forgotten value would otherwise swallow the next option (--csv --batch: a file named --batch).

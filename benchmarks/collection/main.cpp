@@ -85,9 +85,12 @@ options parse(int argc, char** argv) {
   if (o.shard_probe > 0 && policy != shoal::sharding::semantic && policy != shoal::sharding::hybrid)
     throw std::invalid_argument("--shard-probe needs semantic or hybrid sharding (" + o.sharding +
                                 " searches every shard)");
-  if (o.shard_probe > o.shards)
+  // Hybrid routing visits groups, not shards: a larger value would show in the row as if it had been used.
+  const bool hybrid = policy == shoal::sharding::hybrid;
+  const std::size_t routes = hybrid ? shoal::examples::hybrid_groups(o.shards) : o.shards;
+  if (o.shard_probe > routes)
     throw std::invalid_argument("--shard-probe " + std::to_string(o.shard_probe) + " is more than the " +
-                                std::to_string(o.shards) + " shards");
+                                std::to_string(routes) + (hybrid ? " groups" : " shards") + " a query can visit");
   o.base = files[0];
   o.query = files[1];
   return o;

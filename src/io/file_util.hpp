@@ -172,10 +172,20 @@ inline void sync_directory(const std::filesystem::path& dir) {
 /// over the target, which keeps its permission bits. Destroyed without a commit (an exception on the
 /// way), it removes the temporary and leaves any existing target untouched. Every failure is
 /// `errc::io_error`.
+/// The file a save replaces: where a symbolic link leads (followed to the end), not the link itself.
+/// Renaming over the link replaced it with a regular file and left its target as it was (a "current →
+/// v2" link: a review, session 38). A link that leads nowhere or cannot be followed: the path itself.
+inline std::filesystem::path through_links(const std::filesystem::path& p) {
+  std::error_code ec;
+  if (!std::filesystem::is_symlink(p, ec)) return p;
+  std::filesystem::path real = std::filesystem::canonical(p, ec);
+  return ec ? p : real;
+}
+
 class atomic_writer {
  public:
-  explicit atomic_writer(std::filesystem::path target)
-      : target_(std::move(target)), temp_(temporary_name(target_)), buffer_(new std::byte[chunk_bytes]) {
+  explicit atomic_writer(const std::filesystem::path& target)
+      : target_(through_links(target)), temp_(temporary_name(target_)), buffer_(new std::byte[chunk_bytes]) {
     fd_.reset(open_retrying(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0666));
     SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, target_.string(), ": cannot create the temporary file ",
                      temp_.string(), ": ", errno_text(errno));
