@@ -109,10 +109,6 @@ simd_level resolve_level() {
   return simd_level::scalar;  // unreachable
 }
 
-}  // namespace
-
-namespace {
-
 /// The tuning in force, set from the CPU on first use. Relaxed atomics: a test's replacement is the only
 /// write after that, and either tuning gives the same results.
 struct stream_tuning_cell {

@@ -167,11 +167,6 @@ inline void sync_directory(const std::filesystem::path& dir) {
   if (fd.get() >= 0) (void)::fsync(fd.get());
 }
 
-/// Writes a file atomically: the bytes go to `<target>.tmp.<pid>.<n>` in the same directory (the target's
-/// name cut short where the whole would exceed NAME_MAX), and `commit()` flushes, fsyncs and renames it
-/// over the target, which keeps its permission bits. Destroyed without a commit (an exception on the
-/// way), it removes the temporary and leaves any existing target untouched. Every failure is
-/// `errc::io_error`.
 /// The file a save replaces: where a symbolic link leads (followed to the end), not the link itself.
 /// Renaming over the link replaced it with a regular file and left its target as it was (a "current →
 /// v2" link: a review, session 38). A link that leads nowhere or cannot be followed: the path itself.
@@ -182,6 +177,11 @@ inline std::filesystem::path through_links(const std::filesystem::path& p) {
   return ec ? p : real;
 }
 
+/// Writes a file atomically: the bytes go to `<target>.tmp.<pid>.<n>` in the same directory (the target's
+/// name cut short where the whole would exceed NAME_MAX), and `commit()` flushes, fsyncs and renames it
+/// over the target (where a symbolic link leads: `through_links`), which keeps its permission bits.
+/// Destroyed without a commit (an exception on the way), it removes the temporary and leaves any
+/// existing target untouched. Every failure is `errc::io_error`.
 class atomic_writer {
  public:
   explicit atomic_writer(const std::filesystem::path& target)

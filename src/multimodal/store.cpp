@@ -1175,13 +1175,12 @@ void multimodal_store::train(std::string_view modality, matrix_view<const float>
   constexpr const char* who = "multimodal_store::train";
   detail::write_version(*state_, modality, version, who, [&](detail::version_state& v, const detail::link_state& l) {
     detail::check_dim(v, sample, who, "training vectors");
-    // The projected sample is made and checked before anything trains: a collection ignores a second
-    // `train` once trained, so a sample that the mirror refused (a row projecting to zero under a cosine
-    // shared metric, say) left the version trained on it, and a corrected sample was ignored (a review,
-    // session 38). What the mirror can still refuse after the version trained is the sample's size,
-    // where its index needs more rows than the version's.
-    // Checked a block of rows at a time, and projected again for the mirror once the version has
-    // trained: the projected sample is not held through the version's training.
+    // The projected sample is checked before anything trains: a collection ignores a second `train`
+    // once trained, so a sample that the mirror refused (a row projecting to zero under a cosine shared
+    // metric, say) left the version trained on it, and a corrected sample was ignored (a review, session
+    // 38). The check goes a block of rows at a time and the mirror's sample is projected again after the
+    // version has trained, so no projected copy is held through that training. What the mirror can
+    // still refuse after the version trained is the sample's size, where its index needs more rows.
     constexpr std::size_t block = 4096;
     const auto projected = [&](std::size_t first, std::size_t rows) {
       // Rows are named from the block's start: "sample from row 4096: row 7".

@@ -47,6 +47,96 @@ inline constexpr float outlier_gain = 16.0f;
 bool quantize_saturated(const float* table, std::size_t m, std::uint8_t* out, float* bias_out,
                         float* scale_out) noexcept;
 
+#if SHOAL_PQ_ISA == 0
+// Row helpers of the scalar TU: the reference `quantize` and `quantize_saturated` (below) share them.
+namespace {
+
+/// The smallest and largest entries of a 16-entry row (exact: min and max round nothing).
+inline void row_range(const float* row, float& lo, float& hi) noexcept {
+#if defined(__SSE2__)
+  __m128 a = _mm_min_ps(_mm_min_ps(_mm_loadu_ps(row), _mm_loadu_ps(row + 4)),
+                        _mm_min_ps(_mm_loadu_ps(row + 8), _mm_loadu_ps(row + 12)));
+  __m128 b = _mm_max_ps(_mm_max_ps(_mm_loadu_ps(row), _mm_loadu_ps(row + 4)),
+                        _mm_max_ps(_mm_loadu_ps(row + 8), _mm_loadu_ps(row + 12)));
+  a = _mm_min_ps(a, _mm_shuffle_ps(a, a, _MM_SHUFFLE(1, 0, 3, 2)));
+  b = _mm_max_ps(b, _mm_shuffle_ps(b, b, _MM_SHUFFLE(1, 0, 3, 2)));
+  lo = _mm_cvtss_f32(_mm_min_ss(a, _mm_shuffle_ps(a, a, _MM_SHUFFLE(2, 3, 0, 1))));
+  hi = _mm_cvtss_f32(_mm_max_ss(b, _mm_shuffle_ps(b, b, _MM_SHUFFLE(2, 3, 0, 1))));
+#else
+  lo = hi = row[0];
+  for (std::size_t c = 1; c < 16; ++c) {
+    lo = std::min(lo, row[c]);
+    hi = std::max(hi, row[c]);
+  }
+#endif
+}
+
+/// The fourth largest entry of a 16-entry row (ties counted: the sorted row's [12]).
+inline float fourth_largest(const float* row) noexcept {
+#if defined(__SSE2__)
+  // Three times: the largest entry left, and how often it occurs; where that covers the entries still to
+  // set aside it is the answer, else they all go (set to −∞). Branch-light: a row's order is data, and
+  // an insertion walk mispredicted on it.
+  __m128 v[4] = {_mm_loadu_ps(row), _mm_loadu_ps(row + 4), _mm_loadu_ps(row + 8), _mm_loadu_ps(row + 12)};
+  const __m128 gone = _mm_set1_ps(-INFINITY);
+  const auto largest = [&v] {
+    __m128 b = _mm_max_ps(_mm_max_ps(v[0], v[1]), _mm_max_ps(v[2], v[3]));
+    b = _mm_max_ps(b, _mm_shuffle_ps(b, b, _MM_SHUFFLE(1, 0, 3, 2)));
+    return _mm_max_ps(b, _mm_shuffle_ps(b, b, _MM_SHUFFLE(2, 3, 0, 1)));  // in every lane
+  };
+  // Set bits of a 4-bit mask (a table: the baseline ISA has no popcnt, and GCC calls a libgcc routine).
+  static constexpr int bits[16] = {0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4};
+  int left = 3;  // entries still to set aside
+  for (;;) {
+    const __m128 top = largest();
+    int count = 0;
+    __m128 eq[4];
+    for (int i = 0; i < 4; ++i) {
+      eq[i] = _mm_cmpeq_ps(v[i], top);
+      count += bits[_mm_movemask_ps(eq[i])];
+    }
+    // count = 0 only for a NaN entry, which no caller passes (they refuse NaN tables first): returned
+    // rather than looping.
+    if (count > left || count == 0) return _mm_cvtss_f32(top);
+    left -= count;
+    for (int i = 0; i < 4; ++i) v[i] = _mm_or_ps(_mm_and_ps(eq[i], gone), _mm_andnot_ps(eq[i], v[i]));
+    if (left == 0) return _mm_cvtss_f32(largest());
+  }
+#else
+  float top[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};  // descending
+  for (std::size_t c = 0; c < 16; ++c) {
+    if (!(row[c] > top[3])) continue;
+    top[3] = row[c];
+    for (std::size_t i = 3; i > 0 && top[i] > top[i - 1]; --i) std::swap(top[i], top[i - 1]);
+  }
+  return top[3];
+#endif
+}
+
+/// out[c] = min((row[c] − lo) · scale + 0.5, 255), truncated to a byte, for the 16 entries of a row.
+inline void quantize_row(const float* row, float lo, float scale, std::uint8_t* out) noexcept {
+#if defined(__SSE2__)
+  // The same operations as the scalar form, four lanes at a time (IEEE sub, mul, add and min round
+  // alike in either; cvttps2dq truncates as the cast does), so the bytes are the reference's.
+  const __m128 vlo = _mm_set1_ps(lo), vscale = _mm_set1_ps(scale);
+  const __m128 half = _mm_set1_ps(0.5f), top = _mm_set1_ps(255.0f);
+  __m128i q[4];
+  for (std::size_t i = 0; i < 4; ++i) {
+    const __m128 x = _mm_sub_ps(_mm_loadu_ps(row + 4 * i), vlo);
+    // min(v, 255) as std::min(v, 255.0f): v where v < 255, else 255 (v is never NaN here).
+    q[i] = _mm_cvttps_epi32(_mm_min_ps(_mm_add_ps(_mm_mul_ps(x, vscale), half), top));
+  }
+  const __m128i bytes = _mm_packus_epi16(_mm_packs_epi32(q[0], q[1]), _mm_packs_epi32(q[2], q[3]));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), bytes);
+#else
+  for (std::size_t c = 0; c < 16; ++c)
+    out[c] = static_cast<std::uint8_t>(static_cast<std::int32_t>(std::min((row[c] - lo) * scale + 0.5f, 255.0f)));
+#endif
+}
+
+}  // namespace
+#endif
+
 }  // namespace shoal::detail
 
 namespace shoal::detail::SHOAL_PQ_NS {
@@ -391,11 +481,8 @@ bool quantize(const float* table, std::size_t m, std::uint8_t* out, float* bias_
   const float scale = table_scale(widest);
   for (std::size_t s = 0; s < m; ++s) {
     const float* row = table + s * 16;
-    const float lo = *std::min_element(row, row + 16);
     // (row − lo) · scale lies in [0, 255] up to rounding; +0.5 and truncation round to nearest.
-    for (std::size_t c = 0; c < 16; ++c)
-      out[s * 16 + c] =
-          static_cast<std::uint8_t>(static_cast<std::int32_t>(std::min((row[c] - lo) * scale + 0.5f, 255.0f)));
+    quantize_row(row, *std::min_element(row, row + 16), scale, out + s * 16);
   }
   if (may_saturate(group_span, widest) && quantize_saturated(table, m, out, bias_out, scale_out)) return true;
   *bias_out = bias;
@@ -642,93 +729,6 @@ const pq_kernels& pq_table() noexcept {
 
 #if SHOAL_PQ_ISA == 0
 namespace shoal::detail {
-
-namespace {
-
-/// The smallest and largest entries of a 16-entry row (exact: min and max round nothing).
-inline void row_range(const float* row, float& lo, float& hi) noexcept {
-#if defined(__SSE2__)
-  __m128 a = _mm_min_ps(_mm_min_ps(_mm_loadu_ps(row), _mm_loadu_ps(row + 4)),
-                        _mm_min_ps(_mm_loadu_ps(row + 8), _mm_loadu_ps(row + 12)));
-  __m128 b = _mm_max_ps(_mm_max_ps(_mm_loadu_ps(row), _mm_loadu_ps(row + 4)),
-                        _mm_max_ps(_mm_loadu_ps(row + 8), _mm_loadu_ps(row + 12)));
-  a = _mm_min_ps(a, _mm_shuffle_ps(a, a, _MM_SHUFFLE(1, 0, 3, 2)));
-  b = _mm_max_ps(b, _mm_shuffle_ps(b, b, _MM_SHUFFLE(1, 0, 3, 2)));
-  lo = _mm_cvtss_f32(_mm_min_ss(a, _mm_shuffle_ps(a, a, _MM_SHUFFLE(2, 3, 0, 1))));
-  hi = _mm_cvtss_f32(_mm_max_ss(b, _mm_shuffle_ps(b, b, _MM_SHUFFLE(2, 3, 0, 1))));
-#else
-  lo = hi = row[0];
-  for (std::size_t c = 1; c < 16; ++c) {
-    lo = std::min(lo, row[c]);
-    hi = std::max(hi, row[c]);
-  }
-#endif
-}
-
-/// The fourth largest entry of a 16-entry row (ties counted: the sorted row's [12]).
-inline float fourth_largest(const float* row) noexcept {
-#if defined(__SSE2__)
-  // Three times: the largest entry left, and how often it occurs; where that covers the entries still to
-  // set aside it is the answer, else they all go (set to −∞). Branch-light: a row's order is data, and
-  // an insertion walk mispredicted on it.
-  __m128 v[4] = {_mm_loadu_ps(row), _mm_loadu_ps(row + 4), _mm_loadu_ps(row + 8), _mm_loadu_ps(row + 12)};
-  const __m128 gone = _mm_set1_ps(-INFINITY);
-  const auto largest = [&v] {
-    __m128 b = _mm_max_ps(_mm_max_ps(v[0], v[1]), _mm_max_ps(v[2], v[3]));
-    b = _mm_max_ps(b, _mm_shuffle_ps(b, b, _MM_SHUFFLE(1, 0, 3, 2)));
-    return _mm_max_ps(b, _mm_shuffle_ps(b, b, _MM_SHUFFLE(2, 3, 0, 1)));  // in every lane
-  };
-  // Set bits of a 4-bit mask (a table: the baseline ISA has no popcnt, and GCC calls a libgcc routine).
-  static constexpr int bits[16] = {0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4};
-  int left = 3;  // entries still to set aside
-  for (;;) {
-    const __m128 top = largest();
-    int count = 0;
-    __m128 eq[4];
-    for (int i = 0; i < 4; ++i) {
-      eq[i] = _mm_cmpeq_ps(v[i], top);
-      count += bits[_mm_movemask_ps(eq[i])];
-    }
-    // count = 0 only for a NaN entry, which no caller passes (they refuse NaN tables first): returned
-    // rather than looping.
-    if (count > left || count == 0) return _mm_cvtss_f32(top);
-    left -= count;
-    for (int i = 0; i < 4; ++i) v[i] = _mm_or_ps(_mm_and_ps(eq[i], gone), _mm_andnot_ps(eq[i], v[i]));
-    if (left == 0) return _mm_cvtss_f32(largest());
-  }
-#else
-  float top[4] = {-INFINITY, -INFINITY, -INFINITY, -INFINITY};  // descending
-  for (std::size_t c = 0; c < 16; ++c) {
-    if (!(row[c] > top[3])) continue;
-    top[3] = row[c];
-    for (std::size_t i = 3; i > 0 && top[i] > top[i - 1]; --i) std::swap(top[i], top[i - 1]);
-  }
-  return top[3];
-#endif
-}
-
-/// out[c] = min((row[c] − lo) · scale + 0.5, 255), truncated to a byte, for the 16 entries of a row.
-inline void quantize_row(const float* row, float lo, float scale, std::uint8_t* out) noexcept {
-#if defined(__SSE2__)
-  // The same operations as the scalar form, four lanes at a time (IEEE sub, mul, add and min round
-  // alike in either; cvttps2dq truncates as the cast does), so the bytes are the reference's.
-  const __m128 vlo = _mm_set1_ps(lo), vscale = _mm_set1_ps(scale);
-  const __m128 half = _mm_set1_ps(0.5f), top = _mm_set1_ps(255.0f);
-  __m128i q[4];
-  for (std::size_t i = 0; i < 4; ++i) {
-    const __m128 x = _mm_sub_ps(_mm_loadu_ps(row + 4 * i), vlo);
-    // min(v, 255) as std::min(v, 255.0f): v where v < 255, else 255 (v is never NaN here).
-    q[i] = _mm_cvttps_epi32(_mm_min_ps(_mm_add_ps(_mm_mul_ps(x, vscale), half), top));
-  }
-  const __m128i bytes = _mm_packus_epi16(_mm_packs_epi32(q[0], q[1]), _mm_packs_epi32(q[2], q[3]));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), bytes);
-#else
-  for (std::size_t c = 0; c < 16; ++c)
-    out[c] = static_cast<std::uint8_t>(static_cast<std::int32_t>(std::min((row[c] - lo) * scale + 0.5f, 255.0f)));
-#endif
-}
-
-}  // namespace
 
 bool quantize_saturated(const float* table, std::size_t m, std::uint8_t* out, float* bias_out,
                         float* scale_out) noexcept {
