@@ -480,6 +480,13 @@ TEST_CASE("any_index: an empty any_index refuses every call", "[index]") {
   CHECK(moved.size() == 0);
   const matrix<float> q = make_uniform(1, 4, 1);
   REQUIRE_THROWS_MATCHES((void)moved.search(q.view(), 0), shoal::error, fails_with(errc::invalid_argument, "k must"));
+  // A refine_index moved out of its any_index: its coarse stage is empty, and min_training_rows says so
+  // as every other call does (it was noexcept: std::terminate; a review).
+  any_index wrapper = make_index("IVF4,Flat,RFlat", 4);
+  const refine_index taken = std::move(*wrapper.get_if<refine_index>());
+  CHECK(taken.min_training_rows() == 4);
+  REQUIRE_THROWS_MATCHES(wrapper.min_training_rows(), shoal::error, fails_with(errc::invalid_argument, "empty"));
+  REQUIRE_THROWS_MATCHES(wrapper.check_add(q.view()), shoal::error, fails_with(errc::invalid_argument, "empty"));
 }
 
 TEST_CASE("make_index: the specs built today", "[index]") {
@@ -507,6 +514,9 @@ TEST_CASE("make_index builds IVF-PQ, with OPQ and exact re-rank, as ivf_pq_index
   CHECK(make_index("IVF4096,PQ32x8", 64).description() == "IVF4096,PQ32");
   CHECK(make_index("OPQ32,IVF4096,PQ32x4fs,Refine(Flat)", 64).description() == "OPQ32,IVF4096,PQ32x4fs,Refine(Flat)");
   CHECK(make_index("IVF64,PQ8x4fs,RFlat", 64).description() == "IVF64,PQ8x4fs,Refine(Flat)");
+  // OPQ's M is a number, as the PQ's: OPQ08 is OPQ8 (it was compared as text and reported as not built).
+  CHECK(make_index("OPQ08,IVF16,PQ8", 64).description() == "OPQ8,IVF16,PQ8");
+  CHECK(make_index("OPQ8,IVF16,PQ08", 64).description() == "OPQ8,IVF16,PQ8");
   // Spaces inside the parentheses are spaces, as around every component.
   CHECK(make_index("IVF64,PQ8x4fs,Refine( Flat )", 64).description() == "IVF64,PQ8x4fs,Refine(Flat)");
   CHECK(make_index("IVF16,PQ8,Refine(SQ8 )", 16).description() == "IVF16,PQ8,Refine(SQ8)");
@@ -604,6 +614,10 @@ TEST_CASE("make_index: specs recognised but not built yet are errc::unsupported"
       {"HNSW32,Refine(HNSW16)", "Refine(HNSW16)"},
       {"HNSW32,Refine(SQ8)", "Refine(SQ8)"},
       {"IVF16,PQ8,Refine(SQ4)", "Refine(SQ4)"},
+      // A PQ re-rank copy is an encoding too (it was parsed as a spec: "expected Flat, HNSW<M> or IVF").
+      {"IVF16,PQ8,Refine(PQ4)", "Refine(PQ4)"},
+      {"HNSW32,Refine(PQ8x4fs)", "Refine(PQ8x4fs)"},
+      {"OPQ08_16,IVF16,PQ8", "OPQ08_16"},
   };
   for (const pending& c : cases) {
     CAPTURE(c.spec);

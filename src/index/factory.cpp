@@ -46,6 +46,8 @@ struct encoding {
 
 struct parsed_spec {
   std::optional<token> transform;  // OPQ / PCA
+  /// OPQ<M> without an output dimension: M, as a number (`OPQ08` is `OPQ8`); 0 for anything else.
+  std::size_t opq_m = 0;
   structure_kind structure = structure_kind::flat;
   token structure_token;
   std::size_t hnsw_m = 0;         // HNSW<M>
@@ -69,7 +71,7 @@ class parser {
     const auto next = [&]() -> const token* { return i < tokens.size() ? &tokens[i] : nullptr; };
 
     if (is_transform(tokens[i])) {
-      check_transform(tokens[i]);
+      out.opq_m = check_transform(tokens[i]);
       out.transform = tokens[i++];
     }
     const token* t = next();
@@ -98,7 +100,11 @@ class parser {
         // nested deep enough to exhaust the stack of a parser that recursed into it).
         if (inside.find("Refine(") != std::string_view::npos || inside.find("RFlat") != std::string_view::npos)
           fail(r, "a refinement cannot hold another refinement");
-        if (inside != "SQ8" && inside != "SQ4" && inside != "F16" && inside != "SQfp16")
+        // An encoding (a re-rank copy: SQ8 builds for IVF-PQ, the others are reported as not built yet),
+        // or else a whole spec.
+        if (inside == "SQ8" || inside == "SQ4" || inside == "F16" || inside == "SQfp16" || inside.starts_with("PQ"))
+          (void)parse_encoding(token{inside, r.pos + first}, "a re-rank encoding");
+        else
           (void)parse(inside, r.pos + first);
         out.refine_text = "Refine(" + std::string(inside) + ")";
       }
@@ -194,21 +200,22 @@ class parser {
     return t.text == "RFlat" || (t.text.starts_with("Refine(") && t.text.ends_with(")"));
   }
 
-  /// OPQ<M>[_<D>] or PCA<D>.
-  void check_transform(const token& t) const {
+  /// OPQ<M>[_<D>] or PCA<D>. Returns M for OPQ<M> without an output dimension, else 0.
+  [[nodiscard]] std::size_t check_transform(const token& t) const {
     std::size_t value = 0;
     std::string_view rest;
     if (prefixed_number(t, "PCA", value, nullptr, "the output dimension")) {
       if (value < 1) fail(t, "PCA needs an output dimension of at least 1");
-      return;
+      return 0;
     }
     (void)prefixed_number(t, "OPQ", value, &rest, "the number of sub-quantizers");
     if (value < 1) fail(t, "OPQ needs at least 1 sub-quantizer");
-    if (rest.empty()) return;
+    if (rest.empty()) return value;
     const token out_dim{rest, t.pos + (t.text.size() - rest.size())};
-    if (!prefixed_number(out_dim, "_", value, nullptr, "the output dimension"))
-      fail(t, "expected OPQ<M> or OPQ<M>_<D>");
-    if (value < 1) fail(t, "OPQ needs an output dimension of at least 1");
+    std::size_t dim = 0;
+    if (!prefixed_number(out_dim, "_", dim, nullptr, "the output dimension")) fail(t, "expected OPQ<M> or OPQ<M>_<D>");
+    if (dim < 1) fail(t, "OPQ needs an output dimension of at least 1");
+    return 0;
   }
 
   void parse_structure(const token& t, parsed_spec& out) const {
@@ -288,8 +295,7 @@ any_index build_ivf_pq(const parser& p, const parsed_spec& s, std::size_t dim, m
                        .opq = false,
                        .coarse_hnsw_m = s.coarse_hnsw_m};
   if (s.transform) {
-    const std::string want = "OPQ" + std::to_string(e.pq_m);
-    if (s.transform->text != want) p.not_built(*s.transform, "a transform other than OPQ with the PQ's own m");
+    if (s.opq_m != e.pq_m) p.not_built(*s.transform, "a transform other than OPQ with the PQ's own m");
     params.opq = true;
   }
   if (s.refine) {
