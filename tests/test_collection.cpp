@@ -1469,6 +1469,93 @@ TEST_CASE("collection: a write that fails after it is logged is replayed whole o
   CHECK(again.size() == 3001);
 }
 
+TEST_CASE("collection: rows a shard would refuse are refused before the write is logged", "[collection][io]") {
+  // An IVF-PQ shard refuses a row whose residual (row minus its list's centroid) passes the norm bound,
+  // which no check of the row alone can tell. It was refused after the write was logged: the collection
+  // then refused every write until reopened, and every open failed replaying the record (a review).
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  constexpr std::size_t d = 4;
+  collection_options o = options_for(sharding::hash, d, metric::l2, "IVF1,PQ2");
+  o.shards = 2;
+  o.directory = home;
+  matrix<float> sample = make_uniform(1200, d, 29);
+  for (std::size_t i = 0; i < sample.rows; ++i) sample.row(i)[0] = 4e18f + sample.row(i)[0] * 1e16f;
+  std::vector<vector_id> ids(10);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  {
+    collection c(o);
+    c.train(sample.view());
+    c.add(sample.view().slice(0, 10), ids);
+    // Row 2 of the batch: norm 4e18 (inside the bound), its residual about 8e18.
+    matrix<float> batch(3, d);
+    std::copy_n(sample.row(10), d, batch.row(0));
+    std::copy_n(sample.row(11), d, batch.row(1));
+    batch.row(2)[0] = -4e18f;
+    const std::vector<vector_id> batch_ids{100, 101, 102};
+    REQUIRE_THROWS_MATCHES(c.add(batch.view(), batch_ids), shoal::error,
+                           fails_with(errc::non_finite, "collection::add: vector row 2 (id 102) is refused by shard"));
+    REQUIRE_THROWS_MATCHES(c.upsert(batch.view().slice(2, 1), std::span<const vector_id>(ids).subspan(0, 1)),
+                           shoal::error, fails_with(errc::non_finite, "collection::upsert: vector row 0 (id 0)"));
+    CHECK(c.size() == 10);
+    c.add(batch.view().slice(0, 2), std::span<const vector_id>(batch_ids).subspan(0, 2));  // still writable
+    CHECK(c.size() == 12);
+  }
+  collection again = collection::open(home);
+  CHECK(again.size() == 12);
+  CHECK(again.contains(0));
+  CHECK_FALSE(again.contains(102));
+}
+
+TEST_CASE("collection: an open's threads_per_shard is that process's; manifests keep the created value",
+          "[collection][io]") {
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  collection_options o = writing_to(home, 8);
+  o.threads_per_shard = 1;
+  const matrix<float> v = make_uniform(20, 8, 37);
+  std::vector<vector_id> ids(20);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  collection(o).add(v.view(), ids);
+  {
+    collection c = collection::open(home, {.threads_per_shard = 3});
+    CHECK(c.options().threads_per_shard == 3);
+    c.checkpoint();  // recorded 3 before (a review)
+    c.save(dir.path() / "copy");
+  }
+  CHECK(collection::open(home).options().threads_per_shard == 1);
+  CHECK(collection::open(dir.path() / "copy").options().threads_per_shard == 1);
+}
+
+TEST_CASE("collection: a train whose snapshot fails leaves the shards untrained for the next one", "[collection][io]") {
+  // The shards were trained in the published layout's slots before the snapshot: when it failed, a
+  // retried train kept the first sample's centroids (a review: every vector in one list).
+  constexpr std::size_t d = 8;
+  const matrix<float> first = make_uniform(500, d, 31);
+  matrix<float> second = make_uniform(500, d, 32), data = make_uniform(300, d, 33);
+  for (float& x : second.values) x += 50.0f;
+  for (float& x : data.values) x += 50.0f;
+  std::vector<vector_id> ids(300);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  const scratch_dir dir;
+  const auto built = [&](const char* name, bool fail_first) {
+    collection_options o = options_for(sharding::hash, d, metric::l2, "IVF16,Flat");
+    o.shards = 1;
+    o.directory = dir.path() / name;
+    collection c(o);
+    if (fail_first) {
+      detail::set_save_hook([](std::uint64_t) { throw shoal::error(errc::io_error, "injected: the disk is full"); });
+      REQUIRE_THROWS_MATCHES(c.train(first.view()), shoal::error, fails_with(errc::io_error, "injected"));
+      detail::set_save_hook(nullptr);
+      CHECK_FALSE(c.is_trained());
+    }
+    c.train(second.view());
+    c.add(data.view(), ids);
+    return c.search(data.view().slice(0, 100), 10, {.nprobe = 1});
+  };
+  test::require_identical(built("retried", true), built("fresh", false));
+}
+
 TEST_CASE("collection: a replica that runs out of memory during a write is taken down; its peer answers",
           "[collection]") {
   // Every allocation of a 2-vector add failed in turn, on any thread. The first replica's HNSW index may

@@ -14,6 +14,7 @@
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/ivf_pq.hpp"
+#include "shoal/index/refine.hpp"
 #include "test_support.hpp"
 
 using namespace shoal;
@@ -488,6 +489,30 @@ TEST_CASE("ivf-pq rejects bad parameters and input", "[pq][ivf]") {
                                       "ivf_pq_index::add: the residual (vector minus its list's "
                                       "centroid) of vector row 0 has norm"));
     CHECK(far.size() == 0);
+    // check_add tells the same without adding (a collection asks it before logging a write), through
+    // the index, any_index and a refine_index over it; rows clear of the bound pass, near ones that
+    // stay inside it too.
+    matrix<float> rows(3, dim);
+    for (std::size_t j = 0; j < dim; ++j) {
+      rows.row(0)[j] = 1.0f;
+      rows.row(1)[j] = 1.1e18f;  // beside the centroids: a short residual
+      rows.row(2)[j] = -1.1e18f;
+    }
+    REQUIRE_THROWS_MATCHES(far.check_add(rows.view()), shoal::error,
+                           fails_with(errc::non_finite, "of vector row 2 has norm"));
+    CHECK_NOTHROW(far.check_add(rows.view().slice(0, 2)));
+    const matrix<float> bad_rows = make_uniform(2, dim + 1, 3);
+    REQUIRE_THROWS_MATCHES(far.check_add(bad_rows.view()), shoal::error, fails_with(errc::dimension_mismatch));
+    REQUIRE_THROWS_MATCHES(ivf_pq_index(dim, metric::l2, {.nlist = 2, .m = 4}).check_add(rows.view()), shoal::error,
+                           fails_with(errc::invalid_argument, "not trained"));
+    any_index wrapped(std::move(far));
+    REQUIRE_THROWS_MATCHES(wrapped.check_add(rows.view()), shoal::error,
+                           fails_with(errc::non_finite, "of vector row 2 has norm"));
+    refine_index refined(std::move(wrapped), flat_index(dim, metric::l2));
+    REQUIRE_THROWS_MATCHES(refined.check_add(rows.view()), shoal::error,
+                           fails_with(errc::non_finite, "of vector row 2 has norm"));
+    CHECK_NOTHROW(refined.check_add(rows.view().slice(0, 2)));
+    CHECK(refined.size() == 0);
   }
   {
     // Copies of one vector (under cosine, of one direction): every later vector got the same codes and

@@ -14,6 +14,7 @@
 
 #include "collection/state.hpp"
 #include "core/parallel.hpp"
+#include "io/file_util.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
@@ -228,6 +229,11 @@ void merge_row(std::vector<scored_id>& candidates, std::span<vector_id> ids, std
   }
 }
 
+/// The call a write op is: "collection::add", "collection::upsert" or "collection::remove".
+const char* write_name(wal_op op) noexcept {
+  return op == wal_op::add ? "collection::add" : op == wal_op::upsert ? "collection::upsert" : "collection::remove";
+}
+
 }  // namespace
 
 std::string shard_file_name(std::size_t s, std::uint64_t generation) {
@@ -302,9 +308,35 @@ write_plan collection_state::plan(layout& lay, wal_op op, matrix_view<const floa
   w.rows.resize(shards);
   w.row_ids.resize(shards);
   for (std::size_t s = 0; s < shards; ++s) {
-    if (w.add_rows[s].empty() || w.add_rows[s].size() == n) continue;  // none, or the write's own rows
-    w.rows[s] = gather(vectors, w.add_rows[s]);
-    for (const std::size_t i : w.add_rows[s]) w.row_ids[s].push_back(ids[i]);
+    if (w.add_rows[s].empty()) continue;
+    if (w.add_rows[s].size() != n) {  // else the write's own rows
+      w.rows[s] = gather(vectors, w.add_rows[s]);
+      for (const std::size_t i : w.add_rows[s]) w.row_ids[s].push_back(ids[i]);
+    }
+    // What a shard would refuse of its rows (an IVF-PQ residual past the norm bound) is refused here,
+    // before the write is logged: refused after, it stayed in the log, and every later open failed on it
+    // (a review). The replicas of a shard share one model: the first one up answers for all.
+    for (const auto& rep : lay.shards[s]->replicas) {
+      const std::shared_ptr<any_index> index = rep->up.load() ? rep->index.load() : nullptr;
+      if (!index) continue;
+      std::shared_lock<phase_fair_mutex> lock(rep->access, std::defer_lock);
+      if (!lay.shards[s]->concurrent) lock.lock();
+      try {
+        index->check_add(w.add_rows[s].size() == n ? vectors : w.rows[s].view());
+      } catch (const error&) {
+        // Named by the caller's row, which the shard's own message (numbering the shard's share) is not.
+        for (const std::size_t i : w.add_rows[s]) {
+          try {
+            index->check_add({vectors.row(i), 1, vectors.dim});
+          } catch (const error& e) {
+            throw_error(e.code(), str(write_name(op), ": vector row ", i, " (id ", ids[i], ") is refused by shard ", s,
+                                      ": ", e.what()));
+          }
+        }
+        throw;
+      }
+      break;
+    }
   }
   return w;
 }
@@ -352,9 +384,7 @@ void collection_state::apply(layout& lay, const write_plan& w) {
 
 void collection_state::write(wal_op op, matrix_view<const float> vectors, std::span<const vector_id> ids,
                              std::span<const std::uint64_t> keys) {
-  const char* who = op == wal_op::add      ? "collection::add"
-                    : op == wal_op::upsert ? "collection::upsert"
-                                           : "collection::remove";
+  const char* who = write_name(op);
   const std::string what = str(who, ": vector");  // how bad vectors are named
   SHOAL_CHECK_CODE(!read_only, errc::unsupported, who, ": the collection was opened memory-mapped and is read-only");
   check_not_diverged(who);
@@ -455,6 +485,7 @@ collection::collection(const collection_options& options) {
     detail::check_returns_vectors(options.index, kind, "collection: rebalance_threshold");
   auto st = std::make_unique<detail::collection_state>();
   st->options = options;
+  st->recorded_threads_per_shard = options.threads_per_shard;
   if (!options.directory.empty())  // absolute: see collection::open
     st->options.directory = std::filesystem::absolute(options.directory);
   st->shard_kind = kind;
@@ -464,7 +495,7 @@ collection::collection(const collection_options& options) {
   st->current.store(lay);
   if (!options.directory.empty()) {
     std::error_code ec;
-    std::filesystem::create_directories(options.directory, ec);
+    io::detail::create_directories_durably(options.directory, ec);
     SHOAL_CHECK_CODE(!ec, errc::io_error, "collection: cannot create ", options.directory.string(), ": ", ec.message());
     const auto check_new = [&] {
       SHOAL_CHECK(!std::filesystem::exists(options.directory / detail::manifest_file_name, ec),
@@ -586,9 +617,22 @@ void collection::train(matrix_view<const float> sample) {
                 " vectors; train before adding");
   }
   if (st.trained.load()) return;  // nothing to train (hash/range over HNSW or Flat, or trained already)
-  // A new layout (the router is immutable once published); shards are trained before it is.
+  // A new layout (the router is immutable once published); shards are trained before it is, in slots of
+  // its own: trained in the published layout's slots, they stayed trained on this sample when the
+  // snapshot below failed, and a retried `train` kept them (a review).
   auto lay = std::make_shared<detail::layout>(old->route);
-  lay->shards = old->shards;
+  for (const auto& shard : old->shards) {
+    auto copy = std::make_shared<detail::shard_state>();
+    copy->concurrent = shard->concurrent;
+    for (const auto& rep : shard->replicas) {
+      auto slot = std::make_unique<detail::replica_slot>();
+      slot->index.store(rep->index.load());
+      slot->up.store(rep->up.load());
+      slot->lag.store(rep->lag.load());
+      copy->replicas.push_back(std::move(slot));
+    }
+    lay->shards.push_back(std::move(copy));
+  }
   matrix<float> unit;
   const matrix_view<const float> routed =
       detail::routable(sample, st.options.metric, unit, "collection::train: vector");
@@ -609,8 +653,8 @@ void collection::train(matrix_view<const float> sample) {
       for (const auto& rep : lay->shards[s]->replicas) {
         const std::shared_ptr<any_index> index = rep->index.load();
         if (!index || index->is_trained()) continue;
-        // A fresh index trained and swapped in: the published one may be read meanwhile (memory_bytes
-        // and metrics take no lock against training), and the layout published now shares its replicas.
+        // A fresh index trained and put in the new layout's slot: the published one may be read
+        // meanwhile (memory_bytes and metrics take no lock against training).
         auto trained = std::make_shared<any_index>(make_index(st.options.index, st.options.dim, st.options.metric));
         trained->train(data);
         rep->index.store(std::move(trained));

@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "collection/state.hpp"
+#include "io/file_util.hpp"
 #include "io/format.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
@@ -107,7 +108,7 @@ void collection_state::write_snapshot(const layout& lay, const std::filesystem::
                                       std::uint64_t wal_sequence) const {
   const auto snapshot_started = std::chrono::steady_clock::now();
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
+  io::detail::create_directories_durably(dir, ec);
   SHOAL_CHECK_CODE(!ec, errc::io_error, "collection::save: cannot create ", dir.string(), ": ", ec.message());
   for (std::size_t s = 0; s < lay.shards.size(); ++s) {
     const shard_state& shard = *lay.shards[s];
@@ -140,7 +141,7 @@ void collection_state::write_snapshot(const layout& lay, const std::filesystem::
   p.shards = static_cast<std::uint32_t>(options.shards);
   p.replicas = static_cast<std::uint32_t>(options.replicas);
   p.groups = static_cast<std::uint32_t>(options.groups);
-  p.threads_per_shard = static_cast<std::uint32_t>(options.threads_per_shard);
+  p.threads_per_shard = static_cast<std::uint32_t>(recorded_threads_per_shard);
   p.sync = static_cast<std::uint32_t>(options.sync);
   p.seed = options.seed;
   p.rebalance_threshold = options.rebalance_threshold;
@@ -192,7 +193,7 @@ void collection::save(const std::filesystem::path& directory) const {
   }
   // The log of whatever collection lives here stays until the new manifest replaces its own, and the
   // snapshot claims its records, so that none of them replays onto the snapshot (see stale_log).
-  std::filesystem::create_directories(directory, ec);
+  io::detail::create_directories_durably(directory, ec);
   SHOAL_CHECK_CODE(!ec, errc::io_error, "collection::save: cannot create ", directory.string(), ": ", ec.message());
   detail::write_ahead_log::stale_log stale(directory);
   st.write_snapshot(*lay, directory, detail::next_generation(directory), stale.last_sequence());
@@ -265,6 +266,7 @@ collection collection::open(const std::filesystem::path& directory, const collec
 
   auto st = std::make_unique<detail::collection_state>();
   st->options = o;
+  st->recorded_threads_per_shard = p.threads_per_shard;
   st->shard_kind = kind;
   st->snapshot_generation = p.generation;
   st->add_shards();

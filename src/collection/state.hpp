@@ -145,6 +145,9 @@ struct write_plan {
 
 struct collection_state {
   collection_options options;
+  /// The `threads_per_shard` manifests record: the created collection's. An open's override
+  /// (`open_options::threads_per_shard`) is this process's only (it was recorded by the next snapshot).
+  std::size_t recorded_threads_per_shard = 0;
   shared_slot<layout> current;
   /// Writers hold it shared for a whole write (log + apply); snapshots and layout swaps hold it
   /// exclusively, so they see every logged write applied. Searches never take it.

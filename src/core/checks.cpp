@@ -106,7 +106,7 @@ void check_squared_norm(double squared_norm, const char* what, const char* part,
   // margin for rounding: ‖q − x‖² ≤ 2‖q‖² + 2‖x‖², |⟨q, x⟩| ≤ ‖q‖‖x‖, and each term of the GEMM form
   // ‖q‖² + ‖x‖² − 2⟨q, x⟩ too. Beyond it a distance can overflow to ±inf (or NaN, inf − inf), and
   // results would be lost without a word (a batched flat search returned empty rows).
-  constexpr double max_squared_norm = static_cast<double>(std::numeric_limits<float>::max()) / 8;
+  static_assert(max_squared_norm == static_cast<double>(std::numeric_limits<float>::max()) / 8);
   if (squared_norm <= max_squared_norm) [[likely]]
     return;
   const std::string where = part == nullptr ? std::string(what) : str(what, part, row);

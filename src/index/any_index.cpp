@@ -1,5 +1,6 @@
 #include "shoal/index/any_index.hpp"
 
+#include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/index/flat.hpp"
 #include "shoal/index/hnsw.hpp"
@@ -39,6 +40,14 @@ std::string describe(const ivf_pq_index& index) {
 
 void detail::throw_not_built(const std::string& index, const char* what) {
   throw_error(errc::unsupported, index + ": " + what + " is not built yet");
+}
+
+void detail::check_rows_for_add(matrix_view<const float> vectors, std::size_t dim, metric m, bool trained,
+                                const std::string& index) {
+  const std::string what = index + ": add: vector";
+  SHOAL_CHECK(trained, index, ": add: the index is not trained");
+  check_vectors(vectors, dim, what.c_str());
+  if (m == metric::cosine) check_normalizable(vectors, what.c_str());
 }
 
 detail::index_interface& any_index::self() const {

@@ -117,6 +117,12 @@ void coarse_quantizer::install(matrix<float> centroids) {
   code_sums_.clear();
   residuals_.clear();
   centroids_ = std::move(centroids);
+  max_centroid_norm_ = 0.0;
+  for (std::size_t l = 0; l < nlist; ++l) {
+    double squared = 0.0;
+    for (std::size_t j = 0; j < dim; ++j) squared += static_cast<double>(centroids_.row(l)[j]) * centroids_.row(l)[j];
+    max_centroid_norm_ = std::max(max_centroid_norm_, std::sqrt(squared));
+  }
   if (hnsw_m_ != 0) return;  // the graph scores by pairwise distances, which do not cancel
   // The centred frame: derived here (also on load), so files keep the centroids as they are.
   detail::centred_rows frame = detail::centred_copy(centroids_.view());

@@ -52,6 +52,8 @@ class coarse_quantizer {
   [[nodiscard]] bool trained() const noexcept { return centroids_.rows != 0; }
   [[nodiscard]] matrix_view<const float> centroids() const noexcept { return centroids_.view(); }
   [[nodiscard]] const float* centroid(std::size_t list) const noexcept { return centroids_.row(list); }
+  /// The largest centroid norm (0 when untrained).
+  [[nodiscard]] double max_centroid_norm() const noexcept { return max_centroid_norm_; }
   /// Bytes held: centroids (twice for the flat kind: as given and centred), their norms, the prefilter's
   /// codes and the graph (which keeps its own copy of the centroids).
   [[nodiscard]] std::size_t memory_bytes() const;
@@ -101,6 +103,7 @@ class coarse_quantizer {
   metric metric_;
   std::size_t hnsw_m_;
   matrix<float> centroids_;  // as given (and saved); the lists' residuals are taken against these
+  double max_centroid_norm_ = 0.0;
   // The flat kind's scoring frame (empty for the HNSW kind): the centroids' coordinate-wise median μ,
   // the centroids minus μ and their squared norms ‖c − μ‖².
   std::vector<float> centre_;

@@ -274,42 +274,75 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
   refine_codec_ = std::move(codec);
 }
 
+struct ivf_pq_index::prepared_rows {
+  std::optional<matrix<float>> normalized, rotated;
+  matrix_view<const float> view;
+};
+
+ivf_pq_index::prepared_rows ivf_pq_index::prepare(matrix_view<const float> vectors) const {
+  detail::check_vectors(vectors, dim_, "ivf_pq_index::add: vector");
+  prepared_rows p;
+  p.view = vectors;
+  if (metric_ == metric::cosine) {
+    p.normalized = detail::normalized_copy(vectors, "ivf_pq_index::add: vector");
+    p.view = p.normalized->view();
+  }
+  if (opq_) {
+    p.rotated = opq_->apply(p.view);
+    p.view = p.rotated->view();
+  }
+  return p;
+}
+
+matrix<float> ivf_pq_index::residuals(matrix_view<const float> rows, const std::uint32_t* label) const {
+  matrix<float> out(rows.rows, dim_);
+  for (std::size_t i = 0; i < rows.rows; ++i) {
+    const float* x = rows.row(i);
+    const float* c = coarse_->centroid(label[i]);
+    float* r = out.row(i);
+    for (std::size_t j = 0; j < dim_; ++j) r[j] = x[j] - c[j];
+  }
+  detail::check_vectors(out.view(), dim_,
+                        "ivf_pq_index::add: the residual (vector minus its list's centroid) of vector");
+  return out;
+}
+
+void ivf_pq_index::check_add(matrix_view<const float> vectors) const {
+  SHOAL_CHECK(is_trained(), index_name, "::add: the index is not trained");
+  const prepared_rows p = prepare(vectors);
+  // ‖x − c‖ ≤ ‖x‖ + ‖c‖: rows that stay clear of the bound by that much (the relative 1e-3 covers the
+  // float rounding of the residual) need no assignment.
+  const double reach = std::sqrt(detail::max_squared_norm) * (1.0 - 1e-3) - coarse_->max_centroid_norm();
+  bool near = false;
+  for (std::size_t i = 0; i < p.view.rows && !near; ++i) {
+    double squared = 0.0;
+    for (std::size_t j = 0; j < dim_; ++j) squared += static_cast<double>(p.view.row(i)[j]) * p.view.row(i)[j];
+    near = !(std::sqrt(squared) <= reach);
+  }
+  if (!near) return;
+  std::vector<std::uint32_t> label(p.view.rows);
+  coarse_->assign(p.view, label.data());
+  (void)residuals(p.view, label.data());
+}
+
 void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
   io::detail::check_writable(mapping_.get(), "ivf_pq_index::add");
   SHOAL_CHECK(is_trained(), index_name, "::add: the index is not trained");
-  detail::check_vectors(vectors, dim_, "ivf_pq_index::add: vector");
+  const prepared_rows prepared = prepare(vectors);
   detail::check_ids(ids, vectors.rows, "ivf_pq_index::add");
   std::unordered_set<vector_id> batch;
   batch.reserve(ids.size());
   for (const vector_id id : ids)
     SHOAL_CHECK_CODE(batch.insert(id).second, errc::duplicate_id, index_name, "::add: id ", id,
                      " appears twice in one batch");
-  std::optional<matrix<float>> normalized;
-  if (metric_ == metric::cosine) {
-    normalized = detail::normalized_copy(vectors, "ivf_pq_index::add: vector");
-    vectors = normalized->view();
-  }
-  std::optional<matrix<float>> rotated;
-  if (opq_) {
-    rotated = opq_->apply(vectors);
-    vectors = rotated->view();
-  }
+  vectors = prepared.view;
   // Assignment and encoding read only the immutable centroids and codebooks: no lock yet.
   const std::size_t n = vectors.rows;
   const std::size_t nlist = params_.nlist;
   const std::size_t m = params_.m;
   std::vector<std::uint32_t> label(n);
   coarse().assign(vectors, label.data());
-  matrix<float> residuals(n, dim_);
-  for (std::size_t i = 0; i < n; ++i) {
-    const float* x = vectors.row(i);
-    const float* c = coarse_->centroid(label[i]);
-    float* r = residuals.row(i);
-    for (std::size_t j = 0; j < dim_; ++j) r[j] = x[j] - c[j];
-  }
-  detail::check_vectors(residuals.view(), dim_,
-                        "ivf_pq_index::add: the residual (vector minus its list's centroid) of vector");
-  const std::vector<std::uint8_t> codes = pq_.encode(residuals.view());
+  const std::vector<std::uint8_t> codes = pq_.encode(residuals(vectors, label.data()).view());
   std::vector<std::uint8_t> sq_codes(params_.refine_sq8 ? n * dim_ : 0);
   if (params_.refine_sq8) refine_codec_->encode(vectors, sq_codes.data());
   std::vector<std::size_t> offsets(nlist + 1, 0);

@@ -64,6 +64,12 @@ void refine_index::add(matrix_view<const float> vectors, std::span<const vector_
   }
 }
 
+void refine_index::check_add(matrix_view<const float> vectors) const {
+  detail::check_vectors(vectors, dim(), "refine_index::add: vector");
+  if (metric() == metric::cosine) detail::check_normalizable(vectors, "refine_index::add: vector");
+  coarse_.check_add(vectors);
+}
+
 void refine_index::remove(vector_id id) {
   SHOAL_CHECK_CODE(exact_.contains(id), errc::not_found, "refine_index::remove: id ", id, " is not stored");
   // Either stage may refuse (a memory-mapped one is read-only): whatever the first one dropped is put

@@ -167,6 +167,25 @@ inline void sync_directory(const std::filesystem::path& dir) {
   if (fd.get() >= 0) (void)::fsync(fd.get());
 }
 
+/// `std::filesystem::create_directories(dir, ec)`, then an fsync of the parent of each directory it
+/// created: a directory's own entry lives in its parent, so without it a power loss could take away the
+/// new directory with the files fsynced inside it (a review: a collection's `wal.log` acknowledged in a
+/// directory whose entry was never synced). Best effort, as `sync_directory`.
+inline void create_directories_durably(const std::filesystem::path& dir, std::error_code& ec) {
+  std::vector<std::filesystem::path> missing;  // deepest first
+  std::error_code probe;
+  for (std::filesystem::path p = dir.has_filename() ? dir : dir.parent_path(); !p.empty();) {
+    if (std::filesystem::exists(p, probe)) break;
+    missing.push_back(p);
+    const std::filesystem::path up = p.parent_path();
+    if (up == p) break;
+    p = up;
+  }
+  std::filesystem::create_directories(dir, ec);
+  if (ec) return;
+  for (const std::filesystem::path& p : missing) sync_directory(p.has_parent_path() ? p.parent_path() : ".");
+}
+
 /// The file a save replaces: where a symbolic link leads (followed to the end), not the link itself.
 /// Renaming over the link replaced it with a regular file and left its target as it was (a "current →
 /// v2" link: a review, session 38). A link that leads nowhere or cannot be followed: the path itself.

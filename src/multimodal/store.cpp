@@ -1431,7 +1431,7 @@ std::vector<std::vector<fused_id>> multimodal_store::search_fused(std::span<cons
 void multimodal_store::save(const std::filesystem::path& directory) const {
   constexpr const char* who = "multimodal_store::save";
   std::error_code ec;
-  std::filesystem::create_directories(directory, ec);
+  io::detail::create_directories_durably(directory, ec);
   SHOAL_CHECK_CODE(!ec, errc::io_error, who, ": cannot create ", directory.string(), ": ", ec.message());
   const std::filesystem::path manifest_path = directory / detail::manifest_name;
   detail::multimodal_state& st = *state_;

@@ -152,7 +152,8 @@ struct collection_open_options {
   /// writable open applies the log for good).
   bool mmap = false;
   verify_level verify = verify_level::full;
-  /// Overrides the recorded `threads_per_shard` (0 keeps the recorded value).
+  /// Overrides the recorded `threads_per_shard` for this process (0 keeps the recorded value); later
+  /// snapshots still record the collection's own value.
   std::size_t threads_per_shard = 0;
 };
 
@@ -185,7 +186,9 @@ class collection {
   /// Opens a collection directory written by a collection with `options.directory` or by `save`:
   /// loads the last snapshot and replays the write-ahead log. Later writes are logged to it. Throws
   /// `errc::io_error` (no manifest), `errc::corrupt_file` (damaged manifest, shard file or log record
-  /// other than a torn last record, which is dropped: its write was never acknowledged).
+  /// other than a torn last record, which is dropped: its write was never acknowledged),
+  /// `errc::invalid_argument` (a manifest that is an index file of another kind, as `load_index` says of
+  /// any file of the wrong kind), `errc::unsupported` (a newer major format version).
   [[nodiscard]] static collection open(const std::filesystem::path& directory,
                                        const collection_open_options& options = {});
 

@@ -12,6 +12,9 @@
 
 namespace shoal::detail {
 
+/// The largest squared norm a vector may have: FLT_MAX / 8 (see `check_squared_norm`).
+inline constexpr double max_squared_norm = 3.4028234663852886e38 / 8;
+
 /// Throws `shoal::error` unless `v` has `dim` columns, a valid stride and data pointer (its rows within
 /// the address space: a stride of 2^62 would wrap row 1 back onto row 0), only finite
 /// values, and rows of norm at most sqrt(FLT_MAX / 8) ≈ 6.5e18, so that every float distance between

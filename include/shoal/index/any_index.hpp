@@ -62,11 +62,12 @@ class index_interface {
   [[nodiscard]] virtual std::size_t size() const = 0;
   [[nodiscard]] virtual std::size_t memory_bytes() const = 0;
   [[nodiscard]] virtual bool is_trained() const = 0;
-  [[nodiscard]] virtual std::size_t min_training_rows() const noexcept = 0;
+  [[nodiscard]] virtual std::size_t min_training_rows() const = 0;
   [[nodiscard]] virtual index_kind kind() const noexcept = 0;
   [[nodiscard]] virtual std::string description() const = 0;
   virtual void train(matrix_view<const float> vectors) = 0;
   virtual void add(matrix_view<const float> vectors, std::span<const vector_id> ids) = 0;
+  virtual void check_add(matrix_view<const float> vectors) const = 0;
   virtual void remove(vector_id id) = 0;
   [[nodiscard]] virtual bool contains(vector_id id) const = 0;
   [[nodiscard]] virtual std::vector<float> vector(vector_id id) const = 0;
@@ -80,6 +81,10 @@ class index_interface {
 
 /// Throws `errc::unsupported`: `what` of `index` is not built yet.
 [[noreturn]] void throw_not_built(const std::string& index, const char* what);
+/// The checks every index's `add` makes of the rows alone — trained, dimension, values, norms, no zero row
+/// under cosine — naming `index` (its description) in the message.
+void check_rows_for_add(matrix_view<const float> vectors, std::size_t dim, metric m, bool trained,
+                        const std::string& index);
 
 /// `index_interface` over a concrete index, through its public API only. Indexes without a training
 /// step (flat, HNSW) train as a no-op; an index type without persistence or range search would throw
@@ -99,7 +104,9 @@ class index_model final : public index_interface {
     else
       return true;
   }
-  [[nodiscard]] std::size_t min_training_rows() const noexcept override {
+  // Not noexcept: a refine_index asks its coarse stage, which throws once moved from (noexcept made
+  // that std::terminate; a review).
+  [[nodiscard]] std::size_t min_training_rows() const override {
     if constexpr (requires(const Index& i) { i.min_training_rows(); })
       return index_.min_training_rows();
     else
@@ -111,6 +118,13 @@ class index_model final : public index_interface {
     if constexpr (requires(Index & i) { i.train(vectors); }) index_.train(vectors);
   }
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids) override { index_.add(vectors, ids); }
+  void check_add(matrix_view<const float> vectors) const override {
+    if constexpr (requires(const Index& i) { i.check_add(vectors); }) {
+      index_.check_add(vectors);
+    } else {
+      check_rows_for_add(vectors, index_.dim(), index_.metric(), is_trained(), describe(index_));
+    }
+  }
   void remove(vector_id id) override { index_.remove(id); }
   [[nodiscard]] bool contains(vector_id id) const override { return index_.contains(id); }
   [[nodiscard]] std::vector<float> vector(vector_id id) const override {
@@ -168,8 +182,8 @@ class any_index {
   any_index() = default;
   /// Wraps `index` (moved in).
   template <class Index>
-  requires(!std::is_same_v<std::remove_cvref_t<Index>, any_index> &&
-           !std::is_lvalue_reference_v<Index>) explicit any_index(Index&& index)
+  requires(!std::is_same_v<std::remove_cvref_t<Index>, any_index> && !std::is_lvalue_reference_v<Index> &&
+           !std::is_const_v<std::remove_reference_t<Index>>) explicit any_index(Index&& index)
       : self_(std::make_unique<detail::index_model<std::remove_cvref_t<Index>>>(std::move(index))) {}
 
   [[nodiscard]] bool has_value() const noexcept { return self_ != nullptr; }
@@ -199,6 +213,12 @@ class any_index {
   void train(matrix_view<const float> vectors) { self().train(vectors); }
   /// Adds `vectors.rows` vectors under `ids` (all or nothing).
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids) { self().add(vectors, ids); }
+  /// Throws the `shoal::error` that `add` would throw for these rows, ids aside, and adds nothing: an
+  /// untrained index, a dimension mismatch, NaN/Inf, a norm past the bound, a zero row under cosine, and
+  /// what only the index can tell — an IVF-PQ row whose residual (the row minus its list's centroid)
+  /// passes the norm bound (`ivf_pq_index::check_add`). The messages name the problem as `add` does,
+  /// not always in the same words. A collection checks each shard's rows with it before it logs a write.
+  void check_add(matrix_view<const float> vectors) const { self().check_add(vectors); }
   /// Removes `id`; throws `errc::not_found` if it is not stored.
   void remove(vector_id id) { self().remove(id); }
   [[nodiscard]] bool contains(vector_id id) const { return self().contains(id); }

@@ -158,6 +158,13 @@ class ivf_pq_index {
   /// part-way through changes nothing either.
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
 
+  /// Throws the `shoal::error` that `add` would throw for these rows, ids aside, and adds nothing: the
+  /// index untrained, a dimension mismatch, NaN/Inf, a norm past the bound, a zero row under cosine, or a
+  /// row whose residual passes the norm bound (what no check of the rows alone can tell). A collection
+  /// checks a write's rows with it before logging the write. Costs a coarse assignment only where a
+  /// row's norm plus the largest centroid's comes near the bound.
+  void check_add(matrix_view<const float> vectors) const;
+
   /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.
   void remove(vector_id id);
   /// Whether `id` is stored (a pass over every list's ids: see the class comment).
@@ -207,6 +214,11 @@ class ivf_pq_index {
   void scan_list(const list& l, std::size_t list_no, const float* query, scratch& s, const search_params& params,
                  std::size_t keep) const;
   [[nodiscard]] std::size_t list_code_bytes(std::size_t n) const noexcept;
+  struct prepared_rows;
+  /// The rows `add` encodes: `vectors` checked, normalised under cosine, rotated under OPQ.
+  [[nodiscard]] prepared_rows prepare(matrix_view<const float> vectors) const;
+  /// Each row of `rows` minus the centroid of its list `label[i]`, checked against the norm bound.
+  [[nodiscard]] matrix<float> residuals(matrix_view<const float> rows, const std::uint32_t* label) const;
 
   std::size_t dim_;
   shoal::metric metric_;

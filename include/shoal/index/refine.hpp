@@ -66,8 +66,14 @@ class refine_index {
   void train(matrix_view<const float> sample) { coarse_.train(sample); }
   /// Adds to both stages, all or nothing: the exact stage first, and a failure of the coarse one (out of
   /// memory included) removes the vectors from the exact stage again. The errors of the stages' `add`
-  /// (the exact stage's first: `flat_index::add` names bad rows and ids).
+  /// (the exact stage's first: `flat_index::add` names bad rows and ids). One exception: out of memory
+  /// inside an HNSW coarse stage's graph changes leaves that graph half-changed and refusing every call
+  /// ("the index is unusable", `hnsw_index::add`), so this index's searches and writes fail too, with
+  /// that error, until it is loaded again; `size` still counts the exact stage. `remove` alike.
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
+  /// Throws what `add` would throw for these rows, ids aside (`any_index::check_add`): the exact
+  /// stage's checks, then the coarse stage's.
+  void check_add(matrix_view<const float> vectors) const;
   /// Removes from both stages; `errc::not_found` for an unknown id.
   void remove(vector_id id);
   [[nodiscard]] bool contains(vector_id id) const { return exact_.contains(id); }
