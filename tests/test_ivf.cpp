@@ -551,6 +551,67 @@ TEST_CASE("ivf coarse pass over data far from the origin finds the nearest lists
   }
 }
 
+TEST_CASE("ivf coarse pass near the norm bound, with the centroids' median farther out than any of them", "[ivf]") {
+  // Rows of norm 6.4e18 (the bound is 6.52e18), 80% with a positive first component: the coordinate-wise
+  // median sits farther out than any centroid, and the centred centroids c − μ passed the bound. Training
+  // 256 lists then threw from the SQ8 prefilter (after installing the centroids: the index was left
+  // trained), single queries' rank scores overflowed to −inf and tied (2 of 8 centroids missed their own
+  // list), and the prefilter's estimates overflowed (796 of 2,000 rows missed theirs; a review).
+  //
+  // Eight rows of norm 6.4e18 as the lists' centroids: five with −3.2e18 on four of five components,
+  // three near +(1, …, 1). Searched alone, centroids 3 and 4 scored −inf with others and were sent to list 2.
+  matrix<float> rows(8, 5);
+  for (std::size_t i = 0; i < 5; ++i)
+    for (std::size_t j = 0; j < 5; ++j) rows.row(i)[j] = i == j ? 0.0f : -3.2e18f;
+  for (std::size_t t = 0; t < 3; ++t) {
+    double v[5] = {1, 1, 1, 1, 1}, squared = 0.0;
+    v[t] += 0.05;
+    for (const double e : v) squared += e * e;
+    for (std::size_t j = 0; j < 5; ++j) rows.row(5 + t)[j] = static_cast<float>(v[j] / std::sqrt(squared) * 6.4e18);
+  }
+  ivf_flat_index eight(5, metric::l2, 8);
+  eight.train(rows.view());
+  std::vector<vector_id> eight_ids(8);
+  std::iota(eight_ids.begin(), eight_ids.end(), vector_id{0});
+  eight.add(eight.centroids(), eight_ids);
+  for (std::size_t l = 0; l < 8; ++l) {
+    CAPTURE(l);
+    const neighbors single = eight.search(eight.centroids().slice(l, 1), 1, with_nprobe(1));
+    CHECK(single.id(0, 0) == l);
+    CHECK(single.distance(0, 0) == 0.0f);
+  }
+  constexpr std::size_t d = 3, n = 3000;
+  splitmix64 rng(43);
+  matrix<float> x(n, d);
+  for (std::size_t i = 0; i < n; ++i) {
+    double v[d], squared = 0.0;
+    for (double& e : v) {
+      e = rng.normal();
+      squared += e * e;
+    }
+    if (i % 5 != 0) v[0] = std::abs(v[0]);
+    for (std::size_t j = 0; j < d; ++j) x.row(i)[j] = static_cast<float>(v[j] / std::sqrt(squared) * 6.4e18);
+  }
+  for (const std::size_t lists : {std::size_t{8}, std::size_t{256}}) {
+    CAPTURE(lists);
+    ivf_flat_index index(d, metric::l2, lists);
+    REQUIRE_NOTHROW(index.train(x.view()));
+    // Each list holds its centroid under the list's number: every centroid, searched alone or in a batch
+    // at nprobe 1, names its own list at distance 0.
+    std::vector<vector_id> numbers(lists);
+    std::iota(numbers.begin(), numbers.end(), vector_id{0});
+    index.add(index.centroids(), numbers);
+    const neighbors batched = index.search(index.centroids(), 1, with_nprobe(1));
+    for (std::size_t l = 0; l < lists; ++l) {
+      CAPTURE(l);
+      CHECK(batched.id(l, 0) == l);
+      const neighbors single = index.search(index.centroids().slice(l, 1), 1, with_nprobe(1));
+      CHECK(single.id(0, 0) == l);
+      CHECK(single.distance(0, 0) == 0.0f);
+    }
+  }
+}
+
 TEST_CASE("ivf coarse prefilter prunes at any scale of the data and still probes the exact lists", "[ivf]") {
   // The bounds' float slack had a floor of 1 whatever the scale of the scores: on data of small norm every
   // bound overlapped every other and all 1,024 centroids were scored exactly (at scale 10⁻³ and 10⁻⁶,

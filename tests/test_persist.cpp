@@ -274,6 +274,8 @@ TEST_CASE("flat_index: a mapped index is read-only, a copied one stays mutable",
   REQUIRE_THROWS_MATCHES(mapped.add(extra.view(), std::vector<vector_id>{1}), shoal::error,
                          fails_with(errc::unsupported, "read-only"));
   REQUIRE_THROWS_MATCHES(mapped.remove(d.ids[0]), shoal::error, fails_with(errc::unsupported, "mmap"));
+  REQUIRE_THROWS_MATCHES(load_index(path, {.mmap = true}).check_add(extra.view()), shoal::error,
+                         fails_with(errc::unsupported, "read-only"));
   CHECK(mapped.size() == 300);
   CHECK(mapped.memory_bytes() < 300 * dim * sizeof(float));  // the id map only
 
@@ -472,6 +474,9 @@ TEST_CASE(
                                           "is read-only"));
         REQUIRE_THROWS_MATCHES(mapped.remove(d.ids[1]), shoal::error, fails_with(errc::unsupported, "read-only"));
         REQUIRE_THROWS_MATCHES(mapped.train(d.base.view()), shoal::error, fails_with(errc::unsupported, "mmap"));
+        // check_add refuses what add refuses (it passed the rows: a review).
+        REQUIRE_THROWS_MATCHES(mapped.check_add(d.base.view().slice(0, 1)), shoal::error,
+                               fails_with(errc::unsupported, "read-only"));
         CHECK(mapped.contains(d.ids[1]));
         // A mapped index moves and saves like any other (its lists are written from the mapping).
         const ivf_pq_index moved = std::move(mapped);

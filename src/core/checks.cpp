@@ -161,8 +161,20 @@ centred_rows centred_copy(matrix_view<const float> x) {
       out.centre[j] = *middle;
     }
   }
-  for (std::size_t r = 0; r < x.rows; ++r)
-    for (std::size_t j = 0; j < x.dim; ++j) out.rows.row(r)[j] = x.row(r)[j] - out.centre[j];
+  bool within = true;
+  for (std::size_t r = 0; r < x.rows; ++r) {
+    double squared = 0.0;
+    for (std::size_t j = 0; j < x.dim; ++j) {
+      const float v = x.row(r)[j] - out.centre[j];
+      out.rows.row(r)[j] = v;
+      squared += static_cast<double>(v) * v;
+    }
+    within = within && squared <= max_squared_norm;
+  }
+  if (!within) {
+    std::fill(out.centre.begin(), out.centre.end(), 0.0f);
+    for (std::size_t r = 0; r < x.rows; ++r) std::copy_n(x.row(r), x.dim, out.rows.row(r));
+  }
   return out;
 }
 

@@ -42,9 +42,10 @@ void detail::throw_not_built(const std::string& index, const char* what) {
   throw_error(errc::unsupported, index + ": " + what + " is not built yet");
 }
 
-void detail::check_rows_for_add(matrix_view<const float> vectors, std::size_t dim, metric m, bool trained,
+void detail::check_rows_for_add(matrix_view<const float> vectors, std::size_t dim, metric m, bool trained, bool mapped,
                                 const std::string& index) {
   const std::string what = index + ": add: vector";
+  SHOAL_CHECK_CODE(!mapped, errc::unsupported, index, ": add: the index was loaded with mmap and is read-only");
   SHOAL_CHECK(trained, index, ": add: the index is not trained");
   check_vectors(vectors, dim, what.c_str());
   if (m == metric::cosine) check_normalizable(vectors, what.c_str());

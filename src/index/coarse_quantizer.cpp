@@ -33,6 +33,12 @@ metric graph_metric(metric m) noexcept { return m == metric::l2 ? metric::l2 : m
 /// query to about a third, 1.18-1.39x QPS at nprobe 6-8; SQ8 codes (768 KB, which stay in L2) on the
 /// integer kernel: see BENCHMARKS.md.
 constexpr std::size_t prefilter_min_lists = 256;
+/// The largest squared norm of a centred centroid, of the prefilter's SQ8 minima and of a centred query
+/// for which the prefilter runs: FLT_MAX / 4096 (a norm of about 2.9e17). Below it every estimate and
+/// bound stays under FLT_MAX / 256; above it (data near the norm bound) ‖q − min‖² overflowed and the
+/// prefilter dropped the nearest lists (a review: 796 of 2,000 queries found their own list). Such
+/// centroids get no prefilter, and such queries are scored exactly.
+constexpr float prefilter_max_square = std::numeric_limits<float>::max() / 4096;
 /// Whether ranking on the codes first pays for `nprobe` of `nlist` lists: only while the lists asked for are
 /// few beside all of them (the exact pass then scores little more than nprobe centroids).
 [[nodiscard]] bool prefilter_pays(std::size_t nprobe, std::size_t nlist) noexcept { return 8 * nprobe + 64 <= nlist; }
@@ -106,55 +112,71 @@ std::size_t coarse_quantizer::memory_bytes() const {
 }
 
 void coarse_quantizer::install(matrix<float> centroids) {
+  // Everything is derived into locals and committed at the end, without allocating: a failure (out of
+  // memory) leaves the quantizer as it was. Before, the centroids were installed first, and a throw
+  // after them left an index trained with half its derived state (a review).
   const std::size_t nlist = centroids.rows, dim = centroids.dim;
-  centre_.clear();
-  centred_ = {};
-  norms_.clear();
-  max_norm_sq_ = 0.0f;
-  codec_.reset();
-  codes_.clear();
-  terms_.clear();
-  code_sums_.clear();
-  residuals_.clear();
-  centroids_ = std::move(centroids);
-  max_centroid_norm_ = 0.0;
+  double max_centroid_norm = 0.0;
   for (std::size_t l = 0; l < nlist; ++l) {
     double squared = 0.0;
-    for (std::size_t j = 0; j < dim; ++j) squared += static_cast<double>(centroids_.row(l)[j]) * centroids_.row(l)[j];
-    max_centroid_norm_ = std::max(max_centroid_norm_, std::sqrt(squared));
+    for (std::size_t j = 0; j < dim; ++j) squared += static_cast<double>(centroids.row(l)[j]) * centroids.row(l)[j];
+    max_centroid_norm = std::max(max_centroid_norm, std::sqrt(squared));
   }
-  if (hnsw_m_ != 0) return;  // the graph scores by pairwise distances, which do not cancel
-  // The centred frame: derived here (also on load), so files keep the centroids as they are.
-  detail::centred_rows frame = detail::centred_copy(centroids_.view());
+  detail::centred_rows frame;
+  std::vector<float> norms, terms, code_sums, residuals;
+  float max_norm_sq = 0.0f;
+  std::optional<scalar_quantizer> codec;
+  std::vector<std::uint8_t> codes;
+  if (hnsw_m_ == 0) {  // the graph scores by pairwise distances, which do not cancel
+    // The centred frame: derived here (also on load), so files keep the centroids as they are.
+    frame = detail::centred_copy(centroids.view());
+    norms.resize(nlist);
+    active_kernels().squared_norms(frame.rows.values.data(), nlist, dim, dim, norms.data());
+    max_norm_sq = *std::max_element(norms.begin(), norms.end());
+    if (nlist >= prefilter_min_lists && dot_u8_i16_limit(dim) >= 1 && max_norm_sq <= prefilter_max_square) {
+      codec.emplace(dim, sq_type::sq8);
+      codec->train(frame.rows.view());
+      codes.resize(nlist * dim);
+      codec->encode(frame.rows.view(), codes.data());
+      matrix<float> decoded(nlist, dim);
+      codec->decode(codes.data(), nlist, decoded.mutable_view());
+      terms.resize(nlist);
+      code_sums.resize(nlist);
+      residuals.resize(nlist);
+      for (std::size_t c = 0; c < nlist; ++c) {
+        const std::uint8_t* row = codes.data() + c * dim;
+        terms[c] = sq8_estimator::term(*codec, metric_, row);
+        double sum = 0.0, err = 0.0;
+        for (std::size_t j = 0; j < dim; ++j) {
+          sum += row[j];
+          const double e = double{frame.rows.row(c)[j]} - double{decoded.row(c)[j]};
+          err += e * e;
+        }
+        code_sums[c] = static_cast<float>(sum);
+        residuals[c] = std::nextafter(static_cast<float>(std::sqrt(err)), std::numeric_limits<float>::infinity());
+      }
+      double min_sq = 0.0;
+      for (const float v : codec->mins()) min_sq += static_cast<double>(v) * v;
+      if (!(min_sq <= prefilter_max_square)) {
+        codec.reset();
+        codes.clear();
+        terms.clear();
+        code_sums.clear();
+        residuals.clear();
+      }
+    }
+  }
+  centroids_ = std::move(centroids);
+  max_centroid_norm_ = max_centroid_norm;
   centre_ = std::move(frame.centre);
   centred_ = std::move(frame.rows);
-  norms_.resize(nlist);
-  active_kernels().squared_norms(centred_.values.data(), nlist, dim, dim, norms_.data());
-  max_norm_sq_ = *std::max_element(norms_.begin(), norms_.end());
-  if (nlist >= prefilter_min_lists && dot_u8_i16_limit(dim) >= 1) {
-    scalar_quantizer codec(dim, sq_type::sq8);
-    codec.train(centred_.view());
-    codes_.resize(nlist * dim);
-    codec.encode(centred_.view(), codes_.data());
-    matrix<float> decoded(nlist, dim);
-    codec.decode(codes_.data(), nlist, decoded.mutable_view());
-    terms_.resize(nlist);
-    code_sums_.resize(nlist);
-    residuals_.resize(nlist);
-    for (std::size_t c = 0; c < nlist; ++c) {
-      const std::uint8_t* row = codes_.data() + c * dim;
-      terms_[c] = sq8_estimator::term(codec, metric_, row);
-      double codes = 0.0, err = 0.0;
-      for (std::size_t j = 0; j < dim; ++j) {
-        codes += row[j];
-        const double e = double{centred_.row(c)[j]} - double{decoded.row(c)[j]};
-        err += e * e;
-      }
-      code_sums_[c] = static_cast<float>(codes);
-      residuals_[c] = std::nextafter(static_cast<float>(std::sqrt(err)), std::numeric_limits<float>::infinity());
-    }
-    codec_ = std::move(codec);
-  }
+  norms_ = std::move(norms);
+  max_norm_sq_ = max_norm_sq;
+  codec_ = std::move(codec);
+  codes_ = std::move(codes);
+  terms_ = std::move(terms);
+  code_sums_ = std::move(code_sums);
+  residuals_ = std::move(residuals);
 }
 
 const float* coarse_quantizer::centred(const float* x, std::vector<float>& out) const {
@@ -207,9 +229,13 @@ std::size_t coarse_quantizer::probe_prefiltered(const float* query, std::size_t 
   const scratch_lease<probe_scratch> lease;
   probe_scratch& s = lease.get();
   const float* q = centred(query, s.query);
+  const float q_sq = exact.inner_product(q, q, dim);
+  if (!(q_sq <= prefilter_max_square)) {
+    probe_exact(query, nprobe, probes);
+    return nlist;
+  }
   sq8_estimator& estimator = s.estimator;
   estimator.prepare(*codec_, metric_, q);
-  const float q_sq = exact.inner_product(q, q, dim);
   const float q_norm = l2 ? 0.0f : std::sqrt(q_sq);
   // The slack's floor: 1, or the scale of the scores where that is smaller — ‖q‖² + max ‖c − μ‖² under
   // L2, ‖q‖ · max ‖c − μ‖ under inner product — which a score's float rounding is relative to. A floor
@@ -354,7 +380,9 @@ void coarse_quantizer::set_centroids(matrix<float> centroids) {
     std::vector<vector_id> ids(centroids.rows);
     std::iota(ids.begin(), ids.end(), vector_id{0});
     run_single_threaded([&] { graph->add(centroids.view(), ids); });
+    install(std::move(centroids));
     graph_ = std::move(graph);
+    return;
   }
   install(std::move(centroids));
 }

@@ -308,6 +308,7 @@ matrix<float> ivf_pq_index::residuals(matrix_view<const float> rows, const std::
 }
 
 void ivf_pq_index::check_add(matrix_view<const float> vectors) const {
+  io::detail::check_writable(mapping_.get(), "ivf_pq_index::add");
   SHOAL_CHECK(is_trained(), index_name, "::add: the index is not trained");
   const prepared_rows p = prepare(vectors);
   // ‖x − c‖ ≤ ‖x‖ + ‖c‖: rows that stay clear of the bound by that much (the relative 1e-3 covers the

@@ -81,7 +81,7 @@ void check_normalizable(matrix_view<const float> v, const char* what);
 
 /// Rows relative to a centre: the frame in which the IVF coarse pass scores centroids (docs/ivf.md).
 struct centred_rows {
-  std::vector<float> centre;  // the coordinate-wise median: per dimension the lower middle value
+  std::vector<float> centre;  // the coordinate-wise median (per dimension the lower middle value), or 0
   matrix<float> rows;         // each row minus `centre`, in float
 };
 /// `x`'s centre and rows minus it, computed the one way that the CPU and the CUDA coarse passes share.
@@ -90,6 +90,11 @@ struct centred_rows {
 /// to lists other than their nearest (a review); half the rows must move for the median to. It is one
 /// of the rows' own values per dimension, so no rounding; its norm is at most √2 times the largest
 /// row's (at least half the rows reach each component), so ‖row − centre‖ ≤ (1 + √2) · max ‖row‖.
+/// Where that passes the norm bound B = sqrt(`max_squared_norm`) for some row — rows near B whose median
+/// lies farther out — the centre is 0 instead (the rows as they are): centred rows past B overflowed
+/// the rank score 2⟨q − μ, c − μ⟩ to −inf for several centroids at once, which then tied, and the SQ8
+/// prefilter refused to train on them (a review, session 39). So every row returned is within B when
+/// `x`'s rows are: for queries within B, ‖c − μ‖² − 2⟨q − μ, c − μ⟩ stays within ±0.73·FLT_MAX.
 [[nodiscard]] centred_rows centred_copy(matrix_view<const float> x);
 
 }  // namespace shoal::detail

@@ -81,9 +81,9 @@ class index_interface {
 
 /// Throws `errc::unsupported`: `what` of `index` is not built yet.
 [[noreturn]] void throw_not_built(const std::string& index, const char* what);
-/// The checks every index's `add` makes of the rows alone — trained, dimension, values, norms, no zero row
-/// under cosine — naming `index` (its description) in the message.
-void check_rows_for_add(matrix_view<const float> vectors, std::size_t dim, metric m, bool trained,
+/// The checks every index's `add` makes of the rows alone — writable (not memory-mapped), trained,
+/// dimension, values, norms, no zero row under cosine — naming `index` (its description) in the message.
+void check_rows_for_add(matrix_view<const float> vectors, std::size_t dim, metric m, bool trained, bool mapped,
                         const std::string& index);
 
 /// `index_interface` over a concrete index, through its public API only. Indexes without a training
@@ -122,7 +122,7 @@ class index_model final : public index_interface {
     if constexpr (requires(const Index& i) { i.check_add(vectors); }) {
       index_.check_add(vectors);
     } else {
-      check_rows_for_add(vectors, index_.dim(), index_.metric(), is_trained(), describe(index_));
+      check_rows_for_add(vectors, index_.dim(), index_.metric(), is_trained(), index_.is_mapped(), describe(index_));
     }
   }
   void remove(vector_id id) override { index_.remove(id); }

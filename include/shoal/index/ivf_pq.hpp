@@ -159,8 +159,8 @@ class ivf_pq_index {
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
 
   /// Throws the `shoal::error` that `add` would throw for these rows, ids aside, and adds nothing: the
-  /// index untrained, a dimension mismatch, NaN/Inf, a norm past the bound, a zero row under cosine, or a
-  /// row whose residual passes the norm bound (what no check of the rows alone can tell). A collection
+  /// index memory-mapped (read-only), untrained, a dimension mismatch, NaN/Inf, a norm past the bound, a zero row under
+  /// cosine, or a row whose residual passes the norm bound (what no check of the rows alone can tell). A collection
   /// checks a write's rows with it before logging the write. Costs a coarse assignment only where a
   /// row's norm plus the largest centroid's comes near the bound.
   void check_add(matrix_view<const float> vectors) const;
