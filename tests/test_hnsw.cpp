@@ -1692,6 +1692,44 @@ TEST_CASE("hnsw: searches go on while a remove waits for a running add", "[hnsw]
   CHECK(index.size() == n);
 }
 
+TEST_CASE("hnsw: a search that runs out of memory beside adds throws, and the index goes on", "[hnsw][concurrency]") {
+  // A search meeting nodes added since it began grows its visited table, which can run out of memory;
+  // the functions on the way were noexcept, so that called std::terminate (a review). The search now
+  // throws std::bad_alloc, having changed nothing.
+  constexpr std::size_t d = 8, first = 2000, n = 150000;
+  const matrix<float> data = make_clustered(n, d, 20, 81);
+  std::vector<vector_id> ids(n);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  hnsw_index index(d, metric::l2, {.M = 4, .ef_construction = 16});
+  index.add(data.view().slice(0, first), std::span(ids).subspan(0, first));
+  std::atomic<bool> done{false};
+  std::thread adder([&] {
+    for (std::size_t next = first; next < n; next += 50)
+      index.add(data.view().slice(next, 50), std::span(ids).subspan(next, 50));
+    done.store(true);
+  });
+  // Each search on a thread of its own: its visited table is new, sized to the index as the search
+  // begins (4 bytes a node), and every node added meanwhile that it meets doubles it, which the cap
+  // refuses.
+  std::size_t searches = 0, failed = 0;
+  while (!done.load()) {
+    std::thread([&] {
+      try {
+        const test::allocation_cap cap(index.size() * 6);
+        (void)index.search(data.view().slice(searches % n, 1), 10, with_ef(400));
+      } catch (const std::bad_alloc&) {
+        ++failed;
+      }
+    }).join();
+    ++searches;
+  }
+  adder.join();
+  CAPTURE(searches, failed);
+  CHECK(failed > 0);
+  CHECK(index.size() == n);
+  CHECK(index.search(data.view().slice(0, 1), 1, with_ef(64)).id(0, 0) == 0);
+}
+
 TEST_CASE("hnsw: an id being upserted is contained throughout", "[hnsw][concurrency]") {
   // upsert takes the id out of its map and puts it back; contains() must not see the gap.
   constexpr std::size_t d = 8;

@@ -187,6 +187,9 @@ struct scratch {
   /// Marks `s` visited; 1 if it was not yet (a new node), else 0. Inlined into the neighbour loop (a
   /// call there cost an eighth of an in-cache search) and branch-free apart from growing the tags for a
   /// node added since `reset`: whether a neighbour was visited is a coin toss the predictor cannot learn.
+  /// Growing may throw `std::bad_alloc`, so no function on the way to it is noexcept: a search then
+  /// throws having changed nothing, an insert marks the index unusable (its callers were noexcept, and
+  /// out of memory beside concurrent adds called std::terminate; a review).
   [[gnu::always_inline]] std::size_t mark(slot_t s) {
     if (s >= tags.size()) [[unlikely]]
       grow(s);
@@ -533,7 +536,7 @@ struct hnsw_index::impl {
   /// Copies the link list of `s` on `level` into `buf` (no lock: see `load_link`); returns the count.
   /// With `unvisited`, keeps only the links that scratch has not visited yet, marking them, without a
   /// branch per link (see `scratch::mark`).
-  std::size_t copy_links(slot_t s, std::size_t level, slot_t* buf, scratch* unvisited = nullptr) const noexcept {
+  std::size_t copy_links(slot_t s, std::size_t level, slot_t* buf, scratch* unvisited = nullptr) const {
     const slot_t* list = links(s, level);
     const std::size_t count = std::min<std::size_t>(load_link(list[0], std::memory_order_acquire), capacity(level));
     if (unvisited == nullptr) {
@@ -792,7 +795,7 @@ struct hnsw_index::impl {
   /// Collects the neighbours of `from` on `level` that are usable there (and, with `visited`, not yet
   /// visited, marking them) into the pending buffers, the first line of each vector prefetched; then
   /// scores them. Returns how many.
-  std::size_t expand(const query_ctx& ctx, slot_t from, std::size_t level, scratch& s, bool visited) const noexcept {
+  std::size_t expand(const query_ctx& ctx, slot_t from, std::size_t level, scratch& s, bool visited) const {
     // First the unvisited neighbours, then the usability checks on those only.
     const std::size_t n = copy_links(from, level, s.links.data(), visited ? &s : nullptr);
     std::size_t m = 0;
@@ -822,7 +825,7 @@ struct hnsw_index::impl {
   // ------------------------------------------------------------------------------------------- search
   /// Greedy descent from `cur` through layers top..stop+1, one best node per layer.
   [[nodiscard]] cand descend(const query_ctx& q, cand cur, std::size_t top, std::size_t stop,
-                             scratch& s) const noexcept {
+                             scratch& s) const {
     for (std::size_t level = top; level > stop; --level) {
       for (bool changed = true; changed;) {
         changed = false;
@@ -1766,7 +1769,7 @@ struct hnsw_index::impl {
   /// Where a search of `q` enters the bottom layer: the greedy descent from the entry point `ep` (not
   /// empty). `region` receives the node the descent settled on in layer 2 (the entry point itself in a
   /// graph of fewer layers): queries that pass the same one search the same part of the graph.
-  [[nodiscard]] cand enter(const query_ctx& q, std::uint64_t ep, scratch& s, slot_t* region = nullptr) const noexcept {
+  [[nodiscard]] cand enter(const query_ctx& q, std::uint64_t ep, scratch& s, slot_t* region = nullptr) const {
     const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
     const auto top = static_cast<std::size_t>(ep >> 32);
     cand cur{score(q, ep_slot), ep_slot};
