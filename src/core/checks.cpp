@@ -198,11 +198,21 @@ void check_normalizable(matrix_view<const float> v, const char* what) {
 
 matrix<float> normalized_copy(matrix_view<const float> v, const char* what) {
   // In double, every finite non-zero float row normalises to unit length, each component rounded once;
-  // the pass is cheap next to a search.
+  // the pass is cheap next to a search. A row already of unit length up to that rounding (its squared
+  // norm within 2⁻²² of 1; the rounding moves it by at most 2⁻²³ + 2⁻⁴⁸) is copied as it is, so that
+  // normalising twice changes nothing: a rebalancing collection re-adds the unit rows its shards return,
+  // and normalising them again moved components by one unit in the last place, away from what one index
+  // over the same vectors holds (a review).
+  constexpr double unit_slack = 0x1p-22;
   matrix<float> out(v.rows, v.dim);
   for (std::size_t i = 0; i < v.rows; ++i) {
     const float* row = v.row(i);
-    const double scale = 1.0 / std::sqrt(normalizable_squared_norm(v, i, what));
+    const double squared_norm = normalizable_squared_norm(v, i, what);
+    if (std::abs(squared_norm - 1.0) <= unit_slack) {
+      std::copy_n(row, v.dim, out.row(i));
+      continue;
+    }
+    const double scale = 1.0 / std::sqrt(squared_norm);
     for (std::size_t j = 0; j < v.dim; ++j) out.row(i)[j] = static_cast<float>(row[j] * scale);
   }
   return out;

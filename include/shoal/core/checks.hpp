@@ -72,8 +72,10 @@ void check_codes(const void* codes, std::size_t rows, const char* what);
 /// `fresh` is false (the loader found it stored already).
 void check_stored_id(vector_id id, bool fresh, const std::string& file);
 
-/// Copies `v` into a dense matrix with every row scaled to unit L2 norm, for the cosine metric.
-/// Throws `shoal::error` if a row is zero (it has no direction).
+/// Copies `v` into a dense matrix with every row scaled to unit L2 norm, for the cosine metric; a row
+/// already of unit norm up to float rounding (squared norm within 2⁻²² of 1) is copied unchanged, so
+/// that normalising a normalised row changes nothing. Throws `shoal::error` if a row is zero (it has
+/// no direction).
 [[nodiscard]] matrix<float> normalized_copy(matrix_view<const float> v, const char* what);
 /// What `normalized_copy` checks, without the copy: for a caller that passes `v` on to indexes that
 /// normalise it themselves, and that must name the problem as its own call.
