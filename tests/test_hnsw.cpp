@@ -1692,6 +1692,25 @@ TEST_CASE("hnsw: searches go on while a remove waits for a running add", "[hnsw]
   CHECK(index.size() == n);
 }
 
+TEST_CASE("hnsw: check_add refuses what add refuses: a first add with codes learns their ranges", "[hnsw]") {
+  // An untrained HNSW16,SQ8 takes a first add of min_code_learning_rows rows (it learns the ranges from
+  // them); any_index::check_add refused it as untrained (a review).
+  const matrix<float> rows = make_uniform(hnsw_index::min_code_learning_rows, 8, 59);
+  for (const char* spec : {"HNSW16,SQ8", "HNSW16,SQ4", "HNSW16,SQ8,RFlat"}) {
+    CAPTURE(spec);
+    any_index index = make_index(spec, 8);
+    CHECK_NOTHROW(index.check_add(rows.view()));
+    REQUIRE_THROWS_MATCHES(index.check_add(rows.view().slice(0, 3)), shoal::error,
+                           fails_with(errc::invalid_argument, "need their ranges first"));
+    REQUIRE_THROWS_MATCHES(index.add(rows.view().slice(0, 3), std::vector<vector_id>{0, 1, 2}), shoal::error,
+                           fails_with(errc::invalid_argument, "need their ranges first"));
+    std::vector<vector_id> ids(rows.rows);
+    std::iota(ids.begin(), ids.end(), vector_id{0});
+    index.add(rows.view(), ids);
+    CHECK_NOTHROW(index.check_add(rows.view().slice(0, 3)));
+  }
+}
+
 TEST_CASE("hnsw: a search that runs out of memory beside adds throws, and the index goes on", "[hnsw][concurrency]") {
   // A search meeting nodes added since it began grows its visited table, which can run out of memory;
   // the functions on the way were noexcept, so that called std::terminate (a review). The search now

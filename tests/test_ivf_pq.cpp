@@ -10,6 +10,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "shoal/core/checks.hpp"
 #include "shoal/core/coarse_probe.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
@@ -561,6 +562,64 @@ TEST_CASE("ivf-pq rejects bad parameters and input", "[pq][ivf]") {
         .search(f.queries.view(), 5, with(4));
   };
   CHECK(built(std::size_t{1} << 56).ids() == built(0).ids());
+}
+
+TEST_CASE("ivf-pq check_add refuses exactly what add refuses, rows at the norm bound included", "[pq][ivf]") {
+  // Rows just inside the norm bound, near the training data: OPQ's rotation can take one past it, which
+  // the SQ8 copy's encoder refused only after check_add had passed the row (a review: 52 of 211), and a
+  // collection then logged a write it could not apply.
+  constexpr std::size_t d = 16;
+  const double bound = std::sqrt(detail::max_squared_norm);
+  splitmix64 rng(53);
+  std::vector<double> centre(d);
+  double length = 0.0;
+  for (double& v : centre) {
+    v = rng.normal();
+    length += v * v;
+  }
+  for (double& v : centre) v *= bound * 0.99 / std::sqrt(length);
+  const auto near_centre = [&](std::size_t rows, double scale_to) {
+    matrix<float> out(rows, d);
+    for (std::size_t i = 0; i < rows; ++i) {
+      std::vector<double> x(d);
+      double squared = 0.0;
+      for (std::size_t j = 0; j < d; ++j) {
+        x[j] = centre[j] + rng.normal() * bound * 1e-3;
+        squared += x[j] * x[j];
+      }
+      for (std::size_t j = 0; j < d; ++j)
+        out.row(i)[j] = static_cast<float>(scale_to > 0 ? x[j] / std::sqrt(squared) * scale_to : x[j]);
+    }
+    return out;
+  };
+  const matrix<float> sample = near_centre(512, 0.0);
+  for (const bool opq : {false, true})
+    for (const bool sq8 : {false, true}) {
+      CAPTURE(opq, sq8);
+      ivf_pq_index index(d, metric::l2, {.nlist = 4, .m = 4, .nbits = 8, .refine_sq8 = sq8, .opq = opq});
+      index.train(sample.view());
+      const matrix<float> rows = near_centre(300, bound * (1 - 1e-9));
+      std::size_t refused = 0;
+      for (std::size_t i = 0; i < rows.rows; ++i) {
+        CAPTURE(i);
+        const matrix_view<const float> row = rows.view().slice(i, 1);
+        bool check_refused = false, add_refused = false;
+        try {
+          index.check_add(row);
+        } catch (const shoal::error&) {
+          check_refused = true;
+        }
+        const vector_id id = i;
+        try {
+          index.add(row, std::span<const vector_id>(&id, 1));
+        } catch (const shoal::error&) {
+          add_refused = true;
+        }
+        CHECK(check_refused == add_refused);
+        refused += add_refused ? 1 : 0;
+      }
+      if (opq) CHECK(refused > 0);  // the rotation takes some of them past the bound
+    }
 }
 
 TEST_CASE("ivf-pq under cosine ranks by half the L2 distance to the reconstruction, as an L2 index of unit rows",

@@ -19,6 +19,7 @@
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
 #include "shoal/index/factory.hpp"
+#include "shoal/index/refine.hpp"
 
 namespace shoal {
 
@@ -103,7 +104,9 @@ shard_traits validate(const collection_options& o) {
                 "shards (",
                 o.shards, "), got groups = ", o.groups);
   const any_index index = make_index(o.index, o.dim, o.metric);  // the spec must build
-  return {index.min_training_rows(), index.kind() != index_kind::ivf_pq};
+  const refine_index* refined = index.get_if<refine_index>();
+  const index_kind stage = refined != nullptr ? refined->coarse().kind() : index.kind();
+  return {index.min_training_rows(), index.kind() != index_kind::ivf_pq, stage == index_kind::ivf_pq};
 }
 
 namespace {
@@ -315,7 +318,9 @@ write_plan collection_state::plan(layout& lay, wal_op op, matrix_view<const floa
     }
     // What a shard would refuse of its rows (an IVF-PQ residual past the norm bound) is refused here,
     // before the write is logged: refused after, it stayed in the log, and every later open failed on it
-    // (a review). The replicas of a shard share one model: the first one up answers for all.
+    // (a review). Other kinds refuse nothing the checks of `write` pass. The replicas of a shard share
+    // one model: the first one up answers for all.
+    if (!shard_kind.refuses_rows) continue;
     for (const auto& rep : lay.shards[s]->replicas) {
       const std::shared_ptr<any_index> index = rep->up.load() ? rep->index.load() : nullptr;
       if (!index) continue;

@@ -126,6 +126,9 @@ using atomic_ns = std::atomic<std::int64_t>;
 struct shard_traits {
   std::size_t min_training_rows = 0;  // any_index::min_training_rows
   bool returns_vectors = true;        // any_index::vector works (all but IVF-PQ): a re-clustering moves them
+  /// `add` may refuse rows that pass the collection's own checks (IVF-PQ, refined or not: a residual or
+  /// a rotated row past the norm bound), so a write asks the shards' `check_add` before it is logged.
+  bool refuses_rows = false;
 };
 
 /// One write worked out against a layout before it changes anything (`collection_state::plan`).

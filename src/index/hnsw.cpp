@@ -824,8 +824,7 @@ struct hnsw_index::impl {
 
   // ------------------------------------------------------------------------------------------- search
   /// Greedy descent from `cur` through layers top..stop+1, one best node per layer.
-  [[nodiscard]] cand descend(const query_ctx& q, cand cur, std::size_t top, std::size_t stop,
-                             scratch& s) const {
+  [[nodiscard]] cand descend(const query_ctx& q, cand cur, std::size_t top, std::size_t stop, scratch& s) const {
     for (std::size_t level = top; level > stop; --level) {
       for (bool changed = true; changed;) {
         changed = false;
@@ -1938,6 +1937,14 @@ std::size_t hnsw_index::memory_bytes() const {
   const std::lock_guard lock(x.ids_mutex);
   return bytes + x.slot_of.bucket_count() * sizeof(void*) +
          x.slot_of.size() * (sizeof(void*) + sizeof(vector_id) + sizeof(slot_t));
+}
+
+void hnsw_index::check_add(matrix_view<const float> vectors) const {
+  const impl& x = *impl_;
+  x.check_mutable("hnsw_index::add");
+  detail::check_vectors(vectors, x.dim, "hnsw_index::add: vector");
+  if (x.metric == shoal::metric::cosine) detail::check_normalizable(vectors, "hnsw_index::add: vector");
+  if (vectors.rows > 0) x.check_codes_learnable(vectors.rows, "hnsw_index::add");
 }
 
 void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {
