@@ -308,9 +308,14 @@ TEST_CASE("shoal-collection-bench: bad runs exit 1 naming the problem; a row per
         "--shard-probe 3 is more than the 2 groups a query can visit");
   // A spec with commas stays one field; hybrid sharding over a prime shard count runs.
   const outcome ivf = run(d + "/query.fvecs --index IVF4,PQ4 --nprobe 2 --seconds 0.2");
-  check(ivf, 0, "\n\"IVF4,PQ4\",4,hash,0,64,2,0.10,");
+  check(ivf, 0, "\n\"IVF4,PQ4\",4,hash,0,64,2,0.1,");
   CHECK(ivf.output.find(",2\n") != std::string::npos);  // the nprobe column, last
   check(run(d + "/query.fvecs --shards 5 --sharding hybrid --seconds 0.2"), 0, "\n\"HNSW16\",5,hybrid,");
+  // The fraction as given (printed with two decimals, 0.001 read 0.00 beside the upserts it ran), and
+  // --help is the usage, not an option missing its value (both from a review).
+  check(run(d + "/query.fvecs --index Flat --upsert-fraction 0.001 --seconds 0.2"), 0, ",2,0.001,");
+  check(test::run_command(std::string(SHOAL_COLLECTION_BENCH) + " --help"), 0,
+        "usage: shoal-collection-bench BASE QUERY");
 }
 
 }  // namespace shoal

@@ -6,11 +6,13 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <catch2/catch.hpp>
 
@@ -43,6 +45,32 @@ TEST_CASE("cross_modal_search refuses image or caption files without vectors", "
   test::check_outcome(
       test::run_command(program + " --images " + (dir / "none.npy") + " --texts " + (dir / "texts.npy")), 1,
       "none.npy: no vectors");
+  // A pairs file of more than one id per row (a ground-truth file) was read by its first column.
+  io::write_npy(dir / "wide.npy", matrix<std::int32_t>(20, 3).view());
+  test::check_outcome(test::run_command(std::string(SHOAL_CROSS_MODAL_SEARCH) + " --pairs " + (dir / "wide.npy") +
+                                        " --images " + (dir / "images.npy") + " --texts " + (dir / "texts.npy")),
+                      1, "wide.npy: 3 ids per row; a pairs file holds one");
+}
+
+TEST_CASE("cross_modal_search counts image2text recall over the images a caption describes", "[examples]") {
+  // 20 images, 40 captions that copy images 0-9: a perfect search scored R@1 0.5 (the ten images without
+  // a caption counted as misses; a review).
+  const test::scratch_dir dir("shoal-examples");
+  const matrix<float> images = make_clustered(20, 8, 20, 3);
+  matrix<float> texts(40, 8);
+  matrix<std::int32_t> pairs(40, 1);
+  for (std::size_t c = 0; c < 40; ++c) {
+    std::copy_n(images.row(c % 10), 8, texts.row(c));
+    pairs.row(c)[0] = static_cast<std::int32_t>(c % 10);
+  }
+  io::write_npy(dir / "images.npy", images.view());
+  io::write_npy(dir / "texts.npy", texts.view());
+  io::write_npy(dir / "pairs.npy", pairs.view());
+  const test::outcome run =
+      test::run_command(std::string(SHOAL_CROSS_MODAL_SEARCH) + " --images " + (dir / "images.npy") + " --texts " +
+                        (dir / "texts.npy") + " --pairs " + (dir / "pairs.npy") + " --index Flat --k 10");
+  test::check_outcome(run, 0, "image2text recall over the 10 of 20 images that a caption describes");
+  CHECK(run.output.find("image2text indexed R@1=1.0000") != std::string::npos);
 }
 
 TEST_CASE("cross_modal_search runs over every kind of shard its --index names", "[examples]") {
@@ -105,11 +133,34 @@ TEST_CASE("shoal-metrics-server serves /metrics and answers other requests with 
     // Over the 16 KiB limit by less than one read: the blank line arrives in the piece that crosses it.
     const std::string padded = "GET /metrics HTTP/1.1\r\nX-Pad: " + std::string(17000, 'a') + "\r\n\r\n";
     CHECK(http_exchange(port, padded).starts_with("HTTP/1.1 431 "));
-    // Lines ending in a bare LF (went unanswered).
+    // Lines ending in a bare LF (went unanswered), also before a blank line ending in CRLF (a review).
     CHECK(http_exchange(port, "GET /metrics HTTP/1.0\n\n").starts_with("HTTP/1.1 200 OK\r\n"));
-    // A client trickling its head in a byte at a time holds the single-threaded server up for its 2 s
-    // in all, not for as long as it keeps sending (each read had its own 2 s: a scrape behind it waited
-    // until it stopped).
+    CHECK(http_exchange(port, "GET /metrics HTTP/1.1\nHost: a\n\r\n").starts_with("HTTP/1.1 200 OK\r\n"));
+    // An empty line before the request line is ignored and an absolute-form target accepted (RFC 9112,
+    // 2.2 and 3.2.2); an empty method is a bad request (they gave 400, 404 and 405; a review).
+    CHECK(http_exchange(port, "\r\nGET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(http_exchange(port, "GET http://localhost/metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK\r\n"));
+    CHECK(http_exchange(port, " /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400 "));
+    // Idle connections do not hold a scrape up: each client waits for itself (served one at a time,
+    // five idle ones held it up 10 s, Prometheus's default scrape timeout; a review).
+    {
+      std::vector<int> idle;
+      for (int i = 0; i < 5; ++i) {
+        const int peer = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in address{};
+        address.sin_family = AF_INET;
+        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        address.sin_port = htons(static_cast<std::uint16_t>(port));
+        if (peer >= 0 && ::connect(peer, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0)
+          idle.push_back(peer);
+      }
+      const auto started = std::chrono::steady_clock::now();
+      CHECK(http_exchange(port, "GET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK\r\n"));
+      CHECK(std::chrono::steady_clock::now() - started < std::chrono::milliseconds(1500));
+      for (const int peer : idle) ::close(peer);
+    }
+    // A client trickling its head in a byte at a time does not hold a scrape behind it up (each read had
+    // its own 2 s: the scrape waited until it stopped; then the client's 2 s in all; now nothing).
     std::atomic<bool> trickling{true};
     std::thread trickler([&] {
       const int peer = ::socket(AF_INET, SOCK_STREAM, 0);

@@ -15,6 +15,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <mutex>
 #include <numeric>
@@ -46,6 +47,13 @@ options parse(int argc, char** argv) {
   std::vector<std::string> files;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
+    if (arg == "-h" || arg == "--help") {  // was taken for an option missing its value (a review)
+      std::puts(
+          "usage: shoal-collection-bench BASE QUERY [--index HNSW16] [--shards 4] [--sharding hash] "
+          "[--shard-probe 0] [--ef 64] [--nprobe 0] [--threads 2] [--upsert-fraction 0.1] [--seconds 10] [--k 10] "
+          "[--max-base N]");
+      std::exit(0);
+    }
     if (arg.rfind("--", 0) != 0) {
       files.push_back(arg);
       continue;
@@ -180,7 +188,7 @@ int main(int argc, char** argv) try {
       "index,shards,sharding,shard_probe,ef,threads,upsert_fraction,build_s,ops_per_s,searches,search_p50_ms,"
       "search_p99_ms,upserts,upsert_p50_ms,upsert_p99_ms,nprobe\n");
   // The spec is quoted: it holds commas ("IVF16,PQ4"), and never a quote.
-  std::printf("\"%s\",%zu,%s,%zu,%zu,%zu,%.2f,%.3f,%.0f,%zu,%.3f,%.3f,%zu,%.3f,%.3f,%zu\n", o.index.c_str(), o.shards,
+  std::printf("\"%s\",%zu,%s,%zu,%zu,%zu,%g,%.3f,%.0f,%zu,%.3f,%.3f,%zu,%.3f,%.3f,%zu\n", o.index.c_str(), o.shards,
               o.sharding.c_str(), o.shard_probe, o.ef, o.threads, o.upsert_fraction, build_s,
               static_cast<double>(searches.size() + upserts.size()) / measured_s, searches.size(),
               percentile(searches, 0.5), percentile(searches, 0.99), upserts.size(), percentile(upserts, 0.5),
