@@ -1704,8 +1704,16 @@ TEST_CASE("hnsw: check_add refuses what add refuses: a first add with codes lear
                            fails_with(errc::invalid_argument, "need their ranges first"));
     REQUIRE_THROWS_MATCHES(index.add(rows.view().slice(0, 3), std::vector<vector_id>{0, 1, 2}), shoal::error,
                            fails_with(errc::invalid_argument, "need their ranges first"));
+    // Enough rows, but copies of one: the ranges cannot be learned, which add says and check_add now
+    // too (it passed them; a review).
+    matrix<float> copies(rows.rows, 8);
+    for (std::size_t i = 0; i < copies.rows; ++i) std::copy_n(rows.row(0), 8, copies.row(i));
     std::vector<vector_id> ids(rows.rows);
     std::iota(ids.begin(), ids.end(), vector_id{0});
+    REQUIRE_THROWS_MATCHES(index.check_add(copies.view()), shoal::error,
+                           fails_with(errc::invalid_argument, "copies of one vector"));
+    REQUIRE_THROWS_MATCHES(index.add(copies.view(), ids), shoal::error,
+                           fails_with(errc::invalid_argument, "copies of one vector"));
     index.add(rows.view(), ids);
     CHECK_NOTHROW(index.check_add(rows.view().slice(0, 3)));
   }

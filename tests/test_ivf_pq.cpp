@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <vector>
@@ -620,6 +621,46 @@ TEST_CASE("ivf-pq check_add refuses exactly what add refuses, rows at the norm b
       }
       if (opq) CHECK(refused > 0);  // the rotation takes some of them past the bound
     }
+}
+
+TEST_CASE("ivf-pq check_add bounds a loaded rotation by its own matrix, orthogonal or not", "[pq][ivf][opq]") {
+  // A file's OPQ rotation scaled by 1.01 (checksums rewritten: it loads) lengthens every row by 1%;
+  // check_add assumed an orthogonal rotation and passed rows at 0.995 of the bound that add refused
+  // (200 of 200; a review).
+  constexpr std::size_t d = 16;
+  const matrix<float> sample = make_clustered(1000, d, 8, 61);
+  ivf_pq_index trained(d, metric::l2, {.nlist = 4, .m = 4, .nbits = 8, .opq = true});
+  trained.train(sample.view());
+  const test::scratch_dir dir;
+  const std::string path = dir / "opq.shoal";
+  trained.save(path);
+  std::vector<test::file_section> sections = test::sections_of(test::slurp(path));
+  for (test::file_section& x : sections)
+    if (x.tag == "OPQR")
+      for (std::size_t at = 0; at + sizeof(float) <= x.content.size(); at += sizeof(float)) {
+        float v = 0.0f;
+        std::memcpy(&v, x.content.data() + at, sizeof v);
+        v *= 1.01f;
+        std::memcpy(x.content.data() + at, &v, sizeof v);
+      }
+  test::spit(path, test::with_sections(test::slurp(path), sections));
+  ivf_pq_index index = ivf_pq_index::load(path);
+  CHECK(index.quantizer().is_trained());
+  matrix<float> rows = make_uniform(50, d, 62);
+  for (std::size_t i = 0; i < rows.rows; ++i) {
+    double squared = 0.0;
+    for (std::size_t j = 0; j < d; ++j) squared += static_cast<double>(rows.row(i)[j]) * rows.row(i)[j];
+    const double scale = std::sqrt(detail::max_squared_norm) * 0.995 / std::sqrt(squared);
+    for (std::size_t j = 0; j < d; ++j) rows.row(i)[j] = static_cast<float>(rows.row(i)[j] * scale);
+  }
+  for (std::size_t i = 0; i < rows.rows; ++i) {
+    CAPTURE(i);
+    const vector_id id = i;
+    REQUIRE_THROWS_MATCHES(index.add(rows.view().slice(i, 1), std::span<const vector_id>(&id, 1)), shoal::error,
+                           fails_with(errc::non_finite, "rotated (OPQ) vector"));
+    REQUIRE_THROWS_MATCHES(index.check_add(rows.view().slice(i, 1)), shoal::error,
+                           fails_with(errc::non_finite, "rotated (OPQ) vector"));
+  }
 }
 
 TEST_CASE("ivf-pq under cosine ranks by half the L2 distance to the reconstruction, as an L2 index of unit rows",

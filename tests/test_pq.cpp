@@ -793,6 +793,24 @@ TEST_CASE("sq8 and fp16 kernels decode every component exactly as decode does, a
   }
 }
 
+TEST_CASE("sq8 ranges learnt from rows inside the norm bound load back", "[pq][sq]") {
+  // One dimension from -3.07e18 to the largest float inside the bound: the rounded step put min + 255 ·
+  // step past it, and sq8_with_ranges (a load) refused the ranges train had made (an IVF-PQ with
+  // Refine(SQ8) could not load its own file; a review).
+  float top = static_cast<float>(std::sqrt(detail::max_squared_norm));
+  while (static_cast<double>(top) * top > detail::max_squared_norm) top = std::nextafter(top, 0.0f);
+  const float low = -3.07020205e18f;
+  matrix<float> rows(256, 1);
+  for (std::size_t i = 0; i < rows.rows; ++i)
+    rows.row(i)[0] = i == 0 ? low : i == 1 ? top : low + (top - low) * static_cast<float>(i) / 256.0f;
+  for (const unsigned top_code : {255u, 15u}) {
+    CAPTURE(top_code);
+    scalar_quantizer q(1, sq_type::sq8);
+    q.train(rows.view(), top_code);
+    CHECK_NOTHROW(scalar_quantizer::sq8_with_ranges(q.mins(), q.steps(), top_code));
+  }
+}
+
 TEST_CASE("scalar quantizers reject bad input", "[pq][sq]") {
   REQUIRE_THROWS_MATCHES(scalar_quantizer(0, sq_type::sq8), shoal::error,
                          fails_with(errc::invalid_argument, "dimension"));

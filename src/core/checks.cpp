@@ -199,11 +199,13 @@ void check_normalizable(matrix_view<const float> v, const char* what) {
 matrix<float> normalized_copy(matrix_view<const float> v, const char* what) {
   // In double, every finite non-zero float row normalises to unit length, each component rounded once;
   // the pass is cheap next to a search. A row already of unit length up to that rounding (its squared
-  // norm within 2⁻²² of 1; the rounding moves it by at most 2⁻²³ + 2⁻⁴⁸) is copied as it is, so that
-  // normalising twice changes nothing: a rebalancing collection re-adds the unit rows its shards return,
-  // and normalising them again moved components by one unit in the last place, away from what one index
-  // over the same vectors holds (a review).
-  constexpr double unit_slack = 0x1p-22;
+  // norm within 2⁻²³ + 2⁻²⁸ of 1: the rounding moves it by at most 2⁻²³ + 2⁻⁴⁸, the double sum by far
+  // less than 2⁻²⁸ at any dimension) is copied as it is, so that normalising twice changes nothing: a
+  // rebalancing collection re-adds the unit rows its shards return, and normalising them again moved
+  // components by one unit in the last place, away from what one index over the same vectors holds (a
+  // review). No wider: a row kept as given is as far from unit length as the window (2⁻²² doubled the
+  // distance error of rows normalised in float by the caller; a review).
+  constexpr double unit_slack = 0x1p-23 + 0x1p-28;
   matrix<float> out(v.rows, v.dim);
   for (std::size_t i = 0; i < v.rows; ++i) {
     const float* row = v.row(i);

@@ -607,6 +607,11 @@ struct hnsw_index::impl {
       codes_ready.store(true, std::memory_order_release);
       return;
     }
+    sq = learned_ranges(sample);
+    codes_ready.store(true, std::memory_order_release);
+  }
+  /// The SQ8 / SQ4 ranges `train_codes` learns from `sample`, or its refusal (`check_add` asks too).
+  [[nodiscard]] scalar_quantizer learned_ranges(matrix_view<const float> sample) const {
     scalar_quantizer q(dim, sq_type::sq8);
     q.train(sample, code_top(build.codes));
     // Ranges of width zero in every dimension code every later vector as the sample's one vector: the
@@ -617,9 +622,7 @@ struct hnsw_index::impl {
                 "that spans the data");
     // Checked as a load checks them (each range's ends, up to the last code used: 15 of SQ4's 17-fold
     // steps, where checking 255 of them refused vectors 11 times under the norm bound).
-    q = scalar_quantizer::sq8_with_ranges(q.mins(), q.steps(), code_top(build.codes));
-    sq = std::move(q);
-    codes_ready.store(true, std::memory_order_release);
+    return scalar_quantizer::sq8_with_ranges(q.mins(), q.steps(), code_top(build.codes));
   }
   /// Throws unless a write of `rows` vectors can be encoded: SQ8 / SQ4 ranges exist, or `rows` are
   /// enough to learn them from (`ensure_codes`). Checked before anything changes.
@@ -1944,7 +1947,15 @@ void hnsw_index::check_add(matrix_view<const float> vectors) const {
   x.check_mutable("hnsw_index::add");
   detail::check_vectors(vectors, x.dim, "hnsw_index::add: vector");
   if (x.metric == shoal::metric::cosine) detail::check_normalizable(vectors, "hnsw_index::add: vector");
-  if (vectors.rows > 0) x.check_codes_learnable(vectors.rows, "hnsw_index::add");
+  if (vectors.rows == 0) return;
+  x.check_codes_learnable(vectors.rows, "hnsw_index::add");
+  // A first add learns the SQ8 / SQ4 ranges from its rows, which can still refuse them (copies of one
+  // row, a range end past the bound): asked the same way (a review found check_add passing such rows).
+  if (impl::scalar_codes(x.build.codes) && !x.codes_ready.load(std::memory_order_acquire)) {
+    std::optional<matrix<float>> normalized;
+    if (x.metric == shoal::metric::cosine) normalized = detail::normalized_copy(vectors, "hnsw_index::add: vector");
+    (void)x.learned_ranges(normalized ? normalized->view() : vectors);
+  }
 }
 
 void hnsw_index::add(matrix_view<const float> vectors, std::span<const vector_id> ids) {

@@ -316,14 +316,13 @@ void ivf_pq_index::check_add(matrix_view<const float> vectors) const {
   SHOAL_CHECK(is_trained(), index_name, "::add: the index is not trained");
   detail::check_vectors(vectors, dim_, "ivf_pq_index::add: vector");
   if (metric_ == metric::cosine) detail::check_normalizable(vectors, "ivf_pq_index::add: vector");
-  // Rows as `add` sees them have the norms of the given ones (1 under cosine; OPQ's rotation keeps them
-  // up to its rounding, at most about dim^1.5 · 2⁻²⁴ relative), and ‖x − c‖ ≤ ‖x‖ + ‖c‖: rows that stay
-  // clear of the bound by that much (and a relative 1e-3 for the residual's rounding) are neither
-  // rotated nor assigned here. Preparing every batch as `add` does cost a collection's writes to an
-  // OPQ shard 17-26% of the add (a review).
-  const double d = static_cast<double>(dim_);
-  const double margin = 1e-3 + (opq_ ? d * std::sqrt(d) * 0x1p-23 : 0.0);
-  const double reach = std::sqrt(detail::max_squared_norm) * (1.0 - margin) - coarse_->max_centroid_norm();
+  // Rows as `add` sees them are at most `gain` times as long as the given ones (1 under cosine; OPQ's
+  // `norm_gain`, computed from the matrix: a loaded rotation need not be orthogonal, a review), and
+  // ‖x − c‖ ≤ ‖x‖ + ‖c‖: rows that stay clear of the bound by that much (and a relative 1e-3 for the
+  // residual's rounding) are neither rotated nor assigned here. Preparing every batch as `add` does cost
+  // a collection's writes to an OPQ shard 17-26% of the add (a review).
+  const double gain = opq_ ? opq_->norm_gain() : 1.0;
+  const double reach = std::sqrt(detail::max_squared_norm) * (1.0 - 1e-3) - coarse_->max_centroid_norm();
   bool near = false;
   for (std::size_t i = 0; i < vectors.rows && !near; ++i) {
     double squared = 1.0;
@@ -331,7 +330,7 @@ void ivf_pq_index::check_add(matrix_view<const float> vectors) const {
       squared = 0.0;
       for (std::size_t j = 0; j < dim_; ++j) squared += static_cast<double>(vectors.row(i)[j]) * vectors.row(i)[j];
     }
-    near = !(std::sqrt(squared) <= reach);
+    near = !(gain * std::sqrt(squared) <= reach);
   }
   if (!near) return;
   const prepared_rows p = prepare(vectors);

@@ -61,8 +61,25 @@ opq_rotation opq_rotation::with_rotation(std::size_t dim, std::size_t m, std::si
               " x ", dim);
   SHOAL_CHECK_CODE(std::all_of(rotation.begin(), rotation.end(), [](float v) { return std::isfinite(v); }),
                    errc::non_finite, "opq_rotation::with_rotation: the matrix holds a non-finite value");
-  r.rotation_ = std::move(rotation);
+  r.set_rotation(std::move(rotation));
   return r;
+}
+
+void opq_rotation::set_rotation(std::vector<float> rotation) {
+  std::vector<double> column(dim_, 0.0);
+  double row_max = 0.0;
+  for (std::size_t i = 0; i < dim_; ++i) {
+    double row = 0.0;
+    for (std::size_t j = 0; j < dim_; ++j) {
+      const double v = std::abs(static_cast<double>(rotation[i * dim_ + j]));
+      row += v;
+      column[j] += v;
+    }
+    row_max = std::max(row_max, row);
+  }
+  const double column_max = *std::max_element(column.begin(), column.end());
+  gain_ = std::sqrt(column_max * row_max) * (1.0 + static_cast<double>(dim_) * 0x1p-23);
+  rotation_ = std::move(rotation);
 }
 
 void opq_rotation::train(matrix_view<const float> vectors, const opq_train_params& params) {
@@ -133,7 +150,7 @@ void opq_rotation::train(matrix_view<const float> vectors, const opq_train_param
     const Eigen::BDCSVD<row_major_d> svd(cross, Eigen::ComputeFullU | Eigen::ComputeFullV);
     r = (svd.matrixU() * svd.matrixV().transpose()).cast<float>();
   }
-  rotation_.assign(r.data(), r.data() + r.size());
+  set_rotation(std::vector<float>(r.data(), r.data() + r.size()));
 }
 
 void opq_rotation::apply(matrix_view<const float> vectors, matrix_view<float> out) const {

@@ -231,7 +231,17 @@ void scalar_quantizer::train(matrix_view<const float> vectors, unsigned top_code
     });
   }
   std::vector<float> step(dim_);
-  for (std::size_t d = 0; d < dim_; ++d) step[d] = (hi[d] - lo[d]) / static_cast<float>(top_code);
+  for (std::size_t d = 0; d < dim_; ++d) {
+    step[d] = (hi[d] - lo[d]) / static_cast<float>(top_code);
+    // The rounded step can carry the range's end, min + top · step, past a top at the norm bound, which a
+    // load (`sq8_with_ranges`) refuses: an index trained on vectors inside the bound saved a file it could
+    // not load again (a review). The step comes down by ulps until the end is inside.
+    const auto end_squared = [&] {
+      const double end = static_cast<double>(lo[d]) + static_cast<double>(top_code) * step[d];
+      return end * end;
+    };
+    while (step[d] > 0.0f && !(end_squared() <= detail::max_squared_norm)) step[d] = std::nextafter(step[d], 0.0f);
+  }
   min_ = std::move(lo);
   step_ = std::move(step);
   top_ = top_code;

@@ -73,7 +73,7 @@ void check_codes(const void* codes, std::size_t rows, const char* what);
 void check_stored_id(vector_id id, bool fresh, const std::string& file);
 
 /// Copies `v` into a dense matrix with every row scaled to unit L2 norm, for the cosine metric; a row
-/// already of unit norm up to float rounding (squared norm within 2⁻²² of 1) is copied unchanged, so
+/// already of unit norm up to float rounding (squared norm within 2⁻²³ + 2⁻²⁸ of 1) is copied unchanged, so
 /// that normalising a normalised row changes nothing. Throws `shoal::error` if a row is zero (it has
 /// no direction).
 [[nodiscard]] matrix<float> normalized_copy(matrix_view<const float> v, const char* what);

@@ -213,11 +213,12 @@ class any_index {
   void train(matrix_view<const float> vectors) { self().train(vectors); }
   /// Adds `vectors.rows` vectors under `ids` (all or nothing).
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids) { self().add(vectors, ids); }
-  /// Throws the `shoal::error` that `add` would throw for these rows, ids aside, and adds nothing: an
-  /// untrained index, a dimension mismatch, NaN/Inf, a norm past the bound, a zero row under cosine, and
-  /// what only the index can tell — an IVF-PQ row whose residual (the row minus its list's centroid)
-  /// passes the norm bound (`ivf_pq_index::check_add`). The messages name the problem as `add` does,
-  /// not always in the same words. A collection checks each shard's rows with it before it logs a write.
+  /// Throws the `shoal::error` that `add` would throw for these rows, ids aside, and adds nothing: a
+  /// memory-mapped (read-only) or untrained index, a dimension mismatch, NaN/Inf, a norm past the bound, a zero row
+  /// under cosine, and what only the index can tell — an IVF-PQ row whose residual (the row minus its list's centroid)
+  /// or OPQ rotation passes the norm bound (`ivf_pq_index::check_add`), an HNSW first add whose rows cannot give
+  /// SQ8/SQ4 ranges (`hnsw_index::check_add`). The messages name the problem as `add` does, not always in the same
+  /// words. A collection checks each shard's rows with it before it logs a write.
   void check_add(matrix_view<const float> vectors) const { self().check_add(vectors); }
   /// Removes `id`; throws `errc::not_found` if it is not stored.
   void remove(vector_id id) { self().remove(id); }

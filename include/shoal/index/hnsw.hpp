@@ -134,9 +134,9 @@ class hnsw_index {
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
   /// Throws the `shoal::error` that `add` would throw for these rows, ids aside, and adds nothing
   /// (`any_index::check_add`): an unusable or memory-mapped index, a dimension mismatch, NaN/Inf, a
-  /// norm past the bound, a zero row under cosine, or SQ8/SQ4 codes without ranges and fewer rows than
-  /// a first add learns them from (an untrained index with codes takes a first batch of
-  /// `min_code_learning_rows`).
+  /// norm past the bound, a zero row under cosine, or SQ8/SQ4 codes without ranges and rows a first add
+  /// cannot learn them from (fewer than `min_code_learning_rows`, copies of one row, a range end past
+  /// the bound: the same learning is run and dropped).
   void check_add(matrix_view<const float> vectors) const;
 
   /// With SQ8 / SQ4 traversal: learns the per-dimension code ranges (min and max) from `sample`, which

@@ -153,16 +153,19 @@ class ivf_pq_index {
 
   /// Adds vectors under `ids`, each encoded in the list of its nearest centroid. All or nothing: throws
   /// `shoal::error` — and changes nothing — if untrained, on a dimension or count mismatch, NaN/Inf, a
-  /// zero vector under cosine, a residual past the norm bound (`errc::non_finite`, as in `train`), or an
+  /// zero vector under cosine, a residual past the norm bound (`errc::non_finite`, as in `train`), with
+  /// OPQ a rotated row past it (the rotation's rounding can take a row within a few ulps of the bound
+  /// past it; a loaded rotation need not be orthogonal), or an
   /// id already present (in the index or twice in `ids`). Out of memory (`std::bad_alloc`)
   /// part-way through changes nothing either.
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids);
 
   /// Throws the `shoal::error` that `add` would throw for these rows, ids aside, and adds nothing: the
-  /// index memory-mapped (read-only), untrained, a dimension mismatch, NaN/Inf, a norm past the bound, a zero row under
-  /// cosine, or a row whose residual passes the norm bound (what no check of the rows alone can tell). A collection
-  /// checks a write's rows with it before logging the write. Costs a coarse assignment only where a
-  /// row's norm plus the largest centroid's comes near the bound.
+  /// index memory-mapped (read-only), untrained, a dimension mismatch, NaN/Inf, a norm past the bound,
+  /// a zero row under cosine, or a row whose residual or OPQ rotation passes the norm bound (what no
+  /// check of the rows alone can tell). A collection checks a write's rows with it before logging the
+  /// write. Rotates and assigns only rows whose norm (times the rotation's `norm_gain`) plus the largest
+  /// centroid's comes near the bound.
   void check_add(matrix_view<const float> vectors) const;
 
   /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.

@@ -52,6 +52,10 @@ class opq_rotation {
   [[nodiscard]] bool is_trained() const noexcept { return !rotation_.empty(); }
   /// The rotation, row-major dim x dim (empty before training).
   [[nodiscard]] const std::vector<float>& matrix_values() const noexcept { return rotation_; }
+  /// An upper bound of ‖apply(x)‖ / ‖x‖, float rounding included: sqrt(max column L1 · max row L1) of R
+  /// (a bound of its spectral norm, √dim at most for an orthogonal R), times 1 + dim · 2⁻²³. Computed
+  /// from the matrix itself, so it holds for a loaded one too, orthogonal or not (0 before training).
+  [[nodiscard]] double norm_gain() const noexcept { return gain_; }
   /// Mean squared reconstruction error of the training sample after each outer iteration (the first:
   /// of the start kept).
   [[nodiscard]] const std::vector<double>& errors() const noexcept { return errors_; }
@@ -69,6 +73,9 @@ class opq_rotation {
   std::size_t m_;
   std::size_t nbits_;
   std::vector<float> rotation_;
+  double gain_ = 0.0;  // norm_gain()
+  /// Sets `rotation_` and its `gain_`.
+  void set_rotation(std::vector<float> rotation);
   std::vector<double> errors_;
 };
 
