@@ -47,16 +47,9 @@ std::vector<std::size_t> draw_without_replacement(std::size_t n, std::size_t m, 
 
 void copy_row(const float* from, std::size_t dim, float* to) noexcept { std::copy_n(from, dim, to); }
 
-/// ‖c‖², summed in double.
-double squared_norm(const float* c, std::size_t dim) noexcept {
-  double sum = 0.0;
-  for (std::size_t j = 0; j < dim; ++j) sum += static_cast<double>(c[j]) * c[j];
-  return sum;
-}
-
 /// Scales `c` to unit norm; a zero row stays zero (it has no direction to keep).
 void normalize(float* c, std::size_t dim) noexcept {
-  const double sum = squared_norm(c, dim);
+  const double sum = detail::squared_norm(c, dim);
   if (sum <= 0.0) return;
   // Divided in double: for a row of norm below ~3e-39 the reciprocal overflows float (to inf).
   const double norm = std::sqrt(sum);
@@ -867,7 +860,7 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
   if (params.spherical) {
     // Directions: ⟨x, c⟩ with unit centroids is of the order of the points' components.
     double squares = 0.0;
-    for (std::size_t i = 0; i < n; ++i) squares += squared_norm(x.row(i), dim);
+    for (std::size_t i = 0; i < n; ++i) squares += detail::squared_norm(x.row(i), dim);
     check_scale(squares, "measure");
   }
   std::vector<float> shift;
@@ -912,10 +905,10 @@ kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& param
       // A zero point has no direction: a centroid seeded from one stayed zero (which `spherical` promises
       // never to return) and kept the zero points' cluster. It takes the next non-zero point after a
       // random one instead.
-      if (squared_norm(centroids.row(c), dim) > 0.0) continue;
+      if (detail::squared_norm(centroids.row(c), dim) > 0.0) continue;
       const std::size_t start = rng.below(n);
       std::size_t step = 0;
-      while (step < n && !(squared_norm(x.row((start + step) % n), dim) > 0.0)) ++step;
+      while (step < n && !(detail::squared_norm(x.row((start + step) % n), dim) > 0.0)) ++step;
       SHOAL_CHECK(step < n, "kmeans: every training point is zero, which has no direction for spherical k-means");
       copy_row(x.row((start + step) % n), dim, centroids.row(c));
       normalize(centroids.row(c), dim);

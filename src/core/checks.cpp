@@ -25,6 +25,12 @@ void check_layout(const float* data, std::size_t rows, std::size_t dim, std::siz
 
 }  // namespace
 
+double squared_norm(const float* row, std::size_t dim) noexcept {
+  double sum = 0.0;
+  for (std::size_t j = 0; j < dim; ++j) sum += static_cast<double>(row[j]) * row[j];
+  return sum;
+}
+
 void check_vectors(matrix_view<const float> v, std::size_t dim, const char* what) {
   SHOAL_CHECK_CODE(v.dim == dim, errc::dimension_mismatch, what, " has dimension ", v.dim, ", expected ", dim);
   check_layout(v.data, v.rows, v.dim, v.stride, what);
@@ -66,10 +72,8 @@ constexpr double unit_norm_tolerance = 1e-4;
 /// The first row of `v` whose squared norm is not 1 (within the tolerance), and that norm; v.rows if none.
 std::pair<std::size_t, double> first_non_unit_row(matrix_view<const float> v) noexcept {
   for (std::size_t i = 0; i < v.rows; ++i) {
-    const float* row = v.row(i);
-    double squared_norm = 0;
-    for (std::size_t j = 0; j < v.dim; ++j) squared_norm += static_cast<double>(row[j]) * row[j];
-    if (!(std::abs(squared_norm - 1.0) <= unit_norm_tolerance)) return {i, squared_norm};
+    const double squared = squared_norm(v.row(i), v.dim);
+    if (!(std::abs(squared - 1.0) <= unit_norm_tolerance)) return {i, squared};
   }
   return {v.rows, 1.0};
 }
@@ -183,17 +187,20 @@ namespace {
 /// row of 3e-23 came out 0.8 long, 1e-23 as "zero") and overflows for huge ones. Throws when the row
 /// cannot be normalised.
 double normalizable_squared_norm(matrix_view<const float> v, std::size_t i, const char* what) {
-  const float* row = v.row(i);
-  double squared_norm = 0;
-  for (std::size_t j = 0; j < v.dim; ++j) squared_norm += static_cast<double>(row[j]) * row[j];
-  SHOAL_CHECK(squared_norm > 0 && std::isfinite(squared_norm), what, " row ", i,
+  const double squared = squared_norm(v.row(i), v.dim);
+  SHOAL_CHECK(squared > 0 && std::isfinite(squared), what, " row ", i,
               " has zero norm and cannot be normalised for the cosine metric");
-  return squared_norm;
+  return squared;
 }
 }  // namespace
 
 void check_normalizable(matrix_view<const float> v, const char* what) {
   for (std::size_t i = 0; i < v.rows; ++i) (void)normalizable_squared_norm(v, i, what);
+}
+
+void check_rows_to_add(matrix_view<const float> v, std::size_t dim, metric m, const char* what) {
+  check_vectors(v, dim, what);
+  if (m == metric::cosine) check_normalizable(v, what);
 }
 
 matrix<float> normalized_copy(matrix_view<const float> v, const char* what) {

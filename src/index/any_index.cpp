@@ -44,11 +44,9 @@ void detail::throw_not_built(const std::string& index, const char* what) {
 
 void detail::check_rows_for_add(matrix_view<const float> vectors, std::size_t dim, metric m, bool trained, bool mapped,
                                 const std::string& index) {
-  const std::string what = index + ": add: vector";
   SHOAL_CHECK_CODE(!mapped, errc::unsupported, index, ": add: the index was loaded with mmap and is read-only");
   SHOAL_CHECK(trained, index, ": add: the index is not trained");
-  check_vectors(vectors, dim, what.c_str());
-  if (m == metric::cosine) check_normalizable(vectors, what.c_str());
+  check_rows_to_add(vectors, dim, m, (index + ": add: vector").c_str());
 }
 
 detail::index_interface& any_index::self() const {

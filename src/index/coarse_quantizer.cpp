@@ -117,11 +117,8 @@ void coarse_quantizer::install(matrix<float> centroids) {
   // after them left an index trained with half its derived state (a review).
   const std::size_t nlist = centroids.rows, dim = centroids.dim;
   double max_centroid_norm = 0.0;
-  for (std::size_t l = 0; l < nlist; ++l) {
-    double squared = 0.0;
-    for (std::size_t j = 0; j < dim; ++j) squared += static_cast<double>(centroids.row(l)[j]) * centroids.row(l)[j];
-    max_centroid_norm = std::max(max_centroid_norm, std::sqrt(squared));
-  }
+  for (std::size_t l = 0; l < nlist; ++l)
+    max_centroid_norm = std::max(max_centroid_norm, std::sqrt(detail::squared_norm(centroids.row(l), dim)));
   detail::centred_rows frame;
   std::vector<float> norms, terms, code_sums, residuals;
   float max_norm_sq = 0.0f;

@@ -1945,8 +1945,7 @@ std::size_t hnsw_index::memory_bytes() const {
 void hnsw_index::check_add(matrix_view<const float> vectors) const {
   const impl& x = *impl_;
   x.check_mutable("hnsw_index::add");
-  detail::check_vectors(vectors, x.dim, "hnsw_index::add: vector");
-  if (x.metric == shoal::metric::cosine) detail::check_normalizable(vectors, "hnsw_index::add: vector");
+  detail::check_rows_to_add(vectors, x.dim, x.metric, "hnsw_index::add: vector");
   if (vectors.rows == 0) return;
   x.check_codes_learnable(vectors.rows, "hnsw_index::add");
   // A first add learns the SQ8 / SQ4 ranges from its rows, which can still refuse them (copies of one

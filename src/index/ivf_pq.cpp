@@ -314,8 +314,7 @@ matrix<float> ivf_pq_index::residuals(matrix_view<const float> rows, const std::
 void ivf_pq_index::check_add(matrix_view<const float> vectors) const {
   io::detail::check_writable(mapping_.get(), "ivf_pq_index::add");
   SHOAL_CHECK(is_trained(), index_name, "::add: the index is not trained");
-  detail::check_vectors(vectors, dim_, "ivf_pq_index::add: vector");
-  if (metric_ == metric::cosine) detail::check_normalizable(vectors, "ivf_pq_index::add: vector");
+  detail::check_rows_to_add(vectors, dim_, metric_, "ivf_pq_index::add: vector");
   // Rows as `add` sees them are at most `gain` times as long as the given ones (1 under cosine; OPQ's
   // `norm_gain`, computed from the matrix: a loaded rotation need not be orthogonal, a review), and
   // ‖x − c‖ ≤ ‖x‖ + ‖c‖: rows that stay clear of the bound by that much (and a relative 1e-3 for the
@@ -325,11 +324,7 @@ void ivf_pq_index::check_add(matrix_view<const float> vectors) const {
   const double reach = std::sqrt(detail::max_squared_norm) * (1.0 - 1e-3) - coarse_->max_centroid_norm();
   bool near = false;
   for (std::size_t i = 0; i < vectors.rows && !near; ++i) {
-    double squared = 1.0;
-    if (metric_ != metric::cosine) {
-      squared = 0.0;
-      for (std::size_t j = 0; j < dim_; ++j) squared += static_cast<double>(vectors.row(i)[j]) * vectors.row(i)[j];
-    }
+    const double squared = metric_ == metric::cosine ? 1.0 : detail::squared_norm(vectors.row(i), dim_);
     near = !(gain * std::sqrt(squared) <= reach);
   }
   if (!near) return;

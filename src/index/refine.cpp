@@ -65,10 +65,9 @@ void refine_index::add(matrix_view<const float> vectors, std::span<const vector_
 }
 
 void refine_index::check_add(matrix_view<const float> vectors) const {
+  // The exact stage refuses what the coarse one (same dimension and metric) checks of the rows too.
   SHOAL_CHECK_CODE(!exact_.is_mapped(), errc::unsupported,
                    "refine_index::add: the exact stage was loaded with mmap and is read-only");
-  detail::check_vectors(vectors, dim(), "refine_index::add: vector");
-  if (metric() == metric::cosine) detail::check_normalizable(vectors, "refine_index::add: vector");
   coarse_.check_add(vectors);
 }
 

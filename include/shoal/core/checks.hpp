@@ -15,6 +15,10 @@ namespace shoal::detail {
 /// The largest squared norm a vector may have: FLT_MAX / 8 (see `check_squared_norm`).
 inline constexpr double max_squared_norm = 3.4028234663852886e38 / 8;
 
+/// ‖row‖² of `dim` floats, summed in double (a float sum underflows for tiny components and overflows for
+/// huge ones).
+[[nodiscard]] double squared_norm(const float* row, std::size_t dim) noexcept;
+
 /// Throws `shoal::error` unless `v` has `dim` columns, a valid stride and data pointer (its rows within
 /// the address space: a stride of 2^62 would wrap row 1 back onto row 0), only finite
 /// values, and rows of norm at most sqrt(FLT_MAX / 8) ≈ 6.5e18, so that every float distance between
@@ -80,6 +84,9 @@ void check_stored_id(vector_id id, bool fresh, const std::string& file);
 /// What `normalized_copy` checks, without the copy: for a caller that passes `v` on to indexes that
 /// normalise it themselves, and that must name the problem as its own call.
 void check_normalizable(matrix_view<const float> v, const char* what);
+/// The checks every index's `add` makes of its rows: `check_vectors`, and under cosine `check_normalizable`
+/// (the `check_add` members run them before what only their index can tell).
+void check_rows_to_add(matrix_view<const float> v, std::size_t dim, metric m, const char* what);
 
 /// Rows relative to a centre: the frame in which the IVF coarse pass scores centroids (docs/ivf.md).
 struct centred_rows {
