@@ -37,12 +37,16 @@ struct ivf_pq_index::list : detail::inverted_list<std::uint8_t> {
   const float* mapped_vectors = nullptr;          // with refine, after a memory-mapped load
   aligned_vector<std::uint8_t> sq_codes;          // with refine_sq8: dim bytes per entry
   const std::uint8_t* mapped_sq_codes = nullptr;  // with refine_sq8, after a memory-mapped load
+  /// With `row_terms()`: each entry's term of the per-query-table scoring (`ivf_pq_index::terms`), owned
+  /// even after a memory-mapped load (derived from the codes there, not stored in the file).
+  aligned_vector<float> terms;
 
   [[nodiscard]] const std::uint8_t* sq_code_data() const noexcept { return mapped ? mapped_sq_codes : sq_codes.data(); }
 
   [[nodiscard]] const float* vector_data() const noexcept { return mapped ? mapped_vectors : vectors.data(); }
   [[nodiscard]] std::size_t bytes() const noexcept {
-    return inverted_list::bytes() + vectors.capacity() * sizeof(float) + sq_codes.capacity();
+    return inverted_list::bytes() + vectors.capacity() * sizeof(float) + sq_codes.capacity() +
+           terms.capacity() * sizeof(float);
   }
 };
 
@@ -122,6 +126,28 @@ std::uint32_t sum_bound(float worst, float base, float scale) noexcept {
   const double t = (w - b) * sc + (std::abs(w) + std::abs(b)) * sc * 1e-5 + 2.0;
   if (t < 0.0) return 0;
   return t >= 4294967295.0 ? std::numeric_limits<std::uint32_t>::max() : static_cast<std::uint32_t>(t);
+}
+
+/// The frame μ of the row-term scoring (`ivf_pq_index::row_terms`) for these centroids and codebooks: the
+/// centroids' coordinate-wise median (`centred_copy`, as the coarse pass). Empty — per-list tables — for
+/// 4-bit codes (their tables are 16 entries a sub-space: per-list tables cost little, and the per-row
+/// term would leave the fast-scan kernel's integer sums), under inner product (one table already), and
+/// where a centroid or the longest reconstructed residual comes within 1/64 of the norm bound: beyond it
+/// ‖q − c‖², the table's sum and the row term could each pass FLT_MAX / 2 before they cancel.
+std::vector<float> row_term_frame(metric m, std::size_t nbits, const detail::coarse_quantizer& coarse,
+                                  const product_quantizer& pq) {
+  if (nbits != 8 || m == metric::inner_product || !coarse.trained()) return {};
+  const double reach = std::sqrt(detail::max_squared_norm) / 64.0;
+  const matrix_view<const float> books = pq.codebooks();  // (m · ksub) x dsub
+  double longest = 0.0;                                   // Σ over sub-spaces of the longest codeword², in double
+  for (std::size_t sub = 0; sub < pq.m(); ++sub) {
+    double top = 0.0;
+    for (std::size_t j = 0; j < pq.ksub(); ++j)
+      top = std::max(top, detail::squared_norm(books.row(sub * pq.ksub() + j), pq.dsub()));
+    longest += top;
+  }
+  if (!(coarse.max_centroid_norm() <= reach && std::sqrt(longest) <= reach)) return {};
+  return detail::centred_copy(coarse.centroids()).centre;
 }
 
 /// `cap` row numbers of [0, n) drawn uniformly without replacement (all of them when n ≤ cap), sorted.
@@ -268,10 +294,12 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
     codec.emplace(dim_, sq_type::sq8);
     codec->train(vectors);
   }
+  std::vector<float> frame = row_term_frame(metric_, params_.nbits, quantizer, pq);
   target = std::move(quantizer);
   pq_ = std::move(pq);
   opq_ = std::move(rotation);
   refine_codec_ = std::move(codec);
+  frame_ = std::move(frame);
 }
 
 struct ivf_pq_index::prepared_rows {
@@ -309,6 +337,30 @@ matrix<float> ivf_pq_index::residuals(matrix_view<const float> rows, const std::
   detail::check_vectors(out.view(), dim_,
                         "ivf_pq_index::add: the residual (vector minus its list's centroid) of vector");
   return out;
+}
+
+void ivf_pq_index::compute_row_terms(const std::uint8_t* codes, std::size_t n, const std::uint32_t* lists,
+                                     std::size_t list_stride, float* out) const {
+  // In double from the decoded residual, one fixed order: the same codes give the same bits wherever
+  // (an add, a load at another SIMD level), so a loaded index answers exactly as the saved one.
+  std::vector<float> r(dim_);
+  std::vector<double> offset(dim_);  // 2 (c − μ) of the current list
+  const double scale = metric_ == metric::cosine ? 0.5 : 1.0;
+  std::size_t current = detail::no_list;
+  for (std::size_t i = 0; i < n; ++i) {
+    if (const std::uint32_t list_no = lists[i * list_stride]; list_no != current) {
+      current = list_no;
+      const float* c = coarse_->centroid(list_no);
+      for (std::size_t j = 0; j < dim_; ++j) offset[j] = 2.0 * (double{c[j]} - double{frame_[j]});
+    }
+    pq_.decode(codes + i * params_.m, 1, matrix_view<float>(r.data(), 1, dim_));
+    double sum = 0.0;
+    for (std::size_t j = 0; j < dim_; ++j) {
+      const double x = r[j];
+      sum += x * (x + offset[j]);
+    }
+    out[i] = static_cast<float>(scale * sum);
+  }
 }
 
 void ivf_pq_index::check_add(matrix_view<const float> vectors) const {
@@ -352,6 +404,8 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
   std::vector<std::uint32_t> label(n);
   coarse().assign(vectors, label.data());
   const std::vector<std::uint8_t> codes = pq_.encode(residuals(vectors, label.data()).view());
+  std::vector<float> terms(row_terms() ? n : 0);
+  if (row_terms()) compute_row_terms(codes.data(), n, label.data(), 1, terms.data());
   std::vector<std::uint8_t> sq_codes(params_.refine_sq8 ? n * dim_ : 0);
   if (params_.refine_sq8) refine_codec_->encode(vectors, sq_codes.data());
   std::vector<std::size_t> offsets(nlist + 1, 0);
@@ -389,6 +443,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
     detail::reserve_growing(target.ids, total);
     if (params_.refine) detail::reserve_growing(target.vectors, total * dim_);
     if (params_.refine_sq8) detail::reserve_growing(target.sq_codes, total * dim_);
+    if (row_terms()) detail::reserve_growing(target.terms, total);
   }
   for (std::size_t l = 0; l < nlist; ++l) {
     if (offsets[l] == offsets[l + 1]) continue;
@@ -411,6 +466,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
       }
       if (params_.refine) std::copy_n(vectors.row(i), dim_, target.vectors.data() + slot * dim_);
       if (params_.refine_sq8) std::copy_n(sq_codes.data() + i * dim_, dim_, target.sq_codes.data() + slot * dim_);
+      if (row_terms()) target.terms.push_back(terms[i]);
       target.ids.push_back(ids[i]);
     }
   }
@@ -443,6 +499,10 @@ void ivf_pq_index::remove(vector_id id) {
     if (params_.refine_sq8) {
       if (slot != last) std::copy_n(l.sq_codes.data() + last * dim_, dim_, l.sq_codes.data() + slot * dim_);
       l.sq_codes.resize(last * dim_);
+    }
+    if (row_terms()) {
+      l.terms[slot] = l.terms[last];
+      l.terms.resize(last);
     }
     l.ids[slot] = l.ids[last];
     l.ids.pop_back();
@@ -484,25 +544,37 @@ detail::probed_queries ivf_pq_index::probe(matrix_view<const float> queries, con
 void ivf_pq_index::begin_query(const float* query, scratch& s) const {
   s.residual.resize(dim_);
   s.table.resize(params_.m * pq_.ksub());
-  // Under inner product the table does not depend on the list: −⟨q_s, codeword⟩, built once.
-  s.shared_table = metric_ == metric::inner_product;
-  if (s.shared_table) {
-    pq_.compute_table(query, metric::inner_product, s.table.data());
-    for (float& t : s.table) t = -t;
-    if (params_.nbits == 4) quantize_table(s.table.data(), params_.m, s.quantized);
+  // One table for every list: under inner product −⟨q_s, codeword⟩; with row terms (8-bit codes under L2
+  // and cosine) −2⟨(q − μ)_s, codeword⟩, halved under cosine (see `row_terms`).
+  s.shared_table = metric_ == metric::inner_product || row_terms();
+  if (!s.shared_table) return;
+  const float* q = query;
+  float factor = -1.0f;
+  if (row_terms()) {
+    for (std::size_t j = 0; j < dim_; ++j) s.residual[j] = query[j] - frame_[j];
+    q = s.residual.data();
+    factor = metric_ == metric::cosine ? -1.0f : -2.0f;
   }
+  pq_.compute_table(q, metric::inner_product, s.table.data());
+  for (float& t : s.table) t *= factor;
+  if (params_.nbits == 4) quantize_table(s.table.data(), params_.m, s.quantized);
 }
 
 float ivf_pq_index::list_tables(std::size_t list_no, const float* query, scratch& s) const {
-  // Distance = offset + Σ table. L2: the table of the residual q − c. Inner product: −⟨q, c⟩ plus the
-  // shared table of −⟨q_s, codeword⟩. Cosine: stored rows and queries are unit length, so 1 − cos(q, x) =
-  // ‖q − x‖² / 2, the L2 table halved (exactly: a power of two). Not 1 − ⟨q, x̂⟩ by the inner-product
-  // table: its error ⟨q, r − r̂⟩ is as large for the nearest rows as for any, where the L2 estimate's
-  // shrinks with the neighbour's distance (a review, session 38: 5,000 × 30 clustered rows, IVF16,PQ15
-  // at nprobe 16, R@10 without re-rank 0.308 → 0.542 for 4-bit codes, 0.677 → 0.872 for 8-bit; on
-  // directions crowded together 0.105 → 0.346 and 0.356 → 0.815).
+  // Distance = offset + Σ table (+ the row's term). L2: the table of the residual q − c. Inner product:
+  // −⟨q, c⟩ plus the shared table of −⟨q_s, codeword⟩. Cosine: stored rows and queries are unit length,
+  // so 1 − cos(q, x) = ‖q − x‖² / 2, the L2 table halved (exactly: a power of two). Not 1 − ⟨q, x̂⟩ by the
+  // inner-product table: its error ⟨q, r − r̂⟩ is as large for the nearest rows as for any, where the L2
+  // estimate's shrinks with the neighbour's distance (a review, session 38: 5,000 × 30 clustered rows,
+  // IVF16,PQ15 at nprobe 16, R@10 without re-rank 0.308 → 0.542 for 4-bit codes, 0.677 → 0.872 for 8-bit;
+  // on directions crowded together 0.105 → 0.346 and 0.356 → 0.815). With row terms the same L2 (or
+  // halved L2) distance is split into the shared table, ‖q − c‖² here and each row's term.
   const float* centroid = coarse_->centroid(list_no);
-  if (s.shared_table) return -active_kernels().inner_product(query, centroid, dim_);
+  if (s.shared_table) {
+    if (metric_ == metric::inner_product) return -active_kernels().inner_product(query, centroid, dim_);
+    const float d = active_kernels().l2sqr(query, centroid, dim_);
+    return metric_ == metric::cosine ? 0.5f * d : d;
+  }
   for (std::size_t j = 0; j < dim_; ++j) s.residual[j] = query[j] - centroid[j];
   pq_.compute_table(s.residual.data(), metric::l2, s.table.data());
   if (metric_ == metric::cosine)
@@ -526,7 +598,12 @@ const float* ivf_pq_index::list_distances(const list& l, std::size_t list_no, co
   const float offset = list_tables(list_no, query, s);
   if (params_.nbits == 8) {
     active_quant_kernels().scan_8bit(s.table.data(), l.code_data(), n, params_.m, dist);
-    for (std::size_t i = 0; i < n; ++i) dist[i] += offset;
+    if (row_terms()) {
+      const float* terms = l.terms.data();
+      for (std::size_t i = 0; i < n; ++i) dist[i] += offset + terms[i];
+    } else {
+      for (std::size_t i = 0; i < n; ++i) dist[i] += offset;
+    }
   } else {
     const std::uint32_t* sums = list_sums(l, s);
     const float base = offset + s.quantized.bias;
@@ -865,6 +942,14 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
     const vector_id* stored = target.id_data();
     for (std::size_t i = 0; i < n; ++i) detail::check_stored_id(stored[i], seen.insert(stored[i]).second, name);
   }
+  index.frame_ = row_term_frame(index.metric_, nbits, *index.coarse_, index.pq_);
+  if (index.row_terms())
+    detail::parallel_for(index.params_.nlist, [&](std::size_t l) {
+      ivf_pq_index::list& target = *index.lists_[l];
+      target.terms.resize(target.count());
+      const auto list_no = static_cast<std::uint32_t>(l);
+      index.compute_row_terms(target.code_data(), target.count(), &list_no, 0, target.terms.data());
+    });
   index.size_.store(static_cast<std::size_t>(h.count));
   index.mapping_ = in.mapping();
   return index;
