@@ -566,13 +566,15 @@ TEST_CASE("rank_argmin finds the first smallest rank score at every level", "[ke
   }
 }
 
-TEST_CASE("rank_argmin returns +0 for a zero minimum at every level", "[kernel]") {
-  // −ip of ip = +0 is −0; a lane minimum of −0 and +0 keeps either, and levels differed in the sign.
+TEST_CASE("rank scores of zero are +0 at every level, in rank_argmin and rank_filter", "[kernel]") {
+  // −ip of ip = +0 is −0 where AVX-512's negation gave +0: levels differed in the sign of the scores
+  // rank_filter kept and `assign` reported (a review), and a lane minimum of −0 and +0 keeps either.
   for (const simd_level level : available_simd_levels()) {
     CAPTURE(simd_level_name(level));
     for (const std::size_t n : {1, 7, 17, 40}) {
       CAPTURE(n);
       std::vector<float> ip(n, 0.0f);
+      for (std::size_t j = 0; j < n; j += 3) ip[j] = -0.0f;
       std::vector<float> norms(n, 0.0f);
       for (const float* nrm : {static_cast<const float*>(nullptr), static_cast<const float*>(norms.data())}) {
         float best = std::numeric_limits<float>::infinity();
@@ -581,6 +583,10 @@ TEST_CASE("rank_argmin returns +0 for a zero minimum at every level", "[kernel]"
         CHECK(best == 0.0f);
         CHECK_FALSE(std::signbit(best));
         CHECK(at == 0);
+        std::vector<std::uint32_t> kept(n);
+        std::vector<float> scores(n);
+        REQUIRE(kernels(level).rank_filter(ip.data(), nrm, n, 0.0f, kept.data(), scores.data()) == n);
+        for (const float s : scores) CHECK_FALSE(std::signbit(s));
       }
     }
   }

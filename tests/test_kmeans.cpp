@@ -10,6 +10,7 @@
 
 #include "shoal/cluster/kmeans.hpp"
 #include "shoal/eval/eval.hpp"
+#include "shoal/index/ivf_flat.hpp"
 #include "test_support.hpp"
 
 using namespace shoal;
@@ -335,6 +336,40 @@ TEST_CASE("k-means never splits a cluster of coinciding points", "[kmeans]") {
   CHECK(r.objective.back() == 0.0);
 }
 
+TEST_CASE("k-means repairs several empty clusters in one step without splitting a twin of one point", "[kmeans]") {
+  // Two lone points and 18 copies of a third: with 5 to 8 centroids drawn at random most start empty,
+  // and the repairs of one step split the clusters with spread, then their twins. A twin of a one-point
+  // cluster held size 0 and half its spread: splitting it divided by that size and gave infinite
+  // centroids (a review), which an IVF index then saved into a file its loader refused.
+  matrix<float> points(20, 2);
+  points.row(1)[0] = 1.0f;
+  for (std::size_t i = 2; i < points.rows; ++i) std::fill_n(points.row(i), 2, 100.0f);
+  std::size_t repairs = 0;
+  for (const std::size_t k : {5, 6, 7, 8})
+    for (std::uint64_t seed = 1; seed <= 40; ++seed) {
+      CAPTURE(k, seed);
+      kmeans_params params;
+      params.k = k;
+      params.iterations = 1;
+      params.seed = seed;
+      params.init = kmeans_init::random;
+      const kmeans_result r = kmeans(points.view(), params);
+      repairs += r.empty_cluster_repairs;
+      CHECK(
+          std::all_of(r.centroids.values.begin(), r.centroids.values.end(), [](float v) { return std::isfinite(v); }));
+    }
+  CHECK(repairs > 0);
+  const test::scratch_dir dir;
+  for (const std::uint64_t seed : {1, 2, 3}) {
+    ivf_flat_index index(2, metric::l2, 7);
+    ivf_train_params tp;
+    tp.seed = seed;
+    index.train(points.view(), tp);
+    index.save(dir / "twins.shoal");
+    CHECK(ivf_flat_index::load(dir / "twins.shoal").nlist() == 7);
+  }
+}
+
 TEST_CASE("spherical k-means keeps unit centroids", "[kmeans]") {
   const matrix<float> points = make_clustered(1500, 20, 10, 9);
   kmeans_params params;
@@ -517,6 +552,10 @@ TEST_CASE("k-means and assign reject bad input", "[kmeans]") {
   params.iterations = 0;
   REQUIRE_THROWS_MATCHES(kmeans(points.view(), params), shoal::error, fails_with(errc::invalid_argument, "iterations"));
   params.iterations = 5;
+  params.init = static_cast<kmeans_init>(7);  // was run as k-means++
+  REQUIRE_THROWS_MATCHES(kmeans(points.view(), params), shoal::error,
+                         fails_with(errc::invalid_argument, "init = 7 is not a kmeans_init"));
+  params.init = kmeans_init::random;
   {
     // Spread so small that every squared distance underflows float: every point tied with every centroid
     // and the centroids meant nothing. Coinciding points (no spread at all) still cluster.

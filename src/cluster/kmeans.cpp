@@ -117,19 +117,22 @@ void seed_plus_plus(matrix_view<const float> x, matrix<float>& centroids, splitm
 }
 
 /// Empty cluster `empty` takes half of the cluster with the widest spread (`spread`: Σ ‖x − c‖² over its
-/// points, around its updated centroid; ties to the smaller index): a copy of its centroid, the two
-/// nudged apart in opposite directions by a seeded sign per component. A cluster whose points all
-/// coincide has no spread and is never split — its twin could not take any of them and would come back
-/// empty at every iteration (splitting the largest cluster did exactly that on data with many duplicate
-/// points, such as PQ sub-spaces of fashion-mnist's blank border pixels: 207 of 256 centroids ended
-/// empty). Returns false, leaving `empty` empty, when no cluster has any spread (fewer distinct points
-/// than centroids).
+/// points, around its updated centroid; ties to the smaller index) among those of at least two points: a
+/// copy of its centroid, the two nudged apart in opposite directions by a seeded sign per component. A
+/// cluster whose points all coincide has no spread and is never split — its twin could not take any of
+/// them and would come back empty at every iteration (splitting the largest cluster did exactly that on
+/// data with many duplicate points, such as PQ sub-spaces of fashion-mnist's blank border pixels: 207 of
+/// 256 centroids ended empty). Nor is a cluster of one point (a twin made by an earlier split in the same
+/// step can hold size 0 or 1 with half its parent's spread: splitting it divided by its size 0 and made
+/// both centroids infinite, a review). Returns false, leaving `empty` empty, when no cluster qualifies
+/// (fewer distinct points than centroids).
 bool split_widest(matrix<float>& centroids, std::vector<std::size_t>& sizes, std::vector<double>& spread,
                   std::size_t empty, bool spherical, splitmix64& rng) {
   const std::size_t dim = centroids.dim;
-  const auto widest =
-      static_cast<std::size_t>(std::distance(spread.begin(), std::max_element(spread.begin(), spread.end())));
-  if (!(spread[widest] > 0.0)) return false;
+  std::size_t widest = spread.size();
+  for (std::size_t c = 0; c < spread.size(); ++c)
+    if (sizes[c] >= 2 && spread[c] > 0.0 && (widest == spread.size() || spread[c] > spread[widest])) widest = c;
+  if (widest == spread.size()) return false;
   float* from = centroids.row(widest);
   float* to = centroids.row(empty);
   // A relative nudge like FAISS's, plus a floor so that zero components (or a zero centroid) split too:
@@ -817,6 +820,8 @@ centroid_assignment assign(matrix_view<const float> points, matrix_view<const fl
 kmeans_result kmeans(matrix_view<const float> points, const kmeans_params& params) {
   SHOAL_CHECK(params.k > 0, "kmeans: k must be at least 1");
   SHOAL_CHECK(params.iterations > 0, "kmeans: iterations must be at least 1");
+  SHOAL_CHECK(params.init == kmeans_init::kmeans_plus_plus || params.init == kmeans_init::random,
+              "kmeans: init = ", static_cast<int>(params.init), " is not a kmeans_init");
   SHOAL_CHECK(points.dim > 0, "kmeans: dimension must be at least 1");
   SHOAL_CHECK(params.k <= std::numeric_limits<std::uint32_t>::max(), "kmeans: k = ", params.k, " is too large");
   detail::check_vectors(points, points.dim, "kmeans: point");

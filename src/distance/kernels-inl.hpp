@@ -486,9 +486,11 @@ void inner_product_many(const float* a, std::size_t na, std::size_t lda, const f
 #endif
 }
 
-/// Rank score of centroid j (see distance_kernels::rank_argmin).
+/// Rank score of centroid j (see distance_kernels::rank_argmin). Never −0: 0 − ip, not −ip, which gave
+/// −0 for ip = +0 at the scalar and AVX2 levels where xsimd's AVX-512 negation (a subtraction from 0)
+/// gave +0 (a review: `assign` reported zero distances of either sign by level).
 float rank_at(const float* ip, const float* norms, std::size_t j) noexcept {
-  const float s = norms != nullptr ? norms[j] - (ip[j] + ip[j]) : -ip[j];
+  const float s = norms != nullptr ? norms[j] - (ip[j] + ip[j]) : 0.0f - ip[j];
   return s != s ? std::numeric_limits<float>::infinity() : s;
 }
 
@@ -496,7 +498,7 @@ float rank_at(const float* ip, const float* norms, std::size_t j) noexcept {
 /// Rank scores of centroids j .. j + W − 1, as `rank_at` computes them.
 batch rank_lanes(const float* ip, const float* norms, std::size_t j) noexcept {
   const batch x = lanes::load(ip + j);
-  const batch s = norms != nullptr ? lanes::load(norms + j) - (x + x) : -x;
+  const batch s = norms != nullptr ? lanes::load(norms + j) - (x + x) : batch(0.0f) - x;
   return xsimd::select(xsimd::isnan(s), batch(std::numeric_limits<float>::infinity()), s);
 }
 #endif
@@ -523,7 +525,6 @@ void rank_argmin(const float* ip, const float* norms, std::size_t n, float* best
   for (const float v : part) low = std::min(low, v);
 #endif
   for (; j < n; ++j) low = std::min(low, rank_at(ip, norms, j));
-  low += 0.0f;  // +0 for −0: a minimum of the two zeros keeps either, in an order each level picks
   if (!(low < *best)) return;
   *best = low;
   if (at == nullptr) return;
