@@ -2476,6 +2476,14 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     x.state(slot).store(state[s], std::memory_order_relaxed);
   }
   corrupt(live == count, "live node count disagrees with the header");
+  // A copied load derives the traversal codes (and SQ8 / SQ4 terms) from the checked vectors again, as the
+  // flat index does its norms: stored ones are not trusted (a file whose checksums were recomputed over
+  // zeroed or NaN codes loaded and searched at R@10 0.02, a review). The same bits as the saved index's
+  // wherever the encoder is (same frame or ranges, same vectors); a mapped index trusts the file.
+  if (!in.mapped() && x.code_stride != 0 && x.codes_ready.load(std::memory_order_acquire))
+    detail::parallel_for(slots, [&](std::size_t s) {
+      if (state[s] != 0) x.encode(static_cast<slot_t>(s));
+    });
   std::make_heap(x.free_slots.begin(), x.free_slots.end(), std::greater<>{});  // (ascending is one already)
   if (!in.mapped())  // the bottom-layer in-link counts that later prunes consult (a mapped index never changes)
     for (std::size_t s = 0; s < slots; ++s) {

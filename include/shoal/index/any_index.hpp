@@ -115,7 +115,12 @@ class index_model final : public index_interface {
   [[nodiscard]] index_kind kind() const noexcept override { return kind_of(index_); }
   [[nodiscard]] std::string description() const override { return describe(index_); }
   void train(matrix_view<const float> vectors) override {
-    if constexpr (requires(Index & i) { i.train(vectors); }) index_.train(vectors);
+    if constexpr (requires(Index & i) { i.train(vectors); }) {
+      index_.train(vectors);
+    } else {  // nothing to learn, but a mapped index refuses every write, as the trainable kinds do
+      SHOAL_CHECK_CODE(!index_.is_mapped(), errc::unsupported, describe(index_),
+                       ": train: the index was loaded with mmap and is read-only");
+    }
   }
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids) override { index_.add(vectors, ids); }
   void check_add(matrix_view<const float> vectors) const override {
@@ -209,7 +214,8 @@ class any_index {
   [[nodiscard]] std::string description() const { return self().description(); }
 
   /// Trains the index on a sample (IVF: k-means with default `ivf_train_params`); a no-op for indexes
-  /// without training.
+  /// without training, except that a memory-mapped index refuses it (`errc::unsupported`) as it does
+  /// every write.
   void train(matrix_view<const float> vectors) { self().train(vectors); }
   /// Adds `vectors.rows` vectors under `ids` (all or nothing).
   void add(matrix_view<const float> vectors, std::span<const vector_id> ids) { self().add(vectors, ids); }
