@@ -106,7 +106,7 @@ std::vector<std::string> head_lines(const std::string& head, std::size_t& end) {
 }
 
 /// The response to a request head: GET /metrics gets the exposition, another path 404, a request line
-/// that is not "METHOD TARGET HTTP/d.d" 400, a version other than 1.x 505, another method on /metrics
+/// that is not "METHOD TARGET HTTP/d.d" (single spaces) 400, a version other than 1.x 505, another method on /metrics
 /// 405 (with the `Allow` header RFC 9110 requires), a head over 16 KiB 431. The target may be in
 /// absolute form ("http://host/metrics", which RFC 9112, 3.2.2 has servers accept).
 std::string respond(const std::string& line, bool too_long, const shoal::collection& c) {
@@ -114,9 +114,10 @@ std::string respond(const std::string& line, bool too_long, const shoal::collect
   const std::string_view version =
       space2 == std::string::npos ? std::string_view() : std::string_view(line).substr(space2 + 1);
   const auto digit = [](char ch) { return ch >= '0' && ch <= '9'; };
+  // Exactly two single spaces: a target holds none (a double space made the target " /metrics": 404).
   const bool well_formed = !too_long && space1 != std::string::npos && space1 > 0 && space2 > space1 + 1 &&
-                           version.size() == 8 && version.starts_with("HTTP/") && digit(version[5]) &&
-                           version[6] == '.' && digit(version[7]);
+                           line.find(' ', space1 + 1) == space2 && version.size() == 8 &&
+                           version.starts_with("HTTP/") && digit(version[5]) && version[6] == '.' && digit(version[7]);
   const std::string method = well_formed ? line.substr(0, space1) : "";
   std::string path = well_formed ? line.substr(space1 + 1, space2 - space1 - 1) : "";
   if (const std::size_t scheme = path.find("://"); scheme != std::string::npos && path[0] != '/') {

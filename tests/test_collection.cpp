@@ -2027,6 +2027,54 @@ TEST_CASE("collection: Prometheus metrics name every stage, shard and replica", 
   }
 }
 
+TEST_CASE("collection: one exposition of several collections names each family once", "[collection]") {
+  // Two collections' texts joined repeat every HELP and TYPE line and split each family in two, which
+  // Prometheus's parser refuses whole (a review): the span form writes each family once, every
+  // collection's samples under it.
+  const clustered_set data(300, 5, 8, 4, 33, 0.3f);
+  collection images(options_for(sharding::hash, 8, metric::l2));
+  collection texts(options_for(sharding::hash, 8, metric::l2));
+  images.add(data.base.view(), data.ids);
+  texts.add(data.base.view().slice(0, 100), std::span(data.ids).first(100));
+  (void)texts.search(data.queries.view(), 10);
+  const std::pair<std::string_view, const collection*> both[] = {{"images", &images}, {"texts", &texts}};
+  const std::string text = collection::metrics_text(both);
+  std::istringstream lines(text);
+  std::set<std::string> typed;
+  std::string current;  // the family of the last TYPE line
+  std::size_t samples = 0;
+  for (std::string line; std::getline(lines, line);) {
+    CAPTURE(line);
+    if (line.starts_with("# TYPE ")) {
+      current = line.substr(7, line.find(' ', 7) - 7);
+      CHECK(typed.insert(current).second);  // once per family
+    } else if (!line.starts_with("#")) {
+      CHECK(line.starts_with(current));  // under its own family's TYPE: families stay contiguous
+      ++samples;
+    }
+  }
+  for (const char* needle :
+       {"shoal_vectors{collection=\"images\"} 300\nshoal_vectors{collection=\"texts\"} 100\n",
+        "shoal_queries_total{collection=\"texts\"} 5", "shoal_queries_total{collection=\"images\"} 0"}) {
+    CAPTURE(needle);
+    CHECK(text.find(needle) != std::string::npos);
+  }
+  // Each collection's own text holds its samples, and together they are what the joint text holds.
+  const auto sample_lines = [](const std::string& t) {
+    std::size_t n = 0;
+    std::istringstream in(t);
+    for (std::string line; std::getline(in, line);) n += line.starts_with("#") ? 0 : 1;
+    return n;
+  };
+  CHECK(samples == sample_lines(images.metrics_text("images")) + sample_lines(texts.metrics_text("texts")));
+  const std::pair<std::string_view, const collection*> twice[] = {{"a", &images}, {"a", &texts}};
+  REQUIRE_THROWS_MATCHES(collection::metrics_text(twice), shoal::error,
+                         fails_with(errc::invalid_argument, "the name \"a\" is given twice"));
+  const std::pair<std::string_view, const collection*> null[] = {{"a", &images}, {"b", nullptr}};
+  REQUIRE_THROWS_MATCHES(collection::metrics_text(null), shoal::error,
+                         fails_with(errc::invalid_argument, "collection \"b\" is null"));
+}
+
 TEST_CASE("collection: metrics scraped while train() trains the shards", "[collection][concurrency]") {
   // Training trained the published shard indexes in place, racing a scrape's memory_bytes (TSan).
   collection_options o = options_for(sharding::hash, 8, metric::l2);

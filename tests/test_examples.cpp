@@ -141,6 +141,8 @@ TEST_CASE("shoal-metrics-server serves /metrics and answers other requests with 
     CHECK(http_exchange(port, "\r\nGET /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK\r\n"));
     CHECK(http_exchange(port, "GET http://localhost/metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200 OK\r\n"));
     CHECK(http_exchange(port, " /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400 "));
+    CHECK(http_exchange(port, "GET  /metrics HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400 "));  // was 404
+    CHECK(http_exchange(port, "GET /metrics  HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 400 "));
     // Idle connections do not hold a scrape up: each client waits for itself (served one at a time,
     // five idle ones held it up 10 s, Prometheus's default scrape timeout; a review).
     {

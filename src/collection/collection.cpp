@@ -1099,92 +1099,126 @@ collection_stats collection::stats() const {
 }
 
 std::string collection::metrics_text(std::string_view name) const {
-  // A scrape with one malformed label value is refused whole by Prometheus's parser.
-  SHOAL_CHECK(detail::valid_utf8(name), "collection::metrics_text: the name is not valid UTF-8");
-  const detail::collection_state& st = *state_;
+  const std::pair<std::string_view, const collection*> one{name, this};
+  return metrics_text(std::span(&one, 1));
+}
+
+std::string collection::metrics_text(std::span<const std::pair<std::string_view, const collection*>> named) {
   using detail::prometheus_writer;
+  using histogram = detail::latency_histogram::snapshot;
+  static constexpr const char* stage_names[] = {"route", "shard", "merge", "search", "write"};
+  // What a scrape reads of one collection, once: its histograms' quantile gauges come from the same
+  // snapshots as the histograms themselves.
+  struct scraped {
+    const detail::collection_state* st;
+    std::string base;  // collection="name"
+    std::shared_ptr<detail::layout> lay;
+    std::vector<std::size_t> sizes;
+    std::size_t memory;
+    std::vector<histogram> stages;
+    std::vector<histogram> shards;
+  };
+  std::vector<scraped> all;
+  all.reserve(named.size());
+  for (const auto& [name, c] : named) {
+    SHOAL_CHECK(c != nullptr, "collection::metrics_text: collection \"", name, "\" is null");
+    // A scrape with one malformed label value is refused whole by Prometheus's parser.
+    SHOAL_CHECK(detail::valid_utf8(name), "collection::metrics_text: the name is not valid UTF-8");
+    for (const scraped& other : all)  // the same series twice is refused whole too
+      SHOAL_CHECK(other.base != prometheus_writer::label("collection", name), "collection::metrics_text: the name \"",
+                  name, "\" is given twice");
+    const detail::collection_state& st = *c->state_;
+    scraped x{
+        &st, prometheus_writer::label("collection", name), st.current.load(), c->shard_sizes(), c->memory_bytes(), {},
+        {}};
+    for (const detail::latency_histogram* h :
+         {&st.route_latency, &st.shard_latency, &st.merge_latency, &st.search_latency, &st.write_latency})
+      x.stages.push_back(h->read());
+    for (std::size_t s = 0; s < x.lay->shards.size(); ++s) x.shards.push_back(st.shard_stats[s]->latency.read());
+    all.push_back(std::move(x));
+  }
+  const auto with = [](const scraped& x, std::string_view key, const std::string& value) {
+    return x.base + "," + prometheus_writer::label(key, value);
+  };
+  const auto replica = [&](const scraped& x, std::size_t s, std::size_t r) {
+    return with(x, "shard", std::to_string(s)) + "," + prometheus_writer::label("replica", std::to_string(r));
+  };
   std::string out;
   prometheus_writer w(out);
-  const std::string base = prometheus_writer::label("collection", name);
-  const auto with = [&](std::string_view key, const std::string& value) {
-    return base + "," + prometheus_writer::label(key, value);
+  // One family at a time, every collection's samples under it: HELP and TYPE once per family.
+  const auto family = [&](const char* metric, const char* type, const char* help, const auto& samples) {
+    w.family(metric, type, help);
+    for (const scraped& x : all) samples(x, *x.st);
   };
-  const std::shared_ptr<detail::layout> lay = st.current.load();
-  const std::vector<std::size_t> sizes = shard_sizes();
-
-  w.family("shoal_vectors", "gauge", "Vectors stored in the collection.");
-  w.sample("shoal_vectors", base, static_cast<double>(std::accumulate(sizes.begin(), sizes.end(), std::size_t{0})));
-  w.family("shoal_shard_vectors", "gauge", "Vectors stored per shard.");
-  for (std::size_t s = 0; s < sizes.size(); ++s)
-    w.sample("shoal_shard_vectors", with("shard", std::to_string(s)), static_cast<double>(sizes[s]));
-  w.family("shoal_memory_bytes", "gauge", "Bytes held by every replica and the routing table.");
-  w.sample("shoal_memory_bytes", base, static_cast<double>(memory_bytes()));
-  w.family("shoal_queries_total", "counter", "Query vectors searched (QPS is its rate).");
-  w.sample("shoal_queries_total", base, static_cast<double>(st.queries.load()));
-  w.family("shoal_search_calls_total", "counter", "Search calls (each a batch of one or more queries).");
-  w.sample("shoal_search_calls_total", base, static_cast<double>(st.searches.load()));
-  w.family("shoal_writes_total", "counter", "Vectors written, by operation.");
-  w.sample("shoal_writes_total", with("op", "add"), static_cast<double>(st.adds.load()));
-  w.sample("shoal_writes_total", with("op", "upsert"), static_cast<double>(st.upserts.load()));
-  w.sample("shoal_writes_total", with("op", "remove"), static_cast<double>(st.removes.load()));
-
-  const std::pair<const char*, const detail::latency_histogram*> stages[] = {{"route", &st.route_latency},
-                                                                             {"shard", &st.shard_latency},
-                                                                             {"merge", &st.merge_latency},
-                                                                             {"search", &st.search_latency},
-                                                                             {"write", &st.write_latency}};
-  w.family("shoal_stage_latency_seconds", "histogram",
-           "Latency per call of each stage: route, shard (one shard's search), merge, search (whole call), write.");
-  for (const auto& [stage, h] : stages) w.histogram("shoal_stage_latency_seconds", with("stage", stage), h->read());
-  w.family("shoal_stage_latency_quantile_seconds", "gauge", "p50 / p95 / p99 of each stage, from its histogram.");
-  for (const auto& [stage, h] : stages) {
-    const detail::latency_histogram::snapshot snap = h->read();
-    for (const double q : {0.5, 0.95, 0.99})
-      w.sample("shoal_stage_latency_quantile_seconds",
-               with("stage", stage) + "," +
-                   prometheus_writer::label("quantile", q == 0.5    ? "0.5"
-                                                        : q == 0.95 ? "0.95"
-                                                                    : "0.99"),
-               snap.quantile(q));
-  }
-  w.family("shoal_shard_latency_seconds", "histogram", "Search latency per shard.");
-  for (std::size_t s = 0; s < lay->shards.size(); ++s)
-    w.histogram("shoal_shard_latency_seconds", with("shard", std::to_string(s)), st.shard_stats[s]->latency.read());
-
-  w.family("shoal_replica_up", "gauge", "1 when the replica serves reads and writes, 0 when taken down.");
-  for (std::size_t s = 0; s < lay->shards.size(); ++s)
-    for (std::size_t r = 0; r < lay->shards[s]->replicas.size(); ++r)
-      w.sample("shoal_replica_up",
-               with("shard", std::to_string(s)) + "," + prometheus_writer::label("replica", std::to_string(r)),
-               lay->shards[s]->replicas[r]->up.load() ? 1 : 0);
-  w.family("shoal_replica_lag_writes", "gauge", "Vector writes a downed replica has missed (0 when live).");
-  for (std::size_t s = 0; s < lay->shards.size(); ++s)
-    for (std::size_t r = 0; r < lay->shards[s]->replicas.size(); ++r)
-      w.sample("shoal_replica_lag_writes",
-               with("shard", std::to_string(s)) + "," + prometheus_writer::label("replica", std::to_string(r)),
-               static_cast<double>(lay->shards[s]->replicas[r]->lag.load()));
-  w.family("shoal_replica_searches_total", "counter", "Shard searches served by each replica.");
-  for (std::size_t s = 0; s < lay->shards.size(); ++s)
-    for (std::size_t r = 0; r < lay->shards[s]->replicas.size(); ++r)
-      w.sample("shoal_replica_searches_total",
-               with("shard", std::to_string(s)) + "," + prometheus_writer::label("replica", std::to_string(r)),
-               static_cast<double>(st.shard_stats[s]->served[r].load()));
-
+  // One sample per collection, labelled by the collection alone.
+  const auto scalar = [&](const char* metric, const char* type, const char* help, const auto& value) {
+    family(metric, type, help, [&](const scraped& x, const auto& st) { w.sample(metric, x.base, value(x, st)); });
+  };
+  scalar("shoal_vectors", "gauge", "Vectors stored in the collection.", [](const scraped& x, const auto&) {
+    return static_cast<double>(std::accumulate(x.sizes.begin(), x.sizes.end(), std::size_t{0}));
+  });
+  family("shoal_shard_vectors", "gauge", "Vectors stored per shard.", [&](const scraped& x, const auto&) {
+    for (std::size_t s = 0; s < x.sizes.size(); ++s)
+      w.sample("shoal_shard_vectors", with(x, "shard", std::to_string(s)), static_cast<double>(x.sizes[s]));
+  });
+  scalar("shoal_memory_bytes", "gauge", "Bytes held by every replica and the routing table.",
+         [](const scraped& x, const auto&) { return static_cast<double>(x.memory); });
+  scalar("shoal_queries_total", "counter", "Query vectors searched (QPS is its rate).",
+         [](const scraped&, const auto& st) { return static_cast<double>(st.queries.load()); });
+  scalar("shoal_search_calls_total", "counter", "Search calls (each a batch of one or more queries).",
+         [](const scraped&, const auto& st) { return static_cast<double>(st.searches.load()); });
+  family("shoal_writes_total", "counter", "Vectors written, by operation.", [&](const scraped& x, const auto& st) {
+    w.sample("shoal_writes_total", with(x, "op", "add"), static_cast<double>(st.adds.load()));
+    w.sample("shoal_writes_total", with(x, "op", "upsert"), static_cast<double>(st.upserts.load()));
+    w.sample("shoal_writes_total", with(x, "op", "remove"), static_cast<double>(st.removes.load()));
+  });
+  family("shoal_stage_latency_seconds", "histogram",
+         "Latency per call of each stage: route, shard (one shard's search), merge, search (whole call), write.",
+         [&](const scraped& x, const auto&) {
+           for (std::size_t i = 0; i < x.stages.size(); ++i)
+             w.histogram("shoal_stage_latency_seconds", with(x, "stage", stage_names[i]), x.stages[i]);
+         });
+  family("shoal_stage_latency_quantile_seconds", "gauge", "p50 / p95 / p99 of each stage, from its histogram.",
+         [&](const scraped& x, const auto&) {
+           for (std::size_t i = 0; i < x.stages.size(); ++i)
+             for (const auto& [q, text] : {std::pair{0.5, "0.5"}, std::pair{0.95, "0.95"}, std::pair{0.99, "0.99"}})
+               w.sample("shoal_stage_latency_quantile_seconds",
+                        with(x, "stage", stage_names[i]) + "," + prometheus_writer::label("quantile", text),
+                        x.stages[i].quantile(q));
+         });
+  family("shoal_shard_latency_seconds", "histogram", "Search latency per shard.", [&](const scraped& x, const auto&) {
+    for (std::size_t s = 0; s < x.shards.size(); ++s)
+      w.histogram("shoal_shard_latency_seconds", with(x, "shard", std::to_string(s)), x.shards[s]);
+  });
+  const auto per_replica = [&](const char* metric, const char* type, const char* help, const auto& value) {
+    family(metric, type, help, [&](const scraped& x, const auto& st) {
+      for (std::size_t s = 0; s < x.lay->shards.size(); ++s)
+        for (std::size_t r = 0; r < x.lay->shards[s]->replicas.size(); ++r)
+          w.sample(metric, replica(x, s, r), value(*x.lay->shards[s]->replicas[r], *st.shard_stats[s], r));
+    });
+  };
+  per_replica("shoal_replica_up", "gauge", "1 when the replica serves reads and writes, 0 when taken down.",
+              [](const auto& rep, const auto&, std::size_t) { return rep.up.load() ? 1.0 : 0.0; });
+  per_replica("shoal_replica_lag_writes", "gauge", "Vector writes a downed replica has missed (0 when live).",
+              [](const auto& rep, const auto&, std::size_t) { return static_cast<double>(rep.lag.load()); });
+  per_replica(
+      "shoal_replica_searches_total", "counter", "Shard searches served by each replica.",
+      [](const auto&, const auto& stats, std::size_t r) { return static_cast<double>(stats.served[r].load()); });
   const auto seconds = [](const detail::atomic_ns& ns) { return static_cast<double>(ns.load()) * 1e-9; };
-  w.family("shoal_train_seconds", "gauge", "Duration of the last train() (router k-means and shard training).");
-  w.sample("shoal_train_seconds", base, seconds(st.train_ns));
-  w.family("shoal_rebalance_seconds", "gauge", "Duration of the last re-clustering (re-index) of the shards.");
-  w.sample("shoal_rebalance_seconds", base, seconds(st.rebalance_ns));
-  w.family("shoal_rebalances_total", "counter", "Completed re-clusterings.");
-  w.sample("shoal_rebalances_total", base, static_cast<double>(st.rebalances.load()));
-  w.family("shoal_replica_rebuild_seconds", "gauge", "Duration of the last replica rebuild from a peer.");
-  w.sample("shoal_replica_rebuild_seconds", base, seconds(st.rebuild_ns));
-  w.family("shoal_checkpoint_seconds", "gauge", "Duration of the last snapshot written.");
-  w.sample("shoal_checkpoint_seconds", base, seconds(st.checkpoint_ns));
-  w.family("shoal_wal_replayed_records", "gauge", "Write-ahead log records replayed when the collection was opened.");
-  w.sample("shoal_wal_replayed_records", base, static_cast<double>(st.replayed));
-  w.family("shoal_uptime_seconds", "gauge", "Seconds since the collection was created or opened.");
-  w.sample("shoal_uptime_seconds", base, static_cast<double>(detail::elapsed_ns(st.created)) * 1e-9);
+  scalar("shoal_train_seconds", "gauge", "Duration of the last train() (router k-means and shard training).",
+         [&](const scraped&, const auto& st) { return seconds(st.train_ns); });
+  scalar("shoal_rebalance_seconds", "gauge", "Duration of the last re-clustering (re-index) of the shards.",
+         [&](const scraped&, const auto& st) { return seconds(st.rebalance_ns); });
+  scalar("shoal_rebalances_total", "counter", "Completed re-clusterings.",
+         [](const scraped&, const auto& st) { return static_cast<double>(st.rebalances.load()); });
+  scalar("shoal_replica_rebuild_seconds", "gauge", "Duration of the last replica rebuild from a peer.",
+         [&](const scraped&, const auto& st) { return seconds(st.rebuild_ns); });
+  scalar("shoal_checkpoint_seconds", "gauge", "Duration of the last snapshot written.",
+         [&](const scraped&, const auto& st) { return seconds(st.checkpoint_ns); });
+  scalar("shoal_wal_replayed_records", "gauge", "Write-ahead log records replayed when the collection was opened.",
+         [](const scraped&, const auto& st) { return static_cast<double>(st.replayed); });
+  scalar("shoal_uptime_seconds", "gauge", "Seconds since the collection was created or opened.",
+         [](const scraped&, const auto& st) { return static_cast<double>(detail::elapsed_ns(st.created)) * 1e-9; });
   return out;
 }
 

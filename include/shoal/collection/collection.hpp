@@ -51,6 +51,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "shoal/core/neighbors.hpp"
@@ -310,8 +311,15 @@ class collection {
   /// latency histograms per stage (route, shard, merge, search, write) and per shard, items per shard,
   /// live replicas, replica lag (writes a downed replica missed), training, rebalancing and checkpoint
   /// times. Metric names start with `shoal_`; `name` becomes the `collection` label of every sample
-  /// (escaped as the format requires; `errc::invalid_argument` when it is not valid UTF-8).
+  /// (escaped as the format requires; `errc::invalid_argument` when it is not valid UTF-8). One
+  /// collection's exposition: to serve several from one endpoint, use the form below (two texts joined
+  /// repeat every HELP and TYPE line, which Prometheus refuses).
   [[nodiscard]] std::string metrics_text(std::string_view name = "default") const;
+  /// The exposition of several collections, each under its name: every family's HELP and TYPE once, then
+  /// its samples for each collection in turn. Throws `errc::invalid_argument` for a null collection, a
+  /// name that is not valid UTF-8, or a name given twice (the same series twice).
+  [[nodiscard]] static std::string metrics_text(
+      std::span<const std::pair<std::string_view, const collection*>> collections);
 
  private:
   explicit collection(std::unique_ptr<detail::collection_state> state);
