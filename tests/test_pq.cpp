@@ -193,6 +193,50 @@ TEST_CASE("8-bit ADC scan equals the table sum at every level", "[pq][kernel]") 
   }
 }
 
+TEST_CASE("double ADC tables and the row-term scan are the same bits at every level", "[pq][kernel]") {
+  // Products of floats are exact in double, so each table entry is its component sum in component order
+  // whether the level fuses or not; the scan sums in sub-quantizer order from offset + term, clamps at 0,
+  // and gives +inf beyond float's range.
+  const std::size_t m = 5, dsub = 3, n = 11;
+  splitmix64 rng(13);
+  std::vector<float> query(m * dsub), books_t(m * dsub * 256);
+  for (float& v : query) v = static_cast<float>(rng.normal() * 1e3);
+  for (float& v : books_t) v = static_cast<float>(rng.normal());
+  std::vector<double> want(m * 256);
+  for (std::size_t s = 0; s < m; ++s)
+    for (std::size_t c = 0; c < 256; ++c) {
+      double sum = 0.0;
+      for (std::size_t d = 0; d < dsub; ++d)
+        sum += static_cast<double>(query[s * dsub + d]) * books_t[(s * dsub + d) * 256 + c];
+      want[s * 256 + c] = sum;
+    }
+  std::vector<std::uint8_t> codes(n * m);
+  for (std::uint8_t& c : codes) c = static_cast<std::uint8_t>(rng.below(256));
+  std::vector<double> terms(n);
+  for (double& t : terms) t = rng.normal() * 1e4;
+  terms[3] = -1e12;  // a sum below 0: clamped
+  terms[7] = 1e40;   // beyond float: +inf
+  const double offset = 5e3;
+  std::vector<float> want_scan(n);
+  for (std::size_t i = 0; i < n; ++i) {
+    double sum = offset + terms[i];
+    for (std::size_t s = 0; s < m; ++s) sum += want[s * 256 + codes[i * m + s]];
+    want_scan[i] =
+        sum > 3.4028234663852886e38 ? std::numeric_limits<float>::infinity() : static_cast<float>(std::max(0.0, sum));
+  }
+  CHECK(want_scan[3] == 0.0f);
+  CHECK(std::isinf(want_scan[7]));
+  for (const simd_level level : available_simd_levels()) {
+    CAPTURE(simd_level_name(level));
+    std::vector<double> table(m * 256);
+    quant_kernels(level).tables_ip_f64(query.data(), books_t.data(), m, dsub, table.data());
+    CHECK(table == want);
+    std::vector<float> got(n);
+    quant_kernels(level).scan_8bit_f64(want.data(), codes.data(), n, m, terms.data(), offset, got.data());
+    CHECK(got == want_scan);
+  }
+}
+
 TEST_CASE("ADC tables at the vector levels equal the fused multiply-add chain exactly", "[pq][kernel]") {
   // Per entry: q_d − cw_d, then one fused multiply-add per component, in component order (L2), or one
   // fused multiply-add of q_d and cw_d (inner product): so AVX2 and AVX-512 build the same tables, bit

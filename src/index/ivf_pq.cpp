@@ -37,16 +37,16 @@ struct ivf_pq_index::list : detail::inverted_list<std::uint8_t> {
   const float* mapped_vectors = nullptr;          // with refine, after a memory-mapped load
   aligned_vector<std::uint8_t> sq_codes;          // with refine_sq8: dim bytes per entry
   const std::uint8_t* mapped_sq_codes = nullptr;  // with refine_sq8, after a memory-mapped load
-  /// With `row_terms()`: each entry's term of the per-query-table scoring (`ivf_pq_index::terms`), owned
+  /// With `row_terms()`: each entry's term of the per-query-table scoring (`compute_row_terms`), owned
   /// even after a memory-mapped load (derived from the codes there, not stored in the file).
-  aligned_vector<float> terms;
+  aligned_vector<double> terms;
 
   [[nodiscard]] const std::uint8_t* sq_code_data() const noexcept { return mapped ? mapped_sq_codes : sq_codes.data(); }
 
   [[nodiscard]] const float* vector_data() const noexcept { return mapped ? mapped_vectors : vectors.data(); }
   [[nodiscard]] std::size_t bytes() const noexcept {
     return inverted_list::bytes() + vectors.capacity() * sizeof(float) + sq_codes.capacity() +
-           terms.capacity() * sizeof(float);
+           terms.capacity() * sizeof(double);
   }
 };
 
@@ -71,7 +71,8 @@ struct ivf_pq_index::scratch {
     std::uint32_t at;
   };
   std::vector<float> residual;
-  std::vector<float> table;  // m x ksub floats
+  std::vector<float> table;     // m x ksub floats
+  std::vector<double> table64;  // with row terms: m x 256 doubles
   quantized_table quantized;
   std::vector<std::uint32_t> sums;
   std::vector<std::uint32_t> order;  // a copy of a list's sums, for a selection
@@ -126,28 +127,6 @@ std::uint32_t sum_bound(float worst, float base, float scale) noexcept {
   const double t = (w - b) * sc + (std::abs(w) + std::abs(b)) * sc * 1e-5 + 2.0;
   if (t < 0.0) return 0;
   return t >= 4294967295.0 ? std::numeric_limits<std::uint32_t>::max() : static_cast<std::uint32_t>(t);
-}
-
-/// The frame μ of the row-term scoring (`ivf_pq_index::row_terms`) for these centroids and codebooks: the
-/// centroids' coordinate-wise median (`centred_copy`, as the coarse pass). Empty — per-list tables — for
-/// 4-bit codes (their tables are 16 entries a sub-space: per-list tables cost little, and the per-row
-/// term would leave the fast-scan kernel's integer sums), under inner product (one table already), and
-/// where a centroid or the longest reconstructed residual comes within 1/64 of the norm bound: beyond it
-/// ‖q − c‖², the table's sum and the row term could each pass FLT_MAX / 2 before they cancel.
-std::vector<float> row_term_frame(metric m, std::size_t nbits, const detail::coarse_quantizer& coarse,
-                                  const product_quantizer& pq) {
-  if (nbits != 8 || m == metric::inner_product || !coarse.trained()) return {};
-  const double reach = std::sqrt(detail::max_squared_norm) / 64.0;
-  const matrix_view<const float> books = pq.codebooks();  // (m · ksub) x dsub
-  double longest = 0.0;                                   // Σ over sub-spaces of the longest codeword², in double
-  for (std::size_t sub = 0; sub < pq.m(); ++sub) {
-    double top = 0.0;
-    for (std::size_t j = 0; j < pq.ksub(); ++j)
-      top = std::max(top, detail::squared_norm(books.row(sub * pq.ksub() + j), pq.dsub()));
-    longest += top;
-  }
-  if (!(coarse.max_centroid_norm() <= reach && std::sqrt(longest) <= reach)) return {};
-  return detail::centred_copy(coarse.centroids()).centre;
 }
 
 /// `cap` row numbers of [0, n) drawn uniformly without replacement (all of them when n ≤ cap), sorted.
@@ -294,12 +273,10 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
     codec.emplace(dim_, sq_type::sq8);
     codec->train(vectors);
   }
-  std::vector<float> frame = row_term_frame(metric_, params_.nbits, quantizer, pq);
   target = std::move(quantizer);
   pq_ = std::move(pq);
   opq_ = std::move(rotation);
   refine_codec_ = std::move(codec);
-  frame_ = std::move(frame);
 }
 
 struct ivf_pq_index::prepared_rows {
@@ -340,18 +317,18 @@ matrix<float> ivf_pq_index::residuals(matrix_view<const float> rows, const std::
 }
 
 void ivf_pq_index::compute_row_terms(const std::uint8_t* codes, std::size_t n, const std::uint32_t* lists,
-                                     std::size_t list_stride, float* out) const {
+                                     std::size_t list_stride, double* out) const {
   // In double from the decoded residual, one fixed order: the same codes give the same bits wherever
   // (an add, a load at another SIMD level), so a loaded index answers exactly as the saved one.
   std::vector<float> r(dim_);
-  std::vector<double> offset(dim_);  // 2 (c − μ) of the current list
+  std::vector<double> offset(dim_);  // 2c of the current list
   const double scale = metric_ == metric::cosine ? 0.5 : 1.0;
   std::size_t current = detail::no_list;
   for (std::size_t i = 0; i < n; ++i) {
     if (const std::uint32_t list_no = lists[i * list_stride]; list_no != current) {
       current = list_no;
       const float* c = coarse_->centroid(list_no);
-      for (std::size_t j = 0; j < dim_; ++j) offset[j] = 2.0 * (double{c[j]} - double{frame_[j]});
+      for (std::size_t j = 0; j < dim_; ++j) offset[j] = 2.0 * double{c[j]};
     }
     pq_.decode(codes + i * params_.m, 1, matrix_view<float>(r.data(), 1, dim_));
     double sum = 0.0;
@@ -359,7 +336,7 @@ void ivf_pq_index::compute_row_terms(const std::uint8_t* codes, std::size_t n, c
       const double x = r[j];
       sum += x * (x + offset[j]);
     }
-    out[i] = static_cast<float>(scale * sum);
+    out[i] = scale * sum;
   }
 }
 
@@ -404,7 +381,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
   std::vector<std::uint32_t> label(n);
   coarse().assign(vectors, label.data());
   const std::vector<std::uint8_t> codes = pq_.encode(residuals(vectors, label.data()).view());
-  std::vector<float> terms(row_terms() ? n : 0);
+  std::vector<double> terms(row_terms() ? n : 0);
   if (row_terms()) compute_row_terms(codes.data(), n, label.data(), 1, terms.data());
   std::vector<std::uint8_t> sq_codes(params_.refine_sq8 ? n * dim_ : 0);
   if (params_.refine_sq8) refine_codec_->encode(vectors, sq_codes.data());
@@ -544,20 +521,40 @@ detail::probed_queries ivf_pq_index::probe(matrix_view<const float> queries, con
 void ivf_pq_index::begin_query(const float* query, scratch& s) const {
   s.residual.resize(dim_);
   s.table.resize(params_.m * pq_.ksub());
-  // One table for every list: under inner product −⟨q_s, codeword⟩; with row terms (8-bit codes under L2
-  // and cosine) −2⟨(q − μ)_s, codeword⟩, halved under cosine (see `row_terms`).
-  s.shared_table = metric_ == metric::inner_product || row_terms();
-  if (!s.shared_table) return;
-  const float* q = query;
-  float factor = -1.0f;
+  // Under inner product one table for every list, −⟨q_s, codeword⟩. With row terms (8-bit codes under L2
+  // and cosine) one table too, ⟨(−2q)_s, codeword⟩ in double (−q under cosine: halved), from the float
+  // query scaled by a power of two, exactly (a float q − μ first lost ε · ‖q − μ‖ per component, which
+  // ‖r̂‖ then multiplied; a review).
+  s.shared_table = metric_ == metric::inner_product;
   if (row_terms()) {
-    for (std::size_t j = 0; j < dim_; ++j) s.residual[j] = query[j] - frame_[j];
-    q = s.residual.data();
-    factor = metric_ == metric::cosine ? -1.0f : -2.0f;
+    const float factor = metric_ == metric::cosine ? -1.0f : -2.0f;
+    for (std::size_t j = 0; j < dim_; ++j) s.residual[j] = factor * query[j];
+    s.table64.resize(params_.m * pq_.ksub());
+    pq_.compute_ip_table_f64(s.residual.data(), s.table64.data());
+  } else if (s.shared_table) {
+    pq_.compute_table(query, metric::inner_product, s.table.data());
+    for (float& t : s.table) t = -t;
+    if (params_.nbits == 4) quantize_table(s.table.data(), params_.m, s.quantized);
   }
-  pq_.compute_table(q, metric::inner_product, s.table.data());
-  for (float& t : s.table) t *= factor;
-  if (params_.nbits == 4) quantize_table(s.table.data(), params_.m, s.quantized);
+}
+
+double ivf_pq_index::row_term_offset(std::size_t list_no, const float* query) const noexcept {
+  // ‖q − c‖² in double, eight partial sums in a fixed order: the same bits wherever it runs. In float,
+  // lists far wider than the neighbours' distances (10⁹ against 64) lost those distances to rounding.
+  const float* c = coarse_->centroid(list_no);
+  double acc[8] = {};
+  std::size_t j = 0;
+  for (; j + 8 <= dim_; j += 8)
+    for (std::size_t l = 0; l < 8; ++l) {
+      const double t = double{query[j + l]} - double{c[j + l]};
+      acc[l] += t * t;
+    }
+  for (; j < dim_; ++j) {
+    const double t = double{query[j]} - double{c[j]};
+    acc[0] += t * t;
+  }
+  const double sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  return metric_ == metric::cosine ? 0.5 * sum : sum;
 }
 
 float ivf_pq_index::list_tables(std::size_t list_no, const float* query, scratch& s) const {
@@ -567,14 +564,10 @@ float ivf_pq_index::list_tables(std::size_t list_no, const float* query, scratch
   // inner-product table: its error ⟨q, r − r̂⟩ is as large for the nearest rows as for any, where the L2
   // estimate's shrinks with the neighbour's distance (a review, session 38: 5,000 × 30 clustered rows,
   // IVF16,PQ15 at nprobe 16, R@10 without re-rank 0.308 → 0.542 for 4-bit codes, 0.677 → 0.872 for 8-bit;
-  // on directions crowded together 0.105 → 0.346 and 0.356 → 0.815). With row terms the same L2 (or
-  // halved L2) distance is split into the shared table, ‖q − c‖² here and each row's term.
+  // on directions crowded together 0.105 → 0.346 and 0.356 → 0.815). 8-bit codes under L2 and cosine
+  // split the same distance into a table per query, ‖q − c‖² and each row's term instead (`row_terms`).
   const float* centroid = coarse_->centroid(list_no);
-  if (s.shared_table) {
-    if (metric_ == metric::inner_product) return -active_kernels().inner_product(query, centroid, dim_);
-    const float d = active_kernels().l2sqr(query, centroid, dim_);
-    return metric_ == metric::cosine ? 0.5f * d : d;
-  }
+  if (s.shared_table) return -active_kernels().inner_product(query, centroid, dim_);
   for (std::size_t j = 0; j < dim_; ++j) s.residual[j] = query[j] - centroid[j];
   pq_.compute_table(s.residual.data(), metric::l2, s.table.data());
   if (metric_ == metric::cosine)
@@ -595,15 +588,15 @@ const float* ivf_pq_index::list_distances(const list& l, std::size_t list_no, co
   if (s.distances.size() < n + fast_scan_block) s.distances.resize(n + fast_scan_block);
   float* dist = s.distances.data();
   if (n == 0) return dist;
+  if (row_terms()) {
+    active_quant_kernels().scan_8bit_f64(s.table64.data(), l.code_data(), n, params_.m, l.terms.data(),
+                                         row_term_offset(list_no, query), dist);
+    return dist;
+  }
   const float offset = list_tables(list_no, query, s);
   if (params_.nbits == 8) {
     active_quant_kernels().scan_8bit(s.table.data(), l.code_data(), n, params_.m, dist);
-    if (row_terms()) {
-      const float* terms = l.terms.data();
-      for (std::size_t i = 0; i < n; ++i) dist[i] += offset + terms[i];
-    } else {
-      for (std::size_t i = 0; i < n; ++i) dist[i] += offset;
-    }
+    for (std::size_t i = 0; i < n; ++i) dist[i] += offset;
   } else {
     const std::uint32_t* sums = list_sums(l, s);
     const float base = offset + s.quantized.bias;
@@ -942,7 +935,6 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
     const vector_id* stored = target.id_data();
     for (std::size_t i = 0; i < n; ++i) detail::check_stored_id(stored[i], seen.insert(stored[i]).second, name);
   }
-  index.frame_ = row_term_frame(index.metric_, nbits, *index.coarse_, index.pq_);
   if (index.row_terms())
     detail::parallel_for(index.params_.nlist, [&](std::size_t l) {
       ivf_pq_index::list& target = *index.lists_[l];

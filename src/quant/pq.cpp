@@ -174,6 +174,10 @@ void product_quantizer::compute_table(const float* query, metric m, float* table
   active_quant_kernels().tables(query, codebooks_t_.data(), m_, dsub_, ksub(), m == metric::l2, table);
 }
 
+void product_quantizer::compute_ip_table_f64(const float* query, double* table) const noexcept {
+  active_quant_kernels().tables_ip_f64(query, codebooks_t_.data(), m_, dsub_, table);
+}
+
 void product_quantizer::scan(const float* table, const std::uint8_t* codes, std::size_t n, float* out) const noexcept {
   if (nbits_ == 8) {
     active_quant_kernels().scan_8bit(table, codes, n, m_, out);

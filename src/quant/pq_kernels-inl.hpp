@@ -22,6 +22,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 
 #include "shoal/quant/pq.hpp"
 
@@ -310,33 +311,78 @@ void at_most(const std::uint32_t* sums, std::size_t nblocks, std::uint32_t bound
 #endif
 }
 
-/// 8-bit ADC: plain look-ups, summed in sub-quantizer order (identical at every level). Four codes at a
-/// time so that independent load chains overlap.
-void scan_8bit(const float* table, const std::uint8_t* codes, std::size_t n, std::size_t m, float* out) noexcept {
+/// For each of `n` rows of m 8-bit codes: from `first(i)`, + table[s · 256 + code] in sub-quantizer order,
+/// then `out[i]` = `last(sum)` — the same code at every level, so the same bits. Four rows at a time so
+/// that independent load chains overlap.
+template <class T, class First, class Last>
+void scan_rows(const T* table, const std::uint8_t* codes, std::size_t n, std::size_t m, const First& first,
+               const Last& last, float* out) noexcept {
   std::size_t i = 0;
   for (; i + 4 <= n; i += 4) {
     const std::uint8_t* c0 = codes + i * m;
     const std::uint8_t* c1 = c0 + m;
     const std::uint8_t* c2 = c1 + m;
     const std::uint8_t* c3 = c2 + m;
-    float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
+    T s0 = first(i), s1 = first(i + 1), s2 = first(i + 2), s3 = first(i + 3);
     for (std::size_t s = 0; s < m; ++s) {
-      const float* t = table + s * 256;
+      const T* t = table + s * 256;
       s0 += t[c0[s]];
       s1 += t[c1[s]];
       s2 += t[c2[s]];
       s3 += t[c3[s]];
     }
-    out[i] = s0;
-    out[i + 1] = s1;
-    out[i + 2] = s2;
-    out[i + 3] = s3;
+    out[i] = last(s0);
+    out[i + 1] = last(s1);
+    out[i + 2] = last(s2);
+    out[i + 3] = last(s3);
   }
   for (; i < n; ++i) {
     const std::uint8_t* c = codes + i * m;
-    float sum = 0.0f;
+    T sum = first(i);
     for (std::size_t s = 0; s < m; ++s) sum += table[s * 256 + c[s]];
-    out[i] = sum;
+    out[i] = last(sum);
+  }
+}
+
+/// 8-bit ADC: plain look-ups, summed in sub-quantizer order (identical at every level).
+void scan_8bit(const float* table, const std::uint8_t* codes, std::size_t n, std::size_t m, float* out) noexcept {
+  scan_rows(
+      table, codes, n, m, [](std::size_t) { return 0.0f; }, [](float sum) { return sum; }, out);
+}
+
+/// An L2 distance summed in double as float: at least 0 (rounding can leave −1e-16 of the terms' size),
+/// +inf beyond float's range (where a float sum would have overflowed; the conversion itself is undefined
+/// there).
+inline float distance_as_float(double d) noexcept {
+  return d <= static_cast<double>(std::numeric_limits<float>::max()) ? static_cast<float>(std::max(0.0, d))
+                                                                     : std::numeric_limits<float>::infinity();
+}
+
+/// The row-term scan (`pq_kernels::scan_8bit_f64`): as `scan_8bit`, in double, from the list's offset
+/// and the row's term, as a float distance (`distance_as_float`).
+void scan_8bit_f64(const double* table, const std::uint8_t* codes, std::size_t n, std::size_t m, const double* terms,
+                   double offset, float* out) noexcept {
+  scan_rows(
+      table, codes, n, m, [&](std::size_t i) { return offset + terms[i]; }, distance_as_float, out);
+}
+
+/// `pq_kernels::tables_ip_f64`: 32 codewords at a time, their accumulators in registers (four AVX-512 or
+/// eight AVX2 registers) while the sub-space's components stream past; plain code the compiler
+/// vectorises at each level, exact products so fused or not the same bits.
+void tables_ip_f64(const float* query, const float* books_t, std::size_t m, std::size_t dsub, double* out) noexcept {
+  constexpr std::size_t block = 32;
+  for (std::size_t s = 0; s < m; ++s) {
+    const float* q = query + s * dsub;
+    const float* books = books_t + s * dsub * 256;
+    for (std::size_t c = 0; c < 256; c += block) {
+      double acc[block] = {};
+      for (std::size_t d = 0; d < dsub; ++d) {
+        const double qd = q[d];
+        const float* col = books + d * 256 + c;
+        for (std::size_t j = 0; j < block; ++j) acc[j] += qd * static_cast<double>(col[j]);
+      }
+      std::copy_n(acc, block, out + s * 256 + c);
+    }
   }
 }
 
@@ -775,6 +821,8 @@ const pq_kernels& pq_table() noexcept {
       .fast_scan = fast_scan,
       .at_most = at_most,
       .scan_8bit = scan_8bit,
+      .tables_ip_f64 = tables_ip_f64,
+      .scan_8bit_f64 = scan_8bit_f64,
   };
   return k;
 }

@@ -66,7 +66,7 @@ struct ivf_pq_train_params {
 /// Layout: nlist centroids (spherical k-means under inner product and cosine); one list per centroid
 /// holding, per vector, its code (m bytes, or m/2 bytes in 32-vector fast-scan blocks) and 8-byte id,
 /// plus the full vector when built with `refine` (its SQ8 code, dim bytes, with `refine_sq8`), and with
-/// 8-bit codes under L2 and cosine a 4-byte row term (see Search). No id →
+/// 8-bit codes under L2 and cosine an 8-byte row term (see Search). No id →
 /// location map is kept, so memory is codes + ids (+ full vectors or SQ8 codes) + centroids + codebooks;
 /// the price is that `remove` and `contains` look for an id through every list's id array (sequential,
 /// 8 bytes per stored vector, a vectorised scan), and `add` checks a batch for duplicates through every
@@ -77,14 +77,14 @@ struct ivf_pq_train_params {
 /// query's residual (L2: ‖(q − c)_s − codeword‖²; inner product: ⟨q_s, codeword⟩, shared by all lists,
 /// plus ⟨q, c⟩ per list) is scanned over the codes: 8-bit codes through float tables, 4-bit codes by the
 /// fast-scan kernel over tables quantized to bytes. 8-bit codes under L2 and cosine use one table per
-/// query instead and a float per stored vector (its "row term", derived from its code at `add` and at
-/// `load`; docs/pq.md), the same distance split differently; cosine scores ‖q − x̂‖² / 2. The best k (or k · refine_factor, with re-rank)
-/// candidates are kept; with `refine_factor` > 0 they are re-ranked and the best k returned: built with
-/// `refine`, by exact distance from the stored full vectors (the kernels of the flat index); built with
-/// `refine_sq8`, by the distance to each candidate's SQ8 reconstruction (`scalar_quantizer::distances`),
-/// which is what is then reported — closer than ADC, not exact. Without re-rank, reported distances are
-/// the approximate (ADC) ones. Rows are sorted by (distance, id) and padded with `no_id` /
-/// `no_distance`.
+/// query instead and a double per stored vector (its "row term", derived from its code at `add` and at
+/// `load`; docs/pq.md), the same distance split differently and summed in double; cosine scores
+/// ‖q − x̂‖² / 2. The best k (or k ·
+/// refine_factor, with re-rank) candidates are kept; with `refine_factor` > 0 they are re-ranked and the best k
+/// returned: built with `refine`, by exact distance from the stored full vectors (the kernels of the flat index); built
+/// with `refine_sq8`, by the distance to each candidate's SQ8 reconstruction (`scalar_quantizer::distances`), which is
+/// what is then reported — closer than ADC, not exact. Without re-rank, reported distances are the approximate (ADC)
+/// ones. Rows are sorted by (distance, id) and padded with `no_id` / `no_distance`.
 ///
 /// Thread safety: as IVF-Flat. After `train`, every other member may be called concurrently. Each list
 /// has a reader-writer lock (a query holds every list it probes shared, from its scan to the end of its
@@ -226,13 +226,15 @@ class ivf_pq_index {
   /// Each row of `rows` minus the centroid of its list `label[i]`, checked against the norm bound.
   [[nodiscard]] matrix<float> residuals(matrix_view<const float> rows, const std::uint32_t* label) const;
   /// Whether searches score 8-bit codes by one table per query and a term per row instead of a table per
-  /// probed list (L2 and cosine, set by `train` and `load`; docs/pq.md "Row terms"): ‖q − c − r̂‖² =
-  /// ‖q − c‖² − 2⟨q − μ, r̂⟩ + (‖r̂‖² + 2⟨c − μ, r̂⟩), halved under cosine, μ = `frame_`.
-  [[nodiscard]] bool row_terms() const noexcept { return !frame_.empty(); }
-  /// The row terms ‖r̂‖² + 2⟨c − μ, r̂⟩ (halved under cosine) of `n` 8-bit codes, row i in list
+  /// probed list: L2 and cosine (docs/pq.md "row terms"), ‖q − c − r̂‖² = ‖q − c‖² − 2⟨q, r̂⟩ + (‖r̂‖² +
+  /// 2⟨c, r̂⟩), halved under cosine, all in double.
+  [[nodiscard]] bool row_terms() const noexcept { return params_.nbits == 8 && metric_ != metric::inner_product; }
+  /// The row terms ‖r̂‖² + 2⟨c, r̂⟩ (halved under cosine) of `n` 8-bit codes, row i in list
   /// `lists[i * list_stride]`, into `out`.
   void compute_row_terms(const std::uint8_t* codes, std::size_t n, const std::uint32_t* lists, std::size_t list_stride,
-                         float* out) const;
+                         double* out) const;
+  /// ‖q − c‖² of list `list_no` (halved under cosine), in double.
+  [[nodiscard]] double row_term_offset(std::size_t list_no, const float* query) const noexcept;
 
   std::size_t dim_;
   shoal::metric metric_;
@@ -245,7 +247,6 @@ class ivf_pq_index {
   std::optional<opq_rotation> opq_;
   std::optional<scalar_quantizer> refine_codec_;  // refine_sq8: trained in `train`
   std::vector<std::unique_ptr<list>> lists_;
-  std::vector<float> frame_;  // μ of the row-term scoring; empty without it (see `row_terms`)
   mutable detail::movable_mutex<std::mutex> write_mutex_;  // serialises add, remove and save
   detail::movable_count size_;
   // Set by a memory-mapped load: the lists' codes, ids and vectors live in the mapping, kept alive here.

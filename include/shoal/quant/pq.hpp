@@ -81,6 +81,9 @@ class product_quantizer {
   /// ⟨q_s, codeword(s, c)⟩ under inner product and cosine (the caller negates the sum). `table` holds
   /// m · ksub floats. Unchecked: the quantizer must be trained and `query` hold dim floats.
   void compute_table(const float* query, metric m, float* table) const noexcept;
+  /// 8-bit codes: `table[s · 256 + c]` = ⟨q_s, codeword⟩ in double (`pq_kernels::tables_ip_f64`), the
+  /// same bits at every level.
+  void compute_ip_table_f64(const float* query, double* table) const noexcept;
 
   /// Σ_s table[s · ksub + code_s] for `n` unpacked codes (m bytes each) into `out[i]`. Unchecked.
   void scan(const float* table, const std::uint8_t* codes, std::size_t n, float* out) const noexcept;
@@ -150,6 +153,11 @@ void quantize_table(const float* table, std::size_t m, quantized_table& out);
 ///    quantized `table` (round_up(m, 2) · 16 bytes), summed exactly in integers: every level returns the
 ///    same values.
 ///  - `scan_8bit`: `out[i]` = Σ_s table[s · 256 + codes[i · m + s]] in float, summed in s order.
+///  - `tables_ip_f64`: ⟨q_s, codeword⟩ for 256 codewords per sub-space (layout of `tables`) in double:
+///    products of floats are exact in double, so each entry is its sum over components in component
+///    order — the same bits at every level, fused or not.
+///  - `scan_8bit_f64`: `out[i]` = float(max(0, (offset + terms[i]) + Σ_s table[s · 256 + codes[i · m + s]]))
+///    in double, summed in s order: the row-term scoring of 8-bit IVF-PQ codes (docs/pq.md).
 ///  - `tables`: the ADC table of `query` (m · dsub floats) against codebooks stored transposed per
 ///    sub-space (`books_t[(s · dsub + d) · ksub + c]` = component d of codeword c of sub-quantizer s):
 ///    `out[s · ksub + c]` = ‖q_s − codeword‖² when `l2`, else ⟨q_s, codeword⟩. Float results may differ
@@ -167,6 +175,10 @@ struct pq_kernels {
   /// Over `nblocks` blocks of `fast_scan_block` sums: bit j of `masks[b]` is set iff sum 32 · b + j ≤ `bound`.
   void (*at_most)(const std::uint32_t* sums, std::size_t nblocks, std::uint32_t bound, std::uint32_t* masks) noexcept;
   void (*scan_8bit)(const float* table, const std::uint8_t* codes, std::size_t n, std::size_t m, float* out) noexcept;
+  void (*tables_ip_f64)(const float* query, const float* books_t, std::size_t m, std::size_t dsub,
+                        double* out) noexcept;
+  void (*scan_8bit_f64)(const double* table, const std::uint8_t* codes, std::size_t n, std::size_t m,
+                        const double* terms, double offset, float* out) noexcept;
 };
 
 /// The PQ kernels of `level`; throws `shoal::error` (`errc::unsupported`) if the CPU cannot run it.
