@@ -2038,7 +2038,7 @@ TEST_CASE("collection: one exposition of several collections names each family o
   texts.add(data.base.view().slice(0, 100), std::span(data.ids).first(100));
   (void)texts.search(data.queries.view(), 10);
   const std::pair<std::string_view, const collection*> both[] = {{"images", &images}, {"texts", &texts}};
-  const std::string text = collection::metrics_text(both);
+  const std::string text = collection::metrics_text_of(both);
   std::istringstream lines(text);
   std::set<std::string> typed;
   std::string current;  // the family of the last TYPE line
@@ -2067,12 +2067,17 @@ TEST_CASE("collection: one exposition of several collections names each family o
     return n;
   };
   CHECK(samples == sample_lines(images.metrics_text("images")) + sample_lines(texts.metrics_text("texts")));
+  CHECK(texts.metrics_text({}).find("collection=\"\"") != std::string::npos);  // an empty name, not ambiguous
   const std::pair<std::string_view, const collection*> twice[] = {{"a", &images}, {"a", &texts}};
-  REQUIRE_THROWS_MATCHES(collection::metrics_text(twice), shoal::error,
+  REQUIRE_THROWS_MATCHES(collection::metrics_text_of(twice), shoal::error,
                          fails_with(errc::invalid_argument, "the name \"a\" is given twice"));
   const std::pair<std::string_view, const collection*> null[] = {{"a", &images}, {"b", nullptr}};
-  REQUIRE_THROWS_MATCHES(collection::metrics_text(null), shoal::error,
-                         fails_with(errc::invalid_argument, "collection \"b\" is null"));
+  REQUIRE_THROWS_MATCHES(collection::metrics_text_of(null), shoal::error,
+                         fails_with(errc::invalid_argument, "collection \"b\" is null or moved from"));
+  collection moved = std::move(images);
+  const std::pair<std::string_view, const collection*> gone[] = {{"a", &images}};  // NOLINT(bugprone-use-after-move)
+  REQUIRE_THROWS_MATCHES(collection::metrics_text_of(gone), shoal::error,
+                         fails_with(errc::invalid_argument, "collection \"a\" is null or moved from"));
 }
 
 TEST_CASE("collection: metrics scraped while train() trains the shards", "[collection][concurrency]") {

@@ -1100,10 +1100,10 @@ collection_stats collection::stats() const {
 
 std::string collection::metrics_text(std::string_view name) const {
   const std::pair<std::string_view, const collection*> one{name, this};
-  return metrics_text(std::span(&one, 1));
+  return metrics_text_of(std::span(&one, 1));
 }
 
-std::string collection::metrics_text(std::span<const std::pair<std::string_view, const collection*>> named) {
+std::string collection::metrics_text_of(std::span<const std::pair<std::string_view, const collection*>> named) {
   using detail::prometheus_writer;
   using histogram = detail::latency_histogram::snapshot;
   static constexpr const char* stage_names[] = {"route", "shard", "merge", "search", "write"};
@@ -1120,13 +1120,16 @@ std::string collection::metrics_text(std::span<const std::pair<std::string_view,
   };
   std::vector<scraped> all;
   all.reserve(named.size());
+  // Names compared as given: escaping maps distinct names to distinct label values.
+  std::unordered_set<std::string_view> names;
+  names.reserve(named.size());
   for (const auto& [name, c] : named) {
-    SHOAL_CHECK(c != nullptr, "collection::metrics_text: collection \"", name, "\" is null");
+    SHOAL_CHECK(c != nullptr && c->state_ != nullptr, "collection::metrics_text: collection \"", name,
+                "\" is null or moved from");
     // A scrape with one malformed label value is refused whole by Prometheus's parser.
     SHOAL_CHECK(detail::valid_utf8(name), "collection::metrics_text: the name is not valid UTF-8");
-    for (const scraped& other : all)  // the same series twice is refused whole too
-      SHOAL_CHECK(other.base != prometheus_writer::label("collection", name), "collection::metrics_text: the name \"",
-                  name, "\" is given twice");
+    // The same series twice is refused whole too.
+    SHOAL_CHECK(names.insert(name).second, "collection::metrics_text: the name \"", name, "\" is given twice");
     const detail::collection_state& st = *c->state_;
     scraped x{
         &st, prometheus_writer::label("collection", name), st.current.load(), c->shard_sizes(), c->memory_bytes(), {},

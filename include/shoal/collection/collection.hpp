@@ -176,7 +176,8 @@ namespace detail {
 struct collection_state;
 }
 
-/// A sharded, replicated, persistent vector collection. Move-only.
+/// A sharded, replicated, persistent vector collection. Move-only; a moved-from collection may only be
+/// destroyed or assigned to (`metrics_text_of` refuses one).
 class collection {
  public:
   /// An empty collection laid out as `options` says. Throws `shoal::error` (`errc::invalid_argument`)
@@ -312,13 +313,14 @@ class collection {
   /// live replicas, replica lag (writes a downed replica missed), training, rebalancing and checkpoint
   /// times. Metric names start with `shoal_`; `name` becomes the `collection` label of every sample
   /// (escaped as the format requires; `errc::invalid_argument` when it is not valid UTF-8). One
-  /// collection's exposition: to serve several from one endpoint, use the form below (two texts joined
-  /// repeat every HELP and TYPE line, which Prometheus refuses).
+  /// collection's exposition: to serve several from one endpoint, use `metrics_text_of` (two texts
+  /// joined repeat every HELP and TYPE line, which Prometheus refuses).
   [[nodiscard]] std::string metrics_text(std::string_view name = "default") const;
   /// The exposition of several collections, each under its name: every family's HELP and TYPE once, then
-  /// its samples for each collection in turn. Throws `errc::invalid_argument` for a null collection, a
-  /// name that is not valid UTF-8, or a name given twice (the same series twice).
-  [[nodiscard]] static std::string metrics_text(
+  /// its samples for each collection in turn. Throws `errc::invalid_argument` for a null or moved-from
+  /// collection, a name that is not valid UTF-8, or a name given twice (the same series twice). (A name of
+  /// its own: an overload of `metrics_text` made `metrics_text({})` ambiguous.)
+  [[nodiscard]] static std::string metrics_text_of(
       std::span<const std::pair<std::string_view, const collection*>> collections);
 
  private:
