@@ -61,6 +61,25 @@ void bm_scan_8bit(benchmark::State& state, const pq_kernels& k) {
                                                  benchmark::Counter::kIsRate);
 }
 
+/// The row-term scan of 8-bit IVF-PQ (double table, a double term per row).
+void bm_scan_8bit_f64(benchmark::State& state, const pq_kernels& k) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  const auto m = static_cast<std::size_t>(state.range(1));
+  splitmix64 rng(9);
+  std::vector<std::uint8_t> codes(n * m);
+  for (std::uint8_t& c : codes) c = static_cast<std::uint8_t>(rng.below(256));
+  std::vector<double> table(m * 256), terms(n);
+  for (double& t : table) t = rng.uniform();
+  for (double& t : terms) t = rng.uniform();
+  std::vector<float> out(n);
+  for (auto _ : state) {
+    k.scan_8bit_f64(table.data(), codes.data(), n, m, terms.data(), 1.0, out.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["codes/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(n * m),
+                                                 benchmark::Counter::kIsRate);
+}
+
 }  // namespace
 
 void register_pq_benchmarks() {
@@ -74,6 +93,8 @@ void register_pq_benchmarks() {
         ->Args({1024, 64})
         ->Args({1 << 20, 32});
     benchmark::RegisterBenchmark(("scan_8bit" + suffix).c_str(), bm_scan_8bit, k)->Args({1024, 64});
+    // 234 x 98: one list of fashion-mnist's IVF256,PQ98.
+    benchmark::RegisterBenchmark(("scan_8bit_f64" + suffix).c_str(), bm_scan_8bit_f64, k)->Args({234, 98});
   }
 }
 
