@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <numeric>
 #include <thread>
@@ -15,6 +16,7 @@
 #include "allocation_cap.hpp"
 #include "shoal/eval/eval.hpp"
 #include "shoal/index/flat.hpp"
+#include "shoal/io/format.hpp"
 #include "shoal/multimodal/store.hpp"
 #include "test_support.hpp"
 
@@ -616,6 +618,16 @@ TEST_CASE("multimodal_store: save/open round-trips modalities, versions, project
   CHECK_THROWS_MATCHES(store.save(dir.path()), shoal::error, fails_with(errc::unsupported, "newer"));
   CHECK_THROWS_MATCHES(multimodal_store::open(dir.path() / "nothing"), shoal::error,
                        fails_with(errc::io_error, "holds no multimodal store"));
+  // A shared dimension past what the constructor takes, under a valid checksum: refused as such (it
+  // opened where no modality's dimension contradicted it; a review).
+  std::string wide = bytes;
+  const std::uint64_t too_wide = max_dim + 1;
+  std::memcpy(wide.data() + 24, &too_wide, sizeof too_wide);  // the body's first field (docs/format.md)
+  const std::uint32_t crc = crc32c(wide.data(), wide.size() - 4);
+  std::memcpy(wide.data() + wide.size() - 4, &crc, sizeof crc);
+  write_manifest(wide);
+  CHECK_THROWS_MATCHES(multimodal_store::open(dir.path()), shoal::error,
+                       fails_with(errc::corrupt_file, "invalid shared space"));
 }
 
 TEST_CASE("multimodal_store: collections made after open are durable once saved into its directory",
@@ -1120,6 +1132,8 @@ TEST_CASE("multimodal_store: bad modalities, versions, dimensions and routes are
   nan_query.row(0)[0] = std::nanf("");
   CHECK_THROWS_MATCHES(store.search("text", nan_query.view(), "image", 3), shoal::error,
                        fails_with(errc::non_finite, "multimodal_store::search: query row 0"));
+  CHECK_THROWS_MATCHES(store.search_via_pairs("text", nan_query.view(), "image", 3), shoal::error,
+                       fails_with(errc::non_finite, "multimodal_store::search_via_pairs: query row 0"));
   // Writes to a mirrored version are all or nothing, in both collections.
   matrix<float> bad = normal_matrix(2, 6, 59);
   bad.row(1)[2] = std::nanf("");

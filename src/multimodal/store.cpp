@@ -848,7 +848,9 @@ manifest decode(std::span<const std::byte> bytes, const std::string& name) {
   manifest m;
   m.shared.shared_dim = in.get<std::uint64_t>();
   const auto shared_metric = in.get<std::uint32_t>();
-  SHOAL_CHECK_CODE(m.shared.shared_dim >= 1 && shared_metric <= static_cast<std::uint32_t>(metric::cosine),
+  // Within what the constructor takes (a shared dimension past max_dim opened with no modality to refuse it).
+  SHOAL_CHECK_CODE(m.shared.shared_dim >= 1 && m.shared.shared_dim <= max_dim &&
+                       shared_metric <= static_cast<std::uint32_t>(metric::cosine),
                    errc::corrupt_file, name, ": invalid shared space");
   m.shared.shared_metric = static_cast<metric>(shared_metric);
   const auto modalities = in.get<std::uint32_t>();
@@ -1339,7 +1341,8 @@ neighbors multimodal_store::search_via_pairs(std::string_view query_modality, ma
   SHOAL_CHECK(query_modality != target, who, ": the target must be another modality than the queries' ('",
               query_modality, "')");
   detail::check_dim(q, queries, who, "queries");
-  detail::check_vectors(queries, queries.dim, "query");  // also when nothing is stored to search
+  detail::check_vectors(queries, queries.dim,
+                        detail::str(who, ": query").c_str());  // also when nothing is stored to search
   neighbors out(queries.rows, k);
   const std::size_t stored = q.own.size();
   if (stored == 0 || queries.rows == 0) return out;
