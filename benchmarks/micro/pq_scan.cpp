@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "micro/common.hpp"
@@ -44,36 +45,25 @@ void bm_fast_scan(benchmark::State& state, const pq_kernels& k) {
                                                  benchmark::Counter::kIsRate);
 }
 
+/// The 8-bit scan over random codes: `T` float is `scan_8bit`, double the row-term scan of 8-bit IVF-PQ
+/// (`scan_8bit_f64`: a double table and a double term per row).
+template <class T>
 void bm_scan_8bit(benchmark::State& state, const pq_kernels& k) {
   const auto n = static_cast<std::size_t>(state.range(0));
   const auto m = static_cast<std::size_t>(state.range(1));
   splitmix64 rng(9);
   std::vector<std::uint8_t> codes(n * m);
   for (std::uint8_t& c : codes) c = static_cast<std::uint8_t>(rng.below(256));
-  std::vector<float> table(m * 256);
-  for (float& t : table) t = rng.uniform();
-  std::vector<float> out(n);
-  for (auto _ : state) {
-    k.scan_8bit(table.data(), codes.data(), n, m, out.data());
-    benchmark::ClobberMemory();
-  }
-  state.counters["codes/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(n * m),
-                                                 benchmark::Counter::kIsRate);
-}
-
-/// The row-term scan of 8-bit IVF-PQ (double table, a double term per row).
-void bm_scan_8bit_f64(benchmark::State& state, const pq_kernels& k) {
-  const auto n = static_cast<std::size_t>(state.range(0));
-  const auto m = static_cast<std::size_t>(state.range(1));
-  splitmix64 rng(9);
-  std::vector<std::uint8_t> codes(n * m);
-  for (std::uint8_t& c : codes) c = static_cast<std::uint8_t>(rng.below(256));
-  std::vector<double> table(m * 256), terms(n);
-  for (double& t : table) t = rng.uniform();
+  std::vector<T> table(m * 256);
+  for (T& t : table) t = rng.uniform();
+  std::vector<double> terms(std::is_same_v<T, double> ? n : 0);
   for (double& t : terms) t = rng.uniform();
   std::vector<float> out(n);
   for (auto _ : state) {
-    k.scan_8bit_f64(table.data(), codes.data(), n, m, terms.data(), 1.0, out.data());
+    if constexpr (std::is_same_v<T, double>)
+      k.scan_8bit_f64(table.data(), codes.data(), n, m, terms.data(), 1.0, out.data());
+    else
+      k.scan_8bit(table.data(), codes.data(), n, m, out.data());
     benchmark::ClobberMemory();
   }
   state.counters["codes/s"] = benchmark::Counter(static_cast<double>(state.iterations()) * static_cast<double>(n * m),
@@ -92,9 +82,9 @@ void register_pq_benchmarks() {
         ->Args({64, 392})
         ->Args({1024, 64})
         ->Args({1 << 20, 32});
-    benchmark::RegisterBenchmark(("scan_8bit" + suffix).c_str(), bm_scan_8bit, k)->Args({1024, 64});
+    benchmark::RegisterBenchmark(("scan_8bit" + suffix).c_str(), bm_scan_8bit<float>, k)->Args({1024, 64});
     // 234 x 98: one list of fashion-mnist's IVF256,PQ98.
-    benchmark::RegisterBenchmark(("scan_8bit_f64" + suffix).c_str(), bm_scan_8bit_f64, k)->Args({234, 98});
+    benchmark::RegisterBenchmark(("scan_8bit_f64" + suffix).c_str(), bm_scan_8bit<double>, k)->Args({234, 98});
   }
 }
 

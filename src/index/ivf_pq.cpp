@@ -520,7 +520,6 @@ detail::probed_queries ivf_pq_index::probe(matrix_view<const float> queries, con
 
 void ivf_pq_index::begin_query(const float* query, scratch& s) const {
   s.residual.resize(dim_);
-  s.table.resize(params_.m * pq_.ksub());
   // Under inner product one table for every list, −⟨q_s, codeword⟩. With row terms (8-bit codes under L2
   // and cosine) one table too, ⟨(−2q)_s, codeword⟩ in double (−q under cosine: halved), from the float
   // query scaled by a power of two, exactly (a float q − μ first lost ε · ‖q − μ‖ per component, which
@@ -531,7 +530,10 @@ void ivf_pq_index::begin_query(const float* query, scratch& s) const {
     for (std::size_t j = 0; j < dim_; ++j) s.residual[j] = factor * query[j];
     s.table64.resize(params_.m * pq_.ksub());
     pq_.compute_ip_table_f64(s.residual.data(), s.table64.data());
-  } else if (s.shared_table) {
+    return;
+  }
+  s.table.resize(params_.m * pq_.ksub());  // per-list tables fill it in `list_tables`
+  if (s.shared_table) {
     pq_.compute_table(query, metric::inner_product, s.table.data());
     for (float& t : s.table) t = -t;
     if (params_.nbits == 4) quantize_table(s.table.data(), params_.m, s.quantized);
