@@ -496,6 +496,49 @@ TEST_CASE("ivf-pq range search with refine_factor > 0 uses exact distances, as t
   }
 }
 
+TEST_CASE("ivf-pq finds stored ids after a load, before and after its id locator is built", "[pq][ivf]") {
+  // A loaded index has no locator until its first write builds one from the lists: a duplicate add
+  // right after the load must still be refused, and every id found, whichever call comes first.
+  const fixture f(2000, 5, 23);
+  const test::scratch_dir dir;
+  for (const std::size_t nbits : {8, 4}) {
+    CAPTURE(nbits);
+    f.build(metric::l2, 8, nbits, false).save(dir / "index.shoal");
+    for (const int first : {0, 1, 2}) {  // first call after the load: an add, a remove, a contains
+      CAPTURE(first);
+      ivf_pq_index index = ivf_pq_index::load(dir / "index.shoal");
+      const std::size_t unbuilt = index.memory_bytes();
+      if (first == 0)
+        REQUIRE_THROWS_MATCHES(index.add({f.base.row(1234), 1, dim}, std::span(&f.ids[1234], 1)), shoal::error,
+                               fails_with(errc::duplicate_id, "is already stored"));
+      else if (first == 1)
+        index.remove(f.ids[1234]);
+      else
+        CHECK(index.contains(f.ids[1234]));
+      CHECK(index.contains(f.ids[1234]) == (first != 1));
+      // Built by the write (even by the add it refused), not by `contains`.
+      CHECK((index.memory_bytes() > unbuilt) == (first != 2));
+      // Every other id is there, and a batch holding one stored id among new ones is refused whole.
+      for (std::size_t i = 0; i < f.ids.size(); ++i)
+        if (i != 1234) REQUIRE(index.contains(f.ids[i]));
+      const std::vector<vector_id> batch{~vector_id{0} - 2, f.ids[17], ~vector_id{0} - 3};
+      REQUIRE_THROWS_MATCHES(index.add(f.base.view().slice(0, 3), batch), shoal::error,
+                             fails_with(errc::duplicate_id, "id " + std::to_string(f.ids[17]) + " is already stored"));
+      CHECK_FALSE(index.contains(batch[0]));
+      // Remove everything and add it back: tombstones, then rebuilds.
+      for (std::size_t i = 0; i < f.ids.size(); ++i)
+        if (i != 1234 || first != 1) index.remove(f.ids[i]);
+      CHECK(index.size() == 0);
+      for (std::size_t i = 0; i < f.ids.size(); ++i) REQUIRE_FALSE(index.contains(f.ids[i]));
+      REQUIRE_THROWS_MATCHES(index.remove(f.ids[3]), shoal::error, fails_with(errc::not_found, "is not stored"));
+      for (std::size_t i = 0; i < f.ids.size(); ++i) index.add({f.base.row(i), 1, dim}, std::span(&f.ids[i], 1));
+      for (std::size_t i = 0; i < f.ids.size(); ++i) REQUIRE(index.contains(f.ids[i]));
+      require_identical(index.search(f.queries.view(), 10, with(probe)),
+                        ivf_pq_index::load(dir / "index.shoal").search(f.queries.view(), 10, with(probe)));
+    }
+  }
+}
+
 TEST_CASE("ivf-pq tolerates searches, adds and removes running concurrently", "[pq][ivf]") {
   const fixture f(4000, 32, 13);
   ivf_pq_index index(dim, metric::l2, {.nlist = nlist, .m = 8, .nbits = 4, .refine = true});
@@ -523,8 +566,8 @@ TEST_CASE("ivf-pq memory is codes plus ids plus centroids, and the index is mova
   // Centroids (as given and centred, with their mean and norms) and both codebook copies.
   const std::size_t fixed = 2 * nlist * dim * 4 + dim * 4 + nlist * 4 + 2 * 16 * 16 * 2 * 4;
   // 8 bytes of code (16 x 4 bits) + 8 bytes of id per vector, plus at most one partly filled block per list
-  // and container slack.
-  CHECK(lean <= fixed + 4096 * (8 + 8) * 2 + nlist * (fast_scan_block_bytes(16) + 256));
+  // and container slack, and the id locator the adds built (at most 6.7 bytes per vector).
+  CHECK(lean <= fixed + 4096 * (8 + 8) * 2 + nlist * (fast_scan_block_bytes(16) + 256) + 4096 * 7);
   const ivf_pq_index b = f.build(metric::l2, 16, 4, true);
   CHECK(b.memory_bytes() >= lean + 4096 * dim * sizeof(float));
   ivf_pq_index moved = std::move(a);

@@ -16,6 +16,9 @@
 // IVF-PQ checks every stored id for a duplicate of the batch's (it keeps no id map): at 1a49270 through a
 // hash-set lookup per stored id, since then by a vectorised scan per batch id (batches up to 16 ids). The
 // same build steps at 1a49270 and after, then:  /tmp/adds-new "IVF4,PQ4x4fs" 16 100000
+// Session 41: IVF-PQ finds ids through an id locator (src/index/id_locator.hpp); the program also times
+// 2,000 one-id removes and 20,000 `contains` of absent ids after the adds. Against the library at db47a7d
+// (the build's libshoal.a copied aside before the change), the same source linked against each.
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -50,4 +53,16 @@ int main(int argc, char** argv) {
     std::printf("adds %zu-%zu: %.3f s (%.2f us per add)\n", part * quarter, (part + 1) * quarter, s, 1e6 * s / quarter);
   }
   std::printf("%s d %zu: %zu one-vector adds in %.3f s\n", spec.c_str(), dim, 4 * quarter, total);
+  // Since session 41: one-id removes spread over the index, and `contains` of ids never stored.
+  constexpr std::size_t removes = 2000;
+  auto start = clock::now();
+  for (std::size_t r = 0; r < removes; ++r) index.remove(r * (n / removes));
+  double s = std::chrono::duration<double>(clock::now() - start).count();
+  std::printf("%zu one-id removes: %.3f s (%.2f us per remove)\n", removes, s, 1e6 * s / removes);
+  start = clock::now();
+  std::size_t found = 0;
+  for (std::size_t r = 0; r < 10 * removes; ++r) found += index.contains(n + r) ? 1 : 0;
+  s = std::chrono::duration<double>(clock::now() - start).count();
+  std::printf("%zu contains of absent ids: %.3f s (%.2f us each, %zu found)\n", 10 * removes, s, 1e5 * s / removes,
+              found);
 }

@@ -5,10 +5,13 @@
 //       build/libshoal.a -lfaiss -llapack -lblas -ltbb -o /tmp/adds-peers
 //   /tmp/adds-peers IVFFlat 128 40000; /tmp/adds-peers IVFPQFastScan 16 100000; /tmp/adds-peers HNSW 16 100000
 // (IVFFlat: 4 lists; IVFPQFastScan: 4 lists, 4 sub-quantizers of 4 bits; HNSW: hnswlib, M 16,
-// ef_construction 200.) FAISS runs with one OpenMP thread (OMP_NUM_THREADS=1 in the runs reported).
+// ef_construction 200; IVFPQ, since session 41: 4 lists, 4 sub-quantizers of 8 bits, and 2,000 one-id
+// removes after the adds.) FAISS runs with one OpenMP thread (OMP_NUM_THREADS=1 in the runs reported).
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexIVFFlat.h>
+#include <faiss/IndexIVFPQ.h>
 #include <faiss/IndexIVFPQFastScan.h>
+#include <faiss/impl/IDSelector.h>
 #include <hnswlib/hnswlib.h>
 
 #include <chrono>
@@ -22,7 +25,7 @@
 
 int main(int argc, char** argv) {
   if (argc != 4) {
-    std::fprintf(stderr, "usage: %s IVFFlat|IVFPQFastScan|HNSW DIM N\n", argv[0]);
+    std::fprintf(stderr, "usage: %s IVFFlat|IVFPQ|IVFPQFastScan|HNSW DIM N\n", argv[0]);
     return 2;
   }
   const std::string kind = argv[1];
@@ -42,6 +45,8 @@ int main(int argc, char** argv) {
   } else {
     if (kind == "IVFFlat")
       ivf = std::make_unique<faiss::IndexIVFFlat>(&quantizer, d, 4);
+    else if (kind == "IVFPQ")
+      ivf = std::make_unique<faiss::IndexIVFPQ>(&quantizer, d, 4, 4, 8);
     else
       ivf = std::make_unique<faiss::IndexIVFPQFastScan>(&quantizer, d, 4, 4, 4);
     ivf->train(static_cast<faiss::Index::idx_t>(std::min<std::size_t>(n, 10000)), data.row(0));
@@ -57,4 +62,14 @@ int main(int argc, char** argv) {
     std::printf("adds %zu-%zu: %.3f s (%.2f us per add)\n", part * quarter, (part + 1) * quarter, s, 1e6 * s / quarter);
   }
   std::printf("%s d %zu: %zu one-vector adds in %.3f s\n", kind.c_str(), dim, 4 * quarter, total);
+  if (!ivf || kind == "IVFPQFastScan") return 0;  // hnswlib marks deletions; FAISS's fast-scan lists remove none
+  // Since session 41: one-id removes spread over the index (FAISS: `remove_ids`, which visits every list).
+  constexpr std::size_t removes = 2000;
+  const auto start = std::chrono::steady_clock::now();
+  for (std::size_t r = 0; r < removes; ++r) {
+    const auto id = static_cast<faiss::Index::idx_t>(r * (n / removes));
+    if (ivf->remove_ids(faiss::IDSelectorBatch(1, &id)) != 1) return 1;
+  }
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::printf("%zu one-id removes: %.3f s (%.2f us per remove)\n", removes, s, 1e6 * s / removes);
 }

@@ -35,8 +35,9 @@ inline void check_nlist(std::size_t nlist, const char* who) {
 }
 
 /// Position of the first `id` in `ids[0, n)`, or `n`. IVF-PQ keeps no id map and finds ids by scanning
-/// its lists: whole blocks are tested without a branch per id, in arithmetic the compiler vectorises at
-/// the library's baseline (SSE2 has no 64-bit compare; x = 0 exactly where bit 63 of ~(x | −x) is set).
+/// the lists its id locator names (`id_locator.hpp`; every list before the locator is built): whole blocks are tested
+/// without a branch per id, in arithmetic the compiler vectorises at the library's baseline (SSE2 has no 64-bit
+/// compare; x = 0 exactly where bit 63 of ~(x | −x) is set).
 [[nodiscard]] inline std::size_t find_id(const vector_id* ids, std::size_t n, vector_id id) noexcept {
   constexpr std::size_t block = 32;
   std::size_t i = 0;

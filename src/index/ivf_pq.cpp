@@ -14,6 +14,7 @@
 #include "core/all_or_nothing.hpp"
 #include "core/parallel.hpp"
 #include "index/coarse_quantizer.hpp"
+#include "index/id_locator.hpp"
 #include "index/index_sections.hpp"
 #include "index/inverted_lists.hpp"
 #include "index/ivf_file.hpp"
@@ -169,7 +170,8 @@ ivf_pq_index::ivf_pq_index(std::size_t dim, shoal::metric m, const ivf_pq_params
     : dim_(dim),
       metric_(m),
       params_(params),
-      coarse_(std::make_unique<detail::coarse_quantizer>(m, params.coarse_hnsw_m)) {
+      coarse_(std::make_unique<detail::coarse_quantizer>(m, params.coarse_hnsw_m)),
+      locator_(std::make_unique<detail::id_locator>(params.nlist)) {
   detail::check_dimension(dim, "ivf_pq_index");
   detail::check_metric(m, "ivf_pq_index");
   detail::check_nlist(params.nlist, "ivf_pq_index");
@@ -202,7 +204,37 @@ std::vector<std::size_t> ivf_pq_index::list_sizes() const { return detail::list_
 
 std::size_t ivf_pq_index::memory_bytes() const {
   return (coarse_ ? coarse_->memory_bytes() : 0) + 2 * pq_.codebooks().rows * pq_.dsub() * sizeof(float) +
-         detail::lists_bytes(lists_) + (opq_ ? dim_ * dim_ * sizeof(float) : 0);
+         detail::lists_bytes(lists_) + (opq_ ? dim_ * dim_ * sizeof(float) : 0) + locator_bytes();
+}
+
+std::size_t ivf_pq_index::locator_bytes() const {
+  if (!locator_) return 0;
+  const std::shared_lock lock(locator_->mutex);
+  return sizeof(detail::id_locator) + locator_->bytes();
+}
+
+detail::id_locator& ivf_pq_index::locator() const {
+  SHOAL_CHECK(locator_ != nullptr, "ivf_pq_index: the index is empty (moved from)");
+  // Built (or grown) by the writer, which holds `write_mutex_`, from the lists as they stand.
+  return *locator_;
+}
+
+void ivf_pq_index::reserve_locator(std::size_t more) {
+  locator().reserve(size(), more, [this](auto&& put) {
+    for (std::size_t l = 0; l < lists_.size(); ++l)
+      for (const vector_id id : lists_[l]->ids) put(id, l);
+  });
+}
+
+std::size_t ivf_pq_index::find_stored(vector_id id, std::size_t& slot) const {
+  std::size_t found = lists_.size();
+  (void)locator().find(id, [&](std::size_t l) {
+    slot = detail::find_id(lists_[l]->ids.data(), lists_[l]->size(), id);
+    if (slot == lists_[l]->size()) return false;
+    found = l;
+    return true;
+  });
+  return found;
 }
 
 void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_params& params) {
@@ -395,19 +427,13 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
   }
 
   const std::lock_guard writer(write_mutex_);
-  // Only writers change lists, and this thread is the only writer: the ids can be read without list locks.
-  // A small batch looks for each of its ids in turn (a vectorised scan); a larger one looks every stored
-  // id up in the batch's hash set, one pass in all.
-  constexpr std::size_t scans_up_to = 16;
-  for (const auto& l : lists_) {
-    if (ids.size() <= scans_up_to) {
-      for (const vector_id id : ids)
-        SHOAL_CHECK_CODE(detail::find_id(l->ids.data(), l->size(), id) == l->size(), errc::duplicate_id, index_name,
-                         "::add: id ", id, " is already stored");
-    } else {
-      for (const vector_id id : l->ids)
-        SHOAL_CHECK_CODE(!batch.contains(id), errc::duplicate_id, index_name, "::add: id ", id, " is already stored");
-    }
+  // Only writers change lists and the locator, and this thread is the only writer: both can be read
+  // without locks. Room in the locator first (it may be built here, from the lists), then the check.
+  reserve_locator(n);
+  for (const vector_id id : ids) {
+    std::size_t slot = 0;
+    SHOAL_CHECK_CODE(find_stored(id, slot) == nlist, errc::duplicate_id, index_name, "::add: id ", id,
+                     " is already stored");
   }
   // Room in every list first: out of memory then leaves the index as it was, and the loop after it does
   // not allocate.
@@ -447,17 +473,21 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
       target.ids.push_back(ids[i]);
     }
   }
+  // After the lists: a `contains` that finds an id's pair then finds the id in its list.
+  for (std::size_t i = 0; i < n; ++i) locator_->insert(ids[i], label[i]);
   size_.add(n);
 }
 
 void ivf_pq_index::remove(vector_id id) {
   io::detail::check_writable(mapping_.get(), "ivf_pq_index::remove");
   const std::lock_guard writer(write_mutex_);
+  reserve_locator(0);  // builds it on the first write after a load
+  std::size_t slot = 0;
+  const std::size_t list_no = find_stored(id, slot);
+  SHOAL_CHECK_CODE(list_no != lists_.size(), errc::not_found, index_name, "::remove: id ", id, " is not stored");
   const std::size_t m = params_.m;
-  for (const auto& lp : lists_) {
-    list& l = *lp;
-    const std::size_t slot = detail::find_id(l.ids.data(), l.size(), id);
-    if (slot == l.size()) continue;
+  list& l = *lists_[list_no];
+  {
     const std::unique_lock lock(l.mutex);
     const std::size_t last = l.size() - 1;
     if (params_.nbits == 8) {
@@ -483,13 +513,20 @@ void ivf_pq_index::remove(vector_id id) {
     }
     l.ids[slot] = l.ids[last];
     l.ids.pop_back();
-    size_.subtract(1);
-    return;
   }
-  SHOAL_CHECK_CODE(false, errc::not_found, index_name, "::remove: id ", id, " is not stored");
+  locator_->erase(id, list_no);
+  size_.subtract(1);
 }
 
 bool ivf_pq_index::contains(vector_id id) const {
+  if (locator_) {
+    const std::shared_lock lock(locator_->mutex);
+    if (locator_->built())
+      return locator_->find(id, [&](std::size_t l) {
+        const std::shared_lock list_lock(lists_[l]->mutex);
+        return detail::find_id(lists_[l]->id_data(), lists_[l]->count(), id) != lists_[l]->count();
+      });
+  }
   for (const auto& l : lists_) {
     const std::shared_lock lock(l->mutex);
     if (detail::find_id(l->id_data(), l->count(), id) != l->count()) return true;

@@ -23,6 +23,9 @@
 #include "shoal/quant/sq.hpp"
 
 namespace shoal {
+namespace detail {
+class id_locator;
+}
 
 /// Shape of an IVF-PQ index, fixed at construction.
 struct ivf_pq_params {
@@ -67,11 +70,13 @@ struct ivf_pq_train_params {
 /// holding, per vector, its code (m bytes, or m/2 bytes in 32-vector fast-scan blocks) and 8-byte id,
 /// plus the full vector when built with `refine` (its SQ8 code, dim bytes, with `refine_sq8`), and with
 /// 8-bit codes under L2 and cosine an 8-byte row term (see Search). No id →
-/// location map is kept, so memory is codes + ids (+ full vectors or SQ8 codes) + centroids + codebooks;
-/// the price is that `remove` and `contains` look for an id through every list's id array (sequential,
-/// 8 bytes per stored vector, a vectorised scan), and `add` checks a batch for duplicates through every
-/// list's ids too (a batch of up to 16 ids: the same scan per id; a larger one: one pass looking each
-/// stored id up in the batch). Each is O(size), so one-vector adds and removes slow down as the index grows.
+/// location map is kept, so memory is codes + ids (+ full vectors or SQ8 codes) + centroids + codebooks,
+/// plus, once the index has been written to, an *id locator* of 4.6-6.7 bytes per stored vector: a hash
+/// table of (fingerprint of the id, list number) pairs that names the lists which may hold an id, whose
+/// ids are then scanned. So `add`'s duplicate check, `remove` and `contains` cost O(1) plus a list's
+/// scan, not a pass over every list (src/index/id_locator.hpp). The locator is not in the file: the
+/// first write after a `load` builds it from the lists (O(size)); an index loaded only to search never
+/// holds one, and there (and on a mapped index) `contains` scans every list's ids.
 ///
 /// Search: the coarse pass of IVF-Flat picks `nprobe` lists per query; then per list an ADC table of the
 /// query's residual (L2: ‖(q − c)_s − codeword‖²; inner product: ⟨q_s, codeword⟩, shared by all lists,
@@ -130,8 +135,8 @@ class ivf_pq_index {
   [[nodiscard]] std::size_t size() const noexcept { return size_.load(); }
   /// Number of vectors in each list.
   [[nodiscard]] std::vector<std::size_t> list_sizes() const;
-  /// Bytes held by centroids, codebooks and lists (codes, ids, full vectors; for a memory-mapped index
-  /// the lists' mapped arrays are not counted: they live in the page cache).
+  /// Bytes held by centroids, codebooks, lists (codes, ids, full vectors) and the id locator (for a
+  /// memory-mapped index the lists' mapped arrays are not counted: they live in the page cache).
   [[nodiscard]] std::size_t memory_bytes() const;
   /// Whether the index was loaded with `load_options::mmap` (and is therefore read-only).
   [[nodiscard]] bool is_mapped() const noexcept { return mapping_ != nullptr; }
@@ -173,7 +178,8 @@ class ivf_pq_index {
 
   /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.
   void remove(vector_id id);
-  /// Whether `id` is stored (a pass over every list's ids: see the class comment).
+  /// Whether `id` is stored (through the id locator, or before the first write a pass over every list's
+  /// ids: see the class comment).
   [[nodiscard]] bool contains(vector_id id) const;
   /// Every stored id, list after list: one pass, where `contains` per id would be quadratic. Each list is
   /// read under its lock; with adds or removes running, the result is a list-by-list snapshot.
@@ -241,6 +247,11 @@ class ivf_pq_index {
   ivf_pq_params params_;
   /// The coarse quantizer; throws `errc::invalid_argument` on a moved-from index.
   [[nodiscard]] detail::coarse_quantizer& coarse() const;
+  [[nodiscard]] detail::id_locator& locator() const;
+  [[nodiscard]] std::size_t locator_bytes() const;
+  void reserve_locator(std::size_t more);
+  /// The list holding `id` (its slot in `slot`), or nlist; the caller holds `write_mutex_`.
+  [[nodiscard]] std::size_t find_stored(vector_id id, std::size_t& slot) const;
 
   std::unique_ptr<detail::coarse_quantizer> coarse_;
   product_quantizer pq_;
@@ -248,6 +259,7 @@ class ivf_pq_index {
   std::optional<scalar_quantizer> refine_codec_;  // refine_sq8: trained in `train`
   std::vector<std::unique_ptr<list>> lists_;
   mutable detail::movable_mutex<std::mutex> write_mutex_;  // serialises add, remove and save
+  std::unique_ptr<detail::id_locator> locator_;            // built by the first write: see the class comment
   detail::movable_count size_;
   // Set by a memory-mapped load: the lists' codes, ids and vectors live in the mapping, kept alive here.
   std::shared_ptr<const io::detail::file_mapping> mapping_;
