@@ -439,7 +439,9 @@ TEST_CASE("every index kind: out of memory part-way through a write leaves the i
           CHECK(x.size() == after_call + 2);
         }
         CAPTURE(what, point);
-        CHECK((failed > 0 || std::string_view(what) != "add"));  // the removes of flat and IVF kinds do not allocate
+        // The removes of flat and IVF-Flat kinds do not allocate; IVF-PQ's first write after a load builds
+        // its id locator, so its remove can fail too.
+        CHECK((failed > 0 || std::string_view(what) != "add"));
       }
       // A train that runs out of memory leaves the index untrained, and a later train works (every
       // points 1.5 times apart: k-means and OPQ allocate thousands of times).

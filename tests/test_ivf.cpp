@@ -720,9 +720,9 @@ TEST_CASE("id locator: no stored id is ever missed, through shared fingerprints,
       // Grow mostly, then shrink mostly: rebuilds happen both ways.
       const bool grow = step < 20000 ? rng() % 4 != 0 : rng() % 4 == 0;
       if (at == stored.end() && grow) {
-        const std::size_t list = rng() % nlist;
+        const auto list = static_cast<std::uint32_t>(rng() % nlist);
         locator.reserve(stored.size(), 1, for_each_stored);
-        locator.insert(id, list);
+        locator.insert(std::span(&id, 1), &list);
         stored.emplace(id, list);
       } else if (at != stored.end() && !grow) {
         locator.erase(id, at->second);
@@ -758,8 +758,9 @@ TEST_CASE("id locator: 4.6-6.7 bytes per id as it grows one id at a time", "[ivf
   };
   for (vector_id id = 0; id < 20000; ++id) {
     locator.reserve(stored.size(), 1, for_each_stored);
-    locator.insert(id, id % 256);
-    stored.emplace_back(id, id % 256);
+    const auto list = static_cast<std::uint32_t>(id % 256);
+    locator.insert(std::span(&id, 1), &list);
+    stored.emplace_back(id, list);
     if (id >= 1000 && id % 997 == 0) {
       CAPTURE(id);
       CHECK(locator.bytes() * 10 >= stored.size() * 45);

@@ -525,6 +525,14 @@ TEST_CASE("ivf-pq finds stored ids after a load, before and after its id locator
       REQUIRE_THROWS_MATCHES(index.add(f.base.view().slice(0, 3), batch), shoal::error,
                              fails_with(errc::duplicate_id, "id " + std::to_string(f.ids[17]) + " is already stored"));
       CHECK_FALSE(index.contains(batch[0]));
+      // A batch refused for a duplicate does not grow the locator (it is checked before room is made).
+      const std::size_t built = index.memory_bytes();
+      std::vector<vector_id> fresh(3000);
+      std::iota(fresh.begin(), fresh.end(), ~vector_id{0} - 5000);
+      fresh.back() = f.ids[7];
+      REQUIRE_THROWS_MATCHES(index.add(make_uniform(3000, dim, 3).view(), fresh), shoal::error,
+                             fails_with(errc::duplicate_id, "is already stored"));
+      CHECK(index.memory_bytes() == built);
       // Remove everything and add it back: tombstones, then rebuilds.
       for (std::size_t i = 0; i < f.ids.size(); ++i)
         if (i != 1234 || first != 1) index.remove(f.ids[i]);

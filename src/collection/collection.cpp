@@ -283,9 +283,10 @@ write_plan collection_state::plan(layout& lay, wal_op op, matrix_view<const floa
   if (op != wal_op::add) {
     const std::shared_lock lock(lay.table_mutex);
     for (std::size_t i = 0; i < n; ++i)
-      if (const auto it = lay.table.find(ids[i]); it != lay.table.end()) old_shard[i] = it->second;
+      if (const std::uint32_t* at = lay.table.find(ids[i])) old_shard[i] = *at;
   }
   if (op != wal_op::remove) {
+    w.room = table_room(lay, n);
     w.new_shard = lay.route.route(routed, ids, keys);
     // Range sharding: an upsert without keys leaves a stored id in its shard. Its key (a timestamp
     // given to add) is not kept, and routing it by its id moved it out of its range silently.
@@ -365,7 +366,7 @@ void collection_state::apply(layout& lay, const write_plan& w) {
   if (w.op != wal_op::remove) {
     {
       const std::unique_lock lock(lay.table_mutex);
-      for (std::size_t i = 0; i < n; ++i) lay.table[w.ids[i]] = w.new_shard[i];
+      for (std::size_t i = 0; i < n; ++i) (void)lay.table.insert_or_assign(w.ids[i], w.new_shard[i]);
     }
     // Ids that move: wait for the reads that may have passed their new shard before the add (`moving`;
     // no other lock held, as those reads take the table's and the shards').
@@ -383,7 +384,7 @@ void collection_state::apply(layout& lay, const write_plan& w) {
   }
   if (w.op == wal_op::remove) {
     const std::unique_lock lock(lay.table_mutex);
-    for (const vector_id id : w.ids) lay.table.erase(id);
+    for (const vector_id id : w.ids) (void)lay.table.erase(id);
   }
 }
 
@@ -540,7 +541,7 @@ std::vector<std::size_t> collection::shard_sizes() const {
   const std::shared_ptr<detail::layout> lay = state_->current.load();
   std::vector<std::size_t> sizes(lay->shards.size(), 0);
   const std::shared_lock lock(lay->table_mutex);
-  for (const auto& [id, s] : lay->table) ++sizes[s];
+  lay->table.for_each([&](vector_id, std::uint32_t s) { ++sizes[s]; });
   return sizes;
 }
 
@@ -552,10 +553,7 @@ std::size_t collection::memory_bytes() const {
       if (const std::shared_ptr<any_index> index = rep->index.load())
         bytes += detail::read_replica(*shard, *rep, *index, [](const any_index& i) { return i.memory_bytes(); });
   const std::shared_lock lock(lay->table_mutex);
-  // An unordered_map node holds the pair and a next pointer (plus the hash in libstdc++), and each
-  // bucket one pointer.
-  bytes += lay->table.size() * (sizeof(std::pair<const vector_id, std::uint32_t>) + 2 * sizeof(void*)) +
-           lay->table.bucket_count() * sizeof(void*);
+  bytes += lay->table.bytes();
   return bytes;
 }
 
@@ -575,7 +573,7 @@ std::vector<vector_id> collection::ids() const {
   {
     const std::shared_lock lock(lay->table_mutex);
     out.reserve(lay->table.size());
-    for (const auto& [id, s] : lay->table) out.push_back(id);
+    lay->table.for_each([&](vector_id id, std::uint32_t) { out.push_back(id); });
   }
   std::sort(out.begin(), out.end());
   return out;
@@ -585,9 +583,9 @@ namespace {
 /// The shard of `lay` that holds `id`; `who` names the caller in the error when none does.
 std::size_t shard_in(const detail::layout& lay, vector_id id, const char* who) {
   const std::shared_lock lock(lay.table_mutex);
-  const auto it = lay.table.find(id);
-  SHOAL_CHECK_CODE(it != lay.table.end(), errc::not_found, who, ": id ", id, " is not stored");
-  return it->second;
+  const std::uint32_t* at = lay.table.find(id);
+  SHOAL_CHECK_CODE(at != nullptr, errc::not_found, who, ": id ", id, " is not stored");
+  return *at;
 }
 }  // namespace
 
@@ -964,10 +962,11 @@ void detail::rebalance(collection_state& st) {
     st.written_at_rebalance.store(st.adds.load() + st.upserts.load());
     st.size_at_rebalance.store(old->table.size());
     ids.reserve(old->table.size());
-    for (const auto& [id, s] : old->table) {
+    from.reserve(old->table.size());
+    old->table.for_each([&](vector_id id, std::uint32_t s) {
       ids.push_back(id);
       from.push_back(s);
-    }
+    });
   }
   matrix<float> vectors(ids.size(), st.options.dim);
   std::vector<char> present(ids.size(), 1);
@@ -1032,7 +1031,7 @@ void detail::rebalance(collection_state& st) {
       }
     });
     const std::unique_lock lock(lay->table_mutex);
-    for (const vector_id id : part_ids) lay->table[id] = static_cast<std::uint32_t>(s);
+    for (const vector_id id : part_ids) (void)lay->table.insert_or_assign(id, static_cast<std::uint32_t>(s));
   });
 
   // Swap: writers wait while the captured writes are replayed onto the new layout (as upserts and

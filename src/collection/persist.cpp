@@ -20,6 +20,7 @@
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/index/factory.hpp"
+#include "shoal/index/ivf_pq.hpp"
 
 namespace shoal {
 namespace detail {
@@ -130,10 +131,10 @@ void collection_state::write_snapshot(const layout& lay, const std::filesystem::
     const std::shared_lock lock(lay.table_mutex);
     ids.reserve(lay.table.size());
     owners.reserve(lay.table.size());
-    for (const auto& [id, s] : lay.table) {
+    lay.table.for_each([&](vector_id id, std::uint32_t s) {
       ids.push_back(id);
       owners.push_back(s);
-    }
+    });
   }
   const matrix_view<const float> centroids = lay.route.centroids();
   manifest_params p{};
@@ -297,7 +298,8 @@ collection collection::open(const std::filesystem::path& directory, const collec
     for (std::size_t i = 0; i < count; ++i) {
       SHOAL_CHECK_CODE(owners[i] < o.shards, errc::corrupt_file, name, ": id ", ids[i], " routed to shard ", owners[i],
                        " of ", o.shards);
-      SHOAL_CHECK_CODE(lay->table.emplace(ids[i], owners[i]).second, errc::corrupt_file, name, ": id ", ids[i],
+      SHOAL_CHECK_CODE(ids[i] != no_id, errc::corrupt_file, name, ": the routing table holds the reserved id ", no_id);
+      SHOAL_CHECK_CODE(lay->table.insert_or_assign(ids[i], owners[i]), errc::corrupt_file, name, ": id ", ids[i],
                        " appears twice in the routing table");
     }
   }
@@ -308,7 +310,7 @@ collection collection::open(const std::filesystem::path& directory, const collec
   // or the log (the next writable open applies them for good), so a mapped open stays a reader.
   const bool mapped = oo.mmap && replay.empty();
   std::vector<std::vector<vector_id>> per_shard(o.shards);
-  for (const auto& [id, s] : lay->table) per_shard[s].push_back(id);
+  lay->table.for_each([&](vector_id id, std::uint32_t s) { per_shard[s].push_back(id); });
   for (std::size_t s = 0; s < o.shards; ++s) {
     auto shard = std::make_shared<detail::shard_state>();
     const std::string file = (directory / detail::shard_file_name(s, p.generation)).string();
@@ -321,10 +323,16 @@ collection collection::open(const std::filesystem::path& directory, const collec
                        " vectors, the routing table ", per_shard[s].size());
       // With the counts equal, the same ids: a shard file from another snapshot (or two swapped) would
       // open, then fail the first write that touches it, and that logged write every later open.
-      if (r == 0)
+      // An IVF-PQ shard's ids are looked up sorted: `contains` per id was quadratic there, as a loaded
+      // IVF-PQ index scans every list until its first write builds its id locator (a review).
+      if (r == 0) {
+        std::vector<vector_id> pq_ids;
+        if (const auto* pq = index->get_if<ivf_pq_index>()) pq_ids = pq->ids();
+        std::sort(pq_ids.begin(), pq_ids.end());
         for (const vector_id id : per_shard[s])
-          SHOAL_CHECK_CODE(index->contains(id), errc::corrupt_file, file, ": id ", id,
-                           " is routed to this shard, which does not hold it");
+          SHOAL_CHECK_CODE(pq_ids.empty() ? index->contains(id) : std::binary_search(pq_ids.begin(), pq_ids.end(), id),
+                           errc::corrupt_file, file, ": id ", id, " is routed to this shard, which does not hold it");
+      }
       auto rep = std::make_unique<detail::replica_slot>();
       shard->concurrent = index->concurrent_writes();
       rep->index.store(std::move(index));

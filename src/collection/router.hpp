@@ -7,22 +7,17 @@
 #include <span>
 #include <vector>
 
+#include "core/linear_probing.hpp"
 #include "index/coarse_quantizer.hpp"
 #include "shoal/collection/collection.hpp"
 #include "shoal/core/types.hpp"
 
 namespace shoal::detail {
 
-/// splitmix64's finaliser: a bijective mix of the id, so that `mix(id) % n` balances ids of any
-/// pattern (sequential, strided, timestamps).
-[[nodiscard]] constexpr std::uint64_t mix_id(std::uint64_t x) noexcept {
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ULL;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebULL;
-  x ^= x >> 31;
-  return x;
-}
+/// splitmix64's finaliser (`linear_probing::mix`): a bijective mix of the id, so that `mix_id(id) % n`
+/// balances ids of any pattern (sequential, strided, timestamps). Part of a collection's layout: hash
+/// and hybrid routing of stored ids depend on it.
+[[nodiscard]] constexpr std::uint64_t mix_id(std::uint64_t x) noexcept { return linear_probing::mix(x); }
 
 class router {
  public:

@@ -14,10 +14,11 @@
 #include <shared_mutex>
 #include <span>
 #include <thread>
-#include <unordered_map>
 #include <unordered_set>
+#include <utility>
 #include <vector>
 
+#include "collection/id_table.hpp"
 #include "collection/metrics.hpp"
 #include "collection/router.hpp"
 #include "collection/wal.hpp"
@@ -109,8 +110,8 @@ struct layout {
   explicit layout(router r) : route(std::move(r)) {}
   router route;
   std::vector<std::shared_ptr<shard_state>> shards;
-  mutable phase_fair_mutex table_mutex;                // writes are not starved by size(), ids(), ... (review)
-  std::unordered_map<vector_id, std::uint32_t> table;  // id -> shard
+  mutable phase_fair_mutex table_mutex;  // writes are not starved by size(), ids(), ... (review)
+  id_table table;                        // id -> shard
   /// Searches and `collection::vector` hold it shared while they read shards. A write that moves ids to
   /// other shards locks it (and unlocks it at once) after adding them to their new shards and before
   /// removing them from their old ones: every read that might have passed a new shard before the add
@@ -132,8 +133,37 @@ struct shard_traits {
 };
 
 /// One write worked out against a layout before it changes anything (`collection_state::plan`).
+/// Room in a layout's routing table for a write's ids, promised when the write is planned (before it is
+/// logged) and released when the plan goes: the inserts after the shards are written never allocate.
+class table_room {
+ public:
+  table_room() = default;
+  table_room(layout& lay, std::size_t count) : lay_(&lay), count_(count) {
+    const std::unique_lock lock(lay.table_mutex);
+    lay.table.promise(count);
+  }
+  table_room(table_room&& other) noexcept : lay_(std::exchange(other.lay_, nullptr)), count_(other.count_) {}
+  table_room& operator=(table_room&& other) noexcept {
+    std::swap(lay_, other.lay_);
+    std::swap(count_, other.count_);
+    return *this;  // `other` releases what this held
+  }
+  table_room(const table_room&) = delete;
+  table_room& operator=(const table_room&) = delete;
+  ~table_room() {
+    if (lay_ == nullptr) return;
+    const std::unique_lock lock(lay_->table_mutex);
+    lay_->table.release(count_);
+  }
+
+ private:
+  layout* lay_ = nullptr;
+  std::size_t count_ = 0;
+};
+
 struct write_plan {
   wal_op op = wal_op::add;
+  table_room room;  // for the ids the write adds to the routing table
   std::span<const vector_id> ids;
   std::vector<std::uint32_t> new_shard;  // per id (not for removals)
   // Per shard: ids removed before the adds (re-added to the same shard), the rows added (indices into

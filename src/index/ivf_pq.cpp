@@ -207,6 +207,8 @@ std::size_t ivf_pq_index::memory_bytes() const {
          detail::lists_bytes(lists_) + (opq_ ? dim_ * dim_ * sizeof(float) : 0) + locator_bytes();
 }
 
+static_assert(detail::max_nlist <= std::size_t{1} << 24, "id_locator: a list number takes at most 24 of 32 bits");
+
 std::size_t ivf_pq_index::locator_bytes() const {
   if (!locator_) return 0;
   const std::shared_lock lock(locator_->mutex);
@@ -428,13 +430,15 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
 
   const std::lock_guard writer(write_mutex_);
   // Only writers change lists and the locator, and this thread is the only writer: both can be read
-  // without locks. Room in the locator first (it may be built here, from the lists), then the check.
-  reserve_locator(n);
+  // without locks. The locator is built here if it is not yet, the ids checked, and only then room made
+  // for them (a refused batch does not grow it: the table never shrinks).
+  reserve_locator(0);
   for (const vector_id id : ids) {
     std::size_t slot = 0;
     SHOAL_CHECK_CODE(find_stored(id, slot) == nlist, errc::duplicate_id, index_name, "::add: id ", id,
                      " is already stored");
   }
+  reserve_locator(n);
   // Room in every list first: out of memory then leaves the index as it was, and the loop after it does
   // not allocate.
   for (std::size_t l = 0; l < nlist; ++l) {
@@ -473,8 +477,10 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
       target.ids.push_back(ids[i]);
     }
   }
-  // After the lists: a `contains` that finds an id's pair then finds the id in its list.
-  for (std::size_t i = 0; i < n; ++i) locator_->insert(ids[i], label[i]);
+  // After the lists: a `contains` that finds an id's pair then finds the id in its list. One lock for the
+  // batch: a lock per id waited behind each `contains` scanning a list (a 20,000-vector add took 0.9 s
+  // instead of 6 ms beside one thread calling `contains`; a review).
+  locator_->insert(ids, label.data());
   size_.add(n);
 }
 
