@@ -2237,6 +2237,19 @@ TEST_CASE("collection routing table: the same answers as a hash map through inse
   CHECK(both >= promised);
   big.release(10000);
   for (vector_id i = 0; i < 20000; ++i) REQUIRE(*big.find(i * 1000003) == i);
+  // A table as full as it may be takes a new value for a stored id without growing (an upsert's ids
+  // are promised no room).
+  detail::id_table full;
+  full.reserve(100);  // 170 slots, 147 of them usable before a rebuild
+  std::size_t stored = 0;
+  for (vector_id i = 0; full.bytes() == 170 * 12; ++i, ++stored) (void)full.insert_or_assign(i, 1);
+  CHECK(stored == 148);  // the 148th insert rebuilt it
+  detail::id_table at_max;
+  at_max.reserve(100);
+  for (vector_id i = 0; i < 147; ++i) (void)at_max.insert_or_assign(i, 1);
+  CHECK_FALSE(at_max.insert_or_assign(5, 9));
+  CHECK(at_max.bytes() == 170 * 12);
+  CHECK(*at_max.find(5) == 9);
 }
 
 }  // namespace

@@ -286,7 +286,8 @@ write_plan collection_state::plan(layout& lay, wal_op op, matrix_view<const floa
       if (const std::uint32_t* at = lay.table.find(ids[i])) old_shard[i] = *at;
   }
   if (op != wal_op::remove) {
-    w.room = table_room(lay, n);
+    // Room for the ids new to the table (an upsert's stored ids keep their entries).
+    w.room = table_room(lay, static_cast<std::size_t>(std::count(old_shard.begin(), old_shard.end(), none)));
     w.new_shard = lay.route.route(routed, ids, keys);
     // Range sharding: an upsert without keys leaves a stored id in its shard. Its key (a timestamp
     // given to add) is not kept, and routing it by its id moved it out of its range silently.

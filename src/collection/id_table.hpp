@@ -67,10 +67,13 @@ class id_table {
 
   /// Sets `id`'s value; returns whether `id` was new. May allocate, unless a promise covers it.
   bool insert_or_assign(vector_id id, std::uint32_t value) {
+    if (const std::uint32_t* at = find(id)) {  // a stored id: its value changes, nothing grows
+      values_[static_cast<std::size_t>(at - values_.data())] = value;
+      return false;
+    }
     reserve(size_ + 1);  // within a promise: no rebuild
-    const std::size_t before = size_;
     put(id, value);
-    return size_ != before;
+    return true;
   }
 
   /// Removes `id`; returns whether it was there.
