@@ -286,8 +286,6 @@ write_plan collection_state::plan(layout& lay, wal_op op, matrix_view<const floa
       if (const std::uint32_t* at = lay.table.find(ids[i])) old_shard[i] = *at;
   }
   if (op != wal_op::remove) {
-    // Room for the ids new to the table (an upsert's stored ids keep their entries).
-    w.room = table_room(lay, static_cast<std::size_t>(std::count(old_shard.begin(), old_shard.end(), none)));
     w.new_shard = lay.route.route(routed, ids, keys);
     // Range sharding: an upsert without keys leaves a stored id in its shard. Its key (a timestamp
     // given to add) is not kept, and routing it by its id moved it out of its range silently.
@@ -345,6 +343,10 @@ write_plan collection_state::plan(layout& lay, wal_op op, matrix_view<const floa
       break;
     }
   }
+  // Room for the ids new to the table (an upsert's stored ids keep their entries), last: a write refused
+  // above does not grow the table (it never shrinks but for removals).
+  if (op != wal_op::remove)
+    w.room = table_room(lay, static_cast<std::size_t>(std::count(old_shard.begin(), old_shard.end(), none)));
   return w;
 }
 
@@ -368,6 +370,7 @@ void collection_state::apply(layout& lay, const write_plan& w) {
     {
       const std::unique_lock lock(lay.table_mutex);
       for (std::size_t i = 0; i < n; ++i) (void)lay.table.insert_or_assign(w.ids[i], w.new_shard[i]);
+      w.room.release_locked();  // now: held until the write returned, it counted these ids twice
     }
     // Ids that move: wait for the reads that may have passed their new shard before the add (`moving`;
     // no other lock held, as those reads take the table's and the shards').
@@ -1031,9 +1034,17 @@ void detail::rebalance(collection_state& st) {
         if (!part_ids.empty()) index->add(part, part_ids);
       }
     });
-    const std::unique_lock lock(lay->table_mutex);
-    for (const vector_id id : part_ids) (void)lay->table.insert_or_assign(id, static_cast<std::uint32_t>(s));
   });
+  // The table in shard order, not in the order the shards finished: where ids collide their slots
+  // depend on it, the next rebalance reads the ids in slot order, and its k-means then depended on the
+  // threads' timing (a review: shard sizes differed between runs after three rebalances).
+  {
+    const std::unique_lock lock(lay->table_mutex);
+    lay->table.reserve(kept);
+    for (std::size_t s = 0; s < lay->shards.size(); ++s)
+      for (std::size_t i = begin[s]; i < begin[s + 1]; ++i)
+        (void)lay->table.insert_or_assign(ids[i], static_cast<std::uint32_t>(s));
+  }
 
   // Swap: writers wait while the captured writes are replayed onto the new layout (as upserts and
   // removes of present ids, which is idempotent whatever the snapshot saw), then it goes live.

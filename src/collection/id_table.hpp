@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <new>
 #include <vector>
 
 #include "core/linear_probing.hpp"
@@ -17,13 +18,18 @@ namespace shoal::detail {
 /// `std::unordered_map`: a node of 24 bytes in a 32-byte heap chunk per id plus an 8-byte bucket, about
 /// 40 bytes per id and an allocation per insert — more than the whole entry of an IVF-PQ shard with
 /// 8-byte codes. Here it is 12 bytes per slot, kept between 3/5 and 7/8 full (`linear_probing`):
-/// 13.7-20 bytes per id. Removal shifts the later entries of the run back (no tombstones), so the
-/// table's order is a function of its history, as an unordered_map's is.
+/// 13.7-20 bytes per id while it grows; removals rebuild it smaller once it is less than 1/8 full.
+/// Removal shifts the later entries of the run back (no tombstones), so the table's order is a function
+/// of its history, as an unordered_map's is.
 ///
 /// Not thread-safe: the collection reads it under `layout::table_mutex` shared and changes it under the
 /// lock held exclusively.
 class id_table {
  public:
+  id_table() = default;
+  id_table(const id_table&) = delete;  // nothing copies or moves a routing table
+  id_table& operator=(const id_table&) = delete;
+
   [[nodiscard]] std::size_t size() const noexcept { return size_; }
   [[nodiscard]] bool empty() const noexcept { return size_ == 0; }
   /// Bytes of the slots.
@@ -97,6 +103,7 @@ class id_table {
     }
     ids_[hole] = no_id;
     --size_;
+    shrink();
     return true;
   }
 
@@ -110,6 +117,20 @@ class id_table {
  private:
   [[nodiscard]] std::size_t home(vector_id id) const noexcept {
     return linear_probing::home(linear_probing::mix(id), ids_.size());
+  }
+  /// Rebuilds the table smaller once it is less than 1/8 full (after many removals), to 3/5 of what is
+  /// stored and promised; out of memory, it stays as it is. O(1) per removal, amortised: the removals
+  /// since the last rebuild outnumber what is left.
+  void shrink() noexcept {
+    if (ids_.size() <= 64 || (size_ + promised_) * 8 >= ids_.size()) return;
+    try {
+      id_table smaller;
+      smaller.reserve(size_ + promised_);
+      for_each([&](vector_id id, std::uint32_t value) { smaller.put(id, value); });
+      ids_.swap(smaller.ids_);
+      values_.swap(smaller.values_);
+    } catch (const std::bad_alloc&) {
+    }
   }
   /// Sets `id`'s value in room there is.
   void put(vector_id id, std::uint32_t value) noexcept {

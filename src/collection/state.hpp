@@ -155,9 +155,15 @@ class table_room {
     const std::unique_lock lock(lay_->table_mutex);
     lay_->table.release(count_);
   }
+  /// Releases the room now, under the table's lock (held by the caller): once the write's ids are in.
+  void release_locked() const noexcept {
+    if (lay_ == nullptr) return;
+    lay_->table.release(count_);
+    lay_ = nullptr;
+  }
 
  private:
-  layout* lay_ = nullptr;
+  mutable layout* lay_ = nullptr;  // null once released (`apply` sees the plan as const)
   std::size_t count_ = 0;
 };
 
