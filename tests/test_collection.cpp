@@ -1726,6 +1726,45 @@ TEST_CASE("collection: the same history gives the same shards, rebalances includ
   require_identical(found_a, found_b);
 }
 
+TEST_CASE("collection: out of memory in a checkpoint throws, whatever it was listing or removing", "[collection][io]") {
+  // A checkpoint lists its directory (the next generation, leftovers, older generations). Through
+  // std::filesystem::directory_iterator, whose libstdc++ internals allocate inside noexcept functions,
+  // out of memory there ended the process (std::terminate; a review of the multi-modal store, whose
+  // saves list and remove directories too). Every allocation of a checkpoint fails in turn: each
+  // throws std::bad_alloc or completes, and the collection reopens whole.
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  const matrix<float> v = make_uniform(60, 4, 47);
+  std::vector<vector_id> ids(60);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  collection_options o = options_for(sharding::hash, 4, metric::l2);
+  o.directory = home;
+  {
+    collection c(o);
+    c.add(v.view().slice(0, 50), std::span<const vector_id>(ids).first(50));
+    std::size_t failed = 0, point = 0;
+    for (;; ++point) {
+      bool injected = false;
+      {
+        const test::allocation_failure failure(point, /*every_thread=*/true);
+        try {
+          c.checkpoint();
+        } catch (const std::bad_alloc&) {
+          ++failed;
+        }
+        injected = failure.happened();
+      }
+      if (!injected) break;
+      c.checkpoint();  // removes what the failed one left, so every round lists the same directory
+    }
+    CAPTURE(point, failed);
+    CHECK(failed > 0);
+    c.add(v.view().slice(50, 10), std::span<const vector_id>(ids).subspan(50, 10));
+  }
+  const collection again = collection::open(home);
+  CHECK(again.size() == 60);
+}
+
 TEST_CASE("collection: the routing table's room for a write is made before the write is logged", "[collection]") {
   // 2,000 new ids of 2-d vectors into a collection of 3,000 over 4 Flat shards: the routing table grows
   // from 5,005 to 8,335 slots (67 KB of ids), the largest allocation of the write; each shard's share and

@@ -882,8 +882,10 @@ void collection::restore(std::size_t shard, std::size_t replica) {
   struct cleanup {
     const std::filesystem::path& dir;
     ~cleanup() {
-      std::error_code ignored;
-      std::filesystem::remove_all(dir, ignored);
+      try {
+        io::detail::remove_tree(dir);
+      } catch (const std::bad_alloc&) {  // the copy stays in the temporary directory
+      }
     }
   } remove_temp{temp_dir};
   const std::string temp = (temp_dir / "replica.shoal").string();

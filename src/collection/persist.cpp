@@ -70,36 +70,38 @@ std::int64_t generation_of(std::string_view file) {
 
 /// Deletes shard files of every generation but `keep`, and what `remove_leftovers` deletes (best effort:
 /// leftovers cost disk, not data).
-void remove_other_generations(const std::filesystem::path& dir, std::uint64_t keep) {
+void remove_other_generations(const std::filesystem::path& dir, std::uint64_t keep) noexcept {
   remove_leftovers(dir);
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    const std::int64_t g = generation_of(entry.path().filename().string());
-    if (g >= 0 && static_cast<std::uint64_t>(g) != keep) std::filesystem::remove(entry.path(), ec);
+  try {
+    for (const std::string& file : io::detail::directory_entries(dir)) {
+      const std::int64_t g = generation_of(file);
+      if (g >= 0 && static_cast<std::uint64_t>(g) != keep) (void)std::remove((dir / file).c_str());
+    }
+  } catch (const std::bad_alloc&) {  // after the snapshot is in place: a save that worked does not fail
   }
 }
 
 }  // namespace
 
-void remove_leftovers(const std::filesystem::path& dir) {
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    const std::string file = entry.path().filename().string();
-    const std::size_t mark = file.find(".tmp.");  // io::detail::atomic_writer's temporaries: <target>.tmp.<pid>.<n>
-    if (mark != std::string::npos) {
-      const std::string target = file.substr(0, mark);
-      if (target == manifest_file_name || generation_of(target) >= 0) std::filesystem::remove(entry.path(), ec);
-    } else if (file.starts_with(restore_dir_prefix)) {
-      std::filesystem::remove_all(entry.path(), ec);
+void remove_leftovers(const std::filesystem::path& dir) noexcept {
+  try {
+    for (const std::string& file : io::detail::directory_entries(dir)) {
+      const std::size_t mark = file.find(".tmp.");  // io::detail::atomic_writer's temporaries: <target>.tmp.<pid>.<n>
+      if (mark != std::string::npos) {
+        const std::string target = file.substr(0, mark);
+        if (target == manifest_file_name || generation_of(target) >= 0) (void)std::remove((dir / file).c_str());
+      } else if (file.starts_with(restore_dir_prefix)) {
+        io::detail::remove_tree(dir / file);
+      }
     }
+  } catch (const std::bad_alloc&) {  // best effort: leftovers cost disk, not data
   }
 }
 
 std::uint64_t next_generation(const std::filesystem::path& dir) {
   std::uint64_t next = 1;
-  std::error_code ec;
-  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
-    const std::int64_t g = generation_of(entry.path().filename().string());
+  for (const std::string& file : io::detail::directory_entries(dir)) {
+    const std::int64_t g = generation_of(file);
     if (g >= 0) next = std::max(next, static_cast<std::uint64_t>(g) + 1);
   }
   return next;

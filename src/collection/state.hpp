@@ -357,7 +357,7 @@ inline constexpr const char* restore_dir_prefix = "restore-";
 /// Deletes what a process that died while writing `dir` left there: the temporaries of the manifest and
 /// shard files (`<target>.tmp.<pid>.<n>`) and restore's copy directories. Only the directory's
 /// exclusive holder may call it (best effort: leftovers cost disk, not data).
-void remove_leftovers(const std::filesystem::path& dir);
+void remove_leftovers(const std::filesystem::path& dir) noexcept;
 inline constexpr const char* manifest_file_name = "MANIFEST.shoal";
 
 }  // namespace shoal::detail

@@ -954,28 +954,24 @@ std::string next_dir(std::string_view base, std::string_view previous) {
 /// (what earlier saves wrote, what a crashed save left), and the directories of modalities that
 /// `previous` had and `m` has not.
 void remove_unnamed(const std::filesystem::path& directory, const manifest& m,
-                    const std::optional<manifest>& previous) {
-  std::error_code ec;
-  const auto entries = [&ec](const std::filesystem::path& dir) {
-    std::vector<std::filesystem::path> out;
-    for (std::filesystem::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
-      out.push_back(it->path());
-    return out;
-  };
-  for (const manifest_modality& old : previous ? previous->modalities : std::vector<manifest_modality>{})
-    if (std::none_of(m.modalities.begin(), m.modalities.end(), [&](const auto& x) { return x.name == old.name; }))
-      std::filesystem::remove_all(directory / old.name, ec);
-  for (const manifest_modality& mod : m.modalities)
-    for (const std::filesystem::path& dir : entries(directory / mod.name)) {
-      const auto v = std::find_if(mod.versions.begin(), mod.versions.end(),
-                                  [&](const manifest_version& x) { return x.dir == dir.filename(); });
-      if (v == mod.versions.end()) {
-        std::filesystem::remove_all(dir, ec);
-        continue;
+                    const std::optional<manifest>& previous) noexcept {
+  try {
+    for (const manifest_modality& old : previous ? previous->modalities : std::vector<manifest_modality>{})
+      if (std::none_of(m.modalities.begin(), m.modalities.end(), [&](const auto& x) { return x.name == old.name; }))
+        io::detail::remove_tree(directory / old.name);
+    for (const manifest_modality& mod : m.modalities)
+      for (const std::string& dir : io::detail::directory_entries(directory / mod.name)) {
+        const auto v = std::find_if(mod.versions.begin(), mod.versions.end(),
+                                    [&](const manifest_version& x) { return x.dir == dir; });
+        if (v == mod.versions.end()) {
+          io::detail::remove_tree(directory / mod.name / dir);
+          continue;
+        }
+        for (const std::string& inner : io::detail::directory_entries(directory / mod.name / dir))
+          if (inner != "native" && inner != v->mirror_dir) io::detail::remove_tree(directory / mod.name / dir / inner);
       }
-      for (const std::filesystem::path& inner : entries(dir))
-        if (inner.filename() != "native" && inner.filename() != v->mirror_dir) std::filesystem::remove_all(inner, ec);
-    }
+  } catch (const std::bad_alloc&) {  // the manifest is in place: a save that worked does not fail
+  }
 }
 
 }  // namespace
@@ -1214,13 +1210,17 @@ void multimodal_store::remove(std::string_view modality, std::span<const vector_
   detail::write_version(*state_, modality, version, "multimodal_store::remove",
                         [&](detail::version_state& v, const detail::link_state& l) {
                           detail::apply_pending(v, l);
-                          v.own.remove(ids);  // errc::not_found before removing anything
-                          if (!l.mirror) return;
                           // Only what the mirror holds: a mirror that missed a write (a crash between the
-                          // two logs) must not turn a remove that went through into an error.
+                          // two logs) must not turn a remove that went through into an error. Listed
+                          // before the version's remove: out of memory between the two left the mirror
+                          // holding the removed ids with nothing recorded to repair it (a review).
                           std::vector<vector_id> mirrored;
-                          for (const vector_id id : ids)
-                            if (l.mirror->contains(id)) mirrored.push_back(id);
+                          if (l.mirror) {
+                            mirrored.reserve(ids.size());
+                            for (const vector_id id : ids)
+                              if (l.mirror->contains(id)) mirrored.push_back(id);
+                          }
+                          v.own.remove(ids);  // errc::not_found before removing anything
                           if (!mirrored.empty())
                             detail::write_mirror(v, mirrored, nullptr, [&] { l.mirror->remove(mirrored); });
                         });
