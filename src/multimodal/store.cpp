@@ -871,7 +871,14 @@ manifest decode(std::span<const std::byte> bytes, const std::string& name) {
       v.searchable = (flags & flag_searchable) != 0;
       v.route = static_cast<shared_route>(route);
       const std::span<const std::byte> p = in.get_bytes();
-      if (!p.empty()) v.to_shared = projection::deserialize(p);
+      if (!p.empty()) {
+        try {  // named: the projection's own message does not say which file or modality
+          v.to_shared = projection::deserialize(p);
+        } catch (const error& e) {
+          detail::throw_error(errc::corrupt_file,
+                              detail::str(name, ": projection of ", mod.name, "/", v.name, ": ", e.what()));
+        }
+      }
       const bool mirrored = v.route == shared_route::mirror;
       if (major >= 2) {
         v.dir = in.get_string();

@@ -295,8 +295,11 @@ class multimodal_store {
   /// metric, no row projecting to zero), so a sample refused for its values trains nothing.
   void train(std::string_view modality, matrix_view<const float> sample, std::string_view version = {});
   /// Adds `vectors.rows` vectors under `ids` to a version (`version` empty: the active one), and their
-  /// projections to its mirror. All or nothing; errors of `collection::add`, `errc::dimension_mismatch`
-  /// naming the modality, `errc::not_found`.
+  /// projections to its mirror. All or nothing, with one exception: a collection that runs out of memory
+  /// while it applies its part (after logging it) may hold part of it, and then refuses every later
+  /// write and save until reopened, as `collection::add` documents — so `save` of the whole store fails
+  /// while one version's collection refuses (reopen the store's directory; a store without one stays
+  /// so). Errors of `collection::add`, `errc::dimension_mismatch` naming the modality, `errc::not_found`.
   void add(std::string_view modality, matrix_view<const float> vectors, std::span<const vector_id> ids,
            std::string_view version = {});
   /// Adds or replaces (see `collection::upsert`), in the mirror too. Every check, the projections'
