@@ -1726,7 +1726,10 @@ TEST_CASE("collection: the same history gives the same shards, rebalances includ
   require_identical(found_a, found_b);
 }
 
-TEST_CASE("collection: out of memory in a checkpoint throws, whatever it was listing or removing", "[collection][io]") {
+TEST_CASE(
+    "collection: out of memory in a checkpoint throws, whatever it was listing or removing, and leaves no partial "
+    "snapshot",
+    "[collection][io]") {
   // A checkpoint lists its directory (the next generation, leftovers, older generations). Through
   // std::filesystem::directory_iterator, whose libstdc++ internals allocate inside noexcept functions,
   // out of memory there ended the process (std::terminate; a review of the multi-modal store, whose
@@ -1744,17 +1747,28 @@ TEST_CASE("collection: out of memory in a checkpoint throws, whatever it was lis
     c.add(v.view().slice(0, 50), std::span<const vector_id>(ids).first(50));
     std::size_t failed = 0, point = 0;
     for (;; ++point) {
-      bool injected = false;
+      bool injected = false, threw = false;
       {
         const test::allocation_failure failure(point, /*every_thread=*/true);
         try {
           c.checkpoint();
         } catch (const std::bad_alloc&) {
+          threw = true;
           ++failed;
         }
         injected = failure.happened();
       }
       if (!injected) break;
+      // A failed snapshot took its shard files with it — or, failing inside the manifest's commit, left
+      // them whole. Before, it left those it had written (some shards of 4), one more partial
+      // generation per failed attempt.
+      std::size_t shard_files = 0;
+      for (const auto& entry : std::filesystem::directory_iterator(home)) {
+        const std::string file = entry.path().filename().string();
+        shard_files += file.starts_with("shard-") && file.ends_with(".shoal") ? 1 : 0;
+      }
+      CAPTURE(point, threw);  // (a checkpoint whose cleanup of older generations failed does not throw)
+      CHECK((!threw || shard_files == 4 || shard_files == 8));
       c.checkpoint();  // removes what the failed one left, so every round lists the same directory
     }
     CAPTURE(point, failed);

@@ -113,6 +113,30 @@ void collection_state::write_snapshot(const layout& lay, const std::filesystem::
   std::error_code ec;
   io::detail::create_directories_durably(dir, ec);
   SHOAL_CHECK_CODE(!ec, errc::io_error, "collection::save: cannot create ", dir.string(), ": ", ec.message());
+  // A snapshot that fails before its manifest is committed takes its shard files with it: no manifest
+  // names generation `gen` (a new one, `next_generation`), and every attempt takes a new one, so saves
+  // failing again and again (a full disk, out of memory) piled up partial snapshots until one worked.
+  // A failure inside the commit leaves them: the manifest may name them already.
+  bool committing = false;
+  try {
+    write_generation(lay, dir, gen, wal_sequence, committing);
+  } catch (...) {
+    if (!committing) {
+      try {
+        for (std::size_t s = 0; s < lay.shards.size(); ++s) (void)std::remove((dir / shard_file_name(s, gen)).c_str());
+      } catch (const std::bad_alloc&) {  // best effort: the exception that counts is the first one
+      }
+    }
+    throw;
+  }
+  remove_other_generations(dir, gen);
+  checkpoint_ns.store(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - snapshot_started)
+          .count());
+}
+
+void collection_state::write_generation(const layout& lay, const std::filesystem::path& dir, std::uint64_t gen,
+                                        std::uint64_t wal_sequence, bool& committing) const {
   for (std::size_t s = 0; s < lay.shards.size(); ++s) {
     const shard_state& shard = *lay.shards[s];
     bool saved = false;
@@ -167,11 +191,8 @@ void collection_state::write_snapshot(const layout& lay, const std::filesystem::
   out.append(std::span<const vector_id>(ids));
   out.begin_section(tag_table_shards);
   out.append(std::span<const std::uint32_t>(owners));
+  committing = true;
   out.commit();
-  remove_other_generations(dir, gen);
-  checkpoint_ns.store(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - snapshot_started)
-          .count());
 }
 
 }  // namespace detail

@@ -273,6 +273,10 @@ struct collection_state {
   /// Writes a snapshot of `lay` into `dir` (caller holds `layout_mutex` exclusively).
   void write_snapshot(const layout& lay, const std::filesystem::path& dir, std::uint64_t gen,
                       std::uint64_t wal_sequence) const;
+  /// `write_snapshot`'s files: the shards of generation `gen`, then the manifest (`committing` set just
+  /// before its commit).
+  void write_generation(const layout& lay, const std::filesystem::path& dir, std::uint64_t gen,
+                        std::uint64_t wal_sequence, bool& committing) const;
   [[nodiscard]] bool all_trained(const layout& lay) const;
 };
 
