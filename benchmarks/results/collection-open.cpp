@@ -2,8 +2,8 @@
 // open checked each routed id with the shard's `contains`, which on a loaded IVF-PQ index scans every
 // list (quadratic); now against the shard's sorted ids. Against the library at db47a7d (its libshoal.a
 // copied aside, with that commit's include/shoal/index/ivf_pq.hpp found first):
-//   g++ -std=c++20 -O3 -DNDEBUG -Iinclude -Ibuild/include benchmarks/results/collection-open.cpp \
-//       build/libshoal.a -ltbb -o /tmp/open-new
+//   g++ -std=c++20 -O3 -DNDEBUG -Iinclude -Ibuild/include benchmarks/results/collection-open.cpp
+//       build/libshoal.a -ltbb -o /tmp/open-new   (one command)
 //   /tmp/open-new build /tmp/c 200000; /tmp/open-old open /tmp/c 0; /tmp/open-new open /tmp/c 0
 
 #include <chrono>
