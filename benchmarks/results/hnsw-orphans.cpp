@@ -2,7 +2,7 @@
 // as docs/hnsw.md "Concurrency" reports. Not part of the build; from the repository root, after
 // `cmake --preset release && cmake --build build`:
 //
-//   g++ -std=c++20 -O2 -Iinclude -Ibuild/include benchmarks/results/hnsw-orphans.cpp build/libshoal.a -ltbb \
+//   g++ -std=c++20 -O2 -Iinclude -Ibuild/include benchmarks/results/hnsw-orphans.cpp build/libshoal.a -ltbb
 //       -o /tmp/hnsw-orphans
 //   /tmp/hnsw-orphans one-call   # 2,400 vectors in one add call on the machine's worker threads
 //   /tmp/hnsw-orphans scenario   # the TSan test's scenario: 1,200 vectors, then two adders, a remover

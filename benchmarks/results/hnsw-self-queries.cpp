@@ -3,7 +3,7 @@
 // as docs/hnsw.md "What remains" (b) reports. Not part of the build; from the repository root, after
 // `cmake --preset release && cmake --build build`:
 //
-//   g++ -std=c++20 -O2 -march=native -Iinclude -Ibuild/include benchmarks/results/hnsw-self-queries.cpp \
+//   g++ -std=c++20 -O2 -march=native -Iinclude -Ibuild/include benchmarks/results/hnsw-self-queries.cpp
 //       build/libshoal.a -ltbb -o /tmp/hnsw-self-queries
 //   /tmp/hnsw-self-queries [M [ef_construction]]   # default M 8, ef_construction 40
 //

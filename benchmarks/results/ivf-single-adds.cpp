@@ -7,10 +7,9 @@
 //   git show a796477:src/index/inverted_lists.hpp > /tmp/old/index/inverted_lists.hpp
 //   g++ -std=c++20 -O3 -DNDEBUG -Iinclude -Ibuild/include -I/tmp/old -Isrc -c /tmp/old/ivf_flat.cpp -o
 //   /tmp/old_ivf_flat.o
-//   g++ -std=c++20 -O3 -DNDEBUG -Iinclude -Ibuild/include benchmarks/results/ivf-single-adds.cpp /tmp/old_ivf_flat.o \
-//       build/libshoal.a -ltbb -o /tmp/adds-old
+//   g++ -std=c++20 -O3 -DNDEBUG -Iinclude -Ibuild/include benchmarks/results/ivf-single-adds.cpp /tmp/old_ivf_flat.o
+//       build/libshoal.a -ltbb -o /tmp/adds-old   (one command; so is the next)
 //   g++ -std=c++20 -O3 -DNDEBUG -Iinclude -Ibuild/include benchmarks/results/ivf-single-adds.cpp build/libshoal.a -ltbb
-//   \
 //       -o /tmp/adds-new
 //   /tmp/adds-old "IVF4,Flat" 128 40000; /tmp/adds-new "IVF4,Flat" 128 40000
 // IVF-PQ checks every stored id for a duplicate of the batch's (it keeps no id map): at 1a49270 through a

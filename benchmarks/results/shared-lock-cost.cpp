@@ -1,9 +1,9 @@
 // Shared-lock cost: T threads each take and release the lock shared N times, no writer. Session 36, the
 // phase-fair lock against the writer-first lock it replaced (docs/hnsw.md, "Neither side starves"):
 //   git show 5ab137f:src/core/writer_first_mutex.hpp > /tmp/old.hpp
-//   g++ -std=c++20 -O2 -I/tmp -DLOCK_HEADER='"old.hpp"' -DLOCK_TYPE=writer_first_mutex \
+//   g++ -std=c++20 -O2 -I/tmp -DLOCK_HEADER='"old.hpp"' -DLOCK_TYPE=writer_first_mutex
 //       benchmarks/results/shared-lock-cost.cpp -o /tmp/old
-//   g++ -std=c++20 -O2 -Isrc -DLOCK_HEADER='"core/phase_fair_mutex.hpp"' -DLOCK_TYPE=phase_fair_mutex \
+//   g++ -std=c++20 -O2 -Isrc -DLOCK_HEADER='"core/phase_fair_mutex.hpp"' -DLOCK_TYPE=phase_fair_mutex
 //       benchmarks/results/shared-lock-cost.cpp -o /tmp/new
 //   /tmp/old 1 20000000; /tmp/new 1 20000000; /tmp/old 2 10000000; /tmp/new 2 10000000
 #include <chrono>
@@ -16,6 +16,10 @@
 #include LOCK_HEADER
 using namespace shoal::detail;
 int main(int argc, char** argv) {
+  if (argc != 3) {
+    std::fprintf(stderr, "usage: %s THREADS N\n", argv[0]);
+    return 2;
+  }
   const int threads = std::atoi(argv[1]);
   const long n = std::atol(argv[2]);
   LOCK_TYPE mutex;

@@ -1,7 +1,7 @@
 // One-vector adds into FAISS and hnswlib, the peers of benchmarks/results/ivf-single-adds.cpp (same data:
 // shoal::make_clustered(N, DIM, 16, 7, 1.0), the first 10,000 rows to train; N adds of one vector each,
 // timed in four quarters). Session 37:
-//   g++ -std=c++20 -O3 -DNDEBUG -fopenmp -Iinclude -Ibuild/include benchmarks/results/single-adds-peers.cpp \
+//   g++ -std=c++20 -O3 -DNDEBUG -fopenmp -Iinclude -Ibuild/include benchmarks/results/single-adds-peers.cpp
 //       build/libshoal.a -lfaiss -llapack -lblas -ltbb -o /tmp/adds-peers
 //   /tmp/adds-peers IVFFlat 128 40000; /tmp/adds-peers IVFPQFastScan 16 100000; /tmp/adds-peers HNSW 16 100000
 // (IVFFlat: 4 lists; IVFPQFastScan: 4 lists, 4 sub-quantizers of 4 bits; HNSW: hnswlib, M 16,
