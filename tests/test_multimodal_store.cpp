@@ -678,6 +678,35 @@ TEST_CASE("multimodal_store: save/open round-trips modalities, versions, project
                        fails_with(errc::corrupt_file, "invalid shared space"));
 }
 
+TEST_CASE("multimodal_store: a manifest whose versions share a directory is refused as corrupt", "[multimodal][io]") {
+  // Under a valid checksum. The collections were opened first, and the second failed as its directory
+  // being open in another collection (errc::io_error), which blamed another process (a review).
+  const scratch_dir dir("shoal-mm-dirs");
+  {
+    multimodal_store store({.shared_dim = 2, .shared_metric = metric::l2});
+    store.add_modality("image", modality(2, metric::l2, "Flat", true), "alpha");
+    store.add_version("image", "gamma", modality(2, metric::l2, "Flat", true));
+    store.save(dir.path());
+  }
+  const std::filesystem::path manifest = dir.path() / "MULTIMODAL.shoal";
+  std::string bytes;
+  {
+    std::ifstream in(manifest, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  const std::size_t last = bytes.rfind("gamma");  // version gamma's directory (its name comes before it)
+  REQUIRE(last != std::string::npos);
+  REQUIRE(bytes.find("gamma") < last);
+  bytes.replace(last, 5, "alpha");
+  const std::uint32_t crc = crc32c(bytes.data(), bytes.size() - 4);
+  std::memcpy(bytes.data() + bytes.size() - 4, &crc, sizeof crc);
+  std::filesystem::remove(manifest);
+  std::ofstream(manifest, std::ios::binary) << bytes;
+  CHECK_THROWS_MATCHES(
+      multimodal_store::open(dir.path()), shoal::error,
+      fails_with(errc::corrupt_file, "versions 'alpha' and 'gamma' of 'image' name one directory, 'alpha'"));
+}
+
 TEST_CASE("multimodal_store: collections made after open are durable once saved into its directory",
           "[multimodal][io]") {
   constexpr std::size_t n = 40;

@@ -1577,6 +1577,14 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
                    detail::manifest_name, " is missing)");
   const detail::manifest m = detail::read_manifest(manifest_path);
   const std::string name = manifest_path.string();
+  // Versions sharing a directory are refused before any collection is opened: opened first, the second
+  // failed as its directory being "open in another collection" (errc::io_error; a review's fuzzing).
+  for (const detail::manifest_modality& mod : m.modalities)
+    for (std::size_t i = 0; i < mod.versions.size(); ++i)
+      for (std::size_t j = 0; j < i; ++j)
+        SHOAL_CHECK_CODE(mod.versions[i].dir != mod.versions[j].dir, errc::corrupt_file, name, ": versions '",
+                         mod.versions[j].name, "' and '", mod.versions[i].name, "' of '", mod.name,
+                         "' name one directory, '", mod.versions[i].dir, "'");
   auto st = std::make_unique<detail::multimodal_state>(m.shared);
   auto c = std::make_shared<detail::catalog>();
   for (const detail::manifest_modality& mod : m.modalities) {
