@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <mutex>
+#include <new>
 #include <span>
 #include <vector>
 
@@ -28,8 +29,8 @@ namespace shoal::detail {
 /// bit_width(nlist − 1) bits (at most 24, `max_nlist`), and a fingerprint of the id's hash in the rest
 /// (8-32 bits: a wrong candidate list comes up with probability about run length / 2^fingerprint bits).
 /// The table is rebuilt when it would pass 7/8 full (tombstones counted), to 3/5 full once the write
-/// that asked for room is in: 4.6-6.7 bytes per stored vector while the index grows. Removals leave it
-/// as large as it was until adds fill it to 7/8 again and rebuild it to the size of what is stored.
+/// that asked for room is in: 4.6-6.7 bytes per stored vector while the index grows; removals rebuild it
+/// smaller once it is less than 1/8 full (`shrink`).
 ///
 /// The hash is splitmix64's finaliser, public and invertible: ids chosen to share a home slot make
 /// probe runs as long as the index (a review built 40,000 such ids: 67 µs per add instead of 1.5) —
@@ -86,6 +87,22 @@ class id_locator {
     const std::unique_lock lock(mutex);
     slots_.swap(fresh);
     used_ = fresh_used;
+  }
+
+  /// After removals: rebuilds the table for the `stored` entries once it is less than 1/8 full, as
+  /// `reserve` does. Best effort: out of memory, it stays as it is. O(1) per removal, amortised.
+  template <class ForEachStored>
+  void shrink(std::size_t stored, ForEachStored&& for_each_stored) noexcept {
+    if (slots_.size() <= 64 || stored * 8 >= slots_.size()) return;
+    try {
+      std::vector<std::uint32_t> fresh(linear_probing::rebuilt_capacity(stored), empty);
+      std::size_t fresh_used = 0;
+      for_each_stored([&](vector_id id, std::size_t list) { put(fresh, fresh_used, id, list); });
+      const std::unique_lock lock(mutex);
+      slots_.swap(fresh);
+      used_ = fresh_used;
+    } catch (const std::bad_alloc&) {
+    }
   }
 
   /// Records that list `lists[i]` now holds `ids[i]`, for every i, in room `reserve` made (one lock for

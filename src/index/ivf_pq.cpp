@@ -222,10 +222,13 @@ detail::id_locator& ivf_pq_index::locator() const {
 }
 
 void ivf_pq_index::reserve_locator(std::size_t more) {
-  locator().reserve(size(), more, [this](auto&& put) {
-    for (std::size_t l = 0; l < lists_.size(); ++l)
-      for (const vector_id id : lists_[l]->ids) put(id, l);
-  });
+  locator().reserve(size(), more, [this](auto&& put) { put_stored(put); });
+}
+
+template <class Put>
+void ivf_pq_index::put_stored(Put&& put) const {
+  for (std::size_t l = 0; l < lists_.size(); ++l)
+    for (const vector_id id : lists_[l]->ids) put(id, l);
 }
 
 std::size_t ivf_pq_index::find_stored(vector_id id, std::size_t& slot) const {
@@ -522,6 +525,7 @@ void ivf_pq_index::remove(vector_id id) {
   }
   locator_->erase(id, list_no);
   size_.subtract(1);
+  locator_->shrink(size(), [this](auto&& put) { put_stored(put); });
 }
 
 bool ivf_pq_index::contains(vector_id id) const {

@@ -250,6 +250,9 @@ class ivf_pq_index {
   [[nodiscard]] detail::id_locator& locator() const;
   [[nodiscard]] std::size_t locator_bytes() const;
   void reserve_locator(std::size_t more);
+  /// Calls `put(id, list)` for every stored entry (the writer's view: no list locks).
+  template <class Put>
+  void put_stored(Put&& put) const;
   /// The list holding `id` (its slot in `slot`), or nlist; the caller holds `write_mutex_`.
   [[nodiscard]] std::size_t find_stored(vector_id id, std::size_t& slot) const;
 
