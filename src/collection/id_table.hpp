@@ -50,14 +50,7 @@ class id_table {
   /// `std::bad_alloc`; the table is then as it was.
   void reserve(std::size_t count) {
     if (count <= linear_probing::max_used(ids_.size())) return;
-    count = std::max(count, size_ + promised_);  // a rebuild keeps every promise
-    std::vector<vector_id> ids(linear_probing::rebuilt_capacity(count), no_id);
-    std::vector<std::uint32_t> values(ids.size());
-    ids.swap(ids_);
-    values.swap(values_);
-    size_ = 0;
-    for (std::size_t i = 0; i < ids.size(); ++i)  // the old slots, into the new arrays (no allocation)
-      if (ids[i] != no_id) put(ids[i], values[i]);
+    rebuild(std::max(count, size_ + promised_));  // a rebuild keeps every promise
   }
 
   /// Room for `more` ids beyond those stored and those promised before, promised until `release`:
@@ -115,6 +108,18 @@ class id_table {
   }
 
  private:
+  /// The table rebuilt for `count` entries, `rebuilt_capacity` slots; throws `std::bad_alloc` before
+  /// changing anything.
+  void rebuild(std::size_t count) {
+    std::vector<vector_id> ids(linear_probing::rebuilt_capacity(count), no_id);
+    std::vector<std::uint32_t> values(ids.size());
+    ids.swap(ids_);
+    values.swap(values_);
+    size_ = 0;
+    for (std::size_t i = 0; i < ids.size(); ++i)  // the old slots, into the new arrays (no allocation)
+      if (ids[i] != no_id) put(ids[i], values[i]);
+  }
+
   [[nodiscard]] std::size_t home(vector_id id) const noexcept {
     return linear_probing::home(linear_probing::mix(id), ids_.size());
   }
@@ -124,11 +129,7 @@ class id_table {
   void shrink() noexcept {
     if (ids_.size() <= 64 || (size_ + promised_) * 8 >= ids_.size()) return;
     try {
-      id_table smaller;
-      smaller.reserve(size_ + promised_);
-      for_each([&](vector_id id, std::uint32_t value) { smaller.put(id, value); });
-      ids_.swap(smaller.ids_);
-      values_.swap(smaller.values_);
+      rebuild(size_ + promised_);
     } catch (const std::bad_alloc&) {
     }
   }

@@ -132,7 +132,6 @@ struct shard_traits {
   bool refuses_rows = false;
 };
 
-/// One write worked out against a layout before it changes anything (`collection_state::plan`).
 /// Room in a layout's routing table for a write's ids, promised when the write is planned (before it is
 /// logged) and released when the plan goes: the inserts after the shards are written never allocate.
 class table_room {
@@ -167,6 +166,7 @@ class table_room {
   std::size_t count_ = 0;
 };
 
+/// One write worked out against a layout before it changes anything (`collection_state::plan`).
 struct write_plan {
   wal_op op = wal_op::add;
   table_room room;  // for the ids the write adds to the routing table

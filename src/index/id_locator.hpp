@@ -81,12 +81,7 @@ class id_locator {
   template <class ForEachStored>
   void reserve(std::size_t stored, std::size_t more, ForEachStored&& for_each_stored) {
     if (built() && used_ + more <= linear_probing::max_used(slots_.size())) return;
-    std::vector<std::uint32_t> fresh(linear_probing::rebuilt_capacity(stored + more), empty);
-    std::size_t fresh_used = 0;
-    for_each_stored([&](vector_id id, std::size_t list) { put(fresh, fresh_used, id, list); });
-    const std::unique_lock lock(mutex);
-    slots_.swap(fresh);
-    used_ = fresh_used;
+    rebuild(stored + more, for_each_stored);
   }
 
   /// After removals: rebuilds the table for the `stored` entries once it is less than 1/8 full, as
@@ -95,12 +90,7 @@ class id_locator {
   void shrink(std::size_t stored, ForEachStored&& for_each_stored) noexcept {
     if (slots_.size() <= 64 || stored * 8 >= slots_.size()) return;
     try {
-      std::vector<std::uint32_t> fresh(linear_probing::rebuilt_capacity(stored), empty);
-      std::size_t fresh_used = 0;
-      for_each_stored([&](vector_id id, std::size_t list) { put(fresh, fresh_used, id, list); });
-      const std::unique_lock lock(mutex);
-      slots_.swap(fresh);
-      used_ = fresh_used;
+      rebuild(stored, for_each_stored);
     } catch (const std::bad_alloc&) {
     }
   }
@@ -144,6 +134,17 @@ class id_locator {
   }
   [[nodiscard]] std::uint32_t list_mask() const noexcept { return (std::uint32_t{1} << list_bits_) - 1; }
 
+  /// The table rebuilt from `for_each_stored` for `entries`, `rebuilt_capacity` slots, swapped in under
+  /// `mutex`; throws `std::bad_alloc` before changing anything.
+  template <class ForEachStored>
+  void rebuild(std::size_t entries, ForEachStored& for_each_stored) {
+    std::vector<std::uint32_t> fresh(linear_probing::rebuilt_capacity(entries), empty);
+    std::size_t fresh_used = 0;
+    for_each_stored([&](vector_id id, std::size_t list) { put(fresh, fresh_used, id, list); });
+    const std::unique_lock lock(mutex);
+    slots_.swap(fresh);
+    used_ = fresh_used;
+  }
   /// Puts (id, list) in the first empty or tombstoned slot of the id's run: every slot before it stays
   /// occupied, so the pair is found from the id's home.
   void put(std::vector<std::uint32_t>& slots, std::size_t& used, vector_id id, std::size_t list) const noexcept {
