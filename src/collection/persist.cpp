@@ -346,8 +346,8 @@ collection collection::open(const std::filesystem::path& directory, const collec
                        " vectors, the routing table ", per_shard[s].size());
       // With the counts equal, the same ids: a shard file from another snapshot (or two swapped) would
       // open, then fail the first write that touches it, and that logged write every later open.
-      // An IVF-PQ shard's ids are looked up sorted: `contains` per id was quadratic there, as a loaded
-      // IVF-PQ index scans every list until its first write builds its id locator (a review).
+      // An IVF-PQ shard's ids are looked up sorted, one pass over its lists: `contains` would build its id
+      // locator, which a shard opened only to search (mapped) never needs.
       if (r == 0) {
         std::vector<vector_id> pq_ids;
         if (const auto* pq = index->get_if<ivf_pq_index>()) pq_ids = pq->ids();

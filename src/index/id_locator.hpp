@@ -44,8 +44,9 @@ namespace shoal::detail {
 /// b's home and S, and in both cases reaches B without crossing an empty slot, so a now finds B. (The
 /// table is a multiset of pairs, and pairs alike are interchangeable.)
 ///
-/// Built lazily, from the lists themselves, by the first write that needs it (`reserve`): an index
-/// loaded only to search never pays for it, and it is not in the file. Growing or purging tombstones
+/// Built lazily, from the lists themselves, by the first write or `contains` that needs it (`reserve`,
+/// called holding the index's write mutex): an index loaded only to search never pays for it, and it
+/// is not in the file. Growing or purging tombstones
 /// rebuilds it the same way.
 ///
 /// Thread safety: one writer at a time (the index's write mutex) calls `reserve`, `insert` and `erase`

@@ -227,8 +227,26 @@ void ivf_pq_index::reserve_locator(std::size_t more) {
 
 template <class Put>
 void ivf_pq_index::put_stored(Put&& put) const {
-  for (std::size_t l = 0; l < lists_.size(); ++l)
-    for (const vector_id id : lists_[l]->ids) put(id, l);
+  for (std::size_t l = 0; l < lists_.size(); ++l) {
+    const list& target = *lists_[l];
+    for (std::size_t i = 0; i < target.count(); ++i) put(target.id_data()[i], l);  // owned or mapped
+  }
+}
+
+void ivf_pq_index::build_locator_for_reads() const noexcept {
+  // Only when no writer runs: the build then acts as the writer (it holds `write_mutex_`), and a reader
+  // never waits behind an add. Were one running, it builds the locator itself as its first step. Out of
+  // memory the index keeps scanning its lists, as before.
+  {
+    const std::shared_lock lock(locator_->mutex);
+    if (locator_->built() || size() == 0) return;
+  }
+  const std::unique_lock writer(write_mutex_, std::try_to_lock);
+  if (!writer.owns_lock()) return;
+  try {
+    locator_->reserve(size(), 0, [this](auto&& put) { put_stored(put); });
+  } catch (const std::bad_alloc&) {
+  }
 }
 
 std::size_t ivf_pq_index::find_stored(vector_id id, std::size_t& slot) const {
@@ -530,6 +548,7 @@ void ivf_pq_index::remove(vector_id id) {
 
 bool ivf_pq_index::contains(vector_id id) const {
   if (locator_) {
+    build_locator_for_reads();
     const std::shared_lock lock(locator_->mutex);
     if (locator_->built())
       return locator_->find(id, [&](std::size_t l) {

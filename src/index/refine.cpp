@@ -29,9 +29,8 @@ refine_index::refine_index(any_index coarse, flat_index exact) : coarse_(std::mo
   SHOAL_CHECK(coarse_.size() == exact_.size(), "refine_index: the coarse index holds ", coarse_.size(),
               " vectors, the exact one ", exact_.size());
   // The same ids, not only as many: a re-rank looks up each coarse candidate in the exact stage. IVF-PQ
-  // keeps no id map (a loaded one's `contains` reads every list until its first write builds the id
-  // locator): its ids are looked up in the exact stage's map instead, one pass rather than one per id
-  // (200,000 vectors: 5.9 s, quadratic, before).
+  // keeps no id map: its ids are looked up in the exact stage's map instead, one pass over its lists,
+  // where `contains` would build its id locator, which an index loaded only to search never needs.
   if (const auto* pq = coarse_.get_if<ivf_pq_index>()) {
     for (const vector_id id : pq->ids())
       SHOAL_CHECK(exact_.contains(id), "refine_index: id ", id,

@@ -75,8 +75,8 @@ struct ivf_pq_train_params {
 /// table of (fingerprint of the id, list number) pairs that names the lists which may hold an id, whose
 /// ids are then scanned. So `add`'s duplicate check, `remove` and `contains` cost O(1) plus a list's
 /// scan, not a pass over every list (src/index/id_locator.hpp). The locator is not in the file: the
-/// first write after a `load` builds it from the lists (O(size)); an index loaded only to search never
-/// holds one, and there (and on a mapped index) `contains` scans every list's ids.
+/// first write or `contains` after a `load` (mapped loads included) builds it from the lists (O(size));
+/// an index loaded only to search never holds one.
 ///
 /// Search: the coarse pass of IVF-Flat picks `nprobe` lists per query; then per list an ADC table of the
 /// query's residual (L2: ‖(q − c)_s − codeword‖²; inner product: ⟨q_s, codeword⟩, shared by all lists,
@@ -178,8 +178,9 @@ class ivf_pq_index {
 
   /// Removes the vector stored under `id`; throws `shoal::error` (`errc::not_found`) if there is none.
   void remove(vector_id id);
-  /// Whether `id` is stored (through the id locator, or before the first write a pass over every list's
-  /// ids: see the class comment).
+  /// Whether `id` is stored, through the id locator. The first call on a loaded index builds the locator
+  /// (O(size), 4.6-6.7 bytes per vector; see the class comment); while a write runs it is left to the
+  /// writer and that call scans every list's ids instead, as it does if the build runs out of memory.
   [[nodiscard]] bool contains(vector_id id) const;
   /// Every stored id, list after list: one pass, where `contains` per id would be quadratic. Each list is
   /// read under its lock; with adds or removes running, the result is a list-by-list snapshot.
@@ -250,6 +251,8 @@ class ivf_pq_index {
   [[nodiscard]] detail::id_locator& locator() const;
   [[nodiscard]] std::size_t locator_bytes() const;
   void reserve_locator(std::size_t more);
+  /// Builds the id locator for `contains` when it is not built and no writer runs (best effort).
+  void build_locator_for_reads() const noexcept;
   /// Calls `put(id, list)` for every stored entry (the writer's view: no list locks).
   template <class Put>
   void put_stored(Put&& put) const;
