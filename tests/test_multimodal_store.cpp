@@ -1039,6 +1039,67 @@ TEST_CASE("multimodal_store: a mirror write that fails after the version's is ma
   CHECK(back.size("text") == 11);
 }
 
+TEST_CASE("multimodal_store: a mirror write that fails and then runs out of memory recording it is still made good",
+          "[multimodal][io]") {
+  // The mirror's log refuses an upsert (a file size limit), and one allocation fails at each point of the
+  // call in turn. Recording what the mirror is owed allocated in the handler: out of memory there lost
+  // the record (and replaced the I/O error), and the mirror kept the old vector for good (a review).
+  const projection p = random_map(4, 8, 85);
+  const matrix<float> x = normal_matrix(10, 4, 86), fresh = normal_matrix(1, 4, 87);
+  std::size_t recorded = 0;
+  for (std::size_t point = 0;; ++point) {
+    CAPTURE(point);
+    const scratch_dir dir("shoal-mm-pending-oom");
+    {
+      multimodal_store store({.shared_dim = 8, .shared_metric = metric::l2});
+      store.add_modality("image", modality(8, metric::l2, "Flat", true));
+      modality_options text = modality(4, metric::l2);
+      text.to_shared = p;
+      store.add_modality("text", text);
+      store.save(dir.path());
+    }
+    multimodal_store store = multimodal_store::open(dir.path());
+    store.add("text", x.view(), iota_ids(10));
+    const std::filesystem::path mirror_log = dir.path() / "text" / "v1" / "shared" / "wal.log";
+    (void)::signal(SIGXFSZ, SIG_IGN);
+    rlimit old{};
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &old) == 0);
+    rlimit cap = old;
+    cap.rlim_cur = std::filesystem::file_size(mirror_log) + 60;  // the version's record fits, the mirror's not
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &cap) == 0);
+    bool injected = false, io = false;
+    {
+      const test::allocation_failure failure(point, /*every_thread=*/true);
+      try {
+        store.upsert("text", fresh.view(), std::vector<vector_id>{3});
+      } catch (const shoal::error& e) {
+        io = e.code() == errc::io_error;
+      } catch (const std::bad_alloc&) {
+      }
+      injected = failure.happened();
+    }
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &old) == 0);
+    if (io) ++recorded;
+    try {
+      store.upsert("text", x.view().slice(0, 1), std::vector<vector_id>{0});  // makes the mirror good first
+    } catch (const shoal::error& e) {
+      // Out of memory while a shard applied the upsert: the version's collection refuses writes until it
+      // is reopened (docs/collection.md), and the reopen brings the mirror in line from the logs.
+      REQUIRE_THAT(e.what(), Catch::Matchers::Contains("until the collection is reopened"));
+      { const multimodal_store closing = std::move(store); }
+      store = multimodal_store::open(dir.path());
+    }
+    // Which vector the version holds for id 3 now (the upsert may have stopped before it).
+    const bool upserted = store.search("text", fresh.view(), "text", 1).distance(0, 0) < 1e-6f;
+    const neighbors hit =
+        store.search("image", p.apply(upserted ? fresh.view() : x.view().slice(3, 1)).view(), "text", 1);
+    CHECK(hit.id(0, 0) == 3);
+    CHECK(hit.distance(0, 0) < 1e-6f);
+    if (!injected) break;
+  }
+  CHECK(recorded > 0);
+}
+
 TEST_CASE("multimodal_store: an add a crash cut short is taken back from a version that keeps only codes",
           "[multimodal][io]") {
   // The version's log holds the add, its mirror's does not, and the version cannot give the vectors

@@ -130,6 +130,14 @@ struct link_state {
   std::shared_ptr<collection> mirror;     // mirror
 };
 
+/// What a version's mirror should hold for `id`: row `row` of `rows` (the write's projected batch,
+/// shared, not copied), or nothing when `rows` is null.
+struct pending_entry {
+  vector_id id = 0;
+  std::shared_ptr<const matrix<float>> rows;
+  std::size_t row = 0;
+};
+
 /// One version of one modality.
 struct version_state {
   version_state(std::string modality_, std::string name_, bool native_, bool searchable_, collection own_)
@@ -145,11 +153,14 @@ struct version_state {
   const bool searchable;
   collection own;
   /// Mirror entries a failed mirror write left behind its version (an I/O error in the mirror's log after
-  /// the version's write went through): id → the projection the mirror should hold (empty: the id should
-  /// be absent). Applied before the version's next write and before a save (`apply_pending`), so that
-  /// no snapshot keeps the mirror stale; `open` repairs only what a crash leaves, from the logs. Guarded
-  /// by the exclusive write lock (versions with a mirror write alone).
-  std::map<vector_id, std::vector<float>> mirror_pending;
+  /// the version's write went through), oldest first: for each id, what the mirror should hold (a later
+  /// entry for the same id wins). Applied before the version's next write and before a save
+  /// (`apply_pending`), so that no snapshot keeps the mirror stale; `open` repairs only what a crash
+  /// leaves, from the logs. Room for a write's entries is reserved before its mirror write, so recording
+  /// them after a failure allocates nothing: a second out-of-memory there lost the record (and replaced
+  /// the first exception; a review). Guarded by the exclusive write lock (versions with a mirror write
+  /// alone).
+  std::vector<pending_entry> mirror_pending;
 
   [[nodiscard]] std::size_t dim() const noexcept { return own.dim(); }
   [[nodiscard]] metric own_metric() const noexcept { return own.metric(); }
@@ -569,36 +580,51 @@ void write_version(const multimodal_state& st, std::string_view modality, std::s
   }
 }
 
+/// Room in `v.mirror_pending` for `n` more entries, made before a version's write that its mirror
+/// follows: once the version's write has gone through, recording a failed mirror write must not fail.
+void reserve_pending(version_state& v, std::size_t n) { v.mirror_pending.reserve(v.mirror_pending.size() + n); }
+
+/// After a write: the room `reserve_pending` made for a large batch is given back when nothing is
+/// pending (a small one is kept for the next write).
+void release_pending_room(version_state& v) noexcept {
+  if (v.mirror_pending.empty() && v.mirror_pending.capacity() > 256) std::vector<pending_entry>().swap(v.mirror_pending);
+}
+
 /// Writes what `v.mirror_pending` holds into the mirror; throws (keeping it) if the mirror refuses again.
 void apply_pending(version_state& v, const link_state& l) {
   if (v.mirror_pending.empty() || !l.mirror) return;
+  std::map<vector_id, const pending_entry*> last;  // each id's latest entry
+  for (const pending_entry& e : v.mirror_pending) last[e.id] = &e;
   std::vector<vector_id> present, absent;
-  for (const auto& [id, x] : v.mirror_pending) (x.empty() ? absent : present).push_back(id);
+  for (const auto& [id, e] : last) (e->rows ? present : absent).push_back(id);
   if (!present.empty()) {
     matrix<float> rows(present.size(), l.mirror->dim());
-    for (std::size_t i = 0; i < present.size(); ++i)
-      std::copy_n(v.mirror_pending[present[i]].data(), rows.dim, rows.row(i));
+    for (std::size_t i = 0; i < present.size(); ++i) {
+      const pending_entry& e = *last[present[i]];
+      std::copy_n(e.rows->row(e.row), rows.dim, rows.row(i));
+    }
     l.mirror->upsert(rows.view(), present);
   }
   std::erase_if(absent, [&](vector_id id) { return !l.mirror->contains(id); });
   if (!absent.empty()) l.mirror->remove(absent);
   v.mirror_pending.clear();
+  release_pending_room(v);
 }
 
 /// Runs `write` (a mirror write following the version's, which went through); if it throws, records in
 /// `v.mirror_pending` what the mirror should hold for `ids` — `projected`'s rows, or absence (null) —
-/// and rethrows.
+/// and rethrows. The caller made room for that record (`reserve_pending`) before the version's write:
+/// the handler allocates nothing.
 template <class Write>
-void write_mirror(version_state& v, std::span<const vector_id> ids, const matrix<float>* projected, Write&& write) {
+void write_mirror(version_state& v, std::span<const vector_id> ids,
+                  const std::shared_ptr<const matrix<float>>& projected, Write&& write) {
   try {
     write();
   } catch (...) {
-    for (std::size_t i = 0; i < ids.size(); ++i)
-      v.mirror_pending[ids[i]] = projected == nullptr
-                                     ? std::vector<float>()
-                                     : std::vector<float>(projected->row(i), projected->row(i) + projected->dim);
+    for (std::size_t i = 0; i < ids.size(); ++i) v.mirror_pending.push_back({ids[i], projected, i});
     throw;
   }
+  release_pending_room(v);
 }
 
 /// Writes `vectors` under `ids` to a version and its mirror (`add`: all or nothing; `upsert`).
@@ -614,25 +640,27 @@ void write_vectors(const multimodal_state& st, std::string_view modality, std::s
                 v.modality, "' (version '", v.name, "') is not trained: train the version again after setting its ",
                 "projection");
     SHOAL_CHECK(vectors.rows == ids.size(), who, ": ", vectors.rows, " vectors but ", ids.size(), " ids");
-    const matrix<float> projected = into_shared(v, l, vectors, who, "vector");
+    const auto projected = std::make_shared<const matrix<float>>(into_shared(v, l, vectors, who, "vector"));
     // What the mirror would refuse, refused before anything changes: a projection can overflow, or map a
     // vector to zero, which has no direction under a cosine shared metric.
-    check_vectors(projected.view(), projected.dim, "projected vector");
-    if (l.mirror->metric() == metric::cosine) (void)normalized_copy(projected.view(), "projected vector");
+    check_vectors(projected->view(), projected->dim, "projected vector");
+    if (l.mirror->metric() == metric::cosine) (void)normalized_copy(projected->view(), "projected vector");
     apply_pending(v, l);  // what an earlier failed mirror write left, first
+    reserve_pending(v, ids.size());
     if (!is_add) {
       v.own.upsert(vectors, ids);
-      write_mirror(v, ids, &projected, [&] { l.mirror->upsert(projected.view(), ids); });
+      write_mirror(v, ids, projected, [&] { l.mirror->upsert(projected->view(), ids); });
       return;
     }
     v.own.add(vectors, ids);
     try {
-      l.mirror->add(projected.view(), ids);
+      l.mirror->add(projected->view(), ids);
     } catch (...) {
       // The version's add is taken back; where even that fails, the mirror is to hold them too.
-      write_mirror(v, ids, &projected, [&] { v.own.remove(ids); });
+      write_mirror(v, ids, projected, [&] { v.own.remove(ids); });
       throw;
     }
+    release_pending_room(v);
   });
 }
 
@@ -1226,6 +1254,7 @@ void multimodal_store::remove(std::string_view modality, std::span<const vector_
                             mirrored.reserve(ids.size());
                             for (const vector_id id : ids)
                               if (l.mirror->contains(id)) mirrored.push_back(id);
+                            detail::reserve_pending(v, mirrored.size());
                           }
                           v.own.remove(ids);  // errc::not_found before removing anything
                           if (!mirrored.empty())
