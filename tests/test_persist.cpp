@@ -515,6 +515,35 @@ TEST_CASE("ivf_pq_index: an untrained index round-trips and trains after loading
   CHECK(loaded.search(d.queries.view(), 3, probing(8, 2)).id(0, 0) != no_id);
 }
 
+TEST_CASE("ivf_pq_index: out of memory in the first contains after a load leaves every answer right", "[io][pq]") {
+  // The first `contains` builds the id locator; out of memory there it scans the lists instead, and a
+  // later call builds it. Copied and mapped loads.
+  const scratch_dir dir;
+  const dataset d(2000, 4, 64);
+  const std::string path = dir / "pq.shoal";
+  d.pq(metric::l2, 16, 4, false, false, false).save(path);
+  for (const bool mmap : {false, true}) {
+    CAPTURE(mmap);
+    for (std::size_t point = 0;; ++point) {
+      CAPTURE(point);
+      const ivf_pq_index loaded = ivf_pq_index::load(path, {.mmap = mmap});
+      const std::size_t unbuilt = loaded.memory_bytes();
+      bool injected = false, found = false, absent = false;
+      {
+        const test::allocation_failure failure(point);
+        found = loaded.contains(d.ids[1234]);
+        absent = !loaded.contains(~vector_id{0} - 7);
+        injected = failure.happened();
+      }
+      CHECK(found);
+      CHECK(absent);
+      for (const vector_id id : d.ids) REQUIRE(loaded.contains(id));
+      CHECK(loaded.memory_bytes() > unbuilt);
+      if (!injected) break;
+    }
+  }
+}
+
 TEST_CASE("damaged ivf_pq files: inconsistent sections are reported even without verification", "[io][pq]") {
   const scratch_dir dir;
   const dataset d(300, 4, 64);

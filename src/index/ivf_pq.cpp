@@ -233,20 +233,19 @@ void ivf_pq_index::put_stored(Put&& put) const {
   }
 }
 
-void ivf_pq_index::build_locator_for_reads() const noexcept {
+bool ivf_pq_index::build_locator_for_reads() const noexcept {
   // Only when no writer runs: the build then acts as the writer (it holds `write_mutex_`), and a reader
   // never waits behind an add. Were one running, it builds the locator itself as its first step. Out of
-  // memory the index keeps scanning its lists, as before.
-  {
-    const std::shared_lock lock(locator_->mutex);
-    if (locator_->built() || size() == 0) return;
-  }
+  // memory the index keeps scanning its lists, as before (the table is allocated before the pass over
+  // the lists, so a retry that fails again costs little).
   const std::unique_lock writer(write_mutex_, std::try_to_lock);
-  if (!writer.owns_lock()) return;
+  if (!writer.owns_lock() || size() == 0) return false;
   try {
     locator_->reserve(size(), 0, [this](auto&& put) { put_stored(put); });
   } catch (const std::bad_alloc&) {
+    return false;
   }
+  return true;
 }
 
 std::size_t ivf_pq_index::find_stored(vector_id id, std::size_t& slot) const {
@@ -547,14 +546,19 @@ void ivf_pq_index::remove(vector_id id) {
 }
 
 bool ivf_pq_index::contains(vector_id id) const {
-  if (locator_) {
-    build_locator_for_reads();
+  // Through the locator once it is built (the first call after a load builds it); else every list.
+  const auto located = [&]() -> std::optional<bool> {
     const std::shared_lock lock(locator_->mutex);
-    if (locator_->built())
-      return locator_->find(id, [&](std::size_t l) {
-        const std::shared_lock list_lock(lists_[l]->mutex);
-        return detail::find_id(lists_[l]->id_data(), lists_[l]->count(), id) != lists_[l]->count();
-      });
+    if (!locator_->built()) return std::nullopt;
+    return locator_->find(id, [&](std::size_t l) {
+      const std::shared_lock list_lock(lists_[l]->mutex);
+      return detail::find_id(lists_[l]->id_data(), lists_[l]->count(), id) != lists_[l]->count();
+    });
+  };
+  if (locator_) {
+    if (const std::optional<bool> found = located()) return *found;
+    if (build_locator_for_reads())
+      if (const std::optional<bool> found = located()) return *found;
   }
   for (const auto& l : lists_) {
     const std::shared_lock lock(l->mutex);

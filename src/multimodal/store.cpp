@@ -580,15 +580,26 @@ void write_version(const multimodal_state& st, std::string_view modality, std::s
   }
 }
 
-/// Room in `v.mirror_pending` for `n` more entries, made before a version's write that its mirror
-/// follows: once the version's write has gone through, recording a failed mirror write must not fail.
-void reserve_pending(version_state& v, std::size_t n) { v.mirror_pending.reserve(v.mirror_pending.size() + n); }
-
-/// After a write: the room `reserve_pending` made for a large batch is given back when nothing is
-/// pending (a small one is kept for the next write).
+/// Once nothing is pending, gives back the room of a large batch (a small one is kept for the next write).
 void release_pending_room(version_state& v) noexcept {
-  if (v.mirror_pending.empty() && v.mirror_pending.capacity() > 256) std::vector<pending_entry>().swap(v.mirror_pending);
+  if (v.mirror_pending.empty() && v.mirror_pending.capacity() > 256)
+    std::vector<pending_entry>().swap(v.mirror_pending);
 }
+
+/// Room in `v.mirror_pending` for `n` more entries, made before a version's write that its mirror
+/// follows (once the version's write has gone through, recording a failed mirror write must not fail),
+/// and given back at the end of the scope unless entries were recorded — a write the version refused
+/// kept it until the next write went through (a review: 3.2 MB for a refused batch of 100,000).
+class pending_room {
+ public:
+  pending_room(version_state& v, std::size_t n) : v_(v) { v.mirror_pending.reserve(v.mirror_pending.size() + n); }
+  ~pending_room() { release_pending_room(v_); }
+  pending_room(const pending_room&) = delete;
+  pending_room& operator=(const pending_room&) = delete;
+
+ private:
+  version_state& v_;
+};
 
 /// Writes what `v.mirror_pending` holds into the mirror; throws (keeping it) if the mirror refuses again.
 void apply_pending(version_state& v, const link_state& l) {
@@ -613,8 +624,8 @@ void apply_pending(version_state& v, const link_state& l) {
 
 /// Runs `write` (a mirror write following the version's, which went through); if it throws, records in
 /// `v.mirror_pending` what the mirror should hold for `ids` — `projected`'s rows, or absence (null) —
-/// and rethrows. The caller made room for that record (`reserve_pending`) before the version's write:
-/// the handler allocates nothing.
+/// and rethrows. The caller made room for that record (`pending_room`) before the version's write: the
+/// handler allocates nothing.
 template <class Write>
 void write_mirror(version_state& v, std::span<const vector_id> ids,
                   const std::shared_ptr<const matrix<float>>& projected, Write&& write) {
@@ -624,7 +635,6 @@ void write_mirror(version_state& v, std::span<const vector_id> ids,
     for (std::size_t i = 0; i < ids.size(); ++i) v.mirror_pending.push_back({ids[i], projected, i});
     throw;
   }
-  release_pending_room(v);
 }
 
 /// Writes `vectors` under `ids` to a version and its mirror (`add`: all or nothing; `upsert`).
@@ -646,7 +656,7 @@ void write_vectors(const multimodal_state& st, std::string_view modality, std::s
     check_vectors(projected->view(), projected->dim, "projected vector");
     if (l.mirror->metric() == metric::cosine) (void)normalized_copy(projected->view(), "projected vector");
     apply_pending(v, l);  // what an earlier failed mirror write left, first
-    reserve_pending(v, ids.size());
+    const pending_room room(v, ids.size());
     if (!is_add) {
       v.own.upsert(vectors, ids);
       write_mirror(v, ids, projected, [&] { l.mirror->upsert(projected->view(), ids); });
@@ -660,7 +670,6 @@ void write_vectors(const multimodal_state& st, std::string_view modality, std::s
       write_mirror(v, ids, projected, [&] { v.own.remove(ids); });
       throw;
     }
-    release_pending_room(v);
   });
 }
 
@@ -1254,8 +1263,8 @@ void multimodal_store::remove(std::string_view modality, std::span<const vector_
                             mirrored.reserve(ids.size());
                             for (const vector_id id : ids)
                               if (l.mirror->contains(id)) mirrored.push_back(id);
-                            detail::reserve_pending(v, mirrored.size());
                           }
+                          const detail::pending_room room(v, mirrored.size());
                           v.own.remove(ids);  // errc::not_found before removing anything
                           if (!mirrored.empty())
                             detail::write_mirror(v, mirrored, nullptr, [&] { l.mirror->remove(mirrored); });
