@@ -831,6 +831,17 @@ TEST_CASE("refine_index: range search keeps exact distances under the radius, ba
   REQUIRE_THROWS_MATCHES(mapped.remove(data.ids[0]), shoal::error, fails_with(errc::unsupported, "read-only"));
   CHECK(mapped.exact().contains(data.ids[0]));
   test::require_identical(mapped.search(q, 10, {.ef = 64}), before);
+  // The other way round: a writable graph over a mapped exact stage. The graph is not touched (it lost
+  // the vector and took it back before, a changed graph).
+  exact = flat_index(32, metric::cosine);
+  exact.add(data.base.view(), data.ids);
+  exact.save(dir.path() / "exact.shoal");
+  refine_index mapped_exact(load_index(path), flat_index::load(dir.path() / "exact.shoal", {.mmap = true}));
+  const neighbors graph_before = mapped_exact.coarse().search(q, 10, {.ef = 64});
+  REQUIRE_THROWS_MATCHES(mapped_exact.remove(data.ids[0]), shoal::error,
+                         fails_with(errc::unsupported, "the exact stage was loaded with mmap and is read-only"));
+  CHECK(mapped_exact.coarse().contains(data.ids[0]));
+  test::require_identical(mapped_exact.coarse().search(q, 10, {.ef = 64}), graph_before);
   const matrix<float> wrong(2, 31);
   REQUIRE_THROWS_MATCHES(index.range_search(wrong.view(), 1.0f), shoal::error,
                          fails_with(errc::dimension_mismatch, "dimension 31, expected 32"));

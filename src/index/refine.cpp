@@ -73,17 +73,14 @@ void refine_index::check_add(matrix_view<const float> vectors) const {
 
 void refine_index::remove(vector_id id) {
   SHOAL_CHECK_CODE(exact_.contains(id), errc::not_found, "refine_index::remove: id ", id, " is not stored");
-  // Either stage may refuse (a memory-mapped one is read-only): whatever the first one dropped is put
-  // back, so that the stages never hold different ids.
-  const std::span<const float> stored = exact_.vector(id);
-  const std::vector<float> row(stored.begin(), stored.end());
+  // A flat removal refuses only a memory-mapped (read-only) index and allocates nothing, so once that is
+  // checked the exact stage's remove cannot fail after the coarse one's. (Until session 42 a mapped
+  // exact stage refused after the coarse remove, which then added the row back: a graph changed by a
+  // refused call, and out of memory there left the stages holding different ids.)
+  SHOAL_CHECK_CODE(!exact_.is_mapped(), errc::unsupported,
+                   "refine_index::remove: the exact stage was loaded with mmap and is read-only");
   coarse_.remove(id);
-  try {
-    exact_.remove(id);
-  } catch (...) {
-    coarse_.add({row.data(), 1, row.size()}, std::span<const vector_id>(&id, 1));
-    throw;
-  }
+  exact_.remove(id);
 }
 
 namespace {

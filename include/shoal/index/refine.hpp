@@ -74,7 +74,8 @@ class refine_index {
   /// Throws what `add` would throw for these rows, ids aside (`any_index::check_add`): the exact
   /// stage's checks, then the coarse stage's.
   void check_add(matrix_view<const float> vectors) const;
-  /// Removes from both stages; `errc::not_found` for an unknown id.
+  /// Removes from both stages, the coarse one first; `errc::not_found` for an unknown id and
+  /// `errc::unsupported` for a memory-mapped stage before either changes.
   void remove(vector_id id);
   [[nodiscard]] bool contains(vector_id id) const { return exact_.contains(id); }
   /// The stored full vector (unit length for cosine).
