@@ -204,7 +204,7 @@ std::vector<std::size_t> ivf_pq_index::list_sizes() const { return detail::list_
 
 std::size_t ivf_pq_index::memory_bytes() const {
   return (coarse_ ? coarse_->memory_bytes() : 0) + 2 * pq_.codebooks().rows * pq_.dsub() * sizeof(float) +
-         detail::lists_bytes(lists_) + (opq_ ? dim_ * dim_ * sizeof(float) : 0) + locator_bytes();
+         detail::lists_bytes(lists_) + (opq_ ? 2 * dim_ * dim_ * sizeof(float) : 0) + locator_bytes();
 }
 
 static_assert(detail::max_nlist <= std::size_t{1} << 24, "id_locator: a list number takes at most 24 of 32 bits");

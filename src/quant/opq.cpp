@@ -7,8 +7,10 @@
 #include <cmath>
 #include <numeric>
 
+#include "core/parallel.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
+#include "shoal/distance/distance.hpp"
 #include "shoal/eval/eval.hpp"
 
 namespace shoal {
@@ -16,11 +18,6 @@ namespace {
 
 using row_major = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 using row_major_d = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-Eigen::Map<const row_major, 0, Eigen::OuterStride<>> map(matrix_view<const float> v) {
-  return {v.data, static_cast<Eigen::Index>(v.rows), static_cast<Eigen::Index>(v.dim),
-          Eigen::OuterStride<>(static_cast<Eigen::Index>(v.stride))};
-}
 
 /// The parametric OPQ solution (Ge et al. 2013, "eigenvalue allocation"), for Gaussian data: the
 /// principal directions of `x`, dealt out largest variance first, each to the sub-space (of those not
@@ -79,7 +76,11 @@ void opq_rotation::set_rotation(std::vector<float> rotation) {
   }
   const double column_max = *std::max_element(column.begin(), column.end());
   gain_ = std::sqrt(column_max * row_max) * (1.0 + static_cast<double>(dim_) * 0x1p-23);
+  std::vector<float> columns(dim_ * dim_);
+  for (std::size_t i = 0; i < dim_; ++i)
+    for (std::size_t j = 0; j < dim_; ++j) columns[j * dim_ + i] = rotation[i * dim_ + j];
   rotation_ = std::move(rotation);
+  columns_ = std::move(columns);
 }
 
 void opq_rotation::train(matrix_view<const float> vectors, const opq_train_params& params) {
@@ -157,15 +158,32 @@ void opq_rotation::apply(matrix_view<const float> vectors, matrix_view<float> ou
   SHOAL_CHECK(is_trained(), "opq_rotation::apply: the rotation is not trained");
   detail::check_vectors(vectors, dim_, "opq_rotation::apply: vector");
   detail::check_output(out, vectors.rows, dim_, "opq_rotation::apply");
-  const Eigen::Map<const row_major> r(rotation_.data(), static_cast<Eigen::Index>(dim_),
-                                      static_cast<Eigen::Index>(dim_));
-  Eigen::Map<row_major, 0, Eigen::OuterStride<>> result(out.data, static_cast<Eigen::Index>(out.rows),
-                                                        static_cast<Eigen::Index>(dim_),
-                                                        Eigen::OuterStride<>(static_cast<Eigen::Index>(out.stride)));
-  if (detail::views_overlap(vectors, out))
-    result = map(vectors) * r;  // Eigen evaluates a product into a temporary unless told noalias
-  else
-    result.noalias() = map(vectors) * r;
+  // Row by row through the dispatched one-to-many kernel (each output value ⟨x, column j of R⟩), so a
+  // row's rotation is the same bits whatever rows share its call: as one Eigen product, a batch went
+  // through a GEMM and one row through a GEMV, which round differently, and a query searched alone found
+  // other neighbours than in a batch (a review: OPQ24,IVF64,PQ24 over data offset by 300, ids differing
+  // in 3 of 400 rows), against "each row is exactly its own query's answer". The kernel is also faster
+  // than Eigen's product in this file's baseline build (BENCHMARKS.md, session 42).
+  // Blocks of 16 rows, each scored against 64 columns at a time (256 KB at dim 1,024) so that the
+  // columns stay in the core's cache across the block's rows.
+  const distance_kernels& kernels = active_kernels();
+  const bool in_place = detail::views_overlap(vectors, out);
+  constexpr std::size_t block = 16, columns_at_once = 64;
+  detail::parallel_for((vectors.rows + block - 1) / block, [&](std::size_t b) {
+    const std::size_t first = b * block, rows = std::min(vectors.rows - first, block);
+    std::vector<float> copy(in_place ? rows * dim_ : 0);
+    const auto target = [&](std::size_t r) {
+      return in_place ? copy.data() + r * dim_ : out.data + (first + r) * out.stride;
+    };
+    for (std::size_t c = 0; c < dim_; c += columns_at_once) {
+      const std::size_t n = std::min(columns_at_once, dim_ - c);
+      for (std::size_t r = 0; r < rows; ++r)
+        kernels.inner_product_one_to_many(vectors.row(first + r), columns_.data() + c * dim_, n, dim_, dim_,
+                                          target(r) + c);
+    }
+    for (std::size_t r = 0; in_place && r < rows; ++r)
+      std::copy_n(copy.data() + r * dim_, dim_, out.data + (first + r) * out.stride);
+  });
 }
 
 matrix<float> opq_rotation::apply(matrix_view<const float> vectors) const {

@@ -73,8 +73,9 @@ class opq_rotation {
   std::size_t m_;
   std::size_t nbits_;
   std::vector<float> rotation_;
-  double gain_ = 0.0;  // norm_gain()
-  /// Sets `rotation_` and its `gain_`.
+  std::vector<float> columns_;  // R transposed: `apply` scores a row against each column
+  double gain_ = 0.0;           // norm_gain()
+  /// Sets `rotation_`, `columns_` and `gain_`.
   void set_rotation(std::vector<float> rotation);
   std::vector<double> errors_;
 };
