@@ -349,7 +349,16 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
   CHECK(padded.distance(0, 5) == no_distance);
 
   collection semantic(options_for(sharding::semantic, 8, metric::l2));
-  REQUIRE_THROWS_MATCHES(semantic.add(v.view(), ids), shoal::error, fails_with(errc::invalid_argument, "not trained"));
+  // The message names what needs training (it named "hash routing" for a hash collection of SQ8 shards).
+  REQUIRE_THROWS_MATCHES(
+      semantic.add(v.view(), ids), shoal::error,
+      fails_with(errc::invalid_argument, "not trained: call train() first (semantic routing needs it)"));
+  REQUIRE_THROWS_MATCHES(collection(options_for(sharding::hash, 8, metric::l2, "HNSW8,SQ8")).add(v.view(), ids),
+                         shoal::error,
+                         fails_with(errc::invalid_argument, "call train() first (the \"HNSW8,SQ8\" shards need it)"));
+  REQUIRE_THROWS_MATCHES(collection(options_for(sharding::semantic, 8, metric::l2, "IVF2,Flat")).add(v.view(), ids),
+                         shoal::error,
+                         fails_with(errc::invalid_argument, "(semantic routing and the \"IVF2,Flat\" shards need it)"));
   REQUIRE_THROWS_MATCHES(semantic.train(v.view().slice(0, 2)), shoal::error,
                          fails_with(errc::invalid_argument, "needs 4 centroids"));
   // Nothing to re-cluster before the router exists (a rebalance racing the first train() published an

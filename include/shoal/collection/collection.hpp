@@ -211,8 +211,9 @@ class collection {
   [[nodiscard]] std::vector<std::size_t> shard_sizes() const;
   /// Bytes held by every replica of every shard plus the routing table.
   [[nodiscard]] std::size_t memory_bytes() const;
-  /// Whether vectors can be added: the semantic router (semantic, hybrid) and every shard's index
-  /// (IVF) are trained.
+  /// Whether vectors can be added: the semantic router (semantic, hybrid) and every shard's index are
+  /// trained (IVF, IVF-PQ, and HNSW with SQ8/SQ4 codes need it; `train` does both). An `add` before
+  /// that says which of the two needs it.
   [[nodiscard]] bool is_trained() const;
   [[nodiscard]] bool contains(vector_id id) const;
   /// Every stored id, ascending.
