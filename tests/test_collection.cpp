@@ -653,8 +653,14 @@ TEST_CASE("collection: a torn log tail is dropped, other damage is reported", "[
     const collection c = collection::open(home);
     CHECK(c.size() == 2);
     CHECK_FALSE(c.contains(3));
+    // Reported, so that damage at the log's end is not silent (a user-eyes review: it looked like a
+    // clean open).
+    CHECK(c.stats().wal_bytes_dropped == record - 5);
+    CHECK_THAT(c.metrics_text(), Catch::Matchers::Contains("shoal_wal_dropped_bytes{collection=\"default\"} " +
+                                                           std::to_string(record - 5)));
   }
   CHECK(std::filesystem::file_size(log) == full - record);  // the torn bytes are gone
+  CHECK(collection::open(home).stats().wal_bytes_dropped == 0);
   // A file extended but never written (a power loss after its new size reached the disk): zeros after
   // the last record, which would read as an intact record of size 0.
   for (const std::size_t zeros : {8, 20, 200}) {

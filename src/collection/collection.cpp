@@ -1123,6 +1123,7 @@ collection_stats collection::stats() const {
   s.p99_seconds = h.quantile(0.99);
   s.rebalances = st.rebalances.load();
   s.wal_records_replayed = st.replayed;
+  s.wal_bytes_dropped = st.wal_dropped;
   return s;
 }
 
@@ -1248,6 +1249,9 @@ std::string collection::metrics_text_of(std::span<const std::pair<std::string_vi
          [&](const scraped&, const auto& st) { return seconds(st.checkpoint_ns); });
   scalar("shoal_wal_replayed_records", "gauge", "Write-ahead log records replayed when the collection was opened.",
          [](const scraped&, const auto& st) { return static_cast<double>(st.replayed); });
+  scalar("shoal_wal_dropped_bytes", "gauge",
+         "Bytes cut from the end of the write-ahead log when the collection was opened (a torn last write).",
+         [](const scraped&, const auto& st) { return static_cast<double>(st.wal_dropped); });
   scalar("shoal_uptime_seconds", "gauge", "Seconds since the collection was created or opened.",
          [](const scraped&, const auto& st) { return static_cast<double>(detail::elapsed_ns(st.created)) * 1e-9; });
   return out;

@@ -383,6 +383,7 @@ collection collection::open(const std::filesystem::path& directory, const collec
   for (std::atomic<std::uint64_t>* counter : {&st->adds, &st->upserts, &st->removes}) counter->store(0);
   st->write_latency.reset();
   st->replayed = replay.size();
+  st->wal_dropped = st->wal->dropped_bytes();
   for (const detail::wal_record& r : replay)
     st->replayed_ids.insert(st->replayed_ids.end(), r.ids.begin(), r.ids.end());
   std::sort(st->replayed_ids.begin(), st->replayed_ids.end());

@@ -235,6 +235,7 @@ struct collection_state {
   std::atomic<std::uint64_t> adds{0}, upserts{0}, removes{0}, rebalances{0};
   mutable atomic_ns train_ns{0}, rebalance_ns{0}, checkpoint_ns{0}, rebuild_ns{0};
   std::uint64_t replayed = 0;
+  std::uint64_t wal_dropped = 0;        // bytes `open` cut from the log's end (`collection_stats::wal_bytes_dropped`)
   std::vector<vector_id> replayed_ids;  // of those records, ascending, each once (`collection::replayed_ids`)
 
   ~collection_state() {
