@@ -227,6 +227,10 @@ TEST_CASE("shoal-ann-bench: command-line details", "[bench]") {
       test::run_command("SHOAL_SIMD=bogus " + std::string(SHOAL_ANN_BENCH) + " " + data + " --index Flat");
   check(simd, 2, "SHOAL_SIMD=bogus is not a SIMD level");
   CHECK(simd.output.find("invalid spec") == std::string::npos);
+  // Any case names a level (SCALAR was "not a SIMD level").
+  const outcome upper =
+      test::run_command("SHOAL_SIMD=SCALAR " + std::string(SHOAL_ANN_BENCH) + " " + data + " --index Flat");
+  check(upper, 0, "library,index");
 }
 
 TEST_CASE("shoal-ann-bench: peers search as deep as shoal under the same label", "[bench]") {

@@ -32,6 +32,18 @@ TEST_CASE("shoal-demo refuses a query file without vectors", "[examples]") {
                       1, "none.npy: no query vectors");
 }
 
+TEST_CASE("shoal-demo refuses a bad index spec before computing anything", "[examples]") {
+  // It generated the data, computed the ground truth and printed the table's header first (a user-eyes
+  // review): the error now comes before any of that.
+  const test::scratch_dir dir("shoal-examples");
+  io::write_npy(dir / "base.npy", make_clustered(50, 8, 2, 1).view());
+  const test::outcome o = test::run_command(std::string(SHOAL_DEMO) + " " + (dir / "base.npy") + " " +
+                                            (dir / "base.npy") + " --index Flat --index HNSW --k 5");
+  test::check_outcome(o, 1, "HNSW");
+  CHECK(o.output.find("ground truth") == std::string::npos);
+  CHECK(o.output.find("recall@k") == std::string::npos);
+}
+
 TEST_CASE("cross_modal_search refuses image or caption files without vectors", "[examples]") {
   const test::scratch_dir dir("shoal-examples");
   io::write_npy(dir / "images.npy", make_clustered(20, 8, 2, 1).view());

@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -98,8 +99,14 @@ simd_level resolve_level() {
   const char* requested = std::getenv("SHOAL_SIMD");
   if (requested == nullptr || *requested == '\0') return best_available_level();
   const std::string_view name(requested);
+  // Any case: SHOAL_SIMD=AVX2 was refused as "not a SIMD level" (a user-eyes review).
+  const auto same = [&](std::string_view level) {
+    return std::equal(name.begin(), name.end(), level.begin(), level.end(), [](char a, char b) {
+      return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+    });
+  };
   for (const simd_level level : all_levels) {
-    if (name != simd_level_name(level)) continue;
+    if (!same(simd_level_name(level))) continue;
     SHOAL_CHECK_CODE(
         simd_level_available(level), errc::unsupported, "SHOAL_SIMD=", name,
         " requested, but this CPU cannot run it (best available: ", simd_level_name(best_available_level()), ")");

@@ -79,7 +79,11 @@ class id_filter {
 };
 
 /// Settings of one search call. Index-specific knobs (`ef`, `nprobe`, ...) join this struct as the
-/// indexes that read them land; an index ignores the knobs it has no use for.
+/// indexes that read them land; an index ignores the knobs of other kinds (`ef` in a flat index,
+/// `refine_factor` in HNSW), but refuses one of its own kind that it cannot honour: `refine_factor` > 0 on
+/// an IVF-PQ index built without full vectors or an SQ8 copy throws `errc::invalid_argument`, rather than
+/// return unre-ranked distances the caller asked to have re-ranked. So one tuned `search_params` serves
+/// every index except such an IVF-PQ one (a user-eyes review).
 struct search_params {
   /// Only ids the filter accepts are returned; rows stay k long while enough ids pass.
   id_filter filter{};

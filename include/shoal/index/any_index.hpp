@@ -226,14 +226,17 @@ class any_index {
   /// SQ8/SQ4 ranges (`hnsw_index::check_add`). The messages name the problem as `add` does, not always in the same
   /// words. A collection checks each shard's rows with it before it logs a write.
   void check_add(matrix_view<const float> vectors) const { self().check_add(vectors); }
-  /// Removes `id`; throws `errc::not_found` if it is not stored.
+  /// Removes `id`; throws `errc::not_found` if it is not stored. There is no `upsert` here: only
+  /// `hnsw_index::upsert` and `collection::upsert` replace a vector in one step that searches never see
+  /// half done; elsewhere `remove` then `add` leaves a moment where searches find neither.
   void remove(vector_id id) { self().remove(id); }
   [[nodiscard]] bool contains(vector_id id) const { return self().contains(id); }
   /// A copy of the vector stored under `id` (for cosine, the unit vector the index stores). Throws
   /// `errc::not_found` for an unknown id, `errc::unsupported` for indexes that keep only codes (IVF-PQ).
   [[nodiscard]] std::vector<float> vector(vector_id id) const { return self().vector(id); }
   /// Whether `add` / `remove` may run concurrently with searches (HNSW, IVF); a flat index's writes
-  /// need exclusive access.
+  /// need exclusive access, and so do a two-stage index's (`,RFlat` / `Refine(...)`: its flat stage's
+  /// rule) whatever its coarse stage.
   [[nodiscard]] bool concurrent_writes() const { return self().concurrent_writes(); }
 
   /// k nearest neighbours of each query into `out` (`out.rows == queries.rows`, k = `out.k` ≥ 1).

@@ -41,7 +41,11 @@ enum class hnsw_codes : std::uint8_t {
   /// 4-bit scalar codes, 15 steps over each dimension's trained [min, max] (factory `HNSW<M>,SQ4`):
   /// half the bytes of SQ8 per visited node (a 784-dimensional row is 7 cache lines instead of 13) at
   /// a coarser estimate; re-ranked exactly as with SQ8. Costs ⌈dim / 32⌉ · 16 bytes (rounded up to 64)
-  /// and a 4-byte term per vector on top of the full-precision index.
+  /// and a 4-byte term per vector on top of the full-precision index. Not a cheaper SQ8 everywhere: on
+  /// tight clusters, on normalised (cosine) data and on data offset far from the origin the 15 steps
+  /// cannot tell close neighbours apart, and recall at a given ef falls far below SQ8's (shoal-demo's
+  /// generated data under cosine, ef 32: R@10 0.67 against 0.98; docs/hnsw.md "SQ4"). Measure it on
+  /// your data (`shoal-ann-bench --sweep ef=...`); SQ8 or F16 are the safe choices.
   sq4,
 };
 
