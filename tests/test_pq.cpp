@@ -1091,6 +1091,11 @@ TEST_CASE("opq learns an orthogonal rotation that lowers pq error on correlated 
   matrix<float> inout = x;
   opq.apply(inout.view(), inout.mutable_view());
   CHECK(inout.values == y.values);
+  // Shifted by a row (output row i over input row i + 1): every row still its own input's rotation.
+  matrix<float> shifted(n + 1, dim);
+  std::copy(x.values.begin(), x.values.end(), shifted.values.begin() + dim);
+  opq.apply(shifted.view().slice(1, n), shifted.mutable_view().slice(0, n));
+  CHECK(std::equal(y.values.begin(), y.values.end(), shifted.values.begin()));
   // A row rotated alone is the same bits as in a batch (a batch went through a GEMM, one row a GEMV, and
   // at 192 dimensions most values differed in the last bits).
   const matrix<float> wide = make_clustered(600, 192, 8, 43, 1.0f);

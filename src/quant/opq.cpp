@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <optional>
 
 #include "core/parallel.hpp"
 #include "shoal/core/checks.hpp"
@@ -165,25 +166,24 @@ void opq_rotation::apply(matrix_view<const float> vectors, matrix_view<float> ou
   // in 3 of 400 rows), against "each row is exactly its own query's answer". The kernel is also faster
   // than Eigen's product in this file's baseline build (BENCHMARKS.md, session 42).
   // Blocks of 16 rows, each scored against 64 columns at a time (256 KB at dim 1,024) so that the
-  // columns stay in the core's cache across the block's rows.
+  // columns stay in the core's cache across the block's rows. An output over the input (in any way) is
+  // written from a copy once every row is rotated, as Eigen's product did.
   const distance_kernels& kernels = active_kernels();
-  const bool in_place = detail::views_overlap(vectors, out);
+  std::optional<matrix<float>> staged;
+  if (detail::views_overlap(vectors, out)) staged.emplace(vectors.rows, dim_);
+  const matrix_view<float> target = staged ? staged->mutable_view() : out;
   constexpr std::size_t block = 16, columns_at_once = 64;
   detail::parallel_for((vectors.rows + block - 1) / block, [&](std::size_t b) {
     const std::size_t first = b * block, rows = std::min(vectors.rows - first, block);
-    std::vector<float> copy(in_place ? rows * dim_ : 0);
-    const auto target = [&](std::size_t r) {
-      return in_place ? copy.data() + r * dim_ : out.data + (first + r) * out.stride;
-    };
     for (std::size_t c = 0; c < dim_; c += columns_at_once) {
       const std::size_t n = std::min(columns_at_once, dim_ - c);
-      for (std::size_t r = 0; r < rows; ++r)
-        kernels.inner_product_one_to_many(vectors.row(first + r), columns_.data() + c * dim_, n, dim_, dim_,
-                                          target(r) + c);
+      for (std::size_t r = first; r < first + rows; ++r)
+        kernels.inner_product_one_to_many(vectors.row(r), columns_.data() + c * dim_, n, dim_, dim_,
+                                          target.data + r * target.stride + c);
     }
-    for (std::size_t r = 0; in_place && r < rows; ++r)
-      std::copy_n(copy.data() + r * dim_, dim_, out.data + (first + r) * out.stride);
   });
+  if (staged)
+    for (std::size_t r = 0; r < vectors.rows; ++r) std::copy_n(staged->row(r), dim_, out.data + r * out.stride);
 }
 
 matrix<float> opq_rotation::apply(matrix_view<const float> vectors) const {
