@@ -631,6 +631,39 @@ TEST_CASE("collection: acknowledged upserts survive a killed process", "[collect
   }
 }
 
+TEST_CASE("collection: a write racing the first train() either lands or names what needs training",
+          "[collection][concurrency]") {
+  // A write read `trained` false, then the layout train() had just published: neither part untrained,
+  // and the message named nothing ("call train() first ( needs it)"; a review). It now goes on.
+  const matrix<float> data = make_clustered(256, 8, 4, 1);
+  for (int round = 0; round < 6; ++round) {
+    collection_options o = options_for(sharding::hash, 8, metric::l2, "HNSW8,SQ8");
+    o.shards = 128;
+    o.replicas = 2;
+    collection c(o);
+    std::atomic<bool> go{false};
+    std::vector<std::string> refusals;
+    std::thread writer([&] {
+      const std::vector<vector_id> id{1000000};
+      while (!go.load()) std::this_thread::yield();
+      for (;;) {
+        try {
+          c.add(data.view().slice(0, 1), id);
+          return;
+        } catch (const shoal::error& e) {
+          refusals.emplace_back(e.what());
+        }
+      }
+    });
+    go = true;
+    c.train(data.view());
+    writer.join();
+    CHECK(c.contains(1000000));
+    for (const std::string& m : refusals)
+      CHECK_THAT(m, Catch::Matchers::Contains("(the \"HNSW8,SQ8\" shards need it)"));
+  }
+}
+
 TEST_CASE("collection: a torn log tail is dropped, other damage is reported", "[collection][io]") {
   const scratch_dir dir;
   const std::filesystem::path home = dir.path() / "c";
@@ -661,6 +694,15 @@ TEST_CASE("collection: a torn log tail is dropped, other damage is reported", "[
   }
   CHECK(std::filesystem::file_size(log) == full - record);  // the torn bytes are gone
   CHECK(collection::open(home).stats().wal_bytes_dropped == 0);
+  {  // A log of zeros (header included) is emptied whole, and reported as such (it read 0: a review).
+    const std::filesystem::path zeros = dir.path() / "z";
+    std::filesystem::copy(home, zeros);
+    std::filesystem::resize_file(zeros / "wal.log", 0);
+    std::filesystem::resize_file(zeros / "wal.log", full);
+    const collection c = collection::open(zeros);
+    CHECK(c.size() == 0);
+    CHECK(c.stats().wal_bytes_dropped == full);
+  }
   // A file extended but never written (a power loss after its new size reached the disk): zeros after
   // the last record, which would read as an intact record of size 0.
   for (const std::size_t zeros : {8, 20, 200}) {

@@ -415,11 +415,15 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
           return index && !index->is_trained();
         });
       });
-      throw_error(
-          errc::invalid_argument,
-          str(who, ": the collection is not trained: call train() first (",
-              router ? str(sharding_name(options.policy), " routing") : std::string(), router && shards ? " and " : "",
-              shards ? str("the \"", options.index, "\" shards") : std::string(), shards ? " need it)" : " needs it)"));
+      // Both trained: a train() published its layout after `trained` was read, and this write goes on
+      // (a later layout is never less trained). Without this the message named nothing ("( needs it)";
+      // a review).
+      if (router || shards)
+        throw_error(errc::invalid_argument, str(who, ": the collection is not trained: call train() first (",
+                                                router ? str(sharding_name(options.policy), " routing") : std::string(),
+                                                router && shards ? " and " : "",
+                                                shards ? str("the \"", options.index, "\" shards") : std::string(),
+                                                shards ? " need it)" : " needs it)"));
     }
   }
   // What the router reads, normalised once for cosine (which also rejects zero rows before anything is logged).

@@ -182,6 +182,10 @@ write_ahead_log::write_ahead_log(held_log&& held, std::size_t dim, wal_sync sync
                    ": cannot stat the write-ahead log: ", io::detail::errno_text(errno));
   if (info.st_size == 0 || !read_records(after)) {
     rewrite_ = true;
+    // A log of zeros past its header's length held records once (a crash while emptying leaves no more
+    // than a header): reported as dropped, like a torn tail (it read 0; a review).
+    if (zeroed_ && static_cast<std::uint64_t>(info.st_size) > header_bytes)
+      dropped_ = static_cast<std::uint64_t>(info.st_size);
   } else if (keep_ < static_cast<std::uint64_t>(info.st_size)) {
     dropped_ = static_cast<std::uint64_t>(info.st_size) - keep_;
   }
@@ -237,7 +241,10 @@ bool write_ahead_log::read_records(std::uint64_t after) {
   const std::uint64_t size = in.size();
   const std::string name = path_.string();
   const std::vector<std::byte> bytes = read_whole(in);
-  if (holds_no_record(bytes)) return false;
+  if (holds_no_record(bytes)) {
+    zeroed_ = std::all_of(bytes.begin(), bytes.end(), [](std::byte b) { return b == std::byte{0}; });
+    return false;
+  }
   SHOAL_CHECK_CODE(size >= header_bytes, errc::corrupt_file, name, ": write-ahead log shorter than its header (", size,
                    " bytes)");
   SHOAL_CHECK_CODE(std::memcmp(bytes.data(), wal_magic.data(), wal_magic.size()) == 0, errc::corrupt_file, name,

@@ -165,6 +165,7 @@ class write_ahead_log {
   std::uint64_t end_ = 0;  // bytes of whole records and header: where the next record goes
   std::string refusal_;    // why appends are refused until the collection is reopened (empty: they are not)
   std::uint64_t dropped_ = 0;
+  bool zeroed_ = false;     // the log read at open held only zeros
   std::uint64_t keep_ = 0;  // read_records: bytes of whole calls, where a torn tail is cut
   bool rewrite_ = false;    // the log needs a new header (empty, or another dimension's, see stale_log)
   std::vector<wal_record> replay_;

@@ -6,10 +6,9 @@
 #include <bit>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <string_view>
 
+#include "shoal/distance/distance.hpp"
 #include "shoal/io/format.hpp"
 
 namespace shoal {
@@ -43,9 +42,14 @@ using crc_function = std::uint32_t (*)(const void*, std::size_t, std::uint32_t) 
 
 crc_function choose() noexcept {
 #ifdef SHOAL_HAVE_X86_KERNELS
-  // SHOAL_SIMD=scalar asks for the portable code everywhere, this included.
-  const char* requested = std::getenv("SHOAL_SIMD");
-  const bool scalar_only = requested != nullptr && std::string_view(requested) == "scalar";
+  // SHOAL_SIMD=scalar asks for the portable code everywhere, this included: read through the kernels'
+  // own parser (a second one here compared case-sensitively, so SCALAR kept SSE4.2; a review). A value
+  // that names no level throws there, at the first kernel call; the checksum takes the fast path.
+  bool scalar_only = false;
+  try {
+    scalar_only = active_simd_level() == simd_level::scalar;
+  } catch (...) {  // noexcept here: whatever the parser throws is thrown again by the first kernel call
+  }
   __builtin_cpu_init();
   if (!scalar_only && __builtin_cpu_supports("sse4.2")) return &crc32c_sse42;
 #endif

@@ -170,9 +170,10 @@ struct collection_stats {
   double p99_seconds = 0;
   std::uint64_t rebalances = 0;
   std::uint64_t wal_records_replayed = 0;  ///< by `open`
-  /// Bytes `open` cut from the end of the write-ahead log: a torn last write (a crash while it was
-  /// appended, never acknowledged), or damage at the log's end, which the two cannot be told apart from
-  /// (docs/collection.md). Not 0 is worth a look where no crash happened.
+  /// Bytes `open` dropped from the end of the write-ahead log (a memory-mapped open ignores them and
+  /// leaves the cut to the next writable open): a torn last write (a crash while it was appended, never
+  /// acknowledged), or damage at the log's end, which cannot be told from one (docs/collection.md);
+  /// a log of zeros counts whole. Not 0 is worth a look where no crash happened.
   std::uint64_t wal_bytes_dropped = 0;
 };
 
