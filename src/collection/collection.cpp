@@ -258,14 +258,19 @@ std::shared_ptr<layout> collection_state::empty_layout() const {
   return lay;
 }
 
-bool collection_state::all_trained(const layout& lay) const {
-  if (!lay.route.trained()) return false;
+collection_state::untrained collection_state::untrained_parts(const layout& lay) const {
+  untrained parts{.router = !lay.route.trained()};
   for (const auto& shard : lay.shards)
     for (const auto& rep : shard->replicas) {
       const std::shared_ptr<any_index> index = rep->index.load();
-      if (index && !index->is_trained()) return false;
+      parts.shards = parts.shards || (index && !index->is_trained());
     }
-  return true;
+  return parts;
+}
+
+bool collection_state::all_trained(const layout& lay) const {
+  const untrained parts = untrained_parts(lay);
+  return !parts.router && !parts.shards;
 }
 
 write_plan collection_state::plan(layout& lay, wal_op op, matrix_view<const float> vectors,
@@ -407,14 +412,7 @@ void collection_state::write(wal_op op, matrix_view<const float> vectors, std::s
     if (!trained.load()) {
       // What needs the training, named: "hash routing" was named for a hash collection whose SQ8 shards
       // alone needed it (a user-eyes review).
-      const std::shared_ptr<layout> lay = current.load();
-      const bool router = !lay->route.trained();
-      const bool shards = std::any_of(lay->shards.begin(), lay->shards.end(), [](const auto& shard) {
-        return std::any_of(shard->replicas.begin(), shard->replicas.end(), [](const auto& rep) {
-          const std::shared_ptr<any_index> index = rep->index.load();
-          return index && !index->is_trained();
-        });
-      });
+      const auto [router, shards] = untrained_parts(*current.load());
       // Both trained: a train() published its layout after `trained` was read, and this write goes on
       // (a later layout is never less trained). Without this the message named nothing ("( needs it)";
       // a review).

@@ -278,6 +278,11 @@ struct collection_state {
   /// before its commit).
   void write_generation(const layout& lay, const std::filesystem::path& dir, std::uint64_t gen,
                         std::uint64_t wal_sequence, bool& committing) const;
+  /// Which parts of `lay` still need `train`: the semantic router, any shard's index.
+  struct untrained {
+    bool router = false, shards = false;
+  };
+  [[nodiscard]] untrained untrained_parts(const layout& lay) const;
   [[nodiscard]] bool all_trained(const layout& lay) const;
 };
 

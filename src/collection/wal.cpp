@@ -86,6 +86,10 @@ bool is_log(const std::byte* bytes, std::uint64_t size) {
          load<std::uint32_t>(bytes + 8) == wal_version;
 }
 
+bool all_zero(const std::byte* first, const std::byte* last) {
+  return std::all_of(first, last, [](std::byte b) { return b == std::byte{0}; });
+}
+
 /// Whether a log's `bytes` cannot hold a record, so that it is an empty log whatever else it shows: every
 /// byte zero (a file whose size reached the disk before its data did), or no longer than a header and, up
 /// to the zeros that end it, the beginning of one (a header write cut short by a crash or a full disk:
@@ -242,7 +246,7 @@ bool write_ahead_log::read_records(std::uint64_t after) {
   const std::string name = path_.string();
   const std::vector<std::byte> bytes = read_whole(in);
   if (holds_no_record(bytes)) {
-    zeroed_ = std::all_of(bytes.begin(), bytes.end(), [](std::byte b) { return b == std::byte{0}; });
+    zeroed_ = all_zero(bytes.data(), bytes.data() + bytes.size());
     return false;
   }
   SHOAL_CHECK_CODE(size >= header_bytes, errc::corrupt_file, name, ": write-ahead log shorter than its header (", size,
@@ -317,9 +321,7 @@ bool write_ahead_log::read_records(std::uint64_t after) {
                          "damaged size field, not a torn last write)");
       // A file extended but never written to (a power loss after its size reached the disk, before its
       // data did) ends in zeros: a size field of 0, whose empty payload would pass its checksum (0).
-      if (!torn && payload < payload_fixed_bytes)
-        torn = std::all_of(bytes.begin() + static_cast<std::ptrdiff_t>(at), bytes.end(),
-                           [](std::byte b) { return b == std::byte{0}; });
+      if (!torn && payload < payload_fixed_bytes) torn = all_zero(bytes.data() + at, bytes.data() + bytes.size());
     }
     if (!torn) {
       const auto crc = load<std::uint32_t>(bytes.data() + at + 4);
