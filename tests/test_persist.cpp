@@ -496,6 +496,78 @@ TEST_CASE(
   }
 }
 
+TEST_CASE("ivf_pq files before format 1.8 (OPQ with rotated re-rank rows) load, search and grow in that layout",
+          "[io][pq]") {
+  // Until format 1.8 the full vectors behind OPQ were stored rotated and re-ranked against the rotated
+  // query. Such a file is made here from today's: each LVEC row x rewritten as x · R (OPQR), PQPR's flag
+  // bit 3 (the rows are unrotated) cleared, the minor version set to 7.
+  const scratch_dir dir;
+  const dataset d(1200, 40, 93);
+  constexpr std::size_t nlist = 8;
+  const std::string path = dir / "pq.shoal";
+  const std::string legacy = dir / "format-1.7.shoal";
+  const ivf_pq_index index = d.pq(metric::l2, nlist, 8, true, true);
+  index.save(path);
+  const std::vector<char> bytes = slurp(path);
+  std::vector<file_section> sections = sections_of(bytes);
+  const auto find = [&](const char* tag) { return section_named(sections, tag); };
+  std::vector<char>& params = find("PQPR")->content;
+  REQUIRE(get_u32(params, 20) == 1u + 2u + 8u);  // refine, opq, unrotated re-rank rows
+  put(params, 20, std::uint32_t{3});
+  std::vector<float> r(dim * dim);
+  std::memcpy(r.data(), find("OPQR")->content.data(), r.size() * sizeof(float));
+  const std::vector<char>& sizes = find("LSIZ")->content;
+  std::vector<char>& rows = find("LVEC")->content;
+  std::size_t at = 0;  // the list's first row, in bytes
+  for (std::size_t l = 0; l < nlist; ++l) {
+    std::uint64_t n = 0;
+    std::memcpy(&n, sizes.data() + l * sizeof n, sizeof n);
+    for (std::size_t i = 0; i < n; ++i) {
+      char* row = rows.data() + at + i * dim * sizeof(float);
+      std::array<float, dim> x{}, y{};
+      std::memcpy(x.data(), row, sizeof x);
+      for (std::size_t j = 0; j < dim; ++j) {
+        double sum = 0;
+        for (std::size_t k = 0; k < dim; ++k) sum += double{x[k]} * double{r[k * dim + j]};
+        y[j] = static_cast<float>(sum);
+      }
+      std::memcpy(row, y.data(), sizeof y);
+    }
+    at += (n * dim * sizeof(float) + 63) / 64 * 64;
+  }
+  std::vector<char> header = bytes;
+  put(header, 10, std::uint16_t{7});
+  spit(legacy, with_sections(header, sections));
+  CHECK(read_index_file_info(legacy).version_minor == 7);
+
+  // Rotated rows against the rotated query: the neighbours of today's layout, distances up to rounding.
+  const search_params every = probing(nlist, d.base.rows);
+  const neighbors want = index.search(d.queries.view(), 10, every);
+  const auto close_to_want = [&](const neighbors& got) {
+    CHECK(got.ids() == want.ids());
+    for (std::size_t i = 0; i < want.distances().size(); ++i)
+      CHECK(got.distances()[i] == Approx(want.distances()[i]).epsilon(1e-4).margin(1e-4));
+  };
+  for (const bool mmap : {false, true}) {
+    CAPTURE(mmap);
+    close_to_want(ivf_pq_index::load(legacy, {.mmap = mmap}).search(d.queries.view(), 10, every));
+  }
+  // Rows added to such an index are kept rotated too, and a save keeps the old layout (no bit 3).
+  ivf_pq_index copied = ivf_pq_index::load(legacy);
+  std::vector<vector_id> more(d.queries.rows);
+  std::iota(more.begin(), more.end(), vector_id{1});
+  copied.add(d.queries.view(), more);
+  const neighbors grown = copied.search(d.queries.view(), 1, every);
+  for (std::size_t q = 0; q < d.queries.rows; ++q) {
+    CHECK(grown.id(q, 0) == more[q]);
+    CHECK(grown.distance(q, 0) < 1e-3f);
+  }
+  copied.save(path);
+  CHECK(get_u32(section_named(sections = sections_of(slurp(path)), "PQPR")->content, 20) == 3u);
+  require_same(ivf_pq_index::load(path).search(d.queries.view(), 10, every),
+               copied.search(d.queries.view(), 10, every));
+}
+
 TEST_CASE("ivf_pq_index: an untrained index round-trips and trains after loading", "[io][pq]") {
   const scratch_dir dir;
   const dataset d(400, 4, 63);
@@ -560,7 +632,9 @@ TEST_CASE("damaged ivf_pq files: inconsistent sections are reported even without
   fails("m = 5 does not divide dimension 24", [&](auto& b) { put(b, params + 8, std::uint64_t{5}); });
   fails("m = 48 does not divide dimension 24", [&](auto& b) { put(b, params + 8, std::uint64_t{48}); });
   fails("nbits = 6 is neither 4 nor 8", [&](auto& b) { put(b, params + 16, std::uint32_t{6}); });
-  fails("unknown flags 9", [&](auto& b) { put(b, params + 20, std::uint32_t{9}); });
+  fails("unknown flags 17", [&](auto& b) { put(b, params + 20, std::uint32_t{17}); });
+  fails("flags 9 mark unrotated re-rank rows in an index without both OPQ and a re-rank copy",
+        [&](auto& b) { put(b, params + 20, std::uint32_t{9}); });
   fails("ask for both full vectors and an SQ8 copy", [&](auto& b) { put(b, params + 20, std::uint32_t{5}); });
   // refine_sq8 instead of refine: LVEC is then foreign and the SQ8 sections missing.
   fails("section LVEC in an index built without refine", [&](auto& b) { put(b, params + 20, std::uint32_t{4}); });

@@ -281,7 +281,9 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
   SHOAL_CHECK(!one_vector, index_name, "::train: codebooks cannot be learned from ", vectors.rows,
               " copies of one vector (every later vector would get the same codes): train on a sample that spans "
               "the data");
-  // OPQ: learn the rotation on the input, then train everything else in the rotated space.
+  // OPQ: learn the rotation on the input, then train the lists and codes in the rotated space. The re-rank
+  // keeps rows as given (`rerank_rotated_`), so the SQ8 copy's ranges are learnt on those.
+  const matrix_view<const float> input = vectors;
   std::optional<opq_rotation> rotation;
   std::optional<matrix<float>> rotated;
   if (params_.opq) {
@@ -325,17 +327,19 @@ void ivf_pq_index::train(matrix_view<const float> vectors, const ivf_pq_train_pa
   std::optional<scalar_quantizer> codec;
   if (params_.refine_sq8) {
     codec.emplace(dim_, sq_type::sq8);
-    codec->train(vectors);
+    codec->train(input);
   }
   target = std::move(quantizer);
   pq_ = std::move(pq);
   opq_ = std::move(rotation);
   refine_codec_ = std::move(codec);
+  rerank_rotated_ = false;
 }
 
 struct ivf_pq_index::prepared_rows {
   std::optional<matrix<float>> normalized, rotated;
-  matrix_view<const float> view;
+  /// The rows as assigned and coded (rotated with OPQ), and as the re-rank keeps them.
+  matrix_view<const float> view, kept;
 };
 
 ivf_pq_index::prepared_rows ivf_pq_index::prepare(matrix_view<const float> vectors) const {
@@ -346,13 +350,15 @@ ivf_pq_index::prepared_rows ivf_pq_index::prepare(matrix_view<const float> vecto
     p.normalized = detail::normalized_copy(vectors, "ivf_pq_index::add: vector");
     p.view = p.normalized->view();
   }
+  p.kept = p.view;
   if (opq_) {
-    // A rotated row is stored (refine), SQ8-coded (refine_sq8) and assigned: the rotation's rounding can
-    // take a row at the bound past it, which the SQ8 encoder refused only after check_add had passed it
-    // (a review). Refused here, for add and check_add alike.
+    // A rotated row is assigned and coded: the rotation's rounding can take a row at the bound past it,
+    // which the encoders refused only after check_add had passed it (a review). Refused here, for add and
+    // check_add alike.
     p.rotated = opq_->apply(p.view);
     p.view = p.rotated->view();
     detail::check_vectors(p.view, dim_, "ivf_pq_index::add: the rotated (OPQ) vector");
+    if (rerank_rotated_) p.kept = p.view;
   }
   return p;
 }
@@ -438,7 +444,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
   std::vector<double> terms(row_terms() ? n : 0);
   if (row_terms()) compute_row_terms(codes.data(), n, label.data(), 1, terms.data());
   std::vector<std::uint8_t> sq_codes(params_.refine_sq8 ? n * dim_ : 0);
-  if (params_.refine_sq8) refine_codec_->encode(vectors, sq_codes.data());
+  if (params_.refine_sq8) refine_codec_->encode(prepared.kept, sq_codes.data());
   std::vector<std::size_t> offsets(nlist + 1, 0);
   for (const std::uint32_t l : label) ++offsets[l + 1];
   for (std::size_t l = 0; l < nlist; ++l) offsets[l + 1] += offsets[l];
@@ -491,7 +497,7 @@ void ivf_pq_index::add(matrix_view<const float> vectors, std::span<const vector_
       } else {
         for (std::size_t s = 0; s < m; ++s) fast_scan_set(target.codes.data(), m, slot, s, code[s]);
       }
-      if (params_.refine) std::copy_n(vectors.row(i), dim_, target.vectors.data() + slot * dim_);
+      if (params_.refine) std::copy_n(prepared.kept.row(i), dim_, target.vectors.data() + slot * dim_);
       if (params_.refine_sq8) std::copy_n(sq_codes.data() + i * dim_, dim_, target.sq_codes.data() + slot * dim_);
       if (row_terms()) target.terms.push_back(terms[i]);
       target.ids.push_back(ids[i]);
@@ -731,6 +737,7 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
   const distance_kernels& dk = active_kernels();
   detail::parallel_for_in(p.locality_order(), p.view.rows, [&](std::size_t q) {
     const float* query = p.view.row(q);
+    const float* kept_query = rerank_rotated_ ? query : p.input.row(q);  // the re-rank's: as the rows it scores
     const std::span<const std::uint32_t> probed = p.lists(q);
     // Every probed list stays read-locked from its scan to the end of the re-rank, so a candidate's slot
     // still holds it when its full vector is read: one lock round trip per list instead of two per
@@ -764,7 +771,7 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
       for (const scratch::candidate& c : s.items) __builtin_prefetch(row(c));
       for (const scratch::candidate& c : s.items) {
         float d = 0.0f;
-        refine_codec_->distances(query, metric_, row(c), 1, &d);
+        refine_codec_->distances(kept_query, metric_, row(c), 1, &d);
         best.push(d, c.id);
       }
     } else {
@@ -777,7 +784,7 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
         __builtin_prefetch(bytes + 64);
       }
       for (const scratch::candidate& c : s.items)
-        best.push(detail::pair_distance(dk, metric_, query, row(c), dim_), c.id);
+        best.push(detail::pair_distance(dk, metric_, kept_query, row(c), dim_), c.id);
     }
     best.write_sorted(out.row_ids(q), out.row_distances(q));
   });
@@ -800,6 +807,7 @@ range_result ivf_pq_index::range_search(matrix_view<const float> queries, float 
       p.view.rows,
       [&](std::size_t q, std::vector<scored_id>& hits) {
         const float* query = p.view.row(q);
+        const float* kept_query = rerank_rotated_ ? query : p.input.row(q);
         scratch s;
         if (!exact) begin_query(query, s);
         const detail::probed_read_locks<list> locks(lists_, p.lists(q), s.locked);
@@ -807,15 +815,15 @@ range_result ivf_pq_index::range_search(matrix_view<const float> queries, float 
           const list& l = *lists_[list_no];
           const vector_id* ids = l.id_data();
           if (exact && params_.refine) {
-            detail::scan_into_range(dk, metric_, query, l.vector_data(), ids, l.count(), dim_, radius, params.filter,
-                                    hits);
+            detail::scan_into_range(dk, metric_, kept_query, l.vector_data(), ids, l.count(), dim_, radius,
+                                    params.filter, hits);
             continue;
           }
           // Distances to the SQ8 reconstructions (Refine(SQ8)), or the codes' approximations.
           const float* dist = nullptr;
           if (exact) {
             s.distances.resize(std::max(s.distances.size(), l.count()));
-            refine_codec_->distances(query, metric_, l.sq_code_data(), l.count(), s.distances.data());
+            refine_codec_->distances(kept_query, metric_, l.sq_code_data(), l.count(), s.distances.data());
             dist = s.distances.data();
           } else {
             dist = list_distances(l, list_no, query, s);
@@ -841,12 +849,15 @@ struct ivf_pq_file_params {
   std::uint64_t nlist;
   std::uint64_t m;
   std::uint32_t nbits;
-  std::uint32_t flags;  // flag_refine | flag_opq | flag_refine_sq8
+  std::uint32_t flags;  // flag_refine | flag_opq | flag_refine_sq8 | flag_rerank_unrotated
 };
 static_assert(sizeof(ivf_pq_file_params) == 24 && std::is_trivially_copyable_v<ivf_pq_file_params>);
 constexpr std::uint32_t flag_refine = 1u;
 constexpr std::uint32_t flag_opq = 2u;
 constexpr std::uint32_t flag_refine_sq8 = 4u;
+// Format 1.8: with OPQ, the re-rank's rows (LVEC, or the SQ8 copy and its ranges) are the rows as added,
+// not rotated. Files before it hold rotated rows, which such an index keeps (`rerank_rotated_`).
+constexpr std::uint32_t flag_rerank_unrotated = 8u;
 }  // namespace
 
 void ivf_pq_index::save(const std::string& path) const { detail::save_index_file(*this, path); }
@@ -872,7 +883,8 @@ std::unique_lock<std::mutex> detail::index_sections<ivf_pq_index>::write(const i
   out.begin_section(tag_params);
   out.append_value(ivf_pq_file_params{
       p.nlist, p.m, static_cast<std::uint32_t>(p.nbits),
-      (p.refine ? flag_refine : 0u) | (p.opq ? flag_opq : 0u) | (p.refine_sq8 ? flag_refine_sq8 : 0u)});
+      (p.refine ? flag_refine : 0u) | (p.opq ? flag_opq : 0u) | (p.refine_sq8 ? flag_refine_sq8 : 0u) |
+          (p.opq && (p.refine || p.refine_sq8) && !index.rerank_rotated_ ? flag_rerank_unrotated : 0u)});
   index.coarse().write(out);
   io::detail::write_list_sizes(out, lists);
   const matrix_view<const float> books = index.pq_.codebooks();
@@ -913,13 +925,16 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
                    " does not divide dimension ", h.dim);
   SHOAL_CHECK_CODE(fp.nbits == 4 || fp.nbits == 8, errc::corrupt_file, name, ": nbits = ", fp.nbits,
                    " is neither 4 nor 8");
-  SHOAL_CHECK_CODE((fp.flags & ~(flag_refine | flag_opq | flag_refine_sq8)) == 0, errc::corrupt_file, name,
-                   ": unknown flags ", fp.flags, " in section PQPR");
+  SHOAL_CHECK_CODE((fp.flags & ~(flag_refine | flag_opq | flag_refine_sq8 | flag_rerank_unrotated)) == 0,
+                   errc::corrupt_file, name, ": unknown flags ", fp.flags, " in section PQPR");
   const bool refine = (fp.flags & flag_refine) != 0;
   const bool opq = (fp.flags & flag_opq) != 0;
   const bool refine_sq8 = (fp.flags & flag_refine_sq8) != 0;
+  const bool unrotated = (fp.flags & flag_rerank_unrotated) != 0;
   SHOAL_CHECK_CODE(!(refine && refine_sq8), errc::corrupt_file, name, ": flags ", fp.flags,
                    " ask for both full vectors and an SQ8 copy");
+  SHOAL_CHECK_CODE(!unrotated || (opq && (refine || refine_sq8)), errc::corrupt_file, name, ": flags ", fp.flags,
+                   " mark unrotated re-rank rows in an index without both OPQ and a re-rank copy");
   SHOAL_CHECK_CODE(refine_sq8 || (!in.has(tag_refine_ranges) && !in.has(tag_refine_codes)), errc::corrupt_file, name,
                    ": SQ8 refine sections in an index built without refine_sq8");
   SHOAL_CHECK_CODE(refine || !in.has(io::detail::tag_list_rows), errc::corrupt_file, name,
@@ -936,6 +951,7 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
                       .refine = refine,
                       .refine_sq8 = refine_sq8,
                       .opq = opq});
+  index.rerank_rotated_ = opq && (refine || refine_sq8) && !unrotated;
   *index.coarse_ = coarse_quantizer::read(in, h.metric, fp.nlist);
   index.params_.coarse_hnsw_m = index.coarse_->hnsw_m();
   const bool trained = index.coarse_->trained();

@@ -27,6 +27,8 @@ struct probed_queries {
   std::optional<matrix<float>> rotated;     // OPQ: rotated copies
   /// The queries as searched (one of the above, or the caller's).
   matrix_view<const float> view;
+  /// The queries before the rotation: `view` without OPQ (IVF-PQ re-ranks stored rows of that space).
+  matrix_view<const float> input;
   std::size_t nprobe = 0;
   /// nprobe list numbers per query, nearest first (flat coarse pass: ties to the smaller list; HNSW:
   /// padded with `no_list` when the graph found fewer).
@@ -94,6 +96,7 @@ inline void check_outside_probes(const probed_queries& p, std::size_t nlist, con
     p.normalized = normalized_copy(queries, what);
     p.view = p.normalized->view();
   }
+  p.input = p.view;
   if (rotation != nullptr) {
     p.rotated = rotation->apply(p.view);
     p.view = p.rotated->view();

@@ -47,7 +47,12 @@ struct ivf_pq_params {
   bool refine_sq8 = false;
   /// Learn an OPQ rotation (`opq_rotation`, m sub-spaces) in front of the index (`OPQ<m>,IVF...`):
   /// vectors and queries are rotated before everything else. Costs dim² multiply-adds per query and
-  /// dim² floats. Refine then keeps the rotated vectors (same distances, up to rounding).
+  /// dim² floats. The re-rank copies (`refine`, `refine_sq8`) keep the vectors as added (unit length
+  /// under cosine), not rotated, and are scored against the query as given: a rotation in float moves a
+  /// row by about 2⁻²⁴ · ‖x‖ per component, which over data far from the origin is no longer small
+  /// against the neighbours' distances (offset 10⁵, unit spread: R@10 0.965 against the exact answer with
+  /// every row re-ranked, until format 1.8; a review). Files before 1.8 hold rotated copies, which such
+  /// an index keeps, adds included, and saves in that layout.
   bool opq = false;
   /// 0: the coarse pass scores every centroid (`IVF<nlist>,...`); M in [2, 256]: an HNSW graph of M
   /// links over the centroids picks each vector's and query's lists (`IVF<nlist>_HNSW<M>,...`; see
@@ -208,7 +213,7 @@ class ivf_pq_index {
   ///    `refine_sq8`): every vector of the probed lists is scored from its stored row and reported with
   ///    that distance. With `refine`, the exact distance from the full vector, with the flat index's
   ///    kernels: with nprobe ≥ nlist this is the flat index's range search over the same vectors (with
-  ///    OPQ, over the rotated vectors: the same distances up to rounding). With `refine_sq8`, the
+  ///    OPQ too: the copies are not rotated, `ivf_pq_params::opq`). With `refine_sq8`, the
   ///    distance to the SQ8 reconstruction (`scalar_quantizer::distances`), not the exact one.
   /// Throws `shoal::error` as `search` does, and on a NaN radius.
   [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,
@@ -265,6 +270,9 @@ class ivf_pq_index {
   product_quantizer pq_;
   std::optional<opq_rotation> opq_;
   std::optional<scalar_quantizer> refine_codec_;  // refine_sq8: trained in `train`
+  // With OPQ, whether the re-rank's rows (full vectors or SQ8 copy) are rotated: only in an index loaded
+  // from a file before format 1.8 (docs/format.md), which keeps that layout. Rows as added otherwise.
+  bool rerank_rotated_ = false;
   std::vector<std::unique_ptr<list>> lists_;
   // Serialises add, remove, save and a `contains` that builds the locator.
   mutable detail::movable_mutex<std::mutex> write_mutex_;

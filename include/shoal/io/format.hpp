@@ -16,7 +16,7 @@ namespace shoal {
 /// major version (minor versions only add optional sections or give meaning to reserved fields) and
 /// refuses a newer major with `errc::unsupported`.
 inline constexpr std::uint16_t format_version_major = 1;
-inline constexpr std::uint16_t format_version_minor = 7;
+inline constexpr std::uint16_t format_version_minor = 8;
 
 /// Which index a file holds. The values are stored in files: never renumber, only append.
 enum class index_kind : std::uint32_t {
