@@ -829,17 +829,31 @@ TEST_CASE("damaged files: stored vectors add would refuse are corrupt in a copie
   for (const float value : {std::nanf(""), std::numeric_limits<float>::infinity(), 3e38f}) {
     CAPTURE(value);
     const char* what = std::isfinite(value) ? "has norm" : "has a non-finite value";
+    // Copied, and mapped at full verification (the default), a load refuses the file; a mapping below it
+    // is trusted (documented: a mapped load at verify_level::header reads nothing). A mapped load at full
+    // verification took such files until session 43 (a review: a NaN row first for single queries, left
+    // out of batched ones; a cosine distance of −24.8).
+    const auto refused = [&](auto load, const char* where) {
+      for (const bool mmap : {false, true}) {
+        CAPTURE(mmap);
+        REQUIRE_THROWS_MATCHES(load({.mmap = mmap}), shoal::error, fails_with(errc::corrupt_file, what));
+        REQUIRE_THROWS_MATCHES(load({.mmap = mmap}), shoal::error, fails_with(errc::corrupt_file, where));
+        try {
+          (void)load({.mmap = mmap});
+        } catch (const shoal::error& e) {  // one "shoal: " in front, not a second inside (a review)
+          CHECK(std::string_view(e.what()).find(": shoal: ") == std::string_view::npos);
+        }
+      }
+      CHECK(load({.mmap = true, .verify = verify_level::header}).size() == 300);
+    };
     spit(bad, poisoned(slurp(flat_path), "VECS", value));
-    REQUIRE_THROWS_MATCHES(flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, what));
-    CHECK(flat_index::load(bad, {.mmap = true}).size() == 300);  // a mapping is trusted (documented)
+    refused([&](load_options o) { return flat_index::load(bad, o); }, ": vector row 0 ");
     spit(bad, poisoned(slurp(hnsw_path), "HVEC", value));
-    REQUIRE_THROWS_MATCHES(hnsw_index::load(bad), shoal::error, fails_with(errc::corrupt_file, what));
-    REQUIRE_THROWS_MATCHES(hnsw_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "vector of id "));
+    refused([&](load_options o) { return hnsw_index::load(bad, o); }, "vector of id ");
     spit(bad, poisoned(slurp(ivf_path), "LVEC", value));
-    REQUIRE_THROWS_MATCHES(ivf_flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, what));
-    REQUIRE_THROWS_MATCHES(ivf_flat_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "list "));
+    refused([&](load_options o) { return ivf_flat_index::load(bad, o); }, "list ");
     spit(bad, poisoned(slurp(pq_path), "LVEC", value));
-    REQUIRE_THROWS_MATCHES(ivf_pq_index::load(bad), shoal::error, fails_with(errc::corrupt_file, "re-rank vector"));
+    refused([&](load_options o) { return ivf_pq_index::load(bad, o); }, "re-rank vector");
   }
   // Stored norms are recomputed on a copied load: zeroed ones change no result.
   std::vector<file_section> sections = sections_of(slurp(flat_path));

@@ -340,7 +340,7 @@ write_plan collection_state::plan(layout& lay, wal_op op, matrix_view<const floa
             index->check_add({vectors.row(i), 1, vectors.dim});
           } catch (const error& e) {
             throw_error(e.code(), str(write_name(op), ": vector row ", i, " (id ", ids[i], ") is refused by shard ", s,
-                                      ": ", e.what()));
+                                      ": ", e.message()));
           }
         }
         throw;

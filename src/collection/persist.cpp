@@ -279,7 +279,7 @@ collection collection::open(const std::filesystem::path& directory, const collec
   try {
     kind = detail::validate(o);
   } catch (const error& e) {
-    detail::throw_error(errc::corrupt_file, detail::str(name, ": the manifest holds invalid options: ", e.what()));
+    detail::throw_error(errc::corrupt_file, detail::str(name, ": the manifest holds invalid options: ", e.message()));
   }
   // Absolute, so that a later change of the working directory cannot send checkpoints elsewhere (the log
   // is written through its open descriptor, and a snapshot landed in another directory of the same name).
@@ -372,8 +372,9 @@ collection collection::open(const std::filesystem::path& directory, const collec
     try {
       st->write(r.op, r.vectors.view(), r.ids, r.keys);
     } catch (const error& e) {
-      detail::throw_error(errc::corrupt_file, detail::str(directory.string(), "/", detail::write_ahead_log::file_name,
-                                                          ": record ", r.sequence, " cannot be applied: ", e.what()));
+      detail::throw_error(errc::corrupt_file,
+                          detail::str(directory.string(), "/", detail::write_ahead_log::file_name, ": record ",
+                                      r.sequence, " cannot be applied: ", e.message()));
     }
   }
   st->wal = std::move(wal);

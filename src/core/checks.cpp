@@ -83,7 +83,7 @@ void check_loaded_vectors(matrix_view<const float> v, const std::string& file, c
   try {
     check_vectors(v, v.dim, what);
   } catch (const error& e) {
-    throw_error(errc::corrupt_file, str(file, ": ", e.what()));
+    throw_error(errc::corrupt_file, str(file, ": ", e.message()));
   }
   if (m != metric::cosine) return;
   const auto [row, squared_norm] = first_non_unit_row(v);

@@ -461,7 +461,7 @@ coarse_quantizer coarse_quantizer::read(const io::detail::index_file_reader& in,
   try {
     detail::check_vectors(centroids.view(), centroids.dim, "centroid");
   } catch (const error& e) {
-    detail::throw_error(errc::corrupt_file, detail::str(name, ": ", e.what()));
+    detail::throw_error(errc::corrupt_file, detail::str(name, ": ", e.message()));
   }
   q.install(std::move(centroids));
   if (graph_m == 0) {

@@ -357,10 +357,8 @@ any_index make_index(std::string_view spec, std::size_t dim, metric m) {
     if (e.code() != errc::invalid_argument) throw;
     // A well-formed spec whose index refuses its parameters (PQ m not dividing the dimension, nlist out of
     // range): the spec in the message, as for a malformed one.
-    std::string_view why = e.what();
-    if (why.starts_with("shoal: ")) why.remove_prefix(7);
     detail::throw_error(errc::invalid_argument,
-                        detail::str("make_index: invalid spec \"", spec, "\" at dimension ", dim, ": ", why));
+                        detail::str("make_index: invalid spec \"", spec, "\" at dimension ", dim, ": ", e.message()));
   }
 }
 

@@ -309,6 +309,8 @@ flat_index detail::index_sections<flat_index>::read(const io::detail::index_file
     index.mapped_ids_ = in.map<vector_id>(tags.ids, n).data();
     index.mapped_size_ = n;
     index.mapping_ = in.mapping();
+    if (in.checks_values())
+      detail::check_loaded_vectors({index.mapped_vectors_, n, index.dim_}, in.name(), "vector", index.metric_);
   } else {
     index.vectors_ = in.read_vector<float>(tags.vectors, values);
     detail::check_loaded_vectors({index.vectors_.data(), n, index.dim_}, in.name(), "vector", index.metric_);

@@ -2286,7 +2286,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   const std::string& name = in.name();
   hnsw_file_params fp{};
   in.read(tags.params, &fp, 1);
-  const auto corrupt = [&](bool ok, const char* what) {
+  const auto corrupt = [&](bool ok, std::string_view what) {
     SHOAL_CHECK_CODE(ok, errc::corrupt_file, name, ": ", graph, " ", what);
   };
   corrupt(fp.m >= 2 && fp.m <= 256 && fp.ef_construction > 0, "parameters out of range");
@@ -2365,7 +2365,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
       x.sq = scalar_quantizer::sq8_with_ranges({ranges.begin(), half}, {half, ranges.end()},
                                                hnsw_index::impl::code_top(x.build.codes));
     } catch (const shoal::error& e) {
-      corrupt(false, e.what());
+      corrupt(false, e.message());
     }
     x.codes_ready.store(true, std::memory_order_release);
   }
@@ -2385,7 +2385,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     try {  // a centre past the norm bound would make a query's ⟨q, c⟩ overflow
       detail::check_vectors({centre.data(), 1, x.dim}, x.dim, "F16 frame centre");
     } catch (const shoal::error& e) {
-      corrupt(false, e.what());
+      corrupt(false, e.message());
     }
     x.set_half_frame(std::move(centre), exponent);
     x.codes_ready.store(true, std::memory_order_release);
@@ -2459,7 +2459,7 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
       continue;
     }
     ++live;
-    if (!in.mapped())
+    if (in.checks_values())
       if (const matrix_view<const float> v{x.vec(slot), 1, x.dim}; !detail::vectors_pass(v, x.metric))
         detail::check_loaded_vectors(v, name, detail::str("vector of id ", ids[s]).c_str(), x.metric);
     x.id_of(slot) = ids[s];

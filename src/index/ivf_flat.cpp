@@ -277,8 +277,8 @@ ivf_flat_index detail::index_sections<ivf_flat_index>::read(const io::detail::in
     ivf_flat_index::list& target = *index.lists_[l];
     const auto n = static_cast<std::size_t>(sizes[l]);
     io::detail::load_list(target, n, rows, ids);
-    if (const matrix_view<const float> v{target.codes.data(), n, index.dim_};
-        !target.mapped && !detail::vectors_pass(v, index.metric_))
+    if (const matrix_view<const float> v{target.code_data(), n, index.dim_};
+        in.checks_values() && !detail::vectors_pass(v, index.metric_))
       detail::check_loaded_vectors(v, name, detail::str("list ", l, ": vector").c_str(), index.metric_);
     const vector_id* stored = target.id_data();
     for (std::size_t i = 0; i < n; ++i)

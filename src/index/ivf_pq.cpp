@@ -982,7 +982,7 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
       }
     } catch (const shoal::error& e) {
       if (e.code() == errc::corrupt_file) throw;
-      detail::throw_error(errc::corrupt_file, detail::str(name, ": ", e.what()));
+      detail::throw_error(errc::corrupt_file, detail::str(name, ": ", e.message()));
     }
   }
   io::detail::list_runs codes(in, tag_list_codes, sizes, true, [&](std::uint64_t n) {
@@ -1010,9 +1010,8 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
     io::detail::load_list(target, n, codes, ids);
     if (vectors) {
       const float* v = vectors->next(target.vectors);
-      if (target.mapped)
-        target.mapped_vectors = v;
-      else if (!detail::vectors_pass({v, n, dim}, index.metric_))
+      if (target.mapped) target.mapped_vectors = v;
+      if (in.checks_values() && !detail::vectors_pass({v, n, dim}, index.metric_))
         detail::check_loaded_vectors({v, n, dim}, name, detail::str("list ", l, ": re-rank vector").c_str(),
                                      index.metric_);
     }

@@ -229,9 +229,7 @@ refine_index refine_index::load(const std::string& path, const load_options& opt
     return {std::move(coarse), std::move(exact)};
   } catch (const error& e) {
     if (e.code() != errc::invalid_argument) throw;
-    std::string_view why = e.what();
-    if (why.starts_with("shoal: ")) why.remove_prefix(7);
-    detail::throw_error(errc::corrupt_file, detail::str(name, ": ", why));
+    detail::throw_error(errc::corrupt_file, detail::str(name, ": ", e.message()));
   }
 }
 

@@ -156,6 +156,10 @@ file_mapping::~file_mapping() {
   if (data_ != nullptr) ::munmap(const_cast<std::byte*>(data_), bytes_);
 }
 
+void file_mapping::release_resident() const noexcept {
+  if (data_ != nullptr) (void)::madvise(const_cast<std::byte*>(data_), bytes_, MADV_DONTNEED);
+}
+
 // ------------------------------------------------------------------------------------------- writer
 index_file_writer::index_file_writer(std::filesystem::path path, const index_header& header)
     : path_(std::move(path)), header_(header) {}
@@ -347,6 +351,11 @@ index_file_reader::index_file_reader(const std::filesystem::path& path, const lo
 
   if (options.verify == verify_level::full) verify_sections();
   if (options.mmap) mapping_ = std::make_shared<const file_mapping>(file_.fd(), static_cast<std::size_t>(size), name);
+  checks_values_ = !options.mmap || options.verify == verify_level::full;
+}
+
+index_file_reader::~index_file_reader() {
+  if (mapping_ && checks_values_) mapping_->release_resident();
 }
 
 void index_file_reader::verify_sections() const {

@@ -83,6 +83,9 @@ class file_mapping {
   ~file_mapping();
   [[nodiscard]] const std::byte* data() const noexcept { return data_; }
   [[nodiscard]] std::size_t size() const noexcept { return bytes_; }
+  /// Drops the mapping's pages from this process's resident set (`MADV_DONTNEED`: the page cache keeps
+  /// them; the next read faults them in again). The mapping is read-only, so nothing is lost.
+  void release_resident() const noexcept;
 
  private:
   const std::byte* data_ = nullptr;
@@ -168,6 +171,11 @@ struct section_entry {
 class index_file_reader {
  public:
   index_file_reader(const std::filesystem::path& path, const load_options& options);
+  /// With a mapping whose values were checked (`checks_values`), gives back the pages the checks read
+  /// (`file_mapping::release_resident`): a mapped load stays unresident until searches touch it.
+  ~index_file_reader();
+  index_file_reader(const index_file_reader&) = delete;
+  index_file_reader& operator=(const index_file_reader&) = delete;
 
   [[nodiscard]] const index_header& header() const noexcept { return header_; }
   [[nodiscard]] const std::string& name() const noexcept { return file_.name(); }
@@ -175,6 +183,10 @@ class index_file_reader {
   [[nodiscard]] bool mapped() const noexcept { return mapping_ != nullptr; }
   /// The mapping (null unless loaded with `mmap`).
   [[nodiscard]] const std::shared_ptr<const file_mapping>& mapping() const noexcept { return mapping_; }
+  /// Whether the load checks stored values as `add` checks its input (`check_loaded_vectors`): a copied
+  /// load always; a mapped one at `verify_level::full`, which reads every byte anyway (below that a
+  /// mapping is trusted, so that loading reads nothing). One file gets one verdict, mapped or not.
+  [[nodiscard]] bool checks_values() const noexcept { return checks_values_; }
 
   /// Throws `errc::invalid_argument` ("holds an index of kind <kind>, not <expected>") unless the file
   /// holds `expected`; `who` prefixes the message.
@@ -236,6 +248,7 @@ class index_file_reader {
   std::uint64_t table_end_ = 0;
   std::vector<section_entry> sections_;
   std::shared_ptr<const file_mapping> mapping_;
+  bool checks_values_ = true;
 };
 
 }  // namespace shoal::io::detail

@@ -451,7 +451,7 @@ struct reconcile_plan {
   throw_error(errc::corrupt_file,
               str(name, ": the mirror of '", v.modality, "/", v.name, "' holds ", p.mirrored, " ids and the version ",
                   p.own, " (", p.missing.size(), " missing, ", p.extra.size(), " extra, ", p.changed,
-                  " written since the snapshot); they cannot be brought in line: ", e.what()));
+                  " written since the snapshot); they cannot be brought in line: ", e.message()));
 }
 
 /// `own` and `mirrored`: the ids each holds, ascending (`collection::ids`); `name` names the manifest.
@@ -913,7 +913,7 @@ manifest decode(std::span<const std::byte> bytes, const std::string& name) {
           v.to_shared = projection::deserialize(p);
         } catch (const error& e) {
           detail::throw_error(errc::corrupt_file,
-                              detail::str(name, ": projection of ", mod.name, "/", v.name, ": ", e.what()));
+                              detail::str(name, ": projection of ", mod.name, "/", v.name, ": ", e.message()));
         }
       }
       const bool mirrored = v.route == shared_route::mirror;
@@ -1698,7 +1698,7 @@ multimodal_store multimodal_store::open(const std::filesystem::path& directory,
     try {
       store.link(l.a, a, l.b, b);
     } catch (const error& e) {
-      detail::throw_error(errc::corrupt_file, detail::str(name, ": links: ", e.what()));
+      detail::throw_error(errc::corrupt_file, detail::str(name, ": links: ", e.message()));
     }
   }
   return store;

@@ -5,6 +5,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace shoal {
@@ -29,6 +30,12 @@ class error : public std::runtime_error {
  public:
   error(errc code, const std::string& message) : std::runtime_error(message), code_(code) {}
   [[nodiscard]] errc code() const noexcept { return code_; }
+  /// `what()` without its leading "shoal: ": the problem alone, to wrap in another message.
+  [[nodiscard]] std::string_view message() const noexcept {
+    std::string_view m = what();
+    if (m.starts_with("shoal: ")) m.remove_prefix(7);
+    return m;
+  }
 
  private:
   errc code_;

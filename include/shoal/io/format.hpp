@@ -45,8 +45,10 @@ struct load_options {
   /// Map the file read-only and search its big arrays (vectors, inverted lists) in place instead of
   /// copying them: loading costs almost nothing, pages are read on first touch and shared through the
   /// page cache. The loaded index keeps the mapping alive and is read-only: `add`, `remove` and `train`
-  /// throw `errc::unsupported`. Full verification reads the file through the page cache, not the
-  /// mapping, so it leaves resident memory small too.
+  /// throw `errc::unsupported`. Full verification (the default) reads the file through the page cache
+  /// for its checksums and checks the stored vectors' values through the mapping, then gives those
+  /// pages back: resident memory stays small, and a file refused by a copied load is refused mapped
+  /// too. Below full verification a mapped load reads nothing and trusts the values.
   bool mmap = false;
   verify_level verify = verify_level::full;
 };
