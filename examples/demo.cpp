@@ -140,6 +140,9 @@ int main(int argc, char** argv) try {
     if (opt.files.size() == 3) truth = shoal::io::read_ids(opt.files[2]);
     std::printf("data: %s (%zu x %zu), %s (%zu queries)\n", opt.files[0].c_str(), base.rows, base.dim,
                 opt.files[1].c_str(), queries.rows);
+    if (queries.rows > 0 && queries.dim != base.dim)  // named by file, not by the first search's message
+      throw std::invalid_argument(opt.files[0] + " holds vectors of dimension " + std::to_string(base.dim) + ", " +
+                                  opt.files[1] + " queries of dimension " + std::to_string(queries.dim));
   }
   if (queries.rows == 0)  // recall and latency percentiles of no queries mean nothing
     throw std::invalid_argument(opt.files[1] + ": no query vectors");
@@ -153,15 +156,33 @@ int main(int argc, char** argv) try {
                                 std::to_string(queries.rows) + " queries needs " + std::to_string(queries.rows) +
                                 " rows of at least " + std::to_string(opt.k));
   if (truth)  // ids past the base would score every index 0 (-1: FAISS's padding for a missing neighbour)
-    for (std::size_t r = 0; r < truth->rows; ++r)
-      for (std::size_t j = 0; j < std::min(opt.k, truth->dim); ++j)
-        if (const std::int32_t id = truth->row(r)[j]; id < -1 || (id >= 0 && static_cast<std::size_t>(id) >= base.rows))
+    for (std::size_t r = 0; r < truth->rows; ++r) {
+      const std::int32_t* row = truth->row(r);
+      for (std::size_t j = 0; j < std::min(opt.k, truth->dim); ++j) {
+        if (const std::int32_t id = row[j]; id < -1 || (id >= 0 && static_cast<std::size_t>(id) >= base.rows))
           throw std::invalid_argument(opt.files[2] + ": row " + std::to_string(r) + " names id " + std::to_string(id) +
                                       ", not one of the " + std::to_string(base.rows) + " base vectors");
+        // recall_at_k refuses it too, but only once the first index has been built (a user-eyes review)
+        if (row[j] >= 0 && std::find(row, row + j, row[j]) != row + j)
+          throw std::invalid_argument(opt.files[2] + ": row " + std::to_string(r) + " lists the id " +
+                                      std::to_string(row[j]) + " more than once in its first " + std::to_string(opt.k));
+      }
+    }
   // Every spec checked before the ground truth is computed and the table begins (a bad one was reported
-  // only after both; a user-eyes review): an empty index is cheap.
-  const std::vector<std::string> specs = opt.specs.empty() ? default_specs(base.rows, base.dim) : opt.specs;
-  for (const std::string& spec : specs) (void)shoal::make_index(spec, base.dim, opt.metric);
+  // only after both; a user-eyes review): an empty index is cheap. One that cannot train on so few base
+  // vectors is refused here when asked for, and left out of the default line-up (a few vectors ended the
+  // run at IVF-PQ's training, after the other rows).
+  std::vector<std::string> specs;
+  for (const std::string& spec : opt.specs.empty() ? default_specs(base.rows, base.dim) : opt.specs) {
+    const std::size_t needs = shoal::make_index(spec, base.dim, opt.metric).min_training_rows();
+    if (needs <= base.rows)
+      specs.push_back(spec);
+    else if (opt.specs.empty())
+      std::printf("left out: %s, which trains on at least %zu vectors\n", spec.c_str(), needs);
+    else
+      throw std::invalid_argument(spec + " trains on at least " + std::to_string(needs) + " vectors; the base holds " +
+                                  std::to_string(base.rows));
+  }
   std::printf("shoal %s, kernels: %s, metric: %s, k = %zu\n", SHOAL_VERSION_STRING, shoal::simd_level_name(),
               shoal::metric_name(opt.metric), opt.k);
 

@@ -73,6 +73,9 @@ TEST_CASE("shoal-ann-bench: bad runs exit 2 naming the problem and keep earlier 
   check(bench("--base " + d + "/base.fvecs --query " + d + "/empty.npy --metric l2 --k 5 --index Flat"), 2,
         "has no rows");
   check(bench(data + " --max-base 100 --index Flat --load " + d + "/flat.shoal"), 2, "holds 400 vectors");
+  check(bench("--base " + d + "/base.fvecs --query " + d + "/query.fvecs --metric ip --k 5 --index Flat --load " + d +
+              "/flat.shoal"),
+        2, "holds an index of metric l2, not the --metric asked for, inner_product");
   check(bench("--base " + d + "/missing.fvecs --query " + d + "/query.fvecs --k 5 --index Flat --csv " + d +
               "/results.csv"),
         1, "missing.fvecs");
@@ -160,6 +163,24 @@ TEST_CASE("shoal-ann-bench: the layout, sweep points and outputs are checked bef
   // A target that is a directory failed only once every row was measured (renaming FILE.partial onto it).
   check(bench(data + " --index Flat --csv " + d), 2, "--csv " + d + " is a directory; it needs a file name");
   check(bench(data + " --index Flat --save " + d), 2, "--save " + d + " is a directory");
+  // An output that names an input or another output was overwritten without a word (a review: --csv
+  // over the --query file; --csv and --plot naming one file kept only the plot).
+  const std::string real = "--base " + d + "/base.fvecs --query " + d + "/query.fvecs --k 5 --min-time 0.01";
+  check(bench(real + " --index Flat --csv " + d + "/query.fvecs"), 2,
+        "--csv " + d + "/query.fvecs is the --query file: it would be overwritten");
+  check(bench(real + " --index Flat --save " + d + "/./base.fvecs"), 2, "is the --base file");
+  check(
+      bench(data + " --index Flat --csv " + d + "/out --plot " + d + "/../" + dir.path().filename().string() + "/out"),
+      2, "--plot and --csv name the same file");
+  CHECK_FALSE(std::filesystem::exists(dir.path() / "out"));
+  // --plot without gnuplot warned only after the run, which exited 0.
+  const outcome no_gnuplot = test::run_command("PATH=/nonexistent " + std::string(SHOAL_ANN_BENCH) + " " + data +
+                                               " --index Flat --plot " + d + "/p.png");
+  check(no_gnuplot, 2, "--plot " + d + "/p.png: gnuplot is not on the PATH");
+  // Options --load makes meaningless: --verify without it (full was taken silently), --build-param with it.
+  check(bench(data + " --index Flat --verify full"), 2, "--verify needs --load");
+  check(bench(data + " --index HNSW8 --load " + d + "/x.shoal --build-param ef_construction=10"), 2,
+        "--build-param has no effect with --load");
   // A spec the data's dimension (16) refuses.
   check(bench(data + " --index IVF4,PQ3"), 2, "m = 3 does not divide dimension 16");
   check(bench(data + " --index Flat"), 1, "missing.fvecs");

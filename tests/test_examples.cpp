@@ -44,6 +44,32 @@ TEST_CASE("shoal-demo refuses a bad index spec before computing anything", "[exa
   CHECK(o.output.find("recall@k") == std::string::npos);
 }
 
+TEST_CASE("shoal-demo checks real files up front and runs its default line-up on a tiny one", "[examples]") {
+  // From a user-eyes review: queries of another dimension were named only by the first search's message,
+  // a ground truth listing an id twice was refused only after the first index was built, and a base of
+  // fewer than 16 vectors ended the default run at IVF-PQ's training, after two rows.
+  const test::scratch_dir dir("shoal-examples");
+  io::write_fvecs(dir / "base.fvecs", make_clustered(12, 8, 2, 1).view());
+  io::write_fvecs(dir / "narrow.fvecs", make_clustered(4, 3, 2, 2).view());
+  const std::string demo = std::string(SHOAL_DEMO) + " " + (dir / "base.fvecs") + " ";
+  test::check_outcome(test::run_command(demo + (dir / "narrow.fvecs")), 1,
+                      "base.fvecs holds vectors of dimension 8, " + (dir / "narrow.fvecs") + " queries of dimension 3");
+  matrix<std::int32_t> truth(12, 3);
+  for (std::size_t q = 0; q < 12; ++q)
+    for (std::size_t j = 0; j < 3; ++j) truth.row(q)[j] = static_cast<std::int32_t>((q + j) % 12);
+  truth.row(5)[2] = truth.row(5)[0];
+  io::write_ivecs(dir / "twice.ivecs", truth.view());
+  const test::outcome twice = test::run_command(demo + (dir / "base.fvecs") + " " + (dir / "twice.ivecs") + " --k 3");
+  test::check_outcome(twice, 1, "twice.ivecs: row 5 lists the id 5 more than once in its first 3");
+  CHECK(twice.output.find("recall@k") == std::string::npos);
+  // The default line-up leaves out what cannot train on 12 vectors; an index asked for is refused.
+  const test::outcome tiny = test::run_command(demo + (dir / "base.fvecs") + " --k 3");
+  test::check_outcome(tiny, 0, "left out: IVF3,PQ4x4fs,RFlat, which trains on at least 16 vectors");
+  CHECK(tiny.output.find("HNSW32") != std::string::npos);
+  test::check_outcome(test::run_command(demo + (dir / "base.fvecs") + " --k 3 --index IVF3,PQ4x4fs"), 1,
+                      "IVF3,PQ4x4fs trains on at least 16 vectors; the base holds 12");
+}
+
 TEST_CASE("cross_modal_search refuses image or caption files without vectors", "[examples]") {
   const test::scratch_dir dir("shoal-examples");
   io::write_npy(dir / "images.npy", make_clustered(20, 8, 2, 1).view());

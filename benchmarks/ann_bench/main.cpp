@@ -72,11 +72,25 @@ std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, cons
   return adapters;
 }
 
+/// Whether `a` and `b` name one file: the same file where both exist (links and other spellings
+/// included), else the same normalised absolute path.
+bool same_file(const std::filesystem::path& a, const std::filesystem::path& b) {
+  std::error_code ec;
+  if (std::filesystem::exists(a, ec) && std::filesystem::exists(b, ec)) return std::filesystem::equivalent(a, b, ec);
+  return std::filesystem::weakly_canonical(a, ec) == std::filesystem::weakly_canonical(b, ec);
+}
+
 /// --csv, --plot and --save write once everything is measured (or built): a directory that does not
-/// exist, or a target that is a directory, would otherwise end the run only then.
+/// exist, or a target that is a directory, would otherwise end the run only then. A target that is an
+/// input or another target would be overwritten without a word (--csv naming the --query file replaced
+/// it with the CSV; --csv and --plot naming one file left only the plot; a review).
 void check_output_dirs(const options& o) {
-  for (const auto& [option, path] :
-       {std::pair{"--csv", &o.csv}, std::pair{"--plot", &o.plot}, std::pair{"--save", &o.save}}) {
+  const std::pair<const char*, const std::filesystem::path*> outputs[] = {
+      {"--csv", &o.csv}, {"--plot", &o.plot}, {"--save", &o.save}};
+  const std::pair<const char*, const std::filesystem::path*> inputs[] = {
+      {"--base", &o.base}, {"--query", &o.query}, {"--gt", &o.gt}, {"--load", &o.load}};
+  for (std::size_t i = 0; i < std::size(outputs); ++i) {
+    const auto& [option, path] = outputs[i];
     if (path->empty()) continue;
     const std::filesystem::path dir = path->has_parent_path() ? path->parent_path() : ".";
     std::error_code ec;
@@ -84,7 +98,16 @@ void check_output_dirs(const options& o) {
       throw config_error(std::string(option) + " " + path->string() + ": no directory " + dir.string());
     if (std::filesystem::is_directory(*path, ec))
       throw config_error(std::string(option) + " " + path->string() + " is a directory; it needs a file name");
+    for (const auto& [input, file] : inputs)  // --save over the --load file rewrites it, atomically
+      if (!file->empty() && !(path == &o.save && file == &o.load) && same_file(*path, *file))
+        throw config_error(std::string(option) + " " + path->string() + " is the " + input +
+                           " file: it would be overwritten");
+    for (std::size_t j = 0; j < i; ++j)
+      if (!outputs[j].second->empty() && same_file(*path, *outputs[j].second))
+        throw config_error(std::string(option) + " and " + outputs[j].first + " name the same file " + path->string());
   }
+  if (!o.plot.empty() && find_gnuplot().empty())
+    throw config_error("--plot " + o.plot.string() + ": gnuplot is not on the PATH (Debian: gnuplot-nox)");
 }
 
 /// --csv: the rows go to FILE.partial, which replaces FILE once every row is measured. A run that fails

@@ -102,7 +102,7 @@ constexpr option_spec specs[] = {
      [](options& o, std::string_view) { o.mmap = true; }},
     {"--verify", "none|header|full",
      "with --load: how much of the file to check against its checksums (default full; full reads every "
-     "page of a mapped file once, none leaves untouched pages on disk)",
+     "page of a mapped file once and checks its vectors' values, none leaves untouched pages on disk)",
      [](options& o, std::string_view v) {
        if (v == "none")
          o.verify = shoal::verify_level::none;
@@ -112,6 +112,7 @@ constexpr option_spec specs[] = {
          o.verify = shoal::verify_level::full;
        else
          throw usage_error("--verify: unknown level '" + std::string(v) + "' (expected none, header or full)");
+       o.verify_given = true;
      }},
     {"--shards", "N", "build a shoal::collection of N shards, each an --index (peers stay one index)",
      [](options& o, std::string_view v) { o.shards = parse_count(v, "--shards", 1); }},
@@ -184,7 +185,10 @@ options parse_options(std::span<const char* const> args) {
   if (o.query.empty()) throw usage_error("missing required option --query");
   if (o.index.empty()) throw usage_error("missing required option --index");
   if (o.mmap && o.load.empty()) throw usage_error("--mmap needs --load");
-  if (o.verify != shoal::verify_level::full && o.load.empty()) throw usage_error("--verify needs --load");
+  if (o.verify_given && o.load.empty()) throw usage_error("--verify needs --load");
+  // A loaded index was built with its own parameters: these would be reported as if they applied.
+  if (!o.load.empty() && !o.build_params.empty())
+    throw usage_error("--build-param has no effect with --load (the file holds an index already built)");
   if (o.shards == 0 && (o.sharding != "hash" || o.replicas != 1 || o.groups != 0))
     throw usage_error("--sharding, --replicas and --groups need --shards");
   if (o.groups != 0 && o.sharding != "hybrid") throw usage_error("--groups needs --sharding hybrid");

@@ -45,6 +45,7 @@ struct options {
   std::filesystem::path load;  ///< --load: read the shoal index from here instead of building it
   bool mmap = false;           ///< --mmap: memory-map the --load file
   shoal::verify_level verify = shoal::verify_level::full;  ///< --verify: checksum level of the --load
+  bool verify_given = false;                               ///< --verify was given (even as full)
 
   std::size_t shards = 0;         ///< --shards: search a collection of this many shards (0: one index)
   std::string sharding = "hash";  ///< --sharding: hash, range, semantic, hybrid

@@ -29,7 +29,8 @@ std::string fixed(double value, int decimals) {
   return buffer;
 }
 
-/// `gnuplot` on the PATH, or empty.
+}  // namespace
+
 std::filesystem::path find_gnuplot() {
   const char* path = std::getenv("PATH");
   std::string_view dirs = path != nullptr ? path : "";
@@ -41,6 +42,8 @@ std::filesystem::path find_gnuplot() {
   }
   return {};
 }
+
+namespace {
 
 /// `text` as a single-quoted shell word.
 std::string shell_quoted(std::string_view text) {
@@ -93,10 +96,7 @@ std::string csv_line(const result_row& row) {
 void write_plot(const std::filesystem::path& png, std::span<const result_row> rows, std::string_view title) {
   if (rows.empty()) return;
   const std::filesystem::path gnuplot = find_gnuplot();
-  if (gnuplot.empty()) {
-    std::cerr << "shoal-ann-bench: warning: gnuplot not found on PATH, no plot written to " << png.string() << '\n';
-    return;
-  }
+  if (gnuplot.empty()) throw std::runtime_error("gnuplot not found on PATH, no plot written to " + png.string());
   // One line per (library, index), its points in recall order, as ann-benchmarks draws them.
   std::map<std::pair<std::string, std::string>, std::vector<std::pair<double, double>>> series;
   for (const result_row& row : rows) series[{row.library, row.index}].emplace_back(row.recall, row.qps);

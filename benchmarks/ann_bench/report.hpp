@@ -31,8 +31,12 @@ inline constexpr std::string_view csv_header =
 /// A row as CSV (RFC 4180 quoting for fields holding commas or quotes, e.g. `IVF1024,PQ32x4fs`).
 [[nodiscard]] std::string csv_line(const result_row& row);
 
-/// Draws recall (x) against QPS (log y), one line per library and index, with gnuplot into `png`. When
-/// gnuplot is not installed, warns on stderr and returns; throws `std::runtime_error` if gnuplot fails.
+/// `gnuplot` on the PATH, or empty.
+[[nodiscard]] std::filesystem::path find_gnuplot();
+
+/// Draws recall (x) against QPS (log y), one line per library and index, with gnuplot into `png`.
+/// Throws `std::runtime_error` if gnuplot is not on the PATH (`--plot` checks that before a run) or
+/// fails.
 void write_plot(const std::filesystem::path& png, std::span<const result_row> rows, std::string_view title);
 
 }  // namespace shoal::bench

@@ -49,7 +49,8 @@ class shoal_adapter : public index_adapter {
         if (describe(*index_) != spec_)
           throw config_error("--load: " + path + " holds " + describe(*index_) + ", not " + spec_);
       if (index_->metric() != metric_)
-        throw config_error("--load: " + path + " holds an index of metric " + metric_name(index_->metric()));
+        throw config_error("--load: " + path + " holds an index of metric " + metric_name(index_->metric()) +
+                           ", not the --metric asked for, " + metric_name(metric_));
       if (index_->size() != base.rows || index_->dim() != base.dim)
         throw config_error("--load: " + path + " holds " + std::to_string(index_->size()) + " vectors of dimension " +
                            std::to_string(index_->dim()) + ", --base " + std::to_string(base.rows) + " of dimension " +
