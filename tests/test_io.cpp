@@ -366,6 +366,9 @@ TEST_CASE("npy rejects malformed and truncated files as corrupt", "[io]") {
   corrupt(npy_file(1, "{'descr': '<f4', 'fortran_order': False, 'shape': (12,)} x", data), "after the dictionary");
   corrupt(npy_file(1, std::string(50, '(') + std::string(50, ')'), data), "malformed .npy header");
   corrupt(npy_file(1, "{'shape': " + std::string(10000, '(') + "}", data), "nesting too deep");
+  // Bytes of a damaged header are quoted escaped: a NUL cut the message short, control bytes garbled it.
+  corrupt(npy_file(1, std::string("{\0\x1b[2J\\ 'descr'", 15), data),
+          "at character 1 of \"{\\x00\\x1b[2J\\x5c 'descr'");
 }
 
 TEST_CASE("fvecs, ivecs and bvecs readers report inconsistent, truncated and invalid files", "[io]") {
@@ -522,9 +525,11 @@ TEST_CASE("writers replace files atomically and report failures", "[io]") {
   REQUIRE_THROWS_MATCHES(write_ivecs(dir / "no" / "x.ivecs", random_matrix<std::int32_t>(1, 1, 1)), shoal::error,
                          fails_with(errc::io_error, "x.ivecs"));
 
-  // The rename fails (the target is a non-empty directory): the temporary is removed.
+  // A target that is a directory is refused before anything is written (the whole file was written and
+  // the rename failed, until a review): no temporary is left.
   fs::create_directories(dir / "busy.fvecs" / "inside");
-  REQUIRE_THROWS_MATCHES(write_fvecs(dir / "busy.fvecs", small), shoal::error, fails_with(errc::io_error, "rename"));
+  REQUIRE_THROWS_MATCHES(write_fvecs(dir / "busy.fvecs", small), shoal::error,
+                         fails_with(errc::invalid_argument, "busy.fvecs is a directory, not a file to save to"));
   CHECK(dir.entries().size() == 3);
   CHECK(read_fvecs(target).values == small.values);  // untouched
 

@@ -1522,3 +1522,23 @@ TEST_CASE("a save through a symbolic link replaces the file it leads to and keep
   CHECK_FALSE(fs::is_symlink(dir.path() / "dangling.shoal"));
   CHECK(flat_index::load(dir / "dangling.shoal").size() == 500);
 }
+
+TEST_CASE("a save to an empty path or onto a directory is refused before anything is written", "[io]") {
+  // Both wrote the whole file first and failed at the rename; the empty path's temporary went to the
+  // current directory (a review).
+  const scratch_dir dir;
+  const dataset d(200, 1, 55);
+  const flat_index index = d.flat(metric::l2);
+  const fs::path cwd = fs::current_path();
+  fs::current_path(dir.path());
+  REQUIRE_THROWS_MATCHES(index.save(""), shoal::error,
+                         fails_with(errc::invalid_argument, "cannot save to an empty path"));
+  fs::create_directory(dir.path() / "d");
+  fs::create_symlink("d", dir.path() / "to-d");
+  for (const char* target : {"d", "to-d", "d/"})
+    REQUIRE_THROWS_MATCHES(index.save(target), shoal::error, fails_with(errc::invalid_argument, "is a directory"));
+  fs::current_path(cwd);
+  std::size_t files = 0;
+  for ([[maybe_unused]] const auto& e : fs::recursive_directory_iterator(dir.path())) ++files;
+  CHECK(files == 2);  // d and to-d: no temporary left anywhere
+}

@@ -43,7 +43,7 @@ constexpr std::size_t alignment_for(std::size_t bytes) noexcept {
 
 void* detail::allocate_aligned(std::size_t bytes) {
   const std::size_t align = alignment_for(bytes);
-  void* p = ::operator new(bytes, std::align_val_t{align});
+  void* p = ::operator new (bytes, std::align_val_t{align});
 #ifdef MADV_HUGEPAGE
   // Advice only: without transparent huge pages the call fails harmlessly and 4 KiB pages serve.
   if (align == huge_page) (void)::madvise(p, bytes / huge_page * huge_page, MADV_HUGEPAGE);
@@ -52,10 +52,27 @@ void* detail::allocate_aligned(std::size_t bytes) {
 }
 
 void detail::deallocate_aligned(void* p, std::size_t bytes) noexcept {
-  ::operator delete(p, std::align_val_t{alignment_for(bytes)});
+  ::operator delete (p, std::align_val_t{alignment_for(bytes)});
 }
 
 void detail::throw_error(errc code, const std::string& message) { throw error(code, "shoal: " + message); }
+
+std::string detail::printable(std::string_view text) {
+  static constexpr char hex[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(text.size());
+  for (const char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (u >= 0x20 && u < 0x7f && c != '\\') {
+      out.push_back(c);
+    } else {
+      out += "\\x";
+      out.push_back(hex[u >> 4]);
+      out.push_back(hex[u & 0xf]);
+    }
+  }
+  return out;
+}
 
 const char* metric_name(metric m) noexcept {
   switch (m) {

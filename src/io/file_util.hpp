@@ -229,11 +229,13 @@ inline std::filesystem::path through_links(const std::filesystem::path& p) {
 /// name cut short where the whole would exceed NAME_MAX), and `commit()` flushes, fsyncs and renames it
 /// over the target (where a symbolic link leads: `through_links`), which keeps its permission bits.
 /// Destroyed without a commit (an exception on the way), it removes the temporary and leaves any
-/// existing target untouched. Every failure is `errc::io_error`.
+/// existing target untouched. Every failure is `errc::io_error`, but an empty path or a directory is
+/// refused at once as `errc::invalid_argument` (both were written in full first, and an empty path's
+/// temporary went to the current directory as ".tmp.<pid>.<n>": a review).
 class atomic_writer {
  public:
   explicit atomic_writer(const std::filesystem::path& target)
-      : target_(through_links(target)), temp_(temporary_name(target_)), buffer_(new std::byte[chunk_bytes]) {
+      : target_(writable_target(target)), temp_(temporary_name(target_)), buffer_(new std::byte[chunk_bytes]) {
     fd_.reset(open_retrying(temp_.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0666));
     SHOAL_CHECK_CODE(fd_.get() >= 0, errc::io_error, target_.string(), ": cannot create the temporary file ",
                      temp_.string(), ": ", errno_text(errno));
@@ -247,6 +249,15 @@ class atomic_writer {
     if (committed_) return;
     fd_.reset();
     ::unlink(temp_.c_str());
+  }
+
+  /// `through_links(target)`, checked to name a file.
+  static std::filesystem::path writable_target(const std::filesystem::path& target) {
+    SHOAL_CHECK(!target.empty(), "cannot save to an empty path");
+    std::filesystem::path real = through_links(target);
+    std::error_code ec;
+    SHOAL_CHECK(!std::filesystem::is_directory(real, ec), real.string(), " is a directory, not a file to save to");
+    return real;
   }
 
   /// Appends `bytes` bytes from `data`.

@@ -137,10 +137,10 @@ class header_parser {
 
   [[noreturn]] void fail(std::string_view what) const {
     constexpr std::size_t excerpt = 80;
-    ::shoal::detail::throw_error(
-        errc::corrupt_file,
-        ::shoal::detail::str(name_, ": malformed .npy header: ", what, " at character ", pos_, " of \"",
-                             text_.substr(0, excerpt), text_.size() > excerpt ? "..." : "", "\""));
+    ::shoal::detail::throw_error(errc::corrupt_file,
+                                 ::shoal::detail::str(name_, ": malformed .npy header: ", what, " at character ", pos_,
+                                                      " of \"", ::shoal::detail::printable(text_.substr(0, excerpt)),
+                                                      text_.size() > excerpt ? "..." : "", "\""));
   }
   [[nodiscard]] char peek() const noexcept { return pos_ < text_.size() ? text_[pos_] : '\0'; }
   void skip_space() noexcept {

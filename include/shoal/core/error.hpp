@@ -53,6 +53,10 @@ template <class... Parts>
 
 [[noreturn]] void throw_error(errc code, const std::string& message);
 
+/// `text` fit to quote in a message: printable ASCII as it is, any other byte as \xNN (bytes read from a
+/// damaged file would otherwise end or garble the message: a NUL cuts it short in C strings).
+[[nodiscard]] std::string printable(std::string_view text);
+
 }  // namespace detail
 }  // namespace shoal
 
