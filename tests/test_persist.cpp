@@ -513,6 +513,15 @@ TEST_CASE("ivf_pq files before format 1.8 (OPQ with rotated re-rank rows) load, 
   const auto find = [&](const char* tag) { return section_named(sections, tag); };
   std::vector<char>& params = find("PQPR")->content;
   REQUIRE(get_u32(params, 20) == 1u + 2u + 8u);  // refine, opq, unrotated re-rank rows
+  {                                              // no 1.7 writer sets bit 3: a file of that minor that does is damaged
+    std::vector<char> header = bytes;
+    put(header, 10, std::uint16_t{7});
+    spit(legacy, with_sections(header, sections));
+    REQUIRE_THROWS_MATCHES(ivf_pq_index::load(legacy), shoal::error,
+                           fails_with(errc::corrupt_file,
+                                      "flags 11 use bit 3, which format 1.8 added, in a file of "
+                                      "format 1.7"));
+  }
   put(params, 20, std::uint32_t{3});
   std::vector<float> r(dim * dim);
   std::memcpy(r.data(), find("OPQR")->content.data(), r.size() * sizeof(float));

@@ -73,11 +73,19 @@ std::vector<std::unique_ptr<index_adapter>> make_adapters(const options& o, cons
 }
 
 /// Whether `a` and `b` name one file: the same file where both exist (links and other spellings
-/// included), else the same normalised absolute path.
+/// included), else the same normalised absolute path (made absolute first: `weakly_canonical` leaves a
+/// relative path none of whose parts exist as it is, so `out` and `./out` differed; a review). A path
+/// that cannot be normalised names no other.
 bool same_file(const std::filesystem::path& a, const std::filesystem::path& b) {
   std::error_code ec;
   if (std::filesystem::exists(a, ec) && std::filesystem::exists(b, ec)) return std::filesystem::equivalent(a, b, ec);
-  return std::filesystem::weakly_canonical(a, ec) == std::filesystem::weakly_canonical(b, ec);
+  const auto normal = [](const std::filesystem::path& p, std::error_code& error) {
+    const std::filesystem::path absolute = std::filesystem::absolute(p, error);
+    return error ? std::filesystem::path() : std::filesystem::weakly_canonical(absolute, error);
+  };
+  std::error_code ea, eb;
+  const std::filesystem::path na = normal(a, ea), nb = normal(b, eb);
+  return !ea && !eb && na == nb;
 }
 
 /// --csv, --plot and --save write once everything is measured (or built): a directory that does not

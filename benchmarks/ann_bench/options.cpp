@@ -186,9 +186,10 @@ options parse_options(std::span<const char* const> args) {
   if (o.index.empty()) throw usage_error("missing required option --index");
   if (o.mmap && o.load.empty()) throw usage_error("--mmap needs --load");
   if (o.verify_given && o.load.empty()) throw usage_error("--verify needs --load");
-  // A loaded index was built with its own parameters: these would be reported as if they applied.
-  if (!o.load.empty() && !o.build_params.empty())
-    throw usage_error("--build-param has no effect with --load (the file holds an index already built)");
+  // A loaded index was built with its own parameters: these would be reported as if they applied. Peers
+  // are built whatever --load says, so with them the parameters still count.
+  if (!o.load.empty() && !o.build_params.empty() && !o.peers)
+    throw usage_error("--build-param has no effect with --load and no peers (the file holds an index already built)");
   if (o.shards == 0 && (o.sharding != "hash" || o.replicas != 1 || o.groups != 0))
     throw usage_error("--sharding, --replicas and --groups need --shards");
   if (o.groups != 0 && o.sharding != "hybrid") throw usage_error("--groups needs --sharding hybrid");

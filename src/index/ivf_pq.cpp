@@ -935,6 +935,8 @@ ivf_pq_index detail::index_sections<ivf_pq_index>::read(const io::detail::index_
                    " ask for both full vectors and an SQ8 copy");
   SHOAL_CHECK_CODE(!unrotated || (opq && (refine || refine_sq8)), errc::corrupt_file, name, ": flags ", fp.flags,
                    " mark unrotated re-rank rows in an index without both OPQ and a re-rank copy");
+  SHOAL_CHECK_CODE(!unrotated || in.info().version_minor >= 8, errc::corrupt_file, name, ": flags ", fp.flags,
+                   " use bit 3, which format 1.8 added, in a file of format 1.", in.info().version_minor);
   SHOAL_CHECK_CODE(refine_sq8 || (!in.has(tag_refine_ranges) && !in.has(tag_refine_codes)), errc::corrupt_file, name,
                    ": SQ8 refine sections in an index built without refine_sq8");
   SHOAL_CHECK_CODE(refine || !in.has(io::detail::tag_list_rows), errc::corrupt_file, name,

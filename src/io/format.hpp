@@ -184,8 +184,9 @@ class index_file_reader {
   /// The mapping (null unless loaded with `mmap`).
   [[nodiscard]] const std::shared_ptr<const file_mapping>& mapping() const noexcept { return mapping_; }
   /// Whether the load checks stored values as `add` checks its input (`check_loaded_vectors`): a copied
-  /// load always; a mapped one at `verify_level::full`, which reads every byte anyway (below that a
-  /// mapping is trusted, so that loading reads nothing). One file gets one verdict, mapped or not.
+  /// load always; a mapped one at `verify_level::full`, whose checksums read every byte already (the
+  /// values are then read again, through the mapping); below that a mapping is trusted, so that loading
+  /// reads no vector pages. One file gets one verdict, accepted or refused, mapped or not.
   [[nodiscard]] bool checks_values() const noexcept { return checks_values_; }
 
   /// Throws `errc::invalid_argument` ("holds an index of kind <kind>, not <expected>") unless the file

@@ -35,7 +35,7 @@ void check_dimension(std::size_t dim, const char* what);
 /// cosine so is a row not of unit length (a zero row among them: `add` refuses it and normalises the
 /// rest, so a cosine index stores unit rows, and another row gave distances outside [0, 2]). Copied
 /// loads, and mapped ones at `verify_level::full` (`index_file_reader::checks_values`); below that a
-/// mapping is trusted, so that loading it reads nothing.
+/// mapping is trusted, so that loading it reads no vector pages.
 void check_loaded_vectors(matrix_view<const float> v, const std::string& file, const char* what, metric m = metric::l2);
 /// Whether `check_loaded_vectors` accepts `v`'s values under `m` (its dimension is not compared): the
 /// cheap test in front of a `check_loaded_vectors` whose `what` costs a string to build.

@@ -253,7 +253,8 @@ class any_index {
   }
 
   /// Writes the index file (docs/format.md) atomically; `load_index` reads it back. Throws
-  /// `errc::io_error` when the file cannot be written.
+  /// `errc::io_error` when the file cannot be written (`invalid_argument` for an empty path or a
+  /// directory, before anything is written).
   void save(const std::string& path) const { self().save(path); }
 
   /// The wrapped index if it is an `Index`, else null.

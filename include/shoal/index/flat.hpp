@@ -62,7 +62,8 @@ class flat_index {
   [[nodiscard]] bool is_mapped() const noexcept { return mapping_ != nullptr; }
 
   /// Writes the index to `path` atomically (a temporary file beside it, fsync, rename: an interrupted
-  /// save leaves any previous file intact). Throws `shoal::error` (`errc::io_error`). May run
+  /// save leaves any previous file intact). Throws `shoal::error` (`errc::io_error`; `invalid_argument` for an
+  /// empty path or a directory, before anything is written). May run
   /// concurrently with searches, not with `add` / `remove`.
   void save(const std::string& path) const;
   /// Reads an index written by `save`. Throws `shoal::error`: `errc::io_error` when the file cannot be

@@ -186,7 +186,8 @@ class hnsw_index {
   /// point, SQ8 / SQ4 ranges or F16 frame, codes), so a loaded index answers every search as this one does —
   /// atomically (temporary file, fsync, rename: an interrupted save leaves any previous file intact).
   /// Waits for running adds, removes and searches and blocks new ones while it writes, so the file is
-  /// one consistent snapshot. Throws `shoal::error` (`errc::io_error`).
+  /// one consistent snapshot. Throws `shoal::error` (`errc::io_error`; `invalid_argument` for an empty
+  /// path or a directory, before anything is written).
   void save(const std::string& path) const;
   /// Reads an index written by `save`; with `load_options::mmap` the vectors, bottom-layer links and
   /// codes are used in place from a read-only mapping (the small per-node arrays are copied), and the

@@ -109,7 +109,8 @@ class ivf_flat_index {
 
   /// Writes the index (trained or not) to `path` atomically (a temporary file beside it, fsync,
   /// rename: an interrupted save leaves any previous file intact). May run concurrently with searches;
-  /// `add` and `remove` wait for it. Throws `shoal::error` (`errc::io_error`).
+  /// `add` and `remove` wait for it. Throws `shoal::error` (`errc::io_error`; `invalid_argument` for an
+  /// empty path or a directory, before anything is written).
   void save(const std::string& path) const;
   /// Reads an index written by `save`. Throws `shoal::error`: `errc::io_error` when the file cannot be
   /// read, `errc::corrupt_file` when it is truncated, damaged (checksum) or not an index file,

@@ -148,7 +148,8 @@ class ivf_pq_index {
 
   /// Writes the index (trained or not) to `path` atomically (a temporary file beside it, fsync, rename:
   /// an interrupted save leaves any previous file intact). May run concurrently with searches; `add`
-  /// and `remove` wait for it. Throws `shoal::error` (`errc::io_error`).
+  /// and `remove` wait for it. Throws `shoal::error` (`errc::io_error`; `invalid_argument` for an empty
+  /// path or a directory, before anything is written).
   void save(const std::string& path) const;
   /// Reads an index written by `save`. Throws `shoal::error`: `errc::io_error` when the file cannot be
   /// read, `errc::corrupt_file` when it is truncated, damaged (checksum) or inconsistent (sizes,
@@ -213,7 +214,8 @@ class ivf_pq_index {
   ///    `refine_sq8`): every vector of the probed lists is scored from its stored row and reported with
   ///    that distance. With `refine`, the exact distance from the full vector, with the flat index's
   ///    kernels: with nprobe ≥ nlist this is the flat index's range search over the same vectors (with
-  ///    OPQ too: the copies are not rotated, `ivf_pq_params::opq`). With `refine_sq8`, the
+  ///    OPQ too: the copies are not rotated, `ivf_pq_params::opq`, except in an index loaded from a file
+  ///    before format 1.8). With `refine_sq8`, the
   ///    distance to the SQ8 reconstruction (`scalar_quantizer::distances`), not the exact one.
   /// Throws `shoal::error` as `search` does, and on a NaN radius.
   [[nodiscard]] range_result range_search(matrix_view<const float> queries, float radius,

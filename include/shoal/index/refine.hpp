@@ -99,7 +99,8 @@ class refine_index {
                                           const search_params& params = {}) const;
 
   /// Writes both stages into one file atomically (docs/format.md, kind `refine`). Throws
-  /// `errc::io_error` when it cannot be written. Needs the same access as `search`.
+  /// `errc::io_error` when it cannot be written (`invalid_argument` for an empty path or a directory,
+  /// before anything is written). Needs the same access as `search`.
   void save(const std::string& path) const;
   /// Reads a file written by `save` (see `load_options`: copied or mapped, verification level). Throws
   /// `shoal::error` as the stages' `load` do, `errc::invalid_argument` for a file of another kind, and

@@ -48,7 +48,10 @@ struct load_options {
   /// throw `errc::unsupported`. Full verification (the default) reads the file through the page cache
   /// for its checksums and checks the stored vectors' values through the mapping, then gives those
   /// pages back: resident memory stays small, and a file refused by a copied load is refused mapped
-  /// too. Below full verification a mapped load reads nothing and trusts the values.
+  /// too. That check reads the vector sections a second time (from the page cache when the file fits
+  /// there, else from the device again). Below full verification a mapped load trusts the values and
+  /// reads no vector pages (IVF-PQ's 8-bit codes under L2 and cosine are still read once, for their
+  /// row terms: docs/pq.md).
   bool mmap = false;
   verify_level verify = verify_level::full;
 };

@@ -83,7 +83,8 @@ class projection {
   void apply(std::span<const float> in, std::span<float> out) const;
 
   /// Writes W as a 2-D float32 `.npy` (out_dim x in_dim) to `weights_path` and b as a 1 x out_dim
-  /// float32 `.npy` to `bias_path`, each atomically. Throws `shoal::error` (`errc::io_error`).
+  /// float32 `.npy` to `bias_path`, each atomically. Throws `shoal::error` (`errc::io_error`;
+  /// `invalid_argument` for an empty path or a directory, before anything is written).
   void save_npy(const std::filesystem::path& weights_path, const std::filesystem::path& bias_path) const;
   /// Reads W from a 2-D `.npy` (out_dim x in_dim, any dtype `io::read_npy` converts to float) and b
   /// from `bias_path` — 1 x out_dim, out_dim x 1 or 1-D with out_dim entries — or zero when
