@@ -467,7 +467,7 @@ TEST_CASE("multimodal_store: late fusion of an image and a text query orders a h
     std::vector<modal_query> negative = q;
     negative[1].weight = -1;
     CHECK_THROWS_MATCHES(store.search_fused(negative, "image", 3), shoal::error,
-                         fails_with(errc::invalid_argument, "weight 1 is -1"));
+                         fails_with(errc::invalid_argument, "search_fused: part 'text' has weight -1"));
     CHECK_THROWS_MATCHES(store.search_fused(q, "image", 3, {.rrf_k = std::nan("")}), shoal::error,
                          fails_with(errc::invalid_argument, "rrf_k must be finite"));
     CHECK_THROWS_MATCHES(store.search_fused(q, "image", 3, {.rule = static_cast<fusion_rule>(7)}), shoal::error,

@@ -933,7 +933,14 @@ bool detail::drifted(const collection_state& st) {
   const bool reclusters = st.options.policy == sharding::semantic || st.options.policy == sharding::hybrid;
   if (threshold <= 0 || !reclusters || st.closing.load()) return false;
   const std::uint64_t written_since = st.adds.load() + st.upserts.load() - st.written_at_rebalance.load();
-  if (written_since * rebalance_growth_divisor < st.size_at_rebalance.load()) return false;
+  if (written_since * rebalance_growth_divisor < st.size_at_rebalance.load() << st.rebalance_backoff.load())
+    return false;
+  return over_threshold(st);
+}
+
+bool detail::over_threshold(const collection_state& st) {
+  const double threshold = st.options.rebalance_threshold;
+  if (threshold <= 0) return false;
   // Sizes from the shard indexes: O(shards) per add, where the routing table would cost O(size).
   std::size_t total = 0, largest = 0;
   const std::shared_ptr<layout> lay = st.current.load();
@@ -1107,6 +1114,9 @@ void detail::rebalance(collection_state& st) {
   }
   st.rebalances.fetch_add(1, std::memory_order_relaxed);
   st.rebalance_ns.store(detail::elapsed_ns(started));
+  // Only this function writes it, one run at a time (rebalance_mutex).
+  st.rebalance_backoff.store(
+      detail::over_threshold(st) ? std::min(st.rebalance_backoff.load() + 1, detail::rebalance_backoff_limit) : 0);
 }
 
 // -------------------------------------------------------------------------------------------- metrics
@@ -1212,7 +1222,8 @@ std::string collection::metrics_text_of(std::span<const std::pair<std::string_vi
            for (std::size_t i = 0; i < x.stages.size(); ++i)
              w.histogram("shoal_stage_latency_seconds", with(x, "stage", stage_names[i]), x.stages[i]);
          });
-  family("shoal_stage_latency_quantile_seconds", "gauge", "p50 / p95 / p99 of each stage, from its histogram.",
+  family("shoal_stage_latency_quantile_seconds", "gauge",
+         "p50 / p95 / p99 of each stage, interpolated in its histogram's buckets, at most its slowest sample.",
          [&](const scraped& x, const auto&) {
            for (std::size_t i = 0; i < x.stages.size(); ++i)
              for (const auto& [q, text] : {std::pair{0.5, "0.5"}, std::pair{0.95, "0.95"}, std::pair{0.99, "0.99"}})

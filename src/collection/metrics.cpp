@@ -14,11 +14,15 @@ void latency_histogram::record(std::chrono::nanoseconds elapsed) noexcept {
   const std::size_t bucket = us <= 1 ? 0 : static_cast<std::size_t>(std::bit_width(us - 1));
   counts_[std::min(bucket, finite_buckets)].fetch_add(1, std::memory_order_relaxed);
   sum_ns_.fetch_add(ns, std::memory_order_relaxed);
+  for (std::uint64_t seen = max_ns_.load(std::memory_order_relaxed);
+       ns > seen && !max_ns_.compare_exchange_weak(seen, ns, std::memory_order_relaxed);) {
+  }
 }
 
 void latency_histogram::reset() noexcept {
   for (std::atomic<std::uint64_t>& c : counts_) c.store(0, std::memory_order_relaxed);
   sum_ns_.store(0, std::memory_order_relaxed);
+  max_ns_.store(0, std::memory_order_relaxed);
 }
 
 latency_histogram::snapshot latency_histogram::read() const noexcept {
@@ -30,11 +34,15 @@ latency_histogram::snapshot latency_histogram::read() const noexcept {
   }
   s.count = running;
   s.sum_seconds = static_cast<double>(sum_ns_.load(std::memory_order_relaxed)) * 1e-9;
+  s.max_seconds = static_cast<double>(max_ns_.load(std::memory_order_relaxed)) * 1e-9;
   return s;
 }
 
 double latency_histogram::snapshot::quantile(double q) const noexcept {
-  if (count == 0) return 0;
+  return count == 0 ? 0 : std::min(interpolated(q), max_seconds);
+}
+
+double latency_histogram::snapshot::interpolated(double q) const noexcept {
   const double rank = q * static_cast<double>(count);
   for (std::size_t i = 0; i <= finite_buckets; ++i) {
     if (static_cast<double>(cumulative[i]) < rank) continue;

@@ -235,6 +235,9 @@ void collection::checkpoint() {
 collection collection::open(const std::filesystem::path& directory, const collection_open_options& oo) {
   const std::filesystem::path manifest = directory / detail::manifest_file_name;
   std::error_code ec;
+  SHOAL_CHECK_CODE(std::filesystem::is_directory(directory, ec), errc::io_error,
+                   "collection::open: ", directory.string(),
+                   std::filesystem::exists(directory, ec) ? " is not a directory" : " does not exist");
   SHOAL_CHECK_CODE(std::filesystem::exists(manifest, ec), errc::io_error, "collection::open: ", directory.string(),
                    " holds no collection (", detail::manifest_file_name, " is missing)");
   // Locked before the manifest is read, so that the directory's holder cannot replace the snapshot

@@ -215,6 +215,9 @@ struct collection_state {
   std::atomic<bool> rebalance_running{false};  // a background rebalance is scheduled or running
   // `adds` + `upserts` and the number of vectors when the last rebalance took its snapshot.
   std::atomic<std::uint64_t> written_at_rebalance{0}, size_at_rebalance{0};
+  /// Rebalances in a row that left the largest shard past the threshold (`rebalance_backoff_limit`
+  /// at most): each doubles the writes the next automatic one waits for.
+  std::atomic<unsigned> rebalance_backoff{0};
   shard_traits shard_kind;      // of options.index, from validate
   std::mutex background_mutex;  // guards `background`
   std::thread background;
@@ -299,9 +302,15 @@ inline constexpr std::size_t min_rebalance_shard = 1000;
 /// the collection's size then: a layout that stays out of balance after re-clustering (data that k-means
 /// cannot split evenly, such as many copies of one vector) would otherwise re-cluster on every add.
 inline constexpr std::uint64_t rebalance_growth_divisor = 10;
+/// After runs that could not bring the collection under the threshold, the wait doubles per such run,
+/// up to 2^this tenths (a review: writes crowding one region started 26 full re-clusterings while the
+/// collection grew ninefold, none of which helped).
+inline constexpr unsigned rebalance_backoff_limit = 4;
+/// Whether the largest shard (of at least `min_rebalance_shard`) is past `rebalance_threshold` × the mean.
+[[nodiscard]] bool over_threshold(const collection_state& st);
 /// Whether an automatic rebalance is due: `rebalance_threshold` set on a semantic or hybrid collection
-/// that is not closing, a tenth of its size added or upserted since the last run, and the largest shard (of at
-/// least `min_rebalance_shard`) past threshold × the mean.
+/// that is not closing, a tenth of its size added or upserted since the last run (2^k tenths after k runs
+/// in a row that left it `over_threshold`), and `over_threshold`.
 [[nodiscard]] bool drifted(const collection_state& st);
 /// Runs one background rebalance starts at most, each after the last left the collection `drifted` by
 /// writes that arrived during it.

@@ -1438,7 +1438,12 @@ std::vector<std::vector<fused_id>> multimodal_store::search_fused(std::span<cons
     SHOAL_CHECK(p.vectors.rows == rows, who, ": part '", p.modality, "' has ", p.vectors.rows, " queries, the first ",
                 rows, " (query r is row r of every part)");
   std::vector<float> weights;
-  for (const modal_query& p : parts) weights.push_back(p.weight);
+  for (const modal_query& p : parts) {
+    // Named by the part here: the fusion's own message numbers the weight of its list ("weight 0").
+    SHOAL_CHECK(std::isfinite(p.weight) && p.weight >= 0.0f, who, ": part '", p.modality, "' has weight ", p.weight,
+                "; weights must be finite and >= 0");
+    weights.push_back(p.weight);
+  }
   const auto fuse = [&](std::span<const candidate_list> lists) {
     switch (options.rule) {
       case fusion_rule::reciprocal_rank:
