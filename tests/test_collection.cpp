@@ -2128,12 +2128,16 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     c.add(data.view(), ids);
     c.wait_for_rebalance();
     CHECK(c.stats().rebalances == 1);  // the first add over the threshold starts one
-    for (std::size_t round = 0; round < 20; ++round) {
-      std::vector<vector_id> more(40);
-      std::iota(more.begin(), more.end(), vector_id{10000 + 40 * round});
-      c.add(data.view().slice(2000, 40), more);
-      c.wait_for_rebalance();
-    }
+    vector_id next = 10000;
+    const auto add_copies = [&](std::size_t rounds) {  // `rounds` adds of 40 copies, each run waited for
+      for (std::size_t round = 0; round < rounds; ++round, next += 40) {
+        std::vector<vector_id> more(40);
+        std::iota(more.begin(), more.end(), next);
+        c.add(data.view().slice(2000, 40), more);
+        c.wait_for_rebalance();
+      }
+    };
+    add_copies(20);
     // 800 more vectors: one more run (after 800: the first run left the layout past the threshold, so
     // the wait doubled from a tenth of 4000), where every add would have re-clustered without the wait.
     CHECK(c.stats().rebalances == 2);
@@ -2141,12 +2145,7 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     // Each run that cannot help doubles the wait again: 2,400 more vectors start one run (after 1,920,
     // four tenths of 4,800), where a tenth each time started five (a review: 26 runs while such a
     // collection grew ninefold).
-    for (std::size_t round = 0; round < 60; ++round) {
-      std::vector<vector_id> more(40);
-      std::iota(more.begin(), more.end(), vector_id{20000 + 40 * round});
-      c.add(data.view().slice(2000, 40), more);
-      c.wait_for_rebalance();
-    }
+    add_copies(60);
     CHECK(c.stats().rebalances == 3);
     CHECK(c.size() == 7200);
   }
