@@ -15,9 +15,10 @@ namespace shoal::detail {
 [[nodiscard]] bool valid_utf8(std::string_view text) noexcept;
 
 /// Latency histogram with fixed exponential buckets: upper bounds 1 µs · 2^i, i = 0 .. 24 (1 µs to
-/// about 16.8 s), plus +Inf. Recording is two relaxed atomic adds, so any number of threads record
-/// concurrently without a lock; readers see a consistent-enough snapshot for monitoring (a count and
-/// its sum may be one sample apart).
+/// about 16.8 s), plus +Inf. Recording is two relaxed atomic adds and a relaxed maximum (a CAS loop
+/// only when the sample is the largest yet), so any number of threads record concurrently without a
+/// lock; readers see a consistent-enough snapshot for monitoring (a count, its sum and the maximum may
+/// be a sample apart: a quantile read then may come out low, never above the slowest call).
 class latency_histogram {
  public:
   static constexpr std::size_t finite_buckets = 25;

@@ -234,10 +234,13 @@ void collection::checkpoint() {
 
 collection collection::open(const std::filesystem::path& directory, const collection_open_options& oo) {
   const std::filesystem::path manifest = directory / detail::manifest_file_name;
+  SHOAL_CHECK(!directory.empty(), "collection::open: the directory path is empty");
   std::error_code ec;
-  SHOAL_CHECK_CODE(std::filesystem::is_directory(directory, ec), errc::io_error,
-                   "collection::open: ", directory.string(),
-                   std::filesystem::exists(directory, ec) ? " is not a directory" : " does not exist");
+  const std::filesystem::file_status status = std::filesystem::status(directory, ec);
+  SHOAL_CHECK_CODE(!ec || status.type() == std::filesystem::file_type::not_found, errc::io_error,
+                   "collection::open: ", directory.string(), ": ", ec.message());
+  SHOAL_CHECK_CODE(std::filesystem::is_directory(status), errc::io_error, "collection::open: ", directory.string(),
+                   std::filesystem::exists(status) ? " is not a directory" : " does not exist");
   SHOAL_CHECK_CODE(std::filesystem::exists(manifest, ec), errc::io_error, "collection::open: ", directory.string(),
                    " holds no collection (", detail::manifest_file_name, " is missing)");
   // Locked before the manifest is read, so that the directory's holder cannot replace the snapshot

@@ -304,8 +304,10 @@ inline constexpr std::size_t min_rebalance_shard = 1000;
 inline constexpr std::uint64_t rebalance_growth_divisor = 10;
 /// After runs that could not bring the collection under the threshold, the wait doubles per such run,
 /// up to 2^this tenths (a review: writes crowding one region started 26 full re-clusterings while the
-/// collection grew ninefold, none of which helped).
-inline constexpr unsigned rebalance_backoff_limit = 4;
+/// collection grew ninefold, none of which helped). Kept low: a layout that becomes fixable after such
+/// runs waits the longer wait too (only a run that ends under the threshold resets it), which at 16
+/// tenths was 14,800 adds into a collection of 2,000 (a second review).
+inline constexpr unsigned rebalance_backoff_limit = 2;
 /// Whether the largest shard (of at least `min_rebalance_shard`) is past `rebalance_threshold` × the mean.
 [[nodiscard]] bool over_threshold(const collection_state& st);
 /// Whether an automatic rebalance is due: `rebalance_threshold` set on a semantic or hybrid collection

@@ -129,8 +129,10 @@ struct collection_options {
   /// last rebalance number at least a tenth of the collection's size then (a layout that k-means cannot
   /// bring under the threshold is not re-clustered on every write; an upsert may insert a vector or move
   /// one to another region, so it counts as an add), and twice as many after each run in a row that left
-  /// the largest shard past the threshold (up to 16 tenths; a run that brings it under resets the wait to
-  /// a tenth). Writes that arrive during a run start
+  /// the largest shard past the threshold (up to 4 tenths of the size at the last run, also where later
+  /// writes or removes made the layout fixable; a run that ends under the threshold, automatic or a
+  /// `rebalance()` call, resets the wait to a tenth, and so does reopening). Writes that arrive during a
+  /// run start
   /// none of their own; if they leave the collection past the threshold by the same rule, the run
   /// re-clusters again when it ends (up to 4 runs in a row). 0 (the default) disables it;
   /// `rebalance()` can always be called explicitly. Must be 0 or > 1; hash and range collections,
@@ -168,7 +170,8 @@ struct collection_stats {
   std::uint64_t writes = 0;              ///< vectors added, upserted or removed since creation/open (not replays)
   double uptime_seconds = 0;
   /// Search latency percentiles (per search call), interpolated in power-of-two buckets (so within a
-  /// factor of two of the true ones) and never above the slowest call.
+  /// factor of two of the true ones, up to the last bound, about 16.8 s) and never above the slowest
+  /// call.
   double p50_seconds = 0;
   double p95_seconds = 0;
   double p99_seconds = 0;
