@@ -2152,6 +2152,47 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     CHECK(c.size() == 7200);
   }
   {
+    // A run that ends under the threshold resets the wait to a tenth (a review: a mutant that never reset
+    // it passed every test). Threshold 1.3: spread data rebalances under it (largest shard 1.17x the mean).
+    collection_options tight = o;
+    tight.rebalance_threshold = 1.3;
+    collection c(tight);
+    const matrix<float> spread = make_clustered(4000, dim, 12, 37, 1.0f);
+    c.train(spread.view());
+    std::vector<vector_id> ids(4000);
+    std::iota(ids.begin(), ids.end(), vector_id{0});
+    c.add(spread.view(), ids);
+    std::vector<vector_id> copies(3000);
+    std::iota(copies.begin(), copies.end(), vector_id{100000});
+    matrix<float> same(3000, dim);
+    for (std::size_t i = 0; i < 3000; ++i) std::copy_n(spread.row(0), dim, same.row(i));
+    c.add(same.view(), copies);  // the copies' shard stays past 1.3x the mean: the run cannot help
+    c.wait_for_rebalance();
+    const std::uint64_t futile = c.stats().rebalances;
+    CHECK(futile >= 1);
+    c.remove(copies);
+    c.rebalance();  // the spread data alone balances under the threshold: the wait is a tenth again
+    CHECK(c.stats().rebalances == futile + 1);
+    const std::vector<std::size_t> sizes = c.shard_sizes();
+    CAPTURE(sizes);
+    const std::size_t largest = static_cast<std::size_t>(std::max_element(sizes.begin(), sizes.end()) - sizes.begin());
+    REQUIRE(sizes[largest] >= 1100);
+    REQUIRE(sizes[largest] < 1300);
+    // Copies of a vector of the largest shard, 40 at a time: past the threshold from at most
+    // (1300 - 1100) / (1 - 1.3 / 4) = 297 copies; the wait of a tenth of 4,000 lets a run start at 400,
+    // where without the reset it would wait for 800.
+    std::size_t row = 0;
+    while (c.shard_of(ids[row]) != largest) ++row;
+    for (std::size_t i = 0; i < 40; ++i) std::copy_n(spread.row(row), dim, same.row(i));
+    for (std::size_t round = 0; round < 12; ++round) {
+      std::vector<vector_id> more(40);
+      std::iota(more.begin(), more.end(), vector_id{200000 + 40 * round});
+      c.add(same.view().slice(0, 40), more);
+      c.wait_for_rebalance();
+    }
+    CHECK(c.stats().rebalances == futile + 2);
+  }
+  {
     // Drift that keeps arriving while a run re-clusters: those adds start no run of their own. Before,
     // the layout the run made from the data it began with stayed (one shard empty, the largest 2.4x the
     // mean, in 2 of 3 tries) until some later add; the run now goes again while they leave it drifted.
