@@ -155,19 +155,9 @@ int main(int argc, char** argv) try {
                                 std::to_string(truth->dim) + " ids, recall@" + std::to_string(opt.k) + " of " +
                                 std::to_string(queries.rows) + " queries needs " + std::to_string(queries.rows) +
                                 " rows of at least " + std::to_string(opt.k));
-  if (truth)  // ids past the base would score every index 0 (-1: FAISS's padding for a missing neighbour)
-    for (std::size_t r = 0; r < truth->rows; ++r) {
-      const std::int32_t* row = truth->row(r);
-      for (std::size_t j = 0; j < std::min(opt.k, truth->dim); ++j) {
-        if (const std::int32_t id = row[j]; id < -1 || (id >= 0 && static_cast<std::size_t>(id) >= base.rows))
-          throw std::invalid_argument(opt.files[2] + ": row " + std::to_string(r) + " names id " + std::to_string(id) +
-                                      ", not one of the " + std::to_string(base.rows) + " base vectors");
-        // recall_at_k refuses it too, but only once the first index has been built (a user-eyes review)
-        if (row[j] >= 0 && std::find(row, row + j, row[j]) != row + j)
-          throw std::invalid_argument(opt.files[2] + ": row " + std::to_string(r) + " lists the id " +
-                                      std::to_string(row[j]) + " more than once in its first " + std::to_string(opt.k));
-      }
-    }
+  // Ids past the base would score every index 0, and an id listed twice is refused by recall_at_k only
+  // once the first index has been built (a user-eyes review).
+  if (truth) shoal::check_ground_truth(truth->view(), opt.k, base.rows, opt.files[2]);
   // Every spec checked before the ground truth is computed and the table begins (a bad one was reported
   // only after both; a user-eyes review): an empty index is cheap. One that cannot train on so few base
   // vectors is refused here when asked for, and left out of the default line-up (a few vectors ended the

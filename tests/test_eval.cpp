@@ -52,6 +52,17 @@ TEST_CASE("recall_at_k counts the overlap of the first k ids per query", "[eval]
   REQUIRE_THROWS_MATCHES(recall_at_k(got, result_of({{0, 1, 2, 3}, {4, 4, 6, 7}}), 2), shoal::error,
                          fails_with(errc::invalid_argument, "row 1 lists the id 4 more than once in its first 2"));
   CHECK(recall_at_k(got, matrix_view<const std::int32_t>(twice.data(), 2, 4), 2) == Approx(0.0));
+  // check_ground_truth: the same refusal before any search, and ids the base does not hold.
+  const matrix_view<const std::int32_t> view(twice.data(), 2, 4);
+  REQUIRE_THROWS_MATCHES(
+      check_ground_truth(view, 3, 100, "gt.ivecs"), shoal::error,
+      fails_with(errc::invalid_argument, "gt.ivecs: row 1 lists the id 5 more than once in its first 3"));
+  CHECK_NOTHROW(check_ground_truth(view, 2, 100, "gt.ivecs"));
+  REQUIRE_THROWS_MATCHES(check_ground_truth(view, 2, 5, "gt.ivecs"), shoal::error,
+                         fails_with(errc::invalid_argument, "row 1 holds the id 5, outside the 5 base vectors"));
+  const std::vector<std::int32_t> negative = {0, -2};
+  REQUIRE_THROWS_MATCHES(check_ground_truth(matrix_view<const std::int32_t>(negative.data(), 1, 2), 2, 5, "gt"),
+                         shoal::error, fails_with(errc::invalid_argument, "row 0 holds the id -2"));
   const std::vector<std::int32_t> missing = {0, 1, -1, -1,  //
                                              4, 5, 6,  7};
   CHECK(recall_at_k(got, matrix_view<const std::int32_t>(missing.data(), 2, 4), 4) == Approx((2.0 / 4 + 3.0 / 4) / 2));

@@ -45,23 +45,13 @@ void check_truth(const dataset& d, const options& o) {
   // Only the first k columns count towards recall@k; ids beyond the base (e.g. after --max-base) would
   // silently lower it. -1 is FAISS's padding where a query has fewer than k neighbours: a missing one,
   // which recall_at_k counts as a neighbour no result finds.
-  for (std::size_t r = 0; r < t.rows; ++r) {
-    const std::int32_t* row = t.row(r);
-    if (const auto bad = std::find_if(row, row + o.k, [](std::int32_t id) { return id < -1; }); bad != row + o.k)
-      throw config_error("ground truth " + file + " row " + std::to_string(r) + " holds the id " +
-                         std::to_string(*bad) + " (ids are base row numbers, or -1 for a missing neighbour)");
-    if (std::any_of(row, row + o.k,
-                    [&](std::int32_t id) { return id >= 0 && static_cast<std::size_t>(id) >= d.base.rows; }))
-      throw config_error("ground truth " + file + " row " + std::to_string(r) + " names ids outside the " +
-                         std::to_string(d.base.rows) + " base vectors" +
-                         (o.max_base != 0 ? " (--max-base cuts the base: omit --gt to compute it)" : ""));
-    // Refused here, before any index is built, rather than by recall_at_k after the first one is.
-    std::vector<std::int32_t> ids(row, row + o.k);
-    std::sort(ids.begin(), ids.end());
-    for (std::size_t j = 1; j < ids.size(); ++j)
-      if (ids[j] >= 0 && ids[j] == ids[j - 1])
-        throw config_error("ground truth " + file + " row " + std::to_string(r) + " lists the id " +
-                           std::to_string(ids[j]) + " more than once in its first " + std::to_string(o.k));
+  // Refused here, before any index is built, rather than by recall_at_k after the first one is.
+  try {
+    check_ground_truth(t.view(), o.k, d.base.rows, "ground truth " + file);
+  } catch (const shoal::error& e) {
+    const bool outside = e.message().find(" base vectors") != std::string_view::npos;
+    throw config_error(std::string(e.message()) +
+                       (outside && o.max_base != 0 ? " (--max-base cuts the base: omit --gt to compute it)" : ""));
   }
 }
 

@@ -9,9 +9,8 @@
 namespace shoal::bench {
 
 std::string_view error_text(const std::exception& e) noexcept {
-  std::string_view text = e.what();
-  if (text.starts_with("shoal: ")) text.remove_prefix(7);
-  return text;
+  const auto* own = dynamic_cast<const shoal::error*>(&e);
+  return own != nullptr ? own->message() : std::string_view(e.what());
 }
 
 param parse_param(std::string_view text, std::string_view option) {

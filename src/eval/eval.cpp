@@ -47,6 +47,26 @@ void check_recall_args(const neighbors& result, std::size_t truth_rows, std::siz
 
 }  // namespace
 
+void check_ground_truth(matrix_view<const std::int32_t> truth, std::size_t k, std::size_t base_rows,
+                        std::string_view what) {
+  std::vector<std::int32_t> ids;
+  for (std::size_t r = 0; r < truth.rows; ++r) {
+    const std::int32_t* row = truth.row(r);
+    ids.assign(row, row + std::min(k, truth.dim));
+    for (const std::int32_t id : ids) {
+      SHOAL_CHECK(id >= -1, what, ": row ", r, " holds the id ", id,
+                  " (ids are base row numbers, or -1 for a missing neighbour)");
+      SHOAL_CHECK(id < 0 || static_cast<std::size_t>(id) < base_rows, what, ": row ", r, " holds the id ", id,
+                  ", outside the ", base_rows, " base vectors");
+    }
+    std::sort(ids.begin(), ids.end());
+    const auto twice =
+        std::adjacent_find(ids.begin(), ids.end(), [](std::int32_t a, std::int32_t b) { return a == b && a >= 0; });
+    SHOAL_CHECK(twice == ids.end(), what, ": row ", r, " lists the id ", twice == ids.end() ? 0 : *twice,
+                " more than once in its first ", k);
+  }
+}
+
 double recall_at_k(const neighbors& result, matrix_view<const std::int32_t> truth, std::size_t k) {
   check_recall_args(result, truth.rows, truth.dim, k);
   SHOAL_CHECK(truth.stride >= truth.dim, "recall_at_k: ground-truth row stride ", truth.stride, " is smaller than its ",

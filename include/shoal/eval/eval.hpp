@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string_view>
 
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/types.hpp"
@@ -28,6 +29,12 @@ namespace shoal {
 /// ground-truth row lists an id more than once among its first k (missing neighbours, -1 or `no_id`,
 /// may repeat).
 [[nodiscard]] double recall_at_k(const neighbors& result, matrix_view<const std::int32_t> truth, std::size_t k);
+/// Throws `shoal::error` (`errc::invalid_argument`, prefixed by `what`) unless each row of `truth` holds,
+/// among its first k ids, only base row numbers below `base_rows` or -1 (a missing neighbour: FAISS's
+/// padding), none twice. `recall_at_k` refuses a repeated id itself, but only once an index has been
+/// built and searched: the demo and the bench call this first.
+void check_ground_truth(matrix_view<const std::int32_t> truth, std::size_t k, std::size_t base_rows,
+                        std::string_view what);
 /// The same with ids in a `neighbors` (e.g. from `ground_truth`).
 [[nodiscard]] double recall_at_k(const neighbors& result, const neighbors& truth, std::size_t k);
 
