@@ -2193,6 +2193,45 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     CHECK(c.stats().rebalances == futile + 2);
   }
   {
+    // A run is judged by the layout it built, not by writes that arrive while it runs: removes of two
+    // shards' rows captured during a run that splits the data evenly leave the live layout past the
+    // threshold, and the wait stays a tenth (they doubled it: a review). HNSW shards make the run long
+    // enough (2-3 s here) for removes 100 ms after it starts to land while it adds; should they land
+    // before, the run sees them and this passes either way.
+    collection_options slow = o;
+    slow.rebalance_threshold = 1.3;
+    slow.index = "HNSW16";
+    collection c(slow);
+    const matrix<float> spread = make_clustered(6000, dim, 12, 37, 1.0f);
+    c.train(spread.view());
+    std::vector<vector_id> ids(6000);
+    std::iota(ids.begin(), ids.end(), vector_id{0});
+    c.add(spread.view(), ids);
+    c.rebalance();
+    const std::uint64_t before = c.stats().rebalances;
+    std::vector<vector_id> gone;
+    for (const vector_id id : ids)
+      if (const std::size_t s = c.shard_of(id); s == 1 || s == 2) gone.push_back(id);
+    std::thread run([&] { c.rebalance(); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    c.remove(gone);  // captured: shards 1 and 2 of the new layout lose their rows at the swap
+    run.join();
+    REQUIRE(c.stats().rebalances == before + 1);
+    const std::vector<std::size_t> sizes = c.shard_sizes();
+    CAPTURE(sizes, gone.size());
+    const std::size_t largest = *std::max_element(sizes.begin(), sizes.end());
+    REQUIRE(static_cast<double>(largest) * 4 > 1.3 * static_cast<double>(c.size()));  // live: drifted
+    // 640 adds pass a tenth of the 6,000 the run began with: a run starts (not before 1,200 if the run
+    // had counted as futile).
+    for (std::size_t round = 0; round < 16; ++round) {
+      std::vector<vector_id> more(40);
+      std::iota(more.begin(), more.end(), vector_id{300000 + 40 * round});
+      c.add(spread.view().slice(40 * round, 40), more);
+      c.wait_for_rebalance();
+    }
+    CHECK(c.stats().rebalances == before + 2);
+  }
+  {
     // Drift that keeps arriving while a run re-clusters: those adds start no run of their own. Before,
     // the layout the run made from the data it began with stayed (one shard empty, the largest 2.4x the
     // mean, in 2 of 3 tries) until some later add; the run now goes again while they leave it drifted.

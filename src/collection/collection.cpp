@@ -938,9 +938,13 @@ bool detail::drifted(const collection_state& st) {
   return over_threshold(st);
 }
 
+bool detail::over_threshold(double threshold, std::size_t largest, std::size_t total, std::size_t shards) {
+  const double mean = static_cast<double>(total) / static_cast<double>(shards);
+  return threshold > 0 && largest >= min_rebalance_shard && static_cast<double>(largest) > threshold * mean;
+}
+
 bool detail::over_threshold(const collection_state& st) {
-  const double threshold = st.options.rebalance_threshold;
-  if (threshold <= 0) return false;
+  if (st.options.rebalance_threshold <= 0) return false;
   // Sizes from the shard indexes: O(shards) per add, where the routing table would cost O(size).
   std::size_t total = 0, largest = 0;
   const std::shared_ptr<layout> lay = st.current.load();
@@ -949,8 +953,7 @@ bool detail::over_threshold(const collection_state& st) {
     total += size;
     largest = std::max(largest, size);
   }
-  const double mean = static_cast<double>(total) / static_cast<double>(lay->shards.size());
-  return largest >= min_rebalance_shard && static_cast<double>(largest) > threshold * mean;
+  return over_threshold(st.options.rebalance_threshold, largest, total, lay->shards.size());
 }
 
 void detail::rebalance(collection_state& st) {
@@ -1114,9 +1117,13 @@ void detail::rebalance(collection_state& st) {
   }
   st.rebalances.fetch_add(1, std::memory_order_relaxed);
   st.rebalance_ns.store(detail::elapsed_ns(started));
-  // Only this function writes it, one run at a time (rebalance_mutex).
-  st.rebalance_backoff.store(
-      detail::over_threshold(st) ? std::min(st.rebalance_backoff.load() + 1, detail::rebalance_backoff_limit) : 0);
+  // Only this function writes it, one run at a time (rebalance_mutex). Judged by the layout this run
+  // built, not the live sizes: writes replayed at the swap or arriving since are not its doing.
+  std::size_t largest = 0;
+  for (std::size_t s = 0; s < lay->shards.size(); ++s) largest = std::max(largest, begin[s + 1] - begin[s]);
+  st.rebalance_backoff.store(detail::over_threshold(st.options.rebalance_threshold, largest, kept, lay->shards.size())
+                                 ? std::min(st.rebalance_backoff.load() + 1, detail::rebalance_backoff_limit)
+                                 : 0);
 }
 
 // -------------------------------------------------------------------------------------------- metrics

@@ -306,13 +306,18 @@ inline constexpr std::uint64_t rebalance_growth_divisor = 10;
 /// up to 2^this tenths (a review: writes crowding one region started 26 full re-clusterings while the
 /// collection grew ninefold, none of which helped). Kept low: a layout that becomes fixable after such
 /// runs waits the longer wait too (only a run that ends under the threshold resets it), which at 16
-/// tenths was 14,800 adds into a collection of 2,000 (a second review).
+/// tenths was 14,800 adds into a collection of 2,000 (a second review). A run is judged by the layout it
+/// built, before the writes captured while it ran are replayed: writes that crowd a region again during
+/// a run that did split the data evenly do not make that run count as futile.
 inline constexpr unsigned rebalance_backoff_limit = 2;
-/// Whether the largest shard (of at least `min_rebalance_shard`) is past `rebalance_threshold` × the mean.
+/// Whether the `largest` of `shards` shards holding `total` vectors (and at least `min_rebalance_shard`
+/// itself) is past `threshold` × the mean.
+[[nodiscard]] bool over_threshold(double threshold, std::size_t largest, std::size_t total, std::size_t shards);
+/// `over_threshold` of the live layout's shard sizes and `rebalance_threshold`.
 [[nodiscard]] bool over_threshold(const collection_state& st);
 /// Whether an automatic rebalance is due: `rebalance_threshold` set on a semantic or hybrid collection
 /// that is not closing, a tenth of its size added or upserted since the last run (2^k tenths after k runs
-/// in a row that left it `over_threshold`), and `over_threshold`.
+/// in a row whose layout was itself `over_threshold`), and `over_threshold`.
 [[nodiscard]] bool drifted(const collection_state& st);
 /// Runs one background rebalance starts at most, each after the last left the collection `drifted` by
 /// writes that arrived during it.
