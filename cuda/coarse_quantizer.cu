@@ -17,13 +17,14 @@ flat_index coarse_quantizer::centred_index(matrix_view<const float> centroids, s
   shoal::detail::check_vectors(centroids, centroids.dim, "cuda::coarse_quantizer: centroid");
   const shoal::detail::centred_rows c = shoal::detail::centred_copy(centroids);  // as the CPU pass
   // μ, the coordinate-wise median, has norm ≤ √2·B (centred_copy), and centred_copy keeps every c − μ
-  // within B (centre 0 where a centred row would pass it). With the queries' ‖q‖ ≤ B (checked by every
-  // search), ‖q − μ‖ ≤ (1 + √2)·B, so ‖c − μ‖² ≤ B² and ⟨q − μ, c − μ⟩, the GEMM's output and every
-  // partial sum of it, stay within (1 + √2)·B² ≈ 0.3·FLT_MAX up to rounding: the rank score
-  // ‖c − μ‖² − 2⟨q − μ, c − μ⟩, which is ‖q − c‖² − ‖q − μ‖², is finite (within ±0.73·FLT_MAX). The CPU
-  // pass scores the same form (rank_score in src/cluster/assign.hpp).
+  // within B (centre 0 where a centred row would pass it), so the device index checks the centred rows
+  // as any. With the queries' ‖q‖ ≤ B (checked by every search), ‖q − μ‖ ≤ (1 + √2)·B, so ‖c − μ‖² ≤ B²
+  // and ⟨q − μ, c − μ⟩, the GEMM's output and every partial sum of it, stay within (1 + √2)·B² ≈
+  // 0.3·FLT_MAX up to rounding: the rank score ‖c − μ‖² − 2⟨q − μ, c − μ⟩, which is ‖q − c‖² − ‖q − μ‖²,
+  // is finite (within ±0.73·FLT_MAX). The CPU pass scores the same form (rank_score in
+  // src/cluster/assign.hpp).
   const bool l2 = m == shoal::metric::l2;
-  flat_index index(c.rows.view(), l2 ? shoal::metric::l2 : shoal::metric::inner_product, device, options, false);
+  flat_index index(c.rows.view(), l2 ? shoal::metric::l2 : shoal::metric::inner_product, device, options);
   if (l2) index.set_query_offset(c.centre);
   return index;
 }

@@ -3,6 +3,7 @@
 #include <cuda_runtime.h>
 
 #include <string>
+#include <utility>
 
 #include "device_memory.cuh"
 #include "shoal/core/error.hpp"
@@ -10,16 +11,36 @@
 
 namespace shoal::cuda {
 
-int device_count() noexcept {
+namespace {
+
+/// cudaGetDeviceCount's status and count (the count 0 unless it succeeded).
+std::pair<cudaError_t, int> count_devices() noexcept {
   int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) {
-    (void)cudaGetLastError();  // clear the sticky "no driver" error
-    return 0;
+  const cudaError_t status = cudaGetDeviceCount(&count);
+  if (status == cudaSuccess) return {status, count};
+  (void)cudaGetLastError();  // clear the "no driver" error it leaves pending
+  return {status, 0};
+}
+
+}  // namespace
+
+int device_count() noexcept { return count_devices().second; }
+
+std::string no_device_reason() noexcept {
+  try {
+    const auto [status, count] = count_devices();
+    if (count > 0) return {};
+    if (status == cudaSuccess || status == cudaErrorNoDevice) return "no CUDA device";
+    // A driver or runtime problem hides the devices: say which (a user with a GPU and an old driver was
+    // told there was no device, a review).
+    return std::string("no CUDA device usable: ") + cudaGetErrorString(status) + " (" + cudaGetErrorName(status) + ")";
+  } catch (...) {  // no memory for the text
+    return {};
   }
-  return count;
 }
 
 std::string device_name(int index) {
+  SHOAL_CHECK_CODE(device_count() > 0, errc::unsupported, no_device_reason());
   SHOAL_CHECK_CODE(index >= 0 && index < device_count(), errc::unsupported, "no CUDA device ", index,
                    " (devices: ", device_count(), ")");
   cudaDeviceProp prop{};
@@ -30,9 +51,13 @@ std::string device_name(int index) {
 namespace detail {
 
 device_scope::device_scope(int device) {
-  SHOAL_CHECK_CODE(device_count() > 0, errc::unsupported, "no CUDA device available");
+  SHOAL_CHECK_CODE(device_count() > 0, errc::unsupported, no_device_reason());
   SHOAL_CHECK_CODE(device >= 0 && device < device_count(), errc::unsupported, "no CUDA device ", device,
                    " (devices: ", device_count(), ")");
+  // An error the caller's own CUDA work left pending on this thread would be read by our first launch
+  // check (`cudaGetLastError`) as that launch's: it is taken off here (a review). An error that broke
+  // the context still shows in the calls that follow.
+  (void)cudaGetLastError();
   int current = -1;
   if (cudaGetDevice(&current) != cudaSuccess) {
     (void)cudaGetLastError();

@@ -9,20 +9,25 @@
 
 namespace shoal::cuda::detail {
 
-/// Throws `shoal::error` (`errc::io_error`) naming `what` unless `status` is success. A failed call also
-/// leaves its error pending on the thread, where the next launch check (`cudaGetLastError`) would report
-/// it as that launch's own: it is taken off first (an error that corrupts the context stays anyway).
+/// Throws `shoal::error` naming `what` unless `status` is success: `errc::unsupported` when the device ran
+/// out of memory (as `require_free` says it; free memory can shrink between that check and the call, or
+/// fall short by the allocation granularity), `errc::io_error` otherwise. A failed call also leaves its
+/// error pending on the thread, where the next launch check (`cudaGetLastError`) would report it as
+/// that launch's own: it is taken off first (an error that corrupts the context stays anyway).
 inline void check(cudaError_t status, const char* what) {
   if (status == cudaSuccess) return;
   (void)cudaGetLastError();
-  ::shoal::detail::throw_error(errc::io_error,
-                               ::shoal::detail::str("CUDA ", what, " failed: ", cudaGetErrorString(status)));
+  ::shoal::detail::throw_error(status == cudaErrorMemoryAllocation ? errc::unsupported : errc::io_error,
+                               ::shoal::detail::str("CUDA ", what, " failed: ", cudaGetErrorString(status), " (",
+                                                    cudaGetErrorName(status), ")"));
 }
 
-/// Makes device `device` current for the scope (throws `errc::unsupported` unless it exists) and gives
+/// Makes device `device` current for the scope (throws `errc::unsupported` unless it exists, naming why
+/// there is none: `no_device_reason`) and gives
 /// the thread its previous device back at the end: a search must not move the caller's own CUDA work to
 /// the index's device, and an index must release its memory and cuBLAS handle on the device that holds
-/// them.
+/// them. An error left pending on the thread by the caller's own CUDA work is cleared on entry, so that
+/// the scope's launch checks report only their own.
 class device_scope {
  public:
   explicit device_scope(int device);

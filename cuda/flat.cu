@@ -29,9 +29,12 @@ using detail::no_row;
 
 static_assert(flat_index::max_k == detail::select_max_k);
 
+/// As `detail::check` for cuBLAS: out of memory (cuBLAS's workspace or handle) is `errc::unsupported`.
 void check_blas(cublasStatus_t status, const char* what) {
-  SHOAL_CHECK_CODE(status == CUBLAS_STATUS_SUCCESS, errc::io_error, "cuBLAS ", what, " failed (status ",
-                   static_cast<int>(status), ")");
+  if (status == CUBLAS_STATUS_SUCCESS) return;
+  shoal::detail::throw_error(status == CUBLAS_STATUS_ALLOC_FAILED ? errc::unsupported : errc::io_error,
+                             shoal::detail::str("cuBLAS ", what, " failed: ", cublasGetStatusString(status), " (",
+                                                cublasGetStatusName(status), ")"));
 }
 
 /// Score tiles fit in half the L2 cache by default, between these bounds.
@@ -132,14 +135,10 @@ struct flat_index::impl {
 };
 
 flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int device, const device_options& options)
-    : flat_index(vectors, m, device, options, true) {}
-
-flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int device, const device_options& options,
-                       bool check_values)
     : impl_(std::make_unique<impl>()) {
   SHOAL_CHECK(vectors.dim > 0, "cuda::flat_index: dimension must be at least 1");
   shoal::detail::check_metric(m, "cuda::flat_index");
-  if (check_values) shoal::detail::check_vectors(vectors, vectors.dim, "cuda::flat_index: vector");
+  shoal::detail::check_vectors(vectors, vectors.dim, "cuda::flat_index: vector");
   SHOAL_CHECK(vectors.rows <= std::numeric_limits<std::uint32_t>::max() - 1 &&
                   vectors.rows <= static_cast<std::size_t>(INT_MAX) && vectors.dim <= static_cast<std::size_t>(INT_MAX),
               "cuda::flat_index: ", vectors.rows, " x ", vectors.dim, " exceeds the 32-bit sizes cuBLAS takes");
@@ -149,6 +148,12 @@ flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int de
   s.n = vectors.rows;
   s.dim_ = vectors.dim;
   s.metric = m;
+  // The handle first: its own device memory is small, and created after the vectors it could find the
+  // device full when they nearly fill it (an io_error then, not the byte count `require_free` gives).
+  check_blas(cublasCreate(&s.blas), "cublasCreate");
+  check_blas(cublasSetMathMode(
+                 s.blas, options.precision == gemm_precision::tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+             "cublasSetMathMode");
   // Dense rows, unit length under cosine, on the host first.
   const matrix<float> dense = detail::stored_rows(vectors, m);
   s.vectors_ = device_buffer<float>(s.n * s.dim_, "stored vectors");
@@ -170,10 +175,6 @@ flat_index::flat_index(matrix_view<const float> vectors, shoal::metric m, int de
   }
   s.tile_floats_ = std::clamp(tile_bytes, min_tile_bytes, max_tile_bytes) / sizeof(float);
   s.max_batch_ = options.max_batch;
-  check_blas(cublasCreate(&s.blas), "cublasCreate");
-  check_blas(cublasSetMathMode(
-                 s.blas, options.precision == gemm_precision::tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
-             "cublasSetMathMode");
 }
 
 flat_index::~flat_index() = default;

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "device_memory.cuh"
+#include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/cuda/device.hpp"
 
@@ -29,8 +30,12 @@ __global__ void l2sqr_kernel(const float* query, const float* x, std::size_t n, 
 }  // namespace
 
 std::vector<float> l2sqr_one_to_many(const float* query, matrix_view<const float> x) {
+  SHOAL_CHECK(query != nullptr, "cuda::l2sqr_one_to_many: null query");
+  // The rows' layout and values (a stride below the dimension was taken), then the query's, before
+  // the device is looked for.
+  shoal::detail::check_vectors(x, x.dim, "cuda::l2sqr_one_to_many: vector");
+  shoal::detail::check_vectors({query, 1, x.dim}, x.dim, "cuda::l2sqr_one_to_many: query");
   const detail::device_scope on(0);
-  SHOAL_CHECK(query != nullptr && (x.rows == 0 || x.data != nullptr), "l2sqr_one_to_many: null input");
   std::vector<float> out(x.rows);
   if (x.rows == 0) return out;
   const std::size_t rows_floats = (x.rows - 1) * x.stride + x.dim;

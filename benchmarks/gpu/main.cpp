@@ -277,7 +277,7 @@ void grid(benchmark::internal::Benchmark* b) {
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (shoal::cuda::device_count() == 0) {
-    std::puts("shoal-gpu-bench: no CUDA device; nothing measured");
+    std::printf("shoal-gpu-bench: %s; nothing measured\n", shoal::cuda::no_device_reason().c_str());
     return 0;
   }
   benchmark::AddCustomContext("device", shoal::cuda::device_name(0));

@@ -17,7 +17,11 @@ class coarse_quantizer;
 
 /// How a device search computes its inner products.
 enum class gemm_precision {
-  /// Full fp32 (cuBLAS's default math mode): the CPU's results up to float rounding.
+  /// Full fp32 (cuBLAS's default math mode): the CPU's results up to float rounding — of the GEMM form's
+  /// terms: under L2 an error relative to ‖q‖² + ‖x‖², not to the distance, so that over rows far from
+  /// the origin (components near 1,000 at d = 128: ‖x‖² ≈ 1.3e8, whose float spacing is 8) close
+  /// neighbours can swap ranks. Store such rows centred and search with `set_query_offset`, as
+  /// `coarse_quantizer` does for its centroids.
   fp32,
   /// TF32 on the tensor cores (inputs rounded to 10-bit mantissas, fp32 accumulation): several times
   /// the fp32 rate on Ampere and later, with relative errors near 1e-3 in each inner product, so
@@ -99,13 +103,6 @@ class flat_index {
   void search(matrix_view<const float> queries, std::size_t k, std::uint32_t* rows, float* distances) const;
 
  private:
-  friend class coarse_quantizer;
-  /// With `check_values` false the values of `vectors` go unchecked: the caller has checked what they
-  /// derive from (`coarse_quantizer`: its centred centroids may reach (1 + √2) times `check_vectors`' norm bound,
-  /// and cuda/coarse_quantizer.cu shows why the device's scores stay finite all the same).
-  flat_index(matrix_view<const float> vectors, shoal::metric m, int device, const device_options& options,
-             bool check_values);
-
   struct impl;
   /// The state, or `shoal::error` naming `who` for an index moved from.
   [[nodiscard]] impl& state(const char* who) const;
