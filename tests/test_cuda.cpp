@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -153,6 +154,61 @@ TEST_CASE("CUDA flat index: rows in falling score order, small enough for racech
   // compute-sanitizer's racecheck was cut inside the 9,000-row case on the H200 (device-check.sh runs
   // the tests not tagged [heavy] under it).
   check_falling_scores(3000);
+}
+
+TEST_CASE("CUDA flat index: searches from several threads at once give the single-thread results", "[gpu]") {
+  // One mutex per index serialises the device work; every thread must still get its own batch's answer.
+  const test::clustered_set data(4000, 64, 32, 20, 47, 0.5f, 4);
+  if (!have_device()) return;
+  const cuda::flat_index gpu(data.base.view(), metric::l2, 0, {.tile_bytes = 1});
+  const neighbors want = gpu.search(data.queries.view(), 16);
+  std::vector<int> same(4, 0);
+  std::vector<std::thread> threads;
+  for (std::size_t t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      for (std::size_t round = 0; round < 20; ++round) {
+        const std::size_t first = (t * 16 + round) % 48;  // threads search overlapping slices
+        const neighbors got = gpu.search(data.queries.view().slice(first, 16), 16);
+        bool equal = true;
+        for (std::size_t q = 0; q < 16; ++q)
+          for (std::size_t j = 0; j < 16; ++j)
+            equal = equal && got.id(q, j) == want.id(first + q, j) && got.distance(q, j) == want.distance(first + q, j);
+        same[t] += equal ? 1 : 0;
+      }
+    });
+  for (std::thread& t : threads) t.join();
+  CHECK(same == std::vector<int>(4, 20));
+}
+
+TEST_CASE("CUDA flat index: more than 65,535 queries, and max_batch, give the CPU's results", "[gpu][heavy]") {
+  // A batch holds at most 65,535 queries (a grid of one block per query): 70,000 run in two or more.
+  const test::clustered_set data(500, 70000, 8, 10, 53, 0.5f, 4);
+  if (!have_device()) return;
+  const flat_index cpu = test::row_numbered_flat(data.base, metric::l2);
+  const neighbors want = cpu.search(data.queries.view(), 4);
+  const float tol = 2e-5f * 2.0f * test::max_squared_norm(data.base);
+  require_same_up_to_ties(cuda::flat_index(data.base.view(), metric::l2).search(data.queries.view(), 4), want, tol);
+  // Seven queries per batch at most: 10,000 batches, each merged over the one chunk.
+  const cuda::flat_index small(data.base.view(), metric::l2, 0, {.max_batch = 7});
+  require_same_up_to_ties(small.search(data.queries.view().slice(0, 700), 4),
+                          cpu.search(data.queries.view().slice(0, 700), 4), tol);
+}
+
+TEST_CASE("CUDA flat index: rows stored centred with set_query_offset give the CPU's distances", "[gpu]") {
+  // Rows near 1,000 in every component: stored minus 1,000 with the offset 1,000, the device ranks and
+  // measures ‖q − x‖² as the CPU does on the original rows (the uncentred GEMM form would not: its error
+  // is relative to ‖x‖² ≈ 1.6e7).
+  test::clustered_set data(3000, 200, 16, 20, 59, 0.5f, 4);
+  if (!have_device()) return;
+  for (float& v : data.base.values) v += 1000.0f;
+  for (float& v : data.queries.values) v += 1000.0f;
+  matrix<float> centred = data.base;  // exactly the rows minus 1,000 (both within a factor 2 of it)
+  for (float& v : centred.values) v -= 1000.0f;
+  cuda::flat_index gpu(centred.view(), metric::l2);
+  gpu.set_query_offset(std::vector<float>(16, 1000.0f));
+  const flat_index cpu = test::row_numbered_flat(data.base, metric::l2);
+  const float tol = 2e-5f * 2.0f * test::max_squared_norm(centred) + 1e-3f;
+  require_same_up_to_ties(gpu.search(data.queries.view(), 10), cpu.search(data.queries.view(), 10), tol);
 }
 
 TEST_CASE("CUDA flat index: ties go to the smaller row, fewer rows than k leave sentinels", "[gpu]") {
