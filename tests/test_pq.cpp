@@ -729,6 +729,12 @@ TEST_CASE("sq8 and fp16 encode, decode and distances agree with the reconstructi
           }
         }
       }
+      // Under cosine (codes of unit rows, a unit query) distances() is half the L2 one, exactly: the
+      // form that cancels a reconstruction's length error (1 − ⟨q, x̂⟩ did not; test_ivf_pq).
+      std::vector<float> l2(x.rows), cosine(x.rows);
+      sq.distances(queries.row(0), metric::l2, codes.data() + 1, x.rows, l2.data());
+      sq.distances(queries.row(0), metric::cosine, codes.data() + 1, x.rows, cosine.data());
+      for (std::size_t i = 0; i < x.rows; ++i) REQUIRE(cosine[i] == 0.5f * l2[i]);
     }
   }
 }

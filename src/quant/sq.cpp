@@ -285,7 +285,7 @@ void scalar_quantizer::decode(const std::uint8_t* codes, std::size_t n, matrix_v
 void scalar_quantizer::distances(const float* query, metric m, const std::uint8_t* codes, std::size_t n,
                                  float* out) const noexcept {
   const sq_kernels& k = active_scalar_quant_kernels();
-  const bool l2 = m == metric::l2;
+  const bool l2 = m != metric::inner_product;  // cosine in the L2 form, halved (see the declaration)
   for (std::size_t i = 0; i < n; ++i) {
     const std::uint8_t* c = codes + i * code_size();
     float v = 0.0f;
@@ -294,7 +294,7 @@ void scalar_quantizer::distances(const float* query, metric m, const std::uint8_
     } else {
       v = (l2 ? k.fp16_l2 : k.fp16_ip)(query, c, dim_);
     }
-    out[i] = l2 ? v : (m == metric::cosine ? 1.0f - v : -v);
+    out[i] = m == metric::l2 ? v : (m == metric::cosine ? 0.5f * v : -v);
   }
 }
 
