@@ -265,7 +265,7 @@ TEST_CASE("every index kind: a batch returns what each of its queries returns al
   }
 }
 
-TEST_CASE("any_index: stored vectors come back; writes during searches are declared per kind", "[index]") {
+TEST_CASE("any_index: stored vectors come back, and writes during searches are declared per kind", "[index]") {
   const matrix<float> v = make_clustered(400, 8, 4, 3);
   std::vector<vector_id> ids(400);
   for (std::size_t i = 0; i < ids.size(); ++i) ids[i] = 1000 + i;
@@ -324,7 +324,7 @@ TEST_CASE("every index kind refuses a metric outside the enum", "[index]") {
     REQUIRE_THROWS_MATCHES(make_index(spec, 8, bad), shoal::error, refused);
 }
 
-TEST_CASE("every index kind: k far above its size pads the rows; a k no buffer can hold is refused", "[index]") {
+TEST_CASE("every index kind: k far above its size pads the rows, and a k no buffer can hold is refused", "[index]") {
   const matrix<float> v = make_clustered(300, 8, 4, 5);
   std::vector<vector_id> ids(300);
   std::iota(ids.begin(), ids.end(), vector_id{0});

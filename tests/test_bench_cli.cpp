@@ -321,7 +321,7 @@ TEST_CASE("shoal-ann-bench: peers get the spec in the factory's canonical form",
   }
 }
 
-TEST_CASE("shoal-collection-bench: bad runs exit 1 naming the problem; a row per run, its spec quoted", "[bench]") {
+TEST_CASE("shoal-collection-bench: bad runs exit 1 naming the problem, and a row per run, its spec quoted", "[bench]") {
   const test::scratch_dir dir;
   (void)write_data(dir);
   io::write_fvecs(dir.path() / "query8.fvecs", make_clustered(20, 8, 4, 2).view());

@@ -497,7 +497,7 @@ TEST_CASE("collection: reads and restores race replica loss and other collection
   CHECK(ca.replica_up(0, 1));
 }
 
-TEST_CASE("collection: save/open round-trips, copied and mapped; the log replays writes after the snapshot",
+TEST_CASE("collection: save/open round-trips, copied and mapped, and the log replays writes after the snapshot",
           "[collection][io]") {
   const clustered_set data(3000, 30, 16, 8, 23, 0.3f);
   const scratch_dir dir;
@@ -843,7 +843,7 @@ TEST_CASE("collection: open checks the router centroids and each shard's ids bef
                          fails_with(errc::corrupt_file, "is routed to this shard, which does not hold it"));
 }
 
-TEST_CASE("collection: a memory-mapped open writes nothing; the next writable open repairs the log",
+TEST_CASE("collection: a memory-mapped open writes nothing, and the next writable open repairs the log",
           "[collection][io]") {
   // Mapped opens share the directory under a shared lock: one cutting a torn tail or writing a header
   // while another reads the log made that one fail, and a mapped open needed write access.
@@ -1429,7 +1429,7 @@ TEST_CASE("collection: a log whose header a crash or a full disk cut short opens
                          fails_with(errc::corrupt_file, "shorter than its header"));
 }
 
-TEST_CASE("collection: a last record whose head was not written is dropped; damage before intact records is not",
+TEST_CASE("collection: a last record whose head was not written is dropped, and damage before intact records is not",
           "[collection][io]") {
   // A record's head can share a page with the synced record before it: a crash during the last append
   // can leave that page unwritten while later ones reached the disk. The record was never acknowledged,
@@ -1585,7 +1585,7 @@ TEST_CASE("collection: rows a shard would refuse are refused before the write is
   CHECK_FALSE(again.contains(102));
 }
 
-TEST_CASE("collection: an open's threads_per_shard is that process's; manifests keep the created value",
+TEST_CASE("collection: an open's threads_per_shard is that process's, and manifests keep the created value",
           "[collection][io]") {
   const scratch_dir dir;
   const std::filesystem::path home = dir.path() / "c";
@@ -1634,7 +1634,7 @@ TEST_CASE("collection: a train whose snapshot fails leaves the shards untrained 
   test::require_identical(built("retried", true), built("fresh", false));
 }
 
-TEST_CASE("collection: a replica that runs out of memory during a write is taken down; its peer answers",
+TEST_CASE("collection: a replica that runs out of memory during a write is taken down, and its peer answers",
           "[collection]") {
   // Every allocation of a 2-vector add failed in turn, on any thread. The first replica's HNSW index may
   // then hold part of the write and refuse every call; it stayed up, so every later search of the
@@ -2016,7 +2016,7 @@ TEST_CASE("collection: rebalance re-clusters drifted data without losing or dupl
 }
 
 TEST_CASE(
-    "collection: a shard whose share is too small for its index trains on all the vectors; IVF-PQ shards "
+    "collection: a shard whose share is too small for its index trains on all the vectors, and IVF-PQ shards "
     "are not re-clustered",
     "[collection]") {
   constexpr std::size_t dim = 8;

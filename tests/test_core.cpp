@@ -148,7 +148,8 @@ TEST_CASE("id_filter wraps any predicate and an empty filter accepts all", "[cor
 
 bool below_ten(vector_id id) { return id < 10; }
 
-TEST_CASE("id_filter holds small predicates by value, so a temporary may be stored; others must outlive it", "[core]") {
+TEST_CASE("id_filter holds small predicates by value, so a temporary may be stored, and others must outlive it",
+          "[core]") {
   // A temporary lambda capturing a reference, stored and then called after its statement ended (it was
   // held by address: a read of a dead stack object, which ASan reported).
   const vector_id limit = 3;

@@ -993,7 +993,7 @@ TEST_CASE("hnsw build is deterministic for a seed when single-threaded", "[hnsw]
   CHECK(a.distances() == b.distances());
 }
 
-TEST_CASE("hnsw alpha > 1 keeps more links: higher recall at a small ef; files keep alpha", "[hnsw][persist]") {
+TEST_CASE("hnsw alpha > 1 keeps more links: higher recall at a small ef, and files keep alpha", "[hnsw][persist]") {
   const fixture f(4000, 200, 17);
   tbb::task_arena one(1);
   for (const metric m : {metric::l2, metric::cosine, metric::inner_product}) {

@@ -198,7 +198,7 @@ void require_damage_reported(const std::vector<char>& bytes, const std::string& 
 
 }  // namespace
 
-TEST_CASE("crc32c: known answers; the hardware and portable paths agree", "[io]") {
+TEST_CASE("crc32c: known answers, and the hardware and portable paths agree", "[io]") {
   const std::string digits = "123456789";
   CHECK(crc32c(digits.data(), digits.size()) == 0xE3069283u);
   CHECK(detail::crc32c_portable(digits.data(), digits.size()) == 0xE3069283u);

@@ -968,7 +968,7 @@ TEST_CASE("sq8 ranges: the fit minimises the modelled error over every pair of e
   CHECK(model.best().hi == 1e4f);
 }
 
-TEST_CASE("sq8 ranges: light tails and dense groups keep the extremes; heavy tails and outliers are clamped",
+TEST_CASE("sq8 ranges: light tails and dense groups keep the extremes, and heavy tails and outliers are clamped",
           "[pq][sq]") {
   constexpr std::size_t n = 20000, dim = 5;
   splitmix64 rng(5);
@@ -1035,7 +1035,7 @@ TEST_CASE("sq8 ranges: light tails and dense groups keep the extremes; heavy tai
     REQUIRE_THROWS_MATCHES(sq.train(x.view(), bad), shoal::error, fails_with(errc::invalid_argument, "top_code"));
 }
 
-TEST_CASE("opq reports finite errors for data near the norm bound; pq names a zero iteration count", "[pq][opq]") {
+TEST_CASE("opq reports finite errors for data near the norm bound, and pq names a zero iteration count", "[pq][opq]") {
   // The error was summed in float: inf for valid vectors of norm ~1e18 (the rotation itself was fine).
   const std::size_t dim = 32;
   matrix<float> x = make_uniform(3000, dim, 3);  // norms below sqrt(32) · 1.1e18 = 6.2e18
