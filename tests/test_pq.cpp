@@ -767,13 +767,16 @@ TEST_CASE("the sq8 estimate stays within its rounding bound, on two grids when o
         for (std::size_t i = 0; i < n; ++i) {
           const std::uint8_t* c = codes.data() + i * dim;
           std::int64_t dot = 0, residual_dot = 0;
-          double exact = m == metric::cosine ? 1.0 : 0.0, weighted = 0.0, code_sum = 0.0;
+          // Under cosine half the L2 form (sq8_estimator), whatever the rows' lengths here.
+          const double half = m == metric::cosine ? 0.5 : 1.0;
+          double exact = 0.0, weighted = 0.0, code_sum = 0.0;
           for (std::size_t j = 0; j < dim; ++j) {
             dot += std::int64_t{estimator.coeffs()[j]} * c[j];
             residual_dot += std::int64_t{estimator.residual_coeffs()[j]} * c[j];
             const double decoded = double{min[j]} + double{step[j]} * c[j];
-            exact += m == metric::l2 ? (y[j] - decoded) * (y[j] - decoded) : -double{y[j]} * decoded;
-            const double a = m == metric::l2 ? 2.0 * (double{y[j]} - min[j]) * step[j] : double{y[j]} * step[j];
+            exact += m == metric::inner_product ? -double{y[j]} * decoded : half * (y[j] - decoded) * (y[j] - decoded);
+            const double a =
+                m == metric::inner_product ? double{y[j]} * step[j] : 2.0 * half * (double{y[j]} - min[j]) * step[j];
             weighted += std::abs(a) * c[j];
             code_sum += c[j];
           }

@@ -43,6 +43,10 @@ constexpr float prefilter_max_square = std::numeric_limits<float>::max() / 4096;
 /// few beside all of them (the exact pass then scores little more than nprobe centroids).
 [[nodiscard]] bool prefilter_pays(std::size_t nprobe, std::size_t nlist) noexcept { return 8 * nprobe + 64 <= nlist; }
 
+/// The prefilter's estimate form: the inner product's under cosine too (−⟨q, ĉ⟩; centroids are means of
+/// unit rows, not unit rows, so `sq8_estimator`'s cosine form would not rank them as the exact pass does).
+[[nodiscard]] metric estimate_form(metric m) noexcept { return m == metric::l2 ? metric::l2 : metric::inner_product; }
+
 /// Per centroid the SQ8 estimate's lowest and highest value (squared distances to ĉ under L2, scores under
 /// inner product; `residuals` null under L2), in a loop without branches; `residual_dots` are the
 /// second grid's sums (`TwoGrids`, else unused). Its own function so that the outputs are known not to
@@ -142,7 +146,7 @@ void coarse_quantizer::install(matrix<float> centroids) {
       residuals.resize(nlist);
       for (std::size_t c = 0; c < nlist; ++c) {
         const std::uint8_t* row = codes.data() + c * dim;
-        terms[c] = sq8_estimator::term(*codec, metric_, row);
+        terms[c] = sq8_estimator::term(*codec, estimate_form(metric_), row);
         double sum = 0.0, err = 0.0;
         for (std::size_t j = 0; j < dim; ++j) {
           sum += row[j];
@@ -232,7 +236,7 @@ std::size_t coarse_quantizer::probe_prefiltered(const float* query, std::size_t 
     return nlist;
   }
   sq8_estimator& estimator = s.estimator;
-  estimator.prepare(*codec_, metric_, q);
+  estimator.prepare(*codec_, estimate_form(metric_), q);
   const float q_norm = l2 ? 0.0f : std::sqrt(q_sq);
   // The slack's floor: 1, or the scale of the scores where that is smaller — ‖q‖² + max ‖c − μ‖² under
   // L2, ‖q‖ · max ‖c − μ‖ under inner product — which a score's float rounding is relative to. A floor

@@ -779,6 +779,15 @@ struct hnsw_index::impl {
     sq->encode({vec(q), 1, dim}, c);
     code_term(q) = detail::sq8_estimator::term(*sq, metric, c);
   }
+  /// The term of slot q's stored SQ8 / SQ4 codes, as `encode` gives it (for a mapped cosine graph, whose
+  /// file holds none: see `hnsw_sections::write`).
+  [[nodiscard]] float stored_term(slot_t q) const {
+    const std::uint8_t* c = codes(q);
+    if (build.codes != hnsw_codes::sq4) return detail::sq8_estimator::term(*sq, metric, c);
+    std::vector<std::uint8_t> unpacked(dim);
+    for (std::size_t j = 0; j < dim; ++j) unpacked[j] = u4_code(c, j);
+    return detail::sq8_estimator::term(*sq, metric, unpacked.data());
+  }
   /// The SQ8 / SQ4 form of query `q` (in `s.sq8`).
   [[nodiscard]] query_ctx prepare_codes(const float* q, scratch& s) const {
     s.sq8.prepare(*sq, metric, q);
@@ -2231,8 +2240,14 @@ detail::hnsw_write_lock detail::hnsw_sections::write(const hnsw_index& index, io
     for (const auto& c : saved) out.append(std::span<const std::uint8_t>(c->codes, chunk_nodes * x.code_stride));
   }
   if (hnsw_index::impl::scalar_codes(x.build.codes)) {
+    // Under cosine the section holds zeros, as before session 44, when a cosine graph's terms were 0 (its
+    // estimates were 1 − ⟨q, x̂⟩): readers of that time read such a file as they always did, and this
+    // one derives the terms on every load (`sq8_estimator`).
     out.begin_section(tags.terms);
-    for (const auto& c : saved) out.append(std::span<const float>(c->terms, chunk_nodes));
+    if (x.metric == shoal::metric::cosine)
+      out.append_zeros(chunks * chunk_nodes * sizeof(float));
+    else
+      for (const auto& c : saved) out.append(std::span<const float>(c->terms, chunk_nodes));
   }
   if (x.build.alpha != 1.0) {  // absent: 1 (files before format 1.1 never have it)
     out.begin_section(tags.alpha);
@@ -2314,6 +2329,9 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   // legacy rows (term, codes, padding), which are converted into owned memory, also under mmap.
   const bool scalar = hnsw_index::impl::scalar_codes(x.build.codes);  // SQ8 or SQ4: terms and ranges
   const bool legacy = in.has(tags.legacy_codes);
+  // A cosine graph's terms are not in its file (zeros there, see `write`): derived from the codes on
+  // every load, into owned memory when mapped.
+  const bool derived_terms = scalar && m == shoal::metric::cosine;
   corrupt(!legacy || x.build.codes != hnsw_codes::sq4, "SQ4 codes in the legacy layout");
   const std::size_t file_code_stride =
       legacy ? hnsw_index::impl::code_row_stride(x.build.codes, dim, sizeof(float)) : x.code_stride;
@@ -2405,11 +2423,13 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   {
     const std::lock_guard lock(x.slots_mutex);
     if (in.mapped()) {
-      if (legacy && x.code_stride != 0) {  // the converted rows' own slab
+      if ((legacy && x.code_stride != 0) || derived_terms) {  // the converted rows' or derived terms' own slab
         slab& b = x.slabs.emplace_back();
-        b.codes.assign(chunks * chunk_nodes * x.code_stride, 0);
+        if (legacy) {
+          b.codes.assign(chunks * chunk_nodes * x.code_stride, 0);
+          mapped_codes = b.codes.data();
+        }
         b.terms.assign(term_values, 0.0f);
-        mapped_codes = b.codes.data();
         mapped_terms = b.terms.data();
       }
       for (std::size_t c = 0; c < chunks; ++c) {
@@ -2483,6 +2503,10 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   if (!in.mapped() && x.code_stride != 0 && x.codes_ready.load(std::memory_order_acquire))
     detail::parallel_for(slots, [&](std::size_t s) {
       if (state[s] != 0) x.encode(static_cast<slot_t>(s));
+    });
+  else if (derived_terms && x.codes_ready.load(std::memory_order_acquire))
+    detail::parallel_for(slots, [&](std::size_t s) {
+      if (state[s] != 0) x.code_term(static_cast<slot_t>(s)) = x.stored_term(static_cast<slot_t>(s));
     });
   std::make_heap(x.free_slots.begin(), x.free_slots.end(), std::greater<>{});  // (ascending is one already)
   if (!in.mapped())  // the bottom-layer in-link counts that later prunes consult (a mapped index never changes)

@@ -31,14 +31,14 @@ float round_to_grid(const float* a, std::size_t dim, float largest, float limit,
 }  // namespace
 
 float sq8_estimator::term(const scalar_quantizer& sq, metric m, const std::uint8_t* codes) {
-  if (m != metric::l2) return 0.0f;
+  if (m == metric::inner_product) return 0.0f;
   const std::vector<float>& step = sq.steps();
   float t = 0.0f;
   for (std::size_t j = 0; j < step.size(); ++j) {
     const float r = static_cast<float>(codes[j]) * step[j];
     t += r * r;
   }
-  return t;
+  return m == metric::cosine ? 0.5f * t : t;
 }
 
 void sq8_estimator::prepare(const scalar_quantizer& sq, metric m, const float* q) {
@@ -51,10 +51,10 @@ void sq8_estimator::prepare(const scalar_quantizer& sq, metric m, const float* q
   float largest = 0.0f;
   for (std::size_t j = 0; j < dim; ++j) {
     float a = 0.0f;
-    if (m == metric::l2) {
+    if (m != metric::inner_product) {  // cosine: half of L2's (see the header)
       const float u = q[j] - min[j];
-      a = -2.0f * u * step[j];
-      offset += u * u;
+      a = (m == metric::l2 ? -2.0f : -1.0f) * u * step[j];
+      offset += (m == metric::l2 ? 1.0f : 0.5f) * u * u;
     } else {
       a = -q[j] * step[j];
       offset -= q[j] * min[j];
@@ -62,7 +62,6 @@ void sq8_estimator::prepare(const scalar_quantizer& sq, metric m, const float* q
     real_[j] = a;
     largest = std::max(largest, std::abs(a));
   }
-  if (m == metric::cosine) offset += 1.0f;
   offset_ = offset;
   const auto limit = static_cast<float>(dot_u8_i16_limit(dim));
   unit_ = round_to_grid(real_.data(), dim, largest, limit, coeffs_.data());

@@ -13,7 +13,13 @@ namespace shoal::detail {
 
 /// With x̂ = min + step ⊙ c (the sq8 reconstruction of codes c):
 ///  - L2: ‖q − x̂‖² = ‖u‖² + Σ (step_j·c_j)² − 2 Σ u_j·step_j·c_j, u = q − min;
-///  - inner product: −⟨q, x̂⟩ = −⟨q, min⟩ − Σ q_j·step_j·c_j (cosine adds 1).
+///  - inner product: −⟨q, x̂⟩ = −⟨q, min⟩ − Σ q_j·step_j·c_j;
+///  - cosine (unit q, codes of unit rows): half of L2's, ‖q − x̂‖² / 2, which is 1 − ⟨q, x⟩ at x̂ = x and,
+///    unlike 1 − ⟨q, x̂⟩ (until session 44), cancels the error of x̂'s length to first order: on rows in
+///    a narrow cone (offset from the origin) that error outweighed the gaps between neighbours, and
+///    HNSW16,SQ8 traversal fell to R@10 0.164 where full precision gave 0.851 (SQ4: 0.001; a review's
+///    48-d data offset by 1,000). A scorer of non-unit rows under cosine (the IVF coarse pass's
+///    centroids) asks for the inner-product form.
 /// The middle L2 term depends on the codes only (`term`, stored beside them). The code coefficients a_j
 /// (−2·u_j·step_j, or −q_j·step_j) are rounded once per query to integers i_j on a grid
 /// `unit = max|a_j| / L` with L = `dot_u8_i16_limit(dim)` (10,741 at 784 dimensions), so that Σ i_j·c_j
@@ -39,7 +45,7 @@ namespace shoal::detail {
 /// data), and the rounding stays within unit₂/2 · Σ c_j ≤ unit/(4L) · Σ c_j.
 class sq8_estimator {
  public:
-  /// Σ (step_j·c_j)² of one code row under L2; 0 under inner product and cosine.
+  /// Σ (step_j·c_j)² of one code row under L2, half that under cosine, 0 under inner product.
   [[nodiscard]] static float term(const scalar_quantizer& sq, metric m, const std::uint8_t* codes);
 
   /// Sets the estimator up for query `q` (dim floats); `sq` must be a trained sq8 quantizer.
