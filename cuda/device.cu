@@ -18,7 +18,7 @@ std::pair<cudaError_t, int> count_devices() noexcept {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status == cudaSuccess) return {status, count};
-  (void)cudaGetLastError();  // clear the "no driver" error it leaves pending
+  (void)cudaGetLastError();  // clear the error it leaves pending (where the runtime lets it be cleared)
   return {status, 0};
 }
 
@@ -31,6 +31,11 @@ std::string no_device_reason() noexcept {
     const auto [status, count] = count_devices();
     if (count > 0) return {};
     if (status == cudaSuccess || status == cudaErrorNoDevice) return "no CUDA device";
+    // No driver at all reads as one too old for the runtime (error 35): the driver's version tells them
+    // apart, 0 where there is none (as on CI's machines, with the toolkit and no GPU).
+    int driver = 0;
+    if (status == cudaErrorInsufficientDriver && cudaDriverGetVersion(&driver) == cudaSuccess && driver == 0)
+      return "no CUDA device: no CUDA driver is installed";
     // A driver or runtime problem hides the devices: say which (a user with a GPU and an old driver was
     // told there was no device, a review).
     return std::string("no CUDA device usable: ") + cudaGetErrorString(status) + " (" + cudaGetErrorName(status) + ")";

@@ -20,8 +20,9 @@ namespace shoal::detail {
 ///    HNSW16,SQ8 traversal fell to R@10 0.164 where full precision gave 0.851 (SQ4: 0.001; a review's
 ///    48-d data offset by 1,000). A scorer of non-unit rows under cosine (the IVF coarse pass's
 ///    centroids) asks for the inner-product form.
-/// The middle L2 term depends on the codes only (`term`, stored beside them). The code coefficients a_j
-/// (−2·u_j·step_j, or −q_j·step_j) are rounded once per query to integers i_j on a grid
+/// The middle L2 term (halved under cosine) depends on the codes only (`term`, which a caller keeps beside
+/// them). The code coefficients a_j (−2·u_j·step_j under L2, −u_j·step_j under cosine, −q_j·step_j under
+/// inner product) are rounded once per query to integers i_j on a grid
 /// `unit = max|a_j| / L` with L = `dot_u8_i16_limit(dim)` (10,741 at 784 dimensions), so that Σ i_j·c_j
 /// is exact in int32 at every SIMD level and costs one widening and one multiply-add per 32 codes at
 /// AVX-512. The rounding moves an estimate by at most unit/2 · Σ c_j — a few parts in 10⁵ of its range

@@ -17,9 +17,9 @@ namespace shoal::cuda {
 [[nodiscard]] int device_count() noexcept;
 
 /// Why `device_count()` is 0, as the errors of a call without a device say it: "no CUDA device" when the
-/// runtime found none, else its reason, e.g. "CUDA driver version is insufficient for CUDA runtime
-/// version" (a driver older than the runtime: a GPU is there, and the driver needs an update). Empty
-/// when a device is usable. Never throws.
+/// runtime found none, "no CUDA device: no CUDA driver is installed", else the runtime's reason, e.g.
+/// "CUDA driver version is insufficient for CUDA runtime version" (a driver older than the runtime: a GPU
+/// is there, and the driver needs an update). Empty when a device is usable. Never throws.
 [[nodiscard]] std::string no_device_reason() noexcept;
 
 /// Name and compute capability of device `index`, e.g. "NVIDIA H100 80GB HBM3 (sm_90)".
