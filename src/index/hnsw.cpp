@@ -118,9 +118,10 @@ struct query_ctx {
   const detail::sq8_estimator* sq8 = nullptr;
   bool nibbles = false;  // with sq8: the codes are SQ4's packed 4-bit ones
   bool f16 = false;
-  // F16: the estimate is `half_scale` · Σ (q_j − half(c_j))² under l2 (`q` then in the codes' frame), or the
-  // metric's distance from the inner product `half_offset` + `half_scale` · Σ q_j · half(c_j). The defaults
-  // leave the kernels' sums as they are: −0 is the one float that adds to every value without changing it.
+  // F16: the estimate is `half_scale` · Σ (q_j − half(c_j))² under l2 and cosine (`q` then in the codes'
+  // frame; the scale holds cosine's ½), or under inner product the distance from the inner product `half_offset` +
+  // `half_scale` · Σ q_j · half(c_j). The defaults leave the kernels' sums as they are: −0 is the one float that adds
+  // to every value without changing it.
   float half_scale = 1.0f;
   float half_offset = -0.0f;
   /// Whether nodes are scored from their codes rather than their full vectors.
@@ -727,19 +728,23 @@ struct hnsw_index::impl {
     set_half_frame(std::move(centre), half_frame_exponent(std::max(spread, magnitude)));
   }
   /// The F16 form of query `q`. Under l2 the query moves into the codes' frame, q'_j = (q_j − c_j)·2^−e
-  /// (in `s`), and the code-space distance is scaled back by 2^(2e); under inner product and cosine
-  /// ⟨q, x⟩ ≈ ⟨q, c⟩ + 2^e · ⟨q, half(codes)⟩. The identity frame (files before format 1.6) keeps the query
-  /// and the kernels' sums exactly as they were.
+  /// (in `s`), and the code-space distance is scaled back by 2^(2e); under cosine the same, halved
+  /// (‖q − x̂‖² / 2, which cancels the codes' length error where 1 − ⟨q, x̂⟩ took it whole: see
+  /// `sq8_estimator`; a review measured F16 below SQ8 on crowded directions once SQ8 scored so); under
+  /// inner product ⟨q, x⟩ ≈ ⟨q, c⟩ + 2^e · ⟨q, half(codes)⟩. The identity frame (files before format 1.6)
+  /// keeps the query and the kernels' sums as they were (halved under cosine).
   [[nodiscard]] query_ctx prepare_half(const float* q, scratch& s) const {
     query_ctx ctx{.q = q, .f16 = true};
+    const float half = metric == shoal::metric::cosine ? 0.5f : 1.0f;
+    ctx.half_scale = half;
     if (!half_framed) return ctx;
-    if (metric == shoal::metric::l2) {
+    if (metric != shoal::metric::inner_product) {
       s.half_query.resize(dim);
       const float unscale = std::ldexp(1.0f, -half_exponent);
       for (std::size_t j = 0; j < dim; ++j)
         s.half_query[j] = std::clamp((q[j] - half_centre[j]) * unscale, -max_half_query, max_half_query);
       ctx.q = s.half_query.data();
-      ctx.half_scale = std::ldexp(1.0f, 2 * half_exponent);
+      ctx.half_scale = half * std::ldexp(1.0f, 2 * half_exponent);
     } else {
       ctx.half_offset = kern->inner_product(q, half_centre.data(), dim);
       ctx.half_scale = std::ldexp(1.0f, half_exponent);
@@ -748,7 +753,7 @@ struct hnsw_index::impl {
   }
   /// The metric's distance from `ctx`'s query to a node's half-precision codes (`prepare_half`).
   [[nodiscard]] float half_distance(const query_ctx& ctx, const std::uint8_t* c) const noexcept {
-    if (metric == shoal::metric::l2) return ctx.half_scale * half_kern->fp16_l2(ctx.q, c, dim);
+    if (metric != shoal::metric::inner_product) return ctx.half_scale * half_kern->fp16_l2(ctx.q, c, dim);
     return detail::distance_from_inner_product(metric,
                                                ctx.half_offset + ctx.half_scale * half_kern->fp16_ip(ctx.q, c, dim));
   }
