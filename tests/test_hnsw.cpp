@@ -175,21 +175,54 @@ TEST_CASE(
       CHECK(r_f16 >= r_full - 0.06);
       continue;
     }
-    // The file's terms are zeros, as every cosine graph wrote them before (readers of that time estimate
-    // 1 − ⟨q, x̂⟩ from them); a load, copied or mapped, derives them again and searches alike.
-    const std::string path = dir / "cosine.shoal";
+    // HSQT holds zeros, as every cosine graph wrote it before (readers of that time estimate 1 − ⟨q, x̂⟩
+    // from them), and the terms are in the optional HSQH (format 1.9). A load, copied or mapped, searches
+    // alike; so does one of the file without HSQH (as written before 1.9), whose mapped load derives the
+    // terms into memory of its own, 4 bytes a slot, where with HSQH it maps them (deriving them read
+    // every code page: a review).
+    const std::string path = dir / "cosine.shoal", before = dir / "before-1.9.shoal";
     coded.save(path);
-    const std::vector<test::file_section> sections = test::sections_of(test::slurp(path));
-    const auto terms =
-        std::find_if(sections.begin(), sections.end(), [](const test::file_section& x) { return x.tag == "HSQT"; });
-    REQUIRE(terms != sections.end());
-    CHECK(std::all_of(terms->content.begin(), terms->content.end(), [](char b) { return b == 0; }));
-    for (const bool mmap : {false, true}) {
-      const neighbors loaded = hnsw_index::load(path, {.mmap = mmap}).search(f.queries.view(), k, with_ef(test_ef));
-      CHECK(loaded.ids() == got.ids());
-      CHECK(loaded.distances() == got.distances());
-    }
+    const std::vector<char> bytes = test::slurp(path);
+    std::vector<test::file_section> sections = test::sections_of(bytes);
+    const auto named = [&](const char* tag) {
+      return std::find_if(sections.begin(), sections.end(), [&](const test::file_section& x) { return x.tag == tag; });
+    };
+    REQUIRE(named("HSQT") != sections.end());
+    CHECK(std::all_of(named("HSQT")->content.begin(), named("HSQT")->content.end(), [](char b) { return b == 0; }));
+    REQUIRE(named("HSQH") != sections.end());
+    CHECK(named("HSQH")->flags == 0);  // optional: a reader before 1.9 ignores it
+    CHECK(named("HSQH")->content.size() == named("HSQT")->content.size());
+    CHECK_FALSE(
+        std::all_of(named("HSQH")->content.begin(), named("HSQH")->content.end(), [](char b) { return b == 0; }));
+    sections.erase(named("HSQH"));
+    test::spit(before, test::with_sections(bytes, sections));
+    std::size_t mapped_bytes[2] = {};
+    for (const bool old : {false, true})
+      for (const bool mmap : {false, true}) {
+        CAPTURE(old, mmap);
+        const hnsw_index loaded = hnsw_index::load(old ? before : path, {.mmap = mmap});
+        const neighbors again = loaded.search(f.queries.view(), k, with_ef(test_ef));
+        CHECK(again.ids() == got.ids());
+        CHECK(again.distances() == got.distances());
+        if (mmap) mapped_bytes[old ? 1 : 0] = loaded.memory_bytes();
+      }
+    CHECK(mapped_bytes[1] >= mapped_bytes[0] + 4 * coded.size());
   }
+  // HSQH belongs to cosine SQ8 / SQ4 graphs only.
+  hnsw_params sq8;
+  sq8.codes = hnsw_codes::sq8;
+  const std::string l2_path = dir / "l2.shoal";
+  f.build(metric::l2, sq8).save(l2_path);
+  const std::vector<char> l2_bytes = test::slurp(l2_path);
+  std::vector<test::file_section> l2_sections = test::sections_of(l2_bytes);
+  test::file_section extra = *std::find_if(l2_sections.begin(), l2_sections.end(),
+                                           [](const test::file_section& x) { return x.tag == "HSQT"; });
+  extra.tag = "HSQH";
+  extra.flags = 0;
+  l2_sections.push_back(extra);
+  test::spit(l2_path, test::with_sections(l2_bytes, l2_sections));
+  REQUIRE_THROWS_MATCHES(hnsw_index::load(l2_path), shoal::error,
+                         fails_with(errc::corrupt_file, "cosine SQ8 terms in a graph that is not"));
 }
 
 namespace {

@@ -2204,9 +2204,9 @@ hnsw_index hnsw_index::load(const std::string& path, const load_options& options
 
 std::span<const std::uint32_t> detail::index_sections<hnsw_index>::known() {
   constexpr const hnsw_section_tags& t = hnsw_file_tags;
-  static constexpr std::array<std::uint32_t, 13> tags{t.params, t.vectors, t.links0, t.legacy_codes, t.state,
+  static constexpr std::array<std::uint32_t, 14> tags{t.params, t.vectors, t.links0, t.legacy_codes, t.state,
                                                       t.ids,    t.upper,   t.ranges, t.alpha,        t.codes,
-                                                      t.terms,  t.frame,   t.walk};
+                                                      t.terms,  t.frame,   t.walk,   t.half_terms};
   return tags;
 }
 
@@ -2246,13 +2246,19 @@ detail::hnsw_write_lock detail::hnsw_sections::write(const hnsw_index& index, io
   }
   if (hnsw_index::impl::scalar_codes(x.build.codes)) {
     // Under cosine the section holds zeros, as before session 44, when a cosine graph's terms were 0 (its
-    // estimates were 1 − ⟨q, x̂⟩): readers of that time read such a file as they always did, and this
-    // one derives the terms on every load (`sq8_estimator`).
+    // estimates were 1 − ⟨q, x̂⟩): readers of that time read such a file as they always did. The terms go
+    // to their own optional section (format 1.9), which those readers ignore, so that a mapped load need
+    // not derive them from the codes (it read the whole code section to do so: a review).
+    const bool half = x.metric == shoal::metric::cosine;
     out.begin_section(tags.terms);
-    if (x.metric == shoal::metric::cosine)
+    if (half)
       out.append_zeros(chunks * chunk_nodes * sizeof(float));
     else
       for (const auto& c : saved) out.append(std::span<const float>(c->terms, chunk_nodes));
+    if (half) {
+      out.begin_section(tags.half_terms, 0);
+      for (const auto& c : saved) out.append(std::span<const float>(c->terms, chunk_nodes));
+    }
   }
   if (x.build.alpha != 1.0) {  // absent: 1 (files before format 1.1 never have it)
     out.begin_section(tags.alpha);
@@ -2334,9 +2340,12 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   // legacy rows (term, codes, padding), which are converted into owned memory, also under mmap.
   const bool scalar = hnsw_index::impl::scalar_codes(x.build.codes);  // SQ8 or SQ4: terms and ranges
   const bool legacy = in.has(tags.legacy_codes);
-  // A cosine graph's terms are not in its file (zeros there, see `write`): derived from the codes on
-  // every load, into owned memory when mapped.
-  const bool derived_terms = scalar && m == shoal::metric::cosine;
+  // A cosine graph's terms are in their own section since format 1.9 (`HSQT` holds zeros, see `write`);
+  // a file before 1.9 has none, and its terms are derived from the codes, into owned memory when mapped.
+  const bool stored_half = in.has(tags.half_terms);
+  corrupt(!stored_half || (scalar && m == shoal::metric::cosine && !legacy),
+          "cosine SQ8 terms in a graph that is not a cosine SQ8 / SQ4 one");
+  const bool derived_terms = scalar && m == shoal::metric::cosine && !stored_half;
   corrupt(!legacy || x.build.codes != hnsw_codes::sq4, "SQ4 codes in the legacy layout");
   const std::size_t file_code_stride =
       legacy ? hnsw_index::impl::code_row_stride(x.build.codes, dim, sizeof(float)) : x.code_stride;
@@ -2355,6 +2364,8 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
   if (x.code_stride != 0) corrupt(in.section_size(code_tag) == code_bytes, "code section has the wrong size");
   if (scalar && !legacy)
     corrupt(in.section_size(tags.terms) == term_values * sizeof(float), "term section has the wrong size");
+  if (stored_half)
+    corrupt(in.section_size(tags.half_terms) == term_values * sizeof(float), "cosine term section has the wrong size");
 
   // Bulk arrays: spans of the mapping, or read chunk by chunk into owned storage.
   const float* mapped_vectors = nullptr;
@@ -2365,10 +2376,11 @@ hnsw_index detail::hnsw_sections::read(const io::detail::index_file_reader& in, 
     mapped_vectors = in.map<float>(tags.vectors, vec_values).data();
     mapped_links = in.map<slot_t>(tags.links0, link_values).data();
     if (x.code_stride != 0 && !legacy) mapped_codes = in.map<std::uint8_t>(tags.codes, code_bytes).data();
-    if (scalar && !legacy) mapped_terms = in.map<float>(tags.terms, term_values).data();
+    if (scalar && !legacy) mapped_terms = in.map<float>(stored_half ? tags.half_terms : tags.terms, term_values).data();
     x.mapping = in.mapping();
     // A search hops between nodes: read-ahead would only fill memory with nodes it never visits.
-    for (const std::uint32_t tag : {tags.vectors, tags.links0, tags.codes, tags.terms}) in.advise_random(tag);
+    for (const std::uint32_t tag : {tags.vectors, tags.links0, tags.codes, tags.terms, tags.half_terms})
+      in.advise_random(tag);
   } else {
     corrupt(in.section_size(tags.vectors) == vec_values * sizeof(float), "vector section has the wrong size");
     corrupt(in.section_size(tags.links0) == link_values * sizeof(slot_t), "link section has the wrong size");

@@ -17,8 +17,10 @@ namespace shoal::detail {
 /// The tags of a graph's sections. `legacy_codes` is the code section of format 1.0/1.1 (each row an f32
 /// term, then the codes), read and converted but no longer written; `codes` and `terms` replace it.
 /// `frame`: F16 codes' centre and exponent (format 1.6).
+/// `half_terms` (format 1.9, optional): a cosine SQ8 / SQ4 graph's terms, whose `terms` section holds zeros.
 struct hnsw_section_tags {
-  std::uint32_t params, vectors, links0, legacy_codes, state, ids, upper, ranges, alpha, codes, terms, frame, walk;
+  std::uint32_t params, vectors, links0, legacy_codes, state, ids, upper, ranges, alpha, codes, terms, frame, walk,
+      half_terms;
 };
 
 /// A standalone HNSW index file.
@@ -27,7 +29,7 @@ inline constexpr hnsw_section_tags hnsw_file_tags{
     io::detail::make_tag("HCOD"), io::detail::make_tag("HSTA"), io::detail::make_tag("HIDS"),
     io::detail::make_tag("HUPL"), io::detail::make_tag("HSQR"), io::detail::make_tag("HALP"),
     io::detail::make_tag("HCDR"), io::detail::make_tag("HSQT"), io::detail::make_tag("HF16"),
-    io::detail::make_tag("HWLK")};
+    io::detail::make_tag("HWLK"), io::detail::make_tag("HSQH")};
 
 /// The HNSW coarse quantizer of an IVF file (never coded: its codes, ranges and frame tags are never written).
 inline constexpr hnsw_section_tags coarse_graph_tags{
@@ -35,7 +37,7 @@ inline constexpr hnsw_section_tags coarse_graph_tags{
     io::detail::make_tag("QCOD"), io::detail::make_tag("QSTA"), io::detail::make_tag("QIDS"),
     io::detail::make_tag("QUPL"), io::detail::make_tag("QSQR"), io::detail::make_tag("QALP"),
     io::detail::make_tag("QCDR"), io::detail::make_tag("QSQT"), io::detail::make_tag("QF16"),
-    io::detail::make_tag("QWLK")};
+    io::detail::make_tag("QWLK"), io::detail::make_tag("QSQH")};
 
 /// A graph's two writer locks (hnsw.cpp's `adding` and `structure`), held exclusively in that order.
 struct hnsw_write_lock {

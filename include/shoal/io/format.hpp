@@ -16,7 +16,7 @@ namespace shoal {
 /// major version (minor versions only add optional sections or give meaning to reserved fields) and
 /// refuses a newer major with `errc::unsupported`.
 inline constexpr std::uint16_t format_version_major = 1;
-inline constexpr std::uint16_t format_version_minor = 8;
+inline constexpr std::uint16_t format_version_minor = 9;
 
 /// Which index a file holds. The values are stored in files: never renumber, only append.
 enum class index_kind : std::uint32_t {
@@ -51,7 +51,8 @@ struct load_options {
   /// too. That check reads the vector sections a second time (from the page cache when the file fits
   /// there, else from the device again). Below full verification a mapped load trusts the values and
   /// reads no vector pages (IVF-PQ's 8-bit codes under L2 and cosine are still read once, for their
-  /// row terms: docs/pq.md).
+  /// row terms: docs/pq.md; so are the codes of a cosine HNSW SQ8 / SQ4 file written before format 1.9,
+  /// for theirs: docs/format.md `HSQH`).
   bool mmap = false;
   verify_level verify = verify_level::full;
 };
