@@ -784,12 +784,13 @@ struct hnsw_index::impl {
     sq->encode({vec(q), 1, dim}, c);
     code_term(q) = detail::sq8_estimator::term(*sq, metric, c);
   }
-  /// The term of slot q's stored SQ8 / SQ4 codes, as `encode` gives it (for a mapped cosine graph, whose
-  /// file holds none: see `hnsw_sections::write`).
+  /// The term of slot q's stored SQ8 / SQ4 codes, as `encode` gives it (for a mapped cosine graph from a
+  /// file before format 1.9, which holds none: see `hnsw_sections::write`).
   [[nodiscard]] float stored_term(slot_t q) const {
     const std::uint8_t* c = codes(q);
     if (build.codes != hnsw_codes::sq4) return detail::sq8_estimator::term(*sq, metric, c);
-    std::vector<std::uint8_t> unpacked(dim);
+    thread_local std::vector<std::uint8_t> unpacked;  // one per loading thread, not one per node
+    unpacked.resize(dim);
     for (std::size_t j = 0; j < dim; ++j) unpacked[j] = u4_code(c, j);
     return detail::sq8_estimator::term(*sq, metric, unpacked.data());
   }
