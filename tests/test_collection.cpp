@@ -2091,16 +2091,30 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
   o.shards = 4;
   o.rebalance_threshold = 1.5;
   o.semantic_balance = 1.25;
+  // Trains `c` on `rows` and adds them as ids 0 … rows − 1 (returned).
+  const auto fill = [](collection& c, matrix_view<const float> rows) {
+    c.train(rows);
+    std::vector<vector_id> ids(rows.rows);
+    std::iota(ids.begin(), ids.end(), vector_id{0});
+    c.add(rows, ids);
+    return ids;
+  };
+  // `rounds` adds of the 40 rows `rows_of(round)`, as ids `first`, `first` + 1, …, each run waited for.
+  const auto add_rounds = [](collection& c, std::size_t rounds, vector_id first, const auto& rows_of) {
+    for (std::size_t round = 0; round < rounds; ++round) {
+      std::vector<vector_id> more(40);
+      std::iota(more.begin(), more.end(), first + 40 * round);
+      c.add(rows_of(round), more);
+      c.wait_for_rebalance();
+    }
+  };
   for (const bool by_upsert : {false, true}) {
     // Trained on one region, then as much data again from a far one: the add (or the upsert of new
     // ids, which started none before) that tips the largest shard over 1.5x the mean starts a
     // re-clustering in the background.
     CAPTURE(by_upsert);
     collection c(o);
-    c.train(near.view());
-    std::vector<vector_id> ids(3000);
-    std::iota(ids.begin(), ids.end(), vector_id{0});
-    c.add(near.view(), ids);
+    std::vector<vector_id> ids = fill(c, near.view());
     c.wait_for_rebalance();
     CHECK(c.stats().rebalances == 0);
     matrix<float> far = near;
@@ -2124,22 +2138,11 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     matrix<float> data(4000, dim);
     for (std::size_t i = 0; i < 1000; ++i) std::copy_n(near.row(i), dim, data.row(i));
     for (std::size_t i = 1000; i < 4000; ++i) std::copy_n(near.row(0), dim, data.row(i));
-    c.train(data.view());
-    std::vector<vector_id> ids(4000);
-    std::iota(ids.begin(), ids.end(), vector_id{0});
-    c.add(data.view(), ids);
+    (void)fill(c, data.view());
     c.wait_for_rebalance();
     CHECK(c.stats().rebalances == 1);  // the first add over the threshold starts one
-    vector_id next = 10000;
-    const auto add_copies = [&](std::size_t rounds) {  // `rounds` adds of 40 copies, each run waited for
-      for (std::size_t round = 0; round < rounds; ++round, next += 40) {
-        std::vector<vector_id> more(40);
-        std::iota(more.begin(), more.end(), next);
-        c.add(data.view().slice(2000, 40), more);
-        c.wait_for_rebalance();
-      }
-    };
-    add_copies(20);
+    const auto copies = [&](std::size_t) { return data.view().slice(2000, 40); };
+    add_rounds(c, 20, 10000, copies);
     // 800 more vectors: one more run (after 800: the first run left the layout past the threshold, so
     // the wait doubled from a tenth of 4000), where every add would have re-clustered without the wait.
     CHECK(c.stats().rebalances == 2);
@@ -2147,7 +2150,7 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     // Each run that cannot help doubles the wait again: 2,400 more vectors start one run (after 1,920,
     // four tenths of 4,800), where a tenth each time started five (a review: 26 runs while such a
     // collection grew ninefold).
-    add_copies(60);
+    add_rounds(c, 60, 10800, copies);
     CHECK(c.stats().rebalances == 3);
     CHECK(c.size() == 7200);
   }
@@ -2158,10 +2161,7 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     tight.rebalance_threshold = 1.3;
     collection c(tight);
     const matrix<float> spread = make_clustered(4000, dim, 12, 37, 1.0f);
-    c.train(spread.view());
-    std::vector<vector_id> ids(4000);
-    std::iota(ids.begin(), ids.end(), vector_id{0});
-    c.add(spread.view(), ids);
+    const std::vector<vector_id> ids = fill(c, spread.view());
     std::vector<vector_id> copies(3000);
     std::iota(copies.begin(), copies.end(), vector_id{100000});
     matrix<float> same(3000, dim);
@@ -2184,12 +2184,7 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     std::size_t row = 0;
     while (c.shard_of(ids[row]) != largest) ++row;
     for (std::size_t i = 0; i < 40; ++i) std::copy_n(spread.row(row), dim, same.row(i));
-    for (std::size_t round = 0; round < 12; ++round) {
-      std::vector<vector_id> more(40);
-      std::iota(more.begin(), more.end(), vector_id{200000 + 40 * round});
-      c.add(same.view().slice(0, 40), more);
-      c.wait_for_rebalance();
-    }
+    add_rounds(c, 12, 200000, [&](std::size_t) { return same.view().slice(0, 40); });
     CHECK(c.stats().rebalances == futile + 2);
   }
   {
@@ -2202,10 +2197,7 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     slow.index = "HNSW16";
     collection c(slow);
     const matrix<float> spread = make_clustered(6000, dim, 12, 37, 1.0f);
-    c.train(spread.view());
-    std::vector<vector_id> ids(6000);
-    std::iota(ids.begin(), ids.end(), vector_id{0});
-    c.add(spread.view(), ids);
+    const std::vector<vector_id> ids = fill(c, spread.view());
     c.rebalance();
     const std::uint64_t before = c.stats().rebalances;
     std::vector<vector_id> gone;
@@ -2226,12 +2218,7 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     } else {
       // 640 adds pass a tenth of the 6,000 the run began with: a run starts (not before 1,200 if the run
       // had counted as futile).
-      for (std::size_t round = 0; round < 16; ++round) {
-        std::vector<vector_id> more(40);
-        std::iota(more.begin(), more.end(), vector_id{300000 + 40 * round});
-        c.add(spread.view().slice(40 * round, 40), more);
-        c.wait_for_rebalance();
-      }
+      add_rounds(c, 16, 300000, [&](std::size_t round) { return spread.view().slice(40 * round, 40); });
       CHECK(c.stats().rebalances == before + 2);
     }
   }
@@ -2240,10 +2227,7 @@ TEST_CASE("collection: drift starts a background rebalance that does not repeat 
     // the layout the run made from the data it began with stayed (one shard empty, the largest 2.4x the
     // mean, in 2 of 3 tries) until some later add; the run now goes again while they leave it drifted.
     collection c(o);
-    c.train(near.view().slice(0, 2000));
-    std::vector<vector_id> ids(2000);
-    std::iota(ids.begin(), ids.end(), vector_id{0});
-    c.add(near.view().slice(0, 2000), ids);
+    (void)fill(c, near.view().slice(0, 2000));
     matrix<float> far = near;
     for (float& v : far.values) v += 30.0f;
     for (std::size_t batch = 0; batch < 6; ++batch) {
