@@ -2250,16 +2250,12 @@ detail::hnsw_write_lock detail::hnsw_sections::write(const hnsw_index& index, io
     // estimates were 1 − ⟨q, x̂⟩): readers of that time read such a file as they always did. The terms go
     // to their own optional section (format 1.9), which those readers ignore, so that a mapped load need
     // not derive them from the codes (it read the whole code section to do so: a review).
-    const bool half = x.metric == shoal::metric::cosine;
     out.begin_section(tags.terms);
-    if (half)
+    if (x.metric == shoal::metric::cosine) {
       out.append_zeros(chunks * chunk_nodes * sizeof(float));
-    else
-      for (const auto& c : saved) out.append(std::span<const float>(c->terms, chunk_nodes));
-    if (half) {
       out.begin_section(tags.half_terms, 0);
-      for (const auto& c : saved) out.append(std::span<const float>(c->terms, chunk_nodes));
     }
+    for (const auto& c : saved) out.append(std::span<const float>(c->terms, chunk_nodes));
   }
   if (x.build.alpha != 1.0) {  // absent: 1 (files before format 1.1 never have it)
     out.begin_section(tags.alpha);

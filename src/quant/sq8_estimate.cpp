@@ -49,12 +49,13 @@ void sq8_estimator::prepare(const scalar_quantizer& sq, metric m, const float* q
   coeffs_.resize(dim);
   float offset = 0.0f;
   float largest = 0.0f;
+  const float scale = m == metric::cosine ? 0.5f : 1.0f;  // cosine: half of L2's (see the header)
   for (std::size_t j = 0; j < dim; ++j) {
     float a = 0.0f;
-    if (m != metric::inner_product) {  // cosine: half of L2's (see the header)
+    if (m != metric::inner_product) {
       const float u = q[j] - min[j];
-      a = (m == metric::l2 ? -2.0f : -1.0f) * u * step[j];
-      offset += (m == metric::l2 ? 1.0f : 0.5f) * u * u;
+      a = -2.0f * scale * u * step[j];
+      offset += scale * u * u;
     } else {
       a = -q[j] * step[j];
       offset -= q[j] * min[j];
