@@ -1,7 +1,7 @@
 #pragma once
-// Command-line helpers for the examples and shoal-collection-bench. Numbers: the whole text must be the
-// number, within the option's range, or the error names the option (std::stoul takes "-1" as 2^64 - 1
-// and "5x" as 5).
+// Command-line helpers for the examples, shoal-collection-bench and shoal-kmeans-bench. Numbers: the whole text must be
+// the number, within the option's range, or the error names the option (std::stoul takes "-1" as 2^64 - 1 and "5x" as
+// 5).
 
 #include <charconv>
 #include <cstddef>

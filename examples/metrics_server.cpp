@@ -25,6 +25,7 @@
 #include <numeric>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -192,6 +193,23 @@ int main(int argc, char** argv) try {
   std::vector<shoal::vector_id> ids(n);
   std::iota(ids.begin(), ids.end(), shoal::vector_id{0});
 
+  // Listening first: a busy port fails here, before the collection is built (it was found only after, a
+  // few seconds in; a user-eyes review) and before any thread runs that would have to be joined.
+  const int server = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (server < 0) throw std::runtime_error("socket() failed");
+  const int yes = 1;
+  ::setsockopt(server, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = htons(static_cast<std::uint16_t>(o.port));
+  if (::bind(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(server, 16) != 0)
+    throw std::runtime_error("cannot listen on 127.0.0.1:" + std::to_string(o.port) + ": " +
+                             std::system_category().message(errno));
+  socklen_t length = sizeof address;  // the port bound, which --port 0 leaves to the system
+  if (::getsockname(server, reinterpret_cast<sockaddr*>(&address), &length) != 0)
+    throw std::runtime_error("getsockname() failed");
+
   shoal::collection_options co;
   co.dim = dim;
   co.index = o.index;
@@ -205,21 +223,6 @@ int main(int argc, char** argv) try {
   c.add(base.view(), ids);
   std::fprintf(stderr, "shoal-metrics-server: %zu vectors in %zu %s shards of %s\n", n, o.shards, o.sharding.c_str(),
                o.index.c_str());
-
-  // Listening first: a busy port fails here, before any thread runs that would have to be joined.
-  const int server = ::socket(AF_INET, SOCK_STREAM, 0);
-  if (server < 0) throw std::runtime_error("socket() failed");
-  const int yes = 1;
-  ::setsockopt(server, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof yes);
-  sockaddr_in address{};
-  address.sin_family = AF_INET;
-  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  address.sin_port = htons(static_cast<std::uint16_t>(o.port));
-  if (::bind(server, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0 || ::listen(server, 16) != 0)
-    throw std::runtime_error("cannot listen on 127.0.0.1:" + std::to_string(o.port));
-  socklen_t length = sizeof address;  // the port bound, which --port 0 leaves to the system
-  if (::getsockname(server, reinterpret_cast<sockaddr*>(&address), &length) != 0)
-    throw std::runtime_error("getsockname() failed");
   std::fprintf(stderr, "shoal-metrics-server: serving http://127.0.0.1:%d/metrics\n", ntohs(address.sin_port));
 
   std::atomic<bool> stop{false};

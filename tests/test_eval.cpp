@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -91,6 +92,52 @@ TEST_CASE("ground truth of the data itself is the data", "[eval]") {
     CHECK(gt.distance(q, 1) >= gt.distance(q, 0));
   }
   CHECK(recall_at_k(gt, gt, 5) == 1.0);
+}
+
+TEST_CASE("ground truth made under another metric is refused by the metric it fits", "[eval]") {
+  const matrix<float> base = make_clustered(400, 16, 4, 1);
+  const matrix<float> queries = make_clustered(30, 16, 4, 2);
+  const auto ids_of = [](const neighbors& n) {
+    matrix<std::int32_t> ids(n.rows(), n.k());
+    std::transform(n.ids().begin(), n.ids().end(), ids.values.begin(),
+                   [](vector_id id) { return static_cast<std::int32_t>(id); });
+    return ids;
+  };
+  const matrix<std::int32_t> l2 = ids_of(ground_truth(base.view(), queries.view(), 5, metric::l2));
+  const matrix<std::int32_t> ip = ids_of(ground_truth(base.view(), queries.view(), 5, metric::inner_product));
+  CHECK(check_ground_truth_metric(base.view(), queries.view(), l2.view(), 5, metric::l2, "gt.ivecs") == 1.0);
+  CHECK(check_ground_truth_metric(base.view(), queries.view(), ip.view(), 5, metric::inner_product, "gt") == 1.0);
+  REQUIRE_THROWS_MATCHES(
+      check_ground_truth_metric(base.view(), queries.view(), l2.view(), 5, metric::inner_product, "gt.ivecs"),
+      shoal::error,
+      fails_with(errc::invalid_argument,
+                 "gt.ivecs fits the metric l2, not inner_product: exact "
+                 "search of its first 30 queries finds 1 of the"));
+  REQUIRE_THROWS_MATCHES(
+      check_ground_truth_metric(base.view(), queries.view(), ip.view(), 5, metric::l2, "gt", 10), shoal::error,
+      fails_with(errc::invalid_argument, "gt fits the metric inner_product, not l2: exact search of its first 10"));
+  // On unit vectors every metric orders alike: ground truth made under any of them fits the others.
+  matrix<float> unit = base;
+  for (std::size_t r = 0; r < unit.rows; ++r) {
+    float* row = unit.row(r);
+    const float norm = std::sqrt(std::inner_product(row, row + unit.dim, row, 0.0f));
+    std::transform(row, row + unit.dim, row, [norm](float x) { return x / norm; });
+  }
+  const matrix<std::int32_t> unit_l2 = ids_of(ground_truth(unit.view(), queries.view(), 5, metric::l2));
+  for (const metric m : {metric::inner_product, metric::cosine})
+    CHECK(check_ground_truth_metric(unit.view(), queries.view(), unit_l2.view(), 5, m, "gt") >= 0.99);
+  // Ground truth over other vectors fits no metric: reported, not refused.
+  const matrix<float> other = make_clustered(400, 16, 4, 9);
+  const double fit = check_ground_truth_metric(other.view(), queries.view(), l2.view(), 5, metric::l2, "gt");
+  CHECK(fit < 0.5);
+  // A zero base vector, which cosine refuses, leaves cosine out of the comparison.
+  matrix<float> with_zero = base;
+  std::fill_n(with_zero.row(7), with_zero.dim, 0.0f);
+  const matrix<std::int32_t> l2_zero = ids_of(ground_truth(with_zero.view(), queries.view(), 5, metric::l2));
+  CHECK(check_ground_truth_metric(with_zero.view(), queries.view(), l2_zero.view(), 5, metric::l2, "gt") == 1.0);
+  CHECK_THROWS_AS(
+      check_ground_truth_metric(with_zero.view(), queries.view(), l2_zero.view(), 5, metric::inner_product, "gt"),
+      shoal::error);
 }
 
 TEST_CASE("splitmix64 is the reference generator and the data is reproducible", "[eval]") {

@@ -70,6 +70,26 @@ TEST_CASE("shoal-demo checks real files up front and runs its default line-up on
                       "IVF3,PQ4x4fs trains on at least 16 vectors; the base holds 12");
 }
 
+TEST_CASE("shoal-demo refuses ground truth made under another metric before building anything", "[examples]") {
+  // Exact search scored a plausible 0.972 against it, without a word (a user-eyes review).
+  const test::scratch_dir dir("shoal-examples");
+  const matrix<float> base = make_clustered(300, 8, 4, 1);
+  const matrix<float> queries = make_clustered(20, 8, 4, 2);
+  io::write_fvecs(dir / "base.fvecs", base.view());
+  io::write_fvecs(dir / "query.fvecs", queries.view());
+  const neighbors l2 = ground_truth(base.view(), queries.view(), 5, metric::l2);
+  matrix<std::int32_t> ids(l2.rows(), l2.k());
+  std::transform(l2.ids().begin(), l2.ids().end(), ids.values.begin(),
+                 [](vector_id id) { return static_cast<std::int32_t>(id); });
+  io::write_ivecs(dir / "gt.ivecs", ids.view());
+  const std::string demo = std::string(SHOAL_DEMO) + " " + (dir / "base.fvecs") + " " + (dir / "query.fvecs") + " " +
+                           (dir / "gt.ivecs") + " --k 5 --index Flat";
+  const test::outcome ip = test::run_command(demo + " --metric ip");
+  test::check_outcome(ip, 1, "gt.ivecs fits the metric l2, not inner_product");
+  CHECK(ip.output.find("recall@k") == std::string::npos);
+  test::check_outcome(test::run_command(demo + " --metric l2"), 0, "Flat");
+}
+
 TEST_CASE("cross_modal_search refuses image or caption files without vectors", "[examples]") {
   const test::scratch_dir dir("shoal-examples");
   io::write_npy(dir / "images.npy", make_clustered(20, 8, 2, 1).view());
@@ -109,6 +129,16 @@ TEST_CASE("cross_modal_search counts image2text recall over the images a caption
                         (dir / "texts.npy") + " --pairs " + (dir / "pairs.npy") + " --index Flat --k 10");
   test::check_outcome(run, 0, "image2text recall over the 10 of 20 images that a caption describes");
   CHECK(run.output.find("image2text indexed R@1=1.0000") != std::string::npos);
+  CHECK(run.output.find("in-sample") == std::string::npos);
+  // Captions of another dimension: the projection is fitted on the same pairs it is scored on, which
+  // the output says (it did not; a user-eyes review).
+  matrix<float> narrow(40, 6);
+  for (std::size_t c = 0; c < 40; ++c) std::copy_n(texts.row(c), 6, narrow.row(c));
+  io::write_npy(dir / "narrow.npy", narrow.view());
+  test::check_outcome(
+      test::run_command(std::string(SHOAL_CROSS_MODAL_SEARCH) + " --images " + (dir / "images.npy") + " --texts " +
+                        (dir / "narrow.npy") + " --pairs " + (dir / "pairs.npy") + " --index Flat --k 10"),
+      0, "the caption projection is fitted on these same 40 pairs, so the recall below is in-sample");
 }
 
 TEST_CASE("cross_modal_search runs over every kind of shard its --index names", "[examples]") {
@@ -139,6 +169,25 @@ std::string http_exchange(int port, const std::string& request) {
   for (::ssize_t n; (n = ::recv(peer, piece, sizeof piece, 0)) > 0;) answer.append(piece, static_cast<std::size_t>(n));
   ::close(peer);
   return answer;
+}
+
+TEST_CASE("shoal-metrics-server names why it cannot listen, before it builds the collection", "[examples]") {
+  // It said only "cannot listen on 127.0.0.1:N", after building (a user-eyes review).
+  const int taken = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(taken >= 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  REQUIRE(::bind(taken, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0);
+  REQUIRE(::listen(taken, 1) == 0);
+  socklen_t length = sizeof address;
+  REQUIRE(::getsockname(taken, reinterpret_cast<sockaddr*>(&address), &length) == 0);
+  const std::string port = std::to_string(ntohs(address.sin_port));
+  const test::outcome busy =
+      test::run_command(std::string(SHOAL_METRICS_SERVER) + " --port " + port + " --seconds 1 --index Flat --shards 2");
+  ::close(taken);
+  test::check_outcome(busy, 1, "cannot listen on 127.0.0.1:" + port + ": Address already in use");
+  CHECK(busy.output.find("vectors in") == std::string::npos);
 }
 
 TEST_CASE("shoal-metrics-server serves /metrics and answers other requests with their status", "[examples]") {

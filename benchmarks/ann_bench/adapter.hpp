@@ -107,6 +107,14 @@ struct collection_request {
 [[nodiscard]] std::unique_ptr<index_adapter> make_collection_adapter(const index_request& request,
                                                                      const collection_request& layout, std::size_t dim);
 
+/// Throws `config_error` unless the index in the --load file `path`, of metric `stored`, is of the
+/// --metric asked for.
+inline void check_load_metric(const std::string& path, shoal::metric stored, shoal::metric asked) {
+  if (stored != asked)
+    throw config_error("--load: " + path + " holds an index of metric " + metric_name(stored) +
+                       ", not the --metric asked for, " + metric_name(asked));
+}
+
 /// A library measured beside shoal, found at configure time.
 struct peer_library {
   std::string_view name;

@@ -53,6 +53,15 @@ void check_truth(const dataset& d, const options& o) {
     throw config_error(std::string(e.message()) +
                        (outside && o.max_base != 0 ? " (--max-base cuts the base: omit --gt to compute it)" : ""));
   }
+  double fit = 1.0;
+  try {
+    fit = check_ground_truth_metric(d.base, d.queries, t.view(), o.k, o.metric, "ground truth " + file);
+  } catch (const shoal::error& e) {
+    throw config_error(std::string(e.message()) + " (check --metric)");
+  }
+  if (fit < 0.99)
+    std::cerr << "shoal-ann-bench: warning: exact search finds only " << fit << " of the neighbours ground truth "
+              << file << " lists for its first queries: were they made over other base vectors?\n";
 }
 
 }  // namespace

@@ -190,8 +190,15 @@ options parse_options(std::span<const char* const> args) {
   // are built whatever --load says, so with them the parameters still count.
   if (!o.load.empty() && !o.build_params.empty() && !o.peers)
     throw usage_error("--build-param has no effect with --load and no peers (the file holds an index already built)");
-  if (o.shards == 0 && (o.sharding != "hash" || o.replicas != 1 || o.groups != 0))
-    throw usage_error("--sharding, --replicas and --groups need --shards");
+  // Given at all, even at their defaults (--sharding hash alone ran one index without a word; a user-eyes
+  // review), and --shard-probe too (refused as a search parameter HNSW16 does not know).
+  const auto was_given = [&](std::string_view name) {
+    return std::find(given.begin(), given.end(), name) != given.end();
+  };
+  const bool probes =
+      std::any_of(o.sweeps.begin(), o.sweeps.end(), [](const sweep_axis& a) { return a.name == "shard_probe"; });
+  if (o.shards == 0 && (was_given("--sharding") || was_given("--replicas") || was_given("--groups") || probes))
+    throw usage_error("--sharding, --replicas, --groups and --shard-probe need --shards");
   if (o.groups != 0 && o.sharding != "hybrid") throw usage_error("--groups needs --sharding hybrid");
   if (o.shards > 0 && (!o.save.empty() || !o.load.empty()))
     throw usage_error("--save / --load work on one index, not with --shards");

@@ -48,9 +48,7 @@ class shoal_adapter : public index_adapter {
       if constexpr (requires(const Index& i) { describe(i); })
         if (describe(*index_) != spec_)
           throw config_error("--load: " + path + " holds " + describe(*index_) + ", not " + spec_);
-      if (index_->metric() != metric_)
-        throw config_error("--load: " + path + " holds an index of metric " + metric_name(index_->metric()) +
-                           ", not the --metric asked for, " + metric_name(metric_));
+      check_load_metric(path, index_->metric(), metric_);
       if (index_->size() != base.rows || index_->dim() != base.dim)
         throw config_error("--load: " + path + " holds " + std::to_string(index_->size()) + " vectors of dimension " +
                            std::to_string(index_->dim()) + ", --base " + std::to_string(base.rows) + " of dimension " +
@@ -305,6 +303,9 @@ std::string resolve_spec(const std::string& spec, std::size_t dim, shoal::metric
   try {
     return make_index(spec, dim, m).description();
   } catch (const shoal::error& e) {  // the factory's message names the bad token
+    // A spec the grammar knows but no index builds yet is not "unknown" (a user-eyes review).
+    if (e.code() == errc::unsupported)
+      throw config_error("index spec '" + spec + "' is not built by this version: " + std::string(error_text(e)));
     throw config_error(unknown_spec(spec) + "; make_index says: " + std::string(error_text(e)));
   }
 }

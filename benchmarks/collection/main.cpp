@@ -9,8 +9,10 @@
 // id) with probability --upsert-fraction, otherwise a one-query search of a random QUERY row. Prints
 // the throughput (operations over the measured time) and the p50 / p99 latency of searches and of
 // upserts, measured per operation with steady_clock (exact percentiles from every sample, not histogram
-// buckets). --ef is read by HNSW shards, --nprobe by IVF shards (0: the index default); the CSV row
-// reports both. An upsert's perturbation is symmetric noise of 1% of the base's value spread.
+// buckets). --ef is read by shards whose spec holds HNSW (default 64), --nprobe by those whose spec holds
+// IVF (0: the index default); either given to shards that do not read it is refused, as is an option
+// given twice, and the CSV row reports 0 for a knob the shards do not read. An upsert's perturbation is symmetric noise
+// of 1% of the base's value spread.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -44,7 +46,7 @@ options parse(int argc, char** argv) {
   using shoal::examples::whole_number;
   constexpr auto unbounded = static_cast<std::size_t>(-1);
   options o;
-  std::vector<std::string> files;
+  std::vector<std::string> files, given;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "-h" || arg == "--help") {  // was taken for an option missing its value (a review)
@@ -59,6 +61,9 @@ options parse(int argc, char** argv) {
       continue;
     }
     if (i + 1 >= argc) throw std::invalid_argument(arg + " needs a value");
+    // shoal-ann-bench refuses repeats too: the last one won here, silently (a user-eyes review).
+    if (std::find(given.begin(), given.end(), arg) != given.end()) throw std::invalid_argument(arg + " is given twice");
+    given.push_back(arg);
     const std::string v = argv[++i];
     if (arg == "--index")
       o.index = v;
@@ -86,6 +91,16 @@ options parse(int argc, char** argv) {
       throw std::invalid_argument("unknown option " + arg);
   }
   if (files.size() != 2) throw std::invalid_argument("usage: shoal-collection-bench BASE QUERY [options]");
+  // A knob the shards never read was written into the CSV row as if it had been used (a user-eyes review).
+  const auto reads = [&](const char* family, const char* option, std::size_t& knob) {
+    if (o.index.find(family) != std::string::npos) return;
+    if (std::find(given.begin(), given.end(), option) != given.end())
+      throw std::invalid_argument(std::string(option) + " has no effect on " + o.index + " shards (read by " + family +
+                                  ")");
+    knob = 0;
+  };
+  reads("HNSW", "--ef", o.ef);
+  reads("IVF", "--nprobe", o.nprobe);
   if (o.upsert_fraction > 1)
     throw std::invalid_argument("--upsert-fraction needs a number in [0, 1], got " + std::to_string(o.upsert_fraction));
   if (o.seconds == 0) throw std::invalid_argument("--seconds needs a number > 0");

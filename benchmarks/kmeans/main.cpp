@@ -21,6 +21,7 @@
 
 #include <tbb/task_arena.h>
 
+#include "args.hpp"
 #include "shoal/cluster/kmeans.hpp"
 #include "shoal/distance/distance.hpp"
 #include "shoal/io/vecs.hpp"
@@ -50,16 +51,21 @@ double imbalance(const shoal::matrix<float>& base, shoal::matrix_view<const floa
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc < 4) {
+  if (argc < 4 || argc > 7) {
     std::fprintf(stderr, "usage: shoal-kmeans-bench BASE K ITERATIONS [THREADS] [MAX_BASE] [auto|off|GROUPS]\n");
     return 2;
   }
+  using shoal::examples::whole_number;
+  constexpr auto any = static_cast<std::size_t>(-1);
   try {
-    const std::size_t k = std::stoul(argv[2]);
-    const std::size_t iterations = std::stoul(argv[3]);
-    const int threads = argc > 4 ? std::stoi(argv[4]) : 1;
-    const std::size_t max_base = argc > 5 ? std::stoul(argv[5]) : 0;
+    const std::size_t k = whole_number("K", argv[2], 1, any);
+    // Bounded: "-1" once ran 2^64 - 1 iterations, silently (a user-eyes review).
+    const std::size_t iterations = whole_number("ITERATIONS", argv[3], 1, 100'000);
+    const int threads = argc > 4 ? static_cast<int>(whole_number("THREADS", argv[4], 1, 4096)) : 1;
+    const std::size_t max_base = argc > 5 ? whole_number("MAX_BASE", argv[5], 0, any) : 0;
     const std::string bounds = argc > 6 ? argv[6] : "auto";
+    const std::size_t groups =
+        bounds == "off" || bounds == "auto" ? 0 : whole_number("BOUNDS (auto, off or groups)", bounds, 1, any);
     const shoal::matrix<float> base = shoal::io::read_vectors(argv[1], max_base);
     std::printf("library,k,iterations,points,dim,threads,simd,seconds,objective,bounds,imbalance\n");
 
@@ -69,7 +75,7 @@ int main(int argc, char** argv) {
     params.init = shoal::kmeans_init::random;
     params.max_points_per_centroid = 256;
     params.triangle_bounds = bounds != "off";
-    if (bounds != "off" && bounds != "auto") params.bound_groups = std::stoul(bounds);
+    params.bound_groups = groups;
     shoal::kmeans_result result;
     const auto start = std::chrono::steady_clock::now();
     tbb::task_arena(threads).execute([&] { result = shoal::kmeans(base.view(), params); });

@@ -91,6 +91,33 @@ neighbors ground_truth(matrix_view<const float> base, matrix_view<const float> q
   return index.search(queries, k);
 }
 
+double check_ground_truth_metric(matrix_view<const float> base, matrix_view<const float> queries,
+                                 matrix_view<const std::int32_t> truth, std::size_t k, metric m, std::string_view what,
+                                 std::size_t sample) {
+  const std::size_t rows = std::min({sample, queries.rows, truth.rows});
+  const matrix_view<const float> first{queries.data, rows, queries.dim, queries.stride};
+  const matrix_view<const std::int32_t> listed{truth.data, rows, truth.dim, truth.stride};
+  const auto fit = [&](metric under) { return recall_at_k(ground_truth(base, first, k, under), listed, k); };
+  // Made under another metric: that one finds (nearly) every listed id, and clearly more than `m` —
+  // on unit vectors every metric orders alike, and rounding alone must not decide.
+  constexpr double fits = 0.999, margin = 0.005;
+  const double asked = fit(m);
+  if (asked >= fits) return asked;
+  for (const metric other : {metric::l2, metric::inner_product, metric::cosine}) {
+    if (other == m) continue;
+    double recall = 0.0;
+    try {
+      recall = fit(other);
+    } catch (const error&) {  // e.g. zero vectors, which cosine refuses: that metric cannot have made it
+      continue;
+    }
+    SHOAL_CHECK(recall < fits || recall < asked + margin, what, " fits the metric ", metric_name(other), ", not ",
+                metric_name(m), ": exact search of its first ", rows, " queries finds ", recall,
+                " of the neighbours it lists under ", metric_name(other), ", ", asked, " under ", metric_name(m));
+  }
+  return asked;
+}
+
 float splitmix64::normal() noexcept {
   // Box–Muller; u1 in (0, 1] keeps the logarithm finite.
   const float u1 = 1.0f - uniform();

@@ -38,6 +38,20 @@ void check_ground_truth(matrix_view<const std::int32_t> truth, std::size_t k, st
 /// The same with ids in a `neighbors` (e.g. from `ground_truth`).
 [[nodiscard]] double recall_at_k(const neighbors& result, const neighbors& truth, std::size_t k);
 
+/// How well `truth` (checked by `check_ground_truth`) fits exact search under `m`: the recall@k of
+/// `ground_truth` under `m` for its first `sample` queries (at most) against its first `sample` rows,
+/// 1 for a file made under `m` (up to ties), which the caller may report where it falls short (ground
+/// truth over other vectors, or padded with -1). Throws `shoal::error` (`errc::invalid_argument`,
+/// prefixed by `what`) when the file was made under another metric: the recall under another metric is
+/// at least 0.999 and higher than under `m` by 0.005 or more (on unit vectors every metric orders
+/// alike, up to rounding). Recall against the wrong metric's ground truth stays plausible (a user-eyes
+/// review: exact search under inner product scored 0.972 against bigann10k's l2 file, under cosine
+/// 0.991), so without this check a mistyped `--metric` goes unseen.
+/// Costs up to three exact searches of `sample` queries.
+double check_ground_truth_metric(matrix_view<const float> base, matrix_view<const float> queries,
+                                 matrix_view<const std::int32_t> truth, std::size_t k, metric m, std::string_view what,
+                                 std::size_t sample = 100);
+
 /// Exact k nearest neighbours of `queries` among `base` (ids = row numbers), via the flat index.
 [[nodiscard]] neighbors ground_truth(matrix_view<const float> base, matrix_view<const float> queries, std::size_t k,
                                      metric m);
