@@ -239,6 +239,14 @@ TEST_CASE("collection: bad options and bad input are shoal::errors that name the
                          fails_with(errc::invalid_argument, "dimension 16777217 is outside [1, 16777216]"));
   o = options_for(sharding::hash, 8, static_cast<metric>(3));
   REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "unknown metric 3"));
+  // Policies cast from integers: each was served and acknowledged, and the directory then refused by open.
+  o = options_for(static_cast<sharding>(9), 8, metric::cosine);
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error,
+                         fails_with(errc::invalid_argument, "unknown sharding policy 9 (expected hash, range"));
+  o = options_for(sharding::hash, 8, metric::cosine);
+  o.sync = static_cast<wal_sync>(9);
+  REQUIRE_THROWS_MATCHES(collection(o), shoal::error,
+                         fails_with(errc::invalid_argument, "unknown log sync policy 9 (expected every_write"));
   o = options_for(sharding::hash, 8, metric::cosine);
   o.shards = 0;
   REQUIRE_THROWS_MATCHES(collection(o), shoal::error, fails_with(errc::invalid_argument, "shards must be"));

@@ -2,6 +2,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
@@ -42,6 +43,12 @@ TEST_CASE("metric names round-trip and unknown names are rejected", "[core]") {
   for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) CHECK(parse_metric(metric_name(m)) == m);
   CHECK(parse_metric("ip") == metric::inner_product);
   CHECK(parse_metric("cos") == metric::cosine);
+  CHECK(parse_metric("COS") == metric::cosine);
+  CHECK(parse_metric("Cosine") == metric::cosine);
+  CHECK(parse_metric("INNER_PRODUCT") == metric::inner_product);
+  CHECK(parse_metric("L2") == metric::l2);
+  CHECK_THROWS_AS(parse_metric("l"), shoal::error);
+  CHECK_THROWS_AS(parse_metric("cosines"), shoal::error);
   REQUIRE_THROWS_MATCHES(parse_metric("hamming"), shoal::error, fails_with(errc::invalid_argument, "hamming"));
 }
 
@@ -167,6 +174,13 @@ TEST_CASE("id_filter holds small predicates by value, so a temporary may be stor
   const id_filter null_function = none;
   CHECK_FALSE(static_cast<bool>(null_function));
   CHECK(null_function.accepts(10));
+  // So is an empty std::function (referenced, so tested when called: it threw std::bad_function_call).
+  std::function<bool(vector_id)> later;
+  const id_filter empty_function = later;
+  CHECK(empty_function.accepts(10));
+  later = below_ten;
+  CHECK_FALSE(empty_function.accepts(10));
+  CHECK(empty_function.accepts(9));
   // A predicate too large or not trivially copyable is referenced: an lvalue converts, a temporary does
   // not compile.
   const std::vector<vector_id> allowed{1, 7};

@@ -808,6 +808,14 @@ TEST_CASE("read_index_file_info and load_index skip the header checksum at verif
   CHECK(read_index_file_info(path, verify_level::none).count == 50);
   // load_index read the kind with the header checksum checked, whatever the caller asked.
   CHECK(load_index(path, {.verify = verify_level::none}).size() == 50);
+  // A level cast from an integer is refused: 9 read as `header`, skipping the checks `full` makes.
+  const auto unknown = fails_with(errc::invalid_argument, "unknown verify level 9 (expected none, header or full)");
+  const auto nine = static_cast<verify_level>(9);
+  for (const bool mmap : {false, true}) {
+    REQUIRE_THROWS_MATCHES(load_index(path, {.mmap = mmap, .verify = nine}), shoal::error, unknown);
+    REQUIRE_THROWS_MATCHES(flat_index::load(path, {.mmap = mmap, .verify = nine}), shoal::error, unknown);
+  }
+  REQUIRE_THROWS_MATCHES(read_index_file_info(path, nine), shoal::error, unknown);
 }
 
 TEST_CASE("damaged files: stored vectors add would refuse are corrupt in a copied load, whatever the checksums",

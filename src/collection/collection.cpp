@@ -77,6 +77,15 @@ void check_returns_vectors(const std::string& spec, const shard_traits& kind, co
 shard_traits validate(const collection_options& o) {
   detail::check_dimension(o.dim, "collection");
   detail::check_metric(o.metric, "collection");
+  // Values cast from integers (a config file, a binding): unchecked, one was served and acknowledged and
+  // then refused by open (a user-eyes review).
+  SHOAL_CHECK(o.policy == sharding::hash || o.policy == sharding::range || o.policy == sharding::semantic ||
+                  o.policy == sharding::hybrid,
+              "collection: unknown sharding policy ", static_cast<int>(o.policy),
+              " (expected hash, range, semantic or hybrid)");
+  SHOAL_CHECK(o.sync == wal_sync::every_write || o.sync == wal_sync::os_buffered,
+              "collection: unknown log sync policy ", static_cast<int>(o.sync),
+              " (expected every_write or os_buffered)");
   SHOAL_CHECK(o.shards >= 1 && o.shards <= max_shards, "collection: shards must be in [1, ", max_shards, "], got ",
               o.shards);
   SHOAL_CHECK(o.replicas >= 1 && o.replicas <= max_replicas, "collection: replicas must be in [1, ", max_replicas,

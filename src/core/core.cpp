@@ -1,5 +1,7 @@
 // Out-of-line pieces of core/: error plumbing and metric names.
 
+#include <algorithm>
+#include <cctype>
 #include <new>
 #include <string>
 
@@ -87,9 +89,14 @@ const char* metric_name(metric m) noexcept {
 }
 
 metric parse_metric(std::string_view name) {
-  if (name == "l2" || name == "L2") return metric::l2;
-  if (name == "ip" || name == "inner_product" || name == "IP") return metric::inner_product;
-  if (name == "cos" || name == "cosine") return metric::cosine;
+  // In any case, as SHOAL_SIMD: "L2" and "IP" were taken, "COS" and "Cosine" refused (a user-eyes review).
+  const auto is = [&](std::string_view known) {
+    return std::equal(name.begin(), name.end(), known.begin(), known.end(),
+                      [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
+  };
+  if (is("l2")) return metric::l2;
+  if (is("ip") || is("inner_product")) return metric::inner_product;
+  if (is("cos") || is("cosine")) return metric::cosine;
   SHOAL_CHECK(false, "unknown metric '", name, "' (use l2, ip or cos)");
   return metric::l2;  // unreachable
 }

@@ -40,6 +40,7 @@ const char* index_kind_name(index_kind kind) noexcept {
 }
 
 index_file_info read_index_file_info(const std::string& path, verify_level verify) {
+  io::detail::check_verify_level(verify);
   const io::detail::index_file_reader reader(
       path, {.mmap = false, .verify = verify == verify_level::none ? verify_level::none : verify_level::header});
   return reader.info();
@@ -253,7 +254,15 @@ void check_writable(const file_mapping* mapping, const char* what) {
 }
 
 // ------------------------------------------------------------------------------------------- reader
+void check_verify_level(verify_level verify) {
+  // A value cast from an integer read as `header`: section checksums (and a mapping's value check)
+  // skipped, silently (a user-eyes review).
+  SHOAL_CHECK(verify == verify_level::none || verify == verify_level::header || verify == verify_level::full,
+              "load: unknown verify level ", static_cast<int>(verify), " (expected none, header or full)");
+}
+
 index_file_reader::index_file_reader(const std::filesystem::path& path, const load_options& options) : file_(path) {
+  check_verify_level(options.verify);
   const std::string& name = file_.name();
   const std::uint64_t size = file_.size();
   std::array<std::byte, header_bytes> head{};

@@ -166,6 +166,9 @@ struct section_entry {
   std::uint32_t crc = 0;
 };
 
+/// Throws `shoal::error` (`errc::invalid_argument`) unless `verify` is one of the `verify_level` values.
+void check_verify_level(verify_level verify);
+
 /// Opens, checks and (optionally) maps an index file; the constructor throws `shoal::error` that says
 /// what is wrong (see `load_options` and `verify_level`).
 class index_file_reader {

@@ -24,7 +24,8 @@ class coarse_probe;
 /// index being searched holds read locks: it may search or query other indexes, but must not call into
 /// the one it filters (`contains`, `vector`, a search, a write) — with a writer waiting on those locks,
 /// such a call can deadlock (IVF-Flat's `contains` did under a running `add`).
-/// A null function pointer makes an empty filter. The predicate receives the whole 64-bit id: one
+/// A null function pointer makes an empty filter; so does an empty `std::function` (referenced: empty
+/// when the search calls it). The predicate receives the whole 64-bit id: one
 /// declared with a narrower parameter (`[](std::uint32_t id) ...`) sees ids beyond its range wrapped,
 /// and accepts or rejects the wrong ones.
 class id_filter {
@@ -59,6 +60,10 @@ class id_filter {
       call_ = [](const void* storage, vector_id id) {
         const F* referenced = nullptr;
         std::memcpy(&referenced, storage, sizeof referenced);
+        // An empty std::function, as a null pointer, accepts every id (it threw std::bad_function_call
+        // out of the search). Tested as the search calls it: the caller may assign it later.
+        if constexpr (std::is_constructible_v<bool, const F&>)
+          if (!static_cast<bool>(*referenced)) return true;
         return static_cast<bool>((*referenced)(id));
       };
     }

@@ -42,7 +42,7 @@ enum class metric { l2, inner_product, cosine };
 /// "l2", "inner_product" or "cosine".
 [[nodiscard]] const char* metric_name(metric m) noexcept;
 
-/// Parses "l2" / "L2", "ip" / "inner_product", "cos" / "cosine"; throws `shoal::error` otherwise.
+/// Parses "l2", "ip" / "inner_product", "cos" / "cosine" in any case; throws `shoal::error` otherwise.
 [[nodiscard]] metric parse_metric(std::string_view name);
 
 /// Non-owning view of a row-major matrix: `rows` vectors of `dim` elements, row i at `data + i * stride`
@@ -165,6 +165,9 @@ struct matrix {
   [[nodiscard]] const T* row(std::size_t i) const noexcept { return values.data() + i * dim; }
   [[nodiscard]] matrix_view<const T> view() const noexcept { return {values.data(), rows, dim, dim}; }
   [[nodiscard]] matrix_view<T> mutable_view() noexcept { return {values.data(), rows, dim, dim}; }
+  /// As `std::string` to `std::string_view`, a temporary converts too: safe as an argument (the matrix
+  /// lives to the end of the call's statement), dangling once stored —
+  /// `matrix_view<const float> q = make_uniform(4, 16, 7);` leaves `q` pointing at freed memory.
   operator matrix_view<const T>() const noexcept { return view(); }  // NOLINT(google-explicit-constructor)
 };
 
