@@ -17,7 +17,7 @@
 /// images.train(sample);                       // semantic routing: k-means over the sample
 /// images.add(vectors, ids);
 /// auto hits = images.search(queries, 10, {.ef = 128, .shard_probe = 2});
-/// images.upsert(new_vector, id);              // seen by every search that starts after it returns
+/// images.upsert(new_vectors, their_ids);      // seen by every search that starts after it returns
 /// images.checkpoint();                        // snapshot the shards, empty the log
 /// ```
 ///

@@ -10,8 +10,10 @@
 /// shoal::refine_index index(shoal::make_index("IVF1024,PQ64x4fs", 768), shoal::flat_index(768));
 /// index.train(sample);
 /// index.add(vectors, ids);                    // into both stages
-/// index.exact().save("vectors.shoal");        // later: the full vectors from disk
-/// shoal::refine_index served(std::move(coarse), shoal::flat_index::load("vectors.shoal", {.mmap = true}));
+/// index.coarse().save("codes.shoal");
+/// index.exact().save("vectors.shoal");        // later: the codes in RAM, the full vectors from disk
+/// shoal::refine_index served(shoal::load_index("codes.shoal"),
+///                            shoal::flat_index::load("vectors.shoal", {.mmap = true}));
 /// auto hits = served.search(queries, 10, {.nprobe = 16, .refine_factor = 4});
 /// ```
 ///
