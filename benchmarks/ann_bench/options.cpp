@@ -240,8 +240,10 @@ void print_usage(std::ostream& out) {
          "\nexit status: 0 success, 1 a failure while reading or running, 2 a bad command line or a parameter\n"
          "the index or the data rejects (unknown option, index spec or parameter; a value out of the index's or\n"
          "the collection's range, or too large for the data, e.g. more IVF lists than base vectors; ground truth\n"
-         "that does not fit the queries, k or the base). Options, specs, sweep points and the --shards layout\n"
-         "are checked before the data is read (its first row gives the dimension).\n";
+         "that does not fit the queries, k or the base, or that fits another metric better than --metric: exact\n"
+         "search of its first 100 queries is compared under each). Options, specs, sweep points, the --shards\n"
+         "layout and the --load file's header are checked before the data is read (its first row gives the\n"
+         "dimension).\n";
 }
 
 }  // namespace shoal::bench
