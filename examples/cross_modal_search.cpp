@@ -160,9 +160,9 @@ dataset load(const options& opt) {
     // Said where the recall is read: it measures the fit on the pairs it was made from, not on unseen
     // captions (SIFT vectors as "images" scored R@1 0.998 in silence; a user-eyes review).
     std::printf(
-        "note: the dimensions differ (%zu vs %zu): the caption projection is fitted on these same %zu "
-        "pairs, so the recall below is in-sample\n",
-        d.texts.dim, d.images.dim, d.texts.rows);
+        "note: images %zu-d, captions %zu-d: the caption projection is fitted on these same %zu pairs, so the "
+        "recall below is in-sample\n",
+        d.images.dim, d.texts.dim, d.texts.rows);
     d.train_texts = d.texts;
     d.train_images = shoal::matrix<float>(d.texts.rows, d.images.dim);
     for (std::size_t c = 0; c < d.texts.rows; ++c)

@@ -77,11 +77,7 @@ TEST_CASE("shoal-demo refuses ground truth made under another metric before buil
   const matrix<float> queries = make_clustered(20, 8, 4, 2);
   io::write_fvecs(dir / "base.fvecs", base.view());
   io::write_fvecs(dir / "query.fvecs", queries.view());
-  const neighbors l2 = ground_truth(base.view(), queries.view(), 5, metric::l2);
-  matrix<std::int32_t> ids(l2.rows(), l2.k());
-  std::transform(l2.ids().begin(), l2.ids().end(), ids.values.begin(),
-                 [](vector_id id) { return static_cast<std::int32_t>(id); });
-  io::write_ivecs(dir / "gt.ivecs", ids.view());
+  io::write_ivecs(dir / "gt.ivecs", ground_truth_ids(ground_truth(base.view(), queries.view(), 5, metric::l2)).view());
   const std::string demo = std::string(SHOAL_DEMO) + " " + (dir / "base.fvecs") + " " + (dir / "query.fvecs") + " " +
                            (dir / "gt.ivecs") + " --k 5 --index Flat";
   const test::outcome ip = test::run_command(demo + " --metric ip");

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <string_view>
 
 #include "shoal/core/neighbors.hpp"
@@ -38,19 +39,24 @@ void check_ground_truth(matrix_view<const std::int32_t> truth, std::size_t k, st
 /// The same with ids in a `neighbors` (e.g. from `ground_truth`).
 [[nodiscard]] double recall_at_k(const neighbors& result, const neighbors& truth, std::size_t k);
 
-/// How well `truth` (checked by `check_ground_truth`) fits exact search under `m`: the recall@k of
-/// `ground_truth` under `m` for its first `sample` queries (at most) against its first `sample` rows,
-/// 1 for a file made under `m` (up to ties), which the caller may report where it falls short (ground
-/// truth over other vectors, or padded with -1). Throws `shoal::error` (`errc::invalid_argument`,
-/// prefixed by `what`) when the file was made under another metric: the recall under another metric is
-/// at least 0.999 and higher than under `m` by 0.005 or more (on unit vectors every metric orders
-/// alike, up to rounding). Recall against the wrong metric's ground truth stays plausible (a user-eyes
-/// review: exact search under inner product scored 0.972 against bigann10k's l2 file, under cosine
-/// 0.991), so without this check a mistyped `--metric` goes unseen.
-/// Costs up to three exact searches of `sample` queries.
-double check_ground_truth_metric(matrix_view<const float> base, matrix_view<const float> queries,
-                                 matrix_view<const std::int32_t> truth, std::size_t k, metric m, std::string_view what,
-                                 std::size_t sample = 100);
+/// Checks that `truth` (already checked by `check_ground_truth`) was made under `m`, on its first
+/// `sample` rows (at most): a listed id fits a metric when its distance under it is within rounding
+/// (10⁻⁵ relative; absolute for cosine) of the k-th smallest over `base`, so that ties and near-ties broken another way
+/// (double precision, another library) still fit. Throws `shoal::error` (`errc::invalid_argument`,
+/// prefixed by `what`) when another metric fits at least 99.9% of the listed ids and `m` clearly fewer
+/// (by 0.5% and two ids): against the wrong metric's file exact search still scores a plausible recall
+/// (a user-eyes review: 0.972 under inner product and 0.991 under cosine on bigann10k's l2 file), so a
+/// mistyped metric went unseen. Returns a warning for the caller to show when fewer than 99% fit `m`
+/// and no other metric fits (ground truth over other vectors, or padded with -1), else an empty string;
+/// also empty when a distance is NaN (NaN values, which the index will refuse).
+/// Scans `base` in place (no copy) once per metric tried, on the caller's oneTBB arena.
+[[nodiscard]] std::string check_ground_truth_metric(matrix_view<const float> base, matrix_view<const float> queries,
+                                                    matrix_view<const std::int32_t> truth, std::size_t k, metric m,
+                                                    std::string_view what, std::size_t sample = 100);
+
+/// The ids of `n` as `.ivecs` ground truth holds them (int32, row numbers). Throws `shoal::error` for an
+/// id past 2³¹ − 1 (`no_id`, a missing neighbour, becomes -1).
+[[nodiscard]] matrix<std::int32_t> ground_truth_ids(const neighbors& n);
 
 /// Exact k nearest neighbours of `queries` among `base` (ids = row numbers), via the flat index.
 [[nodiscard]] neighbors ground_truth(matrix_view<const float> base, matrix_view<const float> queries, std::size_t k,
