@@ -181,6 +181,16 @@ TEST_CASE("id_filter holds small predicates by value, so a temporary may be stor
   later = below_ten;
   CHECK_FALSE(empty_function.accepts(10));
   CHECK(empty_function.accepts(9));
+  // Only a std::function: another predicate's operator bool means what its type says (an empty
+  // allow-list rejects every id; a review found it accepting every one).
+  struct allow_list {
+    std::vector<vector_id> ids;
+    explicit operator bool() const { return !ids.empty(); }
+    bool operator()(vector_id id) const { return std::find(ids.begin(), ids.end(), id) != ids.end(); }
+  };
+  const allow_list nobody;
+  const id_filter none_allowed = nobody;
+  CHECK_FALSE(none_allowed.accepts(3));
   // A predicate too large or not trivially copyable is referenced: an lvalue converts, a temporary does
   // not compile.
   const std::vector<vector_id> allowed{1, 7};

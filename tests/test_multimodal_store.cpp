@@ -758,6 +758,20 @@ TEST_CASE("multimodal_store: collections made after open are durable once saved 
     const std::vector<float> stray(image_dim, 1.0f);
     mirror.add({stray.data(), 1, image_dim}, std::vector<vector_id>{555});
   }
+  // A repair that cannot be written (a full disk) is an I/O error, not a damaged store (it read as
+  // corrupt_file; a review).
+  detail::set_save_hook([](std::uint64_t) { throw shoal::error(errc::io_error, "injected: the disk is full"); });
+  const auto full = [&] {
+    try {
+      (void)multimodal_store::open(dir.path());
+    } catch (...) {
+      detail::set_save_hook(nullptr);
+      throw;
+    }
+    detail::set_save_hook(nullptr);
+  };
+  REQUIRE_THROWS_MATCHES(full(), shoal::error,
+                         fails_with(errc::io_error, "they cannot be brought in line: injected: the disk is full"));
   {
     multimodal_store back = multimodal_store::open(dir.path());
     CHECK(first_hits(back.search("image", data.image_test.view(), "text", 1)) == image_hits);
@@ -1380,6 +1394,25 @@ TEST_CASE("multimodal_store: bad modalities, versions, dimensions and routes are
                        fails_with(errc::invalid_argument, "k must"));
   CHECK_THROWS_MATCHES(store.add("image", eight.view(), iota_ids(4)), shoal::error, fails_with(errc::duplicate_id));
   CHECK(store.size("image") == 4);
+}
+
+TEST_CASE("multimodal_store and collection: open refuses a verify level outside the enum before it reads",
+          "[multimodal][io]") {
+  // An empty store took 9 and refused it only in a later save, after committing its manifest; a
+  // collection took its directory's lock and removed leftovers first (a review).
+  const scratch_dir dir("shoal-mm-store");
+  const auto nine = static_cast<verify_level>(9);
+  const auto unknown = fails_with(errc::invalid_argument, "unknown verify level 9");
+  multimodal_store({.shared_dim = 4, .shared_metric = metric::l2}).save(dir / "store");
+  REQUIRE_THROWS_MATCHES(multimodal_store::open(dir / "store", {.verify = nine}), shoal::error, unknown);
+  collection_options o;
+  o.dim = 4;
+  o.index = "Flat";
+  o.shards = 1;
+  o.directory = dir / "collection";
+  { collection c(o); }
+  REQUIRE_THROWS_MATCHES(collection::open(dir / "collection", {.verify = nine}), shoal::error, unknown);
+  CHECK(collection::open(dir / "collection").size() == 0);
 }
 
 }  // namespace

@@ -26,6 +26,7 @@
 
 #include "core/phase_fair_mutex.hpp"
 #include "io/file_util.hpp"
+#include "io/format.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
 #include "shoal/core/topk.hpp"
@@ -446,10 +447,12 @@ struct reconcile_plan {
   [[nodiscard]] bool needed() const noexcept { return !missing.empty() || !extra.empty() || !stale.ids.empty(); }
 };
 
-/// "<name>: the mirror of 'm/v' holds … they cannot be brought in line: <e>".
+/// "<name>: the mirror of 'm/v' holds … they cannot be brought in line: <e>": `errc::corrupt_file`, or
+/// `e`'s `io_error` where writing the repair failed (a full disk read as a damaged store, and sent an
+/// operator to the backups; a review).
 [[noreturn]] void unreconcilable(const version_state& v, const reconcile_plan& p, const std::string& name,
                                  const error& e) {
-  throw_error(errc::corrupt_file,
+  throw_error(e.code() == errc::io_error ? errc::io_error : errc::corrupt_file,
               str(name, ": the mirror of '", v.modality, "/", v.name, "' holds ", p.mirrored, " ids and the version ",
                   p.own, " (", p.missing.size(), " missing, ", p.extra.size(), " extra, ", p.changed,
                   " written since the snapshot); they cannot be brought in line: ", e.message()));
@@ -1612,6 +1615,9 @@ void multimodal_store::save(const std::filesystem::path& directory) const {
 
 multimodal_store multimodal_store::open(const std::filesystem::path& directory,
                                         const collection_open_options& options) {
+  // Before anything is read: an empty store took a level cast from an integer, and refused it only in
+  // a later save, after committing its manifest (a review).
+  io::detail::check_verify_level(options.verify);
   // Absolute: the collections' directories and the store's home are compared with a save's directory,
   // which a later change of the working directory must not move.
   const std::filesystem::path root = std::filesystem::absolute(directory);

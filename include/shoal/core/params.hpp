@@ -4,6 +4,7 @@
 /// with different settings never race (the FAISS `nprobe`-on-the-index pitfall, faiss#2204).
 
 #include <cstring>
+#include <functional>
 #include <memory>
 #include <new>
 #include <type_traits>
@@ -29,6 +30,10 @@ class coarse_probe;
 /// declared with a narrower parameter (`[](std::uint32_t id) ...`) sees ids beyond its range wrapped,
 /// and accepts or rejects the wrong ones.
 class id_filter {
+  template <class F>
+  struct is_std_function : std::false_type {};
+  template <class Signature>
+  struct is_std_function<std::function<Signature>> : std::true_type {};
   static constexpr std::size_t inline_bytes = 3 * sizeof(void*);
   template <class F>
   static constexpr bool held_by_value = [] {
@@ -61,8 +66,9 @@ class id_filter {
         const F* referenced = nullptr;
         std::memcpy(&referenced, storage, sizeof referenced);
         // An empty std::function, as a null pointer, accepts every id (it threw std::bad_function_call
-        // out of the search). Tested as the search calls it: the caller may assign it later.
-        if constexpr (std::is_constructible_v<bool, const F&>)
+        // out of the search). Tested as the search calls it: the caller may assign it later. Only a
+        // std::function: another predicate's operator bool may mean anything (an empty allow-list).
+        if constexpr (is_std_function<F>::value)
           if (!static_cast<bool>(*referenced)) return true;
         return static_cast<bool>((*referenced)(id));
       };
