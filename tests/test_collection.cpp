@@ -1642,6 +1642,87 @@ TEST_CASE("collection: a train whose snapshot fails leaves the shards untrained 
   test::require_identical(built("retried", true), built("fresh", false));
 }
 
+TEST_CASE("collection: a checkpoint whose manifest cannot be written takes its shard files with it",
+          "[collection][io]") {
+  // A full disk fails where the manifest is written, after the shard files: each failed checkpoint left
+  // a generation of them, which filled the disk further (a review: g2 … g6 piled up).
+  const scratch_dir dir;
+  const std::filesystem::path home = dir.path() / "c";
+  const matrix<float> v = make_uniform(100, 8, 41);
+  std::vector<vector_id> ids(100);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  {
+    collection c(writing_to(home, 8));
+    c.add(v.view(), ids);
+    const auto shard_files = [&] {
+      std::vector<std::string> files;
+      for (const auto& entry : std::filesystem::directory_iterator(home))
+        if (entry.path().filename().string().starts_with("shard-")) files.push_back(entry.path().filename().string());
+      std::sort(files.begin(), files.end());
+      return files;
+    };
+    static std::atomic<std::size_t> calls{0}, fail_at{0};
+    struct unhook {
+      ~unhook() { detail::set_save_hook(nullptr); }
+    } unhook_at_exit;  // also when a REQUIRE below fails: later tests save normally
+    detail::set_save_hook([](std::uint64_t) {
+      if (++calls == fail_at) throw shoal::error(errc::io_error, "injected: the disk is full");
+    });
+    c.checkpoint();  // counts the sections a checkpoint writes; the manifest's come last
+    const std::size_t sections = calls.exchange(0);
+    const std::vector<std::string> before = shard_files();
+    REQUIRE(before.size() == 4);
+    for (const std::size_t from_end : {0, 3}) {  // the manifest's last section, and one inside it
+      CAPTURE(from_end);
+      calls = 0;
+      fail_at = sections - from_end;
+      REQUIRE_THROWS_MATCHES(c.checkpoint(), shoal::error, fails_with(errc::io_error, "injected"));
+      CHECK(shard_files() == before);
+    }
+    detail::set_save_hook(nullptr);
+    c.checkpoint();
+  }
+  CHECK(collection::open(home, {.mmap = true}).size() == 100);
+}
+
+TEST_CASE("collection: a directory deleted or moved while open refuses writes and checkpoints", "[collection][io]") {
+  // Writes were acknowledged into the deleted log, a checkpoint recreated the directory without one,
+  // and the reopened directory missed them (a review: 200 of 300 vectors); the lock went with the log,
+  // so that a second collection could open the path for writing. A moved directory keeps the writes
+  // in its log (appends check only that the log is not deleted); checkpoints into the old path are refused.
+  const scratch_dir dir;
+  const matrix<float> v = make_uniform(60, 8, 43);
+  std::vector<vector_id> ids(60);
+  std::iota(ids.begin(), ids.end(), vector_id{0});
+  const std::span<const vector_id> first(ids.data(), 40), later(ids.data() + 40, 20);
+  for (const bool moved : {false, true}) {
+    CAPTURE(moved);
+    const std::filesystem::path home = dir.path() / (moved ? "moved" : "deleted");
+    const std::filesystem::path elsewhere = home.string() + "-elsewhere", kept = home.string() + "-kept";
+    std::optional<collection> c(std::in_place, writing_to(home, 8));
+    c->add(v.view().slice(0, 40), first);
+    if (moved) {
+      std::filesystem::rename(home, elsewhere);
+      c->add(v.view().slice(40, 20), later);
+    } else {
+      std::filesystem::remove_all(home);
+      REQUIRE_THROWS_MATCHES(c->add(v.view().slice(40, 20), later), shoal::error,
+                             fails_with(errc::io_error, "the write-ahead log was deleted"));
+    }
+    const std::size_t held = moved ? 60 : 40;
+    CHECK(c->size() == held);
+    const auto gone = fails_with(
+        errc::io_error, moved ? "the write-ahead log is no longer at this path" : "the write-ahead log was deleted");
+    REQUIRE_THROWS_MATCHES(c->checkpoint(), shoal::error, gone);
+    REQUIRE_THROWS_MATCHES(c->save(home), shoal::error, gone);
+    CHECK_FALSE(std::filesystem::exists(home / "MANIFEST.shoal"));
+    c->save(kept);  // what the collection holds can be saved elsewhere
+    c.reset();
+    CHECK(collection::open(kept).size() == held);
+    if (moved) CHECK(collection::open(elsewhere).size() == 60);
+  }
+}
+
 TEST_CASE("collection: a replica that runs out of memory during a write is taken down, and its peer answers",
           "[collection]") {
   // Every allocation of a 2-vector add failed in turn, on any thread. The first replica's HNSW index may

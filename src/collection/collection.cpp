@@ -698,6 +698,7 @@ void collection::train(matrix_view<const float> sample) {
   // is published. If the snapshot fails, the collection stays untrained, as its directory says it is
   // (writes acknowledged after a published but unsaved training could not be replayed).
   if (st.wal) {
+    st.wal->check_in_place();  // see collection::save
     // A generation no file in the directory has yet (as `save` picks it): one above the recorded one
     // could be taken already, by a snapshot whose log reset failed, whose shard files this would overwrite.
     const std::uint64_t generation = detail::next_generation(st.options.directory);

@@ -113,15 +113,17 @@ void collection_state::write_snapshot(const layout& lay, const std::filesystem::
   std::error_code ec;
   io::detail::create_directories_durably(dir, ec);
   SHOAL_CHECK_CODE(!ec, errc::io_error, "collection::save: cannot create ", dir.string(), ": ", ec.message());
-  // A snapshot that fails before its manifest is committed takes its shard files with it: no manifest
-  // names generation `gen` (a new one, `next_generation`), and every attempt takes a new one, so saves
-  // failing again and again (a full disk, out of memory) piled up partial snapshots until one worked.
-  // A failure inside the commit leaves them: the manifest may name them already.
-  bool committing = false;
+  // A snapshot that fails before its manifest replaces the old one takes its shard files with it: no
+  // manifest names generation `gen` (a new one, `next_generation`), and every attempt takes a new one,
+  // so saves failing again and again (a full disk, out of memory) piled up partial snapshots until one
+  // worked. A failure after the rename (persisting it) leaves them: the manifest names them. (Until a
+  // review, any failure of the manifest's commit left them, though writing it is where a full disk
+  // fails: each retry left one more generation.)
+  bool manifest_replaced = false;
   try {
-    write_generation(lay, dir, gen, wal_sequence, committing);
+    write_generation(lay, dir, gen, wal_sequence, manifest_replaced);
   } catch (...) {
-    if (!committing) {
+    if (!manifest_replaced) {
       try {
         for (std::size_t s = 0; s < lay.shards.size(); ++s) (void)std::remove((dir / shard_file_name(s, gen)).c_str());
       } catch (const std::bad_alloc&) {  // best effort: the exception that counts is the first one
@@ -136,7 +138,7 @@ void collection_state::write_snapshot(const layout& lay, const std::filesystem::
 }
 
 void collection_state::write_generation(const layout& lay, const std::filesystem::path& dir, std::uint64_t gen,
-                                        std::uint64_t wal_sequence, bool& committing) const {
+                                        std::uint64_t wal_sequence, bool& manifest_replaced) const {
   for (std::size_t s = 0; s < lay.shards.size(); ++s) {
     const shard_state& shard = *lay.shards[s];
     bool saved = false;
@@ -191,8 +193,12 @@ void collection_state::write_generation(const layout& lay, const std::filesystem
   out.append(std::span<const vector_id>(ids));
   out.begin_section(tag_table_shards);
   out.append(std::span<const std::uint32_t>(owners));
-  committing = true;
-  out.commit();
+  try {
+    out.commit();
+  } catch (...) {
+    manifest_replaced = out.replaced();
+    throw;
+  }
 }
 
 }  // namespace detail
@@ -205,6 +211,11 @@ void collection::save(const std::filesystem::path& directory) const {
   std::error_code ec;
   const bool own = st.wal && std::filesystem::exists(directory, ec) &&
                    std::filesystem::equivalent(directory, st.options.directory, ec);
+  // The collection's own directory, whatever is at that path now: one deleted, moved or replaced while
+  // open was saved into as another directory (recreated without the log the collection still writes).
+  if (st.wal &&
+      (own || std::filesystem::absolute(directory, ec).lexically_normal() == st.options.directory.lexically_normal()))
+    st.wal->check_in_place();
   st.check_not_diverged("collection::save");
   SHOAL_CHECK_CODE(!(own && st.read_only), errc::unsupported, "collection::save: the collection is read-only ",
                    "(memory-mapped); save it into another directory");
@@ -233,6 +244,7 @@ void collection::checkpoint() {
 }
 
 collection collection::open(const std::filesystem::path& directory, const collection_open_options& oo) {
+  io::detail::check_verify_level(oo.verify);  // before the lock is taken and leftovers removed
   const std::filesystem::path manifest = directory / detail::manifest_file_name;
   SHOAL_CHECK(!directory.empty(), "collection::open: the directory path is empty");
   std::error_code ec;

@@ -277,10 +277,10 @@ struct collection_state {
   /// Writes a snapshot of `lay` into `dir` (caller holds `layout_mutex` exclusively).
   void write_snapshot(const layout& lay, const std::filesystem::path& dir, std::uint64_t gen,
                       std::uint64_t wal_sequence) const;
-  /// `write_snapshot`'s files: the shards of generation `gen`, then the manifest (`committing` set just
-  /// before its commit).
+  /// `write_snapshot`'s files: the shards of generation `gen`, then the manifest (`manifest_replaced` set
+  /// when its commit fails after the rename, which leaves the new manifest in place).
   void write_generation(const layout& lay, const std::filesystem::path& dir, std::uint64_t gen,
-                        std::uint64_t wal_sequence, bool& committing) const;
+                        std::uint64_t wal_sequence, bool& manifest_replaced) const;
   /// Which parts of `lay` still need `train`: the semantic router, any shard's index.
   struct untrained {
     bool router = false, shards = false;

@@ -151,7 +151,8 @@ std::vector<std::byte> read_whole(const io::detail::input_file& in) {
 }  // namespace
 
 write_ahead_log::held_log::held_log(const std::filesystem::path& dir, lock_mode mode)
-    : path_(dir / file_name), shared_(mode == lock_mode::shared) {
+    // Absolute: `check_in_place` looks the path up again, after the working directory may have changed.
+    : path_(std::filesystem::absolute(dir / file_name)), shared_(mode == lock_mode::shared) {
   for (int attempt = 1;; ++attempt) {
     fd_.reset(io::detail::open_retrying(path_.c_str(), O_RDWR | O_CREAT, 0666));
     if (fd_.get() < 0 && shared_ && (errno == EACCES || errno == EROFS || errno == EPERM)) {
@@ -450,6 +451,7 @@ std::uint64_t write_ahead_log::append(wal_op op, std::span<const vector_id> ids,
     if (sync_ == wal_sync::every_write)
       SHOAL_CHECK_CODE(::fdatasync(fd_.get()) == 0, errc::io_error, path_.string(),
                        ": fdatasync failed: ", io::detail::errno_text(errno));
+    check_linked();  // after the records are durable: a deletion before then is seen here
     release_large_buffer();
   } catch (...) {
     release_large_buffer();
@@ -477,6 +479,31 @@ void write_ahead_log::stale_log::remove() {
   std::filesystem::remove(held_.path_, ec);
   SHOAL_CHECK_CODE(!ec, errc::io_error, held_.path_.string(),
                    ": cannot remove the stale write-ahead log: ", ec.message());
+}
+
+namespace {
+
+[[noreturn]] void log_gone(const std::filesystem::path& path, const char* how) {
+  throw_error(errc::io_error,
+              str(path.string(), ": the write-ahead log ", how,
+                  " (its directory was deleted, moved or replaced while the collection had it open): writes and "
+                  "checkpoints are refused; save() the collection into another directory to keep what it holds"));
+}
+
+}  // namespace
+
+void write_ahead_log::check_linked() const {
+  struct ::stat written {};
+  if (::fstat(fd_.get(), &written) != 0 || written.st_nlink == 0) log_gone(path_, "was deleted");
+}
+
+void write_ahead_log::check_in_place() const {
+  check_linked();
+  struct ::stat written {};
+  struct ::stat named {};
+  if (::fstat(fd_.get(), &written) != 0 || ::stat(path_.c_str(), &named) != 0 || written.st_dev != named.st_dev ||
+      written.st_ino != named.st_ino)
+    log_gone(path_, "is no longer at this path");
 }
 
 void write_ahead_log::reset() {

@@ -141,6 +141,20 @@ class write_ahead_log {
   /// failure leaves the log refusing appends until the collection is reopened.
   void reset();
 
+  /// Throws `errc::io_error` unless the log's path still names the file it writes: a directory deleted,
+  /// moved or replaced under an open collection takes the log (and its lock) away, so that writes
+  /// acknowledged into it were lost or landed in the moved copy, a checkpoint recreated the directory
+  /// without a log, and a second collection could open the path for writing (a review: 100 of 300
+  /// acknowledged vectors missing after a reopen). A snapshot into the collection's directory checks
+  /// it before it is written.
+  void check_in_place() const;
+  /// Throws `errc::io_error` when the log file has been deleted. `append` checks it after each call's
+  /// records are durable, and cuts them back when it fails: one fstat (about 0.1 µs). Checking the
+  /// path as well (`check_in_place`, a path lookup) cost 2.8 µs per call, more than the 2.3 µs of a
+  /// one-vector add under `os_buffered`; a moved directory keeps the writes in its log, and the next
+  /// checkpoint refuses.
+  void check_linked() const;
+
  private:
   void write_header();
   /// Writes the header of a new or replaced log, or cuts the torn tail `read_records` found; then

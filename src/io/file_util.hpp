@@ -285,6 +285,9 @@ class atomic_writer {
     used_ = 0;
   }
 
+  /// Whether `commit` renamed the temporary over the target (it may still fail after, persisting that).
+  [[nodiscard]] bool renamed() const noexcept { return committed_; }
+
   /// Bytes written so far (buffered or not).
   [[nodiscard]] std::uint64_t bytes_written() const noexcept { return written_ + used_; }
 

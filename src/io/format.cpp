@@ -245,7 +245,13 @@ void index_file_writer::commit() {
       hook(out.bytes_written());
     }
   }
-  out.commit();
+  try {
+    out.commit();
+  } catch (...) {
+    replaced_ = out.renamed();
+    throw;
+  }
+  replaced_ = true;
 }
 
 void check_writable(const file_mapping* mapping, const char* what) {

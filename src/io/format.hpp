@@ -136,8 +136,12 @@ class index_file_writer {
   }
 
   /// Lays the sections out, checksums them, and writes the file atomically (temporary in the same
-  /// directory, fsync, rename). Throws `errc::io_error`; on failure the old file, if any, is untouched.
+  /// directory, fsync, rename, fsync of the directory). Throws `errc::io_error`; on a failure before the
+  /// rename the old file, if any, is untouched (`replaced()` false).
   void commit();
+  /// Whether `commit` renamed the new file over the target: true once it returned, and when it failed
+  /// only in persisting the rename.
+  [[nodiscard]] bool replaced() const noexcept { return replaced_; }
 
  private:
   struct piece {
@@ -155,6 +159,7 @@ class index_file_writer {
   index_header header_;
   std::vector<section> sections_;
   std::deque<std::vector<std::byte>> owned_;
+  bool replaced_ = false;
 };
 
 /// One entry of the section table.
