@@ -191,6 +191,10 @@ TEST_CASE("id_filter holds small predicates by value, so a temporary may be stor
   const allow_list nobody;
   const id_filter none_allowed = nobody;
   CHECK_FALSE(none_allowed.accepts(3));
+  struct named_filter : std::function<bool(vector_id)> {};  // a std::function still
+  const named_filter unset;
+  const id_filter from_derived = unset;
+  CHECK(from_derived.accepts(3));
   // A predicate too large or not trivially copyable is referenced: an lvalue converts, a temporary does
   // not compile.
   const std::vector<vector_id> allowed{1, 7};

@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "shoal/distance/distance.hpp"
 #include "shoal/eval/eval.hpp"
 #include "test_support.hpp"
 
@@ -147,6 +148,42 @@ TEST_CASE("ground truth made under another metric is refused by the metric it fi
     CAPTURE(m);
     CHECK(check(twinned, swapped, m, 1).empty());
   }
+  // l2 ground truth another tool computed in the GEMM form ‖q‖² + ‖x‖² − 2⟨q, x⟩ (FAISS's BLAS path)
+  // rounds on the scale of the norms: over near-duplicate unit vectors its near-ties fit l2 as they fit
+  // inner product (a review: refused as "fits inner_product, not l2").
+  splitmix64 rng(5);
+  matrix<float> crowded(1000 + 100 * 20, 32);
+  for (std::size_t r = 0; r < 1000; ++r)
+    for (std::size_t j = 0; j < 32; ++j) crowded.row(r)[j] = rng.normal();
+  for (std::size_t c = 0; c < 100; ++c)
+    for (std::size_t i = 0; i < 20; ++i)
+      for (std::size_t j = 0; j < 32; ++j) crowded.row(1000 + c * 20 + i)[j] = crowded.row(c)[j] + 3e-3f * rng.normal();
+  crowded = normalised(std::move(crowded));
+  matrix<float> near_queries(30, 32);  // the clusters' first rows, moved a little
+  for (std::size_t q = 0; q < 30; ++q)
+    for (std::size_t j = 0; j < 32; ++j) near_queries.row(q)[j] = crowded.row(q)[j] + 1e-3f * rng.normal();
+  near_queries = normalised(std::move(near_queries));
+  matrix<float> gemm(30, crowded.rows);
+  distances_many(metric::l2, near_queries.view(), crowded.view(), gemm.values.data(), crowded.rows);
+  matrix<std::int32_t> gemm_truth(30, 10);
+  for (std::size_t q = 0; q < 30; ++q) {
+    std::vector<std::int32_t> order(crowded.rows);
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + 10, order.end(),
+                      [&](std::int32_t a, std::int32_t b) { return gemm.row(q)[a] < gemm.row(q)[b]; });
+    std::copy_n(order.begin(), 10, gemm_truth.row(q));
+  }
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(m);
+    CHECK_NOTHROW(check_ground_truth_metric(crowded.view(), near_queries.view(), gemm_truth.view(), 10, m, "gt"));
+  }
+  // Arguments the scan would read past.
+  REQUIRE_THROWS_MATCHES(check(base, l2, metric::l2, 6), shoal::error,
+                         fails_with(errc::invalid_argument, "gt.ivecs: k = 6 exceeds its 5 ids per row"));
+  const matrix<float> narrow = make_clustered(30, 8, 4, 2);
+  REQUIRE_THROWS_MATCHES(check_ground_truth_metric(base.view(), narrow.view(), l2.view(), 5, metric::l2, "gt"),
+                         shoal::error,
+                         fails_with(errc::dimension_mismatch, "gt: queries have dimension 8, the base 16"));
   // Ground truth over other vectors fits no metric: a warning, not a refusal.
   CHECK_THAT(check(make_clustered(400, 16, 4, 9), l2, metric::l2),
              Catch::Contains("gt.ivecs: only 0") && Catch::Contains("are exact neighbours under l2"));

@@ -213,7 +213,8 @@ void collection::save(const std::filesystem::path& directory) const {
                    std::filesystem::equivalent(directory, st.options.directory, ec);
   // The collection's own directory, whatever is at that path now: one deleted, moved or replaced while
   // open was saved into as another directory (recreated without the log the collection still writes).
-  if (st.wal &&
+  // A read-only (mapped) collection writes no log, and may hold none (a read-only file system).
+  if (st.wal && !st.read_only &&
       (own || std::filesystem::absolute(directory, ec).lexically_normal() == st.options.directory.lexically_normal()))
     st.wal->check_in_place();
   st.check_not_diverged("collection::save");

@@ -358,7 +358,9 @@ bool write_ahead_log::read_records(std::uint64_t after) {
         // disk while the log's emptying did), which replay must not skip silently.
         SHOAL_CHECK_CODE(r.sequence <= after || previous > after || r.sequence == after + 1, errc::corrupt_file, name,
                          ": record at byte ", at, " has sequence ", r.sequence,
-                         " but the snapshot holds records up to ", after, ": the records between are missing");
+                         " but the snapshot holds records up to ", after,
+                         ": the records between are missing (or the manifest is older than the log: restored "
+                         "from another copy?)");
         previous = r.sequence;
         const std::byte* q = p + payload_fixed_bytes;
         r.ids.resize(count);

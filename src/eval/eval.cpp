@@ -125,7 +125,10 @@ std::optional<std::vector<nearest_bounds>> nearest(matrix_view<const float> base
         std::vector<float>& heap = heaps[q - begin];
         for (std::size_t b = b0; b < std::min(base.rows, b0 + block); ++b) {
           const float d = distance(m, queries.row(q), base.row(b), base.dim);
-          if (std::isnan(d)) undefined.store(true, std::memory_order_relaxed);
+          if (std::isnan(d)) {  // kept out of the heap, whose order NaN breaks
+            undefined.store(true, std::memory_order_relaxed);
+            continue;
+          }
           if (heap.size() < k) {
             heap.push_back(d);
             std::push_heap(heap.begin(), heap.end());
@@ -149,8 +152,15 @@ std::optional<std::vector<nearest_bounds>> nearest(matrix_view<const float> base
 std::string check_ground_truth_metric(matrix_view<const float> base, matrix_view<const float> queries,
                                       matrix_view<const std::int32_t> truth, std::size_t k, metric m,
                                       std::string_view what, std::size_t sample) {
+  // The reads below trust these (recall_at_k and the flat index checked them for the first version).
+  SHOAL_CHECK_CODE(queries.dim == base.dim, errc::dimension_mismatch, what, ": queries have dimension ", queries.dim,
+                   ", the base ", base.dim);
+  SHOAL_CHECK(k <= truth.dim, what, ": k = ", k, " exceeds its ", truth.dim, " ids per row");
+  SHOAL_CHECK(truth.stride >= truth.dim && queries.stride >= queries.dim && base.stride >= base.dim, what,
+              ": a row stride is smaller than its row");
   const std::size_t rows = std::min({sample, queries.rows, truth.rows});
   if (rows == 0 || k == 0 || base.rows == 0) return {};
+  SHOAL_CHECK(queries.data != nullptr && truth.data != nullptr && base.data != nullptr, what, ": no data");
   const matrix_view<const float> first{queries.data, rows, queries.dim, queries.stride};
   const auto listed_ids = static_cast<double>(rows * k);
   // The share of listed ids that fit `under`; nothing when a distance is NaN.
@@ -160,14 +170,23 @@ std::string check_ground_truth_metric(matrix_view<const float> base, matrix_view
     std::size_t fitting = 0;
     for (std::size_t q = 0; q < rows; ++q) {
       const nearest_bounds& b = (*bounds)[q];
-      // Cosine's 1 − cos is rounded on the scale of 1 (steps of 6e-8 however close the pair).
-      const float scale = std::max({std::abs(b.best), std::abs(b.kth), under == metric::cosine ? 1.0f : 0.0f});
-      const float tolerance = 1e-5f * scale;
+      const float* query = first.row(q);
+      const float qq = inner_product(query, query, base.dim);
       const std::int32_t* row = truth.row(q);
-      for (std::size_t j = 0; j < k; ++j)
-        if (row[j] >= 0 &&
-            distance(under, first.row(q), base.row(static_cast<std::size_t>(row[j])), base.dim) <= b.kth + tolerance)
-          ++fitting;
+      for (std::size_t j = 0; j < k; ++j) {
+        if (row[j] < 0) continue;
+        const float* x = base.row(static_cast<std::size_t>(row[j]));
+        // Rounding on the scale another tool's arithmetic works at: ‖q‖² + ‖x‖² for l2 (the GEMM form
+        // FAISS's BLAS path uses; near-duplicates' own distances are far smaller), ‖q‖‖x‖ for inner
+        // product, 1 for cosine's 1 − cos (steps of 6e-8 however close the pair). A review found l2
+        // files refused on unit vectors when l2 alone took the distances' own scale.
+        const float xx = inner_product(x, x, base.dim);
+        const float scale = std::max({std::abs(b.best), std::abs(b.kth),
+                                      under == metric::l2              ? qq + xx
+                                      : under == metric::inner_product ? std::sqrt(qq * xx)
+                                                                       : 1.0f});
+        if (distance(under, query, x, base.dim) <= b.kth + 1e-5f * scale) ++fitting;
+      }
     }
     return static_cast<double>(fitting) / listed_ids;
   };

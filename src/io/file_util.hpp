@@ -285,7 +285,8 @@ class atomic_writer {
     used_ = 0;
   }
 
-  /// Whether `commit` renamed the temporary over the target (it may still fail after, persisting that).
+  /// Whether `commit` renamed the temporary over the target (it may still fail after, persisting that),
+  /// or may have: a failed rename whose temporary is gone.
   [[nodiscard]] bool renamed() const noexcept { return committed_; }
 
   /// Bytes written so far (buffered or not).
@@ -301,6 +302,12 @@ class atomic_writer {
                      " failed: ", errno_text(errno));
     std::error_code ec;
     std::filesystem::rename(temp_, target_, ec);
+    // A rename that reports an error with the temporary gone may have happened (NFS: a lost reply, the
+    // retry answered ENOENT): `renamed()` then says so, so that a caller keeps what the target may name.
+    if (ec) {
+      std::error_code missing;
+      committed_ = !std::filesystem::exists(temp_, missing) && !missing;
+    }
     SHOAL_CHECK_CODE(!ec, errc::io_error, target_.string(), ": cannot rename ", temp_.string(),
                      " over it: ", ec.message());
     committed_ = true;

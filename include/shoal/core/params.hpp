@@ -30,10 +30,12 @@ class coarse_probe;
 /// declared with a narrower parameter (`[](std::uint32_t id) ...`) sees ids beyond its range wrapped,
 /// and accepts or rejects the wrong ones.
 class id_filter {
-  template <class F>
-  struct is_std_function : std::false_type {};
   template <class Signature>
-  struct is_std_function<std::function<Signature>> : std::true_type {};
+  static std::true_type derives_from_function(const std::function<Signature>*);
+  static std::false_type derives_from_function(...);
+  /// A std::function, or a class derived from one (as `std::function`, empty when it tests false).
+  template <class F>
+  static constexpr bool is_std_function = decltype(derives_from_function(static_cast<const F*>(nullptr)))::value;
   static constexpr std::size_t inline_bytes = 3 * sizeof(void*);
   template <class F>
   static constexpr bool held_by_value = [] {
@@ -68,7 +70,7 @@ class id_filter {
         // An empty std::function, as a null pointer, accepts every id (it threw std::bad_function_call
         // out of the search). Tested as the search calls it: the caller may assign it later. Only a
         // std::function: another predicate's operator bool may mean anything (an empty allow-list).
-        if constexpr (is_std_function<F>::value)
+        if constexpr (is_std_function<F>)
           if (!static_cast<bool>(*referenced)) return true;
         return static_cast<bool>((*referenced)(id));
       };

@@ -41,7 +41,8 @@ void check_ground_truth(matrix_view<const std::int32_t> truth, std::size_t k, st
 
 /// Checks that `truth` (already checked by `check_ground_truth`) was made under `m`, on its first
 /// `sample` rows (at most): a listed id fits a metric when its distance under it is within rounding
-/// (10⁻⁵ relative; absolute for cosine) of the k-th smallest over `base`, so that ties and near-ties broken another way
+/// (10⁻⁵ of ‖q‖² + ‖x‖² for l2, of ‖q‖‖x‖ for inner product, of 1 for cosine) of the k-th smallest over
+/// `base`, so that ties and near-ties broken another way
 /// (double precision, another library) still fit. Throws `shoal::error` (`errc::invalid_argument`,
 /// prefixed by `what`) when another metric fits at least 99.9% of the listed ids and `m` clearly fewer
 /// (by 0.5% and two ids): against the wrong metric's file exact search still scores a plausible recall
@@ -49,7 +50,9 @@ void check_ground_truth(matrix_view<const std::int32_t> truth, std::size_t k, st
 /// mistyped metric went unseen. Returns a warning for the caller to show when fewer than 99% fit `m`
 /// and no other metric fits (ground truth over other vectors, or padded with -1), else an empty string;
 /// also empty when a distance is NaN (NaN values, which the index will refuse).
-/// Scans `base` in place (no copy) once per metric tried, on the caller's oneTBB arena.
+/// Scans `base` in place (no copy) once per metric tried, on the caller's oneTBB arena. Throws
+/// `shoal::error` for queries of another dimension than `base`, k above `truth`'s ids per row, or a
+/// stride below its row.
 [[nodiscard]] std::string check_ground_truth_metric(matrix_view<const float> base, matrix_view<const float> queries,
                                                     matrix_view<const std::int32_t> truth, std::size_t k, metric m,
                                                     std::string_view what, std::size_t sample = 100);
