@@ -500,11 +500,10 @@ void write_ahead_log::check_linked() const {
 }
 
 void write_ahead_log::check_in_place() const {
-  check_linked();
   struct ::stat written {};
   struct ::stat named {};
-  if (::fstat(fd_.get(), &written) != 0 || ::stat(path_.c_str(), &named) != 0 || written.st_dev != named.st_dev ||
-      written.st_ino != named.st_ino)
+  if (::fstat(fd_.get(), &written) != 0 || written.st_nlink == 0) log_gone(path_, "was deleted");
+  if (::stat(path_.c_str(), &named) != 0 || written.st_dev != named.st_dev || written.st_ino != named.st_ino)
     log_gone(path_, "is no longer at this path");
 }
 

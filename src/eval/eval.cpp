@@ -12,6 +12,7 @@
 
 #include "core/parallel.hpp"
 #include "shoal/core/error.hpp"
+#include "shoal/core/topk.hpp"
 #include "shoal/distance/distance.hpp"
 #include "shoal/index/flat.hpp"
 
@@ -118,30 +119,21 @@ std::optional<std::vector<nearest_bounds>> nearest(matrix_view<const float> base
                                                     1, std::max<std::size_t>(queries.rows, 1));
   detail::parallel_for(parts, [&](std::size_t part) {
     const std::size_t begin = queries.rows * part / parts, end = queries.rows * (part + 1) / parts;
-    std::vector<std::vector<float>> heaps(end - begin);  // max-heaps of the k smallest
+    std::vector<topk_heap> heaps(end - begin, topk_heap(k));
     constexpr std::size_t block = 64;
     for (std::size_t b0 = 0; b0 < base.rows && !undefined.load(std::memory_order_relaxed); b0 += block)
-      for (std::size_t q = begin; q < end; ++q) {
-        std::vector<float>& heap = heaps[q - begin];
+      for (std::size_t q = begin; q < end; ++q)
         for (std::size_t b = b0; b < std::min(base.rows, b0 + block); ++b) {
           const float d = distance(m, queries.row(q), base.row(b), base.dim);
-          if (std::isnan(d)) {  // kept out of the heap, whose order NaN breaks
+          if (std::isnan(d))  // kept out of the heap, whose order NaN breaks
             undefined.store(true, std::memory_order_relaxed);
-            continue;
-          }
-          if (heap.size() < k) {
-            heap.push_back(d);
-            std::push_heap(heap.begin(), heap.end());
-          } else if (d < heap.front()) {
-            std::pop_heap(heap.begin(), heap.end());
-            heap.back() = d;
-            std::push_heap(heap.begin(), heap.end());
-          }
+          else
+            heaps[q - begin].push(d, b);
         }
-      }
-    for (std::size_t q = begin; q < end; ++q)
-      if (!heaps[q - begin].empty())
-        out[q] = {*std::min_element(heaps[q - begin].begin(), heaps[q - begin].end()), heaps[q - begin].front()};
+    for (std::size_t q = begin; q < end; ++q) {
+      const std::span<const scored_id> kept = heaps[q - begin].sort();
+      if (!kept.empty()) out[q] = {kept.front().distance, kept.back().distance};
+    }
   });
   if (undefined.load()) return std::nullopt;
   return out;
