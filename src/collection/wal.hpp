@@ -149,10 +149,10 @@ class write_ahead_log {
   /// it before it is written.
   void check_in_place() const;
   /// Throws `errc::io_error` when the log file has been deleted. `append` checks it after each call's
-  /// records are durable, and cuts them back when it fails: one fstat (about 0.1 µs). Checking the
-  /// path as well (`check_in_place`, a path lookup) cost 2.8 µs per call, more than the 2.3 µs of a
-  /// one-vector add under `os_buffered`; a moved directory keeps the writes in its log, and the next
-  /// checkpoint refuses.
+  /// records are durable, and cuts them back when it fails: one fstat (about 1.4 µs on this VM). Checking
+  /// the path as well (`check_in_place`, a path lookup) cost 2.8 µs per call, more than the 2.3 µs of a
+  /// one-vector add under `os_buffered` (`benchmarks/results/wal-append-cost.cpp`); a moved directory keeps the writes
+  /// in its log, and the next checkpoint refuses.
   void check_linked() const;
 
  private:

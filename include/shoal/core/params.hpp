@@ -101,14 +101,16 @@ struct search_params {
   /// Only ids the filter accepts are returned. Rows stay k long while k of the ids the search looks at
   /// pass: every id for `Flat`, every reachable one for HNSW; for IVF kinds only the ids of the nprobe
   /// lists probed. A filter whose ids lie in other lists leaves rows short (`no_id` padding), however
-  /// many pass: measured by a user-eyes review (20,000 clustered 64-d rows, `IVF64,Flat`, a filter
+  /// many pass: measured by a user-eyes review and again by me (`benchmarks/results/filtered-search.cpp`:
+  /// 20,000 clustered 64-d rows, `IVF64,Flat`, a filter
   /// accepting the 1% of rows around one point): 198 of 200 rows empty at nprobe 1, 183 at 16, 0 only at
   /// nprobe = nlist. Raise nprobe (nlist scans everything) for selective filters. A collection with
   /// semantic or hybrid routing searches, for a row its `shard_probe` shards left short, every shard it
   /// skipped (the same review: 4 semantic shards, 53 of 200 rows empty at `shard_probe` 2 before; none
   /// since, at the recall of probing all 4). HNSW keeps its rows and recall, but
-  /// expands until ef accepted nodes are found, so its cost grows as the filter narrows: 11× a `Flat`
-  /// scan with the same predicate at 1% of the rows passing, 45× at 0.1% (same review). For filters that
+  /// expands until ef accepted nodes are found, so its cost grows as the filter narrows: 11-27× a `Flat`
+  /// scan with the same predicate at 1% of the rows passing, 45-78× at 0.1% (the review's run and mine,
+  /// the latter beside a build; same program, `hnsw_slow`). For filters that
   /// pass few ids, a `Flat` search (or scoring the accepted ids directly) is the faster and exact way.
   /// No index switches to such a scan by itself.
   id_filter filter{};

@@ -1,0 +1,219 @@
+// Filtered search against an exact filtered answer (session 45's user-eyes review of filters; its program,
+// kept): 20,000 clustered 64-d rows (`make_clustered(20200, 64, 50, 7)`, the last 200 as queries), k 10,
+// one thread, no peer. Modes:
+//   ivf_short  IVF64,Flat, a filter passing the 200 rows nearest one point: short rows by nprobe
+//   hnsw_slow  HNSW16 against Flat with the same predicate, random filters passing 0.1% / 1% / 10%
+//   semantic   4 semantic HNSW16 shards, that one-region filter: short rows by shard_probe
+//   baseline   unfiltered R@10 of each kind, and IVF-PQ's re-rank under the filters
+// Built and run (docs: search_params::filter in include/shoal/core/params.hpp, docs/collection.md):
+//   g++ -std=c++20 -O2 -DNDEBUG -Iinclude -Ibuild/include benchmarks/results/filtered-search.cpp
+//       build/libshoal.a -ltbb -o /tmp/filtered   (one command)
+//   /tmp/filtered ivf_short; /tmp/filtered hnsw_slow; /tmp/filtered semantic   (add `cos` for cosine)
+#include <tbb/task_arena.h>
+#include <shoal/shoal.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+using namespace shoal;
+using clk = std::chrono::steady_clock;
+static double secs(clk::time_point a, clk::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+constexpr std::size_t N = 20000, D = 64, NQ = 200, K = 10;
+
+struct data {
+  matrix<float> all = make_clustered(N + NQ, D, 50, 7);
+  matrix_view<const float> base{all.values.data(), N, D};
+  matrix_view<const float> queries{all.values.data() + N * D, NQ, D};
+  std::vector<vector_id> ids;
+  data() {
+    ids.resize(N);
+    std::iota(ids.begin(), ids.end(), vector_id{0});
+  }
+};
+
+// one region: the `want` nearest base vectors to base row 4242 (as filtbench's "clus")
+static std::vector<std::uint8_t> region(const data& d, std::size_t want) {
+  const float* c = d.base.row(4242);
+  std::vector<std::pair<float, vector_id>> v(N);
+  for (std::size_t i = 0; i < N; ++i) {
+    float s = 0;
+    for (std::size_t j = 0; j < D; ++j) s += (d.base.row(i)[j] - c[j]) * (d.base.row(i)[j] - c[j]);
+    v[i] = {s, i};
+  }
+  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(want), v.end());
+  std::vector<std::uint8_t> acc(N, 0);
+  for (std::size_t i = 0; i < want; ++i) acc[v[i].second] = 1;
+  return acc;
+}
+static std::vector<std::uint8_t> random_subset(std::size_t want, std::uint64_t seed) {
+  std::vector<vector_id> perm(N);
+  std::iota(perm.begin(), perm.end(), vector_id{0});
+  std::mt19937_64 rng(seed);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<std::uint8_t> acc(N, 0);
+  for (std::size_t i = 0; i < want; ++i) acc[perm[i]] = 1;
+  return acc;
+}
+
+static neighbors exact_filtered(const data& d, metric m, const std::vector<std::uint8_t>& acc) {
+  flat_index f(D, m);
+  f.add(d.base, d.ids);
+  search_params p;
+  const std::uint8_t* a = acc.data();
+  p.filter = [a](vector_id id) { return a[id] != 0; };
+  return f.search(d.queries, K, p);
+}
+static double recall(const neighbors& got, const neighbors& gt) {
+  double h = 0, n = 0;
+  for (std::size_t q = 0; q < gt.rows(); ++q) {
+    std::set<vector_id> g;
+    for (std::size_t j = 0; j < K; ++j)
+      if (gt.id(q, j) != no_id) g.insert(gt.id(q, j));
+    n += g.size();
+    for (std::size_t j = 0; j < K; ++j) h += g.count(got.id(q, j));
+  }
+  return h / n;
+}
+static std::size_t short_rows(const neighbors& got, std::size_t* empty = nullptr) {
+  std::size_t s = 0, e = 0;
+  for (std::size_t q = 0; q < got.rows(); ++q) {
+    std::size_t valid = 0;
+    for (std::size_t j = 0; j < K; ++j) valid += got.id(q, j) != no_id;
+    s += valid < K;
+    e += valid == 0;
+  }
+  if (empty) *empty = e;
+  return s;
+}
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  const metric m = argc > 2 && std::string(argv[2]) == "cos" ? metric::cosine : metric::l2;
+  data d;
+  tbb::task_arena one(1);
+
+  if (mode == "baseline") {
+    const std::vector<std::uint8_t> all(N, 1);
+    const neighbors gt = exact_filtered(d, m, all);  // = unfiltered exact
+    for (const char* spec : {"Flat", "HNSW16", "HNSW16,SQ8", "IVF64,Flat", "IVF64_HNSW16,Flat",
+                             "IVF64,PQ16x4fs,Refine(Flat)", "IVF64,PQ16", "HNSW16,SQ8,Refine(Flat)"}) {
+      any_index idx = make_index(spec, D, m);
+      idx.train(d.base);
+      idx.add(d.base, d.ids);
+      const search_params ps[] = {{}, {.ef = 128, .nprobe = 16}, {.ef = 256, .nprobe = 64}};
+      std::printf("%-30s unfiltered R@10: default %.3f  ef128/np16 %.3f  ef256/np64 %.3f\n", spec,
+                  recall(idx.search(d.queries, K, ps[0]), gt), recall(idx.search(d.queries, K, ps[1]), gt),
+                  recall(idx.search(d.queries, K, ps[2]), gt));
+      if (std::string(spec) == "IVF64,PQ16x4fs,Refine(Flat)") {
+        for (std::size_t rf : {4, 10}) {
+          for (std::size_t np : {1, 16, 64}) {
+            std::printf("  refine_factor %2zu nprobe %2zu: unfiltered %.3f |", rf, np,
+                        recall(idx.search(d.queries, K, {.nprobe = np, .refine_factor = rf}), gt));
+            for (int kind = 0; kind < 2; ++kind)
+              for (double sel : {0.5, 0.1, 0.01, 0.001}) {
+                const std::size_t want = static_cast<std::size_t>(std::llround(sel * N));
+                const std::vector<std::uint8_t> acc = kind == 0 ? random_subset(want, 99) : region(d, want);
+                search_params p{.nprobe = np, .refine_factor = rf};
+                const std::uint8_t* a = acc.data();
+                p.filter = [a](vector_id id) { return a[id] != 0; };
+                const neighbors r = idx.search(d.queries, K, p);
+                std::printf(" %s%g %.3f(short %zu)", kind == 0 ? "rand" : "clus", sel,
+                            recall(r, exact_filtered(d, m, acc)), short_rows(r));
+              }
+            std::printf("\n");
+          }
+        }
+      }
+    }
+  } else if (mode == "ivf_short") {
+    const std::vector<std::uint8_t> acc = region(d, 200);  // 200 ids pass: 1%
+    const neighbors gt = exact_filtered(d, m, acc);
+    any_index idx = make_index("IVF64,Flat", D, m);
+    idx.train(d.base);
+    idx.add(d.base, d.ids);
+    for (std::size_t np : {1, 4, 16, 32, 48, 63, 64}) {
+      search_params p{.nprobe = np};
+      const std::uint8_t* a = acc.data();
+      p.filter = [a](vector_id id) { return a[id] != 0; };
+      const neighbors r = idx.search(d.queries, K, p);
+      std::size_t empty = 0;
+      const std::size_t s = short_rows(r, &empty);
+      std::printf(
+          "IVF64,Flat, 200 ids pass (one region), nprobe %2zu: R@10 %.3f, rows short of k %3zu / %zu (empty %zu)\n", np,
+          recall(r, gt), s, NQ, empty);
+    }
+  } else if (mode == "hnsw_slow") {
+    any_index h = make_index("HNSW16", D, m);
+    h.add(d.base, d.ids);
+    any_index f = make_index("Flat", D, m);
+    f.add(d.base, d.ids);
+    for (double sel : {1.0, 0.1, 0.01, 0.001}) {
+      const std::size_t want = static_cast<std::size_t>(std::llround(sel * N));
+      const std::vector<std::uint8_t> acc = random_subset(want, 5);
+      search_params p;
+      const std::uint8_t* a = acc.data();
+      if (sel < 1.0) p.filter = [a](vector_id id) { return a[id] != 0; };
+      double th = 1e9, tf = 1e9;
+      neighbors rh(1, 1), rf(1, 1);
+      one.execute([&] {
+        for (int rep = 0; rep < 2; ++rep) {
+          auto t0 = clk::now();
+          rh = h.search(d.queries, K, p);
+          auto t1 = clk::now();
+          rf = f.search(d.queries, K, p);
+          auto t2 = clk::now();
+          th = std::min(th, secs(t0, t1));
+          tf = std::min(tf, secs(t1, t2));
+        }
+      });
+      std::printf(
+          "filter accepts %5zu of %zu (%g%%): HNSW16 %.3f ms/query (R@10 %.3f), Flat with the same filter %.3f "
+          "ms/query: HNSW %.1fx the scan\n",
+          want, N, sel * 100, th * 1e3 / NQ, recall(rh, rf), tf * 1e3 / NQ, th / tf);
+    }
+  } else if (mode == "semantic") {
+    collection_options o;
+    o.dim = D;
+    o.metric = m;
+    o.index = "HNSW16";
+    o.shards = 4;
+    o.policy = sharding::semantic;
+    collection c(o);
+    c.train(d.base);
+    c.add(d.base, d.ids);
+    const std::vector<std::uint8_t> acc = region(d, 200);
+    const neighbors gt = exact_filtered(d, m, acc);
+    std::printf("shard sizes:");
+    for (auto s : c.shard_sizes()) std::printf(" %zu", s);
+    std::set<std::size_t> shards;
+    for (std::size_t i = 0; i < N; ++i)
+      if (acc[i]) shards.insert(c.shard_of(i));
+    std::printf("; the 200 accepted ids live in %zu shard(s)\n", shards.size());
+    for (std::size_t sp : {1, 2, 3, 4}) {
+      for (std::size_t ef : {0, 256}) {
+        search_params p{.ef = ef, .shard_probe = sp};
+        const std::uint8_t* a = acc.data();
+        p.filter = [a](vector_id id) { return a[id] != 0; };
+        const neighbors r = c.search(d.queries, K, p);
+        std::size_t empty = 0;
+        const std::size_t s = short_rows(r, &empty);
+        std::printf(
+            "semantic x4 HNSW16, 200 ids pass (one region), shard_probe %zu ef %3zu: R@10 %.3f, short rows %3zu / %zu "
+            "(empty %zu)\n",
+            sp, ef, recall(r, gt), s, NQ, empty);
+      }
+    }
+  } else {
+    std::fprintf(stderr, "unknown mode\n");
+    return 2;
+  }
+  return 0;
+}
