@@ -303,6 +303,7 @@ TEST_CASE("hnsw over many exact duplicates keeps every other vector reachable", 
     search_params only = with_ef(n);
     const vector_id want = i;
     only.filter = [want](vector_id id) { return id == want; };
+    only.filter_scan = false;  // the walk alone: a scan would find every node
     unreachable += index.search(base.view().slice(i, 1), 1, only).id(0, 0) != want ? 1 : 0;
   }
   CAPTURE(unreachable);
@@ -553,6 +554,7 @@ std::size_t found_by_no_search(const hnsw_index& index, const matrix<float>& x) 
     const auto only = [id](vector_id y) { return y == id; };
     search_params p = with_ef(1);
     p.filter = only;
+    p.filter_scan = false;  // the walk alone: a scan would find every node
     lost += index.search(x.view().slice(static_cast<std::size_t>(id), 1), 1, p).id(0, 0) == id ? 0 : 1;
   }
   return lost;
@@ -1216,6 +1218,62 @@ TEST_CASE("hnsw filtered search stays k long and returns only accepted ids", "[h
   }
 }
 
+TEST_CASE("hnsw: a filter that accepts few nodes ends in an exact scan, one that accepts many walks", "[hnsw]") {
+  // Under a filter accepting 1% of the nodes the walk scored most of the graph before it held ef of them
+  // (27x a Flat scan with the same predicate, session 45). The filter counts its calls: a scan calls it
+  // once per live node, a walk once per node it offers.
+  const fixture f(4000, 40, 43);
+  std::vector<std::uint8_t> rare(f.ids.size(), 0);
+  std::vector<std::uint8_t> half(f.ids.size(), 0);
+  splitmix64 rng(5);
+  for (std::size_t i = 0; i < f.ids.size(); ++i) {
+    rare[i] = rng.uniform() < 0.005 ? 1 : 0;
+    half[i] = rng.uniform() < 0.5 ? 1 : 0;
+  }
+  std::atomic<std::size_t> calls{0};
+  const auto counting = [&calls](const std::vector<std::uint8_t>& accepted) {
+    return [a = accepted.data(), c = &calls](vector_id id) {
+      c->fetch_add(1, std::memory_order_relaxed);
+      return a[id] != 0;
+    };
+  };
+  const std::size_t nq = f.queries.rows;
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8}) {
+      CAPTURE(metric_name(m), static_cast<int>(codes));
+      hnsw_params hp;
+      hp.codes = codes;
+      const hnsw_index index = f.build(m, hp);
+      const flat_index flat = test::row_numbered_flat(f.base, m);
+      search_params p = with_ef(k);
+      p.filter = counting(rare);
+      const neighbors exact = flat.search(f.queries.view(), k, p);
+      calls = 0;
+      const neighbors got = index.search(f.queries.view(), k, p);
+      CHECK(calls >= nq * f.ids.size());  // every query ended in a scan
+      CHECK(calls <= nq * f.ids.size() * 3 / 2);
+      test::require_same_up_to_ties(got, exact, 1e-4f);
+      // Range searches too: the walk's hits are dropped, the scan's kept (each id once).
+      const float radius = exact.distance(0, 4);
+      const range_result in_range =
+          index.range_search(f.queries.view().slice(0, 1), radius + std::abs(radius) * 1e-4f, p);
+      CHECK(in_range.ids.size() == 5);
+      for (std::size_t j = 0; j < in_range.ids.size(); ++j) CHECK(in_range.ids[j] == exact.id(0, j));
+      // Without the scan: the walk alone, fewer calls.
+      p.filter_scan = false;
+      calls = 0;
+      (void)index.search(f.queries.view(), k, p);
+      CHECK(calls < nq * f.ids.size());
+      // A filter that accepts half the nodes walks (about ef / 0.5 nodes offered per query).
+      p.filter_scan = true;
+      p.filter = counting(half);
+      calls = 0;
+      (void)index.search(f.queries.view(), k, p);
+      CHECK(calls < nq * f.ids.size() / 4);
+    }
+  }
+}
+
 TEST_CASE("hnsw unfiltered search (one sorted pool) visits what the filtered search (two heaps) visits", "[hnsw]") {
   // An accept-all filter takes the two-heap search; no filter takes the pool. Both must return the same
   // ids and distances at every ef, metric and traversal code (docs/hnsw.md, "one sorted pool").
@@ -1357,12 +1415,17 @@ TEST_CASE("hnsw concurrent add, remove, upsert and search", "[hnsw]") {
       threads.emplace_back([&, t] {
         for (std::size_t r = 0; r < 60; ++r) {
           search_params sp = with_ef(32);
+          // Every other search filtered: half of them to even ids (a walk), half to 1% of the ids (a
+          // scan of every live node, beside the writes).
           const auto even = [](vector_id id) { return id % 2 == 0; };
-          if (r % 2 == 1) sp.filter = even;
+          const auto rare = [](vector_id id) { return id % 97 == 0; };
+          if (r % 4 == 1) sp.filter = even;
+          if (r % 4 == 3) sp.filter = rare;
           const std::size_t rows = r % 15 == 0 ? 300 : 4;  // 300: a batch in locality order
           const neighbors got = index.search(data.view().slice((r * 37 + t) % (2 * n - rows), rows), 5, sp);
           for (const vector_id id : got.ids())
-            if (id != no_id && (id >= 2 * n || (r % 2 == 1 && id % 2 != 0))) bad_result = true;
+            if (id != no_id && (id >= 2 * n || (r % 4 == 1 && !even(id)) || (r % 4 == 3 && !rare(id))))
+              bad_result = true;
           if (r % 10 == 0) (void)index.range_search(data.view().slice(r, 1), 5.0f);
         }
       });
@@ -1725,7 +1788,10 @@ TEST_CASE("hnsw: thin graphs stay reachable through many removals", "[hnsw]") {
       if (i % 4 == 0) continue;
       const vector_id want = ids[i];
       const auto only = [want](vector_id id) { return id == want; };
-      unreachable += index.search(base.view().slice(i, 1), 1, {.filter = only, .ef = 1}).id(0, 0) == want ? 0 : 1;
+      unreachable +=
+          index.search(base.view().slice(i, 1), 1, {.filter = only, .ef = 1, .filter_scan = false}).id(0, 0) == want
+              ? 0
+              : 1;
     }
   }
   CHECK(unreachable <= 2);  // 18 before removals were followed by a reachability walk; 0 here

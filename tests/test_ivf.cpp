@@ -194,6 +194,46 @@ TEST_CASE("ivf search applies the per-call filter", "[ivf]") {
   }
 }
 
+TEST_CASE("ivf: a row its probed lists leave short searches more lists until it holds k", "[ivf]") {
+  // A filter whose ids lie in one region left rows empty at small nprobe (a user-eyes review, session 45:
+  // 198 of 200 rows at nprobe 1), and probed lists holding fewer than k rows left them short.
+  const fixture f(2000, 30, 11);
+  for (const metric m : {metric::l2, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    for (const std::size_t coarse_hnsw_m : {std::size_t{0}, std::size_t{8}}) {
+      CAPTURE(coarse_hnsw_m);
+      const ivf_flat_index index = f.build(m, nlist, coarse_hnsw_m);
+      const flat_index flat = f.build_flat(m);
+      const neighbors around = flat.search(f.base.view().slice(0, 1), 40);  // the 40 rows nearest row 0
+      const auto region = [&](vector_id id) {
+        return std::find(around.ids().begin(), around.ids().end(), id) != around.ids().end();
+      };
+      for (const std::size_t nprobe : {std::size_t{1}, std::size_t{3}}) {
+        CAPTURE(nprobe);
+        search_params params = with_nprobe(nprobe);
+        params.filter = region;
+        std::size_t short_rows = 0;
+        const neighbors want = test::widened_expectation(index, f.queries.view(), 10, params, nlist, &short_rows);
+        CHECK(short_rows > f.queries.rows / 2);  // the region lies in few lists: most rows need more
+        const neighbors got = index.search(f.queries.view(), 10, params);
+        require_identical(got, want);
+        for (const vector_id id : got.ids()) CHECK(region(id));  // every row full, of accepted ids
+        // Unfiltered, k beyond what the probed lists hold (about 2000 / nlist each).
+        params.filter = {};
+        require_identical(index.search(f.queries.view(), 300, params),
+                          test::widened_expectation(index, f.queries.view(), 300, params, nlist, &short_rows));
+        CHECK(short_rows == f.queries.rows);
+        CHECK(std::count(want.ids().begin(), want.ids().end(), no_id) == 0);
+      }
+      // Three ids pass, wherever they lie: every row holds those three, as the exact filtered search.
+      const std::vector<vector_id> few = {f.ids[5], f.ids[50], f.ids[500]};
+      search_params params = with_nprobe(1);
+      params.filter = [&](vector_id id) { return std::find(few.begin(), few.end(), id) != few.end(); };
+      require_identical(index.search(f.queries.view(), 10, params), flat.search(f.queries.view(), 10, params));
+    }
+  }
+}
+
 TEST_CASE("ivf: adds, removes and saves get their turn while searches run without pause", "[ivf][concurrency]") {
   // A search holds its probed lists' locks shared until it ends; with a reader-preferring lock (glibc's
   // rwlock) four threads probing every list kept an add or remove waiting for up to 60 s (a review).

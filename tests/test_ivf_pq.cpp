@@ -457,11 +457,46 @@ TEST_CASE("ivf-pq search applies the per-call filter", "[pq][ivf]") {
   }
 }
 
+TEST_CASE("ivf-pq: a row its probed lists leave short searches more lists until it holds k", "[pq][ivf]") {
+  // As IVF-Flat (test_ivf.cpp): a filter whose ids lie in one region left rows empty at small nprobe.
+  const fixture f(2000, 30, 11);
+  for (const metric m : {metric::l2, metric::inner_product}) {
+    flat_index flat(dim, m);
+    flat.add(f.base.view(), f.ids);
+    const neighbors around = flat.search(f.base.view().slice(0, 1), 40);  // the 40 rows nearest row 0
+    const auto region = [&](vector_id id) {
+      return std::find(around.ids().begin(), around.ids().end(), id) != around.ids().end();
+    };
+    for (const std::size_t nbits : {8, 4}) {
+      for (const std::size_t coarse_hnsw_m : {std::size_t{0}, std::size_t{8}}) {
+        CAPTURE(metric_name(m), nbits, coarse_hnsw_m);
+        const ivf_pq_index index = f.build(m, 8, nbits, true, false, coarse_hnsw_m);
+        search_params params = with(1);
+        params.filter = region;
+        std::size_t short_rows = 0;
+        const neighbors want = test::widened_expectation(index, f.queries.view(), 10, params, nlist, &short_rows);
+        CHECK(short_rows > f.queries.rows / 2);
+        require_identical(index.search(f.queries.view(), 10, params), want);
+        CHECK(std::count(want.ids().begin(), want.ids().end(), no_id) == 0);
+        // Re-ranked: the candidates come from the same lists, so the rows are as full.
+        params.refine_factor = 4;
+        const neighbors refined = index.search(f.queries.view(), 10, params);
+        for (const vector_id id : refined.ids()) CHECK(region(id));
+        params.refine_factor = 0;
+        params.filter = {};
+        require_identical(index.search(f.queries.view(), 300, params),
+                          test::widened_expectation(index, f.queries.view(), 300, params, nlist, &short_rows));
+        CHECK(short_rows == f.queries.rows);
+      }
+    }
+  }
+}
+
 TEST_CASE("ivf-pq by approximate distance: a small k is the head of the full ranking, range search its cut",
           "[pq][ivf]") {
-  // With k = every stored vector nothing is ever pruned; with a small k the scan skips what its bound
-  // rules out (4-bit: in the sum domain, a block at a time). A bound that ruled out too much would lose
-  // a head member: the heads must be identical, ids and distances.
+  // A range search without a bound prunes nothing; with a small k the scan skips what its bound rules
+  // out (4-bit: in the sum domain, a block at a time). A bound that ruled out too much would lose a head
+  // member: the heads must be identical, ids and distances.
   const fixture f(3000, 24, 29);
   for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
     for (const std::size_t nbits : {8, 4}) {
@@ -473,27 +508,36 @@ TEST_CASE("ivf-pq by approximate distance: a small k is the head of the full ran
         const auto odd = [](vector_id id) { return id % 2 == 1; };
         for (const bool filtered : {false, true}) {
           if (filtered) params.filter = odd;
-          // k = every stored vector: each row holds all of its probed lists, by the same ADC distances.
-          const neighbors all = index.search(f.queries.view(), index.size(), params);
+          // Every vector of each row's probed lists, by the same ADC distances: a range search without a
+          // bound (a search for k = every stored vector would widen every row to every list).
+          const range_result all = index.range_search(f.queries.view(), std::numeric_limits<float>::infinity(), params);
           for (const std::size_t k : {1, 10, 40}) {
             CAPTURE(k);
-            neighbors head(all.rows(), k);
-            for (std::size_t q = 0; q < all.rows(); ++q)
-              for (std::size_t j = 0; j < k; ++j) {
-                head.view().row_ids(q)[j] = all.id(q, j);
-                head.view().row_distances(q)[j] = all.distance(q, j);
+            const neighbors got = index.search(f.queries.view(), k, params);
+            for (std::size_t q = 0; q < all.rows(); ++q) {
+              CAPTURE(q);
+              const auto ids = all.row_ids(q);
+              const auto distances = all.row_distances(q);
+              if (ids.size() < k) {  // the probed lists hold fewer: the row widened to more lists, and is full
+                CHECK(std::count(got.row_ids(q).begin(), got.row_ids(q).end(), no_id) == 0);
+                continue;
               }
-            require_identical(index.search(f.queries.view(), k, params), head);
+              for (std::size_t j = 0; j < k; ++j) {
+                REQUIRE(got.id(q, j) == ids[j]);
+                REQUIRE(got.distance(q, j) == distances[j]);
+              }
+            }
           }
-          std::size_t probed = 0;
-          while (probed < all.k() && all.id(0, probed) != no_id) ++probed;
+          const std::size_t probed = all.row_ids(0).size();
           REQUIRE(probed >= 20);
-          const float radius = all.distance(0, probed / 2);
+          const float radius = all.row_distances(0)[probed / 2];
           range_result expected;
           for (std::size_t q = 0; q < all.rows(); ++q) {
-            for (std::size_t j = 0; j < all.k() && all.id(q, j) != no_id && all.distance(q, j) < radius; ++j) {
-              expected.ids.push_back(all.id(q, j));
-              expected.distances.push_back(all.distance(q, j));
+            const auto ids = all.row_ids(q);
+            const auto distances = all.row_distances(q);
+            for (std::size_t j = 0; j < ids.size() && distances[j] < radius; ++j) {
+              expected.ids.push_back(ids[j]);
+              expected.distances.push_back(distances[j]);
             }
             expected.offsets.push_back(expected.ids.size());
           }

@@ -15,6 +15,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -213,6 +214,35 @@ inline flat_index row_numbered_flat(const matrix<float>& x, metric m) {
 }
 
 /// Two range results equal row for row, id for id and distance for distance.
+/// What an IVF index's search for `k` under `params` returns, from unbounded range searches (which do
+/// not widen): a row that its nprobe lists leave short of k ids searches twice the lists, then twice
+/// again, until it holds k or every one of the `nlist` lists was searched. `short_at_first` (when given)
+/// receives how many rows the first nprobe lists left short.
+template <class Index>
+[[nodiscard]] neighbors widened_expectation(const Index& index, matrix_view<const float> queries, std::size_t k,
+                                            search_params params, std::size_t nlist,
+                                            std::size_t* short_at_first = nullptr) {
+  neighbors want(queries.rows, k);
+  std::vector<bool> done(queries.rows, false);
+  std::size_t n = std::min(params.nprobe == 0 ? std::size_t{1} : params.nprobe, nlist);
+  if (short_at_first != nullptr) *short_at_first = 0;
+  for (bool first = true;; first = false, n = std::min(nlist, 2 * n)) {
+    params.nprobe = n;
+    const range_result all = index.range_search(queries, std::numeric_limits<float>::infinity(), params);
+    for (std::size_t q = 0; q < queries.rows; ++q) {
+      const std::size_t held = all.row_ids(q).size();
+      if (first && held < k && short_at_first != nullptr) ++*short_at_first;
+      if (done[q] || (held < k && n < nlist)) continue;
+      for (std::size_t j = 0; j < k; ++j) {
+        want.view().row_ids(q)[j] = j < held ? all.row_ids(q)[j] : no_id;
+        want.view().row_distances(q)[j] = j < held ? all.row_distances(q)[j] : no_distance;
+      }
+      done[q] = true;
+    }
+    if (n == nlist) return want;
+  }
+}
+
 inline void require_identical(const range_result& got, const range_result& want) {
   REQUIRE(got.offsets == want.offsets);
   CHECK(got.ids == want.ids);

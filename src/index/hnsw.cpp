@@ -859,13 +859,48 @@ struct hnsw_index::impl {
     return cur;
   }
 
+  /// When a filtered search stops walking the graph and scans the nodes its filter accepts instead
+  /// (`scan_accepted`). A walk expands until it holds ef accepted nodes; under a filter that accepts few
+  /// it scores most of the graph first, each node a random access, where a scan reads each node's state
+  /// and id in order and scores only the accepted ones: HNSW16 took 11× a `Flat` scan with the same
+  /// predicate at 1% of 20,000 64-d rows passing and 42× at 0.1%, 14× and 31× at 784-d (session 46,
+  /// docs/hnsw.md "Filters that accept few nodes"). So the walk stops once it has scored more than a scan
+  /// would cost: a visit to every live node and an exact score per accepted node, their share estimated
+  /// from the walk's (`due`). Costs are in units of a node the walk scores, from the bytes each reads:
+  /// the walk a row of its vectors or codes plus about 64 (state, links, heap work), a visit 32 (state
+  /// byte, id, the filter's call), an exact score a full vector. So the walk spends at most about what
+  /// the scan then costs. Counts only, never time: the same search gives the same answer on every
+  /// machine. The scan's answer is exact.
+  struct scan_switch {
+    double nodes = 0;          // live nodes: what a scan visits
+    double visit = 0;          // a scan's visit, in scored nodes
+    double score = 0;          // a scan's exact score of an accepted node, in scored nodes
+    std::size_t scored = 0;    // nodes the walk has scored
+    std::size_t accepted = 0;  // of those it offered, the ones the filter accepted
+    bool taken = false;        // the walk stopped for a scan
+    [[nodiscard]] bool due() const noexcept {
+      const auto walked = static_cast<double>(scored);
+      return walked > nodes * (visit + score * static_cast<double>(accepted) / walked);
+    }
+  };
+  /// The scan's costs for a walk that reads `coded` rows (see `scan_switch`).
+  [[nodiscard]] scan_switch scan_costs(bool coded) const noexcept {
+    const double vector_bytes = static_cast<double>(stride * sizeof(float));
+    const double walked = (coded ? static_cast<double>(code_stride) : vector_bytes) + 64;
+    return {.nodes = static_cast<double>(live_count.load(std::memory_order_relaxed)),
+            .visit = 32 / walked,
+            .score = vector_bytes / walked};
+  }
+
   /// Best-first search of one layer from `entries`: returns up to `ef` nodes that `accept` passes, in no
   /// particular order. Rejected nodes are still traversed. With `hits`, every accepted node evaluated
   /// within `radius` is appended to it too, and exploration continues while the frontier is inside it.
+  /// With `scan`, the search counts what it scores and stops early, setting `scan->taken`, once a scan of
+  /// the accepted nodes is due (the nodes it returns are then those found so far).
   template <class Accept>
   std::vector<cand> search_layer(const query_ctx& q, std::span<const cand> entries, std::size_t ef, std::size_t level,
                                  scratch& s, const Accept& accept, float radius = -no_distance,
-                                 std::vector<cand>* hits = nullptr) const {
+                                 std::vector<cand>* hits = nullptr, scan_switch* scan = nullptr) const {
     std::vector<cand>& frontier = s.frontier;
     std::vector<cand>& best = s.best;
     frontier.clear();
@@ -879,6 +914,7 @@ struct hnsw_index::impl {
     };
     const auto offer = [&](cand c) {
       if (!accept(c.slot)) return;
+      if (scan != nullptr) ++scan->accepted;
       if (hits != nullptr && c.distance < radius) hits->push_back(c);
       best.push_back(c);
       std::push_heap(best.begin(), best.end());
@@ -905,7 +941,55 @@ struct hnsw_index::impl {
         if (next.distance < bound || next.distance < radius) explore(next);
         if (next.distance < bound || hits != nullptr) offer(next);
       }
+      if (scan != nullptr) {
+        scan->scored += m;
+        if (scan->due()) {
+          scan->taken = true;
+          break;
+        }
+      }
     }
+    return {best.begin(), best.end()};
+  }
+
+  /// Every live node `filter` accepts, scored exactly, in slot order: the `ef` nearest (in no particular
+  /// order, as `search_layer` returns them), and with `hits` every one within `radius` appended to it.
+  /// Reads what a walk reads — a node's state (acquire), then its id and vector — so it runs beside adds
+  /// as searches do (a remove or upsert holds the structure lock exclusively).
+  std::vector<cand> scan_accepted(const float* query, std::size_t ef, const id_filter& filter, float radius,
+                                  std::vector<cand>* hits, scratch& s) const {
+    std::vector<cand>& best = s.best;
+    best.clear();
+    const std::size_t batch = s.pending_rows.size();  // at least max_links0 (`reset`)
+    std::size_t held = 0;
+    const auto score_held = [&] {
+      exact_distances(query, s.pending_rows.data(), held, s.pending_distances.data());
+      for (std::size_t j = 0; j < held; ++j) {
+        const cand c{s.pending_distances[j], s.pending[j]};
+        if (hits != nullptr && c.distance < radius) hits->push_back(c);
+        if (best.size() < ef || c < best.front()) {
+          best.push_back(c);
+          std::push_heap(best.begin(), best.end());
+          if (best.size() > ef) {
+            std::pop_heap(best.begin(), best.end());
+            best.pop_back();
+          }
+        }
+      }
+      held = 0;
+    };
+    const slot_t n = slot_count.load(std::memory_order_acquire);
+    for (slot_t first = 0; first < n; first += static_cast<slot_t>(std::min<std::size_t>(chunk_nodes, n - first))) {
+      const chunk& ch = chunk_of(locate(first).first);
+      const std::size_t count = std::min<std::size_t>(chunk_nodes, n - first);
+      for (std::size_t off = 0; off < count; ++off) {
+        if (ch.state[off].load(std::memory_order_acquire) == 0 || !filter.accepts(ch.ids[off])) continue;
+        s.pending[held] = static_cast<slot_t>(first + off);
+        s.pending_rows[held] = ch.vectors + off * stride;
+        if (++held == batch) score_held();
+      }
+    }
+    score_held();
     return {best.begin(), best.end()};
   }
 
@@ -1768,7 +1852,7 @@ struct hnsw_index::impl {
     topk_heap heap(row.k);
     const bool coded = code_stride != 0;
     search_bottom(
-        q, ef, params.filter, coded,
+        q, ef, params, coded,
         [&](std::span<const cand> found) {
           for (const cand& c : found) heap.push(c.distance, id_of(c.slot));
         },
@@ -1834,28 +1918,33 @@ struct hnsw_index::impl {
   }
 
   /// Descends from the entry point and hands `consume` the `ef` best nodes of the bottom layer that
-  /// `filter` accepts, as a span valid during the call (with `hits`, also collects every accepted node
-  /// evaluated within `radius`: see `search_layer`). Without a filter the acceptance test compiles away
-  /// and the nodes are handed over from the search's own pool, without a copy.
+  /// `params.filter` accepts, as a span valid during the call (with `hits`, also collects every accepted
+  /// node evaluated within `radius`: see `search_layer`). Without a filter the acceptance test compiles
+  /// away and the nodes are handed over from the search's own pool, without a copy. With one, the walk
+  /// may give way to a scan of the accepted nodes (`scan_switch`; not when `params.filter_scan` is false).
   /// `coded`: traverse with the codes (SQ8 / SQ4 estimates, or F16), then re-rank: the candidates' distances are exact
   /// either way. `entered`: the bottom-layer entry `enter` found for this query with the same `coded`
   /// (null: descend from the entry point now).
   template <class Consume>
-  void search_bottom(const float* query, std::size_t ef, const id_filter& filter, bool coded, const Consume& consume,
-                     float radius = -no_distance, std::vector<cand>* hits = nullptr,
+  void search_bottom(const float* query, std::size_t ef, const search_params& params, bool coded,
+                     const Consume& consume, float radius = -no_distance, std::vector<cand>* hits = nullptr,
                      const cand* entered = nullptr) const {
     const std::uint64_t ep = entry.load(std::memory_order_acquire);
     if (ep == empty_entry) return;
+    const id_filter& filter = params.filter;
     std::unique_ptr<scratch> s = acquire();
     const query_ctx q = context(query, coded, *s);
     const cand start = entered != nullptr ? *entered : enter(q, ep, *s);
+    scan_switch scan = scan_costs(coded);
+    const std::size_t hits_before = hits != nullptr ? hits->size() : 0;
     // The heap search of a filtered or range search, from `from` (marks persist: a second call from
     // another entry visits only nodes the first did not).
     const auto heap_search = [&](const cand& from) {
       const std::span entries(&from, 1);
       if (filter)
         return search_layer(
-            q, entries, ef, 0, *s, [&](slot_t x) { return filter.accepts(id_of(x)); }, radius, hits);
+            q, entries, ef, 0, *s, [&](slot_t x) { return filter.accepts(id_of(x)); }, radius, hits,
+            params.filter_scan ? &scan : nullptr);
       return search_layer(
           q, entries, ef, 0, *s, [](slot_t) { return true; }, radius, hits);
     };
@@ -1871,7 +1960,8 @@ struct hnsw_index::impl {
     // comparison when nothing is wrong; nothing more than that when the first search already visited
     // the entry point).
     const auto ep_slot = static_cast<slot_t>(ep & 0xffffffffu);
-    if (found.size() < ef && start.slot != ep_slot && found.size() < live_count.load(std::memory_order_relaxed)) {
+    if (!scan.taken && found.size() < ef && start.slot != ep_slot &&
+        found.size() < live_count.load(std::memory_order_relaxed)) {
       std::vector<cand> merged(found.begin(), found.end());
       const cand from_ep{score(q, ep_slot), ep_slot};
       if (heap) {
@@ -1885,6 +1975,13 @@ struct hnsw_index::impl {
       if (merged.size() > ef) merged.resize(ef);
       layer = std::move(merged);
       found = layer;
+    }
+    if (scan.taken) {                                  // exact: nothing to re-rank
+      if (hits != nullptr) hits->resize(hits_before);  // the walk's, found again by the scan
+      layer = scan_accepted(query, ef, filter, radius, hits, *s);
+      consume(std::span<const cand>(layer));
+      release(std::move(s));
+      return;
     }
     if (coded) {  // exact distances of the candidates, in the scratch buffers (no allocation per query)
       s->pending_rows.resize(std::max(s->pending_rows.size(), found.size()));
@@ -2169,7 +2266,7 @@ range_result hnsw_index::range_search(matrix_view<const float> queries, float ra
   return detail::range_by_query(queries.rows, [&](std::size_t r, std::vector<scored_id>& row) {
     std::vector<cand> hits;
     x.search_bottom(
-        queries.row(r), ef, params.filter, false, [](std::span<const cand>) {}, radius, &hits);
+        queries.row(r), ef, params, false, [](std::span<const cand>) {}, radius, &hits);
     for (const cand& h : hits) row.push_back({h.distance, x.id_of(h.slot)});
   });
 }

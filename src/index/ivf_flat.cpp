@@ -182,15 +182,19 @@ void ivf_flat_index::search(matrix_view<const float> queries, neighbors_view out
   const detail::probed_queries p = probe(queries, params, "ivf_flat_index::search: query");
   const distance_kernels& k = active_kernels();
   detail::parallel_for_in(p.locality_order(), p.view.rows, [&](std::size_t q) {
-    topk_heap heap(out.k);
     const detail::scratch_lease<std::vector<std::uint32_t>> order;  // reused from query to query
-    const detail::probed_read_locks<list> locks(lists_, p.lists(q), order.get());
-    for (const std::uint32_t list_no : p.lists(q)) {
-      const list& l = *lists_[list_no];
-      detail::scan_into_heap(k, metric_, p.view.row(q), l.code_data(), l.id_data(), l.count(), dim_, params.filter,
-                             heap);
-    }
-    heap.write_sorted(out.row_ids(q), out.row_distances(q));
+    detail::search_widening(p, q, out.k, *coarse_, params, [&](std::span<const std::uint32_t> lists) {
+      topk_heap heap(out.k);
+      const detail::probed_read_locks<list> locks(lists_, lists, order.get());
+      for (const std::uint32_t list_no : lists) {
+        const list& l = *lists_[list_no];
+        detail::scan_into_heap(k, metric_, p.view.row(q), l.code_data(), l.id_data(), l.count(), dim_, params.filter,
+                               heap);
+      }
+      const std::size_t held = heap.size();
+      heap.write_sorted(out.row_ids(q), out.row_distances(q));
+      return held;
+    });
   });
 }
 

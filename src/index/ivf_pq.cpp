@@ -734,60 +734,67 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
   const detail::probed_queries p = probe(queries, params, "ivf_pq_index::search");
   const std::size_t keep =
       params.refine_factor == 0 ? out.k : detail::candidate_depth(out.k, params.refine_factor, size());
-  const distance_kernels& dk = active_kernels();
   detail::parallel_for_in(p.locality_order(), p.view.rows, [&](std::size_t q) {
     const float* query = p.view.row(q);
     const float* kept_query = rerank_rotated_ ? query : p.input.row(q);  // the re-rank's: as the rows it scores
-    const std::span<const std::uint32_t> probed = p.lists(q);
     // Every probed list stays read-locked from its scan to the end of the re-rank, so a candidate's slot
     // still holds it when its full vector is read: one lock round trip per list instead of two per
     // candidate. Taken in ascending list order: writers hold one list at a time, so ordered readers can
     // form no cycle even where waiting writers block new readers.
     const detail::scratch_lease<scratch> lease;
     scratch& s = lease.get();
-    const detail::probed_read_locks<list> locks(lists_, probed, s.locked);
-    s.clear(keep);
-    begin_query(query, s);
-    for (const std::uint32_t list_no : probed) scan_list(*lists_[list_no], list_no, query, s, params, keep);
-    if (params.refine_factor == 0) {
-      std::sort(s.items.begin(), s.items.end());
-      const auto ids = out.row_ids(q);
-      const auto dists = out.row_distances(q);
-      for (std::size_t j = 0; j < out.k; ++j) {
-        ids[j] = j < s.items.size() ? s.items[j].id : no_id;
-        dists[j] = j < s.items.size() ? s.items[j].distance : no_distance;
-      }
-      return;
-    }
-    // Re-rank. The candidates' rows are scattered over the lists: start fetching the first lines of each
-    // (the hardware prefetcher follows the rest of a row) before scoring any of them.
-    topk_heap& best = s.best;
-    best.reset(out.k);
-    if (params_.refine_sq8) {
-      // By the distance to each candidate's SQ8 reconstruction.
-      const auto row = [&](const scratch::candidate& c) {
-        return lists_[c.list]->sq_code_data() + std::size_t{c.slot} * dim_;
-      };
-      for (const scratch::candidate& c : s.items) __builtin_prefetch(row(c));
-      for (const scratch::candidate& c : s.items) {
-        float d = 0.0f;
-        refine_codec_->distances(kept_query, metric_, row(c), 1, &d);
-        best.push(d, c.id);
-      }
-    } else {
-      const auto row = [&](const scratch::candidate& c) {
-        return lists_[c.list]->vector_data() + std::size_t{c.slot} * dim_;
-      };
-      for (const scratch::candidate& c : s.items) {
-        const char* bytes = reinterpret_cast<const char*>(row(c));
-        __builtin_prefetch(bytes);
-        __builtin_prefetch(bytes + 64);
-      }
-      for (const scratch::candidate& c : s.items)
-        best.push(detail::pair_distance(dk, metric_, kept_query, row(c), dim_), c.id);
-    }
-    best.write_sorted(out.row_ids(q), out.row_distances(q));
+    detail::search_widening(p, q, out.k, *coarse_, params, [&](std::span<const std::uint32_t> probed) {
+      const detail::probed_read_locks<list> locks(lists_, probed, s.locked);
+      s.clear(keep);
+      begin_query(query, s);
+      for (const std::uint32_t list_no : probed) scan_list(*lists_[list_no], list_no, query, s, params, keep);
+      write_row(s, kept_query, out, q, params);
+      return s.items.size();
+    });
   });
+}
+
+void ivf_pq_index::write_row(scratch& s, const float* kept_query, neighbors_view out, std::size_t q,
+                             const search_params& params) const {
+  if (params.refine_factor == 0) {
+    std::sort(s.items.begin(), s.items.end());
+    const auto ids = out.row_ids(q);
+    const auto dists = out.row_distances(q);
+    for (std::size_t j = 0; j < out.k; ++j) {
+      ids[j] = j < s.items.size() ? s.items[j].id : no_id;
+      dists[j] = j < s.items.size() ? s.items[j].distance : no_distance;
+    }
+    return;
+  }
+  const distance_kernels& dk = active_kernels();
+  // Re-rank. The candidates' rows are scattered over the lists: start fetching the first lines of each
+  // (the hardware prefetcher follows the rest of a row) before scoring any of them.
+  topk_heap& best = s.best;
+  best.reset(out.k);
+  if (params_.refine_sq8) {
+    // By the distance to each candidate's SQ8 reconstruction.
+    const auto row = [&](const scratch::candidate& c) {
+      return lists_[c.list]->sq_code_data() + std::size_t{c.slot} * dim_;
+    };
+    for (const scratch::candidate& c : s.items) __builtin_prefetch(row(c));
+    for (const scratch::candidate& c : s.items) {
+      float d = 0.0f;
+      refine_codec_->distances(kept_query, metric_, row(c), 1, &d);
+      best.push(d, c.id);
+    }
+  } else {
+    const auto row = [&](const scratch::candidate& c) {
+      return lists_[c.list]->vector_data() + std::size_t{c.slot} * dim_;
+    };
+    for (const scratch::candidate& c : s.items) {
+      const char* bytes = reinterpret_cast<const char*>(row(c));
+      __builtin_prefetch(bytes);
+      __builtin_prefetch(bytes + 64);
+    }
+    for (const scratch::candidate& c : s.items)
+      best.push(detail::pair_distance(dk, metric_, kept_query, row(c), dim_), c.id);
+  }
+  best.write_sorted(out.row_ids(q), out.row_distances(q));
 }
 
 neighbors ivf_pq_index::search(matrix_view<const float> queries, std::size_t k, const search_params& params) const {

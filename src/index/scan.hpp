@@ -44,18 +44,54 @@ inline void scan_distances(const distance_kernels& k, metric m, const float* que
   return m == metric::l2 ? k.l2sqr(query, x, dim) : distance_from_inner_product(m, k.inner_product(query, x, dim));
 }
 
+/// Hands `take(distance, id)` each of the `count` dense rows at `x` (ids `ids`) that `filter` (not
+/// empty) accepts: the ids are tested first and only the accepted rows scored, gathered (the gather
+/// kernel equals the one-to-many one bit for bit). Scoring every row and then testing the near ones made
+/// a filter that passes few rows cost a distance per row: an IVF-Flat row that widened to every list
+/// under a filter passing 0.1% of 20,000 784-d rows took 2.0 ms against 0.4 for `Flat` (session 46).
+template <class Take>
+void scan_accepted_rows(const distance_kernels& k, metric m, const float* query, const float* x, const vector_id* ids,
+                        std::size_t count, std::size_t dim, const id_filter& filter, const Take& take) {
+  std::array<const float*, scan_chunk> rows{};
+  std::array<vector_id, scan_chunk> kept{};
+  std::array<float, scan_chunk> dist{};
+  std::size_t held = 0;
+  const auto score_held = [&] {
+    if (m == metric::l2) {
+      k.l2sqr_gather(query, rows.data(), held, dim, dist.data());
+    } else {
+      k.inner_product_gather(query, rows.data(), held, dim, dist.data());
+      for (std::size_t i = 0; i < held; ++i) dist[i] = distance_from_inner_product(m, dist[i]);
+    }
+    for (std::size_t i = 0; i < held; ++i) take(dist[i], kept[i]);
+    held = 0;
+  };
+  for (std::size_t i = 0; i < count; ++i) {
+    if (!filter.accepts(ids[i])) continue;
+    rows[held] = x + i * dim;
+    kept[held] = ids[i];
+    if (++held == scan_chunk) score_held();
+  }
+  if (held > 0) score_held();
+}
+
 /// Offers the `count` dense rows at `x` (ids `ids`) to `heap`, skipping ids `filter` rejects.
 inline void scan_into_heap(const distance_kernels& k, metric m, const float* query, const float* x,
                            const vector_id* ids, std::size_t count, std::size_t dim, const id_filter& filter,
                            topk_heap& heap) {
+  if (filter) {
+    scan_accepted_rows(k, m, query, x, ids, count, dim, filter, [&](float d, vector_id id) {
+      if (d <= heap.worst()) heap.push(d, id);
+    });
+    return;
+  }
   std::array<float, scan_chunk> dist{};
   for (std::size_t first = 0; first < count; first += scan_chunk) {
     const std::size_t n = std::min(scan_chunk, count - first);
     scan_distances(k, m, query, x + first * dim, n, dim, dim, dist.data());
     for (std::size_t i = 0; i < n; ++i) {
       if (dist[i] > heap.worst()) continue;
-      const vector_id id = ids[first + i];
-      if (filter.accepts(id)) heap.push(dist[i], id);
+      heap.push(dist[i], ids[first + i]);
     }
   }
 }
@@ -64,12 +100,18 @@ inline void scan_into_heap(const distance_kernels& k, metric m, const float* que
 inline void scan_into_range(const distance_kernels& k, metric m, const float* query, const float* x,
                             const vector_id* ids, std::size_t count, std::size_t dim, float radius,
                             const id_filter& filter, std::vector<scored_id>& hits) {
+  if (filter) {
+    scan_accepted_rows(k, m, query, x, ids, count, dim, filter, [&](float d, vector_id id) {
+      if (d < radius) hits.push_back({d, id});
+    });
+    return;
+  }
   std::array<float, scan_chunk> dist{};
   for (std::size_t first = 0; first < count; first += scan_chunk) {
     const std::size_t n = std::min(scan_chunk, count - first);
     scan_distances(k, m, query, x + first * dim, n, dim, dim, dist.data());
     for (std::size_t i = 0; i < n; ++i)
-      if (dist[i] < radius && filter.accepts(ids[first + i])) hits.push_back({dist[i], ids[first + i]});
+      if (dist[i] < radius) hits.push_back({dist[i], ids[first + i]});
   }
 }
 

@@ -98,21 +98,19 @@ class id_filter {
 /// return unre-ranked distances the caller asked to have re-ranked. So one tuned `search_params` serves
 /// every index except such an IVF-PQ one (a user-eyes review).
 struct search_params {
-  /// Only ids the filter accepts are returned. Rows stay k long while k of the ids the search looks at
-  /// pass: every id for `Flat`, every reachable one for HNSW; for IVF kinds only the ids of the nprobe
-  /// lists probed. A filter whose ids lie in other lists leaves rows short (`no_id` padding), however
-  /// many pass: measured by a user-eyes review and again by me (`benchmarks/results/filtered-search.cpp`:
-  /// 20,000 clustered 64-d rows, `IVF64,Flat`, a filter
-  /// accepting the 1% of rows around one point): 198 of 200 rows empty at nprobe 1, 183 at 16, 0 only at
-  /// nprobe = nlist. Raise nprobe (nlist scans everything) for selective filters. A collection with
-  /// semantic or hybrid routing searches, for a row its `shard_probe` shards left short, every shard it
-  /// skipped (the same review: 4 semantic shards, 53 of 200 rows empty at `shard_probe` 2 before; none
-  /// since, at the recall of probing all 4). HNSW keeps its rows and recall, but
-  /// expands until ef accepted nodes are found, so its cost grows as the filter narrows: 11-27× a `Flat`
-  /// scan with the same predicate at 1% of the rows passing, 45-78× at 0.1% (the review's run and mine,
-  /// the latter beside a build; same program, `hnsw_slow`). For filters that
-  /// pass few ids, a `Flat` search (or scoring the accepted ids directly) is the faster and exact way.
-  /// No index switches to such a scan by itself.
+  /// Only ids the filter accepts are returned. Rows stay k long whenever the index holds k ids the filter
+  /// accepts (unreachable HNSW nodes aside), padded with `no_id` beyond those. `Flat` scores every id.
+  /// IVF kinds: a row that the nprobe lists leave short searches twice the lists, nearest first, then
+  /// twice again, until it holds k or every list was searched (since session 46; before, a filter whose
+  /// ids lay in other lists left rows empty: 198 of 200 at nprobe 1 in `benchmarks/results/filtered-search.cpp
+  /// ivf_short`, none since); unfiltered rows too, when the probed lists hold fewer than k vectors. Only
+  /// short rows pay, at most twice their last try. A collection with semantic or hybrid routing searches,
+  /// for a row its `shard_probe` shards left short, every shard it skipped. HNSW walks the graph until ef
+  /// accepted nodes are found; under a filter that accepts few that walk scores most of the graph (40× a
+  /// `Flat` scan at 0.1% of 20,000 64-d rows passing), so once the walk has cost more than a scan of the
+  /// accepted nodes would, it stops and scores every node the filter accepts instead, exactly (`filter_scan`;
+  /// 2-3× the `Flat` scan then, and faster than it at 784 dimensions: docs/hnsw.md, "Filters that accept
+  /// few nodes").
   id_filter filter{};
   /// HNSW: size of the candidate list kept while searching the bottom layer (larger: higher recall,
   /// slower). 0 means the index default, max(k, 64); any value below k is raised to k. IVF with an HNSW
@@ -136,6 +134,12 @@ struct search_params {
   /// queries (the CUDA component's `shoal::cuda::coarse_quantizer`, built from the index's centroids);
   /// null (the default) keeps the index's. Must outlive the call. See `shoal/core/coarse_probe.hpp`.
   const coarse_probe* coarse = nullptr;
+  /// HNSW, with a filter: whether a search may stop walking the graph and score every node the filter
+  /// accepts instead, once its walk has cost more than that scan would (a filter that accepts few nodes
+  /// makes the walk score most of the graph: docs/hnsw.md, "Filters that accept few nodes"). The scan's
+  /// rows are exact. true (the default); false always walks, as a test of which nodes the graph reaches
+  /// needs.
+  bool filter_scan = true;
 };
 
 }  // namespace shoal

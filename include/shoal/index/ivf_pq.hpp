@@ -235,6 +235,11 @@ class ivf_pq_index {
   [[nodiscard]] const float* list_distances(const list& l, std::size_t list_no, const float* query, scratch& s) const;
   void scan_list(const list& l, std::size_t list_no, const float* query, scratch& s, const search_params& params,
                  std::size_t keep) const;
+  /// Writes row `q` of `out` from the candidates the scan left in `s`: by their code distances, or
+  /// re-ranked from the stored rows (`kept_query`: the query in their space) when `refine_factor` > 0.
+  /// The lists holding the candidates must still be read-locked.
+  void write_row(scratch& s, const float* kept_query, neighbors_view out, std::size_t q,
+                 const search_params& params) const;
   [[nodiscard]] std::size_t list_code_bytes(std::size_t n) const noexcept;
   struct prepared_rows;
   /// The rows `add` encodes: `vectors` checked, normalised under cosine, rotated under OPQ.
