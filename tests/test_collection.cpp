@@ -152,6 +152,45 @@ TEST_CASE("collection: a filter whose ids lie in shards a query skips still fill
       CHECK(std::vector<vector_id>(got.ids().begin(), got.ids().end()) ==
             std::vector<vector_id>(want.ids().begin(), want.ids().end()));
     }
+    // k beyond every shard's size: a shard returns rows of its size, and the widening read k entries of
+    // each, into the next row's (other queries' distances) and past the last.
+    const std::size_t k = data.ids.size() / 2;
+    const neighbors got = c.search(data.queries.view(), k, {.filter = in_home, .shard_probe = 1});
+    const neighbors want = exact_index.search(data.queries.view(), k, {.filter = in_home});
+    CHECK(std::vector<vector_id>(got.ids().begin(), got.ids().end()) ==
+          std::vector<vector_id>(want.ids().begin(), want.ids().end()));
+  }
+}
+
+TEST_CASE("collection: IVF shards widen a short row together, until it holds k", "[collection]") {
+  // Each IVF shard widened its own short rows until it alone held k, where the collection needs k from
+  // all of them (a review: 23× one index's time). The collection now searches its shards without that
+  // and widens a short row across them, doubling nprobe.
+  const clustered_set data(3000, 40, 16, 8, 21, 0.3f);
+  const flat_index exact_index = flat_of(data, metric::l2);
+  const neighbors around = exact_index.search(data.base.view().slice(0, 1), 40);  // 40 rows near row 0
+  std::unordered_set<vector_id> region(around.ids().begin(), around.ids().end());
+  const auto in_region = [&region](vector_id id) { return region.contains(id); };
+  for (const sharding policy : {sharding::hash, sharding::semantic}) {
+    CAPTURE(policy);
+    collection c(options_for(policy, 16, metric::l2, "IVF16,Flat"));
+    c.train(data.base.view());
+    c.add(data.base.view(), data.ids);
+    search_params p{.filter = in_region, .nprobe = 1};
+    p.widen = false;  // as FAISS: the probed lists' rows only
+    const neighbors narrow = c.search(data.queries.view(), 10, p);
+    CHECK(std::count(narrow.ids().begin(), narrow.ids().end(), no_id) > 0);
+    p.widen = true;
+    const neighbors full = c.search(data.queries.view(), 10, p);
+    for (const vector_id id : full.ids()) CHECK(in_region(id));  // every row k long, of accepted ids
+    // Unfiltered, k beyond what one list of each shard holds (about 3000 / 4 / 16 each).
+    const neighbors many = c.search(data.queries.view(), 300, {.nprobe = 1});
+    CHECK(std::count(many.ids().begin(), many.ids().end(), no_id) == 0);
+    // Every list of every shard at last: with ids in no shard's probed lists, the exact filtered answer.
+    const std::vector<vector_id> few = {data.ids[7], data.ids[1500], data.ids[2999]};
+    const auto only_few = [&few](vector_id id) { return std::find(few.begin(), few.end(), id) != few.end(); };
+    const neighbors three = c.search(data.queries.view(), 10, {.filter = only_few, .nprobe = 1});
+    require_identical(three, exact_index.search(data.queries.view(), 10, {.filter = only_few}));
   }
 }
 

@@ -3,7 +3,10 @@
 #include <limits>
 #include <numeric>
 #include <thread>
+#include <unordered_map>
 #include <vector>
+
+#include <tbb/task_arena.h>
 
 #include <catch2/catch.hpp>
 
@@ -154,6 +157,42 @@ TEST_CASE("flat search applies the per-call filter and stays k long", "[flat]") 
   const auto only_few = [&](vector_id id) { return std::find(few.begin(), few.end(), id) != few.end(); };
   params.filter = only_few;
   check_matches_reference(f, metric::l2, index.search(f.queries.view(), 10, params), 10, only_few);
+}
+
+TEST_CASE("flat batches under a filter that accepts few rows score only those, as single queries do", "[flat]") {
+  // The filter runs once per stored row for the batch (it cannot depend on the query); a GEMM over
+  // every row then tested each query's candidates against it one by one, most rows for most queries
+  // while the heap was not full.
+  const fixture f(3000, 40, 13);
+  std::size_t calls = 0;  // searches below run in a one-thread arena: a plain counter
+  std::vector<std::uint8_t> accepted(f.ids.size(), 0);
+  splitmix64 rng(3);
+  for (std::uint8_t& a : accepted) a = rng.uniform() < 0.02 ? 1 : 0;
+  std::unordered_map<vector_id, std::uint8_t> by_id;
+  for (std::size_t i = 0; i < f.ids.size(); ++i) by_id.emplace(f.ids[i], accepted[i]);
+  const auto counted = [&](vector_id id) {
+    ++calls;
+    return by_id.at(id) != 0;
+  };
+  const auto keep = [&](vector_id id) { return by_id.at(id) != 0; };
+  tbb::task_arena one(1);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    const flat_index index = f.build(m);
+    search_params params;
+    params.filter = counted;
+    calls = 0;
+    const neighbors batch = one.execute([&] { return index.search(f.queries.view(), 10, params); });
+    CHECK(calls == f.ids.size());  // once per row for the whole batch
+    check_matches_reference(f, m, batch, 10, keep);
+    for (std::size_t q = 0; q < f.queries.rows; ++q) {  // bit for bit the single-query (streaming) rows
+      const neighbors single = index.search(f.queries.view().slice(q, 1), 10, params);
+      for (std::size_t j = 0; j < 10; ++j) {
+        CHECK(batch.id(q, j) == single.id(0, j));
+        CHECK(batch.distance(q, j) == single.distance(0, j));
+      }
+    }
+  }
 }
 
 TEST_CASE("flat remove deletes for good and re-add works", "[flat]") {

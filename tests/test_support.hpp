@@ -213,7 +213,6 @@ inline flat_index row_numbered_flat(const matrix<float>& x, metric m) {
   return index;
 }
 
-/// Two range results equal row for row, id for id and distance for distance.
 /// What an IVF index's search for `k` under `params` returns, from unbounded range searches (which do
 /// not widen): a row that its nprobe lists leave short of k ids searches twice the lists, then twice
 /// again, until it holds k or every one of the `nlist` lists was searched. `short_at_first` (when given)
@@ -243,6 +242,7 @@ template <class Index>
   }
 }
 
+/// Two range results equal row for row, id for id and distance for distance.
 inline void require_identical(const range_result& got, const range_result& want) {
   REQUIRE(got.offsets == want.offsets);
   CHECK(got.ids == want.ids);

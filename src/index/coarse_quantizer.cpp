@@ -343,33 +343,29 @@ std::size_t coarse_quantizer::probe_prefiltered(const float* query, std::size_t 
   return scored;
 }
 
-void coarse_quantizer::probe_exact(const float* query, std::size_t nprobe, std::uint32_t* probes) const {
-  const std::size_t nlist = centroids_.rows;
+void coarse_quantizer::scores(const float* query, float* out, std::vector<float>& frame) const {
+  const std::size_t nlist = centroids_.rows, dim = centroids_.dim;
+  const distance_kernels& k = active_kernels();
+  if (hnsw_m_ != 0) {  // as the graph scores them: L2, or −⟨q, c⟩
+    if (metric_ == metric::l2) {
+      k.l2sqr_one_to_many(query, centroids_.row(0), nlist, dim, dim, out);
+    } else {
+      k.inner_product_one_to_many(query, centroids_.row(0), nlist, dim, dim, out);
+      for (std::size_t c = 0; c < nlist; ++c) out[c] = -out[c];
+    }
+    return;
+  }
   const bool l2 = metric_ == metric::l2;
-  const scratch_lease<probe_scratch> lease;
-  probe_scratch& s = lease.get();
-  s.scores.resize(nlist);
-  float* scores = s.scores.data();
-  active_kernels().inner_product_one_to_many(centred(query, s.query), centred_.row(0), nlist, centred_.dim,
-                                             centred_.dim, scores);
-  for (std::size_t c = 0; c < nlist; ++c) scores[c] = rank_score(l2, l2 ? norms_[c] : 0.0f, scores[c]);
-  best_probes(scores, nlist, nprobe, s.best, probes);
+  k.inner_product_one_to_many(centred(query, frame), centred_.row(0), nlist, dim, dim, out);
+  for (std::size_t c = 0; c < nlist; ++c) out[c] = rank_score(l2, l2 ? norms_[c] : 0.0f, out[c]);
 }
 
-void coarse_quantizer::probe_every(const float* query, std::size_t nprobe, std::uint32_t* probes) const {
-  const std::size_t nlist = centroids_.rows, dim = centroids_.dim;
+void coarse_quantizer::probe_exact(const float* query, std::size_t nprobe, std::uint32_t* probes) const {
   const scratch_lease<probe_scratch> lease;
   probe_scratch& s = lease.get();
-  s.scores.resize(nlist);
-  float* scores = s.scores.data();
-  const distance_kernels& k = active_kernels();
-  if (metric_ == metric::l2) {
-    k.l2sqr_one_to_many(query, centroids_.row(0), nlist, dim, dim, scores);
-  } else {  // the graph's −⟨q, c⟩
-    k.inner_product_one_to_many(query, centroids_.row(0), nlist, dim, dim, scores);
-    for (std::size_t c = 0; c < nlist; ++c) scores[c] = -scores[c];
-  }
-  best_probes(scores, nlist, nprobe, s.best, probes);
+  s.scores.resize(centroids_.rows);
+  scores(query, s.scores.data(), s.query);
+  best_probes(s.scores.data(), centroids_.rows, nprobe, s.best, probes);
 }
 
 void coarse_quantizer::set_centroids(matrix<float> centroids) {
@@ -418,7 +414,7 @@ void coarse_quantizer::probe(matrix_view<const float> queries, std::size_t nprob
   // the graph and does not depend on every node being reachable (at M 2 a few may not be).
   if (std::max(nprobe, ef == 0 ? hnsw_index::default_ef : ef) >= centroids_.rows) {
     detail::parallel_for(queries.rows,
-                         [&](std::size_t q) { probe_every(queries.row(q), nprobe, probes + q * nprobe); });
+                         [&](std::size_t q) { probe_exact(queries.row(q), nprobe, probes + q * nprobe); });
     return;
   }
   search_params params;

@@ -80,10 +80,15 @@ class coarse_quantizer {
   /// The prefilter's probe of one query (the flat kind with a prefilter: `prefiltered`); returns how many
   /// centroids it scored exactly (public for the tests, which hold it to prune).
   std::size_t probe_prefiltered(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
-  /// The flat kind's exact probe of one query, without the prefilter: what `assign_nearest` gives a batch
-  /// too small for its GEMM (the same one-to-many kernel and (score, list) order), without its per-call
-  /// buffers.
+  /// The exact probe of one query, every centroid scored (`scores`), in (score, list) order: for the
+  /// flat kind without the prefilter, what `assign_nearest` gives a batch too small for its GEMM (the
+  /// same one-to-many kernel), without its per-call buffers; for the HNSW kind, the probe of a search
+  /// that would explore every centroid.
   void probe_exact(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
+  /// Every list's score for `query` (nlist floats into `out`; smaller is nearer): the flat kind's rank
+  /// score in its centred frame (`frame` receives the centred query), the HNSW kind's as its graph scores
+  /// (L2, or −⟨q, c⟩). `probe_exact` ranks by them.
+  void scores(const float* query, float* out, std::vector<float>& frame) const;
 
  private:
   /// Takes `centroids`; for the flat kind derives the centred copy, its norms and the prefilter (no graph).
@@ -96,9 +101,6 @@ class coarse_quantizer {
   [[nodiscard]] const float* centred(const float* x, std::vector<float>& out) const;
   /// Whether a batch of `rows` queries asking for `nprobe` lists goes through the SQ8 prefilter.
   [[nodiscard]] bool prefiltered(std::size_t rows, std::size_t nprobe) const noexcept;
-  /// The HNSW kind's probe of one query when its search would explore every centroid: all of them scored
-  /// pairwise, as the graph scores them (L2, or −⟨q, c⟩), in (score, list) order.
-  void probe_every(const float* query, std::size_t nprobe, std::uint32_t* probes) const;
 
   metric metric_;
   std::size_t hnsw_m_;

@@ -586,12 +586,7 @@ struct hnsw_index::impl {
 
   /// The metric's distances from `q` to `n` stored rows, through the gather kernels.
   void exact_distances(const float* q, const float* const* rows, std::size_t n, float* out) const noexcept {
-    if (metric == shoal::metric::l2) {
-      kern->l2sqr_gather(q, rows, n, dim, out);
-      return;
-    }
-    kern->inner_product_gather(q, rows, n, dim, out);
-    for (std::size_t j = 0; j < n; ++j) out[j] = detail::distance_from_inner_product(metric, out[j]);
+    detail::gather_distances(*kern, metric, q, rows, n, dim, out);
   }
 
   // ------------------------------------------------------------------------------------- SQ8 codes
@@ -862,34 +857,37 @@ struct hnsw_index::impl {
   /// When a filtered search stops walking the graph and scans the nodes its filter accepts instead
   /// (`scan_accepted`). A walk expands until it holds ef accepted nodes; under a filter that accepts few
   /// it scores most of the graph first, each node a random access, where a scan reads each node's state
-  /// and id in order and scores only the accepted ones: HNSW16 took 11× a `Flat` scan with the same
-  /// predicate at 1% of 20,000 64-d rows passing and 42× at 0.1%, 14× and 31× at 784-d (session 46,
+  /// and id in order and scores only the accepted ones: HNSW16 took 12× a `Flat` scan with the same
+  /// predicate at 1% of 20,000 64-d rows passing and 42× at 0.1%, 12× and 29× at 784-d (session 46,
   /// docs/hnsw.md "Filters that accept few nodes"). So the walk stops once it has scored more than a scan
-  /// would cost: a visit to every live node and an exact score per accepted node, their share estimated
+  /// would cost: a visit to every slot and an exact score per accepted node, their share estimated
   /// from the walk's (`due`). Costs are in units of a node the walk scores, from the bytes each reads:
-  /// the walk a row of its vectors or codes plus about 64 (state, links, heap work), a visit 32 (state
-  /// byte, id, the filter's call), an exact score a full vector. So the walk spends at most about what
-  /// the scan then costs. Counts only, never time: the same search gives the same answer on every
+  /// the walk a row of its vectors or codes plus about 64 (state, links, heap work), a visit to a live
+  /// node 32 (state byte, id, the filter's call), to a free slot 1, an exact score a full vector. So the walk spends at
+  /// most about what the scan then costs. Counts only, never time: the same search gives the same answer on every
   /// machine. The scan's answer is exact.
   struct scan_switch {
-    double nodes = 0;          // live nodes: what a scan visits
-    double visit = 0;          // a scan's visit, in scored nodes
+    double visits = 0;         // what a scan's visits to every slot cost, in scored nodes
+    double live = 0;           // live nodes
     double score = 0;          // a scan's exact score of an accepted node, in scored nodes
     std::size_t scored = 0;    // nodes the walk has scored
     std::size_t accepted = 0;  // of those it offered, the ones the filter accepted
     bool taken = false;        // the walk stopped for a scan
     [[nodiscard]] bool due() const noexcept {
       const auto walked = static_cast<double>(scored);
-      return walked > nodes * (visit + score * static_cast<double>(accepted) / walked);
+      return walked > visits + live * score * static_cast<double>(accepted) / walked;
     }
   };
-  /// The scan's costs for a walk that reads `coded` rows (see `scan_switch`).
+  /// The scan's costs for a walk that reads `coded` rows (see `scan_switch`). A free slot (a removed
+  /// node's, until an add reuses it) costs the scan its state byte, read in order: 1. Costed as a live
+  /// node's visit, a graph of 60,000 slots with 600 live nodes switched to scans up to 2.4× slower than
+  /// its walks (a review); at 4 it kept walks 1.5× slower than the scans would have been.
   [[nodiscard]] scan_switch scan_costs(bool coded) const noexcept {
     const double vector_bytes = static_cast<double>(stride * sizeof(float));
     const double walked = (coded ? static_cast<double>(code_stride) : vector_bytes) + 64;
-    return {.nodes = static_cast<double>(live_count.load(std::memory_order_relaxed)),
-            .visit = 32 / walked,
-            .score = vector_bytes / walked};
+    const auto live = static_cast<double>(live_count.load(std::memory_order_relaxed));
+    const auto slots = static_cast<double>(slot_count.load(std::memory_order_relaxed));
+    return {.visits = (32 * live + std::max(0.0, slots - live)) / walked, .live = live, .score = vector_bytes / walked};
   }
 
   /// Best-first search of one layer from `entries`: returns up to `ef` nodes that `accept` passes, in no

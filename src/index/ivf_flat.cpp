@@ -183,7 +183,7 @@ void ivf_flat_index::search(matrix_view<const float> queries, neighbors_view out
   const distance_kernels& k = active_kernels();
   detail::parallel_for_in(p.locality_order(), p.view.rows, [&](std::size_t q) {
     const detail::scratch_lease<std::vector<std::uint32_t>> order;  // reused from query to query
-    detail::search_widening(p, q, out.k, *coarse_, params, [&](std::span<const std::uint32_t> lists) {
+    detail::search_widening(p, q, out.k, size(), *coarse_, params, [&](std::span<const std::uint32_t> lists) {
       topk_heap heap(out.k);
       const detail::probed_read_locks<list> locks(lists_, lists, order.get());
       for (const std::uint32_t list_no : lists) {

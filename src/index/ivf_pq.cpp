@@ -743,7 +743,7 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
     // form no cycle even where waiting writers block new readers.
     const detail::scratch_lease<scratch> lease;
     scratch& s = lease.get();
-    detail::search_widening(p, q, out.k, *coarse_, params, [&](std::span<const std::uint32_t> probed) {
+    detail::search_widening(p, q, out.k, size(), *coarse_, params, [&](std::span<const std::uint32_t> probed) {
       const detail::probed_read_locks<list> locks(lists_, probed, s.locked);
       s.clear(keep);
       begin_query(query, s);

@@ -10,6 +10,7 @@
 #include <numeric>
 #include <optional>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "index/coarse_quantizer.hpp"
@@ -62,33 +63,43 @@ struct probed_queries {
 };
 
 /// Searches row `q` of `p` with `search_lists(lists)`, which searches the row afresh over those lists
-/// (read-locking them all at once), writes it, and returns how many ids it holds; and, while the row
-/// holds fewer than `k` and lists remain, again over twice as many lists, nearest first (every list at
-/// the last try; `coarse` picks them: an outside coarse pass, `search_params::coarse`, serves only the
-/// first try). So a row comes back k long whenever the index holds k ids the filter accepts: a filter
-/// whose ids lie in lists the nprobe nearest miss left rows short or empty (a user-eyes review, session
-/// 45: `IVF64,Flat`, 1% of rows around one point passing, 198 of 200 rows empty at nprobe 1), and so did
-/// probed lists holding fewer than k rows, as in FAISS, which pads with -1. Only short rows pay; a row's
-/// answer is the one a search with its last try's nprobe gives. Each try starts over rather than adding
-/// the new lists to the last try's heap: a vector moved between lists by a write between two tries
-/// would otherwise be found in both (a restart holds every list of the try at one moment, so it is found
-/// once or not at all); the tries cost at most twice the last.
+/// (read-locking them all at once), writes it, and returns how many ids it holds; and, unless
+/// `params.widen` is false, while the row holds fewer than `k` and lists remain, again over twice as many
+/// lists, nearest first (every list at the last try, or at once when the index holds fewer than k
+/// vectors, `stored`). So a row comes back k long whenever the index holds k ids the filter accepts: a
+/// filter whose ids lie in lists the nprobe nearest miss left rows short or empty (a user-eyes review,
+/// session 45: `IVF64,Flat`, 1% of rows around one point passing, 198 of 200 rows empty at nprobe 1), and
+/// so did probed lists holding fewer than k rows, as in FAISS, which pads with -1. Only short rows pay; a
+/// row's answer is the one a search with its last try's lists gives. The wider tries take their lists
+/// nearest first from one scoring of every list (`coarse_quantizer::scores`, exact for the HNSW kind
+/// too), made once per short row: a coarse pass per try cost more than the scans at nlist 4,096 (a
+/// review: nprobe 1 took 2.5× nprobe 16 for k 100). An outside coarse pass (`search_params::coarse`) serves only the
+/// first try. Each try starts over rather than adding the new lists to the last try's heap: a vector moved between
+/// lists by a write between two tries would otherwise be found in both (a restart holds every list of the try at one
+/// moment, so it is found once or not at all); the scans of the tries cost at most twice the last's.
 template <class SearchLists>
-void search_widening(const probed_queries& p, std::size_t q, std::size_t k, const coarse_quantizer& coarse,
-                     const search_params& params, const SearchLists& search_lists) {
+void search_widening(const probed_queries& p, std::size_t q, std::size_t k, std::size_t stored,
+                     const coarse_quantizer& coarse, const search_params& params, const SearchLists& search_lists) {
   std::size_t held = search_lists(p.lists(q));
   const std::size_t nlist = coarse.centroids().rows;
-  std::vector<std::uint32_t> wider;
-  for (std::size_t n = p.nprobe; held < k && n < nlist;) {
-    n = std::min(nlist, 2 * n);
-    wider.resize(n);
-    if (n == nlist) {
-      std::iota(wider.begin(), wider.end(), std::uint32_t{0});
-    } else {
-      coarse.probe(p.view.slice(q, 1), n, params.ef, wider.data());
-      while (!wider.empty() && wider.back() == no_list) wider.pop_back();  // the HNSW kind pads
-    }
-    held = search_lists(std::span<const std::uint32_t>(wider));
+  if (held >= k || !params.widen || p.nprobe >= nlist) return;
+  // Every list scored once; each try then orders only the lists it adds (n log n in all, not a sort of
+  // every list: ranking all 1,024 lists of a short row up front cost more than the scans).
+  std::vector<float> scores(nlist);
+  std::vector<float> frame;
+  coarse.scores(p.view.row(q), scores.data(), frame);
+  std::vector<std::pair<float, std::uint32_t>> ranked(nlist);
+  for (std::uint32_t l = 0; l < nlist; ++l) ranked[l] = {scores[l], l};
+  std::vector<std::uint32_t> lists;
+  for (std::size_t n = k > stored ? nlist : 2 * p.nprobe; held < k; n = 2 * n) {
+    n = std::min(n, nlist);
+    const auto first = ranked.begin() + static_cast<std::ptrdiff_t>(lists.size());
+    const auto last = ranked.begin() + static_cast<std::ptrdiff_t>(n);
+    std::nth_element(first, last - 1, ranked.end());
+    std::sort(first, last);
+    for (auto it = first; it != last; ++it) lists.push_back(it->second);
+    held = search_lists(std::span<const std::uint32_t>(lists));
+    if (n == nlist) return;
   }
 }
 

@@ -38,6 +38,18 @@ inline void scan_distances(const distance_kernels& k, metric m, const float* que
   for (std::size_t i = 0; i < count; ++i) out[i] = distance_from_inner_product(m, out[i]);
 }
 
+/// Distances from `query` to the `n` rows at `rows` (scattered in memory), through the gather kernel
+/// (bit-identical to `scan_distances` and `pair_distance`). Under cosine both sides must be unit vectors.
+inline void gather_distances(const distance_kernels& k, metric m, const float* query, const float* const* rows,
+                             std::size_t n, std::size_t dim, float* out) noexcept {
+  if (m == metric::l2) {
+    k.l2sqr_gather(query, rows, n, dim, out);
+    return;
+  }
+  k.inner_product_gather(query, rows, n, dim, out);
+  for (std::size_t i = 0; i < n; ++i) out[i] = distance_from_inner_product(m, out[i]);
+}
+
 /// The same distance for one row, through the pairwise kernel (bit-identical to `scan_distances`).
 [[nodiscard]] inline float pair_distance(const distance_kernels& k, metric m, const float* query, const float* x,
                                          std::size_t dim) noexcept {
@@ -57,12 +69,7 @@ void scan_accepted_rows(const distance_kernels& k, metric m, const float* query,
   std::array<float, scan_chunk> dist{};
   std::size_t held = 0;
   const auto score_held = [&] {
-    if (m == metric::l2) {
-      k.l2sqr_gather(query, rows.data(), held, dim, dist.data());
-    } else {
-      k.inner_product_gather(query, rows.data(), held, dim, dist.data());
-      for (std::size_t i = 0; i < held; ++i) dist[i] = distance_from_inner_product(m, dist[i]);
-    }
+    gather_distances(k, m, query, rows.data(), held, dim, dist.data());
     for (std::size_t i = 0; i < held; ++i) take(dist[i], kept[i]);
     held = 0;
   };

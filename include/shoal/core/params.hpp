@@ -101,16 +101,18 @@ struct search_params {
   /// Only ids the filter accepts are returned. Rows stay k long whenever the index holds k ids the filter
   /// accepts (unreachable HNSW nodes aside), padded with `no_id` beyond those. `Flat` scores every id.
   /// IVF kinds: a row that the nprobe lists leave short searches twice the lists, nearest first, then
-  /// twice again, until it holds k or every list was searched (since session 46; before, a filter whose
-  /// ids lay in other lists left rows empty: 198 of 200 at nprobe 1 in `benchmarks/results/filtered-search.cpp
-  /// ivf_short`, none since); unfiltered rows too, when the probed lists hold fewer than k vectors. Only
-  /// short rows pay, at most twice their last try. A collection with semantic or hybrid routing searches,
-  /// for a row its `shard_probe` shards left short, every shard it skipped. HNSW walks the graph until ef
-  /// accepted nodes are found; under a filter that accepts few that walk scores most of the graph (40× a
-  /// `Flat` scan at 0.1% of 20,000 64-d rows passing), so once the walk has cost more than a scan of the
-  /// accepted nodes would, it stops and scores every node the filter accepts instead, exactly (`filter_scan`;
-  /// 2-3× the `Flat` scan then, and faster than it at 784 dimensions: docs/hnsw.md, "Filters that accept
-  /// few nodes").
+  /// twice again, until it holds k or every list was searched (`widen`; since session 46: before, a filter
+  /// whose ids lay in other lists left rows empty, 198 of 200 at nprobe 1 in
+  /// `benchmarks/results/filtered-search.cpp ivf_short`; none since); unfiltered rows too, when the probed
+  /// lists hold fewer than k vectors. Only short rows pay: their scans at most twice their last try's. A
+  /// collection searches, for a row its `shard_probe` shards left short, every shard it skipped, and
+  /// widens a row its IVF shards left short across all of them. HNSW walks the graph until ef accepted
+  /// nodes are found; under a filter that accepts few that walk scores most of the graph (42× a `Flat`
+  /// scan at 0.1% of 20,000 64-d rows passing), so once the walk has cost more than a scan of the accepted
+  /// nodes would, it stops and scores every node the filter accepts instead, exactly (`filter_scan`; 2-3×
+  /// the `Flat` scan then, and faster than it at 784 dimensions: docs/hnsw.md, "Filters that accept few
+  /// nodes"). A filter runs once per stored row for a `Flat` batch, which then scores only the accepted
+  /// rows when they are few (`flat_index::sparse_filter`).
   id_filter filter{};
   /// HNSW: size of the candidate list kept while searching the bottom layer (larger: higher recall,
   /// slower). 0 means the index default, max(k, 64); any value below k is raised to k. IVF with an HNSW
@@ -140,6 +142,10 @@ struct search_params {
   /// rows are exact. true (the default); false always walks, as a test of which nodes the graph reaches
   /// needs.
   bool filter_scan = true;
+  /// IVF: whether a row that its nprobe lists leave with fewer than k ids searches more lists until it
+  /// holds k (see `filter`). true (the default); false returns such rows padded with `no_id`, as FAISS
+  /// does. A collection searches its IVF shards with false and widens a short row across them itself.
+  bool widen = true;
 };
 
 }  // namespace shoal

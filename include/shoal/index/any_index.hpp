@@ -64,6 +64,7 @@ class index_interface {
   [[nodiscard]] virtual bool is_trained() const = 0;
   [[nodiscard]] virtual std::size_t min_training_rows() const = 0;
   [[nodiscard]] virtual index_kind kind() const noexcept = 0;
+  [[nodiscard]] virtual std::size_t lists() const = 0;
   [[nodiscard]] virtual std::string description() const = 0;
   virtual void train(matrix_view<const float> vectors) = 0;
   virtual void add(matrix_view<const float> vectors, std::span<const vector_id> ids) = 0;
@@ -113,6 +114,14 @@ class index_model final : public index_interface {
       return 0;
   }
   [[nodiscard]] index_kind kind() const noexcept override { return kind_of(index_); }
+  [[nodiscard]] std::size_t lists() const override {
+    if constexpr (requires(const Index& i) { i.nlist(); })
+      return index_.nlist();
+    else if constexpr (requires(const Index& i) { i.coarse().lists(); })
+      return index_.coarse().lists();
+    else
+      return 0;
+  }
   [[nodiscard]] std::string description() const override { return describe(index_); }
   void train(matrix_view<const float> vectors) override {
     if constexpr (requires(Index & i) { i.train(vectors); }) {
@@ -206,6 +215,9 @@ class any_index {
   [[nodiscard]] std::size_t min_training_rows() const { return self().min_training_rows(); }
   /// Which index this is (the kind its file would record).
   [[nodiscard]] index_kind kind() const { return self().kind(); }
+  /// IVF kinds: the number of inverted lists (nlist; `search_params::nprobe` from it on scans every
+  /// list); a two-stage index, its first stage's; 0 for kinds without lists.
+  [[nodiscard]] std::size_t lists() const { return self().lists(); }
   /// The factory string of the index's structure, e.g. "IVF4096,Flat" (`make_index` accepts it and
   /// builds the same kind), except for a `refine_index` made by hand over a stage that `make_index`
   /// would not pair with Refine(Flat): over IVF-PQ, "IVF…,PQ…,Refine(Flat)" builds IVF-PQ's own

@@ -8,6 +8,7 @@
 #include <span>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
@@ -23,7 +24,7 @@ class file_mapping;
 
 /// Stores full-precision vectors with their ids and answers k-NN and range queries exactly.
 ///
-/// Two search paths, chosen per call by batch size:
+/// Search paths, chosen per call by batch size (and filter):
 ///  - fewer than `gemm_min_batch` queries: each query streams the stored vectors once through the
 ///    one-to-many SIMD kernel into a bounded heap;
 ///  - larger batches: blocks of queries meet blocks of vectors in a GEMM (‖x‖² − 2q·x, plus ‖q‖²) whose
@@ -31,7 +32,9 @@ class file_mapping;
 ///    whose GEMM scores cannot rule out the vectors left out (their rounding error, bounded from the
 ///    norms, exceeds the margin: data far from the origin, many near-equal distances) is answered by
 ///    the streaming scan instead.
-/// Both paths therefore report the same distances (those of the pairwise kernel at the active SIMD
+///  - a larger batch under a filter that accepts at most 1 / `sparse_filter` of the rows: the filter
+///    runs once per row for the batch, and each query scores only the accepted rows (gather kernel).
+/// All paths therefore report the same distances (those of the pairwise kernel at the active SIMD
 /// level), sorted by (distance, id), ties to the smaller id.
 ///
 /// Cosine: vectors are normalised when added and queries when searched; distances are 1 − ⟨q̂, x̂⟩.
@@ -48,6 +51,9 @@ class flat_index {
   static constexpr std::size_t gemm_min_batch = 16;
   /// Extra GEMM candidates per query re-scored exactly, absorbing the GEMM form's rounding.
   static constexpr std::size_t rescore_slack = 32;
+  /// A batch under a filter that accepts at most 1 / `sparse_filter` of the rows scores only those, one
+  /// query at a time, instead of running the GEMM over every row.
+  static constexpr std::size_t sparse_filter = 16;
 
   /// An empty index of `dim`-dimensional vectors. Throws `shoal::error` if dim == 0.
   explicit flat_index(std::size_t dim, metric m = metric::l2);
@@ -111,6 +117,10 @@ class flat_index {
   struct query_block;
   [[nodiscard]] query_block prepare(matrix_view<const float> queries, const char* what) const;
   void search_streaming(const float* query, neighbors_view out_row, const search_params& params) const;
+  /// The rows (positions) whose ids `filter` accepts, in order.
+  [[nodiscard]] std::vector<std::size_t> accepted_rows(const id_filter& filter) const;
+  /// One query against the stored rows at positions `rows` only (gathered), into `out_row`.
+  void search_rows(const float* query, std::span<const std::size_t> rows, neighbors_view out_row) const;
   void search_gemm(matrix_view<const float> queries, neighbors_view out, const search_params& params) const;
   /// Offers one query's row of a GEMM tile (inner products with stored rows first..first+count, turned
   /// into ranking distances in place) to its heap.

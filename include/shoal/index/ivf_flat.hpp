@@ -50,7 +50,9 @@ struct ivf_train_params {
 /// (‖c − μ‖² − 2⟨q − μ, c − μ⟩ under L2, −⟨q, c − μ⟩ otherwise, μ the centroids' coordinate-wise median:
 /// the ranking of ‖q − c‖² and −⟨q, c⟩ without their cancellation far from the origin, docs/ivf.md) and keeps the
 /// `nprobe` best per query (ties to the smaller list); then each query scans its lists with the one-to-many kernels
-/// into a bounded heap. Distances are those of `flat_index` (same kernels, same cosine normalisation), so with nprobe =
+/// into a bounded heap (under a filter, only the rows it accepts, gathered). A query those lists leave with fewer than
+/// k ids searches twice the lists, nearest first, and again, until it holds k or every list was searched
+/// (`search_params::widen`; docs/ivf.md). Distances are those of `flat_index` (same kernels, same cosine normalisation), so with nprobe =
 /// nlist the results equal the flat index's, ids and distances, sorted by (distance, id) and padded with `no_id` /
 /// `no_distance`. `search_params::nprobe` = 0 means `default_nprobe`; values above nlist scan every list.
 ///
@@ -138,7 +140,8 @@ class ivf_flat_index {
   /// A copy of the vector stored under `id` (unit length for cosine). Throws `errc::not_found`.
   [[nodiscard]] std::vector<float> vector(vector_id id) const;
 
-  /// k nearest neighbours of each query among the vectors of its `params.nprobe` nearest lists, into
+  /// k nearest neighbours of each query among the vectors of its `params.nprobe` nearest lists (more
+  /// lists for a query they leave short of k, unless `params.widen` is false: see the class comment), into
   /// `out` (`out.rows == queries.rows`, k = `out.k` ≥ 1). Throws `shoal::error` if the index is not
   /// trained, on a dimension mismatch, NaN/Inf or zero (cosine) queries, k = 0, or a row count mismatch.
   void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const;

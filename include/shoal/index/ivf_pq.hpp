@@ -194,7 +194,8 @@ class ivf_pq_index {
   /// read under its lock; with adds or removes running, the result is a list-by-list snapshot.
   [[nodiscard]] std::vector<vector_id> ids() const;
 
-  /// k nearest neighbours of each query among its `params.nprobe` nearest lists, re-ranked when
+  /// k nearest neighbours of each query among its `params.nprobe` nearest lists (more lists for a query
+  /// they leave short of k, unless `params.widen` is false, as IVF-Flat), re-ranked when
   /// `params.refine_factor` > 0 (exactly with `refine`, by SQ8 distance with `refine_sq8`; see the class
   /// comment). Throws `shoal::error` if untrained, on a dimension mismatch, NaN/Inf or zero (cosine)
   /// queries, k = 0, a row count mismatch, `refine_factor` > 0 on an index built with neither `refine`

@@ -84,7 +84,8 @@ class refine_index {
   [[nodiscard]] std::span<const float> vector(vector_id id) const { return exact_.vector(id); }
 
   /// k nearest neighbours of each query: the coarse stage's best `k · refine_factor` (default
-  /// `default_refine_factor`) with every other parameter as given (filter, ef, nprobe), re-scored
+  /// `default_refine_factor`) with every other parameter as given (filter, ef, nprobe; an IVF stage whose
+  /// probed lists hold fewer than that many searches more of them, `search_params::widen`), re-scored
   /// with exact distances, best k by (distance, id). Throws like `flat_index::search`.
   void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const;
   [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
