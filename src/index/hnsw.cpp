@@ -866,28 +866,70 @@ struct hnsw_index::impl {
   /// node 32 (state byte, id, the filter's call), to a free slot 1, an exact score a full vector. So the walk spends at
   /// most about what the scan then costs. Counts only, never time: the same search gives the same answer on every
   /// machine. The scan's answer is exact.
+  /// The nodes a batch's filter accepts, listed once before its queries run when a sample says they are
+  /// few (`selective`). A filter cannot depend on the query, so the batch's scans score the listed nodes
+  /// without visiting every slot and calling the filter again, and its walks give way as soon as they
+  /// have cost what scoring the list does: decided from the sample and the list, never from which query
+  /// ran first, so a batch returns the same rows on every run.
+  struct accepted_nodes {
+    std::vector<slot_t> slots;
+  };
+  /// Live nodes a batch's filter is tried on to decide whether to list the accepted ones.
+  static constexpr std::size_t filter_sample = 1024;
+  /// A batch lists the accepted nodes when the sample says at most 1 / `listed_share` of them pass (as
+  /// `flat_index::sparse_filter`): the list costs a filter call per node, which walks under a filter
+  /// that passes more end before they pay.
+  static constexpr std::size_t listed_share = 16;
+  /// Whether `filter` accepts at most 1 / `listed_share` of `filter_sample` live nodes spread evenly over
+  /// the slots (all of them in a smaller graph).
+  [[nodiscard]] bool selective(const id_filter& filter) const {
+    const slot_t n = slot_count.load(std::memory_order_acquire);
+    std::size_t live = 0, passed = 0;
+    const std::size_t tries = std::min<std::size_t>(n, filter_sample);
+    for (std::size_t i = 0; i < tries; ++i) {
+      const auto x = static_cast<slot_t>(i * std::size_t{n} / tries);
+      if (state(x).load(std::memory_order_acquire) == 0) continue;
+      ++live;
+      passed += filter.accepts(id_of(x)) ? 1 : 0;
+    }
+    return live > 0 && passed * listed_share <= live;
+  }
+
   struct scan_switch {
-    double visits = 0;         // what a scan's visits to every slot cost, in scored nodes
-    double live = 0;           // live nodes
-    double score = 0;          // a scan's exact score of an accepted node, in scored nodes
-    std::size_t scored = 0;    // nodes the walk has scored
-    std::size_t accepted = 0;  // of those it offered, the ones the filter accepted
-    bool taken = false;        // the walk stopped for a scan
+    const accepted_nodes* shared = nullptr;  // the batch's list, once made
+    double visits = 0;                       // what a scan's visits to every slot cost, in scored nodes
+    double live = 0;                         // live nodes
+    double score = 0;                        // a scan's exact score of an accepted node, in scored nodes
+    std::size_t scored = 0;                  // nodes the walk has scored
+    std::size_t accepted = 0;                // of those it offered, the ones the filter accepted
+    bool taken = false;                      // the walk stopped for a scan
     [[nodiscard]] bool due() const noexcept {
       const auto walked = static_cast<double>(scored);
+      if (shared != nullptr) return walked > static_cast<double>(shared->slots.size()) * score;
       return walked > visits + live * score * static_cast<double>(accepted) / walked;
+    }
+    /// With the batch's list: whether a walk would score more before it held `ef` accepted nodes, even
+    /// meeting them at their share of the graph (ef · live / listed), than scoring the list costs: then
+    /// the query scans at once, without a walk.
+    [[nodiscard]] bool scan_first(std::size_t ef) const noexcept {
+      if (shared == nullptr) return false;
+      const auto listed = static_cast<double>(shared->slots.size());
+      return static_cast<double>(ef) * live > listed * listed * score;
     }
   };
   /// The scan's costs for a walk that reads `coded` rows (see `scan_switch`). A free slot (a removed
   /// node's, until an add reuses it) costs the scan its state byte, read in order: 1. Costed as a live
   /// node's visit, a graph of 60,000 slots with 600 live nodes switched to scans up to 2.4× slower than
   /// its walks (a review); at 4 it kept walks 1.5× slower than the scans would have been.
-  [[nodiscard]] scan_switch scan_costs(bool coded) const noexcept {
+  [[nodiscard]] scan_switch scan_costs(bool coded, const accepted_nodes* shared) const noexcept {
     const double vector_bytes = static_cast<double>(stride * sizeof(float));
     const double walked = (coded ? static_cast<double>(code_stride) : vector_bytes) + 64;
     const auto live = static_cast<double>(live_count.load(std::memory_order_relaxed));
     const auto slots = static_cast<double>(slot_count.load(std::memory_order_relaxed));
-    return {.visits = (32 * live + std::max(0.0, slots - live)) / walked, .live = live, .score = vector_bytes / walked};
+    return {.shared = shared,
+            .visits = (32 * live + std::max(0.0, slots - live)) / walked,
+            .live = live,
+            .score = vector_bytes / walked};
   }
 
   /// Best-first search of one layer from `entries`: returns up to `ef` nodes that `accept` passes, in no
@@ -941,7 +983,9 @@ struct hnsw_index::impl {
       }
       if (scan != nullptr) {
         scan->scored += m;
-        if (scan->due()) {
+        // Not once ef nodes are accepted: the walk then converges under their bound, and cutting it for
+        // a scan cost up to 2× at 10% passing (0.63 → 0.81 ms at d 784, session 46).
+        if (best.size() < ef && scan->due()) {
           scan->taken = true;
           break;
         }
@@ -953,9 +997,10 @@ struct hnsw_index::impl {
   /// Every live node `filter` accepts, scored exactly, in slot order: the `ef` nearest (in no particular
   /// order, as `search_layer` returns them), and with `hits` every one within `radius` appended to it.
   /// Reads what a walk reads — a node's state (acquire), then its id and vector — so it runs beside adds
-  /// as searches do (a remove or upsert holds the structure lock exclusively).
+  /// as searches do (a remove or upsert holds the structure lock exclusively, so no listed node goes
+  /// while the batch runs). With `shared`, the batch's list of those nodes.
   std::vector<cand> scan_accepted(const float* query, std::size_t ef, const id_filter& filter, float radius,
-                                  std::vector<cand>* hits, scratch& s) const {
+                                  std::vector<cand>* hits, scratch& s, const accepted_nodes* shared) const {
     std::vector<cand>& best = s.best;
     best.clear();
     const std::size_t batch = s.pending_rows.size();  // at least max_links0 (`reset`)
@@ -976,19 +1021,31 @@ struct hnsw_index::impl {
       }
       held = 0;
     };
+    const auto take = [&](slot_t x, const float* row) {
+      s.pending[held] = x;
+      s.pending_rows[held] = row;
+      if (++held == batch) score_held();
+    };
+    if (shared != nullptr) {
+      for (const slot_t x : shared->slots) take(x, vec(x));
+    } else {
+      for_each_accepted(filter, take);
+    }
+    score_held();
+    return {best.begin(), best.end()};
+  }
+
+  /// Calls `take(slot, vector)` for every live node `filter` accepts, in slot order.
+  template <class Take>
+  void for_each_accepted(const id_filter& filter, const Take& take) const {
     const slot_t n = slot_count.load(std::memory_order_acquire);
     for (slot_t first = 0; first < n; first += static_cast<slot_t>(std::min<std::size_t>(chunk_nodes, n - first))) {
       const chunk& ch = chunk_of(locate(first).first);
       const std::size_t count = std::min<std::size_t>(chunk_nodes, n - first);
-      for (std::size_t off = 0; off < count; ++off) {
-        if (ch.state[off].load(std::memory_order_acquire) == 0 || !filter.accepts(ch.ids[off])) continue;
-        s.pending[held] = static_cast<slot_t>(first + off);
-        s.pending_rows[held] = ch.vectors + off * stride;
-        if (++held == batch) score_held();
-      }
+      for (std::size_t off = 0; off < count; ++off)
+        if (ch.state[off].load(std::memory_order_acquire) != 0 && filter.accepts(ch.ids[off]))
+          take(static_cast<slot_t>(first + off), ch.vectors + off * stride);
     }
-    score_held();
-    return {best.begin(), best.end()};
   }
 
   /// `search_layer` without a filter or a radius, with one sorted pool in place of the two heaps: the
@@ -1846,7 +1903,7 @@ struct hnsw_index::impl {
   /// traversal the ef candidates are re-ranked by their exact distances.
   /// `start`: where the bottom layer is entered, as `enter` found it (null: descend here).
   void search_one(const float* q, neighbors_view row, std::size_t ef, const search_params& params,
-                  const cand* start = nullptr) const {
+                  const cand* start = nullptr, const accepted_nodes* shared = nullptr) const {
     topk_heap heap(row.k);
     const bool coded = code_stride != 0;
     search_bottom(
@@ -1854,7 +1911,7 @@ struct hnsw_index::impl {
         [&](std::span<const cand> found) {
           for (const cand& c : found) heap.push(c.distance, id_of(c.slot));
         },
-        -no_distance, nullptr, start);
+        -no_distance, nullptr, start, shared);
     heap.write_sorted(row.row_ids(0), row.row_distances(0));
   }
 
@@ -1926,14 +1983,20 @@ struct hnsw_index::impl {
   template <class Consume>
   void search_bottom(const float* query, std::size_t ef, const search_params& params, bool coded,
                      const Consume& consume, float radius = -no_distance, std::vector<cand>* hits = nullptr,
-                     const cand* entered = nullptr) const {
+                     const cand* entered = nullptr, const accepted_nodes* shared = nullptr) const {
     const std::uint64_t ep = entry.load(std::memory_order_acquire);
     if (ep == empty_entry) return;
     const id_filter& filter = params.filter;
     std::unique_ptr<scratch> s = acquire();
+    scan_switch scan = scan_costs(coded, shared);
+    if (scan.scan_first(ef)) {
+      const std::vector<cand> scanned = scan_accepted(query, ef, filter, radius, hits, *s, shared);
+      consume(std::span<const cand>(scanned));
+      release(std::move(s));
+      return;
+    }
     const query_ctx q = context(query, coded, *s);
     const cand start = entered != nullptr ? *entered : enter(q, ep, *s);
-    scan_switch scan = scan_costs(coded);
     const std::size_t hits_before = hits != nullptr ? hits->size() : 0;
     // The heap search of a filtered or range search, from `from` (marks persist: a second call from
     // another entry visits only nodes the first did not).
@@ -1976,7 +2039,7 @@ struct hnsw_index::impl {
     }
     if (scan.taken) {                                  // exact: nothing to re-rank
       if (hits != nullptr) hits->resize(hits_before);  // the walk's, found again by the scan
-      layer = scan_accepted(query, ef, filter, radius, hits, *s);
+      layer = scan_accepted(query, ef, filter, radius, hits, *s, shared);
       consume(std::span<const cand>(layer));
       release(std::move(s));
       return;
@@ -2241,8 +2304,12 @@ void hnsw_index::search(matrix_view<const float> queries, neighbors_view out, co
   const std::shared_lock structure(x.structure);
   x.check_usable("hnsw_index::search");
   const impl::batch_plan plan = x.plan_batch(queries);
+  impl::accepted_nodes shared;
+  const bool listed = params.filter && params.filter_scan && queries.rows > 1 && x.selective(params.filter);
+  if (listed) x.for_each_accepted(params.filter, [&](slot_t s, const float*) { shared.slots.push_back(s); });
   detail::parallel_for_in(plan.order, queries.rows, [&](std::size_t i) {
-    x.search_one(queries.row(i), out.slice(i, 1), ef, params, plan.starts.empty() ? nullptr : &plan.starts[i]);
+    x.search_one(queries.row(i), out.slice(i, 1), ef, params, plan.starts.empty() ? nullptr : &plan.starts[i],
+                 listed ? &shared : nullptr);
   });
 }
 

@@ -108,11 +108,11 @@ struct search_params {
   /// collection searches, for a row its `shard_probe` shards left short, every shard it skipped, and
   /// widens a row its IVF shards left short across all of them. HNSW walks the graph until ef accepted
   /// nodes are found; under a filter that accepts few that walk scores most of the graph (42× a `Flat`
-  /// scan at 0.1% of 20,000 64-d rows passing), so once the walk has cost more than a scan of the accepted
-  /// nodes would, it stops and scores every node the filter accepts instead, exactly (`filter_scan`; 2-3×
-  /// the `Flat` scan then, and faster than it at 784 dimensions: docs/hnsw.md, "Filters that accept few
-  /// nodes"). A filter runs once per stored row for a `Flat` batch, which then scores only the accepted
-  /// rows when they are few (`flat_index::sparse_filter`).
+  /// scan at 0.1% of 20,000 64-d rows passing), so it scores the accepted nodes directly instead,
+  /// exactly (`filter_scan`): a batch lists them once when a sample says they are few, a single query
+  /// once its walk has cost more than a scan would (docs/hnsw.md, "Filters that accept few nodes"). A
+  /// filter runs once per stored row for a `Flat` batch, which then scores only the accepted rows when
+  /// they are few (`flat_index::sparse_filter`).
   id_filter filter{};
   /// HNSW: size of the candidate list kept while searching the bottom layer (larger: higher recall,
   /// slower). 0 means the index default, max(k, 64); any value below k is raised to k. IVF with an HNSW
@@ -136,11 +136,10 @@ struct search_params {
   /// queries (the CUDA component's `shoal::cuda::coarse_quantizer`, built from the index's centroids);
   /// null (the default) keeps the index's. Must outlive the call. See `shoal/core/coarse_probe.hpp`.
   const coarse_probe* coarse = nullptr;
-  /// HNSW, with a filter: whether a search may stop walking the graph and score every node the filter
-  /// accepts instead, once its walk has cost more than that scan would (a filter that accepts few nodes
-  /// makes the walk score most of the graph: docs/hnsw.md, "Filters that accept few nodes"). The scan's
-  /// rows are exact. true (the default); false always walks, as a test of which nodes the graph reaches
-  /// needs.
+  /// HNSW, with a filter: whether a search may score the nodes the filter accepts instead of walking the
+  /// graph (a batch when a sample says they are few, a single query once its walk has cost more than a
+  /// scan would: docs/hnsw.md, "Filters that accept few nodes"). Those rows are exact. true (the
+  /// default); false always walks, as a test of which nodes the graph reaches needs.
   bool filter_scan = true;
   /// IVF: whether a row that its nprobe lists leave with fewer than k ids searches more lists until it
   /// holds k (see `filter`). true (the default); false returns such rows padded with `no_id`, as FAISS
