@@ -1281,6 +1281,27 @@ TEST_CASE("hnsw: a filter that accepts few nodes ends in an exact scan, one that
   }
 }
 
+TEST_CASE("hnsw: a batch lists what a filter repeating with the id accepts, as for any selective filter", "[hnsw]") {
+  // The sample that decides whether a batch lists the accepted nodes took every (slots / 1,024)-th slot:
+  // over ids added in order, "id % 32 == 0" passed 1/8 of that sample (3% of the nodes), and the batch
+  // walked; "id % 64 == 1" passed none of it.
+  const fixture f(4096, 20, 47);
+  const hnsw_index index = f.build(metric::l2);
+  const flat_index flat = test::row_numbered_flat(f.base, metric::l2);
+  for (const std::uint64_t period : {32, 64}) {
+    CAPTURE(period);
+    std::atomic<std::size_t> calls{0};
+    search_params p;
+    p.filter = [period, c = &calls](vector_id id) {
+      c->fetch_add(1, std::memory_order_relaxed);
+      return id % period == 0;
+    };
+    const neighbors got = index.search(f.queries.view(), k, p);
+    CHECK(calls < f.queries.rows * f.ids.size() / 4);  // listed once: not a walk or a scan per query
+    test::require_same_up_to_ties(got, flat.search(f.queries.view(), k, p), 1e-4f);
+  }
+}
+
 TEST_CASE("hnsw unfiltered search (one sorted pool) visits what the filtered search (two heaps) visits", "[hnsw]") {
   // An accept-all filter takes the two-heap search; no filter takes the pool. Both must return the same
   // ids and distances at every ef, metric and traversal code (docs/hnsw.md, "one sorted pool").

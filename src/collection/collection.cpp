@@ -834,18 +834,24 @@ std::size_t most_lists(const detail::layout& lay) {
 /// shards of IVF128 under a filter passing 0.2% of 40,000 rows: 23× one IVF128's time, a review of
 /// session 46). Instead a row the shards left short is searched again in every shard over twice the
 /// lists, and again, until the merged row holds k or every list of every shard was searched (`lists`,
-/// the most any shard has). Each round merges afresh: a vector moved between shards between two rounds
-/// is found once, never twice.
+/// the most any shard has). A row that routing kept from some shards (`routed`), and that no filtered
+/// widening took to them, is first searched in every shard at its own nprobe: at nprobe ≥ lists no
+/// round ran, and such rows came back short where a smaller nprobe filled them (a review). Each round
+/// merges afresh: a vector moved between shards between two rounds is found once, never twice.
 void widen_lists(const detail::collection_state& st, const detail::layout& lay, matrix_view<const float> queries,
-                 neighbors_view out, search_params params, std::size_t lists) {
+                 neighbors_view out, search_params params, std::size_t lists, bool routed) {
   std::vector<std::size_t> short_rows;
   for (std::size_t q = 0; q < queries.rows; ++q)
     if (out.row_ids(q)[out.k - 1] == no_id) short_rows.push_back(q);
   const std::size_t shards = lay.shards.size();
   std::vector<neighbors> results(shards);
   std::vector<scored_id> candidates;
-  for (std::size_t n = std::max<std::size_t>(params.nprobe, 1); !short_rows.empty() && n < lists;) {
-    n = std::min(lists, 2 * n);
+  std::size_t n = std::max<std::size_t>(params.nprobe, 1);
+  for (bool every_shard_first = routed && !params.filter; !short_rows.empty(); every_shard_first = false) {
+    if (!every_shard_first) {
+      if (n >= lists) return;
+      n = std::min(lists, 2 * n);
+    }
     params.nprobe = n;
     const matrix<float> batch = detail::gather(queries, short_rows);
     {
@@ -945,7 +951,8 @@ void collection::search(matrix_view<const float> queries, neighbors_view out, co
   }
   if (params.filter && !visits.all) widen_filtered(st, *lay, queries, visits, out, params);
   if (user.widen)
-    if (const std::size_t lists = most_lists(*lay); lists > 0) widen_lists(st, *lay, queries, out, params, lists);
+    if (const std::size_t lists = most_lists(*lay); lists > 0)
+      widen_lists(st, *lay, queries, out, params, lists, !visits.all);
   st.merge_latency.record(std::chrono::nanoseconds(detail::elapsed_ns(merge_started)));
   st.search_latency.record(std::chrono::nanoseconds(detail::elapsed_ns(search_started)));
   st.queries.fetch_add(nq, std::memory_order_relaxed);

@@ -874,25 +874,15 @@ struct hnsw_index::impl {
   struct accepted_nodes {
     std::vector<slot_t> slots;
   };
-  /// Live nodes a batch's filter is tried on to decide whether to list the accepted ones.
-  static constexpr std::size_t filter_sample = 1024;
-  /// A batch lists the accepted nodes when the sample says at most 1 / `listed_share` of them pass (as
-  /// `flat_index::sparse_filter`): the list costs a filter call per node, which walks under a filter
-  /// that passes more end before they pay.
-  static constexpr std::size_t listed_share = 16;
-  /// Whether `filter` accepts at most 1 / `listed_share` of `filter_sample` live nodes spread evenly over
-  /// the slots (all of them in a smaller graph).
+  /// Whether `filter` passes at most 1 / `detail::listed_share` of a fixed random sample of the slots
+  /// (free ones left out): whether a batch lists the accepted nodes.
   [[nodiscard]] bool selective(const id_filter& filter) const {
     const slot_t n = slot_count.load(std::memory_order_acquire);
-    std::size_t live = 0, passed = 0;
-    const std::size_t tries = std::min<std::size_t>(n, filter_sample);
-    for (std::size_t i = 0; i < tries; ++i) {
-      const auto x = static_cast<slot_t>(i * std::size_t{n} / tries);
-      if (state(x).load(std::memory_order_acquire) == 0) continue;
-      ++live;
-      passed += filter.accepts(id_of(x)) ? 1 : 0;
-    }
-    return live > 0 && passed * listed_share <= live;
+    return detail::passes_few(n, [&](std::size_t i) {
+      const auto x = static_cast<slot_t>(i);
+      if (state(x).load(std::memory_order_acquire) == 0) return -1;
+      return filter.accepts(id_of(x)) ? 1 : 0;
+    });
   }
 
   struct scan_switch {

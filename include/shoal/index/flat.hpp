@@ -51,8 +51,9 @@ class flat_index {
   static constexpr std::size_t gemm_min_batch = 16;
   /// Extra GEMM candidates per query re-scored exactly, absorbing the GEMM form's rounding.
   static constexpr std::size_t rescore_slack = 32;
-  /// A batch under a filter that accepts at most 1 / `sparse_filter` of the rows scores only those, one
-  /// query at a time, instead of running the GEMM over every row.
+  /// A batch under a filter that accepts at most 1 / `sparse_filter` of the rows (a fixed random sample
+  /// of 1,024 says so, then the list does) scores only those, one query at a time, instead of running the
+  /// GEMM over every row.
   static constexpr std::size_t sparse_filter = 16;
 
   /// An empty index of `dim`-dimensional vectors. Throws `shoal::error` if dim == 0.
