@@ -769,14 +769,15 @@ void collection::remove(std::span<const vector_id> ids) {
 
 namespace {
 
-/// A filtered search routed to `shard_probe` shards (groups) left the rows of `out` short where the ids
+/// A search routed to `shard_probe` shards (groups) left the rows of `out` short where the ids
 /// the filter passes lie in shards a query did not visit (a user-eyes review: 4 semantic shards, a
 /// filter passing 1% of the rows, all in one shard: 53 of 200 rows empty at shard_probe 2, 130 at 1).
 /// Each short row's query then searches every shard it skipped, and the row is merged again: rows stay
-/// k long while k ids pass, as in one index. Unfiltered rows are never short (k ≤ a shard's size is
-/// not promised either), so only filtered searches pay, and only for their short rows.
-void widen_filtered(const detail::collection_state& st, const detail::layout& lay, matrix_view<const float> queries,
-                    const detail::router::visits& visits, neighbors_view out, const search_params& params) {
+/// k long while k ids pass, as in one index. Unfiltered rows are short only when k exceeds what the
+/// probed shards hold; they are widened too (since session 46: IVF shards widened such rows and Flat or
+/// HNSW shards did not, a third review). Only short rows pay.
+void widen_routed(const detail::collection_state& st, const detail::layout& lay, matrix_view<const float> queries,
+                  const detail::router::visits& visits, neighbors_view out, const search_params& params) {
   const std::size_t shards = lay.shards.size();
   std::vector<std::vector<std::size_t>> skipped(shards);  // per shard: the short queries that skipped it
   std::vector<std::size_t> short_rows;
@@ -834,24 +835,21 @@ std::size_t most_lists(const detail::layout& lay) {
 /// shards of IVF128 under a filter passing 0.2% of 40,000 rows: 23× one IVF128's time, a review of
 /// session 46). Instead a row the shards left short is searched again in every shard over twice the
 /// lists, and again, until the merged row holds k or every list of every shard was searched (`lists`,
-/// the most any shard has). A row that routing kept from some shards (`routed`), and that no filtered
-/// widening took to them, is first searched in every shard at its own nprobe: at nprobe ≥ lists no
-/// round ran, and such rows came back short where a smaller nprobe filled them (a review). Each round
-/// merges afresh: a vector moved between shards between two rounds is found once, never twice.
+/// the most any shard has; at once when the collection holds fewer than k vectors). A row that routing
+/// kept from some shards has searched all of them by then (`widen_routed`). Each round merges afresh: a
+/// vector moved between shards between two rounds is found once, never twice.
 void widen_lists(const detail::collection_state& st, const detail::layout& lay, matrix_view<const float> queries,
-                 neighbors_view out, search_params params, std::size_t lists, bool routed) {
+                 neighbors_view out, search_params params, std::size_t lists) {
   std::vector<std::size_t> short_rows;
   for (std::size_t q = 0; q < queries.rows; ++q)
     if (out.row_ids(q)[out.k - 1] == no_id) short_rows.push_back(q);
   const std::size_t shards = lay.shards.size();
   std::vector<neighbors> results(shards);
   std::vector<scored_id> candidates;
-  std::size_t n = std::max<std::size_t>(params.nprobe, 1);
-  for (bool every_shard_first = routed && !params.filter; !short_rows.empty(); every_shard_first = false) {
-    if (!every_shard_first) {
-      if (n >= lists) return;
-      n = std::min(lists, 2 * n);
-    }
+  std::size_t held = 0;
+  for (const auto& shard : lay.shards) held += detail::live_size(*shard);
+  for (std::size_t n = std::max<std::size_t>(params.nprobe, 1); !short_rows.empty() && n < lists;) {
+    n = out.k > held ? lists : std::min(lists, 2 * n);
     params.nprobe = n;
     const matrix<float> batch = detail::gather(queries, short_rows);
     {
@@ -949,10 +947,9 @@ void collection::search(matrix_view<const float> queries, neighbors_view out, co
     }
     detail::merge_row(candidates, out.row_ids(q), out.row_distances(q));
   }
-  if (params.filter && !visits.all) widen_filtered(st, *lay, queries, visits, out, params);
+  if (!visits.all) widen_routed(st, *lay, queries, visits, out, params);
   if (user.widen)
-    if (const std::size_t lists = most_lists(*lay); lists > 0)
-      widen_lists(st, *lay, queries, out, params, lists, !visits.all);
+    if (const std::size_t lists = most_lists(*lay); lists > 0) widen_lists(st, *lay, queries, out, params, lists);
   st.merge_latency.record(std::chrono::nanoseconds(detail::elapsed_ns(merge_started)));
   st.search_latency.record(std::chrono::nanoseconds(detail::elapsed_ns(search_started)));
   st.queries.fetch_add(nq, std::memory_order_relaxed);

@@ -268,12 +268,12 @@ void flat_index::search(matrix_view<const float> queries, neighbors_view out, co
     detail::parallel_for(q.rows, [&](std::size_t i) { search_streaming(q.row(i), out.slice(i, 1), params); });
     return;
   }
-  // A filter cannot depend on the query: it runs once per stored row for the whole batch, and when it
-  // accepts few rows only those are scored, query by query (gathered: the pairwise kernel's distances,
-  // as both other paths report), instead of a GEMM over every row whose candidates it then tests one by
-  // one. The GEMM scores every row whatever the filter passes: 0.37-0.41 ms per query on 20,000 784-d
-  // rows with 1% or 0.1% of them passing, against 0.013 / 0.002 ms since, 200 queries in one batch, one
-  // thread (benchmarks/results/filtered-search.cpp hnsw_slow l2 784, session 46).
+  // A filter cannot depend on the query: when a sample says it accepts few rows, it runs once per stored
+  // row for the whole batch, and only the accepted rows are scored, query by query (gathered: the pairwise kernel's
+  // distances, as both other paths report), instead of a GEMM over every row whose candidates it then tests one by one.
+  // The GEMM scores every row whatever the filter passes: 0.37-0.41 ms per query on 20,000 784-d rows with 1% or 0.1%
+  // of them passing, against 0.013 / 0.002 ms since, 200 queries in one batch, one thread
+  // (benchmarks/results/filtered-search.cpp hnsw_slow l2 784, session 46).
   if (params.filter &&
       detail::passes_few(size(), [&](std::size_t i) { return params.filter.accepts(id_data()[i]) ? 1 : 0; })) {
     const std::vector<std::size_t> rows = accepted_rows(params.filter);

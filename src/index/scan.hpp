@@ -63,7 +63,8 @@ inline constexpr std::size_t filter_sample = 1024;
 /// costs a filter call per stored vector, which searches under a filter that passes more do not recoup.
 inline constexpr std::size_t listed_share = 16;
 
-/// Whether a filter passes at most 1 / `listed_share` of `filter_sample` positions drawn from [0, n):
+/// Whether a filter passes at most 1 / `listed_share` of `filter_sample` positions drawn from [0, n)
+/// (every position once when n is no larger: exact, and no more calls than positions, a third review):
 /// `verdict(position)` is 1 when it passes there, 0 when it does not, and −1 for a position that holds
 /// nothing (a free slot), which the share leaves out. The positions come from splitmix64 with a fixed
 /// seed, so a batch decides the same on every run; an even stride lined up with filters that repeat with
@@ -73,9 +74,10 @@ template <class Verdict>
 [[nodiscard]] bool passes_few(std::size_t n, const Verdict& verdict) {
   if (n == 0) return false;
   splitmix64 draw(0x5EED5A3D1E5ULL);
+  const bool every = n <= filter_sample;
   std::size_t held = 0, passed = 0;
-  for (std::size_t i = 0; i < filter_sample; ++i) {
-    const int v = verdict(static_cast<std::size_t>(draw.below(n)));
+  for (std::size_t i = 0; i < (every ? n : filter_sample); ++i) {
+    const int v = verdict(every ? i : static_cast<std::size_t>(draw.below(n)));
     if (v < 0) continue;
     ++held;
     passed += static_cast<std::size_t>(v);

@@ -111,8 +111,8 @@ struct search_params {
   /// scan at 0.1% of 20,000 64-d rows passing), so it scores the accepted nodes directly instead,
   /// exactly (`filter_scan`): a batch lists them once when a sample says they are few, a single query
   /// once its walk has cost more than a scan would (docs/hnsw.md, "Filters that accept few nodes"). A
-  /// filter runs once per stored row for a `Flat` batch, which then scores only the accepted rows when
-  /// they are few (`flat_index::sparse_filter`).
+  /// `Flat` batch whose filter a sample finds selective runs it once per stored row and then scores only
+  /// the accepted rows (`flat_index::sparse_filter`).
   id_filter filter{};
   /// HNSW: size of the candidate list kept while searching the bottom layer (larger: higher recall,
   /// slower). 0 means the index default, max(k, 64); any value below k is raised to k. IVF with an HNSW

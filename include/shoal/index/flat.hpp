@@ -32,8 +32,9 @@ class file_mapping;
 ///    whose GEMM scores cannot rule out the vectors left out (their rounding error, bounded from the
 ///    norms, exceeds the margin: data far from the origin, many near-equal distances) is answered by
 ///    the streaming scan instead.
-///  - a larger batch under a filter that accepts at most 1 / `sparse_filter` of the rows: the filter
-///    runs once per row for the batch, and each query scores only the accepted rows (gather kernel).
+///  - a larger batch under a filter that accepts at most 1 / `sparse_filter` of the rows (a sample of
+///    1,024 rows says so): the filter runs once per row for the batch, and each query scores only the
+///    accepted rows (gather kernel). Otherwise the GEMM path tests only its candidates.
 /// All paths therefore report the same distances (those of the pairwise kernel at the active SIMD
 /// level), sorted by (distance, id), ties to the smaller id.
 ///
