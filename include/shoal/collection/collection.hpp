@@ -273,10 +273,12 @@ class collection {
   /// k nearest neighbours of each query over the shards the router picks (`params.shard_probe`), merged
   /// into one top-k per query: distances are those of the shard indexes (one metric, so comparable),
   /// nearest first, ties by smaller id. Each shard is asked for min(k, the vectors it holds), so a k far
-  /// beyond the collection costs the output buffer, not shards × k per query. Other `params` go to every shard, except
-  /// `coarse`: a coarse pass outside the index belongs to one IVF index's centroids, and each shard has its own, so a
-  /// non-null one throws `errc::invalid_argument`. Throws `errc::unsupported` when every replica of a shard the query
-  /// needs is down.
+  /// beyond the collection costs the output buffer, not shards × k per query. A row the picked shards leave short of k
+  /// (a filter, or a k beyond what they hold) is searched in the shards its query skipped, and a row IVF shards leave
+  /// short is searched again over more lists in every shard (`params.widen`; docs/collection.md). Other `params` go to
+  /// every shard (`widen` as false: the collection widens), except `coarse`: a coarse pass outside the index belongs to
+  /// one IVF index's centroids, and each shard has its own, so a non-null one throws `errc::invalid_argument`. Throws
+  /// `errc::unsupported` when every replica of a shard the query needs is down.
   void search(matrix_view<const float> queries, neighbors_view out, const search_params& params = {}) const;
   [[nodiscard]] neighbors search(matrix_view<const float> queries, std::size_t k,
                                  const search_params& params = {}) const;
