@@ -839,10 +839,12 @@ std::size_t most_lists(const detail::layout& lay) {
 /// kept from some shards has searched all of them by then (`widen_routed`). Each round merges afresh: a
 /// vector moved between shards between two rounds is found once, never twice.
 void widen_lists(const detail::collection_state& st, const detail::layout& lay, matrix_view<const float> queries,
-                 neighbors_view out, search_params params, std::size_t lists) {
+                 neighbors_view out, search_params params) {
   std::vector<std::size_t> short_rows;
   for (std::size_t q = 0; q < queries.rows; ++q)
     if (out.row_ids(q)[out.k - 1] == no_id) short_rows.push_back(q);
+  if (short_rows.empty()) return;  // the common case: no shard is asked anything
+  const std::size_t lists = most_lists(lay);
   const std::size_t shards = lay.shards.size();
   std::vector<neighbors> results(shards);
   std::vector<scored_id> candidates;
@@ -948,8 +950,7 @@ void collection::search(matrix_view<const float> queries, neighbors_view out, co
     detail::merge_row(candidates, out.row_ids(q), out.row_distances(q));
   }
   if (!visits.all) widen_routed(st, *lay, queries, visits, out, params);
-  if (user.widen)
-    if (const std::size_t lists = most_lists(*lay); lists > 0) widen_lists(st, *lay, queries, out, params, lists);
+  if (user.widen) widen_lists(st, *lay, queries, out, params);
   st.merge_latency.record(std::chrono::nanoseconds(detail::elapsed_ns(merge_started)));
   st.search_latency.record(std::chrono::nanoseconds(detail::elapsed_ns(search_started)));
   st.queries.fetch_add(nq, std::memory_order_relaxed);

@@ -1,7 +1,6 @@
 #include "shoal/index/flat.hpp"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <limits>
 #include <optional>
@@ -156,15 +155,12 @@ std::vector<std::size_t> flat_index::accepted_rows(const id_filter& filter) cons
 
 void flat_index::search_rows(const float* query, std::span<const std::size_t> rows, neighbors_view out_row) const {
   topk_heap heap(out_row.k);
-  std::array<const float*, detail::scan_chunk> at{};
-  std::array<float, detail::scan_chunk> dist{};
-  for (std::size_t first = 0; first < rows.size(); first += detail::scan_chunk) {
-    const std::size_t n = std::min(detail::scan_chunk, rows.size() - first);
-    for (std::size_t j = 0; j < n; ++j) at[j] = vector_data() + rows[first + j] * dim_;
-    detail::gather_distances(active_kernels(), metric_, query, at.data(), n, dim_, dist.data());
-    for (std::size_t j = 0; j < n; ++j)
-      if (dist[j] <= heap.worst()) heap.push(dist[j], id_data()[rows[first + j]]);
-  }
+  const auto offer = [&](float d, vector_id id) {
+    if (d <= heap.worst()) heap.push(d, id);
+  };
+  detail::gathered_rows scan(active_kernels(), metric_, query, dim_, offer);
+  for (const std::size_t r : rows) scan.add(vector_data() + r * dim_, id_data()[r]);
+  scan.flush();
   heap.write_sorted(out_row.row_ids(0), out_row.row_distances(0));
 }
 

@@ -85,6 +85,37 @@ template <class Verdict>
   return held > 0 && passed * listed_share <= held;
 }
 
+/// Rows scattered in memory, scored a chunk at a time through the gather kernel (bit-identical to the
+/// one-to-many and pair kernels): each row `add`ed goes, with its distance, to `take(distance, id)` once
+/// its chunk is scored — at the latest by `flush`.
+template <class Take>
+class gathered_rows {
+ public:
+  gathered_rows(const distance_kernels& k, metric m, const float* query, std::size_t dim, const Take& take)
+      : k_(k), metric_(m), query_(query), dim_(dim), take_(take) {}
+  void add(const float* row, vector_id id) {
+    rows_[held_] = row;
+    ids_[held_] = id;
+    if (++held_ == scan_chunk) flush();
+  }
+  void flush() {
+    gather_distances(k_, metric_, query_, rows_.data(), held_, dim_, dist_.data());
+    for (std::size_t i = 0; i < held_; ++i) take_(dist_[i], ids_[i]);
+    held_ = 0;
+  }
+
+ private:
+  const distance_kernels& k_;
+  metric metric_;
+  const float* query_;
+  std::size_t dim_;
+  const Take& take_;
+  std::array<const float*, scan_chunk> rows_{};
+  std::array<vector_id, scan_chunk> ids_{};
+  std::array<float, scan_chunk> dist_{};
+  std::size_t held_ = 0;
+};
+
 /// Hands `take(distance, id)` each of the `count` dense rows at `x` (ids `ids`) that `filter` (not
 /// empty) accepts: the ids are tested first and only the accepted rows scored, gathered (the gather
 /// kernel equals the one-to-many one bit for bit). Scoring every row and then testing the near ones made
@@ -93,22 +124,10 @@ template <class Verdict>
 template <class Take>
 void scan_accepted_rows(const distance_kernels& k, metric m, const float* query, const float* x, const vector_id* ids,
                         std::size_t count, std::size_t dim, const id_filter& filter, const Take& take) {
-  std::array<const float*, scan_chunk> rows{};
-  std::array<vector_id, scan_chunk> kept{};
-  std::array<float, scan_chunk> dist{};
-  std::size_t held = 0;
-  const auto score_held = [&] {
-    gather_distances(k, m, query, rows.data(), held, dim, dist.data());
-    for (std::size_t i = 0; i < held; ++i) take(dist[i], kept[i]);
-    held = 0;
-  };
-  for (std::size_t i = 0; i < count; ++i) {
-    if (!filter.accepts(ids[i])) continue;
-    rows[held] = x + i * dim;
-    kept[held] = ids[i];
-    if (++held == scan_chunk) score_held();
-  }
-  if (held > 0) score_held();
+  gathered_rows scan(k, m, query, dim, take);
+  for (std::size_t i = 0; i < count; ++i)
+    if (filter.accepts(ids[i])) scan.add(x + i * dim, ids[i]);
+  scan.flush();
 }
 
 /// Offers the `count` dense rows at `x` (ids `ids`) to `heap`, skipping ids `filter` rejects.
