@@ -738,6 +738,34 @@ TEST_CASE("refine_index: a coarse index proposes, exact distances re-rank, also 
                          fails_with(errc::invalid_argument, "metric"));
 }
 
+TEST_CASE("refine_index: a short first-stage row widens until it holds the k returned, not the re-rank depth",
+          "[index][refine]") {
+  // The first stage's rows are k · refine_factor deep; widening them to that depth made nprobe 1 slower
+  // than nprobe 2 wherever lists held fewer than k · refine_factor rows (a review of session 46). Over
+  // IVF-Flat, whose distances are exact, the re-ranked rows are then those of the IVF search for k alone:
+  // the same lists, the same vectors' exact top k.
+  const test::clustered_set data(2000, 60, 32, 16, 43, 0.3f);
+  for (const metric m : {metric::l2, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    refine_index index(make_index("IVF64,Flat", 32, m), flat_index(32, m));
+    index.train(data.base.view());
+    index.add(data.base.view(), data.ids);
+    for (const bool filtered : {false, true}) {
+      CAPTURE(filtered);
+      search_params params{.nprobe = 1, .refine_factor = 4};
+      if (filtered) params.filter = [](vector_id id) { return id % 3 == 0; };
+      const neighbors got = index.search(data.queries.view(), 10, params);
+      const neighbors want = index.coarse().search(data.queries.view(), 10, params);
+      CHECK(got.ids() == want.ids());
+      CHECK(std::count(got.ids().begin(), got.ids().end(), no_id) == 0);
+      // A row narrower than the stage's default goes as far as asked.
+      params.widen_to = 3;
+      CHECK(index.search(data.queries.view(), 10, params).ids() ==
+            index.coarse().search(data.queries.view(), 10, params).ids());
+    }
+  }
+}
+
 TEST_CASE("refine_index: stored vectors added again under new ids reach both stages intact", "[index][refine]") {
   // The exact (flat) stage takes an add first; rows read from its own storage (`vector()`) were handed
   // to the coarse stage after that add had grown, and so freed, the storage they point into (a review:

@@ -64,10 +64,10 @@ struct probed_queries {
 
 /// Searches row `q` of `p` with `search_lists(lists)`, which searches the row afresh over those lists
 /// (read-locking them all at once), writes it, and returns how many ids it holds; and, unless
-/// `params.widen` is false, while the row holds fewer than `k` and lists remain, again over twice as many
-/// lists, nearest first (every list at the last try, or at once when the index holds fewer than k
-/// vectors, `stored`). So a row comes back k long whenever the index holds k ids the filter accepts: a
-/// filter whose ids lie in lists the nprobe nearest miss left rows short or empty (a user-eyes review,
+/// `params.widen` is false, while the row holds fewer than `k` (`params.widen_to` when smaller) and lists
+/// remain, again over twice as many lists, nearest first (every list at the last try, or at once when the
+/// index holds fewer than k vectors, `stored`). So a row comes back k long whenever the index holds k ids the filter
+/// accepts: a filter whose ids lie in lists the nprobe nearest miss left rows short or empty (a user-eyes review,
 /// session 45: `IVF64,Flat`, 1% of rows around one point passing, 198 of 200 rows empty at nprobe 1), and
 /// so did probed lists holding fewer than k rows, as in FAISS, which pads with -1. Only short rows pay; a
 /// row's answer is the one a search with its last try's lists gives. The wider tries take their lists
@@ -82,6 +82,7 @@ void search_widening(const probed_queries& p, std::size_t q, std::size_t k, std:
                      const coarse_quantizer& coarse, const search_params& params, const SearchLists& search_lists) {
   std::size_t held = search_lists(p.lists(q));
   const std::size_t nlist = coarse.centroids().rows;
+  if (params.widen_to > 0) k = std::min(k, params.widen_to);
   if (held >= k || !params.widen || p.nprobe >= nlist) return;
   // Every list scored once; each try then orders only the lists it adds (n log n in all, not a sort of
   // every list: ranking all 1,024 lists of a short row up front cost more than the scans).
