@@ -181,20 +181,18 @@ void ivf_flat_index::search(matrix_view<const float> queries, neighbors_view out
   detail::check_result_buffer(queries.rows, out, "ivf_flat_index::search");
   const detail::probed_queries p = probe(queries, params, "ivf_flat_index::search: query");
   const distance_kernels& k = active_kernels();
-  detail::parallel_for_in(p.locality_order(), p.view.rows, [&](std::size_t q) {
+  detail::search_widening(p, out.k, size(), *coarse_, params, [&](std::size_t q, std::span<const std::uint32_t> lists) {
     const detail::scratch_lease<std::vector<std::uint32_t>> order;  // reused from query to query
-    detail::search_widening(p, q, out.k, size(), *coarse_, params, [&](std::span<const std::uint32_t> lists) {
-      topk_heap heap(out.k);
-      const detail::probed_read_locks<list> locks(lists_, lists, order.get());
-      for (const std::uint32_t list_no : lists) {
-        const list& l = *lists_[list_no];
-        detail::scan_into_heap(k, metric_, p.view.row(q), l.code_data(), l.id_data(), l.count(), dim_, params.filter,
-                               heap);
-      }
-      const std::size_t held = heap.size();
-      heap.write_sorted(out.row_ids(q), out.row_distances(q));
-      return held;
-    });
+    topk_heap heap(out.k);
+    const detail::probed_read_locks<list> locks(lists_, lists, order.get());
+    for (const std::uint32_t list_no : lists) {
+      const list& l = *lists_[list_no];
+      detail::scan_into_heap(k, metric_, p.view.row(q), l.code_data(), l.id_data(), l.count(), dim_, params.filter,
+                             heap);
+    }
+    const std::size_t held = heap.size();
+    heap.write_sorted(out.row_ids(q), out.row_distances(q));
+    return held;
   });
 }
 

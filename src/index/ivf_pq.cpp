@@ -734,24 +734,23 @@ void ivf_pq_index::search(matrix_view<const float> queries, neighbors_view out, 
   const detail::probed_queries p = probe(queries, params, "ivf_pq_index::search");
   const std::size_t keep =
       params.refine_factor == 0 ? out.k : detail::candidate_depth(out.k, params.refine_factor, size());
-  detail::parallel_for_in(p.locality_order(), p.view.rows, [&](std::size_t q) {
-    const float* query = p.view.row(q);
-    const float* kept_query = rerank_rotated_ ? query : p.input.row(q);  // the re-rank's: as the rows it scores
-    // Every probed list stays read-locked from its scan to the end of the re-rank, so a candidate's slot
-    // still holds it when its full vector is read: one lock round trip per list instead of two per
-    // candidate. Taken in ascending list order: writers hold one list at a time, so ordered readers can
-    // form no cycle even where waiting writers block new readers.
-    const detail::scratch_lease<scratch> lease;
-    scratch& s = lease.get();
-    detail::search_widening(p, q, out.k, size(), *coarse_, params, [&](std::span<const std::uint32_t> probed) {
-      const detail::probed_read_locks<list> locks(lists_, probed, s.locked);
-      s.clear(keep);
-      begin_query(query, s);
-      for (const std::uint32_t list_no : probed) scan_list(*lists_[list_no], list_no, query, s, params, keep);
-      write_row(s, kept_query, out, q, params);
-      return s.items.size();
-    });
-  });
+  detail::search_widening(
+      p, out.k, size(), *coarse_, params, [&](std::size_t q, std::span<const std::uint32_t> probed) {
+        const float* query = p.view.row(q);
+        const float* kept_query = rerank_rotated_ ? query : p.input.row(q);  // the re-rank's: as the rows it scores
+        // Every probed list stays read-locked from its scan to the end of the re-rank, so a candidate's slot
+        // still holds it when its full vector is read: one lock round trip per list instead of two per
+        // candidate. Taken in ascending list order: writers hold one list at a time, so ordered readers can
+        // form no cycle even where waiting writers block new readers.
+        const detail::scratch_lease<scratch> lease;
+        scratch& s = lease.get();
+        const detail::probed_read_locks<list> locks(lists_, probed, s.locked);
+        s.clear(keep);
+        begin_query(query, s);
+        for (const std::uint32_t list_no : probed) scan_list(*lists_[list_no], list_no, query, s, params, keep);
+        write_row(s, kept_query, out, q, params);
+        return s.items.size();
+      });
 }
 
 void ivf_pq_index::write_row(scratch& s, const float* kept_query, neighbors_view out, std::size_t q,

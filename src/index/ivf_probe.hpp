@@ -13,6 +13,8 @@
 #include <utility>
 #include <vector>
 
+#include "core/gather.hpp"
+#include "core/parallel.hpp"
 #include "index/coarse_quantizer.hpp"
 #include "shoal/core/checks.hpp"
 #include "shoal/core/coarse_probe.hpp"
@@ -62,46 +64,78 @@ struct probed_queries {
   }
 };
 
-/// Searches row `q` of `p` with `search_lists(lists)`, which searches the row afresh over those lists
-/// (read-locking them all at once), writes it, and returns how many ids it holds; and, unless
-/// `params.widen` is false, while the row holds fewer than `k` (`params.widen_to` when smaller) and lists
-/// remain, again over twice as many lists, nearest first (every list at the last try, or at once when the
-/// index holds fewer than k vectors, `stored`). So a row comes back k long whenever the index holds k ids the filter
-/// accepts: a filter whose ids lie in lists the nprobe nearest miss left rows short or empty (a user-eyes review,
-/// session 45: `IVF64,Flat`, 1% of rows around one point passing, 198 of 200 rows empty at nprobe 1), and
-/// so did probed lists holding fewer than k rows, as in FAISS, which pads with -1. Only short rows pay; a
-/// row's answer is the one a search with its last try's lists gives. The wider tries take their lists
-/// nearest first from one scoring of every list (`coarse_quantizer::scores`, exact for the HNSW kind
-/// too), made once per short row: a coarse pass per try cost more than the scans at nlist 4,096 (a
-/// review: nprobe 1 took 2.5× nprobe 16 for k 100). An outside coarse pass (`search_params::coarse`) serves only the
-/// first try. Each try starts over rather than adding the new lists to the last try's heap: a vector moved between
-/// lists by a write between two tries would otherwise be found in both (a restart holds every list of the try at one
-/// moment, so it is found once or not at all); the scans of the tries cost at most twice the last's.
-template <class SearchLists>
-void search_widening(const probed_queries& p, std::size_t q, std::size_t k, std::size_t stored,
-                     const coarse_quantizer& coarse, const search_params& params, const SearchLists& search_lists) {
-  std::size_t held = search_lists(p.lists(q));
-  const std::size_t nlist = coarse.centroids().rows;
+/// How many lists the wider tries of a short row take from one batched coarse pass (`search_widening`):
+/// this many times nprobe, at least `widen_reserve_floor` (at nprobe 1: the tries over 2, 4, 8 and 16).
+constexpr std::size_t widen_reserve = 4;
+constexpr std::size_t widen_reserve_floor = 16;
+
+/// Searches every row of `p` with `search_row(q, lists)`, which searches row q afresh over those lists
+/// (read-locking them all at once), writes it, and returns how many ids it holds; in locality order. Then,
+/// unless `params.widen` is false, each row holding fewer than `k` (`params.widen_to` when smaller) is
+/// searched again over twice as many lists, nearest first, and again, until it holds k or every list was
+/// searched (every list at once when the index holds fewer than k vectors, `stored`). So a row comes back k
+/// long whenever the index holds k ids the filter accepts: a filter whose ids lie in lists the nprobe
+/// nearest miss left rows short or empty (a user-eyes review, session 45: `IVF64,Flat`, 1% of rows around
+/// one point passing, 198 of 200 rows empty at nprobe 1), and so did probed lists holding fewer than k
+/// rows, as in FAISS, which pads with -1. Only short rows pay; a row's answer is the one a search with its
+/// last try's lists gives.
+///
+/// The wider tries' lists: the flat kind ranks the short rows again in one batched coarse pass that keeps
+/// `widen_reserve` · nprobe lists (at least `widen_reserve_floor`); a row that needs more, and every short
+/// row with the HNSW kind (whose lists depend on how many it is asked for), scores every list once
+/// (`coarse_quantizer::scores`, exact for the HNSW kind too) and orders only the lists each try adds. A
+/// coarse pass per try cost more than the scans at nlist 4,096 (a review: nprobe 1 took 2.5× nprobe 16 for
+/// k 100); scoring and ranking every list per short row cost more than the batched pass where most rows were
+/// short (bigann10k, `IVF1024,Flat,RFlat`: nprobe 1 took 2.2× nprobe 2, session 47); and a reserve kept by
+/// the first pass for every row cost rows that were not short up to 29% (a longer selection). An outside
+/// coarse pass (`search_params::coarse`) serves only the first try. Each try starts over rather than adding
+/// the new lists to the last try's heap: a vector moved between lists by a write between two tries would
+/// otherwise be found in both (a restart holds every list of the try at one moment, so it is found once or
+/// not at all); the scans of the tries cost at most twice the last's.
+template <class SearchRow>
+void search_widening(const probed_queries& p, std::size_t k, std::size_t stored, const coarse_quantizer& coarse,
+                     const search_params& params, const SearchRow& search_row) {
+  const std::size_t rows = p.view.rows, nlist = coarse.centroids().rows;
   if (params.widen_to > 0) k = std::min(k, params.widen_to);
-  if (held >= k || !params.widen || p.nprobe >= nlist) return;
-  // Every list scored once; each try then orders only the lists it adds (n log n in all, not a sort of
-  // every list: ranking all 1,024 lists of a short row up front cost more than the scans).
-  std::vector<float> scores(nlist);
-  std::vector<float> frame;
-  coarse.scores(p.view.row(q), scores.data(), frame);
-  std::vector<std::pair<float, std::uint32_t>> ranked(nlist);
-  for (std::uint32_t l = 0; l < nlist; ++l) ranked[l] = {scores[l], l};
-  std::vector<std::uint32_t> lists;
-  for (std::size_t n = k > stored ? nlist : 2 * p.nprobe; held < k; n = 2 * n) {
-    n = std::min(n, nlist);
-    const auto first = ranked.begin() + static_cast<std::ptrdiff_t>(lists.size());
-    const auto last = ranked.begin() + static_cast<std::ptrdiff_t>(n);
-    std::nth_element(first, last - 1, ranked.end());
-    std::sort(first, last);
-    for (auto it = first; it != last; ++it) lists.push_back(it->second);
-    held = search_lists(std::span<const std::uint32_t>(lists));
-    if (n == nlist) return;
-  }
+  const bool widens = params.widen && p.nprobe < nlist;
+  std::vector<std::uint8_t> short_row(widens ? rows : 0, 0);
+  parallel_for_in(p.locality_order(), rows, [&](std::size_t q) {
+    const std::size_t held = search_row(q, p.lists(q));
+    if (widens) short_row[q] = held < k ? 1 : 0;
+  });
+  std::vector<std::size_t> shorts;
+  for (std::size_t q = 0; q < short_row.size(); ++q)
+    if (short_row[q] != 0) shorts.push_back(q);
+  if (shorts.empty()) return;
+  const std::size_t first_try = k > stored ? nlist : std::min(2 * p.nprobe, nlist);
+  const std::size_t reserve = coarse.hnsw_m() == 0 && first_try < nlist
+                                  ? std::min(nlist, std::max(widen_reserve * p.nprobe, widen_reserve_floor))
+                                  : 0;
+  std::vector<std::uint32_t> reserved(shorts.size() * reserve);
+  if (reserve > 0) coarse.probe(gather(p.view, shorts).view(), reserve, params.ef, reserved.data());
+  parallel_for(shorts.size(), [&](std::size_t i) {
+    const std::size_t q = shorts[i];
+    std::size_t n = first_try;
+    for (; n <= reserve; n = std::min(2 * n, nlist))
+      if (search_row(q, std::span<const std::uint32_t>(reserved.data() + i * reserve, n)) >= k || n == nlist) return;
+    // Past the reserve: every list scored once; each try then orders only the lists it adds (n log n in
+    // all, not a sort of every list: ranking all 1,024 lists of a short row up front cost more than the
+    // scans).
+    std::vector<float> scores(nlist);
+    std::vector<float> frame;
+    coarse.scores(p.view.row(q), scores.data(), frame);
+    std::vector<std::pair<float, std::uint32_t>> ranked(nlist);
+    for (std::uint32_t l = 0; l < nlist; ++l) ranked[l] = {scores[l], l};
+    std::vector<std::uint32_t> lists;
+    for (;; n = std::min(2 * n, nlist)) {
+      const auto first = ranked.begin() + static_cast<std::ptrdiff_t>(lists.size());
+      const auto last = ranked.begin() + static_cast<std::ptrdiff_t>(n);
+      std::nth_element(first, last - 1, ranked.end());
+      std::sort(first, last);
+      for (auto it = first; it != last; ++it) lists.push_back(it->second);
+      if (search_row(q, std::span<const std::uint32_t>(lists)) >= k || n == nlist) return;
+    }
+  });
 }
 
 /// Throws `shoal::error` unless every list that an outside coarse pass (`search_params::coarse`) wrote
