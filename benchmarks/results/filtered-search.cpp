@@ -8,6 +8,8 @@
 //              walk alone (`filter_scan = false`, the search before session 46)
 //   semantic   4 semantic HNSW16 shards, that one-region filter: short rows by shard_probe
 //   baseline   unfiltered R@10 of each kind, and IVF-PQ's re-rank under the filters
+//   faiss_ef   (with FAISS) HNSW only, 50% / 20% / 10% passing: shoal's ef and FAISS's efSearch swept, to
+//              compare at equal recall (session 47)
 //   faiss      (built with -DWITH_FAISS) FAISS 1.7.3 beside shoal under the same random filters, one
 //              thread: IndexHNSWFlat (M 16, efConstruction 200, efSearch 64) against HNSW16 (ef 64), and
 //              IndexIVFFlat (nlist 64, nprobe 1 and 8) against IVF64,Flat, with an IDSelectorBitmap
@@ -246,7 +248,7 @@ int main(int argc, char** argv) {
       }
     }
 #ifdef WITH_FAISS
-  } else if (mode == "faiss") {
+  } else if (mode == "faiss" || mode == "faiss_ef") {
     omp_set_num_threads(1);
     faiss::IndexHNSWFlat fh(static_cast<int>(D), 16);
     fh.hnsw.efConstruction = 200;
@@ -281,7 +283,8 @@ int main(int argc, char** argv) {
         }
       return r;
     };
-    for (double sel : {0.5, 0.1, 0.01, 0.001}) {
+    const bool sweep = mode == "faiss_ef";
+    for (double sel : sweep ? std::vector<double>{0.5, 0.2, 0.1} : std::vector<double>{0.5, 0.1, 0.01, 0.001}) {
       const std::size_t want = static_cast<std::size_t>(std::llround(sel * N));
       const std::vector<std::uint8_t> acc = random_subset(want, 5);
       std::vector<std::uint8_t> bits((N + 7) / 8, 0);
@@ -295,10 +298,31 @@ int main(int argc, char** argv) {
       const std::uint8_t* a = acc.data();
       p.filter = [a](vector_id id) { return a[id] != 0; };
       neighbors ours(1, 1);
-      const double t_ours = timed([&] { ours = h.search(d.queries, K, p); });
       faiss::SearchParametersHNSW hp;
-      hp.efSearch = 64;
       hp.sel = &selector;
+      if (sweep) {  // both ef sweeps, to compare at equal recall
+        for (const std::size_t ef : {10, 16, 32, 64}) {
+          search_params pe = p;
+          pe.ef = ef;
+          const double t = timed([&] { ours = h.search(d.queries, K, pe); });
+          std::printf("%g%% pass: HNSW16 ef %zu %.4f ms/query R@10 %.3f short %zu\n", sel * 100, ef, t,
+                      recall(ours, gt), short_rows(ours));
+        }
+        for (const int ef : {64, 128, 256, 512, 1024}) {
+          hp.efSearch = ef;
+          // FAISS 1.7.3 ignores SearchParametersHNSW::efSearch here (the same rows at every value) and reads
+          // the index's own, default 16 (the peer in shoal-ann-bench sets both, for the same reason).
+          fh.hnsw.efSearch = ef;
+          const double t = timed([&] { fh.search(NQ, d.queries.data, K, dist.data(), labels.data(), &hp); });
+          const neighbors theirs = from_faiss(labels, dist);
+          std::printf("%g%% pass: FAISS HNSW16 efSearch %d %.4f ms/query R@10 %.3f short %zu\n", sel * 100, ef, t,
+                      recall(theirs, gt), short_rows(theirs));
+        }
+        continue;
+      }
+      const double t_ours = timed([&] { ours = h.search(d.queries, K, p); });
+      hp.efSearch = 64;
+      fh.hnsw.efSearch = 64;  // see above: session 46's table ran FAISS at its default, 16
       const double t_faiss = timed([&] { fh.search(NQ, d.queries.data, K, dist.data(), labels.data(), &hp); });
       const neighbors theirs = from_faiss(labels, dist);
       std::printf(
