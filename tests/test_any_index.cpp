@@ -758,6 +758,12 @@ TEST_CASE("refine_index: a short first-stage row widens until it holds the k ret
       const neighbors want = index.coarse().search(data.queries.view(), 10, params);
       CHECK(got.ids() == want.ids());
       CHECK(std::count(got.ids().begin(), got.ids().end(), no_id) == 0);
+      // widen_to above k: the first stage widens until it holds that many, as an IVF search for them.
+      params.widen_to = 40;
+      const neighbors deep = index.coarse().search(data.queries.view(), 40, params);
+      const neighbors refined = index.search(data.queries.view(), 10, params);
+      for (std::size_t q = 0; q < refined.rows(); ++q)
+        CHECK(std::equal(refined.row_ids(q).begin(), refined.row_ids(q).end(), deep.row_ids(q).begin()));
       // A row narrower than the stage's default goes as far as asked.
       params.widen_to = 3;
       CHECK(index.search(data.queries.view(), 10, params).ids() ==

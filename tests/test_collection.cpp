@@ -188,9 +188,20 @@ TEST_CASE("collection: IVF shards widen a short row together, until it holds k",
     p.widen = true;
     const neighbors full = c.search(data.queries.view(), 10, p);
     for (const vector_id id : full.ids()) CHECK(in_region(id));  // every row k long, of accepted ids
+    // `widen_to` stops the widening there, as in one IVF index: every row holds at least 3.
+    p.widen_to = 3;
+    const neighbors three_or_more = c.search(data.queries.view(), 10, p);
+    for (std::size_t q = 0; q < three_or_more.rows(); ++q) CHECK(three_or_more.id(q, 2) != no_id);
+    p.widen_to = 0;
     // Unfiltered, k beyond what one list of each shard holds (about 3000 / 4 / 16 each).
     const neighbors many = c.search(data.queries.view(), 300, {.nprobe = 1});
     CHECK(std::count(many.ids().begin(), many.ids().end(), no_id) == 0);
+    // With `widen_to` 20 those rows are long enough as the first lists leave them: not widened.
+    search_params twenty{.nprobe = 1};
+    twenty.widen_to = 20;
+    const neighbors some = c.search(data.queries.view(), 300, twenty);
+    for (std::size_t q = 0; q < some.rows(); ++q) CHECK(some.id(q, 19) != no_id);
+    CHECK(std::count(some.ids().begin(), some.ids().end(), no_id) > 0);
     // Routed to one shard, k beyond what it holds: every shard, at any nprobe (at nprobe >= nlist no
     // widening round ran, and the rows came back short where nprobe 1 filled them; a review).
     if (policy == sharding::semantic)

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <set>
 #include <shared_mutex>
 #include <string>
 #include <thread>
@@ -14,6 +15,7 @@
 #include "core/phase_fair_mutex.hpp"  // src/: the lock every index's readers and writers share
 #include "shoal/core/checks.hpp"
 #include "shoal/core/error.hpp"
+#include "shoal/core/id_set.hpp"
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
 #include "shoal/core/topk.hpp"
@@ -151,6 +153,39 @@ TEST_CASE("id_filter wraps any predicate and an empty filter accepts all", "[cor
   CHECK(static_cast<bool>(f));
   CHECK(f.accepts(4));
   CHECK_FALSE(f.accepts(5));
+}
+
+TEST_CASE("id_set: lookups of its ids, repeats once, no_id refused, and a filter made from it lists it", "[core]") {
+  const std::vector<vector_id> given = {5, 3, 5, vector_id{1} << 40, 0, 3};
+  const id_set s(given);
+  CHECK(s.size() == 4);
+  CHECK(std::vector<vector_id>(s.ids().begin(), s.ids().end()) == std::vector<vector_id>{0, 3, 5, vector_id{1} << 40});
+  for (const vector_id id : given) CHECK(s.contains(id));
+  for (const vector_id id : {vector_id{1}, vector_id{4}, (vector_id{1} << 40) + 1, no_id - 1, no_id})
+    CHECK_FALSE(s.contains(id));
+  const id_set none;
+  CHECK(none.empty());
+  CHECK_FALSE(none.contains(0));
+  CHECK_FALSE(id_set(std::vector<vector_id>{}).contains(0));
+  // Many ids, against a std::set, members and others.
+  splitmix64 rng(9);
+  std::vector<vector_id> many(20000);
+  for (vector_id& id : many) id = rng.next() % 100000;
+  const id_set big(many);
+  const std::set<vector_id> reference(many.begin(), many.end());
+  CHECK(big.size() == reference.size());
+  for (vector_id id = 0; id < 100000; ++id) REQUIRE(big.contains(id) == reference.contains(id));
+  REQUIRE_THROWS_MATCHES(id_set(std::vector<vector_id>{1, no_id}), shoal::error,
+                         fails_with(errc::invalid_argument, "no_id"));
+  // As a filter: referenced (a temporary set would be gone), and listed for the indexes.
+  const id_filter f = s;
+  CHECK(f.listed() == &s);
+  CHECK(f.accepts(3));
+  CHECK_FALSE(f.accepts(4));
+  const id_filter other = [](vector_id id) { return id == 3; };
+  CHECK(other.listed() == nullptr);
+  CHECK(id_filter().listed() == nullptr);
+  STATIC_REQUIRE_FALSE(std::is_constructible_v<id_filter, id_set&&>);
 }
 
 bool below_ten(vector_id id) { return id < 10; }

@@ -159,6 +159,34 @@ TEST_CASE("flat search applies the per-call filter and stays k long", "[flat]") 
   check_matches_reference(f, metric::l2, index.search(f.queries.view(), 10, params), 10, only_few);
 }
 
+TEST_CASE("flat: an id_set filter scores its ids' rows, bit for bit as the same predicate", "[flat]") {
+  // Looked up rather than tested on every row, for a single query too; ids not stored are skipped.
+  const fixture f(3000, 20, 19);
+  std::vector<vector_id> chosen;
+  for (std::size_t i = 0; i < f.ids.size(); i += 97) chosen.push_back(f.ids[i]);
+  chosen.push_back(12345);  // not stored (the fixture's ids are random 63-bit)
+  const id_set few(chosen);
+  const auto keep = [&](vector_id id) { return few.contains(id); };
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    flat_index index = f.build(m);
+    search_params listed;
+    listed.filter = few;
+    search_params predicate;
+    predicate.filter = keep;
+    for (const std::size_t rows : {std::size_t{1}, f.queries.rows}) {
+      const matrix_view<const float> q = f.queries.view().slice(0, rows);
+      const neighbors got = index.search(q, 10, listed);
+      test::require_identical(got, index.search(q, 10, predicate));
+      check_matches_reference(f, m, got, 10, keep);
+    }
+    index.remove(chosen[0]);  // gone from the index, still in the set: skipped
+    const neighbors after = index.search(f.queries.view(), 10, listed);
+    CHECK(std::find(after.ids().begin(), after.ids().end(), chosen[0]) == after.ids().end());
+    test::require_identical(after, index.search(f.queries.view(), 10, predicate));
+  }
+}
+
 TEST_CASE("flat batches under a filter that accepts few rows score only those, as single queries do", "[flat]") {
   // The filter runs once per stored row for the batch (it cannot depend on the query); a GEMM over
   // every row then tested each query's candidates against it one by one, most rows for most queries

@@ -1281,6 +1281,58 @@ TEST_CASE("hnsw: a filter that accepts few nodes ends in an exact scan, one that
   }
 }
 
+TEST_CASE("hnsw: an id_set filter is looked up and its nodes scored, for single queries and batches", "[hnsw]") {
+  // A predicate that accepts few nodes is tested on every slot (a single query's scan) or on a sample and
+  // then every slot (a batch); an id_set's ids are looked up instead. The rows must be the exact ones, as
+  // for the same ids as a predicate, skipping ids the index does not hold or no longer holds.
+  const fixture f(4000, 30, 53);
+  splitmix64 rng(11);
+  std::vector<vector_id> chosen;
+  for (int i = 0; i < 40; ++i) chosen.push_back(rng.next() % f.ids.size());
+  for (int i = 0; i < 5; ++i) chosen.push_back(f.ids.size() + rng.next() % 1000);  // not stored
+  const id_set few(chosen);
+  std::vector<vector_id> halves;
+  for (std::size_t i = 0; i < f.ids.size(); i += 2) halves.push_back(i);
+  const id_set half(halves);
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    for (const hnsw_codes codes : {hnsw_codes::none, hnsw_codes::sq8}) {
+      CAPTURE(metric_name(m), static_cast<int>(codes));
+      hnsw_params hp;
+      hp.codes = codes;
+      hnsw_index index = f.build(m, hp);
+      flat_index flat = test::row_numbered_flat(f.base, m);
+      search_params p;
+      p.filter = few;
+      const neighbors exact = flat.search(f.queries.view(), k, p);
+      const neighbors got = index.search(f.queries.view(), k, p);
+      test::require_same_up_to_ties(got, exact, 1e-4f);
+      for (std::size_t q = 0; q < f.queries.rows; q += 7) {  // a query alone: the same row
+        const neighbors alone = index.search(f.queries.view().slice(q, 1), k, p);
+        CHECK(std::equal(alone.ids().begin(), alone.ids().end(), got.row_ids(q).begin()));
+      }
+      const float radius = exact.distance(0, 4);
+      const range_result in_range =
+          index.range_search(f.queries.view().slice(0, 1), radius + std::abs(radius) * 1e-4f, p);
+      REQUIRE(in_range.ids.size() == 5);
+      for (std::size_t j = 0; j < 5; ++j) CHECK(in_range.ids[j] == exact.id(0, j));
+      // Ids removed since the set was made are skipped, and one re-added under the same id is found again.
+      for (std::size_t i = 0; i < 6; ++i) {
+        if (!index.contains(chosen[i])) continue;
+        index.remove(chosen[i]);
+        flat.remove(chosen[i]);
+      }
+      index.add(f.base.view().slice(chosen[0], 1), std::span<const vector_id>(&chosen[0], 1));
+      flat.add(f.base.view().slice(chosen[0], 1), std::span<const vector_id>(&chosen[0], 1));
+      test::require_same_up_to_ties(index.search(f.queries.view(), k, p), flat.search(f.queries.view(), k, p), 1e-4f);
+      // Half the nodes listed: no lookup (more than 1/16), the walk the same predicate takes.
+      p.filter = half;
+      search_params as_predicate;
+      as_predicate.filter = [](vector_id id) { return id % 2 == 0; };
+      test::require_identical(index.search(f.queries.view(), k, p), index.search(f.queries.view(), k, as_predicate));
+    }
+  }
+}
+
 TEST_CASE("hnsw: a batch lists what a filter repeating with the id accepts, as for any selective filter", "[hnsw]") {
   // The sample that decides whether a batch lists the accepted nodes took every (slots / 1,024)-th slot:
   // over ids added in order, "id % 32 == 0" passed 1/8 of that sample (3% of the nodes), and the batch

@@ -6,6 +6,7 @@
 #include "shoal/collection/collection.hpp"
 #include "shoal/core/coarse_probe.hpp"
 #include "shoal/core/error.hpp"
+#include "shoal/core/id_set.hpp"
 #include "shoal/core/neighbors.hpp"
 #include "shoal/core/params.hpp"
 #include "shoal/core/topk.hpp"

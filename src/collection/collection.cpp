@@ -828,15 +828,18 @@ std::size_t most_lists(const detail::layout& lay) {
 /// would widen until it alone held k, where the collection needs k from all of them together (8 hash
 /// shards of IVF128 under a filter passing 0.2% of 40,000 rows: 23× one IVF128's time, a review of
 /// session 46). Instead a row the shards left short is searched again in every shard over twice the
-/// lists, and again, until the merged row holds k or every list of every shard was searched (`lists`,
-/// the most any shard has; at once when the collection holds fewer than k vectors). A row that routing
-/// kept from some shards has searched all of them by then (`widen_routed`). Each round merges afresh: a
-/// vector moved between shards between two rounds is found once, never twice.
+/// lists, and again, until the merged row holds k (`widen_to` where smaller) or every list of every shard was searched
+/// (`lists`, the most any shard has; at once when the collection holds fewer than k vectors). A row that routing kept
+/// from some shards has searched all of them by then (`widen_routed`). Each round merges afresh: a vector moved between
+/// shards between two rounds is found once, never twice.
 void widen_lists(const detail::collection_state& st, const detail::layout& lay, matrix_view<const float> queries,
                  neighbors_view out, search_params params) {
+  // Short: holding fewer than k ids, or than `widen_to` where that is smaller.
+  const std::size_t wanted = params.widen_to > 0 ? std::min(out.k, params.widen_to) : out.k;
+  const auto is_short = [&](std::size_t q) { return out.row_ids(q)[wanted - 1] == no_id; };
   std::vector<std::size_t> short_rows;
   for (std::size_t q = 0; q < queries.rows; ++q)
-    if (out.row_ids(q)[out.k - 1] == no_id) short_rows.push_back(q);
+    if (is_short(q)) short_rows.push_back(q);
   if (short_rows.empty()) return;  // the common case: no shard is asked anything
   const std::size_t lists = most_lists(lay);
   const std::size_t shards = lay.shards.size();
@@ -845,7 +848,7 @@ void widen_lists(const detail::collection_state& st, const detail::layout& lay, 
   std::size_t held = 0;
   for (const auto& shard : lay.shards) held += detail::live_size(*shard);
   for (std::size_t n = std::max<std::size_t>(params.nprobe, 1); !short_rows.empty() && n < lists;) {
-    n = out.k > held ? lists : std::min(lists, 2 * n);
+    n = wanted > held ? lists : std::min(lists, 2 * n);
     params.nprobe = n;
     const matrix<float> batch = detail::gather(queries, short_rows);
     {
@@ -861,7 +864,7 @@ void widen_lists(const detail::collection_state& st, const detail::layout& lay, 
       for (const neighbors& found : results)
         for (std::size_t i = 0; i < found.k(); ++i) candidates.push_back({found.distance(r, i), found.id(r, i)});
       detail::merge_row(candidates, out.row_ids(q), out.row_distances(q));
-      if (out.row_ids(q)[out.k - 1] == no_id) still_short.push_back(q);
+      if (is_short(q)) still_short.push_back(q);
     }
     short_rows = std::move(still_short);
   }

@@ -147,6 +147,12 @@ void flat_index::search_streaming(const float* query, neighbors_view out_row, co
 
 std::vector<std::size_t> flat_index::accepted_rows(const id_filter& filter) const {
   std::vector<std::size_t> rows;
+  if (const id_set* set = filter.listed(); set != nullptr) {  // looked up, then in row order
+    for (const vector_id id : set->ids())
+      if (const auto it = slot_of_.find(id); it != slot_of_.end()) rows.push_back(it->second);
+    std::sort(rows.begin(), rows.end());
+    return rows;
+  }
   const vector_id* ids = id_data();
   for (std::size_t i = 0; i < size(); ++i)
     if (filter.accepts(ids[i])) rows.push_back(i);
@@ -260,6 +266,13 @@ void flat_index::search(matrix_view<const float> queries, neighbors_view out, co
   detail::check_result_buffer(queries.rows, out, "flat_index::search");
   const query_block block = prepare(queries, "flat_index::search: query");
   const matrix_view<const float> q = block.view;
+  // A filter made from an `id_set` listing few ids beside the index: they are looked up and only their rows
+  // scored, for a single query too (no call per stored row).
+  if (const id_set* set = params.filter.listed(); set != nullptr && set->size() * sparse_filter <= size()) {
+    const std::vector<std::size_t> rows = accepted_rows(params.filter);
+    detail::parallel_for(q.rows, [&](std::size_t i) { search_rows(q.row(i), rows, out.slice(i, 1)); });
+    return;
+  }
   if (q.rows < gemm_min_batch) {
     detail::parallel_for(q.rows, [&](std::size_t i) { search_streaming(q.row(i), out.slice(i, 1), params); });
     return;

@@ -885,6 +885,30 @@ struct hnsw_index::impl {
     });
   }
 
+  /// Lists the nodes `params.filter` accepts into `shared` when the search's queries should score them
+  /// directly rather than walk to them (returns whether it did): a filter made from an `id_set` that
+  /// lists at most 1 / `detail::listed_share` of the live nodes, looked up (so for a single query too, at
+  /// the cost of the list, not of the index), or a batch's (`batch`) filter that a sample finds selective,
+  /// by a visit to every slot. Not when `params.filter_scan` is false.
+  bool list_accepted(const search_params& params, bool batch, accepted_nodes& shared) const {
+    if (!params.filter || !params.filter_scan) return false;
+    if (const id_set* set = params.filter.listed(); set != nullptr) {
+      if (set->size() * detail::listed_share > live_count.load(std::memory_order_relaxed)) return false;
+      {
+        const std::lock_guard lock(ids_mutex);
+        for (const vector_id id : set->ids())
+          if (const auto it = slot_of.find(id); it != slot_of.end()) shared.slots.push_back(it->second);
+      }
+      // An add maps its ids before their nodes go live.
+      std::erase_if(shared.slots, [&](slot_t x) { return state(x).load(std::memory_order_acquire) == 0; });
+      std::sort(shared.slots.begin(), shared.slots.end());
+      return true;
+    }
+    if (!batch || !selective(params.filter)) return false;
+    for_each_accepted(params.filter, [&](slot_t x, const float*) { shared.slots.push_back(x); });
+    return true;
+  }
+
   struct scan_switch {
     const accepted_nodes* shared = nullptr;  // the batch's list, once made
     double visits = 0;                       // what a scan's visits to every slot cost, in scored nodes
@@ -2295,8 +2319,7 @@ void hnsw_index::search(matrix_view<const float> queries, neighbors_view out, co
   x.check_usable("hnsw_index::search");
   const impl::batch_plan plan = x.plan_batch(queries);
   impl::accepted_nodes shared;
-  const bool listed = params.filter && params.filter_scan && queries.rows > 1 && x.selective(params.filter);
-  if (listed) x.for_each_accepted(params.filter, [&](slot_t s, const float*) { shared.slots.push_back(s); });
+  const bool listed = x.list_accepted(params, queries.rows > 1, shared);
   detail::parallel_for_in(plan.order, queries.rows, [&](std::size_t i) {
     x.search_one(queries.row(i), out.slice(i, 1), ef, params, plan.starts.empty() ? nullptr : &plan.starts[i],
                  listed ? &shared : nullptr);
@@ -2318,10 +2341,13 @@ range_result hnsw_index::range_search(matrix_view<const float> queries, float ra
   const std::size_t ef = params.ef == 0 ? default_ef : params.ef;
   const std::shared_lock structure(x.structure);
   x.check_usable("hnsw_index::range_search");
+  impl::accepted_nodes shared;
+  const bool listed = params.filter.listed() != nullptr && x.list_accepted(params, false, shared);
   return detail::range_by_query(queries.rows, [&](std::size_t r, std::vector<scored_id>& row) {
     std::vector<cand> hits;
     x.search_bottom(
-        queries.row(r), ef, params, false, [](std::span<const cand>) {}, radius, &hits);
+        queries.row(r), ef, params, false, [](std::span<const cand>) {}, radius, &hits, nullptr,
+        listed ? &shared : nullptr);
     for (const cand& h : hits) row.push_back({h.distance, x.id_of(h.slot)});
   });
 }

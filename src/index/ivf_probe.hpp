@@ -13,7 +13,6 @@
 #include <utility>
 #include <vector>
 
-#include "core/gather.hpp"
 #include "core/parallel.hpp"
 #include "index/coarse_quantizer.hpp"
 #include "shoal/core/checks.hpp"
@@ -64,10 +63,12 @@ struct probed_queries {
   }
 };
 
-/// How many lists the wider tries of a short row take from one batched coarse pass (`search_widening`):
-/// this many times nprobe, at least `widen_reserve_floor` (at nprobe 1: the tries over 2, 4, 8 and 16).
+/// The lists a short row's first wider tries take from one selection over its scores
+/// (`search_widening`): this many times nprobe, at least `widen_reserve_floor`, at most `widen_reserve_cap`
+/// (at nprobe 1: the tries over 2, 4, 8 and 16 lists).
 constexpr std::size_t widen_reserve = 4;
 constexpr std::size_t widen_reserve_floor = 16;
+constexpr std::size_t widen_reserve_cap = 32;
 
 /// Searches every row of `p` with `search_row(q, lists)`, which searches row q afresh over those lists
 /// (read-locking them all at once), writes it, and returns how many ids it holds; in locality order. Then,
@@ -80,50 +81,52 @@ constexpr std::size_t widen_reserve_floor = 16;
 /// rows, as in FAISS, which pads with -1. Only short rows pay; a row's answer is the one a search with its
 /// last try's lists gives.
 ///
-/// The wider tries' lists: the flat kind ranks the short rows again in one batched coarse pass that keeps
-/// `widen_reserve` · nprobe lists (at least `widen_reserve_floor`); a row that needs more, and every short
-/// row with the HNSW kind (whose lists depend on how many it is asked for), scores every list once
-/// (`coarse_quantizer::scores`, exact for the HNSW kind too) and orders only the lists each try adds. A
-/// coarse pass per try cost more than the scans at nlist 4,096 (a review: nprobe 1 took 2.5× nprobe 16 for
-/// k 100); scoring and ranking every list per short row cost more than the batched pass where most rows were
-/// short (bigann10k, `IVF1024,Flat,RFlat`: nprobe 1 took 2.2× nprobe 2, session 47); and a reserve kept by
-/// the first pass for every row cost rows that were not short up to 29% (a longer selection). An outside
-/// coarse pass (`search_params::coarse`) serves only the first try. Each try starts over rather than adding
-/// the new lists to the last try's heap: a vector moved between lists by a write between two tries would
-/// otherwise be found in both (a restart holds every list of the try at one moment, so it is found once or
-/// not at all); the scans of the tries cost at most twice the last's.
+/// The wider tries' lists come from one scoring of every list per short row (`coarse_quantizer::scores`,
+/// exact for the HNSW kind too, the same bits whether the row came in a batch or alone): the first tries
+/// from one selection of the nearest `widen_reserve` · nprobe lists (16 to 32) over those scores, later
+/// ones from a ranking in which each try orders only the lists it adds. A coarse pass per try cost more
+/// than the scans at nlist 4,096 (a review: nprobe 1 took 2.5× nprobe 16 for k 100); ranking for the
+/// first tries too cost about as much as the scoring where half the rows were short (bigann10k,
+/// `IVF1024,Flat,RFlat` at nprobe 1, session 47). A batched coarse pass over the short rows was faster
+/// still there, but not once it kept hundreds of lists per row (4 · nprobe at nprobe 64: up to 36% slower,
+/// and memory growing with the batch), and its GEMM rounds otherwise than a single query's pass, so near
+/// ties could order a batch's row differently from the query alone (a review). An outside coarse pass
+/// (`search_params::coarse`) serves only the first try. Each try starts over rather than adding the new
+/// lists to the last try's heap: a vector moved between lists by a write between two tries would otherwise
+/// be found in both (a restart holds every list of the try at one moment, so it is found once or not at
+/// all); the scans of the tries cost at most twice the last's.
 template <class SearchRow>
 void search_widening(const probed_queries& p, std::size_t k, std::size_t stored, const coarse_quantizer& coarse,
                      const search_params& params, const SearchRow& search_row) {
   const std::size_t rows = p.view.rows, nlist = coarse.centroids().rows;
   if (params.widen_to > 0) k = std::min(k, params.widen_to);
   const bool widens = params.widen && p.nprobe < nlist;
-  std::vector<std::uint8_t> short_row(widens ? rows : 0, 0);
   parallel_for_in(p.locality_order(), rows, [&](std::size_t q) {
-    const std::size_t held = search_row(q, p.lists(q));
-    if (widens) short_row[q] = held < k ? 1 : 0;
-  });
-  std::vector<std::size_t> shorts;
-  for (std::size_t q = 0; q < short_row.size(); ++q)
-    if (short_row[q] != 0) shorts.push_back(q);
-  if (shorts.empty()) return;
-  const std::size_t first_try = k > stored ? nlist : std::min(2 * p.nprobe, nlist);
-  const std::size_t reserve = coarse.hnsw_m() == 0 && first_try < nlist
-                                  ? std::min(nlist, std::max(widen_reserve * p.nprobe, widen_reserve_floor))
-                                  : 0;
-  std::vector<std::uint32_t> reserved(shorts.size() * reserve);
-  if (reserve > 0) coarse.probe(gather(p.view, shorts).view(), reserve, params.ef, reserved.data());
-  parallel_for(shorts.size(), [&](std::size_t i) {
-    const std::size_t q = shorts[i];
-    std::size_t n = first_try;
-    for (; n <= reserve; n = std::min(2 * n, nlist))
-      if (search_row(q, std::span<const std::uint32_t>(reserved.data() + i * reserve, n)) >= k || n == nlist) return;
-    // Past the reserve: every list scored once; each try then orders only the lists it adds (n log n in
-    // all, not a sort of every list: ranking all 1,024 lists of a short row up front cost more than the
-    // scans).
-    std::vector<float> scores(nlist);
+    if (search_row(q, p.lists(q)) >= k || !widens) return;
+    std::vector<float> scores;
     std::vector<float> frame;
-    coarse.scores(p.view.row(q), scores.data(), frame);
+    const auto score_all = [&] {
+      if (!scores.empty()) return;
+      scores.resize(nlist);
+      coarse.scores(p.view.row(q), scores.data(), frame);
+    };
+    std::size_t n = k > stored ? nlist : std::min(2 * p.nprobe, nlist);
+    const std::size_t reserve =
+        std::min({nlist, std::max(widen_reserve * p.nprobe, widen_reserve_floor), widen_reserve_cap});
+    if (n <= reserve) {
+      std::uint32_t nearest[widen_reserve_cap];
+      if (coarse.hnsw_m() == 0) {  // a single query's exact pass (its SQ8 prefilter where that pays)
+        coarse.probe(p.view.slice(q, 1), reserve, 0, nearest);
+      } else {  // the graph's lists depend on how many it is asked for: every centroid, exactly
+        score_all();
+        coarse_quantizer::nearest_of(scores.data(), nlist, reserve, nearest);
+      }
+      for (; n <= reserve; n = std::min(2 * n, nlist))
+        if (search_row(q, std::span<const std::uint32_t>(nearest, n)) >= k || n == nlist) return;
+    }
+    // Past them: each try orders only the lists it adds (n log n in all, not a sort of every list: ranking
+    // all 1,024 lists of a short row up front cost more than the scans).
+    score_all();
     std::vector<std::pair<float, std::uint32_t>> ranked(nlist);
     for (std::uint32_t l = 0; l < nlist; ++l) ranked[l] = {scores[l], l};
     std::vector<std::uint32_t> lists;

@@ -121,8 +121,9 @@ void refine_index::search(matrix_view<const float> queries, neighbors_view out, 
   const std::size_t wanted = std::min(out.k, std::max<std::size_t>(coarse_.size(), 1));
   const std::size_t depth = detail::candidate_depth(
       wanted, params.refine_factor > 0 ? params.refine_factor : default_refine_factor, coarse_.size());
-  // A short first-stage row widens until it holds the k returned, not the whole depth (`widen_to`).
-  coarse_params.widen_to = params.widen_to > 0 ? std::min(params.widen_to, wanted) : wanted;
+  // A short first-stage row widens until it holds the k returned, not the whole depth, unless the caller
+  // says otherwise (`widen_to`: above k, up to the depth).
+  coarse_params.widen_to = params.widen_to > 0 ? params.widen_to : wanted;
   const neighbors candidates = coarse_.search(queries, depth, coarse_params);
   detail::parallel_for(queries.rows, [&](std::size_t r) {
     topk_heap heap(out.k);

@@ -10,6 +10,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "shoal/core/id_set.hpp"
 #include "shoal/core/types.hpp"
 
 namespace shoal {
@@ -20,7 +21,7 @@ class coarse_probe;
 /// A small, trivially copyable predicate — a lambda capturing nothing, or a few references or pointers;
 /// a function pointer — is held by value, so a temporary one may be stored (`params.filter = [&](vector_id
 /// id) { ... };`). Any other is referenced: it must be an lvalue that outlives the search (a temporary
-/// does not compile — it would be gone before the search calls it). Cheap to copy (four words).
+/// does not compile — it would be gone before the search calls it). Cheap to copy (five words).
 /// The predicate may be called concurrently from the threads of one batched search. It runs while the
 /// index being searched holds read locks: it may search or query other indexes, but must not call into
 /// the one it filters (`contains`, `vector`, a search, a write) — with a writer waiting on those locks,
@@ -29,6 +30,7 @@ class coarse_probe;
 /// when the search calls it). The predicate receives the whole 64-bit id: one
 /// declared with a narrower parameter (`[](std::uint32_t id) ...`) sees ids beyond its range wrapped,
 /// and accepts or rejects the wrong ones.
+/// Made from an `id_set` (referenced), it also lets the indexes enumerate the ids it accepts (`listed`).
 class id_filter {
   template <class Signature>
   static std::true_type derives_from_function(const std::function<Signature>*);
@@ -56,6 +58,7 @@ class id_filter {
   {
     if constexpr (std::is_pointer_v<F>)
       if (f == nullptr) return;  // empty: calling it would jump to address 0
+    if constexpr (std::is_same_v<F, id_set>) listed_ = std::addressof(f);
     if constexpr (held_by_value<F>) {
       ::new (static_cast<void*>(storage_)) F(f);
       call_ = [](const void* storage, vector_id id) {
@@ -85,10 +88,14 @@ class id_filter {
   [[nodiscard]] explicit operator bool() const noexcept { return call_ != nullptr; }
   /// True when `id` may be returned (always true for an empty filter).
   [[nodiscard]] bool accepts(vector_id id) const { return call_ == nullptr || call_(storage_, id); }
+  /// The set this filter was made from, or null for any other predicate: the ids it accepts, for an index
+  /// to look up instead of testing every stored id.
+  [[nodiscard]] const id_set* listed() const noexcept { return listed_; }
 
  private:
   alignas(void*) unsigned char storage_[inline_bytes] = {};  // the predicate, or a pointer to it
   bool (*call_)(const void*, vector_id) = nullptr;
+  const id_set* listed_ = nullptr;
 };
 
 /// Settings of one search call. Index-specific knobs (`ef`, `nprobe`, ...) join this struct as the
@@ -112,7 +119,8 @@ struct search_params {
   /// exactly (`filter_scan`): a batch lists them once when a sample says they are few, a single query
   /// once its walk has cost more than a scan would (docs/hnsw.md, "Filters that accept few nodes"). A
   /// `Flat` batch whose filter a sample finds selective runs it once per stored row and then scores only
-  /// the accepted rows (`flat_index::sparse_filter`).
+  /// the accepted rows (`flat_index::sparse_filter`). A filter made from an `id_set` listing at most 1/16
+  /// of the index is looked up instead, by `Flat` and HNSW for single queries too (`id_set`).
   id_filter filter{};
   /// HNSW: size of the candidate list kept while searching the bottom layer (larger: higher recall,
   /// slower). 0 means the index default, max(k, 64); any value below k is raised to k. IVF with an HNSW
@@ -146,10 +154,11 @@ struct search_params {
   /// does. A collection searches its IVF shards with false and widens a short row across them itself.
   bool widen = true;
   /// IVF: the row length at which `widen` stops, when below the k asked for; 0 (the default) means k. A
-  /// two-stage index (`refine_index`) sets it to the k it returns: its first stage's rows are
-  /// k · refine_factor deep, and candidates past k sharpen the re-rank but are not worth more lists (with
-  /// it unset, nprobe 1 ran slower than nprobe 2 wherever a list held fewer than k · refine_factor rows:
-  /// 11.2 against 6.9 µs per query, a review of session 46).
+  /// collection of IVF shards stops its widening there too. A two-stage index (`refine_index`) sets it,
+  /// when 0, to the k it returns: its first stage's rows are k · refine_factor deep, and candidates past k
+  /// sharpen the re-rank but are not worth more lists (widened to the depth, nprobe 1 ran slower than
+  /// nprobe 2 wherever a list held fewer than k · refine_factor rows: 11.2 against 6.9 µs per query, a
+  /// review of session 46); a value above k widens its first stage up to that many (at most the depth).
   std::size_t widen_to = 0;
 };
 

@@ -119,7 +119,7 @@ class flat_index {
   struct query_block;
   [[nodiscard]] query_block prepare(matrix_view<const float> queries, const char* what) const;
   void search_streaming(const float* query, neighbors_view out_row, const search_params& params) const;
-  /// The rows (positions) whose ids `filter` accepts, in order.
+  /// The rows (positions) whose ids `filter` accepts, in order (an `id_set`'s looked up).
   [[nodiscard]] std::vector<std::size_t> accepted_rows(const id_filter& filter) const;
   /// One query against the stored rows at positions `rows` only (gathered), into `out_row`.
   void search_rows(const float* query, std::span<const std::size_t> rows, neighbors_view out_row) const;
