@@ -5,7 +5,8 @@
 //              rows by nprobe, and the time per query (rows left short search more lists since session 46)
 //   hnsw_slow  HNSW16 against Flat with the same predicate, random filters passing 0.1% to 50%: the
 //              search as shipped (a walk that may end in a scan of the accepted nodes, session 46) and the
-//              walk alone (`filter_scan = false`, the search before session 46)
+//              walk alone (`filter_scan = false`, the search before session 46); a batch of 200 queries
+//   hnsw_single  the same, one query at a time
 //   semantic   4 semantic HNSW16 shards, that one-region filter: short rows by shard_probe
 //   baseline   unfiltered R@10 of each kind, and IVF-PQ's re-rank under the filters
 //   faiss_ef   (with FAISS) HNSW only, 50% / 20% / 10% passing: shoal's ef and FAISS's efSearch swept, to
@@ -180,7 +181,15 @@ int main(int argc, char** argv) {
             spec, np, recall(r, gt), s, NQ, empty, t * 1e3 / NQ);
       }
     }
-  } else if (mode == "hnsw_slow") {
+  } else if (mode == "hnsw_slow" || mode == "hnsw_single") {
+    // hnsw_single: the same searches one query at a time (the single-query switch, session 47).
+    const bool single = mode == "hnsw_single";
+    const auto search = [&](const any_index& index, const search_params& sp) {
+      if (!single) return index.search(d.queries, K, sp);
+      neighbors rows(NQ, K);
+      for (std::size_t q = 0; q < NQ; ++q) index.search(d.queries.slice(q, 1), rows.view().slice(q, 1), sp);
+      return rows;
+    };
     any_index h = make_index("HNSW16", D, m);
     h.add(d.base, d.ids);
     any_index f = make_index("Flat", D, m);
@@ -198,11 +207,11 @@ int main(int argc, char** argv) {
       one.execute([&] {
         for (int rep = 0; rep < 2; ++rep) {
           auto t0 = clk::now();
-          rh = h.search(d.queries, K, p);
+          rh = search(h, p);
           auto t1 = clk::now();
-          rw = h.search(d.queries, K, walk);
+          rw = search(h, walk);
           auto t2 = clk::now();
-          rf = f.search(d.queries, K, p);
+          rf = search(f, p);
           auto t3 = clk::now();
           th = std::min(th, secs(t0, t1));
           tw = std::min(tw, secs(t1, t2));

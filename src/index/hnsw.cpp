@@ -862,8 +862,9 @@ struct hnsw_index::impl {
   /// docs/hnsw.md "Filters that accept few nodes"). So the walk stops once it has scored more than a scan
   /// would cost: a visit to every slot and an exact score per accepted node, their share estimated
   /// from the walk's (`due`). Costs are in units of a node the walk scores, from the bytes each reads:
-  /// the walk a row of its vectors or codes plus about 64 (state, links, heap work), a visit to a live
-  /// node 32 (state byte, id, the filter's call), to a free slot 1, an exact score a full vector. So the walk spends at
+  /// the walk twice a row of its vectors or codes plus 2,560 (`walk_byte_weight`, `walk_fixed_bytes`: state,
+  /// links, heap work and a random access's latency, fitted in session 47), a visit to a live node 32
+  /// (state byte, id, the filter's call), to a free slot 8, an exact score a full vector. So the walk spends at
   /// most about what the scan then costs. Counts only, never time: the same search gives the same answer on every
   /// machine. The scan's answer is exact.
   /// The nodes a batch's filter accepts, listed once before its queries run when a sample says they are
@@ -931,17 +932,33 @@ struct hnsw_index::impl {
       return static_cast<double>(ef) * live > listed * listed * score;
     }
   };
+  /// What the walk scores per node, in the bytes a scan reads in order: `walk_byte_weight` per byte of its
+  /// row (vector or codes) plus `walk_fixed_bytes` (its state, links, heap work and the latency of a random
+  /// access). Fitted in session 47 to what a walk and a scan took here (HNSW16, 20,000 rows, one query at a
+  /// time, `filtered-search hnsw_single`): a walk's scored node cost 97 scan visits at d 64 and 290 at d 784
+  /// (160 and 509 ns against 1.7 ns per slot), where the first model, the row's bytes plus 64 against 32
+  /// per visit, priced it at 10 and 100, and let single queries walk 5-10× longer than a scan of every slot
+  /// costs before giving way (5.5-6.2× a `Flat` scan from 5% of the nodes passing down, d 64).
+  static constexpr double walk_byte_weight = 2;
+  static constexpr double walk_fixed_bytes = 2560;
+  /// What a scan's visit to a free slot costs, in the same bytes: its state byte, read in order, and the
+  /// loop around it — a third of a live node's 32 (which adds the id and the filter's call) measured
+  /// against the walk above. At 1, the figure fitted to the first model's walk price (the row plus 64), a
+  /// graph of 60,000 slots and 600 live nodes under a filter passing half switched to scans twice as slow
+  /// as its walk (`hnsw-filter-deleted.cpp`, session 47).
+  static constexpr double free_slot_bytes = 8;
   /// The scan's costs for a walk that reads `coded` rows (see `scan_switch`). A free slot (a removed
-  /// node's, until an add reuses it) costs the scan its state byte, read in order: 1. Costed as a live
-  /// node's visit, a graph of 60,000 slots with 600 live nodes switched to scans up to 2.4× slower than
-  /// its walks (a review); at 4 it kept walks 1.5× slower than the scans would have been.
+  /// node's, until an add reuses it) costs the scan `free_slot_bytes`. Costed as a live node's visit, a
+  /// graph of 60,000 slots with 600 live nodes switched to scans up to 2.4× slower than its walks (a review
+  /// of session 46, under the first walk price).
   [[nodiscard]] scan_switch scan_costs(bool coded, const accepted_nodes* shared) const noexcept {
     const double vector_bytes = static_cast<double>(stride * sizeof(float));
-    const double walked = (coded ? static_cast<double>(code_stride) : vector_bytes) + 64;
+    const double walked =
+        walk_byte_weight * (coded ? static_cast<double>(code_stride) : vector_bytes) + walk_fixed_bytes;
     const auto live = static_cast<double>(live_count.load(std::memory_order_relaxed));
     const auto slots = static_cast<double>(slot_count.load(std::memory_order_relaxed));
     return {.shared = shared,
-            .visits = (32 * live + std::max(0.0, slots - live)) / walked,
+            .visits = (32 * live + free_slot_bytes * std::max(0.0, slots - live)) / walked,
             .live = live,
             .score = vector_bytes / walked};
   }
