@@ -1490,6 +1490,10 @@ TEST_CASE("hnsw concurrent add, remove, upsert and search", "[hnsw]") {
     threads.emplace_back([&] {
       for (vector_id id = n / 2; id < 3 * n / 4; id += 3) index.upsert(data.view().slice(2 * n - 1 - id, 1), id);
     });
+    // A set of ids looked up beside the writes: some not added yet, some being removed or upserted.
+    std::vector<vector_id> listed_ids;
+    for (vector_id id = 0; id < 2 * n; id += 89) listed_ids.push_back(id);
+    const id_set listed(listed_ids);
     // Two searchers checking that every result is a valid id.
     for (std::size_t t = 0; t < 2; ++t)
       threads.emplace_back([&, t] {
@@ -1501,10 +1505,12 @@ TEST_CASE("hnsw concurrent add, remove, upsert and search", "[hnsw]") {
           const auto rare = [](vector_id id) { return id % 97 == 0; };
           if (r % 4 == 1) sp.filter = even;
           if (r % 4 == 3) sp.filter = rare;
+          if (r % 8 == 2) sp.filter = listed;
           const std::size_t rows = r % 15 == 0 ? 300 : 4;  // 300: a batch in locality order
           const neighbors got = index.search(data.view().slice((r * 37 + t) % (2 * n - rows), rows), 5, sp);
           for (const vector_id id : got.ids())
-            if (id != no_id && (id >= 2 * n || (r % 4 == 1 && !even(id)) || (r % 4 == 3 && !rare(id))))
+            if (id != no_id && (id >= 2 * n || (r % 4 == 1 && !even(id)) || (r % 4 == 3 && !rare(id)) ||
+                                (r % 8 == 2 && !listed.contains(id))))
               bad_result = true;
           if (r % 10 == 0) (void)index.range_search(data.view().slice(r, 1), 5.0f);
         }
