@@ -167,6 +167,27 @@ TEST_CASE("collection: a filter whose ids lie in shards a query skips still fill
   }
 }
 
+TEST_CASE("collection: an id_set filter reaches every shard, which scores its own share of the ids", "[collection]") {
+  // Each shard holds a share of the set: it decides from the ids it holds (a review: comparing the whole
+  // set with one shard's size sent 8 shards down the predicate path). Rows: the exact filtered answer.
+  const clustered_set data(4000, 30, 16, 8, 29, 0.3f);
+  const flat_index exact_index = flat_of(data, metric::l2);
+  std::vector<vector_id> chosen;
+  for (std::size_t i = 0; i < data.ids.size(); i += 50) chosen.push_back(data.ids[i]);  // 2% of the ids
+  const id_set listed(chosen);
+  const neighbors want = exact_index.search(data.queries.view(), 10, {.filter = listed});
+  for (const char* spec : {"Flat", "HNSW16"}) {
+    CAPTURE(spec);
+    collection c(options_for(sharding::hash, 16, metric::l2, spec));
+    c.train(data.base.view());
+    c.add(data.base.view(), data.ids);
+    const neighbors got = c.search(data.queries.view(), 10, {.filter = listed});
+    test::require_same_up_to_ties(got, want, 1e-4f);
+    const neighbors alone = c.search(data.queries.view().slice(2, 1), 10, {.filter = listed});
+    CHECK(std::equal(alone.ids().begin(), alone.ids().end(), got.row_ids(2).begin()));
+  }
+}
+
 TEST_CASE("collection: IVF shards widen a short row together, until it holds k", "[collection]") {
   // Each IVF shard widened its own short rows until it alone held k, where the collection needs k from
   // all of them (a review: 23× one index's time). The collection now searches its shards without that

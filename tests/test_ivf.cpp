@@ -234,6 +234,42 @@ TEST_CASE("ivf: a row its probed lists leave short searches more lists until it 
   }
 }
 
+TEST_CASE("ivf: an id_set filter listing few ids scores them directly: the exact k nearest of them", "[ivf]") {
+  // As a predicate, a handful of scattered ids made a row widen across nearly every list before it held
+  // k of them; looked up, they are scored at once, exactly.
+  const fixture f(2000, 30, 17);
+  std::vector<vector_id> chosen;
+  for (std::size_t i = 3; i < f.ids.size(); i += 97) chosen.push_back(f.ids[i]);
+  chosen.push_back(424242);  // not stored (the fixture's ids are scattered 63-bit values)
+  const id_set few(chosen);
+  const auto keep = [&few](vector_id id) { return few.contains(id); };
+  for (const metric m : {metric::l2, metric::inner_product, metric::cosine}) {
+    CAPTURE(metric_name(m));
+    ivf_flat_index index = f.build(m);
+    flat_index flat = f.build_flat(m);
+    search_params listed = with_nprobe(1);
+    listed.filter = few;
+    search_params exact;
+    exact.filter = keep;
+    const neighbors got = index.search(f.queries.view(), 10, listed);
+    test::require_identical(got, flat.search(f.queries.view(), 10, exact));
+    const neighbors alone = index.search(f.queries.view().slice(4, 1), 10, listed);
+    CHECK(std::equal(alone.ids().begin(), alone.ids().end(), got.row_ids(4).begin()));
+    index.remove(chosen[0]);  // gone from the index, still in the set: skipped
+    flat.remove(chosen[0]);
+    test::require_identical(index.search(f.queries.view(), 10, listed), flat.search(f.queries.view(), 10, exact));
+    // Half the ids: a predicate like any other (widening over the lists).
+    std::vector<vector_id> halves(f.ids.begin(), f.ids.begin() + 1000);
+    const id_set half(halves);
+    search_params as_set = with_nprobe(2);
+    as_set.filter = half;
+    search_params as_predicate = with_nprobe(2);
+    as_predicate.filter = [&half](vector_id id) { return half.contains(id); };
+    test::require_identical(index.search(f.queries.view(), 10, as_set),
+                            index.search(f.queries.view(), 10, as_predicate));
+  }
+}
+
 TEST_CASE("ivf: adds, removes and saves get their turn while searches run without pause", "[ivf][concurrency]") {
   // A search holds its probed lists' locks shared until it ends; with a reader-preferring lock (glibc's
   // rwlock) four threads probing every list kept an add or remove waiting for up to 60 s (a review).

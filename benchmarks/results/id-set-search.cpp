@@ -2,7 +2,8 @@
 // as a predicate (a bitmap lambda), HNSW16 (ef 64) and Flat, queries one at a time and in one batch of
 // 200, one thread, L2, k 10; FAISS 1.7.3 beside them with an IDSelectorBatch (its hash set of ids):
 // IndexHNSWFlat (M 16, efConstruction 200, efSearch 64 set on the index: 1.7.3 ignores the search
-// parameters' efSearch) and IndexFlatL2. Data: `make_clustered(n + 200, d, 50, 7)`, the last 200 rows as
+// parameters' efSearch), IndexFlatL2, and IndexIVFFlat (nlist 1024, nprobe 16) beside shoal's
+// IVF1024,Flat at nprobe 16. Data: `make_clustered(n + 200, d, 50, 7)`, the last 200 rows as
 // queries; filters accept a random subset of the ids.
 // Built and run:
 //   g++ -std=c++20 -O2 -DNDEBUG -fopenmp -Iinclude -Ibuild/include benchmarks/results/id-set-search.cpp
@@ -10,6 +11,7 @@
 //   /tmp/id-set [n = 100000] [d = 64]
 #include <faiss/IndexFlat.h>
 #include <faiss/IndexHNSW.h>
+#include <faiss/IndexIVFFlat.h>
 #include <faiss/impl/IDSelector.h>
 #include <omp.h>
 #include <tbb/task_arena.h>
@@ -51,6 +53,13 @@ int main(int argc, char** argv) {
   fh.add(static_cast<faiss::Index::idx_t>(n), base.data);
   faiss::IndexFlatL2 ff(static_cast<int>(d));
   ff.add(static_cast<faiss::Index::idx_t>(n), base.data);
+  any_index ivf = make_index("IVF1024,Flat", d);
+  ivf.train(base);
+  ivf.add(base, ids);
+  faiss::IndexFlatL2 coarse(static_cast<int>(d));
+  faiss::IndexIVFFlat fi(&coarse, d, 1024);
+  fi.train(static_cast<faiss::Index::idx_t>(n), base.data);
+  fi.add(static_cast<faiss::Index::idx_t>(n), base.data);
   std::printf("n %zu, d %zu, %zu queries, k %zu, one thread; shoal HNSW16 built in %.1f s\n", n, d, NQ, K, hnsw_build);
 
   // ms per query, best of two, of `run` searching all queries (`batch`) or one at a time.
@@ -90,6 +99,13 @@ int main(int argc, char** argv) {
     hp.sel = &selector;
     faiss::SearchParameters fp;
     fp.sel = &selector;
+    faiss::SearchParametersIVF fip;
+    fip.sel = &selector;
+    fip.nprobe = 16;
+    search_params ivf_set = as_set;
+    ivf_set.nprobe = 16;
+    search_params ivf_predicate = as_predicate;
+    ivf_predicate.nprobe = 16;
     const auto faiss_rows = [&](const faiss::Index& index, const faiss::SearchParameters* p) {
       return [&index, p](matrix_view<const float> q, neighbors_view out) {
         std::vector<faiss::Index::idx_t> labels(q.rows * K);
@@ -111,7 +127,11 @@ int main(int argc, char** argv) {
       report("shoal HNSW16, predicate", timed(batch, [&](auto q, auto out) { hnsw.search(q, out, as_predicate); }));
       report("shoal Flat, id_set", timed(batch, [&](auto q, auto out) { flat.search(q, out, as_set); }));
       report("shoal Flat, predicate", timed(batch, [&](auto q, auto out) { flat.search(q, out, as_predicate); }));
+      report("shoal IVF1024,Flat np16, id_set", timed(batch, [&](auto q, auto out) { ivf.search(q, out, ivf_set); }));
+      report("shoal IVF1024,Flat np16, predicate",
+             timed(batch, [&](auto q, auto out) { ivf.search(q, out, ivf_predicate); }));
       report("FAISS HNSW16, IDSelectorBatch", timed(batch, faiss_rows(fh, &hp)));
+      report("FAISS IVF1024,Flat np16, IDSelectorBatch", timed(batch, faiss_rows(fi, &fip)));
       report("FAISS Flat, IDSelectorBatch", timed(batch, faiss_rows(ff, &fp)));
     }
   }

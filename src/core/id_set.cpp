@@ -2,7 +2,6 @@
 
 #include <algorithm>
 
-#include "core/linear_probing.hpp"
 #include "shoal/core/error.hpp"
 
 namespace shoal {
@@ -13,21 +12,23 @@ id_set::id_set(std::span<const vector_id> ids) : ids_(ids.begin(), ids.end()) {
   SHOAL_CHECK(ids_.empty() || ids_.back() != no_id,
               "id_set: no_id (2^64 - 1) is reserved for a missing result and is "
               "never stored");
-  namespace lp = detail::linear_probing;
-  table_.assign(lp::rebuilt_capacity(ids_.size()), no_id);
-  for (const vector_id id : ids_) {
-    std::size_t i = lp::home(lp::mix(id), table_.size());
-    while (table_[i] != no_id) i = lp::next(i, table_.size());
-    table_[i] = id;
+  // At most half full, so a miss ends within a few slots; a power of two, so the home slot is the top bits
+  // of one multiplication.
+  std::size_t size = 16;
+  shift_ = 60;
+  while (size < 2 * ids_.size()) {
+    size *= 2;
+    --shift_;
   }
-}
-
-bool id_set::contains(vector_id id) const noexcept {
-  if (table_.empty() || id == no_id) return false;
-  namespace lp = detail::linear_probing;
-  for (std::size_t i = lp::home(lp::mix(id), table_.size());; i = lp::next(i, table_.size())) {
-    if (table_[i] == id) return true;
-    if (table_[i] == no_id) return false;
+  table_.assign(size, no_id);
+  bits_.assign(4 * size / 64, 0);  // size ≥ 16: 4 · size bits, whole words
+  for (const vector_id id : ids_) {
+    const std::uint64_t hash = id * 0x9e3779b97f4a7c15ULL;
+    const auto bit = static_cast<std::size_t>(hash >> (shift_ - 2));
+    bits_[bit >> 6] |= std::uint64_t{1} << (bit & 63);
+    auto i = static_cast<std::size_t>(hash >> shift_);
+    while (table_[i] != no_id) i = (i + 1) & (size - 1);
+    table_[i] = id;
   }
 }
 

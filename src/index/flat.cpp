@@ -268,7 +268,11 @@ void flat_index::search(matrix_view<const float> queries, neighbors_view out, co
   const matrix_view<const float> q = block.view;
   // A filter made from an `id_set` listing few ids beside the index: they are looked up and only their rows
   // scored, for a single query too (no call per stored row).
-  if (const id_set* set = params.filter.listed(); set != nullptr && set->size() * sparse_filter <= size()) {
+  // The share of the set this index holds (a collection's shard holds a fraction of it).
+  if (const id_set* set = params.filter.listed();
+      set != nullptr && detail::held_estimate(*set, [&](vector_id id) { return slot_of_.contains(id); }) *
+                                static_cast<double>(sparse_filter) <=
+                            static_cast<double>(size())) {
     const std::vector<std::size_t> rows = accepted_rows(params.filter);
     detail::parallel_for(q.rows, [&](std::size_t i) { search_rows(q.row(i), rows, out.slice(i, 1)); });
     return;

@@ -10,6 +10,7 @@
 #include <mutex>
 #include <numeric>
 #include <optional>
+#include <shared_mutex>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -315,7 +316,7 @@ struct hnsw_index::impl {
       throw;
     }
   }
-  mutable std::mutex ids_mutex;
+  mutable std::shared_mutex ids_mutex;  // readers (lookups) shared, the map's writers exclusive
   std::unordered_map<vector_id, slot_t> slot_of;
   mutable std::mutex pool_mutex;
   mutable std::vector<std::unique_ptr<scratch>> scratch_pool;
@@ -887,19 +888,26 @@ struct hnsw_index::impl {
   }
 
   /// Lists the nodes `params.filter` accepts into `shared` when the search's queries should score them
-  /// directly rather than walk to them (returns whether it did): a filter made from an `id_set` that
-  /// lists at most 1 / `detail::listed_share` of the live nodes, looked up (so for a single query too, at
-  /// the cost of the list, not of the index), or a batch's (`batch`) filter that a sample finds selective,
-  /// by a visit to every slot. Not when `params.filter_scan` is false.
-  bool list_accepted(const search_params& params, bool batch, accepted_nodes& shared) const {
+  /// directly rather than walk to them (returns whether it did):
+  ///  - a filter made from an `id_set` whose ids this index holds at most 1 / `detail::listed_share` of
+  ///    its live nodes of, looked up (so for a single query too, at the cost of the list, not of the
+  ///    index). The share held is estimated first from a sample of the set (`detail::held_estimate`): a
+  ///    collection's shard holds a fraction of the set, and comparing the whole set with one shard made 8
+  ///    hash shards walk and scan every slot at 1% of the collection listed (115× slower; a review). A
+  ///    single query lists only when it would then score the list rather than walk (`scan_first`, with ef
+  ///    `ef`): listing a set of 6% for a query at ef 10 that then walked cost twice the walk (a review).
+  ///  - a batch's (`batch`) filter that a sample finds selective, by a visit to every slot.
+  /// Not when `params.filter_scan` is false.
+  bool list_accepted(const search_params& params, bool batch, std::size_t ef, accepted_nodes& shared) const {
     if (!params.filter || !params.filter_scan) return false;
     if (const id_set* set = params.filter.listed(); set != nullptr) {
-      if (set->size() * detail::listed_share > live_count.load(std::memory_order_relaxed)) return false;
-      {
-        const std::lock_guard lock(ids_mutex);
-        for (const vector_id id : set->ids())
-          if (const auto it = slot_of.find(id); it != slot_of.end()) shared.slots.push_back(it->second);
-      }
+      const auto live = static_cast<double>(live_count.load(std::memory_order_relaxed));
+      const std::shared_lock lock(ids_mutex);
+      const double held = detail::held_estimate(*set, [&](vector_id id) { return slot_of.contains(id); });
+      if (held * static_cast<double>(detail::listed_share) > live) return false;
+      if (!batch && !scan_costs(code_stride != 0, nullptr).scan_first(ef, held)) return false;
+      for (const vector_id id : set->ids())
+        if (const auto it = slot_of.find(id); it != slot_of.end()) shared.slots.push_back(it->second);
       // An add maps its ids before their nodes go live.
       std::erase_if(shared.slots, [&](slot_t x) { return state(x).load(std::memory_order_acquire) == 0; });
       std::sort(shared.slots.begin(), shared.slots.end());
@@ -927,8 +935,10 @@ struct hnsw_index::impl {
     /// meeting them at their share of the graph (ef · live / listed), than scoring the list costs: then
     /// the query scans at once, without a walk.
     [[nodiscard]] bool scan_first(std::size_t ef) const noexcept {
-      if (shared == nullptr) return false;
-      const auto listed = static_cast<double>(shared->slots.size());
+      return shared != nullptr && scan_first(ef, static_cast<double>(shared->slots.size()));
+    }
+    /// The same for a list of `listed` nodes (before it is made).
+    [[nodiscard]] bool scan_first(std::size_t ef, double listed) const noexcept {
       return static_cast<double>(ef) * live > listed * listed * score;
     }
   };
@@ -2141,7 +2151,7 @@ std::size_t hnsw_index::memory_bytes() const {
   }
   if (x.codes_ready.load(std::memory_order_acquire))  // F16: the frame (written once, before it is ready)
     bytes += x.half_centre.capacity() * sizeof(float) + sizeof x.half_exponent;
-  const std::lock_guard lock(x.ids_mutex);
+  const std::shared_lock lock(x.ids_mutex);
   return bytes + x.slot_of.bucket_count() * sizeof(void*) +
          x.slot_of.size() * (sizeof(void*) + sizeof(vector_id) + sizeof(slot_t));
 }
@@ -2306,7 +2316,7 @@ bool hnsw_index::contains(vector_id id) const {
   // map before it puts it back, and must look atomic here too.
   const std::shared_lock structure(x.structure);
   x.check_usable("hnsw_index::contains");
-  const std::lock_guard lock(x.ids_mutex);
+  const std::shared_lock lock(x.ids_mutex);
   const auto it = x.slot_of.find(id);
   return it != x.slot_of.end() && x.state(it->second).load(std::memory_order_acquire) != 0;
 }
@@ -2317,7 +2327,7 @@ std::vector<float> hnsw_index::vector(vector_id id) const {
   x.check_usable("hnsw_index::vector");
   slot_t slot = no_slot;
   {
-    const std::lock_guard lock(x.ids_mutex);
+    const std::shared_lock lock(x.ids_mutex);
     const auto it = x.slot_of.find(id);
     if (it != x.slot_of.end()) slot = it->second;
   }
@@ -2336,7 +2346,7 @@ void hnsw_index::search(matrix_view<const float> queries, neighbors_view out, co
   x.check_usable("hnsw_index::search");
   const impl::batch_plan plan = x.plan_batch(queries);
   impl::accepted_nodes shared;
-  const bool listed = x.list_accepted(params, queries.rows > 1, shared);
+  const bool listed = x.list_accepted(params, queries.rows > 1, ef, shared);
   detail::parallel_for_in(plan.order, queries.rows, [&](std::size_t i) {
     x.search_one(queries.row(i), out.slice(i, 1), ef, params, plan.starts.empty() ? nullptr : &plan.starts[i],
                  listed ? &shared : nullptr);
@@ -2359,7 +2369,7 @@ range_result hnsw_index::range_search(matrix_view<const float> queries, float ra
   const std::shared_lock structure(x.structure);
   x.check_usable("hnsw_index::range_search");
   impl::accepted_nodes shared;
-  const bool listed = params.filter.listed() != nullptr && x.list_accepted(params, false, shared);
+  const bool listed = params.filter.listed() != nullptr && x.list_accepted(params, false, ef, shared);
   return detail::range_by_query(queries.rows, [&](std::size_t r, std::vector<scored_id>& row) {
     std::vector<cand> hits;
     x.search_bottom(

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <array>
 #include <cstddef>
+#include <span>
 #include <vector>
 
 #include "core/parallel.hpp"
@@ -55,6 +56,23 @@ inline void gather_distances(const distance_kernels& k, metric m, const float* q
 [[nodiscard]] inline float pair_distance(const distance_kernels& k, metric m, const float* query, const float* x,
                                          std::size_t dim) noexcept {
   return m == metric::l2 ? k.l2sqr(query, x, dim) : distance_from_inner_product(m, k.inner_product(query, x, dim));
+}
+
+/// About how many of `set`'s ids an index holds, from whether it holds an even sample of at most 64 of
+/// them (`holds(id)`); every id when the set has 64 or fewer. An index in a collection holds only its
+/// shard's share of a set given to the whole collection.
+template <class Holds>
+[[nodiscard]] double held_estimate(const id_set& set, const Holds& holds) {
+  const std::span<const vector_id> ids = set.ids();
+  constexpr std::size_t sample = 64;
+  if (ids.size() <= sample) {
+    std::size_t held = 0;
+    for (const vector_id id : ids) held += holds(id) ? 1 : 0;
+    return static_cast<double>(held);
+  }
+  std::size_t hits = 0;
+  for (std::size_t i = 0; i < sample; ++i) hits += holds(ids[i * ids.size() / sample]) ? 1 : 0;
+  return static_cast<double>(ids.size()) * static_cast<double>(hits) / static_cast<double>(sample);
 }
 
 /// Positions a sample of a filter tries (`passes_few`).

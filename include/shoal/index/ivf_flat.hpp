@@ -52,9 +52,10 @@ struct ivf_train_params {
 /// `nprobe` best per query (ties to the smaller list); then each query scans its lists with the one-to-many kernels
 /// into a bounded heap (under a filter, only the rows it accepts, gathered). A query those lists leave with fewer than
 /// k ids searches twice the lists, nearest first, and again, until it holds k or every list was searched
-/// (`search_params::widen`; docs/ivf.md). Distances are those of `flat_index` (same kernels, same cosine normalisation), so with nprobe =
-/// nlist the results equal the flat index's, ids and distances, sorted by (distance, id) and padded with `no_id` /
-/// `no_distance`. `search_params::nprobe` = 0 means `default_nprobe`; values above nlist scan every list.
+/// (`search_params::widen`; docs/ivf.md). Distances are those of `flat_index` (same kernels, same cosine
+/// normalisation), so with nprobe = nlist the results equal the flat index's, ids and distances, sorted by (distance,
+/// id) and padded with `no_id` / `no_distance`. `search_params::nprobe` = 0 means `default_nprobe`; values above nlist
+/// scan every list.
 ///
 /// Thread safety: after `train`, every other member may be called concurrently from any number of
 /// threads. Each list has a reader-writer lock: a query's scan holds every list it probes shared (taken
@@ -165,6 +166,13 @@ class ivf_flat_index {
   [[nodiscard]] detail::probed_queries probe(matrix_view<const float> queries, const search_params& params,
                                              const char* what) const;
   void check_mutable(const char* what) const;
+  /// Whether a search for `k` under a filter made from `set` scores its ids directly (`search_listed`):
+  /// when the probed lists would hold fewer than k of them on average (rows would widen), or when scoring
+  /// them costs less than testing the probed lists' ids.
+  [[nodiscard]] bool scores_listed(const id_set& set, std::size_t k, const search_params& params) const;
+  /// The search under a filter made from `set`: its ids looked up and scored exactly, the k nearest of
+  /// them per query (`id_set`).
+  void search_listed(matrix_view<const float> queries, const id_set& set, neighbors_view out) const;
 
   std::size_t dim_;
   shoal::metric metric_;
