@@ -13,7 +13,6 @@
 #include <utility>
 
 #include "collection/state.hpp"
-#include "core/gather.hpp"
 #include "core/parallel.hpp"
 #include "io/file_util.hpp"
 #include "shoal/core/checks.hpp"
@@ -120,6 +119,13 @@ shard_traits validate(const collection_options& o) {
 }
 
 namespace {
+
+/// Rows `rows` of `v` as a dense matrix (or `v` itself, when `rows` is every row in order).
+matrix<float> gather(matrix_view<const float> v, std::span<const std::size_t> rows) {
+  matrix<float> out(rows.size(), v.dim);
+  for (std::size_t i = 0; i < rows.size(); ++i) std::copy_n(v.row(rows[i]), v.dim, out.row(i));
+  return out;
+}
 
 /// The vectors the router sees: unit rows for cosine (the shards normalise on their own).
 matrix_view<const float> routable(matrix_view<const float> v, shoal::metric m, matrix<float>& storage,

@@ -360,11 +360,6 @@ void coarse_quantizer::scores(const float* query, float* out, std::vector<float>
   for (std::size_t c = 0; c < nlist; ++c) out[c] = rank_score(l2, l2 ? norms_[c] : 0.0f, out[c]);
 }
 
-void coarse_quantizer::nearest_of(const float* scores, std::size_t nlist, std::size_t n, std::uint32_t* lists) {
-  topk_heap heap(n);
-  best_probes(scores, nlist, n, heap, lists);
-}
-
 void coarse_quantizer::probe_exact(const float* query, std::size_t nprobe, std::uint32_t* probes) const {
   const scratch_lease<probe_scratch> lease;
   probe_scratch& s = lease.get();

@@ -89,9 +89,6 @@ class coarse_quantizer {
   /// score in its centred frame (`frame` receives the centred query), the HNSW kind's as its graph scores
   /// (L2, or −⟨q, c⟩). `probe_exact` ranks by them.
   void scores(const float* query, float* out, std::vector<float>& frame) const;
-  /// The `n` (≤ nlist) lists of smallest `scores` (nlist of them, as `scores` writes), nearest first by
-  /// (score, list) — `probe_exact`'s order — into `lists`: one pass over the scores and a heap of n.
-  static void nearest_of(const float* scores, std::size_t nlist, std::size_t n, std::uint32_t* lists);
 
  private:
   /// Takes `centroids`; for the flat kind derives the centred copy, its norms and the prefilter (no graph).

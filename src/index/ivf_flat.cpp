@@ -198,12 +198,7 @@ bool ivf_flat_index::scores_listed(const id_set& set, std::size_t k, const searc
 void ivf_flat_index::search_listed(matrix_view<const float> queries, const id_set& set, neighbors_view out) const {
   const char* what = "ivf_flat_index::search: query";
   SHOAL_CHECK(is_trained(), what, ": the index is not trained");
-  detail::check_vectors(queries, dim_, what);
-  std::optional<matrix<float>> unit;
-  if (metric_ == metric::cosine) {
-    unit = detail::normalized_copy(queries, what);
-    queries = unit->view();
-  }
+  const detail::probed_queries p = detail::prepared_queries(queries, dim_, metric_, nullptr, what);
   // The map, then the lists holding the set's ids, read-locked in that order as writers take them; held
   // while the rows are scored, so no listed row moves meanwhile.
   const std::shared_lock map_lock(map_mutex_);
@@ -221,11 +216,11 @@ void ivf_flat_index::search_listed(matrix_view<const float> queries, const id_se
   std::vector<std::uint32_t> order;
   const detail::probed_read_locks<list> locks(lists_, held, order);
   const distance_kernels& k = active_kernels();
-  detail::parallel_for(queries.rows, [&](std::size_t q) {
+  detail::parallel_for(p.view.rows, [&](std::size_t q) {
     topk_heap heap(out.k);
     for (std::size_t i = 0; i < at.size(); ++i)  // bit for bit the list scan's distances
       heap.push(
-          detail::pair_distance(k, metric_, queries.row(q), lists_[at[i].list]->code_data() + at[i].slot * dim_, dim_),
+          detail::pair_distance(k, metric_, p.view.row(q), lists_[at[i].list]->code_data() + at[i].slot * dim_, dim_),
           ids[i]);
     heap.write_sorted(out.row_ids(q), out.row_distances(q));
   });

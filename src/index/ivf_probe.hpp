@@ -81,11 +81,11 @@ constexpr std::size_t widen_reserve_cap = 32;
 /// rows, as in FAISS, which pads with -1. Only short rows pay; a row's answer is the one a search with its
 /// last try's lists gives.
 ///
-/// The wider tries' lists come from one scoring of every list per short row (`coarse_quantizer::scores`,
-/// exact for the HNSW kind too, the same bits whether the row came in a batch or alone): the first tries
-/// from one selection of the nearest `widen_reserve` · nprobe lists (16 to 32) over those scores, later
-/// ones from a ranking in which each try orders only the lists it adds. A coarse pass per try cost more
-/// than the scans at nlist 4,096 (a review: nprobe 1 took 2.5× nprobe 16 for k 100); ranking for the
+/// The wider tries' lists, the same bits whether the row came in a batch or alone: the first tries take
+/// the row's nearest `widen_reserve` · nprobe lists (16 to 32) from a single query's exact coarse pass
+/// (`probe_exact` for the HNSW kind, whose graph gives other lists when asked for more), later ones a
+/// scoring of every list (`coarse_quantizer::scores`) in which each try orders only the lists it adds. A coarse pass
+/// per try cost more than the scans at nlist 4,096 (a review: nprobe 1 took 2.5× nprobe 16 for k 100); ranking for the
 /// first tries too cost about as much as the scoring where half the rows were short (bigann10k,
 /// `IVF1024,Flat,RFlat` at nprobe 1, session 47). A batched coarse pass over the short rows was faster
 /// still there, but not once it kept hundreds of lists per row (4 · nprobe at nprobe 64: up to 36% slower,
@@ -103,30 +103,23 @@ void search_widening(const probed_queries& p, std::size_t k, std::size_t stored,
   const bool widens = params.widen && p.nprobe < nlist;
   parallel_for_in(p.locality_order(), rows, [&](std::size_t q) {
     if (search_row(q, p.lists(q)) >= k || !widens) return;
-    std::vector<float> scores;
-    std::vector<float> frame;
-    const auto score_all = [&] {
-      if (!scores.empty()) return;
-      scores.resize(nlist);
-      coarse.scores(p.view.row(q), scores.data(), frame);
-    };
     std::size_t n = k > stored ? nlist : std::min(2 * p.nprobe, nlist);
     const std::size_t reserve =
         std::min({nlist, std::max(widen_reserve * p.nprobe, widen_reserve_floor), widen_reserve_cap});
     if (n <= reserve) {
       std::uint32_t nearest[widen_reserve_cap];
-      if (coarse.hnsw_m() == 0) {  // a single query's exact pass (its SQ8 prefilter where that pays)
+      if (coarse.hnsw_m() == 0)  // a single query's exact pass (its SQ8 prefilter where that pays)
         coarse.probe(p.view.slice(q, 1), reserve, 0, nearest);
-      } else {  // the graph's lists depend on how many it is asked for: every centroid, exactly
-        score_all();
-        coarse_quantizer::nearest_of(scores.data(), nlist, reserve, nearest);
-      }
+      else  // the graph's lists depend on how many it is asked for: every centroid, exactly
+        coarse.probe_exact(p.view.row(q), reserve, nearest);
       for (; n <= reserve; n = std::min(2 * n, nlist))
         if (search_row(q, std::span<const std::uint32_t>(nearest, n)) >= k || n == nlist) return;
     }
-    // Past them: each try orders only the lists it adds (n log n in all, not a sort of every list: ranking
-    // all 1,024 lists of a short row up front cost more than the scans).
-    score_all();
+    // Past them: every list scored once; each try orders only the lists it adds (n log n in all, not a
+    // sort of every list: ranking all 1,024 lists of a short row up front cost more than the scans).
+    std::vector<float> scores(nlist);
+    std::vector<float> frame;
+    coarse.scores(p.view.row(q), scores.data(), frame);
     std::vector<std::pair<float, std::uint32_t>> ranked(nlist);
     for (std::uint32_t l = 0; l < nlist; ++l) ranked[l] = {scores[l], l};
     std::vector<std::uint32_t> lists;
@@ -160,15 +153,9 @@ inline void check_outside_probes(const probed_queries& p, std::size_t nlist, con
   }
 }
 
-/// Checks `queries` (dimension, NaN/Inf, zero vectors under cosine; `what` prefixes the error), brings
-/// them into the lists' space (normalised under cosine, then multiplied by `rotation` when given) and
-/// runs the trained `coarse` quantizer: `params.nprobe` lists per query (0: `default_nprobe`; at most
-/// every list), the HNSW kind exploring `params.ef` candidates; or `params.coarse` instead, when set and
-/// the batch holds at least its `min_batch()` queries (its shape and metric checked against the index's).
-[[nodiscard]] inline probed_queries probe_queries(matrix_view<const float> queries, std::size_t dim, metric m,
-                                                  const coarse_quantizer& coarse, const search_params& params,
-                                                  std::size_t default_nprobe, const opq_rotation* rotation,
-                                                  const char* what) {
+/// The first half of `probe_queries`: `queries` checked and brought into the lists' space, no lists picked.
+[[nodiscard]] inline probed_queries prepared_queries(matrix_view<const float> queries, std::size_t dim, metric m,
+                                                     const opq_rotation* rotation, const char* what) {
   check_vectors(queries, dim, what);
   probed_queries p;
   p.view = queries;
@@ -181,6 +168,19 @@ inline void check_outside_probes(const probed_queries& p, std::size_t nlist, con
     p.rotated = rotation->apply(p.view);
     p.view = p.rotated->view();
   }
+  return p;
+}
+
+/// Checks `queries` (dimension, NaN/Inf, zero vectors under cosine; `what` prefixes the error), brings
+/// them into the lists' space (normalised under cosine, then multiplied by `rotation` when given) and
+/// runs the trained `coarse` quantizer: `params.nprobe` lists per query (0: `default_nprobe`; at most
+/// every list), the HNSW kind exploring `params.ef` candidates; or `params.coarse` instead, when set and
+/// the batch holds at least its `min_batch()` queries (its shape and metric checked against the index's).
+[[nodiscard]] inline probed_queries probe_queries(matrix_view<const float> queries, std::size_t dim, metric m,
+                                                  const coarse_quantizer& coarse, const search_params& params,
+                                                  std::size_t default_nprobe, const opq_rotation* rotation,
+                                                  const char* what) {
+  probed_queries p = prepared_queries(queries, dim, m, rotation, what);
   const std::size_t nlist = coarse.centroids().rows;
   p.nprobe = std::min(params.nprobe == 0 ? default_nprobe : params.nprobe, nlist);
   p.probes.resize(p.view.rows * p.nprobe);
